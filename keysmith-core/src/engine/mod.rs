@@ -1,0 +1,265 @@
+//! The engine: configuration, tenant-scoped management and validation.
+
+mod tenant;
+mod validate;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use tenant::{CreatedKey, NewKey, RotatedKey, TenantEngine};
+pub use validate::{RequestContext, Validation, ValidationError};
+
+use crate::hooks::{Event, Hooks, Plugin};
+use crate::store::{Store, Transition};
+use crate::{Clock, Environment, Error, Hasher, Key, KeyState, Result, Sha256Hasher, SystemClock, Tenant};
+
+/// The grace period of a rotation when neither the call nor the key's policy
+/// gives one.
+pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The reason recorded when the sweeper ends a rotated key's grace period.
+pub const GRACE_ENDED_REASON: &str = "rotation grace period ended";
+
+/// Keysmith's engine. Cheap to clone: clones share one state.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use keysmith_core::{Engine, MemoryStore, NewKey, RequestContext};
+///
+/// let engine = Engine::builder(Arc::new(MemoryStore::new())).build()?;
+/// let acme = engine.tenant("billing", "acme");
+/// let created = acme.create_key(NewKey::new("deploy bot").with_scopes(["read"])).await?;
+///
+/// let validation = engine.validate(created.raw.expose(), &RequestContext::new()).await.unwrap();
+/// assert_eq!(validation.key.id, created.key.id);
+/// # Ok::<(), keysmith_core::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    hasher: Arc<dyn Hasher>,
+    clock: Arc<dyn Clock>,
+    hooks: Hooks,
+    prefix: String,
+    environment: Environment,
+    rotation_grace: Duration,
+    strict_scopes: bool,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        f.debug_struct("Engine")
+            .field("store", &inner.store)
+            .field("hasher", &inner.hasher)
+            .field("clock", &inner.clock)
+            .field("plugins", &inner.hooks)
+            .field("prefix", &inner.prefix)
+            .field("environment", &inner.environment)
+            .field("rotation_grace", &inner.rotation_grace)
+            .field("strict_scopes", &inner.strict_scopes)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Starts configuring an engine on `store`.
+    #[must_use]
+    pub fn builder(store: Arc<dyn Store>) -> EngineBuilder {
+        EngineBuilder {
+            store,
+            hasher: Arc::new(Sha256Hasher),
+            clock: Arc::new(SystemClock),
+            plugins: Vec::new(),
+            prefix: "sk".to_owned(),
+            environment: Environment::Live,
+            rotation_grace: DEFAULT_ROTATION_GRACE,
+            strict_scopes: false,
+        }
+    }
+
+    /// Management operations for one tenant. Nothing done through the handle
+    /// can see or touch another tenant's entities.
+    #[must_use]
+    pub fn tenant(&self, app_id: impl Into<String>, tenant_id: impl Into<String>) -> TenantEngine {
+        TenantEngine::new(self.clone(), Tenant::new(app_id, tenant_id))
+    }
+
+    /// The store, for what the engine does not wrap (migrations, health checks).
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The engine's clock.
+    #[must_use]
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// Moves every key that is due to its terminal state: `active` keys past
+    /// `expires_at` become `expired`, `rotated` keys past their grace become
+    /// `revoked`. Run it periodically; validation does the same lazily.
+    ///
+    /// # Errors
+    /// A store failure; keys swept before it stay swept.
+    pub async fn sweep(&self) -> Result<SweepReport> {
+        const BATCH: u32 = 500;
+        let mut report = SweepReport::default();
+        loop {
+            let now = self.inner.clock.now();
+            let due = self.inner.store.list_due_keys(now, BATCH).await?;
+            let mut changed = 0;
+            for key in &due {
+                let (transition, counter) = match key.state {
+                    KeyState::Active => (Transition::to(KeyState::Expired, now), &mut report.expired),
+                    _ => (
+                        Transition::to(KeyState::Revoked, now).with_reason(GRACE_ENDED_REASON),
+                        &mut report.rotations_ended,
+                    ),
+                };
+                if let Some(key) = self.apply_transition(key, &transition).await? {
+                    *counter += 1;
+                    changed += 1;
+                    self.emit_transition(key).await;
+                }
+            }
+            // A short batch means nothing is left; a batch where nothing moved
+            // means others are racing us for the same keys.
+            if due.len() < BATCH as usize || changed == 0 {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// Applies a transition that may legitimately lose a race: `None` if the
+    /// key is no longer in a state the transition starts from.
+    async fn apply_transition(&self, key: &Key, transition: &Transition) -> Result<Option<Arc<Key>>> {
+        match self.inner.store.transition_key(&key.tenant, key.id, transition).await {
+            Ok(key) => Ok(Some(Arc::new(key))),
+            Err(Error::InvalidTransition { .. } | Error::NotFound { .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn emit(&self, event: impl FnOnce() -> Event) {
+        if !self.inner.hooks.is_empty() {
+            self.inner.hooks.emit(event()).await;
+        }
+    }
+
+    /// Emits the event that matches the state `key` just entered.
+    async fn emit_transition(&self, key: Arc<Key>) {
+        self.emit(|| match key.state {
+            KeyState::Revoked => Event::KeyRevoked { key },
+            KeyState::Suspended => Event::KeySuspended { key },
+            KeyState::Expired => Event::KeyExpired { key },
+            KeyState::Active => Event::KeyReactivated { key },
+            KeyState::Rotated => unreachable!("rotation emits KeyRotated with its record"),
+        })
+        .await;
+    }
+}
+
+/// What [`Engine::sweep`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Active keys moved to `expired`.
+    pub expired: u64,
+    /// Rotated keys whose grace ended, moved to `revoked`.
+    pub rotations_ended: u64,
+}
+
+/// Configures an [`Engine`]; see [`Engine::builder`].
+#[must_use]
+pub struct EngineBuilder {
+    store: Arc<dyn Store>,
+    hasher: Arc<dyn Hasher>,
+    clock: Arc<dyn Clock>,
+    plugins: Vec<Arc<dyn Plugin>>,
+    prefix: String,
+    environment: Environment,
+    rotation_grace: Duration,
+    strict_scopes: bool,
+}
+
+impl fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("store", &self.store)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineBuilder {
+    /// Hashes keys with `hasher` instead of SHA-256.
+    pub fn with_hasher(mut self, hasher: impl Hasher) -> Self {
+        self.hasher = Arc::new(hasher);
+        self
+    }
+
+    /// Reads time from `clock` (a [`ManualClock`](crate::ManualClock) in tests).
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Registers a plugin; plugins see events in registration order.
+    pub fn with_plugin(mut self, plugin: impl Plugin) -> Self {
+        self.plugins.push(Arc::new(plugin));
+        self
+    }
+
+    /// The prefix of new keys (default `sk`): 1–16 characters of `[a-z0-9]`.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The environment of new keys (default `live`).
+    pub fn with_environment(mut self, environment: Environment) -> Self {
+        self.environment = environment;
+        self
+    }
+
+    /// The grace period of rotations that name none and whose key's policy
+    /// names none (default 24 hours).
+    pub fn with_rotation_grace(mut self, grace: Duration) -> Self {
+        self.rotation_grace = grace;
+        self
+    }
+
+    /// Refuses to give keys scopes that are not in the tenant's registry.
+    pub fn with_strict_scopes(mut self, strict: bool) -> Self {
+        self.strict_scopes = strict;
+        self
+    }
+
+    /// Builds the engine.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad prefix.
+    pub fn build(self) -> Result<Engine> {
+        crate::key::validate_prefix(&self.prefix)?;
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                store: self.store,
+                hasher: self.hasher,
+                clock: self.clock,
+                hooks: Hooks::new(self.plugins),
+                prefix: self.prefix,
+                environment: self.environment,
+                rotation_grace: self.rotation_grace,
+                strict_scopes: self.strict_scopes,
+            }),
+        })
+    }
+}

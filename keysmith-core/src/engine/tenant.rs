@@ -1,0 +1,338 @@
+//! Management operations, scoped to one tenant.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::Engine;
+use crate::hooks::Event;
+use crate::store::{KeyFilter, RotationWrite, StoredKey, Transition};
+use crate::{
+    Environment, Error, Key, KeyId, KeyState, PolicyId, RawKey, Result, RotationId, RotationReason, RotationRecord,
+    Tenant, scope,
+};
+
+const MAX_NAME_LEN: usize = 256;
+
+/// The engine seen by one tenant: every operation carries the tenant, so
+/// another tenant's entities are [`Error::NotFound`].
+#[derive(Debug, Clone)]
+pub struct TenantEngine {
+    pub(super) engine: Engine,
+    pub(super) tenant: Tenant,
+}
+
+/// What a new key should be. Only the name is required.
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct NewKey {
+    name: String,
+    scopes: Vec<String>,
+    policy_id: Option<PolicyId>,
+    expires_at: Option<DateTime<Utc>>,
+    environment: Option<Environment>,
+    prefix: Option<String>,
+    metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl NewKey {
+    /// A key named `name`, with the engine's prefix and environment, no
+    /// scopes, no policy and no expiry.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into(), ..Self::default() }
+    }
+
+    /// Grants these scopes.
+    pub fn with_scopes<S: Into<String>>(mut self, scopes: impl IntoIterator<Item = S>) -> Self {
+        self.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Holds the key to this policy.
+    pub fn with_policy(mut self, policy_id: PolicyId) -> Self {
+        self.policy_id = Some(policy_id);
+        self
+    }
+
+    /// Expires the key at `at`.
+    pub fn with_expires_at(mut self, at: DateTime<Utc>) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
+    /// Writes this environment into the key instead of the engine's default.
+    pub fn with_environment(mut self, environment: Environment) -> Self {
+        self.environment = Some(environment);
+        self
+    }
+
+    /// Uses this prefix instead of the engine's default.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// Attaches application data (a JSON object).
+    pub fn with_metadata(mut self, metadata: serde_json::Map<String, serde_json::Value>) -> Self {
+        self.metadata = metadata;
+        self
+    }
+}
+
+/// A key just created: the stored key and its secret, shown this once.
+#[derive(Debug)]
+pub struct CreatedKey {
+    /// The key as stored.
+    pub key: Key,
+    /// The secret. It is not stored anywhere: hand it to the client now.
+    pub raw: RawKey,
+}
+
+/// The result of a rotation.
+#[derive(Debug)]
+pub struct RotatedKey {
+    /// The replacement key.
+    pub key: Key,
+    /// The replacement's secret, shown this once.
+    pub raw: RawKey,
+    /// The old key, now `rotated`.
+    pub old: Key,
+    /// What was recorded.
+    pub record: RotationRecord,
+}
+
+impl TenantEngine {
+    pub(super) fn new(engine: Engine, tenant: Tenant) -> Self {
+        Self { engine, tenant }
+    }
+
+    /// The tenant this handle acts for.
+    #[must_use]
+    pub fn tenant(&self) -> &Tenant {
+        &self.tenant
+    }
+
+    /// The engine behind the handle.
+    #[must_use]
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Creates a key and returns its secret once.
+    ///
+    /// # Errors
+    /// `InvalidInput` for an empty name, a bad prefix or scope, or an expiry
+    /// in the past; `NotFound` for a policy that is not the tenant's;
+    /// `InvalidInput` for a scope outside the policy's `allowed_scopes`.
+    pub async fn create_key(&self, new: NewKey) -> Result<CreatedKey> {
+        let inner = &self.engine.inner;
+        let name = validate_name(&new.name)?;
+        let scopes = self.checked_scopes(&new.scopes, new.policy_id).await?;
+        let now = inner.clock.now();
+        if new.expires_at.is_some_and(|at| at <= now) {
+            return Err(Error::invalid("expires_at", "must be in the future"));
+        }
+        let prefix = new.prefix.unwrap_or_else(|| inner.prefix.clone());
+        let environment = new.environment.unwrap_or(inner.environment);
+        let raw = RawKey::generate(&prefix, environment)?;
+        let key = Key {
+            id: KeyId::new(),
+            name,
+            hint: raw.hint(),
+            prefix,
+            environment,
+            state: KeyState::Active,
+            scopes,
+            tenant: self.tenant.clone(),
+            policy_id: new.policy_id,
+            expires_at: new.expires_at,
+            grace_expires_at: None,
+            revoked_reason: None,
+            last_used_at: None,
+            created_at: now,
+            updated_at: now,
+            metadata: new.metadata,
+        };
+        let stored = StoredKey { key: Arc::new(key), hash: inner.hasher.hash(raw.expose()) };
+        inner.store.insert_key(&stored).await?;
+        let key = Key::clone(&stored.key);
+        self.engine.emit(|| Event::KeyCreated { key: stored.key }).await;
+        Ok(CreatedKey { key, raw })
+    }
+
+    /// One of the tenant's keys.
+    ///
+    /// # Errors
+    /// `NotFound` if the tenant has no such key.
+    pub async fn get_key(&self, id: KeyId) -> Result<Key> {
+        Ok(Key::clone(&self.stored_key(id).await?.key))
+    }
+
+    async fn stored_key(&self, id: KeyId) -> Result<StoredKey> {
+        self.engine.inner.store.get_key(&self.tenant, id).await?.ok_or_else(|| Error::not_found("key", id))
+    }
+
+    /// The tenant's keys matching `filter`, oldest first.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn list_keys(&self, filter: &KeyFilter) -> Result<Vec<Key>> {
+        self.engine.inner.store.list_keys(&self.tenant, filter).await
+    }
+
+    /// Replaces an active key with a new one (same name, scopes, policy and
+    /// metadata; no expiry). The old key validates until `now + grace`; with
+    /// no grace given, the policy's `rotation_grace` or the engine's default
+    /// applies. A zero grace stops the old key at once.
+    ///
+    /// # Errors
+    /// `NotFound`, or `InvalidTransition` if the key is not active (also for
+    /// every loser of concurrent rotations of one key).
+    pub async fn rotate_key(&self, id: KeyId, reason: RotationReason, grace: Option<Duration>) -> Result<RotatedKey> {
+        let inner = &self.engine.inner;
+        let StoredKey { key: old, hash: old_hash } = self.stored_key(id).await?;
+        if old.state != KeyState::Active {
+            return Err(Error::InvalidTransition { from: old.state, to: KeyState::Rotated });
+        }
+        let grace = match (grace, old.policy_id) {
+            (Some(grace), _) => grace,
+            (None, Some(policy_id)) => inner
+                .store
+                .get_policy(&self.tenant, policy_id)
+                .await?
+                .and_then(|policy| policy.rotation_grace)
+                .unwrap_or(inner.rotation_grace),
+            (None, None) => inner.rotation_grace,
+        };
+        let grace_ttl = chrono::Duration::from_std(grace).map_err(|_| Error::invalid("grace", "is too long"))?;
+        let now = inner.clock.now();
+        let grace_expires_at =
+            now.checked_add_signed(grace_ttl).ok_or_else(|| Error::invalid("grace", "is too long"))?;
+
+        let raw = RawKey::generate(&old.prefix, old.environment)?;
+        let new_hash = inner.hasher.hash(raw.expose());
+        let new_key = Key {
+            id: KeyId::new(),
+            hint: raw.hint(),
+            state: KeyState::Active,
+            expires_at: None,
+            grace_expires_at: None,
+            revoked_reason: None,
+            last_used_at: None,
+            created_at: now,
+            updated_at: now,
+            ..Key::clone(&old)
+        };
+        let record = RotationRecord {
+            id: RotationId::new(),
+            key_id: id,
+            new_key_id: new_key.id,
+            tenant: self.tenant.clone(),
+            old_hash,
+            new_hash,
+            reason,
+            grace_ttl: grace,
+            grace_expires_at,
+            created_at: now,
+        };
+        let write = RotationWrite { new_key: StoredKey { key: Arc::new(new_key), hash: new_hash }, record };
+        let old = inner.store.rotate_key(&self.tenant, &write).await?;
+        let RotationWrite { new_key, record } = write;
+        let old = Arc::new(old);
+        self.engine.emit(|| Event::KeyRotated { key: Arc::clone(&old), record: record.clone() }).await;
+        Ok(RotatedKey { key: Key::clone(&new_key.key), raw, old: Arc::unwrap_or_clone(old), record })
+    }
+
+    /// Revokes a key for good (from `active`, `suspended` or `rotated`).
+    ///
+    /// # Errors
+    /// `NotFound`, or `InvalidTransition` from `expired` or `revoked`.
+    pub async fn revoke_key(&self, id: KeyId, reason: impl Into<String>) -> Result<Key> {
+        let at = self.engine.inner.clock.now();
+        self.transition(id, Transition::to(KeyState::Revoked, at).with_reason(reason)).await
+    }
+
+    /// Suspends an active key until it is reactivated.
+    ///
+    /// # Errors
+    /// `NotFound`, or `InvalidTransition` unless the key is active.
+    pub async fn suspend_key(&self, id: KeyId) -> Result<Key> {
+        let at = self.engine.inner.clock.now();
+        self.transition(id, Transition::to(KeyState::Suspended, at)).await
+    }
+
+    /// Reactivates a suspended key.
+    ///
+    /// # Errors
+    /// `NotFound`, or `InvalidTransition` unless the key is suspended.
+    pub async fn reactivate_key(&self, id: KeyId) -> Result<Key> {
+        let at = self.engine.inner.clock.now();
+        self.transition(id, Transition::to(KeyState::Active, at)).await
+    }
+
+    /// The rotations the key took part in, as old or new key, oldest first.
+    ///
+    /// # Errors
+    /// `NotFound` if the tenant has no such key.
+    pub async fn list_rotations(&self, id: KeyId) -> Result<Vec<RotationRecord>> {
+        self.stored_key(id).await?;
+        self.engine.inner.store.list_rotations(&self.tenant, id).await
+    }
+
+    async fn transition(&self, id: KeyId, transition: Transition) -> Result<Key> {
+        let key = self.engine.inner.store.transition_key(&self.tenant, id, &transition).await?;
+        self.engine.emit_transition(Arc::new(key.clone())).await;
+        Ok(key)
+    }
+
+    /// Validates, de-duplicates and checks scopes against the registry (when
+    /// strict) and the policy's `allowed_scopes`.
+    async fn checked_scopes(&self, requested: &[String], policy_id: Option<PolicyId>) -> Result<Vec<String>> {
+        let inner = &self.engine.inner;
+        let mut scopes: Vec<String> = Vec::with_capacity(requested.len());
+        for name in requested {
+            scope::validate_name(name)?;
+            if !scopes.contains(name) {
+                scopes.push(name.clone());
+            }
+        }
+        if let Some(policy_id) = policy_id {
+            let policy = inner
+                .store
+                .get_policy(&self.tenant, policy_id)
+                .await?
+                .ok_or_else(|| Error::not_found("policy", policy_id))?;
+            if !policy.allowed_scopes.is_empty() {
+                let outside: Vec<&str> = scopes
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|s| !scope::any_grants(&policy.allowed_scopes, s))
+                    .collect();
+                if !outside.is_empty() {
+                    return Err(Error::invalid(
+                        "scopes",
+                        format!("not allowed by policy {}: {}", policy.name, outside.join(", ")),
+                    ));
+                }
+            }
+        }
+        if inner.strict_scopes && !scopes.is_empty() {
+            let registered = inner.store.list_scopes(&self.tenant).await?;
+            let unknown: Vec<&str> =
+                scopes.iter().map(String::as_str).filter(|s| !registered.iter().any(|r| r.name == *s)).collect();
+            if !unknown.is_empty() {
+                return Err(Error::invalid("scopes", format!("not registered: {}", unknown.join(", "))));
+            }
+        }
+        Ok(scopes)
+    }
+}
+
+fn validate_name(name: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
+        return Err(Error::invalid("name", "must be 1 to 256 characters"));
+    }
+    Ok(name.to_owned())
+}

@@ -1,0 +1,224 @@
+//! Validation of a presented key (DESIGN §7).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::Engine;
+use crate::hooks::Event;
+use crate::key::ParsedKey;
+use crate::store::Transition;
+use crate::{Error, Key, KeyState, Policy, Refusal, scope};
+
+/// What is known about the request a key came with. Everything is optional;
+/// policy checks that need a missing fact refuse (an IP allowlist with no IP).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestContext<'a> {
+    /// The client's address.
+    pub ip: Option<IpAddr>,
+    /// The `Origin` header.
+    pub origin: Option<&'a str>,
+    /// The HTTP method.
+    pub method: Option<&'a str>,
+    /// The request path.
+    pub path: Option<&'a str>,
+    /// Scopes the key must all cover.
+    pub required_scopes: &'a [String],
+}
+
+impl<'a> RequestContext<'a> {
+    /// A context that knows nothing.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// With the client's address.
+    #[must_use]
+    pub fn with_ip(mut self, ip: IpAddr) -> Self {
+        self.ip = Some(ip);
+        self
+    }
+
+    /// With the `Origin` header.
+    #[must_use]
+    pub fn with_origin(mut self, origin: &'a str) -> Self {
+        self.origin = Some(origin);
+        self
+    }
+
+    /// With method and path.
+    #[must_use]
+    pub fn with_request(mut self, method: &'a str, path: &'a str) -> Self {
+        self.method = Some(method);
+        self.path = Some(path);
+        self
+    }
+
+    /// Requiring these scopes.
+    #[must_use]
+    pub fn with_required_scopes(mut self, scopes: &'a [String]) -> Self {
+        self.required_scopes = scopes;
+        self
+    }
+}
+
+/// A key that passed validation. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Validation {
+    /// The key (its `tenant` says whose it is).
+    pub key: Arc<Key>,
+    /// The key's policy, if it has one.
+    pub policy: Option<Arc<Policy>>,
+}
+
+impl Validation {
+    /// The scopes the key holds.
+    #[must_use]
+    pub fn scopes(&self) -> &[String] {
+        &self.key.scopes
+    }
+
+    /// True if the key's scopes cover `required` (hierarchically).
+    #[must_use]
+    pub fn has_scope(&self, required: &str) -> bool {
+        scope::any_grants(self.scopes(), required)
+    }
+}
+
+/// Why [`Engine::validate`] did not return a [`Validation`].
+#[derive(Debug, thiserror::Error)]
+pub enum ValidationError {
+    /// The key does not pass: the client's fault.
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    /// The system could not decide (store down): never a pass, never a refusal.
+    #[error(transparent)]
+    Failed(#[from] Error),
+}
+
+impl From<Refusal> for ValidationError {
+    fn from(refusal: Refusal) -> Self {
+        Self::Refused(refusal)
+    }
+}
+
+impl ValidationError {
+    /// The refusal, if this is one.
+    #[must_use]
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            Self::Refused(refusal) => Some(refusal),
+            Self::Failed(_) => None,
+        }
+    }
+}
+
+impl Engine {
+    /// Validates a presented key: shape and checksum, lookup, state, expiry,
+    /// then the policy's checks, in the order of DESIGN §7.
+    ///
+    /// # Errors
+    /// [`ValidationError::Refused`] when the key does not pass,
+    /// [`ValidationError::Failed`] when the store could not answer.
+    pub async fn validate(&self, raw_key: &str, ctx: &RequestContext<'_>) -> Result<Validation, ValidationError> {
+        if self.inner.hooks.is_empty() {
+            return self.validate_inner(raw_key, ctx).await.map_err(|(e, _)| e);
+        }
+        let started = Instant::now();
+        let result = self.validate_inner(raw_key, ctx).await;
+        let latency = started.elapsed();
+        match &result {
+            Ok(validation) => {
+                let key = Arc::clone(&validation.key);
+                self.inner.hooks.emit(Event::KeyValidated { key, latency }).await;
+            }
+            Err((ValidationError::Refused(reason), key)) => {
+                let event = Event::KeyValidationFailed {
+                    reason: reason.clone(),
+                    key_id: key.as_ref().map(|k| k.id),
+                    tenant: key.as_ref().map(|k| k.tenant.clone()),
+                    latency,
+                };
+                self.inner.hooks.emit(event).await;
+            }
+            Err((ValidationError::Failed(_), _)) => {}
+        }
+        result.map_err(|(e, _)| e)
+    }
+
+    /// The validation steps; a refusal comes with the key it concerns, when
+    /// the secret matched one, for the hooks.
+    async fn validate_inner(
+        &self,
+        raw_key: &str,
+        ctx: &RequestContext<'_>,
+    ) -> Result<Validation, (ValidationError, Option<Arc<Key>>)> {
+        let inner = &self.inner;
+        // 1. Shape and checksum, no I/O.
+        let parsed = ParsedKey::parse(raw_key).ok_or((Refusal::Malformed.into(), None))?;
+        // 2. Lookup by hash, confirmed in constant time.
+        let hash = inner.hasher.hash(parsed.raw);
+        let stored = match inner.store.find_key_by_hash(&hash).await {
+            Ok(Some(stored)) if stored.hash.ct_eq(&hash) => stored,
+            Ok(_) => return Err((Refusal::Unknown.into(), None)),
+            Err(error) => return Err((error.into(), None)),
+        };
+        let key = stored.key;
+        let refuse = |refusal: Refusal, key: &Arc<Key>| (ValidationError::Refused(refusal), Some(Arc::clone(key)));
+        let fail = |error: Error| (ValidationError::Failed(error), None);
+
+        // 3. State.
+        let now = inner.clock.now();
+        match key.state {
+            KeyState::Active => {}
+            KeyState::Rotated if key.grace_expires_at.is_some_and(|end| now < end) => {}
+            KeyState::Rotated | KeyState::Revoked => return Err(refuse(Refusal::Revoked, &key)),
+            KeyState::Suspended => return Err(refuse(Refusal::Suspended, &key)),
+            KeyState::Expired => return Err(refuse(Refusal::Expired, &key)),
+        }
+
+        let policy = match key.policy_id {
+            Some(policy_id) => Some(
+                inner
+                    .store
+                    .get_policy(&key.tenant, policy_id)
+                    .await
+                    .map_err(fail)?
+                    .ok_or_else(|| fail(Error::not_found("policy", policy_id)))?,
+            ),
+            None => None,
+        };
+
+        // 4. Expiry time and maximum age.
+        if self.is_expired(&key, policy.as_deref(), now) {
+            if key.state == KeyState::Active
+                && let Some(expired) =
+                    self.apply_transition(&key, &Transition::to(KeyState::Expired, now)).await.map_err(fail)?
+            {
+                self.emit_transition(expired).await;
+            }
+            return Err(refuse(Refusal::Expired, &key));
+        }
+
+        // 7. Required scopes.
+        let missing = scope::missing(&key.scopes, ctx.required_scopes);
+        if !missing.is_empty() {
+            return Err(refuse(Refusal::InsufficientScope { missing }, &key));
+        }
+
+        Ok(Validation { key, policy })
+    }
+
+    fn is_expired(&self, key: &Key, policy: Option<&Policy>, now: chrono::DateTime<chrono::Utc>) -> bool {
+        let _ = self;
+        let past_expiry = key.expires_at.is_some_and(|at| at <= now);
+        let too_old = policy.and_then(|p| p.max_key_age).is_some_and(|max_age| {
+            chrono::Duration::from_std(max_age)
+                .ok()
+                .and_then(|age| key.created_at.checked_add_signed(age))
+                .is_some_and(|end| end <= now)
+        });
+        past_expiry || too_old
+    }
+}

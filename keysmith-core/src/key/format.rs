@@ -1,0 +1,243 @@
+//! The raw key format: `{prefix}_{env}_{random}{check}` (DESIGN §4).
+
+use std::fmt;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::Environment;
+use crate::{Error, Result};
+
+/// Keys longer than this are malformed before any other work is done.
+pub const MAX_RAW_KEY_LEN: usize = 128;
+
+const RANDOM_LEN: usize = 32;
+const CHECK_LEN: usize = 6;
+const MAX_PREFIX_LEN: usize = 16;
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A raw API key: the secret handed to the client once.
+///
+/// `Debug` and `Display` are redacted and the memory is zeroized on drop;
+/// [`RawKey::expose`] is the one way to read it.
+pub struct RawKey(SecretString);
+
+impl RawKey {
+    /// Generates a new key with `random` from the OS CSPRNG.
+    pub(crate) fn generate(prefix: &str, environment: Environment) -> Result<Self> {
+        validate_prefix(prefix)?;
+        let env = environment.as_str();
+        let mut key = String::with_capacity(prefix.len() + env.len() + 2 + RANDOM_LEN + CHECK_LEN);
+        key.push_str(prefix);
+        key.push('_');
+        key.push_str(env);
+        key.push('_');
+        fill_base62(&mut key, RANDOM_LEN)?;
+        let crc = crc32fast::hash(key.as_bytes());
+        push_check(&mut key, crc);
+        Ok(Self(SecretString::from(key)))
+    }
+
+    /// The key itself. Show it to its owner once; never log it.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    /// The displayable hint: `sk_live_…` followed by the last four characters.
+    #[must_use]
+    pub fn hint(&self) -> String {
+        let key = self.expose();
+        let body = key.rfind('_').map_or(0, |i| i + 1);
+        format!("{}…{}", &key[..body], &key[key.len() - 4..])
+    }
+}
+
+impl fmt::Debug for RawKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RawKey([REDACTED])")
+    }
+}
+
+impl fmt::Display for RawKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+/// The parts of a well-formed raw key. Borrowed from the input; not secret
+/// beyond the input itself, so it has no `Debug`.
+#[allow(missing_debug_implementations)]
+pub struct ParsedKey<'a> {
+    /// The key's prefix.
+    pub prefix: &'a str,
+    /// The environment written into the key.
+    pub environment: Environment,
+    /// The whole key, to be hashed.
+    pub raw: &'a str,
+}
+
+impl<'a> ParsedKey<'a> {
+    /// Checks shape, environment and checksum without any I/O. `None` means
+    /// malformed; why is not said, since nothing about a bad secret is logged.
+    #[must_use]
+    pub fn parse(raw: &'a str) -> Option<Self> {
+        if raw.len() > MAX_RAW_KEY_LEN || !raw.is_ascii() {
+            return None;
+        }
+        let (prefix, rest) = raw.split_once('_')?;
+        let (env, body) = rest.split_once('_')?;
+        if validate_prefix(prefix).is_err() || body.len() != RANDOM_LEN + CHECK_LEN {
+            return None;
+        }
+        let environment = env.parse().ok()?;
+        if !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        let (signed, check) = raw.split_at(raw.len() - CHECK_LEN);
+        let mut expected = String::with_capacity(CHECK_LEN);
+        push_check(&mut expected, crc32fast::hash(signed.as_bytes()));
+        (expected == check).then_some(Self { prefix, environment, raw })
+    }
+}
+
+/// Checks that a key prefix is 1–16 characters of `[a-z0-9]`.
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming the rule that was broken.
+pub fn validate_prefix(prefix: &str) -> Result<()> {
+    let valid_chars = prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN || !valid_chars {
+        return Err(Error::invalid("prefix", "must be 1 to 16 characters of a-z and 0-9"));
+    }
+    Ok(())
+}
+
+/// Appends `len` uniformly random base62 characters from the OS CSPRNG.
+fn fill_base62(out: &mut String, len: usize) -> Result<()> {
+    // 248 = 4 * 62: bytes at or above it are rejected so every character is
+    // equally likely.
+    let mut pool = [0u8; 64];
+    let mut produced = 0;
+    while produced < len {
+        getrandom::fill(&mut pool).map_err(|e| Error::store(format!("OS random generator failed: {e}")))?;
+        for byte in pool.iter().filter(|b| **b < 248) {
+            if produced == len {
+                break;
+            }
+            out.push(char::from(BASE62[usize::from(*byte % 62)]));
+            produced += 1;
+        }
+    }
+    pool.fill(0);
+    Ok(())
+}
+
+/// Appends the CRC32 as six zero-padded base62 digits (62^6 > 2^32).
+fn push_check(out: &mut String, mut crc: u32) {
+    let mut digits = [b'0'; CHECK_LEN];
+    for digit in digits.iter_mut().rev() {
+        *digit = BASE62[(crc % 62) as usize];
+        crc /= 62;
+    }
+    out.extend(digits.iter().map(|d| char::from(*d)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(prefix: &str, env: Environment) -> RawKey {
+        RawKey::generate(prefix, env).unwrap()
+    }
+
+    #[test]
+    fn generated_keys_have_the_documented_shape_and_parse() {
+        let raw = key("sk", Environment::Live);
+        let s = raw.expose();
+        assert!(s.starts_with("sk_live_"));
+        assert_eq!(s.len(), "sk_live_".len() + 38);
+        let parsed = ParsedKey::parse(s).expect("well formed");
+        assert_eq!(parsed.prefix, "sk");
+        assert_eq!(parsed.environment, Environment::Live);
+        let custom = key("acme42", Environment::Dev);
+        assert_eq!(ParsedKey::parse(custom.expose()).unwrap().environment, Environment::Dev);
+    }
+
+    #[test]
+    fn generated_keys_differ() {
+        let a = key("sk", Environment::Test);
+        let b = key("sk", Environment::Test);
+        assert_ne!(a.expose(), b.expose());
+    }
+
+    #[test]
+    fn one_changed_character_breaks_the_checksum() {
+        let raw = key("sk", Environment::Live);
+        let s = raw.expose();
+        let i = "sk_live_".len() + 5;
+        let replacement = if &s[i..=i] == "a" { "b" } else { "a" };
+        let tampered = format!("{}{replacement}{}", &s[..i], &s[i + 1..]);
+        assert!(ParsedKey::parse(&tampered).is_none());
+    }
+
+    #[test]
+    fn malformed_shapes_are_rejected() {
+        let good = key("sk", Environment::Live);
+        let s = good.expose();
+        let body = &s["sk_live_".len()..];
+        let cases = [
+            String::new(),
+            "sk".to_owned(),
+            "sk_live_".to_owned(),
+            format!("sk_prod_{body}"),
+            format!("SK_live_{body}"),
+            format!("sk_live_{}", &body[1..]),
+            format!("{s}x"),
+            format!("sk_live_{}é", &body[1..]),
+            "x".repeat(10 * 1024),
+            format!("{}_live_{body}", "a".repeat(17)),
+            format!("_live_{body}"),
+        ];
+        for case in &cases {
+            assert!(ParsedKey::parse(case).is_none(), "accepted {case:?}");
+        }
+    }
+
+    #[test]
+    fn hint_shows_prefix_environment_and_last_four() {
+        let raw = key("sk", Environment::Live);
+        let hint = raw.hint();
+        assert!(hint.starts_with("sk_live_…"));
+        assert!(raw.expose().ends_with(&hint["sk_live_…".len()..]));
+        assert_eq!(hint.chars().count(), "sk_live_…".chars().count() + 4);
+    }
+
+    #[test]
+    fn raw_key_never_prints() {
+        let raw = key("sk", Environment::Live);
+        let body = &raw.expose()["sk_live_".len()..];
+        for printed in [format!("{raw:?}"), format!("{raw}"), format!("{raw:#?}")] {
+            assert!(!printed.contains(body), "{printed}");
+            assert!(printed.contains("REDACTED"));
+        }
+    }
+
+    #[test]
+    fn prefixes_are_validated() {
+        assert!(validate_prefix("sk").is_ok());
+        assert!(validate_prefix("a1b2c3d4e5f6g7h8").is_ok());
+        for bad in ["", "Sk", "s_k", "a1b2c3d4e5f6g7h8i", "sk-", "ßk"] {
+            assert!(validate_prefix(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn check_digits_are_zero_padded() {
+        let mut s = String::new();
+        push_check(&mut s, 0);
+        assert_eq!(s, "000000");
+        s.clear();
+        push_check(&mut s, u32::MAX);
+        assert_eq!(s.len(), 6);
+    }
+}

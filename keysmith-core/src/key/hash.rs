@@ -1,0 +1,126 @@
+//! Hashing of raw keys: only the hash is stored.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Turns a raw key into the value the store keeps and looks up.
+///
+/// The default is [`Sha256Hasher`]. A keyed hash (HMAC with a server-side
+/// pepper) is a drop-in replacement; changing the hasher makes every existing
+/// key unknown.
+pub trait Hasher: Send + Sync + fmt::Debug + 'static {
+    /// Hashes the whole raw key.
+    fn hash(&self, raw_key: &str) -> KeyHash;
+}
+
+/// SHA-256 of the raw key.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Sha256Hasher;
+
+impl Hasher for Sha256Hasher {
+    fn hash(&self, raw_key: &str) -> KeyHash {
+        KeyHash(Sha256::digest(raw_key.as_bytes()).into())
+    }
+}
+
+/// A 32-byte key hash; its text form is 64 lowercase hex characters.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyHash([u8; 32]);
+
+impl KeyHash {
+    /// The hash from its bytes.
+    #[must_use]
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The raw bytes.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Lowercase hex, as stored by SQL backends.
+    #[must_use]
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Compares in constant time. Use this, not `==`, whenever one side came
+    /// from a client.
+    #[must_use]
+    pub fn ct_eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl fmt::Display for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The hash is not the secret, but a short form is all a reader needs.
+        write!(f, "KeyHash({}…)", &self.to_hex()[..8])
+    }
+}
+
+/// The text is not 64 hex characters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a key hash is 64 hex characters")]
+pub struct HashParseError;
+
+impl FromStr for KeyHash {
+    type Err = HashParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(s, &mut bytes).map_err(|_| HashParseError)?;
+        Ok(Self(bytes))
+    }
+}
+
+impl Serialize for KeyHash {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyHash {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_matches_the_known_vector() {
+        let hash = Sha256Hasher.hash("abc");
+        assert_eq!(hash.to_hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(hash.to_hex().parse::<KeyHash>().unwrap(), hash);
+    }
+
+    #[test]
+    fn constant_time_comparison_agrees_with_equality() {
+        let a = Sha256Hasher.hash("a");
+        let b = Sha256Hasher.hash("b");
+        assert!(a.ct_eq(&a));
+        assert!(!a.ct_eq(&b));
+    }
+
+    #[test]
+    fn hex_parsing_rejects_bad_input() {
+        assert!("abc".parse::<KeyHash>().is_err());
+        assert!("z".repeat(64).parse::<KeyHash>().is_err());
+    }
+}

@@ -1,0 +1,209 @@
+//! API keys: the entity, its lifecycle states, the raw key format and hashing.
+
+mod format;
+mod hash;
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{KeyId, PolicyId, Tenant};
+
+pub use format::{MAX_RAW_KEY_LEN, ParsedKey, RawKey, validate_prefix};
+pub use hash::{HashParseError, Hasher, KeyHash, Sha256Hasher};
+
+/// An API key as stored: everything but its secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Key {
+    /// The key's id.
+    pub id: KeyId,
+    /// A human name ("CI deploy key").
+    pub name: String,
+    /// What can be shown of the key: `sk_live_…` and its last four characters.
+    pub hint: String,
+    /// The key's prefix (`sk`).
+    pub prefix: String,
+    /// The environment written into the key.
+    pub environment: Environment,
+    /// Where the key is in its lifecycle.
+    pub state: KeyState,
+    /// Scopes granted to the key.
+    pub scopes: Vec<String>,
+    /// The owner.
+    pub tenant: Tenant,
+    /// The policy the key is held to, if any.
+    pub policy_id: Option<PolicyId>,
+    /// After this instant the key is expired.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When a `rotated` key stops validating.
+    pub grace_expires_at: Option<DateTime<Utc>>,
+    /// Why the key was revoked, when it was.
+    pub revoked_reason: Option<String>,
+    /// When the key last validated (updated at most once per interval).
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Time of the last change.
+    pub updated_at: DateTime<Utc>,
+    /// Free-form JSON object for the application.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Key {
+    /// True when the key can never validate again (`expired` or `revoked`).
+    #[must_use]
+    pub fn is_terminal(&self) -> bool {
+        self.state.is_terminal()
+    }
+}
+
+/// The environment a key is for; it is part of the raw key (`sk_live_…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Environment {
+    /// Production.
+    Live,
+    /// Test mode.
+    Test,
+    /// Local development.
+    Dev,
+}
+
+impl Environment {
+    /// The lowercase name, as written in keys.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Test => "test",
+            Self::Dev => "dev",
+        }
+    }
+}
+
+impl fmt::Display for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Environment {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "live" => Ok(Self::Live),
+            "test" => Ok(Self::Test),
+            "dev" => Ok(Self::Dev),
+            _ => Err(crate::Error::invalid("environment", "expected live, test or dev")),
+        }
+    }
+}
+
+/// Where a key is in its lifecycle (DESIGN §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    /// Validates.
+    Active,
+    /// Replaced by a newer key; validates until its grace expiry.
+    Rotated,
+    /// Past its expiry or maximum age. Terminal.
+    Expired,
+    /// Permanently disabled. Terminal.
+    Revoked,
+    /// Temporarily disabled; can be reactivated.
+    Suspended,
+}
+
+impl KeyState {
+    /// Every state, for iteration.
+    pub const ALL: [Self; 5] = [Self::Active, Self::Rotated, Self::Expired, Self::Revoked, Self::Suspended];
+
+    /// The lowercase name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Rotated => "rotated",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+            Self::Suspended => "suspended",
+        }
+    }
+
+    /// True for `expired` and `revoked`: nothing leaves them.
+    #[must_use]
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Expired | Self::Revoked)
+    }
+
+    /// The states from which a key may move to `to` (DESIGN §6).
+    #[must_use]
+    pub fn sources_of(to: Self) -> &'static [Self] {
+        match to {
+            Self::Rotated | Self::Expired | Self::Suspended => &[Self::Active],
+            Self::Revoked => &[Self::Active, Self::Suspended, Self::Rotated],
+            Self::Active => &[Self::Suspended],
+        }
+    }
+
+    /// True if the lifecycle allows moving from `self` to `to`.
+    #[must_use]
+    pub fn can_become(self, to: Self) -> bool {
+        Self::sources_of(to).contains(&self)
+    }
+}
+
+impl fmt::Display for KeyState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for KeyState {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> crate::Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| crate::Error::invalid("state", "expected active, rotated, expired, revoked or suspended"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_table_matches_the_design() {
+        use KeyState::{Active, Expired, Revoked, Rotated, Suspended};
+        let allowed = [
+            (Active, Rotated),
+            (Active, Expired),
+            (Active, Revoked),
+            (Suspended, Revoked),
+            (Rotated, Revoked),
+            (Active, Suspended),
+            (Suspended, Active),
+        ];
+        for from in KeyState::ALL {
+            for to in KeyState::ALL {
+                assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn states_and_environments_parse_from_their_names() {
+        for state in KeyState::ALL {
+            assert_eq!(state.as_str().parse::<KeyState>().unwrap(), state);
+        }
+        assert!("Active".parse::<KeyState>().is_err());
+        assert_eq!("dev".parse::<Environment>().unwrap(), Environment::Dev);
+        assert!("prod".parse::<Environment>().is_err());
+    }
+}

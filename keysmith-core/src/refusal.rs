@@ -1,0 +1,98 @@
+//! Refusals: a client presented a key that does not pass. Not an error of the
+//! system; adapters turn each into its HTTP answer.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+/// Why a request's key was not accepted. Never contains the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The request carried no key.
+    MissingKey,
+    /// The request carried two different keys.
+    AmbiguousKey,
+    /// Wrong shape, unknown environment, bad checksum or too long.
+    Malformed,
+    /// Well-formed, but no key has this secret.
+    Unknown,
+    /// Revoked, or rotated and past its grace period.
+    Revoked,
+    /// Suspended.
+    Suspended,
+    /// Past its expiry time or its policy's maximum age.
+    Expired,
+    /// The client address is outside the policy's allowlist (or unknown).
+    IpNotAllowed,
+    /// The request's `Origin` is not in the policy's allowlist.
+    OriginNotAllowed,
+    /// The key lacks scopes the route requires.
+    InsufficientScope {
+        /// The required scopes the key does not cover.
+        missing: Vec<String>,
+    },
+    /// Too many requests; try again after `retry_after`.
+    RateLimited {
+        /// How long until a request would be allowed.
+        retry_after: Duration,
+    },
+    /// The daily or monthly quota is used up until `resets_at`.
+    QuotaExceeded {
+        /// When the exhausted quota resets (UTC).
+        resets_at: DateTime<Utc>,
+    },
+}
+
+impl Refusal {
+    /// The stable snake-case code of the JSON error body.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MissingKey => "missing_key",
+            Self::AmbiguousKey => "ambiguous_key",
+            Self::Malformed => "malformed_key",
+            Self::Unknown => "invalid_key",
+            Self::Revoked => "key_revoked",
+            Self::Suspended => "key_suspended",
+            Self::Expired => "key_expired",
+            Self::IpNotAllowed => "ip_not_allowed",
+            Self::OriginNotAllowed => "origin_not_allowed",
+            Self::InsufficientScope { .. } => "insufficient_scope",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::QuotaExceeded { .. } => "quota_exceeded",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MissingKey => f.write_str("no API key was provided"),
+            Self::AmbiguousKey => f.write_str("the request carries two different API keys"),
+            Self::Malformed => f.write_str("the API key is malformed"),
+            Self::Unknown => f.write_str("the API key is not valid"),
+            Self::Revoked => f.write_str("the API key has been revoked"),
+            Self::Suspended => f.write_str("the API key is suspended"),
+            Self::Expired => f.write_str("the API key has expired"),
+            Self::IpNotAllowed => f.write_str("requests from this address are not allowed for this API key"),
+            Self::OriginNotAllowed => f.write_str("requests from this origin are not allowed for this API key"),
+            Self::InsufficientScope { missing } => {
+                write!(f, "the API key lacks the required scope(s): {}", missing.join(" "))
+            }
+            Self::RateLimited { retry_after } => {
+                write!(f, "rate limit exceeded; retry in {} s", retry_after_secs(*retry_after))
+            }
+            Self::QuotaExceeded { resets_at } => {
+                write!(f, "usage quota exceeded; resets at {}", resets_at.to_rfc3339())
+            }
+        }
+    }
+}
+
+/// Whole seconds to wait, rounded up so a client that waits is let in.
+#[must_use]
+pub fn retry_after_secs(retry_after: Duration) -> u64 {
+    retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)
+}

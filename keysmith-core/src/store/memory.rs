@@ -1,0 +1,396 @@
+//! An in-process store: complete, tenant-filtered, and atomic (one lock
+//! guards every table, so multi-table writes are all or nothing).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{
+    KeyFilter, KeyStore, Page, PolicyStore, RotationStore, RotationWrite, ScopeStore, Store, StoredKey, TimeRange,
+    Transition, UsageStore, UsageTotal,
+};
+use crate::{
+    Error, Key, KeyHash, KeyId, KeyState, Period, Policy, PolicyId, Result, RotationRecord, Scope, ScopeId, Tenant,
+    UsageAggregate, UsageRecord,
+};
+
+/// Keeps everything in memory; for tests, demos and single-process apps
+/// that can lose their keys on restart.
+///
+/// ```
+/// # tokio_test_block_on(async {
+/// use std::sync::Arc;
+/// use keysmith_core::{Engine, MemoryStore};
+///
+/// let engine = Engine::builder(Arc::new(MemoryStore::new())).build()?;
+/// # Ok::<(), keysmith_core::Error>(())
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    tables: RwLock<Tables>,
+    closed: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    keys: HashMap<KeyId, StoredKey>,
+    by_hash: HashMap<KeyHash, KeyId>,
+    policies: BTreeMap<PolicyId, Arc<Policy>>,
+    scopes: BTreeMap<ScopeId, Scope>,
+    usage: BTreeMap<(KeyId, DateTime<Utc>, crate::UsageId), UsageRecord>,
+    aggregates: BTreeMap<(KeyId, Period, DateTime<Utc>), UsageAggregate>,
+    rotations: Vec<RotationRecord>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self) -> Result<RwLockReadGuard<'_, Tables>> {
+        self.check_open()?;
+        Ok(self.tables.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn write(&self) -> Result<RwLockWriteGuard<'_, Tables>> {
+        self.check_open()?;
+        Ok(self.tables.write().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(Error::store("the memory store is closed"));
+        }
+        Ok(())
+    }
+}
+
+impl Tables {
+    fn tenant_key(&self, tenant: &Tenant, id: KeyId) -> Option<&StoredKey> {
+        self.keys.get(&id).filter(|stored| stored.key.tenant == *tenant)
+    }
+
+    fn update_key(&mut self, tenant: &Tenant, id: KeyId, change: impl FnOnce(&mut Key) -> Result<()>) -> Result<Key> {
+        let stored = self.tenant_key(tenant, id).ok_or_else(|| Error::not_found("key", id))?;
+        let mut key = Key::clone(&stored.key);
+        change(&mut key)?;
+        let hash = stored.hash;
+        self.keys.insert(id, StoredKey { key: Arc::new(key.clone()), hash });
+        Ok(key)
+    }
+
+    fn check_policy(&self, tenant: &Tenant, id: Option<PolicyId>) -> Result<()> {
+        match id {
+            Some(id) if !self.policies.get(&id).is_some_and(|p| p.tenant == *tenant) => {
+                Err(Error::not_found("policy", id))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn insert_key(&mut self, stored: &StoredKey) -> Result<()> {
+        let key = &stored.key;
+        if self.keys.contains_key(&key.id) || self.by_hash.contains_key(&stored.hash) {
+            return Err(Error::AlreadyExists { entity: "key", name: key.id.to_string() });
+        }
+        self.check_policy(&key.tenant, key.policy_id)?;
+        self.by_hash.insert(stored.hash, key.id);
+        self.keys.insert(key.id, stored.clone());
+        Ok(())
+    }
+}
+
+fn apply_transition(key: &mut Key, transition: &Transition) -> Result<()> {
+    if !transition.from.contains(&key.state) {
+        return Err(Error::InvalidTransition { from: key.state, to: transition.to });
+    }
+    key.state = transition.to;
+    key.updated_at = transition.at;
+    if transition.to == KeyState::Revoked {
+        key.revoked_reason.clone_from(&transition.reason);
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl KeyStore for MemoryStore {
+    async fn insert_key(&self, key: &StoredKey) -> Result<()> {
+        self.write()?.insert_key(key)
+    }
+
+    async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>> {
+        let tables = self.read()?;
+        Ok(tables.by_hash.get(hash).and_then(|id| tables.keys.get(id)).cloned())
+    }
+
+    async fn get_key(&self, tenant: &Tenant, id: KeyId) -> Result<Option<StoredKey>> {
+        Ok(self.read()?.tenant_key(tenant, id).cloned())
+    }
+
+    async fn list_keys(&self, tenant: &Tenant, filter: &KeyFilter) -> Result<Vec<Key>> {
+        let tables = self.read()?;
+        let mut keys: Vec<&Key> = tables
+            .keys
+            .values()
+            .map(|stored| &*stored.key)
+            .filter(|key| {
+                key.tenant == *tenant
+                    && filter.state.is_none_or(|s| key.state == s)
+                    && filter.environment.is_none_or(|e| key.environment == e)
+                    && filter.policy_id.is_none_or(|p| key.policy_id == Some(p))
+            })
+            .collect();
+        keys.sort_unstable_by_key(|key| key.id);
+        Ok(filter.page.apply(keys.into_iter().cloned()))
+    }
+
+    async fn transition_key(&self, tenant: &Tenant, id: KeyId, transition: &Transition) -> Result<Key> {
+        self.write()?.update_key(tenant, id, |key| apply_transition(key, transition))
+    }
+
+    async fn rotate_key(&self, tenant: &Tenant, rotation: &RotationWrite) -> Result<Key> {
+        let mut tables = self.write()?;
+        let record = &rotation.record;
+        let old = tables.tenant_key(tenant, record.key_id).ok_or_else(|| Error::not_found("key", record.key_id))?;
+        if old.key.state != KeyState::Active {
+            return Err(Error::InvalidTransition { from: old.key.state, to: KeyState::Rotated });
+        }
+        if rotation.new_key.key.tenant != *tenant || record.tenant != *tenant {
+            return Err(Error::invalid("tenant", "a rotation stays within one tenant"));
+        }
+        tables.insert_key(&rotation.new_key)?;
+        let old = tables.update_key(tenant, record.key_id, |key| {
+            key.state = KeyState::Rotated;
+            key.grace_expires_at = Some(record.grace_expires_at);
+            key.updated_at = record.created_at;
+            Ok(())
+        })?;
+        tables.rotations.push(record.clone());
+        Ok(old)
+    }
+
+    async fn set_key_scopes(&self, tenant: &Tenant, id: KeyId, scopes: &[String], at: DateTime<Utc>) -> Result<Key> {
+        self.write()?.update_key(tenant, id, |key| {
+            key.scopes = scopes.to_vec();
+            key.updated_at = at;
+            Ok(())
+        })
+    }
+
+    async fn touch_key(&self, id: KeyId, at: DateTime<Utc>) -> Result<()> {
+        let mut tables = self.write()?;
+        if let Some(stored) = tables.keys.get_mut(&id)
+            && stored.key.last_used_at.is_none_or(|last| last < at)
+        {
+            Arc::make_mut(&mut stored.key).last_used_at = Some(at);
+        }
+        Ok(())
+    }
+
+    async fn list_due_keys(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Key>> {
+        let tables = self.read()?;
+        let mut due: Vec<&Key> = tables
+            .keys
+            .values()
+            .map(|stored| &*stored.key)
+            .filter(|key| match key.state {
+                KeyState::Active => key.expires_at.is_some_and(|at| at <= now),
+                KeyState::Rotated => key.grace_expires_at.is_some_and(|at| at <= now),
+                _ => false,
+            })
+            .collect();
+        due.sort_unstable_by_key(|key| key.id);
+        Ok(due.into_iter().take(limit as usize).cloned().collect())
+    }
+}
+
+#[async_trait]
+impl PolicyStore for MemoryStore {
+    async fn insert_policy(&self, policy: &Policy) -> Result<()> {
+        let mut tables = self.write()?;
+        let taken = tables.policies.values().any(|p| p.tenant == policy.tenant && p.name == policy.name);
+        if taken || tables.policies.contains_key(&policy.id) {
+            return Err(Error::AlreadyExists { entity: "policy", name: policy.name.clone() });
+        }
+        tables.policies.insert(policy.id, Arc::new(policy.clone()));
+        Ok(())
+    }
+
+    async fn get_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<Option<Arc<Policy>>> {
+        Ok(self.read()?.policies.get(&id).filter(|p| p.tenant == *tenant).cloned())
+    }
+
+    async fn list_policies(&self, tenant: &Tenant, page: Page) -> Result<Vec<Policy>> {
+        let tables = self.read()?;
+        Ok(page.apply(tables.policies.values().filter(|p| p.tenant == *tenant).map(|p| Policy::clone(p))))
+    }
+
+    async fn update_policy(&self, policy: &Policy) -> Result<()> {
+        let mut tables = self.write()?;
+        if !tables.policies.get(&policy.id).is_some_and(|p| p.tenant == policy.tenant) {
+            return Err(Error::not_found("policy", policy.id));
+        }
+        let taken =
+            tables.policies.values().any(|p| p.id != policy.id && p.tenant == policy.tenant && p.name == policy.name);
+        if taken {
+            return Err(Error::AlreadyExists { entity: "policy", name: policy.name.clone() });
+        }
+        tables.policies.insert(policy.id, Arc::new(policy.clone()));
+        Ok(())
+    }
+
+    async fn delete_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<()> {
+        let mut tables = self.write()?;
+        if !tables.policies.get(&id).is_some_and(|p| p.tenant == *tenant) {
+            return Err(Error::not_found("policy", id));
+        }
+        if tables.keys.values().any(|s| s.key.policy_id == Some(id) && !s.key.is_terminal()) {
+            return Err(Error::PolicyInUse { policy_id: id });
+        }
+        tables.policies.remove(&id);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ScopeStore for MemoryStore {
+    async fn insert_scope(&self, scope: &Scope) -> Result<()> {
+        let mut tables = self.write()?;
+        if tables.scopes.values().any(|s| s.tenant == scope.tenant && s.name == scope.name) {
+            return Err(Error::AlreadyExists { entity: "scope", name: scope.name.clone() });
+        }
+        tables.scopes.insert(scope.id, scope.clone());
+        Ok(())
+    }
+
+    async fn list_scopes(&self, tenant: &Tenant) -> Result<Vec<Scope>> {
+        let mut scopes: Vec<Scope> = self.read()?.scopes.values().filter(|s| s.tenant == *tenant).cloned().collect();
+        scopes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(scopes)
+    }
+
+    async fn delete_scope(&self, tenant: &Tenant, id: ScopeId) -> Result<()> {
+        let mut tables = self.write()?;
+        if !tables.scopes.get(&id).is_some_and(|s| s.tenant == *tenant) {
+            return Err(Error::not_found("scope", id));
+        }
+        tables.scopes.remove(&id);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl UsageStore for MemoryStore {
+    async fn record_batch(&self, records: &[UsageRecord]) -> Result<()> {
+        let mut tables = self.write()?;
+        for record in records {
+            tables.usage.insert((record.key_id, record.timestamp, record.id), record.clone());
+            for period in [Period::Day, Period::Month] {
+                let start = period.start_of(record.timestamp);
+                let aggregate =
+                    tables.aggregates.entry((record.key_id, period, start)).or_insert_with(|| UsageAggregate {
+                        key_id: record.key_id,
+                        tenant: record.tenant.clone(),
+                        period,
+                        period_start: start,
+                        requests: 0,
+                        errors: 0,
+                    });
+                aggregate.requests += 1;
+                aggregate.errors += u64::from(record.is_error());
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_usage(
+        &self,
+        tenant: &Tenant,
+        key_id: KeyId,
+        range: TimeRange,
+        page: Page,
+    ) -> Result<Vec<UsageRecord>> {
+        let tables = self.read()?;
+        let records = tables
+            .usage
+            .range((key_id, DateTime::<Utc>::MIN_UTC, crate::UsageId::from_uuid(uuid::Uuid::nil()))..)
+            .map(|(_, r)| r)
+            .take_while(|r| r.key_id == key_id)
+            .filter(|r| r.tenant == *tenant && range.contains(r.timestamp))
+            .cloned();
+        Ok(page.apply(records))
+    }
+
+    async fn usage_aggregates(
+        &self,
+        tenant: &Tenant,
+        key_id: KeyId,
+        period: Period,
+        range: TimeRange,
+    ) -> Result<Vec<UsageAggregate>> {
+        let tables = self.read()?;
+        Ok(tables
+            .aggregates
+            .values()
+            .filter(|a| {
+                a.key_id == key_id && a.tenant == *tenant && a.period == period && range.contains(a.period_start)
+            })
+            .cloned()
+            .collect())
+    }
+
+    async fn tenant_usage(&self, tenant: &Tenant, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>> {
+        let tables = self.read()?;
+        let mut totals: BTreeMap<DateTime<Utc>, UsageTotal> = BTreeMap::new();
+        for a in tables.aggregates.values() {
+            if a.tenant == *tenant && a.period == period && range.contains(a.period_start) {
+                let total = totals.entry(a.period_start).or_insert_with(|| UsageTotal {
+                    period,
+                    period_start: a.period_start,
+                    requests: 0,
+                    errors: 0,
+                });
+                total.requests += a.requests;
+                total.errors += a.errors;
+            }
+        }
+        Ok(totals.into_values().collect())
+    }
+}
+
+#[async_trait]
+impl RotationStore for MemoryStore {
+    async fn list_rotations(&self, tenant: &Tenant, key_id: KeyId) -> Result<Vec<RotationRecord>> {
+        Ok(self
+            .read()?
+            .rotations
+            .iter()
+            .filter(|r| r.tenant == *tenant && (r.key_id == key_id || r.new_key_id == key_id))
+            .cloned()
+            .collect())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn migrate(&self) -> Result<()> {
+        self.check_open()
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.check_open()
+    }
+
+    async fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,266 @@
+//! Storage: one trait per subsystem and [`Store`] composing them.
+//!
+//! Every method that takes a [`Tenant`] filters on it: another tenant's
+//! entity is `None` or [`Error::NotFound`](crate::Error::NotFound), never
+//! visible. State changes are compare-and-set on the current state, so a
+//! racing operation can never undo a revoke or rotate a key twice.
+
+mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+pub use memory::MemoryStore;
+
+use crate::{
+    Environment, Key, KeyHash, KeyId, KeyState, Period, Policy, PolicyId, Result, RotationRecord, Scope, ScopeId,
+    Tenant, UsageAggregate, UsageRecord,
+};
+
+/// A key with the hash of its secret, as a store keeps it. Cheap to clone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredKey {
+    /// The key.
+    pub key: Arc<Key>,
+    /// Hash of the raw key.
+    pub hash: KeyHash,
+}
+
+/// Which keys a listing returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFilter {
+    /// Only keys in this state.
+    pub state: Option<KeyState>,
+    /// Only keys of this environment.
+    pub environment: Option<Environment>,
+    /// Only keys under this policy.
+    pub policy_id: Option<PolicyId>,
+    /// Which slice of the result.
+    pub page: Page,
+}
+
+impl Default for KeyFilter {
+    fn default() -> Self {
+        Self { state: None, environment: None, policy_id: None, page: Page::default() }
+    }
+}
+
+/// A slice of a listing, ordered by id (that is, by creation time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// At most this many rows.
+    pub limit: u32,
+    /// Skipping this many first.
+    pub offset: u64,
+}
+
+impl Page {
+    /// The largest page a listing returns.
+    pub const MAX_LIMIT: u32 = 1000;
+
+    /// A page of `limit` rows (capped at [`Page::MAX_LIMIT`]) after `offset`.
+    #[must_use]
+    pub fn new(limit: u32, offset: u64) -> Self {
+        Self { limit: limit.min(Self::MAX_LIMIT), offset }
+    }
+
+    /// Applies the page to an iterator already in order.
+    pub fn apply<T>(self, items: impl Iterator<Item = T>) -> Vec<T> {
+        items
+            .skip(usize::try_from(self.offset).unwrap_or(usize::MAX))
+            .take(self.limit.min(Self::MAX_LIMIT) as usize)
+            .collect()
+    }
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Self { limit: 100, offset: 0 }
+    }
+}
+
+/// A half-open time range `[from, to)`; a missing bound is unbounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TimeRange {
+    /// Inclusive start.
+    pub from: Option<DateTime<Utc>>,
+    /// Exclusive end.
+    pub to: Option<DateTime<Utc>>,
+}
+
+impl TimeRange {
+    /// True if `at` lies in the range.
+    #[must_use]
+    pub fn contains(&self, at: DateTime<Utc>) -> bool {
+        self.from.is_none_or(|from| at >= from) && self.to.is_none_or(|to| at < to)
+    }
+}
+
+/// A state change, applied only if the key is in one of `from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The states the key may be in for the change to apply.
+    pub from: &'static [KeyState],
+    /// The new state.
+    pub to: KeyState,
+    /// When the change happens (becomes `updated_at`).
+    pub at: DateTime<Utc>,
+    /// Stored as the key's `revoked_reason` when `to` is `revoked`.
+    pub reason: Option<String>,
+}
+
+impl Transition {
+    /// The lifecycle's change to `to` (DESIGN §6), at `at`.
+    #[must_use]
+    pub fn to(to: KeyState, at: DateTime<Utc>) -> Self {
+        Self { from: KeyState::sources_of(to), to, at, reason: None }
+    }
+
+    /// The same change, with a reason.
+    #[must_use]
+    pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+}
+
+/// Everything a rotation writes, in one atomic step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RotationWrite {
+    /// The replacement key, `active`.
+    pub new_key: StoredKey,
+    /// The record; its `key_id` is the key being rotated.
+    pub record: RotationRecord,
+}
+
+/// Keys: creation, lookup, listing and state changes.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// Inserts a new key with its scopes. Fails with `AlreadyExists` if the
+    /// id or hash is taken and `NotFound` if its policy is not the tenant's.
+    async fn insert_key(&self, key: &StoredKey) -> Result<()>;
+
+    /// The key whose secret hashes to `hash`, of any tenant (validation).
+    async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>>;
+
+    /// One key of the tenant, with its hash.
+    async fn get_key(&self, tenant: &Tenant, id: KeyId) -> Result<Option<StoredKey>>;
+
+    /// The tenant's keys matching `filter`, ordered by id.
+    async fn list_keys(&self, tenant: &Tenant, filter: &KeyFilter) -> Result<Vec<Key>>;
+
+    /// Applies `transition` if the key's current state is one of its `from`
+    /// states, atomically; else `InvalidTransition` naming the current state.
+    async fn transition_key(&self, tenant: &Tenant, id: KeyId, transition: &Transition) -> Result<Key>;
+
+    /// Moves the old key from `active` to `rotated` (with the record's grace
+    /// expiry), inserts the new key and the record: all or nothing. Returns
+    /// the old key as updated.
+    async fn rotate_key(&self, tenant: &Tenant, rotation: &RotationWrite) -> Result<Key>;
+
+    /// Replaces the key's scopes.
+    async fn set_key_scopes(&self, tenant: &Tenant, id: KeyId, scopes: &[String], at: DateTime<Utc>) -> Result<Key>;
+
+    /// Records that the key was used at `at` (never moves it backwards).
+    async fn touch_key(&self, id: KeyId, at: DateTime<Utc>) -> Result<()>;
+
+    /// Keys of every tenant that are due a terminal state at `now`: `active`
+    /// past `expires_at`, and `rotated` past their grace. At most `limit`.
+    async fn list_due_keys(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Key>>;
+}
+
+/// Policies.
+#[async_trait]
+pub trait PolicyStore: Send + Sync {
+    /// Inserts a policy; `AlreadyExists` if the tenant has one of that name.
+    async fn insert_policy(&self, policy: &Policy) -> Result<()>;
+
+    /// One policy of the tenant.
+    async fn get_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<Option<Arc<Policy>>>;
+
+    /// The tenant's policies, ordered by id.
+    async fn list_policies(&self, tenant: &Tenant, page: Page) -> Result<Vec<Policy>>;
+
+    /// Replaces a policy (matched by id and tenant).
+    async fn update_policy(&self, policy: &Policy) -> Result<()>;
+
+    /// Deletes a policy; `PolicyInUse` while a key that is not terminal references it.
+    async fn delete_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<()>;
+}
+
+/// The scope registry.
+#[async_trait]
+pub trait ScopeStore: Send + Sync {
+    /// Registers a scope; `AlreadyExists` if the tenant has one of that name.
+    async fn insert_scope(&self, scope: &Scope) -> Result<()>;
+
+    /// The tenant's scopes, ordered by name.
+    async fn list_scopes(&self, tenant: &Tenant) -> Result<Vec<Scope>>;
+
+    /// Removes a scope from the registry (keys keep the names they hold).
+    async fn delete_scope(&self, tenant: &Tenant, id: ScopeId) -> Result<()>;
+}
+
+/// Usage records and their roll-ups.
+#[async_trait]
+pub trait UsageStore: Send + Sync {
+    /// Writes the records and adds them to their keys' daily and monthly
+    /// aggregates, in one write.
+    async fn record_batch(&self, records: &[UsageRecord]) -> Result<()>;
+
+    /// A key's records in `range`, oldest first.
+    async fn list_usage(
+        &self,
+        tenant: &Tenant,
+        key_id: KeyId,
+        range: TimeRange,
+        page: Page,
+    ) -> Result<Vec<UsageRecord>>;
+
+    /// A key's aggregates whose period starts in `range`, oldest first.
+    async fn usage_aggregates(
+        &self,
+        tenant: &Tenant,
+        key_id: KeyId,
+        period: Period,
+        range: TimeRange,
+    ) -> Result<Vec<UsageAggregate>>;
+
+    /// The tenant's totals per period (all keys summed), oldest first.
+    async fn tenant_usage(&self, tenant: &Tenant, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>>;
+}
+
+/// Requests and errors of all of a tenant's keys in one period.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UsageTotal {
+    /// Day or month.
+    pub period: Period,
+    /// The period's first instant.
+    pub period_start: DateTime<Utc>,
+    /// Requests.
+    pub requests: u64,
+    /// Of which errors.
+    pub errors: u64,
+}
+
+/// Rotation history.
+#[async_trait]
+pub trait RotationStore: Send + Sync {
+    /// Rotations involving the key (as old or new key), oldest first.
+    async fn list_rotations(&self, tenant: &Tenant, key_id: KeyId) -> Result<Vec<RotationRecord>>;
+}
+
+/// A complete backend. Object-safe: engines hold an `Arc<dyn Store>`.
+#[async_trait]
+pub trait Store: KeyStore + PolicyStore + ScopeStore + UsageStore + RotationStore + std::fmt::Debug {
+    /// Brings the schema up to date; safe to run on every start.
+    async fn migrate(&self) -> Result<()>;
+
+    /// Checks that the backend answers.
+    async fn ping(&self) -> Result<()>;
+
+    /// Releases connections; later calls fail.
+    async fn close(&self);
+}

@@ -1,0 +1,154 @@
+//! Usage: one record per request, rolled up per key into days and months.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{KeyId, Tenant, UsageId};
+
+/// One request made with a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    /// The record's id.
+    pub id: UsageId,
+    /// The key used.
+    pub key_id: KeyId,
+    /// The key's owner.
+    pub tenant: Tenant,
+    /// The request path (or route).
+    pub endpoint: String,
+    /// The HTTP method.
+    pub method: String,
+    /// The response status.
+    pub status: u16,
+    /// The client address, when known.
+    pub ip: Option<IpAddr>,
+    /// The `User-Agent`, when sent.
+    pub user_agent: Option<String>,
+    /// Time to answer, in milliseconds in JSON.
+    #[serde(with = "millis")]
+    pub latency: Duration,
+    /// When the request was made.
+    pub timestamp: DateTime<Utc>,
+}
+
+impl UsageRecord {
+    /// True if the response was an error (status ≥ 400).
+    #[must_use]
+    pub fn is_error(&self) -> bool {
+        self.status >= 400
+    }
+}
+
+/// A roll-up period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    /// A UTC day.
+    Day,
+    /// A UTC calendar month.
+    Month,
+}
+
+impl Period {
+    /// The lowercase name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Day => "day",
+            Self::Month => "month",
+        }
+    }
+
+    /// The start (UTC midnight) of the period containing `at`.
+    #[must_use]
+    pub fn start_of(self, at: DateTime<Utc>) -> DateTime<Utc> {
+        let date = at.date_naive();
+        let first = match self {
+            Self::Day => date,
+            Self::Month => date.with_day(1).unwrap_or(date),
+        };
+        Utc.from_utc_datetime(&first.and_time(NaiveTime::MIN))
+    }
+
+    /// The start of the period after the one containing `at`.
+    #[must_use]
+    pub fn next_start(self, at: DateTime<Utc>) -> DateTime<Utc> {
+        let start = self.start_of(at);
+        match self {
+            Self::Day => start + chrono::Days::new(1),
+            Self::Month => start + chrono::Months::new(1),
+        }
+    }
+}
+
+impl fmt::Display for Period {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Period {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "day" => Ok(Self::Day),
+            "month" => Ok(Self::Month),
+            _ => Err(crate::Error::invalid("period", "expected day or month")),
+        }
+    }
+}
+
+/// Requests and errors of one key in one period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageAggregate {
+    /// The key.
+    pub key_id: KeyId,
+    /// The key's owner.
+    pub tenant: Tenant,
+    /// Day or month.
+    pub period: Period,
+    /// The period's first instant (UTC midnight).
+    pub period_start: DateTime<Utc>,
+    /// Requests in the period.
+    pub requests: u64,
+    /// Of which answered with status ≥ 400.
+    pub errors: u64,
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    #[test]
+    fn periods_start_at_utc_midnight() {
+        let t = at("2026-02-28T23:59:59Z");
+        assert_eq!(Period::Day.start_of(t), at("2026-02-28T00:00:00Z"));
+        assert_eq!(Period::Day.next_start(t), at("2026-03-01T00:00:00Z"));
+        assert_eq!(Period::Month.start_of(t), at("2026-02-01T00:00:00Z"));
+        assert_eq!(Period::Month.next_start(at("2026-12-31T10:00:00Z")), at("2027-01-01T00:00:00Z"));
+    }
+}
