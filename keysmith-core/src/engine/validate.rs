@@ -212,13 +212,7 @@ impl Engine {
 
     fn is_expired(&self, key: &Key, policy: Option<&Policy>, now: chrono::DateTime<chrono::Utc>) -> bool {
         let _ = self;
-        let past_expiry = key.expires_at.is_some_and(|at| at <= now);
-        let too_old = policy.and_then(|p| p.max_key_age).is_some_and(|max_age| {
-            chrono::Duration::from_std(max_age)
-                .ok()
-                .and_then(|age| key.created_at.checked_add_signed(age))
-                .is_some_and(|end| end <= now)
-        });
-        past_expiry || too_old
+        key.expires_at.is_some_and(|at| at <= now)
+            || crate::key::past_max_age(key, policy.and_then(|p| p.max_key_age), now)
     }
 }

@@ -59,6 +59,14 @@ impl Key {
     }
 }
 
+/// True if `key` is older than `max_age` at `now`.
+pub(crate) fn past_max_age(key: &Key, max_age: Option<std::time::Duration>, now: DateTime<Utc>) -> bool {
+    max_age
+        .and_then(|age| chrono::Duration::from_std(age).ok())
+        .and_then(|age| key.created_at.checked_add_signed(age))
+        .is_some_and(|end| end <= now)
+}
+
 /// The environment a key is for; it is part of the raw key (`sk_live_…`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -203,7 +203,10 @@ impl KeyStore for MemoryStore {
             .values()
             .map(|stored| &*stored.key)
             .filter(|key| match key.state {
-                KeyState::Active => key.expires_at.is_some_and(|at| at <= now),
+                KeyState::Active => {
+                    let max_age = key.policy_id.and_then(|id| tables.policies.get(&id)).and_then(|p| p.max_key_age);
+                    key.expires_at.is_some_and(|at| at <= now) || crate::key::past_max_age(key, max_age, now)
+                }
                 KeyState::Rotated => key.grace_expires_at.is_some_and(|at| at <= now),
                 _ => false,
             })

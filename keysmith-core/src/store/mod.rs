@@ -166,8 +166,9 @@ pub trait KeyStore: Send + Sync {
     /// Records that the key was used at `at` (never moves it backwards).
     async fn touch_key(&self, id: KeyId, at: DateTime<Utc>) -> Result<()>;
 
-    /// Keys of every tenant that are due a terminal state at `now`: `active`
-    /// past `expires_at`, and `rotated` past their grace. At most `limit`.
+    /// Keys of every tenant that are due a terminal state at `now`, ordered
+    /// by id, at most `limit`: `active` keys past `expires_at` or older than
+    /// their policy's `max_key_age`, and `rotated` keys past their grace.
     async fn list_due_keys(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Key>>;
 }
 
