@@ -1,0 +1,162 @@
+//! What both backends share: error mapping and column conversions.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use keysmith_core::store::Page;
+use keysmith_core::{Error, KeyHash, KeyId, KeyState, Policy, PolicyId, RateLimit, Result};
+
+/// How many times a transition is retried when its compare-and-set missed
+/// but the re-read shows a state it could start from (a concurrent change
+/// came and went between the two statements).
+pub(crate) const TRANSITION_ATTEMPTS: usize = 3;
+
+/// Any sqlx error, kept as the source: connection loss, timeouts, corrupt rows.
+pub(crate) fn store_error(error: sqlx::Error) -> Error {
+    Error::store(error)
+}
+
+/// True for a unique or primary-key violation.
+pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// True for a foreign-key violation.
+pub(crate) fn is_foreign_key_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_foreign_key_violation())
+}
+
+/// Maps a failed key insert: a taken id or hash is `AlreadyExists`, a policy
+/// that vanished under us `NotFound`.
+pub(crate) fn key_insert_error(error: sqlx::Error, id: KeyId, policy_id: Option<PolicyId>) -> Error {
+    if is_unique_violation(&error) {
+        return Error::AlreadyExists { entity: "key", name: id.to_string() };
+    }
+    if is_foreign_key_violation(&error)
+        && let Some(policy_id) = policy_id
+    {
+        return Error::NotFound { entity: "policy", id: policy_id.to_string() };
+    }
+    store_error(error)
+}
+
+/// Maps a failed write of a named entity: a unique violation is `AlreadyExists`.
+pub(crate) fn named_write_error(error: sqlx::Error, entity: &'static str, name: &str) -> Error {
+    if is_unique_violation(&error) {
+        Error::AlreadyExists { entity, name: name.to_owned() }
+    } else {
+        store_error(error)
+    }
+}
+
+/// A row that cannot be turned back into an entity.
+pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {
+    Error::store(format!("corrupt {what} in the keysmith tables: {detail}"))
+}
+
+/// Parses a text column with the entity's own `FromStr`.
+pub(crate) fn parse_column<T>(what: &str, value: &str) -> Result<T>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|e| corrupt(what, e))
+}
+
+/// Parses a stored hash.
+pub(crate) fn parse_hash(value: &str) -> Result<KeyHash> {
+    value.parse().map_err(|_| corrupt("key hash", "not 64 hex characters"))
+}
+
+/// A duration as whole microseconds.
+pub(crate) fn duration_to_micros(field: &'static str, duration: Duration) -> Result<i64> {
+    i64::try_from(duration.as_micros())
+        .map_err(|_| Error::InvalidInput { field, reason: "is too long to store".to_owned() })
+}
+
+/// A stored duration in microseconds.
+pub(crate) fn micros_to_duration(what: &str, micros: i64) -> Result<Duration> {
+    u64::try_from(micros).map(Duration::from_micros).map_err(|_| corrupt(what, "negative duration"))
+}
+
+/// A stored count back as unsigned.
+pub(crate) fn to_u64(what: &str, value: i64) -> Result<u64> {
+    u64::try_from(value).map_err(|_| corrupt(what, "negative count"))
+}
+
+/// `LIMIT` and `OFFSET` of a page (the limit capped like every store caps it).
+pub(crate) fn limit_offset(page: Page) -> (i64, i64) {
+    (i64::from(page.limit.min(Page::MAX_LIMIT)), i64::try_from(page.offset).unwrap_or(i64::MAX))
+}
+
+/// The names of the states a transition may start from.
+pub(crate) fn state_names(states: &[KeyState]) -> Vec<String> {
+    states.iter().map(|s| s.as_str().to_owned()).collect()
+}
+
+/// What a missed compare-and-set means, given the key's state now.
+pub(crate) enum Missed {
+    /// Another writer moved the key back into a source state: try again.
+    Retry,
+    /// The error to return.
+    Fail(Error),
+}
+
+/// Classifies a compare-and-set that updated no row.
+pub(crate) fn missed_transition(id: KeyId, current: Option<KeyState>, from: &[KeyState], to: KeyState) -> Missed {
+    match current {
+        None => Missed::Fail(Error::NotFound { entity: "key", id: id.to_string() }),
+        Some(state) if from.contains(&state) => Missed::Retry,
+        Some(state) => Missed::Fail(Error::InvalidTransition { from: state, to }),
+    }
+}
+
+/// A policy's columns that are not stored as they are.
+pub(crate) struct PolicyColumns {
+    pub(crate) rate_limit_requests: Option<i64>,
+    pub(crate) rate_limit_window_us: Option<i64>,
+    pub(crate) rate_limit_burst: Option<i64>,
+    pub(crate) allowed_ips: Vec<String>,
+    pub(crate) max_key_age_us: Option<i64>,
+    pub(crate) rotation_grace_us: Option<i64>,
+}
+
+impl PolicyColumns {
+    pub(crate) fn of(policy: &Policy) -> Result<Self> {
+        let rate_limit = policy.rate_limit.as_ref();
+        Ok(Self {
+            rate_limit_requests: rate_limit.map(|r| i64::from(r.requests)),
+            rate_limit_window_us: rate_limit.map(|r| duration_to_micros("rate_limit.window", r.window)).transpose()?,
+            rate_limit_burst: rate_limit.and_then(|r| r.burst).map(i64::from),
+            allowed_ips: policy.allowed_ips.iter().map(ToString::to_string).collect(),
+            max_key_age_us: policy.max_key_age.map(|d| duration_to_micros("max_key_age", d)).transpose()?,
+            rotation_grace_us: policy.rotation_grace.map(|d| duration_to_micros("rotation_grace", d)).transpose()?,
+        })
+    }
+}
+
+/// The rate limit back from its three columns.
+pub(crate) fn rate_limit_from(
+    requests: Option<i64>,
+    window_us: Option<i64>,
+    burst: Option<i64>,
+) -> Result<Option<RateLimit>> {
+    let (Some(requests), Some(window_us)) = (requests, window_us) else {
+        return Ok(None);
+    };
+    let count = |what: &str, n: i64| u32::try_from(n).map_err(|e| corrupt(what, e));
+    Ok(Some(RateLimit {
+        requests: count("rate limit requests", requests)?,
+        window: micros_to_duration("rate limit window", window_us)?,
+        burst: burst.map(|b| count("rate limit burst", b)).transpose()?,
+    }))
+}
+
+/// Parses every item of a stored list.
+pub(crate) fn parse_list<T>(what: &str, values: &[String]) -> Result<Vec<T>>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    values.iter().map(|v| parse_column(what, v)).collect()
+}

@@ -1,0 +1,65 @@
+//! SQL stores for Keysmith: [`PgStore`] (PostgreSQL, feature `postgres`) and
+//! [`SqliteStore`] (SQLite, feature `sqlite`), both on by default.
+//!
+//! Each implements the whole [`keysmith_core::Store`]. Migrations are embedded
+//! ([`postgres::MIGRATOR`], [`sqlite::MIGRATOR`]) and [`Store::migrate`]
+//! runs them; it is idempotent and cheap, so call it on every start.
+//!
+//! ```
+//! # #[cfg(feature = "sqlite")]
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use keysmith_core::{Engine, NewKey, RequestContext, Store};
+//! use keysmith_sqlx::SqliteStore;
+//!
+//! let store = SqliteStore::connect("sqlite::memory:").await?;
+//! store.migrate().await?;
+//! let engine = Engine::builder(Arc::new(store)).build()?;
+//!
+//! let created = engine.tenant("my-app", "acme").create_key(NewKey::new("deploy bot")).await?;
+//! let ok = engine.validate(created.raw.expose(), &RequestContext::new()).await.unwrap();
+//! assert_eq!(ok.key.id, created.key.id);
+//! # Ok::<(), keysmith_core::Error>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # Schema
+//!
+//! Seven tables: `keysmith_keys`, `keysmith_policies`, `keysmith_scopes`,
+//! `keysmith_key_scopes`, `keysmith_usage`, `keysmith_usage_agg` and
+//! `keysmith_rotations`.
+//!
+//! - Ids are stored as their UUID (PostgreSQL `uuid`, SQLite a 16-byte blob);
+//!   the TypeID prefix is implied by the column. UUIDv7 order is creation order,
+//!   so `ORDER BY id` lists oldest first, as every store does.
+//! - Key hashes are the lowercase hex SHA-256 (64 characters), unique.
+//! - Times are UTC: `timestamptz` in PostgreSQL, integer microseconds since the
+//!   Unix epoch in SQLite (`datetime(col / 1000000, 'unixepoch')` reads them).
+//!   Both keep microseconds; nanoseconds are dropped.
+//! - Durations (policy windows and ages, rotation grace, request latency) are
+//!   integer microseconds.
+//! - A key's scopes are rows of `keysmith_key_scopes` in order; they are names,
+//!   not references to the scope registry, so deleting a registered scope
+//!   leaves the keys that hold it unchanged.
+//! - Deleting a policy (allowed only when no live key uses it) sets the
+//!   `policy_id` of the terminal keys that still named it to `NULL`.
+//! - Usage records and aggregates reference their key; writing a record for
+//!   a key that does not exist fails the batch with `NotFound`. A batch written
+//!   twice (a retry after an unclear failure) is counted once: records are
+//!   inserted by id and only new ones reach the aggregates.
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod common;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+#[cfg(feature = "postgres")]
+pub use postgres::PgStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
+
+/// Re-exported so that `Store::migrate` and friends are in scope with one import.
+pub use keysmith_core::Store;
