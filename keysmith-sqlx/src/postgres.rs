@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keysmith_core::store::{
-    KeyFilter, KeyStore, Page, PolicyStore, RotationStore, RotationWrite, ScopeStore, StoredKey, TimeRange,
-    Transition, UsageStore, UsageTotal,
+    KeyFilter, KeyStore, Page, PolicyStore, RotationStore, RotationWrite, ScopeStore, StoredKey, TimeRange, Transition,
+    UsageStore, UsageTotal,
 };
 use keysmith_core::{
     Error, Key, KeyHash, KeyId, KeyState, Period, Policy, PolicyId, Quota, Result, RotationId, RotationRecord, Scope,
@@ -26,8 +26,8 @@ use uuid::Uuid;
 
 use crate::common::{
     Missed, PolicyColumns, TRANSITION_ATTEMPTS, corrupt, duration_to_micros, is_foreign_key_violation,
-    key_insert_error, limit_offset, micros_to_duration, missed_transition, named_write_error, parse_column,
-    parse_hash, parse_list, rate_limit_from, state_names, store_error, to_u64,
+    key_insert_error, limit_offset, micros_to_duration, missed_transition, named_write_error, parse_column, parse_hash,
+    parse_list, rate_limit_from, state_names, store_error, to_u64,
 };
 
 /// The PostgreSQL schema, embedded. [`Store::migrate`] runs it; apps that
@@ -296,13 +296,12 @@ async fn insert_key_on(conn: &mut PgConnection, stored: &StoredKey) -> Result<()
     if inserted.rows_affected() == 0 {
         // No row: the policy is not the tenant's, unless the key is taken
         // anyway (reported first, like every store does).
-        let taken: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM keysmith_keys WHERE id = $1 OR hash = $2)")
-                .bind(key.id.uuid())
-                .bind(stored.hash.to_hex())
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(store_error)?;
+        let taken: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM keysmith_keys WHERE id = $1 OR hash = $2)")
+            .bind(key.id.uuid())
+            .bind(stored.hash.to_hex())
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(store_error)?;
         return Err(if taken {
             Error::AlreadyExists { entity: "key", name: key.id.to_string() }
         } else {
@@ -458,7 +457,10 @@ impl KeyStore for PgStore {
                 }
             };
             if rotation.new_key.key.tenant != *tenant || record.tenant != *tenant {
-                return Err(Error::InvalidInput { field: "tenant", reason: "a rotation stays within one tenant".into() });
+                return Err(Error::InvalidInput {
+                    field: "tenant",
+                    reason: "a rotation stays within one tenant".into(),
+                });
             }
             insert_key_on(&mut tx, &rotation.new_key).await?;
             sqlx::query(

@@ -13,8 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keysmith_core::store::{
-    KeyFilter, KeyStore, Page, PolicyStore, RotationStore, RotationWrite, ScopeStore, StoredKey, TimeRange,
-    Transition, UsageStore, UsageTotal,
+    KeyFilter, KeyStore, Page, PolicyStore, RotationStore, RotationWrite, ScopeStore, StoredKey, TimeRange, Transition,
+    UsageStore, UsageTotal,
 };
 use keysmith_core::{
     Error, Key, KeyHash, KeyId, KeyState, Period, Policy, PolicyId, Quota, Result, RotationId, RotationRecord, Scope,
@@ -31,8 +31,8 @@ use uuid::Uuid;
 
 use crate::common::{
     Missed, PolicyColumns, TRANSITION_ATTEMPTS, corrupt, duration_to_micros, is_foreign_key_violation,
-    key_insert_error, limit_offset, micros_to_duration, missed_transition, named_write_error, parse_column,
-    parse_hash, parse_list, rate_limit_from, state_names, store_error, to_u64,
+    key_insert_error, limit_offset, micros_to_duration, missed_transition, named_write_error, parse_column, parse_hash,
+    parse_list, rate_limit_from, state_names, store_error, to_u64,
 };
 
 /// The SQLite schema, embedded. [`Store::migrate`] runs it; apps that manage
@@ -143,13 +143,17 @@ fn opt_time(what: &str, micros: Option<i64>) -> Result<Option<DateTime<Utc>>> {
     micros.map(|us| time(what, us)).transpose()
 }
 
-/// The key columns, with the key's scopes in order, of `keysmith_keys k`.
+/// The key columns, with the key's scopes in order. SQLite has no alias in
+/// `UPDATE`, so the table is named in full everywhere.
 macro_rules! key_columns {
     () => {
-        "k.id, k.app_id, k.tenant_id, k.hash, k.name, k.hint, k.prefix, k.environment, k.state, k.policy_id, \
-         k.expires_at, k.grace_expires_at, k.revoked_reason, k.last_used_at, k.created_at, k.updated_at, k.metadata, \
+        "keysmith_keys.id, keysmith_keys.app_id, keysmith_keys.tenant_id, keysmith_keys.hash, keysmith_keys.name, \
+         keysmith_keys.hint, keysmith_keys.prefix, keysmith_keys.environment, keysmith_keys.state, \
+         keysmith_keys.policy_id, keysmith_keys.expires_at, keysmith_keys.grace_expires_at, \
+         keysmith_keys.revoked_reason, keysmith_keys.last_used_at, keysmith_keys.created_at, \
+         keysmith_keys.updated_at, keysmith_keys.metadata, \
          (SELECT json_group_array(scope) FROM (SELECT s.scope FROM keysmith_key_scopes s \
-             WHERE s.key_id = k.id ORDER BY s.position)) AS scopes"
+             WHERE s.key_id = keysmith_keys.id ORDER BY s.position)) AS scopes"
     };
 }
 
@@ -353,13 +357,12 @@ async fn insert_key_on(conn: &mut SqliteConnection, stored: &StoredKey) -> Resul
     if inserted.rows_affected() == 0 {
         // No row: the policy is not the tenant's, unless the key is taken
         // anyway (reported first, like every store does).
-        let taken: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM keysmith_keys WHERE id = $1 OR hash = $2)")
-                .bind(key.id.uuid())
-                .bind(stored.hash.to_hex())
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(store_error)?;
+        let taken: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM keysmith_keys WHERE id = $1 OR hash = $2)")
+            .bind(key.id.uuid())
+            .bind(stored.hash.to_hex())
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(store_error)?;
         return Err(if taken {
             Error::AlreadyExists { entity: "key", name: key.id.to_string() }
         } else {
@@ -416,7 +419,7 @@ impl KeyStore for SqliteStore {
 
     async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>> {
         let row: Option<KeyRow> =
-            sqlx::query_as(concat!("SELECT ", key_columns!(), " FROM keysmith_keys k WHERE k.hash = $1"))
+            sqlx::query_as(concat!("SELECT ", key_columns!(), " FROM keysmith_keys WHERE hash = $1"))
                 .bind(hash.to_hex())
                 .fetch_optional(&self.pool)
                 .await
@@ -428,7 +431,7 @@ impl KeyStore for SqliteStore {
         let row: Option<KeyRow> = sqlx::query_as(concat!(
             "SELECT ",
             key_columns!(),
-            " FROM keysmith_keys k WHERE k.id = $1 AND k.app_id = $2 AND k.tenant_id = $3"
+            " FROM keysmith_keys WHERE keysmith_keys.id = $1 AND app_id = $2 AND tenant_id = $3"
         ))
         .bind(id.uuid())
         .bind(&tenant.app_id)
@@ -440,19 +443,19 @@ impl KeyStore for SqliteStore {
     }
 
     async fn list_keys(&self, tenant: &Tenant, filter: &KeyFilter) -> Result<Vec<Key>> {
-        let mut qb = QueryBuilder::new(concat!("SELECT ", key_columns!(), " FROM keysmith_keys k WHERE k.app_id = "));
-        qb.push_bind(&tenant.app_id).push(" AND k.tenant_id = ").push_bind(&tenant.tenant_id);
+        let mut qb = QueryBuilder::new(concat!("SELECT ", key_columns!(), " FROM keysmith_keys WHERE app_id = "));
+        qb.push_bind(&tenant.app_id).push(" AND tenant_id = ").push_bind(&tenant.tenant_id);
         if let Some(state) = filter.state {
-            qb.push(" AND k.state = ").push_bind(state.as_str());
+            qb.push(" AND state = ").push_bind(state.as_str());
         }
         if let Some(environment) = filter.environment {
-            qb.push(" AND k.environment = ").push_bind(environment.as_str());
+            qb.push(" AND environment = ").push_bind(environment.as_str());
         }
         if let Some(policy_id) = filter.policy_id {
-            qb.push(" AND k.policy_id = ").push_bind(policy_id.uuid());
+            qb.push(" AND policy_id = ").push_bind(policy_id.uuid());
         }
         let (limit, offset) = limit_offset(filter.page);
-        qb.push(" ORDER BY k.id LIMIT ").push_bind(limit).push(" OFFSET ").push_bind(offset);
+        qb.push(" ORDER BY keysmith_keys.id LIMIT ").push_bind(limit).push(" OFFSET ").push_bind(offset);
         let rows: Vec<KeyRow> = qb.build_query_as().fetch_all(&self.pool).await.map_err(store_error)?;
         rows.into_iter().map(KeyRow::into_key).collect()
     }
@@ -461,10 +464,10 @@ impl KeyStore for SqliteStore {
         let from = serde_json::to_string(&state_names(transition.from)).map_err(Error::store)?;
         for _ in 0..TRANSITION_ATTEMPTS {
             let row: Option<KeyRow> = sqlx::query_as(concat!(
-                "UPDATE keysmith_keys AS k SET state = $5, updated_at = $6, \
-                 revoked_reason = CASE WHEN $5 = 'revoked' THEN $7 ELSE k.revoked_reason END \
-                 WHERE k.id = $1 AND k.app_id = $2 AND k.tenant_id = $3 \
-                     AND k.state IN (SELECT value FROM json_each($4)) \
+                "UPDATE keysmith_keys SET state = $5, updated_at = $6, \
+                 revoked_reason = CASE WHEN $5 = 'revoked' THEN $7 ELSE revoked_reason END \
+                 WHERE keysmith_keys.id = $1 AND app_id = $2 AND tenant_id = $3 \
+                     AND state IN (SELECT value FROM json_each($4)) \
                  RETURNING ",
                 key_columns!()
             ))
@@ -497,8 +500,8 @@ impl KeyStore for SqliteStore {
         // a missed compare-and-set is the state that made it miss.
         let mut tx = self.begin().await?;
         let old: Option<KeyRow> = sqlx::query_as(concat!(
-            "UPDATE keysmith_keys AS k SET state = 'rotated', grace_expires_at = $4, updated_at = $5 \
-             WHERE k.id = $1 AND k.app_id = $2 AND k.tenant_id = $3 AND k.state = 'active' \
+            "UPDATE keysmith_keys SET state = 'rotated', grace_expires_at = $4, updated_at = $5 \
+             WHERE keysmith_keys.id = $1 AND app_id = $2 AND tenant_id = $3 AND state = 'active' \
              RETURNING ",
             key_columns!()
         ))
@@ -570,11 +573,12 @@ impl KeyStore for SqliteStore {
             .await
             .map_err(store_error)?;
         insert_scopes_on(&mut tx, id, scopes).await?;
-        let row: KeyRow = sqlx::query_as(concat!("SELECT ", key_columns!(), " FROM keysmith_keys k WHERE k.id = $1"))
-            .bind(id.uuid())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(store_error)?;
+        let row: KeyRow =
+            sqlx::query_as(concat!("SELECT ", key_columns!(), " FROM keysmith_keys WHERE keysmith_keys.id = $1"))
+                .bind(id.uuid())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(store_error)?;
         tx.commit().await.map_err(store_error)?;
         row.into_key()
     }
@@ -596,11 +600,11 @@ impl KeyStore for SqliteStore {
         let rows: Vec<KeyRow> = sqlx::query_as(concat!(
             "SELECT ",
             key_columns!(),
-            " FROM keysmith_keys k LEFT JOIN keysmith_policies p ON p.id = k.policy_id \
-             WHERE (k.state = 'active' AND (k.expires_at <= $1 \
-                 OR (p.max_key_age_us IS NOT NULL AND $1 - k.created_at >= p.max_key_age_us))) \
-                OR (k.state = 'rotated' AND k.grace_expires_at <= $1) \
-             ORDER BY k.id LIMIT $2"
+            " FROM keysmith_keys LEFT JOIN keysmith_policies p ON p.id = keysmith_keys.policy_id \
+             WHERE (keysmith_keys.state = 'active' AND (keysmith_keys.expires_at <= $1 \
+                 OR (p.max_key_age_us IS NOT NULL AND $1 - keysmith_keys.created_at >= p.max_key_age_us))) \
+                OR (keysmith_keys.state = 'rotated' AND keysmith_keys.grace_expires_at <= $1) \
+             ORDER BY keysmith_keys.id LIMIT $2"
         ))
         .bind(micros(now))
         .bind(i64::from(limit))

@@ -1,1 +1,23 @@
 //! Cross-crate test suites for Keysmith (not published).
+//!
+//! [`store_conformance`] holds the cases every store must pass; a backend's
+//! test file runs them all with one macro call:
+//!
+//! ```
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use keysmith_core::{MemoryStore, Store};
+//! use keysmith_tests::store_conformance;
+//!
+//! // In tests/tests/store_memory.rs:
+//! //     async fn setup() -> Option<Fixture> { Some(Fixture::new(Arc::new(MemoryStore::new())).await) }
+//! //     keysmith_tests::store_conformance_tests!(setup);
+//! // or one case by hand:
+//! let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+//! store_conformance::transitions_follow_the_lifecycle(store).await;
+//! # });
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod services;
+pub mod store_conformance;

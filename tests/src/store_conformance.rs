@@ -1,0 +1,1174 @@
+//! One set of cases every [`Store`] must pass, whatever keeps the data.
+//!
+//! Each case is a `pub async fn(Arc<dyn Store>)` on a fresh, migrated store;
+//! [`store_conformance_tests!`](crate::store_conformance_tests) turns the
+//! whole list into one `#[tokio::test]` per case for a backend.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use keysmith_core::store::{KeyFilter, Page, RotationWrite, StoredKey, TimeRange, Transition};
+use keysmith_core::{
+    Environment, Error, Hasher, Key, KeyId, KeyState, Period, Policy, PolicyId, Quota, RateLimit, RotationId,
+    RotationReason, RotationRecord, Scope, ScopeId, Sha256Hasher, Store, Tenant, UsageId, UsageRecord,
+};
+use tokio::sync::Barrier;
+use tokio::task::JoinSet;
+
+/// Names of every case, in the order the macro generates them.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($setup:path) => {
+        $crate::store_conformance_tests!(@cases $setup;
+            key_round_trips_through_insert_get_and_hash_lookup,
+            taken_key_id_or_hash_is_already_exists_and_writes_nothing,
+            key_with_another_tenants_policy_is_not_found_and_not_stored,
+            unknown_hash_finds_nothing,
+            other_tenants_see_nothing_and_change_nothing,
+            list_keys_filters_orders_and_paginates,
+            transitions_follow_the_lifecycle,
+            concurrent_revokes_have_exactly_one_winner,
+            concurrent_rotations_have_exactly_one_winner,
+            racing_suspend_never_undoes_a_revoke,
+            rotation_writes_new_key_old_state_and_record,
+            failed_rotation_leaves_old_key_active_and_no_record,
+            rotation_needs_an_active_key,
+            rotation_across_tenants_is_rejected,
+            set_key_scopes_replaces_them_in_order,
+            touch_key_never_moves_last_used_backwards,
+            due_keys_are_expired_aged_or_past_grace,
+            policy_round_trips_and_updates,
+            policy_names_are_unique_per_tenant,
+            list_policies_orders_and_paginates,
+            policy_in_use_by_a_live_key_cannot_be_deleted,
+            policy_delete_and_key_insert_race_atomically,
+            scope_registry_is_per_tenant_and_sorted_by_name,
+            usage_batches_roll_up_into_days_and_months,
+            usage_batches_accumulate_and_count_each_record_once,
+            large_usage_batch_is_written_whole,
+            usage_queries_filter_by_range_and_paginate,
+            migrate_is_idempotent_and_ping_answers,
+            closed_store_fails_with_store_error,
+        );
+    };
+    (@cases $setup:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let Some(fixture) = $setup().await else { return };
+                $crate::store_conformance::$case(::std::sync::Arc::clone(&fixture.store)).await;
+                drop(fixture);
+            }
+        )*
+    };
+}
+
+/// A migrated store for one case, and whatever must live as long as it
+/// (a test database that is dropped afterwards).
+#[derive(Debug)]
+pub struct Fixture {
+    /// The store under test.
+    pub store: Arc<dyn Store>,
+    // Declared after the store, so dropped after it.
+    guard: Option<Box<dyn std::fmt::Debug + Send>>,
+}
+
+impl Fixture {
+    /// A fixture on `store`, migrated.
+    ///
+    /// # Panics
+    /// If the migration fails.
+    pub async fn new(store: Arc<dyn Store>) -> Self {
+        store.migrate().await.expect("migrate");
+        Self { store, guard: None }
+    }
+
+    /// Keeps `guard` alive (and drops it after the store) with the fixture.
+    #[must_use]
+    pub fn with_guard(mut self, guard: impl std::fmt::Debug + Send + 'static) -> Self {
+        self.guard = Some(Box::new(guard));
+        self
+    }
+}
+
+// ---------------------------------------------------------------- fixtures
+
+/// 2026-03-15 12:00:00 UTC, the suite's "now".
+#[must_use]
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 15, 12, 0, 0).unwrap()
+}
+
+fn at(secs: i64) -> DateTime<Utc> {
+    t0() + chrono::Duration::seconds(secs)
+}
+
+fn acme() -> Tenant {
+    Tenant::new("billing", "acme")
+}
+
+fn globex() -> Tenant {
+    Tenant::new("billing", "globex")
+}
+
+/// Same tenant id as [`acme`], another application.
+fn acme_elsewhere() -> Tenant {
+    Tenant::new("shipping", "acme")
+}
+
+/// An active key of `tenant` with every field set, created at [`t0`].
+#[must_use]
+pub fn sample_key(tenant: &Tenant) -> StoredKey {
+    let id = KeyId::new();
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("team".into(), "payments".into());
+    metadata.insert("tier".into(), 3.into());
+    let key = Key {
+        id,
+        name: "deploy bot".into(),
+        hint: "sk_live_…a1b2".into(),
+        prefix: "sk".into(),
+        environment: Environment::Live,
+        state: KeyState::Active,
+        scopes: vec!["write:users".into(), "read".into(), "admin:billing:refunds".into()],
+        tenant: tenant.clone(),
+        policy_id: None,
+        expires_at: Some(at(86_400 * 30)),
+        grace_expires_at: None,
+        revoked_reason: None,
+        last_used_at: None,
+        created_at: t0(),
+        updated_at: t0(),
+        metadata,
+    };
+    StoredKey { hash: Sha256Hasher.hash(&format!("sk_live_{id}")), key: Arc::new(key) }
+}
+
+fn modified(stored: &StoredKey, change: impl FnOnce(&mut Key)) -> StoredKey {
+    let mut key = Key::clone(&stored.key);
+    change(&mut key);
+    StoredKey { key: Arc::new(key), hash: stored.hash }
+}
+
+/// A policy of `tenant` with every field set.
+#[must_use]
+pub fn sample_policy(tenant: &Tenant, name: &str) -> Policy {
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("owner".into(), "ops".into());
+    Policy {
+        id: PolicyId::new(),
+        tenant: tenant.clone(),
+        name: name.into(),
+        rate_limit: Some(RateLimit { requests: 100, window: Duration::from_millis(60_500), burst: Some(20) }),
+        allowed_ips: vec!["10.0.0.0/8".parse().unwrap(), "2001:db8::/32".parse().unwrap()],
+        allowed_origins: vec!["https://app.example.com".into()],
+        allowed_scopes: vec!["read".into(), "write:users".into(), "admin".into()],
+        max_key_age: Some(Duration::from_secs(90 * 86_400)),
+        quota: Some(Quota { daily: Some(10_000), monthly: None }),
+        rotation_grace: Some(Duration::from_secs(3600)),
+        metadata,
+        created_at: t0(),
+        updated_at: t0(),
+    }
+}
+
+/// A bare policy: no limits at all.
+fn bare_policy(tenant: &Tenant, name: &str) -> Policy {
+    Policy {
+        rate_limit: None,
+        allowed_ips: vec![],
+        allowed_origins: vec![],
+        allowed_scopes: vec![],
+        max_key_age: None,
+        quota: None,
+        rotation_grace: None,
+        metadata: serde_json::Map::new(),
+        ..sample_policy(tenant, name)
+    }
+}
+
+fn usage(key: &Key, timestamp: DateTime<Utc>, status: u16) -> UsageRecord {
+    UsageRecord {
+        id: UsageId::new(),
+        key_id: key.id,
+        tenant: key.tenant.clone(),
+        endpoint: "/v1/invoices".into(),
+        method: "GET".into(),
+        status,
+        ip: Some("203.0.113.9".parse().unwrap()),
+        user_agent: Some("curl/8.5".into()),
+        latency: Duration::from_millis(12),
+        timestamp,
+    }
+}
+
+/// The rotation of `old` into a fresh key, at `at_secs` with `grace`.
+fn rotation_of(old: &StoredKey, at_secs: i64, grace: Duration) -> RotationWrite {
+    let now = at(at_secs);
+    let fresh = sample_key(&old.key.tenant);
+    let new_key = modified(&fresh, |k| {
+        k.name.clone_from(&old.key.name);
+        k.scopes.clone_from(&old.key.scopes);
+        k.policy_id = old.key.policy_id;
+        k.metadata.clone_from(&old.key.metadata);
+        k.expires_at = None;
+        k.created_at = now;
+        k.updated_at = now;
+    });
+    let record = RotationRecord {
+        id: RotationId::new(),
+        key_id: old.key.id,
+        new_key_id: new_key.key.id,
+        tenant: old.key.tenant.clone(),
+        old_hash: old.hash,
+        new_hash: new_key.hash,
+        reason: RotationReason::Scheduled,
+        grace_ttl: grace,
+        grace_expires_at: now + chrono::Duration::from_std(grace).unwrap(),
+        created_at: now,
+    };
+    RotationWrite { new_key, record }
+}
+
+async fn insert(store: &Arc<dyn Store>, key: StoredKey) -> StoredKey {
+    store.insert_key(&key).await.expect("insert_key");
+    key
+}
+
+async fn state_of(store: &Arc<dyn Store>, key: &StoredKey) -> KeyState {
+    store.get_key(&key.key.tenant, key.key.id).await.unwrap().expect("key exists").key.state
+}
+
+fn page(limit: u32, offset: u64) -> KeyFilter {
+    KeyFilter { page: Page::new(limit, offset), ..KeyFilter::default() }
+}
+
+#[track_caller]
+fn assert_not_found<T: std::fmt::Debug>(result: keysmith_core::Result<T>, entity: &str) {
+    match result {
+        Err(Error::NotFound { entity: found, .. }) if found == entity => {}
+        other => panic!("expected NotFound {{ entity: {entity:?} }}, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_invalid_transition<T: std::fmt::Debug>(result: keysmith_core::Result<T>, from: KeyState, to: KeyState) {
+    match result {
+        Err(Error::InvalidTransition { from: f, to: t }) if f == from && t == to => {}
+        other => panic!("expected InvalidTransition {{ from: {from}, to: {to} }}, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_already_exists<T: std::fmt::Debug>(result: keysmith_core::Result<T>, entity: &str) {
+    match result {
+        Err(Error::AlreadyExists { entity: found, .. }) if found == entity => {}
+        other => panic!("expected AlreadyExists {{ entity: {entity:?} }}, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------- keys
+
+/// Every field of a key survives the store, and both lookups agree.
+pub async fn key_round_trips_through_insert_get_and_hash_lookup(store: Arc<dyn Store>) {
+    let policy = sample_policy(&acme(), "standard");
+    store.insert_policy(&policy).await.unwrap();
+    let key = insert(
+        &store,
+        modified(&sample_key(&acme()), |k| {
+            k.policy_id = Some(policy.id);
+            k.environment = Environment::Test;
+            k.last_used_at = Some(at(5));
+        }),
+    )
+    .await;
+
+    let got = store.get_key(&acme(), key.key.id).await.unwrap().expect("get_key finds the key");
+    assert_eq!(got, key);
+    let found = store.find_key_by_hash(&key.hash).await.unwrap().expect("find_key_by_hash finds the key");
+    assert_eq!(found, key);
+    assert_eq!(found.key.scopes, ["write:users", "read", "admin:billing:refunds"], "scopes keep their order");
+
+    // A key without scopes, policy or expiry.
+    let bare = insert(
+        &store,
+        modified(&sample_key(&acme()), |k| {
+            k.scopes.clear();
+            k.expires_at = None;
+            k.metadata.clear();
+        }),
+    )
+    .await;
+    assert_eq!(store.get_key(&acme(), bare.key.id).await.unwrap(), Some(bare));
+}
+
+/// A second key with a taken id or hash fails and leaves no row behind.
+pub async fn taken_key_id_or_hash_is_already_exists_and_writes_nothing(store: Arc<dyn Store>) {
+    let first = insert(&store, sample_key(&acme())).await;
+
+    let same_hash = modified(&sample_key(&acme()), |k| k.scopes = vec!["other".into()]);
+    let same_hash = StoredKey { hash: first.hash, ..same_hash };
+    assert_already_exists(store.insert_key(&same_hash).await, "key");
+    assert_eq!(store.get_key(&acme(), same_hash.key.id).await.unwrap(), None);
+
+    let same_id = modified(&sample_key(&acme()), |k| k.id = first.key.id);
+    assert_already_exists(store.insert_key(&same_id).await, "key");
+    assert_eq!(store.find_key_by_hash(&same_id.hash).await.unwrap(), None);
+
+    // The first key is untouched, scopes included.
+    assert_eq!(store.get_key(&acme(), first.key.id).await.unwrap(), Some(first));
+}
+
+/// A key can only reference its own tenant's policies; a refused key is not
+/// stored at all.
+pub async fn key_with_another_tenants_policy_is_not_found_and_not_stored(store: Arc<dyn Store>) {
+    let theirs = sample_policy(&globex(), "standard");
+    store.insert_policy(&theirs).await.unwrap();
+
+    let key = modified(&sample_key(&acme()), |k| k.policy_id = Some(theirs.id));
+    assert_not_found(store.insert_key(&key).await, "policy");
+    let missing = modified(&sample_key(&acme()), |k| k.policy_id = Some(PolicyId::new()));
+    assert_not_found(store.insert_key(&missing).await, "policy");
+
+    for refused in [&key, &missing] {
+        assert_eq!(store.get_key(&acme(), refused.key.id).await.unwrap(), None);
+        assert_eq!(store.find_key_by_hash(&refused.hash).await.unwrap(), None);
+    }
+    assert!(store.list_keys(&acme(), &KeyFilter::default()).await.unwrap().is_empty());
+}
+
+/// A hash nobody has is `None`.
+pub async fn unknown_hash_finds_nothing(store: Arc<dyn Store>) {
+    insert(&store, sample_key(&acme())).await;
+    let unknown = Sha256Hasher.hash("sk_live_nobody");
+    assert_eq!(store.find_key_by_hash(&unknown).await.unwrap(), None);
+}
+
+/// Another tenant (same app or same tenant id in another app) can neither
+/// see nor change anything of acme's.
+pub async fn other_tenants_see_nothing_and_change_nothing(store: Arc<dyn Store>) {
+    let policy = sample_policy(&acme(), "standard");
+    store.insert_policy(&policy).await.unwrap();
+    let key = insert(&store, modified(&sample_key(&acme()), |k| k.policy_id = Some(policy.id))).await;
+    let scope = Scope {
+        id: ScopeId::new(),
+        tenant: acme(),
+        name: "read".into(),
+        description: "read things".into(),
+        created_at: t0(),
+    };
+    store.insert_scope(&scope).await.unwrap();
+    store.record_batch(&[usage(&key.key, at(1), 200)]).await.unwrap();
+    let rotated = insert(&store, sample_key(&acme())).await;
+    let rotation = rotation_of(&rotated, 10, Duration::from_secs(60));
+    store.rotate_key(&acme(), &rotation).await.unwrap();
+
+    for other in [globex(), acme_elsewhere()] {
+        let id = key.key.id;
+        assert_eq!(store.get_key(&other, id).await.unwrap(), None);
+        assert!(store.list_keys(&other, &KeyFilter::default()).await.unwrap().is_empty());
+        let revoke = Transition::to(KeyState::Revoked, at(20)).with_reason("not yours");
+        assert_not_found(store.transition_key(&other, id, &revoke).await, "key");
+        assert_not_found(store.set_key_scopes(&other, id, &["*".to_owned()], at(20)).await, "key");
+        let mut theirs = rotation_of(&key, 20, Duration::ZERO);
+        theirs.new_key = modified(&theirs.new_key, |k| k.tenant = other.clone());
+        theirs.record.tenant = other.clone();
+        assert_not_found(store.rotate_key(&other, &theirs).await, "key");
+
+        assert_eq!(store.get_policy(&other, policy.id).await.unwrap(), None);
+        assert!(store.list_policies(&other, Page::default()).await.unwrap().is_empty());
+        let hijacked = Policy { tenant: other.clone(), name: "hijacked".into(), ..policy.clone() };
+        assert_not_found(store.update_policy(&hijacked).await, "policy");
+        assert_not_found(store.delete_policy(&other, policy.id).await, "policy");
+
+        assert!(store.list_scopes(&other).await.unwrap().is_empty());
+        assert_not_found(store.delete_scope(&other, scope.id).await, "scope");
+
+        let all = TimeRange::default();
+        assert!(store.list_usage(&other, id, all, Page::default()).await.unwrap().is_empty());
+        assert!(store.usage_aggregates(&other, id, Period::Day, all).await.unwrap().is_empty());
+        assert!(store.tenant_usage(&other, Period::Month, all).await.unwrap().is_empty());
+        assert!(store.list_rotations(&other, rotated.key.id).await.unwrap().is_empty());
+        assert!(store.list_rotations(&other, rotation.new_key.key.id).await.unwrap().is_empty());
+    }
+
+    // Nothing changed for acme.
+    assert_eq!(store.get_key(&acme(), key.key.id).await.unwrap(), Some(key.clone()));
+    assert_eq!(store.get_policy(&acme(), policy.id).await.unwrap().as_deref(), Some(&policy));
+    assert_eq!(store.list_scopes(&acme()).await.unwrap(), vec![scope]);
+    assert_eq!(store.list_rotations(&acme(), rotated.key.id).await.unwrap().len(), 1);
+    let all = TimeRange::default();
+    assert_eq!(store.list_usage(&acme(), key.key.id, all, Page::default()).await.unwrap().len(), 1);
+}
+
+/// Listings filter by state, environment and policy, in id order, by page.
+pub async fn list_keys_filters_orders_and_paginates(store: Arc<dyn Store>) {
+    let policy = bare_policy(&acme(), "p");
+    store.insert_policy(&policy).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let key = modified(&sample_key(&acme()), |k| {
+            k.environment = if i % 2 == 0 { Environment::Live } else { Environment::Test };
+            k.policy_id = (i < 3).then_some(policy.id);
+        });
+        ids.push(insert(&store, key).await.key.id);
+    }
+    insert(&store, sample_key(&globex())).await;
+    store.transition_key(&acme(), ids[1], &Transition::to(KeyState::Suspended, at(1))).await.unwrap();
+    store.transition_key(&acme(), ids[4], &Transition::to(KeyState::Revoked, at(1))).await.unwrap();
+
+    let list = |filter: KeyFilter| {
+        let store = Arc::clone(&store);
+        async move { store.list_keys(&acme(), &filter).await.unwrap().iter().map(|k| k.id).collect::<Vec<_>>() }
+    };
+    assert_eq!(list(KeyFilter::default()).await, ids, "all of acme's keys, oldest first");
+    assert_eq!(
+        list(KeyFilter { state: Some(KeyState::Active), ..KeyFilter::default() }).await,
+        [ids[0], ids[2], ids[3], ids[5], ids[6]]
+    );
+    assert_eq!(list(KeyFilter { state: Some(KeyState::Suspended), ..KeyFilter::default() }).await, [ids[1]]);
+    assert_eq!(
+        list(KeyFilter { environment: Some(Environment::Test), ..KeyFilter::default() }).await,
+        [ids[1], ids[3], ids[5]]
+    );
+    assert_eq!(list(KeyFilter { policy_id: Some(policy.id), ..KeyFilter::default() }).await, [ids[0], ids[1], ids[2]]);
+    let combined = KeyFilter {
+        state: Some(KeyState::Active),
+        environment: Some(Environment::Live),
+        policy_id: Some(policy.id),
+        page: Page::default(),
+    };
+    assert_eq!(list(combined).await, [ids[0], ids[2]]);
+    assert!(list(KeyFilter { state: Some(KeyState::Expired), ..KeyFilter::default() }).await.is_empty());
+
+    assert_eq!(list(page(3, 0)).await, ids[..3]);
+    assert_eq!(list(page(3, 3)).await, ids[3..6]);
+    assert_eq!(list(page(3, 6)).await, ids[6..]);
+    assert!(list(page(3, 7)).await.is_empty());
+    assert!(list(page(0, 0)).await.is_empty());
+    assert_eq!(list(page(2, 1)).await, ids[1..3]);
+}
+
+// ---------------------------------------------------------------- lifecycle
+
+/// Allowed changes apply (state, `updated_at`, revoke reason); others are
+/// refused naming the current state; unknown keys are not found.
+pub async fn transitions_follow_the_lifecycle(store: Arc<dyn Store>) {
+    let key = insert(&store, sample_key(&acme())).await;
+    let id = key.key.id;
+
+    // A reason is only kept for revocations.
+    let suspend = Transition::to(KeyState::Suspended, at(10)).with_reason("ignored");
+    let suspended = store.transition_key(&acme(), id, &suspend).await.unwrap();
+    assert_eq!(suspended.state, KeyState::Suspended);
+    assert_eq!(suspended.updated_at, at(10));
+    assert_eq!(suspended.revoked_reason, None);
+    assert_eq!(suspended.scopes, key.key.scopes);
+    let expected = Key { state: KeyState::Suspended, updated_at: at(10), ..Key::clone(&key.key) };
+    assert_eq!(suspended, expected, "nothing else changes");
+
+    assert_invalid_transition(
+        store.transition_key(&acme(), id, &Transition::to(KeyState::Suspended, at(11))).await,
+        KeyState::Suspended,
+        KeyState::Suspended,
+    );
+    assert_invalid_transition(
+        store.transition_key(&acme(), id, &Transition::to(KeyState::Expired, at(11))).await,
+        KeyState::Suspended,
+        KeyState::Expired,
+    );
+
+    let active = store.transition_key(&acme(), id, &Transition::to(KeyState::Active, at(20))).await.unwrap();
+    assert_eq!((active.state, active.updated_at), (KeyState::Active, at(20)));
+
+    let revoke = Transition::to(KeyState::Revoked, at(30)).with_reason("leaked in a gist");
+    let revoked = store.transition_key(&acme(), id, &revoke).await.unwrap();
+    assert_eq!(revoked.state, KeyState::Revoked);
+    assert_eq!(revoked.revoked_reason.as_deref(), Some("leaked in a gist"));
+    assert_eq!(revoked.updated_at, at(30));
+
+    for to in KeyState::ALL {
+        assert_invalid_transition(
+            store.transition_key(&acme(), id, &Transition::to(to, at(40))).await,
+            KeyState::Revoked,
+            to,
+        );
+    }
+    let stored = store.find_key_by_hash(&key.hash).await.unwrap().unwrap();
+    assert_eq!(*stored.key, revoked, "the hash lookup sees the change");
+
+    // Expiry from active, then nothing.
+    let other = insert(&store, sample_key(&acme())).await;
+    let expired =
+        store.transition_key(&acme(), other.key.id, &Transition::to(KeyState::Expired, at(50))).await.unwrap();
+    assert_eq!(expired.state, KeyState::Expired);
+    assert_invalid_transition(
+        store.transition_key(&acme(), other.key.id, &Transition::to(KeyState::Revoked, at(51))).await,
+        KeyState::Expired,
+        KeyState::Revoked,
+    );
+
+    assert_not_found(store.transition_key(&acme(), KeyId::new(), &revoke).await, "key");
+}
+
+/// 32 simultaneous revocations of one key: one succeeds, the rest are told
+/// the key is already revoked.
+pub async fn concurrent_revokes_have_exactly_one_winner(store: Arc<dyn Store>) {
+    const RACERS: usize = 32;
+    let key = insert(&store, sample_key(&acme())).await;
+    let barrier = Arc::new(Barrier::new(RACERS));
+    let mut tasks = JoinSet::new();
+    for i in 0..RACERS {
+        let (store, barrier, id) = (Arc::clone(&store), Arc::clone(&barrier), key.key.id);
+        tasks.spawn(async move {
+            barrier.wait().await;
+            let revoke = Transition::to(KeyState::Revoked, at(10)).with_reason(format!("racer {i}"));
+            store.transition_key(&acme(), id, &revoke).await
+        });
+    }
+    let mut winners = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            Ok(key) => winners.push(key),
+            loser => assert_invalid_transition(loser, KeyState::Revoked, KeyState::Revoked),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one revocation wins");
+    let stored = store.get_key(&acme(), key.key.id).await.unwrap().unwrap();
+    assert_eq!(stored.key.revoked_reason, winners[0].revoked_reason, "the winner's reason is the one kept");
+}
+
+/// 32 simultaneous rotations of one key: one new key exists, one record.
+pub async fn concurrent_rotations_have_exactly_one_winner(store: Arc<dyn Store>) {
+    const RACERS: usize = 32;
+    let old = insert(&store, sample_key(&acme())).await;
+    let barrier = Arc::new(Barrier::new(RACERS));
+    let mut tasks = JoinSet::new();
+    for _ in 0..RACERS {
+        let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+        let rotation = rotation_of(&old, 10, Duration::from_secs(3600));
+        tasks.spawn(async move {
+            barrier.wait().await;
+            let result = store.rotate_key(&acme(), &rotation).await;
+            (rotation, result)
+        });
+    }
+    let mut winners = Vec::new();
+    let mut losers = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (rotation, result) = joined.unwrap();
+        match result {
+            Ok(old) => winners.push((rotation, old)),
+            loser => {
+                assert_invalid_transition(loser, KeyState::Rotated, KeyState::Rotated);
+                losers.push(rotation);
+            }
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one rotation wins");
+    let (winner, old_now) = &winners[0];
+    assert_eq!(old_now.state, KeyState::Rotated);
+    assert!(store.find_key_by_hash(&winner.new_key.hash).await.unwrap().is_some());
+    for loser in &losers {
+        assert_eq!(store.find_key_by_hash(&loser.new_key.hash).await.unwrap(), None, "a loser's key is not stored");
+        assert_eq!(store.get_key(&acme(), loser.new_key.key.id).await.unwrap(), None);
+    }
+    assert_eq!(store.list_rotations(&acme(), old.key.id).await.unwrap(), vec![winner.record.clone()]);
+    let active = KeyFilter { state: Some(KeyState::Active), ..KeyFilter::default() };
+    assert_eq!(store.list_keys(&acme(), &active).await.unwrap().len(), 1, "one active key: the winner's");
+}
+
+/// Suspensions racing revocations never bring a revoked key back.
+pub async fn racing_suspend_never_undoes_a_revoke(store: Arc<dyn Store>) {
+    const RACERS: usize = 32;
+    let key = insert(&store, sample_key(&acme())).await;
+    let barrier = Arc::new(Barrier::new(RACERS));
+    let mut tasks = JoinSet::new();
+    for i in 0..RACERS {
+        let (store, barrier, id) = (Arc::clone(&store), Arc::clone(&barrier), key.key.id);
+        tasks.spawn(async move {
+            barrier.wait().await;
+            let to = if i % 2 == 0 { KeyState::Suspended } else { KeyState::Revoked };
+            (to, store.transition_key(&acme(), id, &Transition::to(to, at(10))).await)
+        });
+    }
+    let (mut revokes, mut suspends) = (0, 0);
+    while let Some(joined) = tasks.join_next().await {
+        match joined.unwrap() {
+            (KeyState::Revoked, Ok(_)) => revokes += 1,
+            (_, Ok(_)) => suspends += 1,
+            (_, Err(Error::InvalidTransition { .. })) => {}
+            (_, Err(error)) => panic!("unexpected error: {error}"),
+        }
+    }
+    assert_eq!(revokes, 1, "exactly one revocation applies");
+    assert!(suspends <= 1, "at most one suspension applies");
+    assert_eq!(state_of(&store, &key).await, KeyState::Revoked);
+}
+
+/// A rotation moves the old key to `rotated` with its grace, inserts the new
+/// key with its scopes and records the rotation, visible from both keys.
+pub async fn rotation_writes_new_key_old_state_and_record(store: Arc<dyn Store>) {
+    let policy = bare_policy(&acme(), "p");
+    store.insert_policy(&policy).await.unwrap();
+    let old = insert(&store, modified(&sample_key(&acme()), |k| k.policy_id = Some(policy.id))).await;
+    let rotation = rotation_of(&old, 100, Duration::from_secs(3600));
+
+    let returned = store.rotate_key(&acme(), &rotation).await.unwrap();
+    let expected_old = Key {
+        state: KeyState::Rotated,
+        grace_expires_at: Some(at(100 + 3600)),
+        updated_at: at(100),
+        ..Key::clone(&old.key)
+    };
+    assert_eq!(returned, expected_old);
+    assert_eq!(store.get_key(&acme(), old.key.id).await.unwrap().unwrap().key.as_ref(), &expected_old);
+    assert_eq!(*store.find_key_by_hash(&old.hash).await.unwrap().unwrap().key, expected_old);
+
+    let new = store.find_key_by_hash(&rotation.new_key.hash).await.unwrap().expect("new key stored");
+    assert_eq!(new, rotation.new_key);
+    assert_eq!(new.key.scopes, old.key.scopes);
+    assert_eq!(new.key.policy_id, Some(policy.id));
+
+    let record = rotation.record.clone();
+    assert_eq!(store.list_rotations(&acme(), old.key.id).await.unwrap(), vec![record.clone()]);
+    assert_eq!(store.list_rotations(&acme(), new.key.id).await.unwrap(), vec![record.clone()]);
+
+    // Rotating the new key again: both records, oldest first.
+    let second = rotation_of(&new, 200, Duration::ZERO);
+    store.rotate_key(&acme(), &second).await.unwrap();
+    assert_eq!(store.list_rotations(&acme(), new.key.id).await.unwrap(), vec![record, second.record.clone()]);
+    assert_eq!(
+        store.get_key(&acme(), new.key.id).await.unwrap().unwrap().key.grace_expires_at,
+        Some(at(200)),
+        "a zero grace ends at the rotation"
+    );
+}
+
+/// A rotation whose new key cannot be written changes nothing.
+pub async fn failed_rotation_leaves_old_key_active_and_no_record(store: Arc<dyn Store>) {
+    let old = insert(&store, sample_key(&acme())).await;
+    let bystander = insert(&store, sample_key(&acme())).await;
+
+    // The new key's hash collides with another key's.
+    let mut colliding = rotation_of(&old, 10, Duration::from_secs(60));
+    colliding.new_key = StoredKey { hash: bystander.hash, ..colliding.new_key };
+    colliding.record.new_hash = bystander.hash;
+    assert_already_exists(store.rotate_key(&acme(), &colliding).await, "key");
+
+    // The new key's id collides.
+    let mut same_id = rotation_of(&old, 10, Duration::from_secs(60));
+    same_id.new_key = modified(&same_id.new_key, |k| k.id = bystander.key.id);
+    same_id.record.new_key_id = bystander.key.id;
+    assert_already_exists(store.rotate_key(&acme(), &same_id).await, "key");
+
+    // The new key names a policy that is not the tenant's.
+    let mut foreign = rotation_of(&old, 10, Duration::from_secs(60));
+    foreign.new_key = modified(&foreign.new_key, |k| k.policy_id = Some(PolicyId::new()));
+    assert_not_found(store.rotate_key(&acme(), &foreign).await, "policy");
+
+    assert_eq!(store.get_key(&acme(), old.key.id).await.unwrap(), Some(old.clone()), "old key untouched");
+    assert_eq!(store.get_key(&acme(), bystander.key.id).await.unwrap(), Some(bystander));
+    assert!(store.list_rotations(&acme(), old.key.id).await.unwrap().is_empty(), "no record");
+    for failed in [&colliding, &foreign] {
+        assert_eq!(store.get_key(&acme(), failed.new_key.key.id).await.unwrap(), None, "no new key");
+    }
+    assert_eq!(store.find_key_by_hash(&same_id.new_key.hash).await.unwrap(), None);
+    assert_eq!(store.find_key_by_hash(&foreign.new_key.hash).await.unwrap(), None);
+    assert_eq!(store.list_keys(&acme(), &KeyFilter::default()).await.unwrap().len(), 2);
+
+    // And the old key still rotates fine afterwards.
+    let ok = rotation_of(&old, 20, Duration::from_secs(60));
+    assert_eq!(store.rotate_key(&acme(), &ok).await.unwrap().state, KeyState::Rotated);
+}
+
+/// Only an active key rotates; an unknown key is not found.
+pub async fn rotation_needs_an_active_key(store: Arc<dyn Store>) {
+    let key = insert(&store, sample_key(&acme())).await;
+    store.transition_key(&acme(), key.key.id, &Transition::to(KeyState::Suspended, at(1))).await.unwrap();
+    let rotation = rotation_of(&key, 10, Duration::from_secs(60));
+    assert_invalid_transition(store.rotate_key(&acme(), &rotation).await, KeyState::Suspended, KeyState::Rotated);
+    assert_eq!(store.get_key(&acme(), rotation.new_key.key.id).await.unwrap(), None);
+
+    let ghost = rotation_of(&sample_key(&acme()), 10, Duration::from_secs(60));
+    assert_not_found(store.rotate_key(&acme(), &ghost).await, "key");
+    assert_eq!(store.find_key_by_hash(&ghost.new_key.hash).await.unwrap(), None);
+    assert!(store.list_rotations(&acme(), key.key.id).await.unwrap().is_empty());
+}
+
+/// A rotation cannot move a key into another tenant.
+pub async fn rotation_across_tenants_is_rejected(store: Arc<dyn Store>) {
+    let old = insert(&store, sample_key(&acme())).await;
+    let mut rotation = rotation_of(&old, 10, Duration::from_secs(60));
+    rotation.new_key = modified(&rotation.new_key, |k| k.tenant = globex());
+    assert!(matches!(store.rotate_key(&acme(), &rotation).await, Err(Error::InvalidInput { .. })));
+    assert_eq!(store.get_key(&acme(), old.key.id).await.unwrap(), Some(old.clone()));
+    assert_eq!(store.find_key_by_hash(&rotation.new_key.hash).await.unwrap(), None);
+    assert!(store.list_rotations(&acme(), old.key.id).await.unwrap().is_empty());
+}
+
+/// Scopes are replaced whole, keep their order, and may become empty.
+pub async fn set_key_scopes_replaces_them_in_order(store: Arc<dyn Store>) {
+    let key = insert(&store, sample_key(&acme())).await;
+    let scopes: Vec<String> = ["zeta", "alpha", "mid:x"].map(str::to_owned).to_vec();
+    let updated = store.set_key_scopes(&acme(), key.key.id, &scopes, at(5)).await.unwrap();
+    assert_eq!(updated.scopes, scopes);
+    assert_eq!(updated.updated_at, at(5));
+    assert_eq!(updated, Key { scopes: scopes.clone(), updated_at: at(5), ..Key::clone(&key.key) });
+    assert_eq!(store.find_key_by_hash(&key.hash).await.unwrap().unwrap().key.scopes, scopes);
+
+    let cleared = store.set_key_scopes(&acme(), key.key.id, &[], at(6)).await.unwrap();
+    assert!(cleared.scopes.is_empty());
+    assert!(store.get_key(&acme(), key.key.id).await.unwrap().unwrap().key.scopes.is_empty());
+
+    assert_not_found(store.set_key_scopes(&acme(), KeyId::new(), &scopes, at(7)).await, "key");
+}
+
+/// `last_used_at` only moves forward; touching an unknown key is harmless.
+pub async fn touch_key_never_moves_last_used_backwards(store: Arc<dyn Store>) {
+    let key = insert(&store, sample_key(&acme())).await;
+    let last_used = |store: Arc<dyn Store>, key: StoredKey| async move {
+        store.get_key(&acme(), key.key.id).await.unwrap().unwrap().key.last_used_at
+    };
+    store.touch_key(key.key.id, at(100)).await.unwrap();
+    assert_eq!(last_used(Arc::clone(&store), key.clone()).await, Some(at(100)));
+    store.touch_key(key.key.id, at(50)).await.unwrap();
+    assert_eq!(last_used(Arc::clone(&store), key.clone()).await, Some(at(100)));
+    store.touch_key(key.key.id, at(200)).await.unwrap();
+    assert_eq!(last_used(Arc::clone(&store), key.clone()).await, Some(at(200)));
+    assert_eq!(store.find_key_by_hash(&key.hash).await.unwrap().unwrap().key.last_used_at, Some(at(200)));
+    let updated_at = store.get_key(&acme(), key.key.id).await.unwrap().unwrap().key.updated_at;
+    assert_eq!(updated_at, t0(), "touching is not a change of the key");
+    store.touch_key(KeyId::new(), at(300)).await.unwrap();
+}
+
+/// Due keys: active past expiry or policy age, rotated past grace; of every
+/// tenant, by id, at most `limit`.
+pub async fn due_keys_are_expired_aged_or_past_grace(store: Arc<dyn Store>) {
+    let now = at(10 * 86_400);
+    let aged = Policy { max_key_age: Some(Duration::from_secs(5 * 86_400)), ..bare_policy(&acme(), "aged") };
+    let ageless = bare_policy(&acme(), "ageless");
+    store.insert_policy(&aged).await.unwrap();
+    store.insert_policy(&ageless).await.unwrap();
+
+    let key = |change: Box<dyn FnOnce(&mut Key)>| modified(&sample_key(&acme()), change);
+    let past_expiry = insert(&store, key(Box::new(|k| k.expires_at = Some(at(86_400))))).await;
+    let at_expiry = insert(&store, key(Box::new(move |k| k.expires_at = Some(now)))).await;
+    let _future_expiry = insert(&store, key(Box::new(|k| k.expires_at = Some(at(20 * 86_400))))).await;
+    let too_old = insert(
+        &store,
+        key(Box::new(|k| {
+            k.expires_at = None;
+            k.policy_id = Some(aged.id);
+        })),
+    )
+    .await;
+    let _young = insert(
+        &store,
+        key(Box::new(|k| {
+            k.expires_at = None;
+            k.policy_id = Some(aged.id);
+            k.created_at = at(6 * 86_400);
+        })),
+    )
+    .await;
+    let exactly_max_age = insert(
+        &store,
+        key(Box::new(|k| {
+            k.expires_at = None;
+            k.policy_id = Some(aged.id);
+            k.created_at = at(5 * 86_400);
+        })),
+    )
+    .await;
+    let _no_age_limit = insert(
+        &store,
+        key(Box::new(|k| {
+            k.expires_at = None;
+            k.policy_id = Some(ageless.id);
+        })),
+    )
+    .await;
+    let grace_over = insert(&store, key(Box::new(|k| k.expires_at = None))).await;
+    store.rotate_key(&acme(), &rotation_of(&grace_over, 60, Duration::from_secs(60))).await.unwrap();
+    let in_grace = insert(&store, key(Box::new(|k| k.expires_at = None))).await;
+    store.rotate_key(&acme(), &rotation_of(&in_grace, 60, Duration::from_secs(30 * 86_400))).await.unwrap();
+    let revoked = insert(&store, key(Box::new(|k| k.expires_at = Some(at(1))))).await;
+    store.transition_key(&acme(), revoked.key.id, &Transition::to(KeyState::Revoked, at(2))).await.unwrap();
+    let suspended = insert(&store, key(Box::new(|k| k.expires_at = Some(at(1))))).await;
+    store.transition_key(&acme(), suspended.key.id, &Transition::to(KeyState::Suspended, at(2))).await.unwrap();
+    let elsewhere = insert(&store, modified(&sample_key(&globex()), |k| k.expires_at = Some(at(86_400)))).await;
+
+    let due: Vec<KeyId> = store.list_due_keys(now, 100).await.unwrap().iter().map(|k| k.id).collect();
+    let mut expected = vec![
+        past_expiry.key.id,
+        at_expiry.key.id,
+        too_old.key.id,
+        exactly_max_age.key.id,
+        grace_over.key.id,
+        elsewhere.key.id,
+    ];
+    expected.sort();
+    assert_eq!(due, expected);
+    let first_two: Vec<KeyId> = store.list_due_keys(now, 2).await.unwrap().iter().map(|k| k.id).collect();
+    assert_eq!(first_two, expected[..2]);
+    assert!(store.list_due_keys(t0(), 100).await.unwrap().is_empty(), "nothing is due at the start");
+}
+
+// ---------------------------------------------------------------- policies
+
+/// Every field of a policy survives the store; an update replaces them all.
+pub async fn policy_round_trips_and_updates(store: Arc<dyn Store>) {
+    let policy = sample_policy(&acme(), "standard");
+    store.insert_policy(&policy).await.unwrap();
+    assert_eq!(store.get_policy(&acme(), policy.id).await.unwrap().as_deref(), Some(&policy));
+    let bare = bare_policy(&acme(), "bare");
+    store.insert_policy(&bare).await.unwrap();
+    assert_eq!(store.get_policy(&acme(), bare.id).await.unwrap().as_deref(), Some(&bare));
+    let empty_quota = Policy {
+        quota: Some(Quota::default()),
+        rate_limit: Some(RateLimit { requests: 1, window: Duration::from_secs(1), burst: None }),
+        ..bare_policy(&acme(), "empty quota")
+    };
+    store.insert_policy(&empty_quota).await.unwrap();
+    assert_eq!(store.get_policy(&acme(), empty_quota.id).await.unwrap().as_deref(), Some(&empty_quota));
+
+    let updated = Policy {
+        name: "premium".into(),
+        rate_limit: Some(RateLimit { requests: 5000, window: Duration::from_secs(1), burst: None }),
+        allowed_ips: vec!["192.168.1.7/32".parse().unwrap()],
+        allowed_origins: vec![],
+        max_key_age: None,
+        quota: Some(Quota { daily: None, monthly: Some(1_000_000) }),
+        updated_at: at(60),
+        ..policy.clone()
+    };
+    store.update_policy(&updated).await.unwrap();
+    assert_eq!(store.get_policy(&acme(), policy.id).await.unwrap().as_deref(), Some(&updated));
+
+    assert_not_found(store.update_policy(&bare_policy(&acme(), "ghost")).await, "policy");
+    let clash = Policy { name: "bare".into(), ..updated.clone() };
+    assert_already_exists(store.update_policy(&clash).await, "policy");
+    assert_eq!(store.get_policy(&acme(), policy.id).await.unwrap().as_deref(), Some(&updated), "unchanged");
+    assert_eq!(store.get_policy(&acme(), PolicyId::new()).await.unwrap(), None);
+}
+
+/// Two policies of one tenant cannot share a name; two tenants can.
+pub async fn policy_names_are_unique_per_tenant(store: Arc<dyn Store>) {
+    store.insert_policy(&bare_policy(&acme(), "standard")).await.unwrap();
+    assert_already_exists(store.insert_policy(&bare_policy(&acme(), "standard")).await, "policy");
+    store.insert_policy(&bare_policy(&globex(), "standard")).await.unwrap();
+    store.insert_policy(&bare_policy(&acme_elsewhere(), "standard")).await.unwrap();
+    store.insert_policy(&bare_policy(&acme(), "Standard")).await.unwrap();
+    assert_eq!(store.list_policies(&acme(), Page::default()).await.unwrap().len(), 2);
+}
+
+/// Policies list in id order, by page.
+pub async fn list_policies_orders_and_paginates(store: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let policy = bare_policy(&acme(), &format!("p{}", 9 - i));
+        store.insert_policy(&policy).await.unwrap();
+        ids.push(policy.id);
+    }
+    store.insert_policy(&bare_policy(&globex(), "p")).await.unwrap();
+    let list = |page: Page| {
+        let store = Arc::clone(&store);
+        async move { store.list_policies(&acme(), page).await.unwrap().iter().map(|p| p.id).collect::<Vec<_>>() }
+    };
+    assert_eq!(list(Page::default()).await, ids);
+    assert_eq!(list(Page::new(2, 0)).await, ids[..2]);
+    assert_eq!(list(Page::new(2, 2)).await, ids[2..4]);
+    assert_eq!(list(Page::new(2, 4)).await, ids[4..]);
+    assert!(list(Page::new(2, 6)).await.is_empty());
+}
+
+/// A policy used by an active, suspended or rotated key cannot go; once
+/// every key using it is terminal it can.
+pub async fn policy_in_use_by_a_live_key_cannot_be_deleted(store: Arc<dyn Store>) {
+    let policy = bare_policy(&acme(), "standard");
+    store.insert_policy(&policy).await.unwrap();
+    let uses = |store: Arc<dyn Store>| {
+        let policy_id = policy.id;
+        async move { insert(&store, modified(&sample_key(&acme()), |k| k.policy_id = Some(policy_id))).await }
+    };
+    let key = uses(Arc::clone(&store)).await;
+    let in_use = |result: keysmith_core::Result<()>| match result {
+        Err(Error::PolicyInUse { policy_id }) if policy_id == policy.id => {}
+        other => panic!("expected PolicyInUse, got {other:?}"),
+    };
+
+    in_use(store.delete_policy(&acme(), policy.id).await);
+    store.transition_key(&acme(), key.key.id, &Transition::to(KeyState::Suspended, at(1))).await.unwrap();
+    in_use(store.delete_policy(&acme(), policy.id).await);
+    store.transition_key(&acme(), key.key.id, &Transition::to(KeyState::Revoked, at(2))).await.unwrap();
+
+    let rotated = uses(Arc::clone(&store)).await;
+    let rotation = rotation_of(&rotated, 3, Duration::from_secs(60));
+    store.rotate_key(&acme(), &rotation).await.unwrap();
+    in_use(store.delete_policy(&acme(), policy.id).await);
+    store.transition_key(&acme(), rotation.new_key.key.id, &Transition::to(KeyState::Expired, at(4))).await.unwrap();
+    in_use(store.delete_policy(&acme(), policy.id).await); // the rotated key still validates in its grace
+    store.transition_key(&acme(), rotated.key.id, &Transition::to(KeyState::Revoked, at(5))).await.unwrap();
+
+    assert_not_found(store.delete_policy(&globex(), policy.id).await, "policy");
+    store.delete_policy(&acme(), policy.id).await.unwrap();
+    assert_eq!(store.get_policy(&acme(), policy.id).await.unwrap(), None);
+    assert_not_found(store.delete_policy(&acme(), policy.id).await, "policy");
+    // Terminal keys that used it are still there.
+    assert_eq!(state_of(&store, &key).await, KeyState::Revoked);
+    assert_eq!(state_of(&store, &rotated).await, KeyState::Revoked);
+}
+
+/// A policy deletion racing a key creation under it: never both.
+pub async fn policy_delete_and_key_insert_race_atomically(store: Arc<dyn Store>) {
+    for round in 0..20 {
+        let policy = bare_policy(&acme(), &format!("race {round}"));
+        store.insert_policy(&policy).await.unwrap();
+        let key = modified(&sample_key(&acme()), |k| k.policy_id = Some(policy.id));
+        let barrier = Arc::new(Barrier::new(2));
+        let deleting = {
+            let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.delete_policy(&acme(), policy.id).await
+            })
+        };
+        let inserting = {
+            let (store, barrier, key) = (Arc::clone(&store), Arc::clone(&barrier), key.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.insert_key(&key).await
+            })
+        };
+        let (deleted, inserted) = (deleting.await.unwrap(), inserting.await.unwrap());
+        match (&deleted, &inserted) {
+            (Ok(()), Err(Error::NotFound { entity: "policy", .. })) => {
+                assert_eq!(store.get_key(&acme(), key.key.id).await.unwrap(), None);
+            }
+            (Err(Error::PolicyInUse { .. }), Ok(())) => {
+                assert!(store.get_policy(&acme(), policy.id).await.unwrap().is_some());
+                let stored = store.get_key(&acme(), key.key.id).await.unwrap().unwrap();
+                assert_eq!(stored.key.policy_id, Some(policy.id));
+            }
+            other => panic!("round {round}: delete and insert must not both win or both lose: {other:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- scopes
+
+/// The registry: names unique per tenant, listed by name (byte order),
+/// deletion leaves keys' scopes alone.
+pub async fn scope_registry_is_per_tenant_and_sorted_by_name(store: Arc<dyn Store>) {
+    let scope = |tenant: &Tenant, name: &str| Scope {
+        id: ScopeId::new(),
+        tenant: tenant.clone(),
+        name: name.into(),
+        description: format!("the {name} scope"),
+        created_at: t0(),
+    };
+    let names = ["read:users", "read", "Write", "admin", "read-all", "read:users:emails"];
+    let mut scopes = Vec::new();
+    for name in names {
+        let s = scope(&acme(), name);
+        store.insert_scope(&s).await.unwrap();
+        scopes.push(s);
+    }
+    assert_already_exists(store.insert_scope(&scope(&acme(), "read")).await, "scope");
+    store.insert_scope(&scope(&globex(), "read")).await.unwrap();
+
+    let listed = store.list_scopes(&acme()).await.unwrap();
+    let listed_names: Vec<&str> = listed.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(listed_names, ["Write", "admin", "read", "read-all", "read:users", "read:users:emails"]);
+    let read = scopes.iter().find(|s| s.name == "read").unwrap();
+    assert_eq!(listed.iter().find(|s| s.name == "read"), Some(read), "every field round-trips");
+
+    let key = insert(&store, modified(&sample_key(&acme()), |k| k.scopes = vec!["read".into()])).await;
+    store.delete_scope(&acme(), read.id).await.unwrap();
+    assert_not_found(store.delete_scope(&acme(), read.id).await, "scope");
+    assert_eq!(store.list_scopes(&acme()).await.unwrap().len(), names.len() - 1);
+    assert_eq!(store.get_key(&acme(), key.key.id).await.unwrap().unwrap().key.scopes, ["read"]);
+    store.insert_scope(&scope(&acme(), "read")).await.unwrap();
+    assert_eq!(store.list_scopes(&globex()).await.unwrap().len(), 1);
+}
+
+// ---------------------------------------------------------------- usage
+
+/// Records are kept as written and rolled up per key into UTC days and
+/// months, errors being statuses of 400 and above.
+pub async fn usage_batches_roll_up_into_days_and_months(store: Arc<dyn Store>) {
+    let key = insert(&store, sample_key(&acme())).await;
+    let other_key = insert(&store, sample_key(&acme())).await;
+    let theirs = insert(&store, sample_key(&globex())).await;
+    let day = |d: u32, h: u32| Utc.with_ymd_and_hms(2026, 3, d, h, 30, 0).unwrap();
+
+    let mut records = vec![
+        usage(&key.key, day(15, 0), 200),
+        usage(&key.key, day(15, 23), 399),
+        usage(&key.key, day(15, 12), 400),
+        usage(&key.key, day(16, 1), 503),
+        usage(&key.key, Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0).unwrap(), 201),
+        usage(&other_key.key, day(15, 8), 404),
+        usage(&theirs.key, day(15, 9), 500),
+    ];
+    records[1].ip = Some("2001:db8::1".parse().unwrap());
+    records[1].user_agent = None;
+    records[2].ip = None;
+    records[2].method = "POST".into();
+    records[2].latency = Duration::from_millis(1234);
+    store.record_batch(&records).await.unwrap();
+
+    let all = TimeRange::default();
+    let listed = store.list_usage(&acme(), key.key.id, all, Page::default()).await.unwrap();
+    let mut expected: Vec<UsageRecord> = records[..5].to_vec();
+    expected.sort_by_key(|r| r.timestamp);
+    assert_eq!(listed, expected, "records round-trip, oldest first");
+
+    let days = store.usage_aggregates(&acme(), key.key.id, Period::Day, all).await.unwrap();
+    let summary: Vec<_> = days.iter().map(|a| (a.period_start, a.requests, a.errors)).collect();
+    assert_eq!(
+        summary,
+        [
+            (Utc.with_ymd_and_hms(2026, 3, 15, 0, 0, 0).unwrap(), 3, 1),
+            (Utc.with_ymd_and_hms(2026, 3, 16, 0, 0, 0).unwrap(), 1, 1),
+            (Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0).unwrap(), 1, 0),
+        ]
+    );
+    assert!(days.iter().all(|a| a.key_id == key.key.id && a.tenant == acme() && a.period == Period::Day));
+
+    let months = store.usage_aggregates(&acme(), key.key.id, Period::Month, all).await.unwrap();
+    let summary: Vec<_> = months.iter().map(|a| (a.period_start, a.requests, a.errors)).collect();
+    assert_eq!(
+        summary,
+        [
+            (Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap(), 4, 2),
+            (Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0).unwrap(), 1, 0),
+        ]
+    );
+
+    let totals = store.tenant_usage(&acme(), Period::Day, all).await.unwrap();
+    let summary: Vec<_> = totals.iter().map(|t| (t.period_start, t.requests, t.errors)).collect();
+    assert_eq!(
+        summary,
+        [
+            (Utc.with_ymd_and_hms(2026, 3, 15, 0, 0, 0).unwrap(), 4, 2),
+            (Utc.with_ymd_and_hms(2026, 3, 16, 0, 0, 0).unwrap(), 1, 1),
+            (Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0).unwrap(), 1, 0),
+        ]
+    );
+    let monthly = store.tenant_usage(&acme(), Period::Month, all).await.unwrap();
+    assert_eq!(monthly.iter().map(|t| (t.requests, t.errors)).collect::<Vec<_>>(), [(5, 3), (1, 0)]);
+    assert!(monthly.iter().all(|t| t.period == Period::Month));
+    let theirs_total = store.tenant_usage(&globex(), Period::Month, all).await.unwrap();
+    assert_eq!(theirs_total.iter().map(|t| (t.requests, t.errors)).collect::<Vec<_>>(), [(1, 1)]);
+
+    store.record_batch(&[]).await.unwrap();
+}
+
+/// Batches add up; every record counts once, in its day and its month.
+pub async fn usage_batches_accumulate_and_count_each_record_once(store: Arc<dyn Store>) {
+    let key = insert(&store, sample_key(&acme())).await;
+    let first: Vec<_> = (0..3).map(|i| usage(&key.key, at(i), if i == 0 { 500 } else { 200 })).collect();
+    let second: Vec<_> = (3..5).map(|i| usage(&key.key, at(i), 429)).collect();
+    store.record_batch(&first).await.unwrap();
+    store.record_batch(&second).await.unwrap();
+
+    let all = TimeRange::default();
+    for period in [Period::Day, Period::Month] {
+        let aggregates = store.usage_aggregates(&acme(), key.key.id, period, all).await.unwrap();
+        assert_eq!(aggregates.len(), 1, "{period}");
+        assert_eq!((aggregates[0].requests, aggregates[0].errors), (5, 3), "{period}");
+        assert_eq!(aggregates[0].period_start, period.start_of(t0()));
+    }
+    assert_eq!(store.list_usage(&acme(), key.key.id, all, Page::default()).await.unwrap().len(), 5);
+}
+
+/// A batch larger than any single statement's bound-variable limit is
+/// written whole.
+pub async fn large_usage_batch_is_written_whole(store: Arc<dyn Store>) {
+    const RECORDS: usize = 2_500;
+    let keys = [insert(&store, sample_key(&acme())).await, insert(&store, sample_key(&acme())).await];
+    let records: Vec<_> = (0..RECORDS)
+        .map(|i| {
+            let secs = i64::try_from(i).unwrap() * 60; // spans three days
+            usage(&keys[i % 2].key, at(secs), if i % 10 == 0 { 500 } else { 200 })
+        })
+        .collect();
+    store.record_batch(&records).await.unwrap();
+
+    let all = TimeRange::default();
+    let totals = store.tenant_usage(&acme(), Period::Month, all).await.unwrap();
+    assert_eq!(totals.iter().map(|t| (t.requests, t.errors)).collect::<Vec<_>>(), [(2_500, 250)]);
+    let days = store.tenant_usage(&acme(), Period::Day, all).await.unwrap();
+    assert_eq!(days.iter().map(|t| t.requests).sum::<u64>(), 2_500);
+    let mut seen = HashSet::new();
+    let mut offset = 0;
+    loop {
+        let page = store.list_usage(&acme(), keys[0].key.id, all, Page::new(Page::MAX_LIMIT, offset)).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        offset += page.len() as u64;
+        seen.extend(page.into_iter().map(|r| r.id));
+    }
+    assert_eq!(seen.len(), RECORDS / 2);
+}
+
+/// Usage and aggregates filter by a half-open time range and paginate.
+pub async fn usage_queries_filter_by_range_and_paginate(store: Arc<dyn Store>) {
+    let key = insert(&store, sample_key(&acme())).await;
+    let records: Vec<_> = (0..10).map(|i| usage(&key.key, at(i * 3600), 200)).collect();
+    store.record_batch(&records).await.unwrap();
+    let ids = |records: Vec<UsageRecord>| records.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let all_ids = ids(records.clone());
+
+    let range = TimeRange { from: Some(at(2 * 3600)), to: Some(at(5 * 3600)) };
+    let listed = store.list_usage(&acme(), key.key.id, range, Page::default()).await.unwrap();
+    assert_eq!(ids(listed), all_ids[2..5], "from is inclusive, to exclusive");
+    let open_end = TimeRange { from: Some(at(8 * 3600)), to: None };
+    assert_eq!(ids(store.list_usage(&acme(), key.key.id, open_end, Page::default()).await.unwrap()), all_ids[8..]);
+    let open_start = TimeRange { from: None, to: Some(at(3600)) };
+    assert_eq!(ids(store.list_usage(&acme(), key.key.id, open_start, Page::default()).await.unwrap()), all_ids[..1]);
+    let paged = store.list_usage(&acme(), key.key.id, TimeRange::default(), Page::new(4, 4)).await.unwrap();
+    assert_eq!(ids(paged), all_ids[4..8]);
+    assert!(store.list_usage(&acme(), KeyId::new(), TimeRange::default(), Page::default()).await.unwrap().is_empty());
+
+    // Aggregates: by the start of their period.
+    let mut later = usage(&key.key, at(3 * 86_400), 200);
+    later.timestamp = Utc.with_ymd_and_hms(2026, 3, 18, 1, 0, 0).unwrap();
+    store.record_batch(&[later]).await.unwrap();
+    let day = |d: u32| Some(Utc.with_ymd_and_hms(2026, 3, d, 0, 0, 0).unwrap());
+    let range = TimeRange { from: day(16), to: day(19) };
+    let days = store.usage_aggregates(&acme(), key.key.id, Period::Day, range).await.unwrap();
+    assert_eq!(days.iter().map(|a| (a.period_start, a.requests)).collect::<Vec<_>>(), [(day(18).unwrap(), 1)]);
+    let up_to = TimeRange { from: None, to: day(18) };
+    let days = store.usage_aggregates(&acme(), key.key.id, Period::Day, up_to).await.unwrap();
+    assert_eq!(days.iter().map(|a| a.requests).collect::<Vec<_>>(), [10]);
+    let totals = store.tenant_usage(&acme(), Period::Day, range).await.unwrap();
+    assert_eq!(totals.iter().map(|t| t.requests).collect::<Vec<_>>(), [1]);
+    let month = TimeRange { from: day(2), to: None };
+    assert!(store.usage_aggregates(&acme(), key.key.id, Period::Month, month).await.unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------- lifecycle of the store
+
+/// Migrating again is harmless; ping answers.
+pub async fn migrate_is_idempotent_and_ping_answers(store: Arc<dyn Store>) {
+    let key = insert(&store, sample_key(&acme())).await;
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    store.ping().await.unwrap();
+    assert_eq!(store.get_key(&acme(), key.key.id).await.unwrap(), Some(key), "data survives migrations");
+}
+
+/// After `close`, calls fail with a store error.
+pub async fn closed_store_fails_with_store_error(store: Arc<dyn Store>) {
+    let key = insert(&store, sample_key(&acme())).await;
+    store.close().await;
+    assert!(matches!(store.ping().await, Err(Error::Store { .. })));
+    assert!(matches!(store.get_key(&acme(), key.key.id).await, Err(Error::Store { .. })));
+    assert!(matches!(store.insert_key(&sample_key(&acme())).await, Err(Error::Store { .. })));
+}

@@ -1,0 +1,12 @@
+//! The store conformance suite on `MemoryStore`.
+
+use std::sync::Arc;
+
+use keysmith_core::MemoryStore;
+use keysmith_tests::store_conformance::Fixture;
+
+async fn setup() -> Option<Fixture> {
+    Some(Fixture::new(Arc::new(MemoryStore::new())).await)
+}
+
+keysmith_tests::store_conformance_tests!(setup);

@@ -1,0 +1,57 @@
+//! The store conformance suite on `SqliteStore`, in memory and in a file,
+//! and what only SQLite has to show (a file created on connect, reopened).
+
+use std::sync::Arc;
+
+use keysmith_core::Store;
+use keysmith_core::store::KeyStore;
+use keysmith_sqlx::SqliteStore;
+use keysmith_tests::services::TempDir;
+use keysmith_tests::store_conformance::{Fixture, sample_key};
+
+mod in_memory {
+    use super::{Arc, Fixture, SqliteStore};
+
+    async fn setup() -> Option<Fixture> {
+        let store = SqliteStore::connect("sqlite::memory:").await.expect("open an in-memory database");
+        Some(Fixture::new(Arc::new(store)).await)
+    }
+
+    keysmith_tests::store_conformance_tests!(setup);
+}
+
+mod file {
+    use super::{Arc, Fixture, SqliteStore, TempDir};
+
+    async fn setup() -> Option<Fixture> {
+        let dir = TempDir::new("sqlite");
+        let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+        let store = SqliteStore::connect(&url).await.expect("open a database file");
+        Some(Fixture::new(Arc::new(store)).await.with_guard(dir))
+    }
+
+    keysmith_tests::store_conformance_tests!(setup);
+}
+
+#[tokio::test]
+async fn connect_creates_the_file_in_wal_mode_and_data_survives_reopening() {
+    let dir = TempDir::new("sqlite-reopen");
+    let path = dir.path().join("nested.db");
+    let url = format!("sqlite://{}", path.display());
+    assert!(!path.exists());
+
+    let store = SqliteStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    assert!(path.exists(), "connect creates the database file");
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(store.pool()).await.unwrap();
+    assert_eq!(mode, "wal");
+    let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys").fetch_one(store.pool()).await.unwrap();
+    assert_eq!(foreign_keys, 1);
+    let key = sample_key(&keysmith_core::Tenant::new("app", "t"));
+    store.insert_key(&key).await.unwrap();
+    store.close().await;
+
+    let reopened = SqliteStore::connect(&url).await.unwrap();
+    reopened.migrate().await.unwrap();
+    assert_eq!(reopened.find_key_by_hash(&key.hash).await.unwrap(), Some(key));
+}
