@@ -71,7 +71,6 @@ impl fmt::Debug for Engine {
 
 impl Engine {
     /// Starts configuring an engine on `store`.
-    #[must_use]
     pub fn builder(store: Arc<dyn Store>) -> EngineBuilder {
         EngineBuilder {
             store,

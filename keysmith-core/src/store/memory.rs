@@ -90,7 +90,7 @@ impl Tables {
 
     fn check_policy(&self, tenant: &Tenant, id: Option<PolicyId>) -> Result<()> {
         match id {
-            Some(id) if !self.policies.get(&id).is_some_and(|p| p.tenant == *tenant) => {
+            Some(id) if self.policies.get(&id).is_none_or(|p| p.tenant != *tenant) => {
                 Err(Error::not_found("policy", id))
             }
             _ => Ok(()),
@@ -239,7 +239,7 @@ impl PolicyStore for MemoryStore {
 
     async fn update_policy(&self, policy: &Policy) -> Result<()> {
         let mut tables = self.write()?;
-        if !tables.policies.get(&policy.id).is_some_and(|p| p.tenant == policy.tenant) {
+        if tables.policies.get(&policy.id).is_none_or(|p| p.tenant != policy.tenant) {
             return Err(Error::not_found("policy", policy.id));
         }
         let taken =
@@ -253,7 +253,7 @@ impl PolicyStore for MemoryStore {
 
     async fn delete_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<()> {
         let mut tables = self.write()?;
-        if !tables.policies.get(&id).is_some_and(|p| p.tenant == *tenant) {
+        if tables.policies.get(&id).is_none_or(|p| p.tenant != *tenant) {
             return Err(Error::not_found("policy", id));
         }
         if tables.keys.values().any(|s| s.key.policy_id == Some(id) && !s.key.is_terminal()) {
@@ -283,7 +283,7 @@ impl ScopeStore for MemoryStore {
 
     async fn delete_scope(&self, tenant: &Tenant, id: ScopeId) -> Result<()> {
         let mut tables = self.write()?;
-        if !tables.scopes.get(&id).is_some_and(|s| s.tenant == *tenant) {
+        if tables.scopes.get(&id).is_none_or(|s| s.tenant != *tenant) {
             return Err(Error::not_found("scope", id));
         }
         tables.scopes.remove(&id);

@@ -29,7 +29,7 @@ pub struct StoredKey {
 }
 
 /// Which keys a listing returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyFilter {
     /// Only keys in this state.
     pub state: Option<KeyState>,
@@ -39,12 +39,6 @@ pub struct KeyFilter {
     pub policy_id: Option<PolicyId>,
     /// Which slice of the result.
     pub page: Page,
-}
-
-impl Default for KeyFilter {
-    fn default() -> Self {
-        Self { state: None, environment: None, policy_id: None, page: Page::default() }
-    }
 }
 
 /// A slice of a listing, ordered by id (that is, by creation time).
