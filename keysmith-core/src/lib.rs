@@ -63,6 +63,6 @@ pub use policy::{Policy, Quota, RateLimit};
 pub use refusal::{Refusal, retry_after_secs};
 pub use rotation::{RotationReason, RotationRecord};
 pub use scope::Scope;
-pub use store::{MemoryStore, Store};
+pub use store::{CachedStore, MemoryStore, Store};
 pub use tenant::Tenant;
 pub use usage::{Period, UsageAggregate, UsageRecord};

@@ -5,6 +5,7 @@
 //! visible. State changes are compare-and-set on the current state, so a
 //! racing operation can never undo a revoke or rotate a key twice.
 
+mod cached;
 mod memory;
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+pub use cached::{CacheConfig, CachedStore};
 pub use memory::MemoryStore;
 
 use crate::{

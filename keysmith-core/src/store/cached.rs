@@ -1,0 +1,838 @@
+//! A cache in front of any store for the validation path: the lookup by
+//! hash (found and not found) and policies.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use moka::Expiry;
+use moka::future::Cache;
+
+use super::{
+    KeyFilter, KeyStore, Page, PolicyStore, RotationStore, RotationWrite, ScopeStore, Store, StoredKey, TimeRange,
+    Transition, UsageStore, UsageTotal,
+};
+use crate::{
+    Clock, Error, Key, KeyHash, KeyId, Period, Policy, PolicyId, Result, RotationRecord, Scope, ScopeId, SystemClock,
+    Tenant, UsageAggregate, UsageRecord,
+};
+
+/// How much [`CachedStore`] keeps, and for how long.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    max_keys: u64,
+    max_policies: u64,
+    positive_ttl: Duration,
+    negative_ttl: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for CacheConfig {
+    /// 100 000 key lookups, 10 000 policies, found keys and policies for 30
+    /// seconds, unknown hashes for 5 seconds, on the system clock.
+    fn default() -> Self {
+        Self {
+            max_keys: 100_000,
+            max_policies: 10_000,
+            positive_ttl: Duration::from_secs(30),
+            negative_ttl: Duration::from_secs(5),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl CacheConfig {
+    /// At most this many hash lookups (found or not) are kept.
+    #[must_use]
+    pub fn with_max_keys(mut self, max: u64) -> Self {
+        self.max_keys = max;
+        self
+    }
+
+    /// At most this many policies are kept.
+    #[must_use]
+    pub fn with_max_policies(mut self, max: u64) -> Self {
+        self.max_policies = max;
+        self
+    }
+
+    /// How long a found key or policy is served from the cache. This bounds
+    /// how stale a change made by another instance can look here.
+    #[must_use]
+    pub fn with_positive_ttl(mut self, ttl: Duration) -> Self {
+        self.positive_ttl = ttl;
+        self
+    }
+
+    /// How long "no key has this hash" is served from the cache.
+    #[must_use]
+    pub fn with_negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = ttl;
+        self
+    }
+
+    /// The clock that ages entries (a [`ManualClock`](crate::ManualClock) in tests).
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// How long a found key or policy is served from the cache.
+    #[must_use]
+    pub fn positive_ttl(&self) -> Duration {
+        self.positive_ttl
+    }
+
+    /// How long an unknown hash is served from the cache.
+    #[must_use]
+    pub fn negative_ttl(&self) -> Duration {
+        self.negative_ttl
+    }
+}
+
+/// A [`Store`] that serves validation's reads from memory: the key lookup by
+/// hash (including "no such key", so a flood of made-up keys does not reach
+/// the database) and policies. On a warm cache, validation does no store I/O.
+/// Everything else goes straight to the inner store.
+///
+/// Every change made through this store drops what it makes stale: state
+/// transitions, rotations (old key and a cached miss for the new one), scope
+/// changes, key creation (a cached miss for its hash), policy updates and
+/// deletions. `touch_key` updates the cached key in place.
+///
+/// **Staleness bound.** Changes made elsewhere (another instance, or SQL by
+/// hand) are seen here at most the positive TTL later (30 s by default): a
+/// key revoked by another instance can validate here for up to that long.
+/// A key created elsewhere is found at once unless its exact hash was looked
+/// up and missed within the negative TTL, which needs its secret. Lower the
+/// positive TTL if revocations must bite faster across instances.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use keysmith_core::store::{CacheConfig, CachedStore};
+/// use keysmith_core::{Engine, MemoryStore, NewKey, RequestContext};
+///
+/// let config = CacheConfig::default().with_positive_ttl(Duration::from_secs(10));
+/// let store = CachedStore::with_config(Arc::new(MemoryStore::new()), config);
+/// let engine = Engine::builder(Arc::new(store)).build()?;
+///
+/// let acme = engine.tenant("my-app", "acme");
+/// let created = acme.create_key(NewKey::new("ci")).await?;
+/// let ctx = RequestContext::new();
+/// assert!(engine.validate(created.raw.expose(), &ctx).await.is_ok()); // from the store
+/// assert!(engine.validate(created.raw.expose(), &ctx).await.is_ok()); // from the cache
+/// acme.revoke_key(created.key.id, "done").await?; // drops the cached key
+/// assert!(engine.validate(created.raw.expose(), &ctx).await.is_err());
+/// # Ok::<(), keysmith_core::Error>(())
+/// # }).unwrap();
+/// ```
+pub struct CachedStore {
+    inner: Arc<dyn Store>,
+    config: CacheConfig,
+    keys: Cache<KeyHash, Entry<Option<StoredKey>>>,
+    /// Which hash a key id has, to find the entry a change makes stale.
+    hashes: Cache<KeyId, KeyHash>,
+    policies: Cache<PolicyId, Entry<Arc<Policy>>>,
+    /// Bumped by every invalidation: a lookup that raced one does not keep
+    /// what it read (it may predate the change).
+    generation: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Entry<V> {
+    value: V,
+    expires_at: DateTime<Utc>,
+}
+
+/// Lets the cache reclaim an entry when its own expiry time passes.
+struct EntryExpiry(Arc<dyn Clock>);
+
+impl EntryExpiry {
+    fn remaining<V>(&self, entry: &Entry<V>) -> Option<Duration> {
+        Some((entry.expires_at - self.0.now()).to_std().unwrap_or(Duration::ZERO))
+    }
+}
+
+impl<K, V> Expiry<K, Entry<V>> for EntryExpiry {
+    fn expire_after_create(&self, _: &K, entry: &Entry<V>, _: Instant) -> Option<Duration> {
+        self.remaining(entry)
+    }
+
+    fn expire_after_update(&self, _: &K, entry: &Entry<V>, _: Instant, _: Option<Duration>) -> Option<Duration> {
+        self.remaining(entry)
+    }
+}
+
+impl fmt::Debug for CachedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedStore")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .field("cached_keys", &self.keys.entry_count())
+            .field("cached_policies", &self.policies.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CachedStore {
+    /// A cache with the default [`CacheConfig`] in front of `inner`.
+    #[must_use]
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Self::with_config(inner, CacheConfig::default())
+    }
+
+    /// A cache configured by `config` in front of `inner`.
+    #[must_use]
+    pub fn with_config(inner: Arc<dyn Store>, config: CacheConfig) -> Self {
+        let keys =
+            Cache::builder().max_capacity(config.max_keys).expire_after(EntryExpiry(Arc::clone(&config.clock))).build();
+        let hashes = Cache::builder()
+            .max_capacity(config.max_keys)
+            .time_to_live(config.positive_ttl.max(Duration::from_secs(1)))
+            .build();
+        let policies = Cache::builder()
+            .max_capacity(config.max_policies)
+            .expire_after(EntryExpiry(Arc::clone(&config.clock)))
+            .build();
+        Self { inner, config, keys, hashes, policies, generation: AtomicU64::new(0) }
+    }
+
+    /// The store behind the cache.
+    #[must_use]
+    pub fn inner(&self) -> &Arc<dyn Store> {
+        &self.inner
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    /// Forgets everything (after changing the database by hand, say).
+    pub fn invalidate_all(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.keys.invalidate_all();
+        self.policies.invalidate_all();
+    }
+
+    fn expiry(&self, ttl: Duration) -> DateTime<Utc> {
+        let now = self.config.clock.now();
+        chrono::Duration::from_std(ttl).ok().and_then(|ttl| now.checked_add_signed(ttl)).unwrap_or(now)
+    }
+
+    fn fresh<V: Clone>(&self, entry: Option<Entry<V>>) -> Option<V> {
+        entry.filter(|e| e.expires_at > self.config.clock.now()).map(|e| e.value)
+    }
+
+    async fn forget_hash(&self, hash: &KeyHash) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.keys.invalidate(hash).await;
+    }
+
+    /// Drops the cached lookup of key `id`, after a change to it.
+    async fn forget_key(&self, tenant: &Tenant, id: KeyId) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let hash = match self.hashes.get(&id).await {
+            Some(hash) => Some(hash),
+            // The id index may have lost the entry while the lookup is
+            // still cached: ask the store (writes are rare, this is cheap).
+            None => self.inner.get_key(tenant, id).await.ok().flatten().map(|stored| stored.hash),
+        };
+        if let Some(hash) = hash {
+            self.keys.invalidate(&hash).await;
+        }
+    }
+
+    async fn forget_policy(&self, id: PolicyId) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.policies.invalidate(&id).await;
+    }
+}
+
+#[async_trait]
+impl KeyStore for CachedStore {
+    async fn insert_key(&self, key: &StoredKey) -> Result<()> {
+        self.inner.insert_key(key).await?;
+        self.forget_hash(&key.hash).await;
+        Ok(())
+    }
+
+    async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>> {
+        if let Some(found) = self.fresh(self.keys.get(hash).await) {
+            return Ok(found);
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let found = self.inner.find_key_by_hash(hash).await?;
+        let ttl = if found.is_some() { self.config.positive_ttl } else { self.config.negative_ttl };
+        self.keys.insert(*hash, Entry { value: found.clone(), expires_at: self.expiry(ttl) }).await;
+        if let Some(stored) = &found {
+            self.hashes.insert(stored.key.id, *hash).await;
+        }
+        // A change made while we were reading may not be in what we read:
+        // then drop it again (the change's own invalidation may have run
+        // before our insert).
+        if self.generation.load(Ordering::SeqCst) != generation {
+            self.keys.invalidate(hash).await;
+        }
+        Ok(found)
+    }
+
+    async fn get_key(&self, tenant: &Tenant, id: KeyId) -> Result<Option<StoredKey>> {
+        self.inner.get_key(tenant, id).await
+    }
+
+    async fn list_keys(&self, tenant: &Tenant, filter: &KeyFilter) -> Result<Vec<Key>> {
+        self.inner.list_keys(tenant, filter).await
+    }
+
+    async fn transition_key(&self, tenant: &Tenant, id: KeyId, transition: &Transition) -> Result<Key> {
+        let result = self.inner.transition_key(tenant, id, transition).await;
+        // A refused transition means the key changed elsewhere: refresh too.
+        if matches!(result, Ok(_) | Err(Error::InvalidTransition { .. })) {
+            self.forget_key(tenant, id).await;
+        }
+        result
+    }
+
+    async fn rotate_key(&self, tenant: &Tenant, rotation: &RotationWrite) -> Result<Key> {
+        let result = self.inner.rotate_key(tenant, rotation).await;
+        match &result {
+            Ok(_) => {
+                self.forget_hash(&rotation.record.old_hash).await;
+                self.forget_hash(&rotation.new_key.hash).await;
+            }
+            Err(Error::InvalidTransition { .. }) => self.forget_key(tenant, rotation.record.key_id).await,
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn set_key_scopes(&self, tenant: &Tenant, id: KeyId, scopes: &[String], at: DateTime<Utc>) -> Result<Key> {
+        let key = self.inner.set_key_scopes(tenant, id, scopes, at).await?;
+        self.forget_key(tenant, id).await;
+        Ok(key)
+    }
+
+    async fn touch_key(&self, id: KeyId, at: DateTime<Utc>) -> Result<()> {
+        self.inner.touch_key(id, at).await?;
+        // Only `last_used_at` changed: update the cached key rather than
+        // send the next validation to the store.
+        if let Some(hash) = self.hashes.get(&id).await
+            && let Some(entry) = self.keys.get(&hash).await
+            && let Some(stored) = &entry.value
+            && stored.key.id == id
+            && stored.key.last_used_at.is_none_or(|last| last < at)
+        {
+            let mut key = Key::clone(&stored.key);
+            key.last_used_at = Some(at);
+            let value = Some(StoredKey { key: Arc::new(key), hash });
+            self.keys.insert(hash, Entry { value, expires_at: entry.expires_at }).await;
+        }
+        Ok(())
+    }
+
+    async fn list_due_keys(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Key>> {
+        self.inner.list_due_keys(now, limit).await
+    }
+}
+
+#[async_trait]
+impl PolicyStore for CachedStore {
+    async fn insert_policy(&self, policy: &Policy) -> Result<()> {
+        self.inner.insert_policy(policy).await
+    }
+
+    async fn get_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<Option<Arc<Policy>>> {
+        if let Some(policy) = self.fresh(self.policies.get(&id).await) {
+            // Ids are unique across tenants: another tenant's is not yours.
+            return Ok(Some(policy).filter(|p| p.tenant == *tenant));
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let found = self.inner.get_policy(tenant, id).await?;
+        if let Some(policy) = &found {
+            let entry = Entry { value: Arc::clone(policy), expires_at: self.expiry(self.config.positive_ttl) };
+            self.policies.insert(id, entry).await;
+            if self.generation.load(Ordering::SeqCst) != generation {
+                self.policies.invalidate(&id).await;
+            }
+        }
+        Ok(found)
+    }
+
+    async fn list_policies(&self, tenant: &Tenant, page: Page) -> Result<Vec<Policy>> {
+        self.inner.list_policies(tenant, page).await
+    }
+
+    async fn update_policy(&self, policy: &Policy) -> Result<()> {
+        self.inner.update_policy(policy).await?;
+        self.forget_policy(policy.id).await;
+        Ok(())
+    }
+
+    async fn delete_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<()> {
+        self.inner.delete_policy(tenant, id).await?;
+        self.forget_policy(id).await;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ScopeStore for CachedStore {
+    async fn insert_scope(&self, scope: &Scope) -> Result<()> {
+        self.inner.insert_scope(scope).await
+    }
+
+    async fn list_scopes(&self, tenant: &Tenant) -> Result<Vec<Scope>> {
+        self.inner.list_scopes(tenant).await
+    }
+
+    async fn delete_scope(&self, tenant: &Tenant, id: ScopeId) -> Result<()> {
+        self.inner.delete_scope(tenant, id).await
+    }
+}
+
+#[async_trait]
+impl UsageStore for CachedStore {
+    async fn record_batch(&self, records: &[UsageRecord]) -> Result<()> {
+        self.inner.record_batch(records).await
+    }
+
+    async fn list_usage(
+        &self,
+        tenant: &Tenant,
+        key_id: KeyId,
+        range: TimeRange,
+        page: Page,
+    ) -> Result<Vec<UsageRecord>> {
+        self.inner.list_usage(tenant, key_id, range, page).await
+    }
+
+    async fn usage_aggregates(
+        &self,
+        tenant: &Tenant,
+        key_id: KeyId,
+        period: Period,
+        range: TimeRange,
+    ) -> Result<Vec<UsageAggregate>> {
+        self.inner.usage_aggregates(tenant, key_id, period, range).await
+    }
+
+    async fn tenant_usage(&self, tenant: &Tenant, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>> {
+        self.inner.tenant_usage(tenant, period, range).await
+    }
+}
+
+#[async_trait]
+impl RotationStore for CachedStore {
+    async fn list_rotations(&self, tenant: &Tenant, key_id: KeyId) -> Result<Vec<RotationRecord>> {
+        self.inner.list_rotations(tenant, key_id).await
+    }
+}
+
+#[async_trait]
+impl Store for CachedStore {
+    async fn migrate(&self) -> Result<()> {
+        self.inner.migrate().await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.inner.ping().await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await;
+        self.invalidate_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use chrono::TimeZone;
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::{
+        Engine, Environment, Hasher, KeyState, ManualClock, MemoryStore, NewKey, RawKey, Refusal, RequestContext,
+        RotationReason, Sha256Hasher, ValidationError,
+    };
+
+    const POSITIVE: Duration = Duration::from_secs(30);
+    const NEGATIVE: Duration = Duration::from_secs(5);
+
+    /// Lets a test stop a lookup after it has read and before it returns.
+    #[derive(Debug, Default)]
+    struct Hold {
+        read: Notify,
+        release: Notify,
+    }
+
+    /// A memory store that counts the reads the cache is meant to absorb.
+    #[derive(Debug, Default)]
+    struct Spy {
+        inner: MemoryStore,
+        lookups: AtomicU64,
+        policy_reads: AtomicU64,
+        hold_next_lookup: Mutex<Option<Arc<Hold>>>,
+    }
+
+    impl Spy {
+        fn lookups(&self) -> u64 {
+            self.lookups.load(Ordering::SeqCst)
+        }
+
+        fn policy_reads(&self) -> u64 {
+            self.policy_reads.load(Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait]
+    impl KeyStore for Spy {
+        async fn insert_key(&self, key: &StoredKey) -> Result<()> {
+            self.inner.insert_key(key).await
+        }
+        async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>> {
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            let found = self.inner.find_key_by_hash(hash).await;
+            let hold = self.hold_next_lookup.lock().unwrap().take();
+            if let Some(hold) = hold {
+                hold.read.notify_one();
+                hold.release.notified().await;
+            }
+            found
+        }
+        async fn get_key(&self, tenant: &Tenant, id: KeyId) -> Result<Option<StoredKey>> {
+            self.inner.get_key(tenant, id).await
+        }
+        async fn list_keys(&self, tenant: &Tenant, filter: &KeyFilter) -> Result<Vec<Key>> {
+            self.inner.list_keys(tenant, filter).await
+        }
+        async fn transition_key(&self, tenant: &Tenant, id: KeyId, transition: &Transition) -> Result<Key> {
+            self.inner.transition_key(tenant, id, transition).await
+        }
+        async fn rotate_key(&self, tenant: &Tenant, rotation: &RotationWrite) -> Result<Key> {
+            self.inner.rotate_key(tenant, rotation).await
+        }
+        async fn set_key_scopes(
+            &self,
+            tenant: &Tenant,
+            id: KeyId,
+            scopes: &[String],
+            at: DateTime<Utc>,
+        ) -> Result<Key> {
+            self.inner.set_key_scopes(tenant, id, scopes, at).await
+        }
+        async fn touch_key(&self, id: KeyId, at: DateTime<Utc>) -> Result<()> {
+            self.inner.touch_key(id, at).await
+        }
+        async fn list_due_keys(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Key>> {
+            self.inner.list_due_keys(now, limit).await
+        }
+    }
+
+    #[async_trait]
+    impl PolicyStore for Spy {
+        async fn insert_policy(&self, policy: &Policy) -> Result<()> {
+            self.inner.insert_policy(policy).await
+        }
+        async fn get_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<Option<Arc<Policy>>> {
+            self.policy_reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.get_policy(tenant, id).await
+        }
+        async fn list_policies(&self, tenant: &Tenant, page: Page) -> Result<Vec<Policy>> {
+            self.inner.list_policies(tenant, page).await
+        }
+        async fn update_policy(&self, policy: &Policy) -> Result<()> {
+            self.inner.update_policy(policy).await
+        }
+        async fn delete_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<()> {
+            self.inner.delete_policy(tenant, id).await
+        }
+    }
+
+    #[async_trait]
+    impl ScopeStore for Spy {
+        async fn insert_scope(&self, scope: &Scope) -> Result<()> {
+            self.inner.insert_scope(scope).await
+        }
+        async fn list_scopes(&self, tenant: &Tenant) -> Result<Vec<Scope>> {
+            self.inner.list_scopes(tenant).await
+        }
+        async fn delete_scope(&self, tenant: &Tenant, id: ScopeId) -> Result<()> {
+            self.inner.delete_scope(tenant, id).await
+        }
+    }
+
+    #[async_trait]
+    impl UsageStore for Spy {
+        async fn record_batch(&self, records: &[UsageRecord]) -> Result<()> {
+            self.inner.record_batch(records).await
+        }
+        async fn list_usage(
+            &self,
+            tenant: &Tenant,
+            key_id: KeyId,
+            range: TimeRange,
+            page: Page,
+        ) -> Result<Vec<UsageRecord>> {
+            self.inner.list_usage(tenant, key_id, range, page).await
+        }
+        async fn usage_aggregates(
+            &self,
+            tenant: &Tenant,
+            key_id: KeyId,
+            period: Period,
+            range: TimeRange,
+        ) -> Result<Vec<UsageAggregate>> {
+            self.inner.usage_aggregates(tenant, key_id, period, range).await
+        }
+        async fn tenant_usage(&self, tenant: &Tenant, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>> {
+            self.inner.tenant_usage(tenant, period, range).await
+        }
+    }
+
+    #[async_trait]
+    impl RotationStore for Spy {
+        async fn list_rotations(&self, tenant: &Tenant, key_id: KeyId) -> Result<Vec<RotationRecord>> {
+            self.inner.list_rotations(tenant, key_id).await
+        }
+    }
+
+    #[async_trait]
+    impl Store for Spy {
+        async fn migrate(&self) -> Result<()> {
+            self.inner.migrate().await
+        }
+        async fn ping(&self) -> Result<()> {
+            self.inner.ping().await
+        }
+        async fn close(&self) {
+            self.inner.close().await;
+        }
+    }
+
+    struct Setup {
+        spy: Arc<Spy>,
+        cached: Arc<CachedStore>,
+        engine: Engine,
+        clock: ManualClock,
+    }
+
+    fn setup() -> Setup {
+        let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 15, 12, 0, 0).unwrap());
+        let spy = Arc::new(Spy::default());
+        let config =
+            CacheConfig::default().with_positive_ttl(POSITIVE).with_negative_ttl(NEGATIVE).with_clock(clock.clone());
+        let cached = Arc::new(CachedStore::with_config(Arc::clone(&spy) as Arc<dyn Store>, config));
+        let engine = Engine::builder(Arc::clone(&cached) as Arc<dyn Store>).with_clock(clock.clone()).build().unwrap();
+        Setup { spy, cached, engine, clock }
+    }
+
+    fn policy(tenant: &Tenant, name: &str) -> Policy {
+        Policy {
+            id: PolicyId::new(),
+            tenant: tenant.clone(),
+            name: name.into(),
+            rate_limit: None,
+            allowed_ips: vec![],
+            allowed_origins: vec![],
+            allowed_scopes: vec![],
+            max_key_age: None,
+            quota: None,
+            rotation_grace: None,
+            metadata: serde_json::Map::new(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    async fn validate(engine: &Engine, raw: &str) -> Result<crate::Validation, ValidationError> {
+        engine.validate(raw, &RequestContext::new()).await
+    }
+
+    #[tokio::test]
+    async fn warm_cache_validation_reads_nothing_from_the_store() {
+        let Setup { spy, cached, engine, .. } = setup();
+        let acme = engine.tenant("app", "acme");
+        let policy = policy(acme.tenant(), "standard");
+        cached.insert_policy(&policy).await.unwrap();
+        let created = acme.create_key(NewKey::new("ci").with_policy(policy.id)).await.unwrap();
+
+        for _ in 0..5 {
+            let ok = validate(&engine, created.raw.expose()).await.unwrap();
+            assert_eq!(ok.key.id, created.key.id);
+        }
+        assert_eq!(spy.lookups(), 1, "one lookup by hash, then hits");
+        assert_eq!(spy.policy_reads(), 1, "one policy read, then hits");
+    }
+
+    #[tokio::test]
+    async fn unknown_keys_are_cached_until_the_negative_ttl() {
+        let Setup { spy, engine, clock, .. } = setup();
+        let unknown = RawKey::generate("sk", Environment::Live).unwrap();
+        for _ in 0..3 {
+            assert!(matches!(
+                validate(&engine, unknown.expose()).await,
+                Err(ValidationError::Refused(Refusal::Unknown))
+            ));
+        }
+        assert_eq!(spy.lookups(), 1);
+        clock.advance(NEGATIVE - Duration::from_secs(1));
+        validate(&engine, unknown.expose()).await.unwrap_err();
+        assert_eq!(spy.lookups(), 1, "still cached just before the negative ttl");
+        clock.advance(Duration::from_secs(1));
+        validate(&engine, unknown.expose()).await.unwrap_err();
+        assert_eq!(spy.lookups(), 2, "asked again once the negative entry expired");
+    }
+
+    #[tokio::test]
+    async fn changes_made_elsewhere_show_within_the_positive_ttl() {
+        let Setup { spy, engine, clock, .. } = setup();
+        let acme = engine.tenant("app", "acme");
+        let created = acme.create_key(NewKey::new("ci")).await.unwrap();
+        validate(&engine, created.raw.expose()).await.unwrap();
+
+        // Another instance revokes the key: this one does not know yet.
+        let revoke = Transition::to(KeyState::Revoked, clock.now());
+        spy.inner.transition_key(acme.tenant(), created.key.id, &revoke).await.unwrap();
+        clock.advance(POSITIVE - Duration::from_secs(1));
+        assert!(validate(&engine, created.raw.expose()).await.is_ok(), "stale within the bound");
+        clock.advance(Duration::from_secs(1));
+        assert!(matches!(
+            validate(&engine, created.raw.expose()).await,
+            Err(ValidationError::Refused(Refusal::Revoked))
+        ));
+        assert_eq!(spy.lookups(), 2);
+    }
+
+    #[tokio::test]
+    async fn creating_a_key_drops_a_cached_miss_for_its_hash() {
+        let Setup { cached, engine, .. } = setup();
+        let created = engine.tenant("app", "acme").create_key(NewKey::new("ci")).await.unwrap();
+        let hash = Sha256Hasher.hash("sk_live_not_yet_there");
+        assert_eq!(cached.find_key_by_hash(&hash).await.unwrap(), None);
+        let key = StoredKey { key: Arc::new(Key { id: KeyId::new(), ..created.key }), hash };
+        cached.insert_key(&key).await.unwrap();
+        assert_eq!(cached.find_key_by_hash(&hash).await.unwrap(), Some(key));
+    }
+
+    #[tokio::test]
+    async fn lifecycle_changes_through_the_cache_take_effect_at_once() {
+        let Setup { spy, cached, engine, .. } = setup();
+        let acme = engine.tenant("app", "acme");
+        let created = acme.create_key(NewKey::new("ci").with_scopes(["read"])).await.unwrap();
+        let raw = created.raw.expose();
+        validate(&engine, raw).await.unwrap();
+
+        acme.suspend_key(created.key.id).await.unwrap();
+        assert!(matches!(validate(&engine, raw).await, Err(ValidationError::Refused(Refusal::Suspended))));
+        acme.reactivate_key(created.key.id).await.unwrap();
+        validate(&engine, raw).await.unwrap();
+
+        let scopes = vec!["write".to_owned()];
+        cached.set_key_scopes(acme.tenant(), created.key.id, &scopes, Utc::now()).await.unwrap();
+        assert_eq!(validate(&engine, raw).await.unwrap().key.scopes, scopes);
+
+        let rotated = acme.rotate_key(created.key.id, RotationReason::Compromised, Some(Duration::ZERO)).await.unwrap();
+        assert!(matches!(validate(&engine, raw).await, Err(ValidationError::Refused(Refusal::Revoked))));
+        validate(&engine, rotated.raw.expose()).await.unwrap();
+
+        acme.revoke_key(rotated.key.id, "done").await.unwrap();
+        assert!(matches!(
+            validate(&engine, rotated.raw.expose()).await,
+            Err(ValidationError::Refused(Refusal::Revoked))
+        ));
+        assert!(spy.lookups() >= 6, "every change sent the next validation to the store");
+    }
+
+    #[tokio::test]
+    async fn a_refused_transition_refreshes_the_cached_key() {
+        let Setup { spy, cached, engine, clock } = setup();
+        let acme = engine.tenant("app", "acme");
+        let created = acme.create_key(NewKey::new("ci")).await.unwrap();
+        validate(&engine, created.raw.expose()).await.unwrap();
+        let revoke = Transition::to(KeyState::Revoked, clock.now());
+        spy.inner.transition_key(acme.tenant(), created.key.id, &revoke).await.unwrap();
+
+        let suspend = Transition::to(KeyState::Suspended, clock.now());
+        assert!(cached.transition_key(acme.tenant(), created.key.id, &suspend).await.is_err());
+        assert!(matches!(
+            validate(&engine, created.raw.expose()).await,
+            Err(ValidationError::Refused(Refusal::Revoked))
+        ));
+    }
+
+    #[tokio::test]
+    async fn touch_updates_the_cached_key_in_place() {
+        let Setup { spy, cached, engine, clock } = setup();
+        let created = engine.tenant("app", "acme").create_key(NewKey::new("ci")).await.unwrap();
+        let hash = Sha256Hasher.hash(created.raw.expose());
+        assert_eq!(cached.find_key_by_hash(&hash).await.unwrap().unwrap().key.last_used_at, None);
+        let at = clock.now();
+        cached.touch_key(created.key.id, at).await.unwrap();
+        assert_eq!(cached.find_key_by_hash(&hash).await.unwrap().unwrap().key.last_used_at, Some(at));
+        cached.touch_key(created.key.id, at - chrono::Duration::seconds(10)).await.unwrap();
+        assert_eq!(cached.find_key_by_hash(&hash).await.unwrap().unwrap().key.last_used_at, Some(at));
+        assert_eq!(spy.lookups(), 1, "served from the cache throughout");
+    }
+
+    #[tokio::test]
+    async fn policy_changes_through_the_cache_take_effect_at_once() {
+        let Setup { spy, cached, .. } = setup();
+        let acme = Tenant::new("app", "acme");
+        let original = policy(&acme, "standard");
+        cached.insert_policy(&original).await.unwrap();
+        assert_eq!(cached.get_policy(&acme, original.id).await.unwrap().as_deref(), Some(&original));
+        assert_eq!(cached.get_policy(&acme, original.id).await.unwrap().as_deref(), Some(&original));
+        assert_eq!(spy.policy_reads(), 1);
+        assert_eq!(cached.get_policy(&Tenant::new("app", "globex"), original.id).await.unwrap(), None);
+
+        let updated = Policy { max_key_age: Some(Duration::from_secs(60)), ..original.clone() };
+        cached.update_policy(&updated).await.unwrap();
+        assert_eq!(cached.get_policy(&acme, original.id).await.unwrap().as_deref(), Some(&updated));
+        cached.delete_policy(&acme, original.id).await.unwrap();
+        assert_eq!(cached.get_policy(&acme, original.id).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_lookup_racing_a_revocation_does_not_cache_what_it_read() {
+        let Setup { spy, cached, engine, .. } = setup();
+        let acme = engine.tenant("app", "acme");
+        let created = acme.create_key(NewKey::new("ci")).await.unwrap();
+        let hash = Sha256Hasher.hash(created.raw.expose());
+
+        let hold = Arc::new(Hold::default());
+        *spy.hold_next_lookup.lock().unwrap() = Some(Arc::clone(&hold));
+        let reader = tokio::spawn({
+            let cached = Arc::clone(&cached);
+            async move { cached.find_key_by_hash(&hash).await }
+        });
+        hold.read.notified().await; // the lookup has read the active key
+        acme.revoke_key(created.key.id, "leaked").await.unwrap();
+        hold.release.notify_one();
+        let read = reader.await.unwrap().unwrap().unwrap();
+        assert_eq!(read.key.state, KeyState::Active, "the racing lookup answers what it read");
+
+        let now = cached.find_key_by_hash(&hash).await.unwrap().unwrap();
+        assert_eq!(now.key.state, KeyState::Revoked, "but did not leave it in the cache");
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_bounded() {
+        let spy: Arc<dyn Store> = Arc::new(Spy::default());
+        let cached = CachedStore::with_config(spy, CacheConfig::default().with_max_keys(10));
+        for i in 0..200 {
+            cached.find_key_by_hash(&Sha256Hasher.hash(&format!("sk_live_{i}"))).await.unwrap();
+        }
+        cached.keys.run_pending_tasks().await;
+        assert!(cached.keys.entry_count() <= 10, "{} entries", cached.keys.entry_count());
+    }
+}
