@@ -20,4 +20,5 @@
 #![forbid(unsafe_code)]
 
 pub mod services;
+pub mod sql_cases;
 pub mod store_conformance;

@@ -15,3 +15,220 @@ async fn setup() -> Option<Fixture> {
 }
 
 keysmith_tests::store_conformance_tests!(setup);
+
+mod postgres_only {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use keysmith_core::store::{KeyStore, StoredKey, TimeRange, UsageStore};
+    use keysmith_core::{
+        Engine, Error, NewKey, Period, Refusal, RequestContext, Store, Tenant, UsageId, UsageRecord, ValidationError,
+    };
+    use keysmith_sqlx::PgStore;
+    use keysmith_tests::services::PgTestDb;
+    use keysmith_tests::sql_cases;
+    use keysmith_tests::store_conformance::sample_key;
+    use sqlx::PgConnection;
+
+    async fn store(db: &PgTestDb) -> Arc<PgStore> {
+        let store = PgStore::connect(db.url()).await.expect("connect to the test database");
+        store.migrate().await.expect("migrate");
+        Arc::new(store)
+    }
+
+    async fn terminate_connections(admin: &mut PgConnection, db: &PgTestDb) -> u64 {
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(db.name())
+        .fetch_all(&mut *admin)
+        .await
+        .unwrap();
+        killed.into_iter().filter(|k| *k).count() as u64
+    }
+
+    async fn allow_connections(admin: &mut PgConnection, db: &PgTestDb, allow: bool) {
+        sqlx::query(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS {allow}", db.name()))
+            .execute(&mut *admin)
+            .await
+            .unwrap();
+    }
+
+    #[track_caller]
+    fn assert_store_failure<T: std::fmt::Debug>(result: Result<T, ValidationError>) {
+        match result {
+            Err(ValidationError::Failed(Error::Store { .. })) => {}
+            other => panic!("expected a store failure (never a pass or a refusal), got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn validation_fails_while_the_database_is_unreachable_and_recovers_without_restart() {
+        let Some(db) = PgTestDb::create().await else { return };
+        let engine = Engine::builder(store(&db).await).build().unwrap();
+        let acme = engine.tenant("app", "acme");
+        let created = acme.create_key(NewKey::new("ci")).await.unwrap();
+        let unknown = acme.create_key(NewKey::new("to revoke")).await.unwrap();
+        acme.revoke_key(unknown.key.id, "so that it is refused").await.unwrap();
+        let ctx = RequestContext::new();
+        engine.validate(created.raw.expose(), &ctx).await.unwrap();
+
+        // The database goes away: live connections are killed, new ones refused.
+        let mut admin = db.admin().await;
+        allow_connections(&mut admin, &db, false).await;
+        assert!(terminate_connections(&mut admin, &db).await >= 1, "the pool had a live connection");
+
+        for _ in 0..3 {
+            assert_store_failure(engine.validate(created.raw.expose(), &ctx).await);
+            // A key that would be refused is not refused either: nothing is known.
+            assert_store_failure(engine.validate(unknown.raw.expose(), &ctx).await);
+        }
+        assert!(matches!(acme.revoke_key(created.key.id, "x").await, Err(Error::Store { .. })));
+        assert!(matches!(engine.store().ping().await, Err(Error::Store { .. })));
+
+        // It comes back: the same engine and pool work again.
+        allow_connections(&mut admin, &db, true).await;
+        let ok = engine.validate(created.raw.expose(), &ctx).await.expect("validation recovers");
+        assert_eq!(ok.key.id, created.key.id);
+        assert!(matches!(
+            engine.validate(unknown.raw.expose(), &ctx).await,
+            Err(ValidationError::Refused(Refusal::Revoked))
+        ));
+        engine.store().ping().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_connections_are_replaced_and_never_produce_a_pass_or_refusal() {
+        let Some(db) = PgTestDb::create().await else { return };
+        let engine = Engine::builder(store(&db).await).build().unwrap();
+        let created = engine.tenant("app", "acme").create_key(NewKey::new("ci")).await.unwrap();
+        let ctx = RequestContext::new();
+        let mut admin = db.admin().await;
+        for round in 0..5 {
+            engine.validate(created.raw.expose(), &ctx).await.unwrap();
+            terminate_connections(&mut admin, &db).await;
+            // The pool tests a connection before use and opens a new one.
+            match engine.validate(created.raw.expose(), &ctx).await {
+                Ok(validation) => assert_eq!(validation.key.id, created.key.id),
+                Err(ValidationError::Failed(_)) => {
+                    engine.validate(created.raw.expose(), &ctx).await.unwrap_or_else(|e| {
+                        panic!("round {round}: still failing after the killed connection was dropped: {e}")
+                    });
+                }
+                Err(refused) => panic!("round {round}: a killed connection must not refuse: {refused}"),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_migrations_of_one_database_all_succeed() {
+        let Some(db) = PgTestDb::create().await else { return };
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let url = db.url().to_owned();
+            tasks.spawn(async move {
+                let store = PgStore::connect(&url).await?;
+                store.migrate().await?;
+                store.migrate().await
+            });
+        }
+        while let Some(result) = tasks.join_next().await {
+            result.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn migrations_coexist_with_the_applications_own() {
+        let Some(db) = PgTestDb::create().await else { return };
+        let store = store(&db).await;
+        // The application ran a migration of its own into the same history.
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (1, 'create app tables', true, '\\x00', 1)",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        store.migrate().await.unwrap();
+        store.ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_public_migrator_builds_the_schema() {
+        let Some(db) = PgTestDb::create().await else { return };
+        let pool = db.pool().await;
+        keysmith_sqlx::postgres::MIGRATOR.run(&pool).await.unwrap();
+        let store = PgStore::new(pool);
+        let key = sample_key(&Tenant::new("app", "acme"));
+        store.insert_key(&key).await.unwrap();
+        assert_eq!(store.find_key_by_hash(&key.hash).await.unwrap(), Some(key));
+    }
+
+    #[tokio::test]
+    async fn replayed_usage_batch_is_counted_once() {
+        let Some(db) = PgTestDb::create().await else { return };
+        sql_cases::replayed_usage_batch_is_counted_once(store(&db).await).await;
+    }
+
+    #[tokio::test]
+    async fn usage_for_an_unknown_key_fails_the_whole_batch() {
+        let Some(db) = PgTestDb::create().await else { return };
+        sql_cases::usage_for_an_unknown_key_fails_the_whole_batch(store(&db).await).await;
+    }
+
+    /// Sustained usage recording: 200 000 records in batches of 500.
+    /// `cargo test --release -p keysmith-tests --test store_postgres -- --ignored --nocapture usage_recording_throughput`
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement, not a check: run it by name"]
+    async fn usage_recording_throughput() {
+        const RECORDS: usize = 200_000;
+        const BATCH: usize = 500;
+        const KEYS: usize = 100;
+        let Some(db) = PgTestDb::create().await else { return };
+        let store = store(&db).await;
+        let tenant = Tenant::new("bench", "acme");
+        let mut keys: Vec<StoredKey> = Vec::new();
+        for _ in 0..KEYS {
+            let key = sample_key(&tenant);
+            store.insert_key(&key).await.unwrap();
+            keys.push(key);
+        }
+        let start = chrono::Utc::now();
+        let batches: Vec<Vec<UsageRecord>> = (0..RECORDS / BATCH)
+            .map(|b| {
+                (0..BATCH)
+                    .map(|i| {
+                        let n = b * BATCH + i;
+                        UsageRecord {
+                            id: UsageId::new(),
+                            key_id: keys[n % KEYS].key.id,
+                            tenant: tenant.clone(),
+                            endpoint: "/v1/invoices".into(),
+                            method: "GET".into(),
+                            status: if n % 20 == 0 { 500 } else { 200 },
+                            ip: Some("203.0.113.9".parse().unwrap()),
+                            user_agent: Some("bench/1.0".into()),
+                            latency: Duration::from_millis(5),
+                            timestamp: start + chrono::Duration::milliseconds(i64::try_from(n).unwrap() * 10),
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+
+        let began = Instant::now();
+        for batch in &batches {
+            store.record_batch(batch).await.unwrap();
+        }
+        let elapsed = began.elapsed();
+        let totals = store.tenant_usage(&tenant, Period::Month, TimeRange::default()).await.unwrap();
+        assert_eq!(totals.iter().map(|t| t.requests).sum::<u64>(), RECORDS as u64);
+        #[allow(clippy::cast_precision_loss)]
+        let rate = RECORDS as f64 / elapsed.as_secs_f64();
+        println!(
+            "usage_recording_throughput: {RECORDS} records in batches of {BATCH} over {KEYS} keys in {:.2}s: \
+             {rate:.0} records/s (one writer)",
+            elapsed.as_secs_f64()
+        );
+    }
+}

@@ -55,3 +55,17 @@ async fn connect_creates_the_file_in_wal_mode_and_data_survives_reopening() {
     reopened.migrate().await.unwrap();
     assert_eq!(reopened.find_key_by_hash(&key.hash).await.unwrap(), Some(key));
 }
+
+#[tokio::test]
+async fn replayed_usage_batch_is_counted_once() {
+    let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    keysmith_tests::sql_cases::replayed_usage_batch_is_counted_once(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn usage_for_an_unknown_key_fails_the_whole_batch() {
+    let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    keysmith_tests::sql_cases::usage_for_an_unknown_key_fails_the_whole_batch(Arc::new(store)).await;
+}

@@ -1,0 +1,63 @@
+//! Cases for the SQL stores beyond the common contract: what a database
+//! adds (idempotent batch replays, foreign keys).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keysmith_core::store::{Page, TimeRange};
+use keysmith_core::{Error, KeyId, Period, Store, Tenant, UsageId, UsageRecord};
+
+use crate::store_conformance::{sample_key, t0};
+
+fn record(key_id: KeyId, tenant: &Tenant, offset_secs: i64, status: u16) -> UsageRecord {
+    UsageRecord {
+        id: UsageId::new(),
+        key_id,
+        tenant: tenant.clone(),
+        endpoint: "/v1/things".into(),
+        method: "GET".into(),
+        status,
+        ip: None,
+        user_agent: None,
+        latency: Duration::from_millis(3),
+        timestamp: t0() + chrono::Duration::seconds(offset_secs),
+    }
+}
+
+/// A batch written twice (a retry after an unclear failure) is counted once,
+/// and a record repeated inside a batch too.
+///
+/// # Panics
+/// When the store does not behave so.
+pub async fn replayed_usage_batch_is_counted_once(store: Arc<dyn Store>) {
+    let tenant = Tenant::new("app", "acme");
+    let key = sample_key(&tenant);
+    store.insert_key(&key).await.unwrap();
+    let mut batch: Vec<_> = (0..4).map(|i| record(key.key.id, &tenant, i, if i == 0 { 500 } else { 200 })).collect();
+    batch.push(batch[1].clone());
+    store.record_batch(&batch).await.unwrap();
+    store.record_batch(&batch).await.unwrap();
+
+    let all = TimeRange::default();
+    assert_eq!(store.list_usage(&tenant, key.key.id, all, Page::default()).await.unwrap().len(), 4);
+    for period in [Period::Day, Period::Month] {
+        let aggregates = store.usage_aggregates(&tenant, key.key.id, period, all).await.unwrap();
+        assert_eq!(aggregates.iter().map(|a| (a.requests, a.errors)).collect::<Vec<_>>(), [(4, 1)], "{period}");
+    }
+}
+
+/// A record for a key that does not exist fails its batch, which writes
+/// nothing.
+///
+/// # Panics
+/// When the store does not behave so.
+pub async fn usage_for_an_unknown_key_fails_the_whole_batch(store: Arc<dyn Store>) {
+    let tenant = Tenant::new("app", "acme");
+    let key = sample_key(&tenant);
+    store.insert_key(&key).await.unwrap();
+    let batch = vec![record(key.key.id, &tenant, 0, 200), record(KeyId::new(), &tenant, 1, 200)];
+    assert!(matches!(store.record_batch(&batch).await, Err(Error::NotFound { entity: "key", .. })));
+    let all = TimeRange::default();
+    assert!(store.list_usage(&tenant, key.key.id, all, Page::default()).await.unwrap().is_empty());
+    assert!(store.tenant_usage(&tenant, Period::Day, all).await.unwrap().is_empty());
+}
