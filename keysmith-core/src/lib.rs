@@ -32,12 +32,14 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod bounded;
 mod clock;
 mod engine;
 mod error;
 pub mod hooks;
 mod id;
 mod key;
+pub mod limit;
 pub mod policy;
 mod refusal;
 pub mod rotation;
@@ -59,7 +61,7 @@ pub use key::{
     Environment, HashParseError, Hasher, Key, KeyHash, KeyState, MAX_RAW_KEY_LEN, ParsedKey, RawKey, Sha256Hasher,
     validate_prefix,
 };
-pub use policy::{Policy, Quota, RateLimit};
+pub use policy::{Policy, PolicySpec, Quota, RateLimit};
 pub use refusal::{Refusal, retry_after_secs};
 pub use rotation::{RotationReason, RotationRecord};
 pub use scope::Scope;

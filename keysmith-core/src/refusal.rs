@@ -37,6 +37,8 @@ pub enum Refusal {
     RateLimited {
         /// How long until a request would be allowed.
         retry_after: Duration,
+        /// The limiter's state, for the `RateLimit-*` headers.
+        status: crate::limit::RateLimitStatus,
     },
     /// The daily or monthly quota is used up until `resets_at`.
     QuotaExceeded {
@@ -81,7 +83,7 @@ impl fmt::Display for Refusal {
             Self::InsufficientScope { missing } => {
                 write!(f, "the API key lacks the required scope(s): {}", missing.join(" "))
             }
-            Self::RateLimited { retry_after } => {
+            Self::RateLimited { retry_after, .. } => {
                 write!(f, "rate limit exceeded; retry in {} s", retry_after_secs(*retry_after))
             }
             Self::QuotaExceeded { resets_at } => {

@@ -1,6 +1,9 @@
 //! The engine: configuration, tenant-scoped management and validation.
 
+mod policies;
+mod scopes;
 mod tenant;
+mod usage;
 mod validate;
 
 use std::fmt;
@@ -10,9 +13,16 @@ use std::time::Duration;
 pub use tenant::{CreatedKey, NewKey, RotatedKey, TenantEngine};
 pub use validate::{RequestContext, Validation, ValidationError};
 
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+
+use crate::bounded::SweepSchedule;
 use crate::hooks::{Event, Hooks, Plugin};
+use crate::limit::{GcraRateLimiter, RateLimiter};
 use crate::store::{Store, Transition};
-use crate::{Clock, Environment, Error, Hasher, Key, KeyState, Result, Sha256Hasher, SystemClock, Tenant};
+use crate::usage::quota::QuotaTracker;
+use crate::usage::{UsageConfig, UsageRecorder};
+use crate::{Clock, Environment, Error, Hasher, Key, KeyId, KeyState, Result, Sha256Hasher, SystemClock, Tenant};
 
 /// The grace period of a rotation when neither the call nor the key's policy
 /// gives one.
@@ -51,6 +61,13 @@ struct Inner {
     environment: Environment,
     rotation_grace: Duration,
     strict_scopes: bool,
+    limiter: Arc<dyn RateLimiter>,
+    quotas: Arc<QuotaTracker>,
+    usage: UsageRecorder,
+    usage_config: UsageConfig,
+    /// When this engine last queued a `last_used_at` write, per key.
+    touched: DashMap<KeyId, DateTime<Utc>>,
+    touch_sweeps: SweepSchedule,
 }
 
 impl fmt::Debug for Engine {
@@ -65,7 +82,9 @@ impl fmt::Debug for Engine {
             .field("environment", &inner.environment)
             .field("rotation_grace", &inner.rotation_grace)
             .field("strict_scopes", &inner.strict_scopes)
-            .finish()
+            .field("limiter", &inner.limiter)
+            .field("usage", &inner.usage)
+            .finish_non_exhaustive()
     }
 }
 
@@ -81,6 +100,8 @@ impl Engine {
             environment: Environment::Live,
             rotation_grace: DEFAULT_ROTATION_GRACE,
             strict_scopes: false,
+            limiter: None,
+            usage_config: UsageConfig::default(),
         }
     }
 
@@ -187,6 +208,8 @@ pub struct EngineBuilder {
     environment: Environment,
     rotation_grace: Duration,
     strict_scopes: bool,
+    limiter: Option<Arc<dyn RateLimiter>>,
+    usage_config: UsageConfig,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -242,14 +265,40 @@ impl EngineBuilder {
         self
     }
 
+    /// Uses `limiter` for policy rate limits instead of the in-process GCRA
+    /// limiter (which runs on the engine's clock).
+    pub fn with_rate_limiter(mut self, limiter: impl RateLimiter) -> Self {
+        self.limiter = Some(Arc::new(limiter));
+        self
+    }
+
+    /// Sizes the usage queue and sets flush, quota-refresh and last-used
+    /// intervals.
+    pub fn with_usage_config(mut self, config: UsageConfig) -> Self {
+        self.usage_config = config;
+        self
+    }
+
     /// Builds the engine.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for a bad prefix.
     pub fn build(self) -> Result<Engine> {
         crate::key::validate_prefix(&self.prefix)?;
+        if self.usage_config.batch_size == 0 || self.usage_config.flush_interval.is_zero() {
+            return Err(Error::invalid("usage_config", "batch_size and flush_interval must be greater than zero"));
+        }
+        let limiter = self.limiter.unwrap_or_else(|| Arc::new(GcraRateLimiter::with_clock(Arc::clone(&self.clock))));
+        let quotas = Arc::new(QuotaTracker::new(self.usage_config.quota_refresh));
+        let usage = UsageRecorder::new(self.usage_config, Arc::clone(&self.store), Arc::clone(&quotas));
         Ok(Engine {
             inner: Arc::new(Inner {
+                limiter,
+                quotas,
+                usage,
+                usage_config: self.usage_config,
+                touched: DashMap::new(),
+                touch_sweeps: SweepSchedule::default(),
                 store: self.store,
                 hasher: self.hasher,
                 clock: self.clock,

@@ -4,9 +4,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use chrono::{DateTime, Utc};
+use dashmap::mapref::entry::Entry;
+
 use super::Engine;
 use crate::hooks::Event;
 use crate::key::ParsedKey;
+use crate::limit::RateLimitStatus;
 use crate::store::Transition;
 use crate::{Error, Key, KeyState, Policy, Refusal, scope};
 
@@ -63,20 +67,26 @@ impl<'a> RequestContext<'a> {
     }
 }
 
-/// A key that passed validation. Cheap to clone.
+/// A key that passed validation.
 #[derive(Debug, Clone)]
 pub struct Validation {
     /// The key (its `tenant` says whose it is).
     pub key: Arc<Key>,
     /// The key's policy, if it has one.
     pub policy: Option<Arc<Policy>>,
+    /// The rate limiter's state after this request, when the policy limits.
+    pub rate_limit: Option<RateLimitStatus>,
+    /// The key's scopes narrowed to the policy's `allowed_scopes`, when the
+    /// policy was tightened after the key got them.
+    narrowed: Option<Vec<String>>,
 }
 
 impl Validation {
-    /// The scopes the key holds.
+    /// The scopes the key holds in effect: its own, within what its policy
+    /// allows.
     #[must_use]
     pub fn scopes(&self) -> &[String] {
-        &self.key.scopes
+        self.narrowed.as_deref().unwrap_or(&self.key.scopes)
     }
 
     /// True if the key's scopes cover `required` (hierarchically).
@@ -201,18 +211,122 @@ impl Engine {
             return Err(refuse(Refusal::Expired, &key));
         }
 
-        // 7. Required scopes.
-        let missing = scope::missing(&key.scopes, ctx.required_scopes);
+        let Some(policy) = policy else {
+            let missing = scope::missing(&key.scopes, ctx.required_scopes);
+            if !missing.is_empty() {
+                return Err(refuse(Refusal::InsufficientScope { missing }, &key));
+            }
+            self.touch(&key, now);
+            return Ok(Validation { key, policy: None, rate_limit: None, narrowed: None });
+        };
+
+        // 5. Client address.
+        if !policy.allows_ip(ctx.ip) {
+            return Err(refuse(Refusal::IpNotAllowed, &key));
+        }
+        // 6. Origin, when the request has one.
+        if let Some(origin) = ctx.origin
+            && !policy.allows_origin(origin)
+        {
+            return Err(refuse(Refusal::OriginNotAllowed, &key));
+        }
+        // 7. Required scopes, within what the policy allows.
+        let narrowed = narrow(&key.scopes, &policy.allowed_scopes);
+        let missing = scope::missing(narrowed.as_deref().unwrap_or(&key.scopes), ctx.required_scopes);
         if !missing.is_empty() {
             return Err(refuse(Refusal::InsufficientScope { missing }, &key));
         }
+        // 8. Rate limit.
+        let rate_limit = match &policy.rate_limit {
+            Some(limit) => {
+                let status = inner.limiter.check(key.id, limit).await.map_err(fail)?;
+                if let Some(retry_after) = status.retry_after.filter(|_| !status.allowed) {
+                    self.emit(|| Event::KeyRateLimited { key_id: key.id, tenant: key.tenant.clone(), retry_after })
+                        .await;
+                    return Err(refuse(Refusal::RateLimited { retry_after, status }, &key));
+                }
+                Some(status)
+            }
+            None => None,
+        };
+        // 9. Quota; only a request that passes everything is counted.
+        if let Some(quota) = &policy.quota {
+            let consumed = inner.quotas.try_consume(&*inner.store, &key, quota, now).await.map_err(fail)?;
+            if let Err(resets_at) = consumed {
+                self.emit(|| Event::QuotaExceeded { key_id: key.id, tenant: key.tenant.clone(), resets_at }).await;
+                return Err(refuse(Refusal::QuotaExceeded { resets_at }, &key));
+            }
+        }
 
-        Ok(Validation { key, policy })
+        self.touch(&key, now);
+        Ok(Validation { key, policy: Some(policy), rate_limit, narrowed })
     }
 
-    fn is_expired(&self, key: &Key, policy: Option<&Policy>, now: chrono::DateTime<chrono::Utc>) -> bool {
+    /// Queues a `last_used_at` write unless one was queued (or stored) for
+    /// this key within the interval.
+    fn touch(&self, key: &Key, now: DateTime<Utc>) {
+        let inner = &self.inner;
+        let interval = chrono::Duration::from_std(inner.usage_config.last_used_interval).unwrap_or(chrono::Duration::MAX);
+        let recent = |at: DateTime<Utc>| now.signed_duration_since(at) < interval;
+        if key.last_used_at.is_some_and(recent) {
+            return;
+        }
+        match inner.touched.entry(key.id) {
+            Entry::Occupied(entry) if recent(*entry.get()) => return,
+            Entry::Occupied(mut entry) => {
+                entry.insert(now);
+            }
+            Entry::Vacant(entry) => {
+                entry.insert(now);
+            }
+        }
+        inner.usage.touch(key.id, now);
+        inner.touch_sweeps.maybe_sweep(inner.touched.len(), || {
+            inner.touched.retain(|_, at| recent(*at));
+            inner.touched.len()
+        });
+    }
+
+    fn is_expired(&self, key: &Key, policy: Option<&Policy>, now: DateTime<Utc>) -> bool {
         let _ = self;
         key.expires_at.is_some_and(|at| at <= now)
             || crate::key::past_max_age(key, policy.and_then(|p| p.max_key_age), now)
+    }
+}
+
+/// The key's scopes within `allowed`, or `None` when nothing is cut (no
+/// allowlist, or every scope inside it). A scope wider than the allowlist
+/// (`read` under `read:users`) is narrowed to the allowed scopes it covers.
+fn narrow(scopes: &[String], allowed: &[String]) -> Option<Vec<String>> {
+    if allowed.is_empty() || scopes.iter().all(|s| scope::any_grants(allowed, s)) {
+        return None;
+    }
+    let mut narrowed = Vec::new();
+    for granted in scopes {
+        if scope::any_grants(allowed, granted) {
+            narrowed.push(granted.clone());
+        } else {
+            narrowed.extend(allowed.iter().filter(|a| scope::grants(granted, a)).cloned());
+        }
+    }
+    narrowed.dedup();
+    Some(narrowed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::narrow;
+
+    fn owned(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn scopes_are_narrowed_to_the_policy() {
+        assert_eq!(narrow(&owned(&["read"]), &[]), None);
+        assert_eq!(narrow(&owned(&["read:users"]), &owned(&["read"])), None);
+        assert_eq!(narrow(&owned(&["read"]), &owned(&["read:users"])), Some(owned(&["read:users"])));
+        assert_eq!(narrow(&owned(&["*"]), &owned(&["read", "write:a"])), Some(owned(&["read", "write:a"])));
+        assert_eq!(narrow(&owned(&["admin", "read:x"]), &owned(&["read"])), Some(owned(&["read:x"])));
     }
 }

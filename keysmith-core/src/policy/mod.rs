@@ -1,5 +1,7 @@
 //! Policies: the limits a key is held to at validation.
 
+mod spec;
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -7,6 +9,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{PolicyId, Tenant};
+
+pub use spec::PolicySpec;
 
 /// A named set of limits, shared by the keys that reference it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +43,29 @@ pub struct Policy {
     pub created_at: DateTime<Utc>,
     /// Time of the last change.
     pub updated_at: DateTime<Utc>,
+}
+
+impl Policy {
+    /// True if `ip` is inside the allowlist (an IPv4-mapped IPv6 address
+    /// counts as its IPv4 address). An empty list allows every address.
+    #[must_use]
+    pub fn allows_ip(&self, ip: Option<std::net::IpAddr>) -> bool {
+        if self.allowed_ips.is_empty() {
+            return true;
+        }
+        ip.map(|ip| ip.to_canonical()).is_some_and(|ip| self.allowed_ips.iter().any(|net| net.contains(&ip)))
+    }
+
+    /// True if `origin` is in the allowlist (compared as normalised origins).
+    /// An empty list allows every origin.
+    #[must_use]
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.allowed_origins.is_empty()
+            || self.allowed_origins.iter().any(|allowed| {
+                let origin = origin.trim_end_matches('/');
+                allowed.eq_ignore_ascii_case(origin)
+            })
+    }
 }
 
 /// `requests` per `window`, with an optional burst above the steady rate.

@@ -1,5 +1,8 @@
 //! Usage: one record per request, rolled up per key into days and months.
 
+pub(crate) mod quota;
+mod recorder;
+
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -9,6 +12,9 @@ use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::{KeyId, Tenant, UsageId};
+
+pub(crate) use recorder::UsageRecorder;
+pub use recorder::{UsageConfig, UsageStats};
 
 /// One request made with a key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

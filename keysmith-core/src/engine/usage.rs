@@ -1,0 +1,61 @@
+//! Usage: recording (off the request path) and queries.
+
+use super::{Engine, TenantEngine};
+use crate::store::{Page, TimeRange, UsageTotal};
+use crate::usage::UsageStats;
+use crate::{KeyId, Period, Result, UsageAggregate, UsageRecord};
+
+impl Engine {
+    /// Queues a usage record; never waits. Adapters call this after the
+    /// response, for requests that passed validation. A full queue drops the
+    /// record and counts it ([`Engine::usage_stats`], metric
+    /// `keysmith_usage_dropped_total`).
+    pub fn record_usage(&self, record: UsageRecord) {
+        self.inner.usage.record(record);
+    }
+
+    /// Writes every queued record now and waits for the write.
+    pub async fn flush_usage(&self) {
+        self.inner.usage.flush().await;
+    }
+
+    /// Records written, dropped and failed so far.
+    #[must_use]
+    pub fn usage_stats(&self) -> UsageStats {
+        self.inner.usage.stats()
+    }
+
+    /// Stops background work after writing everything queued. Call it on
+    /// graceful shutdown; records arriving later are dropped and counted.
+    pub async fn shutdown(&self) {
+        self.inner.usage.shutdown().await;
+    }
+}
+
+impl TenantEngine {
+    /// A key's usage records in `range`, oldest first.
+    ///
+    /// # Errors
+    /// `NotFound` if the tenant has no such key.
+    pub async fn list_usage(&self, key_id: KeyId, range: TimeRange, page: Page) -> Result<Vec<UsageRecord>> {
+        self.get_key(key_id).await?;
+        self.engine.inner.store.list_usage(&self.tenant, key_id, range, page).await
+    }
+
+    /// A key's daily or monthly roll-ups whose period starts in `range`.
+    ///
+    /// # Errors
+    /// `NotFound` if the tenant has no such key.
+    pub async fn usage_aggregates(&self, key_id: KeyId, period: Period, range: TimeRange) -> Result<Vec<UsageAggregate>> {
+        self.get_key(key_id).await?;
+        self.engine.inner.store.usage_aggregates(&self.tenant, key_id, period, range).await
+    }
+
+    /// The tenant's totals (all keys) per day or month in `range`.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn usage_totals(&self, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>> {
+        self.engine.inner.store.tenant_usage(&self.tenant, period, range).await
+    }
+}

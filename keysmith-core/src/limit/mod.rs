@@ -1,0 +1,44 @@
+//! Rate limiting: a trait any backend implements, and the in-process GCRA
+//! limiter used by default.
+
+mod gcra;
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use gcra::GcraRateLimiter;
+
+use crate::{KeyId, RateLimit, Result};
+
+/// Decides whether one more request of a key fits its rate limit.
+///
+/// Implementations keep one budget per key, sized by the `limit` handed in
+/// (so a policy change takes effect on the next request). A distributed
+/// implementation (Redis) plugs in through
+/// [`EngineBuilder::with_rate_limiter`](crate::EngineBuilder::with_rate_limiter).
+#[async_trait]
+pub trait RateLimiter: Send + Sync + fmt::Debug + 'static {
+    /// Counts one request of `key` against `limit` and says whether it fits.
+    ///
+    /// # Errors
+    /// The limiter's backend failed (the request is then neither allowed nor
+    /// refused: adapters answer 503).
+    async fn check(&self, key: KeyId, limit: &RateLimit) -> Result<RateLimitStatus>;
+}
+
+/// The outcome of a rate-limit check, with what the `RateLimit-*` headers say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitStatus {
+    /// True if the request fits.
+    pub allowed: bool,
+    /// Requests the key may make at once (the burst).
+    pub limit: u32,
+    /// Requests left right now.
+    pub remaining: u32,
+    /// Time until the full burst is available again.
+    pub reset: Duration,
+    /// When refused: time until one request would fit.
+    pub retry_after: Option<Duration>,
+}

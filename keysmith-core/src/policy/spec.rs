@@ -1,0 +1,203 @@
+//! What a caller writes to create or replace a policy, checked before
+//! anything is stored.
+
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::{Quota, RateLimit};
+use crate::{Error, Result, scope};
+
+const MAX_NAME_LEN: usize = 128;
+
+/// A policy as the caller describes it: CIDRs and origins as text, checked
+/// (and normalised) by [`PolicySpec::validate`] at create and update time,
+/// never at request time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PolicySpec {
+    /// The name, unique per tenant.
+    pub name: String,
+    /// Requests allowed per window, per key.
+    pub rate_limit: Option<RateLimit>,
+    /// Networks (`10.0.0.0/8`, `2001:db8::/32`) or single addresses allowed.
+    pub allowed_ips: Vec<String>,
+    /// Exact `Origin` values allowed (`https://app.example.com`).
+    pub allowed_origins: Vec<String>,
+    /// Scopes keys under the policy may hold.
+    pub allowed_scopes: Vec<String>,
+    /// Maximum key age, in seconds in JSON.
+    #[serde(with = "crate::serde_secs::option")]
+    pub max_key_age: Option<Duration>,
+    /// Daily and monthly quotas.
+    pub quota: Option<Quota>,
+    /// Default rotation grace, in seconds in JSON.
+    #[serde(with = "crate::serde_secs::option")]
+    pub rotation_grace: Option<Duration>,
+    /// Free-form JSON object.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A spec that passed validation, in stored form.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CheckedSpec {
+    pub(crate) name: String,
+    pub(crate) allowed_ips: Vec<IpNet>,
+    pub(crate) allowed_origins: Vec<String>,
+    pub(crate) allowed_scopes: Vec<String>,
+}
+
+impl PolicySpec {
+    /// A spec with only a name (a policy that limits nothing yet).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into(), ..Self::default() }
+    }
+
+    /// With a rate limit of `requests` per `window`.
+    #[must_use]
+    pub fn with_rate_limit(mut self, requests: u32, window: Duration) -> Self {
+        self.rate_limit = Some(RateLimit { requests, window, burst: None });
+        self
+    }
+
+    /// With these allowed networks.
+    #[must_use]
+    pub fn with_allowed_ips<S: Into<String>>(mut self, cidrs: impl IntoIterator<Item = S>) -> Self {
+        self.allowed_ips = cidrs.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// With these allowed origins.
+    #[must_use]
+    pub fn with_allowed_origins<S: Into<String>>(mut self, origins: impl IntoIterator<Item = S>) -> Self {
+        self.allowed_origins = origins.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// With these allowed scopes.
+    #[must_use]
+    pub fn with_allowed_scopes<S: Into<String>>(mut self, scopes: impl IntoIterator<Item = S>) -> Self {
+        self.allowed_scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// With a maximum key age.
+    #[must_use]
+    pub fn with_max_key_age(mut self, age: Duration) -> Self {
+        self.max_key_age = Some(age);
+        self
+    }
+
+    /// With quotas per UTC day and month.
+    #[must_use]
+    pub fn with_quota(mut self, daily: Option<u64>, monthly: Option<u64>) -> Self {
+        self.quota = Some(Quota { daily, monthly });
+        self
+    }
+
+    /// With a default rotation grace.
+    #[must_use]
+    pub fn with_rotation_grace(mut self, grace: Duration) -> Self {
+        self.rotation_grace = Some(grace);
+        self
+    }
+
+    /// Checks every field; the error names the first one at fault.
+    pub(crate) fn validate(&self) -> Result<CheckedSpec> {
+        let name = self.name.trim();
+        if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
+            return Err(Error::invalid("name", "must be 1 to 128 characters"));
+        }
+        if let Some(limit) = &self.rate_limit {
+            if limit.requests == 0 || limit.window.is_zero() {
+                return Err(Error::invalid("rate_limit", "requests and window must be greater than zero"));
+            }
+            if limit.burst == Some(0) {
+                return Err(Error::invalid("rate_limit", "burst must be greater than zero"));
+            }
+        }
+        if let Some(quota) = &self.quota
+            && (quota.daily == Some(0) || quota.monthly == Some(0))
+        {
+            return Err(Error::invalid("quota", "a quota must be greater than zero (omit it for no quota)"));
+        }
+        let allowed_ips = self.allowed_ips.iter().map(|s| parse_network(s)).collect::<Result<Vec<_>>>()?;
+        let allowed_origins = self.allowed_origins.iter().map(|s| normalize_origin(s)).collect::<Result<Vec<_>>>()?;
+        for name in &self.allowed_scopes {
+            scope::validate_name(name)?;
+        }
+        Ok(CheckedSpec {
+            name: name.to_owned(),
+            allowed_ips,
+            allowed_origins,
+            allowed_scopes: self.allowed_scopes.clone(),
+        })
+    }
+}
+
+/// A CIDR, or a single address taken as a host network (`/32`, `/128`).
+fn parse_network(text: &str) -> Result<IpNet> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| Error::invalid("allowed_ips", format!("{text:?} is not a CIDR (e.g. 10.0.0.0/8) or an IP address")))
+}
+
+/// `scheme://host[:port]`, lowercased, without a trailing slash.
+fn normalize_origin(text: &str) -> Result<String> {
+    let origin = text.trim().trim_end_matches('/').to_ascii_lowercase();
+    let valid = origin.split_once("://").is_some_and(|(scheme, host)| {
+        !scheme.is_empty()
+            && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+            && !host.is_empty()
+            && !host.contains(['/', ' ', '?', '#'])
+    });
+    if !valid {
+        return Err(Error::invalid("allowed_origins", format!("{text:?} is not an origin (e.g. https://app.example.com)")));
+    }
+    Ok(origin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_parse_from_cidrs_and_addresses() {
+        assert_eq!(parse_network("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(parse_network("192.0.2.7").unwrap().to_string(), "192.0.2.7/32");
+        assert_eq!(parse_network("2001:db8::/32").unwrap().to_string(), "2001:db8::/32");
+        assert_eq!(parse_network("::1").unwrap().to_string(), "::1/128");
+        for bad in ["10.0.0.0/33", "300.1.1.1", "10.0.0.0/", "", "example.com", "2001:db8::/129"] {
+            let err = parse_network(bad).unwrap_err().to_string();
+            assert!(err.contains("allowed_ips"), "{err}");
+        }
+    }
+
+    #[test]
+    fn origins_are_normalised() {
+        assert_eq!(normalize_origin("HTTPS://App.Example.com/").unwrap(), "https://app.example.com");
+        assert_eq!(normalize_origin("http://localhost:3000").unwrap(), "http://localhost:3000");
+        for bad in ["app.example.com", "https://", "https://a.com/path", "://x"] {
+            assert!(normalize_origin(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn specs_are_checked_field_by_field() {
+        let zero_rate = PolicySpec::new("p").with_rate_limit(0, Duration::from_secs(1));
+        let zero_quota = PolicySpec::new("p").with_quota(Some(0), None);
+        let bad_scope = PolicySpec::new("p").with_allowed_scopes(["read users"]);
+        let no_name = PolicySpec::new(" ");
+        for (spec, field) in
+            [(zero_rate, "rate_limit"), (zero_quota, "quota"), (bad_scope, "scope"), (no_name, "name")]
+        {
+            match spec.validate() {
+                Err(Error::InvalidInput { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The usage recorder: a bounded queue drained by one background task that
+//! writes batches, so the request path never waits for the store.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::UsageRecord;
+use super::quota::QuotaTracker;
+use crate::{KeyId, Store};
+
+/// Counter: usage records dropped because the queue was full or closed.
+const DROPPED_TOTAL: &str = "keysmith_usage_dropped_total";
+/// Counter: usage records lost because the store refused the batch.
+const FAILED_TOTAL: &str = "keysmith_usage_failed_total";
+
+/// How usage is queued and written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageConfig {
+    /// Records the queue holds; past it new records are dropped and counted.
+    pub queue_capacity: usize,
+    /// A batch is written as soon as it has this many records…
+    pub batch_size: usize,
+    /// …or when this much time has passed since the last write.
+    pub flush_interval: Duration,
+    /// How often a key's quota counters are re-read from the store, to see
+    /// other instances' usage.
+    pub quota_refresh: Duration,
+    /// `last_used_at` is written at most once per key per this interval.
+    pub last_used_interval: Duration,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 10_000,
+            batch_size: 500,
+            flush_interval: Duration::from_secs(1),
+            quota_refresh: Duration::from_secs(5),
+            last_used_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the recorder has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageStats {
+    /// Records written to the store.
+    pub written: u64,
+    /// Records dropped because the queue was full (or the engine shut down).
+    pub dropped: u64,
+    /// Records lost because the store kept failing the batch.
+    pub failed: u64,
+}
+
+enum Message {
+    Record(UsageRecord),
+    Touch(KeyId, DateTime<Utc>),
+    Flush(oneshot::Sender<()>),
+    Shutdown,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    written: AtomicU64,
+    dropped: AtomicU64,
+    failed: AtomicU64,
+}
+
+struct Running {
+    tx: mpsc::Sender<Message>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Owns the queue and the background task (started on first use, on the
+/// Tokio runtime of the caller).
+pub(crate) struct UsageRecorder {
+    config: UsageConfig,
+    store: Arc<dyn Store>,
+    quotas: Arc<QuotaTracker>,
+    counters: Arc<Counters>,
+    running: OnceLock<Option<Running>>,
+}
+
+impl std::fmt::Debug for UsageRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsageRecorder").field("config", &self.config).field("stats", &self.stats()).finish()
+    }
+}
+
+impl UsageRecorder {
+    pub(crate) fn new(config: UsageConfig, store: Arc<dyn Store>, quotas: Arc<QuotaTracker>) -> Self {
+        Self { config, store, quotas, counters: Arc::default(), running: OnceLock::new() }
+    }
+
+    pub(crate) fn stats(&self) -> UsageStats {
+        UsageStats {
+            written: self.counters.written.load(Ordering::Relaxed),
+            dropped: self.counters.dropped.load(Ordering::Relaxed),
+            failed: self.counters.failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Queues a record without waiting; a full queue drops it and counts.
+    pub(crate) fn record(&self, record: UsageRecord) {
+        if !self.try_send(Message::Record(record)) {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(DROPPED_TOTAL).increment(1);
+        }
+    }
+
+    /// Queues a `last_used_at` update; dropped silently when the queue is
+    /// full (the next request will try again).
+    pub(crate) fn touch(&self, key: KeyId, at: DateTime<Utc>) {
+        self.try_send(Message::Touch(key, at));
+    }
+
+    /// Writes everything queued so far and waits for it.
+    pub(crate) async fn flush(&self) {
+        if let Some(Some(running)) = self.running.get() {
+            let (done, wait) = oneshot::channel();
+            if running.tx.send(Message::Flush(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+        }
+    }
+
+    /// Writes what is queued and stops the task; records that arrive later
+    /// are dropped and counted.
+    pub(crate) async fn shutdown(&self) {
+        let Some(Some(running)) = self.running.get() else {
+            let _ = self.running.set(None);
+            return;
+        };
+        let _ = running.tx.send(Message::Shutdown).await;
+        let task = running.task.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(task) = task
+            && let Err(error) = task.await
+        {
+            tracing::error!(target: "keysmith::usage", %error, "usage task ended abnormally");
+        }
+    }
+
+    fn try_send(&self, message: Message) -> bool {
+        let running = self.running.get_or_init(|| self.start());
+        running.as_ref().is_some_and(|running| running.tx.try_send(message).is_ok())
+    }
+
+    fn start(&self) -> Option<Running> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(target: "keysmith::usage", "no Tokio runtime: usage will not be recorded");
+            return None;
+        };
+        let (tx, rx) = mpsc::channel(self.config.queue_capacity.max(1));
+        let worker = Worker {
+            config: self.config,
+            store: Arc::clone(&self.store),
+            quotas: Arc::clone(&self.quotas),
+            counters: Arc::clone(&self.counters),
+            batch: Vec::with_capacity(self.config.batch_size),
+        };
+        let task = runtime.spawn(worker.run(rx));
+        Some(Running { tx, task: Mutex::new(Some(task)) })
+    }
+}
+
+struct Worker {
+    config: UsageConfig,
+    store: Arc<dyn Store>,
+    quotas: Arc<QuotaTracker>,
+    counters: Arc<Counters>,
+    batch: Vec<UsageRecord>,
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::Receiver<Message>) {
+        let mut tick = tokio::time::interval(self.config.flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                message = rx.recv() => match message {
+                    Some(Message::Shutdown) | None => break,
+                    Some(message) => self.handle(message).await,
+                },
+                _ = tick.tick() => self.write().await,
+            }
+        }
+        // Refuse new messages, then drain what is already queued.
+        rx.close();
+        while let Some(message) = rx.recv().await {
+            self.handle(message).await;
+        }
+        self.write().await;
+    }
+
+    async fn handle(&mut self, message: Message) {
+        match message {
+            Message::Record(record) => {
+                self.batch.push(record);
+                if self.batch.len() >= self.config.batch_size {
+                    self.write().await;
+                }
+            }
+            Message::Touch(key, at) => {
+                if let Err(error) = self.store.touch_key(key, at).await {
+                    tracing::warn!(target: "keysmith::usage", %error, "could not update last_used_at");
+                }
+            }
+            Message::Flush(done) => {
+                self.write().await;
+                let _ = done.send(());
+            }
+            Message::Shutdown => {}
+        }
+    }
+
+    /// Writes the batch, retrying twice; a batch that still fails is counted
+    /// as failed, never silently lost.
+    async fn write(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let mut backoff = Duration::from_millis(50);
+        for attempt in 1..=3 {
+            match self.store.record_batch(&self.batch).await {
+                Ok(()) => {
+                    self.counters.written.fetch_add(self.batch.len() as u64, Ordering::Relaxed);
+                    self.quotas.on_written(&self.batch);
+                    self.batch.clear();
+                    return;
+                }
+                Err(error) if attempt < 3 => {
+                    tracing::warn!(target: "keysmith::usage", %error, attempt, "usage batch failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                Err(error) => {
+                    let lost = self.batch.len() as u64;
+                    tracing::error!(target: "keysmith::usage", %error, lost, "usage batch failed; records lost");
+                    self.counters.failed.fetch_add(lost, Ordering::Relaxed);
+                    metrics::counter!(FAILED_TOTAL).increment(lost);
+                    self.batch.clear();
+                }
+            }
+        }
+    }
+}
