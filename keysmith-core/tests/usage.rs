@@ -1,0 +1,268 @@
+//! Usage recording, queries, quotas and `last_used_at`.
+
+mod support;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use keysmith_core::store::{Page, TimeRange};
+use keysmith_core::usage::UsageConfig;
+use keysmith_core::{
+    Engine, Error, KeyId, ManualClock, MemoryStore, NewKey, Period, PolicySpec, Refusal, RequestContext, Store, Tenant,
+    UsageId, UsageRecord, ValidationError,
+};
+use support::t0;
+
+fn record(key_id: KeyId, tenant: &Tenant, at: DateTime<Utc>, status: u16) -> UsageRecord {
+    UsageRecord {
+        id: UsageId::new(),
+        key_id,
+        tenant: tenant.clone(),
+        endpoint: "/users".into(),
+        method: "GET".into(),
+        status,
+        ip: Some(IpAddr::from([192, 0, 2, 1])),
+        user_agent: Some("test".into()),
+        latency: Duration::from_millis(3),
+        timestamp: at,
+    }
+}
+
+fn engine_on(store: Arc<dyn Store>, clock: &ManualClock, config: UsageConfig) -> Engine {
+    Engine::builder(store).with_clock(clock.clone()).with_usage_config(config).build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_records_across_fifty_keys_arrive_exactly_once() {
+    let clock = ManualClock::new(t0());
+    let config = UsageConfig { batch_size: 256, ..UsageConfig::default() };
+    let engine = engine_on(Arc::new(MemoryStore::new()), &clock, config);
+    let acme = engine.tenant("app", "acme");
+    let mut keys = Vec::new();
+    for i in 0..50 {
+        keys.push(acme.create_key(NewKey::new(format!("k{i}"))).await.unwrap().key.id);
+    }
+    // Spread over two UTC days; every seventh request is an error.
+    let day2 = Utc.with_ymd_and_hms(2026, 3, 15, 0, 0, 0).unwrap();
+    for i in 0..10_000u32 {
+        let at = if (i / 50) % 2 == 0 { t0() } else { day2 + chrono::Duration::seconds(i64::from(i)) };
+        let status = if i % 7 == 0 { 500 } else { 200 };
+        engine.record_usage(record(keys[(i % 50) as usize], acme.tenant(), at, status));
+        if i % 1000 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    engine.shutdown().await;
+
+    let stats = engine.usage_stats();
+    assert_eq!((stats.written, stats.dropped, stats.failed), (10_000, 0, 0));
+    let mut total_records = 0;
+    let (mut day_requests, mut day_errors, mut month_requests) = (0, 0, 0);
+    for key in &keys {
+        let records = acme.list_usage(*key, TimeRange::default(), Page::new(1000, 0)).await.unwrap();
+        assert_eq!(records.len(), 200);
+        let mut ids: Vec<UsageId> = records.iter().map(|r| r.id).collect();
+        ids.dedup();
+        assert_eq!(ids.len(), 200, "no record twice");
+        total_records += records.len();
+        let days = acme.usage_aggregates(*key, Period::Day, TimeRange::default()).await.unwrap();
+        assert_eq!(days.len(), 2);
+        day_requests += days.iter().map(|a| a.requests).sum::<u64>();
+        day_errors += days.iter().map(|a| a.errors).sum::<u64>();
+        let months = acme.usage_aggregates(*key, Period::Month, TimeRange::default()).await.unwrap();
+        month_requests += months.iter().map(|a| a.requests).sum::<u64>();
+    }
+    assert_eq!(total_records, 10_000);
+    assert_eq!((day_requests, month_requests), (10_000, 10_000));
+    assert_eq!(day_errors, (0..10_000).filter(|i| i % 7 == 0).count() as u64);
+
+    let totals = acme.usage_totals(Period::Day, TimeRange::default()).await.unwrap();
+    assert_eq!(
+        totals.iter().map(|t| (t.period_start, t.requests)).collect::<Vec<_>>(),
+        [(Period::Day.start_of(t0()), 5_000), (day2, 5_000)]
+    );
+}
+
+#[test]
+fn a_full_queue_drops_and_counts_records() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let clock = ManualClock::new(t0());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let config = UsageConfig {
+                queue_capacity: 10,
+                batch_size: 1000,
+                flush_interval: Duration::from_secs(3600),
+                ..UsageConfig::default()
+            };
+            let engine = engine_on(Arc::new(MemoryStore::new()), &clock, config);
+            let tenant = Tenant::new("app", "acme");
+            let key = KeyId::new();
+            // On a current-thread runtime the writer cannot run until we yield:
+            // exactly the queue's capacity gets in.
+            for _ in 0..1000 {
+                engine.record_usage(record(key, &tenant, t0(), 200));
+            }
+            assert_eq!(engine.usage_stats().dropped, 990);
+            engine.shutdown().await;
+            assert_eq!(engine.usage_stats().written, 10);
+            engine.record_usage(record(key, &tenant, t0(), 200));
+            assert_eq!(engine.usage_stats().dropped, 991, "after shutdown records are dropped and counted");
+        });
+    });
+    let dropped: u64 = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "keysmith_usage_dropped_total")
+        .map(|(.., value)| match value {
+            DebugValue::Counter(n) => n,
+            other => panic!("{other:?}"),
+        })
+        .sum();
+    assert_eq!(dropped, 991);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_store_counts_lost_records() {
+    let clock = ManualClock::new(t0());
+    let store = Arc::new(MemoryStore::new());
+    let engine = engine_on(store.clone(), &clock, UsageConfig::default());
+    store.close().await;
+    let tenant = Tenant::new("app", "acme");
+    for _ in 0..5 {
+        engine.record_usage(record(KeyId::new(), &tenant, t0(), 200));
+    }
+    engine.shutdown().await;
+    let stats = engine.usage_stats();
+    assert_eq!((stats.written, stats.failed), (0, 5));
+}
+
+fn quota_refusal(result: Result<keysmith_core::Validation, ValidationError>) -> Option<DateTime<Utc>> {
+    match result {
+        Ok(_) => None,
+        Err(ValidationError::Refused(Refusal::QuotaExceeded { resets_at })) => Some(resets_at),
+        Err(other) => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn quota_is_exhausted_then_resets_at_the_utc_day_and_month_boundaries() {
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 30, 22, 0, 0).unwrap());
+    let engine = engine_on(Arc::new(MemoryStore::new()), &clock, UsageConfig::default());
+    let acme = engine.tenant("app", "acme");
+    let policy = acme.create_policy(PolicySpec::new("metered").with_quota(Some(3), Some(5))).await.unwrap();
+    let created = acme.create_key(NewKey::new("k").with_policy(policy.id)).await.unwrap();
+    let raw = created.raw.expose();
+    let ctx = RequestContext::new();
+
+    for _ in 0..3 {
+        assert_eq!(quota_refusal(engine.validate(raw, &ctx).await), None);
+    }
+    let next_day = Utc.with_ymd_and_hms(2026, 3, 31, 0, 0, 0).unwrap();
+    for _ in 0..3 {
+        assert_eq!(quota_refusal(engine.validate(raw, &ctx).await), Some(next_day), "refusals consume nothing");
+    }
+
+    clock.set(next_day);
+    assert_eq!(quota_refusal(engine.validate(raw, &ctx).await), None);
+    assert_eq!(quota_refusal(engine.validate(raw, &ctx).await), None);
+    let next_month = Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0).unwrap();
+    assert_eq!(quota_refusal(engine.validate(raw, &ctx).await), Some(next_month), "5 this month");
+
+    clock.set(next_month);
+    assert_eq!(quota_refusal(engine.validate(raw, &ctx).await), None);
+}
+
+#[tokio::test]
+async fn recorded_usage_is_not_counted_twice_and_other_instances_usage_counts() {
+    let clock = ManualClock::new(t0());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let config = UsageConfig { quota_refresh: Duration::from_secs(5), ..UsageConfig::default() };
+    let first = engine_on(Arc::clone(&store), &clock, config);
+    let acme = first.tenant("app", "acme");
+    let policy = acme.create_policy(PolicySpec::new("metered").with_quota(Some(4), None)).await.unwrap();
+    let created = acme.create_key(NewKey::new("k").with_policy(policy.id)).await.unwrap();
+    let raw = created.raw.expose();
+    let ctx = RequestContext::new();
+
+    // The first instance serves two requests and records them.
+    for _ in 0..2 {
+        let ok = first.validate(raw, &ctx).await.unwrap();
+        first.record_usage(record(ok.key.id, &ok.key.tenant, clock_now(&clock), 200));
+    }
+    first.flush_usage().await;
+    clock.advance(Duration::from_secs(6));
+    // After a refresh it still counts two, not four.
+    assert_eq!(quota_refusal(first.validate(raw, &ctx).await), None);
+    first.record_usage(record(created.key.id, acme.tenant(), clock_now(&clock), 200));
+    first.flush_usage().await;
+
+    // A second instance on the same store sees the three written requests.
+    let second = engine_on(Arc::clone(&store), &clock, config);
+    assert_eq!(quota_refusal(second.validate(raw, &ctx).await), None);
+    assert!(quota_refusal(second.validate(raw, &ctx).await).is_some());
+}
+
+fn clock_now(clock: &ManualClock) -> DateTime<Utc> {
+    use keysmith_core::Clock;
+    clock.now()
+}
+
+#[tokio::test]
+async fn last_used_at_is_written_off_the_request_path_at_most_once_per_interval() {
+    let clock = ManualClock::new(t0());
+    let config = UsageConfig { last_used_interval: Duration::from_secs(60), ..UsageConfig::default() };
+    let engine = engine_on(Arc::new(MemoryStore::new()), &clock, config);
+    let acme = engine.tenant("app", "acme");
+    let created = acme.create_key(NewKey::new("k")).await.unwrap();
+    let raw = created.raw.expose();
+    assert_eq!(created.key.last_used_at, None);
+
+    engine.validate(raw, &RequestContext::new()).await.unwrap();
+    engine.flush_usage().await;
+    assert_eq!(acme.get_key(created.key.id).await.unwrap().last_used_at, Some(t0()));
+
+    clock.advance(Duration::from_secs(59));
+    engine.validate(raw, &RequestContext::new()).await.unwrap();
+    engine.flush_usage().await;
+    assert_eq!(acme.get_key(created.key.id).await.unwrap().last_used_at, Some(t0()), "within the interval");
+
+    clock.advance(Duration::from_secs(1));
+    engine.validate(raw, &RequestContext::new()).await.unwrap();
+    engine.flush_usage().await;
+    assert_eq!(acme.get_key(created.key.id).await.unwrap().last_used_at, Some(t0() + chrono::Duration::seconds(60)));
+}
+
+#[tokio::test]
+async fn usage_queries_page_by_time_and_stay_within_the_tenant() {
+    let clock = ManualClock::new(t0());
+    let engine = engine_on(Arc::new(MemoryStore::new()), &clock, UsageConfig::default());
+    let a = engine.tenant("app", "a");
+    let b = engine.tenant("app", "b");
+    let key = b.create_key(NewKey::new("k")).await.unwrap().key;
+    for minute in 0..10 {
+        engine.record_usage(record(key.id, b.tenant(), t0() + chrono::Duration::minutes(minute), 200));
+    }
+    engine.flush_usage().await;
+
+    let range =
+        TimeRange { from: Some(t0() + chrono::Duration::minutes(2)), to: Some(t0() + chrono::Duration::minutes(8)) };
+    let page1 = b.list_usage(key.id, range, Page::new(4, 0)).await.unwrap();
+    let page2 = b.list_usage(key.id, range, Page::new(4, 4)).await.unwrap();
+    let minutes =
+        |records: &[UsageRecord]| records.iter().map(|r| (r.timestamp - t0()).num_minutes()).collect::<Vec<_>>();
+    assert_eq!(minutes(&page1), [2, 3, 4, 5]);
+    assert_eq!(minutes(&page2), [6, 7]);
+
+    assert!(matches!(a.list_usage(key.id, TimeRange::default(), Page::default()).await, Err(Error::NotFound { .. })));
+    assert!(matches!(a.usage_aggregates(key.id, Period::Day, TimeRange::default()).await, Err(Error::NotFound { .. })));
+    assert!(a.usage_totals(Period::Month, TimeRange::default()).await.unwrap().is_empty());
+    assert_eq!(b.usage_totals(Period::Month, TimeRange::default()).await.unwrap()[0].requests, 10);
+}
