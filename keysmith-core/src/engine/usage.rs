@@ -46,7 +46,12 @@ impl TenantEngine {
     ///
     /// # Errors
     /// `NotFound` if the tenant has no such key.
-    pub async fn usage_aggregates(&self, key_id: KeyId, period: Period, range: TimeRange) -> Result<Vec<UsageAggregate>> {
+    pub async fn usage_aggregates(
+        &self,
+        key_id: KeyId,
+        period: Period,
+        range: TimeRange,
+    ) -> Result<Vec<UsageAggregate>> {
         self.get_key(key_id).await?;
         self.engine.inner.store.usage_aggregates(&self.tenant, key_id, period, range).await
     }

@@ -266,7 +266,8 @@ impl Engine {
     /// this key within the interval.
     fn touch(&self, key: &Key, now: DateTime<Utc>) {
         let inner = &self.inner;
-        let interval = chrono::Duration::from_std(inner.usage_config.last_used_interval).unwrap_or(chrono::Duration::MAX);
+        let interval =
+            chrono::Duration::from_std(inner.usage_config.last_used_interval).unwrap_or(chrono::Duration::MAX);
         let recent = |at: DateTime<Utc>| now.signed_duration_since(at) < interval;
         if key.last_used_at.is_some_and(recent) {
             return;

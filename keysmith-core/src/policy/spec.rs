@@ -139,10 +139,9 @@ impl PolicySpec {
 /// A CIDR, or a single address taken as a host network (`/32`, `/128`).
 fn parse_network(text: &str) -> Result<IpNet> {
     let text = text.trim();
-    text.parse::<IpNet>()
-        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
-        .map(|net| net.trunc())
-        .map_err(|_| Error::invalid("allowed_ips", format!("{text:?} is not a CIDR (e.g. 10.0.0.0/8) or an IP address")))
+    text.parse::<IpNet>().or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from)).map(|net| net.trunc()).map_err(
+        |_| Error::invalid("allowed_ips", format!("{text:?} is not a CIDR (e.g. 10.0.0.0/8) or an IP address")),
+    )
 }
 
 /// `scheme://host[:port]`, lowercased, without a trailing slash.
@@ -155,7 +154,10 @@ fn normalize_origin(text: &str) -> Result<String> {
             && !host.contains(['/', ' ', '?', '#'])
     });
     if !valid {
-        return Err(Error::invalid("allowed_origins", format!("{text:?} is not an origin (e.g. https://app.example.com)")));
+        return Err(Error::invalid(
+            "allowed_origins",
+            format!("{text:?} is not an origin (e.g. https://app.example.com)"),
+        ));
     }
     Ok(origin)
 }
@@ -191,8 +193,7 @@ mod tests {
         let zero_quota = PolicySpec::new("p").with_quota(Some(0), None);
         let bad_scope = PolicySpec::new("p").with_allowed_scopes(["read users"]);
         let no_name = PolicySpec::new(" ");
-        for (spec, field) in
-            [(zero_rate, "rate_limit"), (zero_quota, "quota"), (bad_scope, "scope"), (no_name, "name")]
+        for (spec, field) in [(zero_rate, "rate_limit"), (zero_quota, "quota"), (bad_scope, "scope"), (no_name, "name")]
         {
             match spec.validate() {
                 Err(Error::InvalidInput { field: f, .. }) => assert_eq!(f, field),

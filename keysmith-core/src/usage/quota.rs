@@ -62,7 +62,9 @@ impl QuotaTracker {
         let day = Period::Day.start_of(now);
         let month = Period::Month.start_of(now);
         let fresh = self.entries.get(&key.id).is_some_and(|e| {
-            e.day.start == day && e.month.start == month && (now - e.loaded_at).to_std().is_ok_and(|age| age < self.refresh)
+            e.day.start == day
+                && e.month.start == month
+                && (now - e.loaded_at).to_std().is_ok_and(|age| age < self.refresh)
         });
         let loaded = if fresh {
             None
