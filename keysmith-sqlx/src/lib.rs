@@ -50,6 +50,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod common;
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -590,7 +590,7 @@ pub async fn racing_suspend_never_undoes_a_revoke(store: Arc<dyn Store>) {
         let (store, barrier, id) = (Arc::clone(&store), Arc::clone(&barrier), key.key.id);
         tasks.spawn(async move {
             barrier.wait().await;
-            let to = if i % 2 == 0 { KeyState::Suspended } else { KeyState::Revoked };
+            let to = if i.is_multiple_of(2) { KeyState::Suspended } else { KeyState::Revoked };
             (to, store.transition_key(&acme(), id, &Transition::to(to, at(10))).await)
         });
     }
@@ -1094,7 +1094,7 @@ pub async fn large_usage_batch_is_written_whole(store: Arc<dyn Store>) {
     let records: Vec<_> = (0..RECORDS)
         .map(|i| {
             let secs = i64::try_from(i).unwrap() * 60; // spans three days
-            usage(&keys[i % 2].key, at(secs), if i % 10 == 0 { 500 } else { 200 })
+            usage(&keys[i % 2].key, at(secs), if i.is_multiple_of(10) { 500 } else { 200 })
         })
         .collect();
     store.record_batch(&records).await.unwrap();

@@ -205,7 +205,7 @@ mod postgres_only {
                             tenant: tenant.clone(),
                             endpoint: "/v1/invoices".into(),
                             method: "GET".into(),
-                            status: if n % 20 == 0 { 500 } else { 200 },
+                            status: if n.is_multiple_of(20) { 500 } else { 200 },
                             ip: Some("203.0.113.9".parse().unwrap()),
                             user_agent: Some("bench/1.0".into()),
                             latency: Duration::from_millis(5),
