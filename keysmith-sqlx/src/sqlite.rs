@@ -35,9 +35,13 @@ use crate::common::{
     parse_list, rate_limit_from, state_names, store_error, to_u64,
 };
 
-/// The SQLite schema, embedded. [`Store::migrate`] runs it; apps that manage
-/// their own migrations can run it themselves (with `set_ignore_missing(true)`
-/// when the database also holds theirs).
+/// The SQLite schema, embedded (`migrations/sqlite`).
+///
+/// [`Store::migrate`] runs it and tolerates the application's own sqlx
+/// migrations in the same `_sqlx_migrations` history. Running
+/// `MIGRATOR.run(&pool)` yourself works on a database whose history holds
+/// only Keysmith's versions (sqlx refuses versions it does not know of,
+/// unless a migrator is told to ignore them).
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// Usage rows per `INSERT`: 11 values each stays far below SQLite's limit
