@@ -11,6 +11,13 @@ use chrono::{DateTime, Utc};
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// The current time.
     fn now(&self) -> DateTime<Utc>;
+
+    /// The current time as nanoseconds since the Unix epoch (0 before it).
+    /// Rate limiting reads this on every request, so clocks that can answer
+    /// it without building a calendar date should.
+    fn unix_nanos(&self) -> u64 {
+        self.now().timestamp_nanos_opt().and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
+    }
 }
 
 /// The system's wall clock.
@@ -20,6 +27,12 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
+    }
+
+    fn unix_nanos(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
     }
 }
 
@@ -75,5 +88,6 @@ mod tests {
         assert_eq!(clock.now(), start + chrono::Duration::seconds(90));
         clock.set(start);
         assert_eq!(other.now(), start);
+        assert_eq!(clock.unix_nanos(), 1_767_225_600_000_000_000);
     }
 }

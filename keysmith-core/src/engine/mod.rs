@@ -66,7 +66,7 @@ struct Inner {
     usage: UsageRecorder,
     usage_config: UsageConfig,
     /// When this engine last queued a `last_used_at` write, per key.
-    touched: DashMap<KeyId, DateTime<Utc>>,
+    touched: DashMap<KeyId, DateTime<Utc>, foldhash::fast::RandomState>,
     touch_sweeps: SweepSchedule,
 }
 
@@ -297,7 +297,7 @@ impl EngineBuilder {
                 quotas,
                 usage,
                 usage_config: self.usage_config,
-                touched: DashMap::new(),
+                touched: DashMap::default(),
                 touch_sweeps: SweepSchedule::default(),
                 store: self.store,
                 hasher: self.hasher,

@@ -239,7 +239,7 @@ impl Engine {
         // 8. Rate limit.
         let rate_limit = match &policy.rate_limit {
             Some(limit) => {
-                let status = inner.limiter.check(key.id, limit).await.map_err(fail)?;
+                let status = inner.limiter.check(key.id, limit, now).await.map_err(fail)?;
                 if let Some(retry_after) = status.retry_after.filter(|_| !status.allowed) {
                     self.emit(|| Event::KeyRateLimited { key_id: key.id, tenant: key.tenant.clone(), retry_after })
                         .await;
@@ -270,6 +270,9 @@ impl Engine {
             chrono::Duration::from_std(inner.usage_config.last_used_interval).unwrap_or(chrono::Duration::MAX);
         let recent = |at: DateTime<Utc>| now.signed_duration_since(at) < interval;
         if key.last_used_at.is_some_and(recent) {
+            return;
+        }
+        if inner.touched.get(&key.id).is_some_and(|at| recent(*at)) {
             return;
         }
         match inner.touched.entry(key.id) {

@@ -94,9 +94,11 @@ impl<'a> ParsedKey<'a> {
             return None;
         }
         let (signed, check) = raw.split_at(raw.len() - CHECK_LEN);
-        let mut expected = String::with_capacity(CHECK_LEN);
-        push_check(&mut expected, crc32fast::hash(signed.as_bytes()));
-        (expected == check).then_some(Self { prefix, environment, raw })
+        (check_digits(crc32fast::hash(signed.as_bytes())) == check.as_bytes()).then_some(Self {
+            prefix,
+            environment,
+            raw,
+        })
     }
 }
 
@@ -132,14 +134,19 @@ fn fill_base62(out: &mut String, len: usize) -> Result<()> {
     Ok(())
 }
 
-/// Appends the CRC32 as six zero-padded base62 digits (62^6 > 2^32).
-fn push_check(out: &mut String, mut crc: u32) {
+/// The CRC32 as six zero-padded base62 digits (62^6 > 2^32).
+fn check_digits(mut crc: u32) -> [u8; CHECK_LEN] {
     let mut digits = [b'0'; CHECK_LEN];
     for digit in digits.iter_mut().rev() {
         *digit = BASE62[(crc % 62) as usize];
         crc /= 62;
     }
-    out.extend(digits.iter().map(|d| char::from(*d)));
+    digits
+}
+
+/// Appends the check digits of `crc`.
+fn push_check(out: &mut String, crc: u32) {
+    out.extend(check_digits(crc).iter().map(|d| char::from(*d)));
 }
 
 #[cfg(test)]

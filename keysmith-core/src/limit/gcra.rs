@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use governor::clock::Clock as _;
 use governor::middleware::StateInformationMiddleware;
@@ -27,8 +28,7 @@ impl governor::clock::Clock for ClockAdapter {
     type Instant = Nanos;
 
     fn now(&self) -> Nanos {
-        let nanos = self.0.now().timestamp_nanos_opt().unwrap_or(0);
-        Nanos::from(u64::try_from(nanos).unwrap_or(0))
+        Nanos::from(self.0.unix_nanos())
     }
 }
 
@@ -54,7 +54,7 @@ struct Entry {
 #[derive(Debug)]
 pub struct GcraRateLimiter {
     clock: ClockAdapter,
-    entries: DashMap<KeyId, Arc<Entry>>,
+    entries: DashMap<KeyId, Arc<Entry>, foldhash::fast::RandomState>,
     sweeps: SweepSchedule,
 }
 
@@ -74,7 +74,7 @@ impl GcraRateLimiter {
     /// A limiter on `clock`.
     #[must_use]
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
-        Self { clock: ClockAdapter(clock), entries: DashMap::new(), sweeps: SweepSchedule::default() }
+        Self { clock: ClockAdapter(clock), entries: DashMap::default(), sweeps: SweepSchedule::default() }
     }
 
     /// How many keys currently hold a limiter.
@@ -124,10 +124,11 @@ fn new_entry(limit: &RateLimit, clock: &ClockAdapter) -> Result<Entry> {
 
 #[async_trait]
 impl RateLimiter for GcraRateLimiter {
-    async fn check(&self, key: KeyId, limit: &RateLimit) -> Result<RateLimitStatus> {
+    async fn check(&self, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> Result<RateLimitStatus> {
         let entry = self.entry(key, limit)?;
-        let now = self.clock.now();
-        entry.last_seen.store(now.as_u64(), Ordering::Relaxed);
+        // governor reads the clock itself; `now` only marks the key as seen.
+        let seen = now.timestamp_nanos_opt().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+        entry.last_seen.store(seen, Ordering::Relaxed);
         let burst = entry.quota.burst_size().get();
         let period = entry.quota.replenish_interval();
         Ok(match entry.limiter.check() {
@@ -142,7 +143,7 @@ impl RateLimiter for GcraRateLimiter {
                 }
             }
             Err(not_until) => {
-                let retry_after = not_until.wait_time_from(now);
+                let retry_after = not_until.wait_time_from(self.clock.now());
                 RateLimitStatus {
                     allowed: false,
                     limit: burst,
@@ -180,47 +181,47 @@ mod tests {
 
         // A full burst of 10 at once, remaining counting down 9..0.
         for expected_remaining in (0..10).rev() {
-            let status = limiter.check(key, &limit).await.unwrap();
+            let status = limiter.check(key, &limit, clock.now()).await.unwrap();
             assert!(status.allowed);
             assert_eq!((status.limit, status.remaining), (10, expected_remaining));
         }
         // The 11th is refused; one cell (200 ms) must pass.
-        let refused = limiter.check(key, &limit).await.unwrap();
+        let refused = limiter.check(key, &limit, clock.now()).await.unwrap();
         assert!(!refused.allowed);
         assert_eq!(refused.remaining, 0);
         assert_eq!(refused.retry_after, Some(Duration::from_millis(200)));
 
         clock.advance(Duration::from_millis(150));
-        let still = limiter.check(key, &limit).await.unwrap();
+        let still = limiter.check(key, &limit, clock.now()).await.unwrap();
         assert_eq!(still.retry_after, Some(Duration::from_millis(50)));
 
         clock.advance(Duration::from_millis(50));
-        let allowed = limiter.check(key, &limit).await.unwrap();
+        let allowed = limiter.check(key, &limit, clock.now()).await.unwrap();
         assert!(allowed.allowed);
         assert_eq!(allowed.remaining, 0);
-        assert!(!limiter.check(key, &limit).await.unwrap().allowed);
+        assert!(!limiter.check(key, &limit, clock.now()).await.unwrap().allowed);
 
         // Steady state: one request per 200 ms fits forever.
         for _ in 0..20 {
             clock.advance(Duration::from_millis(200));
-            assert!(limiter.check(key, &limit).await.unwrap().allowed);
+            assert!(limiter.check(key, &limit, clock.now()).await.unwrap().allowed);
         }
         // After two idle seconds the whole burst is back.
         clock.advance(Duration::from_secs(2));
-        let rested = limiter.check(key, &limit).await.unwrap();
+        let rested = limiter.check(key, &limit, clock.now()).await.unwrap();
         assert_eq!(rested.remaining, 9);
         assert_eq!(rested.reset, Duration::from_millis(200));
     }
 
     #[tokio::test]
     async fn without_burst_the_burst_is_the_request_count() {
-        let (limiter, _) = limiter();
+        let (limiter, clock) = limiter();
         let key = KeyId::new();
         let limit = five_per_second(None);
         let allowed: Vec<bool> = {
             let mut v = Vec::new();
             for _ in 0..7 {
-                v.push(limiter.check(key, &limit).await.unwrap().allowed);
+                v.push(limiter.check(key, &limit, clock.now()).await.unwrap().allowed);
             }
             v
         };
@@ -229,23 +230,23 @@ mod tests {
 
     #[tokio::test]
     async fn each_key_has_its_own_budget() {
-        let (limiter, _) = limiter();
+        let (limiter, clock) = limiter();
         let limit = RateLimit { requests: 1, window: Duration::from_secs(60), burst: None };
         let (a, b) = (KeyId::new(), KeyId::new());
-        assert!(limiter.check(a, &limit).await.unwrap().allowed);
-        assert!(!limiter.check(a, &limit).await.unwrap().allowed);
-        assert!(limiter.check(b, &limit).await.unwrap().allowed);
+        assert!(limiter.check(a, &limit, clock.now()).await.unwrap().allowed);
+        assert!(!limiter.check(a, &limit, clock.now()).await.unwrap().allowed);
+        assert!(limiter.check(b, &limit, clock.now()).await.unwrap().allowed);
     }
 
     #[tokio::test]
     async fn a_changed_limit_applies_on_the_next_request() {
-        let (limiter, _) = limiter();
+        let (limiter, clock) = limiter();
         let key = KeyId::new();
         let strict = RateLimit { requests: 1, window: Duration::from_secs(60), burst: None };
-        assert!(limiter.check(key, &strict).await.unwrap().allowed);
-        assert!(!limiter.check(key, &strict).await.unwrap().allowed);
+        assert!(limiter.check(key, &strict, clock.now()).await.unwrap().allowed);
+        assert!(!limiter.check(key, &strict, clock.now()).await.unwrap().allowed);
         let relaxed = RateLimit { requests: 100, window: Duration::from_secs(60), burst: None };
-        let status = limiter.check(key, &relaxed).await.unwrap();
+        let status = limiter.check(key, &relaxed, clock.now()).await.unwrap();
         assert!(status.allowed);
         assert_eq!(status.limit, 100);
     }
@@ -255,7 +256,7 @@ mod tests {
         let (limiter, clock) = limiter();
         let limit = RateLimit { requests: 10, window: Duration::from_secs(1), burst: None };
         for _ in 0..(MIN_SWEEP_LEN * 4) {
-            limiter.check(KeyId::new(), &limit).await.unwrap();
+            limiter.check(KeyId::new(), &limit, clock.now()).await.unwrap();
             clock.advance(Duration::from_millis(1));
         }
         // Each key is idle after 1 s; with 1 ms between keys, about a
@@ -271,9 +272,9 @@ mod tests {
         let (limiter, clock) = limiter();
         let key = KeyId::new();
         let limit = RateLimit { requests: 1, window: Duration::from_secs(10), burst: None };
-        assert!(limiter.check(key, &limit).await.unwrap().allowed);
+        assert!(limiter.check(key, &limit, clock.now()).await.unwrap().allowed);
         clock.advance(Duration::from_secs(5));
         limiter.evict_idle();
-        assert!(!limiter.check(key, &limit).await.unwrap().allowed, "the budget survived the sweep");
+        assert!(!limiter.check(key, &limit, clock.now()).await.unwrap().allowed, "the budget survived the sweep");
     }
 }

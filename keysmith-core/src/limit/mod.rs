@@ -7,6 +7,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 pub use gcra::GcraRateLimiter;
 
@@ -20,12 +21,13 @@ use crate::{KeyId, RateLimit, Result};
 /// [`EngineBuilder::with_rate_limiter`](crate::EngineBuilder::with_rate_limiter).
 #[async_trait]
 pub trait RateLimiter: Send + Sync + fmt::Debug + 'static {
-    /// Counts one request of `key` against `limit` and says whether it fits.
+    /// Counts one request of `key`, made at `now`, against `limit` and says
+    /// whether it fits.
     ///
     /// # Errors
     /// The limiter's backend failed (the request is then neither allowed nor
     /// refused: adapters answer 503).
-    async fn check(&self, key: KeyId, limit: &RateLimit) -> Result<RateLimitStatus>;
+    async fn check(&self, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> Result<RateLimitStatus>;
 }
 
 /// The outcome of a rate-limit check, with what the `RateLimit-*` headers say.

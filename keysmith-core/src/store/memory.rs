@@ -40,8 +40,8 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Tables {
-    keys: HashMap<KeyId, StoredKey>,
-    by_hash: HashMap<KeyHash, KeyId>,
+    keys: HashMap<KeyId, StoredKey, foldhash::fast::RandomState>,
+    by_hash: HashMap<KeyHash, KeyId, foldhash::fast::RandomState>,
     policies: BTreeMap<PolicyId, Arc<Policy>>,
     scopes: BTreeMap<ScopeId, Scope>,
     usage: BTreeMap<(KeyId, DateTime<Utc>, crate::UsageId), UsageRecord>,

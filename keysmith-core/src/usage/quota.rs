@@ -41,13 +41,13 @@ struct Entry {
 /// Per-key quota counters.
 #[derive(Debug)]
 pub(crate) struct QuotaTracker {
-    entries: DashMap<KeyId, Entry>,
+    entries: DashMap<KeyId, Entry, foldhash::fast::RandomState>,
     refresh: Duration,
 }
 
 impl QuotaTracker {
     pub(crate) fn new(refresh: Duration) -> Self {
-        Self { entries: DashMap::new(), refresh }
+        Self { entries: DashMap::default(), refresh }
     }
 
     /// Counts one request of `key` if it fits `quota`; otherwise says when
