@@ -10,3 +10,8 @@ async fn setup() -> Option<Fixture> {
 }
 
 keysmith_tests::store_conformance_tests!(setup);
+
+#[tokio::test]
+async fn replayed_usage_batch_is_counted_once() {
+    keysmith_tests::sql_cases::replayed_usage_batch_is_counted_once(Arc::new(MemoryStore::new())).await;
+}

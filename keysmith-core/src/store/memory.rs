@@ -260,6 +260,12 @@ impl PolicyStore for MemoryStore {
             return Err(Error::PolicyInUse { policy_id: id });
         }
         tables.policies.remove(&id);
+        // Terminal keys forget the policy, as the SQL stores' ON DELETE SET NULL does.
+        for stored in tables.keys.values_mut() {
+            if stored.key.policy_id == Some(id) {
+                Arc::make_mut(&mut stored.key).policy_id = None;
+            }
+        }
         Ok(())
     }
 }
@@ -296,7 +302,11 @@ impl UsageStore for MemoryStore {
     async fn record_batch(&self, records: &[UsageRecord]) -> Result<()> {
         let mut tables = self.write()?;
         for record in records {
-            tables.usage.insert((record.key_id, record.timestamp, record.id), record.clone());
+            // Idempotent per record id, like the SQL stores: a replayed batch counts once.
+            let slot = (record.key_id, record.timestamp, record.id);
+            if tables.usage.insert(slot, record.clone()).is_some() {
+                continue;
+            }
             for period in [Period::Day, Period::Month] {
                 let start = period.start_of(record.timestamp);
                 let aggregate =
