@@ -1,0 +1,425 @@
+//! The command line, as clap parses it. Values that cannot be parsed (ids,
+//! durations, times, JSON) are refused here, so they exit with status 2.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use keysmith_core::{Environment, KeyId, KeyState, Period, PolicyId, RotationReason, ScopeId};
+use serde_json::{Map, Value};
+
+use crate::values::{self, RateLimitArg};
+
+const ABOUT: &str = "Operate Keysmith: migrate its database and manage API keys, policies, scopes and usage.";
+
+const AFTER_HELP: &str = "\
+Exit status:
+  0  success
+  1  the operation was refused (not found, invalid state change, name taken, policy in use, invalid input)
+  2  usage error (unknown command or flag, unparsable value, missing --app/--tenant, bad database URL)
+  3  infrastructure failure (database unreachable or failing)
+
+Raw keys are printed once, on stdout, by `keys create` and `keys rotate`, and nowhere else.";
+
+/// `keysmith [GLOBAL FLAGS] <COMMAND>`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "keysmith",
+    version,
+    about = ABOUT,
+    after_help = AFTER_HELP,
+    propagate_version = true,
+    arg_required_else_help = true
+)]
+pub(crate) struct Cli {
+    /// Flags every command accepts.
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Where the database is, which tenant to act for, and how to print.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
+pub(crate) struct GlobalArgs {
+    /// Database URL: `sqlite:keys.db` (the file is created if missing) or
+    /// `postgres://user@host:5432/db`.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true, value_name = "URL")]
+    pub(crate) database_url: Option<String>,
+    /// Application id of the tenant to act for (required by keys, policies, scopes and usage).
+    #[arg(long, env = "KEYSMITH_APP", global = true, value_name = "APP_ID")]
+    pub(crate) app: Option<String>,
+    /// Tenant id within the application (required by keys, policies, scopes and usage).
+    #[arg(long, env = "KEYSMITH_TENANT", global = true, value_name = "TENANT_ID")]
+    pub(crate) tenant: Option<String>,
+    /// Print one JSON document on stdout instead of tables.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create or update Keysmith's tables (idempotent: safe on every deploy).
+    Migrate,
+    /// Create, list, inspect, rotate, revoke, suspend and reactivate API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Manage policies: rate limits, IP and origin allowlists, scopes, key age, quotas.
+    #[command(subcommand)]
+    Policies(PoliciesCommand),
+    /// Manage the tenant's scope registry.
+    #[command(subcommand)]
+    Scopes(ScopesCommand),
+    /// Show a key's usage: daily or monthly roll-ups, or raw records with --records.
+    Usage(UsageArgs),
+    /// Expire keys past their expiry or maximum age and end rotations past their
+    /// grace, for every tenant.
+    Sweep,
+}
+
+/// `keysmith keys …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Create a key and print its secret, once.
+    Create(CreateKeyArgs),
+    /// List the tenant's keys, oldest first.
+    List(ListKeysArgs),
+    /// Show one key.
+    Show(KeyIdArg),
+    /// Replace an active key with a new one and print the new secret, once.
+    Rotate(RotateKeyArgs),
+    /// Revoke a key for good.
+    Revoke(RevokeKeyArgs),
+    /// Suspend an active key until it is reactivated.
+    Suspend(KeyIdArg),
+    /// Reactivate a suspended key.
+    Reactivate(KeyIdArg),
+}
+
+/// A key, by id.
+#[derive(Debug, Args)]
+pub(crate) struct KeyIdArg {
+    /// The key's id (`akey_…`).
+    #[arg(value_name = "KEY_ID")]
+    pub(crate) id: KeyId,
+}
+
+/// `keysmith keys create`.
+#[derive(Debug, Args)]
+pub(crate) struct CreateKeyArgs {
+    /// A name for people ("CI deploy key").
+    #[arg(long)]
+    pub(crate) name: String,
+    /// A scope to grant (repeatable, or comma-separated).
+    #[arg(long = "scope", value_name = "SCOPE", value_delimiter = ',')]
+    pub(crate) scopes: Vec<String>,
+    /// Hold the key to this policy (`kpol_…`).
+    #[arg(long, value_name = "POLICY_ID")]
+    pub(crate) policy: Option<PolicyId>,
+    /// Expire the key at this time (RFC 3339, or a date meaning its UTC midnight).
+    #[arg(long, value_name = "TIME", value_parser = values::parse_time, conflicts_with = "expires_in")]
+    pub(crate) expires_at: Option<DateTime<Utc>>,
+    /// Expire the key after this long (`30d`, `12h`, `1h30m`, seconds).
+    #[arg(long, value_name = "DURATION", value_parser = values::parse_duration)]
+    pub(crate) expires_in: Option<Duration>,
+    /// The environment written into the key (default: live).
+    #[arg(long, value_enum)]
+    pub(crate) environment: Option<EnvironmentArg>,
+    /// The key prefix (1–16 of a-z, 0-9; default: sk).
+    #[arg(long)]
+    pub(crate) prefix: Option<String>,
+    /// Application data, a JSON object (`{"team":"infra"}`).
+    #[arg(long, value_name = "JSON", value_parser = values::parse_metadata)]
+    pub(crate) metadata: Option<Map<String, Value>>,
+}
+
+/// `keysmith keys list`.
+#[derive(Debug, Args)]
+pub(crate) struct ListKeysArgs {
+    /// Only keys in this state.
+    #[arg(long, value_enum)]
+    pub(crate) state: Option<StateArg>,
+    /// Only keys of this environment.
+    #[arg(long, value_enum)]
+    pub(crate) environment: Option<EnvironmentArg>,
+    /// Only keys under this policy (`kpol_…`).
+    #[arg(long, value_name = "POLICY_ID")]
+    pub(crate) policy: Option<PolicyId>,
+    /// Which page of the listing.
+    #[command(flatten)]
+    pub(crate) page: PageArgs,
+}
+
+/// `--limit` and `--offset`.
+#[derive(Debug, Args)]
+pub(crate) struct PageArgs {
+    /// At most this many rows (1–1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(crate) limit: u32,
+    /// Skip this many rows first.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) offset: u64,
+}
+
+/// `keysmith keys rotate`.
+#[derive(Debug, Args)]
+pub(crate) struct RotateKeyArgs {
+    /// The key to replace (`akey_…`); it must be active.
+    #[arg(value_name = "KEY_ID")]
+    pub(crate) id: KeyId,
+    /// Why the key is rotated.
+    #[arg(long, value_enum, default_value_t = ReasonArg::Manual)]
+    pub(crate) reason: ReasonArg,
+    /// How long the old secret keeps working (`1h`, `3600`, `0` to stop it at
+    /// once; default: the policy's rotation grace, else 24h).
+    #[arg(long, value_name = "DURATION", value_parser = values::parse_duration)]
+    pub(crate) grace: Option<Duration>,
+}
+
+/// `keysmith keys revoke`.
+#[derive(Debug, Args)]
+pub(crate) struct RevokeKeyArgs {
+    /// The key to revoke (`akey_…`).
+    #[arg(value_name = "KEY_ID")]
+    pub(crate) id: KeyId,
+    /// Why, recorded with the key.
+    #[arg(long, default_value = "revoked by an operator")]
+    pub(crate) reason: String,
+}
+
+/// `keysmith policies …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum PoliciesCommand {
+    /// Create a policy.
+    Create(PolicySpecArgs),
+    /// List the tenant's policies, oldest first.
+    List(PageArgs),
+    /// Show one policy.
+    Show(PolicyIdArg),
+    /// Replace a policy's settings with exactly the flags given.
+    ///
+    /// The update REPLACES the whole specification: every setting whose flag is
+    /// left out is cleared (no rate limit, no allowlist, no quota…), not kept.
+    /// Keys under the policy are held to the new settings from their next request.
+    Update(UpdatePolicyArgs),
+    /// Delete a policy that no live key uses.
+    Delete(PolicyIdArg),
+}
+
+/// A policy, by id.
+#[derive(Debug, Args)]
+pub(crate) struct PolicyIdArg {
+    /// The policy's id (`kpol_…`).
+    #[arg(value_name = "POLICY_ID")]
+    pub(crate) id: PolicyId,
+}
+
+/// `keysmith policies update`.
+#[derive(Debug, Args)]
+pub(crate) struct UpdatePolicyArgs {
+    /// The policy's id (`kpol_…`).
+    #[arg(value_name = "POLICY_ID")]
+    pub(crate) id: PolicyId,
+    /// The complete new specification.
+    #[command(flatten)]
+    pub(crate) spec: PolicySpecArgs,
+}
+
+/// A policy specification, flag by flag (mirrors `PolicySpec`).
+#[derive(Debug, Args)]
+pub(crate) struct PolicySpecArgs {
+    /// The name, unique within the tenant.
+    #[arg(long)]
+    pub(crate) name: String,
+    /// Requests per window, per key: `100/60s`, `10/1s`, `5000/h`.
+    #[arg(long, value_name = "REQUESTS/WINDOW", value_parser = values::parse_rate_limit)]
+    pub(crate) rate_limit: Option<RateLimitArg>,
+    /// Requests allowed at once above the steady rate (default: the requests of --rate-limit).
+    #[arg(long, requires = "rate_limit")]
+    pub(crate) burst: Option<u32>,
+    /// A client network or address allowed to use the keys (repeatable): `10.0.0.0/8`, `2001:db8::1`.
+    #[arg(long = "allow-ip", value_name = "CIDR", value_delimiter = ',')]
+    pub(crate) allowed_ips: Vec<String>,
+    /// An `Origin` allowed (repeatable): `https://app.example.com`.
+    #[arg(long = "allow-origin", value_name = "ORIGIN", value_delimiter = ',')]
+    pub(crate) allowed_origins: Vec<String>,
+    /// A scope keys under the policy may hold (repeatable; none: any scope).
+    #[arg(long = "allow-scope", value_name = "SCOPE", value_delimiter = ',')]
+    pub(crate) allowed_scopes: Vec<String>,
+    /// Keys older than this are expired: `90d`.
+    #[arg(long, value_name = "DURATION", value_parser = values::parse_duration)]
+    pub(crate) max_key_age: Option<Duration>,
+    /// Requests per key per UTC day.
+    #[arg(long, value_name = "REQUESTS")]
+    pub(crate) daily_quota: Option<u64>,
+    /// Requests per key per UTC calendar month.
+    #[arg(long, value_name = "REQUESTS")]
+    pub(crate) monthly_quota: Option<u64>,
+    /// Default grace of rotations of keys under the policy: `1h`, `0`.
+    #[arg(long, value_name = "DURATION", value_parser = values::parse_duration)]
+    pub(crate) rotation_grace: Option<Duration>,
+    /// Application data, a JSON object.
+    #[arg(long, value_name = "JSON", value_parser = values::parse_metadata)]
+    pub(crate) metadata: Option<Map<String, Value>>,
+}
+
+/// `keysmith scopes …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ScopesCommand {
+    /// Register a scope name.
+    Create(CreateScopeArgs),
+    /// List the registered scopes, by name.
+    List,
+    /// Remove a scope from the registry (keys keep the scopes they hold).
+    Delete(ScopeIdArg),
+}
+
+/// `keysmith scopes create`.
+#[derive(Debug, Args)]
+pub(crate) struct CreateScopeArgs {
+    /// The scope (`read`, `write:orders`).
+    #[arg(long)]
+    pub(crate) name: String,
+    /// What the scope allows, for people.
+    #[arg(long, default_value = "")]
+    pub(crate) description: String,
+}
+
+/// A scope, by id.
+#[derive(Debug, Args)]
+pub(crate) struct ScopeIdArg {
+    /// The scope's id (`kscp_…`).
+    #[arg(value_name = "SCOPE_ID")]
+    pub(crate) id: ScopeId,
+}
+
+/// `keysmith usage`.
+#[derive(Debug, Args)]
+pub(crate) struct UsageArgs {
+    /// The key (`akey_…`).
+    #[arg(value_name = "KEY_ID")]
+    pub(crate) key: KeyId,
+    /// Roll-up period of the aggregates.
+    #[arg(long, value_enum, default_value_t = PeriodArg::Day)]
+    pub(crate) period: PeriodArg,
+    /// From this time on, inclusive (RFC 3339, or a date meaning its UTC midnight).
+    #[arg(long, value_name = "TIME", value_parser = values::parse_time)]
+    pub(crate) from: Option<DateTime<Utc>>,
+    /// Up to this time, exclusive (RFC 3339, or a date meaning its UTC midnight).
+    #[arg(long, value_name = "TIME", value_parser = values::parse_time)]
+    pub(crate) to: Option<DateTime<Utc>>,
+    /// List the raw usage records instead of the aggregates.
+    #[arg(long)]
+    pub(crate) records: bool,
+    /// With --records: at most this many records (1–1000).
+    #[arg(long, requires = "records", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(crate) limit: Option<u32>,
+    /// With --records: skip this many records first.
+    #[arg(long, requires = "records")]
+    pub(crate) offset: Option<u64>,
+}
+
+/// A key state, as a flag value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StateArg {
+    /// Validates.
+    Active,
+    /// Replaced; validates until its grace ends.
+    Rotated,
+    /// Past its expiry or maximum age.
+    Expired,
+    /// Permanently disabled.
+    Revoked,
+    /// Temporarily disabled.
+    Suspended,
+}
+
+impl From<StateArg> for KeyState {
+    fn from(state: StateArg) -> Self {
+        match state {
+            StateArg::Active => Self::Active,
+            StateArg::Rotated => Self::Rotated,
+            StateArg::Expired => Self::Expired,
+            StateArg::Revoked => Self::Revoked,
+            StateArg::Suspended => Self::Suspended,
+        }
+    }
+}
+
+/// A key environment, as a flag value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum EnvironmentArg {
+    /// Production (`sk_live_…`).
+    Live,
+    /// Test mode (`sk_test_…`).
+    Test,
+    /// Local development (`sk_dev_…`).
+    Dev,
+}
+
+impl From<EnvironmentArg> for Environment {
+    fn from(environment: EnvironmentArg) -> Self {
+        match environment {
+            EnvironmentArg::Live => Self::Live,
+            EnvironmentArg::Test => Self::Test,
+            EnvironmentArg::Dev => Self::Dev,
+        }
+    }
+}
+
+/// A rotation reason, as a flag value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ReasonArg {
+    /// Routine rotation on a schedule.
+    Scheduled,
+    /// The old secret leaked (usually with --grace 0).
+    Compromised,
+    /// The old key is about to expire.
+    Expiring,
+    /// An operator asked for it.
+    Manual,
+}
+
+impl From<ReasonArg> for RotationReason {
+    fn from(reason: ReasonArg) -> Self {
+        match reason {
+            ReasonArg::Scheduled => Self::Scheduled,
+            ReasonArg::Compromised => Self::Compromised,
+            ReasonArg::Expiring => Self::Expiring,
+            ReasonArg::Manual => Self::Manual,
+        }
+    }
+}
+
+/// A usage roll-up period, as a flag value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PeriodArg {
+    /// UTC days.
+    Day,
+    /// UTC calendar months.
+    Month,
+}
+
+impl From<PeriodArg> for Period {
+    fn from(period: PeriodArg) -> Self {
+        match period {
+            PeriodArg::Day => Self::Day,
+            PeriodArg::Month => Self::Month,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

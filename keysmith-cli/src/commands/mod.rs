@@ -1,0 +1,76 @@
+//! One module per entity; [`run`] opens the database and dispatches.
+
+mod keys;
+mod maintenance;
+mod policies;
+mod scopes;
+mod usage;
+
+use std::sync::Arc;
+
+use keysmith_core::{Engine, TenantEngine};
+
+use crate::cli::{Cli, Command, GlobalArgs};
+use crate::db;
+use crate::error::CliError;
+use crate::output::Printer;
+
+/// Runs the command and returns what to print on stdout.
+///
+/// Usage errors (a missing tenant, a bad database URL) are found before the
+/// database is opened, so they never depend on it being reachable.
+pub(crate) async fn run(cli: Cli) -> Result<String, CliError> {
+    let Cli { global, command } = cli;
+    let printer = Printer::new(global.json);
+    let tenant = match command {
+        Command::Migrate | Command::Sweep => None,
+        Command::Keys(_) | Command::Policies(_) | Command::Scopes(_) | Command::Usage(_) => Some(tenant_of(&global)?),
+    };
+    let store = db::open(global.database_url.as_deref()).await?;
+    let outcome = match Engine::builder(Arc::clone(&store)).build() {
+        Ok(engine) => {
+            let tenant = tenant.map(|(app, tenant)| engine.tenant(app, tenant));
+            let outcome = dispatch(command, &engine, tenant.as_ref(), printer).await;
+            engine.shutdown().await;
+            outcome
+        }
+        Err(error) => Err(error.into()),
+    };
+    store.close().await;
+    outcome
+}
+
+async fn dispatch(
+    command: Command,
+    engine: &Engine,
+    tenant: Option<&TenantEngine>,
+    printer: Printer,
+) -> Result<String, CliError> {
+    let tenant = || tenant.ok_or_else(|| CliError::Usage("this command needs --app and --tenant".to_owned()));
+    match command {
+        Command::Migrate => maintenance::migrate(engine, printer).await,
+        Command::Sweep => maintenance::sweep(engine, printer).await,
+        Command::Keys(command) => keys::run(command, tenant()?, printer).await,
+        Command::Policies(command) => policies::run(command, tenant()?, printer).await,
+        Command::Scopes(command) => scopes::run(command, tenant()?, printer).await,
+        Command::Usage(args) => usage::run(args, tenant()?, printer).await,
+    }
+}
+
+/// `--app` and `--tenant`, both required and non-empty.
+fn tenant_of(global: &GlobalArgs) -> Result<(String, String), CliError> {
+    let given = |value: &Option<String>| value.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+    match (given(&global.app), given(&global.tenant)) {
+        (Some(app), Some(tenant)) => Ok((app, tenant)),
+        (None, Some(_)) => {
+            Err(CliError::Usage("this command acts for one tenant: pass --app (or set KEYSMITH_APP)".to_owned()))
+        }
+        (Some(_), None) => {
+            Err(CliError::Usage("this command acts for one tenant: pass --tenant (or set KEYSMITH_TENANT)".to_owned()))
+        }
+        (None, None) => Err(CliError::Usage(
+            "this command acts for one tenant: pass --app and --tenant (or set KEYSMITH_APP and KEYSMITH_TENANT)"
+                .to_owned(),
+        )),
+    }
+}

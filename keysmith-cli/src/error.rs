@@ -1,0 +1,111 @@
+//! Why a command failed, and the exit status that says so.
+
+use std::fmt;
+use std::process::ExitCode;
+
+use keysmith_core::Error;
+
+/// The operation was refused: not found, invalid transition, name taken,
+/// policy in use or invalid input.
+pub(crate) const EXIT_REFUSED: u8 = 1;
+/// The command line could not be understood.
+pub(crate) const EXIT_USAGE: u8 = 2;
+/// The database is unreachable or failing.
+pub(crate) const EXIT_UNAVAILABLE: u8 = 3;
+
+/// A failed command. Its `Display` is one line, without the `error: ` lead.
+#[derive(Debug)]
+pub(crate) enum CliError {
+    /// A usage error the parser could not catch (missing tenant, bad URL scheme…).
+    Usage(String),
+    /// The database could not be opened.
+    Connect(Error),
+    /// The engine refused or failed the operation.
+    Engine(Error),
+    /// Stdout could not be written.
+    Output(std::io::Error),
+}
+
+impl CliError {
+    /// The process exit status for this failure.
+    pub(crate) fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            Self::Usage(_) => EXIT_USAGE,
+            Self::Engine(
+                Error::NotFound { .. }
+                | Error::InvalidTransition { .. }
+                | Error::AlreadyExists { .. }
+                | Error::PolicyInUse { .. }
+                | Error::InvalidInput { .. },
+            ) => EXIT_REFUSED,
+            // Store failures, and any failure added to keysmith later that is
+            // not a refusal of the operation itself.
+            Self::Connect(_) | Self::Engine(_) | Self::Output(_) => EXIT_UNAVAILABLE,
+        })
+    }
+}
+
+impl From<Error> for CliError {
+    fn from(error: Error) -> Self {
+        Self::Engine(error)
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self {
+            Self::Usage(message) => message.clone(),
+            Self::Connect(Error::Store { source }) => {
+                format!("cannot open the database: {source} (is it reachable, and is the URL right?)")
+            }
+            Self::Connect(error) => format!("cannot open the database: {error}"),
+            Self::Engine(error) => {
+                let text = error.to_string();
+                if matches!(error, Error::Store { .. }) && names_missing_table(&text) {
+                    format!("{text} (has `keysmith migrate` been run on this database?)")
+                } else {
+                    text
+                }
+            }
+            Self::Output(error) => format!("cannot write the output: {error}"),
+        };
+        // One line, whatever a driver put in its message.
+        f.write_str(&text.split_whitespace().collect::<Vec<_>>().join(" "))
+    }
+}
+
+/// True for SQLite's and PostgreSQL's "table does not exist" messages about
+/// one of Keysmith's tables.
+fn names_missing_table(message: &str) -> bool {
+    message.contains("no such table: keysmith_")
+        || (message.contains("relation \"keysmith_") && message.contains("does not exist"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(error: &CliError) -> ExitCode {
+        error.exit_code()
+    }
+
+    #[test]
+    fn refusals_usage_and_failures_have_distinct_statuses() {
+        let refused = CliError::Engine(Error::NotFound { entity: "key", id: "akey_x".to_owned() });
+        assert_eq!(code(&refused), ExitCode::from(EXIT_REFUSED));
+        assert_eq!(code(&CliError::Usage("x".to_owned())), ExitCode::from(EXIT_USAGE));
+        let down = CliError::Engine(Error::store(std::io::Error::other("connection refused")));
+        assert_eq!(code(&down), ExitCode::from(EXIT_UNAVAILABLE));
+        assert_eq!(code(&CliError::Connect(Error::store("x"))), ExitCode::from(EXIT_UNAVAILABLE));
+    }
+
+    #[test]
+    fn messages_are_one_line_and_hint_at_migrations() {
+        let error =
+            CliError::Engine(Error::store("error returned from database: (code: 1) no such table: keysmith_keys"));
+        let text = error.to_string();
+        assert!(text.contains("keysmith migrate"), "{text}");
+        let error = CliError::Engine(Error::store("line one\nline two"));
+        assert_eq!(error.to_string(), "store unavailable: line one line two");
+    }
+}

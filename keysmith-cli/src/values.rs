@@ -1,0 +1,173 @@
+//! Flag values: parsing (for clap) and the matching human-readable form.
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use serde_json::{Map, Value};
+
+/// Units a duration may be written in.
+const UNITS: [(&str, u64); 5] = [("w", 7 * 86_400), ("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)];
+
+/// Units a duration is printed in, largest first: days rather than weeks,
+/// since policies are written in days (`90d`).
+const PRINTED_UNITS: [(&str, u64); 4] = [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)];
+
+/// A duration: whole seconds (`3600`) or numbers with units `w`, `d`, `h`,
+/// `m`, `s`, optionally chained (`1h30m`).
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || format!("{text:?} is not a duration (e.g. 30d, 12h, 1h30m, 90s or seconds)");
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(invalid());
+    }
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total: u64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let number: u64 = rest[..digits].parse().map_err(|_| invalid())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let seconds = UNITS.iter().find(|(unit, _)| *unit == &rest[..unit_len]).map(|(_, secs)| *secs);
+        let seconds = seconds.ok_or_else(invalid)?;
+        total = number.checked_mul(seconds).and_then(|n| total.checked_add(n)).ok_or_else(invalid)?;
+        rest = &rest[unit_len..];
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// `1h30m`, `90d`, `0s`; sub-second durations in milliseconds.
+pub(crate) fn format_duration(duration: Duration) -> String {
+    let mut secs = duration.as_secs();
+    if secs == 0 {
+        let millis = duration.subsec_millis();
+        return if millis == 0 { "0s".to_owned() } else { format!("{millis}ms") };
+    }
+    let mut out = String::new();
+    for (unit, size) in PRINTED_UNITS {
+        if secs >= size {
+            out.push_str(&format!("{}{unit}", secs / size));
+            secs %= size;
+        }
+    }
+    out
+}
+
+/// A rate limit as written on the command line: requests per window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RateLimitArg {
+    /// Requests allowed per window.
+    pub(crate) requests: u32,
+    /// The window.
+    pub(crate) window: Duration,
+}
+
+/// `100/60s`, `10/1s`, `5000/h` (a bare unit means one of it).
+pub(crate) fn parse_rate_limit(text: &str) -> Result<RateLimitArg, String> {
+    let invalid = || format!("{text:?} is not a rate limit (REQUESTS/WINDOW, e.g. 100/60s or 5000/h)");
+    let (requests, window) = text.trim().split_once('/').ok_or_else(invalid)?;
+    let requests = requests.trim().parse().map_err(|_| invalid())?;
+    let window = window.trim();
+    if window.is_empty() {
+        return Err(invalid());
+    }
+    let window = if window.starts_with(|c: char| c.is_ascii_digit()) {
+        parse_duration(window)
+    } else {
+        parse_duration(&format!("1{window}"))
+    };
+    Ok(RateLimitArg { requests, window: window.map_err(|_| invalid())? })
+}
+
+/// `100/1m`.
+pub(crate) fn format_rate_limit(requests: u32, window: Duration) -> String {
+    format!("{requests}/{}", format_duration(window))
+}
+
+/// An RFC 3339 time (`2025-01-31T12:00:00Z`) or a date (`2025-01-31`, its
+/// UTC midnight).
+pub(crate) fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    let text = text.trim();
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map(|date| date.and_time(chrono::NaiveTime::MIN).and_utc())
+        .map_err(|_| format!("{text:?} is not a time (RFC 3339 like 2025-01-31T12:00:00Z, or a date like 2025-01-31)"))
+}
+
+/// RFC 3339 in UTC, to the second.
+pub(crate) fn format_time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// A JSON object.
+pub(crate) fn parse_metadata(text: &str) -> Result<Map<String, Value>, String> {
+    serde_json::from_str(text).map_err(|error| format!("expected a JSON object ({error})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_or_as_seconds() {
+        let table = [
+            ("0", 0),
+            ("3600", 3600),
+            ("90s", 90),
+            ("15m", 900),
+            ("12h", 43_200),
+            ("30d", 2_592_000),
+            ("2w", 1_209_600),
+            ("1h30m", 5400),
+            (" 1d12h ", 129_600),
+        ];
+        for (text, secs) in table {
+            assert_eq!(parse_duration(text), Ok(Duration::from_secs(secs)), "{text}");
+        }
+        for bad in ["", "h", "1x", "1.5h", "-1h", "1h 30m", "99999999999999999999w", "30 days"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_print_in_the_largest_units() {
+        for (secs, text) in [(0, "0s"), (59, "59s"), (5400, "1h30m"), (86_400 * 90, "90d"), (93_784, "1d2h3m4s")] {
+            assert_eq!(format_duration(Duration::from_secs(secs)), text);
+            assert_eq!(parse_duration(text), Ok(Duration::from_secs(secs)));
+        }
+        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+    }
+
+    #[test]
+    fn rate_limits_are_requests_per_window() {
+        assert_eq!(parse_rate_limit("100/60s"), Ok(RateLimitArg { requests: 100, window: Duration::from_secs(60) }));
+        assert_eq!(parse_rate_limit("5000/h"), Ok(RateLimitArg { requests: 5000, window: Duration::from_secs(3600) }));
+        assert_eq!(parse_rate_limit("10/30"), Ok(RateLimitArg { requests: 10, window: Duration::from_secs(30) }));
+        for bad in ["100", "/60s", "x/60s", "100/", "100/fortnight", "-1/s"] {
+            assert!(parse_rate_limit(bad).is_err(), "{bad}");
+        }
+        assert_eq!(format_rate_limit(100, Duration::from_secs(60)), "100/1m");
+    }
+
+    #[test]
+    fn times_are_rfc3339_or_dates() {
+        let at = parse_time("2025-01-31T13:00:00+01:00").unwrap();
+        assert_eq!(format_time(at), "2025-01-31T12:00:00Z");
+        assert_eq!(format_time(parse_time("2025-01-31").unwrap()), "2025-01-31T00:00:00Z");
+        for bad in ["2025-13-01", "yesterday", "2025-01-31 12:00", ""] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn metadata_must_be_an_object() {
+        assert_eq!(parse_metadata(r#"{"team":"infra"}"#).unwrap()["team"], "infra");
+        for bad in ["[]", "1", "{", "\"x\""] {
+            assert!(parse_metadata(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests of the `keysmith` binary: the operator flow on SQLite
+//! and PostgreSQL, exit statuses, and where secrets are printed.
+
+mod flow;
+mod harness;
+mod postgres;
+mod sqlite;
+mod usage_errors;

@@ -1,0 +1,80 @@
+//! Status 2: the command line could not be understood. None of these needs
+//! a reachable database: they fail before it is opened.
+
+use crate::harness::{Keysmith, bare};
+
+/// A database that is never reached: every case fails before connecting.
+fn ks() -> Keysmith {
+    Keysmith::new("postgres://postgres@127.0.0.1:1/never")
+}
+
+#[test]
+fn ids_of_the_wrong_type_are_usage_errors() {
+    let policy_id = keysmith_core::PolicyId::new().to_string();
+    let error = ks().run(&["keys", "show", &policy_id]).fails(2);
+    assert!(error.contains("invalid akey id"), "{error}");
+    ks().run(&["keys", "revoke", "akey_nope"]).fails(2);
+    ks().run(&["policies", "delete", &keysmith_core::KeyId::new().to_string()]).fails(2);
+    ks().run(&["scopes", "delete", "kscp"]).fails(2);
+    ks().run(&["keys", "create", "--name", "x", "--policy", "akey_01h455vb4pex5vsknk084sn02q"]).fails(2);
+}
+
+#[test]
+fn unparsable_values_are_usage_errors() {
+    let key = keysmith_core::KeyId::new().to_string();
+    let cases: &[&[&str]] = &[
+        &["keys", "create", "--name", "x", "--expires-in", "3 weeks"],
+        &["keys", "create", "--name", "x", "--expires-at", "tomorrow"],
+        &["keys", "create", "--name", "x", "--expires-at", "2030-01-01", "--expires-in", "1d"],
+        &["keys", "create", "--name", "x", "--metadata", "[1]"],
+        &["keys", "create", "--name", "x", "--environment", "prod"],
+        &["keys", "rotate", &key, "--grace", "soon"],
+        &["keys", "rotate", &key, "--reason", "bored"],
+        &["keys", "list", "--state", "dead"],
+        &["keys", "list", "--limit", "0"],
+        &["policies", "create", "--name", "p", "--rate-limit", "100"],
+        &["policies", "create", "--name", "p", "--burst", "5"],
+        &["policies", "create", "--name", "p", "--daily-quota", "-1"],
+        &["usage", &key, "--period", "week"],
+        &["usage", &key, "--from", "last monday"],
+        &["usage", &key, "--limit", "5"],
+        &["keys", "create"],
+        &["keys", "frobnicate"],
+        &["keys", "create", "--name", "x", "--scop", "read"],
+    ];
+    for args in cases {
+        let run = ks().run(args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        run.fails(2);
+    }
+}
+
+#[test]
+fn tenant_commands_need_app_and_tenant() {
+    let url = "postgres://postgres@127.0.0.1:1/never";
+    let error = bare(&["--database-url", url, "keys", "list"]).fails(2);
+    assert!(error.contains("--app") && error.contains("--tenant"), "{error}");
+    let error = bare(&["--database-url", url, "--app", "a", "keys", "list"]).fails(2);
+    assert!(error.contains("--tenant"), "{error}");
+    let error = bare(&["--database-url", url, "--app", "a", "--tenant", " ", "policies", "list"]).fails(2);
+    assert!(error.contains("--tenant"), "{error}");
+    bare(&["--database-url", url, "--tenant", "t", "scopes", "list"]).fails(2);
+}
+
+#[test]
+fn database_urls_need_a_supported_scheme() {
+    let error = bare(&["--database-url", "mysql://root:hunter2@127.0.0.1/x", "migrate"]).fails(2);
+    assert!(error.contains("mysql:") && !error.contains("hunter2"), "{error}");
+    bare(&["--database-url", "keys.db", "sweep"]).fails(2);
+    let error = bare(&["sweep"]).fails(2);
+    assert!(error.contains("DATABASE_URL"), "{error}");
+}
+
+#[test]
+fn help_and_version_succeed() {
+    let help = bare(&["--help"]).ok();
+    assert!(help.contains("Exit status") && help.contains("infrastructure failure"), "{help}");
+    let update = bare(&["policies", "update", "--help"]).ok();
+    assert!(update.contains("REPLACES"), "{update}");
+    assert!(bare(&["--version"]).ok().starts_with("keysmith "));
+}
