@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
 /// A source of the current time (UTC).
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
@@ -20,13 +20,14 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// The system's wall clock.
+/// The system's wall clock, to the microsecond (what the SQL stores keep, so
+/// a key returned at creation equals the same key read back).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
-        Utc::now()
+        Utc::now().trunc_subsecs(6)
     }
 
     fn unix_nanos(&self) -> u64 {
@@ -89,5 +90,10 @@ mod tests {
         clock.set(start);
         assert_eq!(other.now(), start);
         assert_eq!(clock.unix_nanos(), 1_767_225_600_000_000_000);
+    }
+
+    #[test]
+    fn system_clock_keeps_microseconds_like_the_stores() {
+        assert_eq!(SystemClock.now().timestamp_subsec_nanos() % 1000, 0);
     }
 }
