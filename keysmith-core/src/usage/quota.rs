@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 
 use super::{Period, UsageRecord};
+use crate::bounded::SweepSchedule;
 use crate::store::TimeRange;
 use crate::{Key, KeyId, Quota, Result, Store};
 
@@ -43,11 +44,12 @@ struct Entry {
 pub(crate) struct QuotaTracker {
     entries: DashMap<KeyId, Entry, foldhash::fast::RandomState>,
     refresh: Duration,
+    sweeps: SweepSchedule,
 }
 
 impl QuotaTracker {
     pub(crate) fn new(refresh: Duration) -> Self {
-        Self { entries: DashMap::default(), refresh }
+        Self { entries: DashMap::default(), refresh, sweeps: SweepSchedule::default() }
     }
 
     /// Counts one request of `key` if it fits `quota`; otherwise says when
@@ -92,6 +94,7 @@ impl QuotaTracker {
                     loaded_at: now,
                 }
             });
+        let key_id = key.id;
         let day_full = quota.daily.is_some_and(|limit| entry.day.used() >= limit);
         let month_full = quota.monthly.is_some_and(|limit| entry.month.used() >= limit);
         if month_full {
@@ -102,7 +105,19 @@ impl QuotaTracker {
         }
         entry.day.local += 1;
         entry.month.local += 1;
+        drop(entry);
+        self.sweeps.maybe_sweep(self.entries.len(), || self.evict_idle(now, key_id));
         Ok(Ok(()))
+    }
+
+    /// Drops entries that hold nothing the store does not: stale (they would
+    /// be re-read anyway) and with every accepted request written.
+    fn evict_idle(&self, now: DateTime<Utc>, keep: KeyId) -> usize {
+        let refresh = chrono::Duration::from_std(self.refresh).unwrap_or(chrono::Duration::MAX);
+        self.entries.retain(|id, e| {
+            *id == keep || e.day.local > 0 || e.month.local > 0 || now.signed_duration_since(e.loaded_at) < refresh
+        });
+        self.entries.len()
     }
 
     /// Moves written records from "accepted here" to "in the store".
@@ -140,4 +155,70 @@ async fn stored_count(store: &dyn Store, key: &Key, period: Period, start: DateT
     let range = TimeRange { from: Some(start), to: Some(period.next_start(start)) };
     let aggregates = store.usage_aggregates(&key.tenant, key.id, period, range).await?;
     Ok(aggregates.iter().map(|a| a.requests).sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::UsageStore as _;
+    use crate::{Environment, KeyState, MemoryStore, Tenant, UsageId};
+
+    fn key(tenant: &Tenant, at: DateTime<Utc>) -> Key {
+        Key {
+            id: KeyId::new(),
+            name: "k".into(),
+            hint: "sk_live_…abcd".into(),
+            prefix: "sk".into(),
+            environment: Environment::Live,
+            state: KeyState::Active,
+            scopes: vec![],
+            tenant: tenant.clone(),
+            policy_id: None,
+            expires_at: None,
+            grace_expires_at: None,
+            revoked_reason: None,
+            last_used_at: None,
+            created_at: at,
+            updated_at: at,
+            metadata: serde_json::Map::new(),
+        }
+    }
+
+    fn record(key: &Key, at: DateTime<Utc>) -> UsageRecord {
+        UsageRecord {
+            id: UsageId::new(),
+            key_id: key.id,
+            tenant: key.tenant.clone(),
+            endpoint: "/".into(),
+            method: "GET".into(),
+            status: 200,
+            ip: None,
+            user_agent: None,
+            latency: Duration::ZERO,
+            timestamp: at,
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_with_unwritten_requests_survive_eviction() {
+        let store = MemoryStore::new();
+        let tenant = Tenant::new("app", "acme");
+        let now = DateTime::parse_from_rfc3339("2026-05-05T10:00:00Z").unwrap().to_utc();
+        let quota = Quota { daily: Some(10), monthly: None };
+        let tracker = QuotaTracker::new(Duration::from_secs(5));
+        let (written, pending) = (key(&tenant, now), key(&tenant, now));
+        for k in [&written, &pending] {
+            assert_eq!(tracker.try_consume(&store, k, &quota, now).await.unwrap(), Ok(()));
+        }
+        tracker.on_written(&[record(&written, now)]);
+        let later = now + chrono::Duration::seconds(6);
+        assert_eq!(tracker.evict_idle(later, KeyId::new()), 1);
+        assert!(tracker.entries.contains_key(&pending.id));
+        // The evicted key is re-read from the store and still counts its request.
+        store.record_batch(&[record(&written, now)]).await.unwrap();
+        for _ in 0..9 {
+            assert_eq!(tracker.try_consume(&store, &written, &quota, later).await.unwrap(), Ok(()));
+        }
+        assert!(tracker.try_consume(&store, &written, &quota, later).await.unwrap().is_err());
+    }
 }
