@@ -37,6 +37,7 @@ mod clock;
 mod engine;
 mod error;
 pub mod hooks;
+pub mod http;
 mod id;
 mod key;
 pub mod limit;

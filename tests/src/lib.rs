@@ -17,8 +17,12 @@
 //! store_conformance::transitions_follow_the_lifecycle(store).await;
 //! # });
 //! ```
+//!
+//! [`http_conformance`] holds DESIGN §11 as cases every framework adapter
+//! must pass, through its [`Harness`](http_conformance::Harness) trait.
 #![forbid(unsafe_code)]
 
+pub mod http_conformance;
 pub mod services;
 pub mod sql_cases;
 pub mod store_conformance;

@@ -1,0 +1,128 @@
+//! The value a validated request carries through the application.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::limit::RateLimitStatus;
+use crate::{Environment, Key, KeyId, Policy, Tenant, Validation};
+
+/// The key a request was validated with. Adapters put it in the request's
+/// extensions; cloning is cheap (one `Arc`).
+///
+/// It holds no secret: `Debug` shows the id, name, hint, tenant and scopes.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use keysmith_core::{Engine, MemoryStore, NewKey, RequestContext};
+/// use keysmith_core::http::ApiKey;
+///
+/// let engine = Engine::builder(Arc::new(MemoryStore::new())).build()?;
+/// let created = engine.tenant("app", "acme").create_key(NewKey::new("ci").with_scopes(["read"])).await?;
+/// let validation = engine.validate(created.raw.expose(), &RequestContext::new()).await.unwrap();
+///
+/// let key = ApiKey::new(validation);
+/// assert_eq!(key.tenant().tenant_id, "acme");
+/// assert!(key.has_scope("read:users"));
+/// assert!(!format!("{key:?}").contains(created.raw.expose()));
+/// # Ok::<(), keysmith_core::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct ApiKey {
+    validation: Arc<Validation>,
+}
+
+impl ApiKey {
+    /// Wraps a successful validation.
+    #[must_use]
+    pub fn new(validation: Validation) -> Self {
+        Self { validation: Arc::new(validation) }
+    }
+
+    /// The key's id.
+    #[must_use]
+    pub fn id(&self) -> KeyId {
+        self.validation.key.id
+    }
+
+    /// The key as stored (no secret in it).
+    #[must_use]
+    pub fn key(&self) -> &Key {
+        &self.validation.key
+    }
+
+    /// The key's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.validation.key.name
+    }
+
+    /// The owner of the key.
+    #[must_use]
+    pub fn tenant(&self) -> &Tenant {
+        &self.validation.key.tenant
+    }
+
+    /// The environment written into the key.
+    #[must_use]
+    pub fn environment(&self) -> Environment {
+        self.validation.key.environment
+    }
+
+    /// The scopes the key holds in effect (its own, within its policy's).
+    #[must_use]
+    pub fn scopes(&self) -> &[String] {
+        self.validation.scopes()
+    }
+
+    /// True if the key's scopes cover `scope` (hierarchically: `read`
+    /// covers `read:users`).
+    #[must_use]
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.validation.has_scope(scope)
+    }
+
+    /// The key's policy, if it has one.
+    #[must_use]
+    pub fn policy(&self) -> Option<&Policy> {
+        self.validation.policy.as_deref()
+    }
+
+    /// The rate limiter's state after this request, when the policy limits.
+    #[must_use]
+    pub fn rate_limit(&self) -> Option<&RateLimitStatus> {
+        self.validation.rate_limit.as_ref()
+    }
+
+    /// The key's application data.
+    #[must_use]
+    pub fn metadata(&self) -> &serde_json::Map<String, serde_json::Value> {
+        &self.validation.key.metadata
+    }
+
+    /// The whole validation.
+    #[must_use]
+    pub fn validation(&self) -> &Validation {
+        &self.validation
+    }
+}
+
+impl From<Validation> for ApiKey {
+    fn from(validation: Validation) -> Self {
+        Self::new(validation)
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = &self.validation.key;
+        f.debug_struct("ApiKey")
+            .field("id", &key.id)
+            .field("name", &key.name)
+            .field("hint", &key.hint)
+            .field("tenant", &key.tenant)
+            .field("scopes", &self.scopes())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,209 @@
+//! Where a request carries its key, and the rules for reading it.
+
+use super::HeaderLookup;
+use super::headers::names;
+use crate::Refusal;
+
+/// Header values longer than this are refused as malformed before any other
+/// work (a raw key is at most [`MAX_RAW_KEY_LEN`](crate::MAX_RAW_KEY_LEN)
+/// bytes; the bound leaves room for the scheme and whitespace).
+pub const MAX_KEY_HEADER_LEN: usize = 1024;
+
+/// One place a key may be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeySource {
+    /// `<header>: Bearer <key>` (the scheme matched case-insensitively);
+    /// values with another scheme (`Basic …`) are not keys and are ignored.
+    Bearer {
+        /// The header, lowercase (`authorization`).
+        header: String,
+    },
+    /// `<header>: <key>`, the whole value.
+    Header {
+        /// The header, lowercase (`x-api-key`).
+        name: String,
+    },
+}
+
+impl KeySource {
+    fn header(&self) -> &str {
+        match self {
+            Self::Bearer { header } => header,
+            Self::Header { name } => name,
+        }
+    }
+
+    /// The key in one header value: `Ok(None)` if the value is not meant
+    /// for us (another authorization scheme).
+    fn read<'h>(&self, value: &'h [u8]) -> Result<Option<&'h str>, Refusal> {
+        if value.len() > MAX_KEY_HEADER_LEN {
+            return Err(Refusal::Malformed);
+        }
+        let value = std::str::from_utf8(value).map_err(|_| Refusal::Malformed)?.trim();
+        let key = match self {
+            Self::Header { .. } => value,
+            Self::Bearer { .. } => {
+                let (scheme, rest) = value.split_once(|c: char| c.is_ascii_whitespace()).unwrap_or((value, ""));
+                if !scheme.eq_ignore_ascii_case("bearer") {
+                    return Ok(None);
+                }
+                rest.trim()
+            }
+        };
+        if key.is_empty() {
+            return Err(Refusal::Malformed);
+        }
+        Ok(Some(key))
+    }
+}
+
+/// The headers a key is read from, in order. The default is
+/// `Authorization: Bearer <key>` and `X-API-Key: <key>`.
+///
+/// Reading follows DESIGN §11: no key anywhere is
+/// [`Refusal::MissingKey`]; two *different* keys is
+/// [`Refusal::AmbiguousKey`] (the same key twice is fine); a value longer
+/// than [`MAX_KEY_HEADER_LEN`], not UTF-8, or empty is
+/// [`Refusal::Malformed`].
+///
+/// ```
+/// use keysmith_core::Refusal;
+/// use keysmith_core::http::KeySources;
+///
+/// let sources = KeySources::default();
+/// let headers = [("authorization", "bearer sk_live_abc")];
+/// assert_eq!(sources.extract(&headers[..]), Ok("sk_live_abc"));
+///
+/// let two = [("authorization", "Bearer sk_live_abc"), ("x-api-key", "sk_live_xyz")];
+/// assert_eq!(sources.extract(&two[..]), Err(Refusal::AmbiguousKey));
+///
+/// // Only a custom header:
+/// let custom = KeySources::empty().with_header("X-Token");
+/// assert_eq!(custom.extract(&headers[..]), Err(Refusal::MissingKey));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySources {
+    sources: Vec<KeySource>,
+}
+
+impl Default for KeySources {
+    fn default() -> Self {
+        Self::empty().with_bearer().with_header(names::X_API_KEY)
+    }
+}
+
+impl KeySources {
+    /// No source at all: add some with the `with_*` methods.
+    #[must_use]
+    pub fn empty() -> Self {
+        Self { sources: Vec::new() }
+    }
+
+    /// Also reads `Authorization: Bearer <key>`.
+    #[must_use]
+    pub fn with_bearer(self) -> Self {
+        self.with_bearer_in(names::AUTHORIZATION)
+    }
+
+    /// Also reads `<header>: Bearer <key>` (`Proxy-Authorization`, say).
+    #[must_use]
+    pub fn with_bearer_in(mut self, header: impl AsRef<str>) -> Self {
+        self.sources.push(KeySource::Bearer { header: header.as_ref().to_ascii_lowercase() });
+        self
+    }
+
+    /// Also reads the whole value of `header` as the key.
+    #[must_use]
+    pub fn with_header(mut self, header: impl AsRef<str>) -> Self {
+        self.sources.push(KeySource::Header { name: header.as_ref().to_ascii_lowercase() });
+        self
+    }
+
+    /// The sources, in the order they are read.
+    #[must_use]
+    pub fn sources(&self) -> &[KeySource] {
+        &self.sources
+    }
+
+    /// The key the request carries.
+    ///
+    /// # Errors
+    /// [`Refusal::MissingKey`], [`Refusal::AmbiguousKey`] or
+    /// [`Refusal::Malformed`], as described on the type.
+    pub fn extract<'h, H: HeaderLookup + ?Sized>(&self, headers: &'h H) -> Result<&'h str, Refusal> {
+        let mut found: Option<&'h str> = None;
+        for source in &self.sources {
+            for value in headers.header_values(source.header()) {
+                let Some(key) = source.read(value)? else { continue };
+                match found {
+                    None => found = Some(key),
+                    Some(previous) if previous == key => {}
+                    Some(_) => return Err(Refusal::AmbiguousKey),
+                }
+            }
+        }
+        found.ok_or(Refusal::MissingKey)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn extract(headers: &[(&str, &[u8])]) -> Result<String, Refusal> {
+        KeySources::default().extract(headers).map(str::to_owned)
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_whitespace_tolerant() {
+        for value in ["Bearer k1", "bearer k1", "BEARER k1", "  Bearer \t k1  "] {
+            assert_eq!(extract(&[("Authorization", value.as_bytes())]), Ok("k1".to_owned()), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn x_api_key_is_read_whole() {
+        assert_eq!(extract(&[("X-API-Key", b" k1 ")]), Ok("k1".to_owned()));
+    }
+
+    #[test]
+    fn no_key_is_missing_and_other_schemes_are_ignored() {
+        assert_eq!(extract(&[]), Err(Refusal::MissingKey));
+        assert_eq!(extract(&[("authorization", b"Basic dXNlcjpwYXNz")]), Err(Refusal::MissingKey));
+        assert_eq!(extract(&[("authorization", b"Bearerk1")]), Err(Refusal::MissingKey));
+        assert_eq!(extract(&[("authorization", b"Basic x"), ("x-api-key", b"k1")]), Ok("k1".to_owned()));
+    }
+
+    #[test]
+    fn two_different_keys_are_ambiguous_and_the_same_key_twice_is_fine() {
+        assert_eq!(extract(&[("authorization", b"Bearer k1"), ("x-api-key", b"k2")]), Err(Refusal::AmbiguousKey));
+        assert_eq!(extract(&[("x-api-key", b"k1"), ("x-api-key", b"k2")]), Err(Refusal::AmbiguousKey));
+        assert_eq!(extract(&[("authorization", b"Bearer k1"), ("x-api-key", b"k1")]), Ok("k1".to_owned()));
+    }
+
+    #[test]
+    fn oversized_empty_or_non_utf8_values_are_malformed() {
+        let long = vec![b'a'; MAX_KEY_HEADER_LEN + 1];
+        assert_eq!(extract(&[("x-api-key", &long)]), Err(Refusal::Malformed));
+        let mut bearer = b"Bearer ".to_vec();
+        bearer.extend(vec![b'a'; MAX_KEY_HEADER_LEN]);
+        assert_eq!(extract(&[("authorization", &bearer)]), Err(Refusal::Malformed));
+        assert_eq!(extract(&[("x-api-key", b"sk_\xff\xfe")]), Err(Refusal::Malformed));
+        assert_eq!(extract(&[("x-api-key", b"  ")]), Err(Refusal::Malformed));
+        assert_eq!(extract(&[("authorization", b"Bearer   ")]), Err(Refusal::Malformed));
+        assert_eq!(extract(&[("authorization", b"Bearer")]), Err(Refusal::Malformed));
+    }
+
+    #[test]
+    fn sources_are_configurable() {
+        let sources = KeySources::empty().with_header("X-Token").with_bearer_in("Proxy-Authorization");
+        let headers: &[(&str, &str)] = &[("authorization", "Bearer k1"), ("x-api-key", "k2")];
+        assert_eq!(sources.extract(headers), Err(Refusal::MissingKey));
+        let headers: &[(&str, &str)] = &[("x-token", "k3")];
+        assert_eq!(sources.extract(headers), Ok("k3"));
+        let headers: &[(&str, &str)] = &[("proxy-authorization", "Bearer k4")];
+        assert_eq!(sources.extract(headers), Ok("k4"));
+        assert_eq!(KeySources::empty().extract(headers), Err(Refusal::MissingKey));
+    }
+}

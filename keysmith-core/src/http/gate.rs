@@ -1,0 +1,444 @@
+//! The per-request flow both adapters run: read the key and the client
+//! address, validate, and say what to do with the request.
+
+use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::headers::names;
+use super::{ApiKey, HeaderLookup, KeySources, RefusalResponse, ScopeRequirement, TrustedProxies, rate_limit_headers};
+use crate::{Engine, Refusal, RequestContext, UsageId, UsageRecord, ValidationError};
+
+/// `User-Agent` values are cut to this many bytes in usage records.
+const MAX_USER_AGENT_LEN: usize = 512;
+/// Longer `Origin` values cannot be allowed origins; they are cut (and so
+/// refused by any origin allowlist).
+const MAX_ORIGIN_LEN: usize = 1024;
+
+/// What an adapter knows about a request before validation.
+#[derive(Clone, Copy)]
+pub struct RequestFacts<'a, H: ?Sized> {
+    /// The HTTP method (`GET`).
+    pub method: &'a str,
+    /// The path, without the query string.
+    pub path: &'a str,
+    /// The address of the connection's other end, if the server knows it.
+    pub peer: Option<IpAddr>,
+    /// The request's headers.
+    pub headers: &'a H,
+}
+
+impl<'a, H: HeaderLookup + ?Sized> RequestFacts<'a, H> {
+    /// The facts of one request.
+    pub fn new(method: &'a str, path: &'a str, peer: Option<IpAddr>, headers: &'a H) -> Self {
+        Self { method, path, peer, headers }
+    }
+}
+
+impl<H: ?Sized> fmt::Debug for RequestFacts<'_, H> {
+    /// Leaves the headers out: they carry the key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestFacts")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The HTTP behaviour of DESIGN §11 in one framework-free value: which
+/// headers carry the key, which proxies are trusted, the realm, the app
+/// whose keys are accepted, optional mode and CORS preflights. Cheap to
+/// clone (one `Arc`).
+///
+/// An adapter calls [`Gate::authorize`] for each request and acts on the
+/// [`Outcome`]; for a passed request it later calls [`Admitted::finish`]
+/// with the response status, which queues the usage record.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use keysmith_core::{Engine, MemoryStore, NewKey};
+/// use keysmith_core::http::{Gate, Outcome, RequestFacts};
+///
+/// let engine = Engine::builder(Arc::new(MemoryStore::new())).build()?;
+/// let created = engine.tenant("app", "acme").create_key(NewKey::new("ci")).await?;
+/// let gate = Gate::new(engine).with_realm("example");
+///
+/// let bearer = format!("Bearer {}", created.raw.expose());
+/// let headers = [("authorization", bearer.as_str())];
+/// let facts = RequestFacts::new("GET", "/things", Some([127, 0, 0, 1].into()), &headers[..]);
+/// match gate.authorize(&facts).await {
+///     Outcome::Pass(admitted) => {
+///         assert_eq!(admitted.key().id(), created.key.id);
+///         // …run the handler, then:
+///         admitted.finish(200);
+///     }
+///     other => panic!("expected a pass, got {other:?}"),
+/// }
+///
+/// let facts = RequestFacts::new("GET", "/things", None, &[] as &[(&str, &str)]);
+/// let Outcome::Refuse(refusal) = gate.authorize(&facts).await else { panic!() };
+/// assert_eq!((refusal.status, refusal.code), (401, "missing_key"));
+/// # Ok::<(), keysmith_core::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Gate {
+    config: Arc<Config>,
+}
+
+#[derive(Clone)]
+struct Config {
+    engine: Engine,
+    sources: KeySources,
+    proxies: TrustedProxies,
+    realm: String,
+    app_id: Option<String>,
+    optional: bool,
+    preflight_passthrough: bool,
+}
+
+impl fmt::Debug for Gate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
+        f.debug_struct("Gate")
+            .field("engine", &c.engine)
+            .field("sources", &c.sources)
+            .field("trusted_proxies", &c.proxies)
+            .field("realm", &c.realm)
+            .field("app_id", &c.app_id)
+            .field("optional", &c.optional)
+            .field("preflight_passthrough", &c.preflight_passthrough)
+            .finish()
+    }
+}
+
+impl Gate {
+    /// The default realm of `WWW-Authenticate`.
+    pub const DEFAULT_REALM: &'static str = "api";
+
+    /// Validates with `engine`; keys from `Authorization: Bearer` and
+    /// `X-API-Key`, no trusted proxy, realm `api`, keys of any app, a key
+    /// required, CORS preflights let through.
+    #[must_use]
+    pub fn new(engine: Engine) -> Self {
+        Self {
+            config: Arc::new(Config {
+                engine,
+                sources: KeySources::default(),
+                proxies: TrustedProxies::none(),
+                realm: Self::DEFAULT_REALM.to_owned(),
+                app_id: None,
+                optional: false,
+                preflight_passthrough: true,
+            }),
+        }
+    }
+
+    fn edit(mut self, change: impl FnOnce(&mut Config)) -> Self {
+        change(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// Reads keys from these headers.
+    #[must_use]
+    pub fn with_key_sources(self, sources: KeySources) -> Self {
+        self.edit(|c| c.sources = sources)
+    }
+
+    /// Believes forwarding headers from these proxies.
+    #[must_use]
+    pub fn with_trusted_proxies(self, proxies: TrustedProxies) -> Self {
+        self.edit(|c| c.proxies = proxies)
+    }
+
+    /// The realm named in `WWW-Authenticate`.
+    #[must_use]
+    pub fn with_realm(self, realm: impl Into<String>) -> Self {
+        let realm = realm.into();
+        self.edit(|c| c.realm = realm)
+    }
+
+    /// Accepts only keys of this application; another app's key is refused
+    /// as `invalid_key`, exactly like an unknown one.
+    #[must_use]
+    pub fn with_app_id(self, app_id: impl Into<String>) -> Self {
+        let app_id = app_id.into();
+        self.edit(|c| c.app_id = Some(app_id))
+    }
+
+    /// Optional mode: a request with no key passes without one
+    /// ([`Outcome::Anonymous`]); a bad key is still refused.
+    #[must_use]
+    pub fn with_optional(self, optional: bool) -> Self {
+        self.edit(|c| c.optional = optional)
+    }
+
+    /// Whether CORS preflights (`OPTIONS` with
+    /// `Access-Control-Request-Method`) pass unauthenticated (default yes:
+    /// browsers never send credentials on them).
+    #[must_use]
+    pub fn with_preflight_passthrough(self, passthrough: bool) -> Self {
+        self.edit(|c| c.preflight_passthrough = passthrough)
+    }
+
+    /// The engine.
+    #[must_use]
+    pub fn engine(&self) -> &Engine {
+        &self.config.engine
+    }
+
+    /// Where keys are read from.
+    #[must_use]
+    pub fn key_sources(&self) -> &KeySources {
+        &self.config.sources
+    }
+
+    /// The trusted proxies.
+    #[must_use]
+    pub fn trusted_proxies(&self) -> &TrustedProxies {
+        &self.config.proxies
+    }
+
+    /// The realm.
+    #[must_use]
+    pub fn realm(&self) -> &str {
+        &self.config.realm
+    }
+
+    /// The only application whose keys are accepted, if restricted.
+    #[must_use]
+    pub fn app_id(&self) -> Option<&str> {
+        self.config.app_id.as_deref()
+    }
+
+    /// True in optional mode.
+    #[must_use]
+    pub fn is_optional(&self) -> bool {
+        self.config.optional
+    }
+
+    /// True if this request is a CORS preflight that passes unauthenticated.
+    #[must_use]
+    pub fn is_passthrough_preflight<H: HeaderLookup + ?Sized>(&self, method: &str, headers: &H) -> bool {
+        self.config.preflight_passthrough
+            && method.eq_ignore_ascii_case("OPTIONS")
+            && headers.first_header(names::ACCESS_CONTROL_REQUEST_METHOD).is_some()
+    }
+
+    /// The answer to `refusal`, with this gate's realm.
+    #[must_use]
+    pub fn refusal(&self, refusal: Refusal) -> RefusalResponse {
+        RefusalResponse::refused(refusal, &self.config.realm, self.config.engine.clock().now())
+    }
+
+    /// The answer to a request whose key does not meet a route's scope
+    /// requirement: 403 `insufficient_scope`, or 401 `missing_key` for a
+    /// request let through without a key (`key` is `None`, optional mode).
+    /// `None` when the requirement is met.
+    #[must_use]
+    pub fn scope_refusal(&self, requirement: &ScopeRequirement, key: Option<&ApiKey>) -> Option<RefusalResponse> {
+        let Some(key) = key else { return Some(self.refusal(Refusal::MissingKey)) };
+        let missing = requirement.missing(key.scopes());
+        (!missing.is_empty()).then(|| self.refusal(Refusal::InsufficientScope { missing }))
+    }
+
+    /// Decides what happens to a request. Headers are read before this
+    /// returns; the future owns what it needs, so the request can be moved
+    /// while it runs.
+    ///
+    /// The future never fails: infrastructure failure is
+    /// [`Outcome::Refuse`] with [`RefusalResponse::unavailable`] (503),
+    /// logged at `warn` with target `keysmith::http`.
+    pub fn authorize<H: HeaderLookup + ?Sized>(&self, request: &RequestFacts<'_, H>) -> Authorize {
+        let started = Instant::now();
+        let config = &self.config;
+        if self.is_passthrough_preflight(request.method, request.headers) {
+            return Authorize::ready(Outcome::Preflight);
+        }
+        let raw = match config.sources.extract(request.headers) {
+            Ok(raw) => SecretString::from(raw),
+            Err(Refusal::MissingKey) if config.optional => return Authorize::ready(Outcome::Anonymous),
+            Err(refusal) => return Authorize::ready(Outcome::Refuse(self.refusal(refusal))),
+        };
+        let draft = UsageDraft {
+            method: request.method.to_owned(),
+            path: request.path.to_owned(),
+            ip: config.proxies.client_ip(request.peer, request.headers),
+            user_agent: header_text(request.headers, names::USER_AGENT, MAX_USER_AGENT_LEN),
+            timestamp: config.engine.clock().now(),
+            started,
+        };
+        let origin = header_text(request.headers, names::ORIGIN, MAX_ORIGIN_LEN);
+        let gate = self.clone();
+        Authorize { state: State::Pending(Box::pin(async move { gate.validate(raw, origin, draft).await })) }
+    }
+
+    async fn validate(self, raw: SecretString, origin: Option<String>, draft: UsageDraft) -> Outcome {
+        let mut ctx = RequestContext::new().with_request(&draft.method, &draft.path);
+        if let Some(ip) = draft.ip {
+            ctx = ctx.with_ip(ip);
+        }
+        if let Some(origin) = &origin {
+            ctx = ctx.with_origin(origin);
+        }
+        let engine = &self.config.engine;
+        match engine.validate(raw.expose_secret(), &ctx).await {
+            Ok(validation) => {
+                if self.config.app_id.as_ref().is_some_and(|app| *app != validation.key.tenant.app_id) {
+                    return Outcome::Refuse(self.refusal(Refusal::Unknown));
+                }
+                Outcome::Pass(Admitted { key: ApiKey::new(validation), engine: engine.clone(), draft })
+            }
+            Err(ValidationError::Refused(refusal)) => Outcome::Refuse(self.refusal(refusal)),
+            Err(ValidationError::Failed(error)) => {
+                tracing::warn!(target: "keysmith::http", %error, method = %draft.method, path = %draft.path,
+                    "API key validation failed; answering 503");
+                Outcome::Refuse(RefusalResponse::unavailable())
+            }
+        }
+    }
+}
+
+/// The first value of header `name` as text (lossy), cut to `max` bytes.
+fn header_text<H: HeaderLookup + ?Sized>(headers: &H, name: &str, max: usize) -> Option<String> {
+    let value = headers.first_header(name)?;
+    let value = &value[..value.len().min(max)];
+    Some(String::from_utf8_lossy(value).into_owned())
+}
+
+/// What to do with a request.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The key is valid: put [`Admitted::key`] in the request's extensions,
+    /// call the handler, add [`Admitted::response_headers`] and call
+    /// [`Admitted::finish`] with the status.
+    Pass(Admitted),
+    /// Optional mode and no key: call the handler without a key.
+    Anonymous,
+    /// A CORS preflight: call the handler without a key, record nothing.
+    Preflight,
+    /// Answer with this instead of calling the handler.
+    Refuse(RefusalResponse),
+}
+
+/// A request whose key passed, on its way through the handler.
+pub struct Admitted {
+    key: ApiKey,
+    engine: Engine,
+    draft: UsageDraft,
+}
+
+struct UsageDraft {
+    method: String,
+    path: String,
+    ip: Option<IpAddr>,
+    user_agent: Option<String>,
+    timestamp: DateTime<Utc>,
+    started: Instant,
+}
+
+impl fmt::Debug for Admitted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admitted")
+            .field("key", &self.key)
+            .field("method", &self.draft.method)
+            .field("path", &self.draft.path)
+            .field("ip", &self.draft.ip)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Admitted {
+    /// The validated key.
+    #[must_use]
+    pub fn key(&self) -> &ApiKey {
+        &self.key
+    }
+
+    /// The client address the key was checked against.
+    #[must_use]
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.draft.ip
+    }
+
+    /// Headers for the response: `RateLimit-Limit`, `-Remaining` and
+    /// `-Reset` when the key's policy limits its rate, else none.
+    #[must_use]
+    pub fn response_headers(&self) -> Vec<(&'static str, String)> {
+        self.key.rate_limit().map(|status| rate_limit_headers(status).to_vec()).unwrap_or_default()
+    }
+
+    /// The usage record of this request answered with `status`; latency
+    /// runs from the start of [`Gate::authorize`] to now.
+    #[must_use]
+    pub fn usage_record(&self, status: u16) -> UsageRecord {
+        let draft = &self.draft;
+        UsageRecord {
+            id: UsageId::new(),
+            key_id: self.key.id(),
+            tenant: self.key.tenant().clone(),
+            endpoint: draft.path.clone(),
+            method: draft.method.clone(),
+            status,
+            ip: draft.ip,
+            user_agent: draft.user_agent.clone(),
+            latency: draft.started.elapsed(),
+            timestamp: draft.timestamp,
+        }
+    }
+
+    /// Queues the usage record of this request answered with `status`;
+    /// never waits.
+    pub fn finish(self, status: u16) {
+        self.engine.record_usage(self.usage_record(status));
+    }
+}
+
+/// The future of [`Gate::authorize`]: `Send`, `'static`, and free when the
+/// outcome is known without validation (missing key, preflight).
+#[must_use = "futures do nothing unless polled"]
+pub struct Authorize {
+    state: State,
+}
+
+enum State {
+    Ready(Option<Outcome>),
+    Pending(Pin<Box<dyn Future<Output = Outcome> + Send>>),
+}
+
+impl Authorize {
+    fn ready(outcome: Outcome) -> Self {
+        Self { state: State::Ready(Some(outcome)) }
+    }
+}
+
+impl fmt::Debug for Authorize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Ready(_) => "ready",
+            State::Pending(_) => "validating",
+        };
+        f.debug_struct("Authorize").field("state", &state).finish()
+    }
+}
+
+impl Future for Authorize {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        match &mut self.state {
+            State::Ready(outcome) => Poll::Ready(outcome.take().expect("Authorize polled after completion")),
+            State::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Reading request headers without knowing the framework's header type.
+
+/// Read access to a request's headers. Each adapter implements it for its
+/// framework's header map (through a newtype), so the rules in this module
+/// are written once.
+///
+/// Names are passed in lowercase; implementations match them
+/// ASCII-case-insensitively, as HTTP header names are.
+pub trait HeaderLookup {
+    /// Every value of the header `name`, in the order they were received.
+    fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]>;
+
+    /// The first value of `name`, if any.
+    fn first_header<'a>(&'a self, name: &str) -> Option<&'a [u8]> {
+        self.header_values(name).next()
+    }
+}
+
+/// Headers as a list of `(name, value)` pairs: for tests and for adapters
+/// whose framework hands headers out as pairs.
+impl<N: AsRef<str>, V: AsRef<[u8]>> HeaderLookup for [(N, V)] {
+    fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> {
+        self.iter().filter(move |(n, _)| n.as_ref().eq_ignore_ascii_case(name)).map(|(_, v)| v.as_ref())
+    }
+}
+
+impl<T: HeaderLookup + ?Sized> HeaderLookup for &T {
+    fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> {
+        (**self).header_values(name)
+    }
+}
+
+/// Header names used by the HTTP layer, lowercase (as `http::HeaderName`
+/// wants them).
+pub mod names {
+    /// `Authorization`.
+    pub const AUTHORIZATION: &str = "authorization";
+    /// `X-API-Key`.
+    pub const X_API_KEY: &str = "x-api-key";
+    /// `X-Forwarded-For`.
+    pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+    /// `Forwarded` (RFC 7239).
+    pub const FORWARDED: &str = "forwarded";
+    /// `Origin`.
+    pub const ORIGIN: &str = "origin";
+    /// `User-Agent`.
+    pub const USER_AGENT: &str = "user-agent";
+    /// `Access-Control-Request-Method`, which marks a CORS preflight.
+    pub const ACCESS_CONTROL_REQUEST_METHOD: &str = "access-control-request-method";
+    /// `WWW-Authenticate`.
+    pub const WWW_AUTHENTICATE: &str = "www-authenticate";
+    /// `Retry-After`.
+    pub const RETRY_AFTER: &str = "retry-after";
+    /// `Content-Type`.
+    pub const CONTENT_TYPE: &str = "content-type";
+    /// `RateLimit-Limit`.
+    pub const RATELIMIT_LIMIT: &str = "ratelimit-limit";
+    /// `RateLimit-Remaining`.
+    pub const RATELIMIT_REMAINING: &str = "ratelimit-remaining";
+    /// `RateLimit-Reset`.
+    pub const RATELIMIT_RESET: &str = "ratelimit-reset";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeaderLookup;
+
+    #[test]
+    fn pair_lists_match_names_case_insensitively_in_order() {
+        let headers = [("X-Api-Key", "a"), ("other", "b"), ("x-api-key", "c")];
+        let values: Vec<&[u8]> = headers.header_values("x-api-key").collect();
+        assert_eq!(values, [b"a".as_slice(), b"c".as_slice()]);
+        assert_eq!(headers[..].first_header("OTHER"), Some(b"b".as_slice()));
+        assert_eq!(headers[..].first_header("missing"), None);
+    }
+}

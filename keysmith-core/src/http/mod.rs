@@ -1,0 +1,51 @@
+//! HTTP behaviour shared by the framework adapters (DESIGN §11), written
+//! once and free of any framework or `http` crate type.
+//!
+//! - [`KeySources`]: which headers carry the key and the rules for reading
+//!   them (missing, ambiguous, malformed).
+//! - [`TrustedProxies`]: the client address, from the peer or from
+//!   forwarding headers set by trusted proxies.
+//! - [`RefusalResponse`]: a refusal or failure as status, headers and JSON
+//!   body; [`rate_limit_headers`] for passed requests.
+//! - [`ApiKey`]: what a validated request carries to its handler.
+//! - [`ScopeRequirement`]: per-route scopes, all or any.
+//! - [`Gate`]: the per-request flow that ties them together.
+//!
+//! An adapter implements [`HeaderLookup`] for its header map, builds
+//! [`RequestFacts`], awaits [`Gate::authorize`] and turns the [`Outcome`]
+//! into its framework's terms.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use keysmith_core::{Engine, MemoryStore};
+//! use keysmith_core::http::{Gate, Outcome, RequestFacts};
+//!
+//! let gate = Gate::new(Engine::builder(Arc::new(MemoryStore::new())).build()?).with_realm("example");
+//! let headers = [("x-api-key", "sk_live_not-a-real-key")];
+//! let facts = RequestFacts::new("GET", "/", None, &headers[..]);
+//! let Outcome::Refuse(refusal) = gate.authorize(&facts).await else { panic!() };
+//! assert_eq!(refusal.status, 401);
+//! assert_eq!(refusal.header("www-authenticate"), Some(r#"Bearer realm="example", error="invalid_token""#));
+//! # Ok::<(), keysmith_core::Error>(())
+//! # }).unwrap();
+//! ```
+
+mod api_key;
+mod client_ip;
+mod extract;
+mod gate;
+mod headers;
+mod response;
+mod scopes;
+
+pub use api_key::ApiKey;
+pub use client_ip::TrustedProxies;
+pub use extract::{KeySource, KeySources, MAX_KEY_HEADER_LEN};
+pub use gate::{Admitted, Authorize, Gate, Outcome, RequestFacts};
+pub use headers::{HeaderLookup, names};
+pub use response::{JSON_CONTENT_TYPE, RefusalResponse, rate_limit_headers};
+pub use scopes::{ScopeMatch, ScopeRequirement};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,185 @@
+//! The gate end to end on a memory store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+
+use super::*;
+use crate::store::{Page, TimeRange};
+use crate::{Engine, ManualClock, MemoryStore, NewKey, PolicySpec, Store, TenantEngine};
+
+struct Setup {
+    engine: Engine,
+    store: Arc<MemoryStore>,
+    acme: TenantEngine,
+}
+
+fn setup() -> Setup {
+    let store = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 10, 12, 0, 0).unwrap());
+    let engine = Engine::builder(Arc::clone(&store) as Arc<dyn Store>).with_clock(clock).build().unwrap();
+    let acme = engine.tenant("app", "acme");
+    Setup { engine, store, acme }
+}
+
+async fn key(s: &Setup, new: NewKey) -> String {
+    s.acme.create_key(new).await.unwrap().raw.expose().to_owned()
+}
+
+fn bearer(raw: &str) -> Vec<(&'static str, String)> {
+    vec![("authorization", format!("Bearer {raw}"))]
+}
+
+async fn outcome(gate: &Gate, method: &str, peer: Option<&str>, headers: &[(&str, String)]) -> Outcome {
+    let peer = peer.map(|p| p.parse().unwrap());
+    gate.authorize(&RequestFacts::new(method, "/things", peer, headers)).await
+}
+
+fn refused(outcome: Outcome) -> RefusalResponse {
+    match outcome {
+        Outcome::Refuse(response) => response,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn admitted(outcome: Outcome) -> Admitted {
+    match outcome {
+        Outcome::Pass(admitted) => admitted,
+        other => panic!("expected a pass, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn valid_key_passes_and_its_usage_is_recorded_with_the_status() {
+    let s = setup();
+    let raw = key(&s, NewKey::new("ci").with_scopes(["read"])).await;
+    let gate = Gate::new(s.engine.clone());
+    let mut headers = bearer(&raw);
+    headers.push(("user-agent", "curl/8".to_owned()));
+    let pass = admitted(outcome(&gate, "GET", Some("198.51.100.7"), &headers).await);
+    assert!(pass.key().has_scope("read:users"));
+    assert!(pass.response_headers().is_empty(), "no rate limit, no RateLimit headers");
+    let key_id = pass.key().id();
+    pass.finish(418);
+
+    s.engine.flush_usage().await;
+    let records = s.acme.list_usage(key_id, TimeRange::default(), Page::default()).await.unwrap();
+    assert_eq!(records.len(), 1);
+    let record = &records[0];
+    assert_eq!((record.status, record.method.as_str(), record.endpoint.as_str()), (418, "GET", "/things"));
+    assert_eq!(record.ip, Some("198.51.100.7".parse().unwrap()));
+    assert_eq!(record.user_agent.as_deref(), Some("curl/8"));
+}
+
+#[tokio::test]
+async fn missing_key_is_refused_unless_optional_where_a_bad_key_is_still_refused() {
+    let s = setup();
+    let gate = Gate::new(s.engine.clone()).with_realm("things");
+    let missing = refused(outcome(&gate, "GET", None, &[]).await);
+    assert_eq!((missing.status, missing.code), (401, "missing_key"));
+    assert_eq!(missing.header("www-authenticate"), Some(r#"Bearer realm="things""#));
+
+    let optional = gate.with_optional(true);
+    assert!(matches!(outcome(&optional, "GET", None, &[]).await, Outcome::Anonymous));
+    let bad = refused(outcome(&optional, "GET", None, &bearer("sk_live_nope")).await);
+    assert_eq!(bad.code, "malformed_key");
+}
+
+#[tokio::test]
+async fn cors_preflight_passes_unless_disabled() {
+    let s = setup();
+    let gate = Gate::new(s.engine.clone());
+    let preflight = [("access-control-request-method", "POST".to_owned())];
+    assert!(matches!(outcome(&gate, "OPTIONS", None, &preflight).await, Outcome::Preflight));
+    // OPTIONS without the preflight header is an ordinary request.
+    assert_eq!(refused(outcome(&gate, "OPTIONS", None, &[]).await).code, "missing_key");
+    let strict = gate.with_preflight_passthrough(false);
+    assert_eq!(refused(outcome(&strict, "OPTIONS", None, &preflight).await).code, "missing_key");
+}
+
+#[tokio::test]
+async fn keys_of_another_app_are_refused_as_invalid() {
+    let s = setup();
+    let other = s.engine.tenant("other-app", "acme").create_key(NewKey::new("x")).await.unwrap();
+    let own = key(&s, NewKey::new("y")).await;
+    let gate = Gate::new(s.engine.clone()).with_app_id("app");
+    let refusal = refused(outcome(&gate, "GET", None, &bearer(other.raw.expose())).await);
+    assert_eq!((refusal.status, refusal.code), (401, "invalid_key"));
+    admitted(outcome(&gate, "GET", None, &bearer(&own)).await);
+}
+
+#[tokio::test]
+async fn store_failure_is_503_unavailable() {
+    let s = setup();
+    let raw = key(&s, NewKey::new("ci")).await;
+    s.store.close().await;
+    let response = refused(outcome(&Gate::new(s.engine.clone()), "GET", None, &bearer(&raw)).await);
+    assert_eq!((response.status, response.code, response.refusal), (503, "unavailable", None));
+}
+
+#[tokio::test]
+async fn ip_allowlist_sees_the_client_behind_a_trusted_proxy_only() {
+    let s = setup();
+    let policy = s.acme.create_policy(PolicySpec::new("office").with_allowed_ips(["203.0.113.0/24"])).await.unwrap();
+    let raw = key(&s, NewKey::new("office").with_policy(policy.id)).await;
+    let gate = Gate::new(s.engine.clone()).with_trusted_proxies(TrustedProxies::parse(["10.0.0.0/8"]).unwrap());
+    let mut headers = bearer(&raw);
+    headers.push(("x-forwarded-for", "203.0.113.5".to_owned()));
+
+    let via_proxy = admitted(outcome(&gate, "GET", Some("10.0.0.1"), &headers).await);
+    assert_eq!(via_proxy.client_ip(), Some("203.0.113.5".parse().unwrap()));
+    let spoofed = refused(outcome(&gate, "GET", Some("198.51.100.7"), &headers).await);
+    assert_eq!(spoofed.code, "ip_not_allowed");
+    let unknown_peer = refused(outcome(&gate, "GET", None, &bearer(&raw)).await);
+    assert_eq!(unknown_peer.code, "ip_not_allowed");
+}
+
+#[tokio::test]
+async fn rate_limited_keys_get_rate_limit_headers_then_429() {
+    let s = setup();
+    let policy =
+        s.acme.create_policy(PolicySpec::new("slow").with_rate_limit(2, Duration::from_secs(60))).await.unwrap();
+    let raw = key(&s, NewKey::new("slow").with_policy(policy.id)).await;
+    let gate = Gate::new(s.engine.clone());
+    let first = admitted(outcome(&gate, "GET", None, &bearer(&raw)).await);
+    let headers = first.response_headers();
+    assert!(headers.contains(&("ratelimit-limit", "2".to_owned())), "{headers:?}");
+    assert!(headers.contains(&("ratelimit-remaining", "1".to_owned())), "{headers:?}");
+    admitted(outcome(&gate, "GET", None, &bearer(&raw)).await);
+    let limited = refused(outcome(&gate, "GET", None, &bearer(&raw)).await);
+    assert_eq!((limited.status, limited.code), (429, "rate_limited"));
+    assert!(limited.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+}
+
+#[tokio::test]
+async fn scope_checks_answer_403_or_401_without_a_key() {
+    let s = setup();
+    let raw = key(&s, NewKey::new("reader").with_scopes(["read:users"])).await;
+    let gate = Gate::new(s.engine.clone());
+    let reader = admitted(outcome(&gate, "GET", None, &bearer(&raw)).await);
+    let key = reader.key();
+    assert_eq!(gate.scope_refusal(&ScopeRequirement::all(["read:users"]), Some(key)), None);
+    let denied = gate.scope_refusal(&ScopeRequirement::any(["admin", "write:users"]), Some(key)).unwrap();
+    assert_eq!((denied.status, denied.code), (403, "insufficient_scope"));
+    assert_eq!(
+        denied.header("www-authenticate"),
+        Some(r#"Bearer realm="api", error="insufficient_scope", scope="admin write:users""#)
+    );
+    let anonymous = gate.scope_refusal(&ScopeRequirement::all(["read:users"]), None).unwrap();
+    assert_eq!((anonymous.status, anonymous.code), (401, "missing_key"));
+}
+
+#[tokio::test]
+async fn nothing_secret_is_in_debug_output() {
+    let s = setup();
+    let raw = key(&s, NewKey::new("ci")).await;
+    let gate = Gate::new(s.engine.clone());
+    let headers = bearer(&raw);
+    let facts = RequestFacts::new("GET", "/", None, &headers[..]);
+    let future = gate.authorize(&facts);
+    let pass = admitted(future.await);
+    for debug in [format!("{facts:?}"), format!("{pass:?}"), format!("{:?}", pass.key()), format!("{gate:?}")] {
+        assert!(!debug.contains(&raw), "{debug}");
+    }
+}

@@ -1,0 +1,291 @@
+//! `ApiKeyLayer`: validate every request's key before the inner service.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::{Request, Response};
+use keysmith_core::Engine;
+use keysmith_core::http::{Admitted, Authorize, Gate, KeySources, Outcome, RequestFacts, TrustedProxies};
+use keysmith_core::http::{ApiKey as CoreApiKey, RefusalResponse};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::RefusalResponder;
+use crate::request::{Headers, Installed, peer};
+use crate::response::append_headers;
+
+/// A [`Layer`] that validates the API key of every request (DESIGN §11).
+///
+/// A refused request is answered here (401, 403, 429… with the JSON body);
+/// the inner service never sees it. A passed request reaches the inner
+/// service with the [`ApiKey`](crate::ApiKey) in its extensions, its
+/// response gets the `RateLimit-*` headers of the key's policy, and its
+/// usage (status, latency) is queued once the inner service has answered.
+/// If the store cannot be reached the answer is 503, never a pass.
+///
+/// The client address comes from axum's `ConnectInfo<SocketAddr>`, so serve
+/// the router with `into_make_service_with_connect_info::<SocketAddr>()`.
+/// Without it the address is unknown and keys whose policy has an IP
+/// allowlist are refused.
+///
+/// ```no_run
+/// use std::net::SocketAddr;
+/// use std::sync::Arc;
+/// use axum::{Router, routing::get};
+/// use keysmith_core::{Engine, MemoryStore};
+/// use keysmith_core::http::TrustedProxies;
+/// use keysmith_tower::{ApiKey, ApiKeyLayer};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let engine = Engine::builder(Arc::new(MemoryStore::new())).build()?;
+/// let app = Router::new()
+///     .route("/me", get(|key: ApiKey| async move { key.id().to_string() }))
+///     .layer(
+///         ApiKeyLayer::new(engine)
+///             .with_realm("my-api")
+///             .with_trusted_proxies(TrustedProxies::parse(["10.0.0.0/8"])?),
+///     );
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+/// axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ApiKeyLayer {
+    gate: Gate,
+    responder: RefusalResponder,
+}
+
+impl ApiKeyLayer {
+    /// Validates with `engine`, with [`Gate::new`]'s defaults: keys from
+    /// `Authorization: Bearer` and `X-API-Key`, no trusted proxy, realm
+    /// `api`, keys of any app required, CORS preflights let through.
+    pub fn new(engine: Engine) -> Self {
+        Self::from_gate(Gate::new(engine))
+    }
+
+    /// Uses a [`Gate`] configured elsewhere (shared with another adapter,
+    /// say).
+    pub fn from_gate(gate: Gate) -> Self {
+        Self { gate, responder: RefusalResponder::default() }
+    }
+
+    /// Reads keys from these headers.
+    pub fn with_key_sources(mut self, sources: KeySources) -> Self {
+        self.gate = self.gate.with_key_sources(sources);
+        self
+    }
+
+    /// Believes `X-Forwarded-For` / `Forwarded` from these proxies.
+    pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.gate = self.gate.with_trusted_proxies(proxies);
+        self
+    }
+
+    /// The realm of `WWW-Authenticate` (default `api`).
+    pub fn with_realm(mut self, realm: impl Into<String>) -> Self {
+        self.gate = self.gate.with_realm(realm);
+        self
+    }
+
+    /// Accepts only keys of this application (others are `invalid_key`).
+    pub fn with_app_id(mut self, app_id: impl Into<String>) -> Self {
+        self.gate = self.gate.with_app_id(app_id);
+        self
+    }
+
+    /// Optional mode: a request without a key reaches the inner service
+    /// without an `ApiKey` (handlers take `Option<ApiKey>`); a bad key is
+    /// still refused.
+    pub fn optional(mut self) -> Self {
+        self.gate = self.gate.with_optional(true);
+        self
+    }
+
+    /// Whether CORS preflights pass without a key (default yes).
+    pub fn with_preflight_passthrough(mut self, passthrough: bool) -> Self {
+        self.gate = self.gate.with_preflight_passthrough(passthrough);
+        self
+    }
+
+    /// Renders refusals with `responder` (start from
+    /// [`default_refusal_response`](crate::default_refusal_response) to keep
+    /// the standard headers). `RequireScopes` and the extractors use it too.
+    pub fn with_responder(
+        mut self,
+        responder: impl Fn(&RefusalResponse) -> Response<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.responder = RefusalResponder::new(responder);
+        self
+    }
+
+    /// The framework-free configuration.
+    #[must_use]
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+}
+
+impl<S> Layer<S> for ApiKeyLayer {
+    type Service = ApiKeyService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ApiKeyService { inner, gate: self.gate.clone(), responder: self.responder.clone() }
+    }
+}
+
+/// The service made by [`ApiKeyLayer`]. Its error type is the inner
+/// service's, so it fits anywhere the inner service did (`Router::layer`).
+#[derive(Debug, Clone)]
+pub struct ApiKeyService<S> {
+    inner: S,
+    gate: Gate,
+    responder: RefusalResponder,
+}
+
+impl<S> ApiKeyService<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ApiKeyService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ResBody: From<String>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let authorize = {
+            let headers = Headers(request.headers());
+            let facts = RequestFacts::new(request.method().as_str(), request.uri().path(), peer(&request), &headers);
+            self.gate.authorize(&facts)
+        };
+        // The clone is not ready; the instance that was polled ready is the
+        // one to call (tower's usual swap).
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture {
+            state: State::Authorizing { authorize, inner: Some(inner), request: Some(request) },
+            gate: self.gate.clone(),
+            responder: self.responder.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`ApiKeyService`].
+    pub struct ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        #[pin]
+        state: State<S, ReqBody>,
+        gate: Gate,
+        responder: RefusalResponder,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        Authorizing {
+            authorize: Authorize,
+            inner: Option<S>,
+            request: Option<Request<ReqBody>>,
+        },
+        Calling {
+            #[pin]
+            future: S::Future,
+            admitted: Option<Admitted>,
+        },
+    }
+}
+
+impl<S, ReqBody> std::fmt::Debug for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Authorizing { .. } => "authorizing",
+            State::Calling { .. } => "calling",
+        };
+        f.debug_struct("ResponseFuture").field("state", &state).finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: From<String>,
+{
+    type Output = Result<Response<ResBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Authorizing { authorize, inner, request } => {
+                    let outcome = ready!(Pin::new(authorize).poll(cx));
+                    let (Some(mut inner), Some(mut request)) = (inner.take(), request.take()) else {
+                        panic!("ResponseFuture polled after completion");
+                    };
+                    let mut installed =
+                        Installed { gate: this.gate.clone(), responder: this.responder.clone(), preflight: false };
+                    let admitted = match outcome {
+                        Outcome::Pass(admitted) => {
+                            request.extensions_mut().insert(CoreApiKey::clone(admitted.key()));
+                            Some(admitted)
+                        }
+                        Outcome::Refuse(refusal) => {
+                            return Poll::Ready(Ok(this.responder.respond(&refusal).map(ResBody::from)));
+                        }
+                        Outcome::Preflight => {
+                            installed.preflight = true;
+                            None
+                        }
+                        // Anonymous, and anything later core may add that
+                        // lets the request through without a key.
+                        _ => None,
+                    };
+                    request.extensions_mut().insert(installed);
+                    let future = inner.call(request);
+                    this.state.set(State::Calling { future, admitted });
+                }
+                StateProj::Calling { future, admitted } => {
+                    let mut response = ready!(future.poll(cx))?;
+                    if let Some(admitted) = admitted.take() {
+                        append_headers(response.headers_mut(), &admitted.response_headers());
+                        admitted.finish(response.status().as_u16());
+                    }
+                    return Poll::Ready(Ok(response));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Turning core's framework-free answers into `http` responses.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::header::{HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use keysmith_core::http::{JSON_CONTENT_TYPE, RefusalResponse};
+
+/// Builds the response to a refused request. The default,
+/// [`default_refusal_response`], sends the status, headers and JSON body of
+/// DESIGN §11; set your own with
+/// [`ApiKeyLayer::with_responder`](crate::ApiKeyLayer::with_responder) to
+/// render errors in your API's format.
+#[derive(Clone)]
+pub struct RefusalResponder(Arc<RespondFn>);
+
+type RespondFn = dyn Fn(&RefusalResponse) -> Response<String> + Send + Sync;
+
+impl RefusalResponder {
+    /// A responder that calls `f`.
+    pub fn new(f: impl Fn(&RefusalResponse) -> Response<String> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// The response to `refusal`.
+    #[must_use]
+    pub fn respond(&self, refusal: &RefusalResponse) -> Response<String> {
+        (self.0)(refusal)
+    }
+}
+
+impl Default for RefusalResponder {
+    fn default() -> Self {
+        Self::new(default_refusal_response)
+    }
+}
+
+impl fmt::Debug for RefusalResponder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefusalResponder").finish_non_exhaustive()
+    }
+}
+
+/// The standard answer: `refusal`'s status, its headers (`WWW-Authenticate`,
+/// `Retry-After`, `RateLimit-*`, `Content-Type: application/json`) and the
+/// body `{"error":{"code":"…","message":"…"}}`.
+#[must_use]
+pub fn default_refusal_response(refusal: &RefusalResponse) -> Response<String> {
+    let mut response = Response::new(refusal.body());
+    *response.status_mut() = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    append_headers(response.headers_mut(), &refusal.headers);
+    response
+}
+
+/// Appends `(name, value)` pairs from core; a pair that is not a valid
+/// header (which core never produces) is skipped rather than panicking.
+pub(crate) fn append_headers(map: &mut http::HeaderMap, headers: &[(&'static str, String)]) {
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value.as_bytes()))
+        {
+            map.append(name, value);
+        }
+    }
+}
+
+/// 500: an extractor or `RequireScopes` ran on a request that never went
+/// through [`ApiKeyLayer`](crate::ApiKeyLayer). A bug in the application's
+/// wiring, said plainly.
+pub(crate) fn missing_layer_response(what: &str) -> Response<String> {
+    let message = format!(
+        "{what} needs keysmith_tower::ApiKeyLayer in front of it; add `.layer(ApiKeyLayer::new(engine))` to the router"
+    );
+    let body = serde_json::json!({ "error": { "code": "internal_error", "message": message } }).to_string();
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(JSON_CONTENT_TYPE));
+    response
+}

@@ -1,0 +1,120 @@
+//! Wiring of the tower adapter beyond the shared conformance cases: the
+//! layer missing, custom responders, plain tower services.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode};
+use axum::routing::get;
+use keysmith_core::{Engine, MemoryStore, NewKey, PolicySpec};
+use keysmith_tower::{ApiKey, ApiKeyLayer, RequireScopes, default_refusal_response};
+use tower::{Layer, ServiceExt, service_fn};
+
+async fn engine_and_key(scopes: &[&str]) -> (Engine, String) {
+    let engine = Engine::builder(Arc::new(MemoryStore::new())).build().unwrap();
+    let created =
+        engine.tenant("app", "acme").create_key(NewKey::new("k").with_scopes(scopes.iter().copied())).await.unwrap();
+    (engine, created.raw.expose().to_owned())
+}
+
+async fn send(app: &Router, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 16).await.unwrap();
+    (parts.status, parts.headers, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
+fn get_req(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
+#[tokio::test]
+async fn api_key_extractor_without_the_layer_is_500_naming_the_layer() {
+    let app = Router::new()
+        .route("/required", get(|_: ApiKey| async { "unreachable" }))
+        .route("/optional", get(|_: Option<ApiKey>| async { "unreachable" }))
+        .route("/scoped", get(|| async { "unreachable" }).layer(RequireScopes::all(["read"])));
+    for path in ["/required", "/optional", "/scoped"] {
+        let (status, headers, body) = send(&app, get_req(path)).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{path}");
+        assert_eq!(headers["content-type"], "application/json");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("ApiKeyLayer"), "{path}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn custom_responder_renders_every_refusal() {
+    let (engine, raw) = engine_and_key(&["read"]).await;
+    let layer = ApiKeyLayer::new(engine).optional().with_responder(|refusal| {
+        let mut response = default_refusal_response(refusal);
+        *response.body_mut() = format!("{{\"problem\":\"{}\"}}", refusal.code);
+        response.headers_mut().insert("content-type", "application/problem+json".parse().unwrap());
+        response
+    });
+    let app = Router::new()
+        .route("/admin", get(|| async { "admin" }).layer(RequireScopes::all(["admin"])))
+        .route("/me", get(|key: ApiKey| async move { key.name().to_owned() }))
+        .layer(layer);
+
+    // From the layer itself.
+    let bad = Request::get("/me").header("x-api-key", "nope").body(Body::empty()).unwrap();
+    let (status, headers, body) = send(&app, bad).await;
+    assert_eq!((status, body["problem"].as_str()), (StatusCode::UNAUTHORIZED, Some("malformed_key")));
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert!(headers.contains_key("www-authenticate"), "the default headers are kept");
+    // From RequireScopes.
+    let reader = Request::get("/admin").header("x-api-key", &raw).body(Body::empty()).unwrap();
+    let (status, _, body) = send(&app, reader).await;
+    assert_eq!((status, body["problem"].as_str()), (StatusCode::FORBIDDEN, Some("insufficient_scope")));
+    // From the extractor, for a keyless request in optional mode.
+    let (status, _, body) = send(&app, get_req("/me")).await;
+    assert_eq!((status, body["problem"].as_str()), (StatusCode::UNAUTHORIZED, Some("missing_key")));
+}
+
+#[tokio::test]
+async fn plain_tower_services_get_the_key_rate_limit_headers_and_keep_their_error_type() {
+    let engine = Engine::builder(Arc::new(MemoryStore::new())).build().unwrap();
+    let acme = engine.tenant("app", "acme");
+    let policy = acme.create_policy(PolicySpec::new("p").with_rate_limit(5, Duration::from_secs(60))).await.unwrap();
+    let created = acme.create_key(NewKey::new("svc").with_policy(policy.id)).await.unwrap();
+
+    #[derive(Debug, PartialEq)]
+    struct Boom;
+    let inner = service_fn(|request: Request<String>| async move {
+        let Some(key) = ApiKey::from_extensions(request.extensions()) else {
+            return Ok(Response::new("anonymous".to_owned()));
+        };
+        if request.uri().path() == "/fail" {
+            return Err(Boom);
+        }
+        Ok(Response::new(key.name().to_owned()))
+    });
+    let service = ApiKeyLayer::new(engine.clone()).layer(inner);
+
+    let request = Request::get("/").header("x-api-key", created.raw.expose()).body(String::new()).unwrap();
+    let response = service.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.body(), "svc");
+    assert_eq!(response.headers()["ratelimit-limit"], "5");
+    assert_eq!(response.headers()["ratelimit-remaining"], "4");
+
+    let failing = Request::get("/fail").header("x-api-key", created.raw.expose()).body(String::new()).unwrap();
+    assert_eq!(service.clone().oneshot(failing).await.unwrap_err(), Boom);
+
+    let refused = service.oneshot(Request::get("/").body(String::new()).unwrap()).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(refused.body().contains("missing_key"));
+}
+
+#[tokio::test]
+async fn preflight_passthrough_can_be_turned_off() {
+    let (engine, _) = engine_and_key(&[]).await;
+    let app = Router::new()
+        .route("/x", get(|| async { "x" }).options(|| async { StatusCode::NO_CONTENT }))
+        .layer(ApiKeyLayer::new(engine).with_preflight_passthrough(false));
+    let preflight = Request::options("/x").header("access-control-request-method", "GET").body(Body::empty()).unwrap();
+    let (status, _, body) = send(&app, preflight).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("missing_key")));
+}

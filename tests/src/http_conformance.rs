@@ -1,0 +1,821 @@
+//! HTTP conformance: DESIGN §11 as cases every framework adapter must pass,
+//! driven through the small [`Harness`] trait so the same cases run on
+//! tower/axum and on actix-web.
+//!
+//! An adapter's test file implements [`Harness`] (build the routes below
+//! behind the adapter configured from [`HarnessOptions`], send a
+//! [`TestRequest`], return a [`TestResponse`]) and generates one test per
+//! case with [`http_conformance_tests!`](crate::http_conformance_tests):
+//!
+//! ```text
+//! keysmith_tests::http_conformance_tests!(TowerHarness);               // #[tokio::test]
+//! keysmith_tests::http_conformance_tests!(ActixHarness, actix_web::test); // another test attribute
+//! ```
+//!
+//! # Routes the harness serves
+//!
+//! | route | behind the adapter | answers |
+//! |---|---|---|
+//! | `GET /whoami` | handler takes `Option<ApiKey>` | 200 `{"key": "<key id>" \| null}` |
+//! | `OPTIONS /whoami` | | 204 |
+//! | `GET /key` | handler takes `ApiKey` | 200 `{"key": "<key id>"}` |
+//! | `GET /teapot` | handler takes `ApiKey` | 418 |
+//! | `GET /scoped/all` | `RequireScopes::all(["read:users", "write:users"])` | 200 |
+//! | `GET /scoped/any` | `RequireScopes::any(["admin", "write:users"])` | 200 |
+//!
+//! The peer address of a request is [`TestRequest::peer`] (`None`: the
+//! server does not know it).
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use ipnet::IpNet;
+use keysmith_core::http::KeySources;
+use keysmith_core::store::{Page, TimeRange};
+use keysmith_core::{
+    Clock, Engine, KeyId, ManualClock, MemoryStore, NewKey, PolicySpec, RotationReason, Store, TenantEngine,
+};
+
+/// Generates one test per conformance case for a [`Harness`] type, with
+/// `#[tokio::test]` or the test attribute given after a comma.
+#[macro_export]
+macro_rules! http_conformance_tests {
+    ($harness:ty) => {
+        $crate::http_conformance_tests!($harness, tokio::test);
+    };
+    ($harness:ty, $attr:meta) => {
+        $crate::http_conformance_tests!(@cases $harness, $attr;
+            design_table,
+            handlers_see_the_validated_key,
+            rate_limit_headers_count_down_then_429_with_retry_after,
+            quota_exceeded_is_429_with_retry_after_until_midnight,
+            usage_records_carry_the_handler_status,
+            store_down_is_503_unavailable,
+            optional_mode_passes_keyless_requests_and_still_refuses_bad_keys,
+            app_restriction_refuses_other_apps_keys,
+            custom_key_sources_replace_the_defaults,
+            unknown_peer_fails_ip_policies,
+        );
+    };
+    (@cases $harness:ty, $attr:meta; $($case:ident),* $(,)?) => {
+        $(
+            #[$attr]
+            async fn $case() {
+                $crate::http_conformance::$case::<$harness>().await;
+            }
+        )*
+    };
+}
+
+// ---------------------------------------------------------------- harness
+
+/// How the adapter under test is configured; each field maps to one of its
+/// builder options.
+#[derive(Debug, Clone)]
+pub struct HarnessOptions {
+    /// Key sources; `None` keeps the adapter's default (Bearer, X-API-Key).
+    pub key_sources: Option<KeySources>,
+    /// Trusted proxy networks.
+    pub trusted_proxies: Vec<IpNet>,
+    /// The realm of `WWW-Authenticate`.
+    pub realm: String,
+    /// Accept only this app's keys.
+    pub app_id: Option<String>,
+    /// Optional mode.
+    pub optional: bool,
+}
+
+impl Default for HarnessOptions {
+    /// Realm `conformance`, trusted proxies `10.0.0.0/8`, nothing else.
+    fn default() -> Self {
+        Self {
+            key_sources: None,
+            trusted_proxies: vec!["10.0.0.0/8".parse().expect("network")],
+            realm: REALM.to_owned(),
+            app_id: None,
+            optional: false,
+        }
+    }
+}
+
+/// An adapter serving the routes of the [module docs](self).
+pub trait Harness: Sized {
+    /// The adapter, configured by `options`, validating with `engine`.
+    fn start(engine: Engine, options: HarnessOptions) -> impl Future<Output = Self>;
+
+    /// Sends one request and returns the whole response (after the adapter
+    /// has finished with it, usage recording included).
+    fn send(&self, request: TestRequest) -> impl Future<Output = TestResponse>;
+}
+
+/// A request to send through the adapter.
+#[derive(Debug, Clone)]
+pub struct TestRequest {
+    /// The method (`GET`).
+    pub method: String,
+    /// The path.
+    pub path: String,
+    /// Headers in order; values are bytes so non-UTF-8 values can be sent.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The peer address the server sees; `None` for unknown.
+    pub peer: Option<IpAddr>,
+}
+
+/// The peer of requests unless a case says otherwise: not a trusted proxy.
+pub const DEFAULT_PEER: &str = "198.51.100.7";
+
+impl TestRequest {
+    /// A request from [`DEFAULT_PEER`] with no header.
+    #[must_use]
+    pub fn new(method: &str, path: &str) -> Self {
+        Self { method: method.to_owned(), path: path.to_owned(), headers: Vec::new(), peer: Some(ip(DEFAULT_PEER)) }
+    }
+
+    /// `GET path`.
+    #[must_use]
+    pub fn get(path: &str) -> Self {
+        Self::new("GET", path)
+    }
+
+    /// With a header.
+    #[must_use]
+    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+
+    /// With `Authorization: Bearer <key>`.
+    #[must_use]
+    pub fn bearer(self, key: &str) -> Self {
+        self.header("authorization", format!("Bearer {key}"))
+    }
+
+    /// With `X-API-Key: <key>`.
+    #[must_use]
+    pub fn api_key(self, key: &str) -> Self {
+        self.header("x-api-key", key)
+    }
+
+    /// From this peer (`None`: unknown).
+    #[must_use]
+    pub fn peer(mut self, peer: Option<&str>) -> Self {
+        self.peer = peer.map(ip);
+        self
+    }
+}
+
+/// What the adapter answered.
+#[derive(Debug, Clone)]
+pub struct TestResponse {
+    /// The status.
+    pub status: u16,
+    /// Headers in order, names lowercase.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl TestResponse {
+    /// The first value of `name` (lowercase).
+    #[must_use]
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (`Null` if it is not JSON).
+    #[must_use]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// `error.code` of a refusal body.
+    #[must_use]
+    pub fn error_code(&self) -> Option<String> {
+        self.json()["error"]["code"].as_str().map(str::to_owned)
+    }
+
+    fn describe(&self) -> String {
+        format!("{} {:?} {}", self.status, self.headers, String::from_utf8_lossy(&self.body))
+    }
+}
+
+// ---------------------------------------------------------------- fixture
+
+/// The realm the cases configure.
+pub const REALM: &str = "conformance";
+/// The application of the fixture's keys.
+pub const APP: &str = "conformance";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("address")
+}
+
+/// 2026-03-10 12:00:00 UTC, when the fixture's keys are created.
+#[must_use]
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 10, 12, 0, 0).unwrap()
+}
+
+/// An engine on a memory store with a manual clock, and one key for every
+/// situation of the table. The clock stands two minutes after [`t0`].
+#[derive(Debug)]
+pub struct Fixture {
+    /// The engine under test.
+    pub engine: Engine,
+    /// Its clock.
+    pub clock: ManualClock,
+    /// Its store (close it to take the store down).
+    pub store: Arc<MemoryStore>,
+    /// The tenant `conformance/acme`.
+    pub acme: TenantEngine,
+    /// The keys.
+    pub keys: Keys,
+}
+
+/// Raw keys of the fixture (secrets: test data only).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// Scope `read:users`.
+    pub reader: String,
+    /// Id of `reader`.
+    pub reader_id: KeyId,
+    /// Scopes `read:users write:users admin`.
+    pub admin: String,
+    /// Scope `write:users`.
+    pub writer: String,
+    /// Revoked.
+    pub revoked: String,
+    /// Suspended.
+    pub suspended: String,
+    /// Past its expiry.
+    pub expired: String,
+    /// The old secret of a key rotated at [`t0`] with an hour of grace.
+    pub rotated: String,
+    /// Policy: IPs `203.0.113.0/24` only.
+    pub office: String,
+    /// Policy: origin `https://app.example.com` only.
+    pub web: String,
+    /// Policy: 3 requests per 10 seconds.
+    pub limited: String,
+    /// Policy: 1 request per day.
+    pub quota: String,
+    /// A key of another application (`elsewhere/acme`).
+    pub other_app: String,
+    /// Well-formed, valid checksum, never stored.
+    pub unknown: String,
+}
+
+impl Fixture {
+    /// Builds the engine and the keys.
+    ///
+    /// # Panics
+    /// If the engine refuses to create them.
+    pub async fn new() -> Self {
+        let store = Arc::new(MemoryStore::new());
+        let clock = ManualClock::new(t0());
+        let engine = Engine::builder(Arc::clone(&store) as Arc<dyn Store>).with_clock(clock.clone()).build().unwrap();
+        let acme = engine.tenant(APP, "acme");
+        let create = |name: &'static str, scopes: &'static [&'static str]| {
+            let acme = acme.clone();
+            async move { acme.create_key(NewKey::new(name).with_scopes(scopes.iter().copied())).await.unwrap() }
+        };
+        let policy = |spec: PolicySpec| {
+            let acme = acme.clone();
+            async move { acme.create_policy(spec).await.unwrap().id }
+        };
+        let with_policy = |name: &'static str, policy_id| {
+            let acme = acme.clone();
+            async move {
+                let new = NewKey::new(name).with_scopes(["read:users"]).with_policy(policy_id);
+                acme.create_key(new).await.unwrap().raw.expose().to_owned()
+            }
+        };
+
+        let reader = create("reader", &["read:users"]).await;
+        let admin = create("admin", &["read:users", "write:users", "admin"]).await;
+        let writer = create("writer", &["write:users"]).await;
+        let revoked = create("revoked", &["read:users"]).await;
+        acme.revoke_key(revoked.key.id, "conformance").await.unwrap();
+        let suspended = create("suspended", &["read:users"]).await;
+        acme.suspend_key(suspended.key.id).await.unwrap();
+        let expiring = NewKey::new("expired").with_expires_at(t0() + chrono::Duration::minutes(1));
+        let expired = acme.create_key(expiring).await.unwrap();
+        let rotating = create("rotating", &["read:users"]).await;
+        acme.rotate_key(rotating.key.id, RotationReason::Scheduled, Some(Duration::from_secs(3600))).await.unwrap();
+
+        let office = policy(PolicySpec::new("office").with_allowed_ips(["203.0.113.0/24"])).await;
+        let web = policy(PolicySpec::new("web").with_allowed_origins(["https://app.example.com"])).await;
+        let limited = policy(PolicySpec::new("limited").with_rate_limit(3, Duration::from_secs(10))).await;
+        let quota = policy(PolicySpec::new("quota").with_quota(Some(1), None)).await;
+
+        let other_app = engine.tenant("elsewhere", "acme").create_key(NewKey::new("other")).await.unwrap();
+        let throwaway = Engine::builder(Arc::new(MemoryStore::new())).build().unwrap();
+        let unknown = throwaway.tenant(APP, "acme").create_key(NewKey::new("never stored")).await.unwrap();
+
+        let keys = Keys {
+            reader_id: reader.key.id,
+            reader: reader.raw.expose().to_owned(),
+            admin: admin.raw.expose().to_owned(),
+            writer: writer.raw.expose().to_owned(),
+            revoked: revoked.raw.expose().to_owned(),
+            suspended: suspended.raw.expose().to_owned(),
+            expired: expired.raw.expose().to_owned(),
+            rotated: rotating.raw.expose().to_owned(),
+            office: with_policy("office", office).await,
+            web: with_policy("web", web).await,
+            limited: with_policy("limited", limited).await,
+            quota: with_policy("quota", quota).await,
+            other_app: other_app.raw.expose().to_owned(),
+            unknown: unknown.raw.expose().to_owned(),
+        };
+        clock.advance(Duration::from_secs(120));
+        Self { engine, clock, store, acme, keys }
+    }
+
+    /// A harness on this fixture's engine.
+    pub async fn harness<H: Harness>(&self, options: HarnessOptions) -> H {
+        H::start(self.engine.clone(), options).await
+    }
+}
+
+// ---------------------------------------------------------------- the table
+
+/// What a header of the response must be.
+#[derive(Debug, Clone, Copy)]
+pub enum HeaderExpect {
+    /// Exactly this value.
+    Is(&'static str),
+    /// Present, any value.
+    Present,
+    /// Not sent.
+    Absent,
+}
+
+/// One row: a request and what must come back.
+#[derive(Debug, Clone, Copy)]
+pub struct Row {
+    /// What the row checks.
+    pub name: &'static str,
+    /// The request, from the fixture's keys.
+    pub request: fn(&Keys) -> TestRequest,
+    /// The status.
+    pub status: u16,
+    /// The JSON error code, for refusals.
+    pub code: Option<&'static str>,
+    /// Headers that must (not) be there.
+    pub headers: &'static [(&'static str, HeaderExpect)],
+}
+
+const MISSING: &str = r#"Bearer realm="conformance""#;
+const INVALID: &str = r#"Bearer realm="conformance", error="invalid_token""#;
+const WWW: &str = "www-authenticate";
+const NO_RATE_LIMIT: (&str, HeaderExpect) = ("ratelimit-limit", HeaderExpect::Absent);
+
+fn refused(name: &'static str, request: fn(&Keys) -> TestRequest, status: u16, code: &'static str) -> Row {
+    Row { name, request, status, code: Some(code), headers: &[] }
+}
+
+fn passed(name: &'static str, request: fn(&Keys) -> TestRequest) -> Row {
+    Row { name, request, status: 200, code: None, headers: &[] }
+}
+
+/// Every row of DESIGN §11, and the extraction and client-address rules,
+/// against a [`Fixture`] and [`HarnessOptions::default`].
+#[must_use]
+pub fn rows() -> Vec<Row> {
+    use HeaderExpect::{Absent, Is};
+    let invalid: &'static [(&str, HeaderExpect)] = &[(WWW, Is(INVALID))];
+    vec![
+        // Outcomes of the design table.
+        Row {
+            headers: &[(WWW, Is(MISSING))],
+            ..refused("no key", |_| TestRequest::get("/whoami"), 401, "missing_key")
+        },
+        Row {
+            headers: invalid,
+            ..refused("malformed key", |_| TestRequest::get("/whoami").bearer("sk_live_short"), 401, "malformed_key")
+        },
+        Row {
+            headers: invalid,
+            ..refused("unknown key", |k| TestRequest::get("/whoami").bearer(&k.unknown), 401, "invalid_key")
+        },
+        Row {
+            headers: invalid,
+            ..refused("revoked key", |k| TestRequest::get("/whoami").bearer(&k.revoked), 401, "key_revoked")
+        },
+        Row {
+            headers: invalid,
+            ..refused("expired key", |k| TestRequest::get("/whoami").bearer(&k.expired), 401, "key_expired")
+        },
+        Row {
+            headers: invalid,
+            ..refused("suspended key", |k| TestRequest::get("/whoami").bearer(&k.suspended), 401, "key_suspended")
+        },
+        Row {
+            headers: &[(WWW, Absent)],
+            ..refused("IP not allowed", |k| TestRequest::get("/whoami").bearer(&k.office), 403, "ip_not_allowed")
+        },
+        passed("IP allowed", |k| TestRequest::get("/whoami").bearer(&k.office).peer(Some("203.0.113.5"))),
+        Row {
+            headers: &[(WWW, Absent)],
+            ..refused(
+                "origin not allowed",
+                |k| TestRequest::get("/whoami").bearer(&k.web).header("origin", "https://evil.example"),
+                403,
+                "origin_not_allowed",
+            )
+        },
+        passed("origin allowed", |k| {
+            TestRequest::get("/whoami").bearer(&k.web).header("origin", "https://app.example.com")
+        }),
+        passed("no origin sent, origin policy", |k| TestRequest::get("/whoami").bearer(&k.web)),
+        Row {
+            headers: &[(WWW, Is(r#"Bearer realm="conformance", error="insufficient_scope", scope="write:users""#))],
+            ..refused(
+                "RequireScopes::all, one scope missing",
+                |k| TestRequest::get("/scoped/all").bearer(&k.reader),
+                403,
+                "insufficient_scope",
+            )
+        },
+        passed("RequireScopes::all, all held", |k| TestRequest::get("/scoped/all").bearer(&k.admin)),
+        Row {
+            headers: &[(
+                WWW,
+                Is(r#"Bearer realm="conformance", error="insufficient_scope", scope="admin write:users""#),
+            )],
+            ..refused(
+                "RequireScopes::any, none held",
+                |k| TestRequest::get("/scoped/any").bearer(&k.reader),
+                403,
+                "insufficient_scope",
+            )
+        },
+        passed("RequireScopes::any, one held", |k| TestRequest::get("/scoped/any").bearer(&k.writer)),
+        // Key extraction.
+        refused(
+            "two different keys",
+            |k| TestRequest::get("/whoami").bearer(&k.reader).api_key(&k.admin),
+            400,
+            "ambiguous_key",
+        ),
+        Row {
+            headers: &[NO_RATE_LIMIT],
+            ..passed("same key in both headers", |k| TestRequest::get("/whoami").bearer(&k.reader).api_key(&k.reader))
+        },
+        passed("X-API-Key alone", |k| TestRequest::get("/whoami").api_key(&k.reader)),
+        passed("lowercase bearer scheme", |k| {
+            TestRequest::get("/whoami").header("authorization", format!("bearer {}", k.reader))
+        }),
+        passed("uppercase bearer scheme", |k| {
+            TestRequest::get("/whoami").header("Authorization", format!("BEARER {}", k.reader))
+        }),
+        Row {
+            headers: &[(WWW, Is(MISSING))],
+            ..refused(
+                "another auth scheme only",
+                |_| TestRequest::get("/whoami").header("authorization", "Basic dXNlcjpwYXNz"),
+                401,
+                "missing_key",
+            )
+        },
+        refused(
+            "oversized key header",
+            |_| TestRequest::get("/whoami").api_key(&"a".repeat(2048)),
+            401,
+            "malformed_key",
+        ),
+        refused(
+            "non-UTF-8 key header",
+            |_| TestRequest::get("/whoami").header("x-api-key", b"sk_live_\xff\xfe".to_vec()),
+            401,
+            "malformed_key",
+        ),
+        passed("rotated key within its grace", |k| TestRequest::get("/whoami").bearer(&k.rotated)),
+        passed("ApiKey extractor", |k| TestRequest::get("/key").bearer(&k.reader)),
+        // Client address.
+        refused(
+            "X-Forwarded-For from an untrusted peer is ignored",
+            |k| TestRequest::get("/whoami").bearer(&k.office).header("x-forwarded-for", "203.0.113.5"),
+            403,
+            "ip_not_allowed",
+        ),
+        refused(
+            "Forwarded from an untrusted peer is ignored",
+            |k| TestRequest::get("/whoami").bearer(&k.office).header("forwarded", "for=203.0.113.5"),
+            403,
+            "ip_not_allowed",
+        ),
+        passed("X-Forwarded-For via a trusted proxy: right-most untrusted address", |k| {
+            TestRequest::get("/whoami")
+                .bearer(&k.office)
+                .peer(Some("10.0.0.1"))
+                .header("x-forwarded-for", "198.51.100.66, 203.0.113.5, 10.0.0.2")
+        }),
+        refused(
+            "X-Forwarded-For via a trusted proxy: a spoofed left entry is not used",
+            |k| {
+                TestRequest::get("/whoami")
+                    .bearer(&k.office)
+                    .peer(Some("10.0.0.1"))
+                    .header("x-forwarded-for", "203.0.113.5, 198.51.100.66")
+            },
+            403,
+            "ip_not_allowed",
+        ),
+        passed("Forwarded via a trusted proxy", |k| {
+            TestRequest::get("/whoami")
+                .bearer(&k.office)
+                .peer(Some("10.0.0.1"))
+                .header("forwarded", r#"for="203.0.113.5:4711";proto=https"#)
+        }),
+        refused(
+            "malformed X-Forwarded-For via a trusted proxy: the peer is the client",
+            |k| {
+                TestRequest::get("/whoami")
+                    .bearer(&k.office)
+                    .peer(Some("10.0.0.1"))
+                    .header("x-forwarded-for", "not-an-address")
+            },
+            403,
+            "ip_not_allowed",
+        ),
+        // CORS preflight.
+        Row {
+            status: 204,
+            ..passed("CORS preflight passes without a key", |_| {
+                TestRequest::new("OPTIONS", "/whoami").header("access-control-request-method", "GET")
+            })
+        },
+        refused(
+            "OPTIONS without Access-Control-Request-Method needs a key",
+            |_| TestRequest::new("OPTIONS", "/whoami"),
+            401,
+            "missing_key",
+        ),
+    ]
+}
+
+/// Checks one response against one row; the failures, if any.
+fn check(row: &Row, response: &TestResponse) -> Vec<String> {
+    let mut failures = Vec::new();
+    let mut fail = |what: String| failures.push(format!("{}: {what}; got {}", row.name, response.describe()));
+    if response.status != row.status {
+        fail(format!("status {} expected", row.status));
+    }
+    if let Some(code) = row.code {
+        if response.error_code().as_deref() != Some(code) {
+            fail(format!("error code {code} expected"));
+        }
+        if response.json()["error"]["message"].as_str().is_none_or(str::is_empty) {
+            fail("an error message expected".to_owned());
+        }
+        if !response.header("content-type").is_some_and(|v| v.starts_with("application/json")) {
+            fail("Content-Type application/json expected".to_owned());
+        }
+    }
+    for (name, expect) in row.headers {
+        let value = response.header(name);
+        let ok = match expect {
+            HeaderExpect::Is(expected) => value == Some(*expected),
+            HeaderExpect::Present => value.is_some(),
+            HeaderExpect::Absent => value.is_none(),
+        };
+        if !ok {
+            fail(format!("header {name} {expect:?} expected"));
+        }
+    }
+    failures
+}
+
+// ---------------------------------------------------------------- cases
+
+/// Runs every row of [`rows`]; reports all failing rows at once.
+///
+/// # Panics
+/// Listing every row that failed.
+pub async fn design_table<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let harness: H = fixture.harness(HarnessOptions::default()).await;
+    let mut failures = Vec::new();
+    let mut failed_rows = 0;
+    let rows = rows();
+    for row in &rows {
+        let response = harness.send((row.request)(&fixture.keys)).await;
+        let row_failures = check(row, &response);
+        failed_rows += usize::from(!row_failures.is_empty());
+        failures.extend(row_failures);
+    }
+    assert!(failures.is_empty(), "{failed_rows} of {} rows failed:\n{}", rows.len(), failures.join("\n"));
+}
+
+/// `ApiKey` and `Option<ApiKey>` hand the handler the key that passed.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn handlers_see_the_validated_key<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let harness: H = fixture.harness(HarnessOptions::default()).await;
+    let id = fixture.keys.reader_id.to_string();
+    for path in ["/whoami", "/key"] {
+        let response = harness.send(TestRequest::get(path).bearer(&fixture.keys.reader)).await;
+        assert_eq!(response.status, 200, "{path}: {}", response.describe());
+        assert_eq!(response.json()["key"], id.as_str(), "{path}: {}", response.describe());
+    }
+}
+
+/// `RateLimit-*` headers count down on passed requests; the request past
+/// the limit is 429 with `Retry-After`; the window refills on the clock.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn rate_limit_headers_count_down_then_429_with_retry_after<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let harness: H = fixture.harness(HarnessOptions::default()).await;
+    let request = || TestRequest::get("/whoami").bearer(&fixture.keys.limited);
+    for remaining in ["2", "1", "0"] {
+        let response = harness.send(request()).await;
+        assert_eq!(response.status, 200, "{}", response.describe());
+        assert_eq!(response.header("ratelimit-limit"), Some("3"), "{}", response.describe());
+        assert_eq!(response.header("ratelimit-remaining"), Some(remaining), "{}", response.describe());
+        let reset: u64 = response.header("ratelimit-reset").expect("RateLimit-Reset").parse().expect("seconds");
+        assert!(reset <= 10, "{}", response.describe());
+    }
+    let limited = harness.send(request()).await;
+    assert_eq!(
+        (limited.status, limited.error_code().as_deref()),
+        (429, Some("rate_limited")),
+        "{}",
+        limited.describe()
+    );
+    let retry: u64 = limited.header("retry-after").expect("Retry-After").parse().expect("seconds");
+    assert!((1..=10).contains(&retry), "{}", limited.describe());
+    assert_eq!(limited.header("ratelimit-remaining"), Some("0"), "{}", limited.describe());
+
+    fixture.clock.advance(Duration::from_secs(10));
+    let again = harness.send(request()).await;
+    assert_eq!(again.status, 200, "{}", again.describe());
+    assert_eq!(again.header("ratelimit-remaining"), Some("2"), "{}", again.describe());
+}
+
+/// A used-up daily quota is 429 `quota_exceeded` with `Retry-After` until
+/// UTC midnight.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn quota_exceeded_is_429_with_retry_after_until_midnight<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let harness: H = fixture.harness(HarnessOptions::default()).await;
+    let request = || TestRequest::get("/whoami").bearer(&fixture.keys.quota);
+    assert_eq!(harness.send(request()).await.status, 200);
+    let refused = harness.send(request()).await;
+    assert_eq!(
+        (refused.status, refused.error_code().as_deref()),
+        (429, Some("quota_exceeded")),
+        "{}",
+        refused.describe()
+    );
+    // The clock stands at 12:02:00 UTC: 11 h 58 min to midnight.
+    assert_eq!(refused.header("retry-after"), Some("43080"), "{}", refused.describe());
+}
+
+/// Passed requests are recorded with the status the handler (or a
+/// `RequireScopes` inside the adapter) answered; refused ones are not.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn usage_records_carry_the_handler_status<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let harness: H = fixture.harness(HarnessOptions::default()).await;
+    let keys = &fixture.keys;
+    for (path, status) in [("/teapot", 418), ("/whoami", 200), ("/scoped/all", 403)] {
+        let response =
+            harness.send(TestRequest::get(path).bearer(&keys.reader).header("user-agent", "conformance/1")).await;
+        assert_eq!(response.status, status, "{path}: {}", response.describe());
+    }
+    assert_eq!(harness.send(TestRequest::get("/whoami").bearer(&keys.revoked)).await.status, 401);
+    fixture.engine.flush_usage().await;
+
+    let records = fixture.acme.list_usage(keys.reader_id, TimeRange::default(), Page::default()).await.unwrap();
+    let mut seen: Vec<(u16, &str)> = records.iter().map(|r| (r.status, r.endpoint.as_str())).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, [(200, "/whoami"), (403, "/scoped/all"), (418, "/teapot")]);
+    for record in &records {
+        assert_eq!(record.method, "GET");
+        assert_eq!(record.ip, Some(ip(DEFAULT_PEER)));
+        assert_eq!(record.user_agent.as_deref(), Some("conformance/1"));
+        assert_eq!(record.timestamp, fixture.clock.now());
+    }
+    assert_eq!(fixture.engine.usage_stats().written, 3, "the refused request is not recorded");
+}
+
+/// With the store down a key is neither accepted nor refused: 503
+/// `unavailable`. A request without a key needs no store and is still 401.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn store_down_is_503_unavailable<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let harness: H = fixture.harness(HarnessOptions::default()).await;
+    fixture.store.close().await;
+    let response = harness.send(TestRequest::get("/whoami").bearer(&fixture.keys.reader)).await;
+    assert_eq!(
+        (response.status, response.error_code().as_deref()),
+        (503, Some("unavailable")),
+        "{}",
+        response.describe()
+    );
+    assert_eq!(response.header(WWW), None);
+    assert!(response.header("content-type").is_some_and(|v| v.starts_with("application/json")));
+    let keyless = harness.send(TestRequest::get("/whoami")).await;
+    assert_eq!(keyless.error_code().as_deref(), Some("missing_key"), "{}", keyless.describe());
+}
+
+/// Optional mode: no key reaches the handler without one; a bad key is
+/// still refused; routes that need a key or scopes answer 401.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn optional_mode_passes_keyless_requests_and_still_refuses_bad_keys<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let harness: H = fixture.harness(HarnessOptions { optional: true, ..HarnessOptions::default() }).await;
+    let keys = &fixture.keys;
+
+    let anonymous = harness.send(TestRequest::get("/whoami")).await;
+    assert_eq!(anonymous.status, 200, "{}", anonymous.describe());
+    assert_eq!(anonymous.json()["key"], serde_json::Value::Null);
+    let known = harness.send(TestRequest::get("/whoami").bearer(&keys.reader)).await;
+    assert_eq!(known.json()["key"], keys.reader_id.to_string().as_str(), "{}", known.describe());
+
+    for (request, status, code) in [
+        (TestRequest::get("/whoami").bearer("sk_live_short"), 401, "malformed_key"),
+        (TestRequest::get("/whoami").bearer(&keys.revoked), 401, "key_revoked"),
+        (TestRequest::get("/whoami").bearer(&keys.reader).api_key(&keys.admin), 400, "ambiguous_key"),
+        (TestRequest::get("/key"), 401, "missing_key"),
+        (TestRequest::get("/scoped/all"), 401, "missing_key"),
+    ] {
+        let response = harness.send(request.clone()).await;
+        assert_eq!(
+            (response.status, response.error_code().as_deref()),
+            (status, Some(code)),
+            "{request:?}: {}",
+            response.describe()
+        );
+    }
+    let missing = harness.send(TestRequest::get("/key")).await;
+    assert_eq!(missing.header(WWW), Some(MISSING), "{}", missing.describe());
+}
+
+/// Restricted to one app, another app's valid key is `invalid_key`.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn app_restriction_refuses_other_apps_keys<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let options = HarnessOptions { app_id: Some(APP.to_owned()), ..HarnessOptions::default() };
+    let harness: H = fixture.harness(options).await;
+    let other = harness.send(TestRequest::get("/whoami").bearer(&fixture.keys.other_app)).await;
+    assert_eq!((other.status, other.error_code().as_deref()), (401, Some("invalid_key")), "{}", other.describe());
+    assert_eq!(other.header(WWW), Some(INVALID));
+    assert_eq!(harness.send(TestRequest::get("/whoami").bearer(&fixture.keys.reader)).await.status, 200);
+
+    // Unrestricted, the same key passes.
+    let open: H = fixture.harness(HarnessOptions::default()).await;
+    assert_eq!(open.send(TestRequest::get("/whoami").bearer(&fixture.keys.other_app)).await.status, 200);
+}
+
+/// Configured key sources replace the default ones.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn custom_key_sources_replace_the_defaults<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let options =
+        HarnessOptions { key_sources: Some(KeySources::empty().with_header("X-Token")), ..HarnessOptions::default() };
+    let harness: H = fixture.harness(options).await;
+    let bearer = harness.send(TestRequest::get("/whoami").bearer(&fixture.keys.reader)).await;
+    assert_eq!(bearer.error_code().as_deref(), Some("missing_key"), "{}", bearer.describe());
+    let token = harness.send(TestRequest::get("/whoami").header("x-token", fixture.keys.reader.as_str())).await;
+    assert_eq!(token.status, 200, "{}", token.describe());
+}
+
+/// When the server does not know the peer address, keys without an IP
+/// policy pass and keys with one are refused.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn unknown_peer_fails_ip_policies<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let harness: H = fixture.harness(HarnessOptions::default()).await;
+    let office = harness.send(TestRequest::get("/whoami").bearer(&fixture.keys.office).peer(None)).await;
+    assert_eq!(office.error_code().as_deref(), Some("ip_not_allowed"), "{}", office.describe());
+    // Forwarding headers do not help without a (trusted) peer.
+    let forwarded =
+        TestRequest::get("/whoami").bearer(&fixture.keys.office).peer(None).header("x-forwarded-for", "203.0.113.5");
+    assert_eq!(harness.send(forwarded).await.status, 403);
+    let reader = harness.send(TestRequest::get("/whoami").bearer(&fixture.keys.reader).peer(None)).await;
+    assert_eq!(reader.status, 200, "{}", reader.describe());
+}

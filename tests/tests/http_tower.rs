@@ -1,0 +1,74 @@
+//! The HTTP conformance cases on the tower/axum adapter.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use keysmith_core::Engine;
+use keysmith_tests::http_conformance::{Harness, HarnessOptions, TestRequest, TestResponse};
+use keysmith_tower::{ApiKey, ApiKeyLayer, RequireScopes, TrustedProxies};
+use tower::ServiceExt;
+
+struct TowerHarness {
+    app: Router,
+}
+
+fn key_json(key: Option<&ApiKey>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "key": key.map(|k| k.id().to_string()) }))
+}
+
+impl Harness for TowerHarness {
+    async fn start(engine: Engine, options: HarnessOptions) -> Self {
+        let mut layer = ApiKeyLayer::new(engine)
+            .with_realm(options.realm)
+            .with_trusted_proxies(TrustedProxies::new(options.trusted_proxies));
+        if let Some(sources) = options.key_sources {
+            layer = layer.with_key_sources(sources);
+        }
+        if let Some(app_id) = options.app_id {
+            layer = layer.with_app_id(app_id);
+        }
+        if options.optional {
+            layer = layer.optional();
+        }
+        let app = Router::new()
+            .route("/scoped/all", get(|| async { "ok" }))
+            .route_layer(RequireScopes::all(["read:users", "write:users"]))
+            .route("/scoped/any", get(|| async { "ok" }).layer(RequireScopes::any(["admin", "write:users"])))
+            .route(
+                "/whoami",
+                get(|key: Option<ApiKey>| async move { key_json(key.as_ref()) })
+                    .options(|| async { StatusCode::NO_CONTENT }),
+            )
+            .route("/key", get(|key: ApiKey| async move { key_json(Some(&key)) }))
+            .route("/teapot", get(|_: ApiKey| async { StatusCode::IM_A_TEAPOT.into_response() }))
+            .layer(layer);
+        Self { app }
+    }
+
+    async fn send(&self, request: TestRequest) -> TestResponse {
+        let mut builder = Request::builder().method(request.method.as_str()).uri(request.path.as_str());
+        for (name, value) in &request.headers {
+            builder = builder.header(name.as_str(), value.as_slice());
+        }
+        let mut http_request = builder.body(Body::empty()).expect("request");
+        if let Some(peer) = request.peer {
+            http_request.extensions_mut().insert(ConnectInfo(SocketAddr::new(peer, 40_000)));
+        }
+        let response = self.app.clone().oneshot(http_request).await.expect("infallible");
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+            .collect();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body").to_vec();
+        TestResponse { status, headers, body }
+    }
+}
+
+keysmith_tests::http_conformance_tests!(TowerHarness);
