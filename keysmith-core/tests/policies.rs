@@ -260,3 +260,18 @@ async fn tenants_never_see_each_others_policies_or_scopes() {
     a.create_scope("read", "").await.unwrap();
     assert_eq!(b.list_scopes().await.unwrap(), [scope]);
 }
+
+#[tokio::test]
+async fn a_key_of_another_app_is_unknown_and_spends_none_of_its_limits() {
+    let (engine, _) = engine();
+    let billing = engine.tenant("billing", "acme");
+    let policy =
+        billing.create_policy(PolicySpec::new("one").with_rate_limit(1, Duration::from_secs(60))).await.unwrap();
+    let created = billing.create_key(NewKey::new("k").with_policy(policy.id)).await.unwrap();
+    let raw = created.raw.expose();
+    for _ in 0..3 {
+        let other_app = RequestContext::new().with_app_id("search");
+        assert_eq!(refusal(engine.validate(raw, &other_app).await), Refusal::Unknown);
+    }
+    assert!(engine.validate(raw, &RequestContext::new().with_app_id("billing")).await.is_ok(), "budget untouched");
+}

@@ -28,6 +28,9 @@ pub struct RequestContext<'a> {
     pub path: Option<&'a str>,
     /// Scopes the key must all cover.
     pub required_scopes: &'a [String],
+    /// Accept only keys of this application; another app's key is refused
+    /// as unknown before any of its limits are touched.
+    pub app_id: Option<&'a str>,
 }
 
 impl<'a> RequestContext<'a> {
@@ -63,6 +66,13 @@ impl<'a> RequestContext<'a> {
     #[must_use]
     pub fn with_required_scopes(mut self, scopes: &'a [String]) -> Self {
         self.required_scopes = scopes;
+        self
+    }
+
+    /// Accepting only keys of `app_id`.
+    #[must_use]
+    pub fn with_app_id(mut self, app_id: &'a str) -> Self {
+        self.app_id = Some(app_id);
         self
     }
 }
@@ -175,6 +185,10 @@ impl Engine {
             Err(error) => return Err((error.into(), None)),
         };
         let key = stored.key;
+        // Another application's key is, to this application, unknown.
+        if ctx.app_id.is_some_and(|app| app != key.tenant.app_id) {
+            return Err((Refusal::Unknown.into(), None));
+        }
         let refuse = |refusal: Refusal, key: &Arc<Key>| (ValidationError::Refused(refusal), Some(Arc::clone(key)));
         let fail = |error: Error| (ValidationError::Failed(error), None);
 

@@ -290,14 +290,12 @@ impl Gate {
         if let Some(origin) = &origin {
             ctx = ctx.with_origin(origin);
         }
+        if let Some(app_id) = &self.config.app_id {
+            ctx = ctx.with_app_id(app_id);
+        }
         let engine = &self.config.engine;
         match engine.validate(raw.expose_secret(), &ctx).await {
-            Ok(validation) => {
-                if self.config.app_id.as_ref().is_some_and(|app| *app != validation.key.tenant.app_id) {
-                    return Outcome::Refuse(self.refusal(Refusal::Unknown));
-                }
-                Outcome::Pass(Admitted { key: ApiKey::new(validation), engine: engine.clone(), draft })
-            }
+            Ok(validation) => Outcome::Pass(Admitted { key: ApiKey::new(validation), engine: engine.clone(), draft }),
             Err(ValidationError::Refused(refusal)) => Outcome::Refuse(self.refusal(refusal)),
             Err(ValidationError::Failed(error)) => {
                 tracing::warn!(target: "keysmith::http", %error, method = %draft.method, path = %draft.path,
