@@ -1,0 +1,290 @@
+//! What the Keysmith web demos (`example-axum`, `example-actix`) share, so
+//! that they differ only in their framework's wiring: settings from the
+//! environment, the store, the demo keys, the instructions they print, the
+//! demo's users "database" and graceful shutdown.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let settings = demo_support::Settings::from_env(3000)?;
+//! let engine = demo_support::open_engine(&settings.database_url).await?;
+//! let keys = demo_support::create_demo_keys(&engine).await?;
+//! demo_support::print_instructions("axum", "http://127.0.0.1:3000", &settings.database_url, &keys);
+//! // …serve until demo_support::shutdown_signal() resolves, then:
+//! demo_support::finish(&engine).await;
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use keysmith_core::http::ApiKey;
+use keysmith_core::store::Page;
+use keysmith_core::{CachedStore, Engine, Environment, NewKey, PolicySpec, RawKey, Store};
+use keysmith_sqlx::{PgStore, SqliteStore};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// The store used when `DATABASE_URL` is not set.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://keysmith-demo.db";
+/// The application the demo keys belong to; the demos accept no other.
+pub const APP_ID: &str = "keysmith-demo";
+/// The tenant the demo keys belong to.
+pub const TENANT_ID: &str = "demo";
+/// The realm of the demos' `WWW-Authenticate` challenges.
+pub const REALM: &str = "keysmith-demo";
+/// The name of the rate-limit policy of the limited key.
+pub const LIMITED_POLICY: &str = "demo-limited";
+
+/// An error of the demo's setup, for `main` to print.
+pub type BoxError = Box<dyn std::error::Error>;
+
+/// What the demos read from the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `DATABASE_URL`: `postgres://…` or `sqlite://…`; default
+    /// [`DEFAULT_DATABASE_URL`].
+    pub database_url: String,
+    /// `PORT`, or the demo's default.
+    pub port: u16,
+}
+
+impl Settings {
+    /// Reads `DATABASE_URL` and `PORT` (`default_port` when unset).
+    ///
+    /// # Errors
+    /// When `PORT` is not a port number.
+    pub fn from_env(default_port: u16) -> Result<Self, BoxError> {
+        Self::from_vars(std::env::var("DATABASE_URL").ok(), std::env::var("PORT").ok(), default_port)
+    }
+
+    fn from_vars(database_url: Option<String>, port: Option<String>, default_port: u16) -> Result<Self, BoxError> {
+        let port = match port {
+            Some(port) => port.parse().map_err(|_| format!("PORT must be a port number, not {port:?}"))?,
+            None => default_port,
+        };
+        Ok(Self { database_url: database_url.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()), port })
+    }
+}
+
+/// The engine of the demos: PostgreSQL or SQLite after the URL's scheme,
+/// migrated on every start, with a cache in front so validation usually
+/// does no database I/O. Keys are made for the `test` environment.
+///
+/// # Errors
+/// When the store cannot be reached or migrated.
+pub async fn open_engine(database_url: &str) -> Result<Engine, BoxError> {
+    let store: Arc<dyn Store> = if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")
+    {
+        Arc::new(PgStore::connect(database_url).await?)
+    } else {
+        Arc::new(SqliteStore::connect(database_url).await?)
+    };
+    store.migrate().await?;
+    Ok(Engine::builder(Arc::new(CachedStore::new(store))).with_environment(Environment::Test).build()?)
+}
+
+/// The secrets of the keys made on each start.
+#[derive(Debug)]
+pub struct DemoKeys {
+    /// Scope `read:users`.
+    pub read: RawKey,
+    /// Scopes `read:users write:users keysmith:admin`.
+    pub admin: RawKey,
+    /// Scope `read:users`, 3 requests per 10 seconds.
+    pub limited: RawKey,
+}
+
+/// Creates fresh demo keys. The rate-limit policy is kept by name, so
+/// restarts on the same database reuse it.
+///
+/// # Errors
+/// When the store fails.
+pub async fn create_demo_keys(engine: &Engine) -> keysmith_core::Result<DemoKeys> {
+    let demo = engine.tenant(APP_ID, TENANT_ID);
+    let spec = PolicySpec::new(LIMITED_POLICY).with_rate_limit(3, Duration::from_secs(10));
+    let existing = demo.list_policies(Page::new(Page::MAX_LIMIT, 0)).await?;
+    let policy = match existing.into_iter().find(|policy| policy.name == LIMITED_POLICY) {
+        Some(policy) => demo.update_policy(policy.id, spec).await?,
+        None => demo.create_policy(spec).await?,
+    };
+    let read = demo.create_key(NewKey::new("demo reader").with_scopes(["read:users"])).await?;
+    let admin =
+        demo.create_key(NewKey::new("demo admin").with_scopes(["read:users", "write:users", "keysmith:admin"])).await?;
+    let limited =
+        demo.create_key(NewKey::new("demo limited").with_scopes(["read:users"]).with_policy(policy.id)).await?;
+    Ok(DemoKeys { read: read.raw, admin: admin.raw, limited: limited.raw })
+}
+
+/// Prints where the demo listens, the fresh keys as
+/// `KEYSMITH_DEMO_*_KEY=…` lines and curl commands for every route.
+pub fn print_instructions(framework: &str, base: &str, database_url: &str, keys: &DemoKeys) {
+    println!("Keysmith {framework} demo on {base} (store: {})", redact_url(database_url));
+    println!();
+    println!("Fresh demo keys (paste these three lines into your shell):");
+    println!("KEYSMITH_DEMO_READ_KEY={}", keys.read.expose());
+    println!("KEYSMITH_DEMO_ADMIN_KEY={}", keys.admin.expose());
+    println!("KEYSMITH_DEMO_LIMITED_KEY={}", keys.limited.expose());
+    println!();
+    println!("Then try:");
+    println!("  curl {base}/health");
+    println!("  curl -H \"Authorization: Bearer $KEYSMITH_DEMO_READ_KEY\" {base}/me");
+    println!("  curl -H \"X-API-Key: $KEYSMITH_DEMO_READ_KEY\" {base}/users");
+    println!(
+        "  curl -i -X POST -H \"Authorization: Bearer $KEYSMITH_DEMO_READ_KEY\" {base}/users    # 403: needs write:users"
+    );
+    println!(
+        "  curl -X POST -H \"Authorization: Bearer $KEYSMITH_DEMO_ADMIN_KEY\" -H 'content-type: application/json' \
+         -d '{{\"name\":\"Grace\"}}' {base}/users"
+    );
+    println!(
+        "  for i in 1 2 3 4; do curl -s -o /dev/null -w '%{{http_code}}\\n' \
+         -H \"Authorization: Bearer $KEYSMITH_DEMO_LIMITED_KEY\" {base}/users; done    # 200 200 200 429"
+    );
+    println!("  curl -i {base}/me    # 401 without a key");
+    println!();
+    println!("Ctrl-C stops the server and writes the queued usage records.");
+}
+
+/// Resolves on Ctrl-C, or SIGTERM on Unix.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    println!("Shutting down…");
+}
+
+/// After the server stopped: writes the queued usage records and says how
+/// many were written.
+pub async fn finish(engine: &Engine) {
+    engine.shutdown().await;
+    let stats = engine.usage_stats();
+    println!("Stopped; usage records written: {}, dropped: {}.", stats.written, stats.dropped);
+}
+
+/// `GET /health`: 200 `{"status":"ok"}` while the store answers, else 503.
+pub async fn health(engine: &Engine) -> (u16, Value) {
+    match engine.store().ping().await {
+        Ok(()) => (200, json!({ "status": "ok" })),
+        Err(_) => (503, json!({ "status": "store unavailable" })),
+    }
+}
+
+/// `GET /me`: what the request's key says about itself.
+#[must_use]
+pub fn me(key: &ApiKey) -> Value {
+    json!({
+        "id": key.id(),
+        "name": key.name(),
+        "app": key.tenant().app_id,
+        "tenant": key.tenant().tenant_id,
+        "environment": key.environment(),
+        "scopes": key.scopes(),
+    })
+}
+
+/// The demo's "database" of users; cheap to clone (one `Arc`).
+#[derive(Debug, Clone)]
+pub struct Users(Arc<Mutex<Vec<User>>>);
+
+impl Default for Users {
+    /// Two users to start with.
+    fn default() -> Self {
+        let seed = ["Ada Lovelace", "Alan Turing"].map(|name| User { name: name.to_owned(), created_by: None });
+        Self(Arc::new(Mutex::new(seed.into_iter().collect())))
+    }
+}
+
+impl Users {
+    /// Every user, oldest first.
+    #[must_use]
+    pub fn list(&self) -> Vec<User> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Adds a user created by `key`.
+    pub fn create(&self, new: NewUser, key: &ApiKey) -> User {
+        let user = User { name: new.name, created_by: Some(key.id().to_string()) };
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(user.clone());
+        user
+    }
+}
+
+/// A user of the demo.
+#[derive(Debug, Clone, Serialize)]
+pub struct User {
+    /// The name.
+    pub name: String,
+    /// The key that created the user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+}
+
+/// The body of `POST /users`.
+#[derive(Debug, Deserialize)]
+pub struct NewUser {
+    /// The name.
+    pub name: String,
+}
+
+/// The URL without its password, for printing.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keysmith_core::MemoryStore;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn restarting_on_the_same_store_reuses_the_policy() {
+        let engine = Engine::builder(Arc::new(MemoryStore::new())).build().unwrap();
+        create_demo_keys(&engine).await.unwrap();
+        create_demo_keys(&engine).await.unwrap();
+        let policies = engine.tenant(APP_ID, TENANT_ID).list_policies(Page::default()).await.unwrap();
+        assert_eq!(policies.len(), 1);
+    }
+
+    #[test]
+    fn passwords_are_not_printed() {
+        assert_eq!(redact_url("postgres://u:secret@db:5432/x"), "postgres://u:***@db:5432/x");
+        assert_eq!(redact_url("postgres://u@db/x"), "postgres://u@db/x");
+        assert_eq!(redact_url("sqlite://keysmith-demo.db"), "sqlite://keysmith-demo.db");
+    }
+
+    #[test]
+    fn port_defaults_per_demo_and_must_be_a_number() {
+        let defaults = Settings::from_vars(None, None, 3001).unwrap();
+        assert_eq!(defaults, Settings { database_url: DEFAULT_DATABASE_URL.to_owned(), port: 3001 });
+        assert_eq!(Settings::from_vars(None, Some("8080".to_owned()), 3001).unwrap().port, 8080);
+        assert!(Settings::from_vars(None, Some("http".to_owned()), 3001).is_err());
+    }
+}
