@@ -12,8 +12,8 @@ use crate::{Refusal, retry_after_secs};
 /// The `Content-Type` of every refusal body.
 pub const JSON_CONTENT_TYPE: &str = "application/json";
 
-/// An answer that stops a request: a refusal of its key, or 503 when the key
-/// could not be checked.
+/// An answer that stops a request: a refusal of its key, 503 when the key
+/// could not be checked, or 500 when the application is wired wrong.
 ///
 /// Adapters copy `status`, every entry of `headers` (lowercase names,
 /// `Content-Type` included) and [`body`](Self::body) into their response
@@ -104,6 +104,20 @@ impl RefusalResponse {
             status: 503,
             code: "unavailable",
             message: "the API key could not be checked; try again later".to_owned(),
+            headers: vec![(names::CONTENT_TYPE, JSON_CONTENT_TYPE.to_owned())],
+            refusal: None,
+        }
+    }
+
+    /// 500 `internal_error`: the application is wired wrong (an extractor
+    /// or scope guard runs where the adapter's middleware never did), said
+    /// plainly in `message`. Never a refusal of the key.
+    #[must_use]
+    pub fn misconfigured(message: impl Into<String>) -> Self {
+        Self {
+            status: 500,
+            code: "internal_error",
+            message: message.into(),
             headers: vec![(names::CONTENT_TYPE, JSON_CONTENT_TYPE.to_owned())],
             refusal: None,
         }
@@ -208,6 +222,13 @@ mod tests {
         let unavailable = RefusalResponse::unavailable();
         assert_eq!((unavailable.status, unavailable.code), (503, "unavailable"));
         assert_eq!(unavailable.header("www-authenticate"), None);
+        let wiring = RefusalResponse::misconfigured("the ApiKey extractor needs the middleware");
+        assert_eq!((wiring.status, wiring.code, &wiring.refusal), (500, "internal_error", &None));
+        assert_eq!(wiring.header("content-type"), Some("application/json"));
+        assert_eq!(
+            wiring.body(),
+            r#"{"error":{"code":"internal_error","message":"the ApiKey extractor needs the middleware"}}"#
+        );
     }
 
     #[test]

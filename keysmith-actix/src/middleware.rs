@@ -1,0 +1,219 @@
+//! `Keysmith`: validate every request's key before the wrapped service.
+
+use std::future::{Ready, ready};
+use std::rc::Rc;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::{Error, HttpMessage, HttpResponse};
+use futures_util::future::LocalBoxFuture;
+use keysmith_core::Engine;
+use keysmith_core::http::TrustedProxies;
+use keysmith_core::http::{ApiKey as CoreApiKey, Gate, KeySources, Outcome, RefusalResponse, RequestFacts};
+
+use crate::request::{Headers, Installed};
+use crate::response::append_headers;
+use crate::{ApiKeyRejection, RefusalResponder};
+
+/// Middleware that validates the API key of every request (DESIGN §11);
+/// `.wrap()` it around an `App`, a `web::scope` or a resource.
+///
+/// A refused request is answered here (401, 403, 429… with the JSON body)
+/// as an [`ApiKeyRejection`] error response; the wrapped service never sees
+/// it. A passed request reaches the wrapped service with the
+/// [`ApiKey`](crate::ApiKey) in its extensions, its response gets the
+/// `RateLimit-*` headers of the key's policy, and its usage (status,
+/// latency) is queued once the wrapped service has answered. If the store
+/// cannot be reached the answer is 503, never a pass.
+///
+/// The client address is the connection's peer (`ServiceRequest::peer_addr`);
+/// `X-Forwarded-For` / `Forwarded` are read only from
+/// [trusted proxies](Self::with_trusted_proxies).
+///
+/// ```no_run
+/// use actix_web::{App, HttpServer, web};
+/// use keysmith_actix::{ApiKey, Keysmith, TrustedProxies};
+/// use keysmith_core::{Engine, MemoryStore};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let engine = Engine::builder(std::sync::Arc::new(MemoryStore::new())).build()?;
+/// let keysmith = Keysmith::new(engine.clone())
+///     .with_realm("my-api")
+///     .with_trusted_proxies(TrustedProxies::parse(["10.0.0.0/8"])?);
+/// HttpServer::new(move || {
+///     App::new()
+///         .route("/me", web::get().to(|key: ApiKey| async move { key.id().to_string() }))
+///         .wrap(keysmith.clone())
+/// })
+/// .bind(("127.0.0.1", 3001))?
+/// .run()
+/// .await?;
+/// engine.shutdown().await; // writes the queued usage records
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Keysmith {
+    gate: Gate,
+    responder: RefusalResponder,
+}
+
+impl Keysmith {
+    /// Validates with `engine`, with [`Gate::new`]'s defaults: keys from
+    /// `Authorization: Bearer` and `X-API-Key`, no trusted proxy, realm
+    /// `api`, keys of any app required, CORS preflights let through.
+    pub fn new(engine: Engine) -> Self {
+        Self::from_gate(Gate::new(engine))
+    }
+
+    /// Uses a [`Gate`] configured elsewhere (shared with another adapter,
+    /// say).
+    pub fn from_gate(gate: Gate) -> Self {
+        Self { gate, responder: RefusalResponder::default() }
+    }
+
+    /// Reads keys from these headers.
+    pub fn with_key_sources(mut self, sources: KeySources) -> Self {
+        self.gate = self.gate.with_key_sources(sources);
+        self
+    }
+
+    /// Believes `X-Forwarded-For` / `Forwarded` from these proxies.
+    pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.gate = self.gate.with_trusted_proxies(proxies);
+        self
+    }
+
+    /// The realm of `WWW-Authenticate` (default `api`).
+    pub fn with_realm(mut self, realm: impl Into<String>) -> Self {
+        self.gate = self.gate.with_realm(realm);
+        self
+    }
+
+    /// Accepts only keys of this application (others are `invalid_key`).
+    pub fn with_app_id(mut self, app_id: impl Into<String>) -> Self {
+        self.gate = self.gate.with_app_id(app_id);
+        self
+    }
+
+    /// Optional mode: a request without a key reaches the wrapped service
+    /// without an `ApiKey` (handlers take `Option<ApiKey>`); a bad key is
+    /// still refused.
+    pub fn optional(mut self) -> Self {
+        self.gate = self.gate.with_optional(true);
+        self
+    }
+
+    /// Whether CORS preflights pass without a key (default yes).
+    pub fn with_preflight_passthrough(mut self, passthrough: bool) -> Self {
+        self.gate = self.gate.with_preflight_passthrough(passthrough);
+        self
+    }
+
+    /// Renders refusals with `responder` (start from
+    /// [`default_refusal_response`](crate::default_refusal_response) to keep
+    /// the standard headers). `RequireScopes` and the extractor use it too.
+    pub fn with_responder(
+        mut self,
+        responder: impl Fn(&RefusalResponse) -> HttpResponse + Send + Sync + 'static,
+    ) -> Self {
+        self.responder = RefusalResponder::new(responder);
+        self
+    }
+
+    /// The framework-free configuration.
+    #[must_use]
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for Keysmith
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = Error;
+    type Transform = KeysmithMiddleware<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(KeysmithMiddleware {
+            service: Rc::new(service),
+            gate: self.gate.clone(),
+            responder: self.responder.clone(),
+        }))
+    }
+}
+
+/// The service made by [`Keysmith`]. Refusals have the right-hand body of
+/// the [`EitherBody`]; the wrapped service's responses the left.
+#[derive(Debug)]
+pub struct KeysmithMiddleware<S> {
+    service: Rc<S>,
+    gate: Gate,
+    responder: RefusalResponder,
+}
+
+impl<S, B> Service<ServiceRequest> for KeysmithMiddleware<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = Error;
+    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    forward_ready!(service);
+
+    fn call(&self, request: ServiceRequest) -> Self::Future {
+        let authorize = {
+            let headers = Headers(request.headers());
+            let peer = request.peer_addr().map(|addr| addr.ip());
+            let facts = RequestFacts::new(request.method().as_str(), request.path(), peer, &headers);
+            self.gate.authorize(&facts)
+        };
+        let service = Rc::clone(&self.service);
+        let mut installed = Installed { gate: self.gate.clone(), responder: self.responder.clone(), preflight: false };
+        Box::pin(async move {
+            let admitted = match authorize.await {
+                Outcome::Pass(admitted) => {
+                    request.extensions_mut().insert(CoreApiKey::clone(admitted.key()));
+                    Some(admitted)
+                }
+                Outcome::Refuse(refusal) => {
+                    let rejection = ApiKeyRejection::refused(refusal, installed.responder);
+                    return Ok(request.error_response(rejection).map_into_right_body());
+                }
+                Outcome::Preflight => {
+                    installed.preflight = true;
+                    None
+                }
+                // Anonymous, and anything later core may add that lets the
+                // request through without a key.
+                _ => None,
+            };
+            request.extensions_mut().insert(installed);
+            match service.call(request).await {
+                Ok(mut response) => {
+                    if let Some(admitted) = admitted {
+                        append_headers(response.headers_mut(), &admitted.response_headers());
+                        admitted.finish(response.status().as_u16());
+                    }
+                    Ok(response.map_into_left_body())
+                }
+                Err(error) => {
+                    // The error becomes a response further out; record the
+                    // status it will have.
+                    if let Some(admitted) = admitted {
+                        admitted.finish(error.as_response_error().status_code().as_u16());
+                    }
+                    Err(error)
+                }
+            }
+        })
+    }
+}

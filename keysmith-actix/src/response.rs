@@ -1,0 +1,142 @@
+//! Turning core's framework-free answers into actix responses, and the one
+//! error type every refusal of this crate travels in.
+
+use std::fmt;
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use keysmith_core::http::RefusalResponse;
+
+/// Builds the response to a refused request. The default,
+/// [`default_refusal_response`], sends the status, headers and JSON body of
+/// DESIGN §11; set your own with
+/// [`Keysmith::with_responder`](crate::Keysmith::with_responder) to render
+/// errors in your API's format.
+#[derive(Clone)]
+pub struct RefusalResponder(Arc<RespondFn>);
+
+type RespondFn = dyn Fn(&RefusalResponse) -> HttpResponse + Send + Sync;
+
+impl RefusalResponder {
+    /// A responder that calls `f`.
+    pub fn new(f: impl Fn(&RefusalResponse) -> HttpResponse + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// The response to `refusal`.
+    #[must_use]
+    pub fn respond(&self, refusal: &RefusalResponse) -> HttpResponse {
+        (self.0)(refusal)
+    }
+}
+
+impl Default for RefusalResponder {
+    fn default() -> Self {
+        Self::new(default_refusal_response)
+    }
+}
+
+impl fmt::Debug for RefusalResponder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefusalResponder").finish_non_exhaustive()
+    }
+}
+
+/// The standard answer: `refusal`'s status, its headers (`WWW-Authenticate`,
+/// `Retry-After`, `RateLimit-*`, `Content-Type: application/json`) and the
+/// body `{"error":{"code":"…","message":"…"}}`.
+#[must_use]
+pub fn default_refusal_response(refusal: &RefusalResponse) -> HttpResponse {
+    let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = HttpResponse::with_body(status, refusal.body()).map_into_boxed_body();
+    append_headers(response.headers_mut(), &refusal.headers);
+    response
+}
+
+/// Appends `(name, value)` pairs from core; a pair that is not a valid
+/// header (which core never produces) is skipped rather than panicking.
+pub(crate) fn append_headers(map: &mut actix_web::http::header::HeaderMap, headers: &[(&'static str, String)]) {
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value.as_bytes()))
+        {
+            map.append(name, value);
+        }
+    }
+}
+
+/// Why a request got no further: the error that [`Keysmith`](crate::Keysmith),
+/// [`RequireScopes`](crate::RequireScopes) and the [`ApiKey`](crate::ApiKey)
+/// extractor answer with. It is an actix [`ResponseError`], so the response
+/// carries it (`ServiceResponse::response().error()`) for outer middleware
+/// such as `Logger`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ApiKeyRejection {
+    /// No [`Keysmith`](crate::Keysmith) middleware ran for this request: the
+    /// application is wired wrong. 500, naming the missing middleware.
+    MissingMiddleware {
+        /// What needed the middleware (`the ApiKey extractor`,
+        /// `RequireScopes`).
+        needed_by: &'static str,
+    },
+    /// The request was refused: no key, a bad key, a policy, missing
+    /// scopes, a limit; or 503 when the key could not be checked.
+    Refused {
+        /// The answer, rendered by `responder`.
+        refusal: Box<RefusalResponse>,
+        /// The middleware's responder.
+        responder: RefusalResponder,
+    },
+}
+
+impl ApiKeyRejection {
+    pub(crate) fn refused(refusal: RefusalResponse, responder: RefusalResponder) -> Self {
+        Self::Refused { refusal: Box::new(refusal), responder }
+    }
+
+    /// Core's description of the answer: status, code, message, headers.
+    #[must_use]
+    pub fn refusal_response(&self) -> RefusalResponse {
+        match self {
+            Self::MissingMiddleware { needed_by } => RefusalResponse::misconfigured(format!(
+                "{needed_by} needs keysmith_actix::Keysmith in front of it; add `.wrap(Keysmith::new(engine))` \
+                 to the App or scope"
+            )),
+            Self::Refused { refusal, .. } => RefusalResponse::clone(refusal),
+        }
+    }
+}
+
+impl fmt::Display for ApiKeyRejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MissingMiddleware { needed_by } => {
+                write!(f, "{needed_by} needs keysmith_actix::Keysmith in front of it")
+            }
+            Self::Refused { refusal, .. } => write!(f, "{}: {}", refusal.code, refusal.message),
+        }
+    }
+}
+
+impl std::error::Error for ApiKeyRejection {}
+
+impl ResponseError for ApiKeyRejection {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::MissingMiddleware { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Refused { refusal, .. } => {
+                StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            Self::MissingMiddleware { .. } => default_refusal_response(&self.refusal_response()),
+            Self::Refused { refusal, responder } => responder.respond(refusal),
+        }
+    }
+}
