@@ -1,5 +1,6 @@
 //! Keysmith behind axum: every route but `/health` needs an API key, two
-//! routes need scopes, and one demo key is rate limited.
+//! routes need scopes, one demo key is rate limited, and the REST
+//! management API (`keysmith-admin`) is mounted at `/keysmith/v1`.
 //!
 //! ```sh
 //! cargo run -p example-axum                                   # SQLite in ./keysmith-demo.db
@@ -19,6 +20,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use demo_support::{APP_ID, NewUser, REALM, Settings, User, Users};
+use keysmith_admin::AdminConfig;
 use keysmith_core::Engine;
 use keysmith_tower::{ApiKey, ApiKeyLayer, RequireScopes};
 use serde_json::Value;
@@ -32,6 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, settings.port)).await?;
     let base = format!("http://{}", listener.local_addr()?);
     demo_support::print_instructions("axum", &base, &settings.database_url, &keys);
+    print_admin_instructions(&base);
 
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(demo_support::shutdown_signal())
@@ -40,7 +43,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The routes: `/health` is public, everything else needs a key.
+/// The routes: `/health` is public, everything else needs a key, and the
+/// management API under `/keysmith/v1` needs a `keysmith:admin` key.
 fn app(engine: Engine) -> Router {
     let users = Users::default();
     let api = Router::new()
@@ -52,7 +56,20 @@ fn app(engine: Engine) -> Router {
         )
         .with_state(users)
         .layer(ApiKeyLayer::new(engine.clone()).with_realm(REALM).with_app_id(APP_ID));
-    Router::new().route("/health", get(health)).with_state(engine).merge(api)
+    let admin = AdminConfig::new(engine.clone()).with_realm(REALM).with_app_id(APP_ID).into_router();
+    Router::new().route("/health", get(health)).with_state(engine).merge(api).nest("/keysmith/v1", admin)
+}
+
+/// curl commands for the management API, after the shared instructions.
+fn print_admin_instructions(base: &str) {
+    println!();
+    println!("The REST management API (keysmith-admin) is at {base}/keysmith/v1; the admin key works with it:");
+    println!("  curl -H \"Authorization: Bearer $KEYSMITH_DEMO_ADMIN_KEY\" {base}/keysmith/v1/keys");
+    println!(
+        "  curl -X POST -H \"Authorization: Bearer $KEYSMITH_DEMO_ADMIN_KEY\" -H 'content-type: application/json' \
+         -d '{{\"name\":\"ci\",\"scopes\":[\"read:users\"]}}' {base}/keysmith/v1/keys    # raw_key is shown once"
+    );
+    println!("  curl -H \"Authorization: Bearer $KEYSMITH_DEMO_ADMIN_KEY\" {base}/keysmith/v1/openapi.json");
 }
 
 async fn health(State(engine): State<Engine>) -> (StatusCode, Json<Value>) {
@@ -110,6 +127,16 @@ mod tests {
         assert_eq!(status(&app, "POST", "/users", Some(&keys.read)).await, 403);
         assert_eq!(status(&app, "POST", "/users", Some(&keys.admin)).await, 201);
         assert_eq!(status(&app, "GET", "/users", Some(&keys.admin)).await, 200);
+    }
+
+    #[tokio::test]
+    async fn admin_key_manages_keys_through_the_admin_api() {
+        let (app, keys) = demo().await;
+        assert_eq!(status(&app, "GET", "/keysmith/v1/keys", Some(&keys.admin)).await, 200);
+        assert_eq!(status(&app, "GET", "/keysmith/v1/openapi.json", Some(&keys.admin)).await, 200);
+        assert_eq!(status(&app, "POST", "/keysmith/v1/keys", Some(&keys.admin)).await, 201);
+        assert_eq!(status(&app, "GET", "/keysmith/v1/keys", Some(&keys.read)).await, 403);
+        assert_eq!(status(&app, "GET", "/keysmith/v1/keys", None).await, 401);
     }
 
     #[tokio::test]

@@ -1,0 +1,145 @@
+//! `AdminConfig`: how the admin router authenticates, and the router itself.
+
+use std::sync::Arc;
+
+use axum::Router;
+use keysmith_core::Engine;
+use keysmith_core::http::{KeySources, TrustedProxies};
+use keysmith_tower::{ApiKeyLayer, RequireScopes};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::{method_not_allowed, route_not_found};
+use crate::{ADMIN_SCOPE, AdminState, keys, openapi, policies, scopes, usage};
+
+/// The realm of `WWW-Authenticate` unless configured otherwise.
+pub const DEFAULT_REALM: &str = "keysmith-admin";
+
+/// Configures the admin router's authentication: where keys are read from,
+/// which proxies are trusted, the realm, and the one application whose
+/// keys are accepted. Whatever the configuration, every route (and every
+/// unknown path) needs a key holding [`ADMIN_SCOPE`], and acts on that key's
+/// tenant only.
+///
+/// ```
+/// use std::sync::Arc;
+/// use axum::Router;
+/// use keysmith_admin::AdminConfig;
+/// use keysmith_core::{Engine, MemoryStore};
+/// use keysmith_core::http::TrustedProxies;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let engine = Engine::builder(Arc::new(MemoryStore::new())).build()?;
+/// let admin = AdminConfig::new(engine)
+///     .with_app_id("billing")
+///     .with_trusted_proxies(TrustedProxies::parse(["10.0.0.0/8"])?)
+///     .into_router();
+/// let app: Router = Router::new().nest("/keysmith/v1", admin);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct AdminConfig {
+    layer: ApiKeyLayer,
+}
+
+impl AdminConfig {
+    /// Validates keys with `engine`: from `Authorization: Bearer` and
+    /// `X-API-Key`, no trusted proxy, realm [`DEFAULT_REALM`], keys of any
+    /// application.
+    pub fn new(engine: Engine) -> Self {
+        Self { layer: ApiKeyLayer::new(engine).with_realm(DEFAULT_REALM) }
+    }
+
+    /// Authenticates with a layer configured elsewhere (the one the rest of
+    /// the application uses, say). The router manages keys through the
+    /// layer's engine. [`RequireScopes`] for [`ADMIN_SCOPE`] is still added:
+    /// even an [`optional`](ApiKeyLayer::optional) layer lets no request
+    /// in without an admin key.
+    pub fn from_layer(layer: ApiKeyLayer) -> Self {
+        Self { layer }
+    }
+
+    /// Reads keys from these headers (the OpenAPI document's security
+    /// schemes follow).
+    pub fn with_key_sources(mut self, sources: KeySources) -> Self {
+        self.layer = self.layer.with_key_sources(sources);
+        self
+    }
+
+    /// Believes `X-Forwarded-For` / `Forwarded` from these proxies (for the
+    /// admin keys' IP allowlists).
+    pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.layer = self.layer.with_trusted_proxies(proxies);
+        self
+    }
+
+    /// The realm of `WWW-Authenticate`.
+    pub fn with_realm(mut self, realm: impl Into<String>) -> Self {
+        self.layer = self.layer.with_realm(realm);
+        self
+    }
+
+    /// Accepts only admin keys of this application.
+    pub fn with_app_id(mut self, app_id: impl Into<String>) -> Self {
+        self.layer = self.layer.with_app_id(app_id);
+        self
+    }
+
+    /// The OpenAPI document this configuration serves at `/openapi.json`
+    /// (its security schemes follow the key sources).
+    #[must_use]
+    pub fn openapi(&self) -> utoipa::openapi::OpenApi {
+        Self::openapi_for(self.layer.gate().key_sources())
+    }
+
+    pub(crate) fn openapi_for(sources: &KeySources) -> utoipa::openapi::OpenApi {
+        let (_, mut doc) = collect().split_for_parts();
+        openapi::finish(&mut doc, sources);
+        doc
+    }
+
+    /// The router, to mount with `Router::nest` (any state type: it
+    /// carries its own).
+    ///
+    /// Unknown paths answer 404 `route_not_found` and known paths with
+    /// another method 405 `method_not_allowed` (with `Allow`), both as JSON
+    /// and both only to admin keys: without one the answer is 401 or 403,
+    /// so the router reveals nothing to others.
+    pub fn into_router<S>(self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let (router, mut doc) = collect().split_for_parts();
+        openapi::finish(&mut doc, self.layer.gate().key_sources());
+        let state = AdminState { engine: self.layer.gate().engine().clone(), openapi: Arc::new(doc) };
+        router
+            .fallback(route_not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(RequireScopes::all([ADMIN_SCOPE]))
+            .layer(self.layer)
+            .with_state(state)
+    }
+}
+
+/// Every route with its OpenAPI operation: the router and the document come
+/// from the same list, so they cannot disagree.
+fn collect() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(keys::create_key, keys::list_keys))
+        .routes(routes!(keys::get_key))
+        .routes(routes!(keys::rotate_key))
+        .routes(routes!(keys::revoke_key))
+        .routes(routes!(keys::suspend_key))
+        .routes(routes!(keys::reactivate_key))
+        .routes(routes!(keys::set_key_scopes))
+        .routes(routes!(keys::list_rotations))
+        .routes(routes!(usage::list_usage))
+        .routes(routes!(usage::aggregate_usage))
+        .routes(routes!(policies::create_policy, policies::list_policies))
+        .routes(routes!(policies::get_policy, policies::update_policy, policies::delete_policy))
+        .routes(routes!(scopes::create_scope, scopes::list_scopes))
+        .routes(routes!(scopes::delete_scope))
+        .routes(routes!(openapi::openapi_json))
+}

@@ -1,0 +1,226 @@
+//! The one error type of the admin API and its JSON rendering.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keysmith_core::IdParseError;
+use keysmith_tower::ApiKeyRejection;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Everything an admin request can fail with. Every variant answers with a
+/// JSON body `{"error": {"code": "…", "message": "…"}}`.
+///
+/// | variant | status | code |
+/// |---|---|---|
+/// | core `InvalidInput` (bad CIDR, origin, scope name, unknown scope when strict…) | 400 | `invalid_input` |
+/// | [`InvalidId`](Self::InvalidId) (wrong prefix or shape) | 400 | `invalid_id` |
+/// | [`Json`](Self::Json): not JSON at all | 400 | `invalid_json` |
+/// | [`Json`](Self::Json): JSON of the wrong shape | 422 | `invalid_body` |
+/// | [`Json`](Self::Json): no `Content-Type: application/json` | 415 | `unsupported_media_type` |
+/// | [`Json`](Self::Json): body too large | 413 | `payload_too_large` |
+/// | [`Query`](Self::Query), [`InvalidQuery`](Self::InvalidQuery) | 400 | `invalid_query` |
+/// | [`Path`](Self::Path) | 400 | `invalid_path` |
+/// | core `NotFound` (unknown, or another tenant's) | 404 | `not_found` |
+/// | [`RouteNotFound`](Self::RouteNotFound) | 404 | `route_not_found` |
+/// | [`MethodNotAllowed`](Self::MethodNotAllowed) | 405 | `method_not_allowed` |
+/// | core `InvalidTransition` | 409 | `invalid_transition` |
+/// | core `AlreadyExists` | 409 | `already_exists` |
+/// | core `PolicyInUse` | 409 | `policy_in_use` |
+/// | core `Store` | 503 | `unavailable` |
+///
+/// Authentication failures (401, 403, 429…) are answered by the
+/// `ApiKeyLayer` and `RequireScopes` in front of the routes, in the same
+/// JSON shape.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An engine operation failed.
+    #[error(transparent)]
+    Core(#[from] keysmith_core::Error),
+    /// An id in the path, the query or the body is not an id of the
+    /// expected type (`akey_…`, `kpol_…`, `kscp_…`).
+    #[error(transparent)]
+    InvalidId(#[from] IdParseError),
+    /// The body is not the JSON the route expects.
+    #[error(transparent)]
+    Json(#[from] JsonRejection),
+    /// The query string does not parse.
+    #[error(transparent)]
+    Query(#[from] QueryRejection),
+    /// A query value parses but is out of range.
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    /// The path parameters do not parse.
+    #[error(transparent)]
+    Path(#[from] PathRejection),
+    /// No route has this path.
+    #[error("no route matches this path")]
+    RouteNotFound,
+    /// The path exists but not with this method.
+    #[error("this method is not allowed on this path")]
+    MethodNotAllowed,
+    /// The request reached a handler without a validated key (the router
+    /// was wired without its `ApiKeyLayer`).
+    #[error(transparent)]
+    Unauthenticated(#[from] ApiKeyRejection),
+}
+
+/// `Result` with the admin API's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The HTTP status of the response.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Core(error) => match error {
+                keysmith_core::Error::NotFound { .. } => StatusCode::NOT_FOUND,
+                keysmith_core::Error::InvalidTransition { .. }
+                | keysmith_core::Error::AlreadyExists { .. }
+                | keysmith_core::Error::PolicyInUse { .. } => StatusCode::CONFLICT,
+                keysmith_core::Error::InvalidInput { .. } => StatusCode::BAD_REQUEST,
+                keysmith_core::Error::Store { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            Self::Json(rejection) => rejection.status(),
+            Self::InvalidId(_) | Self::Query(_) | Self::InvalidQuery(_) | Self::Path(_) => StatusCode::BAD_REQUEST,
+            Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthenticated(rejection) => rejection.status(),
+        }
+    }
+
+    /// The stable snake-case code of the JSON body.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Core(error) => match error {
+                keysmith_core::Error::NotFound { .. } => "not_found",
+                keysmith_core::Error::InvalidTransition { .. } => "invalid_transition",
+                keysmith_core::Error::AlreadyExists { .. } => "already_exists",
+                keysmith_core::Error::PolicyInUse { .. } => "policy_in_use",
+                keysmith_core::Error::InvalidInput { .. } => "invalid_input",
+                keysmith_core::Error::Store { .. } => "unavailable",
+                _ => "internal_error",
+            },
+            Self::InvalidId(_) => "invalid_id",
+            Self::Json(rejection) => match rejection {
+                JsonRejection::JsonDataError(_) => "invalid_body",
+                JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
+                _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+                _ => "invalid_json",
+            },
+            Self::Query(_) | Self::InvalidQuery(_) => "invalid_query",
+            Self::Path(_) => "invalid_path",
+            Self::RouteNotFound => "route_not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Unauthenticated(ApiKeyRejection::MissingKey { .. }) => "missing_key",
+            Self::Unauthenticated(_) => "internal_error",
+        }
+    }
+
+    /// The human message of the JSON body. Store failures say only that
+    /// the store is unavailable: their details go to the log, not to the
+    /// client.
+    #[must_use]
+    pub fn message(&self) -> String {
+        match self {
+            Self::Core(keysmith_core::Error::Store { .. }) => {
+                "the key store is unavailable; try again later".to_owned()
+            }
+            Self::Core(_) if self.status() == StatusCode::INTERNAL_SERVER_ERROR => "internal error".to_owned(),
+            Self::Json(rejection) => rejection.body_text(),
+            Self::Query(rejection) => rejection.body_text(),
+            Self::Path(rejection) => rejection.body_text(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let Self::Unauthenticated(rejection) = self {
+            return rejection.into_response();
+        }
+        if status.is_server_error() {
+            // Store errors carry backend details (never a raw key: the
+            // engine only ever hands hashes to a store).
+            tracing::error!(target: "keysmith::admin", error = %self, "admin request failed");
+        }
+        let body = ErrorBody { error: ErrorDetail { code: self.code().to_owned(), message: self.message() } };
+        let mut response = (status, axum::Json(body)).into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "not_found", "message": "key akey_01h455vb4pex5vsknk084sn02q not found"}}))]
+pub(crate) struct ErrorBody {
+    /// What went wrong.
+    pub(crate) error: ErrorDetail,
+}
+
+/// A stable code for programs and a message for people.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// Snake-case code: `invalid_input`, `invalid_id`, `invalid_json`,
+    /// `invalid_body`, `invalid_query`, `invalid_path`,
+    /// `unsupported_media_type`, `payload_too_large`, `not_found`,
+    /// `route_not_found`, `method_not_allowed`, `invalid_transition`,
+    /// `already_exists`, `policy_in_use`, `unavailable`, `internal_error`,
+    /// and the key refusals of the authentication layer (`missing_key`,
+    /// `invalid_key`, `insufficient_scope`, `rate_limited`…).
+    pub(crate) code: String,
+    /// A human-readable explanation.
+    pub(crate) message: String,
+}
+
+/// The fallback for paths no route matches: 404 `route_not_found`.
+pub(crate) async fn route_not_found() -> Error {
+    Error::RouteNotFound
+}
+
+/// The fallback for known paths with an unsupported method: 405
+/// `method_not_allowed` (axum adds the `Allow` header).
+pub(crate) async fn method_not_allowed() -> Error {
+    Error::MethodNotAllowed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_errors_map_to_statuses_and_codes() {
+        let policy_id = keysmith_core::PolicyId::new();
+        let cases = [
+            (keysmith_core::Error::NotFound { entity: "key", id: "x".into() }, 404, "not_found"),
+            (
+                keysmith_core::Error::InvalidTransition {
+                    from: keysmith_core::KeyState::Revoked,
+                    to: keysmith_core::KeyState::Active,
+                },
+                409,
+                "invalid_transition",
+            ),
+            (keysmith_core::Error::AlreadyExists { entity: "policy", name: "p".into() }, 409, "already_exists"),
+            (keysmith_core::Error::PolicyInUse { policy_id }, 409, "policy_in_use"),
+            (keysmith_core::Error::InvalidInput { field: "allowed_ips", reason: "no".into() }, 400, "invalid_input"),
+            (keysmith_core::Error::store(std::io::Error::other("db password=hunter2")), 503, "unavailable"),
+        ];
+        for (error, status, code) in cases {
+            let error = Error::from(error);
+            assert_eq!((error.status().as_u16(), error.code()), (status, code));
+        }
+    }
+
+    #[test]
+    fn store_details_stay_out_of_the_message() {
+        let error = Error::from(keysmith_core::Error::store(std::io::Error::other("db password=hunter2")));
+        assert!(!error.message().contains("hunter2"));
+    }
+}

@@ -1,0 +1,93 @@
+//! Keysmith's REST management API: an axum [`Router`] an application
+//! mounts, authenticated by Keysmith itself.
+//!
+//! - Every request needs an API key holding [`ADMIN_SCOPE`]
+//!   (`keysmith:admin`), checked by `keysmith_tower`'s `ApiKeyLayer` and
+//!   `RequireScopes`; the key's app and tenant are the only ones it can
+//!   manage. Another tenant's ids are 404, exactly like unknown ones.
+//! - Routes, JSON in and out, ids as TypeIDs: `/keys` (create, list, show,
+//!   rotate, revoke, suspend, reactivate, scopes, rotations, usage and its
+//!   roll-ups), `/policies`, `/scopes`, and `/openapi.json`, an OpenAPI 3.1
+//!   document generated from the same code as the routes.
+//! - Every error, rejections included, is JSON:
+//!   `{"error": {"code": "…", "message": "…"}}` (see [`Error`]).
+//!
+//! `/openapi.json` needs the admin key like every other route: the router
+//! has no anonymous way in. To publish the document elsewhere, serve
+//! [`openapi()`] (or [`AdminConfig::openapi`]) from your own route.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use axum::{Router, body::Body, http::Request};
+//! use keysmith_core::{Engine, MemoryStore, NewKey};
+//! use tower::ServiceExt;
+//!
+//! let engine = Engine::builder(Arc::new(MemoryStore::new())).build()?;
+//! let app: Router = Router::new().nest("/keysmith/v1", keysmith_admin::router(engine.clone()));
+//!
+//! // An operator's key for tenant "acme" of app "billing".
+//! let admin = engine.tenant("billing", "acme").create_key(NewKey::new("ops").with_scopes(["keysmith:admin"])).await?;
+//! let request = Request::post("/keysmith/v1/keys")
+//!     .header("authorization", format!("Bearer {}", admin.raw.expose()))
+//!     .header("content-type", "application/json")
+//!     .body(Body::from(r#"{"name": "ci", "scopes": ["read:users"]}"#))?;
+//! let response = app.oneshot(request).await?;
+//! assert_eq!(response.status(), 201);
+//!
+//! let body = axum::body::to_bytes(response.into_body(), 1 << 20).await?;
+//! let created: serde_json::Value = serde_json::from_slice(&body)?;
+//! assert!(created["raw_key"].as_str().unwrap().starts_with("sk_live_")); // shown this once
+//! assert_eq!(created["key"]["scopes"][0], "read:users");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+mod extract;
+mod keys;
+mod model;
+mod openapi;
+mod policies;
+mod scopes;
+mod usage;
+
+use std::sync::Arc;
+
+use axum::Router;
+use keysmith_core::Engine;
+
+pub use config::{AdminConfig, DEFAULT_REALM};
+pub use error::{Error, Result};
+
+/// The scope an API key needs to use the admin API. Hierarchical like
+/// every scope: a key holding `keysmith` or `*` has it too.
+pub const ADMIN_SCOPE: &str = "keysmith:admin";
+
+/// The admin API with the default authentication (see
+/// [`AdminConfig::new`]); mount it with
+/// `.nest("/keysmith/v1", keysmith_admin::router(engine))`.
+pub fn router<S>(engine: Engine) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    AdminConfig::new(engine).into_router()
+}
+
+/// The OpenAPI 3.1 document of the admin API with the default key sources
+/// (`Authorization: Bearer` and `X-API-Key`), for serving or merging
+/// elsewhere. Its paths are relative to where the router is mounted.
+#[must_use]
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    AdminConfig::openapi_for(&keysmith_core::http::KeySources::default())
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+struct AdminState {
+    engine: Engine,
+    /// The finished document, served by `/openapi.json`.
+    openapi: Arc<utoipa::openapi::OpenApi>,
+}

@@ -1,0 +1,265 @@
+//! `/policies`: create, list, show, replace, delete.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use keysmith_core::{PolicyId, PolicySpec};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::{ErrorBody, Result};
+use crate::extract::{Caller, Id, JsonBody, QueryParams};
+use crate::model::page;
+
+/// `requests` per `window` seconds, per key, with an optional burst.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RateLimit {
+    /// Requests allowed per window (at least 1).
+    #[schema(example = 100, minimum = 1)]
+    requests: u32,
+    /// The window, in seconds (at least 1).
+    #[schema(example = 60, minimum = 1)]
+    window: u64,
+    /// Requests allowed at once (default `requests`).
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    burst: Option<u32>,
+}
+
+/// Requests per key per UTC day and calendar month.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Quota {
+    /// Requests per UTC day (at least 1; omit for none).
+    #[serde(default)]
+    #[schema(example = 10000, minimum = 1)]
+    daily: Option<u64>,
+    /// Requests per UTC calendar month (at least 1; omit for none).
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    monthly: Option<u64>,
+}
+
+/// A policy's settings, as created (`POST`) or replaced whole (`PUT`).
+/// Omitted fields limit nothing.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PolicyInput {
+    /// The name, unique in the tenant, 1 to 128 characters.
+    #[schema(example = "partners")]
+    name: String,
+    /// Rate limit per key.
+    rate_limit: Option<RateLimit>,
+    /// Networks (`10.0.0.0/8`, `2001:db8::/32`) or single addresses allowed.
+    #[serde(default)]
+    #[schema(example = json!(["10.0.0.0/8"]))]
+    allowed_ips: Vec<String>,
+    /// Exact `Origin` values allowed (`https://app.example.com`).
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    /// Scopes keys under the policy may hold.
+    #[serde(default)]
+    #[schema(example = json!(["read"]))]
+    allowed_scopes: Vec<String>,
+    /// Keys older than this many seconds are expired.
+    max_key_age: Option<u64>,
+    /// Request quotas per key.
+    quota: Option<Quota>,
+    /// Default rotation grace for keys under the policy, in seconds.
+    rotation_grace: Option<u64>,
+    /// Application data (a JSON object).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl From<PolicyInput> for PolicySpec {
+    fn from(input: PolicyInput) -> Self {
+        Self {
+            name: input.name,
+            rate_limit: input.rate_limit.map(|limit| keysmith_core::RateLimit {
+                requests: limit.requests,
+                window: Duration::from_secs(limit.window),
+                burst: limit.burst,
+            }),
+            allowed_ips: input.allowed_ips,
+            allowed_origins: input.allowed_origins,
+            allowed_scopes: input.allowed_scopes,
+            max_key_age: input.max_key_age.map(Duration::from_secs),
+            quota: input.quota.map(|quota| keysmith_core::Quota { daily: quota.daily, monthly: quota.monthly }),
+            rotation_grace: input.rotation_grace.map(Duration::from_secs),
+            metadata: input.metadata,
+        }
+    }
+}
+
+/// A named set of limits shared by the keys that reference it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Policy {
+    /// The policy's id.
+    #[schema(value_type = String, pattern = "^kpol_[0-7][0-9a-hjkmnp-tv-z]{25}$", example = "kpol_01h455vb4pex5vsknk084sn02q")]
+    id: PolicyId,
+    /// The name, unique in the tenant.
+    name: String,
+    /// Rate limit per key.
+    rate_limit: Option<RateLimit>,
+    /// Networks allowed (normalised CIDRs); empty allows all.
+    allowed_ips: Vec<String>,
+    /// `Origin` values allowed (normalised); empty allows all.
+    allowed_origins: Vec<String>,
+    /// Scopes keys under the policy may hold; empty allows any.
+    allowed_scopes: Vec<String>,
+    /// Maximum key age, in seconds.
+    max_key_age: Option<u64>,
+    /// Request quotas per key.
+    quota: Option<Quota>,
+    /// Default rotation grace, in seconds.
+    rotation_grace: Option<u64>,
+    /// Application data (a JSON object).
+    #[schema(value_type = Object)]
+    metadata: serde_json::Map<String, serde_json::Value>,
+    /// Creation time.
+    created_at: DateTime<Utc>,
+    /// Time of the last change.
+    updated_at: DateTime<Utc>,
+}
+
+impl From<keysmith_core::Policy> for Policy {
+    fn from(policy: keysmith_core::Policy) -> Self {
+        Self {
+            id: policy.id,
+            name: policy.name,
+            rate_limit: policy.rate_limit.map(|limit| RateLimit {
+                requests: limit.requests,
+                window: limit.window.as_secs(),
+                burst: limit.burst,
+            }),
+            allowed_ips: policy.allowed_ips.iter().map(ToString::to_string).collect(),
+            allowed_origins: policy.allowed_origins,
+            allowed_scopes: policy.allowed_scopes,
+            max_key_age: policy.max_key_age.map(|age| age.as_secs()),
+            quota: policy.quota.map(|quota| Quota { daily: quota.daily, monthly: quota.monthly }),
+            rotation_grace: policy.rotation_grace.map(|grace| grace.as_secs()),
+            metadata: policy.metadata,
+            created_at: policy.created_at,
+            updated_at: policy.updated_at,
+        }
+    }
+}
+
+/// A page of policies.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PolicyList {
+    /// The policies, oldest first.
+    items: Vec<Policy>,
+    /// The page size asked for.
+    limit: u32,
+    /// How many policies were skipped.
+    offset: u64,
+}
+
+/// Page of `GET /policies`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct PolicyListQuery {
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// Policies to skip (default 0).
+    offset: Option<u64>,
+}
+
+/// Creates a policy.
+#[utoipa::path(
+    post, path = "/policies", tag = "policies", operation_id = "create_policy",
+    request_body = PolicyInput,
+    responses(
+        (status = 201, description = "The policy", body = Policy),
+        (status = 400, description = "A field is invalid: name, rate limit, quota, CIDR, origin or scope name", body = ErrorBody),
+        (status = 409, description = "The tenant has a policy of this name (`already_exists`)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn create_policy(
+    Caller(tenant): Caller,
+    JsonBody(input): JsonBody<PolicyInput>,
+) -> Result<(StatusCode, Json<Policy>)> {
+    let policy = tenant.create_policy(input.into()).await?;
+    Ok((StatusCode::CREATED, Json(policy.into())))
+}
+
+/// Lists the tenant's policies, oldest first.
+#[utoipa::path(
+    get, path = "/policies", tag = "policies", operation_id = "list_policies",
+    params(PolicyListQuery),
+    responses(
+        (status = 200, description = "A page of policies", body = PolicyList),
+        (status = 400, description = "A page value is invalid", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_policies(
+    Caller(tenant): Caller,
+    QueryParams(query): QueryParams<PolicyListQuery>,
+) -> Result<Json<PolicyList>> {
+    let page = page(query.limit, query.offset)?;
+    let policies = tenant.list_policies(page).await?;
+    Ok(Json(PolicyList {
+        items: policies.into_iter().map(Policy::from).collect(),
+        limit: page.limit,
+        offset: page.offset,
+    }))
+}
+
+/// Shows one policy.
+#[utoipa::path(
+    get, path = "/policies/{id}", tag = "policies", operation_id = "get_policy",
+    params(("id" = String, Path, description = "The policy's id (`kpol_…`)", pattern = "^kpol_[0-7][0-9a-hjkmnp-tv-z]{25}$")),
+    responses(
+        (status = 200, description = "The policy", body = Policy),
+        (status = 400, description = "The id is not a policy id", body = ErrorBody),
+        (status = 404, description = "No such policy in this tenant", body = ErrorBody),
+    )
+)]
+pub(crate) async fn get_policy(Caller(tenant): Caller, Id(id): Id<PolicyId>) -> Result<Json<Policy>> {
+    Ok(Json(tenant.get_policy(id).await?.into()))
+}
+
+/// Replaces a policy's settings. Keys under it follow the new settings from
+/// their next request on.
+#[utoipa::path(
+    put, path = "/policies/{id}", tag = "policies", operation_id = "update_policy",
+    params(("id" = String, Path, description = "The policy's id (`kpol_…`)", pattern = "^kpol_[0-7][0-9a-hjkmnp-tv-z]{25}$")),
+    request_body = PolicyInput,
+    responses(
+        (status = 200, description = "The policy as replaced", body = Policy),
+        (status = 400, description = "The id is not a policy id, or a field is invalid", body = ErrorBody),
+        (status = 404, description = "No such policy in this tenant", body = ErrorBody),
+        (status = 409, description = "Another policy of the tenant has this name (`already_exists`)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn update_policy(
+    Caller(tenant): Caller,
+    Id(id): Id<PolicyId>,
+    JsonBody(input): JsonBody<PolicyInput>,
+) -> Result<Json<Policy>> {
+    Ok(Json(tenant.update_policy(id, input.into()).await?.into()))
+}
+
+/// Deletes a policy that no live key uses.
+#[utoipa::path(
+    delete, path = "/policies/{id}", tag = "policies", operation_id = "delete_policy",
+    params(("id" = String, Path, description = "The policy's id (`kpol_…`)", pattern = "^kpol_[0-7][0-9a-hjkmnp-tv-z]{25}$")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "The id is not a policy id", body = ErrorBody),
+        (status = 404, description = "No such policy in this tenant", body = ErrorBody),
+        (status = 409, description = "A key that is not revoked or expired uses the policy (`policy_in_use`)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn delete_policy(Caller(tenant): Caller, Id(id): Id<PolicyId>) -> Result<StatusCode> {
+    tenant.delete_policy(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,644 @@
+//! The admin API's routes end to end: success paths, error paths, tenant
+//! isolation, authentication and JSON errors.
+
+mod support;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::Request;
+use keysmith_admin::AdminConfig;
+use keysmith_core::{
+    KeyId, NewKey, PolicyId, PolicySpec, RequestContext, ScopeId, UsageId, UsageRecord, Validation, ValidationError,
+};
+use keysmith_tower::ApiKeyLayer;
+use serde_json::{Value, json};
+use support::{APP, MOUNT, TENANT, admin_key, harness, harness_with, start, with_config};
+
+async fn validates(h: &support::Harness, raw: &str) -> Result<Validation, ValidationError> {
+    h.engine.validate(raw, &RequestContext::new()).await
+}
+
+/// True if `value` has a field whose name contains `hash`, at any depth.
+fn mentions_hash(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains("hash") || mentions_hash(v)),
+        Value::Array(items) => items.iter().any(mentions_hash),
+        _ => false,
+    }
+}
+
+#[tokio::test]
+async fn created_key_secret_is_returned_once_and_validates() {
+    let h = harness().await;
+    let expires = (start() + chrono::Duration::days(30)).to_rfc3339();
+    let reply = h
+        .post(
+            "/keys",
+            json!({
+                "name": "CI deploy", "scopes": ["read:users"], "environment": "test",
+                "prefix": "ci", "expires_at": expires, "metadata": {"team": "platform"}
+            }),
+        )
+        .await;
+    let body = reply.ok(201).clone();
+    let raw = body["raw_key"].as_str().unwrap().to_owned();
+    assert!(raw.starts_with("ci_test_"), "{raw}");
+    let key = &body["key"];
+    assert!(key["id"].as_str().unwrap().starts_with("akey_"));
+    assert_eq!(key["name"], "CI deploy");
+    assert_eq!(key["environment"], "test");
+    assert_eq!(key["state"], "active");
+    assert_eq!(key["scopes"], json!(["read:users"]));
+    assert_eq!(key["metadata"], json!({"team": "platform"}));
+    assert_eq!(key["hint"], json!(format!("ci_test_…{}", &raw[raw.len() - 4..])));
+    assert!(!mentions_hash(&body), "{body}");
+
+    // The secret works, for this tenant's key.
+    let validation = validates(&h, &raw).await.unwrap();
+    assert_eq!(validation.key.id.to_string(), key["id"].as_str().unwrap());
+    assert_eq!(validation.key.tenant.tenant_id, TENANT);
+
+    // …and is never shown again.
+    let id = key["id"].as_str().unwrap();
+    for reply in [h.get(&format!("/keys/{id}")).await, h.get("/keys").await] {
+        assert_eq!(reply.status, 200);
+        assert!(!reply.text.contains(&raw), "{}", reply.text);
+        assert!(!reply.text.contains("raw_key"), "{}", reply.text);
+        assert!(!mentions_hash(&reply.body), "{}", reply.text);
+    }
+    let shown = h.get(&format!("/keys/{id}")).await;
+    assert_eq!(shown.ok(200)["name"], "CI deploy");
+}
+
+#[tokio::test]
+async fn create_key_checks_its_input() {
+    let h = harness().await;
+    h.post("/keys", json!({"name": " "})).await.assert_error(400, "invalid_input");
+    h.post("/keys", json!({"name": "k", "scopes": ["read users"]})).await.assert_error(400, "invalid_input");
+    h.post("/keys", json!({"name": "k", "prefix": "Not-OK"})).await.assert_error(400, "invalid_input");
+    let past = (start() - chrono::Duration::days(1)).to_rfc3339();
+    h.post("/keys", json!({"name": "k", "expires_at": past})).await.assert_error(400, "invalid_input");
+    let scope_id = ScopeId::new().to_string();
+    h.post("/keys", json!({"name": "k", "policy_id": scope_id})).await.assert_error(400, "invalid_id");
+    let unknown_policy = PolicyId::new().to_string();
+    h.post("/keys", json!({"name": "k", "policy_id": unknown_policy})).await.assert_error(404, "not_found");
+    h.post("/keys", json!({"name": "k", "environment": "prod"})).await.assert_error(422, "invalid_body");
+    h.post("/keys", json!({"scopes": []})).await.assert_error(422, "invalid_body");
+}
+
+#[tokio::test]
+async fn key_lifecycle_through_the_api() {
+    let h = harness().await;
+    let (id, raw) = h.create_key(json!({"name": "svc", "scopes": ["read"]})).await;
+
+    let suspended = h.post_empty(&format!("/keys/{id}/suspend")).await;
+    assert_eq!(suspended.ok(200)["state"], "suspended");
+    assert!(validates(&h, &raw).await.is_err());
+    h.post_empty(&format!("/keys/{id}/suspend")).await.assert_error(409, "invalid_transition");
+    h.post_empty(&format!("/keys/{id}/rotate")).await.assert_error(409, "invalid_transition");
+
+    let reactivated = h.post_empty(&format!("/keys/{id}/reactivate")).await;
+    assert_eq!(reactivated.ok(200)["state"], "active");
+    assert!(validates(&h, &raw).await.is_ok());
+    h.post_empty(&format!("/keys/{id}/reactivate")).await.assert_error(409, "invalid_transition");
+
+    // Rotation with no grace: the old secret stops at once, the new one works.
+    let rotated = h.post(&format!("/keys/{id}/rotate"), json!({"reason": "compromised", "grace_seconds": 0})).await;
+    let body = rotated.ok(201).clone();
+    let new_id = body["key"]["id"].as_str().unwrap().to_owned();
+    let new_raw = body["raw_key"].as_str().unwrap().to_owned();
+    assert_ne!(new_id, id);
+    assert_eq!(body["key"]["scopes"], json!(["read"]));
+    assert_eq!(body["old_key"]["id"], json!(id));
+    assert_eq!(body["old_key"]["state"], "rotated");
+    assert_eq!(body["rotation"]["reason"], "compromised");
+    assert_eq!(body["rotation"]["grace_seconds"], 0);
+    assert_eq!(body["rotation"]["key_id"], json!(id));
+    assert_eq!(body["rotation"]["new_key_id"], json!(new_id));
+    assert!(!mentions_hash(&body), "{body}");
+    assert!(validates(&h, &raw).await.is_err());
+    assert_eq!(validates(&h, &new_raw).await.unwrap().key.id.to_string(), new_id);
+    h.post_empty(&format!("/keys/{id}/rotate")).await.assert_error(409, "invalid_transition");
+
+    for key in [&id, &new_id] {
+        let rotations = h.get(&format!("/keys/{key}/rotations")).await;
+        let items = rotations.ok(200)["items"].as_array().unwrap().clone();
+        assert_eq!(items.len(), 1, "{key}");
+        assert_eq!(items[0]["id"], body["rotation"]["id"]);
+        assert!(!mentions_hash(&rotations.body));
+    }
+
+    let revoked = h.post(&format!("/keys/{new_id}/revoke"), json!({"reason": "leaked"})).await;
+    let revoked = revoked.ok(200);
+    assert_eq!(revoked["state"], "revoked");
+    assert_eq!(revoked["revoked_reason"], "leaked");
+    assert!(validates(&h, &new_raw).await.is_err());
+    h.post_empty(&format!("/keys/{new_id}/revoke")).await.assert_error(409, "invalid_transition");
+    h.post_empty(&format!("/keys/{new_id}/reactivate")).await.assert_error(409, "invalid_transition");
+}
+
+#[tokio::test]
+async fn rotate_and_revoke_need_no_body() {
+    let h = harness().await;
+    let (id, raw) = h.create_key(json!({"name": "svc"})).await;
+    let rotated = h.post_empty(&format!("/keys/{id}/rotate")).await;
+    let body = rotated.ok(201);
+    assert_eq!(body["rotation"]["reason"], "manual");
+    assert_eq!(body["rotation"]["grace_seconds"], 24 * 60 * 60);
+    // Within the default grace both secrets validate.
+    assert!(validates(&h, &raw).await.is_ok());
+    assert!(validates(&h, body["raw_key"].as_str().unwrap()).await.is_ok());
+
+    let revoked = h.post_empty(&format!("/keys/{id}/revoke")).await;
+    assert_eq!(revoked.ok(200)["state"], "revoked");
+    assert_eq!(revoked.body["revoked_reason"], "revoked through the admin API");
+
+    // An empty JSON object, or null, is the same as no body.
+    let (other, _) = h.create_key(json!({"name": "other"})).await;
+    let rotated = h.post(&format!("/keys/{other}/rotate"), json!({})).await;
+    assert_eq!(rotated.ok(201)["rotation"]["reason"], "manual");
+    let (third, _) = h.create_key(json!({"name": "third"})).await;
+    let rotated = h.post(&format!("/keys/{third}/rotate"), Value::Null).await;
+    assert_eq!(rotated.ok(201)["rotation"]["reason"], "manual");
+    let revoked = h.post(&format!("/keys/{third}/revoke"), Value::Null).await;
+    assert_eq!(revoked.ok(200)["revoked_reason"], "revoked through the admin API");
+    h.post(&format!("/keys/{other}/rotate"), json!({"reason": "bored"})).await.assert_error(422, "invalid_body");
+}
+
+#[tokio::test]
+async fn list_keys_filters_and_pages() {
+    let h = harness().await;
+    let policy = h.post("/policies", json!({"name": "p"})).await.ok(201)["id"].as_str().unwrap().to_owned();
+    let (a, _) = h.create_key(json!({"name": "a", "environment": "test"})).await;
+    let (b, _) = h.create_key(json!({"name": "b", "policy_id": policy})).await;
+    let (c, _) = h.create_key(json!({"name": "c"})).await;
+    h.post_empty(&format!("/keys/{c}/suspend")).await.ok(200);
+
+    let ids = |reply: &support::Reply| -> Vec<String> {
+        reply.ok(200)["items"].as_array().unwrap().iter().map(|k| k["id"].as_str().unwrap().to_owned()).collect()
+    };
+    // The admin key itself is one of the tenant's keys, created first.
+    let all = h.get("/keys").await;
+    assert_eq!(ids(&all).len(), 4);
+    assert_eq!((all.body["limit"].as_u64(), all.body["offset"].as_u64()), (Some(100), Some(0)));
+    assert_eq!(ids(&h.get("/keys?state=suspended").await), [c.as_str()]);
+    assert_eq!(ids(&h.get("/keys?environment=test").await), [a.as_str()]);
+    assert_eq!(ids(&h.get(&format!("/keys?policy_id={policy}")).await), [b.as_str()]);
+    assert_eq!(ids(&h.get("/keys?state=active&environment=live").await).len(), 2);
+    assert_eq!(ids(&h.get("/keys?limit=2&offset=1").await), [a, b]);
+
+    h.get("/keys?state=gone").await.assert_error(400, "invalid_query");
+    h.get("/keys?limit=0").await.assert_error(400, "invalid_query");
+    h.get("/keys?limit=1001").await.assert_error(400, "invalid_query");
+    h.get("/keys?limit=ten").await.assert_error(400, "invalid_query");
+    h.get("/keys?colour=blue").await.assert_error(400, "invalid_query");
+    h.get(&format!("/keys?policy_id={}", KeyId::new())).await.assert_error(400, "invalid_id");
+}
+
+#[tokio::test]
+async fn set_key_scopes_replaces_them_within_the_policy() {
+    let h = harness().await;
+    let policy = h.post("/policies", json!({"name": "readers", "allowed_scopes": ["read"]})).await;
+    let policy = policy.ok(201)["id"].as_str().unwrap().to_owned();
+    let (id, raw) = h.create_key(json!({"name": "k", "scopes": ["read:a"], "policy_id": policy})).await;
+
+    let updated = h.put(&format!("/keys/{id}/scopes"), json!({"scopes": ["read:b", "read:c"]})).await;
+    assert_eq!(updated.ok(200)["scopes"], json!(["read:b", "read:c"]));
+    assert!(validates(&h, &raw).await.unwrap().has_scope("read:c"));
+
+    let refused = h.put(&format!("/keys/{id}/scopes"), json!({"scopes": ["write"]})).await;
+    refused.assert_error(400, "invalid_input");
+    assert!(refused.body["error"]["message"].as_str().unwrap().contains("write"), "{}", refused.text);
+    h.put(&format!("/keys/{id}/scopes"), json!({"scopes": ["bad scope"]})).await.assert_error(400, "invalid_input");
+    h.put(&format!("/keys/{id}/scopes"), json!({"scope": ["read"]})).await.assert_error(422, "invalid_body");
+    h.put(&format!("/keys/{}/scopes", KeyId::new()), json!({"scopes": []})).await.assert_error(404, "not_found");
+
+    let cleared = h.put(&format!("/keys/{id}/scopes"), json!({"scopes": []})).await;
+    assert_eq!(cleared.ok(200)["scopes"], json!([]));
+}
+
+#[tokio::test]
+async fn strict_scopes_refuse_unregistered_names() {
+    let h = harness_with(keysmith_admin::router, true).await;
+    let refused = h.post("/keys", json!({"name": "k", "scopes": ["read:users"]})).await;
+    refused.assert_error(400, "invalid_input");
+    assert!(refused.body["error"]["message"].as_str().unwrap().contains("read:users"), "{}", refused.text);
+
+    h.post("/scopes", json!({"name": "read:users"})).await.ok(201);
+    let (id, _) = h.create_key(json!({"name": "k", "scopes": ["read:users"]})).await;
+    h.put(&format!("/keys/{id}/scopes"), json!({"scopes": ["write"]})).await.assert_error(400, "invalid_input");
+}
+
+#[tokio::test]
+async fn usage_routes_return_records_and_rollups() {
+    let h = harness().await;
+    let (id, _) = h.create_key(json!({"name": "k"})).await;
+    let key_id: KeyId = id.parse().unwrap();
+    let day = chrono::Duration::days(1);
+    let record = |at: chrono::DateTime<chrono::Utc>, status: u16| UsageRecord {
+        id: UsageId::new(),
+        key_id,
+        tenant: keysmith_core::Tenant::new(APP, TENANT),
+        endpoint: "/users".to_owned(),
+        method: "GET".to_owned(),
+        status,
+        ip: Some([192, 0, 2, 7].into()),
+        user_agent: Some("curl/8".to_owned()),
+        latency: Duration::from_millis(12),
+        timestamp: at,
+    };
+    for (at, status) in [(start(), 200), (start(), 500), (start() + day, 200), (start() + day * 40, 404)] {
+        h.engine.record_usage(record(at, status));
+    }
+    h.engine.flush_usage().await;
+
+    let usage = h.get(&format!("/keys/{id}/usage")).await;
+    let items = usage.ok(200)["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 4);
+    assert_eq!(items[0]["endpoint"], "/users");
+    assert_eq!(items[0]["method"], "GET");
+    assert_eq!(items[0]["ip"], "192.0.2.7");
+    assert_eq!(items[0]["latency_ms"], 12);
+    assert_eq!(items[0]["key_id"], json!(id));
+
+    let from = (start() + day).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let to = (start() + day * 2).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let ranged = h.get(&format!("/keys/{id}/usage?from={from}&to={to}")).await;
+    assert_eq!(ranged.ok(200)["items"].as_array().unwrap().len(), 1);
+    let paged = h.get(&format!("/keys/{id}/usage?limit=2&offset=3")).await;
+    assert_eq!(paged.ok(200)["items"].as_array().unwrap().len(), 1);
+    assert_eq!(paged.body["items"][0]["status"], 404);
+
+    let daily = h.get(&format!("/keys/{id}/usage/aggregate")).await;
+    let days = daily.ok(200)["items"].as_array().unwrap().clone();
+    assert_eq!(days.len(), 3);
+    assert_eq!(days[0]["period"], "day");
+    assert_eq!(days[0]["period_start"], "2026-03-10T00:00:00Z");
+    assert_eq!((days[0]["requests"].as_u64(), days[0]["errors"].as_u64()), (Some(2), Some(1)));
+    let monthly = h.get(&format!("/keys/{id}/usage/aggregate?period=month")).await;
+    let months = monthly.ok(200)["items"].as_array().unwrap().clone();
+    assert_eq!(months.len(), 2);
+    assert_eq!(months[0]["period_start"], "2026-03-01T00:00:00Z");
+    assert_eq!(months[0]["requests"], 3);
+    // Roll-ups are selected by the start of their period.
+    let ranged = h.get(&format!("/keys/{id}/usage/aggregate?period=day&from={from}&to={to}")).await;
+    assert_eq!(ranged.ok(200)["items"].as_array().unwrap().len(), 0);
+    let whole_day = "from=2026-03-11T00:00:00Z&to=2026-03-12T00:00:00Z";
+    let ranged = h.get(&format!("/keys/{id}/usage/aggregate?period=day&{whole_day}")).await;
+    let items = ranged.ok(200)["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["period_start"], "2026-03-11T00:00:00Z");
+    assert_eq!(ranged.body["key_id"], json!(id));
+
+    h.get(&format!("/keys/{id}/usage/aggregate?period=week")).await.assert_error(400, "invalid_query");
+    h.get(&format!("/keys/{id}/usage?from={to}&to={from}")).await.assert_error(400, "invalid_query");
+    h.get(&format!("/keys/{id}/usage?from=yesterday")).await.assert_error(400, "invalid_query");
+    h.get(&format!("/keys/{}/usage", KeyId::new())).await.assert_error(404, "not_found");
+    h.get(&format!("/keys/{}/usage/aggregate", KeyId::new())).await.assert_error(404, "not_found");
+}
+
+#[tokio::test]
+async fn policy_routes_create_list_show_replace_delete() {
+    let h = harness().await;
+    let created = h
+        .post(
+            "/policies",
+            json!({
+                "name": "partners",
+                "rate_limit": {"requests": 100, "window": 60, "burst": 20},
+                "allowed_ips": ["10.1.2.3/8", "192.0.2.7"],
+                "allowed_origins": ["HTTPS://App.Example.com/"],
+                "allowed_scopes": ["read"],
+                "max_key_age": 7776000,
+                "quota": {"daily": 1000},
+                "rotation_grace": 3600,
+                "metadata": {"tier": "gold"}
+            }),
+        )
+        .await;
+    let policy = created.ok(201).clone();
+    let id = policy["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("kpol_"));
+    assert_eq!(policy["rate_limit"], json!({"requests": 100, "window": 60, "burst": 20}));
+    assert_eq!(policy["allowed_ips"], json!(["10.0.0.0/8", "192.0.2.7/32"]));
+    assert_eq!(policy["allowed_origins"], json!(["https://app.example.com"]));
+    assert_eq!(policy["max_key_age"], 7_776_000);
+    assert_eq!(policy["quota"], json!({"daily": 1000, "monthly": null}));
+    assert_eq!(policy["rotation_grace"], 3600);
+    assert_eq!(policy["metadata"], json!({"tier": "gold"}));
+
+    h.post("/policies", json!({"name": "partners"})).await.assert_error(409, "already_exists");
+    let bad_cidr = h.post("/policies", json!({"name": "x", "allowed_ips": ["10.0.0.0/33"]})).await;
+    bad_cidr.assert_error(400, "invalid_input");
+    assert!(bad_cidr.body["error"]["message"].as_str().unwrap().contains("allowed_ips"), "{}", bad_cidr.text);
+    h.post("/policies", json!({"name": "x", "allowed_origins": ["example.com"]}))
+        .await
+        .assert_error(400, "invalid_input");
+    h.post("/policies", json!({"name": "x", "rate_limit": {"requests": 0, "window": 1}}))
+        .await
+        .assert_error(400, "invalid_input");
+    h.post("/policies", json!({"name": "x", "allowed_ip": ["10.0.0.0/8"]})).await.assert_error(422, "invalid_body");
+
+    let other = h.post("/policies", json!({"name": "internal"})).await.ok(201)["id"].as_str().unwrap().to_owned();
+    let listed = h.get("/policies").await;
+    let names: Vec<&str> =
+        listed.ok(200)["items"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["partners", "internal"]);
+    let page = h.get("/policies?limit=1&offset=1").await;
+    assert_eq!(page.ok(200)["items"][0]["id"], json!(other));
+    h.get("/policies?limit=0").await.assert_error(400, "invalid_query");
+
+    assert_eq!(h.get(&format!("/policies/{id}")).await.ok(200)["name"], "partners");
+
+    let replaced = h.put(&format!("/policies/{id}"), json!({"name": "partners-v2", "quota": {"monthly": 5}})).await;
+    let replaced = replaced.ok(200);
+    assert_eq!(replaced["name"], "partners-v2");
+    assert_eq!(replaced["rate_limit"], Value::Null);
+    assert_eq!(replaced["allowed_ips"], json!([]));
+    assert_eq!(replaced["quota"], json!({"daily": null, "monthly": 5}));
+    assert_eq!(replaced["created_at"], policy["created_at"]);
+    h.put(&format!("/policies/{id}"), json!({"name": "internal"})).await.assert_error(409, "already_exists");
+    h.put(&format!("/policies/{id}"), json!({"name": "y", "allowed_ips": ["nope"]}))
+        .await
+        .assert_error(400, "invalid_input");
+    h.put(&format!("/policies/{}", PolicyId::new()), json!({"name": "z"})).await.assert_error(404, "not_found");
+
+    // In use by a live key: 409 until the key is revoked.
+    let (key, _) = h.create_key(json!({"name": "k", "policy_id": id})).await;
+    h.delete(&format!("/policies/{id}")).await.assert_error(409, "policy_in_use");
+    h.post_empty(&format!("/keys/{key}/revoke")).await.ok(200);
+    let deleted = h.delete(&format!("/policies/{id}")).await;
+    assert_eq!(deleted.status, 204);
+    assert!(deleted.text.is_empty());
+    h.get(&format!("/policies/{id}")).await.assert_error(404, "not_found");
+    h.delete(&format!("/policies/{id}")).await.assert_error(404, "not_found");
+}
+
+#[tokio::test]
+async fn scope_routes_create_list_delete() {
+    let h = harness().await;
+    let created = h.post("/scopes", json!({"name": "write:users", "description": "Change users"})).await;
+    let scope = created.ok(201).clone();
+    assert!(scope["id"].as_str().unwrap().starts_with("kscp_"));
+    assert_eq!(scope["description"], "Change users");
+    h.post("/scopes", json!({"name": "read:users"})).await.ok(201);
+
+    h.post("/scopes", json!({"name": "write:users"})).await.assert_error(409, "already_exists");
+    h.post("/scopes", json!({"name": "read:"})).await.assert_error(400, "invalid_input");
+    h.post("/scopes", json!({"name": "x", "description": "d".repeat(1025)})).await.assert_error(400, "invalid_input");
+    h.post("/scopes", json!({"description": "no name"})).await.assert_error(422, "invalid_body");
+
+    let listed = h.get("/scopes").await;
+    let names: Vec<&str> =
+        listed.ok(200)["items"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["read:users", "write:users"]);
+
+    let id = scope["id"].as_str().unwrap();
+    let deleted = h.delete(&format!("/scopes/{id}")).await;
+    assert_eq!(deleted.status, 204);
+    h.delete(&format!("/scopes/{id}")).await.assert_error(404, "not_found");
+    assert_eq!(h.get("/scopes").await.ok(200)["items"].as_array().unwrap().len(), 1);
+}
+
+/// Every route that takes an id, with a method and a body that would
+/// succeed for an id of the caller's own tenant.
+fn id_routes(key: &str, policy: &str, scope: &str) -> Vec<(&'static str, String, Option<Value>)> {
+    vec![
+        ("GET", format!("/keys/{key}"), None),
+        ("POST", format!("/keys/{key}/rotate"), Some(json!({"grace_seconds": 0}))),
+        ("POST", format!("/keys/{key}/revoke"), Some(json!({"reason": "x"}))),
+        ("POST", format!("/keys/{key}/suspend"), None),
+        ("POST", format!("/keys/{key}/reactivate"), None),
+        ("PUT", format!("/keys/{key}/scopes"), Some(json!({"scopes": ["read"]}))),
+        ("GET", format!("/keys/{key}/rotations"), None),
+        ("GET", format!("/keys/{key}/usage"), None),
+        ("GET", format!("/keys/{key}/usage/aggregate"), None),
+        ("GET", format!("/policies/{policy}"), None),
+        ("PUT", format!("/policies/{policy}"), Some(json!({"name": "renamed"}))),
+        ("DELETE", format!("/policies/{policy}"), None),
+        ("DELETE", format!("/scopes/{scope}"), None),
+    ]
+}
+
+#[tokio::test]
+async fn other_tenants_ids_are_404_on_every_id_route() {
+    let h = harness().await;
+    // Same tenant name in another app, and another tenant of the same app.
+    for (app, tenant) in [(APP, "globex"), ("other-app", TENANT)] {
+        let theirs = h.engine.tenant(app, tenant);
+        let policy = theirs.create_policy(PolicySpec::new("theirs")).await.unwrap();
+        let key = theirs.create_key(NewKey::new("theirs").with_scopes(["read"]).with_policy(policy.id)).await.unwrap();
+        // Suspended, so that reactivate would succeed for its owner.
+        let suspended = theirs.create_key(NewKey::new("paused")).await.unwrap();
+        theirs.suspend_key(suspended.key.id).await.unwrap();
+        let scope = theirs.create_scope("read", "").await.unwrap();
+
+        let key_id = key.key.id.to_string();
+        let mut routes = id_routes(&key_id, &policy.id.to_string(), &scope.id.to_string());
+        routes.push(("POST", format!("/keys/{}/reactivate", suspended.key.id), None));
+        for (method, path, body) in routes {
+            let reply = h.send(method, &path, Some(&h.admin), body).await;
+            reply.assert_error(404, "not_found");
+            assert!(
+                !reply.text.contains("globex") && !reply.text.contains("other-app"),
+                "{method} {path}: {}",
+                reply.text
+            );
+        }
+        // Referencing their policy from a new key is 404 too.
+        h.post("/keys", json!({"name": "k", "policy_id": policy.id})).await.assert_error(404, "not_found");
+
+        // Nothing of theirs changed or shows up in our listings.
+        let still = theirs.get_key(key.key.id).await.unwrap();
+        assert_eq!((still.state, still.scopes.clone()), (keysmith_core::KeyState::Active, vec!["read".to_owned()]));
+        assert_eq!(theirs.get_policy(policy.id).await.unwrap().name, "theirs");
+        assert_eq!(theirs.list_scopes().await.unwrap().len(), 1);
+        assert_eq!(theirs.get_key(suspended.key.id).await.unwrap().state, keysmith_core::KeyState::Suspended);
+        for listing in ["/keys", "/policies", "/scopes"] {
+            let reply = h.get(listing).await;
+            assert!(!reply.text.contains("theirs") && !reply.text.contains(&key_id), "{listing}: {}", reply.text);
+        }
+    }
+
+    // Their admin, symmetrically, cannot see ours.
+    let (ours, _) = h.create_key(json!({"name": "ours"})).await;
+    let their_admin = admin_key(&h.engine, APP, "globex").await;
+    h.send("GET", &format!("/keys/{ours}"), Some(&their_admin), None).await.assert_error(404, "not_found");
+    assert_eq!(h.send("GET", &format!("/keys/{ours}"), Some(&h.admin), None).await.status, 200);
+}
+
+#[tokio::test]
+async fn well_formed_unknown_ids_are_404() {
+    let h = harness().await;
+    let routes = id_routes(&KeyId::new().to_string(), &PolicyId::new().to_string(), &ScopeId::new().to_string());
+    for (method, path, body) in routes {
+        h.send(method, &path, Some(&h.admin), body).await.assert_error(404, "not_found");
+    }
+}
+
+#[tokio::test]
+async fn ids_with_a_wrong_prefix_are_400() {
+    let h = harness().await;
+    let wrong_key = PolicyId::new().to_string();
+    let wrong_policy = KeyId::new().to_string();
+    let wrong_scope = KeyId::new().to_string();
+    for (method, path, body) in id_routes(&wrong_key, &wrong_policy, &wrong_scope) {
+        let reply = h.send(method, &path, Some(&h.admin), body).await;
+        reply.assert_error(400, "invalid_id");
+    }
+    for garbage in ["akey_", "akey_zzzz", "not-an-id", "AKEY_01H455VB4PEX5VSKNK084SN02Q"] {
+        h.get(&format!("/keys/{garbage}")).await.assert_error(400, "invalid_id");
+    }
+    let reply = h.get(&format!("/keys/{wrong_key}")).await;
+    assert!(reply.body["error"]["message"].as_str().unwrap().contains("akey"), "{}", reply.text);
+}
+
+#[tokio::test]
+async fn bad_json_is_answered_in_json() {
+    let h = harness().await;
+    let send = |body: &'static str, content_type: Option<&'static str>| {
+        let mut request = Request::post(format!("{MOUNT}/keys")).header("authorization", format!("Bearer {}", h.admin));
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        h.raw(request.body(Body::from(body)).unwrap())
+    };
+    send("{\"name\": ", Some("application/json")).await.assert_error(400, "invalid_json");
+    send("not json", Some("application/json")).await.assert_error(400, "invalid_json");
+    send("{\"name\": 5}", Some("application/json")).await.assert_error(422, "invalid_body");
+    send("{\"name\": \"k\", \"colour\": \"red\"}", Some("application/json")).await.assert_error(422, "invalid_body");
+    send("[]", Some("application/json")).await.assert_error(422, "invalid_body");
+    send("{\"name\": \"k\"}", Some("text/plain")).await.assert_error(415, "unsupported_media_type");
+    send("{\"name\": \"k\"}", None).await.assert_error(415, "unsupported_media_type");
+    // The optional bodies of rotate and revoke are checked once sent.
+    let (id, _) = h.create_key(json!({"name": "k"})).await;
+    let request = Request::post(format!("{MOUNT}/keys/{id}/revoke"))
+        .header("authorization", format!("Bearer {}", h.admin))
+        .header("content-type", "application/json")
+        .body(Body::from("{oops"))
+        .unwrap();
+    h.raw(request).await.assert_error(400, "invalid_json");
+    assert_eq!(h.get(&format!("/keys/{id}")).await.ok(200)["state"], "active");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_json() {
+    let h = harness().await;
+    h.get("/nope").await.assert_error(404, "route_not_found");
+    h.get("/keys/akey_01h455vb4pex5vsknk084sn02q/nope").await.assert_error(404, "route_not_found");
+    let reply = h.delete("/keys").await;
+    reply.assert_error(405, "method_not_allowed");
+    let allow = reply.headers["allow"].to_str().unwrap();
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+    h.send("PATCH", &format!("/policies/{}", PolicyId::new()), Some(&h.admin), None)
+        .await
+        .assert_error(405, "method_not_allowed");
+    h.send("GET", &format!("/keys/{}/rotate", KeyId::new()), Some(&h.admin), None)
+        .await
+        .assert_error(405, "method_not_allowed");
+}
+
+/// One request per route, for the authentication tests.
+fn every_route() -> Vec<(&'static str, String, Option<Value>)> {
+    let mut routes = id_routes(&KeyId::new().to_string(), &PolicyId::new().to_string(), &ScopeId::new().to_string());
+    routes.extend([
+        ("POST", "/keys".to_owned(), Some(json!({"name": "k"}))),
+        ("GET", "/keys".to_owned(), None),
+        ("POST", "/policies".to_owned(), Some(json!({"name": "p"}))),
+        ("GET", "/policies".to_owned(), None),
+        ("POST", "/scopes".to_owned(), Some(json!({"name": "s"}))),
+        ("GET", "/scopes".to_owned(), None),
+        ("GET", "/openapi.json".to_owned(), None),
+        ("GET", "/no-such-route".to_owned(), None),
+        ("DELETE", "/keys".to_owned(), None),
+    ]);
+    routes
+}
+
+#[tokio::test]
+async fn requests_without_a_key_are_401() {
+    let h = harness().await;
+    for (method, path, body) in every_route() {
+        let reply = h.send(method, &path, None, body).await;
+        reply.assert_error(401, "missing_key");
+        assert_eq!(reply.headers["www-authenticate"], r#"Bearer realm="keysmith-admin""#, "{method} {path}");
+    }
+    let bad = h.send("GET", "/keys", Some("sk_live_not-a-key"), None).await;
+    bad.assert_error(401, "malformed_key");
+}
+
+#[tokio::test]
+async fn keys_without_the_admin_scope_are_403() {
+    let h = harness().await;
+    let reader = h.tenant().create_key(NewKey::new("reader").with_scopes(["read", "keysmith:read"])).await.unwrap();
+    let reader = reader.raw.expose().to_owned();
+    for (method, path, body) in every_route() {
+        let reply = h.send(method, &path, Some(&reader), body).await;
+        reply.assert_error(403, "insufficient_scope");
+        let challenge = reply.headers["www-authenticate"].to_str().unwrap();
+        assert!(challenge.contains(r#"scope="keysmith:admin""#), "{method} {path}: {challenge}");
+    }
+    // Scopes are hierarchical: `keysmith` and `*` cover `keysmith:admin`.
+    for scopes in [["keysmith"], ["*"]] {
+        let key = h.tenant().create_key(NewKey::new("wide").with_scopes(scopes)).await.unwrap();
+        assert_eq!(h.send("GET", "/keys", Some(key.raw.expose()), None).await.status, 200);
+    }
+    // A revoked admin key is refused.
+    let (id, raw) = h.create_key(json!({"name": "ops", "scopes": ["keysmith:admin"]})).await;
+    assert_eq!(h.send("GET", "/scopes", Some(&raw), None).await.status, 200);
+    h.post_empty(&format!("/keys/{id}/revoke")).await.ok(200);
+    h.send("GET", "/scopes", Some(&raw), None).await.assert_error(401, "key_revoked");
+}
+
+#[tokio::test]
+async fn store_failures_are_503_without_details() {
+    let h = harness().await;
+    h.store.fail(true);
+    for (method, path, body) in
+        [("GET", "/keys".to_owned(), None), ("POST", "/policies".to_owned(), Some(json!({"name": "p"})))]
+    {
+        let reply = h.send(method, &path, Some(&h.admin), body).await;
+        reply.assert_error(503, "unavailable");
+        assert!(!reply.text.contains("hunter2") && !reply.text.contains("refused"), "{}", reply.text);
+    }
+    h.store.fail(false);
+    assert_eq!(h.get("/keys").await.status, 200);
+}
+
+#[tokio::test]
+async fn configuration_reaches_the_layer() {
+    // Only keys of one app.
+    let h = harness_with(with_config(|config| config.with_app_id("another-app").with_realm("ops")), false).await;
+    let refused = h.get("/keys").await;
+    refused.assert_error(401, "invalid_key");
+    assert_eq!(refused.headers["www-authenticate"], r#"Bearer realm="ops", error="invalid_token""#);
+    let theirs = admin_key(&h.engine, "another-app", "t1").await;
+    assert_eq!(h.send("GET", "/keys", Some(&theirs), None).await.status, 200);
+
+    // Keys from a custom header only.
+    let h = harness_with(
+        with_config(|config| {
+            config.with_key_sources(keysmith_core::http::KeySources::empty().with_header("X-Admin-Token"))
+        }),
+        false,
+    )
+    .await;
+    h.get("/keys").await.assert_error(401, "missing_key");
+    let request = Request::get(format!("{MOUNT}/keys")).header("x-admin-token", &h.admin).body(Body::empty()).unwrap();
+    assert_eq!(h.raw(request).await.status, 200);
+
+    // A layer configured by the application: still needs the admin scope,
+    // even in optional mode.
+    let h = harness_with(
+        |engine| AdminConfig::from_layer(ApiKeyLayer::new(engine).optional().with_realm("app")).into_router(),
+        false,
+    )
+    .await;
+    let anonymous = h.send("GET", "/keys", None, None).await;
+    anonymous.assert_error(401, "missing_key");
+    assert_eq!(anonymous.headers["www-authenticate"], r#"Bearer realm="app""#);
+    assert_eq!(h.get("/keys").await.status, 200);
+    let reader = h.tenant().create_key(NewKey::new("reader").with_scopes(["read"])).await.unwrap();
+    h.send("GET", "/keys", Some(reader.raw.expose()), None).await.assert_error(403, "insufficient_scope");
+}

@@ -1,0 +1,278 @@
+//! The OpenAPI document: it parses, it lists exactly the router's routes,
+//! and it describes parameters, bodies, errors and security.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use axum::body::Body;
+use axum::http::Request;
+use keysmith_core::http::KeySources;
+use keysmith_core::{KeyId, NewKey, PolicyId, ScopeId};
+use serde_json::{Value, json};
+use support::{MOUNT, harness, harness_with, with_config};
+
+/// The routes of the issue, as (method, path template).
+const ROUTES: [(&str, &str); 20] = [
+    ("POST", "/keys"),
+    ("GET", "/keys"),
+    ("GET", "/keys/{id}"),
+    ("POST", "/keys/{id}/rotate"),
+    ("POST", "/keys/{id}/revoke"),
+    ("POST", "/keys/{id}/suspend"),
+    ("POST", "/keys/{id}/reactivate"),
+    ("PUT", "/keys/{id}/scopes"),
+    ("GET", "/keys/{id}/rotations"),
+    ("GET", "/keys/{id}/usage"),
+    ("GET", "/keys/{id}/usage/aggregate"),
+    ("POST", "/policies"),
+    ("GET", "/policies"),
+    ("GET", "/policies/{id}"),
+    ("PUT", "/policies/{id}"),
+    ("DELETE", "/policies/{id}"),
+    ("POST", "/scopes"),
+    ("GET", "/scopes"),
+    ("DELETE", "/scopes/{id}"),
+    ("GET", "/openapi.json"),
+];
+
+fn expected() -> BTreeSet<(String, String)> {
+    ROUTES.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect()
+}
+
+const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+
+/// (METHOD, path) of every operation in the document.
+fn documented(doc: &Value) -> BTreeSet<(String, String)> {
+    let mut operations = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in METHODS {
+            if item.get(method).is_some() {
+                operations.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    operations
+}
+
+async fn served_document(h: &support::Harness) -> Value {
+    let reply = h.get("/openapi.json").await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.headers["content-type"], "application/json");
+    serde_json::from_str(&reply.text).expect("the document is JSON")
+}
+
+/// A request path for a template, with an id of the right type.
+fn concrete(path: &str) -> String {
+    if path.starts_with("/keys/") {
+        path.replace("{id}", &KeyId::new().to_string())
+    } else if path.starts_with("/policies/") {
+        path.replace("{id}", &PolicyId::new().to_string())
+    } else {
+        path.replace("{id}", &ScopeId::new().to_string())
+    }
+}
+
+#[tokio::test]
+async fn document_lists_exactly_the_routers_routes() {
+    let h = harness().await;
+    let doc = served_document(&h).await;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    assert_eq!(documented(&doc), expected());
+    assert_eq!(expected().len(), ROUTES.len());
+
+    // Every documented operation is routed (answered by its handler, not by
+    // the router's 404/405 fallbacks)…
+    for (method, path) in expected() {
+        let body = matches!(method.as_str(), "POST" | "PUT").then(|| json!({}));
+        let reply = h.send(&method, &concrete(&path), Some(&h.admin), body).await;
+        let code = reply.body["error"]["code"].as_str().unwrap_or("");
+        assert!(
+            code != "route_not_found" && code != "method_not_allowed" && reply.status != 405,
+            "{method} {path}: {}",
+            reply.text
+        );
+    }
+    // …and every other method on those paths is 405: the router has no
+    // undocumented operation.
+    let paths: BTreeSet<String> = expected().into_iter().map(|(_, p)| p).collect();
+    for path in paths {
+        for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+            if expected().contains(&(method.to_owned(), path.clone())) {
+                continue;
+            }
+            let reply = h.send(method, &concrete(&path), Some(&h.admin), None).await;
+            reply.assert_error(405, "method_not_allowed");
+        }
+    }
+}
+
+#[tokio::test]
+async fn document_describes_parameters_bodies_errors_and_security() {
+    let h = harness().await;
+    let doc = served_document(&h).await;
+    assert_eq!(doc["info"]["title"], "Keysmith admin API");
+    assert_eq!(doc["servers"], json!([{"url": MOUNT}]));
+
+    // Security: bearer and X-API-Key, either one, with the admin scope.
+    let schemes = &doc["components"]["securitySchemes"];
+    assert_eq!(
+        schemes["bearer"],
+        json!({"type": "http", "scheme": "bearer", "description": schemes["bearer"]["description"]})
+    );
+    assert_eq!(schemes["api_key"]["type"], "apiKey");
+    assert_eq!(schemes["api_key"]["in"], "header");
+    assert_eq!(schemes["api_key"]["name"], "X-API-Key");
+    assert_eq!(doc["security"], json!([{"bearer": ["keysmith:admin"]}, {"api_key": ["keysmith:admin"]}]));
+
+    // The error schema and shared responses.
+    let error = &doc["components"]["schemas"]["ErrorBody"];
+    assert_eq!(error["required"], json!(["error"]));
+    let detail = &doc["components"]["schemas"]["ErrorDetail"];
+    assert_eq!(detail["required"], json!(["code", "message"]));
+    for name in ["Unauthorized", "Forbidden", "TooManyRequests", "Unavailable", "UnprocessableEntity"] {
+        let response = &doc["components"]["responses"][name];
+        assert_eq!(
+            response["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorBody",
+            "{name}"
+        );
+    }
+
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in METHODS {
+            let Some(operation) = item.get(method) else { continue };
+            let name = format!("{method} {path}");
+            assert!(operation["operationId"].is_string(), "{name}");
+            assert!(operation["tags"].as_array().is_some_and(|t| !t.is_empty()), "{name}");
+            let responses = operation["responses"].as_object().unwrap();
+            for status in ["401", "403", "429", "503"] {
+                assert!(responses.contains_key(status), "{name} lacks {status}");
+            }
+            assert!(responses.keys().any(|s| s.starts_with('2')), "{name} has no success response");
+            for (status, response) in responses {
+                if status.starts_with('4') || status.starts_with('5') {
+                    let schema = response
+                        .get("$ref")
+                        .map(|r| {
+                            let component = r.as_str().unwrap().rsplit('/').next().unwrap();
+                            doc["components"]["responses"][component]["content"]["application/json"]["schema"].clone()
+                        })
+                        .unwrap_or_else(|| response["content"]["application/json"]["schema"].clone());
+                    assert_eq!(schema["$ref"], "#/components/schemas/ErrorBody", "{name} {status}");
+                }
+            }
+            if path.contains("{id}") {
+                let params = operation["parameters"].as_array().unwrap();
+                let id = params.iter().find(|p| p["name"] == "id").unwrap_or_else(|| panic!("{name}"));
+                assert_eq!((id["in"].as_str(), id["required"].as_bool()), (Some("path"), Some(true)), "{name}");
+                assert!(id["schema"]["pattern"].as_str().unwrap().contains('_'), "{name}");
+                assert!(responses.contains_key("400") && responses.contains_key("404"), "{name}");
+            }
+            if operation.get("requestBody").is_some() {
+                assert!(operation["requestBody"]["content"]["application/json"]["schema"].is_object(), "{name}");
+                for status in ["400", "415", "422"] {
+                    assert!(responses.contains_key(status), "{name} lacks {status}");
+                }
+            }
+        }
+    }
+
+    // Query parameters of the listings.
+    let names = |path: &str| -> Vec<String> {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["in"] == "query")
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names("/keys"), ["state", "environment", "policy_id", "limit", "offset"]);
+    assert_eq!(names("/keys/{id}/usage"), ["from", "to", "limit", "offset"]);
+    assert_eq!(names("/keys/{id}/usage/aggregate"), ["period", "from", "to"]);
+    assert_eq!(names("/policies"), ["limit", "offset"]);
+
+    // Bodies and responses name their schemas; keys never show a hash.
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for schema in [
+        "Key",
+        "CreateKey",
+        "CreatedKey",
+        "RotateKey",
+        "RotatedKey",
+        "RevokeKey",
+        "SetScopes",
+        "KeyList",
+        "Rotation",
+        "RotationList",
+        "UsageRecord",
+        "UsageList",
+        "UsageAggregate",
+        "UsageAggregateList",
+        "Policy",
+        "PolicyInput",
+        "PolicyList",
+        "RateLimit",
+        "Quota",
+        "Scope",
+        "CreateScope",
+        "ScopeList",
+        "KeyState",
+        "Environment",
+        "RotationReason",
+        "Period",
+    ] {
+        assert!(schemas.contains_key(schema), "missing schema {schema}");
+    }
+    assert_eq!(schemas["CreatedKey"]["required"], json!(["key", "raw_key"]));
+    assert_eq!(schemas["CreateKey"]["required"], json!(["name"]));
+    assert_eq!(schemas["CreateKey"]["additionalProperties"], json!(false));
+    for schema in ["Key", "Rotation"] {
+        let properties = schemas[schema]["properties"].as_object().unwrap();
+        assert!(properties.keys().all(|p| !p.contains("hash")), "{schema}: {properties:?}");
+    }
+    assert_eq!(schemas["KeyState"]["enum"], json!(["active", "rotated", "expired", "revoked", "suspended"]));
+    let create = &doc["paths"]["/keys"]["post"];
+    assert_eq!(
+        create["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/CreateKey"
+    );
+    assert_eq!(
+        create["responses"]["201"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/CreatedKey"
+    );
+    // The optional bodies of rotate and revoke are documented as optional.
+    assert_ne!(doc["paths"]["/keys/{id}/rotate"]["post"]["requestBody"]["required"], json!(true));
+    assert_ne!(doc["paths"]["/keys/{id}/revoke"]["post"]["requestBody"]["required"], json!(true));
+    assert!(doc["paths"]["/policies/{id}"]["delete"]["responses"]["409"]["description"].is_string());
+}
+
+#[tokio::test]
+async fn document_needs_the_admin_key_and_matches_the_public_function() {
+    let h = harness().await;
+    h.send("GET", "/openapi.json", None, None).await.assert_error(401, "missing_key");
+    let reader = h.tenant().create_key(NewKey::new("reader").with_scopes(["read"])).await.unwrap();
+    h.send("GET", "/openapi.json", Some(reader.raw.expose()), None).await.assert_error(403, "insufficient_scope");
+
+    let mut served = served_document(&h).await;
+    served.as_object_mut().unwrap().remove("servers");
+    let public = serde_json::to_value(keysmith_admin::openapi()).unwrap();
+    assert_eq!(served, public);
+}
+
+#[tokio::test]
+async fn security_schemes_follow_the_key_sources() {
+    let h = harness_with(
+        with_config(|config| config.with_key_sources(KeySources::empty().with_header("X-Admin-Token"))),
+        false,
+    )
+    .await;
+    let request =
+        Request::get(format!("{MOUNT}/openapi.json")).header("x-admin-token", &h.admin).body(Body::empty()).unwrap();
+    let reply = h.raw(request).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let schemes = reply.body["components"]["securitySchemes"].as_object().unwrap();
+    assert_eq!(schemes.keys().collect::<Vec<_>>(), ["x-admin-token"]);
+    assert_eq!(schemes["x-admin-token"]["name"], "x-admin-token");
+    assert_eq!(reply.body["security"], json!([{"x-admin-token": ["keysmith:admin"]}]));
+}
