@@ -3,7 +3,7 @@
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use keysmith_core::IdParseError;
+use keysmith_core::{IdParseError, ParsedKey};
 use keysmith_tower::ApiKeyRejection;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -28,6 +28,8 @@ use utoipa::ToSchema;
 /// | core `AlreadyExists` | 409 | `already_exists` |
 /// | core `PolicyInUse` | 409 | `policy_in_use` |
 /// | core `Store` | 503 | `unavailable` |
+/// | [`Unauthenticated`](Self::Unauthenticated) | the layer's (401 `missing_key`, or 500 without the layer) | |
+/// | a core error of a later kind | 500 | `internal_error` |
 ///
 /// Authentication failures (401, 403, 429…) are answered by the
 /// `ApiKeyLayer` and `RequireScopes` in front of the routes, in the same
@@ -122,9 +124,15 @@ impl Error {
 
     /// The human message of the JSON body. Store failures say only that
     /// the store is unavailable: their details go to the log, not to the
-    /// client.
+    /// client. Anything shaped like a raw key (checksum included) is
+    /// replaced by `[REDACTED]`: a secret pasted into the wrong field is
+    /// not echoed back.
     #[must_use]
     pub fn message(&self) -> String {
+        redact_keys(&self.unredacted_message())
+    }
+
+    fn unredacted_message(&self) -> String {
         match self {
             Self::Core(keysmith_core::Error::Store { .. }) => {
                 "the key store is unavailable; try again later".to_owned()
@@ -136,6 +144,23 @@ impl Error {
             other => other.to_string(),
         }
     }
+}
+
+/// `text` with every token that parses as a raw key replaced.
+fn redact_keys(text: &str) -> String {
+    let is_key_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(is_key_char) {
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let end = rest.find(|c: char| !is_key_char(c)).unwrap_or(rest.len());
+        let token = &rest[..end];
+        out.push_str(if ParsedKey::parse(token).is_some() { "[REDACTED]" } else { token });
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl IntoResponse for Error {
@@ -215,6 +240,22 @@ mod tests {
         for (error, status, code) in cases {
             let error = Error::from(error);
             assert_eq!((error.status().as_u16(), error.code()), (status, code));
+        }
+    }
+
+    #[tokio::test]
+    async fn raw_keys_are_redacted_from_messages() {
+        let engine =
+            keysmith_core::Engine::builder(std::sync::Arc::new(keysmith_core::MemoryStore::new())).build().unwrap();
+        let created = engine.tenant("a", "t").create_key(keysmith_core::NewKey::new("k")).await.unwrap();
+        let raw = created.raw.expose();
+        let text = format!("invalid type: string \"{raw}\", expected a sequence; {raw}.");
+        assert_eq!(redact_keys(&text), "invalid type: string \"[REDACTED]\", expected a sequence; [REDACTED].");
+        // Look-alikes with a wrong checksum, and ordinary text, stay.
+        let mut forged = raw.to_owned();
+        forged.replace_range(raw.len() - 1.., if raw.ends_with('0') { "1" } else { "0" });
+        for text in [forged.as_str(), "invalid akey id: expected `akey_`", "sk_live_short", ""] {
+            assert_eq!(redact_keys(text), text);
         }
     }
 

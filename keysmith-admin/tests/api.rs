@@ -510,6 +510,13 @@ async fn bad_json_is_answered_in_json() {
     send("{\"name\": \"k\", \"colour\": \"red\"}", Some("application/json")).await.assert_error(422, "invalid_body");
     send("[]", Some("application/json")).await.assert_error(422, "invalid_body");
     send("{\"name\": \"k\"}", Some("text/plain")).await.assert_error(415, "unsupported_media_type");
+    // A secret pasted into the wrong field is not echoed back.
+    let pasted = h.post("/keys", json!({"name": "k", "scopes": h.admin})).await;
+    pasted.assert_error(422, "invalid_body");
+    assert!(!pasted.text.contains(&h.admin) && pasted.text.contains("[REDACTED]"), "{}", pasted.text);
+    let pasted = h.post("/policies", json!({"name": "p", "allowed_ips": [h.admin]})).await;
+    pasted.assert_error(400, "invalid_input");
+    assert!(!pasted.text.contains(&h.admin), "{}", pasted.text);
     send("{\"name\": \"k\"}", None).await.assert_error(415, "unsupported_media_type");
     // The optional bodies of rotate and revoke are checked once sent.
     let (id, _) = h.create_key(json!({"name": "k"})).await;
