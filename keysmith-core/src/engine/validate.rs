@@ -280,9 +280,13 @@ impl Engine {
     /// this key within the interval.
     fn touch(&self, key: &Key, now: DateTime<Utc>) {
         let inner = &self.inner;
-        let interval =
-            chrono::Duration::from_std(inner.usage_config.last_used_interval).unwrap_or(chrono::Duration::MAX);
-        let recent = |at: DateTime<Utc>| now.signed_duration_since(at) < interval;
+        // `at` is recent when it is after `now - interval` (one subtraction
+        // here rather than one per comparison below).
+        let since = chrono::Duration::from_std(inner.usage_config.last_used_interval)
+            .ok()
+            .and_then(|interval| now.checked_sub_signed(interval))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let recent = |at: DateTime<Utc>| at > since;
         if key.last_used_at.is_some_and(recent) {
             return;
         }

@@ -81,24 +81,33 @@ impl<'a> ParsedKey<'a> {
     /// malformed; why is not said, since nothing about a bad secret is logged.
     #[must_use]
     pub fn parse(raw: &'a str) -> Option<Self> {
-        if raw.len() > MAX_RAW_KEY_LEN || !raw.is_ascii() {
+        const BODY_LEN: usize = RANDOM_LEN + CHECK_LEN;
+        // Runs on every request, before anything else: byte positions rather
+        // than `split_once`, and no error values built for a bad key. The
+        // body is the last 38 bytes; the environment sits between the first
+        // `_` and the `_` before the body.
+        if raw.len() > MAX_RAW_KEY_LEN || raw.len() < BODY_LEN + 2 {
             return None;
         }
-        let (prefix, rest) = raw.split_once('_')?;
-        let (env, body) = rest.split_once('_')?;
-        if validate_prefix(prefix).is_err() || body.len() != RANDOM_LEN + CHECK_LEN {
+        let bytes = raw.as_bytes();
+        let body_start = bytes.len() - BODY_LEN;
+        if bytes[body_start - 1] != b'_' || !bytes[body_start..].iter().all(u8::is_ascii_alphanumeric) {
             return None;
         }
-        let environment = env.parse().ok()?;
-        if !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        let prefix_end = bytes[..body_start - 1].iter().position(|b| *b == b'_')?;
+        let prefix = &raw[..prefix_end];
+        let prefix_valid = bytes[..prefix_end].iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN || !prefix_valid {
             return None;
         }
-        let (signed, check) = raw.split_at(raw.len() - CHECK_LEN);
-        (check_digits(crc32fast::hash(signed.as_bytes())) == check.as_bytes()).then_some(Self {
-            prefix,
-            environment,
-            raw,
-        })
+        let environment = match &bytes[prefix_end + 1..body_start - 1] {
+            b"live" => Environment::Live,
+            b"test" => Environment::Test,
+            b"dev" => Environment::Dev,
+            _ => return None,
+        };
+        let (signed, check) = bytes.split_at(bytes.len() - CHECK_LEN);
+        (check_digits(crc32fast::hash(signed)) == check).then_some(Self { prefix, environment, raw })
     }
 }
 

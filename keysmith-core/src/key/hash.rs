@@ -54,7 +54,19 @@ impl KeyHash {
     /// from a client.
     #[must_use]
     pub fn ct_eq(&self, other: &Self) -> bool {
-        self.0.ct_eq(&other.0).into()
+        // Compared as four words rather than 32 bytes: as constant-time, an
+        // eighth of the work.
+        Self::words(&self.0)[..].ct_eq(&Self::words(&other.0)[..]).into()
+    }
+
+    fn words(bytes: &[u8; 32]) -> [u64; 4] {
+        let mut words = [0u64; 4];
+        for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+            let mut buf = [0u8; 8];
+            buf.copy_from_slice(chunk);
+            *word = u64::from_ne_bytes(buf);
+        }
+        words
     }
 }
 

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
-use governor::clock::Clock as _;
 use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
@@ -17,18 +16,21 @@ use super::{RateLimitStatus, RateLimiter};
 use crate::bounded::SweepSchedule;
 use crate::{Clock, Error, KeyId, RateLimit, Result, SystemClock};
 
-type Limiter = governor::RateLimiter<NotKeyed, InMemoryState, ClockAdapter, StateInformationMiddleware>;
+type Limiter = governor::RateLimiter<NotKeyed, InMemoryState, RequestClock, StateInformationMiddleware>;
 
-/// Lets governor read the engine's clock, so tests drive rate limits with a
-/// [`ManualClock`](crate::ManualClock) like everything else.
+/// The time governor sees for a key: the `now` of the request being checked,
+/// stored just before the check. The engine has read the clock once for the
+/// whole validation; reading it again here was one of the largest costs of
+/// a rate-limited validation. Two concurrent checks of one key may each see
+/// the other's `now`, which is no different from two clock reads racing.
 #[derive(Debug, Clone)]
-struct ClockAdapter(Arc<dyn Clock>);
+struct RequestClock(Arc<AtomicU64>);
 
-impl governor::clock::Clock for ClockAdapter {
+impl governor::clock::Clock for RequestClock {
     type Instant = Nanos;
 
     fn now(&self) -> Nanos {
-        Nanos::from(self.0.unix_nanos())
+        Nanos::from(self.0.load(Ordering::Relaxed))
     }
 }
 
@@ -37,8 +39,9 @@ struct Entry {
     limit: RateLimit,
     quota: governor::Quota,
     limiter: Limiter,
-    /// When the key was last checked (clock nanos).
-    last_seen: AtomicU64,
+    /// When the key was last checked (clock nanos); also the time its
+    /// limiter reads.
+    last_seen: Arc<AtomicU64>,
     /// After this long without a request the budget is full again, so the
     /// entry can be dropped without changing any decision.
     idle_after: u64,
@@ -53,7 +56,8 @@ struct Entry {
 /// cost is amortised over the insertions).
 #[derive(Debug)]
 pub struct GcraRateLimiter {
-    clock: ClockAdapter,
+    /// Only for eviction: checks run at the `now` they are given.
+    clock: Arc<dyn Clock>,
     entries: DashMap<KeyId, Arc<Entry>, foldhash::fast::RandomState>,
     sweeps: SweepSchedule,
 }
@@ -74,7 +78,7 @@ impl GcraRateLimiter {
     /// A limiter on `clock`.
     #[must_use]
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
-        Self { clock: ClockAdapter(clock), entries: DashMap::default(), sweeps: SweepSchedule::default() }
+        Self { clock, entries: DashMap::default(), sweeps: SweepSchedule::default() }
     }
 
     /// How many keys currently hold a limiter.
@@ -85,17 +89,13 @@ impl GcraRateLimiter {
 
     /// Drops the limiters of keys idle long enough to have a full budget.
     pub fn evict_idle(&self) {
-        let now = self.clock.now().as_u64();
+        let now = self.clock.unix_nanos();
         self.entries.retain(|_, entry| now.saturating_sub(entry.last_seen.load(Ordering::Relaxed)) < entry.idle_after);
     }
 
-    fn entry(&self, key: KeyId, limit: &RateLimit) -> Result<Arc<Entry>> {
-        if let Some(entry) = self.entries.get(&key)
-            && entry.limit == *limit
-        {
-            return Ok(Arc::clone(&entry));
-        }
-        let entry = Arc::new(new_entry(limit, &self.clock)?);
+    /// A new limiter for `key`, replacing one sized by another limit.
+    fn insert(&self, key: KeyId, limit: &RateLimit) -> Result<Arc<Entry>> {
+        let entry = Arc::new(new_entry(limit)?);
         self.entries.insert(key, Arc::clone(&entry));
         self.sweeps.maybe_sweep(self.entries.len(), || {
             self.evict_idle();
@@ -105,33 +105,14 @@ impl GcraRateLimiter {
     }
 }
 
-fn new_entry(limit: &RateLimit, clock: &ClockAdapter) -> Result<Entry> {
-    let invalid = || Error::invalid("rate_limit", "requests and window must be greater than zero");
-    let requests = NonZeroU32::new(limit.requests).ok_or_else(invalid)?;
-    let burst = limit.burst.and_then(NonZeroU32::new).unwrap_or(requests);
-    let period = limit.window / requests.get();
-    let quota = governor::Quota::with_period(period).ok_or_else(invalid)?.allow_burst(burst);
-    let idle_after = u64::try_from(period.saturating_mul(burst.get()).as_nanos()).unwrap_or(u64::MAX);
-    Ok(Entry {
-        limit: *limit,
-        quota,
-        limiter: governor::RateLimiter::direct_with_clock(quota, clock.clone())
-            .with_middleware::<StateInformationMiddleware>(),
-        last_seen: AtomicU64::new(0),
-        idle_after,
-    })
-}
-
-#[async_trait]
-impl RateLimiter for GcraRateLimiter {
-    async fn check(&self, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> Result<RateLimitStatus> {
-        let entry = self.entry(key, limit)?;
-        // governor reads the clock itself; `now` only marks the key as seen.
-        let seen = now.timestamp_nanos_opt().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
-        entry.last_seen.store(seen, Ordering::Relaxed);
-        let burst = entry.quota.burst_size().get();
-        let period = entry.quota.replenish_interval();
-        Ok(match entry.limiter.check() {
+impl Entry {
+    /// Counts one request made at `seen` (clock nanos).
+    fn check(&self, seen: u64) -> RateLimitStatus {
+        // Marks the key as seen and sets the time governor reads.
+        self.last_seen.store(seen, Ordering::Relaxed);
+        let burst = self.quota.burst_size().get();
+        let period = self.quota.replenish_interval();
+        match self.limiter.check() {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
                 RateLimitStatus {
@@ -143,7 +124,7 @@ impl RateLimiter for GcraRateLimiter {
                 }
             }
             Err(not_until) => {
-                let retry_after = not_until.wait_time_from(self.clock.now());
+                let retry_after = not_until.wait_time_from(Nanos::from(seen));
                 RateLimitStatus {
                     allowed: false,
                     limit: burst,
@@ -152,7 +133,40 @@ impl RateLimiter for GcraRateLimiter {
                     retry_after: Some(retry_after),
                 }
             }
-        })
+        }
+    }
+}
+
+fn new_entry(limit: &RateLimit) -> Result<Entry> {
+    let invalid = || Error::invalid("rate_limit", "requests and window must be greater than zero");
+    let requests = NonZeroU32::new(limit.requests).ok_or_else(invalid)?;
+    let burst = limit.burst.and_then(NonZeroU32::new).unwrap_or(requests);
+    let period = limit.window / requests.get();
+    let quota = governor::Quota::with_period(period).ok_or_else(invalid)?.allow_burst(burst);
+    let idle_after = u64::try_from(period.saturating_mul(burst.get()).as_nanos()).unwrap_or(u64::MAX);
+    let last_seen = Arc::new(AtomicU64::new(0));
+    Ok(Entry {
+        limit: *limit,
+        quota,
+        limiter: governor::RateLimiter::direct_with_clock(quota, RequestClock(Arc::clone(&last_seen)))
+            .with_middleware::<StateInformationMiddleware>(),
+        last_seen,
+        idle_after,
+    })
+}
+
+#[async_trait]
+impl RateLimiter for GcraRateLimiter {
+    async fn check(&self, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> Result<RateLimitStatus> {
+        let seen = now.timestamp_nanos_opt().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+        // The common case checks under the map's read guard, without
+        // cloning the entry out.
+        if let Some(entry) = self.entries.get(&key)
+            && entry.limit == *limit
+        {
+            return Ok(entry.check(seen));
+        }
+        Ok(self.insert(key, limit)?.check(seen))
     }
 }
 

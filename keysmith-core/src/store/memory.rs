@@ -40,8 +40,10 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Tables {
-    keys: HashMap<KeyId, StoredKey, foldhash::fast::RandomState>,
-    by_hash: HashMap<KeyHash, KeyId, foldhash::fast::RandomState>,
+    /// Keys by hash: validation's lookup is one probe.
+    keys: HashMap<KeyHash, StoredKey, foldhash::fast::RandomState>,
+    /// Management finds keys by id through this index.
+    by_id: HashMap<KeyId, KeyHash, foldhash::fast::RandomState>,
     policies: BTreeMap<PolicyId, Arc<Policy>>,
     scopes: BTreeMap<ScopeId, Scope>,
     usage: BTreeMap<(KeyId, DateTime<Utc>, crate::UsageId), UsageRecord>,
@@ -76,7 +78,7 @@ impl MemoryStore {
 
 impl Tables {
     fn tenant_key(&self, tenant: &Tenant, id: KeyId) -> Option<&StoredKey> {
-        self.keys.get(&id).filter(|stored| stored.key.tenant == *tenant)
+        self.by_id.get(&id).and_then(|hash| self.keys.get(hash)).filter(|stored| stored.key.tenant == *tenant)
     }
 
     fn update_key(&mut self, tenant: &Tenant, id: KeyId, change: impl FnOnce(&mut Key) -> Result<()>) -> Result<Key> {
@@ -84,7 +86,7 @@ impl Tables {
         let mut key = Key::clone(&stored.key);
         change(&mut key)?;
         let hash = stored.hash;
-        self.keys.insert(id, StoredKey { key: Arc::new(key.clone()), hash });
+        self.keys.insert(hash, StoredKey { key: Arc::new(key.clone()), hash });
         Ok(key)
     }
 
@@ -99,12 +101,12 @@ impl Tables {
 
     fn insert_key(&mut self, stored: &StoredKey) -> Result<()> {
         let key = &stored.key;
-        if self.keys.contains_key(&key.id) || self.by_hash.contains_key(&stored.hash) {
+        if self.by_id.contains_key(&key.id) || self.keys.contains_key(&stored.hash) {
             return Err(Error::AlreadyExists { entity: "key", name: key.id.to_string() });
         }
         self.check_policy(&key.tenant, key.policy_id)?;
-        self.by_hash.insert(stored.hash, key.id);
-        self.keys.insert(key.id, stored.clone());
+        self.by_id.insert(key.id, stored.hash);
+        self.keys.insert(stored.hash, stored.clone());
         Ok(())
     }
 }
@@ -128,8 +130,7 @@ impl KeyStore for MemoryStore {
     }
 
     async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>> {
-        let tables = self.read()?;
-        Ok(tables.by_hash.get(hash).and_then(|id| tables.keys.get(id)).cloned())
+        Ok(self.read()?.keys.get(hash).cloned())
     }
 
     async fn get_key(&self, tenant: &Tenant, id: KeyId) -> Result<Option<StoredKey>> {
@@ -188,7 +189,8 @@ impl KeyStore for MemoryStore {
 
     async fn touch_key(&self, id: KeyId, at: DateTime<Utc>) -> Result<()> {
         let mut tables = self.write()?;
-        if let Some(stored) = tables.keys.get_mut(&id)
+        let tables = &mut *tables;
+        if let Some(stored) = tables.by_id.get(&id).and_then(|hash| tables.keys.get_mut(hash))
             && stored.key.last_used_at.is_none_or(|last| last < at)
         {
             Arc::make_mut(&mut stored.key).last_used_at = Some(at);

@@ -1,0 +1,149 @@
+//! The HTTP servers `scripts/bench-http` measures, one per mode, all
+//! answering `GET /` with `hello`:
+//!
+//! - `axum-bare`: axum alone.
+//! - `axum-keysmith-memory`: axum + `ApiKeyLayer` on the memory store.
+//! - `axum-keysmith-postgres`: axum + `ApiKeyLayer` on PostgreSQL behind
+//!   `CachedStore` (needs `KEYSMITH_TEST_POSTGRES_URL`).
+//! - `axum-governor`: axum + tower-governor keyed by the `X-API-Key` header,
+//!   the rate-limit-only baseline.
+//! - `actix-bare`: actix-web alone (one worker).
+//! - `actix-keysmith-memory`: actix-web + the `Keysmith` middleware on the
+//!   memory store (one worker).
+//!
+//! `bench-server <mode> <port>` prints `key=<raw key>` (the key to send in
+//! `X-API-Key`), then `ready`, and serves on 127.0.0.1 until killed.
+//! Keysmith modes use a key under a policy with every per-request check
+//! (rate limit, IP allowlist, allowed scopes).
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::Request;
+use axum::routing::get;
+use keysmith_benches::{Backend, BenchStore, seed};
+use keysmith_tower::ApiKeyLayer;
+use tower_governor::GovernorError;
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::key_extractor::KeyExtractor;
+
+/// Rate limits by the raw `X-API-Key` header, as a user without Keysmith
+/// would: no lookup, no policy.
+#[derive(Debug, Clone, Copy)]
+struct HeaderKey;
+
+impl KeyExtractor for HeaderKey {
+    type Key = String;
+
+    fn extract<T>(&self, req: &Request<T>) -> Result<String, GovernorError> {
+        req.headers()
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or(GovernorError::UnableToExtractKey)
+    }
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: bench-server <axum-bare|axum-keysmith-memory|axum-keysmith-postgres|axum-governor|actix-bare|\
+         actix-keysmith-memory> <port>"
+    );
+    std::process::exit(2)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (Some(mode), Some(port)) = (args.next(), args.next()) else { usage() };
+    let Ok(port) = port.parse::<u16>() else { usage() };
+    if mode.starts_with("actix-") {
+        actix_web::rt::System::new().block_on(serve_actix(&mode, port));
+    } else {
+        tokio::runtime::Runtime::new().expect("a tokio runtime").block_on(serve_axum(&mode, port));
+    }
+}
+
+async fn serve_axum(mode: &str, port: u16) {
+    let hello = Router::new().route("/", get(|| async { "hello" }));
+
+    // Kept alive while serving: the engine's store and its database.
+    let mut store_guard = None;
+    let (app, key) = match mode {
+        "axum-bare" => (hello, "sk_live_none".to_owned()),
+        "axum-governor" => {
+            let config = GovernorConfigBuilder::default()
+                .key_extractor(HeaderKey)
+                .period(Duration::from_nanos(1))
+                .burst_size(1_000_000_000)
+                .finish()
+                .expect("a valid governor config");
+            let layer = tower_governor::GovernorLayer::new(Arc::new(config));
+            (hello.layer(layer), "sk_live_any".to_owned())
+        }
+        "axum-keysmith-memory" | "axum-keysmith-postgres" => {
+            let backend = if mode.ends_with("memory") { Backend::Memory } else { Backend::Postgres };
+            let Some(store) = BenchStore::open(backend).await else {
+                eprintln!("skipped: KEYSMITH_TEST_POSTGRES_URL not set");
+                std::process::exit(3)
+            };
+            let engine = store.engine();
+            let keys = seed(&engine).await;
+            store_guard = Some(store);
+            (hello.layer(ApiKeyLayer::new(engine)), keys.full)
+        }
+        _ => usage(),
+    };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind the port");
+    println!("key={key}");
+    println!("ready");
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(terminated())
+        .await
+        .expect("serve");
+    // Dropping the store removes its temporary database.
+    drop(store_guard);
+}
+
+/// SIGTERM (what the script's `kill` sends) or Ctrl-C.
+async fn terminated() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn serve_actix(mode: &str, port: u16) {
+    use actix_web::{App, HttpServer, web};
+
+    let hello = || async { "hello" };
+    let server = match mode {
+        "actix-bare" => {
+            println!("key=sk_live_none");
+            HttpServer::new(move || App::new().route("/", web::get().to(hello)))
+                .workers(1)
+                .bind(("127.0.0.1", port))
+                .expect("bind the port")
+                .run()
+        }
+        "actix-keysmith-memory" => {
+            let store = BenchStore::open(Backend::Memory).await.expect("the memory store always opens");
+            let engine = store.engine();
+            let keys = seed(&engine).await;
+            println!("key={}", keys.full);
+            HttpServer::new(move || {
+                App::new().route("/", web::get().to(hello)).wrap(keysmith_actix::Keysmith::new(engine.clone()))
+            })
+            .workers(1)
+            .bind(("127.0.0.1", port))
+            .expect("bind the port")
+            .run()
+        }
+        _ => usage(),
+    };
+    println!("ready");
+    server.await.expect("serve");
+}

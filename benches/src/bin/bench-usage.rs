@@ -1,0 +1,156 @@
+//! Usage-recording throughput and memory per key; `scripts/bench-usage`
+//! runs every mode.
+//!
+//! - `bench-usage record <sqlite|postgres> [records] [batch]`: queues
+//!   `records` usage records (default 200 000) through the engine's
+//!   background recorder as fast as one task can, then waits for the last
+//!   write (`engine.shutdown()`), and prints records/s written and how many
+//!   were dropped. PostgreSQL needs `KEYSMITH_TEST_POSTGRES_URL`.
+//! - `bench-usage memory-store [keys]`: RSS growth of a `MemoryStore`
+//!   holding `keys` keys (default 1 000 000) created through the engine.
+//! - `bench-usage limiter [keys]`: RSS growth of the GCRA rate limiter
+//!   tracking `keys` keys.
+//!
+//! RSS is read from `/proc/self/status`, so it counts what the allocator
+//! holds, not only live bytes: treat it as an upper bound.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keysmith_benches::{Backend, BenchStore};
+use keysmith_core::limit::{GcraRateLimiter, RateLimiter};
+use keysmith_core::usage::UsageConfig;
+use keysmith_core::{Engine, KeyId, MemoryStore, NewKey, RateLimit, UsageId, UsageRecord};
+
+fn usage() -> ! {
+    eprintln!("usage: bench-usage record <sqlite|postgres> [records] [batch] | memory-store [keys] | limiter [keys]");
+    std::process::exit(2)
+}
+
+/// Resident set size in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
+
+fn arg<T: std::str::FromStr>(value: Option<String>, default: T) -> T {
+    value.map_or(default, |v| v.parse().unwrap_or_else(|_| usage()))
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn per_second(count: usize, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        Some("record") => {
+            let backend = match args.next().as_deref() {
+                Some("sqlite") => Backend::Sqlite,
+                Some("postgres") => Backend::Postgres,
+                _ => usage(),
+            };
+            let records = arg(args.next(), 200_000);
+            let batch = arg(args.next(), 500);
+            record(backend, records, batch).await;
+        }
+        Some("memory-store") => memory_store(arg(args.next(), 1_000_000)).await,
+        Some("limiter") => limiter(arg(args.next(), 1_000_000)).await,
+        _ => usage(),
+    }
+}
+
+async fn record(backend: Backend, records: usize, batch: usize) {
+    let Some(store) = BenchStore::open(backend).await else {
+        println!("record {}: skipped (KEYSMITH_TEST_POSTGRES_URL not set)", backend.name());
+        return;
+    };
+    let config = UsageConfig { queue_capacity: records, batch_size: batch, ..UsageConfig::default() };
+    // The recorder writes to the store under the cache, as in production.
+    let engine = Engine::builder(Arc::clone(&store.store)).with_usage_config(config).build().expect("engine");
+    let acme = engine.tenant("bench", "acme");
+    let mut keys = Vec::new();
+    for i in 0..100 {
+        keys.push(acme.create_key(NewKey::new(format!("k{i}"))).await.expect("create key").key);
+    }
+    let began = Instant::now();
+    let now = chrono::Utc::now();
+    for n in 0..records {
+        let key = &keys[n % keys.len()];
+        engine.record_usage(UsageRecord {
+            id: UsageId::new(),
+            key_id: key.id,
+            tenant: key.tenant.clone(),
+            endpoint: "/v1/invoices".into(),
+            method: "GET".into(),
+            status: if n % 20 == 0 { 500 } else { 200 },
+            ip: Some([203, 0, 113, 9].into()),
+            user_agent: Some("bench/1.0".into()),
+            latency: Duration::from_millis(5),
+            timestamp: now,
+        });
+    }
+    let queued = began.elapsed();
+    engine.shutdown().await;
+    let elapsed = began.elapsed();
+    let stats = engine.usage_stats();
+    println!(
+        "record {}: {records} records, batches of {batch}: queued in {:.3}s ({:.0}/s), written in {:.2}s: \
+         {:.0} records/s; written {}, dropped {}, failed {}",
+        backend.name(),
+        queued.as_secs_f64(),
+        per_second(records, queued),
+        elapsed.as_secs_f64(),
+        per_second(records, elapsed),
+        stats.written,
+        stats.dropped,
+        stats.failed,
+    );
+    drop(engine);
+    drop(store);
+}
+
+async fn memory_store(keys: usize) {
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::builder(store).build().expect("engine");
+    let acme = engine.tenant("bench", "acme");
+    let before = rss_kib();
+    let began = Instant::now();
+    for i in 0..keys {
+        acme.create_key(NewKey::new(format!("key {i}")).with_scopes(["read"])).await.expect("create key");
+    }
+    let after = rss_kib();
+    report("memory-store", keys, before, after, began.elapsed());
+}
+
+async fn limiter(keys: usize) {
+    let limiter = GcraRateLimiter::new();
+    // A long refill time, so no entry is idle enough to be evicted.
+    let limit = RateLimit { requests: 100, window: Duration::from_secs(3600), burst: None };
+    let before = rss_kib();
+    let began = Instant::now();
+    for _ in 0..keys {
+        limiter.check(KeyId::new(), &limit, chrono::Utc::now()).await.expect("check");
+    }
+    let after = rss_kib();
+    assert_eq!(limiter.tracked_keys(), keys, "no entry was evicted");
+    report("limiter", keys, before, after, began.elapsed());
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn report(what: &str, keys: usize, before: u64, after: u64, elapsed: Duration) {
+    let grown = after.saturating_sub(before);
+    println!(
+        "{what}: {keys} keys: RSS {before} KiB -> {after} KiB (+{:.1} MiB), {:.0} bytes per key, filled in {:.1}s",
+        grown as f64 / 1024.0,
+        (grown * 1024) as f64 / keys as f64,
+        elapsed.as_secs_f64(),
+    );
+}

@@ -1,0 +1,152 @@
+//! Fixtures shared by Keysmith's benchmarks (not published): the stores a
+//! measurement runs on and the keys it presents.
+//!
+//! - `cargo bench -p keysmith-benches --bench validate_stores`: validation
+//!   through [`CachedStore`](keysmith_core::CachedStore) over SQLite and
+//!   PostgreSQL next to the memory store and the SHA-256 + lookup floor.
+//! - `bench-server <mode>`: the HTTP servers `scripts/bench-http` drives with wrk.
+//! - `bench-usage`: usage-recording throughput and memory per key
+//!   (`scripts/bench-usage`).
+//!
+//! ```no_run
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use keysmith_benches::{Backend, BenchStore, seed};
+//!
+//! let store = BenchStore::open(Backend::Sqlite).await.expect("SQLite needs no server");
+//! let keys = seed(&store.engine()).await;
+//! assert!(keys.full.starts_with("sk_live_"));
+//! # });
+//! ```
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keysmith_core::store::CachedStore;
+use keysmith_core::{Engine, MemoryStore, NewKey, PolicySpec, Store};
+use keysmith_sqlx::{PgStore, SqliteStore};
+use keysmith_tests::services::PgTestDb;
+
+/// Where a benchmark keeps its keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// [`MemoryStore`], no cache in front.
+    Memory,
+    /// [`SqliteStore`] on a file in the temp directory, behind [`CachedStore`].
+    Sqlite,
+    /// [`PgStore`] on a fresh database of `KEYSMITH_TEST_POSTGRES_URL`,
+    /// behind [`CachedStore`].
+    Postgres,
+}
+
+impl Backend {
+    /// A short name for reports.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Sqlite => "sqlite_cached",
+            Self::Postgres => "postgres_cached",
+        }
+    }
+}
+
+/// An opened, migrated store, and what must outlive it (the temporary
+/// database or file, removed on drop).
+#[derive(Debug)]
+pub struct BenchStore {
+    /// The store as the engine sees it (cached for the SQL backends).
+    pub store: Arc<dyn Store>,
+    /// The SQL store without the cache, for write-path measurements.
+    pub raw: Arc<dyn Store>,
+    _pg: Option<PgTestDb>,
+    sqlite_file: Option<std::path::PathBuf>,
+}
+
+impl BenchStore {
+    /// Opens and migrates `backend`; `None` (after one `skipping:` line) for
+    /// PostgreSQL when `KEYSMITH_TEST_POSTGRES_URL` is unset.
+    ///
+    /// # Panics
+    /// When the database cannot be opened or migrated.
+    pub async fn open(backend: Backend) -> Option<Self> {
+        match backend {
+            Backend::Memory => {
+                let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+                Some(Self { raw: Arc::clone(&store), store, _pg: None, sqlite_file: None })
+            }
+            Backend::Sqlite => {
+                let path = std::env::temp_dir().join(format!("keysmith-bench-{}.db", std::process::id()));
+                let _ = std::fs::remove_file(&path);
+                let url = format!("sqlite://{}", path.display());
+                let sqlite = SqliteStore::connect(&url).await.expect("open the SQLite file");
+                sqlite.migrate().await.expect("migrate SQLite");
+                let raw: Arc<dyn Store> = Arc::new(sqlite);
+                let store: Arc<dyn Store> = Arc::new(CachedStore::new(Arc::clone(&raw)));
+                Some(Self { store, raw, _pg: None, sqlite_file: Some(path) })
+            }
+            Backend::Postgres => {
+                let db = PgTestDb::create().await?;
+                let pg = PgStore::connect(db.url()).await.expect("connect to PostgreSQL");
+                pg.migrate().await.expect("migrate PostgreSQL");
+                let raw: Arc<dyn Store> = Arc::new(pg);
+                let store: Arc<dyn Store> = Arc::new(CachedStore::new(Arc::clone(&raw)));
+                Some(Self { store, raw, _pg: Some(db), sqlite_file: None })
+            }
+        }
+    }
+
+    /// An engine on the store with default settings.
+    ///
+    /// # Panics
+    /// Never with the default configuration.
+    #[must_use]
+    pub fn engine(&self) -> Engine {
+        Engine::builder(Arc::clone(&self.store)).build().expect("default engine")
+    }
+}
+
+impl Drop for BenchStore {
+    fn drop(&mut self) {
+        if let Some(path) = &self.sqlite_file {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+        }
+    }
+}
+
+/// The raw keys a benchmark presents.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// A key with scopes and no policy.
+    pub plain: String,
+    /// A key under a policy with every per-request check: a rate limit high
+    /// enough never to refuse, an IP allowlist (127.0.0.0/8 among others) and
+    /// allowed scopes. Present it from 127.0.0.1 requiring `read:users`.
+    pub full: String,
+}
+
+/// The policy every "full policy" measurement uses.
+#[must_use]
+pub fn full_policy() -> PolicySpec {
+    PolicySpec::new("full")
+        .with_rate_limit(1_000_000_000, Duration::from_secs(1))
+        .with_allowed_ips(["10.0.0.0/8", "127.0.0.0/8", "192.0.2.0/24", "2001:db8::/32"])
+        .with_allowed_scopes(["read", "write"])
+}
+
+/// Creates the [`Keys`] in tenant `bench/acme`.
+///
+/// # Panics
+/// When the store refuses the writes.
+pub async fn seed(engine: &Engine) -> Keys {
+    let acme = engine.tenant("bench", "acme");
+    let plain = acme.create_key(NewKey::new("plain").with_scopes(["read"])).await.expect("create plain key");
+    let policy = acme.create_policy(full_policy()).await.expect("create policy");
+    let full = acme
+        .create_key(NewKey::new("full").with_policy(policy.id).with_scopes(["read", "write:users"]))
+        .await
+        .expect("create full key");
+    Keys { plain: plain.raw.expose().to_owned(), full: full.raw.expose().to_owned() }
+}
