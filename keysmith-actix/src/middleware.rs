@@ -30,6 +30,14 @@ use crate::{ApiKeyRejection, RefusalResponder};
 /// `X-Forwarded-For` / `Forwarded` are read only from
 /// [trusted proxies](Self::with_trusted_proxies).
 ///
+/// Build it in `main`, outside the `HttpServer::new` closure, and clone it
+/// into the closure: constructing it starts the engine's usage writer on
+/// the current runtime
+/// ([`Engine::start_usage_recorder`](keysmith_core::Engine::start_usage_recorder)).
+/// actix-web runs each worker on its own runtime and stops them before
+/// `main` goes on; a writer started on a worker would be stopped with it,
+/// losing the records still queued for [`Engine::shutdown`].
+///
 /// ```no_run
 /// use actix_web::{App, HttpServer, web};
 /// use keysmith_actix::{ApiKey, Keysmith, TrustedProxies};
@@ -70,6 +78,9 @@ impl Keysmith {
     /// Uses a [`Gate`] configured elsewhere (shared with another adapter,
     /// say).
     pub fn from_gate(gate: Gate) -> Self {
+        // Usage is written by a task of the runtime this runs on; in `main`
+        // that runtime outlives the workers (see the type's docs).
+        gate.engine().start_usage_recorder();
         Self { gate, responder: RefusalResponder::default() }
     }
 

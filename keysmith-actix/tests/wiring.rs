@@ -347,3 +347,44 @@ async fn preflight_passthrough_can_be_turned_off() {
     let (status, _, body) = send(&closed, preflight()).await;
     assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, Some("missing_key")));
 }
+
+/// Sends `GET path` with `key` over a real connection; the status code.
+fn http_get(addr: SocketAddr, path: &str, key: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.split(' ').nth(1).and_then(|status| status.parse().ok()).unwrap_or_default()
+}
+
+#[actix_web::test]
+async fn usage_queued_by_workers_is_written_after_the_server_stops() {
+    let setup = setup().await;
+    let keysmith = Keysmith::new(setup.engine.clone());
+    let server = actix_web::HttpServer::new(move || {
+        App::new().route("/me", web::get().to(HttpResponse::Ok)).wrap(keysmith.clone())
+    })
+    .workers(2)
+    .disable_signals()
+    .bind(("127.0.0.1", 0))
+    .unwrap();
+    let addr = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    let running = actix_web::rt::spawn(server);
+
+    let key = setup.admin.clone();
+    let statuses: Vec<u16> =
+        actix_web::rt::task::spawn_blocking(move || (0..5).map(|_| http_get(addr, "/me", &key)).collect())
+            .await
+            .unwrap();
+    assert_eq!(statuses, vec![200; 5]);
+    // The workers' runtimes stop here; the usage they queued must survive.
+    handle.stop(true).await;
+    running.await.unwrap().unwrap();
+    setup.engine.shutdown().await;
+
+    assert_eq!(setup.engine.usage_stats().written, 5, "{:?}", setup.engine.usage_stats());
+}

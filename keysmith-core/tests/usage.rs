@@ -266,3 +266,31 @@ async fn usage_queries_page_by_time_and_stay_within_the_tenant() {
     assert!(a.usage_totals(Period::Month, TimeRange::default()).await.unwrap().is_empty());
     assert_eq!(b.usage_totals(Period::Month, TimeRange::default()).await.unwrap()[0].requests, 10);
 }
+
+#[test]
+fn usage_recorder_started_in_main_outlives_the_runtimes_that_record() {
+    let clock = ManualClock::new(t0());
+    let engine = engine_on(Arc::new(MemoryStore::new()), &clock, UsageConfig::default());
+    // Outside a runtime nothing starts, and nothing is spoiled for later.
+    assert!(!engine.start_usage_recorder());
+
+    let main = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let tenant = Tenant::new("app", "acme");
+    let key = main.block_on(engine.tenant("app", "acme").create_key(NewKey::new("k"))).unwrap().key.id;
+    assert!(main.block_on(async { engine.start_usage_recorder() }));
+
+    // A request runtime (an actix worker, say) records and then stops.
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let worker = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            worker.block_on(async {
+                for _ in 0..3 {
+                    engine.record_usage(record(key, &tenant, t0(), 200));
+                }
+            });
+        });
+    });
+
+    main.block_on(engine.shutdown());
+    assert_eq!(engine.usage_stats().written, 3);
+}

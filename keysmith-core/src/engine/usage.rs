@@ -14,6 +14,17 @@ impl Engine {
         self.inner.usage.record(record);
     }
 
+    /// Starts the background task that writes usage on the current Tokio
+    /// runtime, unless it runs already. Without this call it starts on the
+    /// runtime of the first request that records usage. Servers whose
+    /// request runtimes stop before `main` does (actix-web's workers) call
+    /// it from `main`, so that the records still queued when the workers
+    /// stop are written by [`Engine::shutdown`]. Outside a runtime it does
+    /// nothing. True if the task runs.
+    pub fn start_usage_recorder(&self) -> bool {
+        self.inner.usage.start_here()
+    }
+
     /// Writes every queued record now and waits for the write.
     pub async fn flush_usage(&self) {
         self.inner.usage.flush().await;

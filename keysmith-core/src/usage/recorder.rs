@@ -145,6 +145,16 @@ impl UsageRecorder {
         }
     }
 
+    /// Starts the background task on the current Tokio runtime unless it
+    /// runs already; outside a runtime, does nothing (it will start on first
+    /// use). True if the task runs.
+    pub(crate) fn start_here(&self) -> bool {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.running.get().is_some_and(Option::is_some);
+        }
+        self.running.get_or_init(|| self.start()).is_some()
+    }
+
     fn try_send(&self, message: Message) -> bool {
         let running = self.running.get_or_init(|| self.start());
         running.as_ref().is_some_and(|running| running.tx.try_send(message).is_ok())

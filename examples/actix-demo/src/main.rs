@@ -1,0 +1,160 @@
+//! Keysmith behind actix-web: every route but `/health` needs an API key,
+//! two routes need scopes, and one demo key is rate limited. The same API
+//! as the axum demo, on port 3001.
+//!
+//! ```sh
+//! cargo run -p example-actix                                   # SQLite in ./keysmith-demo.db
+//! DATABASE_URL=postgres://postgres@127.0.0.1/test cargo run -p example-actix
+//! PORT=8080 cargo run -p example-actix
+//! ```
+//!
+//! On start it migrates the store, creates three fresh keys and prints them
+//! as `KEYSMITH_DEMO_*_KEY=…` lines, followed by curl commands to try.
+//! Ctrl-C stops the server gracefully and writes the queued usage records.
+
+use std::net::Ipv4Addr;
+
+use actix_web::http::StatusCode;
+use actix_web::{App, HttpResponse, HttpServer, web};
+use demo_support::{APP_ID, NewUser, REALM, Settings, Users};
+use keysmith_actix::{ApiKey, Keysmith, RequireScopes};
+use keysmith_core::Engine;
+
+#[actix_web::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let settings = Settings::from_env(3001)?;
+    let engine = demo_support::open_engine(&settings.database_url).await?;
+    let keys = demo_support::create_demo_keys(&engine).await?;
+
+    // Built here, not in the per-worker closure: the engine's usage writer
+    // then runs on this runtime, which outlives the workers.
+    let keysmith = Keysmith::new(engine.clone()).with_realm(REALM).with_app_id(APP_ID);
+    let users = Users::default();
+    let app_engine = engine.clone();
+    let server =
+        HttpServer::new(move || App::new().configure(routes(keysmith.clone(), app_engine.clone(), users.clone())))
+            .bind((Ipv4Addr::LOCALHOST, settings.port))?
+            .shutdown_signal(demo_support::shutdown_signal());
+    let base = match server.addrs().first() {
+        Some(addr) => format!("http://{addr}"),
+        None => format!("http://{}:{}", Ipv4Addr::LOCALHOST, settings.port),
+    };
+    demo_support::print_instructions("actix-web", &base, &settings.database_url, &keys);
+
+    server.run().await?;
+    demo_support::finish(&engine).await;
+    Ok(())
+}
+
+/// The routes: `/health` is public, everything else goes through
+/// `keysmith`.
+fn routes(keysmith: Keysmith, engine: Engine, users: Users) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |config| {
+        config.app_data(web::Data::new(engine)).app_data(web::Data::new(users)).route("/health", web::get().to(health));
+        config.service(
+            web::scope("").wrap(keysmith).route("/me", web::get().to(me)).service(
+                web::resource("/users")
+                    .route(web::get().to(list_users).wrap(RequireScopes::all(["read:users"])))
+                    .route(web::post().to(create_user).wrap(RequireScopes::all(["write:users"]))),
+            ),
+        );
+    }
+}
+
+async fn health(engine: web::Data<Engine>) -> HttpResponse {
+    let (status, body) = demo_support::health(&engine).await;
+    HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)).json(body)
+}
+
+async fn me(key: ApiKey) -> HttpResponse {
+    HttpResponse::Ok().json(demo_support::me(&key))
+}
+
+async fn list_users(users: web::Data<Users>) -> HttpResponse {
+    HttpResponse::Ok().json(users.list())
+}
+
+async fn create_user(users: web::Data<Users>, key: ApiKey, new: web::Json<NewUser>) -> HttpResponse {
+    HttpResponse::Created().json(users.create(new.into_inner(), &key))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use actix_web::test;
+    use demo_support::DemoKeys;
+    use keysmith_core::{ManualClock, MemoryStore, RawKey};
+
+    use super::*;
+
+    /// The demo's routes on a memory store, and its keys.
+    async fn demo() -> (impl FnOnce(&mut web::ServiceConfig), DemoKeys) {
+        let clock = ManualClock::new(chrono::DateTime::UNIX_EPOCH);
+        let engine = Engine::builder(Arc::new(MemoryStore::new())).with_clock(clock).build().unwrap();
+        let keys = demo_support::create_demo_keys(&engine).await.unwrap();
+        let keysmith = Keysmith::new(engine.clone()).with_realm(REALM).with_app_id(APP_ID);
+        (routes(keysmith, engine, Users::default()), keys)
+    }
+
+    fn request(method: &str, path: &str, key: Option<&RawKey>) -> test::TestRequest {
+        let method = actix_web::http::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request =
+            test::TestRequest::default().method(method.clone()).uri(path).peer_addr("127.0.0.1:50000".parse().unwrap());
+        if let Some(key) = key {
+            request = request.insert_header(("authorization", format!("Bearer {}", key.expose())));
+        }
+        if method == actix_web::http::Method::POST {
+            request = request.set_json(serde_json::json!({ "name": "Grace" }));
+        }
+        request
+    }
+
+    #[actix_web::test]
+    async fn routes_need_the_documented_keys_and_scopes() {
+        let (routes, keys) = demo().await;
+        let app = test::init_service(App::new().configure(routes)).await;
+        let status = |method, path, key| {
+            let request = request(method, path, key).to_request();
+            let app = &app;
+            async move { test::call_service(app, request).await.status().as_u16() }
+        };
+        assert_eq!(status("GET", "/health", None).await, 200);
+        assert_eq!(status("GET", "/me", None).await, 401);
+        assert_eq!(status("GET", "/me", Some(&keys.read)).await, 200);
+        assert_eq!(status("GET", "/users", Some(&keys.read)).await, 200);
+        assert_eq!(status("POST", "/users", Some(&keys.read)).await, 403);
+        assert_eq!(status("POST", "/users", Some(&keys.admin)).await, 201);
+        assert_eq!(status("GET", "/users", Some(&keys.admin)).await, 200);
+    }
+
+    #[actix_web::test]
+    async fn created_users_are_listed_with_the_key_that_made_them() {
+        let (routes, keys) = demo().await;
+        let app = test::init_service(App::new().configure(routes)).await;
+        let created: serde_json::Value =
+            test::call_and_read_body_json(&app, request("POST", "/users", Some(&keys.admin)).to_request()).await;
+        assert_eq!(created["name"], "Grace");
+        let me: serde_json::Value =
+            test::call_and_read_body_json(&app, request("GET", "/me", Some(&keys.admin)).to_request()).await;
+        assert_eq!(created["created_by"], me["id"]);
+        assert_eq!(me["app"], APP_ID);
+        let listed: serde_json::Value =
+            test::call_and_read_body_json(&app, request("GET", "/users", Some(&keys.read)).to_request()).await;
+        assert_eq!(listed.as_array().map(Vec::len), Some(3));
+    }
+
+    #[actix_web::test]
+    async fn limited_key_gets_429_on_its_fourth_request() {
+        let (routes, keys) = demo().await;
+        let app = test::init_service(App::new().configure(routes)).await;
+        for remaining in ["2", "1", "0"] {
+            let response = test::call_service(&app, request("GET", "/users", Some(&keys.limited)).to_request()).await;
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.headers().get("ratelimit-remaining").unwrap(), remaining);
+        }
+        let response = test::call_service(&app, request("GET", "/users", Some(&keys.limited)).to_request()).await;
+        assert_eq!(response.status(), 429);
+        assert!(response.headers().contains_key("retry-after"));
+    }
+}
