@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Response, StatusCode};
-use keysmith_core::http::{JSON_CONTENT_TYPE, RefusalResponse};
+use keysmith_core::http::RefusalResponse;
 
 /// Builds the response to a refused request. The default,
 /// [`default_refusal_response`], sends the status, headers and JSON body of
@@ -69,12 +69,7 @@ pub(crate) fn append_headers(map: &mut http::HeaderMap, headers: &[(&'static str
 /// through [`ApiKeyLayer`](crate::ApiKeyLayer). A bug in the application's
 /// wiring, said plainly.
 pub(crate) fn missing_layer_response(what: &str) -> Response<String> {
-    let message = format!(
+    default_refusal_response(&RefusalResponse::misconfigured(format!(
         "{what} needs keysmith_tower::ApiKeyLayer in front of it; add `.layer(ApiKeyLayer::new(engine))` to the router"
-    );
-    let body = serde_json::json!({ "error": { "code": "internal_error", "message": message } }).to_string();
-    let mut response = Response::new(body);
-    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(JSON_CONTENT_TYPE));
-    response
+    )))
 }
