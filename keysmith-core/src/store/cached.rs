@@ -147,7 +147,9 @@ pub struct CachedStore {
 #[derive(Clone)]
 struct Entry<V> {
     value: V,
-    expires_at: DateTime<Utc>,
+    /// Clock nanoseconds (`Clock::unix_nanos`): checked on every hit, and
+    /// cheaper to compare than a calendar date.
+    expires_at: u64,
 }
 
 /// Lets the cache reclaim an entry when its own expiry time passes.
@@ -155,7 +157,7 @@ struct EntryExpiry(Arc<dyn Clock>);
 
 impl EntryExpiry {
     fn remaining<V>(&self, entry: &Entry<V>) -> Option<Duration> {
-        Some((entry.expires_at - self.0.now()).to_std().unwrap_or(Duration::ZERO))
+        Some(Duration::from_nanos(entry.expires_at.saturating_sub(self.0.unix_nanos())))
     }
 }
 
@@ -222,13 +224,15 @@ impl CachedStore {
         self.policies.invalidate_all();
     }
 
-    fn expiry(&self, ttl: Duration) -> DateTime<Utc> {
-        let now = self.config.clock.now();
-        chrono::Duration::from_std(ttl).ok().and_then(|ttl| now.checked_add_signed(ttl)).unwrap_or(now)
+    /// When an entry stored now with `ttl` goes stale; a TTL too large to
+    /// add is stale at once, as before any time arithmetic could overflow.
+    fn expiry(&self, ttl: Duration) -> u64 {
+        let now = self.config.clock.unix_nanos();
+        u64::try_from(ttl.as_nanos()).ok().and_then(|ttl| now.checked_add(ttl)).unwrap_or(now)
     }
 
     fn fresh<V: Clone>(&self, entry: Option<Entry<V>>) -> Option<V> {
-        entry.filter(|e| e.expires_at > self.config.clock.now()).map(|e| e.value)
+        entry.filter(|e| e.expires_at > self.config.clock.unix_nanos()).map(|e| e.value)
     }
 
     async fn forget_hash(&self, hash: &KeyHash) {
