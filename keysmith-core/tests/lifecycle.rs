@@ -10,7 +10,7 @@ use keysmith_core::store::KeyFilter;
 use keysmith_core::{
     Environment, Error, KeyState, NewKey, Refusal, RequestContext, RotationReason, TenantEngine, ValidationError,
 };
-use support::{CountingStore, engine, t0};
+use support::{engine, t0};
 
 fn refusal(result: Result<keysmith_core::Validation, ValidationError>) -> Refusal {
     match result {
@@ -277,8 +277,8 @@ async fn revoked_key_never_comes_back() {
 
 #[tokio::test]
 async fn malformed_keys_are_refused_without_a_store_call() {
-    let store = Arc::new(CountingStore::default());
-    let engine = support::builder(store.clone()).build().unwrap();
+    let (store, counter) = support::counting_store();
+    let engine = support::builder(store).build().unwrap();
     let created = engine.tenant("app", "acme").create_key(NewKey::new("k")).await.unwrap();
     let raw = created.raw.expose();
     let body = &raw["sk_live_".len()..];
@@ -298,21 +298,21 @@ async fn malformed_keys_are_refused_without_a_store_call() {
         format!("{raw} "),
         format!("sk_live_{body}{body}"),
     ];
-    let before = store.calls();
+    let before = counter.calls();
     for case in &cases {
         assert_eq!(refusal(engine.validate(case, &RequestContext::new()).await), Refusal::Malformed, "{case:?}");
     }
-    assert_eq!(store.calls(), before, "no malformed key reaches the store");
+    assert_eq!(counter.calls(), before, "no malformed key reaches the store");
 
     // A well-formed key that does not exist does reach the store, and is unknown.
     let other = engine.tenant("app", "acme").create_key(NewKey::new("other")).await.unwrap();
     engine.tenant("app", "acme").revoke_key(other.key.id, "x").await.unwrap();
-    let before = store.calls();
+    let before = counter.calls();
     let unknown = keysmith_core::store::MemoryStore::new();
     let stranger = keysmith_core::Engine::builder(Arc::new(unknown)).build().unwrap();
     let foreign = stranger.tenant("a", "b").create_key(NewKey::new("x")).await.unwrap();
     assert_eq!(refusal(engine.validate(foreign.raw.expose(), &RequestContext::new()).await), Refusal::Unknown);
-    assert_eq!(store.calls(), before + 1);
+    assert_eq!(counter.calls(), before + 1);
 }
 
 #[tokio::test]

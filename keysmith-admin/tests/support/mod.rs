@@ -12,14 +12,8 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use chrono::{DateTime, Utc};
 use keysmith_admin::AdminConfig;
-use keysmith_core::store::{
-    KeyFilter, KeyStore, Page, PolicyStore, RotationStore, ScopeStore, StoredKey, TimeRange, Transition, UsageStore,
-    UsageTotal,
-};
-use keysmith_core::{
-    Engine, Error, Key, KeyHash, KeyId, ManualClock, MemoryStore, NewKey, Period, Policy, PolicyId, Result,
-    RotationRecord, Scope, ScopeId, Store, Tenant, TenantEngine, UsageAggregate, UsageRecord,
-};
+use keysmith_core::store::{ProbedStore, StoreOp, StoreProbe};
+use keysmith_core::{Engine, Error, ManualClock, MemoryStore, NewKey, Result, TenantEngine};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -37,7 +31,7 @@ pub struct Harness {
     pub app: Router,
     pub engine: Engine,
     pub clock: ManualClock,
-    pub store: Arc<FlakyStore>,
+    pub store: Arc<Outage>,
     /// The raw admin key of `billing`/`acme`.
     pub admin: String,
 }
@@ -82,8 +76,8 @@ pub async fn harness() -> Harness {
 /// scopes or not.
 pub async fn harness_with(build: impl FnOnce(Engine) -> Router, strict_scopes: bool) -> Harness {
     let clock = ManualClock::new(start());
-    let store = Arc::new(FlakyStore::default());
-    let engine = Engine::builder(Arc::clone(&store) as Arc<dyn Store>)
+    let store = Arc::new(Outage::default());
+    let engine = Engine::builder(Arc::new(ProbedStore::new(Arc::new(MemoryStore::new()), Arc::clone(&store))))
         .with_clock(clock.clone())
         .with_strict_scopes(strict_scopes)
         .build()
@@ -169,174 +163,27 @@ pub fn with_config(config: impl FnOnce(AdminConfig) -> AdminConfig) -> impl FnOn
     move |engine| config(AdminConfig::new(engine)).into_router()
 }
 
-/// A memory store whose management calls fail while `failing` is set.
+/// Makes a store's management calls fail while `failing` is set.
 /// Validation (lookup by hash, touches, usage writes) keeps working, so an
 /// admin request gets past authentication and meets the failure.
 #[derive(Debug, Default)]
-pub struct FlakyStore {
-    inner: MemoryStore,
+pub struct Outage {
     failing: AtomicBool,
 }
 
-impl FlakyStore {
+impl Outage {
     pub fn fail(&self, failing: bool) {
         self.failing.store(failing, Ordering::SeqCst);
     }
+}
 
-    fn check(&self) -> Result<()> {
-        if self.failing.load(Ordering::SeqCst) {
+#[async_trait]
+impl StoreProbe for Outage {
+    async fn before(&self, op: StoreOp) -> Result<()> {
+        let spared = matches!(op, StoreOp::FindKeyByHash | StoreOp::TouchKey | StoreOp::RecordBatch | StoreOp::Migrate);
+        if self.failing.load(Ordering::SeqCst) && !spared {
             return Err(Error::store(std::io::Error::other("connection refused (db password=hunter2)")));
         }
         Ok(())
-    }
-}
-
-#[async_trait]
-impl KeyStore for FlakyStore {
-    async fn insert_key(&self, key: &StoredKey) -> Result<()> {
-        self.check()?;
-        self.inner.insert_key(key).await
-    }
-
-    async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>> {
-        self.inner.find_key_by_hash(hash).await
-    }
-
-    async fn get_key(&self, tenant: &Tenant, id: KeyId) -> Result<Option<StoredKey>> {
-        self.check()?;
-        self.inner.get_key(tenant, id).await
-    }
-
-    async fn list_keys(&self, tenant: &Tenant, filter: &KeyFilter) -> Result<Vec<Key>> {
-        self.check()?;
-        self.inner.list_keys(tenant, filter).await
-    }
-
-    async fn transition_key(&self, tenant: &Tenant, id: KeyId, transition: &Transition) -> Result<Key> {
-        self.check()?;
-        self.inner.transition_key(tenant, id, transition).await
-    }
-
-    async fn rotate_key(&self, tenant: &Tenant, rotation: &keysmith_core::store::RotationWrite) -> Result<Key> {
-        self.check()?;
-        self.inner.rotate_key(tenant, rotation).await
-    }
-
-    async fn set_key_scopes(&self, tenant: &Tenant, id: KeyId, scopes: &[String], at: DateTime<Utc>) -> Result<Key> {
-        self.check()?;
-        self.inner.set_key_scopes(tenant, id, scopes, at).await
-    }
-
-    async fn touch_key(&self, id: KeyId, at: DateTime<Utc>) -> Result<()> {
-        self.inner.touch_key(id, at).await
-    }
-
-    async fn list_due_keys(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Key>> {
-        self.check()?;
-        self.inner.list_due_keys(now, limit).await
-    }
-}
-
-#[async_trait]
-impl PolicyStore for FlakyStore {
-    async fn insert_policy(&self, policy: &Policy) -> Result<()> {
-        self.check()?;
-        self.inner.insert_policy(policy).await
-    }
-
-    async fn get_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<Option<Arc<Policy>>> {
-        self.check()?;
-        self.inner.get_policy(tenant, id).await
-    }
-
-    async fn list_policies(&self, tenant: &Tenant, page: Page) -> Result<Vec<Policy>> {
-        self.check()?;
-        self.inner.list_policies(tenant, page).await
-    }
-
-    async fn update_policy(&self, policy: &Policy) -> Result<()> {
-        self.check()?;
-        self.inner.update_policy(policy).await
-    }
-
-    async fn delete_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<()> {
-        self.check()?;
-        self.inner.delete_policy(tenant, id).await
-    }
-}
-
-#[async_trait]
-impl ScopeStore for FlakyStore {
-    async fn insert_scope(&self, scope: &Scope) -> Result<()> {
-        self.check()?;
-        self.inner.insert_scope(scope).await
-    }
-
-    async fn list_scopes(&self, tenant: &Tenant) -> Result<Vec<Scope>> {
-        self.check()?;
-        self.inner.list_scopes(tenant).await
-    }
-
-    async fn delete_scope(&self, tenant: &Tenant, id: ScopeId) -> Result<()> {
-        self.check()?;
-        self.inner.delete_scope(tenant, id).await
-    }
-}
-
-#[async_trait]
-impl UsageStore for FlakyStore {
-    async fn record_batch(&self, records: &[UsageRecord]) -> Result<()> {
-        self.inner.record_batch(records).await
-    }
-
-    async fn list_usage(
-        &self,
-        tenant: &Tenant,
-        key_id: KeyId,
-        range: TimeRange,
-        page: Page,
-    ) -> Result<Vec<UsageRecord>> {
-        self.check()?;
-        self.inner.list_usage(tenant, key_id, range, page).await
-    }
-
-    async fn usage_aggregates(
-        &self,
-        tenant: &Tenant,
-        key_id: KeyId,
-        period: Period,
-        range: TimeRange,
-    ) -> Result<Vec<UsageAggregate>> {
-        self.check()?;
-        self.inner.usage_aggregates(tenant, key_id, period, range).await
-    }
-
-    async fn tenant_usage(&self, tenant: &Tenant, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>> {
-        self.check()?;
-        self.inner.tenant_usage(tenant, period, range).await
-    }
-}
-
-#[async_trait]
-impl RotationStore for FlakyStore {
-    async fn list_rotations(&self, tenant: &Tenant, key_id: KeyId) -> Result<Vec<RotationRecord>> {
-        self.check()?;
-        self.inner.list_rotations(tenant, key_id).await
-    }
-}
-
-#[async_trait]
-impl Store for FlakyStore {
-    async fn migrate(&self) -> Result<()> {
-        self.inner.migrate().await
-    }
-
-    async fn ping(&self) -> Result<()> {
-        self.check()?;
-        self.inner.ping().await
-    }
-
-    async fn close(&self) {
-        self.inner.close().await;
     }
 }

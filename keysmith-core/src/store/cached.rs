@@ -464,6 +464,7 @@ mod tests {
     use tokio::sync::Notify;
 
     use super::*;
+    use crate::store::{ProbedStore, StoreOp, StoreProbe};
     use crate::{
         Engine, Environment, Hasher, KeyState, ManualClock, MemoryStore, NewKey, RawKey, Refusal, RequestContext,
         RotationReason, Sha256Hasher, ValidationError,
@@ -479,10 +480,10 @@ mod tests {
         release: Notify,
     }
 
-    /// A memory store that counts the reads the cache is meant to absorb.
+    /// Counts the reads the cache is meant to absorb, and can hold one
+    /// lookup after it has read.
     #[derive(Debug, Default)]
     struct Spy {
-        inner: MemoryStore,
         lookups: AtomicU64,
         policy_reads: AtomicU64,
         hold_next_lookup: Mutex<Option<Arc<Hold>>>,
@@ -499,132 +500,31 @@ mod tests {
     }
 
     #[async_trait]
-    impl KeyStore for Spy {
-        async fn insert_key(&self, key: &StoredKey) -> Result<()> {
-            self.inner.insert_key(key).await
+    impl StoreProbe for Spy {
+        async fn before(&self, op: StoreOp) -> Result<()> {
+            match op {
+                StoreOp::FindKeyByHash => self.lookups.fetch_add(1, Ordering::SeqCst),
+                StoreOp::GetPolicy => self.policy_reads.fetch_add(1, Ordering::SeqCst),
+                _ => 0,
+            };
+            Ok(())
         }
-        async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>> {
-            self.lookups.fetch_add(1, Ordering::SeqCst);
-            let found = self.inner.find_key_by_hash(hash).await;
-            let hold = self.hold_next_lookup.lock().unwrap().take();
-            if let Some(hold) = hold {
-                hold.read.notify_one();
-                hold.release.notified().await;
+
+        async fn after(&self, op: StoreOp) {
+            if op == StoreOp::FindKeyByHash {
+                let hold = self.hold_next_lookup.lock().unwrap().take();
+                if let Some(hold) = hold {
+                    hold.read.notify_one();
+                    hold.release.notified().await;
+                }
             }
-            found
-        }
-        async fn get_key(&self, tenant: &Tenant, id: KeyId) -> Result<Option<StoredKey>> {
-            self.inner.get_key(tenant, id).await
-        }
-        async fn list_keys(&self, tenant: &Tenant, filter: &KeyFilter) -> Result<Vec<Key>> {
-            self.inner.list_keys(tenant, filter).await
-        }
-        async fn transition_key(&self, tenant: &Tenant, id: KeyId, transition: &Transition) -> Result<Key> {
-            self.inner.transition_key(tenant, id, transition).await
-        }
-        async fn rotate_key(&self, tenant: &Tenant, rotation: &RotationWrite) -> Result<Key> {
-            self.inner.rotate_key(tenant, rotation).await
-        }
-        async fn set_key_scopes(
-            &self,
-            tenant: &Tenant,
-            id: KeyId,
-            scopes: &[String],
-            at: DateTime<Utc>,
-        ) -> Result<Key> {
-            self.inner.set_key_scopes(tenant, id, scopes, at).await
-        }
-        async fn touch_key(&self, id: KeyId, at: DateTime<Utc>) -> Result<()> {
-            self.inner.touch_key(id, at).await
-        }
-        async fn list_due_keys(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Key>> {
-            self.inner.list_due_keys(now, limit).await
-        }
-    }
-
-    #[async_trait]
-    impl PolicyStore for Spy {
-        async fn insert_policy(&self, policy: &Policy) -> Result<()> {
-            self.inner.insert_policy(policy).await
-        }
-        async fn get_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<Option<Arc<Policy>>> {
-            self.policy_reads.fetch_add(1, Ordering::SeqCst);
-            self.inner.get_policy(tenant, id).await
-        }
-        async fn list_policies(&self, tenant: &Tenant, page: Page) -> Result<Vec<Policy>> {
-            self.inner.list_policies(tenant, page).await
-        }
-        async fn update_policy(&self, policy: &Policy) -> Result<()> {
-            self.inner.update_policy(policy).await
-        }
-        async fn delete_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<()> {
-            self.inner.delete_policy(tenant, id).await
-        }
-    }
-
-    #[async_trait]
-    impl ScopeStore for Spy {
-        async fn insert_scope(&self, scope: &Scope) -> Result<()> {
-            self.inner.insert_scope(scope).await
-        }
-        async fn list_scopes(&self, tenant: &Tenant) -> Result<Vec<Scope>> {
-            self.inner.list_scopes(tenant).await
-        }
-        async fn delete_scope(&self, tenant: &Tenant, id: ScopeId) -> Result<()> {
-            self.inner.delete_scope(tenant, id).await
-        }
-    }
-
-    #[async_trait]
-    impl UsageStore for Spy {
-        async fn record_batch(&self, records: &[UsageRecord]) -> Result<()> {
-            self.inner.record_batch(records).await
-        }
-        async fn list_usage(
-            &self,
-            tenant: &Tenant,
-            key_id: KeyId,
-            range: TimeRange,
-            page: Page,
-        ) -> Result<Vec<UsageRecord>> {
-            self.inner.list_usage(tenant, key_id, range, page).await
-        }
-        async fn usage_aggregates(
-            &self,
-            tenant: &Tenant,
-            key_id: KeyId,
-            period: Period,
-            range: TimeRange,
-        ) -> Result<Vec<UsageAggregate>> {
-            self.inner.usage_aggregates(tenant, key_id, period, range).await
-        }
-        async fn tenant_usage(&self, tenant: &Tenant, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>> {
-            self.inner.tenant_usage(tenant, period, range).await
-        }
-    }
-
-    #[async_trait]
-    impl RotationStore for Spy {
-        async fn list_rotations(&self, tenant: &Tenant, key_id: KeyId) -> Result<Vec<RotationRecord>> {
-            self.inner.list_rotations(tenant, key_id).await
-        }
-    }
-
-    #[async_trait]
-    impl Store for Spy {
-        async fn migrate(&self) -> Result<()> {
-            self.inner.migrate().await
-        }
-        async fn ping(&self) -> Result<()> {
-            self.inner.ping().await
-        }
-        async fn close(&self) {
-            self.inner.close().await;
         }
     }
 
     struct Setup {
         spy: Arc<Spy>,
+        /// The store behind the cache, for changes made "by another instance".
+        inner: Arc<MemoryStore>,
         cached: Arc<CachedStore>,
         engine: Engine,
         clock: ManualClock,
@@ -633,11 +533,13 @@ mod tests {
     fn setup() -> Setup {
         let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 15, 12, 0, 0).unwrap());
         let spy = Arc::new(Spy::default());
+        let inner = Arc::new(MemoryStore::new());
+        let probed = ProbedStore::new(Arc::clone(&inner) as Arc<dyn Store>, Arc::clone(&spy));
         let config =
             CacheConfig::default().with_positive_ttl(POSITIVE).with_negative_ttl(NEGATIVE).with_clock(clock.clone());
-        let cached = Arc::new(CachedStore::with_config(Arc::clone(&spy) as Arc<dyn Store>, config));
+        let cached = Arc::new(CachedStore::with_config(Arc::new(probed), config));
         let engine = Engine::builder(Arc::clone(&cached) as Arc<dyn Store>).with_clock(clock.clone()).build().unwrap();
-        Setup { spy, cached, engine, clock }
+        Setup { spy, inner, cached, engine, clock }
     }
 
     fn policy(tenant: &Tenant, name: &str) -> Policy {
@@ -699,14 +601,14 @@ mod tests {
 
     #[tokio::test]
     async fn changes_made_elsewhere_show_within_the_positive_ttl() {
-        let Setup { spy, engine, clock, .. } = setup();
+        let Setup { spy, inner, engine, clock, .. } = setup();
         let acme = engine.tenant("app", "acme");
         let created = acme.create_key(NewKey::new("ci")).await.unwrap();
         validate(&engine, created.raw.expose()).await.unwrap();
 
         // Another instance revokes the key: this one does not know yet.
         let revoke = Transition::to(KeyState::Revoked, clock.now());
-        spy.inner.transition_key(acme.tenant(), created.key.id, &revoke).await.unwrap();
+        inner.transition_key(acme.tenant(), created.key.id, &revoke).await.unwrap();
         clock.advance(POSITIVE - Duration::from_secs(1));
         assert!(validate(&engine, created.raw.expose()).await.is_ok(), "stale within the bound");
         clock.advance(Duration::from_secs(1));
@@ -759,12 +661,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_transition_refreshes_the_cached_key() {
-        let Setup { spy, cached, engine, clock } = setup();
+        let Setup { inner, cached, engine, clock, .. } = setup();
         let acme = engine.tenant("app", "acme");
         let created = acme.create_key(NewKey::new("ci")).await.unwrap();
         validate(&engine, created.raw.expose()).await.unwrap();
         let revoke = Transition::to(KeyState::Revoked, clock.now());
-        spy.inner.transition_key(acme.tenant(), created.key.id, &revoke).await.unwrap();
+        inner.transition_key(acme.tenant(), created.key.id, &revoke).await.unwrap();
 
         let suspend = Transition::to(KeyState::Suspended, clock.now());
         assert!(cached.transition_key(acme.tenant(), created.key.id, &suspend).await.is_err());
@@ -776,7 +678,7 @@ mod tests {
 
     #[tokio::test]
     async fn touch_updates_the_cached_key_in_place() {
-        let Setup { spy, cached, engine, clock } = setup();
+        let Setup { spy, cached, engine, clock, .. } = setup();
         let created = engine.tenant("app", "acme").create_key(NewKey::new("ci")).await.unwrap();
         let hash = Sha256Hasher.hash(created.raw.expose());
         assert_eq!(cached.find_key_by_hash(&hash).await.unwrap().unwrap().key.last_used_at, None);
@@ -831,8 +733,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_cache_is_bounded() {
-        let spy: Arc<dyn Store> = Arc::new(Spy::default());
-        let cached = CachedStore::with_config(spy, CacheConfig::default().with_max_keys(10));
+        let cached = CachedStore::with_config(Arc::new(MemoryStore::new()), CacheConfig::default().with_max_keys(10));
         for i in 0..200 {
             cached.find_key_by_hash(&Sha256Hasher.hash(&format!("sk_live_{i}"))).await.unwrap();
         }

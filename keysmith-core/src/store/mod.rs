@@ -7,6 +7,7 @@
 
 mod cached;
 mod memory;
+mod probe;
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use chrono::{DateTime, Utc};
 
 pub use cached::{CacheConfig, CachedStore};
 pub use memory::MemoryStore;
+pub use probe::{ProbedStore, StoreOp, StoreProbe};
 
 use crate::{
     Environment, Key, KeyHash, KeyId, KeyState, Period, Policy, PolicyId, Result, RotationRecord, Scope, ScopeId,
