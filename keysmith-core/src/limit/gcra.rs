@@ -93,9 +93,12 @@ impl GcraRateLimiter {
         self.entries.retain(|_, entry| now.saturating_sub(entry.last_seen.load(Ordering::Relaxed)) < entry.idle_after);
     }
 
-    /// A new limiter for `key`, replacing one sized by another limit.
-    fn insert(&self, key: KeyId, limit: &RateLimit) -> Result<Arc<Entry>> {
-        let entry = Arc::new(new_entry(limit)?);
+    /// A new limiter for `key` seen at `seen`, replacing one sized by
+    /// another limit.
+    fn insert(&self, key: KeyId, limit: &RateLimit, seen: u64) -> Result<Arc<Entry>> {
+        // Seen from the start: a sweep triggered by this very insertion
+        // must not take the new entry for an idle one.
+        let entry = Arc::new(new_entry(limit, seen)?);
         self.entries.insert(key, Arc::clone(&entry));
         self.sweeps.maybe_sweep(self.entries.len(), || {
             self.evict_idle();
@@ -137,14 +140,14 @@ impl Entry {
     }
 }
 
-fn new_entry(limit: &RateLimit) -> Result<Entry> {
+fn new_entry(limit: &RateLimit, seen: u64) -> Result<Entry> {
     let invalid = || Error::invalid("rate_limit", "requests and window must be greater than zero");
     let requests = NonZeroU32::new(limit.requests).ok_or_else(invalid)?;
     let burst = limit.burst.and_then(NonZeroU32::new).unwrap_or(requests);
     let period = limit.window / requests.get();
     let quota = governor::Quota::with_period(period).ok_or_else(invalid)?.allow_burst(burst);
     let idle_after = u64::try_from(period.saturating_mul(burst.get()).as_nanos()).unwrap_or(u64::MAX);
-    let last_seen = Arc::new(AtomicU64::new(0));
+    let last_seen = Arc::new(AtomicU64::new(seen));
     Ok(Entry {
         limit: *limit,
         quota,
@@ -166,7 +169,7 @@ impl RateLimiter for GcraRateLimiter {
         {
             return Ok(entry.check(seen));
         }
-        Ok(self.insert(key, limit)?.check(seen))
+        Ok(self.insert(key, limit, seen)?.check(seen))
     }
 }
 
@@ -279,6 +282,17 @@ mod tests {
         clock.advance(Duration::from_secs(2));
         limiter.evict_idle();
         assert_eq!(limiter.tracked_keys(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_key_first_seen_during_a_sweep_is_kept() {
+        let (limiter, clock) = limiter();
+        let limit = RateLimit { requests: 1, window: Duration::from_secs(3600), burst: None };
+        let keys = MIN_SWEEP_LEN * 4;
+        for _ in 0..keys {
+            limiter.check(KeyId::new(), &limit, clock.now()).await.unwrap();
+        }
+        assert_eq!(limiter.tracked_keys(), keys, "no key within its refill time was evicted");
     }
 
     #[tokio::test]
