@@ -38,7 +38,7 @@ impl Default for UsageConfig {
     fn default() -> Self {
         Self {
             queue_capacity: 10_000,
-            batch_size: 500,
+            batch_size: 2000,
             flush_interval: Duration::from_secs(1),
             quota_refresh: Duration::from_secs(5),
             last_used_interval: Duration::from_secs(60),
