@@ -35,6 +35,8 @@ use crate::{
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     tables: RwLock<Tables>,
+    /// Usage has its own lock, so writing a batch never holds up validation.
+    usage: RwLock<UsageTables>,
     closed: AtomicBool,
 }
 
@@ -46,9 +48,13 @@ struct Tables {
     by_id: HashMap<KeyId, KeyHash, foldhash::fast::RandomState>,
     policies: BTreeMap<PolicyId, Arc<Policy>>,
     scopes: BTreeMap<ScopeId, Scope>,
-    usage: BTreeMap<(KeyId, DateTime<Utc>, crate::UsageId), UsageRecord>,
-    aggregates: BTreeMap<(KeyId, Period, DateTime<Utc>), UsageAggregate>,
     rotations: Vec<RotationRecord>,
+}
+
+#[derive(Debug, Default)]
+struct UsageTables {
+    records: BTreeMap<(KeyId, DateTime<Utc>, crate::UsageId), UsageRecord>,
+    aggregates: BTreeMap<(KeyId, Period, DateTime<Utc>), UsageAggregate>,
 }
 
 impl MemoryStore {
@@ -66,6 +72,16 @@ impl MemoryStore {
     fn write(&self) -> Result<RwLockWriteGuard<'_, Tables>> {
         self.check_open()?;
         Ok(self.tables.write().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn read_usage(&self) -> Result<RwLockReadGuard<'_, UsageTables>> {
+        self.check_open()?;
+        Ok(self.usage.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn write_usage(&self) -> Result<RwLockWriteGuard<'_, UsageTables>> {
+        self.check_open()?;
+        Ok(self.usage.write().unwrap_or_else(PoisonError::into_inner))
     }
 
     fn check_open(&self) -> Result<()> {
@@ -302,11 +318,11 @@ impl ScopeStore for MemoryStore {
 #[async_trait]
 impl UsageStore for MemoryStore {
     async fn record_batch(&self, records: &[UsageRecord]) -> Result<()> {
-        let mut tables = self.write()?;
+        let mut tables = self.write_usage()?;
         for record in records {
             // Idempotent per record id, like the SQL stores: a replayed batch counts once.
             let slot = (record.key_id, record.timestamp, record.id);
-            if tables.usage.insert(slot, record.clone()).is_some() {
+            if tables.records.insert(slot, record.clone()).is_some() {
                 continue;
             }
             for period in [Period::Day, Period::Month] {
@@ -334,9 +350,9 @@ impl UsageStore for MemoryStore {
         range: TimeRange,
         page: Page,
     ) -> Result<Vec<UsageRecord>> {
-        let tables = self.read()?;
+        let tables = self.read_usage()?;
         let records = tables
-            .usage
+            .records
             .range((key_id, DateTime::<Utc>::MIN_UTC, crate::UsageId::from_uuid(uuid::Uuid::nil()))..)
             .map(|(_, r)| r)
             .take_while(|r| r.key_id == key_id)
@@ -352,7 +368,7 @@ impl UsageStore for MemoryStore {
         period: Period,
         range: TimeRange,
     ) -> Result<Vec<UsageAggregate>> {
-        let tables = self.read()?;
+        let tables = self.read_usage()?;
         Ok(tables
             .aggregates
             .values()
@@ -364,7 +380,7 @@ impl UsageStore for MemoryStore {
     }
 
     async fn tenant_usage(&self, tenant: &Tenant, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>> {
-        let tables = self.read()?;
+        let tables = self.read_usage()?;
         let mut totals: BTreeMap<DateTime<Utc>, UsageTotal> = BTreeMap::new();
         for a in tables.aggregates.values() {
             if a.tenant == *tenant && a.period == period && range.contains(a.period_start) {

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::UsageRecord;
@@ -73,6 +74,12 @@ struct Counters {
 
 struct Running {
     tx: mpsc::Sender<Message>,
+    /// Wakes the writer. Records alone do not: the writer sleeps until its
+    /// interval or until the queue holds a batch, so a busy server does not
+    /// pay a thread wake-up per request.
+    wake: Arc<Notify>,
+    /// Queue length at which a record wakes the writer.
+    wake_at: usize,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -107,9 +114,16 @@ impl UsageRecorder {
 
     /// Queues a record without waiting; a full queue drops it and counts.
     pub(crate) fn record(&self, record: UsageRecord) {
-        if !self.try_send(Message::Record(record)) {
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(DROPPED_TOTAL).increment(1);
+        match self.try_send(Message::Record(record)) {
+            Some(running) => {
+                if running.tx.max_capacity() - running.tx.capacity() >= running.wake_at {
+                    running.wake.notify_one();
+                }
+            }
+            None => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(DROPPED_TOTAL).increment(1);
+            }
         }
     }
 
@@ -124,6 +138,7 @@ impl UsageRecorder {
         if let Some(Some(running)) = self.running.get() {
             let (done, wait) = oneshot::channel();
             if running.tx.send(Message::Flush(done)).await.is_ok() {
+                running.wake.notify_one();
                 let _ = wait.await;
             }
         }
@@ -136,7 +151,9 @@ impl UsageRecorder {
             let _ = self.running.set(None);
             return;
         };
-        let _ = running.tx.send(Message::Shutdown).await;
+        if running.tx.send(Message::Shutdown).await.is_ok() {
+            running.wake.notify_one();
+        }
         let task = running.task.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(task) = task
             && let Err(error) = task.await
@@ -155,9 +172,10 @@ impl UsageRecorder {
         self.running.get_or_init(|| self.start()).is_some()
     }
 
-    fn try_send(&self, message: Message) -> bool {
-        let running = self.running.get_or_init(|| self.start());
-        running.as_ref().is_some_and(|running| running.tx.try_send(message).is_ok())
+    /// Queues `message`; the running writer if it was accepted.
+    fn try_send(&self, message: Message) -> Option<&Running> {
+        let running = self.running.get_or_init(|| self.start()).as_ref()?;
+        running.tx.try_send(message).ok().map(|()| running)
     }
 
     fn start(&self) -> Option<Running> {
@@ -165,7 +183,10 @@ impl UsageRecorder {
             tracing::warn!(target: "keysmith::usage", "no Tokio runtime: usage will not be recorded");
             return None;
         };
-        let (tx, rx) = mpsc::channel(self.config.queue_capacity.max(1));
+        let capacity = self.config.queue_capacity.max(1);
+        let (tx, rx) = mpsc::channel(capacity);
+        let wake = Arc::new(Notify::new());
+        let wake_at = self.config.batch_size.min(capacity / 2).max(1);
         let worker = Worker {
             config: self.config,
             store: Arc::clone(&self.store),
@@ -173,8 +194,8 @@ impl UsageRecorder {
             counters: Arc::clone(&self.counters),
             batch: Vec::with_capacity(self.config.batch_size),
         };
-        let task = runtime.spawn(worker.run(rx));
-        Some(Running { tx, task: Mutex::new(Some(task)) })
+        let task = runtime.spawn(worker.run(rx, Arc::clone(&wake)));
+        Some(Running { tx, wake, wake_at, task: Mutex::new(Some(task)) })
     }
 }
 
@@ -187,24 +208,37 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(mut self, mut rx: mpsc::Receiver<Message>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Message>, wake: Arc<Notify>) {
         let mut tick = tokio::time::interval(self.config.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                message = rx.recv() => match message {
-                    Some(Message::Shutdown) | None => break,
-                    Some(message) => self.handle(message).await,
-                },
-                _ = tick.tick() => self.write().await,
+                _ = tick.tick() => {}
+                () = wake.notified() => {}
+            }
+            let stop = self.drain(&mut rx).await;
+            self.write().await;
+            if stop {
+                break;
             }
         }
-        // Refuse new messages, then drain what is already queued.
+        // Refuse new messages, then take what is already queued.
         rx.close();
         while let Some(message) = rx.recv().await {
             self.handle(message).await;
         }
         self.write().await;
+    }
+
+    /// Handles everything queued now; true when the writer should stop.
+    async fn drain(&mut self, rx: &mut mpsc::Receiver<Message>) -> bool {
+        loop {
+            match rx.try_recv() {
+                Ok(Message::Shutdown) | Err(TryRecvError::Disconnected) => return true,
+                Ok(message) => self.handle(message).await,
+                Err(TryRecvError::Empty) => return false,
+            }
+        }
     }
 
     async fn handle(&mut self, message: Message) {
