@@ -1,11 +1,12 @@
 //! Time, injected: the engine never reads the system clock directly, so
 //! expiry, grace periods and quotas are tested without sleeping.
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, SubsecRound, Utc};
 
 /// A source of the current time (UTC).
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
@@ -27,7 +28,8 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
-        Utc::now().trunc_subsecs(6)
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        utc_micros(since_epoch).unwrap_or_else(|| Utc::now().trunc_subsecs(6))
     }
 
     fn unix_nanos(&self) -> u64 {
@@ -35,6 +37,30 @@ impl Clock for SystemClock {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
     }
+}
+
+/// `since_epoch` as a UTC time cut to microseconds. Validation reads the
+/// clock on every request, and turning a day count into a calendar date is
+/// most of the cost of a `DateTime`; each thread keeps the date of the last
+/// day it saw. `None` past chrono's range.
+fn utc_micros(since_epoch: Duration) -> Option<DateTime<Utc>> {
+    thread_local! {
+        static LAST_DAY: Cell<Option<(u64, NaiveDate)>> = const { Cell::new(None) };
+    }
+    const SECS_PER_DAY: u64 = 86_400;
+    let secs = since_epoch.as_secs();
+    let day = secs / SECS_PER_DAY;
+    let date = match LAST_DAY.get() {
+        Some((seen, date)) if seen == day => date,
+        _ => {
+            let date = DateTime::from_timestamp(i64::try_from(day * SECS_PER_DAY).ok()?, 0)?.date_naive();
+            LAST_DAY.set(Some((day, date)));
+            date
+        }
+    };
+    let seconds_of_day = u32::try_from(secs % SECS_PER_DAY).ok()?;
+    let time = NaiveTime::from_num_seconds_from_midnight_opt(seconds_of_day, since_epoch.subsec_micros() * 1000)?;
+    Some(NaiveDateTime::new(date, time).and_utc())
 }
 
 /// A clock that only moves when told to; clones share one time.
@@ -95,5 +121,27 @@ mod tests {
     #[test]
     fn system_clock_keeps_microseconds_like_the_stores() {
         assert_eq!(SystemClock.now().timestamp_subsec_nanos() % 1000, 0);
+    }
+
+    #[test]
+    fn the_cached_date_gives_the_same_time_as_chrono_across_days() {
+        // Back and forth across midnights, a leap day and a year end, so the
+        // per-thread date is both reused and replaced.
+        let instants = [
+            (1_767_225_599, 999_999_999), // 2025-12-31T23:59:59.999999999
+            (1_767_225_600, 0),
+            (1_767_225_599, 1_500),
+            (1_709_164_800, 123_456_789), // 2024-02-29
+            (1_709_164_800 + 86_399, 7),
+            (1_709_164_800 + 86_400, 0),
+            (0, 0),
+            (253_402_300_799, 999_999_000), // 9999-12-31T23:59:59.999999
+        ];
+        for (secs, nanos) in instants {
+            let since_epoch = Duration::new(secs, nanos);
+            let expected = DateTime::from_timestamp(i64::try_from(secs).unwrap(), nanos).unwrap().trunc_subsecs(6);
+            assert_eq!(utc_micros(since_epoch), Some(expected), "{secs}.{nanos:09}");
+        }
+        assert_eq!(utc_micros(Duration::from_secs(u64::MAX)), None);
     }
 }

@@ -29,8 +29,17 @@ macro_rules! define_id {
         }
 
         $(#[$meta])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
         pub struct $name(TypeSafeId<$tag>);
+
+        /// Hashes the UUID as one integer: ids are map keys on the
+        /// validation path, and the type's prefix is the same for all of
+        /// them (equal ids have equal UUIDs, so this agrees with `Eq`).
+        impl std::hash::Hash for $name {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                state.write_u128(self.0.uuid().as_u128());
+            }
+        }
 
         impl $name {
             /// The TypeID prefix of this id type, without the `_`.

@@ -13,7 +13,6 @@ use std::time::Duration;
 pub use tenant::{CreatedKey, NewKey, RotatedKey, TenantEngine};
 pub use validate::{RequestContext, Validation, ValidationError};
 
-use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 
 use crate::bounded::SweepSchedule;
@@ -65,8 +64,9 @@ struct Inner {
     quotas: Arc<QuotaTracker>,
     usage: UsageRecorder,
     usage_config: UsageConfig,
-    /// When this engine last queued a `last_used_at` write, per key.
-    touched: DashMap<KeyId, DateTime<Utc>, foldhash::fast::RandomState>,
+    /// When this engine last queued a `last_used_at` write, per key, in
+    /// microseconds since the epoch.
+    touched: DashMap<KeyId, i64, foldhash::fast::RandomState>,
     touch_sweeps: SweepSchedule,
 }
 

@@ -179,7 +179,11 @@ impl Engine {
         let parsed = ParsedKey::parse(raw_key).ok_or((Refusal::Malformed.into(), None))?;
         // 2. Lookup by hash, confirmed in constant time.
         let hash = inner.hasher.hash(parsed.raw);
-        let stored = match inner.store.find_key_by_hash(&hash).await {
+        let found = match inner.store.find_key_by_hash_ready(&hash) {
+            Some(found) => found,
+            None => inner.store.find_key_by_hash(&hash).await,
+        };
+        let stored = match found {
             Ok(Some(stored)) if stored.hash.ct_eq(&hash) => stored,
             Ok(_) => return Err((Refusal::Unknown.into(), None)),
             Err(error) => return Err((error.into(), None)),
@@ -203,14 +207,13 @@ impl Engine {
         }
 
         let policy = match key.policy_id {
-            Some(policy_id) => Some(
-                inner
-                    .store
-                    .get_policy(&key.tenant, policy_id)
-                    .await
-                    .map_err(fail)?
-                    .ok_or_else(|| fail(Error::not_found("policy", policy_id)))?,
-            ),
+            Some(policy_id) => {
+                let found = match inner.store.get_policy_ready(&key.tenant, policy_id) {
+                    Some(found) => found,
+                    None => inner.store.get_policy(&key.tenant, policy_id).await,
+                };
+                Some(found.map_err(fail)?.ok_or_else(|| fail(Error::not_found("policy", policy_id)))?)
+            }
             None => None,
         };
 
@@ -253,7 +256,11 @@ impl Engine {
         // 8. Rate limit.
         let rate_limit = match &policy.rate_limit {
             Some(limit) => {
-                let status = inner.limiter.check(key.id, limit, now).await.map_err(fail)?;
+                let status = match inner.limiter.check_ready(key.id, limit, now) {
+                    Some(status) => status,
+                    None => inner.limiter.check(key.id, limit, now).await,
+                }
+                .map_err(fail)?;
                 if let Some(retry_after) = status.retry_after.filter(|_| !status.allowed) {
                     self.emit(|| Event::KeyRateLimited { key_id: key.id, tenant: key.tenant.clone(), retry_after })
                         .await;
@@ -280,26 +287,29 @@ impl Engine {
     /// this key within the interval.
     fn touch(&self, key: &Key, now: DateTime<Utc>) {
         let inner = &self.inner;
-        // `at` is recent when it is after `now - interval` (one subtraction
-        // here rather than one per comparison below).
-        let since = chrono::Duration::from_std(inner.usage_config.last_used_interval)
-            .ok()
-            .and_then(|interval| now.checked_sub_signed(interval))
-            .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        let recent = |at: DateTime<Utc>| at > since;
-        if key.last_used_at.is_some_and(recent) {
+        let interval = inner.usage_config.last_used_interval;
+        // Stored `last_used_at` first (there once the write-back landed).
+        let stored_recent = key.last_used_at.is_some_and(|at| {
+            chrono::Duration::from_std(interval).is_ok_and(|interval| now.signed_duration_since(at) < interval)
+        });
+        if stored_recent {
             return;
         }
+        // Then the writes queued here, kept as microseconds: comparing them
+        // is one subtraction, with no calendar arithmetic.
+        let now_micros = now.timestamp_micros();
+        let interval_micros = i64::try_from(interval.as_micros()).unwrap_or(i64::MAX);
+        let recent = |at: i64| now_micros.saturating_sub(at) < interval_micros;
         if inner.touched.get(&key.id).is_some_and(|at| recent(*at)) {
             return;
         }
         match inner.touched.entry(key.id) {
             Entry::Occupied(entry) if recent(*entry.get()) => return,
             Entry::Occupied(mut entry) => {
-                entry.insert(now);
+                entry.insert(now_micros);
             }
             Entry::Vacant(entry) => {
-                entry.insert(now);
+                entry.insert(now_micros);
             }
         }
         inner.usage.touch(key.id, now);

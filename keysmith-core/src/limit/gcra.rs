@@ -161,6 +161,18 @@ fn new_entry(limit: &RateLimit, seen: u64) -> Result<Entry> {
 #[async_trait]
 impl RateLimiter for GcraRateLimiter {
     async fn check(&self, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> Result<RateLimitStatus> {
+        self.decide(key, limit, now)
+    }
+
+    fn check_ready(&self, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> Option<Result<RateLimitStatus>> {
+        Some(self.decide(key, limit, now))
+    }
+}
+
+impl GcraRateLimiter {
+    /// Counts one request: the whole check is in process, so both trait
+    /// methods answer with this.
+    fn decide(&self, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> Result<RateLimitStatus> {
         let seen = now.timestamp_nanos_opt().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
         // The common case checks under the map's read guard, without
         // cloning the entry out.

@@ -38,6 +38,10 @@ pub fn any_grants<S: AsRef<str>>(granted: &[S], required: &str) -> bool {
 /// The required scopes that `granted` does not cover, in order.
 #[must_use]
 pub fn missing<S: AsRef<str>, R: AsRef<str>>(granted: &[S], required: &[R]) -> Vec<String> {
+    // Nearly always everything is covered: say so without building a list.
+    if required.iter().all(|r| any_grants(granted, r.as_ref())) {
+        return Vec::new();
+    }
     required.iter().map(AsRef::as_ref).filter(|r| !any_grants(granted, r)).map(str::to_owned).collect()
 }
 

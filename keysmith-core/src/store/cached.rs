@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use dashmap::DashMap;
 use moka::Expiry;
-use moka::future::Cache;
+use moka::notification::RemovalCause;
+use moka::sync::Cache;
 
 use super::{
     KeyFilter, KeyStore, Page, PolicyStore, RotationStore, RotationWrite, ScopeStore, Store, StoredKey, TimeRange,
@@ -135,13 +137,91 @@ impl CacheConfig {
 pub struct CachedStore {
     inner: Arc<dyn Store>,
     config: CacheConfig,
-    keys: Cache<KeyHash, Entry<Option<StoredKey>>>,
+    keys: Tier<KeyHash, Option<StoredKey>>,
     /// Which hash a key id has, to find the entry a change makes stale.
-    hashes: Cache<KeyId, KeyHash>,
-    policies: Cache<PolicyId, Entry<Arc<Policy>>>,
+    hashes: Cache<KeyId, KeyHash, Hashing>,
+    policies: Tier<PolicyId, Arc<Policy>>,
     /// Bumped by every invalidation: a lookup that raced one does not keep
     /// what it read (it may predate the change).
     generation: AtomicU64,
+}
+
+/// The caches' hasher: keys are SHA-256 digests and random ids, so a fast
+/// non-cryptographic hash (seeded per process) is enough.
+type Hashing = foldhash::fast::RandomState;
+
+/// One cached table. moka bounds it (size, TinyLFU admission, expiry) and
+/// a read-mostly map in front of it serves the hits: a hit is one probe
+/// under a shard's read lock, without moka's bookkeeping for each read,
+/// which cost about as much as the rest of a validation. An entry leaves the
+/// front map when moka evicts or expires it, or when it is invalidated, so
+/// the front never holds more than moka admitted.
+struct Tier<K, V> {
+    front: Arc<DashMap<K, Entry<V>, Hashing>>,
+    back: Cache<K, Entry<V>, Hashing>,
+}
+
+trait TierKey: std::hash::Hash + Eq + Clone + Send + Sync + 'static {}
+impl<T: std::hash::Hash + Eq + Clone + Send + Sync + 'static> TierKey for T {}
+trait TierValue: Clone + Send + Sync + 'static {}
+impl<T: Clone + Send + Sync + 'static> TierValue for T {}
+
+impl<K: TierKey, V: TierValue> Tier<K, V> {
+    fn new(capacity: u64, clock: Arc<dyn Clock>) -> Self {
+        let front: Arc<DashMap<K, Entry<V>, Hashing>> = Arc::default();
+        let evicted = Arc::clone(&front);
+        let back = Cache::builder()
+            .max_capacity(capacity)
+            .expire_after(EntryExpiry(clock))
+            .eviction_listener(move |key: Arc<K>, _, cause| {
+                // Replaced and explicit removals were done to the front too.
+                if matches!(cause, RemovalCause::Expired | RemovalCause::Size) {
+                    evicted.remove(&*key);
+                }
+            })
+            .build_with_hasher(Hashing::default());
+        Self { front, back }
+    }
+
+    /// The value for `key` if it is fresh at `now` (clock nanoseconds); a
+    /// stale entry is dropped.
+    fn get(&self, key: &K, now: u64) -> Option<V> {
+        let found = self.front.get(key).map(|entry| (entry.expires_at > now).then(|| entry.value.clone()));
+        match found {
+            Some(Some(value)) => Some(value),
+            Some(None) => {
+                self.invalidate(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The whole entry, fresh or not (to update it in place).
+    fn entry(&self, key: &K) -> Option<Entry<V>> {
+        self.front.get(key).map(|entry| entry.clone())
+    }
+
+    /// Front first: if moka then declines or evicts the entry, its listener
+    /// takes it out of the front again.
+    fn insert(&self, key: K, entry: Entry<V>) {
+        self.front.insert(key.clone(), entry.clone());
+        self.back.insert(key, entry);
+    }
+
+    fn invalidate(&self, key: &K) {
+        self.front.remove(key);
+        self.back.invalidate(key);
+    }
+
+    fn invalidate_all(&self) {
+        self.front.clear();
+        self.back.invalidate_all();
+    }
+
+    fn entry_count(&self) -> u64 {
+        self.back.entry_count()
+    }
 }
 
 #[derive(Clone)]
@@ -192,16 +272,12 @@ impl CachedStore {
     /// A cache configured by `config` in front of `inner`.
     #[must_use]
     pub fn with_config(inner: Arc<dyn Store>, config: CacheConfig) -> Self {
-        let keys =
-            Cache::builder().max_capacity(config.max_keys).expire_after(EntryExpiry(Arc::clone(&config.clock))).build();
+        let keys = Tier::new(config.max_keys, Arc::clone(&config.clock));
         let hashes = Cache::builder()
             .max_capacity(config.max_keys)
             .time_to_live(config.positive_ttl.max(Duration::from_secs(1)))
-            .build();
-        let policies = Cache::builder()
-            .max_capacity(config.max_policies)
-            .expire_after(EntryExpiry(Arc::clone(&config.clock)))
-            .build();
+            .build_with_hasher(Hashing::default());
+        let policies = Tier::new(config.max_policies, Arc::clone(&config.clock));
         Self { inner, config, keys, hashes, policies, generation: AtomicU64::new(0) }
     }
 
@@ -231,32 +307,33 @@ impl CachedStore {
         u64::try_from(ttl.as_nanos()).ok().and_then(|ttl| now.checked_add(ttl)).unwrap_or(now)
     }
 
-    fn fresh<V: Clone>(&self, entry: Option<Entry<V>>) -> Option<V> {
-        entry.filter(|e| e.expires_at > self.config.clock.unix_nanos()).map(|e| e.value)
+    /// What `tier` holds for `key`, unless it has gone stale.
+    fn fresh<K: TierKey, V: TierValue>(&self, tier: &Tier<K, V>, key: &K) -> Option<V> {
+        tier.get(key, self.config.clock.unix_nanos())
     }
 
-    async fn forget_hash(&self, hash: &KeyHash) {
+    fn forget_hash(&self, hash: &KeyHash) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.keys.invalidate(hash).await;
+        self.keys.invalidate(hash);
     }
 
     /// Drops the cached lookup of key `id`, after a change to it.
     async fn forget_key(&self, tenant: &Tenant, id: KeyId) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        let hash = match self.hashes.get(&id).await {
+        let hash = match self.hashes.get(&id) {
             Some(hash) => Some(hash),
             // The id index may have lost the entry while the lookup is
             // still cached: ask the store (writes are rare, this is cheap).
             None => self.inner.get_key(tenant, id).await.ok().flatten().map(|stored| stored.hash),
         };
         if let Some(hash) = hash {
-            self.keys.invalidate(&hash).await;
+            self.keys.invalidate(&hash);
         }
     }
 
-    async fn forget_policy(&self, id: PolicyId) {
+    fn forget_policy(&self, id: PolicyId) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.policies.invalidate(&id).await;
+        self.policies.invalidate(&id);
     }
 }
 
@@ -264,28 +341,33 @@ impl CachedStore {
 impl KeyStore for CachedStore {
     async fn insert_key(&self, key: &StoredKey) -> Result<()> {
         self.inner.insert_key(key).await?;
-        self.forget_hash(&key.hash).await;
+        self.forget_hash(&key.hash);
         Ok(())
     }
 
     async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>> {
-        if let Some(found) = self.fresh(self.keys.get(hash).await) {
-            return Ok(found);
+        if let Some(found) = self.find_key_by_hash_ready(hash) {
+            return found;
         }
         let generation = self.generation.load(Ordering::SeqCst);
         let found = self.inner.find_key_by_hash(hash).await?;
         let ttl = if found.is_some() { self.config.positive_ttl } else { self.config.negative_ttl };
-        self.keys.insert(*hash, Entry { value: found.clone(), expires_at: self.expiry(ttl) }).await;
+        self.keys.insert(*hash, Entry { value: found.clone(), expires_at: self.expiry(ttl) });
         if let Some(stored) = &found {
-            self.hashes.insert(stored.key.id, *hash).await;
+            self.hashes.insert(stored.key.id, *hash);
         }
         // A change made while we were reading may not be in what we read:
         // then drop it again (the change's own invalidation may have run
         // before our insert).
         if self.generation.load(Ordering::SeqCst) != generation {
-            self.keys.invalidate(hash).await;
+            self.keys.invalidate(hash);
         }
         Ok(found)
+    }
+
+    /// A hit (found or not found) within its TTL; a miss is `None`.
+    fn find_key_by_hash_ready(&self, hash: &KeyHash) -> Option<Result<Option<StoredKey>>> {
+        self.fresh(&self.keys, hash).map(Ok)
     }
 
     async fn get_key(&self, tenant: &Tenant, id: KeyId) -> Result<Option<StoredKey>> {
@@ -309,8 +391,8 @@ impl KeyStore for CachedStore {
         let result = self.inner.rotate_key(tenant, rotation).await;
         match &result {
             Ok(_) => {
-                self.forget_hash(&rotation.record.old_hash).await;
-                self.forget_hash(&rotation.new_key.hash).await;
+                self.forget_hash(&rotation.record.old_hash);
+                self.forget_hash(&rotation.new_key.hash);
             }
             Err(Error::InvalidTransition { .. }) => self.forget_key(tenant, rotation.record.key_id).await,
             Err(_) => {}
@@ -328,8 +410,9 @@ impl KeyStore for CachedStore {
         self.inner.touch_key(id, at).await?;
         // Only `last_used_at` changed: update the cached key rather than
         // send the next validation to the store.
-        if let Some(hash) = self.hashes.get(&id).await
-            && let Some(entry) = self.keys.get(&hash).await
+        let generation = self.generation.load(Ordering::SeqCst);
+        if let Some(hash) = self.hashes.get(&id)
+            && let Some(entry) = self.keys.entry(&hash)
             && let Some(stored) = &entry.value
             && stored.key.id == id
             && stored.key.last_used_at.is_none_or(|last| last < at)
@@ -337,7 +420,11 @@ impl KeyStore for CachedStore {
             let mut key = Key::clone(&stored.key);
             key.last_used_at = Some(at);
             let value = Some(StoredKey { key: Arc::new(key), hash });
-            self.keys.insert(hash, Entry { value, expires_at: entry.expires_at }).await;
+            self.keys.insert(hash, Entry { value, expires_at: entry.expires_at });
+            // A change that raced this (a revocation) wins: drop our copy.
+            if self.generation.load(Ordering::SeqCst) != generation {
+                self.keys.invalidate(&hash);
+            }
         }
         Ok(())
     }
@@ -354,20 +441,24 @@ impl PolicyStore for CachedStore {
     }
 
     async fn get_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<Option<Arc<Policy>>> {
-        if let Some(policy) = self.fresh(self.policies.get(&id).await) {
-            // Ids are unique across tenants: another tenant's is not yours.
-            return Ok(Some(policy).filter(|p| p.tenant == *tenant));
+        if let Some(policy) = self.get_policy_ready(tenant, id) {
+            return policy;
         }
         let generation = self.generation.load(Ordering::SeqCst);
         let found = self.inner.get_policy(tenant, id).await?;
         if let Some(policy) = &found {
             let entry = Entry { value: Arc::clone(policy), expires_at: self.expiry(self.config.positive_ttl) };
-            self.policies.insert(id, entry).await;
+            self.policies.insert(id, entry);
             if self.generation.load(Ordering::SeqCst) != generation {
-                self.policies.invalidate(&id).await;
+                self.policies.invalidate(&id);
             }
         }
         Ok(found)
+    }
+
+    fn get_policy_ready(&self, tenant: &Tenant, id: PolicyId) -> Option<Result<Option<Arc<Policy>>>> {
+        // Ids are unique across tenants: another tenant's is not yours.
+        self.fresh(&self.policies, &id).map(|policy| Ok(Some(policy).filter(|p| p.tenant == *tenant)))
     }
 
     async fn list_policies(&self, tenant: &Tenant, page: Page) -> Result<Vec<Policy>> {
@@ -376,13 +467,13 @@ impl PolicyStore for CachedStore {
 
     async fn update_policy(&self, policy: &Policy) -> Result<()> {
         self.inner.update_policy(policy).await?;
-        self.forget_policy(policy.id).await;
+        self.forget_policy(policy.id);
         Ok(())
     }
 
     async fn delete_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<()> {
         self.inner.delete_policy(tenant, id).await?;
-        self.forget_policy(id).await;
+        self.forget_policy(id);
         Ok(())
     }
 }
@@ -737,7 +828,9 @@ mod tests {
         for i in 0..200 {
             cached.find_key_by_hash(&Sha256Hasher.hash(&format!("sk_live_{i}"))).await.unwrap();
         }
-        cached.keys.run_pending_tasks().await;
+        cached.keys.back.run_pending_tasks();
         assert!(cached.keys.entry_count() <= 10, "{} entries", cached.keys.entry_count());
+        // The front map holds no more than moka kept.
+        assert!(cached.keys.front.len() <= 10, "{} entries in front", cached.keys.front.len());
     }
 }

@@ -46,7 +46,7 @@ struct Tables {
     keys: HashMap<KeyHash, StoredKey, foldhash::fast::RandomState>,
     /// Management finds keys by id through this index.
     by_id: HashMap<KeyId, KeyHash, foldhash::fast::RandomState>,
-    policies: BTreeMap<PolicyId, Arc<Policy>>,
+    policies: HashMap<PolicyId, Arc<Policy>, foldhash::fast::RandomState>,
     scopes: BTreeMap<ScopeId, Scope>,
     rotations: Vec<RotationRecord>,
 }
@@ -93,6 +93,10 @@ impl MemoryStore {
 }
 
 impl Tables {
+    fn policy(&self, tenant: &Tenant, id: PolicyId) -> Option<Arc<Policy>> {
+        self.policies.get(&id).filter(|p| p.tenant == *tenant).cloned()
+    }
+
     fn tenant_key(&self, tenant: &Tenant, id: KeyId) -> Option<&StoredKey> {
         self.by_id.get(&id).and_then(|hash| self.keys.get(hash)).filter(|stored| stored.key.tenant == *tenant)
     }
@@ -146,7 +150,11 @@ impl KeyStore for MemoryStore {
     }
 
     async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>> {
-        Ok(self.read()?.keys.get(hash).cloned())
+        self.read().map(|tables| tables.keys.get(hash).cloned())
+    }
+
+    fn find_key_by_hash_ready(&self, hash: &KeyHash) -> Option<Result<Option<StoredKey>>> {
+        Some(self.read().map(|tables| tables.keys.get(hash).cloned()))
     }
 
     async fn get_key(&self, tenant: &Tenant, id: KeyId) -> Result<Option<StoredKey>> {
@@ -247,12 +255,19 @@ impl PolicyStore for MemoryStore {
     }
 
     async fn get_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<Option<Arc<Policy>>> {
-        Ok(self.read()?.policies.get(&id).filter(|p| p.tenant == *tenant).cloned())
+        self.read().map(|tables| tables.policy(tenant, id))
+    }
+
+    fn get_policy_ready(&self, tenant: &Tenant, id: PolicyId) -> Option<Result<Option<Arc<Policy>>>> {
+        Some(self.read().map(|tables| tables.policy(tenant, id)))
     }
 
     async fn list_policies(&self, tenant: &Tenant, page: Page) -> Result<Vec<Policy>> {
         let tables = self.read()?;
-        Ok(page.apply(tables.policies.values().filter(|p| p.tenant == *tenant).map(|p| Policy::clone(p))))
+        let mut policies: Vec<&Arc<Policy>> = tables.policies.values().filter(|p| p.tenant == *tenant).collect();
+        // In id order (creation order), as the SQL stores list them.
+        policies.sort_unstable_by_key(|p| p.id);
+        Ok(page.apply(policies.into_iter().map(|p| Policy::clone(p))))
     }
 
     async fn update_policy(&self, policy: &Policy) -> Result<()> {

@@ -143,6 +143,16 @@ pub trait KeyStore: Send + Sync {
     /// The key whose secret hashes to `hash`, of any tenant (validation).
     async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>>;
 
+    /// [`find_key_by_hash`](Self::find_key_by_hash) answered at once, for a
+    /// store that can answer without I/O (the memory store, a cache hit);
+    /// `None` means "no ready answer: await `find_key_by_hash`". Validation
+    /// asks this first, so a ready answer costs no boxed future. The default
+    /// has no ready answers, which is always correct.
+    fn find_key_by_hash_ready(&self, hash: &KeyHash) -> Option<Result<Option<StoredKey>>> {
+        let _ = hash;
+        None
+    }
+
     /// One key of the tenant, with its hash.
     async fn get_key(&self, tenant: &Tenant, id: KeyId) -> Result<Option<StoredKey>>;
 
@@ -178,6 +188,13 @@ pub trait PolicyStore: Send + Sync {
 
     /// One policy of the tenant.
     async fn get_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<Option<Arc<Policy>>>;
+
+    /// [`get_policy`](Self::get_policy) answered at once, when the store can
+    /// without I/O; `None` means "await `get_policy`" (the default).
+    fn get_policy_ready(&self, tenant: &Tenant, id: PolicyId) -> Option<Result<Option<Arc<Policy>>>> {
+        let _ = (tenant, id);
+        None
+    }
 
     /// The tenant's policies, ordered by id.
     async fn list_policies(&self, tenant: &Tenant, page: Page) -> Result<Vec<Policy>>;
