@@ -2,12 +2,13 @@
 //! error type every refusal of this crate travels in.
 
 use std::fmt;
+use std::io::Write as _;
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
-use keysmith_core::http::RefusalResponse;
+use keysmith_core::http::{RateLimitHeaders, RefusalResponse, names};
 
 /// Builds the response to a refused request. The default,
 /// [`default_refusal_response`], sends the status, headers and JSON body of
@@ -63,6 +64,24 @@ pub(crate) fn append_headers(map: &mut actix_web::http::header::HeaderMap, heade
             (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value.as_bytes()))
         {
             map.append(name, value);
+        }
+    }
+}
+
+/// Appends `RateLimit-Limit`, `-Remaining` and `-Reset` to a passed
+/// request's response: names parsed once, each value formatted on the
+/// stack and copied once (`HeaderValue::from(u64)` allocates twice).
+pub(crate) fn append_rate_limit_headers(map: &mut actix_web::http::header::HeaderMap, headers: RateLimitHeaders) {
+    static LIMIT: HeaderName = HeaderName::from_static(names::RATELIMIT_LIMIT);
+    static REMAINING: HeaderName = HeaderName::from_static(names::RATELIMIT_REMAINING);
+    static RESET: HeaderName = HeaderName::from_static(names::RATELIMIT_RESET);
+    for (name, number) in [(&LIMIT, headers.limit), (&REMAINING, headers.remaining), (&RESET, headers.reset)] {
+        let mut digits = [0; 20]; // u64::MAX has 20
+        let mut rest = &mut digits[..];
+        let _ = write!(rest, "{number}");
+        let len = 20 - rest.len();
+        if let Ok(value) = HeaderValue::from_bytes(&digits[..len]) {
+            map.append(name.clone(), value);
         }
     }
 }
