@@ -281,31 +281,41 @@ impl Gate {
             started,
         };
         let origin = header_text(request.headers, names::ORIGIN, MAX_ORIGIN_LEN);
-        // `validate`'s own future, boxed as is: wrapping it in an `async`
-        // block would store the arguments twice in the box.
         Authorize { state: State::Pending(Box::pin(self.clone().validate(raw, origin, draft))) }
     }
 
-    async fn validate(self, raw: SecretString, origin: Option<String>, draft: UsageDraft) -> Outcome {
-        let mut ctx = RequestContext::new().with_request(&draft.method, &draft.path);
-        if let Some(ip) = draft.ip {
-            ctx = ctx.with_ip(ip);
-        }
-        if let Some(origin) = &origin {
-            ctx = ctx.with_origin(origin);
-        }
-        if let Some(app_id) = &self.config.app_id {
-            ctx = ctx.with_app_id(app_id);
-        }
-        match self.config.engine.validate(raw.expose_secret(), &ctx).await {
-            // The admitted request keeps this gate (and through it the
-            // engine) rather than a fresh clone of the engine.
-            Ok(validation) => Outcome::Pass(Admitted { key: ApiKey::new(validation), gate: self, draft }),
-            Err(ValidationError::Refused(refusal)) => Outcome::Refuse(self.refusal(refusal)),
-            Err(ValidationError::Failed(error)) => {
-                tracing::warn!(target: "keysmith::http", %error, method = %draft.method, path = %draft.path,
-                    "API key validation failed; answering 503");
-                Outcome::Refuse(RefusalResponse::unavailable())
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn holds its arguments twice (as arguments and as locals) in the future, \
+                  which is boxed and copied per request"
+    )]
+    fn validate(
+        self,
+        raw: SecretString,
+        origin: Option<String>,
+        draft: UsageDraft,
+    ) -> impl Future<Output = Outcome> + Send + 'static {
+        async move {
+            let mut ctx = RequestContext::new().with_request(&draft.method, &draft.path);
+            if let Some(ip) = draft.ip {
+                ctx = ctx.with_ip(ip);
+            }
+            if let Some(origin) = &origin {
+                ctx = ctx.with_origin(origin);
+            }
+            if let Some(app_id) = &self.config.app_id {
+                ctx = ctx.with_app_id(app_id);
+            }
+            match self.config.engine.validate(raw.expose_secret(), &ctx).await {
+                // The admitted request keeps this gate (and through it the
+                // engine) rather than a fresh clone of the engine.
+                Ok(validation) => Outcome::Pass(Admitted { key: ApiKey::new(validation), gate: self, draft }),
+                Err(ValidationError::Refused(refusal)) => Outcome::Refuse(self.refusal(refusal)),
+                Err(ValidationError::Failed(error)) => {
+                    tracing::warn!(target: "keysmith::http", %error, method = %draft.method, path = %draft.path,
+                        "API key validation failed; answering 503");
+                    Outcome::Refuse(RefusalResponse::unavailable())
+                }
             }
         }
     }
