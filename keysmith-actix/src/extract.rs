@@ -61,7 +61,7 @@ impl ApiKey {
         }
         Err(match extensions.get::<Installed>() {
             Some(installed) => {
-                ApiKeyRejection::refused(installed.gate.refusal(Refusal::MissingKey), installed.responder.clone())
+                ApiKeyRejection::refused(installed.gate().refusal(Refusal::MissingKey), installed.responder().clone())
             }
             None => ApiKeyRejection::MissingMiddleware { needed_by: "the ApiKey extractor" },
         })

@@ -11,8 +11,8 @@ use keysmith_core::Engine;
 use keysmith_core::http::TrustedProxies;
 use keysmith_core::http::{ApiKey as CoreApiKey, Gate, KeySources, Outcome, RefusalResponse, RequestFacts};
 
-use crate::request::{Headers, Installed};
-use crate::response::append_headers;
+use crate::request::{Headers, Installed, Shared};
+use crate::response::append_rate_limit_headers;
 use crate::{ApiKeyRejection, RefusalResponder};
 
 /// Middleware that validates the API key of every request (DESIGN §11);
@@ -154,8 +154,7 @@ where
     fn new_transform(&self, service: S) -> Self::Future {
         ready(Ok(KeysmithMiddleware {
             service: Rc::new(service),
-            gate: self.gate.clone(),
-            responder: self.responder.clone(),
+            shared: Rc::new(Shared { gate: self.gate.clone(), responder: self.responder.clone() }),
         }))
     }
 }
@@ -165,8 +164,7 @@ where
 #[derive(Debug)]
 pub struct KeysmithMiddleware<S> {
     service: Rc<S>,
-    gate: Gate,
-    responder: RefusalResponder,
+    shared: Rc<Shared>,
 }
 
 impl<S, B> Service<ServiceRequest> for KeysmithMiddleware<S>
@@ -185,33 +183,36 @@ where
             let headers = Headers(request.headers());
             let peer = request.peer_addr().map(|addr| addr.ip());
             let facts = RequestFacts::new(request.method().as_str(), request.path(), peer, &headers);
-            self.gate.authorize(&facts)
+            self.shared.gate.authorize(&facts)
         };
         let service = Rc::clone(&self.service);
-        let mut installed = Installed { gate: self.gate.clone(), responder: self.responder.clone(), preflight: false };
+        let shared = Rc::clone(&self.shared);
         Box::pin(async move {
+            let mut preflight = false;
             let admitted = match authorize.await {
                 Outcome::Pass(admitted) => {
                     request.extensions_mut().insert(CoreApiKey::clone(admitted.key()));
                     Some(admitted)
                 }
                 Outcome::Refuse(refusal) => {
-                    let rejection = ApiKeyRejection::refused(refusal, installed.responder);
+                    let rejection = ApiKeyRejection::refused(refusal, shared.responder.clone());
                     return Ok(request.error_response(rejection).map_into_right_body());
                 }
                 Outcome::Preflight => {
-                    installed.preflight = true;
+                    preflight = true;
                     None
                 }
                 // Anonymous, and anything later core may add that lets the
                 // request through without a key.
                 _ => None,
             };
-            request.extensions_mut().insert(installed);
+            request.extensions_mut().insert(Installed { shared, preflight });
             match service.call(request).await {
                 Ok(mut response) => {
                     if let Some(admitted) = admitted {
-                        append_headers(response.headers_mut(), &admitted.response_headers());
+                        if let Some(headers) = admitted.rate_limit_headers() {
+                            append_rate_limit_headers(response.headers_mut(), headers);
+                        }
                         admitted.finish(response.status().as_u16());
                     }
                     Ok(response.map_into_left_body())

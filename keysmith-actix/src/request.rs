@@ -1,8 +1,10 @@
 //! What the middleware reads from a request, and what it leaves in the
 //! request's extensions for extractors and `RequireScopes`.
 
-use actix_web::http::header::HeaderMap;
-use keysmith_core::http::{Gate, HeaderLookup};
+use std::rc::Rc;
+
+use actix_web::http::header::{HeaderMap, HeaderName};
+use keysmith_core::http::{Gate, HeaderLookup, names};
 
 use crate::RefusalResponder;
 
@@ -12,18 +14,63 @@ pub(crate) struct Headers<'a>(pub(crate) &'a HeaderMap);
 
 impl HeaderLookup for Headers<'_> {
     fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> {
-        self.0.get_all(name).map(actix_web::http::header::HeaderValue::as_bytes)
+        let values = match known_name(name) {
+            Some(name) => self.0.get_all(name),
+            None => self.0.get_all(name),
+        };
+        values.map(actix_web::http::header::HeaderValue::as_bytes)
     }
+}
+
+/// The names core looks up on every request, parsed once: a lookup by
+/// `&str` parses the name each time, and allocates for a name that is not
+/// a standard header (`x-api-key`).
+fn known_name(name: &str) -> Option<&'static HeaderName> {
+    static AUTHORIZATION: HeaderName = HeaderName::from_static(names::AUTHORIZATION);
+    static X_API_KEY: HeaderName = HeaderName::from_static(names::X_API_KEY);
+    static USER_AGENT: HeaderName = HeaderName::from_static(names::USER_AGENT);
+    static ORIGIN: HeaderName = HeaderName::from_static(names::ORIGIN);
+    static X_FORWARDED_FOR: HeaderName = HeaderName::from_static(names::X_FORWARDED_FOR);
+    static FORWARDED: HeaderName = HeaderName::from_static(names::FORWARDED);
+    static ACCESS_CONTROL_REQUEST_METHOD: HeaderName = HeaderName::from_static(names::ACCESS_CONTROL_REQUEST_METHOD);
+    Some(match name {
+        names::AUTHORIZATION => &AUTHORIZATION,
+        names::X_API_KEY => &X_API_KEY,
+        names::USER_AGENT => &USER_AGENT,
+        names::ORIGIN => &ORIGIN,
+        names::X_FORWARDED_FOR => &X_FORWARDED_FOR,
+        names::FORWARDED => &FORWARDED,
+        names::ACCESS_CONTROL_REQUEST_METHOD => &ACCESS_CONTROL_REQUEST_METHOD,
+        _ => return None,
+    })
+}
+
+/// What the middleware shares with every request it lets through.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) gate: Gate,
+    pub(crate) responder: RefusalResponder,
 }
 
 /// Left in every request the middleware lets through: proof that it ran,
 /// and what extractors and `RequireScopes` need to answer like it would.
 #[derive(Debug, Clone)]
 pub(crate) struct Installed {
-    pub(crate) gate: Gate,
-    pub(crate) responder: RefusalResponder,
+    /// Gate and responder behind one `Rc` (the middleware lives on one
+    /// worker thread): no atomic reference count to bump per request.
+    pub(crate) shared: Rc<Shared>,
     /// The request is a CORS preflight let through without a key.
     pub(crate) preflight: bool,
+}
+
+impl Installed {
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.shared.gate
+    }
+
+    pub(crate) fn responder(&self) -> &RefusalResponder {
+        &self.shared.responder
+    }
 }
 
 #[cfg(test)]
@@ -40,6 +87,8 @@ mod tests {
         map.append(name, HeaderValue::from_bytes(b"k\xff").unwrap());
         let headers = Headers(&map);
         let values: Vec<&[u8]> = headers.header_values("X-API-Key").collect();
+        assert_eq!(values, [b"k1".as_slice(), b"k\xff".as_slice()]);
+        let values: Vec<&[u8]> = headers.header_values(names::X_API_KEY).collect();
         assert_eq!(values, [b"k1".as_slice(), b"k\xff".as_slice()]);
         assert_eq!(headers.first_header("authorization"), None);
     }

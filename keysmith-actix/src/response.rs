@@ -7,7 +7,7 @@ use std::sync::Arc;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
-use keysmith_core::http::RefusalResponse;
+use keysmith_core::http::{RateLimitHeaders, RefusalResponse, names};
 
 /// Builds the response to a refused request. The default,
 /// [`default_refusal_response`], sends the status, headers and JSON body of
@@ -63,6 +63,35 @@ pub(crate) fn append_headers(map: &mut actix_web::http::header::HeaderMap, heade
             (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value.as_bytes()))
         {
             map.append(name, value);
+        }
+    }
+}
+
+/// Appends `RateLimit-Limit`, `-Remaining` and `-Reset` to a passed
+/// request's response: names parsed once, each value written on the stack
+/// and copied once (`HeaderValue::from(u64)` allocates twice, and `fmt`
+/// costs more than the digits).
+pub(crate) fn append_rate_limit_headers(map: &mut actix_web::http::header::HeaderMap, headers: RateLimitHeaders) {
+    static LIMIT: HeaderName = HeaderName::from_static(names::RATELIMIT_LIMIT);
+    static REMAINING: HeaderName = HeaderName::from_static(names::RATELIMIT_REMAINING);
+    static RESET: HeaderName = HeaderName::from_static(names::RATELIMIT_RESET);
+    for (name, number) in [(&LIMIT, headers.limit), (&REMAINING, headers.remaining), (&RESET, headers.reset)] {
+        let mut digits = [0; 20];
+        if let Ok(value) = HeaderValue::from_bytes(decimal(number, &mut digits)) {
+            map.append(name.clone(), value);
+        }
+    }
+}
+
+/// `n` in decimal, in the end of `digits` (`u64::MAX` has 20).
+fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[start..];
         }
     }
 }
@@ -137,6 +166,24 @@ impl ResponseError for ApiKeyRejection {
         match self {
             Self::MissingMiddleware { .. } => default_refusal_response(&self.refusal_response()),
             Self::Refused { refusal, responder } => responder.respond(refusal),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_headers_carry_the_numbers_in_decimal() {
+        let mut map = actix_web::http::header::HeaderMap::new();
+        append_rate_limit_headers(&mut map, RateLimitHeaders { limit: 1_000_000_000, remaining: 0, reset: u64::MAX });
+        for (name, value) in [
+            (names::RATELIMIT_LIMIT, "1000000000"),
+            (names::RATELIMIT_REMAINING, "0"),
+            (names::RATELIMIT_RESET, "18446744073709551615"),
+        ] {
+            assert_eq!(map.get(name).unwrap().as_bytes(), value.as_bytes(), "{name}");
         }
     }
 }

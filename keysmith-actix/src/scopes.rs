@@ -105,9 +105,9 @@ where
                 None => Some(ApiKeyRejection::MissingMiddleware { needed_by: "RequireScopes" }),
                 Some(installed) if installed.preflight => None,
                 Some(installed) => installed
-                    .gate
+                    .gate()
                     .scope_refusal(&self.requirement, extensions.get::<CoreApiKey>())
-                    .map(|refusal| ApiKeyRejection::refused(refusal, installed.responder.clone())),
+                    .map(|refusal| ApiKeyRejection::refused(refusal, installed.responder().clone())),
             }
         };
         match rejection {

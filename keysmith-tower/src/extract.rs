@@ -103,8 +103,8 @@ impl ApiKeyRejection {
     fn from_extensions(extensions: &http::Extensions) -> Self {
         match extensions.get::<Installed>() {
             Some(installed) => Self::MissingKey {
-                refusal: Box::new(installed.gate.refusal(Refusal::MissingKey)),
-                responder: installed.responder.clone(),
+                refusal: Box::new(installed.gate().refusal(Refusal::MissingKey)),
+                responder: installed.responder().clone(),
             },
             None => Self::MissingLayer,
         }

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
@@ -13,8 +14,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::RefusalResponder;
-use crate::request::{Headers, Installed, peer};
-use crate::response::append_headers;
+use crate::request::{Headers, Installed, Shared, peer};
+use crate::response::append_rate_limit_headers;
 
 /// A [`Layer`] that validates the API key of every request (DESIGN §11).
 ///
@@ -133,7 +134,8 @@ impl<S> Layer<S> for ApiKeyLayer {
     type Service = ApiKeyService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ApiKeyService { inner, gate: self.gate.clone(), responder: self.responder.clone() }
+        let shared = Arc::new(Shared { gate: self.gate.clone(), responder: self.responder.clone() });
+        ApiKeyService { inner, shared }
     }
 }
 
@@ -142,8 +144,7 @@ impl<S> Layer<S> for ApiKeyLayer {
 #[derive(Debug, Clone)]
 pub struct ApiKeyService<S> {
     inner: S,
-    gate: Gate,
-    responder: RefusalResponder,
+    shared: Arc<Shared>,
 }
 
 impl<S> ApiKeyService<S> {
@@ -180,17 +181,14 @@ where
         let authorize = {
             let headers = Headers(request.headers());
             let facts = RequestFacts::new(request.method().as_str(), request.uri().path(), peer(&request), &headers);
-            self.gate.authorize(&facts)
+            self.shared.gate.authorize(&facts)
         };
         // The clone is not ready; the instance that was polled ready is the
         // one to call (tower's usual swap).
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture {
-            state: State::Authorizing { authorize, inner: Some(inner), request: Some(request) },
-            gate: self.gate.clone(),
-            responder: self.responder.clone(),
-        }
+        let waiting = Waiting { inner, request, shared: Arc::clone(&self.shared) };
+        ResponseFuture { state: State::Authorizing { authorize, waiting: Some(waiting) } }
     }
 }
 
@@ -202,9 +200,15 @@ pin_project! {
     {
         #[pin]
         state: State<S, ReqBody>,
-        gate: Gate,
-        responder: RefusalResponder,
     }
+}
+
+/// What a request waits with while its key is checked; taken (once) when
+/// the outcome is known.
+struct Waiting<S, ReqBody> {
+    inner: S,
+    request: Request<ReqBody>,
+    shared: Arc<Shared>,
 }
 
 pin_project! {
@@ -215,8 +219,7 @@ pin_project! {
     {
         Authorizing {
             authorize: Authorize,
-            inner: Option<S>,
-            request: Option<Request<ReqBody>>,
+            waiting: Option<Waiting<S, ReqBody>>,
         },
         Calling {
             #[pin]
@@ -250,37 +253,38 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Authorizing { authorize, inner, request } => {
+                StateProj::Authorizing { authorize, waiting } => {
                     let outcome = ready!(Pin::new(authorize).poll(cx));
-                    let (Some(mut inner), Some(mut request)) = (inner.take(), request.take()) else {
+                    let Some(Waiting { mut inner, mut request, shared }) = waiting.take() else {
                         panic!("ResponseFuture polled after completion");
                     };
-                    let mut installed =
-                        Installed { gate: this.gate.clone(), responder: this.responder.clone(), preflight: false };
+                    let mut preflight = false;
                     let admitted = match outcome {
                         Outcome::Pass(admitted) => {
                             request.extensions_mut().insert(CoreApiKey::clone(admitted.key()));
                             Some(admitted)
                         }
                         Outcome::Refuse(refusal) => {
-                            return Poll::Ready(Ok(this.responder.respond(&refusal).map(ResBody::from)));
+                            return Poll::Ready(Ok(shared.responder.respond(&refusal).map(ResBody::from)));
                         }
                         Outcome::Preflight => {
-                            installed.preflight = true;
+                            preflight = true;
                             None
                         }
                         // Anonymous, and anything later core may add that
                         // lets the request through without a key.
                         _ => None,
                     };
-                    request.extensions_mut().insert(installed);
+                    request.extensions_mut().insert(Installed { shared, preflight });
                     let future = inner.call(request);
                     this.state.set(State::Calling { future, admitted });
                 }
                 StateProj::Calling { future, admitted } => {
                     let mut response = ready!(future.poll(cx))?;
                     if let Some(admitted) = admitted.take() {
-                        append_headers(response.headers_mut(), &admitted.response_headers());
+                        if let Some(headers) = admitted.rate_limit_headers() {
+                            append_rate_limit_headers(response.headers_mut(), headers);
+                        }
                         admitted.finish(response.status().as_u16());
                     }
                     return Poll::Ready(Ok(response));

@@ -2,9 +2,11 @@
 //! request's extensions for extractors and `RequireScopes`.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use http::header::HeaderName;
 use http::{HeaderMap, Request};
-use keysmith_core::http::{Gate, HeaderLookup};
+use keysmith_core::http::{Gate, HeaderLookup, names};
 
 use crate::RefusalResponder;
 
@@ -14,8 +16,34 @@ pub(crate) struct Headers<'a>(pub(crate) &'a HeaderMap);
 
 impl HeaderLookup for Headers<'_> {
     fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> {
-        self.0.get_all(name).into_iter().map(http::HeaderValue::as_bytes)
+        let values = match known_name(name) {
+            Some(name) => self.0.get_all(name),
+            None => self.0.get_all(name),
+        };
+        values.into_iter().map(http::HeaderValue::as_bytes)
     }
+}
+
+/// The names core looks up on every request, parsed once: a lookup by
+/// `&str` parses (and validates) the name each time.
+fn known_name(name: &str) -> Option<&'static HeaderName> {
+    static AUTHORIZATION: HeaderName = HeaderName::from_static(names::AUTHORIZATION);
+    static X_API_KEY: HeaderName = HeaderName::from_static(names::X_API_KEY);
+    static USER_AGENT: HeaderName = HeaderName::from_static(names::USER_AGENT);
+    static ORIGIN: HeaderName = HeaderName::from_static(names::ORIGIN);
+    static X_FORWARDED_FOR: HeaderName = HeaderName::from_static(names::X_FORWARDED_FOR);
+    static FORWARDED: HeaderName = HeaderName::from_static(names::FORWARDED);
+    static ACCESS_CONTROL_REQUEST_METHOD: HeaderName = HeaderName::from_static(names::ACCESS_CONTROL_REQUEST_METHOD);
+    Some(match name {
+        names::AUTHORIZATION => &AUTHORIZATION,
+        names::X_API_KEY => &X_API_KEY,
+        names::USER_AGENT => &USER_AGENT,
+        names::ORIGIN => &ORIGIN,
+        names::X_FORWARDED_FOR => &X_FORWARDED_FOR,
+        names::FORWARDED => &FORWARDED,
+        names::ACCESS_CONTROL_REQUEST_METHOD => &ACCESS_CONTROL_REQUEST_METHOD,
+        _ => return None,
+    })
 }
 
 /// The peer address: axum's `ConnectInfo<SocketAddr>`, when the server was
@@ -33,12 +61,51 @@ pub(crate) fn peer<B>(request: &Request<B>) -> Option<IpAddr> {
     }
 }
 
+/// What the layer's service shares with every request it lets through.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) gate: Gate,
+    pub(crate) responder: RefusalResponder,
+}
+
 /// Left in every request the layer lets through: proof that the layer ran,
 /// and what extractors and `RequireScopes` need to answer like it would.
 #[derive(Debug, Clone)]
 pub(crate) struct Installed {
-    pub(crate) gate: Gate,
-    pub(crate) responder: RefusalResponder,
+    /// Gate and responder behind one `Arc`: one reference count to bump
+    /// per request rather than two.
+    pub(crate) shared: Arc<Shared>,
     /// The request is a CORS preflight let through without a key.
     pub(crate) preflight: bool,
+}
+
+impl Installed {
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.shared.gate
+    }
+
+    pub(crate) fn responder(&self) -> &RefusalResponder {
+        &self.shared.responder
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn known_and_other_names_read_every_value_in_order_whatever_their_case() {
+        let mut map = HeaderMap::new();
+        map.append("x-api-key", HeaderValue::from_static("k1"));
+        map.append(HeaderName::from_bytes(b"X-API-Key").unwrap(), HeaderValue::from_bytes(b"k\xff").unwrap());
+        map.append("x-token", HeaderValue::from_static("t"));
+        let headers = Headers(&map);
+        let values: Vec<&[u8]> = headers.header_values(names::X_API_KEY).collect();
+        assert_eq!(values, [b"k1".as_slice(), b"k\xff".as_slice()]);
+        assert_eq!(headers.first_header("x-token"), Some(b"t".as_slice()));
+        assert_eq!(headers.first_header("X-Token"), Some(b"t".as_slice()));
+        assert_eq!(headers.first_header(names::AUTHORIZATION), None);
+    }
 }

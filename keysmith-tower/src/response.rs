@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Response, StatusCode};
-use keysmith_core::http::RefusalResponse;
+use keysmith_core::http::{RateLimitHeaders, RefusalResponse, names};
 
 /// Builds the response to a refused request. The default,
 /// [`default_refusal_response`], sends the status, headers and JSON body of
@@ -65,6 +65,35 @@ pub(crate) fn append_headers(map: &mut http::HeaderMap, headers: &[(&'static str
     }
 }
 
+/// Appends `RateLimit-Limit`, `-Remaining` and `-Reset` to a passed
+/// request's response: names parsed once, each value written on the stack
+/// and copied once (`HeaderValue::from(u64)` allocates twice, and `fmt`
+/// costs more than the digits).
+pub(crate) fn append_rate_limit_headers(map: &mut http::HeaderMap, headers: RateLimitHeaders) {
+    static LIMIT: HeaderName = HeaderName::from_static(names::RATELIMIT_LIMIT);
+    static REMAINING: HeaderName = HeaderName::from_static(names::RATELIMIT_REMAINING);
+    static RESET: HeaderName = HeaderName::from_static(names::RATELIMIT_RESET);
+    for (name, number) in [(&LIMIT, headers.limit), (&REMAINING, headers.remaining), (&RESET, headers.reset)] {
+        let mut digits = [0; 20];
+        if let Ok(value) = HeaderValue::from_bytes(decimal(number, &mut digits)) {
+            map.append(name, value);
+        }
+    }
+}
+
+/// `n` in decimal, in the end of `digits` (`u64::MAX` has 20).
+fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[start..];
+        }
+    }
+}
+
 /// 500: an extractor or `RequireScopes` ran on a request that never went
 /// through [`ApiKeyLayer`](crate::ApiKeyLayer). A bug in the application's
 /// wiring, said plainly.
@@ -72,4 +101,22 @@ pub(crate) fn missing_layer_response(what: &str) -> Response<String> {
     default_refusal_response(&RefusalResponse::misconfigured(format!(
         "{what} needs keysmith_tower::ApiKeyLayer in front of it; add `.layer(ApiKeyLayer::new(engine))` to the router"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_headers_carry_the_numbers_in_decimal() {
+        let mut map = http::HeaderMap::new();
+        append_rate_limit_headers(&mut map, RateLimitHeaders { limit: 1_000_000_000, remaining: 0, reset: u64::MAX });
+        for (name, value) in [
+            (names::RATELIMIT_LIMIT, "1000000000"),
+            (names::RATELIMIT_REMAINING, "0"),
+            (names::RATELIMIT_RESET, "18446744073709551615"),
+        ] {
+            assert_eq!(map.get(name).unwrap().as_bytes(), value.as_bytes(), "{name}");
+        }
+    }
 }

@@ -91,9 +91,9 @@ where
             None => Some(missing_layer_response("RequireScopes")),
             Some(installed) if installed.preflight => None,
             Some(installed) => installed
-                .gate
+                .gate()
                 .scope_refusal(&self.requirement, request.extensions().get::<CoreApiKey>())
-                .map(|refusal| installed.responder.respond(&refusal)),
+                .map(|refusal| installed.responder().respond(&refusal)),
         };
         match refusal {
             None => RequireScopesFuture::inner(self.inner.call(request)),

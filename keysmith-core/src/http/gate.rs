@@ -13,7 +13,10 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::headers::names;
-use super::{ApiKey, HeaderLookup, KeySources, RefusalResponse, ScopeRequirement, TrustedProxies, rate_limit_headers};
+use super::{
+    ApiKey, HeaderLookup, KeySources, RateLimitHeaders, RefusalResponse, ScopeRequirement, TrustedProxies,
+    rate_limit_headers,
+};
 use crate::{Engine, Refusal, RequestContext, UsageId, UsageRecord, ValidationError};
 
 /// `User-Agent` values are cut to this many bytes in usage records.
@@ -278,29 +281,41 @@ impl Gate {
             started,
         };
         let origin = header_text(request.headers, names::ORIGIN, MAX_ORIGIN_LEN);
-        let gate = self.clone();
-        Authorize { state: State::Pending(Box::pin(async move { gate.validate(raw, origin, draft).await })) }
+        Authorize { state: State::Pending(Box::pin(self.clone().validate(raw, origin, draft))) }
     }
 
-    async fn validate(self, raw: SecretString, origin: Option<String>, draft: UsageDraft) -> Outcome {
-        let mut ctx = RequestContext::new().with_request(&draft.method, &draft.path);
-        if let Some(ip) = draft.ip {
-            ctx = ctx.with_ip(ip);
-        }
-        if let Some(origin) = &origin {
-            ctx = ctx.with_origin(origin);
-        }
-        if let Some(app_id) = &self.config.app_id {
-            ctx = ctx.with_app_id(app_id);
-        }
-        let engine = &self.config.engine;
-        match engine.validate(raw.expose_secret(), &ctx).await {
-            Ok(validation) => Outcome::Pass(Admitted { key: ApiKey::new(validation), engine: engine.clone(), draft }),
-            Err(ValidationError::Refused(refusal)) => Outcome::Refuse(self.refusal(refusal)),
-            Err(ValidationError::Failed(error)) => {
-                tracing::warn!(target: "keysmith::http", %error, method = %draft.method, path = %draft.path,
-                    "API key validation failed; answering 503");
-                Outcome::Refuse(RefusalResponse::unavailable())
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn holds its arguments twice (as arguments and as locals) in the future, \
+                  which is boxed and copied per request"
+    )]
+    fn validate(
+        self,
+        raw: SecretString,
+        origin: Option<String>,
+        draft: UsageDraft,
+    ) -> impl Future<Output = Outcome> + Send + 'static {
+        async move {
+            let mut ctx = RequestContext::new().with_request(&draft.method, &draft.path);
+            if let Some(ip) = draft.ip {
+                ctx = ctx.with_ip(ip);
+            }
+            if let Some(origin) = &origin {
+                ctx = ctx.with_origin(origin);
+            }
+            if let Some(app_id) = &self.config.app_id {
+                ctx = ctx.with_app_id(app_id);
+            }
+            match self.config.engine.validate(raw.expose_secret(), &ctx).await {
+                // The admitted request keeps this gate (and through it the
+                // engine) rather than a fresh clone of the engine.
+                Ok(validation) => Outcome::Pass(Admitted { key: ApiKey::new(validation), gate: self, draft }),
+                Err(ValidationError::Refused(refusal)) => Outcome::Refuse(self.refusal(refusal)),
+                Err(ValidationError::Failed(error)) => {
+                    tracing::warn!(target: "keysmith::http", %error, method = %draft.method, path = %draft.path,
+                        "API key validation failed; answering 503");
+                    Outcome::Refuse(RefusalResponse::unavailable())
+                }
             }
         }
     }
@@ -318,8 +333,9 @@ fn header_text<H: HeaderLookup + ?Sized>(headers: &H, name: &str, max: usize) ->
 #[non_exhaustive]
 pub enum Outcome {
     /// The key is valid: put [`Admitted::key`] in the request's extensions,
-    /// call the handler, add [`Admitted::response_headers`] and call
-    /// [`Admitted::finish`] with the status.
+    /// call the handler, add [`Admitted::rate_limit_headers`] (or
+    /// [`Admitted::response_headers`]) and call [`Admitted::finish`] with
+    /// the status.
     Pass(Admitted),
     /// Optional mode and no key: call the handler without a key.
     Anonymous,
@@ -332,10 +348,13 @@ pub enum Outcome {
 /// A request whose key passed, on its way through the handler.
 pub struct Admitted {
     key: ApiKey,
-    engine: Engine,
+    gate: Gate,
     draft: UsageDraft,
 }
 
+/// The usage record of a passed request, less what is known only once
+/// the handler has answered.
+#[derive(Clone)]
 struct UsageDraft {
     method: String,
     path: String,
@@ -373,32 +392,46 @@ impl Admitted {
     /// `-Reset` when the key's policy limits its rate, else none.
     #[must_use]
     pub fn response_headers(&self) -> Vec<(&'static str, String)> {
-        self.key.rate_limit().map(|status| rate_limit_headers(status).to_vec()).unwrap_or_default()
+        self.key.rate_limit().map(|status| Vec::from(rate_limit_headers(status))).unwrap_or_default()
+    }
+
+    /// The numbers of [`response_headers`](Self::response_headers), for
+    /// adapters that build header values without formatting strings;
+    /// `None` when the key's policy does not limit its rate.
+    #[must_use]
+    pub fn rate_limit_headers(&self) -> Option<RateLimitHeaders> {
+        self.key.rate_limit().map(RateLimitHeaders::new)
     }
 
     /// The usage record of this request answered with `status`; latency
     /// runs from the start of [`Gate::authorize`] to now.
     #[must_use]
     pub fn usage_record(&self, status: u16) -> UsageRecord {
-        let draft = &self.draft;
-        UsageRecord {
-            id: UsageId::new(),
-            key_id: self.key.id(),
-            tenant: self.key.tenant().clone(),
-            endpoint: draft.path.clone(),
-            method: draft.method.clone(),
-            status,
-            ip: draft.ip,
-            user_agent: draft.user_agent.clone(),
-            latency: draft.started.elapsed(),
-            timestamp: draft.timestamp,
-        }
+        self.draft.clone().into_record(&self.key, status)
     }
 
     /// Queues the usage record of this request answered with `status`;
     /// never waits.
     pub fn finish(self, status: u16) {
-        self.engine.record_usage(self.usage_record(status));
+        let record = self.draft.into_record(&self.key, status);
+        self.gate.engine().record_usage(record);
+    }
+}
+
+impl UsageDraft {
+    fn into_record(self, key: &ApiKey, status: u16) -> UsageRecord {
+        UsageRecord {
+            id: UsageId::new(),
+            key_id: key.id(),
+            tenant: key.tenant().clone(),
+            endpoint: self.path,
+            method: self.method,
+            status,
+            ip: self.ip,
+            user_agent: self.user_agent,
+            latency: self.started.elapsed(),
+            timestamp: self.timestamp,
+        }
     }
 }
 

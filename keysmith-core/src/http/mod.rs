@@ -6,7 +6,8 @@
 //! - [`TrustedProxies`]: the client address, from the peer or from
 //!   forwarding headers set by trusted proxies.
 //! - [`RefusalResponse`]: a refusal or failure as status, headers and JSON
-//!   body; [`rate_limit_headers`] for passed requests.
+//!   body; [`rate_limit_headers`] (or, without formatting,
+//!   [`RateLimitHeaders`]) for passed requests.
 //! - [`ApiKey`]: what a validated request carries to its handler.
 //! - [`ScopeRequirement`]: per-route scopes, all or any.
 //! - [`Gate`]: the per-request flow that ties them together.
@@ -44,7 +45,7 @@ pub use client_ip::TrustedProxies;
 pub use extract::{KeySource, KeySources, MAX_KEY_HEADER_LEN};
 pub use gate::{Admitted, Authorize, Gate, Outcome, RequestFacts};
 pub use headers::{HeaderLookup, names};
-pub use response::{JSON_CONTENT_TYPE, RefusalResponse, rate_limit_headers};
+pub use response::{JSON_CONTENT_TYPE, RateLimitHeaders, RefusalResponse, rate_limit_headers};
 pub use scopes::{ScopeMatch, ScopeRequirement};
 
 #[cfg(test)]

@@ -140,11 +140,61 @@ impl RefusalResponse {
 /// seconds, rounded up) for a key under a rate limit.
 #[must_use]
 pub fn rate_limit_headers(status: &RateLimitStatus) -> [(&'static str, String); 3] {
-    [
-        (names::RATELIMIT_LIMIT, status.limit.to_string()),
-        (names::RATELIMIT_REMAINING, status.remaining.to_string()),
-        (names::RATELIMIT_RESET, retry_after_secs(status.reset).to_string()),
-    ]
+    RateLimitHeaders::new(status).pairs().map(|(name, value)| (name, value.to_string()))
+}
+
+/// The numbers of the `RateLimit-*` headers, unformatted: an adapter
+/// turns them into header values without going through `String` (this is
+/// on the path of every passed request).
+///
+/// ```
+/// use std::time::Duration;
+/// use keysmith_core::http::RateLimitHeaders;
+/// use keysmith_core::limit::RateLimitStatus;
+///
+/// let status = RateLimitStatus {
+///     allowed: true,
+///     limit: 10,
+///     remaining: 9,
+///     reset: Duration::from_millis(1_500),
+///     retry_after: None,
+/// };
+/// let headers = RateLimitHeaders::new(&status);
+/// assert_eq!((headers.limit, headers.remaining, headers.reset), (10, 9, 2));
+/// assert_eq!(headers.pairs()[2], ("ratelimit-reset", 2));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitHeaders {
+    /// `RateLimit-Limit`: requests the key may make at once.
+    pub limit: u64,
+    /// `RateLimit-Remaining`: requests left right now.
+    pub remaining: u64,
+    /// `RateLimit-Reset`: seconds (rounded up) until the full burst is
+    /// available again.
+    pub reset: u64,
+}
+
+impl RateLimitHeaders {
+    /// The headers of `status`.
+    #[must_use]
+    pub fn new(status: &RateLimitStatus) -> Self {
+        Self {
+            limit: u64::from(status.limit),
+            remaining: u64::from(status.remaining),
+            reset: retry_after_secs(status.reset),
+        }
+    }
+
+    /// `(name, value)` pairs, lowercase names, in the order limit,
+    /// remaining, reset.
+    #[must_use]
+    pub fn pairs(&self) -> [(&'static str, u64); 3] {
+        [
+            (names::RATELIMIT_LIMIT, self.limit),
+            (names::RATELIMIT_REMAINING, self.remaining),
+            (names::RATELIMIT_RESET, self.reset),
+        ]
+    }
 }
 
 /// `Bearer realm="…"` with an optional `error="…"`.

@@ -7,7 +7,7 @@ use chrono::{TimeZone, Utc};
 
 use super::*;
 use crate::store::{Page, TimeRange};
-use crate::{Engine, ManualClock, MemoryStore, NewKey, PolicySpec, Store, TenantEngine};
+use crate::{Engine, ManualClock, MemoryStore, NewKey, PolicySpec, Store, TenantEngine, UsageRecord};
 
 struct Setup {
     engine: Engine,
@@ -60,6 +60,8 @@ async fn valid_key_passes_and_its_usage_is_recorded_with_the_status() {
     let pass = admitted(outcome(&gate, "GET", Some("198.51.100.7"), &headers).await);
     assert!(pass.key().has_scope("read:users"));
     assert!(pass.response_headers().is_empty(), "no rate limit, no RateLimit headers");
+    assert_eq!(pass.rate_limit_headers(), None);
+    let copy = pass.usage_record(418);
     let key_id = pass.key().id();
     pass.finish(418);
 
@@ -70,6 +72,9 @@ async fn valid_key_passes_and_its_usage_is_recorded_with_the_status() {
     assert_eq!((record.status, record.method.as_str(), record.endpoint.as_str()), (418, "GET", "/things"));
     assert_eq!(record.ip, Some("198.51.100.7".parse().unwrap()));
     assert_eq!(record.user_agent.as_deref(), Some("curl/8"));
+    // `usage_record` (a copy) and `finish` (the record itself) agree on
+    // everything but the id and the latency, which runs on.
+    assert_eq!(UsageRecord { id: record.id, latency: record.latency, ..copy }, *record);
 }
 
 #[tokio::test]
@@ -146,6 +151,11 @@ async fn rate_limited_keys_get_rate_limit_headers_then_429() {
     let headers = first.response_headers();
     assert!(headers.contains(&("ratelimit-limit", "2".to_owned())), "{headers:?}");
     assert!(headers.contains(&("ratelimit-remaining", "1".to_owned())), "{headers:?}");
+    // The unformatted numbers say the same as the headers.
+    let numbers = first.rate_limit_headers().expect("a rate-limited key has RateLimit numbers");
+    assert_eq!((numbers.limit, numbers.remaining), (2, 1));
+    let formatted: Vec<_> = numbers.pairs().iter().map(|&(name, value)| (name, value.to_string())).collect();
+    assert_eq!(formatted, headers);
     admitted(outcome(&gate, "GET", None, &bearer(&raw)).await);
     let limited = refused(outcome(&gate, "GET", None, &bearer(&raw)).await);
     assert_eq!((limited.status, limited.code), (429, "rate_limited"));
