@@ -66,30 +66,16 @@ pub(crate) fn append_headers(map: &mut http::HeaderMap, headers: &[(&'static str
 }
 
 /// Appends `RateLimit-Limit`, `-Remaining` and `-Reset` to a passed
-/// request's response: names parsed once, each value written on the stack
-/// and copied once (`HeaderValue::from(u64)` allocates twice, and `fmt`
-/// costs more than the digits).
+/// request's response: names parsed once, each value formatted on the stack
+/// by `itoa` and copied once (`HeaderValue::from(u64)` allocates twice, and
+/// `fmt` costs more than the digits).
 pub(crate) fn append_rate_limit_headers(map: &mut http::HeaderMap, headers: RateLimitHeaders) {
     static LIMIT: HeaderName = HeaderName::from_static(names::RATELIMIT_LIMIT);
     static REMAINING: HeaderName = HeaderName::from_static(names::RATELIMIT_REMAINING);
     static RESET: HeaderName = HeaderName::from_static(names::RATELIMIT_RESET);
     for (name, number) in [(&LIMIT, headers.limit), (&REMAINING, headers.remaining), (&RESET, headers.reset)] {
-        let mut digits = [0; 20];
-        if let Ok(value) = HeaderValue::from_bytes(decimal(number, &mut digits)) {
+        if let Ok(value) = HeaderValue::from_str(itoa::Buffer::new().format(number)) {
             map.append(name, value);
-        }
-    }
-}
-
-/// `n` in decimal, in the end of `digits` (`u64::MAX` has 20).
-fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &digits[start..];
         }
     }
 }
