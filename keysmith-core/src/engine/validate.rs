@@ -89,6 +89,8 @@ pub struct Validation {
     /// The key's scopes narrowed to the policy's `allowed_scopes`, when the
     /// policy was tightened after the key got them.
     narrowed: Option<Vec<String>>,
+    /// The engine clock's time when the key was checked.
+    checked_at: DateTime<Utc>,
 }
 
 impl Validation {
@@ -97,6 +99,14 @@ impl Validation {
     #[must_use]
     pub fn scopes(&self) -> &[String] {
         self.narrowed.as_deref().unwrap_or(&self.key.scopes)
+    }
+
+    /// When the key was checked, by the engine's clock: the request's time
+    /// (adapters stamp usage records with it rather than read the clock
+    /// again).
+    #[must_use]
+    pub fn checked_at(&self) -> DateTime<Utc> {
+        self.checked_at
     }
 
     /// True if the key's scopes cover `required` (hierarchically).
@@ -151,7 +161,7 @@ impl Engine {
         match &result {
             Ok(validation) => {
                 let key = Arc::clone(&validation.key);
-                self.inner.hooks.emit(Event::KeyValidated { key, latency }).await;
+                Box::pin(self.inner.hooks.emit(Event::KeyValidated { key, latency })).await;
             }
             Err((ValidationError::Refused(reason), key)) => {
                 let event = Event::KeyValidationFailed {
@@ -160,7 +170,7 @@ impl Engine {
                     tenant: key.as_ref().map(|k| k.tenant.clone()),
                     latency,
                 };
-                self.inner.hooks.emit(event).await;
+                Box::pin(self.inner.hooks.emit(event)).await;
             }
             Err((ValidationError::Failed(_), _)) => {}
         }
@@ -219,11 +229,9 @@ impl Engine {
 
         // 4. Expiry time and maximum age.
         if self.is_expired(&key, policy.as_deref(), now) {
-            if key.state == KeyState::Active
-                && let Some(expired) =
-                    self.apply_transition(&key, &Transition::to(KeyState::Expired, now)).await.map_err(fail)?
-            {
-                self.emit_transition(expired).await;
+            if key.state == KeyState::Active {
+                // Rare: boxed, so that every validation's future stays small.
+                Box::pin(self.mark_expired(&key, now)).await.map_err(fail)?;
             }
             return Err(refuse(Refusal::Expired, &key));
         }
@@ -234,7 +242,7 @@ impl Engine {
                 return Err(refuse(Refusal::InsufficientScope { missing }, &key));
             }
             self.touch(&key, now);
-            return Ok(Validation { key, policy: None, rate_limit: None, narrowed: None });
+            return Ok(Validation { key, policy: None, rate_limit: None, narrowed: None, checked_at: now });
         };
 
         // 5. Client address.
@@ -262,8 +270,8 @@ impl Engine {
                 }
                 .map_err(fail)?;
                 if let Some(retry_after) = status.retry_after.filter(|_| !status.allowed) {
-                    self.emit(|| Event::KeyRateLimited { key_id: key.id, tenant: key.tenant.clone(), retry_after })
-                        .await;
+                    let event = || Event::KeyRateLimited { key_id: key.id, tenant: key.tenant.clone(), retry_after };
+                    Box::pin(self.emit(event)).await;
                     return Err(refuse(Refusal::RateLimited { retry_after, status }, &key));
                 }
                 Some(status)
@@ -274,13 +282,14 @@ impl Engine {
         if let Some(quota) = &policy.quota {
             let consumed = inner.quotas.try_consume(&*inner.store, &key, quota, now).await.map_err(fail)?;
             if let Err(resets_at) = consumed {
-                self.emit(|| Event::QuotaExceeded { key_id: key.id, tenant: key.tenant.clone(), resets_at }).await;
+                let event = || Event::QuotaExceeded { key_id: key.id, tenant: key.tenant.clone(), resets_at };
+                Box::pin(self.emit(event)).await;
                 return Err(refuse(Refusal::QuotaExceeded { resets_at }, &key));
             }
         }
 
         self.touch(&key, now);
-        Ok(Validation { key, policy: Some(policy), rate_limit, narrowed })
+        Ok(Validation { key, policy: Some(policy), rate_limit, narrowed, checked_at: now })
     }
 
     /// Queues a `last_used_at` write unless one was queued (or stored) for
@@ -317,6 +326,14 @@ impl Engine {
             inner.touched.retain(|_, at| recent(*at));
             inner.touched.len()
         });
+    }
+
+    /// Moves an active key found past its expiry to `expired`, once.
+    async fn mark_expired(&self, key: &Key, now: DateTime<Utc>) -> Result<(), Error> {
+        if let Some(expired) = self.apply_transition(key, &Transition::to(KeyState::Expired, now)).await? {
+            self.emit_transition(expired).await;
+        }
+        Ok(())
     }
 
     fn is_expired(&self, key: &Key, policy: Option<&Policy>, now: DateTime<Utc>) -> bool {

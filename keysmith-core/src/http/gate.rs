@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::headers::names;
@@ -277,7 +276,6 @@ impl Gate {
             path: request.path.to_owned(),
             ip: config.proxies.client_ip(request.peer, request.headers),
             user_agent: header_text(request.headers, names::USER_AGENT, MAX_USER_AGENT_LEN),
-            timestamp: config.engine.clock().now(),
             started,
         };
         let origin = header_text(request.headers, names::ORIGIN, MAX_ORIGIN_LEN);
@@ -360,7 +358,6 @@ struct UsageDraft {
     path: String,
     ip: Option<IpAddr>,
     user_agent: Option<String>,
-    timestamp: DateTime<Utc>,
     started: Instant,
 }
 
@@ -430,7 +427,7 @@ impl UsageDraft {
             ip: self.ip,
             user_agent: self.user_agent,
             latency: self.started.elapsed(),
-            timestamp: self.timestamp,
+            timestamp: key.validation().checked_at(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! An in-process store: complete, tenant-filtered, and atomic (one lock
 //! guards every table, so multi-table writes are all or nothing).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -20,6 +20,12 @@ use crate::{
 /// Keeps everything in memory; for tests, demos and single-process apps
 /// that can lose their keys on restart.
 ///
+/// Usage roll-ups (daily and monthly) are kept whole; of the individual
+/// usage records only the most recent are kept, 10 000 by default
+/// ([`with_usage_retention`](Self::with_usage_retention)), so a long-running
+/// process does not grow without bound. A replayed batch counts once as long
+/// as its records are still retained.
+///
 /// ```
 /// # tokio_test_block_on(async {
 /// use std::sync::Arc;
@@ -32,7 +38,7 @@ use crate::{
 /// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
 /// # }
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     tables: RwLock<Tables>,
     /// Usage has its own lock, so writing a batch never holds up validation.
@@ -51,10 +57,27 @@ struct Tables {
     rotations: Vec<RotationRecord>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct UsageTables {
-    records: BTreeMap<(KeyId, DateTime<Utc>, crate::UsageId), UsageRecord>,
-    aggregates: BTreeMap<(KeyId, Period, DateTime<Utc>), UsageAggregate>,
+    /// The most recent records, in the order they were written.
+    records: VecDeque<UsageRecord>,
+    /// The ids in `records`, so a replayed record counts once.
+    ids: HashSet<crate::UsageId, foldhash::fast::RandomState>,
+    /// How many records `records` keeps.
+    retention: usize,
+    aggregates: HashMap<(KeyId, Period, DateTime<Utc>), UsageAggregate, foldhash::fast::RandomState>,
+}
+
+impl UsageTables {
+    fn new(retention: usize) -> Self {
+        Self { records: VecDeque::new(), ids: HashSet::default(), retention, aggregates: HashMap::default() }
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::with_usage_retention(MemoryStore::DEFAULT_USAGE_RETENTION)
+    }
 }
 
 impl MemoryStore {
@@ -62,6 +85,20 @@ impl MemoryStore {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// How many individual usage records [`new`](Self::new) keeps.
+    pub const DEFAULT_USAGE_RETENTION: usize = 10_000;
+
+    /// An empty store that keeps the `records` most recent usage records
+    /// (roll-ups are always kept whole).
+    #[must_use]
+    pub fn with_usage_retention(records: usize) -> Self {
+        Self {
+            tables: RwLock::default(),
+            usage: RwLock::new(UsageTables::new(records)),
+            closed: AtomicBool::new(false),
+        }
     }
 
     fn read(&self) -> Result<RwLockReadGuard<'_, Tables>> {
@@ -333,12 +370,18 @@ impl ScopeStore for MemoryStore {
 #[async_trait]
 impl UsageStore for MemoryStore {
     async fn record_batch(&self, records: &[UsageRecord]) -> Result<()> {
-        let mut tables = self.write_usage()?;
+        let mut guard = self.write_usage()?;
+        let tables = &mut *guard;
         for record in records {
             // Idempotent per record id, like the SQL stores: a replayed batch counts once.
-            let slot = (record.key_id, record.timestamp, record.id);
-            if tables.records.insert(slot, record.clone()).is_some() {
+            if !tables.ids.insert(record.id) {
                 continue;
+            }
+            tables.records.push_back(record.clone());
+            while tables.records.len() > tables.retention {
+                if let Some(oldest) = tables.records.pop_front() {
+                    tables.ids.remove(&oldest.id);
+                }
             }
             for period in [Period::Day, Period::Month] {
                 let start = period.start_of(record.timestamp);
@@ -366,14 +409,14 @@ impl UsageStore for MemoryStore {
         page: Page,
     ) -> Result<Vec<UsageRecord>> {
         let tables = self.read_usage()?;
-        let records = tables
+        let mut records: Vec<&UsageRecord> = tables
             .records
-            .range((key_id, DateTime::<Utc>::MIN_UTC, crate::UsageId::from_uuid(uuid::Uuid::nil()))..)
-            .map(|(_, r)| r)
-            .take_while(|r| r.key_id == key_id)
-            .filter(|r| r.tenant == *tenant && range.contains(r.timestamp))
-            .cloned();
-        Ok(page.apply(records))
+            .iter()
+            .filter(|r| r.key_id == key_id && r.tenant == *tenant && range.contains(r.timestamp))
+            .collect();
+        // Oldest first, as the SQL stores list them.
+        records.sort_unstable_by_key(|r| (r.timestamp, r.id));
+        Ok(page.apply(records.into_iter().cloned()))
     }
 
     async fn usage_aggregates(
@@ -384,14 +427,16 @@ impl UsageStore for MemoryStore {
         range: TimeRange,
     ) -> Result<Vec<UsageAggregate>> {
         let tables = self.read_usage()?;
-        Ok(tables
+        let mut aggregates: Vec<UsageAggregate> = tables
             .aggregates
             .values()
             .filter(|a| {
                 a.key_id == key_id && a.tenant == *tenant && a.period == period && range.contains(a.period_start)
             })
             .cloned()
-            .collect())
+            .collect();
+        aggregates.sort_unstable_by_key(|a| a.period_start);
+        Ok(aggregates)
     }
 
     async fn tenant_usage(&self, tenant: &Tenant, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>> {
@@ -438,5 +483,50 @@ impl Store for MemoryStore {
 
     async fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::UsageId;
+
+    fn record(tenant: &Tenant, key_id: KeyId, minute: i64) -> UsageRecord {
+        UsageRecord {
+            id: UsageId::new(),
+            key_id,
+            tenant: tenant.clone(),
+            endpoint: "/things".to_owned(),
+            method: "GET".to_owned(),
+            status: 200,
+            ip: None,
+            user_agent: None,
+            latency: Duration::from_millis(1),
+            timestamp: DateTime::from_timestamp(1_767_225_600 + minute * 60, 0).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_the_most_recent_records_are_kept_but_every_one_is_counted() {
+        let store = MemoryStore::with_usage_retention(3);
+        let tenant = Tenant::new("app", "acme");
+        let key_id = KeyId::new();
+        let records: Vec<UsageRecord> = (0..5).map(|minute| record(&tenant, key_id, minute)).collect();
+        store.record_batch(&records[..2]).await.unwrap();
+        store.record_batch(&records[2..]).await.unwrap();
+
+        let listed = store.list_usage(&tenant, key_id, TimeRange::default(), Page::default()).await.unwrap();
+        assert_eq!(listed, records[2..].to_vec(), "the three most recent, oldest first");
+        let days = store.usage_aggregates(&tenant, key_id, Period::Day, TimeRange::default()).await.unwrap();
+        assert_eq!(days.iter().map(|d| d.requests).sum::<u64>(), 5, "roll-ups count every record");
+
+        // A replayed record that is still retained counts once.
+        store.record_batch(&records[4..]).await.unwrap();
+        let days = store.usage_aggregates(&tenant, key_id, Period::Day, TimeRange::default()).await.unwrap();
+        assert_eq!(days.iter().map(|d| d.requests).sum::<u64>(), 5);
+        let listed = store.list_usage(&tenant, key_id, TimeRange::default(), Page::default()).await.unwrap();
+        assert_eq!(listed.len(), 3);
     }
 }
