@@ -19,6 +19,16 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     fn unix_nanos(&self) -> u64 {
         self.now().timestamp_nanos_opt().and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
     }
+
+    /// Nanoseconds from an origin of the clock's choosing, for timing spans
+    /// of seconds (how long a cache entry stays fresh): it may lag real time
+    /// by a few milliseconds and is only compared with other readings of the
+    /// same clock. Read on every cache hit, so cheaper than
+    /// [`unix_nanos`](Self::unix_nanos) where the clock can be; by default it
+    /// is `unix_nanos`.
+    fn coarse_nanos(&self) -> u64 {
+        self.unix_nanos()
+    }
 }
 
 /// The system's wall clock, to the microsecond (what the SQL stores keep, so
@@ -30,6 +40,12 @@ impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
         let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         utc_micros(since_epoch).unwrap_or_else(|| Utc::now().trunc_subsecs(6))
+    }
+
+    /// The kernel's coarse monotonic clock (a few milliseconds of
+    /// resolution, and a fraction of the cost of a precise reading).
+    fn coarse_nanos(&self) -> u64 {
+        coarsetime::Duration::from_u64(coarsetime::Instant::now_without_cache_update().as_u64()).as_nanos()
     }
 
     fn unix_nanos(&self) -> u64 {

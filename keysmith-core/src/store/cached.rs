@@ -227,8 +227,8 @@ impl<K: TierKey, V: TierValue> Tier<K, V> {
 #[derive(Clone)]
 struct Entry<V> {
     value: V,
-    /// Clock nanoseconds (`Clock::unix_nanos`): checked on every hit, and
-    /// cheaper to compare than a calendar date.
+    /// Clock nanoseconds (`Clock::coarse_nanos`): checked on every hit, so
+    /// read from the cheapest clock that is good to a few milliseconds.
     expires_at: u64,
 }
 
@@ -237,7 +237,7 @@ struct EntryExpiry(Arc<dyn Clock>);
 
 impl EntryExpiry {
     fn remaining<V>(&self, entry: &Entry<V>) -> Option<Duration> {
-        Some(Duration::from_nanos(entry.expires_at.saturating_sub(self.0.unix_nanos())))
+        Some(Duration::from_nanos(entry.expires_at.saturating_sub(self.0.coarse_nanos())))
     }
 }
 
@@ -303,13 +303,13 @@ impl CachedStore {
     /// When an entry stored now with `ttl` goes stale; a TTL too large to
     /// add is stale at once, as before any time arithmetic could overflow.
     fn expiry(&self, ttl: Duration) -> u64 {
-        let now = self.config.clock.unix_nanos();
+        let now = self.config.clock.coarse_nanos();
         u64::try_from(ttl.as_nanos()).ok().and_then(|ttl| now.checked_add(ttl)).unwrap_or(now)
     }
 
     /// What `tier` holds for `key`, unless it has gone stale.
     fn fresh<K: TierKey, V: TierValue>(&self, tier: &Tier<K, V>, key: &K) -> Option<V> {
-        tier.get(key, self.config.clock.unix_nanos())
+        tier.get(key, self.config.clock.coarse_nanos())
     }
 
     fn forget_hash(&self, hash: &KeyHash) {
