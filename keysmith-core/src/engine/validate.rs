@@ -296,19 +296,16 @@ impl Engine {
     /// this key within the interval.
     fn touch(&self, key: &Key, now: DateTime<Utc>) {
         let inner = &self.inner;
-        let interval = inner.usage_config.last_used_interval;
-        // Stored `last_used_at` first (there once the write-back landed).
-        let stored_recent = key.last_used_at.is_some_and(|at| {
-            chrono::Duration::from_std(interval).is_ok_and(|interval| now.signed_duration_since(at) < interval)
-        });
-        if stored_recent {
+        // In microseconds: a comparison is one subtraction, with no calendar
+        // arithmetic.
+        let now_micros = now.timestamp_micros();
+        let interval_micros = i64::try_from(inner.usage_config.last_used_interval.as_micros()).unwrap_or(i64::MAX);
+        let recent = |at: i64| now_micros.saturating_sub(at) < interval_micros;
+        // Stored `last_used_at` first (there once the write-back landed),
+        // then the writes queued here.
+        if key.last_used_at.is_some_and(|at| recent(at.timestamp_micros())) {
             return;
         }
-        // Then the writes queued here, kept as microseconds: comparing them
-        // is one subtraction, with no calendar arithmetic.
-        let now_micros = now.timestamp_micros();
-        let interval_micros = i64::try_from(interval.as_micros()).unwrap_or(i64::MAX);
-        let recent = |at: i64| now_micros.saturating_sub(at) < interval_micros;
         if inner.touched.get(&key.id).is_some_and(|at| recent(*at)) {
             return;
         }
