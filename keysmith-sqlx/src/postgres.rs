@@ -19,9 +19,9 @@ use keysmith_core::{
 };
 use serde_json::{Map, Value};
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::types::Json;
-use sqlx::{Postgres, QueryBuilder};
+use sqlx::{Connection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::common::{
@@ -66,12 +66,28 @@ impl PgStore {
     /// most 5 seconds for a connection. Does not migrate.
     ///
     /// # Errors
-    /// [`Error::Store`] if the URL is invalid or the server cannot be reached.
+    /// [`Error::Store`] if the URL is invalid or the server cannot be
+    /// reached, saying why (connection refused, authentication failed, no
+    /// such database…) rather than only that the pool timed out.
     pub async fn connect(url: &str) -> Result<Self> {
+        const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+        let options: PgConnectOptions = url.parse().map_err(store_error)?;
+        // One direct connection first: a pool retries a failing connection
+        // until its timeout and then reports only the timeout.
+        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
+            Ok(Ok(connection)) => connection.close().await.map_err(store_error)?,
+            Ok(Err(error)) => return Err(store_error(error)),
+            Err(_) => {
+                return Err(Error::store(format!(
+                    "no answer from the PostgreSQL server within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(10)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_with(options)
             .await
             .map_err(store_error)?;
         Ok(Self::new(pool))

@@ -29,4 +29,6 @@ fn an_unreachable_server_is_an_infrastructure_failure() {
     // Port 1 on the loopback: nothing listens there, nothing leaves the machine.
     let error = bare(&["--database-url", "postgres://postgres@127.0.0.1:1/keysmith", "migrate"]).fails(3);
     assert!(error.starts_with("error: cannot open the database"), "{error}");
+    // The cause, not only that a pool gave up waiting.
+    assert!(error.contains("Connection refused"), "{error}");
 }
