@@ -2,7 +2,7 @@
 //! measurement runs on and the keys it presents.
 //!
 //! - `cargo bench -p keysmith-benches --bench validate_stores`: validation
-//!   through [`CachedStore`](keysmith_core::CachedStore) over SQLite and
+//!   through [`CachedStore`] over SQLite and
 //!   PostgreSQL next to the memory store and the SHA-256 + lookup floor.
 //! - `bench-server <mode>`: the HTTP servers `scripts/bench-http` drives with wrk.
 //! - `bench-usage`: usage-recording throughput and memory per key

@@ -12,7 +12,7 @@ use crate::{Error, Result, scope};
 const MAX_NAME_LEN: usize = 128;
 
 /// A policy as the caller describes it: CIDRs and origins as text, checked
-/// (and normalised) by [`PolicySpec::validate`] at create and update time,
+/// (and normalised) when a policy is created or updated,
 /// never at request time.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
