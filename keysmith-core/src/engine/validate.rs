@@ -152,29 +152,32 @@ impl Engine {
     /// [`ValidationError::Refused`] when the key does not pass,
     /// [`ValidationError::Failed`] when the store could not answer.
     pub async fn validate(&self, raw_key: &str, ctx: &RequestContext<'_>) -> Result<Validation, ValidationError> {
-        if self.inner.hooks.is_empty() {
-            return self.validate_inner(raw_key, ctx).await.map_err(|(e, _)| e);
-        }
-        let started = Instant::now();
+        let started = (!self.inner.hooks.is_empty()).then(Instant::now);
         let result = self.validate_inner(raw_key, ctx).await;
-        let latency = started.elapsed();
-        match &result {
-            Ok(validation) => {
-                let key = Arc::clone(&validation.key);
-                Box::pin(self.inner.hooks.emit(Event::KeyValidated { key, latency })).await;
-            }
-            Err((ValidationError::Refused(reason), key)) => {
-                let event = Event::KeyValidationFailed {
-                    reason: reason.clone(),
-                    key_id: key.as_ref().map(|k| k.id),
-                    tenant: key.as_ref().map(|k| k.tenant.clone()),
-                    latency,
-                };
-                Box::pin(self.inner.hooks.emit(event)).await;
-            }
-            Err((ValidationError::Failed(_), _)) => {}
+        if let Some(started) = started {
+            // Boxed: only engines with hooks pay for this future.
+            Box::pin(self.report_validation(&result, started.elapsed())).await;
         }
         result.map_err(|(e, _)| e)
+    }
+
+    /// Tells the hooks how a validation ended.
+    async fn report_validation(
+        &self,
+        result: &Result<Validation, (ValidationError, Option<Arc<Key>>)>,
+        latency: std::time::Duration,
+    ) {
+        let event = match result {
+            Ok(validation) => Event::KeyValidated { key: Arc::clone(&validation.key), latency },
+            Err((ValidationError::Refused(reason), key)) => Event::KeyValidationFailed {
+                reason: reason.clone(),
+                key_id: key.as_ref().map(|k| k.id),
+                tenant: key.as_ref().map(|k| k.tenant.clone()),
+                latency,
+            },
+            Err((ValidationError::Failed(_), _)) => return,
+        };
+        self.inner.hooks.emit(event).await;
     }
 
     /// The validation steps; a refusal comes with the key it concerns, when
