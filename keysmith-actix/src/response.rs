@@ -7,7 +7,9 @@ use std::sync::Arc;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
-use keysmith_core::http::{RateLimitHeaders, RefusalResponse, names};
+use keysmith_core::http::{RateLimitHeaders, RefusalResponse};
+
+use crate::request::known_name;
 
 /// Builds the response to a refused request. The default,
 /// [`default_refusal_response`], sends the status, headers and JSON body of
@@ -68,15 +70,13 @@ pub(crate) fn append_headers(map: &mut actix_web::http::header::HeaderMap, heade
 }
 
 /// Appends `RateLimit-Limit`, `-Remaining` and `-Reset` to a passed
-/// request's response: names parsed once, each value formatted on the stack
-/// by `itoa` and copied once (`HeaderValue::from(u64)` allocates twice, and
-/// `fmt` costs more than the digits).
+/// request's response: names parsed once ([`known_name`]), each value
+/// formatted on the stack by `itoa` and copied once
+/// (`HeaderValue::from(u64)` allocates twice, and `fmt` costs more than the
+/// digits).
 pub(crate) fn append_rate_limit_headers(map: &mut actix_web::http::header::HeaderMap, headers: RateLimitHeaders) {
-    static LIMIT: HeaderName = HeaderName::from_static(names::RATELIMIT_LIMIT);
-    static REMAINING: HeaderName = HeaderName::from_static(names::RATELIMIT_REMAINING);
-    static RESET: HeaderName = HeaderName::from_static(names::RATELIMIT_RESET);
-    for (name, number) in [(&LIMIT, headers.limit), (&REMAINING, headers.remaining), (&RESET, headers.reset)] {
-        if let Ok(value) = HeaderValue::from_str(itoa::Buffer::new().format(number)) {
+    for (name, number) in headers.pairs() {
+        if let (Some(name), Ok(value)) = (known_name(name), HeaderValue::from_str(itoa::Buffer::new().format(number))) {
             map.append(name.clone(), value);
         }
     }
@@ -158,6 +158,8 @@ impl ResponseError for ApiKeyRejection {
 
 #[cfg(test)]
 mod tests {
+    use keysmith_core::http::names;
+
     use super::*;
 
     #[test]

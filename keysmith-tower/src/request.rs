@@ -2,7 +2,7 @@
 //! request's extensions for extractors and `RequireScopes`.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use http::header::HeaderName;
 use http::{HeaderMap, Request};
@@ -24,26 +24,13 @@ impl HeaderLookup for Headers<'_> {
     }
 }
 
-/// The names core looks up on every request, parsed once: a lookup by
-/// `&str` parses (and validates) the name each time.
-fn known_name(name: &str) -> Option<&'static HeaderName> {
-    static AUTHORIZATION: HeaderName = HeaderName::from_static(names::AUTHORIZATION);
-    static X_API_KEY: HeaderName = HeaderName::from_static(names::X_API_KEY);
-    static USER_AGENT: HeaderName = HeaderName::from_static(names::USER_AGENT);
-    static ORIGIN: HeaderName = HeaderName::from_static(names::ORIGIN);
-    static X_FORWARDED_FOR: HeaderName = HeaderName::from_static(names::X_FORWARDED_FOR);
-    static FORWARDED: HeaderName = HeaderName::from_static(names::FORWARDED);
-    static ACCESS_CONTROL_REQUEST_METHOD: HeaderName = HeaderName::from_static(names::ACCESS_CONTROL_REQUEST_METHOD);
-    Some(match name {
-        names::AUTHORIZATION => &AUTHORIZATION,
-        names::X_API_KEY => &X_API_KEY,
-        names::USER_AGENT => &USER_AGENT,
-        names::ORIGIN => &ORIGIN,
-        names::X_FORWARDED_FOR => &X_FORWARDED_FOR,
-        names::FORWARDED => &FORWARDED,
-        names::ACCESS_CONTROL_REQUEST_METHOD => &ACCESS_CONTROL_REQUEST_METHOD,
-        _ => return None,
-    })
+/// Core's per-request header names as this framework's names, parsed
+/// once: a lookup or insert by `&str` parses (and validates) the name each
+/// time.
+pub(crate) fn known_name(name: &str) -> Option<&'static HeaderName> {
+    static KNOWN: LazyLock<[HeaderName; names::PER_REQUEST.len()]> =
+        LazyLock::new(|| names::PER_REQUEST.map(HeaderName::from_static));
+    names::per_request_index(name).map(|index| &KNOWN[index])
 }
 
 /// The peer address: axum's `ConnectInfo<SocketAddr>`, when the server was

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Response, StatusCode};
-use keysmith_core::http::{RateLimitHeaders, RefusalResponse, names};
+use keysmith_core::http::{RateLimitHeaders, RefusalResponse};
+
+use crate::request::known_name;
 
 /// Builds the response to a refused request. The default,
 /// [`default_refusal_response`], sends the status, headers and JSON body of
@@ -66,15 +68,13 @@ pub(crate) fn append_headers(map: &mut http::HeaderMap, headers: &[(&'static str
 }
 
 /// Appends `RateLimit-Limit`, `-Remaining` and `-Reset` to a passed
-/// request's response: names parsed once, each value formatted on the stack
-/// by `itoa` and copied once (`HeaderValue::from(u64)` allocates twice, and
-/// `fmt` costs more than the digits).
+/// request's response: names parsed once ([`known_name`]), each value
+/// formatted on the stack by `itoa` and copied once
+/// (`HeaderValue::from(u64)` allocates twice, and `fmt` costs more than the
+/// digits).
 pub(crate) fn append_rate_limit_headers(map: &mut http::HeaderMap, headers: RateLimitHeaders) {
-    static LIMIT: HeaderName = HeaderName::from_static(names::RATELIMIT_LIMIT);
-    static REMAINING: HeaderName = HeaderName::from_static(names::RATELIMIT_REMAINING);
-    static RESET: HeaderName = HeaderName::from_static(names::RATELIMIT_RESET);
-    for (name, number) in [(&LIMIT, headers.limit), (&REMAINING, headers.remaining), (&RESET, headers.reset)] {
-        if let Ok(value) = HeaderValue::from_str(itoa::Buffer::new().format(number)) {
+    for (name, number) in headers.pairs() {
+        if let (Some(name), Ok(value)) = (known_name(name), HeaderValue::from_str(itoa::Buffer::new().format(number))) {
             map.append(name, value);
         }
     }
@@ -91,6 +91,8 @@ pub(crate) fn missing_layer_response(what: &str) -> Response<String> {
 
 #[cfg(test)]
 mod tests {
+    use keysmith_core::http::names;
+
     use super::*;
 
     #[test]

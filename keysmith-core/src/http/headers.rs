@@ -59,11 +59,56 @@ pub mod names {
     pub const RATELIMIT_REMAINING: &str = "ratelimit-remaining";
     /// `RateLimit-Reset`.
     pub const RATELIMIT_RESET: &str = "ratelimit-reset";
+
+    /// The names read or written on every request (the default key
+    /// sources, client address, origin, user agent, preflight marker and
+    /// the `RateLimit-*` headers of a passed request). An adapter builds its
+    /// framework's header names from this list once and finds them with
+    /// [`per_request_index`], instead of parsing a name per request.
+    pub const PER_REQUEST: [&str; 10] = [
+        AUTHORIZATION,
+        X_API_KEY,
+        USER_AGENT,
+        ORIGIN,
+        X_FORWARDED_FOR,
+        FORWARDED,
+        ACCESS_CONTROL_REQUEST_METHOD,
+        RATELIMIT_LIMIT,
+        RATELIMIT_REMAINING,
+        RATELIMIT_RESET,
+    ];
+
+    /// Where `name` (lowercase) is in [`PER_REQUEST`], if it is there.
+    #[must_use]
+    pub fn per_request_index(name: &str) -> Option<usize> {
+        Some(match name {
+            AUTHORIZATION => 0,
+            X_API_KEY => 1,
+            USER_AGENT => 2,
+            ORIGIN => 3,
+            X_FORWARDED_FOR => 4,
+            FORWARDED => 5,
+            ACCESS_CONTROL_REQUEST_METHOD => 6,
+            RATELIMIT_LIMIT => 7,
+            RATELIMIT_REMAINING => 8,
+            RATELIMIT_RESET => 9,
+            _ => return None,
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::HeaderLookup;
+    use super::{HeaderLookup, names};
+
+    #[test]
+    fn every_per_request_name_is_found_where_it_stands() {
+        for (index, name) in names::PER_REQUEST.iter().enumerate() {
+            assert_eq!(names::per_request_index(name), Some(index), "{name}");
+        }
+        assert_eq!(names::per_request_index("x-token"), None);
+        assert_eq!(names::per_request_index("X-API-Key"), None, "names are looked up in lowercase");
+    }
 
     #[test]
     fn pair_lists_match_names_case_insensitively_in_order() {
