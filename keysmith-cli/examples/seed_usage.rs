@@ -69,13 +69,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Requests and errors of day `index` (0 is the oldest): a weekly rhythm on
-/// a rising trend, a quiet weekend, and an incident with many errors.
+/// Requests and errors of day `index` (0 is the oldest): a rising trend,
+/// quieter weekends, a day without traffic and an incident with many errors.
 fn traffic(index: u64) -> (u64, u64) {
-    if index % 7 == 5 {
+    if index == 9 {
         return (0, 0);
     }
-    let requests = 40 + index * 3 + (index % 7) * 9;
-    let errors = if index == 20 { requests / 2 } else { requests / 25 };
+    let weekday = 60 + index * 4 + (index * 37 % 11) * 3;
+    let requests = if index % 7 >= 5 { weekday / 3 } else { weekday };
+    let errors = if index == 20 { requests * 2 / 5 } else { requests / 30 };
     (requests, errors)
 }

@@ -360,8 +360,8 @@
       el('td', {}, key.owner_id || DASH),
       el('td', {}, key.policy_id ? policyNames.get(key.policy_id) || key.policy_id : DASH),
       el('td', {}, chips(key.scopes)),
-      el('td', {}, time(key.last_used_at)),
-      el('td', {}, time(key.expires_at), ' ', expiryNote(key))));
+      el('td', { class: 'nowrap' }, time(key.last_used_at)),
+      el('td', { class: 'nowrap' }, time(key.expires_at), expiryNote(key) ? el('br') : null, expiryNote(key))));
     if (!rows.length) {
       rows.push(el('tr', {}, el('td', { colspan: 9, class: 'empty' },
         Object.values(filters).some(Boolean) ? 'No keys match these filters.' : 'No keys yet. Create one with “New key”.')));
@@ -395,7 +395,7 @@
   }
 
   /** The panel that shows a new secret, this once. */
-  function secretPanel(raw, keyId, title) {
+  function secretPanel(raw, keyId, title, linkText = 'Open the key’s page →') {
     const code = el('code', { 'data-testid': 'raw-key', class: 'secret-value' }, raw);
     const copied = el('span', { class: 'muted', 'aria-live': 'polite' });
     const copy = el('button', {
@@ -420,7 +420,7 @@
       el('p', { class: 'warning' }, el('strong', {}, 'Copy this key now: you will not see it again. '),
         'Keysmith stores only its hash, so neither this page nor the API can show it later.'),
       el('div', { class: 'secret-row' }, code, copy, copied),
-      el('p', {}, keyLink(keyId, 'Open the key’s page →')));
+      el('p', {}, keyLink(keyId, linkText)));
   }
 
   function field(label, control, hint) {
@@ -525,8 +525,8 @@
 
     show(
       el('p', {}, el('a', { href: '#/keys' }, '← All keys')),
-      el('div', { class: 'page-head' }, el('h1', {}, key.name), stateBadge(key.state)),
-      secret ? secretPanel(secret.raw, secret.id, 'Replacement key created') : null,
+      el('div', { class: 'page-head' }, el('h1', {}, key.name, stateBadge(key.state))),
+      secret ? secretPanel(secret.raw, secret.id, 'Replacement key created', 'Open the new key’s page →') : null,
       el('div', { class: 'columns' },
         el('section', { class: 'card' }, el('h2', {}, 'Details'), details),
         el('section', { class: 'card' }, el('h2', {}, 'Actions'), keyActions(key, path, rerender))),
@@ -652,8 +652,8 @@
 
   /** Daily requests and errors as an SVG line chart, one point per day. */
   function usageChart(days) {
-    const width = 760;
-    const height = 240;
+    const width = 1100;
+    const height = 280;
     const pad = { left: 52, right: 16, top: 14, bottom: 30 };
     const plotW = width - pad.left - pad.right;
     const plotH = height - pad.top - pad.bottom;
