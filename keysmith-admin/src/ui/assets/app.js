@@ -279,6 +279,23 @@
 
   window.addEventListener('hashchange', route);
 
+  /**
+   * The answers a view needs, or null when the view was left meanwhile or a
+   * request failed (then `heading` and the API's message are shown).
+   */
+  async function load(current, heading, requests) {
+    try {
+      const answers = await Promise.all(requests);
+      return current() ? answers : null;
+    } catch (error) {
+      if (current()) {
+        show(heading);
+        showError(error);
+      }
+      return null;
+    }
+  }
+
   // ---- keys ------------------------------------------------------------------
 
   function keysHash(params) {
@@ -303,21 +320,12 @@
       environment: params.get('environment') || '',
       owner_id: params.get('owner_id') || '',
     };
-    let page;
-    let policies;
-    try {
-      [page, policies] = await Promise.all([
-        api('GET', `keys${query({ ...filters, limit: PAGE_SIZE + 1, offset })}`),
-        loadPolicies(),
-      ]);
-    } catch (error) {
-      if (current()) {
-        show(el('h1', {}, 'API keys'));
-        showError(error);
-      }
-      return;
-    }
-    if (!current()) return;
+    const loaded = await load(current, el('h1', {}, 'API keys'), [
+      api('GET', `keys${query({ ...filters, limit: PAGE_SIZE + 1, offset })}`),
+      loadPolicies(),
+    ]);
+    if (!loaded) return;
+    const [page, policies] = loaded;
     const policyNames = new Map(policies.map((policy) => [policy.id, policy.name]));
     const keys = page.items.slice(0, PAGE_SIZE);
     const hasNext = page.items.length > PAGE_SIZE;
@@ -482,27 +490,15 @@
   async function renderKey(id, current, secret) {
     const path = `keys/${encodeURIComponent(id)}`;
     const from = new Date(utcMidnight(Date.now()) - (CHART_DAYS - 1) * DAY_MS).toISOString();
-    let key;
-    let rotations;
-    let daily;
-    let monthly;
-    let policies;
-    try {
-      [key, rotations, daily, monthly, policies] = await Promise.all([
-        api('GET', path),
-        api('GET', `${path}/rotations`),
-        api('GET', `${path}/usage/aggregate${query({ period: 'day', from })}`),
-        api('GET', `${path}/usage/aggregate${query({ period: 'month' })}`),
-        loadPolicies(),
-      ]);
-    } catch (error) {
-      if (current()) {
-        show(el('p', {}, el('a', { href: '#/keys' }, '← All keys')));
-        showError(error);
-      }
-      return;
-    }
-    if (!current()) return;
+    const loaded = await load(current, el('p', {}, el('a', { href: '#/keys' }, '← All keys')), [
+      api('GET', path),
+      api('GET', `${path}/rotations`),
+      api('GET', `${path}/usage/aggregate${query({ period: 'day', from })}`),
+      api('GET', `${path}/usage/aggregate${query({ period: 'month' })}`),
+      loadPolicies(),
+    ]);
+    if (!loaded) return;
+    const [key, rotations, daily, monthly, policies] = loaded;
     const policy = policies.find((candidate) => candidate.id === key.policy_id);
     const rerender = (nextSecret) => renderKey(id, current, nextSecret);
 
@@ -736,20 +732,24 @@
         el('tbody', {}, rows)));
   }
 
+  /** A button that deletes `path` after a confirmation, then redraws the page. */
+  function deleteButton(title, message, path) {
+    return el('button', {
+      type: 'button', class: 'danger small',
+      onclick: async () => {
+        if (!(await confirmDialog({ title, message, confirm: 'Delete', danger: true }))) return;
+        // A 204 answers null; a failure, undefined.
+        if ((await attempt(() => api('DELETE', path))) !== undefined) route();
+      },
+    }, 'Delete');
+  }
+
   // ---- policies --------------------------------------------------------------
 
   async function renderPolicies(current) {
-    let policies;
-    try {
-      policies = (await api('GET', 'policies?limit=1000')).items;
-    } catch (error) {
-      if (current()) {
-        show(el('h1', {}, 'Policies'));
-        showError(error);
-      }
-      return;
-    }
-    if (!current()) return;
+    const loaded = await load(current, el('h1', {}, 'Policies'), [api('GET', 'policies?limit=1000')]);
+    if (!loaded) return;
+    const policies = loaded[0].items;
     const formSlot = el('div');
     const openForm = (policy) => {
       formSlot.replaceChildren(policyForm(policy, () => formSlot.replaceChildren(), () => route()));
@@ -768,18 +768,8 @@
       el('td', {}, duration(policy.rotation_grace)),
       el('td', { class: 'row-actions' },
         el('button', { type: 'button', class: 'secondary small', onclick: () => openForm(policy) }, 'Edit'),
-        el('button', {
-          type: 'button', class: 'danger small',
-          onclick: async () => {
-            const ok = await confirmDialog({
-              title: `Delete policy “${policy.name}”?`,
-              message: 'A policy that a live key uses cannot be deleted.',
-              confirm: 'Delete',
-              danger: true,
-            });
-            if (ok && (await attempt(() => api('DELETE', `policies/${encodeURIComponent(policy.id)}`)) !== undefined)) route();
-          },
-        }, 'Delete'))));
+        deleteButton(`Delete policy “${policy.name}”?`, 'A policy that a live key uses cannot be deleted.',
+          `policies/${encodeURIComponent(policy.id)}`))));
     if (!rows.length) rows.push(el('tr', {}, el('td', { colspan: 9, class: 'empty' }, 'No policies yet.')));
     show(
       el('div', { class: 'page-head' }, el('h1', {}, 'Policies'),
@@ -867,17 +857,9 @@
   // ---- scopes ----------------------------------------------------------------
 
   async function renderScopes(current) {
-    let scopes;
-    try {
-      scopes = (await api('GET', 'scopes')).items;
-    } catch (error) {
-      if (current()) {
-        show(el('h1', {}, 'Scopes'));
-        showError(error);
-      }
-      return;
-    }
-    if (!current()) return;
+    const loaded = await load(current, el('h1', {}, 'Scopes'), [api('GET', 'scopes')]);
+    if (!loaded) return;
+    const scopes = loaded[0].items;
     const form = el('form', {
       class: 'card inline-form', 'data-testid': 'create-scope',
       onsubmit: async (event) => {
@@ -893,18 +875,9 @@
       el('td', {}, el('code', {}, scope.name)),
       el('td', {}, scope.description || DASH),
       el('td', {}, time(scope.created_at)),
-      el('td', { class: 'row-actions' }, el('button', {
-        type: 'button', class: 'danger small',
-        onclick: async () => {
-          const ok = await confirmDialog({
-            title: `Delete scope “${scope.name}”?`,
-            message: 'It leaves the registry; keys keep the scopes they hold.',
-            confirm: 'Delete',
-            danger: true,
-          });
-          if (ok && (await attempt(() => api('DELETE', `scopes/${encodeURIComponent(scope.id)}`)) !== undefined)) route();
-        },
-      }, 'Delete'))));
+      el('td', { class: 'row-actions' },
+        deleteButton(`Delete scope “${scope.name}”?`, 'It leaves the registry; keys keep the scopes they hold.',
+          `scopes/${encodeURIComponent(scope.id)}`))));
     if (!rows.length) rows.push(el('tr', {}, el('td', { colspan: 4, class: 'empty' }, 'No scopes registered.')));
     show(
       el('div', { class: 'page-head' }, el('h1', {}, 'Scopes')),
