@@ -275,6 +275,33 @@ test('scopes can be registered and deleted', async () => {
   await row.waitFor({ state: 'detached' });
 });
 
+test('the keys list comes in pages of 20', async () => {
+  // 20 more keys, made through the API with the signed-in admin key.
+  await page.evaluate(async () => {
+    const key = Object.values(sessionStorage)[0];
+    for (let n = 1; n <= 20; n += 1) {
+      const response = await fetch('../v1/keys', {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ name: `batch ${String(n).padStart(2, '0')}` }),
+      });
+      if (response.status !== 201) throw new Error(`create answered ${response.status}`);
+    }
+  });
+  await page.goto(`${UI}#/keys`);
+  const rows = page.locator('[data-testid="keys-table"] tbody tr');
+  await page.locator('.pager', { hasText: 'Keys 1–20' }).waitFor();
+  assert.equal(await rows.count(), 20);
+  assert.equal(await page.locator('.pager a[rel="prev"]').count(), 0, 'no previous page on the first');
+  await page.click('.pager a[rel="next"]');
+  await page.locator('.pager', { hasText: 'Keys 21–' }).waitFor();
+  const names = await page.locator('[data-testid="keys-table"] tbody td:first-child').allTextContents();
+  assert.ok(names.includes('batch 20'), names.join(', '));
+  assert.ok(!names.includes('bootstrap admin'), names.join(', '));
+  await page.click('.pager a[rel="prev"]');
+  await page.locator('.pager', { hasText: 'Keys 1–20' }).waitFor();
+});
+
 test('signing out empties sessionStorage and returns to sign-in', async () => {
   await page.click('#sign-out');
   await page.locator('input[name="admin-key"]').waitFor();

@@ -18,7 +18,7 @@ Exit status:
   0  success
   1  the operation was refused (not found, invalid state change, name taken, policy in use, invalid input)
   2  usage error (unknown command or flag, unparsable value, missing --app/--tenant, bad database URL)
-  3  infrastructure failure (database unreachable or failing)
+  3  infrastructure failure (database unreachable or failing; serve cannot listen on its address)
 
 Raw keys are printed once, on stdout, by `keys create`, `keys rotate` and `bootstrap-admin`, and nowhere else.";
 
