@@ -12,6 +12,11 @@
 //! - Every error, rejections included, is JSON:
 //!   `{"error": {"code": "…", "message": "…"}}` (see [`Error`]).
 //!
+//! With the `ui` feature (on by default), [`ui_router()`] serves a
+//! dashboard for the same API: mount it at `/keysmith/ui` beside the API at
+//! `/keysmith/v1`. It is a static page that signs in with an admin key and
+//! calls the API, so it can do nothing the API would refuse.
+//!
 //! `/openapi.json` needs the admin key like every other route: the router
 //! has no anonymous way in. To publish the document elsewhere, serve
 //! [`openapi()`] (or [`AdminConfig::openapi`]) from your own route.
@@ -52,6 +57,8 @@ mod model;
 mod openapi;
 mod policies;
 mod scopes;
+#[cfg(feature = "ui")]
+mod ui;
 mod usage;
 
 use std::sync::Arc;
@@ -61,6 +68,8 @@ use keysmith_core::Engine;
 
 pub use config::{AdminConfig, DEFAULT_REALM};
 pub use error::{Error, Result};
+#[cfg(feature = "ui")]
+pub use ui::{DEFAULT_API_BASE, UiConfig, ui_router};
 
 /// The scope an API key needs to use the admin API. Hierarchical like
 /// every scope: a key holding `keysmith` or `*` has it too.

@@ -10,16 +10,17 @@ use serde_json::{Map, Value};
 
 use crate::values::{self, RateLimitArg};
 
-const ABOUT: &str = "Operate Keysmith: migrate its database and manage API keys, policies, scopes and usage.";
+const ABOUT: &str = "Operate Keysmith: migrate its database, manage API keys, policies, scopes and usage, and serve \
+                     the management API and dashboard.";
 
 const AFTER_HELP: &str = "\
 Exit status:
   0  success
   1  the operation was refused (not found, invalid state change, name taken, policy in use, invalid input)
   2  usage error (unknown command or flag, unparsable value, missing --app/--tenant, bad database URL)
-  3  infrastructure failure (database unreachable or failing)
+  3  infrastructure failure (database unreachable or failing; serve cannot listen on its address)
 
-Raw keys are printed once, on stdout, by `keys create` and `keys rotate`, and nowhere else.";
+Raw keys are printed once, on stdout, by `keys create`, `keys rotate` and `bootstrap-admin`, and nowhere else.";
 
 /// `keysmith [GLOBAL FLAGS] <COMMAND>`.
 #[derive(Debug, Parser)]
@@ -78,6 +79,38 @@ pub(crate) enum Command {
     /// Expire keys past their expiry or maximum age and end rotations past their
     /// grace, for every tenant.
     Sweep,
+    /// Create a first admin key (scope `keysmith:admin`) for --app/--tenant and
+    /// print it once. Migrates the database first, so it works on a new one.
+    BootstrapAdmin(BootstrapAdminArgs),
+    /// Serve the REST management API at /keysmith/v1 and the dashboard at
+    /// /keysmith/ui/ until SIGINT or SIGTERM. Migrates the database first.
+    ///
+    /// With --app, only admin keys of that application are accepted; each admin
+    /// key manages its own tenant.
+    Serve(ServeArgs),
+}
+
+/// `keysmith bootstrap-admin`.
+#[derive(Debug, Args)]
+pub(crate) struct BootstrapAdminArgs {
+    /// A name for people.
+    #[arg(long, default_value = "bootstrap admin")]
+    pub(crate) name: String,
+}
+
+/// `keysmith serve`.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The address to listen on (port 0: any free port, printed at start).
+    #[arg(long, env = "KEYSMITH_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// A proxy whose `X-Forwarded-For`/`Forwarded` is believed for the
+    /// client address (repeatable, or comma-separated): `10.0.0.0/8`, `::1`.
+    #[arg(long = "trusted-proxy", value_name = "CIDR", value_delimiter = ',', value_parser = values::parse_trusted_proxy)]
+    pub(crate) trusted_proxies: Vec<String>,
+    /// The realm of `WWW-Authenticate` challenges.
+    #[arg(long, default_value = keysmith_admin::DEFAULT_REALM, value_parser = values::parse_realm)]
+    pub(crate) realm: String,
 }
 
 /// `keysmith keys …`.

@@ -24,6 +24,13 @@ pub(crate) enum CliError {
     Engine(Error),
     /// Stdout could not be written.
     Output(std::io::Error),
+    /// `serve` could not listen on its address, or the server failed.
+    Listen {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl CliError {
@@ -40,7 +47,7 @@ impl CliError {
             ) => EXIT_REFUSED,
             // Store failures, and any failure added to keysmith later that is
             // not a refusal of the operation itself.
-            Self::Connect(_) | Self::Engine(_) | Self::Output(_) => EXIT_UNAVAILABLE,
+            Self::Connect(_) | Self::Engine(_) | Self::Output(_) | Self::Listen { .. } => EXIT_UNAVAILABLE,
         })
     }
 }
@@ -68,6 +75,7 @@ impl fmt::Display for CliError {
                 }
             }
             Self::Output(error) => format!("cannot write the output: {error}"),
+            Self::Listen { addr, source } => format!("cannot serve on {addr}: {source}"),
         };
         // One line, whatever a driver put in its message.
         f.write_str(&text.split_whitespace().collect::<Vec<_>>().join(" "))

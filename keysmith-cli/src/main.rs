@@ -10,6 +10,15 @@
 //! keysmith --database-url sqlite:keys.db --app myapp --tenant acme --json keys list --state active
 //! ```
 //!
+//! `keysmith bootstrap-admin` makes a tenant's first `keysmith:admin` key,
+//! and `keysmith serve` runs the REST management API (`/keysmith/v1`) and
+//! its dashboard (`/keysmith/ui/`) until SIGINT or SIGTERM:
+//!
+//! ```text
+//! keysmith --database-url sqlite:keys.db --app myapp --tenant acme bootstrap-admin
+//! keysmith --database-url sqlite:keys.db serve --listen 127.0.0.1:8080
+//! ```
+//!
 //! Exit status: 0 success; 1 the operation was refused (not found, invalid
 //! state change, name taken, policy in use, invalid input); 2 usage error
 //! (bad flag or value, missing `--app`/`--tenant`, bad database URL);

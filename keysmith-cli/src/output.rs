@@ -21,6 +21,11 @@ impl Printer {
         Self { json }
     }
 
+    /// True with `--json`.
+    pub(crate) fn is_json(self) -> bool {
+        self.json
+    }
+
     /// The text to print for a result: `value` as pretty JSON, or what
     /// `human` writes. Only the chosen form is built.
     pub(crate) fn render<T: Serialize>(self, value: &T, human: impl FnOnce() -> String) -> Result<String, CliError> {

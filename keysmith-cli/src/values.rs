@@ -12,6 +12,22 @@ const UNITS: [(&str, u64); 5] = [("w", 7 * 86_400), ("d", 86_400), ("h", 3_600),
 /// since policies are written in days (`90d`).
 const PRINTED_UNITS: [(&str, u64); 4] = [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)];
 
+/// One `--trusted-proxy` entry: a network (`10.0.0.0/8`) or an address.
+pub(crate) fn parse_trusted_proxy(text: &str) -> Result<String, String> {
+    keysmith_core::http::TrustedProxies::parse([text]).map_err(|error| error.to_string())?;
+    Ok(text.trim().to_owned())
+}
+
+/// A `WWW-Authenticate` realm: printable ASCII without `"` or `\`, which
+/// would end or escape the quoted value.
+pub(crate) fn parse_realm(text: &str) -> Result<String, String> {
+    let quotable = |c: char| (c.is_ascii_graphic() && c != '"' && c != '\\') || c == ' ';
+    if text.is_empty() || !text.chars().all(quotable) {
+        return Err(format!("{text:?} is not a realm: use printable ASCII without quotes or backslashes"));
+    }
+    Ok(text.to_owned())
+}
+
 /// A duration: whole seconds (`3600`) or numbers with units `w`, `d`, `h`,
 /// `m`, `s`, optionally chained (`1h30m`).
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {

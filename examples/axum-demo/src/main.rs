@@ -1,6 +1,7 @@
 //! Keysmith behind axum: every route but `/health` needs an API key, two
-//! routes need scopes, one demo key is rate limited, and the REST
-//! management API (`keysmith-admin`) is mounted at `/keysmith/v1`.
+//! routes need scopes, one demo key is rate limited, the REST management
+//! API (`keysmith-admin`) is mounted at `/keysmith/v1` and its dashboard at
+//! `/keysmith/ui/`.
 //!
 //! ```sh
 //! cargo run -p example-axum                                   # SQLite in ./keysmith-demo.db
@@ -44,7 +45,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The routes: `/health` is public, everything else needs a key, and the
-/// management API under `/keysmith/v1` needs a `keysmith:admin` key.
+/// management API under `/keysmith/v1` needs a `keysmith:admin` key. The
+/// dashboard at `/keysmith/ui/` is static files: it signs in with an admin
+/// key and calls the management API.
 fn app(engine: Engine) -> Router {
     let users = Users::default();
     let api = Router::new()
@@ -57,7 +60,12 @@ fn app(engine: Engine) -> Router {
         .with_state(users)
         .layer(ApiKeyLayer::new(engine.clone()).with_realm(REALM).with_app_id(APP_ID));
     let admin = AdminConfig::new(engine.clone()).with_realm(REALM).with_app_id(APP_ID).into_router();
-    Router::new().route("/health", get(health)).with_state(engine).merge(api).nest("/keysmith/v1", admin)
+    Router::new()
+        .route("/health", get(health))
+        .with_state(engine)
+        .merge(api)
+        .nest("/keysmith/v1", admin)
+        .nest_service("/keysmith/ui", keysmith_admin::ui_router())
 }
 
 /// curl commands for the management API, after the shared instructions.
@@ -70,6 +78,8 @@ fn print_admin_instructions(base: &str) {
          -d '{{\"name\":\"ci\",\"scopes\":[\"read:users\"]}}' {base}/keysmith/v1/keys    # raw_key is shown once"
     );
     println!("  curl -H \"Authorization: Bearer $KEYSMITH_DEMO_ADMIN_KEY\" {base}/keysmith/v1/openapi.json");
+    println!();
+    println!("The dashboard is at {base}/keysmith/ui/: sign in with the admin key.");
 }
 
 async fn health(State(engine): State<Engine>) -> (StatusCode, Json<Value>) {
@@ -137,6 +147,14 @@ mod tests {
         assert_eq!(status(&app, "POST", "/keysmith/v1/keys", Some(&keys.admin)).await, 201);
         assert_eq!(status(&app, "GET", "/keysmith/v1/keys", Some(&keys.read)).await, 403);
         assert_eq!(status(&app, "GET", "/keysmith/v1/keys", None).await, 401);
+    }
+
+    #[tokio::test]
+    async fn dashboard_is_served_beside_the_admin_api_without_a_key() {
+        let (app, _) = demo().await;
+        assert_eq!(status(&app, "GET", "/keysmith/ui/", None).await, 200);
+        assert_eq!(status(&app, "GET", "/keysmith/ui/app.js", None).await, 200);
+        assert_eq!(status(&app, "GET", "/keysmith/ui", None).await, 308);
     }
 
     #[tokio::test]

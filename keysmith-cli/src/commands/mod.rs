@@ -4,6 +4,7 @@ mod keys;
 mod maintenance;
 mod policies;
 mod scopes;
+mod serve;
 mod usage;
 
 use std::sync::Arc;
@@ -23,14 +24,19 @@ pub(crate) async fn run(cli: Cli) -> Result<String, CliError> {
     let Cli { global, command } = cli;
     let printer = Printer::new(global.json);
     let tenant = match command {
-        Command::Migrate | Command::Sweep => None,
-        Command::Keys(_) | Command::Policies(_) | Command::Scopes(_) | Command::Usage(_) => Some(tenant_of(&global)?),
+        Command::Migrate | Command::Sweep | Command::Serve(_) => None,
+        Command::Keys(_)
+        | Command::Policies(_)
+        | Command::Scopes(_)
+        | Command::Usage(_)
+        | Command::BootstrapAdmin(_) => Some(tenant_of(&global)?),
     };
+    let app = global.app.clone();
     let store = db::open(global.database_url.as_deref()).await?;
     let outcome = match Engine::builder(Arc::clone(&store)).build() {
         Ok(engine) => {
             let tenant = tenant.map(|(app, tenant)| engine.tenant(app, tenant));
-            let outcome = dispatch(command, &engine, tenant.as_ref(), printer).await;
+            let outcome = dispatch(command, &engine, tenant.as_ref(), app.as_deref(), printer).await;
             engine.shutdown().await;
             outcome
         }
@@ -44,6 +50,7 @@ async fn dispatch(
     command: Command,
     engine: &Engine,
     tenant: Option<&TenantEngine>,
+    app: Option<&str>,
     printer: Printer,
 ) -> Result<String, CliError> {
     let tenant = || tenant.ok_or_else(|| CliError::Usage("this command needs --app and --tenant".to_owned()));
@@ -54,6 +61,8 @@ async fn dispatch(
         Command::Policies(command) => policies::run(command, tenant()?, printer).await,
         Command::Scopes(command) => scopes::run(command, tenant()?, printer).await,
         Command::Usage(args) => usage::run(args, tenant()?, printer).await,
+        Command::BootstrapAdmin(args) => maintenance::bootstrap_admin(args, engine, tenant()?, printer).await,
+        Command::Serve(args) => serve::run(args, engine, app, printer).await,
     }
 }
 

@@ -1,8 +1,9 @@
 //! End-to-end tests of the `keysmith` binary: the operator flow on SQLite
-//! and PostgreSQL, exit statuses, and where secrets are printed.
+//! and PostgreSQL, exit statuses, where secrets are printed, and `serve`.
 
 mod flow;
 mod harness;
 mod postgres;
+mod serve;
 mod sqlite;
 mod usage_errors;

@@ -1,0 +1,92 @@
+//! `keysmith serve`: the REST management API and the dashboard over HTTP,
+//! for teams that run Keysmith as a service rather than as a library.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::response::Redirect;
+use axum::routing::get;
+use keysmith_admin::AdminConfig;
+use keysmith_core::Engine;
+use keysmith_core::http::TrustedProxies;
+use serde_json::json;
+
+use crate::cli::ServeArgs;
+use crate::error::CliError;
+use crate::output::Printer;
+
+/// Where the management API is mounted.
+const API_PATH: &str = "/keysmith/v1";
+/// Where the dashboard is mounted (it finds the API at `../v1`).
+const UI_PATH: &str = "/keysmith/ui";
+
+/// Migrates, listens, prints where, and serves until SIGINT or SIGTERM. The
+/// caller shuts the engine down afterwards, which writes the queued usage.
+pub(super) async fn run(
+    args: ServeArgs,
+    engine: &Engine,
+    app: Option<&str>,
+    printer: Printer,
+) -> Result<String, CliError> {
+    engine.store().migrate().await?;
+    let proxies = TrustedProxies::parse(&args.trusted_proxies).map_err(|error| CliError::Usage(error.to_string()))?;
+    let mut admin = AdminConfig::new(engine.clone()).with_realm(args.realm).with_trusted_proxies(proxies);
+    if let Some(app) = app {
+        admin = admin.with_app_id(app);
+    }
+    let router = routes(admin);
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|error| CliError::Listen { addr: args.listen, source: error })?;
+    let addr = listener.local_addr().map_err(|error| CliError::Listen { addr: args.listen, source: error })?;
+    announce(addr, printer)?;
+
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|error| CliError::Listen { addr, source: error })?;
+    // With --json the announcement was the command's one document.
+    Ok(if printer.is_json() { String::new() } else { "Stopped; queued usage records written.\n".to_owned() })
+}
+
+/// The routes of the service.
+fn routes(admin: AdminConfig) -> Router {
+    // The verify endpoint, for services that check keys over HTTP, will be
+    // mounted beside the management API here.
+    Router::new()
+        .nest(API_PATH, admin.into_router())
+        .nest_service(UI_PATH, keysmith_admin::ui_router())
+        .route("/", get(|| async { Redirect::to(&format!("{UI_PATH}/")) }))
+}
+
+/// Prints the addresses at once (the command's result is printed only when
+/// it ends): a test or a supervisor reads the port from here.
+fn announce(addr: SocketAddr, printer: Printer) -> Result<(), CliError> {
+    let base = format!("http://{addr}");
+    let text = printer.render(
+        &json!({ "listen": addr.to_string(), "api": format!("{base}{API_PATH}"), "dashboard": format!("{base}{UI_PATH}/") }),
+        || {
+            format!(
+                "Keysmith is listening on {base}\n  management API: {base}{API_PATH}\n  dashboard:      {base}{UI_PATH}/\n"
+            )
+        },
+    )?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).map_err(CliError::Output)
+}
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM; requests in flight
+/// finish first.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    if let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        return;
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
