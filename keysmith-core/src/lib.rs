@@ -40,6 +40,7 @@ pub mod hooks;
 pub mod http;
 mod id;
 mod key;
+mod net;
 pub mod limit;
 pub mod policy;
 mod refusal;
