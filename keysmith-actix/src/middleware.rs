@@ -30,6 +30,10 @@ use crate::{ApiKeyRejection, RefusalResponder};
 /// the forwarding header (`X-Forwarded-For`, or `Forwarded` if configured)
 /// is read only from [trusted proxies](Self::with_trusted_proxies).
 ///
+/// CORS preflights are authenticated like any other request; `.wrap()`
+/// actix-cors's `Cors` *after* `Keysmith` (the last `wrap` is the
+/// outermost), so that it answers them.
+///
 /// Build it in `main`, outside the `HttpServer::new` closure, and clone it
 /// into the closure: constructing it starts the engine's usage writer on
 /// the current runtime

@@ -39,12 +39,10 @@ async fn preflights_never_pass_the_admin_router_even_from_a_passthrough_layer() 
 async fn the_configured_forwarding_header_decides_the_admin_client_address() {
     let proxies = TrustedProxies::parse(["10.0.0.0/8"]).unwrap().with_header(ForwardingHeader::Forwarded);
     let h = harness_with(with_config(move |config| config.with_trusted_proxies(proxies)), false).await;
-    let office = h.tenant().create_policy(PolicySpec::new("office").with_allowed_ips(["203.0.113.0/24"])).await.unwrap();
-    let key = h
-        .tenant()
-        .create_key(NewKey::new("ops").with_scopes(["keysmith:admin"]).with_policy(office.id))
-        .await
-        .unwrap();
+    let office =
+        h.tenant().create_policy(PolicySpec::new("office").with_allowed_ips(["203.0.113.0/24"])).await.unwrap();
+    let key =
+        h.tenant().create_key(NewKey::new("ops").with_scopes(["keysmith:admin"]).with_policy(office.id)).await.unwrap();
     let request = |name: &str, value: &str| {
         let mut request = Request::get(format!("{MOUNT}/scopes"))
             .header("authorization", format!("Bearer {}", key.raw.expose()))

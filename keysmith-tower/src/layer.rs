@@ -31,6 +31,10 @@ use crate::response::append_rate_limit_headers;
 /// Without it the address is unknown and keys whose policy has an IP
 /// allowlist are refused.
 ///
+/// CORS preflights are authenticated like any other request; add
+/// tower-http's `CorsLayer` *after* this layer (`.layer(ApiKeyLayer…)`
+/// then `.layer(CorsLayer…)`), so that it is outside and answers them.
+///
 /// ```no_run
 /// use std::net::SocketAddr;
 /// use std::sync::Arc;

@@ -869,7 +869,8 @@ pub async fn unknown_client_behind_a_trusted_proxy_fails_ip_policies<H: Harness>
     let created = fixture.acme.create_key(NewKey::new("inside").with_policy(policy.id)).await.unwrap();
     let key = created.raw.expose();
     let harness: H = fixture.harness(HarnessOptions::default()).await;
-    let via_proxy = |xff: Vec<u8>| TestRequest::get("/whoami").bearer(key).peer(Some("10.0.0.1")).header("x-forwarded-for", xff);
+    let via_proxy =
+        |xff: Vec<u8>| TestRequest::get("/whoami").bearer(key).peer(Some("10.0.0.1")).header("x-forwarded-for", xff);
 
     let fine = harness.send(via_proxy(b"203.0.113.5".to_vec())).await;
     assert_eq!(fine.status, 200, "{}", fine.describe());
@@ -914,7 +915,12 @@ pub async fn only_the_configured_forwarding_header_is_read<H: Harness>() {
         ("forwarded", "for=203.0.113.5, proto=https"),
     ] {
         let response = harness.send(request().header(name, value)).await;
-        assert_eq!(response.error_code().as_deref(), Some("ip_not_allowed"), "{name}: {value}: {}", response.describe());
+        assert_eq!(
+            response.error_code().as_deref(),
+            Some("ip_not_allowed"),
+            "{name}: {value}: {}",
+            response.describe()
+        );
     }
 }
 

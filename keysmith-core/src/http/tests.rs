@@ -157,7 +157,8 @@ async fn ip_allowlist_entries_written_as_mapped_ipv6_match_ipv4_clients() {
     let policy = s.acme.create_policy(spec).await.unwrap();
     assert_eq!(policy.allowed_ips, ["203.0.113.0/24".parse().unwrap(), "198.51.100.7/32".parse().unwrap()]);
     let raw = key(&s, NewKey::new("mapped").with_policy(policy.id)).await;
-    let gate = Gate::new(s.engine.clone()).with_trusted_proxies(TrustedProxies::parse(["::ffff:10.0.0.0/104"]).unwrap());
+    let gate =
+        Gate::new(s.engine.clone()).with_trusted_proxies(TrustedProxies::parse(["::ffff:10.0.0.0/104"]).unwrap());
     for peer in ["203.0.113.5", "::ffff:203.0.113.5", "198.51.100.7"] {
         admitted(outcome(&gate, "GET", Some(peer), &bearer(&raw)).await);
     }

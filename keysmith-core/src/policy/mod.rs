@@ -55,7 +55,8 @@ impl Policy {
         if self.allowed_ips.is_empty() {
             return true;
         }
-        ip.map(|ip| ip.to_canonical()).is_some_and(|ip| self.allowed_ips.iter().any(|net| crate::net::contains(net, ip)))
+        ip.map(|ip| ip.to_canonical())
+            .is_some_and(|ip| self.allowed_ips.iter().any(|net| crate::net::contains(net, ip)))
     }
 
     /// True if `origin` is in the allowlist (compared as normalised origins).
