@@ -70,6 +70,10 @@ impl ForwardingHeader {
 /// - every entry is a trusted proxy: the left-most entry is the client
 ///   (a trusted host that went through the proxies).
 ///
+/// Entries are split at every comma, quoted or not: no proxy writes one
+/// inside an address, and a quoted comma the client wrote can only garble
+/// the client's own, left part of the header, never the proxies' part.
+///
 /// With no trusted proxies (the default) forwarding headers are never
 /// read. Networks and addresses are canonical: `::ffff:10.0.0.0/104` is
 /// `10.0.0.0/8`, and an IPv4-mapped peer or entry is its IPv4 address.
