@@ -1,7 +1,7 @@
 //! Keysmith for actix-web: middleware that validates API keys, per-scope
 //! requirements, and an `ApiKey` extractor.
 //!
-//! - [`Keysmith`] validates every request's key (DESIGN §11): refusals are
+//! - [`Keysmith`] validates every request's key: refusals are
 //!   answered with the right status, `WWW-Authenticate`, `Retry-After` and a
 //!   JSON body; passed requests carry an [`ApiKey`], get `RateLimit-*`
 //!   headers and have their usage recorded after the response.
@@ -68,4 +68,4 @@ pub use response::{ApiKeyRejection, RefusalResponder, default_refusal_response};
 pub use scopes::{RequireScopes, RequireScopesMiddleware};
 
 /// The framework-free pieces this crate is built on, for configuration.
-pub use keysmith_core::http::{KeySources, RefusalResponse, TrustedProxies};
+pub use keysmith_core::http::{ForwardingHeader, KeySources, RefusalResponse, TrustedProxies};

@@ -15,7 +15,7 @@ use crate::request::{Headers, Installed, Shared};
 use crate::response::append_rate_limit_headers;
 use crate::{ApiKeyRejection, RefusalResponder};
 
-/// Middleware that validates the API key of every request (DESIGN §11);
+/// Middleware that validates the API key of every request;
 /// `.wrap()` it around an `App`, a `web::scope` or a resource.
 ///
 /// A refused request is answered here (401, 403, 429… with the JSON body)
@@ -27,8 +27,12 @@ use crate::{ApiKeyRejection, RefusalResponder};
 /// cannot be reached the answer is 503, never a pass.
 ///
 /// The client address is the connection's peer (`ServiceRequest::peer_addr`);
-/// `X-Forwarded-For` / `Forwarded` are read only from
-/// [trusted proxies](Self::with_trusted_proxies).
+/// the forwarding header (`X-Forwarded-For`, or `Forwarded` if configured)
+/// is read only from [trusted proxies](Self::with_trusted_proxies).
+///
+/// CORS preflights are authenticated like any other request; `.wrap()`
+/// actix-cors's `Cors` *after* `Keysmith` (the last `wrap` is the
+/// outermost), so that it answers them.
 ///
 /// Build it in `main`, outside the `HttpServer::new` closure, and clone it
 /// into the closure: constructing it starts the engine's usage writer on
@@ -70,7 +74,8 @@ pub struct Keysmith {
 impl Keysmith {
     /// Validates with `engine`, with [`Gate::new`]'s defaults: keys from
     /// `Authorization: Bearer` and `X-API-Key`, no trusted proxy, realm
-    /// `api`, keys of any app required, CORS preflights let through.
+    /// `api`, keys of any app required, CORS preflights authenticated like
+    /// any request.
     pub fn new(engine: Engine) -> Self {
         Self::from_gate(Gate::new(engine))
     }
@@ -90,7 +95,10 @@ impl Keysmith {
         self
     }
 
-    /// Believes `X-Forwarded-For` / `Forwarded` from these proxies.
+    /// Believes the forwarding header of these proxies (`X-Forwarded-For`
+    /// unless [`TrustedProxies::with_header`] says `Forwarded`); behind
+    /// them an entry that is not an address, or a header that cannot be
+    /// read, makes the client unknown.
     pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
         self.gate = self.gate.with_trusted_proxies(proxies);
         self
@@ -116,7 +124,11 @@ impl Keysmith {
         self
     }
 
-    /// Whether CORS preflights pass without a key (default yes).
+    /// Whether CORS preflights pass without a key (default no: they are
+    /// authenticated like any request). Put the CORS layer outside Keysmith
+    /// instead, so it answers preflights itself; turn this on only if a CORS
+    /// layer inside answers every preflight before a handler sees it
+    /// ([`Gate::with_preflight_passthrough`]).
     pub fn with_preflight_passthrough(mut self, passthrough: bool) -> Self {
         self.gate = self.gate.with_preflight_passthrough(passthrough);
         self

@@ -20,7 +20,8 @@ use crate::request::Installed;
 /// A key without the scopes gets 403 `insufficient_scope` with
 /// `WWW-Authenticate: Bearer …, error="insufficient_scope", scope="…"`; a
 /// request let through without a key (optional mode) gets 401
-/// `missing_key`; CORS preflights pass. Without `Keysmith` in front the
+/// `missing_key`; CORS preflights pass only where the middleware lets
+/// them through (opt-in passthrough). Without `Keysmith` in front the
 /// answer is 500, naming the missing middleware.
 ///
 /// ```

@@ -326,7 +326,7 @@ async fn custom_responder_renders_every_refusal() {
 }
 
 #[actix_web::test]
-async fn preflight_passthrough_can_be_turned_off() {
+async fn preflights_need_a_key_by_default_and_passthrough_is_opt_in() {
     let setup = setup().await;
     let preflight = || {
         test::TestRequest::default()
@@ -335,17 +335,59 @@ async fn preflight_passthrough_can_be_turned_off() {
             .insert_header(("access-control-request-method", "GET"))
             .to_request()
     };
-    let route = || web::resource("/x").route(web::method(actix_web::http::Method::OPTIONS).to(HttpResponse::NoContent));
+    // A resource whose handler answers every method, OPTIONS included.
+    let route = || web::resource("/x").to(|| async { "protected data" });
 
-    let open = test::init_service(App::new().service(route()).wrap(Keysmith::new(setup.engine.clone()))).await;
-    assert_eq!(send(&open, preflight()).await.0, StatusCode::NO_CONTENT);
-
-    let closed = test::init_service(
-        App::new().service(route()).wrap(Keysmith::new(setup.engine.clone()).with_preflight_passthrough(false)),
-    )
-    .await;
+    let closed = test::init_service(App::new().service(route()).wrap(Keysmith::new(setup.engine.clone()))).await;
     let (status, _, body) = send(&closed, preflight()).await;
     assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, Some("missing_key")));
+
+    let open = test::init_service(
+        App::new().service(route()).wrap(Keysmith::new(setup.engine.clone()).with_preflight_passthrough(true)),
+    )
+    .await;
+    assert_eq!(send(&open, preflight()).await.0, StatusCode::OK);
+}
+
+#[actix_web::test]
+async fn actix_cors_outside_answers_preflights_and_handlers_stay_behind_the_key() {
+    let setup = setup().await;
+    let cors = || {
+        actix_cors::Cors::default()
+            .allowed_origin("https://app.example.com")
+            .allowed_methods(["GET", "POST"])
+            .allowed_header(actix_web::http::header::AUTHORIZATION)
+    };
+    let app = test::init_service(
+        App::new()
+            .service(web::resource("/data").to(|| async { "protected data" }))
+            .wrap(Keysmith::new(setup.engine.clone()))
+            .wrap(cors()),
+    )
+    .await;
+    let options = || {
+        test::TestRequest::default()
+            .method(actix_web::http::Method::OPTIONS)
+            .uri("/data")
+            .insert_header(("origin", "https://app.example.com"))
+    };
+
+    let preflight = options()
+        .insert_header(("access-control-request-method", "POST"))
+        .insert_header(("access-control-request-headers", "authorization"))
+        .to_request();
+    let response = test::call_service(&app, preflight).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(response.headers(), "access-control-allow-origin"), "https://app.example.com");
+    assert!(test::read_body(response).await.is_empty(), "answered by actix-cors, not the handler");
+
+    // A plain OPTIONS reaches the handler only with a key.
+    let (status, _, body) = send(&app, options().to_request()).await;
+    assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, Some("missing_key")));
+    let with_key = options().insert_header(("authorization", format!("Bearer {}", setup.admin))).to_request();
+    let response = test::call_service(&app, with_key).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(&test::read_body(response).await[..], b"protected data");
 }
 
 /// Sends `GET path` with `key` over a real connection; the status code.

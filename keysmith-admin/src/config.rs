@@ -56,7 +56,9 @@ impl AdminConfig {
     /// the application uses, say). The router manages keys through the
     /// layer's engine. [`RequireScopes`] for [`ADMIN_SCOPE`] is still added:
     /// even an [`optional`](ApiKeyLayer::optional) layer lets no request
-    /// in without an admin key.
+    /// in without an admin key, and a
+    /// [preflight passthrough](ApiKeyLayer::with_preflight_passthrough) is
+    /// turned off.
     pub fn from_layer(layer: ApiKeyLayer) -> Self {
         Self { layer }
     }
@@ -68,8 +70,10 @@ impl AdminConfig {
         self
     }
 
-    /// Believes `X-Forwarded-For` / `Forwarded` from these proxies (for the
-    /// admin keys' IP allowlists).
+    /// Believes the forwarding header of these proxies (`X-Forwarded-For`,
+    /// or `Forwarded` with [`TrustedProxies::with_header`]) for the admin
+    /// keys' IP allowlists; behind them an unreadable header or an entry
+    /// that is not an address makes the client unknown.
     pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
         self.layer = self.layer.with_trusted_proxies(proxies);
         self
@@ -106,7 +110,8 @@ impl AdminConfig {
     /// Unknown paths answer 404 `route_not_found` and known paths with
     /// another method 405 `method_not_allowed` (with `Allow`), both as JSON
     /// and both only to admin keys: without one the answer is 401 or 403,
-    /// so the router reveals nothing to others.
+    /// so the router reveals nothing to others. CORS preflights are no
+    /// exception; answer them with a CORS layer outside the router.
     pub fn into_router<S>(self) -> Router<S>
     where
         S: Clone + Send + Sync + 'static,
@@ -118,7 +123,9 @@ impl AdminConfig {
             .fallback(route_not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(RequireScopes::all([ADMIN_SCOPE]))
-            .layer(self.layer)
+            // A preflight let through would reach the fallbacks, whose 404
+            // and 405 say which routes exist.
+            .layer(self.layer.with_preflight_passthrough(false))
             .with_state(state)
     }
 }

@@ -41,6 +41,7 @@ pub mod http;
 mod id;
 mod key;
 pub mod limit;
+mod net;
 pub mod policy;
 mod refusal;
 pub mod rotation;

@@ -17,7 +17,7 @@ use crate::RefusalResponder;
 use crate::request::{Headers, Installed, Shared, peer};
 use crate::response::append_rate_limit_headers;
 
-/// A [`Layer`] that validates the API key of every request (DESIGN §11).
+/// A [`Layer`] that validates the API key of every request.
 ///
 /// A refused request is answered here (401, 403, 429… with the JSON body);
 /// the inner service never sees it. A passed request reaches the inner
@@ -30,6 +30,10 @@ use crate::response::append_rate_limit_headers;
 /// the router with `into_make_service_with_connect_info::<SocketAddr>()`.
 /// Without it the address is unknown and keys whose policy has an IP
 /// allowlist are refused.
+///
+/// CORS preflights are authenticated like any other request; add
+/// tower-http's `CorsLayer` *after* this layer (`.layer(ApiKeyLayer…)`
+/// then `.layer(CorsLayer…)`), so that it is outside and answers them.
 ///
 /// ```no_run
 /// use std::net::SocketAddr;
@@ -63,7 +67,8 @@ pub struct ApiKeyLayer {
 impl ApiKeyLayer {
     /// Validates with `engine`, with [`Gate::new`]'s defaults: keys from
     /// `Authorization: Bearer` and `X-API-Key`, no trusted proxy, realm
-    /// `api`, keys of any app required, CORS preflights let through.
+    /// `api`, keys of any app required, CORS preflights authenticated like
+    /// any request.
     pub fn new(engine: Engine) -> Self {
         Self::from_gate(Gate::new(engine))
     }
@@ -80,7 +85,10 @@ impl ApiKeyLayer {
         self
     }
 
-    /// Believes `X-Forwarded-For` / `Forwarded` from these proxies.
+    /// Believes the forwarding header of these proxies (`X-Forwarded-For`
+    /// unless [`TrustedProxies::with_header`] says `Forwarded`); behind
+    /// them an entry that is not an address, or a header that cannot be
+    /// read, makes the client unknown.
     pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
         self.gate = self.gate.with_trusted_proxies(proxies);
         self
@@ -106,7 +114,11 @@ impl ApiKeyLayer {
         self
     }
 
-    /// Whether CORS preflights pass without a key (default yes).
+    /// Whether CORS preflights pass without a key (default no: they are
+    /// authenticated like any request). Put the CORS layer outside Keysmith
+    /// instead, so it answers preflights itself; turn this on only if a CORS
+    /// layer inside answers every preflight before a handler sees it
+    /// ([`Gate::with_preflight_passthrough`]).
     pub fn with_preflight_passthrough(mut self, passthrough: bool) -> Self {
         self.gate = self.gate.with_preflight_passthrough(passthrough);
         self

@@ -1,7 +1,7 @@
 //! Keysmith for tower and axum: a layer that validates API keys, per-route
 //! scope requirements, and an `ApiKey` extractor.
 //!
-//! - [`ApiKeyLayer`] validates every request's key (DESIGN §11): refusals
+//! - [`ApiKeyLayer`] validates every request's key: refusals
 //!   are answered with the right status, `WWW-Authenticate`, `Retry-After`
 //!   and a JSON body; passed requests carry an [`ApiKey`], get `RateLimit-*`
 //!   headers and have their usage recorded after the response.
@@ -62,4 +62,4 @@ pub use response::{RefusalResponder, default_refusal_response};
 pub use scopes::{RequireScopes, RequireScopesFuture, RequireScopesService};
 
 /// The framework-free pieces this crate is built on, for configuration.
-pub use keysmith_core::http::{KeySources, RefusalResponse, TrustedProxies};
+pub use keysmith_core::http::{ForwardingHeader, KeySources, RefusalResponse, TrustedProxies};

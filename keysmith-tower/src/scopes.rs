@@ -21,7 +21,8 @@ use crate::response::missing_layer_response;
 /// A key without the scopes gets 403 `insufficient_scope` with
 /// `WWW-Authenticate: Bearer …, error="insufficient_scope", scope="…"`; a
 /// request let through without a key (optional mode) gets 401
-/// `missing_key`; CORS preflights pass. Without `ApiKeyLayer` in front the
+/// `missing_key`; CORS preflights pass only where the layer lets them
+/// through (opt-in passthrough). Without `ApiKeyLayer` in front the
 /// answer is 500, naming the missing layer.
 ///
 /// ```

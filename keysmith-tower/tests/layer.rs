@@ -109,12 +109,72 @@ async fn plain_tower_services_get_the_key_rate_limit_headers_and_keep_their_erro
 }
 
 #[tokio::test]
-async fn preflight_passthrough_can_be_turned_off() {
+async fn preflights_need_a_key_by_default_and_passthrough_is_opt_in() {
     let (engine, _) = engine_and_key(&[]).await;
-    let app = Router::new()
-        .route("/x", get(|| async { "x" }).options(|| async { StatusCode::NO_CONTENT }))
-        .layer(ApiKeyLayer::new(engine).with_preflight_passthrough(false));
-    let preflight = Request::options("/x").header("access-control-request-method", "GET").body(Body::empty()).unwrap();
-    let (status, _, body) = send(&app, preflight).await;
+    let app = |layer: ApiKeyLayer| {
+        Router::new().route("/x", get(|| async { "x" }).options(|| async { StatusCode::NO_CONTENT })).layer(layer)
+    };
+    let preflight =
+        || Request::options("/x").header("access-control-request-method", "GET").body(Body::empty()).unwrap();
+    let (status, _, body) = send(&app(ApiKeyLayer::new(engine.clone())), preflight()).await;
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("missing_key")));
+    let passthrough = app(ApiKeyLayer::new(engine).with_preflight_passthrough(true));
+    assert_eq!(send(&passthrough, preflight()).await.0, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn a_cors_layer_outside_answers_preflights_and_handlers_stay_behind_the_key() {
+    use axum::http::{HeaderValue, Method};
+    use tower_http::cors::CorsLayer;
+
+    let (engine, raw) = engine_and_key(&[]).await;
+    let cors = CorsLayer::new()
+        .allow_origin(HeaderValue::from_static("https://app.example.com"))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([axum::http::header::AUTHORIZATION]);
+    let app = Router::new()
+        .route("/data", axum::routing::any(|| async { "protected data" }))
+        .layer(ApiKeyLayer::new(engine))
+        .layer(cors);
+
+    let preflight = Request::options("/data")
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization")
+        .body(Body::empty())
+        .unwrap();
+    let (status, headers, body) = send(&app, preflight).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(body, serde_json::Value::Null, "answered by the CORS layer, not the handler");
+
+    // tower-http answers every OPTIONS itself; the handler is not reached.
+    let options = Request::options("/data").header("origin", "https://app.example.com").body(Body::empty()).unwrap();
+    let response = app.clone().oneshot(options).await.unwrap();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+    assert!(bytes.is_empty(), "{bytes:?}");
+    // Other methods reach `any()` only with a key; refusals get CORS headers.
+    let get = Request::get("/data").header("origin", "https://app.example.com").body(Body::empty()).unwrap();
+    let (status, headers, body) = send(&app, get).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("missing_key")));
+    assert_eq!(headers["access-control-allow-origin"], "https://app.example.com");
+    let with_key = Request::post("/data").header("authorization", format!("Bearer {raw}")).body(Body::empty()).unwrap();
+    let response = app.clone().oneshot(with_key).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+    assert_eq!(&bytes[..], b"protected data");
+}
+
+#[tokio::test]
+async fn options_to_an_any_handler_needs_a_key_preflight_or_not() {
+    let (engine, _) = engine_and_key(&[]).await;
+    let app =
+        Router::new().route("/data", axum::routing::any(|| async { "protected data" })).layer(ApiKeyLayer::new(engine));
+    let plain = Request::options("/data").body(Body::empty()).unwrap();
+    let preflight =
+        Request::options("/data").header("access-control-request-method", "GET").body(Body::empty()).unwrap();
+    for request in [plain, preflight] {
+        let (status, _, body) = send(&app, request).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("missing_key")));
+    }
 }

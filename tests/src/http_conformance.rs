@@ -1,5 +1,5 @@
-//! HTTP conformance: DESIGN §11 as cases every framework adapter must pass,
-//! driven through the small [`Harness`] trait so the same cases run on
+//! HTTP conformance: the HTTP rules as cases every framework adapter must
+//! pass, driven through the small [`Harness`] trait so the same cases run on
 //! tower/axum and on actix-web.
 //!
 //! An adapter's test file implements [`Harness`] (build the routes below
@@ -32,8 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use ipnet::IpNet;
-use keysmith_core::http::KeySources;
+use keysmith_core::http::{ForwardingHeader, KeySources, TrustedProxies};
 use keysmith_core::store::{Page, TimeRange};
 use keysmith_core::{
     Clock, Engine, KeyId, ManualClock, MemoryStore, NewKey, PolicySpec, RotationReason, Store, TenantEngine,
@@ -58,6 +57,10 @@ macro_rules! http_conformance_tests {
             app_restriction_refuses_other_apps_keys,
             custom_key_sources_replace_the_defaults,
             unknown_peer_fails_ip_policies,
+            unknown_client_behind_a_trusted_proxy_fails_ip_policies,
+            only_the_configured_forwarding_header_is_read,
+            mapped_ipv6_allowlist_and_proxy_entries_match_ipv4_clients,
+            preflights_are_authenticated_unless_passthrough_is_turned_on,
         );
     };
     (@cases $harness:ty, $attr:meta; $($case:ident),* $(,)?) => {
@@ -78,25 +81,29 @@ macro_rules! http_conformance_tests {
 pub struct HarnessOptions {
     /// Key sources; `None` keeps the adapter's default (Bearer, X-API-Key).
     pub key_sources: Option<KeySources>,
-    /// Trusted proxy networks.
-    pub trusted_proxies: Vec<IpNet>,
+    /// Trusted proxies and the forwarding header they write.
+    pub trusted_proxies: TrustedProxies,
     /// The realm of `WWW-Authenticate`.
     pub realm: String,
     /// Accept only this app's keys.
     pub app_id: Option<String>,
     /// Optional mode.
     pub optional: bool,
+    /// CORS preflights pass without a key.
+    pub preflight_passthrough: bool,
 }
 
 impl Default for HarnessOptions {
-    /// Realm `conformance`, trusted proxies `10.0.0.0/8`, nothing else.
+    /// Realm `conformance`, trusted proxies `10.0.0.0/8` writing
+    /// `X-Forwarded-For`, nothing else.
     fn default() -> Self {
         Self {
             key_sources: None,
-            trusted_proxies: vec!["10.0.0.0/8".parse().expect("network")],
+            trusted_proxies: TrustedProxies::parse(["10.0.0.0/8"]).expect("network"),
             realm: REALM.to_owned(),
             app_id: None,
             optional: false,
+            preflight_passthrough: false,
         }
     }
 }
@@ -382,8 +389,9 @@ fn passed(name: &'static str, request: fn(&Keys) -> TestRequest) -> Row {
     Row { name, request, status: 200, code: None, headers: &[] }
 }
 
-/// Every row of DESIGN §11, and the extraction and client-address rules,
-/// against a [`Fixture`] and [`HarnessOptions::default`].
+/// Every outcome of the status table, and the extraction and
+/// client-address rules, against a [`Fixture`] and
+/// [`HarnessOptions::default`].
 #[must_use]
 pub fn rows() -> Vec<Row> {
     use HeaderExpect::{Absent, Is};
@@ -488,6 +496,11 @@ pub fn rows() -> Vec<Row> {
             401,
             "malformed_key",
         ),
+        passed("a long Negotiate token next to X-API-Key is ignored", |k| {
+            TestRequest::get("/whoami")
+                .header("authorization", format!("Negotiate {}", "YIIGhgYGKwYBBQUCoIIGejCCBnagMDAuBgkqhkiC".repeat(64)))
+                .api_key(&k.reader)
+        }),
         refused(
             "non-UTF-8 key header",
             |_| TestRequest::get("/whoami").header("x-api-key", b"sk_live_\xff\xfe".to_vec()),
@@ -526,14 +539,33 @@ pub fn rows() -> Vec<Row> {
             403,
             "ip_not_allowed",
         ),
-        passed("Forwarded via a trusted proxy", |k| {
-            TestRequest::get("/whoami")
-                .bearer(&k.office)
-                .peer(Some("10.0.0.1"))
-                .header("forwarded", r#"for="203.0.113.5:4711";proto=https"#)
+        refused(
+            "Forwarded via a trusted proxy is not read when X-Forwarded-For is configured",
+            |k| {
+                TestRequest::get("/whoami")
+                    .bearer(&k.office)
+                    .peer(Some("10.0.0.1"))
+                    .header("forwarded", r#"for="203.0.113.5:4711";proto=https"#)
+            },
+            403,
+            "ip_not_allowed",
+        ),
+        refused(
+            "X-Forwarded-For via a trusted proxy: an entry that is not an address hides what is left of it",
+            |k| {
+                TestRequest::get("/whoami")
+                    .bearer(&k.office)
+                    .peer(Some("10.0.0.1"))
+                    .header("x-forwarded-for", "203.0.113.5, unknown, 10.0.0.2")
+            },
+            403,
+            "ip_not_allowed",
+        ),
+        passed("IPv4-mapped peer matches its IPv4 allowlist", |k| {
+            TestRequest::get("/whoami").bearer(&k.office).peer(Some("::ffff:203.0.113.5"))
         }),
         refused(
-            "malformed X-Forwarded-For via a trusted proxy: the peer is the client",
+            "malformed X-Forwarded-For via a trusted proxy: the client is unknown",
             |k| {
                 TestRequest::get("/whoami")
                     .bearer(&k.office)
@@ -545,10 +577,13 @@ pub fn rows() -> Vec<Row> {
         ),
         // CORS preflight.
         Row {
-            status: 204,
-            ..passed("CORS preflight passes without a key", |_| {
-                TestRequest::new("OPTIONS", "/whoami").header("access-control-request-method", "GET")
-            })
+            headers: &[(WWW, Is(MISSING))],
+            ..refused(
+                "CORS preflight without a key is refused by default",
+                |_| TestRequest::new("OPTIONS", "/whoami").header("access-control-request-method", "GET"),
+                401,
+                "missing_key",
+            )
         },
         refused(
             "OPTIONS without Access-Control-Request-Method needs a key",
@@ -818,4 +853,129 @@ pub async fn unknown_peer_fails_ip_policies<H: Harness>() {
     assert_eq!(harness.send(forwarded).await.status, 403);
     let reader = harness.send(TestRequest::get("/whoami").bearer(&fixture.keys.reader).peer(None)).await;
     assert_eq!(reader.status, 200, "{}", reader.describe());
+}
+
+/// Behind a trusted proxy, a forwarding header the client padded past the
+/// length cap, made unreadable, or ended with an entry that is not an
+/// address leaves the client unknown: refused even by an allowlist that
+/// holds the proxy's own network.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn unknown_client_behind_a_trusted_proxy_fails_ip_policies<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let spec = PolicySpec::new("inside").with_allowed_ips(["10.0.0.0/8", "203.0.113.0/24"]);
+    let policy = fixture.acme.create_policy(spec).await.unwrap();
+    let created = fixture.acme.create_key(NewKey::new("inside").with_policy(policy.id)).await.unwrap();
+    let key = created.raw.expose();
+    let harness: H = fixture.harness(HarnessOptions::default()).await;
+    let via_proxy =
+        |xff: Vec<u8>| TestRequest::get("/whoami").bearer(key).peer(Some("10.0.0.1")).header("x-forwarded-for", xff);
+
+    let fine = harness.send(via_proxy(b"203.0.113.5".to_vec())).await;
+    assert_eq!(fine.status, 200, "{}", fine.describe());
+    for (what, xff) in [
+        ("padded past the cap", format!("{}203.0.113.5", "10.1.1.1,".repeat(600)).into_bytes()),
+        ("not UTF-8", b"\xff\xfe, 10.0.0.9".to_vec()),
+        ("an obfuscated entry", b"203.0.113.5, _hidden".to_vec()),
+        ("a unix socket", b"unix:/run/app.sock".to_vec()),
+        ("empty", Vec::new()),
+    ] {
+        let response = harness.send(via_proxy(xff)).await;
+        assert_eq!(
+            (response.status, response.error_code().as_deref()),
+            (403, Some("ip_not_allowed")),
+            "{what}: {}",
+            response.describe()
+        );
+    }
+    // With no forwarding header the proxy itself is the client.
+    let direct = harness.send(TestRequest::get("/whoami").bearer(key).peer(Some("10.0.0.1"))).await;
+    assert_eq!(direct.status, 200, "{}", direct.describe());
+}
+
+/// With proxies that write `Forwarded`, only `Forwarded` is read: an
+/// `X-Forwarded-For` the client sent passes through such a proxy untouched.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn only_the_configured_forwarding_header_is_read<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let trusted_proxies = TrustedProxies::parse(["10.0.0.0/8"]).unwrap().with_header(ForwardingHeader::Forwarded);
+    let harness: H = fixture.harness(HarnessOptions { trusted_proxies, ..HarnessOptions::default() }).await;
+    let request = || TestRequest::get("/whoami").bearer(&fixture.keys.office).peer(Some("10.0.0.1"));
+
+    for forwarded in [r#"for="203.0.113.5:4711";proto=https"#, "for=198.51.100.1, for=203.0.113.5, for=10.0.0.2"] {
+        let response = harness.send(request().header("forwarded", forwarded)).await;
+        assert_eq!(response.status, 200, "{forwarded}: {}", response.describe());
+    }
+    for (name, value) in [
+        ("x-forwarded-for", "203.0.113.5"),
+        ("forwarded", "for=203.0.113.5, for=unknown"),
+        ("forwarded", "for=203.0.113.5, proto=https"),
+    ] {
+        let response = harness.send(request().header(name, value)).await;
+        assert_eq!(
+            response.error_code().as_deref(),
+            Some("ip_not_allowed"),
+            "{name}: {value}: {}",
+            response.describe()
+        );
+    }
+}
+
+/// Allowlist and trusted-proxy entries written as IPv4-mapped IPv6
+/// (`::ffff:a.b.c.0/120`) match IPv4 clients and proxies.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn mapped_ipv6_allowlist_and_proxy_entries_match_ipv4_clients<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let spec = PolicySpec::new("mapped").with_allowed_ips(["::ffff:203.0.113.0/120"]);
+    let policy = fixture.acme.create_policy(spec).await.unwrap();
+    let created = fixture.acme.create_key(NewKey::new("mapped").with_policy(policy.id)).await.unwrap();
+    let key = created.raw.expose();
+    let trusted_proxies = TrustedProxies::parse(["::ffff:10.0.0.0/104"]).unwrap();
+    let harness: H = fixture.harness(HarnessOptions { trusted_proxies, ..HarnessOptions::default() }).await;
+
+    for (peer, xff) in [
+        ("203.0.113.5", None),
+        ("::ffff:203.0.113.5", None),
+        ("10.0.0.1", Some("203.0.113.5")),
+        ("10.0.0.1", Some("::ffff:203.0.113.5, 10.0.0.2")),
+    ] {
+        let mut request = TestRequest::get("/whoami").bearer(key).peer(Some(peer));
+        if let Some(xff) = xff {
+            request = request.header("x-forwarded-for", xff);
+        }
+        let response = harness.send(request).await;
+        assert_eq!(response.status, 200, "{peer} {xff:?}: {}", response.describe());
+    }
+    let outside = harness.send(TestRequest::get("/whoami").bearer(key).peer(Some("203.0.114.5"))).await;
+    assert_eq!(outside.error_code().as_deref(), Some("ip_not_allowed"), "{}", outside.describe());
+}
+
+/// A CORS preflight is authenticated like any request, so a handler that
+/// answers `OPTIONS` is never reached without a key; the opt-in
+/// passthrough lets it through without one (for apps whose own CORS layer
+/// inside answers it).
+///
+/// # Panics
+/// On a mismatch.
+pub async fn preflights_are_authenticated_unless_passthrough_is_turned_on<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let preflight = || TestRequest::new("OPTIONS", "/whoami").header("access-control-request-method", "GET");
+    let strict: H = fixture.harness(HarnessOptions::default()).await;
+    let refused = strict.send(preflight()).await;
+    assert_eq!(refused.error_code().as_deref(), Some("missing_key"), "{}", refused.describe());
+    let keyed = strict.send(preflight().bearer(&fixture.keys.reader)).await;
+    assert_eq!(keyed.status, 204, "{}", keyed.describe());
+
+    let open: H = fixture.harness(HarnessOptions { preflight_passthrough: true, ..HarnessOptions::default() }).await;
+    let passed = open.send(preflight()).await;
+    assert_eq!(passed.status, 204, "{}", passed.describe());
+    let plain = open.send(TestRequest::new("OPTIONS", "/whoami")).await;
+    assert_eq!(plain.error_code().as_deref(), Some("missing_key"), "{}", plain.describe());
+    fixture.engine.flush_usage().await;
+    assert_eq!(fixture.engine.usage_stats().written, 1, "only the keyed preflight is recorded");
 }

@@ -10,7 +10,7 @@ use actix_web::dev::ServiceResponse;
 use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpResponse, test, web};
-use keysmith_actix::{ApiKey, Keysmith, RequireScopes, TrustedProxies};
+use keysmith_actix::{ApiKey, Keysmith, RequireScopes};
 use keysmith_core::Engine;
 use keysmith_tests::http_conformance::{Harness, HarnessOptions, TestRequest, TestResponse};
 
@@ -42,7 +42,8 @@ impl Harness for ActixHarness {
     async fn start(engine: Engine, options: HarnessOptions) -> Self {
         let mut keysmith = Keysmith::new(engine)
             .with_realm(options.realm)
-            .with_trusted_proxies(TrustedProxies::new(options.trusted_proxies));
+            .with_trusted_proxies(options.trusted_proxies)
+            .with_preflight_passthrough(options.preflight_passthrough);
         if let Some(sources) = options.key_sources {
             keysmith = keysmith.with_key_sources(sources);
         }

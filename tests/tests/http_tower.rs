@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use keysmith_core::Engine;
 use keysmith_tests::http_conformance::{Harness, HarnessOptions, TestRequest, TestResponse};
-use keysmith_tower::{ApiKey, ApiKeyLayer, RequireScopes, TrustedProxies};
+use keysmith_tower::{ApiKey, ApiKeyLayer, RequireScopes};
 use tower::ServiceExt;
 
 struct TowerHarness {
@@ -25,7 +25,8 @@ impl Harness for TowerHarness {
     async fn start(engine: Engine, options: HarnessOptions) -> Self {
         let mut layer = ApiKeyLayer::new(engine)
             .with_realm(options.realm)
-            .with_trusted_proxies(TrustedProxies::new(options.trusted_proxies));
+            .with_trusted_proxies(options.trusted_proxies)
+            .with_preflight_passthrough(options.preflight_passthrough);
         if let Some(sources) = options.key_sources {
             layer = layer.with_key_sources(sources);
         }

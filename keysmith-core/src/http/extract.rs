@@ -9,12 +9,16 @@ use crate::Refusal;
 /// bytes; the bound leaves room for the scheme and whitespace).
 pub const MAX_KEY_HEADER_LEN: usize = 1024;
 
+/// The authorization scheme whose credential is a key.
+const BEARER: &str = "bearer";
+
 /// One place a key may be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KeySource {
     /// `<header>: Bearer <key>` (the scheme matched case-insensitively);
-    /// values with another scheme (`Basic …`) are not keys and are ignored.
+    /// values with another scheme (`Basic …`, `Negotiate …`) are not keys
+    /// and are ignored, however long.
     Bearer {
         /// The header, lowercase (`authorization`).
         header: String,
@@ -35,21 +39,24 @@ impl KeySource {
     }
 
     /// The key in one header value: `Ok(None)` if the value is not meant
-    /// for us (another authorization scheme).
+    /// for us (another authorization scheme, whatever its length or bytes:
+    /// the scheme is looked at before anything else).
     fn read<'h>(&self, value: &'h [u8]) -> Result<Option<&'h str>, Refusal> {
+        if let Self::Bearer { .. } = self {
+            let value = value.trim_ascii_start();
+            let scheme_end = value.iter().position(u8::is_ascii_whitespace).unwrap_or(value.len());
+            if !value[..scheme_end].eq_ignore_ascii_case(BEARER.as_bytes()) {
+                return Ok(None);
+            }
+        }
         if value.len() > MAX_KEY_HEADER_LEN {
             return Err(Refusal::Malformed);
         }
         let value = std::str::from_utf8(value).map_err(|_| Refusal::Malformed)?.trim();
         let key = match self {
             Self::Header { .. } => value,
-            Self::Bearer { .. } => {
-                let (scheme, rest) = value.split_once(|c: char| c.is_ascii_whitespace()).unwrap_or((value, ""));
-                if !scheme.eq_ignore_ascii_case("bearer") {
-                    return Ok(None);
-                }
-                rest.trim()
-            }
+            // The scheme is `bearer`, checked above; the key is what follows.
+            Self::Bearer { .. } => value[BEARER.len()..].trim(),
         };
         if key.is_empty() {
             return Err(Refusal::Malformed);
@@ -61,11 +68,13 @@ impl KeySource {
 /// The headers a key is read from, in order. The default is
 /// `Authorization: Bearer <key>` and `X-API-Key: <key>`.
 ///
-/// Reading follows DESIGN §11: no key anywhere is
-/// [`Refusal::MissingKey`]; two *different* keys is
+/// No key anywhere is [`Refusal::MissingKey`]; two *different* keys is
 /// [`Refusal::AmbiguousKey`] (the same key twice is fine); a value longer
 /// than [`MAX_KEY_HEADER_LEN`], not UTF-8, or empty is
-/// [`Refusal::Malformed`].
+/// [`Refusal::Malformed`]. An `Authorization` value with another scheme
+/// than `Bearer` is someone else's credential and is skipped before any of
+/// these checks, so a long `Negotiate` token next to an `X-API-Key` does
+/// not make the request malformed.
 ///
 /// ```
 /// use keysmith_core::Refusal;
@@ -173,6 +182,20 @@ mod tests {
         assert_eq!(extract(&[("authorization", b"Basic dXNlcjpwYXNz")]), Err(Refusal::MissingKey));
         assert_eq!(extract(&[("authorization", b"Bearerk1")]), Err(Refusal::MissingKey));
         assert_eq!(extract(&[("authorization", b"Basic x"), ("x-api-key", b"k1")]), Ok("k1".to_owned()));
+    }
+
+    #[test]
+    fn another_schemes_credential_is_ignored_whatever_its_length_or_bytes() {
+        let mut negotiate = b"Negotiate ".to_vec();
+        negotiate.extend(vec![b'Y'; 8 * MAX_KEY_HEADER_LEN]);
+        assert_eq!(extract(&[("authorization", &negotiate), ("x-api-key", b"k1")]), Ok("k1".to_owned()));
+        assert_eq!(extract(&[("authorization", &negotiate)]), Err(Refusal::MissingKey));
+        let binary: &[u8] = b"Basic \xff\xfe";
+        assert_eq!(extract(&[("authorization", binary), ("x-api-key", b"k1")]), Ok("k1".to_owned()));
+        // An overlong Bearer value is still malformed.
+        let mut bearer = b"  bearer ".to_vec();
+        bearer.extend(vec![b'a'; MAX_KEY_HEADER_LEN]);
+        assert_eq!(extract(&[("authorization", &bearer), ("x-api-key", b"k1")]), Err(Refusal::Malformed));
     }
 
     #[test]

@@ -55,9 +55,9 @@ impl<H: ?Sized> fmt::Debug for RequestFacts<'_, H> {
     }
 }
 
-/// The HTTP behaviour of DESIGN §11 in one framework-free value: which
-/// headers carry the key, which proxies are trusted, the realm, the app
-/// whose keys are accepted, optional mode and CORS preflights. Cheap to
+/// The HTTP behaviour both adapters share, in one framework-free value:
+/// which headers carry the key, which proxies are trusted, the realm, the
+/// app whose keys are accepted, optional mode and CORS preflights. Cheap to
 /// clone (one `Arc`).
 ///
 /// An adapter calls [`Gate::authorize`] for each request and acts on the
@@ -129,7 +129,7 @@ impl Gate {
 
     /// Validates with `engine`; keys from `Authorization: Bearer` and
     /// `X-API-Key`, no trusted proxy, realm `api`, keys of any app, a key
-    /// required, CORS preflights let through.
+    /// required, CORS preflights authenticated like any request.
     #[must_use]
     pub fn new(engine: Engine) -> Self {
         Self {
@@ -140,7 +140,7 @@ impl Gate {
                 realm: Self::DEFAULT_REALM.to_owned(),
                 app_id: None,
                 optional: false,
-                preflight_passthrough: true,
+                preflight_passthrough: false,
             }),
         }
     }
@@ -185,8 +185,16 @@ impl Gate {
     }
 
     /// Whether CORS preflights (`OPTIONS` with
-    /// `Access-Control-Request-Method`) pass unauthenticated (default yes:
-    /// browsers never send credentials on them).
+    /// `Access-Control-Request-Method`) pass unauthenticated. Default no:
+    /// a preflight is authenticated like any request, so it never reaches a
+    /// handler that answers `OPTIONS` (axum's `any()`, an actix resource
+    /// with a default route) without a key.
+    ///
+    /// Browsers send preflights without credentials, so the right wiring
+    /// is a CORS layer *outside* Keysmith that answers them itself
+    /// (tower-http's `CorsLayer`, actix-cors). Turn this on only when a CORS
+    /// layer *inside* Keysmith answers every preflight before a handler
+    /// could; the request then carries no key and records no usage.
     #[must_use]
     pub fn with_preflight_passthrough(self, passthrough: bool) -> Self {
         self.edit(|c| c.preflight_passthrough = passthrough)

@@ -1,10 +1,10 @@
-//! HTTP behaviour shared by the framework adapters (DESIGN §11), written
-//! once and free of any framework or `http` crate type.
+//! HTTP behaviour shared by the framework adapters, written once and free
+//! of any framework or `http` crate type.
 //!
 //! - [`KeySources`]: which headers carry the key and the rules for reading
 //!   them (missing, ambiguous, malformed).
-//! - [`TrustedProxies`]: the client address, from the peer or from
-//!   forwarding headers set by trusted proxies.
+//! - [`TrustedProxies`]: the client address, from the peer or from the
+//!   [forwarding header](ForwardingHeader) set by trusted proxies.
 //! - [`RefusalResponse`]: a refusal or failure as status, headers and JSON
 //!   body; [`rate_limit_headers`] (or, without formatting,
 //!   [`RateLimitHeaders`]) for passed requests.
@@ -41,7 +41,7 @@ mod response;
 mod scopes;
 
 pub use api_key::ApiKey;
-pub use client_ip::TrustedProxies;
+pub use client_ip::{ForwardingHeader, MAX_FORWARDING_HEADER_LEN, TrustedProxies};
 pub use extract::{KeySource, KeySources, MAX_KEY_HEADER_LEN};
 pub use gate::{Admitted, Authorize, Gate, Outcome, RequestFacts};
 pub use headers::{HeaderLookup, names};

@@ -92,15 +92,25 @@ async fn missing_key_is_refused_unless_optional_where_a_bad_key_is_still_refused
 }
 
 #[tokio::test]
-async fn cors_preflight_passes_unless_disabled() {
+async fn cors_preflight_needs_a_key_unless_passthrough_is_turned_on() {
     let s = setup();
     let gate = Gate::new(s.engine.clone());
     let preflight = [("access-control-request-method", "POST".to_owned())];
-    assert!(matches!(outcome(&gate, "OPTIONS", None, &preflight).await, Outcome::Preflight));
+    assert_eq!(refused(outcome(&gate, "OPTIONS", None, &preflight).await).code, "missing_key");
+    assert!(!gate.is_passthrough_preflight("OPTIONS", &preflight[..]));
+    let passthrough = gate.with_preflight_passthrough(true);
+    assert!(matches!(outcome(&passthrough, "OPTIONS", None, &preflight).await, Outcome::Preflight));
     // OPTIONS without the preflight header is an ordinary request.
-    assert_eq!(refused(outcome(&gate, "OPTIONS", None, &[]).await).code, "missing_key");
-    let strict = gate.with_preflight_passthrough(false);
-    assert_eq!(refused(outcome(&strict, "OPTIONS", None, &preflight).await).code, "missing_key");
+    assert_eq!(refused(outcome(&passthrough, "OPTIONS", None, &[]).await).code, "missing_key");
+}
+
+#[tokio::test]
+async fn a_long_negotiate_token_next_to_a_valid_key_is_ignored() {
+    let s = setup();
+    let raw = key(&s, NewKey::new("ci")).await;
+    let gate = Gate::new(s.engine.clone());
+    let headers = [("authorization", format!("Negotiate {}", "YII".repeat(2000))), ("x-api-key", raw)];
+    admitted(outcome(&gate, "GET", None, &headers).await);
 }
 
 #[tokio::test]
@@ -138,6 +148,40 @@ async fn ip_allowlist_sees_the_client_behind_a_trusted_proxy_only() {
     assert_eq!(spoofed.code, "ip_not_allowed");
     let unknown_peer = refused(outcome(&gate, "GET", None, &bearer(&raw)).await);
     assert_eq!(unknown_peer.code, "ip_not_allowed");
+}
+
+#[tokio::test]
+async fn ip_allowlist_entries_written_as_mapped_ipv6_match_ipv4_clients() {
+    let s = setup();
+    let spec = PolicySpec::new("mapped").with_allowed_ips(["::ffff:203.0.113.0/120", "::ffff:198.51.100.7"]);
+    let policy = s.acme.create_policy(spec).await.unwrap();
+    assert_eq!(policy.allowed_ips, ["203.0.113.0/24".parse().unwrap(), "198.51.100.7/32".parse().unwrap()]);
+    let raw = key(&s, NewKey::new("mapped").with_policy(policy.id)).await;
+    let gate =
+        Gate::new(s.engine.clone()).with_trusted_proxies(TrustedProxies::parse(["::ffff:10.0.0.0/104"]).unwrap());
+    for peer in ["203.0.113.5", "::ffff:203.0.113.5", "198.51.100.7"] {
+        admitted(outcome(&gate, "GET", Some(peer), &bearer(&raw)).await);
+    }
+    assert_eq!(refused(outcome(&gate, "GET", Some("203.0.114.5"), &bearer(&raw)).await).code, "ip_not_allowed");
+    // Through a proxy named as mapped IPv6, to a client written as mapped IPv6.
+    let mut headers = bearer(&raw);
+    headers.push(("x-forwarded-for", "::ffff:203.0.113.9".to_owned()));
+    let via_proxy = admitted(outcome(&gate, "GET", Some("10.0.0.1"), &headers).await);
+    assert_eq!(via_proxy.client_ip(), Some("203.0.113.9".parse().unwrap()));
+}
+
+#[tokio::test]
+async fn an_unknown_client_behind_a_trusted_proxy_is_refused_by_an_ip_allowlist() {
+    let s = setup();
+    let policy = s.acme.create_policy(PolicySpec::new("proxy net").with_allowed_ips(["10.0.0.0/8"])).await.unwrap();
+    let raw = key(&s, NewKey::new("k").with_policy(policy.id)).await;
+    let gate = Gate::new(s.engine.clone()).with_trusted_proxies(TrustedProxies::parse(["10.0.0.0/8"]).unwrap());
+    // A client that corrupts or pads the header must not pass as the proxy.
+    for xff in ["garbage".to_owned(), "10.0.0.5, _hidden".to_owned(), "1.1.1.1,".repeat(1000)] {
+        let mut headers = bearer(&raw);
+        headers.push(("x-forwarded-for", xff.clone()));
+        assert_eq!(refused(outcome(&gate, "GET", Some("10.0.0.1"), &headers).await).code, "ip_not_allowed", "{xff}");
+    }
 }
 
 #[tokio::test]

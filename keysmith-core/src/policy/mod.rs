@@ -46,14 +46,17 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// True if `ip` is inside the allowlist (an IPv4-mapped IPv6 address
-    /// counts as its IPv4 address). An empty list allows every address.
+    /// True if `ip` is inside the allowlist. IPv4-mapped IPv6 is canonical
+    /// on both sides: `::ffff:192.0.2.1` counts as `192.0.2.1`, and an entry
+    /// `::ffff:192.0.2.0/120` as `192.0.2.0/24`. An empty list allows every
+    /// address; an unknown address (`None`) passes no list.
     #[must_use]
     pub fn allows_ip(&self, ip: Option<std::net::IpAddr>) -> bool {
         if self.allowed_ips.is_empty() {
             return true;
         }
-        ip.map(|ip| ip.to_canonical()).is_some_and(|ip| self.allowed_ips.iter().any(|net| net.contains(&ip)))
+        ip.map(|ip| ip.to_canonical())
+            .is_some_and(|ip| self.allowed_ips.iter().any(|net| crate::net::contains(net, ip)))
     }
 
     /// True if `origin` is in the allowlist (compared as normalised origins).

@@ -136,12 +136,12 @@ impl PolicySpec {
     }
 }
 
-/// A CIDR, or a single address taken as a host network (`/32`, `/128`).
+/// A CIDR, or a single address taken as a host network (`/32`, `/128`),
+/// canonical: IPv4-mapped IPv6 networks are stored as their IPv4 networks.
 fn parse_network(text: &str) -> Result<IpNet> {
-    let text = text.trim();
-    text.parse::<IpNet>().or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from)).map(|net| net.trunc()).map_err(
-        |_| Error::invalid("allowed_ips", format!("{text:?} is not a CIDR (e.g. 10.0.0.0/8) or an IP address")),
-    )
+    crate::net::parse_net(text).ok_or_else(|| {
+        Error::invalid("allowed_ips", format!("{:?} is not a CIDR (e.g. 10.0.0.0/8) or an IP address", text.trim()))
+    })
 }
 
 /// `scheme://host[:port]`, lowercased, without a trailing slash.
@@ -172,6 +172,8 @@ mod tests {
         assert_eq!(parse_network("192.0.2.7").unwrap().to_string(), "192.0.2.7/32");
         assert_eq!(parse_network("2001:db8::/32").unwrap().to_string(), "2001:db8::/32");
         assert_eq!(parse_network("::1").unwrap().to_string(), "::1/128");
+        assert_eq!(parse_network("::ffff:203.0.113.0/120").unwrap().to_string(), "203.0.113.0/24");
+        assert_eq!(parse_network("::ffff:203.0.113.5").unwrap().to_string(), "203.0.113.5/32");
         for bad in ["10.0.0.0/33", "300.1.1.1", "10.0.0.0/", "", "example.com", "2001:db8::/129"] {
             let err = parse_network(bad).unwrap_err().to_string();
             assert!(err.contains("allowed_ips"), "{err}");
