@@ -522,6 +522,16 @@ impl UsageStore for CachedStore {
     async fn tenant_usage(&self, tenant: &Tenant, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>> {
         self.inner.tenant_usage(tenant, period, range).await
     }
+
+    async fn lineage_usage(
+        &self,
+        tenant: &Tenant,
+        lineage: KeyId,
+        period: Period,
+        range: TimeRange,
+    ) -> Result<Vec<UsageTotal>> {
+        self.inner.lineage_usage(tenant, lineage, period, range).await
+    }
 }
 
 #[async_trait]
