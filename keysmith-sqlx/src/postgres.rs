@@ -929,18 +929,7 @@ impl UsageStore for PgStore {
         qb.push(" AND period = ").push_bind(period.as_str());
         push_range(&mut qb, "period_start", range);
         qb.push(" GROUP BY period_start ORDER BY period_start");
-        let rows: Vec<(DateTime<Utc>, i64, i64)> =
-            qb.build_query_as().fetch_all(&self.pool).await.map_err(store_error)?;
-        rows.into_iter()
-            .map(|(period_start, requests, errors)| {
-                Ok(UsageTotal {
-                    period,
-                    period_start,
-                    requests: to_u64("usage requests", requests)?,
-                    errors: to_u64("usage errors", errors)?,
-                })
-            })
-            .collect()
+        self.fetch_totals(qb, period).await
     }
 
     async fn lineage_usage(
@@ -959,6 +948,13 @@ impl UsageStore for PgStore {
         qb.push(" AND a.period = ").push_bind(period.as_str());
         push_range(&mut qb, "a.period_start", range);
         qb.push(" GROUP BY a.period_start ORDER BY a.period_start");
+        self.fetch_totals(qb, period).await
+    }
+}
+
+impl PgStore {
+    /// Runs a `SELECT period_start, requests, errors` query of `period` totals.
+    async fn fetch_totals(&self, mut qb: QueryBuilder<'_, Postgres>, period: Period) -> Result<Vec<UsageTotal>> {
         let rows: Vec<(DateTime<Utc>, i64, i64)> =
             qb.build_query_as().fetch_all(&self.pool).await.map_err(store_error)?;
         rows.into_iter()

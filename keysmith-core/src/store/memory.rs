@@ -443,21 +443,7 @@ impl UsageStore for MemoryStore {
     }
 
     async fn tenant_usage(&self, tenant: &Tenant, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>> {
-        let tables = self.read_usage()?;
-        let mut totals: BTreeMap<DateTime<Utc>, UsageTotal> = BTreeMap::new();
-        for a in tables.aggregates.values() {
-            if a.tenant == *tenant && a.period == period && range.contains(a.period_start) {
-                let total = totals.entry(a.period_start).or_insert_with(|| UsageTotal {
-                    period,
-                    period_start: a.period_start,
-                    requests: 0,
-                    errors: 0,
-                });
-                total.requests += a.requests;
-                total.errors += a.errors;
-            }
-        }
-        Ok(totals.into_values().collect())
+        Ok(self.read_usage()?.totals(tenant, period, range, |_| true))
     }
 
     async fn lineage_usage(
@@ -468,14 +454,22 @@ impl UsageStore for MemoryStore {
         range: TimeRange,
     ) -> Result<Vec<UsageTotal>> {
         let members = self.read()?.lineages.get(&lineage).cloned().unwrap_or_default();
-        let tables = self.read_usage()?;
+        Ok(self.read_usage()?.totals(tenant, period, range, |key_id| members.contains(&key_id)))
+    }
+}
+
+impl UsageTables {
+    /// The tenant's aggregates of keys that `counted`, summed per period start.
+    fn totals(
+        &self,
+        tenant: &Tenant,
+        period: Period,
+        range: TimeRange,
+        counted: impl Fn(KeyId) -> bool,
+    ) -> Vec<UsageTotal> {
         let mut totals: BTreeMap<DateTime<Utc>, UsageTotal> = BTreeMap::new();
-        for a in tables.aggregates.values() {
-            if members.contains(&a.key_id)
-                && a.tenant == *tenant
-                && a.period == period
-                && range.contains(a.period_start)
-            {
+        for a in self.aggregates.values() {
+            if a.tenant == *tenant && a.period == period && range.contains(a.period_start) && counted(a.key_id) {
                 let total = totals.entry(a.period_start).or_insert_with(|| UsageTotal {
                     period,
                     period_start: a.period_start,
@@ -486,7 +480,7 @@ impl UsageStore for MemoryStore {
                 total.errors += a.errors;
             }
         }
-        Ok(totals.into_values().collect())
+        totals.into_values().collect()
     }
 }
 
