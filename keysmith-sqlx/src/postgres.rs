@@ -109,7 +109,7 @@ impl PgStore {
 /// The key columns, with the key's scopes in order, of `keysmith_keys k`.
 macro_rules! key_columns {
     () => {
-        "k.id, k.app_id, k.tenant_id, k.hash, k.name, k.hint, k.prefix, k.environment, k.state, k.policy_id, \
+        "k.id, k.lineage_id, k.app_id, k.tenant_id, k.hash, k.name, k.hint, k.prefix, k.environment, k.state, k.policy_id, \
          k.expires_at, k.grace_expires_at, k.revoked_reason, k.last_used_at, k.created_at, k.updated_at, k.metadata, \
          ARRAY(SELECT s.scope FROM keysmith_key_scopes s WHERE s.key_id = k.id ORDER BY s.position) AS scopes"
     };
@@ -126,6 +126,7 @@ macro_rules! policy_columns {
 #[derive(sqlx::FromRow)]
 struct KeyRow {
     id: Uuid,
+    lineage_id: Uuid,
     app_id: String,
     tenant_id: String,
     hash: String,
@@ -154,6 +155,7 @@ impl KeyRow {
     fn into_key(self) -> Result<Key> {
         Ok(Key {
             id: KeyId::from_uuid(self.id),
+            lineage_id: KeyId::from_uuid(self.lineage_id),
             name: self.name,
             hint: self.hint,
             prefix: self.prefix,
@@ -287,8 +289,8 @@ async fn insert_key_on(conn: &mut PgConnection, stored: &StoredKey) -> Result<()
     // the foreign key keeps the policy from vanishing before commit.
     let inserted = sqlx::query(
         "INSERT INTO keysmith_keys (id, app_id, tenant_id, hash, name, hint, prefix, environment, state, policy_id, \
-         expires_at, grace_expires_at, revoked_reason, last_used_at, created_at, updated_at, metadata) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17 \
+         expires_at, grace_expires_at, revoked_reason, last_used_at, created_at, updated_at, metadata, lineage_id) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18 \
          WHERE $10::uuid IS NULL OR EXISTS (SELECT 1 FROM keysmith_policies p \
              WHERE p.id = $10 AND p.app_id = $2 AND p.tenant_id = $3)",
     )
@@ -309,6 +311,7 @@ async fn insert_key_on(conn: &mut PgConnection, stored: &StoredKey) -> Result<()
     .bind(key.created_at)
     .bind(key.updated_at)
     .bind(Json(&key.metadata))
+    .bind(key.lineage_id.uuid())
     .execute(&mut *conn)
     .await
     .map_err(|e| key_insert_error(e, key.id, key.policy_id))?;
@@ -926,6 +929,32 @@ impl UsageStore for PgStore {
         qb.push(" AND period = ").push_bind(period.as_str());
         push_range(&mut qb, "period_start", range);
         qb.push(" GROUP BY period_start ORDER BY period_start");
+        self.fetch_totals(qb, period).await
+    }
+
+    async fn lineage_usage(
+        &self,
+        tenant: &Tenant,
+        lineage: KeyId,
+        period: Period,
+        range: TimeRange,
+    ) -> Result<Vec<UsageTotal>> {
+        let mut qb = QueryBuilder::<Postgres>::new(
+            "SELECT a.period_start, SUM(a.requests)::BIGINT, SUM(a.errors)::BIGINT FROM keysmith_usage_agg a \
+             JOIN keysmith_keys k ON k.id = a.key_id WHERE k.lineage_id = ",
+        );
+        qb.push_bind(lineage.uuid());
+        qb.push(" AND a.app_id = ").push_bind(&tenant.app_id).push(" AND a.tenant_id = ").push_bind(&tenant.tenant_id);
+        qb.push(" AND a.period = ").push_bind(period.as_str());
+        push_range(&mut qb, "a.period_start", range);
+        qb.push(" GROUP BY a.period_start ORDER BY a.period_start");
+        self.fetch_totals(qb, period).await
+    }
+}
+
+impl PgStore {
+    /// Runs a `SELECT period_start, requests, errors` query of `period` totals.
+    async fn fetch_totals(&self, mut qb: QueryBuilder<'_, Postgres>, period: Period) -> Result<Vec<UsageTotal>> {
         let rows: Vec<(DateTime<Utc>, i64, i64)> =
             qb.build_query_as().fetch_all(&self.pool).await.map_err(store_error)?;
         rows.into_iter()

@@ -151,7 +151,7 @@ fn opt_time(what: &str, micros: Option<i64>) -> Result<Option<DateTime<Utc>>> {
 /// `UPDATE`, so the table is named in full everywhere.
 macro_rules! key_columns {
     () => {
-        "keysmith_keys.id, keysmith_keys.app_id, keysmith_keys.tenant_id, keysmith_keys.hash, keysmith_keys.name, \
+        "keysmith_keys.id, keysmith_keys.lineage_id, keysmith_keys.app_id, keysmith_keys.tenant_id, keysmith_keys.hash, keysmith_keys.name, \
          keysmith_keys.hint, keysmith_keys.prefix, keysmith_keys.environment, keysmith_keys.state, \
          keysmith_keys.policy_id, keysmith_keys.expires_at, keysmith_keys.grace_expires_at, \
          keysmith_keys.revoked_reason, keysmith_keys.last_used_at, keysmith_keys.created_at, \
@@ -172,6 +172,9 @@ macro_rules! policy_columns {
 #[derive(sqlx::FromRow)]
 struct KeyRow {
     id: Uuid,
+    /// Nullable only because SQLite cannot add a `NOT NULL` column; the
+    /// migration fills it in every row.
+    lineage_id: Option<Uuid>,
     app_id: String,
     tenant_id: String,
     hash: String,
@@ -200,6 +203,7 @@ impl KeyRow {
     fn into_key(self) -> Result<Key> {
         Ok(Key {
             id: KeyId::from_uuid(self.id),
+            lineage_id: KeyId::from_uuid(self.lineage_id.unwrap_or(self.id)),
             name: self.name,
             hint: self.hint,
             prefix: self.prefix,
@@ -332,8 +336,8 @@ async fn insert_key_on(conn: &mut SqliteConnection, stored: &StoredKey) -> Resul
     // The policy must be the tenant's: checked in the statement itself.
     let inserted = sqlx::query(
         "INSERT INTO keysmith_keys (id, app_id, tenant_id, hash, name, hint, prefix, environment, state, policy_id, \
-         expires_at, grace_expires_at, revoked_reason, last_used_at, created_at, updated_at, metadata) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17 \
+         expires_at, grace_expires_at, revoked_reason, last_used_at, created_at, updated_at, metadata, lineage_id) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18 \
          WHERE $10 IS NULL OR EXISTS (SELECT 1 FROM keysmith_policies p \
              WHERE p.id = $10 AND p.app_id = $2 AND p.tenant_id = $3)",
     )
@@ -354,6 +358,7 @@ async fn insert_key_on(conn: &mut SqliteConnection, stored: &StoredKey) -> Resul
     .bind(micros(key.created_at))
     .bind(micros(key.updated_at))
     .bind(Json(&key.metadata))
+    .bind(key.lineage_id.uuid())
     .execute(&mut *conn)
     .await
     .map_err(|e| key_insert_error(e, key.id, key.policy_id))?;
@@ -958,6 +963,32 @@ impl UsageStore for SqliteStore {
         qb.push(" AND period = ").push_bind(period.as_str());
         push_range(&mut qb, "period_start", range);
         qb.push(" GROUP BY period_start ORDER BY period_start");
+        self.fetch_totals(qb, period).await
+    }
+
+    async fn lineage_usage(
+        &self,
+        tenant: &Tenant,
+        lineage: KeyId,
+        period: Period,
+        range: TimeRange,
+    ) -> Result<Vec<UsageTotal>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT a.period_start, SUM(a.requests), SUM(a.errors) FROM keysmith_usage_agg a \
+             JOIN keysmith_keys k ON k.id = a.key_id WHERE k.lineage_id = ",
+        );
+        qb.push_bind(lineage.uuid());
+        qb.push(" AND a.app_id = ").push_bind(&tenant.app_id).push(" AND a.tenant_id = ").push_bind(&tenant.tenant_id);
+        qb.push(" AND a.period = ").push_bind(period.as_str());
+        push_range(&mut qb, "a.period_start", range);
+        qb.push(" GROUP BY a.period_start ORDER BY a.period_start");
+        self.fetch_totals(qb, period).await
+    }
+}
+
+impl SqliteStore {
+    /// Runs a `SELECT period_start, requests, errors` query of `period` totals.
+    async fn fetch_totals(&self, mut qb: QueryBuilder<'_, Sqlite>, period: Period) -> Result<Vec<UsageTotal>> {
         let rows: Vec<(i64, i64, i64)> = qb.build_query_as().fetch_all(&self.pool).await.map_err(store_error)?;
         rows.into_iter()
             .map(|(period_start, requests, errors)| {
