@@ -85,7 +85,11 @@ impl Dialect for MySql {
     /// `[position, scope]` pairs: `JSON_ARRAYAGG` keeps no order in MySQL.
     type Scopes = Option<Json<Vec<(i64, String)>>>;
 
-    const BEGIN: &'static str = "BEGIN";
+    // Without gap locks: under REPEATABLE READ a compare-and-set that scans
+    // the tenant index locks the gap a racing rotation inserts its new key
+    // into, and the two deadlock. Each statement still reads the latest
+    // committed rows and locks what it changes.
+    const BEGIN: &'static str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION";
     const LOCK_ROWS: &'static str = " FOR UPDATE";
     const SCOPES: &'static str = "(SELECT JSON_ARRAYAGG(JSON_ARRAY(s.position, s.scope)) \
         FROM keysmith_key_scopes s WHERE s.key_id = k.id)";
@@ -98,6 +102,12 @@ impl Dialect for MySql {
         " ON DUPLICATE KEY UPDATE requests = requests + VALUES(requests), errors = errors + VALUES(errors)";
     // 65 535 bound values per statement.
     const ROWS_PER_INSERT: usize = 2000;
+    // sqlx's `GET_LOCK(…, -1)` is no lock on MariaDB (a negative timeout
+    // returns at once), so concurrent migrations would race.
+    const MIGRATION_LOCK: Option<(&'static str, &'static str)> = Some((
+        "SELECT GET_LOCK('keysmith_migrations', 60) AS locked",
+        "SELECT RELEASE_LOCK('keysmith_migrations')",
+    ));
 
     fn time(at: DateTime<Utc>) -> DateTime<Utc> {
         at

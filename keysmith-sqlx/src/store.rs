@@ -45,6 +45,9 @@ pub(crate) trait Dialect: sqlx::Database {
     /// Rows per multi-row `INSERT` (11 values each), within the backend's
     /// limit on bound values.
     const ROWS_PER_INSERT: usize;
+    /// Statements (answering `locked` = 1) that take and release a lock
+    /// serializing migrations, where sqlx's own does not hold.
+    const MIGRATION_LOCK: Option<(&'static str, &'static str)> = None;
 
     /// `sql` with `?` placeholders in the backend's own form.
     fn placeholders(sql: &str) -> Cow<'_, str> {
@@ -976,7 +979,17 @@ macro_rules! sql_store {
                     // The application's own migrations may live in the same history table.
                     let migrator =
                         Migrator { migrations: MIGRATOR.migrations.clone(), ignore_missing: true, ..Migrator::DEFAULT };
-                    migrator.run(&self.pool).await.map_err(Error::store)
+                    let mut conn = self.pool.acquire().await.map_err(store_error)?;
+                    let Some((lock, unlock)) = Db::MIGRATION_LOCK else {
+                        return migrator.run_direct(&mut *conn).await.map_err(Error::store);
+                    };
+                    let locked = sqlx::query(lock).fetch_one(&mut *conn).await.map_err(store_error)?;
+                    if get::<i64>(&locked, "locked")? != 1 {
+                        return Err(Error::store("another migration of this database did not finish in time"));
+                    }
+                    let migrated = migrator.run_direct(&mut *conn).await.map_err(Error::store);
+                    sqlx::query(unlock).execute(&mut *conn).await.map_err(store_error)?;
+                    migrated
                 }
 
                 async fn ping(&self) -> Result<()> {
