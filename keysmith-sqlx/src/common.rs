@@ -29,7 +29,10 @@ pub(crate) async fn connect_server<DB: Database>(
         Ok(Ok(connection)) => connection.close().await.map_err(store_error)?,
         Ok(Err(error)) => return Err(store_error(error)),
         Err(_) => {
-            return Err(Error::store(format!("no answer from the {server} server within {}s", CONNECT_TIMEOUT.as_secs())));
+            return Err(Error::store(format!(
+                "no answer from the {server} server within {}s",
+                CONNECT_TIMEOUT.as_secs()
+            )));
         }
     }
     sqlx::pool::PoolOptions::<DB>::new()

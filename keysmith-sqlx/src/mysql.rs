@@ -104,10 +104,8 @@ impl Dialect for MySql {
     const ROWS_PER_INSERT: usize = 2000;
     // sqlx's `GET_LOCK(…, -1)` is no lock on MariaDB (a negative timeout
     // returns at once), so concurrent migrations would race.
-    const MIGRATION_LOCK: Option<(&'static str, &'static str)> = Some((
-        "SELECT GET_LOCK('keysmith_migrations', 60) AS locked",
-        "SELECT RELEASE_LOCK('keysmith_migrations')",
-    ));
+    const MIGRATION_LOCK: Option<(&'static str, &'static str)> =
+        Some(("SELECT GET_LOCK('keysmith_migrations', 60) AS locked", "SELECT RELEASE_LOCK('keysmith_migrations')"));
 
     fn time(at: DateTime<Utc>) -> DateTime<Utc> {
         at

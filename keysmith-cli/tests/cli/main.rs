@@ -3,6 +3,7 @@
 
 mod flow;
 mod harness;
+mod mysql;
 mod postgres;
 mod sqlite;
 mod usage_errors;
