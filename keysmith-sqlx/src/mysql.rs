@@ -90,12 +90,8 @@ impl Dialect for MySql {
     // into, and the two deadlock. Each statement still reads the latest
     // committed rows and locks what it changes.
     const BEGIN: &'static str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION";
-    const LOCK_ROWS: &'static str = " FOR UPDATE";
     const SCOPES: &'static str = "(SELECT JSON_ARRAYAGG(JSON_ARRAY(s.position, s.scope)) \
         FROM keysmith_key_scopes s WHERE s.key_id = k.id)";
-    const IP_READ: &'static str = "ip";
-    const IP_WRITE: (&'static str, &'static str) = ("", "");
-    const ORDER_BY_NAME: &'static str = "name";
     const BIGINT: &'static str = "SIGNED";
     // `VALUES()` rather than a row alias: MariaDB has no alias form.
     const ADD_TO_AGGREGATE: &'static str =

@@ -80,17 +80,12 @@ impl Dialect for Postgres {
     type List = Vec<String>;
     type Scopes = Vec<String>;
 
-    const BEGIN: &'static str = "BEGIN";
-    const LOCK_ROWS: &'static str = " FOR UPDATE";
     const SCOPES: &'static str =
         "ARRAY(SELECT s.scope FROM keysmith_key_scopes s WHERE s.key_id = k.id ORDER BY s.position)";
     const IP_READ: &'static str = "host(ip)";
     const IP_WRITE: (&'static str, &'static str) = ("CAST(", " AS inet)");
     const ORDER_BY_NAME: &'static str = "name COLLATE \"C\"";
     const BIGINT: &'static str = "BIGINT";
-    const ADD_TO_AGGREGATE: &'static str = " ON CONFLICT (key_id, period, period_start) DO UPDATE \
-        SET requests = keysmith_usage_agg.requests + excluded.requests, \
-            errors = keysmith_usage_agg.errors + excluded.errors";
     // 65 535 bound values per statement.
     const ROWS_PER_INSERT: usize = 2000;
 

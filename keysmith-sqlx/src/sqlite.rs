@@ -116,13 +116,7 @@ impl Dialect for Sqlite {
     const LOCK_ROWS: &'static str = "";
     const SCOPES: &'static str = "(SELECT json_group_array(scope) FROM (SELECT s.scope FROM keysmith_key_scopes s \
         WHERE s.key_id = k.id ORDER BY s.position))";
-    const IP_READ: &'static str = "ip";
-    const IP_WRITE: (&'static str, &'static str) = ("", "");
-    const ORDER_BY_NAME: &'static str = "name";
     const BIGINT: &'static str = "INTEGER";
-    const ADD_TO_AGGREGATE: &'static str = " ON CONFLICT (key_id, period, period_start) DO UPDATE \
-        SET requests = keysmith_usage_agg.requests + excluded.requests, \
-            errors = keysmith_usage_agg.errors + excluded.errors";
     // 32 766 bound values per statement (3.32 and later).
     const ROWS_PER_INSERT: usize = 1000;
 

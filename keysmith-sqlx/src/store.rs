@@ -27,21 +27,23 @@ pub(crate) trait Dialect: sqlx::Database {
     type Scopes;
 
     /// The statement that starts a transaction.
-    const BEGIN: &'static str;
+    const BEGIN: &'static str = "BEGIN";
     /// Appended to a `SELECT` to lock the rows it reads until commit.
-    const LOCK_ROWS: &'static str;
+    const LOCK_ROWS: &'static str = " FOR UPDATE";
     /// The expression listing the scopes of the key `k`, in order.
     const SCOPES: &'static str;
     /// The usage table's `ip` column as text.
-    const IP_READ: &'static str;
+    const IP_READ: &'static str = "ip";
     /// What wraps a bound usage `ip` (text) on its way into the column.
-    const IP_WRITE: (&'static str, &'static str);
+    const IP_WRITE: (&'static str, &'static str) = ("", "");
     /// Sorts scope names by their bytes.
-    const ORDER_BY_NAME: &'static str;
+    const ORDER_BY_NAME: &'static str = "name";
     /// The type a `SUM` of counts is cast to.
     const BIGINT: &'static str;
     /// Appended to an aggregate insert: adds to the row that exists.
-    const ADD_TO_AGGREGATE: &'static str;
+    const ADD_TO_AGGREGATE: &'static str = " ON CONFLICT (key_id, period, period_start) DO UPDATE \
+        SET requests = keysmith_usage_agg.requests + excluded.requests, \
+            errors = keysmith_usage_agg.errors + excluded.errors";
     /// Rows per multi-row `INSERT` (11 values each), within the backend's
     /// limit on bound values.
     const ROWS_PER_INSERT: usize;
@@ -576,19 +578,11 @@ macro_rules! sql_store {
                 }
             }
 
-            #[async_trait]
-            impl PolicyStore for $store {
-                async fn insert_policy(&self, policy: &Policy) -> Result<()> {
-                    let c = PolicyColumns::of(policy)?;
-                    sqlx::query(statement!(
-                        Db,
-                        "INSERT INTO keysmith_policies (",
-                        POLICY_COLUMNS,
-                        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    ))
-                    .bind(policy.id.uuid())
-                    .bind(&policy.tenant.app_id)
-                    .bind(&policy.tenant.tenant_id)
+            type Query<'q> = sqlx::query::Query<'q, Db, <Db as Database>::Arguments<'q>>;
+
+            /// Binds a policy's columns from `name` to `updated_at`, in table order.
+            fn bind_policy<'q>(query: Query<'q>, policy: &'q Policy, c: &'q PolicyColumns) -> Query<'q> {
+                query
                     .bind(&policy.name)
                     .bind(c.rate_limit_requests)
                     .bind(c.rate_limit_window_us)
@@ -602,9 +596,25 @@ macro_rules! sql_store {
                     .bind(Json(&policy.metadata))
                     .bind(Db::time(policy.created_at))
                     .bind(Db::time(policy.updated_at))
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| named_write_error(e, "policy", &policy.name))?;
+            }
+
+            #[async_trait]
+            impl PolicyStore for $store {
+                async fn insert_policy(&self, policy: &Policy) -> Result<()> {
+                    let c = PolicyColumns::of(policy)?;
+                    let insert = sqlx::query(statement!(
+                        Db,
+                        "INSERT INTO keysmith_policies (",
+                        POLICY_COLUMNS,
+                        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    ))
+                    .bind(policy.id.uuid())
+                    .bind(&policy.tenant.app_id)
+                    .bind(&policy.tenant.tenant_id);
+                    bind_policy(insert, policy, &c)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(|e| named_write_error(e, "policy", &policy.name))?;
                     Ok(())
                 }
 
@@ -644,32 +654,20 @@ macro_rules! sql_store {
 
                 async fn update_policy(&self, policy: &Policy) -> Result<()> {
                     let c = PolicyColumns::of(policy)?;
-                    let updated = sqlx::query(statement!(
+                    let update = sqlx::query(statement!(
                         Db,
                         "UPDATE keysmith_policies SET name = ?, rate_limit_requests = ?, rate_limit_window_us = ?, \
                          rate_limit_burst = ?, allowed_ips = ?, allowed_origins = ?, allowed_scopes = ?, \
                          max_key_age_us = ?, quota = ?, rotation_grace_us = ?, metadata = ?, created_at = ?, \
                          updated_at = ? WHERE id = ? AND app_id = ? AND tenant_id = ?"
-                    ))
-                    .bind(&policy.name)
-                    .bind(c.rate_limit_requests)
-                    .bind(c.rate_limit_window_us)
-                    .bind(c.rate_limit_burst)
-                    .bind(Db::list(&c.allowed_ips))
-                    .bind(Db::list(&policy.allowed_origins))
-                    .bind(Db::list(&policy.allowed_scopes))
-                    .bind(c.max_key_age_us)
-                    .bind(policy.quota.as_ref().map(Json))
-                    .bind(c.rotation_grace_us)
-                    .bind(Json(&policy.metadata))
-                    .bind(Db::time(policy.created_at))
-                    .bind(Db::time(policy.updated_at))
-                    .bind(policy.id.uuid())
-                    .bind(&policy.tenant.app_id)
-                    .bind(&policy.tenant.tenant_id)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| named_write_error(e, "policy", &policy.name))?;
+                    ));
+                    let updated = bind_policy(update, policy, &c)
+                        .bind(policy.id.uuid())
+                        .bind(&policy.tenant.app_id)
+                        .bind(&policy.tenant.tenant_id)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(|e| named_write_error(e, "policy", &policy.name))?;
                     if updated.rows_affected() == 0 {
                         return Err(Error::NotFound { entity: "policy", id: policy.id.to_string() });
                     }
