@@ -134,9 +134,9 @@ pub(crate) struct RotateKey {
     /// Why (default `manual`).
     #[serde(default)]
     reason: RotationReason,
-    /// How long the old key keeps validating, in seconds. Default: the
-    /// policy's `rotation_grace`, else the engine's (24 hours). `0` stops
-    /// the old key at once.
+    /// How long the old key keeps validating, in seconds. Default: `0` for
+    /// reason `compromised`, else the policy's `rotation_grace`, else the
+    /// engine's (24 hours). `0` stops the old key at once.
     #[schema(example = 3600)]
     grace_seconds: Option<u64>,
 }
@@ -320,8 +320,9 @@ pub(crate) async fn get_key(Caller(tenant): Caller, Id(id): Id<KeyId>) -> Result
     Ok(Json(tenant.get_key(id).await?.into()))
 }
 
-/// Replaces an active key with a new one (same name, scopes, policy and
-/// metadata). The old key validates until the grace period ends.
+/// Replaces an active key with a new one (same name, scopes, policy,
+/// metadata and expiry; same rate-limit and quota budget). The old key
+/// validates until the grace period ends.
 #[utoipa::path(
     post, path = "/keys/{id}/rotate", tag = "keys", operation_id = "rotate_key",
     params(("id" = String, Path, description = "The key's id (`akey_…`)", pattern = "^akey_[0-7][0-9a-hjkmnp-tv-z]{25}$")),

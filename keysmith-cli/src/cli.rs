@@ -174,7 +174,8 @@ pub(crate) struct RotateKeyArgs {
     #[arg(long, value_enum, default_value_t = ReasonArg::Manual)]
     pub(crate) reason: ReasonArg,
     /// How long the old secret keeps working (`1h`, `3600`, `0` to stop it at
-    /// once; default: the policy's rotation grace, else 24h).
+    /// once; default: 0 for `compromised`, else the policy's rotation grace,
+    /// else 24h).
     #[arg(long, value_name = "DURATION", value_parser = values::parse_duration)]
     pub(crate) grace: Option<Duration>,
 }

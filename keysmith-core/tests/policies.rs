@@ -275,3 +275,87 @@ async fn a_key_of_another_app_is_unknown_and_spends_none_of_its_limits() {
     }
     assert!(engine.validate(raw, &RequestContext::new().with_app_id("billing")).await.is_ok(), "budget untouched");
 }
+
+fn field_of(result: keysmith_core::Result<keysmith_core::Policy>) -> &'static str {
+    match result {
+        Err(Error::InvalidInput { field, reason }) => {
+            assert!(!reason.is_empty());
+            field
+        }
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn policy_values_out_of_bounds_are_refused_when_written() {
+    let (engine, _) = engine();
+    let acme = engine.tenant("app", "acme");
+    let rate = |requests, window, burst| PolicySpec {
+        rate_limit: Some(keysmith_core::RateLimit { requests, window, burst }),
+        ..PolicySpec::new("p")
+    };
+    let cases = [
+        (rate(1, Duration::from_secs(20_000_000_000), None), "rate_limit.window"),
+        (rate(1, PolicySpec::MAX_WINDOW + Duration::from_secs(1), None), "rate_limit.window"),
+        (rate(1, Duration::from_micros(999), None), "rate_limit.window"),
+        (rate(u32::MAX, Duration::from_secs(1), None), "rate_limit.requests"),
+        (rate(0, Duration::from_secs(1), None), "rate_limit.requests"),
+        (rate(10, Duration::from_secs(1), Some(0)), "rate_limit.burst"),
+        (rate(10, Duration::from_secs(1), Some(PolicySpec::MAX_REQUESTS + 1)), "rate_limit.burst"),
+        // One a day with a burst of a thousand takes a thousand days to refill.
+        (rate(1, Duration::from_secs(86_400), Some(1000)), "rate_limit.burst"),
+        (PolicySpec::new("p").with_quota(Some(PolicySpec::MAX_QUOTA + 1), None), "quota.daily"),
+        (PolicySpec::new("p").with_quota(None, Some(0)), "quota.monthly"),
+        (PolicySpec::new("p").with_max_key_age(PolicySpec::MAX_KEY_AGE + Duration::from_secs(1)), "max_key_age"),
+        (PolicySpec::new("p").with_max_key_age(Duration::ZERO), "max_key_age"),
+        (
+            PolicySpec::new("p").with_rotation_grace(PolicySpec::MAX_ROTATION_GRACE + Duration::from_secs(1)),
+            "rotation_grace",
+        ),
+    ];
+    for (spec, field) in cases {
+        assert_eq!(field_of(acme.create_policy(spec.clone()).await), field, "{spec:?}");
+    }
+    // An update is held to the same bounds, and changes nothing when refused.
+    let policy = acme.create_policy(PolicySpec::new("p").with_rate_limit(5, Duration::from_secs(1))).await.unwrap();
+    let huge = PolicySpec::new("p").with_rate_limit(u32::MAX, Duration::from_secs(1));
+    assert_eq!(field_of(acme.update_policy(policy.id, huge).await), "rate_limit.requests");
+    assert_eq!(acme.get_policy(policy.id).await.unwrap(), policy);
+}
+
+#[tokio::test]
+async fn the_largest_accepted_policy_values_are_enforced() {
+    let (engine, clock) = engine();
+    let acme = engine.tenant("app", "acme");
+    let max = PolicySpec::MAX_REQUESTS;
+    let limits = [
+        (max, PolicySpec::MAX_WINDOW, Some(max)),
+        (1, PolicySpec::MAX_WINDOW, None),
+        (max, PolicySpec::MIN_WINDOW, None),
+        (max, Duration::from_secs(1), Some(max)),
+    ];
+    for (i, (requests, window, burst)) in limits.into_iter().enumerate() {
+        let spec = PolicySpec {
+            rate_limit: Some(keysmith_core::RateLimit { requests, window, burst }),
+            quota: Some(keysmith_core::Quota {
+                daily: Some(PolicySpec::MAX_QUOTA),
+                monthly: Some(PolicySpec::MAX_QUOTA),
+            }),
+            max_key_age: Some(PolicySpec::MAX_KEY_AGE),
+            rotation_grace: Some(PolicySpec::MAX_ROTATION_GRACE),
+            ..PolicySpec::new(format!("largest {i}"))
+        };
+        let policy = acme.create_policy(spec).await.unwrap();
+        let created = acme.create_key(NewKey::new("k").with_policy(policy.id)).await.unwrap();
+        let raw = created.raw.expose();
+        let first = engine.validate(raw, &RequestContext::new()).await.unwrap().rate_limit.unwrap();
+        assert_eq!((first.limit, first.remaining), (burst.unwrap_or(requests), burst.unwrap_or(requests) - 1));
+        if requests == 1 {
+            assert!(matches!(refusal(engine.validate(raw, &RequestContext::new()).await), Refusal::RateLimited { .. }));
+        }
+        // The longest grace the policy allows is a valid rotation.
+        let rotated = acme.rotate_key(created.key.id, keysmith_core::RotationReason::Scheduled, None).await.unwrap();
+        assert_eq!(rotated.record.grace_ttl, PolicySpec::MAX_ROTATION_GRACE);
+        clock.advance(Duration::from_secs(1));
+    }
+}

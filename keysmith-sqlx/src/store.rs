@@ -124,7 +124,7 @@ macro_rules! sql_store {
             type Connection = <Db as Database>::Connection;
 
             /// The columns of the key `k` but its scopes.
-            const KEY_COLUMNS: &str = "k.id, k.app_id, k.tenant_id, k.hash, k.name, k.hint, k.prefix, \
+            const KEY_COLUMNS: &str = "k.id, k.lineage_id, k.app_id, k.tenant_id, k.hash, k.name, k.hint, k.prefix, \
                 k.environment, k.state, k.policy_id, k.expires_at, k.grace_expires_at, k.revoked_reason, \
                 k.last_used_at, k.created_at, k.updated_at, k.metadata";
 
@@ -161,8 +161,12 @@ macro_rules! sql_store {
             }
 
             fn key(row: &Row) -> Result<Key> {
+                let id = get(row, "id")?;
                 Ok(Key {
-                    id: KeyId::from_uuid(get(row, "id")?),
+                    id: KeyId::from_uuid(id),
+                    // Nullable only in SQLite, which cannot add a `NOT NULL`
+                    // column; the migration fills it in every row.
+                    lineage_id: KeyId::from_uuid(get::<Option<Uuid>>(row, "lineage_id")?.unwrap_or(id)),
                     name: get(row, "name")?,
                     hint: get(row, "hint")?,
                     prefix: get(row, "prefix")?,
@@ -264,8 +268,8 @@ macro_rules! sql_store {
                     Db,
                     "INSERT INTO keysmith_keys (id, app_id, tenant_id, hash, name, hint, prefix, environment, \
                      state, policy_id, expires_at, grace_expires_at, revoked_reason, last_used_at, created_at, \
-                     updated_at, metadata) \
-                     SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM (SELECT 1) AS one \
+                     updated_at, metadata, lineage_id) \
+                     SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM (SELECT 1) AS one \
                      WHERE ? IS NULL OR EXISTS (SELECT 1 FROM keysmith_policies p \
                          WHERE p.id = ? AND p.app_id = ? AND p.tenant_id = ?)"
                 ))
@@ -286,6 +290,7 @@ macro_rules! sql_store {
                 .bind(Db::time(key.created_at))
                 .bind(Db::time(key.updated_at))
                 .bind(Json(&key.metadata))
+                .bind(key.lineage_id.uuid())
                 .bind(policy_id)
                 .bind(policy_id)
                 .bind(&key.tenant.app_id)
@@ -932,15 +937,44 @@ macro_rules! sql_store {
                 }
 
                 async fn tenant_usage(&self, tenant: &Tenant, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>> {
+                    self.totals(tenant, period, range, |_| {}).await
+                }
+
+                async fn lineage_usage(
+                    &self,
+                    tenant: &Tenant,
+                    lineage: KeyId,
+                    period: Period,
+                    range: TimeRange,
+                ) -> Result<Vec<UsageTotal>> {
+                    self.totals(tenant, period, range, |qb| {
+                        qb.push(" AND a.key_id IN (SELECT k.id FROM keysmith_keys k WHERE k.lineage_id = ");
+                        qb.push_bind(lineage.uuid()).push(")");
+                    })
+                    .await
+                }
+            }
+
+            impl $store {
+                /// The totals per `period` of `tenant`'s aggregates `a` that `filter` keeps.
+                async fn totals(
+                    &self,
+                    tenant: &Tenant,
+                    period: Period,
+                    range: TimeRange,
+                    filter: impl FnOnce(&mut QueryBuilder<'_, Db>),
+                ) -> Result<Vec<UsageTotal>> {
                     let mut qb = QueryBuilder::<Db>::new(format!(
-                        "SELECT period_start, CAST(SUM(requests) AS {0}) AS requests, CAST(SUM(errors) AS {0}) AS errors \
-                         FROM keysmith_usage_agg WHERE period = ",
+                        "SELECT a.period_start AS period_start, CAST(SUM(a.requests) AS {0}) AS requests, \
+                         CAST(SUM(a.errors) AS {0}) AS errors FROM keysmith_usage_agg a WHERE a.period = ",
                         Db::BIGINT
                     ));
                     qb.push_bind(period.as_str());
-                    push_tenant(&mut qb, tenant);
-                    push_range(&mut qb, "period_start", range);
-                    qb.push(" GROUP BY period_start ORDER BY period_start");
+                    qb.push(" AND a.app_id = ").push_bind(&tenant.app_id);
+                    qb.push(" AND a.tenant_id = ").push_bind(&tenant.tenant_id);
+                    filter(&mut qb);
+                    push_range(&mut qb, "a.period_start", range);
+                    qb.push(" GROUP BY a.period_start ORDER BY a.period_start");
                     let rows = qb.build().fetch_all(&self.pool).await.map_err(store_error)?;
                     rows.iter()
                         .map(|row| {

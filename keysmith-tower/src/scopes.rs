@@ -19,7 +19,9 @@ use crate::response::missing_layer_response;
 /// or a method router's `.layer`, with the `ApiKeyLayer` on the router.
 ///
 /// A key without the scopes gets 403 `insufficient_scope` with
-/// `WWW-Authenticate: Bearer …, error="insufficient_scope", scope="…"`; a
+/// `WWW-Authenticate: Bearer …, error="insufficient_scope", scope="…"`, and
+/// the request spends nothing: the rate-limit request and quota its
+/// validation counted are given back and no usage is recorded for it. A
 /// request let through without a key (optional mode) gets 401
 /// `missing_key`; CORS preflights pass. Without `ApiKeyLayer` in front the
 /// answer is 500, naming the missing layer.

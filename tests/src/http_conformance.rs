@@ -58,6 +58,7 @@ macro_rules! http_conformance_tests {
             app_restriction_refuses_other_apps_keys,
             custom_key_sources_replace_the_defaults,
             unknown_peer_fails_ip_policies,
+            scope_refused_requests_spend_no_rate_limit_quota_or_usage,
         );
     };
     (@cases $harness:ty, $attr:meta; $($case:ident),* $(,)?) => {
@@ -682,8 +683,8 @@ pub async fn quota_exceeded_is_429_with_retry_after_until_midnight<H: Harness>()
     assert_eq!(refused.header("retry-after"), Some("43080"), "{}", refused.describe());
 }
 
-/// Passed requests are recorded with the status the handler (or a
-/// `RequireScopes` inside the adapter) answered; refused ones are not.
+/// Passed requests are recorded with the status the handler answered;
+/// refused ones (by the adapter or by a `RequireScopes` inside it) are not.
 ///
 /// # Panics
 /// On a mismatch.
@@ -702,14 +703,14 @@ pub async fn usage_records_carry_the_handler_status<H: Harness>() {
     let records = fixture.acme.list_usage(keys.reader_id, TimeRange::default(), Page::default()).await.unwrap();
     let mut seen: Vec<(u16, &str)> = records.iter().map(|r| (r.status, r.endpoint.as_str())).collect();
     seen.sort_unstable();
-    assert_eq!(seen, [(200, "/whoami"), (403, "/scoped/all"), (418, "/teapot")]);
+    assert_eq!(seen, [(200, "/whoami"), (418, "/teapot")]);
     for record in &records {
         assert_eq!(record.method, "GET");
         assert_eq!(record.ip, Some(ip(DEFAULT_PEER)));
         assert_eq!(record.user_agent.as_deref(), Some("conformance/1"));
         assert_eq!(record.timestamp, fixture.clock.now());
     }
-    assert_eq!(fixture.engine.usage_stats().written, 3, "the refused request is not recorded");
+    assert_eq!(fixture.engine.usage_stats().written, 2, "the refused requests are not recorded");
 }
 
 /// With the store down a key is neither accepted nor refused: 503
@@ -818,4 +819,42 @@ pub async fn unknown_peer_fails_ip_policies<H: Harness>() {
     assert_eq!(harness.send(forwarded).await.status, 403);
     let reader = harness.send(TestRequest::get("/whoami").bearer(&fixture.keys.reader).peer(None)).await;
     assert_eq!(reader.status, 200, "{}", reader.describe());
+}
+
+/// A request refused by a route's `RequireScopes` spends nothing: the key's
+/// rate limit and quota are as if it had not been made, and no usage is
+/// recorded for it.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn scope_refused_requests_spend_no_rate_limit_quota_or_usage<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let harness: H = fixture.harness(HarnessOptions::default()).await;
+    let keys = &fixture.keys;
+    // `limited` (3 per 10 s) and `quota` (1 a day) hold only `read:users`.
+    for key in [&keys.limited, &keys.limited, &keys.limited, &keys.quota] {
+        let refused = harness.send(TestRequest::get("/scoped/all").bearer(key)).await;
+        assert_eq!(
+            (refused.status, refused.error_code().as_deref()),
+            (403, Some("insufficient_scope")),
+            "{}",
+            refused.describe()
+        );
+        assert_eq!(refused.header("ratelimit-remaining"), None, "{}", refused.describe());
+    }
+    for remaining in ["2", "1", "0"] {
+        let response = harness.send(TestRequest::get("/whoami").bearer(&keys.limited)).await;
+        assert_eq!(response.status, 200, "{}", response.describe());
+        assert_eq!(response.header("ratelimit-remaining"), Some(remaining), "{}", response.describe());
+    }
+    let response = harness.send(TestRequest::get("/whoami").bearer(&keys.quota)).await;
+    assert_eq!(response.status, 200, "the day's one request is still there: {}", response.describe());
+    let spent = harness.send(TestRequest::get("/whoami").bearer(&keys.quota)).await;
+    assert_eq!(spent.error_code().as_deref(), Some("quota_exceeded"), "{}", spent.describe());
+
+    fixture.engine.flush_usage().await;
+    assert_eq!(fixture.engine.usage_stats().written, 4, "only the four passed requests are recorded");
+    let totals = fixture.acme.usage_totals(keysmith_core::Period::Day, TimeRange::default()).await.unwrap();
+    let (requests, errors) = totals.iter().fold((0, 0), |(r, e), t| (r + t.requests, e + t.errors));
+    assert_eq!((requests, errors), (4, 0), "no 403 among the records");
 }

@@ -61,3 +61,58 @@ pub async fn usage_for_an_unknown_key_fails_the_whole_batch(store: Arc<dyn Store
     assert!(store.list_usage(&tenant, key.key.id, all, Page::default()).await.unwrap().is_empty());
     assert!(store.tenant_usage(&tenant, Period::Day, all).await.unwrap().is_empty());
 }
+
+/// Rows as a database written before key lineages holds them: keys `a`,
+/// `b`, `c` (`a` rotated into `b`, `b` into `c`) and `d`, as SQL statements
+/// of the first schema. `uuid` writes an id literal and `now` a time literal
+/// in the backend's dialect.
+#[must_use]
+pub fn rows_before_lineages(
+    tenant: &Tenant,
+    ids: [KeyId; 4],
+    uuid: fn(uuid::Uuid) -> String,
+    now: &str,
+) -> Vec<String> {
+    let [a, b, c, d] = ids.map(|id| uuid(id.uuid()));
+    let (app, tenant) = (&tenant.app_id, &tenant.tenant_id);
+    let key = |id: &str, state: &str, n: u8| {
+        format!(
+            "INSERT INTO keysmith_keys (id, app_id, tenant_id, hash, name, hint, prefix, environment, state, \
+             created_at, updated_at) VALUES ({id}, '{app}', '{tenant}', '{n:064x}', 'k', 'sk_live_…', 'sk', 'live', \
+             '{state}', {now}, {now})"
+        )
+    };
+    let rotation = |n: u8, old: &str, new: &str| {
+        format!(
+            "INSERT INTO keysmith_rotations (id, key_id, new_key_id, app_id, tenant_id, old_hash, new_hash, reason, \
+             grace_ttl_us, grace_expires_at, created_at) VALUES ({}, {old}, {new}, '{app}', '{tenant}', 'x', 'y', \
+             'scheduled', 0, {now}, {now})",
+            uuid(uuid::Uuid::from_u128(u128::from(n)))
+        )
+    };
+    vec![
+        key(&a, "rotated", 1),
+        key(&b, "rotated", 2),
+        key(&c, "active", 3),
+        key(&d, "active", 4),
+        rotation(1, &a, &b),
+        rotation(2, &b, &c),
+    ]
+}
+
+/// After the lineage migration, keys rotated before it share the lineage of
+/// the first key of their chain, and other keys are their own lineage.
+///
+/// # Panics
+/// When the store does not behave so.
+pub async fn keys_rotated_before_lineages_get_their_chains_lineage(
+    store: Arc<dyn Store>,
+    tenant: &Tenant,
+    ids: [KeyId; 4],
+) {
+    let [a, b, c, d] = ids;
+    for (id, lineage) in [(a, a), (b, a), (c, a), (d, d)] {
+        let key = store.get_key(tenant, id).await.unwrap().expect("the key survives the migration");
+        assert_eq!(key.key.lineage_id, lineage, "{id}");
+    }
+}

@@ -9,12 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use keysmith_core::store::{KeyFilter, Page, RotationWrite, StoredKey, TimeRange, Transition};
-use keysmith_core::{
-    Environment, Error, Hasher, Key, KeyId, KeyState, Period, Policy, PolicyId, Quota, RateLimit, RotationId,
-    RotationReason, RotationRecord, Scope, ScopeId, Sha256Hasher, Store, Tenant, UsageId, UsageRecord,
+use keysmith_core::store::{
+    KeyFilter, Page, ProbedStore, RotationWrite, StoreOp, StoreProbe, StoredKey, TimeRange, Transition,
 };
-use tokio::sync::Barrier;
+use keysmith_core::usage::UsageConfig;
+use keysmith_core::{
+    Engine, Environment, Error, Hasher, Key, KeyId, KeyState, ManualClock, NewKey, Period, Policy, PolicyId,
+    PolicySpec, Quota, RateLimit, Refusal, RequestContext, RotationId, RotationReason, RotationRecord, Scope, ScopeId,
+    Sha256Hasher, Store, Tenant, UsageId, UsageRecord, Validation, ValidationError,
+};
+use tokio::sync::{Barrier, Notify};
 use tokio::task::JoinSet;
 
 /// Names of every case, in the order the macro generates them.
@@ -51,6 +55,9 @@ macro_rules! store_conformance_tests {
             usage_queries_filter_by_range_and_paginate,
             migrate_is_idempotent_and_ping_answers,
             closed_store_fails_with_store_error,
+            lineage_usage_sums_every_key_of_the_lineage,
+            rotation_shares_the_lineage_budget_and_keeps_the_expiry,
+            a_quota_reload_racing_a_batch_write_counts_the_batch_once,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {
@@ -127,6 +134,7 @@ pub fn sample_key(tenant: &Tenant) -> StoredKey {
     metadata.insert("tier".into(), 3.into());
     let key = Key {
         id,
+        lineage_id: id,
         name: "deploy bot".into(),
         hint: "sk_live_…a1b2".into(),
         prefix: "sk".into(),
@@ -213,7 +221,7 @@ fn rotation_of(old: &StoredKey, at_secs: i64, grace: Duration) -> RotationWrite 
         k.scopes.clone_from(&old.key.scopes);
         k.policy_id = old.key.policy_id;
         k.metadata.clone_from(&old.key.metadata);
-        k.expires_at = None;
+        k.lineage_id = old.key.lineage_id;
         k.created_at = now;
         k.updated_at = now;
     });
@@ -1171,4 +1179,201 @@ pub async fn closed_store_fails_with_store_error(store: Arc<dyn Store>) {
     assert!(matches!(store.ping().await, Err(Error::Store { .. })));
     assert!(matches!(store.get_key(&acme(), key.key.id).await, Err(Error::Store { .. })));
     assert!(matches!(store.insert_key(&sample_key(&acme())).await, Err(Error::Store { .. })));
+}
+
+/// A lineage's usage is the sum over every key rotation made from its first
+/// key, per period, and nothing of other keys or tenants.
+pub async fn lineage_usage_sums_every_key_of_the_lineage(store: Arc<dyn Store>) {
+    let first = insert(&store, sample_key(&acme())).await;
+    let rotation = rotation_of(&first, 10, Duration::from_secs(3600));
+    store.rotate_key(&acme(), &rotation).await.unwrap();
+    let second = store.get_key(&acme(), rotation.new_key.key.id).await.unwrap().unwrap();
+    assert_eq!(second.key.lineage_id, first.key.id, "the new key keeps the lineage");
+    let other = insert(&store, sample_key(&acme())).await;
+    let next_day = 86_400 + 5;
+    let batch = [
+        usage(&first.key, at(20), 200),
+        usage(&second.key, at(30), 500),
+        usage(&second.key, at(next_day), 200),
+        usage(&other.key, at(40), 200),
+    ];
+    store.record_batch(&batch).await.unwrap();
+
+    let all = TimeRange::default();
+    let lineage = first.key.id;
+    let totals = |period, range| {
+        let store = Arc::clone(&store);
+        async move {
+            let totals = store.lineage_usage(&acme(), lineage, period, range).await.unwrap();
+            totals.into_iter().map(|t| (t.period_start, t.requests, t.errors)).collect::<Vec<_>>()
+        }
+    };
+    let today = Period::Day.start_of(t0());
+    let tomorrow = Period::Day.next_start(t0());
+    assert_eq!(totals(Period::Day, all).await, [(today, 2, 1), (tomorrow, 1, 0)]);
+    assert_eq!(totals(Period::Month, all).await, [(Period::Month.start_of(t0()), 3, 1)]);
+    let from_tomorrow = TimeRange { from: Some(tomorrow), to: None };
+    assert_eq!(totals(Period::Day, from_tomorrow).await, [(tomorrow, 1, 0)]);
+
+    let requests = |tenant: Tenant, lineage: KeyId| {
+        let store = Arc::clone(&store);
+        async move {
+            let totals = store.lineage_usage(&tenant, lineage, Period::Month, all).await.unwrap();
+            totals.iter().map(|t| t.requests).sum::<u64>()
+        }
+    };
+    assert_eq!(requests(acme(), other.key.id).await, 1);
+    assert_eq!(requests(acme(), second.key.id).await, 0, "a successor's own id names no lineage");
+    assert_eq!(requests(globex(), lineage).await, 0, "another tenant sees nothing");
+}
+
+/// An engine on `store` with a manual clock at [`t0`].
+fn engine_on(store: Arc<dyn Store>, clock: &ManualClock) -> Engine {
+    let config = UsageConfig { quota_refresh: Duration::from_secs(5), ..UsageConfig::default() };
+    Engine::builder(store).with_clock(clock.clone()).with_usage_config(config).build().unwrap()
+}
+
+/// The usage record of a validated request.
+fn record_of(validation: &Validation) -> UsageRecord {
+    UsageRecord { timestamp: validation.checked_at(), ..usage(&validation.key, validation.checked_at(), 200) }
+}
+
+#[track_caller]
+fn refusal_of(result: Result<Validation, ValidationError>) -> Refusal {
+    match result {
+        Err(ValidationError::Refused(refusal)) => refusal,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Rotation keeps the credential's budget: both secrets share one rate
+/// limit and one quota (also as read back from the store by another
+/// engine), the new key keeps `expires_at`, and a rotation for
+/// `compromised` with no grace stops the old key at once.
+pub async fn rotation_shares_the_lineage_budget_and_keeps_the_expiry(store: Arc<dyn Store>) {
+    let clock = ManualClock::new(t0());
+    let engine = engine_on(Arc::clone(&store), &clock);
+    let acme = engine.tenant("billing", "acme");
+    let spec = PolicySpec::new("metered")
+        .with_rate_limit(3, Duration::from_secs(3600))
+        .with_quota(Some(4), None)
+        .with_rotation_grace(Duration::from_secs(3600));
+    let policy = acme.create_policy(spec).await.unwrap();
+    let expires_at = at(86_400 * 30);
+    let created = acme.create_key(NewKey::new("k").with_policy(policy.id).with_expires_at(expires_at)).await.unwrap();
+    let ctx = RequestContext::new();
+    let mut remaining = Vec::new();
+    let first = engine.validate(created.raw.expose(), &ctx).await.unwrap();
+    remaining.push(first.rate_limit.unwrap().remaining);
+    engine.record_usage(record_of(&first));
+
+    let rotated = acme.rotate_key(created.key.id, RotationReason::Scheduled, None).await.unwrap();
+    assert_eq!(rotated.record.grace_ttl, Duration::from_secs(3600), "the policy's grace");
+    assert_eq!(rotated.key.expires_at, Some(expires_at), "the new key keeps the expiry");
+    assert_eq!(rotated.key.lineage_id, created.key.id);
+    assert_eq!(acme.get_key(rotated.key.id).await.unwrap().expires_at, Some(expires_at));
+
+    // Old and new secret draw on one rate limit.
+    for raw in [rotated.raw.expose(), created.raw.expose()] {
+        let passed = engine.validate(raw, &ctx).await.unwrap();
+        remaining.push(passed.rate_limit.unwrap().remaining);
+        engine.record_usage(record_of(&passed));
+    }
+    assert_eq!(remaining, [2, 1, 0]);
+    assert!(matches!(refusal_of(engine.validate(rotated.raw.expose(), &ctx).await), Refusal::RateLimited { .. }));
+    engine.flush_usage().await;
+
+    // Another engine (a restart) reads the lineage's quota from the store:
+    // three of four spent, whichever secret spent them.
+    let restarted = engine_on(Arc::clone(&store), &clock);
+    let passed = restarted.validate(rotated.raw.expose(), &ctx).await.unwrap();
+    restarted.record_usage(record_of(&passed));
+    assert!(matches!(refusal_of(restarted.validate(rotated.raw.expose(), &ctx).await), Refusal::QuotaExceeded { .. }));
+
+    // Compromised, no grace given: the old secret stops at once, and the
+    // replacement starts from the lineage's spent quota.
+    let acme = restarted.tenant("billing", "acme");
+    let replaced = acme.rotate_key(rotated.key.id, RotationReason::Compromised, None).await.unwrap();
+    assert_eq!(replaced.record.grace_ttl, Duration::ZERO);
+    assert_eq!(refusal_of(restarted.validate(rotated.raw.expose(), &ctx).await), Refusal::Revoked);
+    assert!(matches!(refusal_of(restarted.validate(replaced.raw.expose(), &ctx).await), Refusal::QuotaExceeded { .. }));
+    restarted.flush_usage().await;
+
+    // Without a policy grace: the engine's default of 24 hours.
+    let plain = acme.create_key(NewKey::new("plain")).await.unwrap();
+    let rotated = acme.rotate_key(plain.key.id, RotationReason::Manual, None).await.unwrap();
+    assert_eq!(rotated.record.grace_ttl, Duration::from_secs(24 * 3600));
+}
+
+/// Holds the next usage batch after the store has written it and before
+/// the writer learns so.
+#[derive(Debug, Default)]
+struct HoldWrittenBatch {
+    armed: std::sync::atomic::AtomicBool,
+    written: Notify,
+    release: Notify,
+}
+
+#[async_trait::async_trait]
+impl StoreProbe for HoldWrittenBatch {
+    async fn after(&self, op: StoreOp) {
+        if op == StoreOp::RecordBatch && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.written.notify_one();
+            self.release.notified().await;
+        }
+    }
+}
+
+/// A quota re-read that lands after the store wrote a batch but before the
+/// writer marked it written does not count the batch twice: a daily quota
+/// of 10 admits 10.
+pub async fn a_quota_reload_racing_a_batch_write_counts_the_batch_once(store: Arc<dyn Store>) {
+    let probe = Arc::new(HoldWrittenBatch::default());
+    let probed: Arc<dyn Store> = Arc::new(ProbedStore::new(store, Arc::clone(&probe)));
+    let clock = ManualClock::new(t0());
+    let engine = engine_on(probed, &clock);
+    let acme = engine.tenant("billing", "acme");
+    let policy = acme.create_policy(PolicySpec::new("ten a day").with_quota(Some(10), None)).await.unwrap();
+    let created = acme.create_key(NewKey::new("k").with_policy(policy.id)).await.unwrap();
+    let (raw, ctx) = (created.raw.expose(), RequestContext::new());
+    let mut admitted = 0;
+    let first = engine.validate(raw, &ctx).await.unwrap();
+    engine.record_usage(record_of(&first));
+    admitted += 1;
+
+    probe.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let flush = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.flush_usage().await }
+    });
+    probe.written.notified().await;
+    // The re-read sees the batch in the aggregates while it is still
+    // pending here.
+    clock.advance(Duration::from_secs(6));
+    let racing = engine.validate(raw, &ctx).await.unwrap();
+    engine.record_usage(record_of(&racing));
+    admitted += 1;
+    probe.release.notify_one();
+    flush.await.unwrap();
+
+    // Within the same refresh interval, the racing read is not counted on
+    // top of the pending requests.
+    for _ in 0..20 {
+        match engine.validate(raw, &ctx).await {
+            Ok(passed) => {
+                engine.record_usage(record_of(&passed));
+                admitted += 1;
+            }
+            Err(refused) => {
+                assert!(matches!(refusal_of(Err(refused)), Refusal::QuotaExceeded { .. }));
+                break;
+            }
+        }
+    }
+    assert_eq!(admitted, 10, "a daily quota of 10 admits 10");
+    engine.flush_usage().await;
+    clock.advance(Duration::from_secs(6));
+    assert!(matches!(refusal_of(engine.validate(raw, &ctx).await), Refusal::QuotaExceeded { .. }), "re-read");
+    let totals = acme.usage_totals(Period::Day, TimeRange::default()).await.unwrap();
+    assert_eq!(totals.iter().map(|t| t.requests).sum::<u64>(), 10);
 }

@@ -154,6 +154,28 @@ mod postgres_only {
     }
 
     #[tokio::test]
+    async fn the_lineage_migration_upgrades_an_existing_database() {
+        use keysmith_core::KeyId;
+        let Some(db) = PgTestDb::create().await else { return };
+        let pool = db.pool().await;
+        // The database as the first schema left it.
+        let first = sqlx::migrate::Migrator {
+            migrations: std::borrow::Cow::Owned(keysmith_sqlx::postgres::MIGRATOR.migrations[..1].to_vec()),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        first.run(&pool).await.unwrap();
+        let tenant = Tenant::new("app", "acme");
+        let ids = [KeyId::new(), KeyId::new(), KeyId::new(), KeyId::new()];
+        let literal = |id: uuid::Uuid| format!("'{id}'");
+        for statement in sql_cases::rows_before_lineages(&tenant, ids, literal, "now()") {
+            sqlx::query(&statement).execute(&pool).await.unwrap();
+        }
+        let store = PgStore::new(pool);
+        store.migrate().await.unwrap();
+        sql_cases::keys_rotated_before_lineages_get_their_chains_lineage(Arc::new(store), &tenant, ids).await;
+    }
+
+    #[tokio::test]
     async fn the_public_migrator_builds_the_schema() {
         let Some(db) = PgTestDb::create().await else { return };
         let pool = db.pool().await;

@@ -69,3 +69,26 @@ async fn usage_for_an_unknown_key_fails_the_whole_batch() {
     store.migrate().await.unwrap();
     keysmith_tests::sql_cases::usage_for_an_unknown_key_fails_the_whole_batch(Arc::new(store)).await;
 }
+
+#[tokio::test]
+async fn the_lineage_migration_upgrades_an_existing_database() {
+    use keysmith_core::{KeyId, Tenant};
+    let dir = TempDir::new("sqlite-lineage");
+    let url = format!("sqlite://{}", dir.path().join("old.db").display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    // The database as the first schema left it.
+    let first = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(keysmith_sqlx::sqlite::MIGRATOR.migrations[..1].to_vec()),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    first.run(store.pool()).await.unwrap();
+    let tenant = Tenant::new("app", "acme");
+    let ids = [KeyId::new(), KeyId::new(), KeyId::new(), KeyId::new()];
+    let blob = |id: uuid::Uuid| format!("X'{}'", id.simple());
+    for statement in keysmith_tests::sql_cases::rows_before_lineages(&tenant, ids, blob, "0") {
+        sqlx::query(&statement).execute(store.pool()).await.unwrap();
+    }
+    store.migrate().await.unwrap();
+    keysmith_tests::sql_cases::keys_rotated_before_lineages_get_their_chains_lineage(Arc::new(store), &tenant, ids)
+        .await;
+}

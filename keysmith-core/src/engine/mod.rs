@@ -253,7 +253,9 @@ impl EngineBuilder {
     }
 
     /// The grace period of rotations that name none and whose key's policy
-    /// names none (default 24 hours).
+    /// names none (default 24 hours; at most
+    /// [`PolicySpec::MAX_ROTATION_GRACE`](crate::PolicySpec::MAX_ROTATION_GRACE)).
+    /// Rotations for `compromised` that name none have no grace.
     pub fn with_rotation_grace(mut self, grace: Duration) -> Self {
         self.rotation_grace = grace;
         self
@@ -282,9 +284,14 @@ impl EngineBuilder {
     /// Builds the engine.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for a bad prefix.
+    /// [`Error::InvalidInput`] for a bad prefix or a rotation grace over
+    /// the maximum.
     pub fn build(self) -> Result<Engine> {
         crate::key::validate_prefix(&self.prefix)?;
+        let max_grace = crate::PolicySpec::MAX_ROTATION_GRACE;
+        if self.rotation_grace > max_grace {
+            return Err(Error::invalid("rotation_grace", format!("must be at most {} seconds", max_grace.as_secs())));
+        }
         if self.usage_config.batch_size == 0 || self.usage_config.flush_interval.is_zero() {
             return Err(Error::invalid("usage_config", "batch_size and flush_interval must be greater than zero"));
         }

@@ -136,8 +136,10 @@ impl TenantEngine {
         let prefix = new.prefix.unwrap_or_else(|| inner.prefix.clone());
         let environment = new.environment.unwrap_or(inner.environment);
         let raw = RawKey::generate(&prefix, environment)?;
+        let id = KeyId::new();
         let key = Key {
-            id: KeyId::new(),
+            id,
+            lineage_id: id,
             name,
             hint: raw.hint(),
             prefix,
@@ -181,14 +183,20 @@ impl TenantEngine {
         self.engine.inner.store.list_keys(&self.tenant, filter).await
     }
 
-    /// Replaces an active key with a new one (same name, scopes, policy and
-    /// metadata; no expiry). The old key validates until `now + grace`; with
-    /// no grace given, the policy's `rotation_grace` or the engine's default
-    /// applies. A zero grace stops the old key at once.
+    /// Replaces an active key with a new one (same name, scopes, policy,
+    /// metadata and `expires_at`, same lineage). The old key validates until
+    /// `now + grace`; with no grace given, a rotation for
+    /// [`Compromised`](RotationReason::Compromised) stops the old key at
+    /// once, any other takes the policy's `rotation_grace` or the engine's
+    /// default. A zero grace stops the old key at once.
+    ///
+    /// Both secrets share the lineage's rate limit and quota: a rotation
+    /// never refills them.
     ///
     /// # Errors
     /// `NotFound`, or `InvalidTransition` if the key is not active (also for
-    /// every loser of concurrent rotations of one key).
+    /// every loser of concurrent rotations of one key); `InvalidInput` for a
+    /// grace longer than [`PolicySpec::MAX_ROTATION_GRACE`](crate::PolicySpec::MAX_ROTATION_GRACE).
     pub async fn rotate_key(&self, id: KeyId, reason: RotationReason, grace: Option<Duration>) -> Result<RotatedKey> {
         let inner = &self.engine.inner;
         let StoredKey { key: old, hash: old_hash } = self.stored_key(id).await?;
@@ -197,6 +205,7 @@ impl TenantEngine {
         }
         let grace = match (grace, old.policy_id) {
             (Some(grace), _) => grace,
+            (None, _) if reason == RotationReason::Compromised => Duration::ZERO,
             (None, Some(policy_id)) => inner
                 .store
                 .get_policy(&self.tenant, policy_id)
@@ -205,6 +214,10 @@ impl TenantEngine {
                 .unwrap_or(inner.rotation_grace),
             (None, None) => inner.rotation_grace,
         };
+        let max_grace = crate::PolicySpec::MAX_ROTATION_GRACE;
+        if grace > max_grace {
+            return Err(Error::invalid("grace", format!("must be at most {} seconds", max_grace.as_secs())));
+        }
         let grace_ttl = chrono::Duration::from_std(grace).map_err(|_| Error::invalid("grace", "is too long"))?;
         let now = inner.clock.now();
         let grace_expires_at =
@@ -216,7 +229,7 @@ impl TenantEngine {
             id: KeyId::new(),
             hint: raw.hint(),
             state: KeyState::Active,
-            expires_at: None,
+            // Same name, scopes, policy, metadata, expiry and lineage.
             grace_expires_at: None,
             revoked_reason: None,
             last_used_at: None,

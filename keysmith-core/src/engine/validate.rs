@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -78,7 +79,7 @@ impl<'a> RequestContext<'a> {
 }
 
 /// A key that passed validation.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Validation {
     /// The key (its `tenant` says whose it is).
     pub key: Arc<Key>,
@@ -91,6 +92,21 @@ pub struct Validation {
     narrowed: Option<Vec<String>>,
     /// The engine clock's time when the key was checked.
     checked_at: DateTime<Utc>,
+    /// Set once [`Engine::refund`] gave back what the request spent.
+    refunded: AtomicBool,
+}
+
+impl Clone for Validation {
+    fn clone(&self) -> Self {
+        Self {
+            key: Arc::clone(&self.key),
+            policy: self.policy.clone(),
+            rate_limit: self.rate_limit,
+            narrowed: self.narrowed.clone(),
+            checked_at: self.checked_at,
+            refunded: AtomicBool::new(self.is_refunded()),
+        }
+    }
 }
 
 impl Validation {
@@ -113,6 +129,23 @@ impl Validation {
     #[must_use]
     pub fn has_scope(&self, required: &str) -> bool {
         scope::any_grants(self.scopes(), required)
+    }
+
+    /// True once [`Engine::refund`] gave back what this request spent: it
+    /// was refused after validation, and records no usage.
+    #[must_use]
+    pub fn is_refunded(&self) -> bool {
+        self.refunded.load(Ordering::Acquire)
+    }
+
+    fn new(
+        key: Arc<Key>,
+        policy: Option<Arc<Policy>>,
+        rate_limit: Option<RateLimitStatus>,
+        narrowed: Option<Vec<String>>,
+        checked_at: DateTime<Utc>,
+    ) -> Self {
+        Self { key, policy, rate_limit, narrowed, checked_at, refunded: AtomicBool::new(false) }
     }
 }
 
@@ -245,7 +278,7 @@ impl Engine {
                 return Err(refuse(Refusal::InsufficientScope { missing }, &key));
             }
             self.touch(&key, now);
-            return Ok(Validation { key, policy: None, rate_limit: None, narrowed: None, checked_at: now });
+            return Ok(Validation::new(key, None, None, None, now));
         };
 
         // 5. Client address.
@@ -267,9 +300,10 @@ impl Engine {
         // 8. Rate limit.
         let rate_limit = match &policy.rate_limit {
             Some(limit) => {
-                let status = match inner.limiter.check_ready(key.id, limit, now) {
+                // Per lineage: a rotation shares its predecessor's budget.
+                let status = match inner.limiter.check_ready(key.lineage_id, limit, now) {
                     Some(status) => status,
-                    None => inner.limiter.check(key.id, limit, now).await,
+                    None => inner.limiter.check(key.lineage_id, limit, now).await,
                 }
                 .map_err(fail)?;
                 if let Some(retry_after) = status.retry_after.filter(|_| !status.allowed) {
@@ -292,7 +326,31 @@ impl Engine {
         }
 
         self.touch(&key, now);
-        Ok(Validation { key, policy: Some(policy), rate_limit, narrowed, checked_at: now })
+        Ok(Validation::new(key, Some(policy), rate_limit, narrowed, now))
+    }
+
+    /// Gives back what a validated request spent, because it was refused
+    /// after validation (a route's scope requirement): its rate-limit
+    /// request and its quota request go back to the key's lineage, and the
+    /// validation is marked so that no usage is recorded for it. A refused
+    /// request spends nothing.
+    ///
+    /// Never waits. True the first time; a second refund of the same
+    /// validation (or of a clone made after the first) gives nothing.
+    pub fn refund(&self, validation: &Validation) -> bool {
+        if validation.refunded.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        if let Some(policy) = &validation.policy {
+            let lineage = validation.key.lineage_id;
+            if let (Some(limit), Some(_)) = (&policy.rate_limit, &validation.rate_limit) {
+                self.inner.limiter.refund(lineage, limit, validation.checked_at);
+            }
+            if policy.quota.is_some() {
+                self.inner.quotas.refund(lineage, validation.checked_at);
+            }
+        }
+        true
     }
 
     /// Queues a `last_used_at` write unless one was queued (or stored) for

@@ -242,15 +242,23 @@ impl Gate {
         RefusalResponse::refused(refusal, &self.config.realm, self.config.engine.clock().now())
     }
 
-    /// The answer to a request whose key does not meet a route's scope
-    /// requirement: 403 `insufficient_scope`, or 401 `missing_key` for a
-    /// request let through without a key (`key` is `None`, optional mode).
-    /// `None` when the requirement is met.
+    /// Checks a route's scope requirement: `None` when it is met, else the
+    /// answer, 403 `insufficient_scope`, or 401 `missing_key` for a request
+    /// let through without a key (`key` is `None`, optional mode).
+    ///
+    /// A refused key gets back what its validation spent
+    /// ([`Engine::refund`]): the refused request costs no rate-limit budget
+    /// or quota and records no usage. Adapters call this exactly where the
+    /// route refuses, so none of them can forget the refund.
     #[must_use]
     pub fn scope_refusal(&self, requirement: &ScopeRequirement, key: Option<&ApiKey>) -> Option<RefusalResponse> {
         let Some(key) = key else { return Some(self.refusal(Refusal::MissingKey)) };
         let missing = requirement.missing(key.scopes());
-        (!missing.is_empty()).then(|| self.refusal(Refusal::InsufficientScope { missing }))
+        if missing.is_empty() {
+            return None;
+        }
+        self.config.engine.refund(key.validation());
+        Some(self.refusal(Refusal::InsufficientScope { missing }))
     }
 
     /// Decides what happens to a request. Headers are read before this
@@ -386,18 +394,24 @@ impl Admitted {
     }
 
     /// Headers for the response: `RateLimit-Limit`, `-Remaining` and
-    /// `-Reset` when the key's policy limits its rate, else none.
+    /// `-Reset` when the key's policy limits its rate, else none (also for
+    /// a request refused after validation, which spent nothing).
     #[must_use]
     pub fn response_headers(&self) -> Vec<(&'static str, String)> {
-        self.key.rate_limit().map(|status| Vec::from(rate_limit_headers(status))).unwrap_or_default()
+        self.charged_rate_limit().map(|status| Vec::from(rate_limit_headers(status))).unwrap_or_default()
     }
 
     /// The numbers of [`response_headers`](Self::response_headers), for
     /// adapters that build header values without formatting strings;
-    /// `None` when the key's policy does not limit its rate.
+    /// `None` when the key's policy does not limit its rate or the request
+    /// was refunded.
     #[must_use]
     pub fn rate_limit_headers(&self) -> Option<RateLimitHeaders> {
-        self.key.rate_limit().map(RateLimitHeaders::new)
+        self.charged_rate_limit().map(RateLimitHeaders::new)
+    }
+
+    fn charged_rate_limit(&self) -> Option<&crate::limit::RateLimitStatus> {
+        self.key.rate_limit().filter(|_| !self.key.validation().is_refunded())
     }
 
     /// The usage record of this request answered with `status`; latency
@@ -408,8 +422,12 @@ impl Admitted {
     }
 
     /// Queues the usage record of this request answered with `status`;
-    /// never waits.
+    /// never waits. A request refunded after validation (refused by a
+    /// route's scope requirement) records nothing.
     pub fn finish(self, status: u16) {
+        if self.key.validation().is_refunded() {
+            return;
+        }
         let record = self.draft.into_record(&self.key, status);
         self.gate.engine().record_usage(record);
     }

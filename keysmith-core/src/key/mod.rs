@@ -19,6 +19,11 @@ pub use hash::{HashParseError, Hasher, KeyHash, Sha256Hasher};
 pub struct Key {
     /// The key's id.
     pub id: KeyId,
+    /// The credential this key belongs to across rotations: the id of the
+    /// first key of its chain (its own id unless it replaced another key).
+    /// Rate limits and quotas are counted per lineage, so a rotation shares
+    /// the budget of the key it replaces and never refills it.
+    pub lineage_id: KeyId,
     /// A human name ("CI deploy key").
     pub name: String,
     /// What can be shown of the key: `sk_live_…` and its last four characters.

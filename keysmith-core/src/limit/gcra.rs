@@ -1,54 +1,49 @@
-//! The default limiter: GCRA (`governor`) per key, in a `dashmap`, with
-//! idle keys evicted so memory follows the keys in use, not all keys ever seen.
+//! The default limiter: GCRA per key, one atomic theoretical arrival time
+//! (TAT) each, in a `dashmap`, with idle keys evicted so memory follows the
+//! keys in use, not all keys ever seen.
+//!
+//! GCRA in one paragraph: every request costs one emission interval `T`
+//! (`window / requests`); the TAT is when the key's budget would be back
+//! to where it was had it made no request. A request at `now` fits when
+//! `TAT - now <= T × (burst - 1)`, and moves the TAT to `max(TAT, now) + T`.
+//! A refund moves it back by `T`. Once `TAT <= now` the budget is full and
+//! the entry carries no information.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
-use governor::middleware::StateInformationMiddleware;
-use governor::nanos::Nanos;
-use governor::state::{InMemoryState, NotKeyed};
+use dashmap::mapref::entry::Entry as MapEntry;
 
 use super::{RateLimitStatus, RateLimiter};
 use crate::bounded::SweepSchedule;
 use crate::{Clock, Error, KeyId, RateLimit, Result, SystemClock};
 
-type Limiter = governor::RateLimiter<NotKeyed, InMemoryState, RequestClock, StateInformationMiddleware>;
-
-/// The time governor sees for a key: the `now` of the request being checked,
-/// stored just before the check. The engine has read the clock once for the
-/// whole validation; reading it again here was one of the largest costs of
-/// a rate-limited validation. Two concurrent checks of one key may each see
-/// the other's `now`, which is no different from two clock reads racing.
-#[derive(Debug, Clone)]
-struct RequestClock(Arc<AtomicU64>);
-
-impl governor::clock::Clock for RequestClock {
-    type Instant = Nanos;
-
-    fn now(&self) -> Nanos {
-        Nanos::from(self.0.load(Ordering::Relaxed))
-    }
-}
-
+/// One key's budget.
 #[derive(Debug)]
-struct Entry {
+struct Cell {
+    /// The limit the cell was sized by; another limit resizes it.
     limit: RateLimit,
-    quota: governor::Quota,
-    limiter: Limiter,
-    /// When the key was last checked (clock nanos); also the time its
-    /// limiter reads.
-    last_seen: Arc<AtomicU64>,
-    /// After this long without a request the budget is full again, so the
-    /// entry can be dropped without changing any decision.
-    idle_after: u64,
+    /// What one request costs, in nanoseconds (`T`).
+    interval: u64,
+    /// How far the TAT may run ahead of now and still admit, `T × (burst - 1)`.
+    tolerance: u64,
+    burst: u32,
+    /// Theoretical arrival time, clock nanoseconds.
+    tat: AtomicU64,
 }
 
-/// In-process GCRA rate limiter keyed by [`KeyId`]; each key has its own
-/// budget from its policy.
+/// In-process GCRA rate limiter keyed by [`KeyId`] (the engine passes the
+/// key's lineage, so a rotated credential keeps its budget); each key has
+/// its own budget from its policy.
+///
+/// The first request of a key and every later one decide against the same
+/// cell: the cell is created, resized or replaced under the map's entry lock,
+/// and every check runs under the map's guard, so concurrent first requests
+/// (or requests racing an eviction) cannot each get a full budget.
 ///
 /// Memory is bounded by the keys active within their own refill time: once
 /// a key's budget has fully refilled its entry carries no information and is
@@ -58,7 +53,7 @@ struct Entry {
 pub struct GcraRateLimiter {
     /// Only for eviction: checks run at the `now` they are given.
     clock: Arc<dyn Clock>,
-    entries: DashMap<KeyId, Arc<Entry>, foldhash::fast::RandomState>,
+    cells: DashMap<KeyId, Cell, foldhash::fast::RandomState>,
     sweeps: SweepSchedule,
 }
 
@@ -78,84 +73,127 @@ impl GcraRateLimiter {
     /// A limiter on `clock`.
     #[must_use]
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
-        Self { clock, entries: DashMap::default(), sweeps: SweepSchedule::default() }
+        Self { clock, cells: DashMap::default(), sweeps: SweepSchedule::default() }
     }
 
     /// How many keys currently hold a limiter.
     #[must_use]
     pub fn tracked_keys(&self) -> usize {
-        self.entries.len()
+        self.cells.len()
     }
 
     /// Drops the limiters of keys idle long enough to have a full budget.
     pub fn evict_idle(&self) {
         let now = self.clock.unix_nanos();
-        self.entries.retain(|_, entry| now.saturating_sub(entry.last_seen.load(Ordering::Relaxed)) < entry.idle_after);
+        self.cells.retain(|_, cell| cell.tat.load(Ordering::Acquire) > now);
     }
 
-    /// A new limiter for `key` seen at `seen`, replacing one sized by
-    /// another limit.
-    fn insert(&self, key: KeyId, limit: &RateLimit, seen: u64) -> Result<Arc<Entry>> {
-        // Seen from the start: a sweep triggered by this very insertion
-        // must not take the new entry for an idle one.
-        let entry = Arc::new(new_entry(limit, seen)?);
-        self.entries.insert(key, Arc::clone(&entry));
-        self.sweeps.maybe_sweep(self.entries.len(), || {
+    /// Counts one request: the whole check is in process, so both trait
+    /// methods answer with this.
+    fn decide(&self, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> Result<RateLimitStatus> {
+        let now = nanos(now);
+        // The common case checks under the map's read guard.
+        if let Some(cell) = self.cells.get(&key)
+            && cell.limit == *limit
+        {
+            return Ok(cell.check(now));
+        }
+        // First request, or a changed limit: create or resize the cell and
+        // check under the entry's write lock, so a racing request waits and
+        // then counts against this same cell.
+        let status = match self.cells.entry(key) {
+            MapEntry::Occupied(mut occupied) => {
+                if occupied.get().limit != *limit {
+                    let resized = occupied.get().resized(limit, now)?;
+                    occupied.insert(resized);
+                }
+                occupied.get().check(now)
+            }
+            MapEntry::Vacant(vacant) => vacant.insert(Cell::new(limit, now)?).check(now),
+        };
+        // Outside the entry lock: a sweep takes every shard's lock.
+        self.sweeps.maybe_sweep(self.cells.len(), || {
             self.evict_idle();
-            self.entries.len()
+            self.cells.len()
         });
-        Ok(entry)
+        Ok(status)
     }
 }
 
-impl Entry {
-    /// Counts one request made at `seen` (clock nanos).
-    fn check(&self, seen: u64) -> RateLimitStatus {
-        // Marks the key as seen and sets the time governor reads.
-        self.last_seen.store(seen, Ordering::Relaxed);
-        let burst = self.quota.burst_size().get();
-        let period = self.quota.replenish_interval();
-        match self.limiter.check() {
-            Ok(snapshot) => {
-                let remaining = snapshot.remaining_burst_capacity();
-                RateLimitStatus {
-                    allowed: true,
-                    limit: burst,
-                    remaining,
-                    reset: period * (burst - remaining),
-                    retry_after: None,
-                }
-            }
-            Err(not_until) => {
-                let retry_after = not_until.wait_time_from(Nanos::from(seen));
-                RateLimitStatus {
+impl Cell {
+    /// A full budget for `limit`.
+    fn new(limit: &RateLimit, now: u64) -> Result<Self> {
+        let invalid = || Error::invalid("rate_limit", "requests and window must be greater than zero");
+        if limit.requests == 0 {
+            return Err(invalid());
+        }
+        let burst = limit.burst.filter(|b| *b > 0).unwrap_or(limit.requests);
+        let interval = u64::try_from((limit.window / limit.requests).as_nanos()).unwrap_or(u64::MAX);
+        if interval == 0 {
+            return Err(invalid());
+        }
+        let tolerance = interval
+            .checked_mul(u64::from(burst - 1))
+            .filter(|t| now.checked_add(*t).and_then(|t| t.checked_add(interval)).is_some())
+            .ok_or_else(|| Error::invalid("rate_limit", "the time to refill a full burst is too long"))?;
+        Ok(Self { limit: *limit, interval, tolerance, burst, tat: AtomicU64::new(now) })
+    }
+
+    /// A cell for `limit` that keeps the requests this one has counted and
+    /// not yet refilled: changing a policy never refills a budget.
+    fn resized(&self, limit: &RateLimit, now: u64) -> Result<Self> {
+        let cell = Self::new(limit, now)?;
+        let ahead = self.tat.load(Ordering::Acquire).saturating_sub(now);
+        let used = ahead.div_ceil(self.interval);
+        cell.tat.store(now.saturating_add(used.saturating_mul(cell.interval)), Ordering::Release);
+        Ok(cell)
+    }
+
+    /// Counts one request made at `now` (clock nanos).
+    fn check(&self, now: u64) -> RateLimitStatus {
+        let mut tat = self.tat.load(Ordering::Acquire);
+        loop {
+            let earliest = tat.saturating_sub(self.tolerance);
+            if now < earliest {
+                let retry_after = Duration::from_nanos(earliest - now);
+                return RateLimitStatus {
                     allowed: false,
-                    limit: burst,
+                    limit: self.burst,
                     remaining: 0,
-                    reset: retry_after + period * (burst - 1),
+                    reset: Duration::from_nanos(tat - now),
                     retry_after: Some(retry_after),
+                };
+            }
+            let next = tat.max(now).saturating_add(self.interval);
+            match self.tat.compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    // Whole requests that still fit after this one.
+                    let headroom =
+                        now.saturating_add(self.tolerance).saturating_add(self.interval).saturating_sub(next);
+                    let remaining = u32::try_from(headroom / self.interval).unwrap_or(u32::MAX).min(self.burst - 1);
+                    return RateLimitStatus {
+                        allowed: true,
+                        limit: self.burst,
+                        remaining,
+                        reset: Duration::from_nanos(next - now),
+                        retry_after: None,
+                    };
                 }
+                Err(current) => tat = current,
             }
         }
     }
+
+    /// Gives back one request's cost.
+    fn refund(&self) {
+        let _ =
+            self.tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| Some(tat.saturating_sub(self.interval)));
+    }
 }
 
-fn new_entry(limit: &RateLimit, seen: u64) -> Result<Entry> {
-    let invalid = || Error::invalid("rate_limit", "requests and window must be greater than zero");
-    let requests = NonZeroU32::new(limit.requests).ok_or_else(invalid)?;
-    let burst = limit.burst.and_then(NonZeroU32::new).unwrap_or(requests);
-    let period = limit.window / requests.get();
-    let quota = governor::Quota::with_period(period).ok_or_else(invalid)?.allow_burst(burst);
-    let idle_after = u64::try_from(period.saturating_mul(burst.get()).as_nanos()).unwrap_or(u64::MAX);
-    let last_seen = Arc::new(AtomicU64::new(seen));
-    Ok(Entry {
-        limit: *limit,
-        quota,
-        limiter: governor::RateLimiter::direct_with_clock(quota, RequestClock(Arc::clone(&last_seen)))
-            .with_middleware::<StateInformationMiddleware>(),
-        last_seen,
-        idle_after,
-    })
+/// Clock nanoseconds of `at` (0 before the epoch).
+fn nanos(at: DateTime<Utc>) -> u64 {
+    at.timestamp_nanos_opt().and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
 }
 
 #[async_trait]
@@ -167,21 +205,17 @@ impl RateLimiter for GcraRateLimiter {
     fn check_ready(&self, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> Option<Result<RateLimitStatus>> {
         Some(self.decide(key, limit, now))
     }
-}
 
-impl GcraRateLimiter {
-    /// Counts one request: the whole check is in process, so both trait
-    /// methods answer with this.
-    fn decide(&self, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> Result<RateLimitStatus> {
-        let seen = now.timestamp_nanos_opt().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
-        // The common case checks under the map's read guard, without
-        // cloning the entry out.
-        if let Some(entry) = self.entries.get(&key)
-            && entry.limit == *limit
+    /// Moves the key's TAT back by one request, if its cell is still sized
+    /// by `limit` (a cell resized or evicted since holds nothing of that
+    /// request to give back).
+    fn refund(&self, key: KeyId, limit: &RateLimit, at: DateTime<Utc>) {
+        let _ = at;
+        if let Some(cell) = self.cells.get(&key)
+            && cell.limit == *limit
         {
-            return Ok(entry.check(seen));
+            cell.refund();
         }
-        Ok(self.insert(key, limit, seen)?.check(seen))
     }
 }
 
@@ -278,6 +312,108 @@ mod tests {
         let status = limiter.check(key, &relaxed, clock.now()).await.unwrap();
         assert!(status.allowed);
         assert_eq!(status.limit, 100);
+    }
+
+    #[tokio::test]
+    async fn a_changed_limit_keeps_what_was_used() {
+        let (limiter, clock) = limiter();
+        let key = KeyId::new();
+        let hourly = RateLimit { requests: 1, window: Duration::from_secs(3600), burst: Some(2) };
+        assert!(limiter.check(key, &hourly, clock.now()).await.unwrap().allowed);
+        // Same rate, larger burst: one request already spent, two left.
+        let larger = RateLimit { burst: Some(3), ..hourly };
+        let status = limiter.check(key, &larger, clock.now()).await.unwrap();
+        assert_eq!((status.allowed, status.remaining), (true, 1));
+        assert!(limiter.check(key, &larger, clock.now()).await.unwrap().allowed);
+        assert!(!limiter.check(key, &larger, clock.now()).await.unwrap().allowed);
+    }
+
+    #[tokio::test]
+    async fn a_refund_gives_back_exactly_one_request() {
+        let (limiter, clock) = limiter();
+        let key = KeyId::new();
+        let limit = RateLimit { requests: 2, window: Duration::from_secs(60), burst: None };
+        assert_eq!(limiter.check(key, &limit, clock.now()).await.unwrap().remaining, 1);
+        assert_eq!(limiter.check(key, &limit, clock.now()).await.unwrap().remaining, 0);
+        limiter.refund(key, &limit, clock.now());
+        let again = limiter.check(key, &limit, clock.now()).await.unwrap();
+        assert_eq!((again.allowed, again.remaining), (true, 0));
+        assert!(!limiter.check(key, &limit, clock.now()).await.unwrap().allowed);
+        // A refund against another limit (the policy changed since) gives nothing.
+        limiter.refund(key, &RateLimit { requests: 3, ..limit }, clock.now());
+        assert!(!limiter.check(key, &limit, clock.now()).await.unwrap().allowed);
+        // A refund never fills more than the burst.
+        clock.advance(Duration::from_secs(120));
+        for _ in 0..5 {
+            limiter.refund(key, &limit, clock.now());
+        }
+        assert_eq!(limiter.check(key, &limit, clock.now()).await.unwrap().remaining, 1);
+    }
+
+    /// Runs `threads` threads that each make `per_thread` requests of every
+    /// key against `limit`, started together; returns how many each key got.
+    fn race(
+        limiter: &GcraRateLimiter,
+        keys: &[KeyId],
+        limit: &RateLimit,
+        now: DateTime<Utc>,
+        threads: usize,
+    ) -> Vec<u32> {
+        let admitted: Vec<AtomicU64> = keys.iter().map(|_| AtomicU64::new(0)).collect();
+        let barrier = std::sync::Barrier::new(threads + 1);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    barrier.wait();
+                    for _ in 0..2 {
+                        for (key, count) in keys.iter().zip(&admitted) {
+                            if limiter.decide(*key, limit, now).unwrap().allowed {
+                                count.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                });
+            }
+            // An eviction pass racing the checks must not hand out budget.
+            s.spawn(|| {
+                barrier.wait();
+                for _ in 0..50 {
+                    limiter.evict_idle();
+                }
+            });
+        });
+        admitted.iter().map(|c| u32::try_from(c.load(Ordering::Relaxed)).unwrap()).collect()
+    }
+
+    #[test]
+    fn concurrent_first_requests_of_a_key_share_one_burst() {
+        let (limiter, clock) = limiter();
+        let limit = RateLimit { requests: 1, window: Duration::from_secs(3600), burst: Some(3) };
+        let keys: Vec<KeyId> = (0..5000).map(|_| KeyId::new()).collect();
+        let admitted = race(&limiter, &keys, &limit, clock.now(), 4);
+        assert!(
+            admitted.iter().all(|n| *n == 3),
+            "admitted per key: {:?}",
+            admitted.iter().filter(|n| **n != 3).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn concurrent_requests_after_eviction_or_a_limit_change_share_one_burst() {
+        let (limiter, clock) = limiter();
+        let hourly = RateLimit { requests: 1, window: Duration::from_secs(3600), burst: None };
+        let keys: Vec<KeyId> = (0..5000).map(|_| KeyId::new()).collect();
+        for key in &keys {
+            assert!(limiter.decide(*key, &hourly, clock.now()).unwrap().allowed);
+        }
+        // Every budget is full again: the cells may be evicted under the racers.
+        clock.advance(Duration::from_secs(3600));
+        let admitted = race(&limiter, &keys, &hourly, clock.now(), 4);
+        assert!(admitted.iter().all(|n| *n == 1), "after eviction");
+        // A new limit (burst 3 at the same rate) keeps the request just spent.
+        let larger = RateLimit { burst: Some(3), ..hourly };
+        let admitted = race(&limiter, &keys, &larger, clock.now(), 4);
+        assert!(admitted.iter().all(|n| *n == 2), "after the limit changed");
     }
 
     #[tokio::test]

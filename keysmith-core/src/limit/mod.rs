@@ -16,7 +16,9 @@ use crate::{KeyId, RateLimit, Result};
 /// Decides whether one more request of a key fits its rate limit.
 ///
 /// Implementations keep one budget per key, sized by the `limit` handed in
-/// (so a policy change takes effect on the next request). A distributed
+/// (so a policy change takes effect on the next request). The key the
+/// engine hands in is the credential's lineage (the id of the first key of
+/// a chain of rotations), so a rotation never refills a budget. A distributed
 /// implementation (Redis) plugs in through
 /// [`EngineBuilder::with_rate_limiter`](crate::EngineBuilder::with_rate_limiter).
 #[async_trait]
@@ -37,6 +39,17 @@ pub trait RateLimiter: Send + Sync + fmt::Debug + 'static {
     fn check_ready(&self, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> Option<Result<RateLimitStatus>> {
         let _ = (key, limit, now);
         None
+    }
+
+    /// Gives back one request of `key` that [`check`](Self::check) allowed
+    /// at `at` against `limit`, because the request was refused afterwards
+    /// (a route's scope requirement) and a refused request spends nothing.
+    ///
+    /// Never waits: a limiter whose state lives on a server starts the
+    /// refund in the background. The default gives nothing back, so a
+    /// limiter that cannot refund over-counts, never under-counts.
+    fn refund(&self, key: KeyId, limit: &RateLimit, at: DateTime<Utc>) {
+        let _ = (key, limit, at);
     }
 }
 

@@ -48,7 +48,27 @@ pub(crate) struct CheckedSpec {
     pub(crate) allowed_scopes: Vec<String>,
 }
 
+/// A year and a day, in seconds.
+const LEAP_YEAR: u64 = 366 * 24 * 60 * 60;
+
 impl PolicySpec {
+    /// The shortest rate-limit window.
+    pub const MIN_WINDOW: Duration = Duration::from_millis(1);
+    /// The longest rate-limit window (366 days).
+    pub const MAX_WINDOW: Duration = Duration::from_secs(LEAP_YEAR);
+    /// The most requests a rate limit allows per window, and the largest burst.
+    pub const MAX_REQUESTS: u32 = 1_000_000;
+    /// The longest time a rate limit may take to refill a full burst
+    /// (`window × burst / requests`, 366 days): the limiter's state for a
+    /// key never reaches further ahead than this.
+    pub const MAX_REFILL: Duration = Duration::from_secs(LEAP_YEAR);
+    /// The largest daily or monthly quota.
+    pub const MAX_QUOTA: u64 = 1_000_000_000_000;
+    /// The longest maximum key age (100 years of 365.25 days).
+    pub const MAX_KEY_AGE: Duration = Duration::from_secs(36_525 * 24 * 60 * 60);
+    /// The longest default rotation grace (366 days).
+    pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(LEAP_YEAR);
+
     /// A spec with only a name (a policy that limits nothing yet).
     pub fn new(name: impl Into<String>) -> Self {
         Self { name: name.into(), ..Self::default() }
@@ -110,17 +130,28 @@ impl PolicySpec {
             return Err(Error::invalid("name", "must be 1 to 128 characters"));
         }
         if let Some(limit) = &self.rate_limit {
-            if limit.requests == 0 || limit.window.is_zero() {
-                return Err(Error::invalid("rate_limit", "requests and window must be greater than zero"));
-            }
-            if limit.burst == Some(0) {
-                return Err(Error::invalid("rate_limit", "burst must be greater than zero"));
+            check_rate_limit(limit)?;
+        }
+        if let Some(quota) = &self.quota {
+            for (field, value) in [("quota.daily", quota.daily), ("quota.monthly", quota.monthly)] {
+                if value.is_some_and(|v| v == 0 || v > Self::MAX_QUOTA) {
+                    return Err(Error::invalid(
+                        field,
+                        format!("must be 1 to {} (omit it for no quota)", Self::MAX_QUOTA),
+                    ));
+                }
             }
         }
-        if let Some(quota) = &self.quota
-            && (quota.daily == Some(0) || quota.monthly == Some(0))
+        if let Some(age) = self.max_key_age
+            && (age < Duration::from_secs(1) || age > Self::MAX_KEY_AGE)
         {
-            return Err(Error::invalid("quota", "a quota must be greater than zero (omit it for no quota)"));
+            return Err(Error::invalid("max_key_age", format!("must be 1 to {} seconds", Self::MAX_KEY_AGE.as_secs())));
+        }
+        if self.rotation_grace.is_some_and(|grace| grace > Self::MAX_ROTATION_GRACE) {
+            return Err(Error::invalid(
+                "rotation_grace",
+                format!("must be at most {} seconds", Self::MAX_ROTATION_GRACE.as_secs()),
+            ));
         }
         let allowed_ips = self.allowed_ips.iter().map(|s| parse_network(s)).collect::<Result<Vec<_>>>()?;
         let allowed_origins = self.allowed_origins.iter().map(|s| normalize_origin(s)).collect::<Result<Vec<_>>>()?;
@@ -134,6 +165,37 @@ impl PolicySpec {
             allowed_scopes: self.allowed_scopes.clone(),
         })
     }
+}
+
+/// Bounds a rate limit so the limiter can always enforce it: the cost of
+/// one request (`window / requests`) is at least a nanosecond and a full
+/// burst refills within [`PolicySpec::MAX_REFILL`].
+fn check_rate_limit(limit: &RateLimit) -> Result<()> {
+    let max = PolicySpec::MAX_REQUESTS;
+    if limit.requests == 0 || limit.requests > max {
+        return Err(Error::invalid("rate_limit.requests", format!("must be 1 to {max}")));
+    }
+    if limit.window < PolicySpec::MIN_WINDOW || limit.window > PolicySpec::MAX_WINDOW {
+        return Err(Error::invalid(
+            "rate_limit.window",
+            format!("must be 1 millisecond to {} seconds", PolicySpec::MAX_WINDOW.as_secs()),
+        ));
+    }
+    let burst = limit.burst.unwrap_or(limit.requests);
+    if burst == 0 || burst > max {
+        return Err(Error::invalid("rate_limit.burst", format!("must be 1 to {max}")));
+    }
+    let refill = limit.window.as_nanos() * u128::from(burst) / u128::from(limit.requests);
+    if refill > PolicySpec::MAX_REFILL.as_nanos() {
+        return Err(Error::invalid(
+            "rate_limit.burst",
+            format!(
+                "a full burst must refill within {} seconds (window × burst / requests)",
+                PolicySpec::MAX_REFILL.as_secs()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A CIDR, or a single address taken as a host network (`/32`, `/128`).
@@ -193,7 +255,8 @@ mod tests {
         let zero_quota = PolicySpec::new("p").with_quota(Some(0), None);
         let bad_scope = PolicySpec::new("p").with_allowed_scopes(["read users"]);
         let no_name = PolicySpec::new(" ");
-        for (spec, field) in [(zero_rate, "rate_limit"), (zero_quota, "quota"), (bad_scope, "scope"), (no_name, "name")]
+        for (spec, field) in
+            [(zero_rate, "rate_limit.requests"), (zero_quota, "quota.daily"), (bad_scope, "scope"), (no_name, "name")]
         {
             match spec.validate() {
                 Err(Error::InvalidInput { field: f, .. }) => assert_eq!(f, field),

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry as MapEntry;
 use moka::Expiry;
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
@@ -104,7 +105,10 @@ impl CacheConfig {
 /// Every change made through this store drops what it makes stale: state
 /// transitions, rotations (old key and a cached miss for the new one), scope
 /// changes, key creation (a cached miss for its hash), policy updates and
-/// deletions. `touch_key` updates the cached key in place.
+/// deletions. `touch_key` updates the cached key in place. Once a change
+/// made through this store has returned, no lookup through it answers the
+/// old state: a lookup that read the store before the change is not cached,
+/// and a racing `touch_key` never re-inserts the key it saw.
 ///
 /// **Staleness bound.** Changes made elsewhere (another instance, or SQL by
 /// hand) are seen here at most the positive TTL later (30 s by default): a
@@ -197,16 +201,36 @@ impl<K: TierKey, V: TierValue> Tier<K, V> {
         }
     }
 
-    /// The whole entry, fresh or not (to update it in place).
-    fn entry(&self, key: &K) -> Option<Entry<V>> {
-        self.front.get(key).map(|entry| entry.clone())
-    }
-
+    /// Inserts what a read of the store found, unless an invalidation has
+    /// run since the read began (`generation` is no longer `seen`): the
+    /// check and the insert are one step under the front map's lock, which
+    /// an invalidation also takes after bumping the generation, so a stale
+    /// entry is either never inserted or removed by that invalidation. True
+    /// if inserted.
+    ///
     /// Front first: if moka then declines or evicts the entry, its listener
     /// takes it out of the front again.
-    fn insert(&self, key: K, entry: Entry<V>) {
-        self.front.insert(key.clone(), entry.clone());
+    fn insert_unless_invalidated(&self, key: K, entry: Entry<V>, generation: &AtomicU64, seen: u64) -> bool {
+        match self.front.entry(key.clone()) {
+            _ if generation.load(Ordering::SeqCst) != seen => return false,
+            MapEntry::Occupied(mut occupied) => {
+                occupied.insert(entry.clone());
+            }
+            MapEntry::Vacant(vacant) => {
+                vacant.insert(entry.clone());
+            }
+        }
         self.back.insert(key, entry);
+        true
+    }
+
+    /// Changes the cached value in place, if there is one, under the front
+    /// map's lock: an invalidation either runs first (nothing to change) or
+    /// removes the changed entry afterwards. Nothing is ever re-inserted.
+    fn update(&self, key: &K, change: impl FnOnce(&mut V)) {
+        if let Some(mut entry) = self.front.get_mut(key) {
+            change(&mut entry.value);
+        }
     }
 
     fn invalidate(&self, key: &K) {
@@ -317,17 +341,21 @@ impl CachedStore {
         self.keys.invalidate(hash);
     }
 
-    /// Drops the cached lookup of key `id`, after a change to it.
+    /// Drops the cached lookup of key `id`, after a change to it. The
+    /// generation is bumped even when the hash cannot be found, so a lookup
+    /// that read before the change never caches what it read.
     async fn forget_key(&self, tenant: &Tenant, id: KeyId) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
         let hash = match self.hashes.get(&id) {
             Some(hash) => Some(hash),
             // The id index may have lost the entry while the lookup is
             // still cached: ask the store (writes are rare, this is cheap).
             None => self.inner.get_key(tenant, id).await.ok().flatten().map(|stored| stored.hash),
         };
-        if let Some(hash) = hash {
-            self.keys.invalidate(&hash);
+        match hash {
+            Some(hash) => self.forget_hash(&hash),
+            None => {
+                self.generation.fetch_add(1, Ordering::SeqCst);
+            }
         }
     }
 
@@ -352,16 +380,14 @@ impl KeyStore for CachedStore {
         let generation = self.generation.load(Ordering::SeqCst);
         let found = self.inner.find_key_by_hash(hash).await?;
         let ttl = if found.is_some() { self.config.positive_ttl } else { self.config.negative_ttl };
-        self.keys.insert(*hash, Entry { value: found.clone(), expires_at: self.expiry(ttl) });
         if let Some(stored) = &found {
             self.hashes.insert(stored.key.id, *hash);
         }
         // A change made while we were reading may not be in what we read:
-        // then drop it again (the change's own invalidation may have run
-        // before our insert).
-        if self.generation.load(Ordering::SeqCst) != generation {
-            self.keys.invalidate(hash);
-        }
+        // then it is not cached (the answer still goes to this caller, whose
+        // lookup began before the change returned).
+        let entry = Entry { value: found.clone(), expires_at: self.expiry(ttl) };
+        self.keys.insert_unless_invalidated(*hash, entry, &self.generation, generation);
         Ok(found)
     }
 
@@ -408,23 +434,19 @@ impl KeyStore for CachedStore {
 
     async fn touch_key(&self, id: KeyId, at: DateTime<Utc>) -> Result<()> {
         self.inner.touch_key(id, at).await?;
-        // Only `last_used_at` changed: update the cached key rather than
-        // send the next validation to the store.
-        let generation = self.generation.load(Ordering::SeqCst);
-        if let Some(hash) = self.hashes.get(&id)
-            && let Some(entry) = self.keys.entry(&hash)
-            && let Some(stored) = &entry.value
-            && stored.key.id == id
-            && stored.key.last_used_at.is_none_or(|last| last < at)
-        {
-            let mut key = Key::clone(&stored.key);
-            key.last_used_at = Some(at);
-            let value = Some(StoredKey { key: Arc::new(key), hash });
-            self.keys.insert(hash, Entry { value, expires_at: entry.expires_at });
-            // A change that raced this (a revocation) wins: drop our copy.
-            if self.generation.load(Ordering::SeqCst) != generation {
-                self.keys.invalidate(&hash);
-            }
+        // Only `last_used_at` changed: update the cached key in place rather
+        // than send the next validation to the store. In place, never
+        // re-inserted: a revocation racing this either removed the entry
+        // already (nothing to update) or removes the updated one.
+        if let Some(hash) = self.hashes.get(&id) {
+            self.keys.update(&hash, |value| {
+                if let Some(stored) = value
+                    && stored.key.id == id
+                    && stored.key.last_used_at.is_none_or(|last| last < at)
+                {
+                    Arc::make_mut(&mut stored.key).last_used_at = Some(at);
+                }
+            });
         }
         Ok(())
     }
@@ -448,10 +470,7 @@ impl PolicyStore for CachedStore {
         let found = self.inner.get_policy(tenant, id).await?;
         if let Some(policy) = &found {
             let entry = Entry { value: Arc::clone(policy), expires_at: self.expiry(self.config.positive_ttl) };
-            self.policies.insert(id, entry);
-            if self.generation.load(Ordering::SeqCst) != generation {
-                self.policies.invalidate(&id);
-            }
+            self.policies.insert_unless_invalidated(id, entry, &self.generation, generation);
         }
         Ok(found)
     }
@@ -522,6 +541,16 @@ impl UsageStore for CachedStore {
     async fn tenant_usage(&self, tenant: &Tenant, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>> {
         self.inner.tenant_usage(tenant, period, range).await
     }
+
+    async fn lineage_usage(
+        &self,
+        tenant: &Tenant,
+        lineage: KeyId,
+        period: Period,
+        range: TimeRange,
+    ) -> Result<Vec<UsageTotal>> {
+        self.inner.lineage_usage(tenant, lineage, period, range).await
+    }
 }
 
 #[async_trait]
@@ -578,6 +607,8 @@ mod tests {
         lookups: AtomicU64,
         policy_reads: AtomicU64,
         hold_next_lookup: Mutex<Option<Arc<Hold>>>,
+        /// Holds the next call of this method after the store answered.
+        hold_next_call: Mutex<Option<(StoreOp, Arc<Hold>)>>,
     }
 
     impl Spy {
@@ -602,6 +633,14 @@ mod tests {
         }
 
         async fn after(&self, op: StoreOp) {
+            let held = {
+                let mut next = self.hold_next_call.lock().unwrap();
+                if next.as_ref().is_some_and(|(held, _)| *held == op) { next.take() } else { None }
+            };
+            if let Some((_, hold)) = held {
+                hold.read.notify_one();
+                hold.release.notified().await;
+            }
             if op == StoreOp::FindKeyByHash {
                 let hold = self.hold_next_lookup.lock().unwrap().take();
                 if let Some(hold) = hold {
@@ -814,12 +853,118 @@ mod tests {
         });
         hold.read.notified().await; // the lookup has read the active key
         acme.revoke_key(created.key.id, "leaked").await.unwrap();
+        assert!(
+            matches!(validate(&engine, created.raw.expose()).await, Err(ValidationError::Refused(Refusal::Revoked))),
+            "the revocation returned: no validation sees the active key, while the lookup is still out"
+        );
         hold.release.notify_one();
         let read = reader.await.unwrap().unwrap().unwrap();
         assert_eq!(read.key.state, KeyState::Active, "the racing lookup answers what it read");
 
         let now = cached.find_key_by_hash(&hash).await.unwrap().unwrap();
         assert_eq!(now.key.state, KeyState::Revoked, "but did not leave it in the cache");
+    }
+
+    /// Holds the next `op` of the store behind the cache after it answered.
+    fn hold_next(spy: &Spy, op: StoreOp) -> Arc<Hold> {
+        let hold = Arc::new(Hold::default());
+        *spy.hold_next_call.lock().unwrap() = Some((op, Arc::clone(&hold)));
+        hold
+    }
+
+    async fn assert_revoked(engine: &Engine, raw: &str) {
+        assert!(matches!(validate(engine, raw).await, Err(ValidationError::Refused(Refusal::Revoked))));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_touch_racing_a_revocation_never_brings_the_active_key_back() {
+        let Setup { spy, cached, engine, clock, .. } = setup();
+        let acme = engine.tenant("app", "acme");
+
+        // The touch wrote the store and is held before it updates the cache;
+        // the revocation runs whole; then the touch goes on.
+        let created = acme.create_key(NewKey::new("ci")).await.unwrap();
+        validate(&engine, created.raw.expose()).await.unwrap();
+        let hold = hold_next(&spy, StoreOp::TouchKey);
+        let touch = tokio::spawn({
+            let (cached, id, at) = (Arc::clone(&cached), created.key.id, clock.now());
+            async move { cached.touch_key(id, at).await }
+        });
+        hold.read.notified().await;
+        acme.revoke_key(created.key.id, "leaked").await.unwrap();
+        assert_revoked(&engine, created.raw.expose()).await;
+        hold.release.notify_one();
+        touch.await.unwrap().unwrap();
+        assert_revoked(&engine, created.raw.expose()).await;
+
+        // The revocation wrote the store and is held before it invalidates;
+        // a touch runs whole on the cached (still active) key; then the
+        // revocation returns.
+        let created = acme.create_key(NewKey::new("ci")).await.unwrap();
+        validate(&engine, created.raw.expose()).await.unwrap();
+        let hold = hold_next(&spy, StoreOp::TransitionKey);
+        let revoke = tokio::spawn({
+            let (acme, id) = (acme.clone(), created.key.id);
+            async move { acme.revoke_key(id, "leaked").await }
+        });
+        hold.read.notified().await;
+        clock.advance(Duration::from_secs(1));
+        cached.touch_key(created.key.id, clock.now()).await.unwrap();
+        hold.release.notify_one();
+        revoke.await.unwrap().unwrap();
+        assert_revoked(&engine, created.raw.expose()).await;
+
+        // The revocation must ask the store for the hash (the id index lost
+        // it) and is held there, after its write; lookups and touches run
+        // meanwhile; once it returns, no validation sees the active key.
+        let created = acme.create_key(NewKey::new("ci")).await.unwrap();
+        validate(&engine, created.raw.expose()).await.unwrap();
+        cached.hashes.invalidate(&created.key.id);
+        let hold = hold_next(&spy, StoreOp::GetKey);
+        let revoke = tokio::spawn({
+            let (acme, id) = (acme.clone(), created.key.id);
+            async move { acme.revoke_key(id, "leaked").await }
+        });
+        hold.read.notified().await;
+        cached.touch_key(created.key.id, clock.now()).await.unwrap();
+        let _ = validate(&engine, created.raw.expose()).await;
+        hold.release.notify_one();
+        revoke.await.unwrap().unwrap();
+        assert_revoked(&engine, created.raw.expose()).await;
+    }
+
+    /// The race of the touch above, left to the scheduler: touches of a key
+    /// run on another thread while it is revoked; once the revocation has
+    /// returned, every validation refuses it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn revocations_racing_touches_always_win() {
+        let Setup { cached, engine, clock, .. } = setup();
+        let acme = engine.tenant("app", "acme");
+        for round in 0..500 {
+            let created = acme.create_key(NewKey::new(format!("k{round}"))).await.unwrap();
+            validate(&engine, created.raw.expose()).await.unwrap();
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let toucher = tokio::spawn({
+                let (cached, stop, id, start) = (Arc::clone(&cached), Arc::clone(&stop), created.key.id, clock.now());
+                async move {
+                    let mut at = start;
+                    while !stop.load(Ordering::SeqCst) {
+                        at += chrono::Duration::milliseconds(1);
+                        cached.touch_key(id, at).await.unwrap();
+                        tokio::task::yield_now().await;
+                    }
+                }
+            });
+            tokio::task::yield_now().await;
+            acme.revoke_key(created.key.id, "leaked").await.unwrap();
+            for _ in 0..3 {
+                assert_revoked(&engine, created.raw.expose()).await;
+                tokio::task::yield_now().await;
+            }
+            stop.store(true, Ordering::SeqCst);
+            toucher.await.unwrap();
+            assert_revoked(&engine, created.raw.expose()).await;
+        }
     }
 
     #[tokio::test]

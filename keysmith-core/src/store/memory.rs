@@ -52,6 +52,8 @@ struct Tables {
     keys: HashMap<KeyHash, StoredKey, foldhash::fast::RandomState>,
     /// Management finds keys by id through this index.
     by_id: HashMap<KeyId, KeyHash, foldhash::fast::RandomState>,
+    /// The keys of each lineage, for quota counts.
+    lineages: HashMap<KeyId, Vec<KeyId>, foldhash::fast::RandomState>,
     policies: HashMap<PolicyId, Arc<Policy>, foldhash::fast::RandomState>,
     scopes: BTreeMap<ScopeId, Scope>,
     rotations: Vec<RotationRecord>,
@@ -163,6 +165,7 @@ impl Tables {
         }
         self.check_policy(&key.tenant, key.policy_id)?;
         self.by_id.insert(key.id, stored.hash);
+        self.lineages.entry(key.lineage_id).or_default().push(key.id);
         self.keys.insert(stored.hash, stored.clone());
         Ok(())
     }
@@ -440,10 +443,33 @@ impl UsageStore for MemoryStore {
     }
 
     async fn tenant_usage(&self, tenant: &Tenant, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>> {
-        let tables = self.read_usage()?;
+        Ok(self.read_usage()?.totals(tenant, period, range, |_| true))
+    }
+
+    async fn lineage_usage(
+        &self,
+        tenant: &Tenant,
+        lineage: KeyId,
+        period: Period,
+        range: TimeRange,
+    ) -> Result<Vec<UsageTotal>> {
+        let members = self.read()?.lineages.get(&lineage).cloned().unwrap_or_default();
+        Ok(self.read_usage()?.totals(tenant, period, range, |key_id| members.contains(&key_id)))
+    }
+}
+
+impl UsageTables {
+    /// The tenant's aggregates of keys that `counted`, summed per period start.
+    fn totals(
+        &self,
+        tenant: &Tenant,
+        period: Period,
+        range: TimeRange,
+        counted: impl Fn(KeyId) -> bool,
+    ) -> Vec<UsageTotal> {
         let mut totals: BTreeMap<DateTime<Utc>, UsageTotal> = BTreeMap::new();
-        for a in tables.aggregates.values() {
-            if a.tenant == *tenant && a.period == period && range.contains(a.period_start) {
+        for a in self.aggregates.values() {
+            if a.tenant == *tenant && a.period == period && range.contains(a.period_start) && counted(a.key_id) {
                 let total = totals.entry(a.period_start).or_insert_with(|| UsageTotal {
                     period,
                     period_start: a.period_start,
@@ -454,7 +480,7 @@ impl UsageStore for MemoryStore {
                 total.errors += a.errors;
             }
         }
-        Ok(totals.into_values().collect())
+        totals.into_values().collect()
     }
 }
 

@@ -246,6 +246,17 @@ pub trait UsageStore: Send + Sync {
 
     /// The tenant's totals per period (all keys summed), oldest first.
     async fn tenant_usage(&self, tenant: &Tenant, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>>;
+
+    /// A lineage's totals per period (every key whose
+    /// [`lineage_id`](crate::Key::lineage_id) is `lineage`, summed) whose
+    /// period starts in `range`, oldest first: what quotas count.
+    async fn lineage_usage(
+        &self,
+        tenant: &Tenant,
+        lineage: KeyId,
+        period: Period,
+        range: TimeRange,
+    ) -> Result<Vec<UsageTotal>>;
 }
 
 /// Requests and errors of all of a tenant's keys in one period.

@@ -43,6 +43,7 @@ pub enum StoreOp {
     ListUsage,
     UsageAggregates,
     TenantUsage,
+    LineageUsage,
     ListRotations,
     Migrate,
     Ping,
@@ -220,6 +221,15 @@ impl<P: StoreProbe> UsageStore for ProbedStore<P> {
     }
     async fn tenant_usage(&self, tenant: &Tenant, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>> {
         probed!(self, TenantUsage, self.inner.tenant_usage(tenant, period, range))
+    }
+    async fn lineage_usage(
+        &self,
+        tenant: &Tenant,
+        lineage: KeyId,
+        period: Period,
+        range: TimeRange,
+    ) -> Result<Vec<UsageTotal>> {
+        probed!(self, LineageUsage, self.inner.lineage_usage(tenant, lineage, period, range))
     }
 }
 

@@ -269,11 +269,12 @@ impl Worker {
             return;
         }
         let mut backoff = Duration::from_millis(50);
+        self.quotas.begin_write();
         for attempt in 1..=3 {
             match self.store.record_batch(&self.batch).await {
                 Ok(()) => {
                     self.counters.written.fetch_add(self.batch.len() as u64, Ordering::Relaxed);
-                    self.quotas.on_written(&self.batch);
+                    self.quotas.end_write(&self.batch);
                     self.batch.clear();
                     return;
                 }
@@ -287,6 +288,9 @@ impl Worker {
                     tracing::error!(target: "keysmith::usage", %error, lost, "usage batch failed; records lost");
                     self.counters.failed.fetch_add(lost, Ordering::Relaxed);
                     metrics::counter!(FAILED_TOTAL).increment(lost);
+                    // Lost records stay counted as pending: a quota
+                    // over-counts rather than gives them away.
+                    self.quotas.end_write(&[]);
                     self.batch.clear();
                 }
             }

@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS keysmith_keys (
     created_at       DATETIME(6) NOT NULL,
     updated_at       DATETIME(6) NOT NULL,
     metadata         JSON NOT NULL,
+    -- The credential the key belongs to across rotations (the id of the
+    -- first key of its chain): rate limits and quotas count per lineage.
+    lineage_id       BINARY(16) NOT NULL,
     -- Validation: one lookup by hash.
     UNIQUE KEY keysmith_keys_hash (hash),
     -- Listings by tenant, with or without a state filter, in id order.
@@ -56,6 +59,8 @@ CREATE TABLE IF NOT EXISTS keysmith_keys (
     -- The sweeper.
     KEY keysmith_keys_expiring (state, expires_at),
     KEY keysmith_keys_grace (state, grace_expires_at),
+    -- Quota reads: a lineage's keys.
+    KEY keysmith_keys_lineage (lineage_id),
     -- "Is this policy in use" and the ON DELETE action (the index is the
     -- foreign key's).
     CONSTRAINT keysmith_keys_policy FOREIGN KEY (policy_id) REFERENCES keysmith_policies (id) ON DELETE SET NULL

@@ -1,0 +1,21 @@
+-- Key lineage: the credential a key belongs to across rotations (the id of
+-- the first key of its chain). Rate limits and quotas are counted per
+-- lineage. SQLite cannot add a column only if it is missing, so this file
+-- relies on the migration history (it runs once).
+
+ALTER TABLE keysmith_keys ADD COLUMN lineage_id BLOB;
+
+-- Existing keys: follow recorded rotations from each chain's first key, so
+-- keys already rotated share their predecessor's lineage.
+WITH RECURSIVE chain (id, lineage) AS (
+    SELECT k.id, k.id FROM keysmith_keys k
+    WHERE NOT EXISTS (SELECT 1 FROM keysmith_rotations r WHERE r.new_key_id = k.id)
+    UNION
+    SELECT r.new_key_id, c.lineage FROM keysmith_rotations r JOIN chain c ON r.key_id = c.id
+)
+UPDATE keysmith_keys SET lineage_id = (SELECT c.lineage FROM chain c WHERE c.id = keysmith_keys.id)
+WHERE lineage_id IS NULL;
+UPDATE keysmith_keys SET lineage_id = id WHERE lineage_id IS NULL;
+
+-- Quota reads: a lineage's keys.
+CREATE INDEX IF NOT EXISTS keysmith_keys_lineage ON keysmith_keys (lineage_id);
