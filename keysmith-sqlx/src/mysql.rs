@@ -9,7 +9,7 @@
 use chrono::{DateTime, Utc};
 use keysmith_core::Result;
 use sqlx::migrate::Migrator;
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlRow};
+use sqlx::mysql::{MySqlConnectOptions, MySqlRow};
 use sqlx::types::Json;
 use sqlx::{MySql, QueryBuilder, Row as _};
 
@@ -25,28 +25,27 @@ use crate::store::{Dialect, sql_store};
 /// know of, unless a migrator is told to ignore them).
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/mysql");
 
-/// A store in MySQL (8.0 or later) or MariaDB (10.5 or later), on InnoDB.
-///
-/// ```no_run
-/// # async fn run() -> Result<(), keysmith_core::Error> {
-/// use std::sync::Arc;
-/// use keysmith_core::{Engine, Store};
-/// use keysmith_sqlx::MySqlStore;
-///
-/// let store = MySqlStore::connect("mysql://root@127.0.0.1:3306/app").await?;
-/// store.migrate().await?;
-/// let engine = Engine::builder(Arc::new(store)).build()?;
-/// # Ok(())
-/// # }
-/// ```
-///
-/// Times are stored as UTC `DATETIME(6)`, which holds the years 1000 to
-/// 9999. A lost connection surfaces as
-/// [`Error::Store`](keysmith_core::Error::Store) (validation fails, it never
-/// passes); the pool opens new connections when the server is back.
-#[derive(Debug, Clone)]
-pub struct MySqlStore {
-    pool: MySqlPool,
+sql_store! {
+    /// A store in MySQL (8.0 or later) or MariaDB (10.5 or later), on InnoDB.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), keysmith_core::Error> {
+    /// use std::sync::Arc;
+    /// use keysmith_core::{Engine, Store};
+    /// use keysmith_sqlx::MySqlStore;
+    ///
+    /// let store = MySqlStore::connect("mysql://root@127.0.0.1:3306/app").await?;
+    /// store.migrate().await?;
+    /// let engine = Engine::builder(Arc::new(store)).build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Times are stored as UTC `DATETIME(6)`, which holds the years 1000 to
+    /// 9999. A lost connection surfaces as
+    /// [`Error::Store`](keysmith_core::Error::Store) (validation fails, it never
+    /// passes); the pool opens new connections when the server is back.
+    MySqlStore, sqlx::MySql
 }
 
 impl MySqlStore {
@@ -62,18 +61,6 @@ impl MySqlStore {
     pub async fn connect(url: &str) -> Result<Self> {
         let options: MySqlConnectOptions = url.parse().map_err(store_error)?;
         Ok(Self::new(connect_server(options, "MySQL").await?))
-    }
-
-    /// A store on an existing pool (its settings are yours).
-    #[must_use]
-    pub fn new(pool: MySqlPool) -> Self {
-        Self { pool }
-    }
-
-    /// The pool, for health checks or the application's own queries.
-    #[must_use]
-    pub fn pool(&self) -> &MySqlPool {
-        &self.pool
     }
 }
 
@@ -138,5 +125,3 @@ impl Dialect for MySql {
         row.try_get_unchecked(column)
     }
 }
-
-sql_store!(MySqlStore, sqlx::MySql);

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use keysmith_core::Result;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row as _};
 
 use crate::common::{connect_server, store_error};
@@ -25,27 +25,26 @@ use crate::store::{Dialect, sql_store};
 /// know of, unless a migrator is told to ignore them).
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
-/// A store in PostgreSQL (12 or later).
-///
-/// ```no_run
-/// # async fn run() -> Result<(), keysmith_core::Error> {
-/// use std::sync::Arc;
-/// use keysmith_core::{Engine, Store};
-/// use keysmith_sqlx::PgStore;
-///
-/// let store = PgStore::connect("postgres://postgres@127.0.0.1:5432/app").await?;
-/// store.migrate().await?;
-/// let engine = Engine::builder(Arc::new(store)).build()?;
-/// # Ok(())
-/// # }
-/// ```
-///
-/// A lost connection surfaces as [`Error::Store`](keysmith_core::Error::Store)
-/// (validation fails, it never passes); the pool opens new connections when
-/// the server is back.
-#[derive(Debug, Clone)]
-pub struct PgStore {
-    pool: PgPool,
+sql_store! {
+    /// A store in PostgreSQL (12 or later).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), keysmith_core::Error> {
+    /// use std::sync::Arc;
+    /// use keysmith_core::{Engine, Store};
+    /// use keysmith_sqlx::PgStore;
+    ///
+    /// let store = PgStore::connect("postgres://postgres@127.0.0.1:5432/app").await?;
+    /// store.migrate().await?;
+    /// let engine = Engine::builder(Arc::new(store)).build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// A lost connection surfaces as [`Error::Store`](keysmith_core::Error::Store)
+    /// (validation fails, it never passes); the pool opens new connections when
+    /// the server is back.
+    PgStore, sqlx::Postgres
 }
 
 impl PgStore {
@@ -60,18 +59,6 @@ impl PgStore {
     pub async fn connect(url: &str) -> Result<Self> {
         let options: PgConnectOptions = url.parse().map_err(store_error)?;
         Ok(Self::new(connect_server(options, "PostgreSQL").await?))
-    }
-
-    /// A store on an existing pool (its settings are yours).
-    #[must_use]
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
-    }
-
-    /// The pool, for health checks or the application's own queries.
-    #[must_use]
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
     }
 }
 
@@ -134,5 +121,3 @@ impl Dialect for Postgres {
         row.try_get(column)
     }
 }
-
-sql_store!(PgStore, sqlx::Postgres);

@@ -11,9 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use keysmith_core::Result;
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::types::Json;
 use sqlx::{QueryBuilder, Row as _, Sqlite};
 
@@ -29,29 +27,28 @@ use crate::store::{Dialect, sql_store};
 /// know of, unless a migrator is told to ignore them).
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
-/// A store in SQLite (3.35 or later; the bundled one by default).
-///
-/// ```
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-/// use std::sync::Arc;
-/// use keysmith_core::{Engine, Store};
-/// use keysmith_sqlx::SqliteStore;
-///
-/// let dir = std::env::temp_dir().join(format!("keysmith-doc-{}", std::process::id()));
-/// std::fs::create_dir_all(&dir).unwrap();
-/// let url = format!("sqlite://{}", dir.join("keys.db").display());
-///
-/// let store = SqliteStore::connect(&url).await?; // creates the file
-/// store.migrate().await?;
-/// store.migrate().await?; // safe on every start
-/// let engine = Engine::builder(Arc::new(store)).build()?;
-/// # std::fs::remove_dir_all(&dir).unwrap();
-/// # Ok::<(), keysmith_core::Error>(())
-/// # }).unwrap();
-/// ```
-#[derive(Debug, Clone)]
-pub struct SqliteStore {
-    pool: SqlitePool,
+sql_store! {
+    /// A store in SQLite (3.35 or later; the bundled one by default).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use std::sync::Arc;
+    /// use keysmith_core::{Engine, Store};
+    /// use keysmith_sqlx::SqliteStore;
+    ///
+    /// let dir = std::env::temp_dir().join(format!("keysmith-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// let url = format!("sqlite://{}", dir.join("keys.db").display());
+    ///
+    /// let store = SqliteStore::connect(&url).await?; // creates the file
+    /// store.migrate().await?;
+    /// store.migrate().await?; // safe on every start
+    /// let engine = Engine::builder(Arc::new(store)).build()?;
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), keysmith_core::Error>(())
+    /// # }).unwrap();
+    /// ```
+    SqliteStore, sqlx::Sqlite
 }
 
 impl SqliteStore {
@@ -87,19 +84,6 @@ impl SqliteStore {
         }
         .map_err(store_error)?;
         Ok(Self::new(pool))
-    }
-
-    /// A store on an existing pool (its settings are yours; keep foreign
-    /// keys on).
-    #[must_use]
-    pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
-    }
-
-    /// The pool, for health checks or the application's own queries.
-    #[must_use]
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
     }
 }
 
@@ -151,5 +135,3 @@ impl Dialect for Sqlite {
         row.try_get(column)
     }
 }
-
-sql_store!(SqliteStore, sqlx::Sqlite);

@@ -87,11 +87,32 @@ macro_rules! statement {
 }
 pub(crate) use statement;
 
-/// Implements [`keysmith_core::Store`] for `$store`, a struct of the calling
-/// module with a `pool: sqlx::Pool<$db>` field, where `$db` is a [`Dialect`]
-/// and the module has a `MIGRATOR`.
+/// Declares the store `$store` on a `sqlx::Pool<$db>` (with `attrs`, its
+/// docs) and implements [`keysmith_core::Store`] for it, where `$db` is a
+/// [`Dialect`] and the calling module has a `MIGRATOR`.
 macro_rules! sql_store {
-    ($store:ident, $db:ty) => {
+    ($(#[$attr:meta])* $store:ident, $db:ty) => {
+        $(#[$attr])*
+        #[derive(Debug, Clone)]
+        pub struct $store {
+            pool: sqlx::Pool<$db>,
+        }
+
+        impl $store {
+            /// A store on an existing pool (its settings are yours; SQLite's
+            /// must enforce foreign keys).
+            #[must_use]
+            pub fn new(pool: sqlx::Pool<$db>) -> Self {
+                Self { pool }
+            }
+
+            /// The pool, for health checks or the application's own queries.
+            #[must_use]
+            pub fn pool(&self) -> &sqlx::Pool<$db> {
+                &self.pool
+            }
+        }
+
         mod shared {
             use std::collections::{HashMap, HashSet};
             use std::sync::Arc;

@@ -44,10 +44,17 @@ pub trait TestServer: Database {
     /// The statement that drops database `name` even while it has connections.
     fn drop_database(name: &str) -> String;
     /// Runs `sql` (no parameters) on `conn`.
-    fn execute<'c>(
-        conn: &'c mut Self::Connection,
-        sql: &'c str,
-    ) -> Pin<Box<dyn Future<Output = sqlx::Result<()>> + Send + 'c>>;
+    fn execute<'c>(conn: &'c mut Self::Connection, sql: &'c str) -> Execution<'c>;
+}
+
+/// A statement running on a connection.
+pub type Execution<'c> = Pin<Box<dyn Future<Output = sqlx::Result<()>> + Send + 'c>>;
+
+fn execute<'c, DB: Database>(conn: &'c mut DB::Connection, sql: &'c str) -> Execution<'c>
+where
+    for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
+{
+    Box::pin(async move { conn.execute(sql).await.map(drop) })
 }
 
 impl TestServer for Postgres {
@@ -57,11 +64,8 @@ impl TestServer for Postgres {
         format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     }
 
-    fn execute<'c>(
-        conn: &'c mut Self::Connection,
-        sql: &'c str,
-    ) -> Pin<Box<dyn Future<Output = sqlx::Result<()>> + Send + 'c>> {
-        Box::pin(async move { conn.execute(sql).await.map(drop) })
+    fn execute<'c>(conn: &'c mut Self::Connection, sql: &'c str) -> Execution<'c> {
+        execute::<Self>(conn, sql)
     }
 }
 
@@ -72,11 +76,8 @@ impl TestServer for MySql {
         format!("DROP DATABASE IF EXISTS {name}")
     }
 
-    fn execute<'c>(
-        conn: &'c mut Self::Connection,
-        sql: &'c str,
-    ) -> Pin<Box<dyn Future<Output = sqlx::Result<()>> + Send + 'c>> {
-        Box::pin(async move { conn.execute(sql).await.map(drop) })
+    fn execute<'c>(conn: &'c mut Self::Connection, sql: &'c str) -> Execution<'c> {
+        execute::<Self>(conn, sql)
     }
 }
 
