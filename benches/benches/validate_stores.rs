@@ -1,10 +1,10 @@
-//! `Engine::validate` with a warm cache over SQLite and PostgreSQL, next to
+//! `Engine::validate` with a warm cache over SQLite, PostgreSQL and MySQL, next to
 //! the memory store and the floor (one SHA-256 of a key plus one hash-map
 //! lookup), all in one run so the report reads as ratios.
 //!
-//! `KEYSMITH_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test cargo bench -p keysmith-benches --bench validate_stores`
+//! `KEYSMITH_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test KEYSMITH_TEST_MYSQL_URL=mysql://root@127.0.0.1:3306/test cargo bench -p keysmith-benches --bench validate_stores`
 //!
-//! Without the variable the PostgreSQL benches are skipped with one line.
+//! Without a server's variable its benches are skipped with one line.
 #![allow(missing_docs)]
 
 use std::collections::HashMap;
@@ -40,9 +40,9 @@ fn validate_stores(c: &mut Criterion) {
         });
     });
 
-    for backend in [Backend::Memory, Backend::Sqlite, Backend::Postgres] {
+    for backend in [Backend::Memory, Backend::Sqlite, Backend::Postgres, Backend::MySql] {
         let Some(store) = runtime.block_on(BenchStore::open(backend)) else {
-            println!("skipping {}: KEYSMITH_TEST_POSTGRES_URL not set", backend.name());
+            println!("skipping {}: its server URL is not set", backend.name());
             continue;
         };
         let engine = store.engine();

@@ -2,8 +2,8 @@
 //! measurement runs on and the keys it presents.
 //!
 //! - `cargo bench -p keysmith-benches --bench validate_stores`: validation
-//!   through [`CachedStore`] over SQLite and
-//!   PostgreSQL next to the memory store and the SHA-256 + lookup floor.
+//!   through [`CachedStore`] over SQLite,
+//!   PostgreSQL and MySQL next to the memory store and the SHA-256 + lookup floor.
 //! - `bench-server <mode>`: the HTTP servers `scripts/bench-http` drives with wrk.
 //! - `bench-usage`: usage-recording throughput and memory per key
 //!   (`scripts/bench-usage`).
@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use keysmith_core::store::CachedStore;
 use keysmith_core::{Engine, MemoryStore, NewKey, PolicySpec, Store};
-use keysmith_sqlx::{PgStore, SqliteStore};
-use keysmith_tests::services::PgTestDb;
+use keysmith_sqlx::{MySqlStore, PgStore, SqliteStore};
+use keysmith_tests::services::{MySqlTestDb, PgTestDb};
 
 /// Where a benchmark keeps its keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +37,9 @@ pub enum Backend {
     /// [`PgStore`] on a fresh database of `KEYSMITH_TEST_POSTGRES_URL`,
     /// behind [`CachedStore`].
     Postgres,
+    /// [`MySqlStore`] on a fresh database of `KEYSMITH_TEST_MYSQL_URL`,
+    /// behind [`CachedStore`].
+    MySql,
 }
 
 impl Backend {
@@ -47,6 +50,7 @@ impl Backend {
             Self::Memory => "memory",
             Self::Sqlite => "sqlite_cached",
             Self::Postgres => "postgres_cached",
+            Self::MySql => "mysql_cached",
         }
     }
 }
@@ -59,13 +63,14 @@ pub struct BenchStore {
     pub store: Arc<dyn Store>,
     /// The SQL store without the cache, for write-path measurements.
     pub raw: Arc<dyn Store>,
-    _pg: Option<PgTestDb>,
+    _server_db: Option<Box<dyn std::fmt::Debug + Send>>,
     sqlite_file: Option<std::path::PathBuf>,
 }
 
 impl BenchStore {
     /// Opens and migrates `backend`; `None` (after one `skipping:` line) for
-    /// PostgreSQL when `KEYSMITH_TEST_POSTGRES_URL` is unset.
+    /// PostgreSQL or MySQL when `KEYSMITH_TEST_POSTGRES_URL` or
+    /// `KEYSMITH_TEST_MYSQL_URL` is unset.
     ///
     /// # Panics
     /// When the database cannot be opened or migrated.
@@ -73,7 +78,7 @@ impl BenchStore {
         match backend {
             Backend::Memory => {
                 let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-                Some(Self { raw: Arc::clone(&store), store, _pg: None, sqlite_file: None })
+                Some(Self { raw: Arc::clone(&store), store, _server_db: None, sqlite_file: None })
             }
             Backend::Sqlite => {
                 let path = std::env::temp_dir().join(format!("keysmith-bench-{}.db", std::process::id()));
@@ -83,17 +88,26 @@ impl BenchStore {
                 sqlite.migrate().await.expect("migrate SQLite");
                 let raw: Arc<dyn Store> = Arc::new(sqlite);
                 let store: Arc<dyn Store> = Arc::new(CachedStore::new(Arc::clone(&raw)));
-                Some(Self { store, raw, _pg: None, sqlite_file: Some(path) })
+                Some(Self { store, raw, _server_db: None, sqlite_file: Some(path) })
             }
             Backend::Postgres => {
                 let db = PgTestDb::create().await?;
                 let pg = PgStore::connect(db.url()).await.expect("connect to PostgreSQL");
                 pg.migrate().await.expect("migrate PostgreSQL");
-                let raw: Arc<dyn Store> = Arc::new(pg);
-                let store: Arc<dyn Store> = Arc::new(CachedStore::new(Arc::clone(&raw)));
-                Some(Self { store, raw, _pg: Some(db), sqlite_file: None })
+                Some(Self::on_server(Arc::new(pg), Box::new(db)))
+            }
+            Backend::MySql => {
+                let db = MySqlTestDb::create().await?;
+                let mysql = MySqlStore::connect(db.url()).await.expect("connect to MySQL");
+                mysql.migrate().await.expect("migrate MySQL");
+                Some(Self::on_server(Arc::new(mysql), Box::new(db)))
             }
         }
+    }
+
+    fn on_server(raw: Arc<dyn Store>, db: Box<dyn std::fmt::Debug + Send>) -> Self {
+        let store: Arc<dyn Store> = Arc::new(CachedStore::new(Arc::clone(&raw)));
+        Self { store, raw, _server_db: Some(db), sqlite_file: None }
     }
 
     /// An engine on the store with default settings.

@@ -45,8 +45,8 @@ pub(crate) struct Cli {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Global options")]
 pub(crate) struct GlobalArgs {
-    /// Database URL: `sqlite:keys.db` (the file is created if missing) or
-    /// `postgres://user@host:5432/db`.
+    /// Database URL: `sqlite:keys.db` (the file is created if missing),
+    /// `postgres://user@host:5432/db` or `mysql://user@host:3306/db`.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true, value_name = "URL")]
     pub(crate) database_url: Option<String>,
     /// Application id of the tenant to act for (required by keys, policies, scopes and usage).

@@ -1,7 +1,10 @@
-//! What both backends share: error mapping and column conversions.
+//! What the backends share besides their store logic: connecting, error
+//! mapping and column conversions.
 
 use std::str::FromStr;
 use std::time::Duration;
+
+use sqlx::{Connection, Database, Pool};
 
 use keysmith_core::store::Page;
 use keysmith_core::{Error, KeyHash, KeyId, KeyState, Policy, PolicyId, RateLimit, Result};
@@ -10,6 +13,35 @@ use keysmith_core::{Error, KeyHash, KeyId, KeyState, Policy, PolicyId, RateLimit
 /// but the re-read shows a state it could start from (a concurrent change
 /// came and went between the two statements).
 pub(crate) const TRANSITION_ATTEMPTS: usize = 3;
+
+/// Connects a pool of up to 10 connections, which waits at most 5 seconds
+/// for one, to the database server `server` (its name for messages).
+///
+/// One direct connection is made first: a pool retries a failing connection
+/// until its timeout and then reports only the timeout, where this says why
+/// (connection refused, authentication failed, no such database…).
+pub(crate) async fn connect_server<DB: Database>(
+    options: <DB::Connection as Connection>::Options,
+    server: &str,
+) -> Result<Pool<DB>> {
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    match tokio::time::timeout(CONNECT_TIMEOUT, DB::Connection::connect_with(&options)).await {
+        Ok(Ok(connection)) => connection.close().await.map_err(store_error)?,
+        Ok(Err(error)) => return Err(store_error(error)),
+        Err(_) => {
+            return Err(Error::store(format!(
+                "no answer from the {server} server within {}s",
+                CONNECT_TIMEOUT.as_secs()
+            )));
+        }
+    }
+    sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(10)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(store_error)
+}
 
 /// Any sqlx error, kept as the source: connection loss, timeouts, corrupt rows.
 pub(crate) fn store_error(error: sqlx::Error) -> Error {
@@ -87,11 +119,6 @@ pub(crate) fn to_u64(what: &str, value: i64) -> Result<u64> {
 /// `LIMIT` and `OFFSET` of a page (the limit capped like every store caps it).
 pub(crate) fn limit_offset(page: Page) -> (i64, i64) {
     (i64::from(page.limit.min(Page::MAX_LIMIT)), i64::try_from(page.offset).unwrap_or(i64::MAX))
-}
-
-/// The names of the states a transition may start from.
-pub(crate) fn state_names(states: &[KeyState]) -> Vec<String> {
-    states.iter().map(|s| s.as_str().to_owned()).collect()
 }
 
 /// What a missed compare-and-set means, given the key's state now.

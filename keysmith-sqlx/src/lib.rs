@@ -1,8 +1,10 @@
-//! SQL stores for Keysmith: [`PgStore`] (PostgreSQL, feature `postgres`) and
-//! [`SqliteStore`] (SQLite, feature `sqlite`), both on by default.
+//! SQL stores for Keysmith: [`PgStore`] (PostgreSQL, feature `postgres`),
+//! [`SqliteStore`] (SQLite, feature `sqlite`) and [`MySqlStore`] (MySQL and
+//! MariaDB, feature `mysql`), all on by default; [`connect`] picks one by
+//! the URL's scheme. They share one body of store logic.
 //!
 //! Each implements the whole [`keysmith_core::Store`]. Migrations are embedded
-//! ([`postgres::MIGRATOR`], [`sqlite::MIGRATOR`]) and [`Store::migrate`]
+//! ([`postgres::MIGRATOR`], [`sqlite::MIGRATOR`], [`mysql::MIGRATOR`]) and [`Store::migrate`]
 //! runs them; it is idempotent and cheap, so call it on every start.
 //!
 //! ```
@@ -29,13 +31,14 @@
 //! `keysmith_key_scopes`, `keysmith_usage`, `keysmith_usage_agg` and
 //! `keysmith_rotations`.
 //!
-//! - Ids are stored as their UUID (PostgreSQL `uuid`, SQLite a 16-byte blob);
+//! - Ids are stored as their UUID (PostgreSQL `uuid`, SQLite a 16-byte blob,
+//!   MySQL `BINARY(16)`);
 //!   the TypeID prefix is implied by the column. UUIDv7 order is creation order,
 //!   so `ORDER BY id` lists oldest first, as every store does.
 //! - Key hashes are the lowercase hex SHA-256 (64 characters), unique.
 //! - Times are UTC: `timestamptz` in PostgreSQL, integer microseconds since the
-//!   Unix epoch in SQLite (`datetime(col / 1000000, 'unixepoch')` reads them).
-//!   Both keep microseconds; nanoseconds are dropped.
+//!   Unix epoch in SQLite (`datetime(col / 1000000, 'unixepoch')` reads them),
+//!   `DATETIME(6)` in MySQL. All keep microseconds; nanoseconds are dropped.
 //! - Durations (policy windows and ages, rotation grace, request latency) are
 //!   integer microseconds.
 //! - A key's scopes are rows of `keysmith_key_scopes` in order; they are names,
@@ -50,17 +53,26 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod common;
+mod connect;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
+mod store;
 
+#[cfg(feature = "mysql")]
+pub use mysql::MySqlStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PgStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
+
+pub use connect::connect;
 
 /// Re-exported so that `Store::migrate` and friends are in scope with one import.
 pub use keysmith_core::Store;

@@ -1,14 +1,20 @@
 //! External services for tests (DESIGN §13): where they are, whether a
-//! missing one skips or fails, and a throwaway PostgreSQL database per test.
+//! missing one skips or fails, and a throwaway database per test on the
+//! PostgreSQL or MySQL server.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgConnection};
+use sqlx::pool::PoolOptions;
+use sqlx::{ConnectOptions, Connection, Database, Executor, MySql, Pool, Postgres};
 
 /// The variable holding the PostgreSQL URL of the test server.
 pub const POSTGRES_URL_VAR: &str = "KEYSMITH_TEST_POSTGRES_URL";
+
+/// The variable holding the MySQL (or MariaDB) URL of the test server.
+pub const MYSQL_URL_VAR: &str = "KEYSMITH_TEST_MYSQL_URL";
 
 /// When `1`, a missing service fails the test instead of skipping it.
 pub const REQUIRE_SERVICES_VAR: &str = "KEYSMITH_TEST_REQUIRE_SERVICES";
@@ -31,27 +37,78 @@ pub fn service_url(var: &str) -> Option<String> {
     }
 }
 
+/// A database server that tests make throwaway databases on.
+pub trait TestServer: Database {
+    /// The variable holding the server's URL.
+    const URL_VAR: &'static str;
+    /// The statement that drops database `name` even while it has connections.
+    fn drop_database(name: &str) -> String;
+    /// Runs `sql` (no parameters) on `conn`.
+    fn execute<'c>(conn: &'c mut Self::Connection, sql: &'c str) -> Execution<'c>;
+}
+
+/// A statement running on a connection.
+pub type Execution<'c> = Pin<Box<dyn Future<Output = sqlx::Result<()>> + Send + 'c>>;
+
+fn execute<'c, DB: Database>(conn: &'c mut DB::Connection, sql: &'c str) -> Execution<'c>
+where
+    for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
+{
+    Box::pin(async move { conn.execute(sql).await.map(drop) })
+}
+
+impl TestServer for Postgres {
+    const URL_VAR: &'static str = POSTGRES_URL_VAR;
+
+    fn drop_database(name: &str) -> String {
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    }
+
+    fn execute<'c>(conn: &'c mut Self::Connection, sql: &'c str) -> Execution<'c> {
+        execute::<Self>(conn, sql)
+    }
+}
+
+impl TestServer for MySql {
+    const URL_VAR: &'static str = MYSQL_URL_VAR;
+
+    fn drop_database(name: &str) -> String {
+        format!("DROP DATABASE IF EXISTS {name}")
+    }
+
+    fn execute<'c>(conn: &'c mut Self::Connection, sql: &'c str) -> Execution<'c> {
+        execute::<Self>(conn, sql)
+    }
+}
+
 /// A fresh database on the test server, dropped (with its connections) when
 /// this value is dropped, even by a failing test.
 #[derive(Debug)]
-pub struct PgTestDb {
-    admin: PgConnectOptions,
+pub struct TestDb<DB: TestServer> {
+    admin: <DB::Connection as Connection>::Options,
     name: String,
     url: String,
 }
 
-impl PgTestDb {
-    /// Creates `keysmith_test_<random>` on the server of
-    /// `KEYSMITH_TEST_POSTGRES_URL`; `None` (after one line) if it is unset.
+/// A fresh database on the PostgreSQL server of `KEYSMITH_TEST_POSTGRES_URL`.
+pub type PgTestDb = TestDb<Postgres>;
+
+/// A fresh database on the MySQL server of `KEYSMITH_TEST_MYSQL_URL`.
+pub type MySqlTestDb = TestDb<MySql>;
+
+impl<DB: TestServer> TestDb<DB> {
+    /// Creates `keysmith_test_<random>` on the server of the server's
+    /// variable; `None` (after one line) if it is unset.
     ///
     /// # Panics
     /// If the server cannot be reached or the database cannot be created.
     pub async fn create() -> Option<Self> {
-        let admin_url = service_url(POSTGRES_URL_VAR)?;
-        let admin = PgConnectOptions::from_str(&admin_url).expect("KEYSMITH_TEST_POSTGRES_URL is not a PostgreSQL URL");
+        let admin_url = service_url(DB::URL_VAR)?;
+        let admin = <DB::Connection as Connection>::Options::from_str(&admin_url)
+            .unwrap_or_else(|e| panic!("{} is not a {} URL: {e}", DB::URL_VAR, DB::NAME));
         let name = format!("keysmith_test_{}", uuid::Uuid::now_v7().simple());
-        let mut conn = admin.connect().await.expect("cannot connect to the test PostgreSQL server");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("CREATE DATABASE failed");
+        let mut conn = admin.connect().await.expect("cannot connect to the test server");
+        DB::execute(&mut conn, &format!("CREATE DATABASE {name}")).await.expect("CREATE DATABASE failed");
         conn.close().await.ok();
         let url = with_database(&admin_url, &name);
         Some(Self { admin, name, url })
@@ -74,16 +131,16 @@ impl PgTestDb {
     ///
     /// # Panics
     /// If the server cannot be reached.
-    pub async fn admin(&self) -> PgConnection {
-        self.admin.connect().await.expect("cannot connect to the test PostgreSQL server")
+    pub async fn admin(&self) -> DB::Connection {
+        self.admin.connect().await.expect("cannot connect to the test server")
     }
 
     /// A small pool on the database, for a test's own checks.
     ///
     /// # Panics
     /// If the database cannot be reached.
-    pub async fn pool(&self) -> sqlx::PgPool {
-        PgPoolOptions::new()
+    pub async fn pool(&self) -> Pool<DB> {
+        PoolOptions::<DB>::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(5))
             .connect(&self.url)
@@ -92,17 +149,17 @@ impl PgTestDb {
     }
 }
 
-impl Drop for PgTestDb {
+impl<DB: TestServer> Drop for TestDb<DB> {
     fn drop(&mut self) {
         let admin = self.admin.clone();
-        let name = self.name.clone();
+        let sql = DB::drop_database(&self.name);
         // Drop may run inside a runtime (even while unwinding): use a thread
         // with its own.
         let dropped = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async move {
                 let mut conn = admin.connect().await?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await?;
+                DB::execute(&mut conn, &sql).await?;
                 conn.close().await
             })?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())

@@ -1,11 +1,12 @@
 //! Usage-recording throughput and memory per key; `scripts/bench-usage`
 //! runs every mode.
 //!
-//! - `bench-usage record <sqlite|postgres> [records] [batch]`: queues
+//! - `bench-usage record <sqlite|postgres|mysql> [records] [batch]`: queues
 //!   `records` usage records (default 200 000) through the engine's
 //!   background recorder as fast as one task can, then waits for the last
 //!   write (`engine.shutdown()`), and prints records/s written and how many
-//!   were dropped. PostgreSQL needs `KEYSMITH_TEST_POSTGRES_URL`.
+//!   were dropped. PostgreSQL needs `KEYSMITH_TEST_POSTGRES_URL`, MySQL
+//!   `KEYSMITH_TEST_MYSQL_URL`.
 //! - `bench-usage memory-store [keys]`: RSS growth of a `MemoryStore`
 //!   holding `keys` keys (default 1 000 000) created through the engine.
 //! - `bench-usage limiter [keys]`: RSS growth of the GCRA rate limiter
@@ -24,7 +25,9 @@ use keysmith_core::usage::UsageConfig;
 use keysmith_core::{Engine, KeyId, MemoryStore, NewKey, RateLimit, UsageId, UsageRecord};
 
 fn usage() -> ! {
-    eprintln!("usage: bench-usage record <sqlite|postgres> [records] [batch] | memory-store [keys] | limiter [keys]");
+    eprintln!(
+        "usage: bench-usage record <sqlite|postgres|mysql> [records] [batch] | memory-store [keys] | limiter [keys]"
+    );
     std::process::exit(2)
 }
 
@@ -55,6 +58,7 @@ async fn main() {
             let backend = match args.next().as_deref() {
                 Some("sqlite") => Backend::Sqlite,
                 Some("postgres") => Backend::Postgres,
+                Some("mysql") => Backend::MySql,
                 _ => usage(),
             };
             let records = arg(args.next(), 200_000);
@@ -69,7 +73,7 @@ async fn main() {
 
 async fn record(backend: Backend, records: usize, batch: usize) {
     let Some(store) = BenchStore::open(backend).await else {
-        println!("record {}: skipped (KEYSMITH_TEST_POSTGRES_URL not set)", backend.name());
+        println!("record {}: skipped (its server URL is not set)", backend.name());
         return;
     };
     let config = UsageConfig { queue_capacity: records, batch_size: batch, ..UsageConfig::default() };

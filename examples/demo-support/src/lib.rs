@@ -21,8 +21,7 @@ use std::time::Duration;
 
 use keysmith_core::http::ApiKey;
 use keysmith_core::store::Page;
-use keysmith_core::{CachedStore, Engine, Environment, NewKey, PolicySpec, RawKey, Store};
-use keysmith_sqlx::{PgStore, SqliteStore};
+use keysmith_core::{CachedStore, Engine, Environment, NewKey, PolicySpec, RawKey};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -43,7 +42,7 @@ pub type BoxError = Box<dyn std::error::Error>;
 /// What the demos read from the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    /// `DATABASE_URL`: `postgres://…` or `sqlite://…`; default
+    /// `DATABASE_URL`: `postgres://…`, `sqlite://…` or `mysql://…`; default
     /// [`DEFAULT_DATABASE_URL`].
     pub database_url: String,
     /// `PORT`, or the demo's default.
@@ -68,19 +67,14 @@ impl Settings {
     }
 }
 
-/// The engine of the demos: PostgreSQL or SQLite after the URL's scheme,
+/// The engine of the demos: PostgreSQL, SQLite or MySQL after the URL's scheme,
 /// migrated on every start, with a cache in front so validation usually
 /// does no database I/O. Keys are made for the `test` environment.
 ///
 /// # Errors
 /// When the store cannot be reached or migrated.
 pub async fn open_engine(database_url: &str) -> Result<Engine, BoxError> {
-    let store: Arc<dyn Store> = if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")
-    {
-        Arc::new(PgStore::connect(database_url).await?)
-    } else {
-        Arc::new(SqliteStore::connect(database_url).await?)
-    };
+    let store = keysmith_sqlx::connect(database_url).await?;
     store.migrate().await?;
     Ok(Engine::builder(Arc::new(CachedStore::new(store))).with_environment(Environment::Test).build()?)
 }

@@ -3,6 +3,7 @@
 
 mod flow;
 mod harness;
+mod mysql;
 mod postgres;
 mod serve;
 mod sqlite;

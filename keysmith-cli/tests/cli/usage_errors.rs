@@ -63,8 +63,9 @@ fn tenant_commands_need_app_and_tenant() {
 
 #[test]
 fn database_urls_need_a_supported_scheme() {
-    let error = bare(&["--database-url", "mysql://root:hunter2@127.0.0.1/x", "migrate"]).fails(2);
-    assert!(error.contains("mysql:") && !error.contains("hunter2"), "{error}");
+    let error = bare(&["--database-url", "redis://root:hunter2@127.0.0.1/x", "migrate"]).fails(2);
+    assert!(error.contains("redis:") && !error.contains("hunter2"), "{error}");
+    assert!(error.contains("postgres://") && error.contains("sqlite:") && error.contains("mysql://"), "{error}");
     bare(&["--database-url", "keys.db", "sweep"]).fails(2);
     let error = bare(&["sweep"]).fails(2);
     assert!(error.contains("DATABASE_URL"), "{error}");

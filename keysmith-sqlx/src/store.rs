@@ -1,0 +1,1066 @@
+//! The store logic every SQL backend shares, written once.
+//!
+//! A backend is a `sqlx::Database` with a [`Dialect`]: how it binds and
+//! reads a time, a list of strings and a key's scopes, its placeholders and
+//! the few SQL fragments that differ. [`sql_store!`] then implements the
+//! whole [`keysmith_core::Store`] for the backend's store type, with the
+//! database type known, so sqlx's traits need no generic bounds.
+//!
+//! The statements are portable SQL: every multi-row write is a multi-row
+//! `INSERT`, and every state change is a conditional `UPDATE … WHERE state IN
+//! (…)` followed, in the same transaction, by a read of the row it changed.
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, Utc};
+use sqlx::QueryBuilder;
+
+use keysmith_core::Result;
+
+/// What one SQL backend does its own way.
+pub(crate) trait Dialect: sqlx::Database {
+    /// A time as bound and read.
+    type Time: Send;
+    /// A list of strings as bound and read (policy lists).
+    type List: Send;
+    /// A key's scopes as [`Dialect::SCOPES`] reads them.
+    type Scopes;
+
+    /// The statement that starts a transaction.
+    const BEGIN: &'static str = "BEGIN";
+    /// Appended to a `SELECT` to lock the rows it reads until commit.
+    const LOCK_ROWS: &'static str = " FOR UPDATE";
+    /// The expression listing the scopes of the key `k`, in order.
+    const SCOPES: &'static str;
+    /// The usage table's `ip` column as text.
+    const IP_READ: &'static str = "ip";
+    /// What wraps a bound usage `ip` (text) on its way into the column.
+    const IP_WRITE: (&'static str, &'static str) = ("", "");
+    /// Sorts scope names by their bytes.
+    const ORDER_BY_NAME: &'static str = "name";
+    /// The type a `SUM` of counts is cast to.
+    const BIGINT: &'static str;
+    /// Appended to an aggregate insert: adds to the row that exists.
+    const ADD_TO_AGGREGATE: &'static str = " ON CONFLICT (key_id, period, period_start) DO UPDATE \
+        SET requests = keysmith_usage_agg.requests + excluded.requests, \
+            errors = keysmith_usage_agg.errors + excluded.errors";
+    /// Rows per multi-row `INSERT` (11 values each), within the backend's
+    /// limit on bound values.
+    const ROWS_PER_INSERT: usize;
+    /// Statements (answering `locked` = 1) that take and release a lock
+    /// serializing migrations, where sqlx's own does not hold.
+    const MIGRATION_LOCK: Option<(&'static str, &'static str)> = None;
+
+    /// `sql` with `?` placeholders in the backend's own form.
+    fn placeholders(sql: &str) -> Cow<'_, str> {
+        Cow::Borrowed(sql)
+    }
+    /// A time as bound.
+    fn time(at: DateTime<Utc>) -> Self::Time;
+    /// A time as read back.
+    fn from_time(what: &str, stored: Self::Time) -> Result<DateTime<Utc>>;
+    /// A list as bound.
+    fn list(items: &[String]) -> Self::List;
+    /// A list as read back.
+    fn from_list(stored: Self::List) -> Vec<String>;
+    /// A key's scopes as read back, in order.
+    fn from_scopes(stored: Self::Scopes) -> Result<Vec<String>>;
+    /// Pushes the age of the key `k` at `now`, in microseconds.
+    fn push_age_micros(qb: &mut QueryBuilder<'_, Self>, now: DateTime<Utc>);
+    /// Reads column `column` of `row`.
+    ///
+    /// # Errors
+    /// When the column is missing or holds another type.
+    fn get<T>(row: &Self::Row, column: &str) -> sqlx::Result<T>
+    where
+        T: for<'r> sqlx::Decode<'r, Self> + sqlx::Type<Self>;
+}
+
+/// A statement text built once per call site: the parts concatenated, with
+/// the backend's placeholders.
+macro_rules! statement {
+    ($db:ty, $($part:expr),+ $(,)?) => {{
+        static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        SQL.get_or_init(|| <$db as $crate::store::Dialect>::placeholders(&[$($part),+].concat()).into_owned())
+            .as_str()
+    }};
+}
+pub(crate) use statement;
+
+/// Declares the store `$store` on a `sqlx::Pool<$db>` (with `attrs`, its
+/// docs) and implements [`keysmith_core::Store`] for it, where `$db` is a
+/// [`Dialect`] and the calling module has a `MIGRATOR`.
+macro_rules! sql_store {
+    ($(#[$attr:meta])* $store:ident, $db:ty) => {
+        $(#[$attr])*
+        #[derive(Debug, Clone)]
+        pub struct $store {
+            pool: sqlx::Pool<$db>,
+        }
+
+        impl $store {
+            /// A store on an existing pool (its settings are yours; SQLite's
+            /// must enforce foreign keys).
+            #[must_use]
+            pub fn new(pool: sqlx::Pool<$db>) -> Self {
+                Self { pool }
+            }
+
+            /// The pool, for health checks or the application's own queries.
+            #[must_use]
+            pub fn pool(&self) -> &sqlx::Pool<$db> {
+                &self.pool
+            }
+        }
+
+        mod shared {
+            use std::collections::{HashMap, HashSet};
+            use std::sync::Arc;
+
+            use async_trait::async_trait;
+            use chrono::{DateTime, Utc};
+            use keysmith_core::store::{
+                KeyFilter, KeyStore, Page, PolicyStore, RotationStore, RotationWrite, ScopeStore, StoredKey,
+                TimeRange, Transition, UsageStore, UsageTotal,
+            };
+            use keysmith_core::{
+                Error, Key, KeyHash, KeyId, KeyState, Period, Policy, PolicyId, Result, RotationId, RotationRecord,
+                Scope, ScopeId, Store, Tenant, UsageAggregate, UsageId, UsageRecord,
+            };
+            use sqlx::migrate::Migrator;
+            use sqlx::types::Json;
+            use sqlx::{Database, QueryBuilder};
+            use uuid::Uuid;
+
+            use super::{$store, MIGRATOR};
+            use crate::common::{
+                Missed, PolicyColumns, TRANSITION_ATTEMPTS, corrupt, duration_to_micros, is_foreign_key_violation,
+                key_insert_error, limit_offset, micros_to_duration, missed_transition, named_write_error,
+                parse_column, parse_hash, parse_list, rate_limit_from, store_error, to_u64,
+            };
+            use crate::store::{Dialect, statement};
+
+            type Db = $db;
+            type Row = <Db as Database>::Row;
+            type Connection = <Db as Database>::Connection;
+
+            /// The columns of the key `k` but its scopes.
+            const KEY_COLUMNS: &str = "k.id, k.lineage_id, k.app_id, k.tenant_id, k.hash, k.name, k.hint, k.prefix, \
+                k.environment, k.state, k.policy_id, k.expires_at, k.grace_expires_at, k.revoked_reason, \
+                k.last_used_at, k.created_at, k.updated_at, k.metadata";
+
+            /// The columns of `keysmith_policies`.
+            const POLICY_COLUMNS: &str = "id, app_id, tenant_id, name, rate_limit_requests, \
+                rate_limit_window_us, rate_limit_burst, allowed_ips, allowed_origins, allowed_scopes, \
+                max_key_age_us, quota, rotation_grace_us, metadata, created_at, updated_at";
+
+            fn get<T>(row: &Row, column: &str) -> Result<T>
+            where
+                T: for<'r> sqlx::Decode<'r, Db> + sqlx::Type<Db>,
+            {
+                Db::get(row, column).map_err(store_error)
+            }
+
+            fn time(row: &Row, column: &str) -> Result<DateTime<Utc>> {
+                Db::from_time(column, get(row, column)?)
+            }
+
+            fn opt_time(row: &Row, column: &str) -> Result<Option<DateTime<Utc>>> {
+                get::<Option<<Db as Dialect>::Time>>(row, column)?.map(|t| Db::from_time(column, t)).transpose()
+            }
+
+            fn micros(row: &Row, column: &str) -> Result<std::time::Duration> {
+                micros_to_duration(column, get(row, column)?)
+            }
+
+            fn row_tenant(row: &Row) -> Result<Tenant> {
+                Ok(Tenant::new(get::<String>(row, "app_id")?, get::<String>(row, "tenant_id")?))
+            }
+
+            fn stored_key(row: &Row) -> Result<StoredKey> {
+                Ok(StoredKey { hash: parse_hash(&get::<String>(row, "hash")?)?, key: Arc::new(key(row)?) })
+            }
+
+            fn key(row: &Row) -> Result<Key> {
+                let id = get(row, "id")?;
+                Ok(Key {
+                    id: KeyId::from_uuid(id),
+                    // Nullable only in SQLite, which cannot add a `NOT NULL`
+                    // column; the migration fills it in every row.
+                    lineage_id: KeyId::from_uuid(get::<Option<Uuid>>(row, "lineage_id")?.unwrap_or(id)),
+                    name: get(row, "name")?,
+                    hint: get(row, "hint")?,
+                    prefix: get(row, "prefix")?,
+                    environment: parse_column("key environment", &get::<String>(row, "environment")?)?,
+                    state: parse_column("key state", &get::<String>(row, "state")?)?,
+                    scopes: Db::from_scopes(get(row, "scopes")?)?,
+                    tenant: row_tenant(row)?,
+                    policy_id: get::<Option<Uuid>>(row, "policy_id")?.map(PolicyId::from_uuid),
+                    expires_at: opt_time(row, "expires_at")?,
+                    grace_expires_at: opt_time(row, "grace_expires_at")?,
+                    revoked_reason: get(row, "revoked_reason")?,
+                    last_used_at: opt_time(row, "last_used_at")?,
+                    created_at: time(row, "created_at")?,
+                    updated_at: time(row, "updated_at")?,
+                    metadata: get::<Json<_>>(row, "metadata")?.0,
+                })
+            }
+
+            fn policy(row: &Row) -> Result<Policy> {
+                let opt_micros = |column: &str| -> Result<_> {
+                    get::<Option<i64>>(row, column)?.map(|us| micros_to_duration(column, us)).transpose()
+                };
+                Ok(Policy {
+                    id: PolicyId::from_uuid(get(row, "id")?),
+                    tenant: row_tenant(row)?,
+                    name: get(row, "name")?,
+                    rate_limit: rate_limit_from(
+                        get(row, "rate_limit_requests")?,
+                        get(row, "rate_limit_window_us")?,
+                        get(row, "rate_limit_burst")?,
+                    )?,
+                    allowed_ips: parse_list("policy allowed_ips", &Db::from_list(get(row, "allowed_ips")?))?,
+                    allowed_origins: Db::from_list(get(row, "allowed_origins")?),
+                    allowed_scopes: Db::from_list(get(row, "allowed_scopes")?),
+                    max_key_age: opt_micros("max_key_age_us")?,
+                    quota: get::<Option<Json<_>>>(row, "quota")?.map(|q| q.0),
+                    rotation_grace: opt_micros("rotation_grace_us")?,
+                    metadata: get::<Json<_>>(row, "metadata")?.0,
+                    created_at: time(row, "created_at")?,
+                    updated_at: time(row, "updated_at")?,
+                })
+            }
+
+            fn usage(row: &Row) -> Result<UsageRecord> {
+                Ok(UsageRecord {
+                    id: UsageId::from_uuid(get(row, "id")?),
+                    key_id: KeyId::from_uuid(get(row, "key_id")?),
+                    tenant: row_tenant(row)?,
+                    endpoint: get(row, "endpoint")?,
+                    method: get(row, "method")?,
+                    status: u16::try_from(get::<i32>(row, "status")?).map_err(|e| corrupt("usage status", e))?,
+                    ip: get::<Option<String>>(row, "ip")?.map(|ip| parse_column("usage ip", &ip)).transpose()?,
+                    user_agent: get(row, "user_agent")?,
+                    latency: micros(row, "latency_us")?,
+                    timestamp: time(row, "occurred_at")?,
+                })
+            }
+
+            fn rotation(row: &Row) -> Result<RotationRecord> {
+                Ok(RotationRecord {
+                    id: RotationId::from_uuid(get(row, "id")?),
+                    key_id: KeyId::from_uuid(get(row, "key_id")?),
+                    new_key_id: KeyId::from_uuid(get(row, "new_key_id")?),
+                    tenant: row_tenant(row)?,
+                    old_hash: parse_hash(&get::<String>(row, "old_hash")?)?,
+                    new_hash: parse_hash(&get::<String>(row, "new_hash")?)?,
+                    reason: parse_column("rotation reason", &get::<String>(row, "reason")?)?,
+                    grace_ttl: micros(row, "grace_ttl_us")?,
+                    grace_expires_at: time(row, "grace_expires_at")?,
+                    created_at: time(row, "created_at")?,
+                })
+            }
+
+            fn counts(row: &Row) -> Result<(u64, u64)> {
+                Ok((to_u64("usage requests", get(row, "requests")?)?, to_u64("usage errors", get(row, "errors")?)?))
+            }
+
+            /// The key `id` of `tenant`, or of any tenant when `tenant` is `None`.
+            async fn key_on(conn: &mut Connection, tenant: Option<&Tenant>, id: KeyId) -> Result<Option<Row>> {
+                let mut qb = QueryBuilder::<Db>::new(format!(
+                    "SELECT {KEY_COLUMNS}, {} AS scopes FROM keysmith_keys k WHERE k.id = ",
+                    Db::SCOPES
+                ));
+                qb.push_bind(id.uuid());
+                if let Some(tenant) = tenant {
+                    qb.push(" AND k.app_id = ").push_bind(&tenant.app_id);
+                    qb.push(" AND k.tenant_id = ").push_bind(&tenant.tenant_id);
+                }
+                qb.build().fetch_optional(&mut *conn).await.map_err(store_error)
+            }
+
+            /// Inserts a key and its scopes on `conn` (inside the caller's transaction).
+            async fn insert_key_on(conn: &mut Connection, stored: &StoredKey) -> Result<()> {
+                let key = &*stored.key;
+                let policy_id = key.policy_id.map(|id| id.uuid());
+                // The policy must be the tenant's: checked in the statement itself,
+                // and the foreign key keeps the policy from vanishing before commit.
+                let inserted = sqlx::query(statement!(
+                    Db,
+                    "INSERT INTO keysmith_keys (id, app_id, tenant_id, hash, name, hint, prefix, environment, \
+                     state, policy_id, expires_at, grace_expires_at, revoked_reason, last_used_at, created_at, \
+                     updated_at, metadata, lineage_id) \
+                     SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM (SELECT 1) AS one \
+                     WHERE ? IS NULL OR EXISTS (SELECT 1 FROM keysmith_policies p \
+                         WHERE p.id = ? AND p.app_id = ? AND p.tenant_id = ?)"
+                ))
+                .bind(key.id.uuid())
+                .bind(&key.tenant.app_id)
+                .bind(&key.tenant.tenant_id)
+                .bind(stored.hash.to_hex())
+                .bind(&key.name)
+                .bind(&key.hint)
+                .bind(&key.prefix)
+                .bind(key.environment.as_str())
+                .bind(key.state.as_str())
+                .bind(policy_id)
+                .bind(key.expires_at.map(Db::time))
+                .bind(key.grace_expires_at.map(Db::time))
+                .bind(&key.revoked_reason)
+                .bind(key.last_used_at.map(Db::time))
+                .bind(Db::time(key.created_at))
+                .bind(Db::time(key.updated_at))
+                .bind(Json(&key.metadata))
+                .bind(key.lineage_id.uuid())
+                .bind(policy_id)
+                .bind(policy_id)
+                .bind(&key.tenant.app_id)
+                .bind(&key.tenant.tenant_id)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| key_insert_error(e, key.id, key.policy_id))?;
+
+                if inserted.rows_affected() == 0 {
+                    // No row: the policy is not the tenant's, unless the key is
+                    // taken anyway (reported first, like every store does).
+                    let taken = sqlx::query(statement!(Db, "SELECT id FROM keysmith_keys WHERE id = ? OR hash = ?"))
+                        .bind(key.id.uuid())
+                        .bind(stored.hash.to_hex())
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(store_error)?;
+                    return Err(if taken.is_some() {
+                        Error::AlreadyExists { entity: "key", name: key.id.to_string() }
+                    } else {
+                        Error::NotFound {
+                            entity: "policy",
+                            id: key.policy_id.map(|id| id.to_string()).unwrap_or_default(),
+                        }
+                    });
+                }
+                insert_scopes_on(conn, key.id, &key.scopes).await
+            }
+
+            async fn insert_scopes_on(conn: &mut Connection, id: KeyId, scopes: &[String]) -> Result<()> {
+                for (chunk, first) in scopes.chunks(Db::ROWS_PER_INSERT).zip((0..).step_by(Db::ROWS_PER_INSERT)) {
+                    let mut qb = QueryBuilder::<Db>::new("INSERT INTO keysmith_key_scopes (key_id, position, scope) ");
+                    qb.push_values(chunk.iter().zip(first..), |mut row, (scope, position): (_, i32)| {
+                        row.push_bind(id.uuid()).push_bind(position).push_bind(scope);
+                    });
+                    qb.build().execute(&mut *conn).await.map_err(store_error)?;
+                }
+                Ok(())
+            }
+
+            async fn key_state_on(conn: &mut Connection, tenant: &Tenant, id: KeyId) -> Result<Option<KeyState>> {
+                let row = sqlx::query(statement!(
+                    Db,
+                    "SELECT state FROM keysmith_keys WHERE id = ? AND app_id = ? AND tenant_id = ?"
+                ))
+                .bind(id.uuid())
+                .bind(&tenant.app_id)
+                .bind(&tenant.tenant_id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(store_error)?;
+                row.map(|row| parse_column("key state", &get::<String>(&row, "state")?)).transpose()
+            }
+
+            /// What a missed compare-and-set on the key means: `Ok` to try again.
+            async fn missed_on(conn: &mut Connection, tenant: &Tenant, id: KeyId, from: &[KeyState], to: KeyState) -> Result<()> {
+                match missed_transition(id, key_state_on(conn, tenant, id).await?, from, to) {
+                    Missed::Retry => Ok(()),
+                    Missed::Fail(error) => Err(error),
+                }
+            }
+
+            fn push_tenant<'a>(qb: &mut QueryBuilder<'a, Db>, tenant: &'a Tenant) {
+                qb.push(" AND app_id = ").push_bind(&tenant.app_id);
+                qb.push(" AND tenant_id = ").push_bind(&tenant.tenant_id);
+            }
+
+            fn push_range(qb: &mut QueryBuilder<'_, Db>, column: &str, range: TimeRange) {
+                if let Some(from) = range.from {
+                    qb.push(format_args!(" AND {column} >= ")).push_bind(Db::time(from));
+                }
+                if let Some(to) = range.to {
+                    qb.push(format_args!(" AND {column} < ")).push_bind(Db::time(to));
+                }
+            }
+
+            impl $store {
+                async fn begin(&self) -> Result<sqlx::Transaction<'static, Db>> {
+                    self.pool.begin_with(Db::BEGIN).await.map_err(store_error)
+                }
+
+                /// The keys of a statement that ends `FROM keysmith_keys k` and whatever `tail` adds.
+                async fn keys(&self, tail: impl FnOnce(&mut QueryBuilder<'_, Db>)) -> Result<Vec<Row>> {
+                    let mut qb = QueryBuilder::<Db>::new(format!(
+                        "SELECT {KEY_COLUMNS}, {} AS scopes FROM keysmith_keys k",
+                        Db::SCOPES
+                    ));
+                    tail(&mut qb);
+                    qb.build().fetch_all(&self.pool).await.map_err(store_error)
+                }
+            }
+
+            #[async_trait]
+            impl KeyStore for $store {
+                async fn insert_key(&self, key: &StoredKey) -> Result<()> {
+                    let mut tx = self.begin().await?;
+                    insert_key_on(&mut tx, key).await?;
+                    tx.commit().await.map_err(store_error)
+                }
+
+                async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>> {
+                    let row = sqlx::query(statement!(
+                        Db,
+                        "SELECT ",
+                        KEY_COLUMNS,
+                        ", ",
+                        Db::SCOPES,
+                        " AS scopes FROM keysmith_keys k WHERE k.hash = ?"
+                    ))
+                    .bind(hash.to_hex())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(store_error)?;
+                    row.as_ref().map(stored_key).transpose()
+                }
+
+                async fn get_key(&self, tenant: &Tenant, id: KeyId) -> Result<Option<StoredKey>> {
+                    let mut conn = self.pool.acquire().await.map_err(store_error)?;
+                    key_on(&mut conn, Some(tenant), id).await?.as_ref().map(stored_key).transpose()
+                }
+
+                async fn list_keys(&self, tenant: &Tenant, filter: &KeyFilter) -> Result<Vec<Key>> {
+                    let rows = self
+                        .keys(|qb| {
+                            qb.push(" WHERE k.app_id = ").push_bind(tenant.app_id.clone());
+                            qb.push(" AND k.tenant_id = ").push_bind(tenant.tenant_id.clone());
+                            if let Some(state) = filter.state {
+                                qb.push(" AND k.state = ").push_bind(state.as_str());
+                            }
+                            if let Some(environment) = filter.environment {
+                                qb.push(" AND k.environment = ").push_bind(environment.as_str());
+                            }
+                            if let Some(policy_id) = filter.policy_id {
+                                qb.push(" AND k.policy_id = ").push_bind(policy_id.uuid());
+                            }
+                            let (limit, offset) = limit_offset(filter.page);
+                            qb.push(" ORDER BY k.id LIMIT ").push_bind(limit).push(" OFFSET ").push_bind(offset);
+                        })
+                        .await?;
+                    rows.iter().map(key).collect()
+                }
+
+                async fn transition_key(&self, tenant: &Tenant, id: KeyId, transition: &Transition) -> Result<Key> {
+                    for _ in 0..TRANSITION_ATTEMPTS {
+                        let mut tx = self.begin().await?;
+                        let mut qb = QueryBuilder::<Db>::new("UPDATE keysmith_keys SET state = ");
+                        qb.push_bind(transition.to.as_str()).push(", updated_at = ").push_bind(Db::time(transition.at));
+                        if transition.to == KeyState::Revoked {
+                            qb.push(", revoked_reason = ").push_bind(transition.reason.clone());
+                        }
+                        qb.push(" WHERE id = ").push_bind(id.uuid());
+                        push_tenant(&mut qb, tenant);
+                        qb.push(" AND state IN (");
+                        let mut states = qb.separated(", ");
+                        for state in transition.from {
+                            states.push_bind(state.as_str());
+                        }
+                        qb.push(")");
+                        let updated = qb.build().execute(&mut *tx).await.map_err(store_error)?;
+                        if updated.rows_affected() == 1 {
+                            let row = key_on(&mut tx, None, id).await?;
+                            tx.commit().await.map_err(store_error)?;
+                            return row.as_ref().map_or_else(|| Err(Error::store("a changed key vanished")), key);
+                        }
+                        missed_on(&mut tx, tenant, id, transition.from, transition.to).await?;
+                    }
+                    Err(Error::store(format!("key {id} kept changing state during a transition")))
+                }
+
+                async fn rotate_key(&self, tenant: &Tenant, rotation: &RotationWrite) -> Result<Key> {
+                    let record = &rotation.record;
+                    for _ in 0..TRANSITION_ATTEMPTS {
+                        let mut tx = self.begin().await?;
+                        let updated = sqlx::query(statement!(
+                            Db,
+                            "UPDATE keysmith_keys SET state = 'rotated', grace_expires_at = ?, updated_at = ? \
+                             WHERE id = ? AND app_id = ? AND tenant_id = ? AND state = 'active'"
+                        ))
+                        .bind(Db::time(record.grace_expires_at))
+                        .bind(Db::time(record.created_at))
+                        .bind(record.key_id.uuid())
+                        .bind(&tenant.app_id)
+                        .bind(&tenant.tenant_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(store_error)?;
+                        if updated.rows_affected() == 0 {
+                            missed_on(&mut tx, tenant, record.key_id, &[KeyState::Active], KeyState::Rotated).await?;
+                            continue;
+                        }
+                        if rotation.new_key.key.tenant != *tenant || record.tenant != *tenant {
+                            return Err(Error::InvalidInput {
+                                field: "tenant",
+                                reason: "a rotation stays within one tenant".into(),
+                            });
+                        }
+                        let old = key_on(&mut tx, None, record.key_id).await?;
+                        insert_key_on(&mut tx, &rotation.new_key).await?;
+                        sqlx::query(statement!(
+                            Db,
+                            "INSERT INTO keysmith_rotations (id, key_id, new_key_id, app_id, tenant_id, old_hash, \
+                             new_hash, reason, grace_ttl_us, grace_expires_at, created_at) \
+                             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                        ))
+                        .bind(record.id.uuid())
+                        .bind(record.key_id.uuid())
+                        .bind(record.new_key_id.uuid())
+                        .bind(&record.tenant.app_id)
+                        .bind(&record.tenant.tenant_id)
+                        .bind(record.old_hash.to_hex())
+                        .bind(record.new_hash.to_hex())
+                        .bind(record.reason.as_str())
+                        .bind(duration_to_micros("grace", record.grace_ttl)?)
+                        .bind(Db::time(record.grace_expires_at))
+                        .bind(Db::time(record.created_at))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| {
+                            if is_foreign_key_violation(&e) {
+                                Error::NotFound { entity: "key", id: record.new_key_id.to_string() }
+                            } else {
+                                named_write_error(e, "rotation", &record.id.to_string())
+                            }
+                        })?;
+                        tx.commit().await.map_err(store_error)?;
+                        return old.as_ref().map_or_else(|| Err(Error::store("a rotated key vanished")), key);
+                    }
+                    Err(Error::store(format!("key {} kept changing state during a rotation", record.key_id)))
+                }
+
+                async fn set_key_scopes(
+                    &self,
+                    tenant: &Tenant,
+                    id: KeyId,
+                    scopes: &[String],
+                    at: DateTime<Utc>,
+                ) -> Result<Key> {
+                    let mut tx = self.begin().await?;
+                    let updated = sqlx::query(statement!(
+                        Db,
+                        "UPDATE keysmith_keys SET updated_at = ? WHERE id = ? AND app_id = ? AND tenant_id = ?"
+                    ))
+                    .bind(Db::time(at))
+                    .bind(id.uuid())
+                    .bind(&tenant.app_id)
+                    .bind(&tenant.tenant_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                    if updated.rows_affected() == 0 {
+                        return Err(Error::NotFound { entity: "key", id: id.to_string() });
+                    }
+                    sqlx::query(statement!(Db, "DELETE FROM keysmith_key_scopes WHERE key_id = ?"))
+                        .bind(id.uuid())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(store_error)?;
+                    insert_scopes_on(&mut tx, id, scopes).await?;
+                    let row = key_on(&mut tx, None, id).await?;
+                    tx.commit().await.map_err(store_error)?;
+                    row.as_ref().map_or_else(|| Err(Error::store("a changed key vanished")), key)
+                }
+
+                async fn touch_key(&self, id: KeyId, at: DateTime<Utc>) -> Result<()> {
+                    sqlx::query(statement!(
+                        Db,
+                        "UPDATE keysmith_keys SET last_used_at = ? \
+                         WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)"
+                    ))
+                    .bind(Db::time(at))
+                    .bind(id.uuid())
+                    .bind(Db::time(at))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(store_error)?;
+                    Ok(())
+                }
+
+                async fn list_due_keys(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Key>> {
+                    let rows = self
+                        .keys(|qb| {
+                            qb.push(" LEFT JOIN keysmith_policies p ON p.id = k.policy_id WHERE (k.state = 'active' AND (k.expires_at <= ");
+                            qb.push_bind(Db::time(now)).push(" OR (p.max_key_age_us IS NOT NULL AND ");
+                            Db::push_age_micros(qb, now);
+                            qb.push(" >= p.max_key_age_us))) OR (k.state = 'rotated' AND k.grace_expires_at <= ");
+                            qb.push_bind(Db::time(now)).push(") ORDER BY k.id LIMIT ").push_bind(i64::from(limit));
+                        })
+                        .await?;
+                    rows.iter().map(key).collect()
+                }
+            }
+
+            type Query<'q> = sqlx::query::Query<'q, Db, <Db as Database>::Arguments<'q>>;
+
+            /// Binds a policy's columns from `name` to `updated_at`, in table order.
+            fn bind_policy<'q>(query: Query<'q>, policy: &'q Policy, c: &'q PolicyColumns) -> Query<'q> {
+                query
+                    .bind(&policy.name)
+                    .bind(c.rate_limit_requests)
+                    .bind(c.rate_limit_window_us)
+                    .bind(c.rate_limit_burst)
+                    .bind(Db::list(&c.allowed_ips))
+                    .bind(Db::list(&policy.allowed_origins))
+                    .bind(Db::list(&policy.allowed_scopes))
+                    .bind(c.max_key_age_us)
+                    .bind(policy.quota.as_ref().map(Json))
+                    .bind(c.rotation_grace_us)
+                    .bind(Json(&policy.metadata))
+                    .bind(Db::time(policy.created_at))
+                    .bind(Db::time(policy.updated_at))
+            }
+
+            #[async_trait]
+            impl PolicyStore for $store {
+                async fn insert_policy(&self, policy: &Policy) -> Result<()> {
+                    let c = PolicyColumns::of(policy)?;
+                    let insert = sqlx::query(statement!(
+                        Db,
+                        "INSERT INTO keysmith_policies (",
+                        POLICY_COLUMNS,
+                        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    ))
+                    .bind(policy.id.uuid())
+                    .bind(&policy.tenant.app_id)
+                    .bind(&policy.tenant.tenant_id);
+                    bind_policy(insert, policy, &c)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(|e| named_write_error(e, "policy", &policy.name))?;
+                    Ok(())
+                }
+
+                async fn get_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<Option<Arc<Policy>>> {
+                    let row = sqlx::query(statement!(
+                        Db,
+                        "SELECT ",
+                        POLICY_COLUMNS,
+                        " FROM keysmith_policies WHERE id = ? AND app_id = ? AND tenant_id = ?"
+                    ))
+                    .bind(id.uuid())
+                    .bind(&tenant.app_id)
+                    .bind(&tenant.tenant_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(store_error)?;
+                    Ok(row.as_ref().map(policy).transpose()?.map(Arc::new))
+                }
+
+                async fn list_policies(&self, tenant: &Tenant, page: Page) -> Result<Vec<Policy>> {
+                    let (limit, offset) = limit_offset(page);
+                    let rows = sqlx::query(statement!(
+                        Db,
+                        "SELECT ",
+                        POLICY_COLUMNS,
+                        " FROM keysmith_policies WHERE app_id = ? AND tenant_id = ? ORDER BY id LIMIT ? OFFSET ?"
+                    ))
+                    .bind(&tenant.app_id)
+                    .bind(&tenant.tenant_id)
+                    .bind(limit)
+                    .bind(offset)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(store_error)?;
+                    rows.iter().map(policy).collect()
+                }
+
+                async fn update_policy(&self, policy: &Policy) -> Result<()> {
+                    let c = PolicyColumns::of(policy)?;
+                    let update = sqlx::query(statement!(
+                        Db,
+                        "UPDATE keysmith_policies SET name = ?, rate_limit_requests = ?, rate_limit_window_us = ?, \
+                         rate_limit_burst = ?, allowed_ips = ?, allowed_origins = ?, allowed_scopes = ?, \
+                         max_key_age_us = ?, quota = ?, rotation_grace_us = ?, metadata = ?, created_at = ?, \
+                         updated_at = ? WHERE id = ? AND app_id = ? AND tenant_id = ?"
+                    ));
+                    let updated = bind_policy(update, policy, &c)
+                        .bind(policy.id.uuid())
+                        .bind(&policy.tenant.app_id)
+                        .bind(&policy.tenant.tenant_id)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(|e| named_write_error(e, "policy", &policy.name))?;
+                    if updated.rows_affected() == 0 {
+                        return Err(Error::NotFound { entity: "policy", id: policy.id.to_string() });
+                    }
+                    Ok(())
+                }
+
+                async fn delete_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<()> {
+                    let mut tx = self.begin().await?;
+                    // Locking the row first makes the check atomic: a key insert that
+                    // names the policy holds a share lock on it until it commits (so it
+                    // is visible to the check below) or waits for this transaction (and
+                    // then fails on the foreign key). SQLite's transaction holds the
+                    // write lock from its start.
+                    let found = sqlx::query(statement!(
+                        Db,
+                        "SELECT id FROM keysmith_policies WHERE id = ? AND app_id = ? AND tenant_id = ?",
+                        Db::LOCK_ROWS
+                    ))
+                    .bind(id.uuid())
+                    .bind(&tenant.app_id)
+                    .bind(&tenant.tenant_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                    if found.is_none() {
+                        return Err(Error::NotFound { entity: "policy", id: id.to_string() });
+                    }
+                    let in_use = sqlx::query(statement!(
+                        Db,
+                        "SELECT id FROM keysmith_keys WHERE policy_id = ? AND state NOT IN ('expired', 'revoked') \
+                         LIMIT 1",
+                        Db::LOCK_ROWS
+                    ))
+                    .bind(id.uuid())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                    if in_use.is_some() {
+                        return Err(Error::PolicyInUse { policy_id: id });
+                    }
+                    sqlx::query(statement!(Db, "DELETE FROM keysmith_policies WHERE id = ?"))
+                        .bind(id.uuid())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(store_error)?;
+                    tx.commit().await.map_err(store_error)
+                }
+            }
+
+            #[async_trait]
+            impl ScopeStore for $store {
+                async fn insert_scope(&self, scope: &Scope) -> Result<()> {
+                    sqlx::query(statement!(
+                        Db,
+                        "INSERT INTO keysmith_scopes (id, app_id, tenant_id, name, description, created_at) \
+                         VALUES (?, ?, ?, ?, ?, ?)"
+                    ))
+                    .bind(scope.id.uuid())
+                    .bind(&scope.tenant.app_id)
+                    .bind(&scope.tenant.tenant_id)
+                    .bind(&scope.name)
+                    .bind(&scope.description)
+                    .bind(Db::time(scope.created_at))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| named_write_error(e, "scope", &scope.name))?;
+                    Ok(())
+                }
+
+                async fn list_scopes(&self, tenant: &Tenant) -> Result<Vec<Scope>> {
+                    let rows = sqlx::query(statement!(
+                        Db,
+                        "SELECT id, name, description, created_at FROM keysmith_scopes \
+                         WHERE app_id = ? AND tenant_id = ? ORDER BY ",
+                        Db::ORDER_BY_NAME
+                    ))
+                    .bind(&tenant.app_id)
+                    .bind(&tenant.tenant_id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(store_error)?;
+                    rows.iter()
+                        .map(|row| {
+                            Ok(Scope {
+                                id: ScopeId::from_uuid(get(row, "id")?),
+                                tenant: tenant.clone(),
+                                name: get(row, "name")?,
+                                description: get(row, "description")?,
+                                created_at: time(row, "created_at")?,
+                            })
+                        })
+                        .collect()
+                }
+
+                async fn delete_scope(&self, tenant: &Tenant, id: ScopeId) -> Result<()> {
+                    let deleted = sqlx::query(statement!(
+                        Db,
+                        "DELETE FROM keysmith_scopes WHERE id = ? AND app_id = ? AND tenant_id = ?"
+                    ))
+                    .bind(id.uuid())
+                    .bind(&tenant.app_id)
+                    .bind(&tenant.tenant_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(store_error)?;
+                    if deleted.rows_affected() == 0 {
+                        return Err(Error::NotFound { entity: "scope", id: id.to_string() });
+                    }
+                    Ok(())
+                }
+            }
+
+            /// One aggregate row's increment.
+            struct AggregateDelta<'a> {
+                tenant: &'a Tenant,
+                requests: i64,
+                errors: i64,
+            }
+
+            /// The day and month increments of `records`, each record counted once.
+            fn aggregate_deltas<'a>(records: &[&'a UsageRecord]) -> Vec<((Uuid, Period, DateTime<Utc>), AggregateDelta<'a>)> {
+                let mut deltas: HashMap<(Uuid, Period, DateTime<Utc>), AggregateDelta<'a>> = HashMap::new();
+                for r in records {
+                    for period in [Period::Day, Period::Month] {
+                        let delta = deltas
+                            .entry((r.key_id.uuid(), period, period.start_of(r.timestamp)))
+                            .or_insert(AggregateDelta { tenant: &r.tenant, requests: 0, errors: 0 });
+                        delta.requests += 1;
+                        delta.errors += i64::from(r.is_error());
+                    }
+                }
+                deltas.into_iter().collect()
+            }
+
+            #[async_trait]
+            impl UsageStore for $store {
+                async fn record_batch(&self, records: &[UsageRecord]) -> Result<()> {
+                    if records.is_empty() {
+                        return Ok(());
+                    }
+                    let mut tx = self.begin().await?;
+                    // Records go in by id: the ones already stored (a replayed batch)
+                    // and repeats inside the batch are skipped, so only new records
+                    // reach the aggregates. A concurrent writer of the same ids fails
+                    // this transaction on the primary key rather than count twice.
+                    let mut stored: HashSet<Uuid> = HashSet::new();
+                    for chunk in records.chunks(Db::ROWS_PER_INSERT) {
+                        let mut qb = QueryBuilder::<Db>::new("SELECT id FROM keysmith_usage WHERE id IN (");
+                        let mut ids = qb.separated(", ");
+                        for r in chunk {
+                            ids.push_bind(r.id.uuid());
+                        }
+                        qb.push(")");
+                        for row in qb.build().fetch_all(&mut *tx).await.map_err(store_error)? {
+                            stored.insert(get(&row, "id")?);
+                        }
+                    }
+                    let fresh: Vec<&UsageRecord> = records.iter().filter(|r| stored.insert(r.id.uuid())).collect();
+                    for chunk in fresh.chunks(Db::ROWS_PER_INSERT) {
+                        let mut rows = Vec::with_capacity(chunk.len());
+                        for r in chunk {
+                            rows.push((r, duration_to_micros("latency", r.latency)?));
+                        }
+                        let mut qb = QueryBuilder::<Db>::new(
+                            "INSERT INTO keysmith_usage (id, key_id, app_id, tenant_id, endpoint, method, status, ip, \
+                             user_agent, latency_us, occurred_at) ",
+                        );
+                        qb.push_values(rows, |mut b, (r, latency_us)| {
+                            b.push_bind(r.id.uuid())
+                                .push_bind(r.key_id.uuid())
+                                .push_bind(&r.tenant.app_id)
+                                .push_bind(&r.tenant.tenant_id)
+                                .push_bind(&r.endpoint)
+                                .push_bind(&r.method)
+                                .push_bind(i32::from(r.status))
+                                .push(Db::IP_WRITE.0)
+                                .push_bind_unseparated(r.ip.map(|ip| ip.to_string()))
+                                .push_unseparated(Db::IP_WRITE.1)
+                                .push_bind(&r.user_agent)
+                                .push_bind(latency_us)
+                                .push_bind(Db::time(r.timestamp));
+                        });
+                        qb.build().execute(&mut *tx).await.map_err(|e| {
+                            if is_foreign_key_violation(&e) {
+                                Error::NotFound { entity: "key", id: "a key of the usage batch".to_owned() }
+                            } else {
+                                store_error(e)
+                            }
+                        })?;
+                    }
+                    let deltas = aggregate_deltas(&fresh);
+                    for chunk in deltas.chunks(Db::ROWS_PER_INSERT) {
+                        let mut qb = QueryBuilder::<Db>::new(
+                            "INSERT INTO keysmith_usage_agg (key_id, period, period_start, app_id, tenant_id, \
+                             requests, errors) ",
+                        );
+                        qb.push_values(chunk, |mut b, ((key_id, period, start), delta)| {
+                            b.push_bind(*key_id)
+                                .push_bind(period.as_str())
+                                .push_bind(Db::time(*start))
+                                .push_bind(&delta.tenant.app_id)
+                                .push_bind(&delta.tenant.tenant_id)
+                                .push_bind(delta.requests)
+                                .push_bind(delta.errors);
+                        });
+                        qb.push(Db::ADD_TO_AGGREGATE);
+                        qb.build().execute(&mut *tx).await.map_err(store_error)?;
+                    }
+                    tx.commit().await.map_err(store_error)
+                }
+
+                async fn list_usage(
+                    &self,
+                    tenant: &Tenant,
+                    key_id: KeyId,
+                    range: TimeRange,
+                    page: Page,
+                ) -> Result<Vec<UsageRecord>> {
+                    let mut qb = QueryBuilder::<Db>::new(format!(
+                        "SELECT id, key_id, app_id, tenant_id, endpoint, method, status, {} AS ip, user_agent, \
+                         latency_us, occurred_at FROM keysmith_usage WHERE key_id = ",
+                        Db::IP_READ
+                    ));
+                    qb.push_bind(key_id.uuid());
+                    push_tenant(&mut qb, tenant);
+                    push_range(&mut qb, "occurred_at", range);
+                    let (limit, offset) = limit_offset(page);
+                    qb.push(" ORDER BY occurred_at, id LIMIT ").push_bind(limit).push(" OFFSET ").push_bind(offset);
+                    let rows = qb.build().fetch_all(&self.pool).await.map_err(store_error)?;
+                    rows.iter().map(usage).collect()
+                }
+
+                async fn usage_aggregates(
+                    &self,
+                    tenant: &Tenant,
+                    key_id: KeyId,
+                    period: Period,
+                    range: TimeRange,
+                ) -> Result<Vec<UsageAggregate>> {
+                    let mut qb = QueryBuilder::<Db>::new(
+                        "SELECT app_id, tenant_id, period_start, requests, errors FROM keysmith_usage_agg WHERE key_id = ",
+                    );
+                    qb.push_bind(key_id.uuid());
+                    push_tenant(&mut qb, tenant);
+                    qb.push(" AND period = ").push_bind(period.as_str());
+                    push_range(&mut qb, "period_start", range);
+                    qb.push(" ORDER BY period_start");
+                    let rows = qb.build().fetch_all(&self.pool).await.map_err(store_error)?;
+                    rows.iter()
+                        .map(|row| {
+                            let (requests, errors) = counts(row)?;
+                            Ok(UsageAggregate {
+                                key_id,
+                                tenant: row_tenant(row)?,
+                                period,
+                                period_start: time(row, "period_start")?,
+                                requests,
+                                errors,
+                            })
+                        })
+                        .collect()
+                }
+
+                async fn tenant_usage(&self, tenant: &Tenant, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>> {
+                    self.totals(tenant, period, range, |_| {}).await
+                }
+
+                async fn lineage_usage(
+                    &self,
+                    tenant: &Tenant,
+                    lineage: KeyId,
+                    period: Period,
+                    range: TimeRange,
+                ) -> Result<Vec<UsageTotal>> {
+                    self.totals(tenant, period, range, |qb| {
+                        qb.push(" AND a.key_id IN (SELECT k.id FROM keysmith_keys k WHERE k.lineage_id = ");
+                        qb.push_bind(lineage.uuid()).push(")");
+                    })
+                    .await
+                }
+            }
+
+            impl $store {
+                /// The totals per `period` of `tenant`'s aggregates `a` that `filter` keeps.
+                async fn totals(
+                    &self,
+                    tenant: &Tenant,
+                    period: Period,
+                    range: TimeRange,
+                    filter: impl FnOnce(&mut QueryBuilder<'_, Db>),
+                ) -> Result<Vec<UsageTotal>> {
+                    let mut qb = QueryBuilder::<Db>::new(format!(
+                        "SELECT a.period_start AS period_start, CAST(SUM(a.requests) AS {0}) AS requests, \
+                         CAST(SUM(a.errors) AS {0}) AS errors FROM keysmith_usage_agg a WHERE a.period = ",
+                        Db::BIGINT
+                    ));
+                    qb.push_bind(period.as_str());
+                    qb.push(" AND a.app_id = ").push_bind(&tenant.app_id);
+                    qb.push(" AND a.tenant_id = ").push_bind(&tenant.tenant_id);
+                    filter(&mut qb);
+                    push_range(&mut qb, "a.period_start", range);
+                    qb.push(" GROUP BY a.period_start ORDER BY a.period_start");
+                    let rows = qb.build().fetch_all(&self.pool).await.map_err(store_error)?;
+                    rows.iter()
+                        .map(|row| {
+                            let (requests, errors) = counts(row)?;
+                            Ok(UsageTotal { period, period_start: time(row, "period_start")?, requests, errors })
+                        })
+                        .collect()
+                }
+            }
+
+            #[async_trait]
+            impl RotationStore for $store {
+                async fn list_rotations(&self, tenant: &Tenant, key_id: KeyId) -> Result<Vec<RotationRecord>> {
+                    let rows = sqlx::query(statement!(
+                        Db,
+                        "SELECT id, key_id, new_key_id, app_id, tenant_id, old_hash, new_hash, reason, grace_ttl_us, \
+                         grace_expires_at, created_at FROM keysmith_rotations \
+                         WHERE app_id = ? AND tenant_id = ? AND (key_id = ? OR new_key_id = ?) ORDER BY id"
+                    ))
+                    .bind(&tenant.app_id)
+                    .bind(&tenant.tenant_id)
+                    .bind(key_id.uuid())
+                    .bind(key_id.uuid())
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(store_error)?;
+                    rows.iter().map(rotation).collect()
+                }
+            }
+
+            #[async_trait]
+            impl Store for $store {
+                async fn migrate(&self) -> Result<()> {
+                    // The application's own migrations may live in the same history table.
+                    let migrator =
+                        Migrator { migrations: MIGRATOR.migrations.clone(), ignore_missing: true, ..Migrator::DEFAULT };
+                    let mut conn = self.pool.acquire().await.map_err(store_error)?;
+                    let Some((lock, unlock)) = Db::MIGRATION_LOCK else {
+                        return migrator.run_direct(&mut *conn).await.map_err(Error::store);
+                    };
+                    let locked = sqlx::query(lock).fetch_one(&mut *conn).await.map_err(store_error)?;
+                    if get::<i64>(&locked, "locked")? != 1 {
+                        return Err(Error::store("another migration of this database did not finish in time"));
+                    }
+                    let migrated = migrator.run_direct(&mut *conn).await.map_err(Error::store);
+                    sqlx::query(unlock).execute(&mut *conn).await.map_err(store_error)?;
+                    migrated
+                }
+
+                async fn ping(&self) -> Result<()> {
+                    sqlx::query("SELECT 1").execute(&self.pool).await.map_err(store_error)?;
+                    Ok(())
+                }
+
+                async fn close(&self) {
+                    self.pool.close().await;
+                }
+            }
+
+            impl From<sqlx::Pool<Db>> for $store {
+                fn from(pool: sqlx::Pool<Db>) -> Self {
+                    Self::new(pool)
+                }
+            }
+        }
+    };
+}
+pub(crate) use sql_store;

@@ -1,0 +1,94 @@
+//! The store conformance suite on `MySqlStore` (one fresh database per
+//! test), and what only a server can show: concurrent migrations, the
+//! public migrator, replayed usage batches, case-sensitive names.
+
+use std::sync::Arc;
+
+use keysmith_sqlx::MySqlStore;
+use keysmith_tests::services::MySqlTestDb;
+use keysmith_tests::store_conformance::Fixture;
+
+async fn setup() -> Option<Fixture> {
+    let db = MySqlTestDb::create().await?;
+    let store = MySqlStore::connect(db.url()).await.expect("connect to the test database");
+    Some(Fixture::new(Arc::new(store)).await.with_guard(db))
+}
+
+keysmith_tests::store_conformance_tests!(setup);
+
+mod mysql_only {
+    use std::sync::Arc;
+
+    use keysmith_core::store::{KeyStore, PolicyStore};
+    use keysmith_core::{Error, Store, Tenant};
+    use keysmith_sqlx::MySqlStore;
+    use keysmith_tests::services::MySqlTestDb;
+    use keysmith_tests::sql_cases;
+    use keysmith_tests::store_conformance::{sample_key, sample_policy};
+
+    async fn store(db: &MySqlTestDb) -> Arc<MySqlStore> {
+        let store = MySqlStore::connect(db.url()).await.expect("connect to the test database");
+        store.migrate().await.expect("migrate");
+        Arc::new(store)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_migrations_of_one_database_all_succeed() {
+        let Some(db) = MySqlTestDb::create().await else { return };
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let url = db.url().to_owned();
+            tasks.spawn(async move {
+                let store = MySqlStore::connect(&url).await?;
+                store.migrate().await?;
+                store.migrate().await
+            });
+        }
+        while let Some(result) = tasks.join_next().await {
+            result.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn the_public_migrator_builds_the_schema() {
+        let Some(db) = MySqlTestDb::create().await else { return };
+        let pool = db.pool().await;
+        keysmith_sqlx::mysql::MIGRATOR.run(&pool).await.unwrap();
+        let store = MySqlStore::new(pool);
+        let key = sample_key(&Tenant::new("app", "acme"));
+        store.insert_key(&key).await.unwrap();
+        assert_eq!(store.find_key_by_hash(&key.hash).await.unwrap(), Some(key));
+    }
+
+    #[tokio::test]
+    async fn mariadb_urls_connect_too() {
+        let Some(db) = MySqlTestDb::create().await else { return };
+        let url = db.url().replacen("mysql://", "mariadb://", 1);
+        let store = keysmith_sqlx::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        store.ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn names_differing_only_in_case_are_different_policies() {
+        let Some(db) = MySqlTestDb::create().await else { return };
+        let store = store(&db).await;
+        let tenant = Tenant::new("app", "acme");
+        store.insert_policy(&sample_policy(&tenant, "Gold")).await.unwrap();
+        store.insert_policy(&sample_policy(&tenant, "gold")).await.unwrap();
+        let again = store.insert_policy(&sample_policy(&tenant, "gold")).await;
+        assert!(matches!(again, Err(Error::AlreadyExists { entity: "policy", .. })), "{again:?}");
+    }
+
+    #[tokio::test]
+    async fn replayed_usage_batch_is_counted_once() {
+        let Some(db) = MySqlTestDb::create().await else { return };
+        sql_cases::replayed_usage_batch_is_counted_once(store(&db).await).await;
+    }
+
+    #[tokio::test]
+    async fn usage_for_an_unknown_key_fails_the_whole_batch() {
+        let Some(db) = MySqlTestDb::create().await else { return };
+        sql_cases::usage_for_an_unknown_key_fails_the_whole_batch(store(&db).await).await;
+    }
+}
