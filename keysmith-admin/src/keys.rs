@@ -13,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ErrorBody, Result};
 use crate::extract::{Caller, Id, JsonBody, QueryParams};
+use crate::lockout::{CallingKey, SelfLockout};
 use crate::model::{Environment, KeyState, RotationReason, page, parse_id};
 
 const DEFAULT_REVOKE_REASON: &str = "revoked through the admin API";
@@ -330,14 +331,16 @@ pub(crate) async fn get_key(Caller(tenant): Caller, Id(id): Id<KeyId>) -> Result
         (status = 201, description = "The replacement key and its secret (shown only here), the old key and the record", body = RotatedKey),
         (status = 400, description = "The id is not a key id, or the grace period is too long", body = ErrorBody),
         (status = 404, description = "No such key in this tenant", body = ErrorBody),
-        (status = 409, description = "The key is not active (`invalid_transition`)", body = ErrorBody),
+        (status = 409, description = "The key is not active (`invalid_transition`), or is the key making the request (`self_lockout`)", body = ErrorBody),
     )
 )]
 pub(crate) async fn rotate_key(
     Caller(tenant): Caller,
+    calling: CallingKey,
     Id(id): Id<KeyId>,
     body: Option<JsonBody<Option<RotateKey>>>,
 ) -> Result<(StatusCode, Json<RotatedKey>)> {
+    calling.refuse_on_itself(id, SelfLockout::Rotate)?;
     let body = body.and_then(|JsonBody(body)| body).unwrap_or_default();
     let grace = body.grace_seconds.map(Duration::from_secs);
     let rotated = tenant.rotate_key(id, body.reason.into(), grace).await?;
@@ -361,14 +364,16 @@ pub(crate) async fn rotate_key(
         (status = 200, description = "The key, now `revoked`", body = Key),
         (status = 400, description = "The id is not a key id", body = ErrorBody),
         (status = 404, description = "No such key in this tenant", body = ErrorBody),
-        (status = 409, description = "The key is already `revoked` or `expired` (`invalid_transition`)", body = ErrorBody),
+        (status = 409, description = "The key is already `revoked` or `expired` (`invalid_transition`), or is the key making the request (`self_lockout`)", body = ErrorBody),
     )
 )]
 pub(crate) async fn revoke_key(
     Caller(tenant): Caller,
+    calling: CallingKey,
     Id(id): Id<KeyId>,
     body: Option<JsonBody<Option<RevokeKey>>>,
 ) -> Result<Json<Key>> {
+    calling.refuse_on_itself(id, SelfLockout::Revoke)?;
     let reason = body
         .and_then(|JsonBody(body)| body)
         .and_then(|body| body.reason)
@@ -384,10 +389,11 @@ pub(crate) async fn revoke_key(
         (status = 200, description = "The key, now `suspended`", body = Key),
         (status = 400, description = "The id is not a key id", body = ErrorBody),
         (status = 404, description = "No such key in this tenant", body = ErrorBody),
-        (status = 409, description = "The key is not active (`invalid_transition`)", body = ErrorBody),
+        (status = 409, description = "The key is not active (`invalid_transition`), or is the key making the request (`self_lockout`)", body = ErrorBody),
     )
 )]
-pub(crate) async fn suspend_key(Caller(tenant): Caller, Id(id): Id<KeyId>) -> Result<Json<Key>> {
+pub(crate) async fn suspend_key(Caller(tenant): Caller, calling: CallingKey, Id(id): Id<KeyId>) -> Result<Json<Key>> {
+    calling.refuse_on_itself(id, SelfLockout::Suspend)?;
     Ok(Json(tenant.suspend_key(id).await?.into()))
 }
 
@@ -415,13 +421,16 @@ pub(crate) async fn reactivate_key(Caller(tenant): Caller, Id(id): Id<KeyId>) ->
         (status = 200, description = "The key with its new scopes", body = Key),
         (status = 400, description = "The id is not a key id; a scope name is invalid, outside the policy's, or unregistered (strict scopes)", body = ErrorBody),
         (status = 404, description = "No such key in this tenant", body = ErrorBody),
+        (status = 409, description = "The scopes would take `keysmith:admin` from the key making the request (`self_lockout`)", body = ErrorBody),
     )
 )]
 pub(crate) async fn set_key_scopes(
     Caller(tenant): Caller,
+    calling: CallingKey,
     Id(id): Id<KeyId>,
     JsonBody(body): JsonBody<SetScopes>,
 ) -> Result<Json<Key>> {
+    calling.refuse_scopes(id, &body.scopes)?;
     Ok(Json(tenant.set_key_scopes(id, &body.scopes).await?.into()))
 }
 

@@ -11,6 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ErrorBody, Result};
 use crate::extract::{Caller, Id, JsonBody, QueryParams};
+use crate::lockout::CallingKey;
 use crate::model::page;
 
 /// `requests` per `window` seconds, per key, with an optional burst.
@@ -237,14 +238,16 @@ pub(crate) async fn get_policy(Caller(tenant): Caller, Id(id): Id<PolicyId>) -> 
         (status = 200, description = "The policy as replaced", body = Policy),
         (status = 400, description = "The id is not a policy id, or a field is invalid", body = ErrorBody),
         (status = 404, description = "No such policy in this tenant", body = ErrorBody),
-        (status = 409, description = "Another policy of the tenant has this name (`already_exists`)", body = ErrorBody),
+        (status = 409, description = "Another policy of the tenant has this name (`already_exists`), or the new `allowed_scopes` would take `keysmith:admin` from the key making the request (`self_lockout`)", body = ErrorBody),
     )
 )]
 pub(crate) async fn update_policy(
     Caller(tenant): Caller,
+    calling: CallingKey,
     Id(id): Id<PolicyId>,
     JsonBody(input): JsonBody<PolicyInput>,
 ) -> Result<Json<Policy>> {
+    calling.refuse_policy_scopes(id, &input.allowed_scopes)?;
     Ok(Json(tenant.update_policy(id, input.into()).await?.into()))
 }
 
