@@ -167,6 +167,34 @@ async fn rotate_and_revoke_need_no_body() {
 }
 
 #[tokio::test]
+async fn control_characters_are_invalid_input_and_change_nothing() {
+    let h = harness().await;
+    let (id, raw) = h.create_key(json!({"name": "kept"})).await;
+    let policy = h.post("/policies", json!({"name": "kept"})).await.ok(201)["id"].as_str().unwrap().to_owned();
+    for text in ["nul\u{0}", "esc\u{1b}[2J", "del\u{7f}", "line\nbreak"] {
+        let refusals = [
+            h.post("/keys", json!({"name": text})).await,
+            h.post("/keys", json!({"name": "k", "metadata": {"note": {"list": [text]}}})).await,
+            h.post("/keys", json!({"name": "k", "metadata": {text: 1}})).await,
+            h.post("/policies", json!({"name": text})).await,
+            h.post("/policies", json!({"name": "p", "metadata": {"note": text}})).await,
+            h.put(&format!("/policies/{policy}"), json!({"name": text})).await,
+            h.post("/scopes", json!({"name": "read", "description": text})).await,
+            h.post("/scopes", json!({"name": text})).await,
+            h.post(&format!("/keys/{id}/revoke"), json!({"reason": text})).await,
+        ];
+        for reply in &refusals {
+            reply.assert_error(400, "invalid_input");
+        }
+        assert!(refusals[0].body["error"]["message"].as_str().unwrap().contains("control character"));
+    }
+    assert_eq!(h.get("/keys").await.ok(200)["items"].as_array().unwrap().len(), 2);
+    assert_eq!(h.get(&format!("/policies/{policy}")).await.ok(200)["name"], "kept");
+    assert_eq!(h.get("/scopes").await.ok(200)["items"], json!([]));
+    assert!(validates(&h, &raw).await.is_ok(), "the key was not revoked");
+}
+
+#[tokio::test]
 async fn list_keys_filters_and_pages() {
     let h = harness().await;
     let policy = h.post("/policies", json!({"name": "p"})).await.ok(201)["id"].as_str().unwrap().to_owned();

@@ -51,6 +51,7 @@ macro_rules! store_conformance_tests {
             usage_queries_filter_by_range_and_paginate,
             migrate_is_idempotent_and_ping_answers,
             closed_store_fails_with_store_error,
+            control_characters_are_refused_before_the_store,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {
@@ -1171,4 +1172,48 @@ pub async fn closed_store_fails_with_store_error(store: Arc<dyn Store>) {
     assert!(matches!(store.ping().await, Err(Error::Store { .. })));
     assert!(matches!(store.get_key(&acme(), key.key.id).await, Err(Error::Store { .. })));
     assert!(matches!(store.insert_key(&sample_key(&acme())).await, Err(Error::Store { .. })));
+}
+
+// ---------------------------------------------------------------- input the engine refuses
+
+/// NUL and other control characters in names, descriptions, reasons and
+/// metadata are `InvalidInput` from the engine on every store (PostgreSQL
+/// cannot store NUL and would fail with a store error), and leave nothing
+/// behind; other Unicode round-trips.
+pub async fn control_characters_are_refused_before_the_store(store: Arc<dyn Store>) {
+    let engine = keysmith_core::Engine::builder(Arc::clone(&store)).build().unwrap();
+    let tenant = engine.tenant("billing", "acme");
+    let key = tenant.create_key(keysmith_core::NewKey::new("kept")).await.unwrap().key;
+    let nul_metadata = || {
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("nested".to_owned(), serde_json::json!({"list": ["ok", "a\u{0}b"]}));
+        metadata
+    };
+    let invalid = |result: Result<(), Error>, field: &str| match result {
+        Err(Error::InvalidInput { field: f, .. }) => assert_eq!(f, field),
+        other => panic!("{field}: expected InvalidInput, got {other:?}"),
+    };
+    for text in ["nul\0", "esc\u{1b}[31m", "del\u{7f}"] {
+        invalid(tenant.create_key(keysmith_core::NewKey::new(text)).await.map(drop), "name");
+        invalid(tenant.create_policy(keysmith_core::PolicySpec::new(text)).await.map(drop), "name");
+        invalid(tenant.create_scope("read", text).await.map(drop), "description");
+        invalid(tenant.revoke_key(key.id, text).await.map(drop), "reason");
+    }
+    let with_metadata = keysmith_core::NewKey::new("k").with_metadata(nul_metadata());
+    invalid(tenant.create_key(with_metadata).await.map(drop), "metadata");
+    let mut spec = keysmith_core::PolicySpec::new("p");
+    spec.metadata = nul_metadata();
+    invalid(tenant.create_policy(spec).await.map(drop), "metadata");
+
+    let keys = store.list_keys(&acme(), &KeyFilter::default()).await.unwrap();
+    assert_eq!(keys.iter().map(|k| (k.name.as_str(), k.state)).collect::<Vec<_>>(), [("kept", KeyState::Active)]);
+    assert!(store.list_policies(&acme(), Page::default()).await.unwrap().is_empty());
+    assert!(store.list_scopes(&acme()).await.unwrap().is_empty());
+
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("note".to_owned(), "línea ☕ 🔑 \u{200b}".into());
+    let unicode = keysmith_core::NewKey::new("clé ☕").with_metadata(metadata.clone());
+    let created = tenant.create_key(unicode).await.unwrap().key;
+    let stored = store.get_key(&acme(), created.id).await.unwrap().unwrap();
+    assert_eq!((stored.key.name.as_str(), &stored.key.metadata), ("clé ☕", &metadata));
 }
