@@ -15,6 +15,7 @@ use crate::error::{ErrorBody, Result};
 use crate::extract::{Caller, Id, JsonBody, QueryParams};
 use crate::lockout::{CallingKey, SelfLockout};
 use crate::model::{Environment, KeyState, RotationReason, page, parse_id};
+use crate::schema::{metadata_ref, whole};
 
 const DEFAULT_REVOKE_REASON: &str = "revoked through the admin API";
 
@@ -57,7 +58,7 @@ pub(crate) struct Key {
     /// Time of the last change.
     updated_at: DateTime<Utc>,
     /// Application data (a JSON object).
-    #[schema(value_type = Object)]
+    #[schema(schema_with = metadata_ref)]
     metadata: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -87,7 +88,8 @@ impl From<keysmith_core::Key> for Key {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateKey {
-    /// A human name, 1 to 256 characters.
+    /// A human name, 1 to 256 characters, not only whitespace, without
+    /// control characters; stored trimmed.
     #[schema(example = "CI deploy key")]
     name: String,
     /// Scopes to grant. Within the policy's `allowed_scopes`, and registered
@@ -105,9 +107,10 @@ pub(crate) struct CreateKey {
     /// The key prefix, 1 to 16 characters of `[a-z0-9]` (default: the engine's).
     #[schema(example = "sk")]
     prefix: Option<String>,
-    /// Application data (a JSON object).
+    /// Application data (a JSON object; no control character in any key or
+    /// string).
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(schema_with = metadata_ref)]
     metadata: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -135,10 +138,12 @@ pub(crate) struct RotateKey {
     /// Why (default `manual`).
     #[serde(default)]
     reason: RotationReason,
-    /// How long the old key keeps validating, in seconds. Default: the
-    /// policy's `rotation_grace`, else the engine's (24 hours). `0` stops
-    /// the old key at once.
-    #[schema(example = 3600)]
+    /// How long the old key keeps validating, in seconds (a whole number;
+    /// `3600.0` is accepted), at most 100 years. Default: the policy's
+    /// `rotation_grace`, else the engine's (24 hours). `0` stops the old key
+    /// at once.
+    #[serde(default, deserialize_with = "whole::option_seconds")]
+    #[schema(example = 3600, maximum = 3_155_760_000_u64)]
     grace_seconds: Option<u64>,
 }
 
@@ -162,7 +167,8 @@ pub(crate) struct RotatedKey {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RevokeKey {
-    /// Stored as the key's `revoked_reason`.
+    /// Stored as the key's `revoked_reason`: at most 1024 characters, no
+    /// control character.
     #[schema(example = "leaked in a public repository")]
     reason: Option<String>,
 }
@@ -249,6 +255,7 @@ pub(crate) struct KeyListQuery {
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// Keys to skip (default 0).
+    #[param(maximum = 9_007_199_254_740_991_u64)]
     offset: Option<u64>,
 }
 

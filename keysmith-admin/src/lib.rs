@@ -55,6 +55,7 @@ mod lockout;
 mod model;
 mod openapi;
 mod policies;
+mod schema;
 mod scopes;
 mod usage;
 

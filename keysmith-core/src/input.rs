@@ -11,6 +11,18 @@ use serde_json::Value;
 
 use crate::{Error, Result};
 
+/// A name as stored: `name` trimmed. Refuses a name of more than `max`
+/// characters (counted before trimming), one that is only whitespace, and
+/// one with a control character anywhere (a trailing newline included).
+pub(crate) fn check_name(name: &str, max: usize) -> Result<&str> {
+    check_text("name", name)?;
+    let trimmed = name.trim();
+    if trimmed.is_empty() || name.chars().count() > max {
+        return Err(Error::invalid("name", format!("must be 1 to {max} characters, not only whitespace")));
+    }
+    Ok(trimmed)
+}
+
 /// Refuses `value` if it holds a control character.
 pub(crate) fn check_text(field: &'static str, value: &str) -> Result<()> {
     match value.chars().find(|c| c.is_control()) {

@@ -345,12 +345,8 @@ impl TenantEngine {
     }
 }
 
-/// The name as stored: trimmed, 1 to 256 characters, no control character.
+/// The name as stored (trimmed), from a name of 1 to 256 characters with no
+/// control character and not only whitespace.
 fn validate_name(name: &str) -> Result<String> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
-        return Err(Error::invalid("name", "must be 1 to 256 characters"));
-    }
-    input::check_text("name", name)?;
-    Ok(name.to_owned())
+    input::check_name(name, MAX_NAME_LEN).map(str::to_owned)
 }

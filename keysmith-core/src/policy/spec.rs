@@ -106,11 +106,7 @@ impl PolicySpec {
 
     /// Checks every field; the error names the first one at fault.
     pub(crate) fn validate(&self) -> Result<CheckedSpec> {
-        let name = self.name.trim();
-        if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
-            return Err(Error::invalid("name", "must be 1 to 128 characters"));
-        }
-        input::check_text("name", name)?;
+        let name = input::check_name(&self.name, MAX_NAME_LEN)?;
         if let Some(limit) = &self.rate_limit {
             if limit.requests == 0 || limit.window.is_zero() {
                 return Err(Error::invalid("rate_limit", "requests and window must be greater than zero"));
