@@ -8,6 +8,8 @@ use keysmith_tower::ApiKeyRejection;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::lockout::SelfLockout;
+
 /// Everything an admin request can fail with. Every variant answers with a
 /// JSON body `{"error": {"code": "…", "message": "…"}}`.
 ///
@@ -27,6 +29,7 @@ use utoipa::ToSchema;
 /// | core `InvalidTransition` | 409 | `invalid_transition` |
 /// | core `AlreadyExists` | 409 | `already_exists` |
 /// | core `PolicyInUse` | 409 | `policy_in_use` |
+/// | [`SelfLockout`](Self::SelfLockout) | 409 | `self_lockout` |
 /// | core `Store` | 503 | `unavailable` |
 /// | [`Unauthenticated`](Self::Unauthenticated) | the layer's (401 `missing_key`, or 500 without the layer) | |
 /// | a core error of a later kind | 500 | `internal_error` |
@@ -62,6 +65,10 @@ pub enum Error {
     /// The path exists but not with this method.
     #[error("this method is not allowed on this path")]
     MethodNotAllowed,
+    /// The calling key would lock its own tenant out: suspend, revoke or
+    /// rotate itself, or lose `keysmith:admin`. Nothing was changed.
+    #[error("{}", .0.message())]
+    SelfLockout(SelfLockout),
     /// The request reached a handler without a validated key (the router
     /// was wired without its `ApiKeyLayer`).
     #[error(transparent)]
@@ -89,6 +96,7 @@ impl Error {
             Self::InvalidId(_) | Self::Query(_) | Self::InvalidQuery(_) | Self::Path(_) => StatusCode::BAD_REQUEST,
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::SelfLockout(_) => StatusCode::CONFLICT,
             Self::Unauthenticated(rejection) => rejection.status(),
         }
     }
@@ -117,6 +125,7 @@ impl Error {
             Self::Path(_) => "invalid_path",
             Self::RouteNotFound => "route_not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::SelfLockout(_) => "self_lockout",
             Self::Unauthenticated(ApiKeyRejection::MissingKey { .. }) => "missing_key",
             Self::Unauthenticated(_) => "internal_error",
         }
@@ -196,7 +205,8 @@ pub(crate) struct ErrorDetail {
     /// `invalid_body`, `invalid_query`, `invalid_path`,
     /// `unsupported_media_type`, `payload_too_large`, `not_found`,
     /// `route_not_found`, `method_not_allowed`, `invalid_transition`,
-    /// `already_exists`, `policy_in_use`, `unavailable`, `internal_error`,
+    /// `already_exists`, `policy_in_use`, `self_lockout`, `unavailable`,
+    /// `internal_error`,
     /// and the key refusals of the authentication layer (`missing_key`,
     /// `invalid_key`, `insufficient_scope`, `rate_limited`…).
     pub(crate) code: String,

@@ -13,7 +13,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ErrorBody, Result};
 use crate::extract::{Caller, Id, JsonBody, QueryParams};
+use crate::lockout::{CallingKey, SelfLockout};
 use crate::model::{Environment, KeyState, RotationReason, page, parse_id};
+use crate::schema::{metadata_ref, whole};
 
 const DEFAULT_REVOKE_REASON: &str = "revoked through the admin API";
 
@@ -56,7 +58,7 @@ pub(crate) struct Key {
     /// Time of the last change.
     updated_at: DateTime<Utc>,
     /// Application data (a JSON object).
-    #[schema(value_type = Object)]
+    #[schema(schema_with = metadata_ref)]
     metadata: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -86,7 +88,8 @@ impl From<keysmith_core::Key> for Key {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateKey {
-    /// A human name, 1 to 256 characters.
+    /// A human name, 1 to 256 characters, not only whitespace, without
+    /// control characters; stored trimmed.
     #[schema(example = "CI deploy key")]
     name: String,
     /// Scopes to grant. Within the policy's `allowed_scopes`, and registered
@@ -104,9 +107,10 @@ pub(crate) struct CreateKey {
     /// The key prefix, 1 to 16 characters of `[a-z0-9]` (default: the engine's).
     #[schema(example = "sk")]
     prefix: Option<String>,
-    /// Application data (a JSON object).
+    /// Application data (a JSON object; no control character in any key or
+    /// string).
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(schema_with = metadata_ref)]
     metadata: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -134,10 +138,12 @@ pub(crate) struct RotateKey {
     /// Why (default `manual`).
     #[serde(default)]
     reason: RotationReason,
-    /// How long the old key keeps validating, in seconds. Default: `0` for
-    /// reason `compromised`, else the policy's `rotation_grace`, else the
-    /// engine's (24 hours). `0` stops the old key at once.
-    #[schema(example = 3600)]
+    /// How long the old key keeps validating, in seconds (a whole number;
+    /// `3600.0` is accepted), at most 100 years. Default: `0` for reason
+    /// `compromised`, else the policy's `rotation_grace`, else the engine's
+    /// (24 hours). `0` stops the old key at once.
+    #[serde(default, deserialize_with = "whole::option_seconds")]
+    #[schema(example = 3600, maximum = 3_155_760_000_u64)]
     grace_seconds: Option<u64>,
 }
 
@@ -161,7 +167,8 @@ pub(crate) struct RotatedKey {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RevokeKey {
-    /// Stored as the key's `revoked_reason`.
+    /// Stored as the key's `revoked_reason`: at most 1024 characters, no
+    /// control character.
     #[schema(example = "leaked in a public repository")]
     reason: Option<String>,
 }
@@ -248,6 +255,7 @@ pub(crate) struct KeyListQuery {
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// Keys to skip (default 0).
+    #[param(maximum = 9_007_199_254_740_991_u64)]
     offset: Option<u64>,
 }
 
@@ -331,14 +339,16 @@ pub(crate) async fn get_key(Caller(tenant): Caller, Id(id): Id<KeyId>) -> Result
         (status = 201, description = "The replacement key and its secret (shown only here), the old key and the record", body = RotatedKey),
         (status = 400, description = "The id is not a key id, or the grace period is too long", body = ErrorBody),
         (status = 404, description = "No such key in this tenant", body = ErrorBody),
-        (status = 409, description = "The key is not active (`invalid_transition`)", body = ErrorBody),
+        (status = 409, description = "The key is not active (`invalid_transition`), or is the key making the request (`self_lockout`)", body = ErrorBody),
     )
 )]
 pub(crate) async fn rotate_key(
     Caller(tenant): Caller,
+    calling: CallingKey,
     Id(id): Id<KeyId>,
     body: Option<JsonBody<Option<RotateKey>>>,
 ) -> Result<(StatusCode, Json<RotatedKey>)> {
+    calling.refuse_on_itself(id, SelfLockout::Rotate)?;
     let body = body.and_then(|JsonBody(body)| body).unwrap_or_default();
     let grace = body.grace_seconds.map(Duration::from_secs);
     let rotated = tenant.rotate_key(id, body.reason.into(), grace).await?;
@@ -362,14 +372,16 @@ pub(crate) async fn rotate_key(
         (status = 200, description = "The key, now `revoked`", body = Key),
         (status = 400, description = "The id is not a key id", body = ErrorBody),
         (status = 404, description = "No such key in this tenant", body = ErrorBody),
-        (status = 409, description = "The key is already `revoked` or `expired` (`invalid_transition`)", body = ErrorBody),
+        (status = 409, description = "The key is already `revoked` or `expired` (`invalid_transition`), or is the key making the request (`self_lockout`)", body = ErrorBody),
     )
 )]
 pub(crate) async fn revoke_key(
     Caller(tenant): Caller,
+    calling: CallingKey,
     Id(id): Id<KeyId>,
     body: Option<JsonBody<Option<RevokeKey>>>,
 ) -> Result<Json<Key>> {
+    calling.refuse_on_itself(id, SelfLockout::Revoke)?;
     let reason = body
         .and_then(|JsonBody(body)| body)
         .and_then(|body| body.reason)
@@ -385,10 +397,11 @@ pub(crate) async fn revoke_key(
         (status = 200, description = "The key, now `suspended`", body = Key),
         (status = 400, description = "The id is not a key id", body = ErrorBody),
         (status = 404, description = "No such key in this tenant", body = ErrorBody),
-        (status = 409, description = "The key is not active (`invalid_transition`)", body = ErrorBody),
+        (status = 409, description = "The key is not active (`invalid_transition`), or is the key making the request (`self_lockout`)", body = ErrorBody),
     )
 )]
-pub(crate) async fn suspend_key(Caller(tenant): Caller, Id(id): Id<KeyId>) -> Result<Json<Key>> {
+pub(crate) async fn suspend_key(Caller(tenant): Caller, calling: CallingKey, Id(id): Id<KeyId>) -> Result<Json<Key>> {
+    calling.refuse_on_itself(id, SelfLockout::Suspend)?;
     Ok(Json(tenant.suspend_key(id).await?.into()))
 }
 
@@ -416,13 +429,16 @@ pub(crate) async fn reactivate_key(Caller(tenant): Caller, Id(id): Id<KeyId>) ->
         (status = 200, description = "The key with its new scopes", body = Key),
         (status = 400, description = "The id is not a key id; a scope name is invalid, outside the policy's, or unregistered (strict scopes)", body = ErrorBody),
         (status = 404, description = "No such key in this tenant", body = ErrorBody),
+        (status = 409, description = "The scopes would take `keysmith:admin` from the key making the request (`self_lockout`)", body = ErrorBody),
     )
 )]
 pub(crate) async fn set_key_scopes(
     Caller(tenant): Caller,
+    calling: CallingKey,
     Id(id): Id<KeyId>,
     JsonBody(body): JsonBody<SetScopes>,
 ) -> Result<Json<Key>> {
+    calling.refuse_scopes(id, &body.scopes)?;
     Ok(Json(tenant.set_key_scopes(id, &body.scopes).await?.into()))
 }
 

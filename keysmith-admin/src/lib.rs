@@ -9,6 +9,9 @@
 //!   rotate, revoke, suspend, reactivate, scopes, rotations, usage and its
 //!   roll-ups), `/policies`, `/scopes`, and `/openapi.json`, an OpenAPI 3.1
 //!   document generated from the same code as the routes.
+//! - The calling key cannot lock its tenant out: suspending, revoking or
+//!   rotating itself, or taking `keysmith:admin` away from itself (through
+//!   its scopes or its policy's `allowed_scopes`), is 409 `self_lockout`.
 //! - Every error, rejections included, is JSON:
 //!   `{"error": {"code": "…", "message": "…"}}` (see [`Error`]).
 //!
@@ -53,9 +56,11 @@ mod config;
 mod error;
 mod extract;
 mod keys;
+mod lockout;
 mod model;
 mod openapi;
 mod policies;
+mod schema;
 mod scopes;
 #[cfg(feature = "ui")]
 mod ui;
@@ -70,9 +75,11 @@ pub use config::{AdminConfig, DEFAULT_REALM};
 pub use error::{Error, Result};
 #[cfg(feature = "ui")]
 pub use ui::{DEFAULT_API_BASE, UiConfig, ui_router};
+pub use lockout::SelfLockout;
 
-/// The scope an API key needs to use the admin API. Hierarchical like
-/// every scope: a key holding `keysmith` or `*` has it too.
+/// The scope an API key needs to use the admin API. It lies in the
+/// reserved `keysmith:` namespace, so only a key that names it (or
+/// `keysmith:*`) has it: `*` and the bare `keysmith` do not grant it.
 pub const ADMIN_SCOPE: &str = "keysmith:admin";
 
 /// The admin API with the default authentication (see

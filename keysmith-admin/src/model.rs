@@ -144,7 +144,11 @@ pub(crate) fn page(limit: Option<u32>, offset: Option<u64>) -> Result<Page> {
     if limit == 0 || limit > Page::MAX_LIMIT {
         return Err(Error::InvalidQuery(format!("limit must be 1 to {}", Page::MAX_LIMIT)));
     }
-    Ok(Page::new(limit, offset.unwrap_or(0)))
+    let offset = offset.unwrap_or(0);
+    if offset > crate::schema::MAX_WHOLE {
+        return Err(Error::InvalidQuery(format!("offset must be at most {}", crate::schema::MAX_WHOLE)));
+    }
+    Ok(Page::new(limit, offset))
 }
 
 /// Parses an optional id given as text (query or body), so a wrong prefix
@@ -179,5 +183,7 @@ mod tests {
         assert_eq!(page(Some(1000), Some(5)).unwrap(), Page::new(1000, 5));
         assert!(page(Some(0), None).is_err());
         assert!(page(Some(1001), None).is_err());
+        assert_eq!(page(None, Some((1 << 53) - 1)).unwrap(), Page::new(100, (1 << 53) - 1));
+        assert!(page(None, Some(1 << 53)).is_err());
     }
 }

@@ -2,6 +2,8 @@
 //! attributes by the same router that serves them, then completed with the
 //! security schemes and the error responses every route shares.
 
+use std::collections::btree_map::Entry;
+
 use axum::Json;
 use axum::extract::{NestedPath, Request, State};
 use keysmith_core::http::{KeySource, KeySources};
@@ -99,6 +101,10 @@ const SHARED_RESPONSES: [SharedResponse; 7] = [
     },
 ];
 
+/// Appended to every operation's 400: the authentication layer refuses a
+/// request that carries two different keys.
+const AMBIGUOUS_KEY: &str = "the request carries two different API keys (`ambiguous_key`)";
+
 /// Responses every operation may give (the authentication layer's).
 const EVERY_OPERATION: [&str; 4] = ["Unauthorized", "Forbidden", "TooManyRequests", "Unavailable"];
 /// Responses every operation with a body may give, besides 400.
@@ -109,6 +115,7 @@ const WITH_BODY: [&str; 3] = ["PayloadTooLarge", "UnsupportedMediaType", "Unproc
 /// responses.
 pub(crate) fn finish(doc: &mut OpenApi, sources: &KeySources) {
     let components = doc.components.get_or_insert_with(Default::default);
+    crate::schema::apply(components);
     for shared in &SHARED_RESPONSES {
         components
             .responses
@@ -133,12 +140,24 @@ pub(crate) fn finish(doc: &mut OpenApi, sources: &KeySources) {
                     .entry(status_of(name).to_owned())
                     .or_insert_with(|| RefOr::Ref(Ref::from_response_name(*name)));
             }
-            if has_body {
-                operation
-                    .responses
-                    .responses
-                    .entry("400".to_owned())
-                    .or_insert_with(|| RefOr::T(error_response("The body is not valid JSON", None)));
+            // The authentication layer's 400, on every route.
+            match operation.responses.responses.entry("400".to_owned()) {
+                Entry::Occupied(mut own) => {
+                    if let RefOr::T(response) = own.get_mut() {
+                        response.description.push_str("; or ");
+                        response.description.push_str(AMBIGUOUS_KEY);
+                    }
+                }
+                Entry::Vacant(none) => {
+                    let description = if has_body {
+                        format!("The body is not valid JSON; or {AMBIGUOUS_KEY}")
+                    } else {
+                        let mut text = AMBIGUOUS_KEY.to_owned();
+                        text[..1].make_ascii_uppercase();
+                        text
+                    };
+                    none.insert(RefOr::T(error_response(&description, None)));
+                }
             }
         }
     }

@@ -11,21 +11,25 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ErrorBody, Result};
 use crate::extract::{Caller, Id, JsonBody, QueryParams};
+use crate::lockout::CallingKey;
 use crate::model::page;
+use crate::schema::{metadata_ref, whole};
 
 /// `requests` per `window` seconds, per key, with an optional burst.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RateLimit {
     /// Requests allowed per window (at least 1).
-    #[schema(example = 100, minimum = 1)]
+    #[serde(deserialize_with = "whole::u32")]
+    #[schema(example = 100, minimum = 1, maximum = 4_294_967_295_u32)]
     requests: u32,
-    /// The window, in seconds (at least 1).
-    #[schema(example = 60, minimum = 1)]
+    /// The window, in seconds (at least 1, at most 100 years).
+    #[serde(deserialize_with = "whole::seconds")]
+    #[schema(example = 60, minimum = 1, maximum = 3_155_760_000_u64)]
     window: u64,
     /// Requests allowed at once (default `requests`).
-    #[serde(default)]
-    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "whole::option_u32")]
+    #[schema(minimum = 1, maximum = 4_294_967_295_u32)]
     burst: Option<u32>,
 }
 
@@ -34,12 +38,12 @@ pub(crate) struct RateLimit {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Quota {
     /// Requests per UTC day (at least 1; omit for none).
-    #[serde(default)]
-    #[schema(example = 10000, minimum = 1)]
+    #[serde(default, deserialize_with = "whole::option_u64")]
+    #[schema(example = 10000, minimum = 1, maximum = 9_007_199_254_740_991_u64)]
     daily: Option<u64>,
     /// Requests per UTC calendar month (at least 1; omit for none).
-    #[serde(default)]
-    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "whole::option_u64")]
+    #[schema(minimum = 1, maximum = 9_007_199_254_740_991_u64)]
     monthly: Option<u64>,
 }
 
@@ -48,7 +52,8 @@ pub(crate) struct Quota {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PolicyInput {
-    /// The name, unique in the tenant, 1 to 128 characters.
+    /// The name, unique in the tenant: 1 to 128 characters, not only
+    /// whitespace, without control characters; stored trimmed.
     #[schema(example = "partners")]
     name: String,
     /// Rate limit per key.
@@ -64,15 +69,21 @@ pub(crate) struct PolicyInput {
     #[serde(default)]
     #[schema(example = json!(["read"]))]
     allowed_scopes: Vec<String>,
-    /// Keys older than this many seconds are expired.
+    /// Keys older than this many seconds are expired (at most 100 years).
+    #[serde(default, deserialize_with = "whole::option_seconds")]
+    #[schema(maximum = 3_155_760_000_u64)]
     max_key_age: Option<u64>,
     /// Request quotas per key.
     quota: Option<Quota>,
-    /// Default rotation grace for keys under the policy, in seconds.
+    /// Default rotation grace for keys under the policy, in seconds, at most
+    /// 100 years.
+    #[serde(default, deserialize_with = "whole::option_seconds")]
+    #[schema(maximum = 3_155_760_000_u64)]
     rotation_grace: Option<u64>,
-    /// Application data (a JSON object).
+    /// Application data (a JSON object; no control character in any key or
+    /// string).
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(schema_with = metadata_ref)]
     metadata: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -119,7 +130,7 @@ pub(crate) struct Policy {
     /// Default rotation grace, in seconds.
     rotation_grace: Option<u64>,
     /// Application data (a JSON object).
-    #[schema(value_type = Object)]
+    #[schema(schema_with = metadata_ref)]
     metadata: serde_json::Map<String, serde_json::Value>,
     /// Creation time.
     created_at: DateTime<Utc>,
@@ -170,6 +181,7 @@ pub(crate) struct PolicyListQuery {
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// Policies to skip (default 0).
+    #[param(maximum = 9_007_199_254_740_991_u64)]
     offset: Option<u64>,
 }
 
@@ -237,14 +249,16 @@ pub(crate) async fn get_policy(Caller(tenant): Caller, Id(id): Id<PolicyId>) -> 
         (status = 200, description = "The policy as replaced", body = Policy),
         (status = 400, description = "The id is not a policy id, or a field is invalid", body = ErrorBody),
         (status = 404, description = "No such policy in this tenant", body = ErrorBody),
-        (status = 409, description = "Another policy of the tenant has this name (`already_exists`)", body = ErrorBody),
+        (status = 409, description = "Another policy of the tenant has this name (`already_exists`), or the new `allowed_scopes` would take `keysmith:admin` from the key making the request (`self_lockout`)", body = ErrorBody),
     )
 )]
 pub(crate) async fn update_policy(
     Caller(tenant): Caller,
+    calling: CallingKey,
     Id(id): Id<PolicyId>,
     JsonBody(input): JsonBody<PolicyInput>,
 ) -> Result<Json<Policy>> {
+    calling.refuse_policy_scopes(id, &input.allowed_scopes)?;
     Ok(Json(tenant.update_policy(id, input.into()).await?.into()))
 }
 

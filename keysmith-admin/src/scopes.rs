@@ -35,11 +35,11 @@ impl From<keysmith_core::Scope> for Scope {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateScope {
-    /// `*`, or segments of letters, digits, `_`, `-`, `.` joined by `:`;
-    /// at most 128 bytes.
+    /// `*`, `keysmith:*`, or segments of letters, digits, `_`, `-`, `.`
+    /// joined by `:`; at most 128 characters.
     #[schema(example = "read:users")]
     name: String,
-    /// What the scope allows, at most 1024 characters.
+    /// What the scope allows: at most 1024 characters, no control character.
     #[serde(default)]
     #[schema(example = "Read user profiles")]
     description: String,

@@ -115,6 +115,7 @@ pub(crate) struct UsageQuery {
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// Records to skip (default 0).
+    #[param(maximum = 9_007_199_254_740_991_u64)]
     offset: Option<u64>,
 }
 

@@ -167,6 +167,34 @@ async fn rotate_and_revoke_need_no_body() {
 }
 
 #[tokio::test]
+async fn control_characters_are_invalid_input_and_change_nothing() {
+    let h = harness().await;
+    let (id, raw) = h.create_key(json!({"name": "kept"})).await;
+    let policy = h.post("/policies", json!({"name": "kept"})).await.ok(201)["id"].as_str().unwrap().to_owned();
+    for text in ["nul\u{0}", "esc\u{1b}[2J", "del\u{7f}", "line\nbreak"] {
+        let refusals = [
+            h.post("/keys", json!({"name": text})).await,
+            h.post("/keys", json!({"name": "k", "metadata": {"note": {"list": [text]}}})).await,
+            h.post("/keys", json!({"name": "k", "metadata": {text: 1}})).await,
+            h.post("/policies", json!({"name": text})).await,
+            h.post("/policies", json!({"name": "p", "metadata": {"note": text}})).await,
+            h.put(&format!("/policies/{policy}"), json!({"name": text})).await,
+            h.post("/scopes", json!({"name": "read", "description": text})).await,
+            h.post("/scopes", json!({"name": text})).await,
+            h.post(&format!("/keys/{id}/revoke"), json!({"reason": text})).await,
+        ];
+        for reply in &refusals {
+            reply.assert_error(400, "invalid_input");
+        }
+        assert!(refusals[0].body["error"]["message"].as_str().unwrap().contains("control character"));
+    }
+    assert_eq!(h.get("/keys").await.ok(200)["items"].as_array().unwrap().len(), 2);
+    assert_eq!(h.get(&format!("/policies/{policy}")).await.ok(200)["name"], "kept");
+    assert_eq!(h.get("/scopes").await.ok(200)["items"], json!([]));
+    assert!(validates(&h, &raw).await.is_ok(), "the key was not revoked");
+}
+
+#[tokio::test]
 async fn list_keys_filters_and_pages() {
     let h = harness().await;
     let policy = h.post("/policies", json!({"name": "p"})).await.ok(201)["id"].as_str().unwrap().to_owned();
@@ -586,16 +614,116 @@ async fn keys_without_the_admin_scope_are_403() {
         let challenge = reply.headers["www-authenticate"].to_str().unwrap();
         assert!(challenge.contains(r#"scope="keysmith:admin""#), "{method} {path}: {challenge}");
     }
-    // Scopes are hierarchical: `keysmith` and `*` cover `keysmith:admin`.
-    for scopes in [["keysmith"], ["*"]] {
-        let key = h.tenant().create_key(NewKey::new("wide").with_scopes(scopes)).await.unwrap();
-        assert_eq!(h.send("GET", "/keys", Some(key.raw.expose()), None).await.status, 200);
-    }
     // A revoked admin key is refused.
     let (id, raw) = h.create_key(json!({"name": "ops", "scopes": ["keysmith:admin"]})).await;
     assert_eq!(h.send("GET", "/scopes", Some(&raw), None).await.status, 200);
     h.post_empty(&format!("/keys/{id}/revoke")).await.ok(200);
     h.send("GET", "/scopes", Some(&raw), None).await.assert_error(401, "key_revoked");
+}
+
+#[tokio::test]
+async fn keys_with_every_application_scope_are_not_admins() {
+    let h = harness().await;
+    // `*`, the bare root `keysmith`, and wide application scopes never
+    // reach into the reserved `keysmith:` namespace.
+    for scopes in [vec!["*"], vec!["keysmith"], vec!["*", "keysmith", "admin", "read"]] {
+        let key = h.tenant().create_key(NewKey::new("wide").with_scopes(scopes.clone())).await.unwrap();
+        for (method, path, body) in every_route() {
+            let reply = h.send(method, &path, Some(key.raw.expose()), body).await;
+            reply.assert_error(403, "insufficient_scope");
+            assert!(reply.text.contains("keysmith:admin"), "{scopes:?} {method} {path}: {}", reply.text);
+        }
+    }
+}
+
+#[tokio::test]
+async fn keys_naming_the_reserved_namespace_are_admins() {
+    let h = harness().await;
+    for scope in ["keysmith:*", "keysmith:admin"] {
+        let key = h.tenant().create_key(NewKey::new("ops").with_scopes([scope])).await.unwrap();
+        assert_eq!(h.send("GET", "/keys", Some(key.raw.expose()), None).await.status, 200, "{scope}");
+        let created =
+            h.send("POST", "/scopes", Some(key.raw.expose()), Some(json!({"name": format!("s{}", scope.len())})));
+        assert_eq!(created.await.status, 201, "{scope}");
+    }
+    // A policy allowing `*` does not allow the reserved namespace either.
+    let policy = h.post("/policies", json!({"name": "apps", "allowed_scopes": ["*"]})).await;
+    let policy = policy.ok(201)["id"].as_str().unwrap().to_owned();
+    h.post("/keys", json!({"name": "k", "policy_id": policy, "scopes": ["keysmith:admin"]}))
+        .await
+        .assert_error(400, "invalid_input");
+    h.create_key(json!({"name": "k", "policy_id": policy, "scopes": ["read", "*"]})).await;
+}
+
+/// The id of the harness's own admin key.
+async fn own_key_id(h: &support::Harness) -> String {
+    validates(h, &h.admin).await.unwrap().key.id.to_string()
+}
+
+#[tokio::test]
+async fn an_admin_key_cannot_lock_its_tenant_out() {
+    let h = harness().await;
+    let me = own_key_id(&h).await;
+    let refusals = [
+        h.post_empty(&format!("/keys/{me}/suspend")).await,
+        h.post(&format!("/keys/{me}/revoke"), json!({"reason": "oops"})).await,
+        h.post_empty(&format!("/keys/{me}/revoke")).await,
+        h.post_empty(&format!("/keys/{me}/rotate")).await,
+        h.post(&format!("/keys/{me}/rotate"), json!({"grace_seconds": 3600})).await,
+        h.post(&format!("/keys/{me}/rotate"), json!({"reason": "compromised", "grace_seconds": 0})).await,
+        h.put(&format!("/keys/{me}/scopes"), json!({"scopes": ["read"]})).await,
+        h.put(&format!("/keys/{me}/scopes"), json!({"scopes": []})).await,
+        h.put(&format!("/keys/{me}/scopes"), json!({"scopes": ["*", "keysmith"]})).await,
+    ];
+    for reply in &refusals {
+        reply.assert_error(409, "self_lockout");
+        let message = reply.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("lock") && message.contains("tenant"), "{message}");
+    }
+    // Nothing changed: the key still works, active, with its scope, unrotated.
+    let key = h.get(&format!("/keys/{me}")).await;
+    assert_eq!(key.ok(200)["state"], "active");
+    assert_eq!(key.body["scopes"], json!(["keysmith:admin"]));
+    assert_eq!(h.get(&format!("/keys/{me}/rotations")).await.ok(200)["items"], json!([]));
+
+    // Scope changes that keep the admin scope are fine.
+    let kept = h.put(&format!("/keys/{me}/scopes"), json!({"scopes": ["read", "keysmith:admin"]})).await;
+    assert_eq!(kept.ok(200)["scopes"], json!(["read", "keysmith:admin"]));
+    let widened = h.put(&format!("/keys/{me}/scopes"), json!({"scopes": ["keysmith:*"]})).await;
+    assert_eq!(widened.ok(200)["scopes"], json!(["keysmith:*"]));
+
+    // The same operations on another admin key of the tenant are allowed.
+    let (other, _) = h.create_key(json!({"name": "ops-2", "scopes": ["keysmith:admin"]})).await;
+    h.put(&format!("/keys/{other}/scopes"), json!({"scopes": ["read"]})).await.ok(200);
+    h.post_empty(&format!("/keys/{other}/suspend")).await.ok(200);
+    h.post_empty(&format!("/keys/{other}/revoke")).await.ok(200);
+    let (third, _) = h.create_key(json!({"name": "ops-3", "scopes": ["keysmith:admin"]})).await;
+    h.post_empty(&format!("/keys/{third}/rotate")).await.ok(201);
+}
+
+#[tokio::test]
+async fn an_admin_key_cannot_take_its_scope_away_through_its_policy() {
+    let h = harness().await;
+    let policy = h.post("/policies", json!({"name": "ops", "allowed_scopes": ["keysmith:admin", "read"]})).await;
+    let policy = policy.ok(201)["id"].as_str().unwrap().to_owned();
+    let created = h.post("/keys", json!({"name": "ops", "policy_id": policy, "scopes": ["keysmith:admin"]})).await;
+    let raw = created.ok(201)["raw_key"].as_str().unwrap().to_owned();
+    let path = format!("/policies/{policy}");
+    let as_ops = |body: Value| h.send("PUT", &path, Some(&raw), Some(body));
+
+    for allowed in [json!(["read"]), json!(["*"]), json!(["keysmith"])] {
+        as_ops(json!({"name": "ops", "allowed_scopes": allowed})).await.assert_error(409, "self_lockout");
+    }
+    assert_eq!(
+        h.get(&format!("/policies/{policy}")).await.ok(200)["allowed_scopes"],
+        json!(["keysmith:admin", "read"])
+    );
+    // Keeping the admin scope, or allowing every scope, is fine.
+    as_ops(json!({"name": "ops", "allowed_scopes": ["keysmith:*"]})).await.ok(200);
+    as_ops(json!({"name": "ops"})).await.ok(200);
+    // Another admin key (not under the policy) may narrow it.
+    h.put(&format!("/policies/{policy}"), json!({"name": "ops", "allowed_scopes": ["read"]})).await.ok(200);
+    h.send("GET", "/keys", Some(&raw), None).await.assert_error(403, "insufficient_scope");
 }
 
 #[tokio::test]

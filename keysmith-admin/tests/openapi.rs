@@ -145,9 +145,11 @@ async fn document_describes_parameters_bodies_errors_and_security() {
             assert!(operation["operationId"].is_string(), "{name}");
             assert!(operation["tags"].as_array().is_some_and(|t| !t.is_empty()), "{name}");
             let responses = operation["responses"].as_object().unwrap();
-            for status in ["401", "403", "429", "503"] {
+            for status in ["400", "401", "403", "429", "503"] {
                 assert!(responses.contains_key(status), "{name} lacks {status}");
             }
+            let bad_request = responses["400"]["description"].as_str().unwrap();
+            assert!(bad_request.contains("`ambiguous_key`"), "{name}: {bad_request}");
             assert!(responses.keys().any(|s| s.starts_with('2')), "{name} has no success response");
             for (status, response) in responses {
                 if status.starts_with('4') || status.starts_with('5') {
@@ -275,4 +277,70 @@ async fn security_schemes_follow_the_key_sources() {
     assert_eq!(schemes.keys().collect::<Vec<_>>(), ["x-admin-token"]);
     assert_eq!(schemes["x-admin-token"]["name"], "x-admin-token");
     assert_eq!(reply.body["security"], json!([{"x-admin-token": ["keysmith:admin"]}]));
+}
+
+/// The `pattern` and `maxLength` of a string property of a component, or
+/// of its items when it is an array.
+fn string_rule<'a>(doc: &'a Value, component: &str, property: &str) -> &'a Value {
+    let schema = &doc["components"]["schemas"][component]["properties"][property];
+    if schema["type"] == "array" { &schema["items"] } else { schema }
+}
+
+#[tokio::test]
+async fn document_states_the_engines_rules_for_names_scopes_text_and_numbers() {
+    let h = harness().await;
+    let doc = served_document(&h).await;
+    let rules = [
+        ("CreateKey", "name", 256),
+        ("CreateKey", "scopes", 128),
+        ("CreateKey", "prefix", 16),
+        ("SetScopes", "scopes", 128),
+        ("RevokeKey", "reason", 1024),
+        ("PolicyInput", "name", 128),
+        ("PolicyInput", "allowed_scopes", 128),
+        ("CreateScope", "name", 128),
+        ("CreateScope", "description", 1024),
+    ];
+    for (component, property, max) in rules {
+        let rule = string_rule(&doc, component, property);
+        assert_eq!(rule["maxLength"], max, "{component}.{property}: {rule}");
+        regex::Regex::new(rule["pattern"].as_str().unwrap()).unwrap();
+    }
+    for component in ["CreateKey", "PolicyInput", "Key", "Policy"] {
+        let metadata = &doc["components"]["schemas"][component]["properties"]["metadata"];
+        assert_eq!(metadata["$ref"], "#/components/schemas/Metadata", "{component}");
+    }
+    let metadata = &doc["components"]["schemas"]["Metadata"];
+    assert_eq!(metadata["propertyNames"]["pattern"], string_rule(&doc, "RevokeKey", "reason")["pattern"]);
+    let grace = &doc["components"]["schemas"]["RotateKey"]["properties"]["grace_seconds"];
+    assert_eq!((grace["minimum"].as_u64(), grace["maximum"].as_u64()), (Some(0), Some(3_155_760_000)));
+    let offset = doc["paths"]["/keys"]["get"]["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "offset");
+    assert_eq!(offset.unwrap()["schema"]["maximum"], 9_007_199_254_740_991_u64);
+}
+
+#[tokio::test]
+async fn whole_numbers_with_a_zero_fraction_are_accepted_as_documented() {
+    let h = harness().await;
+    let (id, _) = h.create_key(json!({"name": "k"})).await;
+    let rotated = h.post(&format!("/keys/{id}/rotate"), json!({"grace_seconds": 5.0})).await;
+    assert_eq!(rotated.ok(201)["rotation"]["grace_seconds"], 5);
+    let policy = json!({
+        "name": "p", "rate_limit": {"requests": 10.0, "window": 60.0, "burst": 2.0},
+        "quota": {"daily": 100.0}, "max_key_age": 86400.0, "rotation_grace": 0.0
+    });
+    let created = h.post("/policies", policy).await;
+    let created = created.ok(201);
+    assert_eq!(created["rate_limit"], json!({"requests": 10, "window": 60, "burst": 2}));
+    assert_eq!((created["max_key_age"].as_u64(), created["rotation_grace"].as_u64()), (Some(86400), Some(0)));
+
+    let (other, _) = h.create_key(json!({"name": "k2"})).await;
+    for grace in [json!(5.5), json!(-1), json!(3_155_760_001_u64), json!("5")] {
+        let refused = h.post(&format!("/keys/{other}/rotate"), json!({"grace_seconds": grace})).await;
+        refused.assert_error(422, "invalid_body");
+    }
+    for limit in [json!({"requests": 1.5, "window": 1}), json!({"requests": 4_294_967_296_u64, "window": 1})] {
+        h.post("/policies", json!({"name": "q", "rate_limit": limit})).await.assert_error(422, "invalid_body");
+    }
+    h.get(&format!("/keys?offset={}", 1_u64 << 53)).await.assert_error(400, "invalid_query");
+    assert_eq!(h.get(&format!("/keys?offset={}", (1_u64 << 53) - 1)).await.status, 200);
 }

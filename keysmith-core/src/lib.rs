@@ -39,6 +39,7 @@ mod error;
 pub mod hooks;
 pub mod http;
 mod id;
+mod input;
 mod key;
 pub mod limit;
 mod net;

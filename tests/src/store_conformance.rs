@@ -58,6 +58,7 @@ macro_rules! store_conformance_tests {
             lineage_usage_sums_every_key_of_the_lineage,
             rotation_shares_the_lineage_budget_and_keeps_the_expiry,
             a_quota_reload_racing_a_batch_write_counts_the_batch_once,
+            control_characters_are_refused_before_the_store,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {
@@ -1376,4 +1377,48 @@ pub async fn a_quota_reload_racing_a_batch_write_counts_the_batch_once(store: Ar
     assert!(matches!(refusal_of(engine.validate(raw, &ctx).await), Refusal::QuotaExceeded { .. }), "re-read");
     let totals = acme.usage_totals(Period::Day, TimeRange::default()).await.unwrap();
     assert_eq!(totals.iter().map(|t| t.requests).sum::<u64>(), 10);
+}
+
+// ---------------------------------------------------------------- input the engine refuses
+
+/// NUL and other control characters in names, descriptions, reasons and
+/// metadata are `InvalidInput` from the engine on every store (PostgreSQL
+/// cannot store NUL and would fail with a store error), and leave nothing
+/// behind; other Unicode round-trips.
+pub async fn control_characters_are_refused_before_the_store(store: Arc<dyn Store>) {
+    let engine = keysmith_core::Engine::builder(Arc::clone(&store)).build().unwrap();
+    let tenant = engine.tenant("billing", "acme");
+    let key = tenant.create_key(keysmith_core::NewKey::new("kept")).await.unwrap().key;
+    let nul_metadata = || {
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("nested".to_owned(), serde_json::json!({"list": ["ok", "a\u{0}b"]}));
+        metadata
+    };
+    let invalid = |result: Result<(), Error>, field: &str| match result {
+        Err(Error::InvalidInput { field: f, .. }) => assert_eq!(f, field),
+        other => panic!("{field}: expected InvalidInput, got {other:?}"),
+    };
+    for text in ["nul\0", "esc\u{1b}[31m", "del\u{7f}"] {
+        invalid(tenant.create_key(keysmith_core::NewKey::new(text)).await.map(drop), "name");
+        invalid(tenant.create_policy(keysmith_core::PolicySpec::new(text)).await.map(drop), "name");
+        invalid(tenant.create_scope("read", text).await.map(drop), "description");
+        invalid(tenant.revoke_key(key.id, text).await.map(drop), "reason");
+    }
+    let with_metadata = keysmith_core::NewKey::new("k").with_metadata(nul_metadata());
+    invalid(tenant.create_key(with_metadata).await.map(drop), "metadata");
+    let mut spec = keysmith_core::PolicySpec::new("p");
+    spec.metadata = nul_metadata();
+    invalid(tenant.create_policy(spec).await.map(drop), "metadata");
+
+    let keys = store.list_keys(&acme(), &KeyFilter::default()).await.unwrap();
+    assert_eq!(keys.iter().map(|k| (k.name.as_str(), k.state)).collect::<Vec<_>>(), [("kept", KeyState::Active)]);
+    assert!(store.list_policies(&acme(), Page::default()).await.unwrap().is_empty());
+    assert!(store.list_scopes(&acme()).await.unwrap().is_empty());
+
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("note".to_owned(), "línea ☕ 🔑 \u{200b}".into());
+    let unicode = keysmith_core::NewKey::new("clé ☕").with_metadata(metadata.clone());
+    let created = tenant.create_key(unicode).await.unwrap().key;
+    let stored = store.get_key(&acme(), created.id).await.unwrap().unwrap();
+    assert_eq!((stored.key.name.as_str(), &stored.key.metadata), ("clé ☕", &metadata));
 }

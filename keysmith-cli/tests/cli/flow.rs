@@ -25,7 +25,31 @@ pub(crate) async fn operator_flow(ks: &Keysmith, store: Arc<dyn Store>) {
     usage(ks, &engine, &key_id).await;
     sweep(ks, &engine).await;
     tenants_are_isolated(ks, &key_id, &policy_id);
+    control_characters_are_refused(ks, &key_id);
     engine.shutdown().await;
+}
+
+/// NUL (through JSON escapes: a command line cannot hold one) and other
+/// control characters are refused with exit 1 and a clear message, on every
+/// database; nothing changes.
+fn control_characters_are_refused(ks: &Keysmith, key_id: &str) {
+    let nul = r#"{"note": {"list": ["a\u0000b"]}}"#;
+    let before = ks.json(&["keys", "show", key_id]);
+    let runs = [
+        (ks.run(&["keys", "create", "--name", "esc\u{1b}[2J"]), "name"),
+        (ks.run(&["keys", "create", "--name", "k", "--metadata", nul]), "metadata"),
+        (ks.run(&["policies", "create", "--name", "bell\u{7}"]), "name"),
+        (ks.run(&["policies", "create", "--name", "p", "--metadata", nul]), "metadata"),
+        (ks.run(&["scopes", "create", "--name", "ok", "--description", "del\u{7f}"]), "description"),
+        (ks.run(&["keys", "revoke", key_id, "--reason", "tab\there"]), "reason"),
+    ];
+    for (run, field) in runs {
+        let error = run.fails(1);
+        assert!(error.contains(&format!("invalid {field}")) && error.contains("control character"), "{error}");
+        assert!(!error.contains('\u{1b}') && !error.contains('\u{7}'), "the message echoes no control character");
+    }
+    assert_eq!(ks.json(&["keys", "show", key_id]), before);
+    assert!(ks.json(&["scopes", "list"]).as_array().unwrap().iter().all(|s| s["name"] != "ok"));
 }
 
 fn scopes(ks: &Keysmith) {

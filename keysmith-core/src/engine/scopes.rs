@@ -4,21 +4,24 @@ use std::sync::Arc;
 
 use super::TenantEngine;
 use crate::hooks::Event;
-use crate::{Error, Key, KeyId, Result, Scope, ScopeId, scope};
+use crate::{Error, Key, KeyId, Result, Scope, ScopeId, input, scope};
 
-const MAX_DESCRIPTION_LEN: usize = 1024;
+/// The longest scope description, in characters.
+pub(crate) const MAX_DESCRIPTION_LEN: usize = 1024;
 
 impl TenantEngine {
     /// Registers a scope name.
     ///
     /// # Errors
-    /// `InvalidInput` for a bad name or a description over 1024 characters;
-    /// `AlreadyExists` if the tenant already registered it.
+    /// `InvalidInput` for a bad name, or a description over 1024 characters
+    /// or with a control character; `AlreadyExists` if the tenant already
+    /// registered it.
     pub async fn create_scope(&self, name: &str, description: &str) -> Result<Scope> {
         scope::validate_name(name)?;
         if description.chars().count() > MAX_DESCRIPTION_LEN {
             return Err(Error::invalid("description", "must be at most 1024 characters"));
         }
+        input::check_text("description", description)?;
         let scope = Scope {
             id: ScopeId::new(),
             tenant: self.tenant.clone(),

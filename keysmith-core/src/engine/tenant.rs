@@ -10,10 +10,13 @@ use crate::hooks::Event;
 use crate::store::{KeyFilter, RotationWrite, StoredKey, Transition};
 use crate::{
     Environment, Error, Key, KeyId, KeyState, PolicyId, RawKey, Result, RotationId, RotationReason, RotationRecord,
-    Tenant, scope,
+    Tenant, input, scope,
 };
 
-const MAX_NAME_LEN: usize = 256;
+/// The longest key name, in characters.
+pub(crate) const MAX_NAME_LEN: usize = 256;
+/// The longest revocation reason, in characters.
+pub(crate) const MAX_REASON_LEN: usize = 1024;
 
 /// The engine seen by one tenant: every operation carries the tenant, so
 /// another tenant's entities are [`Error::NotFound`].
@@ -122,12 +125,14 @@ impl TenantEngine {
     /// Creates a key and returns its secret once.
     ///
     /// # Errors
-    /// `InvalidInput` for an empty name, a bad prefix or scope, or an expiry
-    /// in the past; `NotFound` for a policy that is not the tenant's;
-    /// `InvalidInput` for a scope outside the policy's `allowed_scopes`.
+    /// `InvalidInput` for an empty name, a control character in the name or
+    /// the metadata, a bad prefix or scope, or an expiry in the past;
+    /// `NotFound` for a policy that is not the tenant's; `InvalidInput` for
+    /// a scope outside the policy's `allowed_scopes`.
     pub async fn create_key(&self, new: NewKey) -> Result<CreatedKey> {
         let inner = &self.engine.inner;
         let name = validate_name(&new.name)?;
+        input::check_metadata("metadata", &new.metadata)?;
         let scopes = self.checked_scopes(&new.scopes, new.policy_id).await?;
         let now = inner.clock.now();
         if new.expires_at.is_some_and(|at| at <= now) {
@@ -260,8 +265,15 @@ impl TenantEngine {
     /// Revokes a key for good (from `active`, `suspended` or `rotated`).
     ///
     /// # Errors
-    /// `NotFound`, or `InvalidTransition` from `expired` or `revoked`.
+    /// `InvalidInput` for a reason over 1024 characters or with a control
+    /// character; `NotFound`, or `InvalidTransition` from `expired` or
+    /// `revoked`.
     pub async fn revoke_key(&self, id: KeyId, reason: impl Into<String>) -> Result<Key> {
+        let reason = reason.into();
+        input::check_text("reason", &reason)?;
+        if reason.chars().count() > MAX_REASON_LEN {
+            return Err(Error::invalid("reason", "must be at most 1024 characters"));
+        }
         let at = self.engine.inner.clock.now();
         self.transition(id, Transition::to(KeyState::Revoked, at).with_reason(reason)).await
     }
@@ -346,10 +358,8 @@ impl TenantEngine {
     }
 }
 
+/// The name as stored (trimmed), from a name of 1 to 256 characters with no
+/// control character and not only whitespace.
 fn validate_name(name: &str) -> Result<String> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
-        return Err(Error::invalid("name", "must be 1 to 256 characters"));
-    }
-    Ok(name.to_owned())
+    input::check_name(name, MAX_NAME_LEN).map(str::to_owned)
 }

@@ -435,5 +435,7 @@ mod tests {
         assert_eq!(narrow(&owned(&["read"]), &owned(&["read:users"])), Some(owned(&["read:users"])));
         assert_eq!(narrow(&owned(&["*"]), &owned(&["read", "write:a"])), Some(owned(&["read", "write:a"])));
         assert_eq!(narrow(&owned(&["admin", "read:x"]), &owned(&["read"])), Some(owned(&["read:x"])));
+        // `*` is not narrowed into the reserved namespace.
+        assert_eq!(narrow(&owned(&["*"]), &owned(&["read", "keysmith:admin"])), Some(owned(&["read"])));
     }
 }

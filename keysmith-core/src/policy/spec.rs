@@ -7,9 +7,10 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{Quota, RateLimit};
-use crate::{Error, Result, scope};
+use crate::{Error, Result, input, scope};
 
-const MAX_NAME_LEN: usize = 128;
+/// The longest policy name, in characters.
+pub(crate) const MAX_NAME_LEN: usize = 128;
 
 /// A policy as the caller describes it: CIDRs and origins as text, checked
 /// (and normalised) when a policy is created or updated,
@@ -125,10 +126,7 @@ impl PolicySpec {
 
     /// Checks every field; the error names the first one at fault.
     pub(crate) fn validate(&self) -> Result<CheckedSpec> {
-        let name = self.name.trim();
-        if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
-            return Err(Error::invalid("name", "must be 1 to 128 characters"));
-        }
+        let name = input::check_name(&self.name, MAX_NAME_LEN)?;
         if let Some(limit) = &self.rate_limit {
             check_rate_limit(limit)?;
         }
@@ -158,6 +156,7 @@ impl PolicySpec {
         for name in &self.allowed_scopes {
             scope::validate_name(name)?;
         }
+        input::check_metadata("metadata", &self.metadata)?;
         Ok(CheckedSpec {
             name: name.to_owned(),
             allowed_ips,
@@ -214,6 +213,7 @@ fn normalize_origin(text: &str) -> Result<String> {
             && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
             && !host.is_empty()
             && !host.contains(['/', ' ', '?', '#'])
+            && !host.chars().any(char::is_control)
     });
     if !valid {
         return Err(Error::invalid(
@@ -246,7 +246,9 @@ mod tests {
     fn origins_are_normalised() {
         assert_eq!(normalize_origin("HTTPS://App.Example.com/").unwrap(), "https://app.example.com");
         assert_eq!(normalize_origin("http://localhost:3000").unwrap(), "http://localhost:3000");
-        for bad in ["app.example.com", "https://", "https://a.com/path", "://x"] {
+        for bad in
+            ["app.example.com", "https://", "https://a.com/path", "://x", "https://a\0.com", "https://a.com\u{7f}"]
+        {
             assert!(normalize_origin(bad).is_err(), "{bad}");
         }
     }
@@ -257,9 +259,18 @@ mod tests {
         let zero_quota = PolicySpec::new("p").with_quota(Some(0), None);
         let bad_scope = PolicySpec::new("p").with_allowed_scopes(["read users"]);
         let no_name = PolicySpec::new(" ");
-        for (spec, field) in
-            [(zero_rate, "rate_limit.requests"), (zero_quota, "quota.daily"), (bad_scope, "scope"), (no_name, "name")]
-        {
+        let nul_name = PolicySpec::new("p\0");
+        let mut nul_metadata = PolicySpec::new("p");
+        nul_metadata.metadata.insert("note".to_owned(), "a\0".into());
+        let cases = [
+            (zero_rate, "rate_limit.requests"),
+            (zero_quota, "quota.daily"),
+            (bad_scope, "scope"),
+            (no_name, "name"),
+            (nul_name, "name"),
+            (nul_metadata, "metadata"),
+        ];
+        for (spec, field) in cases {
             match spec.validate() {
                 Err(Error::InvalidInput { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("{other:?}"),

@@ -1,7 +1,19 @@
 //! Scopes: a registry of names per tenant and hierarchical matching.
 //!
 //! Names are `:`-separated segments. A granted scope grants itself and every
-//! scope that extends it (`read` grants `read:users`), and `*` grants all.
+//! scope that extends it (`read` grants `read:users`), and `*` grants
+//! everything except the reserved namespace.
+//!
+//! # The reserved `keysmith` namespace
+//!
+//! `keysmith` and every scope under `keysmith:` (`keysmith:admin`,
+//! `keysmith:verify`, …) belong to Keysmith itself: they let a key manage
+//! keys. They are granted only by naming them: by the scope itself, by a
+//! scope of the namespace that it extends (`keysmith:admin` grants
+//! `keysmith:admin:read`), or by `keysmith:*`, which grants the whole
+//! namespace. Neither `*` nor the bare root `keysmith` grants
+//! `keysmith:admin`, so a key given "every scope of the application" is
+//! never an administrator by accident.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -23,10 +35,37 @@ pub struct Scope {
     pub created_at: DateTime<Utc>,
 }
 
+/// The root of the reserved namespace: `keysmith` and `keysmith:…`.
+pub const RESERVED_ROOT: &str = "keysmith";
+
+/// The scope that grants the whole reserved namespace.
+pub const RESERVED_WILDCARD: &str = "keysmith:*";
+
+/// True for `keysmith` and every scope under `keysmith:`.
+#[must_use]
+pub fn is_reserved(name: &str) -> bool {
+    name.strip_prefix(RESERVED_ROOT).is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
+}
+
 /// True if holding `granted` allows `required`.
+///
+/// Hierarchical (`read` grants `read:users`); `*` grants every scope outside
+/// the reserved namespace; a reserved scope is granted only by itself,
+/// [`RESERVED_WILDCARD`], or a reserved scope below the root that it
+/// extends (see the [module docs](self)).
 #[must_use]
 pub fn grants(granted: &str, required: &str) -> bool {
-    granted == "*" || required.strip_prefix(granted).is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
+    if is_reserved(required) {
+        return granted == RESERVED_WILDCARD
+            || granted == required
+            || (granted != RESERVED_ROOT && is_reserved(granted) && extends(required, granted));
+    }
+    granted == "*" || extends(required, granted)
+}
+
+/// True if `name` is `parent` or a scope below it.
+fn extends(name: &str, parent: &str) -> bool {
+    name.strip_prefix(parent).is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
 }
 
 /// True if any scope in `granted` allows `required`.
@@ -45,18 +84,21 @@ pub fn missing<S: AsRef<str>, R: AsRef<str>>(granted: &[S], required: &[R]) -> V
     required.iter().map(AsRef::as_ref).filter(|r| !any_grants(granted, r)).map(str::to_owned).collect()
 }
 
-/// Checks a scope name: `*`, or segments of `[a-zA-Z0-9_.-]` joined by `:`,
-/// at most 128 bytes.
+/// The longest scope name, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Checks a scope name: `*`, `keysmith:*`, or segments of
+/// `[a-zA-Z0-9_.-]` joined by `:`, at most [`MAX_NAME_LEN`] bytes.
 ///
 /// # Errors
 /// [`Error::InvalidInput`] saying what is wrong.
 pub fn validate_name(name: &str) -> Result<()> {
-    if name == "*" {
+    if name == "*" || name == RESERVED_WILDCARD {
         return Ok(());
     }
     let segment_ok =
         |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if name.len() > 128 || !name.split(':').all(segment_ok) {
+    if name.len() > MAX_NAME_LEN || !name.split(':').all(segment_ok) {
         return Err(Error::invalid(
             "scope",
             format!("{name:?} is not a scope name (segments of letters, digits, `_`, `-`, `.` joined by `:`)"),
@@ -86,6 +128,22 @@ mod tests {
             ("read:users", "read:users:emails", true),
             ("read:users:emails", "read:users", false),
             ("", "read", false),
+            // The reserved namespace: only named, never by `*` or the bare root.
+            ("*", "keysmith:admin", false),
+            ("*", "keysmith", false),
+            ("*", "keysmith:verify", false),
+            ("keysmith", "keysmith:admin", false),
+            ("keysmith", "keysmith", true),
+            ("keysmith:*", "keysmith:admin", true),
+            ("keysmith:*", "keysmith:verify:x", true),
+            ("keysmith:*", "keysmith", true),
+            ("keysmith:*", "read", false),
+            ("keysmith:admin", "keysmith:admin", true),
+            ("keysmith:admin", "keysmith:admin:read", true),
+            ("keysmith:admin", "keysmith:verify", false),
+            ("keysmith:admin", "keysmith:adminx", false),
+            ("*", "keysmithy", true),
+            ("keysmith", "keysmithy", false),
         ];
         for (granted, required, expected) in table {
             assert_eq!(grants(granted, required), expected, "{granted:?} grants {required:?}");
@@ -101,11 +159,83 @@ mod tests {
 
     #[test]
     fn names_are_validated() {
-        for good in ["read", "read:users", "*", "keysmith:admin", "v1.read:a-b_c"] {
+        for good in ["read", "read:users", "*", "keysmith:admin", "keysmith:*", "v1.read:a-b_c"] {
             assert!(validate_name(good).is_ok(), "{good}");
         }
-        for bad in ["", ":", "read:", ":read", "read users", "read:*", "ré"] {
+        for bad in ["", ":", "read:", ":read", "read users", "read:*", "ré", "keysmith:*:x", "read\0", "a\u{7f}"] {
             assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A segment: often one that means something here, else any valid one.
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec!["keysmith", "admin", "verify", "read", "Keysmith", "keysmithy", "users"])
+                .prop_map(str::to_owned),
+            "[a-zA-Z0-9_.-]{1,10}",
+        ]
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        prop::collection::vec(segment(), 1..4).prop_map(|segments| segments.join(":"))
+    }
+
+    /// A granted scope that does not name the reserved namespace: `*`, the
+    /// bare root, or any name that does not start with `keysmith:`.
+    fn unreserved_grant() -> impl Strategy<Value = String> {
+        prop_oneof![Just("*".to_owned()), Just(RESERVED_ROOT.to_owned()), name()]
+            .prop_filter("names the reserved namespace", |g| !g.starts_with("keysmith:"))
+    }
+
+    proptest! {
+        #[test]
+        fn no_grant_outside_the_namespace_reaches_into_it(
+            granted in prop::collection::vec(unreserved_grant(), 0..6),
+            suffix in name(),
+        ) {
+            let required = format!("keysmith:{suffix}");
+            let granted_anyway = any_grants(&granted, &required);
+            prop_assert!(!granted_anyway, "{:?} grants {}", granted, required);
+            prop_assert_eq!(missing(&granted, &[required.as_str()]), vec![required.clone()]);
+        }
+
+        #[test]
+        fn the_namespace_wildcard_grants_only_the_namespace(required in name()) {
+            prop_assert_eq!(grants(RESERVED_WILDCARD, &required), is_reserved(&required));
+        }
+
+        #[test]
+        fn star_grants_every_scope_outside_the_namespace(required in name()) {
+            prop_assert_eq!(grants("*", &required), !is_reserved(&required));
+        }
+
+        #[test]
+        fn a_scope_grants_itself_and_what_extends_it(granted in name(), tail in name()) {
+            prop_assume!(granted != RESERVED_ROOT);
+            prop_assert!(grants(&granted, &granted));
+            let longer = format!("{granted}:{tail}");
+            prop_assert!(grants(&granted, &longer));
+            // A longer name never grants a shorter one.
+            prop_assert!(!grants(&longer, &granted));
+        }
+
+        #[test]
+        fn generated_names_are_valid_and_bounded(name in name()) {
+            prop_assert_eq!(validate_name(&name).is_ok(), name.len() <= MAX_NAME_LEN);
+        }
+
+        #[test]
+        fn names_with_a_control_character_are_refused(prefix in name(), c in prop::char::range('\0', '\u{9f}'), rest in name()) {
+            prop_assume!(c.is_control());
+            let name = format!("{prefix}{c}{rest}");
+            prop_assert!(validate_name(&name).is_err());
         }
     }
 }

@@ -1,0 +1,288 @@
+//! What the OpenAPI document says about values the engine checks: the
+//! patterns and lengths of names and text, the metadata object, and whole
+//! numbers, which JSON may write with a zero fraction (`5.0`).
+//!
+//! The constants here describe the engine's rules; the tests of this module
+//! hold them to those rules.
+
+use serde::de::{self, Deserializer, Visitor};
+use utoipa::openapi::{RefOr, Schema};
+
+/// Text without control characters (NUL, C0, DEL, C1), as the engine
+/// accepts in descriptions, reasons and metadata.
+pub(crate) const TEXT_PATTERN: &str = r"^[^\u0000-\u001f\u007f-\u009f]*$";
+
+/// A name: no control character and at least one character that is not
+/// whitespace (names are stored trimmed).
+pub(crate) const NAME_PATTERN: &str = concat!(
+    r"^[^\u0000-\u001f\u007f-\u009f]*",
+    r"[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]",
+    r"[^\u0000-\u001f\u007f-\u009f]*$"
+);
+
+/// `*`, `keysmith:*`, or segments of letters, digits, `_`, `-`, `.`
+/// joined by `:`.
+pub(crate) const SCOPE_PATTERN: &str = r"^(\*|keysmith:\*|[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)*)$";
+
+/// A key prefix.
+pub(crate) const PREFIX_PATTERN: &str = "^[a-z0-9]{1,16}$";
+
+/// The `Metadata` and `MetadataValue` components: a JSON object whose keys
+/// and strings, at any depth, hold no control character.
+pub(crate) fn metadata_components() -> [(&'static str, RefOr<Schema>); 2] {
+    let text = serde_json::json!({"type": "string", "pattern": TEXT_PATTERN});
+    let object = serde_json::json!({
+        "type": "object",
+        "description": "Application data: a JSON object. No key or string in it, at any depth, may hold a control character.",
+        "propertyNames": text,
+        "additionalProperties": {"$ref": "#/components/schemas/MetadataValue"},
+    });
+    let value = serde_json::json!({
+        "description": "A value inside metadata.",
+        "anyOf": [
+            text,
+            {"type": ["number", "boolean", "null"]},
+            {"type": "array", "items": {"$ref": "#/components/schemas/MetadataValue"}},
+            {"$ref": "#/components/schemas/Metadata"},
+        ],
+    });
+    let parse = |value| serde_json::from_value(value).expect("a valid schema");
+    [("Metadata", parse(object)), ("MetadataValue", parse(value))]
+}
+
+/// What a string property of a component must look like.
+struct Rule {
+    component: &'static str,
+    property: &'static str,
+    /// The rule is on the items of an array property.
+    items: bool,
+    pattern: &'static str,
+    min_length: Option<usize>,
+    max_length: usize,
+}
+
+const fn rule(component: &'static str, property: &'static str, pattern: &'static str, max_length: usize) -> Rule {
+    Rule { component, property, items: false, pattern, min_length: None, max_length }
+}
+
+const fn name(component: &'static str, max_length: usize) -> Rule {
+    Rule { component, property: "name", items: false, pattern: NAME_PATTERN, min_length: Some(1), max_length }
+}
+
+const fn scopes(component: &'static str, property: &'static str) -> Rule {
+    Rule { component, property, items: true, pattern: SCOPE_PATTERN, min_length: None, max_length: 128 }
+}
+
+/// The engine's rules for the strings of request bodies.
+const RULES: [Rule; 9] = [
+    name("CreateKey", 256),
+    scopes("CreateKey", "scopes"),
+    rule("CreateKey", "prefix", PREFIX_PATTERN, 16),
+    scopes("SetScopes", "scopes"),
+    rule("RevokeKey", "reason", TEXT_PATTERN, 1024),
+    name("PolicyInput", 128),
+    scopes("PolicyInput", "allowed_scopes"),
+    rule("CreateScope", "name", SCOPE_PATTERN, 128),
+    rule("CreateScope", "description", TEXT_PATTERN, 1024),
+];
+
+/// Writes [`RULES`] into the collected components, and adds the metadata
+/// components.
+///
+/// # Panics
+/// If a rule names a component or property that does not exist (a test
+/// builds the document, so a rename is caught there).
+pub(crate) fn apply(components: &mut utoipa::openapi::Components) {
+    use utoipa::openapi::schema::ArrayItems;
+
+    for rule in &RULES {
+        let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(rule.component) else {
+            panic!("no object component {}", rule.component);
+        };
+        let property = object.properties.get_mut(rule.property);
+        let string = match (property, rule.items) {
+            (Some(RefOr::T(Schema::Object(string))), false) => string,
+            (Some(RefOr::T(Schema::Array(array))), true) => match &mut array.items {
+                ArrayItems::RefOrSchema(items) => match items.as_mut() {
+                    RefOr::T(Schema::Object(string)) => string,
+                    RefOr::Ref(_) => panic!("{}.{} items are a reference", rule.component, rule.property),
+                    _ => panic!("{}.{} items are not a string", rule.component, rule.property),
+                },
+                ArrayItems::False => panic!("{}.{} has no items", rule.component, rule.property),
+            },
+            _ => panic!("no string property {}.{}", rule.component, rule.property),
+        };
+        string.pattern = Some(rule.pattern.to_owned());
+        string.min_length = rule.min_length;
+        string.max_length = Some(rule.max_length);
+    }
+    for (name, schema) in metadata_components() {
+        components.schemas.insert(name.to_owned(), schema);
+    }
+}
+
+/// `#[schema(schema_with = …)]` for metadata fields.
+pub(crate) fn metadata_ref() -> utoipa::openapi::Ref {
+    utoipa::openapi::Ref::from_schema_name("Metadata")
+}
+
+/// The largest whole number a `u64` field takes: 2^53 - 1, the last one
+/// every JSON client represents exactly.
+pub(crate) const MAX_WHOLE: u64 = (1 << 53) - 1;
+
+/// The longest duration a field takes (grace periods, windows, key
+/// ages), in seconds: 100 years of 365.25 days.
+pub(crate) const MAX_SECONDS: u64 = 3_155_760_000;
+
+/// Serde helpers for whole numbers that also accept `5.0`: JSON Schema's
+/// `integer` is any number with a zero fraction, and clients that compute
+/// a value in floating point send it so.
+pub(crate) mod whole {
+    use super::{Deserializer, MAX_SECONDS, MAX_WHOLE, de, visit};
+
+    /// A `u32`.
+    pub(crate) fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        visit(d, u64::from(u32::MAX)).and_then(|n| u32::try_from(n).map_err(de::Error::custom))
+    }
+
+    /// A duration in seconds, up to [`MAX_SECONDS`].
+    pub(crate) fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        visit(d, MAX_SECONDS)
+    }
+
+    /// An optional `u64` up to [`MAX_WHOLE`] (`null` is `None`; add
+    /// `#[serde(default)]` for an absent field).
+    pub(crate) fn option_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        d.deserialize_option(Optional(MAX_WHOLE))
+    }
+
+    /// An optional duration in seconds, up to [`MAX_SECONDS`].
+    pub(crate) fn option_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        d.deserialize_option(Optional(MAX_SECONDS))
+    }
+
+    /// An optional `u32`.
+    pub(crate) fn option_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        d.deserialize_option(Optional(u64::from(u32::MAX)))?
+            .map(|n| u32::try_from(n).map_err(de::Error::custom))
+            .transpose()
+    }
+
+    struct Optional(u64);
+
+    impl<'de> de::Visitor<'de> for Optional {
+        type Value = Option<u64>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "null or a whole number from 0 to {}", self.0)
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            visit(d, self.0).map(Some)
+        }
+    }
+}
+
+/// Deserializes a whole number from 0 to `max`, written as an integer or
+/// as a number with a zero fraction.
+fn visit<'de, D: Deserializer<'de>>(d: D, max: u64) -> Result<u64, D::Error> {
+    d.deserialize_any(Whole(max))
+}
+
+struct Whole(u64);
+
+impl Visitor<'_> for Whole {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a whole number from 0 to {}", self.0)
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<u64, E> {
+        if n > self.0 {
+            return Err(E::invalid_value(de::Unexpected::Unsigned(n), &self));
+        }
+        Ok(n)
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<u64, E> {
+        u64::try_from(n).map_err(|_| E::invalid_value(de::Unexpected::Signed(n), &self)).and_then(|n| self.visit_u64(n))
+    }
+
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<u64, E> {
+        // Exact: a zero fraction, and below 2^64 (`u64::MAX as f64` rounds
+        // up to 2^64, so `<` keeps the cast in range).
+        if n.fract() == 0.0 && n >= 0.0 && n < u64::MAX as f64 {
+            return self.visit_u64(n as u64);
+        }
+        Err(E::invalid_value(de::Unexpected::Float(n), &self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+    use serde_json::json;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Numbers {
+        #[serde(deserialize_with = "whole::u32")]
+        small: u32,
+        #[serde(default, deserialize_with = "whole::option_u64")]
+        big: Option<u64>,
+    }
+
+    fn numbers(value: serde_json::Value) -> Result<Numbers, serde_json::Error> {
+        serde_json::from_value(value)
+    }
+
+    #[test]
+    fn whole_numbers_accept_a_zero_fraction_and_nothing_else() {
+        assert_eq!(numbers(json!({"small": 5})).unwrap(), Numbers { small: 5, big: None });
+        assert_eq!(numbers(json!({"small": 5.0, "big": 7.0})).unwrap(), Numbers { small: 5, big: Some(7) });
+        assert_eq!(numbers(json!({"small": 0, "big": null})).unwrap(), Numbers { small: 0, big: None });
+        let max = numbers(json!({"small": u32::MAX, "big": MAX_WHOLE})).unwrap();
+        assert_eq!(max, Numbers { small: u32::MAX, big: Some(MAX_WHOLE) });
+        #[allow(clippy::cast_precision_loss)] // 2^53 - 1 is exact in f64.
+        let as_float = numbers(json!({"small": 4_294_967_295.0, "big": MAX_WHOLE as f64})).unwrap();
+        assert_eq!(as_float, max);
+        for bad in [
+            json!({"small": 5.5}),
+            json!({"small": -1}),
+            json!({"small": -1.0}),
+            json!({"small": u64::from(u32::MAX) + 1}),
+            json!({"small": "5"}),
+            json!({"small": 1, "big": 1.8446744073709552e19}),
+            json!({"small": 1, "big": MAX_WHOLE + 1}),
+            json!({"small": 1, "big": 1e300}),
+            json!({"small": 1, "big": true}),
+        ] {
+            assert!(numbers(bad.clone()).is_err(), "{bad}");
+        }
+        // Through the text parser too, where big integers become floats.
+        let parsed: Result<Numbers, _> = serde_json::from_str(r#"{"small": 1, "big": 18446744073709551616}"#);
+        assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn metadata_components_keep_every_keyword() {
+        for (name, schema) in metadata_components() {
+            let text = serde_json::to_string(&schema).unwrap();
+            assert!(text.contains(TEXT_PATTERN.replace('\\', "\\\\").as_str()), "{name}: {text}");
+        }
+        let object = serde_json::to_value(&metadata_components()[0].1).unwrap();
+        assert_eq!(object["propertyNames"]["pattern"], TEXT_PATTERN);
+        assert_eq!(object["additionalProperties"]["$ref"], "#/components/schemas/MetadataValue");
+    }
+}
