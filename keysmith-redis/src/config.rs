@@ -1,9 +1,11 @@
 //! Connecting to Redis, naming keys, and what to do when Redis is down.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use keysmith_core::{Error, KeyId, Result};
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 /// The default key prefix.
 pub(crate) const DEFAULT_PREFIX: &str = "keysmith";
@@ -32,7 +34,10 @@ pub struct RedisConfig {
 
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisConfig").field("prefix", &self.prefix).field("outage", &self.outage).finish_non_exhaustive()
+        f.debug_struct("RedisConfig")
+            .field("prefix", &self.prefix)
+            .field("outage", &self.outage)
+            .finish_non_exhaustive()
     }
 }
 
@@ -40,12 +45,22 @@ impl RedisConfig {
     /// Connects to the Redis at `url` (`redis://host:port/db`), prefix
     /// `keysmith`, failing open.
     ///
+    /// A call waits at most 250 ms for a connection and 250 ms for an
+    /// answer, so an outage costs a request that long before the outage
+    /// policy applies. A lost connection is re-established by the first
+    /// call after it (the app needs no restart).
+    ///
     /// # Errors
     /// The URL is not a Redis URL, or the first connection failed.
     pub async fn connect(url: &str) -> Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::InvalidInput { field: "redis_url", reason: e.to_string() })?;
-        let conn = ConnectionManager::new(client).await.map_err(backend)?;
+        let client =
+            redis::Client::open(url).map_err(|e| Error::InvalidInput { field: "redis_url", reason: e.to_string() })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_millis(250))
+            .set_response_timeout(Duration::from_millis(250))
+            .set_number_of_retries(1)
+            .set_max_delay(100);
+        let conn = ConnectionManager::new_with_config(client, config).await.map_err(backend)?;
         Ok(Self::from_manager(conn))
     }
 
@@ -98,4 +113,47 @@ impl RedisConfig {
 /// A Redis failure as the engine's error (adapters answer 503).
 pub(crate) fn backend(error: redis::RedisError) -> Error {
     Error::store(error)
+}
+
+/// Whether Redis answered the last call of one component, so an outage and
+/// a recovery are each logged once, not once per request.
+#[derive(Debug)]
+pub(crate) struct Health {
+    component: &'static str,
+    up: AtomicBool,
+}
+
+impl Health {
+    pub(crate) fn new(component: &'static str) -> Self {
+        Self { component, up: AtomicBool::new(true) }
+    }
+
+    /// Redis answered.
+    pub(crate) fn ok(&self) {
+        if !self.up.swap(true, Ordering::AcqRel) {
+            tracing::info!(component = self.component, "redis is reachable again: shared state in use");
+        }
+    }
+
+    /// Redis failed; under `fail_open` the caller decides in process, and
+    /// each such decision is counted in `keysmith_redis_fallbacks_total`.
+    pub(crate) fn failed(&self, outage: OutagePolicy, error: &redis::RedisError) {
+        if self.up.swap(false, Ordering::AcqRel) {
+            match outage {
+                OutagePolicy::FailOpen => tracing::warn!(
+                    component = self.component,
+                    %error,
+                    "redis unreachable: deciding in process until it is back (limits hold per instance only)"
+                ),
+                OutagePolicy::FailClosed => tracing::error!(
+                    component = self.component,
+                    %error,
+                    "redis unreachable: refusing to decide (503) until it is back"
+                ),
+            }
+        }
+        if outage == OutagePolicy::FailOpen {
+            metrics::counter!("keysmith_redis_fallbacks_total", "component" => self.component).increment(1);
+        }
+    }
 }

@@ -18,5 +18,9 @@
 //! The prefix (`keysmith` by default) lets several apps share one Redis.
 
 mod config;
+mod limiter;
+mod quotas;
 
 pub use config::{OutagePolicy, RedisConfig};
+pub use limiter::{RedisLimiterMode, RedisRateLimiter};
+pub use quotas::RedisQuotas;
