@@ -22,5 +22,5 @@ mod limiter;
 mod quotas;
 
 pub use config::{OutagePolicy, RedisConfig};
-pub use limiter::{RedisLimiterMode, RedisRateLimiter};
+pub use limiter::RedisRateLimiter;
 pub use quotas::RedisQuotas;

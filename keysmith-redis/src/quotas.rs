@@ -42,6 +42,10 @@ end
 return 1
 ";
 
+/// During an outage: per lineage and period, the period's start and the
+/// requests counted in it.
+type LocalCounts = HashMap<(KeyId, Period), (DateTime<Utc>, u64)>;
+
 /// How long a period's counter is kept after the period ends (instances'
 /// clocks differ a little; the counter of an ended period is never read).
 const KEEP_AFTER_PERIOD_SECS: i64 = 3600;
@@ -66,8 +70,7 @@ pub struct RedisQuotas {
     consume: Script,
     refund: Arc<Script>,
     health: Arc<Health>,
-    /// During an outage: per lineage and period, its start and the count.
-    local: Arc<Mutex<HashMap<(KeyId, Period), (DateTime<Utc>, u64)>>>,
+    local: Arc<Mutex<LocalCounts>>,
 }
 
 impl RedisQuotas {
@@ -128,7 +131,7 @@ impl RedisQuotas {
         Ok(Ok(()))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(KeyId, Period), (DateTime<Utc>, u64)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LocalCounts> {
         self.local.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
