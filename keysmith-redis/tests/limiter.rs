@@ -86,20 +86,9 @@ async fn sixty_four_concurrent_requests_over_four_engines_admit_exactly_the_limi
         .into_iter()
         .map(|c| Engine::builder(Arc::clone(&store)).with_rate_limiter(RedisRateLimiter::new(c)).build().unwrap())
         .collect();
-    let tasks: Vec<_> = (0..64)
-        .map(|i| {
-            let (engine, raw) = (engines[i % 4].clone(), raw.clone());
-            tokio::spawn(async move { engine.validate(&raw, &RequestContext::new()).await })
-        })
-        .collect();
-    let mut admitted = 0;
-    for task in tasks {
-        match task.await.unwrap() {
-            Ok(_) => admitted += 1,
-            Err(ValidationError::Refused(Refusal::RateLimited { .. })) => {}
-            Err(other) => panic!("unexpected answer: {other:?}"),
-        }
-    }
+    let admitted =
+        common::admitted(&engines, &raw, 64, |e| matches!(e, ValidationError::Refused(Refusal::RateLimited { .. })))
+            .await;
     assert_eq!(admitted, 10);
 }
 
@@ -115,15 +104,7 @@ async fn a_refund_gives_the_request_back_to_every_engine() {
     assert!(engines[1].validate(&raw, &ctx).await.is_err(), "the budget is shared");
     assert!(engines[0].refund(&last.unwrap()));
     // The give-back runs in the background: wait (boundedly) for it to land.
-    let mut admitted = false;
-    for _ in 0..200 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        if engines[1].validate(&raw, &ctx).await.is_ok() {
-            admitted = true;
-            break;
-        }
-    }
-    assert!(admitted, "the refunded request was never given back");
+    assert!(common::passes_soon(&engines[1], &raw).await, "the refunded request was never given back");
     assert!(engines[1].validate(&raw, &ctx).await.is_err(), "exactly one request was given back");
 }
 

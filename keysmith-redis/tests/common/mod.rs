@@ -93,3 +93,39 @@ impl Drop for PrivateRedis {
         self.stop();
     }
 }
+
+/// Validates `raw` `n` times at once, round-robin over `engines`: how many
+/// passed, after asserting every other answer matched `refused`.
+pub async fn admitted(
+    engines: &[keysmith_core::Engine],
+    raw: &str,
+    n: usize,
+    refused: fn(&keysmith_core::ValidationError) -> bool,
+) -> usize {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (engine, raw) = (engines[i % engines.len()].clone(), raw.to_owned());
+            tokio::spawn(async move { engine.validate(&raw, &keysmith_core::RequestContext::new()).await })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => admitted += 1,
+            Err(error) => assert!(refused(&error), "unexpected answer: {error:?}"),
+        }
+    }
+    admitted
+}
+
+/// Validates `raw` on `engine` until it passes (a refund sent in the
+/// background has landed): false if it never does within about a second.
+pub async fn passes_soon(engine: &keysmith_core::Engine, raw: &str) -> bool {
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if engine.validate(raw, &keysmith_core::RequestContext::new()).await.is_ok() {
+            return true;
+        }
+    }
+    false
+}
