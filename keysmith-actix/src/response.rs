@@ -13,7 +13,7 @@ use crate::request::known_name;
 
 /// Builds the response to a refused request. The default,
 /// [`default_refusal_response`], sends the status, headers and JSON body of
-/// DESIGN §11; set your own with
+/// the README's HTTP table; set your own with
 /// [`Keysmith::with_responder`](crate::Keysmith::with_responder) to render
 /// errors in your API's format.
 #[derive(Clone)]

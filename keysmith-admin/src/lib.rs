@@ -73,9 +73,9 @@ use keysmith_core::Engine;
 
 pub use config::{AdminConfig, DEFAULT_REALM};
 pub use error::{Error, Result};
+pub use lockout::SelfLockout;
 #[cfg(feature = "ui")]
 pub use ui::{DEFAULT_API_BASE, UiConfig, ui_router};
-pub use lockout::SelfLockout;
 
 /// The scope an API key needs to use the admin API. It lies in the
 /// reserved `keysmith:` namespace, so only a key that names it (or

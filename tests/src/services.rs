@@ -1,4 +1,4 @@
-//! External services for tests (DESIGN §13): where they are, whether a
+//! External services for tests: where they are, whether a
 //! missing one skips or fails, and a throwaway database per test on the
 //! PostgreSQL or MySQL server.
 

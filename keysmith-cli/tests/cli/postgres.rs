@@ -1,4 +1,4 @@
-//! The flow on a fresh PostgreSQL database per test (DESIGN §13: skipped
+//! The flow on a fresh PostgreSQL database per test (skipped
 //! with one line without `KEYSMITH_TEST_POSTGRES_URL`, failing instead when
 //! `KEYSMITH_TEST_REQUIRE_SERVICES=1`).
 

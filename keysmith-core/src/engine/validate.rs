@@ -1,4 +1,4 @@
-//! Validation of a presented key (DESIGN §7).
+//! Validation of a presented key: the ordered checks of ARCHITECTURE.md's request path.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -179,7 +179,7 @@ impl ValidationError {
 
 impl Engine {
     /// Validates a presented key: shape and checksum, lookup, state, expiry,
-    /// then the policy's checks, in the order of DESIGN §7.
+    /// then the policy's checks (IP, origin, scopes, rate limit, quota), in that order.
     ///
     /// # Errors
     /// [`ValidationError::Refused`] when the key does not pass,

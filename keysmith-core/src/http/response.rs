@@ -1,4 +1,4 @@
-//! Refusals and failures as HTTP answers (DESIGN §11): status, headers and
+//! Refusals and failures as HTTP answers: status, headers and
 //! the JSON body, for any framework to copy into its response type.
 
 use std::fmt::Write as _;

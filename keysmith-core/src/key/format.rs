@@ -1,4 +1,4 @@
-//! The raw key format: `{prefix}_{env}_{random}{check}` (DESIGN §4).
+//! The raw key format: `{prefix}_{env}_{random}{check}`.
 
 use std::fmt;
 

@@ -115,7 +115,7 @@ impl FromStr for Environment {
     }
 }
 
-/// Where a key is in its lifecycle (DESIGN §6).
+/// Where a key is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyState {
@@ -153,7 +153,7 @@ impl KeyState {
         matches!(self, Self::Expired | Self::Revoked)
     }
 
-    /// The states from which a key may move to `to` (DESIGN §6).
+    /// The states from which a key may move to `to`.
     #[must_use]
     pub fn sources_of(to: Self) -> &'static [Self] {
         match to {

@@ -110,7 +110,7 @@ pub struct Transition {
 }
 
 impl Transition {
-    /// The lifecycle's change to `to` (DESIGN §6), at `at`.
+    /// The lifecycle's change to `to`, at `at`.
     #[must_use]
     pub fn to(to: KeyState, at: DateTime<Utc>) -> Self {
         Self { from: KeyState::sources_of(to), to, at, reason: None }
