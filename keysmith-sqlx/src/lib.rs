@@ -53,10 +53,14 @@
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod common;
 #[cfg(feature = "postgres")]
+mod feed;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+#[cfg(feature = "postgres")]
+pub use feed::PgChangeFeed;
 #[cfg(feature = "postgres")]
 pub use postgres::PgStore;
 #[cfg(feature = "sqlite")]
