@@ -21,6 +21,7 @@ use crate::feed::subscriber::FeedLink;
 use crate::hooks::{Event, Hooks, Plugin};
 use crate::limit::{GcraRateLimiter, RateLimiter};
 use crate::store::{CacheConfig, CacheStats, CachedStore, IntoStore, Store, Transition};
+use crate::usage::QuotaCounter;
 use crate::usage::quota::QuotaTracker;
 use crate::usage::{UsageConfig, UsageRecorder};
 use crate::{
@@ -70,7 +71,8 @@ struct Inner {
     rotation_grace: Duration,
     strict_scopes: bool,
     limiter: Arc<dyn RateLimiter>,
-    quotas: Arc<QuotaTracker>,
+    /// The plugged-in quota counter, or the in-process one the recorder feeds.
+    quotas: Arc<dyn QuotaCounter>,
     usage: UsageRecorder,
     usage_config: UsageConfig,
     /// When this engine last queued a `last_used_at` write, per key, in
@@ -122,6 +124,7 @@ impl Engine {
             rotation_grace: DEFAULT_ROTATION_GRACE,
             strict_scopes: false,
             limiter: None,
+            quota_counter: None,
             usage_config: UsageConfig::default(),
         }
     }
@@ -276,6 +279,7 @@ pub struct EngineBuilder {
     rotation_grace: Duration,
     strict_scopes: bool,
     limiter: Option<Arc<dyn RateLimiter>>,
+    quota_counter: Option<Arc<dyn QuotaCounter>>,
     usage_config: UsageConfig,
 }
 
@@ -366,6 +370,13 @@ impl EngineBuilder {
         self
     }
 
+    /// Counts quotas with `counter` (one shared by a fleet) instead of in
+    /// process from the store's aggregates.
+    pub fn with_quotas(mut self, counter: impl QuotaCounter) -> Self {
+        self.quota_counter = Some(Arc::new(counter));
+        self
+    }
+
     /// Sizes the usage queue and sets flush, quota-refresh and last-used
     /// intervals.
     pub fn with_usage_config(mut self, config: UsageConfig) -> Self {
@@ -402,6 +413,7 @@ impl EngineBuilder {
         let limiter = self.limiter.unwrap_or_else(|| Arc::new(GcraRateLimiter::with_clock(Arc::clone(&self.clock))));
         let quotas = Arc::new(QuotaTracker::new(self.usage_config.quota_refresh));
         let usage = UsageRecorder::new(self.usage_config, Arc::clone(&store), Arc::clone(&quotas));
+        let quotas = self.quota_counter.unwrap_or(quotas);
         let engine = Engine {
             inner: Arc::new(Inner {
                 store,

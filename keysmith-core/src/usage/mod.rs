@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{KeyId, Tenant, UsageId};
 
+pub use quota::QuotaCounter;
 pub(crate) use recorder::UsageRecorder;
 pub use recorder::{UsageConfig, UsageStats};
 

@@ -17,9 +17,11 @@
 //! read and what is pending never overlap. A re-read that raced a write is
 //! dropped (the next request reads again).
 
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 
@@ -27,6 +29,55 @@ use super::{Period, UsageRecord};
 use crate::bounded::SweepSchedule;
 use crate::store::TimeRange;
 use crate::{Key, KeyId, Quota, Result, Store};
+
+/// Counts requests against daily and monthly quotas, per credential lineage
+/// (the keys rotation made from one another share one quota).
+///
+/// The engine's default counts in process from the store's aggregates (exact
+/// on one instance; with several, each may overshoot by what the others
+/// accepted and have not written yet). A counter shared by a fleet (Redis)
+/// plugs in through
+/// [`EngineBuilder::with_quotas`](crate::EngineBuilder::with_quotas).
+#[async_trait]
+pub trait QuotaCounter: Send + Sync + fmt::Debug + 'static {
+    /// Counts one request of `key`'s lineage, made at `now`, if it fits
+    /// `quota` in both its day and its month; `Ok(Err(resets_at))` when it
+    /// does not, with the time the exhausted quota resets (the month's if
+    /// both are). A refused request is not counted. `store` is the engine's,
+    /// for counters that read what it has recorded.
+    ///
+    /// # Errors
+    /// The counter's backend failed (adapters answer 503).
+    async fn try_consume(
+        &self,
+        store: &dyn Store,
+        key: &Key,
+        quota: &Quota,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), DateTime<Utc>>>;
+
+    /// Gives back a request of `lineage` counted at `at` that was refused
+    /// afterwards. Never waits: a counter on a server refunds in the
+    /// background.
+    fn refund(&self, lineage: KeyId, at: DateTime<Utc>);
+}
+
+#[async_trait]
+impl QuotaCounter for QuotaTracker {
+    async fn try_consume(
+        &self,
+        store: &dyn Store,
+        key: &Key,
+        quota: &Quota,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), DateTime<Utc>>> {
+        Self::try_consume(self, store, key, quota, now).await
+    }
+
+    fn refund(&self, lineage: KeyId, at: DateTime<Utc>) {
+        Self::refund(self, lineage, at);
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Counter {

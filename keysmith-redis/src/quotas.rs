@@ -1,0 +1,237 @@
+//! Daily and monthly quotas counted in Redis, so a quota is exact across
+//! every instance sharing it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use keysmith_core::store::TimeRange;
+use keysmith_core::usage::QuotaCounter;
+use keysmith_core::{Key, KeyId, Period, Quota, Result, Store};
+use redis::Script;
+
+use crate::config::{Health, OutagePolicy, RedisConfig, backend};
+
+/// Checks and counts one request in one step. `KEYS`: the day's and the
+/// month's counters; `ARGV`: daily and monthly limits (`-1`: none), their
+/// lifetimes in seconds, and optionally the counts to start a missing
+/// counter from. Answers `{0}` counted, `{1}` day full, `{2}` month full,
+/// `{-1}` a counter is missing and no start was given.
+const CONSUME: &str = r"
+local day, month = redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])
+if not day or not month then
+  if ARGV[5] == nil then return {-1} end
+  if not day then day = ARGV[5]; redis.call('SET', KEYS[1], day, 'EX', ARGV[3]) end
+  if not month then month = ARGV[6]; redis.call('SET', KEYS[2], month, 'EX', ARGV[4]) end
+end
+local daily, monthly = tonumber(ARGV[1]), tonumber(ARGV[2])
+if monthly >= 0 and tonumber(month) >= monthly then return {2} end
+if daily >= 0 and tonumber(day) >= daily then return {1} end
+redis.call('INCRBY', KEYS[1], 1)
+redis.call('INCRBY', KEYS[2], 1)
+return {0}
+";
+
+/// Gives back one request from each counter that holds one.
+const REFUND: &str = r"
+for _, key in ipairs(KEYS) do
+  local n = tonumber(redis.call('GET', key) or '0')
+  if n > 0 then redis.call('DECRBY', key, 1) end
+end
+return 1
+";
+
+/// How long a period's counter is kept after the period ends (instances'
+/// clocks differ a little; the counter of an ended period is never read).
+const KEEP_AFTER_PERIOD_SECS: i64 = 3600;
+
+/// A [`QuotaCounter`] shared by every instance pointed at one Redis: each
+/// lineage has a counter per UTC day and month
+/// (`{prefix}:{<lineage id>}:q:day:<date>`, `…:q:month:<date>`) that expires
+/// after its period; check and count are one script, so a quota is exact
+/// across instances and a refused request counts nothing.
+///
+/// A counter missing from Redis (first use, or Redis restarted) starts from
+/// what the store has recorded for the period, so a restart loses only the
+/// requests not yet written by the usage recorder.
+///
+/// When Redis cannot be reached: under [`OutagePolicy::FailOpen`] requests
+/// are counted in process, from the store's records plus what this
+/// instance accepted during the outage (a quota then holds per instance);
+/// under [`OutagePolicy::FailClosed`] it is an error (503).
+#[derive(Debug)]
+pub struct RedisQuotas {
+    config: RedisConfig,
+    consume: Script,
+    refund: Arc<Script>,
+    health: Arc<Health>,
+    /// During an outage: per lineage and period, its start and the count.
+    local: Arc<Mutex<HashMap<(KeyId, Period), (DateTime<Utc>, u64)>>>,
+}
+
+impl RedisQuotas {
+    /// Quotas on `config`'s connection, prefix and outage policy.
+    #[must_use]
+    pub fn new(config: RedisConfig) -> Self {
+        Self {
+            config,
+            consume: Script::new(CONSUME),
+            refund: Arc::new(Script::new(REFUND)),
+            health: Arc::new(Health::new("quota")),
+            local: Arc::default(),
+        }
+    }
+
+    fn keys(&self, lineage: KeyId, at: DateTime<Utc>) -> [String; 2] {
+        [Period::Day, Period::Month].map(|period| {
+            let start = period.start_of(at).format("%Y-%m-%d");
+            self.config.key(lineage, &format!("q:{}:{start}", period.as_str()))
+        })
+    }
+
+    /// Counts in process while Redis is unreachable.
+    async fn consume_locally(
+        &self,
+        store: &dyn Store,
+        key: &Key,
+        quota: &Quota,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), DateTime<Utc>>> {
+        let mut counts = [0; 2];
+        for (count, period) in counts.iter_mut().zip([Period::Day, Period::Month]) {
+            let start = period.start_of(now);
+            let known = self.lock().get(&(key.lineage_id, period)).filter(|(s, _)| *s == start).map(|(_, n)| *n);
+            *count = match known {
+                Some(n) => n,
+                None => stored(store, key, period, now).await?,
+            };
+        }
+        let mut local = self.lock();
+        let mut used = [0; 2];
+        for ((used, seeded), period) in used.iter_mut().zip(counts).zip([Period::Day, Period::Month]) {
+            let start = period.start_of(now);
+            let entry = local.entry((key.lineage_id, period)).or_insert((start, seeded));
+            if entry.0 != start {
+                *entry = (start, seeded);
+            }
+            *used = entry.1;
+        }
+        if let Some(resets_at) = exhausted(quota, used, now) {
+            return Ok(Err(resets_at));
+        }
+        for period in [Period::Day, Period::Month] {
+            if let Some(entry) = local.get_mut(&(key.lineage_id, period)) {
+                entry.1 += 1;
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(KeyId, Period), (DateTime<Utc>, u64)>> {
+        self.local.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Redis answered: what was counted in process belongs to the outage.
+    fn recovered(&self) {
+        self.health.ok();
+        let mut local = self.lock();
+        if !local.is_empty() {
+            local.clear();
+        }
+    }
+}
+
+/// When the exhausted quota resets, if `used` (day, month) leaves no room.
+fn exhausted(quota: &Quota, used: [u64; 2], now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    if quota.monthly.is_some_and(|limit| used[1] >= limit) {
+        return Some(Period::Month.next_start(now));
+    }
+    quota.daily.is_some_and(|limit| used[0] >= limit).then(|| Period::Day.next_start(now))
+}
+
+/// What the store holds for `key`'s lineage in the `period` containing `now`.
+async fn stored(store: &dyn Store, key: &Key, period: Period, now: DateTime<Utc>) -> Result<u64> {
+    let start = period.start_of(now);
+    let range = TimeRange { from: Some(start), to: Some(period.next_start(start)) };
+    let totals = store.lineage_usage(&key.tenant, key.lineage_id, period, range).await?;
+    Ok(totals.iter().map(|t| t.requests).sum())
+}
+
+fn limit_arg(limit: Option<u64>) -> i64 {
+    limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX))
+}
+
+#[async_trait]
+impl QuotaCounter for RedisQuotas {
+    async fn try_consume(
+        &self,
+        store: &dyn Store,
+        key: &Key,
+        quota: &Quota,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), DateTime<Utc>>> {
+        let keys = self.keys(key.lineage_id, now);
+        let ttl = [Period::Day, Period::Month]
+            .map(|p| (p.next_start(now) - now).num_seconds().max(0) + KEEP_AFTER_PERIOD_SECS);
+        let mut seeds: Option<[u64; 2]> = None;
+        loop {
+            let mut call = self.consume.key(&keys[0]);
+            call.key(&keys[1]).arg(limit_arg(quota.daily)).arg(limit_arg(quota.monthly)).arg(ttl[0]).arg(ttl[1]);
+            if let Some(seeds) = seeds {
+                call.arg(seeds[0]).arg(seeds[1]);
+            }
+            let answer: redis::RedisResult<(i64,)> = call.invoke_async(&mut self.config.connection()).await;
+            match answer {
+                Ok((-1,)) if seeds.is_none() => {
+                    seeds = Some([
+                        stored(store, key, Period::Day, now).await?,
+                        stored(store, key, Period::Month, now).await?,
+                    ]);
+                }
+                Ok((code,)) => {
+                    self.recovered();
+                    return Ok(match code {
+                        0 => Ok(()),
+                        2 => Err(Period::Month.next_start(now)),
+                        _ => Err(Period::Day.next_start(now)),
+                    });
+                }
+                Err(error) => {
+                    self.health.failed(self.config.outage, &error);
+                    return match self.config.outage {
+                        OutagePolicy::FailOpen => self.consume_locally(store, key, quota, now).await,
+                        OutagePolicy::FailClosed => Err(backend(error)),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Starts the give-back in the background (on the current tokio
+    /// runtime; without one, nothing is given back).
+    fn refund(&self, lineage: KeyId, at: DateTime<Utc>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (script, mut conn, keys) = (Arc::clone(&self.refund), self.config.connection(), self.keys(lineage, at));
+        let (health, outage, local) = (Arc::clone(&self.health), self.config.outage, Arc::clone(&self.local));
+        runtime.spawn(async move {
+            let done: redis::RedisResult<i64> = script.key(&keys[0]).key(&keys[1]).invoke_async(&mut conn).await;
+            match done {
+                Ok(_) => health.ok(),
+                Err(error) => {
+                    health.failed(outage, &error);
+                    let mut local = local.lock().unwrap_or_else(PoisonError::into_inner);
+                    for period in [Period::Day, Period::Month] {
+                        if let Some(entry) = local.get_mut(&(lineage, period))
+                            && entry.0 == period.start_of(at)
+                        {
+                            entry.1 = entry.1.saturating_sub(1);
+                        }
+                    }
+                }
+            }
+        });
+    }
+}

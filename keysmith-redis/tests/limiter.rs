@@ -1,0 +1,196 @@
+//! `RedisRateLimiter` against a real Redis: the in-process limiter's answers,
+//! one budget across engines, refunds, and what an outage does.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use keysmith_core::limit::{GcraRateLimiter, RateLimiter};
+use keysmith_core::{
+    Clock as _, Engine, KeyId, ManualClock, MemoryStore, NewKey, PolicySpec, RateLimit, Refusal, RequestContext, Store,
+    ValidationError,
+};
+use keysmith_redis::{OutagePolicy, RedisConfig, RedisRateLimiter};
+
+fn start() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-05-05T10:00:00.123456789Z").unwrap().to_utc()
+}
+
+#[tokio::test]
+async fn answers_and_figures_match_the_in_process_limiter() {
+    let Some(config) = common::shared().await else { return };
+    let redis = RedisRateLimiter::new(config);
+    let local = GcraRateLimiter::new();
+    let clock = ManualClock::new(start());
+    let key = KeyId::new();
+    let burst = RateLimit { requests: 5, window: Duration::from_secs(1), burst: Some(10) };
+    let odd = RateLimit { requests: 3, window: Duration::from_secs(1), burst: None };
+    let larger = RateLimit { burst: Some(6), ..odd };
+    // (advance before the check, limit)
+    let mut steps: Vec<(u64, RateLimit)> = vec![(0, burst); 12];
+    steps.extend([(150, burst), (50, burst), (0, burst), (199, burst), (1, burst), (2_500, burst)]);
+    steps.extend([(0, odd), (0, odd), (0, odd), (0, odd), (333, odd), (1, odd), (0, larger), (0, larger)]);
+    steps.extend([(0, larger), (0, larger), (10_000, larger), (0, odd)]);
+    for (i, (advance, limit)) in steps.iter().enumerate() {
+        clock.advance(Duration::from_millis(*advance));
+        let expected = local.check(key, limit, clock.now()).await.unwrap();
+        let got = redis.check(key, limit, clock.now()).await.unwrap();
+        assert_eq!(got, expected, "step {i}");
+    }
+    // A refund gives back the same as the in-process one.
+    redis.give_back(key, &odd, clock.now()).await.unwrap();
+    local.refund(key, &odd, clock.now());
+    let (expected, got) =
+        (local.check(key, &odd, clock.now()).await.unwrap(), redis.check(key, &odd, clock.now()).await.unwrap());
+    assert_eq!(got, expected, "after a refund");
+}
+
+#[tokio::test]
+async fn a_limit_refused_by_the_in_process_limiter_is_refused_here_too() {
+    let Some(config) = common::shared().await else { return };
+    let redis = RedisRateLimiter::new(config);
+    let zero = RateLimit { requests: 0, window: Duration::from_secs(1), burst: None };
+    assert!(redis.check(KeyId::new(), &zero, start()).await.is_err());
+}
+
+/// Four engines on one store, each with its own limiter on one Redis.
+async fn fleet(redis: &RedisConfig, engines: usize) -> (Vec<Engine>, String) {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let fleet: Vec<Engine> = (0..engines)
+        .map(|_| {
+            let config = redis.clone();
+            Engine::builder(Arc::clone(&store)).with_rate_limiter(RedisRateLimiter::new(config)).build().unwrap()
+        })
+        .collect();
+    let acme = fleet[0].tenant("app", "acme");
+    let policy =
+        acme.create_policy(PolicySpec::new("ten").with_rate_limit(10, Duration::from_secs(3600))).await.unwrap();
+    let created = acme.create_key(NewKey::new("k").with_policy(policy.id)).await.unwrap();
+    (fleet, created.raw.expose().to_owned())
+}
+
+#[tokio::test]
+async fn sixty_four_concurrent_requests_over_four_engines_admit_exactly_the_limit() {
+    let Some(url) = common::redis_url() else { return };
+    let prefix = common::unique_prefix();
+    // Each engine has its own connection, as separate instances would.
+    let mut configs = Vec::new();
+    for _ in 0..4 {
+        configs.push(RedisConfig::connect(&url).await.unwrap().with_prefix(&prefix));
+    }
+    let (engines, raw) = fleet(&configs[0], 1).await;
+    let store = Arc::clone(engines[0].store());
+    let engines: Vec<Engine> = configs
+        .into_iter()
+        .map(|c| Engine::builder(Arc::clone(&store)).with_rate_limiter(RedisRateLimiter::new(c)).build().unwrap())
+        .collect();
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let (engine, raw) = (engines[i % 4].clone(), raw.clone());
+            tokio::spawn(async move { engine.validate(&raw, &RequestContext::new()).await })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => admitted += 1,
+            Err(ValidationError::Refused(Refusal::RateLimited { .. })) => {}
+            Err(other) => panic!("unexpected answer: {other:?}"),
+        }
+    }
+    assert_eq!(admitted, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_gives_the_request_back_to_every_engine() {
+    let Some(config) = common::shared().await else { return };
+    let (engines, raw) = fleet(&config, 2).await;
+    let ctx = RequestContext::new();
+    let mut last = None;
+    for _ in 0..10 {
+        last = Some(engines[0].validate(&raw, &ctx).await.unwrap());
+    }
+    assert!(engines[1].validate(&raw, &ctx).await.is_err(), "the budget is shared");
+    assert!(engines[0].refund(&last.unwrap()));
+    // The give-back runs in the background: wait (boundedly) for it to land.
+    let mut admitted = false;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if engines[1].validate(&raw, &ctx).await.is_ok() {
+            admitted = true;
+            break;
+        }
+    }
+    assert!(admitted, "the refunded request was never given back");
+    assert!(engines[1].validate(&raw, &ctx).await.is_err(), "exactly one request was given back");
+}
+
+/// Checks `key` against one request per hour on a limiter of its own and
+/// says whether it was allowed.
+async fn once(limiter: &RedisRateLimiter, key: KeyId) -> keysmith_core::Result<bool> {
+    let hourly = RateLimit { requests: 1, window: Duration::from_secs(3600), burst: None };
+    limiter.check(key, &hourly, Utc::now()).await.map(|s| s.allowed)
+}
+
+/// True once two limiters share budgets through Redis again: a key one of
+/// them spent is refused by the other.
+async fn shared_again(a: &RedisRateLimiter, b: &RedisRateLimiter) -> bool {
+    for _ in 0..200 {
+        let key = KeyId::new();
+        if once(a, key).await.unwrap_or(false) && !once(b, key).await.unwrap_or(true) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn fail_open_decides_in_process_while_redis_is_down_and_shares_again_after() {
+    let Some(mut server) = common::PrivateRedis::start().await else { return };
+    let connect =
+        || async { RedisConfig::connect(&server.url()).await.unwrap().with_outage_policy(OutagePolicy::FailOpen) };
+    let (a, b) = (RedisRateLimiter::new(connect().await), RedisRateLimiter::new(connect().await));
+    let key = KeyId::new();
+    assert!(once(&a, key).await.unwrap());
+    assert!(!once(&b, key).await.unwrap(), "shared while Redis is up");
+
+    server.stop();
+    // Each instance now decides alone: the key gets one request per instance.
+    assert!(once(&a, key).await.unwrap(), "fail open: decided in process");
+    assert!(!once(&a, key).await.unwrap(), "the in-process budget holds");
+    assert!(once(&b, key).await.unwrap());
+
+    server.restart().await;
+    assert!(shared_again(&a, &b).await, "the limiters never went back to Redis");
+}
+
+#[tokio::test]
+async fn fail_closed_answers_an_error_while_redis_is_down_and_recovers_after() {
+    let Some(mut server) = common::PrivateRedis::start().await else { return };
+    let connect =
+        || async { RedisConfig::connect(&server.url()).await.unwrap().with_outage_policy(OutagePolicy::FailClosed) };
+    let (a, b) = (RedisRateLimiter::new(connect().await), RedisRateLimiter::new(connect().await));
+    assert!(once(&a, KeyId::new()).await.unwrap());
+
+    server.stop();
+    let error = once(&a, KeyId::new()).await.unwrap_err();
+    assert!(matches!(error, keysmith_core::Error::Store { .. }), "{error:?}");
+
+    server.restart().await;
+    assert!(shared_again(&a, &b).await, "the limiters never went back to Redis");
+}
+
+#[tokio::test]
+async fn an_engine_failing_closed_answers_unavailable_while_redis_is_down() {
+    let Some(mut server) = common::PrivateRedis::start().await else { return };
+    let config = RedisConfig::connect(&server.url()).await.unwrap().with_outage_policy(OutagePolicy::FailClosed);
+    let (engines, raw) = fleet(&config, 1).await;
+    let ctx = RequestContext::new();
+    assert!(engines[0].validate(&raw, &ctx).await.is_ok());
+    server.stop();
+    let refused = engines[0].validate(&raw, &ctx).await.unwrap_err();
+    assert!(matches!(refused, ValidationError::Failed(keysmith_core::Error::Store { .. })), "{refused:?}");
+}

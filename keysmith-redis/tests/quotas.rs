@@ -1,0 +1,153 @@
+//! `RedisQuotas` against a real Redis: one quota across engines, nothing
+//! spent by a refused request, refunds, outages.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keysmith_core::{
+    Engine, ManualClock, MemoryStore, NewKey, PolicySpec, Quota, Refusal, RequestContext, Store, ValidationError,
+};
+use keysmith_redis::{OutagePolicy, RedisConfig, RedisQuotas};
+
+fn clock() -> ManualClock {
+    ManualClock::new(chrono::DateTime::parse_from_rfc3339("2026-05-05T10:00:00Z").unwrap().to_utc())
+}
+
+/// `engines` engines on one store, each with its own quota counter (and
+/// connection) on `url`, and a key with `quota`.
+async fn fleet(configs: Vec<RedisConfig>, clock: &ManualClock, quota: Quota) -> (Vec<Engine>, String) {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engines: Vec<Engine> = configs
+        .into_iter()
+        .map(|c| {
+            Engine::builder(Arc::clone(&store))
+                .with_clock(clock.clone())
+                .with_quotas(RedisQuotas::new(c))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let acme = engines[0].tenant("app", "acme");
+    let policy = acme.create_policy(PolicySpec { quota: Some(quota), ..PolicySpec::new("q") }).await.unwrap();
+    let created = acme.create_key(NewKey::new("k").with_policy(policy.id)).await.unwrap();
+    (engines, created.raw.expose().to_owned())
+}
+
+async fn connections(url: &str, prefix: &str, n: usize, outage: OutagePolicy) -> Vec<RedisConfig> {
+    let mut configs = Vec::new();
+    for _ in 0..n {
+        configs.push(RedisConfig::connect(url).await.unwrap().with_prefix(prefix).with_outage_policy(outage));
+    }
+    configs
+}
+
+#[tokio::test]
+async fn a_daily_quota_is_exact_across_four_engines_under_concurrency() {
+    let Some(url) = common::redis_url() else { return };
+    let clock = clock();
+    let configs = connections(&url, &common::unique_prefix(), 4, OutagePolicy::FailClosed).await;
+    let (engines, raw) = fleet(configs, &clock, Quota { daily: Some(10), monthly: None }).await;
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let (engine, raw) = (engines[i % 4].clone(), raw.clone());
+            tokio::spawn(async move { engine.validate(&raw, &RequestContext::new()).await })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => admitted += 1,
+            Err(ValidationError::Refused(Refusal::QuotaExceeded { .. })) => {}
+            Err(other) => panic!("unexpected answer: {other:?}"),
+        }
+    }
+    assert_eq!(admitted, 10);
+    // The next day starts afresh.
+    clock.advance(Duration::from_secs(24 * 3600));
+    assert!(engines[2].validate(&raw, &RequestContext::new()).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_monthly_quota_refuses_with_the_month_reset_and_refused_requests_spend_nothing() {
+    let Some(url) = common::redis_url() else { return };
+    let clock = clock();
+    let configs = connections(&url, &common::unique_prefix(), 2, OutagePolicy::FailClosed).await;
+    let (engines, raw) = fleet(configs, &clock, Quota { daily: Some(3), monthly: Some(4) }).await;
+    let ctx = RequestContext::new();
+    for engine in [&engines[0], &engines[1], &engines[0]] {
+        assert!(engine.validate(&raw, &ctx).await.is_ok());
+    }
+    // Refused by the day's quota, many times: none of these is counted.
+    for _ in 0..5 {
+        let refused = engines[1].validate(&raw, &ctx).await.unwrap_err();
+        let ValidationError::Refused(Refusal::QuotaExceeded { resets_at }) = refused else { panic!("{refused:?}") };
+        assert_eq!(resets_at.to_rfc3339(), "2026-05-06T00:00:00+00:00");
+    }
+    clock.advance(Duration::from_secs(24 * 3600));
+    assert!(engines[1].validate(&raw, &ctx).await.is_ok(), "the month still had one request left");
+    let refused = engines[0].validate(&raw, &ctx).await.unwrap_err();
+    let ValidationError::Refused(Refusal::QuotaExceeded { resets_at }) = refused else { panic!("{refused:?}") };
+    assert_eq!(resets_at.to_rfc3339(), "2026-06-01T00:00:00+00:00");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_gives_the_request_back_to_every_engine() {
+    let Some(url) = common::redis_url() else { return };
+    let clock = clock();
+    let configs = connections(&url, &common::unique_prefix(), 2, OutagePolicy::FailClosed).await;
+    let (engines, raw) = fleet(configs, &clock, Quota { daily: Some(2), monthly: None }).await;
+    let ctx = RequestContext::new();
+    assert!(engines[0].validate(&raw, &ctx).await.is_ok());
+    let last = engines[0].validate(&raw, &ctx).await.unwrap();
+    assert!(engines[1].validate(&raw, &ctx).await.is_err());
+    assert!(engines[0].refund(&last));
+    // The give-back runs in the background: wait (boundedly) for it to land.
+    let mut admitted = false;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if engines[1].validate(&raw, &ctx).await.is_ok() {
+            admitted = true;
+            break;
+        }
+    }
+    assert!(admitted, "the refunded request was never given back");
+    assert!(engines[1].validate(&raw, &ctx).await.is_err(), "exactly one request was given back");
+}
+
+#[tokio::test]
+async fn quotas_fail_open_count_in_process_and_fail_closed_answer_unavailable_until_redis_is_back() {
+    let Some(mut server) = common::PrivateRedis::start().await else { return };
+    let clock = clock();
+    let prefix = common::unique_prefix();
+    let mut configs = connections(&server.url(), &prefix, 1, OutagePolicy::FailOpen).await;
+    configs.extend(connections(&server.url(), &prefix, 1, OutagePolicy::FailClosed).await);
+    let (engines, raw) = fleet(configs, &clock, Quota { daily: Some(2), monthly: None }).await;
+    let (open, closed) = (&engines[0], &engines[1]);
+    let ctx = RequestContext::new();
+    assert!(open.validate(&raw, &ctx).await.is_ok());
+
+    server.stop();
+    // Fail open: counted here alone (the store has recorded nothing yet).
+    assert!(open.validate(&raw, &ctx).await.is_ok());
+    assert!(open.validate(&raw, &ctx).await.is_ok());
+    assert!(
+        matches!(open.validate(&raw, &ctx).await, Err(ValidationError::Refused(Refusal::QuotaExceeded { .. }))),
+        "the in-process count holds the quota per instance"
+    );
+    let failed = closed.validate(&raw, &ctx).await.unwrap_err();
+    assert!(matches!(failed, ValidationError::Failed(keysmith_core::Error::Store { .. })), "{failed:?}");
+
+    // Redis restarted empty: the counters start again from the store.
+    server.restart().await;
+    let mut back = false;
+    for _ in 0..200 {
+        if closed.validate(&raw, &ctx).await.is_ok() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(back, "fail_closed never recovered");
+}
