@@ -162,10 +162,10 @@ impl FeedLink {
             metrics::counter!("keysmith_feed_losses_total").increment(1);
             match error {
                 Some(error) => {
-                    tracing::warn!(target: "keysmith::feed", %error, "change feed subscription lost; cache dropped, running on the outage TTL")
+                    tracing::warn!(target: "keysmith::feed", %error, "change feed subscription lost; cache dropped, running on the outage TTL");
                 }
                 None => {
-                    tracing::warn!(target: "keysmith::feed", "change feed subscription ended; cache dropped, running on the outage TTL")
+                    tracing::warn!(target: "keysmith::feed", "change feed subscription ended; cache dropped, running on the outage TTL");
                 }
             }
         }
