@@ -57,12 +57,24 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// A change feed could not publish or subscribe.
+    #[error("change feed unavailable: {source}")]
+    Feed {
+        /// What the feed reported.
+        #[source]
+        source: BoxError,
+    },
 }
 
 impl Error {
     /// Wraps a backend error.
     pub fn store(source: impl Into<BoxError>) -> Self {
         Self::Store { source: source.into() }
+    }
+
+    /// Wraps a change feed's error.
+    pub fn feed(source: impl Into<BoxError>) -> Self {
+        Self::Feed { source: source.into() }
     }
 
     pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {

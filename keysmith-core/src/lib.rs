@@ -36,6 +36,7 @@ mod bounded;
 mod clock;
 mod engine;
 mod error;
+pub mod feed;
 pub mod hooks;
 pub mod http;
 mod id;
@@ -58,6 +59,7 @@ pub use engine::{
     SweepReport, TenantEngine, Validation, ValidationError,
 };
 pub use error::{BoxError, Error, Result};
+pub use feed::{Change, ChangeFeed};
 pub use hooks::{Event, Plugin};
 pub use id::{IdParseError, KeyId, PolicyId, RotationId, ScopeId, UsageId};
 pub use key::{

@@ -18,9 +18,11 @@
 //! The prefix (`keysmith` by default) lets several apps share one Redis.
 
 mod config;
+mod feed;
 mod limiter;
 mod quotas;
 
 pub use config::{OutagePolicy, RedisConfig};
+pub use feed::RedisChangeFeed;
 pub use limiter::RedisRateLimiter;
 pub use quotas::RedisQuotas;

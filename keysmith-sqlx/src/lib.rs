@@ -59,6 +59,8 @@ mod connect;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "postgres")]
+mod feed;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
@@ -67,6 +69,8 @@ mod store;
 
 #[cfg(feature = "mysql")]
 pub use mysql::MySqlStore;
+#[cfg(feature = "postgres")]
+pub use feed::PgChangeFeed;
 #[cfg(feature = "postgres")]
 pub use postgres::PgStore;
 #[cfg(feature = "sqlite")]

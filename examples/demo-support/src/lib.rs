@@ -20,8 +20,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use keysmith_core::http::ApiKey;
-use keysmith_core::store::Page;
-use keysmith_core::{CachedStore, Engine, Environment, NewKey, PolicySpec, RawKey};
+use keysmith_core::store::{CacheConfig, Page};
+use keysmith_core::{Engine, Environment, NewKey, PolicySpec, RawKey, Store};
+use keysmith_redis::{RedisChangeFeed, RedisConfig, RedisQuotas, RedisRateLimiter};
+use keysmith_sqlx::{PgChangeFeed, PgStore};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -68,15 +70,39 @@ impl Settings {
 }
 
 /// The engine of the demos: PostgreSQL, SQLite or MySQL after the URL's scheme,
-/// migrated on every start, with a cache in front so validation usually
+/// migrated on every start, with the engine's cache so validation usually
 /// does no database I/O. Keys are made for the `test` environment.
 ///
+/// Several instances can share one database: with `REDIS_URL` set they
+/// share rate limits and quotas in Redis and hear each other's revocations
+/// over Redis pub/sub; on PostgreSQL without Redis, over `LISTEN`/`NOTIFY`.
+///
 /// # Errors
-/// When the store cannot be reached or migrated.
+/// When the store (or Redis) cannot be reached or migrated.
 pub async fn open_engine(database_url: &str) -> Result<Engine, BoxError> {
-    let store = keysmith_sqlx::connect(database_url).await?;
-    store.migrate().await?;
-    Ok(Engine::builder(Arc::new(CachedStore::new(store))).with_environment(Environment::Test).build()?)
+    let redis_url = std::env::var("REDIS_URL").ok().filter(|url| !url.is_empty());
+    let postgres = database_url.starts_with("postgres://") || database_url.starts_with("postgresql://");
+    let builder = if postgres && redis_url.is_none() {
+        let store = PgStore::connect(database_url).await?;
+        store.migrate().await?;
+        let feed = PgChangeFeed::new(store.pool().clone());
+        Engine::builder(store).with_change_feed(feed)
+    } else {
+        let store = keysmith_sqlx::connect(database_url).await?;
+        store.migrate().await?;
+        Engine::builder(store)
+    };
+    let builder = match redis_url {
+        Some(url) => {
+            let config = RedisConfig::connect(&url).await?;
+            builder
+                .with_rate_limiter(RedisRateLimiter::new(config.clone()))
+                .with_quotas(RedisQuotas::new(config))
+                .with_change_feed(RedisChangeFeed::connect(&url).await?)
+        }
+        None => builder,
+    };
+    Ok(builder.with_cache(CacheConfig::default()).with_environment(Environment::Test).build()?)
 }
 
 /// The secrets of the keys made on each start.

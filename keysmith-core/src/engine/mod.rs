@@ -16,13 +16,18 @@ pub use validate::{RequestContext, Validation, ValidationError};
 use dashmap::DashMap;
 
 use crate::bounded::SweepSchedule;
+use crate::feed::FeedStatus;
+use crate::feed::subscriber::FeedLink;
 use crate::hooks::{Event, Hooks, Plugin};
 use crate::limit::{GcraRateLimiter, RateLimiter};
-use crate::store::{Store, Transition};
+use crate::store::{CacheConfig, CacheStats, CachedStore, IntoStore, Store, Transition};
 use crate::usage::QuotaCounter;
 use crate::usage::quota::QuotaTracker;
 use crate::usage::{UsageConfig, UsageRecorder};
-use crate::{Clock, Environment, Error, Hasher, Key, KeyId, KeyState, Result, Sha256Hasher, SystemClock, Tenant};
+use crate::{
+    Change, ChangeFeed, Clock, Environment, Error, Hasher, Key, KeyId, KeyState, Result, Sha256Hasher, SystemClock,
+    Tenant,
+};
 
 /// The grace period of a rotation when neither the call nor the key's policy
 /// gives one.
@@ -35,10 +40,10 @@ pub const GRACE_ENDED_REASON: &str = "rotation grace period ended";
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-/// use std::sync::Arc;
+/// use keysmith_core::store::CacheConfig;
 /// use keysmith_core::{Engine, MemoryStore, NewKey, RequestContext};
 ///
-/// let engine = Engine::builder(Arc::new(MemoryStore::new())).build()?;
+/// let engine = Engine::builder(MemoryStore::new()).with_cache(CacheConfig::default()).build()?;
 /// let acme = engine.tenant("billing", "acme");
 /// let created = acme.create_key(NewKey::new("deploy bot").with_scopes(["read"])).await?;
 ///
@@ -54,6 +59,10 @@ pub struct Engine {
 
 struct Inner {
     store: Arc<dyn Store>,
+    /// The cache in front of `store` (which is then this cache), when the
+    /// engine was built with one.
+    cache: Option<Arc<CachedStore>>,
+    feed: Option<Arc<FeedLink>>,
     hasher: Arc<dyn Hasher>,
     clock: Arc<dyn Clock>,
     hooks: Hooks,
@@ -86,15 +95,27 @@ impl fmt::Debug for Engine {
             .field("strict_scopes", &inner.strict_scopes)
             .field("limiter", &inner.limiter)
             .field("usage", &inner.usage)
+            .field("feed", &inner.feed)
             .finish_non_exhaustive()
     }
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(feed) = &self.feed {
+            feed.stop();
+        }
+    }
+}
+
 impl Engine {
-    /// Starts configuring an engine on `store`.
-    pub fn builder(store: Arc<dyn Store>) -> EngineBuilder {
+    /// Starts configuring an engine on `store`: any [`Store`], by value or
+    /// in an `Arc` (also `Arc<dyn Store>`).
+    pub fn builder(store: impl IntoStore) -> EngineBuilder {
         EngineBuilder {
-            store,
+            store: store.into_store(),
+            cache: None,
+            feed: None,
             hasher: Arc::new(Sha256Hasher),
             clock: Arc::new(SystemClock),
             plugins: Vec::new(),
@@ -115,10 +136,53 @@ impl Engine {
         TenantEngine::new(self.clone(), Tenant::new(app_id, tenant_id))
     }
 
-    /// The store, for what the engine does not wrap (migrations, health checks).
+    /// The store, for what the engine does not wrap (migrations, health
+    /// checks): the engine's cache in front of it, when it has one.
     #[must_use]
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// What the engine's cache holds now, if it was built
+    /// [`with_cache`](EngineBuilder::with_cache).
+    #[must_use]
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.inner.cache.as_ref().map(|cache| cache.stats())
+    }
+
+    /// Drops everything the engine's cache holds (after changing the
+    /// database by hand, say). Without a cache it does nothing.
+    pub fn invalidate_cache(&self) {
+        if let Some(cache) = &self.inner.cache {
+            cache.invalidate_all();
+        }
+    }
+
+    /// The state of the engine's change feed, if it was built
+    /// [`with_change_feed`](EngineBuilder::with_change_feed).
+    #[must_use]
+    pub fn feed_status(&self) -> Option<FeedStatus> {
+        self.inner.feed.as_ref().map(|feed| feed.status())
+    }
+
+    /// Starts the change feed subscription on the current Tokio runtime,
+    /// unless it runs already. An engine built inside a runtime starts it
+    /// itself; one built outside calls this from inside one. Until it runs,
+    /// the cache keeps found entries only for its outage TTL. True if it
+    /// runs (or the engine has no feed or no cache to keep fresh).
+    pub fn start_change_feed(&self) -> bool {
+        match (&self.inner.feed, &self.inner.cache) {
+            (Some(feed), Some(cache)) => feed.start(cache),
+            _ => true,
+        }
+    }
+
+    /// Tells the other engines on the change feed that `change` was
+    /// committed; failures are counted and logged only.
+    async fn publish(&self, change: impl FnOnce() -> Change) {
+        if let Some(feed) = &self.inner.feed {
+            feed.publish(change()).await;
+        }
     }
 
     /// The engine's clock.
@@ -151,6 +215,7 @@ impl Engine {
                 if let Some(key) = self.apply_transition(key, &transition).await? {
                     *counter += 1;
                     changed += 1;
+                    self.publish(|| Change::key(&key, None)).await;
                     self.emit_transition(key).await;
                 }
             }
@@ -204,6 +269,8 @@ pub struct SweepReport {
 #[must_use]
 pub struct EngineBuilder {
     store: Arc<dyn Store>,
+    cache: Option<CacheConfig>,
+    feed: Option<Arc<dyn ChangeFeed>>,
     hasher: Arc<dyn Hasher>,
     clock: Arc<dyn Clock>,
     plugins: Vec<Arc<dyn Plugin>>,
@@ -220,12 +287,37 @@ impl fmt::Debug for EngineBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EngineBuilder")
             .field("store", &self.store)
+            .field("cache", &self.cache)
+            .field("feed", &self.feed)
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
 }
 
 impl EngineBuilder {
+    /// Puts a cache configured by `config` in front of the store, owned by
+    /// the engine: validation's lookups (keys by hash, found or not, and
+    /// policies) are served from memory, and every change the engine makes
+    /// goes through the cache, so after a change returns no validation on
+    /// this engine sees the old state. Changes made by other instances are
+    /// seen within the positive TTL, or within a second with a
+    /// [change feed](Self::with_change_feed).
+    pub fn with_cache(mut self, config: CacheConfig) -> Self {
+        self.cache = Some(config);
+        self
+    }
+
+    /// Publishes every state change this engine commits on `feed`, and
+    /// (with a [cache](Self::with_cache)) evicts what the changes published
+    /// by every engine on it make stale. While not subscribed, the cache
+    /// keeps found entries only for its
+    /// [outage TTL](CacheConfig::with_outage_ttl). Pass an `Arc` to share
+    /// one feed between engines in one process.
+    pub fn with_change_feed(mut self, feed: impl ChangeFeed) -> Self {
+        self.feed = Some(Arc::new(feed));
+        self
+    }
+
     /// Hashes keys with `hasher` instead of SHA-256.
     pub fn with_hasher(mut self, hasher: impl Hasher) -> Self {
         self.hasher = Arc::new(hasher);
@@ -306,19 +398,33 @@ impl EngineBuilder {
         if self.usage_config.batch_size == 0 || self.usage_config.flush_interval.is_zero() {
             return Err(Error::invalid("usage_config", "batch_size and flush_interval must be greater than zero"));
         }
+        let (store, cache) = match self.cache {
+            Some(config) => {
+                let cache = Arc::new(CachedStore::with_config(self.store, config));
+                (Arc::clone(&cache) as Arc<dyn Store>, Some(cache))
+            }
+            None => (self.store, None),
+        };
+        let feed = self.feed.map(|feed| Arc::new(FeedLink::new(feed)));
+        if let (Some(_), Some(cache)) = (&feed, &cache) {
+            // Not subscribed yet: changes made elsewhere may be missed.
+            cache.feed_lost();
+        }
         let limiter = self.limiter.unwrap_or_else(|| Arc::new(GcraRateLimiter::with_clock(Arc::clone(&self.clock))));
         let quotas = Arc::new(QuotaTracker::new(self.usage_config.quota_refresh));
-        let usage = UsageRecorder::new(self.usage_config, Arc::clone(&self.store), Arc::clone(&quotas));
+        let usage = UsageRecorder::new(self.usage_config, Arc::clone(&store), Arc::clone(&quotas));
         let quotas = self.quota_counter.unwrap_or(quotas);
-        Ok(Engine {
+        let engine = Engine {
             inner: Arc::new(Inner {
+                store,
+                cache,
+                feed,
                 limiter,
                 quotas,
                 usage,
                 usage_config: self.usage_config,
                 touched: DashMap::default(),
                 touch_sweeps: SweepSchedule::default(),
-                store: self.store,
                 hasher: self.hasher,
                 clock: self.clock,
                 hooks: Hooks::new(self.plugins),
@@ -327,6 +433,8 @@ impl EngineBuilder {
                 rotation_grace: self.rotation_grace,
                 strict_scopes: self.strict_scopes,
             }),
-        })
+        };
+        engine.start_change_feed();
+        Ok(engine)
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::TenantEngine;
+use crate::Change;
 use crate::hooks::Event;
 use crate::policy::PolicySpec;
 use crate::store::Page;
@@ -49,6 +50,7 @@ impl TenantEngine {
         let current = self.get_policy(id).await?;
         let policy = build(spec, id, self, current.created_at, self.engine.inner.clock.now())?;
         self.engine.inner.store.update_policy(&policy).await?;
+        self.engine.publish(|| Change::policy(&self.tenant, id)).await;
         let policy = Arc::new(policy);
         self.engine.emit(|| Event::PolicyUpdated { policy: Arc::clone(&policy) }).await;
         Ok(Arc::unwrap_or_clone(policy))
@@ -61,6 +63,7 @@ impl TenantEngine {
     /// revoked references it.
     pub async fn delete_policy(&self, id: PolicyId) -> Result<()> {
         self.engine.inner.store.delete_policy(&self.tenant, id).await?;
+        self.engine.publish(|| Change::policy(&self.tenant, id)).await;
         let tenant = self.tenant.clone();
         self.engine.emit(|| Event::PolicyDeleted { tenant, policy_id: id }).await;
         Ok(())

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::TenantEngine;
+use crate::Change;
 use crate::hooks::Event;
 use crate::{Error, Key, KeyId, Result, Scope, ScopeId, input, scope};
 
@@ -65,6 +66,8 @@ impl TenantEngine {
         let requested: Vec<String> = scopes.iter().map(|s| s.as_ref().to_owned()).collect();
         let scopes = self.checked_scopes(&requested, key.policy_id).await?;
         let at = self.engine.inner.clock.now();
-        self.engine.inner.store.set_key_scopes(&self.tenant, id, &scopes, at).await
+        let key = self.engine.inner.store.set_key_scopes(&self.tenant, id, &scopes, at).await?;
+        self.engine.publish(|| Change::key(&key, None)).await;
+        Ok(key)
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::Engine;
+use crate::Change;
 use crate::hooks::Event;
 use crate::store::{KeyFilter, RotationWrite, StoredKey, Transition};
 use crate::{
@@ -258,6 +259,7 @@ impl TenantEngine {
         let old = inner.store.rotate_key(&self.tenant, &write).await?;
         let RotationWrite { new_key, record } = write;
         let old = Arc::new(old);
+        self.engine.publish(|| Change::rotated(&record)).await;
         self.engine.emit(|| Event::KeyRotated { key: Arc::clone(&old), record: record.clone() }).await;
         Ok(RotatedKey { key: Key::clone(&new_key.key), raw, old: Arc::unwrap_or_clone(old), record })
     }
@@ -307,6 +309,7 @@ impl TenantEngine {
 
     async fn transition(&self, id: KeyId, transition: Transition) -> Result<Key> {
         let key = self.engine.inner.store.transition_key(&self.tenant, id, &transition).await?;
+        self.engine.publish(|| Change::key(&key, None)).await;
         self.engine.emit_transition(Arc::new(key.clone())).await;
         Ok(key)
     }

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use dashmap::mapref::entry::Entry;
 
 use super::Engine;
+use crate::Change;
 use crate::hooks::Event;
 use crate::key::ParsedKey;
 use crate::limit::RateLimitStatus;
@@ -389,6 +390,7 @@ impl Engine {
     /// Moves an active key found past its expiry to `expired`, once.
     async fn mark_expired(&self, key: &Key, now: DateTime<Utc>) -> Result<(), Error> {
         if let Some(expired) = self.apply_transition(key, &Transition::to(KeyState::Expired, now)).await? {
+            self.publish(|| Change::key(&expired, None)).await;
             self.emit_transition(expired).await;
         }
         Ok(())

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -18,6 +18,7 @@ use super::{
     KeyFilter, KeyStore, Page, PolicyStore, RotationStore, RotationWrite, ScopeStore, Store, StoredKey, TimeRange,
     Transition, UsageStore, UsageTotal,
 };
+use crate::feed::Change;
 use crate::{
     Clock, Error, Key, KeyHash, KeyId, Period, Policy, PolicyId, Result, RotationRecord, Scope, ScopeId, SystemClock,
     Tenant, UsageAggregate, UsageRecord,
@@ -30,18 +31,21 @@ pub struct CacheConfig {
     max_policies: u64,
     positive_ttl: Duration,
     negative_ttl: Duration,
+    outage_ttl: Duration,
     clock: Arc<dyn Clock>,
 }
 
 impl Default for CacheConfig {
     /// 100 000 key lookups, 10 000 policies, found keys and policies for 30
-    /// seconds, unknown hashes for 5 seconds, on the system clock.
+    /// seconds (1 second while a change feed is down), unknown hashes for 5
+    /// seconds, on the system clock.
     fn default() -> Self {
         Self {
             max_keys: 100_000,
             max_policies: 10_000,
             positive_ttl: Duration::from_secs(30),
             negative_ttl: Duration::from_secs(5),
+            outage_ttl: Duration::from_secs(1),
             clock: Arc::new(SystemClock),
         }
     }
@@ -77,6 +81,17 @@ impl CacheConfig {
         self
     }
 
+    /// How long a found key or policy is served from the cache of an engine
+    /// with a [change feed](crate::feed) while it is not subscribed (before
+    /// the first subscription and during feed outages): the bound on how
+    /// stale another instance's change can look here then. Default 1 second;
+    /// a longer positive TTL is not shortened, a shorter one is kept.
+    #[must_use]
+    pub fn with_outage_ttl(mut self, ttl: Duration) -> Self {
+        self.outage_ttl = ttl;
+        self
+    }
+
     /// The clock that ages entries (a [`ManualClock`](crate::ManualClock) in tests).
     #[must_use]
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
@@ -95,6 +110,25 @@ impl CacheConfig {
     pub fn negative_ttl(&self) -> Duration {
         self.negative_ttl
     }
+
+    /// How long a found key or policy is served while a change feed is down.
+    #[must_use]
+    pub fn outage_ttl(&self) -> Duration {
+        self.outage_ttl.min(self.positive_ttl)
+    }
+}
+
+/// What a [`CachedStore`] holds now; see [`CachedStore::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Cached hash lookups (found or not).
+    pub keys: u64,
+    /// Cached policies.
+    pub policies: u64,
+    /// How long a found key or policy cached now is served: the positive
+    /// TTL, or the outage TTL while a change feed is down.
+    pub positive_ttl: Duration,
 }
 
 /// A [`Store`] that serves validation's reads from memory: the key lookup by
@@ -148,6 +182,9 @@ pub struct CachedStore {
     /// Bumped by every invalidation: a lookup that raced one does not keep
     /// what it read (it may predate the change).
     generation: AtomicU64,
+    /// Set while a change feed that should keep this cache fresh is down:
+    /// found entries then live the outage TTL.
+    outage: AtomicBool,
 }
 
 /// The caches' hasher: keys are SHA-256 digests and random ids, so a fast
@@ -246,6 +283,11 @@ impl<K: TierKey, V: TierValue> Tier<K, V> {
     fn entry_count(&self) -> u64 {
         self.back.entry_count()
     }
+
+    /// Exact, unlike moka's count, which lags behind invalidations.
+    fn len(&self) -> usize {
+        self.front.len()
+    }
 }
 
 #[derive(Clone)]
@@ -302,7 +344,7 @@ impl CachedStore {
             .time_to_live(config.positive_ttl.max(Duration::from_secs(1)))
             .build_with_hasher(Hashing::default());
         let policies = Tier::new(config.max_policies, Arc::clone(&config.clock));
-        Self { inner, config, keys, hashes, policies, generation: AtomicU64::new(0) }
+        Self { inner, config, keys, hashes, policies, generation: AtomicU64::new(0), outage: AtomicBool::new(false) }
     }
 
     /// The store behind the cache.
@@ -322,6 +364,55 @@ impl CachedStore {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.keys.invalidate_all();
         self.policies.invalidate_all();
+    }
+
+    /// Drops what `change` (made by another engine, or by this one) makes
+    /// stale. An engine with a [change feed](crate::feed) calls this for
+    /// every change it receives; call it yourself when you carry changes to
+    /// a cache you built by hand.
+    pub async fn apply_change(&self, change: &Change) {
+        match change {
+            Change::Key { tenant, key_id, hash } => {
+                // Without the hash, the id index or the store finds it.
+                match hash {
+                    Some(hash) => self.forget_hash(hash),
+                    None => self.forget_key(tenant, *key_id).await,
+                }
+            }
+            Change::Rotated { old_hash, new_hash, .. } => {
+                self.forget_hash(old_hash);
+                self.forget_hash(new_hash);
+            }
+            Change::Policy { policy_id, .. } => self.forget_policy(*policy_id),
+        }
+    }
+
+    /// How many entries are cached now, and for how long new ones are kept.
+    #[must_use]
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            keys: self.keys.len() as u64,
+            policies: self.policies.len() as u64,
+            positive_ttl: self.found_ttl(),
+        }
+    }
+
+    /// The change feed is down (or not yet up): keep found entries only for
+    /// the outage TTL, and drop what may have missed a change.
+    pub(crate) fn feed_lost(&self) {
+        self.outage.store(true, Ordering::SeqCst);
+        self.invalidate_all();
+    }
+
+    /// The change feed is up again: drop what was cached while changes
+    /// could be missed, then go back to the positive TTL.
+    pub(crate) fn feed_restored(&self) {
+        self.invalidate_all();
+        self.outage.store(false, Ordering::SeqCst);
+    }
+
+    fn found_ttl(&self) -> Duration {
+        if self.outage.load(Ordering::SeqCst) { self.config.outage_ttl() } else { self.config.positive_ttl }
     }
 
     /// When an entry stored now with `ttl` goes stale; a TTL too large to
@@ -379,7 +470,7 @@ impl KeyStore for CachedStore {
         }
         let generation = self.generation.load(Ordering::SeqCst);
         let found = self.inner.find_key_by_hash(hash).await?;
-        let ttl = if found.is_some() { self.config.positive_ttl } else { self.config.negative_ttl };
+        let ttl = if found.is_some() { self.found_ttl() } else { self.config.negative_ttl };
         if let Some(stored) = &found {
             self.hashes.insert(stored.key.id, *hash);
         }
@@ -469,7 +560,7 @@ impl PolicyStore for CachedStore {
         let generation = self.generation.load(Ordering::SeqCst);
         let found = self.inner.get_policy(tenant, id).await?;
         if let Some(policy) = &found {
-            let entry = Entry { value: Arc::clone(policy), expires_at: self.expiry(self.config.positive_ttl) };
+            let entry = Entry { value: Arc::clone(policy), expires_at: self.expiry(self.found_ttl()) };
             self.policies.insert_unless_invalidated(id, entry, &self.generation, generation);
         }
         Ok(found)

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-pub use cached::{CacheConfig, CachedStore};
+pub use cached::{CacheConfig, CacheStats, CachedStore};
 pub use memory::MemoryStore;
 pub use probe::{ProbedStore, StoreOp, StoreProbe};
 
@@ -290,4 +290,29 @@ pub trait Store: KeyStore + PolicyStore + ScopeStore + UsageStore + RotationStor
 
     /// Releases connections; later calls fail.
     async fn close(&self);
+}
+
+/// What [`Engine::builder`](crate::Engine::builder) accepts as its store: any
+/// [`Store`] by value, in an `Arc`, or an `Arc<dyn Store>`.
+pub trait IntoStore {
+    /// The store, shared.
+    fn into_store(self) -> Arc<dyn Store>;
+}
+
+impl IntoStore for Arc<dyn Store> {
+    fn into_store(self) -> Arc<dyn Store> {
+        self
+    }
+}
+
+impl<S: Store + 'static> IntoStore for Arc<S> {
+    fn into_store(self) -> Arc<dyn Store> {
+        self
+    }
+}
+
+impl<S: Store + 'static> IntoStore for S {
+    fn into_store(self) -> Arc<dyn Store> {
+        Arc::new(self)
+    }
 }

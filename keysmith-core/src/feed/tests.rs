@@ -1,0 +1,255 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{TimeZone, Utc};
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+use super::{Change, ChangeFeed, ChangeStream, LocalChangeFeed};
+use crate::store::CacheConfig;
+use crate::{
+    Engine, Error, ManualClock, MemoryStore, NewKey, PolicySpec, Refusal, RequestContext, Result, RotationReason,
+    ValidationError,
+};
+
+const POSITIVE: Duration = Duration::from_secs(30);
+const OUTAGE: Duration = Duration::from_secs(1);
+
+/// A feed whose subscriptions a test can cut, and refuse to restore.
+#[derive(Debug)]
+struct CuttableFeed {
+    inner: LocalChangeFeed,
+    cut: watch::Sender<u64>,
+    refuse: AtomicBool,
+    fail_publish: AtomicBool,
+}
+
+impl CuttableFeed {
+    fn new() -> Self {
+        Self {
+            inner: LocalChangeFeed::new(),
+            cut: watch::channel(0).0,
+            refuse: AtomicBool::new(false),
+            fail_publish: AtomicBool::new(false),
+        }
+    }
+
+    /// Ends every current subscription; new ones are refused while `refuse`.
+    fn cut(&self, refuse: bool) {
+        self.refuse.store(refuse, Ordering::SeqCst);
+        self.cut.send_modify(|cuts| *cuts += 1);
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for CuttableFeed {
+    async fn publish(&self, change: &Change) -> Result<()> {
+        if self.fail_publish.load(Ordering::SeqCst) {
+            return Err(Error::feed("feed is down"));
+        }
+        self.inner.publish(change).await
+    }
+
+    async fn subscribe(&self) -> Result<ChangeStream> {
+        if self.refuse.load(Ordering::SeqCst) {
+            return Err(Error::feed("feed is down"));
+        }
+        let mut cut = self.cut.subscribe();
+        cut.mark_unchanged();
+        let stream = self.inner.subscribe().await?;
+        Ok(stream.take_until(async move { cut.changed().await.ok() }).boxed())
+    }
+}
+
+struct Fleet {
+    clock: ManualClock,
+    feed: Arc<CuttableFeed>,
+    a: Engine,
+    b: Engine,
+}
+
+async fn fleet() -> Fleet {
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 15, 12, 0, 0).unwrap());
+    let store = Arc::new(MemoryStore::new());
+    let feed = Arc::new(CuttableFeed::new());
+    let engine = || {
+        let cache =
+            CacheConfig::default().with_positive_ttl(POSITIVE).with_outage_ttl(OUTAGE).with_clock(clock.clone());
+        Engine::builder(Arc::clone(&store))
+            .with_clock(clock.clone())
+            .with_cache(cache)
+            .with_change_feed(Arc::clone(&feed))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (engine(), engine());
+    for engine in [&a, &b] {
+        eventually(|| engine.feed_status().unwrap().subscribed).await;
+    }
+    Fleet { clock, feed, a, b }
+}
+
+/// Waits (on the real clock, up to 5 s) until `done` holds.
+async fn eventually(mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "condition not met within 5 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Validates until the answer is a refusal (5 s at most), and returns it.
+async fn refused_eventually(engine: &Engine, raw: &str) -> Refusal {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match engine.validate(raw, &RequestContext::new()).await {
+            Err(ValidationError::Refused(refusal)) => return refusal,
+            Err(ValidationError::Failed(error)) => panic!("validation failed: {error}"),
+            Ok(_) => assert!(Instant::now() < deadline, "still accepted after 5 s"),
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn accepted(engine: &Engine, raw: &str) -> bool {
+    engine.validate(raw, &RequestContext::new()).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_on_one_engine_is_refused_by_another_before_its_cache_expires() {
+    let Fleet { a, b, .. } = fleet().await;
+    let acme = a.tenant("app", "acme");
+    let created = acme.create_key(NewKey::new("ci")).await.unwrap();
+    assert!(accepted(&b, created.raw.expose()).await, "b caches the key");
+
+    acme.revoke_key(created.key.id, "leaked").await.unwrap();
+    // The cache clock never moves: only the change can evict b's entry.
+    assert_eq!(refused_eventually(&b, created.raw.expose()).await, Refusal::Revoked);
+    assert!(b.feed_status().unwrap().received >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspension_rotation_and_scope_changes_reach_other_engines() {
+    let Fleet { a, b, .. } = fleet().await;
+    let acme = a.tenant("app", "acme");
+    let suspended = acme.create_key(NewKey::new("one")).await.unwrap();
+    let rotated = acme.create_key(NewKey::new("two").with_scopes(["read"])).await.unwrap();
+    for raw in [&suspended.raw, &rotated.raw] {
+        assert!(accepted(&b, raw.expose()).await);
+    }
+
+    acme.suspend_key(suspended.key.id).await.unwrap();
+    assert_eq!(refused_eventually(&b, suspended.raw.expose()).await, Refusal::Suspended);
+    acme.reactivate_key(suspended.key.id).await.unwrap();
+    eventually_accepted(&b, suspended.raw.expose()).await;
+
+    let read = ["read".to_owned()];
+    let scoped = RequestContext::new().with_required_scopes(&read);
+    assert!(b.validate(rotated.raw.expose(), &scoped).await.is_ok());
+    acme.set_key_scopes(rotated.key.id, &["write"]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.validate(rotated.raw.expose(), &scoped).await.is_ok() {
+        assert!(Instant::now() < deadline, "old scopes still granted after 5 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+
+    acme.rotate_key(rotated.key.id, RotationReason::Compromised, None).await.unwrap();
+    assert_eq!(refused_eventually(&b, rotated.raw.expose()).await, Refusal::Revoked);
+}
+
+async fn eventually_accepted(engine: &Engine, raw: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !accepted(engine, raw).await {
+        assert!(Instant::now() < deadline, "still refused after 5 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_tightened_on_one_engine_binds_on_another() {
+    let Fleet { a, b, .. } = fleet().await;
+    let acme = a.tenant("app", "acme");
+    let policy = acme.create_policy(PolicySpec::new("office")).await.unwrap();
+    let created = acme.create_key(NewKey::new("ci").with_policy(policy.id)).await.unwrap();
+    let ctx = RequestContext::new().with_ip("198.51.100.7".parse().unwrap());
+    assert!(b.validate(created.raw.expose(), &ctx).await.is_ok(), "b caches the policy");
+
+    acme.update_policy(policy.id, PolicySpec::new("office").with_allowed_ips(["10.0.0.0/8"])).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match b.validate(created.raw.expose(), &ctx).await {
+            Err(ValidationError::Refused(Refusal::IpNotAllowed)) => break,
+            other => assert!(Instant::now() < deadline, "still {other:?} after 5 s"),
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_subscription_drops_the_cache_and_shortens_its_ttl_until_restored() {
+    let Fleet { clock, feed, a, b } = fleet().await;
+    let acme = a.tenant("app", "acme");
+    let created = acme.create_key(NewKey::new("ci")).await.unwrap();
+    assert!(accepted(&b, created.raw.expose()).await);
+    assert_eq!(b.cache_stats().unwrap().keys, 1);
+    assert_eq!(b.cache_stats().unwrap().positive_ttl, POSITIVE);
+
+    feed.cut(true);
+    eventually(|| b.feed_status().unwrap().losses == 1).await;
+    let stats = b.cache_stats().unwrap();
+    assert_eq!((stats.keys, stats.positive_ttl), (0, OUTAGE), "cache dropped, outage TTL");
+    assert!(!b.feed_status().unwrap().subscribed);
+
+    // A revocation b cannot hear of is seen once the outage TTL has passed.
+    assert!(accepted(&b, created.raw.expose()).await);
+    acme.revoke_key(created.key.id, "leaked").await.unwrap();
+    assert!(accepted(&b, created.raw.expose()).await, "served from b's cache within the outage TTL");
+    clock.advance(OUTAGE);
+    assert!(!accepted(&b, created.raw.expose()).await, "refused once the outage TTL passed");
+
+    feed.refuse.store(false, Ordering::SeqCst);
+    eventually(|| b.feed_status().unwrap().subscribed).await;
+    let status = b.feed_status().unwrap();
+    assert_eq!((status.subscriptions, status.losses), (2, 1));
+    assert_eq!(b.cache_stats().unwrap().positive_ttl, POSITIVE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_publish_is_counted_and_never_fails_the_change() {
+    let Fleet { feed, a, .. } = fleet().await;
+    let acme = a.tenant("app", "acme");
+    let created = acme.create_key(NewKey::new("ci")).await.unwrap();
+    feed.fail_publish.store(true, Ordering::SeqCst);
+
+    acme.revoke_key(created.key.id, "leaked").await.unwrap();
+    let status = a.feed_status().unwrap();
+    assert_eq!((status.published, status.publish_failures), (0, 1));
+    assert!(!accepted(&a, created.raw.expose()).await, "the publishing engine itself never serves the old state");
+}
+
+#[tokio::test]
+async fn before_its_first_subscription_the_cache_keeps_found_entries_for_the_outage_ttl() {
+    let feed = CuttableFeed::new();
+    feed.refuse.store(true, Ordering::SeqCst);
+    let engine = Engine::builder(MemoryStore::new())
+        .with_cache(CacheConfig::default().with_positive_ttl(POSITIVE).with_outage_ttl(OUTAGE))
+        .with_change_feed(feed)
+        .build()
+        .unwrap();
+    assert_eq!(engine.cache_stats().unwrap().positive_ttl, OUTAGE);
+    assert!(!engine.feed_status().unwrap().subscribed);
+}
+
+#[test]
+fn changes_travel_as_json_with_hashes_in_hex_and_no_secret() {
+    let tenant = crate::Tenant::new("app", "acme");
+    let hash = crate::KeyHash::from_bytes([0xab; 32]);
+    let change = Change::Key { tenant, key_id: crate::KeyId::new(), hash: Some(hash) };
+    let json = change.to_json().unwrap();
+    assert!(json.contains(&"ab".repeat(32)), "{json}");
+    assert!(json.contains("\"kind\":\"key\""), "{json}");
+    assert_eq!(Change::from_json(&json).unwrap(), change);
+    assert!(matches!(Change::from_json("{\"kind\":\"nope\"}"), Err(Error::Feed { .. })));
+}

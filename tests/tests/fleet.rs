@@ -1,0 +1,254 @@
+//! Many engines, one truth: engines in one process, each with its own cache,
+//! on one PostgreSQL database, hearing each other's changes through a change
+//! feed (PostgreSQL LISTEN/NOTIFY, or Redis pub/sub).
+
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use keysmith_core::feed::ChangeFeed;
+use keysmith_core::store::CacheConfig;
+use keysmith_core::{Engine, NewKey, PolicySpec, Refusal, RequestContext, ValidationError};
+use keysmith_redis::RedisChangeFeed;
+use keysmith_sqlx::{PgChangeFeed, PgStore, Store};
+use keysmith_tests::services::{PgTestDb, service_url};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+/// Long enough that only the feed can explain an eviction within the test.
+const POSITIVE_TTL: Duration = Duration::from_secs(300);
+const OUTAGE_TTL: Duration = Duration::from_secs(1);
+/// The generous bound the tests assert; the target is 1 s (measured below).
+const BOUND: Duration = Duration::from_secs(5);
+/// The feed's connections carry this name, so a test can kill them alone.
+const FEED_APP: &str = "keysmith-fleet-feed";
+
+fn cache() -> CacheConfig {
+    CacheConfig::default().with_positive_ttl(POSITIVE_TTL).with_outage_ttl(OUTAGE_TTL)
+}
+
+async fn pg_feed(db: &PgTestDb) -> PgChangeFeed {
+    let options = PgConnectOptions::from_str(db.url()).unwrap().application_name(FEED_APP);
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_with(options)
+        .await
+        .unwrap();
+    PgChangeFeed::new(pool)
+}
+
+/// `count` engines on `db`, each with its own pool and cache, and a feed
+/// made by `feed`; returned once every engine is subscribed.
+async fn fleet<F: ChangeFeed>(db: &PgTestDb, count: usize, feed: impl AsyncFn() -> F) -> Vec<Engine> {
+    let mut engines = Vec::new();
+    for _ in 0..count {
+        let store = PgStore::connect(db.url()).await.unwrap();
+        store.migrate().await.unwrap();
+        engines.push(Engine::builder(store).with_cache(cache()).with_change_feed(feed().await).build().unwrap());
+    }
+    for engine in &engines {
+        until("subscribed", || engine.feed_status().unwrap().subscribed).await;
+    }
+    engines
+}
+
+/// Polls `done` on the real clock until it holds, failing after [`BOUND`].
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + BOUND;
+    while !done() {
+        assert!(Instant::now() < deadline, "not {what} within {BOUND:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Validates on `engine` until it refuses, failing after [`BOUND`]; the
+/// refusal and how long it took.
+async fn refused_within_bound(engine: &Engine, raw: &str, ctx: &RequestContext<'_>) -> (Refusal, Duration) {
+    let start = Instant::now();
+    loop {
+        match engine.validate(raw, ctx).await {
+            Err(ValidationError::Refused(refusal)) => return (refusal, start.elapsed()),
+            Err(ValidationError::Failed(error)) => panic!("validation failed: {error}"),
+            Ok(_) => assert!(start.elapsed() < BOUND, "still accepted after {BOUND:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn accepted(engine: &Engine, raw: &str) -> bool {
+    engine.validate(raw, &RequestContext::new()).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_suspension_and_policy_tightening_on_one_engine_are_refused_by_the_others() {
+    let Some(db) = PgTestDb::create().await else { return };
+    let engines = fleet(&db, 3, async || pg_feed(&db).await).await;
+    let acme = engines[0].tenant("app", "acme");
+    let revoked = acme.create_key(NewKey::new("revoked")).await.unwrap();
+    let suspended = acme.create_key(NewKey::new("suspended")).await.unwrap();
+    let policy = acme.create_policy(PolicySpec::new("office")).await.unwrap();
+    let limited = acme.create_key(NewKey::new("limited").with_policy(policy.id)).await.unwrap();
+    let outside = RequestContext::new().with_ip("198.51.100.7".parse().unwrap());
+    for engine in &engines[1..] {
+        assert!(accepted(engine, revoked.raw.expose()).await);
+        assert!(accepted(engine, suspended.raw.expose()).await);
+        assert!(engine.validate(limited.raw.expose(), &outside).await.is_ok(), "policy cached");
+    }
+
+    acme.revoke_key(revoked.key.id, "leaked").await.unwrap();
+    acme.suspend_key(suspended.key.id).await.unwrap();
+    acme.update_policy(policy.id, PolicySpec::new("office").with_allowed_ips(["10.0.0.0/8"])).await.unwrap();
+    let none = RequestContext::new();
+    for engine in &engines[1..] {
+        assert_eq!(refused_within_bound(engine, revoked.raw.expose(), &none).await.0, Refusal::Revoked);
+        assert_eq!(refused_within_bound(engine, suspended.raw.expose(), &none).await.0, Refusal::Suspended);
+        assert_eq!(refused_within_bound(engine, limited.raw.expose(), &outside).await.0, Refusal::IpNotAllowed);
+    }
+}
+
+/// Time from a revocation returning on one engine until both others refuse
+/// the key, over 50 revocations: printed (run with `--nocapture`), not
+/// asserted beyond the generous bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_propagation_over_postgres_is_measured() {
+    let Some(db) = PgTestDb::create().await else { return };
+    let engines = fleet(&db, 3, async || pg_feed(&db).await).await;
+    report("PgChangeFeed", measure_propagation(&engines).await);
+}
+
+async fn measure_propagation(engines: &[Engine]) -> Vec<Duration> {
+    let acme = engines[0].tenant("app", "acme");
+    let mut times = Vec::new();
+    for i in 0..50 {
+        let created = acme.create_key(NewKey::new(format!("key {i}"))).await.unwrap();
+        for engine in &engines[1..] {
+            assert!(accepted(engine, created.raw.expose()).await);
+        }
+        acme.revoke_key(created.key.id, "measured").await.unwrap();
+        let start = Instant::now();
+        for engine in &engines[1..] {
+            refused_within_bound(engine, created.raw.expose(), &RequestContext::new()).await;
+        }
+        times.push(start.elapsed());
+    }
+    times
+}
+
+fn report(feed: &str, mut times: Vec<Duration>) {
+    times.sort();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "{feed}: revocation refused on every other engine after p50 {:?}, p99 {:?}, max {:?} ({} revocations)",
+        at(0.5),
+        at(0.99),
+        times[times.len() - 1],
+        times.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_listener_drops_the_cache_runs_on_the_outage_ttl_then_resubscribes() {
+    let Some(db) = PgTestDb::create().await else { return };
+    let engines = fleet(&db, 2, async || pg_feed(&db).await).await;
+    let (a, b) = (&engines[0], &engines[1]);
+    let acme = a.tenant("app", "acme");
+    let created = acme.create_key(NewKey::new("ci")).await.unwrap();
+    assert!(accepted(b, created.raw.expose()).await);
+    assert_eq!(b.cache_stats().unwrap().keys, 1);
+
+    // No new connection to the database, then the feeds' connections killed:
+    // the engines cannot resubscribe until connections are allowed again.
+    let mut admin = db.admin().await;
+    sqlx::query(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", db.name())).execute(&mut admin).await.unwrap();
+    let killed: Vec<(bool,)> = sqlx::query_as(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND application_name = $2",
+    )
+    .bind(db.name())
+    .bind(FEED_APP)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(killed.len() >= 2, "one listener per engine");
+    until("lost", || b.feed_status().unwrap().losses == 1).await;
+    let stats = b.cache_stats().unwrap();
+    assert_eq!((stats.keys, stats.positive_ttl), (0, OUTAGE_TTL), "cache dropped, outage TTL");
+    assert!(!b.feed_status().unwrap().subscribed);
+
+    sqlx::query(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", db.name())).execute(&mut admin).await.unwrap();
+    until("resubscribed", || b.feed_status().unwrap().subscriptions == 2 && b.feed_status().unwrap().subscribed).await;
+    assert_eq!(b.cache_stats().unwrap().positive_ttl, POSITIVE_TTL);
+    // And the feed works again.
+    assert!(accepted(b, created.raw.expose()).await);
+    acme.revoke_key(created.key.id, "leaked").await.unwrap();
+    assert_eq!(refused_within_bound(b, created.raw.expose(), &RequestContext::new()).await.0, Refusal::Revoked);
+}
+
+/// A private Redis, so that killing its clients disturbs no other test.
+struct PrivateRedis {
+    child: Child,
+    url: String,
+}
+
+impl PrivateRedis {
+    async fn start() -> Option<Self> {
+        service_url("KEYSMITH_TEST_REDIS_URL")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server could not start");
+        let url = format!("redis://127.0.0.1:{port}");
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let deadline = Instant::now() + BOUND;
+        while client.get_multiplexed_async_connection().await.is_err() {
+            assert!(Instant::now() < deadline, "private redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Some(Self { child, url })
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_redis_a_revocation_is_refused_everywhere_and_a_killed_subscriber_resubscribes() {
+    let Some(redis) = PrivateRedis::start().await else { return };
+    let Some(db) = PgTestDb::create().await else { return };
+    let engines = fleet(&db, 3, async || RedisChangeFeed::connect(&redis.url).await.unwrap()).await;
+    let acme = engines[0].tenant("app", "acme");
+    let created = acme.create_key(NewKey::new("ci")).await.unwrap();
+    for engine in &engines[1..] {
+        assert!(accepted(engine, created.raw.expose()).await);
+    }
+    acme.revoke_key(created.key.id, "leaked").await.unwrap();
+    for engine in &engines[1..] {
+        assert_eq!(
+            refused_within_bound(engine, created.raw.expose(), &RequestContext::new()).await.0,
+            Refusal::Revoked
+        );
+    }
+    report("RedisChangeFeed", measure_propagation(&engines).await);
+
+    let b = &engines[1];
+    let other = acme.create_key(NewKey::new("other")).await.unwrap();
+    assert!(accepted(b, other.raw.expose()).await);
+    let mut conn = redis::Client::open(redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut conn).await.unwrap();
+    assert_eq!(killed, 3, "one subscriber per engine");
+    until("lost and resubscribed", || {
+        let status = b.feed_status().unwrap();
+        status.losses == 1 && status.subscriptions == 2 && status.subscribed
+    })
+    .await;
+    assert_eq!(b.cache_stats().unwrap().keys, 0, "what was cached before the loss is dropped");
+    assert_eq!(b.cache_stats().unwrap().positive_ttl, POSITIVE_TTL);
+    assert!(accepted(b, other.raw.expose()).await);
+    acme.revoke_key(other.key.id, "leaked").await.unwrap();
+    assert_eq!(refused_within_bound(b, other.raw.expose(), &RequestContext::new()).await.0, Refusal::Revoked);
+}
