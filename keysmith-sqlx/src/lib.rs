@@ -56,10 +56,10 @@
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod common;
 mod connect;
-#[cfg(feature = "mysql")]
-pub mod mysql;
 #[cfg(feature = "postgres")]
 mod feed;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]
@@ -67,10 +67,10 @@ pub mod sqlite;
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod store;
 
-#[cfg(feature = "mysql")]
-pub use mysql::MySqlStore;
 #[cfg(feature = "postgres")]
 pub use feed::PgChangeFeed;
+#[cfg(feature = "mysql")]
+pub use mysql::MySqlStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PgStore;
 #[cfg(feature = "sqlite")]
