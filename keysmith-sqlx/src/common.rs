@@ -72,6 +72,15 @@ pub(crate) fn key_insert_error(error: sqlx::Error, id: KeyId, policy_id: Option<
     store_error(error)
 }
 
+/// Maps a failed usage insert: a record whose key does not exist is `NotFound`.
+pub(crate) fn usage_write_error(error: sqlx::Error) -> Error {
+    if is_foreign_key_violation(&error) {
+        Error::NotFound { entity: "key", id: "a key of the usage batch".to_owned() }
+    } else {
+        store_error(error)
+    }
+}
+
 /// Maps a failed write of a named entity: a unique violation is `AlreadyExists`.
 pub(crate) fn named_write_error(error: sqlx::Error, entity: &'static str, name: &str) -> Error {
     if is_unique_violation(&error) {

@@ -25,6 +25,14 @@
 //! # }).unwrap();
 //! ```
 //!
+//! # Migrations
+//!
+//! [`Store::migrate`] runs a backend's `MIGRATOR` and tolerates the
+//! application's own sqlx migrations in the same `_sqlx_migrations` history.
+//! Running `MIGRATOR.run(&pool)` yourself works on a database whose history
+//! holds only Keysmith's versions (sqlx refuses versions it does not know of,
+//! unless a migrator is told to ignore them).
+//!
 //! # Schema
 //!
 //! Seven tables: `keysmith_keys`, `keysmith_policies`, `keysmith_scopes`,

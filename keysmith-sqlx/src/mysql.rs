@@ -7,61 +7,31 @@
 //! aggregates one multi-row `INSERT … ON DUPLICATE KEY UPDATE`.
 
 use chrono::{DateTime, Utc};
-use keysmith_core::Result;
+use keysmith_core::{Result, UsageRecord};
 use sqlx::migrate::Migrator;
-use sqlx::mysql::{MySqlConnectOptions, MySqlRow};
+use std::collections::HashSet;
+
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlRow};
 use sqlx::types::Json;
 use sqlx::{MySql, QueryBuilder, Row as _};
+use uuid::Uuid;
 
-use crate::common::{connect_server, store_error};
-use crate::store::{Dialect, sql_store};
+use crate::common::{connect_server, is_unique_violation, store_error, usage_write_error};
+use crate::store::{Dialect, Stored, sql_store, usage_insert};
 
-/// The MySQL and MariaDB schema, embedded (`migrations/mysql`).
-///
-/// [`Store::migrate`](keysmith_core::Store::migrate) runs it and tolerates
-/// the application's own sqlx migrations in the same `_sqlx_migrations`
-/// history. Running `MIGRATOR.run(&pool)` yourself works on a database whose
-/// history holds only Keysmith's versions (sqlx refuses versions it does not
-/// know of, unless a migrator is told to ignore them).
+/// The MySQL and MariaDB schema, embedded from `migrations/mysql`
+/// ([migrations](crate#migrations)).
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/mysql");
 
 sql_store! {
-    /// A store in MySQL (8.0 or later) or MariaDB (10.5 or later), on InnoDB.
-    ///
-    /// ```no_run
-    /// # async fn run() -> Result<(), keysmith_core::Error> {
-    /// use std::sync::Arc;
-    /// use keysmith_core::{Engine, Store};
-    /// use keysmith_sqlx::MySqlStore;
-    ///
-    /// let store = MySqlStore::connect("mysql://root@127.0.0.1:3306/app").await?;
-    /// store.migrate().await?;
-    /// let engine = Engine::builder(Arc::new(store)).build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
+    /// A store in MySQL (8.0 or later) or MariaDB (10.5 or later), on InnoDB,
+    /// at a `mysql://…` or `mariadb://…` URL.
     ///
     /// Times are stored as UTC `DATETIME(6)`, which holds the years 1000 to
-    /// 9999. A lost connection surfaces as
-    /// [`Error::Store`](keysmith_core::Error::Store) (validation fails, it never
-    /// passes); the pool opens new connections when the server is back.
+    /// 9999. `connect` opens a pool of up to 10 connections; a lost one
+    /// surfaces as [`Error::Store`](keysmith_core::Error::Store) and is
+    /// replaced when the server is back.
     MySqlStore, sqlx::MySql
-}
-
-impl MySqlStore {
-    /// Connects to `url` (`mysql://…` or `mariadb://…`) with a pool of up to
-    /// 10 connections that waits at most 5 seconds for a connection. Does
-    /// not migrate.
-    ///
-    /// # Errors
-    /// [`Error::Store`](keysmith_core::Error::Store) if the URL is invalid or
-    /// the server cannot be reached, saying why (connection refused,
-    /// access denied, unknown database…) rather than only that the pool
-    /// timed out.
-    pub async fn connect(url: &str) -> Result<Self> {
-        let options: MySqlConnectOptions = url.parse().map_err(store_error)?;
-        Ok(Self::new(connect_server(options, "MySQL").await?))
-    }
 }
 
 impl Dialect for MySql {
@@ -69,8 +39,7 @@ impl Dialect for MySql {
     type Time = DateTime<Utc>;
     /// A JSON array.
     type List = Json<Vec<String>>;
-    /// `[position, scope]` pairs: `JSON_ARRAYAGG` keeps no order in MySQL.
-    type Scopes = Option<Json<Vec<(i64, String)>>>;
+    type Scopes = ScopePairs;
 
     // Without gap locks: under REPEATABLE READ a compare-and-set that scans
     // the tenant index locks the gap a racing rotation inserts its new key
@@ -90,30 +59,38 @@ impl Dialect for MySql {
     const MIGRATION_LOCK: Option<(&'static str, &'static str)> =
         Some(("SELECT GET_LOCK('keysmith_migrations', 60) AS locked", "SELECT RELEASE_LOCK('keysmith_migrations')"));
 
-    fn time(at: DateTime<Utc>) -> DateTime<Utc> {
-        at
-    }
-
-    fn from_time(_: &str, stored: DateTime<Utc>) -> Result<DateTime<Utc>> {
-        Ok(stored)
-    }
-
-    fn list(items: &[String]) -> Json<Vec<String>> {
-        Json(items.to_vec())
-    }
-
-    fn from_list(stored: Json<Vec<String>>) -> Vec<String> {
-        stored.0
-    }
-
-    fn from_scopes(stored: Option<Json<Vec<(i64, String)>>>) -> Result<Vec<String>> {
-        let mut scopes = stored.map(|json| json.0).unwrap_or_default();
-        scopes.sort_unstable_by_key(|(position, _)| *position);
-        Ok(scopes.into_iter().map(|(_, scope)| scope).collect())
+    async fn open(url: &str) -> Result<sqlx::Pool<Self>> {
+        let options: MySqlConnectOptions = url.parse().map_err(store_error)?;
+        connect_server(options, "MySQL").await
     }
 
     fn push_age_micros(qb: &mut QueryBuilder<'_, Self>, now: DateTime<Utc>) {
         qb.push("TIMESTAMPDIFF(MICROSECOND, k.created_at, ").push_bind(now).push(")");
+    }
+
+    async fn insert_usage(conn: &mut MySqlConnection, records: &[&UsageRecord]) -> Result<Vec<Uuid>> {
+        // No `RETURNING`, and `INSERT IGNORE` would skip a record of an
+        // unknown key too. A batch is new unless it is replayed, so insert it
+        // whole; a taken id rolls back only the statement, and then the
+        // records already stored are looked up and left out.
+        match usage_insert::<Self>(records)?.build().execute(&mut *conn).await {
+            Ok(_) => return Ok(records.iter().map(|r| r.id.uuid()).collect()),
+            Err(e) if is_unique_violation(&e) => {}
+            Err(e) => return Err(usage_write_error(e)),
+        }
+        let mut qb = QueryBuilder::<Self>::new("SELECT id FROM keysmith_usage WHERE id IN (");
+        let mut ids = qb.separated(", ");
+        for r in records {
+            ids.push_bind(r.id.uuid());
+        }
+        qb.push(")");
+        let stored: HashSet<Uuid> =
+            qb.build_query_scalar().fetch_all(&mut *conn).await.map_err(store_error)?.into_iter().collect();
+        let fresh: Vec<&UsageRecord> = records.iter().copied().filter(|r| !stored.contains(&r.id.uuid())).collect();
+        if !fresh.is_empty() {
+            usage_insert::<Self>(&fresh)?.build().execute(conn).await.map_err(usage_write_error)?;
+        }
+        Ok(fresh.iter().map(|r| r.id.uuid()).collect())
     }
 
     fn get<T>(row: &MySqlRow, column: &str) -> sqlx::Result<T>
@@ -123,5 +100,21 @@ impl Dialect for MySql {
         // sqlx takes text in a binary collation (utf8mb4_bin) for bytes and
         // refuses it as a `String`; the decoders still check what they read.
         row.try_get_unchecked(column)
+    }
+}
+
+/// A key's scopes as `[position, scope]` pairs: `JSON_ARRAYAGG` keeps no
+/// order in MySQL. `NULL` for none.
+type ScopePairs = Option<Json<Vec<(i64, String)>>>;
+
+impl Stored<Vec<String>> for ScopePairs {
+    fn store(scopes: Vec<String>) -> Self {
+        Some(Json((0..).zip(scopes).collect()))
+    }
+
+    fn load(self, _: &str) -> Result<Vec<String>> {
+        let mut scopes = self.map(|json| json.0).unwrap_or_default();
+        scopes.sort_unstable_by_key(|(position, _)| *position);
+        Ok(scopes.into_iter().map(|(_, scope)| scope).collect())
     }
 }

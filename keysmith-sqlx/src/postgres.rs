@@ -8,58 +8,27 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
-use keysmith_core::Result;
+use keysmith_core::{Result, UsageRecord};
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row as _};
+use uuid::Uuid;
 
-use crate::common::{connect_server, store_error};
+use crate::common::{connect_server, duration_to_micros, store_error, usage_write_error};
 use crate::store::{Dialect, sql_store};
 
-/// The PostgreSQL schema, embedded (`migrations/postgres`).
-///
-/// [`Store::migrate`](keysmith_core::Store::migrate) runs it and tolerates
-/// the application's own sqlx migrations in the same `_sqlx_migrations`
-/// history. Running `MIGRATOR.run(&pool)` yourself works on a database whose
-/// history holds only Keysmith's versions (sqlx refuses versions it does not
-/// know of, unless a migrator is told to ignore them).
+/// The PostgreSQL schema, embedded from `migrations/postgres`
+/// ([migrations](crate#migrations)).
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
 sql_store! {
-    /// A store in PostgreSQL (12 or later).
+    /// A store in PostgreSQL (12 or later), at a `postgres://…` URL.
     ///
-    /// ```no_run
-    /// # async fn run() -> Result<(), keysmith_core::Error> {
-    /// use std::sync::Arc;
-    /// use keysmith_core::{Engine, Store};
-    /// use keysmith_sqlx::PgStore;
-    ///
-    /// let store = PgStore::connect("postgres://postgres@127.0.0.1:5432/app").await?;
-    /// store.migrate().await?;
-    /// let engine = Engine::builder(Arc::new(store)).build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// A lost connection surfaces as [`Error::Store`](keysmith_core::Error::Store)
-    /// (validation fails, it never passes); the pool opens new connections when
-    /// the server is back.
+    /// `connect` opens a pool of up to 10 connections that waits at most 5
+    /// seconds for one. A lost connection surfaces as
+    /// [`Error::Store`](keysmith_core::Error::Store) (validation fails, it never
+    /// passes); the pool opens new connections when the server is back.
     PgStore, sqlx::Postgres
-}
-
-impl PgStore {
-    /// Connects to `url` with a pool of up to 10 connections that waits at
-    /// most 5 seconds for a connection. Does not migrate.
-    ///
-    /// # Errors
-    /// [`Error::Store`](keysmith_core::Error::Store) if the URL is invalid or
-    /// the server cannot be reached, saying why (connection refused,
-    /// authentication failed, no such database…) rather than only that the
-    /// pool timed out.
-    pub async fn connect(url: &str) -> Result<Self> {
-        let options: PgConnectOptions = url.parse().map_err(store_error)?;
-        Ok(Self::new(connect_server(options, "PostgreSQL").await?))
-    }
 }
 
 impl Dialect for Postgres {
@@ -70,7 +39,6 @@ impl Dialect for Postgres {
     const SCOPES: &'static str =
         "ARRAY(SELECT s.scope FROM keysmith_key_scopes s WHERE s.key_id = k.id ORDER BY s.position)";
     const IP_READ: &'static str = "host(ip)";
-    const IP_WRITE: (&'static str, &'static str) = ("CAST(", " AS inet)");
     const ORDER_BY_NAME: &'static str = "name COLLATE \"C\"";
     const BIGINT: &'static str = "BIGINT";
     // 65 535 bound values per statement.
@@ -87,24 +55,9 @@ impl Dialect for Postgres {
         Cow::Owned(numbered)
     }
 
-    fn time(at: DateTime<Utc>) -> DateTime<Utc> {
-        at
-    }
-
-    fn from_time(_: &str, stored: DateTime<Utc>) -> Result<DateTime<Utc>> {
-        Ok(stored)
-    }
-
-    fn list(items: &[String]) -> Vec<String> {
-        items.to_vec()
-    }
-
-    fn from_list(stored: Vec<String>) -> Vec<String> {
-        stored
-    }
-
-    fn from_scopes(stored: Vec<String>) -> Result<Vec<String>> {
-        Ok(stored)
+    async fn open(url: &str) -> Result<sqlx::Pool<Self>> {
+        let options: PgConnectOptions = url.parse().map_err(store_error)?;
+        connect_server(options, "PostgreSQL").await
     }
 
     fn push_age_micros(qb: &mut QueryBuilder<'_, Self>, now: DateTime<Utc>) {
@@ -112,6 +65,39 @@ impl Dialect for Postgres {
         // timestamp (it is simply never reached).
         qb.push("(EXTRACT(EPOCH FROM CAST(").push_bind(now);
         qb.push(" AS timestamptz)) - EXTRACT(EPOCH FROM k.created_at)) * 1000000");
+    }
+
+    async fn insert_usage(conn: &mut PgConnection, records: &[&UsageRecord]) -> Result<Vec<Uuid>> {
+        // One array per column: 11 bound values however long the batch.
+        let mut latencies = Vec::with_capacity(records.len());
+        for r in records {
+            latencies.push(duration_to_micros("latency", r.latency)?);
+        }
+        let column = |f: fn(&UsageRecord) -> &str| records.iter().map(|r| f(r)).collect::<Vec<_>>();
+        sqlx::query_scalar(
+            "INSERT INTO keysmith_usage (id, key_id, app_id, tenant_id, endpoint, method, status, ip, user_agent, \
+                 latency_us, occurred_at) \
+             SELECT id, key_id, app_id, tenant_id, endpoint, method, status, CAST(ip AS inet), user_agent, \
+                 latency_us, occurred_at \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], \
+                 $8::text[], $9::text[], $10::int8[], $11::timestamptz[]) \
+                 AS t(id, key_id, app_id, tenant_id, endpoint, method, status, ip, user_agent, latency_us, occurred_at) \
+             ON CONFLICT (id) DO NOTHING RETURNING id",
+        )
+        .bind(records.iter().map(|r| r.id.uuid()).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.key_id.uuid()).collect::<Vec<_>>())
+        .bind(column(|r| &r.tenant.app_id))
+        .bind(column(|r| &r.tenant.tenant_id))
+        .bind(column(|r| &r.endpoint))
+        .bind(column(|r| &r.method))
+        .bind(records.iter().map(|r| i32::from(r.status)).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.ip.map(|ip| ip.to_string())).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.user_agent.as_deref()).collect::<Vec<_>>())
+        .bind(latencies)
+        .bind(records.iter().map(|r| r.timestamp).collect::<Vec<_>>())
+        .fetch_all(conn)
+        .await
+        .map_err(usage_write_error)
     }
 
     fn get<T>(row: &PgRow, column: &str) -> sqlx::Result<T>

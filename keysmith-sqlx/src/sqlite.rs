@@ -9,26 +9,29 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use keysmith_core::Result;
+use keysmith_core::{Result, UsageRecord};
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::types::Json;
 use sqlx::{QueryBuilder, Row as _, Sqlite};
+use uuid::Uuid;
 
-use crate::common::{corrupt, store_error};
-use crate::store::{Dialect, sql_store};
+use crate::common::{corrupt, store_error, usage_write_error};
+use crate::store::{Dialect, Stored, sql_store, usage_insert};
 
-/// The SQLite schema, embedded (`migrations/sqlite`).
-///
-/// [`Store::migrate`](keysmith_core::Store::migrate) runs it and tolerates
-/// the application's own sqlx migrations in the same `_sqlx_migrations`
-/// history. Running `MIGRATOR.run(&pool)` yourself works on a database whose
-/// history holds only Keysmith's versions (sqlx refuses versions it does not
-/// know of, unless a migrator is told to ignore them).
+/// The SQLite schema, embedded from `migrations/sqlite`
+/// ([migrations](crate#migrations)).
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
 sql_store! {
     /// A store in SQLite (3.35 or later; the bundled one by default).
+    ///
+    /// `connect` takes `sqlite://path/to/file.db` (creating a missing file) or
+    /// `sqlite::memory:`, and enforces foreign keys with a 5-second busy
+    /// timeout; a file is in WAL mode, an in-memory database lives in one
+    /// connection that the pool never closes.
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -51,42 +54,6 @@ sql_store! {
     SqliteStore, sqlx::Sqlite
 }
 
-impl SqliteStore {
-    /// Opens the database at `url` (`sqlite://path/to/file.db`, or
-    /// `sqlite::memory:`), creating the file if it is missing, in WAL mode
-    /// with foreign keys enforced and a 5-second busy timeout. An in-memory
-    /// database lives in one connection that the pool never closes.
-    /// Does not migrate.
-    ///
-    /// # Errors
-    /// [`Error::Store`](keysmith_core::Error::Store) if the URL is invalid or
-    /// the file cannot be opened.
-    pub async fn connect(url: &str) -> Result<Self> {
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(store_error)?
-            .create_if_missing(true)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
-        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let pool = if in_memory {
-            SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .connect_with(options)
-                .await
-        } else {
-            SqlitePoolOptions::new()
-                .max_connections(8)
-                .connect_with(options.journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Normal))
-                .await
-        }
-        .map_err(store_error)?;
-        Ok(Self::new(pool))
-    }
-}
-
 impl Dialect for Sqlite {
     /// Microseconds since the Unix epoch, UTC.
     type Time = i64;
@@ -104,28 +71,38 @@ impl Dialect for Sqlite {
     // 32 766 bound values per statement (3.32 and later).
     const ROWS_PER_INSERT: usize = 1000;
 
-    fn time(at: DateTime<Utc>) -> i64 {
-        at.timestamp_micros()
-    }
-
-    fn from_time(what: &str, stored: i64) -> Result<DateTime<Utc>> {
-        DateTime::from_timestamp_micros(stored).ok_or_else(|| corrupt(what, "time out of range"))
-    }
-
-    fn list(items: &[String]) -> Json<Vec<String>> {
-        Json(items.to_vec())
-    }
-
-    fn from_list(stored: Json<Vec<String>>) -> Vec<String> {
-        stored.0
-    }
-
-    fn from_scopes(stored: Json<Vec<String>>) -> Result<Vec<String>> {
-        Ok(stored.0)
+    async fn open(url: &str) -> Result<sqlx::Pool<Self>> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(store_error)?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        if in_memory {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(options)
+                .await
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(8)
+                .connect_with(options.journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Normal))
+                .await
+        }
+        .map_err(store_error)
     }
 
     fn push_age_micros(qb: &mut QueryBuilder<'_, Self>, now: DateTime<Utc>) {
         qb.push("(").push_bind(Self::time(now)).push(" - k.created_at)");
+    }
+
+    async fn insert_usage(conn: &mut SqliteConnection, records: &[&UsageRecord]) -> Result<Vec<Uuid>> {
+        let mut insert = usage_insert::<Self>(records)?;
+        insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+        insert.build_query_scalar().fetch_all(conn).await.map_err(usage_write_error)
     }
 
     fn get<T>(row: &SqliteRow, column: &str) -> sqlx::Result<T>
@@ -133,5 +110,16 @@ impl Dialect for Sqlite {
         T: for<'r> sqlx::Decode<'r, Self> + sqlx::Type<Self>,
     {
         row.try_get(column)
+    }
+}
+
+/// Microseconds since the Unix epoch.
+impl Stored<DateTime<Utc>> for i64 {
+    fn store(at: DateTime<Utc>) -> i64 {
+        at.timestamp_micros()
+    }
+
+    fn load(self, what: &str) -> Result<DateTime<Utc>> {
+        DateTime::from_timestamp_micros(self).ok_or_else(|| corrupt(what, "time out of range"))
     }
 }

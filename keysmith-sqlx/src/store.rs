@@ -13,18 +13,22 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
-use sqlx::QueryBuilder;
+use sqlx::types::Json;
+use sqlx::{Encode, QueryBuilder, Type};
+use uuid::Uuid;
 
-use keysmith_core::Result;
+use keysmith_core::{Result, UsageRecord};
+
+use crate::common::duration_to_micros;
 
 /// What one SQL backend does its own way.
 pub(crate) trait Dialect: sqlx::Database {
     /// A time as bound and read.
-    type Time: Send;
+    type Time: Stored<DateTime<Utc>> + Send;
     /// A list of strings as bound and read (policy lists).
-    type List: Send;
-    /// A key's scopes as [`Dialect::SCOPES`] reads them.
-    type Scopes;
+    type List: Stored<Vec<String>> + Send;
+    /// A key's scopes as [`Dialect::SCOPES`] reads them, in order.
+    type Scopes: Stored<Vec<String>>;
 
     /// The statement that starts a transaction.
     const BEGIN: &'static str = "BEGIN";
@@ -34,8 +38,6 @@ pub(crate) trait Dialect: sqlx::Database {
     const SCOPES: &'static str;
     /// The usage table's `ip` column as text.
     const IP_READ: &'static str = "ip";
-    /// What wraps a bound usage `ip` (text) on its way into the column.
-    const IP_WRITE: (&'static str, &'static str) = ("", "");
     /// Sorts scope names by their bytes.
     const ORDER_BY_NAME: &'static str = "name";
     /// The type a `SUM` of counts is cast to.
@@ -51,22 +53,28 @@ pub(crate) trait Dialect: sqlx::Database {
     /// serializing migrations, where sqlx's own does not hold.
     const MIGRATION_LOCK: Option<(&'static str, &'static str)> = None;
 
+    /// Opens a pool on `url` (what the store's `connect` documents).
+    fn open(url: &str) -> impl Future<Output = Result<sqlx::Pool<Self>>> + Send;
     /// `sql` with `?` placeholders in the backend's own form.
     fn placeholders(sql: &str) -> Cow<'_, str> {
         Cow::Borrowed(sql)
     }
     /// A time as bound.
-    fn time(at: DateTime<Utc>) -> Self::Time;
-    /// A time as read back.
-    fn from_time(what: &str, stored: Self::Time) -> Result<DateTime<Utc>>;
-    /// A list as bound.
-    fn list(items: &[String]) -> Self::List;
-    /// A list as read back.
-    fn from_list(stored: Self::List) -> Vec<String>;
-    /// A key's scopes as read back, in order.
-    fn from_scopes(stored: Self::Scopes) -> Result<Vec<String>>;
+    fn time(at: DateTime<Utc>) -> Self::Time {
+        Stored::store(at)
+    }
     /// Pushes the age of the key `k` at `now`, in microseconds.
     fn push_age_micros(qb: &mut QueryBuilder<'_, Self>, now: DateTime<Utc>);
+    /// Inserts the usage `records` (distinct ids, at most
+    /// [`Dialect::ROWS_PER_INSERT`]) that are not stored yet, inside the
+    /// caller's transaction, and returns the ids it inserted.
+    ///
+    /// # Errors
+    /// `NotFound` when a record's key does not exist.
+    fn insert_usage(
+        conn: &mut Self::Connection,
+        records: &[&UsageRecord],
+    ) -> impl Future<Output = Result<Vec<Uuid>>> + Send;
     /// Reads column `column` of `row`.
     ///
     /// # Errors
@@ -74,6 +82,78 @@ pub(crate) trait Dialect: sqlx::Database {
     fn get<T>(row: &Self::Row, column: &str) -> sqlx::Result<T>
     where
         T: for<'r> sqlx::Decode<'r, Self> + sqlx::Type<Self>;
+}
+
+/// A value as a backend's column holds it.
+pub(crate) trait Stored<T>: Sized {
+    /// The column value of `value`.
+    fn store(value: T) -> Self;
+    /// The value back; `what` names the column in a corruption error.
+    ///
+    /// # Errors
+    /// When the column holds what no value is stored as.
+    fn load(self, what: &str) -> Result<T>;
+}
+
+/// Stored as it is.
+impl<T> Stored<T> for T {
+    fn store(value: T) -> T {
+        value
+    }
+
+    fn load(self, _: &str) -> Result<T> {
+        Ok(self)
+    }
+}
+
+/// Stored as JSON.
+impl<T> Stored<T> for Json<T> {
+    fn store(value: T) -> Self {
+        Json(value)
+    }
+
+    fn load(self, _: &str) -> Result<T> {
+        Ok(self.0)
+    }
+}
+
+/// A multi-row `INSERT` of the usage `records`, for a backend to end.
+///
+/// # Errors
+/// `InvalidInput` when a latency does not fit the column.
+pub(crate) fn usage_insert<'a, DB>(records: &[&'a UsageRecord]) -> Result<QueryBuilder<'a, DB>>
+where
+    DB: Dialect,
+    DB::Time: 'a + Encode<'a, DB> + Type<DB>,
+    Uuid: Encode<'a, DB> + Type<DB>,
+    &'a str: Encode<'a, DB> + Type<DB>,
+    Option<&'a str>: Encode<'a, DB> + Type<DB>,
+    Option<String>: Encode<'a, DB> + Type<DB>,
+    i32: Encode<'a, DB> + Type<DB>,
+    i64: Encode<'a, DB> + Type<DB>,
+{
+    let mut rows = Vec::with_capacity(records.len());
+    for r in records {
+        rows.push((*r, duration_to_micros("latency", r.latency)?));
+    }
+    let mut qb = QueryBuilder::new(
+        "INSERT INTO keysmith_usage (id, key_id, app_id, tenant_id, endpoint, method, status, ip, user_agent, \
+         latency_us, occurred_at) ",
+    );
+    qb.push_values(rows, |mut b, (r, latency_us)| {
+        b.push_bind(r.id.uuid())
+            .push_bind(r.key_id.uuid())
+            .push_bind(r.tenant.app_id.as_str())
+            .push_bind(r.tenant.tenant_id.as_str())
+            .push_bind(r.endpoint.as_str())
+            .push_bind(r.method.as_str())
+            .push_bind(i32::from(r.status))
+            .push_bind(r.ip.map(|ip| ip.to_string()))
+            .push_bind(r.user_agent.as_deref())
+            .push_bind(latency_us)
+            .push_bind(DB::time(r.timestamp));
+    });
+    Ok(qb)
 }
 
 /// A statement text built once per call site: the parts concatenated, with
@@ -104,6 +184,17 @@ macro_rules! sql_store {
             #[must_use]
             pub fn new(pool: sqlx::Pool<$db>) -> Self {
                 Self { pool }
+            }
+
+            /// Connects to `url` (as above); does not migrate.
+            ///
+            /// # Errors
+            /// [`Error::Store`](keysmith_core::Error::Store) if the URL is
+            /// invalid or the database cannot be reached or opened, saying why
+            /// (connection refused, access denied, no such database…) rather
+            /// than only that the pool timed out.
+            pub async fn connect(url: &str) -> keysmith_core::Result<Self> {
+                Ok(Self::new(<$db as $crate::store::Dialect>::open(url).await?))
             }
 
             /// The pool, for health checks or the application's own queries.
@@ -138,7 +229,7 @@ macro_rules! sql_store {
                 key_insert_error, limit_offset, micros_to_duration, missed_transition, named_write_error,
                 parse_column, parse_hash, parse_list, rate_limit_from, store_error, to_u64,
             };
-            use crate::store::{Dialect, statement};
+            use crate::store::{Dialect, Stored as _, statement};
 
             type Db = $db;
             type Row = <Db as Database>::Row;
@@ -162,11 +253,15 @@ macro_rules! sql_store {
             }
 
             fn time(row: &Row, column: &str) -> Result<DateTime<Utc>> {
-                Db::from_time(column, get(row, column)?)
+                get::<<Db as Dialect>::Time>(row, column)?.load(column)
             }
 
             fn opt_time(row: &Row, column: &str) -> Result<Option<DateTime<Utc>>> {
-                get::<Option<<Db as Dialect>::Time>>(row, column)?.map(|t| Db::from_time(column, t)).transpose()
+                get::<Option<<Db as Dialect>::Time>>(row, column)?.map(|t| t.load(column)).transpose()
+            }
+
+            fn list(row: &Row, column: &str) -> Result<Vec<String>> {
+                get::<<Db as Dialect>::List>(row, column)?.load(column)
             }
 
             fn micros(row: &Row, column: &str) -> Result<std::time::Duration> {
@@ -193,7 +288,7 @@ macro_rules! sql_store {
                     prefix: get(row, "prefix")?,
                     environment: parse_column("key environment", &get::<String>(row, "environment")?)?,
                     state: parse_column("key state", &get::<String>(row, "state")?)?,
-                    scopes: Db::from_scopes(get(row, "scopes")?)?,
+                    scopes: get::<<Db as Dialect>::Scopes>(row, "scopes")?.load("key scopes")?,
                     tenant: row_tenant(row)?,
                     policy_id: get::<Option<Uuid>>(row, "policy_id")?.map(PolicyId::from_uuid),
                     expires_at: opt_time(row, "expires_at")?,
@@ -219,9 +314,9 @@ macro_rules! sql_store {
                         get(row, "rate_limit_window_us")?,
                         get(row, "rate_limit_burst")?,
                     )?,
-                    allowed_ips: parse_list("policy allowed_ips", &Db::from_list(get(row, "allowed_ips")?))?,
-                    allowed_origins: Db::from_list(get(row, "allowed_origins")?),
-                    allowed_scopes: Db::from_list(get(row, "allowed_scopes")?),
+                    allowed_ips: parse_list("policy allowed_ips", &list(row, "allowed_ips")?)?,
+                    allowed_origins: list(row, "allowed_origins")?,
+                    allowed_scopes: list(row, "allowed_scopes")?,
                     max_key_age: opt_micros("max_key_age_us")?,
                     quota: get::<Option<Json<_>>>(row, "quota")?.map(|q| q.0),
                     rotation_grace: opt_micros("rotation_grace_us")?,
@@ -613,9 +708,9 @@ macro_rules! sql_store {
                     .bind(c.rate_limit_requests)
                     .bind(c.rate_limit_window_us)
                     .bind(c.rate_limit_burst)
-                    .bind(Db::list(&c.allowed_ips))
-                    .bind(Db::list(&policy.allowed_origins))
-                    .bind(Db::list(&policy.allowed_scopes))
+                    .bind(<Db as Dialect>::List::store(c.allowed_ips.clone()))
+                    .bind(<Db as Dialect>::List::store(policy.allowed_origins.clone()))
+                    .bind(<Db as Dialect>::List::store(policy.allowed_scopes.clone()))
                     .bind(c.max_key_age_us)
                     .bind(policy.quota.as_ref().map(Json))
                     .bind(c.rotation_grace_us)
@@ -834,55 +929,16 @@ macro_rules! sql_store {
                     if records.is_empty() {
                         return Ok(());
                     }
+                    // A repeated id inside the batch is one record.
+                    let mut seen = HashSet::with_capacity(records.len());
+                    let unique: Vec<&UsageRecord> = records.iter().filter(|r| seen.insert(r.id.uuid())).collect();
                     let mut tx = self.begin().await?;
                     // Records go in by id: the ones already stored (a replayed batch)
-                    // and repeats inside the batch are skipped, so only new records
-                    // reach the aggregates. A concurrent writer of the same ids fails
-                    // this transaction on the primary key rather than count twice.
-                    let mut stored: HashSet<Uuid> = HashSet::new();
-                    for chunk in records.chunks(Db::ROWS_PER_INSERT) {
-                        let mut qb = QueryBuilder::<Db>::new("SELECT id FROM keysmith_usage WHERE id IN (");
-                        let mut ids = qb.separated(", ");
-                        for r in chunk {
-                            ids.push_bind(r.id.uuid());
-                        }
-                        qb.push(")");
-                        for row in qb.build().fetch_all(&mut *tx).await.map_err(store_error)? {
-                            stored.insert(get(&row, "id")?);
-                        }
-                    }
-                    let fresh: Vec<&UsageRecord> = records.iter().filter(|r| stored.insert(r.id.uuid())).collect();
-                    for chunk in fresh.chunks(Db::ROWS_PER_INSERT) {
-                        let mut rows = Vec::with_capacity(chunk.len());
-                        for r in chunk {
-                            rows.push((r, duration_to_micros("latency", r.latency)?));
-                        }
-                        let mut qb = QueryBuilder::<Db>::new(
-                            "INSERT INTO keysmith_usage (id, key_id, app_id, tenant_id, endpoint, method, status, ip, \
-                             user_agent, latency_us, occurred_at) ",
-                        );
-                        qb.push_values(rows, |mut b, (r, latency_us)| {
-                            b.push_bind(r.id.uuid())
-                                .push_bind(r.key_id.uuid())
-                                .push_bind(&r.tenant.app_id)
-                                .push_bind(&r.tenant.tenant_id)
-                                .push_bind(&r.endpoint)
-                                .push_bind(&r.method)
-                                .push_bind(i32::from(r.status))
-                                .push(Db::IP_WRITE.0)
-                                .push_bind_unseparated(r.ip.map(|ip| ip.to_string()))
-                                .push_unseparated(Db::IP_WRITE.1)
-                                .push_bind(&r.user_agent)
-                                .push_bind(latency_us)
-                                .push_bind(Db::time(r.timestamp));
-                        });
-                        qb.build().execute(&mut *tx).await.map_err(|e| {
-                            if is_foreign_key_violation(&e) {
-                                Error::NotFound { entity: "key", id: "a key of the usage batch".to_owned() }
-                            } else {
-                                store_error(e)
-                            }
-                        })?;
+                    // are skipped, so only new records reach the aggregates.
+                    let mut fresh = Vec::with_capacity(unique.len());
+                    for chunk in unique.chunks(Db::ROWS_PER_INSERT) {
+                        let inserted: HashSet<Uuid> = Db::insert_usage(&mut tx, chunk).await?.into_iter().collect();
+                        fresh.extend(chunk.iter().copied().filter(|r| inserted.contains(&r.id.uuid())));
                     }
                     let deltas = aggregate_deltas(&fresh);
                     for chunk in deltas.chunks(Db::ROWS_PER_INSERT) {
