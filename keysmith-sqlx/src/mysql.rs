@@ -1,23 +1,15 @@
 //! MySQL and MariaDB: [`MySqlStore`] and its migrations.
-//!
-//! Every state change is one conditional `UPDATE … WHERE state IN (…)` in a
-//! transaction, followed by a read of the changed row (MySQL has no
-//! `UPDATE … RETURNING`); multi-row writes (a key with its scopes, a
-//! rotation, a usage batch with its aggregates) are one transaction, the
-//! aggregates one multi-row `INSERT … ON DUPLICATE KEY UPDATE`.
 
 use chrono::{DateTime, Utc};
 use keysmith_core::{Result, UsageRecord};
 use sqlx::migrate::Migrator;
-use std::collections::HashSet;
-
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlRow};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::types::Json;
-use sqlx::{MySql, QueryBuilder, Row as _};
+use sqlx::{MySql, QueryBuilder};
 use uuid::Uuid;
 
-use crate::common::{connect_server, is_unique_violation, store_error, usage_write_error};
-use crate::store::{Dialect, Stored, sql_store, usage_insert};
+use crate::common::{connect_server, store_error};
+use crate::store::{Dialect, Stored, insert_new_usage, sql_store};
 
 /// The MySQL and MariaDB schema, embedded from `migrations/mysql`
 /// ([migrations](crate#migrations)).
@@ -54,6 +46,9 @@ impl Dialect for MySql {
         " ON DUPLICATE KEY UPDATE requests = requests + VALUES(requests), errors = errors + VALUES(errors)";
     // 65 535 bound values per statement.
     const ROWS_PER_INSERT: usize = 2000;
+    // sqlx takes text in a binary collation (utf8mb4_bin) for bytes and
+    // refuses it as a `String`.
+    const UNCHECKED_COLUMNS: bool = true;
     // sqlx's `GET_LOCK(…, -1)` is no lock on MariaDB (a negative timeout
     // returns at once), so concurrent migrations would race.
     const MIGRATION_LOCK: Option<(&'static str, &'static str)> =
@@ -69,37 +64,7 @@ impl Dialect for MySql {
     }
 
     async fn insert_usage(conn: &mut MySqlConnection, records: &[&UsageRecord]) -> Result<Vec<Uuid>> {
-        // No `RETURNING`, and `INSERT IGNORE` would skip a record of an
-        // unknown key too. A batch is new unless it is replayed, so insert it
-        // whole; a taken id rolls back only the statement, and then the
-        // records already stored are looked up and left out.
-        match usage_insert::<Self>(records)?.build().execute(&mut *conn).await {
-            Ok(_) => return Ok(records.iter().map(|r| r.id.uuid()).collect()),
-            Err(e) if is_unique_violation(&e) => {}
-            Err(e) => return Err(usage_write_error(e)),
-        }
-        let mut qb = QueryBuilder::<Self>::new("SELECT id FROM keysmith_usage WHERE id IN (");
-        let mut ids = qb.separated(", ");
-        for r in records {
-            ids.push_bind(r.id.uuid());
-        }
-        qb.push(")");
-        let stored: HashSet<Uuid> =
-            qb.build_query_scalar().fetch_all(&mut *conn).await.map_err(store_error)?.into_iter().collect();
-        let fresh: Vec<&UsageRecord> = records.iter().copied().filter(|r| !stored.contains(&r.id.uuid())).collect();
-        if !fresh.is_empty() {
-            usage_insert::<Self>(&fresh)?.build().execute(conn).await.map_err(usage_write_error)?;
-        }
-        Ok(fresh.iter().map(|r| r.id.uuid()).collect())
-    }
-
-    fn get<T>(row: &MySqlRow, column: &str) -> sqlx::Result<T>
-    where
-        T: for<'r> sqlx::Decode<'r, Self> + sqlx::Type<Self>,
-    {
-        // sqlx takes text in a binary collation (utf8mb4_bin) for bytes and
-        // refuses it as a `String`; the decoders still check what they read.
-        row.try_get_unchecked(column)
+        insert_new_usage!(Self, conn, records)
     }
 }
 

@@ -1,8 +1,5 @@
-//! PostgreSQL: [`PgStore`] and its migrations.
-//!
-//! Every state change is one conditional `UPDATE … WHERE state IN (…)` in a
-//! transaction; multi-row writes (a key with its scopes, a rotation, a usage
-//! batch with its aggregates) are one transaction.
+//! PostgreSQL: [`PgStore`] and its migrations. A usage batch goes in as one
+//! `UNNEST` of column arrays.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -10,8 +7,8 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use keysmith_core::{Result, UsageRecord};
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgRow};
-use sqlx::{Postgres, QueryBuilder, Row as _};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::common::{connect_server, duration_to_micros, store_error, usage_write_error};
@@ -98,12 +95,5 @@ impl Dialect for Postgres {
         .fetch_all(conn)
         .await
         .map_err(usage_write_error)
-    }
-
-    fn get<T>(row: &PgRow, column: &str) -> sqlx::Result<T>
-    where
-        T: for<'r> sqlx::Decode<'r, Self> + sqlx::Type<Self>,
-    {
-        row.try_get(column)
     }
 }

@@ -1,9 +1,6 @@
-//! SQLite: [`SqliteStore`] and its migrations.
-//!
-//! Every state change is one conditional `UPDATE … WHERE state IN (…)`;
-//! multi-row writes (a key with its scopes, a rotation, a usage batch with
-//! its aggregates) are one `BEGIN IMMEDIATE` transaction, so they take the
-//! write lock up front and never fail half-way on a busy database.
+//! SQLite: [`SqliteStore`] and its migrations. Transactions take the write
+//! lock up front (`BEGIN IMMEDIATE`), so they never fail half-way on a busy
+//! database.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -11,15 +8,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use keysmith_core::{Result, UsageRecord};
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::types::Json;
-use sqlx::{QueryBuilder, Row as _, Sqlite};
+use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
 
-use crate::common::{corrupt, store_error, usage_write_error};
-use crate::store::{Dialect, Stored, sql_store, usage_insert};
+use crate::common::{corrupt, store_error};
+use crate::store::{Dialect, Stored, insert_new_usage, sql_store};
 
 /// The SQLite schema, embedded from `migrations/sqlite`
 /// ([migrations](crate#migrations)).
@@ -100,16 +95,7 @@ impl Dialect for Sqlite {
     }
 
     async fn insert_usage(conn: &mut SqliteConnection, records: &[&UsageRecord]) -> Result<Vec<Uuid>> {
-        let mut insert = usage_insert::<Self>(records)?;
-        insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
-        insert.build_query_scalar().fetch_all(conn).await.map_err(usage_write_error)
-    }
-
-    fn get<T>(row: &SqliteRow, column: &str) -> sqlx::Result<T>
-    where
-        T: for<'r> sqlx::Decode<'r, Self> + sqlx::Type<Self>,
-    {
-        row.try_get(column)
+        insert_new_usage!(Self, conn, records)
     }
 }
 
@@ -121,5 +107,46 @@ impl Stored<DateTime<Utc>> for i64 {
 
     fn load(self, what: &str) -> Result<DateTime<Utc>> {
         DateTime::from_timestamp_micros(self).ok_or_else(|| corrupt(what, "time out of range"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use keysmith_core::store::{Page, TimeRange};
+    use keysmith_core::{Engine, NewKey, Period, Store, UsageId, UsageRecord};
+
+    use super::SqliteStore;
+
+    /// The second try of the multi-row usage insert: a batch that repeats
+    /// some stored records and brings new ones.
+    #[tokio::test]
+    async fn a_partly_replayed_usage_batch_adds_only_its_new_records() {
+        let store = Arc::new(SqliteStore::connect("sqlite::memory:").await.unwrap());
+        store.migrate().await.unwrap();
+        let engine = Engine::builder(store.clone()).build().unwrap();
+        let key = engine.tenant("app", "acme").create_key(NewKey::new("k")).await.unwrap().key;
+        let record = |status| UsageRecord {
+            id: UsageId::new(),
+            key_id: key.id,
+            tenant: key.tenant.clone(),
+            endpoint: "/v1/things".into(),
+            method: "GET".into(),
+            status,
+            ip: None,
+            user_agent: None,
+            latency: Duration::from_millis(1),
+            timestamp: key.created_at,
+        };
+        let first = [record(200), record(500)];
+        store.record_batch(&first).await.unwrap();
+        store.record_batch(&[first[1].clone(), record(404), first[0].clone(), record(200)]).await.unwrap();
+
+        let all = TimeRange::default();
+        let days = store.usage_aggregates(&key.tenant, key.id, Period::Day, all).await.unwrap();
+        assert_eq!(days.iter().map(|a| (a.requests, a.errors)).collect::<Vec<_>>(), [(4, 2)]);
+        assert_eq!(store.list_usage(&key.tenant, key.id, all, Page::default()).await.unwrap().len(), 4);
     }
 }

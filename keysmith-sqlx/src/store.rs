@@ -1,14 +1,18 @@
 //! The store logic every SQL backend shares, written once.
 //!
-//! A backend is a `sqlx::Database` with a [`Dialect`]: how it binds and
-//! reads a time, a list of strings and a key's scopes, its placeholders and
-//! the few SQL fragments that differ. [`sql_store!`] then implements the
-//! whole [`keysmith_core::Store`] for the backend's store type, with the
-//! database type known, so sqlx's traits need no generic bounds.
+//! A backend is a `sqlx::Database` with a [`Dialect`]: how it stores a time,
+//! a list of strings and a key's scopes, its placeholders, the few SQL
+//! fragments that differ and its usage insert. [`sql_store!`] then
+//! implements the whole [`keysmith_core::Store`] for the backend's store
+//! type, with the database type known, so sqlx's traits need no generic
+//! bounds.
 //!
-//! The statements are portable SQL: every multi-row write is a multi-row
-//! `INSERT`, and every state change is a conditional `UPDATE … WHERE state IN
-//! (…)` followed, in the same transaction, by a read of the row it changed.
+//! The statements are portable SQL: every state change is a conditional
+//! `UPDATE … WHERE state IN (…)` followed, in the same transaction, by a read
+//! of the row it changed (MySQL has no `UPDATE … RETURNING`); multi-row
+//! writes (a key with its scopes, a rotation, a usage batch with its day and
+//! month aggregates) are one transaction, each table written by multi-row
+//! statements.
 
 use std::borrow::Cow;
 
@@ -49,6 +53,9 @@ pub(crate) trait Dialect: sqlx::Database {
     /// Rows per multi-row `INSERT` (11 values each), within the backend's
     /// limit on bound values.
     const ROWS_PER_INSERT: usize;
+    /// Whether columns are read without sqlx's check of the column type
+    /// (the decoders still check what they read).
+    const UNCHECKED_COLUMNS: bool = false;
     /// Statements (answering `locked` = 1) that take and release a lock
     /// serializing migrations, where sqlx's own does not hold.
     const MIGRATION_LOCK: Option<(&'static str, &'static str)> = None;
@@ -75,13 +82,6 @@ pub(crate) trait Dialect: sqlx::Database {
         conn: &mut Self::Connection,
         records: &[&UsageRecord],
     ) -> impl Future<Output = Result<Vec<Uuid>>> + Send;
-    /// Reads column `column` of `row`.
-    ///
-    /// # Errors
-    /// When the column is missing or holds another type.
-    fn get<T>(row: &Self::Row, column: &str) -> sqlx::Result<T>
-    where
-        T: for<'r> sqlx::Decode<'r, Self> + sqlx::Type<Self>;
 }
 
 /// A value as a backend's column holds it.
@@ -117,10 +117,41 @@ impl<T> Stored<T> for Json<T> {
     }
 }
 
-/// A multi-row `INSERT` of the usage `records`, for a backend to end.
-///
-/// # Errors
-/// `InvalidInput` when a latency does not fit the column.
+/// The body of [`Dialect::insert_usage`] in multi-row `INSERT`s, for `$db`
+/// (a macro: sqlx's traits, generic, would tie each query to the records'
+/// lifetime). A batch is new unless it is replayed, so it goes in whole; a
+/// taken id fails only that statement (the transaction goes on), and the
+/// batch goes in again without the records already stored. (`INSERT IGNORE`
+/// would skip a record of an unknown key too, and returning the inserted
+/// ids costs more than the rare second try.)
+macro_rules! insert_new_usage {
+    ($db:ty, $conn:expr, $records:expr) => {{
+        use $crate::common::{is_unique_violation, store_error, usage_write_error};
+        let (conn, records): (&mut <$db as sqlx::Database>::Connection, &[&keysmith_core::UsageRecord]) =
+            ($conn, $records);
+        match $crate::store::usage_insert::<$db>(records)?.build().execute(&mut *conn).await {
+            Ok(_) => return Ok(records.iter().map(|r| r.id.uuid()).collect()),
+            Err(e) if is_unique_violation(&e) => {}
+            Err(e) => return Err(usage_write_error(e)),
+        }
+        let mut qb = QueryBuilder::<$db>::new("SELECT id FROM keysmith_usage WHERE id IN (");
+        let mut ids = qb.separated(", ");
+        for r in records {
+            ids.push_bind(r.id.uuid());
+        }
+        qb.push(")");
+        let stored: std::collections::HashSet<Uuid> =
+            qb.build_query_scalar().fetch_all(&mut *conn).await.map_err(store_error)?.into_iter().collect();
+        let fresh: Vec<_> = records.iter().copied().filter(|r| !stored.contains(&r.id.uuid())).collect();
+        if !fresh.is_empty() {
+            $crate::store::usage_insert::<$db>(&fresh)?.build().execute(&mut *conn).await.map_err(usage_write_error)?;
+        }
+        Ok(fresh.iter().map(|r| r.id.uuid()).collect())
+    }};
+}
+pub(crate) use insert_new_usage;
+
+/// A multi-row `INSERT` of the usage `records`.
 pub(crate) fn usage_insert<'a, DB>(records: &[&'a UsageRecord]) -> Result<QueryBuilder<'a, DB>>
 where
     DB: Dialect,
@@ -220,7 +251,7 @@ macro_rules! sql_store {
             };
             use sqlx::migrate::Migrator;
             use sqlx::types::Json;
-            use sqlx::{Database, QueryBuilder};
+            use sqlx::{Database, QueryBuilder, Row as _};
             use uuid::Uuid;
 
             use super::{$store, MIGRATOR};
@@ -249,7 +280,8 @@ macro_rules! sql_store {
             where
                 T: for<'r> sqlx::Decode<'r, Db> + sqlx::Type<Db>,
             {
-                Db::get(row, column).map_err(store_error)
+                if Db::UNCHECKED_COLUMNS { row.try_get_unchecked(column) } else { row.try_get(column) }
+                    .map_err(store_error)
             }
 
             fn time(row: &Row, column: &str) -> Result<DateTime<Utc>> {
