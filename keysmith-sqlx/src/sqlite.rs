@@ -115,7 +115,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use keysmith_core::store::{Page, TimeRange};
+    use keysmith_core::store::{Page, TimeRange, UsageStore};
     use keysmith_core::{Engine, NewKey, Period, Store, UsageId, UsageRecord};
 
     use super::SqliteStore;
