@@ -35,6 +35,9 @@ struct View {
     tat: u64,
     /// Requests admitted here and not yet added in Redis.
     unsent: u32,
+    /// Requests sent to Redis whose answer has not come back: with
+    /// `unsent`, what Redis does not know of yet, kept below `L`.
+    in_flight: u32,
     /// The latest `now` a check of this key had here: unsent requests are
     /// added in Redis at that time.
     at: DateTime<Utc>,
@@ -49,9 +52,9 @@ fn margin(burst: u32) -> u64 {
 }
 
 /// How many requests an instance may admit on its own between two answers
-/// from Redis for a key (`L`): a twentieth of the burst, rounded up.
+/// from Redis for a key (`L`): a twentieth of the burst, at least one.
 fn allowance(burst: u32) -> u32 {
-    burst.div_ceil(20)
+    (burst / 20).max(1)
 }
 
 impl LocalFirst {
@@ -64,7 +67,7 @@ impl LocalFirst {
     pub(super) fn decide(&self, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> Option<RateLimitStatus> {
         let mut view = self.views.get_mut(&key)?;
         let gcra = &view.gcra;
-        if view.limit != *limit || view.unsent >= allowance(gcra.burst) {
+        if view.limit != *limit || view.unsent + view.in_flight >= allowance(gcra.burst) {
             return None;
         }
         let now_nanos = split(now).2;
@@ -90,35 +93,45 @@ impl LocalFirst {
         Some(status)
     }
 
-    /// Takes the key's unsent requests, for a strict check to add first.
+    /// Takes the key's unsent requests, for a strict check to add first:
+    /// they are in flight until [`answered`](Self::answered) or
+    /// [`keep_unsent`](Self::keep_unsent).
     pub(super) fn take_unsent(&self, key: KeyId) -> u32 {
-        self.views.get_mut(&key).map_or(0, |mut view| std::mem::take(&mut view.unsent))
+        self.views.get_mut(&key).map_or(0, |mut view| {
+            let unsent = std::mem::take(&mut view.unsent);
+            view.in_flight += unsent;
+            unsent
+        })
     }
 
     /// Redis could not take `count` unsent requests: they wait for the next
     /// sync.
     pub(super) fn keep_unsent(&self, key: KeyId, count: u32) {
         if let Some(mut view) = self.views.get_mut(&key) {
+            view.in_flight = view.in_flight.saturating_sub(count);
             view.unsent += count;
         }
     }
 
-    /// Redis answered a strict check made at `now`: its TAT is the view,
-    /// plus what this instance admitted while the answer travelled.
-    pub(super) fn remember(&self, key: KeyId, limit: &RateLimit, gcra: Gcra, now: DateTime<Utc>, tat: u64) {
+    /// Redis answered a strict check made at `now` that sent `sent`
+    /// requests: its TAT is the view, plus what this instance admitted
+    /// while the answer travelled.
+    pub(super) fn remember(&self, key: KeyId, limit: &RateLimit, gcra: Gcra, now: DateTime<Utc>, answer: (u64, u32)) {
+        let (tat, sent) = answer;
         let mut view = self.views.entry(key).or_insert_with(|| View {
             limit: *limit,
             gcra: gcra.clone(),
             tat,
             unsent: 0,
+            in_flight: sent,
             at: now,
             used: true,
         });
-        view.tat = tat.saturating_add(u64::from(view.unsent).saturating_mul(gcra.interval));
         view.limit = *limit;
         view.gcra = gcra;
         view.at = view.at.max(now);
         view.used = true;
+        answered(&mut view, tat, sent);
     }
 
     /// A refund of a request still unsent: taken back here, true.
@@ -141,18 +154,20 @@ impl LocalFirst {
                 return false;
             }
             view.used = false;
-            batch.push((*key, view.gcra.clone(), view.at, std::mem::take(&mut view.unsent)));
+            let unsent = std::mem::take(&mut view.unsent);
+            view.in_flight += unsent;
+            batch.push((*key, view.gcra.clone(), view.at, unsent));
             true
         });
         let mut failure = None;
         for chunk in batch.chunks(SYNC_BATCH) {
             let calls = chunk.iter().map(|(key, gcra, at, unsent)| remote.call(*key, gcra, *at, *unsent, false));
             let answers = futures_util::future::join_all(calls).await;
-            for ((key, gcra, _, unsent), answer) in chunk.iter().zip(answers) {
+            for ((key, _, _, unsent), answer) in chunk.iter().zip(answers) {
                 match answer {
                     Ok(answer) => {
                         if let Some(mut view) = self.views.get_mut(key) {
-                            view.tat = answer.tat.saturating_add(u64::from(view.unsent).saturating_mul(gcra.interval));
+                            answered(&mut view, answer.tat, *unsent);
                         }
                     }
                     Err(error) => {
@@ -178,6 +193,14 @@ impl LocalFirst {
         let (local, remote, interval) = (Arc::downgrade(self), Arc::clone(remote), self.interval);
         runtime.spawn(sync_every(interval, local, remote));
     }
+}
+
+/// Redis's answer for a call that sent `sent` requests: its TAT, plus what
+/// it does not know of yet.
+fn answered(view: &mut View, tat: u64, sent: u32) {
+    view.in_flight = view.in_flight.saturating_sub(sent);
+    let unknown = u64::from(view.unsent + view.in_flight);
+    view.tat = tat.saturating_add(unknown.saturating_mul(view.gcra.interval));
 }
 
 async fn sync_every(interval: Duration, local: Weak<LocalFirst>, remote: Arc<Remote>) {

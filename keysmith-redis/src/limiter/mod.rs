@@ -223,27 +223,29 @@ impl RedisRateLimiter {
 
     /// Decides locally first: a check is answered in process from this
     /// instance's view of the key's budget (Redis's state at its last
-    /// answer, plus what this instance admitted since), and what it admits
-    /// is sent to Redis every `sync_interval` in the background (also
-    /// refreshing the view of every key used since). A check goes to Redis
-    /// (strict, sending this instance's unsent requests of the key first)
-    /// when the key is new to this instance, its limit changed, the request
-    /// would leave less than half of the burst (rounded up) in the view, or
-    /// this instance already admitted `L = ⌈burst / 20⌉` requests of the key
-    /// on its own since Redis last answered for it.
+    /// answer, plus what this instance admitted that Redis has not counted
+    /// yet), and what it admits is sent to Redis every `sync_interval` in
+    /// the background (also refreshing the view of every key used since).
+    /// A check goes to Redis (strict, sending this instance's unsent
+    /// requests of the key first) when the key is new to this instance, its
+    /// limit changed, the request would leave less than half of the burst
+    /// (rounded up) in the view, or Redis has not yet counted `L` requests
+    /// this instance admitted on its own, `L = ⌊burst / 20⌋` (at least 1).
     ///
-    /// **Accuracy.** With `N` instances, a key is admitted at most
-    /// `2 × N × L` requests more than its limit allows (about `N × 10%` of
-    /// the burst): the requests other instances admitted on their own and
-    /// not yet sent (at most `L` each) can let Redis admit up to `(N − 1) ×
-    /// L` too many, and each instance can admit up to `L` on its own from a
-    /// view that is stale by then. This holds while `(N − 1) × L` is below
-    /// half the burst (so up to about ten instances; beyond that use
-    /// strict); a key near its limit is checked strictly, so a small burst
-    /// (3 requests, say) is exact. Answers and figures are the in-process
-    /// limiter's for this instance's view.
+    /// **Accuracy.** With `N` instances, a key gets at most `2 × N × L`
+    /// requests more than its limit allows, that is at most `N × 10%` of
+    /// its burst: Redis has not counted at most `L` requests of each
+    /// instance at any time, so it can admit up to `N × L` too many
+    /// strictly, and each instance can admit up to `L` on its own from a
+    /// view older than the key's exhaustion. This holds while `N × L` is at
+    /// most half the burst: up to ten instances for a burst of 20 or more,
+    /// `⌈burst / 2⌉` below that (beyond, use strict). A key near its limit
+    /// is checked strictly, so small bursts are exact (3 requests over 8
+    /// instances: 3). Answers and figures are the in-process limiter's for
+    /// this instance's view; requests decided while Redis is down (below)
+    /// are outside the bound.
     ///
-    /// A check decided locally costs no round trip; one in about `L`
+    /// A check decided locally costs no round trip; about one in `L`
     /// checks of a busy key, and every check of a key near its limit, costs
     /// one. [`sync`](Self::sync) sends everything now (call it before
     /// shutting down so no admitted request goes uncounted).
@@ -302,7 +304,7 @@ impl RedisRateLimiter {
                 self.health.ok();
                 if let Some(local) = &self.local {
                     local.start_sync(&self.remote);
-                    local.remember(key, limit, gcra, now, answer.tat);
+                    local.remember(key, limit, gcra, now, (answer.tat, replay));
                 }
                 Ok(answer.status)
             }
