@@ -123,6 +123,22 @@ pub(crate) fn client(url: &str) -> Result<redis::Client> {
     })
 }
 
+/// Runs `invocation` on `conn`, and once more if the connection had been
+/// dropped (Redis restarted, the connection killed): the manager reconnects
+/// after such a call, so the second attempt meets a fresh connection and a
+/// restart costs no request an error. (Should the dropped call have run
+/// before its answer was lost, it counts twice: over-counting, never
+/// under-counting.)
+pub(crate) async fn invoke<T: redis::FromRedisValue>(
+    invocation: &redis::ScriptInvocation<'_>,
+    mut conn: ConnectionManager,
+) -> redis::RedisResult<T> {
+    match invocation.invoke_async(&mut conn).await {
+        Err(error) if error.is_connection_dropped() => invocation.invoke_async(&mut conn).await,
+        answer => answer,
+    }
+}
+
 /// A Redis failure as the engine's error (adapters answer 503).
 pub(crate) fn backend(error: redis::RedisError) -> Error {
     Error::store(error)

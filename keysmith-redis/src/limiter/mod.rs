@@ -29,7 +29,7 @@ use keysmith_core::{Error, KeyId, RateLimit, Result};
 use redis::Script;
 
 use self::local::LocalFirst;
-use crate::config::{Health, OutagePolicy, RedisConfig, backend};
+use crate::config::{Health, OutagePolicy, RedisConfig, backend, invoke};
 
 /// Counts one request. `KEYS[1]`: the credential's hash; `ARGV`: now
 /// (seconds, nanoseconds), `T`, tolerance, burst, the limit's signature,
@@ -152,19 +152,11 @@ impl Remote {
         decide: bool,
     ) -> redis::RedisResult<Answer> {
         let (secs, subsec, total) = split(now);
-        let (allowed, remaining, reset, retry_after): (i64, i64, i64, i64) = self
-            .check
-            .key(self.config.key(key, "rl"))
-            .arg(secs)
-            .arg(subsec)
-            .arg(gcra.interval)
-            .arg(gcra.tolerance)
-            .arg(gcra.burst)
-            .arg(&gcra.signature)
-            .arg(replay)
-            .arg(if decide { "1" } else { "0" })
-            .invoke_async(&mut self.config.connection())
-            .await?;
+        let mut call = self.check.key(self.config.key(key, "rl"));
+        call.arg(secs).arg(subsec).arg(gcra.interval).arg(gcra.tolerance).arg(gcra.burst).arg(&gcra.signature);
+        call.arg(replay).arg(if decide { "1" } else { "0" });
+        let (allowed, remaining, reset, retry_after): (i64, i64, i64, i64) =
+            invoke(&call, self.config.connection()).await?;
         let status = RateLimitStatus {
             allowed: allowed == 1,
             limit: gcra.burst,
@@ -284,13 +276,9 @@ impl RedisRateLimiter {
     /// A limit the in-process limiter refuses too; Redis failed.
     pub async fn give_back(&self, key: KeyId, limit: &RateLimit, at: DateTime<Utc>) -> Result<bool> {
         let gcra = Gcra::new(limit, split(at).2)?;
-        let done: i64 = self
-            .refund
-            .key(self.remote.config.key(key, "rl"))
-            .arg(gcra.signature)
-            .invoke_async(&mut self.remote.config.connection())
-            .await
-            .map_err(backend)?;
+        let mut call = self.refund.key(self.remote.config.key(key, "rl"));
+        call.arg(gcra.signature);
+        let done: i64 = invoke(&call, self.remote.config.connection()).await.map_err(backend)?;
         Ok(done == 1)
     }
 
@@ -361,12 +349,14 @@ impl RateLimiter for RedisRateLimiter {
         let Ok(gcra) = Gcra::new(limit, split(at).2) else {
             return;
         };
-        let (script, mut conn, name) =
+        let (script, conn, name) =
             (Arc::clone(&self.refund), self.remote.config.connection(), self.remote.config.key(key, "rl"));
         let (fallback, health, outage, limit) =
             (Arc::clone(&self.fallback), Arc::clone(&self.health), self.remote.config.outage, *limit);
         runtime.spawn(async move {
-            let done: redis::RedisResult<i64> = script.key(name).arg(gcra.signature).invoke_async(&mut conn).await;
+            let mut call = script.key(name);
+            call.arg(gcra.signature);
+            let done: redis::RedisResult<i64> = invoke(&call, conn).await;
             match done {
                 Ok(_) => health.ok(),
                 Err(error) => {
