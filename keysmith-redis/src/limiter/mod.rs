@@ -235,7 +235,10 @@ impl RedisRateLimiter {
     /// is checked strictly, so small bursts are exact (3 requests over 8
     /// instances: 3). Answers and figures are the in-process limiter's for
     /// this instance's view; requests decided while Redis is down (below)
-    /// are outside the bound.
+    /// are outside the bound. Even under [`OutagePolicy::FailClosed`] an
+    /// instance still admits, while Redis is down, up to `L` requests of a
+    /// key it has a view of (they are sent once Redis is back); then it
+    /// answers errors.
     ///
     /// A check decided locally costs no round trip; about one in `L`
     /// checks of a busy key, and every check of a key near its limit, costs
