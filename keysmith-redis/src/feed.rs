@@ -51,8 +51,7 @@ impl RedisChangeFeed {
     /// # Errors
     /// The URL is not a Redis URL, or Redis does not answer.
     pub async fn connect(url: &str) -> Result<Self> {
-        let client =
-            redis::Client::open(url).map_err(|e| Error::InvalidInput { field: "redis_url", reason: e.to_string() })?;
+        let client = crate::config::client(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_millis(500))
             .set_response_timeout(Duration::from_millis(500))
@@ -86,10 +85,15 @@ impl RedisChangeFeed {
 
 #[async_trait]
 impl ChangeFeed for RedisChangeFeed {
+    /// Publishes on the shared connection, once more if it had been dropped
+    /// (Redis restarted): the first change after a restart is not lost.
     async fn publish(&self, change: &Change) -> Result<()> {
-        let mut conn = self.publisher.clone();
-        let _: i64 = conn.publish(&self.channel, change.to_json()?).await.map_err(Error::feed)?;
-        Ok(())
+        let (payload, mut conn) = (change.to_json()?, self.publisher.clone());
+        let sent: redis::RedisResult<i64> = match conn.publish(&self.channel, &payload).await {
+            Err(error) if error.is_connection_dropped() => conn.publish(&self.channel, &payload).await,
+            sent => sent,
+        };
+        sent.map(drop).map_err(Error::feed)
     }
 
     async fn subscribe(&self) -> Result<ChangeStream> {

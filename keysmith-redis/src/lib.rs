@@ -2,6 +2,25 @@
 //! that points at the same Redis shares one rate-limit budget and one quota
 //! per credential.
 //!
+//! ```no_run
+//! # async fn run(store: keysmith_core::MemoryStore) -> Result<(), keysmith_core::Error> {
+//! use std::time::Duration;
+//!
+//! use keysmith_core::Engine;
+//! use keysmith_redis::{OutagePolicy, RedisChangeFeed, RedisConfig, RedisQuotas, RedisRateLimiter};
+//!
+//! let redis = RedisConfig::connect("redis://127.0.0.1:6379").await?.with_outage_policy(OutagePolicy::FailClosed);
+//! let engine = Engine::builder(store)
+//!     // Exact across instances, one round trip per check; or decide locally
+//!     // first, within the bound `local_first` states:
+//!     .with_rate_limiter(RedisRateLimiter::new(redis.clone()).local_first(Duration::from_millis(100))?)
+//!     .with_quotas(RedisQuotas::new(redis))
+//!     .with_change_feed(RedisChangeFeed::connect("redis://127.0.0.1:6379").await?)
+//!     .build()?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! The client is [redis-rs](https://docs.rs/redis) with its tokio
 //! [`ConnectionManager`](redis::aio::ConnectionManager): one multiplexed
 //! connection per process, cloned freely, reconnecting on its own after a

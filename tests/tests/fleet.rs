@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use keysmith_core::feed::ChangeFeed;
 use keysmith_core::store::CacheConfig;
-use keysmith_core::{Engine, NewKey, PolicySpec, Refusal, RequestContext, ValidationError};
-use keysmith_redis::RedisChangeFeed;
+use keysmith_core::{Engine, NewKey, PolicySpec, Quota, Refusal, RequestContext, ValidationError};
+use keysmith_redis::{OutagePolicy, RedisChangeFeed, RedisConfig, RedisQuotas, RedisRateLimiter};
 use keysmith_sqlx::{PgChangeFeed, PgStore, Store};
 use keysmith_tests::services::{PgTestDb, service_url};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -183,9 +183,11 @@ async fn a_killed_listener_drops_the_cache_runs_on_the_outage_ttl_then_resubscri
     assert_eq!(refused_within_bound(b, created.raw.expose(), &RequestContext::new()).await.0, Refusal::Revoked);
 }
 
-/// A private Redis, so that killing its clients disturbs no other test.
+/// A private Redis, so that killing its clients (or stopping it) disturbs
+/// no other test; without persistence, so a restart starts it empty.
 struct PrivateRedis {
-    child: Child,
+    child: Option<Child>,
+    port: u16,
     url: String,
 }
 
@@ -193,26 +195,41 @@ impl PrivateRedis {
     async fn start() -> Option<Self> {
         service_url("KEYSMITH_TEST_REDIS_URL")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut server = Self { child: None, port, url: format!("redis://127.0.0.1:{port}") };
+        server.restart().await;
+        Some(server)
+    }
+
+    /// Kills the server (by its pid) and waits for it to exit.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server on its port and waits until it answers.
+    async fn restart(&mut self) {
+        self.stop();
+        let port = self.port.to_string();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server could not start");
-        let url = format!("redis://127.0.0.1:{port}");
-        let client = redis::Client::open(url.as_str()).unwrap();
+        self.child = Some(child);
+        let client = redis::Client::open(self.url.as_str()).unwrap();
         let deadline = Instant::now() + BOUND;
         while client.get_multiplexed_async_connection().await.is_err() {
             assert!(Instant::now() < deadline, "private redis-server did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Some(Self { child, url })
     }
 }
 
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -251,4 +268,69 @@ async fn over_redis_a_revocation_is_refused_everywhere_and_a_killed_subscriber_r
     assert!(accepted(b, other.raw.expose()).await);
     acme.revoke_key(other.key.id, "leaked").await.unwrap();
     assert_eq!(refused_within_bound(b, other.raw.expose(), &RequestContext::new()).await.0, Refusal::Revoked);
+}
+
+/// Two engines on one PostgreSQL database sharing one Redis for rate
+/// limits, quotas and their change feed: `a` fails open, `b` fails closed.
+async fn redis_fleet(db: &PgTestDb, redis: &PrivateRedis) -> (Engine, Engine) {
+    let mut engines = Vec::new();
+    for outage in [OutagePolicy::FailOpen, OutagePolicy::FailClosed] {
+        let store = PgStore::connect(db.url()).await.unwrap();
+        store.migrate().await.unwrap();
+        let config = RedisConfig::connect(&redis.url).await.unwrap().with_outage_policy(outage);
+        let engine = Engine::builder(store)
+            .with_cache(cache())
+            .with_change_feed(RedisChangeFeed::connect(&redis.url).await.unwrap())
+            .with_rate_limiter(RedisRateLimiter::new(config.clone()))
+            .with_quotas(RedisQuotas::new(config))
+            .build()
+            .unwrap();
+        until("subscribed", || engine.feed_status().unwrap().subscribed).await;
+        engines.push(engine);
+    }
+    let b = engines.pop().unwrap();
+    (engines.pop().unwrap(), b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_mid_test_each_engine_keeps_its_outage_policy_and_the_fleet_recovers_without_restart() {
+    let Some(mut redis) = PrivateRedis::start().await else { return };
+    let Some(db) = PgTestDb::create().await else { return };
+    let (a, b) = redis_fleet(&db, &redis).await;
+    let acme = a.tenant("app", "acme");
+    let spec = PolicySpec {
+        quota: Some(Quota { daily: Some(1000), monthly: None }),
+        ..PolicySpec::new("limited").with_rate_limit(1000, Duration::from_secs(3600))
+    };
+    let policy = acme.create_policy(spec).await.unwrap();
+    let created = acme.create_key(NewKey::new("ci").with_policy(policy.id)).await.unwrap();
+    let raw = created.raw.expose();
+    assert!(accepted(&a, raw).await && accepted(&b, raw).await);
+
+    redis.stop();
+    // The feed is lost: caches dropped, short TTL.
+    for engine in [&a, &b] {
+        until("lost", || engine.feed_status().unwrap().losses == 1).await;
+        let stats = engine.cache_stats().unwrap();
+        assert_eq!((stats.keys, stats.positive_ttl), (0, OUTAGE_TTL), "cache dropped, outage TTL");
+    }
+    // Fail open decides in process; fail closed answers an error (503).
+    assert!(accepted(&a, raw).await, "fail open: the request is decided in process");
+    let failed = b.validate(raw, &RequestContext::new()).await.unwrap_err();
+    assert!(matches!(failed, ValidationError::Failed(keysmith_core::Error::Store { .. })), "{failed:?}");
+
+    redis.restart().await;
+    // Both resubscribe and decide in Redis again, without a restart.
+    for engine in [&a, &b] {
+        until("resubscribed", || engine.feed_status().unwrap().subscriptions == 2).await;
+        until("subscribed", || engine.feed_status().unwrap().subscribed).await;
+        assert_eq!(engine.cache_stats().unwrap().positive_ttl, POSITIVE_TTL);
+    }
+    let deadline = Instant::now() + BOUND;
+    while !accepted(&b, raw).await {
+        assert!(Instant::now() < deadline, "fail closed never recovered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    acme.revoke_key(created.key.id, "leaked").await.unwrap();
+    assert_eq!(refused_within_bound(&b, raw, &RequestContext::new()).await.0, Refusal::Revoked);
 }
