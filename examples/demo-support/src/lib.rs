@@ -37,6 +37,8 @@ pub const TENANT_ID: &str = "demo";
 pub const REALM: &str = "keysmith-demo";
 /// The name of the rate-limit policy of the limited key.
 pub const LIMITED_POLICY: &str = "demo-limited";
+/// How often a `local_first` Redis limiter syncs with Redis in the demos.
+const LOCAL_FIRST_SYNC: Duration = Duration::from_millis(100);
 
 /// An error of the demo's setup, for `main` to print.
 pub type BoxError = Box<dyn std::error::Error>;
@@ -76,6 +78,9 @@ impl Settings {
 /// Several instances can share one database: with `REDIS_URL` set they
 /// share rate limits and quotas in Redis and hear each other's revocations
 /// over Redis pub/sub; on PostgreSQL without Redis, over `LISTEN`/`NOTIFY`.
+/// `REDIS_RATE_LIMIT=local_first` decides limits in process first and syncs
+/// with Redis every 100 ms (`strict`, one Redis round trip per check, is the
+/// default).
 ///
 /// # Errors
 /// When the store (or Redis) cannot be reached or migrated.
@@ -95,8 +100,16 @@ pub async fn open_engine(database_url: &str) -> Result<Engine, BoxError> {
     let builder = match redis_url {
         Some(url) => {
             let config = RedisConfig::connect(&url).await?;
+            let limiter = RedisRateLimiter::new(config.clone());
+            let limiter = match std::env::var("REDIS_RATE_LIMIT").ok().as_deref() {
+                None | Some("" | "strict") => limiter,
+                Some("local_first") => limiter.local_first(LOCAL_FIRST_SYNC)?,
+                Some(other) => {
+                    return Err(format!("REDIS_RATE_LIMIT must be strict or local_first, not {other:?}").into());
+                }
+            };
             builder
-                .with_rate_limiter(RedisRateLimiter::new(config.clone()))
+                .with_rate_limiter(limiter)
                 .with_quotas(RedisQuotas::new(config))
                 .with_change_feed(RedisChangeFeed::connect(&url).await?)
         }
