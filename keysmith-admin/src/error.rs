@@ -126,7 +126,7 @@ impl Error {
             Self::RouteNotFound => "route_not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::SelfLockout(_) => "self_lockout",
-            Self::Unauthenticated(ApiKeyRejection::MissingKey { .. }) => "missing_key",
+            Self::Unauthenticated(ApiKeyRejection::Refused { refusal, .. }) => refusal.code,
             Self::Unauthenticated(_) => "internal_error",
         }
     }

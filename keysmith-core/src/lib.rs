@@ -55,8 +55,8 @@ pub mod usage;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
-    CreatedKey, DEFAULT_ROTATION_GRACE, Engine, EngineBuilder, GRACE_ENDED_REASON, NewKey, RequestContext, RotatedKey,
-    SweepReport, TenantEngine, Validation, ValidationError,
+    CreatedKey, DEFAULT_ROTATION_GRACE, Engine, EngineBuilder, GRACE_ENDED_REASON, NewKey, PresentedKey,
+    RequestContext, RequiredScopes, RotatedKey, SweepReport, TenantEngine, Validation, ValidationError,
 };
 pub use error::{BoxError, Error, Result};
 pub use feed::{Change, ChangeFeed};
@@ -70,6 +70,6 @@ pub use policy::{Policy, PolicySpec, Quota, RateLimit};
 pub use refusal::{Refusal, retry_after_secs};
 pub use rotation::{RotationReason, RotationRecord};
 pub use scope::Scope;
-pub use store::{CachedStore, MemoryStore, Store};
+pub use store::{CachedStore, KeyFilter, MemoryStore, Page, Store, TimeRange};
 pub use tenant::Tenant;
 pub use usage::{Period, UsageAggregate, UsageRecord};

@@ -22,6 +22,9 @@
 //! | `GET /teapot` | handler takes `ApiKey` | 418 |
 //! | `GET /scoped/all` | `RequireScopes::all(["read:users", "write:users"])` | 200 |
 //! | `GET /scoped/any` | `RequireScopes::any(["admin", "write:users"])` | 200 |
+//! | `GET /fail` | the service behind the adapter fails (an error, not a response) | what the server makes of the error: 500 (tower) or the error's status (actix, 502) |
+//! | `GET /outside/key` | **not** behind the adapter; handler takes `ApiKey` | 500 naming the missing middleware |
+//! | `GET /outside/whoami` | **not** behind the adapter; handler takes `Option<ApiKey>` | 200 `{"key": null}` |
 //!
 //! The peer address of a request is [`TestRequest::peer`] (`None`: the
 //! server does not know it).
@@ -62,6 +65,8 @@ macro_rules! http_conformance_tests {
             mapped_ipv6_allowlist_and_proxy_entries_match_ipv4_clients,
             preflights_are_authenticated_unless_passthrough_is_turned_on,
             scope_refused_requests_spend_no_rate_limit_quota_or_usage,
+            inner_service_errors_keep_the_usage_record,
+            extractors_without_the_middleware,
         );
     };
     (@cases $harness:ty, $attr:meta; $($case:ident),* $(,)?) => {
@@ -1017,4 +1022,50 @@ pub async fn scope_refused_requests_spend_no_rate_limit_quota_or_usage<H: Harnes
     let totals = fixture.acme.usage_totals(keysmith_core::Period::Day, TimeRange::default()).await.unwrap();
     let (requests, errors) = totals.iter().fold((0, 0), |(r, e), t| (r + t.requests, e + t.errors));
     assert_eq!((requests, errors), (4, 0), "no 403 among the records");
+}
+
+/// When the service behind the adapter fails (an error, not a response),
+/// the error goes on and the request's usage is still recorded, with the
+/// status the server answers.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn inner_service_errors_keep_the_usage_record<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let harness: H = fixture.harness(HarnessOptions::default()).await;
+    let keys = &fixture.keys;
+    let response = harness.send(TestRequest::get("/fail").bearer(&keys.reader)).await;
+    assert!(response.status >= 500, "{}", response.describe());
+    fixture.engine.flush_usage().await;
+    let records = fixture.acme.list_usage(keys.reader_id, TimeRange::default(), Page::default()).await.unwrap();
+    let seen: Vec<(u16, &str)> = records.iter().map(|r| (r.status, r.endpoint.as_str())).collect();
+    assert_eq!(seen, [(response.status, "/fail")]);
+}
+
+/// Behind no middleware, `ApiKey` is a 500 that names the missing
+/// middleware (the application is wired wrong), and `Option<ApiKey>` is
+/// `None`, whatever the request carries: a handler taking `Option<ApiKey>`
+/// answers keyless requests anyway, so a forgotten middleware never grants
+/// more than that answer.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn extractors_without_the_middleware<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let harness: H = fixture.harness(HarnessOptions::default()).await;
+    let keys = &fixture.keys;
+    for request in [TestRequest::get("/outside/key"), TestRequest::get("/outside/key").bearer(&keys.reader)] {
+        let response = harness.send(request).await;
+        assert_eq!(response.status, 500, "{}", response.describe());
+        assert_eq!(response.error_code().as_deref(), Some("internal_error"));
+        let message = response.json()["error"]["message"].as_str().unwrap_or_default().to_owned();
+        assert!(message.contains("needs keysmith_"), "{message}");
+    }
+    for request in [TestRequest::get("/outside/whoami"), TestRequest::get("/outside/whoami").bearer(&keys.reader)] {
+        let response = harness.send(request).await;
+        assert_eq!(response.status, 200, "{}", response.describe());
+        assert_eq!(response.json(), serde_json::json!({ "key": null }));
+    }
+    fixture.engine.flush_usage().await;
+    assert_eq!(fixture.engine.usage_stats().written, 0);
 }

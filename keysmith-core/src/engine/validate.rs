@@ -1,5 +1,6 @@
 //! Validation of a presented key: the ordered checks of ARCHITECTURE.md's request path.
 
+use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +15,7 @@ use crate::hooks::Event;
 use crate::key::ParsedKey;
 use crate::limit::RateLimitStatus;
 use crate::store::Transition;
-use crate::{Error, Key, KeyState, Policy, Refusal, scope};
+use crate::{Error, Key, KeyHash, KeyState, Policy, Refusal, scope};
 
 /// What is known about the request a key came with. Everything is optional;
 /// policy checks that need a missing fact refuse (an IP allowlist with no IP).
@@ -29,7 +30,7 @@ pub struct RequestContext<'a> {
     /// The request path.
     pub path: Option<&'a str>,
     /// Scopes the key must all cover.
-    pub required_scopes: &'a [String],
+    pub required_scopes: RequiredScopes<'a>,
     /// Accept only keys of this application; another app's key is refused
     /// as unknown before any of its limits are touched.
     pub app_id: Option<&'a str>,
@@ -64,10 +65,11 @@ impl<'a> RequestContext<'a> {
         self
     }
 
-    /// Requiring these scopes.
+    /// Requiring these scopes: `&["read:users"]`, a `&Vec<String>`, any
+    /// slice of `&str` or `String`.
     #[must_use]
-    pub fn with_required_scopes(mut self, scopes: &'a [String]) -> Self {
-        self.required_scopes = scopes;
+    pub fn with_required_scopes(mut self, scopes: impl Into<RequiredScopes<'a>>) -> Self {
+        self.required_scopes = scopes.into();
         self
     }
 
@@ -76,6 +78,68 @@ impl<'a> RequestContext<'a> {
     pub fn with_app_id(mut self, app_id: &'a str) -> Self {
         self.app_id = Some(app_id);
         self
+    }
+}
+
+/// The scopes a request requires, borrowed as the caller holds them
+/// (`&[&str]` or `&[String]`).
+#[derive(Debug, Clone, Copy)]
+pub enum RequiredScopes<'a> {
+    /// Borrowed strings.
+    Strs(&'a [&'a str]),
+    /// Owned strings.
+    Strings(&'a [String]),
+}
+
+impl Default for RequiredScopes<'_> {
+    fn default() -> Self {
+        Self::Strs(&[])
+    }
+}
+
+impl RequiredScopes<'_> {
+    /// The required scopes `granted` does not cover, in order.
+    fn missing_from<S: AsRef<str>>(self, granted: &[S]) -> Vec<String> {
+        match self {
+            Self::Strs(required) => scope::missing(granted, required),
+            Self::Strings(required) => scope::missing(granted, required),
+        }
+    }
+}
+
+impl<'a> From<&'a [&'a str]> for RequiredScopes<'a> {
+    fn from(scopes: &'a [&'a str]) -> Self {
+        Self::Strs(scopes)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [&'a str; N]> for RequiredScopes<'a> {
+    fn from(scopes: &'a [&'a str; N]) -> Self {
+        Self::Strs(scopes)
+    }
+}
+
+impl<'a> From<&'a Vec<&'a str>> for RequiredScopes<'a> {
+    fn from(scopes: &'a Vec<&'a str>) -> Self {
+        Self::Strs(scopes)
+    }
+}
+
+impl<'a> From<&'a [String]> for RequiredScopes<'a> {
+    fn from(scopes: &'a [String]) -> Self {
+        Self::Strings(scopes)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [String; N]> for RequiredScopes<'a> {
+    fn from(scopes: &'a [String; N]) -> Self {
+        Self::Strings(scopes)
+    }
+}
+
+impl<'a> From<&'a Vec<String>> for RequiredScopes<'a> {
+    fn from(scopes: &'a Vec<String>) -> Self {
+        Self::Strings(scopes)
     }
 }
 
@@ -178,7 +242,32 @@ impl ValidationError {
     }
 }
 
+/// What validation needs of a presented secret, taken without I/O and
+/// without copying the secret: its hash, or the fact that it is malformed.
+/// Adapters take it while they still borrow the request's headers
+/// ([`Engine::present`]) and validate it later
+/// ([`Engine::validate_presented`]), so the secret never outlives them.
+#[derive(Clone, Copy)]
+pub struct PresentedKey {
+    hash: Option<KeyHash>,
+}
+
+impl fmt::Debug for PresentedKey {
+    /// Says only whether the key was well formed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresentedKey").field("well_formed", &self.hash.is_some()).finish_non_exhaustive()
+    }
+}
+
 impl Engine {
+    /// Checks a secret's shape and checksum and hashes it (step 1 of
+    /// [`validate`](Self::validate), no I/O); a malformed key is refused
+    /// as such when validated.
+    #[must_use]
+    pub fn present(&self, raw_key: &str) -> PresentedKey {
+        PresentedKey { hash: ParsedKey::parse(raw_key).map(|parsed| self.inner.hasher.hash(parsed.raw)) }
+    }
+
     /// Validates a presented key: shape and checksum, lookup, state, expiry,
     /// then the policy's checks (IP, origin, scopes, rate limit, quota), in that order.
     ///
@@ -186,8 +275,21 @@ impl Engine {
     /// [`ValidationError::Refused`] when the key does not pass,
     /// [`ValidationError::Failed`] when the store could not answer.
     pub async fn validate(&self, raw_key: &str, ctx: &RequestContext<'_>) -> Result<Validation, ValidationError> {
+        self.validate_presented(self.present(raw_key), ctx).await
+    }
+
+    /// [`validate`](Self::validate) for a key taken by
+    /// [`present`](Self::present).
+    ///
+    /// # Errors
+    /// As [`validate`](Self::validate).
+    pub async fn validate_presented(
+        &self,
+        key: PresentedKey,
+        ctx: &RequestContext<'_>,
+    ) -> Result<Validation, ValidationError> {
         let started = (!self.inner.hooks.is_empty()).then(Instant::now);
-        let result = self.validate_inner(raw_key, ctx).await;
+        let result = self.validate_inner(key, ctx).await;
         if let Some(started) = started {
             // Boxed: only engines with hooks pay for this future.
             Box::pin(self.report_validation(&result, started.elapsed())).await;
@@ -218,14 +320,13 @@ impl Engine {
     /// the secret matched one, for the hooks.
     async fn validate_inner(
         &self,
-        raw_key: &str,
+        presented: PresentedKey,
         ctx: &RequestContext<'_>,
     ) -> Result<Validation, (ValidationError, Option<Arc<Key>>)> {
         let inner = &self.inner;
-        // 1. Shape and checksum, no I/O.
-        let parsed = ParsedKey::parse(raw_key).ok_or((Refusal::Malformed.into(), None))?;
+        // 1. Shape and checksum, no I/O (done by `present`).
+        let hash = presented.hash.ok_or((Refusal::Malformed.into(), None))?;
         // 2. Lookup by hash, confirmed in constant time.
-        let hash = inner.hasher.hash(parsed.raw);
         let found = match inner.store.find_key_by_hash_ready(&hash) {
             Some(found) => found,
             None => inner.store.find_key_by_hash(&hash).await,
@@ -274,7 +375,7 @@ impl Engine {
         }
 
         let Some(policy) = policy else {
-            let missing = scope::missing(&key.scopes, ctx.required_scopes);
+            let missing = ctx.required_scopes.missing_from(&key.scopes);
             if !missing.is_empty() {
                 return Err(refuse(Refusal::InsufficientScope { missing }, &key));
             }
@@ -294,7 +395,7 @@ impl Engine {
         }
         // 7. Required scopes, within what the policy allows.
         let narrowed = narrow(&key.scopes, &policy.allowed_scopes);
-        let missing = scope::missing(narrowed.as_deref().unwrap_or(&key.scopes), ctx.required_scopes);
+        let missing = ctx.required_scopes.missing_from(narrowed.as_deref().unwrap_or(&key.scopes));
         if !missing.is_empty() {
             return Err(refuse(Refusal::InsufficientScope { missing }, &key));
         }

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 
+use super::HeaderSink;
 use super::headers::names;
 use crate::limit::RateLimitStatus;
 use crate::{Refusal, retry_after_secs};
@@ -78,7 +79,7 @@ impl RefusalResponse {
             }
             Refusal::RateLimited { retry_after, status } => {
                 headers.push((names::RETRY_AFTER, retry_after_secs(*retry_after).max(1).to_string()));
-                headers.extend(rate_limit_headers(status));
+                write_rate_limit_headers(status, &mut headers);
                 429
             }
             Refusal::QuotaExceeded { resets_at } => {
@@ -136,20 +137,16 @@ impl RefusalResponse {
     }
 }
 
-/// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (whole
-/// seconds, rounded up) for a key under a rate limit.
-#[must_use]
-pub fn rate_limit_headers(status: &RateLimitStatus) -> [(&'static str, String); 3] {
-    RateLimitHeaders::new(status).pairs().map(|(name, value)| (name, value.to_string()))
-}
-
-/// The numbers of the `RateLimit-*` headers, unformatted: an adapter
-/// turns them into header values without going through `String` (this is
-/// on the path of every passed request).
+/// Writes the rate-limit headers of a key under a rate limit into `out`,
+/// each value rendered once from its number: `RateLimit-Limit`,
+/// `RateLimit-Remaining` and `RateLimit-Reset` (whole seconds, rounded
+/// up). The one place these headers are rendered: passed requests
+/// ([`Admitted::write_headers`](super::Admitted::write_headers)) and 429
+/// refusals ([`RefusalResponse::refused`]) both come here.
 ///
 /// ```
 /// use std::time::Duration;
-/// use keysmith_core::http::RateLimitHeaders;
+/// use keysmith_core::http::write_rate_limit_headers;
 /// use keysmith_core::limit::RateLimitStatus;
 ///
 /// let status = RateLimitStatus {
@@ -159,42 +156,15 @@ pub fn rate_limit_headers(status: &RateLimitStatus) -> [(&'static str, String); 
 ///     reset: Duration::from_millis(1_500),
 ///     retry_after: None,
 /// };
-/// let headers = RateLimitHeaders::new(&status);
-/// assert_eq!((headers.limit, headers.remaining, headers.reset), (10, 9, 2));
-/// assert_eq!(headers.pairs()[2], ("ratelimit-reset", 2));
+/// let mut headers = Vec::new();
+/// write_rate_limit_headers(&status, &mut headers);
+/// assert_eq!(headers[2], ("ratelimit-reset", "2".to_owned()));
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimitHeaders {
-    /// `RateLimit-Limit`: requests the key may make at once.
-    pub limit: u64,
-    /// `RateLimit-Remaining`: requests left right now.
-    pub remaining: u64,
-    /// `RateLimit-Reset`: seconds (rounded up) until the full burst is
-    /// available again.
-    pub reset: u64,
-}
-
-impl RateLimitHeaders {
-    /// The headers of `status`.
-    #[must_use]
-    pub fn new(status: &RateLimitStatus) -> Self {
-        Self {
-            limit: u64::from(status.limit),
-            remaining: u64::from(status.remaining),
-            reset: retry_after_secs(status.reset),
-        }
-    }
-
-    /// `(name, value)` pairs, lowercase names, in the order limit,
-    /// remaining, reset.
-    #[must_use]
-    pub fn pairs(&self) -> [(&'static str, u64); 3] {
-        [
-            (names::RATELIMIT_LIMIT, self.limit),
-            (names::RATELIMIT_REMAINING, self.remaining),
-            (names::RATELIMIT_RESET, self.reset),
-        ]
-    }
+pub fn write_rate_limit_headers(status: &RateLimitStatus, out: &mut impl HeaderSink) {
+    let mut digits = itoa::Buffer::new();
+    out.append_header(names::RATELIMIT_LIMIT, digits.format(status.limit));
+    out.append_header(names::RATELIMIT_REMAINING, digits.format(status.remaining));
+    out.append_header(names::RATELIMIT_RESET, digits.format(retry_after_secs(status.reset)));
 }
 
 /// `Bearer realm="…"` with an optional `error="…"`.
