@@ -9,7 +9,7 @@ use actix_web::{Error, HttpMessage, HttpResponse};
 use futures_util::future::LocalBoxFuture;
 use keysmith_core::Engine;
 use keysmith_core::http::TrustedProxies;
-use keysmith_core::http::{ApiKey as CoreApiKey, Gate, KeySources, Outcome, RefusalResponse, RequestFacts};
+use keysmith_core::http::{ApiKey as CoreApiKey, Gate, KeySources, Outcome, RateLimitHeaders, RefusalResponse, RequestFacts};
 
 use crate::request::{Headers, Installed, Shared};
 use crate::response::append_rate_limit_headers;
@@ -22,7 +22,7 @@ use crate::{ApiKeyRejection, RefusalResponder};
 /// as an [`ApiKeyRejection`] error response; the wrapped service never sees
 /// it. A passed request reaches the wrapped service with the
 /// [`ApiKey`](crate::ApiKey) in its extensions, its response gets the
-/// `RateLimit-*` headers of the key's policy, and its usage (status,
+/// rate-limit headers of the key's policy, and its usage (status,
 /// latency) is queued once the wrapped service has answered. If the store
 /// cannot be reached the answer is 503, never a pass.
 ///
@@ -134,6 +134,14 @@ impl Keysmith {
         self
     }
 
+    /// Which rate-limit headers responses carry: the draft's
+    /// `RateLimit-Policy` and `RateLimit` by default
+    /// ([`Gate::with_rate_limit_headers`]).
+    pub fn with_rate_limit_headers(mut self, mode: RateLimitHeaders) -> Self {
+        self.gate = self.gate.with_rate_limit_headers(mode);
+        self
+    }
+
     /// Renders refusals with `responder` (start from
     /// [`default_refusal_response`](crate::default_refusal_response) to keep
     /// the standard headers). `RequireScopes` and the extractor use it too.
@@ -222,9 +230,7 @@ where
             match service.call(request).await {
                 Ok(mut response) => {
                     if let Some(admitted) = admitted {
-                        if let Some(headers) = admitted.rate_limit_headers() {
-                            append_rate_limit_headers(response.headers_mut(), headers);
-                        }
+                        append_rate_limit_headers(response.headers_mut(), &admitted.response_headers());
                         admitted.finish(response.status().as_u16());
                     }
                     Ok(response.map_into_left_body())

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
-use keysmith_core::http::{RateLimitHeaders, RefusalResponse};
+use keysmith_core::http::RefusalResponse;
 
 use crate::request::known_name;
 
@@ -69,14 +69,12 @@ pub(crate) fn append_headers(map: &mut actix_web::http::header::HeaderMap, heade
     }
 }
 
-/// Appends `RateLimit-Limit`, `-Remaining` and `-Reset` to a passed
-/// request's response: names parsed once ([`known_name`]), each value
-/// formatted on the stack by `itoa` and copied once
-/// (`HeaderValue::from(u64)` allocates twice, and `fmt` costs more than the
-/// digits).
-pub(crate) fn append_rate_limit_headers(map: &mut actix_web::http::header::HeaderMap, headers: RateLimitHeaders) {
-    for (name, number) in headers.pairs() {
-        if let (Some(name), Ok(value)) = (known_name(name), HeaderValue::from_str(itoa::Buffer::new().format(number))) {
+/// Appends a passed request's rate-limit headers
+/// ([`Admitted::response_headers`](keysmith_core::http::Admitted::response_headers)):
+/// their names are parsed once ([`known_name`]).
+pub(crate) fn append_rate_limit_headers(map: &mut actix_web::http::header::HeaderMap, headers: &[(&'static str, String)]) {
+    for (name, value) in headers {
+        if let (Some(name), Ok(value)) = (known_name(name), HeaderValue::from_str(value)) {
             map.append(name.clone(), value);
         }
     }
@@ -163,15 +161,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rate_limit_headers_carry_the_numbers_in_decimal() {
+    fn rate_limit_headers_are_copied_as_they_are() {
         let mut map = actix_web::http::header::HeaderMap::new();
-        append_rate_limit_headers(&mut map, RateLimitHeaders { limit: 1_000_000_000, remaining: 0, reset: u64::MAX });
-        for (name, value) in [
-            (names::RATELIMIT_LIMIT, "1000000000"),
-            (names::RATELIMIT_REMAINING, "0"),
-            (names::RATELIMIT_RESET, "18446744073709551615"),
-        ] {
-            assert_eq!(map.get(name).unwrap().as_bytes(), value.as_bytes(), "{name}");
-        }
+        let policy = r#""burst";q=10;w=1, "hourly";q=1000;w=3600"#;
+        let headers = [(names::RATELIMIT_POLICY, policy.to_owned()), (names::RATELIMIT, r#""burst";r=7;t=1"#.to_owned())];
+        append_rate_limit_headers(&mut map, &headers);
+        assert_eq!(map.get(names::RATELIMIT_POLICY).unwrap().as_bytes(), policy.as_bytes());
+        assert_eq!(map.get(names::RATELIMIT).unwrap().as_bytes(), br#""burst";r=7;t=1"#);
     }
 }

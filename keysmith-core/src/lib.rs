@@ -66,7 +66,7 @@ pub use key::{
     Environment, HashParseError, Hasher, Key, KeyHash, KeyState, MAX_RAW_KEY_LEN, ParsedKey, RawKey, Sha256Hasher,
     validate_prefix,
 };
-pub use policy::{Policy, PolicySpec, Quota, RateLimit};
+pub use policy::{LimitBy, Policy, PolicySpec, Quota, RateLimit};
 pub use refusal::{Refusal, retry_after_secs};
 pub use rotation::{RotationReason, RotationRecord};
 pub use scope::Scope;

@@ -223,11 +223,11 @@ async fn rate_limit_refuses_with_retry_after_and_recovers_with_time() {
     let ctx = RequestContext::new();
     let mut remaining = Vec::new();
     for _ in 0..3 {
-        remaining.push(engine.validate(raw, &ctx).await.unwrap().rate_limit.unwrap().remaining);
+        remaining.push(engine.validate(raw, &ctx).await.unwrap().rate_limits[0].remaining);
     }
     assert_eq!(remaining, [2, 1, 0]);
     match refusal(engine.validate(raw, &ctx).await) {
-        Refusal::RateLimited { retry_after, status } => {
+        Refusal::RateLimited { retry_after, status, .. } => {
             assert_eq!(retry_after, Duration::from_secs(10) / 3);
             assert_eq!((status.limit, status.remaining, status.allowed), (3, 0, false));
         }
@@ -238,7 +238,7 @@ async fn rate_limit_refuses_with_retry_after_and_recovers_with_time() {
 
     // A policy change applies on the next request.
     acme.update_policy(policy.id, PolicySpec::new("slow").with_rate_limit(100, Duration::from_secs(10))).await.unwrap();
-    assert_eq!(engine.validate(raw, &ctx).await.unwrap().rate_limit.unwrap().limit, 100);
+    assert_eq!(engine.validate(raw, &ctx).await.unwrap().rate_limits[0].limit, 100);
 }
 
 #[tokio::test]
@@ -291,19 +291,19 @@ async fn policy_values_out_of_bounds_are_refused_when_written() {
     let (engine, _) = engine();
     let acme = engine.tenant("app", "acme");
     let rate = |requests, window, burst| PolicySpec {
-        rate_limit: Some(keysmith_core::RateLimit { requests, window, burst }),
+        rate_limits: vec![keysmith_core::RateLimit { name: "default".to_owned(), requests, window, burst }],
         ..PolicySpec::new("p")
     };
     let cases = [
-        (rate(1, Duration::from_secs(20_000_000_000), None), "rate_limit.window"),
-        (rate(1, PolicySpec::MAX_WINDOW + Duration::from_secs(1), None), "rate_limit.window"),
-        (rate(1, Duration::from_micros(999), None), "rate_limit.window"),
-        (rate(u32::MAX, Duration::from_secs(1), None), "rate_limit.requests"),
-        (rate(0, Duration::from_secs(1), None), "rate_limit.requests"),
-        (rate(10, Duration::from_secs(1), Some(0)), "rate_limit.burst"),
-        (rate(10, Duration::from_secs(1), Some(PolicySpec::MAX_REQUESTS + 1)), "rate_limit.burst"),
+        (rate(1, Duration::from_secs(20_000_000_000), None), "rate_limits.window"),
+        (rate(1, PolicySpec::MAX_WINDOW + Duration::from_secs(1), None), "rate_limits.window"),
+        (rate(1, Duration::from_micros(999), None), "rate_limits.window"),
+        (rate(u32::MAX, Duration::from_secs(1), None), "rate_limits.requests"),
+        (rate(0, Duration::from_secs(1), None), "rate_limits.requests"),
+        (rate(10, Duration::from_secs(1), Some(0)), "rate_limits.burst"),
+        (rate(10, Duration::from_secs(1), Some(PolicySpec::MAX_REQUESTS + 1)), "rate_limits.burst"),
         // One a day with a burst of a thousand takes a thousand days to refill.
-        (rate(1, Duration::from_secs(86_400), Some(1000)), "rate_limit.burst"),
+        (rate(1, Duration::from_secs(86_400), Some(1000)), "rate_limits.burst"),
         (PolicySpec::new("p").with_quota(Some(PolicySpec::MAX_QUOTA + 1), None), "quota.daily"),
         (PolicySpec::new("p").with_quota(None, Some(0)), "quota.monthly"),
         (PolicySpec::new("p").with_max_key_age(PolicySpec::MAX_KEY_AGE + Duration::from_secs(1)), "max_key_age"),
@@ -319,7 +319,7 @@ async fn policy_values_out_of_bounds_are_refused_when_written() {
     // An update is held to the same bounds, and changes nothing when refused.
     let policy = acme.create_policy(PolicySpec::new("p").with_rate_limit(5, Duration::from_secs(1))).await.unwrap();
     let huge = PolicySpec::new("p").with_rate_limit(u32::MAX, Duration::from_secs(1));
-    assert_eq!(field_of(acme.update_policy(policy.id, huge).await), "rate_limit.requests");
+    assert_eq!(field_of(acme.update_policy(policy.id, huge).await), "rate_limits.requests");
     assert_eq!(acme.get_policy(policy.id).await.unwrap(), policy);
 }
 
@@ -336,7 +336,7 @@ async fn the_largest_accepted_policy_values_are_enforced() {
     ];
     for (i, (requests, window, burst)) in limits.into_iter().enumerate() {
         let spec = PolicySpec {
-            rate_limit: Some(keysmith_core::RateLimit { requests, window, burst }),
+            rate_limits: vec![keysmith_core::RateLimit { name: "default".to_owned(), requests, window, burst }],
             quota: Some(keysmith_core::Quota {
                 daily: Some(PolicySpec::MAX_QUOTA),
                 monthly: Some(PolicySpec::MAX_QUOTA),
@@ -348,7 +348,7 @@ async fn the_largest_accepted_policy_values_are_enforced() {
         let policy = acme.create_policy(spec).await.unwrap();
         let created = acme.create_key(NewKey::new("k").with_policy(policy.id)).await.unwrap();
         let raw = created.raw.expose();
-        let first = engine.validate(raw, &RequestContext::new()).await.unwrap().rate_limit.unwrap();
+        let first = engine.validate(raw, &RequestContext::new()).await.unwrap().rate_limits[0];
         assert_eq!((first.limit, first.remaining), (burst.unwrap_or(requests), burst.unwrap_or(requests) - 1));
         if requests == 1 {
             assert!(matches!(refusal(engine.validate(raw, &RequestContext::new()).await), Refusal::RateLimited { .. }));

@@ -7,7 +7,7 @@ use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
 use keysmith_core::Engine;
-use keysmith_core::http::{Admitted, Authorize, Gate, KeySources, Outcome, RequestFacts, TrustedProxies};
+use keysmith_core::http::{Admitted, Authorize, Gate, KeySources, Outcome, RateLimitHeaders, RequestFacts, TrustedProxies};
 use keysmith_core::http::{ApiKey as CoreApiKey, RefusalResponse};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
@@ -22,7 +22,7 @@ use crate::response::append_rate_limit_headers;
 /// A refused request is answered here (401, 403, 429… with the JSON body);
 /// the inner service never sees it. A passed request reaches the inner
 /// service with the [`ApiKey`](crate::ApiKey) in its extensions, its
-/// response gets the `RateLimit-*` headers of the key's policy, and its
+/// response gets the rate-limit headers of the key's policy, and its
 /// usage (status, latency) is queued once the inner service has answered.
 /// If the store cannot be reached the answer is 503, never a pass.
 ///
@@ -121,6 +121,14 @@ impl ApiKeyLayer {
     /// ([`Gate::with_preflight_passthrough`]).
     pub fn with_preflight_passthrough(mut self, passthrough: bool) -> Self {
         self.gate = self.gate.with_preflight_passthrough(passthrough);
+        self
+    }
+
+    /// Which rate-limit headers responses carry: the draft's
+    /// `RateLimit-Policy` and `RateLimit` by default
+    /// ([`Gate::with_rate_limit_headers`]).
+    pub fn with_rate_limit_headers(mut self, mode: RateLimitHeaders) -> Self {
+        self.gate = self.gate.with_rate_limit_headers(mode);
         self
     }
 
@@ -294,9 +302,7 @@ where
                 StateProj::Calling { future, admitted } => {
                     let mut response = ready!(future.poll(cx))?;
                     if let Some(admitted) = admitted.take() {
-                        if let Some(headers) = admitted.rate_limit_headers() {
-                            append_rate_limit_headers(response.headers_mut(), headers);
-                        }
+                        append_rate_limit_headers(response.headers_mut(), &admitted.response_headers());
                         admitted.finish(response.status().as_u16());
                     }
                     return Poll::Ready(Ok(response));

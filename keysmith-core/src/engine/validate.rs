@@ -12,9 +12,9 @@ use super::Engine;
 use crate::Change;
 use crate::hooks::Event;
 use crate::key::ParsedKey;
-use crate::limit::RateLimitStatus;
+use crate::limit::{RateLimitStatus, Subject};
 use crate::store::Transition;
-use crate::{Error, Key, KeyState, Policy, Refusal, scope};
+use crate::{Error, Key, KeyState, Policy, RateLimit, Refusal, scope};
 
 /// What is known about the request a key came with. Everything is optional;
 /// policy checks that need a missing fact refuse (an IP allowlist with no IP).
@@ -86,8 +86,9 @@ pub struct Validation {
     pub key: Arc<Key>,
     /// The key's policy, if it has one.
     pub policy: Option<Arc<Policy>>,
-    /// The rate limiter's state after this request, when the policy limits.
-    pub rate_limit: Option<RateLimitStatus>,
+    /// Each rate limit's state after this request, in the order of the
+    /// policy's `rate_limits` (empty when nothing limits the rate).
+    pub rate_limits: Vec<RateLimitStatus>,
     /// The key's scopes narrowed to the policy's `allowed_scopes`, when the
     /// policy was tightened after the key got them.
     narrowed: Option<Vec<String>>,
@@ -102,7 +103,7 @@ impl Clone for Validation {
         Self {
             key: Arc::clone(&self.key),
             policy: self.policy.clone(),
-            rate_limit: self.rate_limit,
+            rate_limits: self.rate_limits.clone(),
             narrowed: self.narrowed.clone(),
             checked_at: self.checked_at,
             refunded: AtomicBool::new(self.is_refunded()),
@@ -132,6 +133,19 @@ impl Validation {
         scope::any_grants(self.scopes(), required)
     }
 
+    /// Each of the policy's rate limits with its state after this request.
+    pub fn rate_limit_states(&self) -> impl Iterator<Item = (&RateLimit, &RateLimitStatus)> {
+        let limits = self.policy.as_deref().map_or(&[][..], |p| &p.rate_limits[..]);
+        limits.iter().zip(&self.rate_limits)
+    }
+
+    /// The limit closest to refusing: fewest requests left, and of those the
+    /// one that takes longest to refill.
+    #[must_use]
+    pub fn closest_rate_limit(&self) -> Option<(&RateLimit, &RateLimitStatus)> {
+        self.rate_limit_states().min_by(|(_, a), (_, b)| a.remaining.cmp(&b.remaining).then(b.reset.cmp(&a.reset)))
+    }
+
     /// True once [`Engine::refund`] gave back what this request spent: it
     /// was refused after validation, and records no usage.
     #[must_use]
@@ -142,11 +156,11 @@ impl Validation {
     fn new(
         key: Arc<Key>,
         policy: Option<Arc<Policy>>,
-        rate_limit: Option<RateLimitStatus>,
+        rate_limits: Vec<RateLimitStatus>,
         narrowed: Option<Vec<String>>,
         checked_at: DateTime<Utc>,
     ) -> Self {
-        Self { key, policy, rate_limit, narrowed, checked_at, refunded: AtomicBool::new(false) }
+        Self { key, policy, rate_limits, narrowed, checked_at, refunded: AtomicBool::new(false) }
     }
 }
 
@@ -279,7 +293,7 @@ impl Engine {
                 return Err(refuse(Refusal::InsufficientScope { missing }, &key));
             }
             self.touch(&key, now);
-            return Ok(Validation::new(key, None, None, None, now));
+            return Ok(Validation::new(key, None, Vec::new(), None, now));
         };
 
         // 5. Client address.
@@ -298,28 +312,42 @@ impl Engine {
         if !missing.is_empty() {
             return Err(refuse(Refusal::InsufficientScope { missing }, &key));
         }
-        // 8. Rate limit.
-        let rate_limit = match &policy.rate_limit {
-            Some(limit) => {
-                // Per lineage: a rotation shares its predecessor's budget.
-                let status = match inner.limiter.check_ready(key.lineage_id, limit, now) {
-                    Some(status) => status,
-                    None => inner.limiter.check(key.lineage_id, limit, now).await,
+        // 8. Rate limits, every one; a limit that refuses gives back what
+        // the earlier ones counted.
+        let subject = limit_subject(&key, &policy);
+        let mut rate_limits = Vec::with_capacity(policy.rate_limits.len());
+        for limit in &policy.rate_limits {
+            let checked = match inner.limiter.check_ready(subject, limit, now) {
+                Some(checked) => checked,
+                None => inner.limiter.check(subject, limit, now).await,
+            };
+            let status = match checked {
+                Ok(status) => status,
+                Err(error) => {
+                    self.refund_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
+                    return Err(fail(error));
                 }
-                .map_err(fail)?;
-                if let Some(retry_after) = status.retry_after.filter(|_| !status.allowed) {
-                    let event = || Event::KeyRateLimited { key_id: key.id, tenant: key.tenant.clone(), retry_after };
-                    Box::pin(self.emit(event)).await;
-                    return Err(refuse(Refusal::RateLimited { retry_after, status }, &key));
-                }
-                Some(status)
+            };
+            if !status.allowed {
+                self.refund_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
+                let retry_after = status.retry_after.unwrap_or(status.reset);
+                let event = || Event::KeyRateLimited { key_id: key.id, tenant: key.tenant.clone(), retry_after };
+                Box::pin(self.emit(event)).await;
+                return Err(refuse(Refusal::RateLimited { limit: limit.clone(), retry_after, status }, &key));
             }
-            None => None,
-        };
+            rate_limits.push(status);
+        }
         // 9. Quota; only a request that passes everything is counted.
         if let Some(quota) = &policy.quota {
-            let consumed = inner.quotas.try_consume(&*inner.store, &key, quota, now).await.map_err(fail)?;
+            let consumed = match inner.quotas.try_consume(&*inner.store, &key, quota, now).await {
+                Ok(consumed) => consumed,
+                Err(error) => {
+                    self.refund_limits(subject, &policy.rate_limits, now);
+                    return Err(fail(error));
+                }
+            };
             if let Err(resets_at) = consumed {
+                self.refund_limits(subject, &policy.rate_limits, now);
                 let event = || Event::QuotaExceeded { key_id: key.id, tenant: key.tenant.clone(), resets_at };
                 Box::pin(self.emit(event)).await;
                 return Err(refuse(Refusal::QuotaExceeded { resets_at }, &key));
@@ -327,7 +355,7 @@ impl Engine {
         }
 
         self.touch(&key, now);
-        Ok(Validation::new(key, Some(policy), rate_limit, narrowed, now))
+        Ok(Validation::new(key, Some(policy), rate_limits, narrowed, now))
     }
 
     /// Gives back what a validated request spent, because it was refused
@@ -343,15 +371,20 @@ impl Engine {
             return false;
         }
         if let Some(policy) = &validation.policy {
-            let lineage = validation.key.lineage_id;
-            if let (Some(limit), Some(_)) = (&policy.rate_limit, &validation.rate_limit) {
-                self.inner.limiter.refund(lineage, limit, validation.checked_at);
-            }
+            let subject = limit_subject(&validation.key, policy);
+            self.refund_limits(subject, &policy.rate_limits[..validation.rate_limits.len()], validation.checked_at);
             if policy.quota.is_some() {
-                self.inner.quotas.refund(lineage, validation.checked_at);
+                self.inner.quotas.refund(validation.key.lineage_id, validation.checked_at);
             }
         }
         true
+    }
+
+    /// Gives back one request counted at `at` against each of `limits`.
+    fn refund_limits(&self, subject: Subject<'_>, limits: &[RateLimit], at: DateTime<Utc>) {
+        for limit in limits {
+            self.inner.limiter.refund(subject, limit, at);
+        }
     }
 
     /// Queues a `last_used_at` write unless one was queued (or stored) for
@@ -401,6 +434,13 @@ impl Engine {
         key.expires_at.is_some_and(|at| at <= now)
             || crate::key::past_max_age(key, policy.and_then(|p| p.max_key_age), now)
     }
+}
+
+/// Whose budget the policy's limits count for `key`: its lineage, so that
+/// a rotation shares its predecessor's budget.
+fn limit_subject<'a>(key: &'a Key, policy: &Policy) -> Subject<'a> {
+    let _ = policy;
+    Subject::Key(key.lineage_id)
 }
 
 /// The key's scopes within `allowed`, or `None` when nothing is cut (no

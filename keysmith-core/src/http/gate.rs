@@ -12,10 +12,7 @@ use std::time::Instant;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::headers::names;
-use super::{
-    ApiKey, HeaderLookup, KeySources, RateLimitHeaders, RefusalResponse, ScopeRequirement, TrustedProxies,
-    rate_limit_headers,
-};
+use super::{ApiKey, HeaderLookup, KeySources, RateLimitHeaders, RefusalResponse, ScopeRequirement, TrustedProxies};
 use crate::{Engine, Refusal, RequestContext, UsageId, UsageRecord, ValidationError};
 
 /// `User-Agent` values are cut to this many bytes in usage records.
@@ -106,6 +103,7 @@ struct Config {
     app_id: Option<String>,
     optional: bool,
     preflight_passthrough: bool,
+    rate_limit_headers: RateLimitHeaders,
 }
 
 impl fmt::Debug for Gate {
@@ -119,6 +117,7 @@ impl fmt::Debug for Gate {
             .field("app_id", &c.app_id)
             .field("optional", &c.optional)
             .field("preflight_passthrough", &c.preflight_passthrough)
+            .field("rate_limit_headers", &c.rate_limit_headers)
             .finish()
     }
 }
@@ -141,6 +140,7 @@ impl Gate {
                 app_id: None,
                 optional: false,
                 preflight_passthrough: false,
+                rate_limit_headers: RateLimitHeaders::default(),
             }),
         }
     }
@@ -200,6 +200,20 @@ impl Gate {
         self.edit(|c| c.preflight_passthrough = passthrough)
     }
 
+    /// Which rate-limit headers responses carry: the draft's
+    /// `RateLimit-Policy` and `RateLimit` (the default), the legacy
+    /// `RateLimit-Limit`/`-Remaining`/`-Reset`, or none.
+    #[must_use]
+    pub fn with_rate_limit_headers(self, mode: RateLimitHeaders) -> Self {
+        self.edit(|c| c.rate_limit_headers = mode)
+    }
+
+    /// Which rate-limit headers responses carry.
+    #[must_use]
+    pub fn rate_limit_headers(&self) -> RateLimitHeaders {
+        self.config.rate_limit_headers
+    }
+
     /// The engine.
     #[must_use]
     pub fn engine(&self) -> &Engine {
@@ -247,7 +261,8 @@ impl Gate {
     /// The answer to `refusal`, with this gate's realm.
     #[must_use]
     pub fn refusal(&self, refusal: Refusal) -> RefusalResponse {
-        RefusalResponse::refused(refusal, &self.config.realm, self.config.engine.clock().now())
+        let config = &self.config;
+        RefusalResponse::refused_with(refusal, &config.realm, config.engine.clock().now(), config.rate_limit_headers)
     }
 
     /// Checks a route's scope requirement: `None` when it is met, else the
@@ -347,9 +362,8 @@ fn header_text<H: HeaderLookup + ?Sized>(headers: &H, name: &str, max: usize) ->
 #[non_exhaustive]
 pub enum Outcome {
     /// The key is valid: put [`Admitted::key`] in the request's extensions,
-    /// call the handler, add [`Admitted::rate_limit_headers`] (or
-    /// [`Admitted::response_headers`]) and call [`Admitted::finish`] with
-    /// the status.
+    /// call the handler, add [`Admitted::response_headers`] and call
+    /// [`Admitted::finish`] with the status.
     Pass(Admitted),
     /// Optional mode and no key: call the handler without a key.
     Anonymous,
@@ -401,25 +415,16 @@ impl Admitted {
         self.draft.ip
     }
 
-    /// Headers for the response: `RateLimit-Limit`, `-Remaining` and
-    /// `-Reset` when the key's policy limits its rate, else none (also for
-    /// a request refused after validation, which spent nothing).
+    /// Headers for the response: the rate-limit headers in the gate's
+    /// [`RateLimitHeaders`] mode when the key's policy limits it, else none
+    /// (also for a request refused after validation, which spent nothing).
     #[must_use]
     pub fn response_headers(&self) -> Vec<(&'static str, String)> {
-        self.charged_rate_limit().map(|status| Vec::from(rate_limit_headers(status))).unwrap_or_default()
-    }
-
-    /// The numbers of [`response_headers`](Self::response_headers), for
-    /// adapters that build header values without formatting strings;
-    /// `None` when the key's policy does not limit its rate or the request
-    /// was refunded.
-    #[must_use]
-    pub fn rate_limit_headers(&self) -> Option<RateLimitHeaders> {
-        self.charged_rate_limit().map(RateLimitHeaders::new)
-    }
-
-    fn charged_rate_limit(&self) -> Option<&crate::limit::RateLimitStatus> {
-        self.key.rate_limit().filter(|_| !self.key.validation().is_refunded())
+        let validation = self.key.validation();
+        if validation.is_refunded() {
+            return Vec::new();
+        }
+        self.gate.config.rate_limit_headers.for_validation(validation)
     }
 
     /// The usage record of this request answered with `status`; latency

@@ -1,4 +1,11 @@
-//! Reading request headers without knowing the framework's header type.
+//! Reading request headers without knowing the framework's header type,
+//! and writing the rate-limit headers of a response.
+
+use chrono::{DateTime, Datelike, Utc};
+use sfv::{Integer, KeyRef, ListSerializer, StringRef, key_ref};
+
+use crate::limit::RateLimitStatus;
+use crate::{PolicySpec, RateLimit, Validation, retry_after_secs};
 
 /// Read access to a request's headers. Each adapter implements it for its
 /// framework's header map (through a newtype), so the rules in this module
@@ -59,13 +66,17 @@ pub mod names {
     pub const RATELIMIT_REMAINING: &str = "ratelimit-remaining";
     /// `RateLimit-Reset`.
     pub const RATELIMIT_RESET: &str = "ratelimit-reset";
+    /// `RateLimit` (the draft's current-state field).
+    pub const RATELIMIT: &str = "ratelimit";
+    /// `RateLimit-Policy` (the draft's policy field).
+    pub const RATELIMIT_POLICY: &str = "ratelimit-policy";
 
     /// The names read or written on every request (the default key
     /// sources, client address, origin, user agent, preflight marker and
     /// the `RateLimit-*` headers of a passed request). An adapter builds its
     /// framework's header names from this list once and finds them with
     /// [`per_request_index`], instead of parsing a name per request.
-    pub const PER_REQUEST: [&str; 10] = [
+    pub const PER_REQUEST: [&str; 12] = [
         AUTHORIZATION,
         X_API_KEY,
         USER_AGENT,
@@ -76,6 +87,8 @@ pub mod names {
         RATELIMIT_LIMIT,
         RATELIMIT_REMAINING,
         RATELIMIT_RESET,
+        RATELIMIT,
+        RATELIMIT_POLICY,
     ];
 
     /// Where `name` (lowercase) is in [`PER_REQUEST`], if it is there.
@@ -92,10 +105,150 @@ pub mod names {
             RATELIMIT_LIMIT => 7,
             RATELIMIT_REMAINING => 8,
             RATELIMIT_RESET => 9,
+            RATELIMIT => 10,
+            RATELIMIT_POLICY => 11,
             _ => return None,
         })
     }
 }
+
+/// Which rate-limit headers responses carry. A [`Gate`](super::Gate)
+/// option; the default is [`Draft`](Self::Draft).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RateLimitHeaders {
+    /// The two Structured Fields of draft-ietf-httpapi-ratelimit-headers
+    /// (-07 and later): `RateLimit-Policy` lists every limit and quota of
+    /// the key's policy (`"burst";q=10;w=1, "quota-daily";q=1000;w=86400`),
+    /// `RateLimit` the limit closest to refusing (`"burst";r=7;t=1`).
+    #[default]
+    Draft,
+    /// The older `RateLimit-Limit`, `RateLimit-Remaining` and
+    /// `RateLimit-Reset` trio, for the limit closest to refusing.
+    Legacy,
+    /// No rate-limit headers.
+    None,
+}
+
+/// Seconds in a UTC day, the window of a daily quota.
+const DAY_SECS: u64 = 24 * 60 * 60;
+
+impl RateLimitHeaders {
+    /// The headers of a passed request: its policy's limits and quota, the
+    /// state of the limit closest to refusing. None when the key's policy
+    /// limits nothing.
+    #[must_use]
+    pub fn for_validation(self, validation: &Validation) -> Vec<(&'static str, String)> {
+        let closest = validation.closest_rate_limit();
+        match self {
+            Self::None => Vec::new(),
+            Self::Legacy => closest.map(|(_, status)| legacy(status)).unwrap_or_default(),
+            Self::Draft => {
+                let mut policies = ListSerializer::new();
+                for (limit, _) in validation.rate_limit_states() {
+                    limit_policy(&mut policies, limit);
+                }
+                if let Some(quota) = validation.policy.as_ref().and_then(|p| p.quota) {
+                    let month = month_secs(validation.checked_at());
+                    for (name, quota, window) in
+                        [("quota-daily", quota.daily, DAY_SECS), ("quota-monthly", quota.monthly, month)]
+                    {
+                        if let Some(quota) = quota {
+                            policy_item(&mut policies, name, quota, window);
+                        }
+                    }
+                }
+                let mut headers = Vec::with_capacity(2);
+                if let Some(value) = policies.finish() {
+                    headers.push((names::RATELIMIT_POLICY, value));
+                }
+                if let Some((limit, status)) = closest {
+                    headers.push((names::RATELIMIT, state(limit, status.remaining, status.reset)));
+                }
+                headers
+            }
+        }
+    }
+
+    /// The headers of a request `limit` refused: that limit's policy and a
+    /// state with nothing left until `retry_after`.
+    #[must_use]
+    pub fn for_refusal(
+        self,
+        limit: &RateLimit,
+        status: &RateLimitStatus,
+        retry_after: std::time::Duration,
+    ) -> Vec<(&'static str, String)> {
+        match self {
+            Self::None => Vec::new(),
+            Self::Legacy => legacy(status),
+            Self::Draft => {
+                let mut policies = ListSerializer::new();
+                limit_policy(&mut policies, limit);
+                let mut headers = Vec::with_capacity(2);
+                if let Some(value) = policies.finish() {
+                    headers.push((names::RATELIMIT_POLICY, value));
+                }
+                headers.push((names::RATELIMIT, state(limit, 0, retry_after)));
+                headers
+            }
+        }
+    }
+}
+
+/// `RateLimit-Limit`, `-Remaining` and `-Reset` (whole seconds, rounded up).
+fn legacy(status: &RateLimitStatus) -> Vec<(&'static str, String)> {
+    vec![
+        (names::RATELIMIT_LIMIT, status.limit.to_string()),
+        (names::RATELIMIT_REMAINING, status.remaining.to_string()),
+        (names::RATELIMIT_RESET, retry_after_secs(status.reset).to_string()),
+    ]
+}
+
+/// `"name";q=requests;w=window` for one rate limit (a window shorter than
+/// a second is announced as one second: `w` is whole seconds).
+fn limit_policy(list: &mut ListSerializer<String>, limit: &RateLimit) {
+    let window = retry_after_secs(limit.window).max(1);
+    policy_item(list, &limit.name, u64::from(limit.requests), window);
+}
+
+const Q: &KeyRef = key_ref("q");
+const W: &KeyRef = key_ref("w");
+const R: &KeyRef = key_ref("r");
+const T: &KeyRef = key_ref("t");
+
+/// One member of `RateLimit-Policy`. Names that are not a valid Structured
+/// Field string are skipped (policy validation lets none through).
+fn policy_item(list: &mut ListSerializer<String>, name: &str, quota: u64, window: u64) {
+    if let Ok(name) = StringRef::from_str(name) {
+        list.bare_item(name).parameter(Q, integer(quota)).parameter(W, integer(window));
+    }
+}
+
+/// The `RateLimit` field: `"name";r=remaining;t=seconds`.
+fn state(limit: &RateLimit, remaining: u32, reset: std::time::Duration) -> String {
+    let mut list = ListSerializer::new();
+    if let Ok(name) = StringRef::from_str(&limit.name) {
+        list.bare_item(name).parameter(R, integer(u64::from(remaining))).parameter(T, integer(retry_after_secs(reset)));
+    }
+    list.finish().unwrap_or_default()
+}
+
+/// A Structured Field integer, capped at the largest one (15 digits):
+/// policy bounds keep every real value far below it.
+fn integer(value: u64) -> Integer {
+    Integer::try_from(value).unwrap_or(Integer::MAX)
+}
+
+/// Seconds in the UTC calendar month of `at`, the window of a monthly quota.
+fn month_secs(at: DateTime<Utc>) -> u64 {
+    let date = at.date_naive();
+    let first = date.with_day(1).unwrap_or(date);
+    let next = first.checked_add_months(chrono::Months::new(1)).unwrap_or(first);
+    u64::try_from((next - first).num_seconds()).unwrap_or(31 * DAY_SECS)
+}
+
+const _: () = assert!(PolicySpec::MAX_QUOTA < 999_999_999_999_999, "quotas fit a Structured Field integer");
 
 #[cfg(test)]
 mod tests {

@@ -6,8 +6,8 @@
 //! - [`TrustedProxies`]: the client address, from the peer or from the
 //!   [forwarding header](ForwardingHeader) set by trusted proxies.
 //! - [`RefusalResponse`]: a refusal or failure as status, headers and JSON
-//!   body; [`rate_limit_headers`] (or, without formatting,
-//!   [`RateLimitHeaders`]) for passed requests.
+//!   body; [`RateLimitHeaders`] (draft `RateLimit-Policy` and `RateLimit`,
+//!   the legacy trio, or none) for passed and rate-limited requests.
 //! - [`ApiKey`]: what a validated request carries to its handler.
 //! - [`ScopeRequirement`]: per-route scopes, all or any.
 //! - [`Gate`]: the per-request flow that ties them together.
@@ -44,8 +44,8 @@ pub use api_key::ApiKey;
 pub use client_ip::{ForwardingHeader, MAX_FORWARDING_HEADER_LEN, TrustedProxies};
 pub use extract::{KeySource, KeySources, MAX_KEY_HEADER_LEN};
 pub use gate::{Admitted, Authorize, Gate, Outcome, RequestFacts};
-pub use headers::{HeaderLookup, names};
-pub use response::{JSON_CONTENT_TYPE, RateLimitHeaders, RefusalResponse, rate_limit_headers};
+pub use headers::{HeaderLookup, RateLimitHeaders, names};
+pub use response::{JSON_CONTENT_TYPE, RefusalResponse};
 pub use scopes::{ScopeMatch, ScopeRequirement};
 
 #[cfg(test)]
