@@ -136,7 +136,7 @@ macro_rules! sql_store {
             use crate::common::{
                 Missed, PolicyColumns, TRANSITION_ATTEMPTS, corrupt, duration_to_micros, is_foreign_key_violation,
                 key_insert_error, limit_offset, micros_to_duration, missed_transition, named_write_error,
-                parse_column, parse_hash, parse_list, rate_limit_from, store_error, to_u64,
+                parse_column, parse_hash, parse_list, rate_limits_from, store_error, to_u64,
             };
             use crate::store::{Dialect, statement};
 
@@ -150,8 +150,8 @@ macro_rules! sql_store {
                 k.last_used_at, k.created_at, k.updated_at, k.metadata";
 
             /// The columns of `keysmith_policies`.
-            const POLICY_COLUMNS: &str = "id, app_id, tenant_id, name, rate_limit_requests, \
-                rate_limit_window_us, rate_limit_burst, allowed_ips, allowed_origins, allowed_scopes, \
+            const POLICY_COLUMNS: &str = "id, app_id, tenant_id, name, rate_limits, limit_by, \
+                allowed_ips, allowed_origins, allowed_scopes, \
                 max_key_age_us, quota, rotation_grace_us, metadata, created_at, updated_at";
 
             fn get<T>(row: &Row, column: &str) -> Result<T>
@@ -214,11 +214,8 @@ macro_rules! sql_store {
                     id: PolicyId::from_uuid(get(row, "id")?),
                     tenant: row_tenant(row)?,
                     name: get(row, "name")?,
-                    rate_limit: rate_limit_from(
-                        get(row, "rate_limit_requests")?,
-                        get(row, "rate_limit_window_us")?,
-                        get(row, "rate_limit_burst")?,
-                    )?,
+                    rate_limits: rate_limits_from(get::<Option<Json<_>>>(row, "rate_limits")?.map(|l| l.0))?,
+                    limit_by: parse_column("policy limit_by", &get::<String>(row, "limit_by")?)?,
                     allowed_ips: parse_list("policy allowed_ips", &Db::from_list(get(row, "allowed_ips")?))?,
                     allowed_origins: Db::from_list(get(row, "allowed_origins")?),
                     allowed_scopes: Db::from_list(get(row, "allowed_scopes")?),
@@ -610,9 +607,8 @@ macro_rules! sql_store {
             fn bind_policy<'q>(query: Query<'q>, policy: &'q Policy, c: &'q PolicyColumns) -> Query<'q> {
                 query
                     .bind(&policy.name)
-                    .bind(c.rate_limit_requests)
-                    .bind(c.rate_limit_window_us)
-                    .bind(c.rate_limit_burst)
+                    .bind(Json(&c.rate_limits))
+                    .bind(policy.limit_by.as_str())
                     .bind(Db::list(&c.allowed_ips))
                     .bind(Db::list(&policy.allowed_origins))
                     .bind(Db::list(&policy.allowed_scopes))
@@ -632,7 +628,7 @@ macro_rules! sql_store {
                         Db,
                         "INSERT INTO keysmith_policies (",
                         POLICY_COLUMNS,
-                        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     ))
                     .bind(policy.id.uuid())
                     .bind(&policy.tenant.app_id)
@@ -682,8 +678,7 @@ macro_rules! sql_store {
                     let c = PolicyColumns::of(policy)?;
                     let update = sqlx::query(statement!(
                         Db,
-                        "UPDATE keysmith_policies SET name = ?, rate_limit_requests = ?, rate_limit_window_us = ?, \
-                         rate_limit_burst = ?, allowed_ips = ?, allowed_origins = ?, allowed_scopes = ?, \
+                        "UPDATE keysmith_policies SET name = ?, rate_limits = ?, limit_by = ?, allowed_ips = ?, allowed_origins = ?, allowed_scopes = ?, \
                          max_key_age_us = ?, quota = ?, rotation_grace_us = ?, metadata = ?, created_at = ?, \
                          updated_at = ? WHERE id = ? AND app_id = ? AND tenant_id = ?"
                     ));

@@ -15,7 +15,7 @@ use keysmith_core::store::{
 use keysmith_core::usage::UsageConfig;
 use keysmith_core::{
     Engine, Environment, Error, Hasher, Key, KeyId, KeyState, ManualClock, NewKey, Period, Policy, PolicyId,
-    PolicySpec, Quota, RateLimit, Refusal, RequestContext, RotationId, RotationReason, RotationRecord, Scope, ScopeId,
+    LimitBy, PolicySpec, Quota, RateLimit, Refusal, RequestContext, RotationId, RotationReason, RotationRecord, Scope, ScopeId,
     Sha256Hasher, Store, Tenant, UsageId, UsageRecord, Validation, ValidationError,
 };
 use tokio::sync::{Barrier, Notify};
@@ -170,7 +170,11 @@ pub fn sample_policy(tenant: &Tenant, name: &str) -> Policy {
         id: PolicyId::new(),
         tenant: tenant.clone(),
         name: name.into(),
-        rate_limit: Some(RateLimit { requests: 100, window: Duration::from_millis(60_500), burst: Some(20) }),
+        rate_limits: vec![
+            RateLimit::new("burst", 100, Duration::from_millis(60_500)).with_burst(20),
+            RateLimit::new("daily-cap", 5000, Duration::from_secs(86_400)),
+        ],
+        limit_by: LimitBy::Owner,
         allowed_ips: vec!["10.0.0.0/8".parse().unwrap(), "2001:db8::/32".parse().unwrap()],
         allowed_origins: vec!["https://app.example.com".into()],
         allowed_scopes: vec!["read".into(), "write:users".into(), "admin".into()],
@@ -186,7 +190,8 @@ pub fn sample_policy(tenant: &Tenant, name: &str) -> Policy {
 /// A bare policy: no limits at all.
 fn bare_policy(tenant: &Tenant, name: &str) -> Policy {
     Policy {
-        rate_limit: None,
+        rate_limits: vec![],
+        limit_by: LimitBy::Key,
         allowed_ips: vec![],
         allowed_origins: vec![],
         allowed_scopes: vec![],
@@ -838,7 +843,7 @@ pub async fn policy_round_trips_and_updates(store: Arc<dyn Store>) {
     assert_eq!(store.get_policy(&acme(), bare.id).await.unwrap().as_deref(), Some(&bare));
     let empty_quota = Policy {
         quota: Some(Quota::default()),
-        rate_limit: Some(RateLimit { requests: 1, window: Duration::from_secs(1), burst: None }),
+        rate_limits: vec![RateLimit::new("default", 1, Duration::from_secs(1))],
         ..bare_policy(&acme(), "empty quota")
     };
     store.insert_policy(&empty_quota).await.unwrap();
@@ -846,7 +851,8 @@ pub async fn policy_round_trips_and_updates(store: Arc<dyn Store>) {
 
     let updated = Policy {
         name: "premium".into(),
-        rate_limit: Some(RateLimit { requests: 5000, window: Duration::from_secs(1), burst: None }),
+        rate_limits: vec![RateLimit::new("per-second", 5000, Duration::from_secs(1))],
+        limit_by: LimitBy::Key,
         allowed_ips: vec!["192.168.1.7/32".parse().unwrap()],
         allowed_origins: vec![],
         max_key_age: None,
@@ -1265,7 +1271,7 @@ pub async fn rotation_shares_the_lineage_budget_and_keeps_the_expiry(store: Arc<
     let ctx = RequestContext::new();
     let mut remaining = Vec::new();
     let first = engine.validate(created.raw.expose(), &ctx).await.unwrap();
-    remaining.push(first.rate_limit.unwrap().remaining);
+    remaining.push(first.rate_limits[0].remaining);
     engine.record_usage(record_of(&first));
 
     let rotated = acme.rotate_key(created.key.id, RotationReason::Scheduled, None).await.unwrap();
@@ -1277,7 +1283,7 @@ pub async fn rotation_shares_the_lineage_budget_and_keeps_the_expiry(store: Arc<
     // Old and new secret draw on one rate limit.
     for raw in [rotated.raw.expose(), created.raw.expose()] {
         let passed = engine.validate(raw, &ctx).await.unwrap();
-        remaining.push(passed.rate_limit.unwrap().remaining);
+        remaining.push(passed.rate_limits[0].remaining);
         engine.record_usage(record_of(&passed));
     }
     assert_eq!(remaining, [2, 1, 0]);
