@@ -9,7 +9,9 @@ use actix_web::{Error, HttpMessage, HttpResponse};
 use futures_util::future::LocalBoxFuture;
 use keysmith_core::Engine;
 use keysmith_core::http::TrustedProxies;
-use keysmith_core::http::{ApiKey as CoreApiKey, Gate, KeySources, Outcome, RateLimitHeaders, RefusalResponse, RequestFacts};
+use keysmith_core::http::{
+    ApiKey as CoreApiKey, Gate, KeySources, Outcome, RateLimitHeaders, RefusalResponse, RequestFacts,
+};
 
 use crate::request::{Headers, Installed, Shared};
 use crate::response::append_rate_limit_headers;

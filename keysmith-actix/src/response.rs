@@ -72,7 +72,10 @@ pub(crate) fn append_headers(map: &mut actix_web::http::header::HeaderMap, heade
 /// Appends a passed request's rate-limit headers
 /// ([`Admitted::response_headers`](keysmith_core::http::Admitted::response_headers)):
 /// their names are parsed once ([`known_name`]).
-pub(crate) fn append_rate_limit_headers(map: &mut actix_web::http::header::HeaderMap, headers: &[(&'static str, String)]) {
+pub(crate) fn append_rate_limit_headers(
+    map: &mut actix_web::http::header::HeaderMap,
+    headers: &[(&'static str, String)],
+) {
     for (name, value) in headers {
         if let (Some(name), Ok(value)) = (known_name(name), HeaderValue::from_str(value)) {
             map.append(name.clone(), value);
@@ -164,7 +167,8 @@ mod tests {
     fn rate_limit_headers_are_copied_as_they_are() {
         let mut map = actix_web::http::header::HeaderMap::new();
         let policy = r#""burst";q=10;w=1, "hourly";q=1000;w=3600"#;
-        let headers = [(names::RATELIMIT_POLICY, policy.to_owned()), (names::RATELIMIT, r#""burst";r=7;t=1"#.to_owned())];
+        let headers =
+            [(names::RATELIMIT_POLICY, policy.to_owned()), (names::RATELIMIT, r#""burst";r=7;t=1"#.to_owned())];
         append_rate_limit_headers(&mut map, &headers);
         assert_eq!(map.get(names::RATELIMIT_POLICY).unwrap().as_bytes(), policy.as_bytes());
         assert_eq!(map.get(names::RATELIMIT).unwrap().as_bytes(), br#""burst";r=7;t=1"#);

@@ -7,7 +7,9 @@ use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
 use keysmith_core::Engine;
-use keysmith_core::http::{Admitted, Authorize, Gate, KeySources, Outcome, RateLimitHeaders, RequestFacts, TrustedProxies};
+use keysmith_core::http::{
+    Admitted, Authorize, Gate, KeySources, Outcome, RateLimitHeaders, RequestFacts, TrustedProxies,
+};
 use keysmith_core::http::{ApiKey as CoreApiKey, RefusalResponse};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;

@@ -97,7 +97,8 @@ mod tests {
     fn rate_limit_headers_are_copied_as_they_are() {
         let mut map = http::HeaderMap::new();
         let policy = r#""burst";q=10;w=1, "hourly";q=1000;w=3600"#;
-        let headers = [(names::RATELIMIT_POLICY, policy.to_owned()), (names::RATELIMIT, r#""burst";r=7;t=1"#.to_owned())];
+        let headers =
+            [(names::RATELIMIT_POLICY, policy.to_owned()), (names::RATELIMIT, r#""burst";r=7;t=1"#.to_owned())];
         append_rate_limit_headers(&mut map, &headers);
         assert_eq!(map.get(names::RATELIMIT_POLICY).unwrap().as_bytes(), policy.as_bytes());
         assert_eq!(map.get(names::RATELIMIT).unwrap().as_bytes(), br#""burst";r=7;t=1"#);

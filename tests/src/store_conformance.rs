@@ -14,8 +14,8 @@ use keysmith_core::store::{
 };
 use keysmith_core::usage::UsageConfig;
 use keysmith_core::{
-    Engine, Environment, Error, Hasher, Key, KeyId, KeyState, ManualClock, NewKey, Period, Policy, PolicyId,
-    LimitBy, PolicySpec, Quota, RateLimit, Refusal, RequestContext, RotationId, RotationReason, RotationRecord, Scope, ScopeId,
+    Engine, Environment, Error, Hasher, Key, KeyId, KeyState, LimitBy, ManualClock, NewKey, Period, Policy, PolicyId,
+    PolicySpec, Quota, RateLimit, Refusal, RequestContext, RotationId, RotationReason, RotationRecord, Scope, ScopeId,
     Sha256Hasher, Store, Tenant, UsageId, UsageRecord, Validation, ValidationError,
 };
 use tokio::sync::{Barrier, Notify};

@@ -269,14 +269,22 @@ mod tests {
         assert_eq!(rate.header("ratelimit-policy"), Some(r#""burst";q=3;w=10"#));
         assert_eq!(rate.header("ratelimit"), Some(r#""burst";r=0;t=3"#));
         assert_eq!(rate.header("ratelimit-limit"), None, "the legacy trio is opt-in");
-        let legacy =
-            RefusalResponse::refused_with(rate_limited(Duration::from_millis(2_500)), "api", now(), RateLimitHeaders::Legacy);
+        let legacy = RefusalResponse::refused_with(
+            rate_limited(Duration::from_millis(2_500)),
+            "api",
+            now(),
+            RateLimitHeaders::Legacy,
+        );
         assert_eq!(legacy.header("ratelimit-limit"), Some("3"));
         assert_eq!(legacy.header("ratelimit-remaining"), Some("0"));
         assert_eq!(legacy.header("ratelimit-reset"), Some("10"));
         assert_eq!(legacy.header("ratelimit"), None);
-        let none =
-            RefusalResponse::refused_with(rate_limited(Duration::from_millis(2_500)), "api", now(), RateLimitHeaders::None);
+        let none = RefusalResponse::refused_with(
+            rate_limited(Duration::from_millis(2_500)),
+            "api",
+            now(),
+            RateLimitHeaders::None,
+        );
         assert_eq!(none.header("retry-after"), Some("3"), "Retry-After stays in every mode");
         assert!(none.headers.iter().all(|(name, _)| !name.starts_with("ratelimit")));
         let midnight = DateTime::parse_from_rfc3339("2026-03-11T00:00:00Z").unwrap().to_utc();

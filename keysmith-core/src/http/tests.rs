@@ -7,7 +7,9 @@ use chrono::{TimeZone, Utc};
 
 use super::*;
 use crate::store::{Page, TimeRange};
-use crate::{Engine, ManualClock, MemoryStore, NewKey, PolicySpec, RateLimit, Refusal, Store, TenantEngine, UsageRecord};
+use crate::{
+    Engine, ManualClock, MemoryStore, NewKey, PolicySpec, RateLimit, Refusal, Store, TenantEngine, UsageRecord,
+};
 
 struct Setup {
     engine: Engine,

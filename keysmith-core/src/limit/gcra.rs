@@ -420,7 +420,11 @@ mod tests {
         assert_eq!((again.allowed, again.remaining), (true, 0));
         assert!(!limiter.check(Subject::Key(key), &limit, clock.now()).await.unwrap().allowed);
         // A refund against another limit (the policy changed since) gives nothing.
-        limiter.refund(Subject::Key(key), &RateLimit { name: "l".to_owned(), requests: 3, ..limit.clone() }, clock.now());
+        limiter.refund(
+            Subject::Key(key),
+            &RateLimit { name: "l".to_owned(), requests: 3, ..limit.clone() },
+            clock.now(),
+        );
         assert!(!limiter.check(Subject::Key(key), &limit, clock.now()).await.unwrap().allowed);
         // A refund never fills more than the burst.
         clock.advance(Duration::from_secs(120));
@@ -531,6 +535,9 @@ mod tests {
         assert!(limiter.check(Subject::Key(key), &limit, clock.now()).await.unwrap().allowed);
         clock.advance(Duration::from_secs(5));
         limiter.evict_idle();
-        assert!(!limiter.check(Subject::Key(key), &limit, clock.now()).await.unwrap().allowed, "the budget survived the sweep");
+        assert!(
+            !limiter.check(Subject::Key(key), &limit, clock.now()).await.unwrap().allowed,
+            "the budget survived the sweep"
+        );
     }
 }

@@ -225,7 +225,10 @@ fn check_limit_name(name: &str) -> Result<()> {
     if PolicySpec::RESERVED_LIMIT_NAMES.contains(&name) {
         return Err(Error::invalid(
             "rate_limits.name",
-            format!("{name:?} is reserved (the headers list the quota and credits under {:?})", PolicySpec::RESERVED_LIMIT_NAMES),
+            format!(
+                "{name:?} is reserved (the headers list the quota and credits under {:?})",
+                PolicySpec::RESERVED_LIMIT_NAMES
+            ),
         ));
     }
     Ok(())
