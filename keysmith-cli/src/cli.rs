@@ -268,12 +268,19 @@ pub(crate) struct PolicySpecArgs {
     /// The name, unique within the tenant.
     #[arg(long)]
     pub(crate) name: String,
-    /// Requests per window, per key: `100/60s`, `10/1s`, `5000/h`.
+    /// One limit named `default`, requests per window: `100/60s`, `10/1s`, `5000/h`.
     #[arg(long, value_name = "REQUESTS/WINDOW", value_parser = values::parse_rate_limit)]
     pub(crate) rate_limit: Option<RateLimitArg>,
     /// Requests allowed at once above the steady rate (default: the requests of --rate-limit).
     #[arg(long, requires = "rate_limit")]
     pub(crate) burst: Option<u32>,
+    /// A named limit (repeatable; every one is enforced): `burst=10/1s`, `hourly=1000/h,1200` (the last
+    /// number is the burst).
+    #[arg(long = "limit", value_name = "NAME=REQUESTS/WINDOW[,BURST]", value_parser = values::parse_named_limit)]
+    pub(crate) limits: Vec<keysmith_core::RateLimit>,
+    /// Whose budget the limits and quota count: `key` (each key's lineage) or `owner` (all keys of an owner).
+    #[arg(long, value_name = "key|owner", default_value = "key")]
+    pub(crate) limit_by: keysmith_core::LimitBy,
     /// A client network or address allowed to use the keys (repeatable): `10.0.0.0/8`, `2001:db8::1`.
     #[arg(long = "allow-ip", value_name = "CIDR", value_delimiter = ',')]
     pub(crate) allowed_ips: Vec<String>,
