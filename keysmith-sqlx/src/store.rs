@@ -147,7 +147,7 @@ macro_rules! sql_store {
             /// The columns of the key `k` but its scopes.
             const KEY_COLUMNS: &str = "k.id, k.lineage_id, k.app_id, k.tenant_id, k.hash, k.name, k.hint, k.prefix, \
                 k.environment, k.state, k.policy_id, k.expires_at, k.grace_expires_at, k.revoked_reason, \
-                k.last_used_at, k.created_at, k.updated_at, k.metadata";
+                k.last_used_at, k.created_at, k.updated_at, k.metadata, k.owner_id";
 
             /// The columns of `keysmith_policies`.
             const POLICY_COLUMNS: &str = "id, app_id, tenant_id, name, rate_limit_requests, \
@@ -195,6 +195,7 @@ macro_rules! sql_store {
                     state: parse_column("key state", &get::<String>(row, "state")?)?,
                     scopes: Db::from_scopes(get(row, "scopes")?)?,
                     tenant: row_tenant(row)?,
+                    owner_id: get(row, "owner_id")?,
                     policy_id: get::<Option<Uuid>>(row, "policy_id")?.map(PolicyId::from_uuid),
                     expires_at: opt_time(row, "expires_at")?,
                     grace_expires_at: opt_time(row, "grace_expires_at")?,
@@ -289,8 +290,8 @@ macro_rules! sql_store {
                     Db,
                     "INSERT INTO keysmith_keys (id, app_id, tenant_id, hash, name, hint, prefix, environment, \
                      state, policy_id, expires_at, grace_expires_at, revoked_reason, last_used_at, created_at, \
-                     updated_at, metadata, lineage_id) \
-                     SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM (SELECT 1) AS one \
+                     updated_at, metadata, lineage_id, owner_id) \
+                     SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM (SELECT 1) AS one \
                      WHERE ? IS NULL OR EXISTS (SELECT 1 FROM keysmith_policies p \
                          WHERE p.id = ? AND p.app_id = ? AND p.tenant_id = ?)"
                 ))
@@ -312,6 +313,7 @@ macro_rules! sql_store {
                 .bind(Db::time(key.updated_at))
                 .bind(Json(&key.metadata))
                 .bind(key.lineage_id.uuid())
+                .bind(&key.owner_id)
                 .bind(policy_id)
                 .bind(policy_id)
                 .bind(&key.tenant.app_id)
@@ -446,6 +448,9 @@ macro_rules! sql_store {
                             }
                             if let Some(policy_id) = filter.policy_id {
                                 qb.push(" AND k.policy_id = ").push_bind(policy_id.uuid());
+                            }
+                            if let Some(owner_id) = &filter.owner_id {
+                                qb.push(" AND k.owner_id = ").push_bind(owner_id.clone());
                             }
                             let (limit, offset) = limit_offset(filter.page);
                             qb.push(" ORDER BY k.id LIMIT ").push_bind(limit).push(" OFFSET ").push_bind(offset);

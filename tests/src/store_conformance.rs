@@ -32,6 +32,7 @@ macro_rules! store_conformance_tests {
             unknown_hash_finds_nothing,
             other_tenants_see_nothing_and_change_nothing,
             list_keys_filters_orders_and_paginates,
+            list_keys_filters_by_owner_within_the_tenant,
             transitions_follow_the_lifecycle,
             concurrent_revokes_have_exactly_one_winner,
             concurrent_rotations_have_exactly_one_winner,
@@ -143,6 +144,7 @@ pub fn sample_key(tenant: &Tenant) -> StoredKey {
         state: KeyState::Active,
         scopes: vec!["write:users".into(), "read".into(), "admin:billing:refunds".into()],
         tenant: tenant.clone(),
+        owner_id: Some("cus_42 ünïcode".into()),
         policy_id: None,
         expires_at: Some(at(86_400 * 30)),
         grace_expires_at: None,
@@ -447,7 +449,7 @@ pub async fn list_keys_filters_orders_and_paginates(store: Arc<dyn Store>) {
         state: Some(KeyState::Active),
         environment: Some(Environment::Live),
         policy_id: Some(policy.id),
-        page: Page::default(),
+        ..KeyFilter::default()
     };
     assert_eq!(list(combined).await, [ids[0], ids[2]]);
     assert!(list(KeyFilter { state: Some(KeyState::Expired), ..KeyFilter::default() }).await.is_empty());
@@ -458,6 +460,32 @@ pub async fn list_keys_filters_orders_and_paginates(store: Arc<dyn Store>) {
     assert!(list(page(3, 7)).await.is_empty());
     assert!(list(page(0, 0)).await.is_empty());
     assert_eq!(list(page(2, 1)).await, ids[1..3]);
+}
+
+/// The owner filter matches the owner id exactly, within the tenant, and
+/// combines with the other filters.
+pub async fn list_keys_filters_by_owner_within_the_tenant(store: Arc<dyn Store>) {
+    let owned =
+        |tenant: &Tenant, owner: Option<&str>| modified(&sample_key(tenant), |k| k.owner_id = owner.map(str::to_owned));
+    let a1 = insert(&store, owned(&acme(), Some("cus_a"))).await.key.id;
+    insert(&store, owned(&acme(), Some("cus_b"))).await;
+    insert(&store, owned(&acme(), None)).await;
+    let a2 = insert(&store, owned(&acme(), Some("cus_a"))).await.key.id;
+    insert(&store, owned(&acme(), Some("CUS_A"))).await;
+    insert(&store, owned(&globex(), Some("cus_a"))).await;
+    store.transition_key(&acme(), a2, &Transition::to(KeyState::Suspended, at(1))).await.unwrap();
+
+    let list = |filter: KeyFilter| {
+        let store = Arc::clone(&store);
+        async move { store.list_keys(&acme(), &filter).await.unwrap().iter().map(|k| k.id).collect::<Vec<_>>() }
+    };
+    let of = |owner: &str| KeyFilter { owner_id: Some(owner.into()), ..KeyFilter::default() };
+    assert_eq!(list(of("cus_a")).await, [a1, a2], "exact match, this tenant only, oldest first");
+    let suspended = KeyFilter { state: Some(KeyState::Suspended), ..of("cus_a") };
+    assert_eq!(list(suspended).await, [a2]);
+    assert!(list(of("cus_")).await.is_empty(), "no prefix match");
+    let got = store.get_key(&acme(), a1).await.unwrap().unwrap();
+    assert_eq!(got.key.owner_id.as_deref(), Some("cus_a"));
 }
 
 // ---------------------------------------------------------------- lifecycle

@@ -37,6 +37,7 @@ pub struct NewKey {
     expires_at: Option<DateTime<Utc>>,
     environment: Option<Environment>,
     prefix: Option<String>,
+    owner_id: Option<String>,
     metadata: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -74,6 +75,14 @@ impl NewKey {
     /// Uses this prefix instead of the engine's default.
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// Gives the key to `owner_id`: the application's id for the user or
+    /// customer it is for (1 to 255 characters, no control character, no
+    /// surrounding whitespace).
+    pub fn with_owner(mut self, owner_id: impl Into<String>) -> Self {
+        self.owner_id = Some(owner_id.into());
         self
     }
 
@@ -126,14 +135,17 @@ impl TenantEngine {
     /// Creates a key and returns its secret once.
     ///
     /// # Errors
-    /// `InvalidInput` for an empty name, a control character in the name or
-    /// the metadata, a bad prefix or scope, or an expiry in the past;
+    /// `InvalidInput` for an empty name, a control character in the name,
+    /// the owner id or the metadata, an owner id over 255 characters, a bad prefix or scope, or an expiry in the past;
     /// `NotFound` for a policy that is not the tenant's; `InvalidInput` for
     /// a scope outside the policy's `allowed_scopes`.
     pub async fn create_key(&self, new: NewKey) -> Result<CreatedKey> {
         let inner = &self.engine.inner;
         let name = validate_name(&new.name)?;
         input::check_metadata("metadata", &new.metadata)?;
+        if let Some(owner_id) = &new.owner_id {
+            input::check_owner_id(owner_id)?;
+        }
         let scopes = self.checked_scopes(&new.scopes, new.policy_id).await?;
         let now = inner.clock.now();
         if new.expires_at.is_some_and(|at| at <= now) {
@@ -153,6 +165,7 @@ impl TenantEngine {
             state: KeyState::Active,
             scopes,
             tenant: self.tenant.clone(),
+            owner_id: new.owner_id,
             policy_id: new.policy_id,
             expires_at: new.expires_at,
             grace_expires_at: None,
@@ -184,8 +197,11 @@ impl TenantEngine {
     /// The tenant's keys matching `filter`, oldest first.
     ///
     /// # Errors
-    /// A store failure.
+    /// `InvalidInput` for an owner id that no key could have; a store failure.
     pub async fn list_keys(&self, filter: &KeyFilter) -> Result<Vec<Key>> {
+        if let Some(owner_id) = &filter.owner_id {
+            input::check_owner_id(owner_id)?;
+        }
         self.engine.inner.store.list_keys(&self.tenant, filter).await
     }
 

@@ -14,6 +14,9 @@ use crate::{KeyId, PolicyId, Tenant};
 pub use format::{MAX_RAW_KEY_LEN, ParsedKey, RawKey, validate_prefix};
 pub use hash::{HashParseError, Hasher, KeyHash, Sha256Hasher};
 
+/// The longest [`Key::owner_id`], in characters.
+pub const MAX_OWNER_ID_LEN: usize = 255;
+
 /// An API key as stored: everything but its secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Key {
@@ -36,8 +39,12 @@ pub struct Key {
     pub state: KeyState,
     /// Scopes granted to the key.
     pub scopes: Vec<String>,
-    /// The owner.
+    /// The tenant the key belongs to.
     pub tenant: Tenant,
+    /// The application's own id for the user or customer the key belongs
+    /// to, if any; listings filter on it and a policy can cap how many
+    /// live keys one owner holds.
+    pub owner_id: Option<String>,
     /// The policy the key is held to, if any.
     pub policy_id: Option<PolicyId>,
     /// After this instant the key is expired.

@@ -212,6 +212,7 @@ impl KeyStore for MemoryStore {
                     && filter.state.is_none_or(|s| key.state == s)
                     && filter.environment.is_none_or(|e| key.environment == e)
                     && filter.policy_id.is_none_or(|p| key.policy_id == Some(p))
+                    && filter.owner_id.as_ref().is_none_or(|o| key.owner_id.as_ref() == Some(o))
             })
             .collect();
         keys.sort_unstable_by_key(|key| key.id);

@@ -41,6 +41,8 @@ pub struct KeyFilter {
     pub environment: Option<Environment>,
     /// Only keys under this policy.
     pub policy_id: Option<PolicyId>,
+    /// Only keys of this owner.
+    pub owner_id: Option<String>,
     /// Which slice of the result.
     pub page: Page,
 }
