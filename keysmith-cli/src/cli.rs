@@ -301,6 +301,9 @@ pub(crate) struct PolicySpecArgs {
     /// Default grace of rotations of keys under the policy: `1h`, `0`.
     #[arg(long, value_name = "DURATION", value_parser = values::parse_duration)]
     pub(crate) rotation_grace: Option<Duration>,
+    /// At most this many live keys per owner under the policy (1: one key per customer).
+    #[arg(long, value_name = "KEYS")]
+    pub(crate) max_keys_per_owner: Option<u32>,
     /// Application data, a JSON object.
     #[arg(long, value_name = "JSON", value_parser = values::parse_metadata)]
     pub(crate) metadata: Option<Map<String, Value>>,

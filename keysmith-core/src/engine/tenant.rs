@@ -10,8 +10,8 @@ use crate::Change;
 use crate::hooks::Event;
 use crate::store::{KeyFilter, RotationWrite, StoredKey, Transition};
 use crate::{
-    Environment, Error, Key, KeyId, KeyState, PolicyId, RawKey, Result, RotationId, RotationReason, RotationRecord,
-    Tenant, input, scope,
+    Credits, Environment, Error, Key, KeyId, KeyState, PolicyId, RawKey, Result, RotationId, RotationReason,
+    RotationRecord, Tenant, input, scope,
 };
 
 /// The longest key name, in characters.
@@ -38,6 +38,7 @@ pub struct NewKey {
     environment: Option<Environment>,
     prefix: Option<String>,
     owner_id: Option<String>,
+    credits: Option<Credits>,
     metadata: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -83,6 +84,15 @@ impl NewKey {
     /// surrounding whitespace).
     pub fn with_owner(mut self, owner_id: impl Into<String>) -> Self {
         self.owner_id = Some(owner_id.into());
+        self
+    }
+
+    /// Gives the key prepaid uses: each request that passes spends its cost
+    /// (1 by default), and at zero the key is refused as
+    /// [`CreditsExhausted`](crate::Refusal::CreditsExhausted). The key's
+    /// replacements in rotations share them.
+    pub fn with_credits(mut self, credits: Credits) -> Self {
+        self.credits = Some(credits);
         self
     }
 
@@ -151,6 +161,7 @@ impl TenantEngine {
         if new.expires_at.is_some_and(|at| at <= now) {
             return Err(Error::invalid("expires_at", "must be in the future"));
         }
+        let credits = new.credits.map(|credits| credits.checked(now)).transpose()?;
         let prefix = new.prefix.unwrap_or_else(|| inner.prefix.clone());
         let environment = new.environment.unwrap_or(inner.environment);
         let raw = RawKey::generate(&prefix, environment)?;
@@ -166,6 +177,7 @@ impl TenantEngine {
             scopes,
             tenant: self.tenant.clone(),
             owner_id: new.owner_id,
+            credits,
             policy_id: new.policy_id,
             expires_at: new.expires_at,
             grace_expires_at: None,
@@ -187,7 +199,45 @@ impl TenantEngine {
     /// # Errors
     /// `NotFound` if the tenant has no such key.
     pub async fn get_key(&self, id: KeyId) -> Result<Key> {
-        Ok(Key::clone(&self.stored_key(id).await?.key))
+        Ok(self.current(Key::clone(&self.stored_key(id).await?.key)))
+    }
+
+    /// The key with its credits as they stand now (a refill due but not yet
+    /// made by a request counts as made).
+    fn current(&self, mut key: Key) -> Key {
+        let now = self.engine.inner.clock.now();
+        key.credits = key.credits.map(|credits| credits.as_of(now));
+        key
+    }
+
+    /// Gives the key's lineage these credits, replacing any (`None` removes
+    /// them: the key is no longer limited by credits). A refill starts with
+    /// the current period.
+    ///
+    /// # Errors
+    /// `InvalidInput` for values over [`Credits::MAX`] or a zero refill;
+    /// `NotFound`.
+    pub async fn set_credits(&self, id: KeyId, credits: Option<Credits>) -> Result<Key> {
+        let now = self.engine.inner.clock.now();
+        let credits = credits.map(|credits| credits.checked(now)).transpose()?;
+        let key = self.engine.inner.store.set_credits(&self.tenant, id, credits.as_ref()).await?;
+        self.engine.publish(|| Change::key(&key, None)).await;
+        Ok(self.current(key))
+    }
+
+    /// Tops the key's credits up by `amount` (after the refill due now, if
+    /// one is).
+    ///
+    /// # Errors
+    /// `InvalidInput` if the key has no credits, for a zero amount or a sum
+    /// over [`Credits::MAX`]; `NotFound`.
+    pub async fn add_credits(&self, id: KeyId, amount: u64) -> Result<Key> {
+        if amount == 0 || amount > Credits::MAX {
+            return Err(Error::invalid("amount", format!("must be 1 to {}", Credits::MAX)));
+        }
+        let now = self.engine.inner.clock.now();
+        let key = self.engine.inner.store.add_credits(&self.tenant, id, amount, now).await?;
+        Ok(self.current(key))
     }
 
     async fn stored_key(&self, id: KeyId) -> Result<StoredKey> {
@@ -202,7 +252,8 @@ impl TenantEngine {
         if let Some(owner_id) = &filter.owner_id {
             input::check_owner_id(owner_id)?;
         }
-        self.engine.inner.store.list_keys(&self.tenant, filter).await
+        let keys = self.engine.inner.store.list_keys(&self.tenant, filter).await?;
+        Ok(keys.into_iter().map(|key| self.current(key)).collect())
     }
 
     /// Replaces an active key with a new one (same name, scopes, policy,

@@ -14,7 +14,7 @@ use crate::hooks::Event;
 use crate::key::ParsedKey;
 use crate::limit::RateLimitStatus;
 use crate::store::Transition;
-use crate::{Error, Key, KeyState, Policy, Refusal, scope};
+use crate::{CreditSpend, CreditsStatus, Error, Key, KeyState, Policy, Refusal, scope};
 
 /// What is known about the request a key came with. Everything is optional;
 /// policy checks that need a missing fact refuse (an IP allowlist with no IP).
@@ -33,6 +33,8 @@ pub struct RequestContext<'a> {
     /// Accept only keys of this application; another app's key is refused
     /// as unknown before any of its limits are touched.
     pub app_id: Option<&'a str>,
+    /// The credits the request costs a key that has credits (`None`: 1).
+    pub cost: Option<u64>,
 }
 
 impl<'a> RequestContext<'a> {
@@ -77,6 +79,20 @@ impl<'a> RequestContext<'a> {
         self.app_id = Some(app_id);
         self
     }
+
+    /// Costing `cost` credits (instead of 1) to a key that has credits; a
+    /// cost of `0` spends nothing and passes whatever is left.
+    #[must_use]
+    pub fn with_cost(mut self, cost: u64) -> Self {
+        self.cost = Some(cost);
+        self
+    }
+
+    /// What the request costs a key with credits.
+    #[must_use]
+    pub fn cost(&self) -> u64 {
+        self.cost.unwrap_or(1)
+    }
 }
 
 /// A key that passed validation.
@@ -88,6 +104,9 @@ pub struct Validation {
     pub policy: Option<Arc<Policy>>,
     /// The rate limiter's state after this request, when the policy limits.
     pub rate_limit: Option<RateLimitStatus>,
+    /// The key's credits after this request spent its cost, when the key
+    /// has credits.
+    pub credits: Option<CreditsStatus>,
     /// The key's scopes narrowed to the policy's `allowed_scopes`, when the
     /// policy was tightened after the key got them.
     narrowed: Option<Vec<String>>,
@@ -103,6 +122,7 @@ impl Clone for Validation {
             key: Arc::clone(&self.key),
             policy: self.policy.clone(),
             rate_limit: self.rate_limit,
+            credits: self.credits,
             narrowed: self.narrowed.clone(),
             checked_at: self.checked_at,
             refunded: AtomicBool::new(self.is_refunded()),
@@ -146,7 +166,7 @@ impl Validation {
         narrowed: Option<Vec<String>>,
         checked_at: DateTime<Utc>,
     ) -> Self {
-        Self { key, policy, rate_limit, narrowed, checked_at, refunded: AtomicBool::new(false) }
+        Self { key, policy, rate_limit, credits: None, narrowed, checked_at, refunded: AtomicBool::new(false) }
     }
 }
 
@@ -278,8 +298,13 @@ impl Engine {
             if !missing.is_empty() {
                 return Err(refuse(Refusal::InsufficientScope { missing }, &key));
             }
-            self.touch(&key, now);
-            return Ok(Validation::new(key, None, None, None, now));
+            let mut validation = Validation::new(key, None, None, None, now);
+            // 10. Credits.
+            if validation.key.credits.is_some() {
+                validation = Box::pin(self.spend_credits(validation, ctx.cost())).await?;
+            }
+            self.touch(&validation.key, now);
+            return Ok(validation);
         };
 
         // 5. Client address.
@@ -326,13 +351,52 @@ impl Engine {
             }
         }
 
-        self.touch(&key, now);
-        Ok(Validation::new(key, Some(policy), rate_limit, narrowed, now))
+        let mut validation = Validation::new(key, Some(policy), rate_limit, narrowed, now);
+        // 10. Credits, last: what the request spent above is given back if
+        // they refuse it.
+        if validation.key.credits.is_some() {
+            validation = Box::pin(self.spend_credits(validation, ctx.cost())).await?;
+        }
+        self.touch(&validation.key, now);
+        Ok(validation)
+    }
+
+    /// Spends the request's cost from the key's credits; a refusal gives
+    /// back the rate-limit request and the quota request it had spent.
+    async fn spend_credits(
+        &self,
+        mut validation: Validation,
+        cost: u64,
+    ) -> Result<Validation, (ValidationError, Option<Arc<Key>>)> {
+        let store = &self.inner.store;
+        let (key, now) = (&validation.key, validation.checked_at);
+        let spent = match store.spend_credits_ready(key, cost, now) {
+            Some(spent) => spent,
+            None => store.spend_credits(key, cost, now).await,
+        };
+        match spent {
+            Ok(CreditSpend::Spent(credits)) => {
+                validation.credits = Some(credits.status(cost, now));
+                Ok(validation)
+            }
+            Ok(CreditSpend::Unlimited) => Ok(validation),
+            Ok(CreditSpend::Exhausted(credits)) => {
+                self.refund_limits(&validation);
+                let refills_at = credits.next_refill(now);
+                Err((Refusal::CreditsExhausted { refills_at }.into(), Some(Arc::clone(&validation.key))))
+            }
+            Err(error) => {
+                self.refund_limits(&validation);
+                Err((error.into(), None))
+            }
+        }
     }
 
     /// Gives back what a validated request spent, because it was refused
     /// after validation (a route's scope requirement): its rate-limit
-    /// request and its quota request go back to the key's lineage, and the
+    /// request, its quota request and its credits go back to the key's
+    /// lineage (credits kept by a SQL store are given back by a task on the
+    /// current Tokio runtime), and the
     /// validation is marked so that no usage is recorded for it. A refused
     /// request spends nothing.
     ///
@@ -342,6 +406,27 @@ impl Engine {
         if validation.refunded.swap(true, Ordering::AcqRel) {
             return false;
         }
+        self.refund_limits(validation);
+        if let Some(credits) = validation.credits.filter(|c| c.cost > 0) {
+            let store = &self.inner.store;
+            let key = &validation.key;
+            if store.refund_credits_ready(key, credits.cost).is_none()
+                && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            {
+                let (store, key) = (Arc::clone(store), Arc::clone(key));
+                runtime.spawn(async move {
+                    if let Err(error) = store.refund_credits(&key, credits.cost).await {
+                        tracing::warn!(key_id = %key.id, %error, "could not give back the credits of a refused request");
+                    }
+                });
+            }
+        }
+        true
+    }
+
+    /// Gives back the rate-limit request and the quota request `validation`
+    /// spent.
+    fn refund_limits(&self, validation: &Validation) {
         if let Some(policy) = &validation.policy {
             let lineage = validation.key.lineage_id;
             if let (Some(limit), Some(_)) = (&policy.rate_limit, &validation.rate_limit) {
@@ -351,7 +436,6 @@ impl Engine {
                 self.inner.quotas.refund(lineage, validation.checked_at);
             }
         }
-        true
     }
 
     /// Queues a `last_used_at` write unless one was queued (or stored) for

@@ -298,6 +298,7 @@ mod tests {
             scopes: vec![],
             tenant: tenant.clone(),
             owner_id: None,
+            credits: None,
             policy_id: None,
             expires_at: None,
             grace_expires_at: None,

@@ -11,3 +11,6 @@
 ALTER TABLE keysmith_keys
     ADD COLUMN owner_id VARCHAR(255),
     ADD KEY keysmith_keys_owner (app_id, tenant_id, owner_id);
+
+-- How many live keys one owner may hold under a policy (none: no limit).
+ALTER TABLE keysmith_policies ADD COLUMN max_active_keys_per_owner BIGINT;

@@ -8,3 +8,6 @@ ALTER TABLE keysmith_keys ADD COLUMN owner_id TEXT;
 -- that caps it.
 CREATE INDEX IF NOT EXISTS keysmith_keys_owner ON keysmith_keys (app_id, tenant_id, owner_id, id)
     WHERE owner_id IS NOT NULL;
+
+-- How many live keys one owner may hold under a policy (none: no limit).
+ALTER TABLE keysmith_policies ADD COLUMN max_active_keys_per_owner BIGINT;
