@@ -143,6 +143,11 @@ pub(crate) struct PolicyInput {
     #[serde(default, deserialize_with = "whole::option_seconds")]
     #[schema(maximum = 3_155_760_000_u64)]
     rotation_grace: Option<u64>,
+    /// How many live keys (`active` or `suspended`) one owner may hold under
+    /// the policy; creating one more is refused (409 `owner_key_limit`).
+    /// `1` is "one key per customer".
+    #[schema(minimum = 1, maximum = 100_000, example = 1)]
+    max_active_keys_per_owner: Option<u32>,
     /// Application data (a JSON object; no control character in any key or
     /// string).
     #[serde(default)]
@@ -162,6 +167,7 @@ impl From<PolicyInput> for PolicySpec {
             max_key_age: input.max_key_age.map(Duration::from_secs),
             quota: input.quota.map(|quota| keysmith_core::Quota { daily: quota.daily, monthly: quota.monthly }),
             rotation_grace: input.rotation_grace.map(Duration::from_secs),
+            max_active_keys_per_owner: input.max_active_keys_per_owner,
             metadata: input.metadata,
         }
     }
@@ -191,6 +197,8 @@ pub(crate) struct Policy {
     quota: Option<Quota>,
     /// Default rotation grace, in seconds.
     rotation_grace: Option<u64>,
+    /// How many live keys one owner may hold under the policy.
+    max_active_keys_per_owner: Option<u32>,
     /// Application data (a JSON object).
     #[schema(schema_with = metadata_ref)]
     metadata: serde_json::Map<String, serde_json::Value>,
@@ -213,6 +221,7 @@ impl From<keysmith_core::Policy> for Policy {
             max_key_age: policy.max_key_age.map(|age| age.as_secs()),
             quota: policy.quota.map(|quota| Quota { daily: quota.daily, monthly: quota.monthly }),
             rotation_grace: policy.rotation_grace.map(|grace| grace.as_secs()),
+            max_active_keys_per_owner: policy.max_active_keys_per_owner,
             metadata: policy.metadata,
             created_at: policy.created_at,
             updated_at: policy.updated_at,

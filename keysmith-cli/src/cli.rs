@@ -152,6 +152,9 @@ pub(crate) struct CreateKeyArgs {
     /// Hold the key to this policy (`kpol_…`).
     #[arg(long, value_name = "POLICY_ID")]
     pub(crate) policy: Option<PolicyId>,
+    /// Give the key to this owner: your id for the user or customer it is for.
+    #[arg(long, value_name = "OWNER_ID")]
+    pub(crate) owner: Option<String>,
     /// Expire the key at this time (RFC 3339, or a date meaning its UTC midnight).
     #[arg(long, value_name = "TIME", value_parser = values::parse_time, conflicts_with = "expires_in")]
     pub(crate) expires_at: Option<DateTime<Utc>>,
@@ -181,6 +184,9 @@ pub(crate) struct ListKeysArgs {
     /// Only keys under this policy (`kpol_…`).
     #[arg(long, value_name = "POLICY_ID")]
     pub(crate) policy: Option<PolicyId>,
+    /// Only keys of this owner (matched exactly).
+    #[arg(long, value_name = "OWNER_ID")]
+    pub(crate) owner: Option<String>,
     /// Which page of the listing.
     #[command(flatten)]
     pub(crate) page: PageArgs,
@@ -302,6 +308,9 @@ pub(crate) struct PolicySpecArgs {
     /// Default grace of rotations of keys under the policy: `1h`, `0`.
     #[arg(long, value_name = "DURATION", value_parser = values::parse_duration)]
     pub(crate) rotation_grace: Option<Duration>,
+    /// At most this many live keys per owner under the policy (1: one key per customer).
+    #[arg(long, value_name = "KEYS")]
+    pub(crate) max_keys_per_owner: Option<u32>,
     /// Application data, a JSON object.
     #[arg(long, value_name = "JSON", value_parser = values::parse_metadata)]
     pub(crate) metadata: Option<Map<String, Value>>,

@@ -48,6 +48,11 @@ pub enum Refusal {
         /// When the exhausted quota resets (UTC).
         resets_at: DateTime<Utc>,
     },
+    /// The key's credits cannot pay the request's cost.
+    CreditsExhausted {
+        /// When the credits refill, if they have a refill (UTC).
+        refills_at: Option<DateTime<Utc>>,
+    },
 }
 
 impl Refusal {
@@ -67,6 +72,7 @@ impl Refusal {
             Self::InsufficientScope { .. } => "insufficient_scope",
             Self::RateLimited { .. } => "rate_limited",
             Self::QuotaExceeded { .. } => "quota_exceeded",
+            Self::CreditsExhausted { .. } => "credits_exhausted",
         }
     }
 }
@@ -92,6 +98,10 @@ impl fmt::Display for Refusal {
             Self::QuotaExceeded { resets_at } => {
                 write!(f, "usage quota exceeded; resets at {}", resets_at.to_rfc3339())
             }
+            Self::CreditsExhausted { refills_at: Some(at) } => {
+                write!(f, "the API key has no credits left; they refill at {}", at.to_rfc3339())
+            }
+            Self::CreditsExhausted { refills_at: None } => f.write_str("the API key has no credits left"),
         }
     }
 }

@@ -144,6 +144,7 @@ pub(crate) struct PolicyColumns {
     pub(crate) allowed_ips: Vec<String>,
     pub(crate) max_key_age_us: Option<i64>,
     pub(crate) rotation_grace_us: Option<i64>,
+    pub(crate) max_active_keys_per_owner: Option<i64>,
 }
 
 impl PolicyColumns {
@@ -153,6 +154,7 @@ impl PolicyColumns {
             allowed_ips: policy.allowed_ips.iter().map(ToString::to_string).collect(),
             max_key_age_us: policy.max_key_age.map(|d| duration_to_micros("max_key_age", d)).transpose()?,
             rotation_grace_us: policy.rotation_grace.map(|d| duration_to_micros("rotation_grace", d)).transpose()?,
+            max_active_keys_per_owner: policy.max_active_keys_per_owner.map(i64::from),
         })
     }
 }

@@ -52,6 +52,7 @@ fn spec(args: PolicySpecArgs) -> PolicySpec {
         spec.quota = Some(Quota { daily: args.daily_quota, monthly: args.monthly_quota });
     }
     spec.rotation_grace = args.rotation_grace;
+    spec.max_active_keys_per_owner = args.max_keys_per_owner;
     spec.metadata = args.metadata.unwrap_or_default();
     spec
 }
@@ -110,6 +111,7 @@ fn details(policy: &Policy) -> Details {
         .line("daily quota", output::opt(quota.daily))
         .line("monthly quota", output::opt(quota.monthly))
         .line("rotation grace", output::opt(policy.rotation_grace.map(format_duration)))
+        .line("keys per owner", output::opt(policy.max_active_keys_per_owner))
         .line("metadata", output::metadata(&policy.metadata))
         .line("created", format_time(policy.created_at))
         .line("updated", format_time(policy.updated_at));

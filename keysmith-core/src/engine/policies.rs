@@ -90,6 +90,7 @@ fn build(
         max_key_age: spec.max_key_age,
         quota: spec.quota,
         rotation_grace: spec.rotation_grace,
+        max_active_keys_per_owner: spec.max_active_keys_per_owner,
         metadata: spec.metadata,
         created_at,
         updated_at,

@@ -14,7 +14,7 @@ use crate::hooks::Event;
 use crate::key::ParsedKey;
 use crate::limit::{RateLimitStatus, Subject};
 use crate::store::Transition;
-use crate::{Error, Key, KeyState, Policy, RateLimit, Refusal, scope};
+use crate::{CreditSpend, CreditsStatus, Error, Key, KeyState, LimitBy, Policy, RateLimit, Refusal, scope};
 
 /// What is known about the request a key came with. Everything is optional;
 /// policy checks that need a missing fact refuse (an IP allowlist with no IP).
@@ -33,6 +33,8 @@ pub struct RequestContext<'a> {
     /// Accept only keys of this application; another app's key is refused
     /// as unknown before any of its limits are touched.
     pub app_id: Option<&'a str>,
+    /// The credits the request costs a key that has credits (`None`: 1).
+    pub cost: Option<u64>,
 }
 
 impl<'a> RequestContext<'a> {
@@ -77,6 +79,20 @@ impl<'a> RequestContext<'a> {
         self.app_id = Some(app_id);
         self
     }
+
+    /// Costing `cost` credits (instead of 1) to a key that has credits; a
+    /// cost of `0` spends nothing and passes whatever is left.
+    #[must_use]
+    pub fn with_cost(mut self, cost: u64) -> Self {
+        self.cost = Some(cost);
+        self
+    }
+
+    /// What the request costs a key with credits.
+    #[must_use]
+    pub fn cost(&self) -> u64 {
+        self.cost.unwrap_or(1)
+    }
 }
 
 /// A key that passed validation.
@@ -89,6 +105,9 @@ pub struct Validation {
     /// Each rate limit's state after this request, in the order of the
     /// policy's `rate_limits` (empty when nothing limits the rate).
     pub rate_limits: Vec<RateLimitStatus>,
+    /// The key's credits after this request spent its cost, when the key
+    /// has credits.
+    pub credits: Option<CreditsStatus>,
     /// The key's scopes narrowed to the policy's `allowed_scopes`, when the
     /// policy was tightened after the key got them.
     narrowed: Option<Vec<String>>,
@@ -104,6 +123,7 @@ impl Clone for Validation {
             key: Arc::clone(&self.key),
             policy: self.policy.clone(),
             rate_limits: self.rate_limits.clone(),
+            credits: self.credits,
             narrowed: self.narrowed.clone(),
             checked_at: self.checked_at,
             refunded: AtomicBool::new(self.is_refunded()),
@@ -160,7 +180,7 @@ impl Validation {
         narrowed: Option<Vec<String>>,
         checked_at: DateTime<Utc>,
     ) -> Self {
-        Self { key, policy, rate_limits, narrowed, checked_at, refunded: AtomicBool::new(false) }
+        Self { key, policy, rate_limits, credits: None, narrowed, checked_at, refunded: AtomicBool::new(false) }
     }
 }
 
@@ -292,8 +312,13 @@ impl Engine {
             if !missing.is_empty() {
                 return Err(refuse(Refusal::InsufficientScope { missing }, &key));
             }
-            self.touch(&key, now);
-            return Ok(Validation::new(key, None, Vec::new(), None, now));
+            let mut validation = Validation::new(key, None, Vec::new(), None, now);
+            // 10. Credits.
+            if validation.key.credits.is_some() {
+                validation = Box::pin(self.spend_credits(validation, ctx.cost())).await?;
+            }
+            self.touch(&validation.key, now);
+            return Ok(validation);
         };
 
         // 5. Client address.
@@ -324,12 +349,12 @@ impl Engine {
             let status = match checked {
                 Ok(status) => status,
                 Err(error) => {
-                    self.refund_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
+                    self.refund_rate_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
                     return Err(fail(error));
                 }
             };
             if !status.allowed {
-                self.refund_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
+                self.refund_rate_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
                 let retry_after = status.retry_after.unwrap_or(status.reset);
                 let event = || Event::KeyRateLimited { key_id: key.id, tenant: key.tenant.clone(), retry_after };
                 Box::pin(self.emit(event)).await;
@@ -342,25 +367,64 @@ impl Engine {
             let consumed = match inner.quotas.try_consume(&*inner.store, &key, quota, now).await {
                 Ok(consumed) => consumed,
                 Err(error) => {
-                    self.refund_limits(subject, &policy.rate_limits, now);
+                    self.refund_rate_limits(subject, &policy.rate_limits, now);
                     return Err(fail(error));
                 }
             };
             if let Err(resets_at) = consumed {
-                self.refund_limits(subject, &policy.rate_limits, now);
+                self.refund_rate_limits(subject, &policy.rate_limits, now);
                 let event = || Event::QuotaExceeded { key_id: key.id, tenant: key.tenant.clone(), resets_at };
                 Box::pin(self.emit(event)).await;
                 return Err(refuse(Refusal::QuotaExceeded { resets_at }, &key));
             }
         }
 
-        self.touch(&key, now);
-        Ok(Validation::new(key, Some(policy), rate_limits, narrowed, now))
+        let mut validation = Validation::new(key, Some(policy), rate_limits, narrowed, now);
+        // 10. Credits, last: what the request spent above is given back if
+        // they refuse it.
+        if validation.key.credits.is_some() {
+            validation = Box::pin(self.spend_credits(validation, ctx.cost())).await?;
+        }
+        self.touch(&validation.key, now);
+        Ok(validation)
+    }
+
+    /// Spends the request's cost from the key's credits; a refusal gives
+    /// back the rate-limit request and the quota request it had spent.
+    async fn spend_credits(
+        &self,
+        mut validation: Validation,
+        cost: u64,
+    ) -> Result<Validation, (ValidationError, Option<Arc<Key>>)> {
+        let store = &self.inner.store;
+        let (key, now) = (&validation.key, validation.checked_at);
+        let spent = match store.spend_credits_ready(key, cost, now) {
+            Some(spent) => spent,
+            None => store.spend_credits(key, cost, now).await,
+        };
+        match spent {
+            Ok(CreditSpend::Spent(credits)) => {
+                validation.credits = Some(credits.status(cost, now));
+                Ok(validation)
+            }
+            Ok(CreditSpend::Unlimited) => Ok(validation),
+            Ok(CreditSpend::Exhausted(credits)) => {
+                self.refund_limits(&validation);
+                let refills_at = credits.next_refill(now);
+                Err((Refusal::CreditsExhausted { refills_at }.into(), Some(Arc::clone(&validation.key))))
+            }
+            Err(error) => {
+                self.refund_limits(&validation);
+                Err((error.into(), None))
+            }
+        }
     }
 
     /// Gives back what a validated request spent, because it was refused
     /// after validation (a route's scope requirement): its rate-limit
-    /// request and its quota request go back to the key's lineage, and the
+    /// request, its quota request and its credits go back to the key's
+    /// lineage (credits kept by a SQL store are given back by a task on the
+    /// current Tokio runtime), and the
     /// validation is marked so that no usage is recorded for it. A refused
     /// request spends nothing.
     ///
@@ -370,18 +434,42 @@ impl Engine {
         if validation.refunded.swap(true, Ordering::AcqRel) {
             return false;
         }
-        if let Some(policy) = &validation.policy {
-            let subject = limit_subject(&validation.key, policy);
-            self.refund_limits(subject, &policy.rate_limits[..validation.rate_limits.len()], validation.checked_at);
-            if policy.quota.is_some() {
-                self.inner.quotas.refund(validation.key.lineage_id, validation.checked_at);
+        self.refund_limits(validation);
+        if let Some(credits) = validation.credits.filter(|c| c.cost > 0) {
+            let store = &self.inner.store;
+            let key = &validation.key;
+            if store.refund_credits_ready(key, credits.cost).is_none()
+                && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            {
+                let (store, key) = (Arc::clone(store), Arc::clone(key));
+                runtime.spawn(async move {
+                    if let Err(error) = store.refund_credits(&key, credits.cost).await {
+                        tracing::warn!(key_id = %key.id, %error, "could not give back the credits of a refused request");
+                    }
+                });
             }
         }
         true
     }
 
+    /// Gives back the rate-limit request and the quota request `validation`
+    /// spent.
+    fn refund_limits(&self, validation: &Validation) {
+        if let Some(policy) = &validation.policy {
+            let subject = limit_subject(&validation.key, policy);
+            self.refund_rate_limits(
+                subject,
+                &policy.rate_limits[..validation.rate_limits.len()],
+                validation.checked_at,
+            );
+            if policy.quota.is_some() {
+                self.inner.quotas.refund(validation.key.lineage_id, validation.checked_at);
+            }
+        }
+    }
+
     /// Gives back one request counted at `at` against each of `limits`.
-    fn refund_limits(&self, subject: Subject<'_>, limits: &[RateLimit], at: DateTime<Utc>) {
+    fn refund_rate_limits(&self, subject: Subject<'_>, limits: &[RateLimit], at: DateTime<Utc>) {
         for limit in limits {
             self.inner.limiter.refund(subject, limit, at);
         }
@@ -436,11 +524,15 @@ impl Engine {
     }
 }
 
-/// Whose budget the policy's limits count for `key`: its lineage, so that
-/// a rotation shares its predecessor's budget.
+/// Whose budget the policy's rate limits count for `key`: its owner's
+/// under `limit_by: owner` (every key of the owner shares it), else its
+/// lineage (a rotation shares its predecessor's budget). A key without an
+/// owner keeps its lineage's budget even under `limit_by: owner`.
 fn limit_subject<'a>(key: &'a Key, policy: &Policy) -> Subject<'a> {
-    let _ = policy;
-    Subject::Key(key.lineage_id)
+    match (policy.limit_by, key.owner_id.as_deref()) {
+        (LimitBy::Owner, Some(owner_id)) => Subject::Owner { tenant: &key.tenant, owner_id },
+        _ => Subject::Key(key.lineage_id),
+    }
 }
 
 /// The key's scopes within `allowed`, or `None` when nothing is cut (no

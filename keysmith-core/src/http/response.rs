@@ -56,6 +56,7 @@ impl RefusalResponse {
     /// | insufficient scope | 403 | … `error="insufficient_scope", scope="…"` |
     /// | rate limited | 429 | `Retry-After`, `RateLimit-Policy` and `RateLimit` |
     /// | quota exceeded | 429 | `Retry-After` |
+    /// | credits exhausted | 429 | `Retry-After` when the credits refill |
     #[must_use]
     pub fn refused(refusal: Refusal, realm: &str, now: DateTime<Utc>) -> Self {
         Self::refused_with(refusal, realm, now, RateLimitHeaders::default())
@@ -92,11 +93,13 @@ impl RefusalResponse {
                 headers.extend(rate_limit_headers.for_refusal(limit, status, *retry_after));
                 429
             }
-            Refusal::QuotaExceeded { resets_at } => {
+            Refusal::QuotaExceeded { resets_at } | Refusal::CreditsExhausted { refills_at: Some(resets_at) } => {
                 let wait = (*resets_at - now).to_std().unwrap_or_default();
                 headers.push((names::RETRY_AFTER, retry_after_secs(wait).max(1).to_string()));
                 429
             }
+            // No refill: waiting does not help, so no `Retry-After`.
+            Refusal::CreditsExhausted { refills_at: None } => 429,
             // Malformed, Unknown, Revoked, Expired, Suspended, and any later
             // refusal of the key itself.
             _ => {
@@ -217,6 +220,7 @@ mod tests {
             (Refusal::InsufficientScope { missing: vec!["a".into()] }, 403, "insufficient_scope"),
             (rate_limited(Duration::from_secs(1)), 429, "rate_limited"),
             (Refusal::QuotaExceeded { resets_at: now() }, 429, "quota_exceeded"),
+            (Refusal::CreditsExhausted { refills_at: None }, 429, "credits_exhausted"),
         ];
         for (refusal, status, code) in cases {
             let response = refused(refusal);
@@ -293,5 +297,9 @@ mod tests {
         // A reset already passed still asks for a (short) wait.
         let past = refused(Refusal::QuotaExceeded { resets_at: now() - chrono::Duration::seconds(5) });
         assert_eq!(past.header("retry-after"), Some("1"));
+        let credits = refused(Refusal::CreditsExhausted { refills_at: Some(midnight) });
+        assert_eq!(credits.header("retry-after"), Some("30"));
+        let spent = refused(Refusal::CreditsExhausted { refills_at: None });
+        assert_eq!((spent.status, spent.header("retry-after")), (429, None), "no refill: waiting does not help");
     }
 }

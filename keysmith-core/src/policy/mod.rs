@@ -42,6 +42,13 @@ pub struct Policy {
     /// Default grace period for rotations of keys under this policy, in seconds in JSON.
     #[serde(default, with = "crate::serde_secs::option")]
     pub rotation_grace: Option<Duration>,
+    /// How many live keys (`active` or `suspended`) one owner may hold under
+    /// this policy; creating one more is refused with
+    /// [`Error::OwnerKeyLimit`](crate::Error::OwnerKeyLimit). `1` is "one
+    /// key per customer". Rotation keeps the count: the rotated key is no
+    /// longer live. Keys without an owner are not counted.
+    #[serde(default)]
+    pub max_active_keys_per_owner: Option<u32>,
     /// Free-form JSON object for the application.
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// Creation time.

@@ -38,6 +38,9 @@ pub struct PolicySpec {
     /// Default rotation grace, in seconds in JSON.
     #[serde(with = "crate::serde_secs::option")]
     pub rotation_grace: Option<Duration>,
+    /// How many live keys one owner may hold under the policy (1 to
+    /// [`MAX_KEYS_PER_OWNER`](Self::MAX_KEYS_PER_OWNER)).
+    pub max_active_keys_per_owner: Option<u32>,
     /// Free-form JSON object.
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
@@ -78,6 +81,8 @@ impl PolicySpec {
     pub const MAX_KEY_AGE: Duration = Duration::from_secs(36_525 * 24 * 60 * 60);
     /// The longest default rotation grace (366 days).
     pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(LEAP_YEAR);
+    /// The largest `max_active_keys_per_owner`.
+    pub const MAX_KEYS_PER_OWNER: u32 = 100_000;
 
     /// A spec with only a name (a policy that limits nothing yet).
     pub fn new(name: impl Into<String>) -> Self {
@@ -150,6 +155,13 @@ impl PolicySpec {
         self
     }
 
+    /// Lets one owner hold at most `keys` live keys under the policy.
+    #[must_use]
+    pub fn with_max_active_keys_per_owner(mut self, keys: u32) -> Self {
+        self.max_active_keys_per_owner = Some(keys);
+        self
+    }
+
     /// Checks every field; the error names the first one at fault.
     pub(crate) fn validate(&self) -> Result<CheckedSpec> {
         let name = input::check_name(&self.name, MAX_NAME_LEN)?;
@@ -173,6 +185,12 @@ impl PolicySpec {
             return Err(Error::invalid(
                 "rotation_grace",
                 format!("must be at most {} seconds", Self::MAX_ROTATION_GRACE.as_secs()),
+            ));
+        }
+        if self.max_active_keys_per_owner.is_some_and(|n| n == 0 || n > Self::MAX_KEYS_PER_OWNER) {
+            return Err(Error::invalid(
+                "max_active_keys_per_owner",
+                format!("must be 1 to {} (omit it for no limit)", Self::MAX_KEYS_PER_OWNER),
             ));
         }
         let allowed_ips = self.allowed_ips.iter().map(|s| parse_network(s)).collect::<Result<Vec<_>>>()?;
