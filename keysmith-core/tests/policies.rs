@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use keysmith_core::store::{KeyFilter, Page};
 use keysmith_core::{
-    Engine, Error, ManualClock, MemoryStore, NewKey, PolicySpec, Refusal, RequestContext, Validation, ValidationError,
+    Engine, Error, LimitBy, ManualClock, MemoryStore, NewKey, PolicySpec, Refusal, RequestContext, Validation,
+    ValidationError,
 };
 use support::{engine, t0};
 
@@ -358,4 +359,44 @@ async fn the_largest_accepted_policy_values_are_enforced() {
         assert_eq!(rotated.record.grace_ttl, PolicySpec::MAX_ROTATION_GRACE);
         clock.advance(Duration::from_secs(1));
     }
+}
+
+#[tokio::test]
+async fn under_limit_by_owner_an_owners_keys_share_one_budget() {
+    let (engine, _clock) = engine();
+    let acme = engine.tenant("app", "acme");
+    let spec = PolicySpec::new("per-customer").with_rate_limit(3, Duration::from_secs(60)).with_limit_by(LimitBy::Owner);
+    let policy = acme.create_policy(spec).await.unwrap();
+    let key = |name: &'static str, owner: Option<&'static str>| {
+        let acme = acme.clone();
+        async move {
+            let mut new = NewKey::new(name).with_policy(policy.id);
+            if let Some(owner) = owner {
+                new = new.with_owner(owner);
+            }
+            acme.create_key(new).await.unwrap().raw.expose().to_owned()
+        }
+    };
+    let (first, second) = (key("a", Some("cust_1")).await, key("b", Some("cust_1")).await);
+    let other_owner = key("c", Some("cust_2")).await;
+    let (no_owner, no_owner_too) = (key("d", None).await, key("e", None).await);
+    let ctx = RequestContext::new();
+    let pass = |raw: String| {
+        let engine = engine.clone();
+        async move { engine.validate(&raw, &RequestContext::new()).await.map(|v| v.rate_limits[0].remaining) }
+    };
+    // One customer, two keys, one budget of 3.
+    assert_eq!(pass(first.clone()).await.unwrap(), 2);
+    assert_eq!(pass(second.clone()).await.unwrap(), 1);
+    assert_eq!(pass(first.clone()).await.unwrap(), 0);
+    match refusal(engine.validate(&second, &ctx).await) {
+        Refusal::RateLimited { limit, .. } => assert_eq!(limit.name, "default"),
+        other => panic!("{other:?}"),
+    }
+    // Another customer has its own budget; keys without an owner keep
+    // their own (lineage) budgets.
+    assert_eq!(pass(other_owner).await.unwrap(), 2);
+    assert_eq!(pass(no_owner.clone()).await.unwrap(), 2);
+    assert_eq!(pass(no_owner).await.unwrap(), 1);
+    assert_eq!(pass(no_owner_too).await.unwrap(), 2);
 }
