@@ -3,7 +3,7 @@
 //!
 //! - [`ApiKeyMiddleware`] validates every request's key: refusals are
 //!   answered with the right status, `WWW-Authenticate`, `Retry-After` and a
-//!   JSON body; passed requests carry an [`ApiKey`], get `RateLimit-*`
+//!   JSON body; passed requests carry an [`ApiKey`], get rate-limit
 //!   headers and have their usage recorded after the response.
 //! - [`RequireScopes::all`] / [`RequireScopes::any`] guard a `web::scope`
 //!   or a resource.
@@ -68,4 +68,4 @@ pub use response::{ApiKeyRejection, RefusalResponder, default_refusal_response};
 pub use scopes::{RequireScopes, RequireScopesMiddleware};
 
 /// The framework-free pieces this crate is built on, for configuration.
-pub use keysmith_core::http::{ForwardingHeader, KeySources, RefusalResponse, TrustedProxies};
+pub use keysmith_core::http::{ForwardingHeader, KeySources, RateLimitHeaders, RefusalResponse, TrustedProxies};

@@ -42,6 +42,9 @@ pub(crate) struct Key {
     /// Scopes granted to the key.
     #[schema(example = json!(["read:users"]))]
     scopes: Vec<String>,
+    /// The application's id for the user or customer the key belongs to.
+    #[schema(example = "cus_42")]
+    owner_id: Option<String>,
     /// The policy the key is held to.
     #[schema(value_type = Option<String>, pattern = "^kpol_[0-7][0-9a-hjkmnp-tv-z]{25}$")]
     policy_id: Option<keysmith_core::PolicyId>,
@@ -72,6 +75,7 @@ impl From<keysmith_core::Key> for Key {
             environment: key.environment.into(),
             state: key.state.into(),
             scopes: key.scopes,
+            owner_id: key.owner_id,
             policy_id: key.policy_id,
             expires_at: key.expires_at,
             grace_expires_at: key.grace_expires_at,
@@ -100,6 +104,12 @@ pub(crate) struct CreateKey {
     /// A policy of the caller's tenant.
     #[schema(pattern = "^kpol_[0-7][0-9a-hjkmnp-tv-z]{25}$")]
     policy_id: Option<String>,
+    /// The application's id for the user or customer the key is for: 1 to
+    /// 255 characters, no control character, no surrounding whitespace.
+    /// When the policy caps `max_active_keys_per_owner`, one key too many
+    /// is refused (409 `owner_key_limit`).
+    #[schema(example = "cus_42", min_length = 1, max_length = 255)]
+    owner_id: Option<String>,
     /// When the key expires; must be in the future.
     expires_at: Option<DateTime<Utc>>,
     /// The environment written into the key (default: the engine's).
@@ -251,6 +261,9 @@ pub(crate) struct KeyListQuery {
     /// Only keys under this policy.
     #[param(pattern = "^kpol_[0-7][0-9a-hjkmnp-tv-z]{25}$")]
     policy_id: Option<String>,
+    /// Only keys of this owner (matched exactly).
+    #[param(min_length = 1, max_length = 255)]
+    owner_id: Option<String>,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
@@ -276,6 +289,9 @@ pub(crate) async fn create_key(
     let mut new = NewKey::new(body.name).with_scopes(body.scopes).with_metadata(body.metadata);
     if let Some(policy_id) = parse_id(body.policy_id.as_deref())? {
         new = new.with_policy(policy_id);
+    }
+    if let Some(owner_id) = body.owner_id {
+        new = new.with_owner(owner_id);
     }
     if let Some(at) = body.expires_at {
         new = new.with_expires_at(at);
@@ -308,6 +324,7 @@ pub(crate) async fn list_keys(
         state: query.state.map(Into::into),
         environment: query.environment.map(Into::into),
         policy_id: parse_id(query.policy_id.as_deref())?,
+        owner_id: query.owner_id,
         page,
     };
     let keys = tenant.list_keys(&filter).await?;

@@ -334,7 +334,11 @@ async fn policy_routes_create_list_show_replace_delete() {
             "/policies",
             json!({
                 "name": "partners",
-                "rate_limit": {"requests": 100, "window": 60, "burst": 20},
+                "rate_limits": [
+                    {"name": "burst", "requests": 100, "window": 60, "burst": 20},
+                    {"name": "daily", "requests": 5000, "window": 86400}
+                ],
+                "limit_by": "owner",
                 "allowed_ips": ["10.1.2.3/8", "192.0.2.7"],
                 "allowed_origins": ["HTTPS://App.Example.com/"],
                 "allowed_scopes": ["read"],
@@ -348,7 +352,14 @@ async fn policy_routes_create_list_show_replace_delete() {
     let policy = created.ok(201).clone();
     let id = policy["id"].as_str().unwrap().to_owned();
     assert!(id.starts_with("kpol_"));
-    assert_eq!(policy["rate_limit"], json!({"requests": 100, "window": 60, "burst": 20}));
+    assert_eq!(
+        policy["rate_limits"],
+        json!([
+            {"name": "burst", "requests": 100, "window": 60, "burst": 20},
+            {"name": "daily", "requests": 5000, "window": 86400, "burst": null}
+        ])
+    );
+    assert_eq!(policy["limit_by"], "owner");
     assert_eq!(policy["allowed_ips"], json!(["10.0.0.0/8", "192.0.2.7/32"]));
     assert_eq!(policy["allowed_origins"], json!(["https://app.example.com"]));
     assert_eq!(policy["max_key_age"], 7_776_000);
@@ -363,9 +374,23 @@ async fn policy_routes_create_list_show_replace_delete() {
     h.post("/policies", json!({"name": "x", "allowed_origins": ["example.com"]}))
         .await
         .assert_error(400, "invalid_input");
-    h.post("/policies", json!({"name": "x", "rate_limit": {"requests": 0, "window": 1}}))
+    h.post("/policies", json!({"name": "x", "rate_limits": [{"name": "a", "requests": 0, "window": 1}]}))
         .await
         .assert_error(400, "invalid_input");
+    let twice = json!([{"name": "a", "requests": 1, "window": 1}, {"name": "a", "requests": 2, "window": 1}]);
+    let duplicate = h.post("/policies", json!({"name": "x", "rate_limits": twice})).await;
+    duplicate.assert_error(400, "invalid_input");
+    assert!(duplicate.body["error"]["message"].as_str().unwrap().contains("names two limits"), "{}", duplicate.text);
+    for name in ["Burst", "", "credits", "a b"] {
+        let limit = json!([{"name": name, "requests": 1, "window": 1}]);
+        h.post("/policies", json!({"name": "x", "rate_limits": limit})).await.assert_error(400, "invalid_input");
+    }
+    let many: Vec<Value> = (0..9).map(|i| json!({"name": format!("l{i}"), "requests": 1, "window": 1})).collect();
+    h.post("/policies", json!({"name": "x", "rate_limits": many})).await.assert_error(400, "invalid_input");
+    h.post("/policies", json!({"name": "x", "rate_limits": [{"requests": 1, "window": 1}]}))
+        .await
+        .assert_error(422, "invalid_body");
+    h.post("/policies", json!({"name": "x", "limit_by": "tenant"})).await.assert_error(422, "invalid_body");
     h.post("/policies", json!({"name": "x", "allowed_ip": ["10.0.0.0/8"]})).await.assert_error(422, "invalid_body");
 
     let other = h.post("/policies", json!({"name": "internal"})).await.ok(201)["id"].as_str().unwrap().to_owned();
@@ -382,7 +407,8 @@ async fn policy_routes_create_list_show_replace_delete() {
     let replaced = h.put(&format!("/policies/{id}"), json!({"name": "partners-v2", "quota": {"monthly": 5}})).await;
     let replaced = replaced.ok(200);
     assert_eq!(replaced["name"], "partners-v2");
-    assert_eq!(replaced["rate_limit"], Value::Null);
+    assert_eq!(replaced["rate_limits"], json!([]));
+    assert_eq!(replaced["limit_by"], "key");
     assert_eq!(replaced["allowed_ips"], json!([]));
     assert_eq!(replaced["quota"], json!({"daily": null, "monthly": 5}));
     assert_eq!(replaced["created_at"], policy["created_at"]);

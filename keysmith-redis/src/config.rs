@@ -53,8 +53,7 @@ impl RedisConfig {
     /// # Errors
     /// The URL is not a Redis URL, or the first connection failed.
     pub async fn connect(url: &str) -> Result<Self> {
-        let client =
-            redis::Client::open(url).map_err(|e| Error::InvalidInput { field: "redis_url", reason: e.to_string() })?;
+        let client = client(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_millis(250))
             .set_response_timeout(Duration::from_millis(250))
@@ -110,6 +109,36 @@ impl RedisConfig {
     }
 }
 
+/// A client for the Redis at `url`.
+///
+/// The error never repeats the URL, nor anything redis-rs says about it:
+/// a URL may carry a password.
+pub(crate) fn client(url: &str) -> Result<redis::Client> {
+    redis::Client::open(url).map_err(|error| Error::InvalidInput {
+        field: "redis_url",
+        reason: format!(
+            "not a Redis URL (redis://[user[:password]@]host[:port][/db], rediss://…, redis+unix://…): {:?}",
+            error.kind()
+        ),
+    })
+}
+
+/// Runs `invocation` on `conn`, and once more if the connection had been
+/// dropped (Redis restarted, the connection killed): the manager reconnects
+/// after such a call, so the second attempt meets a fresh connection and a
+/// restart costs no request an error. (Should the dropped call have run
+/// before its answer was lost, it counts twice: over-counting, never
+/// under-counting.)
+pub(crate) async fn invoke<T: redis::FromRedisValue>(
+    invocation: &redis::ScriptInvocation<'_>,
+    mut conn: ConnectionManager,
+) -> redis::RedisResult<T> {
+    match invocation.invoke_async(&mut conn).await {
+        Err(error) if error.is_connection_dropped() => invocation.invoke_async(&mut conn).await,
+        answer => answer,
+    }
+}
+
 /// A Redis failure as the engine's error (adapters answer 503).
 pub(crate) fn backend(error: redis::RedisError) -> Error {
     Error::store(error)
@@ -154,6 +183,29 @@ impl Health {
         }
         if outage == OutagePolicy::FailOpen {
             metrics::counter!("keysmith_redis_fallbacks_total", "component" => self.component).increment(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_bad_url_is_refused_without_repeating_its_password() {
+        let urls = [
+            "redis://user:hunter2-secret@127.0.0.1:notaport/0",
+            "redis://:hunter2-secret@[::1/0",
+            "http://user:hunter2-secret@127.0.0.1:6379",
+            "redis://user:hunter2-secret@127.0.0.1:6379/not-a-db",
+            "hunter2-secret",
+        ];
+        for url in urls {
+            let error = RedisConfig::connect(url).await.unwrap_err();
+            assert!(matches!(error, Error::InvalidInput { field: "redis_url", .. }), "{url}: {error:?}");
+            for shown in [error.to_string(), format!("{error:?}"), format!("{error:#?}")] {
+                assert!(!shown.contains("hunter2"), "{url}: the password shows in {shown}");
+            }
         }
     }
 }

@@ -51,8 +51,7 @@ impl RedisChangeFeed {
     /// # Errors
     /// The URL is not a Redis URL, or Redis does not answer.
     pub async fn connect(url: &str) -> Result<Self> {
-        let client =
-            redis::Client::open(url).map_err(|e| Error::InvalidInput { field: "redis_url", reason: e.to_string() })?;
+        let client = crate::config::client(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_millis(500))
             .set_response_timeout(Duration::from_millis(500))

@@ -11,7 +11,7 @@ use keysmith_core::usage::QuotaCounter;
 use keysmith_core::{Key, KeyId, Period, Quota, Result, Store};
 use redis::Script;
 
-use crate::config::{Health, OutagePolicy, RedisConfig, backend};
+use crate::config::{Health, OutagePolicy, RedisConfig, backend, invoke};
 
 /// Checks and counts one request in one step. `KEYS`: the day's and the
 /// month's counters; `ARGV`: daily and monthly limits (`-1`: none), their
@@ -184,7 +184,7 @@ impl QuotaCounter for RedisQuotas {
             if let Some(seeds) = seeds {
                 call.arg(seeds[0]).arg(seeds[1]);
             }
-            let answer: redis::RedisResult<(i64,)> = call.invoke_async(&mut self.config.connection()).await;
+            let answer: redis::RedisResult<(i64,)> = invoke(&call, self.config.connection()).await;
             match answer {
                 Ok((-1,)) if seeds.is_none() => {
                     seeds = Some([
@@ -217,10 +217,12 @@ impl QuotaCounter for RedisQuotas {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (script, mut conn, keys) = (Arc::clone(&self.refund), self.config.connection(), self.keys(lineage, at));
+        let (script, conn, keys) = (Arc::clone(&self.refund), self.config.connection(), self.keys(lineage, at));
         let (health, outage, local) = (Arc::clone(&self.health), self.config.outage, Arc::clone(&self.local));
         runtime.spawn(async move {
-            let done: redis::RedisResult<i64> = script.key(&keys[0]).key(&keys[1]).invoke_async(&mut conn).await;
+            let mut call = script.key(&keys[0]);
+            call.key(&keys[1]);
+            let done: redis::RedisResult<i64> = invoke(&call, conn).await;
             match done {
                 Ok(_) => health.ok(),
                 Err(error) => {

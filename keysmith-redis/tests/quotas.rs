@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keysmith_core::{
-    Engine, ManualClock, MemoryStore, NewKey, PolicySpec, Quota, Refusal, RequestContext, Store, ValidationError,
+    Clock as _, Engine, ManualClock, MemoryStore, NewKey, PolicySpec, Quota, Refusal, RequestContext, Store, UsageId,
+    UsageRecord, Validation, ValidationError,
 };
 use keysmith_redis::{OutagePolicy, RedisConfig, RedisQuotas};
 
@@ -131,4 +132,80 @@ async fn quotas_fail_open_count_in_process_and_fail_closed_answer_unavailable_un
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(back, "fail_closed never recovered");
+}
+
+/// Records `validation` as the adapters do after the response.
+fn record(engine: &Engine, validation: &Validation, clock: &ManualClock) {
+    engine.record_usage(UsageRecord {
+        id: UsageId::new(),
+        key_id: validation.key.id,
+        tenant: validation.key.tenant.clone(),
+        endpoint: "/".into(),
+        method: "GET".into(),
+        status: 200,
+        ip: None,
+        user_agent: None,
+        latency: Duration::ZERO,
+        timestamp: clock.now(),
+    });
+}
+
+/// The refusal `validate` answers, once Redis answers again (a call may
+/// fail while the connection is re-established).
+async fn refusal_once_back(engine: &Engine, raw: &str) -> Option<Refusal> {
+    for _ in 0..200 {
+        match engine.validate(raw, &RequestContext::new()).await {
+            Ok(_) => return None,
+            Err(ValidationError::Refused(refusal)) => return Some(refusal),
+            Err(ValidationError::Failed(_)) => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+    panic!("Redis never answered again")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_flush_or_a_restart_the_counters_start_again_from_what_the_store_recorded() {
+    let Some(mut server) = common::PrivateRedis::start().await else { return };
+    let clock = clock();
+    let configs = connections(&server.url(), &common::unique_prefix(), 2, OutagePolicy::FailClosed).await;
+    let (engines, raw) = fleet(configs, &clock, Quota { daily: Some(5), monthly: Some(8) }).await;
+    let ctx = RequestContext::new();
+    // Four requests: three recorded and written, one still in flight.
+    for i in 0..4 {
+        let validation = engines[i % 2].validate(&raw, &ctx).await.unwrap();
+        if i < 3 {
+            record(&engines[0], &validation, &clock);
+        }
+    }
+    engines[0].flush_usage().await;
+
+    // FLUSHALL: the counters start from the three the store holds, so the
+    // request in flight is the only one lost (the day admits 5 + 1).
+    let mut admin = redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut admin).await.unwrap();
+    for engine in [&engines[1], &engines[0]] {
+        let validation = engine.validate(&raw, &ctx).await.unwrap();
+        record(&engines[0], &validation, &clock);
+    }
+    let refused = engines[1].validate(&raw, &ctx).await.unwrap_err();
+    let ValidationError::Refused(Refusal::QuotaExceeded { resets_at }) = refused else { panic!("{refused:?}") };
+    assert_eq!(resets_at.to_rfc3339(), "2026-05-06T00:00:00+00:00");
+    engines[0].flush_usage().await;
+
+    // A restart (no persistence) likewise: five written today, day full.
+    server.restart().await;
+    assert!(
+        matches!(refusal_once_back(&engines[0], &raw).await, Some(Refusal::QuotaExceeded { .. })),
+        "the day's counter was not rebuilt from the store"
+    );
+    // The next day's counter starts at zero and the month's at the five
+    // written: three more this month.
+    clock.advance(Duration::from_secs(24 * 3600));
+    for engine in [&engines[0], &engines[1], &engines[0]] {
+        let answer = engine.validate(&raw, &ctx).await;
+        assert!(answer.is_ok(), "{answer:?}");
+    }
+    let refused = engines[1].validate(&raw, &ctx).await.unwrap_err();
+    let ValidationError::Refused(Refusal::QuotaExceeded { resets_at }) = refused else { panic!("{refused:?}") };
+    assert_eq!(resets_at.to_rfc3339(), "2026-06-01T00:00:00+00:00", "the month is full");
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keysmith_core::store::{Page, TimeRange};
-use keysmith_core::{Error, KeyId, Period, Store, Tenant, UsageId, UsageRecord};
+use keysmith_core::{Error, KeyId, LimitBy, Period, Policy, PolicyId, RateLimit, Store, Tenant, UsageId, UsageRecord};
 
 use crate::store_conformance::{sample_key, t0};
 
@@ -115,4 +115,65 @@ pub async fn keys_rotated_before_lineages_get_their_chains_lineage(
         let key = store.get_key(tenant, id).await.unwrap().expect("the key survives the migration");
         assert_eq!(key.key.lineage_id, lineage, "{id}");
     }
+}
+
+/// The version of the migration that turned a policy's single rate limit
+/// into a list of named limits.
+pub const NAMED_LIMITS_MIGRATION: i64 = 20_251_202_000_001;
+
+/// Runs the migrations of `migrator` that came before named rate limits:
+/// the database as it was before them.
+pub fn migrations_before_named_limits(migrator: &sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    let earlier = migrator.migrations.iter().filter(|m| m.version < NAMED_LIMITS_MIGRATION).cloned().collect();
+    sqlx::migrate::Migrator { migrations: std::borrow::Cow::Owned(earlier), ..sqlx::migrate::Migrator::DEFAULT }
+}
+
+/// Two policies as the schema before named limits held them: `limited`
+/// with one limit (10 per 60 s, burst 20) and `open` with none. `uuid`,
+/// `list` (an empty list) and `now` are literals in the backend's dialect.
+#[must_use]
+pub fn policies_before_named_limits(
+    tenant: &Tenant,
+    ids: [PolicyId; 2],
+    uuid: fn(uuid::Uuid) -> String,
+    list: &str,
+    now: &str,
+) -> Vec<String> {
+    let (app, tenant) = (&tenant.app_id, &tenant.tenant_id);
+    let policy = |id: PolicyId, name: &str, limit: &str| {
+        format!(
+            "INSERT INTO keysmith_policies (id, app_id, tenant_id, name, rate_limit_requests, rate_limit_window_us, \
+             rate_limit_burst, allowed_ips, allowed_origins, allowed_scopes, metadata, created_at, updated_at) \
+             VALUES ({}, '{app}', '{tenant}', '{name}', {limit}, {list}, {list}, {list}, '{{}}', {now}, {now})",
+            uuid(id.uuid())
+        )
+    };
+    vec![policy(ids[0], "limited", "10, 60000000, 20"), policy(ids[1], "open", "NULL, NULL, NULL")]
+}
+
+/// After the named-limits migration, a policy's single limit is the limit
+/// named `default`, a policy without one has none, both count per key, and
+/// the new fields can be written and read back.
+///
+/// # Panics
+/// When the store does not behave so.
+pub async fn single_limits_become_the_default_named_limit(store: Arc<dyn Store>, tenant: &Tenant, ids: [PolicyId; 2]) {
+    let limited = store.get_policy(tenant, ids[0]).await.unwrap().expect("the limited policy");
+    assert_eq!(
+        limited.rate_limits,
+        [RateLimit::new(RateLimit::DEFAULT_NAME, 10, Duration::from_secs(60)).with_burst(20)]
+    );
+    assert_eq!(limited.limit_by, LimitBy::Key);
+    let open = store.get_policy(tenant, ids[1]).await.unwrap().expect("the open policy");
+    assert!(open.rate_limits.is_empty());
+    let upgraded = Policy {
+        rate_limits: vec![
+            RateLimit::new("burst", 10, Duration::from_secs(1)),
+            RateLimit::new("hourly", 1000, Duration::from_secs(3600)),
+        ],
+        limit_by: LimitBy::Owner,
+        ..(*open).clone()
+    };
+    store.update_policy(&upgraded).await.unwrap();
+    assert_eq!(store.get_policy(tenant, ids[1]).await.unwrap().as_deref(), Some(&upgraded));
 }

@@ -43,7 +43,8 @@ impl Harness for ActixHarness {
         let mut keysmith = ApiKeyMiddleware::new(engine)
             .with_realm(options.realm)
             .with_trusted_proxies(options.trusted_proxies)
-            .with_preflight_passthrough(options.preflight_passthrough);
+            .with_preflight_passthrough(options.preflight_passthrough)
+            .with_rate_limit_headers(options.rate_limit_headers);
         if let Some(sources) = options.key_sources {
             keysmith = keysmith.with_key_sources(sources);
         }

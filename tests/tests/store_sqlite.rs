@@ -92,3 +92,21 @@ async fn the_lineage_migration_upgrades_an_existing_database() {
     keysmith_tests::sql_cases::keys_rotated_before_lineages_get_their_chains_lineage(Arc::new(store), &tenant, ids)
         .await;
 }
+
+#[tokio::test]
+async fn the_named_limits_migration_upgrades_an_existing_database() {
+    use keysmith_core::{PolicyId, Tenant};
+    use keysmith_tests::sql_cases;
+    let dir = TempDir::new("sqlite-named-limits");
+    let url = format!("sqlite://{}", dir.path().join("old.db").display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    sql_cases::migrations_before_named_limits(&keysmith_sqlx::sqlite::MIGRATOR).run(store.pool()).await.unwrap();
+    let tenant = Tenant::new("app", "acme");
+    let ids = [PolicyId::new(), PolicyId::new()];
+    let blob = |id: uuid::Uuid| format!("X'{}'", id.simple());
+    for statement in sql_cases::policies_before_named_limits(&tenant, ids, blob, "'[]'", "0") {
+        sqlx::query(&statement).execute(store.pool()).await.unwrap();
+    }
+    store.migrate().await.unwrap();
+    sql_cases::single_limits_become_the_default_named_limit(Arc::new(store), &tenant, ids).await;
+}

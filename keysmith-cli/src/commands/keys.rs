@@ -51,6 +51,9 @@ async fn create(args: CreateKeyArgs, tenant: &TenantEngine, printer: Printer) ->
     if let Some(policy) = args.policy {
         new = new.with_policy(policy);
     }
+    if let Some(owner) = args.owner {
+        new = new.with_owner(owner);
+    }
     let expires_at = match (args.expires_at, args.expires_in) {
         (Some(at), _) => Some(at),
         (None, Some(after)) => Some(
@@ -85,11 +88,13 @@ async fn list(args: ListKeysArgs, tenant: &TenantEngine, printer: Printer) -> Re
         state: args.state.map(Into::into),
         environment: args.environment.map(Into::into),
         policy_id: args.policy,
+        owner_id: args.owner,
         page: Page::new(args.page.limit, args.page.offset),
     };
     let keys = tenant.list_keys(&filter).await?;
     printer.render(&keys, || {
-        let mut table = Table::new(["ID", "NAME", "STATE", "ENV", "HINT", "SCOPES", "POLICY", "EXPIRES", "CREATED"]);
+        let mut table =
+            Table::new(["ID", "NAME", "STATE", "ENV", "HINT", "SCOPES", "OWNER", "POLICY", "EXPIRES", "CREATED"]);
         for key in &keys {
             table.row([
                 key.id.to_string(),
@@ -98,6 +103,7 @@ async fn list(args: ListKeysArgs, tenant: &TenantEngine, printer: Printer) -> Re
                 key.environment.to_string(),
                 key.hint.clone(),
                 output::list(&key.scopes),
+                output::opt(key.owner_id.as_deref()),
                 output::opt(key.policy_id),
                 output::time(key.expires_at),
                 format_time(key.created_at),
@@ -182,6 +188,7 @@ fn details(key: &Key) -> Details {
         .line("environment", key.environment.to_string())
         .line("hint", key.hint.clone())
         .line("scopes", output::list(&key.scopes))
+        .line("owner", output::opt(key.owner_id.as_deref()))
         .line("policy", output::opt(key.policy_id))
         .line("expires at", output::time(key.expires_at));
     if key.grace_expires_at.is_some() {

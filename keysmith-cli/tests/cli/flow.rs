@@ -85,6 +85,10 @@ fn policies(ks: &Keysmith) -> String {
         "100/60s",
         "--burst",
         "20",
+        "--limit",
+        "hourly=1000/h,1200",
+        "--limit-by",
+        "owner",
         "--allow-ip",
         "10.0.0.0/8",
         "--allow-ip",
@@ -106,7 +110,14 @@ fn policies(ks: &Keysmith) -> String {
     ]);
     let id = str_of(&created, "id").to_owned();
     assert!(id.starts_with("kpol_"));
-    assert_eq!(created["rate_limit"], json!({ "requests": 100, "window": 60, "burst": 20 }));
+    assert_eq!(
+        created["rate_limits"],
+        json!([
+            { "name": "default", "requests": 100, "window": 60, "burst": 20 },
+            { "name": "hourly", "requests": 1000, "window": 3600, "burst": 1200 }
+        ])
+    );
+    assert_eq!(created["limit_by"], "owner");
     assert_eq!(created["allowed_ips"], json!(["10.0.0.0/8", "192.0.2.7/32"]));
     assert_eq!(created["allowed_origins"], json!(["https://app.example.com"]));
     assert_eq!(created["allowed_scopes"], json!(["read"]));
@@ -118,7 +129,14 @@ fn policies(ks: &Keysmith) -> String {
     let shown = ks.json(&["policies", "show", &id]);
     assert_eq!(same_times(&shown), same_times(&created));
     let human = ks.run(&["policies", "show", &id]).ok();
-    assert!(human.contains("100/1m (burst 20)") && human.contains("90d"), "{human}");
+    assert!(
+        human.contains("default 100/1m (burst 20), hourly 1000/1h (burst 1200)") && human.contains("90d"),
+        "{human}"
+    );
+    let twice = ks.run(&["policies", "create", "--name", "twice", "--limit", "a=1/s", "--limit", "a=2/s"]).fails(1);
+    assert!(twice.contains("names two limits"), "{twice}");
+    ks.run(&["policies", "create", "--name", "bad-limit", "--limit", "10/s"]).fails(2);
+    ks.run(&["policies", "create", "--name", "bad-by", "--limit-by", "tenant"]).fails(2);
 
     let bad_cidr = ks.run(&["policies", "create", "--name", "bad", "--allow-ip", "10.0.0.0/33"]).fails(1);
     assert!(bad_cidr.contains("allowed_ips"), "{bad_cidr}");
@@ -128,7 +146,8 @@ fn policies(ks: &Keysmith) -> String {
     let updated =
         ks.json(&["policies", "update", &id, "--name", "partners", "--allow-scope", "read", "--daily-quota", "1000"]);
     assert_eq!(updated["id"], id.as_str());
-    assert_eq!(updated["rate_limit"], Value::Null);
+    assert_eq!(updated["rate_limits"], json!([]));
+    assert_eq!(updated["limit_by"], "key");
     assert_eq!(updated["allowed_ips"], json!([]));
     assert_eq!(updated["quota"], json!({ "daily": 1000, "monthly": null }));
     assert_eq!(updated["max_key_age"], Value::Null);

@@ -13,9 +13,9 @@ use super::Engine;
 use crate::Change;
 use crate::hooks::Event;
 use crate::key::ParsedKey;
-use crate::limit::RateLimitStatus;
+use crate::limit::{RateLimitStatus, Subject};
 use crate::store::Transition;
-use crate::{Error, Key, KeyHash, KeyState, Policy, Refusal, scope};
+use crate::{CreditSpend, CreditsStatus, Error, Key, KeyHash, KeyState, LimitBy, Policy, RateLimit, Refusal, scope};
 
 /// What is known about the request a key came with. Everything is optional;
 /// policy checks that need a missing fact refuse (an IP allowlist with no IP).
@@ -34,6 +34,8 @@ pub struct RequestContext<'a> {
     /// Accept only keys of this application; another app's key is refused
     /// as unknown before any of its limits are touched.
     pub app_id: Option<&'a str>,
+    /// The credits the request costs a key that has credits (`None`: 1).
+    pub cost: Option<u64>,
 }
 
 impl<'a> RequestContext<'a> {
@@ -78,6 +80,20 @@ impl<'a> RequestContext<'a> {
     pub fn with_app_id(mut self, app_id: &'a str) -> Self {
         self.app_id = Some(app_id);
         self
+    }
+
+    /// Costing `cost` credits (instead of 1) to a key that has credits; a
+    /// cost of `0` spends nothing and passes whatever is left.
+    #[must_use]
+    pub fn with_cost(mut self, cost: u64) -> Self {
+        self.cost = Some(cost);
+        self
+    }
+
+    /// What the request costs a key with credits.
+    #[must_use]
+    pub fn cost(&self) -> u64 {
+        self.cost.unwrap_or(1)
     }
 }
 
@@ -150,8 +166,12 @@ pub struct Validation {
     pub key: Arc<Key>,
     /// The key's policy, if it has one.
     pub policy: Option<Arc<Policy>>,
-    /// The rate limiter's state after this request, when the policy limits.
-    pub rate_limit: Option<RateLimitStatus>,
+    /// Each rate limit's state after this request, in the order of the
+    /// policy's `rate_limits` (empty when nothing limits the rate).
+    pub rate_limits: Vec<RateLimitStatus>,
+    /// The key's credits after this request spent its cost, when the key
+    /// has credits.
+    pub credits: Option<CreditsStatus>,
     /// The key's scopes narrowed to the policy's `allowed_scopes`, when the
     /// policy was tightened after the key got them.
     narrowed: Option<Vec<String>>,
@@ -166,7 +186,8 @@ impl Clone for Validation {
         Self {
             key: Arc::clone(&self.key),
             policy: self.policy.clone(),
-            rate_limit: self.rate_limit,
+            rate_limits: self.rate_limits.clone(),
+            credits: self.credits,
             narrowed: self.narrowed.clone(),
             checked_at: self.checked_at,
             refunded: AtomicBool::new(self.is_refunded()),
@@ -196,6 +217,19 @@ impl Validation {
         scope::any_grants(self.scopes(), required)
     }
 
+    /// Each of the policy's rate limits with its state after this request.
+    pub fn rate_limit_states(&self) -> impl Iterator<Item = (&RateLimit, &RateLimitStatus)> {
+        let limits = self.policy.as_deref().map_or(&[][..], |p| &p.rate_limits[..]);
+        limits.iter().zip(&self.rate_limits)
+    }
+
+    /// The limit closest to refusing: fewest requests left, and of those the
+    /// one that takes longest to refill.
+    #[must_use]
+    pub fn closest_rate_limit(&self) -> Option<(&RateLimit, &RateLimitStatus)> {
+        self.rate_limit_states().min_by(|(_, a), (_, b)| a.remaining.cmp(&b.remaining).then(b.reset.cmp(&a.reset)))
+    }
+
     /// True once [`Engine::refund`] gave back what this request spent: it
     /// was refused after validation, and records no usage.
     #[must_use]
@@ -206,11 +240,11 @@ impl Validation {
     fn new(
         key: Arc<Key>,
         policy: Option<Arc<Policy>>,
-        rate_limit: Option<RateLimitStatus>,
+        rate_limits: Vec<RateLimitStatus>,
         narrowed: Option<Vec<String>>,
         checked_at: DateTime<Utc>,
     ) -> Self {
-        Self { key, policy, rate_limit, narrowed, checked_at, refunded: AtomicBool::new(false) }
+        Self { key, policy, rate_limits, credits: None, narrowed, checked_at, refunded: AtomicBool::new(false) }
     }
 }
 
@@ -379,8 +413,13 @@ impl Engine {
             if !missing.is_empty() {
                 return Err(refuse(Refusal::InsufficientScope { missing }, &key));
             }
-            self.touch(&key, now);
-            return Ok(Validation::new(key, None, None, None, now));
+            let mut validation = Validation::new(key, None, Vec::new(), None, now);
+            // 10. Credits.
+            if validation.key.credits.is_some() {
+                validation = Box::pin(self.spend_credits(validation, ctx.cost())).await?;
+            }
+            self.touch(&validation.key, now);
+            return Ok(validation);
         };
 
         // 5. Client address.
@@ -399,41 +438,94 @@ impl Engine {
         if !missing.is_empty() {
             return Err(refuse(Refusal::InsufficientScope { missing }, &key));
         }
-        // 8. Rate limit.
-        let rate_limit = match &policy.rate_limit {
-            Some(limit) => {
-                // Per lineage: a rotation shares its predecessor's budget.
-                let status = match inner.limiter.check_ready(key.lineage_id, limit, now) {
-                    Some(status) => status,
-                    None => inner.limiter.check(key.lineage_id, limit, now).await,
+        // 8. Rate limits, every one; a limit that refuses gives back what
+        // the earlier ones counted.
+        let subject = limit_subject(&key, &policy);
+        let mut rate_limits = Vec::with_capacity(policy.rate_limits.len());
+        for limit in &policy.rate_limits {
+            let checked = match inner.limiter.check_ready(subject, limit, now) {
+                Some(checked) => checked,
+                None => inner.limiter.check(subject, limit, now).await,
+            };
+            let status = match checked {
+                Ok(status) => status,
+                Err(error) => {
+                    self.refund_rate_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
+                    return Err(fail(error));
                 }
-                .map_err(fail)?;
-                if let Some(retry_after) = status.retry_after.filter(|_| !status.allowed) {
-                    let event = || Event::KeyRateLimited { key_id: key.id, tenant: key.tenant.clone(), retry_after };
-                    Box::pin(self.emit(event)).await;
-                    return Err(refuse(Refusal::RateLimited { retry_after, status }, &key));
-                }
-                Some(status)
+            };
+            if !status.allowed {
+                self.refund_rate_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
+                let retry_after = status.retry_after.unwrap_or(status.reset);
+                let event = || Event::KeyRateLimited { key_id: key.id, tenant: key.tenant.clone(), retry_after };
+                Box::pin(self.emit(event)).await;
+                return Err(refuse(Refusal::RateLimited { limit: limit.clone(), retry_after, status }, &key));
             }
-            None => None,
-        };
+            rate_limits.push(status);
+        }
         // 9. Quota; only a request that passes everything is counted.
         if let Some(quota) = &policy.quota {
-            let consumed = inner.quotas.try_consume(&*inner.store, &key, quota, now).await.map_err(fail)?;
+            let consumed = match inner.quotas.try_consume(&*inner.store, &key, quota, now).await {
+                Ok(consumed) => consumed,
+                Err(error) => {
+                    self.refund_rate_limits(subject, &policy.rate_limits, now);
+                    return Err(fail(error));
+                }
+            };
             if let Err(resets_at) = consumed {
+                self.refund_rate_limits(subject, &policy.rate_limits, now);
                 let event = || Event::QuotaExceeded { key_id: key.id, tenant: key.tenant.clone(), resets_at };
                 Box::pin(self.emit(event)).await;
                 return Err(refuse(Refusal::QuotaExceeded { resets_at }, &key));
             }
         }
 
-        self.touch(&key, now);
-        Ok(Validation::new(key, Some(policy), rate_limit, narrowed, now))
+        let mut validation = Validation::new(key, Some(policy), rate_limits, narrowed, now);
+        // 10. Credits, last: what the request spent above is given back if
+        // they refuse it.
+        if validation.key.credits.is_some() {
+            validation = Box::pin(self.spend_credits(validation, ctx.cost())).await?;
+        }
+        self.touch(&validation.key, now);
+        Ok(validation)
+    }
+
+    /// Spends the request's cost from the key's credits; a refusal gives
+    /// back the rate-limit request and the quota request it had spent.
+    async fn spend_credits(
+        &self,
+        mut validation: Validation,
+        cost: u64,
+    ) -> Result<Validation, (ValidationError, Option<Arc<Key>>)> {
+        let store = &self.inner.store;
+        let (key, now) = (&validation.key, validation.checked_at);
+        let spent = match store.spend_credits_ready(key, cost, now) {
+            Some(spent) => spent,
+            None => store.spend_credits(key, cost, now).await,
+        };
+        match spent {
+            Ok(CreditSpend::Spent(credits)) => {
+                validation.credits = Some(credits.status(cost, now));
+                Ok(validation)
+            }
+            Ok(CreditSpend::Unlimited) => Ok(validation),
+            Ok(CreditSpend::Exhausted(credits)) => {
+                self.refund_limits(&validation);
+                let refills_at = credits.next_refill(now);
+                Err((Refusal::CreditsExhausted { refills_at }.into(), Some(Arc::clone(&validation.key))))
+            }
+            Err(error) => {
+                self.refund_limits(&validation);
+                Err((error.into(), None))
+            }
+        }
     }
 
     /// Gives back what a validated request spent, because it was refused
     /// after validation (a route's scope requirement): its rate-limit
-    /// request and its quota request go back to the key's lineage, and the
+    /// request, its quota request and its credits go back to the key's
+    /// lineage (credits kept by a SQL store are given back by a task on the
+    /// current Tokio runtime), and the
     /// validation is marked so that no usage is recorded for it. A refused
     /// request spends nothing.
     ///
@@ -443,16 +535,45 @@ impl Engine {
         if validation.refunded.swap(true, Ordering::AcqRel) {
             return false;
         }
-        if let Some(policy) = &validation.policy {
-            let lineage = validation.key.lineage_id;
-            if let (Some(limit), Some(_)) = (&policy.rate_limit, &validation.rate_limit) {
-                self.inner.limiter.refund(lineage, limit, validation.checked_at);
-            }
-            if policy.quota.is_some() {
-                self.inner.quotas.refund(lineage, validation.checked_at);
+        self.refund_limits(validation);
+        if let Some(credits) = validation.credits.filter(|c| c.cost > 0) {
+            let store = &self.inner.store;
+            let key = &validation.key;
+            if store.refund_credits_ready(key, credits.cost).is_none()
+                && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            {
+                let (store, key) = (Arc::clone(store), Arc::clone(key));
+                runtime.spawn(async move {
+                    if let Err(error) = store.refund_credits(&key, credits.cost).await {
+                        tracing::warn!(key_id = %key.id, %error, "could not give back the credits of a refused request");
+                    }
+                });
             }
         }
         true
+    }
+
+    /// Gives back the rate-limit request and the quota request `validation`
+    /// spent.
+    fn refund_limits(&self, validation: &Validation) {
+        if let Some(policy) = &validation.policy {
+            let subject = limit_subject(&validation.key, policy);
+            self.refund_rate_limits(
+                subject,
+                &policy.rate_limits[..validation.rate_limits.len()],
+                validation.checked_at,
+            );
+            if policy.quota.is_some() {
+                self.inner.quotas.refund(validation.key.lineage_id, validation.checked_at);
+            }
+        }
+    }
+
+    /// Gives back one request counted at `at` against each of `limits`.
+    fn refund_rate_limits(&self, subject: Subject<'_>, limits: &[RateLimit], at: DateTime<Utc>) {
+        for limit in limits {
+            self.inner.limiter.refund(subject, limit, at);
+        }
     }
 
     /// Queues a `last_used_at` write unless one was queued (or stored) for
@@ -501,6 +622,17 @@ impl Engine {
         let _ = self;
         key.expires_at.is_some_and(|at| at <= now)
             || crate::key::past_max_age(key, policy.and_then(|p| p.max_key_age), now)
+    }
+}
+
+/// Whose budget the policy's rate limits count for `key`: its owner's
+/// under `limit_by: owner` (every key of the owner shares it), else its
+/// lineage (a rotation shares its predecessor's budget). A key without an
+/// owner keeps its lineage's budget even under `limit_by: owner`.
+fn limit_subject<'a>(key: &'a Key, policy: &Policy) -> Subject<'a> {
+    match (policy.limit_by, key.owner_id.as_deref()) {
+        (LimitBy::Owner, Some(owner_id)) => Subject::Owner { tenant: &key.tenant, owner_id },
+        _ => Subject::Key(key.lineage_id),
     }
 }
 

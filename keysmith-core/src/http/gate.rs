@@ -11,8 +11,7 @@ use std::time::Instant;
 
 use super::headers::names;
 use super::{
-    ApiKey, HeaderLookup, HeaderSink, KeySources, RefusalResponse, ScopeRequirement, TrustedProxies,
-    write_rate_limit_headers,
+    ApiKey, HeaderLookup, HeaderSink, KeySources, RateLimitHeaders, RefusalResponse, ScopeRequirement, TrustedProxies,
 };
 use crate::{Engine, PresentedKey, Refusal, RequestContext, UsageId, UsageRecord, ValidationError};
 
@@ -105,6 +104,7 @@ struct Config {
     app_id: Option<String>,
     optional: bool,
     preflight_passthrough: bool,
+    rate_limit_headers: RateLimitHeaders,
 }
 
 impl fmt::Debug for Gate {
@@ -118,6 +118,7 @@ impl fmt::Debug for Gate {
             .field("app_id", &c.app_id)
             .field("optional", &c.optional)
             .field("preflight_passthrough", &c.preflight_passthrough)
+            .field("rate_limit_headers", &c.rate_limit_headers)
             .finish()
     }
 }
@@ -140,6 +141,7 @@ impl Gate {
                 app_id: None,
                 optional: false,
                 preflight_passthrough: false,
+                rate_limit_headers: RateLimitHeaders::default(),
             }),
         }
     }
@@ -199,6 +201,20 @@ impl Gate {
         self.edit(|c| c.preflight_passthrough = passthrough)
     }
 
+    /// Which rate-limit headers responses carry: the draft's
+    /// `RateLimit-Policy` and `RateLimit` (the default), the legacy
+    /// `RateLimit-Limit`/`-Remaining`/`-Reset`, or none.
+    #[must_use]
+    pub fn with_rate_limit_headers(self, mode: RateLimitHeaders) -> Self {
+        self.edit(|c| c.rate_limit_headers = mode)
+    }
+
+    /// Which rate-limit headers responses carry.
+    #[must_use]
+    pub fn rate_limit_headers(&self) -> RateLimitHeaders {
+        self.config.rate_limit_headers
+    }
+
     /// The engine.
     #[must_use]
     pub fn engine(&self) -> &Engine {
@@ -246,7 +262,8 @@ impl Gate {
     /// The answer to `refusal`, with this gate's realm.
     #[must_use]
     pub fn refusal(&self, refusal: Refusal) -> RefusalResponse {
-        RefusalResponse::refused(refusal, &self.config.realm, self.config.engine.clock().now())
+        let config = &self.config;
+        RefusalResponse::refused_with(refusal, &config.realm, config.engine.clock().now(), config.rate_limit_headers)
     }
 
     /// Checks a route's scope requirement: `None` when it is met, else the
@@ -402,18 +419,23 @@ impl Admitted {
         self.draft.ip
     }
 
-    /// Writes the response's headers into `out`: `RateLimit-Limit`,
-    /// `-Remaining` and `-Reset` when the key's policy limits its rate, else
+    /// Writes the response's rate-limit headers into `out`, in the gate's
+    /// [`RateLimitHeaders`] mode, when the key's policy limits it; else
     /// nothing (also for a request refused after validation, which spent
     /// nothing). [`Gate::guard`] calls it on every passed response.
     pub fn write_headers(&self, out: &mut impl HeaderSink) {
-        if let Some(status) = self.charged_rate_limit() {
-            write_rate_limit_headers(status, out);
+        let validation = self.key.validation();
+        if !validation.is_refunded() {
+            self.gate.config.rate_limit_headers.write_for_validation(validation, out);
         }
     }
 
-    fn charged_rate_limit(&self) -> Option<&crate::limit::RateLimitStatus> {
-        self.key.rate_limit().filter(|_| !self.key.validation().is_refunded())
+    /// [`write_headers`](Self::write_headers) as a list.
+    #[must_use]
+    pub fn response_headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = Vec::new();
+        self.write_headers(&mut headers);
+        headers
     }
 
     /// The usage record of this request answered with `status`; latency

@@ -276,6 +276,15 @@ macro_rules! __gate_options {
             self
         }
 
+        /// Which rate-limit headers responses carry: the draft's
+        /// `RateLimit-Policy` and `RateLimit` by default, the legacy
+        /// `RateLimit-Limit`/`-Remaining`/`-Reset` trio, or none
+        /// ([`Gate::with_rate_limit_headers`]($crate::http::Gate::with_rate_limit_headers)).
+        pub fn with_rate_limit_headers(mut self, mode: $crate::http::RateLimitHeaders) -> Self {
+            self.gate = self.gate.with_rate_limit_headers(mode);
+            self
+        }
+
         /// The framework-free configuration.
         #[must_use]
         pub fn gate(&self) -> &$crate::http::Gate {
@@ -413,8 +422,9 @@ mod tests {
             reset: std::time::Duration::from_millis(1_001),
             retry_after: None,
         };
+        let limit = crate::RateLimit::new("default", 1_000_000_000, std::time::Duration::from_secs(1));
         let mut headers = Vec::new();
-        super::super::write_rate_limit_headers(&status, &mut headers);
+        super::super::RateLimitHeaders::Legacy.write_for_refusal(&limit, &status, std::time::Duration::ZERO, &mut headers);
         assert_eq!(
             headers,
             [

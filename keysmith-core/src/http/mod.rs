@@ -6,7 +6,8 @@
 //! - [`TrustedProxies`]: the client address, from the peer or from the
 //!   [forwarding header](ForwardingHeader) set by trusted proxies.
 //! - [`RefusalResponse`]: a refusal or failure as status, headers and JSON
-//!   body; [`write_rate_limit_headers`] for passed requests (and 429s).
+//!   body; [`RateLimitHeaders`] (draft `RateLimit-Policy` and `RateLimit`,
+//!   the legacy trio, or none) for passed and rate-limited requests.
 //! - [`ApiKey`]: what a validated request carries to its handler.
 //! - [`ScopeRequirement`]: per-route scopes, all or any.
 //! - [`Gate`]: the per-request flow that ties them together.
@@ -46,9 +47,9 @@ pub use api_key::ApiKey;
 pub use client_ip::{ForwardingHeader, MAX_FORWARDING_HEADER_LEN, TrustedProxies};
 pub use extract::{KeySource, KeySources, MAX_KEY_HEADER_LEN};
 pub use gate::{Admitted, Authorize, Gate, Outcome, RequestFacts};
-pub use headers::{HeaderLookup, names};
+pub use headers::{HeaderLookup, RateLimitHeaders, names};
 pub use kit::{Adapter, Admission, Guarded, HeaderSink, log_missing_middleware};
-pub use response::{JSON_CONTENT_TYPE, RefusalResponse, write_rate_limit_headers};
+pub use response::{JSON_CONTENT_TYPE, RefusalResponse};
 pub use scopes::{ScopeMatch, ScopeRequirement};
 
 #[cfg(test)]
