@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{method_not_allowed, route_not_found};
-use crate::{ADMIN_SCOPE, AdminState, keys, openapi, policies, scopes, usage};
+use crate::{ADMIN_SCOPE, AdminState, credits, keys, openapi, policies, scopes, usage};
 
 /// The realm of `WWW-Authenticate` unless configured otherwise.
 pub const DEFAULT_REALM: &str = "keysmith-admin";
@@ -142,6 +142,8 @@ fn collect() -> OpenApiRouter<AdminState> {
         .routes(routes!(keys::reactivate_key))
         .routes(routes!(keys::set_key_scopes))
         .routes(routes!(keys::list_rotations))
+        .routes(routes!(credits::set_credits, credits::remove_credits))
+        .routes(routes!(credits::add_credits))
         .routes(routes!(usage::list_usage))
         .routes(routes!(usage::aggregate_usage))
         .routes(routes!(policies::create_policy, policies::list_policies))

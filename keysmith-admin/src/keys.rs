@@ -11,6 +11,7 @@ use keysmith_core::{KeyId, NewKey, RawKey};
 use serde::{Deserialize, Serialize, Serializer};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::credits::{Credits, CreditsInput};
 use crate::error::{ErrorBody, Result};
 use crate::extract::{Caller, Id, JsonBody, QueryParams};
 use crate::lockout::{CallingKey, SelfLockout};
@@ -45,6 +46,8 @@ pub(crate) struct Key {
     /// The application's id for the user or customer the key belongs to.
     #[schema(example = "cus_42")]
     owner_id: Option<String>,
+    /// The key's prepaid uses, if it has any.
+    credits: Option<Credits>,
     /// The policy the key is held to.
     #[schema(value_type = Option<String>, pattern = "^kpol_[0-7][0-9a-hjkmnp-tv-z]{25}$")]
     policy_id: Option<keysmith_core::PolicyId>,
@@ -76,6 +79,7 @@ impl From<keysmith_core::Key> for Key {
             state: key.state.into(),
             scopes: key.scopes,
             owner_id: key.owner_id,
+            credits: key.credits.map(Credits::from),
             policy_id: key.policy_id,
             expires_at: key.expires_at,
             grace_expires_at: key.grace_expires_at,
@@ -108,8 +112,11 @@ pub(crate) struct CreateKey {
     /// 255 characters, no control character, no surrounding whitespace.
     /// When the policy caps `max_active_keys_per_owner`, one key too many
     /// is refused (409 `owner_key_limit`).
-    #[schema(example = "cus_42", min_length = 1, max_length = 255)]
+    #[schema(example = "cus_42")]
     owner_id: Option<String>,
+    /// Prepaid uses: each request that passes spends its cost, and at zero
+    /// the key is refused (429 `credits_exhausted`).
+    credits: Option<CreditsInput>,
     /// When the key expires; must be in the future.
     expires_at: Option<DateTime<Utc>>,
     /// The environment written into the key (default: the engine's).
@@ -280,6 +287,7 @@ pub(crate) struct KeyListQuery {
         (status = 201, description = "The key and its secret (`raw_key`), shown only in this response", body = CreatedKey),
         (status = 400, description = "Invalid name, prefix, scope, expiry or policy id; a scope outside the policy's or unregistered (strict scopes)", body = ErrorBody),
         (status = 404, description = "`policy_id` names no policy of this tenant", body = ErrorBody),
+        (status = 409, description = "The owner already holds the policy's `max_active_keys_per_owner` live keys (`owner_key_limit`)", body = ErrorBody),
     )
 )]
 pub(crate) async fn create_key(
@@ -292,6 +300,9 @@ pub(crate) async fn create_key(
     }
     if let Some(owner_id) = body.owner_id {
         new = new.with_owner(owner_id);
+    }
+    if let Some(credits) = body.credits {
+        new = new.with_credits(credits.into());
     }
     if let Some(at) = body.expires_at {
         new = new.with_expires_at(at);

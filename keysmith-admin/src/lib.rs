@@ -53,6 +53,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod credits;
 mod error;
 mod extract;
 mod keys;

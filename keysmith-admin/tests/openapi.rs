@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use support::{MOUNT, harness, harness_with, with_config};
 
 /// The routes of the issue, as (method, path template).
-const ROUTES: [(&str, &str); 20] = [
+const ROUTES: [(&str, &str); 23] = [
     ("POST", "/keys"),
     ("GET", "/keys"),
     ("GET", "/keys/{id}"),
@@ -23,6 +23,9 @@ const ROUTES: [(&str, &str); 20] = [
     ("POST", "/keys/{id}/reactivate"),
     ("PUT", "/keys/{id}/scopes"),
     ("GET", "/keys/{id}/rotations"),
+    ("PUT", "/keys/{id}/credits"),
+    ("DELETE", "/keys/{id}/credits"),
+    ("POST", "/keys/{id}/credits/add"),
     ("GET", "/keys/{id}/usage"),
     ("GET", "/keys/{id}/usage/aggregate"),
     ("POST", "/policies"),
@@ -189,7 +192,7 @@ async fn document_describes_parameters_bodies_errors_and_security() {
             .map(|p| p["name"].as_str().unwrap().to_owned())
             .collect()
     };
-    assert_eq!(names("/keys"), ["state", "environment", "policy_id", "limit", "offset"]);
+    assert_eq!(names("/keys"), ["state", "environment", "policy_id", "owner_id", "limit", "offset"]);
     assert_eq!(names("/keys/{id}/usage"), ["from", "to", "limit", "offset"]);
     assert_eq!(names("/keys/{id}/usage/aggregate"), ["period", "from", "to"]);
     assert_eq!(names("/policies"), ["limit", "offset"]);

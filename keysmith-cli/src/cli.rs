@@ -130,6 +130,51 @@ pub(crate) enum KeysCommand {
     Suspend(KeyIdArg),
     /// Reactivate a suspended key.
     Reactivate(KeyIdArg),
+    /// Set, top up or remove a key's credits (prepaid uses).
+    Credits(KeyCreditsArgs),
+}
+
+/// Credits for a new key, or the new credits of `keys credits --set`.
+#[derive(Debug, Args)]
+pub(crate) struct CreditsArgs {
+    /// Refill the credits to this amount at the start of every UTC day or month.
+    #[arg(long, value_name = "AMOUNT", requires = "refill_every")]
+    pub(crate) refill: Option<u64>,
+    /// How often --refill applies.
+    #[arg(long, value_enum, value_name = "PERIOD", requires = "refill")]
+    pub(crate) refill_every: Option<PeriodArg>,
+}
+
+impl CreditsArgs {
+    /// `remaining` credits with the refill asked for.
+    pub(crate) fn credits(&self, remaining: u64) -> keysmith_core::Credits {
+        let credits = keysmith_core::Credits::new(remaining);
+        match (self.refill, self.refill_every) {
+            (Some(amount), Some(every)) => credits.with_refill(amount, every.into()),
+            _ => credits,
+        }
+    }
+}
+
+/// `keysmith keys credits`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("change").required(true).args(["set", "add", "remove"]))]
+pub(crate) struct KeyCreditsArgs {
+    /// The key (`akey_…`); its rotations share the credits.
+    #[arg(value_name = "KEY_ID")]
+    pub(crate) id: KeyId,
+    /// Replace the credits with this many uses.
+    #[arg(long, value_name = "REMAINING")]
+    pub(crate) set: Option<u64>,
+    /// Add this many uses to the credits.
+    #[arg(long, value_name = "AMOUNT", conflicts_with_all = ["refill", "refill_every"])]
+    pub(crate) add: Option<u64>,
+    /// Remove the credits: the key is no longer limited by them.
+    #[arg(long, conflicts_with_all = ["refill", "refill_every"])]
+    pub(crate) remove: bool,
+    /// The refill of --set.
+    #[command(flatten)]
+    pub(crate) refill: CreditsArgs,
 }
 
 /// A key, by id.
@@ -155,6 +200,12 @@ pub(crate) struct CreateKeyArgs {
     /// Give the key to this owner: your id for the user or customer it is for.
     #[arg(long, value_name = "OWNER_ID")]
     pub(crate) owner: Option<String>,
+    /// Give the key this many prepaid uses (each request spends its cost).
+    #[arg(long, value_name = "REMAINING")]
+    pub(crate) credits: Option<u64>,
+    /// The refill of --credits.
+    #[command(flatten)]
+    pub(crate) refill: CreditsArgs,
     /// Expire the key at this time (RFC 3339, or a date meaning its UTC midnight).
     #[arg(long, value_name = "TIME", value_parser = values::parse_time, conflicts_with = "expires_in")]
     pub(crate) expires_at: Option<DateTime<Utc>>,

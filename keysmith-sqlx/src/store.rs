@@ -573,7 +573,12 @@ macro_rules! sql_store {
             impl KeyStore for $store {
                 async fn insert_key(&self, key: &StoredKey) -> Result<()> {
                     let mut tx = self.begin().await?;
-                    check_owner_limit_on(&mut tx, &key.key).await?;
+                    if let Err(error) = check_owner_limit_on(&mut tx, &key.key).await {
+                        // At once, not when the connection is next used: the
+                        // policy row stays locked until the transaction ends.
+                        tx.rollback().await.map_err(store_error)?;
+                        return Err(error);
+                    }
                     insert_key_on(&mut tx, key).await?;
                     // A new lineage; a rotation's key shares the credits stored already.
                     if let Some(credits) = &key.key.credits {

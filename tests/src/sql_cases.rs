@@ -176,4 +176,57 @@ pub async fn single_limits_become_the_default_named_limit(store: Arc<dyn Store>,
     };
     store.update_policy(&upgraded).await.unwrap();
     assert_eq!(store.get_policy(tenant, ids[1]).await.unwrap().as_deref(), Some(&upgraded));
+/// The first migration version that adds owners and credits.
+pub const OWNERS_MIGRATION: i64 = 20_261_202_010_001;
+
+/// The migrations a database had before owners and credits.
+#[must_use]
+pub fn migrations_before_owners(all: &sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            all.migrations.iter().filter(|m| m.version < OWNERS_MIGRATION).cloned().collect(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    }
+}
+
+/// An old-style key (no owner, no credits) and a policy, as a database made
+/// before owners and credits held them; `uuid` writes an id literal and
+/// `now` the current time in the backend's SQL.
+#[must_use]
+pub fn rows_before_owners(tenant: &Tenant, key: KeyId, uuid: fn(uuid::Uuid) -> String, now: &str) -> Vec<String> {
+    let (app, tenant) = (&tenant.app_id, &tenant.tenant_id);
+    let id = uuid(key.uuid());
+    vec![format!(
+        "INSERT INTO keysmith_keys (id, app_id, tenant_id, hash, name, hint, prefix, environment, state, \
+         created_at, updated_at, metadata, lineage_id) VALUES ({id}, '{app}', '{tenant}', '{:064x}', 'old', \
+         'sk_live_…', 'sk', 'live', 'active', {now}, {now}, '{{}}', {id})",
+        7
+    )]
+}
+
+/// After the owners and credits migrations, the old key reads back without
+/// owner or credits, and takes credits; new keys take owners under a policy
+/// that limits them.
+pub async fn old_keys_take_owners_and_credits_after_the_migrations(store: Arc<dyn Store>, tenant: &Tenant, key: KeyId) {
+    use keysmith_core::{CreditSpend, Credits, Engine, NewKey, PolicySpec};
+
+    let old = store.get_key(tenant, key).await.unwrap().expect("the old key survives the migrations");
+    assert_eq!((old.key.owner_id.as_deref(), old.key.credits), (None, None));
+    let set = store.set_credits(tenant, key, Some(&Credits::new(2))).await.unwrap();
+    assert_eq!(set.credits, Some(Credits::new(2)));
+    assert_eq!(store.spend_credits(&old.key, 1, t0()).await.unwrap(), CreditSpend::Spent(Credits::new(1)));
+
+    let engine = Engine::builder(Arc::clone(&store)).build().unwrap();
+    let acme = engine.tenant(tenant.app_id.clone(), tenant.tenant_id.clone());
+    let policy = acme.create_policy(PolicySpec::new("one").with_max_active_keys_per_owner(1)).await.unwrap();
+    assert_eq!(policy.max_active_keys_per_owner, Some(1));
+    let new = NewKey::new("new").with_owner("cus_1").with_policy(policy.id);
+    let created = acme.create_key(new.clone()).await.unwrap();
+    assert_eq!(created.key.owner_id.as_deref(), Some("cus_1"));
+    assert!(matches!(acme.create_key(new).await, Err(Error::OwnerKeyLimit { .. })));
+    // Closed before the test database is dropped: every connection, and
+    // whatever it still holds, is released.
+    engine.shutdown().await;
+    store.close().await;
 }

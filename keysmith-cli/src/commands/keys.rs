@@ -36,6 +36,25 @@ pub(super) async fn run(command: KeysCommand, tenant: &TenantEngine, printer: Pr
             let key = tenant.reactivate_key(id).await?;
             printer.render(&key, || changed(&key))
         }
+        KeysCommand::Credits(args) => {
+            let key = match (args.set, args.add) {
+                (Some(remaining), _) => tenant.set_credits(args.id, Some(args.refill.credits(remaining))).await?,
+                (None, Some(amount)) => tenant.add_credits(args.id, amount).await?,
+                (None, None) => tenant.set_credits(args.id, None).await?,
+            };
+            printer.render(&key, || format!("Key {} credits: {}.\n", key.id, credits(&key)))
+        }
+    }
+}
+
+/// A key's credits on one line: `12 left, refilled to 100 every day`.
+fn credits(key: &Key) -> String {
+    match key.credits {
+        None => "none".to_owned(),
+        Some(credits) => match credits.refill {
+            Some(refill) => format!("{} left, refilled to {} every {}", credits.remaining, refill.amount, refill.every),
+            None => format!("{} left", credits.remaining),
+        },
     }
 }
 
@@ -53,6 +72,13 @@ async fn create(args: CreateKeyArgs, tenant: &TenantEngine, printer: Printer) ->
     }
     if let Some(owner) = args.owner {
         new = new.with_owner(owner);
+    }
+    match args.credits {
+        Some(remaining) => new = new.with_credits(args.refill.credits(remaining)),
+        None if args.refill.refill.is_some() => {
+            return Err(CliError::Usage("--refill needs --credits".to_owned()));
+        }
+        None => {}
     }
     let expires_at = match (args.expires_at, args.expires_in) {
         (Some(at), _) => Some(at),
@@ -189,6 +215,7 @@ fn details(key: &Key) -> Details {
         .line("hint", key.hint.clone())
         .line("scopes", output::list(&key.scopes))
         .line("owner", output::opt(key.owner_id.as_deref()))
+        .line("credits", credits(key))
         .line("policy", output::opt(key.policy_id))
         .line("expires at", output::time(key.expires_at));
     if key.grace_expires_at.is_some() {

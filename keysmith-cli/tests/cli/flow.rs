@@ -26,7 +26,41 @@ pub(crate) async fn operator_flow(ks: &Keysmith, store: Arc<dyn Store>) {
     sweep(ks, &engine).await;
     tenants_are_isolated(ks, &key_id, &policy_id);
     control_characters_are_refused(ks, &key_id);
+    owners_and_credits(ks, &engine).await;
     engine.shutdown().await;
+}
+
+/// `--owner` on create and list, a policy's per-owner key limit, and
+/// `keys credits` setting, topping up and removing credits.
+async fn owners_and_credits(ks: &Keysmith, engine: &Engine) {
+    let policy = ks.json(&["policies", "create", "--name", "one-per-owner", "--max-keys-per-owner", "1"]);
+    let policy_id = str_of(&policy, "id").to_owned();
+    let created = ks.json(&["keys", "create", "--name", "o", "--owner", "cus_7", "--policy", &policy_id]);
+    let owned_id = str_of(&created["key"], "id").to_owned();
+    assert_eq!(created["key"]["owner_id"], "cus_7");
+    let refused = ks.run(&["keys", "create", "--name", "o2", "--owner", "cus_7", "--policy", &policy_id]).fails(1);
+    assert!(refused.contains("cus_7"), "{refused}");
+    let listed = ks.json(&["keys", "list", "--owner", "cus_7"]);
+    let ids: Vec<&str> = listed.as_array().unwrap().iter().map(|k| str_of(k, "id")).collect();
+    assert_eq!(ids, [owned_id.as_str()]);
+
+    let metered =
+        ks.json(&["keys", "create", "--name", "m", "--credits", "1", "--refill", "5", "--refill-every", "day"]);
+    let (id, raw) = (str_of(&metered["key"], "id").to_owned(), str_of(&metered, "raw_key").to_owned());
+    assert_eq!(metered["key"]["credits"]["refill"], json!({"amount": 5, "every": "day"}));
+    validate(engine, &raw).await.expect("one credit");
+    let refusal = validate(engine, &raw).await.unwrap_err();
+    assert_eq!(refusal.refusal().map(keysmith_core::Refusal::code), Some("credits_exhausted"));
+    let topped = ks.run(&["keys", "credits", &id, "--add", "2"]).ok();
+    assert!(topped.contains("credits: 2 left, refilled to 5 every day"), "{topped}");
+    validate(engine, &raw).await.expect("topped up");
+    let set = ks.json(&["keys", "credits", &id, "--set", "9"]);
+    assert_eq!(set["credits"]["remaining"], 9);
+    let removed = ks.json(&["keys", "credits", &id, "--remove"]);
+    assert_eq!(removed["credits"], Value::Null);
+    ks.run(&["keys", "credits", &id]).fails(2);
+    ks.run(&["keys", "credits", &id, "--add", "1"]).fails(1);
+    ks.run(&["keys", "create", "--name", "x", "--refill", "5", "--refill-every", "day"]).fails(2);
 }
 
 /// NUL (through JSON escapes: a command line cannot hold one) and other
