@@ -55,7 +55,7 @@ where
     (blocks() - before) / REQUESTS
 }
 
-async fn axum_app(keysmith: Option<&Engine>) -> Router {
+fn axum_app(keysmith: Option<&Engine>) -> Router {
     let hello = Router::new().route("/", get(|| async { "hello" }));
     match keysmith {
         Some(engine) => hello.layer(keysmith_tower::ApiKeyLayer::new(engine.clone())),
@@ -64,7 +64,7 @@ async fn axum_app(keysmith: Option<&Engine>) -> Router {
 }
 
 async fn axum_count(engine: Option<&Engine>, key: &str) -> u64 {
-    let app = axum_app(engine).await;
+    let app = axum_app(engine);
     let send = || {
         let app = app.clone();
         let request = Request::get("/")
