@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use support::{MOUNT, harness, harness_with, with_config};
 
 /// The routes of the issue, as (method, path template).
-const ROUTES: [(&str, &str); 20] = [
+const ROUTES: [(&str, &str); 21] = [
     ("POST", "/keys"),
     ("GET", "/keys"),
     ("GET", "/keys/{id}"),
@@ -34,6 +34,7 @@ const ROUTES: [(&str, &str); 20] = [
     ("GET", "/scopes"),
     ("DELETE", "/scopes/{id}"),
     ("GET", "/openapi.json"),
+    ("POST", "/verify"),
 ];
 
 fn expected() -> BTreeSet<(String, String)> {
@@ -189,7 +190,7 @@ async fn document_describes_parameters_bodies_errors_and_security() {
             .map(|p| p["name"].as_str().unwrap().to_owned())
             .collect()
     };
-    assert_eq!(names("/keys"), ["state", "environment", "policy_id", "limit", "offset"]);
+    assert_eq!(names("/keys"), ["state", "environment", "policy_id", "owner_id", "limit", "offset"]);
     assert_eq!(names("/keys/{id}/usage"), ["from", "to", "limit", "offset"]);
     assert_eq!(names("/keys/{id}/usage/aggregate"), ["period", "from", "to"]);
     assert_eq!(names("/policies"), ["limit", "offset"]);
