@@ -8,7 +8,7 @@ use std::time::Duration;
 use keysmith_core::store::{Page, TimeRange};
 use keysmith_core::{NewKey, PolicySpec, RateLimit, RequestContext};
 use serde_json::{Value, json};
-use support::{APP, TENANT, harness};
+use support::{APP, harness};
 
 /// A key of the admin's tenant holding only `keysmith:verify`.
 async fn verifier(h: &support::Harness) -> String {
