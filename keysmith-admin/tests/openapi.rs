@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use support::{MOUNT, harness, harness_with, with_config};
 
 /// The routes of the issue, as (method, path template).
-const ROUTES: [(&str, &str); 23] = [
+const ROUTES: [(&str, &str); 24] = [
     ("POST", "/keys"),
     ("GET", "/keys"),
     ("GET", "/keys/{id}"),
@@ -37,6 +37,7 @@ const ROUTES: [(&str, &str); 23] = [
     ("GET", "/scopes"),
     ("DELETE", "/scopes/{id}"),
     ("GET", "/openapi.json"),
+    ("POST", "/verify"),
 ];
 
 fn expected() -> BTreeSet<(String, String)> {

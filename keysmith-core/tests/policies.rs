@@ -365,7 +365,8 @@ async fn the_largest_accepted_policy_values_are_enforced() {
 async fn under_limit_by_owner_an_owners_keys_share_one_budget() {
     let (engine, _clock) = engine();
     let acme = engine.tenant("app", "acme");
-    let spec = PolicySpec::new("per-customer").with_rate_limit(3, Duration::from_secs(60)).with_limit_by(LimitBy::Owner);
+    let spec =
+        PolicySpec::new("per-customer").with_rate_limit(3, Duration::from_secs(60)).with_limit_by(LimitBy::Owner);
     let policy = acme.create_policy(spec).await.unwrap();
     let key = |name: &'static str, owner: Option<&'static str>| {
         let acme = acme.clone();

@@ -34,6 +34,10 @@ pub struct RequestContext<'a> {
     /// Accept only keys of this application; another app's key is refused
     /// as unknown before any of its limits are touched.
     pub app_id: Option<&'a str>,
+    /// Accept only keys of this tenant (of `app_id`'s app); another
+    /// tenant's key is refused as unknown before any of its limits are
+    /// touched.
+    pub tenant_id: Option<&'a str>,
     /// The credits the request costs a key that has credits (`None`: 1).
     pub cost: Option<u64>,
 }
@@ -49,6 +53,14 @@ impl<'a> RequestContext<'a> {
     #[must_use]
     pub fn with_ip(mut self, ip: IpAddr) -> Self {
         self.ip = Some(ip);
+        self
+    }
+
+    /// Accepting only keys of `tenant` (its app and tenant id).
+    #[must_use]
+    pub fn with_tenant(mut self, tenant: &'a crate::Tenant) -> Self {
+        self.app_id = Some(&tenant.app_id);
+        self.tenant_id = Some(&tenant.tenant_id);
         self
     }
 
@@ -372,7 +384,9 @@ impl Engine {
         };
         let key = stored.key;
         // Another application's key is, to this application, unknown.
-        if ctx.app_id.is_some_and(|app| app != key.tenant.app_id) {
+        if ctx.app_id.is_some_and(|app| app != key.tenant.app_id)
+            || ctx.tenant_id.is_some_and(|tenant| tenant != key.tenant.tenant_id)
+        {
             return Err((Refusal::Unknown.into(), None));
         }
         let refuse = |refusal: Refusal, key: &Arc<Key>| (ValidationError::Refused(refusal), Some(Arc::clone(key)));
