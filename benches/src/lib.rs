@@ -145,7 +145,7 @@ pub struct Keys {
 #[must_use]
 pub fn full_policy() -> PolicySpec {
     PolicySpec::new("full")
-        .with_rate_limit(1_000_000_000, Duration::from_secs(1))
+        .with_rate_limit(1_000_000, Duration::from_secs(1))
         .with_allowed_ips(["10.0.0.0/8", "127.0.0.0/8", "192.0.2.0/24", "2001:db8::/32"])
         .with_allowed_scopes(["read", "write"])
 }

@@ -17,14 +17,16 @@ use crate::request::Installed;
 /// to [`keysmith_core::http::ApiKey`] (id, tenant, scopes, rate limit…) and
 /// clones cheaply.
 ///
-/// [`Keysmith`](crate::Keysmith) stores the core value in the request
+/// [`ApiKeyMiddleware`](crate::ApiKeyMiddleware) stores the core value in the request
 /// extensions; this type reads it. As an extractor:
 /// - `ApiKey` is refused with 401 `missing_key` when the middleware let the
 ///   request through without a key (optional mode), and with 500 naming the
-///   missing middleware when no `Keysmith` ran;
-/// - `Option<ApiKey>` is `None` without a key. (actix-web turns every
-///   extractor error into `None` for `Option<T>`, so without the middleware
-///   it is `None` too; take `ApiKey` where the key is required.)
+///   missing middleware when no `ApiKeyMiddleware` ran;
+/// - `Option<ApiKey>` is `None` whenever the request carries no validated
+///   key, including when no middleware ran (logged once, at `error`): the
+///   same as keysmith-tower. A handler taking `Option<ApiKey>` serves
+///   requests without a key anyway, so a missing middleware never grants
+///   more than the anonymous answer; take `ApiKey` where a key is required.
 ///
 /// ```
 /// use keysmith_actix::ApiKey;
@@ -41,7 +43,7 @@ use crate::request::Installed;
 pub struct ApiKey(CoreApiKey);
 
 impl ApiKey {
-    /// The key [`Keysmith`](crate::Keysmith) left in `extensions`.
+    /// The key [`ApiKeyMiddleware`](crate::ApiKeyMiddleware) left in `extensions`.
     #[must_use]
     pub fn from_extensions(extensions: &Extensions) -> Option<Self> {
         extensions.get::<CoreApiKey>().cloned().map(Self)
@@ -63,7 +65,10 @@ impl ApiKey {
             Some(installed) => {
                 ApiKeyRejection::refused(installed.gate().refusal(Refusal::MissingKey), installed.responder().clone())
             }
-            None => ApiKeyRejection::MissingMiddleware { needed_by: "the ApiKey extractor" },
+            None => {
+                keysmith_core::http::log_missing_middleware("the ApiKey extractor", "keysmith_actix::ApiKeyMiddleware");
+                ApiKeyRejection::MissingMiddleware { needed_by: "the ApiKey extractor" }
+            }
         })
     }
 

@@ -1,9 +1,9 @@
 //! Keysmith for actix-web: middleware that validates API keys, per-scope
 //! requirements, and an `ApiKey` extractor.
 //!
-//! - [`Keysmith`] validates every request's key: refusals are
+//! - [`ApiKeyMiddleware`] validates every request's key: refusals are
 //!   answered with the right status, `WWW-Authenticate`, `Retry-After` and a
-//!   JSON body; passed requests carry an [`ApiKey`], get `RateLimit-*`
+//!   JSON body; passed requests carry an [`ApiKey`], get rate-limit
 //!   headers and have their usage recorded after the response.
 //! - [`RequireScopes::all`] / [`RequireScopes::any`] guard a `web::scope`
 //!   or a resource.
@@ -17,7 +17,7 @@
 //! # actix_web::rt::System::new().block_on(async {
 //! use std::sync::Arc;
 //! use actix_web::{App, test, web};
-//! use keysmith_actix::{ApiKey, Keysmith, RequireScopes};
+//! use keysmith_actix::{ApiKey, ApiKeyMiddleware, RequireScopes};
 //! use keysmith_core::{Engine, MemoryStore, NewKey};
 //!
 //! let engine = Engine::builder(Arc::new(MemoryStore::new())).build()?;
@@ -31,7 +31,7 @@
 //!                 .route(web::get().to(|| async { "[]" })),
 //!         )
 //!         .route("/me", web::get().to(|key: ApiKey| async move { key.tenant().to_string() }))
-//!         .wrap(Keysmith::new(engine.clone())),
+//!         .wrap(ApiKeyMiddleware::new(engine.clone())),
 //! )
 //! .await;
 //!
@@ -52,7 +52,7 @@
 //! ```
 //!
 //! The client address is the connection's peer address; behind a proxy,
-//! configure [`Keysmith::with_trusted_proxies`].
+//! configure [`ApiKeyMiddleware::with_trusted_proxies`].
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
@@ -63,9 +63,9 @@ mod response;
 mod scopes;
 
 pub use extract::ApiKey;
-pub use middleware::{Keysmith, KeysmithMiddleware};
+pub use middleware::{ApiKeyMiddleware, ApiKeyService, ResponseFuture};
 pub use response::{ApiKeyRejection, RefusalResponder, default_refusal_response};
 pub use scopes::{RequireScopes, RequireScopesMiddleware};
 
 /// The framework-free pieces this crate is built on, for configuration.
-pub use keysmith_core::http::{ForwardingHeader, KeySources, RefusalResponse, TrustedProxies};
+pub use keysmith_core::http::{ForwardingHeader, KeySources, RateLimitHeaders, RefusalResponse, TrustedProxies};

@@ -11,7 +11,8 @@ use crate::RefusalResponder;
 
 /// actix's `HeaderMap` as core reads headers.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Headers<'a>(pub(crate) &'a HeaderMap);
+#[allow(unreachable_pub, reason = "named only through the glue's `Adapter` impl")]
+pub struct Headers<'a>(pub(crate) &'a HeaderMap);
 
 impl HeaderLookup for Headers<'_> {
     fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> {

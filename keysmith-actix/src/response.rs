@@ -7,14 +7,12 @@ use std::sync::Arc;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
-use keysmith_core::http::{RateLimitHeaders, RefusalResponse};
-
-use crate::request::known_name;
+use keysmith_core::http::RefusalResponse;
 
 /// Builds the response to a refused request. The default,
 /// [`default_refusal_response`], sends the status, headers and JSON body of
 /// the README's HTTP table; set your own with
-/// [`Keysmith::with_responder`](crate::Keysmith::with_responder) to render
+/// [`ApiKeyMiddleware::with_responder`](crate::ApiKeyMiddleware::with_responder) to render
 /// errors in your API's format.
 #[derive(Clone)]
 pub struct RefusalResponder(Arc<RespondFn>);
@@ -69,20 +67,16 @@ pub(crate) fn append_headers(map: &mut actix_web::http::header::HeaderMap, heade
     }
 }
 
-/// Appends `RateLimit-Limit`, `-Remaining` and `-Reset` to a passed
-/// request's response: names parsed once ([`known_name`]), each value
-/// formatted on the stack by `itoa` and copied once
-/// (`HeaderValue::from(u64)` allocates twice, and `fmt` costs more than the
-/// digits).
-pub(crate) fn append_rate_limit_headers(map: &mut actix_web::http::header::HeaderMap, headers: RateLimitHeaders) {
-    for (name, number) in headers.pairs() {
-        if let (Some(name), Ok(value)) = (known_name(name), HeaderValue::from_str(itoa::Buffer::new().format(number))) {
-            map.append(name.clone(), value);
-        }
+/// Appends one header core rendered (a lowercase name of
+/// [`names`](keysmith_core::http::names), a valid value): the name is built
+/// without parsing or allocating, the value copied once.
+pub(crate) fn append_header(map: &mut actix_web::http::header::HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        map.append(HeaderName::from_static(name), value);
     }
 }
 
-/// Why a request got no further: the error that [`Keysmith`](crate::Keysmith),
+/// Why a request got no further: the error that [`ApiKeyMiddleware`](crate::ApiKeyMiddleware),
 /// [`RequireScopes`](crate::RequireScopes) and the [`ApiKey`](crate::ApiKey)
 /// extractor answer with. It is an actix [`ResponseError`], so the response
 /// carries it (`ServiceResponse::response().error()`) for outer middleware
@@ -90,7 +84,7 @@ pub(crate) fn append_rate_limit_headers(map: &mut actix_web::http::header::Heade
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ApiKeyRejection {
-    /// No [`Keysmith`](crate::Keysmith) middleware ran for this request: the
+    /// No [`ApiKeyMiddleware`](crate::ApiKeyMiddleware) middleware ran for this request: the
     /// application is wired wrong. 500, naming the missing middleware.
     MissingMiddleware {
         /// What needed the middleware (`the ApiKey extractor`,
@@ -117,7 +111,7 @@ impl ApiKeyRejection {
     pub fn refusal_response(&self) -> RefusalResponse {
         match self {
             Self::MissingMiddleware { needed_by } => RefusalResponse::misconfigured(format!(
-                "{needed_by} needs keysmith_actix::Keysmith in front of it; add `.wrap(Keysmith::new(engine))` \
+                "{needed_by} needs keysmith_actix::ApiKeyMiddleware in front of it; add `.wrap(ApiKeyMiddleware::new(engine))` \
                  to the App or scope"
             )),
             Self::Refused { refusal, .. } => RefusalResponse::clone(refusal),
@@ -129,7 +123,7 @@ impl fmt::Display for ApiKeyRejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::MissingMiddleware { needed_by } => {
-                write!(f, "{needed_by} needs keysmith_actix::Keysmith in front of it")
+                write!(f, "{needed_by} needs keysmith_actix::ApiKeyMiddleware in front of it")
             }
             Self::Refused { refusal, .. } => write!(f, "{}: {}", refusal.code, refusal.message),
         }
@@ -152,26 +146,6 @@ impl ResponseError for ApiKeyRejection {
         match self {
             Self::MissingMiddleware { .. } => default_refusal_response(&self.refusal_response()),
             Self::Refused { refusal, responder } => responder.respond(refusal),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use keysmith_core::http::names;
-
-    use super::*;
-
-    #[test]
-    fn rate_limit_headers_carry_the_numbers_in_decimal() {
-        let mut map = actix_web::http::header::HeaderMap::new();
-        append_rate_limit_headers(&mut map, RateLimitHeaders { limit: 1_000_000_000, remaining: 0, reset: u64::MAX });
-        for (name, value) in [
-            (names::RATELIMIT_LIMIT, "1000000000"),
-            (names::RATELIMIT_REMAINING, "0"),
-            (names::RATELIMIT_RESET, "18446744073709551615"),
-        ] {
-            assert_eq!(map.get(name).unwrap().as_bytes(), value.as_bytes(), "{name}");
         }
     }
 }

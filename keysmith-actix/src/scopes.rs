@@ -1,5 +1,5 @@
 //! `RequireScopes`: per-scope or per-resource scope requirements behind
-//! [`Keysmith`](crate::Keysmith).
+//! [`ApiKeyMiddleware`](crate::ApiKeyMiddleware).
 
 use std::future::{Ready, ready};
 
@@ -15,7 +15,7 @@ use crate::request::Installed;
 /// Middleware that lets a request through only if its key holds the
 /// route's scopes (hierarchically: `read` covers `read:users`). `.wrap()`
 /// it around a `web::scope` or `web::resource` *inside*
-/// [`Keysmith`](crate::Keysmith) (which wraps the `App` or an outer scope).
+/// [`ApiKeyMiddleware`](crate::ApiKeyMiddleware) (which wraps the `App` or an outer scope).
 ///
 /// A key without the scopes gets 403 `insufficient_scope` with
 /// `WWW-Authenticate: Bearer …, error="insufficient_scope", scope="…"`, and
@@ -23,7 +23,7 @@ use crate::request::Installed;
 /// validation counted are given back and no usage is recorded for it. A
 /// request let through without a key (optional mode) gets 401
 /// `missing_key`; CORS preflights pass only where the middleware lets
-/// them through (opt-in passthrough). Without `Keysmith` in front the
+/// them through (opt-in passthrough). Without `ApiKeyMiddleware` in front the
 /// answer is 500, naming the missing middleware.
 ///
 /// ```
@@ -41,7 +41,7 @@ use crate::request::Installed;
 ///             .wrap(RequireScopes::all(["read:users"]))
 ///             .route(web::get().to(|| async { "users" })),
 ///     );
-/// // …then `.wrap(Keysmith::new(engine))` on the App.
+/// // …then `.wrap(ApiKeyMiddleware::new(engine))` on the App.
 /// ```
 #[derive(Debug, Clone)]
 #[must_use]

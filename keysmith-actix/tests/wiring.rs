@@ -16,7 +16,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::HeaderMap;
 use actix_web::middleware::{DefaultHeaders, Logger};
 use actix_web::{App, HttpMessage, HttpResponse, test, web};
-use keysmith_actix::{ApiKey, Keysmith, RequireScopes, default_refusal_response};
+use keysmith_actix::{ApiKey, ApiKeyMiddleware, RequireScopes, default_refusal_response};
 use keysmith_core::store::{Page, TimeRange};
 use keysmith_core::{Engine, KeyId, ManualClock, MemoryStore, NewKey, PolicySpec};
 
@@ -94,7 +94,7 @@ async fn extractor_and_require_scopes_without_the_middleware_are_500_naming_it()
         assert_eq!(header(&headers, "content-type"), "application/json", "{path}");
         assert_eq!(code(&body), Some("internal_error"), "{path}");
         let message = body["error"]["message"].as_str().unwrap();
-        assert!(message.contains("keysmith_actix::Keysmith"), "{path}: {message}");
+        assert!(message.contains("keysmith_actix::ApiKeyMiddleware"), "{path}: {message}");
     }
     // actix-web turns any extractor error into `None` for `Option<T>`.
     let response = test::call_service(&app, request("/optional", None).to_request()).await;
@@ -108,7 +108,7 @@ async fn default_headers_outside_reach_refusals_and_inside_only_passed_requests(
         App::new()
             .route("/me", web::get().to(|key: ApiKey| async move { key.name().to_owned() }))
             .wrap(DefaultHeaders::new().add(("x-inner", "1")))
-            .wrap(Keysmith::new(setup.engine.clone()))
+            .wrap(ApiKeyMiddleware::new(setup.engine.clone()))
             .wrap(DefaultHeaders::new().add(("x-outer", "1"))),
     )
     .await;
@@ -122,7 +122,7 @@ async fn default_headers_outside_reach_refusals_and_inside_only_passed_requests(
     let response = test::call_service(&app, request("/me", Some(&setup.reader)).to_request()).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers().contains_key("x-outer") && response.headers().contains_key("x-inner"));
-    assert_eq!(header(response.headers(), "ratelimit-limit"), "3");
+    assert!(header(response.headers(), "ratelimit-policy").starts_with(r#""default";q=3;"#));
     assert_eq!(test::read_body(response).await, "reader");
 }
 
@@ -142,7 +142,7 @@ async fn outer_middleware_sees_refusals_as_errors_and_inner_middleware_sees_the_
                 inner.borrow_mut().push(key);
                 service.call(request)
             })
-            .wrap(Keysmith::new(setup.engine.clone()))
+            .wrap(ApiKeyMiddleware::new(setup.engine.clone()))
             .wrap_fn(move |request, service| {
                 let outer = Rc::clone(&outer);
                 let future = service.call(request);
@@ -186,7 +186,7 @@ async fn require_scopes_on_a_web_scope_guards_every_route_inside() {
                                 .route(web::get().to(HttpResponse::Ok)),
                         ),
                 )
-                .wrap(Keysmith::new(setup.engine.clone()).with_realm("scoped")),
+                .wrap(ApiKeyMiddleware::new(setup.engine.clone()).with_realm("scoped")),
         ),
     )
     .await;
@@ -203,11 +203,9 @@ async fn require_scopes_on_a_web_scope_guards_every_route_inside() {
             header(&headers, "www-authenticate"),
             r#"Bearer realm="scoped", error="insufficient_scope", scope="admin keysmith:admin""#
         );
-        assert_eq!(
-            header(&headers, "ratelimit-limit"),
-            "",
-            "a refusal by scope spends nothing, so it says nothing of the rate"
-        );
+        for name in ["ratelimit", "ratelimit-policy"] {
+            assert_eq!(header(&headers, name), "", "a refusal by scope spends nothing, so it says nothing of the rate");
+        }
         assert_eq!(send(&app, request(path, Some(&setup.admin)).to_request()).await.0, StatusCode::OK, "{path}");
         assert_eq!(send(&app, request(path, None).to_request()).await.0, StatusCode::UNAUTHORIZED, "{path}");
     }
@@ -241,7 +239,7 @@ async fn handlers_use_web_data_engine_next_to_the_key_and_usage_is_recorded_afte
                     })))
                 }),
             )
-            .wrap(Keysmith::new(setup.engine.clone())),
+            .wrap(ApiKeyMiddleware::new(setup.engine.clone())),
     )
     .await;
 
@@ -273,13 +271,13 @@ async fn errors_of_inner_services_are_recorded_with_their_status() {
                 let future = service.call(request);
                 async move { if fail { Err(ErrorConflict("refused by an inner middleware")) } else { future.await } }
             })
-            .wrap(Keysmith::new(setup.engine.clone())),
+            .wrap(ApiKeyMiddleware::new(setup.engine.clone())),
     )
     .await;
 
     let response = test::call_service(&app, request("/conflict", Some(&setup.reader)).to_request()).await;
     assert_eq!(response.status(), StatusCode::CONFLICT);
-    assert_eq!(header(response.headers(), "ratelimit-remaining"), "2");
+    assert!(header(response.headers(), "ratelimit").starts_with(r#""default";r=2;"#));
     let error = test::try_call_service(&app, request("/middleware-error", Some(&setup.reader)).to_request())
         .await
         .expect_err("the inner middleware's error passes through");
@@ -300,7 +298,7 @@ async fn errors_of_inner_services_are_recorded_with_their_status() {
 #[actix_web::test]
 async fn custom_responder_renders_every_refusal() {
     let setup = setup().await;
-    let keysmith = Keysmith::new(setup.engine.clone()).optional().with_responder(|refusal| {
+    let keysmith = ApiKeyMiddleware::new(setup.engine.clone()).optional().with_responder(|refusal| {
         let mut response = default_refusal_response(refusal);
         response.headers_mut().insert(
             actix_web::http::header::CONTENT_TYPE,
@@ -342,12 +340,13 @@ async fn preflights_need_a_key_by_default_and_passthrough_is_opt_in() {
     // A resource whose handler answers every method, OPTIONS included.
     let route = || web::resource("/x").to(|| async { "protected data" });
 
-    let closed = test::init_service(App::new().service(route()).wrap(Keysmith::new(setup.engine.clone()))).await;
+    let closed =
+        test::init_service(App::new().service(route()).wrap(ApiKeyMiddleware::new(setup.engine.clone()))).await;
     let (status, _, body) = send(&closed, preflight()).await;
     assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, Some("missing_key")));
 
     let open = test::init_service(
-        App::new().service(route()).wrap(Keysmith::new(setup.engine.clone()).with_preflight_passthrough(true)),
+        App::new().service(route()).wrap(ApiKeyMiddleware::new(setup.engine.clone()).with_preflight_passthrough(true)),
     )
     .await;
     assert_eq!(send(&open, preflight()).await.0, StatusCode::OK);
@@ -365,7 +364,7 @@ async fn actix_cors_outside_answers_preflights_and_handlers_stay_behind_the_key(
     let app = test::init_service(
         App::new()
             .service(web::resource("/data").to(|| async { "protected data" }))
-            .wrap(Keysmith::new(setup.engine.clone()))
+            .wrap(ApiKeyMiddleware::new(setup.engine.clone()))
             .wrap(cors()),
     )
     .await;
@@ -408,7 +407,7 @@ fn http_get(addr: SocketAddr, path: &str, key: &str) -> u16 {
 #[actix_web::test]
 async fn usage_queued_by_workers_is_written_after_the_server_stops() {
     let setup = setup().await;
-    let keysmith = Keysmith::new(setup.engine.clone());
+    let keysmith = ApiKeyMiddleware::new(setup.engine.clone());
     let server = actix_web::HttpServer::new(move || {
         App::new().route("/me", web::get().to(HttpResponse::Ok)).wrap(keysmith.clone())
     })

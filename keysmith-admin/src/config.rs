@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{method_not_allowed, route_not_found};
-use crate::{ADMIN_SCOPE, AdminState, keys, openapi, policies, scopes, usage};
+use crate::{ADMIN_SCOPE, AdminState, VERIFY_SCOPE, credits, keys, openapi, policies, scopes, usage, verify};
 
 /// The realm of `WWW-Authenticate` unless configured otherwise.
 pub const DEFAULT_REALM: &str = "keysmith-admin";
@@ -116,13 +116,18 @@ impl AdminConfig {
     where
         S: Clone + Send + Sync + 'static,
     {
-        let (router, mut doc) = collect().split_for_parts();
+        let (_, mut doc) = collect().split_for_parts();
         openapi::finish(&mut doc, self.layer.gate().key_sources());
         let state = AdminState { engine: self.layer.gate().engine().clone(), openapi: Arc::new(doc) };
-        router
+        let (admin, _) = admin_routes().split_for_parts();
+        let (verify, _) = verify_routes().split_for_parts();
+        admin
             .fallback(route_not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(RequireScopes::all([ADMIN_SCOPE]))
+            .merge(
+                verify.route_layer(RequireScopes::all([VERIFY_SCOPE])).method_not_allowed_fallback(method_not_allowed),
+            )
             // A preflight let through would reach the fallbacks, whose 404
             // and 405 say which routes exist.
             .layer(self.layer.with_preflight_passthrough(false))
@@ -133,6 +138,16 @@ impl AdminConfig {
 /// Every route with its OpenAPI operation: the router and the document come
 /// from the same list, so they cannot disagree.
 fn collect() -> OpenApiRouter<AdminState> {
+    admin_routes().merge(verify_routes())
+}
+
+/// `POST /verify`, for keys holding [`VERIFY_SCOPE`].
+fn verify_routes() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new().routes(routes!(verify::verify_key))
+}
+
+/// The management routes, for keys holding [`ADMIN_SCOPE`].
+fn admin_routes() -> OpenApiRouter<AdminState> {
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(keys::create_key, keys::list_keys))
         .routes(routes!(keys::get_key))
@@ -142,6 +157,8 @@ fn collect() -> OpenApiRouter<AdminState> {
         .routes(routes!(keys::reactivate_key))
         .routes(routes!(keys::set_key_scopes))
         .routes(routes!(keys::list_rotations))
+        .routes(routes!(credits::set_credits, credits::remove_credits))
+        .routes(routes!(credits::add_credits))
         .routes(routes!(usage::list_usage))
         .routes(routes!(usage::aggregate_usage))
         .routes(routes!(policies::create_policy, policies::list_policies))

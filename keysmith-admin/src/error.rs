@@ -29,6 +29,7 @@ use crate::lockout::SelfLockout;
 /// | core `InvalidTransition` | 409 | `invalid_transition` |
 /// | core `AlreadyExists` | 409 | `already_exists` |
 /// | core `PolicyInUse` | 409 | `policy_in_use` |
+/// | core `OwnerKeyLimit` | 409 | `owner_key_limit` |
 /// | [`SelfLockout`](Self::SelfLockout) | 409 | `self_lockout` |
 /// | core `Store` | 503 | `unavailable` |
 /// | [`Unauthenticated`](Self::Unauthenticated) | the layer's (401 `missing_key`, or 500 without the layer) | |
@@ -87,7 +88,8 @@ impl Error {
                 keysmith_core::Error::NotFound { .. } => StatusCode::NOT_FOUND,
                 keysmith_core::Error::InvalidTransition { .. }
                 | keysmith_core::Error::AlreadyExists { .. }
-                | keysmith_core::Error::PolicyInUse { .. } => StatusCode::CONFLICT,
+                | keysmith_core::Error::PolicyInUse { .. }
+                | keysmith_core::Error::OwnerKeyLimit { .. } => StatusCode::CONFLICT,
                 keysmith_core::Error::InvalidInput { .. } => StatusCode::BAD_REQUEST,
                 keysmith_core::Error::Store { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -110,6 +112,7 @@ impl Error {
                 keysmith_core::Error::InvalidTransition { .. } => "invalid_transition",
                 keysmith_core::Error::AlreadyExists { .. } => "already_exists",
                 keysmith_core::Error::PolicyInUse { .. } => "policy_in_use",
+                keysmith_core::Error::OwnerKeyLimit { .. } => "owner_key_limit",
                 keysmith_core::Error::InvalidInput { .. } => "invalid_input",
                 keysmith_core::Error::Store { .. } => "unavailable",
                 _ => "internal_error",
@@ -126,7 +129,7 @@ impl Error {
             Self::RouteNotFound => "route_not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::SelfLockout(_) => "self_lockout",
-            Self::Unauthenticated(ApiKeyRejection::MissingKey { .. }) => "missing_key",
+            Self::Unauthenticated(ApiKeyRejection::Refused { refusal, .. }) => refusal.code,
             Self::Unauthenticated(_) => "internal_error",
         }
     }
@@ -244,6 +247,11 @@ mod tests {
             ),
             (keysmith_core::Error::AlreadyExists { entity: "policy", name: "p".into() }, 409, "already_exists"),
             (keysmith_core::Error::PolicyInUse { policy_id }, 409, "policy_in_use"),
+            (
+                keysmith_core::Error::OwnerKeyLimit { owner_id: "cus_1".into(), policy_id, limit: 1 },
+                409,
+                "owner_key_limit",
+            ),
             (keysmith_core::Error::InvalidInput { field: "allowed_ips", reason: "no".into() }, 400, "invalid_input"),
             (keysmith_core::Error::store(std::io::Error::other("db password=hunter2")), 503, "unavailable"),
         ];

@@ -11,6 +11,7 @@ use keysmith_core::{KeyId, NewKey, RawKey};
 use serde::{Deserialize, Serialize, Serializer};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::credits::{Credits, CreditsInput};
 use crate::error::{ErrorBody, Result};
 use crate::extract::{Caller, Id, JsonBody, QueryParams};
 use crate::lockout::{CallingKey, SelfLockout};
@@ -42,6 +43,11 @@ pub(crate) struct Key {
     /// Scopes granted to the key.
     #[schema(example = json!(["read:users"]))]
     scopes: Vec<String>,
+    /// The application's id for the user or customer the key belongs to.
+    #[schema(example = "cus_42")]
+    owner_id: Option<String>,
+    /// The key's prepaid uses, if it has any.
+    credits: Option<Credits>,
     /// The policy the key is held to.
     #[schema(value_type = Option<String>, pattern = "^kpol_[0-7][0-9a-hjkmnp-tv-z]{25}$")]
     policy_id: Option<keysmith_core::PolicyId>,
@@ -72,6 +78,8 @@ impl From<keysmith_core::Key> for Key {
             environment: key.environment.into(),
             state: key.state.into(),
             scopes: key.scopes,
+            owner_id: key.owner_id,
+            credits: key.credits.map(Credits::from),
             policy_id: key.policy_id,
             expires_at: key.expires_at,
             grace_expires_at: key.grace_expires_at,
@@ -100,6 +108,15 @@ pub(crate) struct CreateKey {
     /// A policy of the caller's tenant.
     #[schema(pattern = "^kpol_[0-7][0-9a-hjkmnp-tv-z]{25}$")]
     policy_id: Option<String>,
+    /// The application's id for the user or customer the key is for: 1 to
+    /// 255 characters, no control character, no surrounding whitespace.
+    /// When the policy caps `max_active_keys_per_owner`, one key too many
+    /// is refused (409 `owner_key_limit`).
+    #[schema(example = "cus_42")]
+    owner_id: Option<String>,
+    /// Prepaid uses: each request that passes spends its cost, and at zero
+    /// the key is refused (429 `credits_exhausted`).
+    credits: Option<CreditsInput>,
     /// When the key expires; must be in the future.
     expires_at: Option<DateTime<Utc>>,
     /// The environment written into the key (default: the engine's).
@@ -251,6 +268,9 @@ pub(crate) struct KeyListQuery {
     /// Only keys under this policy.
     #[param(pattern = "^kpol_[0-7][0-9a-hjkmnp-tv-z]{25}$")]
     policy_id: Option<String>,
+    /// Only keys of this owner (matched exactly).
+    #[param(min_length = 1, max_length = 255)]
+    owner_id: Option<String>,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
@@ -267,6 +287,7 @@ pub(crate) struct KeyListQuery {
         (status = 201, description = "The key and its secret (`raw_key`), shown only in this response", body = CreatedKey),
         (status = 400, description = "Invalid name, prefix, scope, expiry or policy id; a scope outside the policy's or unregistered (strict scopes)", body = ErrorBody),
         (status = 404, description = "`policy_id` names no policy of this tenant", body = ErrorBody),
+        (status = 409, description = "The owner already holds the policy's `max_active_keys_per_owner` live keys (`owner_key_limit`)", body = ErrorBody),
     )
 )]
 pub(crate) async fn create_key(
@@ -276,6 +297,12 @@ pub(crate) async fn create_key(
     let mut new = NewKey::new(body.name).with_scopes(body.scopes).with_metadata(body.metadata);
     if let Some(policy_id) = parse_id(body.policy_id.as_deref())? {
         new = new.with_policy(policy_id);
+    }
+    if let Some(owner_id) = body.owner_id {
+        new = new.with_owner(owner_id);
+    }
+    if let Some(credits) = body.credits {
+        new = new.with_credits(credits.into());
     }
     if let Some(at) = body.expires_at {
         new = new.with_expires_at(at);
@@ -308,6 +335,7 @@ pub(crate) async fn list_keys(
         state: query.state.map(Into::into),
         environment: query.environment.map(Into::into),
         policy_id: parse_id(query.policy_id.as_deref())?,
+        owner_id: query.owner_id,
         page,
     };
     let keys = tenant.list_keys(&filter).await?;

@@ -53,6 +53,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod credits;
 mod error;
 mod extract;
 mod keys;
@@ -65,6 +66,7 @@ mod scopes;
 #[cfg(feature = "ui")]
 mod ui;
 mod usage;
+mod verify;
 
 use std::sync::Arc;
 
@@ -81,6 +83,12 @@ pub use ui::{DEFAULT_API_BASE, UiConfig, ui_router};
 /// reserved `keysmith:` namespace, so only a key that names it (or
 /// `keysmith:*`) has it: `*` and the bare `keysmith` do not grant it.
 pub const ADMIN_SCOPE: &str = "keysmith:admin";
+
+/// The scope an API key needs to call `POST /verify` (and nothing else of
+/// the admin API). Also reserved: `keysmith:admin` alone does not grant it,
+/// so a service that verifies keys never holds a key that can manage them,
+/// and an admin key is not a verify key by accident.
+pub const VERIFY_SCOPE: &str = "keysmith:verify";
 
 /// The admin API with the default authentication (see
 /// [`AdminConfig::new`]); mount it with

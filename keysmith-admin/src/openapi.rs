@@ -23,8 +23,8 @@ use crate::{ADMIN_SCOPE, AdminState};
     info(
         title = "Keysmith admin API",
         description = "Manage one tenant's API keys, policies, scopes and usage. \
-            Every route needs an API key holding the `keysmith:admin` scope and acts on that key's tenant only: \
-            ids of other tenants are answered with 404, like unknown ids.",
+            Every route needs an API key holding the `keysmith:admin` scope (`POST /verify`: `keysmith:verify`) \
+            and acts on that key's tenant only: ids of other tenants are answered with 404, like unknown ids.",
         license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0"),
     ),
     tags(
@@ -32,6 +32,7 @@ use crate::{ADMIN_SCOPE, AdminState};
         (name = "usage", description = "Request records and daily or monthly roll-ups per key"),
         (name = "policies", description = "Rate limits, IP and origin allowlists, scopes, key age and quotas"),
         (name = "scopes", description = "The tenant's scope registry"),
+        (name = "verify", description = "Verifying a key for a service that cannot embed Keysmith"),
         (name = "meta", description = "This document"),
     ),
     components(schemas(ErrorBody))

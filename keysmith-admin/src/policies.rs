@@ -15,10 +15,21 @@ use crate::lockout::CallingKey;
 use crate::model::page;
 use crate::schema::{metadata_ref, whole};
 
-/// `requests` per `window` seconds, per key, with an optional burst.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+/// A named limit: `requests` per `window` seconds, with an optional burst.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RateLimit {
+    /// The limit's name, unique in the policy: 1 to 32 of `a-z`, `0-9`, `_`
+    /// and `-`, starting with a letter or digit; `quota-daily`,
+    /// `quota-monthly` and `credits` are reserved. Refusals and the
+    /// `RateLimit` headers name the limit.
+    #[schema(
+        example = "burst",
+        pattern = "^(?!(quota-daily|quota-monthly|credits)$)[a-z0-9][a-z0-9_-]{0,31}$",
+        min_length = 1,
+        max_length = 32
+    )]
+    name: String,
     /// Requests allowed per window (at least 1).
     #[serde(deserialize_with = "whole::u32")]
     #[schema(example = 100, minimum = 1, maximum = 4_294_967_295_u32)]
@@ -47,6 +58,53 @@ pub(crate) struct Quota {
     monthly: Option<u64>,
 }
 
+/// Whose budget a policy's limits and quota count.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LimitBy {
+    /// Each key's own budget (shared with the keys it was rotated from).
+    #[default]
+    Key,
+    /// One budget for all keys of the key's owner; a key without an owner
+    /// keeps its own.
+    Owner,
+}
+
+impl From<LimitBy> for keysmith_core::LimitBy {
+    fn from(by: LimitBy) -> Self {
+        match by {
+            LimitBy::Key => Self::Key,
+            LimitBy::Owner => Self::Owner,
+        }
+    }
+}
+
+impl From<keysmith_core::LimitBy> for LimitBy {
+    fn from(by: keysmith_core::LimitBy) -> Self {
+        match by {
+            keysmith_core::LimitBy::Owner => Self::Owner,
+            _ => Self::Key,
+        }
+    }
+}
+
+impl From<RateLimit> for keysmith_core::RateLimit {
+    fn from(limit: RateLimit) -> Self {
+        Self {
+            name: limit.name,
+            requests: limit.requests,
+            window: Duration::from_secs(limit.window),
+            burst: limit.burst,
+        }
+    }
+}
+
+impl From<keysmith_core::RateLimit> for RateLimit {
+    fn from(limit: keysmith_core::RateLimit) -> Self {
+        Self { name: limit.name, requests: limit.requests, window: limit.window.as_secs(), burst: limit.burst }
+    }
+}
+
 /// A policy's settings, as created (`POST`) or replaced whole (`PUT`).
 /// Omitted fields limit nothing.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -56,8 +114,13 @@ pub(crate) struct PolicyInput {
     /// whitespace, without control characters; stored trimmed.
     #[schema(example = "partners")]
     name: String,
-    /// Rate limit per key.
-    rate_limit: Option<RateLimit>,
+    /// Named rate limits, all enforced (at most 8, names unique).
+    #[serde(default)]
+    #[schema(max_items = 8, example = json!([{"name": "burst", "requests": 10, "window": 1}, {"name": "hourly", "requests": 1000, "window": 3600}]))]
+    rate_limits: Vec<RateLimit>,
+    /// Whose budget the limits and quota count (default `key`).
+    #[serde(default)]
+    limit_by: LimitBy,
     /// Networks (`10.0.0.0/8`, `2001:db8::/32`) or single addresses allowed.
     #[serde(default)]
     #[schema(example = json!(["10.0.0.0/8"]))]
@@ -80,6 +143,11 @@ pub(crate) struct PolicyInput {
     #[serde(default, deserialize_with = "whole::option_seconds")]
     #[schema(maximum = 3_155_760_000_u64)]
     rotation_grace: Option<u64>,
+    /// How many live keys (`active` or `suspended`) one owner may hold under
+    /// the policy; creating one more is refused (409 `owner_key_limit`).
+    /// `1` is "one key per customer".
+    #[schema(minimum = 1, maximum = 100_000, example = 1)]
+    max_active_keys_per_owner: Option<u32>,
     /// Application data (a JSON object; no control character in any key or
     /// string).
     #[serde(default)]
@@ -91,17 +159,15 @@ impl From<PolicyInput> for PolicySpec {
     fn from(input: PolicyInput) -> Self {
         Self {
             name: input.name,
-            rate_limit: input.rate_limit.map(|limit| keysmith_core::RateLimit {
-                requests: limit.requests,
-                window: Duration::from_secs(limit.window),
-                burst: limit.burst,
-            }),
+            rate_limits: input.rate_limits.into_iter().map(Into::into).collect(),
+            limit_by: input.limit_by.into(),
             allowed_ips: input.allowed_ips,
             allowed_origins: input.allowed_origins,
             allowed_scopes: input.allowed_scopes,
             max_key_age: input.max_key_age.map(Duration::from_secs),
             quota: input.quota.map(|quota| keysmith_core::Quota { daily: quota.daily, monthly: quota.monthly }),
             rotation_grace: input.rotation_grace.map(Duration::from_secs),
+            max_active_keys_per_owner: input.max_active_keys_per_owner,
             metadata: input.metadata,
         }
     }
@@ -115,8 +181,10 @@ pub(crate) struct Policy {
     id: PolicyId,
     /// The name, unique in the tenant.
     name: String,
-    /// Rate limit per key.
-    rate_limit: Option<RateLimit>,
+    /// Named rate limits, all enforced.
+    rate_limits: Vec<RateLimit>,
+    /// Whose budget the limits and quota count.
+    limit_by: LimitBy,
     /// Networks allowed (normalised CIDRs); empty allows all.
     allowed_ips: Vec<String>,
     /// `Origin` values allowed (normalised); empty allows all.
@@ -129,6 +197,8 @@ pub(crate) struct Policy {
     quota: Option<Quota>,
     /// Default rotation grace, in seconds.
     rotation_grace: Option<u64>,
+    /// How many live keys one owner may hold under the policy.
+    max_active_keys_per_owner: Option<u32>,
     /// Application data (a JSON object).
     #[schema(schema_with = metadata_ref)]
     metadata: serde_json::Map<String, serde_json::Value>,
@@ -143,17 +213,15 @@ impl From<keysmith_core::Policy> for Policy {
         Self {
             id: policy.id,
             name: policy.name,
-            rate_limit: policy.rate_limit.map(|limit| RateLimit {
-                requests: limit.requests,
-                window: limit.window.as_secs(),
-                burst: limit.burst,
-            }),
+            rate_limits: policy.rate_limits.into_iter().map(Into::into).collect(),
+            limit_by: policy.limit_by.into(),
             allowed_ips: policy.allowed_ips.iter().map(ToString::to_string).collect(),
             allowed_origins: policy.allowed_origins,
             allowed_scopes: policy.allowed_scopes,
             max_key_age: policy.max_key_age.map(|age| age.as_secs()),
             quota: policy.quota.map(|quota| Quota { daily: quota.daily, monthly: quota.monthly }),
             rotation_grace: policy.rotation_grace.map(|grace| grace.as_secs()),
+            max_active_keys_per_owner: policy.max_active_keys_per_owner,
             metadata: policy.metadata,
             created_at: policy.created_at,
             updated_at: policy.updated_at,

@@ -27,6 +27,14 @@ pub(crate) const SCOPE_PATTERN: &str = r"^(\*|keysmith:\*|[A-Za-z0-9_.-]+(:[A-Za
 /// A key prefix.
 pub(crate) const PREFIX_PATTERN: &str = "^[a-z0-9]{1,16}$";
 
+/// An owner id: no control character, and no whitespace at either end
+/// (owner ids are compared exactly, never trimmed).
+pub(crate) const OWNER_ID_PATTERN: &str = concat!(
+    r"^[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]",
+    r"([^\u0000-\u001f\u007f-\u009f]*",
+    r"[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?$"
+);
+
 /// The `Metadata` and `MetadataValue` components: a JSON object whose keys
 /// and strings, at any depth, hold no control character.
 pub(crate) fn metadata_components() -> [(&'static str, RefOr<Schema>); 2] {
@@ -74,8 +82,16 @@ const fn scopes(component: &'static str, property: &'static str) -> Rule {
 }
 
 /// The engine's rules for the strings of request bodies.
-const RULES: [Rule; 9] = [
+const RULES: [Rule; 10] = [
     name("CreateKey", 256),
+    Rule {
+        component: "CreateKey",
+        property: "owner_id",
+        items: false,
+        pattern: OWNER_ID_PATTERN,
+        min_length: Some(1),
+        max_length: keysmith_core::MAX_OWNER_ID_LEN,
+    },
     scopes("CreateKey", "scopes"),
     rule("CreateKey", "prefix", PREFIX_PATTERN, 16),
     scopes("SetScopes", "scopes"),
@@ -143,6 +159,11 @@ pub(crate) mod whole {
     /// A `u32`.
     pub(crate) fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         visit(d, u64::from(u32::MAX)).and_then(|n| u32::try_from(n).map_err(de::Error::custom))
+    }
+
+    /// A credit count, up to `keysmith_core::Credits::MAX`.
+    pub(crate) fn credits<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        visit(d, keysmith_core::Credits::MAX)
     }
 
     /// A duration in seconds, up to [`MAX_SECONDS`].

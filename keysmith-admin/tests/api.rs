@@ -9,7 +9,8 @@ use axum::body::Body;
 use axum::http::Request;
 use keysmith_admin::AdminConfig;
 use keysmith_core::{
-    KeyId, NewKey, PolicyId, PolicySpec, RequestContext, ScopeId, UsageId, UsageRecord, Validation, ValidationError,
+    KeyId, NewKey, PolicyId, PolicySpec, Refusal, RequestContext, ScopeId, UsageId, UsageRecord, Validation,
+    ValidationError,
 };
 use keysmith_tower::ApiKeyLayer;
 use serde_json::{Value, json};
@@ -334,7 +335,11 @@ async fn policy_routes_create_list_show_replace_delete() {
             "/policies",
             json!({
                 "name": "partners",
-                "rate_limit": {"requests": 100, "window": 60, "burst": 20},
+                "rate_limits": [
+                    {"name": "burst", "requests": 100, "window": 60, "burst": 20},
+                    {"name": "daily", "requests": 5000, "window": 86400}
+                ],
+                "limit_by": "owner",
                 "allowed_ips": ["10.1.2.3/8", "192.0.2.7"],
                 "allowed_origins": ["HTTPS://App.Example.com/"],
                 "allowed_scopes": ["read"],
@@ -348,7 +353,14 @@ async fn policy_routes_create_list_show_replace_delete() {
     let policy = created.ok(201).clone();
     let id = policy["id"].as_str().unwrap().to_owned();
     assert!(id.starts_with("kpol_"));
-    assert_eq!(policy["rate_limit"], json!({"requests": 100, "window": 60, "burst": 20}));
+    assert_eq!(
+        policy["rate_limits"],
+        json!([
+            {"name": "burst", "requests": 100, "window": 60, "burst": 20},
+            {"name": "daily", "requests": 5000, "window": 86400, "burst": null}
+        ])
+    );
+    assert_eq!(policy["limit_by"], "owner");
     assert_eq!(policy["allowed_ips"], json!(["10.0.0.0/8", "192.0.2.7/32"]));
     assert_eq!(policy["allowed_origins"], json!(["https://app.example.com"]));
     assert_eq!(policy["max_key_age"], 7_776_000);
@@ -363,9 +375,23 @@ async fn policy_routes_create_list_show_replace_delete() {
     h.post("/policies", json!({"name": "x", "allowed_origins": ["example.com"]}))
         .await
         .assert_error(400, "invalid_input");
-    h.post("/policies", json!({"name": "x", "rate_limit": {"requests": 0, "window": 1}}))
+    h.post("/policies", json!({"name": "x", "rate_limits": [{"name": "a", "requests": 0, "window": 1}]}))
         .await
         .assert_error(400, "invalid_input");
+    let twice = json!([{"name": "a", "requests": 1, "window": 1}, {"name": "a", "requests": 2, "window": 1}]);
+    let duplicate = h.post("/policies", json!({"name": "x", "rate_limits": twice})).await;
+    duplicate.assert_error(400, "invalid_input");
+    assert!(duplicate.body["error"]["message"].as_str().unwrap().contains("names two limits"), "{}", duplicate.text);
+    for name in ["Burst", "", "credits", "a b"] {
+        let limit = json!([{"name": name, "requests": 1, "window": 1}]);
+        h.post("/policies", json!({"name": "x", "rate_limits": limit})).await.assert_error(400, "invalid_input");
+    }
+    let many: Vec<Value> = (0..9).map(|i| json!({"name": format!("l{i}"), "requests": 1, "window": 1})).collect();
+    h.post("/policies", json!({"name": "x", "rate_limits": many})).await.assert_error(400, "invalid_input");
+    h.post("/policies", json!({"name": "x", "rate_limits": [{"requests": 1, "window": 1}]}))
+        .await
+        .assert_error(422, "invalid_body");
+    h.post("/policies", json!({"name": "x", "limit_by": "tenant"})).await.assert_error(422, "invalid_body");
     h.post("/policies", json!({"name": "x", "allowed_ip": ["10.0.0.0/8"]})).await.assert_error(422, "invalid_body");
 
     let other = h.post("/policies", json!({"name": "internal"})).await.ok(201)["id"].as_str().unwrap().to_owned();
@@ -382,7 +408,8 @@ async fn policy_routes_create_list_show_replace_delete() {
     let replaced = h.put(&format!("/policies/{id}"), json!({"name": "partners-v2", "quota": {"monthly": 5}})).await;
     let replaced = replaced.ok(200);
     assert_eq!(replaced["name"], "partners-v2");
-    assert_eq!(replaced["rate_limit"], Value::Null);
+    assert_eq!(replaced["rate_limits"], json!([]));
+    assert_eq!(replaced["limit_by"], "key");
     assert_eq!(replaced["allowed_ips"], json!([]));
     assert_eq!(replaced["quota"], json!({"daily": null, "monthly": 5}));
     assert_eq!(replaced["created_at"], policy["created_at"]);
@@ -776,4 +803,65 @@ async fn configuration_reaches_the_layer() {
     assert_eq!(h.get("/keys").await.status, 200);
     let reader = h.tenant().create_key(NewKey::new("reader").with_scopes(["read"])).await.unwrap();
     h.send("GET", "/keys", Some(reader.raw.expose()), None).await.assert_error(403, "insufficient_scope");
+}
+
+#[tokio::test]
+async fn owners_are_set_listed_and_held_to_their_policys_key_limit() {
+    let h = harness().await;
+    let policy = h.post("/policies", json!({"name": "free", "max_active_keys_per_owner": 1})).await;
+    let policy_id = policy.ok(201)["id"].as_str().unwrap().to_owned();
+    assert_eq!(policy.body["max_active_keys_per_owner"], 1);
+    let body = json!({"name": "k", "owner_id": "cus_1", "policy_id": policy_id});
+    let (id, _) = h.create_key(body.clone()).await;
+    let refused = h.post("/keys", body).await;
+    refused.assert_error(409, "owner_key_limit");
+    h.create_key(json!({"name": "k", "owner_id": "cus_2"})).await;
+    h.create_key(json!({"name": "k"})).await;
+
+    let listed = h.get("/keys?owner_id=cus_1").await;
+    let items = listed.ok(200)["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 1);
+    assert_eq!((items[0]["id"].as_str(), items[0]["owner_id"].as_str()), (Some(id.as_str()), Some("cus_1")));
+    for bad in [json!(""), json!(" cus"), json!("a\u{0}b"), json!("x".repeat(256))] {
+        h.post("/keys", json!({"name": "k", "owner_id": bad})).await.assert_error(400, "invalid_input");
+    }
+    h.post("/policies", json!({"name": "zero", "max_active_keys_per_owner": 0}))
+        .await
+        .assert_error(400, "invalid_input");
+}
+
+#[tokio::test]
+async fn credits_are_set_spent_topped_up_and_removed_through_the_api() {
+    let h = harness().await;
+    let created = h.post("/keys", json!({"name": "metered", "credits": {"remaining": 1}})).await;
+    let body = created.ok(201).clone();
+    assert_eq!(body["key"]["credits"], json!({"remaining": 1, "refill": null, "refilled_at": null}));
+    let (id, raw) = (body["key"]["id"].as_str().unwrap().to_owned(), body["raw_key"].as_str().unwrap().to_owned());
+
+    assert!(validates(&h, &raw).await.is_ok());
+    let refused = validates(&h, &raw).await.unwrap_err();
+    assert_eq!(refused.refusal().map(Refusal::code), Some("credits_exhausted"));
+
+    let added = h.post(&format!("/keys/{id}/credits/add"), json!({"amount": 5})).await;
+    assert_eq!(added.ok(200)["credits"]["remaining"], 5);
+    let set =
+        h.put(&format!("/keys/{id}/credits"), json!({"remaining": 2, "refill": {"amount": 10, "every": "day"}})).await;
+    let credits = set.ok(200)["credits"].clone();
+    assert_eq!((credits["remaining"].as_u64(), credits["refill"]["every"].as_str()), (Some(2), Some("day")));
+    assert!(credits["refilled_at"].is_string());
+    h.put(&format!("/keys/{id}/credits"), json!({"remaining": 1_000_000_000_001_u64}))
+        .await
+        .assert_error(422, "invalid_body");
+    h.put(&format!("/keys/{id}/credits"), json!({"remaining": 1, "refill": {"amount": 0, "every": "day"}}))
+        .await
+        .assert_error(400, "invalid_input");
+    h.post(&format!("/keys/{id}/credits/add"), json!({"amount": 999_999_999_999_u64}))
+        .await
+        .assert_error(400, "invalid_input");
+
+    let removed = h.delete(&format!("/keys/{id}/credits")).await;
+    assert_eq!(removed.ok(200)["credits"], Value::Null);
+    h.post(&format!("/keys/{id}/credits/add"), json!({"amount": 1})).await.assert_error(400, "invalid_input");
+    let other_tenant = KeyId::new();
+    h.delete(&format!("/keys/{other_tenant}/credits")).await.assert_error(404, "not_found");
 }

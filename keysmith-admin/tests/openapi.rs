@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use support::{MOUNT, harness, harness_with, with_config};
 
 /// The routes of the issue, as (method, path template).
-const ROUTES: [(&str, &str); 20] = [
+const ROUTES: [(&str, &str); 24] = [
     ("POST", "/keys"),
     ("GET", "/keys"),
     ("GET", "/keys/{id}"),
@@ -23,6 +23,9 @@ const ROUTES: [(&str, &str); 20] = [
     ("POST", "/keys/{id}/reactivate"),
     ("PUT", "/keys/{id}/scopes"),
     ("GET", "/keys/{id}/rotations"),
+    ("PUT", "/keys/{id}/credits"),
+    ("DELETE", "/keys/{id}/credits"),
+    ("POST", "/keys/{id}/credits/add"),
     ("GET", "/keys/{id}/usage"),
     ("GET", "/keys/{id}/usage/aggregate"),
     ("POST", "/policies"),
@@ -34,6 +37,7 @@ const ROUTES: [(&str, &str); 20] = [
     ("GET", "/scopes"),
     ("DELETE", "/scopes/{id}"),
     ("GET", "/openapi.json"),
+    ("POST", "/verify"),
 ];
 
 fn expected() -> BTreeSet<(String, String)> {
@@ -189,7 +193,7 @@ async fn document_describes_parameters_bodies_errors_and_security() {
             .map(|p| p["name"].as_str().unwrap().to_owned())
             .collect()
     };
-    assert_eq!(names("/keys"), ["state", "environment", "policy_id", "limit", "offset"]);
+    assert_eq!(names("/keys"), ["state", "environment", "policy_id", "owner_id", "limit", "offset"]);
     assert_eq!(names("/keys/{id}/usage"), ["from", "to", "limit", "offset"]);
     assert_eq!(names("/keys/{id}/usage/aggregate"), ["period", "from", "to"]);
     assert_eq!(names("/policies"), ["limit", "offset"]);
@@ -325,12 +329,12 @@ async fn whole_numbers_with_a_zero_fraction_are_accepted_as_documented() {
     let rotated = h.post(&format!("/keys/{id}/rotate"), json!({"grace_seconds": 5.0})).await;
     assert_eq!(rotated.ok(201)["rotation"]["grace_seconds"], 5);
     let policy = json!({
-        "name": "p", "rate_limit": {"requests": 10.0, "window": 60.0, "burst": 2.0},
+        "name": "p", "rate_limits": [{"name": "default", "requests": 10.0, "window": 60.0, "burst": 2.0}],
         "quota": {"daily": 100.0}, "max_key_age": 86400.0, "rotation_grace": 0.0
     });
     let created = h.post("/policies", policy).await;
     let created = created.ok(201);
-    assert_eq!(created["rate_limit"], json!({"requests": 10, "window": 60, "burst": 2}));
+    assert_eq!(created["rate_limits"], json!([{"name": "default", "requests": 10, "window": 60, "burst": 2}]));
     assert_eq!((created["max_key_age"].as_u64(), created["rotation_grace"].as_u64()), (Some(86400), Some(0)));
 
     let (other, _) = h.create_key(json!({"name": "k2"})).await;
@@ -338,8 +342,11 @@ async fn whole_numbers_with_a_zero_fraction_are_accepted_as_documented() {
         let refused = h.post(&format!("/keys/{other}/rotate"), json!({"grace_seconds": grace})).await;
         refused.assert_error(422, "invalid_body");
     }
-    for limit in [json!({"requests": 1.5, "window": 1}), json!({"requests": 4_294_967_296_u64, "window": 1})] {
-        h.post("/policies", json!({"name": "q", "rate_limit": limit})).await.assert_error(422, "invalid_body");
+    for limit in [
+        json!({"name": "a", "requests": 1.5, "window": 1}),
+        json!({"name": "a", "requests": 4_294_967_296_u64, "window": 1}),
+    ] {
+        h.post("/policies", json!({"name": "q", "rate_limits": [limit]})).await.assert_error(422, "invalid_body");
     }
     h.get(&format!("/keys?offset={}", 1_u64 << 53)).await.assert_error(400, "invalid_query");
     assert_eq!(h.get(&format!("/keys?offset={}", (1_u64 << 53) - 1)).await.status, 200);

@@ -51,6 +51,14 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
+    fn owner_ids_match_the_engine(owner in text()) {
+        let accepted = runtime().block_on(tenant().create_key(NewKey::new("k").with_owner(owner.clone()))).is_ok();
+        let (pattern, max) = rule("CreateKey", "owner_id");
+        let fits = pattern.is_match(&owner) && (1..=max).contains(&owner.chars().count());
+        prop_assert_eq!(fits, accepted, "owner id {:?}", owner);
+    }
+
+    #[test]
     fn key_and_policy_names_match_the_engine(name in text()) {
         let acme = tenant();
         let rt = runtime();

@@ -130,6 +130,51 @@ pub(crate) enum KeysCommand {
     Suspend(KeyIdArg),
     /// Reactivate a suspended key.
     Reactivate(KeyIdArg),
+    /// Set, top up or remove a key's credits (prepaid uses).
+    Credits(KeyCreditsArgs),
+}
+
+/// Credits for a new key, or the new credits of `keys credits --set`.
+#[derive(Debug, Args)]
+pub(crate) struct CreditsArgs {
+    /// Refill the credits to this amount at the start of every UTC day or month.
+    #[arg(long, value_name = "AMOUNT", requires = "refill_every")]
+    pub(crate) refill: Option<u64>,
+    /// How often --refill applies.
+    #[arg(long, value_enum, value_name = "PERIOD", requires = "refill")]
+    pub(crate) refill_every: Option<PeriodArg>,
+}
+
+impl CreditsArgs {
+    /// `remaining` credits with the refill asked for.
+    pub(crate) fn credits(&self, remaining: u64) -> keysmith_core::Credits {
+        let credits = keysmith_core::Credits::new(remaining);
+        match (self.refill, self.refill_every) {
+            (Some(amount), Some(every)) => credits.with_refill(amount, every.into()),
+            _ => credits,
+        }
+    }
+}
+
+/// `keysmith keys credits`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("change").required(true).args(["set", "add", "remove"]))]
+pub(crate) struct KeyCreditsArgs {
+    /// The key (`akey_…`); its rotations share the credits.
+    #[arg(value_name = "KEY_ID")]
+    pub(crate) id: KeyId,
+    /// Replace the credits with this many uses.
+    #[arg(long, value_name = "REMAINING")]
+    pub(crate) set: Option<u64>,
+    /// Add this many uses to the credits.
+    #[arg(long, value_name = "AMOUNT", conflicts_with_all = ["refill", "refill_every"])]
+    pub(crate) add: Option<u64>,
+    /// Remove the credits: the key is no longer limited by them.
+    #[arg(long, conflicts_with_all = ["refill", "refill_every"])]
+    pub(crate) remove: bool,
+    /// The refill of --set.
+    #[command(flatten)]
+    pub(crate) refill: CreditsArgs,
 }
 
 /// A key, by id.
@@ -152,6 +197,15 @@ pub(crate) struct CreateKeyArgs {
     /// Hold the key to this policy (`kpol_…`).
     #[arg(long, value_name = "POLICY_ID")]
     pub(crate) policy: Option<PolicyId>,
+    /// Give the key to this owner: your id for the user or customer it is for.
+    #[arg(long, value_name = "OWNER_ID")]
+    pub(crate) owner: Option<String>,
+    /// Give the key this many prepaid uses (each request spends its cost).
+    #[arg(long, value_name = "REMAINING")]
+    pub(crate) credits: Option<u64>,
+    /// The refill of --credits.
+    #[command(flatten)]
+    pub(crate) refill: CreditsArgs,
     /// Expire the key at this time (RFC 3339, or a date meaning its UTC midnight).
     #[arg(long, value_name = "TIME", value_parser = values::parse_time, conflicts_with = "expires_in")]
     pub(crate) expires_at: Option<DateTime<Utc>>,
@@ -181,6 +235,9 @@ pub(crate) struct ListKeysArgs {
     /// Only keys under this policy (`kpol_…`).
     #[arg(long, value_name = "POLICY_ID")]
     pub(crate) policy: Option<PolicyId>,
+    /// Only keys of this owner (matched exactly).
+    #[arg(long, value_name = "OWNER_ID")]
+    pub(crate) owner: Option<String>,
     /// Which page of the listing.
     #[command(flatten)]
     pub(crate) page: PageArgs,
@@ -268,12 +325,19 @@ pub(crate) struct PolicySpecArgs {
     /// The name, unique within the tenant.
     #[arg(long)]
     pub(crate) name: String,
-    /// Requests per window, per key: `100/60s`, `10/1s`, `5000/h`.
+    /// One limit named `default`, requests per window: `100/60s`, `10/1s`, `5000/h`.
     #[arg(long, value_name = "REQUESTS/WINDOW", value_parser = values::parse_rate_limit)]
     pub(crate) rate_limit: Option<RateLimitArg>,
     /// Requests allowed at once above the steady rate (default: the requests of --rate-limit).
     #[arg(long, requires = "rate_limit")]
     pub(crate) burst: Option<u32>,
+    /// A named limit (repeatable; every one is enforced): `burst=10/1s`, `hourly=1000/h,1200` (the last
+    /// number is the burst).
+    #[arg(long = "limit", value_name = "NAME=REQUESTS/WINDOW[,BURST]", value_parser = values::parse_named_limit)]
+    pub(crate) limits: Vec<keysmith_core::RateLimit>,
+    /// Whose budget the limits and quota count: `key` (each key's lineage) or `owner` (all keys of an owner).
+    #[arg(long, value_name = "key|owner", default_value = "key")]
+    pub(crate) limit_by: keysmith_core::LimitBy,
     /// A client network or address allowed to use the keys (repeatable): `10.0.0.0/8`, `2001:db8::1`.
     #[arg(long = "allow-ip", value_name = "CIDR", value_delimiter = ',')]
     pub(crate) allowed_ips: Vec<String>,
@@ -295,6 +359,9 @@ pub(crate) struct PolicySpecArgs {
     /// Default grace of rotations of keys under the policy: `1h`, `0`.
     #[arg(long, value_name = "DURATION", value_parser = values::parse_duration)]
     pub(crate) rotation_grace: Option<Duration>,
+    /// At most this many live keys per owner under the policy (1: one key per customer).
+    #[arg(long, value_name = "KEYS")]
+    pub(crate) max_keys_per_owner: Option<u32>,
     /// Application data, a JSON object.
     #[arg(long, value_name = "JSON", value_parser = values::parse_metadata)]
     pub(crate) metadata: Option<Map<String, Value>>,

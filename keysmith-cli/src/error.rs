@@ -43,6 +43,7 @@ impl CliError {
                 | Error::InvalidTransition { .. }
                 | Error::AlreadyExists { .. }
                 | Error::PolicyInUse { .. }
+                | Error::OwnerKeyLimit { .. }
                 | Error::InvalidInput { .. },
             ) => EXIT_REFUSED,
             // Store failures, and any failure added to keysmith later that is

@@ -97,6 +97,18 @@ pub(crate) fn parse_rate_limit(text: &str) -> Result<RateLimitArg, String> {
     Ok(RateLimitArg { requests, window: window.map_err(|_| invalid())? })
 }
 
+/// `NAME=REQUESTS/WINDOW[,BURST]`: `burst=10/1s`, `hourly=1000/h,1200`.
+pub(crate) fn parse_named_limit(text: &str) -> Result<keysmith_core::RateLimit, String> {
+    let invalid = || format!("{text:?} is not a named limit (NAME=REQUESTS/WINDOW[,BURST], e.g. burst=10/1s)");
+    let (name, rest) = text.trim().split_once('=').ok_or_else(invalid)?;
+    let (rate, burst) = match rest.split_once(',') {
+        Some((rate, burst)) => (rate, Some(burst.trim().parse().map_err(|_| invalid())?)),
+        None => (rest, None),
+    };
+    let rate = parse_rate_limit(rate)?;
+    Ok(keysmith_core::RateLimit { name: name.trim().to_owned(), requests: rate.requests, window: rate.window, burst })
+}
+
 /// `100/1m`.
 pub(crate) fn format_rate_limit(requests: u32, window: Duration) -> String {
     format!("{requests}/{}", format_duration(window))
@@ -156,6 +168,19 @@ mod tests {
             assert_eq!(parse_duration(text), Ok(Duration::from_secs(secs)));
         }
         assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+    }
+
+    #[test]
+    fn named_limits_carry_a_name_a_rate_and_maybe_a_burst() {
+        use keysmith_core::RateLimit;
+        assert_eq!(parse_named_limit("burst=10/1s"), Ok(RateLimit::new("burst", 10, Duration::from_secs(1))));
+        assert_eq!(
+            parse_named_limit("hourly=1000/h,1200"),
+            Ok(RateLimit::new("hourly", 1000, Duration::from_secs(3600)).with_burst(1200))
+        );
+        for bad in ["burst", "burst=", "burst=10", "=10/1s,x", "b=10/1s,", "b=10/1s,-1"] {
+            assert!(parse_named_limit(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

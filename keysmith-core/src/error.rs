@@ -42,6 +42,17 @@ pub enum Error {
         /// The policy.
         policy_id: crate::PolicyId,
     },
+    /// The owner already holds as many live keys under the policy as it
+    /// allows (`max_active_keys_per_owner`); no key was created.
+    #[error("owner {owner_id:?} already holds {limit} live key(s) under policy {policy_id}, its limit")]
+    OwnerKeyLimit {
+        /// The owner.
+        owner_id: String,
+        /// The policy that sets the limit.
+        policy_id: crate::PolicyId,
+        /// The policy's `max_active_keys_per_owner`.
+        limit: u32,
+    },
     /// The input is not acceptable; nothing was changed.
     #[error("invalid {field}: {reason}")]
     InvalidInput {

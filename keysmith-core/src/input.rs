@@ -9,6 +9,7 @@
 
 use serde_json::Value;
 
+use crate::key::MAX_OWNER_ID_LEN;
 use crate::{Error, Result};
 
 /// A name as stored: `name` trimmed. Refuses a name of more than `max`
@@ -21,6 +22,20 @@ pub(crate) fn check_name(name: &str, max: usize) -> Result<&str> {
         return Err(Error::invalid("name", format!("must be 1 to {max} characters, not only whitespace")));
     }
     Ok(trimmed)
+}
+
+/// Refuses an owner id that is empty, longer than [`MAX_OWNER_ID_LEN`]
+/// characters, begins or ends with whitespace or holds a control character.
+/// Owner ids are compared exactly, so they are stored as given.
+pub(crate) fn check_owner_id(owner_id: &str) -> Result<()> {
+    check_text("owner_id", owner_id)?;
+    if owner_id.is_empty() || owner_id.chars().count() > MAX_OWNER_ID_LEN {
+        return Err(Error::invalid("owner_id", format!("must be 1 to {MAX_OWNER_ID_LEN} characters")));
+    }
+    if owner_id.trim() != owner_id {
+        return Err(Error::invalid("owner_id", "must not begin or end with whitespace"));
+    }
+    Ok(())
 }
 
 /// Refuses `value` if it holds a control character.
@@ -119,6 +134,18 @@ mod tests {
         }
         for good in ["", "CI deploy key", "café ☕", "emoji 🔑", "\u{200b}zero width"] {
             assert!(check_text("name", good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn owner_ids_are_bounded_and_exact() {
+        for good in ["user_42", "cus_9Xz", "alice@example.com", "a b"] {
+            assert!(check_owner_id(good).is_ok(), "{good:?}");
+        }
+        assert!(check_owner_id(&"x".repeat(MAX_OWNER_ID_LEN)).is_ok());
+        for bad in ["", " bob", "bob ", "b\0b", "line\n", &"x".repeat(MAX_OWNER_ID_LEN + 1)] {
+            let err = check_owner_id(bad).unwrap_err().to_string();
+            assert!(err.starts_with("invalid owner_id: "), "{bad:?}: {err}");
         }
     }
 

@@ -55,21 +55,21 @@ pub mod usage;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
-    CreatedKey, DEFAULT_ROTATION_GRACE, Engine, EngineBuilder, GRACE_ENDED_REASON, NewKey, RequestContext, RotatedKey,
-    SweepReport, TenantEngine, Validation, ValidationError,
+    CreatedKey, DEFAULT_ROTATION_GRACE, Engine, EngineBuilder, GRACE_ENDED_REASON, NewKey, PresentedKey,
+    RequestContext, RequiredScopes, RotatedKey, SweepReport, TenantEngine, Validation, ValidationError,
 };
 pub use error::{BoxError, Error, Result};
 pub use feed::{Change, ChangeFeed};
 pub use hooks::{Event, Plugin};
 pub use id::{IdParseError, KeyId, PolicyId, RotationId, ScopeId, UsageId};
 pub use key::{
-    Environment, HashParseError, Hasher, Key, KeyHash, KeyState, MAX_RAW_KEY_LEN, ParsedKey, RawKey, Sha256Hasher,
-    validate_prefix,
+    CreditSpend, Credits, CreditsStatus, Environment, HashParseError, Hasher, Key, KeyHash, KeyState, MAX_OWNER_ID_LEN,
+    MAX_RAW_KEY_LEN, ParsedKey, RawKey, Refill, Sha256Hasher, validate_prefix,
 };
-pub use policy::{Policy, PolicySpec, Quota, RateLimit};
+pub use policy::{LimitBy, Policy, PolicySpec, Quota, RateLimit};
 pub use refusal::{Refusal, retry_after_secs};
 pub use rotation::{RotationReason, RotationRecord};
 pub use scope::Scope;
-pub use store::{CachedStore, MemoryStore, Store};
+pub use store::{CachedStore, KeyFilter, MemoryStore, Page, Store, TimeRange};
 pub use tenant::Tenant;
 pub use usage::{Period, UsageAggregate, UsageRecord};

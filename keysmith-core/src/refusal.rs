@@ -33,17 +33,25 @@ pub enum Refusal {
         /// The required scopes the key does not cover.
         missing: Vec<String>,
     },
-    /// Too many requests; try again after `retry_after`.
+    /// Too many requests for one of the policy's limits; try again after
+    /// `retry_after`.
     RateLimited {
+        /// The limit that refused (its `name` says which).
+        limit: crate::RateLimit,
         /// How long until a request would be allowed.
         retry_after: Duration,
-        /// The limiter's state, for the `RateLimit-*` headers.
+        /// That limit's state, for the `RateLimit` headers.
         status: crate::limit::RateLimitStatus,
     },
     /// The daily or monthly quota is used up until `resets_at`.
     QuotaExceeded {
         /// When the exhausted quota resets (UTC).
         resets_at: DateTime<Utc>,
+    },
+    /// The key's credits cannot pay the request's cost.
+    CreditsExhausted {
+        /// When the credits refill, if they have a refill (UTC).
+        refills_at: Option<DateTime<Utc>>,
     },
 }
 
@@ -64,6 +72,7 @@ impl Refusal {
             Self::InsufficientScope { .. } => "insufficient_scope",
             Self::RateLimited { .. } => "rate_limited",
             Self::QuotaExceeded { .. } => "quota_exceeded",
+            Self::CreditsExhausted { .. } => "credits_exhausted",
         }
     }
 }
@@ -83,12 +92,16 @@ impl fmt::Display for Refusal {
             Self::InsufficientScope { missing } => {
                 write!(f, "the API key lacks the required scope(s): {}", missing.join(" "))
             }
-            Self::RateLimited { retry_after, .. } => {
-                write!(f, "rate limit exceeded; retry in {} s", retry_after_secs(*retry_after))
+            Self::RateLimited { limit, retry_after, .. } => {
+                write!(f, "rate limit {:?} exceeded; retry in {} s", limit.name, retry_after_secs(*retry_after))
             }
             Self::QuotaExceeded { resets_at } => {
                 write!(f, "usage quota exceeded; resets at {}", resets_at.to_rfc3339())
             }
+            Self::CreditsExhausted { refills_at: Some(at) } => {
+                write!(f, "the API key has no credits left; they refill at {}", at.to_rfc3339())
+            }
+            Self::CreditsExhausted { refills_at: None } => f.write_str("the API key has no credits left"),
         }
     }
 }

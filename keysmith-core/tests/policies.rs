@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use keysmith_core::store::{KeyFilter, Page};
 use keysmith_core::{
-    Engine, Error, ManualClock, MemoryStore, NewKey, PolicySpec, Refusal, RequestContext, Validation, ValidationError,
+    Engine, Error, LimitBy, ManualClock, MemoryStore, NewKey, PolicySpec, Refusal, RequestContext, Validation,
+    ValidationError,
 };
 use support::{engine, t0};
 
@@ -223,11 +224,11 @@ async fn rate_limit_refuses_with_retry_after_and_recovers_with_time() {
     let ctx = RequestContext::new();
     let mut remaining = Vec::new();
     for _ in 0..3 {
-        remaining.push(engine.validate(raw, &ctx).await.unwrap().rate_limit.unwrap().remaining);
+        remaining.push(engine.validate(raw, &ctx).await.unwrap().rate_limits[0].remaining);
     }
     assert_eq!(remaining, [2, 1, 0]);
     match refusal(engine.validate(raw, &ctx).await) {
-        Refusal::RateLimited { retry_after, status } => {
+        Refusal::RateLimited { retry_after, status, .. } => {
             assert_eq!(retry_after, Duration::from_secs(10) / 3);
             assert_eq!((status.limit, status.remaining, status.allowed), (3, 0, false));
         }
@@ -238,7 +239,7 @@ async fn rate_limit_refuses_with_retry_after_and_recovers_with_time() {
 
     // A policy change applies on the next request.
     acme.update_policy(policy.id, PolicySpec::new("slow").with_rate_limit(100, Duration::from_secs(10))).await.unwrap();
-    assert_eq!(engine.validate(raw, &ctx).await.unwrap().rate_limit.unwrap().limit, 100);
+    assert_eq!(engine.validate(raw, &ctx).await.unwrap().rate_limits[0].limit, 100);
 }
 
 #[tokio::test]
@@ -291,19 +292,19 @@ async fn policy_values_out_of_bounds_are_refused_when_written() {
     let (engine, _) = engine();
     let acme = engine.tenant("app", "acme");
     let rate = |requests, window, burst| PolicySpec {
-        rate_limit: Some(keysmith_core::RateLimit { requests, window, burst }),
+        rate_limits: vec![keysmith_core::RateLimit { name: "default".to_owned(), requests, window, burst }],
         ..PolicySpec::new("p")
     };
     let cases = [
-        (rate(1, Duration::from_secs(20_000_000_000), None), "rate_limit.window"),
-        (rate(1, PolicySpec::MAX_WINDOW + Duration::from_secs(1), None), "rate_limit.window"),
-        (rate(1, Duration::from_micros(999), None), "rate_limit.window"),
-        (rate(u32::MAX, Duration::from_secs(1), None), "rate_limit.requests"),
-        (rate(0, Duration::from_secs(1), None), "rate_limit.requests"),
-        (rate(10, Duration::from_secs(1), Some(0)), "rate_limit.burst"),
-        (rate(10, Duration::from_secs(1), Some(PolicySpec::MAX_REQUESTS + 1)), "rate_limit.burst"),
+        (rate(1, Duration::from_secs(20_000_000_000), None), "rate_limits.window"),
+        (rate(1, PolicySpec::MAX_WINDOW + Duration::from_secs(1), None), "rate_limits.window"),
+        (rate(1, Duration::from_micros(999), None), "rate_limits.window"),
+        (rate(u32::MAX, Duration::from_secs(1), None), "rate_limits.requests"),
+        (rate(0, Duration::from_secs(1), None), "rate_limits.requests"),
+        (rate(10, Duration::from_secs(1), Some(0)), "rate_limits.burst"),
+        (rate(10, Duration::from_secs(1), Some(PolicySpec::MAX_REQUESTS + 1)), "rate_limits.burst"),
         // One a day with a burst of a thousand takes a thousand days to refill.
-        (rate(1, Duration::from_secs(86_400), Some(1000)), "rate_limit.burst"),
+        (rate(1, Duration::from_secs(86_400), Some(1000)), "rate_limits.burst"),
         (PolicySpec::new("p").with_quota(Some(PolicySpec::MAX_QUOTA + 1), None), "quota.daily"),
         (PolicySpec::new("p").with_quota(None, Some(0)), "quota.monthly"),
         (PolicySpec::new("p").with_max_key_age(PolicySpec::MAX_KEY_AGE + Duration::from_secs(1)), "max_key_age"),
@@ -319,7 +320,7 @@ async fn policy_values_out_of_bounds_are_refused_when_written() {
     // An update is held to the same bounds, and changes nothing when refused.
     let policy = acme.create_policy(PolicySpec::new("p").with_rate_limit(5, Duration::from_secs(1))).await.unwrap();
     let huge = PolicySpec::new("p").with_rate_limit(u32::MAX, Duration::from_secs(1));
-    assert_eq!(field_of(acme.update_policy(policy.id, huge).await), "rate_limit.requests");
+    assert_eq!(field_of(acme.update_policy(policy.id, huge).await), "rate_limits.requests");
     assert_eq!(acme.get_policy(policy.id).await.unwrap(), policy);
 }
 
@@ -336,7 +337,7 @@ async fn the_largest_accepted_policy_values_are_enforced() {
     ];
     for (i, (requests, window, burst)) in limits.into_iter().enumerate() {
         let spec = PolicySpec {
-            rate_limit: Some(keysmith_core::RateLimit { requests, window, burst }),
+            rate_limits: vec![keysmith_core::RateLimit { name: "default".to_owned(), requests, window, burst }],
             quota: Some(keysmith_core::Quota {
                 daily: Some(PolicySpec::MAX_QUOTA),
                 monthly: Some(PolicySpec::MAX_QUOTA),
@@ -348,7 +349,7 @@ async fn the_largest_accepted_policy_values_are_enforced() {
         let policy = acme.create_policy(spec).await.unwrap();
         let created = acme.create_key(NewKey::new("k").with_policy(policy.id)).await.unwrap();
         let raw = created.raw.expose();
-        let first = engine.validate(raw, &RequestContext::new()).await.unwrap().rate_limit.unwrap();
+        let first = engine.validate(raw, &RequestContext::new()).await.unwrap().rate_limits[0];
         assert_eq!((first.limit, first.remaining), (burst.unwrap_or(requests), burst.unwrap_or(requests) - 1));
         if requests == 1 {
             assert!(matches!(refusal(engine.validate(raw, &RequestContext::new()).await), Refusal::RateLimited { .. }));
@@ -358,4 +359,45 @@ async fn the_largest_accepted_policy_values_are_enforced() {
         assert_eq!(rotated.record.grace_ttl, PolicySpec::MAX_ROTATION_GRACE);
         clock.advance(Duration::from_secs(1));
     }
+}
+
+#[tokio::test]
+async fn under_limit_by_owner_an_owners_keys_share_one_budget() {
+    let (engine, _clock) = engine();
+    let acme = engine.tenant("app", "acme");
+    let spec =
+        PolicySpec::new("per-customer").with_rate_limit(3, Duration::from_secs(60)).with_limit_by(LimitBy::Owner);
+    let policy = acme.create_policy(spec).await.unwrap();
+    let key = |name: &'static str, owner: Option<&'static str>| {
+        let acme = acme.clone();
+        async move {
+            let mut new = NewKey::new(name).with_policy(policy.id);
+            if let Some(owner) = owner {
+                new = new.with_owner(owner);
+            }
+            acme.create_key(new).await.unwrap().raw.expose().to_owned()
+        }
+    };
+    let (first, second) = (key("a", Some("cust_1")).await, key("b", Some("cust_1")).await);
+    let other_owner = key("c", Some("cust_2")).await;
+    let (no_owner, no_owner_too) = (key("d", None).await, key("e", None).await);
+    let ctx = RequestContext::new();
+    let pass = |raw: String| {
+        let engine = engine.clone();
+        async move { engine.validate(&raw, &RequestContext::new()).await.map(|v| v.rate_limits[0].remaining) }
+    };
+    // One customer, two keys, one budget of 3.
+    assert_eq!(pass(first.clone()).await.unwrap(), 2);
+    assert_eq!(pass(second.clone()).await.unwrap(), 1);
+    assert_eq!(pass(first.clone()).await.unwrap(), 0);
+    match refusal(engine.validate(&second, &ctx).await) {
+        Refusal::RateLimited { limit, .. } => assert_eq!(limit.name, "default"),
+        other => panic!("{other:?}"),
+    }
+    // Another customer has its own budget; keys without an owner keep
+    // their own (lineage) budgets.
+    assert_eq!(pass(other_owner).await.unwrap(), 2);
+    assert_eq!(pass(no_owner.clone()).await.unwrap(), 2);
+    assert_eq!(pass(no_owner).await.unwrap(), 1);
+    assert_eq!(pass(no_owner_too).await.unwrap(), 2);
 }

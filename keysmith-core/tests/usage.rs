@@ -272,12 +272,12 @@ fn usage_recorder_started_in_main_outlives_the_runtimes_that_record() {
     let clock = ManualClock::new(t0());
     let engine = engine_on(Arc::new(MemoryStore::new()), &clock, UsageConfig::default());
     // Outside a runtime nothing starts, and nothing is spoiled for later.
-    assert!(!engine.start_usage_recorder());
+    assert!(!engine.start());
 
     let main = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let tenant = Tenant::new("app", "acme");
     let key = main.block_on(engine.tenant("app", "acme").create_key(NewKey::new("k"))).unwrap().key.id;
-    assert!(main.block_on(async { engine.start_usage_recorder() }));
+    assert!(main.block_on(async { engine.start() }));
 
     // A request runtime (an actix worker, say) records and then stops.
     std::thread::scope(|scope| {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use keysmith_core::limit::Subject;
 use keysmith_core::limit::{GcraRateLimiter, RateLimiter};
 use keysmith_core::{KeyId, RateLimit};
 use keysmith_redis::{RedisConfig, RedisRateLimiter};
@@ -39,9 +40,9 @@ fn report(name: &str, mut samples: Vec<Duration>) {
 /// Checks as the engine does: `check_ready` first, `check` if that is `None`.
 async fn check(limiter: &dyn RateLimiter, key: KeyId, limit: &RateLimit) -> bool {
     let now = Utc::now();
-    let status = match limiter.check_ready(key, limit, now) {
+    let status = match limiter.check_ready(Subject::Key(key), limit, now) {
         Some(status) => status,
-        None => limiter.check(key, limit, now).await,
+        None => limiter.check(Subject::Key(key), limit, now).await,
     };
     status.expect("check failed").allowed
 }
@@ -72,13 +73,13 @@ async fn limiters(url: &str, prefix: &str, count: usize) -> Vec<Arc<RedisRateLim
 /// Every limiter checks the key from 8 tasks at once until 4 × the burst
 /// have been tried: admitted against the burst.
 async fn burst(url: &str, count: usize) -> usize {
-    let limit = RateLimit { requests: 100, window: Duration::from_secs(3600), burst: None };
+    let limit = RateLimit { name: "default".to_owned(), requests: 100, window: Duration::from_secs(3600), burst: None };
     let fleet = limiters(url, &format!("keysmith-bench-{}", KeyId::new()), count).await;
     let key = KeyId::new();
     let tries_per_task = 400 / (count * 8);
     let tasks: Vec<_> = (0..count * 8)
         .map(|task| {
-            let limiter = Arc::clone(&fleet[task % count]);
+            let (limiter, limit) = (Arc::clone(&fleet[task % count]), limit.clone());
             tokio::spawn(async move {
                 let mut admitted = 0;
                 for _ in 0..tries_per_task {
@@ -98,7 +99,7 @@ async fn burst(url: &str, count: usize) -> usize {
 /// Round-robin over the limiters at twice the limit's rate for `run`:
 /// (admitted, what the limit allows in that time).
 async fn steady(url: &str, count: usize, run: Duration) -> (u64, u64) {
-    let limit = RateLimit { requests: 200, window: Duration::from_secs(1), burst: None };
+    let limit = RateLimit { name: "default".to_owned(), requests: 200, window: Duration::from_secs(1), burst: None };
     let fleet = limiters(url, &format!("keysmith-bench-{}", KeyId::new()), count).await;
     let key = KeyId::new();
     let pace = limit.window / limit.requests / 2;
@@ -120,7 +121,8 @@ async fn main() {
     let url = std::env::var("KEYSMITH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let config = RedisConfig::connect(&url).await.expect("cannot connect to Redis").with_prefix("keysmith-bench");
     // Far from its limit: nearly every check is decided in process.
-    let busy = RateLimit { requests: 1_000_000, window: Duration::from_secs(1), burst: None };
+    let busy =
+        RateLimit { name: "default".to_owned(), requests: 1_000_000, window: Duration::from_secs(1), burst: None };
     println!("cost of one check (1000 keys, limit 1 000 000/s, one at a time):");
     cost("in-process GcraRateLimiter", &GcraRateLimiter::new(), &busy).await;
     cost("local_first(100 ms)", &RedisRateLimiter::new(config.clone()).local_first(SYNC).unwrap(), &busy).await;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use keysmith_core::limit::RateLimiter;
+use keysmith_core::limit::Subject;
 use keysmith_core::{KeyId, RateLimit};
 use keysmith_redis::{RedisConfig, RedisRateLimiter};
 
@@ -34,7 +35,8 @@ async fn main() {
     let url = std::env::var("KEYSMITH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let config = RedisConfig::connect(&url).await.expect("cannot connect to Redis").with_prefix("keysmith-bench");
     let limiter = RedisRateLimiter::new(config.clone());
-    let limit = RateLimit { requests: 1_000_000, window: Duration::from_secs(1), burst: None };
+    let limit =
+        RateLimit { name: "default".to_owned(), requests: 1_000_000, window: Duration::from_secs(1), burst: None };
     let keys: Vec<KeyId> = (0..1_000).map(|_| KeyId::new()).collect();
 
     let mut conn = config.connection();
@@ -50,7 +52,7 @@ async fn main() {
     for i in 0..WARMUP + SAMPLES {
         let key = keys[i % keys.len()];
         let started = Instant::now();
-        let status = limiter.check(key, &limit, Utc::now()).await.expect("check failed");
+        let status = limiter.check(Subject::Key(key), &limit, Utc::now()).await.expect("check failed");
         if i >= WARMUP {
             checks.push(started.elapsed());
         }

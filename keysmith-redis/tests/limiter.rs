@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use keysmith_core::limit::Subject;
 use keysmith_core::limit::{GcraRateLimiter, RateLimiter};
 use keysmith_core::{
     Clock as _, Engine, KeyId, ManualClock, MemoryStore, NewKey, PolicySpec, RateLimit, Refusal, RequestContext, Store,
@@ -25,25 +26,27 @@ async fn answers_and_figures_match_the_in_process_limiter() {
     let local = GcraRateLimiter::new();
     let clock = ManualClock::new(start());
     let key = KeyId::new();
-    let burst = RateLimit { requests: 5, window: Duration::from_secs(1), burst: Some(10) };
-    let odd = RateLimit { requests: 3, window: Duration::from_secs(1), burst: None };
-    let larger = RateLimit { burst: Some(6), ..odd };
+    let burst = RateLimit { name: "default".to_owned(), requests: 5, window: Duration::from_secs(1), burst: Some(10) };
+    let odd = RateLimit { name: "default".to_owned(), requests: 3, window: Duration::from_secs(1), burst: None };
+    let larger = RateLimit { burst: Some(6), ..odd.clone() };
     // (advance before the check, limit)
-    let mut steps: Vec<(u64, RateLimit)> = vec![(0, burst); 12];
-    steps.extend([(150, burst), (50, burst), (0, burst), (199, burst), (1, burst), (2_500, burst)]);
-    steps.extend([(0, odd), (0, odd), (0, odd), (0, odd), (333, odd), (1, odd), (0, larger), (0, larger)]);
-    steps.extend([(0, larger), (0, larger), (10_000, larger), (0, odd)]);
-    for (i, (advance, limit)) in steps.iter().enumerate() {
-        clock.advance(Duration::from_millis(*advance));
-        let expected = local.check(key, limit, clock.now()).await.unwrap();
-        let got = redis.check(key, limit, clock.now()).await.unwrap();
+    let mut steps: Vec<(u64, &RateLimit)> = vec![(0, &burst); 12];
+    steps.extend([(150, &burst), (50, &burst), (0, &burst), (199, &burst), (1, &burst), (2_500, &burst)]);
+    steps.extend([(0, &odd), (0, &odd), (0, &odd), (0, &odd), (333, &odd), (1, &odd), (0, &larger), (0, &larger)]);
+    steps.extend([(0, &larger), (0, &larger), (10_000, &larger), (0, &odd)]);
+    for (i, &(advance, limit)) in steps.iter().enumerate() {
+        clock.advance(Duration::from_millis(advance));
+        let expected = local.check(Subject::Key(key), limit, clock.now()).await.unwrap();
+        let got = redis.check(Subject::Key(key), limit, clock.now()).await.unwrap();
         assert_eq!(got, expected, "step {i}");
     }
     // A refund gives back the same as the in-process one.
-    redis.give_back(key, &odd, clock.now()).await.unwrap();
-    local.refund(key, &odd, clock.now());
-    let (expected, got) =
-        (local.check(key, &odd, clock.now()).await.unwrap(), redis.check(key, &odd, clock.now()).await.unwrap());
+    redis.give_back(Subject::Key(key), &odd, clock.now()).await.unwrap();
+    local.refund(Subject::Key(key), &odd, clock.now());
+    let (expected, got) = (
+        local.check(Subject::Key(key), &odd, clock.now()).await.unwrap(),
+        redis.check(Subject::Key(key), &odd, clock.now()).await.unwrap(),
+    );
     assert_eq!(got, expected, "after a refund");
 }
 
@@ -51,8 +54,8 @@ async fn answers_and_figures_match_the_in_process_limiter() {
 async fn a_limit_refused_by_the_in_process_limiter_is_refused_here_too() {
     let Some(config) = common::shared().await else { return };
     let redis = RedisRateLimiter::new(config);
-    let zero = RateLimit { requests: 0, window: Duration::from_secs(1), burst: None };
-    assert!(redis.check(KeyId::new(), &zero, start()).await.is_err());
+    let zero = RateLimit { name: "default".to_owned(), requests: 0, window: Duration::from_secs(1), burst: None };
+    assert!(redis.check(Subject::Key(KeyId::new()), &zero, start()).await.is_err());
 }
 
 /// Four engines on one store, each with its own limiter on one Redis.
@@ -111,8 +114,8 @@ async fn a_refund_gives_the_request_back_to_every_engine() {
 /// Checks `key` against one request per hour on a limiter of its own and
 /// says whether it was allowed.
 async fn once(limiter: &RedisRateLimiter, key: KeyId) -> keysmith_core::Result<bool> {
-    let hourly = RateLimit { requests: 1, window: Duration::from_secs(3600), burst: None };
-    limiter.check(key, &hourly, Utc::now()).await.map(|s| s.allowed)
+    let hourly = RateLimit { name: "default".to_owned(), requests: 1, window: Duration::from_secs(3600), burst: None };
+    limiter.check(Subject::Key(key), &hourly, Utc::now()).await.map(|s| s.allowed)
 }
 
 /// True once two limiters share budgets through Redis again: a key one of
@@ -174,4 +177,26 @@ async fn an_engine_failing_closed_answers_unavailable_while_redis_is_down() {
     server.stop();
     let refused = engines[0].validate(&raw, &ctx).await.unwrap_err();
     assert!(matches!(refused, ValidationError::Failed(keysmith_core::Error::Store { .. })), "{refused:?}");
+}
+
+#[tokio::test]
+async fn each_named_limit_and_each_owner_has_its_own_budget_in_redis() {
+    let Some(config) = common::shared().await else { return };
+    let redis = RedisRateLimiter::new(config);
+    let now = start();
+    let key = Subject::Key(KeyId::new());
+    let burst = RateLimit::new("burst", 2, Duration::from_secs(1));
+    let hourly = RateLimit::new("hourly", 1, Duration::from_secs(3600));
+    assert!(redis.check(key, &burst, now).await.unwrap().allowed);
+    assert!(redis.check(key, &hourly, now).await.unwrap().allowed);
+    assert!(!redis.check(key, &hourly, now).await.unwrap().allowed, "hourly is spent");
+    assert!(redis.check(key, &burst, now).await.unwrap().allowed, "burst has its own budget");
+    // Two keys of one owner share the owner's budget; another tenant's
+    // owner of the same id does not.
+    let (acme, other) = (keysmith_core::Tenant::new("app", "acme"), keysmith_core::Tenant::new("app", "other"));
+    let owner_id = format!("cust-{}", KeyId::new());
+    let owner = |tenant| Subject::Owner { tenant, owner_id: &owner_id };
+    assert!(redis.check(owner(&acme), &hourly, now).await.unwrap().allowed);
+    assert!(!redis.check(owner(&acme), &hourly, now).await.unwrap().allowed);
+    assert!(redis.check(owner(&other), &hourly, now).await.unwrap().allowed);
 }

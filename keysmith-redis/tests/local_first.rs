@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use keysmith_core::limit::Subject;
 use keysmith_core::limit::{GcraRateLimiter, RateLimiter};
 use keysmith_core::{Error, KeyId, RateLimit};
 use keysmith_redis::{RedisConfig, RedisRateLimiter};
@@ -21,22 +22,22 @@ fn start() -> DateTime<Utc> {
 }
 
 fn hundred_per_hour() -> RateLimit {
-    RateLimit { requests: 100, window: Duration::from_secs(3600), burst: None }
+    RateLimit { name: "default".to_owned(), requests: 100, window: Duration::from_secs(3600), burst: None }
 }
 
 /// Checks as the engine does; `(allowed, decided in process)`.
 async fn check(limiter: &RedisRateLimiter, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> (bool, bool) {
-    match limiter.check_ready(key, limit, now) {
+    match limiter.check_ready(Subject::Key(key), limit, now) {
         Some(status) => (status.unwrap().allowed, true),
-        None => (limiter.check(key, limit, now).await.unwrap().allowed, false),
+        None => (limiter.check(Subject::Key(key), limit, now).await.unwrap().allowed, false),
     }
 }
 
 /// What Redis has counted of `key`: requests left for a strict limiter.
 async fn left_in_redis(config: &RedisConfig, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> u32 {
     let strict = RedisRateLimiter::new(config.clone());
-    let status = strict.check(key, limit, now).await.unwrap();
-    assert!(strict.give_back(key, limit, now).await.unwrap() || !status.allowed);
+    let status = strict.check(Subject::Key(key), limit, now).await.unwrap();
+    assert!(strict.give_back(Subject::Key(key), limit, now).await.unwrap() || !status.allowed);
     if status.allowed { status.remaining + 1 } else { 0 }
 }
 
@@ -74,13 +75,14 @@ async fn alone_the_limit_is_exact_and_refusals_match_the_in_process_limiter() {
     let limiter = RedisRateLimiter::new(config).local_first(BY_HAND).unwrap();
     let local = GcraRateLimiter::new();
     let (key, now) = (KeyId::new(), start());
-    let limit = RateLimit { requests: 40, window: Duration::from_secs(60), burst: Some(60) };
+    let limit =
+        RateLimit { name: "default".to_owned(), requests: 40, window: Duration::from_secs(60), burst: Some(60) };
     let mut admitted = 0;
     for _ in 0..100 {
-        let expected = local.check(key, &limit, now).await.unwrap();
-        let got = match limiter.check_ready(key, &limit, now) {
+        let expected = local.check(Subject::Key(key), &limit, now).await.unwrap();
+        let got = match limiter.check_ready(Subject::Key(key), &limit, now) {
             Some(status) => status.unwrap(),
-            None => limiter.check(key, &limit, now).await.unwrap(),
+            None => limiter.check(Subject::Key(key), &limit, now).await.unwrap(),
         };
         assert_eq!(got, expected);
         admitted += usize::from(got.allowed);
@@ -100,7 +102,7 @@ async fn hammer(url: &str, count: usize, limit: RateLimit) -> (usize, RedisConfi
     let (key, now) = (KeyId::new(), start());
     let tasks: Vec<_> = (0..count * 4)
         .map(|task| {
-            let limiter = Arc::clone(&fleet[task % count]);
+            let (limiter, limit) = (Arc::clone(&fleet[task % count]), limit.clone());
             tokio::spawn(async move {
                 let mut admitted = 0;
                 for _ in 0..50 {
@@ -126,7 +128,7 @@ async fn over_two_four_and_eight_limiters_a_burst_admits_at_most_the_stated_over
     let Some(url) = common::redis_url() else { return };
     let limit = hundred_per_hour();
     for count in [2, 4, 8] {
-        let (admitted, config, key) = hammer(&url, count, limit).await;
+        let (admitted, config, key) = hammer(&url, count, limit.clone()).await;
         // The bound: 2 × N × L, L = ⌊100 / 20⌋.
         let bound = 100 + 2 * count * 5;
         println!("{count} limiters: {admitted} admitted against a limit of 100 (bound {bound})");
@@ -138,7 +140,7 @@ async fn over_two_four_and_eight_limiters_a_burst_admits_at_most_the_stated_over
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_burst_is_exact_over_many_limiters() {
     let Some(url) = common::redis_url() else { return };
-    let three = RateLimit { requests: 3, window: Duration::from_secs(10), burst: None };
+    let three = RateLimit { name: "default".to_owned(), requests: 3, window: Duration::from_secs(10), burst: None };
     let (admitted, _, _) = hammer(&url, 8, three).await;
     assert_eq!(admitted, 3);
 }
@@ -151,7 +153,7 @@ async fn a_refund_of_a_request_decided_in_process_is_taken_back_before_it_is_sen
     assert_eq!(check(&limiter, key, &limit, now).await, (true, false));
     assert_eq!(check(&limiter, key, &limit, now).await, (true, true));
     assert_eq!(check(&limiter, key, &limit, now).await, (true, true));
-    limiter.refund(key, &limit, now);
+    limiter.refund(Subject::Key(key), &limit, now);
     limiter.sync().await.unwrap();
     assert_eq!(left_in_redis(&config, key, &limit, now).await, 98, "two counted, the refunded one not");
 }

@@ -149,43 +149,61 @@ pub(crate) fn missed_transition(id: KeyId, current: Option<KeyState>, from: &[Ke
 
 /// A policy's columns that are not stored as they are.
 pub(crate) struct PolicyColumns {
-    pub(crate) rate_limit_requests: Option<i64>,
-    pub(crate) rate_limit_window_us: Option<i64>,
-    pub(crate) rate_limit_burst: Option<i64>,
+    pub(crate) rate_limits: Vec<StoredRateLimit>,
     pub(crate) allowed_ips: Vec<String>,
     pub(crate) max_key_age_us: Option<i64>,
     pub(crate) rotation_grace_us: Option<i64>,
+    pub(crate) max_active_keys_per_owner: Option<i64>,
 }
 
 impl PolicyColumns {
     pub(crate) fn of(policy: &Policy) -> Result<Self> {
-        let rate_limit = policy.rate_limit.as_ref();
         Ok(Self {
-            rate_limit_requests: rate_limit.map(|r| i64::from(r.requests)),
-            rate_limit_window_us: rate_limit.map(|r| duration_to_micros("rate_limit.window", r.window)).transpose()?,
-            rate_limit_burst: rate_limit.and_then(|r| r.burst).map(i64::from),
+            rate_limits: policy.rate_limits.iter().map(StoredRateLimit::of).collect::<Result<_>>()?,
             allowed_ips: policy.allowed_ips.iter().map(ToString::to_string).collect(),
             max_key_age_us: policy.max_key_age.map(|d| duration_to_micros("max_key_age", d)).transpose()?,
             rotation_grace_us: policy.rotation_grace.map(|d| duration_to_micros("rotation_grace", d)).transpose()?,
+            max_active_keys_per_owner: policy.max_active_keys_per_owner.map(i64::from),
         })
     }
 }
 
-/// The rate limit back from its three columns.
-pub(crate) fn rate_limit_from(
-    requests: Option<i64>,
-    window_us: Option<i64>,
-    burst: Option<i64>,
-) -> Result<Option<RateLimit>> {
-    let (Some(requests), Some(window_us)) = (requests, window_us) else {
-        return Ok(None);
-    };
-    let count = |what: &str, n: i64| u32::try_from(n).map_err(|e| corrupt(what, e));
-    Ok(Some(RateLimit {
-        requests: count("rate limit requests", requests)?,
-        window: micros_to_duration("rate limit window", window_us)?,
-        burst: burst.map(|b| count("rate limit burst", b)).transpose()?,
-    }))
+/// One of a policy's rate limits as its `rate_limits` JSON column holds
+/// it (the window in microseconds, like every stored duration).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct StoredRateLimit {
+    name: String,
+    requests: u32,
+    window_us: i64,
+    burst: Option<u32>,
+}
+
+impl StoredRateLimit {
+    fn of(limit: &RateLimit) -> Result<Self> {
+        Ok(Self {
+            name: limit.name.clone(),
+            requests: limit.requests,
+            window_us: duration_to_micros("rate_limits.window", limit.window)?,
+            burst: limit.burst,
+        })
+    }
+}
+
+/// The rate limits back from their column (`NULL` only in a row the
+/// migration has not reached: no limits).
+pub(crate) fn rate_limits_from(stored: Option<Vec<StoredRateLimit>>) -> Result<Vec<RateLimit>> {
+    stored
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| {
+            Ok(RateLimit {
+                name: s.name,
+                requests: s.requests,
+                window: micros_to_duration("rate limit window", s.window_us)?,
+                burst: s.burst,
+            })
+        })
+        .collect()
 }
 
 /// Parses every item of a stored list.

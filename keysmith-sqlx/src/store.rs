@@ -246,8 +246,8 @@ macro_rules! sql_store {
                 TimeRange, Transition, UsageStore, UsageTotal,
             };
             use keysmith_core::{
-                Error, Key, KeyHash, KeyId, KeyState, Period, Policy, PolicyId, Result, RotationId, RotationRecord,
-                Scope, ScopeId, Store, Tenant, UsageAggregate, UsageId, UsageRecord,
+                CreditSpend, Credits, Error, Key, KeyHash, KeyId, KeyState, Period, Policy, PolicyId, Result, RotationId, RotationRecord,
+                Refill, Scope, ScopeId, Store, Tenant, UsageAggregate, UsageId, UsageRecord,
             };
             use sqlx::migrate::Migrator;
             use sqlx::types::Json;
@@ -258,7 +258,7 @@ macro_rules! sql_store {
             use crate::common::{
                 Missed, PolicyColumns, TRANSITION_ATTEMPTS, corrupt, duration_to_micros, is_foreign_key_violation,
                 key_insert_error, limit_offset, micros_to_duration, missed_transition, named_write_error,
-                parse_column, parse_hash, parse_list, rate_limit_from, store_error, to_u64,
+                parse_column, parse_hash, parse_list, rate_limits_from, store_error, to_u64,
             };
             use crate::store::{Dialect, Stored as _, statement};
 
@@ -269,12 +269,23 @@ macro_rules! sql_store {
             /// The columns of the key `k` but its scopes.
             const KEY_COLUMNS: &str = "k.id, k.lineage_id, k.app_id, k.tenant_id, k.hash, k.name, k.hint, k.prefix, \
                 k.environment, k.state, k.policy_id, k.expires_at, k.grace_expires_at, k.revoked_reason, \
-                k.last_used_at, k.created_at, k.updated_at, k.metadata";
+                k.last_used_at, k.created_at, k.updated_at, k.metadata, k.owner_id, \
+                c.remaining AS credits_remaining, c.refill_amount AS credits_refill_amount, \
+                c.refill_every AS credits_refill_every, c.refilled_at AS credits_refilled_at";
+
+            /// The keys `k` with their lineage's credits `c`.
+            const KEYS_FROM: &str =
+                "keysmith_keys k LEFT JOIN keysmith_credits c ON c.lineage_id = k.lineage_id";
+
+            /// The credits columns of `keysmith_credits`, named as in [`KEY_COLUMNS`].
+            const CREDITS_COLUMNS: &str = "remaining AS credits_remaining, refill_amount AS credits_refill_amount, \
+                refill_every AS credits_refill_every, refilled_at AS credits_refilled_at";
 
             /// The columns of `keysmith_policies`.
-            const POLICY_COLUMNS: &str = "id, app_id, tenant_id, name, rate_limit_requests, \
-                rate_limit_window_us, rate_limit_burst, allowed_ips, allowed_origins, allowed_scopes, \
-                max_key_age_us, quota, rotation_grace_us, metadata, created_at, updated_at";
+            const POLICY_COLUMNS: &str = "id, app_id, tenant_id, name, rate_limits, limit_by, \
+                allowed_ips, allowed_origins, allowed_scopes, \
+                max_key_age_us, quota, rotation_grace_us, metadata, created_at, updated_at, \
+                max_active_keys_per_owner";
 
             fn get<T>(row: &Row, column: &str) -> Result<T>
             where
@@ -322,6 +333,8 @@ macro_rules! sql_store {
                     state: parse_column("key state", &get::<String>(row, "state")?)?,
                     scopes: get::<<Db as Dialect>::Scopes>(row, "scopes")?.load("key scopes")?,
                     tenant: row_tenant(row)?,
+                    owner_id: get(row, "owner_id")?,
+                    credits: credits(row)?,
                     policy_id: get::<Option<Uuid>>(row, "policy_id")?.map(PolicyId::from_uuid),
                     expires_at: opt_time(row, "expires_at")?,
                     grace_expires_at: opt_time(row, "grace_expires_at")?,
@@ -333,6 +346,105 @@ macro_rules! sql_store {
                 })
             }
 
+            /// The `credits_*` columns of `row`: `None` for a lineage without credits.
+            fn credits(row: &Row) -> Result<Option<Credits>> {
+                let Some(remaining) = get::<Option<i64>>(row, "credits_remaining")? else {
+                    return Ok(None);
+                };
+                let amount = get::<Option<i64>>(row, "credits_refill_amount")?;
+                let every = get::<Option<String>>(row, "credits_refill_every")?;
+                let refill = match (amount, every) {
+                    (Some(amount), Some(every)) => Some(Refill {
+                        amount: to_u64("credits refill amount", amount)?,
+                        every: parse_column("credits refill period", &every)?,
+                    }),
+                    _ => None,
+                };
+                Ok(Some(Credits {
+                    remaining: to_u64("credits remaining", remaining)?,
+                    refill,
+                    refilled_at: opt_time(row, "credits_refilled_at")?,
+                }))
+            }
+
+            /// A credit amount as stored: within [`Credits::MAX`], so it fits.
+            fn credit_count(amount: u64) -> i64 {
+                i64::try_from(amount.min(Credits::MAX + 1)).unwrap_or(i64::MAX)
+            }
+
+            /// The lineage of the tenant's key `id`.
+            async fn lineage_on(conn: &mut Connection, tenant: &Tenant, id: KeyId) -> Result<Uuid> {
+                let row = sqlx::query(statement!(
+                    Db,
+                    "SELECT id, lineage_id FROM keysmith_keys WHERE id = ? AND app_id = ? AND tenant_id = ?"
+                ))
+                .bind(id.uuid())
+                .bind(&tenant.app_id)
+                .bind(&tenant.tenant_id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(store_error)?
+                .ok_or_else(|| Error::NotFound { entity: "key", id: id.to_string() })?;
+                Ok(get::<Option<Uuid>>(&row, "lineage_id")?.unwrap_or(id.uuid()))
+            }
+
+            async fn insert_credits_on(conn: &mut Connection, lineage: Uuid, tenant: &Tenant, credits: &Credits) -> Result<()> {
+                sqlx::query(statement!(
+                    Db,
+                    "INSERT INTO keysmith_credits (lineage_id, app_id, tenant_id, remaining, refill_amount, \
+                     refill_every, refilled_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                ))
+                .bind(lineage)
+                .bind(&tenant.app_id)
+                .bind(&tenant.tenant_id)
+                .bind(credit_count(credits.remaining))
+                .bind(credits.refill.map(|r| credit_count(r.amount)))
+                .bind(credits.refill.map(|r| r.every.as_str()))
+                .bind(credits.refilled_at.map(Db::time))
+                .execute(&mut *conn)
+                .await
+                .map_err(store_error)?;
+                Ok(())
+            }
+
+            /// Refills the lineage's credits if a refill period began since
+            /// the last refill; a no-op otherwise (and for a racing second
+            /// caller, which finds the refill made).
+            async fn refill_on(conn: &mut Connection, lineage: Uuid, now: DateTime<Utc>) -> Result<()> {
+                let (day, month) = (Db::time(Period::Day.start_of(now)), Db::time(Period::Month.start_of(now)));
+                let (day_again, month_again) = (Db::time(Period::Day.start_of(now)), Db::time(Period::Month.start_of(now)));
+                sqlx::query(statement!(
+                    Db,
+                    "UPDATE keysmith_credits SET remaining = refill_amount, \
+                     refilled_at = CASE refill_every WHEN 'day' THEN ? ELSE ? END \
+                     WHERE lineage_id = ? AND refill_every IS NOT NULL \
+                     AND (refilled_at IS NULL OR refilled_at < CASE refill_every WHEN 'day' THEN ? ELSE ? END)"
+                ))
+                .bind(day)
+                .bind(month)
+                .bind(lineage)
+                .bind(day_again)
+                .bind(month_again)
+                .execute(&mut *conn)
+                .await
+                .map_err(store_error)?;
+                Ok(())
+            }
+
+            async fn credits_on(conn: &mut Connection, lineage: Uuid) -> Result<Option<Credits>> {
+                let row = sqlx::query(statement!(
+                    Db,
+                    "SELECT ",
+                    CREDITS_COLUMNS,
+                    " FROM keysmith_credits WHERE lineage_id = ?"
+                ))
+                .bind(lineage)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(store_error)?;
+                row.as_ref().map(credits).transpose().map(Option::flatten)
+            }
+
             fn policy(row: &Row) -> Result<Policy> {
                 let opt_micros = |column: &str| -> Result<_> {
                     get::<Option<i64>>(row, column)?.map(|us| micros_to_duration(column, us)).transpose()
@@ -341,17 +453,17 @@ macro_rules! sql_store {
                     id: PolicyId::from_uuid(get(row, "id")?),
                     tenant: row_tenant(row)?,
                     name: get(row, "name")?,
-                    rate_limit: rate_limit_from(
-                        get(row, "rate_limit_requests")?,
-                        get(row, "rate_limit_window_us")?,
-                        get(row, "rate_limit_burst")?,
-                    )?,
+                    rate_limits: rate_limits_from(get::<Option<Json<_>>>(row, "rate_limits")?.map(|l| l.0))?,
+                    limit_by: parse_column("policy limit_by", &get::<String>(row, "limit_by")?)?,
                     allowed_ips: parse_list("policy allowed_ips", &list(row, "allowed_ips")?)?,
                     allowed_origins: list(row, "allowed_origins")?,
                     allowed_scopes: list(row, "allowed_scopes")?,
                     max_key_age: opt_micros("max_key_age_us")?,
                     quota: get::<Option<Json<_>>>(row, "quota")?.map(|q| q.0),
                     rotation_grace: opt_micros("rotation_grace_us")?,
+                    max_active_keys_per_owner: get::<Option<i64>>(row, "max_active_keys_per_owner")?
+                        .map(|n| u32::try_from(n).map_err(|e| corrupt("policy max_active_keys_per_owner", e)))
+                        .transpose()?,
                     metadata: get::<Json<_>>(row, "metadata")?.0,
                     created_at: time(row, "created_at")?,
                     updated_at: time(row, "updated_at")?,
@@ -395,7 +507,7 @@ macro_rules! sql_store {
             /// The key `id` of `tenant`, or of any tenant when `tenant` is `None`.
             async fn key_on(conn: &mut Connection, tenant: Option<&Tenant>, id: KeyId) -> Result<Option<Row>> {
                 let mut qb = QueryBuilder::<Db>::new(format!(
-                    "SELECT {KEY_COLUMNS}, {} AS scopes FROM keysmith_keys k WHERE k.id = ",
+                    "SELECT {KEY_COLUMNS}, {} AS scopes FROM {KEYS_FROM} WHERE k.id = ",
                     Db::SCOPES
                 ));
                 qb.push_bind(id.uuid());
@@ -416,8 +528,8 @@ macro_rules! sql_store {
                     Db,
                     "INSERT INTO keysmith_keys (id, app_id, tenant_id, hash, name, hint, prefix, environment, \
                      state, policy_id, expires_at, grace_expires_at, revoked_reason, last_used_at, created_at, \
-                     updated_at, metadata, lineage_id) \
-                     SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM (SELECT 1) AS one \
+                     updated_at, metadata, lineage_id, owner_id) \
+                     SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM (SELECT 1) AS one \
                      WHERE ? IS NULL OR EXISTS (SELECT 1 FROM keysmith_policies p \
                          WHERE p.id = ? AND p.app_id = ? AND p.tenant_id = ?)"
                 ))
@@ -439,6 +551,7 @@ macro_rules! sql_store {
                 .bind(Db::time(key.updated_at))
                 .bind(Json(&key.metadata))
                 .bind(key.lineage_id.uuid())
+                .bind(&key.owner_id)
                 .bind(policy_id)
                 .bind(policy_id)
                 .bind(&key.tenant.app_id)
@@ -466,6 +579,58 @@ macro_rules! sql_store {
                     });
                 }
                 insert_scopes_on(conn, key.id, &key.scopes).await
+            }
+
+            /// Refuses a new live key of an owner who already holds as many
+            /// live keys under the key's policy as it allows. The policy row
+            /// stays locked until commit, so concurrent creations under that
+            /// policy count one after another.
+            async fn check_owner_limit_on(conn: &mut Connection, key: &Key) -> Result<()> {
+                let (Some(owner_id), Some(policy_id)) = (&key.owner_id, key.policy_id) else {
+                    return Ok(());
+                };
+                if !key.state.counts_toward_owner_limit() {
+                    return Ok(());
+                }
+                let row = sqlx::query(statement!(
+                    Db,
+                    "SELECT max_active_keys_per_owner FROM keysmith_policies \
+                     WHERE id = ? AND app_id = ? AND tenant_id = ?",
+                    Db::LOCK_ROWS
+                ))
+                .bind(policy_id.uuid())
+                .bind(&key.tenant.app_id)
+                .bind(&key.tenant.tenant_id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(store_error)?;
+                // No such policy: the insert reports it.
+                let Some(limit) = row.map(|row| get::<Option<i64>>(&row, "max_active_keys_per_owner")).transpose()?.flatten()
+                else {
+                    return Ok(());
+                };
+                let held: i64 = sqlx::query(statement!(
+                    Db,
+                    "SELECT COUNT(*) AS held FROM keysmith_keys WHERE app_id = ? AND tenant_id = ? AND owner_id = ? \
+                     AND policy_id = ? AND state IN ('active', 'suspended') AND (expires_at IS NULL OR expires_at > ?)"
+                ))
+                .bind(&key.tenant.app_id)
+                .bind(&key.tenant.tenant_id)
+                .bind(owner_id)
+                .bind(policy_id.uuid())
+                .bind(Db::time(key.created_at))
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(store_error)
+                .and_then(|row| get(&row, "held"))?;
+                if held >= limit {
+                    return Err(Error::OwnerKeyLimit {
+                        owner_id: owner_id.clone(),
+                        policy_id,
+                        limit: u32::try_from(limit).map_err(|e| corrupt("policy max_active_keys_per_owner", e))?,
+                    });
+                }
+                Ok(())
             }
 
             async fn insert_scopes_on(conn: &mut Connection, id: KeyId, scopes: &[String]) -> Result<()> {
@@ -523,7 +688,7 @@ macro_rules! sql_store {
                 /// The keys of a statement that ends `FROM keysmith_keys k` and whatever `tail` adds.
                 async fn keys(&self, tail: impl FnOnce(&mut QueryBuilder<'_, Db>)) -> Result<Vec<Row>> {
                     let mut qb = QueryBuilder::<Db>::new(format!(
-                        "SELECT {KEY_COLUMNS}, {} AS scopes FROM keysmith_keys k",
+                        "SELECT {KEY_COLUMNS}, {} AS scopes FROM {KEYS_FROM}",
                         Db::SCOPES
                     ));
                     tail(&mut qb);
@@ -535,7 +700,17 @@ macro_rules! sql_store {
             impl KeyStore for $store {
                 async fn insert_key(&self, key: &StoredKey) -> Result<()> {
                     let mut tx = self.begin().await?;
+                    if let Err(error) = check_owner_limit_on(&mut tx, &key.key).await {
+                        // At once, not when the connection is next used: the
+                        // policy row stays locked until the transaction ends.
+                        tx.rollback().await.map_err(store_error)?;
+                        return Err(error);
+                    }
                     insert_key_on(&mut tx, key).await?;
+                    // A new lineage; a rotation's key shares the credits stored already.
+                    if let Some(credits) = &key.key.credits {
+                        insert_credits_on(&mut tx, key.key.lineage_id.uuid(), &key.key.tenant, credits).await?;
+                    }
                     tx.commit().await.map_err(store_error)
                 }
 
@@ -546,7 +721,9 @@ macro_rules! sql_store {
                         KEY_COLUMNS,
                         ", ",
                         Db::SCOPES,
-                        " AS scopes FROM keysmith_keys k WHERE k.hash = ?"
+                        " AS scopes FROM ",
+                        KEYS_FROM,
+                        " WHERE k.hash = ?"
                     ))
                     .bind(hash.to_hex())
                     .fetch_optional(&self.pool)
@@ -573,6 +750,9 @@ macro_rules! sql_store {
                             }
                             if let Some(policy_id) = filter.policy_id {
                                 qb.push(" AND k.policy_id = ").push_bind(policy_id.uuid());
+                            }
+                            if let Some(owner_id) = &filter.owner_id {
+                                qb.push(" AND k.owner_id = ").push_bind(owner_id.clone());
                             }
                             let (limit, offset) = limit_offset(filter.page);
                             qb.push(" ORDER BY k.id LIMIT ").push_bind(limit).push(" OFFSET ").push_bind(offset);
@@ -717,6 +897,90 @@ macro_rules! sql_store {
                     Ok(())
                 }
 
+                async fn set_credits(&self, tenant: &Tenant, id: KeyId, credits: Option<&Credits>) -> Result<Key> {
+                    let mut tx = self.begin().await?;
+                    let lineage = lineage_on(&mut tx, tenant, id).await?;
+                    sqlx::query(statement!(Db, "DELETE FROM keysmith_credits WHERE lineage_id = ?"))
+                        .bind(lineage)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(store_error)?;
+                    if let Some(credits) = credits {
+                        insert_credits_on(&mut tx, lineage, tenant, credits).await?;
+                    }
+                    let row = key_on(&mut tx, None, id).await?;
+                    tx.commit().await.map_err(store_error)?;
+                    row.as_ref().map_or_else(|| Err(Error::store("a changed key vanished")), key)
+                }
+
+                async fn add_credits(&self, tenant: &Tenant, id: KeyId, amount: u64, now: DateTime<Utc>) -> Result<Key> {
+                    let mut tx = self.begin().await?;
+                    let lineage = lineage_on(&mut tx, tenant, id).await?;
+                    refill_on(&mut tx, lineage, now).await?;
+                    let added = sqlx::query(statement!(
+                        Db,
+                        "UPDATE keysmith_credits SET remaining = remaining + ? WHERE lineage_id = ? AND remaining <= ?"
+                    ))
+                    .bind(credit_count(amount))
+                    .bind(lineage)
+                    .bind(credit_count(Credits::MAX.saturating_sub(amount)))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                    if added.rows_affected() == 0 {
+                        return Err(match credits_on(&mut tx, lineage).await? {
+                            None => Error::InvalidInput {
+                                field: "credits",
+                                reason: "the key has no credits to add to; set them first".into(),
+                            },
+                            Some(_) => Error::InvalidInput {
+                                field: "amount",
+                                reason: format!("credits would pass {}", Credits::MAX),
+                            },
+                        });
+                    }
+                    let row = key_on(&mut tx, None, id).await?;
+                    tx.commit().await.map_err(store_error)?;
+                    row.as_ref().map_or_else(|| Err(Error::store("a changed key vanished")), key)
+                }
+
+                async fn spend_credits(&self, key: &Key, cost: u64, now: DateTime<Utc>) -> Result<CreditSpend> {
+                    let mut conn = self.pool.acquire().await.map_err(store_error)?;
+                    let lineage = key.lineage_id.uuid();
+                    refill_on(&mut conn, lineage, now).await?;
+                    // One conditional statement: concurrent spends never take
+                    // the credits below zero.
+                    let spent = sqlx::query(statement!(
+                        Db,
+                        "UPDATE keysmith_credits SET remaining = remaining - ? WHERE lineage_id = ? AND remaining >= ?"
+                    ))
+                    .bind(credit_count(cost))
+                    .bind(lineage)
+                    .bind(credit_count(cost))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(store_error)?;
+                    Ok(match (spent.rows_affected(), credits_on(&mut conn, lineage).await?) {
+                        (_, None) => CreditSpend::Unlimited,
+                        (0, Some(credits)) => CreditSpend::Exhausted(credits),
+                        (_, Some(credits)) => CreditSpend::Spent(credits),
+                    })
+                }
+
+                async fn refund_credits(&self, key: &Key, cost: u64) -> Result<()> {
+                    sqlx::query(statement!(
+                        Db,
+                        "UPDATE keysmith_credits SET remaining = remaining + ? WHERE lineage_id = ? AND remaining <= ?"
+                    ))
+                    .bind(credit_count(cost))
+                    .bind(key.lineage_id.uuid())
+                    .bind(credit_count(Credits::MAX.saturating_sub(cost)))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(store_error)?;
+                    Ok(())
+                }
+
                 async fn list_due_keys(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Key>> {
                     let rows = self
                         .keys(|qb| {
@@ -737,9 +1001,8 @@ macro_rules! sql_store {
             fn bind_policy<'q>(query: Query<'q>, policy: &'q Policy, c: &'q PolicyColumns) -> Query<'q> {
                 query
                     .bind(&policy.name)
-                    .bind(c.rate_limit_requests)
-                    .bind(c.rate_limit_window_us)
-                    .bind(c.rate_limit_burst)
+                    .bind(Json(&c.rate_limits))
+                    .bind(policy.limit_by.as_str())
                     .bind(<Db as Dialect>::List::store(c.allowed_ips.clone()))
                     .bind(<Db as Dialect>::List::store(policy.allowed_origins.clone()))
                     .bind(<Db as Dialect>::List::store(policy.allowed_scopes.clone()))
@@ -749,6 +1012,7 @@ macro_rules! sql_store {
                     .bind(Json(&policy.metadata))
                     .bind(Db::time(policy.created_at))
                     .bind(Db::time(policy.updated_at))
+                    .bind(c.max_active_keys_per_owner)
             }
 
             #[async_trait]
@@ -809,10 +1073,9 @@ macro_rules! sql_store {
                     let c = PolicyColumns::of(policy)?;
                     let update = sqlx::query(statement!(
                         Db,
-                        "UPDATE keysmith_policies SET name = ?, rate_limit_requests = ?, rate_limit_window_us = ?, \
-                         rate_limit_burst = ?, allowed_ips = ?, allowed_origins = ?, allowed_scopes = ?, \
+                        "UPDATE keysmith_policies SET name = ?, rate_limits = ?, limit_by = ?, allowed_ips = ?, allowed_origins = ?, allowed_scopes = ?, \
                          max_key_age_us = ?, quota = ?, rotation_grace_us = ?, metadata = ?, created_at = ?, \
-                         updated_at = ? WHERE id = ? AND app_id = ? AND tenant_id = ?"
+                         updated_at = ?, max_active_keys_per_owner = ? WHERE id = ? AND app_id = ? AND tenant_id = ?"
                     ));
                     let updated = bind_policy(update, policy, &c)
                         .bind(policy.id.uuid())

@@ -8,9 +8,8 @@ use http::{Response, StatusCode};
 use keysmith_core::Refusal;
 use keysmith_core::http::{ApiKey as CoreApiKey, RefusalResponse};
 
-use crate::RefusalResponder;
 use crate::request::Installed;
-use crate::response::missing_layer_response;
+use crate::{RefusalResponder, default_refusal_response};
 
 /// The key a request was validated with, as a handler argument. It derefs
 /// to [`keysmith_core::http::ApiKey`] (id, tenant, scopes, rate limit…) and
@@ -21,7 +20,12 @@ use crate::response::missing_layer_response;
 /// - `ApiKey` is refused with 401 `missing_key` when the layer let the
 ///   request through without a key (optional mode), and with 500 naming
 ///   the missing layer when no `ApiKeyLayer` ran;
-/// - `Option<ApiKey>` is `None` without a key, and 500 without the layer.
+/// - `Option<ApiKey>` is `None` whenever the request carries no validated
+///   key, including when no layer ran (logged once, at `error`): the same
+///   as actix, whose `Option` extractor cannot fail. A handler taking
+///   `Option<ApiKey>` serves requests without a key anyway, so a missing
+///   layer never grants more than the anonymous answer; take `ApiKey`
+///   where a key is required.
 ///
 /// ```
 /// use keysmith_tower::ApiKey;
@@ -48,9 +52,9 @@ impl ApiKey {
     /// any tower service.
     ///
     /// # Errors
-    /// [`ApiKeyRejection::MissingKey`] when the layer let the request
-    /// through without a key, [`ApiKeyRejection::MissingLayer`] when no
-    /// layer ran.
+    /// [`ApiKeyRejection::Refused`] (401 `missing_key`) when the layer let
+    /// the request through without a key,
+    /// [`ApiKeyRejection::MissingMiddleware`] when no layer ran.
     pub fn extract(extensions: &http::Extensions) -> Result<Self, ApiKeyRejection> {
         Self::from_extensions(extensions).ok_or_else(|| ApiKeyRejection::from_extensions(extensions))
     }
@@ -82,17 +86,21 @@ impl fmt::Debug for ApiKey {
     }
 }
 
-/// Why an `ApiKey` could not be extracted.
+/// Why a request got no further than an extractor or `RequireScopes`:
+/// the same two cases, under the same names, as in keysmith-actix.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ApiKeyRejection {
-    /// No `ApiKeyLayer` ran for this request: the application is wired
-    /// wrong. 500.
-    MissingLayer,
-    /// The layer let the request through without a key (optional mode, or
-    /// a CORS preflight). 401 `missing_key`.
-    MissingKey {
-        /// The refusal, rendered by the layer's responder.
+    /// No [`ApiKeyLayer`](crate::ApiKeyLayer) ran for this request: the
+    /// application is wired wrong. 500, naming the missing layer.
+    MissingMiddleware {
+        /// What needed the layer (`the ApiKey extractor`, `RequireScopes`).
+        needed_by: &'static str,
+    },
+    /// The request was refused: no key (optional mode, a CORS preflight)
+    /// or missing scopes.
+    Refused {
+        /// The answer, rendered by `responder`.
         refusal: Box<RefusalResponse>,
         /// The layer's responder.
         responder: RefusalResponder,
@@ -102,11 +110,20 @@ pub enum ApiKeyRejection {
 impl ApiKeyRejection {
     fn from_extensions(extensions: &http::Extensions) -> Self {
         match extensions.get::<Installed>() {
-            Some(installed) => Self::MissingKey {
+            Some(installed) => Self::Refused {
                 refusal: Box::new(installed.gate().refusal(Refusal::MissingKey)),
                 responder: installed.responder().clone(),
             },
-            None => Self::MissingLayer,
+            None => Self::MissingMiddleware { needed_by: "the ApiKey extractor" },
+        }
+    }
+
+    /// Core's description of the answer: status, code, message, headers.
+    #[must_use]
+    pub fn refusal_response(&self) -> RefusalResponse {
+        match self {
+            Self::MissingMiddleware { needed_by } => missing_layer(needed_by),
+            Self::Refused { refusal, .. } => RefusalResponse::clone(refusal),
         }
     }
 
@@ -114,9 +131,9 @@ impl ApiKeyRejection {
     #[must_use]
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingLayer => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::MissingKey { refusal, .. } => {
-                StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::UNAUTHORIZED)
+            Self::MissingMiddleware { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Refused { refusal, .. } => {
+                StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             }
         }
     }
@@ -125,17 +142,27 @@ impl ApiKeyRejection {
     #[must_use]
     pub fn into_http_response(self) -> Response<String> {
         match self {
-            Self::MissingLayer => missing_layer_response("the ApiKey extractor"),
-            Self::MissingKey { refusal, responder } => responder.respond(&refusal),
+            Self::MissingMiddleware { needed_by } => default_refusal_response(&missing_layer(needed_by)),
+            Self::Refused { refusal, responder } => responder.respond(&refusal),
         }
     }
+}
+
+/// 500: `needed_by` ran on a request that never went through the layer.
+fn missing_layer(needed_by: &str) -> RefusalResponse {
+    RefusalResponse::misconfigured(format!(
+        "{needed_by} needs keysmith_tower::ApiKeyLayer in front of it; add `.layer(ApiKeyLayer::new(engine))` to \
+         the router"
+    ))
 }
 
 impl fmt::Display for ApiKeyRejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::MissingLayer => f.write_str("the ApiKey extractor needs keysmith_tower::ApiKeyLayer in front of it"),
-            Self::MissingKey { refusal, .. } => f.write_str(&refusal.message),
+            Self::MissingMiddleware { needed_by } => {
+                write!(f, "{needed_by} needs keysmith_tower::ApiKeyLayer in front of it")
+            }
+            Self::Refused { refusal, .. } => write!(f, "{}: {}", refusal.code, refusal.message),
         }
     }
 }
@@ -163,10 +190,11 @@ mod axum_impls {
         type Rejection = ApiKeyRejection;
 
         async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Option<Self>, Self::Rejection> {
-            if parts.extensions.get::<Installed>().is_none() && Self::from_extensions(&parts.extensions).is_none() {
-                return Err(ApiKeyRejection::MissingLayer);
+            let key = Self::from_extensions(&parts.extensions);
+            if key.is_none() && parts.extensions.get::<Installed>().is_none() {
+                keysmith_core::http::log_missing_middleware("Option<ApiKey>", "keysmith_tower::ApiKeyLayer");
             }
-            Ok(Self::from_extensions(&parts.extensions))
+            Ok(key)
         }
     }
 

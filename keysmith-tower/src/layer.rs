@@ -1,21 +1,18 @@
 //! `ApiKeyLayer`: validate every request's key before the inner service.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::marker::PhantomData;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use keysmith_core::Engine;
-use keysmith_core::http::{Admitted, Authorize, Gate, KeySources, Outcome, RequestFacts, TrustedProxies};
-use keysmith_core::http::{ApiKey as CoreApiKey, RefusalResponse};
-use pin_project_lite::pin_project;
+use keysmith_core::http::{Adapter, Admission, ApiKey as CoreApiKey, Gate, Guarded, RefusalResponse, RequestFacts};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::RefusalResponder;
 use crate::request::{Headers, Installed, Shared, peer};
-use crate::response::append_rate_limit_headers;
+use crate::response::append_header;
 
 /// A [`Layer`] that validates the API key of every request.
 ///
@@ -23,8 +20,10 @@ use crate::response::append_rate_limit_headers;
 /// the inner service never sees it. A passed request reaches the inner
 /// service with the [`ApiKey`](crate::ApiKey) in its extensions, its
 /// response gets the `RateLimit-*` headers of the key's policy, and its
-/// usage (status, latency) is queued once the inner service has answered.
-/// If the store cannot be reached the answer is 503, never a pass.
+/// usage (status, latency) is queued once the inner service has answered
+/// (also when it fails: then with status 500). If the store cannot be
+/// reached the answer is 503, never a pass. The sequence is core's
+/// ([`Gate::guard`]); this type is its tower glue.
 ///
 /// The client address comes from axum's `ConnectInfo<SocketAddr>`, so serve
 /// the router with `into_make_service_with_connect_info::<SocketAddr>()`.
@@ -79,50 +78,7 @@ impl ApiKeyLayer {
         Self { gate, responder: RefusalResponder::default() }
     }
 
-    /// Reads keys from these headers.
-    pub fn with_key_sources(mut self, sources: KeySources) -> Self {
-        self.gate = self.gate.with_key_sources(sources);
-        self
-    }
-
-    /// Believes the forwarding header of these proxies (`X-Forwarded-For`
-    /// unless [`TrustedProxies::with_header`] says `Forwarded`); behind
-    /// them an entry that is not an address, or a header that cannot be
-    /// read, makes the client unknown.
-    pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
-        self.gate = self.gate.with_trusted_proxies(proxies);
-        self
-    }
-
-    /// The realm of `WWW-Authenticate` (default `api`).
-    pub fn with_realm(mut self, realm: impl Into<String>) -> Self {
-        self.gate = self.gate.with_realm(realm);
-        self
-    }
-
-    /// Accepts only keys of this application (others are `invalid_key`).
-    pub fn with_app_id(mut self, app_id: impl Into<String>) -> Self {
-        self.gate = self.gate.with_app_id(app_id);
-        self
-    }
-
-    /// Optional mode: a request without a key reaches the inner service
-    /// without an `ApiKey` (handlers take `Option<ApiKey>`); a bad key is
-    /// still refused.
-    pub fn optional(mut self) -> Self {
-        self.gate = self.gate.with_optional(true);
-        self
-    }
-
-    /// Whether CORS preflights pass without a key (default no: they are
-    /// authenticated like any request). Put the CORS layer outside Keysmith
-    /// instead, so it answers preflights itself; turn this on only if a CORS
-    /// layer inside answers every preflight before a handler sees it
-    /// ([`Gate::with_preflight_passthrough`]).
-    pub fn with_preflight_passthrough(mut self, passthrough: bool) -> Self {
-        self.gate = self.gate.with_preflight_passthrough(passthrough);
-        self
-    }
+    keysmith_core::__gate_options!();
 
     /// Renders refusals with `responder` (start from
     /// [`default_refusal_response`](crate::default_refusal_response) to keep
@@ -133,12 +89,6 @@ impl ApiKeyLayer {
     ) -> Self {
         self.responder = RefusalResponder::new(responder);
         self
-    }
-
-    /// The framework-free configuration.
-    #[must_use]
-    pub fn gate(&self) -> &Gate {
-        &self.gate
     }
 }
 
@@ -183,125 +133,92 @@ where
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, ReqBody>;
+    type Future = ResponseFuture<S, ReqBody, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let authorize = {
-            let headers = Headers(request.headers());
-            let facts = RequestFacts::new(request.method().as_str(), request.uri().path(), peer(&request), &headers);
-            self.shared.gate.authorize(&facts)
-        };
         // The clone is not ready; the instance that was polled ready is the
         // one to call (tower's usual swap).
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let waiting = Waiting { inner, request, shared: Arc::clone(&self.shared) };
-        ResponseFuture { state: State::Authorizing { authorize, waiting: Some(waiting) } }
+        let glue = Glue { inner, shared: Arc::clone(&self.shared), _bodies: PhantomData };
+        self.shared.gate.guard(glue, request)
     }
 }
 
-pin_project! {
-    /// The response future of [`ApiKeyService`].
-    pub struct ResponseFuture<S, ReqBody>
-    where
-        S: Service<Request<ReqBody>>,
-    {
-        #[pin]
-        state: State<S, ReqBody>,
-    }
-}
+/// The response future of [`ApiKeyService`]: core's request sequence
+/// ([`Gate::guard`]) run with this crate's glue.
+pub type ResponseFuture<S, ReqBody, ResBody> = Guarded<Glue<S, ReqBody, ResBody>>;
 
-/// What a request waits with while its key is checked; taken (once) when
-/// the outcome is known.
-struct Waiting<S, ReqBody> {
+/// Tower's side of one request: the inner service that was polled ready
+/// and what refusals and extractors need. Named only through
+/// [`ResponseFuture`].
+#[allow(unreachable_pub, reason = "named only through ResponseFuture")]
+pub struct Glue<S, ReqBody, ResBody> {
     inner: S,
-    request: Request<ReqBody>,
     shared: Arc<Shared>,
+    _bodies: PhantomData<fn(ReqBody) -> ResBody>,
 }
 
-pin_project! {
-    #[project = StateProj]
-    enum State<S, ReqBody>
-    where
-        S: Service<Request<ReqBody>>,
-    {
-        Authorizing {
-            authorize: Authorize,
-            waiting: Option<Waiting<S, ReqBody>>,
-        },
-        Calling {
-            #[pin]
-            future: S::Future,
-            admitted: Option<Admitted>,
-        },
-    }
-}
-
-impl<S, ReqBody> std::fmt::Debug for ResponseFuture<S, ReqBody>
-where
-    S: Service<Request<ReqBody>>,
-{
+impl<S, ReqBody, ResBody> std::fmt::Debug for Glue<S, ReqBody, ResBody> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match &self.state {
-            State::Authorizing { .. } => "authorizing",
-            State::Calling { .. } => "calling",
-        };
-        f.debug_struct("ResponseFuture").field("state", &state).finish_non_exhaustive()
+        f.debug_struct("Glue").finish_non_exhaustive()
     }
 }
 
-impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
+impl<S, ReqBody, ResBody> Adapter for Glue<S, ReqBody, ResBody>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: From<String>,
 {
-    type Output = Result<Response<ResBody>, S::Error>;
+    type Request = Request<ReqBody>;
+    type Headers<'r>
+        = Headers<'r>
+    where
+        Self: 'r;
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = S::Future;
+    type Output = Response<ResBody>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Authorizing { authorize, waiting } => {
-                    let outcome = ready!(Pin::new(authorize).poll(cx));
-                    let Some(Waiting { mut inner, mut request, shared }) = waiting.take() else {
-                        panic!("ResponseFuture polled after completion");
-                    };
-                    let mut preflight = false;
-                    let admitted = match outcome {
-                        Outcome::Pass(admitted) => {
-                            request.extensions_mut().insert(CoreApiKey::clone(admitted.key()));
-                            Some(admitted)
-                        }
-                        Outcome::Refuse(refusal) => {
-                            return Poll::Ready(Ok(shared.responder.respond(&refusal).map(ResBody::from)));
-                        }
-                        Outcome::Preflight => {
-                            preflight = true;
-                            None
-                        }
-                        // Anonymous, and anything later core may add that
-                        // lets the request through without a key.
-                        _ => None,
-                    };
-                    request.extensions_mut().insert(Installed { shared, preflight });
-                    let future = inner.call(request);
-                    this.state.set(State::Calling { future, admitted });
-                }
-                StateProj::Calling { future, admitted } => {
-                    let mut response = ready!(future.poll(cx))?;
-                    if let Some(admitted) = admitted.take() {
-                        if let Some(headers) = admitted.rate_limit_headers() {
-                            append_rate_limit_headers(response.headers_mut(), headers);
-                        }
-                        admitted.finish(response.status().as_u16());
-                    }
-                    return Poll::Ready(Ok(response));
-                }
-            }
+    fn facts(request: &Request<ReqBody>) -> RequestFacts<'_, Headers<'_>> {
+        RequestFacts::new(request.method().as_str(), request.uri().path(), peer(request), Headers(request.headers()))
+    }
+
+    fn admit(&self, request: &mut Request<ReqBody>, admission: Admission<'_>) {
+        let extensions = request.extensions_mut();
+        let preflight = matches!(admission, Admission::Preflight);
+        if let Admission::Key(key) = admission {
+            extensions.insert(CoreApiKey::clone(key));
         }
+        extensions.insert(Installed { shared: Arc::clone(&self.shared), preflight });
+    }
+
+    fn call(mut self, request: Request<ReqBody>) -> S::Future {
+        self.inner.call(request)
+    }
+
+    fn refuse(self, _request: Request<ReqBody>, refusal: RefusalResponse) -> Response<ResBody> {
+        self.shared.responder.respond(&refusal).map(ResBody::from)
+    }
+
+    fn pass(response: Response<ResBody>) -> Response<ResBody> {
+        response
+    }
+
+    fn status(response: &Response<ResBody>) -> u16 {
+        response.status().as_u16()
+    }
+
+    /// A tower error carries no status; hyper and axum answer it with 500.
+    fn error_status(_error: &S::Error) -> u16 {
+        500
+    }
+
+    fn append_header(response: &mut Response<ResBody>, name: &'static str, value: &str) {
+        append_header(response.headers_mut(), name, value);
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! - [`ApiKeyLayer`] validates every request's key: refusals
 //!   are answered with the right status, `WWW-Authenticate`, `Retry-After`
-//!   and a JSON body; passed requests carry an [`ApiKey`], get `RateLimit-*`
+//!   and a JSON body; passed requests carry an [`ApiKey`], get rate-limit
 //!   headers and have their usage recorded after the response.
 //! - [`RequireScopes::all`] / [`RequireScopes::any`] guard single routes.
 //! - [`ApiKey`] and `Option<ApiKey>` are axum extractors (feature `axum`,
@@ -62,4 +62,4 @@ pub use response::{RefusalResponder, default_refusal_response};
 pub use scopes::{RequireScopes, RequireScopesFuture, RequireScopesService};
 
 /// The framework-free pieces this crate is built on, for configuration.
-pub use keysmith_core::http::{ForwardingHeader, KeySources, RefusalResponse, TrustedProxies};
+pub use keysmith_core::http::{ForwardingHeader, KeySources, RateLimitHeaders, RefusalResponse, TrustedProxies};

@@ -5,9 +5,7 @@ use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Response, StatusCode};
-use keysmith_core::http::{RateLimitHeaders, RefusalResponse};
-
-use crate::request::known_name;
+use keysmith_core::http::RefusalResponse;
 
 /// Builds the response to a refused request. The default,
 /// [`default_refusal_response`], sends the status, headers and JSON body of
@@ -67,44 +65,11 @@ pub(crate) fn append_headers(map: &mut http::HeaderMap, headers: &[(&'static str
     }
 }
 
-/// Appends `RateLimit-Limit`, `-Remaining` and `-Reset` to a passed
-/// request's response: names parsed once ([`known_name`]), each value
-/// formatted on the stack by `itoa` and copied once
-/// (`HeaderValue::from(u64)` allocates twice, and `fmt` costs more than the
-/// digits).
-pub(crate) fn append_rate_limit_headers(map: &mut http::HeaderMap, headers: RateLimitHeaders) {
-    for (name, number) in headers.pairs() {
-        if let (Some(name), Ok(value)) = (known_name(name), HeaderValue::from_str(itoa::Buffer::new().format(number))) {
-            map.append(name, value);
-        }
-    }
-}
-
-/// 500: an extractor or `RequireScopes` ran on a request that never went
-/// through [`ApiKeyLayer`](crate::ApiKeyLayer). A bug in the application's
-/// wiring, said plainly.
-pub(crate) fn missing_layer_response(what: &str) -> Response<String> {
-    default_refusal_response(&RefusalResponse::misconfigured(format!(
-        "{what} needs keysmith_tower::ApiKeyLayer in front of it; add `.layer(ApiKeyLayer::new(engine))` to the router"
-    )))
-}
-
-#[cfg(test)]
-mod tests {
-    use keysmith_core::http::names;
-
-    use super::*;
-
-    #[test]
-    fn rate_limit_headers_carry_the_numbers_in_decimal() {
-        let mut map = http::HeaderMap::new();
-        append_rate_limit_headers(&mut map, RateLimitHeaders { limit: 1_000_000_000, remaining: 0, reset: u64::MAX });
-        for (name, value) in [
-            (names::RATELIMIT_LIMIT, "1000000000"),
-            (names::RATELIMIT_REMAINING, "0"),
-            (names::RATELIMIT_RESET, "18446744073709551615"),
-        ] {
-            assert_eq!(map.get(name).unwrap().as_bytes(), value.as_bytes(), "{name}");
-        }
+/// Appends one header core rendered (a lowercase name of
+/// [`names`](keysmith_core::http::names), a valid value): the name is built
+/// without parsing or allocating, the value copied once.
+pub(crate) fn append_header(map: &mut http::HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        map.append(HeaderName::from_static(name), value);
     }
 }

@@ -10,8 +10,8 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::ApiKeyRejection;
 use crate::request::Installed;
-use crate::response::missing_layer_response;
 
 /// A [`Layer`] that lets a request through only if its key holds the
 /// route's scopes (hierarchically: `read` covers `read:users`). Put it
@@ -91,7 +91,7 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let refusal = match request.extensions().get::<Installed>() {
-            None => Some(missing_layer_response("RequireScopes")),
+            None => Some(ApiKeyRejection::MissingMiddleware { needed_by: "RequireScopes" }.into_http_response()),
             Some(installed) if installed.preflight => None,
             Some(installed) => installed
                 .gate()

@@ -22,6 +22,9 @@
 //! | `GET /teapot` | handler takes `ApiKey` | 418 |
 //! | `GET /scoped/all` | `RequireScopes::all(["read:users", "write:users"])` | 200 |
 //! | `GET /scoped/any` | `RequireScopes::any(["admin", "write:users"])` | 200 |
+//! | `GET /fail` | the service behind the adapter fails (an error, not a response) | what the server makes of the error: 500 (tower) or the error's status (actix, 502) |
+//! | `GET /outside/key` | **not** behind the adapter; handler takes `ApiKey` | 500 naming the missing middleware |
+//! | `GET /outside/whoami` | **not** behind the adapter; handler takes `Option<ApiKey>` | 200 `{"key": null}` |
 //!
 //! The peer address of a request is [`TestRequest::peer`] (`None`: the
 //! server does not know it).
@@ -32,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use keysmith_core::http::{ForwardingHeader, KeySources, TrustedProxies};
+use keysmith_core::http::{ForwardingHeader, KeySources, RateLimitHeaders, TrustedProxies};
 use keysmith_core::store::{Page, TimeRange};
 use keysmith_core::{
     Clock, Engine, KeyId, ManualClock, MemoryStore, NewKey, PolicySpec, RotationReason, Store, TenantEngine,
@@ -50,6 +53,7 @@ macro_rules! http_conformance_tests {
             design_table,
             handlers_see_the_validated_key,
             rate_limit_headers_count_down_then_429_with_retry_after,
+            legacy_rate_limit_headers_are_opt_in_and_none_sends_none,
             quota_exceeded_is_429_with_retry_after_until_midnight,
             usage_records_carry_the_handler_status,
             store_down_is_503_unavailable,
@@ -62,6 +66,8 @@ macro_rules! http_conformance_tests {
             mapped_ipv6_allowlist_and_proxy_entries_match_ipv4_clients,
             preflights_are_authenticated_unless_passthrough_is_turned_on,
             scope_refused_requests_spend_no_rate_limit_quota_or_usage,
+            inner_service_errors_keep_the_usage_record,
+            extractors_without_the_middleware,
         );
     };
     (@cases $harness:ty, $attr:meta; $($case:ident),* $(,)?) => {
@@ -92,6 +98,8 @@ pub struct HarnessOptions {
     pub optional: bool,
     /// CORS preflights pass without a key.
     pub preflight_passthrough: bool,
+    /// Which rate-limit headers responses carry.
+    pub rate_limit_headers: RateLimitHeaders,
 }
 
 impl Default for HarnessOptions {
@@ -105,6 +113,7 @@ impl Default for HarnessOptions {
             app_id: None,
             optional: false,
             preflight_passthrough: false,
+            rate_limit_headers: RateLimitHeaders::default(),
         }
     }
 }
@@ -380,7 +389,7 @@ pub struct Row {
 const MISSING: &str = r#"Bearer realm="conformance""#;
 const INVALID: &str = r#"Bearer realm="conformance", error="invalid_token""#;
 const WWW: &str = "www-authenticate";
-const NO_RATE_LIMIT: (&str, HeaderExpect) = ("ratelimit-limit", HeaderExpect::Absent);
+const NO_RATE_LIMIT: (&str, HeaderExpect) = ("ratelimit", HeaderExpect::Absent);
 
 fn refused(name: &'static str, request: fn(&Keys) -> TestRequest, status: u16, code: &'static str) -> Row {
     Row { name, request, status, code: Some(code), headers: &[] }
@@ -663,8 +672,9 @@ pub async fn handlers_see_the_validated_key<H: Harness>() {
     }
 }
 
-/// `RateLimit-*` headers count down on passed requests; the request past
-/// the limit is 429 with `Retry-After`; the window refills on the clock.
+/// The draft's `RateLimit-Policy` and `RateLimit` count down on passed
+/// requests; the request past the limit is 429 with `Retry-After` and
+/// `r=0`; the window refills on the clock.
 ///
 /// # Panics
 /// On a mismatch.
@@ -672,13 +682,13 @@ pub async fn rate_limit_headers_count_down_then_429_with_retry_after<H: Harness>
     let fixture = Fixture::new().await;
     let harness: H = fixture.harness(HarnessOptions::default()).await;
     let request = || TestRequest::get("/whoami").bearer(&fixture.keys.limited);
-    for remaining in ["2", "1", "0"] {
+    // 3 per 10 s: each request takes 3.33 s of the window to refill.
+    for state in [r#""default";r=2;t=4"#, r#""default";r=1;t=7"#, r#""default";r=0;t=10"#] {
         let response = harness.send(request()).await;
         assert_eq!(response.status, 200, "{}", response.describe());
-        assert_eq!(response.header("ratelimit-limit"), Some("3"), "{}", response.describe());
-        assert_eq!(response.header("ratelimit-remaining"), Some(remaining), "{}", response.describe());
-        let reset: u64 = response.header("ratelimit-reset").expect("RateLimit-Reset").parse().expect("seconds");
-        assert!(reset <= 10, "{}", response.describe());
+        assert_eq!(response.header("ratelimit-policy"), Some(r#""default";q=3;w=10"#), "{}", response.describe());
+        assert_eq!(response.header("ratelimit"), Some(state), "{}", response.describe());
+        assert_eq!(response.header("ratelimit-limit"), None, "legacy headers are opt-in: {}", response.describe());
     }
     let limited = harness.send(request()).await;
     assert_eq!(
@@ -687,14 +697,55 @@ pub async fn rate_limit_headers_count_down_then_429_with_retry_after<H: Harness>
         "{}",
         limited.describe()
     );
-    let retry: u64 = limited.header("retry-after").expect("Retry-After").parse().expect("seconds");
-    assert!((1..=10).contains(&retry), "{}", limited.describe());
-    assert_eq!(limited.header("ratelimit-remaining"), Some("0"), "{}", limited.describe());
+    assert_eq!(limited.header("retry-after"), Some("4"), "{}", limited.describe());
+    assert_eq!(limited.header("ratelimit"), Some(r#""default";r=0;t=4"#), "{}", limited.describe());
+    assert_eq!(limited.header("ratelimit-policy"), Some(r#""default";q=3;w=10"#), "{}", limited.describe());
 
     fixture.clock.advance(Duration::from_secs(10));
     let again = harness.send(request()).await;
     assert_eq!(again.status, 200, "{}", again.describe());
-    assert_eq!(again.header("ratelimit-remaining"), Some("2"), "{}", again.describe());
+    assert_eq!(draft_remaining(&again).as_deref(), Some("2"), "{}", again.describe());
+}
+
+/// With `RateLimitHeaders::Legacy` the `RateLimit-Limit`, `-Remaining` and
+/// `-Reset` trio replaces the draft's fields; with `None` no rate-limit
+/// header is sent (a 429 keeps its `Retry-After`).
+///
+/// # Panics
+/// On a mismatch.
+pub async fn legacy_rate_limit_headers_are_opt_in_and_none_sends_none<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let legacy = HarnessOptions { rate_limit_headers: RateLimitHeaders::Legacy, ..HarnessOptions::default() };
+    let harness: H = fixture.harness(legacy).await;
+    let request = || TestRequest::get("/whoami").bearer(&fixture.keys.limited);
+    for (remaining, reset) in [("2", "4"), ("1", "7")] {
+        let response = harness.send(request()).await;
+        assert_eq!(response.status, 200, "{}", response.describe());
+        assert_eq!(response.header("ratelimit-limit"), Some("3"), "{}", response.describe());
+        assert_eq!(response.header("ratelimit-remaining"), Some(remaining), "{}", response.describe());
+        assert_eq!(response.header("ratelimit-reset"), Some(reset), "{}", response.describe());
+        assert_eq!(response.header("ratelimit-policy"), None, "{}", response.describe());
+        assert_eq!(response.header("ratelimit"), None, "{}", response.describe());
+    }
+    let none = HarnessOptions { rate_limit_headers: RateLimitHeaders::None, ..HarnessOptions::default() };
+    let harness: H = fixture.harness(none).await;
+    let passed = harness.send(request()).await;
+    assert_eq!(passed.status, 200, "{}", passed.describe());
+    let limited = harness.send(request()).await;
+    assert_eq!(limited.status, 429, "{}", limited.describe());
+    assert!(limited.header("retry-after").is_some(), "{}", limited.describe());
+    for response in [&passed, &limited] {
+        for name in ["ratelimit", "ratelimit-policy", "ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"] {
+            assert_eq!(response.header(name), None, "{name}: {}", response.describe());
+        }
+    }
+}
+
+/// The `r` (remaining) parameter of the response's `RateLimit` field.
+fn draft_remaining(response: &TestResponse) -> Option<String> {
+    let value = response.header("ratelimit")?;
+    let (_, after) = value.split_once(";r=")?;
+    Some(after.chars().take_while(char::is_ascii_digit).collect())
 }
 
 /// A used-up daily quota is 429 `quota_exceeded` with `Retry-After` until
@@ -1000,12 +1051,12 @@ pub async fn scope_refused_requests_spend_no_rate_limit_quota_or_usage<H: Harnes
             "{}",
             refused.describe()
         );
-        assert_eq!(refused.header("ratelimit-remaining"), None, "{}", refused.describe());
+        assert_eq!(refused.header("ratelimit"), None, "{}", refused.describe());
     }
     for remaining in ["2", "1", "0"] {
         let response = harness.send(TestRequest::get("/whoami").bearer(&keys.limited)).await;
         assert_eq!(response.status, 200, "{}", response.describe());
-        assert_eq!(response.header("ratelimit-remaining"), Some(remaining), "{}", response.describe());
+        assert_eq!(draft_remaining(&response).as_deref(), Some(remaining), "{}", response.describe());
     }
     let response = harness.send(TestRequest::get("/whoami").bearer(&keys.quota)).await;
     assert_eq!(response.status, 200, "the day's one request is still there: {}", response.describe());
@@ -1017,4 +1068,50 @@ pub async fn scope_refused_requests_spend_no_rate_limit_quota_or_usage<H: Harnes
     let totals = fixture.acme.usage_totals(keysmith_core::Period::Day, TimeRange::default()).await.unwrap();
     let (requests, errors) = totals.iter().fold((0, 0), |(r, e), t| (r + t.requests, e + t.errors));
     assert_eq!((requests, errors), (4, 0), "no 403 among the records");
+}
+
+/// When the service behind the adapter fails (an error, not a response),
+/// the error goes on and the request's usage is still recorded, with the
+/// status the server answers.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn inner_service_errors_keep_the_usage_record<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let harness: H = fixture.harness(HarnessOptions::default()).await;
+    let keys = &fixture.keys;
+    let response = harness.send(TestRequest::get("/fail").bearer(&keys.reader)).await;
+    assert!(response.status >= 500, "{}", response.describe());
+    fixture.engine.flush_usage().await;
+    let records = fixture.acme.list_usage(keys.reader_id, TimeRange::default(), Page::default()).await.unwrap();
+    let seen: Vec<(u16, &str)> = records.iter().map(|r| (r.status, r.endpoint.as_str())).collect();
+    assert_eq!(seen, [(response.status, "/fail")]);
+}
+
+/// Behind no middleware, `ApiKey` is a 500 that names the missing
+/// middleware (the application is wired wrong), and `Option<ApiKey>` is
+/// `None`, whatever the request carries: a handler taking `Option<ApiKey>`
+/// answers keyless requests anyway, so a forgotten middleware never grants
+/// more than that answer.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn extractors_without_the_middleware<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let harness: H = fixture.harness(HarnessOptions::default()).await;
+    let keys = &fixture.keys;
+    for request in [TestRequest::get("/outside/key"), TestRequest::get("/outside/key").bearer(&keys.reader)] {
+        let response = harness.send(request).await;
+        assert_eq!(response.status, 500, "{}", response.describe());
+        assert_eq!(response.error_code().as_deref(), Some("internal_error"));
+        let message = response.json()["error"]["message"].as_str().unwrap_or_default().to_owned();
+        assert!(message.contains("needs keysmith_"), "{message}");
+    }
+    for request in [TestRequest::get("/outside/whoami"), TestRequest::get("/outside/whoami").bearer(&keys.reader)] {
+        let response = harness.send(request).await;
+        assert_eq!(response.status, 200, "{}", response.describe());
+        assert_eq!(response.json(), serde_json::json!({ "key": null }));
+    }
+    fixture.engine.flush_usage().await;
+    assert_eq!(fixture.engine.usage_stats().written, 0);
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keysmith_core::store::{Page, TimeRange};
-use keysmith_core::{Error, KeyId, Period, Store, Tenant, UsageId, UsageRecord};
+use keysmith_core::{Error, KeyId, LimitBy, Period, Policy, PolicyId, RateLimit, Store, Tenant, UsageId, UsageRecord};
 
 use crate::store_conformance::{sample_key, t0};
 
@@ -115,4 +115,120 @@ pub async fn keys_rotated_before_lineages_get_their_chains_lineage(
         let key = store.get_key(tenant, id).await.unwrap().expect("the key survives the migration");
         assert_eq!(key.key.lineage_id, lineage, "{id}");
     }
+}
+
+/// The version of the migration that turned a policy's single rate limit
+/// into a list of named limits.
+pub const NAMED_LIMITS_MIGRATION: i64 = 20_251_202_000_001;
+
+/// Runs the migrations of `migrator` that came before named rate limits:
+/// the database as it was before them.
+pub fn migrations_before_named_limits(migrator: &sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    let earlier = migrator.migrations.iter().filter(|m| m.version < NAMED_LIMITS_MIGRATION).cloned().collect();
+    sqlx::migrate::Migrator { migrations: std::borrow::Cow::Owned(earlier), ..sqlx::migrate::Migrator::DEFAULT }
+}
+
+/// Two policies as the schema before named limits held them: `limited`
+/// with one limit (10 per 60 s, burst 20) and `open` with none. `uuid`,
+/// `list` (an empty list) and `now` are literals in the backend's dialect.
+#[must_use]
+pub fn policies_before_named_limits(
+    tenant: &Tenant,
+    ids: [PolicyId; 2],
+    uuid: fn(uuid::Uuid) -> String,
+    list: &str,
+    now: &str,
+) -> Vec<String> {
+    let (app, tenant) = (&tenant.app_id, &tenant.tenant_id);
+    let policy = |id: PolicyId, name: &str, limit: &str| {
+        format!(
+            "INSERT INTO keysmith_policies (id, app_id, tenant_id, name, rate_limit_requests, rate_limit_window_us, \
+             rate_limit_burst, allowed_ips, allowed_origins, allowed_scopes, metadata, created_at, updated_at) \
+             VALUES ({}, '{app}', '{tenant}', '{name}', {limit}, {list}, {list}, {list}, '{{}}', {now}, {now})",
+            uuid(id.uuid())
+        )
+    };
+    vec![policy(ids[0], "limited", "10, 60000000, 20"), policy(ids[1], "open", "NULL, NULL, NULL")]
+}
+
+/// After the named-limits migration, a policy's single limit is the limit
+/// named `default`, a policy without one has none, both count per key, and
+/// the new fields can be written and read back.
+///
+/// # Panics
+/// When the store does not behave so.
+pub async fn single_limits_become_the_default_named_limit(store: Arc<dyn Store>, tenant: &Tenant, ids: [PolicyId; 2]) {
+    let limited = store.get_policy(tenant, ids[0]).await.unwrap().expect("the limited policy");
+    assert_eq!(
+        limited.rate_limits,
+        [RateLimit::new(RateLimit::DEFAULT_NAME, 10, Duration::from_secs(60)).with_burst(20)]
+    );
+    assert_eq!(limited.limit_by, LimitBy::Key);
+    let open = store.get_policy(tenant, ids[1]).await.unwrap().expect("the open policy");
+    assert!(open.rate_limits.is_empty());
+    let upgraded = Policy {
+        rate_limits: vec![
+            RateLimit::new("burst", 10, Duration::from_secs(1)),
+            RateLimit::new("hourly", 1000, Duration::from_secs(3600)),
+        ],
+        limit_by: LimitBy::Owner,
+        ..(*open).clone()
+    };
+    store.update_policy(&upgraded).await.unwrap();
+    assert_eq!(store.get_policy(tenant, ids[1]).await.unwrap().as_deref(), Some(&upgraded));
+}
+
+/// The first migration version that adds owners and credits.
+pub const OWNERS_MIGRATION: i64 = 20_261_202_010_001;
+
+/// The migrations a database had before owners and credits.
+#[must_use]
+pub fn migrations_before_owners(all: &sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            all.migrations.iter().filter(|m| m.version < OWNERS_MIGRATION).cloned().collect(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    }
+}
+
+/// An old-style key (no owner, no credits) and a policy, as a database made
+/// before owners and credits held them; `uuid` writes an id literal and
+/// `now` the current time in the backend's SQL.
+#[must_use]
+pub fn rows_before_owners(tenant: &Tenant, key: KeyId, uuid: fn(uuid::Uuid) -> String, now: &str) -> Vec<String> {
+    let (app, tenant) = (&tenant.app_id, &tenant.tenant_id);
+    let id = uuid(key.uuid());
+    vec![format!(
+        "INSERT INTO keysmith_keys (id, app_id, tenant_id, hash, name, hint, prefix, environment, state, \
+         created_at, updated_at, metadata, lineage_id) VALUES ({id}, '{app}', '{tenant}', '{:064x}', 'old', \
+         'sk_live_…', 'sk', 'live', 'active', {now}, {now}, '{{}}', {id})",
+        7
+    )]
+}
+
+/// After the owners and credits migrations, the old key reads back without
+/// owner or credits, and takes credits; new keys take owners under a policy
+/// that limits them.
+pub async fn old_keys_take_owners_and_credits_after_the_migrations(store: Arc<dyn Store>, tenant: &Tenant, key: KeyId) {
+    use keysmith_core::{CreditSpend, Credits, Engine, NewKey, PolicySpec};
+
+    let old = store.get_key(tenant, key).await.unwrap().expect("the old key survives the migrations");
+    assert_eq!((old.key.owner_id.as_deref(), old.key.credits), (None, None));
+    let set = store.set_credits(tenant, key, Some(&Credits::new(2))).await.unwrap();
+    assert_eq!(set.credits, Some(Credits::new(2)));
+    assert_eq!(store.spend_credits(&old.key, 1, t0()).await.unwrap(), CreditSpend::Spent(Credits::new(1)));
+
+    let engine = Engine::builder(Arc::clone(&store)).build().unwrap();
+    let acme = engine.tenant(tenant.app_id.clone(), tenant.tenant_id.clone());
+    let policy = acme.create_policy(PolicySpec::new("one").with_max_active_keys_per_owner(1)).await.unwrap();
+    assert_eq!(policy.max_active_keys_per_owner, Some(1));
+    let new = NewKey::new("new").with_owner("cus_1").with_policy(policy.id);
+    let created = acme.create_key(new.clone()).await.unwrap();
+    assert_eq!(created.key.owner_id.as_deref(), Some("cus_1"));
+    assert!(matches!(acme.create_key(new).await, Err(Error::OwnerKeyLimit { .. })));
+    // Closed before the test database is dropped: every connection, and
+    // whatever it still holds, is released.
+    engine.shutdown().await;
+    store.close().await;
 }

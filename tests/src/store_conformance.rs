@@ -14,9 +14,9 @@ use keysmith_core::store::{
 };
 use keysmith_core::usage::UsageConfig;
 use keysmith_core::{
-    Engine, Environment, Error, Hasher, Key, KeyId, KeyState, ManualClock, NewKey, Period, Policy, PolicyId,
-    PolicySpec, Quota, RateLimit, Refusal, RequestContext, RotationId, RotationReason, RotationRecord, Scope, ScopeId,
-    Sha256Hasher, Store, Tenant, UsageId, UsageRecord, Validation, ValidationError,
+    CreditSpend, Credits, Engine, Environment, Error, Hasher, Key, KeyId, KeyState, LimitBy, ManualClock, NewKey,
+    Period, Policy, PolicyId, PolicySpec, Quota, RateLimit, Refusal, RequestContext, RotationId, RotationReason,
+    RotationRecord, Scope, ScopeId, Sha256Hasher, Store, Tenant, UsageId, UsageRecord, Validation, ValidationError,
 };
 use tokio::sync::{Barrier, Notify};
 use tokio::task::JoinSet;
@@ -32,6 +32,12 @@ macro_rules! store_conformance_tests {
             unknown_hash_finds_nothing,
             other_tenants_see_nothing_and_change_nothing,
             list_keys_filters_orders_and_paginates,
+            list_keys_filters_by_owner_within_the_tenant,
+            owner_key_limit_counts_live_keys_under_the_policy,
+            concurrent_creations_for_one_owner_leave_exactly_the_limit,
+            credits_belong_to_the_lineage_and_can_be_set_or_removed,
+            concurrent_spends_never_take_credits_below_zero,
+            credits_refill_on_the_utc_period_boundary_and_top_up,
             transitions_follow_the_lifecycle,
             concurrent_revokes_have_exactly_one_winner,
             concurrent_rotations_have_exactly_one_winner,
@@ -143,6 +149,8 @@ pub fn sample_key(tenant: &Tenant) -> StoredKey {
         state: KeyState::Active,
         scopes: vec!["write:users".into(), "read".into(), "admin:billing:refunds".into()],
         tenant: tenant.clone(),
+        owner_id: Some("cus_42 ünïcode".into()),
+        credits: None,
         policy_id: None,
         expires_at: Some(at(86_400 * 30)),
         grace_expires_at: None,
@@ -170,13 +178,18 @@ pub fn sample_policy(tenant: &Tenant, name: &str) -> Policy {
         id: PolicyId::new(),
         tenant: tenant.clone(),
         name: name.into(),
-        rate_limit: Some(RateLimit { requests: 100, window: Duration::from_millis(60_500), burst: Some(20) }),
+        rate_limits: vec![
+            RateLimit::new("burst", 100, Duration::from_millis(60_500)).with_burst(20),
+            RateLimit::new("daily-cap", 5000, Duration::from_secs(86_400)),
+        ],
+        limit_by: LimitBy::Owner,
         allowed_ips: vec!["10.0.0.0/8".parse().unwrap(), "2001:db8::/32".parse().unwrap()],
         allowed_origins: vec!["https://app.example.com".into()],
         allowed_scopes: vec!["read".into(), "write:users".into(), "admin".into()],
         max_key_age: Some(Duration::from_secs(90 * 86_400)),
         quota: Some(Quota { daily: Some(10_000), monthly: None }),
         rotation_grace: Some(Duration::from_secs(3600)),
+        max_active_keys_per_owner: Some(3),
         metadata,
         created_at: t0(),
         updated_at: t0(),
@@ -186,13 +199,15 @@ pub fn sample_policy(tenant: &Tenant, name: &str) -> Policy {
 /// A bare policy: no limits at all.
 fn bare_policy(tenant: &Tenant, name: &str) -> Policy {
     Policy {
-        rate_limit: None,
+        rate_limits: vec![],
+        limit_by: LimitBy::Key,
         allowed_ips: vec![],
         allowed_origins: vec![],
         allowed_scopes: vec![],
         max_key_age: None,
         quota: None,
         rotation_grace: None,
+        max_active_keys_per_owner: None,
         metadata: serde_json::Map::new(),
         ..sample_policy(tenant, name)
     }
@@ -221,6 +236,7 @@ fn rotation_of(old: &StoredKey, at_secs: i64, grace: Duration) -> RotationWrite 
         k.name.clone_from(&old.key.name);
         k.scopes.clone_from(&old.key.scopes);
         k.policy_id = old.key.policy_id;
+        k.owner_id.clone_from(&old.key.owner_id);
         k.metadata.clone_from(&old.key.metadata);
         k.lineage_id = old.key.lineage_id;
         k.created_at = now;
@@ -447,7 +463,7 @@ pub async fn list_keys_filters_orders_and_paginates(store: Arc<dyn Store>) {
         state: Some(KeyState::Active),
         environment: Some(Environment::Live),
         policy_id: Some(policy.id),
-        page: Page::default(),
+        ..KeyFilter::default()
     };
     assert_eq!(list(combined).await, [ids[0], ids[2]]);
     assert!(list(KeyFilter { state: Some(KeyState::Expired), ..KeyFilter::default() }).await.is_empty());
@@ -458,6 +474,247 @@ pub async fn list_keys_filters_orders_and_paginates(store: Arc<dyn Store>) {
     assert!(list(page(3, 7)).await.is_empty());
     assert!(list(page(0, 0)).await.is_empty());
     assert_eq!(list(page(2, 1)).await, ids[1..3]);
+}
+
+/// The owner filter matches the owner id exactly, within the tenant, and
+/// combines with the other filters.
+pub async fn list_keys_filters_by_owner_within_the_tenant(store: Arc<dyn Store>) {
+    let owned =
+        |tenant: &Tenant, owner: Option<&str>| modified(&sample_key(tenant), |k| k.owner_id = owner.map(str::to_owned));
+    let a1 = insert(&store, owned(&acme(), Some("cus_a"))).await.key.id;
+    insert(&store, owned(&acme(), Some("cus_b"))).await;
+    insert(&store, owned(&acme(), None)).await;
+    let a2 = insert(&store, owned(&acme(), Some("cus_a"))).await.key.id;
+    insert(&store, owned(&acme(), Some("CUS_A"))).await;
+    insert(&store, owned(&globex(), Some("cus_a"))).await;
+    store.transition_key(&acme(), a2, &Transition::to(KeyState::Suspended, at(1))).await.unwrap();
+
+    let list = |filter: KeyFilter| {
+        let store = Arc::clone(&store);
+        async move { store.list_keys(&acme(), &filter).await.unwrap().iter().map(|k| k.id).collect::<Vec<_>>() }
+    };
+    let of = |owner: &str| KeyFilter { owner_id: Some(owner.into()), ..KeyFilter::default() };
+    assert_eq!(list(of("cus_a")).await, [a1, a2], "exact match, this tenant only, oldest first");
+    let suspended = KeyFilter { state: Some(KeyState::Suspended), ..of("cus_a") };
+    assert_eq!(list(suspended).await, [a2]);
+    assert!(list(of("cus_")).await.is_empty(), "no prefix match");
+    let got = store.get_key(&acme(), a1).await.unwrap().unwrap();
+    assert_eq!(got.key.owner_id.as_deref(), Some("cus_a"));
+}
+
+#[track_caller]
+fn assert_owner_key_limit<T: std::fmt::Debug>(result: keysmith_core::Result<T>, policy: &Policy, limit: u32) {
+    match result {
+        Err(Error::OwnerKeyLimit { policy_id, limit: l, .. }) if policy_id == policy.id && l == limit => {}
+        other => panic!("expected OwnerKeyLimit {{ limit: {limit} }}, got {other:?}"),
+    }
+}
+
+/// A policy's `max_active_keys_per_owner` counts the owner's `active` and
+/// `suspended` keys under that policy, in that tenant; rotated, revoked and
+/// expired keys free their place, and a rotation keeps the count.
+pub async fn owner_key_limit_counts_live_keys_under_the_policy(store: Arc<dyn Store>) {
+    let policy = Policy { max_active_keys_per_owner: Some(2), ..bare_policy(&acme(), "two per owner") };
+    let other = bare_policy(&acme(), "unlimited");
+    store.insert_policy(&policy).await.unwrap();
+    store.insert_policy(&other).await.unwrap();
+    let owned = |owner: Option<&str>, policy: &Policy| {
+        modified(&sample_key(&acme()), |k| {
+            k.owner_id = owner.map(str::to_owned);
+            k.policy_id = Some(policy.id);
+        })
+    };
+    let first = insert(&store, owned(Some("cus_a"), &policy)).await;
+    let second = insert(&store, owned(Some("cus_a"), &policy)).await;
+    let refused = owned(Some("cus_a"), &policy);
+    assert_owner_key_limit(store.insert_key(&refused).await, &policy, 2);
+    assert_eq!(store.find_key_by_hash(&refused.hash).await.unwrap(), None, "a refused key is not stored");
+    // Other owners, keys without an owner and other policies are not counted.
+    insert(&store, owned(Some("cus_b"), &policy)).await;
+    insert(&store, owned(None, &policy)).await;
+    insert(&store, owned(None, &policy)).await;
+    insert(&store, owned(Some("cus_a"), &other)).await;
+
+    // A suspended key keeps its place (it can be reactivated).
+    store.transition_key(&acme(), second.key.id, &Transition::to(KeyState::Suspended, at(1))).await.unwrap();
+    assert_owner_key_limit(store.insert_key(&owned(Some("cus_a"), &policy)).await, &policy, 2);
+    // A rotation keeps the count: the rotated key no longer counts, its replacement does.
+    store.rotate_key(&acme(), &rotation_of(&first, 2, Duration::from_secs(3600))).await.unwrap();
+    assert_owner_key_limit(store.insert_key(&owned(Some("cus_a"), &policy)).await, &policy, 2);
+    // A revoked key frees its place.
+    store.transition_key(&acme(), second.key.id, &Transition::to(KeyState::Revoked, at(3))).await.unwrap();
+    insert(&store, owned(Some("cus_a"), &policy)).await;
+    assert_owner_key_limit(store.insert_key(&owned(Some("cus_a"), &policy)).await, &policy, 2);
+    // So does a key past its expiry that nothing has marked expired yet.
+    let expired = modified(&owned(Some("cus_c"), &policy), |k| k.expires_at = Some(t0()));
+    insert(&store, expired.clone()).await;
+    insert(&store, modified(&owned(Some("cus_c"), &policy), |k| k.created_at = at(10))).await;
+    insert(&store, modified(&owned(Some("cus_c"), &policy), |k| k.created_at = at(10))).await;
+
+    // The limit is the policy's own: another tenant's owner of that name is not counted.
+    let globex_policy = Policy { max_active_keys_per_owner: Some(1), ..bare_policy(&globex(), "one") };
+    store.insert_policy(&globex_policy).await.unwrap();
+    let globex_key = || {
+        modified(&sample_key(&globex()), |k| {
+            k.owner_id = Some("cus_a".into());
+            k.policy_id = Some(globex_policy.id);
+        })
+    };
+    insert(&store, globex_key()).await;
+    assert_owner_key_limit(store.insert_key(&globex_key()).await, &globex_policy, 1);
+}
+
+/// With a limit of 1, 32 concurrent creations for one owner leave exactly
+/// one live key: the check and the insert are one atomic step.
+pub async fn concurrent_creations_for_one_owner_leave_exactly_the_limit(store: Arc<dyn Store>) {
+    const RACERS: usize = 32;
+    let policy = Policy { max_active_keys_per_owner: Some(1), ..bare_policy(&acme(), "one per owner") };
+    store.insert_policy(&policy).await.unwrap();
+    let barrier = Arc::new(Barrier::new(RACERS));
+    let mut tasks = JoinSet::new();
+    for _ in 0..RACERS {
+        let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+        let key = modified(&sample_key(&acme()), |k| {
+            k.owner_id = Some("cus_racer".into());
+            k.policy_id = Some(policy.id);
+        });
+        tasks.spawn(async move {
+            barrier.wait().await;
+            store.insert_key(&key).await
+        });
+    }
+    let mut created = 0;
+    while let Some(joined) = tasks.join_next().await {
+        match joined.unwrap() {
+            Ok(()) => created += 1,
+            refused => assert_owner_key_limit(refused, &policy, 1),
+        }
+    }
+    assert_eq!(created, 1, "exactly one creation wins");
+    let of_owner = KeyFilter { owner_id: Some("cus_racer".into()), ..KeyFilter::default() };
+    assert_eq!(store.list_keys(&acme(), &of_owner).await.unwrap().len(), 1, "one key is stored");
+}
+
+// ---------------------------------------------------------------- credits
+
+fn with_credits(stored: &StoredKey, credits: Credits) -> StoredKey {
+    modified(stored, |k| k.credits = Some(credits))
+}
+
+async fn credits_of(store: &Arc<dyn Store>, key: &StoredKey) -> Option<Credits> {
+    store.get_key(&key.key.tenant, key.key.id).await.unwrap().expect("key exists").key.credits
+}
+
+/// Credits are stored with the key, read with it (by id, by hash, in
+/// listings), shared by its rotation's replacement, and set or removed as
+/// a whole; a lineage without credits spends nothing.
+pub async fn credits_belong_to_the_lineage_and_can_be_set_or_removed(store: Arc<dyn Store>) {
+    let credits = Credits::new(5);
+    let old = insert(&store, with_credits(&sample_key(&acme()), credits)).await;
+    assert_eq!(credits_of(&store, &old).await, Some(credits));
+    let found = store.find_key_by_hash(&old.hash).await.unwrap().unwrap();
+    assert_eq!(found.key.credits, Some(credits));
+
+    let rotation = rotation_of(&old, 10, Duration::from_secs(3600));
+    store.rotate_key(&acme(), &rotation).await.unwrap();
+    let new = rotation.new_key;
+    assert_eq!(credits_of(&store, &new).await, Some(credits), "the replacement shares the credits");
+    let spent = store.spend_credits(&old.key, 2, at(11)).await.unwrap();
+    assert_eq!(spent, CreditSpend::Spent(Credits::new(3)), "the old secret spends from the same credits");
+    assert_eq!(credits_of(&store, &new).await, Some(Credits::new(3)));
+    let listed = store.list_keys(&acme(), &KeyFilter::default()).await.unwrap();
+    assert!(listed.iter().all(|k| k.credits == Some(Credits::new(3))), "{listed:?}");
+
+    let refill = Credits { refilled_at: Some(t0()), ..Credits::new(7).with_refill(100, Period::Month) };
+    let set = store.set_credits(&acme(), new.key.id, Some(&refill)).await.unwrap();
+    assert_eq!(set.credits, Some(refill));
+    assert_eq!(credits_of(&store, &old).await, Some(refill));
+    let removed = store.set_credits(&acme(), old.key.id, None).await.unwrap();
+    assert_eq!(removed.credits, None);
+    assert_eq!(credits_of(&store, &new).await, None);
+    assert_eq!(store.spend_credits(&new.key, 1, at(12)).await.unwrap(), CreditSpend::Unlimited);
+
+    // Another tenant's key is not found, and nothing changes.
+    assert_not_found(store.set_credits(&globex(), new.key.id, Some(&credits)).await, "key");
+    assert_not_found(store.add_credits(&globex(), new.key.id, 1, at(12)).await, "key");
+    assert_eq!(credits_of(&store, &new).await, None);
+}
+
+/// 32 concurrent spends of credits that pay for 10: exactly 10 pass, the
+/// others find them exhausted, and nothing goes below zero.
+pub async fn concurrent_spends_never_take_credits_below_zero(store: Arc<dyn Store>) {
+    const RACERS: usize = 32;
+    let key = insert(&store, with_credits(&sample_key(&acme()), Credits::new(10))).await;
+    let barrier = Arc::new(Barrier::new(RACERS));
+    let mut tasks = JoinSet::new();
+    for _ in 0..RACERS {
+        let (store, barrier, key) = (Arc::clone(&store), Arc::clone(&barrier), Arc::clone(&key.key));
+        tasks.spawn(async move {
+            barrier.wait().await;
+            store.spend_credits(&key, 1, at(1)).await.unwrap()
+        });
+    }
+    let (mut spent, mut exhausted) = (0, 0);
+    while let Some(joined) = tasks.join_next().await {
+        match joined.unwrap() {
+            CreditSpend::Spent(credits) => {
+                assert!(credits.remaining < 10);
+                spent += 1;
+            }
+            CreditSpend::Exhausted(credits) => {
+                assert_eq!(credits.remaining, 0);
+                exhausted += 1;
+            }
+            CreditSpend::Unlimited => panic!("the key has credits"),
+        }
+    }
+    assert_eq!((spent, exhausted), (10, RACERS - 10));
+    assert_eq!(credits_of(&store, &key).await, Some(Credits::new(0)));
+    // A cost larger than what is left spends nothing.
+    store.add_credits(&acme(), key.key.id, 3, at(2)).await.unwrap();
+    assert_eq!(store.spend_credits(&key.key, 4, at(2)).await.unwrap(), CreditSpend::Exhausted(Credits::new(3)));
+    assert_eq!(store.spend_credits(&key.key, 3, at(2)).await.unwrap(), CreditSpend::Spent(Credits::new(0)));
+}
+
+/// A refill resets `remaining` to its amount with the first spend (or
+/// top-up) of a new UTC period, once; top-ups add within bounds; a refund
+/// gives back.
+pub async fn credits_refill_on_the_utc_period_boundary_and_top_up(store: Arc<dyn Store>) {
+    let today = Period::Day.start_of(t0());
+    let tomorrow = Period::Day.next_start(t0());
+    let credits = Credits { refilled_at: Some(today), ..Credits::new(2).with_refill(5, Period::Day) };
+    let key = insert(&store, with_credits(&sample_key(&acme()), credits)).await;
+    let left = |remaining, refilled_at| Credits { remaining, refilled_at: Some(refilled_at), ..credits };
+
+    assert_eq!(store.spend_credits(&key.key, 2, at(1)).await.unwrap(), CreditSpend::Spent(left(0, today)));
+    assert_eq!(store.spend_credits(&key.key, 1, at(2)).await.unwrap(), CreditSpend::Exhausted(left(0, today)));
+    let just_before = tomorrow - chrono::Duration::microseconds(1);
+    assert_eq!(store.spend_credits(&key.key, 1, just_before).await.unwrap(), CreditSpend::Exhausted(left(0, today)));
+    assert_eq!(store.spend_credits(&key.key, 1, tomorrow).await.unwrap(), CreditSpend::Spent(left(4, tomorrow)));
+    assert_eq!(
+        store.spend_credits(&key.key, 1, tomorrow).await.unwrap(),
+        CreditSpend::Spent(left(3, tomorrow)),
+        "one refill per period"
+    );
+
+    store.refund_credits(&key.key, 1).await.unwrap();
+    assert_eq!(credits_of(&store, &key).await, Some(left(4, tomorrow)));
+    // A top-up in a later period refills first, then adds.
+    let next_day = Period::Day.next_start(tomorrow);
+    let topped = store.add_credits(&acme(), key.key.id, 10, next_day).await.unwrap();
+    assert_eq!(topped.credits, Some(left(15, next_day)));
+    match store.add_credits(&acme(), key.key.id, Credits::MAX, next_day).await {
+        Err(Error::InvalidInput { field: "amount", .. }) => {}
+        other => panic!("expected InvalidInput for amount, got {other:?}"),
+    }
+    assert_eq!(credits_of(&store, &key).await, Some(left(15, next_day)), "a refused top-up changes nothing");
+
+    let plain = insert(&store, sample_key(&acme())).await;
+    match store.add_credits(&acme(), plain.key.id, 1, next_day).await {
+        Err(Error::InvalidInput { field: "credits", .. }) => {}
+        other => panic!("expected InvalidInput for credits, got {other:?}"),
+    }
+    assert_eq!(credits_of(&store, &plain).await, None);
 }
 
 // ---------------------------------------------------------------- lifecycle
@@ -838,7 +1095,7 @@ pub async fn policy_round_trips_and_updates(store: Arc<dyn Store>) {
     assert_eq!(store.get_policy(&acme(), bare.id).await.unwrap().as_deref(), Some(&bare));
     let empty_quota = Policy {
         quota: Some(Quota::default()),
-        rate_limit: Some(RateLimit { requests: 1, window: Duration::from_secs(1), burst: None }),
+        rate_limits: vec![RateLimit::new("default", 1, Duration::from_secs(1))],
         ..bare_policy(&acme(), "empty quota")
     };
     store.insert_policy(&empty_quota).await.unwrap();
@@ -846,7 +1103,8 @@ pub async fn policy_round_trips_and_updates(store: Arc<dyn Store>) {
 
     let updated = Policy {
         name: "premium".into(),
-        rate_limit: Some(RateLimit { requests: 5000, window: Duration::from_secs(1), burst: None }),
+        rate_limits: vec![RateLimit::new("per-second", 5000, Duration::from_secs(1))],
+        limit_by: LimitBy::Key,
         allowed_ips: vec!["192.168.1.7/32".parse().unwrap()],
         allowed_origins: vec![],
         max_key_age: None,
@@ -1265,7 +1523,7 @@ pub async fn rotation_shares_the_lineage_budget_and_keeps_the_expiry(store: Arc<
     let ctx = RequestContext::new();
     let mut remaining = Vec::new();
     let first = engine.validate(created.raw.expose(), &ctx).await.unwrap();
-    remaining.push(first.rate_limit.unwrap().remaining);
+    remaining.push(first.rate_limits[0].remaining);
     engine.record_usage(record_of(&first));
 
     let rotated = acme.rotate_key(created.key.id, RotationReason::Scheduled, None).await.unwrap();
@@ -1277,7 +1535,7 @@ pub async fn rotation_shares_the_lineage_budget_and_keeps_the_expiry(store: Arc<
     // Old and new secret draw on one rate limit.
     for raw in [rotated.raw.expose(), created.raw.expose()] {
         let passed = engine.validate(raw, &ctx).await.unwrap();
-        remaining.push(passed.rate_limit.unwrap().remaining);
+        remaining.push(passed.rate_limits[0].remaining);
         engine.record_usage(record_of(&passed));
     }
     assert_eq!(remaining, [2, 1, 0]);

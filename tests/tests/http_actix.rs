@@ -6,11 +6,11 @@ use std::pin::Pin;
 use std::rc::Rc;
 
 use actix_web::body::MessageBody;
-use actix_web::dev::ServiceResponse;
+use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpResponse, test, web};
-use keysmith_actix::{ApiKey, Keysmith, RequireScopes};
+use keysmith_actix::{ApiKey, ApiKeyMiddleware, RequireScopes};
 use keysmith_core::Engine;
 use keysmith_tests::http_conformance::{Harness, HarnessOptions, TestRequest, TestResponse};
 
@@ -40,10 +40,11 @@ async fn into_test_response<B: MessageBody>(response: ServiceResponse<B>) -> Tes
 
 impl Harness for ActixHarness {
     async fn start(engine: Engine, options: HarnessOptions) -> Self {
-        let mut keysmith = Keysmith::new(engine)
+        let mut keysmith = ApiKeyMiddleware::new(engine)
             .with_realm(options.realm)
             .with_trusted_proxies(options.trusted_proxies)
-            .with_preflight_passthrough(options.preflight_passthrough);
+            .with_preflight_passthrough(options.preflight_passthrough)
+            .with_rate_limit_headers(options.rate_limit_headers);
         if let Some(sources) = options.key_sources {
             keysmith = keysmith.with_key_sources(sources);
         }
@@ -56,32 +57,63 @@ impl Harness for ActixHarness {
         let app = test::init_service(
             App::new()
                 .service(
-                    web::scope("/scoped")
-                        .service(
-                            web::resource("/all")
-                                .wrap(RequireScopes::all(["read:users", "write:users"]))
-                                .route(web::get().to(|| async { "ok" })),
-                        )
-                        .service(
-                            web::scope("/any")
-                                .wrap(RequireScopes::any(["admin", "write:users"]))
-                                .route("", web::get().to(|| async { "ok" })),
-                        ),
+                    web::scope("/outside")
+                        .route("/key", web::get().to(|key: ApiKey| async move { key_json(Some(&key)) }))
+                        .route("/whoami", web::get().to(|key: Option<ApiKey>| async move { key_json(key.as_ref()) })),
                 )
                 .service(
-                    web::resource("/whoami")
-                        .route(web::get().to(|key: Option<ApiKey>| async move { key_json(key.as_ref()) }))
-                        .route(web::method(Method::OPTIONS).to(HttpResponse::NoContent)),
-                )
-                .route("/key", web::get().to(|key: ApiKey| async move { key_json(Some(&key)) }))
-                .route("/teapot", web::get().to(|_: ApiKey| async { HttpResponse::ImATeapot().finish() }))
-                .wrap(keysmith),
+                    web::scope("")
+                        .service(
+                            web::scope("/scoped")
+                                .service(
+                                    web::resource("/all")
+                                        .wrap(RequireScopes::all(["read:users", "write:users"]))
+                                        .route(web::get().to(|| async { "ok" })),
+                                )
+                                .service(
+                                    web::scope("/any")
+                                        .wrap(RequireScopes::any(["admin", "write:users"]))
+                                        .route("", web::get().to(|| async { "ok" })),
+                                ),
+                        )
+                        .service(
+                            web::resource("/whoami")
+                                .route(web::get().to(|key: Option<ApiKey>| async move { key_json(key.as_ref()) }))
+                                .route(web::method(Method::OPTIONS).to(HttpResponse::NoContent)),
+                        )
+                        .route("/key", web::get().to(|key: ApiKey| async move { key_json(Some(&key)) }))
+                        .route("/teapot", web::get().to(|_: ApiKey| async { HttpResponse::ImATeapot().finish() }))
+                        .route("/fail", web::get().to(|| async { "unreachable" }))
+                        // `/fail`: the service behind Keysmith fails with an
+                        // error (not a response).
+                        .wrap_fn(|request, service| {
+                            let fail = request.path() == "/fail";
+                            let future = (!fail).then(|| service.call(request));
+                            async move {
+                                match future {
+                                    Some(future) => future.await,
+                                    None => Err(actix_web::error::ErrorBadGateway("the inner service failed")),
+                                }
+                            }
+                        })
+                        .wrap(keysmith),
+                ),
         )
         .await;
         let app = Rc::new(app);
         let send = move |request: test::TestRequest| -> Pending {
             let app = Rc::clone(&app);
-            Box::pin(async move { into_test_response(test::call_service(&*app, request.to_request()).await).await })
+            Box::pin(async move {
+                let response = match app.call(request.to_request()).await {
+                    Ok(response) => response.map_into_boxed_body(),
+                    // What actix's dispatcher does with a service error.
+                    Err(error) => {
+                        let response = error.error_response();
+                        ServiceResponse::new(test::TestRequest::default().to_http_request(), response)
+                    }
+                };
+                into_test_response(response).await
+            })
         };
         Self { send: Rc::new(send) }
     }

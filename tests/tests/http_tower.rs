@@ -14,7 +14,8 @@ use keysmith_tower::{ApiKey, ApiKeyLayer, RequireScopes};
 use tower::ServiceExt;
 
 struct TowerHarness {
-    app: Router,
+    guarded: tower::util::BoxCloneSyncService<Request<Body>, axum::response::Response, std::io::Error>,
+    outside: Router,
 }
 
 fn key_json(key: Option<&ApiKey>) -> axum::Json<serde_json::Value> {
@@ -26,7 +27,8 @@ impl Harness for TowerHarness {
         let mut layer = ApiKeyLayer::new(engine)
             .with_realm(options.realm)
             .with_trusted_proxies(options.trusted_proxies)
-            .with_preflight_passthrough(options.preflight_passthrough);
+            .with_preflight_passthrough(options.preflight_passthrough)
+            .with_rate_limit_headers(options.rate_limit_headers);
         if let Some(sources) = options.key_sources {
             layer = layer.with_key_sources(sources);
         }
@@ -46,9 +48,24 @@ impl Harness for TowerHarness {
                     .options(|| async { StatusCode::NO_CONTENT }),
             )
             .route("/key", get(|key: ApiKey| async move { key_json(Some(&key)) }))
-            .route("/teapot", get(|_: ApiKey| async { StatusCode::IM_A_TEAPOT.into_response() }))
-            .layer(layer);
-        Self { app }
+            .route("/teapot", get(|_: ApiKey| async { StatusCode::IM_A_TEAPOT.into_response() }));
+        // `/fail`: a service that errors, behind the layer; its error is
+        // answered with 500, as hyper does.
+        let failing = tower::service_fn(move |request: Request<Body>| {
+            let app = app.clone();
+            async move {
+                if request.uri().path() == "/fail" {
+                    return Err(std::io::Error::other("the inner service failed"));
+                }
+                Ok(app.oneshot(request).await.expect("infallible"))
+            }
+        });
+        let guarded = tower::ServiceBuilder::new().layer(layer).service(failing);
+        let guarded = tower::util::BoxCloneSyncService::new(guarded);
+        let outside = Router::new()
+            .route("/outside/key", get(|key: ApiKey| async move { key_json(Some(&key)) }))
+            .route("/outside/whoami", get(|key: Option<ApiKey>| async move { key_json(key.as_ref()) }));
+        Self { guarded, outside }
     }
 
     async fn send(&self, request: TestRequest) -> TestResponse {
@@ -60,7 +77,14 @@ impl Harness for TowerHarness {
         if let Some(peer) = request.peer {
             http_request.extensions_mut().insert(ConnectInfo(SocketAddr::new(peer, 40_000)));
         }
-        let response = self.app.clone().oneshot(http_request).await.expect("infallible");
+        let response = if request.path.starts_with("/outside/") {
+            self.outside.clone().oneshot(http_request).await.expect("infallible")
+        } else {
+            match self.guarded.clone().oneshot(http_request).await {
+                Ok(response) => response,
+                Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            }
+        };
         let status = response.status().as_u16();
         let headers = response
             .headers()

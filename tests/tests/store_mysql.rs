@@ -50,6 +50,39 @@ mod mysql_only {
     }
 
     #[tokio::test]
+    async fn the_named_limits_migration_upgrades_an_existing_database() {
+        use keysmith_core::PolicyId;
+        let Some(db) = MySqlTestDb::create().await else { return };
+        let pool = db.pool().await;
+        sql_cases::migrations_before_named_limits(&keysmith_sqlx::mysql::MIGRATOR).run(&pool).await.unwrap();
+        let tenant = Tenant::new("app", "acme");
+        let ids = [PolicyId::new(), PolicyId::new()];
+        let literal = |id: uuid::Uuid| format!("UNHEX('{}')", id.simple());
+        for statement in sql_cases::policies_before_named_limits(&tenant, ids, literal, "'[]'", "NOW(6)") {
+            sqlx::query(&statement).execute(&pool).await.unwrap();
+        }
+        let store = MySqlStore::new(pool);
+        store.migrate().await.unwrap();
+        sql_cases::single_limits_become_the_default_named_limit(Arc::new(store), &tenant, ids).await;
+    }
+
+    #[tokio::test]
+    async fn the_owners_and_credits_migrations_upgrade_an_existing_database() {
+        use keysmith_core::KeyId;
+        let Some(db) = MySqlTestDb::create().await else { return };
+        let pool = db.pool().await;
+        sql_cases::migrations_before_owners(&keysmith_sqlx::mysql::MIGRATOR).run(&pool).await.unwrap();
+        let (tenant, key) = (Tenant::new("app", "acme"), KeyId::new());
+        let hex = |id: uuid::Uuid| format!("X'{}'", id.simple());
+        for statement in sql_cases::rows_before_owners(&tenant, key, hex, "NOW(6)") {
+            sqlx::query(&statement).execute(&pool).await.unwrap();
+        }
+        let store = MySqlStore::new(pool);
+        store.migrate().await.unwrap();
+        sql_cases::old_keys_take_owners_and_credits_after_the_migrations(Arc::new(store), &tenant, key).await;
+    }
+
+    #[tokio::test]
     async fn the_public_migrator_builds_the_schema() {
         let Some(db) = MySqlTestDb::create().await else { return };
         let pool = db.pool().await;

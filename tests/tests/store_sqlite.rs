@@ -71,6 +71,23 @@ async fn usage_for_an_unknown_key_fails_the_whole_batch() {
 }
 
 #[tokio::test]
+async fn the_owners_and_credits_migrations_upgrade_an_existing_database() {
+    use keysmith_core::{KeyId, Tenant};
+    use keysmith_tests::sql_cases;
+    let dir = TempDir::new("sqlite-owners");
+    let url = format!("sqlite://{}", dir.path().join("old.db").display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    sql_cases::migrations_before_owners(&keysmith_sqlx::sqlite::MIGRATOR).run(store.pool()).await.unwrap();
+    let (tenant, key) = (Tenant::new("app", "acme"), KeyId::new());
+    let blob = |id: uuid::Uuid| format!("X'{}'", id.simple());
+    for statement in sql_cases::rows_before_owners(&tenant, key, blob, "0") {
+        sqlx::query(&statement).execute(store.pool()).await.unwrap();
+    }
+    store.migrate().await.unwrap();
+    sql_cases::old_keys_take_owners_and_credits_after_the_migrations(Arc::new(store), &tenant, key).await;
+}
+
+#[tokio::test]
 async fn the_lineage_migration_upgrades_an_existing_database() {
     use keysmith_core::{KeyId, Tenant};
     let dir = TempDir::new("sqlite-lineage");
@@ -91,4 +108,22 @@ async fn the_lineage_migration_upgrades_an_existing_database() {
     store.migrate().await.unwrap();
     keysmith_tests::sql_cases::keys_rotated_before_lineages_get_their_chains_lineage(Arc::new(store), &tenant, ids)
         .await;
+}
+
+#[tokio::test]
+async fn the_named_limits_migration_upgrades_an_existing_database() {
+    use keysmith_core::{PolicyId, Tenant};
+    use keysmith_tests::sql_cases;
+    let dir = TempDir::new("sqlite-named-limits");
+    let url = format!("sqlite://{}", dir.path().join("old.db").display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    sql_cases::migrations_before_named_limits(&keysmith_sqlx::sqlite::MIGRATOR).run(store.pool()).await.unwrap();
+    let tenant = Tenant::new("app", "acme");
+    let ids = [PolicyId::new(), PolicyId::new()];
+    let blob = |id: uuid::Uuid| format!("X'{}'", id.simple());
+    for statement in sql_cases::policies_before_named_limits(&tenant, ids, blob, "'[]'", "0") {
+        sqlx::query(&statement).execute(store.pool()).await.unwrap();
+    }
+    store.migrate().await.unwrap();
+    sql_cases::single_limits_become_the_default_named_limit(Arc::new(store), &tenant, ids).await;
 }

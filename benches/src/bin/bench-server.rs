@@ -7,8 +7,11 @@
 //!   `CachedStore` (needs `KEYSMITH_TEST_POSTGRES_URL`).
 //! - `axum-governor`: axum + tower-governor keyed by the `X-API-Key` header,
 //!   the rate-limit-only baseline.
+//! - `axum-handrolled`: axum + a hand-written `from_fn` middleware that
+//!   SHA-256es `X-API-Key` and looks the hash up in a `HashMap`: the floor
+//!   of any key check.
 //! - `actix-bare`: actix-web alone (one worker).
-//! - `actix-keysmith-memory`: actix-web + the `Keysmith` middleware on the
+//! - `actix-keysmith-memory`: actix-web + the `ApiKeyMiddleware` middleware on the
 //!   memory store (one worker).
 //!
 //! `bench-server <mode> <port>` prints `key=<raw key>` (the key to send in
@@ -17,15 +20,20 @@
 //! (rate limit, IP allowlist, allowed scopes).
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::Request;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::middleware::Next;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use keysmith_benches::{Backend, BenchStore, seed};
 use keysmith_tower::ApiKeyLayer;
+use sha2::{Digest, Sha256};
 use tower_governor::GovernorError;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor;
@@ -49,7 +57,7 @@ impl KeyExtractor for HeaderKey {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench-server <axum-bare|axum-keysmith-memory|axum-keysmith-postgres|axum-governor|actix-bare|\
+        "usage: bench-server <axum-bare|axum-handrolled|axum-keysmith-memory|axum-keysmith-postgres|axum-governor|actix-bare|\
          actix-keysmith-memory> <port>"
     );
     std::process::exit(2)
@@ -82,6 +90,27 @@ async fn serve_axum(mode: &str, port: u16) {
                 .expect("a valid governor config");
             let layer = tower_governor::GovernorLayer::new(Arc::new(config));
             (hello.layer(layer), "sk_live_any".to_owned())
+        }
+        "axum-handrolled" => {
+            let key = "sk_live_handrolled_bench_key".to_owned();
+            let mut known = HashMap::new();
+            known.insert(<[u8; 32]>::from(Sha256::digest(key.as_bytes())), Arc::new("acme".to_owned()));
+            let known = Arc::new(known);
+            let check = move |mut request: Request<Body>, next: Next| {
+                let known = Arc::clone(&known);
+                async move {
+                    let hash =
+                        request.headers().get("x-api-key").map(|v| <[u8; 32]>::from(Sha256::digest(v.as_bytes())));
+                    match hash.and_then(|hash| known.get(&hash)) {
+                        Some(tenant) => {
+                            request.extensions_mut().insert(Arc::clone(tenant));
+                            next.run(request).await
+                        }
+                        None => StatusCode::UNAUTHORIZED.into_response(),
+                    }
+                }
+            };
+            (hello.layer(axum::middleware::from_fn(check)), key)
         }
         "axum-keysmith-memory" | "axum-keysmith-postgres" => {
             let backend = if mode.ends_with("memory") { Backend::Memory } else { Backend::Postgres };
@@ -135,7 +164,7 @@ async fn serve_actix(mode: &str, port: u16) {
             let keys = seed(&engine).await;
             println!("key={}", keys.full);
             HttpServer::new(move || {
-                App::new().route("/", web::get().to(hello)).wrap(keysmith_actix::Keysmith::new(engine.clone()))
+                App::new().route("/", web::get().to(hello)).wrap(keysmith_actix::ApiKeyMiddleware::new(engine.clone()))
             })
             .workers(1)
             .bind(("127.0.0.1", port))

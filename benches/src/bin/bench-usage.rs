@@ -137,11 +137,14 @@ async fn memory_store(keys: usize) {
 async fn limiter(keys: usize) {
     let limiter = GcraRateLimiter::new();
     // A long refill time, so no entry is idle enough to be evicted.
-    let limit = RateLimit { requests: 100, window: Duration::from_secs(3600), burst: None };
+    let limit = RateLimit::new("default", 100, Duration::from_secs(3600));
     let before = rss_kib();
     let began = Instant::now();
     for _ in 0..keys {
-        limiter.check(KeyId::new(), &limit, chrono::Utc::now()).await.expect("check");
+        limiter
+            .check(keysmith_core::limit::Subject::Key(KeyId::new()), &limit, chrono::Utc::now())
+            .await
+            .expect("check");
     }
     let after = rss_kib();
     if limiter.tracked_keys() != keys {

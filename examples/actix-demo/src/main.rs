@@ -17,7 +17,7 @@ use std::net::Ipv4Addr;
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use demo_support::{APP_ID, NewUser, REALM, Settings, Users};
-use keysmith_actix::{ApiKey, Keysmith, RequireScopes};
+use keysmith_actix::{ApiKey, ApiKeyMiddleware, RequireScopes};
 use keysmith_core::Engine;
 
 #[actix_web::main]
@@ -28,7 +28,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Built here, not in the per-worker closure: the engine's usage writer
     // then runs on this runtime, which outlives the workers.
-    let keysmith = Keysmith::new(engine.clone()).with_realm(REALM).with_app_id(APP_ID);
+    let keysmith = ApiKeyMiddleware::new(engine.clone()).with_realm(REALM).with_app_id(APP_ID);
     let users = Users::default();
     let app_engine = engine.clone();
     let server =
@@ -48,7 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// The routes: `/health` is public, everything else goes through
 /// `keysmith`.
-fn routes(keysmith: Keysmith, engine: Engine, users: Users) -> impl FnOnce(&mut web::ServiceConfig) {
+fn routes(keysmith: ApiKeyMiddleware, engine: Engine, users: Users) -> impl FnOnce(&mut web::ServiceConfig) {
     move |config| {
         config.app_data(web::Data::new(engine)).app_data(web::Data::new(users)).route("/health", web::get().to(health));
         config.service(
@@ -93,7 +93,7 @@ mod tests {
         let clock = ManualClock::new(chrono::DateTime::UNIX_EPOCH);
         let engine = Engine::builder(Arc::new(MemoryStore::new())).with_clock(clock).build().unwrap();
         let keys = demo_support::create_demo_keys(&engine).await.unwrap();
-        let keysmith = Keysmith::new(engine.clone()).with_realm(REALM).with_app_id(APP_ID);
+        let keysmith = ApiKeyMiddleware::new(engine.clone()).with_realm(REALM).with_app_id(APP_ID);
         (routes(keysmith, engine, Users::default()), keys)
     }
 
@@ -151,7 +151,8 @@ mod tests {
         for remaining in ["2", "1", "0"] {
             let response = test::call_service(&app, request("GET", "/users", Some(&keys.limited)).to_request()).await;
             assert_eq!(response.status(), 200);
-            assert_eq!(response.headers().get("ratelimit-remaining").unwrap(), remaining);
+            let state = response.headers().get("ratelimit").unwrap().to_str().unwrap();
+            assert!(state.starts_with(&format!("\"default\";r={remaining};")), "{state}");
         }
         let response = test::call_service(&app, request("GET", "/users", Some(&keys.limited)).to_request()).await;
         assert_eq!(response.status(), 429);

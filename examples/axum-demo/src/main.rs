@@ -158,6 +158,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn metered_key_gets_429_once_its_two_credits_are_spent() {
+        let (app, keys) = demo().await;
+        for _ in 0..2 {
+            assert_eq!(status(&app, "GET", "/users", Some(&keys.metered)).await, 200);
+        }
+        assert_eq!(status(&app, "GET", "/users", Some(&keys.metered)).await, 429);
+        for owned in &keys.owned {
+            assert_eq!(status(&app, "GET", "/me", Some(owned)).await, 200);
+        }
+    }
+
+    #[tokio::test]
     async fn limited_key_gets_429_on_its_fourth_request() {
         let (app, keys) = demo().await;
         for _ in 0..3 {

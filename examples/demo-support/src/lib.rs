@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use keysmith_core::http::ApiKey;
 use keysmith_core::store::{CacheConfig, Page};
-use keysmith_core::{Engine, Environment, NewKey, PolicySpec, RawKey, Store};
+use keysmith_core::{Credits, Engine, Environment, NewKey, PolicySpec, RawKey, Store};
 use keysmith_redis::{RedisChangeFeed, RedisConfig, RedisQuotas, RedisRateLimiter};
 use keysmith_sqlx::{PgChangeFeed, PgStore};
 use serde::{Deserialize, Serialize};
@@ -127,7 +127,14 @@ pub struct DemoKeys {
     pub admin: RawKey,
     /// Scope `read:users`, 3 requests per 10 seconds.
     pub limited: RawKey,
+    /// Scope `read:users`, 2 prepaid uses (credits).
+    pub metered: RawKey,
+    /// Two keys of one owner (`demo-customer`), scope `read:users`.
+    pub owned: [RawKey; 2],
 }
+
+/// The owner of the demo's two owned keys.
+pub const DEMO_OWNER: &str = "demo-customer";
 
 /// Creates fresh demo keys. The rate-limit policy is kept by name, so
 /// restarts on the same database reuse it.
@@ -147,7 +154,20 @@ pub async fn create_demo_keys(engine: &Engine) -> keysmith_core::Result<DemoKeys
         demo.create_key(NewKey::new("demo admin").with_scopes(["read:users", "write:users", "keysmith:admin"])).await?;
     let limited =
         demo.create_key(NewKey::new("demo limited").with_scopes(["read:users"]).with_policy(policy.id)).await?;
-    Ok(DemoKeys { read: read.raw, admin: admin.raw, limited: limited.raw })
+    let metered =
+        demo.create_key(NewKey::new("demo metered").with_scopes(["read:users"]).with_credits(Credits::new(2))).await?;
+    let mut owned = Vec::with_capacity(2);
+    for name in ["demo customer laptop", "demo customer CI"] {
+        owned.push(demo.create_key(NewKey::new(name).with_scopes(["read:users"]).with_owner(DEMO_OWNER)).await?.raw);
+    }
+    let [first, second]: [RawKey; 2] = owned.try_into().expect("two keys");
+    Ok(DemoKeys {
+        read: read.raw,
+        admin: admin.raw,
+        limited: limited.raw,
+        metered: metered.raw,
+        owned: [first, second],
+    })
 }
 
 /// Prints where the demo listens, the fresh keys as
@@ -155,10 +175,13 @@ pub async fn create_demo_keys(engine: &Engine) -> keysmith_core::Result<DemoKeys
 pub fn print_instructions(framework: &str, base: &str, database_url: &str, keys: &DemoKeys) {
     println!("Keysmith {framework} demo on {base} (store: {})", redact_url(database_url));
     println!();
-    println!("Fresh demo keys (paste these three lines into your shell):");
+    println!("Fresh demo keys (paste these lines into your shell):");
     println!("KEYSMITH_DEMO_READ_KEY={}", keys.read.expose());
     println!("KEYSMITH_DEMO_ADMIN_KEY={}", keys.admin.expose());
     println!("KEYSMITH_DEMO_LIMITED_KEY={}", keys.limited.expose());
+    println!("KEYSMITH_DEMO_METERED_KEY={}", keys.metered.expose());
+    println!("KEYSMITH_DEMO_OWNER_KEY_1={}", keys.owned[0].expose());
+    println!("KEYSMITH_DEMO_OWNER_KEY_2={}", keys.owned[1].expose());
     println!();
     println!("Then try:");
     println!("  curl {base}/health");
@@ -174,6 +197,14 @@ pub fn print_instructions(framework: &str, base: &str, database_url: &str, keys:
     println!(
         "  for i in 1 2 3 4; do curl -s -o /dev/null -w '%{{http_code}}\\n' \
          -H \"Authorization: Bearer $KEYSMITH_DEMO_LIMITED_KEY\" {base}/users; done    # 200 200 200 429"
+    );
+    println!(
+        "  for i in 1 2 3; do curl -s -o /dev/null -w '%{{http_code}}\\n' \
+         -H \"Authorization: Bearer $KEYSMITH_DEMO_METERED_KEY\" {base}/users; done    # 200 200 429: 2 credits"
+    );
+    println!(
+        "  curl -H \"Authorization: Bearer $KEYSMITH_DEMO_OWNER_KEY_1\" {base}/me; \
+         curl -H \"Authorization: Bearer $KEYSMITH_DEMO_OWNER_KEY_2\" {base}/me    # two keys of owner {DEMO_OWNER}"
     );
     println!("  curl -i {base}/me    # 401 without a key");
     println!();
@@ -229,6 +260,8 @@ pub fn me(key: &ApiKey) -> Value {
         "tenant": key.tenant().tenant_id,
         "environment": key.environment(),
         "scopes": key.scopes(),
+        "owner_id": key.key().owner_id,
+        "credits_remaining": key.validation().credits.map(|credits| credits.remaining),
     })
 }
 

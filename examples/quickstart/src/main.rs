@@ -19,8 +19,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("   raw key, shown once: {}", created.raw.expose());
 
     // 2. Validate, as a server would on every request.
-    let needs = vec!["read:invoices".to_owned()];
-    let ctx = RequestContext::new().with_required_scopes(&needs);
+    let ctx = RequestContext::new().with_required_scopes(&["read:invoices"]);
     let ok = engine.validate(created.raw.expose(), &ctx).await?;
     println!("2. validated: key {} of tenant {}", ok.key.id, ok.key.tenant);
 

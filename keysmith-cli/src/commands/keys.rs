@@ -36,6 +36,25 @@ pub(super) async fn run(command: KeysCommand, tenant: &TenantEngine, printer: Pr
             let key = tenant.reactivate_key(id).await?;
             printer.render(&key, || changed(&key))
         }
+        KeysCommand::Credits(args) => {
+            let key = match (args.set, args.add) {
+                (Some(remaining), _) => tenant.set_credits(args.id, Some(args.refill.credits(remaining))).await?,
+                (None, Some(amount)) => tenant.add_credits(args.id, amount).await?,
+                (None, None) => tenant.set_credits(args.id, None).await?,
+            };
+            printer.render(&key, || format!("Key {} credits: {}.\n", key.id, credits(&key)))
+        }
+    }
+}
+
+/// A key's credits on one line: `12 left, refilled to 100 every day`.
+fn credits(key: &Key) -> String {
+    match key.credits {
+        None => "none".to_owned(),
+        Some(credits) => match credits.refill {
+            Some(refill) => format!("{} left, refilled to {} every {}", credits.remaining, refill.amount, refill.every),
+            None => format!("{} left", credits.remaining),
+        },
     }
 }
 
@@ -50,6 +69,16 @@ async fn create(args: CreateKeyArgs, tenant: &TenantEngine, printer: Printer) ->
     let mut new = NewKey::new(args.name).with_scopes(args.scopes);
     if let Some(policy) = args.policy {
         new = new.with_policy(policy);
+    }
+    if let Some(owner) = args.owner {
+        new = new.with_owner(owner);
+    }
+    match args.credits {
+        Some(remaining) => new = new.with_credits(args.refill.credits(remaining)),
+        None if args.refill.refill.is_some() => {
+            return Err(CliError::Usage("--refill needs --credits".to_owned()));
+        }
+        None => {}
     }
     let expires_at = match (args.expires_at, args.expires_in) {
         (Some(at), _) => Some(at),
@@ -85,11 +114,13 @@ async fn list(args: ListKeysArgs, tenant: &TenantEngine, printer: Printer) -> Re
         state: args.state.map(Into::into),
         environment: args.environment.map(Into::into),
         policy_id: args.policy,
+        owner_id: args.owner,
         page: Page::new(args.page.limit, args.page.offset),
     };
     let keys = tenant.list_keys(&filter).await?;
     printer.render(&keys, || {
-        let mut table = Table::new(["ID", "NAME", "STATE", "ENV", "HINT", "SCOPES", "POLICY", "EXPIRES", "CREATED"]);
+        let mut table =
+            Table::new(["ID", "NAME", "STATE", "ENV", "HINT", "SCOPES", "OWNER", "POLICY", "EXPIRES", "CREATED"]);
         for key in &keys {
             table.row([
                 key.id.to_string(),
@@ -98,6 +129,7 @@ async fn list(args: ListKeysArgs, tenant: &TenantEngine, printer: Printer) -> Re
                 key.environment.to_string(),
                 key.hint.clone(),
                 output::list(&key.scopes),
+                output::opt(key.owner_id.as_deref()),
                 output::opt(key.policy_id),
                 output::time(key.expires_at),
                 format_time(key.created_at),
@@ -182,6 +214,8 @@ fn details(key: &Key) -> Details {
         .line("environment", key.environment.to_string())
         .line("hint", key.hint.clone())
         .line("scopes", output::list(&key.scopes))
+        .line("owner", output::opt(key.owner_id.as_deref()))
+        .line("credits", credits(key))
         .line("policy", output::opt(key.policy_id))
         .line("expires at", output::time(key.expires_at));
     if key.grace_expires_at.is_some() {

@@ -38,8 +38,12 @@ pub(super) async fn run(command: PoliciesCommand, tenant: &TenantEngine, printer
 /// The flags as a complete specification: what is not given is not set.
 fn spec(args: PolicySpecArgs) -> PolicySpec {
     let mut spec = PolicySpec::new(args.name);
-    spec.rate_limit =
-        args.rate_limit.map(|limit| RateLimit { requests: limit.requests, window: limit.window, burst: args.burst });
+    if let Some(limit) = args.rate_limit {
+        let default = RateLimit::new(RateLimit::DEFAULT_NAME, limit.requests, limit.window);
+        spec = spec.with_limit(RateLimit { burst: args.burst, ..default });
+    }
+    spec.rate_limits.extend(args.limits);
+    spec.limit_by = args.limit_by;
     spec.allowed_ips = args.allowed_ips;
     spec.allowed_origins = args.allowed_origins;
     spec.allowed_scopes = args.allowed_scopes;
@@ -48,18 +52,28 @@ fn spec(args: PolicySpecArgs) -> PolicySpec {
         spec.quota = Some(Quota { daily: args.daily_quota, monthly: args.monthly_quota });
     }
     spec.rotation_grace = args.rotation_grace;
+    spec.max_active_keys_per_owner = args.max_keys_per_owner;
     spec.metadata = args.metadata.unwrap_or_default();
     spec
 }
 
+/// `burst 10/1s, hourly 1000/1h (burst 1200)`, or `-`.
 fn rate_limit(policy: &Policy) -> String {
-    policy.rate_limit.map_or_else(
-        || "-".to_owned(),
-        |limit| match limit.burst {
-            Some(burst) => format!("{} (burst {burst})", format_rate_limit(limit.requests, limit.window)),
-            None => format_rate_limit(limit.requests, limit.window),
-        },
-    )
+    if policy.rate_limits.is_empty() {
+        return "-".to_owned();
+    }
+    let limits: Vec<String> = policy
+        .rate_limits
+        .iter()
+        .map(|limit| {
+            let rate = format_rate_limit(limit.requests, limit.window);
+            match limit.burst {
+                Some(burst) => format!("{} {rate} (burst {burst})", limit.name),
+                None => format!("{} {rate}", limit.name),
+            }
+        })
+        .collect();
+    limits.join(", ")
 }
 
 fn table(policies: &[Policy]) -> String {
@@ -88,7 +102,8 @@ fn details(policy: &Policy) -> Details {
     details
         .line("id", policy.id.to_string())
         .line("name", policy.name.clone())
-        .line("rate limit", rate_limit(policy))
+        .line("rate limits", rate_limit(policy))
+        .line("limit by", policy.limit_by.to_string())
         .line("allowed ips", output::list(&ips))
         .line("allowed origins", output::list(&policy.allowed_origins))
         .line("allowed scopes", output::list(&policy.allowed_scopes))
@@ -96,6 +111,7 @@ fn details(policy: &Policy) -> Details {
         .line("daily quota", output::opt(quota.daily))
         .line("monthly quota", output::opt(quota.monthly))
         .line("rotation grace", output::opt(policy.rotation_grace.map(format_duration)))
+        .line("keys per owner", output::opt(policy.max_active_keys_per_owner))
         .line("metadata", output::metadata(&policy.metadata))
         .line("created", format_time(policy.created_at))
         .line("updated", format_time(policy.updated_at));

@@ -26,7 +26,41 @@ pub(crate) async fn operator_flow(ks: &Keysmith, store: Arc<dyn Store>) {
     sweep(ks, &engine).await;
     tenants_are_isolated(ks, &key_id, &policy_id);
     control_characters_are_refused(ks, &key_id);
+    owners_and_credits(ks, &engine).await;
     engine.shutdown().await;
+}
+
+/// `--owner` on create and list, a policy's per-owner key limit, and
+/// `keys credits` setting, topping up and removing credits.
+async fn owners_and_credits(ks: &Keysmith, engine: &Engine) {
+    let policy = ks.json(&["policies", "create", "--name", "one-per-owner", "--max-keys-per-owner", "1"]);
+    let policy_id = str_of(&policy, "id").to_owned();
+    let created = ks.json(&["keys", "create", "--name", "o", "--owner", "cus_7", "--policy", &policy_id]);
+    let owned_id = str_of(&created["key"], "id").to_owned();
+    assert_eq!(created["key"]["owner_id"], "cus_7");
+    let refused = ks.run(&["keys", "create", "--name", "o2", "--owner", "cus_7", "--policy", &policy_id]).fails(1);
+    assert!(refused.contains("cus_7"), "{refused}");
+    let listed = ks.json(&["keys", "list", "--owner", "cus_7"]);
+    let ids: Vec<&str> = listed.as_array().unwrap().iter().map(|k| str_of(k, "id")).collect();
+    assert_eq!(ids, [owned_id.as_str()]);
+
+    let metered =
+        ks.json(&["keys", "create", "--name", "m", "--credits", "1", "--refill", "5", "--refill-every", "day"]);
+    let (id, raw) = (str_of(&metered["key"], "id").to_owned(), str_of(&metered, "raw_key").to_owned());
+    assert_eq!(metered["key"]["credits"]["refill"], json!({"amount": 5, "every": "day"}));
+    validate(engine, &raw).await.expect("one credit");
+    let refusal = validate(engine, &raw).await.unwrap_err();
+    assert_eq!(refusal.refusal().map(keysmith_core::Refusal::code), Some("credits_exhausted"));
+    let topped = ks.run(&["keys", "credits", &id, "--add", "2"]).ok();
+    assert!(topped.contains("credits: 2 left, refilled to 5 every day"), "{topped}");
+    validate(engine, &raw).await.expect("topped up");
+    let set = ks.json(&["keys", "credits", &id, "--set", "9"]);
+    assert_eq!(set["credits"]["remaining"], 9);
+    let removed = ks.json(&["keys", "credits", &id, "--remove"]);
+    assert_eq!(removed["credits"], Value::Null);
+    ks.run(&["keys", "credits", &id]).fails(2);
+    ks.run(&["keys", "credits", &id, "--add", "1"]).fails(1);
+    ks.run(&["keys", "create", "--name", "x", "--refill", "5", "--refill-every", "day"]).fails(2);
 }
 
 /// NUL (through JSON escapes: a command line cannot hold one) and other
@@ -85,6 +119,10 @@ fn policies(ks: &Keysmith) -> String {
         "100/60s",
         "--burst",
         "20",
+        "--limit",
+        "hourly=1000/h,1200",
+        "--limit-by",
+        "owner",
         "--allow-ip",
         "10.0.0.0/8",
         "--allow-ip",
@@ -106,7 +144,14 @@ fn policies(ks: &Keysmith) -> String {
     ]);
     let id = str_of(&created, "id").to_owned();
     assert!(id.starts_with("kpol_"));
-    assert_eq!(created["rate_limit"], json!({ "requests": 100, "window": 60, "burst": 20 }));
+    assert_eq!(
+        created["rate_limits"],
+        json!([
+            { "name": "default", "requests": 100, "window": 60, "burst": 20 },
+            { "name": "hourly", "requests": 1000, "window": 3600, "burst": 1200 }
+        ])
+    );
+    assert_eq!(created["limit_by"], "owner");
     assert_eq!(created["allowed_ips"], json!(["10.0.0.0/8", "192.0.2.7/32"]));
     assert_eq!(created["allowed_origins"], json!(["https://app.example.com"]));
     assert_eq!(created["allowed_scopes"], json!(["read"]));
@@ -118,7 +163,14 @@ fn policies(ks: &Keysmith) -> String {
     let shown = ks.json(&["policies", "show", &id]);
     assert_eq!(same_times(&shown), same_times(&created));
     let human = ks.run(&["policies", "show", &id]).ok();
-    assert!(human.contains("100/1m (burst 20)") && human.contains("90d"), "{human}");
+    assert!(
+        human.contains("default 100/1m (burst 20), hourly 1000/1h (burst 1200)") && human.contains("90d"),
+        "{human}"
+    );
+    let twice = ks.run(&["policies", "create", "--name", "twice", "--limit", "a=1/s", "--limit", "a=2/s"]).fails(1);
+    assert!(twice.contains("names two limits"), "{twice}");
+    ks.run(&["policies", "create", "--name", "bad-limit", "--limit", "10/s"]).fails(2);
+    ks.run(&["policies", "create", "--name", "bad-by", "--limit-by", "tenant"]).fails(2);
 
     let bad_cidr = ks.run(&["policies", "create", "--name", "bad", "--allow-ip", "10.0.0.0/33"]).fails(1);
     assert!(bad_cidr.contains("allowed_ips"), "{bad_cidr}");
@@ -128,7 +180,8 @@ fn policies(ks: &Keysmith) -> String {
     let updated =
         ks.json(&["policies", "update", &id, "--name", "partners", "--allow-scope", "read", "--daily-quota", "1000"]);
     assert_eq!(updated["id"], id.as_str());
-    assert_eq!(updated["rate_limit"], Value::Null);
+    assert_eq!(updated["rate_limits"], json!([]));
+    assert_eq!(updated["limit_by"], "key");
     assert_eq!(updated["allowed_ips"], json!([]));
     assert_eq!(updated["quota"], json!({ "daily": 1000, "monthly": null }));
     assert_eq!(updated["max_key_age"], Value::Null);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use tenant::{CreatedKey, NewKey, RotatedKey, TenantEngine};
-pub use validate::{RequestContext, Validation, ValidationError};
+pub use validate::{PresentedKey, RequestContext, RequiredScopes, Validation, ValidationError};
 
 use dashmap::DashMap;
 
@@ -163,6 +163,18 @@ impl Engine {
     #[must_use]
     pub fn feed_status(&self) -> Option<FeedStatus> {
         self.inner.feed.as_ref().map(|feed| feed.status())
+    }
+
+    /// Starts the engine's background work on the current Tokio runtime:
+    /// the usage writer and the change feed subscription. An engine built
+    /// inside a runtime starts itself, on that runtime; one built outside
+    /// calls this from inside the runtime that should run them (the one
+    /// that lives until [`Engine::shutdown`]). Until then usage records are
+    /// dropped and counted. True if everything runs; calling it again does
+    /// nothing.
+    pub fn start(&self) -> bool {
+        let usage = self.inner.usage.start_here();
+        self.start_change_feed() && usage
     }
 
     /// Starts the change feed subscription on the current Tokio runtime,
@@ -384,7 +396,9 @@ impl EngineBuilder {
         self
     }
 
-    /// Builds the engine.
+    /// Builds the engine. Inside a Tokio runtime its background work (usage
+    /// writer, change feed) starts on that runtime; outside one, call
+    /// [`Engine::start`] from inside the runtime that should run it.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for a bad prefix or a rotation grace over
@@ -434,7 +448,9 @@ impl EngineBuilder {
                 strict_scopes: self.strict_scopes,
             }),
         };
-        engine.start_change_feed();
+        // Inside a runtime the background work starts on it; outside,
+        // `Engine::start` starts it later.
+        engine.start();
         Ok(engine)
     }
 }

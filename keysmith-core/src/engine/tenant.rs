@@ -10,8 +10,8 @@ use crate::Change;
 use crate::hooks::Event;
 use crate::store::{KeyFilter, RotationWrite, StoredKey, Transition};
 use crate::{
-    Environment, Error, Key, KeyId, KeyState, PolicyId, RawKey, Result, RotationId, RotationReason, RotationRecord,
-    Tenant, input, scope,
+    Credits, Environment, Error, Key, KeyId, KeyState, PolicyId, RawKey, Result, RotationId, RotationReason,
+    RotationRecord, Tenant, input, scope,
 };
 
 /// The longest key name, in characters.
@@ -37,6 +37,8 @@ pub struct NewKey {
     expires_at: Option<DateTime<Utc>>,
     environment: Option<Environment>,
     prefix: Option<String>,
+    owner_id: Option<String>,
+    credits: Option<Credits>,
     metadata: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -74,6 +76,23 @@ impl NewKey {
     /// Uses this prefix instead of the engine's default.
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// Gives the key to `owner_id`: the application's id for the user or
+    /// customer it is for (1 to 255 characters, no control character, no
+    /// surrounding whitespace).
+    pub fn with_owner(mut self, owner_id: impl Into<String>) -> Self {
+        self.owner_id = Some(owner_id.into());
+        self
+    }
+
+    /// Gives the key prepaid uses: each request that passes spends its cost
+    /// (1 by default), and at zero the key is refused as
+    /// [`CreditsExhausted`](crate::Refusal::CreditsExhausted). The key's
+    /// replacements in rotations share them.
+    pub fn with_credits(mut self, credits: Credits) -> Self {
+        self.credits = Some(credits);
         self
     }
 
@@ -126,19 +145,23 @@ impl TenantEngine {
     /// Creates a key and returns its secret once.
     ///
     /// # Errors
-    /// `InvalidInput` for an empty name, a control character in the name or
-    /// the metadata, a bad prefix or scope, or an expiry in the past;
+    /// `InvalidInput` for an empty name, a control character in the name,
+    /// the owner id or the metadata, an owner id over 255 characters, a bad prefix or scope, or an expiry in the past;
     /// `NotFound` for a policy that is not the tenant's; `InvalidInput` for
     /// a scope outside the policy's `allowed_scopes`.
     pub async fn create_key(&self, new: NewKey) -> Result<CreatedKey> {
         let inner = &self.engine.inner;
         let name = validate_name(&new.name)?;
         input::check_metadata("metadata", &new.metadata)?;
+        if let Some(owner_id) = &new.owner_id {
+            input::check_owner_id(owner_id)?;
+        }
         let scopes = self.checked_scopes(&new.scopes, new.policy_id).await?;
         let now = inner.clock.now();
         if new.expires_at.is_some_and(|at| at <= now) {
             return Err(Error::invalid("expires_at", "must be in the future"));
         }
+        let credits = new.credits.map(|credits| credits.checked(now)).transpose()?;
         let prefix = new.prefix.unwrap_or_else(|| inner.prefix.clone());
         let environment = new.environment.unwrap_or(inner.environment);
         let raw = RawKey::generate(&prefix, environment)?;
@@ -153,6 +176,8 @@ impl TenantEngine {
             state: KeyState::Active,
             scopes,
             tenant: self.tenant.clone(),
+            owner_id: new.owner_id,
+            credits,
             policy_id: new.policy_id,
             expires_at: new.expires_at,
             grace_expires_at: None,
@@ -174,7 +199,45 @@ impl TenantEngine {
     /// # Errors
     /// `NotFound` if the tenant has no such key.
     pub async fn get_key(&self, id: KeyId) -> Result<Key> {
-        Ok(Key::clone(&self.stored_key(id).await?.key))
+        Ok(self.current(Key::clone(&self.stored_key(id).await?.key)))
+    }
+
+    /// The key with its credits as they stand now (a refill due but not yet
+    /// made by a request counts as made).
+    fn current(&self, mut key: Key) -> Key {
+        let now = self.engine.inner.clock.now();
+        key.credits = key.credits.map(|credits| credits.as_of(now));
+        key
+    }
+
+    /// Gives the key's lineage these credits, replacing any (`None` removes
+    /// them: the key is no longer limited by credits). A refill starts with
+    /// the current period.
+    ///
+    /// # Errors
+    /// `InvalidInput` for values over [`Credits::MAX`] or a zero refill;
+    /// `NotFound`.
+    pub async fn set_credits(&self, id: KeyId, credits: Option<Credits>) -> Result<Key> {
+        let now = self.engine.inner.clock.now();
+        let credits = credits.map(|credits| credits.checked(now)).transpose()?;
+        let key = self.engine.inner.store.set_credits(&self.tenant, id, credits.as_ref()).await?;
+        self.engine.publish(|| Change::key(&key, None)).await;
+        Ok(self.current(key))
+    }
+
+    /// Tops the key's credits up by `amount` (after the refill due now, if
+    /// one is).
+    ///
+    /// # Errors
+    /// `InvalidInput` if the key has no credits, for a zero amount or a sum
+    /// over [`Credits::MAX`]; `NotFound`.
+    pub async fn add_credits(&self, id: KeyId, amount: u64) -> Result<Key> {
+        if amount == 0 || amount > Credits::MAX {
+            return Err(Error::invalid("amount", format!("must be 1 to {}", Credits::MAX)));
+        }
+        let now = self.engine.inner.clock.now();
+        let key = self.engine.inner.store.add_credits(&self.tenant, id, amount, now).await?;
+        Ok(self.current(key))
     }
 
     async fn stored_key(&self, id: KeyId) -> Result<StoredKey> {
@@ -184,9 +247,13 @@ impl TenantEngine {
     /// The tenant's keys matching `filter`, oldest first.
     ///
     /// # Errors
-    /// A store failure.
+    /// `InvalidInput` for an owner id that no key could have; a store failure.
     pub async fn list_keys(&self, filter: &KeyFilter) -> Result<Vec<Key>> {
-        self.engine.inner.store.list_keys(&self.tenant, filter).await
+        if let Some(owner_id) = &filter.owner_id {
+            input::check_owner_id(owner_id)?;
+        }
+        let keys = self.engine.inner.store.list_keys(&self.tenant, filter).await?;
+        Ok(keys.into_iter().map(|key| self.current(key)).collect())
     }
 
     /// Replaces an active key with a new one (same name, scopes, policy,

@@ -7,22 +7,11 @@ use crate::{KeyId, Period, Result, UsageAggregate, UsageRecord};
 
 impl Engine {
     /// Queues a usage record; never waits. Adapters call this after the
-    /// response, for requests that passed validation. A full queue drops the
-    /// record and counts it ([`Engine::usage_stats`], metric
-    /// `keysmith_usage_dropped_total`).
+    /// response, for requests that passed validation. A full queue, or an
+    /// engine not [started](Engine::start), drops the record and counts it
+    /// ([`Engine::usage_stats`], metric `keysmith_usage_dropped_total`).
     pub fn record_usage(&self, record: UsageRecord) {
         self.inner.usage.record(record);
-    }
-
-    /// Starts the background task that writes usage on the current Tokio
-    /// runtime, unless it runs already. Without this call it starts on the
-    /// runtime of the first request that records usage. Servers whose
-    /// request runtimes stop before `main` does (actix-web's workers) call
-    /// it from `main`, so that the records still queued when the workers
-    /// stop are written by [`Engine::shutdown`]. Outside a runtime it does
-    /// nothing. True if the task runs.
-    pub fn start_usage_recorder(&self) -> bool {
-        self.inner.usage.start_here()
     }
 
     /// Writes every queued record now and waits for the write.

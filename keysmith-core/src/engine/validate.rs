@@ -1,5 +1,6 @@
 //! Validation of a presented key: the ordered checks of ARCHITECTURE.md's request path.
 
+use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,9 +13,9 @@ use super::Engine;
 use crate::Change;
 use crate::hooks::Event;
 use crate::key::ParsedKey;
-use crate::limit::RateLimitStatus;
+use crate::limit::{RateLimitStatus, Subject};
 use crate::store::Transition;
-use crate::{Error, Key, KeyState, Policy, Refusal, scope};
+use crate::{CreditSpend, CreditsStatus, Error, Key, KeyHash, KeyState, LimitBy, Policy, RateLimit, Refusal, scope};
 
 /// What is known about the request a key came with. Everything is optional;
 /// policy checks that need a missing fact refuse (an IP allowlist with no IP).
@@ -29,10 +30,16 @@ pub struct RequestContext<'a> {
     /// The request path.
     pub path: Option<&'a str>,
     /// Scopes the key must all cover.
-    pub required_scopes: &'a [String],
+    pub required_scopes: RequiredScopes<'a>,
     /// Accept only keys of this application; another app's key is refused
     /// as unknown before any of its limits are touched.
     pub app_id: Option<&'a str>,
+    /// Accept only keys of this tenant (of `app_id`'s app); another
+    /// tenant's key is refused as unknown before any of its limits are
+    /// touched.
+    pub tenant_id: Option<&'a str>,
+    /// The credits the request costs a key that has credits (`None`: 1).
+    pub cost: Option<u64>,
 }
 
 impl<'a> RequestContext<'a> {
@@ -46,6 +53,14 @@ impl<'a> RequestContext<'a> {
     #[must_use]
     pub fn with_ip(mut self, ip: IpAddr) -> Self {
         self.ip = Some(ip);
+        self
+    }
+
+    /// Accepting only keys of `tenant` (its app and tenant id).
+    #[must_use]
+    pub fn with_tenant(mut self, tenant: &'a crate::Tenant) -> Self {
+        self.app_id = Some(&tenant.app_id);
+        self.tenant_id = Some(&tenant.tenant_id);
         self
     }
 
@@ -64,10 +79,11 @@ impl<'a> RequestContext<'a> {
         self
     }
 
-    /// Requiring these scopes.
+    /// Requiring these scopes: `&["read:users"]`, a `&Vec<String>`, any
+    /// slice of `&str` or `String`.
     #[must_use]
-    pub fn with_required_scopes(mut self, scopes: &'a [String]) -> Self {
-        self.required_scopes = scopes;
+    pub fn with_required_scopes(mut self, scopes: impl Into<RequiredScopes<'a>>) -> Self {
+        self.required_scopes = scopes.into();
         self
     }
 
@@ -76,6 +92,82 @@ impl<'a> RequestContext<'a> {
     pub fn with_app_id(mut self, app_id: &'a str) -> Self {
         self.app_id = Some(app_id);
         self
+    }
+
+    /// Costing `cost` credits (instead of 1) to a key that has credits; a
+    /// cost of `0` spends nothing and passes whatever is left.
+    #[must_use]
+    pub fn with_cost(mut self, cost: u64) -> Self {
+        self.cost = Some(cost);
+        self
+    }
+
+    /// What the request costs a key with credits.
+    #[must_use]
+    pub fn cost(&self) -> u64 {
+        self.cost.unwrap_or(1)
+    }
+}
+
+/// The scopes a request requires, borrowed as the caller holds them
+/// (`&[&str]` or `&[String]`).
+#[derive(Debug, Clone, Copy)]
+pub enum RequiredScopes<'a> {
+    /// Borrowed strings.
+    Strs(&'a [&'a str]),
+    /// Owned strings.
+    Strings(&'a [String]),
+}
+
+impl Default for RequiredScopes<'_> {
+    fn default() -> Self {
+        Self::Strs(&[])
+    }
+}
+
+impl RequiredScopes<'_> {
+    /// The required scopes `granted` does not cover, in order.
+    fn missing_from<S: AsRef<str>>(self, granted: &[S]) -> Vec<String> {
+        match self {
+            Self::Strs(required) => scope::missing(granted, required),
+            Self::Strings(required) => scope::missing(granted, required),
+        }
+    }
+}
+
+impl<'a> From<&'a [&'a str]> for RequiredScopes<'a> {
+    fn from(scopes: &'a [&'a str]) -> Self {
+        Self::Strs(scopes)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [&'a str; N]> for RequiredScopes<'a> {
+    fn from(scopes: &'a [&'a str; N]) -> Self {
+        Self::Strs(scopes)
+    }
+}
+
+impl<'a> From<&'a Vec<&'a str>> for RequiredScopes<'a> {
+    fn from(scopes: &'a Vec<&'a str>) -> Self {
+        Self::Strs(scopes)
+    }
+}
+
+impl<'a> From<&'a [String]> for RequiredScopes<'a> {
+    fn from(scopes: &'a [String]) -> Self {
+        Self::Strings(scopes)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [String; N]> for RequiredScopes<'a> {
+    fn from(scopes: &'a [String; N]) -> Self {
+        Self::Strings(scopes)
+    }
+}
+
+impl<'a> From<&'a Vec<String>> for RequiredScopes<'a> {
+    fn from(scopes: &'a Vec<String>) -> Self {
+        Self::Strings(scopes)
     }
 }
 
@@ -86,8 +178,12 @@ pub struct Validation {
     pub key: Arc<Key>,
     /// The key's policy, if it has one.
     pub policy: Option<Arc<Policy>>,
-    /// The rate limiter's state after this request, when the policy limits.
-    pub rate_limit: Option<RateLimitStatus>,
+    /// Each rate limit's state after this request, in the order of the
+    /// policy's `rate_limits` (empty when nothing limits the rate).
+    pub rate_limits: Vec<RateLimitStatus>,
+    /// The key's credits after this request spent its cost, when the key
+    /// has credits.
+    pub credits: Option<CreditsStatus>,
     /// The key's scopes narrowed to the policy's `allowed_scopes`, when the
     /// policy was tightened after the key got them.
     narrowed: Option<Vec<String>>,
@@ -102,7 +198,8 @@ impl Clone for Validation {
         Self {
             key: Arc::clone(&self.key),
             policy: self.policy.clone(),
-            rate_limit: self.rate_limit,
+            rate_limits: self.rate_limits.clone(),
+            credits: self.credits,
             narrowed: self.narrowed.clone(),
             checked_at: self.checked_at,
             refunded: AtomicBool::new(self.is_refunded()),
@@ -132,6 +229,19 @@ impl Validation {
         scope::any_grants(self.scopes(), required)
     }
 
+    /// Each of the policy's rate limits with its state after this request.
+    pub fn rate_limit_states(&self) -> impl Iterator<Item = (&RateLimit, &RateLimitStatus)> {
+        let limits = self.policy.as_deref().map_or(&[][..], |p| &p.rate_limits[..]);
+        limits.iter().zip(&self.rate_limits)
+    }
+
+    /// The limit closest to refusing: fewest requests left, and of those the
+    /// one that takes longest to refill.
+    #[must_use]
+    pub fn closest_rate_limit(&self) -> Option<(&RateLimit, &RateLimitStatus)> {
+        self.rate_limit_states().min_by(|(_, a), (_, b)| a.remaining.cmp(&b.remaining).then(b.reset.cmp(&a.reset)))
+    }
+
     /// True once [`Engine::refund`] gave back what this request spent: it
     /// was refused after validation, and records no usage.
     #[must_use]
@@ -142,11 +252,11 @@ impl Validation {
     fn new(
         key: Arc<Key>,
         policy: Option<Arc<Policy>>,
-        rate_limit: Option<RateLimitStatus>,
+        rate_limits: Vec<RateLimitStatus>,
         narrowed: Option<Vec<String>>,
         checked_at: DateTime<Utc>,
     ) -> Self {
-        Self { key, policy, rate_limit, narrowed, checked_at, refunded: AtomicBool::new(false) }
+        Self { key, policy, rate_limits, credits: None, narrowed, checked_at, refunded: AtomicBool::new(false) }
     }
 }
 
@@ -178,7 +288,32 @@ impl ValidationError {
     }
 }
 
+/// What validation needs of a presented secret, taken without I/O and
+/// without copying the secret: its hash, or the fact that it is malformed.
+/// Adapters take it while they still borrow the request's headers
+/// ([`Engine::present`]) and validate it later
+/// ([`Engine::validate_presented`]), so the secret never outlives them.
+#[derive(Clone, Copy)]
+pub struct PresentedKey {
+    hash: Option<KeyHash>,
+}
+
+impl fmt::Debug for PresentedKey {
+    /// Says only whether the key was well formed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresentedKey").field("well_formed", &self.hash.is_some()).finish_non_exhaustive()
+    }
+}
+
 impl Engine {
+    /// Checks a secret's shape and checksum and hashes it (step 1 of
+    /// [`validate`](Self::validate), no I/O); a malformed key is refused
+    /// as such when validated.
+    #[must_use]
+    pub fn present(&self, raw_key: &str) -> PresentedKey {
+        PresentedKey { hash: ParsedKey::parse(raw_key).map(|parsed| self.inner.hasher.hash(parsed.raw)) }
+    }
+
     /// Validates a presented key: shape and checksum, lookup, state, expiry,
     /// then the policy's checks (IP, origin, scopes, rate limit, quota), in that order.
     ///
@@ -186,8 +321,21 @@ impl Engine {
     /// [`ValidationError::Refused`] when the key does not pass,
     /// [`ValidationError::Failed`] when the store could not answer.
     pub async fn validate(&self, raw_key: &str, ctx: &RequestContext<'_>) -> Result<Validation, ValidationError> {
+        self.validate_presented(self.present(raw_key), ctx).await
+    }
+
+    /// [`validate`](Self::validate) for a key taken by
+    /// [`present`](Self::present).
+    ///
+    /// # Errors
+    /// As [`validate`](Self::validate).
+    pub async fn validate_presented(
+        &self,
+        key: PresentedKey,
+        ctx: &RequestContext<'_>,
+    ) -> Result<Validation, ValidationError> {
         let started = (!self.inner.hooks.is_empty()).then(Instant::now);
-        let result = self.validate_inner(raw_key, ctx).await;
+        let result = self.validate_inner(key, ctx).await;
         if let Some(started) = started {
             // Boxed: only engines with hooks pay for this future.
             Box::pin(self.report_validation(&result, started.elapsed())).await;
@@ -218,14 +366,13 @@ impl Engine {
     /// the secret matched one, for the hooks.
     async fn validate_inner(
         &self,
-        raw_key: &str,
+        presented: PresentedKey,
         ctx: &RequestContext<'_>,
     ) -> Result<Validation, (ValidationError, Option<Arc<Key>>)> {
         let inner = &self.inner;
-        // 1. Shape and checksum, no I/O.
-        let parsed = ParsedKey::parse(raw_key).ok_or((Refusal::Malformed.into(), None))?;
+        // 1. Shape and checksum, no I/O (done by `present`).
+        let hash = presented.hash.ok_or((Refusal::Malformed.into(), None))?;
         // 2. Lookup by hash, confirmed in constant time.
-        let hash = inner.hasher.hash(parsed.raw);
         let found = match inner.store.find_key_by_hash_ready(&hash) {
             Some(found) => found,
             None => inner.store.find_key_by_hash(&hash).await,
@@ -237,7 +384,9 @@ impl Engine {
         };
         let key = stored.key;
         // Another application's key is, to this application, unknown.
-        if ctx.app_id.is_some_and(|app| app != key.tenant.app_id) {
+        if ctx.app_id.is_some_and(|app| app != key.tenant.app_id)
+            || ctx.tenant_id.is_some_and(|tenant| tenant != key.tenant.tenant_id)
+        {
             return Err((Refusal::Unknown.into(), None));
         }
         let refuse = |refusal: Refusal, key: &Arc<Key>| (ValidationError::Refused(refusal), Some(Arc::clone(key)));
@@ -274,12 +423,17 @@ impl Engine {
         }
 
         let Some(policy) = policy else {
-            let missing = scope::missing(&key.scopes, ctx.required_scopes);
+            let missing = ctx.required_scopes.missing_from(&key.scopes);
             if !missing.is_empty() {
                 return Err(refuse(Refusal::InsufficientScope { missing }, &key));
             }
-            self.touch(&key, now);
-            return Ok(Validation::new(key, None, None, None, now));
+            let mut validation = Validation::new(key, None, Vec::new(), None, now);
+            // 10. Credits.
+            if validation.key.credits.is_some() {
+                validation = Box::pin(self.spend_credits(validation, ctx.cost())).await?;
+            }
+            self.touch(&validation.key, now);
+            return Ok(validation);
         };
 
         // 5. Client address.
@@ -294,45 +448,98 @@ impl Engine {
         }
         // 7. Required scopes, within what the policy allows.
         let narrowed = narrow(&key.scopes, &policy.allowed_scopes);
-        let missing = scope::missing(narrowed.as_deref().unwrap_or(&key.scopes), ctx.required_scopes);
+        let missing = ctx.required_scopes.missing_from(narrowed.as_deref().unwrap_or(&key.scopes));
         if !missing.is_empty() {
             return Err(refuse(Refusal::InsufficientScope { missing }, &key));
         }
-        // 8. Rate limit.
-        let rate_limit = match &policy.rate_limit {
-            Some(limit) => {
-                // Per lineage: a rotation shares its predecessor's budget.
-                let status = match inner.limiter.check_ready(key.lineage_id, limit, now) {
-                    Some(status) => status,
-                    None => inner.limiter.check(key.lineage_id, limit, now).await,
+        // 8. Rate limits, every one; a limit that refuses gives back what
+        // the earlier ones counted.
+        let subject = limit_subject(&key, &policy);
+        let mut rate_limits = Vec::with_capacity(policy.rate_limits.len());
+        for limit in &policy.rate_limits {
+            let checked = match inner.limiter.check_ready(subject, limit, now) {
+                Some(checked) => checked,
+                None => inner.limiter.check(subject, limit, now).await,
+            };
+            let status = match checked {
+                Ok(status) => status,
+                Err(error) => {
+                    self.refund_rate_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
+                    return Err(fail(error));
                 }
-                .map_err(fail)?;
-                if let Some(retry_after) = status.retry_after.filter(|_| !status.allowed) {
-                    let event = || Event::KeyRateLimited { key_id: key.id, tenant: key.tenant.clone(), retry_after };
-                    Box::pin(self.emit(event)).await;
-                    return Err(refuse(Refusal::RateLimited { retry_after, status }, &key));
-                }
-                Some(status)
+            };
+            if !status.allowed {
+                self.refund_rate_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
+                let retry_after = status.retry_after.unwrap_or(status.reset);
+                let event = || Event::KeyRateLimited { key_id: key.id, tenant: key.tenant.clone(), retry_after };
+                Box::pin(self.emit(event)).await;
+                return Err(refuse(Refusal::RateLimited { limit: limit.clone(), retry_after, status }, &key));
             }
-            None => None,
-        };
+            rate_limits.push(status);
+        }
         // 9. Quota; only a request that passes everything is counted.
         if let Some(quota) = &policy.quota {
-            let consumed = inner.quotas.try_consume(&*inner.store, &key, quota, now).await.map_err(fail)?;
+            let consumed = match inner.quotas.try_consume(&*inner.store, &key, quota, now).await {
+                Ok(consumed) => consumed,
+                Err(error) => {
+                    self.refund_rate_limits(subject, &policy.rate_limits, now);
+                    return Err(fail(error));
+                }
+            };
             if let Err(resets_at) = consumed {
+                self.refund_rate_limits(subject, &policy.rate_limits, now);
                 let event = || Event::QuotaExceeded { key_id: key.id, tenant: key.tenant.clone(), resets_at };
                 Box::pin(self.emit(event)).await;
                 return Err(refuse(Refusal::QuotaExceeded { resets_at }, &key));
             }
         }
 
-        self.touch(&key, now);
-        Ok(Validation::new(key, Some(policy), rate_limit, narrowed, now))
+        let mut validation = Validation::new(key, Some(policy), rate_limits, narrowed, now);
+        // 10. Credits, last: what the request spent above is given back if
+        // they refuse it.
+        if validation.key.credits.is_some() {
+            validation = Box::pin(self.spend_credits(validation, ctx.cost())).await?;
+        }
+        self.touch(&validation.key, now);
+        Ok(validation)
+    }
+
+    /// Spends the request's cost from the key's credits; a refusal gives
+    /// back the rate-limit request and the quota request it had spent.
+    async fn spend_credits(
+        &self,
+        mut validation: Validation,
+        cost: u64,
+    ) -> Result<Validation, (ValidationError, Option<Arc<Key>>)> {
+        let store = &self.inner.store;
+        let (key, now) = (&validation.key, validation.checked_at);
+        let spent = match store.spend_credits_ready(key, cost, now) {
+            Some(spent) => spent,
+            None => store.spend_credits(key, cost, now).await,
+        };
+        match spent {
+            Ok(CreditSpend::Spent(credits)) => {
+                validation.credits = Some(credits.status(cost, now));
+                Ok(validation)
+            }
+            Ok(CreditSpend::Unlimited) => Ok(validation),
+            Ok(CreditSpend::Exhausted(credits)) => {
+                self.refund_limits(&validation);
+                let refills_at = credits.next_refill(now);
+                Err((Refusal::CreditsExhausted { refills_at }.into(), Some(Arc::clone(&validation.key))))
+            }
+            Err(error) => {
+                self.refund_limits(&validation);
+                Err((error.into(), None))
+            }
+        }
     }
 
     /// Gives back what a validated request spent, because it was refused
     /// after validation (a route's scope requirement): its rate-limit
-    /// request and its quota request go back to the key's lineage, and the
+    /// request, its quota request and its credits go back to the key's
+    /// lineage (credits kept by a SQL store are given back by a task on the
+    /// current Tokio runtime), and the
     /// validation is marked so that no usage is recorded for it. A refused
     /// request spends nothing.
     ///
@@ -342,16 +549,45 @@ impl Engine {
         if validation.refunded.swap(true, Ordering::AcqRel) {
             return false;
         }
-        if let Some(policy) = &validation.policy {
-            let lineage = validation.key.lineage_id;
-            if let (Some(limit), Some(_)) = (&policy.rate_limit, &validation.rate_limit) {
-                self.inner.limiter.refund(lineage, limit, validation.checked_at);
-            }
-            if policy.quota.is_some() {
-                self.inner.quotas.refund(lineage, validation.checked_at);
+        self.refund_limits(validation);
+        if let Some(credits) = validation.credits.filter(|c| c.cost > 0) {
+            let store = &self.inner.store;
+            let key = &validation.key;
+            if store.refund_credits_ready(key, credits.cost).is_none()
+                && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            {
+                let (store, key) = (Arc::clone(store), Arc::clone(key));
+                runtime.spawn(async move {
+                    if let Err(error) = store.refund_credits(&key, credits.cost).await {
+                        tracing::warn!(key_id = %key.id, %error, "could not give back the credits of a refused request");
+                    }
+                });
             }
         }
         true
+    }
+
+    /// Gives back the rate-limit request and the quota request `validation`
+    /// spent.
+    fn refund_limits(&self, validation: &Validation) {
+        if let Some(policy) = &validation.policy {
+            let subject = limit_subject(&validation.key, policy);
+            self.refund_rate_limits(
+                subject,
+                &policy.rate_limits[..validation.rate_limits.len()],
+                validation.checked_at,
+            );
+            if policy.quota.is_some() {
+                self.inner.quotas.refund(validation.key.lineage_id, validation.checked_at);
+            }
+        }
+    }
+
+    /// Gives back one request counted at `at` against each of `limits`.
+    fn refund_rate_limits(&self, subject: Subject<'_>, limits: &[RateLimit], at: DateTime<Utc>) {
+        for limit in limits {
+            self.inner.limiter.refund(subject, limit, at);
+        }
     }
 
     /// Queues a `last_used_at` write unless one was queued (or stored) for
@@ -400,6 +636,17 @@ impl Engine {
         let _ = self;
         key.expires_at.is_some_and(|at| at <= now)
             || crate::key::past_max_age(key, policy.and_then(|p| p.max_key_age), now)
+    }
+}
+
+/// Whose budget the policy's rate limits count for `key`: its owner's
+/// under `limit_by: owner` (every key of the owner shares it), else its
+/// lineage (a rotation shares its predecessor's budget). A key without an
+/// owner keeps its lineage's budget even under `limit_by: owner`.
+fn limit_subject<'a>(key: &'a Key, policy: &Policy) -> Subject<'a> {
+    match (policy.limit_by, key.owner_id.as_deref()) {
+        (LimitBy::Owner, Some(owner_id)) => Subject::Owner { tenant: &key.tenant, owner_id },
+        _ => Subject::Key(key.lineage_id),
     }
 }
 

@@ -89,10 +89,13 @@ impl ApiKey {
         self.validation.policy.as_deref()
     }
 
-    /// The rate limiter's state after this request, when the policy limits.
+    /// The state of the policy's limit closest to refusing after this
+    /// request (fewest requests left), when the policy limits the rate;
+    /// [`Validation::rate_limit_states`](crate::Validation::rate_limit_states)
+    /// has every limit.
     #[must_use]
     pub fn rate_limit(&self) -> Option<&RateLimitStatus> {
-        self.validation.rate_limit.as_ref()
+        self.validation.closest_rate_limit().map(|(_, status)| status)
     }
 
     /// The key's application data.

@@ -9,14 +9,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use secrecy::{ExposeSecret, SecretString};
-
 use super::headers::names;
 use super::{
-    ApiKey, HeaderLookup, KeySources, RateLimitHeaders, RefusalResponse, ScopeRequirement, TrustedProxies,
-    rate_limit_headers,
+    ApiKey, HeaderLookup, HeaderSink, KeySources, RateLimitHeaders, RefusalResponse, ScopeRequirement, TrustedProxies,
 };
-use crate::{Engine, Refusal, RequestContext, UsageId, UsageRecord, ValidationError};
+use crate::{Engine, PresentedKey, Refusal, RequestContext, UsageId, UsageRecord, ValidationError};
 
 /// `User-Agent` values are cut to this many bytes in usage records.
 const MAX_USER_AGENT_LEN: usize = 512;
@@ -26,25 +23,26 @@ const MAX_ORIGIN_LEN: usize = 1024;
 
 /// What an adapter knows about a request before validation.
 #[derive(Clone, Copy)]
-pub struct RequestFacts<'a, H: ?Sized> {
+pub struct RequestFacts<'a, H> {
     /// The HTTP method (`GET`).
     pub method: &'a str,
     /// The path, without the query string.
     pub path: &'a str,
     /// The address of the connection's other end, if the server knows it.
     pub peer: Option<IpAddr>,
-    /// The request's headers.
-    pub headers: &'a H,
+    /// The request's headers (a reference to a header list, or an
+    /// adapter's newtype over its header map).
+    pub headers: H,
 }
 
-impl<'a, H: HeaderLookup + ?Sized> RequestFacts<'a, H> {
+impl<'a, H: HeaderLookup> RequestFacts<'a, H> {
     /// The facts of one request.
-    pub fn new(method: &'a str, path: &'a str, peer: Option<IpAddr>, headers: &'a H) -> Self {
+    pub fn new(method: &'a str, path: &'a str, peer: Option<IpAddr>, headers: H) -> Self {
         Self { method, path, peer, headers }
     }
 }
 
-impl<H: ?Sized> fmt::Debug for RequestFacts<'_, H> {
+impl<H> fmt::Debug for RequestFacts<'_, H> {
     /// Leaves the headers out: they carry the key.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RequestFacts")
@@ -106,6 +104,7 @@ struct Config {
     app_id: Option<String>,
     optional: bool,
     preflight_passthrough: bool,
+    rate_limit_headers: RateLimitHeaders,
 }
 
 impl fmt::Debug for Gate {
@@ -119,6 +118,7 @@ impl fmt::Debug for Gate {
             .field("app_id", &c.app_id)
             .field("optional", &c.optional)
             .field("preflight_passthrough", &c.preflight_passthrough)
+            .field("rate_limit_headers", &c.rate_limit_headers)
             .finish()
     }
 }
@@ -141,6 +141,7 @@ impl Gate {
                 app_id: None,
                 optional: false,
                 preflight_passthrough: false,
+                rate_limit_headers: RateLimitHeaders::default(),
             }),
         }
     }
@@ -200,6 +201,20 @@ impl Gate {
         self.edit(|c| c.preflight_passthrough = passthrough)
     }
 
+    /// Which rate-limit headers responses carry: the draft's
+    /// `RateLimit-Policy` and `RateLimit` (the default), the legacy
+    /// `RateLimit-Limit`/`-Remaining`/`-Reset`, or none.
+    #[must_use]
+    pub fn with_rate_limit_headers(self, mode: RateLimitHeaders) -> Self {
+        self.edit(|c| c.rate_limit_headers = mode)
+    }
+
+    /// Which rate-limit headers responses carry.
+    #[must_use]
+    pub fn rate_limit_headers(&self) -> RateLimitHeaders {
+        self.config.rate_limit_headers
+    }
+
     /// The engine.
     #[must_use]
     pub fn engine(&self) -> &Engine {
@@ -247,7 +262,8 @@ impl Gate {
     /// The answer to `refusal`, with this gate's realm.
     #[must_use]
     pub fn refusal(&self, refusal: Refusal) -> RefusalResponse {
-        RefusalResponse::refused(refusal, &self.config.realm, self.config.engine.clock().now())
+        let config = &self.config;
+        RefusalResponse::refused_with(refusal, &config.realm, config.engine.clock().now(), config.rate_limit_headers)
     }
 
     /// Checks a route's scope requirement: `None` when it is met, else the
@@ -276,26 +292,28 @@ impl Gate {
     /// The future never fails: infrastructure failure is
     /// [`Outcome::Refuse`] with [`RefusalResponse::unavailable`] (503),
     /// logged at `warn` with target `keysmith::http`.
-    pub fn authorize<H: HeaderLookup + ?Sized>(&self, request: &RequestFacts<'_, H>) -> Authorize {
+    pub fn authorize<H: HeaderLookup>(&self, request: &RequestFacts<'_, H>) -> Authorize {
         let started = Instant::now();
         let config = &self.config;
-        if self.is_passthrough_preflight(request.method, request.headers) {
+        if self.is_passthrough_preflight(request.method, &request.headers) {
             return Authorize::ready(Outcome::Preflight);
         }
-        let raw = match config.sources.extract(request.headers) {
-            Ok(raw) => SecretString::from(raw),
+        // Shape, checksum and hash now, while the header is borrowed: the
+        // secret is never copied.
+        let key = match config.sources.extract(&request.headers) {
+            Ok(raw) => config.engine.present(raw),
             Err(Refusal::MissingKey) if config.optional => return Authorize::ready(Outcome::Anonymous),
             Err(refusal) => return Authorize::ready(Outcome::Refuse(self.refusal(refusal))),
         };
         let draft = UsageDraft {
             method: request.method.to_owned(),
             path: request.path.to_owned(),
-            ip: config.proxies.client_ip(request.peer, request.headers),
-            user_agent: header_text(request.headers, names::USER_AGENT, MAX_USER_AGENT_LEN),
+            ip: config.proxies.client_ip(request.peer, &request.headers),
+            user_agent: header_text(&request.headers, names::USER_AGENT, MAX_USER_AGENT_LEN),
             started,
         };
-        let origin = header_text(request.headers, names::ORIGIN, MAX_ORIGIN_LEN);
-        Authorize { state: State::Pending(Box::pin(self.clone().validate(raw, origin, draft))) }
+        let origin = header_text(&request.headers, names::ORIGIN, MAX_ORIGIN_LEN);
+        Authorize { state: State::Pending(Box::pin(self.clone().validate(key, origin, draft))) }
     }
 
     #[expect(
@@ -305,7 +323,7 @@ impl Gate {
     )]
     fn validate(
         self,
-        raw: SecretString,
+        key: PresentedKey,
         origin: Option<String>,
         draft: UsageDraft,
     ) -> impl Future<Output = Outcome> + Send + 'static {
@@ -320,7 +338,7 @@ impl Gate {
             if let Some(app_id) = &self.config.app_id {
                 ctx = ctx.with_app_id(app_id);
             }
-            match self.config.engine.validate(raw.expose_secret(), &ctx).await {
+            match self.config.engine.validate_presented(key, &ctx).await {
                 // The admitted request keeps this gate (and through it the
                 // engine) rather than a fresh clone of the engine.
                 Ok(validation) => Outcome::Pass(Admitted { key: ApiKey::new(validation), gate: self, draft }),
@@ -347,9 +365,9 @@ fn header_text<H: HeaderLookup + ?Sized>(headers: &H, name: &str, max: usize) ->
 #[non_exhaustive]
 pub enum Outcome {
     /// The key is valid: put [`Admitted::key`] in the request's extensions,
-    /// call the handler, add [`Admitted::rate_limit_headers`] (or
-    /// [`Admitted::response_headers`]) and call [`Admitted::finish`] with
-    /// the status.
+    /// call the handler, add [`Admitted::write_headers`] and call
+    /// [`Admitted::finish`] with the status ([`Gate::guard`] does all of
+    /// this).
     Pass(Admitted),
     /// Optional mode and no key: call the handler without a key.
     Anonymous,
@@ -401,25 +419,23 @@ impl Admitted {
         self.draft.ip
     }
 
-    /// Headers for the response: `RateLimit-Limit`, `-Remaining` and
-    /// `-Reset` when the key's policy limits its rate, else none (also for
-    /// a request refused after validation, which spent nothing).
+    /// Writes the response's rate-limit headers into `out`, in the gate's
+    /// [`RateLimitHeaders`] mode, when the key's policy limits it; else
+    /// nothing (also for a request refused after validation, which spent
+    /// nothing). [`Gate::guard`] calls it on every passed response.
+    pub fn write_headers(&self, out: &mut impl HeaderSink) {
+        let validation = self.key.validation();
+        if !validation.is_refunded() {
+            self.gate.config.rate_limit_headers.write_for_validation(validation, out);
+        }
+    }
+
+    /// [`write_headers`](Self::write_headers) as a list.
     #[must_use]
     pub fn response_headers(&self) -> Vec<(&'static str, String)> {
-        self.charged_rate_limit().map(|status| Vec::from(rate_limit_headers(status))).unwrap_or_default()
-    }
-
-    /// The numbers of [`response_headers`](Self::response_headers), for
-    /// adapters that build header values without formatting strings;
-    /// `None` when the key's policy does not limit its rate or the request
-    /// was refunded.
-    #[must_use]
-    pub fn rate_limit_headers(&self) -> Option<RateLimitHeaders> {
-        self.charged_rate_limit().map(RateLimitHeaders::new)
-    }
-
-    fn charged_rate_limit(&self) -> Option<&crate::limit::RateLimitStatus> {
-        self.key.rate_limit().filter(|_| !self.key.validation().is_refunded())
+        let mut headers = Vec::new();
+        self.write_headers(&mut headers);
+        headers
     }
 
     /// The usage record of this request answered with `status`; latency

@@ -1,4 +1,12 @@
-//! Reading request headers without knowing the framework's header type.
+//! Reading request headers without knowing the framework's header type,
+//! and writing the rate-limit headers of a response.
+
+use chrono::{DateTime, Datelike, Utc};
+use sfv::{Integer, KeyRef, ListSerializer, StringRef, key_ref};
+
+use super::HeaderSink;
+use crate::limit::RateLimitStatus;
+use crate::{PolicySpec, RateLimit, Validation, retry_after_secs};
 
 /// Read access to a request's headers. Each adapter implements it for its
 /// framework's header map (through a newtype), so the rules in this module
@@ -59,13 +67,17 @@ pub mod names {
     pub const RATELIMIT_REMAINING: &str = "ratelimit-remaining";
     /// `RateLimit-Reset`.
     pub const RATELIMIT_RESET: &str = "ratelimit-reset";
+    /// `RateLimit` (the draft's current-state field).
+    pub const RATELIMIT: &str = "ratelimit";
+    /// `RateLimit-Policy` (the draft's policy field).
+    pub const RATELIMIT_POLICY: &str = "ratelimit-policy";
 
     /// The names read or written on every request (the default key
     /// sources, client address, origin, user agent, preflight marker and
     /// the `RateLimit-*` headers of a passed request). An adapter builds its
     /// framework's header names from this list once and finds them with
     /// [`per_request_index`], instead of parsing a name per request.
-    pub const PER_REQUEST: [&str; 10] = [
+    pub const PER_REQUEST: [&str; 12] = [
         AUTHORIZATION,
         X_API_KEY,
         USER_AGENT,
@@ -76,6 +88,8 @@ pub mod names {
         RATELIMIT_LIMIT,
         RATELIMIT_REMAINING,
         RATELIMIT_RESET,
+        RATELIMIT,
+        RATELIMIT_POLICY,
     ];
 
     /// Where `name` (lowercase) is in [`PER_REQUEST`], if it is there.
@@ -92,10 +106,149 @@ pub mod names {
             RATELIMIT_LIMIT => 7,
             RATELIMIT_REMAINING => 8,
             RATELIMIT_RESET => 9,
+            RATELIMIT => 10,
+            RATELIMIT_POLICY => 11,
             _ => return None,
         })
     }
 }
+
+/// Which rate-limit headers responses carry. A [`Gate`](super::Gate)
+/// option; the default is [`Draft`](Self::Draft).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RateLimitHeaders {
+    /// The two Structured Fields of draft-ietf-httpapi-ratelimit-headers
+    /// (-07 and later): `RateLimit-Policy` lists every limit and quota of
+    /// the key's policy (`"burst";q=10;w=1, "quota-daily";q=1000;w=86400`),
+    /// `RateLimit` the limit closest to refusing (`"burst";r=7;t=1`).
+    #[default]
+    Draft,
+    /// The older `RateLimit-Limit`, `RateLimit-Remaining` and
+    /// `RateLimit-Reset` trio, for the limit closest to refusing.
+    Legacy,
+    /// No rate-limit headers.
+    None,
+}
+
+/// Seconds in a UTC day, the window of a daily quota.
+const DAY_SECS: u64 = 24 * 60 * 60;
+
+impl RateLimitHeaders {
+    /// Writes the headers of a passed request into `out`: its policy's
+    /// limits and quota, and the state of the limit closest to refusing.
+    /// Nothing when the key's policy limits nothing.
+    pub fn write_for_validation(self, validation: &Validation, out: &mut impl HeaderSink) {
+        let closest = validation.closest_rate_limit();
+        match self {
+            Self::None => {}
+            Self::Legacy => {
+                if let Some((_, status)) = closest {
+                    legacy(status, out);
+                }
+            }
+            Self::Draft => {
+                let mut policies = ListSerializer::new();
+                for (limit, _) in validation.rate_limit_states() {
+                    limit_policy(&mut policies, limit);
+                }
+                if let Some(quota) = validation.policy.as_ref().and_then(|p| p.quota) {
+                    let month = month_secs(validation.checked_at());
+                    for (name, quota, window) in
+                        [("quota-daily", quota.daily, DAY_SECS), ("quota-monthly", quota.monthly, month)]
+                    {
+                        if let Some(quota) = quota {
+                            policy_item(&mut policies, name, quota, window);
+                        }
+                    }
+                }
+                if let Some(value) = policies.finish() {
+                    out.append_header(names::RATELIMIT_POLICY, &value);
+                }
+                if let Some((limit, status)) = closest {
+                    out.append_header(names::RATELIMIT, &state(limit, status.remaining, status.reset));
+                }
+            }
+        }
+    }
+
+    /// Writes the headers of a request `limit` refused into `out`: that
+    /// limit's policy and a state with nothing left until `retry_after`.
+    pub fn write_for_refusal(
+        self,
+        limit: &RateLimit,
+        status: &RateLimitStatus,
+        retry_after: std::time::Duration,
+        out: &mut impl HeaderSink,
+    ) {
+        match self {
+            Self::None => {}
+            Self::Legacy => legacy(status, out),
+            Self::Draft => {
+                let mut policies = ListSerializer::new();
+                limit_policy(&mut policies, limit);
+                if let Some(value) = policies.finish() {
+                    out.append_header(names::RATELIMIT_POLICY, &value);
+                }
+                out.append_header(names::RATELIMIT, &state(limit, 0, retry_after));
+            }
+        }
+    }
+}
+
+/// `RateLimit-Limit`, `-Remaining` and `-Reset` (whole seconds, rounded
+/// up), each rendered from its number.
+fn legacy(status: &RateLimitStatus, out: &mut impl HeaderSink) {
+    let mut digits = itoa::Buffer::new();
+    out.append_header(names::RATELIMIT_LIMIT, digits.format(status.limit));
+    out.append_header(names::RATELIMIT_REMAINING, digits.format(status.remaining));
+    out.append_header(names::RATELIMIT_RESET, digits.format(retry_after_secs(status.reset)));
+}
+
+/// `"name";q=requests;w=window` for one rate limit (a window shorter than
+/// a second is announced as one second: `w` is whole seconds).
+fn limit_policy(list: &mut ListSerializer<String>, limit: &RateLimit) {
+    let window = retry_after_secs(limit.window).max(1);
+    policy_item(list, &limit.name, u64::from(limit.requests), window);
+}
+
+const Q: &KeyRef = key_ref("q");
+const W: &KeyRef = key_ref("w");
+const R: &KeyRef = key_ref("r");
+const T: &KeyRef = key_ref("t");
+
+/// One member of `RateLimit-Policy`. Names that are not a valid Structured
+/// Field string are skipped (policy validation lets none through).
+fn policy_item(list: &mut ListSerializer<String>, name: &str, quota: u64, window: u64) {
+    if let Ok(name) = StringRef::from_str(name) {
+        list.bare_item(name).parameter(Q, integer(quota)).parameter(W, integer(window));
+    }
+}
+
+/// The `RateLimit` field: `"name";r=remaining;t=seconds`.
+fn state(limit: &RateLimit, remaining: u32, reset: std::time::Duration) -> String {
+    let mut list = ListSerializer::new();
+    if let Ok(name) = StringRef::from_str(&limit.name) {
+        list.bare_item(name).parameter(R, integer(u64::from(remaining))).parameter(T, integer(retry_after_secs(reset)));
+    }
+    list.finish().unwrap_or_default()
+}
+
+/// A Structured Field integer, capped at the largest one (15 digits):
+/// policy bounds keep every real value far below it.
+fn integer(value: u64) -> Integer {
+    Integer::try_from(value).unwrap_or(Integer::MAX)
+}
+
+/// Seconds in the UTC calendar month of `at`, the window of a monthly quota.
+fn month_secs(at: DateTime<Utc>) -> u64 {
+    let date = at.date_naive();
+    let first = date.with_day(1).unwrap_or(date);
+    let next = first.checked_add_months(chrono::Months::new(1)).unwrap_or(first);
+    u64::try_from((next - first).num_seconds()).unwrap_or(31 * DAY_SECS)
+}
+
+const _: () = assert!(PolicySpec::MAX_QUOTA < 999_999_999_999_999, "quotas fit a Structured Field integer");
 
 #[cfg(test)]
 mod tests {

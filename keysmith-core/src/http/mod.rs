@@ -6,15 +6,17 @@
 //! - [`TrustedProxies`]: the client address, from the peer or from the
 //!   [forwarding header](ForwardingHeader) set by trusted proxies.
 //! - [`RefusalResponse`]: a refusal or failure as status, headers and JSON
-//!   body; [`rate_limit_headers`] (or, without formatting,
-//!   [`RateLimitHeaders`]) for passed requests.
+//!   body; [`RateLimitHeaders`] (draft `RateLimit-Policy` and `RateLimit`,
+//!   the legacy trio, or none) for passed and rate-limited requests.
 //! - [`ApiKey`]: what a validated request carries to its handler.
 //! - [`ScopeRequirement`]: per-route scopes, all or any.
 //! - [`Gate`]: the per-request flow that ties them together.
-//!
-//! An adapter implements [`HeaderLookup`] for its header map, builds
-//! [`RequestFacts`], awaits [`Gate::authorize`] and turns the [`Outcome`]
-//! into its framework's terms.
+//! - [`Adapter`] and [`Gate::guard`]: the adapter kit. The whole sequence
+//!   (authorize, leave the key in the request, call the inner service, add
+//!   the rate-limit headers and queue the usage record, or answer the
+//!   refusal) is [`Guarded`], written once; an adapter implements
+//!   [`HeaderLookup`] for its header map and [`Adapter`]'s small steps in
+//!   its framework's terms, and returns `Guarded` as its response future.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -37,6 +39,7 @@ mod client_ip;
 mod extract;
 mod gate;
 mod headers;
+mod kit;
 mod response;
 mod scopes;
 
@@ -44,8 +47,9 @@ pub use api_key::ApiKey;
 pub use client_ip::{ForwardingHeader, MAX_FORWARDING_HEADER_LEN, TrustedProxies};
 pub use extract::{KeySource, KeySources, MAX_KEY_HEADER_LEN};
 pub use gate::{Admitted, Authorize, Gate, Outcome, RequestFacts};
-pub use headers::{HeaderLookup, names};
-pub use response::{JSON_CONTENT_TYPE, RateLimitHeaders, RefusalResponse, rate_limit_headers};
+pub use headers::{HeaderLookup, RateLimitHeaders, names};
+pub use kit::{Adapter, Admission, Guarded, HeaderSink, log_missing_middleware};
+pub use response::{JSON_CONTENT_TYPE, RefusalResponse};
 pub use scopes::{ScopeMatch, ScopeRequirement};
 
 #[cfg(test)]

@@ -5,8 +5,7 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 
-use super::headers::names;
-use crate::limit::RateLimitStatus;
+use super::headers::{RateLimitHeaders, names};
 use crate::{Refusal, retry_after_secs};
 
 /// The `Content-Type` of every refusal body.
@@ -55,10 +54,23 @@ impl RefusalResponse {
     /// | malformed, unknown, revoked, expired, suspended | 401 | … `error="invalid_token"` |
     /// | IP or origin not allowed | 403 | |
     /// | insufficient scope | 403 | … `error="insufficient_scope", scope="…"` |
-    /// | rate limited | 429 | `Retry-After`, `RateLimit-*` |
+    /// | rate limited | 429 | `Retry-After`, `RateLimit-Policy` and `RateLimit` |
     /// | quota exceeded | 429 | `Retry-After` |
+    /// | credits exhausted | 429 | `Retry-After` when the credits refill |
     #[must_use]
     pub fn refused(refusal: Refusal, realm: &str, now: DateTime<Utc>) -> Self {
+        Self::refused_with(refusal, realm, now, RateLimitHeaders::default())
+    }
+
+    /// [`refused`](Self::refused), with a rate-limited refusal's headers in
+    /// the `rate_limit_headers` mode.
+    #[must_use]
+    pub fn refused_with(
+        refusal: Refusal,
+        realm: &str,
+        now: DateTime<Utc>,
+        rate_limit_headers: RateLimitHeaders,
+    ) -> Self {
         let mut headers = vec![(names::CONTENT_TYPE, JSON_CONTENT_TYPE.to_owned())];
         let status = match &refusal {
             Refusal::AmbiguousKey => {
@@ -76,16 +88,18 @@ impl RefusalResponse {
                 headers.push((names::WWW_AUTHENTICATE, value));
                 403
             }
-            Refusal::RateLimited { retry_after, status } => {
+            Refusal::RateLimited { limit, retry_after, status } => {
                 headers.push((names::RETRY_AFTER, retry_after_secs(*retry_after).max(1).to_string()));
-                headers.extend(rate_limit_headers(status));
+                rate_limit_headers.write_for_refusal(limit, status, *retry_after, &mut headers);
                 429
             }
-            Refusal::QuotaExceeded { resets_at } => {
+            Refusal::QuotaExceeded { resets_at } | Refusal::CreditsExhausted { refills_at: Some(resets_at) } => {
                 let wait = (*resets_at - now).to_std().unwrap_or_default();
                 headers.push((names::RETRY_AFTER, retry_after_secs(wait).max(1).to_string()));
                 429
             }
+            // No refill: waiting does not help, so no `Retry-After`.
+            Refusal::CreditsExhausted { refills_at: None } => 429,
             // Malformed, Unknown, Revoked, Expired, Suspended, and any later
             // refusal of the key itself.
             _ => {
@@ -136,67 +150,6 @@ impl RefusalResponse {
     }
 }
 
-/// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (whole
-/// seconds, rounded up) for a key under a rate limit.
-#[must_use]
-pub fn rate_limit_headers(status: &RateLimitStatus) -> [(&'static str, String); 3] {
-    RateLimitHeaders::new(status).pairs().map(|(name, value)| (name, value.to_string()))
-}
-
-/// The numbers of the `RateLimit-*` headers, unformatted: an adapter
-/// turns them into header values without going through `String` (this is
-/// on the path of every passed request).
-///
-/// ```
-/// use std::time::Duration;
-/// use keysmith_core::http::RateLimitHeaders;
-/// use keysmith_core::limit::RateLimitStatus;
-///
-/// let status = RateLimitStatus {
-///     allowed: true,
-///     limit: 10,
-///     remaining: 9,
-///     reset: Duration::from_millis(1_500),
-///     retry_after: None,
-/// };
-/// let headers = RateLimitHeaders::new(&status);
-/// assert_eq!((headers.limit, headers.remaining, headers.reset), (10, 9, 2));
-/// assert_eq!(headers.pairs()[2], ("ratelimit-reset", 2));
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimitHeaders {
-    /// `RateLimit-Limit`: requests the key may make at once.
-    pub limit: u64,
-    /// `RateLimit-Remaining`: requests left right now.
-    pub remaining: u64,
-    /// `RateLimit-Reset`: seconds (rounded up) until the full burst is
-    /// available again.
-    pub reset: u64,
-}
-
-impl RateLimitHeaders {
-    /// The headers of `status`.
-    #[must_use]
-    pub fn new(status: &RateLimitStatus) -> Self {
-        Self {
-            limit: u64::from(status.limit),
-            remaining: u64::from(status.remaining),
-            reset: retry_after_secs(status.reset),
-        }
-    }
-
-    /// `(name, value)` pairs, lowercase names, in the order limit,
-    /// remaining, reset.
-    #[must_use]
-    pub fn pairs(&self) -> [(&'static str, u64); 3] {
-        [
-            (names::RATELIMIT_LIMIT, self.limit),
-            (names::RATELIMIT_REMAINING, self.remaining),
-            (names::RATELIMIT_RESET, self.reset),
-        ]
-    }
-}
-
 /// `Bearer realm="…"` with an optional `error="…"`.
 fn challenge(realm: &str, error: Option<&str>) -> String {
     let mut value = format!("Bearer realm={}", quoted(realm));
@@ -226,6 +179,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::RateLimit;
+    use crate::limit::RateLimitStatus;
 
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-03-10T23:59:30Z").unwrap().to_utc()
@@ -245,6 +200,11 @@ mod tests {
         }
     }
 
+    fn rate_limited(retry_after: Duration) -> Refusal {
+        let limit = RateLimit::new("burst", 3, Duration::from_secs(10));
+        Refusal::RateLimited { limit, retry_after, status: limit_status() }
+    }
+
     #[test]
     fn statuses_and_codes_follow_the_design_table() {
         let cases = [
@@ -258,8 +218,9 @@ mod tests {
             (Refusal::IpNotAllowed, 403, "ip_not_allowed"),
             (Refusal::OriginNotAllowed, 403, "origin_not_allowed"),
             (Refusal::InsufficientScope { missing: vec!["a".into()] }, 403, "insufficient_scope"),
-            (Refusal::RateLimited { retry_after: Duration::from_secs(1), status: limit_status() }, 429, "rate_limited"),
+            (rate_limited(Duration::from_secs(1)), 429, "rate_limited"),
             (Refusal::QuotaExceeded { resets_at: now() }, 429, "quota_exceeded"),
+            (Refusal::CreditsExhausted { refills_at: None }, 429, "credits_exhausted"),
         ];
         for (refusal, status, code) in cases {
             let response = refused(refusal);
@@ -307,16 +268,38 @@ mod tests {
 
     #[test]
     fn too_many_requests_say_when_to_retry() {
-        let rate = refused(Refusal::RateLimited { retry_after: Duration::from_millis(2_500), status: limit_status() });
+        let rate = refused(rate_limited(Duration::from_millis(2_500)));
         assert_eq!(rate.header("retry-after"), Some("3"));
-        assert_eq!(rate.header("ratelimit-limit"), Some("3"));
-        assert_eq!(rate.header("ratelimit-remaining"), Some("0"));
-        assert_eq!(rate.header("ratelimit-reset"), Some("10"));
+        assert_eq!(rate.header("ratelimit-policy"), Some(r#""burst";q=3;w=10"#));
+        assert_eq!(rate.header("ratelimit"), Some(r#""burst";r=0;t=3"#));
+        assert_eq!(rate.header("ratelimit-limit"), None, "the legacy trio is opt-in");
+        let legacy = RefusalResponse::refused_with(
+            rate_limited(Duration::from_millis(2_500)),
+            "api",
+            now(),
+            RateLimitHeaders::Legacy,
+        );
+        assert_eq!(legacy.header("ratelimit-limit"), Some("3"));
+        assert_eq!(legacy.header("ratelimit-remaining"), Some("0"));
+        assert_eq!(legacy.header("ratelimit-reset"), Some("10"));
+        assert_eq!(legacy.header("ratelimit"), None);
+        let none = RefusalResponse::refused_with(
+            rate_limited(Duration::from_millis(2_500)),
+            "api",
+            now(),
+            RateLimitHeaders::None,
+        );
+        assert_eq!(none.header("retry-after"), Some("3"), "Retry-After stays in every mode");
+        assert!(none.headers.iter().all(|(name, _)| !name.starts_with("ratelimit")));
         let midnight = DateTime::parse_from_rfc3339("2026-03-11T00:00:00Z").unwrap().to_utc();
         let quota = refused(Refusal::QuotaExceeded { resets_at: midnight });
         assert_eq!(quota.header("retry-after"), Some("30"));
         // A reset already passed still asks for a (short) wait.
         let past = refused(Refusal::QuotaExceeded { resets_at: now() - chrono::Duration::seconds(5) });
         assert_eq!(past.header("retry-after"), Some("1"));
+        let credits = refused(Refusal::CreditsExhausted { refills_at: Some(midnight) });
+        assert_eq!(credits.header("retry-after"), Some("30"));
+        let spent = refused(Refusal::CreditsExhausted { refills_at: None });
+        assert_eq!((spent.status, spent.header("retry-after")), (429, None), "no refill: waiting does not help");
     }
 }

@@ -7,7 +7,9 @@ use chrono::{TimeZone, Utc};
 
 use super::*;
 use crate::store::{Page, TimeRange};
-use crate::{Engine, ManualClock, MemoryStore, NewKey, PolicySpec, Store, TenantEngine, UsageRecord};
+use crate::{
+    Engine, ManualClock, MemoryStore, NewKey, PolicySpec, RateLimit, Refusal, Store, TenantEngine, UsageRecord,
+};
 
 struct Setup {
     engine: Engine,
@@ -60,7 +62,6 @@ async fn valid_key_passes_and_its_usage_is_recorded_with_the_status() {
     let pass = admitted(outcome(&gate, "GET", Some("198.51.100.7"), &headers).await);
     assert!(pass.key().has_scope("read:users"));
     assert!(pass.response_headers().is_empty(), "no rate limit, no RateLimit headers");
-    assert_eq!(pass.rate_limit_headers(), None);
     let copy = pass.usage_record(418);
     let key_id = pass.key().id();
     pass.finish(418);
@@ -192,18 +193,77 @@ async fn rate_limited_keys_get_rate_limit_headers_then_429() {
     let raw = key(&s, NewKey::new("slow").with_policy(policy.id)).await;
     let gate = Gate::new(s.engine.clone());
     let first = admitted(outcome(&gate, "GET", None, &bearer(&raw)).await);
-    let headers = first.response_headers();
-    assert!(headers.contains(&("ratelimit-limit", "2".to_owned())), "{headers:?}");
-    assert!(headers.contains(&("ratelimit-remaining", "1".to_owned())), "{headers:?}");
-    // The unformatted numbers say the same as the headers.
-    let numbers = first.rate_limit_headers().expect("a rate-limited key has RateLimit numbers");
-    assert_eq!((numbers.limit, numbers.remaining), (2, 1));
-    let formatted: Vec<_> = numbers.pairs().iter().map(|&(name, value)| (name, value.to_string())).collect();
-    assert_eq!(formatted, headers);
-    admitted(outcome(&gate, "GET", None, &bearer(&raw)).await);
+    assert_eq!(
+        first.response_headers(),
+        [("ratelimit-policy", r#""default";q=2;w=60"#.to_owned()), ("ratelimit", r#""default";r=1;t=30"#.to_owned())]
+    );
+    let legacy = gate.clone().with_rate_limit_headers(RateLimitHeaders::Legacy);
+    let second = admitted(outcome(&legacy, "GET", None, &bearer(&raw)).await);
+    assert_eq!(
+        second.response_headers(),
+        [
+            ("ratelimit-limit", "2".to_owned()),
+            ("ratelimit-remaining", "0".to_owned()),
+            ("ratelimit-reset", "60".to_owned())
+        ]
+    );
     let limited = refused(outcome(&gate, "GET", None, &bearer(&raw)).await);
     assert_eq!((limited.status, limited.code), (429, "rate_limited"));
-    assert!(limited.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(limited.header("retry-after"), Some("30"));
+    assert_eq!(limited.header("ratelimit"), Some(r#""default";r=0;t=30"#));
+    let silent = gate.with_rate_limit_headers(RateLimitHeaders::None);
+    let quiet = refused(outcome(&silent, "GET", None, &bearer(&raw)).await);
+    assert!(quiet.headers.iter().all(|(name, _)| !name.starts_with("ratelimit")), "{:?}", quiet.headers);
+}
+
+#[tokio::test]
+async fn every_limit_and_the_quota_are_announced_and_the_closest_limit_reported() {
+    let s = setup();
+    let spec = PolicySpec::new("tiers")
+        .with_limit(RateLimit::new("burst", 10, Duration::from_secs(1)))
+        .with_limit(RateLimit::new("hourly", 3, Duration::from_secs(3600)))
+        .with_quota(Some(1000), Some(20_000));
+    let policy = s.acme.create_policy(spec).await.unwrap();
+    let raw = key(&s, NewKey::new("tiers").with_policy(policy.id)).await;
+    let gate = Gate::new(s.engine.clone());
+    let pass = admitted(outcome(&gate, "GET", None, &bearer(&raw)).await);
+    let headers = pass.response_headers();
+    // March: 31 days.
+    let month = 31 * 86_400;
+    assert_eq!(
+        headers[0],
+        (
+            "ratelimit-policy",
+            format!(
+                r#""burst";q=10;w=1, "hourly";q=3;w=3600, "quota-daily";q=1000;w=86400, "quota-monthly";q=20000;w={month}"#
+            )
+        )
+    );
+    // `hourly` has 2 left, `burst` 9: the hourly one is closest to refusing.
+    assert_eq!(headers[1], ("ratelimit", r#""hourly";r=2;t=1200"#.to_owned()));
+}
+
+#[tokio::test]
+async fn a_later_limit_that_refuses_spends_nothing_of_the_earlier_ones() {
+    let s = setup();
+    let spec = PolicySpec::new("tiers")
+        .with_limit(RateLimit::new("burst", 2, Duration::from_secs(1)))
+        .with_limit(RateLimit::new("hourly", 1, Duration::from_secs(3600)));
+    let policy = s.acme.create_policy(spec).await.unwrap();
+    let raw = key(&s, NewKey::new("tiers").with_policy(policy.id)).await;
+    let gate = Gate::new(s.engine.clone());
+    let pass = admitted(outcome(&gate, "GET", None, &bearer(&raw)).await);
+    assert_eq!(pass.key().rate_limit().map(|status| status.remaining), Some(0));
+    for _ in 0..3 {
+        let limited = refused(outcome(&gate, "GET", None, &bearer(&raw)).await);
+        match &limited.refusal {
+            Some(Refusal::RateLimited { limit, .. }) => assert_eq!(limit.name, "hourly"),
+            other => panic!("{other:?}"),
+        }
+        assert!(limited.message.contains("\"hourly\""), "{}", limited.message);
+    }
+    // Had the refusals spent `burst` (2 per second), the third would have
+    // been refused by `burst` instead.
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! API keys: the entity, its lifecycle states, the raw key format and hashing.
 
+mod credits;
 mod format;
 mod hash;
 
@@ -11,8 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::{KeyId, PolicyId, Tenant};
 
+pub use credits::{CreditSpend, Credits, CreditsStatus, Refill};
 pub use format::{MAX_RAW_KEY_LEN, ParsedKey, RawKey, validate_prefix};
 pub use hash::{HashParseError, Hasher, KeyHash, Sha256Hasher};
+
+/// The longest [`Key::owner_id`], in characters.
+pub const MAX_OWNER_ID_LEN: usize = 255;
 
 /// An API key as stored: everything but its secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,8 +41,16 @@ pub struct Key {
     pub state: KeyState,
     /// Scopes granted to the key.
     pub scopes: Vec<String>,
-    /// The owner.
+    /// The tenant the key belongs to.
     pub tenant: Tenant,
+    /// The application's own id for the user or customer the key belongs
+    /// to, if any; listings filter on it and a policy can cap how many
+    /// live keys one owner holds.
+    pub owner_id: Option<String>,
+    /// The prepaid uses of the key's lineage, if it has any: as they stood
+    /// when the key was read (a cached key may lag; validation spends from
+    /// the store).
+    pub credits: Option<Credits>,
     /// The policy the key is held to, if any.
     pub policy_id: Option<PolicyId>,
     /// After this instant the key is expired.
@@ -151,6 +164,14 @@ impl KeyState {
     #[must_use]
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Expired | Self::Revoked)
+    }
+
+    /// True for the states an owner's key counts in toward a policy's
+    /// `max_active_keys_per_owner`: `active`, and `suspended` (it can be
+    /// reactivated, so it keeps its place).
+    #[must_use]
+    pub fn counts_toward_owner_limit(self) -> bool {
+        matches!(self, Self::Active | Self::Suspended)
     }
 
     /// The states from which a key may move to `to`.

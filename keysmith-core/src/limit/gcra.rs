@@ -1,6 +1,7 @@
-//! The default limiter: GCRA per key, one atomic theoretical arrival time
-//! (TAT) each, in a `dashmap`, with idle keys evicted so memory follows the
-//! keys in use, not all keys ever seen.
+//! The default limiter: GCRA per subject (a key's lineage or an owner) and
+//! limit name, one atomic theoretical arrival time (TAT) each, in a
+//! `dashmap`, with idle subjects evicted so memory follows the keys in use,
+//! not all keys ever seen.
 //!
 //! GCRA in one paragraph: every request costs one emission interval `T`
 //! (`window / requests`); the TAT is when the key's budget would be back
@@ -18,14 +19,32 @@ use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 
-use super::{RateLimitStatus, RateLimiter};
+use super::{RateLimitStatus, RateLimiter, Subject};
 use crate::bounded::SweepSchedule;
 use crate::{Clock, Error, KeyId, RateLimit, Result, SystemClock};
 
-/// One key's budget.
+/// A subject as the map holds it: a lineage id as it is (no allocation on
+/// the common path), an owner by its unique text form.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Holder {
+    Key(KeyId),
+    Owner(Box<str>),
+}
+
+impl Holder {
+    fn of(subject: Subject<'_>) -> Self {
+        match subject {
+            Subject::Key(id) => Self::Key(id),
+            Subject::Owner { .. } => Self::Owner(subject.storage_key().into_boxed_str()),
+        }
+    }
+}
+
+/// One budget of a subject: one named limit.
 #[derive(Debug)]
 struct Cell {
-    /// The limit the cell was sized by; another limit resizes it.
+    /// The limit the cell was sized by (its name says which of the
+    /// subject's cells this is); another size resizes it.
     limit: RateLimit,
     /// What one request costs, in nanoseconds (`T`).
     interval: u64,
@@ -36,14 +55,15 @@ struct Cell {
     tat: AtomicU64,
 }
 
-/// In-process GCRA rate limiter keyed by [`KeyId`] (the engine passes the
-/// key's lineage, so a rotated credential keeps its budget); each key has
-/// its own budget from its policy.
+/// In-process GCRA rate limiter keyed by [`Subject`] (the engine passes the
+/// key's lineage, so a rotated credential keeps its budget, or its owner)
+/// and limit name; each subject has one budget per named limit of its
+/// policy.
 ///
-/// The first request of a key and every later one decide against the same
-/// cell: the cell is created, resized or replaced under the map's entry lock,
-/// and every check runs under the map's guard, so concurrent first requests
-/// (or requests racing an eviction) cannot each get a full budget.
+/// The first request of a subject and every later one decide against the
+/// same cell: the cell is created, resized or replaced under the map's entry
+/// lock, and every check runs under the map's guard, so concurrent first
+/// requests (or requests racing an eviction) cannot each get a full budget.
 ///
 /// Memory is bounded by the keys active within their own refill time: once
 /// a key's budget has fully refilled its entry carries no information and is
@@ -53,7 +73,8 @@ struct Cell {
 pub struct GcraRateLimiter {
     /// Only for eviction: checks run at the `now` they are given.
     clock: Arc<dyn Clock>,
-    cells: DashMap<KeyId, Cell, foldhash::fast::RandomState>,
+    /// Each subject's cells, one per limit name (a policy has a handful).
+    cells: DashMap<Holder, Vec<Cell>, foldhash::fast::RandomState>,
     sweeps: SweepSchedule,
 }
 
@@ -76,40 +97,56 @@ impl GcraRateLimiter {
         Self { clock, cells: DashMap::default(), sweeps: SweepSchedule::default() }
     }
 
-    /// How many keys currently hold a limiter.
+    /// How many subjects (key lineages and owners) currently hold a limiter.
     #[must_use]
     pub fn tracked_keys(&self) -> usize {
         self.cells.len()
     }
 
-    /// Drops the limiters of keys idle long enough to have a full budget.
+    /// Drops the limiters idle long enough to have a full budget.
     pub fn evict_idle(&self) {
         let now = self.clock.unix_nanos();
-        self.cells.retain(|_, cell| cell.tat.load(Ordering::Acquire) > now);
+        self.cells.retain(|_, cells| {
+            cells.retain(|cell| cell.tat.load(Ordering::Acquire) > now);
+            !cells.is_empty()
+        });
     }
 
     /// Counts one request: the whole check is in process, so both trait
     /// methods answer with this.
-    fn decide(&self, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> Result<RateLimitStatus> {
+    fn decide(&self, subject: Subject<'_>, limit: &RateLimit, now: DateTime<Utc>) -> Result<RateLimitStatus> {
         let now = nanos(now);
+        let holder = Holder::of(subject);
         // The common case checks under the map's read guard.
-        if let Some(cell) = self.cells.get(&key)
-            && cell.limit == *limit
+        if let Some(cells) = self.cells.get(&holder)
+            && let Some(cell) = cells.iter().find(|cell| cell.limit == *limit)
         {
             return Ok(cell.check(now));
         }
-        // First request, or a changed limit: create or resize the cell and
-        // check under the entry's write lock, so a racing request waits and
-        // then counts against this same cell.
-        let status = match self.cells.entry(key) {
+        // First request, a new limit name or a changed limit: create or
+        // resize the cell and check under the entry's write lock, so a racing
+        // request waits and then counts against this same cell.
+        let status = match self.cells.entry(holder) {
             MapEntry::Occupied(mut occupied) => {
-                if occupied.get().limit != *limit {
-                    let resized = occupied.get().resized(limit, now)?;
-                    occupied.insert(resized);
-                }
-                occupied.get().check(now)
+                let cells = occupied.get_mut();
+                let index = match cells.iter().position(|cell| cell.limit.name == limit.name) {
+                    Some(index) => {
+                        if cells[index].limit != *limit {
+                            cells[index] = cells[index].resized(limit, now)?;
+                        }
+                        index
+                    }
+                    None => {
+                        cells.push(Cell::new(limit, now)?);
+                        cells.len() - 1
+                    }
+                };
+                cells[index].check(now)
             }
-            MapEntry::Vacant(vacant) => vacant.insert(Cell::new(limit, now)?).check(now),
+            MapEntry::Vacant(vacant) => {
+                let cells = vacant.insert(vec![Cell::new(limit, now)?]);
+                cells[0].check(now)
+            }
         };
         // Outside the entry lock: a sweep takes every shard's lock.
         self.sweeps.maybe_sweep(self.cells.len(), || {
@@ -136,7 +173,7 @@ impl Cell {
             .checked_mul(u64::from(burst - 1))
             .filter(|t| now.checked_add(*t).and_then(|t| t.checked_add(interval)).is_some())
             .ok_or_else(|| Error::invalid("rate_limit", "the time to refill a full burst is too long"))?;
-        Ok(Self { limit: *limit, interval, tolerance, burst, tat: AtomicU64::new(now) })
+        Ok(Self { limit: limit.clone(), interval, tolerance, burst, tat: AtomicU64::new(now) })
     }
 
     /// A cell for `limit` that keeps the requests this one has counted and
@@ -198,21 +235,26 @@ fn nanos(at: DateTime<Utc>) -> u64 {
 
 #[async_trait]
 impl RateLimiter for GcraRateLimiter {
-    async fn check(&self, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> Result<RateLimitStatus> {
-        self.decide(key, limit, now)
+    async fn check(&self, subject: Subject<'_>, limit: &RateLimit, now: DateTime<Utc>) -> Result<RateLimitStatus> {
+        self.decide(subject, limit, now)
     }
 
-    fn check_ready(&self, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> Option<Result<RateLimitStatus>> {
-        Some(self.decide(key, limit, now))
+    fn check_ready(
+        &self,
+        subject: Subject<'_>,
+        limit: &RateLimit,
+        now: DateTime<Utc>,
+    ) -> Option<Result<RateLimitStatus>> {
+        Some(self.decide(subject, limit, now))
     }
 
-    /// Moves the key's TAT back by one request, if its cell is still sized
-    /// by `limit` (a cell resized or evicted since holds nothing of that
-    /// request to give back).
-    fn refund(&self, key: KeyId, limit: &RateLimit, at: DateTime<Utc>) {
+    /// Moves the limit's TAT back by one request, if its cell is still
+    /// sized by `limit` (a cell resized or evicted since holds nothing of
+    /// that request to give back).
+    fn refund(&self, subject: Subject<'_>, limit: &RateLimit, at: DateTime<Utc>) {
         let _ = at;
-        if let Some(cell) = self.cells.get(&key)
-            && cell.limit == *limit
+        if let Some(cells) = self.cells.get(&Holder::of(subject))
+            && let Some(cell) = cells.iter().find(|cell| cell.limit == *limit)
         {
             cell.refund();
         }
@@ -233,7 +275,7 @@ mod tests {
     }
 
     fn five_per_second(burst: Option<u32>) -> RateLimit {
-        RateLimit { requests: 5, window: Duration::from_secs(1), burst }
+        RateLimit { name: "l".to_owned(), requests: 5, window: Duration::from_secs(1), burst }
     }
 
     #[tokio::test]
@@ -244,36 +286,74 @@ mod tests {
 
         // A full burst of 10 at once, remaining counting down 9..0.
         for expected_remaining in (0..10).rev() {
-            let status = limiter.check(key, &limit, clock.now()).await.unwrap();
+            let status = limiter.check(Subject::Key(key), &limit, clock.now()).await.unwrap();
             assert!(status.allowed);
             assert_eq!((status.limit, status.remaining), (10, expected_remaining));
         }
         // The 11th is refused; one cell (200 ms) must pass.
-        let refused = limiter.check(key, &limit, clock.now()).await.unwrap();
+        let refused = limiter.check(Subject::Key(key), &limit, clock.now()).await.unwrap();
         assert!(!refused.allowed);
         assert_eq!(refused.remaining, 0);
         assert_eq!(refused.retry_after, Some(Duration::from_millis(200)));
 
         clock.advance(Duration::from_millis(150));
-        let still = limiter.check(key, &limit, clock.now()).await.unwrap();
+        let still = limiter.check(Subject::Key(key), &limit, clock.now()).await.unwrap();
         assert_eq!(still.retry_after, Some(Duration::from_millis(50)));
 
         clock.advance(Duration::from_millis(50));
-        let allowed = limiter.check(key, &limit, clock.now()).await.unwrap();
+        let allowed = limiter.check(Subject::Key(key), &limit, clock.now()).await.unwrap();
         assert!(allowed.allowed);
         assert_eq!(allowed.remaining, 0);
-        assert!(!limiter.check(key, &limit, clock.now()).await.unwrap().allowed);
+        assert!(!limiter.check(Subject::Key(key), &limit, clock.now()).await.unwrap().allowed);
 
         // Steady state: one request per 200 ms fits forever.
         for _ in 0..20 {
             clock.advance(Duration::from_millis(200));
-            assert!(limiter.check(key, &limit, clock.now()).await.unwrap().allowed);
+            assert!(limiter.check(Subject::Key(key), &limit, clock.now()).await.unwrap().allowed);
         }
         // After two idle seconds the whole burst is back.
         clock.advance(Duration::from_secs(2));
-        let rested = limiter.check(key, &limit, clock.now()).await.unwrap();
+        let rested = limiter.check(Subject::Key(key), &limit, clock.now()).await.unwrap();
         assert_eq!(rested.remaining, 9);
         assert_eq!(rested.reset, Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn each_named_limit_of_a_subject_has_its_own_budget() {
+        let (limiter, clock) = limiter();
+        let key = Subject::Key(KeyId::new());
+        let burst = RateLimit::new("burst", 2, Duration::from_secs(1));
+        let hourly = RateLimit::new("hourly", 3, Duration::from_secs(3600));
+        for _ in 0..2 {
+            assert!(limiter.check(key, &burst, clock.now()).await.unwrap().allowed);
+            assert!(limiter.check(key, &hourly, clock.now()).await.unwrap().allowed);
+        }
+        assert!(!limiter.check(key, &burst, clock.now()).await.unwrap().allowed);
+        assert_eq!(limiter.check(key, &hourly, clock.now()).await.unwrap().remaining, 0);
+        clock.advance(Duration::from_secs(1));
+        assert!(limiter.check(key, &burst, clock.now()).await.unwrap().allowed, "the burst refilled");
+        assert!(!limiter.check(key, &hourly, clock.now()).await.unwrap().allowed, "the hourly did not");
+        assert_eq!(limiter.tracked_keys(), 1, "one subject, two cells");
+    }
+
+    #[tokio::test]
+    async fn an_owner_budget_is_shared_by_its_keys_and_no_one_else() {
+        let (limiter, clock) = limiter();
+        let limit = RateLimit::new("default", 2, Duration::from_secs(60));
+        let acme = crate::Tenant::new("app", "acme");
+        let other = crate::Tenant::new("app", "other");
+        let owner = |tenant, owner_id| Subject::Owner { tenant, owner_id };
+        assert!(limiter.check(owner(&acme, "cust_1"), &limit, clock.now()).await.unwrap().allowed);
+        assert!(limiter.check(owner(&acme, "cust_1"), &limit, clock.now()).await.unwrap().allowed);
+        assert!(!limiter.check(owner(&acme, "cust_1"), &limit, clock.now()).await.unwrap().allowed);
+        // Another owner, the same owner id in another tenant, a key: their own budgets.
+        assert!(limiter.check(owner(&acme, "cust_2"), &limit, clock.now()).await.unwrap().allowed);
+        assert!(limiter.check(owner(&other, "cust_1"), &limit, clock.now()).await.unwrap().allowed);
+        assert!(limiter.check(Subject::Key(KeyId::new()), &limit, clock.now()).await.unwrap().allowed);
+        // Length prefixes keep ids with separators apart.
+        let a = crate::Tenant::new("a:1", "b");
+        let b = crate::Tenant::new("a", "1:b");
+        assert_ne!(owner(&a, "c").storage_key(), owner(&b, "c").storage_key());
     }
 
     #[tokio::test]
@@ -284,7 +364,7 @@ mod tests {
         let allowed: Vec<bool> = {
             let mut v = Vec::new();
             for _ in 0..7 {
-                v.push(limiter.check(key, &limit, clock.now()).await.unwrap().allowed);
+                v.push(limiter.check(Subject::Key(key), &limit, clock.now()).await.unwrap().allowed);
             }
             v
         };
@@ -294,22 +374,22 @@ mod tests {
     #[tokio::test]
     async fn each_key_has_its_own_budget() {
         let (limiter, clock) = limiter();
-        let limit = RateLimit { requests: 1, window: Duration::from_secs(60), burst: None };
+        let limit = RateLimit { name: "l".to_owned(), requests: 1, window: Duration::from_secs(60), burst: None };
         let (a, b) = (KeyId::new(), KeyId::new());
-        assert!(limiter.check(a, &limit, clock.now()).await.unwrap().allowed);
-        assert!(!limiter.check(a, &limit, clock.now()).await.unwrap().allowed);
-        assert!(limiter.check(b, &limit, clock.now()).await.unwrap().allowed);
+        assert!(limiter.check(Subject::Key(a), &limit, clock.now()).await.unwrap().allowed);
+        assert!(!limiter.check(Subject::Key(a), &limit, clock.now()).await.unwrap().allowed);
+        assert!(limiter.check(Subject::Key(b), &limit, clock.now()).await.unwrap().allowed);
     }
 
     #[tokio::test]
     async fn a_changed_limit_applies_on_the_next_request() {
         let (limiter, clock) = limiter();
         let key = KeyId::new();
-        let strict = RateLimit { requests: 1, window: Duration::from_secs(60), burst: None };
-        assert!(limiter.check(key, &strict, clock.now()).await.unwrap().allowed);
-        assert!(!limiter.check(key, &strict, clock.now()).await.unwrap().allowed);
-        let relaxed = RateLimit { requests: 100, window: Duration::from_secs(60), burst: None };
-        let status = limiter.check(key, &relaxed, clock.now()).await.unwrap();
+        let strict = RateLimit { name: "l".to_owned(), requests: 1, window: Duration::from_secs(60), burst: None };
+        assert!(limiter.check(Subject::Key(key), &strict, clock.now()).await.unwrap().allowed);
+        assert!(!limiter.check(Subject::Key(key), &strict, clock.now()).await.unwrap().allowed);
+        let relaxed = RateLimit { name: "l".to_owned(), requests: 100, window: Duration::from_secs(60), burst: None };
+        let status = limiter.check(Subject::Key(key), &relaxed, clock.now()).await.unwrap();
         assert!(status.allowed);
         assert_eq!(status.limit, 100);
     }
@@ -318,36 +398,40 @@ mod tests {
     async fn a_changed_limit_keeps_what_was_used() {
         let (limiter, clock) = limiter();
         let key = KeyId::new();
-        let hourly = RateLimit { requests: 1, window: Duration::from_secs(3600), burst: Some(2) };
-        assert!(limiter.check(key, &hourly, clock.now()).await.unwrap().allowed);
+        let hourly = RateLimit { name: "l".to_owned(), requests: 1, window: Duration::from_secs(3600), burst: Some(2) };
+        assert!(limiter.check(Subject::Key(key), &hourly, clock.now()).await.unwrap().allowed);
         // Same rate, larger burst: one request already spent, two left.
-        let larger = RateLimit { burst: Some(3), ..hourly };
-        let status = limiter.check(key, &larger, clock.now()).await.unwrap();
+        let larger = RateLimit { burst: Some(3), ..hourly.clone() };
+        let status = limiter.check(Subject::Key(key), &larger, clock.now()).await.unwrap();
         assert_eq!((status.allowed, status.remaining), (true, 1));
-        assert!(limiter.check(key, &larger, clock.now()).await.unwrap().allowed);
-        assert!(!limiter.check(key, &larger, clock.now()).await.unwrap().allowed);
+        assert!(limiter.check(Subject::Key(key), &larger, clock.now()).await.unwrap().allowed);
+        assert!(!limiter.check(Subject::Key(key), &larger, clock.now()).await.unwrap().allowed);
     }
 
     #[tokio::test]
     async fn a_refund_gives_back_exactly_one_request() {
         let (limiter, clock) = limiter();
         let key = KeyId::new();
-        let limit = RateLimit { requests: 2, window: Duration::from_secs(60), burst: None };
-        assert_eq!(limiter.check(key, &limit, clock.now()).await.unwrap().remaining, 1);
-        assert_eq!(limiter.check(key, &limit, clock.now()).await.unwrap().remaining, 0);
-        limiter.refund(key, &limit, clock.now());
-        let again = limiter.check(key, &limit, clock.now()).await.unwrap();
+        let limit = RateLimit { name: "l".to_owned(), requests: 2, window: Duration::from_secs(60), burst: None };
+        assert_eq!(limiter.check(Subject::Key(key), &limit, clock.now()).await.unwrap().remaining, 1);
+        assert_eq!(limiter.check(Subject::Key(key), &limit, clock.now()).await.unwrap().remaining, 0);
+        limiter.refund(Subject::Key(key), &limit, clock.now());
+        let again = limiter.check(Subject::Key(key), &limit, clock.now()).await.unwrap();
         assert_eq!((again.allowed, again.remaining), (true, 0));
-        assert!(!limiter.check(key, &limit, clock.now()).await.unwrap().allowed);
+        assert!(!limiter.check(Subject::Key(key), &limit, clock.now()).await.unwrap().allowed);
         // A refund against another limit (the policy changed since) gives nothing.
-        limiter.refund(key, &RateLimit { requests: 3, ..limit }, clock.now());
-        assert!(!limiter.check(key, &limit, clock.now()).await.unwrap().allowed);
+        limiter.refund(
+            Subject::Key(key),
+            &RateLimit { name: "l".to_owned(), requests: 3, ..limit.clone() },
+            clock.now(),
+        );
+        assert!(!limiter.check(Subject::Key(key), &limit, clock.now()).await.unwrap().allowed);
         // A refund never fills more than the burst.
         clock.advance(Duration::from_secs(120));
         for _ in 0..5 {
-            limiter.refund(key, &limit, clock.now());
+            limiter.refund(Subject::Key(key), &limit, clock.now());
         }
-        assert_eq!(limiter.check(key, &limit, clock.now()).await.unwrap().remaining, 1);
+        assert_eq!(limiter.check(Subject::Key(key), &limit, clock.now()).await.unwrap().remaining, 1);
     }
 
     /// Runs `threads` threads that each make `per_thread` requests of every
@@ -367,7 +451,7 @@ mod tests {
                     barrier.wait();
                     for _ in 0..2 {
                         for (key, count) in keys.iter().zip(&admitted) {
-                            if limiter.decide(*key, limit, now).unwrap().allowed {
+                            if limiter.decide(Subject::Key(*key), limit, now).unwrap().allowed {
                                 count.fetch_add(1, Ordering::Relaxed);
                             }
                         }
@@ -388,7 +472,7 @@ mod tests {
     #[test]
     fn concurrent_first_requests_of_a_key_share_one_burst() {
         let (limiter, clock) = limiter();
-        let limit = RateLimit { requests: 1, window: Duration::from_secs(3600), burst: Some(3) };
+        let limit = RateLimit { name: "l".to_owned(), requests: 1, window: Duration::from_secs(3600), burst: Some(3) };
         let keys: Vec<KeyId> = (0..5000).map(|_| KeyId::new()).collect();
         let admitted = race(&limiter, &keys, &limit, clock.now(), 4);
         assert!(
@@ -401,17 +485,17 @@ mod tests {
     #[test]
     fn concurrent_requests_after_eviction_or_a_limit_change_share_one_burst() {
         let (limiter, clock) = limiter();
-        let hourly = RateLimit { requests: 1, window: Duration::from_secs(3600), burst: None };
+        let hourly = RateLimit { name: "l".to_owned(), requests: 1, window: Duration::from_secs(3600), burst: None };
         let keys: Vec<KeyId> = (0..5000).map(|_| KeyId::new()).collect();
         for key in &keys {
-            assert!(limiter.decide(*key, &hourly, clock.now()).unwrap().allowed);
+            assert!(limiter.decide(Subject::Key(*key), &hourly, clock.now()).unwrap().allowed);
         }
         // Every budget is full again: the cells may be evicted under the racers.
         clock.advance(Duration::from_secs(3600));
         let admitted = race(&limiter, &keys, &hourly, clock.now(), 4);
         assert!(admitted.iter().all(|n| *n == 1), "after eviction");
         // A new limit (burst 3 at the same rate) keeps the request just spent.
-        let larger = RateLimit { burst: Some(3), ..hourly };
+        let larger = RateLimit { burst: Some(3), ..hourly.clone() };
         let admitted = race(&limiter, &keys, &larger, clock.now(), 4);
         assert!(admitted.iter().all(|n| *n == 2), "after the limit changed");
     }
@@ -419,9 +503,9 @@ mod tests {
     #[tokio::test]
     async fn idle_limiters_are_evicted_and_memory_stays_bounded() {
         let (limiter, clock) = limiter();
-        let limit = RateLimit { requests: 10, window: Duration::from_secs(1), burst: None };
+        let limit = RateLimit { name: "l".to_owned(), requests: 10, window: Duration::from_secs(1), burst: None };
         for _ in 0..(MIN_SWEEP_LEN * 4) {
-            limiter.check(KeyId::new(), &limit, clock.now()).await.unwrap();
+            limiter.check(Subject::Key(KeyId::new()), &limit, clock.now()).await.unwrap();
             clock.advance(Duration::from_millis(1));
         }
         // Each key is idle after 1 s; with 1 ms between keys, about a
@@ -435,10 +519,10 @@ mod tests {
     #[tokio::test]
     async fn a_key_first_seen_during_a_sweep_is_kept() {
         let (limiter, clock) = limiter();
-        let limit = RateLimit { requests: 1, window: Duration::from_secs(3600), burst: None };
+        let limit = RateLimit { name: "l".to_owned(), requests: 1, window: Duration::from_secs(3600), burst: None };
         let keys = MIN_SWEEP_LEN * 4;
         for _ in 0..keys {
-            limiter.check(KeyId::new(), &limit, clock.now()).await.unwrap();
+            limiter.check(Subject::Key(KeyId::new()), &limit, clock.now()).await.unwrap();
         }
         assert_eq!(limiter.tracked_keys(), keys, "no key within its refill time was evicted");
     }
@@ -447,10 +531,13 @@ mod tests {
     async fn a_busy_key_is_not_evicted() {
         let (limiter, clock) = limiter();
         let key = KeyId::new();
-        let limit = RateLimit { requests: 1, window: Duration::from_secs(10), burst: None };
-        assert!(limiter.check(key, &limit, clock.now()).await.unwrap().allowed);
+        let limit = RateLimit { name: "l".to_owned(), requests: 1, window: Duration::from_secs(10), burst: None };
+        assert!(limiter.check(Subject::Key(key), &limit, clock.now()).await.unwrap().allowed);
         clock.advance(Duration::from_secs(5));
         limiter.evict_idle();
-        assert!(!limiter.check(key, &limit, clock.now()).await.unwrap().allowed, "the budget survived the sweep");
+        assert!(
+            !limiter.check(Subject::Key(key), &limit, clock.now()).await.unwrap().allowed,
+            "the budget survived the sweep"
+        );
     }
 }

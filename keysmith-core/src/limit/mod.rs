@@ -11,49 +11,96 @@ use chrono::{DateTime, Utc};
 
 pub use gcra::GcraRateLimiter;
 
-use crate::{KeyId, RateLimit, Result};
+use crate::{KeyId, RateLimit, Result, Tenant};
 
-/// Decides whether one more request of a key fits its rate limit.
+/// Whose budget a rate limit counts against.
 ///
-/// Implementations keep one budget per key, sized by the `limit` handed in
-/// (so a policy change takes effect on the next request). The key the
-/// engine hands in is the credential's lineage (the id of the first key of
-/// a chain of rotations), so a rotation never refills a budget. A distributed
-/// implementation (Redis) plugs in through
+/// The engine hands in the key's lineage (the id of the first key of a
+/// chain of rotations, so a rotation never refills a budget), or, under a
+/// policy with `limit_by: owner`, the key's owner, so that every key of
+/// one customer spends one budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subject<'a> {
+    /// A key's lineage.
+    Key(KeyId),
+    /// Every key of `owner_id` in `tenant`.
+    Owner {
+        /// The tenant the owner belongs to (owner ids are unique per tenant).
+        tenant: &'a Tenant,
+        /// The application's id of the user or customer.
+        owner_id: &'a str,
+    },
+}
+
+impl Subject<'_> {
+    /// A text form, unique per subject and safe in a store key: `key:`
+    /// and the lineage id, or `owner:` and the length-prefixed app, tenant
+    /// and owner ids (so no two owners share a form, whatever characters
+    /// their ids hold).
+    #[must_use]
+    pub fn storage_key(&self) -> String {
+        match self {
+            Self::Key(id) => format!("key:{id}"),
+            Self::Owner { tenant, owner_id } => format!(
+                "owner:{}:{}:{}:{}:{owner_id}",
+                tenant.app_id.len(),
+                tenant.app_id,
+                tenant.tenant_id.len(),
+                tenant.tenant_id
+            ),
+        }
+    }
+}
+
+/// Decides whether one more request of a subject fits one of its rate
+/// limits.
+///
+/// Implementations keep one budget per subject and limit name, sized by the
+/// `limit` handed in (so a policy change takes effect on the next request).
+/// A policy with several limits is checked limit by limit; a request that a
+/// later limit refuses is [`refund`](Self::refund)ed on the earlier ones, so
+/// a refused request spends nothing. A distributed implementation (Redis)
+/// plugs in through
 /// [`EngineBuilder::with_rate_limiter`](crate::EngineBuilder::with_rate_limiter).
 #[async_trait]
 pub trait RateLimiter: Send + Sync + fmt::Debug + 'static {
-    /// Counts one request of `key`, made at `now`, against `limit` and says
-    /// whether it fits.
+    /// Counts one request of `subject`, made at `now`, against `limit` and
+    /// says whether it fits.
     ///
     /// # Errors
     /// The limiter's backend failed (the request is then neither allowed nor
     /// refused: adapters answer 503).
-    async fn check(&self, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> Result<RateLimitStatus>;
+    async fn check(&self, subject: Subject<'_>, limit: &RateLimit, now: DateTime<Utc>) -> Result<RateLimitStatus>;
 
     /// [`check`](Self::check) answered at once, for a limiter that decides
     /// in process; `None` means "await `check`" (the default, right for a
     /// limiter that asks a server). Validation asks this first, so an
     /// in-process limiter costs no boxed future. A `Some` counts the request
     /// exactly as `check` would.
-    fn check_ready(&self, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> Option<Result<RateLimitStatus>> {
-        let _ = (key, limit, now);
+    fn check_ready(
+        &self,
+        subject: Subject<'_>,
+        limit: &RateLimit,
+        now: DateTime<Utc>,
+    ) -> Option<Result<RateLimitStatus>> {
+        let _ = (subject, limit, now);
         None
     }
 
-    /// Gives back one request of `key` that [`check`](Self::check) allowed
-    /// at `at` against `limit`, because the request was refused afterwards
-    /// (a route's scope requirement) and a refused request spends nothing.
+    /// Gives back one request of `subject` that [`check`](Self::check)
+    /// allowed at `at` against `limit`, because the request was refused
+    /// afterwards (by a later limit, the quota, or a route's scope
+    /// requirement) and a refused request spends nothing.
     ///
     /// Never waits: a limiter whose state lives on a server starts the
     /// refund in the background. The default gives nothing back, so a
     /// limiter that cannot refund over-counts, never under-counts.
-    fn refund(&self, key: KeyId, limit: &RateLimit, at: DateTime<Utc>) {
-        let _ = (key, limit, at);
+    fn refund(&self, subject: Subject<'_>, limit: &RateLimit, at: DateTime<Utc>) {
+        let _ = (subject, limit, at);
     }
 }
 
-/// The outcome of a rate-limit check, with what the `RateLimit-*` headers say.
+/// The outcome of one limit's check, with what the `RateLimit` headers say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimitStatus {
     /// True if the request fits.

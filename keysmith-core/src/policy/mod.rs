@@ -21,8 +21,13 @@ pub struct Policy {
     pub tenant: Tenant,
     /// The name, unique per tenant.
     pub name: String,
-    /// Requests allowed per window, per key.
-    pub rate_limit: Option<RateLimit>,
+    /// Named rate limits, every one enforced (a request must fit them all).
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimit>,
+    /// Whose budget the rate limits and quota count: each key's lineage, or
+    /// all keys of the key's owner together.
+    #[serde(default)]
+    pub limit_by: LimitBy,
     /// Client networks allowed to use the keys; empty allows all.
     pub allowed_ips: Vec<IpNet>,
     /// `Origin` values allowed; empty allows all.
@@ -37,6 +42,13 @@ pub struct Policy {
     /// Default grace period for rotations of keys under this policy, in seconds in JSON.
     #[serde(default, with = "crate::serde_secs::option")]
     pub rotation_grace: Option<Duration>,
+    /// How many live keys (`active` or `suspended`) one owner may hold under
+    /// this policy; creating one more is refused with
+    /// [`Error::OwnerKeyLimit`](crate::Error::OwnerKeyLimit). `1` is "one
+    /// key per customer". Rotation keeps the count: the rotated key is no
+    /// longer live. Keys without an owner are not counted.
+    #[serde(default)]
+    pub max_active_keys_per_owner: Option<u32>,
     /// Free-form JSON object for the application.
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// Creation time.
@@ -71,16 +83,87 @@ impl Policy {
     }
 }
 
-/// `requests` per `window`, with an optional burst above the steady rate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A named limit: `requests` per `window`, with an optional burst above
+/// the steady rate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateLimit {
+    /// The limit's name, unique in its policy (`burst`, `hourly`): a
+    /// refusal and the `RateLimit` headers say which limit they concern.
+    pub name: String,
     /// Requests allowed per window.
     pub requests: u32,
     /// The window, in seconds in JSON.
     #[serde(with = "crate::serde_secs")]
     pub window: Duration,
     /// Requests allowed at once (defaults to `requests`).
+    #[serde(default)]
     pub burst: Option<u32>,
+}
+
+impl RateLimit {
+    /// The name [`PolicySpec::with_rate_limit`] gives its one limit.
+    pub const DEFAULT_NAME: &'static str = "default";
+
+    /// `requests` per `window` under `name`, the burst equal to `requests`.
+    pub fn new(name: impl Into<String>, requests: u32, window: Duration) -> Self {
+        Self { name: name.into(), requests, window, burst: None }
+    }
+
+    /// With `burst` requests allowed at once.
+    #[must_use]
+    pub fn with_burst(mut self, burst: u32) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// Requests allowed at once: the burst, else `requests`.
+    #[must_use]
+    pub fn effective_burst(&self) -> u32 {
+        self.burst.filter(|b| *b > 0).unwrap_or(self.requests)
+    }
+}
+
+/// Whose budget a policy's rate limits and quota count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LimitBy {
+    /// Each key's own budget, shared only with the keys it was rotated
+    /// from or to (its lineage).
+    #[default]
+    Key,
+    /// One budget for all keys of the key's owner (`Key::owner_id`). A key
+    /// without an owner keeps its own (lineage) budget.
+    Owner,
+}
+
+impl LimitBy {
+    /// The stored and JSON form: `key` or `owner`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Key => "key",
+            Self::Owner => "owner",
+        }
+    }
+}
+
+impl std::fmt::Display for LimitBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for LimitBy {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "key" => Ok(Self::Key),
+            "owner" => Ok(Self::Owner),
+            _ => Err(crate::Error::invalid("limit_by", format!("{s:?} is not `key` or `owner`"))),
+        }
+    }
 }
 
 /// Request quotas per key, counted in UTC days and months.

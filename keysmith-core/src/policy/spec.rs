@@ -6,7 +6,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{Quota, RateLimit};
+use super::{LimitBy, Quota, RateLimit};
 use crate::{Error, Result, input, scope};
 
 /// The longest policy name, in characters.
@@ -20,8 +20,10 @@ pub(crate) const MAX_NAME_LEN: usize = 128;
 pub struct PolicySpec {
     /// The name, unique per tenant.
     pub name: String,
-    /// Requests allowed per window, per key.
-    pub rate_limit: Option<RateLimit>,
+    /// Named rate limits, all enforced.
+    pub rate_limits: Vec<RateLimit>,
+    /// Whose budget the limits and quota count (`key` by default).
+    pub limit_by: LimitBy,
     /// Networks (`10.0.0.0/8`, `2001:db8::/32`) or single addresses allowed.
     pub allowed_ips: Vec<String>,
     /// Exact `Origin` values allowed (`https://app.example.com`).
@@ -36,6 +38,9 @@ pub struct PolicySpec {
     /// Default rotation grace, in seconds in JSON.
     #[serde(with = "crate::serde_secs::option")]
     pub rotation_grace: Option<Duration>,
+    /// How many live keys one owner may hold under the policy (1 to
+    /// [`MAX_KEYS_PER_OWNER`](Self::MAX_KEYS_PER_OWNER)).
+    pub max_active_keys_per_owner: Option<u32>,
     /// Free-form JSON object.
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
@@ -63,22 +68,48 @@ impl PolicySpec {
     /// (`window × burst / requests`, 366 days): the limiter's state for a
     /// key never reaches further ahead than this.
     pub const MAX_REFILL: Duration = Duration::from_secs(LEAP_YEAR);
+    /// The most rate limits one policy may hold.
+    pub const MAX_RATE_LIMITS: usize = 8;
+    /// The longest rate-limit name, in characters.
+    pub const MAX_LIMIT_NAME_LEN: usize = 32;
+    /// Names a rate limit cannot take: the `RateLimit-Policy` header lists
+    /// the quota and credits under these.
+    pub const RESERVED_LIMIT_NAMES: [&'static str; 3] = ["quota-daily", "quota-monthly", "credits"];
     /// The largest daily or monthly quota.
     pub const MAX_QUOTA: u64 = 1_000_000_000_000;
     /// The longest maximum key age (100 years of 365.25 days).
     pub const MAX_KEY_AGE: Duration = Duration::from_secs(36_525 * 24 * 60 * 60);
     /// The longest default rotation grace (366 days).
     pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(LEAP_YEAR);
+    /// The largest `max_active_keys_per_owner`.
+    pub const MAX_KEYS_PER_OWNER: u32 = 100_000;
 
     /// A spec with only a name (a policy that limits nothing yet).
     pub fn new(name: impl Into<String>) -> Self {
         Self { name: name.into(), ..Self::default() }
     }
 
-    /// With a rate limit of `requests` per `window`.
+    /// With one rate limit of `requests` per `window`, named `default`
+    /// (replacing any limits set before).
     #[must_use]
     pub fn with_rate_limit(mut self, requests: u32, window: Duration) -> Self {
-        self.rate_limit = Some(RateLimit { requests, window, burst: None });
+        self.rate_limits = vec![RateLimit::new(RateLimit::DEFAULT_NAME, requests, window)];
+        self
+    }
+
+    /// With one more named limit: `.with_limit(RateLimit::new("burst", 10,
+    /// Duration::from_secs(1))).with_limit(RateLimit::new("hourly", 1000,
+    /// Duration::from_secs(3600)))`. Every limit is enforced.
+    #[must_use]
+    pub fn with_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limits.push(limit);
+        self
+    }
+
+    /// Counting the limits and quota per key lineage or per owner.
+    #[must_use]
+    pub fn with_limit_by(mut self, limit_by: LimitBy) -> Self {
+        self.limit_by = limit_by;
         self
     }
 
@@ -124,12 +155,17 @@ impl PolicySpec {
         self
     }
 
+    /// Lets one owner hold at most `keys` live keys under the policy.
+    #[must_use]
+    pub fn with_max_active_keys_per_owner(mut self, keys: u32) -> Self {
+        self.max_active_keys_per_owner = Some(keys);
+        self
+    }
+
     /// Checks every field; the error names the first one at fault.
     pub(crate) fn validate(&self) -> Result<CheckedSpec> {
         let name = input::check_name(&self.name, MAX_NAME_LEN)?;
-        if let Some(limit) = &self.rate_limit {
-            check_rate_limit(limit)?;
-        }
+        check_rate_limits(&self.rate_limits)?;
         if let Some(quota) = &self.quota {
             for (field, value) in [("quota.daily", quota.daily), ("quota.monthly", quota.monthly)] {
                 if value.is_some_and(|v| v == 0 || v > Self::MAX_QUOTA) {
@@ -151,6 +187,12 @@ impl PolicySpec {
                 format!("must be at most {} seconds", Self::MAX_ROTATION_GRACE.as_secs()),
             ));
         }
+        if self.max_active_keys_per_owner.is_some_and(|n| n == 0 || n > Self::MAX_KEYS_PER_OWNER) {
+            return Err(Error::invalid(
+                "max_active_keys_per_owner",
+                format!("must be 1 to {} (omit it for no limit)", Self::MAX_KEYS_PER_OWNER),
+            ));
+        }
         let allowed_ips = self.allowed_ips.iter().map(|s| parse_network(s)).collect::<Result<Vec<_>>>()?;
         let allowed_origins = self.allowed_origins.iter().map(|s| normalize_origin(s)).collect::<Result<Vec<_>>>()?;
         for name in &self.allowed_scopes {
@@ -166,30 +208,75 @@ impl PolicySpec {
     }
 }
 
+/// Bounds the list (count, unique names) and each limit in it.
+fn check_rate_limits(limits: &[RateLimit]) -> Result<()> {
+    if limits.len() > PolicySpec::MAX_RATE_LIMITS {
+        return Err(Error::invalid(
+            "rate_limits",
+            format!("at most {} limits per policy (got {})", PolicySpec::MAX_RATE_LIMITS, limits.len()),
+        ));
+    }
+    for (index, limit) in limits.iter().enumerate() {
+        check_limit_name(&limit.name)?;
+        if limits[..index].iter().any(|earlier| earlier.name == limit.name) {
+            return Err(Error::invalid("rate_limits.name", format!("{:?} names two limits", limit.name)));
+        }
+        check_rate_limit(limit)?;
+    }
+    Ok(())
+}
+
+/// `[a-z0-9]` then `[a-z0-9_-]`, at most [`PolicySpec::MAX_LIMIT_NAME_LEN`]
+/// characters, not reserved: a name that is safe in a header, a store key
+/// and a URL alike.
+fn check_limit_name(name: &str) -> Result<()> {
+    let max = PolicySpec::MAX_LIMIT_NAME_LEN;
+    let valid = name.len() <= max
+        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'));
+    if !valid {
+        return Err(Error::invalid(
+            "rate_limits.name",
+            format!("{name:?} must be 1 to {max} characters of a-z, 0-9, `_` and `-`, starting with a letter or digit"),
+        ));
+    }
+    if PolicySpec::RESERVED_LIMIT_NAMES.contains(&name) {
+        return Err(Error::invalid(
+            "rate_limits.name",
+            format!(
+                "{name:?} is reserved (the headers list the quota and credits under {:?})",
+                PolicySpec::RESERVED_LIMIT_NAMES
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Bounds a rate limit so the limiter can always enforce it: the cost of
 /// one request (`window / requests`) is at least a nanosecond and a full
 /// burst refills within [`PolicySpec::MAX_REFILL`].
 fn check_rate_limit(limit: &RateLimit) -> Result<()> {
     let max = PolicySpec::MAX_REQUESTS;
+    let name = &limit.name;
     if limit.requests == 0 || limit.requests > max {
-        return Err(Error::invalid("rate_limit.requests", format!("must be 1 to {max}")));
+        return Err(Error::invalid("rate_limits.requests", format!("limit {name:?}: must be 1 to {max}")));
     }
     if limit.window < PolicySpec::MIN_WINDOW || limit.window > PolicySpec::MAX_WINDOW {
         return Err(Error::invalid(
-            "rate_limit.window",
-            format!("must be 1 millisecond to {} seconds", PolicySpec::MAX_WINDOW.as_secs()),
+            "rate_limits.window",
+            format!("limit {name:?}: must be 1 millisecond to {} seconds", PolicySpec::MAX_WINDOW.as_secs()),
         ));
     }
     let burst = limit.burst.unwrap_or(limit.requests);
     if burst == 0 || burst > max {
-        return Err(Error::invalid("rate_limit.burst", format!("must be 1 to {max}")));
+        return Err(Error::invalid("rate_limits.burst", format!("limit {name:?}: must be 1 to {max}")));
     }
     let refill = limit.window.as_nanos() * u128::from(burst) / u128::from(limit.requests);
     if refill > PolicySpec::MAX_REFILL.as_nanos() {
         return Err(Error::invalid(
-            "rate_limit.burst",
+            "rate_limits.burst",
             format!(
-                "a full burst must refill within {} seconds (window × burst / requests)",
+                "limit {name:?}: a full burst must refill within {} seconds (window × burst / requests)",
                 PolicySpec::MAX_REFILL.as_secs()
             ),
         ));
@@ -254,6 +341,41 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_names_are_checked_and_unique() {
+        let second = Duration::from_secs(1);
+        let named = |name: &str| PolicySpec::new("p").with_limit(RateLimit::new(name, 1, second));
+        for good in ["burst", "hourly", "per-minute", "a_1", "0", &"x".repeat(32)] {
+            assert!(named(good).validate().is_ok(), "{good}");
+        }
+        for bad in ["", "Burst", "-a", "_a", "a b", "a.b", "a\0", "quota-daily", "credits", &"x".repeat(33)] {
+            match named(bad).validate() {
+                Err(Error::InvalidInput { field, .. }) => assert_eq!(field, "rate_limits.name", "{bad:?}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let twice = named("burst").with_limit(RateLimit::new("burst", 2, second));
+        let err = twice.validate().unwrap_err().to_string();
+        assert!(err.contains("\"burst\" names two limits"), "{err}");
+        let mut many = PolicySpec::new("p");
+        for i in 0..=PolicySpec::MAX_RATE_LIMITS {
+            many = many.with_limit(RateLimit::new(format!("l{i}"), 1, second));
+        }
+        assert!(matches!(many.validate(), Err(Error::InvalidInput { field: "rate_limits", .. })));
+        // The shorthand is one limit named `default`, replacing earlier ones.
+        let short = named("burst").with_rate_limit(5, second);
+        assert_eq!(short.rate_limits, [RateLimit::new("default", 5, second)]);
+    }
+
+    #[test]
+    fn a_bad_limit_is_named_in_the_error() {
+        let spec = PolicySpec::new("p")
+            .with_limit(RateLimit::new("burst", 10, Duration::from_secs(1)))
+            .with_limit(RateLimit::new("hourly", 0, Duration::from_secs(3600)));
+        let err = spec.validate().unwrap_err().to_string();
+        assert!(err.contains("rate_limits.requests") && err.contains("\"hourly\""), "{err}");
+    }
+
+    #[test]
     fn specs_are_checked_field_by_field() {
         let zero_rate = PolicySpec::new("p").with_rate_limit(0, Duration::from_secs(1));
         let zero_quota = PolicySpec::new("p").with_quota(Some(0), None);
@@ -263,7 +385,7 @@ mod tests {
         let mut nul_metadata = PolicySpec::new("p");
         nul_metadata.metadata.insert("note".to_owned(), "a\0".into());
         let cases = [
-            (zero_rate, "rate_limit.requests"),
+            (zero_rate, "rate_limits.requests"),
             (zero_quota, "quota.daily"),
             (bad_scope, "scope"),
             (no_name, "name"),

@@ -20,8 +20,8 @@ use super::{
 };
 use crate::feed::Change;
 use crate::{
-    Clock, Error, Key, KeyHash, KeyId, Period, Policy, PolicyId, Result, RotationRecord, Scope, ScopeId, SystemClock,
-    Tenant, UsageAggregate, UsageRecord,
+    Clock, CreditSpend, Credits, Error, Key, KeyHash, KeyId, Period, Policy, PolicyId, Result, RotationRecord, Scope,
+    ScopeId, SystemClock, Tenant, UsageAggregate, UsageRecord,
 };
 
 /// How much [`CachedStore`] keeps, and for how long.
@@ -542,6 +542,36 @@ impl KeyStore for CachedStore {
         Ok(())
     }
 
+    async fn set_credits(&self, tenant: &Tenant, id: KeyId, credits: Option<&Credits>) -> Result<Key> {
+        let key = self.inner.set_credits(tenant, id, credits).await?;
+        // Every key of the lineage now has (or lacks) credits, and validation
+        // asks the store to spend only for keys that have them: drop them all.
+        self.invalidate_all();
+        Ok(key)
+    }
+
+    async fn add_credits(&self, tenant: &Tenant, id: KeyId, amount: u64, now: DateTime<Utc>) -> Result<Key> {
+        let key = self.inner.add_credits(tenant, id, amount, now).await?;
+        self.forget_key(tenant, id).await;
+        Ok(key)
+    }
+
+    async fn spend_credits(&self, key: &Key, cost: u64, now: DateTime<Utc>) -> Result<CreditSpend> {
+        self.inner.spend_credits(key, cost, now).await
+    }
+
+    fn spend_credits_ready(&self, key: &Key, cost: u64, now: DateTime<Utc>) -> Option<Result<CreditSpend>> {
+        self.inner.spend_credits_ready(key, cost, now)
+    }
+
+    async fn refund_credits(&self, key: &Key, cost: u64) -> Result<()> {
+        self.inner.refund_credits(key, cost).await
+    }
+
+    fn refund_credits_ready(&self, key: &Key, cost: u64) -> Option<Result<()>> {
+        self.inner.refund_credits_ready(key, cost)
+    }
+
     async fn list_due_keys(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Key>> {
         self.inner.list_due_keys(now, limit).await
     }
@@ -768,13 +798,15 @@ mod tests {
             id: PolicyId::new(),
             tenant: tenant.clone(),
             name: name.into(),
-            rate_limit: None,
+            rate_limits: Vec::new(),
+            limit_by: crate::LimitBy::Key,
             allowed_ips: vec![],
             allowed_origins: vec![],
             allowed_scopes: vec![],
             max_key_age: None,
             quota: None,
             rotation_grace: None,
+            max_active_keys_per_owner: None,
             metadata: serde_json::Map::new(),
             created_at: Utc::now(),
             updated_at: Utc::now(),

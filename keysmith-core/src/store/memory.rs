@@ -13,8 +13,8 @@ use super::{
     Transition, UsageStore, UsageTotal,
 };
 use crate::{
-    Error, Key, KeyHash, KeyId, KeyState, Period, Policy, PolicyId, Result, RotationRecord, Scope, ScopeId, Tenant,
-    UsageAggregate, UsageRecord,
+    CreditSpend, Credits, Error, Key, KeyHash, KeyId, KeyState, Period, Policy, PolicyId, Result, RotationRecord,
+    Scope, ScopeId, Tenant, UsageAggregate, UsageRecord,
 };
 
 /// Keeps everything in memory; for tests, demos and single-process apps
@@ -54,6 +54,8 @@ struct Tables {
     by_id: HashMap<KeyId, KeyHash, foldhash::fast::RandomState>,
     /// The keys of each lineage, for quota counts.
     lineages: HashMap<KeyId, Vec<KeyId>, foldhash::fast::RandomState>,
+    /// Credits by lineage; every key of the lineage carries a copy.
+    credits: HashMap<KeyId, Credits, foldhash::fast::RandomState>,
     policies: HashMap<PolicyId, Arc<Policy>, foldhash::fast::RandomState>,
     scopes: BTreeMap<ScopeId, Scope>,
     rotations: Vec<RotationRecord>,
@@ -158,16 +160,96 @@ impl Tables {
         }
     }
 
+    /// Refuses a new live key of an owner who holds as many live keys under
+    /// the key's policy as it allows (under the write lock: atomic).
+    fn check_owner_limit(&self, key: &Key) -> Result<()> {
+        let (Some(owner_id), Some(policy_id)) = (&key.owner_id, key.policy_id) else {
+            return Ok(());
+        };
+        let limit = self.policy(&key.tenant, policy_id).and_then(|p| p.max_active_keys_per_owner);
+        let Some(limit) = limit.filter(|_| key.state.counts_toward_owner_limit()) else {
+            return Ok(());
+        };
+        let held = self
+            .keys
+            .values()
+            .map(|stored| &*stored.key)
+            .filter(|k| {
+                k.tenant == key.tenant
+                    && k.owner_id.as_ref() == Some(owner_id)
+                    && k.policy_id == Some(policy_id)
+                    && k.state.counts_toward_owner_limit()
+                    && k.expires_at.is_none_or(|at| at > key.created_at)
+            })
+            .count();
+        if held >= limit as usize {
+            return Err(Error::OwnerKeyLimit { owner_id: owner_id.clone(), policy_id, limit });
+        }
+        Ok(())
+    }
+
+    /// Inserts a key; the lineage's credits are the ones already stored
+    /// (a rotation) or, for a new lineage, the key's own.
     fn insert_key(&mut self, stored: &StoredKey) -> Result<()> {
         let key = &stored.key;
         if self.by_id.contains_key(&key.id) || self.keys.contains_key(&stored.hash) {
             return Err(Error::AlreadyExists { entity: "key", name: key.id.to_string() });
         }
         self.check_policy(&key.tenant, key.policy_id)?;
+        let lineage = key.lineage_id;
+        let credits = match self.lineages.contains_key(&lineage) {
+            true => self.credits.get(&lineage).copied(),
+            false => key.credits,
+        };
         self.by_id.insert(key.id, stored.hash);
-        self.lineages.entry(key.lineage_id).or_default().push(key.id);
+        self.lineages.entry(lineage).or_default().push(key.id);
         self.keys.insert(stored.hash, stored.clone());
+        self.store_credits(lineage, credits);
         Ok(())
+    }
+
+    /// Stores the lineage's credits and the copy every key of it carries.
+    fn store_credits(&mut self, lineage: KeyId, credits: Option<Credits>) {
+        match credits {
+            Some(credits) => self.credits.insert(lineage, credits),
+            None => self.credits.remove(&lineage),
+        };
+        for id in self.lineages.get(&lineage).into_iter().flatten() {
+            if let Some(stored) = self.by_id.get(id).and_then(|hash| self.keys.get_mut(hash))
+                && stored.key.credits != credits
+            {
+                Arc::make_mut(&mut stored.key).credits = credits;
+            }
+        }
+    }
+
+    /// The lineage of the tenant's key `id`.
+    fn lineage_of(&self, tenant: &Tenant, id: KeyId) -> Result<KeyId> {
+        self.tenant_key(tenant, id).map(|stored| stored.key.lineage_id).ok_or_else(|| Error::not_found("key", id))
+    }
+
+    fn key_copy(&self, tenant: &Tenant, id: KeyId) -> Result<Key> {
+        self.tenant_key(tenant, id).map(|stored| Key::clone(&stored.key)).ok_or_else(|| Error::not_found("key", id))
+    }
+
+    fn spend_credits(&mut self, key: &Key, cost: u64, now: DateTime<Utc>) -> CreditSpend {
+        let Some(credits) = self.credits.get(&key.lineage_id).map(|c| c.as_of(now)) else {
+            return CreditSpend::Unlimited;
+        };
+        if credits.remaining < cost {
+            self.store_credits(key.lineage_id, Some(credits));
+            return CreditSpend::Exhausted(credits);
+        }
+        let spent = Credits { remaining: credits.remaining - cost, ..credits };
+        self.store_credits(key.lineage_id, Some(spent));
+        CreditSpend::Spent(spent)
+    }
+
+    fn refund_credits(&mut self, key: &Key, cost: u64) {
+        if let Some(credits) = self.credits.get(&key.lineage_id).copied() {
+            let remaining = credits.remaining.saturating_add(cost).min(Credits::MAX.max(credits.remaining));
+            self.store_credits(key.lineage_id, Some(Credits { remaining, ..credits }));
+        }
     }
 }
 
@@ -186,7 +268,9 @@ fn apply_transition(key: &mut Key, transition: &Transition) -> Result<()> {
 #[async_trait]
 impl KeyStore for MemoryStore {
     async fn insert_key(&self, key: &StoredKey) -> Result<()> {
-        self.write()?.insert_key(key)
+        let mut tables = self.write()?;
+        tables.check_owner_limit(&key.key)?;
+        tables.insert_key(key)
     }
 
     async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>> {
@@ -212,6 +296,7 @@ impl KeyStore for MemoryStore {
                     && filter.state.is_none_or(|s| key.state == s)
                     && filter.environment.is_none_or(|e| key.environment == e)
                     && filter.policy_id.is_none_or(|p| key.policy_id == Some(p))
+                    && filter.owner_id.as_ref().is_none_or(|o| key.owner_id.as_ref() == Some(o))
             })
             .collect();
         keys.sort_unstable_by_key(|key| key.id);
@@ -260,6 +345,47 @@ impl KeyStore for MemoryStore {
             Arc::make_mut(&mut stored.key).last_used_at = Some(at);
         }
         Ok(())
+    }
+
+    async fn set_credits(&self, tenant: &Tenant, id: KeyId, credits: Option<&Credits>) -> Result<Key> {
+        let mut tables = self.write()?;
+        let lineage = tables.lineage_of(tenant, id)?;
+        tables.store_credits(lineage, credits.copied());
+        tables.key_copy(tenant, id)
+    }
+
+    async fn add_credits(&self, tenant: &Tenant, id: KeyId, amount: u64, now: DateTime<Utc>) -> Result<Key> {
+        let mut tables = self.write()?;
+        let lineage = tables.lineage_of(tenant, id)?;
+        let credits = tables
+            .credits
+            .get(&lineage)
+            .map(|c| c.as_of(now))
+            .ok_or_else(|| Error::invalid("credits", "the key has no credits to add to; set them first"))?;
+        let remaining = credits
+            .remaining
+            .checked_add(amount)
+            .filter(|sum| *sum <= Credits::MAX)
+            .ok_or_else(|| Error::invalid("amount", format!("credits would pass {}", Credits::MAX)))?;
+        tables.store_credits(lineage, Some(Credits { remaining, ..credits }));
+        tables.key_copy(tenant, id)
+    }
+
+    async fn spend_credits(&self, key: &Key, cost: u64, now: DateTime<Utc>) -> Result<CreditSpend> {
+        Ok(self.write()?.spend_credits(key, cost, now))
+    }
+
+    fn spend_credits_ready(&self, key: &Key, cost: u64, now: DateTime<Utc>) -> Option<Result<CreditSpend>> {
+        Some(self.write().map(|mut tables| tables.spend_credits(key, cost, now)))
+    }
+
+    async fn refund_credits(&self, key: &Key, cost: u64) -> Result<()> {
+        self.write()?.refund_credits(key, cost);
+        Ok(())
+    }
+
+    fn refund_credits_ready(&self, key: &Key, cost: u64) -> Option<Result<()>> {
+        Some(self.write().map(|mut tables| tables.refund_credits(key, cost)))
     }
 
     async fn list_due_keys(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Key>> {

@@ -19,8 +19,8 @@ pub use memory::MemoryStore;
 pub use probe::{ProbedStore, StoreOp, StoreProbe};
 
 use crate::{
-    Environment, Key, KeyHash, KeyId, KeyState, Period, Policy, PolicyId, Result, RotationRecord, Scope, ScopeId,
-    Tenant, UsageAggregate, UsageRecord,
+    CreditSpend, Credits, Environment, Key, KeyHash, KeyId, KeyState, Period, Policy, PolicyId, Result, RotationRecord,
+    Scope, ScopeId, Tenant, UsageAggregate, UsageRecord,
 };
 
 /// A key with the hash of its secret, as a store keeps it. Cheap to clone.
@@ -41,6 +41,8 @@ pub struct KeyFilter {
     pub environment: Option<Environment>,
     /// Only keys under this policy.
     pub policy_id: Option<PolicyId>,
+    /// Only keys of this owner.
+    pub owner_id: Option<String>,
     /// Which slice of the result.
     pub page: Page,
 }
@@ -173,6 +175,41 @@ pub trait KeyStore: Send + Sync {
 
     /// Records that the key was used at `at` (never moves it backwards).
     async fn touch_key(&self, id: KeyId, at: DateTime<Utc>) -> Result<()>;
+
+    /// Gives the key's lineage `credits` (replacing any), or removes them
+    /// (`None`); returns the key as updated. `NotFound` if the tenant has no
+    /// such key.
+    async fn set_credits(&self, tenant: &Tenant, id: KeyId, credits: Option<&Credits>) -> Result<Key>;
+
+    /// Adds `amount` to the lineage's credits (after the refill due at
+    /// `now`, if one is), atomically. `InvalidInput` if the key has no
+    /// credits or the sum would pass [`Credits::MAX`].
+    async fn add_credits(&self, tenant: &Tenant, id: KeyId, amount: u64, now: DateTime<Utc>) -> Result<Key>;
+
+    /// Spends `cost` of the credits of `key`'s lineage at `now`, refilling
+    /// first when a refill period began: atomically, never below zero, all
+    /// or nothing.
+    async fn spend_credits(&self, key: &Key, cost: u64, now: DateTime<Utc>) -> Result<CreditSpend>;
+
+    /// [`spend_credits`](Self::spend_credits) answered at once, for a store
+    /// that can answer without I/O; `None` means "await `spend_credits`"
+    /// (the default).
+    fn spend_credits_ready(&self, key: &Key, cost: u64, now: DateTime<Utc>) -> Option<Result<CreditSpend>> {
+        let _ = (key, cost, now);
+        None
+    }
+
+    /// Gives back `cost` to the credits of `key`'s lineage (a request
+    /// refused after it spent them), up to [`Credits::MAX`].
+    async fn refund_credits(&self, key: &Key, cost: u64) -> Result<()>;
+
+    /// [`refund_credits`](Self::refund_credits) done at once, for a store
+    /// that can without I/O; `None` means "await `refund_credits`" (the
+    /// default).
+    fn refund_credits_ready(&self, key: &Key, cost: u64) -> Option<Result<()>> {
+        let _ = (key, cost);
+        None
+    }
 
     /// Keys of every tenant that are due a terminal state at `now`, ordered
     /// by id, at most `limit`: `active` keys past `expires_at` or older than

@@ -13,8 +13,8 @@ use super::{
     Transition, UsageStore, UsageTotal,
 };
 use crate::{
-    Key, KeyHash, KeyId, Period, Policy, PolicyId, Result, RotationRecord, Scope, ScopeId, Tenant, UsageAggregate,
-    UsageRecord,
+    CreditSpend, Credits, Key, KeyHash, KeyId, Period, Policy, PolicyId, Result, RotationRecord, Scope, ScopeId,
+    Tenant, UsageAggregate, UsageRecord,
 };
 
 /// One store method, as a probe sees it.
@@ -30,6 +30,10 @@ pub enum StoreOp {
     RotateKey,
     SetKeyScopes,
     TouchKey,
+    SetCredits,
+    AddCredits,
+    SpendCredits,
+    RefundCredits,
     ListDueKeys,
     InsertPolicy,
     GetPolicy,
@@ -158,6 +162,18 @@ impl<P: StoreProbe> KeyStore for ProbedStore<P> {
     }
     async fn touch_key(&self, id: KeyId, at: DateTime<Utc>) -> Result<()> {
         probed!(self, TouchKey, self.inner.touch_key(id, at))
+    }
+    async fn set_credits(&self, tenant: &Tenant, id: KeyId, credits: Option<&Credits>) -> Result<Key> {
+        probed!(self, SetCredits, self.inner.set_credits(tenant, id, credits))
+    }
+    async fn add_credits(&self, tenant: &Tenant, id: KeyId, amount: u64, now: DateTime<Utc>) -> Result<Key> {
+        probed!(self, AddCredits, self.inner.add_credits(tenant, id, amount, now))
+    }
+    async fn spend_credits(&self, key: &Key, cost: u64, now: DateTime<Utc>) -> Result<CreditSpend> {
+        probed!(self, SpendCredits, self.inner.spend_credits(key, cost, now))
+    }
+    async fn refund_credits(&self, key: &Key, cost: u64) -> Result<()> {
+        probed!(self, RefundCredits, self.inner.refund_credits(key, cost))
     }
     async fn list_due_keys(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Key>> {
         probed!(self, ListDueKeys, self.inner.list_due_keys(now, limit))

@@ -297,6 +297,8 @@ mod tests {
             state: KeyState::Active,
             scopes: vec![],
             tenant: tenant.clone(),
+            owner_id: None,
+            credits: None,
             policy_id: None,
             expires_at: None,
             grace_expires_at: None,

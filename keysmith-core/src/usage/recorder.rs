@@ -1,7 +1,7 @@
 //! The usage recorder: a bounded queue drained by one background task that
 //! writes batches, so the request path never waits for the store.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -83,14 +83,20 @@ struct Running {
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// Owns the queue and the background task (started on first use, on the
-/// Tokio runtime of the caller).
+/// Owns the queue and the background task, started by [`start_here`]
+/// (the engine calls it when built inside a Tokio runtime, and
+/// `Engine::start` from inside one); never lazily by whichever request
+/// records first, whose runtime may stop before the process does.
+///
+/// [`start_here`]: UsageRecorder::start_here
 pub(crate) struct UsageRecorder {
     config: UsageConfig,
     store: Arc<dyn Store>,
     quotas: Arc<QuotaTracker>,
     counters: Arc<Counters>,
     running: OnceLock<Option<Running>>,
+    /// Set once the "not started" warning was logged.
+    warned: AtomicBool,
 }
 
 impl std::fmt::Debug for UsageRecorder {
@@ -101,7 +107,14 @@ impl std::fmt::Debug for UsageRecorder {
 
 impl UsageRecorder {
     pub(crate) fn new(config: UsageConfig, store: Arc<dyn Store>, quotas: Arc<QuotaTracker>) -> Self {
-        Self { config, store, quotas, counters: Arc::default(), running: OnceLock::new() }
+        Self {
+            config,
+            store,
+            quotas,
+            counters: Arc::default(),
+            running: OnceLock::new(),
+            warned: AtomicBool::new(false),
+        }
     }
 
     pub(crate) fn stats(&self) -> UsageStats {
@@ -163,8 +176,8 @@ impl UsageRecorder {
     }
 
     /// Starts the background task on the current Tokio runtime unless it
-    /// runs already; outside a runtime, does nothing (it will start on first
-    /// use). True if the task runs.
+    /// runs already (or was shut down); outside a runtime, does nothing.
+    /// True if the task runs.
     pub(crate) fn start_here(&self) -> bool {
         if tokio::runtime::Handle::try_current().is_err() {
             return self.running.get().is_some_and(Option::is_some);
@@ -174,15 +187,20 @@ impl UsageRecorder {
 
     /// Queues `message`; the running writer if it was accepted.
     fn try_send(&self, message: Message) -> Option<&Running> {
-        let running = self.running.get_or_init(|| self.start()).as_ref()?;
+        let Some(running) = self.running.get() else {
+            if !self.warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(target: "keysmith::usage",
+                    "usage recorder not started: build the engine inside a Tokio runtime or call Engine::start \
+                     from one; usage is dropped and counted until then");
+            }
+            return None;
+        };
+        let running = running.as_ref()?;
         running.tx.try_send(message).ok().map(|()| running)
     }
 
     fn start(&self) -> Option<Running> {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(target: "keysmith::usage", "no Tokio runtime: usage will not be recorded");
-            return None;
-        };
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
         let capacity = self.config.queue_capacity.max(1);
         let (tx, rx) = mpsc::channel(capacity);
         let wake = Arc::new(Notify::new());

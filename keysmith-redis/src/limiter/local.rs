@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
+use keysmith_core::RateLimit;
 use keysmith_core::limit::RateLimitStatus;
-use keysmith_core::{KeyId, RateLimit};
 
 use super::{Gcra, Remote, split};
 
@@ -22,7 +22,8 @@ const SYNC_BATCH: usize = 64;
 #[derive(Debug)]
 pub(super) struct LocalFirst {
     interval: Duration,
-    views: DashMap<KeyId, View>,
+    /// Views by their budget's Redis key (subject and limit name).
+    views: DashMap<Arc<str>, View>,
     sync_started: AtomicBool,
 }
 
@@ -64,8 +65,8 @@ impl LocalFirst {
 
     /// Admits the request from the view if that is safe, counting it as
     /// unsent; `None` means "ask Redis".
-    pub(super) fn decide(&self, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> Option<RateLimitStatus> {
-        let mut view = self.views.get_mut(&key)?;
+    pub(super) fn decide(&self, key: &str, limit: &RateLimit, now: DateTime<Utc>) -> Option<RateLimitStatus> {
+        let mut view = self.views.get_mut(key)?;
         let gcra = &view.gcra;
         if view.limit != *limit || view.unsent + view.in_flight >= allowance(gcra.burst) {
             return None;
@@ -96,8 +97,8 @@ impl LocalFirst {
     /// Takes the key's unsent requests, for a strict check to add first:
     /// they are in flight until [`answered`](Self::answered) or
     /// [`keep_unsent`](Self::keep_unsent).
-    pub(super) fn take_unsent(&self, key: KeyId) -> u32 {
-        self.views.get_mut(&key).map_or(0, |mut view| {
+    pub(super) fn take_unsent(&self, key: &str) -> u32 {
+        self.views.get_mut(key).map_or(0, |mut view| {
             let unsent = std::mem::take(&mut view.unsent);
             view.in_flight += unsent;
             unsent
@@ -106,8 +107,8 @@ impl LocalFirst {
 
     /// Redis could not take `count` unsent requests: they wait for the next
     /// sync.
-    pub(super) fn keep_unsent(&self, key: KeyId, count: u32) {
-        if let Some(mut view) = self.views.get_mut(&key) {
+    pub(super) fn keep_unsent(&self, key: &str, count: u32) {
+        if let Some(mut view) = self.views.get_mut(key) {
             view.in_flight = view.in_flight.saturating_sub(count);
             view.unsent += count;
         }
@@ -116,10 +117,10 @@ impl LocalFirst {
     /// Redis answered a strict check made at `now` that sent `sent`
     /// requests: its TAT is the view, plus what this instance admitted
     /// while the answer travelled.
-    pub(super) fn remember(&self, key: KeyId, limit: &RateLimit, gcra: Gcra, now: DateTime<Utc>, answer: (u64, u32)) {
+    pub(super) fn remember(&self, key: &str, limit: &RateLimit, gcra: Gcra, now: DateTime<Utc>, answer: (u64, u32)) {
         let (tat, sent) = answer;
-        let mut view = self.views.entry(key).or_insert_with(|| View {
-            limit: *limit,
+        let mut view = self.views.entry(Arc::from(key)).or_insert_with(|| View {
+            limit: limit.clone(),
             gcra: gcra.clone(),
             tat,
             unsent: 0,
@@ -127,7 +128,9 @@ impl LocalFirst {
             at: now,
             used: true,
         });
-        view.limit = *limit;
+        if view.limit != *limit {
+            view.limit = limit.clone();
+        }
         view.gcra = gcra;
         view.at = view.at.max(now);
         view.used = true;
@@ -135,8 +138,8 @@ impl LocalFirst {
     }
 
     /// A refund of a request still unsent: taken back here, true.
-    pub(super) fn take_back(&self, key: KeyId, limit: &RateLimit) -> bool {
-        let Some(mut view) = self.views.get_mut(&key) else { return false };
+    pub(super) fn take_back(&self, key: &str, limit: &RateLimit) -> bool {
+        let Some(mut view) = self.views.get_mut(key) else { return false };
         if view.limit != *limit || view.unsent == 0 {
             return false;
         }
@@ -156,12 +159,12 @@ impl LocalFirst {
             view.used = false;
             let unsent = std::mem::take(&mut view.unsent);
             view.in_flight += unsent;
-            batch.push((*key, view.gcra.clone(), view.at, unsent));
+            batch.push((Arc::clone(key), view.gcra.clone(), view.at, unsent));
             true
         });
         let mut failure = None;
         for chunk in batch.chunks(SYNC_BATCH) {
-            let calls = chunk.iter().map(|(key, gcra, at, unsent)| remote.call(*key, gcra, *at, *unsent, false));
+            let calls = chunk.iter().map(|(key, gcra, at, unsent)| remote.call(key, gcra, *at, *unsent, false));
             let answers = futures_util::future::join_all(calls).await;
             for ((key, _, _, unsent), answer) in chunk.iter().zip(answers) {
                 match answer {
@@ -171,7 +174,7 @@ impl LocalFirst {
                         }
                     }
                     Err(error) => {
-                        self.keep_unsent(*key, *unsent);
+                        self.keep_unsent(key, *unsent);
                         failure.get_or_insert(error);
                     }
                 }

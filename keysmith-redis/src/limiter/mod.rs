@@ -24,8 +24,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use keysmith_core::limit::Subject;
 use keysmith_core::limit::{GcraRateLimiter, RateLimitStatus, RateLimiter};
-use keysmith_core::{Error, KeyId, RateLimit, Result};
+use keysmith_core::{Error, KeyId, RateLimit, Result, Tenant};
 use redis::Script;
 
 use self::local::LocalFirst;
@@ -145,14 +146,14 @@ impl Remote {
     /// one more, all at `now`.
     async fn call(
         &self,
-        key: KeyId,
+        key: &str,
         gcra: &Gcra,
         now: DateTime<Utc>,
         replay: u32,
         decide: bool,
     ) -> redis::RedisResult<Answer> {
         let (secs, subsec, total) = split(now);
-        let mut call = self.check.key(self.config.key(key, "rl"));
+        let mut call = self.check.key(key);
         call.arg(secs).arg(subsec).arg(gcra.interval).arg(gcra.tolerance).arg(gcra.burst).arg(&gcra.signature);
         call.arg(replay).arg(if decide { "1" } else { "0" });
         let (allowed, remaining, reset, retry_after): (i64, i64, i64, i64) =
@@ -197,6 +198,42 @@ impl Gcra {
         let burst_part = limit.burst.map_or_else(|| "-".to_owned(), |b| b.to_string());
         let signature = format!("{}:{}:{burst_part}", limit.requests, limit.window.as_nanos());
         Ok(Self { interval, tolerance, burst, signature })
+    }
+}
+
+impl Remote {
+    /// The Redis key of `subject`'s budget for `limit`:
+    /// `{prefix}:{<lineage id>}:rl:<name>` for a key (the credential's hash
+    /// tag, as its other keys have), `{prefix}:{owner:…}:rl:<name>` for an
+    /// owner.
+    fn bucket(&self, subject: Subject<'_>, limit: &RateLimit) -> String {
+        match subject {
+            Subject::Key(id) => self.config.key(id, &format!("rl:{}", limit.name)),
+            Subject::Owner { .. } => format!("{}:{{{}}}:rl:{}", self.config.prefix, subject.storage_key(), limit.name),
+        }
+    }
+}
+
+/// A [`Subject`] owned, for a refund finished in the background.
+#[derive(Debug, Clone)]
+enum OwnedSubject {
+    Key(KeyId),
+    Owner(Tenant, String),
+}
+
+impl OwnedSubject {
+    fn of(subject: Subject<'_>) -> Self {
+        match subject {
+            Subject::Key(id) => Self::Key(id),
+            Subject::Owner { tenant, owner_id } => Self::Owner(tenant.clone(), owner_id.to_owned()),
+        }
+    }
+
+    fn borrow(&self) -> Subject<'_> {
+        match self {
+            Self::Key(id) => Subject::Key(*id),
+            Self::Owner(tenant, owner_id) => Subject::Owner { tenant, owner_id },
+        }
     }
 }
 
@@ -277,9 +314,9 @@ impl RedisRateLimiter {
     ///
     /// # Errors
     /// A limit the in-process limiter refuses too; Redis failed.
-    pub async fn give_back(&self, key: KeyId, limit: &RateLimit, at: DateTime<Utc>) -> Result<bool> {
+    pub async fn give_back(&self, subject: Subject<'_>, limit: &RateLimit, at: DateTime<Utc>) -> Result<bool> {
         let gcra = Gcra::new(limit, split(at).2)?;
-        let mut call = self.refund.key(self.remote.config.key(key, "rl"));
+        let mut call = self.refund.key(self.remote.bucket(subject, limit));
         call.arg(gcra.signature);
         let done: i64 = invoke(&call, self.remote.config.connection()).await.map_err(backend)?;
         Ok(done == 1)
@@ -287,7 +324,13 @@ impl RedisRateLimiter {
 
     /// One round trip: sends this instance's unsent requests of `key`
     /// (`local_first`) and decides on this one.
-    async fn check_strictly(&self, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> Result<RateLimitStatus> {
+    async fn check_strictly(
+        &self,
+        subject: Subject<'_>,
+        key: &str,
+        limit: &RateLimit,
+        now: DateTime<Utc>,
+    ) -> Result<RateLimitStatus> {
         let gcra = Gcra::new(limit, split(now).2)?;
         let replay = self.local.as_ref().map_or(0, |local| local.take_unsent(key));
         match self.remote.call(key, &gcra, now, replay, true).await {
@@ -305,7 +348,7 @@ impl RedisRateLimiter {
                 }
                 self.health.failed(self.remote.config.outage, &error);
                 match self.remote.config.outage {
-                    OutagePolicy::FailOpen => self.fallback.check(key, limit, now).await,
+                    OutagePolicy::FailOpen => self.fallback.check(subject, limit, now).await,
                     OutagePolicy::FailClosed => Err(backend(error)),
                 }
             }
@@ -326,24 +369,32 @@ fn nanos(value: i64) -> Duration {
 
 #[async_trait]
 impl RateLimiter for RedisRateLimiter {
-    async fn check(&self, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> Result<RateLimitStatus> {
-        if let Some(status) = self.local.as_ref().and_then(|local| local.decide(key, limit, now)) {
+    async fn check(&self, subject: Subject<'_>, limit: &RateLimit, now: DateTime<Utc>) -> Result<RateLimitStatus> {
+        let key = self.remote.bucket(subject, limit);
+        if let Some(status) = self.local.as_ref().and_then(|local| local.decide(&key, limit, now)) {
             return Ok(status);
         }
-        self.check_strictly(key, limit, now).await
+        self.check_strictly(subject, &key, limit, now).await
     }
 
     /// Under `local_first`, a check this instance can decide on its own.
-    fn check_ready(&self, key: KeyId, limit: &RateLimit, now: DateTime<Utc>) -> Option<Result<RateLimitStatus>> {
-        self.local.as_ref()?.decide(key, limit, now).map(Ok)
+    fn check_ready(
+        &self,
+        subject: Subject<'_>,
+        limit: &RateLimit,
+        now: DateTime<Utc>,
+    ) -> Option<Result<RateLimitStatus>> {
+        let local = self.local.as_ref()?;
+        local.decide(&self.remote.bucket(subject, limit), limit, now).map(Ok)
     }
 
     /// A request still unsent (`local_first`) is taken back here; otherwise
     /// the give-back starts in the background (on the current tokio
     /// runtime; without one, nothing is given back). If Redis cannot be
     /// reached the in-process fallback gets the refund.
-    fn refund(&self, key: KeyId, limit: &RateLimit, at: DateTime<Utc>) {
-        if self.local.as_ref().is_some_and(|local| local.take_back(key, limit)) {
+    fn refund(&self, subject: Subject<'_>, limit: &RateLimit, at: DateTime<Utc>) {
+        let name = self.remote.bucket(subject, limit);
+        if self.local.as_ref().is_some_and(|local| local.take_back(&name, limit)) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -352,10 +403,10 @@ impl RateLimiter for RedisRateLimiter {
         let Ok(gcra) = Gcra::new(limit, split(at).2) else {
             return;
         };
-        let (script, conn, name) =
-            (Arc::clone(&self.refund), self.remote.config.connection(), self.remote.config.key(key, "rl"));
+        let (script, conn, subject) =
+            (Arc::clone(&self.refund), self.remote.config.connection(), OwnedSubject::of(subject));
         let (fallback, health, outage, limit) =
-            (Arc::clone(&self.fallback), Arc::clone(&self.health), self.remote.config.outage, *limit);
+            (Arc::clone(&self.fallback), Arc::clone(&self.health), self.remote.config.outage, limit.clone());
         runtime.spawn(async move {
             let mut call = script.key(name);
             call.arg(gcra.signature);
@@ -364,7 +415,7 @@ impl RateLimiter for RedisRateLimiter {
                 Ok(_) => health.ok(),
                 Err(error) => {
                     health.failed(outage, &error);
-                    fallback.refund(key, &limit, at);
+                    fallback.refund(subject.borrow(), &limit, at);
                 }
             }
         });

@@ -757,8 +757,8 @@
     };
     const rows = policies.map((policy) => el('tr', { 'data-policy-id': policy.id },
       el('td', {}, el('strong', {}, policy.name)),
-      el('td', {}, policy.rate_limit
-        ? `${number(policy.rate_limit.requests)} / ${duration(policy.rate_limit.window)}${policy.rate_limit.burst ? `, burst ${number(policy.rate_limit.burst)}` : ''}`
+      el('td', {}, policy.rate_limits.length
+        ? policy.rate_limits.map((l) => `${l.name}: ${number(l.requests)} / ${duration(l.window)}${l.burst ? `, burst ${number(l.burst)}` : ''}`).join('; ')
         : DASH),
       el('td', {}, quotaText(policy.quota)),
       el('td', {}, chips(policy.allowed_ips, 'any')),
@@ -814,12 +814,16 @@
           allowed_origins: splitList(v.allowed_origins.value),
           allowed_scopes: splitList(v.allowed_scopes.value),
           metadata: p.metadata || {},
+          // The form edits the first limit; the others are kept as they are.
+          rate_limits: (p.rate_limits || []).slice(1),
+          limit_by: p.limit_by || 'key',
         };
         const requests = integer(v.requests.value);
         const window = integer(v.window.value);
         const burst = integer(v.burst.value);
         if (requests !== undefined || window !== undefined || burst !== undefined) {
-          body.rate_limit = { requests, window, burst };
+          const name = p.rate_limits?.[0]?.name || 'default';
+          body.rate_limits.unshift({ name, requests, window, burst });
         }
         const daily = integer(v.daily.value);
         const monthly = integer(v.monthly.value);
@@ -838,9 +842,9 @@
     el('p', { class: 'muted' }, 'Empty fields limit nothing. Saving replaces every setting of the policy.'),
     el('div', { class: 'grid' },
       field('Name', input('name', p.name, { required: true, maxlength: 128, placeholder: 'partners' })),
-      field('Requests per window', input('requests', p.rate_limit?.requests, { inputmode: 'numeric', placeholder: '100' })),
-      field('Window (seconds)', input('window', p.rate_limit?.window, { inputmode: 'numeric', placeholder: '60' })),
-      field('Burst', input('burst', p.rate_limit?.burst, { inputmode: 'numeric', placeholder: 'same as requests' })),
+      field('Requests per window', input('requests', p.rate_limits?.[0]?.requests, { inputmode: 'numeric', placeholder: '100' })),
+      field('Window (seconds)', input('window', p.rate_limits?.[0]?.window, { inputmode: 'numeric', placeholder: '60' })),
+      field('Burst', input('burst', p.rate_limits?.[0]?.burst, { inputmode: 'numeric', placeholder: 'same as requests' })),
       field('Daily quota', input('daily', p.quota?.daily, { inputmode: 'numeric', placeholder: 'requests per UTC day' })),
       field('Monthly quota', input('monthly', p.quota?.monthly, { inputmode: 'numeric', placeholder: 'requests per month' })),
       field('Max key age (seconds)', input('max_key_age', p.max_key_age, { inputmode: 'numeric', placeholder: '7776000 = 90 d' })),

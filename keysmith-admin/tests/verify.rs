@@ -1,0 +1,166 @@
+//! `POST /verify` through the router: verdicts, spending, tenant isolation,
+//! authentication and bad bodies.
+
+mod support;
+
+use std::time::Duration;
+
+use keysmith_core::store::{Page, TimeRange};
+use keysmith_core::{NewKey, PolicySpec, RateLimit, RequestContext};
+use serde_json::{Value, json};
+use support::{APP, harness};
+
+/// A key of the admin's tenant holding only `keysmith:verify`.
+async fn verifier(h: &support::Harness) -> String {
+    let created = h.tenant().create_key(NewKey::new("gateway").with_scopes(["keysmith:verify"])).await.unwrap();
+    created.raw.expose().to_owned()
+}
+
+async fn verify(h: &support::Harness, caller: &str, body: Value) -> support::Reply {
+    h.send("POST", "/verify", Some(caller), Some(body)).await
+}
+
+#[tokio::test]
+async fn a_valid_key_is_described_and_its_request_spent_and_recorded() {
+    let h = harness().await;
+    let caller = verifier(&h).await;
+    let spec = PolicySpec::new("tiers")
+        .with_limit(RateLimit::new("burst", 10, Duration::from_secs(1)))
+        .with_limit(RateLimit::new("hourly", 2, Duration::from_secs(3600)));
+    let policy = h.tenant().create_policy(spec).await.unwrap();
+    let new = NewKey::new("customer").with_scopes(["read"]).with_policy(policy.id).with_owner("cust_1");
+    let created = h.tenant().create_key(new).await.unwrap();
+    let raw = created.raw.expose().to_owned();
+
+    let reply = verify(&h, &caller, json!({"key": raw, "required_scopes": ["read:users"], "ip": "203.0.113.7"})).await;
+    let verdict = reply.ok(200);
+    assert_eq!(verdict["valid"], true);
+    assert_eq!(verdict["code"], "valid");
+    assert_eq!(verdict["key_id"], created.key.id.to_string());
+    assert_eq!(verdict["owner_id"], "cust_1");
+    assert_eq!(verdict["scopes"], json!(["read"]));
+    assert_eq!(verdict["expires_at"], Value::Null);
+    assert_eq!(verdict["credits"], Value::Null);
+    assert_eq!(
+        verdict["rate_limits"],
+        json!([
+            {"name": "burst", "requests": 10, "window": 1, "remaining": 9, "reset": 1},
+            {"name": "hourly", "requests": 2, "window": 3600, "remaining": 1, "reset": 1800}
+        ])
+    );
+    // The second request takes the last of `hourly`; the third is refused by it.
+    assert_eq!(verify(&h, &caller, json!({"key": raw})).await.ok(200)["valid"], true);
+    let limited = verify(&h, &caller, json!({"key": raw})).await;
+    let limited = limited.ok(200);
+    assert_eq!((limited["valid"].clone(), limited["code"].clone()), (json!(false), json!("rate_limited")));
+    assert_eq!(limited["rate_limits"][0]["name"], "hourly");
+    assert_eq!(limited["key_id"], Value::Null);
+
+    // Two passed requests, recorded as usage of the verified key.
+    h.engine.flush_usage().await;
+    let usage = h.tenant().list_usage(created.key.id, TimeRange::default(), Page::default()).await.unwrap();
+    assert_eq!(usage.len(), 2);
+    assert_eq!((usage[0].endpoint.as_str(), usage[0].method.as_str(), usage[0].status), ("/verify", "POST", 200));
+    assert_eq!(usage[0].ip, Some("203.0.113.7".parse().unwrap()));
+}
+
+#[tokio::test]
+async fn every_refusal_is_a_200_verdict_with_its_code_and_spends_nothing() {
+    let h = harness().await;
+    let caller = verifier(&h).await;
+    let policy = h.tenant().create_policy(PolicySpec::new("one").with_rate_limit(1, Duration::from_secs(3600))).await;
+    let new = NewKey::new("reader").with_scopes(["read"]).with_policy(policy.unwrap().id);
+    let raw = h.tenant().create_key(new).await.unwrap().raw.expose().to_owned();
+    let cases = [
+        (json!({"key": "nope"}), "malformed_key"),
+        (json!({"key": "sk_live_0000000000000000000000000000000000000A"}), "malformed_key"),
+        (json!({"key": raw, "required_scopes": ["write"]}), "insufficient_scope"),
+    ];
+    for (body, code) in cases {
+        let verdict = verify(&h, &caller, body).await;
+        let verdict = verdict.ok(200);
+        assert_eq!((verdict["valid"].clone(), verdict["code"].clone()), (json!(false), json!(code)), "{verdict}");
+    }
+    // The scope refusal spent nothing: the one request of the hour is still there.
+    assert_eq!(verify(&h, &caller, json!({"key": raw})).await.ok(200)["valid"], true);
+    let revoked = h.tenant().create_key(NewKey::new("gone")).await.unwrap();
+    h.tenant().revoke_key(revoked.key.id, "test").await.unwrap();
+    let verdict = verify(&h, &caller, json!({"key": revoked.raw.expose()})).await;
+    assert_eq!(verdict.ok(200)["code"], "key_revoked");
+}
+
+#[tokio::test]
+async fn another_tenants_key_is_invalid_and_nothing_of_it_is_spent_or_revealed() {
+    let h = harness().await;
+    let caller = verifier(&h).await;
+    let other = h.engine.tenant(APP, "globex");
+    let policy = other.create_policy(PolicySpec::new("one").with_rate_limit(1, Duration::from_secs(3600))).await;
+    let created = other.create_key(NewKey::new("theirs").with_policy(policy.unwrap().id)).await.unwrap();
+    let raw = created.raw.expose().to_owned();
+    for _ in 0..3 {
+        let verdict = verify(&h, &caller, json!({"key": raw})).await;
+        let verdict = verdict.ok(200);
+        assert_eq!(
+            verdict,
+            &json!({"valid": false, "code": "invalid_key", "key_id": null, "owner_id": null, "scopes": [],
+                    "rate_limits": [], "credits": null, "expires_at": null})
+        );
+    }
+    // Its owner still has the hour's one request.
+    assert!(h.engine.validate(&raw, &RequestContext::new()).await.is_ok());
+}
+
+#[tokio::test]
+async fn only_a_verify_key_may_call_verify_and_it_can_do_nothing_else() {
+    let h = harness().await;
+    let caller = verifier(&h).await;
+    let body = json!({"key": "sk_live_x"});
+    // The admin key alone does not grant verify.
+    let admin = h.send("POST", "/verify", Some(&h.admin.clone()), Some(body.clone())).await;
+    admin.assert_error(403, "insufficient_scope");
+    h.send("POST", "/verify", None, Some(body.clone())).await.assert_error(401, "missing_key");
+    // A verify key cannot manage keys.
+    h.send("GET", "/keys", Some(&caller), None).await.assert_error(403, "insufficient_scope");
+    assert_eq!(verify(&h, &caller, body).await.status, 200);
+}
+
+#[tokio::test]
+async fn bad_bodies_are_refused_before_any_check() {
+    let h = harness().await;
+    let caller = verifier(&h).await;
+    let huge = "k".repeat(1025);
+    let scopes: Vec<String> = (0..33).map(|i| format!("s{i}")).collect();
+    for body in [
+        json!({"key": huge}),
+        json!({"key": "sk_live_x", "ip": "not-an-ip"}),
+        json!({"key": "sk_live_x", "required_scopes": scopes}),
+        json!({"key": "sk_live_x", "origin": "o".repeat(1025)}),
+        json!({"key": "sk_live_x", "cost": 1_000_000_000_001_u64}),
+    ] {
+        verify(&h, &caller, body).await.assert_error(400, "invalid_input");
+    }
+    verify(&h, &caller, json!({"keys": "x"})).await.assert_error(422, "invalid_body");
+    verify(&h, &caller, json!({})).await.assert_error(422, "invalid_body");
+    let malformed = axum::http::Request::builder()
+        .method("POST")
+        .uri(format!("{}/verify", support::MOUNT))
+        .header("authorization", format!("Bearer {caller}"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from("{not json"))
+        .unwrap();
+    assert_eq!(h.raw(malformed).await.status, 400);
+}
+
+#[tokio::test]
+async fn verify_answers_503_while_the_store_is_down() {
+    let h = harness().await;
+    let caller = verifier(&h).await;
+    // Spending a key's credits needs the store.
+    let new = NewKey::new("k").with_credits(keysmith_core::Credits::new(10));
+    let raw = h.tenant().create_key(new).await.unwrap().raw.expose().to_owned();
+    // The caller's own key is checked (and cached) first; then the store goes down.
+    assert_eq!(verify(&h, &caller, json!({"key": "sk_live_x"})).await.status, 200);
+    h.store.fail(true);
+    let reply = verify(&h, &caller, json!({"key": raw})).await;
+    reply.assert_error(503, "unavailable");
+}

@@ -1,0 +1,178 @@
+//! Owners (listing, the per-owner key limit) and credits (spent, refused,
+//! refilled, given back) through the engine.
+
+mod support;
+
+use std::time::Duration;
+
+use keysmith_core::store::KeyFilter;
+use keysmith_core::{
+    Credits, Error, NewKey, Period, PolicySpec, Refusal, RequestContext, RotationReason, Validation, ValidationError,
+};
+use support::{engine, t0};
+
+fn refusal(result: Result<Validation, ValidationError>) -> Refusal {
+    match result {
+        Err(ValidationError::Refused(refusal)) => refusal,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn one_key_per_owner_is_refused_a_second_until_the_first_is_revoked() {
+    let (engine, _) = engine();
+    let acme = engine.tenant("app", "acme");
+    let policy = acme.create_policy(PolicySpec::new("free").with_max_active_keys_per_owner(1)).await.unwrap();
+    let first = acme.create_key(NewKey::new("k").with_owner("user_1").with_policy(policy.id)).await.unwrap();
+    assert_eq!(first.key.owner_id.as_deref(), Some("user_1"));
+
+    let second = acme.create_key(NewKey::new("k").with_owner("user_1").with_policy(policy.id)).await;
+    assert!(matches!(second, Err(Error::OwnerKeyLimit { limit: 1, .. })), "{second:?}");
+    // Rotation keeps the count: the replacement takes the rotated key's place.
+    let rotated = acme.rotate_key(first.key.id, RotationReason::Manual, None).await.unwrap();
+    assert_eq!(rotated.key.owner_id.as_deref(), Some("user_1"), "rotation keeps the owner");
+    let third = acme.create_key(NewKey::new("k").with_owner("user_1").with_policy(policy.id)).await;
+    assert!(matches!(third, Err(Error::OwnerKeyLimit { .. })));
+    // Another owner, or no owner, is not held to user_1's count.
+    acme.create_key(NewKey::new("k").with_owner("user_2").with_policy(policy.id)).await.unwrap();
+    acme.create_key(NewKey::new("k").with_policy(policy.id)).await.unwrap();
+
+    acme.revoke_key(rotated.key.id, "replaced").await.unwrap();
+    acme.create_key(NewKey::new("k").with_owner("user_1").with_policy(policy.id)).await.unwrap();
+    let of_user = KeyFilter { owner_id: Some("user_1".into()), ..KeyFilter::default() };
+    assert_eq!(acme.list_keys(&of_user).await.unwrap().len(), 3, "the first key, its replacement and the new one");
+}
+
+#[tokio::test]
+async fn bad_owner_ids_and_limits_are_refused_before_anything_is_stored() {
+    let (engine, _) = engine();
+    let acme = engine.tenant("app", "acme");
+    for bad in ["", " padded", "new\nline", "nul\0", &"x".repeat(256)] {
+        let result = acme.create_key(NewKey::new("k").with_owner(bad)).await;
+        assert!(matches!(result, Err(Error::InvalidInput { field: "owner_id", .. })), "{bad:?}: {result:?}");
+        let listed = acme.list_keys(&KeyFilter { owner_id: Some(bad.to_owned()), ..KeyFilter::default() }).await;
+        assert!(matches!(listed, Err(Error::InvalidInput { field: "owner_id", .. })), "{bad:?}");
+    }
+    assert!(acme.list_keys(&KeyFilter::default()).await.unwrap().is_empty());
+    for keys in [0, PolicySpec::MAX_KEYS_PER_OWNER + 1] {
+        let spec = PolicySpec::new("p").with_max_active_keys_per_owner(keys);
+        let result = acme.create_policy(spec).await;
+        assert!(matches!(result, Err(Error::InvalidInput { field: "max_active_keys_per_owner", .. })), "{keys}");
+    }
+}
+
+#[tokio::test]
+async fn each_passed_request_spends_its_cost_and_an_empty_key_is_refused() {
+    let (engine, _) = engine();
+    let acme = engine.tenant("app", "acme");
+    let created = acme.create_key(NewKey::new("k").with_credits(Credits::new(3))).await.unwrap();
+    let raw = created.raw.expose();
+
+    let first = engine.validate(raw, &RequestContext::new()).await.unwrap();
+    let status = first.credits.expect("a key with credits reports them");
+    assert_eq!((status.remaining, status.cost, status.refills_at), (2, 1, None));
+    let second = engine.validate(raw, &RequestContext::new().with_cost(2)).await.unwrap();
+    assert_eq!(second.credits.unwrap().remaining, 0);
+    let free = engine.validate(raw, &RequestContext::new().with_cost(0)).await.unwrap();
+    assert_eq!(free.credits.unwrap().remaining, 0, "a zero cost passes and spends nothing");
+    assert_eq!(
+        refusal(engine.validate(raw, &RequestContext::new()).await),
+        Refusal::CreditsExhausted { refills_at: None }
+    );
+
+    let topped = acme.add_credits(created.key.id, 5).await.unwrap();
+    assert_eq!(topped.credits.unwrap().remaining, 5);
+    assert_eq!(refusal(engine.validate(raw, &RequestContext::new().with_cost(6)).await).code(), "credits_exhausted");
+    assert_eq!(acme.get_key(created.key.id).await.unwrap().credits.unwrap().remaining, 5, "a refusal spends nothing");
+    // Removed credits no longer limit the key.
+    acme.set_credits(created.key.id, None).await.unwrap();
+    let unlimited = engine.validate(raw, &RequestContext::new().with_cost(100)).await.unwrap();
+    assert_eq!(unlimited.credits, None);
+}
+
+#[tokio::test]
+async fn credits_refill_at_the_utc_boundary_and_survive_rotation() {
+    let (engine, clock) = engine();
+    let acme = engine.tenant("app", "acme");
+    let credits = Credits::new(1).with_refill(2, Period::Day);
+    let created = acme.create_key(NewKey::new("k").with_credits(credits)).await.unwrap();
+    let raw = created.raw.expose();
+    let midnight = Period::Day.next_start(t0());
+
+    assert_eq!(engine.validate(raw, &RequestContext::new()).await.unwrap().credits.unwrap().refills_at, Some(midnight));
+    assert_eq!(
+        refusal(engine.validate(raw, &RequestContext::new()).await),
+        Refusal::CreditsExhausted { refills_at: Some(midnight) }
+    );
+    // A rotation neither refills nor splits them.
+    let rotated = acme.rotate_key(created.key.id, RotationReason::Scheduled, None).await.unwrap();
+    assert_eq!(rotated.key.credits.map(|c| c.remaining), Some(0));
+    assert!(refusal(engine.validate(rotated.raw.expose(), &RequestContext::new()).await).code() == "credits_exhausted");
+
+    clock.set(midnight);
+    assert_eq!(acme.get_key(rotated.key.id).await.unwrap().credits.unwrap().remaining, 2, "shown as refilled");
+    assert_eq!(engine.validate(raw, &RequestContext::new()).await.unwrap().credits.unwrap().remaining, 1);
+    assert_eq!(
+        engine.validate(rotated.raw.expose(), &RequestContext::new()).await.unwrap().credits.unwrap().remaining,
+        0
+    );
+    assert!(engine.validate(raw, &RequestContext::new()).await.is_err());
+}
+
+#[tokio::test]
+async fn a_request_refused_for_another_reason_spends_no_credits() {
+    let (engine, _) = engine();
+    let acme = engine.tenant("app", "acme");
+    let policy = acme
+        .create_policy(
+            PolicySpec::new("p")
+                .with_rate_limit(1, Duration::from_secs(60))
+                .with_allowed_origins(["https://app.example.com"]),
+        )
+        .await
+        .unwrap();
+    let created = acme.create_key(NewKey::new("k").with_policy(policy.id).with_credits(Credits::new(1))).await.unwrap();
+    let raw = created.raw.expose();
+    let remaining = || async { acme.get_key(created.key.id).await.unwrap().credits.unwrap().remaining };
+
+    let wrong_origin = RequestContext::new().with_origin("https://evil.example");
+    assert_eq!(refusal(engine.validate(raw, &wrong_origin).await), Refusal::OriginNotAllowed);
+    let scopes = ["admin".to_owned()];
+    let missing_scope = RequestContext::new().with_required_scopes(&scopes);
+    assert!(matches!(refusal(engine.validate(raw, &missing_scope).await), Refusal::InsufficientScope { .. }));
+    assert_eq!(remaining().await, 1);
+
+    // Refused after validation (a route's scopes): the credits come back,
+    // and so does the rate-limit request.
+    let passed = engine.validate(raw, &RequestContext::new()).await.unwrap();
+    assert_eq!(remaining().await, 0);
+    assert!(engine.refund(&passed));
+    assert_eq!(remaining().await, 1);
+    assert!(!engine.refund(&passed), "a second refund gives nothing");
+    assert_eq!(remaining().await, 1);
+    engine.validate(raw, &RequestContext::new()).await.unwrap();
+
+    // Exhausted credits give back the rate-limit request they were checked after.
+    let other = acme.create_key(NewKey::new("k2").with_policy(policy.id).with_credits(Credits::new(0))).await.unwrap();
+    assert_eq!(refusal(engine.validate(other.raw.expose(), &RequestContext::new()).await).code(), "credits_exhausted");
+    acme.add_credits(other.key.id, 1).await.unwrap();
+    engine.validate(other.raw.expose(), &RequestContext::new()).await.expect("the rate limit was not spent");
+}
+
+#[tokio::test]
+async fn credit_values_are_bounded_everywhere() {
+    let (engine, _) = engine();
+    let acme = engine.tenant("app", "acme");
+    let too_many = acme.create_key(NewKey::new("k").with_credits(Credits::new(Credits::MAX + 1))).await;
+    assert!(matches!(too_many, Err(Error::InvalidInput { field: "credits.remaining", .. })));
+    let zero_refill =
+        acme.create_key(NewKey::new("k").with_credits(Credits::new(1).with_refill(0, Period::Month))).await;
+    assert!(matches!(zero_refill, Err(Error::InvalidInput { field: "credits.refill.amount", .. })));
+    assert!(acme.list_keys(&KeyFilter::default()).await.unwrap().is_empty());
+
+    let created = acme.create_key(NewKey::new("k").with_credits(Credits::new(Credits::MAX))).await.unwrap();
+    assert!(matches!(acme.add_credits(created.key.id, 1).await, Err(Error::InvalidInput { field: "amount", .. })));
+    assert!(matches!(acme.add_credits(created.key.id, 0).await, Err(Error::InvalidInput { field: "amount", .. })));
+    let plain = acme.create_key(NewKey::new("plain")).await.unwrap();
+    assert!(matches!(acme.add_credits(plain.key.id, 1).await, Err(Error::InvalidInput { field: "credits", .. })));
+}

@@ -1,0 +1,16 @@
+-- Credits: a prepaid number of uses, per key lineage (the key that replaces
+-- another in a rotation spends from the same row). Idempotent, like the
+-- schema file.
+
+CREATE TABLE IF NOT EXISTS keysmith_credits (
+    lineage_id    BINARY(16) PRIMARY KEY,
+    app_id        VARCHAR(255) NOT NULL,
+    tenant_id     VARCHAR(255) NOT NULL,
+    remaining     BIGINT NOT NULL CHECK (remaining >= 0),
+    -- A refill sets `remaining` to `refill_amount` at the start of each
+    -- UTC day or month; `refilled_at` is the start of the current one.
+    refill_amount BIGINT CHECK (refill_amount > 0),
+    refill_every  VARCHAR(8) CHECK (refill_every IN ('day', 'month')),
+    refilled_at   DATETIME(6),
+    CONSTRAINT keysmith_credits_lineage FOREIGN KEY (lineage_id) REFERENCES keysmith_keys (id) ON DELETE CASCADE
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
