@@ -6,7 +6,7 @@ use sfv::{Integer, KeyRef, ListSerializer, StringRef, key_ref};
 
 use super::HeaderSink;
 use crate::limit::RateLimitStatus;
-use crate::{PolicySpec, RateLimit, Validation, retry_after_secs};
+use crate::{CreditsStatus, PolicySpec, RateLimit, Validation, retry_after_secs};
 
 /// Read access to a request's headers. Each adapter implements it for its
 /// framework's header map (through a newtype), so the rules in this module
@@ -162,10 +162,19 @@ impl RateLimitHeaders {
                         }
                     }
                 }
+                let credits = validation.credits.as_ref();
+                if let Some(credits) = credits {
+                    credits_policy(&mut policies, credits, validation.checked_at());
+                }
                 if let Some(value) = policies.finish() {
                     out.append_header(names::RATELIMIT_POLICY, &value);
                 }
-                if let Some((limit, status)) = closest {
+                let credits_closer = credits.filter(|credits| {
+                    closest.is_none_or(|(_, status)| credits.remaining < u64::from(status.remaining))
+                });
+                if let Some(credits) = credits_closer {
+                    out.append_header(names::RATELIMIT, &credits_state(credits, validation.checked_at()));
+                } else if let Some((limit, status)) = closest {
                     out.append_header(names::RATELIMIT, &state(limit, status.remaining, status.reset));
                 }
             }
@@ -223,6 +232,37 @@ fn policy_item(list: &mut ListSerializer<String>, name: &str, quota: u64, window
     if let Ok(name) = StringRef::from_str(name) {
         list.bare_item(name).parameter(Q, integer(quota)).parameter(W, integer(window));
     }
+}
+
+/// The name credits have in the `RateLimit` fields.
+const CREDITS: &str = "credits";
+
+/// `"credits";q=amount;w=period` for credits that refill (`q` is what a
+/// refill restores, `w` the refill period at `now`), `"credits";q=left`
+/// for prepaid credits without one (what was left before this request).
+fn credits_policy(list: &mut ListSerializer<String>, credits: &CreditsStatus, now: DateTime<Utc>) {
+    let name = StringRef::constant(CREDITS);
+    match credits.refill {
+        Some(refill) => {
+            let window = u64::try_from((refill.every.next_start(now) - refill.every.start_of(now)).num_seconds())
+                .unwrap_or(DAY_SECS);
+            list.bare_item(name).parameter(Q, integer(refill.amount)).parameter(W, integer(window));
+        }
+        None => {
+            list.bare_item(name).parameter(Q, integer(credits.remaining.saturating_add(credits.cost)));
+        }
+    }
+}
+
+/// `"credits";r=left`, with `t` (seconds until the refill) when the
+/// credits refill.
+fn credits_state(credits: &CreditsStatus, now: DateTime<Utc>) -> String {
+    let mut list = ListSerializer::new();
+    let item = list.bare_item(StringRef::constant(CREDITS)).parameter(R, integer(credits.remaining));
+    if let Some(at) = credits.refills_at {
+        item.parameter(T, integer(retry_after_secs((at - now).to_std().unwrap_or_default())));
+    }
+    list.finish().unwrap_or_default()
 }
 
 /// The `RateLimit` field: `"name";r=remaining;t=seconds`.

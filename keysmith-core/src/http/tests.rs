@@ -297,3 +297,28 @@ async fn nothing_secret_is_in_debug_output() {
         assert!(!debug.contains(&raw), "{debug}");
     }
 }
+
+#[tokio::test]
+async fn credits_are_announced_as_a_policy_and_reported_when_closest_to_refusing() {
+    let s = setup();
+    let prepaid = key(&s, NewKey::new("prepaid").with_credits(crate::Credits::new(3))).await;
+    let gate = Gate::new(s.engine.clone());
+    let pass = admitted(outcome(&gate, "GET", None, &bearer(&prepaid)).await);
+    assert_eq!(
+        pass.response_headers(),
+        [("ratelimit-policy", r#""credits";q=3"#.to_owned()), ("ratelimit", r#""credits";r=2"#.to_owned())]
+    );
+
+    let policy =
+        s.acme.create_policy(PolicySpec::new("slow").with_rate_limit(10, Duration::from_secs(60))).await.unwrap();
+    let daily = crate::Credits::new(5).with_refill(5, crate::Period::Day);
+    let metered = key(&s, NewKey::new("metered").with_policy(policy.id).with_credits(daily)).await;
+    let pass = admitted(outcome(&gate, "GET", None, &bearer(&metered)).await);
+    let headers = pass.response_headers();
+    assert_eq!(headers[0], ("ratelimit-policy", r#""default";q=10;w=60, "credits";q=5;w=86400"#.to_owned()));
+    // 4 credits left against 9 requests: the credits are closest to refusing,
+    // and they refill at the next UTC midnight.
+    let (name, value) = &headers[1];
+    assert_eq!(*name, "ratelimit");
+    assert!(value.starts_with(r#""credits";r=4;t="#), "{value}");
+}
