@@ -164,9 +164,16 @@ mod tests {
             assert_eq!(status(&app, "GET", "/users", Some(&keys.metered)).await, 200);
         }
         assert_eq!(status(&app, "GET", "/users", Some(&keys.metered)).await, 429);
-        for owned in &keys.owned {
-            assert_eq!(status(&app, "GET", "/me", Some(owned)).await, 200);
+    }
+
+    #[tokio::test]
+    async fn the_owners_two_keys_share_one_budget() {
+        let (app, keys) = demo().await;
+        let [first, second] = &keys.owned;
+        for key in [first, second, first] {
+            assert_eq!(status(&app, "GET", "/users", Some(key)).await, 200);
         }
+        assert_eq!(status(&app, "GET", "/users", Some(second)).await, 429, "the second key shares the first's budget");
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use keysmith_core::http::ApiKey;
 use keysmith_core::store::{CacheConfig, Page};
-use keysmith_core::{Credits, Engine, Environment, NewKey, PolicySpec, RawKey, Store};
+use keysmith_core::{Credits, Engine, Environment, LimitBy, NewKey, Policy, PolicySpec, RawKey, Store, TenantEngine};
 use keysmith_redis::{RedisChangeFeed, RedisConfig, RedisQuotas, RedisRateLimiter};
 use keysmith_sqlx::{PgChangeFeed, PgStore};
 use serde::{Deserialize, Serialize};
@@ -37,6 +37,8 @@ pub const TENANT_ID: &str = "demo";
 pub const REALM: &str = "keysmith-demo";
 /// The name of the rate-limit policy of the limited key.
 pub const LIMITED_POLICY: &str = "demo-limited";
+/// The name of the policy whose limit the owner's keys share.
+pub const OWNER_POLICY: &str = "demo-owner-shared";
 /// How often a `local_first` Redis limiter syncs with Redis in the demos.
 const LOCAL_FIRST_SYNC: Duration = Duration::from_millis(100);
 
@@ -129,7 +131,8 @@ pub struct DemoKeys {
     pub limited: RawKey,
     /// Scope `read:users`, 2 prepaid uses (credits).
     pub metered: RawKey,
-    /// Two keys of one owner (`demo-customer`), scope `read:users`.
+    /// Two keys of one owner (`demo-customer`), scope `read:users`, sharing
+    /// one budget of 3 requests per 10 seconds (`limit_by: owner`).
     pub owned: [RawKey; 2],
 }
 
@@ -143,12 +146,11 @@ pub const DEMO_OWNER: &str = "demo-customer";
 /// When the store fails.
 pub async fn create_demo_keys(engine: &Engine) -> keysmith_core::Result<DemoKeys> {
     let demo = engine.tenant(APP_ID, TENANT_ID);
-    let spec = PolicySpec::new(LIMITED_POLICY).with_rate_limit(3, Duration::from_secs(10));
-    let existing = demo.list_policies(Page::new(Page::MAX_LIMIT, 0)).await?;
-    let policy = match existing.into_iter().find(|policy| policy.name == LIMITED_POLICY) {
-        Some(policy) => demo.update_policy(policy.id, spec).await?,
-        None => demo.create_policy(spec).await?,
-    };
+    let policy =
+        keep_policy(&demo, PolicySpec::new(LIMITED_POLICY).with_rate_limit(3, Duration::from_secs(10))).await?;
+    let shared =
+        PolicySpec::new(OWNER_POLICY).with_rate_limit(3, Duration::from_secs(10)).with_limit_by(LimitBy::Owner);
+    let shared = keep_policy(&demo, shared).await?;
     let read = demo.create_key(NewKey::new("demo reader").with_scopes(["read:users"])).await?;
     let admin =
         demo.create_key(NewKey::new("demo admin").with_scopes(["read:users", "write:users", "keysmith:admin"])).await?;
@@ -158,7 +160,8 @@ pub async fn create_demo_keys(engine: &Engine) -> keysmith_core::Result<DemoKeys
         demo.create_key(NewKey::new("demo metered").with_scopes(["read:users"]).with_credits(Credits::new(2))).await?;
     let mut owned = Vec::with_capacity(2);
     for name in ["demo customer laptop", "demo customer CI"] {
-        owned.push(demo.create_key(NewKey::new(name).with_scopes(["read:users"]).with_owner(DEMO_OWNER)).await?.raw);
+        let new = NewKey::new(name).with_scopes(["read:users"]).with_owner(DEMO_OWNER).with_policy(shared.id);
+        owned.push(demo.create_key(new).await?.raw);
     }
     let [first, second]: [RawKey; 2] = owned.try_into().expect("two keys");
     Ok(DemoKeys {
@@ -168,6 +171,16 @@ pub async fn create_demo_keys(engine: &Engine) -> keysmith_core::Result<DemoKeys
         metered: metered.raw,
         owned: [first, second],
     })
+}
+
+/// Creates the policy `spec` names, or updates it to `spec` when a
+/// restart on the same database finds it.
+async fn keep_policy(demo: &TenantEngine, spec: PolicySpec) -> keysmith_core::Result<Policy> {
+    let existing = demo.list_policies(Page::new(Page::MAX_LIMIT, 0)).await?;
+    match existing.into_iter().find(|policy| policy.name == spec.name) {
+        Some(policy) => demo.update_policy(policy.id, spec).await,
+        None => demo.create_policy(spec).await,
+    }
 }
 
 /// Prints where the demo listens, the fresh keys as
@@ -203,8 +216,9 @@ pub fn print_instructions(framework: &str, base: &str, database_url: &str, keys:
          -H \"Authorization: Bearer $KEYSMITH_DEMO_METERED_KEY\" {base}/users; done    # 200 200 429: 2 credits"
     );
     println!(
-        "  curl -H \"Authorization: Bearer $KEYSMITH_DEMO_OWNER_KEY_1\" {base}/me; \
-         curl -H \"Authorization: Bearer $KEYSMITH_DEMO_OWNER_KEY_2\" {base}/me    # two keys of owner {DEMO_OWNER}"
+        "  for k in \"$KEYSMITH_DEMO_OWNER_KEY_1\" \"$KEYSMITH_DEMO_OWNER_KEY_2\" \"$KEYSMITH_DEMO_OWNER_KEY_1\" \
+         \"$KEYSMITH_DEMO_OWNER_KEY_2\"; do curl -s -o /dev/null -w '%{{http_code}}\\n' -H \"Authorization: Bearer $k\" \
+         {base}/users; done    # 200 200 200 429: two keys of owner {DEMO_OWNER}, one budget"
     );
     println!("  curl -i {base}/me    # 401 without a key");
     println!();
@@ -331,12 +345,14 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn restarting_on_the_same_store_reuses_the_policy() {
+    async fn restarting_on_the_same_store_reuses_the_policies() {
         let engine = Engine::builder(Arc::new(MemoryStore::new())).build().unwrap();
         create_demo_keys(&engine).await.unwrap();
         create_demo_keys(&engine).await.unwrap();
         let policies = engine.tenant(APP_ID, TENANT_ID).list_policies(Page::default()).await.unwrap();
-        assert_eq!(policies.len(), 1);
+        let mut names: Vec<_> = policies.iter().map(|policy| policy.name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, [LIMITED_POLICY, OWNER_POLICY]);
     }
 
     #[test]
