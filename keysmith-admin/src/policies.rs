@@ -147,6 +147,7 @@ pub(crate) struct PolicyInput {
     /// the policy; creating one more is refused (409 `owner_key_limit`).
     /// `1` is "one key per customer".
     #[schema(minimum = 1, maximum = 100_000, example = 1)]
+    #[serde(default, deserialize_with = "whole::option_u32")]
     max_active_keys_per_owner: Option<u32>,
     /// Application data (a JSON object; no control character in any key or
     /// string).

@@ -137,6 +137,25 @@ pub(crate) fn apply(components: &mut utoipa::openapi::Components) {
     }
 }
 
+/// Gives the `owner_id` filter of `GET /keys` the owner id pattern, as
+/// [`RULES`] give it to request bodies.
+///
+/// # Panics
+/// If `GET /keys` has no `owner_id` string parameter (a test builds the
+/// document, so a rename is caught there).
+pub(crate) fn apply_query(paths: &mut utoipa::openapi::Paths) {
+    let parameter = paths
+        .paths
+        .get_mut("/keys")
+        .and_then(|item| item.get.as_mut())
+        .and_then(|get| get.parameters.as_mut())
+        .and_then(|parameters| parameters.iter_mut().find(|p| p.name == "owner_id"));
+    let Some(RefOr::T(Schema::Object(string))) = parameter.and_then(|p| p.schema.as_mut()) else {
+        panic!("GET /keys has no owner_id string parameter");
+    };
+    string.pattern = Some(OWNER_ID_PATTERN.to_owned());
+}
+
 /// `#[schema(schema_with = …)]` for metadata fields.
 pub(crate) fn metadata_ref() -> utoipa::openapi::Ref {
     utoipa::openapi::Ref::from_schema_name("Metadata")
