@@ -24,8 +24,8 @@ const MAX_REQUIRED_SCOPES: usize = 32;
 /// The longest `origin` or scope name.
 const MAX_TEXT_LEN: usize = 1024;
 
-/// What to verify.
-#[derive(Debug, Deserialize, ToSchema)]
+/// What to verify. Its `Debug` never shows the key.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct VerifyRequest {
     /// The presented API key.
@@ -44,6 +44,18 @@ pub(crate) struct VerifyRequest {
     /// The credits the request costs a key with credits (default 1).
     #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
     cost: Option<u64>,
+}
+
+impl std::fmt::Debug for VerifyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyRequest")
+            .field("key", &"[redacted]")
+            .field("required_scopes", &self.required_scopes)
+            .field("ip", &self.ip)
+            .field("origin", &self.origin)
+            .field("cost", &self.cost)
+            .finish()
+    }
 }
 
 /// One rate limit's state after the verified request.
@@ -235,4 +247,17 @@ fn check(request: &VerifyRequest) -> Result<Option<IpAddr>> {
                 .map_err(|_| invalid("ip", format!("{ip:?} is not an IP address")).into())
         })
         .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VerifyRequest;
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let request: VerifyRequest = serde_json::from_str(r#"{"key": "sk_live_supersecret"}"#).unwrap();
+        let shown = format!("{request:?}");
+        assert!(!shown.contains("supersecret"), "{shown}");
+        assert!(shown.contains("[redacted]"), "{shown}");
+    }
 }
