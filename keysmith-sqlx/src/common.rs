@@ -9,11 +9,6 @@ use sqlx::{Connection, Database, Pool};
 use keysmith_core::store::Page;
 use keysmith_core::{Error, KeyHash, KeyId, KeyState, Policy, PolicyId, RateLimit, Result};
 
-/// How many times a transition is retried when its compare-and-set missed
-/// but the re-read shows a state it could start from (a concurrent change
-/// came and went between the two statements).
-pub(crate) const TRANSITION_ATTEMPTS: usize = 3;
-
 /// Connects a pool of up to 10 connections, which waits at most 5 seconds
 /// for one, to the database server `server` (its name for messages).
 ///
@@ -130,20 +125,13 @@ pub(crate) fn limit_offset(page: Page) -> (i64, i64) {
     (i64::from(page.limit.min(Page::MAX_LIMIT)), i64::try_from(page.offset).unwrap_or(i64::MAX))
 }
 
-/// What a missed compare-and-set means, given the key's state now.
-pub(crate) enum Missed {
-    /// Another writer moved the key back into a source state: try again.
-    Retry,
-    /// The error to return.
-    Fail(Error),
-}
-
-/// Classifies a compare-and-set that updated no row.
-pub(crate) fn missed_transition(id: KeyId, current: Option<KeyState>, from: &[KeyState], to: KeyState) -> Missed {
+/// Whether a key in `current` state (`None`: no such key) may move from
+/// one of `from` to `to`.
+pub(crate) fn check_transition(id: KeyId, current: Option<KeyState>, from: &[KeyState], to: KeyState) -> Result<()> {
     match current {
-        None => Missed::Fail(Error::NotFound { entity: "key", id: id.to_string() }),
-        Some(state) if from.contains(&state) => Missed::Retry,
-        Some(state) => Missed::Fail(Error::InvalidTransition { from: state, to }),
+        None => Err(Error::NotFound { entity: "key", id: id.to_string() }),
+        Some(state) if from.contains(&state) => Ok(()),
+        Some(state) => Err(Error::InvalidTransition { from: state, to }),
     }
 }
 

@@ -33,7 +33,7 @@ impl Dialect for MySql {
     type List = Json<Vec<String>>;
     type Scopes = ScopePairs;
 
-    // Without gap locks: under REPEATABLE READ a compare-and-set that scans
+    // Without gap locks: under REPEATABLE READ a state change that scans
     // the tenant index locks the gap a racing rotation inserts its new key
     // into, and the two deadlock. Each statement still reads the latest
     // committed rows and locks what it changes.

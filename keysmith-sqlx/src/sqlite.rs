@@ -56,8 +56,8 @@ impl Dialect for Sqlite {
     type List = Json<Vec<String>>;
     type Scopes = Json<Vec<String>>;
 
-    // The write lock up front: the state read after a missed compare-and-set
-    // is the state that made it miss, and nothing fails half-way.
+    // The write lock up front: a state read in a transaction stays true
+    // until it commits (SQLite has no row locks), and nothing fails half-way.
     const BEGIN: &'static str = "BEGIN IMMEDIATE";
     const LOCK_ROWS: &'static str = "";
     const SCOPES: &'static str = "(SELECT json_group_array(scope) FROM (SELECT s.scope FROM keysmith_key_scopes s \

@@ -7,9 +7,9 @@
 //! type, with the database type known, so sqlx's traits need no generic
 //! bounds.
 //!
-//! The statements are portable SQL: every state change is a conditional
-//! `UPDATE … WHERE state IN (…)` followed, in the same transaction, by a read
-//! of the row it changed (MySQL has no `UPDATE … RETURNING`); multi-row
+//! The statements are portable SQL: every state change locks the key's row,
+//! checks its state, updates it and reads it back in one transaction (MySQL
+//! has no `UPDATE … RETURNING`); multi-row
 //! writes (a key with its scopes, a rotation, a usage batch with its day and
 //! month aggregates) are one transaction, each table written by multi-row
 //! statements.
@@ -256,8 +256,8 @@ macro_rules! sql_store {
 
             use super::{$store, MIGRATOR};
             use crate::common::{
-                Missed, PolicyColumns, TRANSITION_ATTEMPTS, corrupt, duration_to_micros, is_foreign_key_violation,
-                key_insert_error, limit_offset, micros_to_duration, missed_transition, named_write_error,
+                PolicyColumns, corrupt, duration_to_micros, is_foreign_key_violation,
+                key_insert_error, limit_offset, micros_to_duration, check_transition, named_write_error,
                 parse_column, parse_hash, parse_list, rate_limits_from, store_error, to_u64,
             };
             use crate::store::{Dialect, Stored as _, statement};
@@ -644,10 +644,25 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            async fn key_state_on(conn: &mut Connection, tenant: &Tenant, id: KeyId) -> Result<Option<KeyState>> {
+            /// Locks the key `id` of `tenant` by its primary key until commit
+            /// and checks that it can move from one of `from` to `to`.
+            ///
+            /// The row is locked before the conditional `UPDATE`: InnoDB may
+            /// run that `UPDATE` through a secondary index (`state, …`) and
+            /// lock its entry before the row, while a racing change holding
+            /// the row waits for that entry, and the two deadlock. Waiting
+            /// for the row first puts every change of one key in one order.
+            async fn lock_for_transition(
+                conn: &mut Connection,
+                tenant: &Tenant,
+                id: KeyId,
+                from: &[KeyState],
+                to: KeyState,
+            ) -> Result<()> {
                 let row = sqlx::query(statement!(
                     Db,
-                    "SELECT state FROM keysmith_keys WHERE id = ? AND app_id = ? AND tenant_id = ?"
+                    "SELECT state FROM keysmith_keys WHERE id = ? AND app_id = ? AND tenant_id = ?",
+                    Db::LOCK_ROWS
                 ))
                 .bind(id.uuid())
                 .bind(&tenant.app_id)
@@ -655,15 +670,8 @@ macro_rules! sql_store {
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(store_error)?;
-                row.map(|row| parse_column("key state", &get::<String>(&row, "state")?)).transpose()
-            }
-
-            /// What a missed compare-and-set on the key means: `Ok` to try again.
-            async fn missed_on(conn: &mut Connection, tenant: &Tenant, id: KeyId, from: &[KeyState], to: KeyState) -> Result<()> {
-                match missed_transition(id, key_state_on(conn, tenant, id).await?, from, to) {
-                    Missed::Retry => Ok(()),
-                    Missed::Fail(error) => Err(error),
-                }
+                let current = row.map(|row| parse_column("key state", &get::<String>(&row, "state")?)).transpose()?;
+                check_transition(id, current, from, to)
             }
 
             fn push_tenant<'a>(qb: &mut QueryBuilder<'a, Db>, tenant: &'a Tenant) {
@@ -762,91 +770,71 @@ macro_rules! sql_store {
                 }
 
                 async fn transition_key(&self, tenant: &Tenant, id: KeyId, transition: &Transition) -> Result<Key> {
-                    for _ in 0..TRANSITION_ATTEMPTS {
-                        let mut tx = self.begin().await?;
-                        let mut qb = QueryBuilder::<Db>::new("UPDATE keysmith_keys SET state = ");
-                        qb.push_bind(transition.to.as_str()).push(", updated_at = ").push_bind(Db::time(transition.at));
-                        if transition.to == KeyState::Revoked {
-                            qb.push(", revoked_reason = ").push_bind(transition.reason.clone());
-                        }
-                        qb.push(" WHERE id = ").push_bind(id.uuid());
-                        push_tenant(&mut qb, tenant);
-                        qb.push(" AND state IN (");
-                        let mut states = qb.separated(", ");
-                        for state in transition.from {
-                            states.push_bind(state.as_str());
-                        }
-                        qb.push(")");
-                        let updated = qb.build().execute(&mut *tx).await.map_err(store_error)?;
-                        if updated.rows_affected() == 1 {
-                            let row = key_on(&mut tx, None, id).await?;
-                            tx.commit().await.map_err(store_error)?;
-                            return row.as_ref().map_or_else(|| Err(Error::store("a changed key vanished")), key);
-                        }
-                        missed_on(&mut tx, tenant, id, transition.from, transition.to).await?;
+                    let mut tx = self.begin().await?;
+                    lock_for_transition(&mut tx, tenant, id, transition.from, transition.to).await?;
+                    let mut qb = QueryBuilder::<Db>::new("UPDATE keysmith_keys SET state = ");
+                    qb.push_bind(transition.to.as_str()).push(", updated_at = ").push_bind(Db::time(transition.at));
+                    if transition.to == KeyState::Revoked {
+                        qb.push(", revoked_reason = ").push_bind(transition.reason.clone());
                     }
-                    Err(Error::store(format!("key {id} kept changing state during a transition")))
+                    qb.push(" WHERE id = ").push_bind(id.uuid());
+                    push_tenant(&mut qb, tenant);
+                    qb.build().execute(&mut *tx).await.map_err(store_error)?;
+                    let row = key_on(&mut tx, None, id).await?;
+                    tx.commit().await.map_err(store_error)?;
+                    row.as_ref().map_or_else(|| Err(Error::store("a changed key vanished")), key)
                 }
 
                 async fn rotate_key(&self, tenant: &Tenant, rotation: &RotationWrite) -> Result<Key> {
                     let record = &rotation.record;
-                    for _ in 0..TRANSITION_ATTEMPTS {
-                        let mut tx = self.begin().await?;
-                        let updated = sqlx::query(statement!(
-                            Db,
-                            "UPDATE keysmith_keys SET state = 'rotated', grace_expires_at = ?, updated_at = ? \
-                             WHERE id = ? AND app_id = ? AND tenant_id = ? AND state = 'active'"
-                        ))
-                        .bind(Db::time(record.grace_expires_at))
-                        .bind(Db::time(record.created_at))
-                        .bind(record.key_id.uuid())
-                        .bind(&tenant.app_id)
-                        .bind(&tenant.tenant_id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(store_error)?;
-                        if updated.rows_affected() == 0 {
-                            missed_on(&mut tx, tenant, record.key_id, &[KeyState::Active], KeyState::Rotated).await?;
-                            continue;
-                        }
-                        if rotation.new_key.key.tenant != *tenant || record.tenant != *tenant {
-                            return Err(Error::InvalidInput {
-                                field: "tenant",
-                                reason: "a rotation stays within one tenant".into(),
-                            });
-                        }
-                        let old = key_on(&mut tx, None, record.key_id).await?;
-                        insert_key_on(&mut tx, &rotation.new_key).await?;
-                        sqlx::query(statement!(
-                            Db,
-                            "INSERT INTO keysmith_rotations (id, key_id, new_key_id, app_id, tenant_id, old_hash, \
-                             new_hash, reason, grace_ttl_us, grace_expires_at, created_at) \
-                             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                        ))
-                        .bind(record.id.uuid())
-                        .bind(record.key_id.uuid())
-                        .bind(record.new_key_id.uuid())
-                        .bind(&record.tenant.app_id)
-                        .bind(&record.tenant.tenant_id)
-                        .bind(record.old_hash.to_hex())
-                        .bind(record.new_hash.to_hex())
-                        .bind(record.reason.as_str())
-                        .bind(duration_to_micros("grace", record.grace_ttl)?)
-                        .bind(Db::time(record.grace_expires_at))
-                        .bind(Db::time(record.created_at))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| {
-                            if is_foreign_key_violation(&e) {
-                                Error::NotFound { entity: "key", id: record.new_key_id.to_string() }
-                            } else {
-                                named_write_error(e, "rotation", &record.id.to_string())
-                            }
-                        })?;
-                        tx.commit().await.map_err(store_error)?;
-                        return old.as_ref().map_or_else(|| Err(Error::store("a rotated key vanished")), key);
+                    if rotation.new_key.key.tenant != *tenant || record.tenant != *tenant {
+                        return Err(Error::InvalidInput { field: "tenant", reason: "a rotation stays within one tenant".into() });
                     }
-                    Err(Error::store(format!("key {} kept changing state during a rotation", record.key_id)))
+                    let mut tx = self.begin().await?;
+                    lock_for_transition(&mut tx, tenant, record.key_id, &[KeyState::Active], KeyState::Rotated).await?;
+                    sqlx::query(statement!(
+                        Db,
+                        "UPDATE keysmith_keys SET state = 'rotated', grace_expires_at = ?, updated_at = ? \
+                         WHERE id = ? AND app_id = ? AND tenant_id = ?"
+                    ))
+                    .bind(Db::time(record.grace_expires_at))
+                    .bind(Db::time(record.created_at))
+                    .bind(record.key_id.uuid())
+                    .bind(&tenant.app_id)
+                    .bind(&tenant.tenant_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                    let old = key_on(&mut tx, None, record.key_id).await?;
+                    insert_key_on(&mut tx, &rotation.new_key).await?;
+                    sqlx::query(statement!(
+                        Db,
+                        "INSERT INTO keysmith_rotations (id, key_id, new_key_id, app_id, tenant_id, old_hash, \
+                         new_hash, reason, grace_ttl_us, grace_expires_at, created_at) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    ))
+                    .bind(record.id.uuid())
+                    .bind(record.key_id.uuid())
+                    .bind(record.new_key_id.uuid())
+                    .bind(&record.tenant.app_id)
+                    .bind(&record.tenant.tenant_id)
+                    .bind(record.old_hash.to_hex())
+                    .bind(record.new_hash.to_hex())
+                    .bind(record.reason.as_str())
+                    .bind(duration_to_micros("grace", record.grace_ttl)?)
+                    .bind(Db::time(record.grace_expires_at))
+                    .bind(Db::time(record.created_at))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| {
+                        if is_foreign_key_violation(&e) {
+                            Error::NotFound { entity: "key", id: record.new_key_id.to_string() }
+                        } else {
+                            named_write_error(e, "rotation", &record.id.to_string())
+                        }
+                    })?;
+                    tx.commit().await.map_err(store_error)?;
+                    old.as_ref().map_or_else(|| Err(Error::store("a rotated key vanished")), key)
                 }
 
                 async fn set_key_scopes(
