@@ -265,6 +265,20 @@ macro_rules! sql_store {
             type Db = $db;
             type Row = <Db as Database>::Row;
             type Connection = <Db as Database>::Connection;
+            type Query<'q> = sqlx::query::Query<'q, Db, <Db as Database>::Arguments<'q>>;
+
+            /// Binds a row's id and then its tenant, the order of every
+            /// `id = ? AND app_id = ? AND tenant_id = ?` (and of the columns
+            /// that open each table).
+            trait BindScoped<'q> {
+                fn bind_scoped(self, id: Uuid, tenant: &'q Tenant) -> Self;
+            }
+
+            impl<'q> BindScoped<'q> for Query<'q> {
+                fn bind_scoped(self, id: Uuid, tenant: &'q Tenant) -> Self {
+                    self.bind(id).bind(&tenant.app_id).bind(&tenant.tenant_id)
+                }
+            }
 
             /// The columns of the key `k` but its scopes.
             const KEY_COLUMNS: &str = "k.id, k.lineage_id, k.app_id, k.tenant_id, k.hash, k.name, k.hint, k.prefix, \
@@ -378,9 +392,7 @@ macro_rules! sql_store {
                     Db,
                     "SELECT id, lineage_id FROM keysmith_keys WHERE id = ? AND app_id = ? AND tenant_id = ?"
                 ))
-                .bind(id.uuid())
-                .bind(&tenant.app_id)
-                .bind(&tenant.tenant_id)
+                .bind_scoped(id.uuid(), tenant)
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(store_error)?
@@ -518,6 +530,13 @@ macro_rules! sql_store {
                 qb.build().fetch_optional(&mut *conn).await.map_err(store_error)
             }
 
+            /// Reads back the key `id` that `tx` changed, then commits.
+            async fn commit_changed(mut tx: sqlx::Transaction<'static, Db>, id: KeyId) -> Result<Key> {
+                let row = key_on(&mut tx, None, id).await?;
+                tx.commit().await.map_err(store_error)?;
+                row.as_ref().map_or_else(|| Err(Error::store("a changed key vanished")), key)
+            }
+
             /// Inserts a key and its scopes on `conn` (inside the caller's transaction).
             async fn insert_key_on(conn: &mut Connection, stored: &StoredKey) -> Result<()> {
                 let key = &*stored.key;
@@ -533,9 +552,7 @@ macro_rules! sql_store {
                      WHERE ? IS NULL OR EXISTS (SELECT 1 FROM keysmith_policies p \
                          WHERE p.id = ? AND p.app_id = ? AND p.tenant_id = ?)"
                 ))
-                .bind(key.id.uuid())
-                .bind(&key.tenant.app_id)
-                .bind(&key.tenant.tenant_id)
+                .bind_scoped(key.id.uuid(), &key.tenant)
                 .bind(stored.hash.to_hex())
                 .bind(&key.name)
                 .bind(&key.hint)
@@ -598,9 +615,7 @@ macro_rules! sql_store {
                      WHERE id = ? AND app_id = ? AND tenant_id = ?",
                     Db::LOCK_ROWS
                 ))
-                .bind(policy_id.uuid())
-                .bind(&key.tenant.app_id)
-                .bind(&key.tenant.tenant_id)
+                .bind_scoped(policy_id.uuid(), &key.tenant)
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(store_error)?;
@@ -664,9 +679,7 @@ macro_rules! sql_store {
                     "SELECT state FROM keysmith_keys WHERE id = ? AND app_id = ? AND tenant_id = ?",
                     Db::LOCK_ROWS
                 ))
-                .bind(id.uuid())
-                .bind(&tenant.app_id)
-                .bind(&tenant.tenant_id)
+                .bind_scoped(id.uuid(), tenant)
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(store_error)?;
@@ -780,9 +793,7 @@ macro_rules! sql_store {
                     qb.push(" WHERE id = ").push_bind(id.uuid());
                     push_tenant(&mut qb, tenant);
                     qb.build().execute(&mut *tx).await.map_err(store_error)?;
-                    let row = key_on(&mut tx, None, id).await?;
-                    tx.commit().await.map_err(store_error)?;
-                    row.as_ref().map_or_else(|| Err(Error::store("a changed key vanished")), key)
+                    commit_changed(tx, id).await
                 }
 
                 async fn rotate_key(&self, tenant: &Tenant, rotation: &RotationWrite) -> Result<Key> {
@@ -799,13 +810,10 @@ macro_rules! sql_store {
                     ))
                     .bind(Db::time(record.grace_expires_at))
                     .bind(Db::time(record.created_at))
-                    .bind(record.key_id.uuid())
-                    .bind(&tenant.app_id)
-                    .bind(&tenant.tenant_id)
+                    .bind_scoped(record.key_id.uuid(), tenant)
                     .execute(&mut *tx)
                     .await
                     .map_err(store_error)?;
-                    let old = key_on(&mut tx, None, record.key_id).await?;
                     insert_key_on(&mut tx, &rotation.new_key).await?;
                     sqlx::query(statement!(
                         Db,
@@ -815,9 +823,7 @@ macro_rules! sql_store {
                     ))
                     .bind(record.id.uuid())
                     .bind(record.key_id.uuid())
-                    .bind(record.new_key_id.uuid())
-                    .bind(&record.tenant.app_id)
-                    .bind(&record.tenant.tenant_id)
+                    .bind_scoped(record.new_key_id.uuid(), &record.tenant)
                     .bind(record.old_hash.to_hex())
                     .bind(record.new_hash.to_hex())
                     .bind(record.reason.as_str())
@@ -833,8 +839,7 @@ macro_rules! sql_store {
                             named_write_error(e, "rotation", &record.id.to_string())
                         }
                     })?;
-                    tx.commit().await.map_err(store_error)?;
-                    old.as_ref().map_or_else(|| Err(Error::store("a rotated key vanished")), key)
+                    commit_changed(tx, record.key_id).await
                 }
 
                 async fn set_key_scopes(
@@ -850,9 +855,7 @@ macro_rules! sql_store {
                         "UPDATE keysmith_keys SET updated_at = ? WHERE id = ? AND app_id = ? AND tenant_id = ?"
                     ))
                     .bind(Db::time(at))
-                    .bind(id.uuid())
-                    .bind(&tenant.app_id)
-                    .bind(&tenant.tenant_id)
+                    .bind_scoped(id.uuid(), tenant)
                     .execute(&mut *tx)
                     .await
                     .map_err(store_error)?;
@@ -865,9 +868,7 @@ macro_rules! sql_store {
                         .await
                         .map_err(store_error)?;
                     insert_scopes_on(&mut tx, id, scopes).await?;
-                    let row = key_on(&mut tx, None, id).await?;
-                    tx.commit().await.map_err(store_error)?;
-                    row.as_ref().map_or_else(|| Err(Error::store("a changed key vanished")), key)
+                    commit_changed(tx, id).await
                 }
 
                 async fn touch_key(&self, id: KeyId, at: DateTime<Utc>) -> Result<()> {
@@ -896,9 +897,7 @@ macro_rules! sql_store {
                     if let Some(credits) = credits {
                         insert_credits_on(&mut tx, lineage, tenant, credits).await?;
                     }
-                    let row = key_on(&mut tx, None, id).await?;
-                    tx.commit().await.map_err(store_error)?;
-                    row.as_ref().map_or_else(|| Err(Error::store("a changed key vanished")), key)
+                    commit_changed(tx, id).await
                 }
 
                 async fn add_credits(&self, tenant: &Tenant, id: KeyId, amount: u64, now: DateTime<Utc>) -> Result<Key> {
@@ -927,9 +926,7 @@ macro_rules! sql_store {
                             },
                         });
                     }
-                    let row = key_on(&mut tx, None, id).await?;
-                    tx.commit().await.map_err(store_error)?;
-                    row.as_ref().map_or_else(|| Err(Error::store("a changed key vanished")), key)
+                    commit_changed(tx, id).await
                 }
 
                 async fn spend_credits(&self, key: &Key, cost: u64, now: DateTime<Utc>) -> Result<CreditSpend> {
@@ -983,8 +980,6 @@ macro_rules! sql_store {
                 }
             }
 
-            type Query<'q> = sqlx::query::Query<'q, Db, <Db as Database>::Arguments<'q>>;
-
             /// Binds a policy's columns from `name` to `updated_at`, in table order.
             fn bind_policy<'q>(query: Query<'q>, policy: &'q Policy, c: &'q PolicyColumns) -> Query<'q> {
                 query
@@ -1013,9 +1008,7 @@ macro_rules! sql_store {
                         POLICY_COLUMNS,
                         ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     ))
-                    .bind(policy.id.uuid())
-                    .bind(&policy.tenant.app_id)
-                    .bind(&policy.tenant.tenant_id);
+                    .bind_scoped(policy.id.uuid(), &policy.tenant);
                     bind_policy(insert, policy, &c)
                         .execute(&self.pool)
                         .await
@@ -1030,9 +1023,7 @@ macro_rules! sql_store {
                         POLICY_COLUMNS,
                         " FROM keysmith_policies WHERE id = ? AND app_id = ? AND tenant_id = ?"
                     ))
-                    .bind(id.uuid())
-                    .bind(&tenant.app_id)
-                    .bind(&tenant.tenant_id)
+                    .bind_scoped(id.uuid(), tenant)
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(store_error)?;
@@ -1066,9 +1057,7 @@ macro_rules! sql_store {
                          updated_at = ?, max_active_keys_per_owner = ? WHERE id = ? AND app_id = ? AND tenant_id = ?"
                     ));
                     let updated = bind_policy(update, policy, &c)
-                        .bind(policy.id.uuid())
-                        .bind(&policy.tenant.app_id)
-                        .bind(&policy.tenant.tenant_id)
+                        .bind_scoped(policy.id.uuid(), &policy.tenant)
                         .execute(&self.pool)
                         .await
                         .map_err(|e| named_write_error(e, "policy", &policy.name))?;
@@ -1090,9 +1079,7 @@ macro_rules! sql_store {
                         "SELECT id FROM keysmith_policies WHERE id = ? AND app_id = ? AND tenant_id = ?",
                         Db::LOCK_ROWS
                     ))
-                    .bind(id.uuid())
-                    .bind(&tenant.app_id)
-                    .bind(&tenant.tenant_id)
+                    .bind_scoped(id.uuid(), tenant)
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(store_error)?;
@@ -1129,9 +1116,7 @@ macro_rules! sql_store {
                         "INSERT INTO keysmith_scopes (id, app_id, tenant_id, name, description, created_at) \
                          VALUES (?, ?, ?, ?, ?, ?)"
                     ))
-                    .bind(scope.id.uuid())
-                    .bind(&scope.tenant.app_id)
-                    .bind(&scope.tenant.tenant_id)
+                    .bind_scoped(scope.id.uuid(), &scope.tenant)
                     .bind(&scope.name)
                     .bind(&scope.description)
                     .bind(Db::time(scope.created_at))
@@ -1171,9 +1156,7 @@ macro_rules! sql_store {
                         Db,
                         "DELETE FROM keysmith_scopes WHERE id = ? AND app_id = ? AND tenant_id = ?"
                     ))
-                    .bind(id.uuid())
-                    .bind(&tenant.app_id)
-                    .bind(&tenant.tenant_id)
+                    .bind_scoped(id.uuid(), tenant)
                     .execute(&self.pool)
                     .await
                     .map_err(store_error)?;
