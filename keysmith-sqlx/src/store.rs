@@ -792,7 +792,16 @@ macro_rules! sql_store {
                     }
                     qb.push(" WHERE id = ").push_bind(id.uuid());
                     push_tenant(&mut qb, tenant);
-                    qb.build().execute(&mut *tx).await.map_err(store_error)?;
+                    // Still compare-and-set: the lock is what orders racing changes.
+                    qb.push(" AND state IN (");
+                    let mut states = qb.separated(", ");
+                    for state in transition.from {
+                        states.push_bind(state.as_str());
+                    }
+                    qb.push(")");
+                    if qb.build().execute(&mut *tx).await.map_err(store_error)?.rows_affected() == 0 {
+                        return Err(Error::store(format!("key {id} changed state while locked")));
+                    }
                     commit_changed(tx, id).await
                 }
 
@@ -803,10 +812,10 @@ macro_rules! sql_store {
                     }
                     let mut tx = self.begin().await?;
                     lock_for_transition(&mut tx, tenant, record.key_id, &[KeyState::Active], KeyState::Rotated).await?;
-                    sqlx::query(statement!(
+                    let rotated = sqlx::query(statement!(
                         Db,
                         "UPDATE keysmith_keys SET state = 'rotated', grace_expires_at = ?, updated_at = ? \
-                         WHERE id = ? AND app_id = ? AND tenant_id = ?"
+                         WHERE id = ? AND app_id = ? AND tenant_id = ? AND state = 'active'"
                     ))
                     .bind(Db::time(record.grace_expires_at))
                     .bind(Db::time(record.created_at))
@@ -814,6 +823,9 @@ macro_rules! sql_store {
                     .execute(&mut *tx)
                     .await
                     .map_err(store_error)?;
+                    if rotated.rows_affected() == 0 {
+                        return Err(Error::store(format!("key {} changed state while locked", record.key_id)));
+                    }
                     insert_key_on(&mut tx, &rotation.new_key).await?;
                     sqlx::query(statement!(
                         Db,
