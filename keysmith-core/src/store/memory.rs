@@ -582,6 +582,23 @@ impl UsageStore for MemoryStore {
         let members = self.read()?.lineages.get(&lineage).cloned().unwrap_or_default();
         Ok(self.read_usage()?.totals(tenant, period, range, |key_id| members.contains(&key_id)))
     }
+
+    async fn owner_usage(
+        &self,
+        tenant: &Tenant,
+        owner_id: &str,
+        period: Period,
+        range: TimeRange,
+    ) -> Result<Vec<UsageTotal>> {
+        let members: HashSet<KeyId, foldhash::fast::RandomState> = self
+            .read()?
+            .keys
+            .values()
+            .filter(|k| k.key.tenant == *tenant && k.key.owner_id.as_deref() == Some(owner_id))
+            .map(|k| k.key.id)
+            .collect();
+        Ok(self.read_usage()?.totals(tenant, period, range, |key_id| members.contains(&key_id)))
+    }
 }
 
 impl UsageTables {
