@@ -225,9 +225,19 @@ async fn under_limit_by_owner_an_owners_keys_share_one_quota() {
         assert!(within_quota(&engine, raw).await);
     }
     assert!(!within_quota(&engine, &third).await && !within_quota(&engine, &fourth).await);
-    // The owner's quota is back at the next UTC day.
+    // The owner's quota is back at the next UTC day, and a request of one of
+    // its keys refused afterwards (no credits left) gives it back.
     clock.set(Period::Day.next_start(clock.now()));
-    assert!(within_quota(&engine, &second).await);
+    let broke = NewKey::new("k").with_owner("cust_1").with_policy(shared).with_credits(Credits::new(0));
+    let broke = acme.create_key(broke).await.unwrap();
+    for _ in 0..5 {
+        let refused = refusal(engine.validate(broke.raw.expose(), &RequestContext::new()).await);
+        assert_eq!(refused.code(), "credits_exhausted");
+    }
+    for raw in [&second, &first, &second] {
+        assert!(within_quota(&engine, raw).await);
+    }
+    assert!(!within_quota(&engine, &first).await);
 }
 
 #[tokio::test]
