@@ -165,8 +165,13 @@ impl QuotaTracker {
             );
             Some((counts, writes_seen))
         };
-        if holder != Holder::Key(key.id) && self.subject_of.get(&key.id).is_none_or(|h| *h != holder) {
-            self.subject_of.insert(key.id, holder.clone());
+        if holder != Holder::Key(key.id) {
+            if self.subject_of.get(&key.id).is_none_or(|h| *h != holder) {
+                self.subject_of.insert(key.id, holder.clone());
+            }
+        } else if self.subject_of.contains_key(&key.id) {
+            // Its policy went back from `limit_by: owner` to `key`.
+            self.subject_of.remove(&key.id);
         }
         let mut entry = self
             .entries
@@ -349,6 +354,31 @@ mod tests {
             latency: Duration::ZERO,
             timestamp: at,
         }
+    }
+
+    #[tokio::test]
+    async fn written_records_move_to_the_subject_their_key_was_last_counted_for() {
+        let store = MemoryStore::new();
+        let tenant = Tenant::new("app", "acme");
+        let now = DateTime::parse_from_rfc3339("2026-05-05T10:00:00Z").unwrap().to_utc();
+        let quota = Quota { daily: Some(10), monthly: None };
+        let tracker = QuotaTracker::new(Duration::from_secs(5));
+        let mut owned = key(&tenant, now);
+        owned.owner_id = Some("cust_1".into());
+        let owner = Subject::Owner { tenant: &tenant, owner_id: "cust_1" };
+        let counts = |subject| {
+            let entry = tracker.entries.get(&Holder::of(subject)).unwrap();
+            (entry.day.stored, entry.day.local)
+        };
+        // Under `limit_by: owner`, then (the policy changed) under `key`.
+        for subject in [owner, Subject::Key(owned.lineage_id)] {
+            assert_eq!(tracker.try_consume(&store, &owned, subject, &quota, now).await.unwrap(), Ok(()));
+            assert_eq!(counts(subject), (0, 1));
+            tracker.begin_write();
+            tracker.end_write(&[record(&owned, now)]);
+            assert_eq!(counts(subject), (1, 0), "the written request left what was pending");
+        }
+        assert_eq!(counts(owner), (1, 0), "the owner was not credited the lineage's request");
     }
 
     #[tokio::test]
