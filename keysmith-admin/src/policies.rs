@@ -136,7 +136,7 @@ pub(crate) struct PolicyInput {
     #[serde(default, deserialize_with = "whole::option_seconds")]
     #[schema(maximum = 3_155_760_000_u64)]
     max_key_age: Option<u64>,
-    /// Request quotas per key.
+    /// Request quotas per key lineage (per owner under `limit_by: owner`).
     quota: Option<Quota>,
     /// Default rotation grace for keys under the policy, in seconds, at most
     /// 100 years.
@@ -194,7 +194,7 @@ pub(crate) struct Policy {
     allowed_scopes: Vec<String>,
     /// Maximum key age, in seconds.
     max_key_age: Option<u64>,
-    /// Request quotas per key.
+    /// Request quotas per key lineage (per owner under `limit_by: owner`).
     quota: Option<Quota>,
     /// Default rotation grace, in seconds.
     rotation_grace: Option<u64>,

@@ -865,3 +865,28 @@ async fn credits_are_set_spent_topped_up_and_removed_through_the_api() {
     let other_tenant = KeyId::new();
     h.delete(&format!("/keys/{other_tenant}/credits")).await.assert_error(404, "not_found");
 }
+
+#[tokio::test]
+async fn another_tenants_key_gets_the_credits_routes_answer_of_a_key_that_does_not_exist() {
+    let h = harness().await;
+    let theirs = h.engine.tenant(APP, "globex");
+    let metered = NewKey::new("theirs").with_credits(keysmith_core::Credits::new(3));
+    let their_key = theirs.create_key(metered).await.unwrap().key.id.to_string();
+    let no_key = KeyId::new().to_string();
+    let routes = |id: &str| {
+        [
+            ("PUT", format!("/keys/{id}/credits"), Some(json!({"remaining": 100}))),
+            ("PUT", format!("/keys/{id}/credits"), Some(json!({"remaining": 1_000_000_000_001_u64}))),
+            ("POST", format!("/keys/{id}/credits/add"), Some(json!({"amount": 5}))),
+            ("DELETE", format!("/keys/{id}/credits"), None),
+        ]
+    };
+    for ((method, theirs_path, body), (_, none_path, _)) in routes(&their_key).into_iter().zip(routes(&no_key)) {
+        let got = h.send(method, &theirs_path, Some(&h.admin), body.clone()).await;
+        let expected = h.send(method, &none_path, Some(&h.admin), body).await;
+        assert_eq!(got.status, expected.status, "{method} {theirs_path}");
+        assert_eq!(got.text.replace(&their_key, "ID"), expected.text.replace(&no_key, "ID"), "{method} {theirs_path}");
+    }
+    let still = theirs.get_key(their_key.parse().unwrap()).await.unwrap();
+    assert_eq!(still.credits.map(|c| c.remaining), Some(3), "nothing of theirs changed");
+}

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use keysmith_core::store::{Page, TimeRange};
-use keysmith_core::{NewKey, PolicySpec, RateLimit, RequestContext};
+use keysmith_core::{Engine, KeyId, MemoryStore, NewKey, PolicyId, PolicySpec, RateLimit, RequestContext, ScopeId};
 use serde_json::{Value, json};
 use support::{APP, harness};
 
@@ -108,6 +108,118 @@ async fn another_tenants_key_is_invalid_and_nothing_of_it_is_spent_or_revealed()
     }
     // Its owner still has the hour's one request.
     assert!(h.engine.validate(&raw, &RequestContext::new()).await.is_ok());
+}
+
+/// The verdict's status, content type and exact text.
+fn verdict_of(reply: &support::Reply) -> (u16, String, String) {
+    let content_type = reply.headers.get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    (reply.status.as_u16(), content_type, reply.text.clone())
+}
+
+#[tokio::test]
+async fn another_tenants_keys_in_any_state_answer_exactly_what_an_unknown_key_does() {
+    let h = harness().await;
+    let caller = verifier(&h).await;
+    // A well-formed key no store here knows.
+    let elsewhere = Engine::builder(std::sync::Arc::new(MemoryStore::new())).build().unwrap();
+    let unknown = elsewhere.tenant(APP, "acme").create_key(NewKey::new("k")).await.unwrap().raw.expose().to_owned();
+    let expected = verdict_of(&verify(&h, &caller, json!({"key": unknown})).await);
+    assert_eq!(expected.0, 200);
+    assert!(expected.2.contains(r#""code":"invalid_key""#), "{}", expected.2);
+
+    // Another tenant of the app, and the same tenant id in another app:
+    // keys in every state, with a policy that would refuse the request.
+    let mut theirs = Vec::new();
+    for (app, tenant) in [(APP, "globex"), ("other-app", support::TENANT)] {
+        let other = h.engine.tenant(app, tenant);
+        let strict = PolicySpec::new("strict").with_allowed_ips(["10.0.0.0/8"]);
+        let policy = other.create_policy(strict.with_rate_limit(1, Duration::from_secs(3600))).await.unwrap();
+        let key = async |name: &'static str| {
+            other.create_key(NewKey::new(name).with_policy(policy.id).with_scopes(["read"])).await.unwrap()
+        };
+        let (active, revoked, suspended, rotated) = (key("a").await, key("r").await, key("s").await, key("o").await);
+        other.revoke_key(revoked.key.id, "test").await.unwrap();
+        other.suspend_key(suspended.key.id).await.unwrap();
+        let replacement = other.rotate_key(rotated.key.id, keysmith_core::RotationReason::Manual, None).await.unwrap();
+        let soon = support::start() + chrono::Duration::seconds(60);
+        let expiring = other.create_key(NewKey::new("e").with_expires_at(soon)).await.unwrap();
+        for created in [&active, &revoked, &suspended, &rotated, &expiring] {
+            theirs.push(created.raw.expose().to_owned());
+        }
+        theirs.push(replacement.raw.expose().to_owned());
+    }
+    // Past the expiry of the `e` keys (their state still says active).
+    h.clock.advance(Duration::from_secs(120));
+    let bodies = [
+        json!({}),
+        json!({"required_scopes": ["write"]}),
+        json!({"ip": "203.0.113.7", "origin": "https://evil.example", "cost": 5}),
+    ];
+    for raw in &theirs {
+        for extra in &bodies {
+            let mut body = extra.clone();
+            body["key"] = json!(raw);
+            let got = verdict_of(&verify(&h, &caller, body).await);
+            assert_eq!(got, expected, "another tenant's key answered differently from an unknown one");
+        }
+    }
+    // Nothing of theirs was spent or moved: the active keys still have the
+    // hour's one request, from an allowed address.
+    let allowed = RequestContext::new().with_ip("10.1.2.3".parse().unwrap());
+    for raw in [&theirs[0], &theirs[6]] {
+        assert!(h.engine.validate(raw, &allowed).await.is_ok());
+    }
+    let globex = h.engine.tenant(APP, "globex").list_keys(&Default::default()).await.unwrap();
+    let expiring = globex.iter().find(|k| k.name == "e").unwrap();
+    assert_eq!(expiring.state, keysmith_core::KeyState::Active, "only its own tenant's checks move a key to expired");
+}
+
+#[tokio::test]
+async fn a_verify_key_gets_one_answer_from_every_admin_route_whatever_the_id_names() {
+    let h = harness().await;
+    let caller = verifier(&h).await;
+    let ours = h.tenant().create_key(NewKey::new("ours")).await.unwrap().key.id.to_string();
+    let our_policy = h.tenant().create_policy(PolicySpec::new("ours")).await.unwrap().id.to_string();
+    let theirs = h.engine.tenant(APP, "globex");
+    let their_key = theirs.create_key(NewKey::new("theirs")).await.unwrap().key.id.to_string();
+    let their_policy = theirs.create_policy(PolicySpec::new("theirs")).await.unwrap().id.to_string();
+    let their_scope = theirs.create_scope("read", "").await.unwrap().id.to_string();
+    let (no_key, no_policy, no_scope) =
+        (KeyId::new().to_string(), PolicyId::new().to_string(), ScopeId::new().to_string());
+
+    let first = h.send("GET", &format!("/keys/{their_key}"), Some(&caller), None).await;
+    first.assert_error(403, "insufficient_scope");
+    let expected = (first.status, first.headers.get("www-authenticate").cloned(), first.text.clone());
+    let mut requests = Vec::new();
+    for (key, policy, scope) in
+        [(&their_key, &their_policy, &their_scope), (&no_key, &no_policy, &no_scope), (&ours, &our_policy, &no_scope)]
+    {
+        requests.extend([
+            ("GET", format!("/keys/{key}"), None),
+            ("POST", format!("/keys/{key}/revoke"), Some(json!({"reason": "x"}))),
+            ("POST", format!("/keys/{key}/rotate"), Some(json!({"grace_seconds": 0}))),
+            ("PUT", format!("/keys/{key}/credits"), Some(json!({"remaining": 5}))),
+            ("GET", format!("/keys/{key}/usage"), None),
+            ("GET", format!("/policies/{policy}"), None),
+            ("DELETE", format!("/policies/{policy}"), None),
+            ("DELETE", format!("/scopes/{scope}"), None),
+        ]);
+    }
+    requests.extend([
+        ("GET", "/keys/not-an-id".to_owned(), None),
+        ("GET", format!("/keys/{their_policy}"), None),
+        ("GET", "/keys".to_owned(), None),
+        ("GET", "/no-such-route".to_owned(), None),
+        ("DELETE", "/keys".to_owned(), None),
+    ]);
+    for (method, path, body) in requests {
+        let reply = h.send(method, &path, Some(&caller), body).await;
+        let got = (reply.status, reply.headers.get("www-authenticate").cloned(), reply.text.clone());
+        assert_eq!(got, expected, "{method} {path}");
+    }
+    // Nothing was changed by the refused calls.
+    assert_eq!(theirs.get_key(their_key.parse().unwrap()).await.unwrap().state, keysmith_core::KeyState::Active);
+    assert_eq!(h.tenant().get_key(ours.parse().unwrap()).await.unwrap().state, keysmith_core::KeyState::Active);
 }
 
 #[tokio::test]

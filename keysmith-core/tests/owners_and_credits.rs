@@ -1,13 +1,17 @@
-//! Owners (listing, the per-owner key limit) and credits (spent, refused,
-//! refilled, given back) through the engine.
+//! Owners (listing, the per-owner key limit, a quota shared by an owner's
+//! keys) and credits (spent, refused, refilled, given back) through the
+//! engine.
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use keysmith_core::store::KeyFilter;
+use keysmith_core::usage::UsageConfig;
 use keysmith_core::{
-    Credits, Error, NewKey, Period, PolicySpec, Refusal, RequestContext, RotationReason, Validation, ValidationError,
+    Clock, Credits, Engine, Error, LimitBy, ManualClock, MemoryStore, NewKey, Period, PolicyId, PolicySpec, Refusal,
+    RequestContext, RotationReason, Store, TenantEngine, UsageId, UsageRecord, Validation, ValidationError,
 };
 use support::{engine, t0};
 
@@ -175,4 +179,110 @@ async fn credit_values_are_bounded_everywhere() {
     assert!(matches!(acme.add_credits(created.key.id, 0).await, Err(Error::InvalidInput { field: "amount", .. })));
     let plain = acme.create_key(NewKey::new("plain")).await.unwrap();
     assert!(matches!(acme.add_credits(plain.key.id, 1).await, Err(Error::InvalidInput { field: "credits", .. })));
+}
+
+/// A key of `owner` under `policy`; its raw secret.
+async fn owned_key(acme: &TenantEngine, policy: PolicyId, owner: &str) -> String {
+    acme.create_key(NewKey::new("k").with_owner(owner).with_policy(policy)).await.unwrap().raw.expose().to_owned()
+}
+
+/// True if `raw` passes; false if it is refused with `quota_exceeded`.
+async fn within_quota(engine: &Engine, raw: &str) -> bool {
+    match engine.validate(raw, &RequestContext::new()).await {
+        Ok(_) => true,
+        Err(ValidationError::Refused(Refusal::QuotaExceeded { .. })) => false,
+        Err(other) => panic!("expected a pass or quota_exceeded, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn under_limit_by_owner_an_owners_keys_share_one_quota() {
+    let (engine, clock) = engine();
+    let acme = engine.tenant("app", "acme");
+    let shared = PolicySpec::new("per-customer").with_quota(Some(3), None).with_limit_by(LimitBy::Owner);
+    let shared = acme.create_policy(shared).await.unwrap().id;
+    let per_key = acme.create_policy(PolicySpec::new("per-key").with_quota(Some(3), None)).await.unwrap().id;
+    let (first, second) = (owned_key(&acme, shared, "cust_1").await, owned_key(&acme, shared, "cust_1").await);
+    let other_owner = owned_key(&acme, shared, "cust_2").await;
+
+    // One customer, two keys, one daily quota of 3.
+    for raw in [&first, &second, &first] {
+        assert!(within_quota(&engine, raw).await);
+    }
+    assert!(!within_quota(&engine, &second).await, "the owner's quota is spent");
+    assert!(!within_quota(&engine, &first).await, "refusals spend nothing, and nothing came back");
+    // Another customer has its own quota; a request refused after
+    // validation gives its quota request back to that customer.
+    let passed = engine.validate(&other_owner, &RequestContext::new()).await.unwrap();
+    assert!(engine.refund(&passed));
+    for _ in 0..3 {
+        assert!(within_quota(&engine, &other_owner).await);
+    }
+    assert!(!within_quota(&engine, &other_owner).await);
+    // Under `limit_by: key` the same customer's keys have a quota each.
+    let (third, fourth) = (owned_key(&acme, per_key, "cust_1").await, owned_key(&acme, per_key, "cust_1").await);
+    for raw in [&third, &third, &third, &fourth, &fourth, &fourth] {
+        assert!(within_quota(&engine, raw).await);
+    }
+    assert!(!within_quota(&engine, &third).await && !within_quota(&engine, &fourth).await);
+    // The owner's quota is back at the next UTC day, and a request of one of
+    // its keys refused afterwards (no credits left) gives it back.
+    clock.set(Period::Day.next_start(clock.now()));
+    let broke = NewKey::new("k").with_owner("cust_1").with_policy(shared).with_credits(Credits::new(0));
+    let broke = acme.create_key(broke).await.unwrap();
+    for _ in 0..5 {
+        let refused = refusal(engine.validate(broke.raw.expose(), &RequestContext::new()).await);
+        assert_eq!(refused.code(), "credits_exhausted");
+    }
+    for raw in [&second, &first, &second] {
+        assert!(within_quota(&engine, raw).await);
+    }
+    assert!(!within_quota(&engine, &first).await);
+}
+
+#[tokio::test]
+async fn an_owners_quota_counts_what_every_instance_recorded_for_any_of_its_keys() {
+    let clock = ManualClock::new(t0());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let config = UsageConfig { quota_refresh: Duration::from_secs(5), ..UsageConfig::default() };
+    let on_store =
+        || Engine::builder(Arc::clone(&store)).with_clock(clock.clone()).with_usage_config(config).build().unwrap();
+    let first = on_store();
+    let acme = first.tenant("app", "acme");
+    let spec = PolicySpec::new("per-customer").with_quota(Some(4), None).with_limit_by(LimitBy::Owner);
+    let policy = acme.create_policy(spec).await.unwrap().id;
+    let (a, b) = (owned_key(&acme, policy, "cust_1").await, owned_key(&acme, policy, "cust_1").await);
+    let other_owner = owned_key(&acme, policy, "cust_2").await;
+
+    // The first instance serves one request of each of the owner's keys
+    // (and one of another owner's) and records them.
+    for raw in [&a, &b, &other_owner] {
+        let ok = first.validate(raw, &RequestContext::new()).await.unwrap();
+        let record = UsageRecord {
+            id: UsageId::new(),
+            key_id: ok.key.id,
+            tenant: ok.key.tenant.clone(),
+            endpoint: "/".into(),
+            method: "GET".into(),
+            status: 200,
+            ip: None,
+            user_agent: None,
+            latency: Duration::ZERO,
+            timestamp: clock.now(),
+        };
+        first.record_usage(record);
+    }
+    first.flush_usage().await;
+    // After a refresh the first still counts two for the owner, not four.
+    clock.advance(Duration::from_secs(6));
+    assert!(within_quota(&first, &a).await);
+    assert!(within_quota(&first, &b).await);
+    assert!(!within_quota(&first, &a).await);
+
+    // A second instance reads the owner's two written requests from the
+    // store: two more fit (it does not see the first's unwritten ones).
+    let second = on_store();
+    assert!(within_quota(&second, &b).await);
+    assert!(within_quota(&second, &a).await);
+    assert!(!within_quota(&second, &b).await);
 }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use keysmith_core::limit::Subject;
 use keysmith_core::{Error, KeyId, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -106,6 +107,18 @@ impl RedisConfig {
     #[must_use]
     pub fn key(&self, credential: KeyId, kind: &str) -> String {
         format!("{}:{{{credential}}}:{kind}", self.prefix)
+    }
+
+    /// The name of `subject`'s key `kind`: [`key`](Self::key) for a key's
+    /// lineage, `{prefix}:{owner:…}:<kind>` for an owner (its
+    /// [`storage_key`](Subject::storage_key) in the hash tag, so one owner's
+    /// keys share a cluster slot).
+    #[must_use]
+    pub fn subject_key(&self, subject: Subject<'_>, kind: &str) -> String {
+        match subject {
+            Subject::Key(lineage) => self.key(lineage, kind),
+            Subject::Owner { .. } => format!("{}:{{{}}}:{kind}", self.prefix, subject.storage_key()),
+        }
     }
 }
 

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use keysmith_core::store::TimeRange;
-use keysmith_core::usage::QuotaCounter;
-use keysmith_core::{Key, KeyId, Period, Quota, Result, Store};
+use keysmith_core::limit::Subject;
+use keysmith_core::usage::{QuotaCounter, stored_requests};
+use keysmith_core::{Key, Period, Quota, Result, Store};
 use redis::Script;
 
 use crate::config::{Health, OutagePolicy, RedisConfig, backend, invoke};
@@ -42,19 +42,22 @@ end
 return 1
 ";
 
-/// During an outage: per lineage and period, the period's start and the
-/// requests counted in it.
-type LocalCounts = HashMap<(KeyId, Period), (DateTime<Utc>, u64)>;
+/// During an outage: per subject (its
+/// [`storage_key`](Subject::storage_key)) and period, the period's start
+/// and the requests counted in it.
+type LocalCounts = HashMap<(String, Period), (DateTime<Utc>, u64)>;
 
 /// How long a period's counter is kept after the period ends (instances'
 /// clocks differ a little; the counter of an ended period is never read).
 const KEEP_AFTER_PERIOD_SECS: i64 = 3600;
 
 /// A [`QuotaCounter`] shared by every instance pointed at one Redis: each
-/// lineage has a counter per UTC day and month
-/// (`{prefix}:{<lineage id>}:q:day:<date>`, `…:q:month:<date>`) that expires
-/// after its period; check and count are one script, so a quota is exact
-/// across instances and a refused request counts nothing.
+/// subject (a key's lineage, or its owner under `limit_by: owner`) has a
+/// counter per UTC day and month (`{prefix}:{<lineage id>}:q:day:<date>`,
+/// `…:q:month:<date>`; an owner's hash tag is `{owner:…}`, as
+/// [`RedisConfig::subject_key`] names it) that expires after its period;
+/// check and count are one script, so a quota is exact across instances and
+/// a refused request counts nothing.
 ///
 /// A counter missing from Redis (first use, or Redis restarted) starts from
 /// what the store has recorded for the period, so a restart loses only the
@@ -86,10 +89,10 @@ impl RedisQuotas {
         }
     }
 
-    fn keys(&self, lineage: KeyId, at: DateTime<Utc>) -> [String; 2] {
+    fn keys(&self, subject: Subject<'_>, at: DateTime<Utc>) -> [String; 2] {
         [Period::Day, Period::Month].map(|period| {
             let start = period.start_of(at).format("%Y-%m-%d");
-            self.config.key(lineage, &format!("q:{}:{start}", period.as_str()))
+            self.config.subject_key(subject, &format!("q:{}:{start}", period.as_str()))
         })
     }
 
@@ -98,23 +101,25 @@ impl RedisQuotas {
         &self,
         store: &dyn Store,
         key: &Key,
+        subject: Subject<'_>,
         quota: &Quota,
         now: DateTime<Utc>,
     ) -> Result<Result<(), DateTime<Utc>>> {
+        let holder = subject.storage_key();
         let mut counts = [0; 2];
         for (count, period) in counts.iter_mut().zip([Period::Day, Period::Month]) {
             let start = period.start_of(now);
-            let known = self.lock().get(&(key.lineage_id, period)).filter(|(s, _)| *s == start).map(|(_, n)| *n);
+            let known = self.lock().get(&(holder.clone(), period)).filter(|(s, _)| *s == start).map(|(_, n)| *n);
             *count = match known {
                 Some(n) => n,
-                None => stored(store, key, period, now).await?,
+                None => stored_requests(store, &key.tenant, subject, period, now).await?,
             };
         }
         let mut local = self.lock();
         let mut used = [0; 2];
         for ((used, seeded), period) in used.iter_mut().zip(counts).zip([Period::Day, Period::Month]) {
             let start = period.start_of(now);
-            let entry = local.entry((key.lineage_id, period)).or_insert((start, seeded));
+            let entry = local.entry((holder.clone(), period)).or_insert((start, seeded));
             if entry.0 != start {
                 *entry = (start, seeded);
             }
@@ -124,7 +129,7 @@ impl RedisQuotas {
             return Ok(Err(resets_at));
         }
         for period in [Period::Day, Period::Month] {
-            if let Some(entry) = local.get_mut(&(key.lineage_id, period)) {
+            if let Some(entry) = local.get_mut(&(holder.clone(), period)) {
                 entry.1 += 1;
             }
         }
@@ -153,14 +158,6 @@ fn exhausted(quota: &Quota, used: [u64; 2], now: DateTime<Utc>) -> Option<DateTi
     quota.daily.is_some_and(|limit| used[0] >= limit).then(|| Period::Day.next_start(now))
 }
 
-/// What the store holds for `key`'s lineage in the `period` containing `now`.
-async fn stored(store: &dyn Store, key: &Key, period: Period, now: DateTime<Utc>) -> Result<u64> {
-    let start = period.start_of(now);
-    let range = TimeRange { from: Some(start), to: Some(period.next_start(start)) };
-    let totals = store.lineage_usage(&key.tenant, key.lineage_id, period, range).await?;
-    Ok(totals.iter().map(|t| t.requests).sum())
-}
-
 fn limit_arg(limit: Option<u64>) -> i64 {
     limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX))
 }
@@ -171,10 +168,11 @@ impl QuotaCounter for RedisQuotas {
         &self,
         store: &dyn Store,
         key: &Key,
+        subject: Subject<'_>,
         quota: &Quota,
         now: DateTime<Utc>,
     ) -> Result<Result<(), DateTime<Utc>>> {
-        let keys = self.keys(key.lineage_id, now);
+        let keys = self.keys(subject, now);
         let ttl = [Period::Day, Period::Month]
             .map(|p| (p.next_start(now) - now).num_seconds().max(0) + KEEP_AFTER_PERIOD_SECS);
         let mut seeds: Option<[u64; 2]> = None;
@@ -188,8 +186,8 @@ impl QuotaCounter for RedisQuotas {
             match answer {
                 Ok((-1,)) if seeds.is_none() => {
                     seeds = Some([
-                        stored(store, key, Period::Day, now).await?,
-                        stored(store, key, Period::Month, now).await?,
+                        stored_requests(store, &key.tenant, subject, Period::Day, now).await?,
+                        stored_requests(store, &key.tenant, subject, Period::Month, now).await?,
                     ]);
                 }
                 Ok((code,)) => {
@@ -203,7 +201,7 @@ impl QuotaCounter for RedisQuotas {
                 Err(error) => {
                     self.health.failed(self.config.outage, &error);
                     return match self.config.outage {
-                        OutagePolicy::FailOpen => self.consume_locally(store, key, quota, now).await,
+                        OutagePolicy::FailOpen => self.consume_locally(store, key, subject, quota, now).await,
                         OutagePolicy::FailClosed => Err(backend(error)),
                     };
                 }
@@ -213,11 +211,12 @@ impl QuotaCounter for RedisQuotas {
 
     /// Starts the give-back in the background (on the current tokio
     /// runtime; without one, nothing is given back).
-    fn refund(&self, lineage: KeyId, at: DateTime<Utc>) {
+    fn refund(&self, subject: Subject<'_>, at: DateTime<Utc>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (script, conn, keys) = (Arc::clone(&self.refund), self.config.connection(), self.keys(lineage, at));
+        let (script, conn, keys) = (Arc::clone(&self.refund), self.config.connection(), self.keys(subject, at));
+        let holder = subject.storage_key();
         let (health, outage, local) = (Arc::clone(&self.health), self.config.outage, Arc::clone(&self.local));
         runtime.spawn(async move {
             let mut call = script.key(&keys[0]);
@@ -229,7 +228,7 @@ impl QuotaCounter for RedisQuotas {
                     health.failed(outage, &error);
                     let mut local = local.lock().unwrap_or_else(PoisonError::into_inner);
                     for period in [Period::Day, Period::Month] {
-                        if let Some(entry) = local.get_mut(&(lineage, period))
+                        if let Some(entry) = local.get_mut(&(holder.clone(), period))
                             && entry.0 == period.start_of(at)
                         {
                             entry.1 = entry.1.saturating_sub(1);

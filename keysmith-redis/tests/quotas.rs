@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keysmith_core::{
-    Clock as _, Engine, ManualClock, MemoryStore, NewKey, PolicySpec, Quota, Refusal, RequestContext, Store, UsageId,
-    UsageRecord, Validation, ValidationError,
+    Clock as _, Engine, LimitBy, ManualClock, MemoryStore, NewKey, PolicySpec, Quota, Refusal, RequestContext, Store,
+    UsageId, UsageRecord, Validation, ValidationError,
 };
 use keysmith_redis::{OutagePolicy, RedisConfig, RedisQuotas};
 
@@ -96,6 +96,70 @@ async fn a_refund_gives_the_request_back_to_every_engine() {
     // The give-back runs in the background: wait (boundedly) for it to land.
     assert!(common::passes_soon(&engines[1], &raw).await, "the refunded request was never given back");
     assert!(engines[1].validate(&raw, &ctx).await.is_err(), "exactly one request was given back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_limit_by_owner_two_engines_share_one_quota_for_all_of_an_owners_keys() {
+    let Some(url) = common::redis_url() else { return };
+    let clock = clock();
+    let prefix = common::unique_prefix();
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let mut engines = Vec::new();
+    for config in connections(&url, &prefix, 2, OutagePolicy::FailClosed).await {
+        let quotas = RedisQuotas::new(config);
+        engines
+            .push(Engine::builder(Arc::clone(&store)).with_clock(clock.clone()).with_quotas(quotas).build().unwrap());
+    }
+    let acme = engines[0].tenant("app", "acme");
+    let spec = PolicySpec::new("per-customer").with_quota(Some(4), None).with_limit_by(LimitBy::Owner);
+    let policy = acme.create_policy(spec).await.unwrap();
+    let mut raw = Vec::new();
+    for owner in ["cust_1", "cust_1", "cust_2", "cust_2"] {
+        let created = acme.create_key(NewKey::new("k").with_owner(owner).with_policy(policy.id)).await.unwrap();
+        raw.push(created.raw.expose().to_owned());
+    }
+    let ctx = RequestContext::new();
+    let quota_exceeded = |engine: &Engine, raw: &str| {
+        let (engine, raw) = (engine.clone(), raw.to_owned());
+        async move {
+            matches!(
+                engine.validate(&raw, &RequestContext::new()).await,
+                Err(ValidationError::Refused(Refusal::QuotaExceeded { .. }))
+            )
+        }
+    };
+
+    // cust_1's two keys, through two engines, spend one quota of 4.
+    for (engine, key) in [(0, 0), (1, 1), (0, 1), (1, 0)] {
+        assert!(engines[engine].validate(&raw[key], &ctx).await.is_ok());
+    }
+    for (engine, key) in [(0, 0), (1, 1), (1, 0)] {
+        assert!(quota_exceeded(&engines[engine], &raw[key]).await, "engine {engine}, key {key}");
+    }
+    // cust_2 has its own; a request given back on one engine is back for
+    // every key of the owner on the other.
+    for (engine, key) in [(1, 2), (0, 3), (1, 3)] {
+        assert!(engines[engine].validate(&raw[key], &ctx).await.is_ok());
+    }
+    let last = engines[0].validate(&raw[2], &ctx).await.unwrap();
+    assert!(quota_exceeded(&engines[1], &raw[3]).await);
+    assert!(engines[0].refund(&last));
+    assert!(common::passes_soon(&engines[1], &raw[3]).await, "the refunded request was never given back");
+    assert!(quota_exceeded(&engines[0], &raw[2]).await, "exactly one request was given back");
+
+    // The owners' counters carry the prefix and the owner's hash tag; no
+    // counter was kept per key.
+    let mut admin = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut names: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut admin).await.unwrap();
+    names.sort();
+    let owner = |id: &str, counter: &str| format!("{prefix}:{{owner:3:app:4:acme:{id}}}:q:{counter}");
+    let expected = [
+        owner("cust_1", "day:2026-05-05"),
+        owner("cust_1", "month:2026-05-01"),
+        owner("cust_2", "day:2026-05-05"),
+        owner("cust_2", "month:2026-05-01"),
+    ];
+    assert_eq!(names, expected);
 }
 
 #[tokio::test]

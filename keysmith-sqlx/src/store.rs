@@ -1308,6 +1308,22 @@ macro_rules! sql_store {
                     })
                     .await
                 }
+
+                async fn owner_usage(
+                    &self,
+                    tenant: &Tenant,
+                    owner_id: &str,
+                    period: Period,
+                    range: TimeRange,
+                ) -> Result<Vec<UsageTotal>> {
+                    self.totals(tenant, period, range, |qb| {
+                        qb.push(" AND a.key_id IN (SELECT k.id FROM keysmith_keys k WHERE k.app_id = ");
+                        qb.push_bind(tenant.app_id.clone()).push(" AND k.tenant_id = ");
+                        qb.push_bind(tenant.tenant_id.clone()).push(" AND k.owner_id = ");
+                        qb.push_bind(owner_id.to_owned()).push(")");
+                    })
+                    .await
+                }
             }
 
             impl $store {

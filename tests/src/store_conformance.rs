@@ -62,6 +62,7 @@ macro_rules! store_conformance_tests {
             migrate_is_idempotent_and_ping_answers,
             closed_store_fails_with_store_error,
             lineage_usage_sums_every_key_of_the_lineage,
+            owner_usage_sums_every_key_of_the_owner_in_the_tenant,
             rotation_shares_the_lineage_budget_and_keeps_the_expiry,
             a_quota_reload_racing_a_batch_write_counts_the_batch_once,
             control_characters_are_refused_before_the_store,
@@ -1484,6 +1485,56 @@ pub async fn lineage_usage_sums_every_key_of_the_lineage(store: Arc<dyn Store>) 
     assert_eq!(requests(acme(), other.key.id).await, 1);
     assert_eq!(requests(acme(), second.key.id).await, 0, "a successor's own id names no lineage");
     assert_eq!(requests(globex(), lineage).await, 0, "another tenant sees nothing");
+}
+
+/// An owner's usage is the sum over every key of the tenant that carries
+/// its id (rotated successors included), per period, and nothing of other
+/// owners, ownerless keys or another tenant's (or app's) owner of that id.
+pub async fn owner_usage_sums_every_key_of_the_owner_in_the_tenant(store: Arc<dyn Store>) {
+    let owned =
+        |tenant: &Tenant, owner: Option<&str>| modified(&sample_key(tenant), |k| k.owner_id = owner.map(str::to_owned));
+    let first = insert(&store, owned(&acme(), Some("cus_a"))).await;
+    let second = insert(&store, owned(&acme(), Some("cus_a"))).await;
+    let rotation = rotation_of(&second, 10, Duration::from_secs(3600));
+    store.rotate_key(&acme(), &rotation).await.unwrap();
+    let successor = store.get_key(&acme(), rotation.new_key.key.id).await.unwrap().unwrap();
+    assert_eq!(successor.key.owner_id.as_deref(), Some("cus_a"), "rotation keeps the owner");
+    let others = [
+        insert(&store, owned(&acme(), Some("cus_b"))).await,
+        insert(&store, owned(&acme(), Some("CUS_A"))).await,
+        insert(&store, owned(&acme(), None)).await,
+        insert(&store, owned(&globex(), Some("cus_a"))).await,
+        insert(&store, owned(&acme_elsewhere(), Some("cus_a"))).await,
+    ];
+    let next_day = 86_400 + 5;
+    let mut batch = vec![
+        usage(&first.key, at(20), 200),
+        usage(&second.key, at(30), 500),
+        usage(&successor.key, at(40), 200),
+        usage(&first.key, at(next_day), 200),
+    ];
+    batch.extend(others.iter().map(|k| usage(&k.key, at(50), 200)));
+    store.record_batch(&batch).await.unwrap();
+
+    let all = TimeRange::default();
+    let totals = |tenant: Tenant, owner: &'static str, period, range| {
+        let store = Arc::clone(&store);
+        async move {
+            let totals = store.owner_usage(&tenant, owner, period, range).await.unwrap();
+            totals.into_iter().map(|t| (t.period_start, t.requests, t.errors)).collect::<Vec<_>>()
+        }
+    };
+    let today = Period::Day.start_of(t0());
+    let tomorrow = Period::Day.next_start(t0());
+    assert_eq!(totals(acme(), "cus_a", Period::Day, all).await, [(today, 3, 1), (tomorrow, 1, 0)]);
+    assert_eq!(totals(acme(), "cus_a", Period::Month, all).await, [(Period::Month.start_of(t0()), 4, 1)]);
+    let from_tomorrow = TimeRange { from: Some(tomorrow), to: None };
+    assert_eq!(totals(acme(), "cus_a", Period::Day, from_tomorrow).await, [(tomorrow, 1, 0)]);
+    assert_eq!(totals(acme(), "cus_b", Period::Month, all).await, [(Period::Month.start_of(t0()), 1, 0)]);
+    assert!(totals(acme(), "cus_", Period::Month, all).await.is_empty(), "no prefix match");
+    assert!(totals(acme(), "nobody", Period::Month, all).await.is_empty());
+    let elsewhere = totals(acme_elsewhere(), "cus_a", Period::Month, all).await;
+    assert_eq!(elsewhere, [(Period::Month.start_of(t0()), 1, 0)], "another app's tenant of the same id counts its own");
 }
 
 /// An engine on `store` with a manual clock at [`t0`].

@@ -479,7 +479,7 @@ impl Engine {
         }
         // 9. Quota; only a request that passes everything is counted.
         if let Some(quota) = &policy.quota {
-            let consumed = match inner.quotas.try_consume(&*inner.store, &key, quota, now).await {
+            let consumed = match inner.quotas.try_consume(&*inner.store, &key, subject, quota, now).await {
                 Ok(consumed) => consumed,
                 Err(error) => {
                     self.refund_rate_limits(subject, &policy.rate_limits, now);
@@ -578,7 +578,7 @@ impl Engine {
                 validation.checked_at,
             );
             if policy.quota.is_some() {
-                self.inner.quotas.refund(validation.key.lineage_id, validation.checked_at);
+                self.inner.quotas.refund(subject, validation.checked_at);
             }
         }
     }
@@ -639,10 +639,10 @@ impl Engine {
     }
 }
 
-/// Whose budget the policy's rate limits count for `key`: its owner's
-/// under `limit_by: owner` (every key of the owner shares it), else its
-/// lineage (a rotation shares its predecessor's budget). A key without an
-/// owner keeps its lineage's budget even under `limit_by: owner`.
+/// Whose budget the policy's rate limits and quota count for `key`: its
+/// owner's under `limit_by: owner` (every key of the owner shares it), else
+/// its lineage (a rotation shares its predecessor's budget). A key without
+/// an owner keeps its lineage's budget even under `limit_by: owner`.
 fn limit_subject<'a>(key: &'a Key, policy: &Policy) -> Subject<'a> {
     match (policy.limit_by, key.owner_id.as_deref()) {
         (LimitBy::Owner, Some(owner_id)) => Subject::Owner { tenant: &key.tenant, owner_id },

@@ -19,26 +19,9 @@ use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 
-use super::{RateLimitStatus, RateLimiter, Subject};
+use super::{Holder, RateLimitStatus, RateLimiter, Subject};
 use crate::bounded::SweepSchedule;
-use crate::{Clock, Error, KeyId, RateLimit, Result, SystemClock};
-
-/// A subject as the map holds it: a lineage id as it is (no allocation on
-/// the common path), an owner by its unique text form.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Holder {
-    Key(KeyId),
-    Owner(Box<str>),
-}
-
-impl Holder {
-    fn of(subject: Subject<'_>) -> Self {
-        match subject {
-            Subject::Key(id) => Self::Key(id),
-            Subject::Owner { .. } => Self::Owner(subject.storage_key().into_boxed_str()),
-        }
-    }
-}
+use crate::{Clock, Error, RateLimit, Result, SystemClock};
 
 /// One budget of a subject: one named limit.
 #[derive(Debug)]
@@ -266,8 +249,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::ManualClock;
     use crate::bounded::MIN_SWEEP_LEN;
+    use crate::{KeyId, ManualClock};
 
     fn limiter() -> (GcraRateLimiter, ManualClock) {
         let clock = ManualClock::new(chrono::DateTime::UNIX_EPOCH + chrono::Duration::days(20_000));

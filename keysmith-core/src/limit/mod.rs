@@ -52,6 +52,24 @@ impl Subject<'_> {
     }
 }
 
+/// A subject as an in-process map holds it (the rate limiter's cells, the
+/// quota counters): a lineage id as it is (no allocation on the common
+/// path), an owner by its unique text form.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Holder {
+    Key(KeyId),
+    Owner(Box<str>),
+}
+
+impl Holder {
+    pub(crate) fn of(subject: Subject<'_>) -> Self {
+        match subject {
+            Subject::Key(id) => Self::Key(id),
+            Subject::Owner { .. } => Self::Owner(subject.storage_key().into_boxed_str()),
+        }
+    }
+}
+
 /// Decides whether one more request of a subject fits one of its rate
 /// limits.
 ///

@@ -37,7 +37,8 @@ pub struct Policy {
     /// Keys older than this are expired, in seconds in JSON.
     #[serde(default, with = "crate::serde_secs::option")]
     pub max_key_age: Option<Duration>,
-    /// Daily and monthly request quotas, per key.
+    /// Daily and monthly request quotas, per key lineage (per owner under
+    /// `limit_by: owner`).
     pub quota: Option<Quota>,
     /// Default grace period for rotations of keys under this policy, in seconds in JSON.
     #[serde(default, with = "crate::serde_secs::option")]
@@ -166,7 +167,8 @@ impl std::str::FromStr for LimitBy {
     }
 }
 
-/// Request quotas per key, counted in UTC days and months.
+/// Request quotas per key lineage (per owner under `limit_by: owner`),
+/// counted in UTC days and months.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Quota {
     /// Requests per UTC day.

@@ -672,6 +672,16 @@ impl UsageStore for CachedStore {
     ) -> Result<Vec<UsageTotal>> {
         self.inner.lineage_usage(tenant, lineage, period, range).await
     }
+
+    async fn owner_usage(
+        &self,
+        tenant: &Tenant,
+        owner_id: &str,
+        period: Period,
+        range: TimeRange,
+    ) -> Result<Vec<UsageTotal>> {
+        self.inner.owner_usage(tenant, owner_id, period, range).await
+    }
 }
 
 #[async_trait]

@@ -54,6 +54,8 @@ struct Tables {
     by_id: HashMap<KeyId, KeyHash, foldhash::fast::RandomState>,
     /// The keys of each lineage, for quota counts.
     lineages: HashMap<KeyId, Vec<KeyId>, foldhash::fast::RandomState>,
+    /// The keys of each owner, for quota counts under `limit_by: owner`.
+    owners: HashMap<(Tenant, String), Vec<KeyId>, foldhash::fast::RandomState>,
     /// Credits by lineage; every key of the lineage carries a copy.
     credits: HashMap<KeyId, Credits, foldhash::fast::RandomState>,
     policies: HashMap<PolicyId, Arc<Policy>, foldhash::fast::RandomState>,
@@ -203,6 +205,9 @@ impl Tables {
         };
         self.by_id.insert(key.id, stored.hash);
         self.lineages.entry(lineage).or_default().push(key.id);
+        if let Some(owner_id) = &key.owner_id {
+            self.owners.entry((key.tenant.clone(), owner_id.clone())).or_default().push(key.id);
+        }
         self.keys.insert(stored.hash, stored.clone());
         self.store_credits(lineage, credits);
         Ok(())
@@ -580,6 +585,18 @@ impl UsageStore for MemoryStore {
         range: TimeRange,
     ) -> Result<Vec<UsageTotal>> {
         let members = self.read()?.lineages.get(&lineage).cloned().unwrap_or_default();
+        Ok(self.read_usage()?.totals(tenant, period, range, |key_id| members.contains(&key_id)))
+    }
+
+    async fn owner_usage(
+        &self,
+        tenant: &Tenant,
+        owner_id: &str,
+        period: Period,
+        range: TimeRange,
+    ) -> Result<Vec<UsageTotal>> {
+        let owner = (tenant.clone(), owner_id.to_owned());
+        let members = self.read()?.owners.get(&owner).cloned().unwrap_or_default();
         Ok(self.read_usage()?.totals(tenant, period, range, |key_id| members.contains(&key_id)))
     }
 }

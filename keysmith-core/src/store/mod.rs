@@ -294,6 +294,18 @@ pub trait UsageStore: Send + Sync {
         period: Period,
         range: TimeRange,
     ) -> Result<Vec<UsageTotal>>;
+
+    /// An owner's totals per period (every key of `tenant` whose
+    /// [`owner_id`](crate::Key::owner_id) is `owner_id`, summed) whose
+    /// period starts in `range`, oldest first: what quotas count under a
+    /// policy with `limit_by: owner`.
+    async fn owner_usage(
+        &self,
+        tenant: &Tenant,
+        owner_id: &str,
+        period: Period,
+        range: TimeRange,
+    ) -> Result<Vec<UsageTotal>>;
 }
 
 /// Requests and errors of all of a tenant's keys in one period.

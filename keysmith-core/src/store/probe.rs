@@ -48,6 +48,7 @@ pub enum StoreOp {
     UsageAggregates,
     TenantUsage,
     LineageUsage,
+    OwnerUsage,
     ListRotations,
     Migrate,
     Ping,
@@ -246,6 +247,16 @@ impl<P: StoreProbe> UsageStore for ProbedStore<P> {
         range: TimeRange,
     ) -> Result<Vec<UsageTotal>> {
         probed!(self, LineageUsage, self.inner.lineage_usage(tenant, lineage, period, range))
+    }
+
+    async fn owner_usage(
+        &self,
+        tenant: &Tenant,
+        owner_id: &str,
+        period: Period,
+        range: TimeRange,
+    ) -> Result<Vec<UsageTotal>> {
+        probed!(self, OwnerUsage, self.inner.owner_usage(tenant, owner_id, period, range))
     }
 }
 

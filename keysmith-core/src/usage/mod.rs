@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{KeyId, Tenant, UsageId};
 
-pub use quota::QuotaCounter;
+pub use quota::{QuotaCounter, stored_requests};
 pub(crate) use recorder::UsageRecorder;
 pub use recorder::{UsageConfig, UsageStats};
 

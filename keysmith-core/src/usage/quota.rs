@@ -1,11 +1,13 @@
 //! Quota counting: what the store's aggregates say plus what this instance
-//! accepted and has not written yet, per credential lineage (the keys
-//! rotation made from one another share one quota).
+//! accepted and has not written yet, per subject: a credential lineage (the
+//! keys rotation made from one another share one quota) or, under a policy
+//! with `limit_by: owner`, an owner (every key of one customer shares one
+//! quota).
 //!
 //! Bound: on one instance a quota is never exceeded (check and count are one
-//! atomic step per lineage). With several instances, each sees the others'
+//! atomic step per subject). With several instances, each sees the others'
 //! usage once they have written it (their flush interval) and it has re-read
-//! the aggregates (`quota_refresh`): a lineage can overshoot by at most what
+//! the aggregates (`quota_refresh`): a subject can overshoot by at most what
 //! the other instances accept within one flush interval plus one refresh
 //! interval.
 //!
@@ -27,11 +29,14 @@ use dashmap::DashMap;
 
 use super::{Period, UsageRecord};
 use crate::bounded::SweepSchedule;
+use crate::limit::{Holder, Subject};
 use crate::store::TimeRange;
-use crate::{Key, KeyId, Quota, Result, Store};
+use crate::{Key, KeyId, Quota, Result, Store, Tenant};
 
-/// Counts requests against daily and monthly quotas, per credential lineage
-/// (the keys rotation made from one another share one quota).
+/// Counts requests against daily and monthly quotas, per subject: a
+/// credential lineage (the keys rotation made from one another share one
+/// quota) or an owner (under `limit_by: owner`, every key of one customer
+/// shares one quota), the same subject the rate limits count for.
 ///
 /// The engine's default counts in process from the store's aggregates (exact
 /// on one instance; with several, each may overshoot by what the others
@@ -40,11 +45,12 @@ use crate::{Key, KeyId, Quota, Result, Store};
 /// [`EngineBuilder::with_quotas`](crate::EngineBuilder::with_quotas).
 #[async_trait]
 pub trait QuotaCounter: Send + Sync + fmt::Debug + 'static {
-    /// Counts one request of `key`'s lineage, made at `now`, if it fits
-    /// `quota` in both its day and its month; `Ok(Err(resets_at))` when it
-    /// does not, with the time the exhausted quota resets (the month's if
-    /// both are). A refused request is not counted. `store` is the engine's,
-    /// for counters that read what it has recorded.
+    /// Counts one request of `key`, made at `now`, for `subject` (the key's
+    /// lineage, or its owner under `limit_by: owner`) if it fits `quota` in
+    /// both its day and its month; `Ok(Err(resets_at))` when it does not,
+    /// with the time the exhausted quota resets (the month's if both are).
+    /// A refused request is not counted. `store` is the engine's, for
+    /// counters that read what it has recorded ([`stored_requests`]).
     ///
     /// # Errors
     /// The counter's backend failed (adapters answer 503).
@@ -52,14 +58,15 @@ pub trait QuotaCounter: Send + Sync + fmt::Debug + 'static {
         &self,
         store: &dyn Store,
         key: &Key,
+        subject: Subject<'_>,
         quota: &Quota,
         now: DateTime<Utc>,
     ) -> Result<Result<(), DateTime<Utc>>>;
 
-    /// Gives back a request of `lineage` counted at `at` that was refused
+    /// Gives back a request of `subject` counted at `at` that was refused
     /// afterwards. Never waits: a counter on a server refunds in the
     /// background.
-    fn refund(&self, lineage: KeyId, at: DateTime<Utc>);
+    fn refund(&self, subject: Subject<'_>, at: DateTime<Utc>);
 }
 
 #[async_trait]
@@ -68,14 +75,15 @@ impl QuotaCounter for QuotaTracker {
         &self,
         store: &dyn Store,
         key: &Key,
+        subject: Subject<'_>,
         quota: &Quota,
         now: DateTime<Utc>,
     ) -> Result<Result<(), DateTime<Utc>>> {
-        Self::try_consume(self, store, key, quota, now).await
+        Self::try_consume(self, store, key, subject, quota, now).await
     }
 
-    fn refund(&self, lineage: KeyId, at: DateTime<Utc>) {
-        Self::refund(self, lineage, at);
+    fn refund(&self, subject: Subject<'_>, at: DateTime<Utc>) {
+        Self::refund(self, subject, at);
     }
 }
 
@@ -101,13 +109,14 @@ struct Entry {
     loaded_at: DateTime<Utc>,
 }
 
-/// Per-lineage quota counters.
+/// Quota counters per subject (lineage or owner).
 #[derive(Debug)]
 pub(crate) struct QuotaTracker {
-    entries: DashMap<KeyId, Entry, foldhash::fast::RandomState>,
-    /// The lineage of each key counted here whose id is not its lineage's
-    /// (a rotated key's successor), to credit its written records.
-    lineage_of: DashMap<KeyId, KeyId, foldhash::fast::RandomState>,
+    entries: DashMap<Holder, Entry, foldhash::fast::RandomState>,
+    /// The subject of each key counted here that is not the key's own id
+    /// (a rotated key's successor counts for its lineage, an owner's key
+    /// for its owner), to credit its written records.
+    subject_of: DashMap<KeyId, Holder, foldhash::fast::RandomState>,
     refresh: Duration,
     sweeps: SweepSchedule,
     /// Batches the writer has started and finished writing.
@@ -119,7 +128,7 @@ impl QuotaTracker {
     pub(crate) fn new(refresh: Duration) -> Self {
         Self {
             entries: DashMap::default(),
-            lineage_of: DashMap::default(),
+            subject_of: DashMap::default(),
             refresh,
             sweeps: SweepSchedule::default(),
             writes_started: AtomicU64::new(0),
@@ -127,20 +136,21 @@ impl QuotaTracker {
         }
     }
 
-    /// Counts one request of `key`'s lineage if it fits `quota`; otherwise
-    /// says when the exhausted quota resets. A refused request consumes
-    /// nothing.
+    /// Counts one request of `key` for `subject` if it fits `quota`;
+    /// otherwise says when the exhausted quota resets. A refused request
+    /// consumes nothing.
     pub(crate) async fn try_consume(
         &self,
         store: &dyn Store,
         key: &Key,
+        subject: Subject<'_>,
         quota: &Quota,
         now: DateTime<Utc>,
     ) -> Result<Result<(), DateTime<Utc>>> {
-        let lineage = key.lineage_id;
+        let holder = Holder::of(subject);
         let day = Period::Day.start_of(now);
         let month = Period::Month.start_of(now);
-        let fresh = self.entries.get(&lineage).is_some_and(|e| {
+        let fresh = self.entries.get(&holder).is_some_and(|e| {
             e.day.start == day
                 && e.month.start == month
                 && (now - e.loaded_at).to_std().is_ok_and(|age| age < self.refresh)
@@ -150,17 +160,22 @@ impl QuotaTracker {
         } else {
             let writes_seen = self.writes_done.load(Ordering::SeqCst);
             let counts = (
-                stored_count(store, key, Period::Day, day).await?,
-                stored_count(store, key, Period::Month, month).await?,
+                stored_requests(store, &key.tenant, subject, Period::Day, now).await?,
+                stored_requests(store, &key.tenant, subject, Period::Month, now).await?,
             );
             Some((counts, writes_seen))
         };
-        if key.id != lineage && !self.lineage_of.contains_key(&key.id) {
-            self.lineage_of.insert(key.id, lineage);
+        if holder != Holder::Key(key.id) {
+            if self.subject_of.get(&key.id).is_none_or(|h| *h != holder) {
+                self.subject_of.insert(key.id, holder.clone());
+            }
+        } else if self.subject_of.contains_key(&key.id) {
+            // Its policy went back from `limit_by: owner` to `key`.
+            self.subject_of.remove(&key.id);
         }
         let mut entry = self
             .entries
-            .entry(lineage)
+            .entry(holder.clone())
             .and_modify(|e| {
                 if let Some(((stored_day, stored_month), writes_seen)) = loaded {
                     // Under the entry's lock, as `on_written` is: no batch
@@ -179,7 +194,7 @@ impl QuotaTracker {
                 }
             })
             .or_insert_with(|| {
-                // Nothing of this lineage is pending here (entries with
+                // Nothing of this subject is pending here (entries with
                 // pending requests are never evicted), so the read is exact.
                 let ((stored_day, stored_month), _) = loaded.unwrap_or_default();
                 Entry {
@@ -199,14 +214,14 @@ impl QuotaTracker {
         entry.day.local += 1;
         entry.month.local += 1;
         drop(entry);
-        self.sweeps.maybe_sweep(self.entries.len(), || self.evict_idle(now, lineage));
+        self.sweeps.maybe_sweep(self.entries.len(), || self.evict_idle(now, &holder));
         Ok(Ok(()))
     }
 
-    /// Gives back a request of `lineage` counted at `at` that was refused
+    /// Gives back a request of `subject` counted at `at` that was refused
     /// afterwards (and so will never be written).
-    pub(crate) fn refund(&self, lineage: KeyId, at: DateTime<Utc>) {
-        if let Some(mut entry) = self.entries.get_mut(&lineage) {
+    pub(crate) fn refund(&self, subject: Subject<'_>, at: DateTime<Utc>) {
+        if let Some(mut entry) = self.entries.get_mut(&Holder::of(subject)) {
             let entry = &mut *entry;
             for (counter, period) in [(&mut entry.day, Period::Day), (&mut entry.month, Period::Month)] {
                 if counter.start == period.start_of(at) {
@@ -218,12 +233,12 @@ impl QuotaTracker {
 
     /// Drops entries that hold nothing the store does not: stale (they would
     /// be re-read anyway) and with every accepted request written.
-    fn evict_idle(&self, now: DateTime<Utc>, keep: KeyId) -> usize {
+    fn evict_idle(&self, now: DateTime<Utc>, keep: &Holder) -> usize {
         let refresh = chrono::Duration::from_std(self.refresh).unwrap_or(chrono::Duration::MAX);
-        self.entries.retain(|id, e| {
-            *id == keep || e.day.local > 0 || e.month.local > 0 || now.signed_duration_since(e.loaded_at) < refresh
+        self.entries.retain(|holder, e| {
+            holder == keep || e.day.local > 0 || e.month.local > 0 || now.signed_duration_since(e.loaded_at) < refresh
         });
-        self.lineage_of.retain(|_, lineage| self.entries.contains_key(lineage));
+        self.subject_of.retain(|_, holder| self.entries.contains_key(holder));
         self.entries.len()
     }
 
@@ -245,8 +260,8 @@ impl QuotaTracker {
             return;
         }
         for record in records {
-            let lineage = self.lineage_of.get(&record.key_id).map_or(record.key_id, |l| *l);
-            if let Some(mut entry) = self.entries.get_mut(&lineage) {
+            let holder = self.subject_of.get(&record.key_id).map_or(Holder::Key(record.key_id), |h| h.clone());
+            if let Some(mut entry) = self.entries.get_mut(&holder) {
                 let entry = &mut *entry;
                 for (counter, period) in [(&mut entry.day, Period::Day), (&mut entry.month, Period::Month)] {
                     // Only what was counted as pending moves: a record the
@@ -272,9 +287,25 @@ fn reloaded(current: Counter, start: DateTime<Utc>, stored: u64) -> Counter {
     }
 }
 
-async fn stored_count(store: &dyn Store, key: &Key, period: Period, start: DateTime<Utc>) -> Result<u64> {
+/// The requests `store` holds for `subject` in the `period` containing
+/// `at`: what a quota counter starts from. A lineage is read in `tenant`
+/// (the key's), an owner in its own tenant.
+///
+/// # Errors
+/// The store failed.
+pub async fn stored_requests(
+    store: &dyn Store,
+    tenant: &Tenant,
+    subject: Subject<'_>,
+    period: Period,
+    at: DateTime<Utc>,
+) -> Result<u64> {
+    let start = period.start_of(at);
     let range = TimeRange { from: Some(start), to: Some(period.next_start(start)) };
-    let totals = store.lineage_usage(&key.tenant, key.lineage_id, period, range).await?;
+    let totals = match subject {
+        Subject::Key(lineage) => store.lineage_usage(tenant, lineage, period, range).await?,
+        Subject::Owner { tenant, owner_id } => store.owner_usage(tenant, owner_id, period, range).await?,
+    };
     Ok(totals.iter().map(|t| t.requests).sum())
 }
 
@@ -326,6 +357,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn written_records_move_to_the_subject_their_key_was_last_counted_for() {
+        let store = MemoryStore::new();
+        let tenant = Tenant::new("app", "acme");
+        let now = DateTime::parse_from_rfc3339("2026-05-05T10:00:00Z").unwrap().to_utc();
+        let quota = Quota { daily: Some(10), monthly: None };
+        let tracker = QuotaTracker::new(Duration::from_secs(5));
+        let mut owned = key(&tenant, now);
+        owned.owner_id = Some("cust_1".into());
+        let owner = Subject::Owner { tenant: &tenant, owner_id: "cust_1" };
+        let counts = |subject| {
+            let entry = tracker.entries.get(&Holder::of(subject)).unwrap();
+            (entry.day.stored, entry.day.local)
+        };
+        // Under `limit_by: owner`, then (the policy changed) under `key`.
+        for subject in [owner, Subject::Key(owned.lineage_id)] {
+            assert_eq!(tracker.try_consume(&store, &owned, subject, &quota, now).await.unwrap(), Ok(()));
+            assert_eq!(counts(subject), (0, 1));
+            tracker.begin_write();
+            tracker.end_write(&[record(&owned, now)]);
+            assert_eq!(counts(subject), (1, 0), "the written request left what was pending");
+        }
+        assert_eq!(counts(owner), (1, 0), "the owner was not credited the lineage's request");
+    }
+
+    #[tokio::test]
     async fn entries_with_unwritten_requests_survive_eviction() {
         let store = MemoryStore::new();
         let tenant = Tenant::new("app", "acme");
@@ -338,18 +394,27 @@ mod tests {
             store.insert_key(&crate::store::StoredKey { key: std::sync::Arc::new(k.clone()), hash }).await.unwrap();
         }
         for k in [&written, &pending] {
-            assert_eq!(tracker.try_consume(&store, k, &quota, now).await.unwrap(), Ok(()));
+            assert_eq!(tracker.try_consume(&store, k, Subject::Key(k.lineage_id), &quota, now).await.unwrap(), Ok(()));
         }
         tracker.begin_write();
         tracker.end_write(&[record(&written, now)]);
         let later = now + chrono::Duration::seconds(6);
-        assert_eq!(tracker.evict_idle(later, KeyId::new()), 1);
-        assert!(tracker.entries.contains_key(&pending.id));
+        assert_eq!(tracker.evict_idle(later, &Holder::Key(KeyId::new())), 1);
+        assert!(tracker.entries.contains_key(&Holder::Key(pending.id)));
         // The evicted key is re-read from the store and still counts its request.
         store.record_batch(&[record(&written, now)]).await.unwrap();
         for _ in 0..9 {
-            assert_eq!(tracker.try_consume(&store, &written, &quota, later).await.unwrap(), Ok(()));
+            assert_eq!(
+                tracker.try_consume(&store, &written, Subject::Key(written.lineage_id), &quota, later).await.unwrap(),
+                Ok(())
+            );
         }
-        assert!(tracker.try_consume(&store, &written, &quota, later).await.unwrap().is_err());
+        assert!(
+            tracker
+                .try_consume(&store, &written, Subject::Key(written.lineage_id), &quota, later)
+                .await
+                .unwrap()
+                .is_err()
+        );
     }
 }

@@ -207,10 +207,7 @@ impl Remote {
     /// tag, as its other keys have), `{prefix}:{owner:…}:rl:<name>` for an
     /// owner.
     fn bucket(&self, subject: Subject<'_>, limit: &RateLimit) -> String {
-        match subject {
-            Subject::Key(id) => self.config.key(id, &format!("rl:{}", limit.name)),
-            Subject::Owner { .. } => format!("{}:{{{}}}:rl:{}", self.config.prefix, subject.storage_key(), limit.name),
-        }
+        self.config.subject_key(subject, &format!("rl:{}", limit.name))
     }
 }
 
