@@ -43,6 +43,7 @@ mod id;
 mod input;
 mod key;
 pub mod limit;
+mod names;
 mod net;
 pub mod policy;
 mod refusal;
