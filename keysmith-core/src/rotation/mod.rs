@@ -10,6 +10,7 @@ use crate::{KeyHash, KeyId, RotationId, Tenant};
 
 crate::names::string_enum! {
     /// Why a key was rotated.
+    #[derive(Default)]
     #[non_exhaustive]
     pub enum RotationReason("reason") {
         /// Routine rotation on a schedule.
@@ -19,6 +20,9 @@ crate::names::string_enum! {
         /// The old key is about to expire.
         Expiring = "expiring",
         /// An operator asked for it.
+        ///
+        /// The default, when no reason is given.
+        #[default]
         Manual = "manual",
     }
 }

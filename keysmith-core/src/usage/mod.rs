@@ -50,7 +50,7 @@ impl UsageRecord {
 }
 
 crate::names::string_enum! {
-    /// A UTC period: of usage roll-ups, and of credit refills.
+    /// A UTC day or calendar month: the period of usage roll-ups and of credit refills.
     #[derive(PartialOrd, Ord)]
     pub enum Period("period") {
         /// UTC days.
