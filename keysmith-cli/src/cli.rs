@@ -472,7 +472,7 @@ mod tests {
             let mut line: Vec<String> = ["keysmith"].iter().chain(path).map(|s| (*s).to_owned()).collect();
             match path {
                 ["keys", "rotate"] | ["usage"] => line.push(key.clone()),
-                ["keys", "create"] | ["policies", "create"] => line.extend(["--name".to_owned(), "n".to_owned()]),
+                ["keys" | "policies", "create"] => line.extend(["--name".to_owned(), "n".to_owned()]),
                 _ => {}
             }
             if id == "refill_every" {

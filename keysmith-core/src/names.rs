@@ -106,6 +106,17 @@ mod tests {
     use super::expected;
     use crate::{Environment, Error, KeyState, LimitBy, Period, RotationReason};
 
+    /// Runs `check` on every enum with its names.
+    macro_rules! for_every_enum {
+        ($check:ident) => {
+            $check(&KeyState::ALL, KeyState::as_str);
+            $check(&Environment::ALL, Environment::as_str);
+            $check(&RotationReason::ALL, RotationReason::as_str);
+            $check(&Period::ALL, Period::as_str);
+            $check(&LimitBy::ALL, LimitBy::as_str);
+        };
+    }
+
     /// `as_str`, `Display`, `FromStr` and serde agree on every variant, and
     /// the names are distinct lowercase words.
     fn round_trips<T>(all: &[T], as_str: fn(T) -> &'static str)
@@ -128,11 +139,7 @@ mod tests {
 
     #[test]
     fn every_enum_round_trips_through_its_names() {
-        round_trips(&KeyState::ALL, KeyState::as_str);
-        round_trips(&Environment::ALL, Environment::as_str);
-        round_trips(&RotationReason::ALL, RotationReason::as_str);
-        round_trips(&Period::ALL, Period::as_str);
-        round_trips(&LimitBy::ALL, LimitBy::as_str);
+        for_every_enum!(round_trips);
     }
 
     #[test]
@@ -178,17 +185,6 @@ mod tests {
         assert!(error.contains("unknown variant `week`, expected `day` or `month`"), "{error}");
     }
 
-    /// Checks `check` against every enum with its names.
-    macro_rules! for_every_enum {
-        ($check:ident) => {
-            $check(&KeyState::ALL, KeyState::as_str);
-            $check(&Environment::ALL, Environment::as_str);
-            $check(&RotationReason::ALL, RotationReason::as_str);
-            $check(&Period::ALL, Period::as_str);
-            $check(&LimitBy::ALL, LimitBy::as_str);
-        };
-    }
-
     #[cfg(feature = "clap")]
     #[test]
     fn command_lines_accept_exactly_the_names() {
@@ -208,10 +204,7 @@ mod tests {
     #[cfg(feature = "utoipa")]
     #[test]
     fn openapi_schemas_list_exactly_the_names() {
-        fn check<T: utoipa::ToSchema>(all: &[T], as_str: fn(T) -> &'static str)
-        where
-            T: Copy,
-        {
+        fn check<T: utoipa::ToSchema + Copy>(all: &[T], as_str: fn(T) -> &'static str) {
             let schema = serde_json::to_value(T::schema()).unwrap();
             assert_eq!(schema["type"], "string");
             assert_eq!(schema["enum"], serde_json::json!(all.iter().map(|&v| as_str(v)).collect::<Vec<_>>()));
