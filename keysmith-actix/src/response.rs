@@ -117,6 +117,19 @@ impl ApiKeyRejection {
             Self::Refused { refusal, .. } => RefusalResponse::clone(refusal),
         }
     }
+
+    /// The status of the rejection's response (what
+    /// [`ResponseError::status_code`] answers; the same method as
+    /// keysmith-tower's rejection has).
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingMiddleware { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Refused { refusal, .. } => {
+                StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        }
+    }
 }
 
 impl fmt::Display for ApiKeyRejection {
@@ -134,12 +147,7 @@ impl std::error::Error for ApiKeyRejection {}
 
 impl ResponseError for ApiKeyRejection {
     fn status_code(&self) -> StatusCode {
-        match self {
-            Self::MissingMiddleware { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Refused { refusal, .. } => {
-                StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-            }
-        }
+        self.status()
     }
 
     fn error_response(&self) -> HttpResponse {
@@ -147,5 +155,23 @@ impl ResponseError for ApiKeyRejection {
             Self::MissingMiddleware { .. } => default_refusal_response(&self.refusal_response()),
             Self::Refused { refusal, responder } => responder.respond(refusal),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keysmith_core::Refusal;
+
+    use super::*;
+
+    #[test]
+    fn a_rejection_has_the_status_of_its_response() {
+        let missing = ApiKeyRejection::MissingMiddleware { needed_by: "RequireScopes" };
+        assert_eq!(missing.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let refused = RefusalResponse::refused(Refusal::MissingKey, "api", chrono::Utc::now());
+        let rejection = ApiKeyRejection::refused(refused, RefusalResponder::default());
+        assert_eq!(rejection.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(rejection.status_code(), rejection.status());
+        assert_eq!(rejection.error_response().status(), StatusCode::UNAUTHORIZED);
     }
 }

@@ -1,14 +1,13 @@
 //! `/keys/{id}/credits`: set, remove and top up a key's prepaid uses.
 
 use axum::Json;
-use keysmith_core::KeyId;
+use keysmith_core::{KeyId, Period};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::{ErrorBody, Result};
 use crate::extract::{Caller, Id, JsonBody};
 use crate::keys::Key;
-use crate::model::Period;
 use crate::schema::whole;
 
 /// A key's prepaid uses, shared by its rotations: each request that passes
@@ -41,7 +40,7 @@ impl From<keysmith_core::Credits> for Credits {
     fn from(credits: keysmith_core::Credits) -> Self {
         Self {
             remaining: credits.remaining,
-            refill: credits.refill.map(|refill| Refill { amount: refill.amount, every: refill.every.into() }),
+            refill: credits.refill.map(|refill| Refill { amount: refill.amount, every: refill.every }),
             refilled_at: credits.refilled_at,
         }
     }
@@ -63,7 +62,7 @@ impl From<CreditsInput> for keysmith_core::Credits {
     fn from(input: CreditsInput) -> Self {
         let credits = Self::new(input.remaining);
         match input.refill {
-            Some(refill) => credits.with_refill(refill.amount, refill.every.into()),
+            Some(refill) => credits.with_refill(refill.amount, refill.every),
             None => credits,
         }
     }

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use keysmith_core::store::KeyFilter;
-use keysmith_core::{KeyId, NewKey, RawKey};
+use keysmith_core::{Environment, KeyId, KeyState, NewKey, RawKey, RotationReason};
 use serde::{Deserialize, Serialize, Serializer};
 use utoipa::{IntoParams, ToSchema};
 
@@ -15,7 +15,7 @@ use crate::credits::{Credits, CreditsInput};
 use crate::error::{ErrorBody, Result};
 use crate::extract::{Caller, Id, JsonBody, QueryParams};
 use crate::lockout::{CallingKey, SelfLockout};
-use crate::model::{Environment, KeyState, RotationReason, page, parse_id};
+use crate::model::{page, parse_id};
 use crate::schema::{metadata_ref, whole};
 
 const DEFAULT_REVOKE_REASON: &str = "revoked through the admin API";
@@ -75,8 +75,8 @@ impl From<keysmith_core::Key> for Key {
             name: key.name,
             hint: key.hint,
             prefix: key.prefix,
-            environment: key.environment.into(),
-            state: key.state.into(),
+            environment: key.environment,
+            state: key.state,
             scopes: key.scopes,
             owner_id: key.owner_id,
             credits: key.credits.map(Credits::from),
@@ -212,8 +212,7 @@ pub(crate) struct Rotation {
     #[schema(value_type = String, pattern = "^akey_[0-7][0-9a-hjkmnp-tv-z]{25}$")]
     new_key_id: KeyId,
     /// Why.
-    #[schema(value_type = RotationReason)]
-    reason: &'static str,
+    reason: RotationReason,
     /// How long the old key kept validating, in seconds.
     grace_seconds: u64,
     /// When the old key stopped (or stops) validating.
@@ -228,7 +227,7 @@ impl From<keysmith_core::RotationRecord> for Rotation {
             id: record.id,
             key_id: record.key_id,
             new_key_id: record.new_key_id,
-            reason: record.reason.as_str(),
+            reason: record.reason,
             grace_seconds: record.grace_ttl.as_secs(),
             grace_expires_at: record.grace_expires_at,
             created_at: record.created_at,
@@ -308,7 +307,7 @@ pub(crate) async fn create_key(
         new = new.with_expires_at(at);
     }
     if let Some(environment) = body.environment {
-        new = new.with_environment(environment.into());
+        new = new.with_environment(environment);
     }
     if let Some(prefix) = body.prefix {
         new = new.with_prefix(prefix);
@@ -332,8 +331,8 @@ pub(crate) async fn list_keys(
 ) -> Result<Json<KeyList>> {
     let page = page(query.limit, query.offset)?;
     let filter = KeyFilter {
-        state: query.state.map(Into::into),
-        environment: query.environment.map(Into::into),
+        state: query.state,
+        environment: query.environment,
         policy_id: parse_id(query.policy_id.as_deref())?,
         owner_id: query.owner_id,
         page,
@@ -379,7 +378,7 @@ pub(crate) async fn rotate_key(
     calling.refuse_on_itself(id, SelfLockout::Rotate)?;
     let body = body.and_then(|JsonBody(body)| body).unwrap_or_default();
     let grace = body.grace_seconds.map(Duration::from_secs);
-    let rotated = tenant.rotate_key(id, body.reason.into(), grace).await?;
+    let rotated = tenant.rotate_key(id, body.reason, grace).await?;
     Ok((
         StatusCode::CREATED,
         Json(RotatedKey {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use keysmith_core::{PolicyId, PolicySpec};
+use keysmith_core::{LimitBy, PolicyId, PolicySpec};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -56,36 +56,6 @@ pub(crate) struct Quota {
     #[serde(default, deserialize_with = "whole::option_u64")]
     #[schema(minimum = 1, maximum = 9_007_199_254_740_991_u64)]
     monthly: Option<u64>,
-}
-
-/// Whose budget a policy's limits and quota count.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum LimitBy {
-    /// Each key's own budget (shared with the keys it was rotated from).
-    #[default]
-    Key,
-    /// One budget for all keys of the key's owner; a key without an owner
-    /// keeps its own.
-    Owner,
-}
-
-impl From<LimitBy> for keysmith_core::LimitBy {
-    fn from(by: LimitBy) -> Self {
-        match by {
-            LimitBy::Key => Self::Key,
-            LimitBy::Owner => Self::Owner,
-        }
-    }
-}
-
-impl From<keysmith_core::LimitBy> for LimitBy {
-    fn from(by: keysmith_core::LimitBy) -> Self {
-        match by {
-            keysmith_core::LimitBy::Owner => Self::Owner,
-            _ => Self::Key,
-        }
-    }
 }
 
 impl From<RateLimit> for keysmith_core::RateLimit {
@@ -161,7 +131,7 @@ impl From<PolicyInput> for PolicySpec {
         Self {
             name: input.name,
             rate_limits: input.rate_limits.into_iter().map(Into::into).collect(),
-            limit_by: input.limit_by.into(),
+            limit_by: input.limit_by,
             allowed_ips: input.allowed_ips,
             allowed_origins: input.allowed_origins,
             allowed_scopes: input.allowed_scopes,
@@ -215,7 +185,7 @@ impl From<keysmith_core::Policy> for Policy {
             id: policy.id,
             name: policy.name,
             rate_limits: policy.rate_limits.into_iter().map(Into::into).collect(),
-            limit_by: policy.limit_by.into(),
+            limit_by: policy.limit_by,
             allowed_ips: policy.allowed_ips.iter().map(ToString::to_string).collect(),
             allowed_origins: policy.allowed_origins,
             allowed_scopes: policy.allowed_scopes,

@@ -3,14 +3,14 @@
 
 use axum::Json;
 use chrono::{DateTime, Utc};
-use keysmith_core::KeyId;
 use keysmith_core::store::TimeRange;
+use keysmith_core::{KeyId, Period};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{Error, ErrorBody, Result};
 use crate::extract::{Caller, Id, QueryParams};
-use crate::model::{Period, page};
+use crate::model::page;
 
 /// One request made with a key.
 #[derive(Debug, Serialize, ToSchema)]
@@ -73,7 +73,7 @@ pub(crate) struct UsageAggregate {
 impl From<keysmith_core::UsageAggregate> for UsageAggregate {
     fn from(aggregate: keysmith_core::UsageAggregate) -> Self {
         Self {
-            period: aggregate.period.into(),
+            period: aggregate.period,
             period_start: aggregate.period_start,
             requests: aggregate.requests,
             errors: aggregate.errors,
@@ -187,7 +187,7 @@ pub(crate) async fn aggregate_usage(
     Id(id): Id<KeyId>,
     QueryParams(query): QueryParams<AggregateQuery>,
 ) -> Result<Json<UsageAggregateList>> {
-    let period = query.period.unwrap_or_default();
-    let aggregates = tenant.usage_aggregates(id, period.into(), range(query.from, query.to)?).await?;
+    let period = query.period.unwrap_or(Period::Day);
+    let aggregates = tenant.usage_aggregates(id, period, range(query.from, query.to)?).await?;
     Ok(Json(UsageAggregateList { key_id: id, items: aggregates.into_iter().map(UsageAggregate::from).collect() }))
 }

@@ -890,3 +890,42 @@ async fn another_tenants_key_gets_the_credits_routes_answer_of_a_key_that_does_n
     let still = theirs.get_key(their_key.parse().unwrap()).await.unwrap();
     assert_eq!(still.credits.map(|c| c.remaining), Some(3), "nothing of theirs changed");
 }
+
+/// The API accepts every name of core's string enums where it takes one,
+/// exactly as spelled (the CLI's flags take the same names), and answers
+/// with them.
+#[tokio::test]
+async fn every_enum_name_is_accepted_exactly_as_spelled() {
+    use keysmith_core::{Environment, KeyState, LimitBy, Period, RotationReason};
+    let h = harness().await;
+    for state in KeyState::ALL {
+        h.get(&format!("/keys?state={state}")).await.ok(200);
+        h.get(&format!("/keys?state={}", state.as_str().to_uppercase())).await.assert_error(400, "invalid_query");
+    }
+    for environment in Environment::ALL {
+        h.get(&format!("/keys?environment={environment}")).await.ok(200);
+        let key = h.post("/keys", json!({"name": "k", "environment": environment})).await;
+        assert_eq!(key.ok(201)["key"]["environment"], environment.as_str());
+        let upper = environment.as_str().to_uppercase();
+        h.post("/keys", json!({"name": "k", "environment": upper})).await.assert_error(422, "invalid_body");
+    }
+    for reason in RotationReason::ALL {
+        let (id, _) = h.create_key(json!({"name": "rotated"})).await;
+        let rotated = h.post(&format!("/keys/{id}/rotate"), json!({"reason": reason})).await;
+        assert_eq!(rotated.ok(201)["rotation"]["reason"], reason.as_str());
+    }
+    let (id, _) = h.create_key(json!({"name": "used"})).await;
+    for period in Period::ALL {
+        h.get(&format!("/keys/{id}/usage/aggregate?period={period}")).await.ok(200);
+        let refill = json!({"remaining": 5, "refill": {"amount": 5, "every": period}});
+        assert_eq!(
+            h.put(&format!("/keys/{id}/credits"), refill).await.ok(200)["credits"]["refill"]["every"],
+            period.as_str()
+        );
+    }
+    for limit_by in LimitBy::ALL {
+        let policy = h.post("/policies", json!({"name": format!("by {limit_by}"), "limit_by": limit_by})).await;
+        assert_eq!(policy.ok(201)["limit_by"], limit_by.as_str());
+    }
+    h.post("/policies", json!({"name": "p", "limit_by": "Key"})).await.assert_error(422, "invalid_body");
+}

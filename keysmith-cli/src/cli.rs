@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use keysmith_core::{Environment, KeyId, KeyState, Period, PolicyId, RotationReason, ScopeId};
+use clap::{Args, Parser, Subcommand};
+use keysmith_core::{Environment, KeyId, KeyState, LimitBy, Period, PolicyId, RotationReason, ScopeId};
 use serde_json::{Map, Value};
 
 use crate::values::{self, RateLimitArg};
@@ -142,7 +142,7 @@ pub(crate) struct CreditsArgs {
     pub(crate) refill: Option<u64>,
     /// How often --refill applies.
     #[arg(long, value_enum, value_name = "PERIOD", requires = "refill")]
-    pub(crate) refill_every: Option<PeriodArg>,
+    pub(crate) refill_every: Option<Period>,
 }
 
 impl CreditsArgs {
@@ -150,7 +150,7 @@ impl CreditsArgs {
     pub(crate) fn credits(&self, remaining: u64) -> keysmith_core::Credits {
         let credits = keysmith_core::Credits::new(remaining);
         match (self.refill, self.refill_every) {
-            (Some(amount), Some(every)) => credits.with_refill(amount, every.into()),
+            (Some(amount), Some(every)) => credits.with_refill(amount, every),
             _ => credits,
         }
     }
@@ -214,7 +214,7 @@ pub(crate) struct CreateKeyArgs {
     pub(crate) expires_in: Option<Duration>,
     /// The environment written into the key (default: live).
     #[arg(long, value_enum)]
-    pub(crate) environment: Option<EnvironmentArg>,
+    pub(crate) environment: Option<Environment>,
     /// The key prefix (1–16 of a-z, 0-9; default: sk).
     #[arg(long)]
     pub(crate) prefix: Option<String>,
@@ -228,10 +228,10 @@ pub(crate) struct CreateKeyArgs {
 pub(crate) struct ListKeysArgs {
     /// Only keys in this state.
     #[arg(long, value_enum)]
-    pub(crate) state: Option<StateArg>,
+    pub(crate) state: Option<KeyState>,
     /// Only keys of this environment.
     #[arg(long, value_enum)]
-    pub(crate) environment: Option<EnvironmentArg>,
+    pub(crate) environment: Option<Environment>,
     /// Only keys under this policy (`kpol_…`).
     #[arg(long, value_name = "POLICY_ID")]
     pub(crate) policy: Option<PolicyId>,
@@ -261,8 +261,8 @@ pub(crate) struct RotateKeyArgs {
     #[arg(value_name = "KEY_ID")]
     pub(crate) id: KeyId,
     /// Why the key is rotated.
-    #[arg(long, value_enum, default_value_t = ReasonArg::Manual)]
-    pub(crate) reason: ReasonArg,
+    #[arg(long, value_enum, default_value_t = RotationReason::Manual)]
+    pub(crate) reason: RotationReason,
     /// How long the old secret keeps working (`1h`, `3600`, `0` to stop it at
     /// once; default: 0 for `compromised`, else the policy's rotation grace,
     /// else 24h).
@@ -336,8 +336,8 @@ pub(crate) struct PolicySpecArgs {
     #[arg(long = "limit", value_name = "NAME=REQUESTS/WINDOW[,BURST]", value_parser = values::parse_named_limit)]
     pub(crate) limits: Vec<keysmith_core::RateLimit>,
     /// Whose budget the limits and quota count: `key` (each key's lineage) or `owner` (all keys of an owner).
-    #[arg(long, value_name = "key|owner", default_value = "key")]
-    pub(crate) limit_by: keysmith_core::LimitBy,
+    #[arg(long, value_enum, value_name = "key|owner", default_value_t = LimitBy::Key, hide_possible_values = true)]
+    pub(crate) limit_by: LimitBy,
     /// A client network or address allowed to use the keys (repeatable): `10.0.0.0/8`, `2001:db8::1`.
     #[arg(long = "allow-ip", value_name = "CIDR", value_delimiter = ',')]
     pub(crate) allowed_ips: Vec<String>,
@@ -404,8 +404,8 @@ pub(crate) struct UsageArgs {
     #[arg(value_name = "KEY_ID")]
     pub(crate) key: KeyId,
     /// Roll-up period of the aggregates.
-    #[arg(long, value_enum, default_value_t = PeriodArg::Day)]
-    pub(crate) period: PeriodArg,
+    #[arg(long, value_enum, default_value_t = Period::Day)]
+    pub(crate) period: Period,
     /// From this time on, inclusive (RFC 3339, or a date meaning its UTC midnight).
     #[arg(long, value_name = "TIME", value_parser = values::parse_time)]
     pub(crate) from: Option<DateTime<Utc>>,
@@ -423,104 +423,68 @@ pub(crate) struct UsageArgs {
     pub(crate) offset: Option<u64>,
 }
 
-/// A key state, as a flag value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum StateArg {
-    /// Validates.
-    Active,
-    /// Replaced; validates until its grace ends.
-    Rotated,
-    /// Past its expiry or maximum age.
-    Expired,
-    /// Permanently disabled.
-    Revoked,
-    /// Temporarily disabled.
-    Suspended,
-}
-
-impl From<StateArg> for KeyState {
-    fn from(state: StateArg) -> Self {
-        match state {
-            StateArg::Active => Self::Active,
-            StateArg::Rotated => Self::Rotated,
-            StateArg::Expired => Self::Expired,
-            StateArg::Revoked => Self::Revoked,
-            StateArg::Suspended => Self::Suspended,
-        }
-    }
-}
-
-/// A key environment, as a flag value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum EnvironmentArg {
-    /// Production (`sk_live_…`).
-    Live,
-    /// Test mode (`sk_test_…`).
-    Test,
-    /// Local development (`sk_dev_…`).
-    Dev,
-}
-
-impl From<EnvironmentArg> for Environment {
-    fn from(environment: EnvironmentArg) -> Self {
-        match environment {
-            EnvironmentArg::Live => Self::Live,
-            EnvironmentArg::Test => Self::Test,
-            EnvironmentArg::Dev => Self::Dev,
-        }
-    }
-}
-
-/// A rotation reason, as a flag value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum ReasonArg {
-    /// Routine rotation on a schedule.
-    Scheduled,
-    /// The old secret leaked (usually with --grace 0).
-    Compromised,
-    /// The old key is about to expire.
-    Expiring,
-    /// An operator asked for it.
-    Manual,
-}
-
-impl From<ReasonArg> for RotationReason {
-    fn from(reason: ReasonArg) -> Self {
-        match reason {
-            ReasonArg::Scheduled => Self::Scheduled,
-            ReasonArg::Compromised => Self::Compromised,
-            ReasonArg::Expiring => Self::Expiring,
-            ReasonArg::Manual => Self::Manual,
-        }
-    }
-}
-
-/// A usage roll-up period, as a flag value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum PeriodArg {
-    /// UTC days.
-    Day,
-    /// UTC calendar months.
-    Month,
-}
-
-impl From<PeriodArg> for Period {
-    fn from(period: PeriodArg) -> Self {
-        match period {
-            PeriodArg::Day => Self::Day,
-            PeriodArg::Month => Self::Month,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
     use super::Cli;
 
     #[test]
     fn command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every flag that takes one of core's string enums, with the admin
+    /// API's schema of that enum.
+    const ENUM_FLAGS: [(&[&str], &str, &str); 7] = [
+        (&["keys", "list"], "state", "KeyState"),
+        (&["keys", "list"], "environment", "Environment"),
+        (&["keys", "create"], "environment", "Environment"),
+        (&["keys", "create"], "refill_every", "Period"),
+        (&["keys", "rotate"], "reason", "RotationReason"),
+        (&["usage"], "period", "Period"),
+        (&["policies", "create"], "limit_by", "LimitBy"),
+    ];
+
+    #[test]
+    fn enum_flags_accept_exactly_the_names_the_admin_api_accepts() {
+        let doc = serde_json::to_value(keysmith_admin::openapi()).unwrap();
+        let command = Cli::command();
+        for (path, id, schema) in ENUM_FLAGS {
+            let sub = path.iter().fold(&command, |command, name| command.find_subcommand(name).unwrap());
+            let arg = sub.get_arguments().find(|arg| arg.get_id() == id).unwrap();
+            let names: Vec<String> =
+                arg.get_possible_values().iter().map(|value| value.get_name().to_owned()).collect();
+            let api: Vec<String> =
+                serde_json::from_value(doc["components"]["schemas"][schema]["enum"].clone()).unwrap();
+            assert_eq!(names, api, "--{id} of `{}` and the API's {schema}", path.join(" "));
+        }
+    }
+
+    #[test]
+    fn enum_flags_parse_each_name_and_refuse_others() {
+        let key = keysmith_core::KeyId::new().to_string();
+        let command = Cli::command();
+        for (path, id, _) in ENUM_FLAGS {
+            let sub = path.iter().fold(&command, |command, name| command.find_subcommand(name).unwrap());
+            let arg = sub.get_arguments().find(|arg| arg.get_id() == id).unwrap();
+            let flag = format!("--{}", arg.get_long().unwrap());
+            let mut line: Vec<String> = ["keysmith"].iter().chain(path).map(|s| (*s).to_owned()).collect();
+            match path {
+                ["keys", "rotate"] | ["usage"] => line.push(key.clone()),
+                ["keys" | "policies", "create"] => line.extend(["--name".to_owned(), "n".to_owned()]),
+                _ => {}
+            }
+            if id == "refill_every" {
+                line.extend(["--refill".to_owned(), "1".to_owned()]);
+            }
+            for value in arg.get_possible_values() {
+                let name = value.get_name();
+                let parsed = Cli::try_parse_from(line.iter().cloned().chain([flag.clone(), name.to_owned()]));
+                assert!(parsed.is_ok(), "{flag} {name}: {parsed:?}");
+                let upper = Cli::try_parse_from(line.iter().cloned().chain([flag.clone(), name.to_uppercase()]));
+                assert!(upper.is_err(), "{flag} {} is accepted", name.to_uppercase());
+            }
+        }
     }
 }

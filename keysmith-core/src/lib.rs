@@ -30,6 +30,12 @@
 //! # Ok::<(), keysmith_core::Error>(())
 //! # }).unwrap();
 //! ```
+//!
+//! The string enums ([`KeyState`], [`Environment`], [`RotationReason`],
+//! [`Period`], [`LimitBy`]) have one lowercase name per variant, the same in
+//! `as_str`, `Display`, `FromStr` and serde. Optional features, off by
+//! default: `clap` makes them `clap::ValueEnum` (command-line flags) and
+//! `utoipa` makes them `utoipa::ToSchema` (OpenAPI documents).
 #![forbid(unsafe_code)]
 
 mod bounded;
@@ -43,6 +49,7 @@ mod id;
 mod input;
 mod key;
 pub mod limit;
+mod names;
 mod net;
 pub mod policy;
 mod refusal;

@@ -137,3 +137,27 @@ async fn secure(mut response: Response) -> Response {
     headers.insert(HeaderName::from_static("cross-origin-opener-policy"), HeaderValue::from_static("same-origin"));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use keysmith_core::{Environment, KeyState, RotationReason};
+
+    use super::APP_JS;
+
+    /// The names in `const NAME = ['a', 'b'];` of the dashboard's script.
+    fn js_list(name: &str) -> BTreeSet<&'static str> {
+        let start = APP_JS.find(&format!("const {name} = [")).unwrap_or_else(|| panic!("app.js has no {name}"));
+        let list = &APP_JS[start..];
+        let list = &list[list.find('[').unwrap() + 1..list.find(']').unwrap()];
+        list.split(',').map(|name| name.trim().trim_matches('\'')).collect()
+    }
+
+    #[test]
+    fn dashboard_offers_exactly_the_names_of_cores_enums() {
+        assert_eq!(js_list("STATES"), KeyState::ALL.map(KeyState::as_str).into());
+        assert_eq!(js_list("ENVIRONMENTS"), Environment::ALL.map(Environment::as_str).into());
+        assert_eq!(js_list("REASONS"), RotationReason::ALL.map(RotationReason::as_str).into());
+    }
+}

@@ -94,7 +94,7 @@ async fn create(args: CreateKeyArgs, tenant: &TenantEngine, printer: Printer) ->
         new = new.with_expires_at(at);
     }
     if let Some(environment) = args.environment {
-        new = new.with_environment(environment.into());
+        new = new.with_environment(environment);
     }
     if let Some(prefix) = args.prefix {
         new = new.with_prefix(prefix);
@@ -111,8 +111,8 @@ async fn create(args: CreateKeyArgs, tenant: &TenantEngine, printer: Printer) ->
 
 async fn list(args: ListKeysArgs, tenant: &TenantEngine, printer: Printer) -> Result<String, CliError> {
     let filter = KeyFilter {
-        state: args.state.map(Into::into),
-        environment: args.environment.map(Into::into),
+        state: args.state,
+        environment: args.environment,
         policy_id: args.policy,
         owner_id: args.owner,
         page: Page::new(args.page.limit, args.page.offset),
@@ -176,7 +176,7 @@ struct Rotated<'a> {
 }
 
 async fn rotate(args: RotateKeyArgs, tenant: &TenantEngine, printer: Printer) -> Result<String, CliError> {
-    let rotated = tenant.rotate_key(args.id, args.reason.into(), args.grace).await?;
+    let rotated = tenant.rotate_key(args.id, args.reason, args.grace).await?;
     let raw_key = rotated.raw.expose();
     let record = &rotated.record;
     let view = Rotated { key: &rotated.key, raw_key, old_key: &rotated.old, rotation: RotationView::of(record) };

@@ -19,7 +19,7 @@ pub(super) async fn run(args: UsageArgs, tenant: &TenantEngine, printer: Printer
         let records = tenant.list_usage(args.key, range, page).await?;
         printer.render(&records, || records_table(&records))
     } else {
-        let period: Period = args.period.into();
+        let period = args.period;
         let aggregates = tenant.usage_aggregates(args.key, period, range).await?;
         printer.render(&aggregates, || aggregates_table(period, &aggregates))
     }

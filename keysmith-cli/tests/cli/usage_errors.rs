@@ -50,6 +50,26 @@ fn unparsable_values_are_usage_errors() {
 }
 
 #[test]
+fn unknown_enum_values_are_refused_listing_the_allowed_ones() {
+    let key = keysmith_core::KeyId::new().to_string();
+    let cases: &[(&[&str], &str)] = &[
+        (&["keys", "list", "--state", "bogus"], "[possible values: active, rotated, expired, revoked, suspended]"),
+        (&["keys", "list", "--environment", "prod"], "[possible values: live, test, dev]"),
+        (
+            &["keys", "create", "--name", "x", "--credits", "5", "--refill", "5", "--refill-every", "week"],
+            "[possible values: day, month]",
+        ),
+        (&["keys", "rotate", &key, "--reason", "bored"], "[possible values: scheduled, compromised, expiring, manual]"),
+        (&["usage", &key, "--period", "week"], "[possible values: day, month]"),
+        (&["policies", "create", "--name", "p", "--limit-by", "team"], "[possible values: key, owner]"),
+    ];
+    for (args, allowed) in cases {
+        let error = ks().run(args).fails(2);
+        assert!(error.contains("invalid value") && error.contains(allowed), "{args:?}: {error}");
+    }
+}
+
+#[test]
 fn tenant_commands_need_app_and_tenant() {
     let url = "postgres://postgres@127.0.0.1:1/never";
     let error = bare(&["--database-url", url, "keys", "list"]).fails(2);

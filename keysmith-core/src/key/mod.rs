@@ -4,9 +4,6 @@ mod credits;
 mod format;
 mod hash;
 
-use std::fmt;
-use std::str::FromStr;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -85,81 +82,43 @@ pub(crate) fn past_max_age(key: &Key, max_age: Option<std::time::Duration>, now:
         .is_some_and(|end| end <= now)
 }
 
-/// The environment a key is for; it is part of the raw key (`sk_live_…`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Environment {
-    /// Production.
-    Live,
-    /// Test mode.
-    Test,
-    /// Local development.
-    Dev,
-}
-
-impl Environment {
-    /// The lowercase name, as written in keys.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Live => "live",
-            Self::Test => "test",
-            Self::Dev => "dev",
-        }
+crate::names::string_enum! {
+    /// The environment a key is for; it is part of the raw key (`sk_live_…`).
+    pub enum Environment("environment") {
+        /// Production (`sk_live_…`).
+        Live = "live",
+        /// Test mode (`sk_test_…`).
+        Test = "test",
+        /// Local development (`sk_dev_…`).
+        Dev = "dev",
     }
 }
 
-impl fmt::Display for Environment {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+crate::names::string_enum! {
+    /// Where a key is in its lifecycle.
+    pub enum KeyState("state") {
+        /// Validates.
+        Active = "active",
+        /// Replaced; validates until its grace ends.
+        ///
+        /// A newer key took its place (see [`RotationRecord`](crate::RotationRecord)).
+        Rotated = "rotated",
+        /// Past its expiry or maximum age.
+        ///
+        /// Terminal: nothing leaves it.
+        Expired = "expired",
+        /// Permanently disabled.
+        ///
+        /// Terminal: nothing leaves it.
+        Revoked = "revoked",
+        /// Temporarily disabled.
+        ///
+        /// It can be reactivated.
+        Suspended = "suspended",
     }
-}
-
-impl FromStr for Environment {
-    type Err = crate::Error;
-
-    fn from_str(s: &str) -> crate::Result<Self> {
-        match s {
-            "live" => Ok(Self::Live),
-            "test" => Ok(Self::Test),
-            "dev" => Ok(Self::Dev),
-            _ => Err(crate::Error::invalid("environment", "expected live, test or dev")),
-        }
-    }
-}
-
-/// Where a key is in its lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyState {
-    /// Validates.
-    Active,
-    /// Replaced by a newer key; validates until its grace expiry.
-    Rotated,
-    /// Past its expiry or maximum age. Terminal.
-    Expired,
-    /// Permanently disabled. Terminal.
-    Revoked,
-    /// Temporarily disabled; can be reactivated.
-    Suspended,
 }
 
 impl KeyState {
-    /// Every state, for iteration.
-    pub const ALL: [Self; 5] = [Self::Active, Self::Rotated, Self::Expired, Self::Revoked, Self::Suspended];
-
-    /// The lowercase name.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Rotated => "rotated",
-            Self::Expired => "expired",
-            Self::Revoked => "revoked",
-            Self::Suspended => "suspended",
-        }
-    }
-
     /// True for `expired` and `revoked`: nothing leaves them.
     #[must_use]
     pub fn is_terminal(self) -> bool {
@@ -191,29 +150,14 @@ impl KeyState {
     }
 }
 
-impl fmt::Display for KeyState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for KeyState {
-    type Err = crate::Error;
-
-    fn from_str(s: &str) -> crate::Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| crate::Error::invalid("state", "expected active, rotated, expired, revoked or suspended"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The lifecycle: active → rotated, expired, revoked or suspended;
+    /// suspended → active or revoked; rotated → revoked; nothing else.
     #[test]
-    fn lifecycle_table_matches_the_design() {
+    fn only_the_lifecycle_transitions_are_allowed() {
         use KeyState::{Active, Expired, Revoked, Rotated, Suspended};
         let allowed = [
             (Active, Rotated),
@@ -229,15 +173,5 @@ mod tests {
                 assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from} -> {to}");
             }
         }
-    }
-
-    #[test]
-    fn states_and_environments_parse_from_their_names() {
-        for state in KeyState::ALL {
-            assert_eq!(state.as_str().parse::<KeyState>().unwrap(), state);
-        }
-        assert!("Active".parse::<KeyState>().is_err());
-        assert_eq!("dev".parse::<Environment>().unwrap(), Environment::Dev);
-        assert!("prod".parse::<Environment>().is_err());
     }
 }

@@ -124,46 +124,21 @@ impl RateLimit {
     }
 }
 
-/// Whose budget a policy's rate limits and quota count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum LimitBy {
-    /// Each key's own budget, shared only with the keys it was rotated
-    /// from or to (its lineage).
-    #[default]
-    Key,
-    /// One budget for all keys of the key's owner (`Key::owner_id`). A key
-    /// without an owner keeps its own (lineage) budget.
-    Owner,
-}
-
-impl LimitBy {
-    /// The stored and JSON form: `key` or `owner`.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Key => "key",
-            Self::Owner => "owner",
-        }
-    }
-}
-
-impl std::fmt::Display for LimitBy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for LimitBy {
-    type Err = crate::Error;
-
-    fn from_str(s: &str) -> crate::Result<Self> {
-        match s {
-            "key" => Ok(Self::Key),
-            "owner" => Ok(Self::Owner),
-            _ => Err(crate::Error::invalid("limit_by", format!("{s:?} is not `key` or `owner`"))),
-        }
+crate::names::string_enum! {
+    /// Whose budget a policy's rate limits and quota count.
+    #[derive(Default)]
+    #[non_exhaustive]
+    pub enum LimitBy("limit_by") {
+        /// Each key's own budget (shared with the keys it was rotated from or to).
+        ///
+        /// The budget is the key's lineage: rotating a key does not reset it.
+        #[default]
+        Key = "key",
+        /// One budget for all keys of the key's owner.
+        ///
+        /// A key without an owner ([`Key::owner_id`](crate::Key::owner_id))
+        /// keeps its own (lineage) budget.
+        Owner = "owner",
     }
 }
 

@@ -1,8 +1,6 @@
 //! Rotation records: which key replaced which, why, and until when the old
 //! one still validates.
 
-use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -10,48 +8,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::{KeyHash, KeyId, RotationId, Tenant};
 
-/// Why a key was rotated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum RotationReason {
-    /// Routine rotation on a schedule.
-    Scheduled,
-    /// The old secret leaked; usually rotated with grace 0.
-    Compromised,
-    /// The old key is about to expire.
-    Expiring,
-    /// An operator asked for it.
-    Manual,
-}
-
-impl RotationReason {
-    /// The lowercase name.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Scheduled => "scheduled",
-            Self::Compromised => "compromised",
-            Self::Expiring => "expiring",
-            Self::Manual => "manual",
-        }
-    }
-}
-
-impl fmt::Display for RotationReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for RotationReason {
-    type Err = crate::Error;
-
-    fn from_str(s: &str) -> crate::Result<Self> {
-        [Self::Scheduled, Self::Compromised, Self::Expiring, Self::Manual]
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| crate::Error::invalid("reason", "expected scheduled, compromised, expiring or manual"))
+crate::names::string_enum! {
+    /// Why a key was rotated.
+    #[derive(Default)]
+    #[non_exhaustive]
+    pub enum RotationReason("reason") {
+        /// Routine rotation on a schedule.
+        Scheduled = "scheduled",
+        /// The old secret leaked: the old key stops at once unless a grace is given.
+        Compromised = "compromised",
+        /// The old key is about to expire.
+        Expiring = "expiring",
+        /// An operator asked for it.
+        ///
+        /// The default, when no reason is given.
+        #[default]
+        Manual = "manual",
     }
 }
 

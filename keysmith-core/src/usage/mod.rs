@@ -3,9 +3,7 @@
 pub(crate) mod quota;
 mod recorder;
 
-use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Utc};
@@ -51,26 +49,18 @@ impl UsageRecord {
     }
 }
 
-/// A roll-up period.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Period {
-    /// A UTC day.
-    Day,
-    /// A UTC calendar month.
-    Month,
+crate::names::string_enum! {
+    /// A UTC day or calendar month: the period of usage roll-ups and of credit refills.
+    #[derive(PartialOrd, Ord)]
+    pub enum Period("period") {
+        /// UTC days.
+        Day = "day",
+        /// UTC calendar months.
+        Month = "month",
+    }
 }
 
 impl Period {
-    /// The lowercase name.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Day => "day",
-            Self::Month => "month",
-        }
-    }
-
     /// The start (UTC midnight) of the period containing `at`.
     #[must_use]
     pub fn start_of(self, at: DateTime<Utc>) -> DateTime<Utc> {
@@ -89,24 +79,6 @@ impl Period {
         match self {
             Self::Day => start + chrono::Days::new(1),
             Self::Month => start + chrono::Months::new(1),
-        }
-    }
-}
-
-impl fmt::Display for Period {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Period {
-    type Err = crate::Error;
-
-    fn from_str(s: &str) -> crate::Result<Self> {
-        match s {
-            "day" => Ok(Self::Day),
-            "month" => Ok(Self::Month),
-            _ => Err(crate::Error::invalid("period", "expected day or month")),
         }
     }
 }
