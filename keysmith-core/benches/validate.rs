@@ -29,7 +29,7 @@ fn validate(c: &mut Criterion) {
         let policy = acme
             .create_policy(
                 PolicySpec::new("full")
-                    .with_rate_limit(1_000_000_000, Duration::from_secs(1))
+                    .with_rate_limit(PolicySpec::MAX_REQUESTS, PolicySpec::MIN_WINDOW)
                     .with_allowed_ips(["10.0.0.0/8", "192.0.2.0/24", "2001:db8::/32"])
                     .with_allowed_scopes(["read", "write"]),
             )
