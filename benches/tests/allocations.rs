@@ -24,7 +24,7 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 const REQUESTS: u64 = 2_000;
 /// Allocations per passed request Keysmith may add to its bare framework,
 /// usage record included.
-const BUDGET: u64 = 30;
+const BUDGET: u64 = 15;
 
 const PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 

@@ -8,10 +8,12 @@ use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::{Error, HttpMessage, HttpResponse};
 use keysmith_core::Engine;
-use keysmith_core::http::{Adapter, Admission, ApiKey as CoreApiKey, Gate, Guarded, RefusalResponse, RequestFacts};
+use keysmith_core::http::{
+    Adapter, Admission, ApiKey as CoreApiKey, Gate, Guarded, RefusalResponse, RequestFacts, SharedHeaderValue,
+};
 
 use crate::request::{Headers, Installed, Shared};
-use crate::response::append_header;
+use crate::response::{append_header, append_shared};
 use crate::{ApiKeyRejection, RefusalResponder};
 
 /// Middleware that validates the API key of every request;
@@ -213,5 +215,9 @@ where
 
     fn append_header(response: &mut ServiceResponse<B>, name: &'static str, value: &str) {
         append_header(response.headers_mut(), name, value);
+    }
+
+    fn append_shared(response: &mut ServiceResponse<B>, name: &'static str, value: &SharedHeaderValue) {
+        append_shared(response.headers_mut(), name, value);
     }
 }

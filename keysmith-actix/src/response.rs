@@ -7,7 +7,7 @@ use std::sync::Arc;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
-use keysmith_core::http::RefusalResponse;
+use keysmith_core::http::{RefusalResponse, SharedHeaderValue};
 
 /// Builds the response to a refused request. The default,
 /// [`default_refusal_response`], sends the status, headers and JSON body of
@@ -64,6 +64,18 @@ pub(crate) fn append_headers(map: &mut actix_web::http::header::HeaderMap, heade
         {
             map.append(name, value);
         }
+    }
+}
+
+/// Appends a value core rendered once and shares: the framework's header
+/// value keeps the shared bytes (checked, not copied).
+pub(crate) fn append_shared(
+    map: &mut actix_web::http::header::HeaderMap,
+    name: &'static str,
+    value: &SharedHeaderValue,
+) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(value.bytes().clone()) {
+        map.append(HeaderName::from_static(name), value);
     }
 }
 

@@ -46,11 +46,11 @@ impl From<keysmith_core::UsageRecord> for UsageRecord {
         Self {
             id: record.id,
             key_id: record.key_id,
-            endpoint: record.endpoint,
-            method: record.method,
+            endpoint: record.endpoint.into(),
+            method: record.method.into(),
             status: record.status,
             ip: record.ip,
-            user_agent: record.user_agent,
+            user_agent: record.user_agent.map(String::from),
             latency_ms: u64::try_from(record.latency.as_millis()).unwrap_or(u64::MAX),
             timestamp: record.timestamp,
         }

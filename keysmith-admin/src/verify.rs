@@ -186,9 +186,9 @@ pub(crate) async fn verify_key(
     state.engine.record_usage(UsageRecord {
         id: UsageId::new(),
         key_id: key.id,
-        tenant: key.tenant.clone(),
-        endpoint: "/verify".to_owned(),
-        method: "POST".to_owned(),
+        tenant: key.into(),
+        endpoint: "/verify".into(),
+        method: "POST".into(),
         status: 200,
         ip,
         user_agent: None,

@@ -268,12 +268,12 @@ async fn usage_routes_return_records_and_rollups() {
     let record = |at: chrono::DateTime<chrono::Utc>, status: u16| UsageRecord {
         id: UsageId::new(),
         key_id,
-        tenant: keysmith_core::Tenant::new(APP, TENANT),
-        endpoint: "/users".to_owned(),
-        method: "GET".to_owned(),
+        tenant: keysmith_core::Tenant::new(APP, TENANT).into(),
+        endpoint: "/users".into(),
+        method: "GET".into(),
         status,
         ip: Some([192, 0, 2, 7].into()),
-        user_agent: Some("curl/8".to_owned()),
+        user_agent: Some("curl/8".into()),
         latency: Duration::from_millis(12),
         timestamp: at,
     };

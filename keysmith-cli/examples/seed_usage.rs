@@ -45,12 +45,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             engine.record_usage(UsageRecord {
                 id: UsageId::new(),
                 key_id,
-                tenant: key.tenant.clone(),
-                endpoint: if n % 3 == 0 { "/orders".to_owned() } else { "/users".to_owned() },
-                method: "GET".to_owned(),
+                tenant: key.tenant.clone().into(),
+                endpoint: if n % 3 == 0 { "/orders".into() } else { "/users".into() },
+                method: "GET".into(),
                 status: if n < errors { 500 } else { 200 },
                 ip: None,
-                user_agent: Some("seed_usage".to_owned()),
+                user_agent: Some("seed_usage".into()),
                 latency: Duration::from_millis(5 + n % 20),
                 timestamp: at,
             });

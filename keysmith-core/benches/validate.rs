@@ -1,5 +1,7 @@
 //! `Engine::validate` on the memory store, next to its floor: one SHA-256 of
-//! a key plus one hash-map lookup, measured in the same run.
+//! a key plus one hash-map lookup, measured in the same run; and the same
+//! full-policy key through an engine built `with_cache` (warm), the path of
+//! the SQL stores.
 //!
 //! `cargo bench -p keysmith-core --bench validate`
 #![allow(missing_docs)]
@@ -11,19 +13,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use keysmith_core::store::CacheConfig;
 use keysmith_core::{Engine, MemoryStore, NewKey, PolicySpec, RequestContext};
 use sha2::{Digest, Sha256};
 
 fn validate(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let engine = Engine::builder(Arc::new(MemoryStore::new())).build().unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::builder(Arc::clone(&store)).build().unwrap();
+    let cached = runtime
+        .block_on(async { Engine::builder(Arc::clone(&store)).with_cache(CacheConfig::default()).build().unwrap() });
     let acme = engine.tenant("bench", "acme");
     let (plain, full, unknown) = runtime.block_on(async {
         let plain = acme.create_key(NewKey::new("plain").with_scopes(["read"])).await.unwrap();
         let policy = acme
             .create_policy(
                 PolicySpec::new("full")
-                    .with_rate_limit(1_000_000_000, Duration::from_secs(1))
+                    .with_rate_limit(PolicySpec::MAX_REQUESTS, PolicySpec::MIN_WINDOW)
                     .with_allowed_ips(["10.0.0.0/8", "192.0.2.0/24", "2001:db8::/32"])
                     .with_allowed_scopes(["read", "write"]),
             )
@@ -49,6 +55,12 @@ fn validate(c: &mut Criterion) {
         engine.validate(plain.raw.expose(), &empty).await.unwrap();
         engine.validate(full.raw.expose(), &full_ctx).await.unwrap();
         engine.flush_usage().await;
+        // Warm: the key and its policy are cached (the second validation
+        // keeps the policy with the key).
+        for _ in 0..2 {
+            cached.validate(full.raw.expose(), &full_ctx).await.unwrap();
+        }
+        cached.flush_usage().await;
     });
 
     // The floor: what any API-key check must do at least.
@@ -81,6 +93,10 @@ fn validate(c: &mut Criterion) {
     group.bench_function("valid_full_policy", |b| {
         let raw = full.raw.expose();
         b.to_async(&runtime).iter(|| async { black_box(engine.validate(black_box(raw), &full_ctx).await.is_ok()) });
+    });
+    group.bench_function("cached_full_policy", |b| {
+        let raw = full.raw.expose();
+        b.to_async(&runtime).iter(|| async { black_box(cached.validate(black_box(raw), &full_ctx).await.is_ok()) });
     });
     group.finish();
 }

@@ -19,7 +19,7 @@ fn record(key_id: KeyId, tenant: &Tenant, at: DateTime<Utc>, status: u16) -> Usa
     UsageRecord {
         id: UsageId::new(),
         key_id,
-        tenant: tenant.clone(),
+        tenant: tenant.into(),
         endpoint: "/users".into(),
         method: "GET".into(),
         status,
@@ -293,4 +293,46 @@ fn usage_recorder_started_in_main_outlives_the_runtimes_that_record() {
 
     main.block_on(engine.shutdown());
     assert_eq!(engine.usage_stats().written, 3);
+}
+
+/// Records wait in their thread's buffer until it fills or the writer's
+/// tick takes it; a flush and a shutdown take every buffer, so a record
+/// queued before either is written, from whatever thread it came.
+#[test]
+fn buffered_records_of_every_thread_are_written_by_flush_and_shutdown() {
+    let clock = ManualClock::new(t0());
+    // A tick that never comes during the test: only flush and shutdown
+    // can take what the threads buffered.
+    let config = UsageConfig { flush_interval: Duration::from_secs(3600), ..UsageConfig::default() };
+    let main = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let engine = main.block_on(async { engine_on(Arc::new(MemoryStore::new()), &clock, config) });
+    let tenant = Tenant::new("app", "acme");
+    let key = KeyId::new();
+    let record_from_threads = |threads: usize, each: usize| {
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    for _ in 0..each {
+                        engine.record_usage(record(key, &tenant, t0(), 200));
+                    }
+                });
+            }
+        });
+    };
+
+    // Fewer than a buffer's worth per thread.
+    record_from_threads(8, 5);
+    main.block_on(engine.flush_usage());
+    assert_eq!(engine.usage_stats().written, 40);
+
+    // Some buffers fill and go to the queue, others stay partial.
+    record_from_threads(6, 101);
+    main.block_on(engine.shutdown());
+    let stats = engine.usage_stats();
+    assert_eq!((stats.written, stats.dropped, stats.failed), (40 + 606, 0, 0));
+    let days = main.block_on(engine.store().usage_aggregates(&tenant, key, Period::Day, TimeRange::default()));
+    assert_eq!(days.unwrap().iter().map(|day| day.requests).sum::<u64>(), 646);
+
+    record_from_threads(2, 1);
+    assert_eq!(engine.usage_stats().dropped, 2, "after shutdown records are dropped and counted");
 }

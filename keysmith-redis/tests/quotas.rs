@@ -203,7 +203,7 @@ fn record(engine: &Engine, validation: &Validation, clock: &ManualClock) {
     engine.record_usage(UsageRecord {
         id: UsageId::new(),
         key_id: validation.key.id,
-        tenant: validation.key.tenant.clone(),
+        tenant: (&validation.key).into(),
         endpoint: "/".into(),
         method: "GET".into(),
         status: 200,

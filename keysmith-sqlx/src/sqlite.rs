@@ -131,7 +131,7 @@ mod tests {
         let record = |status| UsageRecord {
             id: UsageId::new(),
             key_id: key.id,
-            tenant: key.tenant.clone(),
+            tenant: key.tenant.clone().into(),
             endpoint: "/v1/things".into(),
             method: "GET".into(),
             status,

@@ -486,12 +486,12 @@ macro_rules! sql_store {
                 Ok(UsageRecord {
                     id: UsageId::from_uuid(get(row, "id")?),
                     key_id: KeyId::from_uuid(get(row, "key_id")?),
-                    tenant: row_tenant(row)?,
-                    endpoint: get(row, "endpoint")?,
-                    method: get(row, "method")?,
+                    tenant: row_tenant(row)?.into(),
+                    endpoint: get::<String>(row, "endpoint")?.into(),
+                    method: get::<String>(row, "method")?.into(),
                     status: u16::try_from(get::<i32>(row, "status")?).map_err(|e| corrupt("usage status", e))?,
                     ip: get::<Option<String>>(row, "ip")?.map(|ip| parse_column("usage ip", &ip)).transpose()?,
-                    user_agent: get(row, "user_agent")?,
+                    user_agent: get::<Option<String>>(row, "user_agent")?.map(Into::into),
                     latency: micros(row, "latency_us")?,
                     timestamp: time(row, "occurred_at")?,
                 })

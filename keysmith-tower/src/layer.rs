@@ -6,13 +6,15 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use keysmith_core::Engine;
-use keysmith_core::http::{Adapter, Admission, ApiKey as CoreApiKey, Gate, Guarded, RefusalResponse, RequestFacts};
+use keysmith_core::http::{
+    Adapter, Admission, ApiKey as CoreApiKey, Gate, Guarded, RefusalResponse, RequestFacts, SharedHeaderValue,
+};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::RefusalResponder;
 use crate::request::{Headers, Installed, Shared, peer};
-use crate::response::append_header;
+use crate::response::{append_header, append_shared};
 
 /// A [`Layer`] that validates the API key of every request.
 ///
@@ -220,5 +222,9 @@ where
 
     fn append_header(response: &mut Response<ResBody>, name: &'static str, value: &str) {
         append_header(response.headers_mut(), name, value);
+    }
+
+    fn append_shared(response: &mut Response<ResBody>, name: &'static str, value: &SharedHeaderValue) {
+        append_shared(response.headers_mut(), name, value);
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Response, StatusCode};
-use keysmith_core::http::RefusalResponse;
+use keysmith_core::http::{RefusalResponse, SharedHeaderValue};
 
 /// Builds the response to a refused request. The default,
 /// [`default_refusal_response`], sends the status, headers and JSON body of
@@ -62,6 +62,14 @@ pub(crate) fn append_headers(map: &mut http::HeaderMap, headers: &[(&'static str
         {
             map.append(name, value);
         }
+    }
+}
+
+/// Appends a value core rendered once and shares: the framework's header
+/// value keeps the shared bytes (checked, not copied).
+pub(crate) fn append_shared(map: &mut http::HeaderMap, name: &'static str, value: &SharedHeaderValue) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(value.bytes().clone()) {
+        map.append(HeaderName::from_static(name), value);
     }
 }
 

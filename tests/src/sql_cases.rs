@@ -13,7 +13,7 @@ fn record(key_id: KeyId, tenant: &Tenant, offset_secs: i64, status: u16) -> Usag
     UsageRecord {
         id: UsageId::new(),
         key_id,
-        tenant: tenant.clone(),
+        tenant: tenant.into(),
         endpoint: "/v1/things".into(),
         method: "GET".into(),
         status,

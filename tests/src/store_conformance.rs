@@ -218,7 +218,7 @@ fn usage(key: &Key, timestamp: DateTime<Utc>, status: u16) -> UsageRecord {
     UsageRecord {
         id: UsageId::new(),
         key_id: key.id,
-        tenant: key.tenant.clone(),
+        tenant: key.tenant.clone().into(),
         endpoint: "/v1/invoices".into(),
         method: "GET".into(),
         status,

@@ -257,7 +257,7 @@ mod postgres_only {
                         UsageRecord {
                             id: UsageId::new(),
                             key_id: keys[n % KEYS].key.id,
-                            tenant: tenant.clone(),
+                            tenant: (&tenant).into(),
                             endpoint: "/v1/invoices".into(),
                             method: "GET".into(),
                             status: if n.is_multiple_of(20) { 500 } else { 200 },

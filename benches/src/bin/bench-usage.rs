@@ -91,7 +91,7 @@ async fn record(backend: Backend, records: usize, batch: usize) {
         engine.record_usage(UsageRecord {
             id: UsageId::new(),
             key_id: key.id,
-            tenant: key.tenant.clone(),
+            tenant: key.tenant.clone().into(),
             endpoint: "/v1/invoices".into(),
             method: "GET".into(),
             status: if n % 20 == 0 { 500 } else { 200 },

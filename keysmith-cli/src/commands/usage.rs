@@ -52,8 +52,8 @@ fn records_table(records: &[UsageRecord]) -> String {
     for record in records {
         table.row([
             format_time(record.timestamp),
-            record.method.clone(),
-            record.endpoint.clone(),
+            record.method.to_string(),
+            record.endpoint.to_string(),
             record.status.to_string(),
             format!("{}ms", record.latency.as_millis()),
             output::opt(record.ip),

@@ -322,12 +322,12 @@ async fn usage(ks: &Keysmith, engine: &Engine, key_id: &str) {
         engine.record_usage(UsageRecord {
             id: UsageId::new(),
             key_id: key,
-            tenant: Tenant::new(APP, TENANT),
-            endpoint: "/v1/orders".to_owned(),
-            method: "GET".to_owned(),
+            tenant: Tenant::new(APP, TENANT).into(),
+            endpoint: "/v1/orders".into(),
+            method: "GET".into(),
             status,
             ip: Some("10.1.2.3".parse::<IpAddr>().unwrap()),
-            user_agent: Some("curl/8".to_owned()),
+            user_agent: Some("curl/8".into()),
             latency: Duration::from_millis(12),
             timestamp: Utc::now(),
         });

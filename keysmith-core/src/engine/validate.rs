@@ -372,8 +372,16 @@ impl Engine {
         let inner = &self.inner;
         // 1. Shape and checksum, no I/O (done by `present`).
         let hash = presented.hash.ok_or((Refusal::Malformed.into(), None))?;
-        // 2. Lookup by hash, confirmed in constant time.
-        let found = match inner.store.find_key_by_hash_ready(&hash) {
+        // 2. Lookup by hash, confirmed in constant time. The engine's cache
+        // answers the key with its policy in one probe when it holds both.
+        let (ready, mut cached_policy) = match &inner.cache {
+            Some(cache) => match cache.key_and_policy_ready(&hash) {
+                Some((found, policy)) => (Some(Ok(found)), policy),
+                None => (None, None),
+            },
+            None => (inner.store.find_key_by_hash_ready(&hash), None),
+        };
+        let found = match ready {
             Some(found) => found,
             None => inner.store.find_key_by_hash(&hash).await,
         };
@@ -403,6 +411,9 @@ impl Engine {
         }
 
         let policy = match key.policy_id {
+            Some(policy_id) if cached_policy.as_ref().is_some_and(|policy| policy.id == policy_id) => {
+                cached_policy.take()
+            }
             Some(policy_id) => {
                 let found = match inner.store.get_policy_ready(&key.tenant, policy_id) {
                     Some(found) => found,

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use super::headers::names;
+use super::headers::{PolicyHeaders, names};
 use super::{
     ApiKey, HeaderLookup, HeaderSink, KeySources, RateLimitHeaders, RefusalResponse, ScopeRequirement, TrustedProxies,
 };
+use crate::usage::{SharedStr, SharedTenant};
 use crate::{Engine, PresentedKey, Refusal, RequestContext, UsageId, UsageRecord, ValidationError};
 
 /// `User-Agent` values are cut to this many bytes in usage records.
@@ -105,6 +106,8 @@ struct Config {
     optional: bool,
     preflight_passthrough: bool,
     rate_limit_headers: RateLimitHeaders,
+    /// Each policy's rendered rate-limit headers.
+    policy_headers: Arc<PolicyHeaders>,
 }
 
 impl fmt::Debug for Gate {
@@ -142,6 +145,7 @@ impl Gate {
                 optional: false,
                 preflight_passthrough: false,
                 rate_limit_headers: RateLimitHeaders::default(),
+                policy_headers: Arc::default(),
             }),
         }
     }
@@ -306,8 +310,8 @@ impl Gate {
             Err(refusal) => return Authorize::ready(Outcome::Refuse(self.refusal(refusal))),
         };
         let draft = UsageDraft {
-            method: request.method.to_owned(),
-            path: request.path.to_owned(),
+            method: SharedStr::method(request.method),
+            path: SharedStr::copied(request.path),
             ip: config.proxies.client_ip(request.peer, &request.headers),
             user_agent: header_text(&request.headers, names::USER_AGENT, MAX_USER_AGENT_LEN),
             started,
@@ -324,7 +328,7 @@ impl Gate {
     fn validate(
         self,
         key: PresentedKey,
-        origin: Option<String>,
+        origin: Option<SharedStr>,
         draft: UsageDraft,
     ) -> impl Future<Output = Outcome> + Send + 'static {
         async move {
@@ -354,10 +358,13 @@ impl Gate {
 }
 
 /// The first value of header `name` as text (lossy), cut to `max` bytes.
-fn header_text<H: HeaderLookup + ?Sized>(headers: &H, name: &str, max: usize) -> Option<String> {
+fn header_text<H: HeaderLookup + ?Sized>(headers: &H, name: &str, max: usize) -> Option<SharedStr> {
     let value = headers.first_header(name)?;
     let value = &value[..value.len().min(max)];
-    Some(String::from_utf8_lossy(value).into_owned())
+    Some(match String::from_utf8_lossy(value) {
+        std::borrow::Cow::Borrowed(text) => SharedStr::copied(text),
+        std::borrow::Cow::Owned(text) => SharedStr::from(text),
+    })
 }
 
 /// What to do with a request.
@@ -388,10 +395,10 @@ pub struct Admitted {
 /// the handler has answered.
 #[derive(Clone)]
 struct UsageDraft {
-    method: String,
-    path: String,
+    method: SharedStr,
+    path: SharedStr,
     ip: Option<IpAddr>,
-    user_agent: Option<String>,
+    user_agent: Option<SharedStr>,
     started: Instant,
 }
 
@@ -426,7 +433,8 @@ impl Admitted {
     pub fn write_headers(&self, out: &mut impl HeaderSink) {
         let validation = self.key.validation();
         if !validation.is_refunded() {
-            self.gate.config.rate_limit_headers.write_for_validation(validation, out);
+            let config = &self.gate.config;
+            config.rate_limit_headers.write_for_validation_with(validation, Some(&config.policy_headers), out);
         }
     }
 
@@ -462,7 +470,7 @@ impl UsageDraft {
         UsageRecord {
             id: UsageId::new(),
             key_id: key.id(),
-            tenant: key.tenant().clone(),
+            tenant: SharedTenant::of_key(&key.validation().key),
             endpoint: self.path,
             method: self.method,
             status,

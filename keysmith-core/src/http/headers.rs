@@ -1,12 +1,16 @@
 //! Reading request headers without knowing the framework's header type,
 //! and writing the rate-limit headers of a response.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use chrono::{DateTime, Datelike, Utc};
+use dashmap::DashMap;
 use sfv::{Integer, KeyRef, ListSerializer, StringRef, key_ref};
 
 use super::HeaderSink;
 use crate::limit::RateLimitStatus;
-use crate::{CreditsStatus, PolicySpec, RateLimit, Validation, retry_after_secs};
+use crate::{CreditsStatus, Policy, PolicyId, PolicySpec, Quota, RateLimit, Validation, retry_after_secs};
 
 /// Read access to a request's headers. Each adapter implements it for its
 /// framework's header map (through a newtype), so the rules in this module
@@ -139,6 +143,18 @@ impl RateLimitHeaders {
     /// limits and quota, and the state of the limit closest to refusing.
     /// Nothing when the key's policy limits nothing.
     pub fn write_for_validation(self, validation: &Validation, out: &mut impl HeaderSink) {
+        self.write_for_validation_with(validation, None, out);
+    }
+
+    /// [`write_for_validation`](Self::write_for_validation), taking the
+    /// policy's `RateLimit-Policy` value from `cache` (rendered there once
+    /// per policy) when the request spent no credits.
+    pub(crate) fn write_for_validation_with(
+        self,
+        validation: &Validation,
+        cache: Option<&PolicyHeaders>,
+        out: &mut impl HeaderSink,
+    ) {
         let closest = validation.closest_rate_limit();
         match self {
             Self::None => {}
@@ -147,20 +163,30 @@ impl RateLimitHeaders {
                     legacy(status, out);
                 }
             }
+            Self::Draft if cache.is_some() && validation.credits.is_none() && limits_all_checked(validation) => {
+                let (Some(cache), Some(policy)) = (cache, validation.policy.as_ref()) else { return };
+                let rendered = cache.rendered(policy, validation.checked_at());
+                if let Some(value) = &rendered.policy {
+                    out.append_shared(names::RATELIMIT_POLICY, value);
+                }
+                if let Some((index, status)) = closest_index(validation) {
+                    let mut buffer = StateBuffer::new();
+                    match buffer.render(&rendered.state_prefixes[index], status.remaining, status.reset) {
+                        Some(value) => out.append_header(names::RATELIMIT, value),
+                        None => out.append_header(
+                            names::RATELIMIT,
+                            &state(&policy.rate_limits[index], status.remaining, status.reset),
+                        ),
+                    }
+                }
+            }
             Self::Draft => {
                 let mut policies = ListSerializer::new();
                 for (limit, _) in validation.rate_limit_states() {
                     limit_policy(&mut policies, limit);
                 }
                 if let Some(quota) = validation.policy.as_ref().and_then(|p| p.quota) {
-                    let month = month_secs(validation.checked_at());
-                    for (name, quota, window) in
-                        [("quota-daily", quota.daily, DAY_SECS), ("quota-monthly", quota.monthly, month)]
-                    {
-                        if let Some(quota) = quota {
-                            policy_item(&mut policies, name, quota, window);
-                        }
-                    }
+                    quota_policy(&mut policies, quota, month_secs(validation.checked_at()));
                 }
                 let credits = validation.credits.as_ref();
                 if let Some(credits) = credits {
@@ -201,6 +227,170 @@ impl RateLimitHeaders {
                 }
                 out.append_header(names::RATELIMIT, &state(limit, 0, retry_after));
             }
+        }
+    }
+}
+
+/// A header value rendered once and shared by every response that carries
+/// it (a policy's `RateLimit-Policy`): visible ASCII, cloned without
+/// copying. Adapters hand its bytes to their framework's header value as
+/// they are ([`HeaderSink::append_shared`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SharedHeaderValue(Bytes);
+
+impl SharedHeaderValue {
+    /// The value as text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        // Built only from `String`s of visible ASCII (`from_ascii`).
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The value's bytes, shared.
+    #[must_use]
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    fn from_ascii(value: String) -> Self {
+        debug_assert!(value.bytes().all(|b| b.is_ascii_graphic() || b == b' '));
+        Self(Bytes::from(value))
+    }
+}
+
+impl std::fmt::Debug for SharedHeaderValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// The rendered rate-limit headers of each policy a gate has seen: the
+/// `RateLimit-Policy` value and, per limit, the start of its `RateLimit`
+/// value (`"name";r=`), so that a request only writes its two numbers.
+/// An entry is rendered again when the policy's limits or quota change, or
+/// when a monthly quota's month changes length.
+#[derive(Default)]
+pub(crate) struct PolicyHeaders {
+    rendered: DashMap<PolicyId, Arc<RenderedPolicy>, foldhash::fast::RandomState>,
+}
+
+/// Policies whose headers a gate keeps; past it the cache starts over
+/// (policies are few; this only bounds deleted ones).
+const MAX_RENDERED_POLICIES: usize = 4096;
+
+struct RenderedPolicy {
+    rate_limits: Vec<RateLimit>,
+    quota: Option<Quota>,
+    month_secs: u64,
+    policy: Option<SharedHeaderValue>,
+    state_prefixes: Vec<String>,
+}
+
+impl RenderedPolicy {
+    fn renders(&self, policy: &Policy, month_secs: u64) -> bool {
+        self.rate_limits == policy.rate_limits
+            && self.quota == policy.quota
+            && (self.month_secs == month_secs || policy.quota.is_none_or(|q| q.monthly.is_none()))
+    }
+
+    fn render(policy: &Policy, month_secs: u64) -> Self {
+        let mut list = ListSerializer::new();
+        for limit in &policy.rate_limits {
+            limit_policy(&mut list, limit);
+        }
+        if let Some(quota) = policy.quota {
+            quota_policy(&mut list, quota, month_secs);
+        }
+        let state_prefixes = policy
+            .rate_limits
+            .iter()
+            .map(|limit| {
+                // `"name";r=0`, less its digit.
+                let mut prefix = state(limit, 0, std::time::Duration::ZERO);
+                prefix.truncate(prefix.find(";r=").map_or(0, |at| at + 3));
+                prefix
+            })
+            .collect();
+        Self {
+            rate_limits: policy.rate_limits.clone(),
+            quota: policy.quota,
+            month_secs,
+            policy: list.finish().map(SharedHeaderValue::from_ascii),
+            state_prefixes,
+        }
+    }
+}
+
+impl PolicyHeaders {
+    fn rendered(&self, policy: &Policy, now: DateTime<Utc>) -> Arc<RenderedPolicy> {
+        let month = month_secs(now);
+        if let Some(rendered) = self.rendered.get(&policy.id)
+            && rendered.renders(policy, month)
+        {
+            return Arc::clone(&rendered);
+        }
+        let rendered = Arc::new(RenderedPolicy::render(policy, month));
+        if self.rendered.len() >= MAX_RENDERED_POLICIES {
+            self.rendered.clear();
+        }
+        self.rendered.insert(policy.id, Arc::clone(&rendered));
+        rendered
+    }
+}
+
+/// True when the validation has a state for each of its policy's limits
+/// (what the cached `RateLimit-Policy` lists).
+fn limits_all_checked(validation: &Validation) -> bool {
+    validation.policy.as_ref().is_some_and(|policy| policy.rate_limits.len() == validation.rate_limits.len())
+}
+
+/// The index, in the policy's `rate_limits`, of the limit closest to
+/// refusing, with its state.
+fn closest_index(validation: &Validation) -> Option<(usize, &RateLimitStatus)> {
+    let (closest, _) = validation.closest_rate_limit()?;
+    validation
+        .rate_limit_states()
+        .enumerate()
+        .find(|(_, (limit, _))| std::ptr::eq(*limit, closest))
+        .map(|(index, (_, status))| (index, status))
+}
+
+/// A `RateLimit` value written on the stack: a prefix and two numbers.
+struct StateBuffer {
+    bytes: [u8; 160],
+    len: usize,
+}
+
+impl StateBuffer {
+    fn new() -> Self {
+        Self { bytes: [0; 160], len: 0 }
+    }
+
+    /// `prefix` (`"name";r=`), `remaining`, `;t=` and the seconds until
+    /// `reset`; `None` when it does not fit.
+    fn render(&mut self, prefix: &str, remaining: u32, reset: std::time::Duration) -> Option<&str> {
+        let mut digits = itoa::Buffer::new();
+        self.push(prefix.as_bytes())?;
+        self.push(digits.format(remaining).as_bytes())?;
+        self.push(b";t=")?;
+        self.push(digits.format(retry_after_secs(reset)).as_bytes())?;
+        std::str::from_utf8(&self.bytes[..self.len]).ok()
+    }
+
+    fn push(&mut self, part: &[u8]) -> Option<()> {
+        let end = self.len + part.len();
+        self.bytes.get_mut(self.len..end)?.copy_from_slice(part);
+        self.len = end;
+        Some(())
+    }
+}
+
+/// `"quota-daily"` and `"quota-monthly"` members of `RateLimit-Policy`.
+fn quota_policy(list: &mut ListSerializer<String>, quota: Quota, month_secs: u64) {
+    for (name, quota, window) in [("quota-daily", quota.daily, DAY_SECS), ("quota-monthly", quota.monthly, month_secs)]
+    {
+        if let Some(quota) = quota {
+            policy_item(list, name, quota, window);
         }
     }
 }

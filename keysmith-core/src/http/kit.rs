@@ -12,7 +12,9 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 
-use super::{Admitted, ApiKey, Authorize, Gate, HeaderLookup, Outcome, RefusalResponse, RequestFacts};
+use super::{
+    Admitted, ApiKey, Authorize, Gate, HeaderLookup, Outcome, RefusalResponse, RequestFacts, SharedHeaderValue,
+};
 
 /// Where response headers are written: the adapter's response, or a list.
 /// Core renders every header value once, from numbers where it has them,
@@ -21,6 +23,14 @@ pub trait HeaderSink {
     /// Appends `name: value`; `name` is lowercase and valid, `value` is
     /// visible ASCII.
     fn append_header(&mut self, name: &'static str, value: &str);
+
+    /// Appends `name: value` for a value core rendered once and shares
+    /// (a policy's `RateLimit-Policy`); a sink that can keep the shared
+    /// bytes (`HeaderValue::from_maybe_shared`) overrides this to skip the
+    /// copy.
+    fn append_shared(&mut self, name: &'static str, value: &SharedHeaderValue) {
+        self.append_header(name, value.as_str());
+    }
 }
 
 impl HeaderSink for Vec<(&'static str, String)> {
@@ -92,6 +102,13 @@ pub trait Adapter: Sized {
     /// Appends a header to a response (a name from
     /// [`names`](super::names), a valid value).
     fn append_header(response: &mut Self::Response, name: &'static str, value: &str);
+
+    /// Appends a shared header value to a response
+    /// ([`HeaderSink::append_shared`]); by default as
+    /// [`append_header`](Self::append_header) does.
+    fn append_shared(response: &mut Self::Response, name: &'static str, value: &SharedHeaderValue) {
+        Self::append_header(response, name, value.as_str());
+    }
 }
 
 impl Gate {
@@ -207,6 +224,10 @@ struct ResponseSink<'a, A: Adapter>(&'a mut A::Response);
 impl<A: Adapter> HeaderSink for ResponseSink<'_, A> {
     fn append_header(&mut self, name: &'static str, value: &str) {
         A::append_header(self.0, name, value);
+    }
+
+    fn append_shared(&mut self, name: &'static str, value: &SharedHeaderValue) {
+        A::append_shared(self.0, name, value);
     }
 }
 

@@ -322,3 +322,41 @@ async fn credits_are_announced_as_a_policy_and_reported_when_closest_to_refusing
     assert_eq!(*name, "ratelimit");
     assert!(value.starts_with(r#""credits";r=4;t="#), "{value}");
 }
+
+/// The gate renders a policy's `RateLimit-Policy` once and reuses it; a
+/// changed policy, or a month of another length for a monthly quota, is
+/// rendered again, and what is written always equals a fresh rendering.
+#[tokio::test]
+async fn rendered_rate_limit_headers_follow_policy_changes_and_the_month() {
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 31, 23, 59, 0).unwrap());
+    let engine = Engine::builder(MemoryStore::new()).with_clock(clock.clone()).build().unwrap();
+    let acme = engine.tenant("app", "acme");
+    let spec = |requests| {
+        PolicySpec::new("p")
+            .with_limit(RateLimit::new("burst", requests, Duration::from_secs(60)))
+            .with_quota(None, Some(20_000))
+    };
+    let policy = acme.create_policy(spec(10)).await.unwrap();
+    let raw = acme.create_key(NewKey::new("k").with_policy(policy.id)).await.unwrap().raw.expose().to_owned();
+    let gate = Gate::new(engine.clone());
+    let headers = || async {
+        let pass = admitted(outcome(&gate, "GET", None, &bearer(&raw)).await);
+        let mut fresh = Vec::new();
+        RateLimitHeaders::Draft.write_for_validation(pass.key().validation(), &mut fresh);
+        let written = pass.response_headers();
+        assert_eq!(written, fresh, "the shared rendering equals a fresh one");
+        written
+    };
+
+    let march = headers().await;
+    assert_eq!(march[0].1, format!(r#""burst";q=10;w=60, "quota-monthly";q=20000;w={}"#, 31 * 86_400));
+    assert_eq!(march[1].1, r#""burst";r=9;t=6"#);
+    assert_eq!(headers().await[1].1, r#""burst";r=8;t=12"#, "the state is written from this request's numbers");
+
+    acme.update_policy(policy.id, spec(100)).await.unwrap();
+    assert!(headers().await[0].1.starts_with(r#""burst";q=100;w=60"#), "a changed policy is rendered again");
+
+    clock.advance(Duration::from_secs(120));
+    let april = headers().await;
+    assert!(april[0].1.ends_with(&format!("w={}", 30 * 86_400)), "{april:?}");
+}

@@ -175,13 +175,16 @@ pub struct CacheStats {
 pub struct CachedStore {
     inner: Arc<dyn Store>,
     config: CacheConfig,
-    keys: Tier<KeyHash, Option<StoredKey>>,
+    keys: Tier<KeyHash, KeyLookup>,
     /// Which hash a key id has, to find the entry a change makes stale.
     hashes: Cache<KeyId, KeyHash, Hashing>,
     policies: Tier<PolicyId, Arc<Policy>>,
     /// Bumped by every invalidation: a lookup that raced one does not keep
     /// what it read (it may predate the change).
     generation: AtomicU64,
+    /// Bumped by every policy invalidation: a key's remembered policy
+    /// ([`KeyLookup::policy`]) of an older epoch is not used.
+    policy_epoch: AtomicU64,
     /// Set while a change feed that should keep this cache fresh is down:
     /// found entries then live the outage TTL.
     outage: AtomicBool,
@@ -227,9 +230,15 @@ impl<K: TierKey, V: TierValue> Tier<K, V> {
     /// The value for `key` if it is fresh at `now` (clock nanoseconds); a
     /// stale entry is dropped.
     fn get(&self, key: &K, now: u64) -> Option<V> {
-        let found = self.front.get(key).map(|entry| (entry.expires_at > now).then(|| entry.value.clone()));
+        self.get_entry(key, now).map(|entry| entry.value)
+    }
+
+    /// The entry for `key` (value and expiry) if it is fresh at `now`; a
+    /// stale entry is dropped.
+    fn get_entry(&self, key: &K, now: u64) -> Option<Entry<V>> {
+        let found = self.front.get(key).map(|entry| (entry.expires_at > now).then(|| entry.clone()));
         match found {
-            Some(Some(value)) => Some(value),
+            Some(Some(entry)) => Some(entry),
             Some(None) => {
                 self.invalidate(key);
                 None
@@ -290,6 +299,24 @@ impl<K: TierKey, V: TierValue> Tier<K, V> {
     }
 }
 
+/// A cached lookup by hash: the key found (or not), and the key's policy
+/// once a validation resolved it, so that the next validation finds both
+/// with one probe.
+#[derive(Clone)]
+struct KeyLookup {
+    found: Option<StoredKey>,
+    policy: Option<PolicyMemo>,
+}
+
+/// A key's policy as the policy table held it: valid while no policy was
+/// invalidated since (`epoch`) and until the policy entry's own expiry.
+#[derive(Clone)]
+struct PolicyMemo {
+    policy: Arc<Policy>,
+    epoch: u64,
+    expires_at: u64,
+}
+
 #[derive(Clone)]
 struct Entry<V> {
     value: V,
@@ -344,7 +371,16 @@ impl CachedStore {
             .time_to_live(config.positive_ttl.max(Duration::from_secs(1)))
             .build_with_hasher(Hashing::default());
         let policies = Tier::new(config.max_policies, Arc::clone(&config.clock));
-        Self { inner, config, keys, hashes, policies, generation: AtomicU64::new(0), outage: AtomicBool::new(false) }
+        Self {
+            inner,
+            config,
+            keys,
+            hashes,
+            policies,
+            generation: AtomicU64::new(0),
+            policy_epoch: AtomicU64::new(0),
+            outage: AtomicBool::new(false),
+        }
     }
 
     /// The store behind the cache.
@@ -362,6 +398,7 @@ impl CachedStore {
     /// Forgets everything (after changing the database by hand, say).
     pub fn invalidate_all(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.policy_epoch.fetch_add(1, Ordering::SeqCst);
         self.keys.invalidate_all();
         self.policies.invalidate_all();
     }
@@ -452,7 +489,42 @@ impl CachedStore {
 
     fn forget_policy(&self, id: PolicyId) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.policy_epoch.fetch_add(1, Ordering::SeqCst);
         self.policies.invalidate(&id);
+    }
+
+    /// The validation path's lookup: the key cached for `hash` (`None` on a
+    /// miss) and, when cached with it or in the policy table, the key's
+    /// policy (`None` inside: ask [`PolicyStore::get_policy`]). A policy
+    /// found in the table is remembered with the key, so the next lookup
+    /// is one probe.
+    pub(crate) fn key_and_policy_ready(&self, hash: &KeyHash) -> Option<(Option<StoredKey>, Option<Arc<Policy>>)> {
+        let now = self.config.clock.coarse_nanos();
+        let lookup = self.keys.get(hash, now)?;
+        let Some(key) = lookup.found.as_ref().map(|stored| &stored.key) else { return Some((None, None)) };
+        let Some(policy_id) = key.policy_id else { return Some((lookup.found, None)) };
+        let epoch = self.policy_epoch.load(Ordering::SeqCst);
+        if let Some(memo) = &lookup.policy
+            && memo.epoch == epoch
+            && memo.expires_at > now
+            && memo.policy.id == policy_id
+        {
+            let policy = Arc::clone(&memo.policy);
+            return Some((lookup.found, Some(policy)));
+        }
+        let Some(entry) = self.policies.get_entry(&policy_id, now) else { return Some((lookup.found, None)) };
+        if entry.value.tenant != key.tenant {
+            return Some((lookup.found, None));
+        }
+        let memo = PolicyMemo { policy: Arc::clone(&entry.value), epoch, expires_at: entry.expires_at };
+        // In place, never re-inserted (as `touch_key`); a policy changed
+        // since `epoch` was read makes the memo unused.
+        self.keys.update(hash, |cached| {
+            if cached.found.as_ref().is_some_and(|stored| stored.key.policy_id == Some(policy_id)) {
+                cached.policy = Some(memo);
+            }
+        });
+        Some((lookup.found, Some(entry.value)))
     }
 }
 
@@ -477,14 +549,14 @@ impl KeyStore for CachedStore {
         // A change made while we were reading may not be in what we read:
         // then it is not cached (the answer still goes to this caller, whose
         // lookup began before the change returned).
-        let entry = Entry { value: found.clone(), expires_at: self.expiry(ttl) };
+        let entry = Entry { value: KeyLookup { found: found.clone(), policy: None }, expires_at: self.expiry(ttl) };
         self.keys.insert_unless_invalidated(*hash, entry, &self.generation, generation);
         Ok(found)
     }
 
     /// A hit (found or not found) within its TTL; a miss is `None`.
     fn find_key_by_hash_ready(&self, hash: &KeyHash) -> Option<Result<Option<StoredKey>>> {
-        self.fresh(&self.keys, hash).map(Ok)
+        self.fresh(&self.keys, hash).map(|lookup| Ok(lookup.found))
     }
 
     async fn get_key(&self, tenant: &Tenant, id: KeyId) -> Result<Option<StoredKey>> {
@@ -531,7 +603,7 @@ impl KeyStore for CachedStore {
         // already (nothing to update) or removes the updated one.
         if let Some(hash) = self.hashes.get(&id) {
             self.keys.update(&hash, |value| {
-                if let Some(stored) = value
+                if let Some(stored) = &mut value.found
                     && stored.key.id == id
                     && stored.key.last_used_at.is_none_or(|last| last < at)
                 {
@@ -969,6 +1041,53 @@ mod tests {
         assert_eq!(cached.get_policy(&acme, original.id).await.unwrap().as_deref(), Some(&updated));
         cached.delete_policy(&acme, original.id).await.unwrap();
         assert_eq!(cached.get_policy(&acme, original.id).await.unwrap(), None);
+    }
+
+    /// An engine built `with_cache` keeps a key's policy with the key, so a
+    /// warm validation is one probe; policy changes made through the
+    /// engine, dropped caches and the policy's TTL still reach it.
+    #[tokio::test]
+    async fn the_policy_kept_with_a_cached_key_follows_every_policy_change() {
+        let Setup { spy, inner, clock, .. } = setup();
+        let probed = ProbedStore::new(Arc::clone(&inner) as Arc<dyn Store>, Arc::clone(&spy));
+        let config = CacheConfig::default().with_positive_ttl(POSITIVE).with_clock(clock.clone());
+        let engine = Engine::builder(probed).with_cache(config).with_clock(clock.clone()).build().unwrap();
+        let acme = engine.tenant("app", "acme");
+        let spec = |net: &str| crate::PolicySpec::new("nets").with_allowed_ips([net]);
+        let policy = acme.create_policy(spec("10.0.0.0/8")).await.unwrap();
+        let created = acme.create_key(NewKey::new("ci").with_policy(policy.id)).await.unwrap();
+        let client: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+        let check = || async { engine.validate(created.raw.expose(), &RequestContext::new().with_ip(client)).await };
+        for _ in 0..3 {
+            check().await.unwrap();
+        }
+        assert_eq!((spy.lookups(), spy.policy_reads()), (1, 1));
+
+        // Through the engine: refused at once.
+        acme.update_policy(policy.id, spec("192.0.2.0/24")).await.unwrap();
+        assert!(matches!(check().await, Err(ValidationError::Refused(Refusal::IpNotAllowed))));
+        // Dropped by hand: read again.
+        engine.invalidate_cache();
+        assert!(matches!(check().await, Err(ValidationError::Refused(Refusal::IpNotAllowed))));
+        let reads = spy.policy_reads();
+
+        // The key is cached again 10 s after its policy (a key change drops
+        // only the key), and keeps the policy's expiry, not its own.
+        clock.advance(Duration::from_secs(10));
+        acme.suspend_key(created.key.id).await.unwrap();
+        acme.reactivate_key(created.key.id).await.unwrap();
+        assert!(check().await.is_err());
+        assert_eq!(spy.policy_reads(), reads, "the policy came from its table");
+
+        // Elsewhere: seen once the policy's entry expires.
+        let mut elsewhere = (*inner.get_policy(acme.tenant(), policy.id).await.unwrap().unwrap()).clone();
+        elsewhere.allowed_ips = vec!["10.0.0.0/8".parse().unwrap()];
+        inner.update_policy(&elsewhere).await.unwrap();
+        clock.advance(POSITIVE - Duration::from_secs(11));
+        assert!(check().await.is_err(), "stale within the bound");
+        assert_eq!(spy.policy_reads(), reads);
+        clock.advance(Duration::from_secs(1));
+        check().await.unwrap();
     }
 
     #[tokio::test]

@@ -522,7 +522,7 @@ impl UsageStore for MemoryStore {
                 let aggregate =
                     tables.aggregates.entry((record.key_id, period, start)).or_insert_with(|| UsageAggregate {
                         key_id: record.key_id,
-                        tenant: record.tenant.clone(),
+                        tenant: record.tenant.tenant().clone(),
                         period,
                         period_start: start,
                         requests: 0,
@@ -666,9 +666,9 @@ mod tests {
         UsageRecord {
             id: UsageId::new(),
             key_id,
-            tenant: tenant.clone(),
-            endpoint: "/things".to_owned(),
-            method: "GET".to_owned(),
+            tenant: tenant.into(),
+            endpoint: "/things".into(),
+            method: "GET".into(),
             status: 200,
             ip: None,
             user_agent: None,

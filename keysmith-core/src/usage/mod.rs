@@ -2,6 +2,7 @@
 
 pub(crate) mod quota;
 mod recorder;
+mod shared;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -14,8 +15,10 @@ use crate::{KeyId, Tenant, UsageId};
 pub use quota::{QuotaCounter, stored_requests};
 pub(crate) use recorder::UsageRecorder;
 pub use recorder::{UsageConfig, UsageStats};
+pub use shared::{SharedStr, SharedTenant};
 
-/// One request made with a key.
+/// One request made with a key. Its text and owner are shared values
+/// ([`SharedStr`], [`SharedTenant`]): cloning a record copies no string.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageRecord {
     /// The record's id.
@@ -23,17 +26,17 @@ pub struct UsageRecord {
     /// The key used.
     pub key_id: KeyId,
     /// The key's owner.
-    pub tenant: Tenant,
+    pub tenant: SharedTenant,
     /// The request path (or route).
-    pub endpoint: String,
+    pub endpoint: SharedStr,
     /// The HTTP method.
-    pub method: String,
+    pub method: SharedStr,
     /// The response status.
     pub status: u16,
     /// The client address, when known.
     pub ip: Option<IpAddr>,
     /// The `User-Agent`, when sent.
-    pub user_agent: Option<String>,
+    pub user_agent: Option<SharedStr>,
     /// Time to answer, in milliseconds in JSON.
     #[serde(with = "millis")]
     pub latency: Duration,

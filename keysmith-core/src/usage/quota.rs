@@ -345,7 +345,7 @@ mod tests {
         UsageRecord {
             id: UsageId::new(),
             key_id: key.id,
-            tenant: key.tenant.clone(),
+            tenant: (&key.tenant).into(),
             endpoint: "/".into(),
             method: "GET".into(),
             status: 200,

@@ -1,7 +1,14 @@
 //! The usage recorder: a bounded queue drained by one background task that
 //! writes batches, so the request path never waits for the store.
+//!
+//! A record first goes into its thread's buffer (one of a few
+//! [`Shards`], picked once per thread, so threads do not contend), which
+//! moves to the shared channel as one message when it holds
+//! [`SHARD_BATCH`] records; the writer also empties every buffer on each
+//! tick, flush and shutdown, so a record waits at most one flush interval.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -58,8 +65,12 @@ pub struct UsageStats {
     pub failed: u64,
 }
 
+/// Records a thread buffers before handing them to the writer as one
+/// message.
+const SHARD_BATCH: usize = 64;
+
 enum Message {
-    Record(UsageRecord),
+    Records(Vec<UsageRecord>),
     Touch(KeyId, DateTime<Utc>),
     Flush(oneshot::Sender<()>),
     Shutdown,
@@ -74,6 +85,8 @@ struct Counters {
 
 struct Running {
     tx: mpsc::Sender<Message>,
+    /// Each thread's buffer of records not yet sent.
+    shards: Arc<Shards>,
     /// Wakes the writer. Records alone do not: the writer sleeps until its
     /// interval or until the queue holds a batch, so a busy server does not
     /// pay a thread wake-up per request.
@@ -127,17 +140,58 @@ impl UsageRecorder {
 
     /// Queues a record without waiting; a full queue drops it and counts.
     pub(crate) fn record(&self, record: UsageRecord) {
-        match self.try_send(Message::Record(record)) {
-            Some(running) => {
-                if running.tx.max_capacity() - running.tx.capacity() >= running.wake_at {
-                    running.wake.notify_one();
-                }
+        let Some(running) = self.running() else {
+            return self.count_dropped(1);
+        };
+        let shards = &running.shards;
+        // Reserve a place first: records buffered, queued or in the writer's
+        // hands never exceed the queue's capacity.
+        let queued = shards.queued.fetch_add(1, Ordering::Relaxed);
+        if queued >= self.config.queue_capacity.max(1) {
+            shards.queued.fetch_sub(1, Ordering::Relaxed);
+            return self.count_dropped(1);
+        }
+        let full = {
+            let mut buffer = shards.mine().lock().unwrap_or_else(PoisonError::into_inner);
+            // Checked under the buffer's lock: the writer sets `closed`
+            // before it takes the buffers for the last time, so a record is
+            // either taken then or refused here.
+            if shards.closed.load(Ordering::Acquire) {
+                drop(buffer);
+                shards.queued.fetch_sub(1, Ordering::Relaxed);
+                return self.count_dropped(1);
             }
-            None => {
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(DROPPED_TOTAL).increment(1);
+            buffer.push(record);
+            (buffer.len() >= SHARD_BATCH).then(|| std::mem::replace(&mut *buffer, Vec::with_capacity(SHARD_BATCH)))
+        };
+        if let Some(batch) = full {
+            let len = batch.len();
+            if running.tx.try_send(Message::Records(batch)).is_err() {
+                shards.queued.fetch_sub(len, Ordering::Relaxed);
+                self.count_dropped(len as u64);
             }
         }
+        if queued + 1 >= running.wake_at {
+            running.wake.notify_one();
+        }
+    }
+
+    fn count_dropped(&self, records: u64) {
+        self.counters.dropped.fetch_add(records, Ordering::Relaxed);
+        metrics::counter!(DROPPED_TOTAL).increment(records);
+    }
+
+    /// The running writer; warns once when it was never started.
+    fn running(&self) -> Option<&Running> {
+        let Some(running) = self.running.get() else {
+            if !self.warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(target: "keysmith::usage",
+                    "usage recorder not started: build the engine inside a Tokio runtime or call Engine::start \
+                     from one; usage is dropped and counted until then");
+            }
+            return None;
+        };
+        running.as_ref()
     }
 
     /// Queues a `last_used_at` update; dropped silently when the queue is
@@ -187,33 +241,74 @@ impl UsageRecorder {
 
     /// Queues `message`; the running writer if it was accepted.
     fn try_send(&self, message: Message) -> Option<&Running> {
-        let Some(running) = self.running.get() else {
-            if !self.warned.swap(true, Ordering::Relaxed) {
-                tracing::warn!(target: "keysmith::usage",
-                    "usage recorder not started: build the engine inside a Tokio runtime or call Engine::start \
-                     from one; usage is dropped and counted until then");
-            }
-            return None;
-        };
-        let running = running.as_ref()?;
+        let running = self.running()?;
         running.tx.try_send(message).ok().map(|()| running)
     }
 
     fn start(&self) -> Option<Running> {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         let capacity = self.config.queue_capacity.max(1);
+        // Records are bounded by `Shards::queued`; the channel carries them
+        // in buffers of up to `SHARD_BATCH`, plus touches and flushes.
         let (tx, rx) = mpsc::channel(capacity);
         let wake = Arc::new(Notify::new());
         let wake_at = self.config.batch_size.min(capacity / 2).max(1);
+        let shards = Arc::new(Shards::new());
         let worker = Worker {
             config: self.config,
             store: Arc::clone(&self.store),
             quotas: Arc::clone(&self.quotas),
             counters: Arc::clone(&self.counters),
+            shards: Arc::clone(&shards),
             batch: Vec::with_capacity(self.config.batch_size),
         };
         let task = runtime.spawn(worker.run(rx, Arc::clone(&wake)));
-        Some(Running { tx, wake, wake_at, task: Mutex::new(Some(task)) })
+        Some(Running { tx, shards, wake, wake_at, task: Mutex::new(Some(task)) })
+    }
+}
+
+/// The per-thread buffers of records on their way to the writer.
+struct Shards {
+    buffers: Box<[Shard]>,
+    /// Records buffered, in the channel or in the writer's batch.
+    queued: AtomicUsize,
+    /// Set by the writer before it takes the buffers for the last time.
+    closed: AtomicBool,
+}
+
+/// One buffer, on its own cache line so that two threads' pushes do not
+/// share one.
+#[repr(align(128))]
+struct Shard(Mutex<Vec<UsageRecord>>);
+
+impl Shards {
+    fn new() -> Self {
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let buffers = (0..(threads * 2).clamp(2, 64)).map(|_| Shard(Mutex::new(Vec::new()))).collect();
+        Self { buffers, queued: AtomicUsize::new(0), closed: AtomicBool::new(false) }
+    }
+
+    /// The calling thread's buffer.
+    fn mine(&self) -> &Mutex<Vec<UsageRecord>> {
+        thread_local! {
+            static INDEX: Cell<Option<usize>> = const { Cell::new(None) };
+        }
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let index = INDEX.with(|index| {
+            *index.get().get_or_insert_with(|| {
+                let next = NEXT.fetch_add(1, Ordering::Relaxed);
+                index.set(Some(next));
+                next
+            })
+        });
+        &self.buffers[index % self.buffers.len()].0
+    }
+
+    /// Moves every buffered record into `batch`.
+    fn take_all(&self, batch: &mut Vec<UsageRecord>) {
+        for shard in &*self.buffers {
+            batch.append(&mut shard.0.lock().unwrap_or_else(PoisonError::into_inner));
+        }
     }
 }
 
@@ -222,6 +317,7 @@ struct Worker {
     store: Arc<dyn Store>,
     quotas: Arc<QuotaTracker>,
     counters: Arc<Counters>,
+    shards: Arc<Shards>,
     batch: Vec<UsageRecord>,
 }
 
@@ -235,17 +331,30 @@ impl Worker {
                 () = wake.notified() => {}
             }
             let stop = self.drain(&mut rx).await;
+            self.take_buffered().await;
             self.write().await;
             if stop {
                 break;
             }
         }
-        // Refuse new messages, then take what is already queued.
+        // Refuse new records and messages, then take what is already
+        // buffered or queued.
+        self.shards.closed.store(true, Ordering::Release);
         rx.close();
         while let Some(message) = rx.recv().await {
             self.handle(message).await;
         }
+        self.take_buffered().await;
         self.write().await;
+    }
+
+    /// Takes every thread's buffered records into the batch, writing full
+    /// batches on the way.
+    async fn take_buffered(&mut self) {
+        self.shards.take_all(&mut self.batch);
+        if self.batch.len() >= self.config.batch_size.max(1) {
+            self.write().await;
+        }
     }
 
     /// Handles everything queued now; true when the writer should stop.
@@ -261,8 +370,8 @@ impl Worker {
 
     async fn handle(&mut self, message: Message) {
         match message {
-            Message::Record(record) => {
-                self.batch.push(record);
+            Message::Records(mut records) => {
+                self.batch.append(&mut records);
                 if self.batch.len() >= self.config.batch_size {
                     self.write().await;
                 }
@@ -273,6 +382,7 @@ impl Worker {
                 }
             }
             Message::Flush(done) => {
+                self.take_buffered().await;
                 self.write().await;
                 let _ = done.send(());
             }
@@ -280,20 +390,27 @@ impl Worker {
         }
     }
 
-    /// Writes the batch, retrying twice; a batch that still fails is counted
-    /// as failed, never silently lost.
+    /// Writes the batch in writes of at most `batch_size` records.
     async fn write(&mut self) {
-        if self.batch.is_empty() {
-            return;
+        let mut batch = std::mem::take(&mut self.batch);
+        for chunk in batch.chunks(self.config.batch_size.max(1)) {
+            self.write_chunk(chunk).await;
+            self.shards.queued.fetch_sub(chunk.len(), Ordering::Relaxed);
         }
+        batch.clear();
+        self.batch = batch;
+    }
+
+    /// Writes one batch, retrying twice; a batch that still fails is counted
+    /// as failed, never silently lost.
+    async fn write_chunk(&self, batch: &[UsageRecord]) {
         let mut backoff = Duration::from_millis(50);
         self.quotas.begin_write();
         for attempt in 1..=3 {
-            match self.store.record_batch(&self.batch).await {
+            match self.store.record_batch(batch).await {
                 Ok(()) => {
-                    self.counters.written.fetch_add(self.batch.len() as u64, Ordering::Relaxed);
-                    self.quotas.end_write(&self.batch);
-                    self.batch.clear();
+                    self.counters.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    self.quotas.end_write(batch);
                     return;
                 }
                 Err(error) if attempt < 3 => {
@@ -302,14 +419,13 @@ impl Worker {
                     backoff *= 2;
                 }
                 Err(error) => {
-                    let lost = self.batch.len() as u64;
+                    let lost = batch.len() as u64;
                     tracing::error!(target: "keysmith::usage", %error, lost, "usage batch failed; records lost");
                     self.counters.failed.fetch_add(lost, Ordering::Relaxed);
                     metrics::counter!(FAILED_TOTAL).increment(lost);
                     // Lost records stay counted as pending: a quota
                     // over-counts rather than gives them away.
                     self.quotas.end_write(&[]);
-                    self.batch.clear();
                 }
             }
         }
