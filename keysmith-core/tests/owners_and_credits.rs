@@ -261,7 +261,7 @@ async fn an_owners_quota_counts_what_every_instance_recorded_for_any_of_its_keys
         let record = UsageRecord {
             id: UsageId::new(),
             key_id: ok.key.id,
-            tenant: ok.key.tenant.clone(),
+            tenant: ok.key.tenant.clone().into(),
             endpoint: "/".into(),
             method: "GET".into(),
             status: 200,
