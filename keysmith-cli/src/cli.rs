@@ -68,6 +68,10 @@ pub(crate) enum Command {
     /// Create, list, inspect, rotate, revoke, suspend and reactivate API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Show, set, top up or remove the credits an owner's keys share (under a
+    /// policy with `--limit-by owner`).
+    #[command(subcommand)]
+    Owners(OwnersCommand),
     /// Manage policies: rate limits, IP and origin allowlists, scopes, key age, quotas.
     #[command(subcommand)]
     Policies(PoliciesCommand),
@@ -170,6 +174,35 @@ pub(crate) struct KeyCreditsArgs {
     #[arg(long, value_name = "AMOUNT", conflicts_with_all = ["refill", "refill_every"])]
     pub(crate) add: Option<u64>,
     /// Remove the credits: the key is no longer limited by them.
+    #[arg(long, conflicts_with_all = ["refill", "refill_every"])]
+    pub(crate) remove: bool,
+    /// The refill of --set.
+    #[command(flatten)]
+    pub(crate) refill: CreditsArgs,
+}
+
+/// `keysmith owners …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum OwnersCommand {
+    /// Show, set, top up or remove the credits every key of an owner spends
+    /// under a policy with `--limit-by owner` (no flag: show them).
+    Credits(OwnerCreditsArgs),
+}
+
+/// `keysmith owners credits`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("change").args(["set", "add", "remove"]))]
+pub(crate) struct OwnerCreditsArgs {
+    /// The owner: your id for the user or customer, as on its keys.
+    #[arg(value_name = "OWNER_ID")]
+    pub(crate) owner_id: String,
+    /// Replace the credits with this many uses.
+    #[arg(long, value_name = "REMAINING")]
+    pub(crate) set: Option<u64>,
+    /// Add this many uses to the credits.
+    #[arg(long, value_name = "AMOUNT", conflicts_with_all = ["refill", "refill_every"])]
+    pub(crate) add: Option<u64>,
+    /// Remove the credits: the owner's keys are no longer limited by them.
     #[arg(long, conflicts_with_all = ["refill", "refill_every"])]
     pub(crate) remove: bool,
     /// The refill of --set.

@@ -49,7 +49,12 @@ pub(super) async fn run(command: KeysCommand, tenant: &TenantEngine, printer: Pr
 
 /// A key's credits on one line: `12 left, refilled to 100 every day`.
 fn credits(key: &Key) -> String {
-    match key.credits {
+    credits_line(key.credits)
+}
+
+/// Credits on one line: `12 left, refilled to 100 every day`, or `none`.
+pub(super) fn credits_line(credits: Option<keysmith_core::Credits>) -> String {
+    match credits {
         None => "none".to_owned(),
         Some(credits) => match credits.refill {
             Some(refill) => format!("{} left, refilled to {} every {}", credits.remaining, refill.amount, refill.every),
