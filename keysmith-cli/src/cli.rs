@@ -368,7 +368,7 @@ pub(crate) struct PolicySpecArgs {
     /// number is the burst).
     #[arg(long = "limit", value_name = "NAME=REQUESTS/WINDOW[,BURST]", value_parser = values::parse_named_limit)]
     pub(crate) limits: Vec<keysmith_core::RateLimit>,
-    /// Whose budget the limits and quota count: `key` (each key's lineage) or `owner` (all keys of an owner).
+    /// Whose budget the limits, quota and credits count: `key` (each key's lineage) or `owner` (all keys of an owner).
     #[arg(long, value_name = "key|owner", default_value = "key")]
     pub(crate) limit_by: keysmith_core::LimitBy,
     /// A client network or address allowed to use the keys (repeatable): `10.0.0.0/8`, `2001:db8::1`.

@@ -24,8 +24,8 @@ pub struct Policy {
     /// Named rate limits, every one enforced (a request must fit them all).
     #[serde(default)]
     pub rate_limits: Vec<RateLimit>,
-    /// Whose budget the rate limits and quota count: each key's lineage, or
-    /// all keys of the key's owner together.
+    /// Whose budget the rate limits, quota and credits count: each key's
+    /// lineage, or all keys of the key's owner together.
     #[serde(default)]
     pub limit_by: LimitBy,
     /// Client networks allowed to use the keys; empty allows all.
@@ -133,8 +133,9 @@ pub enum LimitBy {
     /// from or to (its lineage).
     #[default]
     Key,
-    /// One budget for all keys of the key's owner (`Key::owner_id`). A key
-    /// without an owner keeps its own (lineage) budget.
+    /// One budget for all keys of the key's owner (`Key::owner_id`),
+    /// credits included (the owner's, not the key's). A key without an owner
+    /// keeps its own (lineage) budget.
     Owner,
 }
 
