@@ -167,13 +167,22 @@ pub(crate) struct KeyCreditsArgs {
     /// The key (`akey_…`); its rotations share the credits.
     #[arg(value_name = "KEY_ID")]
     pub(crate) id: KeyId,
+    /// What to change.
+    #[command(flatten)]
+    pub(crate) change: CreditsChange,
+}
+
+/// What `keys credits` and `owners credits` change: at most one of --set,
+/// --add and --remove.
+#[derive(Debug, Args)]
+pub(crate) struct CreditsChange {
     /// Replace the credits with this many uses.
     #[arg(long, value_name = "REMAINING")]
     pub(crate) set: Option<u64>,
     /// Add this many uses to the credits.
     #[arg(long, value_name = "AMOUNT", conflicts_with_all = ["refill", "refill_every"])]
     pub(crate) add: Option<u64>,
-    /// Remove the credits: the key is no longer limited by them.
+    /// Remove the credits: requests are no longer limited by them.
     #[arg(long, conflicts_with_all = ["refill", "refill_every"])]
     pub(crate) remove: bool,
     /// The refill of --set.
@@ -196,18 +205,9 @@ pub(crate) struct OwnerCreditsArgs {
     /// The owner: your id for the user or customer, as on its keys.
     #[arg(value_name = "OWNER_ID")]
     pub(crate) owner_id: String,
-    /// Replace the credits with this many uses.
-    #[arg(long, value_name = "REMAINING")]
-    pub(crate) set: Option<u64>,
-    /// Add this many uses to the credits.
-    #[arg(long, value_name = "AMOUNT", conflicts_with_all = ["refill", "refill_every"])]
-    pub(crate) add: Option<u64>,
-    /// Remove the credits: the owner's keys are no longer limited by them.
-    #[arg(long, conflicts_with_all = ["refill", "refill_every"])]
-    pub(crate) remove: bool,
-    /// The refill of --set.
+    /// What to change (nothing: show the credits).
     #[command(flatten)]
-    pub(crate) refill: CreditsArgs,
+    pub(crate) change: CreditsChange,
 }
 
 /// A key, by id.

@@ -184,10 +184,13 @@ pub const OWNERS_MIGRATION: i64 = 20_261_202_010_001;
 /// The migrations a database had before owners and credits.
 #[must_use]
 pub fn migrations_before_owners(all: &sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    migrations_before(all, OWNERS_MIGRATION)
+}
+
+/// The migrations of `all` older than `version`.
+fn migrations_before(all: &sqlx::migrate::Migrator, version: i64) -> sqlx::migrate::Migrator {
     sqlx::migrate::Migrator {
-        migrations: std::borrow::Cow::Owned(
-            all.migrations.iter().filter(|m| m.version < OWNERS_MIGRATION).cloned().collect(),
-        ),
+        migrations: std::borrow::Cow::Owned(all.migrations.iter().filter(|m| m.version < version).cloned().collect()),
         ..sqlx::migrate::Migrator::DEFAULT
     }
 }
@@ -239,12 +242,7 @@ pub const OWNER_CREDITS_MIGRATION: i64 = 20_261_202_030_001;
 /// The migrations a database had before owner credits.
 #[must_use]
 pub fn migrations_before_owner_credits(all: &sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
-    sqlx::migrate::Migrator {
-        migrations: std::borrow::Cow::Owned(
-            all.migrations.iter().filter(|m| m.version < OWNER_CREDITS_MIGRATION).cloned().collect(),
-        ),
-        ..sqlx::migrate::Migrator::DEFAULT
-    }
+    migrations_before(all, OWNER_CREDITS_MIGRATION)
 }
 
 /// A key of owner `cus_1` with 3 credits of its own, as a database made

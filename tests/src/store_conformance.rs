@@ -658,26 +658,32 @@ pub async fn concurrent_spends_never_take_credits_below_zero(store: Arc<dyn Stor
             store.spend_credits(&key, 1, at(1)).await.unwrap()
         });
     }
+    assert_eq!(tally_spends(tasks, 10).await, (10, RACERS - 10));
+    assert_eq!(credits_of(&store, &key).await, Some(Credits::new(0)));
+    // A cost larger than what is left spends nothing.
+    store.add_credits(&acme(), key.key.id, 3, at(2)).await.unwrap();
+    assert_eq!(store.spend_credits(&key.key, 4, at(2)).await.unwrap(), CreditSpend::Exhausted(Credits::new(3)));
+    assert_eq!(store.spend_credits(&key.key, 3, at(2)).await.unwrap(), CreditSpend::Spent(Credits::new(0)));
+}
+
+/// How many of the racing spends of credits that began at `start` passed
+/// and how many found them exhausted (at zero).
+async fn tally_spends(mut tasks: JoinSet<CreditSpend>, start: u64) -> (usize, usize) {
     let (mut spent, mut exhausted) = (0, 0);
     while let Some(joined) = tasks.join_next().await {
         match joined.unwrap() {
             CreditSpend::Spent(credits) => {
-                assert!(credits.remaining < 10);
+                assert!(credits.remaining < start);
                 spent += 1;
             }
             CreditSpend::Exhausted(credits) => {
                 assert_eq!(credits.remaining, 0);
                 exhausted += 1;
             }
-            CreditSpend::Unlimited => panic!("the key has credits"),
+            CreditSpend::Unlimited => panic!("the credits were set"),
         }
     }
-    assert_eq!((spent, exhausted), (10, RACERS - 10));
-    assert_eq!(credits_of(&store, &key).await, Some(Credits::new(0)));
-    // A cost larger than what is left spends nothing.
-    store.add_credits(&acme(), key.key.id, 3, at(2)).await.unwrap();
-    assert_eq!(store.spend_credits(&key.key, 4, at(2)).await.unwrap(), CreditSpend::Exhausted(Credits::new(3)));
-    assert_eq!(store.spend_credits(&key.key, 3, at(2)).await.unwrap(), CreditSpend::Spent(Credits::new(0)));
+    (spent, exhausted)
 }
 
 /// A refill resets `remaining` to its amount with the first spend (or
@@ -774,21 +780,7 @@ pub async fn concurrent_spends_never_take_owner_credits_below_zero(store: Arc<dy
             store.spend_owner_credits(&acme(), "cust-1", 1, at(1)).await.unwrap()
         });
     }
-    let (mut spent, mut exhausted) = (0, 0);
-    while let Some(joined) = tasks.join_next().await {
-        match joined.unwrap() {
-            CreditSpend::Spent(credits) => {
-                assert!(credits.remaining < 10);
-                spent += 1;
-            }
-            CreditSpend::Exhausted(credits) => {
-                assert_eq!(credits.remaining, 0);
-                exhausted += 1;
-            }
-            CreditSpend::Unlimited => panic!("the owner has credits"),
-        }
-    }
-    assert_eq!((spent, exhausted), (10, RACERS - 10));
+    assert_eq!(tally_spends(tasks, 10).await, (10, RACERS - 10));
     assert_eq!(store.owner_credits(&acme(), "cust-1").await.unwrap(), Some(Credits::new(0)));
     // A cost larger than what is left spends nothing.
     assert_eq!(store.add_owner_credits(&acme(), "cust-1", 3, at(2)).await.unwrap(), Credits::new(3));

@@ -37,8 +37,9 @@ pub(super) async fn run(command: KeysCommand, tenant: &TenantEngine, printer: Pr
             printer.render(&key, || changed(&key))
         }
         KeysCommand::Credits(args) => {
-            let key = match (args.set, args.add) {
-                (Some(remaining), _) => tenant.set_credits(args.id, Some(args.refill.credits(remaining))).await?,
+            let change = args.change;
+            let key = match (change.set, change.add) {
+                (Some(remaining), _) => tenant.set_credits(args.id, Some(change.refill.credits(remaining))).await?,
                 (None, Some(amount)) => tenant.add_credits(args.id, amount).await?,
                 (None, None) => tenant.set_credits(args.id, None).await?,
             };
