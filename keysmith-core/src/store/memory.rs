@@ -485,7 +485,16 @@ impl KeyStore for MemoryStore {
         cost: u64,
         now: DateTime<Utc>,
     ) -> Option<Result<CreditSpend>> {
-        Some(self.write().map(|mut tables| tables.spend_owner_credits(tenant, owner_id, cost, now)))
+        // Every request of an owner's key asks: an owner without credits
+        // takes only the read lock.
+        let has_credits = |tables: RwLockReadGuard<'_, Tables>| {
+            tables.owner_credits.get(tenant).is_some_and(|owners| owners.contains_key(owner_id))
+        };
+        match self.read().map(has_credits) {
+            Ok(false) => Some(Ok(CreditSpend::Unlimited)),
+            Ok(true) => Some(self.write().map(|mut tables| tables.spend_owner_credits(tenant, owner_id, cost, now))),
+            Err(error) => Some(Err(error)),
+        }
     }
 
     async fn refund_owner_credits(&self, tenant: &Tenant, owner_id: &str, cost: u64) -> Result<()> {
