@@ -401,22 +401,25 @@ macro_rules! sql_store {
             }
 
             async fn insert_credits_on(conn: &mut Connection, lineage: Uuid, tenant: &Tenant, credits: &Credits) -> Result<()> {
-                sqlx::query(statement!(
+                let query = sqlx::query(statement!(
                     Db,
                     "INSERT INTO keysmith_credits (lineage_id, app_id, tenant_id, remaining, refill_amount, \
                      refill_every, refilled_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 ))
                 .bind(lineage)
                 .bind(&tenant.app_id)
-                .bind(&tenant.tenant_id)
-                .bind(credit_count(credits.remaining))
-                .bind(credits.refill.map(|r| credit_count(r.amount)))
-                .bind(credits.refill.map(|r| r.every.as_str()))
-                .bind(credits.refilled_at.map(Db::time))
-                .execute(&mut *conn)
-                .await
-                .map_err(store_error)?;
+                .bind(&tenant.tenant_id);
+                bind_credits(query, credits).execute(&mut *conn).await.map_err(store_error)?;
                 Ok(())
+            }
+
+            /// Binds `remaining, refill_amount, refill_every, refilled_at`.
+            fn bind_credits<'q>(query: Query<'q>, credits: &Credits) -> Query<'q> {
+                query
+                    .bind(credit_count(credits.remaining))
+                    .bind(credits.refill.map(|r| credit_count(r.amount)))
+                    .bind(credits.refill.map(|r| r.every.as_str()))
+                    .bind(credits.refilled_at.map(Db::time))
             }
 
             /// Refills the lineage's credits if a refill period began since
@@ -1035,14 +1038,8 @@ macro_rules! sql_store {
                             "INSERT INTO keysmith_owner_credits (app_id, tenant_id, owner_id, remaining, refill_amount, \
                              refill_every, refilled_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
                         ));
-                        bind_owner(insert, tenant, owner_id)
-                            .bind(credit_count(credits.remaining))
-                            .bind(credits.refill.map(|r| credit_count(r.amount)))
-                            .bind(credits.refill.map(|r| r.every.as_str()))
-                            .bind(credits.refilled_at.map(Db::time))
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(store_error)?;
+                        let insert = bind_credits(bind_owner(insert, tenant, owner_id), credits);
+                        insert.execute(&mut *tx).await.map_err(store_error)?;
                     }
                     tx.commit().await.map_err(store_error)
                 }
