@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{method_not_allowed, route_not_found};
-use crate::{ADMIN_SCOPE, AdminState, VERIFY_SCOPE, credits, keys, openapi, policies, scopes, usage, verify};
+use crate::{ADMIN_SCOPE, AdminState, VERIFY_SCOPE, credits, keys, openapi, owners, policies, scopes, usage, verify};
 
 /// The realm of `WWW-Authenticate` unless configured otherwise.
 pub const DEFAULT_REALM: &str = "keysmith-admin";
@@ -159,6 +159,8 @@ fn admin_routes() -> OpenApiRouter<AdminState> {
         .routes(routes!(keys::list_rotations))
         .routes(routes!(credits::set_credits, credits::remove_credits))
         .routes(routes!(credits::add_credits))
+        .routes(routes!(owners::get_owner_credits, owners::set_owner_credits, owners::remove_owner_credits))
+        .routes(routes!(owners::add_owner_credits))
         .routes(routes!(usage::list_usage))
         .routes(routes!(usage::aggregate_usage))
         .routes(routes!(policies::create_policy, policies::list_policies))

@@ -78,6 +78,13 @@ pub(crate) struct AddCredits {
     amount: u64,
 }
 
+impl AddCredits {
+    /// The uses to add.
+    pub(crate) fn amount(&self) -> u64 {
+        self.amount
+    }
+}
+
 /// Gives the key (and its lineage: the keys it replaced or that replace
 /// it) these credits, replacing any. A refill starts with the current
 /// period.
@@ -87,7 +94,7 @@ pub(crate) struct AddCredits {
     request_body = CreditsInput,
     responses(
         (status = 200, description = "The key with its credits", body = Key),
-        (status = 400, description = "The id is not a key id, or a value is out of range", body = ErrorBody),
+        (status = 400, description = "The id is not a key id, a value is out of range, or the key's policy limits by owner and the key has an owner (it spends its owner's credits: set `/owners/{owner_id}/credits` instead)", body = ErrorBody),
         (status = 404, description = "No such key in this tenant", body = ErrorBody),
     )
 )]

@@ -45,6 +45,23 @@ where
     }
 }
 
+/// A text path parameter (`{owner_id}`), percent-decoded; a failure is a
+/// 400 JSON error. What the text may hold is the engine's to check.
+#[derive(Debug)]
+pub(crate) struct PathText(pub(crate) String);
+
+impl<S> FromRequestParts<S> for PathText
+where
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state).await?;
+        Ok(Self(text))
+    }
+}
+
 /// A JSON body; failures are JSON errors (400, 413, 415 or 422).
 #[derive(Debug)]
 pub(crate) struct JsonBody<T>(pub(crate) T);

@@ -60,6 +60,7 @@ mod keys;
 mod lockout;
 mod model;
 mod openapi;
+mod owners;
 mod policies;
 mod schema;
 mod scopes;

@@ -88,7 +88,7 @@ pub(crate) struct PolicyInput {
     #[serde(default)]
     #[schema(max_items = 8, example = json!([{"name": "burst", "requests": 10, "window": 1}, {"name": "hourly", "requests": 1000, "window": 3600}]))]
     rate_limits: Vec<RateLimit>,
-    /// Whose budget the limits and quota count (default `key`).
+    /// Whose budget the limits, quota and credits count (default `key`).
     #[serde(default)]
     limit_by: LimitBy,
     /// Networks (`10.0.0.0/8`, `2001:db8::/32`) or single addresses allowed.
@@ -154,7 +154,7 @@ pub(crate) struct Policy {
     name: String,
     /// Named rate limits, all enforced.
     rate_limits: Vec<RateLimit>,
-    /// Whose budget the limits and quota count.
+    /// Whose budget the limits, quota and credits count.
     limit_by: LimitBy,
     /// Networks allowed (normalised CIDRs); empty allows all.
     allowed_ips: Vec<String>,

@@ -867,6 +867,70 @@ async fn credits_are_set_spent_topped_up_and_removed_through_the_api() {
 }
 
 #[tokio::test]
+async fn an_owners_credits_are_set_spent_by_its_keys_topped_up_and_removed_through_the_api() {
+    let h = harness().await;
+    let none = h.get("/owners/cus_1/credits").await;
+    assert_eq!(none.ok(200), &json!({"owner_id": "cus_1", "credits": null}));
+    let policy = h.post("/policies", json!({"name": "shared", "limit_by": "owner"})).await;
+    let policy_id = policy.ok(201)["id"].as_str().unwrap().to_owned();
+    let (first_id, first) = h.create_key(json!({"name": "a", "owner_id": "cus_1", "policy_id": policy_id})).await;
+    let (_, second) = h.create_key(json!({"name": "b", "owner_id": "cus_1", "policy_id": policy_id})).await;
+
+    let set = h.put("/owners/cus_1/credits", json!({"remaining": 2, "refill": {"amount": 10, "every": "month"}})).await;
+    let body = set.ok(200).clone();
+    assert_eq!((body["owner_id"].as_str(), body["credits"]["remaining"].as_u64()), (Some("cus_1"), Some(2)));
+    assert_eq!(body["credits"]["refill"], json!({"amount": 10, "every": "month"}));
+    assert!(body["credits"]["refilled_at"].is_string());
+    assert_eq!(validates(&h, &first).await.unwrap().credits.map(|c| c.remaining), Some(1));
+    assert_eq!(validates(&h, &second).await.unwrap().credits.map(|c| c.remaining), Some(0));
+    let refused = validates(&h, &first).await.unwrap_err();
+    assert_eq!(refused.refusal().map(Refusal::code), Some("credits_exhausted"));
+    assert_eq!(h.get("/owners/cus_1/credits").await.ok(200)["credits"]["remaining"], 0);
+
+    let added = h.post("/owners/cus_1/credits/add", json!({"amount": 5})).await;
+    assert_eq!(added.ok(200)["credits"]["remaining"], 5);
+    h.post("/owners/cus_1/credits/add", json!({"amount": 999_999_999_999_u64}))
+        .await
+        .assert_error(400, "invalid_input");
+    h.put("/owners/cus_1/credits", json!({"remaining": 1_000_000_000_001_u64})).await.assert_error(422, "invalid_body");
+    h.put("/owners/cus_1/credits", json!({"remaining": 1, "refill": {"amount": 0, "every": "day"}}))
+        .await
+        .assert_error(400, "invalid_input");
+    // A key that spends its owner's credits takes none of its own.
+    let own = h.put(&format!("/keys/{first_id}/credits"), json!({"remaining": 3})).await;
+    own.assert_error(400, "invalid_input");
+    assert!(own.text.contains("owner"), "{}", own.text);
+
+    let removed = h.delete("/owners/cus_1/credits").await;
+    assert_eq!(removed.ok(200), &json!({"owner_id": "cus_1", "credits": null}));
+    assert_eq!(validates(&h, &first).await.unwrap().credits, None, "no credits, no credits limit");
+    h.post("/owners/cus_1/credits/add", json!({"amount": 1})).await.assert_error(400, "invalid_input");
+    for bad in ["%20cus", "a%00b", "line%0A", &"x".repeat(256)] {
+        h.get(&format!("/owners/{bad}/credits")).await.assert_error(400, "invalid_input");
+        h.put(&format!("/owners/{bad}/credits"), json!({"remaining": 1})).await.assert_error(400, "invalid_input");
+    }
+    // Percent-encoded ids are the owner's id decoded.
+    let spaced = h.put("/owners/cus%201/credits", json!({"remaining": 4})).await;
+    assert_eq!(spaced.ok(200)["owner_id"], "cus 1");
+}
+
+#[tokio::test]
+async fn owner_credits_routes_act_on_the_callers_tenant_only() {
+    let h = harness().await;
+    let theirs = h.engine.tenant(APP, "globex");
+    theirs.set_owner_credits("cus_1", Some(keysmith_core::Credits::new(3))).await.unwrap();
+    assert_eq!(h.get("/owners/cus_1/credits").await.ok(200)["credits"], Value::Null);
+    h.post("/owners/cus_1/credits/add", json!({"amount": 5})).await.assert_error(400, "invalid_input");
+    h.put("/owners/cus_1/credits", json!({"remaining": 100})).await.ok(200);
+    h.delete("/owners/cus_1/credits").await.ok(200);
+    let still = theirs.owner_credits("cus_1").await.unwrap();
+    assert_eq!(still.map(|c| c.remaining), Some(3), "nothing of theirs changed");
+    let reader = h.tenant().create_key(NewKey::new("reader").with_scopes(["read"])).await.unwrap();
+    let denied = h.send("GET", "/owners/cus_1/credits", Some(reader.raw.expose()), None).await;
+    denied.assert_error(403, "insufficient_scope");
+}
+
+#[tokio::test]
 async fn another_tenants_key_gets_the_credits_routes_answer_of_a_key_that_does_not_exist() {
     let h = harness().await;
     let theirs = h.engine.tenant(APP, "globex");

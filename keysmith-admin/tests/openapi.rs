@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use support::{MOUNT, harness, harness_with, with_config};
 
 /// The routes of the issue, as (method, path template).
-const ROUTES: [(&str, &str); 24] = [
+const ROUTES: [(&str, &str); 28] = [
     ("POST", "/keys"),
     ("GET", "/keys"),
     ("GET", "/keys/{id}"),
@@ -38,6 +38,10 @@ const ROUTES: [(&str, &str); 24] = [
     ("DELETE", "/scopes/{id}"),
     ("GET", "/openapi.json"),
     ("POST", "/verify"),
+    ("GET", "/owners/{owner_id}/credits"),
+    ("PUT", "/owners/{owner_id}/credits"),
+    ("DELETE", "/owners/{owner_id}/credits"),
+    ("POST", "/owners/{owner_id}/credits/add"),
 ];
 
 fn expected() -> BTreeSet<(String, String)> {
@@ -70,6 +74,8 @@ async fn served_document(h: &support::Harness) -> Value {
 fn concrete(path: &str) -> String {
     if path.starts_with("/keys/") {
         path.replace("{id}", &KeyId::new().to_string())
+    } else if path.starts_with("/owners/") {
+        path.replace("{owner_id}", "cus_1")
     } else if path.starts_with("/policies/") {
         path.replace("{id}", &PolicyId::new().to_string())
     } else {

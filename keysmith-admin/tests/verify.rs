@@ -65,6 +65,29 @@ async fn a_valid_key_is_described_and_its_request_spent_and_recorded() {
 }
 
 #[tokio::test]
+async fn under_limit_by_owner_a_verdict_reports_and_spends_the_owners_credits() {
+    let h = harness().await;
+    let caller = verifier(&h).await;
+    let shared = PolicySpec::new("shared").with_limit_by(keysmith_core::LimitBy::Owner);
+    let policy = h.tenant().create_policy(shared).await.unwrap();
+    h.tenant().set_owner_credits("cust_1", Some(keysmith_core::Credits::new(3))).await.unwrap();
+    let key = || async {
+        let new = NewKey::new("customer").with_policy(policy.id).with_owner("cust_1");
+        h.tenant().create_key(new).await.unwrap().raw.expose().to_owned()
+    };
+    let (first, second) = (key().await, key().await);
+
+    let verdict = verify(&h, &caller, json!({"key": first, "cost": 2})).await.ok(200).clone();
+    assert_eq!((verdict["valid"].clone(), verdict["credits"]["remaining"].clone()), (json!(true), json!(1)));
+    let verdict = verify(&h, &caller, json!({"key": second, "cost": 2})).await.ok(200).clone();
+    assert_eq!((verdict["valid"].clone(), verdict["code"].clone()), (json!(false), json!("credits_exhausted")));
+    let verdict = verify(&h, &caller, json!({"key": second})).await.ok(200).clone();
+    assert_eq!(verdict["credits"]["remaining"], 0, "one balance for both keys");
+    let left = h.tenant().owner_credits("cust_1").await.unwrap();
+    assert_eq!(left.map(|c| c.remaining), Some(0));
+}
+
+#[tokio::test]
 async fn every_refusal_is_a_200_verdict_with_its_code_and_spends_nothing() {
     let h = harness().await;
     let caller = verifier(&h).await;
@@ -209,6 +232,8 @@ async fn a_verify_key_gets_one_answer_from_every_admin_route_whatever_the_id_nam
         ("GET", "/keys/not-an-id".to_owned(), None),
         ("GET", format!("/keys/{their_policy}"), None),
         ("GET", "/keys".to_owned(), None),
+        ("GET", "/owners/cus_1/credits".to_owned(), None),
+        ("PUT", "/owners/cus_1/credits".to_owned(), Some(json!({"remaining": 5}))),
         ("GET", "/no-such-route".to_owned(), None),
         ("DELETE", "/keys".to_owned(), None),
     ]);

@@ -68,6 +68,10 @@ pub(crate) enum Command {
     /// Create, list, inspect, rotate, revoke, suspend and reactivate API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Show, set, top up or remove the credits an owner's keys share (under a
+    /// policy with `--limit-by owner`).
+    #[command(subcommand)]
+    Owners(OwnersCommand),
     /// Manage policies: rate limits, IP and origin allowlists, scopes, key age, quotas.
     #[command(subcommand)]
     Policies(PoliciesCommand),
@@ -163,18 +167,47 @@ pub(crate) struct KeyCreditsArgs {
     /// The key (`akey_…`); its rotations share the credits.
     #[arg(value_name = "KEY_ID")]
     pub(crate) id: KeyId,
+    /// What to change.
+    #[command(flatten)]
+    pub(crate) change: CreditsChange,
+}
+
+/// What `keys credits` and `owners credits` change: at most one of --set,
+/// --add and --remove.
+#[derive(Debug, Args)]
+pub(crate) struct CreditsChange {
     /// Replace the credits with this many uses.
     #[arg(long, value_name = "REMAINING")]
     pub(crate) set: Option<u64>,
     /// Add this many uses to the credits.
     #[arg(long, value_name = "AMOUNT", conflicts_with_all = ["refill", "refill_every"])]
     pub(crate) add: Option<u64>,
-    /// Remove the credits: the key is no longer limited by them.
+    /// Remove the credits: requests are no longer limited by them.
     #[arg(long, conflicts_with_all = ["refill", "refill_every"])]
     pub(crate) remove: bool,
     /// The refill of --set.
     #[command(flatten)]
     pub(crate) refill: CreditsArgs,
+}
+
+/// `keysmith owners …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum OwnersCommand {
+    /// Show, set, top up or remove the credits every key of an owner spends
+    /// under a policy with `--limit-by owner` (no flag: show them).
+    Credits(OwnerCreditsArgs),
+}
+
+/// `keysmith owners credits`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("change").args(["set", "add", "remove"]))]
+pub(crate) struct OwnerCreditsArgs {
+    /// The owner: your id for the user or customer, as on its keys.
+    #[arg(value_name = "OWNER_ID")]
+    pub(crate) owner_id: String,
+    /// What to change (nothing: show the credits).
+    #[command(flatten)]
+    pub(crate) change: CreditsChange,
 }
 
 /// A key, by id.
@@ -335,7 +368,7 @@ pub(crate) struct PolicySpecArgs {
     /// number is the burst).
     #[arg(long = "limit", value_name = "NAME=REQUESTS/WINDOW[,BURST]", value_parser = values::parse_named_limit)]
     pub(crate) limits: Vec<keysmith_core::RateLimit>,
-    /// Whose budget the limits and quota count: `key` (each key's lineage) or `owner` (all keys of an owner).
+    /// Whose budget the limits, quota and credits count: `key` (each key's lineage) or `owner` (all keys of an owner).
     #[arg(long, value_enum, value_name = "key|owner", default_value_t = LimitBy::Key, hide_possible_values = true)]
     pub(crate) limit_by: LimitBy,
     /// A client network or address allowed to use the keys (repeatable): `10.0.0.0/8`, `2001:db8::1`.

@@ -228,12 +228,13 @@ async fn under_limit_by_owner_an_owners_keys_share_one_quota() {
     // The owner's quota is back at the next UTC day, and a request of one of
     // its keys refused afterwards (no credits left) gives it back.
     clock.set(Period::Day.next_start(clock.now()));
-    let broke = NewKey::new("k").with_owner("cust_1").with_policy(shared).with_credits(Credits::new(0));
-    let broke = acme.create_key(broke).await.unwrap();
+    let broke = owned_key(&acme, shared, "cust_1").await;
+    acme.set_owner_credits("cust_1", Some(Credits::new(0))).await.unwrap();
     for _ in 0..5 {
-        let refused = refusal(engine.validate(broke.raw.expose(), &RequestContext::new()).await);
+        let refused = refusal(engine.validate(&broke, &RequestContext::new()).await);
         assert_eq!(refused.code(), "credits_exhausted");
     }
+    acme.set_owner_credits("cust_1", None).await.unwrap();
     for raw in [&second, &first, &second] {
         assert!(within_quota(&engine, raw).await);
     }
@@ -285,4 +286,121 @@ async fn an_owners_quota_counts_what_every_instance_recorded_for_any_of_its_keys
     assert!(within_quota(&second, &b).await);
     assert!(within_quota(&second, &a).await);
     assert!(!within_quota(&second, &b).await);
+}
+
+/// Uses left after `raw` passes, or `None` if it is refused with
+/// `credits_exhausted`.
+async fn credits_left(engine: &Engine, raw: &str) -> Option<u64> {
+    match engine.validate(raw, &RequestContext::new()).await {
+        Ok(validation) => Some(validation.credits.expect("the request spent credits").remaining),
+        Err(ValidationError::Refused(Refusal::CreditsExhausted { .. })) => None,
+        Err(other) => panic!("expected a pass or credits_exhausted, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn under_limit_by_owner_an_owners_keys_spend_one_balance_that_refills_at_the_utc_boundary() {
+    let (engine, clock) = engine();
+    let acme = engine.tenant("app", "acme");
+    let shared = acme.create_policy(PolicySpec::new("shared").with_limit_by(LimitBy::Owner)).await.unwrap();
+    let credits = acme.set_owner_credits("cus_1", Some(Credits::new(3).with_refill(2, Period::Day))).await.unwrap();
+    let midnight = Period::Day.next_start(t0());
+    assert_eq!(credits.and_then(|c| c.refilled_at), Some(Period::Day.start_of(t0())), "stamped with today");
+    let (first, second) = (owned_key(&acme, shared.id, "cus_1").await, owned_key(&acme, shared.id, "cus_1").await);
+    let other_owner = owned_key(&acme, shared.id, "cus_2").await;
+
+    assert_eq!(credits_left(&engine, &first).await, Some(2));
+    assert_eq!(credits_left(&engine, &second).await, Some(1), "one balance for both keys");
+    let passed = engine.validate(&first, &RequestContext::new().with_cost(1)).await.unwrap();
+    let status = passed.credits.unwrap();
+    assert_eq!((status.remaining, status.cost, status.refills_at), (0, 1, Some(midnight)));
+    assert_eq!(
+        refusal(engine.validate(&second, &RequestContext::new()).await),
+        Refusal::CreditsExhausted { refills_at: Some(midnight) }
+    );
+    assert_eq!(acme.owner_credits("cus_1").await.unwrap().map(|c| c.remaining), Some(0));
+    // Another owner has no balance, so nothing limits it by credits.
+    let unlimited = engine.validate(&other_owner, &RequestContext::new()).await.unwrap();
+    assert_eq!(unlimited.credits, None);
+
+    clock.set(midnight);
+    assert_eq!(acme.owner_credits("cus_1").await.unwrap().map(|c| c.remaining), Some(2), "shown as refilled");
+    assert_eq!(credits_left(&engine, &second).await, Some(1));
+    assert_eq!(credits_left(&engine, &first).await, Some(0));
+    assert_eq!(credits_left(&engine, &first).await, None);
+    // A top-up, then a request refused after validation gives its cost back
+    // to the owner.
+    assert_eq!(acme.add_owner_credits("cus_1", 5).await.unwrap().remaining, 5);
+    let passed = engine.validate(&second, &RequestContext::new().with_cost(2)).await.unwrap();
+    assert_eq!(passed.credits.map(|c| c.remaining), Some(3));
+    assert!(engine.refund(&passed));
+    assert_eq!(acme.owner_credits("cus_1").await.unwrap().map(|c| c.remaining), Some(5));
+    // Removed: the owner's keys are no longer limited by credits.
+    assert_eq!(acme.set_owner_credits("cus_1", None).await.unwrap(), None);
+    assert_eq!(engine.validate(&first, &RequestContext::new()).await.unwrap().credits, None);
+    assert_eq!(acme.owner_credits("cus_1").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn owner_credits_belong_to_the_tenant_and_leave_limit_by_key_alone() {
+    let (engine, _) = engine();
+    let (acme, globex) = (engine.tenant("app", "acme"), engine.tenant("app", "globex"));
+    let per_key = acme.create_policy(PolicySpec::new("per key")).await.unwrap();
+    acme.set_owner_credits("cus_1", Some(Credits::new(1))).await.unwrap();
+    // Under limit_by key, each key spends its own credits, never the owner's.
+    let created = acme
+        .create_key(NewKey::new("k").with_owner("cus_1").with_policy(per_key.id).with_credits(Credits::new(2)))
+        .await;
+    let raw = created.unwrap().raw.expose().to_owned();
+    assert_eq!(credits_left(&engine, &raw).await, Some(1));
+    assert_eq!(credits_left(&engine, &raw).await, Some(0));
+    assert_eq!(acme.owner_credits("cus_1").await.unwrap().map(|c| c.remaining), Some(1));
+    let no_credits = owned_key(&acme, per_key.id, "cus_1").await;
+    assert_eq!(engine.validate(&no_credits, &RequestContext::new()).await.unwrap().credits, None);
+
+    // The same owner id in another tenant is another owner.
+    assert_eq!(globex.owner_credits("cus_1").await.unwrap(), None);
+    let shared = globex.create_policy(PolicySpec::new("shared").with_limit_by(LimitBy::Owner)).await.unwrap();
+    let theirs = owned_key(&globex, shared.id, "cus_1").await;
+    assert_eq!(engine.validate(&theirs, &RequestContext::new()).await.unwrap().credits, None);
+    assert!(matches!(globex.add_owner_credits("cus_1", 1).await, Err(Error::InvalidInput { field: "credits", .. })));
+    assert_eq!(acme.owner_credits("cus_1").await.unwrap().map(|c| c.remaining), Some(1));
+}
+
+#[tokio::test]
+async fn a_key_that_spends_its_owners_credits_takes_none_of_its_own() {
+    let (engine, _) = engine();
+    let acme = engine.tenant("app", "acme");
+    let shared = acme.create_policy(PolicySpec::new("shared").with_limit_by(LimitBy::Owner)).await.unwrap();
+    let owned = NewKey::new("k").with_owner("cus_1").with_policy(shared.id);
+    let refused = acme.create_key(owned.clone().with_credits(Credits::new(5))).await;
+    assert!(matches!(refused, Err(Error::InvalidInput { field: "credits", .. })), "{refused:?}");
+    let created = acme.create_key(owned).await.unwrap();
+    let refused = acme.set_credits(created.key.id, Some(Credits::new(5))).await;
+    assert!(matches!(refused, Err(Error::InvalidInput { field: "credits", .. })), "{refused:?}");
+    assert_eq!(acme.get_key(created.key.id).await.unwrap().credits, None);
+    acme.set_credits(created.key.id, None).await.expect("removing is always allowed");
+    // A key without an owner keeps its own credits under the same policy.
+    let ownerless = acme.create_key(NewKey::new("k").with_policy(shared.id).with_credits(Credits::new(1))).await;
+    assert_eq!(credits_left(&engine, ownerless.unwrap().raw.expose()).await, Some(0));
+}
+
+#[tokio::test]
+async fn owner_credits_refuse_bad_owner_ids_and_values() {
+    let (engine, _) = engine();
+    let acme = engine.tenant("app", "acme");
+    for bad in ["", " padded", "new\nline", &"x".repeat(256)] {
+        let set = acme.set_owner_credits(bad, Some(Credits::new(1))).await;
+        assert!(matches!(set, Err(Error::InvalidInput { field: "owner_id", .. })), "{bad:?}: {set:?}");
+        assert!(matches!(acme.owner_credits(bad).await, Err(Error::InvalidInput { field: "owner_id", .. })));
+        assert!(matches!(acme.add_owner_credits(bad, 1).await, Err(Error::InvalidInput { field: "owner_id", .. })));
+    }
+    let too_many = acme.set_owner_credits("cus_1", Some(Credits::new(Credits::MAX + 1))).await;
+    assert!(matches!(too_many, Err(Error::InvalidInput { field: "credits.remaining", .. })));
+    let zero_refill = acme.set_owner_credits("cus_1", Some(Credits::new(1).with_refill(0, Period::Month))).await;
+    assert!(matches!(zero_refill, Err(Error::InvalidInput { field: "credits.refill.amount", .. })));
+    assert_eq!(acme.owner_credits("cus_1").await.unwrap(), None);
+    acme.set_owner_credits("cus_1", Some(Credits::new(Credits::MAX))).await.unwrap();
+    assert!(matches!(acme.add_owner_credits("cus_1", 1).await, Err(Error::InvalidInput { field: "amount", .. })));
+    assert!(matches!(acme.add_owner_credits("cus_1", 0).await, Err(Error::InvalidInput { field: "amount", .. })));
 }

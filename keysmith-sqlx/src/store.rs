@@ -401,22 +401,25 @@ macro_rules! sql_store {
             }
 
             async fn insert_credits_on(conn: &mut Connection, lineage: Uuid, tenant: &Tenant, credits: &Credits) -> Result<()> {
-                sqlx::query(statement!(
+                let query = sqlx::query(statement!(
                     Db,
                     "INSERT INTO keysmith_credits (lineage_id, app_id, tenant_id, remaining, refill_amount, \
                      refill_every, refilled_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 ))
                 .bind(lineage)
                 .bind(&tenant.app_id)
-                .bind(&tenant.tenant_id)
-                .bind(credit_count(credits.remaining))
-                .bind(credits.refill.map(|r| credit_count(r.amount)))
-                .bind(credits.refill.map(|r| r.every.as_str()))
-                .bind(credits.refilled_at.map(Db::time))
-                .execute(&mut *conn)
-                .await
-                .map_err(store_error)?;
+                .bind(&tenant.tenant_id);
+                bind_credits(query, credits).execute(&mut *conn).await.map_err(store_error)?;
                 Ok(())
+            }
+
+            /// Binds `remaining, refill_amount, refill_every, refilled_at`.
+            fn bind_credits<'q>(query: Query<'q>, credits: &Credits) -> Query<'q> {
+                query
+                    .bind(credit_count(credits.remaining))
+                    .bind(credits.refill.map(|r| credit_count(r.amount)))
+                    .bind(credits.refill.map(|r| r.every.as_str()))
+                    .bind(credits.refilled_at.map(Db::time))
             }
 
             /// Refills the lineage's credits if a refill period began since
@@ -454,6 +457,45 @@ macro_rules! sql_store {
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(store_error)?;
+                row.as_ref().map(credits).transpose().map(Option::flatten)
+            }
+
+            /// Binds a tenant and an owner id, the order of every
+            /// `app_id = ? AND tenant_id = ? AND owner_id = ?`.
+            fn bind_owner<'q>(query: Query<'q>, tenant: &'q Tenant, owner_id: &'q str) -> Query<'q> {
+                query.bind(&tenant.app_id).bind(&tenant.tenant_id).bind(owner_id)
+            }
+
+            /// The owner's credits, as [`refill_on`] does a lineage's.
+            async fn owner_refill_on(conn: &mut Connection, tenant: &Tenant, owner_id: &str, now: DateTime<Utc>) -> Result<()> {
+                let (day, month) = (Db::time(Period::Day.start_of(now)), Db::time(Period::Month.start_of(now)));
+                let (day_again, month_again) = (Db::time(Period::Day.start_of(now)), Db::time(Period::Month.start_of(now)));
+                let query = sqlx::query(statement!(
+                    Db,
+                    "UPDATE keysmith_owner_credits SET remaining = refill_amount, \
+                     refilled_at = CASE refill_every WHEN 'day' THEN ? ELSE ? END \
+                     WHERE app_id = ? AND tenant_id = ? AND owner_id = ? AND refill_every IS NOT NULL \
+                     AND (refilled_at IS NULL OR refilled_at < CASE refill_every WHEN 'day' THEN ? ELSE ? END)"
+                ))
+                .bind(day)
+                .bind(month);
+                bind_owner(query, tenant, owner_id)
+                    .bind(day_again)
+                    .bind(month_again)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(store_error)?;
+                Ok(())
+            }
+
+            async fn owner_credits_on(conn: &mut Connection, tenant: &Tenant, owner_id: &str) -> Result<Option<Credits>> {
+                let query = sqlx::query(statement!(
+                    Db,
+                    "SELECT ",
+                    CREDITS_COLUMNS,
+                    " FROM keysmith_owner_credits WHERE app_id = ? AND tenant_id = ? AND owner_id = ?"
+                ));
+                let row = bind_owner(query, tenant, owner_id).fetch_optional(&mut *conn).await.map_err(store_error)?;
                 row.as_ref().map(credits).transpose().map(Option::flatten)
             }
 
@@ -975,6 +1017,115 @@ macro_rules! sql_store {
                     .execute(&self.pool)
                     .await
                     .map_err(store_error)?;
+                    Ok(())
+                }
+
+                async fn owner_credits(&self, tenant: &Tenant, owner_id: &str) -> Result<Option<Credits>> {
+                    let mut conn = self.pool.acquire().await.map_err(store_error)?;
+                    owner_credits_on(&mut conn, tenant, owner_id).await
+                }
+
+                async fn set_owner_credits(&self, tenant: &Tenant, owner_id: &str, credits: Option<&Credits>) -> Result<()> {
+                    let mut tx = self.begin().await?;
+                    let delete = sqlx::query(statement!(
+                        Db,
+                        "DELETE FROM keysmith_owner_credits WHERE app_id = ? AND tenant_id = ? AND owner_id = ?"
+                    ));
+                    bind_owner(delete, tenant, owner_id).execute(&mut *tx).await.map_err(store_error)?;
+                    if let Some(credits) = credits {
+                        let insert = sqlx::query(statement!(
+                            Db,
+                            "INSERT INTO keysmith_owner_credits (app_id, tenant_id, owner_id, remaining, refill_amount, \
+                             refill_every, refilled_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                        ));
+                        let insert = bind_credits(bind_owner(insert, tenant, owner_id), credits);
+                        insert.execute(&mut *tx).await.map_err(store_error)?;
+                    }
+                    tx.commit().await.map_err(store_error)
+                }
+
+                async fn add_owner_credits(
+                    &self,
+                    tenant: &Tenant,
+                    owner_id: &str,
+                    amount: u64,
+                    now: DateTime<Utc>,
+                ) -> Result<Credits> {
+                    let mut tx = self.begin().await?;
+                    owner_refill_on(&mut tx, tenant, owner_id, now).await?;
+                    let add = sqlx::query(statement!(
+                        Db,
+                        "UPDATE keysmith_owner_credits SET remaining = remaining + ? \
+                         WHERE app_id = ? AND tenant_id = ? AND owner_id = ? AND remaining <= ?"
+                    ))
+                    .bind(credit_count(amount));
+                    let added = bind_owner(add, tenant, owner_id)
+                        .bind(credit_count(Credits::MAX.saturating_sub(amount)))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(store_error)?;
+                    let credits = owner_credits_on(&mut tx, tenant, owner_id).await?;
+                    match (added.rows_affected(), credits) {
+                        (_, None) => Err(Error::InvalidInput {
+                            field: "credits",
+                            reason: "the owner has no credits to add to; set them first".into(),
+                        }),
+                        (0, Some(_)) => Err(Error::InvalidInput {
+                            field: "amount",
+                            reason: format!("credits would pass {}", Credits::MAX),
+                        }),
+                        (_, Some(credits)) => {
+                            tx.commit().await.map_err(store_error)?;
+                            Ok(credits)
+                        }
+                    }
+                }
+
+                async fn spend_owner_credits(
+                    &self,
+                    tenant: &Tenant,
+                    owner_id: &str,
+                    cost: u64,
+                    now: DateTime<Utc>,
+                ) -> Result<CreditSpend> {
+                    let mut conn = self.pool.acquire().await.map_err(store_error)?;
+                    // Every request of an owner's key asks: an owner without
+                    // credits costs one read, not three statements.
+                    if owner_credits_on(&mut conn, tenant, owner_id).await?.is_none() {
+                        return Ok(CreditSpend::Unlimited);
+                    }
+                    owner_refill_on(&mut conn, tenant, owner_id, now).await?;
+                    // One conditional statement, as for a lineage.
+                    let spend = sqlx::query(statement!(
+                        Db,
+                        "UPDATE keysmith_owner_credits SET remaining = remaining - ? \
+                         WHERE app_id = ? AND tenant_id = ? AND owner_id = ? AND remaining >= ?"
+                    ))
+                    .bind(credit_count(cost));
+                    let spent = bind_owner(spend, tenant, owner_id)
+                        .bind(credit_count(cost))
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(store_error)?;
+                    Ok(match (spent.rows_affected(), owner_credits_on(&mut conn, tenant, owner_id).await?) {
+                        (_, None) => CreditSpend::Unlimited,
+                        (0, Some(credits)) => CreditSpend::Exhausted(credits),
+                        (_, Some(credits)) => CreditSpend::Spent(credits),
+                    })
+                }
+
+                async fn refund_owner_credits(&self, tenant: &Tenant, owner_id: &str, cost: u64) -> Result<()> {
+                    let refund = sqlx::query(statement!(
+                        Db,
+                        "UPDATE keysmith_owner_credits SET remaining = remaining + ? \
+                         WHERE app_id = ? AND tenant_id = ? AND owner_id = ? AND remaining <= ?"
+                    ))
+                    .bind(credit_count(cost));
+                    bind_owner(refund, tenant, owner_id)
+                        .bind(credit_count(Credits::MAX.saturating_sub(cost)))
+                        .execute(&self.pool)
+                        .await
+                        .map_err(store_error)?;
                     Ok(())
                 }
 

@@ -184,10 +184,13 @@ pub const OWNERS_MIGRATION: i64 = 20_261_202_010_001;
 /// The migrations a database had before owners and credits.
 #[must_use]
 pub fn migrations_before_owners(all: &sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    migrations_before(all, OWNERS_MIGRATION)
+}
+
+/// The migrations of `all` older than `version`.
+fn migrations_before(all: &sqlx::migrate::Migrator, version: i64) -> sqlx::migrate::Migrator {
     sqlx::migrate::Migrator {
-        migrations: std::borrow::Cow::Owned(
-            all.migrations.iter().filter(|m| m.version < OWNERS_MIGRATION).cloned().collect(),
-        ),
+        migrations: std::borrow::Cow::Owned(all.migrations.iter().filter(|m| m.version < version).cloned().collect()),
         ..sqlx::migrate::Migrator::DEFAULT
     }
 }
@@ -229,6 +232,71 @@ pub async fn old_keys_take_owners_and_credits_after_the_migrations(store: Arc<dy
     assert!(matches!(acme.create_key(new).await, Err(Error::OwnerKeyLimit { .. })));
     // Closed before the test database is dropped: every connection, and
     // whatever it still holds, is released.
+    engine.shutdown().await;
+    store.close().await;
+}
+
+/// The migration version that adds the credits an owner's keys share.
+pub const OWNER_CREDITS_MIGRATION: i64 = 20_261_202_030_001;
+
+/// The migrations a database had before owner credits.
+#[must_use]
+pub fn migrations_before_owner_credits(all: &sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    migrations_before(all, OWNER_CREDITS_MIGRATION)
+}
+
+/// A key of owner `cus_1` with 3 credits of its own, as a database made
+/// before owner credits held it; `uuid` writes an id literal and `now` the
+/// current time in the backend's SQL.
+#[must_use]
+pub fn rows_before_owner_credits(
+    tenant: &Tenant,
+    key: KeyId,
+    uuid: fn(uuid::Uuid) -> String,
+    now: &str,
+) -> Vec<String> {
+    let (app, tenant) = (&tenant.app_id, &tenant.tenant_id);
+    let id = uuid(key.uuid());
+    vec![
+        format!(
+            "INSERT INTO keysmith_keys (id, app_id, tenant_id, hash, name, hint, prefix, environment, state, \
+             created_at, updated_at, metadata, lineage_id, owner_id) VALUES ({id}, '{app}', '{tenant}', '{:064x}', \
+             'old', 'sk_live_…', 'sk', 'live', 'active', {now}, {now}, '{{}}', {id}, 'cus_1')",
+            9
+        ),
+        format!(
+            "INSERT INTO keysmith_credits (lineage_id, app_id, tenant_id, remaining) VALUES ({id}, '{app}', '{tenant}', 3)"
+        ),
+    ]
+}
+
+/// After the owner-credits migration, the old key keeps its owner and its
+/// own credits, its owner takes credits, and a key of that owner under a
+/// policy that limits by owner spends them until they are exhausted.
+pub async fn owners_take_credits_after_the_migration(store: Arc<dyn Store>, tenant: &Tenant, key: KeyId) {
+    use keysmith_core::{
+        CreditSpend, Credits, Engine, LimitBy, NewKey, PolicySpec, Refusal, RequestContext, ValidationError,
+    };
+
+    let old = store.get_key(tenant, key).await.unwrap().expect("the old key survives the migration");
+    assert_eq!((old.key.owner_id.as_deref(), old.key.credits), (Some("cus_1"), Some(Credits::new(3))));
+    assert_eq!(store.owner_credits(tenant, "cus_1").await.unwrap(), None);
+    store.set_owner_credits(tenant, "cus_1", Some(&Credits::new(2))).await.unwrap();
+    let spent = store.spend_owner_credits(tenant, "cus_1", 1, t0()).await.unwrap();
+    assert_eq!(spent, CreditSpend::Spent(Credits::new(1)));
+
+    let engine = Engine::builder(Arc::clone(&store)).build().unwrap();
+    let acme = engine.tenant(tenant.app_id.clone(), tenant.tenant_id.clone());
+    let policy = acme.create_policy(PolicySpec::new("shared").with_limit_by(LimitBy::Owner)).await.unwrap();
+    let created = acme.create_key(NewKey::new("new").with_owner("cus_1").with_policy(policy.id)).await.unwrap();
+    let ctx = RequestContext::new();
+    let passed = engine.validate(created.raw.expose(), &ctx).await.unwrap();
+    assert_eq!(passed.credits.map(|c| c.remaining), Some(0), "the owner's credits, not the old key's");
+    match engine.validate(created.raw.expose(), &ctx).await {
+        Err(ValidationError::Refused(Refusal::CreditsExhausted { .. })) => {}
+        other => panic!("expected credits_exhausted, got {other:?}"),
+    }
+    assert_eq!(store.get_key(tenant, key).await.unwrap().unwrap().key.credits, Some(Credits::new(3)));
     engine.shutdown().await;
     store.close().await;
 }

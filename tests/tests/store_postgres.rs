@@ -154,6 +154,22 @@ mod postgres_only {
     }
 
     #[tokio::test]
+    async fn the_owner_credits_migration_upgrades_an_existing_database() {
+        use keysmith_core::KeyId;
+        let Some(db) = PgTestDb::create().await else { return };
+        let pool = db.pool().await;
+        sql_cases::migrations_before_owner_credits(&keysmith_sqlx::postgres::MIGRATOR).run(&pool).await.unwrap();
+        let (tenant, key) = (Tenant::new("app", "acme"), KeyId::new());
+        let literal = |id: uuid::Uuid| format!("'{id}'");
+        for statement in sql_cases::rows_before_owner_credits(&tenant, key, literal, "now()") {
+            sqlx::query(&statement).execute(&pool).await.unwrap();
+        }
+        let store = PgStore::new(pool);
+        store.migrate().await.unwrap();
+        sql_cases::owners_take_credits_after_the_migration(Arc::new(store), &tenant, key).await;
+    }
+
+    #[tokio::test]
     async fn the_owners_and_credits_migrations_upgrade_an_existing_database() {
         use keysmith_core::KeyId;
         let Some(db) = PgTestDb::create().await else { return };

@@ -37,8 +37,9 @@ pub(super) async fn run(command: KeysCommand, tenant: &TenantEngine, printer: Pr
             printer.render(&key, || changed(&key))
         }
         KeysCommand::Credits(args) => {
-            let key = match (args.set, args.add) {
-                (Some(remaining), _) => tenant.set_credits(args.id, Some(args.refill.credits(remaining))).await?,
+            let change = args.change;
+            let key = match (change.set, change.add) {
+                (Some(remaining), _) => tenant.set_credits(args.id, Some(change.refill.credits(remaining))).await?,
                 (None, Some(amount)) => tenant.add_credits(args.id, amount).await?,
                 (None, None) => tenant.set_credits(args.id, None).await?,
             };
@@ -49,7 +50,12 @@ pub(super) async fn run(command: KeysCommand, tenant: &TenantEngine, printer: Pr
 
 /// A key's credits on one line: `12 left, refilled to 100 every day`.
 fn credits(key: &Key) -> String {
-    match key.credits {
+    credits_line(key.credits)
+}
+
+/// Credits on one line: `12 left, refilled to 100 every day`, or `none`.
+pub(super) fn credits_line(credits: Option<keysmith_core::Credits>) -> String {
+    match credits {
         None => "none".to_owned(),
         Some(credits) => match credits.refill {
             Some(refill) => format!("{} left, refilled to {} every {}", credits.remaining, refill.amount, refill.every),

@@ -2,6 +2,7 @@
 
 mod keys;
 mod maintenance;
+mod owners;
 mod policies;
 mod scopes;
 mod serve;
@@ -26,6 +27,7 @@ pub(crate) async fn run(cli: Cli) -> Result<String, CliError> {
     let tenant = match command {
         Command::Migrate | Command::Sweep | Command::Serve(_) => None,
         Command::Keys(_)
+        | Command::Owners(_)
         | Command::Policies(_)
         | Command::Scopes(_)
         | Command::Usage(_)
@@ -58,6 +60,7 @@ async fn dispatch(
         Command::Migrate => maintenance::migrate(engine, printer).await,
         Command::Sweep => maintenance::sweep(engine, printer).await,
         Command::Keys(command) => keys::run(command, tenant()?, printer).await,
+        Command::Owners(command) => owners::run(command, tenant()?, printer).await,
         Command::Policies(command) => policies::run(command, tenant()?, printer).await,
         Command::Scopes(command) => scopes::run(command, tenant()?, printer).await,
         Command::Usage(args) => usage::run(args, tenant()?, printer).await,

@@ -27,6 +27,7 @@ pub(crate) async fn operator_flow(ks: &Keysmith, store: Arc<dyn Store>) {
     tenants_are_isolated(ks, &key_id, &policy_id);
     control_characters_are_refused(ks, &key_id);
     owners_and_credits(ks, &engine).await;
+    owner_credits(ks, &engine).await;
     engine.shutdown().await;
 }
 
@@ -61,6 +62,40 @@ async fn owners_and_credits(ks: &Keysmith, engine: &Engine) {
     ks.run(&["keys", "credits", &id]).fails(2);
     ks.run(&["keys", "credits", &id, "--add", "1"]).fails(1);
     ks.run(&["keys", "create", "--name", "x", "--refill", "5", "--refill-every", "day"]).fails(2);
+}
+
+/// `owners credits`: the credits every key of an owner spends under a
+/// policy that limits by owner, shown, set, topped up and removed.
+async fn owner_credits(ks: &Keysmith, engine: &Engine) {
+    let policy = ks.json(&["policies", "create", "--name", "shared-credits", "--limit-by", "owner"]);
+    let policy_id = str_of(&policy, "id").to_owned();
+    let key = |name: &str| ks.json(&["keys", "create", "--name", name, "--owner", "cus_9", "--policy", &policy_id]);
+    let (first, second) = (key("a"), key("b"));
+    let (first_id, first) = (str_of(&first["key"], "id").to_owned(), str_of(&first, "raw_key").to_owned());
+    let second = str_of(&second, "raw_key").to_owned();
+
+    assert_eq!(ks.json(&["owners", "credits", "cus_9"]), json!({"owner_id": "cus_9", "credits": null}));
+    let set = ks.json(&["owners", "credits", "cus_9", "--set", "1", "--refill", "5", "--refill-every", "month"]);
+    assert_eq!(
+        (set["credits"]["remaining"].as_u64(), set["credits"]["refill"]["every"].as_str()),
+        (Some(1), Some("month"))
+    );
+    validate(engine, &first).await.expect("one credit");
+    let refusal = validate(engine, &second).await.unwrap_err();
+    assert_eq!(refusal.refusal().map(keysmith_core::Refusal::code), Some("credits_exhausted"), "one balance");
+    let topped = ks.run(&["owners", "credits", "cus_9", "--add", "2"]).ok();
+    assert!(topped.contains("credits: 2 left, refilled to 5 every month"), "{topped}");
+    validate(engine, &second).await.expect("topped up");
+    assert_eq!(ks.json(&["owners", "credits", "cus_9"])["credits"]["remaining"], 1);
+    let own = ks.run(&["keys", "credits", &first_id, "--set", "3"]).fails(1);
+    assert!(own.contains("owner"), "{own}");
+    let removed = ks.json(&["owners", "credits", "cus_9", "--remove"]);
+    assert_eq!(removed["credits"], Value::Null);
+    assert!(validate(engine, &first).await.unwrap().credits.is_none(), "no credits, no credits limit");
+    ks.run(&["owners", "credits", "cus_9", "--add", "1"]).fails(1);
+    ks.run(&["owners", "credits", " cus_9", "--set", "1"]).fails(1);
+    ks.run(&["owners", "credits", "cus_9", "--set", "1", "--add", "1"]).fails(2);
+    ks.run(&["owners", "credits", "cus_9", "--refill", "5", "--refill-every", "day"]).fails(2);
 }
 
 /// NUL (through JSON escapes: a command line cannot hold one) and other

@@ -10,7 +10,7 @@ use crate::Change;
 use crate::hooks::Event;
 use crate::store::{KeyFilter, RotationWrite, StoredKey, Transition};
 use crate::{
-    Credits, Environment, Error, Key, KeyId, KeyState, PolicyId, RawKey, Result, RotationId, RotationReason,
+    Credits, Environment, Error, Key, KeyId, KeyState, LimitBy, PolicyId, RawKey, Result, RotationId, RotationReason,
     RotationRecord, Tenant, input, scope,
 };
 
@@ -162,6 +162,9 @@ impl TenantEngine {
             return Err(Error::invalid("expires_at", "must be in the future"));
         }
         let credits = new.credits.map(|credits| credits.checked(now)).transpose()?;
+        if credits.is_some() {
+            self.check_lineage_credits(new.owner_id.as_deref(), new.policy_id).await?;
+        }
         let prefix = new.prefix.unwrap_or_else(|| inner.prefix.clone());
         let environment = new.environment.unwrap_or(inner.environment);
         let raw = RawKey::generate(&prefix, environment)?;
@@ -215,11 +218,17 @@ impl TenantEngine {
     /// the current period.
     ///
     /// # Errors
-    /// `InvalidInput` for values over [`Credits::MAX`] or a zero refill;
+    /// `InvalidInput` for values over [`Credits::MAX`] or a zero refill, or
+    /// for a key whose policy limits by owner and that has an owner (it
+    /// spends its owner's credits: [`set_owner_credits`](Self::set_owner_credits));
     /// `NotFound`.
     pub async fn set_credits(&self, id: KeyId, credits: Option<Credits>) -> Result<Key> {
         let now = self.engine.inner.clock.now();
         let credits = credits.map(|credits| credits.checked(now)).transpose()?;
+        if credits.is_some() {
+            let stored = self.stored_key(id).await?;
+            self.check_lineage_credits(stored.key.owner_id.as_deref(), stored.key.policy_id).await?;
+        }
         let key = self.engine.inner.store.set_credits(&self.tenant, id, credits.as_ref()).await?;
         self.engine.publish(|| Change::key(&key, None)).await;
         Ok(self.current(key))
@@ -238,6 +247,70 @@ impl TenantEngine {
         let now = self.engine.inner.clock.now();
         let key = self.engine.inner.store.add_credits(&self.tenant, id, amount, now).await?;
         Ok(self.current(key))
+    }
+
+    /// Refuses credits for a lineage that would never spend them: a key of
+    /// an owner under a policy with `limit_by: owner` spends its owner's.
+    async fn check_lineage_credits(&self, owner_id: Option<&str>, policy_id: Option<PolicyId>) -> Result<()> {
+        let (Some(owner_id), Some(policy_id)) = (owner_id, policy_id) else {
+            return Ok(());
+        };
+        let policy = self.engine.inner.store.get_policy(&self.tenant, policy_id).await?;
+        if policy.is_some_and(|policy| policy.limit_by == LimitBy::Owner) {
+            return Err(Error::invalid(
+                "credits",
+                format!(
+                    "the key's policy limits by owner, so the key spends the credits of owner {owner_id:?}: set those instead"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The credits shared by the keys of `owner_id` under a policy with
+    /// `limit_by: owner`, as they stand now (a refill due but not yet made
+    /// by a request counts as made); `None` when the owner has none (its
+    /// keys are not limited by credits).
+    ///
+    /// # Errors
+    /// `InvalidInput` for an owner id that no key could have; a store failure.
+    pub async fn owner_credits(&self, owner_id: &str) -> Result<Option<Credits>> {
+        input::check_owner_id(owner_id)?;
+        let credits = self.engine.inner.store.owner_credits(&self.tenant, owner_id).await?;
+        let now = self.engine.inner.clock.now();
+        Ok(credits.map(|credits| credits.as_of(now)))
+    }
+
+    /// Gives the owner `owner_id` credits that all its keys spend under a
+    /// policy with `limit_by: owner`, replacing any (`None` removes them:
+    /// its keys are no longer limited by credits). A refill starts with the
+    /// current period. The owner need not have a key yet.
+    ///
+    /// # Errors
+    /// `InvalidInput` for an owner id that no key could have, values over
+    /// [`Credits::MAX`] or a zero refill; a store failure.
+    pub async fn set_owner_credits(&self, owner_id: &str, credits: Option<Credits>) -> Result<Option<Credits>> {
+        input::check_owner_id(owner_id)?;
+        let now = self.engine.inner.clock.now();
+        let credits = credits.map(|credits| credits.checked(now)).transpose()?;
+        self.engine.inner.store.set_owner_credits(&self.tenant, owner_id, credits.as_ref()).await?;
+        Ok(credits)
+    }
+
+    /// Tops the owner's credits up by `amount` (after the refill due now,
+    /// if one is).
+    ///
+    /// # Errors
+    /// `InvalidInput` for an owner id that no key could have, if the owner
+    /// has no credits, for a zero amount or a sum over [`Credits::MAX`]; a
+    /// store failure.
+    pub async fn add_owner_credits(&self, owner_id: &str, amount: u64) -> Result<Credits> {
+        input::check_owner_id(owner_id)?;
+        if amount == 0 || amount > Credits::MAX {
+            return Err(Error::invalid("amount", format!("must be 1 to {}", Credits::MAX)));
+        }
+        let now = self.engine.inner.clock.now();
+        self.engine.inner.store.add_owner_credits(&self.tenant, owner_id, amount, now).await
     }
 
     async fn stored_key(&self, id: KeyId) -> Result<StoredKey> {

@@ -440,7 +440,7 @@ impl Engine {
             }
             let mut validation = Validation::new(key, None, Vec::new(), None, now);
             // 10. Credits.
-            if validation.key.credits.is_some() {
+            if credits_subject(&validation.key, None).is_some() {
                 validation = Box::pin(self.spend_credits(validation, ctx.cost())).await?;
             }
             self.touch(&validation.key, now);
@@ -508,15 +508,16 @@ impl Engine {
         let mut validation = Validation::new(key, Some(policy), rate_limits, narrowed, now);
         // 10. Credits, last: what the request spent above is given back if
         // they refuse it.
-        if validation.key.credits.is_some() {
+        if credits_subject(&validation.key, validation.policy.as_deref()).is_some() {
             validation = Box::pin(self.spend_credits(validation, ctx.cost())).await?;
         }
         self.touch(&validation.key, now);
         Ok(validation)
     }
 
-    /// Spends the request's cost from the key's credits; a refusal gives
-    /// back the rate-limit request and the quota request it had spent.
+    /// Spends the request's cost from the credits of the key's lineage, or
+    /// of its owner under `limit_by: owner`; a refusal gives back the
+    /// rate-limit request and the quota request it had spent.
     async fn spend_credits(
         &self,
         mut validation: Validation,
@@ -524,9 +525,18 @@ impl Engine {
     ) -> Result<Validation, (ValidationError, Option<Arc<Key>>)> {
         let store = &self.inner.store;
         let (key, now) = (&validation.key, validation.checked_at);
-        let spent = match store.spend_credits_ready(key, cost, now) {
-            Some(spent) => spent,
-            None => store.spend_credits(key, cost, now).await,
+        let spent = match credits_subject(key, validation.policy.as_deref()) {
+            Some(Subject::Owner { tenant, owner_id }) => {
+                match store.spend_owner_credits_ready(tenant, owner_id, cost, now) {
+                    Some(spent) => spent,
+                    None => store.spend_owner_credits(tenant, owner_id, cost, now).await,
+                }
+            }
+            Some(Subject::Key(_)) => match store.spend_credits_ready(key, cost, now) {
+                Some(spent) => spent,
+                None => store.spend_credits(key, cost, now).await,
+            },
+            None => Ok(CreditSpend::Unlimited),
         };
         match spent {
             Ok(CreditSpend::Spent(credits)) => {
@@ -564,12 +574,23 @@ impl Engine {
         if let Some(credits) = validation.credits.filter(|c| c.cost > 0) {
             let store = &self.inner.store;
             let key = &validation.key;
-            if store.refund_credits_ready(key, credits.cost).is_none()
+            // The owner's credits, or else the lineage's.
+            let by_owner = matches!(credits_subject(key, validation.policy.as_deref()), Some(Subject::Owner { .. }));
+            let owner_id = move |key: &Key| key.owner_id.clone().filter(|_| by_owner);
+            let ready = match owner_id(key) {
+                Some(owner_id) => store.refund_owner_credits_ready(&key.tenant, &owner_id, credits.cost),
+                None => store.refund_credits_ready(key, credits.cost),
+            };
+            if ready.is_none()
                 && let Ok(runtime) = tokio::runtime::Handle::try_current()
             {
                 let (store, key) = (Arc::clone(store), Arc::clone(key));
                 runtime.spawn(async move {
-                    if let Err(error) = store.refund_credits(&key, credits.cost).await {
+                    let refunded = match owner_id(&key) {
+                        Some(owner_id) => store.refund_owner_credits(&key.tenant, &owner_id, credits.cost).await,
+                        None => store.refund_credits(&key, credits.cost).await,
+                    };
+                    if let Err(error) = refunded {
                         tracing::warn!(key_id = %key.id, %error, "could not give back the credits of a refused request");
                     }
                 });
@@ -658,6 +679,16 @@ fn limit_subject<'a>(key: &'a Key, policy: &Policy) -> Subject<'a> {
     match (policy.limit_by, key.owner_id.as_deref()) {
         (LimitBy::Owner, Some(owner_id)) => Subject::Owner { tenant: &key.tenant, owner_id },
         _ => Subject::Key(key.lineage_id),
+    }
+}
+
+/// Whose credits a request with `key` spends, if any can: its owner's when
+/// its policy's limits are the owner's (whether the owner has credits is the
+/// store's to say), else its lineage's when the lineage has credits.
+fn credits_subject<'a>(key: &'a Key, policy: Option<&Policy>) -> Option<Subject<'a>> {
+    match policy.map(|policy| limit_subject(key, policy)) {
+        Some(owner @ Subject::Owner { .. }) => Some(owner),
+        _ => key.credits.is_some().then_some(Subject::Key(key.lineage_id)),
     }
 }
 

@@ -12,6 +12,10 @@ use crate::{Error, Period, Result};
 ///
 /// Credits belong to the key's lineage: the key that replaces it in a
 /// rotation spends from the same credits, and a rotation never refills them.
+/// An owner can have credits too
+/// ([`TenantEngine::set_owner_credits`](crate::TenantEngine::set_owner_credits)):
+/// under a policy with [`LimitBy::Owner`](crate::LimitBy::Owner), every key
+/// of the owner spends those instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Credits {
     /// Uses left.

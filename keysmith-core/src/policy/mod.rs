@@ -24,8 +24,8 @@ pub struct Policy {
     /// Named rate limits, every one enforced (a request must fit them all).
     #[serde(default)]
     pub rate_limits: Vec<RateLimit>,
-    /// Whose budget the rate limits and quota count: each key's lineage, or
-    /// all keys of the key's owner together.
+    /// Whose budget the rate limits, quota and credits count: each key's
+    /// lineage, or all keys of the key's owner together.
     #[serde(default)]
     pub limit_by: LimitBy,
     /// Client networks allowed to use the keys; empty allows all.
@@ -125,7 +125,7 @@ impl RateLimit {
 }
 
 crate::names::string_enum! {
-    /// Whose budget a policy's rate limits and quota count.
+    /// Whose budget a policy's rate limits, quota and credits count.
     #[derive(Default)]
     #[non_exhaustive]
     pub enum LimitBy("limit_by") {
@@ -136,8 +136,9 @@ crate::names::string_enum! {
         Key = "key",
         /// One budget for all keys of the key's owner.
         ///
-        /// A key without an owner ([`Key::owner_id`](crate::Key::owner_id))
-        /// keeps its own (lineage) budget.
+        /// Credits included: the owner's balance, not the key's. A key
+        /// without an owner ([`Key::owner_id`](crate::Key::owner_id)) keeps
+        /// its own (lineage) budget.
         Owner = "owner",
     }
 }

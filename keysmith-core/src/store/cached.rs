@@ -644,6 +644,53 @@ impl KeyStore for CachedStore {
         self.inner.refund_credits_ready(key, cost)
     }
 
+    // An owner's credits are not cached: every spend is the store's.
+    async fn owner_credits(&self, tenant: &Tenant, owner_id: &str) -> Result<Option<Credits>> {
+        self.inner.owner_credits(tenant, owner_id).await
+    }
+
+    async fn set_owner_credits(&self, tenant: &Tenant, owner_id: &str, credits: Option<&Credits>) -> Result<()> {
+        self.inner.set_owner_credits(tenant, owner_id, credits).await
+    }
+
+    async fn add_owner_credits(
+        &self,
+        tenant: &Tenant,
+        owner_id: &str,
+        amount: u64,
+        now: DateTime<Utc>,
+    ) -> Result<Credits> {
+        self.inner.add_owner_credits(tenant, owner_id, amount, now).await
+    }
+
+    async fn spend_owner_credits(
+        &self,
+        tenant: &Tenant,
+        owner_id: &str,
+        cost: u64,
+        now: DateTime<Utc>,
+    ) -> Result<CreditSpend> {
+        self.inner.spend_owner_credits(tenant, owner_id, cost, now).await
+    }
+
+    fn spend_owner_credits_ready(
+        &self,
+        tenant: &Tenant,
+        owner_id: &str,
+        cost: u64,
+        now: DateTime<Utc>,
+    ) -> Option<Result<CreditSpend>> {
+        self.inner.spend_owner_credits_ready(tenant, owner_id, cost, now)
+    }
+
+    async fn refund_owner_credits(&self, tenant: &Tenant, owner_id: &str, cost: u64) -> Result<()> {
+        self.inner.refund_owner_credits(tenant, owner_id, cost).await
+    }
+
+    fn refund_owner_credits_ready(&self, tenant: &Tenant, owner_id: &str, cost: u64) -> Option<Result<()>> {
+        self.inner.refund_owner_credits_ready(tenant, owner_id, cost)
+    }
+
     async fn list_due_keys(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Key>> {
         self.inner.list_due_keys(now, limit).await
     }

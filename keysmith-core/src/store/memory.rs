@@ -58,6 +58,9 @@ struct Tables {
     owners: HashMap<(Tenant, String), Vec<KeyId>, foldhash::fast::RandomState>,
     /// Credits by lineage; every key of the lineage carries a copy.
     credits: HashMap<KeyId, Credits, foldhash::fast::RandomState>,
+    /// Credits shared by an owner's keys, by tenant and owner id (two
+    /// levels, so that a request's lookup borrows its ids).
+    owner_credits: HashMap<Tenant, HashMap<String, Credits, foldhash::fast::RandomState>, foldhash::fast::RandomState>,
     policies: HashMap<PolicyId, Arc<Policy>, foldhash::fast::RandomState>,
     scopes: BTreeMap<ScopeId, Scope>,
     rotations: Vec<RotationRecord>,
@@ -252,10 +255,49 @@ impl Tables {
 
     fn refund_credits(&mut self, key: &Key, cost: u64) {
         if let Some(credits) = self.credits.get(&key.lineage_id).copied() {
-            let remaining = credits.remaining.saturating_add(cost).min(Credits::MAX.max(credits.remaining));
-            self.store_credits(key.lineage_id, Some(Credits { remaining, ..credits }));
+            self.store_credits(key.lineage_id, Some(refunded(credits, cost)));
         }
     }
+
+    fn owner_credits_mut(&mut self, tenant: &Tenant, owner_id: &str) -> Option<&mut Credits> {
+        self.owner_credits.get_mut(tenant)?.get_mut(owner_id)
+    }
+
+    fn spend_owner_credits(&mut self, tenant: &Tenant, owner_id: &str, cost: u64, now: DateTime<Utc>) -> CreditSpend {
+        let Some(stored) = self.owner_credits_mut(tenant, owner_id) else {
+            return CreditSpend::Unlimited;
+        };
+        let credits = stored.as_of(now);
+        if credits.remaining < cost {
+            *stored = credits;
+            return CreditSpend::Exhausted(credits);
+        }
+        *stored = Credits { remaining: credits.remaining - cost, ..credits };
+        CreditSpend::Spent(*stored)
+    }
+
+    fn refund_owner_credits(&mut self, tenant: &Tenant, owner_id: &str, cost: u64) {
+        if let Some(stored) = self.owner_credits_mut(tenant, owner_id) {
+            *stored = refunded(*stored, cost);
+        }
+    }
+}
+
+/// `credits` with `cost` given back, up to [`Credits::MAX`] (never lower
+/// than they were).
+fn refunded(credits: Credits, cost: u64) -> Credits {
+    let remaining = credits.remaining.saturating_add(cost).min(Credits::MAX.max(credits.remaining));
+    Credits { remaining, ..credits }
+}
+
+/// `credits` topped up by `amount`, or `InvalidInput` past [`Credits::MAX`].
+fn topped_up(credits: Credits, amount: u64) -> Result<Credits> {
+    let remaining = credits
+        .remaining
+        .checked_add(amount)
+        .filter(|sum| *sum <= Credits::MAX)
+        .ok_or_else(|| Error::invalid("amount", format!("credits would pass {}", Credits::MAX)))?;
+    Ok(Credits { remaining, ..credits })
 }
 
 fn apply_transition(key: &mut Key, transition: &Transition) -> Result<()> {
@@ -367,12 +409,7 @@ impl KeyStore for MemoryStore {
             .get(&lineage)
             .map(|c| c.as_of(now))
             .ok_or_else(|| Error::invalid("credits", "the key has no credits to add to; set them first"))?;
-        let remaining = credits
-            .remaining
-            .checked_add(amount)
-            .filter(|sum| *sum <= Credits::MAX)
-            .ok_or_else(|| Error::invalid("amount", format!("credits would pass {}", Credits::MAX)))?;
-        tables.store_credits(lineage, Some(Credits { remaining, ..credits }));
+        tables.store_credits(lineage, Some(topped_up(credits, amount)?));
         tables.key_copy(tenant, id)
     }
 
@@ -391,6 +428,82 @@ impl KeyStore for MemoryStore {
 
     fn refund_credits_ready(&self, key: &Key, cost: u64) -> Option<Result<()>> {
         Some(self.write().map(|mut tables| tables.refund_credits(key, cost)))
+    }
+
+    async fn owner_credits(&self, tenant: &Tenant, owner_id: &str) -> Result<Option<Credits>> {
+        let tables = self.read()?;
+        Ok(tables.owner_credits.get(tenant).and_then(|owners| owners.get(owner_id)).copied())
+    }
+
+    async fn set_owner_credits(&self, tenant: &Tenant, owner_id: &str, credits: Option<&Credits>) -> Result<()> {
+        let mut tables = self.write()?;
+        match credits {
+            Some(credits) => {
+                tables.owner_credits.entry(tenant.clone()).or_default().insert(owner_id.to_owned(), *credits);
+            }
+            None => {
+                if let Some(owners) = tables.owner_credits.get_mut(tenant) {
+                    owners.remove(owner_id);
+                    if owners.is_empty() {
+                        tables.owner_credits.remove(tenant);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn add_owner_credits(
+        &self,
+        tenant: &Tenant,
+        owner_id: &str,
+        amount: u64,
+        now: DateTime<Utc>,
+    ) -> Result<Credits> {
+        let mut tables = self.write()?;
+        let stored = tables
+            .owner_credits_mut(tenant, owner_id)
+            .ok_or_else(|| Error::invalid("credits", "the owner has no credits to add to; set them first"))?;
+        *stored = topped_up(stored.as_of(now), amount)?;
+        Ok(*stored)
+    }
+
+    async fn spend_owner_credits(
+        &self,
+        tenant: &Tenant,
+        owner_id: &str,
+        cost: u64,
+        now: DateTime<Utc>,
+    ) -> Result<CreditSpend> {
+        Ok(self.write()?.spend_owner_credits(tenant, owner_id, cost, now))
+    }
+
+    fn spend_owner_credits_ready(
+        &self,
+        tenant: &Tenant,
+        owner_id: &str,
+        cost: u64,
+        now: DateTime<Utc>,
+    ) -> Option<Result<CreditSpend>> {
+        // Every request of an owner's key asks: an owner without credits
+        // takes only the read lock.
+        let has_credits = |tables: RwLockReadGuard<'_, Tables>| {
+            tables.owner_credits.get(tenant).is_some_and(|owners| owners.contains_key(owner_id))
+        };
+        match self.read().map(has_credits) {
+            Ok(false) => Some(Ok(CreditSpend::Unlimited)),
+            Ok(true) => Some(self.write().map(|mut tables| tables.spend_owner_credits(tenant, owner_id, cost, now))),
+            Err(error) => Some(Err(error)),
+        }
+    }
+
+    async fn refund_owner_credits(&self, tenant: &Tenant, owner_id: &str, cost: u64) -> Result<()> {
+        self.write()?.refund_owner_credits(tenant, owner_id, cost);
+        Ok(())
+    }
+
+    fn refund_owner_credits_ready(&self, tenant: &Tenant, owner_id: &str, cost: u64) -> Option<Result<()>> {
+        Some(self.write().map(|mut tables| tables.refund_owner_credits(tenant, owner_id, cost)))
     }
 
     async fn list_due_keys(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Key>> {

@@ -211,6 +211,62 @@ pub trait KeyStore: Send + Sync {
         None
     }
 
+    /// The credits the tenant's owner `owner_id` shares among its keys
+    /// (spent under a policy with `limit_by: owner`), as stored: a refill
+    /// due since is not applied.
+    async fn owner_credits(&self, tenant: &Tenant, owner_id: &str) -> Result<Option<Credits>>;
+
+    /// Gives the owner `credits` (replacing any), or removes them (`None`).
+    async fn set_owner_credits(&self, tenant: &Tenant, owner_id: &str, credits: Option<&Credits>) -> Result<()>;
+
+    /// Adds `amount` to the owner's credits (after the refill due at `now`,
+    /// if one is), atomically; returns them as updated. `InvalidInput` if
+    /// the owner has no credits or the sum would pass [`Credits::MAX`].
+    async fn add_owner_credits(
+        &self,
+        tenant: &Tenant,
+        owner_id: &str,
+        amount: u64,
+        now: DateTime<Utc>,
+    ) -> Result<Credits>;
+
+    /// Spends `cost` of the owner's credits at `now`, as
+    /// [`spend_credits`](Self::spend_credits) does a lineage's: refilling
+    /// first, atomically, never below zero, all or nothing.
+    async fn spend_owner_credits(
+        &self,
+        tenant: &Tenant,
+        owner_id: &str,
+        cost: u64,
+        now: DateTime<Utc>,
+    ) -> Result<CreditSpend>;
+
+    /// [`spend_owner_credits`](Self::spend_owner_credits) answered at once,
+    /// for a store that can answer without I/O; `None` means "await
+    /// `spend_owner_credits`" (the default).
+    fn spend_owner_credits_ready(
+        &self,
+        tenant: &Tenant,
+        owner_id: &str,
+        cost: u64,
+        now: DateTime<Utc>,
+    ) -> Option<Result<CreditSpend>> {
+        let _ = (tenant, owner_id, cost, now);
+        None
+    }
+
+    /// Gives back `cost` to the owner's credits (a request refused after it
+    /// spent them), up to [`Credits::MAX`].
+    async fn refund_owner_credits(&self, tenant: &Tenant, owner_id: &str, cost: u64) -> Result<()>;
+
+    /// [`refund_owner_credits`](Self::refund_owner_credits) done at once,
+    /// for a store that can without I/O; `None` means "await
+    /// `refund_owner_credits`" (the default).
+    fn refund_owner_credits_ready(&self, tenant: &Tenant, owner_id: &str, cost: u64) -> Option<Result<()>> {
+        let _ = (tenant, owner_id, cost);
+        None
+    }
+
     /// Keys of every tenant that are due a terminal state at `now`, ordered
     /// by id, at most `limit`: `active` keys past `expires_at` or older than
     /// their policy's `max_key_age`, and `rotated` keys past their grace.

@@ -34,6 +34,11 @@ pub enum StoreOp {
     AddCredits,
     SpendCredits,
     RefundCredits,
+    OwnerCredits,
+    SetOwnerCredits,
+    AddOwnerCredits,
+    SpendOwnerCredits,
+    RefundOwnerCredits,
     ListDueKeys,
     InsertPolicy,
     GetPolicy,
@@ -175,6 +180,33 @@ impl<P: StoreProbe> KeyStore for ProbedStore<P> {
     }
     async fn refund_credits(&self, key: &Key, cost: u64) -> Result<()> {
         probed!(self, RefundCredits, self.inner.refund_credits(key, cost))
+    }
+    async fn owner_credits(&self, tenant: &Tenant, owner_id: &str) -> Result<Option<Credits>> {
+        probed!(self, OwnerCredits, self.inner.owner_credits(tenant, owner_id))
+    }
+    async fn set_owner_credits(&self, tenant: &Tenant, owner_id: &str, credits: Option<&Credits>) -> Result<()> {
+        probed!(self, SetOwnerCredits, self.inner.set_owner_credits(tenant, owner_id, credits))
+    }
+    async fn add_owner_credits(
+        &self,
+        tenant: &Tenant,
+        owner_id: &str,
+        amount: u64,
+        now: DateTime<Utc>,
+    ) -> Result<Credits> {
+        probed!(self, AddOwnerCredits, self.inner.add_owner_credits(tenant, owner_id, amount, now))
+    }
+    async fn spend_owner_credits(
+        &self,
+        tenant: &Tenant,
+        owner_id: &str,
+        cost: u64,
+        now: DateTime<Utc>,
+    ) -> Result<CreditSpend> {
+        probed!(self, SpendOwnerCredits, self.inner.spend_owner_credits(tenant, owner_id, cost, now))
+    }
+    async fn refund_owner_credits(&self, tenant: &Tenant, owner_id: &str, cost: u64) -> Result<()> {
+        probed!(self, RefundOwnerCredits, self.inner.refund_owner_credits(tenant, owner_id, cost))
     }
     async fn list_due_keys(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Key>> {
         probed!(self, ListDueKeys, self.inner.list_due_keys(now, limit))
