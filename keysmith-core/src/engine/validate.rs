@@ -575,18 +575,21 @@ impl Engine {
             let store = &self.inner.store;
             let key = &validation.key;
             // The owner's credits, or else the lineage's.
-            let by_owner = matches!(credits_subject(key, validation.policy.as_deref()), Some(Subject::Owner { .. }));
-            let owner_id = move |key: &Key| key.owner_id.clone().filter(|_| by_owner);
-            let ready = match owner_id(key) {
-                Some(owner_id) => store.refund_owner_credits_ready(&key.tenant, &owner_id, credits.cost),
+            let owner_id = match credits_subject(key, validation.policy.as_deref()) {
+                Some(Subject::Owner { owner_id, .. }) => Some(owner_id),
+                _ => None,
+            };
+            let ready = match owner_id {
+                Some(owner_id) => store.refund_owner_credits_ready(&key.tenant, owner_id, credits.cost),
                 None => store.refund_credits_ready(key, credits.cost),
             };
             if ready.is_none()
                 && let Ok(runtime) = tokio::runtime::Handle::try_current()
             {
+                let owner_id = owner_id.map(str::to_owned);
                 let (store, key) = (Arc::clone(store), Arc::clone(key));
                 runtime.spawn(async move {
-                    let refunded = match owner_id(&key) {
+                    let refunded = match owner_id {
                         Some(owner_id) => store.refund_owner_credits(&key.tenant, &owner_id, credits.cost).await,
                         None => store.refund_credits(&key, credits.cost).await,
                     };

@@ -295,7 +295,7 @@ impl Shards {
         }
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let index = INDEX.with(|index| {
-            *index.get().get_or_insert_with(|| {
+            index.get().unwrap_or_else(|| {
                 let next = NEXT.fetch_add(1, Ordering::Relaxed);
                 index.set(Some(next));
                 next
