@@ -9,6 +9,8 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use keysmith_core::http::{RefusalResponse, SharedHeaderValue};
 
+use crate::request::known_name;
+
 /// Builds the response to a refused request. The default,
 /// [`default_refusal_response`], sends the status, headers and JSON body of
 /// the README's HTTP table; set your own with
@@ -55,15 +57,11 @@ pub fn default_refusal_response(refusal: &RefusalResponse) -> HttpResponse {
     response
 }
 
-/// Appends `(name, value)` pairs from core; a pair that is not a valid
-/// header (which core never produces) is skipped rather than panicking.
+/// Appends `(name, value)` pairs from core (a refusal's headers), each as
+/// [`append_header`] does.
 pub(crate) fn append_headers(map: &mut actix_web::http::header::HeaderMap, headers: &[(&'static str, String)]) {
     for (name, value) in headers {
-        if let (Ok(name), Ok(value)) =
-            (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value.as_bytes()))
-        {
-            map.append(name, value);
-        }
+        append_header(map, name, value);
     }
 }
 
@@ -75,17 +73,25 @@ pub(crate) fn append_shared(
     value: &SharedHeaderValue,
 ) {
     if let Ok(value) = HeaderValue::from_maybe_shared(value.bytes().clone()) {
-        map.append(HeaderName::from_static(name), value);
+        map.append(header_name(name), value);
     }
 }
 
 /// Appends one header core rendered (a lowercase name of
-/// [`names`](keysmith_core::http::names), a valid value): the name is built
-/// without parsing or allocating, the value copied once.
+/// [`names`](keysmith_core::http::names), a valid value), the value copied
+/// once; a value that is not a valid header (which core never produces) is
+/// skipped rather than panicking.
 pub(crate) fn append_header(map: &mut actix_web::http::header::HeaderMap, name: &'static str, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        map.append(HeaderName::from_static(name), value);
+    if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
+        map.append(header_name(name), value);
     }
+}
+
+/// The framework's name for one of core's lowercase names: a per-request
+/// name is taken from the table parsed once, any other built from the
+/// static text.
+fn header_name(name: &'static str) -> HeaderName {
+    known_name(name).cloned().unwrap_or_else(|| HeaderName::from_static(name))
 }
 
 /// Why a request got no further: the error that [`ApiKeyMiddleware`](crate::ApiKeyMiddleware),
