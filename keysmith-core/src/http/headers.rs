@@ -472,17 +472,24 @@ fn integer(value: u64) -> Integer {
 
 /// Seconds in the UTC calendar month of `at`, the window of a monthly quota.
 fn month_secs(at: DateTime<Utc>) -> u64 {
-    let date = at.date_naive();
-    let first = date.with_day(1).unwrap_or(date);
-    let next = first.checked_add_months(chrono::Months::new(1)).unwrap_or(first);
-    u64::try_from((next - first).num_seconds()).unwrap_or(31 * DAY_SECS)
+    u64::from(at.date_naive().num_days_in_month()) * DAY_SECS
 }
 
 const _: () = assert!(PolicySpec::MAX_QUOTA < 999_999_999_999_999, "quotas fit a Structured Field integer");
 
 #[cfg(test)]
 mod tests {
-    use super::{HeaderLookup, names};
+    use super::{DAY_SECS, HeaderLookup, month_secs, names};
+
+    #[test]
+    fn a_monthly_quota_window_is_the_utc_calendar_month_of_the_request() {
+        let at = |text: &str| text.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+        assert_eq!(month_secs(at("2026-12-31T23:59:59Z")), 31 * DAY_SECS);
+        assert_eq!(month_secs(at("2027-02-01T00:00:00Z")), 28 * DAY_SECS);
+        assert_eq!(month_secs(at("2028-02-29T12:00:00Z")), 29 * DAY_SECS, "a leap year's February");
+        assert_eq!(month_secs(at("2100-02-10T00:00:00Z")), 28 * DAY_SECS, "a century that is no leap year");
+        assert_eq!(month_secs(at("2026-04-30T23:59:59Z")), 30 * DAY_SECS);
+    }
 
     #[test]
     fn every_per_request_name_is_found_where_it_stands() {
