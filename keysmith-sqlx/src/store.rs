@@ -637,14 +637,10 @@ macro_rules! sql_store {
 
             /// The key `id` of `tenant`, or of any tenant when `tenant` is `None`.
             async fn key_on(conn: &mut Connection, tenant: Option<&Tenant>, id: KeyId) -> Result<Option<Row>> {
-                let mut qb = QueryBuilder::<Db>::new(format!(
-                    "SELECT {KEY_COLUMNS}, {} AS scopes FROM {KEYS_FROM} WHERE k.id = ",
-                    Db::SCOPES
-                ));
-                qb.push_bind(id.uuid());
+                let mut qb = select_keys();
+                qb.push(" WHERE k.id = ").push_bind(id.uuid());
                 if let Some(tenant) = tenant {
-                    qb.push(" AND k.app_id = ").push_bind(&tenant.app_id);
-                    qb.push(" AND k.tenant_id = ").push_bind(&tenant.tenant_id);
+                    push_tenant(&mut qb, "k.", tenant);
                 }
                 qb.build().fetch_optional(&mut *conn).await.map_err(store_error)
             }
@@ -806,9 +802,15 @@ macro_rules! sql_store {
                 check_transition(id, current, from, to)
             }
 
-            fn push_tenant<'a>(qb: &mut QueryBuilder<'a, Db>, tenant: &'a Tenant) {
-                qb.push(" AND app_id = ").push_bind(&tenant.app_id);
-                qb.push(" AND tenant_id = ").push_bind(&tenant.tenant_id);
+            /// The keys `k` with their scopes and credits, for a `WHERE` to follow.
+            fn select_keys<'a>() -> QueryBuilder<'a, Db> {
+                QueryBuilder::new(format!("SELECT {KEY_COLUMNS}, {} AS scopes FROM {KEYS_FROM}", Db::SCOPES))
+            }
+
+            /// Pushes ` AND` the tenant's columns, named after `alias` (`"k."`, or `""` for none).
+            fn push_tenant<'a>(qb: &mut QueryBuilder<'a, Db>, alias: &str, tenant: &'a Tenant) {
+                qb.push(format_args!(" AND {alias}app_id = ")).push_bind(&tenant.app_id);
+                qb.push(format_args!(" AND {alias}tenant_id = ")).push_bind(&tenant.tenant_id);
             }
 
             fn push_range(qb: &mut QueryBuilder<'_, Db>, column: &str, range: TimeRange) {
@@ -827,10 +829,7 @@ macro_rules! sql_store {
 
                 /// The keys of a statement that ends `FROM keysmith_keys k` and whatever `tail` adds.
                 async fn keys(&self, tail: impl FnOnce(&mut QueryBuilder<'_, Db>)) -> Result<Vec<Row>> {
-                    let mut qb = QueryBuilder::<Db>::new(format!(
-                        "SELECT {KEY_COLUMNS}, {} AS scopes FROM {KEYS_FROM}",
-                        Db::SCOPES
-                    ));
+                    let mut qb = select_keys();
                     tail(&mut qb);
                     qb.build().fetch_all(&self.pool).await.map_err(store_error)
                 }
@@ -911,7 +910,7 @@ macro_rules! sql_store {
                         qb.push(", revoked_reason = ").push_bind(transition.reason.clone());
                     }
                     qb.push(" WHERE id = ").push_bind(id.uuid());
-                    push_tenant(&mut qb, tenant);
+                    push_tenant(&mut qb, "", tenant);
                     // Still compare-and-set: the lock is what orders racing changes.
                     qb.push(" AND state IN (");
                     let mut states = qb.separated(", ");
@@ -1362,7 +1361,7 @@ macro_rules! sql_store {
                         Db::IP_READ
                     ));
                     qb.push_bind(key_id.uuid());
-                    push_tenant(&mut qb, tenant);
+                    push_tenant(&mut qb, "", tenant);
                     push_range(&mut qb, "occurred_at", range);
                     let (limit, offset) = limit_offset(page);
                     qb.push(" ORDER BY occurred_at, id LIMIT ").push_bind(limit).push(" OFFSET ").push_bind(offset);
@@ -1381,7 +1380,7 @@ macro_rules! sql_store {
                         "SELECT app_id, tenant_id, period_start, requests, errors FROM keysmith_usage_agg WHERE key_id = ",
                     );
                     qb.push_bind(key_id.uuid());
-                    push_tenant(&mut qb, tenant);
+                    push_tenant(&mut qb, "", tenant);
                     qb.push(" AND period = ").push_bind(period.as_str());
                     push_range(&mut qb, "period_start", range);
                     qb.push(" ORDER BY period_start");
@@ -1451,8 +1450,7 @@ macro_rules! sql_store {
                         Db::BIGINT
                     ));
                     qb.push_bind(period.as_str());
-                    qb.push(" AND a.app_id = ").push_bind(&tenant.app_id);
-                    qb.push(" AND a.tenant_id = ").push_bind(&tenant.tenant_id);
+                    push_tenant(&mut qb, "a.", tenant);
                     filter(&mut qb);
                     push_range(&mut qb, "a.period_start", range);
                     qb.push(" GROUP BY a.period_start ORDER BY a.period_start");
