@@ -35,9 +35,10 @@
 //!
 //! # Schema
 //!
-//! Seven tables: `keysmith_keys`, `keysmith_policies`, `keysmith_scopes`,
-//! `keysmith_key_scopes`, `keysmith_usage`, `keysmith_usage_agg` and
-//! `keysmith_rotations`.
+//! Nine tables: `keysmith_keys`, `keysmith_policies`, `keysmith_scopes`,
+//! `keysmith_key_scopes`, `keysmith_usage`, `keysmith_usage_agg`,
+//! `keysmith_rotations`, `keysmith_credits` (per key lineage) and
+//! `keysmith_owner_credits` (per application, tenant and owner).
 //!
 //! - Ids are stored as their UUID (PostgreSQL `uuid`, SQLite a 16-byte blob,
 //!   MySQL `BINARY(16)`);

@@ -62,6 +62,7 @@ impl Dialect for Sqlite {
     const LOCK_ROWS: &'static str = "";
     const SCOPES: &'static str = "(SELECT json_group_array(scope) FROM (SELECT s.scope FROM keysmith_key_scopes s \
         WHERE s.key_id = k.id ORDER BY s.position))";
+    const LEAST: &'static str = "MIN";
     const BIGINT: &'static str = "INTEGER";
     // 32 766 bound values per statement (3.32 and later).
     const ROWS_PER_INSERT: usize = 1000;
@@ -107,46 +108,5 @@ impl Stored<DateTime<Utc>> for i64 {
 
     fn load(self, what: &str) -> Result<DateTime<Utc>> {
         DateTime::from_timestamp_micros(self).ok_or_else(|| corrupt(what, "time out of range"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use keysmith_core::store::{Page, TimeRange, UsageStore};
-    use keysmith_core::{Engine, NewKey, Period, Store, UsageId, UsageRecord};
-
-    use super::SqliteStore;
-
-    /// The second try of the multi-row usage insert: a batch that repeats
-    /// some stored records and brings new ones.
-    #[tokio::test]
-    async fn a_partly_replayed_usage_batch_adds_only_its_new_records() {
-        let store = Arc::new(SqliteStore::connect("sqlite::memory:").await.unwrap());
-        store.migrate().await.unwrap();
-        let engine = Engine::builder(store.clone()).build().unwrap();
-        let key = engine.tenant("app", "acme").create_key(NewKey::new("k")).await.unwrap().key;
-        let record = |status| UsageRecord {
-            id: UsageId::new(),
-            key_id: key.id,
-            tenant: key.tenant.clone().into(),
-            endpoint: "/v1/things".into(),
-            method: "GET".into(),
-            status,
-            ip: None,
-            user_agent: None,
-            latency: Duration::from_millis(1),
-            timestamp: key.created_at,
-        };
-        let first = [record(200), record(500)];
-        store.record_batch(&first).await.unwrap();
-        store.record_batch(&[first[1].clone(), record(404), first[0].clone(), record(200)]).await.unwrap();
-
-        let all = TimeRange::default();
-        let days = store.usage_aggregates(&key.tenant, key.id, Period::Day, all).await.unwrap();
-        assert_eq!(days.iter().map(|a| (a.requests, a.errors)).collect::<Vec<_>>(), [(4, 2)]);
-        assert_eq!(store.list_usage(&key.tenant, key.id, all, Page::default()).await.unwrap().len(), 4);
     }
 }

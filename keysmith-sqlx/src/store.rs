@@ -44,6 +44,8 @@ pub(crate) trait Dialect: sqlx::Database {
     const IP_READ: &'static str = "ip";
     /// Sorts scope names by their bytes.
     const ORDER_BY_NAME: &'static str = "name";
+    /// The function that picks the smaller of two values.
+    const LEAST: &'static str = "LEAST";
     /// The type a `SUM` of counts is cast to.
     const BIGINT: &'static str;
     /// Appended to an aggregate insert: adds to the row that exists.
@@ -381,11 +383,6 @@ macro_rules! sql_store {
                 }))
             }
 
-            /// A credit amount as stored: within [`Credits::MAX`], so it fits.
-            fn credit_count(amount: u64) -> i64 {
-                i64::try_from(amount.min(Credits::MAX + 1)).unwrap_or(i64::MAX)
-            }
-
             /// The lineage of the tenant's key `id`.
             async fn lineage_on(conn: &mut Connection, tenant: &Tenant, id: KeyId) -> Result<Uuid> {
                 let row = sqlx::query(statement!(
@@ -400,103 +397,183 @@ macro_rules! sql_store {
                 Ok(get::<Option<Uuid>>(&row, "lineage_id")?.unwrap_or(id.uuid()))
             }
 
-            async fn insert_credits_on(conn: &mut Connection, lineage: Uuid, tenant: &Tenant, credits: &Credits) -> Result<()> {
-                let query = sqlx::query(statement!(
-                    Db,
-                    "INSERT INTO keysmith_credits (lineage_id, app_id, tenant_id, remaining, refill_amount, \
-                     refill_every, refilled_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                ))
-                .bind(lineage)
-                .bind(&tenant.app_id)
-                .bind(&tenant.tenant_id);
-                bind_credits(query, credits).execute(&mut *conn).await.map_err(store_error)?;
-                Ok(())
+            /// A row of credits and how it is addressed: a lineage's in
+            /// `keysmith_credits`, an owner's in `keysmith_owner_credits`.
+            /// Both tables are read and written by the same statements.
+            #[derive(Debug, Clone, Copy)]
+            enum Holder<'a> {
+                Lineage(&'a Tenant, Uuid),
+                Owner(&'a Tenant, &'a str),
             }
 
-            /// Binds `remaining, refill_amount, refill_every, refilled_at`.
-            fn bind_credits<'q>(query: Query<'q>, credits: &Credits) -> Query<'q> {
-                query
+            /// The statements on one credits table, each with its row
+            /// addressed by `app_id = ? AND tenant_id = ? AND <holder> = ?`.
+            struct CreditsSql {
+                read: String,
+                delete: String,
+                insert: String,
+                /// Refills if a refill period began since the last refill; a
+                /// no-op otherwise (and for a racing second caller, which finds
+                /// the refill made).
+                refill: String,
+                /// Adds, unless that would pass [`Credits::MAX`].
+                add: String,
+                /// Takes `cost` only if that many are left: concurrent spends
+                /// never take the credits below zero.
+                spend: String,
+                /// Gives back, up to [`Credits::MAX`] (never lowering what is above).
+                refund: String,
+            }
+
+            impl CreditsSql {
+                fn of(table: &str, holder: &str) -> Self {
+                    let row = format!("app_id = ? AND tenant_id = ? AND {holder} = ?");
+                    let sql = |text: String| Db::placeholders(&text).into_owned();
+                    Self {
+                        read: sql(format!("SELECT {CREDITS_COLUMNS} FROM {table} WHERE {row}")),
+                        delete: sql(format!("DELETE FROM {table} WHERE {row}")),
+                        insert: sql(format!(
+                            "INSERT INTO {table} (app_id, tenant_id, {holder}, remaining, refill_amount, \
+                             refill_every, refilled_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                        )),
+                        refill: sql(format!(
+                            "UPDATE {table} SET remaining = refill_amount, \
+                             refilled_at = CASE refill_every WHEN 'day' THEN ? ELSE ? END \
+                             WHERE {row} AND refill_every IS NOT NULL \
+                             AND (refilled_at IS NULL OR refilled_at < CASE refill_every WHEN 'day' THEN ? ELSE ? END)"
+                        )),
+                        add: sql(format!("UPDATE {table} SET remaining = remaining + ? WHERE {row} AND remaining <= ?")),
+                        spend: sql(format!("UPDATE {table} SET remaining = remaining - ? WHERE {row} AND remaining >= ?")),
+                        refund: sql(format!(
+                            "UPDATE {table} SET remaining = {}(remaining + ?, ?) WHERE {row} AND remaining < ?",
+                            Db::LEAST
+                        )),
+                    }
+                }
+            }
+
+            impl<'a> Holder<'a> {
+                fn sql(self) -> &'static CreditsSql {
+                    static LINEAGE: std::sync::OnceLock<CreditsSql> = std::sync::OnceLock::new();
+                    static OWNER: std::sync::OnceLock<CreditsSql> = std::sync::OnceLock::new();
+                    match self {
+                        Self::Lineage(..) => LINEAGE.get_or_init(|| CreditsSql::of("keysmith_credits", "lineage_id")),
+                        Self::Owner(..) => OWNER.get_or_init(|| CreditsSql::of("keysmith_owner_credits", "owner_id")),
+                    }
+                }
+
+                /// Binds the row's address.
+                fn bind<'q>(self, query: Query<'q>) -> Query<'q>
+                where
+                    'a: 'q,
+                {
+                    match self {
+                        Self::Lineage(tenant, lineage) => query.bind(&tenant.app_id).bind(&tenant.tenant_id).bind(lineage),
+                        Self::Owner(tenant, owner_id) => query.bind(&tenant.app_id).bind(&tenant.tenant_id).bind(owner_id),
+                    }
+                }
+
+                /// What holds the credits, for messages.
+                fn noun(self) -> &'static str {
+                    match self {
+                        Self::Lineage(..) => "key",
+                        Self::Owner(..) => "owner",
+                    }
+                }
+            }
+
+            /// A credit amount as stored: within [`Credits::MAX`], so it fits.
+            fn credit_count(amount: u64) -> i64 {
+                i64::try_from(amount.min(Credits::MAX + 1)).unwrap_or(i64::MAX)
+            }
+
+            async fn credits_on(conn: &mut Connection, holder: Holder<'_>) -> Result<Option<Credits>> {
+                let query = sqlx::query(&holder.sql().read);
+                let row = holder.bind(query).fetch_optional(&mut *conn).await.map_err(store_error)?;
+                row.as_ref().map(credits).transpose().map(Option::flatten)
+            }
+
+            async fn insert_credits_on(conn: &mut Connection, holder: Holder<'_>, credits: &Credits) -> Result<()> {
+                holder
+                    .bind(sqlx::query(&holder.sql().insert))
                     .bind(credit_count(credits.remaining))
                     .bind(credits.refill.map(|r| credit_count(r.amount)))
                     .bind(credits.refill.map(|r| r.every.as_str()))
                     .bind(credits.refilled_at.map(Db::time))
-            }
-
-            /// Refills the lineage's credits if a refill period began since
-            /// the last refill; a no-op otherwise (and for a racing second
-            /// caller, which finds the refill made).
-            async fn refill_on(conn: &mut Connection, lineage: Uuid, now: DateTime<Utc>) -> Result<()> {
-                let (day, month) = (Db::time(Period::Day.start_of(now)), Db::time(Period::Month.start_of(now)));
-                let (day_again, month_again) = (Db::time(Period::Day.start_of(now)), Db::time(Period::Month.start_of(now)));
-                sqlx::query(statement!(
-                    Db,
-                    "UPDATE keysmith_credits SET remaining = refill_amount, \
-                     refilled_at = CASE refill_every WHEN 'day' THEN ? ELSE ? END \
-                     WHERE lineage_id = ? AND refill_every IS NOT NULL \
-                     AND (refilled_at IS NULL OR refilled_at < CASE refill_every WHEN 'day' THEN ? ELSE ? END)"
-                ))
-                .bind(day)
-                .bind(month)
-                .bind(lineage)
-                .bind(day_again)
-                .bind(month_again)
-                .execute(&mut *conn)
-                .await
-                .map_err(store_error)?;
-                Ok(())
-            }
-
-            async fn credits_on(conn: &mut Connection, lineage: Uuid) -> Result<Option<Credits>> {
-                let row = sqlx::query(statement!(
-                    Db,
-                    "SELECT ",
-                    CREDITS_COLUMNS,
-                    " FROM keysmith_credits WHERE lineage_id = ?"
-                ))
-                .bind(lineage)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(store_error)?;
-                row.as_ref().map(credits).transpose().map(Option::flatten)
-            }
-
-            /// Binds a tenant and an owner id, the order of every
-            /// `app_id = ? AND tenant_id = ? AND owner_id = ?`.
-            fn bind_owner<'q>(query: Query<'q>, tenant: &'q Tenant, owner_id: &'q str) -> Query<'q> {
-                query.bind(&tenant.app_id).bind(&tenant.tenant_id).bind(owner_id)
-            }
-
-            /// The owner's credits, as [`refill_on`] does a lineage's.
-            async fn owner_refill_on(conn: &mut Connection, tenant: &Tenant, owner_id: &str, now: DateTime<Utc>) -> Result<()> {
-                let (day, month) = (Db::time(Period::Day.start_of(now)), Db::time(Period::Month.start_of(now)));
-                let (day_again, month_again) = (Db::time(Period::Day.start_of(now)), Db::time(Period::Month.start_of(now)));
-                let query = sqlx::query(statement!(
-                    Db,
-                    "UPDATE keysmith_owner_credits SET remaining = refill_amount, \
-                     refilled_at = CASE refill_every WHEN 'day' THEN ? ELSE ? END \
-                     WHERE app_id = ? AND tenant_id = ? AND owner_id = ? AND refill_every IS NOT NULL \
-                     AND (refilled_at IS NULL OR refilled_at < CASE refill_every WHEN 'day' THEN ? ELSE ? END)"
-                ))
-                .bind(day)
-                .bind(month);
-                bind_owner(query, tenant, owner_id)
-                    .bind(day_again)
-                    .bind(month_again)
                     .execute(&mut *conn)
                     .await
                     .map_err(store_error)?;
                 Ok(())
             }
 
-            async fn owner_credits_on(conn: &mut Connection, tenant: &Tenant, owner_id: &str) -> Result<Option<Credits>> {
-                let query = sqlx::query(statement!(
-                    Db,
-                    "SELECT ",
-                    CREDITS_COLUMNS,
-                    " FROM keysmith_owner_credits WHERE app_id = ? AND tenant_id = ? AND owner_id = ?"
-                ));
-                let row = bind_owner(query, tenant, owner_id).fetch_optional(&mut *conn).await.map_err(store_error)?;
-                row.as_ref().map(credits).transpose().map(Option::flatten)
+            /// Replaces the holder's credits whole (`None`: removes them).
+            async fn replace_credits_on(conn: &mut Connection, holder: Holder<'_>, credits: Option<&Credits>) -> Result<()> {
+                holder.bind(sqlx::query(&holder.sql().delete)).execute(&mut *conn).await.map_err(store_error)?;
+                match credits {
+                    Some(credits) => insert_credits_on(conn, holder, credits).await,
+                    None => Ok(()),
+                }
+            }
+
+            async fn refill_on(conn: &mut Connection, holder: Holder<'_>, now: DateTime<Utc>) -> Result<()> {
+                let (day, month) = (Period::Day.start_of(now), Period::Month.start_of(now));
+                let query = sqlx::query(&holder.sql().refill).bind(Db::time(day)).bind(Db::time(month));
+                holder
+                    .bind(query)
+                    .bind(Db::time(day))
+                    .bind(Db::time(month))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(store_error)?;
+                Ok(())
+            }
+
+            /// Refills, then adds `amount`; `InvalidInput` for a holder
+            /// without credits or a sum past [`Credits::MAX`].
+            async fn add_credits_on(conn: &mut Connection, holder: Holder<'_>, amount: u64, now: DateTime<Utc>) -> Result<()> {
+                refill_on(conn, holder, now).await?;
+                let added = holder
+                    .bind(sqlx::query(&holder.sql().add).bind(credit_count(amount)))
+                    .bind(credit_count(Credits::MAX.saturating_sub(amount)))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(store_error)?;
+                if added.rows_affected() > 0 {
+                    return Ok(());
+                }
+                Err(match credits_on(conn, holder).await? {
+                    None => Error::InvalidInput {
+                        field: "credits",
+                        reason: format!("the {} has no credits to add to; set them first", holder.noun()),
+                    },
+                    Some(_) => Error::InvalidInput { field: "amount", reason: format!("credits would pass {}", Credits::MAX) },
+                })
+            }
+
+            async fn spend_credits_on(conn: &mut Connection, holder: Holder<'_>, cost: u64, now: DateTime<Utc>) -> Result<CreditSpend> {
+                refill_on(conn, holder, now).await?;
+                let spent = holder
+                    .bind(sqlx::query(&holder.sql().spend).bind(credit_count(cost)))
+                    .bind(credit_count(cost))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(store_error)?;
+                Ok(match (spent.rows_affected(), credits_on(conn, holder).await?) {
+                    (_, None) => CreditSpend::Unlimited,
+                    (0, Some(credits)) => CreditSpend::Exhausted(credits),
+                    (_, Some(credits)) => CreditSpend::Spent(credits),
+                })
+            }
+
+            async fn refund_credits_on(pool: &sqlx::Pool<Db>, holder: Holder<'_>, cost: u64) -> Result<()> {
+                let query = sqlx::query(&holder.sql().refund).bind(credit_count(cost)).bind(credit_count(Credits::MAX));
+                holder
+                    .bind(query)
+                    .bind(credit_count(Credits::MAX))
+                    .execute(pool)
+                    .await
+                    .map_err(store_error)?;
+                Ok(())
             }
 
             fn policy(row: &Row) -> Result<Policy> {
@@ -560,14 +637,10 @@ macro_rules! sql_store {
 
             /// The key `id` of `tenant`, or of any tenant when `tenant` is `None`.
             async fn key_on(conn: &mut Connection, tenant: Option<&Tenant>, id: KeyId) -> Result<Option<Row>> {
-                let mut qb = QueryBuilder::<Db>::new(format!(
-                    "SELECT {KEY_COLUMNS}, {} AS scopes FROM {KEYS_FROM} WHERE k.id = ",
-                    Db::SCOPES
-                ));
-                qb.push_bind(id.uuid());
+                let mut qb = select_keys();
+                qb.push(" WHERE k.id = ").push_bind(id.uuid());
                 if let Some(tenant) = tenant {
-                    qb.push(" AND k.app_id = ").push_bind(&tenant.app_id);
-                    qb.push(" AND k.tenant_id = ").push_bind(&tenant.tenant_id);
+                    push_tenant(&mut qb, "k.", tenant);
                 }
                 qb.build().fetch_optional(&mut *conn).await.map_err(store_error)
             }
@@ -729,9 +802,15 @@ macro_rules! sql_store {
                 check_transition(id, current, from, to)
             }
 
-            fn push_tenant<'a>(qb: &mut QueryBuilder<'a, Db>, tenant: &'a Tenant) {
-                qb.push(" AND app_id = ").push_bind(&tenant.app_id);
-                qb.push(" AND tenant_id = ").push_bind(&tenant.tenant_id);
+            /// The keys `k` with their scopes and credits, for a `WHERE` to follow.
+            fn select_keys<'a>() -> QueryBuilder<'a, Db> {
+                QueryBuilder::new(format!("SELECT {KEY_COLUMNS}, {} AS scopes FROM {KEYS_FROM}", Db::SCOPES))
+            }
+
+            /// Pushes ` AND` the tenant's columns, named after `alias` (`"k."`, or `""` for none).
+            fn push_tenant<'a>(qb: &mut QueryBuilder<'a, Db>, alias: &str, tenant: &'a Tenant) {
+                qb.push(format_args!(" AND {alias}app_id = ")).push_bind(&tenant.app_id);
+                qb.push(format_args!(" AND {alias}tenant_id = ")).push_bind(&tenant.tenant_id);
             }
 
             fn push_range(qb: &mut QueryBuilder<'_, Db>, column: &str, range: TimeRange) {
@@ -750,10 +829,7 @@ macro_rules! sql_store {
 
                 /// The keys of a statement that ends `FROM keysmith_keys k` and whatever `tail` adds.
                 async fn keys(&self, tail: impl FnOnce(&mut QueryBuilder<'_, Db>)) -> Result<Vec<Row>> {
-                    let mut qb = QueryBuilder::<Db>::new(format!(
-                        "SELECT {KEY_COLUMNS}, {} AS scopes FROM {KEYS_FROM}",
-                        Db::SCOPES
-                    ));
+                    let mut qb = select_keys();
                     tail(&mut qb);
                     qb.build().fetch_all(&self.pool).await.map_err(store_error)
                 }
@@ -772,7 +848,8 @@ macro_rules! sql_store {
                     insert_key_on(&mut tx, key).await?;
                     // A new lineage; a rotation's key shares the credits stored already.
                     if let Some(credits) = &key.key.credits {
-                        insert_credits_on(&mut tx, key.key.lineage_id.uuid(), &key.key.tenant, credits).await?;
+                        let holder = Holder::Lineage(&key.key.tenant, key.key.lineage_id.uuid());
+                        insert_credits_on(&mut tx, holder, credits).await?;
                     }
                     tx.commit().await.map_err(store_error)
                 }
@@ -833,7 +910,7 @@ macro_rules! sql_store {
                         qb.push(", revoked_reason = ").push_bind(transition.reason.clone());
                     }
                     qb.push(" WHERE id = ").push_bind(id.uuid());
-                    push_tenant(&mut qb, tenant);
+                    push_tenant(&mut qb, "", tenant);
                     // Still compare-and-set: the lock is what orders racing changes.
                     qb.push(" AND state IN (");
                     let mut states = qb.separated(", ");
@@ -943,104 +1020,34 @@ macro_rules! sql_store {
                 async fn set_credits(&self, tenant: &Tenant, id: KeyId, credits: Option<&Credits>) -> Result<Key> {
                     let mut tx = self.begin().await?;
                     let lineage = lineage_on(&mut tx, tenant, id).await?;
-                    sqlx::query(statement!(Db, "DELETE FROM keysmith_credits WHERE lineage_id = ?"))
-                        .bind(lineage)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(store_error)?;
-                    if let Some(credits) = credits {
-                        insert_credits_on(&mut tx, lineage, tenant, credits).await?;
-                    }
+                    replace_credits_on(&mut tx, Holder::Lineage(tenant, lineage), credits).await?;
                     commit_changed(tx, id).await
                 }
 
                 async fn add_credits(&self, tenant: &Tenant, id: KeyId, amount: u64, now: DateTime<Utc>) -> Result<Key> {
                     let mut tx = self.begin().await?;
                     let lineage = lineage_on(&mut tx, tenant, id).await?;
-                    refill_on(&mut tx, lineage, now).await?;
-                    let added = sqlx::query(statement!(
-                        Db,
-                        "UPDATE keysmith_credits SET remaining = remaining + ? WHERE lineage_id = ? AND remaining <= ?"
-                    ))
-                    .bind(credit_count(amount))
-                    .bind(lineage)
-                    .bind(credit_count(Credits::MAX.saturating_sub(amount)))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-                    if added.rows_affected() == 0 {
-                        return Err(match credits_on(&mut tx, lineage).await? {
-                            None => Error::InvalidInput {
-                                field: "credits",
-                                reason: "the key has no credits to add to; set them first".into(),
-                            },
-                            Some(_) => Error::InvalidInput {
-                                field: "amount",
-                                reason: format!("credits would pass {}", Credits::MAX),
-                            },
-                        });
-                    }
+                    add_credits_on(&mut tx, Holder::Lineage(tenant, lineage), amount, now).await?;
                     commit_changed(tx, id).await
                 }
 
                 async fn spend_credits(&self, key: &Key, cost: u64, now: DateTime<Utc>) -> Result<CreditSpend> {
                     let mut conn = self.pool.acquire().await.map_err(store_error)?;
-                    let lineage = key.lineage_id.uuid();
-                    refill_on(&mut conn, lineage, now).await?;
-                    // One conditional statement: concurrent spends never take
-                    // the credits below zero.
-                    let spent = sqlx::query(statement!(
-                        Db,
-                        "UPDATE keysmith_credits SET remaining = remaining - ? WHERE lineage_id = ? AND remaining >= ?"
-                    ))
-                    .bind(credit_count(cost))
-                    .bind(lineage)
-                    .bind(credit_count(cost))
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(store_error)?;
-                    Ok(match (spent.rows_affected(), credits_on(&mut conn, lineage).await?) {
-                        (_, None) => CreditSpend::Unlimited,
-                        (0, Some(credits)) => CreditSpend::Exhausted(credits),
-                        (_, Some(credits)) => CreditSpend::Spent(credits),
-                    })
+                    spend_credits_on(&mut conn, Holder::Lineage(&key.tenant, key.lineage_id.uuid()), cost, now).await
                 }
 
                 async fn refund_credits(&self, key: &Key, cost: u64) -> Result<()> {
-                    sqlx::query(statement!(
-                        Db,
-                        "UPDATE keysmith_credits SET remaining = remaining + ? WHERE lineage_id = ? AND remaining <= ?"
-                    ))
-                    .bind(credit_count(cost))
-                    .bind(key.lineage_id.uuid())
-                    .bind(credit_count(Credits::MAX.saturating_sub(cost)))
-                    .execute(&self.pool)
-                    .await
-                    .map_err(store_error)?;
-                    Ok(())
+                    refund_credits_on(&self.pool, Holder::Lineage(&key.tenant, key.lineage_id.uuid()), cost).await
                 }
 
                 async fn owner_credits(&self, tenant: &Tenant, owner_id: &str) -> Result<Option<Credits>> {
                     let mut conn = self.pool.acquire().await.map_err(store_error)?;
-                    owner_credits_on(&mut conn, tenant, owner_id).await
+                    credits_on(&mut conn, Holder::Owner(tenant, owner_id)).await
                 }
 
                 async fn set_owner_credits(&self, tenant: &Tenant, owner_id: &str, credits: Option<&Credits>) -> Result<()> {
                     let mut tx = self.begin().await?;
-                    let delete = sqlx::query(statement!(
-                        Db,
-                        "DELETE FROM keysmith_owner_credits WHERE app_id = ? AND tenant_id = ? AND owner_id = ?"
-                    ));
-                    bind_owner(delete, tenant, owner_id).execute(&mut *tx).await.map_err(store_error)?;
-                    if let Some(credits) = credits {
-                        let insert = sqlx::query(statement!(
-                            Db,
-                            "INSERT INTO keysmith_owner_credits (app_id, tenant_id, owner_id, remaining, refill_amount, \
-                             refill_every, refilled_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                        ));
-                        let insert = bind_credits(bind_owner(insert, tenant, owner_id), credits);
-                        insert.execute(&mut *tx).await.map_err(store_error)?;
-                    }
+                    replace_credits_on(&mut tx, Holder::Owner(tenant, owner_id), credits).await?;
                     tx.commit().await.map_err(store_error)
                 }
 
@@ -1051,34 +1058,12 @@ macro_rules! sql_store {
                     amount: u64,
                     now: DateTime<Utc>,
                 ) -> Result<Credits> {
+                    let holder = Holder::Owner(tenant, owner_id);
                     let mut tx = self.begin().await?;
-                    owner_refill_on(&mut tx, tenant, owner_id, now).await?;
-                    let add = sqlx::query(statement!(
-                        Db,
-                        "UPDATE keysmith_owner_credits SET remaining = remaining + ? \
-                         WHERE app_id = ? AND tenant_id = ? AND owner_id = ? AND remaining <= ?"
-                    ))
-                    .bind(credit_count(amount));
-                    let added = bind_owner(add, tenant, owner_id)
-                        .bind(credit_count(Credits::MAX.saturating_sub(amount)))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(store_error)?;
-                    let credits = owner_credits_on(&mut tx, tenant, owner_id).await?;
-                    match (added.rows_affected(), credits) {
-                        (_, None) => Err(Error::InvalidInput {
-                            field: "credits",
-                            reason: "the owner has no credits to add to; set them first".into(),
-                        }),
-                        (0, Some(_)) => Err(Error::InvalidInput {
-                            field: "amount",
-                            reason: format!("credits would pass {}", Credits::MAX),
-                        }),
-                        (_, Some(credits)) => {
-                            tx.commit().await.map_err(store_error)?;
-                            Ok(credits)
-                        }
-                    }
+                    add_credits_on(&mut tx, holder, amount, now).await?;
+                    let credits = credits_on(&mut tx, holder).await?.ok_or_else(|| Error::store("topped-up credits vanished"))?;
+                    tx.commit().await.map_err(store_error)?;
+                    Ok(credits)
                 }
 
                 async fn spend_owner_credits(
@@ -1088,45 +1073,18 @@ macro_rules! sql_store {
                     cost: u64,
                     now: DateTime<Utc>,
                 ) -> Result<CreditSpend> {
+                    let holder = Holder::Owner(tenant, owner_id);
                     let mut conn = self.pool.acquire().await.map_err(store_error)?;
                     // Every request of an owner's key asks: an owner without
                     // credits costs one read, not three statements.
-                    if owner_credits_on(&mut conn, tenant, owner_id).await?.is_none() {
+                    if credits_on(&mut conn, holder).await?.is_none() {
                         return Ok(CreditSpend::Unlimited);
                     }
-                    owner_refill_on(&mut conn, tenant, owner_id, now).await?;
-                    // One conditional statement, as for a lineage.
-                    let spend = sqlx::query(statement!(
-                        Db,
-                        "UPDATE keysmith_owner_credits SET remaining = remaining - ? \
-                         WHERE app_id = ? AND tenant_id = ? AND owner_id = ? AND remaining >= ?"
-                    ))
-                    .bind(credit_count(cost));
-                    let spent = bind_owner(spend, tenant, owner_id)
-                        .bind(credit_count(cost))
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(store_error)?;
-                    Ok(match (spent.rows_affected(), owner_credits_on(&mut conn, tenant, owner_id).await?) {
-                        (_, None) => CreditSpend::Unlimited,
-                        (0, Some(credits)) => CreditSpend::Exhausted(credits),
-                        (_, Some(credits)) => CreditSpend::Spent(credits),
-                    })
+                    spend_credits_on(&mut conn, holder, cost, now).await
                 }
 
                 async fn refund_owner_credits(&self, tenant: &Tenant, owner_id: &str, cost: u64) -> Result<()> {
-                    let refund = sqlx::query(statement!(
-                        Db,
-                        "UPDATE keysmith_owner_credits SET remaining = remaining + ? \
-                         WHERE app_id = ? AND tenant_id = ? AND owner_id = ? AND remaining <= ?"
-                    ))
-                    .bind(credit_count(cost));
-                    bind_owner(refund, tenant, owner_id)
-                        .bind(credit_count(Credits::MAX.saturating_sub(cost)))
-                        .execute(&self.pool)
-                        .await
-                        .map_err(store_error)?;
-                    Ok(())
+                    refund_credits_on(&self.pool, Holder::Owner(tenant, owner_id), cost).await
                 }
 
                 async fn list_due_keys(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Key>> {
@@ -1403,7 +1361,7 @@ macro_rules! sql_store {
                         Db::IP_READ
                     ));
                     qb.push_bind(key_id.uuid());
-                    push_tenant(&mut qb, tenant);
+                    push_tenant(&mut qb, "", tenant);
                     push_range(&mut qb, "occurred_at", range);
                     let (limit, offset) = limit_offset(page);
                     qb.push(" ORDER BY occurred_at, id LIMIT ").push_bind(limit).push(" OFFSET ").push_bind(offset);
@@ -1422,7 +1380,7 @@ macro_rules! sql_store {
                         "SELECT app_id, tenant_id, period_start, requests, errors FROM keysmith_usage_agg WHERE key_id = ",
                     );
                     qb.push_bind(key_id.uuid());
-                    push_tenant(&mut qb, tenant);
+                    push_tenant(&mut qb, "", tenant);
                     qb.push(" AND period = ").push_bind(period.as_str());
                     push_range(&mut qb, "period_start", range);
                     qb.push(" ORDER BY period_start");
@@ -1492,8 +1450,7 @@ macro_rules! sql_store {
                         Db::BIGINT
                     ));
                     qb.push_bind(period.as_str());
-                    qb.push(" AND a.app_id = ").push_bind(&tenant.app_id);
-                    qb.push(" AND a.tenant_id = ").push_bind(&tenant.tenant_id);
+                    push_tenant(&mut qb, "a.", tenant);
                     filter(&mut qb);
                     push_range(&mut qb, "a.period_start", range);
                     qb.push(" GROUP BY a.period_start ORDER BY a.period_start");

@@ -688,7 +688,7 @@ async fn tally_spends(mut tasks: JoinSet<CreditSpend>, start: u64) -> (usize, us
 
 /// A refill resets `remaining` to its amount with the first spend (or
 /// top-up) of a new UTC period, once; top-ups add within bounds; a refund
-/// gives back.
+/// gives back, never past the bound.
 pub async fn credits_refill_on_the_utc_period_boundary_and_top_up(store: Arc<dyn Store>) {
     let today = Period::Day.start_of(t0());
     let tomorrow = Period::Day.next_start(t0());
@@ -718,6 +718,8 @@ pub async fn credits_refill_on_the_utc_period_boundary_and_top_up(store: Arc<dyn
         other => panic!("expected InvalidInput for amount, got {other:?}"),
     }
     assert_eq!(credits_of(&store, &key).await, Some(left(15, next_day)), "a refused top-up changes nothing");
+    store.refund_credits(&key.key, Credits::MAX).await.unwrap();
+    assert_eq!(credits_of(&store, &key).await, Some(left(Credits::MAX, next_day)), "a refund stops at the bound");
 
     let plain = insert(&store, sample_key(&acme())).await;
     match store.add_credits(&acme(), plain.key.id, 1, next_day).await {
@@ -824,7 +826,7 @@ pub async fn owner_credits_refill_on_the_utc_period_boundary_and_top_up(store: A
     assert_eq!(stored, Some(left(15, next_day)), "a refused top-up changes nothing");
     store.refund_owner_credits(&acme(), "cust-1", Credits::MAX).await.unwrap();
     let stored = store.owner_credits(&acme(), "cust-1").await.unwrap();
-    assert!(stored.is_some_and(|c| c.remaining <= Credits::MAX), "{stored:?}");
+    assert_eq!(stored, Some(left(Credits::MAX, next_day)), "a refund stops at the bound");
 }
 
 // ---------------------------------------------------------------- lifecycle
@@ -1445,22 +1447,26 @@ pub async fn usage_batches_roll_up_into_days_and_months(store: Arc<dyn Store>) {
     store.record_batch(&[]).await.unwrap();
 }
 
-/// Batches add up; every record counts once, in its day and its month.
+/// Batches add up; every record counts once, in its day and its month, also
+/// when a retried batch brings it again.
 pub async fn usage_batches_accumulate_and_count_each_record_once(store: Arc<dyn Store>) {
     let key = insert(&store, sample_key(&acme())).await;
     let first: Vec<_> = (0..3).map(|i| usage(&key.key, at(i), if i == 0 { 500 } else { 200 })).collect();
     let second: Vec<_> = (3..5).map(|i| usage(&key.key, at(i), 429)).collect();
     store.record_batch(&first).await.unwrap();
     store.record_batch(&second).await.unwrap();
+    // A retried batch that repeats stored records and brings new ones adds only the new ones.
+    let retried = [first[1].clone(), usage(&key.key, at(5), 404), first[0].clone(), usage(&key.key, at(6), 200)];
+    store.record_batch(&retried).await.unwrap();
 
     let all = TimeRange::default();
     for period in [Period::Day, Period::Month] {
         let aggregates = store.usage_aggregates(&acme(), key.key.id, period, all).await.unwrap();
         assert_eq!(aggregates.len(), 1, "{period}");
-        assert_eq!((aggregates[0].requests, aggregates[0].errors), (5, 3), "{period}");
+        assert_eq!((aggregates[0].requests, aggregates[0].errors), (7, 4), "{period}");
         assert_eq!(aggregates[0].period_start, period.start_of(t0()));
     }
-    assert_eq!(store.list_usage(&acme(), key.key.id, all, Page::default()).await.unwrap().len(), 5);
+    assert_eq!(store.list_usage(&acme(), key.key.id, all, Page::default()).await.unwrap().len(), 7);
 }
 
 /// A batch larger than any single statement's bound-variable limit is
