@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use keysmith_core::feed::ChangeFeed;
 use keysmith_core::store::CacheConfig;
-use keysmith_core::{Engine, NewKey, PolicySpec, Quota, Refusal, RequestContext, ValidationError};
+use keysmith_core::{Credits, Engine, LimitBy, NewKey, PolicySpec, Quota, Refusal, RequestContext, ValidationError};
 use keysmith_redis::{OutagePolicy, RedisChangeFeed, RedisConfig, RedisQuotas, RedisRateLimiter};
 use keysmith_sqlx::{PgChangeFeed, PgStore, Store};
 use keysmith_tests::services::{PgTestDb, service_url};
@@ -104,6 +104,29 @@ async fn revocation_suspension_and_policy_tightening_on_one_engine_are_refused_b
         assert_eq!(refused_within_bound(engine, suspended.raw.expose(), &none).await.0, Refusal::Suspended);
         assert_eq!(refused_within_bound(engine, limited.raw.expose(), &outside).await.0, Refusal::IpNotAllowed);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_credits_given_on_one_engine_are_spent_by_the_others_over_postgres() {
+    let Some(db) = PgTestDb::create().await else { return };
+    let engines = fleet(&db, 2, async || pg_feed(&db).await).await;
+    let acme = engines[0].tenant("app", "acme");
+    let policy = acme.create_policy(PolicySpec::new("per-owner").with_limit_by(LimitBy::Owner)).await.unwrap();
+    let created = acme.create_key(NewKey::new("ci").with_owner("cust_1").with_policy(policy.id)).await.unwrap();
+    let other = &engines[1];
+    let credits = async || other.validate(created.raw.expose(), &RequestContext::new()).await.unwrap().credits;
+    assert_eq!(credits().await, None, "the other engine remembers the owner has no credits");
+
+    acme.set_owner_credits("cust_1", Some(Credits::new(100))).await.unwrap();
+    let start = Instant::now();
+    let spent = loop {
+        if let Some(spent) = credits().await {
+            break spent;
+        }
+        assert!(start.elapsed() < BOUND, "still spends nothing after {BOUND:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    assert_eq!(spent.remaining, 99);
 }
 
 /// Time from a revocation returning on one engine until both others refuse

@@ -286,6 +286,11 @@ impl TenantEngine {
     /// its keys are no longer limited by credits). A refill starts with the
     /// current period. The owner need not have a key yet.
     ///
+    /// The next request of the owner's keys on this engine spends them; on
+    /// other engines with a [change feed](crate::feed), as soon as the
+    /// change arrives (a cache that remembered the owner as having no
+    /// credits forgets it), else within their cache's positive TTL.
+    ///
     /// # Errors
     /// `InvalidInput` for an owner id that no key could have, values over
     /// [`Credits::MAX`] or a zero refill; a store failure.
@@ -294,6 +299,7 @@ impl TenantEngine {
         let now = self.engine.inner.clock.now();
         let credits = credits.map(|credits| credits.checked(now)).transpose()?;
         self.engine.inner.store.set_owner_credits(&self.tenant, owner_id, credits.as_ref()).await?;
+        self.engine.publish(|| Change::owner(&self.tenant, owner_id)).await;
         Ok(credits)
     }
 
@@ -310,7 +316,9 @@ impl TenantEngine {
             return Err(Error::invalid("amount", format!("must be 1 to {}", Credits::MAX)));
         }
         let now = self.engine.inner.clock.now();
-        self.engine.inner.store.add_owner_credits(&self.tenant, owner_id, amount, now).await
+        let credits = self.engine.inner.store.add_owner_credits(&self.tenant, owner_id, amount, now).await?;
+        self.engine.publish(|| Change::owner(&self.tenant, owner_id)).await;
+        Ok(credits)
     }
 
     async fn stored_key(&self, id: KeyId) -> Result<StoredKey> {

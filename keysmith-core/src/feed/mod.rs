@@ -5,7 +5,7 @@
 //! An engine built [`with_change_feed`](crate::EngineBuilder::with_change_feed)
 //! publishes a [`Change`] after every state change it commits (key revoked,
 //! suspended, reactivated, rotated, expired, its scopes changed; policy
-//! updated or deleted) and, when it has a cache
+//! updated or deleted; an owner's credits set or topped up) and, when it has a cache
 //! ([`with_cache`](crate::EngineBuilder::with_cache)), evicts what every
 //! change it receives makes stale.
 //!
@@ -101,6 +101,15 @@ pub enum Change {
         /// The policy.
         policy_id: PolicyId,
     },
+    /// An owner's credits were set, removed or topped up: a subscriber that
+    /// remembers the owner as having no credits forgets it, so the owner's
+    /// next request spends from the store.
+    Owner {
+        /// The owner's tenant (owner ids are unique per tenant).
+        tenant: Tenant,
+        /// The application's id of the owner.
+        owner_id: String,
+    },
 }
 
 impl Change {
@@ -126,6 +135,12 @@ impl Change {
     #[must_use]
     pub fn policy(tenant: &Tenant, policy_id: PolicyId) -> Self {
         Self::Policy { tenant: tenant.clone(), policy_id }
+    }
+
+    /// The change of owner `owner_id`'s credits.
+    #[must_use]
+    pub fn owner(tenant: &Tenant, owner_id: &str) -> Self {
+        Self::Owner { tenant: tenant.clone(), owner_id: owner_id.to_owned() }
     }
 
     /// The change as the JSON text that feeds carry.

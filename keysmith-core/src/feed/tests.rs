@@ -10,8 +10,8 @@ use tokio::sync::watch;
 use super::{Change, ChangeFeed, ChangeStream, LocalChangeFeed};
 use crate::store::CacheConfig;
 use crate::{
-    Engine, Error, ManualClock, MemoryStore, NewKey, PolicySpec, Refusal, RequestContext, Result, RotationReason,
-    ValidationError,
+    Credits, Engine, Error, LimitBy, ManualClock, MemoryStore, NewKey, PolicySpec, Refusal, RequestContext, Result,
+    RotationReason, ValidationError,
 };
 
 const POSITIVE: Duration = Duration::from_secs(30);
@@ -188,6 +188,30 @@ async fn a_policy_tightened_on_one_engine_binds_on_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_credits_given_on_one_engine_are_spent_on_another_before_its_cache_expires() {
+    let Fleet { a, b, .. } = fleet().await;
+    let acme = a.tenant("app", "acme");
+    let policy = acme.create_policy(PolicySpec::new("per-owner").with_limit_by(LimitBy::Owner)).await.unwrap();
+    let created = acme.create_key(NewKey::new("ci").with_owner("cust_1").with_policy(policy.id)).await.unwrap();
+    let credits = || async { b.validate(created.raw.expose(), &RequestContext::new()).await.unwrap().credits };
+    assert_eq!(credits().await, None, "b remembers the owner has no credits");
+    assert_eq!(b.cache_stats().unwrap().owners, 1);
+
+    acme.set_owner_credits("cust_1", Some(Credits::new(100))).await.unwrap();
+    // The cache clock never moves: only the change can evict b's entry.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let spent = loop {
+        if let Some(spent) = credits().await {
+            break spent;
+        }
+        assert!(Instant::now() < deadline, "b still spends nothing after 5 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    assert_eq!(spent.remaining, 99);
+    assert_eq!(credits().await.map(|credits| credits.remaining), Some(98));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_subscription_drops_the_cache_and_shortens_its_ttl_until_restored() {
     let Fleet { clock, feed, a, b } = fleet().await;
     let acme = a.tenant("app", "acme");
@@ -252,4 +276,12 @@ fn changes_travel_as_json_with_hashes_in_hex_and_no_secret() {
     assert!(json.contains("\"kind\":\"key\""), "{json}");
     assert_eq!(Change::from_json(&json).unwrap(), change);
     assert!(matches!(Change::from_json("{\"kind\":\"nope\"}"), Err(Error::Feed { .. })));
+}
+
+#[test]
+fn an_owner_change_travels_as_json() {
+    let change = Change::owner(&crate::Tenant::new("app", "acme"), "cust_1");
+    let json = change.to_json().unwrap();
+    assert_eq!(json, r#"{"kind":"owner","tenant":{"app_id":"app","tenant_id":"acme"},"owner_id":"cust_1"}"#);
+    assert_eq!(Change::from_json(&json).unwrap(), change);
 }

@@ -1,5 +1,6 @@
 //! A cache in front of any store for the validation path: the lookup by
-//! hash (found and not found) and policies.
+//! hash (found and not found), policies, and owners known to have no
+//! credits.
 
 use std::fmt;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use super::{
     Transition, UsageStore, UsageTotal,
 };
 use crate::feed::Change;
+use crate::limit::Subject;
 use crate::{
     Clock, CreditSpend, Credits, Error, Key, KeyHash, KeyId, Period, Policy, PolicyId, Result, RotationRecord, Scope,
     ScopeId, SystemClock, Tenant, UsageAggregate, UsageRecord,
@@ -52,7 +54,8 @@ impl Default for CacheConfig {
 }
 
 impl CacheConfig {
-    /// At most this many hash lookups (found or not) are kept.
+    /// At most this many hash lookups (found or not) are kept, and as many
+    /// owners known to have no credits.
     #[must_use]
     pub fn with_max_keys(mut self, max: u64) -> Self {
         self.max_keys = max;
@@ -66,8 +69,9 @@ impl CacheConfig {
         self
     }
 
-    /// How long a found key or policy is served from the cache. This bounds
-    /// how stale a change made by another instance can look here.
+    /// How long a found key or policy, or an owner found to have no
+    /// credits, is served from the cache. This bounds how stale a change
+    /// made by another instance can look here.
     #[must_use]
     pub fn with_positive_ttl(mut self, ttl: Duration) -> Self {
         self.positive_ttl = ttl;
@@ -126,6 +130,8 @@ pub struct CacheStats {
     pub keys: u64,
     /// Cached policies.
     pub policies: u64,
+    /// Owners remembered as having no credits.
+    pub owners: u64,
     /// How long a found key or policy cached now is served: the positive
     /// TTL, or the outage TTL while a change feed is down.
     pub positive_ttl: Duration,
@@ -133,20 +139,32 @@ pub struct CacheStats {
 
 /// A [`Store`] that serves validation's reads from memory: the key lookup by
 /// hash (including "no such key", so a flood of made-up keys does not reach
-/// the database) and policies. On a warm cache, validation does no store I/O.
-/// Everything else goes straight to the inner store.
+/// the database), policies, and owners known to have no credits (so that a
+/// key of an owner without credits under a policy with `limit_by: owner`
+/// costs no store call either). On a warm cache, validation does no store
+/// I/O, and keeps validating such keys while the store is down. Everything
+/// else goes straight to the inner store.
+///
+/// Only the absence of owner credits is cached: an owner with a balance
+/// spends it in the store on every request, exactly, as without the cache.
+/// [`spend_owner_credits`](KeyStore::spend_owner_credits) for a remembered
+/// owner answers [`CreditSpend::Unlimited`] (what the store answers for an
+/// owner without credits) without asking the store; a store answer of
+/// `Unlimited` is what fills the entry.
 ///
 /// Every change made through this store drops what it makes stale: state
 /// transitions, rotations (old key and a cached miss for the new one), scope
 /// changes, key creation (a cached miss for its hash), policy updates and
-/// deletions. `touch_key` updates the cached key in place. Once a change
+/// deletions, owner credits set or topped up. `touch_key` updates the cached key in place. Once a change
 /// made through this store has returned, no lookup through it answers the
 /// old state: a lookup that read the store before the change is not cached,
 /// and a racing `touch_key` never re-inserts the key it saw.
 ///
 /// **Staleness bound.** Changes made elsewhere (another instance, or SQL by
 /// hand) are seen here at most the positive TTL later (30 s by default): a
-/// key revoked by another instance can validate here for up to that long.
+/// key revoked by another instance can validate here for up to that long,
+/// and an owner given credits elsewhere spends nothing here for up to that
+/// long.
 /// A key created elsewhere is found at once unless its exact hash was looked
 /// up and missed within the negative TTL, which needs its secret. Lower the
 /// positive TTL if revocations must bite faster across instances.
@@ -179,6 +197,9 @@ pub struct CachedStore {
     /// Which hash a key id has, to find the entry a change makes stale.
     hashes: Cache<KeyId, KeyHash, Hashing>,
     policies: Tier<PolicyId, Arc<Policy>>,
+    /// Owners found to have no credits, by [`Subject::storage_key`] (unique
+    /// per tenant and owner).
+    owners: Tier<String, ()>,
     /// Bumped by every invalidation: a lookup that raced one does not keep
     /// what it read (it may predate the change).
     generation: AtomicU64,
@@ -351,6 +372,7 @@ impl fmt::Debug for CachedStore {
             .field("config", &self.config)
             .field("cached_keys", &self.keys.entry_count())
             .field("cached_policies", &self.policies.entry_count())
+            .field("cached_owners", &self.owners.entry_count())
             .finish_non_exhaustive()
     }
 }
@@ -371,12 +393,14 @@ impl CachedStore {
             .time_to_live(config.positive_ttl.max(Duration::from_secs(1)))
             .build_with_hasher(Hashing::default());
         let policies = Tier::new(config.max_policies, Arc::clone(&config.clock));
+        let owners = Tier::new(config.max_keys, Arc::clone(&config.clock));
         Self {
             inner,
             config,
             keys,
             hashes,
             policies,
+            owners,
             generation: AtomicU64::new(0),
             policy_epoch: AtomicU64::new(0),
             outage: AtomicBool::new(false),
@@ -401,6 +425,7 @@ impl CachedStore {
         self.policy_epoch.fetch_add(1, Ordering::SeqCst);
         self.keys.invalidate_all();
         self.policies.invalidate_all();
+        self.owners.invalidate_all();
     }
 
     /// Drops what `change` (made by another engine, or by this one) makes
@@ -421,6 +446,7 @@ impl CachedStore {
                 self.forget_hash(new_hash);
             }
             Change::Policy { policy_id, .. } => self.forget_policy(*policy_id),
+            Change::Owner { tenant, owner_id } => self.forget_owner(tenant, owner_id),
         }
     }
 
@@ -430,6 +456,7 @@ impl CachedStore {
         CacheStats {
             keys: self.keys.len() as u64,
             policies: self.policies.len() as u64,
+            owners: self.owners.len() as u64,
             positive_ttl: self.found_ttl(),
         }
     }
@@ -493,6 +520,21 @@ impl CachedStore {
         self.policies.invalidate(&id);
     }
 
+    /// After a change to the owner's credits: the next spend asks the store,
+    /// and a spend that read before the change does not remember what it
+    /// read.
+    fn forget_owner(&self, tenant: &Tenant, owner_id: &str) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.owners.invalidate(&owner_key(tenant, owner_id));
+    }
+
+    /// Remembers that the owner has no credits, as a store read begun at
+    /// `generation` found, unless its credits changed since.
+    fn owner_has_none(&self, owner: String, generation: u64) {
+        let entry = Entry { value: (), expires_at: self.expiry(self.found_ttl()) };
+        self.owners.insert_unless_invalidated(owner, entry, &self.generation, generation);
+    }
+
     /// The validation path's lookup: the key cached for `hash` (`None` on a
     /// miss) and, when cached with it or in the policy table, the key's
     /// policy (`None` inside: ask [`PolicyStore::get_policy`]). A policy
@@ -526,6 +568,11 @@ impl CachedStore {
         });
         Some((lookup.found, Some(entry.value)))
     }
+}
+
+/// The owner cache's key for `owner_id` of `tenant`.
+fn owner_key(tenant: &Tenant, owner_id: &str) -> String {
+    Subject::Owner { tenant, owner_id }.storage_key()
 }
 
 #[async_trait]
@@ -644,13 +691,16 @@ impl KeyStore for CachedStore {
         self.inner.refund_credits_ready(key, cost)
     }
 
-    // An owner's credits are not cached: every spend is the store's.
     async fn owner_credits(&self, tenant: &Tenant, owner_id: &str) -> Result<Option<Credits>> {
         self.inner.owner_credits(tenant, owner_id).await
     }
 
+    // Forgotten whatever the answer: a write that failed may have
+    // committed all the same.
     async fn set_owner_credits(&self, tenant: &Tenant, owner_id: &str, credits: Option<&Credits>) -> Result<()> {
-        self.inner.set_owner_credits(tenant, owner_id, credits).await
+        let result = self.inner.set_owner_credits(tenant, owner_id, credits).await;
+        self.forget_owner(tenant, owner_id);
+        result
     }
 
     async fn add_owner_credits(
@@ -660,7 +710,9 @@ impl KeyStore for CachedStore {
         amount: u64,
         now: DateTime<Utc>,
     ) -> Result<Credits> {
-        self.inner.add_owner_credits(tenant, owner_id, amount, now).await
+        let result = self.inner.add_owner_credits(tenant, owner_id, amount, now).await;
+        self.forget_owner(tenant, owner_id);
+        result
     }
 
     async fn spend_owner_credits(
@@ -670,7 +722,16 @@ impl KeyStore for CachedStore {
         cost: u64,
         now: DateTime<Utc>,
     ) -> Result<CreditSpend> {
-        self.inner.spend_owner_credits(tenant, owner_id, cost, now).await
+        let owner = owner_key(tenant, owner_id);
+        if self.fresh(&self.owners, &owner).is_some() {
+            return Ok(CreditSpend::Unlimited);
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let spent = self.inner.spend_owner_credits(tenant, owner_id, cost, now).await;
+        if matches!(spent, Ok(CreditSpend::Unlimited)) {
+            self.owner_has_none(owner, generation);
+        }
+        spent
     }
 
     fn spend_owner_credits_ready(
@@ -680,7 +741,16 @@ impl KeyStore for CachedStore {
         cost: u64,
         now: DateTime<Utc>,
     ) -> Option<Result<CreditSpend>> {
-        self.inner.spend_owner_credits_ready(tenant, owner_id, cost, now)
+        let owner = owner_key(tenant, owner_id);
+        if self.fresh(&self.owners, &owner).is_some() {
+            return Some(Ok(CreditSpend::Unlimited));
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let spent = self.inner.spend_owner_credits_ready(tenant, owner_id, cost, now);
+        if matches!(spent, Some(Ok(CreditSpend::Unlimited))) {
+            self.owner_has_none(owner, generation);
+        }
+        spent
     }
 
     async fn refund_owner_credits(&self, tenant: &Tenant, owner_id: &str, cost: u64) -> Result<()> {
@@ -856,6 +926,9 @@ mod tests {
     struct Spy {
         lookups: AtomicU64,
         policy_reads: AtomicU64,
+        owner_spends: AtomicU64,
+        /// While set, every call fails as a database that went away would.
+        down: AtomicBool,
         hold_next_lookup: Mutex<Option<Arc<Hold>>>,
         /// Holds the next call of this method after the store answered.
         hold_next_call: Mutex<Option<(StoreOp, Arc<Hold>)>>,
@@ -869,6 +942,10 @@ mod tests {
         fn policy_reads(&self) -> u64 {
             self.policy_reads.load(Ordering::SeqCst)
         }
+
+        fn owner_spends(&self) -> u64 {
+            self.owner_spends.load(Ordering::SeqCst)
+        }
     }
 
     #[async_trait]
@@ -877,8 +954,12 @@ mod tests {
             match op {
                 StoreOp::FindKeyByHash => self.lookups.fetch_add(1, Ordering::SeqCst),
                 StoreOp::GetPolicy => self.policy_reads.fetch_add(1, Ordering::SeqCst),
+                StoreOp::SpendOwnerCredits => self.owner_spends.fetch_add(1, Ordering::SeqCst),
                 _ => 0,
             };
+            if self.down.load(Ordering::SeqCst) {
+                return Err(Error::store("connection refused"));
+            }
             Ok(())
         }
 
@@ -1276,5 +1357,119 @@ mod tests {
         assert!(cached.keys.entry_count() <= 10, "{} entries", cached.keys.entry_count());
         // The front map holds no more than moka kept.
         assert!(cached.keys.front.len() <= 10, "{} entries in front", cached.keys.front.len());
+    }
+
+    /// A key of owner `cust_1` under a policy that limits by owner.
+    async fn owner_key(engine: &Engine) -> crate::CreatedKey {
+        let acme = engine.tenant("app", "acme");
+        let spec = crate::PolicySpec::new("per-owner").with_limit_by(crate::LimitBy::Owner);
+        let policy = acme.create_policy(spec).await.unwrap();
+        acme.create_key(NewKey::new("ci").with_owner("cust_1").with_policy(policy.id)).await.unwrap()
+    }
+
+    /// The owner credits a validation of `raw` left (`None`: not limited by credits).
+    async fn credits_left(engine: &Engine, raw: &str) -> Option<u64> {
+        validate(engine, raw).await.unwrap().credits.map(|credits| credits.remaining)
+    }
+
+    #[tokio::test]
+    async fn an_owner_without_credits_costs_no_store_call_after_the_first_even_while_the_store_is_down() {
+        let Setup { spy, cached, engine, .. } = setup();
+        let created = owner_key(&engine).await;
+        for _ in 0..3 {
+            assert_eq!(credits_left(&engine, created.raw.expose()).await, None);
+        }
+        assert_eq!(spy.owner_spends(), 1, "asked once, then remembered as having none");
+        assert_eq!(cached.stats().owners, 1);
+
+        spy.down.store(true, Ordering::SeqCst);
+        assert_eq!(credits_left(&engine, created.raw.expose()).await, None, "served while the store is down");
+        assert_eq!(spy.lookups(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_owner_given_credits_through_the_engine_spends_them_from_the_next_request() {
+        let Setup { spy, engine, .. } = setup();
+        let created = owner_key(&engine).await;
+        let acme = engine.tenant("app", "acme");
+        assert_eq!(credits_left(&engine, created.raw.expose()).await, None);
+
+        acme.set_owner_credits("cust_1", Some(Credits::new(2))).await.unwrap();
+        assert_eq!(credits_left(&engine, created.raw.expose()).await, Some(1));
+        assert_eq!(credits_left(&engine, created.raw.expose()).await, Some(0));
+        assert!(matches!(
+            validate(&engine, created.raw.expose()).await,
+            Err(ValidationError::Refused(Refusal::CreditsExhausted { .. }))
+        ));
+        assert_eq!(spy.owner_spends(), 4, "a balance is spent in the store on every request");
+
+        acme.add_owner_credits("cust_1", 1).await.unwrap();
+        assert_eq!(credits_left(&engine, created.raw.expose()).await, Some(0));
+
+        // Removed: asked once more, then remembered as having none again.
+        acme.set_owner_credits("cust_1", None).await.unwrap();
+        assert_eq!(credits_left(&engine, created.raw.expose()).await, None);
+        assert_eq!(credits_left(&engine, created.raw.expose()).await, None);
+        assert_eq!(spy.owner_spends(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_top_up_through_the_cache_drops_what_it_remembered_of_the_owner() {
+        let Setup { inner, engine, .. } = setup();
+        let created = owner_key(&engine).await;
+        let acme = engine.tenant("app", "acme");
+        assert_eq!(credits_left(&engine, created.raw.expose()).await, None);
+        // Given credits elsewhere, then topped up here.
+        inner.set_owner_credits(acme.tenant(), "cust_1", Some(&Credits::new(1))).await.unwrap();
+        acme.add_owner_credits("cust_1", 2).await.unwrap();
+        assert_eq!(credits_left(&engine, created.raw.expose()).await, Some(2));
+    }
+
+    #[tokio::test]
+    async fn an_owner_given_credits_elsewhere_spends_them_once_the_positive_ttl_passed() {
+        let Setup { spy, inner, cached, clock, .. } = setup();
+        let acme = Tenant::new("app", "acme");
+        let spend = || async { cached.spend_owner_credits(&acme, "cust_1", 1, clock.now()).await.unwrap() };
+        assert_eq!(spend().await, CreditSpend::Unlimited);
+        inner.set_owner_credits(&acme, "cust_1", Some(&Credits::new(5))).await.unwrap();
+
+        clock.advance(POSITIVE - Duration::from_secs(1));
+        assert_eq!(spend().await, CreditSpend::Unlimited, "stale within the bound");
+        assert_eq!(spy.owner_spends(), 1);
+        clock.advance(Duration::from_secs(1));
+        assert!(matches!(spend().await, CreditSpend::Spent(credits) if credits.remaining == 4));
+        assert!(matches!(spend().await, CreditSpend::Spent(credits) if credits.remaining == 3));
+        assert_eq!(spy.owner_spends(), 3, "a balance is never cached");
+        assert_eq!(cached.stats().owners, 0);
+    }
+
+    #[tokio::test]
+    async fn owners_are_remembered_per_tenant() {
+        let Setup { spy, inner, cached, clock, .. } = setup();
+        let (acme, globex) = (Tenant::new("app", "acme"), Tenant::new("app", "globex"));
+        inner.set_owner_credits(&globex, "cust_1", Some(&Credits::new(5))).await.unwrap();
+        assert_eq!(cached.spend_owner_credits(&acme, "cust_1", 1, clock.now()).await.unwrap(), CreditSpend::Unlimited);
+        let spent = cached.spend_owner_credits(&globex, "cust_1", 1, clock.now()).await.unwrap();
+        assert!(matches!(spent, CreditSpend::Spent(credits) if credits.remaining == 4));
+        assert_eq!(spy.owner_spends(), 2);
+    }
+
+    /// A spend that read "no credits" before credits were given, and
+    /// returns after, does not leave "no credits" in the cache.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spend_racing_a_credit_change_does_not_remember_what_it_read() {
+        let Setup { spy, cached, engine, clock, .. } = setup();
+        let acme = engine.tenant("app", "acme");
+        let hold = hold_next(&spy, StoreOp::SpendOwnerCredits);
+        let spend = tokio::spawn({
+            let (cached, tenant, now) = (Arc::clone(&cached), acme.tenant().clone(), clock.now());
+            async move { cached.spend_owner_credits(&tenant, "cust_1", 1, now).await }
+        });
+        hold.read.notified().await;
+        acme.set_owner_credits("cust_1", Some(Credits::new(3))).await.unwrap();
+        hold.release.notify_one();
+        assert_eq!(spend.await.unwrap().unwrap(), CreditSpend::Unlimited, "it answers what it read");
+        let spent = cached.spend_owner_credits(acme.tenant(), "cust_1", 1, clock.now()).await.unwrap();
+        assert!(matches!(spent, CreditSpend::Spent(credits) if credits.remaining == 2));
     }
 }
