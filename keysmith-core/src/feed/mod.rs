@@ -110,6 +110,12 @@ pub enum Change {
         /// The application's id of the owner.
         owner_id: String,
     },
+    /// A change of a kind this version does not know, sent by a newer
+    /// engine of the fleet (during a rolling upgrade, say). What it made
+    /// stale cannot be told, so a subscriber drops its whole cache and
+    /// counts it ([`FeedStatus::unknown`]); engines never publish it.
+    #[serde(other)]
+    Unknown,
 }
 
 impl Change {

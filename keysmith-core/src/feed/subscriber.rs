@@ -32,6 +32,10 @@ pub struct FeedStatus {
     pub losses: u64,
     /// Changes received and applied to the cache.
     pub received: u64,
+    /// Of those, changes of a kind this version does not know, each of
+    /// which dropped the whole cache (metric
+    /// `keysmith_feed_unknown_changes_total`).
+    pub unknown: u64,
     /// Changes this engine published.
     pub published: u64,
     /// Changes this engine failed to publish (metric
@@ -47,6 +51,7 @@ pub(crate) struct FeedLink {
     subscriptions: AtomicU64,
     losses: AtomicU64,
     received: AtomicU64,
+    unknown: AtomicU64,
     published: AtomicU64,
     publish_failures: AtomicU64,
     started: AtomicBool,
@@ -62,6 +67,7 @@ impl FeedLink {
             subscriptions: AtomicU64::new(0),
             losses: AtomicU64::new(0),
             received: AtomicU64::new(0),
+            unknown: AtomicU64::new(0),
             published: AtomicU64::new(0),
             publish_failures: AtomicU64::new(0),
             started: AtomicBool::new(false),
@@ -75,6 +81,7 @@ impl FeedLink {
             subscriptions: self.subscriptions.load(Ordering::SeqCst),
             losses: self.losses.load(Ordering::SeqCst),
             received: self.received.load(Ordering::SeqCst),
+            unknown: self.unknown.load(Ordering::SeqCst),
             published: self.published.load(Ordering::SeqCst),
             publish_failures: self.publish_failures.load(Ordering::SeqCst),
         }
@@ -149,6 +156,11 @@ impl FeedLink {
                 };
                 match next {
                     Some(Ok(change)) => {
+                        if change == Change::Unknown {
+                            self.unknown.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!("keysmith_feed_unknown_changes_total").increment(1);
+                            tracing::warn!(target: "keysmith::feed", "a change of a kind this version does not know; cache dropped");
+                        }
                         cache.apply_change(&change).await;
                         self.received.fetch_add(1, Ordering::Relaxed);
                     }

@@ -275,7 +275,30 @@ fn changes_travel_as_json_with_hashes_in_hex_and_no_secret() {
     assert!(json.contains(&"ab".repeat(32)), "{json}");
     assert!(json.contains("\"kind\":\"key\""), "{json}");
     assert_eq!(Change::from_json(&json).unwrap(), change);
-    assert!(matches!(Change::from_json("{\"kind\":\"nope\"}"), Err(Error::Feed { .. })));
+    assert!(matches!(Change::from_json("not json"), Err(Error::Feed { .. })));
+    assert!(matches!(Change::from_json(r#"{"tenant":"acme"}"#), Err(Error::Feed { .. })), "no kind: not a change");
+}
+
+#[test]
+fn a_change_of_a_kind_this_version_does_not_know_is_read_as_unknown() {
+    let newer = r#"{"kind":"quota_reset","tenant":{"app_id":"app","tenant_id":"acme"},"owner_id":"cust_1"}"#;
+    assert_eq!(Change::from_json(newer).unwrap(), Change::Unknown);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_an_unknown_kind_drops_the_whole_cache_and_is_counted() {
+    let Fleet { feed, a, b, .. } = fleet().await;
+    let acme = a.tenant("app", "acme");
+    let created = acme.create_key(NewKey::new("ci")).await.unwrap();
+    assert!(accepted(&b, created.raw.expose()).await);
+    assert_eq!(b.cache_stats().unwrap().keys, 1);
+
+    let newer = r#"{"kind":"quota_reset","tenant":{"app_id":"app","tenant_id":"acme"}}"#;
+    feed.publish(&Change::from_json(newer).unwrap()).await.unwrap();
+    eventually(|| b.feed_status().unwrap().unknown == 1).await;
+    assert_eq!(b.cache_stats().unwrap().keys, 0, "what the change made stale cannot be told: nothing is kept");
+    let status = b.feed_status().unwrap();
+    assert!(status.subscribed && status.losses == 0, "the subscription itself is fine: {status:?}");
 }
 
 #[test]

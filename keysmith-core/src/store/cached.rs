@@ -447,6 +447,8 @@ impl CachedStore {
             }
             Change::Policy { policy_id, .. } => self.forget_policy(*policy_id),
             Change::Owner { tenant, owner_id } => self.forget_owner(tenant, owner_id),
+            // Anything may be stale: keep nothing.
+            Change::Unknown => self.invalidate_all(),
         }
     }
 
