@@ -530,11 +530,25 @@ impl CachedStore {
         self.owners.invalidate(&owner_key(tenant, owner_id));
     }
 
-    /// Remembers that the owner has no credits, as a store read begun at
-    /// `generation` found, unless its credits changed since.
-    fn owner_has_none(&self, owner: String, generation: u64) {
-        let entry = Entry { value: (), expires_at: self.expiry(self.found_ttl()) };
-        self.owners.insert_unless_invalidated(owner, entry, &self.generation, generation);
+    /// A spend of the owner's credits: `Ok` with the answer when the owner
+    /// is remembered as having none, else `Err` with its cache key and the
+    /// generation to hand [`spent_by_store`](Self::spent_by_store) once the
+    /// store answered.
+    fn owner_spend(&self, tenant: &Tenant, owner_id: &str) -> std::result::Result<CreditSpend, (String, u64)> {
+        let owner = owner_key(tenant, owner_id);
+        if self.fresh(&self.owners, &owner).is_some() {
+            return Ok(CreditSpend::Unlimited);
+        }
+        Err((owner, self.generation.load(Ordering::SeqCst)))
+    }
+
+    /// Remembers that the owner has no credits when the store, asked at
+    /// `generation`, answered so, unless its credits changed since.
+    fn spent_by_store(&self, owner: String, generation: u64, spent: &Result<CreditSpend>) {
+        if matches!(spent, Ok(CreditSpend::Unlimited)) {
+            let entry = Entry { value: (), expires_at: self.expiry(self.found_ttl()) };
+            self.owners.insert_unless_invalidated(owner, entry, &self.generation, generation);
+        }
     }
 
     /// The validation path's lookup: the key cached for `hash` (`None` on a
@@ -724,15 +738,12 @@ impl KeyStore for CachedStore {
         cost: u64,
         now: DateTime<Utc>,
     ) -> Result<CreditSpend> {
-        let owner = owner_key(tenant, owner_id);
-        if self.fresh(&self.owners, &owner).is_some() {
-            return Ok(CreditSpend::Unlimited);
-        }
-        let generation = self.generation.load(Ordering::SeqCst);
+        let (owner, generation) = match self.owner_spend(tenant, owner_id) {
+            Ok(remembered) => return Ok(remembered),
+            Err(asking) => asking,
+        };
         let spent = self.inner.spend_owner_credits(tenant, owner_id, cost, now).await;
-        if matches!(spent, Ok(CreditSpend::Unlimited)) {
-            self.owner_has_none(owner, generation);
-        }
+        self.spent_by_store(owner, generation, &spent);
         spent
     }
 
@@ -743,16 +754,13 @@ impl KeyStore for CachedStore {
         cost: u64,
         now: DateTime<Utc>,
     ) -> Option<Result<CreditSpend>> {
-        let owner = owner_key(tenant, owner_id);
-        if self.fresh(&self.owners, &owner).is_some() {
-            return Some(Ok(CreditSpend::Unlimited));
-        }
-        let generation = self.generation.load(Ordering::SeqCst);
-        let spent = self.inner.spend_owner_credits_ready(tenant, owner_id, cost, now);
-        if matches!(spent, Some(Ok(CreditSpend::Unlimited))) {
-            self.owner_has_none(owner, generation);
-        }
-        spent
+        let (owner, generation) = match self.owner_spend(tenant, owner_id) {
+            Ok(remembered) => return Some(Ok(remembered)),
+            Err(asking) => asking,
+        };
+        let spent = self.inner.spend_owner_credits_ready(tenant, owner_id, cost, now)?;
+        self.spent_by_store(owner, generation, &spent);
+        Some(spent)
     }
 
     async fn refund_owner_credits(&self, tenant: &Tenant, owner_id: &str, cost: u64) -> Result<()> {
