@@ -222,6 +222,65 @@ mod tests {
         }
     }
 
+    /// `unsigned` with its correct check digits appended: a key that breaks
+    /// one shape rule but not the checksum, so each rule is pinned on its own.
+    fn signed(unsigned: &str) -> String {
+        let mut key = unsigned.to_owned();
+        push_check(&mut key, crc32fast::hash(unsigned.as_bytes()));
+        key
+    }
+
+    const RANDOM: &str = "0123456789abcdefghijABCDEFGHIJxy";
+
+    #[test]
+    fn every_environment_parses_with_a_valid_checksum() {
+        for (env, expected) in [("live", Environment::Live), ("test", Environment::Test), ("dev", Environment::Dev)] {
+            let raw = signed(&format!("sk_{env}_{RANDOM}"));
+            assert_eq!(ParsedKey::parse(&raw).map(|parsed| parsed.environment), Some(expected), "{env}");
+        }
+        for env in ["prod", "Live", "tes", "", "live_live"] {
+            assert!(ParsedKey::parse(&signed(&format!("sk_{env}_{RANDOM}"))).is_none(), "accepted environment {env:?}");
+        }
+    }
+
+    #[test]
+    fn prefix_rules_hold_even_when_the_checksum_is_valid() {
+        let longest = "a1b2c3d4e5f6g7h8";
+        let parsed = ParsedKey::parse(&signed(&format!("{longest}_live_{RANDOM}"))).map(|parsed| parsed.prefix.len());
+        assert_eq!(parsed, Some(16), "a 16-character prefix is valid");
+        for prefix in ["", "a1b2c3d4e5f6g7h8i", "Sk", "sK", "s-k", "s.k", "ß"] {
+            let raw = signed(&format!("{prefix}_live_{RANDOM}"));
+            assert!(ParsedKey::parse(&raw).is_none(), "accepted prefix {prefix:?}");
+        }
+    }
+
+    #[test]
+    fn body_rules_hold_even_when_the_checksum_is_valid() {
+        // One character of the random part that is not alphanumeric, in
+        // each position class (first, middle, last).
+        for (i, bad) in [(0, '-'), (15, '_'), (31, '+'), (10, ' ')] {
+            let mut random: Vec<char> = RANDOM.chars().collect();
+            random[i] = bad;
+            let random: String = random.into_iter().collect();
+            let raw = signed(&format!("sk_live_{random}"));
+            assert!(ParsedKey::parse(&raw).is_none(), "accepted {bad:?} at {i}");
+        }
+        // A random part one character short or long shifts the separator.
+        assert!(ParsedKey::parse(&signed(&format!("sk_live_{}", &RANDOM[1..]))).is_none());
+        assert!(ParsedKey::parse(&signed(&format!("sk_live_{RANDOM}x"))).is_none());
+        // No separator before the body.
+        assert!(ParsedKey::parse(&signed(&format!("sk_livex{RANDOM}"))).is_none());
+        assert!(ParsedKey::parse(&signed(&format!("sklive{RANDOM}"))).is_none());
+    }
+
+    #[test]
+    fn a_key_of_the_longest_valid_shape_parses_and_any_longer_input_does_not() {
+        let raw = signed(&format!("a1b2c3d4e5f6g7h8_test_{RANDOM}"));
+        assert!(ParsedKey::parse(&raw).is_some());
+        let padded = signed(&format!("{}_test_{RANDOM}", "a".repeat(MAX_RAW_KEY_LEN)));
+        assert!(ParsedKey::parse(&padded).is_none());
+    }
+
     #[test]
     fn hint_shows_prefix_environment_and_last_four() {
         let raw = key("sk", Environment::Live);
