@@ -14,6 +14,9 @@
 //!   its scopes or its policy's `allowed_scopes`), is 409 `self_lockout`.
 //! - Every error, rejections included, is JSON:
 //!   `{"error": {"code": "…", "message": "…"}}` (see [`Error`]).
+//! - Bodies are read up to [`DEFAULT_BODY_LIMIT`] (256 KiB,
+//!   [`AdminConfig::with_body_limit`]); a larger one is 413
+//!   `payload_too_large`.
 //!
 //! With the `ui` feature (on by default), [`ui_router()`] serves a
 //! dashboard for the same API: mount it at `/keysmith/ui` beside the API at
@@ -74,7 +77,7 @@ use std::sync::Arc;
 use axum::Router;
 use keysmith_core::Engine;
 
-pub use config::{AdminConfig, DEFAULT_REALM};
+pub use config::{AdminConfig, DEFAULT_BODY_LIMIT, DEFAULT_REALM};
 pub use error::{Error, Result};
 pub use lockout::SelfLockout;
 #[cfg(feature = "ui")]
