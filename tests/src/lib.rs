@@ -22,9 +22,11 @@
 //! must pass, through its [`Harness`](http_conformance::Harness) trait.
 //!
 //! [`server_process`] runs a server binary (`keysmith serve`, the demos) as
-//! a child process, with raw HTTP/1.1 clients for it.
+//! a child process, with raw HTTP/1.1 clients for it; [`demo_cases`] holds
+//! the cases both web demos must pass.
 #![forbid(unsafe_code)]
 
+pub mod demo_cases;
 pub mod http_conformance;
 pub mod server_process;
 pub mod services;
