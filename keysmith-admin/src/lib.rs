@@ -14,11 +14,18 @@
 //!   its scopes or its policy's `allowed_scopes`), is 409 `self_lockout`.
 //! - Every error, rejections included, is JSON:
 //!   `{"error": {"code": "…", "message": "…"}}` (see [`Error`]).
+//! - Bodies are read up to [`DEFAULT_BODY_LIMIT`] (256 KiB,
+//!   [`AdminConfig::with_body_limit`]); a larger one is 413
+//!   `payload_too_large`.
 //!
 //! With the `ui` feature (on by default), [`ui_router()`] serves a
 //! dashboard for the same API: mount it at `/keysmith/ui` beside the API at
 //! `/keysmith/v1`. It is a static page that signs in with an admin key and
 //! calls the API, so it can do nothing the API would refuse.
+//!
+//! With the `server` feature (on by default), [`Server`] serves a router
+//! over HTTP/1.1 with a header read timeout and a graceful-shutdown
+//! deadline, as `keysmith serve` does.
 //!
 //! `/openapi.json` needs the admin key like every other route: the router
 //! has no anonymous way in. To publish the document elsewhere, serve
@@ -64,6 +71,8 @@ mod owners;
 mod policies;
 mod schema;
 mod scopes;
+#[cfg(feature = "server")]
+mod server;
 #[cfg(feature = "ui")]
 mod ui;
 mod usage;
@@ -74,9 +83,11 @@ use std::sync::Arc;
 use axum::Router;
 use keysmith_core::Engine;
 
-pub use config::{AdminConfig, DEFAULT_REALM};
+pub use config::{AdminConfig, DEFAULT_BODY_LIMIT, DEFAULT_REALM};
 pub use error::{Error, Result};
 pub use lockout::SelfLockout;
+#[cfg(feature = "server")]
+pub use server::{DEFAULT_HEADER_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, Server, Stopped};
 #[cfg(feature = "ui")]
 pub use ui::{DEFAULT_API_BASE, UiConfig, ui_router};
 

@@ -86,7 +86,7 @@ const SHARED_RESPONSES: [SharedResponse; 7] = [
     SharedResponse {
         name: "PayloadTooLarge",
         status: "413",
-        description: "The body is larger than the router's limit",
+        description: "The body is larger than the router's limit (256 KiB unless configured otherwise)",
         header: None,
     },
     SharedResponse {

@@ -1,16 +1,16 @@
-//! The admin router's HTTP edges: CORS preflights and the client address
-//! of its keys' IP allowlists.
+//! The admin router's HTTP edges: CORS preflights, the client address of
+//! its keys' IP allowlists, and the body limit.
 
 mod support;
 
 use axum::body::Body;
 use axum::http::Request;
-use keysmith_admin::AdminConfig;
+use keysmith_admin::{AdminConfig, DEFAULT_BODY_LIMIT};
 use keysmith_core::NewKey;
 use keysmith_core::PolicySpec;
 use keysmith_core::http::{ForwardingHeader, TrustedProxies};
 use keysmith_tower::ApiKeyLayer;
-use support::{MOUNT, harness_with, with_config};
+use support::{Harness, MOUNT, harness, harness_with, with_config};
 
 fn preflight(path: &str) -> Request<Body> {
     Request::options(format!("{MOUNT}{path}"))
@@ -57,4 +57,40 @@ async fn the_configured_forwarding_header_decides_the_admin_client_address() {
     // The proxy writes `Forwarded`: an `X-Forwarded-For` is the client's own.
     h.raw(request("x-forwarded-for", "203.0.113.5")).await.assert_error(403, "ip_not_allowed");
     h.raw(request("forwarded", "for=203.0.113.5, for=unknown")).await.assert_error(403, "ip_not_allowed");
+}
+
+/// `POST {MOUNT}{path}` with the admin key and a JSON body of exactly
+/// `len` bytes (`fields` plus a `metadata.pad` string that fills it up).
+fn sized_post(h: &Harness, path: &str, fields: &str, len: usize) -> Request<Body> {
+    let frame = format!(r#"{{{fields},"metadata":{{"pad":""}}}}"#);
+    let body = frame.replacen(r#""pad":"""#, &format!(r#""pad":"{}""#, "x".repeat(len - frame.len())), 1);
+    assert_eq!(body.len(), len);
+    Request::post(format!("{MOUNT}{path}"))
+        .header("authorization", format!("Bearer {}", h.admin))
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_payload_too_large_and_changes_nothing() {
+    let h = harness().await;
+    let keys_before = h.get("/keys").await.ok(200)["items"].as_array().unwrap().len();
+    let reply = h.raw(sized_post(&h, "/keys", r#""name":"big""#, DEFAULT_BODY_LIMIT + 1)).await;
+    reply.assert_error(413, "payload_too_large");
+    assert_eq!(h.get("/keys").await.ok(200)["items"].as_array().unwrap().len(), keys_before);
+    let reply = h.raw(sized_post(&h, "/policies", r#""name":"big""#, DEFAULT_BODY_LIMIT + 1)).await;
+    reply.assert_error(413, "payload_too_large");
+    assert_eq!(h.get("/policies").await.ok(200)["items"], serde_json::json!([]));
+
+    // A body of exactly the limit is read.
+    let reply = h.raw(sized_post(&h, "/keys", r#""name":"at the limit""#, DEFAULT_BODY_LIMIT)).await;
+    assert_eq!(reply.ok(201)["key"]["name"], "at the limit");
+}
+
+#[tokio::test]
+async fn the_body_limit_is_configurable() {
+    let h = harness_with(with_config(|config| config.with_body_limit(1024)), false).await;
+    h.raw(sized_post(&h, "/keys", r#""name":"big""#, 1025)).await.assert_error(413, "payload_too_large");
+    h.raw(sized_post(&h, "/keys", r#""name":"small""#, 1024)).await.ok(201);
 }

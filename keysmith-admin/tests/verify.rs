@@ -286,6 +286,17 @@ async fn bad_bodies_are_refused_before_any_check() {
         .body(axum::body::Body::from("{not json"))
         .unwrap();
     assert_eq!(h.raw(malformed).await.status, 400);
+
+    // The largest body the checks let through is far under the body limit;
+    // a body over the limit is 413.
+    let largest = json!({
+        "key": "k".repeat(1024), "required_scopes": vec!["s".repeat(1024); 32], "origin": "o".repeat(1024),
+        "ip": "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff", "cost": 1_000_000_000_000_u64,
+    });
+    assert!(largest.to_string().len() < keysmith_admin::DEFAULT_BODY_LIMIT / 4, "{}", largest.to_string().len());
+    assert_eq!(verify(&h, &caller, largest).await.ok(200)["code"], "malformed_key");
+    let oversized = json!({"key": "k".repeat(keysmith_admin::DEFAULT_BODY_LIMIT)});
+    verify(&h, &caller, oversized).await.assert_error(413, "payload_too_large");
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use keysmith_core::{Environment, KeyId, KeyState, LimitBy, Period, PolicyId, RotationReason, ScopeId};
 use serde_json::{Map, Value};
 
-use crate::values::{self, RateLimitArg};
+use crate::values::{self, RateLimitArg, Timeout};
 
 const ABOUT: &str = "Operate Keysmith: migrate its database, manage API keys, policies, scopes and usage, and serve \
                      the management API and dashboard.";
@@ -90,7 +90,12 @@ pub(crate) enum Command {
     /// /keysmith/ui/ until SIGINT or SIGTERM. Migrates the database first.
     ///
     /// With --app, only admin keys of that application are accepted; each admin
-    /// key manages its own tenant.
+    /// key manages its own tenant. Request bodies over 256 KiB are refused
+    /// (413 payload_too_large).
+    ///
+    /// On SIGINT or SIGTERM it stops accepting connections, closes idle ones,
+    /// gives requests in flight --shutdown-timeout to finish, drops the
+    /// connections still open, and writes the queued usage records.
     Serve(ServeArgs),
 }
 
@@ -115,6 +120,28 @@ pub(crate) struct ServeArgs {
     /// The realm of `WWW-Authenticate` challenges.
     #[arg(long, default_value = keysmith_admin::DEFAULT_REALM, value_parser = values::parse_realm)]
     pub(crate) realm: String,
+    /// A client that has not sent a whole request head within this time is
+    /// disconnected; an idle keep-alive connection is closed after it too
+    /// (1s to 1h).
+    #[arg(
+        long,
+        env = "KEYSMITH_HEADER_TIMEOUT",
+        value_name = "DURATION",
+        value_parser = values::parse_header_timeout,
+        default_value_t = Timeout(keysmith_admin::DEFAULT_HEADER_TIMEOUT)
+    )]
+    pub(crate) header_timeout: Timeout,
+    /// On SIGINT or SIGTERM, requests in flight get this long to finish;
+    /// then the connections still open are dropped and the queued usage
+    /// records are written (0 to 1h).
+    #[arg(
+        long,
+        env = "KEYSMITH_SHUTDOWN_TIMEOUT",
+        value_name = "DURATION",
+        value_parser = values::parse_shutdown_timeout,
+        default_value_t = Timeout(keysmith_admin::DEFAULT_SHUTDOWN_TIMEOUT)
+    )]
+    pub(crate) shutdown_timeout: Timeout,
 }
 
 /// `keysmith keys …`.

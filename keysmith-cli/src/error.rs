@@ -24,7 +24,7 @@ pub(crate) enum CliError {
     Engine(Error),
     /// Stdout could not be written.
     Output(std::io::Error),
-    /// `serve` could not listen on its address, or the server failed.
+    /// `serve` could not listen on its address.
     Listen {
         /// The address asked for.
         addr: std::net::SocketAddr,

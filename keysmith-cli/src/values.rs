@@ -1,5 +1,6 @@
 //! Flag values: parsing (for clap) and the matching human-readable form.
 
+use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
@@ -52,6 +53,37 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         rest = &rest[unit_len..];
     }
     Ok(Duration::from_secs(total))
+}
+
+/// A timeout of `serve`, written and printed as a duration (`10s`), so
+/// that `--help` shows the default as it is typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Timeout(pub(crate) Duration);
+
+impl fmt::Display for Timeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&format_duration(self.0))
+    }
+}
+
+/// `--header-timeout`: a duration from 1s to 1h.
+pub(crate) fn parse_header_timeout(text: &str) -> Result<Timeout, String> {
+    parse_timeout(text, keysmith_admin::Server::MIN_HEADER_TIMEOUT)
+}
+
+/// `--shutdown-timeout`: a duration up to 1h; 0 drops open connections at
+/// once.
+pub(crate) fn parse_shutdown_timeout(text: &str) -> Result<Timeout, String> {
+    parse_timeout(text, Duration::ZERO)
+}
+
+fn parse_timeout(text: &str, min: Duration) -> Result<Timeout, String> {
+    let max = keysmith_admin::Server::MAX_TIMEOUT;
+    let timeout = parse_duration(text)?;
+    if timeout < min || timeout > max {
+        return Err(format!("{text:?} is not between {} and {}", format_duration(min), format_duration(max)));
+    }
+    Ok(Timeout(timeout))
 }
 
 /// `1h30m`, `90d`, `0s`; sub-second durations in milliseconds.
@@ -159,6 +191,19 @@ mod tests {
         for bad in ["", "h", "1x", "1.5h", "-1h", "1h 30m", "99999999999999999999w", "30 days"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn server_timeouts_are_bounded() {
+        assert_eq!(parse_header_timeout("10s"), Ok(Timeout(keysmith_admin::DEFAULT_HEADER_TIMEOUT)));
+        assert_eq!(parse_shutdown_timeout("0"), Ok(Timeout(Duration::ZERO)));
+        assert_eq!(parse_shutdown_timeout("1h"), Ok(Timeout(Duration::from_secs(3600))));
+        assert_eq!(parse_header_timeout("0"), Err("\"0\" is not between 1s and 1h".to_owned()));
+        for bad in ["1h1s", "2h", "-1s", "soon"] {
+            assert!(parse_header_timeout(bad).is_err(), "{bad}");
+            assert!(parse_shutdown_timeout(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Timeout(Duration::from_secs(90)).to_string(), "1m30s");
     }
 
     #[test]

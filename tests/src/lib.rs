@@ -20,9 +20,15 @@
 //!
 //! [`http_conformance`] holds the HTTP behaviour (the README's table, extraction and client-address rules) as cases every framework adapter
 //! must pass, through its [`Harness`](http_conformance::Harness) trait.
+//!
+//! [`server_process`] runs a server binary (`keysmith serve`, the demos) as
+//! a child process, with raw HTTP/1.1 clients for it; [`demo_cases`] holds
+//! the cases both web demos must pass.
 #![forbid(unsafe_code)]
 
+pub mod demo_cases;
 pub mod http_conformance;
+pub mod server_process;
 pub mod services;
 pub mod sql_cases;
 pub mod store_conformance;

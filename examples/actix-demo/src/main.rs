@@ -8,17 +8,27 @@
 //! PORT=8080 cargo run -p example-actix
 //! ```
 //!
-//! On start it migrates the store, creates three fresh keys and prints them
-//! as `KEYSMITH_DEMO_*_KEY=…` lines, followed by curl commands to try.
-//! Ctrl-C stops the server gracefully and writes the queued usage records.
+//! On start it migrates the store, creates fresh keys and prints them as
+//! `KEYSMITH_DEMO_*_KEY=…` lines, followed by curl commands to try.
+//! Ctrl-C (or SIGTERM) stops the server gracefully and writes the queued
+//! usage records. The limits are the axum demo's: a client that has not
+//! sent a whole request head within `KEYSMITH_HEADER_TIMEOUT` seconds
+//! (default 10) gets 408 and is disconnected, and on shutdown requests in
+//! flight get `KEYSMITH_SHUTDOWN_TIMEOUT` seconds (default 10) before the
+//! workers are stopped.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use demo_support::{APP_ID, NewUser, REALM, Settings, Users};
 use keysmith_actix::{ApiKey, ApiKeyMiddleware, RequireScopes};
 use keysmith_core::Engine;
+
+/// How long a connection being closed may take to flush and shut down
+/// before it is dropped: a client that stops reading cannot hold it open.
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[actix_web::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -33,6 +43,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app_engine = engine.clone();
     let server =
         HttpServer::new(move || App::new().configure(routes(keysmith.clone(), app_engine.clone(), users.clone())))
+            // The same limits as the axum demo and `keysmith serve`.
+            .client_request_timeout(settings.header_timeout)
+            .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+            .shutdown_timeout(settings.shutdown_timeout.as_secs())
             .bind((Ipv4Addr::LOCALHOST, settings.port))?
             .shutdown_signal(demo_support::shutdown_signal());
     let base = match server.addrs().first() {

@@ -9,11 +9,16 @@
 //! PORT=8080 cargo run -p example-axum
 //! ```
 //!
-//! On start it migrates the store, creates three fresh keys and prints them
-//! as `KEYSMITH_DEMO_*_KEY=…` lines, followed by curl commands to try.
-//! Ctrl-C stops the server gracefully and writes the queued usage records.
+//! On start it migrates the store, creates fresh keys and prints them as
+//! `KEYSMITH_DEMO_*_KEY=…` lines, followed by curl commands to try.
+//! Ctrl-C (or SIGTERM) stops the server gracefully and writes the queued
+//! usage records. It is served by `keysmith_admin::Server`, as `keysmith
+//! serve` is: a client that has not sent a whole request head within
+//! `KEYSMITH_HEADER_TIMEOUT` seconds (default 10) is disconnected, and on
+//! shutdown requests in flight get `KEYSMITH_SHUTDOWN_TIMEOUT` seconds
+//! (default 10) before open connections are dropped.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 
 use axum::extract::State;
 use axum::handler::Handler;
@@ -21,7 +26,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use demo_support::{APP_ID, NewUser, REALM, Settings, User, Users};
-use keysmith_admin::AdminConfig;
+use keysmith_admin::{AdminConfig, Server};
 use keysmith_core::Engine;
 use keysmith_tower::{ApiKey, ApiKeyLayer, RequireScopes};
 use serde_json::Value;
@@ -37,9 +42,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     demo_support::print_instructions("axum", &base, &settings.database_url, &keys);
     print_admin_instructions(&base);
 
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(demo_support::shutdown_signal())
-        .await?;
+    let stopped = Server::new()
+        .with_header_timeout(settings.header_timeout)
+        .with_shutdown_timeout(settings.shutdown_timeout)
+        .serve(listener, app, demo_support::shutdown_signal())
+        .await;
+    if stopped.dropped_connections > 0 {
+        println!("Shutdown deadline passed; open connections dropped: {}.", stopped.dropped_connections);
+    }
     demo_support::finish(&engine).await;
     Ok(())
 }

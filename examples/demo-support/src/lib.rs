@@ -19,6 +19,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use keysmith_admin::Server;
 use keysmith_core::http::ApiKey;
 use keysmith_core::store::{CacheConfig, Page};
 use keysmith_core::{Credits, Engine, Environment, LimitBy, NewKey, Policy, PolicySpec, RawKey, Store, TenantEngine};
@@ -53,23 +54,61 @@ pub struct Settings {
     pub database_url: String,
     /// `PORT`, or the demo's default.
     pub port: u16,
+    /// `KEYSMITH_HEADER_TIMEOUT` (seconds, 1 to 3600; default 10, as
+    /// `keysmith serve`): a client that has not sent a whole request head
+    /// within it is disconnected.
+    pub header_timeout: Duration,
+    /// `KEYSMITH_SHUTDOWN_TIMEOUT` (seconds, 0 to 3600; default 10, as
+    /// `keysmith serve`): after Ctrl-C or SIGTERM, requests in flight get
+    /// this long; then open connections are dropped and the queued usage is
+    /// written.
+    pub shutdown_timeout: Duration,
 }
 
 impl Settings {
-    /// Reads `DATABASE_URL` and `PORT` (`default_port` when unset).
+    /// Reads `DATABASE_URL`, `PORT` (`default_port` when unset),
+    /// `KEYSMITH_HEADER_TIMEOUT` and `KEYSMITH_SHUTDOWN_TIMEOUT`.
     ///
     /// # Errors
-    /// When `PORT` is not a port number.
+    /// When `PORT` is not a port number, or a timeout not a number of
+    /// seconds in its range.
     pub fn from_env(default_port: u16) -> Result<Self, BoxError> {
-        Self::from_vars(std::env::var("DATABASE_URL").ok(), std::env::var("PORT").ok(), default_port)
+        let var = |name: &str| std::env::var(name).ok();
+        Self::from_vars(
+            [var("DATABASE_URL"), var("PORT"), var("KEYSMITH_HEADER_TIMEOUT"), var("KEYSMITH_SHUTDOWN_TIMEOUT")],
+            default_port,
+        )
     }
 
-    fn from_vars(database_url: Option<String>, port: Option<String>, default_port: u16) -> Result<Self, BoxError> {
+    fn from_vars(vars: [Option<String>; 4], default_port: u16) -> Result<Self, BoxError> {
+        let [database_url, port, header_timeout, shutdown_timeout] = vars;
         let port = match port {
             Some(port) => port.parse().map_err(|_| format!("PORT must be a port number, not {port:?}"))?,
             None => default_port,
         };
-        Ok(Self { database_url: database_url.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()), port })
+        let header_timeout = seconds("KEYSMITH_HEADER_TIMEOUT", header_timeout, Server::MIN_HEADER_TIMEOUT)?;
+        let shutdown_timeout = seconds("KEYSMITH_SHUTDOWN_TIMEOUT", shutdown_timeout, Duration::ZERO)?;
+        Ok(Self {
+            database_url: database_url.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
+            port,
+            header_timeout: header_timeout.unwrap_or(keysmith_admin::DEFAULT_HEADER_TIMEOUT),
+            shutdown_timeout: shutdown_timeout.unwrap_or(keysmith_admin::DEFAULT_SHUTDOWN_TIMEOUT),
+        })
+    }
+}
+
+/// The timeout in variable `name`: whole seconds (`10` or `10s`) from `min`
+/// to [`Server::MAX_TIMEOUT`].
+fn seconds(name: &str, value: Option<String>, min: Duration) -> Result<Option<Duration>, BoxError> {
+    let Some(value) = value else { return Ok(None) };
+    let max = Server::MAX_TIMEOUT;
+    let timeout = value.strip_suffix('s').unwrap_or(&value).parse().ok().map(Duration::from_secs);
+    match timeout {
+        Some(timeout) if (min..=max).contains(&timeout) => Ok(Some(timeout)),
+        _ => {
+            Err(format!("{name} must be whole seconds from {} to {}, not {value:?}", min.as_secs(), max.as_secs())
+                .into())
+        }
     }
 }
 
@@ -362,11 +401,34 @@ mod tests {
         assert_eq!(redact_url("sqlite://keysmith-demo.db"), "sqlite://keysmith-demo.db");
     }
 
+    /// The settings with `PORT` and the two timeouts set to these.
+    fn with(port: Option<&str>, header: Option<&str>, shutdown: Option<&str>) -> Result<Settings, BoxError> {
+        Settings::from_vars([None, port, header, shutdown].map(|var| var.map(str::to_owned)), 3001)
+    }
+
     #[test]
     fn port_defaults_per_demo_and_must_be_a_number() {
-        let defaults = Settings::from_vars(None, None, 3001).unwrap();
-        assert_eq!(defaults, Settings { database_url: DEFAULT_DATABASE_URL.to_owned(), port: 3001 });
-        assert_eq!(Settings::from_vars(None, Some("8080".to_owned()), 3001).unwrap().port, 8080);
-        assert!(Settings::from_vars(None, Some("http".to_owned()), 3001).is_err());
+        let defaults = with(None, None, None).unwrap();
+        let expected = Settings {
+            database_url: DEFAULT_DATABASE_URL.to_owned(),
+            port: 3001,
+            header_timeout: keysmith_admin::DEFAULT_HEADER_TIMEOUT,
+            shutdown_timeout: keysmith_admin::DEFAULT_SHUTDOWN_TIMEOUT,
+        };
+        assert_eq!(defaults, expected);
+        assert_eq!(with(Some("8080"), None, None).unwrap().port, 8080);
+        assert!(with(Some("http"), None, None).is_err());
+    }
+
+    #[test]
+    fn timeouts_are_whole_seconds_within_their_range() {
+        let settings = with(None, Some("5"), Some("0s")).unwrap();
+        assert_eq!((settings.header_timeout, settings.shutdown_timeout), (Duration::from_secs(5), Duration::ZERO));
+        assert_eq!(with(None, Some("3600s"), Some("3600")).unwrap().shutdown_timeout, Duration::from_secs(3600));
+        for bad in ["0", "3601", "1.5", "-1", "10m", "", "ten"] {
+            let error = with(None, Some(bad), None).unwrap_err().to_string();
+            assert!(error.starts_with("KEYSMITH_HEADER_TIMEOUT must be whole seconds from 1 to 3600"), "{error}");
+        }
+        assert!(with(None, None, Some("3601")).is_err());
     }
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::response::Redirect;
 use axum::routing::get;
-use keysmith_admin::AdminConfig;
+use keysmith_admin::{AdminConfig, Server};
 use keysmith_core::Engine;
 use keysmith_core::http::TrustedProxies;
 use serde_json::json;
@@ -21,8 +21,9 @@ const API_PATH: &str = "/keysmith/v1";
 /// Where the dashboard is mounted (it finds the API at `../v1`).
 const UI_PATH: &str = "/keysmith/ui";
 
-/// Migrates, listens, prints where, and serves until SIGINT or SIGTERM. The
-/// caller shuts the engine down afterwards, which writes the queued usage.
+/// Migrates, listens, prints where, and serves until SIGINT or SIGTERM and
+/// then at most `--shutdown-timeout` longer. The caller shuts the engine
+/// down afterwards, which writes the queued usage.
 pub(super) async fn run(
     args: ServeArgs,
     engine: &Engine,
@@ -43,12 +44,20 @@ pub(super) async fn run(
     let addr = listener.local_addr().map_err(|error| CliError::Listen { addr: args.listen, source: error })?;
     announce(addr, printer)?;
 
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|error| CliError::Listen { addr, source: error })?;
+    let stopped = Server::new()
+        .with_header_timeout(args.header_timeout.0)
+        .with_shutdown_timeout(args.shutdown_timeout.0)
+        .serve(listener, router, shutdown_signal())
+        .await;
     // With --json the announcement was the command's one document.
-    Ok(if printer.is_json() { String::new() } else { "Stopped; queued usage records written.\n".to_owned() })
+    Ok(match stopped.dropped_connections {
+        _ if printer.is_json() => String::new(),
+        0 => "Stopped; queued usage records written.\n".to_owned(),
+        1 => "Stopped at the shutdown deadline (1 open connection dropped); queued usage records written.\n".to_owned(),
+        n => {
+            format!("Stopped at the shutdown deadline ({n} open connections dropped); queued usage records written.\n")
+        }
+    })
 }
 
 /// The routes of the service.
@@ -77,8 +86,7 @@ fn announce(addr: SocketAddr, printer: Printer) -> Result<(), CliError> {
     stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).map_err(CliError::Output)
 }
 
-/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM; requests in flight
-/// finish first.
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
 async fn shutdown_signal() {
     #[cfg(unix)]
     if let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -1,13 +1,13 @@
 //! `keysmith bootstrap-admin` and `keysmith serve`: a first admin key on a
 //! new database, and the management API and dashboard over real HTTP.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use keysmith_core::{Engine, RequestContext, Store as _};
 use keysmith_sqlx::SqliteStore;
+use keysmith_tests::server_process::{Response, ServerProcess, half_head, keep_alive_request, request, wait_closed};
 
 use crate::harness::{APP, Keysmith, TENANT, bare, str_of};
 
@@ -62,69 +62,166 @@ fn serve_refuses_bad_flags_before_opening_the_database() {
     assert!(error.contains("10.0.0.0/33"), "{error}");
     bare(&["--database-url", never, "serve", "--realm", "a\"b"]).fails(2);
     bare(&["--database-url", never, "serve", "--listen", "localhost"]).fails(2);
+    for (flag, value) in [("--header-timeout", "0"), ("--header-timeout", "2h"), ("--shutdown-timeout", "1h1s")] {
+        let error = bare(&["--database-url", never, "serve", flag, value]).fails(2);
+        assert!(error.contains("is not between"), "{error}");
+    }
 }
 
-/// One HTTP/1.1 request; the status line, the headers (lowercase) and the body.
-fn http(addr: &str, method: &str, path: &str, key: Option<&str>) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    let auth = key.map(|key| format!("Authorization: Bearer {key}\r\n")).unwrap_or_default();
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head.to_ascii_lowercase(), body.to_owned())
+#[test]
+fn serve_help_names_the_timeouts_and_their_defaults() {
+    let help = bare(&["serve", "--help"]).ok();
+    for text in [
+        "--header-timeout <DURATION>",
+        "[env: KEYSMITH_HEADER_TIMEOUT",
+        "--shutdown-timeout <DURATION>",
+        "[env: KEYSMITH_SHUTDOWN_TIMEOUT",
+        "[default: 10s]",
+        "256 KiB",
+    ] {
+        assert!(help.contains(text), "{text:?} not in {help}");
+    }
+}
+
+/// `keysmith --app myapp serve --listen 127.0.0.1:0 EXTRA…` on `ks`'s database.
+fn serve(ks: &Keysmith, extra: &[&str]) -> ServerProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keysmith"));
+    command.args(["--database-url", ks.url(), "--app", APP, "serve", "--listen", "127.0.0.1:0"]).args(extra);
+    for var in ["KEYSMITH_HEADER_TIMEOUT", "KEYSMITH_SHUTDOWN_TIMEOUT", "KEYSMITH_LISTEN"] {
+        command.env_remove(var);
+    }
+    ServerProcess::start(command)
+}
+
+/// A new database with an admin key: the database, the raw key and its id.
+fn with_admin() -> (tempfile::TempDir, Keysmith, String, String) {
+    let (dir, ks) = temp_db();
+    let admin = ks.json(&["bootstrap-admin"]);
+    let (raw, id) = (str_of(&admin, "raw_key").to_owned(), str_of(&admin["key"], "id").to_owned());
+    (dir, ks, raw, id)
+}
+
+/// One request with `key` as a bearer token, a JSON `body` if not empty;
+/// the answer.
+fn call(server: &ServerProcess, method: &str, path: &str, key: Option<&str>, body: &[u8]) -> Response {
+    let auth = key.map(|key| format!("Bearer {key}"));
+    let mut headers = Vec::new();
+    if let Some(auth) = &auth {
+        headers.push(("Authorization", auth.as_str()));
+    }
+    if !body.is_empty() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    request(server.addr(), method, path, &headers, body)
+}
+
+/// The requests the usage roll-ups of `key_id` count.
+fn requests_recorded(ks: &Keysmith, key_id: &str) -> u64 {
+    let usage = ks.json(&["usage", key_id]);
+    usage.as_array().unwrap().iter().map(|day| day["requests"].as_u64().unwrap()).sum()
 }
 
 #[test]
 fn serve_answers_the_management_api_and_the_dashboard_and_stops_on_sigterm() {
-    let (_dir, ks) = temp_db();
-    let admin = ks.json(&["bootstrap-admin"]);
-    let raw = str_of(&admin, "raw_key").to_owned();
-    let admin_id = str_of(&admin["key"], "id").to_owned();
+    let (_dir, ks, raw, admin_id) = with_admin();
+    let mut server = serve(&ks, &["--realm", "ops"]);
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keysmith"))
-        .args(["--database-url", ks.url(), "--app", APP, "serve", "--listen", "127.0.0.1:0", "--realm", "ops"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
-    let addr = first.trim().strip_prefix("Keysmith is listening on http://").unwrap_or_else(|| {
-        let _ = child.kill();
-        let mut stderr = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-        panic!("serve did not start: {first:?} {stderr}")
-    });
-    let addr = addr.to_owned();
-
-    let (status, _, body) = http(&addr, "GET", "/keysmith/v1/keys", Some(&raw));
-    assert_eq!(status, 200, "{body}");
-    let keys: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let answer = call(&server, "GET", "/keysmith/v1/keys", Some(&raw), b"");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let keys: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
     assert_eq!(keys["items"][0]["id"], admin_id.as_str());
 
-    let (status, head, _) = http(&addr, "GET", "/keysmith/v1/keys", None);
-    assert_eq!(status, 401);
-    assert!(head.contains("www-authenticate: bearer realm=\"ops\""), "{head}");
+    let answer = call(&server, "GET", "/keysmith/v1/keys", None, b"");
+    assert_eq!(answer.status, 401);
+    assert!(answer.head.contains("www-authenticate: bearer realm=\"ops\""), "{}", answer.head);
 
-    let (status, head, body) = http(&addr, "GET", "/keysmith/ui/", None);
-    assert_eq!(status, 200);
-    assert!(head.contains("content-security-policy: default-src 'self'"), "{head}");
-    assert!(body.contains("app.js"), "{body}");
-    assert_eq!(http(&addr, "GET", "/", None).0, 303);
+    let answer = call(&server, "GET", "/keysmith/ui/", None, b"");
+    assert_eq!(answer.status, 200);
+    assert!(answer.head.contains("content-security-policy: default-src 'self'"), "{}", answer.head);
+    assert!(answer.body.contains("app.js"), "{}", answer.body);
+    assert_eq!(call(&server, "GET", "/", None, b"").status, 303);
 
-    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(killed.success());
-    let status = child.wait().unwrap();
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    assert!(status.success(), "serve exited with {status}: {rest}");
-    assert!(rest.contains("Stopped"), "{rest}");
+    server.terminate();
+    let (status, _) = server.wait_for_exit(Duration::from_secs(60));
+    assert!(status.success(), "serve exited with {status}: {}", server.stderr());
+    assert!(server.stdout().contains("Stopped; queued usage records written."), "{}", server.stdout());
 
     // The one request made with the admin key was written on shutdown.
-    let usage = ks.json(&["usage", &admin_id]);
-    let requests: u64 = usage.as_array().unwrap().iter().map(|day| day["requests"].as_u64().unwrap()).sum();
-    assert_eq!(requests, 1, "{usage}");
+    assert_eq!(requests_recorded(&ks, &admin_id), 1);
+}
+
+#[test]
+fn a_slow_client_does_not_hold_serve_past_the_shutdown_deadline_and_queued_usage_is_written() {
+    let (_dir, ks, raw, admin_id) = with_admin();
+    // The header timeout is far away: only the shutdown deadline can end
+    // the slow client's connection.
+    let mut server = serve(&ks, &["--header-timeout", "1h", "--shutdown-timeout", "1s"]);
+    assert_eq!(call(&server, "GET", "/keysmith/v1/keys", Some(&raw), b"").status, 200);
+    let slow = half_head(server.addr());
+
+    server.terminate();
+    let (status, took) = server.wait_for_exit(Duration::from_secs(60));
+    assert!(status.success(), "serve exited with {status}: {}", server.stderr());
+    assert!(took >= Duration::from_millis(900), "the slow client was not given the deadline: {took:?}");
+    assert!(
+        server
+            .stdout()
+            .contains("Stopped at the shutdown deadline (1 open connection dropped); queued usage records written."),
+        "{}",
+        server.stdout()
+    );
+    assert_eq!(wait_closed(slow, Duration::from_secs(5)).0, "", "dropped without an answer");
+    assert_eq!(requests_recorded(&ks, &admin_id), 1, "the usage queued before the signal was written");
+}
+
+#[test]
+fn serve_disconnects_a_half_sent_head_after_the_header_timeout() {
+    let (_dir, ks, raw, _) = with_admin();
+    let mut server = serve(&ks, &["--header-timeout", "1s"]);
+    let slow = half_head(server.addr());
+    let (answer, waited) = wait_closed(slow, Duration::from_secs(30));
+    assert_eq!(answer, "", "no answer, the connection is closed");
+    assert!(waited >= Duration::from_millis(900), "closed before the header timeout: {waited:?}");
+    assert!(waited < Duration::from_secs(4), "not closed at the header timeout (the default is 10s): {waited:?}");
+    // The server goes on serving.
+    assert_eq!(call(&server, "GET", "/keysmith/v1/keys", Some(&raw), b"").status, 200);
+    server.terminate();
+    assert!(server.wait_for_exit(Duration::from_secs(60)).0.success(), "{}", server.stderr());
+}
+
+#[test]
+fn serve_answers_413_to_an_oversized_body_and_changes_nothing() {
+    let (_dir, ks, raw, admin_id) = with_admin();
+    let mut server = serve(&ks, &[]);
+    // One byte over the limit (a key with padded metadata).
+    let frame = r#"{"name":"big","metadata":{"pad":""}}"#;
+    let pad = "x".repeat(keysmith_admin::DEFAULT_BODY_LIMIT + 1 - frame.len());
+    let body = frame.replace(r#""pad":"""#, &format!(r#""pad":"{pad}""#));
+    let answer = call(&server, "POST", "/keysmith/v1/keys", Some(&raw), body.as_bytes());
+    assert_eq!(answer.status, 413, "{}", answer.body);
+    assert!(answer.head.contains("content-type: application/json"), "{}", answer.head);
+    let error: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(error["error"]["code"], "payload_too_large");
+
+    let listed = call(&server, "GET", "/keysmith/v1/keys", Some(&raw), b"");
+    let keys: serde_json::Value = serde_json::from_str(&listed.body).unwrap();
+    let ids: Vec<&str> = keys["items"].as_array().unwrap().iter().map(|key| key["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [admin_id.as_str()], "no key was created");
+    server.terminate();
+    assert!(server.wait_for_exit(Duration::from_secs(60)).0.success(), "{}", server.stderr());
+}
+
+#[test]
+fn an_idle_keep_alive_connection_does_not_delay_serves_shutdown() {
+    let (_dir, ks, _, _) = with_admin();
+    // Neither timeout is what closes the connection.
+    let mut server = serve(&ks, &["--header-timeout", "1h", "--shutdown-timeout", "1h"]);
+    let (idle, answer) = keep_alive_request(server.addr(), "/");
+    assert_eq!(answer.status, 303);
+
+    server.terminate();
+    let (status, took) = server.wait_for_exit(Duration::from_secs(60));
+    assert!(status.success(), "serve exited with {status}: {}", server.stderr());
+    assert!(server.stdout().contains("Stopped; queued usage records written."), "{took:?} {}", server.stdout());
+    assert_eq!(wait_closed(idle, Duration::from_secs(5)).0, "");
 }

@@ -1,0 +1,101 @@
+//! Cases both web demos (`example-axum`, `example-actix`) must pass, run
+//! against their binaries: each demo's `tests/shutdown.rs` is one line,
+//! `keysmith_tests::demo_cases_tests!(env!("CARGO_BIN_EXE_…"));`.
+
+use std::process::Command;
+use std::time::Duration;
+
+/// One `#[test]` per case, each run against the demo binary `$binary`.
+#[macro_export]
+macro_rules! demo_cases_tests {
+    ($binary:expr) => {
+        $crate::demo_cases_tests!(@cases $binary;
+            a_slow_client_does_not_hold_the_demo_past_the_shutdown_deadline,
+            a_half_sent_head_is_disconnected_after_the_header_timeout,
+        );
+    };
+    (@cases $binary:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::demo_cases::$case($binary);
+            }
+        )*
+    };
+}
+
+use crate::server_process::{ServerProcess, half_head, request, slow_body, wait_closed};
+
+/// Starts the demo `binary` on a fresh SQLite database in `dir`, on a free
+/// port, with these `KEYSMITH_HEADER_TIMEOUT` and
+/// `KEYSMITH_SHUTDOWN_TIMEOUT` (seconds), and without Redis.
+///
+/// # Panics
+/// When the demo does not start.
+#[must_use]
+pub fn start_demo(binary: &str, dir: &std::path::Path, header_timeout: u64, shutdown_timeout: u64) -> ServerProcess {
+    let mut command = Command::new(binary);
+    command
+        .current_dir(dir)
+        .env("DATABASE_URL", format!("sqlite:{}", dir.join("demo.db").display()))
+        .env("PORT", "0")
+        .env("KEYSMITH_HEADER_TIMEOUT", header_timeout.to_string())
+        .env("KEYSMITH_SHUTDOWN_TIMEOUT", shutdown_timeout.to_string())
+        .env_remove("REDIS_URL")
+        .env_remove("REDIS_RATE_LIMIT");
+    ServerProcess::start(command)
+}
+
+/// Slow clients do not keep the demo alive after SIGTERM past its shutdown
+/// deadline (1 s here; the header timeout is an hour away): one that sent
+/// half a request head, and one whose request is in flight, its body half
+/// sent (which the demo waits for until the deadline). The usage queued
+/// before the signal is written.
+///
+/// # Panics
+/// When the demo does not behave so.
+pub fn a_slow_client_does_not_hold_the_demo_past_the_shutdown_deadline(binary: &str) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut demo = start_demo(binary, dir.path(), 3600, 1);
+    let reader = format!("Bearer {}", demo.printed("KEYSMITH_DEMO_READ_KEY"));
+    let me = request(demo.addr(), "GET", "/me", &[("Authorization", &reader)], b"");
+    assert_eq!(me.status, 200, "{}", me.body);
+    let half_head = half_head(demo.addr());
+    let admin = format!("Bearer {}", demo.printed("KEYSMITH_DEMO_ADMIN_KEY"));
+    let headers = [("Authorization", admin.as_str()), ("Content-Type", "application/json")];
+    let half_body = slow_body(demo.addr(), "POST", "/users", &headers);
+
+    demo.terminate();
+    let (status, took) = demo.wait_for_exit(Duration::from_secs(60));
+    assert!(status.success(), "the demo exited with {status}: {}", demo.stderr());
+    assert!(took >= Duration::from_millis(900), "the request in flight was not given the deadline: {took:?}");
+    // Far more than the deadline and the usage write take, far less than a
+    // framework's default deadline (actix-web's is 30 s).
+    assert!(took < Duration::from_secs(20), "the deadline was not kept: {took:?}");
+    let stdout = demo.stdout();
+    assert!(stdout.contains("usage records written: 1, dropped: 0."), "the /me request is not written: {stdout}");
+    for slow in [half_head, half_body] {
+        let (answer, _) = wait_closed(slow, Duration::from_secs(5));
+        assert!(!answer.contains(" 201 "), "the half-sent request was served: {answer}");
+    }
+}
+
+/// A client that has not sent a whole request head within the header
+/// timeout (1 s here) is disconnected, unserved; the demo goes on serving.
+///
+/// # Panics
+/// When the demo does not behave so.
+pub fn a_half_sent_head_is_disconnected_after_the_header_timeout(binary: &str) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut demo = start_demo(binary, dir.path(), 1, 10);
+    let (answer, waited) = wait_closed(half_head(demo.addr()), Duration::from_secs(20));
+    // axum's server closes without a word, actix-web's answers 408 first.
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // At the configured timeout, not a framework's default (actix-web's is 5 s).
+    assert!(waited >= Duration::from_millis(900), "closed before the header timeout: {waited:?}");
+    assert!(waited < Duration::from_secs(4), "not closed at the header timeout: {waited:?}");
+    assert_eq!(request(demo.addr(), "GET", "/health", &[], b"").status, 200);
+    demo.terminate();
+    let (status, _) = demo.wait_for_exit(Duration::from_secs(60));
+    assert!(status.success(), "the demo exited with {status}: {}", demo.stderr());
+}
