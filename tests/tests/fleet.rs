@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use keysmith_core::feed::ChangeFeed;
 use keysmith_core::store::CacheConfig;
-use keysmith_core::{Credits, Engine, LimitBy, NewKey, PolicySpec, Quota, Refusal, RequestContext, ValidationError};
+use keysmith_core::{
+    Credits, Engine, LimitBy, NewKey, PolicySpec, Quota, Refusal, RequestContext, RotationReason, ValidationError,
+};
 use keysmith_redis::{OutagePolicy, RedisChangeFeed, RedisConfig, RedisQuotas, RedisRateLimiter};
 use keysmith_sqlx::{PgChangeFeed, PgStore, Store};
 use keysmith_tests::services::{PgTestDb, service_url};
@@ -127,6 +129,43 @@ async fn owner_credits_given_on_one_engine_are_spent_by_the_others_over_postgres
         tokio::time::sleep(Duration::from_millis(1)).await;
     };
     assert_eq!(spent.remaining, 99);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credits_given_through_the_new_key_of_a_rotation_bind_the_old_key_on_the_others_over_postgres() {
+    let Some(db) = PgTestDb::create().await else { return };
+    let engines = fleet(&db, 2, async || pg_feed(&db).await).await;
+    let (a, b) = (&engines[0], &engines[1]);
+    let acme = a.tenant("app", "acme");
+    let old = acme.create_key(NewKey::new("ci")).await.unwrap();
+    let new = acme.rotate_key(old.key.id, RotationReason::Scheduled, Some(Duration::from_secs(3600))).await.unwrap();
+    // b caches the old key, in its grace, as having no credits (once the
+    // rotation's change has evicted what it cached before).
+    let old_credits = async || b.validate(old.raw.expose(), &RequestContext::new()).await.map(|v| v.credits);
+    until_async("the rotation seen", async || b.feed_status().unwrap().received >= 1).await;
+    assert_eq!(old_credits().await.unwrap(), None);
+
+    acme.set_credits(new.key.id, Some(Credits::new(3))).await.unwrap();
+    for _ in 0..3 {
+        assert!(accepted(a, new.raw.expose()).await);
+    }
+    let (refusal, took) = refused_within_bound(b, old.raw.expose(), &RequestContext::new()).await;
+    assert!(matches!(refusal, Refusal::CreditsExhausted { .. }), "{refusal:?} after {took:?}");
+    for _ in 0..5 {
+        assert!(
+            matches!(old_credits().await, Err(ValidationError::Refused(Refusal::CreditsExhausted { .. }))),
+            "the old key passes free on b after the balance was spent on a"
+        );
+    }
+}
+
+/// Polls `done` on the real clock until it holds, failing after [`BOUND`].
+async fn until_async(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + BOUND;
+    while !done().await {
+        assert!(Instant::now() < deadline, "not {what} within {BOUND:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Time from a revocation returning on one engine until both others refuse

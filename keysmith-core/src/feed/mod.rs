@@ -4,10 +4,12 @@
 //!
 //! An engine built [`with_change_feed`](crate::EngineBuilder::with_change_feed)
 //! publishes a [`Change`] after every state change it commits (key revoked,
-//! suspended, reactivated, rotated, expired, its scopes changed; policy
-//! updated or deleted; an owner's credits set or topped up) and, when it has a cache
+//! suspended, reactivated, rotated, expired, its scopes changed; a key
+//! lineage's or an owner's credits set or topped up; policy updated or
+//! deleted) and, when it has a cache
 //! ([`with_cache`](crate::EngineBuilder::with_cache)), evicts what every
-//! change it receives makes stale.
+//! change it receives makes stale. A change to what a lineage shares evicts
+//! every key of the lineage, not only the key it was made through.
 //!
 //! The feed is advisory. While the engine is not subscribed (before the
 //! first subscription, and from a lost subscription until it is back) its
@@ -101,6 +103,16 @@ pub enum Change {
         /// The policy.
         policy_id: PolicyId,
     },
+    /// Something every key of a lineage shares changed (its credits were
+    /// set, removed or topped up through any of its keys): a subscriber
+    /// drops every key of the lineage it has cached, the old key of a
+    /// rotation still in its grace as well as the new one.
+    Lineage {
+        /// The lineage's tenant.
+        tenant: Tenant,
+        /// The lineage: the [`lineage_id`](Key::lineage_id) of its keys.
+        lineage_id: KeyId,
+    },
     /// An owner's credits were set, removed or topped up: a subscriber that
     /// remembers the owner as having no credits forgets it, so the owner's
     /// next request spends from the store.
@@ -141,6 +153,12 @@ impl Change {
     #[must_use]
     pub fn policy(tenant: &Tenant, policy_id: PolicyId) -> Self {
         Self::Policy { tenant: tenant.clone(), policy_id }
+    }
+
+    /// The change of what `key`'s lineage shares (its credits).
+    #[must_use]
+    pub fn lineage(key: &Key) -> Self {
+        Self::Lineage { tenant: key.tenant.clone(), lineage_id: key.lineage_id }
     }
 
     /// The change of owner `owner_id`'s credits.

@@ -70,20 +70,27 @@ struct Fleet {
     b: Engine,
 }
 
+/// A clock that moves only when a test says so.
+fn clock() -> ManualClock {
+    ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 15, 12, 0, 0).unwrap())
+}
+
+/// An engine on `store` with a cache of its own on `clock`, on `feed`.
+fn engine_on(store: &Arc<MemoryStore>, clock: &ManualClock, feed: Arc<dyn ChangeFeed>) -> Engine {
+    let cache = CacheConfig::default().with_positive_ttl(POSITIVE).with_outage_ttl(OUTAGE).with_clock(clock.clone());
+    Engine::builder(Arc::clone(store))
+        .with_clock(clock.clone())
+        .with_cache(cache)
+        .with_change_feed(feed)
+        .build()
+        .unwrap()
+}
+
 async fn fleet() -> Fleet {
-    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 15, 12, 0, 0).unwrap());
+    let clock = clock();
     let store = Arc::new(MemoryStore::new());
     let feed = Arc::new(CuttableFeed::new());
-    let engine = || {
-        let cache =
-            CacheConfig::default().with_positive_ttl(POSITIVE).with_outage_ttl(OUTAGE).with_clock(clock.clone());
-        Engine::builder(Arc::clone(&store))
-            .with_clock(clock.clone())
-            .with_cache(cache)
-            .with_change_feed(Arc::clone(&feed))
-            .build()
-            .unwrap()
-    };
+    let engine = || engine_on(&store, &clock, Arc::clone(&feed) as Arc<dyn ChangeFeed>);
     let (a, b) = (engine(), engine());
     for engine in [&a, &b] {
         eventually(|| engine.feed_status().unwrap().subscribed).await;
@@ -306,5 +313,79 @@ fn an_owner_change_travels_as_json() {
     let change = Change::owner(&crate::Tenant::new("app", "acme"), "cust_1");
     let json = change.to_json().unwrap();
     assert_eq!(json, r#"{"kind":"owner","tenant":{"app_id":"app","tenant_id":"acme"},"owner_id":"cust_1"}"#);
+    assert_eq!(Change::from_json(&json).unwrap(), change);
+}
+
+/// Two engines on one store, each with its own cache on `clock`, sharing
+/// `feed`, once both are subscribed; waits by yielding only.
+async fn pair(clock: &ManualClock, feed: &Arc<LocalChangeFeed>) -> (Engine, Engine) {
+    let store = Arc::new(MemoryStore::new());
+    let engine = || engine_on(&store, clock, Arc::clone(feed) as Arc<dyn ChangeFeed>);
+    let (a, b) = (engine(), engine());
+    for engine in [&a, &b] {
+        yield_until(|| engine.feed_status().unwrap().subscribed).await;
+    }
+    (a, b)
+}
+
+/// Yields to the engines' subscription tasks until `done` holds (10 000
+/// times at most): no clock moves meanwhile.
+async fn yield_until(mut done: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("condition not met after 10 000 yields");
+}
+
+#[tokio::test]
+async fn credits_given_through_the_new_key_of_a_rotation_bind_the_old_key_on_another_engine() {
+    let clock = clock();
+    let (a, b) = pair(&clock, &Arc::new(LocalChangeFeed::new())).await;
+    let acme = a.tenant("app", "acme");
+    let old = acme.create_key(NewKey::new("ci")).await.unwrap();
+    let new = acme.rotate_key(old.key.id, RotationReason::Scheduled, Some(Duration::from_secs(3600))).await.unwrap();
+    yield_until(|| b.feed_status().unwrap().received == 1).await;
+    // b caches both keys of the lineage as having no credits.
+    for raw in [&old.raw, &new.raw] {
+        assert_eq!(b.validate(raw.expose(), &RequestContext::new()).await.unwrap().credits, None);
+    }
+    assert_eq!(b.cache_stats().unwrap().keys, 2);
+
+    acme.set_credits(new.key.id, Some(Credits::new(3))).await.unwrap();
+    yield_until(|| b.feed_status().unwrap().received == 2).await;
+    for _ in 0..3 {
+        assert!(accepted(&a, new.raw.expose()).await);
+    }
+    // The cache clock never moved: only the change can have evicted it.
+    for _ in 0..5 {
+        let answer = b.validate(old.raw.expose(), &RequestContext::new()).await;
+        assert!(
+            matches!(answer, Err(ValidationError::Refused(Refusal::CreditsExhausted { .. }))),
+            "the old key passed free on b after the balance was spent on a: {answer:?}"
+        );
+    }
+    assert_eq!(b.cache_stats().unwrap().keys, 1, "only the old key, read again");
+
+    // A top-up through the old key reaches b's entry for the new one.
+    assert!(!accepted(&b, new.raw.expose()).await);
+    assert_eq!(b.cache_stats().unwrap().keys, 2);
+    acme.add_credits(old.key.id, 2).await.unwrap();
+    yield_until(|| b.feed_status().unwrap().received == 3).await;
+    assert_eq!(b.cache_stats().unwrap().keys, 0);
+    let spent = b.validate(new.raw.expose(), &RequestContext::new()).await.unwrap().credits.unwrap();
+    assert_eq!(spent.remaining, 1);
+}
+
+#[test]
+fn a_lineage_change_travels_as_json() {
+    let lineage_id = crate::KeyId::new();
+    let change = Change::Lineage { tenant: crate::Tenant::new("app", "acme"), lineage_id };
+    let json = change.to_json().unwrap();
+    let expected =
+        format!(r#"{{"kind":"lineage","tenant":{{"app_id":"app","tenant_id":"acme"}},"lineage_id":"{lineage_id}"}}"#);
+    assert_eq!(json, expected);
     assert_eq!(Change::from_json(&json).unwrap(), change);
 }
