@@ -454,6 +454,8 @@ impl CachedStore {
             Change::Lineage { tenant, lineage_id } => self.forget_lineage(tenant, *lineage_id),
             Change::Policy { policy_id, .. } => self.forget_policy(*policy_id),
             Change::Owner { tenant, owner_id } => self.forget_owner(tenant, owner_id),
+            // The feed is alive; nothing changed.
+            Change::Heartbeat => {}
             // Anything may be stale: keep nothing.
             Change::Unknown => self.invalidate_all(),
         }
