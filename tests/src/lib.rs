@@ -20,9 +20,16 @@
 //!
 //! [`http_conformance`] holds the HTTP behaviour (the README's table, extraction and client-address rules) as cases every framework adapter
 //! must pass, through its [`Harness`](http_conformance::Harness) trait.
+//!
+//! [`feed_cases`] holds what every network change feed must do when its
+//! connections go silent, through [`proxy::SilentProxy`]: a proxy that stands
+//! between a client and a server and can stop forwarding without closing
+//! anything.
 #![forbid(unsafe_code)]
 
+pub mod feed_cases;
 pub mod http_conformance;
+pub mod proxy;
 pub mod services;
 pub mod sql_cases;
 pub mod store_conformance;

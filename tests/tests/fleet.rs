@@ -6,13 +6,15 @@ use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use keysmith_core::feed::ChangeFeed;
+use keysmith_core::feed::{ChangeFeed, FeedHeartbeat};
 use keysmith_core::store::CacheConfig;
 use keysmith_core::{
     Credits, Engine, LimitBy, NewKey, PolicySpec, Quota, Refusal, RequestContext, RotationReason, ValidationError,
 };
 use keysmith_redis::{OutagePolicy, RedisChangeFeed, RedisConfig, RedisQuotas, RedisRateLimiter};
 use keysmith_sqlx::{PgChangeFeed, PgStore, Store};
+use keysmith_tests::feed_cases::{self, ProxiedPair};
+use keysmith_tests::proxy::SilentProxy;
 use keysmith_tests::services::{PgTestDb, service_url};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
@@ -29,7 +31,12 @@ fn cache() -> CacheConfig {
 }
 
 async fn pg_feed(db: &PgTestDb) -> PgChangeFeed {
-    let options = PgConnectOptions::from_str(db.url()).unwrap().application_name(FEED_APP);
+    pg_feed_with(PgConnectOptions::from_str(db.url()).unwrap()).await
+}
+
+/// A feed on its own small pool connecting with `options`.
+async fn pg_feed_with(options: PgConnectOptions) -> PgChangeFeed {
+    let options = options.application_name(FEED_APP);
     let pool = PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(2))
@@ -395,4 +402,26 @@ async fn redis_stopped_mid_test_each_engine_keeps_its_outage_policy_and_the_flee
     }
     acme.revoke_key(created.key.id, "leaked").await.unwrap();
     assert_eq!(refused_within_bound(&b, raw, &RequestContext::new()).await.0, Refusal::Revoked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_behind_a_silent_proxy_is_lost_and_staleness_stays_within_the_bound() {
+    let Some(db) = PgTestDb::create().await else { return };
+    let direct = PgConnectOptions::from_str(db.url()).unwrap();
+    let upstream = tokio::net::lookup_host((direct.get_host(), direct.get_port())).await.unwrap().next().unwrap();
+    let proxy = SilentProxy::start(upstream).await;
+    let proxied = direct.clone().host("127.0.0.1").port(proxy.addr().port());
+    // a's feed goes straight to the server, b's (listening and publishing)
+    // through the proxy; both stores go straight.
+    let mut engines = fleet(&db, 1, async || pg_feed(&db).await).await;
+    engines.extend(fleet(&db, 1, async || pg_feed_with(proxied.clone()).await).await);
+    let pair = ProxiedPair {
+        a: &engines[0],
+        b: &engines[1],
+        proxy: &proxy,
+        cache: &cache(),
+        heartbeat: FeedHeartbeat::default(),
+        feed: "PgChangeFeed",
+    };
+    feed_cases::a_silent_subscription_is_lost_and_staleness_stays_within_the_bound(pair).await;
 }
