@@ -1,5 +1,6 @@
 //! [`RedisChangeFeed`]: the change feed over Redis pub/sub.
 
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,7 +16,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 ///
 /// When the subscriber connection is lost (server restart, `CLIENT KILL`)
 /// the subscription reports it (the engine drops its cache and runs on its
-/// outage TTL) and the engine subscribes again as soon as Redis answers.
+/// outage TTL) and the engine subscribes again as soon as Redis answers. A
+/// connection that stays open but answers nothing (a partition, a hung
+/// proxy) is noticed too: the subscription by the engine's heartbeats, the
+/// publishing connection by its 500 ms answer timeout, after which it is
+/// replaced and the change sent once more on the new one.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), keysmith_core::Error> {
@@ -31,7 +36,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 #[derive(Clone)]
 pub struct RedisChangeFeed {
     client: redis::Client,
-    publisher: ConnectionManager,
+    /// Replaced after a timeout: the manager reconnects only when its
+    /// connection reports an error, which a half-open one never does.
+    publisher: Arc<RwLock<ConnectionManager>>,
     channel: String,
 }
 
@@ -52,11 +59,7 @@ impl RedisChangeFeed {
     /// The URL is not a Redis URL, or Redis does not answer.
     pub async fn connect(url: &str) -> Result<Self> {
         let client = crate::config::client(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_millis(500))
-            .set_response_timeout(Duration::from_millis(500))
-            .set_number_of_retries(1);
-        let publisher = ConnectionManager::new_with_config(client.clone(), config).await.map_err(Error::feed)?;
+        let publisher = Arc::new(RwLock::new(publisher(&client).await?));
         Ok(Self { client, publisher, channel: Self::DEFAULT_CHANNEL.to_owned() })
     }
 
@@ -86,14 +89,23 @@ impl RedisChangeFeed {
 #[async_trait]
 impl ChangeFeed for RedisChangeFeed {
     /// Publishes on the shared connection, once more if it had been dropped
-    /// (Redis restarted): the first change after a restart is not lost.
+    /// (Redis restarted, and the manager reconnected) or answered nothing
+    /// within 500 ms (half-open, and replaced here): the first change after
+    /// a restart or a partition is not lost.
     async fn publish(&self, change: &Change) -> Result<()> {
-        let (payload, mut conn) = (change.to_json()?, self.publisher.clone());
-        let sent: redis::RedisResult<i64> = match conn.publish(&self.channel, &payload).await {
-            Err(error) if error.is_connection_dropped() => conn.publish(&self.channel, &payload).await,
-            sent => sent,
-        };
-        sent.map(drop).map_err(Error::feed)
+        let payload = change.to_json()?;
+        let mut conn = self.publisher.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let sent: redis::RedisResult<i64> = conn.publish(&self.channel, &payload).await;
+        match sent {
+            Ok(_) => return Ok(()),
+            Err(error) if error.is_connection_dropped() => {}
+            Err(error) if error.is_timeout() => {
+                conn = publisher(&self.client).await?;
+                *self.publisher.write().unwrap_or_else(PoisonError::into_inner) = conn.clone();
+            }
+            Err(error) => return Err(Error::feed(error)),
+        }
+        conn.publish::<_, _, i64>(&self.channel, &payload).await.map(drop).map_err(Error::feed)
     }
 
     async fn subscribe(&self) -> Result<ChangeStream> {
@@ -114,4 +126,14 @@ impl ChangeFeed for RedisChangeFeed {
         let lost = futures_util::stream::once(async { Err(Error::feed("the subscriber connection was lost")) });
         Ok(messages.chain(lost).boxed())
     }
+}
+
+/// A publishing connection to `client`'s Redis, which waits at most 500 ms
+/// to connect and for each answer.
+async fn publisher(client: &redis::Client) -> Result<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Duration::from_millis(500))
+        .set_response_timeout(Duration::from_millis(500))
+        .set_number_of_retries(1);
+    ConnectionManager::new_with_config(client.clone(), config).await.map_err(Error::feed)
 }

@@ -5,16 +5,20 @@ use futures_util::StreamExt;
 use keysmith_core::feed::{Change, ChangeFeed, ChangeStream};
 use keysmith_core::{Error, Result};
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 
 /// A [`ChangeFeed`] over PostgreSQL `LISTEN`/`NOTIFY`, so that a fleet on
 /// one database hears of every revocation within a second without anything
 /// else to run. Changes are published with `pg_notify` on the pool; each
-/// subscription holds one of the pool's connections, listening.
+/// subscription listens on a connection of its own, made with the pool's
+/// connect options (one connection beside the pool's).
 ///
 /// When the listening connection is lost the subscription reports it (the
 /// engine drops its cache and runs on its outage TTL) and the engine
-/// subscribes again, on a new connection, as soon as the server answers.
+/// subscribes again, on a new connection, as soon as the server answers. A
+/// listening connection that stays open but carries nothing (a partition, a
+/// hung proxy) is noticed by the engine's heartbeats; it is then closed,
+/// never handed back to a pool.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), keysmith_core::Error> {
@@ -85,15 +89,21 @@ impl ChangeFeed for PgChangeFeed {
     }
 
     async fn subscribe(&self) -> Result<ChangeStream> {
-        let mut listener = PgListener::connect_with(&self.pool).await.map_err(Error::feed)?;
+        // As sqlx's own `PgListener::connect`: one connection, no timers.
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with((*self.pool.connect_options()).clone());
+        let mut listener = Listening { listener: PgListener::connect_with(&own).await.map_err(Error::feed)?, own };
         // A lost connection ends the subscription (and is reported) rather
         // than being restored behind the engine's back with changes missed.
-        listener.eager_reconnect(false);
-        listener.listen(&self.channel).await.map_err(Error::feed)?;
+        listener.listener.eager_reconnect(false);
+        listener.listener.listen(&self.channel).await.map_err(Error::feed)?;
         let stream = futures_util::stream::unfold(Some(listener), |listener| async move {
             let mut listener = listener?;
             loop {
-                match listener.try_recv().await {
+                match listener.listener.try_recv().await {
                     Ok(Some(notification)) => match Change::from_json(notification.payload()) {
                         Ok(change) => return Some((Ok(change), Some(listener))),
                         // Someone else's message on our channel: not a change, not a loss.
@@ -107,5 +117,24 @@ impl ChangeFeed for PgChangeFeed {
             }
         });
         Ok(stream.boxed())
+    }
+}
+
+/// A listener on a pool of its own, closed when the subscription is
+/// dropped. sqlx hands a dropped connection back to its pool by pinging it
+/// first, without a deadline: a half-open connection never answers, and
+/// would hold a slot of a shared pool for good. A closed pool closes the
+/// connection instead.
+struct Listening {
+    listener: PgListener,
+    own: PgPool,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        // Marks the pool closed at once (before the listener's connection
+        // goes back to it, after this); what the future would wait for is
+        // not needed.
+        drop(self.own.close());
     }
 }

@@ -24,10 +24,17 @@
 //! [`server_process`] runs a server binary (`keysmith serve`, the demos) as
 //! a child process, with raw HTTP/1.1 clients for it; [`demo_cases`] holds
 //! the cases both web demos must pass.
+//!
+//! [`feed_cases`] holds what every network change feed must do when its
+//! connections go silent, through [`proxy::SilentProxy`]: a proxy that stands
+//! between a client and a server and can stop forwarding without closing
+//! anything.
 #![forbid(unsafe_code)]
 
 pub mod demo_cases;
+pub mod feed_cases;
 pub mod http_conformance;
+pub mod proxy;
 pub mod server_process;
 pub mod services;
 pub mod sql_cases;

@@ -6,11 +6,15 @@ use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use keysmith_core::feed::ChangeFeed;
+use keysmith_core::feed::{ChangeFeed, FeedHeartbeat};
 use keysmith_core::store::CacheConfig;
-use keysmith_core::{Credits, Engine, LimitBy, NewKey, PolicySpec, Quota, Refusal, RequestContext, ValidationError};
+use keysmith_core::{
+    Credits, Engine, LimitBy, NewKey, PolicySpec, Quota, Refusal, RequestContext, RotationReason, ValidationError,
+};
 use keysmith_redis::{OutagePolicy, RedisChangeFeed, RedisConfig, RedisQuotas, RedisRateLimiter};
 use keysmith_sqlx::{PgChangeFeed, PgStore, Store};
+use keysmith_tests::feed_cases::{self, ProxiedPair};
+use keysmith_tests::proxy::SilentProxy;
 use keysmith_tests::services::{PgTestDb, service_url};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
@@ -27,7 +31,12 @@ fn cache() -> CacheConfig {
 }
 
 async fn pg_feed(db: &PgTestDb) -> PgChangeFeed {
-    let options = PgConnectOptions::from_str(db.url()).unwrap().application_name(FEED_APP);
+    pg_feed_with(PgConnectOptions::from_str(db.url()).unwrap()).await
+}
+
+/// A feed on its own small pool connecting with `options`.
+async fn pg_feed_with(options: PgConnectOptions) -> PgChangeFeed {
+    let options = options.application_name(FEED_APP);
     let pool = PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(2))
@@ -127,6 +136,43 @@ async fn owner_credits_given_on_one_engine_are_spent_by_the_others_over_postgres
         tokio::time::sleep(Duration::from_millis(1)).await;
     };
     assert_eq!(spent.remaining, 99);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credits_given_through_the_new_key_of_a_rotation_bind_the_old_key_on_the_others_over_postgres() {
+    let Some(db) = PgTestDb::create().await else { return };
+    let engines = fleet(&db, 2, async || pg_feed(&db).await).await;
+    let (a, b) = (&engines[0], &engines[1]);
+    let acme = a.tenant("app", "acme");
+    let old = acme.create_key(NewKey::new("ci")).await.unwrap();
+    let new = acme.rotate_key(old.key.id, RotationReason::Scheduled, Some(Duration::from_secs(3600))).await.unwrap();
+    // b caches the old key, in its grace, as having no credits (once the
+    // rotation's change has evicted what it cached before).
+    let old_credits = async || b.validate(old.raw.expose(), &RequestContext::new()).await.map(|v| v.credits);
+    until_async("the rotation seen", async || b.feed_status().unwrap().received >= 1).await;
+    assert_eq!(old_credits().await.unwrap(), None);
+
+    acme.set_credits(new.key.id, Some(Credits::new(3))).await.unwrap();
+    for _ in 0..3 {
+        assert!(accepted(a, new.raw.expose()).await);
+    }
+    let (refusal, took) = refused_within_bound(b, old.raw.expose(), &RequestContext::new()).await;
+    assert!(matches!(refusal, Refusal::CreditsExhausted { .. }), "{refusal:?} after {took:?}");
+    for _ in 0..5 {
+        assert!(
+            matches!(old_credits().await, Err(ValidationError::Refused(Refusal::CreditsExhausted { .. }))),
+            "the old key passes free on b after the balance was spent on a"
+        );
+    }
+}
+
+/// Polls `done` on the real clock until it holds, failing after [`BOUND`].
+async fn until_async(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + BOUND;
+    while !done().await {
+        assert!(Instant::now() < deadline, "not {what} within {BOUND:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Time from a revocation returning on one engine until both others refuse
@@ -356,4 +402,26 @@ async fn redis_stopped_mid_test_each_engine_keeps_its_outage_policy_and_the_flee
     }
     acme.revoke_key(created.key.id, "leaked").await.unwrap();
     assert_eq!(refused_within_bound(&b, raw, &RequestContext::new()).await.0, Refusal::Revoked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_behind_a_silent_proxy_is_lost_and_staleness_stays_within_the_bound() {
+    let Some(db) = PgTestDb::create().await else { return };
+    let direct = PgConnectOptions::from_str(db.url()).unwrap();
+    let upstream = tokio::net::lookup_host((direct.get_host(), direct.get_port())).await.unwrap().next().unwrap();
+    let proxy = SilentProxy::start(upstream).await;
+    let proxied = direct.clone().host("127.0.0.1").port(proxy.addr().port());
+    // a's feed goes straight to the server, b's (listening and publishing)
+    // through the proxy; both stores go straight.
+    let mut engines = fleet(&db, 1, async || pg_feed(&db).await).await;
+    engines.extend(fleet(&db, 1, async || pg_feed_with(proxied.clone()).await).await);
+    let pair = ProxiedPair {
+        a: &engines[0],
+        b: &engines[1],
+        proxy: &proxy,
+        cache: &cache(),
+        heartbeat: FeedHeartbeat::default(),
+        feed: "PgChangeFeed",
+    };
+    feed_cases::a_silent_subscription_is_lost_and_staleness_stays_within_the_bound(pair).await;
 }

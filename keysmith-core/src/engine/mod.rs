@@ -16,8 +16,8 @@ pub use validate::{PresentedKey, RequestContext, RequiredScopes, Validation, Val
 use dashmap::DashMap;
 
 use crate::bounded::SweepSchedule;
-use crate::feed::FeedStatus;
 use crate::feed::subscriber::FeedLink;
+use crate::feed::{FeedHeartbeat, FeedStatus};
 use crate::hooks::{Event, Hooks, Plugin};
 use crate::limit::{GcraRateLimiter, RateLimiter};
 use crate::store::{CacheConfig, CacheStats, CachedStore, IntoStore, Store, Transition};
@@ -116,6 +116,7 @@ impl Engine {
             store: store.into_store(),
             cache: None,
             feed: None,
+            heartbeat: FeedHeartbeat::default(),
             hasher: Arc::new(Sha256Hasher),
             clock: Arc::new(SystemClock),
             plugins: Vec::new(),
@@ -283,6 +284,7 @@ pub struct EngineBuilder {
     store: Arc<dyn Store>,
     cache: Option<CacheConfig>,
     feed: Option<Arc<dyn ChangeFeed>>,
+    heartbeat: FeedHeartbeat,
     hasher: Arc<dyn Hasher>,
     clock: Arc<dyn Clock>,
     plugins: Vec<Arc<dyn Plugin>>,
@@ -301,6 +303,7 @@ impl fmt::Debug for EngineBuilder {
             .field("store", &self.store)
             .field("cache", &self.cache)
             .field("feed", &self.feed)
+            .field("heartbeat", &self.heartbeat)
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
@@ -325,8 +328,21 @@ impl EngineBuilder {
     /// keeps found entries only for its
     /// [outage TTL](CacheConfig::with_outage_ttl). Pass an `Arc` to share
     /// one feed between engines in one process.
+    ///
+    /// The subscription is watched by [heartbeats](FeedHeartbeat): one that
+    /// carries nothing for the heartbeat deadline (2 s by default) is lost
+    /// too, so during any feed fault a change made elsewhere is seen within
+    /// the deadline plus the outage TTL.
     pub fn with_change_feed(mut self, feed: impl ChangeFeed) -> Self {
         self.feed = Some(Arc::new(feed));
+        self
+    }
+
+    /// How often a quiet [change feed](Self::with_change_feed) carries a
+    /// heartbeat and how long the subscription may carry nothing before it
+    /// is lost (default: 500 ms and 2 s).
+    pub fn with_feed_heartbeat(mut self, heartbeat: FeedHeartbeat) -> Self {
+        self.heartbeat = heartbeat;
         self
     }
 
@@ -401,10 +417,12 @@ impl EngineBuilder {
     /// [`Engine::start`] from inside the runtime that should run it.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for a bad prefix or a rotation grace over
-    /// the maximum.
+    /// [`Error::InvalidInput`] for a bad prefix, a rotation grace over
+    /// the maximum, or a feed heartbeat whose deadline is under twice its
+    /// interval.
     pub fn build(self) -> Result<Engine> {
         crate::key::validate_prefix(&self.prefix)?;
+        self.heartbeat.check()?;
         let max_grace = crate::PolicySpec::MAX_ROTATION_GRACE;
         if self.rotation_grace > max_grace {
             return Err(Error::invalid("rotation_grace", format!("must be at most {} seconds", max_grace.as_secs())));
@@ -419,7 +437,7 @@ impl EngineBuilder {
             }
             None => (self.store, None),
         };
-        let feed = self.feed.map(|feed| Arc::new(FeedLink::new(feed)));
+        let feed = self.feed.map(|feed| Arc::new(FeedLink::new(feed, self.heartbeat)));
         if let (Some(_), Some(cache)) = (&feed, &cache) {
             // Not subscribed yet: changes made elsewhere may be missed.
             cache.feed_lost();

@@ -217,6 +217,11 @@ impl TenantEngine {
     /// them: the key is no longer limited by credits). A refill starts with
     /// the current period.
     ///
+    /// Every key of the lineage (the old key of a rotation in its grace
+    /// too) spends them from the next request on this engine, and on other
+    /// engines with a [change feed](crate::feed) as soon as the change
+    /// arrives, else within their cache's positive TTL.
+    ///
     /// # Errors
     /// `InvalidInput` for values over [`Credits::MAX`] or a zero refill, or
     /// for a key whose policy limits by owner and that has an owner (it
@@ -230,12 +235,13 @@ impl TenantEngine {
             self.check_lineage_credits(stored.key.owner_id.as_deref(), stored.key.policy_id).await?;
         }
         let key = self.engine.inner.store.set_credits(&self.tenant, id, credits.as_ref()).await?;
-        self.engine.publish(|| Change::key(&key, None)).await;
+        self.engine.publish(|| Change::lineage(&key)).await;
         Ok(self.current(key))
     }
 
-    /// Tops the key's credits up by `amount` (after the refill due now, if
-    /// one is).
+    /// Tops the key's lineage's credits up by `amount` (after the refill due
+    /// now, if one is), seen by every key of the lineage as
+    /// [`set_credits`](Self::set_credits) is.
     ///
     /// # Errors
     /// `InvalidInput` if the key has no credits, for a zero amount or a sum
@@ -246,6 +252,7 @@ impl TenantEngine {
         }
         let now = self.engine.inner.clock.now();
         let key = self.engine.inner.store.add_credits(&self.tenant, id, amount, now).await?;
+        self.engine.publish(|| Change::lineage(&key)).await;
         Ok(self.current(key))
     }
 

@@ -4,10 +4,12 @@
 //!
 //! An engine built [`with_change_feed`](crate::EngineBuilder::with_change_feed)
 //! publishes a [`Change`] after every state change it commits (key revoked,
-//! suspended, reactivated, rotated, expired, its scopes changed; policy
-//! updated or deleted; an owner's credits set or topped up) and, when it has a cache
+//! suspended, reactivated, rotated, expired, its scopes changed; a key
+//! lineage's or an owner's credits set or topped up; policy updated or
+//! deleted) and, when it has a cache
 //! ([`with_cache`](crate::EngineBuilder::with_cache)), evicts what every
-//! change it receives makes stale.
+//! change it receives makes stale. A change to what a lineage shares evicts
+//! every key of the lineage, not only the key it was made through.
 //!
 //! The feed is advisory. While the engine is not subscribed (before the
 //! first subscription, and from a lost subscription until it is back) its
@@ -17,6 +19,15 @@
 //! and again when it is back: a change missed in between is seen at most
 //! that long. Publishing failures are counted and logged; they never fail
 //! the operation that was committed.
+//!
+//! A subscription that stays open but carries nothing (a partition, a hung
+//! proxy) is lost too. An engine whose subscription has been quiet for the
+//! [heartbeat interval](FeedHeartbeat) publishes a [`Change::Heartbeat`],
+//! and one whose subscription carries nothing at all, heartbeats included,
+//! for the heartbeat deadline (2 s by default) treats it as lost. During
+//! any feed fault a change made elsewhere is therefore seen within the
+//! heartbeat deadline plus the outage TTL: 3 s by default. This works for
+//! every [`ChangeFeed`]: heartbeats are changes like any other to a feed.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -47,6 +58,7 @@
 //! # }).unwrap();
 //! ```
 
+mod heartbeat;
 mod local;
 pub(crate) mod subscriber;
 
@@ -57,6 +69,7 @@ use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
+pub use heartbeat::FeedHeartbeat;
 pub use local::LocalChangeFeed;
 pub use subscriber::FeedStatus;
 
@@ -101,6 +114,16 @@ pub enum Change {
         /// The policy.
         policy_id: PolicyId,
     },
+    /// Something every key of a lineage shares changed (its credits were
+    /// set, removed or topped up through any of its keys): a subscriber
+    /// drops every key of the lineage it has cached, the old key of a
+    /// rotation still in its grace as well as the new one.
+    Lineage {
+        /// The lineage's tenant.
+        tenant: Tenant,
+        /// The lineage: the [`lineage_id`](Key::lineage_id) of its keys.
+        lineage_id: KeyId,
+    },
     /// An owner's credits were set, removed or topped up: a subscriber that
     /// remembers the owner as having no credits forgets it, so the owner's
     /// next request spends from the store.
@@ -110,6 +133,19 @@ pub enum Change {
         /// The application's id of the owner.
         owner_id: String,
     },
+    /// Nothing changed: the feed is alive. An engine publishes one when its
+    /// subscription has been quiet for a while ([`FeedHeartbeat`]), and
+    /// counts a subscription that carries nothing at all, heartbeats
+    /// included, for the heartbeat deadline as lost. Subscribers count it
+    /// ([`FeedStatus::heartbeats_received`]) and evict nothing.
+    ///
+    /// [`to_json`](Self::to_json) writes it as an owner change for the
+    /// tenant with empty ids, which no engine can have
+    /// (`{"kind":"owner","tenant":{"app_id":"","tenant_id":""},"owner_id":"keysmith:heartbeat"}`):
+    /// an engine from before heartbeats applies that as a no-op, where a
+    /// kind it did not know would drop its whole cache at every heartbeat.
+    /// [`from_json`](Self::from_json) reads both that and `{"kind":"heartbeat"}`.
+    Heartbeat,
     /// A change of a kind this version does not know, sent by a newer
     /// engine of the fleet (during a rolling upgrade, say). What it made
     /// stale cannot be told, so a subscriber drops its whole cache and
@@ -143,19 +179,30 @@ impl Change {
         Self::Policy { tenant: tenant.clone(), policy_id }
     }
 
+    /// The change of what `key`'s lineage shares (its credits).
+    #[must_use]
+    pub fn lineage(key: &Key) -> Self {
+        Self::Lineage { tenant: key.tenant.clone(), lineage_id: key.lineage_id }
+    }
+
     /// The change of owner `owner_id`'s credits.
     #[must_use]
     pub fn owner(tenant: &Tenant, owner_id: &str) -> Self {
         Self::Owner { tenant: tenant.clone(), owner_id: owner_id.to_owned() }
     }
 
-    /// The change as the JSON text that feeds carry.
+    /// The change as the JSON text that feeds carry (a heartbeat in the
+    /// form engines from before heartbeats ignore, see [`Change::Heartbeat`]).
     ///
     /// # Errors
     /// Never in practice (every field serializes); kept fallible for feeds
     /// that forward the error.
     pub fn to_json(&self) -> Result<String> {
-        serde_json::to_string(self).map_err(crate::Error::feed)
+        let text = match self {
+            Self::Heartbeat => serde_json::to_string(&heartbeat_on_the_wire()),
+            change => serde_json::to_string(change),
+        };
+        text.map_err(crate::Error::feed)
     }
 
     /// A change from its JSON text.
@@ -163,8 +210,16 @@ impl Change {
     /// # Errors
     /// [`Error::Feed`](crate::Error::Feed) if the text is not a change.
     pub fn from_json(text: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(crate::Error::feed)
+        let change: Self = serde_json::from_str(text).map_err(crate::Error::feed)?;
+        Ok(if change == heartbeat_on_the_wire() { Self::Heartbeat } else { change })
     }
+}
+
+/// What [`Change::Heartbeat`] travels as: a change to an owner of the tenant
+/// with empty ids, which no engine can have, so that engines that do not
+/// know heartbeats forget an owner they never cached and keep the rest.
+fn heartbeat_on_the_wire() -> Change {
+    Change::Owner { tenant: Tenant::new("", ""), owner_id: "keysmith:heartbeat".to_owned() }
 }
 
 /// The changes a subscription delivers. An `Err` item, or the end of the

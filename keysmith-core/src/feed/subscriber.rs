@@ -6,10 +6,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
-use super::{Change, ChangeFeed};
+use super::{Change, ChangeFeed, ChangeStream, FeedHeartbeat};
 use crate::store::CachedStore;
+use crate::{Error, Result};
 
 /// First wait before subscribing again after a failure; doubled up to
 /// [`MAX_BACKOFF`]. Both stay under the default outage TTL, so a short
@@ -41,12 +44,34 @@ pub struct FeedStatus {
     /// Changes this engine failed to publish (metric
     /// `keysmith_feed_publish_failures_total`).
     pub publish_failures: u64,
+    /// Heartbeats this engine published (after a quiet
+    /// [interval](FeedHeartbeat::interval)).
+    pub heartbeats_sent: u64,
+    /// Heartbeats this engine failed to publish.
+    pub heartbeat_failures: u64,
+    /// Heartbeats heard, this engine's own included.
+    pub heartbeats_received: u64,
+    /// Of the losses, subscriptions that stayed open but carried nothing,
+    /// heartbeats included, for the [deadline](FeedHeartbeat::deadline)
+    /// (metric `keysmith_feed_missed_heartbeats_total`).
+    pub missed_heartbeats: u64,
+}
+
+/// Why a subscription ended.
+enum Loss {
+    /// The stream reported an error.
+    Failed(Error),
+    /// The stream ended.
+    Ended,
+    /// The stream carried nothing for the heartbeat deadline.
+    Silent,
 }
 
 /// The feed and its counters, shared by the engine and its subscription task.
 #[derive(Debug)]
 pub(crate) struct FeedLink {
     feed: Arc<dyn ChangeFeed>,
+    heartbeat: FeedHeartbeat,
     subscribed: AtomicBool,
     subscriptions: AtomicU64,
     losses: AtomicU64,
@@ -54,15 +79,20 @@ pub(crate) struct FeedLink {
     unknown: AtomicU64,
     published: AtomicU64,
     publish_failures: AtomicU64,
+    heartbeats_sent: AtomicU64,
+    heartbeat_failures: AtomicU64,
+    heartbeats_received: AtomicU64,
+    missed_heartbeats: AtomicU64,
     started: AtomicBool,
     /// Dropping or signalling the sender stops the subscription task.
     stop: watch::Sender<bool>,
 }
 
 impl FeedLink {
-    pub(crate) fn new(feed: Arc<dyn ChangeFeed>) -> Self {
+    pub(crate) fn new(feed: Arc<dyn ChangeFeed>, heartbeat: FeedHeartbeat) -> Self {
         Self {
             feed,
+            heartbeat,
             subscribed: AtomicBool::new(false),
             subscriptions: AtomicU64::new(0),
             losses: AtomicU64::new(0),
@@ -70,6 +100,10 @@ impl FeedLink {
             unknown: AtomicU64::new(0),
             published: AtomicU64::new(0),
             publish_failures: AtomicU64::new(0),
+            heartbeats_sent: AtomicU64::new(0),
+            heartbeat_failures: AtomicU64::new(0),
+            heartbeats_received: AtomicU64::new(0),
+            missed_heartbeats: AtomicU64::new(0),
             started: AtomicBool::new(false),
             stop: watch::channel(false).0,
         }
@@ -84,13 +118,19 @@ impl FeedLink {
             unknown: self.unknown.load(Ordering::SeqCst),
             published: self.published.load(Ordering::SeqCst),
             publish_failures: self.publish_failures.load(Ordering::SeqCst),
+            heartbeats_sent: self.heartbeats_sent.load(Ordering::SeqCst),
+            heartbeat_failures: self.heartbeat_failures.load(Ordering::SeqCst),
+            heartbeats_received: self.heartbeats_received.load(Ordering::SeqCst),
+            missed_heartbeats: self.missed_heartbeats.load(Ordering::SeqCst),
         }
     }
 
     /// Publishes a committed change; a failure is counted and logged, and
-    /// never reaches the caller, whose change is committed already.
+    /// never reaches the caller, whose change is committed already. A feed
+    /// that does not answer within the heartbeat deadline (half-open) has
+    /// failed: the caller is not held longer.
     pub(crate) async fn publish(&self, change: Change) {
-        match self.feed.publish(&change).await {
+        match publish_within(&*self.feed, &change, self.heartbeat.deadline()).await {
             Ok(()) => {
                 self.published.fetch_add(1, Ordering::Relaxed);
             }
@@ -125,9 +165,13 @@ impl FeedLink {
             if *stop.borrow() {
                 return;
             }
+            // A subscription that cannot be made within the deadline (a
+            // connection into a partition) is a failure like any other.
             let subscribed = tokio::select! {
                 _ = stop.changed() => return,
-                subscribed = self.feed.subscribe() => subscribed,
+                subscribed = tokio::time::timeout(self.heartbeat.deadline(), self.feed.subscribe()) => {
+                    subscribed.unwrap_or_else(|_| Err(Error::feed("no subscription within the heartbeat deadline")))
+                }
             };
             let mut stream = match subscribed {
                 Ok(stream) => stream,
@@ -149,37 +193,106 @@ impl FeedLink {
             if self.subscriptions.fetch_add(1, Ordering::SeqCst) > 0 {
                 tracing::info!(target: "keysmith::feed", "change feed subscription restored; cache back to its normal TTL");
             }
-            let error = loop {
-                let next = tokio::select! {
-                    _ = stop.changed() => return,
-                    next = stream.next() => next,
-                };
-                match next {
-                    Some(Ok(change)) => {
-                        if change == Change::Unknown {
-                            self.unknown.fetch_add(1, Ordering::Relaxed);
-                            metrics::counter!("keysmith_feed_unknown_changes_total").increment(1);
-                            tracing::warn!(target: "keysmith::feed", "a change of a kind this version does not know; cache dropped");
-                        }
-                        cache.apply_change(&change).await;
-                        self.received.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Some(Err(error)) => break Some(error),
-                    None => break None,
-                }
-            };
+            let Some(loss) = self.follow(&mut stream, &cache, &mut stop).await else { return };
+            drop(stream);
             cache.feed_lost();
             self.subscribed.store(false, Ordering::SeqCst);
             self.losses.fetch_add(1, Ordering::SeqCst);
             metrics::counter!("keysmith_feed_losses_total").increment(1);
-            match error {
-                Some(error) => {
+            match loss {
+                Loss::Failed(error) => {
                     tracing::warn!(target: "keysmith::feed", %error, "change feed subscription lost; cache dropped, running on the outage TTL");
                 }
-                None => {
+                Loss::Ended => {
                     tracing::warn!(target: "keysmith::feed", "change feed subscription ended; cache dropped, running on the outage TTL");
+                }
+                Loss::Silent => {
+                    self.missed_heartbeats.fetch_add(1, Ordering::SeqCst);
+                    metrics::counter!("keysmith_feed_missed_heartbeats_total").increment(1);
+                    tracing::warn!(
+                        target: "keysmith::feed",
+                        deadline = ?self.heartbeat.deadline(),
+                        "change feed subscription carried nothing, not even a heartbeat, within the deadline; treated as lost: cache dropped, running on the outage TTL"
+                    );
                 }
             }
         }
+    }
+
+    /// Applies what `stream` carries to `cache`, publishing a heartbeat
+    /// whenever it has been quiet for the interval, until the subscription
+    /// is lost (`Some`) or the engine stops (`None`).
+    async fn follow(
+        &self,
+        stream: &mut ChangeStream,
+        cache: &CachedStore,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<Loss> {
+        let mut heard = Instant::now();
+        // Drawn again only after this engine's own heartbeat: whoever drew
+        // the shortest wait answers the fleet's silences until it is heard.
+        let mut quiet = self.heartbeat.quiet_wait();
+        let mut beat_at = heard + quiet;
+        // One heartbeat in flight at most, polled here so that a publish
+        // that hangs (on the same dead network) never delays the deadline.
+        let mut beating: Option<BoxFuture<'static, Result<()>>> = None;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return None,
+                next = stream.next() => {
+                    heard = Instant::now();
+                    beat_at = heard + quiet;
+                    match next {
+                        Some(Ok(change)) => self.apply(change, cache).await,
+                        Some(Err(error)) => return Some(Loss::Failed(error)),
+                        None => return Some(Loss::Ended),
+                    }
+                }
+                () = tokio::time::sleep_until(beat_at), if beating.is_none() => {
+                    quiet = self.heartbeat.quiet_wait();
+                    beat_at = Instant::now() + quiet;
+                    let (feed, deadline) = (Arc::clone(&self.feed), self.heartbeat.deadline());
+                    beating = Some(Box::pin(async move { publish_within(&*feed, &Change::Heartbeat, deadline).await }));
+                }
+                published = async { beating.as_mut().expect("polled only while beating").await }, if beating.is_some() => {
+                    beating = None;
+                    match published {
+                        Ok(()) => self.heartbeats_sent.fetch_add(1, Ordering::Relaxed),
+                        Err(error) => {
+                            tracing::debug!(target: "keysmith::feed", %error, "could not publish a heartbeat");
+                            self.heartbeat_failures.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+                () = tokio::time::sleep_until(heard + self.heartbeat.deadline()) => return Some(Loss::Silent),
+            }
+        }
+    }
+
+    /// Applies a change received on the subscription.
+    async fn apply(&self, change: Change, cache: &CachedStore) {
+        match change {
+            Change::Heartbeat => {
+                self.heartbeats_received.fetch_add(1, Ordering::Relaxed);
+            }
+            change => {
+                if change == Change::Unknown {
+                    self.unknown.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("keysmith_feed_unknown_changes_total").increment(1);
+                    tracing::warn!(target: "keysmith::feed", "a change of a kind this version does not know; cache dropped");
+                }
+                cache.apply_change(&change).await;
+                self.received.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Publishes `change` on `feed`, failing if the feed has not answered
+/// within `deadline`.
+async fn publish_within(feed: &dyn ChangeFeed, change: &Change, deadline: Duration) -> Result<()> {
+    match tokio::time::timeout(deadline, feed.publish(change)).await {
+        Ok(published) => published,
+        Err(_) => Err(Error::feed(format!("the feed did not answer within {deadline:?}"))),
     }
 }

@@ -7,7 +7,7 @@ use chrono::{TimeZone, Utc};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::{Change, ChangeFeed, ChangeStream, LocalChangeFeed};
+use super::{Change, ChangeFeed, ChangeStream, FeedHeartbeat, LocalChangeFeed};
 use crate::store::CacheConfig;
 use crate::{
     Credits, Engine, Error, LimitBy, ManualClock, MemoryStore, NewKey, PolicySpec, Refusal, RequestContext, Result,
@@ -70,20 +70,28 @@ struct Fleet {
     b: Engine,
 }
 
+/// A clock that moves only when a test says so.
+fn clock() -> ManualClock {
+    ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 15, 12, 0, 0).unwrap())
+}
+
+/// An engine on `store` with a cache of its own on `clock`, on `feed`.
+fn engine_on(store: &Arc<MemoryStore>, clock: &ManualClock, feed: Arc<dyn ChangeFeed>) -> Engine {
+    let cache = CacheConfig::default().with_positive_ttl(POSITIVE).with_outage_ttl(OUTAGE).with_clock(clock.clone());
+    Engine::builder(Arc::clone(store))
+        .with_clock(clock.clone())
+        .with_cache(cache)
+        .with_change_feed(feed)
+        .with_feed_heartbeat(HEARTBEAT)
+        .build()
+        .unwrap()
+}
+
 async fn fleet() -> Fleet {
-    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 15, 12, 0, 0).unwrap());
+    let clock = clock();
     let store = Arc::new(MemoryStore::new());
     let feed = Arc::new(CuttableFeed::new());
-    let engine = || {
-        let cache =
-            CacheConfig::default().with_positive_ttl(POSITIVE).with_outage_ttl(OUTAGE).with_clock(clock.clone());
-        Engine::builder(Arc::clone(&store))
-            .with_clock(clock.clone())
-            .with_cache(cache)
-            .with_change_feed(Arc::clone(&feed))
-            .build()
-            .unwrap()
-    };
+    let engine = || engine_on(&store, &clock, Arc::clone(&feed) as Arc<dyn ChangeFeed>);
     let (a, b) = (engine(), engine());
     for engine in [&a, &b] {
         eventually(|| engine.feed_status().unwrap().subscribed).await;
@@ -307,4 +315,301 @@ fn an_owner_change_travels_as_json() {
     let json = change.to_json().unwrap();
     assert_eq!(json, r#"{"kind":"owner","tenant":{"app_id":"app","tenant_id":"acme"},"owner_id":"cust_1"}"#);
     assert_eq!(Change::from_json(&json).unwrap(), change);
+}
+
+/// Two engines on one store, each with its own cache on `clock`, sharing
+/// `feed`, once both are subscribed; waits by yielding only.
+async fn pair(clock: &ManualClock, feed: &Arc<LocalChangeFeed>) -> (Engine, Engine) {
+    let store = Arc::new(MemoryStore::new());
+    let engine = || engine_on(&store, clock, Arc::clone(feed) as Arc<dyn ChangeFeed>);
+    let (a, b) = (engine(), engine());
+    for engine in [&a, &b] {
+        yield_until(|| engine.feed_status().unwrap().subscribed).await;
+    }
+    (a, b)
+}
+
+/// Yields to the engines' subscription tasks until `done` holds (10 000
+/// times at most): no clock moves meanwhile.
+async fn yield_until(mut done: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("condition not met after 10 000 yields");
+}
+
+#[tokio::test]
+async fn credits_given_through_the_new_key_of_a_rotation_bind_the_old_key_on_another_engine() {
+    let clock = clock();
+    let (a, b) = pair(&clock, &Arc::new(LocalChangeFeed::new())).await;
+    let acme = a.tenant("app", "acme");
+    let old = acme.create_key(NewKey::new("ci")).await.unwrap();
+    let new = acme.rotate_key(old.key.id, RotationReason::Scheduled, Some(Duration::from_secs(3600))).await.unwrap();
+    yield_until(|| b.feed_status().unwrap().received == 1).await;
+    // b caches both keys of the lineage as having no credits.
+    for raw in [&old.raw, &new.raw] {
+        assert_eq!(b.validate(raw.expose(), &RequestContext::new()).await.unwrap().credits, None);
+    }
+    assert_eq!(b.cache_stats().unwrap().keys, 2);
+
+    acme.set_credits(new.key.id, Some(Credits::new(3))).await.unwrap();
+    yield_until(|| b.feed_status().unwrap().received == 2).await;
+    for _ in 0..3 {
+        assert!(accepted(&a, new.raw.expose()).await);
+    }
+    // The cache clock never moved: only the change can have evicted it.
+    for _ in 0..5 {
+        let answer = b.validate(old.raw.expose(), &RequestContext::new()).await;
+        assert!(
+            matches!(answer, Err(ValidationError::Refused(Refusal::CreditsExhausted { .. }))),
+            "the old key passed free on b after the balance was spent on a: {answer:?}"
+        );
+    }
+    assert_eq!(b.cache_stats().unwrap().keys, 1, "only the old key, read again");
+
+    // A top-up through the old key reaches b's entry for the new one.
+    assert!(!accepted(&b, new.raw.expose()).await);
+    assert_eq!(b.cache_stats().unwrap().keys, 2);
+    acme.add_credits(old.key.id, 2).await.unwrap();
+    yield_until(|| b.feed_status().unwrap().received == 3).await;
+    assert_eq!(b.cache_stats().unwrap().keys, 0);
+    let spent = b.validate(new.raw.expose(), &RequestContext::new()).await.unwrap().credits.unwrap();
+    assert_eq!(spent.remaining, 1);
+}
+
+#[test]
+fn a_lineage_change_travels_as_json() {
+    let lineage_id = crate::KeyId::new();
+    let change = Change::Lineage { tenant: crate::Tenant::new("app", "acme"), lineage_id };
+    let json = change.to_json().unwrap();
+    let expected =
+        format!(r#"{{"kind":"lineage","tenant":{{"app_id":"app","tenant_id":"acme"}},"lineage_id":"{lineage_id}"}}"#);
+    assert_eq!(json, expected);
+    assert_eq!(Change::from_json(&json).unwrap(), change);
+}
+
+#[test]
+fn a_heartbeat_travels_as_an_owner_change_that_engines_without_heartbeats_ignore() {
+    let json = Change::Heartbeat.to_json().unwrap();
+    assert_eq!(json, r#"{"kind":"owner","tenant":{"app_id":"","tenant_id":""},"owner_id":"keysmith:heartbeat"}"#);
+    assert_eq!(Change::from_json(&json).unwrap(), Change::Heartbeat);
+    assert_eq!(Change::from_json(r#"{"kind":"heartbeat"}"#).unwrap(), Change::Heartbeat);
+    // An owner change of a real tenant is still one.
+    let owner = r#"{"kind":"owner","tenant":{"app_id":"app","tenant_id":""},"owner_id":"keysmith:heartbeat"}"#;
+    assert!(matches!(Change::from_json(owner).unwrap(), Change::Owner { .. }));
+    // What an engine from before heartbeats reads: an owner change, not an unknown kind.
+    let older: Change = serde_json::from_str(&json).unwrap();
+    assert!(matches!(older, Change::Owner { ref tenant, .. } if tenant.app_id.is_empty()));
+}
+
+#[tokio::test]
+async fn a_heartbeat_as_an_engine_without_heartbeats_applies_it_evicts_nothing() {
+    let cached = Arc::new(crate::store::CachedStore::new(Arc::new(MemoryStore::new())));
+    let engine = Engine::builder(Arc::clone(&cached)).build().unwrap();
+    let acme = engine.tenant("app", "acme");
+    let policy = acme.create_policy(PolicySpec::new("per-owner").with_limit_by(LimitBy::Owner)).await.unwrap();
+    let created = acme.create_key(NewKey::new("ci").with_owner("cust_1").with_policy(policy.id)).await.unwrap();
+    assert!(accepted(&engine, created.raw.expose()).await);
+    let before = cached.stats();
+    assert_eq!((before.keys, before.policies, before.owners), (1, 1, 1));
+
+    // What an engine from before heartbeats reads, and applies.
+    let older: Change = serde_json::from_str(&Change::Heartbeat.to_json().unwrap()).unwrap();
+    cached.apply_change(&older).await;
+    assert_eq!(cached.stats(), before, "nothing evicted");
+}
+
+/// One engine's way onto a shared in-process feed, which a test can
+/// partition: its subscriptions then stay open and carry nothing, a new
+/// subscription never answers and a publish never returns. Healed, new
+/// subscriptions work; those made before stay dead, as connections whose
+/// path died.
+#[derive(Debug)]
+struct PartitionableFeed {
+    inner: Arc<LocalChangeFeed>,
+    /// (partitioned, epoch): a subscription delivers while its epoch is
+    /// the current one and the link is not partitioned.
+    link: watch::Sender<(bool, u64)>,
+    subscribe_calls: std::sync::atomic::AtomicU64,
+}
+
+impl PartitionableFeed {
+    fn new(inner: &Arc<LocalChangeFeed>) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Arc::clone(inner),
+            link: watch::channel((false, 0)).0,
+            subscribe_calls: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    fn partition(&self) {
+        self.link.send_modify(|(partitioned, _)| *partitioned = true);
+    }
+
+    fn heal(&self) {
+        self.link.send_modify(|(partitioned, epoch)| {
+            *partitioned = false;
+            *epoch += 1;
+        });
+    }
+
+    fn partitioned(&self) -> bool {
+        self.link.borrow().0
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for PartitionableFeed {
+    async fn publish(&self, change: &Change) -> Result<()> {
+        if self.partitioned() {
+            return std::future::pending().await;
+        }
+        self.inner.publish(change).await
+    }
+
+    async fn subscribe(&self) -> Result<ChangeStream> {
+        self.subscribe_calls.fetch_add(1, Ordering::SeqCst);
+        if self.partitioned() {
+            return std::future::pending().await;
+        }
+        let link = self.link.subscribe();
+        let epoch = link.borrow().1;
+        let stream = self.inner.subscribe().await?;
+        let alive = move || *link.borrow() == (false, epoch);
+        Ok(stream.filter(move |_| std::future::ready(alive())).boxed())
+    }
+}
+
+const HEARTBEAT: FeedHeartbeat = FeedHeartbeat::DEFAULT;
+
+/// Engines `a` (on the shared feed) and `b` (on its partitionable link to
+/// it), with caches on `clock`, once both are subscribed.
+async fn partitionable_pair(clock: &ManualClock) -> (Engine, Engine, Arc<PartitionableFeed>) {
+    let store = Arc::new(MemoryStore::new());
+    let shared = Arc::new(LocalChangeFeed::new());
+    let link = PartitionableFeed::new(&shared);
+    let (a, b) = (engine_on(&store, clock, shared), engine_on(&store, clock, Arc::clone(&link) as Arc<dyn ChangeFeed>));
+    for engine in [&a, &b] {
+        yield_until(|| engine.feed_status().unwrap().subscribed).await;
+    }
+    (a, b, link)
+}
+
+/// Lets `span` of time pass, on the (paused) Tokio clock and on `clock`
+/// alike, in steps of 10 ms; stops early, returning the time taken, once
+/// `done` holds.
+async fn pass(clock: &ManualClock, span: Duration, mut done: impl AsyncFnMut() -> bool) -> Option<Duration> {
+    let step = Duration::from_millis(10);
+    let mut passed = Duration::ZERO;
+    while passed <= span {
+        if done().await {
+            return Some(passed);
+        }
+        tokio::time::sleep(step).await;
+        clock.advance(step);
+        passed += step;
+    }
+    None
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_feed_stays_subscribed_on_heartbeats_and_a_fleet_sends_about_one_per_interval() {
+    let clock = clock();
+    let feed = Arc::new(LocalChangeFeed::new());
+    let engines: Vec<Engine> = (0..5)
+        .map(|_| {
+            Engine::builder(MemoryStore::new())
+                .with_cache(CacheConfig::default())
+                .with_change_feed(Arc::clone(&feed))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let minute = Duration::from_secs(60);
+    assert_eq!(pass(&clock, minute, async || false).await, None);
+
+    let sent: u64 = engines.iter().map(|engine| engine.feed_status().unwrap().heartbeats_sent).sum();
+    println!("five quiet engines sent {sent} heartbeats in a minute");
+    for engine in &engines {
+        let status = engine.feed_status().unwrap();
+        assert!(status.subscribed && status.losses == 0, "{status:?}");
+        assert_eq!(status.heartbeats_received, sent, "every engine hears every heartbeat");
+    }
+    // One every 0.5 to 0.75 s for the fleet, not one per engine.
+    let (fewest, most) =
+        (minute.div_duration_f64(HEARTBEAT.interval() * 3 / 2), minute.div_duration_f64(HEARTBEAT.interval()));
+    assert!((fewest as u64..=most as u64 + 5).contains(&sent), "{sent} heartbeats in a minute from five engines");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscription_that_goes_silent_is_lost_at_the_deadline_and_a_revocation_is_seen_within_the_bound() {
+    let clock = clock();
+    let (a, b, link) = partitionable_pair(&clock).await;
+    let acme = a.tenant("app", "acme");
+    let created = acme.create_key(NewKey::new("ci")).await.unwrap();
+    assert!(accepted(&b, created.raw.expose()).await, "b caches the key");
+
+    link.partition();
+    acme.revoke_key(created.key.id, "leaked").await.unwrap();
+    assert!(accepted(&b, created.raw.expose()).await, "b cannot know yet");
+    let bound = HEARTBEAT.deadline() + OUTAGE;
+    let refused = pass(&clock, bound, async || !accepted(&b, created.raw.expose()).await).await;
+    let took = refused.expect("still accepted after the heartbeat deadline and the outage TTL");
+    let step = Duration::from_millis(10);
+    assert!(took <= HEARTBEAT.deadline() + step, "the cache is dropped when the silence is noticed: {took:?}");
+    let status = b.feed_status().unwrap();
+    assert_eq!((status.subscribed, status.losses, status.missed_heartbeats), (false, 1, 1), "{status:?}");
+    assert_eq!(b.cache_stats().unwrap().positive_ttl, OUTAGE);
+
+    // Still partitioned: subscribing times out and is tried again; a
+    // change made meanwhile is seen within the outage TTL.
+    let other = acme.create_key(NewKey::new("other")).await.unwrap();
+    assert!(accepted(&b, other.raw.expose()).await);
+    acme.revoke_key(other.key.id, "leaked").await.unwrap();
+    let refused = pass(&clock, OUTAGE, async || !accepted(&b, other.raw.expose()).await).await;
+    assert!(refused.is_some(), "still accepted after the outage TTL");
+    pass(&clock, HEARTBEAT.deadline() * 2, async || false).await;
+    assert!(link.subscribe_calls.load(Ordering::SeqCst) >= 3, "subscribing again and again");
+    assert!(!b.feed_status().unwrap().subscribed);
+
+    link.heal();
+    assert!(pass(&clock, HEARTBEAT.deadline() * 2, async || b.feed_status().unwrap().subscribed).await.is_some());
+    assert_eq!(b.cache_stats().unwrap().positive_ttl, POSITIVE);
+    let third = acme.create_key(NewKey::new("third")).await.unwrap();
+    assert!(accepted(&b, third.raw.expose()).await);
+    acme.revoke_key(third.key.id, "leaked").await.unwrap();
+    let refused = pass(&clock, Duration::from_secs(1), async || !accepted(&b, third.raw.expose()).await).await;
+    assert!(refused.is_some(), "the feed works again");
+    // Healthy again: the deadline passes many times over without a loss.
+    pass(&clock, HEARTBEAT.deadline() * 5, async || false).await;
+    assert_eq!(b.feed_status().unwrap().losses, 1);
+}
+
+#[tokio::test]
+async fn a_heartbeat_deadline_under_twice_the_interval_is_refused() {
+    let heartbeat =
+        FeedHeartbeat::default().with_interval(Duration::from_secs(1)).with_deadline(Duration::from_secs(1));
+    let built = Engine::builder(MemoryStore::new())
+        .with_change_feed(LocalChangeFeed::new())
+        .with_feed_heartbeat(heartbeat)
+        .build();
+    assert!(matches!(built, Err(Error::InvalidInput { field: "heartbeat", .. })), "{built:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_published_into_a_silent_feed_returns_at_the_deadline_and_is_counted() {
+    let clock = clock();
+    let (_, b, link) = partitionable_pair(&clock).await;
+    let acme = b.tenant("app", "acme");
+    let created = acme.create_key(NewKey::new("ci")).await.unwrap();
+    link.partition();
+
+    let started = tokio::time::Instant::now();
+    acme.revoke_key(created.key.id, "leaked").await.unwrap();
+    assert_eq!(started.elapsed(), HEARTBEAT.deadline(), "held no longer than the deadline");
+    assert_eq!(b.feed_status().unwrap().publish_failures, 1);
+    assert!(!accepted(&b, created.raw.expose()).await, "committed, and seen here at once");
 }

@@ -1,0 +1,42 @@
+//! `RedisChangeFeed` against a real Redis: a subscription whose connection
+//! stays open but carries nothing (behind a proxy that went silent) is
+//! noticed by its missed heartbeats, and bounds how stale a cache can be.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keysmith_core::feed::FeedHeartbeat;
+use keysmith_core::store::CacheConfig;
+use keysmith_core::{Engine, KeyId, MemoryStore, Store};
+use keysmith_redis::RedisChangeFeed;
+use keysmith_tests::feed_cases::{self, ProxiedPair};
+use keysmith_tests::proxy::SilentProxy;
+
+/// Where the Redis at `url` listens.
+async fn redis_addr(url: &str) -> SocketAddr {
+    let info = redis::Client::open(url).unwrap().get_connection_info().addr.clone();
+    let redis::ConnectionAddr::Tcp(host, port) = info else { panic!("the test Redis is not on TCP: {url}") };
+    tokio::net::lookup_host((host.as_str(), port)).await.unwrap().next().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_silent_proxy_the_subscription_is_lost_and_staleness_stays_within_the_bound() {
+    let Some(url) = common::redis_url() else { return };
+    let proxy = SilentProxy::start(redis_addr(&url).await).await;
+    // Long enough that only the feed (or its loss) can explain an eviction.
+    let cache = CacheConfig::default().with_positive_ttl(Duration::from_secs(300));
+    let heartbeat = FeedHeartbeat::default();
+    let channel = format!("keysmith-test-feed:{}", KeyId::new());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = async |url: &str| {
+        let feed = RedisChangeFeed::connect(url).await.unwrap().with_channel(&channel).unwrap();
+        let builder = Engine::builder(Arc::clone(&store)).with_cache(cache.clone()).with_change_feed(feed);
+        builder.with_feed_heartbeat(heartbeat).build().unwrap()
+    };
+    let (a, b) = (engine(&url).await, engine(&format!("redis://{}", proxy.addr())).await);
+    let pair = ProxiedPair { a: &a, b: &b, proxy: &proxy, cache: &cache, heartbeat, feed: "RedisChangeFeed" };
+    feed_cases::a_silent_subscription_is_lost_and_staleness_stays_within_the_bound(pair).await;
+}
