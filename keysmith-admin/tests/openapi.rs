@@ -257,6 +257,18 @@ async fn document_describes_parameters_bodies_errors_and_security() {
     assert_ne!(doc["paths"]["/keys/{id}/rotate"]["post"]["requestBody"]["required"], json!(true));
     assert_ne!(doc["paths"]["/keys/{id}/revoke"]["post"]["requestBody"]["required"], json!(true));
     assert!(doc["paths"]["/policies/{id}"]["delete"]["responses"]["409"]["description"].is_string());
+    // Credits that conflict with a policy limiting by owner are a 409 on
+    // every route that can give or keep them.
+    for (path, method) in [
+        ("/keys", "post"),
+        ("/keys/{id}/credits", "put"),
+        ("/keys/{id}/credits/add", "post"),
+        ("/policies/{id}", "put"),
+    ] {
+        let conflict = &doc["paths"][path][method]["responses"]["409"];
+        assert!(conflict["description"].as_str().unwrap().contains("`credits_conflict`"), "{method} {path}");
+        assert_eq!(conflict["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorBody");
+    }
 }
 
 #[tokio::test]
