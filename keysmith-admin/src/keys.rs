@@ -158,11 +158,11 @@ pub(crate) struct RotateKey {
     #[serde(default)]
     reason: RotationReason,
     /// How long the old key keeps validating, in seconds (a whole number;
-    /// `3600.0` is accepted), at most 100 years. Default: `0` for reason
+    /// `3600.0` is accepted), at most 366 days. Default: `0` for reason
     /// `compromised`, else the policy's `rotation_grace`, else the engine's
     /// (24 hours). `0` stops the old key at once.
-    #[serde(default, deserialize_with = "whole::option_seconds")]
-    #[schema(example = 3600, maximum = 3_155_760_000_u64)]
+    #[serde(default, deserialize_with = "whole::option_grace")]
+    #[schema(example = 3600, maximum = 31_622_400_u64)]
     grace_seconds: Option<u64>,
 }
 

@@ -109,9 +109,9 @@ pub(crate) struct PolicyInput {
     /// Request quotas per key lineage (per owner under `limit_by: owner`).
     quota: Option<Quota>,
     /// Default rotation grace for keys under the policy, in seconds, at most
-    /// 100 years.
-    #[serde(default, deserialize_with = "whole::option_seconds")]
-    #[schema(maximum = 3_155_760_000_u64)]
+    /// 366 days.
+    #[serde(default, deserialize_with = "whole::option_grace")]
+    #[schema(maximum = 31_622_400_u64)]
     rotation_grace: Option<u64>,
     /// How many live keys (`active` or `suspended`) one owner may hold under
     /// the policy; creating one more is refused (409 `owner_key_limit`).
