@@ -94,8 +94,9 @@ impl AddCredits {
     request_body = CreditsInput,
     responses(
         (status = 200, description = "The key with its credits", body = Key),
-        (status = 400, description = "The id is not a key id, a value is out of range, or the key's policy limits by owner and the key has an owner (it spends its owner's credits: set `/owners/{owner_id}/credits` instead)", body = ErrorBody),
+        (status = 400, description = "The id is not a key id, or a value is out of range", body = ErrorBody),
         (status = 404, description = "No such key in this tenant", body = ErrorBody),
+        (status = 409, description = "The key's policy limits by owner and the key has an owner: it spends its owner's credits, so set `/owners/{owner_id}/credits` instead (`credits_conflict`)", body = ErrorBody),
     )
 )]
 pub(crate) async fn set_credits(
@@ -129,6 +130,7 @@ pub(crate) async fn remove_credits(Caller(tenant): Caller, Id(id): Id<KeyId>) ->
         (status = 200, description = "The key with its credits", body = Key),
         (status = 400, description = "The id is not a key id, the key has no credits, or the sum would pass 10^12", body = ErrorBody),
         (status = 404, description = "No such key in this tenant", body = ErrorBody),
+        (status = 409, description = "The key's policy limits by owner and the key has an owner: it spends its owner's credits, so top up `/owners/{owner_id}/credits` instead (`credits_conflict`)", body = ErrorBody),
     )
 )]
 pub(crate) async fn add_credits(

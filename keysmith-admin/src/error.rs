@@ -30,6 +30,7 @@ use crate::lockout::SelfLockout;
 /// | core `AlreadyExists` | 409 | `already_exists` |
 /// | core `PolicyInUse` | 409 | `policy_in_use` |
 /// | core `OwnerKeyLimit` | 409 | `owner_key_limit` |
+/// | core `OwnerLimitedCredits` (credits for a key that spends its owner's), `KeysHoldCredits` (a switch to `limit_by: owner` while keys of owners under the policy hold credits) | 409 | `credits_conflict` |
 /// | [`SelfLockout`](Self::SelfLockout) | 409 | `self_lockout` |
 /// | core `Store` | 503 | `unavailable` |
 /// | [`Unauthenticated`](Self::Unauthenticated) | the layer's (401 `missing_key`, or 500 without the layer) | |
@@ -89,7 +90,9 @@ impl Error {
                 keysmith_core::Error::InvalidTransition { .. }
                 | keysmith_core::Error::AlreadyExists { .. }
                 | keysmith_core::Error::PolicyInUse { .. }
-                | keysmith_core::Error::OwnerKeyLimit { .. } => StatusCode::CONFLICT,
+                | keysmith_core::Error::OwnerKeyLimit { .. }
+                | keysmith_core::Error::OwnerLimitedCredits { .. }
+                | keysmith_core::Error::KeysHoldCredits { .. } => StatusCode::CONFLICT,
                 keysmith_core::Error::InvalidInput { .. } => StatusCode::BAD_REQUEST,
                 keysmith_core::Error::Store { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -113,6 +116,9 @@ impl Error {
                 keysmith_core::Error::AlreadyExists { .. } => "already_exists",
                 keysmith_core::Error::PolicyInUse { .. } => "policy_in_use",
                 keysmith_core::Error::OwnerKeyLimit { .. } => "owner_key_limit",
+                keysmith_core::Error::OwnerLimitedCredits { .. } | keysmith_core::Error::KeysHoldCredits { .. } => {
+                    "credits_conflict"
+                }
                 keysmith_core::Error::InvalidInput { .. } => "invalid_input",
                 keysmith_core::Error::Store { .. } => "unavailable",
                 _ => "internal_error",
@@ -208,7 +214,8 @@ pub(crate) struct ErrorDetail {
     /// `invalid_body`, `invalid_query`, `invalid_path`,
     /// `unsupported_media_type`, `payload_too_large`, `not_found`,
     /// `route_not_found`, `method_not_allowed`, `invalid_transition`,
-    /// `already_exists`, `policy_in_use`, `self_lockout`, `unavailable`,
+    /// `already_exists`, `policy_in_use`, `owner_key_limit`,
+    /// `credits_conflict`, `self_lockout`, `unavailable`,
     /// `internal_error`,
     /// and the key refusals of the authentication layer (`missing_key`,
     /// `invalid_key`, `insufficient_scope`, `rate_limited`…).
@@ -251,6 +258,20 @@ mod tests {
                 keysmith_core::Error::OwnerKeyLimit { owner_id: "cus_1".into(), policy_id, limit: 1 },
                 409,
                 "owner_key_limit",
+            ),
+            (
+                keysmith_core::Error::OwnerLimitedCredits { policy_id, owner_id: "cus_1".into() },
+                409,
+                "credits_conflict",
+            ),
+            (
+                keysmith_core::Error::KeysHoldCredits {
+                    policy_id,
+                    key_ids: vec![keysmith_core::KeyId::new()],
+                    count: 1,
+                },
+                409,
+                "credits_conflict",
             ),
             (keysmith_core::Error::InvalidInput { field: "allowed_ips", reason: "no".into() }, 400, "invalid_input"),
             (keysmith_core::Error::store(std::io::Error::other("db password=hunter2")), 503, "unavailable"),

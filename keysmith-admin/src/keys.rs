@@ -115,7 +115,9 @@ pub(crate) struct CreateKey {
     #[schema(example = "cus_42")]
     owner_id: Option<String>,
     /// Prepaid uses: each request that passes spends its cost, and at zero
-    /// the key is refused (429 `credits_exhausted`).
+    /// the key is refused (429 `credits_exhausted`). Refused (409
+    /// `credits_conflict`) for a key with an owner under a policy that
+    /// limits by owner: it spends its owner's credits.
     credits: Option<CreditsInput>,
     /// When the key expires; must be in the future.
     expires_at: Option<DateTime<Utc>>,
@@ -156,11 +158,11 @@ pub(crate) struct RotateKey {
     #[serde(default)]
     reason: RotationReason,
     /// How long the old key keeps validating, in seconds (a whole number;
-    /// `3600.0` is accepted), at most 100 years. Default: `0` for reason
+    /// `3600.0` is accepted), at most 366 days. Default: `0` for reason
     /// `compromised`, else the policy's `rotation_grace`, else the engine's
     /// (24 hours). `0` stops the old key at once.
-    #[serde(default, deserialize_with = "whole::option_seconds")]
-    #[schema(example = 3600, maximum = 3_155_760_000_u64)]
+    #[serde(default, deserialize_with = "whole::option_grace")]
+    #[schema(example = 3600, maximum = 31_622_400_u64)]
     grace_seconds: Option<u64>,
 }
 
@@ -286,7 +288,7 @@ pub(crate) struct KeyListQuery {
         (status = 201, description = "The key and its secret (`raw_key`), shown only in this response", body = CreatedKey),
         (status = 400, description = "Invalid name, prefix, scope, expiry or policy id; a scope outside the policy's or unregistered (strict scopes)", body = ErrorBody),
         (status = 404, description = "`policy_id` names no policy of this tenant", body = ErrorBody),
-        (status = 409, description = "The owner already holds the policy's `max_active_keys_per_owner` live keys (`owner_key_limit`)", body = ErrorBody),
+        (status = 409, description = "The owner already holds the policy's `max_active_keys_per_owner` live keys (`owner_key_limit`), or the key is given credits under a policy that limits by owner while it has an owner: it spends its owner's (`credits_conflict`)", body = ErrorBody),
     )
 )]
 pub(crate) async fn create_key(

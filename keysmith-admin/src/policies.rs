@@ -109,9 +109,9 @@ pub(crate) struct PolicyInput {
     /// Request quotas per key lineage (per owner under `limit_by: owner`).
     quota: Option<Quota>,
     /// Default rotation grace for keys under the policy, in seconds, at most
-    /// 100 years.
-    #[serde(default, deserialize_with = "whole::option_seconds")]
-    #[schema(maximum = 3_155_760_000_u64)]
+    /// 366 days.
+    #[serde(default, deserialize_with = "whole::option_grace")]
+    #[schema(maximum = 31_622_400_u64)]
     rotation_grace: Option<u64>,
     /// How many live keys (`active` or `suspended`) one owner may hold under
     /// the policy; creating one more is refused (409 `owner_key_limit`).
@@ -288,7 +288,7 @@ pub(crate) async fn get_policy(Caller(tenant): Caller, Id(id): Id<PolicyId>) -> 
         (status = 200, description = "The policy as replaced", body = Policy),
         (status = 400, description = "The id is not a policy id, or a field is invalid", body = ErrorBody),
         (status = 404, description = "No such policy in this tenant", body = ErrorBody),
-        (status = 409, description = "Another policy of the tenant has this name (`already_exists`), or the new `allowed_scopes` would take `keysmith:admin` from the key making the request (`self_lockout`)", body = ErrorBody),
+        (status = 409, description = "Another policy of the tenant has this name (`already_exists`); the new `allowed_scopes` would take `keysmith:admin` from the key making the request (`self_lockout`); or the policy would start limiting by owner while keys of owners under it hold credits of their own, which the message names (`credits_conflict`: remove their credits first)", body = ErrorBody),
     )
 )]
 pub(crate) async fn update_policy(

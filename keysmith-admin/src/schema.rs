@@ -156,6 +156,20 @@ pub(crate) fn apply_query(paths: &mut utoipa::openapi::Paths) {
     string.pattern = Some(OWNER_ID_PATTERN.to_owned());
 }
 
+/// `#[schema(schema_with = …)]` for an optional client address: `null`, or
+/// an IPv4 or IPv6 address, which the engine parses (no zone, no port).
+pub(crate) fn optional_ip() -> Schema {
+    let address = serde_json::json!({
+        "description": "An IPv4 or IPv6 address.",
+        "anyOf": [
+            {"type": "string", "format": "ipv4"},
+            {"type": "string", "format": "ipv6"},
+            {"type": "null"},
+        ],
+    });
+    serde_json::from_value(address).expect("a valid schema")
+}
+
 /// `#[schema(schema_with = …)]` for metadata fields.
 pub(crate) fn metadata_ref() -> utoipa::openapi::Ref {
     utoipa::openapi::Ref::from_schema_name("Metadata")
@@ -165,15 +179,20 @@ pub(crate) fn metadata_ref() -> utoipa::openapi::Ref {
 /// every JSON client represents exactly.
 pub(crate) const MAX_WHOLE: u64 = (1 << 53) - 1;
 
-/// The longest duration a field takes (grace periods, windows, key
-/// ages), in seconds: 100 years of 365.25 days.
+/// The longest duration a field takes (windows, key ages), in seconds: 100
+/// years of 365.25 days.
 pub(crate) const MAX_SECONDS: u64 = 3_155_760_000;
+
+/// The longest rotation grace, in seconds: the engine's
+/// [`PolicySpec::MAX_ROTATION_GRACE`](keysmith_core::PolicySpec::MAX_ROTATION_GRACE)
+/// (366 days).
+pub(crate) const MAX_GRACE_SECONDS: u64 = keysmith_core::PolicySpec::MAX_ROTATION_GRACE.as_secs();
 
 /// Serde helpers for whole numbers that also accept `5.0`: JSON Schema's
 /// `integer` is any number with a zero fraction, and clients that compute
 /// a value in floating point send it so.
 pub(crate) mod whole {
-    use super::{Deserializer, MAX_SECONDS, MAX_WHOLE, de, visit};
+    use super::{Deserializer, MAX_GRACE_SECONDS, MAX_SECONDS, MAX_WHOLE, de, visit};
 
     /// A `u32`.
     pub(crate) fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
@@ -199,6 +218,16 @@ pub(crate) mod whole {
     /// An optional duration in seconds, up to [`MAX_SECONDS`].
     pub(crate) fn option_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
         d.deserialize_option(Optional(MAX_SECONDS))
+    }
+
+    /// An optional rotation grace in seconds, up to [`MAX_GRACE_SECONDS`].
+    pub(crate) fn option_grace<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        d.deserialize_option(Optional(MAX_GRACE_SECONDS))
+    }
+
+    /// An optional credit count, up to `keysmith_core::Credits::MAX`.
+    pub(crate) fn option_credits<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        d.deserialize_option(Optional(keysmith_core::Credits::MAX))
     }
 
     /// An optional `u32`.

@@ -7,13 +7,14 @@ use std::time::Instant;
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use keysmith_core::{Credits, Refusal, RequestContext, UsageId, UsageRecord, ValidationError, retry_after_secs};
+use keysmith_core::{Refusal, RequestContext, UsageId, UsageRecord, ValidationError, retry_after_secs};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::AdminState;
 use crate::error::{ErrorBody, Result};
 use crate::extract::{Caller, JsonBody};
+use crate::schema::{optional_ip, whole};
 
 /// The longest `key` accepted: far above any key's length (128 bytes), so
 /// every real key gets a verdict, and a body can never make the check
@@ -36,12 +37,14 @@ pub(crate) struct VerifyRequest {
     #[schema(max_items = 32, example = json!(["read:users"]))]
     required_scopes: Vec<String>,
     /// The client's address, for the policy's IP allowlist.
-    #[schema(example = "203.0.113.7")]
+    #[schema(schema_with = optional_ip, example = "203.0.113.7")]
     ip: Option<String>,
     /// The request's `Origin`, for the policy's origin allowlist.
     #[schema(max_length = 1024)]
     origin: Option<String>,
-    /// The credits the request costs a key with credits (default 1).
+    /// The credits the request costs a key with credits (default 1; a
+    /// whole number, `2.0` is accepted).
+    #[serde(default, deserialize_with = "whole::option_credits")]
     #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
     cost: Option<u64>,
 }
@@ -233,9 +236,6 @@ fn check(request: &VerifyRequest) -> Result<Option<IpAddr>> {
     }
     if request.origin.as_ref().is_some_and(|o| o.len() > MAX_TEXT_LEN) {
         return Err(invalid("origin", format!("must be at most {MAX_TEXT_LEN} bytes")).into());
-    }
-    if request.cost.is_some_and(|cost| cost > Credits::MAX) {
-        return Err(invalid("cost", format!("must be at most {}", Credits::MAX)).into());
     }
     request
         .ip

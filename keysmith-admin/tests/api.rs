@@ -898,7 +898,7 @@ async fn an_owners_credits_are_set_spent_by_its_keys_topped_up_and_removed_throu
         .assert_error(400, "invalid_input");
     // A key that spends its owner's credits takes none of its own.
     let own = h.put(&format!("/keys/{first_id}/credits"), json!({"remaining": 3})).await;
-    own.assert_error(400, "invalid_input");
+    own.assert_error(409, "credits_conflict");
     assert!(own.text.contains("owner"), "{}", own.text);
 
     let removed = h.delete("/owners/cus_1/credits").await;

@@ -257,6 +257,18 @@ async fn document_describes_parameters_bodies_errors_and_security() {
     assert_ne!(doc["paths"]["/keys/{id}/rotate"]["post"]["requestBody"]["required"], json!(true));
     assert_ne!(doc["paths"]["/keys/{id}/revoke"]["post"]["requestBody"]["required"], json!(true));
     assert!(doc["paths"]["/policies/{id}"]["delete"]["responses"]["409"]["description"].is_string());
+    // Credits that conflict with a policy limiting by owner are a 409 on
+    // every route that can give or keep them.
+    for (path, method) in [
+        ("/keys", "post"),
+        ("/keys/{id}/credits", "put"),
+        ("/keys/{id}/credits/add", "post"),
+        ("/policies/{id}", "put"),
+    ] {
+        let conflict = &doc["paths"][path][method]["responses"]["409"];
+        assert!(conflict["description"].as_str().unwrap().contains("`credits_conflict`"), "{method} {path}");
+        assert_eq!(conflict["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorBody");
+    }
 }
 
 #[tokio::test]
@@ -323,7 +335,15 @@ async fn document_states_the_engines_rules_for_names_scopes_text_and_numbers() {
     let metadata = &doc["components"]["schemas"]["Metadata"];
     assert_eq!(metadata["propertyNames"]["pattern"], string_rule(&doc, "RevokeKey", "reason")["pattern"]);
     let grace = &doc["components"]["schemas"]["RotateKey"]["properties"]["grace_seconds"];
-    assert_eq!((grace["minimum"].as_u64(), grace["maximum"].as_u64()), (Some(0), Some(3_155_760_000)));
+    let max_grace = keysmith_core::PolicySpec::MAX_ROTATION_GRACE.as_secs();
+    assert_eq!((grace["minimum"].as_u64(), grace["maximum"].as_u64()), (Some(0), Some(max_grace)));
+    let policy_grace = &doc["components"]["schemas"]["PolicyInput"]["properties"]["rotation_grace"];
+    assert_eq!(policy_grace["maximum"].as_u64(), Some(max_grace));
+    // `POST /verify`'s `ip` is an address (or null), as the engine parses it.
+    let ip = &doc["components"]["schemas"]["VerifyRequest"]["properties"]["ip"];
+    let formats: Vec<&Value> = ip["anyOf"].as_array().unwrap().iter().map(|s| &s["format"]).collect();
+    assert_eq!(formats, [&json!("ipv4"), &json!("ipv6"), &Value::Null], "{ip}");
+    assert!(!doc["components"]["schemas"]["VerifyRequest"]["required"].as_array().unwrap().contains(&json!("ip")));
     let offset = doc["paths"]["/keys"]["get"]["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "offset");
     assert_eq!(offset.unwrap()["schema"]["maximum"], 9_007_199_254_740_991_u64);
 }
@@ -344,10 +364,15 @@ async fn whole_numbers_with_a_zero_fraction_are_accepted_as_documented() {
     assert_eq!((created["max_key_age"].as_u64(), created["rotation_grace"].as_u64()), (Some(86400), Some(0)));
 
     let (other, _) = h.create_key(json!({"name": "k2"})).await;
-    for grace in [json!(5.5), json!(-1), json!(3_155_760_001_u64), json!("5")] {
+    // A rotation grace goes up to 366 days, as the engine allows.
+    let longest = keysmith_core::PolicySpec::MAX_ROTATION_GRACE.as_secs();
+    for grace in [json!(5.5), json!(-1), json!(longest + 1), json!("5")] {
         let refused = h.post(&format!("/keys/{other}/rotate"), json!({"grace_seconds": grace})).await;
         refused.assert_error(422, "invalid_body");
     }
+    let rotated = h.post(&format!("/keys/{other}/rotate"), json!({"grace_seconds": longest})).await;
+    assert_eq!(rotated.ok(201)["rotation"]["grace_seconds"], longest);
+    h.post("/policies", json!({"name": "g", "rotation_grace": longest + 1})).await.assert_error(422, "invalid_body");
     for limit in [
         json!({"name": "a", "requests": 1.5, "window": 1}),
         json!({"name": "a", "requests": 4_294_967_296_u64, "window": 1}),

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use keysmith_core::Error;
 
 /// The operation was refused: not found, invalid transition, name taken,
-/// policy in use or invalid input.
+/// policy in use, an owner's key limit, credits that conflict with a policy
+/// limiting by owner, or invalid input.
 pub(crate) const EXIT_REFUSED: u8 = 1;
 /// The command line could not be understood.
 pub(crate) const EXIT_USAGE: u8 = 2;
@@ -44,6 +45,8 @@ impl CliError {
                 | Error::AlreadyExists { .. }
                 | Error::PolicyInUse { .. }
                 | Error::OwnerKeyLimit { .. }
+                | Error::OwnerLimitedCredits { .. }
+                | Error::KeysHoldCredits { .. }
                 | Error::InvalidInput { .. },
             ) => EXIT_REFUSED,
             // Store failures, and any failure added to keysmith later that is
@@ -106,6 +109,18 @@ mod tests {
         let down = CliError::Engine(Error::store(std::io::Error::other("connection refused")));
         assert_eq!(code(&down), ExitCode::from(EXIT_UNAVAILABLE));
         assert_eq!(code(&CliError::Connect(Error::store("x"))), ExitCode::from(EXIT_UNAVAILABLE));
+    }
+
+    #[test]
+    fn credits_that_conflict_with_a_policy_limiting_by_owner_are_refusals() {
+        let policy_id = keysmith_core::PolicyId::new();
+        let held = Error::KeysHoldCredits { policy_id, key_ids: vec![keysmith_core::KeyId::new()], count: 12 };
+        let given = Error::OwnerLimitedCredits { policy_id, owner_id: "cus_1".to_owned() };
+        for error in [held, given] {
+            let error = CliError::Engine(error);
+            assert_eq!(code(&error), ExitCode::from(EXIT_REFUSED), "{error}");
+            assert!(error.to_string().contains(&policy_id.to_string()), "{error}");
+        }
     }
 
     #[test]

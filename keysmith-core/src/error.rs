@@ -3,6 +3,7 @@
 //! A client presenting a bad key is not an error but a [`Refusal`](crate::Refusal).
 
 use crate::key::KeyState;
+use crate::{KeyId, PolicyId};
 
 /// A boxed error from a store backend or a plugin, kept as the source.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -53,6 +54,36 @@ pub enum Error {
         /// The policy's `max_active_keys_per_owner`.
         limit: u32,
     },
+    /// A key of an owner under a policy that limits by owner spends its
+    /// owner's credits, so it cannot be given credits of its own (they
+    /// would be a second balance beside the owner's): give the owner credits
+    /// instead. Nothing was changed.
+    #[error(
+        "policy {policy_id} limits by owner, so the keys of owner {owner_id:?} under it spend the owner's credits \
+         and cannot hold their own: set the owner's credits instead"
+    )]
+    OwnerLimitedCredits {
+        /// The key's policy.
+        policy_id: PolicyId,
+        /// The key's owner, whose credits the key spends.
+        owner_id: String,
+    },
+    /// A policy cannot start limiting by owner while keys of owners under
+    /// it hold credits of their own (under `limit_by: owner` an owner's
+    /// keys spend one balance, the owner's). Remove the keys' credits first,
+    /// and give their owners credits instead. Nothing was changed.
+    #[error("{}", keys_hold_credits(*policy_id, key_ids, *count))]
+    KeysHoldCredits {
+        /// The policy.
+        policy_id: PolicyId,
+        /// The first of those keys, oldest first: at most
+        /// [`Error::LISTED_KEYS`], one per lineage (credits belong to a
+        /// lineage, so removing them from one of its keys removes them from
+        /// all).
+        key_ids: Vec<KeyId>,
+        /// How many there are in all.
+        count: u64,
+    },
     /// The input is not acceptable; nothing was changed.
     #[error("invalid {field}: {reason}")]
     InvalidInput {
@@ -78,6 +109,10 @@ pub enum Error {
 }
 
 impl Error {
+    /// The most keys an error names ([`KeysHoldCredits`](Self::KeysHoldCredits)
+    /// gives the count of the others).
+    pub const LISTED_KEYS: usize = 10;
+
     /// Wraps a backend error.
     pub fn store(source: impl Into<BoxError>) -> Self {
         Self::Store { source: source.into() }
@@ -95,6 +130,21 @@ impl Error {
     pub(crate) fn not_found(entity: &'static str, id: impl ToString) -> Self {
         Self::NotFound { entity, id: id.to_string() }
     }
+}
+
+/// The message of [`Error::KeysHoldCredits`].
+fn keys_hold_credits(policy_id: PolicyId, key_ids: &[KeyId], count: u64) -> String {
+    let (noun, verb) = if count == 1 { ("key", "holds") } else { ("keys", "hold") };
+    let listed = key_ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let names = match count.saturating_sub(key_ids.len() as u64) {
+        _ if listed.is_empty() => String::new(),
+        0 => format!(" ({listed})"),
+        unlisted => format!(" ({listed} and {unlisted} more)"),
+    };
+    format!(
+        "policy {policy_id} cannot limit by owner while {count} {noun} of owners under it {verb} credits of their \
+         own{names}: remove their credits first, and give their owners credits instead"
+    )
 }
 
 /// `Result` with Keysmith's [`Error`].

@@ -7,13 +7,15 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keysmith_core::store::KeyFilter;
+use async_trait::async_trait;
+use keysmith_core::store::{KeyFilter, ProbedStore, StoreOp, StoreProbe};
 use keysmith_core::usage::UsageConfig;
 use keysmith_core::{
-    Clock, Credits, Engine, Error, LimitBy, ManualClock, MemoryStore, NewKey, Period, PolicyId, PolicySpec, Refusal,
-    RequestContext, RotationReason, Store, TenantEngine, UsageId, UsageRecord, Validation, ValidationError,
+    Clock, CreatedKey, Credits, Engine, Error, LimitBy, ManualClock, MemoryStore, NewKey, Period, PolicyId, PolicySpec,
+    Refusal, RequestContext, RotationReason, Store, TenantEngine, UsageId, UsageRecord, Validation, ValidationError,
 };
 use support::{engine, t0};
+use tokio::sync::Notify;
 
 fn refusal(result: Result<Validation, ValidationError>) -> Refusal {
     match result {
@@ -374,15 +376,179 @@ async fn a_key_that_spends_its_owners_credits_takes_none_of_its_own() {
     let shared = acme.create_policy(PolicySpec::new("shared").with_limit_by(LimitBy::Owner)).await.unwrap();
     let owned = NewKey::new("k").with_owner("cus_1").with_policy(shared.id);
     let refused = acme.create_key(owned.clone().with_credits(Credits::new(5))).await;
-    assert!(matches!(refused, Err(Error::InvalidInput { field: "credits", .. })), "{refused:?}");
+    assert!(
+        matches!(&refused, Err(Error::OwnerLimitedCredits { policy_id, owner_id }) if *policy_id == shared.id && owner_id == "cus_1"),
+        "{refused:?}"
+    );
+    assert!(acme.list_keys(&KeyFilter::default()).await.unwrap().is_empty(), "no key was created");
     let created = acme.create_key(owned).await.unwrap();
     let refused = acme.set_credits(created.key.id, Some(Credits::new(5))).await;
-    assert!(matches!(refused, Err(Error::InvalidInput { field: "credits", .. })), "{refused:?}");
+    assert!(matches!(refused, Err(Error::OwnerLimitedCredits { .. })), "{refused:?}");
+    let message = refused.unwrap_err().to_string();
+    assert!(message.contains(&shared.id.to_string()) && message.contains("\"cus_1\""), "{message}");
     assert_eq!(acme.get_key(created.key.id).await.unwrap().credits, None);
     acme.set_credits(created.key.id, None).await.expect("removing is always allowed");
     // A key without an owner keeps its own credits under the same policy.
     let ownerless = acme.create_key(NewKey::new("k").with_policy(shared.id).with_credits(Credits::new(1))).await;
     assert_eq!(credits_left(&engine, ownerless.unwrap().raw.expose()).await, Some(0));
+}
+
+/// A key of `acme` under `policy`, with an owner and credits when given.
+async fn metered_key(acme: &TenantEngine, policy: PolicyId, owner: Option<&str>, credits: Option<u64>) -> CreatedKey {
+    let mut new = NewKey::new("k").with_policy(policy);
+    if let Some(owner) = owner {
+        new = new.with_owner(owner);
+    }
+    if let Some(credits) = credits {
+        new = new.with_credits(Credits::new(credits));
+    }
+    acme.create_key(new).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_policy_cannot_start_limiting_by_owner_while_keys_of_owners_under_it_hold_credits() {
+    let (engine, _) = engine();
+    let acme = engine.tenant("app", "acme");
+    let metered = acme.create_policy(PolicySpec::new("metered")).await.unwrap();
+    let first = metered_key(&acme, metered.id, Some("cus_1"), Some(1)).await;
+    let second = metered_key(&acme, metered.id, Some("cus_2"), Some(5)).await;
+    // One lineage, two keys that validate (the old one within its grace).
+    let replaced = acme.rotate_key(first.key.id, RotationReason::Manual, None).await.unwrap();
+    // Not in the way: a key without an owner keeps its own credits under
+    // `limit_by: owner`, a key without credits has none to lose, and a
+    // revoked key never validates again.
+    metered_key(&acme, metered.id, None, Some(5)).await;
+    metered_key(&acme, metered.id, Some("cus_3"), None).await;
+    let revoked = metered_key(&acme, metered.id, Some("cus_4"), Some(5)).await;
+    acme.revoke_key(revoked.key.id, "gone").await.unwrap();
+
+    let by_owner = PolicySpec::new("metered").with_limit_by(LimitBy::Owner);
+    let refused = acme.update_policy(metered.id, by_owner.clone()).await;
+    match &refused {
+        Err(Error::KeysHoldCredits { policy_id, key_ids, count }) => {
+            assert_eq!(*policy_id, metered.id);
+            assert_eq!(key_ids, &[replaced.key.id, second.key.id], "one key per lineage, its newest");
+            assert_eq!(*count, 2);
+        }
+        other => panic!("expected KeysHoldCredits, got {other:?}"),
+    }
+    let message = refused.unwrap_err().to_string();
+    assert!(
+        message.contains(&format!(
+            "2 keys of owners under it hold credits of their own ({}, {})",
+            replaced.key.id, second.key.id
+        )),
+        "{message}"
+    );
+    assert_eq!(acme.get_policy(metered.id).await.unwrap().limit_by, LimitBy::Key, "nothing changed");
+    assert_eq!(credits_left(&engine, replaced.raw.expose()).await, Some(0), "its credit is still its own");
+    // Changes that leave `limit_by` alone are not held up.
+    acme.update_policy(metered.id, PolicySpec::new("metered").with_quota(Some(100), None)).await.unwrap();
+
+    // Once their credits are removed the policy limits by owner, and the
+    // keys spend their owners' credits.
+    acme.set_credits(replaced.key.id, None).await.unwrap();
+    acme.set_credits(second.key.id, None).await.unwrap();
+    assert_eq!(acme.update_policy(metered.id, by_owner).await.unwrap().limit_by, LimitBy::Owner);
+    acme.set_owner_credits("cus_1", Some(Credits::new(1))).await.unwrap();
+    assert_eq!(credits_left(&engine, replaced.raw.expose()).await, Some(0));
+    assert_eq!(credits_left(&engine, first.raw.expose()).await, None, "the old key of the lineage too");
+}
+
+#[tokio::test]
+async fn the_refusal_to_limit_by_owner_names_ten_keys_and_counts_them_all() {
+    let (engine, _) = engine();
+    let acme = engine.tenant("app", "acme");
+    let metered = acme.create_policy(PolicySpec::new("metered")).await.unwrap();
+    // More than one page of a listing.
+    let mut ids = Vec::new();
+    for i in 0..1_001 {
+        ids.push(metered_key(&acme, metered.id, Some(&format!("cus_{i}")), Some(1)).await.key.id);
+    }
+    let refused = acme.update_policy(metered.id, PolicySpec::new("metered").with_limit_by(LimitBy::Owner)).await;
+    match &refused {
+        Err(Error::KeysHoldCredits { key_ids, count, .. }) => {
+            assert_eq!(key_ids, &ids[..Error::LISTED_KEYS], "the oldest ten");
+            assert_eq!(*count, 1_001);
+        }
+        other => panic!("expected KeysHoldCredits, got {other:?}"),
+    }
+    let message = refused.unwrap_err().to_string();
+    assert!(message.contains(&format!("{} and 991 more)", ids[9])), "{message}");
+    assert!(!message.contains(&ids[10].to_string()), "{message}");
+}
+
+/// Pauses every `set_credits` store write (the engine's checks done) until
+/// released.
+#[derive(Debug, Default)]
+struct HeldCreditWrites {
+    reached: Notify,
+    release: Notify,
+}
+
+#[async_trait]
+impl StoreProbe for HeldCreditWrites {
+    async fn before(&self, op: StoreOp) -> keysmith_core::Result<()> {
+        if op == StoreOp::SetCredits {
+            self.reached.notify_one();
+            self.release.notified().await;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn credits_given_in_a_race_with_the_switch_to_owner_are_spent_never_passed_for_free() {
+    let probe = Arc::new(HeldCreditWrites::default());
+    let store = Arc::new(ProbedStore::new(Arc::new(MemoryStore::new()), Arc::clone(&probe)));
+    let engine = Engine::builder(store).with_clock(ManualClock::new(t0())).build().unwrap();
+    let acme = engine.tenant("app", "acme");
+    let policy = acme.create_policy(PolicySpec::new("p")).await.unwrap();
+    let created = acme.create_key(NewKey::new("k").with_owner("cus_1").with_policy(policy.id)).await.unwrap();
+    let (id, raw) = (created.key.id, created.raw.expose());
+
+    // Credits are given while the policy limits by key; before they are
+    // written, the policy switches to owner (no key holds credits yet).
+    let giving = tokio::spawn({
+        let acme = acme.clone();
+        async move { acme.set_credits(id, Some(Credits::new(1))).await }
+    });
+    probe.reached.notified().await;
+    acme.update_policy(policy.id, PolicySpec::new("p").with_limit_by(LimitBy::Owner)).await.unwrap();
+    probe.release.notify_one();
+    giving.await.unwrap().unwrap();
+    assert_eq!(acme.get_policy(policy.id).await.unwrap().limit_by, LimitBy::Owner);
+    assert_eq!(acme.owner_credits("cus_1").await.unwrap(), None);
+
+    // The key spends its one credit (given back by a refund to the key, not
+    // to the owner), then is refused: 1 request of 10 passes.
+    let passed = engine.validate(raw, &RequestContext::new()).await.unwrap();
+    assert_eq!(passed.credits.map(|c| c.remaining), Some(0));
+    assert!(engine.refund(&passed));
+    // The probed store gives it back on a task: let it run.
+    for _ in 0..100 {
+        if acme.get_key(id).await.unwrap().credits.map(|c| c.remaining) == Some(1) {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(acme.get_key(id).await.unwrap().credits.map(|c| c.remaining), Some(1), "given back to the key");
+    let mut passes = 0;
+    for _ in 0..10 {
+        passes += usize::from(credits_left(&engine, raw).await.is_some());
+    }
+    assert_eq!(passes, 1);
+    assert_eq!(acme.get_key(id).await.unwrap().credits.map(|c| c.remaining), Some(0));
+
+    // Its owner's credits do not free it: its own come first.
+    acme.set_owner_credits("cus_1", Some(Credits::new(5))).await.unwrap();
+    assert_eq!(credits_left(&engine, raw).await, None);
+    assert_eq!(acme.owner_credits("cus_1").await.unwrap().map(|c| c.remaining), Some(5));
+    // They cannot be topped up, only removed; then it spends its owner's.
+    assert!(matches!(acme.add_credits(id, 5).await, Err(Error::OwnerLimitedCredits { .. })));
+    probe.release.notify_one();
+    acme.set_credits(id, None).await.unwrap();
+    assert_eq!(credits_left(&engine, raw).await, Some(4));
 }
 
 #[tokio::test]

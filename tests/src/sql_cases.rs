@@ -245,24 +245,56 @@ pub fn migrations_before_owner_credits(all: &sqlx::migrate::Migrator) -> sqlx::m
     migrations_before(all, OWNER_CREDITS_MIGRATION)
 }
 
-/// A key of owner `cus_1` with 3 credits of its own, as a database made
-/// before owner credits held it; `uuid` writes an id literal and `now` the
-/// current time in the backend's SQL.
+/// A key a database made before owner credits holds: owner `cus_1`, 3
+/// credits of its own, under a policy that limits by owner (whose rate
+/// limits and quota were the owner's, and credits still the key's).
+#[derive(Debug)]
+pub struct KeyBeforeOwnerCredits {
+    /// The key's id.
+    pub id: KeyId,
+    /// Its policy's id.
+    pub policy_id: PolicyId,
+    /// Its secret, made by an engine of its own.
+    pub raw: keysmith_core::RawKey,
+}
+
+impl KeyBeforeOwnerCredits {
+    /// A fresh id, policy id and secret.
+    ///
+    /// # Panics
+    /// If a memory engine cannot make a key.
+    pub async fn new() -> Self {
+        let engine = keysmith_core::Engine::builder(Arc::new(keysmith_core::MemoryStore::new())).build().unwrap();
+        let made = engine.tenant("app", "acme").create_key(keysmith_core::NewKey::new("old")).await.unwrap();
+        Self { id: KeyId::new(), policy_id: PolicyId::new(), raw: made.raw }
+    }
+}
+
+/// The rows of `old` in `tenant`; `uuid` writes an id literal, `list` an
+/// empty list and `now` the current time in the backend's SQL.
 #[must_use]
 pub fn rows_before_owner_credits(
     tenant: &Tenant,
-    key: KeyId,
+    old: &KeyBeforeOwnerCredits,
     uuid: fn(uuid::Uuid) -> String,
+    list: &str,
     now: &str,
 ) -> Vec<String> {
+    use keysmith_core::Hasher as _;
+
     let (app, tenant) = (&tenant.app_id, &tenant.tenant_id);
-    let id = uuid(key.uuid());
+    let (id, policy_id) = (uuid(old.id.uuid()), uuid(old.policy_id.uuid()));
+    let hash = keysmith_core::Sha256Hasher.hash(old.raw.expose()).to_hex();
     vec![
         format!(
+            "INSERT INTO keysmith_policies (id, app_id, tenant_id, name, rate_limits, limit_by, allowed_ips, \
+             allowed_origins, allowed_scopes, metadata, created_at, updated_at) VALUES ({policy_id}, '{app}', \
+             '{tenant}', 'legacy', '[]', 'owner', {list}, {list}, {list}, '{{}}', {now}, {now})"
+        ),
+        format!(
             "INSERT INTO keysmith_keys (id, app_id, tenant_id, hash, name, hint, prefix, environment, state, \
-             created_at, updated_at, metadata, lineage_id, owner_id) VALUES ({id}, '{app}', '{tenant}', '{:064x}', \
-             'old', 'sk_live_…', 'sk', 'live', 'active', {now}, {now}, '{{}}', {id}, 'cus_1')",
-            9
+             created_at, updated_at, metadata, lineage_id, owner_id, policy_id) VALUES ({id}, '{app}', '{tenant}', \
+             '{hash}', 'old', 'sk_live_…', 'sk', 'live', 'active', {now}, {now}, '{{}}', {id}, 'cus_1', {policy_id})"
         ),
         format!(
             "INSERT INTO keysmith_credits (lineage_id, app_id, tenant_id, remaining) VALUES ({id}, '{app}', '{tenant}', 3)"
@@ -272,14 +304,24 @@ pub fn rows_before_owner_credits(
 
 /// After the owner-credits migration, the old key keeps its owner and its
 /// own credits, its owner takes credits, and a key of that owner under a
-/// policy that limits by owner spends them until they are exhausted.
-pub async fn owners_take_credits_after_the_migration(store: Arc<dyn Store>, tenant: &Tenant, key: KeyId) {
+/// policy that limits by owner spends them until they are exhausted. The
+/// old key, under its policy that limits by owner, spends its own credits
+/// (never passes for free, never takes its owner's).
+///
+/// # Panics
+/// When the store or the engine does not behave so.
+pub async fn owners_take_credits_after_the_migration(
+    store: Arc<dyn Store>,
+    tenant: &Tenant,
+    old: &KeyBeforeOwnerCredits,
+) {
     use keysmith_core::{
         CreditSpend, Credits, Engine, LimitBy, NewKey, PolicySpec, Refusal, RequestContext, ValidationError,
     };
 
-    let old = store.get_key(tenant, key).await.unwrap().expect("the old key survives the migration");
-    assert_eq!((old.key.owner_id.as_deref(), old.key.credits), (Some("cus_1"), Some(Credits::new(3))));
+    let key = old.id;
+    let stored = store.get_key(tenant, key).await.unwrap().expect("the old key survives the migration");
+    assert_eq!((stored.key.owner_id.as_deref(), stored.key.credits), (Some("cus_1"), Some(Credits::new(3))));
     assert_eq!(store.owner_credits(tenant, "cus_1").await.unwrap(), None);
     store.set_owner_credits(tenant, "cus_1", Some(&Credits::new(2))).await.unwrap();
     let spent = store.spend_owner_credits(tenant, "cus_1", 1, t0()).await.unwrap();
@@ -297,6 +339,28 @@ pub async fn owners_take_credits_after_the_migration(store: Arc<dyn Store>, tena
         other => panic!("expected credits_exhausted, got {other:?}"),
     }
     assert_eq!(store.get_key(tenant, key).await.unwrap().unwrap().key.credits, Some(Credits::new(3)));
+
+    // The old key spends its own credits though its owner's are exhausted,
+    // and is refused once they are gone.
+    let legacy = acme.get_policy(old.policy_id).await.unwrap();
+    assert_eq!((legacy.limit_by, stored.key.policy_id), (LimitBy::Owner, Some(old.policy_id)));
+    for left in [2, 1, 0] {
+        let passed = engine.validate(old.raw.expose(), &ctx).await.unwrap();
+        assert_eq!(passed.credits.map(|c| c.remaining), Some(left), "its own credits");
+    }
+    match engine.validate(old.raw.expose(), &ctx).await {
+        Err(ValidationError::Refused(Refusal::CreditsExhausted { .. })) => {}
+        other => panic!("expected credits_exhausted, got {other:?}"),
+    }
+    assert_eq!(store.owner_credits(tenant, "cus_1").await.unwrap().map(|c| c.remaining), Some(0));
+    // Its policy may limit by key, but not again by owner while it holds
+    // credits of its own.
+    acme.update_policy(old.policy_id, PolicySpec::new("legacy")).await.unwrap();
+    let refused = acme.update_policy(old.policy_id, PolicySpec::new("legacy").with_limit_by(LimitBy::Owner)).await;
+    assert!(
+        matches!(&refused, Err(Error::KeysHoldCredits { key_ids, count: 1, .. }) if key_ids == &[key]),
+        "{refused:?}"
+    );
     engine.shutdown().await;
     store.close().await;
 }

@@ -155,18 +155,17 @@ mod postgres_only {
 
     #[tokio::test]
     async fn the_owner_credits_migration_upgrades_an_existing_database() {
-        use keysmith_core::KeyId;
         let Some(db) = PgTestDb::create().await else { return };
         let pool = db.pool().await;
         sql_cases::migrations_before_owner_credits(&keysmith_sqlx::postgres::MIGRATOR).run(&pool).await.unwrap();
-        let (tenant, key) = (Tenant::new("app", "acme"), KeyId::new());
+        let (tenant, old) = (Tenant::new("app", "acme"), sql_cases::KeyBeforeOwnerCredits::new().await);
         let literal = |id: uuid::Uuid| format!("'{id}'");
-        for statement in sql_cases::rows_before_owner_credits(&tenant, key, literal, "now()") {
+        for statement in sql_cases::rows_before_owner_credits(&tenant, &old, literal, "'{}'", "now()") {
             sqlx::query(&statement).execute(&pool).await.unwrap();
         }
         let store = PgStore::new(pool);
         store.migrate().await.unwrap();
-        sql_cases::owners_take_credits_after_the_migration(Arc::new(store), &tenant, key).await;
+        sql_cases::owners_take_credits_after_the_migration(Arc::new(store), &tenant, &old).await;
     }
 
     #[tokio::test]

@@ -89,19 +89,19 @@ async fn the_owners_and_credits_migrations_upgrade_an_existing_database() {
 
 #[tokio::test]
 async fn the_owner_credits_migration_upgrades_an_existing_database() {
-    use keysmith_core::{KeyId, Tenant};
+    use keysmith_core::Tenant;
     use keysmith_tests::sql_cases;
     let dir = TempDir::new("sqlite-owner-credits");
     let url = format!("sqlite://{}", dir.path().join("old.db").display());
     let store = SqliteStore::connect(&url).await.unwrap();
     sql_cases::migrations_before_owner_credits(&keysmith_sqlx::sqlite::MIGRATOR).run(store.pool()).await.unwrap();
-    let (tenant, key) = (Tenant::new("app", "acme"), KeyId::new());
+    let (tenant, old) = (Tenant::new("app", "acme"), sql_cases::KeyBeforeOwnerCredits::new().await);
     let blob = |id: uuid::Uuid| format!("X'{}'", id.simple());
-    for statement in sql_cases::rows_before_owner_credits(&tenant, key, blob, "0") {
+    for statement in sql_cases::rows_before_owner_credits(&tenant, &old, blob, "'[]'", "0") {
         sqlx::query(&statement).execute(store.pool()).await.unwrap();
     }
     store.migrate().await.unwrap();
-    sql_cases::owners_take_credits_after_the_migration(Arc::new(store), &tenant, key).await;
+    sql_cases::owners_take_credits_after_the_migration(Arc::new(store), &tenant, &old).await;
 }
 
 #[tokio::test]

@@ -88,6 +88,10 @@ fn print_admin_instructions(base: &str) {
          -d '{{\"name\":\"ci\",\"scopes\":[\"read:users\"]}}' {base}/keysmith/v1/keys    # raw_key is shown once"
     );
     println!("  curl -H \"Authorization: Bearer $KEYSMITH_DEMO_ADMIN_KEY\" {base}/keysmith/v1/openapi.json");
+    println!(
+        "  curl -X POST -H \"Authorization: Bearer $KEYSMITH_DEMO_ADMIN_KEY\" -H 'content-type: application/json' \
+         -d \"{{\\\"key\\\":\\\"$KEYSMITH_DEMO_READ_KEY\\\"}}\" {base}/keysmith/v1/verify    # it may verify keys too"
+    );
     println!();
     println!("The dashboard is at {base}/keysmith/ui/: sign in with the admin key.");
 }
@@ -157,6 +161,25 @@ mod tests {
         assert_eq!(status(&app, "POST", "/keysmith/v1/keys", Some(&keys.admin)).await, 201);
         assert_eq!(status(&app, "GET", "/keysmith/v1/keys", Some(&keys.read)).await, 403);
         assert_eq!(status(&app, "GET", "/keysmith/v1/keys", None).await, 401);
+    }
+
+    #[tokio::test]
+    async fn admin_key_may_verify_keys_and_the_read_key_may_not() {
+        let (app, keys) = demo().await;
+        let verify = |key: &RawKey| {
+            let body = serde_json::json!({ "key": keys.read.expose() }).to_string();
+            Request::post("/keysmith/v1/verify")
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {}", key.expose()))
+                .body(Body::from(body))
+                .unwrap()
+        };
+        let response = app.clone().oneshot(verify(&keys.admin)).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let verdict: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!((verdict["valid"].as_bool(), verdict["code"].as_str()), (Some(true), Some("valid")));
+        assert_eq!(app.clone().oneshot(verify(&keys.read)).await.unwrap().status(), 403);
     }
 
     #[tokio::test]

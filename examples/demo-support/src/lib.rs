@@ -164,7 +164,8 @@ pub async fn open_engine(database_url: &str) -> Result<Engine, BoxError> {
 pub struct DemoKeys {
     /// Scope `read:users`.
     pub read: RawKey,
-    /// Scopes `read:users write:users keysmith:admin`.
+    /// Scopes `read:users write:users keysmith:admin keysmith:verify`: it
+    /// may call every route of the admin API, `POST /verify` included.
     pub admin: RawKey,
     /// Scope `read:users`, 3 requests per 10 seconds.
     pub limited: RawKey,
@@ -192,7 +193,8 @@ pub async fn create_demo_keys(engine: &Engine) -> keysmith_core::Result<DemoKeys
     let shared = keep_policy(&demo, shared).await?;
     let read = demo.create_key(NewKey::new("demo reader").with_scopes(["read:users"])).await?;
     let admin =
-        demo.create_key(NewKey::new("demo admin").with_scopes(["read:users", "write:users", "keysmith:admin"])).await?;
+        NewKey::new("demo admin").with_scopes(["read:users", "write:users", "keysmith:admin", "keysmith:verify"]);
+    let admin = demo.create_key(admin).await?;
     let limited =
         demo.create_key(NewKey::new("demo limited").with_scopes(["read:users"]).with_policy(policy.id)).await?;
     let metered =

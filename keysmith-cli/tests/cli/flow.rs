@@ -88,7 +88,19 @@ async fn owner_credits(ks: &Keysmith, engine: &Engine) {
     validate(engine, &second).await.expect("topped up");
     assert_eq!(ks.json(&["owners", "credits", "cus_9"])["credits"]["remaining"], 1);
     let own = ks.run(&["keys", "credits", &first_id, "--set", "3"]).fails(1);
-    assert!(own.contains("owner"), "{own}");
+    assert!(own.contains("set the owner's credits instead"), "{own}");
+    // A policy does not start limiting by owner while an owner's key holds
+    // credits of its own: the message names the key.
+    let metered = ks.json(&["policies", "create", "--name", "metered-owners"]);
+    let metered_id = str_of(&metered, "id").to_owned();
+    let holder =
+        ks.json(&["keys", "create", "--name", "h", "--owner", "cus_9", "--policy", &metered_id, "--credits", "1"]);
+    let holder_id = str_of(&holder["key"], "id").to_owned();
+    let switch = ["policies", "update", &metered_id, "--name", "metered-owners", "--limit-by", "owner"];
+    let held = ks.run(&switch).fails(1);
+    assert!(held.contains(&holder_id) && held.contains("cannot limit by owner"), "{held}");
+    ks.json(&["keys", "credits", &holder_id, "--remove"]);
+    assert_eq!(ks.json(&switch)["limit_by"], "owner");
     let removed = ks.json(&["owners", "credits", "cus_9", "--remove"]);
     assert_eq!(removed["credits"], Value::Null);
     assert!(validate(engine, &first).await.unwrap().credits.is_none(), "no credits, no credits limit");

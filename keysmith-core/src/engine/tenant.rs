@@ -148,7 +148,9 @@ impl TenantEngine {
     /// `InvalidInput` for an empty name, a control character in the name,
     /// the owner id or the metadata, an owner id over 255 characters, a bad prefix or scope, or an expiry in the past;
     /// `NotFound` for a policy that is not the tenant's; `InvalidInput` for
-    /// a scope outside the policy's `allowed_scopes`.
+    /// a scope outside the policy's `allowed_scopes`;
+    /// [`OwnerLimitedCredits`](Error::OwnerLimitedCredits) for credits given
+    /// to a key of an owner under a policy that limits by owner.
     pub async fn create_key(&self, new: NewKey) -> Result<CreatedKey> {
         let inner = &self.engine.inner;
         let name = validate_name(&new.name)?;
@@ -223,10 +225,10 @@ impl TenantEngine {
     /// arrives, else within their cache's positive TTL.
     ///
     /// # Errors
-    /// `InvalidInput` for values over [`Credits::MAX`] or a zero refill, or
-    /// for a key whose policy limits by owner and that has an owner (it
-    /// spends its owner's credits: [`set_owner_credits`](Self::set_owner_credits));
-    /// `NotFound`.
+    /// `InvalidInput` for values over [`Credits::MAX`] or a zero refill;
+    /// [`OwnerLimitedCredits`](Error::OwnerLimitedCredits) for a key whose
+    /// policy limits by owner and that has an owner (it spends its owner's
+    /// credits: [`set_owner_credits`](Self::set_owner_credits)); `NotFound`.
     pub async fn set_credits(&self, id: KeyId, credits: Option<Credits>) -> Result<Key> {
         let now = self.engine.inner.clock.now();
         let credits = credits.map(|credits| credits.checked(now)).transpose()?;
@@ -245,31 +247,31 @@ impl TenantEngine {
     ///
     /// # Errors
     /// `InvalidInput` if the key has no credits, for a zero amount or a sum
-    /// over [`Credits::MAX`]; `NotFound`.
+    /// over [`Credits::MAX`]; [`OwnerLimitedCredits`](Error::OwnerLimitedCredits)
+    /// for a key whose policy limits by owner and that has an owner (one
+    /// that still holds credits of its own from before its policy did);
+    /// `NotFound`.
     pub async fn add_credits(&self, id: KeyId, amount: u64) -> Result<Key> {
         if amount == 0 || amount > Credits::MAX {
             return Err(Error::invalid("amount", format!("must be 1 to {}", Credits::MAX)));
         }
+        let stored = self.stored_key(id).await?;
+        self.check_lineage_credits(stored.key.owner_id.as_deref(), stored.key.policy_id).await?;
         let now = self.engine.inner.clock.now();
         let key = self.engine.inner.store.add_credits(&self.tenant, id, amount, now).await?;
         self.engine.publish(|| Change::lineage(&key)).await;
         Ok(self.current(key))
     }
 
-    /// Refuses credits for a lineage that would never spend them: a key of
-    /// an owner under a policy with `limit_by: owner` spends its owner's.
+    /// Refuses credits of its own to a key of an owner under a policy with
+    /// `limit_by: owner`: such a key spends its owner's.
     async fn check_lineage_credits(&self, owner_id: Option<&str>, policy_id: Option<PolicyId>) -> Result<()> {
         let (Some(owner_id), Some(policy_id)) = (owner_id, policy_id) else {
             return Ok(());
         };
         let policy = self.engine.inner.store.get_policy(&self.tenant, policy_id).await?;
         if policy.is_some_and(|policy| policy.limit_by == LimitBy::Owner) {
-            return Err(Error::invalid(
-                "credits",
-                format!(
-                    "the key's policy limits by owner, so the key spends the credits of owner {owner_id:?}: set those instead"
-                ),
-            ));
+            return Err(Error::OwnerLimitedCredits { policy_id, owner_id: owner_id.to_owned() });
         }
         Ok(())
     }

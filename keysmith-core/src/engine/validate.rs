@@ -315,7 +315,10 @@ impl Engine {
     }
 
     /// Validates a presented key: shape and checksum, lookup, state, expiry,
-    /// then the policy's checks (IP, origin, scopes, rate limit, quota), in that order.
+    /// then the policy's checks (IP, origin, scopes, rate limit, quota), in that order,
+    /// and last the credits: the key's own when it has some (whatever its
+    /// policy's `limit_by`: a key with credits never passes for free), else
+    /// its owner's under `limit_by: owner`.
     ///
     /// # Errors
     /// [`ValidationError::Refused`] when the key does not pass,
@@ -515,9 +518,9 @@ impl Engine {
         Ok(validation)
     }
 
-    /// Spends the request's cost from the credits of the key's lineage, or
-    /// of its owner under `limit_by: owner`; a refusal gives back the
-    /// rate-limit request and the quota request it had spent.
+    /// Spends the request's cost from the credits of the key's lineage, or,
+    /// when it has none, of its owner under `limit_by: owner`; a refusal
+    /// gives back the rate-limit request and the quota request it had spent.
     async fn spend_credits(
         &self,
         mut validation: Validation,
@@ -685,13 +688,21 @@ fn limit_subject<'a>(key: &'a Key, policy: &Policy) -> Subject<'a> {
     }
 }
 
-/// Whose credits a request with `key` spends, if any can: its owner's when
-/// its policy's limits are the owner's (whether the owner has credits is the
-/// store's to say), else its lineage's when the lineage has credits.
+/// Whose credits a request with `key` spends, if any can: its lineage's
+/// when the lineage has credits, else its owner's when its policy's limits
+/// are the owner's (whether the owner has credits is the store's to say).
+///
+/// A key of an owner under `limit_by: owner` is refused credits of its own,
+/// but one can still hold some: given in a race with the policy's switch to
+/// owner, or from before that rule. It spends them, and is refused when they
+/// run out, rather than pass for free on an owner without credits.
 fn credits_subject<'a>(key: &'a Key, policy: Option<&Policy>) -> Option<Subject<'a>> {
+    if key.credits.is_some() {
+        return Some(Subject::Key(key.lineage_id));
+    }
     match policy.map(|policy| limit_subject(key, policy)) {
         Some(owner @ Subject::Owner { .. }) => Some(owner),
-        _ => key.credits.is_some().then_some(Subject::Key(key.lineage_id)),
+        _ => None,
     }
 }
 

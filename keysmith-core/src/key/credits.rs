@@ -15,7 +15,10 @@ use crate::{Error, Period, Result};
 /// An owner can have credits too
 /// ([`TenantEngine::set_owner_credits`](crate::TenantEngine::set_owner_credits)):
 /// under a policy with [`LimitBy::Owner`](crate::LimitBy::Owner), every key
-/// of the owner spends those instead.
+/// of the owner spends those instead. Such a key is refused credits of its
+/// own ([`Error::OwnerLimitedCredits`](crate::Error::OwnerLimitedCredits)); one
+/// that holds some anyway spends them first, so a key with credits never
+/// passes for free.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Credits {
     /// Uses left.
