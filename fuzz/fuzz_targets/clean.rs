@@ -1,4 +1,7 @@
-//! Shared by the targets: "no control character anywhere in this text".
+//! Shared by the targets: "no control character anywhere in this text", and
+//! what an identity is, written apart from the engine's own check.
+// Each target uses some of these.
+#![allow(dead_code)]
 
 use serde_json::Value;
 
@@ -15,4 +18,10 @@ pub fn clean_json(value: &Value) -> bool {
         Value::Object(map) => map.iter().all(|(k, v)| clean(k) && clean_json(v)),
         Value::Null | Value::Bool(_) | Value::Number(_) => true,
     }
+}
+
+/// True if `id` is an identity (an app, tenant or owner id): 1 to 128
+/// bytes, nothing trimmed away at either end, no control character.
+pub fn is_identity(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.trim() == id && clean(id)
 }

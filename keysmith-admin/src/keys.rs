@@ -109,7 +109,8 @@ pub(crate) struct CreateKey {
     #[schema(pattern = "^kpol_[0-7][0-9a-hjkmnp-tv-z]{25}$")]
     policy_id: Option<String>,
     /// The application's id for the user or customer the key is for: 1 to
-    /// 255 characters, no control character, no surrounding whitespace.
+    /// 128 bytes, no control character, no surrounding whitespace; compared
+    /// exactly.
     /// When the policy caps `max_active_keys_per_owner`, one key too many
     /// is refused (409 `owner_key_limit`).
     #[schema(example = "cus_42")]
@@ -269,8 +270,8 @@ pub(crate) struct KeyListQuery {
     /// Only keys under this policy.
     #[param(pattern = "^kpol_[0-7][0-9a-hjkmnp-tv-z]{25}$")]
     policy_id: Option<String>,
-    /// Only keys of this owner (matched exactly).
-    #[param(min_length = 1, max_length = 255)]
+    /// Only keys of this owner (matched exactly; 1 to 128 bytes).
+    #[param(min_length = 1)]
     owner_id: Option<String>,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]

@@ -118,7 +118,7 @@ const WITH_BODY: [&str; 3] = ["PayloadTooLarge", "UnsupportedMediaType", "Unproc
 pub(crate) fn finish(doc: &mut OpenApi, sources: &KeySources) {
     let components = doc.components.get_or_insert_with(Default::default);
     crate::schema::apply(components);
-    crate::schema::apply_query(&mut doc.paths);
+    crate::schema::apply_parameters(&mut doc.paths);
     for shared in &SHARED_RESPONSES {
         components
             .responses

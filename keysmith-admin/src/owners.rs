@@ -31,7 +31,7 @@ impl OwnerCredits {
 /// The owner's credits, as they stand now (after any refill due).
 #[utoipa::path(
     get, path = "/owners/{owner_id}/credits", tag = "owners", operation_id = "get_owner_credits",
-    params(("owner_id" = String, Path, description = "The owner's id, as on its keys", min_length = 1, max_length = 255)),
+    params(("owner_id" = String, Path, description = "The owner's id, as on its keys: 1 to 128 bytes, compared exactly", min_length = 1)),
     responses(
         (status = 200, description = "The owner's credits (`null`: none)", body = OwnerCredits),
         (status = 400, description = "The owner id is empty, too long or has control characters or edge spaces", body = ErrorBody),
@@ -50,7 +50,7 @@ pub(crate) async fn get_owner_credits(
 /// the current period. The owner need not have a key yet.
 #[utoipa::path(
     put, path = "/owners/{owner_id}/credits", tag = "owners", operation_id = "set_owner_credits",
-    params(("owner_id" = String, Path, description = "The owner's id, as on its keys", min_length = 1, max_length = 255)),
+    params(("owner_id" = String, Path, description = "The owner's id, as on its keys: 1 to 128 bytes, compared exactly", min_length = 1)),
     request_body = CreditsInput,
     responses(
         (status = 200, description = "The owner's credits", body = OwnerCredits),
@@ -69,7 +69,7 @@ pub(crate) async fn set_owner_credits(
 /// Removes the owner's credits: its keys are no longer limited by credits.
 #[utoipa::path(
     delete, path = "/owners/{owner_id}/credits", tag = "owners", operation_id = "remove_owner_credits",
-    params(("owner_id" = String, Path, description = "The owner's id, as on its keys", min_length = 1, max_length = 255)),
+    params(("owner_id" = String, Path, description = "The owner's id, as on its keys: 1 to 128 bytes, compared exactly", min_length = 1)),
     responses(
         (status = 200, description = "The owner, without credits", body = OwnerCredits),
         (status = 400, description = "The owner id is not one a key could have", body = ErrorBody),
@@ -86,7 +86,7 @@ pub(crate) async fn remove_owner_credits(
 /// Tops the owner's credits up (after the refill due now, if one is).
 #[utoipa::path(
     post, path = "/owners/{owner_id}/credits/add", tag = "owners", operation_id = "add_owner_credits",
-    params(("owner_id" = String, Path, description = "The owner's id, as on its keys", min_length = 1, max_length = 255)),
+    params(("owner_id" = String, Path, description = "The owner's id, as on its keys: 1 to 128 bytes, compared exactly", min_length = 1)),
     request_body = AddCredits,
     responses(
         (status = 200, description = "The owner's credits", body = OwnerCredits),

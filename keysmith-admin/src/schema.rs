@@ -90,7 +90,7 @@ const RULES: [Rule; 10] = [
         items: false,
         pattern: OWNER_ID_PATTERN,
         min_length: Some(1),
-        max_length: keysmith_core::MAX_OWNER_ID_LEN,
+        max_length: keysmith_core::MAX_ID_LEN,
     },
     scopes("CreateKey", "scopes"),
     rule("CreateKey", "prefix", PREFIX_PATTERN, 16),
@@ -137,23 +137,30 @@ pub(crate) fn apply(components: &mut utoipa::openapi::Components) {
     }
 }
 
-/// Gives the `owner_id` filter of `GET /keys` the owner id pattern, as
-/// [`RULES`] give it to request bodies.
+/// Gives every `owner_id` parameter (the filter of `GET /keys`, the
+/// `/owners/{owner_id}` paths) the owner id pattern and an identity's length,
+/// as [`RULES`] give them to request bodies.
 ///
 /// # Panics
-/// If `GET /keys` has no `owner_id` string parameter (a test builds the
-/// document, so a rename is caught there).
-pub(crate) fn apply_query(paths: &mut utoipa::openapi::Paths) {
-    let parameter = paths
-        .paths
-        .get_mut("/keys")
-        .and_then(|item| item.get.as_mut())
-        .and_then(|get| get.parameters.as_mut())
-        .and_then(|parameters| parameters.iter_mut().find(|p| p.name == "owner_id"));
-    let Some(RefOr::T(Schema::Object(string))) = parameter.and_then(|p| p.schema.as_mut()) else {
-        panic!("GET /keys has no owner_id string parameter");
-    };
-    string.pattern = Some(OWNER_ID_PATTERN.to_owned());
+/// If `GET /keys` has no `owner_id` string parameter, or one is not a
+/// string (a test builds the document, so a rename is caught there).
+pub(crate) fn apply_parameters(paths: &mut utoipa::openapi::Paths) {
+    let mut filter = false;
+    for (path, item) in &mut paths.paths {
+        let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete];
+        for operation in operations.into_iter().flatten() {
+            let parameters = operation.parameters.iter_mut().flatten();
+            for parameter in parameters.filter(|p| p.name == "owner_id") {
+                let Some(RefOr::T(Schema::Object(string))) = parameter.schema.as_mut() else {
+                    panic!("the owner_id parameter of {path} is not a string");
+                };
+                string.pattern = Some(OWNER_ID_PATTERN.to_owned());
+                string.max_length = Some(keysmith_core::MAX_ID_LEN);
+                filter |= path == "/keys";
+            }
+        }
+    }
+    assert!(filter, "GET /keys has no owner_id string parameter");
 }
 
 /// `#[schema(schema_with = …)]` for an optional client address: `null`, or

@@ -931,6 +931,42 @@ async fn owner_credits_routes_act_on_the_callers_tenant_only() {
 }
 
 #[tokio::test]
+async fn an_owner_id_with_edge_whitespace_or_over_128_bytes_is_400_before_any_store_call() {
+    let h = harness().await;
+    h.put("/owners/cus_1/credits", json!({"remaining": 5})).await.ok(200);
+    h.create_key(json!({"name": "k", "owner_id": "cus_1"})).await;
+    // With every management call of the store failing, a 400 (not a 503)
+    // shows the engine refused the id before calling the store.
+    h.store.fail(true);
+    // 65 × "é" (two bytes each) is 130 bytes.
+    let too_long = "%C3%A9".repeat(65);
+    for bad in ["cus_1%20", "%20cus_1", "cus_1%09", "cus_1%C2%A0", too_long.as_str()] {
+        let credits = format!("/owners/{bad}/credits");
+        let replies = [
+            h.get(&credits).await,
+            h.put(&credits, json!({"remaining": 1})).await,
+            h.delete(&credits).await,
+            h.post(&format!("{credits}/add"), json!({"amount": 1})).await,
+            h.get(&format!("/keys?owner_id={bad}")).await,
+        ];
+        for reply in replies {
+            reply.assert_error(400, "invalid_input");
+            assert!(reply.text.contains("owner_id"), "{}", reply.text);
+        }
+    }
+    h.post("/keys", json!({"name": "k", "owner_id": "cus_1 "})).await.assert_error(400, "invalid_input");
+    h.store.fail(false);
+    // `cus_1` kept its credits and its one key; `cus_1 ` never existed.
+    assert_eq!(h.get("/owners/cus_1/credits").await.ok(200)["credits"]["remaining"], 5);
+    assert_eq!(h.get("/keys?owner_id=cus_1").await.ok(200)["items"].as_array().unwrap().len(), 1);
+    // 128 bytes is an owner id; 129 is not.
+    let longest = "x".repeat(128);
+    h.put(&format!("/owners/{longest}/credits"), json!({"remaining": 1})).await.ok(200);
+    let over = "x".repeat(129);
+    h.put(&format!("/owners/{over}/credits"), json!({"remaining": 1})).await.assert_error(400, "invalid_input");
+}
+
+#[tokio::test]
 async fn another_tenants_key_gets_the_credits_routes_answer_of_a_key_that_does_not_exist() {
     let h = harness().await;
     let theirs = h.engine.tenant(APP, "globex");

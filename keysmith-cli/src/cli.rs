@@ -49,10 +49,12 @@ pub(crate) struct GlobalArgs {
     /// `postgres://user@host:5432/db` or `mysql://user@host:3306/db`.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true, value_name = "URL")]
     pub(crate) database_url: Option<String>,
-    /// Application id of the tenant to act for (required by keys, policies, scopes and usage).
+    /// Application id of the tenant to act for (required by keys, policies, scopes and usage); ids are
+    /// compared exactly: 1 to 128 bytes, no whitespace at either end.
     #[arg(long, env = "KEYSMITH_APP", global = true, value_name = "APP_ID")]
     pub(crate) app: Option<String>,
-    /// Tenant id within the application (required by keys, policies, scopes and usage).
+    /// Tenant id within the application (required by keys, policies, scopes and usage); 1 to 128 bytes,
+    /// no whitespace at either end.
     #[arg(long, env = "KEYSMITH_TENANT", global = true, value_name = "TENANT_ID")]
     pub(crate) tenant: Option<String>,
     /// Print one JSON document on stdout instead of tables.

@@ -1,6 +1,7 @@
 //! Checks on the text callers write into entities (names, descriptions,
-//! reasons, metadata), made by the engine before anything reaches a store,
-//! so every store, the admin API and the CLI refuse the same input.
+//! reasons, metadata) and on the identities they act for (app, tenant and
+//! owner ids), made by the engine before anything reaches a store, so every
+//! store, the admin API and the CLI refuse the same input.
 //!
 //! Control characters (NUL, the other C0 codes, DEL and the C1 codes) are
 //! refused everywhere: PostgreSQL cannot store NUL at all, and the others
@@ -9,8 +10,10 @@
 
 use serde_json::Value;
 
-use crate::key::MAX_OWNER_ID_LEN;
 use crate::{Error, Result};
+
+/// The longest app id, tenant id or owner id, in bytes (of UTF-8).
+pub const MAX_ID_LEN: usize = 128;
 
 /// A name as stored: `name` trimmed. Refuses a name of more than `max`
 /// characters (counted before trimming), one that is only whitespace, and
@@ -24,16 +27,31 @@ pub(crate) fn check_name(name: &str, max: usize) -> Result<&str> {
     Ok(trimmed)
 }
 
-/// Refuses an owner id that is empty, longer than [`MAX_OWNER_ID_LEN`]
-/// characters, begins or ends with whitespace or holds a control character.
-/// Owner ids are compared exactly, so they are stored as given.
-pub(crate) fn check_owner_id(owner_id: &str) -> Result<()> {
-    check_text("owner_id", owner_id)?;
-    if owner_id.is_empty() || owner_id.chars().count() > MAX_OWNER_ID_LEN {
-        return Err(Error::invalid("owner_id", format!("must be 1 to {MAX_OWNER_ID_LEN} characters")));
+/// Checks an identity: an app id, a tenant id or an owner id, named by
+/// `field` in the error. An identity is 1 to [`MAX_ID_LEN`] bytes, does not
+/// begin or end with whitespace and holds no control character.
+///
+/// Identities are compared byte for byte by every store, never trimmed,
+/// folded or normalized, so `"acme"` and `"acme "` could only ever be two
+/// tenants; the engine refuses the second form instead of storing it.
+///
+/// ```
+/// use keysmith_core::{Error, validate_id};
+///
+/// assert!(validate_id("tenant_id", "acme").is_ok());
+/// assert!(matches!(validate_id("tenant_id", "acme "), Err(Error::InvalidInput { field: "tenant_id", .. })));
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming `field` and the rule that was broken.
+pub fn validate_id(field: &'static str, id: &str) -> Result<()> {
+    // The length first: nothing longer is ever scanned.
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(Error::invalid(field, format!("must be 1 to {MAX_ID_LEN} bytes, not {}", id.len())));
     }
-    if owner_id.trim() != owner_id {
-        return Err(Error::invalid("owner_id", "must not begin or end with whitespace"));
+    check_text(field, id)?;
+    if id.trim() != id {
+        return Err(Error::invalid(field, "must not begin or end with whitespace"));
     }
     Ok(())
 }
@@ -138,14 +156,29 @@ mod tests {
     }
 
     #[test]
-    fn owner_ids_are_bounded_and_exact() {
-        for good in ["user_42", "cus_9Xz", "alice@example.com", "a b"] {
-            assert!(check_owner_id(good).is_ok(), "{good:?}");
+    fn identities_are_bounded_trimmed_and_clean() {
+        for good in ["user_42", "cus_9Xz", "alice@example.com", "a b", "é", "\u{200b}zero width", "x"] {
+            assert!(validate_id("owner_id", good).is_ok(), "{good:?}");
         }
-        assert!(check_owner_id(&"x".repeat(MAX_OWNER_ID_LEN)).is_ok());
-        for bad in ["", " bob", "bob ", "b\0b", "line\n", &"x".repeat(MAX_OWNER_ID_LEN + 1)] {
-            let err = check_owner_id(bad).unwrap_err().to_string();
-            assert!(err.starts_with("invalid owner_id: "), "{bad:?}: {err}");
+        assert!(validate_id("app_id", &"x".repeat(MAX_ID_LEN)).is_ok());
+        // 64 two-byte characters are 128 bytes; one more is too long.
+        assert!(validate_id("app_id", &"é".repeat(MAX_ID_LEN / 2)).is_ok());
+        let cases = [
+            ("", "must be 1 to 128 bytes, not 0"),
+            (&"x".repeat(MAX_ID_LEN + 1), "must be 1 to 128 bytes, not 129"),
+            (&"é".repeat(MAX_ID_LEN / 2 + 1), "must be 1 to 128 bytes, not 130"),
+            (" bob", "must not begin or end with whitespace"),
+            ("bob ", "must not begin or end with whitespace"),
+            ("acme\u{3000}", "must not begin or end with whitespace"),
+            ("\u{a0}acme", "must not begin or end with whitespace"),
+            (" ", "must not begin or end with whitespace"),
+            ("b\0b", "must not contain control characters (found U+0000)"),
+            ("line\n", "must not contain control characters (found U+000A)"),
+            ("c1\u{85}x", "must not contain control characters (found U+0085)"),
+        ];
+        for (bad, reason) in cases {
+            let err = validate_id("tenant_id", bad).unwrap_err().to_string();
+            assert_eq!(err, format!("invalid tenant_id: {reason}"), "{bad:?}");
         }
     }
 

@@ -44,6 +44,11 @@
 //!   MySQL `BINARY(16)`);
 //!   the TypeID prefix is implied by the column. UUIDv7 order is creation order,
 //!   so `ORDER BY id` lists oldest first, as every store does.
+//! - Identities (app, tenant and owner ids) and names compare byte for byte:
+//!   `acme`, `acme ` and `ACME` are three tenants. PostgreSQL and SQLite do so
+//!   by default; MySQL and MariaDB tables use a NO PAD binary collation
+//!   (`utf8mb4_0900_bin` or `utf8mb4_nopad_bin`, picked by the migration),
+//!   since `utf8mb4_bin` ignores trailing spaces.
 //! - Key hashes are the lowercase hex SHA-256 (64 characters), unique.
 //! - Times are UTC: `timestamptz` in PostgreSQL, integer microseconds since the
 //!   Unix epoch in SQLite (`datetime(col / 1000000, 'unixepoch')` reads them),

@@ -16,13 +16,16 @@ use crate::store::{Dialect, Stored, insert_new_usage, sql_store};
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/mysql");
 
 sql_store! {
-    /// A store in MySQL (8.0 or later) or MariaDB (10.5 or later), on InnoDB,
+    /// A store in MySQL (8.0.17 or later) or MariaDB (10.5 or later), on InnoDB,
     /// at a `mysql://…` or `mariadb://…` URL.
     ///
     /// Times are stored as UTC `DATETIME(6)`, which holds the years 1000 to
-    /// 9999. `connect` opens a pool of up to 10 connections; a lost one
-    /// surfaces as [`Error::Store`](keysmith_core::Error::Store) and is
-    /// replaced when the server is back.
+    /// 9999. Text compares byte for byte in a NO PAD binary collation
+    /// (`utf8mb4_0900_bin` on MySQL, `utf8mb4_nopad_bin` on MariaDB): `acme`
+    /// and `acme ` are two tenants, as in every store. `connect` opens a
+    /// pool of up to 10 connections; a lost one surfaces as
+    /// [`Error::Store`](keysmith_core::Error::Store) and is replaced when the
+    /// server is back.
     MySqlStore, sqlx::MySql
 }
 
@@ -46,8 +49,9 @@ impl Dialect for MySql {
         " ON DUPLICATE KEY UPDATE requests = requests + VALUES(requests), errors = errors + VALUES(errors)";
     // 65 535 bound values per statement.
     const ROWS_PER_INSERT: usize = 2000;
-    // sqlx takes text in a binary collation (utf8mb4_bin) for bytes and
-    // refuses it as a `String`.
+    // sqlx takes text in a binary collation (the schema's NO PAD
+    // `utf8mb4_0900_bin` or `utf8mb4_nopad_bin`) for bytes and refuses it
+    // as a `String`.
     const UNCHECKED_COLUMNS: bool = true;
     // sqlx's `GET_LOCK(…, -1)` is no lock on MariaDB (a negative timeout
     // returns at once), so concurrent migrations would race.

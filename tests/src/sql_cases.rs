@@ -236,6 +236,16 @@ pub async fn old_keys_take_owners_and_credits_after_the_migrations(store: Arc<dy
     store.close().await;
 }
 
+/// The MySQL migration version that makes every identity and name compare
+/// exactly (NO PAD binary collations).
+pub const EXACT_IDENTITIES_MIGRATION: i64 = 20_261_203_010_001;
+
+/// The migrations a MySQL database had before identities compared exactly.
+#[must_use]
+pub fn migrations_before_exact_identities(all: &sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    migrations_before(all, EXACT_IDENTITIES_MIGRATION)
+}
+
 /// The migration version that adds the credits an owner's keys share.
 pub const OWNER_CREDITS_MIGRATION: i64 = 20_261_202_030_001;
 

@@ -98,6 +98,37 @@ mod mysql_only {
     }
 
     #[tokio::test]
+    async fn the_exact_identities_migration_upgrades_an_existing_database() {
+        use keysmith_tests::store_conformance::{exact_identity_rows, lookalikes_reach_nothing};
+        let Some(db) = MySqlTestDb::create().await else { return };
+        let pool = db.pool().await;
+        sql_cases::migrations_before_exact_identities(&keysmith_sqlx::mysql::MIGRATOR).run(&pool).await.unwrap();
+        let store: Arc<dyn Store> = Arc::new(MySqlStore::new(pool.clone()));
+        let rows = exact_identity_rows(&store).await;
+        // The earlier schema's PAD SPACE collation takes `café ` for `café`.
+        let spaced = Tenant::new(rows.tenant.app_id.clone(), format!("{} ", rows.tenant.tenant_id));
+        assert!(store.get_key(&spaced, rows.key.key.id).await.unwrap().is_some(), "the flaw being fixed");
+
+        store.migrate().await.unwrap();
+        assert_eq!(store.get_key(&spaced, rows.key.key.id).await.unwrap(), None);
+        lookalikes_reach_nothing(&store, &rows).await;
+        let loose: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT TABLE_NAME, COALESCE(COLUMN_NAME, ''), COLLATION_NAME FROM ( \
+               SELECT TABLE_NAME, COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS \
+               WHERE TABLE_SCHEMA = DATABASE() AND COLLATION_NAME IS NOT NULL \
+               UNION ALL SELECT TABLE_NAME, NULL, TABLE_COLLATION FROM information_schema.TABLES \
+               WHERE TABLE_SCHEMA = DATABASE()) t \
+             WHERE TABLE_NAME LIKE 'keysmith\\_%' \
+               AND COLLATION_NAME NOT IN ('utf8mb4_0900_bin', 'utf8mb4_nopad_bin')",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(loose.is_empty(), "every table and text column compares exactly: {loose:?}");
+        store.close().await;
+    }
+
+    #[tokio::test]
     async fn the_public_migrator_builds_the_schema() {
         let Some(db) = MySqlTestDb::create().await else { return };
         let pool = db.pool().await;

@@ -10,7 +10,7 @@ mod usage;
 
 use std::sync::Arc;
 
-use keysmith_core::{Engine, TenantEngine};
+use keysmith_core::{Engine, Tenant, TenantEngine, validate_id};
 
 use crate::cli::{Cli, Command, GlobalArgs};
 use crate::db;
@@ -19,13 +19,20 @@ use crate::output::Printer;
 
 /// Runs the command and returns what to print on stdout.
 ///
-/// Usage errors (a missing tenant, a bad database URL) are found before the
-/// database is opened, so they never depend on it being reachable.
+/// Usage errors (a missing tenant, a bad database URL) and ids that are not
+/// identities (`--tenant "acme "`) are found before the database is opened,
+/// so they never depend on it being reachable.
 pub(crate) async fn run(cli: Cli) -> Result<String, CliError> {
     let Cli { global, command } = cli;
     let printer = Printer::new(global.json);
     let tenant = match command {
-        Command::Migrate | Command::Sweep | Command::Serve(_) => None,
+        Command::Migrate | Command::Sweep => None,
+        Command::Serve(_) => {
+            if let Some(app) = &global.app {
+                validate_id("app_id", app)?;
+            }
+            None
+        }
         Command::Keys(_)
         | Command::Owners(_)
         | Command::Policies(_)
@@ -37,7 +44,7 @@ pub(crate) async fn run(cli: Cli) -> Result<String, CliError> {
     let store = db::open(global.database_url.as_deref()).await?;
     let outcome = match Engine::builder(Arc::clone(&store)).build() {
         Ok(engine) => {
-            let tenant = tenant.map(|(app, tenant)| engine.tenant(app, tenant));
+            let tenant = tenant.map(|Tenant { app_id, tenant_id }| engine.tenant(app_id, tenant_id));
             let outcome = dispatch(command, &engine, tenant.as_ref(), app.as_deref(), printer).await;
             engine.shutdown().await;
             outcome
@@ -69,11 +76,17 @@ async fn dispatch(
     }
 }
 
-/// `--app` and `--tenant`, both required and non-empty.
-fn tenant_of(global: &GlobalArgs) -> Result<(String, String), CliError> {
-    let given = |value: &Option<String>| value.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+/// `--app` and `--tenant`, both required (blank counts as missing) and
+/// taken as given: ids are compared exactly, so `"acme "` is refused as an
+/// id no tenant can have, never trimmed into `acme`.
+fn tenant_of(global: &GlobalArgs) -> Result<Tenant, CliError> {
+    let given = |value: &Option<String>| value.as_deref().filter(|v| !v.trim().is_empty()).map(str::to_owned);
     match (given(&global.app), given(&global.tenant)) {
-        (Some(app), Some(tenant)) => Ok((app, tenant)),
+        (Some(app), Some(tenant)) => {
+            let tenant = Tenant::new(app, tenant);
+            tenant.validate()?;
+            Ok(tenant)
+        }
         (None, Some(_)) => {
             Err(CliError::Usage("this command acts for one tenant: pass --app (or set KEYSMITH_APP)".to_owned()))
         }

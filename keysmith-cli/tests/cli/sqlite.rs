@@ -56,3 +56,43 @@ fn environment_variables_stand_in_for_the_global_flags() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(ks.json(&["scopes", "list"])[0]["name"], "read");
 }
+
+#[test]
+fn ids_that_are_not_identities_exit_1_and_never_reach_another_tenant() {
+    let (_dir, ks) = temp_db();
+    ks.run(&["migrate"]).ok();
+    let created = ks.json(&["keys", "create", "--name", "theirs", "--owner", "cus_1"]);
+    let id = created["key"]["id"].as_str().unwrap().to_owned();
+
+    // `acme ` is not `acme`, and is no tenant at all: refused, never trimmed.
+    let spaced = ks.for_tenant("acme ");
+    for args in [&["keys", "list"][..], &["keys", "show", &id], &["keys", "revoke", &id], &["policies", "list"]] {
+        let error = spaced.run(args).fails(1);
+        assert_eq!(error, "error: invalid tenant_id: must not begin or end with whitespace\n", "{args:?}");
+    }
+    let url = ks.url();
+    let error = bare(&["--database-url", url, "--app", "myapp ", "--tenant", "acme", "keys", "list"]).fails(1);
+    assert_eq!(error, "error: invalid app_id: must not begin or end with whitespace\n");
+    let long = "x".repeat(129);
+    let error = bare(&["--database-url", url, "--app", "myapp", "--tenant", &long, "scopes", "list"]).fails(1);
+    assert_eq!(error, "error: invalid tenant_id: must be 1 to 128 bytes, not 129\n");
+    assert_eq!(ks.json(&["keys", "show", &id])["state"], "active", "acme's key was not revoked");
+
+    // Owner ids are exact too.
+    let error = ks.run(&["keys", "list", "--owner", "cus_1 "]).fails(1);
+    assert_eq!(error, "error: invalid owner_id: must not begin or end with whitespace\n");
+    ks.run(&["owners", "credits", " cus_1", "--set", "5"]).fails(1);
+    assert_eq!(ks.json(&["keys", "list", "--owner", "cus_1"]).as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn ids_that_are_not_identities_are_refused_before_the_database_is_opened() {
+    // Never reachable: the refusal comes first, with exit 1, not 3.
+    let url = "postgres://postgres@127.0.0.1:1/never";
+    let error = bare(&["--database-url", url, "--app", "myapp", "--tenant", "acme ", "keys", "list"]).fails(1);
+    assert!(error.contains("invalid tenant_id"), "{error}");
+    let error = bare(&["--database-url", url, "--app", "myapp\u{7}", "--tenant", "acme", "keys", "list"]).fails(1);
+    assert!(error.contains("invalid app_id") && error.contains("U+0007"), "{error}");
+    let error = bare(&["--database-url", url, "--app", " myapp", "serve"]).fails(1);
+    assert!(error.contains("invalid app_id"), "{error}");
+}

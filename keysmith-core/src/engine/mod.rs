@@ -132,6 +132,14 @@ impl Engine {
 
     /// Management operations for one tenant. Nothing done through the handle
     /// can see or touch another tenant's entities.
+    ///
+    /// Both ids must be identities ([`validate_id`](crate::validate_id): 1
+    /// to 128 bytes, no whitespace at either end, no control character); they
+    /// are compared exactly, so `"acme"` and `"acme "` are never one tenant.
+    /// Making the handle cannot fail: every operation of a handle with an id
+    /// that is not an identity fails with [`Error::InvalidInput`] naming
+    /// `app_id` or `tenant_id`, before any store call.
+    /// [`Tenant::validate`] checks the ids without a handle.
     #[must_use]
     pub fn tenant(&self, app_id: impl Into<String>, tenant_id: impl Into<String>) -> TenantEngine {
         TenantEngine::new(self.clone(), Tenant::new(app_id, tenant_id))

@@ -15,8 +15,10 @@ impl TenantEngine {
     /// a bad one never reaches a request.
     ///
     /// # Errors
-    /// `InvalidInput` naming the bad field; `AlreadyExists` for a taken name.
+    /// `InvalidInput` naming the bad field (or the tenant's ids);
+    /// `AlreadyExists` for a taken name.
     pub async fn create_policy(&self, spec: PolicySpec) -> Result<Policy> {
+        self.checked()?;
         let now = self.engine.inner.clock.now();
         let policy = build(spec, PolicyId::new(), self, now, now)?;
         self.engine.inner.store.insert_policy(&policy).await?;
@@ -28,18 +30,19 @@ impl TenantEngine {
     /// One of the tenant's policies.
     ///
     /// # Errors
-    /// `NotFound` if the tenant has no such policy.
+    /// `InvalidInput` for the tenant's ids; `NotFound` if the tenant has no
+    /// such policy.
     pub async fn get_policy(&self, id: PolicyId) -> Result<Policy> {
-        let policy = self.engine.inner.store.get_policy(&self.tenant, id).await?;
+        let policy = self.engine.inner.store.get_policy(self.checked()?, id).await?;
         policy.map(Arc::unwrap_or_clone).ok_or_else(|| Error::not_found("policy", id))
     }
 
     /// The tenant's policies, oldest first.
     ///
     /// # Errors
-    /// A store failure.
+    /// `InvalidInput` for the tenant's ids; a store failure.
     pub async fn list_policies(&self, page: Page) -> Result<Vec<Policy>> {
-        self.engine.inner.store.list_policies(&self.tenant, page).await
+        self.engine.inner.store.list_policies(self.checked()?, page).await
     }
 
     /// Replaces a policy's settings. Keys under it are held to the new
@@ -54,18 +57,20 @@ impl TenantEngine {
     /// never passes for free.
     ///
     /// # Errors
-    /// `NotFound`, `InvalidInput`, or `AlreadyExists` for a taken name;
+    /// `NotFound`, `InvalidInput` (also for the tenant's ids), or
+    /// `AlreadyExists` for a taken name;
     /// [`KeysHoldCredits`](Error::KeysHoldCredits), naming the keys, for a
     /// switch to `limit_by: owner` while keys of owners under the policy
     /// hold credits of their own.
     pub async fn update_policy(&self, id: PolicyId, spec: PolicySpec) -> Result<Policy> {
+        let tenant = self.checked()?;
         let current = self.get_policy(id).await?;
         let policy = build(spec, id, self, current.created_at, self.engine.inner.clock.now())?;
         if policy.limit_by == LimitBy::Owner && current.limit_by != LimitBy::Owner {
             self.check_no_key_credits(id).await?;
         }
         self.engine.inner.store.update_policy(&policy).await?;
-        self.engine.publish(|| Change::policy(&self.tenant, id)).await;
+        self.engine.publish(|| Change::policy(tenant, id)).await;
         let policy = Arc::new(policy);
         self.engine.emit(|| Event::PolicyUpdated { policy: Arc::clone(&policy) }).await;
         Ok(Arc::unwrap_or_clone(policy))
@@ -74,12 +79,13 @@ impl TenantEngine {
     /// Deletes a policy that no live key uses.
     ///
     /// # Errors
-    /// `NotFound`, or `PolicyInUse` while a key that is not expired or
-    /// revoked references it.
+    /// `InvalidInput` for the tenant's ids; `NotFound`, or `PolicyInUse`
+    /// while a key that is not expired or revoked references it.
     pub async fn delete_policy(&self, id: PolicyId) -> Result<()> {
-        self.engine.inner.store.delete_policy(&self.tenant, id).await?;
-        self.engine.publish(|| Change::policy(&self.tenant, id)).await;
-        let tenant = self.tenant.clone();
+        let tenant = self.checked()?;
+        self.engine.inner.store.delete_policy(tenant, id).await?;
+        self.engine.publish(|| Change::policy(tenant, id)).await;
+        let tenant = tenant.clone();
         self.engine.emit(|| Event::PolicyDeleted { tenant, policy_id: id }).await;
         Ok(())
     }

@@ -11,7 +11,7 @@ use crate::hooks::Event;
 use crate::store::{KeyFilter, RotationWrite, StoredKey, Transition};
 use crate::{
     Credits, Environment, Error, Key, KeyId, KeyState, LimitBy, PolicyId, RawKey, Result, RotationId, RotationReason,
-    RotationRecord, Tenant, input, scope,
+    RotationRecord, Tenant, input, scope, validate_id,
 };
 
 /// The longest key name, in characters.
@@ -21,6 +21,10 @@ pub(crate) const MAX_REASON_LEN: usize = 1024;
 
 /// The engine seen by one tenant: every operation carries the tenant, so
 /// another tenant's entities are [`Error::NotFound`].
+///
+/// Every operation first checks the tenant's ids ([`Tenant::validate`]): a
+/// handle made for ids no tenant can have (`"acme "`, an empty app id…)
+/// answers [`Error::InvalidInput`] to everything, before any store call.
 #[derive(Debug, Clone)]
 pub struct TenantEngine {
     pub(super) engine: Engine,
@@ -80,8 +84,9 @@ impl NewKey {
     }
 
     /// Gives the key to `owner_id`: the application's id for the user or
-    /// customer it is for (1 to 255 characters, no control character, no
-    /// surrounding whitespace).
+    /// customer it is for: an identity ([`validate_id`](crate::validate_id):
+    /// 1 to 128 bytes, no control character, no surrounding whitespace),
+    /// compared exactly.
     pub fn with_owner(mut self, owner_id: impl Into<String>) -> Self {
         self.owner_id = Some(owner_id.into());
         self
@@ -142,21 +147,30 @@ impl TenantEngine {
         &self.engine
     }
 
+    /// The tenant, once its ids are known to be identities: every operation
+    /// starts here, so nothing reaches a store for a tenant that cannot exist.
+    pub(super) fn checked(&self) -> Result<&Tenant> {
+        self.tenant.validate()?;
+        Ok(&self.tenant)
+    }
+
     /// Creates a key and returns its secret once.
     ///
     /// # Errors
-    /// `InvalidInput` for an empty name, a control character in the name,
-    /// the owner id or the metadata, an owner id over 255 characters, a bad prefix or scope, or an expiry in the past;
-    /// `NotFound` for a policy that is not the tenant's; `InvalidInput` for
-    /// a scope outside the policy's `allowed_scopes`;
+    /// `InvalidInput` for the tenant's or the owner's id (not an
+    /// [identity](crate::validate_id)), an empty name, a control character
+    /// in the name or the metadata, a bad prefix or scope, or an expiry in
+    /// the past; `NotFound` for a policy that is not the tenant's;
+    /// `InvalidInput` for a scope outside the policy's `allowed_scopes`;
     /// [`OwnerLimitedCredits`](Error::OwnerLimitedCredits) for credits given
     /// to a key of an owner under a policy that limits by owner.
     pub async fn create_key(&self, new: NewKey) -> Result<CreatedKey> {
+        let tenant = self.checked()?;
         let inner = &self.engine.inner;
         let name = validate_name(&new.name)?;
         input::check_metadata("metadata", &new.metadata)?;
         if let Some(owner_id) = &new.owner_id {
-            input::check_owner_id(owner_id)?;
+            validate_id("owner_id", owner_id)?;
         }
         let scopes = self.checked_scopes(&new.scopes, new.policy_id).await?;
         let now = inner.clock.now();
@@ -180,7 +194,7 @@ impl TenantEngine {
             environment,
             state: KeyState::Active,
             scopes,
-            tenant: self.tenant.clone(),
+            tenant: tenant.clone(),
             owner_id: new.owner_id,
             credits,
             policy_id: new.policy_id,
@@ -202,8 +216,10 @@ impl TenantEngine {
     /// One of the tenant's keys.
     ///
     /// # Errors
-    /// `NotFound` if the tenant has no such key.
+    /// `InvalidInput` for the tenant's ids; `NotFound` if the tenant has no
+    /// such key.
     pub async fn get_key(&self, id: KeyId) -> Result<Key> {
+        self.checked()?;
         Ok(self.current(Key::clone(&self.stored_key(id).await?.key)))
     }
 
@@ -225,18 +241,20 @@ impl TenantEngine {
     /// arrives, else within their cache's positive TTL.
     ///
     /// # Errors
-    /// `InvalidInput` for values over [`Credits::MAX`] or a zero refill;
-    /// [`OwnerLimitedCredits`](Error::OwnerLimitedCredits) for a key whose
-    /// policy limits by owner and that has an owner (it spends its owner's
-    /// credits: [`set_owner_credits`](Self::set_owner_credits)); `NotFound`.
+    /// `InvalidInput` for values over [`Credits::MAX`], a zero refill or the
+    /// tenant's ids; [`OwnerLimitedCredits`](Error::OwnerLimitedCredits) for
+    /// a key whose policy limits by owner and that has an owner (it spends
+    /// its owner's credits: [`set_owner_credits`](Self::set_owner_credits));
+    /// `NotFound`.
     pub async fn set_credits(&self, id: KeyId, credits: Option<Credits>) -> Result<Key> {
+        let tenant = self.checked()?;
         let now = self.engine.inner.clock.now();
         let credits = credits.map(|credits| credits.checked(now)).transpose()?;
         if credits.is_some() {
             let stored = self.stored_key(id).await?;
             self.check_lineage_credits(stored.key.owner_id.as_deref(), stored.key.policy_id).await?;
         }
-        let key = self.engine.inner.store.set_credits(&self.tenant, id, credits.as_ref()).await?;
+        let key = self.engine.inner.store.set_credits(tenant, id, credits.as_ref()).await?;
         self.engine.publish(|| Change::lineage(&key)).await;
         Ok(self.current(key))
     }
@@ -246,19 +264,20 @@ impl TenantEngine {
     /// [`set_credits`](Self::set_credits) is.
     ///
     /// # Errors
-    /// `InvalidInput` if the key has no credits, for a zero amount or a sum
-    /// over [`Credits::MAX`]; [`OwnerLimitedCredits`](Error::OwnerLimitedCredits)
-    /// for a key whose policy limits by owner and that has an owner (one
-    /// that still holds credits of its own from before its policy did);
-    /// `NotFound`.
+    /// `InvalidInput` if the key has no credits, for a zero amount, a sum
+    /// over [`Credits::MAX`] or the tenant's ids;
+    /// [`OwnerLimitedCredits`](Error::OwnerLimitedCredits) for a key whose
+    /// policy limits by owner and that has an owner (one that still holds
+    /// credits of its own from before its policy did); `NotFound`.
     pub async fn add_credits(&self, id: KeyId, amount: u64) -> Result<Key> {
+        let tenant = self.checked()?;
         if amount == 0 || amount > Credits::MAX {
             return Err(Error::invalid("amount", format!("must be 1 to {}", Credits::MAX)));
         }
         let stored = self.stored_key(id).await?;
         self.check_lineage_credits(stored.key.owner_id.as_deref(), stored.key.policy_id).await?;
         let now = self.engine.inner.clock.now();
-        let key = self.engine.inner.store.add_credits(&self.tenant, id, amount, now).await?;
+        let key = self.engine.inner.store.add_credits(tenant, id, amount, now).await?;
         self.engine.publish(|| Change::lineage(&key)).await;
         Ok(self.current(key))
     }
@@ -282,10 +301,12 @@ impl TenantEngine {
     /// keys are not limited by credits).
     ///
     /// # Errors
-    /// `InvalidInput` for an owner id that no key could have; a store failure.
+    /// `InvalidInput` for an owner id that no key could have, or the
+    /// tenant's ids; a store failure.
     pub async fn owner_credits(&self, owner_id: &str) -> Result<Option<Credits>> {
-        input::check_owner_id(owner_id)?;
-        let credits = self.engine.inner.store.owner_credits(&self.tenant, owner_id).await?;
+        let tenant = self.checked()?;
+        validate_id("owner_id", owner_id)?;
+        let credits = self.engine.inner.store.owner_credits(tenant, owner_id).await?;
         let now = self.engine.inner.clock.now();
         Ok(credits.map(|credits| credits.as_of(now)))
     }
@@ -301,14 +322,15 @@ impl TenantEngine {
     /// credits forgets it), else within their cache's positive TTL.
     ///
     /// # Errors
-    /// `InvalidInput` for an owner id that no key could have, values over
-    /// [`Credits::MAX`] or a zero refill; a store failure.
+    /// `InvalidInput` for an owner id that no key could have, the tenant's
+    /// ids, values over [`Credits::MAX`] or a zero refill; a store failure.
     pub async fn set_owner_credits(&self, owner_id: &str, credits: Option<Credits>) -> Result<Option<Credits>> {
-        input::check_owner_id(owner_id)?;
+        let tenant = self.checked()?;
+        validate_id("owner_id", owner_id)?;
         let now = self.engine.inner.clock.now();
         let credits = credits.map(|credits| credits.checked(now)).transpose()?;
-        self.engine.inner.store.set_owner_credits(&self.tenant, owner_id, credits.as_ref()).await?;
-        self.engine.publish(|| Change::owner(&self.tenant, owner_id)).await;
+        self.engine.inner.store.set_owner_credits(tenant, owner_id, credits.as_ref()).await?;
+        self.engine.publish(|| Change::owner(tenant, owner_id)).await;
         Ok(credits)
     }
 
@@ -316,17 +338,18 @@ impl TenantEngine {
     /// if one is).
     ///
     /// # Errors
-    /// `InvalidInput` for an owner id that no key could have, if the owner
-    /// has no credits, for a zero amount or a sum over [`Credits::MAX`]; a
-    /// store failure.
+    /// `InvalidInput` for an owner id that no key could have, the tenant's
+    /// ids, if the owner has no credits, for a zero amount or a sum over
+    /// [`Credits::MAX`]; a store failure.
     pub async fn add_owner_credits(&self, owner_id: &str, amount: u64) -> Result<Credits> {
-        input::check_owner_id(owner_id)?;
+        let tenant = self.checked()?;
+        validate_id("owner_id", owner_id)?;
         if amount == 0 || amount > Credits::MAX {
             return Err(Error::invalid("amount", format!("must be 1 to {}", Credits::MAX)));
         }
         let now = self.engine.inner.clock.now();
-        let credits = self.engine.inner.store.add_owner_credits(&self.tenant, owner_id, amount, now).await?;
-        self.engine.publish(|| Change::owner(&self.tenant, owner_id)).await;
+        let credits = self.engine.inner.store.add_owner_credits(tenant, owner_id, amount, now).await?;
+        self.engine.publish(|| Change::owner(tenant, owner_id)).await;
         Ok(credits)
     }
 
@@ -337,12 +360,14 @@ impl TenantEngine {
     /// The tenant's keys matching `filter`, oldest first.
     ///
     /// # Errors
-    /// `InvalidInput` for an owner id that no key could have; a store failure.
+    /// `InvalidInput` for an owner id that no key could have, or the
+    /// tenant's ids; a store failure.
     pub async fn list_keys(&self, filter: &KeyFilter) -> Result<Vec<Key>> {
+        let tenant = self.checked()?;
         if let Some(owner_id) = &filter.owner_id {
-            input::check_owner_id(owner_id)?;
+            validate_id("owner_id", owner_id)?;
         }
-        let keys = self.engine.inner.store.list_keys(&self.tenant, filter).await?;
+        let keys = self.engine.inner.store.list_keys(tenant, filter).await?;
         Ok(keys.into_iter().map(|key| self.current(key)).collect())
     }
 
@@ -359,8 +384,10 @@ impl TenantEngine {
     /// # Errors
     /// `NotFound`, or `InvalidTransition` if the key is not active (also for
     /// every loser of concurrent rotations of one key); `InvalidInput` for a
-    /// grace longer than [`PolicySpec::MAX_ROTATION_GRACE`](crate::PolicySpec::MAX_ROTATION_GRACE).
+    /// grace longer than [`PolicySpec::MAX_ROTATION_GRACE`](crate::PolicySpec::MAX_ROTATION_GRACE)
+    /// or for the tenant's ids.
     pub async fn rotate_key(&self, id: KeyId, reason: RotationReason, grace: Option<Duration>) -> Result<RotatedKey> {
+        let tenant = self.checked()?;
         let inner = &self.engine.inner;
         let StoredKey { key: old, hash: old_hash } = self.stored_key(id).await?;
         if old.state != KeyState::Active {
@@ -371,7 +398,7 @@ impl TenantEngine {
             (None, _) if reason == RotationReason::Compromised => Duration::ZERO,
             (None, Some(policy_id)) => inner
                 .store
-                .get_policy(&self.tenant, policy_id)
+                .get_policy(tenant, policy_id)
                 .await?
                 .and_then(|policy| policy.rotation_grace)
                 .unwrap_or(inner.rotation_grace),
@@ -404,7 +431,7 @@ impl TenantEngine {
             id: RotationId::new(),
             key_id: id,
             new_key_id: new_key.id,
-            tenant: self.tenant.clone(),
+            tenant: tenant.clone(),
             old_hash,
             new_hash,
             reason,
@@ -413,7 +440,7 @@ impl TenantEngine {
             created_at: now,
         };
         let write = RotationWrite { new_key: StoredKey { key: Arc::new(new_key), hash: new_hash }, record };
-        let old = inner.store.rotate_key(&self.tenant, &write).await?;
+        let old = inner.store.rotate_key(tenant, &write).await?;
         let RotationWrite { new_key, record } = write;
         let old = Arc::new(old);
         self.engine.publish(|| Change::rotated(&record)).await;
@@ -425,9 +452,10 @@ impl TenantEngine {
     ///
     /// # Errors
     /// `InvalidInput` for a reason over 1024 characters or with a control
-    /// character; `NotFound`, or `InvalidTransition` from `expired` or
-    /// `revoked`.
+    /// character, or for the tenant's ids; `NotFound`, or
+    /// `InvalidTransition` from `expired` or `revoked`.
     pub async fn revoke_key(&self, id: KeyId, reason: impl Into<String>) -> Result<Key> {
+        self.checked()?;
         let reason = reason.into();
         input::check_text("reason", &reason)?;
         if reason.chars().count() > MAX_REASON_LEN {
@@ -440,8 +468,10 @@ impl TenantEngine {
     /// Suspends an active key until it is reactivated.
     ///
     /// # Errors
-    /// `NotFound`, or `InvalidTransition` unless the key is active.
+    /// `InvalidInput` for the tenant's ids; `NotFound`, or
+    /// `InvalidTransition` unless the key is active.
     pub async fn suspend_key(&self, id: KeyId) -> Result<Key> {
+        self.checked()?;
         let at = self.engine.inner.clock.now();
         self.transition(id, Transition::to(KeyState::Suspended, at)).await
     }
@@ -449,8 +479,10 @@ impl TenantEngine {
     /// Reactivates a suspended key.
     ///
     /// # Errors
-    /// `NotFound`, or `InvalidTransition` unless the key is suspended.
+    /// `InvalidInput` for the tenant's ids; `NotFound`, or
+    /// `InvalidTransition` unless the key is suspended.
     pub async fn reactivate_key(&self, id: KeyId) -> Result<Key> {
+        self.checked()?;
         let at = self.engine.inner.clock.now();
         self.transition(id, Transition::to(KeyState::Active, at)).await
     }
@@ -458,10 +490,12 @@ impl TenantEngine {
     /// The rotations the key took part in, as old or new key, oldest first.
     ///
     /// # Errors
-    /// `NotFound` if the tenant has no such key.
+    /// `InvalidInput` for the tenant's ids; `NotFound` if the tenant has no
+    /// such key.
     pub async fn list_rotations(&self, id: KeyId) -> Result<Vec<RotationRecord>> {
+        let tenant = self.checked()?;
         self.stored_key(id).await?;
-        self.engine.inner.store.list_rotations(&self.tenant, id).await
+        self.engine.inner.store.list_rotations(tenant, id).await
     }
 
     async fn transition(&self, id: KeyId, transition: Transition) -> Result<Key> {

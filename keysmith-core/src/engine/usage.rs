@@ -36,31 +36,35 @@ impl TenantEngine {
     /// A key's usage records in `range`, oldest first.
     ///
     /// # Errors
-    /// `NotFound` if the tenant has no such key.
+    /// `InvalidInput` for the tenant's ids; `NotFound` if the tenant has no
+    /// such key.
     pub async fn list_usage(&self, key_id: KeyId, range: TimeRange, page: Page) -> Result<Vec<UsageRecord>> {
+        let tenant = self.checked()?;
         self.get_key(key_id).await?;
-        self.engine.inner.store.list_usage(&self.tenant, key_id, range, page).await
+        self.engine.inner.store.list_usage(tenant, key_id, range, page).await
     }
 
     /// A key's daily or monthly roll-ups whose period starts in `range`.
     ///
     /// # Errors
-    /// `NotFound` if the tenant has no such key.
+    /// `InvalidInput` for the tenant's ids; `NotFound` if the tenant has no
+    /// such key.
     pub async fn usage_aggregates(
         &self,
         key_id: KeyId,
         period: Period,
         range: TimeRange,
     ) -> Result<Vec<UsageAggregate>> {
+        let tenant = self.checked()?;
         self.get_key(key_id).await?;
-        self.engine.inner.store.usage_aggregates(&self.tenant, key_id, period, range).await
+        self.engine.inner.store.usage_aggregates(tenant, key_id, period, range).await
     }
 
     /// The tenant's totals (all keys) per day or month in `range`.
     ///
     /// # Errors
-    /// A store failure.
+    /// `InvalidInput` for the tenant's ids; a store failure.
     pub async fn usage_totals(&self, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>> {
-        self.engine.inner.store.tenant_usage(&self.tenant, period, range).await
+        self.engine.inner.store.tenant_usage(self.checked()?, period, range).await
     }
 }

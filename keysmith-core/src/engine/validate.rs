@@ -31,12 +31,15 @@ pub struct RequestContext<'a> {
     pub path: Option<&'a str>,
     /// Scopes the key must all cover.
     pub required_scopes: RequiredScopes<'a>,
-    /// Accept only keys of this application; another app's key is refused
-    /// as unknown before any of its limits are touched.
+    /// Accept only keys of this application (compared exactly); another
+    /// app's key is refused as unknown before any of its limits are touched.
+    /// An id that is not an identity ([`validate_id`](crate::validate_id))
+    /// fails the validation with [`Error::InvalidInput`].
     pub app_id: Option<&'a str>,
-    /// Accept only keys of this tenant (of `app_id`'s app); another
-    /// tenant's key is refused as unknown before any of its limits are
-    /// touched.
+    /// Accept only keys of this tenant (of `app_id`'s app, compared
+    /// exactly); another tenant's key is refused as unknown before any of
+    /// its limits are touched. An id that is not an identity fails the
+    /// validation with [`Error::InvalidInput`].
     pub tenant_id: Option<&'a str>,
     /// The credits the request costs a key that has credits (`None`: 1).
     pub cost: Option<u64>,
@@ -373,6 +376,10 @@ impl Engine {
         ctx: &RequestContext<'_>,
     ) -> Result<Validation, (ValidationError, Option<Arc<Key>>)> {
         let inner = &self.inner;
+        // The caller's restriction to an app or a tenant: ids that no key
+        // can have are the caller's error (a misconfigured adapter), never
+        // a silent refusal of every key.
+        check_restriction(ctx).map_err(|error| (ValidationError::Failed(error), None))?;
         // 1. Shape and checksum, no I/O (done by `present`).
         let hash = presented.hash.ok_or((Refusal::Malformed.into(), None))?;
         // 2. Lookup by hash, confirmed in constant time. The engine's cache
@@ -675,6 +682,18 @@ impl Engine {
         key.expires_at.is_some_and(|at| at <= now)
             || crate::key::past_max_age(key, policy.and_then(|p| p.max_key_age), now)
     }
+}
+
+/// Refuses a restriction to an app or a tenant whose id is not an identity
+/// ([`validate_id`](crate::validate_id)): no key can be of it.
+fn check_restriction(ctx: &RequestContext<'_>) -> Result<(), Error> {
+    if let Some(app_id) = ctx.app_id {
+        crate::validate_id("app_id", app_id)?;
+    }
+    if let Some(tenant_id) = ctx.tenant_id {
+        crate::validate_id("tenant_id", tenant_id)?;
+    }
+    Ok(())
 }
 
 /// Whose budget the policy's rate limits and quota count for `key`: its

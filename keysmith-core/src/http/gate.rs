@@ -174,8 +174,11 @@ impl Gate {
         self.edit(|c| c.realm = realm)
     }
 
-    /// Accepts only keys of this application; another app's key is refused
-    /// as `invalid_key`, exactly like an unknown one.
+    /// Accepts only keys of this application (compared exactly); another
+    /// app's key is refused as `invalid_key`, exactly like an unknown one.
+    /// An id that is not an identity ([`validate_id`](crate::validate_id))
+    /// matches no key: every request fails as `unavailable` (503) and the
+    /// log says why. Check configuration with `validate_id` first.
     #[must_use]
     pub fn with_app_id(self, app_id: impl Into<String>) -> Self {
         let app_id = app_id.into();
