@@ -12,6 +12,10 @@
 //! - The calling key cannot lock its tenant out: suspending, revoking or
 //!   rotating itself, or taking `keysmith:admin` away from itself (through
 //!   its scopes or its policy's `allowed_scopes`), is 409 `self_lockout`.
+//! - `POST /secret-scanning/github` is GitHub's secret scanning partner
+//!   endpoint ([`GithubSecretScanning`]): authenticated by GitHub's
+//!   signature, not by an API key; the leaked keys it is told about are
+//!   handled by their tenants' leak policy.
 //! - Every error, rejections included, is JSON:
 //!   `{"error": {"code": "…", "message": "…"}}` (see [`Error`]).
 //!
@@ -64,6 +68,7 @@ mod owners;
 mod policies;
 mod schema;
 mod scopes;
+pub mod secret_scanning;
 #[cfg(feature = "ui")]
 mod ui;
 mod usage;
@@ -77,6 +82,7 @@ use keysmith_core::Engine;
 pub use config::{AdminConfig, DEFAULT_REALM};
 pub use error::{Error, Result};
 pub use lockout::SelfLockout;
+pub use secret_scanning::GithubSecretScanning;
 #[cfg(feature = "ui")]
 pub use ui::{DEFAULT_API_BASE, UiConfig, ui_router};
 

@@ -48,6 +48,7 @@ pub mod http;
 mod id;
 mod input;
 mod key;
+pub mod leak;
 pub mod limit;
 mod names;
 mod net;
