@@ -10,7 +10,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{method_not_allowed, route_not_found};
-use crate::{ADMIN_SCOPE, AdminState, GithubSecretScanning, VERIFY_SCOPE, credits, keys, openapi, owners, policies, scopes, usage, verify};
+use crate::{
+    ADMIN_SCOPE, AdminState, GithubSecretScanning, VERIFY_SCOPE, credits, keys, openapi, owners, policies, scopes,
+    usage, verify,
+};
 
 /// The realm of `WWW-Authenticate` unless configured otherwise.
 pub const DEFAULT_REALM: &str = "keysmith-admin";

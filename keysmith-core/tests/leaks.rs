@@ -141,7 +141,8 @@ async fn a_rotated_key_still_in_its_grace_is_revoked_even_under_suspend() {
     let (engine, _) = engine(LeakPolicies::new(LeakPolicy::Suspend));
     let acme = engine.tenant("billing", "acme");
     let created = acme.create_key(NewKey::new("ci")).await.unwrap();
-    let rotated = acme.rotate_key(created.key.id, RotationReason::Scheduled, Some(Duration::from_secs(3600))).await.unwrap();
+    let rotated =
+        acme.rotate_key(created.key.id, RotationReason::Scheduled, Some(Duration::from_secs(3600))).await.unwrap();
 
     let findings = engine.report_leaks(&[report(created.raw.expose())]).await.unwrap();
 
@@ -235,7 +236,11 @@ async fn a_revocation_for_a_leak_reaches_another_engine_over_the_change_feed() {
     // A positive TTL long enough that only the feed explains the eviction.
     let cache = CacheConfig::default().with_positive_ttl(Duration::from_secs(3600));
     let build = || {
-        Engine::builder(Arc::clone(&store)).with_cache(cache.clone()).with_change_feed(Arc::clone(&feed)).build().unwrap()
+        Engine::builder(Arc::clone(&store))
+            .with_cache(cache.clone())
+            .with_change_feed(Arc::clone(&feed))
+            .build()
+            .unwrap()
     };
     let (reporter, other) = (build(), build());
     let created = reporter.tenant("billing", "acme").create_key(NewKey::new("ci")).await.unwrap();

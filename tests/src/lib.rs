@@ -20,8 +20,12 @@
 //!
 //! [`http_conformance`] holds the HTTP behaviour (the README's table, extraction and client-address rules) as cases every framework adapter
 //! must pass, through its [`Harness`](http_conformance::Harness) trait.
+//!
+//! [`github`] plays GitHub's side of secret scanning: a key endpoint on
+//! 127.0.0.1 and signed alerts.
 #![forbid(unsafe_code)]
 
+pub mod github;
 pub mod http_conformance;
 pub mod services;
 pub mod sql_cases;

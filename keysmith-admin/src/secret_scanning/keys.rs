@@ -73,11 +73,8 @@ impl PublicKeys {
     pub(super) fn new(url: String, timeout: Duration, refetch_interval: Duration, clock: Arc<dyn Clock>) -> Self {
         // TLS by rustls with its process-wide provider (ring, the one this
         // crate enables) and Mozilla's roots, so nothing depends on the host.
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .build();
+        let connector =
+            hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build();
         let client = Client::builder(TokioExecutor::new()).build(connector);
         Self {
             url,

@@ -197,10 +197,12 @@ impl GithubSecretScanning {
             return Err(SecretScanningError::TooLarge { max: self.max_body });
         }
         // 2. The signature over the raw bytes.
-        let identifier = header_text(identifier)
-            .ok_or(SecretScanningError::InvalidSignature("the Github-Public-Key-Identifier header is missing or unreadable"))?;
-        let signature = header_text(signature)
-            .ok_or(SecretScanningError::InvalidSignature("the Github-Public-Key-Signature header is missing or unreadable"))?;
+        let identifier = header_text(identifier).ok_or(SecretScanningError::InvalidSignature(
+            "the Github-Public-Key-Identifier header is missing or unreadable",
+        ))?;
+        let signature = header_text(signature).ok_or(SecretScanningError::InvalidSignature(
+            "the Github-Public-Key-Signature header is missing or unreadable",
+        ))?;
         self.public_keys().verify(identifier.trim(), signature, body).await.map_err(|rejection| match rejection {
             Rejection::Invalid(reason) => SecretScanningError::InvalidSignature(reason),
             Rejection::Unavailable => SecretScanningError::KeysUnavailable,
@@ -334,10 +336,13 @@ async fn github_alert(State(scanning): State<GithubSecretScanning>, headers: Hea
     let body = match axum::body::to_bytes(body, scanning.max_body).await {
         Ok(body) => body,
         Err(error) => {
-            let too_large = std::error::Error::source(&error)
-                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-            let error =
-                if too_large { SecretScanningError::TooLarge { max: scanning.max_body } } else { SecretScanningError::Unreadable };
+            let too_large =
+                std::error::Error::source(&error).is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            let error = if too_large {
+                SecretScanningError::TooLarge { max: scanning.max_body }
+            } else {
+                SecretScanningError::Unreadable
+            };
             return ScanResponse::error(&error);
         }
     };

@@ -128,7 +128,8 @@ impl Engine {
             (LeakPolicy::Suspend, KeyState::Active) => KeyState::Suspended,
             (LeakPolicy::Revoke | LeakPolicy::Suspend, _) => KeyState::Revoked,
         };
-        let transition = Transition::to(target, inner.clock.now()).with_reason(leak::reason(report.url, MAX_REASON_LEN));
+        let transition =
+            Transition::to(target, inner.clock.now()).with_reason(leak::reason(report.url, MAX_REASON_LEN));
         let Some(changed) = self.apply_transition(key, &transition).await? else {
             // Another report (or operator) changed the key first.
             return Ok(None);

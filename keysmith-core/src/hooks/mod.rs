@@ -195,9 +195,9 @@ impl Event {
             | Self::KeyReactivated { key }
             | Self::KeyExpired { key } => Some(key.id.to_string()),
             Self::KeyValidationFailed { key_id, .. } => key_id.map(|id| id.to_string()),
-            Self::KeyRateLimited { key_id, .. } | Self::QuotaExceeded { key_id, .. } | Self::KeyLeaked { key_id, .. } => {
-                Some(key_id.to_string())
-            }
+            Self::KeyRateLimited { key_id, .. }
+            | Self::QuotaExceeded { key_id, .. }
+            | Self::KeyLeaked { key_id, .. } => Some(key_id.to_string()),
             Self::PolicyCreated { policy } | Self::PolicyUpdated { policy } => Some(policy.id.to_string()),
             Self::PolicyDeleted { policy_id, .. } => Some(policy_id.to_string()),
             Self::ScopeCreated { scope } => Some(scope.id.to_string()),
