@@ -5,11 +5,13 @@ mod maintenance;
 mod owners;
 mod policies;
 mod scopes;
+mod secret_scanning;
 mod serve;
 mod usage;
 
 use std::sync::Arc;
 
+use keysmith_core::leak::LeakPolicies;
 use keysmith_core::{Engine, TenantEngine};
 
 use crate::cli::{Cli, Command, GlobalArgs};
@@ -24,8 +26,16 @@ use crate::output::Printer;
 pub(crate) async fn run(cli: Cli) -> Result<String, CliError> {
     let Cli { global, command } = cli;
     let printer = Printer::new(global.json);
+    if let Command::SecretScanning(command) = command {
+        // Prints what to register with GitHub: no database involved.
+        return secret_scanning::run(&command, printer);
+    }
+    let leak_policies = match &command {
+        Command::Serve(args) => args.leak_policies().map_err(CliError::Usage)?,
+        _ => LeakPolicies::default(),
+    };
     let tenant = match command {
-        Command::Migrate | Command::Sweep | Command::Serve(_) => None,
+        Command::Migrate | Command::Sweep | Command::Serve(_) | Command::SecretScanning(_) => None,
         Command::Keys(_)
         | Command::Owners(_)
         | Command::Policies(_)
@@ -35,7 +45,7 @@ pub(crate) async fn run(cli: Cli) -> Result<String, CliError> {
     };
     let app = global.app.clone();
     let store = db::open(global.database_url.as_deref()).await?;
-    let outcome = match Engine::builder(Arc::clone(&store)).build() {
+    let outcome = match Engine::builder(Arc::clone(&store)).with_leak_policies(leak_policies).build() {
         Ok(engine) => {
             let tenant = tenant.map(|(app, tenant)| engine.tenant(app, tenant));
             let outcome = dispatch(command, &engine, tenant.as_ref(), app.as_deref(), printer).await;
@@ -66,6 +76,7 @@ async fn dispatch(
         Command::Usage(args) => usage::run(args, tenant()?, printer).await,
         Command::BootstrapAdmin(args) => maintenance::bootstrap_admin(args, engine, tenant()?, printer).await,
         Command::Serve(args) => serve::run(args, engine, app, printer).await,
+        Command::SecretScanning(command) => secret_scanning::run(&command, printer),
     }
 }
 

@@ -128,3 +128,76 @@ fn serve_answers_the_management_api_and_the_dashboard_and_stops_on_sigterm() {
     let requests: u64 = usage.as_array().unwrap().iter().map(|day| day["requests"].as_u64().unwrap()).sum();
     assert_eq!(requests, 1, "{usage}");
 }
+
+/// Starts `keysmith serve` on a free port with `args`; the child, its
+/// stdout and the address it listens on.
+fn start_serve(ks: &Keysmith, args: &[&str]) -> (std::process::Child, BufReader<std::process::ChildStdout>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keysmith"))
+        .args(["--database-url", ks.url(), "serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let Some(addr) = first.trim().strip_prefix("Keysmith is listening on http://").map(str::to_owned) else {
+        let _ = child.kill();
+        panic!("serve did not start: {first:?}");
+    };
+    (child, stdout, addr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_takes_github_alerts_with_its_keys_url_and_leak_policy() {
+    use keysmith_tests::github::{FakeGithub, alert_body};
+
+    let (_dir, ks) = temp_db();
+    let github = FakeGithub::start().await;
+    ks.run(&["migrate"]).ok();
+    let created = ks.json(&["keys", "create", "--name", "ci"]);
+    let (raw, id) = (str_of(&created, "raw_key").to_owned(), str_of(&created["key"], "id").to_owned());
+    let keys_url = github.keys_url();
+    let (mut child, _stdout, addr) = start_serve(
+        &ks,
+        &["--github-keys-url", &keys_url, "--leak-policy", "revoke", "--tenant-leak-policy", APP, TENANT, "suspend"],
+    );
+
+    let body = alert_body(&[&raw]);
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "POST /keysmith/v1/secret-scanning/github HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Github-Public-Key-Identifier: {}\r\nGithub-Public-Key-Signature: {}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        github.identifier(),
+        github.sign(body.as_bytes()),
+        body.len(),
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"label\":\"true_positive\""), "{response}");
+    assert!(!response.contains(&raw), "the token was echoed");
+    let key = ks.json(&["keys", "show", &id]);
+    assert_eq!(key["state"], "suspended", "the tenant's override applies: {key}");
+    assert_eq!(key["revoked_reason"], "leaked: https://github.com/octo/leaky/blob/main/config-0.env");
+}
+
+#[test]
+fn secret_scanning_pattern_prints_the_regex_for_the_prefixes_and_environments_in_use() {
+    let defaults = bare(&["secret-scanning", "pattern"]).ok();
+    assert!(defaults.contains(r"\b(?:sk)_(?:live)_[0-9A-Za-z]{38}\b"), "{defaults}");
+    assert!(defaults.contains("CRC-32"), "the checksum rule is printed: {defaults}");
+    let chosen =
+        bare(&["--json", "secret-scanning", "pattern", "--prefix", "sk,acme", "--environment", "live,test"]).ok();
+    let chosen: serde_json::Value = serde_json::from_str(&chosen).unwrap();
+    assert_eq!(chosen["pattern"], r"\b(?:sk|acme)_(?:live|test)_[0-9A-Za-z]{38}\b");
+    bare(&["secret-scanning", "pattern", "--prefix", "SK"]).fails(2);
+    bare(&["secret-scanning", "pattern", "--environment", "prod"]).fails(2);
+}

@@ -31,6 +31,12 @@ use crate::{
     Tenant,
 };
 
+/// The prefix of new keys unless the builder names another.
+pub const DEFAULT_PREFIX: &str = "sk";
+
+/// The environment of new keys unless the builder names another.
+pub const DEFAULT_ENVIRONMENT: Environment = Environment::Live;
+
 /// The grace period of a rotation when neither the call nor the key's policy
 /// gives one.
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
@@ -125,8 +131,8 @@ impl Engine {
             hasher: Arc::new(Sha256Hasher),
             clock: Arc::new(SystemClock),
             plugins: Vec::new(),
-            prefix: "sk".to_owned(),
-            environment: Environment::Live,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            environment: DEFAULT_ENVIRONMENT,
             rotation_grace: DEFAULT_ROTATION_GRACE,
             strict_scopes: false,
             limiter: None,

@@ -129,6 +129,45 @@ pub struct LeakFinding {
     pub action: Option<LeakAction>,
 }
 
+/// How a scanner checks that a match is a well-formed key, for its
+/// post-processing (GitHub asks partners for one).
+pub const CHECKSUM_RULE: &str = "The last 6 characters are a checksum of everything before them: the CRC-32 \
+(IEEE 802.3, as zlib's crc32) of those bytes, written in base 62 with the digits 0-9A-Za-z (0=0, A=10, a=36), \
+most significant digit first, zero-padded to 6 characters. A match whose checksum differs is not a Keysmith key.";
+
+/// The regular expression that matches the raw keys of these prefixes and
+/// environments (`{prefix}_{env}_` and 38 base62 characters: 32 random and
+/// 6 of checksum), for registering with a secret scanner.
+///
+/// ```
+/// use keysmith_core::Environment;
+/// use keysmith_core::leak::token_pattern;
+///
+/// let pattern = token_pattern(&["sk"], &[Environment::Live, Environment::Test])?;
+/// assert_eq!(pattern, r"\b(?:sk)_(?:live|test)_[0-9A-Za-z]{38}\b");
+/// # Ok::<(), keysmith_core::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidInput`](crate::Error::InvalidInput) for a prefix that is
+/// not 1–16 characters of `[a-z0-9]`, or no prefix or environment at all.
+pub fn token_pattern<S: AsRef<str>>(prefixes: &[S], environments: &[crate::Environment]) -> crate::Result<String> {
+    if prefixes.is_empty() || environments.is_empty() {
+        return Err(crate::Error::invalid("pattern", "needs at least one prefix and one environment"));
+    }
+    let mut names: Vec<&str> = Vec::new();
+    for prefix in prefixes {
+        crate::validate_prefix(prefix.as_ref())?;
+        if !names.contains(&prefix.as_ref()) {
+            names.push(prefix.as_ref());
+        }
+    }
+    let mut envs: Vec<&str> = environments.iter().map(|env| env.as_str()).collect();
+    envs.dedup();
+    // Prefixes are [a-z0-9] and environments lowercase words: nothing to escape.
+    Ok(format!(r"\b(?:{})_(?:{})_[0-9A-Za-z]{{38}}\b", names.join("|"), envs.join("|")))
+}
+
 /// The revocation or suspension reason recorded for a leak at `url`:
 /// `leaked: <url>`, without control characters and cut to the longest
 /// reason a key keeps.
@@ -150,6 +189,24 @@ mod tests {
         assert_eq!(reason("", 1024), "leaked:");
         let long = "u".repeat(5000);
         assert_eq!(reason(&long, 1024).chars().count(), 1024);
+    }
+
+    #[test]
+    fn the_pattern_matches_generated_keys_of_its_prefixes_and_environments_only() {
+        let pattern = token_pattern(&["sk", "acme2"], &[crate::Environment::Live]).unwrap();
+        let regex = regex::Regex::new(&pattern).unwrap();
+        for prefix in ["sk", "acme2"] {
+            let raw = crate::RawKey::generate(prefix, crate::Environment::Live).unwrap();
+            let text = format!("API_KEY=\"{}\"\n", raw.expose());
+            assert_eq!(regex.find(&text).map(|m| m.as_str()), Some(raw.expose()));
+        }
+        let test_key = crate::RawKey::generate("sk", crate::Environment::Test).unwrap();
+        assert!(!regex.is_match(test_key.expose()));
+        let other_prefix = crate::RawKey::generate("pk", crate::Environment::Live).unwrap();
+        assert!(!regex.is_match(other_prefix.expose()));
+        assert!(!regex.is_match(&format!("task{}", &other_prefix.expose()[2..])), "a prefix inside a word");
+        assert!(token_pattern(&["SK"], &[crate::Environment::Live]).is_err());
+        assert!(token_pattern::<&str>(&[], &[crate::Environment::Live]).is_err());
     }
 
     #[test]
