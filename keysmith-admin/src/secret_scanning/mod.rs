@@ -152,6 +152,19 @@ impl GithubSecretScanning {
         self.max_body
     }
 
+    /// The 413 answer, for a framework whose body reader stopped at
+    /// [`max_body`](Self::max_body).
+    #[must_use]
+    pub fn too_large(&self) -> ScanResponse {
+        ScanResponse::error(&SecretScanningError::TooLarge { max: self.max_body })
+    }
+
+    /// The 400 answer, for a framework that could not read the body.
+    #[must_use]
+    pub fn unreadable(&self) -> ScanResponse {
+        ScanResponse::error(&SecretScanningError::Unreadable)
+    }
+
     fn public_keys(&self) -> &PublicKeys {
         self.keys.get_or_init(|| {
             let clock = self.clock.clone().unwrap_or_else(|| Arc::clone(self.engine.clock()));
@@ -338,12 +351,7 @@ async fn github_alert(State(scanning): State<GithubSecretScanning>, headers: Hea
         Err(error) => {
             let too_large =
                 std::error::Error::source(&error).is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-            let error = if too_large {
-                SecretScanningError::TooLarge { max: scanning.max_body }
-            } else {
-                SecretScanningError::Unreadable
-            };
-            return ScanResponse::error(&error);
+            return if too_large { scanning.too_large() } else { scanning.unreadable() };
         }
     };
     let value = |name: &str| headers.get(name).map(HeaderValue::as_bytes);
