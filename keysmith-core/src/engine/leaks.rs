@@ -69,11 +69,16 @@ impl Engine {
                 action: None,
             })
             .collect();
-        // Each distinct well-formed token once, with the first report of it.
+        // The store's hash of each well-formed token; each distinct one is
+        // handled once, with the first report of it.
+        let hashes: Vec<Option<KeyHash>> = reports
+            .iter()
+            .map(|report| ParsedKey::parse(report.token).map(|_| inner.hasher.hash(report.token)))
+            .collect();
         let mut first: HashMap<KeyHash, usize> = HashMap::new();
-        for (index, report) in reports.iter().enumerate() {
-            if ParsedKey::parse(report.token).is_some() {
-                first.entry(inner.hasher.hash(report.token)).or_insert(index);
+        for (index, hash) in hashes.iter().enumerate() {
+            if let Some(hash) = hash {
+                first.entry(*hash).or_insert(index);
             }
         }
         // Looked up in the store, past any cache: a cached "unknown" would
@@ -93,18 +98,13 @@ impl Engine {
             .await?;
         let found: HashMap<KeyHash, (StoredKey, Option<LeakAction>)> =
             handled.into_iter().filter_map(|(hash, found)| found.map(|found| (hash, found))).collect();
-        for (index, report) in reports.iter().enumerate() {
-            if ParsedKey::parse(report.token).is_none() {
-                continue;
-            }
-            let hash = inner.hasher.hash(report.token);
-            if let Some((stored, action)) = found.get(&hash) {
-                let finding = &mut findings[index];
-                finding.label = LeakLabel::TruePositive;
-                finding.key = Some(stored.key.id);
-                // The action belongs to the report that caused it.
-                finding.action = if first[&hash] == index { *action } else { None };
-            }
+        for (index, (finding, hash)) in findings.iter_mut().zip(&hashes).enumerate() {
+            let Some(hash) = hash else { continue };
+            let Some((stored, action)) = found.get(hash) else { continue };
+            finding.label = LeakLabel::TruePositive;
+            finding.key = Some(stored.key.id);
+            // The action belongs to the report that caused it.
+            finding.action = if first[hash] == index { *action } else { None };
         }
         Ok(findings)
     }
