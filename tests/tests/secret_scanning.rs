@@ -184,6 +184,9 @@ async fn setup() -> (Engine, FakeGithub, ManualClock, Router, String) {
     (engine, github, clock, app, created.raw.expose().to_owned())
 }
 
+/// A name, a body, and the identifier and signature headers sent with it.
+type ForgeryCase<'a> = (&'a str, &'a [u8], Option<&'a str>, Option<&'a str>);
+
 #[tokio::test]
 async fn forged_or_unsigned_alerts_are_401_and_change_nothing() {
     let (engine, github, clock, app, raw) = setup().await;
@@ -195,7 +198,7 @@ async fn forged_or_unsigned_alerts_are_401_and_change_nothing() {
     // Fetch the keys once, so that an unknown identifier below is judged
     // against them (a refetch is due again after the interval).
     assert_eq!(signed(&app, &github, "[]").await.0, StatusCode::OK);
-    let cases: [(&str, &[u8], Option<&str>, Option<&str>); 8] = [
+    let cases: [ForgeryCase<'_>; 8] = [
         ("no headers", body.as_bytes(), None, None),
         ("no signature", body.as_bytes(), Some(github.identifier()), None),
         ("no identifier", body.as_bytes(), None, Some(&good)),

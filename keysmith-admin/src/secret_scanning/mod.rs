@@ -349,8 +349,8 @@ async fn github_alert(State(scanning): State<GithubSecretScanning>, headers: Hea
     let body = match axum::body::to_bytes(body, scanning.max_body).await {
         Ok(body) => body,
         Err(error) => {
-            let too_large =
-                std::error::Error::source(&error).is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            let too_large = std::error::Error::source(&error)
+                .is_some_and(<dyn std::error::Error>::is::<http_body_util::LengthLimitError>);
             return if too_large { scanning.too_large() } else { scanning.unreadable() };
         }
     };

@@ -24,6 +24,9 @@ pub(super) const NOTIFIED_TTL: std::time::Duration = std::time::Duration::from_s
 /// At most this many notified keys are remembered.
 pub(super) const NOTIFIED_CAPACITY: u64 = 100_000;
 
+/// A key found for a reported token, and what this report did to it.
+type Handled = (StoredKey, Option<LeakAction>);
+
 impl Engine {
     /// Handles tokens a secret scanner found in public: for each, whether it
     /// is one of this engine's keys, and what was done to the key.
@@ -84,7 +87,7 @@ impl Engine {
         // Looked up in the store, past any cache: a cached "unknown" would
         // miss a key another instance just created.
         let lookups = inner.cache.as_ref().map_or(&inner.store, |cache| cache.inner());
-        let handled: Vec<(KeyHash, Option<(StoredKey, Option<LeakAction>)>)> = stream::iter(first.clone())
+        let handled: Vec<(KeyHash, Option<Handled>)> = stream::iter(first.clone())
             .map(|(hash, index)| async move {
                 let Some(stored) = lookups.find_key_by_hash(&hash).await? else {
                     return Ok((hash, None));
@@ -96,7 +99,7 @@ impl Engine {
             .buffer_unordered(CONCURRENCY)
             .try_collect()
             .await?;
-        let found: HashMap<KeyHash, (StoredKey, Option<LeakAction>)> =
+        let found: HashMap<KeyHash, Handled> =
             handled.into_iter().filter_map(|(hash, found)| found.map(|found| (hash, found))).collect();
         for (index, (finding, hash)) in findings.iter_mut().zip(&hashes).enumerate() {
             let Some(hash) = hash else { continue };
@@ -116,7 +119,10 @@ impl Engine {
         let key = &stored.key;
         let policy = inner.leak_policies.for_tenant(&key.tenant);
         let target = match (policy, key.state) {
-            (_, KeyState::Revoked | KeyState::Expired) => return Ok(None),
+            // Nothing left to do: dead already, or suspended already.
+            (_, KeyState::Revoked | KeyState::Expired) | (LeakPolicy::Suspend, KeyState::Suspended) => {
+                return Ok(None);
+            }
             (LeakPolicy::Notify, _) => {
                 let fresh = inner.notified.entry(key.id).or_insert(()).is_fresh();
                 if fresh {
@@ -124,7 +130,6 @@ impl Engine {
                 }
                 return Ok(fresh.then_some(LeakAction::Notified));
             }
-            (LeakPolicy::Suspend, KeyState::Suspended) => return Ok(None),
             (LeakPolicy::Suspend, KeyState::Active) => KeyState::Suspended,
             (LeakPolicy::Revoke | LeakPolicy::Suspend, _) => KeyState::Revoked,
         };
