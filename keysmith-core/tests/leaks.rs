@@ -4,45 +4,23 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use keysmith_core::feed::LocalChangeFeed;
 use keysmith_core::leak::{LeakAction, LeakLabel, LeakPolicies, LeakPolicy, LeakReport};
 use keysmith_core::store::CacheConfig;
 use keysmith_core::{
-    BoxError, Engine, Event, KeyState, MemoryStore, NewKey, Plugin, Refusal, RequestContext, RotationReason, Store,
-    ValidationError,
+    Engine, Event, KeyState, MemoryStore, NewKey, Refusal, RequestContext, RotationReason, Store, ValidationError,
 };
 use sha2::{Digest, Sha256};
+use support::Recorder;
 
 const URL: &str = "https://github.com/octo/app/blob/main/.env";
 
-#[derive(Debug, Default, Clone)]
-struct Recorder(Arc<Mutex<Vec<Event>>>);
-
-impl Recorder {
-    fn leaks(&self) -> Vec<Event> {
-        self.0.lock().unwrap().iter().filter(|event| matches!(event, Event::KeyLeaked { .. })).cloned().collect()
-    }
-    fn names(&self) -> Vec<&'static str> {
-        self.0.lock().unwrap().iter().map(Event::name).collect()
-    }
-    fn clear(&self) {
-        self.0.lock().unwrap().clear();
-    }
-}
-
-#[async_trait]
-impl Plugin for Recorder {
-    fn name(&self) -> &'static str {
-        "recorder"
-    }
-    async fn on_event(&self, event: &Event) -> Result<(), BoxError> {
-        self.0.lock().unwrap().push(event.clone());
-        Ok(())
-    }
+/// The `KeyLeaked` events `recorder` saw.
+fn leaks(recorder: &Recorder) -> Vec<Event> {
+    recorder.0.lock().unwrap().iter().filter(|event| matches!(event, Event::KeyLeaked { .. })).cloned().collect()
 }
 
 fn engine(policies: LeakPolicies) -> (Engine, Recorder) {
@@ -88,10 +66,10 @@ async fn a_leaked_key_is_revoked_with_the_url_as_reason_and_the_event_never_carr
     assert_eq!(key.revoked_reason.as_deref(), Some(format!("leaked: {URL}").as_str()));
     assert_eq!(refusal(&engine, raw).await, Some(Refusal::Revoked), "the engine's own cache saw the change");
     assert_eq!(recorder.names()[..2], ["key_revoked", "key_leaked"]);
-    let Event::KeyLeaked { key_id, tenant, source, url, action } = &recorder.leaks()[0] else { unreachable!() };
+    let Event::KeyLeaked { key_id, tenant, source, url, action } = &leaks(&recorder)[0] else { unreachable!() };
     assert_eq!((*key_id, tenant, source.as_str(), url.as_str()), (created.key.id, &key.tenant, "content", URL));
     assert_eq!(*action, LeakAction::Revoked);
-    let dump = format!("{:?} {findings:?}", recorder.0.lock().unwrap());
+    let dump = format!("{} {findings:?}", recorder.debug_dump());
     assert!(!dump.contains(raw), "the raw key leaked into an event or a finding");
 }
 
@@ -210,7 +188,7 @@ async fn a_well_formed_token_no_tenant_has_is_a_false_positive() {
     let findings = engine.report_leaks(&[report(elsewhere.raw.expose())]).await.unwrap();
 
     assert_eq!(findings[0].label, LeakLabel::FalsePositive);
-    assert!(recorder.leaks().is_empty());
+    assert!(leaks(&recorder).is_empty());
 }
 
 #[tokio::test]
@@ -226,7 +204,7 @@ async fn a_token_reported_twice_in_one_batch_acts_once_and_gets_feedback_twice()
     assert_eq!(findings[0].action, Some(LeakAction::Revoked));
     assert_eq!((findings[2].label, findings[2].action), (LeakLabel::TruePositive, None));
     assert_eq!(findings[1].label, LeakLabel::FalsePositive);
-    assert_eq!(recorder.leaks().len(), 1);
+    assert_eq!(leaks(&recorder).len(), 1);
 }
 
 #[tokio::test]

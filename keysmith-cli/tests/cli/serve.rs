@@ -83,22 +83,7 @@ fn serve_answers_the_management_api_and_the_dashboard_and_stops_on_sigterm() {
     let raw = str_of(&admin, "raw_key").to_owned();
     let admin_id = str_of(&admin["key"], "id").to_owned();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keysmith"))
-        .args(["--database-url", ks.url(), "--app", APP, "serve", "--listen", "127.0.0.1:0", "--realm", "ops"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
-    let addr = first.trim().strip_prefix("Keysmith is listening on http://").unwrap_or_else(|| {
-        let _ = child.kill();
-        let mut stderr = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-        panic!("serve did not start: {first:?} {stderr}")
-    });
-    let addr = addr.to_owned();
+    let (mut child, mut stdout, addr) = start_serve(&ks, &["--app", APP, "--realm", "ops"]);
 
     let (status, _, body) = http(&addr, "GET", "/keysmith/v1/keys", Some(&raw));
     assert_eq!(status, 200, "{body}");
@@ -136,7 +121,7 @@ fn start_serve(ks: &Keysmith, args: &[&str]) -> (std::process::Child, BufReader<
         .args(["--database-url", ks.url(), "serve", "--listen", "127.0.0.1:0"])
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -144,7 +129,9 @@ fn start_serve(ks: &Keysmith, args: &[&str]) -> (std::process::Child, BufReader<
     stdout.read_line(&mut first).unwrap();
     let Some(addr) = first.trim().strip_prefix("Keysmith is listening on http://").map(str::to_owned) else {
         let _ = child.kill();
-        panic!("serve did not start: {first:?}");
+        let mut stderr = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        panic!("serve did not start: {first:?} {stderr}")
     };
     (child, stdout, addr)
 }
