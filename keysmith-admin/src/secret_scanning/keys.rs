@@ -40,7 +40,8 @@ pub(super) struct PublicKeys {
     timeout: Duration,
     refetch_interval: Duration,
     clock: Arc<dyn Clock>,
-    client: HttpsClient,
+    /// `None` when no TLS configuration could be made: every fetch fails.
+    client: Option<HttpsClient>,
     /// The keys last fetched, with their identifiers.
     keys: RwLock<Vec<(String, VerifyingKey)>>,
     /// When the last fetch was tried; one fetch at a time.
@@ -57,6 +58,22 @@ impl fmt::Debug for PublicKeys {
     }
 }
 
+/// A client for `http://` and `https://` URLs: TLS by rustls with Mozilla's
+/// roots (nothing depends on the host's certificates), with the process's
+/// crypto provider when the application installed one, else ring (the one
+/// this crate enables; taken explicitly, as rustls cannot choose when an
+/// application enables several).
+fn https_client() -> Option<HttpsClient> {
+    let provider = rustls::crypto::CryptoProvider::get_default().cloned().unwrap_or_else(|| {
+        // Deprecated only for lacking post-quantum key exchange, which a
+        // fetch of public keys does not need.
+        #[allow(deprecated)]
+        Arc::new(rustls::crypto::ring::default_provider())
+    });
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_webpki_roots(provider).ok()?;
+    Some(Client::builder(TokioExecutor::new()).build(builder.https_or_http().enable_http1().build()))
+}
+
 /// GitHub's document: `{"public_keys": [{"key_identifier", "key", "is_current"}]}`.
 #[derive(Deserialize)]
 struct KeysDocument {
@@ -71,11 +88,13 @@ struct KeyEntry {
 
 impl PublicKeys {
     pub(super) fn new(url: String, timeout: Duration, refetch_interval: Duration, clock: Arc<dyn Clock>) -> Self {
-        // TLS by rustls with its process-wide provider (ring, the one this
-        // crate enables) and Mozilla's roots, so nothing depends on the host.
-        let connector =
-            hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build();
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = https_client();
+        if client.is_none() {
+            tracing::error!(
+                target: "keysmith::secret_scanning",
+                "no TLS client could be configured; every alert will be answered 503",
+            );
+        }
         Self {
             url,
             timeout,
@@ -165,7 +184,8 @@ impl PublicKeys {
                 .header(hyper::header::USER_AGENT, concat!("keysmith/", env!("CARGO_PKG_VERSION")))
                 .body(Empty::<Bytes>::new())
                 .map_err(|error| error.to_string())?;
-            let response = self.client.request(request).await.map_err(|error| error.to_string())?;
+            let client = self.client.as_ref().ok_or("no TLS client")?;
+            let response = client.request(request).await.map_err(|error| error.to_string())?;
             if !response.status().is_success() {
                 return Err(format!("status {}", response.status()));
             }
