@@ -11,7 +11,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{method_not_allowed, route_not_found};
-use crate::{ADMIN_SCOPE, AdminState, VERIFY_SCOPE, credits, keys, openapi, owners, policies, scopes, usage, verify};
+use crate::{
+    ADMIN_SCOPE, AdminState, GithubSecretScanning, VERIFY_SCOPE, credits, keys, openapi, owners, policies, scopes,
+    usage, verify,
+};
 
 /// The realm of `WWW-Authenticate` unless configured otherwise.
 pub const DEFAULT_REALM: &str = "keysmith-admin";
@@ -28,7 +31,8 @@ pub const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
 /// which proxies are trusted, the realm, and the one application whose
 /// keys are accepted. Whatever the configuration, every route (and every
 /// unknown path) needs a key holding [`ADMIN_SCOPE`], and acts on that key's
-/// tenant only.
+/// tenant only, except GitHub's secret scanning alerts
+/// (`POST /secret-scanning/github`), which GitHub's signature authenticates.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -52,6 +56,7 @@ pub const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
 pub struct AdminConfig {
     layer: ApiKeyLayer,
     body_limit: usize,
+    secret_scanning: Option<GithubSecretScanning>,
 }
 
 impl AdminConfig {
@@ -70,7 +75,16 @@ impl AdminConfig {
     /// [preflight passthrough](ApiKeyLayer::with_preflight_passthrough) is
     /// turned off.
     pub fn from_layer(layer: ApiKeyLayer) -> Self {
-        Self { layer, body_limit: DEFAULT_BODY_LIMIT }
+        Self { layer, body_limit: DEFAULT_BODY_LIMIT, secret_scanning: None }
+    }
+
+    /// Serves GitHub's secret scanning alerts at
+    /// `POST /secret-scanning/github` with this configuration (the keys URL,
+    /// say) instead of [`GithubSecretScanning::new`]'s defaults. The route
+    /// needs no API key: GitHub's signature authenticates it.
+    pub fn with_secret_scanning(mut self, scanning: GithubSecretScanning) -> Self {
+        self.secret_scanning = Some(scanning);
+        self
     }
 
     /// Reads keys from these headers (the OpenAPI document's security
@@ -136,7 +150,9 @@ impl AdminConfig {
     {
         let (_, mut doc) = collect().split_for_parts();
         openapi::finish(&mut doc, self.layer.gate().key_sources());
-        let state = AdminState { engine: self.layer.gate().engine().clone(), openapi: Arc::new(doc) };
+        let engine = self.layer.gate().engine().clone();
+        let scanning = self.secret_scanning.unwrap_or_else(|| GithubSecretScanning::new(engine.clone()));
+        let state = AdminState { engine, openapi: Arc::new(doc) };
         let (admin, _) = admin_routes().split_for_parts();
         let (verify, _) = verify_routes().split_for_parts();
         admin
@@ -151,6 +167,8 @@ impl AdminConfig {
             // and 405 say which routes exist.
             .layer(self.layer.with_preflight_passthrough(false))
             .with_state(state)
+            // After the key layer: GitHub signs its alerts, it holds no key.
+            .merge(scanning.into_router())
     }
 }
 

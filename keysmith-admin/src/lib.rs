@@ -12,6 +12,10 @@
 //! - The calling key cannot lock its tenant out: suspending, revoking or
 //!   rotating itself, or taking `keysmith:admin` away from itself (through
 //!   its scopes or its policy's `allowed_scopes`), is 409 `self_lockout`.
+//! - `POST /secret-scanning/github` is GitHub's secret scanning partner
+//!   endpoint ([`GithubSecretScanning`]): authenticated by GitHub's
+//!   signature, not by an API key; the leaked keys it is told about are
+//!   handled by their tenants' leak policy.
 //! - Every error, rejections included, is JSON:
 //!   `{"error": {"code": "…", "message": "…"}}` (see [`Error`]).
 //! - Bodies are read up to [`DEFAULT_BODY_LIMIT`] (256 KiB,
@@ -73,6 +77,7 @@ mod schema;
 mod scopes;
 #[cfg(feature = "server")]
 mod server;
+pub mod secret_scanning;
 #[cfg(feature = "ui")]
 mod ui;
 mod usage;
@@ -88,6 +93,7 @@ pub use error::{Error, Result};
 pub use lockout::SelfLockout;
 #[cfg(feature = "server")]
 pub use server::{DEFAULT_HEADER_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, Server, Stopped};
+pub use secret_scanning::GithubSecretScanning;
 #[cfg(feature = "ui")]
 pub use ui::{DEFAULT_API_BASE, UiConfig, ui_router};
 

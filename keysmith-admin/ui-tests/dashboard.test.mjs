@@ -6,7 +6,11 @@
 //   KEYSMITH_XSS_NAME     the name of a key whose name is HTML
 //   KEYSMITH_READ_KEY     a key without keysmith:admin
 //   KEYSMITH_SCREENSHOTS  where to write keys-page.png and usage-chart.png
+//   KEYSMITH_GITHUB_KEYS_PORT  the port `keysmith serve --github-keys-url` fetches
+//                         GitHub's secret scanning keys from (this file serves them)
 import { test, before, after } from 'node:test';
+import { createServer } from 'node:http';
+import { generateKeyPairSync, sign } from 'node:crypto';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -24,6 +28,7 @@ const SEEDED = JSON.parse(readFileSync(need('KEYSMITH_SEEDED'), 'utf8'));
 const XSS_NAME = need('KEYSMITH_XSS_NAME');
 const SCREENSHOTS = need('KEYSMITH_SCREENSHOTS');
 const READ_KEY = need('KEYSMITH_READ_KEY');
+const GITHUB_KEYS_PORT = Number(need('KEYSMITH_GITHUB_KEYS_PORT'));
 const RAW_KEY = /^[a-z0-9]{1,16}_(live|test|dev)_[0-9A-Za-z]{38}$/;
 
 let profile;
@@ -300,6 +305,58 @@ test('the keys list comes in pages of 20', async () => {
   assert.ok(!names.includes('bootstrap admin'), names.join(', '));
   await page.click('.pager a[rel="prev"]');
   await page.locator('.pager', { hasText: 'Keys 1–20' }).waitFor();
+});
+
+/** Plays GitHub: serves a fresh P-256 public key and posts `alerts` signed with it. */
+async function githubAlert(alerts) {
+  const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+  const document = JSON.stringify({ public_keys: [{
+    key_identifier: 'ui-test-key', key: publicKey.export({ type: 'spki', format: 'pem' }), is_current: true,
+  }] });
+  const server = createServer((_, response) => response.writeHead(200, { 'content-type': 'application/json' }).end(document));
+  await new Promise((resolve) => server.listen(GITHUB_KEYS_PORT, '127.0.0.1', resolve));
+  try {
+    const body = JSON.stringify(alerts);
+    const response = await fetch(new URL('../v1/secret-scanning/github', UI), {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        'github-public-key-identifier': 'ui-test-key',
+        'github-public-key-signature': sign('sha256', Buffer.from(body), privateKey).toString('base64'),
+      },
+      body,
+    });
+    return { status: response.status, feedback: await response.json() };
+  } finally {
+    server.close();
+  }
+}
+
+test('a key GitHub reports leaked shows as leaked, with the URL as text and never as a link', async () => {
+  const created = await fetch(new URL('../v1/keys', UI), {
+    method: 'POST',
+    headers: { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'leaked deploy key' }),
+  }).then((response) => response.json());
+  // An attacker-chosen scheme and markup: both must stay inert text.
+  const url = 'javascript:alert(document.domain)//<img src=x onerror=alert(1)>';
+  const { status, feedback } = await githubAlert([{ token: created.raw_key, type: 'keysmith_api_key', url, source: 'content' }]);
+  assert.equal(status, 200);
+  assert.equal(feedback[0].label, 'true_positive');
+  assert.ok(!JSON.stringify(feedback).includes(created.raw_key), 'the token is never echoed');
+
+  // Many keys exist by now: list the revoked ones, where it is.
+  await page.goto(`${UI}#/keys?state=revoked`);
+  const row = page.locator('[data-testid="keys-table"] tbody tr', { hasText: 'leaked deploy key' });
+  await row.locator('[data-leaked]').waitFor();
+  assert.equal(await row.locator('[data-state]').textContent(), 'revoked');
+  await row.locator('a', { hasText: 'leaked deploy key' }).click();
+  await page.locator('h1', { hasText: 'leaked deploy key' }).waitFor();
+  assert.equal(await page.locator('[data-testid="leak-url"]').textContent(), url);
+  assert.match(await page.locator('[data-testid="leak-notice"]').textContent(), /found this key in public/);
+  assert.match(await page.locator('dl.details').textContent(), /Revoked becauseleaked: javascript:/);
+  assert.equal(await page.locator('a[href^="javascript:"], main img').count(), 0);
+  await page.screenshot({ path: join(SCREENSHOTS, 'leaked-key.png') });
 });
 
 test('signing out empties sessionStorage and returns to sign-in', async () => {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
+use keysmith_core::leak::{LeakPolicies, LeakPolicy};
 use keysmith_core::{Environment, KeyId, KeyState, LimitBy, Period, PolicyId, RotationReason, ScopeId};
 use serde_json::{Map, Value};
 
@@ -99,6 +100,29 @@ pub(crate) enum Command {
     /// gives requests in flight --shutdown-timeout to finish, drops the
     /// connections still open, and writes the queued usage records.
     Serve(ServeArgs),
+    /// Help registering with GitHub's secret scanning partner program.
+    #[command(subcommand)]
+    SecretScanning(SecretScanningCommand),
+}
+
+/// `keysmith secret-scanning …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum SecretScanningCommand {
+    /// Print the regular expression that matches this deployment's raw keys,
+    /// to register with GitHub, and the checksum rule for its post-processing.
+    /// Needs no database.
+    Pattern(PatternArgs),
+}
+
+/// `keysmith secret-scanning pattern`.
+#[derive(Debug, Args)]
+pub(crate) struct PatternArgs {
+    /// A key prefix in use (repeatable, or comma-separated).
+    #[arg(long = "prefix", value_name = "PREFIX", value_delimiter = ',', default_value = keysmith_core::DEFAULT_PREFIX)]
+    pub(crate) prefixes: Vec<String>,
+    /// An environment in use (repeatable, or comma-separated).
+    #[arg(long = "environment", value_name = "ENV", value_delimiter = ',', default_value = keysmith_core::DEFAULT_ENVIRONMENT.as_str())]
+    pub(crate) environments: Vec<Environment>,
 }
 
 /// `keysmith bootstrap-admin`.
@@ -144,6 +168,37 @@ pub(crate) struct ServeArgs {
         default_value_t = Timeout(keysmith_admin::DEFAULT_SHUTDOWN_TIMEOUT)
     )]
     pub(crate) shutdown_timeout: Timeout,
+    /// Where GitHub's secret scanning public keys are fetched from, to
+    /// verify the alerts posted to /keysmith/v1/secret-scanning/github.
+    #[arg(
+        long,
+        env = "KEYSMITH_GITHUB_KEYS_URL",
+        default_value = keysmith_admin::secret_scanning::DEFAULT_GITHUB_KEYS_URL,
+        value_name = "URL"
+    )]
+    pub(crate) github_keys_url: String,
+    /// What a key reported leaked becomes: revoked, suspended, or left alone
+    /// with only the `KeyLeaked` event (notify).
+    #[arg(long, env = "KEYSMITH_LEAK_POLICY", default_value_t = LeakPolicy::Revoke)]
+    pub(crate) leak_policy: LeakPolicy,
+    /// Another leak policy for one tenant: `--tenant-leak-policy APP TENANT POLICY` (repeatable).
+    #[arg(long, num_args = 3, value_names = ["APP", "TENANT", "POLICY"], action = clap::ArgAction::Append)]
+    pub(crate) tenant_leak_policy: Vec<String>,
+}
+
+impl ServeArgs {
+    /// The leak policies the flags ask for.
+    pub(crate) fn leak_policies(&self) -> Result<LeakPolicies, String> {
+        let mut policies = LeakPolicies::new(self.leak_policy);
+        for triple in self.tenant_leak_policy.chunks(3) {
+            let [app, tenant, policy] = triple else {
+                return Err("--tenant-leak-policy takes APP TENANT POLICY".to_owned());
+            };
+            let policy: LeakPolicy = policy.parse().map_err(|error: keysmith_core::Error| error.to_string())?;
+            policies = policies.with_tenant(app.clone(), tenant.clone(), policy);
+        }
+        Ok(policies)
+    }
 }
 
 /// `keysmith keys …`.

@@ -48,6 +48,7 @@ pub mod http;
 mod id;
 mod input;
 mod key;
+pub mod leak;
 pub mod limit;
 mod names;
 mod net;
@@ -62,8 +63,9 @@ pub mod usage;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
-    CreatedKey, DEFAULT_ROTATION_GRACE, Engine, EngineBuilder, GRACE_ENDED_REASON, NewKey, PresentedKey,
-    RequestContext, RequiredScopes, RotatedKey, SweepReport, TenantEngine, Validation, ValidationError,
+    CreatedKey, DEFAULT_ENVIRONMENT, DEFAULT_PREFIX, DEFAULT_ROTATION_GRACE, Engine, EngineBuilder, GRACE_ENDED_REASON,
+    NewKey, PresentedKey, RequestContext, RequiredScopes, RotatedKey, SweepReport, TenantEngine, Validation,
+    ValidationError,
 };
 pub use error::{BoxError, Error, Result};
 pub use feed::{Change, ChangeFeed};

@@ -12,31 +12,7 @@ use keysmith_core::hooks::{AuditEntry, AuditPlugin, MetricsPlugin};
 use keysmith_core::{
     BoxError, Engine, Event, ManualClock, MemoryStore, NewKey, Plugin, RequestContext, RotationReason,
 };
-use support::t0;
-
-#[derive(Debug, Default, Clone)]
-struct Recorder(Arc<Mutex<Vec<Event>>>);
-
-impl Recorder {
-    fn names(&self) -> Vec<&'static str> {
-        self.0.lock().unwrap().iter().map(Event::name).collect()
-    }
-    fn debug_dump(&self) -> String {
-        let events = self.0.lock().unwrap();
-        format!("{events:?} {events:#?}")
-    }
-}
-
-#[async_trait]
-impl Plugin for Recorder {
-    fn name(&self) -> &'static str {
-        "recorder"
-    }
-    async fn on_event(&self, event: &Event) -> Result<(), BoxError> {
-        self.0.lock().unwrap().push(event.clone());
-        Ok(())
-    }
-}
+use support::{Recorder, t0};
 
 #[derive(Debug)]
 struct Failing;

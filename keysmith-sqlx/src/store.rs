@@ -906,7 +906,8 @@ macro_rules! sql_store {
                     lock_for_transition(&mut tx, tenant, id, transition.from, transition.to).await?;
                     let mut qb = QueryBuilder::<Db>::new("UPDATE keysmith_keys SET state = ");
                     qb.push_bind(transition.to.as_str()).push(", updated_at = ").push_bind(Db::time(transition.at));
-                    if transition.to == KeyState::Revoked {
+                    if transition.to != KeyState::Expired {
+                        // Revoked and suspended keys keep why; a reactivated key forgets it.
                         qb.push(", revoked_reason = ").push_bind(transition.reason.clone());
                     }
                     qb.push(" WHERE id = ").push_bind(id.uuid());

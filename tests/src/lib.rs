@@ -29,10 +29,14 @@
 //! connections go silent, through [`proxy::SilentProxy`]: a proxy that stands
 //! between a client and a server and can stop forwarding without closing
 //! anything.
+//!
+//! [`github`] plays GitHub's side of secret scanning: a key endpoint on
+//! 127.0.0.1 and signed alerts.
 #![forbid(unsafe_code)]
 
 pub mod demo_cases;
 pub mod feed_cases;
+pub mod github;
 pub mod http_conformance;
 pub mod proxy;
 pub mod server_process;

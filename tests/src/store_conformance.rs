@@ -833,20 +833,26 @@ pub async fn owner_credits_refill_on_the_utc_period_boundary_and_top_up(store: A
 
 // ---------------------------------------------------------------- lifecycle
 
-/// Allowed changes apply (state, `updated_at`, revoke reason); others are
-/// refused naming the current state; unknown keys are not found.
+/// Allowed changes apply (state, `updated_at`, the reason of a revocation
+/// or suspension, cleared by reactivation); others are refused naming the
+/// current state; unknown keys are not found.
 pub async fn transitions_follow_the_lifecycle(store: Arc<dyn Store>) {
     let key = insert(&store, sample_key(&acme())).await;
     let id = key.key.id;
 
-    // A reason is only kept for revocations.
-    let suspend = Transition::to(KeyState::Suspended, at(10)).with_reason("ignored");
+    // A suspension keeps its reason (a leaked key's is `leaked: <url>`).
+    let suspend = Transition::to(KeyState::Suspended, at(10)).with_reason("leaked: https://example.com/a");
     let suspended = store.transition_key(&acme(), id, &suspend).await.unwrap();
     assert_eq!(suspended.state, KeyState::Suspended);
     assert_eq!(suspended.updated_at, at(10));
-    assert_eq!(suspended.revoked_reason, None);
+    assert_eq!(suspended.revoked_reason.as_deref(), Some("leaked: https://example.com/a"));
     assert_eq!(suspended.scopes, key.key.scopes);
-    let expected = Key { state: KeyState::Suspended, updated_at: at(10), ..Key::clone(&key.key) };
+    let expected = Key {
+        state: KeyState::Suspended,
+        updated_at: at(10),
+        revoked_reason: Some("leaked: https://example.com/a".to_owned()),
+        ..Key::clone(&key.key)
+    };
     assert_eq!(suspended, expected, "nothing else changes");
 
     assert_invalid_transition(
@@ -862,6 +868,7 @@ pub async fn transitions_follow_the_lifecycle(store: Arc<dyn Store>) {
 
     let active = store.transition_key(&acme(), id, &Transition::to(KeyState::Active, at(20))).await.unwrap();
     assert_eq!((active.state, active.updated_at), (KeyState::Active, at(20)));
+    assert_eq!(active.revoked_reason, None, "reactivation clears the reason");
 
     let revoke = Transition::to(KeyState::Revoked, at(30)).with_reason("leaked in a gist");
     let revoked = store.transition_key(&acme(), id, &revoke).await.unwrap();

@@ -8,6 +8,10 @@
 //! PORT=8080 cargo run -p example-actix
 //! ```
 //!
+//! GitHub's secret scanning alerts are answered at
+//! `POST /keysmith/v1/secret-scanning/github` (keys fetched from
+//! `KEYSMITH_GITHUB_KEYS_URL`, GitHub's by default).
+//!
 //! On start it migrates the store, creates fresh keys and prints them as
 //! `KEYSMITH_DEMO_*_KEY=…` lines, followed by curl commands to try.
 //! Ctrl-C (or SIGTERM) stops the server gracefully and writes the queued
@@ -21,9 +25,12 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::http::header::HeaderValue;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use demo_support::{APP_ID, NewUser, REALM, Settings, Users};
 use keysmith_actix::{ApiKey, ApiKeyMiddleware, RequireScopes};
+use keysmith_admin::GithubSecretScanning;
+use keysmith_admin::secret_scanning::{KEY_IDENTIFIER_HEADER, SIGNATURE_HEADER};
 use keysmith_core::Engine;
 
 /// How long a connection being closed may take to flush and shut down
@@ -41,14 +48,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let keysmith = ApiKeyMiddleware::new(engine.clone()).with_realm(REALM).with_app_id(APP_ID);
     let users = Users::default();
     let app_engine = engine.clone();
-    let server =
-        HttpServer::new(move || App::new().configure(routes(keysmith.clone(), app_engine.clone(), users.clone())))
-            // The same limits as the axum demo and `keysmith serve`.
-            .client_request_timeout(settings.header_timeout)
-            .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
-            .shutdown_timeout(settings.shutdown_timeout.as_secs())
-            .bind((Ipv4Addr::LOCALHOST, settings.port))?
-            .shutdown_signal(demo_support::shutdown_signal());
+    let scanning = demo_support::secret_scanning(&engine);
+    let server = HttpServer::new(move || {
+        App::new().configure(routes(keysmith.clone(), app_engine.clone(), users.clone(), scanning.clone()))
+    })
+    // The same limits as the axum demo and `keysmith serve`.
+    .client_request_timeout(settings.header_timeout)
+    .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+    .shutdown_timeout(settings.shutdown_timeout.as_secs())
+    .bind((Ipv4Addr::LOCALHOST, settings.port))?
+    .shutdown_signal(demo_support::shutdown_signal());
     let base = match server.addrs().first() {
         Some(addr) => format!("http://{addr}"),
         None => format!("http://{}:{}", Ipv4Addr::LOCALHOST, settings.port),
@@ -60,11 +69,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The routes: `/health` is public, everything else goes through
+/// The routes: `/health` is public, GitHub's secret scanning alerts are
+/// authenticated by GitHub's signature, everything else goes through
 /// `keysmith`.
-fn routes(keysmith: ApiKeyMiddleware, engine: Engine, users: Users) -> impl FnOnce(&mut web::ServiceConfig) {
+fn routes(
+    keysmith: ApiKeyMiddleware,
+    engine: Engine,
+    users: Users,
+    scanning: GithubSecretScanning,
+) -> impl FnOnce(&mut web::ServiceConfig) {
     move |config| {
         config.app_data(web::Data::new(engine)).app_data(web::Data::new(users)).route("/health", web::get().to(health));
+        config.app_data(web::Data::new(scanning)).route(GITHUB_ALERTS, web::post().to(github_alert));
         config.service(
             web::scope("").wrap(keysmith).route("/me", web::get().to(me)).service(
                 web::resource("/users")
@@ -88,6 +104,29 @@ async fn list_users(users: web::Data<Users>) -> HttpResponse {
     HttpResponse::Ok().json(users.list())
 }
 
+/// Where GitHub posts secret scanning alerts (the path the axum demo and
+/// `keysmith serve` use too).
+const GITHUB_ALERTS: &str = "/keysmith/v1/secret-scanning/github";
+
+/// Reads the body up to the cap and hands it to keysmith-admin's endpoint,
+/// which verifies GitHub's signature before anything else.
+async fn github_alert(
+    scanning: web::Data<GithubSecretScanning>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let answer = match payload.to_bytes_limited(scanning.max_body()).await {
+        Ok(Ok(body)) => {
+            let header = |name: &str| request.headers().get(name).map(HeaderValue::as_bytes);
+            scanning.handle(header(KEY_IDENTIFIER_HEADER), header(SIGNATURE_HEADER), &body).await
+        }
+        Ok(Err(_)) => scanning.unreadable(),
+        Err(_) => scanning.too_large(),
+    };
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    HttpResponse::build(status).content_type("application/json").body(answer.body)
+}
+
 async fn create_user(users: web::Data<Users>, key: ApiKey, new: web::Json<NewUser>) -> HttpResponse {
     HttpResponse::Created().json(users.create(new.into_inner(), &key))
 }
@@ -108,7 +147,7 @@ mod tests {
         let engine = Engine::builder(Arc::new(MemoryStore::new())).with_clock(clock).build().unwrap();
         let keys = demo_support::create_demo_keys(&engine).await.unwrap();
         let keysmith = ApiKeyMiddleware::new(engine.clone()).with_realm(REALM).with_app_id(APP_ID);
-        (routes(keysmith, engine, Users::default()), keys)
+        (routes(keysmith, engine.clone(), Users::default(), GithubSecretScanning::new(engine)), keys)
     }
 
     fn request(method: &str, path: &str, key: Option<&RawKey>) -> test::TestRequest {
@@ -171,5 +210,37 @@ mod tests {
         let response = test::call_service(&app, request("GET", "/users", Some(&keys.limited)).to_request()).await;
         assert_eq!(response.status(), 429);
         assert!(response.headers().contains_key("retry-after"));
+    }
+
+    #[actix_web::test]
+    async fn a_signed_github_alert_revokes_the_leaked_demo_key_without_an_api_key() {
+        let engine = Engine::builder(Arc::new(MemoryStore::new())).build().unwrap();
+        let keys = demo_support::create_demo_keys(&engine).await.unwrap();
+        let github = keysmith_tests::github::FakeGithub::start().await;
+        let keysmith = ApiKeyMiddleware::new(engine.clone()).with_realm(REALM).with_app_id(APP_ID);
+        let scanning = GithubSecretScanning::new(engine.clone()).with_keys_url(github.keys_url());
+        let app = test::init_service(App::new().configure(routes(keysmith, engine, Users::default(), scanning))).await;
+        let body = keysmith_tests::github::alert_body(&[keys.read.expose()]);
+        let alert = |body: String, signature: String| {
+            test::TestRequest::post()
+                .uri(GITHUB_ALERTS)
+                .insert_header(("github-public-key-identifier", github.identifier().to_owned()))
+                .insert_header(("github-public-key-signature", signature))
+                .set_payload(body)
+                .to_request()
+        };
+
+        let forged = test::call_service(&app, alert(body.clone(), github.sign(b"[]"))).await;
+        assert_eq!(forged.status(), 401);
+        let response = test::call_service(&app, alert(body.clone(), github.sign(body.as_bytes()))).await;
+        assert_eq!(response.status(), 200);
+        let feedback: serde_json::Value = test::read_body_json(response).await;
+        assert_eq!(feedback[0]["label"], "true_positive");
+
+        let me = test::call_service(&app, request("GET", "/me", Some(&keys.read)).to_request()).await;
+        assert_eq!(me.status(), 401, "the leaked key is revoked");
+        let huge = "x".repeat(GithubSecretScanning::DEFAULT_MAX_BODY + 1);
+        let too_large = test::call_service(&app, alert(huge, github.sign(b"x"))).await;
+        assert_eq!(too_large.status(), 413);
     }
 }

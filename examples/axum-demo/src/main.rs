@@ -26,7 +26,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use demo_support::{APP_ID, NewUser, REALM, Settings, User, Users};
-use keysmith_admin::{AdminConfig, Server};
+use keysmith_admin::{AdminConfig, GithubSecretScanning, Server};
 use keysmith_core::Engine;
 use keysmith_tower::{ApiKey, ApiKeyLayer, RequireScopes};
 use serde_json::Value;
@@ -36,7 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let settings = Settings::from_env(3000)?;
     let engine = demo_support::open_engine(&settings.database_url).await?;
     let keys = demo_support::create_demo_keys(&engine).await?;
-    let app = app(engine.clone());
+    let app = app(engine.clone(), demo_support::secret_scanning(&engine));
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, settings.port)).await?;
     let base = format!("http://{}", listener.local_addr()?);
     demo_support::print_instructions("axum", &base, &settings.database_url, &keys);
@@ -57,8 +57,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// The routes: `/health` is public, everything else needs a key, and the
 /// management API under `/keysmith/v1` needs a `keysmith:admin` key. The
 /// dashboard at `/keysmith/ui/` is static files: it signs in with an admin
-/// key and calls the management API.
-fn app(engine: Engine) -> Router {
+/// key and calls the management API. GitHub posts secret scanning alerts
+/// to `/keysmith/v1/secret-scanning/github`, signed, with no key.
+fn app(engine: Engine, scanning: GithubSecretScanning) -> Router {
     let users = Users::default();
     let api = Router::new()
         .route("/me", get(me))
@@ -69,7 +70,11 @@ fn app(engine: Engine) -> Router {
         )
         .with_state(users)
         .layer(ApiKeyLayer::new(engine.clone()).with_realm(REALM).with_app_id(APP_ID));
-    let admin = AdminConfig::new(engine.clone()).with_realm(REALM).with_app_id(APP_ID).into_router();
+    let admin = AdminConfig::new(engine.clone())
+        .with_realm(REALM)
+        .with_app_id(APP_ID)
+        .with_secret_scanning(scanning)
+        .into_router();
     Router::new()
         .route("/health", get(health))
         .with_state(engine)
@@ -129,7 +134,7 @@ mod tests {
         let clock = ManualClock::new(chrono::DateTime::UNIX_EPOCH);
         let engine = Engine::builder(Arc::new(MemoryStore::new())).with_clock(clock).build().unwrap();
         let keys = demo_support::create_demo_keys(&engine).await.unwrap();
-        (app(engine), keys)
+        (app(engine.clone(), GithubSecretScanning::new(engine)), keys)
     }
 
     async fn status(app: &Router, method: &str, path: &str, key: Option<&RawKey>) -> u16 {
@@ -216,5 +221,22 @@ mod tests {
             assert_eq!(status(&app, "GET", "/users", Some(&keys.limited)).await, 200);
         }
         assert_eq!(status(&app, "GET", "/users", Some(&keys.limited)).await, 429);
+    }
+
+    #[tokio::test]
+    async fn a_signed_github_alert_revokes_the_leaked_demo_key_without_an_api_key() {
+        let engine = Engine::builder(Arc::new(MemoryStore::new())).build().unwrap();
+        let keys = demo_support::create_demo_keys(&engine).await.unwrap();
+        let github = keysmith_tests::github::FakeGithub::start().await;
+        let app = app(engine.clone(), GithubSecretScanning::new(engine).with_keys_url(github.keys_url()));
+        let body = keysmith_tests::github::alert_body(&[keys.read.expose()]);
+        let request = Request::post("/keysmith/v1/secret-scanning/github")
+            .header("github-public-key-identifier", github.identifier())
+            .header("github-public-key-signature", github.sign(body.as_bytes()))
+            .body(Body::from(body))
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(status(&app, "GET", "/me", Some(&keys.read)).await, 401, "the leaked key is revoked");
     }
 }

@@ -19,7 +19,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use keysmith_admin::Server;
+use keysmith_admin::{GithubSecretScanning, Server};
 use keysmith_core::http::ApiKey;
 use keysmith_core::store::{CacheConfig, Page};
 use keysmith_core::{Credits, Engine, Environment, LimitBy, NewKey, Policy, PolicySpec, RawKey, Store, TenantEngine};
@@ -41,6 +41,9 @@ pub const LIMITED_POLICY: &str = "demo-limited";
 /// The name of the policy whose limit the owner's keys share.
 pub const OWNER_POLICY: &str = "demo-owner-shared";
 /// How often a `local_first` Redis limiter syncs with Redis in the demos.
+/// The variable naming where GitHub's secret scanning public keys are
+/// fetched from (GitHub's own URL when unset).
+pub const GITHUB_KEYS_URL_VAR: &str = "KEYSMITH_GITHUB_KEYS_URL";
 const LOCAL_FIRST_SYNC: Duration = Duration::from_millis(100);
 
 /// An error of the demo's setup, for `main` to print.
@@ -159,6 +162,17 @@ pub async fn open_engine(database_url: &str) -> Result<Engine, BoxError> {
     Ok(builder.with_cache(CacheConfig::default()).with_environment(Environment::Test).build()?)
 }
 
+/// GitHub's secret scanning alerts for `engine`'s keys, verified with the
+/// public keys at `KEYSMITH_GITHUB_KEYS_URL` (GitHub's when unset). Both
+/// demos serve it at `POST /keysmith/v1/secret-scanning/github`.
+pub fn secret_scanning(engine: &Engine) -> GithubSecretScanning {
+    let scanning = GithubSecretScanning::new(engine.clone());
+    match std::env::var(GITHUB_KEYS_URL_VAR) {
+        Ok(url) if !url.is_empty() => scanning.with_keys_url(url),
+        _ => scanning,
+    }
+}
+
 /// The secrets of the keys made on each start.
 #[derive(Debug)]
 pub struct DemoKeys {
@@ -262,6 +276,11 @@ pub fn print_instructions(framework: &str, base: &str, database_url: &str, keys:
          {base}/users; done    # 200 200 200 429: two keys of owner {DEMO_OWNER}, one budget"
     );
     println!("  curl -i {base}/me    # 401 without a key");
+    println!();
+    println!(
+        "GitHub secret scanning alerts: POST {base}/keysmith/v1/secret-scanning/github (signed by GitHub; \
+         keys from {GITHUB_KEYS_URL_VAR} or GitHub's)"
+    );
     println!();
     println!("Ctrl-C stops the server and writes the queued usage records.");
 }

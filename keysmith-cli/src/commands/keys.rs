@@ -205,7 +205,9 @@ async fn rotate(args: RotateKeyArgs, tenant: &TenantEngine, printer: Printer) ->
 /// One line saying the key's new state.
 fn changed(key: &Key) -> String {
     match (&key.state, &key.revoked_reason) {
-        (KeyState::Revoked, Some(reason)) => format!("Key {} is now revoked ({reason}).\n", key.id),
+        (KeyState::Revoked | KeyState::Suspended, Some(reason)) => {
+            format!("Key {} is now {} ({reason}).\n", key.id, key.state)
+        }
         (state, _) => format!("Key {} is now {state}.\n", key.id),
     }
 }
@@ -228,7 +230,8 @@ fn details(key: &Key) -> Details {
         details.line("grace ends", output::time(key.grace_expires_at));
     }
     if let Some(reason) = &key.revoked_reason {
-        details.line("revoked reason", reason.clone());
+        let label = if key.state == KeyState::Revoked { "revoked reason" } else { "reason" };
+        details.line(label, reason.clone());
     }
     details
         .line("last used", output::time(key.last_used_at))

@@ -5,11 +5,13 @@ mod maintenance;
 mod owners;
 mod policies;
 mod scopes;
+mod secret_scanning;
 mod serve;
 mod usage;
 
 use std::sync::Arc;
 
+use keysmith_core::leak::LeakPolicies;
 use keysmith_core::{Engine, Tenant, TenantEngine, validate_id};
 
 use crate::cli::{Cli, Command, GlobalArgs};
@@ -25,8 +27,16 @@ use crate::output::Printer;
 pub(crate) async fn run(cli: Cli) -> Result<String, CliError> {
     let Cli { global, command } = cli;
     let printer = Printer::new(global.json);
+    if let Command::SecretScanning(command) = command {
+        // Prints what to register with GitHub: no database involved.
+        return secret_scanning::run(&command, printer);
+    }
+    let leak_policies = match &command {
+        Command::Serve(args) => args.leak_policies().map_err(CliError::Usage)?,
+        _ => LeakPolicies::default(),
+    };
     let tenant = match command {
-        Command::Migrate | Command::Sweep => None,
+        Command::Migrate | Command::Sweep | Command::SecretScanning(_) => None,
         Command::Serve(_) => {
             if let Some(app) = &global.app {
                 validate_id("app_id", app)?;
@@ -42,7 +52,7 @@ pub(crate) async fn run(cli: Cli) -> Result<String, CliError> {
     };
     let app = global.app.clone();
     let store = db::open(global.database_url.as_deref()).await?;
-    let outcome = match Engine::builder(Arc::clone(&store)).build() {
+    let outcome = match Engine::builder(Arc::clone(&store)).with_leak_policies(leak_policies).build() {
         Ok(engine) => {
             let tenant = tenant.map(|Tenant { app_id, tenant_id }| engine.tenant(app_id, tenant_id));
             let outcome = dispatch(command, &engine, tenant.as_ref(), app.as_deref(), printer).await;
@@ -73,6 +83,7 @@ async fn dispatch(
         Command::Usage(args) => usage::run(args, tenant()?, printer).await,
         Command::BootstrapAdmin(args) => maintenance::bootstrap_admin(args, engine, tenant()?, printer).await,
         Command::Serve(args) => serve::run(args, engine, app, printer).await,
+        Command::SecretScanning(command) => secret_scanning::run(&command, printer),
     }
 }
 

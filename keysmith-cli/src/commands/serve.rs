@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::response::Redirect;
 use axum::routing::get;
-use keysmith_admin::{AdminConfig, Server};
+use keysmith_admin::{AdminConfig, GithubSecretScanning, Server};
 use keysmith_core::Engine;
 use keysmith_core::http::TrustedProxies;
 use serde_json::json;
@@ -32,7 +32,11 @@ pub(super) async fn run(
 ) -> Result<String, CliError> {
     engine.store().migrate().await?;
     let proxies = TrustedProxies::parse(&args.trusted_proxies).map_err(|error| CliError::Usage(error.to_string()))?;
-    let mut admin = AdminConfig::new(engine.clone()).with_realm(args.realm).with_trusted_proxies(proxies);
+    let scanning = GithubSecretScanning::new(engine.clone()).with_keys_url(args.github_keys_url);
+    let mut admin = AdminConfig::new(engine.clone())
+        .with_realm(args.realm)
+        .with_trusted_proxies(proxies)
+        .with_secret_scanning(scanning);
     if let Some(app) = app {
         admin = admin.with_app_id(app);
     }

@@ -225,3 +225,51 @@ fn an_idle_keep_alive_connection_does_not_delay_serves_shutdown() {
     assert!(server.stdout().contains("Stopped; queued usage records written."), "{took:?} {}", server.stdout());
     assert_eq!(wait_closed(idle, Duration::from_secs(5)).0, "");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_takes_github_alerts_with_its_keys_url_and_leak_policy() {
+    use keysmith_tests::github::{FakeGithub, alert_body};
+
+    let (_dir, ks) = temp_db();
+    let github = FakeGithub::start().await;
+    ks.run(&["migrate"]).ok();
+    let created = ks.json(&["keys", "create", "--name", "ci"]);
+    let (raw, id) = (str_of(&created, "raw_key").to_owned(), str_of(&created["key"], "id").to_owned());
+    let keys_url = github.keys_url();
+    let mut server = serve(
+        &ks,
+        &["--github-keys-url", &keys_url, "--leak-policy", "revoke", "--tenant-leak-policy", APP, TENANT, "suspend"],
+    );
+
+    let body = alert_body(&[&raw]);
+    let (identifier, signature) = (github.identifier().to_owned(), github.sign(body.as_bytes()));
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Github-Public-Key-Identifier", identifier.as_str()),
+        ("Github-Public-Key-Signature", signature.as_str()),
+    ];
+    let answer = request(server.addr(), "POST", "/keysmith/v1/secret-scanning/github", &headers, body.as_bytes());
+    server.terminate();
+    assert!(server.wait_for_exit(Duration::from_secs(60)).0.success(), "{}", server.stderr());
+
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let response = answer.body;
+    assert!(response.contains("\"label\":\"true_positive\""), "{response}");
+    assert!(!response.contains(&raw), "the token was echoed");
+    let key = ks.json(&["keys", "show", &id]);
+    assert_eq!(key["state"], "suspended", "the tenant's override applies: {key}");
+    assert_eq!(key["revoked_reason"], "leaked: https://github.com/octo/leaky/blob/main/config-0.env");
+}
+
+#[test]
+fn secret_scanning_pattern_prints_the_regex_for_the_prefixes_and_environments_in_use() {
+    let defaults = bare(&["secret-scanning", "pattern"]).ok();
+    assert!(defaults.contains(r"\b(?:sk)_(?:live)_[0-9A-Za-z]{38}\b"), "{defaults}");
+    assert!(defaults.contains("CRC-32"), "the checksum rule is printed: {defaults}");
+    let chosen =
+        bare(&["--json", "secret-scanning", "pattern", "--prefix", "sk,acme", "--environment", "live,test"]).ok();
+    let chosen: serde_json::Value = serde_json::from_str(&chosen).unwrap();
+    assert_eq!(chosen["pattern"], r"\b(?:sk|acme)_(?:live|test)_[0-9A-Za-z]{38}\b");
+    bare(&["secret-scanning", "pattern", "--prefix", "SK"]).fails(2);
+    bare(&["secret-scanning", "pattern", "--environment", "prod"]).fails(2);
+}

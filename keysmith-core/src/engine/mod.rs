@@ -1,5 +1,6 @@
 //! The engine: configuration, tenant-scoped management and validation.
 
+mod leaks;
 mod policies;
 mod scopes;
 mod tenant;
@@ -19,6 +20,7 @@ use crate::bounded::SweepSchedule;
 use crate::feed::subscriber::FeedLink;
 use crate::feed::{FeedHeartbeat, FeedStatus};
 use crate::hooks::{Event, Hooks, Plugin};
+use crate::leak::LeakPolicies;
 use crate::limit::{GcraRateLimiter, RateLimiter};
 use crate::store::{CacheConfig, CacheStats, CachedStore, IntoStore, Store, Transition};
 use crate::usage::QuotaCounter;
@@ -28,6 +30,12 @@ use crate::{
     Change, ChangeFeed, Clock, Environment, Error, Hasher, Key, KeyId, KeyState, Result, Sha256Hasher, SystemClock,
     Tenant,
 };
+
+/// The prefix of new keys unless the builder names another.
+pub const DEFAULT_PREFIX: &str = "sk";
+
+/// The environment of new keys unless the builder names another.
+pub const DEFAULT_ENVIRONMENT: Environment = Environment::Live;
 
 /// The grace period of a rotation when neither the call nor the key's policy
 /// gives one.
@@ -79,6 +87,10 @@ struct Inner {
     /// microseconds since the epoch.
     touched: DashMap<KeyId, i64, foldhash::fast::RandomState>,
     touch_sweeps: SweepSchedule,
+    leak_policies: LeakPolicies,
+    /// Keys whose leak was notified (under `LeakPolicy::Notify`), so that
+    /// a report seen again fires nothing.
+    notified: moka::sync::Cache<KeyId, ()>,
 }
 
 impl fmt::Debug for Engine {
@@ -120,13 +132,14 @@ impl Engine {
             hasher: Arc::new(Sha256Hasher),
             clock: Arc::new(SystemClock),
             plugins: Vec::new(),
-            prefix: "sk".to_owned(),
-            environment: Environment::Live,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            environment: DEFAULT_ENVIRONMENT,
             rotation_grace: DEFAULT_ROTATION_GRACE,
             strict_scopes: false,
             limiter: None,
             quota_counter: None,
             usage_config: UsageConfig::default(),
+            leak_policies: LeakPolicies::default(),
         }
     }
 
@@ -303,6 +316,7 @@ pub struct EngineBuilder {
     limiter: Option<Arc<dyn RateLimiter>>,
     quota_counter: Option<Arc<dyn QuotaCounter>>,
     usage_config: UsageConfig,
+    leak_policies: LeakPolicies,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -420,6 +434,14 @@ impl EngineBuilder {
         self
     }
 
+    /// What [`Engine::report_leaks`] does with a leaked key of each tenant:
+    /// a default and per-tenant overrides (by default every tenant's leaked
+    /// keys are revoked).
+    pub fn with_leak_policies(mut self, policies: LeakPolicies) -> Self {
+        self.leak_policies = policies;
+        self
+    }
+
     /// Builds the engine. Inside a Tokio runtime its background work (usage
     /// writer, change feed) starts on that runtime; outside one, call
     /// [`Engine::start`] from inside the runtime that should run it.
@@ -472,6 +494,11 @@ impl EngineBuilder {
                 environment: self.environment,
                 rotation_grace: self.rotation_grace,
                 strict_scopes: self.strict_scopes,
+                leak_policies: self.leak_policies,
+                notified: moka::sync::Cache::builder()
+                    .max_capacity(leaks::NOTIFIED_CAPACITY)
+                    .time_to_live(leaks::NOTIFIED_TTL)
+                    .build(),
             }),
         };
         // Inside a runtime the background work starts on it; outside,

@@ -27,6 +27,7 @@ impl AuditEntry {
         let detail = match event {
             Event::KeyValidationFailed { reason, .. } => Some(reason.code().to_owned()),
             Event::KeyRevoked { key } => key.revoked_reason.clone(),
+            Event::KeyLeaked { source, url, action, .. } => Some(format!("{action} (found in {source} at {url})")),
             Event::KeyRotated { record, .. } => {
                 Some(format!("{} -> {} ({})", record.key_id, record.new_key_id, record.reason))
             }

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 pub use audit::{AuditEntry, AuditPlugin};
 pub use metrics::MetricsPlugin;
 
+use crate::leak::LeakAction;
 use crate::{BoxError, Key, KeyId, Policy, PolicyId, Refusal, RotationRecord, Scope, ScopeId, Tenant};
 
 /// Something that happened, handed to every plugin.
@@ -72,6 +73,20 @@ pub enum Event {
     KeyExpired {
         /// The key, now `expired`.
         key: Arc<Key>,
+    },
+    /// A key was reported leaked (found in public by a secret scanner) and
+    /// its tenant's leak policy applied. Never carries the leaked token.
+    KeyLeaked {
+        /// The key.
+        key_id: KeyId,
+        /// Its owner.
+        tenant: Tenant,
+        /// Where the scanner found it (GitHub: `content`, `commit`, `issue`…).
+        source: String,
+        /// The public URL of the place it was found.
+        url: String,
+        /// What was done to the key.
+        action: LeakAction,
     },
     /// A key hit its rate limit.
     KeyRateLimited {
@@ -135,6 +150,7 @@ impl Event {
             Self::KeySuspended { .. } => "key_suspended",
             Self::KeyReactivated { .. } => "key_reactivated",
             Self::KeyExpired { .. } => "key_expired",
+            Self::KeyLeaked { .. } => "key_leaked",
             Self::KeyRateLimited { .. } => "key_rate_limited",
             Self::QuotaExceeded { .. } => "quota_exceeded",
             Self::PolicyCreated { .. } => "policy_created",
@@ -158,6 +174,7 @@ impl Event {
             | Self::KeyExpired { key } => Some(&key.tenant),
             Self::KeyValidationFailed { tenant, .. } => tenant.as_ref(),
             Self::KeyRateLimited { tenant, .. }
+            | Self::KeyLeaked { tenant, .. }
             | Self::QuotaExceeded { tenant, .. }
             | Self::PolicyDeleted { tenant, .. }
             | Self::ScopeDeleted { tenant, .. } => Some(tenant),
@@ -178,7 +195,9 @@ impl Event {
             | Self::KeyReactivated { key }
             | Self::KeyExpired { key } => Some(key.id.to_string()),
             Self::KeyValidationFailed { key_id, .. } => key_id.map(|id| id.to_string()),
-            Self::KeyRateLimited { key_id, .. } | Self::QuotaExceeded { key_id, .. } => Some(key_id.to_string()),
+            Self::KeyRateLimited { key_id, .. }
+            | Self::QuotaExceeded { key_id, .. }
+            | Self::KeyLeaked { key_id, .. } => Some(key_id.to_string()),
             Self::PolicyCreated { policy } | Self::PolicyUpdated { policy } => Some(policy.id.to_string()),
             Self::PolicyDeleted { policy_id, .. } => Some(policy_id.to_string()),
             Self::ScopeCreated { scope } => Some(scope.id.to_string()),

@@ -55,7 +55,8 @@ pub struct Key {
     pub expires_at: Option<DateTime<Utc>>,
     /// When a `rotated` key stops validating.
     pub grace_expires_at: Option<DateTime<Utc>>,
-    /// Why the key was revoked, when it was.
+    /// Why the key was revoked, or suspended, when a reason was given
+    /// (a leaked key's is `leaked: <url>`); cleared when it is reactivated.
     pub revoked_reason: Option<String>,
     /// When the key last validated (updated at most once per interval).
     pub last_used_at: Option<DateTime<Utc>>,

@@ -306,7 +306,8 @@ fn apply_transition(key: &mut Key, transition: &Transition) -> Result<()> {
     }
     key.state = transition.to;
     key.updated_at = transition.at;
-    if transition.to == KeyState::Revoked {
+    if transition.to != KeyState::Expired {
+        // Revoked and suspended keys keep why; a reactivated key forgets it.
         key.revoked_reason.clone_from(&transition.reason);
     }
     Ok(())

@@ -107,7 +107,8 @@ pub struct Transition {
     pub to: KeyState,
     /// When the change happens (becomes `updated_at`).
     pub at: DateTime<Utc>,
-    /// Stored as the key's `revoked_reason` when `to` is `revoked`.
+    /// Stored as the key's `revoked_reason` when `to` is `revoked` or
+    /// `suspended` (`active` clears it; `expired` leaves it).
     pub reason: Option<String>,
 }
 

@@ -1,13 +1,13 @@
 //! Shared fixtures of keysmith-core's integration tests.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use keysmith_core::store::{ProbedStore, StoreOp, StoreProbe};
-use keysmith_core::{Engine, EngineBuilder, ManualClock, MemoryStore, Result, Store};
+use keysmith_core::{BoxError, Engine, EngineBuilder, Event, ManualClock, MemoryStore, Plugin, Result, Store};
 
 pub fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 14, 12, 0, 0).unwrap()
@@ -46,4 +46,37 @@ impl StoreProbe for CallCounter {
 pub fn counting_store() -> (Arc<dyn Store>, Arc<CallCounter>) {
     let counter = Arc::new(CallCounter::default());
     (Arc::new(ProbedStore::new(Arc::new(MemoryStore::new()), Arc::clone(&counter))), counter)
+}
+
+/// A plugin that keeps every event it sees.
+#[derive(Debug, Default, Clone)]
+pub struct Recorder(pub Arc<Mutex<Vec<Event>>>);
+
+impl Recorder {
+    /// The events' names, in order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.0.lock().unwrap().iter().map(Event::name).collect()
+    }
+
+    /// Every event in both `Debug` forms, to search for what must not be there.
+    pub fn debug_dump(&self) -> String {
+        let events = self.0.lock().unwrap();
+        format!("{events:?} {events:#?}")
+    }
+
+    /// Forgets what it saw.
+    pub fn clear(&self) {
+        self.0.lock().unwrap().clear();
+    }
+}
+
+#[async_trait]
+impl Plugin for Recorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+    async fn on_event(&self, event: &Event) -> std::result::Result<(), BoxError> {
+        self.0.lock().unwrap().push(event.clone());
+        Ok(())
+    }
 }

@@ -108,6 +108,22 @@
     return el('span', { class: `badge state-${STATES.includes(state) ? state : 'unknown'}`, 'data-state': state }, state);
   }
 
+  // A key reported by GitHub secret scanning is revoked or suspended with
+  // this reason prefix, followed by the URL where it was found.
+  const LEAK_PREFIX = 'leaked: ';
+
+  /** Where a leaked key was found (text, never a link), or null. */
+  function leakUrl(key) {
+    const reason = key.revoked_reason;
+    if (!reason || !reason.startsWith(LEAK_PREFIX) || !['revoked', 'suspended'].includes(key.state)) return null;
+    return reason.slice(LEAK_PREFIX.length);
+  }
+
+  /** A "leaked" badge for a key reported by secret scanning, else nothing. */
+  function leakBadge(key) {
+    return leakUrl(key) === null ? null : el('span', { class: 'badge leaked', 'data-leaked': '' }, 'leaked');
+  }
+
   /** "expires soon" or "past expiry" for an active key, else nothing. */
   function expiryNote(key) {
     if (!key.expires_at || key.state !== 'active') return null;
@@ -363,7 +379,7 @@
     const rows = keys.map((key) => el('tr', { 'data-key-id': key.id, class: expiryNote(key) ? 'expiring' : null },
       el('td', {}, keyLink(key.id, key.name)),
       el('td', {}, el('code', {}, key.hint)),
-      el('td', {}, stateBadge(key.state)),
+      el('td', {}, stateBadge(key.state), leakBadge(key) ? ' ' : null, leakBadge(key)),
       el('td', {}, key.environment),
       el('td', {}, key.owner_id || DASH),
       el('td', {}, key.policy_id ? policyNames.get(key.policy_id) || key.policy_id : DASH),
@@ -505,14 +521,15 @@
     const details = el('dl', { class: 'details' }, [
       ['ID', el('code', {}, key.id)],
       ['Hint', el('code', {}, key.hint)],
-      ['State', [stateBadge(key.state), ' ', expiryNote(key)]],
+      ['State', [stateBadge(key.state), ' ', expiryNote(key), leakBadge(key)]],
       ['Environment', key.environment],
       ['Owner', key.owner_id || DASH],
       ['Policy', key.policy_id ? el('a', { href: '#/policies' }, policy ? policy.name : key.policy_id) : DASH],
       ['Scopes', chips(key.scopes)],
       ['Expires', time(key.expires_at)],
       key.grace_expires_at ? ['Old secret valid until', time(key.grace_expires_at)] : null,
-      key.revoked_reason ? ['Revoked because', key.revoked_reason] : null,
+      key.revoked_reason ? [key.state === 'suspended' ? 'Suspended because' : 'Revoked because', key.revoked_reason] : null,
+      leakUrl(key) !== null ? ['Found at', el('code', { 'data-testid': 'leak-url' }, leakUrl(key))] : null,
       ['Last used', time(key.last_used_at)],
       ['Created', time(key.created_at)],
       ['Updated', time(key.updated_at)],
@@ -522,6 +539,8 @@
     show(
       el('p', {}, el('a', { href: '#/keys' }, '← All keys')),
       el('div', { class: 'page-head' }, el('h1', {}, key.name, stateBadge(key.state))),
+      leakUrl(key) !== null ? el('p', { class: 'banner error', role: 'status', 'data-testid': 'leak-notice' },
+        `Secret scanning found this key in public, so it was ${key.state}. Give its users a new key.`) : null,
       secret ? secretPanel(secret.raw, secret.id, 'Replacement key created', 'Open the new key’s page →') : null,
       el('div', { class: 'columns' },
         el('section', { class: 'card' }, el('h2', {}, 'Details'), details),
