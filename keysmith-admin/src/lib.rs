@@ -75,9 +75,9 @@ mod owners;
 mod policies;
 mod schema;
 mod scopes;
+pub mod secret_scanning;
 #[cfg(feature = "server")]
 mod server;
-pub mod secret_scanning;
 #[cfg(feature = "ui")]
 mod ui;
 mod usage;
@@ -91,9 +91,9 @@ use keysmith_core::Engine;
 pub use config::{AdminConfig, DEFAULT_BODY_LIMIT, DEFAULT_REALM};
 pub use error::{Error, Result};
 pub use lockout::SelfLockout;
+pub use secret_scanning::GithubSecretScanning;
 #[cfg(feature = "server")]
 pub use server::{DEFAULT_HEADER_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, Server, Stopped};
-pub use secret_scanning::GithubSecretScanning;
 #[cfg(feature = "ui")]
 pub use ui::{DEFAULT_API_BASE, UiConfig, ui_router};
 
