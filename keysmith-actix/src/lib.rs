@@ -68,4 +68,6 @@ pub use response::{ApiKeyRejection, RefusalResponder, default_refusal_response};
 pub use scopes::{RequireScopes, RequireScopesMiddleware};
 
 /// The framework-free pieces this crate is built on, for configuration.
-pub use keysmith_core::http::{ForwardingHeader, KeySources, RateLimitHeaders, RefusalResponse, TrustedProxies};
+pub use keysmith_core::http::{
+    ForwardingHeader, KeySources, RateLimitHeaders, RefusalResponse, TrustedProxies, UNMATCHED_ROUTE, UsageEndpoint,
+};

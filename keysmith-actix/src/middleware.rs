@@ -1,5 +1,6 @@
 //! `ApiKeyMiddleware`: validate every request's key before the wrapped service.
 
+use std::borrow::Cow;
 use std::future::{Ready, ready};
 use std::marker::PhantomData;
 use std::rc::Rc;
@@ -28,6 +29,14 @@ use crate::{ApiKeyRejection, RefusalResponder};
 /// fails: then with the status of the error's response). If the store
 /// cannot be reached the answer is 503, never a pass. The sequence is
 /// core's ([`Gate::guard`]); this type is its actix glue.
+///
+/// The usage record names the pattern of the resource the request was
+/// routed to (`HttpRequest::match_pattern`, read from the response, so
+/// wherever the middleware wraps), `unmatched` when no resource matched or
+/// when the wrapped service failed with an error (which carries no
+/// request). The raw path is recorded only with
+/// [`with_usage_endpoint`](Self::with_usage_endpoint)`(UsageEndpoint::RawPath)`,
+/// which stores whatever personal data paths carry.
 ///
 /// The client address is the connection's peer (`ServiceRequest::peer_addr`);
 /// the forwarding header (`X-Forwarded-For`, or `Forwarded` if configured)
@@ -211,6 +220,14 @@ where
     /// The status of the response actix will make of the error.
     fn error_status(error: &Error) -> u16 {
         error.as_response_error().status_code().as_u16()
+    }
+
+    /// The pattern of the resource the request was routed to
+    /// (`HttpRequest::match_pattern`): the router runs inside the wrapped
+    /// service, so the request the response carries has been matched by
+    /// then.
+    fn matched_route(response: &ServiceResponse<B>) -> Option<Cow<'_, str>> {
+        response.request().match_pattern().map(Cow::Owned)
     }
 
     fn append_header(response: &mut ServiceResponse<B>, name: &'static str, value: &str) {

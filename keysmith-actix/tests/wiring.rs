@@ -292,7 +292,34 @@ async fn errors_of_inner_services_are_recorded_with_their_status() {
         .unwrap();
     let mut seen: Vec<(u16, &str)> = records.iter().map(|r| (r.status, r.endpoint.as_str())).collect();
     seen.sort_unstable();
-    assert_eq!(seen, [(409, "/conflict"), (409, "/middleware-error")]);
+    // An error carries no request, so no route: `unmatched`.
+    assert_eq!(seen, [(409, "/conflict"), (409, keysmith_core::http::UNMATCHED_ROUTE)]);
+}
+
+#[actix_web::test]
+async fn records_name_the_whole_pattern_of_nested_scopes_around_a_scope_or_a_resource() {
+    let setup = setup().await;
+    let users = || web::resource("/users/{id}").route(web::get().to(HttpResponse::Ok));
+    let keysmith = || ApiKeyMiddleware::new(setup.engine.clone());
+    // Around a scope, and around a resource (the conformance suite covers
+    // around the app).
+    let app = test::init_service(
+        App::new()
+            .service(web::scope("/v1").service(users()).wrap(keysmith()))
+            .service(web::scope("/v2").service(users().wrap(keysmith()))),
+    )
+    .await;
+    for path in ["/v1/users/7", "/v1/users/alice@example.com", "/v2/users/8"] {
+        assert_eq!(send(&app, request(path, Some(&setup.admin)).to_request()).await.0, StatusCode::OK, "{path}");
+    }
+    setup.engine.flush_usage().await;
+    let admin = setup.engine.tenant("app", "acme").list_keys(&Default::default()).await.unwrap();
+    let admin_id = admin.iter().find(|key| key.name == "admin").unwrap().id;
+    let records =
+        setup.engine.tenant("app", "acme").list_usage(admin_id, TimeRange::default(), Page::default()).await.unwrap();
+    let mut seen: Vec<&str> = records.iter().map(|r| r.endpoint.as_str()).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, ["/v1/users/{id}", "/v1/users/{id}", "/v2/users/{id}"]);
 }
 
 #[actix_web::test]

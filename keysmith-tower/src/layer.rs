@@ -13,7 +13,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::RefusalResponder;
-use crate::request::{Headers, Installed, Shared, peer};
+use crate::request::{Headers, Installed, Shared, matched_route, peer};
 use crate::response::{append_header, append_shared};
 
 /// A [`Layer`] that validates the API key of every request.
@@ -26,6 +26,16 @@ use crate::response::{append_header, append_shared};
 /// (also when it fails: then with status 500). If the store cannot be
 /// reached the answer is 503, never a pass. The sequence is core's
 /// ([`Gate::guard`]); this type is its tower glue.
+///
+/// The usage record names the route template the request matched, from
+/// axum's `MatchedPath`, which the `Router` sets before the layers added
+/// with `Router::layer` or `route_layer` run: add the layer that way, on the
+/// router holding the routes (as below; inside a nested router too). A
+/// request no route matched is recorded as `unmatched`, and so is every
+/// request through a layer wrapped around a whole `Router` or around
+/// `nest`, which runs before routing. The raw path is recorded only with
+/// [`with_usage_endpoint`](Self::with_usage_endpoint)`(UsageEndpoint::RawPath)`,
+/// which stores whatever personal data paths carry.
 ///
 /// The client address comes from axum's `ConnectInfo<SocketAddr>`, so serve
 /// the router with `into_make_service_with_connect_info::<SocketAddr>()`.
@@ -188,6 +198,7 @@ where
 
     fn facts(request: &Request<ReqBody>) -> RequestFacts<'_, Headers<'_>> {
         RequestFacts::new(request.method().as_str(), request.uri().path(), peer(request), Headers(request.headers()))
+            .with_route(matched_route(request))
     }
 
     fn admit(&self, request: &mut Request<ReqBody>, admission: Admission<'_>) {

@@ -62,4 +62,6 @@ pub use response::{RefusalResponder, default_refusal_response};
 pub use scopes::{RequireScopes, RequireScopesFuture, RequireScopesService};
 
 /// The framework-free pieces this crate is built on, for configuration.
-pub use keysmith_core::http::{ForwardingHeader, KeySources, RateLimitHeaders, RefusalResponse, TrustedProxies};
+pub use keysmith_core::http::{
+    ForwardingHeader, KeySources, RateLimitHeaders, RefusalResponse, TrustedProxies, UNMATCHED_ROUTE, UsageEndpoint,
+};

@@ -49,6 +49,24 @@ pub(crate) fn peer<B>(request: &Request<B>) -> Option<IpAddr> {
     }
 }
 
+/// The route template the request matched: axum's `MatchedPath`, which the
+/// `Router` sets before the layers added with `Router::layer` or
+/// `route_layer` run. `None` when no route matched, and for a layer
+/// wrapped around a whole `Router` (or around `nest`): it runs before the
+/// router has matched anything.
+pub(crate) fn matched_route<B>(request: &Request<B>) -> Option<&str> {
+    #[cfg(feature = "axum")]
+    {
+        use axum::extract::MatchedPath;
+        request.extensions().get::<MatchedPath>().map(MatchedPath::as_str)
+    }
+    #[cfg(not(feature = "axum"))]
+    {
+        let _ = request;
+        None
+    }
+}
+
 /// What the layer's service shares with every request it lets through.
 #[derive(Debug)]
 pub(crate) struct Shared {

@@ -182,3 +182,42 @@ async fn options_to_an_any_handler_needs_a_key_preflight_or_not() {
         assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("missing_key")));
     }
 }
+
+/// The endpoints the reader key's usage records name, sorted.
+async fn recorded_endpoints(engine: &Engine) -> Vec<String> {
+    engine.flush_usage().await;
+    let acme = engine.tenant("app", "acme");
+    let key = acme.list_keys(&keysmith_core::store::KeyFilter::default()).await.unwrap().remove(0);
+    let records = acme.list_usage(key.id, Default::default(), Default::default()).await.unwrap();
+    let mut endpoints: Vec<String> = records.iter().map(|record| record.endpoint.to_string()).collect();
+    endpoints.sort_unstable();
+    endpoints
+}
+
+fn authorized(path: &str, raw: &str) -> Request<Body> {
+    Request::get(path).header("x-api-key", raw).body(Body::empty()).unwrap()
+}
+
+#[tokio::test]
+async fn a_layer_inside_a_nested_router_records_the_whole_route_template() {
+    let (engine, raw) = engine_and_key(&[]).await;
+    let users = Router::new().route("/users/{id}", get(|| async { "a user" })).layer(ApiKeyLayer::new(engine.clone()));
+    let app = Router::new().nest("/v1", users);
+    for path in ["/v1/users/7", "/v1/users/alice@example.com"] {
+        assert_eq!(send(&app, authorized(path, &raw)).await.0, StatusCode::OK, "{path}");
+    }
+    assert_eq!(recorded_endpoints(&engine).await, ["/v1/users/{id}", "/v1/users/{id}"]);
+}
+
+/// A layer wrapped around a whole `Router` (not added with `Router::layer`)
+/// runs before axum has matched a route, so it cannot know the template:
+/// its records say `unmatched`, and never the path the client sent.
+#[tokio::test]
+async fn a_layer_wrapped_around_a_whole_router_records_unmatched_never_the_path() {
+    let (engine, raw) = engine_and_key(&[]).await;
+    let router = Router::new().route("/users/{id}", get(|| async { "a user" }));
+    let app = ApiKeyLayer::new(engine.clone()).layer(router);
+    let response = app.oneshot(authorized("/users/alice@example.com", &raw)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(recorded_endpoints(&engine).await, [keysmith_core::http::UNMATCHED_ROUTE]);
+}

@@ -20,11 +20,14 @@
 //! | `OPTIONS /whoami` | | 204 |
 //! | `GET /key` | handler takes `ApiKey` | 200 `{"key": "<key id>"}` |
 //! | `GET /teapot` | handler takes `ApiKey` | 418 |
+//! | `GET /users/{id}` | a route with a parameter (same template syntax in axum and actix) | 200 |
 //! | `GET /scoped/all` | `RequireScopes::all(["read:users", "write:users"])` | 200 |
 //! | `GET /scoped/any` | `RequireScopes::any(["admin", "write:users"])` | 200 |
-//! | `GET /fail` | the service behind the adapter fails (an error, not a response) | what the server makes of the error: 500 (tower) or the error's status (actix, 502) |
+//! | `GET /fail` | the service behind the adapter fails (an error, not a response), before any route matched | what the server makes of the error: 500 (tower) or the error's status (actix, 502) |
 //! | `GET /outside/key` | **not** behind the adapter; handler takes `ApiKey` | 500 naming the missing middleware |
 //! | `GET /outside/whoami` | **not** behind the adapter; handler takes `Option<ApiKey>` | 200 `{"key": null}` |
+//!
+//! Any other path matches no route: 404, behind the adapter.
 //!
 //! The peer address of a request is [`TestRequest::peer`] (`None`: the
 //! server does not know it).
@@ -35,7 +38,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use keysmith_core::http::{ForwardingHeader, KeySources, RateLimitHeaders, TrustedProxies};
+use keysmith_core::http::{
+    ForwardingHeader, KeySources, RateLimitHeaders, TrustedProxies, UNMATCHED_ROUTE, UsageEndpoint,
+};
 use keysmith_core::store::{Page, TimeRange};
 use keysmith_core::{
     Clock, Engine, KeyId, ManualClock, MemoryStore, NewKey, PolicySpec, RotationReason, Store, TenantEngine,
@@ -56,6 +61,9 @@ macro_rules! http_conformance_tests {
             legacy_rate_limit_headers_are_opt_in_and_none_sends_none,
             quota_exceeded_is_429_with_retry_after_until_midnight,
             usage_records_carry_the_handler_status,
+            usage_records_name_the_route_template_not_the_path,
+            usage_records_name_unmatched_when_no_route_matched,
+            usage_records_name_the_raw_path_when_opted_in,
             store_down_is_503_unavailable,
             optional_mode_passes_keyless_requests_and_still_refuses_bad_keys,
             app_restriction_refuses_other_apps_keys,
@@ -100,6 +108,8 @@ pub struct HarnessOptions {
     pub preflight_passthrough: bool,
     /// Which rate-limit headers responses carry.
     pub rate_limit_headers: RateLimitHeaders,
+    /// What usage records name as the endpoint.
+    pub usage_endpoint: UsageEndpoint,
 }
 
 impl Default for HarnessOptions {
@@ -114,6 +124,7 @@ impl Default for HarnessOptions {
             optional: false,
             preflight_passthrough: false,
             rate_limit_headers: RateLimitHeaders::default(),
+            usage_endpoint: UsageEndpoint::default(),
         }
     }
 }
@@ -799,6 +810,59 @@ pub async fn usage_records_carry_the_handler_status<H: Harness>() {
     assert_eq!(fixture.engine.usage_stats().written, 2, "the refused requests are not recorded");
 }
 
+/// Sends each path with the reader key, checks its status, and returns
+/// the endpoints the reader's usage records name, sorted.
+async fn endpoints_recorded<H: Harness>(fixture: &Fixture, harness: &H, requests: &[(&str, u16)]) -> Vec<String> {
+    for (path, status) in requests {
+        let response = harness.send(TestRequest::get(path).bearer(&fixture.keys.reader)).await;
+        assert_eq!(response.status, *status, "{path}: {}", response.describe());
+    }
+    fixture.engine.flush_usage().await;
+    let records = fixture.acme.list_usage(fixture.keys.reader_id, TimeRange::default(), Page::default()).await;
+    let mut endpoints: Vec<String> = records.unwrap().iter().map(|record| record.endpoint.to_string()).collect();
+    endpoints.sort_unstable();
+    endpoints
+}
+
+/// A usage record names the route template the request matched, never the
+/// path: the ids and e-mail addresses in paths are not stored, and every
+/// request of a route counts under one endpoint.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn usage_records_name_the_route_template_not_the_path<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let harness: H = fixture.harness(HarnessOptions::default()).await;
+    let requests = [("/users/42", 200), ("/users/alice@example.com", 200), ("/users/bob%40example.com", 200)];
+    assert_eq!(endpoints_recorded(&fixture, &harness, &requests).await, ["/users/{id}"; 3]);
+}
+
+/// A request that matched no route (the application's 404) is recorded
+/// under the one fixed endpoint `unmatched`, whatever its path: probing
+/// clients cannot grow the set of endpoints nor store what they sent.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn usage_records_name_unmatched_when_no_route_matched<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let harness: H = fixture.harness(HarnessOptions::default()).await;
+    let requests = [("/nowhere", 404), ("/users", 404), ("/whoami/alice@example.com", 404)];
+    assert_eq!(endpoints_recorded(&fixture, &harness, &requests).await, [UNMATCHED_ROUTE; 3]);
+}
+
+/// With [`UsageEndpoint::RawPath`] (an opt-in) records name the path as
+/// sent, for routes and for 404s alike.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn usage_records_name_the_raw_path_when_opted_in<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let options = HarnessOptions { usage_endpoint: UsageEndpoint::RawPath, ..HarnessOptions::default() };
+    let harness: H = fixture.harness(options).await;
+    let requests = [("/nowhere", 404), ("/users/42", 200), ("/whoami", 200)];
+    assert_eq!(endpoints_recorded(&fixture, &harness, &requests).await, ["/nowhere", "/users/42", "/whoami"]);
+}
+
 /// With the store down a key is neither accepted nor refused: 503
 /// `unavailable`. A request without a key needs no store and is still 401.
 ///
@@ -1072,7 +1136,8 @@ pub async fn scope_refused_requests_spend_no_rate_limit_quota_or_usage<H: Harnes
 
 /// When the service behind the adapter fails (an error, not a response),
 /// the error goes on and the request's usage is still recorded, with the
-/// status the server answers.
+/// status the server answers. No route had matched (the failing service
+/// sits in front of the router), so the endpoint is `unmatched`.
 ///
 /// # Panics
 /// On a mismatch.
@@ -1085,7 +1150,7 @@ pub async fn inner_service_errors_keep_the_usage_record<H: Harness>() {
     fixture.engine.flush_usage().await;
     let records = fixture.acme.list_usage(keys.reader_id, TimeRange::default(), Page::default()).await.unwrap();
     let seen: Vec<(u16, &str)> = records.iter().map(|r| (r.status, r.endpoint.as_str())).collect();
-    assert_eq!(seen, [(response.status, "/fail")]);
+    assert_eq!(seen, [(response.status, UNMATCHED_ROUTE)]);
 }
 
 /// Behind no middleware, `ApiKey` is a 500 that names the missing

@@ -44,7 +44,8 @@ impl Harness for ActixHarness {
             .with_realm(options.realm)
             .with_trusted_proxies(options.trusted_proxies)
             .with_preflight_passthrough(options.preflight_passthrough)
-            .with_rate_limit_headers(options.rate_limit_headers);
+            .with_rate_limit_headers(options.rate_limit_headers)
+            .with_usage_endpoint(options.usage_endpoint);
         if let Some(sources) = options.key_sources {
             keysmith = keysmith.with_key_sources(sources);
         }
@@ -83,6 +84,7 @@ impl Harness for ActixHarness {
                         )
                         .route("/key", web::get().to(|key: ApiKey| async move { key_json(Some(&key)) }))
                         .route("/teapot", web::get().to(|_: ApiKey| async { HttpResponse::ImATeapot().finish() }))
+                        .route("/users/{id}", web::get().to(|| async { "a user" }))
                         .route("/fail", web::get().to(|| async { "unreachable" }))
                         // `/fail`: the service behind Keysmith fails with an
                         // error (not a response).

@@ -13,8 +13,13 @@ use keysmith_tests::http_conformance::{Harness, HarnessOptions, TestRequest, Tes
 use keysmith_tower::{ApiKey, ApiKeyLayer, RequireScopes};
 use tower::ServiceExt;
 
+/// The routes behind the layer, added as the documentation wires it
+/// (`Router::layer`, so it sees axum's `MatchedPath`); `/fail`, a service
+/// that errors, behind the same layer (no `Router` route can fail); and the
+/// routes outside it.
 struct TowerHarness {
-    guarded: tower::util::BoxCloneSyncService<Request<Body>, axum::response::Response, std::io::Error>,
+    guarded: Router,
+    failing: tower::util::BoxCloneSyncService<Request<Body>, axum::response::Response, std::io::Error>,
     outside: Router,
 }
 
@@ -28,7 +33,8 @@ impl Harness for TowerHarness {
             .with_realm(options.realm)
             .with_trusted_proxies(options.trusted_proxies)
             .with_preflight_passthrough(options.preflight_passthrough)
-            .with_rate_limit_headers(options.rate_limit_headers);
+            .with_rate_limit_headers(options.rate_limit_headers)
+            .with_usage_endpoint(options.usage_endpoint);
         if let Some(sources) = options.key_sources {
             layer = layer.with_key_sources(sources);
         }
@@ -38,7 +44,7 @@ impl Harness for TowerHarness {
         if options.optional {
             layer = layer.optional();
         }
-        let app = Router::new()
+        let guarded = Router::new()
             .route("/scoped/all", get(|| async { "ok" }))
             .route_layer(RequireScopes::all(["read:users", "write:users"]))
             .route("/scoped/any", get(|| async { "ok" }).layer(RequireScopes::any(["admin", "write:users"])))
@@ -48,24 +54,19 @@ impl Harness for TowerHarness {
                     .options(|| async { StatusCode::NO_CONTENT }),
             )
             .route("/key", get(|key: ApiKey| async move { key_json(Some(&key)) }))
-            .route("/teapot", get(|_: ApiKey| async { StatusCode::IM_A_TEAPOT.into_response() }));
+            .route("/teapot", get(|_: ApiKey| async { StatusCode::IM_A_TEAPOT.into_response() }))
+            .route("/users/{id}", get(|| async { "a user" }))
+            .layer(layer.clone());
         // `/fail`: a service that errors, behind the layer; its error is
         // answered with 500, as hyper does.
-        let failing = tower::service_fn(move |request: Request<Body>| {
-            let app = app.clone();
-            async move {
-                if request.uri().path() == "/fail" {
-                    return Err(std::io::Error::other("the inner service failed"));
-                }
-                Ok(app.oneshot(request).await.expect("infallible"))
-            }
+        let failing = tower::service_fn(|_: Request<Body>| async {
+            Err::<axum::response::Response, _>(std::io::Error::other("the inner service failed"))
         });
-        let guarded = tower::ServiceBuilder::new().layer(layer).service(failing);
-        let guarded = tower::util::BoxCloneSyncService::new(guarded);
+        let failing = tower::util::BoxCloneSyncService::new(tower::ServiceBuilder::new().layer(layer).service(failing));
         let outside = Router::new()
             .route("/outside/key", get(|key: ApiKey| async move { key_json(Some(&key)) }))
             .route("/outside/whoami", get(|key: Option<ApiKey>| async move { key_json(key.as_ref()) }));
-        Self { guarded, outside }
+        Self { guarded, failing, outside }
     }
 
     async fn send(&self, request: TestRequest) -> TestResponse {
@@ -79,11 +80,13 @@ impl Harness for TowerHarness {
         }
         let response = if request.path.starts_with("/outside/") {
             self.outside.clone().oneshot(http_request).await.expect("infallible")
-        } else {
-            match self.guarded.clone().oneshot(http_request).await {
+        } else if request.path == "/fail" {
+            match self.failing.clone().oneshot(http_request).await {
                 Ok(response) => response,
                 Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
             }
+        } else {
+            self.guarded.clone().oneshot(http_request).await.expect("infallible")
         };
         let status = response.status().as_u16();
         let headers = response

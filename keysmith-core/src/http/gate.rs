@@ -1,6 +1,7 @@
 //! The per-request flow both adapters run: read the key and the client
 //! address, validate, and say what to do with the request.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
@@ -10,8 +11,10 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use super::headers::{PolicyHeaders, names};
+use super::routes::RouteNames;
 use super::{
     ApiKey, HeaderLookup, HeaderSink, KeySources, RateLimitHeaders, RefusalResponse, ScopeRequirement, TrustedProxies,
+    UNMATCHED_ROUTE, UsageEndpoint,
 };
 use crate::usage::{SharedStr, SharedTenant};
 use crate::{Engine, PresentedKey, Refusal, RequestContext, UsageId, UsageRecord, ValidationError};
@@ -29,6 +32,10 @@ pub struct RequestFacts<'a, H> {
     pub method: &'a str,
     /// The path, without the query string.
     pub path: &'a str,
+    /// The route template the request matched (`/users/{id}`), when the
+    /// framework has routed it before the adapter runs (axum's
+    /// `MatchedPath`); `None` otherwise (see [`Adapter::matched_route`](super::Adapter::matched_route)).
+    pub route: Option<&'a str>,
     /// The address of the connection's other end, if the server knows it.
     pub peer: Option<IpAddr>,
     /// The request's headers (a reference to a header list, or an
@@ -37,9 +44,16 @@ pub struct RequestFacts<'a, H> {
 }
 
 impl<'a, H: HeaderLookup> RequestFacts<'a, H> {
-    /// The facts of one request.
+    /// The facts of one request, its route not known yet.
     pub fn new(method: &'a str, path: &'a str, peer: Option<IpAddr>, headers: H) -> Self {
-        Self { method, path, peer, headers }
+        Self { method, path, route: None, peer, headers }
+    }
+
+    /// With the route template the request matched.
+    #[must_use]
+    pub fn with_route(mut self, route: Option<&'a str>) -> Self {
+        self.route = route;
+        self
     }
 }
 
@@ -49,6 +63,7 @@ impl<H> fmt::Debug for RequestFacts<'_, H> {
         f.debug_struct("RequestFacts")
             .field("method", &self.method)
             .field("path", &self.path)
+            .field("route", &self.route)
             .field("peer", &self.peer)
             .finish_non_exhaustive()
     }
@@ -106,8 +121,11 @@ struct Config {
     optional: bool,
     preflight_passthrough: bool,
     rate_limit_headers: RateLimitHeaders,
+    usage_endpoint: UsageEndpoint,
     /// Each policy's rendered rate-limit headers.
     policy_headers: Arc<PolicyHeaders>,
+    /// The route templates usage records name.
+    routes: Arc<RouteNames>,
 }
 
 impl fmt::Debug for Gate {
@@ -122,6 +140,7 @@ impl fmt::Debug for Gate {
             .field("optional", &c.optional)
             .field("preflight_passthrough", &c.preflight_passthrough)
             .field("rate_limit_headers", &c.rate_limit_headers)
+            .field("usage_endpoint", &c.usage_endpoint)
             .finish()
     }
 }
@@ -145,7 +164,9 @@ impl Gate {
                 optional: false,
                 preflight_passthrough: false,
                 rate_limit_headers: RateLimitHeaders::default(),
+                usage_endpoint: UsageEndpoint::default(),
                 policy_headers: Arc::default(),
+                routes: Arc::default(),
             }),
         }
     }
@@ -220,6 +241,20 @@ impl Gate {
     #[must_use]
     pub fn rate_limit_headers(&self) -> RateLimitHeaders {
         self.config.rate_limit_headers
+    }
+
+    /// What usage records name as the endpoint: the matched route template
+    /// (the default), or the raw path, which may carry personal data (see
+    /// [`UsageEndpoint::RawPath`]).
+    #[must_use]
+    pub fn with_usage_endpoint(self, endpoint: UsageEndpoint) -> Self {
+        self.edit(|c| c.usage_endpoint = endpoint)
+    }
+
+    /// What usage records name as the endpoint.
+    #[must_use]
+    pub fn usage_endpoint(&self) -> UsageEndpoint {
+        self.config.usage_endpoint
     }
 
     /// The engine.
@@ -312,9 +347,13 @@ impl Gate {
             Err(Refusal::MissingKey) if config.optional => return Authorize::ready(Outcome::Anonymous),
             Err(refusal) => return Authorize::ready(Outcome::Refuse(self.refusal(refusal))),
         };
+        let endpoint = match config.usage_endpoint {
+            UsageEndpoint::RawPath => Some(SharedStr::copied(request.path)),
+            UsageEndpoint::Route => request.route.map(|route| config.routes.name(route)),
+        };
         let draft = UsageDraft {
             method: SharedStr::method(request.method),
-            path: SharedStr::copied(request.path),
+            endpoint,
             ip: config.proxies.client_ip(request.peer, &request.headers),
             user_agent: header_text(&request.headers, names::USER_AGENT, MAX_USER_AGENT_LEN),
             started,
@@ -335,7 +374,10 @@ impl Gate {
         draft: UsageDraft,
     ) -> impl Future<Output = Outcome> + Send + 'static {
         async move {
-            let mut ctx = RequestContext::new().with_request(&draft.method, &draft.path);
+            // No path: validation reads none, and the record's endpoint may
+            // be known only once the handler has answered.
+            let mut ctx = RequestContext::new();
+            ctx.method = Some(&draft.method);
             if let Some(ip) = draft.ip {
                 ctx = ctx.with_ip(ip);
             }
@@ -351,8 +393,8 @@ impl Gate {
                 Ok(validation) => Outcome::Pass(Admitted { key: ApiKey::new(validation), gate: self, draft }),
                 Err(ValidationError::Refused(refusal)) => Outcome::Refuse(self.refusal(refusal)),
                 Err(ValidationError::Failed(error)) => {
-                    tracing::warn!(target: "keysmith::http", %error, method = %draft.method, path = %draft.path,
-                        "API key validation failed; answering 503");
+                    tracing::warn!(target: "keysmith::http", %error, method = %draft.method,
+                        endpoint = draft.endpoint.as_deref(), "API key validation failed; answering 503");
                     Outcome::Refuse(RefusalResponse::unavailable())
                 }
             }
@@ -399,7 +441,10 @@ pub struct Admitted {
 #[derive(Clone)]
 struct UsageDraft {
     method: SharedStr,
-    path: SharedStr,
+    /// The endpoint when known before the handler runs: the raw path
+    /// (opted in) or the route the framework had matched; else the route
+    /// read from the response, or `unmatched`.
+    endpoint: Option<SharedStr>,
     ip: Option<IpAddr>,
     user_agent: Option<SharedStr>,
     started: Instant,
@@ -410,7 +455,7 @@ impl fmt::Debug for Admitted {
         f.debug_struct("Admitted")
             .field("key", &self.key)
             .field("method", &self.draft.method)
-            .field("path", &self.draft.path)
+            .field("endpoint", &self.draft.endpoint)
             .field("ip", &self.draft.ip)
             .finish_non_exhaustive()
     }
@@ -450,31 +495,49 @@ impl Admitted {
     }
 
     /// The usage record of this request answered with `status`; latency
-    /// runs from the start of [`Gate::authorize`] to now.
+    /// runs from the start of [`Gate::authorize`] to now. Its endpoint is
+    /// what was known before the handler ran (see
+    /// [`finish_routed`](Self::finish_routed)).
     #[must_use]
     pub fn usage_record(&self, status: u16) -> UsageRecord {
-        self.draft.clone().into_record(&self.key, status)
+        self.draft.clone().into_record(&self.key, status, None)
     }
 
     /// Queues the usage record of this request answered with `status`;
     /// never waits. A request refunded after validation (refused by a
     /// route's scope requirement) records nothing.
+    ///
+    /// Its endpoint is the one known before the handler ran (the raw path
+    /// if opted in, else [`RequestFacts::route`]), or [`UNMATCHED_ROUTE`].
     pub fn finish(self, status: u16) {
+        self.finish_routed(status, || None);
+    }
+
+    /// [`finish`](Self::finish) for a framework that matches the route
+    /// inside the service it wraps: when the endpoint was not known before
+    /// the handler ran, it is the template `route` returns (called at most
+    /// once), or [`UNMATCHED_ROUTE`] if that is `None`.
+    pub fn finish_routed<'r>(self, status: u16, route: impl FnOnce() -> Option<Cow<'r, str>>) {
         if self.key.validation().is_refunded() {
             return;
         }
-        let record = self.draft.into_record(&self.key, status);
+        let routed = match self.draft.endpoint {
+            Some(_) => None,
+            None => route().map(|route| self.gate.config.routes.name(&route)),
+        };
+        let record = self.draft.into_record(&self.key, status, routed);
         self.gate.engine().record_usage(record);
     }
 }
 
 impl UsageDraft {
-    fn into_record(self, key: &ApiKey, status: u16) -> UsageRecord {
+    /// The record, naming `routed` if the endpoint was not known before.
+    fn into_record(self, key: &ApiKey, status: u16, routed: Option<SharedStr>) -> UsageRecord {
         UsageRecord {
             id: UsageId::new(),
             key_id: key.id(),
             tenant: SharedTenant::of_key(&key.validation().key),
-            endpoint: self.path,
+            endpoint: self.endpoint.or(routed).unwrap_or_else(|| SharedStr::from(UNMATCHED_ROUTE)),
             method: self.method,
             status,
             ip: self.ip,

@@ -4,6 +4,7 @@
 //! answer the refusal. An adapter says how its framework does each small
 //! step ([`Adapter`]) and returns [`Gate::guard`]'s future as its own.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -76,7 +77,9 @@ pub trait Adapter: Sized {
     /// refusal, in one type).
     type Output;
 
-    /// Method, path, peer address and headers of `request`.
+    /// Method, path, peer address and headers of `request`, and its route
+    /// template if the framework has matched it already
+    /// ([`RequestFacts::with_route`]).
     fn facts(request: &Self::Request) -> RequestFacts<'_, Self::Headers<'_>>;
 
     /// Records in `request` that it passed and how (the key, for
@@ -98,6 +101,17 @@ pub trait Adapter: Sized {
     /// The status the inner service's error will be answered with, for the
     /// usage record (500 when the framework cannot tell).
     fn error_status(error: &Self::Error) -> u16;
+
+    /// The route template the request matched, read from the inner
+    /// service's response: for a framework that routes inside the service
+    /// the adapter wraps (actix-web). Asked only for a passed request whose
+    /// [facts](Self::facts) carried no route, and only when usage records
+    /// name routes; `None` (the default) records
+    /// [`UNMATCHED_ROUTE`](super::UNMATCHED_ROUTE).
+    fn matched_route(response: &Self::Response) -> Option<Cow<'_, str>> {
+        let _ = response;
+        None
+    }
 
     /// Appends a header to a response (a name from
     /// [`names`](super::names), a valid value).
@@ -122,10 +136,11 @@ impl Gate {
     ///    preflight mark) in the request and [`Adapter::call`] runs the
     ///    inner service;
     /// 4. for a passed key, the response gets the rate-limit headers and
-    ///    the usage record is queued with its status; when the inner
-    ///    service fails, the record is queued with the status the error
-    ///    will be answered with ([`Adapter::error_status`]) and the error
-    ///    goes on unchanged.
+    ///    the usage record is queued with its status and route (from the
+    ///    facts, else [`Adapter::matched_route`]); when the inner service
+    ///    fails, the record is queued with the status the error will be
+    ///    answered with ([`Adapter::error_status`]) and the route known
+    ///    before the call, and the error goes on unchanged.
     pub fn guard<A: Adapter>(&self, adapter: A, request: A::Request) -> Guarded<A> {
         let authorize = self.authorize(&A::facts(&request));
         Guarded { step: Step::Authorizing { authorize, parked: Some((adapter, request)) } }
@@ -201,7 +216,7 @@ impl<A: Adapter> Future for Guarded<A> {
                         Ok(mut response) => {
                             if let Some(admitted) = admitted {
                                 admitted.write_headers(&mut ResponseSink::<A>(&mut response));
-                                admitted.finish(A::status(&response));
+                                admitted.finish_routed(A::status(&response), || A::matched_route(&response));
                             }
                             Ok(A::pass(response))
                         }
@@ -303,6 +318,16 @@ macro_rules! __gate_options {
         /// ([`Gate::with_rate_limit_headers`]($crate::http::Gate::with_rate_limit_headers)).
         pub fn with_rate_limit_headers(mut self, mode: $crate::http::RateLimitHeaders) -> Self {
             self.gate = self.gate.with_rate_limit_headers(mode);
+            self
+        }
+
+        /// What usage records name as the endpoint: the route template the
+        /// request matched (default; `unmatched` when none did), or
+        /// [`UsageEndpoint::RawPath`]($crate::http::UsageEndpoint::RawPath),
+        /// the path as sent, which stores whatever ids, e-mail addresses or
+        /// tokens paths carry: read its privacy note first.
+        pub fn with_usage_endpoint(mut self, endpoint: $crate::http::UsageEndpoint) -> Self {
+            self.gate = self.gate.with_usage_endpoint(endpoint);
             self
         }
 

@@ -10,6 +10,8 @@
 //!   the legacy trio, or none) for passed and rate-limited requests.
 //! - [`ApiKey`]: what a validated request carries to its handler.
 //! - [`ScopeRequirement`]: per-route scopes, all or any.
+//! - [`UsageEndpoint`]: what usage records name: the matched route
+//!   template (default) or, opted in, the raw path.
 //! - [`Gate`]: the per-request flow that ties them together.
 //! - [`Adapter`] and [`Gate::guard`]: the adapter kit. The whole sequence
 //!   (authorize, leave the key in the request, call the inner service, add
@@ -41,6 +43,7 @@ mod gate;
 mod headers;
 mod kit;
 mod response;
+mod routes;
 mod scopes;
 
 pub use api_key::ApiKey;
@@ -50,6 +53,7 @@ pub use gate::{Admitted, Authorize, Gate, Outcome, RequestFacts};
 pub use headers::{HeaderLookup, RateLimitHeaders, SharedHeaderValue, names};
 pub use kit::{Adapter, Admission, Guarded, HeaderSink, log_missing_middleware};
 pub use response::{JSON_CONTENT_TYPE, RefusalResponse};
+pub use routes::{UNMATCHED_ROUTE, UsageEndpoint};
 pub use scopes::{ScopeMatch, ScopeRequirement};
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ fn bearer(raw: &str) -> Vec<(&'static str, String)> {
 
 async fn outcome(gate: &Gate, method: &str, peer: Option<&str>, headers: &[(&str, String)]) -> Outcome {
     let peer = peer.map(|p| p.parse().unwrap());
-    gate.authorize(&RequestFacts::new(method, "/things", peer, headers)).await
+    gate.authorize(&RequestFacts::new(method, "/things/7", peer, headers).with_route(Some("/things/{id}"))).await
 }
 
 fn refused(outcome: Outcome) -> RefusalResponse {
@@ -70,7 +70,7 @@ async fn valid_key_passes_and_its_usage_is_recorded_with_the_status() {
     let records = s.acme.list_usage(key_id, TimeRange::default(), Page::default()).await.unwrap();
     assert_eq!(records.len(), 1);
     let record = &records[0];
-    assert_eq!((record.status, record.method.as_str(), record.endpoint.as_str()), (418, "GET", "/things"));
+    assert_eq!((record.status, record.method.as_str(), record.endpoint.as_str()), (418, "GET", "/things/{id}"));
     assert_eq!(record.ip, Some("198.51.100.7".parse().unwrap()));
     assert_eq!(record.user_agent.as_deref(), Some("curl/8"));
     // `usage_record` (a copy) and `finish` (the record itself) agree on
@@ -282,6 +282,39 @@ async fn scope_checks_answer_403_or_401_without_a_key() {
     );
     let anonymous = gate.scope_refusal(&ScopeRequirement::all(["read:users"]), None).unwrap();
     assert_eq!((anonymous.status, anonymous.code), (401, "missing_key"));
+}
+
+/// The endpoint each request's record names, by how the route became known.
+#[tokio::test]
+async fn records_name_the_route_known_before_or_after_the_handler_else_unmatched() {
+    let s = setup();
+    let raw = key(&s, NewKey::new("ci")).await;
+    let headers = bearer(&raw);
+    let facts = |route| RequestFacts::new("GET", "/things/alice@example.com", None, &headers[..]).with_route(route);
+    let routes = Gate::new(s.engine.clone());
+    let raw_paths = routes.clone().with_usage_endpoint(UsageEndpoint::RawPath);
+    let cases = [
+        // (gate, route before the handler, route after it, recorded)
+        (&routes, Some("/things/{id}"), None, "/things/{id}"),
+        (&routes, Some("/things/{id}"), Some("/ignored"), "/things/{id}"),
+        (&routes, None, Some("/things/{name}"), "/things/{name}"),
+        (&routes, None, None, UNMATCHED_ROUTE),
+        (&raw_paths, Some("/things/{id}"), Some("/things/{id}"), "/things/alice@example.com"),
+    ];
+    let mut key_id = None;
+    for (gate, before, after, _) in cases {
+        let pass = admitted(gate.authorize(&facts(before)).await);
+        key_id = Some(pass.key().id());
+        pass.finish_routed(200, || after.map(std::borrow::Cow::Borrowed));
+    }
+    s.engine.flush_usage().await;
+    let key_id = key_id.unwrap();
+    let records = s.acme.list_usage(key_id, TimeRange::default(), Page::default()).await.unwrap();
+    let mut recorded: Vec<&str> = records.iter().map(|record| record.endpoint.as_str()).collect();
+    let mut expected: Vec<&str> = cases.iter().map(|case| case.3).collect();
+    recorded.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(recorded, expected);
 }
 
 #[tokio::test]

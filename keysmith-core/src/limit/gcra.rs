@@ -1,7 +1,7 @@
-//! The default limiter: GCRA per subject (a key's lineage or an owner) and
-//! limit name, one atomic theoretical arrival time (TAT) each, in a
-//! `dashmap`, with idle subjects evicted so memory follows the keys in use,
-//! not all keys ever seen.
+//! The default limiter: GCRA on `governor`, over a state store of ours
+//! that keeps one atomic theoretical arrival time (TAT) per subject (a key's
+//! lineage or an owner) and limit name in a `dashmap`, with idle subjects
+//! evicted so memory follows the keys in use, not all keys ever seen.
 //!
 //! GCRA in one paragraph: every request costs one emission interval `T`
 //! (`window / requests`); the TAT is when the key's budget would be back
@@ -9,7 +9,15 @@
 //! `TAT - now <= T × (burst - 1)`, and moves the TAT to `max(TAT, now) + T`.
 //! A refund moves it back by `T`. Once `TAT <= now` the budget is full and
 //! the entry carries no information.
+//!
+//! `governor` decides (its `Quota` holds `T` and the burst, its `NotUntil`
+//! says when a refused request would fit), over a `StateStore` of ours; this
+//! file keeps the state: which TAT belongs to which (subject, limit),
+//! created atomically, carried over a change of the limit's numbers, given
+//! back on a refund and evicted when idle.
 
+use std::cell::Cell as Slot;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -18,6 +26,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
+use governor::Quota;
+use governor::middleware::StateInformationMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{NotKeyed, StateStore};
 
 use super::{Holder, RateLimitStatus, RateLimiter, Subject};
 use crate::bounded::SweepSchedule;
@@ -29,12 +41,9 @@ struct Cell {
     /// The limit the cell was sized by (its name says which of the
     /// subject's cells this is); another size resizes it.
     limit: RateLimit,
-    /// What one request costs, in nanoseconds (`T`).
-    interval: u64,
-    /// How far the TAT may run ahead of now and still admit, `T × (burst - 1)`.
-    tolerance: u64,
-    burst: u32,
-    /// Theoretical arrival time, clock nanoseconds.
+    /// `limit` as `governor` reads it: `T` and the burst.
+    quota: Quota,
+    /// Theoretical arrival time, clock nanoseconds since the Unix epoch.
     tat: AtomicU64,
 }
 
@@ -43,10 +52,15 @@ struct Cell {
 /// and limit name; each subject has one budget per named limit of its
 /// policy.
 ///
+/// Each check is a `governor::RateLimiter` for the limit's [`Quota`] over
+/// the budget's TAT, at the instant the engine read from its [`Clock`].
+///
 /// The first request of a subject and every later one decide against the
 /// same cell: the cell is created, resized or replaced under the map's entry
 /// lock, and every check runs under the map's guard, so concurrent first
 /// requests (or requests racing an eviction) cannot each get a full budget.
+/// A limit whose numbers change (a policy update) keeps the requests its
+/// budget had counted and not yet refilled.
 ///
 /// Memory is bounded by the keys active within their own refill time: once
 /// a key's budget has fully refilled its entry carries no information and is
@@ -141,22 +155,29 @@ impl GcraRateLimiter {
 }
 
 impl Cell {
-    /// A full budget for `limit`.
+    /// A full budget for `limit`, or an error when the limit cannot be
+    /// enforced from `now` (clock nanos) without overflowing: zero requests
+    /// or interval, or a full burst's refill past the clock's range.
     fn new(limit: &RateLimit, now: u64) -> Result<Self> {
         let invalid = || Error::invalid("rate_limit", "requests and window must be greater than zero");
         if limit.requests == 0 {
             return Err(invalid());
         }
-        let burst = limit.burst.filter(|b| *b > 0).unwrap_or(limit.requests);
         let interval = u64::try_from((limit.window / limit.requests).as_nanos()).unwrap_or(u64::MAX);
-        if interval == 0 {
-            return Err(invalid());
-        }
-        let tolerance = interval
-            .checked_mul(u64::from(burst - 1))
-            .filter(|t| now.checked_add(*t).and_then(|t| t.checked_add(interval)).is_some())
+        let burst = NonZeroU32::new(limit.burst.unwrap_or(limit.requests))
+            .or(NonZeroU32::new(limit.requests))
+            .ok_or_else(invalid)?;
+        let quota = Quota::with_period(Duration::from_nanos(interval)).ok_or_else(invalid)?.allow_burst(burst);
+        interval
+            .checked_mul(u64::from(burst.get() - 1))
+            .and_then(|tolerance| now.checked_add(tolerance)?.checked_add(interval))
             .ok_or_else(|| Error::invalid("rate_limit", "the time to refill a full burst is too long"))?;
-        Ok(Self { limit: limit.clone(), interval, tolerance, burst, tat: AtomicU64::new(now) })
+        Ok(Self { limit: limit.clone(), quota, tat: AtomicU64::new(now) })
+    }
+
+    /// What one request costs, in nanoseconds (`T`).
+    fn interval(&self) -> u64 {
+        u64::try_from(self.quota.replenish_interval().as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// A cell for `limit` that keeps the requests this one has counted and
@@ -164,50 +185,98 @@ impl Cell {
     fn resized(&self, limit: &RateLimit, now: u64) -> Result<Self> {
         let cell = Self::new(limit, now)?;
         let ahead = self.tat.load(Ordering::Acquire).saturating_sub(now);
-        let used = ahead.div_ceil(self.interval);
-        cell.tat.store(now.saturating_add(used.saturating_mul(cell.interval)), Ordering::Release);
+        let used = ahead.div_ceil(self.interval());
+        cell.tat.store(now.saturating_add(used.saturating_mul(cell.interval())), Ordering::Release);
         Ok(cell)
     }
 
-    /// Counts one request made at `now` (clock nanos).
+    /// Counts one request made at `now` (clock nanos): `governor` decides,
+    /// over this cell's TAT.
     fn check(&self, now: u64) -> RateLimitStatus {
-        let mut tat = self.tat.load(Ordering::Acquire);
-        loop {
-            let earliest = tat.saturating_sub(self.tolerance);
-            if now < earliest {
-                let retry_after = Duration::from_nanos(earliest - now);
-                return RateLimitStatus {
-                    allowed: false,
-                    limit: self.burst,
-                    remaining: 0,
-                    reset: Duration::from_nanos(tat - now),
-                    retry_after: Some(retry_after),
-                };
-            }
-            let next = tat.max(now).saturating_add(self.interval);
-            match self.tat.compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    // Whole requests that still fit after this one.
-                    let headroom =
-                        now.saturating_add(self.tolerance).saturating_add(self.interval).saturating_sub(next);
-                    let remaining = u32::try_from(headroom / self.interval).unwrap_or(u32::MAX).min(self.burst - 1);
-                    return RateLimitStatus {
-                        allowed: true,
-                        limit: self.burst,
-                        remaining,
-                        reset: Duration::from_nanos(next - now),
-                        retry_after: None,
-                    };
-                }
-                Err(current) => tat = current,
-            }
+        let state = Tat { cell: self, origin: now, left: Slot::new(now) };
+        let governor: governor::RateLimiter<NotKeyed, _, _, StateInformationMiddleware> =
+            governor::RateLimiter::new(self.quota, &state, Reading(Nanos::from(now)));
+        let decision = governor.check();
+        let limit = self.quota.burst_size().get();
+        // How long until the whole burst is back: the TAT the decision left.
+        let reset = Duration::from_nanos(state.left.get().saturating_sub(now));
+        match decision {
+            Ok(state) => RateLimitStatus {
+                allowed: true,
+                limit,
+                remaining: state.remaining_burst_capacity(),
+                reset,
+                retry_after: None,
+            },
+            Err(not_until) => RateLimitStatus {
+                allowed: false,
+                limit,
+                remaining: 0,
+                reset,
+                retry_after: Some(not_until.wait_time_from(Nanos::from(now))),
+            },
         }
     }
 
     /// Gives back one request's cost.
     fn refund(&self) {
-        let _ =
-            self.tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| Some(tat.saturating_sub(self.interval)));
+        let interval = self.interval();
+        let _ = self.tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| Some(tat.saturating_sub(interval)));
+    }
+}
+
+/// `governor`'s clock for one check: stopped at the instant the engine read
+/// from its [`Clock`] for this request, so a check counts at the `now` it
+/// is given.
+#[derive(Debug, Clone, Copy)]
+struct Reading(Nanos);
+
+impl governor::clock::Clock for Reading {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        self.0
+    }
+}
+
+/// A cell's TAT as one check's `governor::RateLimiter` reads and writes it.
+///
+/// `governor` counts time from when its limiter was made, the request's
+/// instant (`origin`), so the TAT it sees is relative to it; one already
+/// passed reads as 0 (a full budget either way).
+#[derive(Debug)]
+struct Tat<'a> {
+    cell: &'a Cell,
+    /// The check's instant, clock nanos.
+    origin: u64,
+    /// The TAT the decision left (clock nanos), for the `reset` figure.
+    left: Slot<u64>,
+}
+
+impl StateStore for &Tat<'_> {
+    type Key = NotKeyed;
+
+    /// Runs `governor`'s decision on the TAT and stores the TAT it returns,
+    /// deciding again if another request moved the TAT meanwhile.
+    // Inlined into `governor`'s check (measured: ~50 instructions a check).
+    #[inline]
+    fn measure_and_replace<T, F, E>(&self, _: &NotKeyed, decide: F) -> std::result::Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> std::result::Result<(T, Nanos), E>,
+    {
+        let mut tat = self.cell.tat.load(Ordering::Acquire);
+        loop {
+            self.left.set(tat);
+            let (outcome, next) = decide(Some(Nanos::from(tat.saturating_sub(self.origin))))?;
+            let next = self.origin.saturating_add(next.as_u64());
+            match self.cell.tat.compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    self.left.set(next);
+                    return Ok(outcome);
+                }
+                Err(current) => tat = current,
+            }
+        }
     }
 }
 
@@ -231,9 +300,9 @@ impl RateLimiter for GcraRateLimiter {
         Some(self.decide(subject, limit, now))
     }
 
-    /// Moves the limit's TAT back by one request, if its cell is still
-    /// sized by `limit` (a cell resized or evicted since holds nothing of
-    /// that request to give back).
+    /// Moves the limit's TAT back by one emission interval, if its cell is
+    /// still sized by `limit` (a cell resized or evicted since holds
+    /// nothing of that request to give back).
     fn refund(&self, subject: Subject<'_>, limit: &RateLimit, at: DateTime<Utc>) {
         let _ = at;
         if let Some(cells) = self.cells.get(&Holder::of(subject))
@@ -508,6 +577,60 @@ mod tests {
             limiter.check(Subject::Key(KeyId::new()), &limit, clock.now()).await.unwrap();
         }
         assert_eq!(limiter.tracked_keys(), keys, "no key within its refill time was evicted");
+    }
+
+    #[tokio::test]
+    async fn a_limit_that_cannot_be_enforced_is_an_error_and_counts_nothing() {
+        let (limiter, clock) = limiter();
+        let key = Subject::Key(KeyId::new());
+        let unenforceable = [
+            RateLimit::new("l", 0, Duration::from_secs(1)),
+            RateLimit::new("l", 10, Duration::ZERO),
+            RateLimit { burst: Some(u32::MAX), ..RateLimit::new("l", 1, Duration::from_secs(3600 * 24 * 365)) },
+        ];
+        for limit in &unenforceable {
+            let error = limiter.check(key, limit, clock.now()).await.unwrap_err();
+            assert!(matches!(error, Error::InvalidInput { field: "rate_limit", .. }), "{limit:?}: {error}");
+        }
+        assert_eq!(limiter.tracked_keys(), 0);
+    }
+
+    proptest::proptest! {
+        /// Our state store changes nothing of `governor`'s decisions: a
+        /// subject's answers are those of `governor`'s own limiter with the
+        /// same quota on its fake clock, whatever the requests' spacing.
+        #[test]
+        fn decisions_are_governors_own(
+            requests in 1u32..20,
+            window_ms in 1u64..5_000,
+            burst in proptest::option::of(1u32..30),
+            gaps_ms in proptest::collection::vec(0u64..400, 1..60),
+        ) {
+            let (limiter, clock) = limiter();
+            let limit = RateLimit { name: "l".to_owned(), requests, window: Duration::from_millis(window_ms), burst };
+            let quota = Cell::new(&limit, nanos(clock.now())).unwrap().quota;
+            let fake = governor::clock::FakeRelativeClock::default();
+            let reference = governor::RateLimiter::direct_with_clock(quota, fake.clone())
+                .with_middleware::<StateInformationMiddleware>();
+            let key = Subject::Key(KeyId::new());
+            for gap in gaps_ms {
+                clock.advance(Duration::from_millis(gap));
+                fake.advance(Duration::from_millis(gap));
+                let ours = limiter.decide(key, &limit, clock.now()).unwrap();
+                match reference.check() {
+                    Ok(state) => {
+                        proptest::prop_assert!(ours.allowed);
+                        proptest::prop_assert_eq!(ours.remaining, state.remaining_burst_capacity());
+                    }
+                    Err(not_until) => {
+                        proptest::prop_assert!(!ours.allowed);
+                        let now = governor::clock::Clock::now(&fake);
+                        proptest::prop_assert_eq!(ours.retry_after, Some(not_until.wait_time_from(now)));
+                    }
+                }
+                proptest::prop_assert_eq!(ours.limit, quota.burst_size().get());
+            }
+        }
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 mod gcra;
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -55,13 +56,26 @@ impl Subject<'_> {
 /// A subject as an in-process map holds it (the rate limiter's cells, the
 /// quota counters): a lineage id as it is (no allocation on the common
 /// path), an owner by its unique text form.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Holder {
     Key(KeyId),
     Owner(Box<str>),
 }
 
+/// Hashes what the variant holds and not which variant it is: a lineage id
+/// and an owner's text never compare equal anyway, and a lookup on the
+/// request path hashes one integer.
+impl Hash for Holder {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        match self {
+            Self::Key(id) => id.hash(state),
+            Self::Owner(text) => text.hash(state),
+        }
+    }
+}
+
 impl Holder {
+    #[inline]
     pub(crate) fn of(subject: Subject<'_>) -> Self {
         match subject {
             Subject::Key(id) => Self::Key(id),

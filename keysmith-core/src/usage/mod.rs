@@ -27,7 +27,9 @@ pub struct UsageRecord {
     pub key_id: KeyId,
     /// The key's owner.
     pub tenant: SharedTenant,
-    /// The request path (or route).
+    /// The route template the request matched (`/users/{id}`), `unmatched`
+    /// when none did; the raw path only where the adapter was told to
+    /// record it ([`UsageEndpoint`](crate::http::UsageEndpoint)).
     pub endpoint: SharedStr,
     /// The HTTP method.
     pub method: SharedStr,
