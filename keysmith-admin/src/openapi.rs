@@ -15,7 +15,7 @@ use utoipa::openapi::security::{
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, OpenApi, Ref, RefOr, Response, ResponseBuilder, Server};
 
 use crate::error::ErrorBody;
-use crate::{ADMIN_SCOPE, AdminState};
+use crate::{ADMIN_SCOPE, AdminState, VERIFY_SCOPE};
 
 /// The document's fixed parts; paths are added by the router.
 #[derive(utoipa::OpenApi)]
@@ -124,12 +124,17 @@ pub(crate) fn finish(doc: &mut OpenApi, sources: &KeySources) {
             .responses
             .insert(shared.name.to_owned(), RefOr::T(error_response(shared.description, shared.header)));
     }
-    let mut requirements = Vec::new();
+    let (mut requirements, mut verify_requirements) = (Vec::new(), Vec::new());
     for (name, scheme) in security_schemes(sources) {
         components.add_security_scheme(name.clone(), scheme);
+        verify_requirements.push(SecurityRequirement::new(name.clone(), [VERIFY_SCOPE]));
         requirements.push(SecurityRequirement::new(name, [ADMIN_SCOPE]));
     }
     doc.security = Some(requirements);
+    // `POST /verify` is the one operation a `keysmith:verify` key calls.
+    if let Some(verify) = doc.paths.paths.get_mut("/verify").and_then(|item| item.post.as_mut()) {
+        verify.security = Some(verify_requirements);
+    }
 
     let status_of = |name: &str| SHARED_RESPONSES.iter().find(|r| r.name == name).map(|r| r.status).unwrap_or_default();
     for item in doc.paths.paths.values_mut() {

@@ -134,6 +134,12 @@ async fn document_describes_parameters_bodies_errors_and_security() {
     assert_eq!(schemes["api_key"]["in"], "header");
     assert_eq!(schemes["api_key"]["name"], "X-API-Key");
     assert_eq!(doc["security"], json!([{"bearer": ["keysmith:admin"]}, {"api_key": ["keysmith:admin"]}]));
+    assert_eq!(
+        doc["paths"]["/verify"]["post"]["security"],
+        json!([{"bearer": ["keysmith:verify"]}, {"api_key": ["keysmith:verify"]}]),
+        "verify is the one operation that needs keysmith:verify, not keysmith:admin"
+    );
+    assert_eq!(doc["paths"]["/keys"]["get"].get("security"), None, "the other operations take the document's");
 
     // The error schema and shared responses.
     let error = &doc["components"]["schemas"]["ErrorBody"];
