@@ -73,8 +73,8 @@ pub use hooks::{Event, Plugin};
 pub use id::{IdParseError, KeyId, PolicyId, RotationId, ScopeId, UsageId};
 pub use input::{MAX_ID_LEN, validate_id};
 pub use key::{
-    CreditSpend, Credits, CreditsStatus, Environment, HashParseError, Hasher, Key, KeyHash, KeyState, MAX_OWNER_ID_LEN,
-    MAX_RAW_KEY_LEN, ParsedKey, RawKey, Refill, Sha256Hasher, validate_prefix,
+    CreditSpend, Credits, CreditsStatus, Environment, HashParseError, Hasher, Key, KeyHash, KeyState, MAX_RAW_KEY_LEN,
+    ParsedKey, RawKey, Refill, Sha256Hasher, validate_prefix,
 };
 pub use policy::{LimitBy, Policy, PolicySpec, Quota, RateLimit};
 pub use refusal::{Refusal, retry_after_secs};

@@ -13,10 +13,6 @@ pub use credits::{CreditSpend, Credits, CreditsStatus, Refill};
 pub use format::{MAX_RAW_KEY_LEN, ParsedKey, RawKey, validate_prefix};
 pub use hash::{HashParseError, Hasher, KeyHash, Sha256Hasher};
 
-/// The longest [`Key::owner_id`], in bytes: [`MAX_ID_LEN`](crate::MAX_ID_LEN),
-/// as for every identity.
-pub const MAX_OWNER_ID_LEN: usize = crate::MAX_ID_LEN;
-
 /// An API key as stored: everything but its secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Key {
