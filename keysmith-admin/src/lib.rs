@@ -27,6 +27,10 @@
 //! `/keysmith/v1`. It is a static page that signs in with an admin key and
 //! calls the API, so it can do nothing the API would refuse.
 //!
+//! [`HealthConfig`] serves the probes a load balancer or an orchestrator
+//! needs at the root of a service: `GET /health`, `GET /ready` (store and
+//! change feed) and, with the `prometheus` feature, `GET /metrics`.
+//!
 //! With the `server` feature (on by default), [`Server`] serves a router
 //! over HTTP/1.1 with a header read timeout and a graceful-shutdown
 //! deadline, as `keysmith serve` does.
@@ -67,6 +71,7 @@ mod config;
 mod credits;
 mod error;
 mod extract;
+mod health;
 mod keys;
 mod lockout;
 mod model;
@@ -90,6 +95,7 @@ use keysmith_core::Engine;
 
 pub use config::{AdminConfig, DEFAULT_BODY_LIMIT, DEFAULT_REALM};
 pub use error::{Error, Result};
+pub use health::{DEFAULT_PING_TIMEOUT, HealthConfig};
 pub use lockout::SelfLockout;
 pub use secret_scanning::GithubSecretScanning;
 #[cfg(feature = "server")]

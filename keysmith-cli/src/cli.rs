@@ -184,6 +184,11 @@ pub(crate) struct ServeArgs {
     /// Another leak policy for one tenant: `--tenant-leak-policy APP TENANT POLICY` (repeatable).
     #[arg(long, num_args = 3, value_names = ["APP", "TENANT", "POLICY"], action = clap::ArgAction::Append)]
     pub(crate) tenant_leak_policy: Vec<String>,
+    /// Serve `GET /metrics` (Prometheus text format): validations by
+    /// outcome, their latency, events, usage and change-feed counters.
+    /// Without it the route is 404. `/health` and `/ready` are always served.
+    #[arg(long, env = "KEYSMITH_METRICS")]
+    pub(crate) metrics: bool,
 }
 
 impl ServeArgs {

@@ -149,6 +149,30 @@ impl<DB: TestServer> TestDb<DB> {
     }
 }
 
+impl PgTestDb {
+    /// Makes this database unreachable (`false`: new connections refused,
+    /// open ones ended) or reachable again, while the server stays up for
+    /// every other test: an outage of one database.
+    ///
+    /// # Panics
+    /// If the server cannot be reached.
+    pub async fn set_reachable(&self, reachable: bool) {
+        let mut admin = self.admin().await;
+        let allow = format!("ALTER DATABASE {} ALLOW_CONNECTIONS {reachable}", self.name);
+        admin.execute(allow.as_str()).await.expect("ALTER DATABASE failed");
+        if !reachable {
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            )
+            .bind(&self.name)
+            .execute(&mut admin)
+            .await
+            .expect("pg_terminate_backend failed");
+        }
+        admin.close().await.ok();
+    }
+}
+
 impl<DB: TestServer> Drop for TestDb<DB> {
     fn drop(&mut self) {
         let admin = self.admin.clone();

@@ -11,6 +11,7 @@ mod usage;
 
 use std::sync::Arc;
 
+use keysmith_core::hooks::MetricsPlugin;
 use keysmith_core::leak::LeakPolicies;
 use keysmith_core::{Engine, Tenant, TenantEngine, validate_id};
 
@@ -52,7 +53,11 @@ pub(crate) async fn run(cli: Cli) -> Result<String, CliError> {
     };
     let app = global.app.clone();
     let store = db::open(global.database_url.as_deref()).await?;
-    let outcome = match Engine::builder(Arc::clone(&store)).with_leak_policies(leak_policies).build() {
+    let mut builder = Engine::builder(Arc::clone(&store)).with_leak_policies(leak_policies);
+    if matches!(&command, Command::Serve(args) if args.metrics) {
+        builder = builder.with_plugin(MetricsPlugin::new());
+    }
+    let outcome = match builder.build() {
         Ok(engine) => {
             let tenant = tenant.map(|Tenant { app_id, tenant_id }| engine.tenant(app_id, tenant_id));
             let outcome = dispatch(command, &engine, tenant.as_ref(), app.as_deref(), printer).await;

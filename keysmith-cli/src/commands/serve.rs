@@ -7,9 +7,10 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::response::Redirect;
 use axum::routing::get;
-use keysmith_admin::{AdminConfig, GithubSecretScanning, Server};
+use keysmith_admin::{AdminConfig, GithubSecretScanning, HealthConfig, Server};
 use keysmith_core::Engine;
 use keysmith_core::http::TrustedProxies;
+use metrics_exporter_prometheus::PrometheusBuilder;
 use serde_json::json;
 
 use crate::cli::ServeArgs;
@@ -40,7 +41,16 @@ pub(super) async fn run(
     if let Some(app) = app {
         admin = admin.with_app_id(app);
     }
-    let router = routes(admin);
+    let mut health = HealthConfig::new(engine.clone());
+    if args.metrics {
+        // One recorder per process; the engine was built with the metrics
+        // plugin for this flag.
+        let handle = PrometheusBuilder::new()
+            .install_recorder()
+            .map_err(|error| CliError::Usage(format!("cannot serve metrics: {error}")))?;
+        health = health.with_metrics(handle);
+    }
+    let router = routes(admin, health);
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -64,11 +74,11 @@ pub(super) async fn run(
     })
 }
 
-/// The routes of the service.
-fn routes(admin: AdminConfig) -> Router {
-    // The verify endpoint, for services that check keys over HTTP, will be
-    // mounted beside the management API here.
+/// The routes of the service: the probes at the root, the management API
+/// (verify endpoint included) and the dashboard below `/keysmith`.
+fn routes(admin: AdminConfig, health: HealthConfig) -> Router {
     Router::new()
+        .merge(health.into_router())
         .nest(API_PATH, admin.into_router())
         .nest_service(UI_PATH, keysmith_admin::ui_router())
         .route("/", get(|| async { Redirect::to(&format!("{UI_PATH}/")) }))

@@ -3,14 +3,17 @@
 //! `KEYSMITH_TEST_REQUIRE_SERVICES=1`).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use keysmith_core::Store;
 use keysmith_sqlx::PgStore;
+use keysmith_tests::server_process::Response;
 use keysmith_tests::services::PgTestDb;
 use serde_json::json;
 
 use crate::flow::operator_flow;
 use crate::harness::{Keysmith, bare};
+use crate::serve::{call, serve};
 
 #[tokio::test]
 async fn operator_flow_on_postgres() {
@@ -31,4 +34,40 @@ fn an_unreachable_server_is_an_infrastructure_failure() {
     assert!(error.starts_with("error: cannot open the database"), "{error}");
     // The cause, not only that a pool gave up waiting.
     assert!(error.contains("Connection refused"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_is_not_ready_while_its_database_is_unreachable_and_ready_again_after() {
+    let Some(db) = PgTestDb::create().await else { return };
+    let ks = Keysmith::new(db.url());
+    ks.run(&["bootstrap-admin"]).ok();
+    let server = serve(&ks, &[]);
+    let ready = || call(&server, "GET", "/ready", None, b"");
+    assert_eq!(ready().status, 200);
+
+    db.set_reachable(false).await;
+    let down = until(ready, |answer| answer.status != 200);
+    assert_eq!(down.status, 503, "{}", down.body);
+    assert_eq!(down.body, r#"{"status":"not_ready","checks":{"store":"down","change_feed":"none"}}"#);
+    assert!(!down.body.contains(db.name()), "the store's error is not answered");
+    // Liveness is not readiness: the process still serves.
+    assert_eq!(call(&server, "GET", "/health", None, b"").status, 200);
+
+    db.set_reachable(true).await;
+    let up = until(ready, |answer| answer.status == 200);
+    assert_eq!(up.body, r#"{"status":"ready","checks":{"store":"up","change_feed":"none"}}"#);
+}
+
+/// Asks until the answer is as wanted (a real server changing state on its
+/// own: a pool noticing its connections are gone); at most a minute.
+#[track_caller]
+fn until(ask: impl Fn() -> Response, wanted: impl Fn(&Response) -> bool) -> Response {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = ask();
+        if wanted(&answer) || Instant::now() > deadline {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -84,10 +84,10 @@ fn serve_help_names_the_timeouts_and_their_defaults() {
 }
 
 /// `keysmith --app myapp serve --listen 127.0.0.1:0 EXTRA…` on `ks`'s database.
-fn serve(ks: &Keysmith, extra: &[&str]) -> ServerProcess {
+pub(crate) fn serve(ks: &Keysmith, extra: &[&str]) -> ServerProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_keysmith"));
     command.args(["--database-url", ks.url(), "--app", APP, "serve", "--listen", "127.0.0.1:0"]).args(extra);
-    for var in ["KEYSMITH_HEADER_TIMEOUT", "KEYSMITH_SHUTDOWN_TIMEOUT", "KEYSMITH_LISTEN"] {
+    for var in ["KEYSMITH_HEADER_TIMEOUT", "KEYSMITH_SHUTDOWN_TIMEOUT", "KEYSMITH_LISTEN", "KEYSMITH_METRICS"] {
         command.env_remove(var);
     }
     ServerProcess::start(command)
@@ -103,7 +103,7 @@ fn with_admin() -> (tempfile::TempDir, Keysmith, String, String) {
 
 /// One request with `key` as a bearer token, a JSON `body` if not empty;
 /// the answer.
-fn call(server: &ServerProcess, method: &str, path: &str, key: Option<&str>, body: &[u8]) -> Response {
+pub(crate) fn call(server: &ServerProcess, method: &str, path: &str, key: Option<&str>, body: &[u8]) -> Response {
     let auth = key.map(|key| format!("Bearer {key}"));
     let mut headers = Vec::new();
     if let Some(auth) = &auth {
@@ -272,4 +272,74 @@ fn secret_scanning_pattern_prints_the_regex_for_the_prefixes_and_environments_in
     assert_eq!(chosen["pattern"], r"\b(?:sk|acme)_(?:live|test)_[0-9A-Za-z]{38}\b");
     bare(&["secret-scanning", "pattern", "--prefix", "SK"]).fails(2);
     bare(&["secret-scanning", "pattern", "--environment", "prod"]).fails(2);
+}
+
+#[test]
+fn serve_answers_health_and_ready_without_a_key_and_metrics_only_when_asked() {
+    let (_dir, ks, _raw, _id) = with_admin();
+    let server = serve(&ks, &[]);
+    let health = call(&server, "GET", "/health", None, b"");
+    assert_eq!((health.status, health.body.as_str()), (200, r#"{"status":"ok"}"#));
+    assert!(health.head.contains("cache-control: no-store"), "{}", health.head);
+    let ready = call(&server, "GET", "/ready", None, b"");
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(ready.body, r#"{"status":"ready","checks":{"store":"up","change_feed":"none"}}"#);
+    assert_eq!(call(&server, "GET", "/metrics", None, b"").status, 404, "metrics are opt-in");
+}
+
+#[test]
+fn serve_metrics_count_validations_by_outcome_and_carry_no_key_hash_id_or_path() {
+    let (_dir, ks, raw, id) = with_admin();
+    let server = serve(&ks, &["--metrics"]);
+    // Real traffic: valid calls on routes with ids in their path, an unknown
+    // key, a malformed one.
+    assert_eq!(call(&server, "GET", "/keysmith/v1/keys", Some(&raw), b"").status, 200);
+    assert_eq!(call(&server, "GET", &format!("/keysmith/v1/keys/{id}"), Some(&raw), b"").status, 200);
+    let revoked = ks.json(&["keys", "create", "--name", "gone"]);
+    let (revoked_raw, revoked_id) = (str_of(&revoked, "raw_key").to_owned(), str_of(&revoked["key"], "id").to_owned());
+    ks.run(&["keys", "revoke", &revoked_id]).ok();
+    assert_eq!(call(&server, "GET", "/keysmith/v1/keys", Some(&revoked_raw), b"").status, 401);
+    assert_eq!(call(&server, "GET", "/keysmith/v1/keys?secret=sk_live_abc", Some("sk_live_short"), b"").status, 401);
+
+    let scrape = call(&server, "GET", "/metrics", None, b"");
+    assert_eq!(scrape.status, 200, "{}", scrape.body);
+    assert!(scrape.head.contains("content-type: text/plain; version=0.0.4"), "{}", scrape.head);
+    let text = scrape.body;
+    assert!(text.contains(r#"keysmith_validations_total{outcome="valid"} 2"#), "{text}");
+    assert!(text.contains(r#"keysmith_validations_total{outcome="key_revoked"} 1"#), "{text}");
+    assert!(text.contains(r#"keysmith_validations_total{outcome="malformed_key"} 1"#), "{text}");
+    assert!(text.contains(r#"keysmith_events_total{event="key_validated"} 2"#), "{text}");
+    assert!(text.contains("keysmith_validation_duration_seconds"), "{text}");
+
+    // Nothing secret or unbounded in any label: only known label names, and
+    // values that are codes.
+    let hash = keysmith_core::Hasher::hash(&keysmith_core::Sha256Hasher, &raw).to_hex();
+    for forbidden in [
+        raw.as_str(),
+        revoked_raw.as_str(),
+        hash.as_str(),
+        id.as_str(),
+        revoked_id.as_str(),
+        "/keysmith",
+        "sk_live",
+        "akey_",
+        APP,
+        TENANT,
+    ] {
+        assert!(!text.contains(forbidden), "{forbidden:?} in the metrics: {text}");
+    }
+    for labels in text.lines().filter(|line| !line.starts_with('#')).filter_map(|line| {
+        let open = line.find('{')?;
+        Some(&line[open + 1..line.rfind('}')?])
+    }) {
+        for pair in labels.split(',') {
+            let (name, value) = pair.split_once('=').unwrap();
+            assert!(["outcome", "event", "component", "quantile", "le"].contains(&name), "label {name} in {text}");
+            let value = value.trim_matches('"');
+            assert!(
+                value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.+-".contains(c)),
+                "label value {value:?} in {text}"
+            );
+        }
+    }
 }

@@ -1,0 +1,91 @@
+//! `/health` and `/ready`: what they answer for an engine whose change feed
+//! is, or is not, subscribed. The store's outage is tested on a real
+//! database by `keysmith serve`'s tests.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::body::Body;
+use axum::http::Request;
+use keysmith_admin::HealthConfig;
+use keysmith_core::feed::{ChangeStream, LocalChangeFeed};
+use keysmith_core::store::CacheConfig;
+use keysmith_core::{Change, ChangeFeed, Engine, Error, MemoryStore, Result};
+use tower::ServiceExt as _;
+
+/// A feed whose subscriptions always fail, as one whose server is down.
+#[derive(Debug)]
+struct Unreachable;
+
+#[async_trait]
+impl ChangeFeed for Unreachable {
+    async fn publish(&self, _: &Change) -> Result<()> {
+        Err(Error::feed("unreachable at 10.1.2.3"))
+    }
+
+    async fn subscribe(&self) -> Result<ChangeStream> {
+        Err(Error::feed("unreachable at 10.1.2.3"))
+    }
+}
+
+async fn get(app: &Router, path: &str) -> (u16, String) {
+    let response = app.clone().oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn ready_is_503_while_the_change_feed_is_not_subscribed_and_health_stays_200() {
+    let engine = Engine::builder(Arc::new(MemoryStore::new()))
+        .with_cache(CacheConfig::default())
+        .with_change_feed(Unreachable)
+        .build()
+        .unwrap();
+    let app: Router = HealthConfig::new(engine.clone()).into_router();
+    let (status, body) = get(&app, "/ready").await;
+    assert_eq!(status, 503);
+    assert_eq!(body, r#"{"status":"not_ready","checks":{"store":"up","change_feed":"unsubscribed"}}"#);
+    assert_eq!(get(&app, "/health").await, (200, r#"{"status":"ok"}"#.to_owned()));
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn ready_is_200_once_the_change_feed_is_subscribed() {
+    let engine = Engine::builder(Arc::new(MemoryStore::new()))
+        .with_cache(CacheConfig::default())
+        .with_change_feed(LocalChangeFeed::new())
+        .build()
+        .unwrap();
+    let app: Router = HealthConfig::new(engine.clone()).into_router();
+    // The subscription is made by a background task as the engine starts.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut answer = get(&app, "/ready").await;
+    while answer.0 != 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        answer = get(&app, "/ready").await;
+    }
+    assert_eq!(answer, (200, r#"{"status":"ready","checks":{"store":"up","change_feed":"subscribed"}}"#.to_owned()));
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_engine_that_only_publishes_changes_is_ready_without_a_subscription() {
+    let engine = Engine::builder(Arc::new(MemoryStore::new())).with_change_feed(Unreachable).build().unwrap();
+    let app: Router = HealthConfig::new(engine.clone()).into_router();
+    let (status, body) = get(&app, "/ready").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"status":"ready","checks":{"store":"up","change_feed":"publishing"}}"#)
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_is_not_served_unless_configured() {
+    let engine = Engine::builder(Arc::new(MemoryStore::new())).build().unwrap();
+    let app: Router = HealthConfig::new(engine).into_router();
+    assert_eq!(get(&app, "/metrics").await.0, 404);
+}
