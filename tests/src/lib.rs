@@ -30,11 +30,17 @@
 //! between a client and a server and can stop forwarding without closing
 //! anything.
 //!
+//! The README and every chapter of `docs/guide/` are compiled as doctests of
+//! a module built only for doctests, so a snippet that drifts from the API
+//! fails `cargo test`.
+//!
 //! [`github`] plays GitHub's side of secret scanning: a key endpoint on
 //! 127.0.0.1 and signed alerts.
 #![forbid(unsafe_code)]
 
 pub mod demo_cases;
+#[cfg(doctest)]
+pub mod docs;
 pub mod feed_cases;
 pub mod github;
 pub mod http_conformance;
