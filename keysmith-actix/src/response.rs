@@ -13,7 +13,7 @@ use crate::request::known_name;
 
 /// Builds the response to a refused request. The default,
 /// [`default_refusal_response`], sends the status, headers and JSON body of
-/// the README's HTTP table; set your own with
+/// the status table of the guide's HTTP chapter; set your own with
 /// [`ApiKeyMiddleware::with_responder`](crate::ApiKeyMiddleware::with_responder) to render
 /// errors in your API's format.
 #[derive(Clone)]

@@ -18,7 +18,7 @@
 //! # });
 //! ```
 //!
-//! [`http_conformance`] holds the HTTP behaviour (the README's table, extraction and client-address rules) as cases every framework adapter
+//! [`http_conformance`] holds the HTTP behaviour (the status table of docs/guide/http.md, extraction and client-address rules) as cases every framework adapter
 //! must pass, through its [`Harness`](http_conformance::Harness) trait.
 //!
 //! [`server_process`] runs a server binary (`keysmith serve`, the demos) as
