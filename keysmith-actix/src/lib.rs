@@ -64,7 +64,7 @@ mod scopes;
 
 pub use extract::ApiKey;
 pub use middleware::{ApiKeyMiddleware, ApiKeyService, ResponseFuture};
-pub use response::{ApiKeyRejection, RefusalResponder, default_refusal_response};
+pub use response::{ApiKeyRejection, RefusalResponder, default_refusal_response, problem_refusal_response};
 pub use scopes::{RequireScopes, RequireScopesMiddleware};
 
 /// The framework-free pieces this crate is built on, for configuration.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
-use keysmith_core::http::{RefusalResponse, SharedHeaderValue};
+use keysmith_core::http::{PROBLEM_CONTENT_TYPE, RefusalResponse, SharedHeaderValue};
 
 use crate::request::known_name;
 
@@ -54,6 +54,23 @@ pub fn default_refusal_response(refusal: &RefusalResponse) -> HttpResponse {
     let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = HttpResponse::with_body(status, refusal.body()).map_into_boxed_body();
     append_headers(response.headers_mut(), &refusal.headers);
+    response
+}
+
+/// The RFC 9457 answer: `refusal`'s status and headers, with
+/// `Content-Type: application/problem+json` and the body of
+/// [`RefusalResponse::problem_body`] (`type`, `title`, `status`, `detail`,
+/// and the `code` of the JSON body; the draft's `quota-exceeded` type for
+/// refusals by a rate limit, quota or credits). Select it with
+/// [`ApiKeyMiddleware::with_responder`](crate::ApiKeyMiddleware::with_responder)`(problem_refusal_response)`.
+#[must_use]
+pub fn problem_refusal_response(refusal: &RefusalResponse) -> HttpResponse {
+    let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = HttpResponse::with_body(status, refusal.problem_body()).map_into_boxed_body();
+    append_headers(response.headers_mut(), &refusal.headers);
+    response
+        .headers_mut()
+        .insert(actix_web::http::header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
     response
 }
 

@@ -57,6 +57,7 @@ pub struct AdminConfig {
     layer: ApiKeyLayer,
     body_limit: usize,
     secret_scanning: Option<GithubSecretScanning>,
+    problem_details: bool,
 }
 
 impl AdminConfig {
@@ -75,7 +76,7 @@ impl AdminConfig {
     /// [preflight passthrough](ApiKeyLayer::with_preflight_passthrough) is
     /// turned off.
     pub fn from_layer(layer: ApiKeyLayer) -> Self {
-        Self { layer, body_limit: DEFAULT_BODY_LIMIT, secret_scanning: None }
+        Self { layer, body_limit: DEFAULT_BODY_LIMIT, secret_scanning: None, problem_details: false }
     }
 
     /// Serves GitHub's secret scanning alerts at
@@ -123,6 +124,19 @@ impl AdminConfig {
         self
     }
 
+    /// Answers every error in the RFC 9457 format, `application/problem+json`
+    /// (`{"type", "title", "status", "detail", "code"}`, `code` being the
+    /// code of the default JSON body), instead of
+    /// `{"error": {"code", "message"}}`: the refusals of the key layer
+    /// (`keysmith_tower::problem_refusal_response`) and the API's own
+    /// errors alike. Statuses and headers do not change. GitHub's secret
+    /// scanning route keeps its own protocol.
+    pub fn with_problem_details(mut self) -> Self {
+        self.layer = self.layer.with_responder(keysmith_tower::problem_refusal_response);
+        self.problem_details = true;
+        self
+    }
+
     /// The OpenAPI document this configuration serves at `/openapi.json`
     /// (its security schemes follow the key sources).
     #[must_use]
@@ -155,7 +169,8 @@ impl AdminConfig {
         let state = AdminState { engine, openapi: Arc::new(doc) };
         let (admin, _) = admin_routes().split_for_parts();
         let (verify, _) = verify_routes().split_for_parts();
-        admin
+        let problem_details = self.problem_details;
+        let router = admin
             .fallback(route_not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(RequireScopes::all([ADMIN_SCOPE]))
@@ -166,9 +181,14 @@ impl AdminConfig {
             // A preflight let through would reach the fallbacks, whose 404
             // and 405 say which routes exist.
             .layer(self.layer.with_preflight_passthrough(false))
-            .with_state(state)
-            // After the key layer: GitHub signs its alerts, it holds no key.
-            .merge(scanning.into_router())
+            .with_state(state);
+        let router = if problem_details {
+            router.layer(axum::middleware::map_response(crate::error::as_problem))
+        } else {
+            router
+        };
+        // After the key layer: GitHub signs its alerts, it holds no key.
+        router.merge(scanning.into_router())
     }
 }
 

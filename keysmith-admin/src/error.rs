@@ -3,6 +3,7 @@
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use keysmith_core::http::{JSON_CONTENT_TYPE, PROBLEM_CONTENT_TYPE, problem_body};
 use keysmith_core::{IdParseError, ParsedKey};
 use keysmith_tower::ApiKeyRejection;
 use serde::Serialize;
@@ -200,7 +201,7 @@ impl IntoResponse for Error {
 }
 
 /// The body of every error response.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
 #[schema(example = json!({"error": {"code": "not_found", "message": "key akey_01h455vb4pex5vsknk084sn02q not found"}}))]
 pub(crate) struct ErrorBody {
     /// What went wrong.
@@ -208,7 +209,7 @@ pub(crate) struct ErrorBody {
 }
 
 /// A stable code for programs and a message for people.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
 pub(crate) struct ErrorDetail {
     /// Snake-case code: `invalid_input`, `invalid_id`, `invalid_json`,
     /// `invalid_body`, `invalid_query`, `invalid_path`,
@@ -233,6 +234,30 @@ pub(crate) async fn route_not_found() -> Error {
 /// `method_not_allowed` (axum adds the `Allow` header).
 pub(crate) async fn method_not_allowed() -> Error {
     Error::MethodNotAllowed
+}
+
+/// An error answer in the RFC 9457 format: the `{"error": {"code",
+/// "message"}}` body of an error response (a refusal of the key layer is
+/// one already) re-rendered as `application/problem+json`, status and
+/// headers kept. Every other response passes untouched.
+pub(crate) async fn as_problem(response: Response) -> Response {
+    let is_error_json = response.status().as_u16() >= 400
+        && response.headers().get(header::CONTENT_TYPE).is_some_and(|value| value == JSON_CONTENT_TYPE);
+    if !is_error_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // Error bodies are a code and a message: small.
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return Response::from_parts(parts, axum::body::Body::empty());
+    };
+    let Ok(ErrorBody { error }) = serde_json::from_slice::<ErrorBody>(&bytes) else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = problem_body(parts.status.as_u16(), &error.code, &error.message);
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 #[cfg(test)]

@@ -189,6 +189,10 @@ pub(crate) struct ServeArgs {
     /// Without it the route is 404. `/health` and `/ready` are always served.
     #[arg(long, env = "KEYSMITH_METRICS")]
     pub(crate) metrics: bool,
+    /// Answer errors in the RFC 9457 format (`application/problem+json`)
+    /// instead of `{"error": {"code", "message"}}`.
+    #[arg(long, env = "KEYSMITH_PROBLEM_DETAILS")]
+    pub(crate) problem_details: bool,
 }
 
 impl ServeArgs {

@@ -58,7 +58,7 @@ mod scopes;
 
 pub use extract::{ApiKey, ApiKeyRejection};
 pub use layer::{ApiKeyLayer, ApiKeyService, ResponseFuture};
-pub use response::{RefusalResponder, default_refusal_response};
+pub use response::{RefusalResponder, default_refusal_response, problem_refusal_response};
 pub use scopes::{RequireScopes, RequireScopesFuture, RequireScopesService};
 
 /// The framework-free pieces this crate is built on, for configuration.

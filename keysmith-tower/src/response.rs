@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Response, StatusCode};
-use keysmith_core::http::{RefusalResponse, SharedHeaderValue};
+use keysmith_core::http::{PROBLEM_CONTENT_TYPE, RefusalResponse, SharedHeaderValue};
 
 use crate::request::known_name;
 
@@ -52,6 +52,20 @@ pub fn default_refusal_response(refusal: &RefusalResponse) -> Response<String> {
     let mut response = Response::new(refusal.body());
     *response.status_mut() = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     append_headers(response.headers_mut(), &refusal.headers);
+    response
+}
+
+/// The RFC 9457 answer: `refusal`'s status and headers, with
+/// `Content-Type: application/problem+json` and the body of
+/// [`RefusalResponse::problem_body`] (`type`, `title`, `status`, `detail`,
+/// and the `code` of the JSON body; the draft's `quota-exceeded` type for
+/// refusals by a rate limit, quota or credits). Select it with
+/// [`ApiKeyLayer::with_responder`](crate::ApiKeyLayer::with_responder)`(problem_refusal_response)`.
+#[must_use]
+pub fn problem_refusal_response(refusal: &RefusalResponse) -> Response<String> {
+    let mut response = default_refusal_response(refusal);
+    *response.body_mut() = refusal.problem_body();
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
     response
 }
 

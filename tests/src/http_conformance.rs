@@ -60,6 +60,7 @@ macro_rules! http_conformance_tests {
             rate_limit_headers_count_down_then_429_with_retry_after,
             legacy_rate_limit_headers_are_opt_in_and_none_sends_none,
             quota_exceeded_is_429_with_retry_after_until_midnight,
+            problem_details_are_opt_in_and_keep_statuses_headers_and_codes,
             usage_records_carry_the_handler_status,
             usage_records_name_the_route_template_not_the_path,
             usage_records_name_unmatched_when_no_route_matched,
@@ -110,6 +111,9 @@ pub struct HarnessOptions {
     pub rate_limit_headers: RateLimitHeaders,
     /// What usage records name as the endpoint.
     pub usage_endpoint: UsageEndpoint,
+    /// Refusals in the RFC 9457 format (the adapter's
+    /// `problem_refusal_response` as its responder).
+    pub problem_details: bool,
 }
 
 impl Default for HarnessOptions {
@@ -125,6 +129,7 @@ impl Default for HarnessOptions {
             preflight_passthrough: false,
             rate_limit_headers: RateLimitHeaders::default(),
             usage_endpoint: UsageEndpoint::default(),
+            problem_details: false,
         }
     }
 }
@@ -777,6 +782,56 @@ pub async fn quota_exceeded_is_429_with_retry_after_until_midnight<H: Harness>()
         refused.describe()
     );
     // The clock stands at 12:02:00 UTC: 11 h 58 min to midnight.
+    assert_eq!(refused.header("retry-after"), Some("43080"), "{}", refused.describe());
+}
+
+/// Refusals are `application/json` `{"error": …}` by default; with the
+/// RFC 9457 responder they are `application/problem+json` with the same
+/// status, headers and code, quota refusals typed `quota-exceeded`, scope
+/// refusals of `RequireScopes` included.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn problem_details_are_opt_in_and_keep_statuses_headers_and_codes<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let json: H = fixture.harness(HarnessOptions::default()).await;
+    let revoked = json.send(TestRequest::get("/whoami").bearer(&fixture.keys.revoked)).await;
+    assert_eq!(revoked.header("content-type"), Some("application/json"), "{}", revoked.describe());
+    assert_eq!(revoked.json()["error"]["code"], "key_revoked");
+
+    let problem: H = fixture.harness(HarnessOptions { problem_details: true, ..HarnessOptions::default() }).await;
+    let cases = [
+        (TestRequest::get("/whoami"), 401, "missing_key", "urn:keysmith:problem:missing_key"),
+        (
+            TestRequest::get("/whoami").bearer(&fixture.keys.revoked),
+            401,
+            "key_revoked",
+            "urn:keysmith:problem:key_revoked",
+        ),
+        (
+            TestRequest::get("/scoped/all").bearer(&fixture.keys.reader),
+            403,
+            "insufficient_scope",
+            "urn:keysmith:problem:insufficient_scope",
+        ),
+    ];
+    for (request, status, code, kind) in cases {
+        let response = problem.send(request).await;
+        assert_eq!(response.status, status, "{}", response.describe());
+        assert_eq!(response.header("content-type"), Some("application/problem+json"), "{}", response.describe());
+        let body = response.json();
+        assert_eq!((body["type"].as_str(), body["code"].as_str()), (Some(kind), Some(code)), "{}", response.describe());
+        assert_eq!(body["status"], status);
+        assert!(body["detail"].as_str().is_some_and(|detail| !detail.is_empty()), "{}", response.describe());
+        assert!(response.header("www-authenticate").is_some(), "challenges stay: {}", response.describe());
+    }
+    let quota = || TestRequest::get("/whoami").bearer(&fixture.keys.quota);
+    assert_eq!(problem.send(quota()).await.status, 200);
+    let refused = problem.send(quota()).await;
+    assert_eq!(refused.status, 429, "{}", refused.describe());
+    assert_eq!(refused.header("content-type"), Some("application/problem+json"));
+    assert_eq!(refused.json()["type"], "https://iana.org/assignments/http-problem-types#quota-exceeded");
+    assert_eq!(refused.json()["code"], "quota_exceeded");
     assert_eq!(refused.header("retry-after"), Some("43080"), "{}", refused.describe());
 }
 

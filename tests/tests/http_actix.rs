@@ -10,7 +10,7 @@ use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpResponse, test, web};
-use keysmith_actix::{ApiKey, ApiKeyMiddleware, RequireScopes};
+use keysmith_actix::{ApiKey, ApiKeyMiddleware, RequireScopes, problem_refusal_response};
 use keysmith_core::Engine;
 use keysmith_tests::http_conformance::{Harness, HarnessOptions, TestRequest, TestResponse};
 
@@ -51,6 +51,9 @@ impl Harness for ActixHarness {
         }
         if let Some(app_id) = options.app_id {
             keysmith = keysmith.with_app_id(app_id);
+        }
+        if options.problem_details {
+            keysmith = keysmith.with_responder(problem_refusal_response);
         }
         if options.optional {
             keysmith = keysmith.optional();

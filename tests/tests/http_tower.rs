@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use keysmith_core::Engine;
 use keysmith_tests::http_conformance::{Harness, HarnessOptions, TestRequest, TestResponse};
-use keysmith_tower::{ApiKey, ApiKeyLayer, RequireScopes};
+use keysmith_tower::{ApiKey, ApiKeyLayer, RequireScopes, problem_refusal_response};
 use tower::ServiceExt;
 
 /// The routes behind the layer, added as the documentation wires it
@@ -40,6 +40,9 @@ impl Harness for TowerHarness {
         }
         if let Some(app_id) = options.app_id {
             layer = layer.with_app_id(app_id);
+        }
+        if options.problem_details {
+            layer = layer.with_responder(problem_refusal_response);
         }
         if options.optional {
             layer = layer.optional();

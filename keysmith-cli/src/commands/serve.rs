@@ -41,6 +41,9 @@ pub(super) async fn run(
     if let Some(app) = app {
         admin = admin.with_app_id(app);
     }
+    if args.problem_details {
+        admin = admin.with_problem_details();
+    }
     let mut health = HealthConfig::new(engine.clone());
     if args.metrics {
         // One recorder per process; the engine was built with the metrics

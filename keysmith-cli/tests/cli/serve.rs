@@ -87,7 +87,13 @@ fn serve_help_names_the_timeouts_and_their_defaults() {
 pub(crate) fn serve(ks: &Keysmith, extra: &[&str]) -> ServerProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_keysmith"));
     command.args(["--database-url", ks.url(), "--app", APP, "serve", "--listen", "127.0.0.1:0"]).args(extra);
-    for var in ["KEYSMITH_HEADER_TIMEOUT", "KEYSMITH_SHUTDOWN_TIMEOUT", "KEYSMITH_LISTEN", "KEYSMITH_METRICS"] {
+    for var in [
+        "KEYSMITH_HEADER_TIMEOUT",
+        "KEYSMITH_SHUTDOWN_TIMEOUT",
+        "KEYSMITH_LISTEN",
+        "KEYSMITH_METRICS",
+        "KEYSMITH_PROBLEM_DETAILS",
+    ] {
         command.env_remove(var);
     }
     ServerProcess::start(command)
@@ -285,6 +291,22 @@ fn serve_answers_health_and_ready_without_a_key_and_metrics_only_when_asked() {
     assert_eq!(ready.status, 200, "{}", ready.body);
     assert_eq!(ready.body, r#"{"status":"ready","checks":{"store":"up","change_feed":"none"}}"#);
     assert_eq!(call(&server, "GET", "/metrics", None, b"").status, 404, "metrics are opt-in");
+    let refused = call(&server, "GET", "/keysmith/v1/keys", None, b"");
+    assert!(refused.head.contains("content-type: application/json"), "{}", refused.head);
+}
+
+#[test]
+fn serve_answers_errors_as_problem_details_when_asked() {
+    let (_dir, ks, raw, _id) = with_admin();
+    let server = serve(&ks, &["--problem-details"]);
+    let refused = call(&server, "GET", "/keysmith/v1/keys", None, b"");
+    assert_eq!(refused.status, 401);
+    assert!(refused.head.contains("content-type: application/problem+json"), "{}", refused.head);
+    let body: serde_json::Value = serde_json::from_str(&refused.body).unwrap();
+    assert_eq!((body["code"].as_str(), body["status"].as_u64()), (Some("missing_key"), Some(401)));
+    let missing = call(&server, "GET", "/keysmith/v1/keys/akey_01h455vb4pex5vsknk084sn02q", Some(&raw), b"");
+    let body: serde_json::Value = serde_json::from_str(&missing.body).unwrap();
+    assert_eq!((missing.status, body["type"].as_str()), (404, Some("urn:keysmith:problem:not_found")));
 }
 
 #[test]

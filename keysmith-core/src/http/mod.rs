@@ -52,7 +52,9 @@ pub use extract::{KeySource, KeySources, MAX_KEY_HEADER_LEN};
 pub use gate::{Admitted, Authorize, Gate, Outcome, RequestFacts};
 pub use headers::{HeaderLookup, RateLimitHeaders, SharedHeaderValue, names};
 pub use kit::{Adapter, Admission, Guarded, HeaderSink, log_missing_middleware};
-pub use response::{JSON_CONTENT_TYPE, RefusalResponse};
+pub use response::{
+    JSON_CONTENT_TYPE, PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_PREFIX, QUOTA_EXCEEDED_TYPE, RefusalResponse, problem_body,
+};
 pub use routes::{UNMATCHED_ROUTE, UsageEndpoint};
 pub use scopes::{ScopeMatch, ScopeRequirement};
 

@@ -11,6 +11,19 @@ use crate::{Refusal, retry_after_secs};
 /// The `Content-Type` of every refusal body.
 pub const JSON_CONTENT_TYPE: &str = "application/json";
 
+/// The `Content-Type` of a refusal body in the RFC 9457 format
+/// ([`RefusalResponse::problem_body`]).
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+/// The problem type of a request refused by one of the key's quota policies
+/// (the ones `RateLimit-Policy` lists: rate limits, quotas, credits), as
+/// registered by draft-ietf-httpapi-ratelimit-headers.
+pub const QUOTA_EXCEEDED_TYPE: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+
+/// The prefix of every other problem type; the refusal's code follows
+/// (`urn:keysmith:problem:key_revoked`).
+pub const PROBLEM_TYPE_PREFIX: &str = "urn:keysmith:problem:";
+
 /// An answer that stops a request: a refusal of its key, 503 when the key
 /// could not be checked, or 500 when the application is wired wrong.
 ///
@@ -148,6 +161,63 @@ impl RefusalResponse {
     pub fn body(&self) -> String {
         serde_json::json!({ "error": { "code": self.code, "message": self.message } }).to_string()
     }
+
+    /// The body in the RFC 9457 format, to send with
+    /// `Content-Type: application/problem+json` ([`PROBLEM_CONTENT_TYPE`])
+    /// instead of [`body`](Self::body):
+    /// `{"type":"…","title":"…","status":…,"detail":"…","code":"…"}`.
+    ///
+    /// `type` is [`QUOTA_EXCEEDED_TYPE`] for `rate_limited`,
+    /// `quota_exceeded` and `credits_exhausted`, else
+    /// `urn:keysmith:problem:<code>`; `code` is the same code as
+    /// [`body`](Self::body)'s, `detail` its message, `title` the same for
+    /// every occurrence of the code.
+    ///
+    /// ```
+    /// use chrono::Utc;
+    /// use keysmith_core::Refusal;
+    /// use keysmith_core::http::RefusalResponse;
+    ///
+    /// let response = RefusalResponse::refused(Refusal::Revoked, "api", Utc::now());
+    /// assert_eq!(
+    ///     response.problem_body(),
+    ///     r#"{"type":"urn:keysmith:problem:key_revoked","title":"Key revoked","status":401,"detail":"the API key has been revoked","code":"key_revoked"}"#
+    /// );
+    /// ```
+    #[must_use]
+    pub fn problem_body(&self) -> String {
+        problem_body(self.status, self.code, &self.message)
+    }
+}
+
+/// An RFC 9457 body for any error with a status, a snake-case `code` and a
+/// message (`detail`), in the format of [`RefusalResponse::problem_body`];
+/// the admin API renders its own errors with it.
+#[must_use]
+pub fn problem_body(status: u16, code: &str, detail: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct Problem<'a> {
+        r#type: &'a str,
+        title: &'a str,
+        status: u16,
+        detail: &'a str,
+        code: &'a str,
+    }
+    let kind = match code {
+        "rate_limited" | "quota_exceeded" | "credits_exhausted" => QUOTA_EXCEEDED_TYPE.to_owned(),
+        code => format!("{PROBLEM_TYPE_PREFIX}{code}"),
+    };
+    let title = problem_title(code);
+    serde_json::to_string(&Problem { r#type: &kind, title: &title, status, detail, code }).unwrap_or_default()
+}
+
+/// A code as a title: `key_revoked` → `Key revoked`.
+fn problem_title(code: &str) -> String {
+    let mut title = code.replace('_', " ");
+    if let Some(first) = title.get_mut(..1) {
+        first.make_ascii_uppercase();
+    }
+    title
 }
 
 /// `Bearer realm="…"` with an optional `error="…"`.
@@ -239,6 +309,31 @@ mod tests {
         assert_eq!(
             wiring.body(),
             r#"{"error":{"code":"internal_error","message":"the ApiKey extractor needs the middleware"}}"#
+        );
+    }
+
+    #[test]
+    fn problem_bodies_carry_the_code_and_quota_refusals_the_drafts_type() {
+        let cases = [
+            (Refusal::MissingKey, "urn:keysmith:problem:missing_key"),
+            (Refusal::InsufficientScope { missing: vec!["a".into()] }, "urn:keysmith:problem:insufficient_scope"),
+            (rate_limited(Duration::from_secs(1)), QUOTA_EXCEEDED_TYPE),
+            (Refusal::QuotaExceeded { resets_at: now() }, QUOTA_EXCEEDED_TYPE),
+            (Refusal::CreditsExhausted { refills_at: None }, QUOTA_EXCEEDED_TYPE),
+        ];
+        for (refusal, kind) in cases {
+            let response = refused(refusal);
+            let problem: serde_json::Value = serde_json::from_str(&response.problem_body()).unwrap();
+            assert_eq!(problem["type"], kind);
+            assert_eq!(problem["status"], response.status);
+            assert_eq!(problem["code"], response.code);
+            assert_eq!(problem["detail"], response.message.as_str());
+        }
+        let unavailable: serde_json::Value =
+            serde_json::from_str(&RefusalResponse::unavailable().problem_body()).unwrap();
+        assert_eq!(
+            (unavailable["type"].as_str(), unavailable["title"].as_str(), unavailable["status"].as_u64()),
+            (Some("urn:keysmith:problem:unavailable"), Some("Unavailable"), Some(503))
         );
     }
 
