@@ -65,9 +65,8 @@ pub fn default_refusal_response(refusal: &RefusalResponse) -> HttpResponse {
 /// [`ApiKeyMiddleware::with_responder`](crate::ApiKeyMiddleware::with_responder)`(problem_refusal_response)`.
 #[must_use]
 pub fn problem_refusal_response(refusal: &RefusalResponse) -> HttpResponse {
-    let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = HttpResponse::with_body(status, refusal.problem_body()).map_into_boxed_body();
-    append_headers(response.headers_mut(), &refusal.headers);
+    let mut response =
+        default_refusal_response(refusal).set_body(actix_web::body::BoxBody::new(refusal.problem_body()));
     response
         .headers_mut()
         .insert(actix_web::http::header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
