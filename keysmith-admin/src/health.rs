@@ -24,7 +24,7 @@ pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// |---|---|
 /// | `GET /health` | 200 `{"status": "ok"}` while the process serves |
 /// | `GET /ready` | 200 when the store answers a ping within the [timeout](Self::with_ping_timeout) and the change feed, if the engine has one, is subscribed; else 503. Body: `{"status": "ready" \| "not_ready", "checks": {"store": "up" \| "down", "change_feed": "subscribed" \| "unsubscribed" \| "publishing" \| "none"}}` (`publishing`: a feed but no cache, so no subscription to wait for) |
-/// | `GET /metrics` | with [`with_metrics`](Self::with_metrics) (feature `prometheus`): every metric recorded through the `metrics` facade, in the Prometheus text format |
+/// | `GET /metrics` | with `with_metrics` (feature `prometheus`): every metric recorded through the `metrics` facade, in the Prometheus text format |
 ///
 /// `/ready` says which part is down and nothing more: the store's error is
 /// logged (target `keysmith::health`), never answered, since it can name
