@@ -54,7 +54,7 @@
 //! The client address is the connection's peer address; behind a proxy,
 //! configure [`ApiKeyMiddleware::with_trusted_proxies`].
 #![forbid(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod extract;
 mod middleware;

@@ -65,7 +65,7 @@
 //!   twice (a retry after an unclear failure) is counted once: records are
 //!   inserted by id and only new ones reach the aggregates.
 #![forbid(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod common;

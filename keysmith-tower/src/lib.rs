@@ -48,7 +48,7 @@
 //! Serve with `into_make_service_with_connect_info::<SocketAddr>()` so the
 //! layer knows the client address (see [`ApiKeyLayer`]).
 #![forbid(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod extract;
 mod layer;
