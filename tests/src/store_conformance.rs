@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use keysmith_core::store::{
-    KeyFilter, Page, ProbedStore, RotationWrite, StoreOp, StoreProbe, StoredKey, TimeRange, Transition,
+    CacheConfig, KeyFilter, Page, ProbedStore, RotationWrite, StoreOp, StoreProbe, StoredKey, TimeRange, Transition,
 };
 use keysmith_core::usage::UsageConfig;
 use keysmith_core::{
-    CreditSpend, Credits, Engine, Environment, Error, Hasher, Key, KeyId, KeyState, LimitBy, ManualClock, NewKey,
-    Period, Policy, PolicyId, PolicySpec, Quota, RateLimit, Refusal, RequestContext, RotationId, RotationReason,
-    RotationRecord, Scope, ScopeId, Sha256Hasher, Store, Tenant, UsageId, UsageRecord, Validation, ValidationError,
+    CreditSpend, Credits, Engine, EngineBuilder, Environment, Error, Hasher, Key, KeyId, KeyState, LimitBy,
+    ManualClock, NewKey, Period, Policy, PolicyId, PolicySpec, Quota, RateLimit, Refusal, RequestContext, RotationId,
+    RotationReason, RotationRecord, Scope, ScopeId, Sha256Hasher, Store, Tenant, UsageId, UsageRecord, Validation,
+    ValidationError,
 };
 use tokio::sync::{Barrier, Notify};
 use tokio::task::JoinSet;
@@ -78,8 +79,7 @@ macro_rules! store_conformance_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
                 let Some(fixture) = $setup().await else { return };
-                $crate::store_conformance::$case(::std::sync::Arc::clone(&fixture.store)).await;
-                drop(fixture);
+                fixture.run($crate::store_conformance::$case).await;
             }
         )*
     };
@@ -91,8 +91,25 @@ macro_rules! store_conformance_tests {
 pub struct Fixture {
     /// The store under test.
     pub store: Arc<dyn Store>,
+    /// The cache that the engines of the engine-level cases get.
+    engine_cache: Option<CacheConfig>,
     // Declared after the store, so dropped after it.
     guard: Option<Box<dyn std::fmt::Debug + Send>>,
+}
+
+tokio::task_local! {
+    /// The fixture's [`Fixture::engine_cache`] while a case runs.
+    static ENGINE_CACHE: Option<CacheConfig>;
+}
+
+/// An engine builder on `store`, with the cache of the fixture the case
+/// runs on, if it has one.
+pub fn engine_builder(store: Arc<dyn Store>) -> EngineBuilder {
+    let builder = Engine::builder(store);
+    match ENGINE_CACHE.try_with(Clone::clone).ok().flatten() {
+        Some(config) => builder.with_cache(config),
+        None => builder,
+    }
 }
 
 impl Fixture {
@@ -102,7 +119,21 @@ impl Fixture {
     /// If the migration fails.
     pub async fn new(store: Arc<dyn Store>) -> Self {
         store.migrate().await.expect("migrate");
-        Self { store, guard: None }
+        Self { store, engine_cache: None, guard: None }
+    }
+
+    /// Gives the engines that engine-level cases build a cache configured
+    /// by `config` (store-level cases are unchanged).
+    #[must_use]
+    pub fn with_engine_cache(mut self, config: CacheConfig) -> Self {
+        self.engine_cache = Some(config);
+        self
+    }
+
+    /// Runs `case` on the fixture's store, then drops the fixture.
+    pub async fn run<F: std::future::Future<Output = ()>>(self, case: impl FnOnce(Arc<dyn Store>) -> F) {
+        ENGINE_CACHE.scope(self.engine_cache.clone(), case(Arc::clone(&self.store))).await;
+        drop(self);
     }
 
     /// Keeps `guard` alive (and drops it after the store) with the fixture.
@@ -1664,7 +1695,7 @@ pub async fn owner_usage_sums_every_key_of_the_owner_in_the_tenant(store: Arc<dy
 /// An engine on `store` with a manual clock at [`t0`].
 fn engine_on(store: Arc<dyn Store>, clock: &ManualClock) -> Engine {
     let config = UsageConfig { quota_refresh: Duration::from_secs(5), ..UsageConfig::default() };
-    Engine::builder(store).with_clock(clock.clone()).with_usage_config(config).build().unwrap()
+    engine_builder(store).with_clock(clock.clone()).with_usage_config(config).build().unwrap()
 }
 
 /// The usage record of a validated request.
@@ -1819,7 +1850,7 @@ pub async fn a_quota_reload_racing_a_batch_write_counts_the_batch_once(store: Ar
 /// cannot store NUL and would fail with a store error), and leave nothing
 /// behind; other Unicode round-trips.
 pub async fn control_characters_are_refused_before_the_store(store: Arc<dyn Store>) {
-    let engine = keysmith_core::Engine::builder(Arc::clone(&store)).build().unwrap();
+    let engine = engine_builder(Arc::clone(&store)).build().unwrap();
     let tenant = engine.tenant("billing", "acme");
     let key = tenant.create_key(keysmith_core::NewKey::new("kept")).await.unwrap().key;
     let nul_metadata = || {
@@ -2028,7 +2059,7 @@ impl StoreProbe for CountCalls {
 pub async fn ids_with_a_trailing_space_are_invalid_input_before_the_store(store: Arc<dyn Store>) {
     let probe = Arc::new(CountCalls::default());
     let probed: Arc<dyn Store> = Arc::new(ProbedStore::new(Arc::clone(&store), Arc::clone(&probe)));
-    let engine = Engine::builder(probed).build().unwrap();
+    let engine = engine_builder(probed).build().unwrap();
     let ours = engine.tenant("billing", "acme");
     let key = ours.create_key(NewKey::new("kept").with_owner("cus_1")).await.unwrap().key;
     ours.set_owner_credits("cus_1", Some(Credits::new(5))).await.unwrap();

@@ -5,7 +5,7 @@
 //! visible. State changes are compare-and-set on the current state, so a
 //! racing operation can never undo a revoke or rotate a key twice.
 
-mod cached;
+mod cache;
 mod memory;
 mod probe;
 
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-pub use cached::{CacheConfig, CacheStats, CachedStore};
+pub use cache::{CacheConfig, CacheStats, CachedStore};
 pub use memory::MemoryStore;
 pub use probe::{ProbedStore, StoreOp, StoreProbe};
 
