@@ -7,6 +7,7 @@
 
 mod cache;
 mod memory;
+#[cfg(any(test, feature = "testing"))]
 mod probe;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use chrono::{DateTime, Utc};
 
 pub use cache::{CacheConfig, CacheStats, CachedStore};
 pub use memory::MemoryStore;
+#[cfg(any(test, feature = "testing"))]
 pub use probe::{ProbedStore, StoreOp, StoreProbe};
 
 use crate::{
