@@ -5,7 +5,8 @@
 //! fragments that differ and its usage insert. [`sql_store!`] then
 //! implements the whole [`keysmith_core::Store`] for the backend's store
 //! type, with the database type known, so sqlx's traits need no generic
-//! bounds.
+//! bounds. Rows are read back by the generic functions of
+//! [`rows`](crate::rows).
 //!
 //! The statements are portable SQL: every state change locks the key's row,
 //! checks its state, updates it and reads it back in one transaction (MySQL

@@ -385,12 +385,13 @@ impl Engine {
         // 2. Lookup by hash, confirmed in constant time. The engine's cache
         // answers the key with its policy in one probe when it holds both.
         // On a miss it asks the store without probing again.
-        // On a miss it asks the store without probing again; on a hit it
-        // probed the policy table too (`policy_probed`).
+        // On a miss it asks the store without probing again (boxed, as the
+        // store's own future is, so that every validation's future stays
+        // small); on a hit it probed the policy table too (`policy_probed`).
         let (found, mut cached_policy, policy_probed) = match &inner.cache {
             Some(cache) => match cache.find_key_and_policy_ready(&hash) {
                 Some((found, policy)) => (Ok(found), policy, true),
-                None => (cache.load_key(&hash).await, None, false),
+                None => (Box::pin(cache.load_key(&hash)).await, None, false),
             },
             None => match inner.store.find_key_by_hash_ready(&hash) {
                 Some(found) => (found, None, false),
@@ -428,8 +429,8 @@ impl Engine {
             }
             Some(policy_id) => {
                 let found = match &inner.cache {
-                    Some(cache) if policy_probed => cache.load_policy(&key.tenant, policy_id).await,
-                    Some(cache) => cache.get_policy(&key.tenant, policy_id).await,
+                    Some(cache) if policy_probed => Box::pin(cache.load_policy(&key.tenant, policy_id)).await,
+                    Some(cache) => Box::pin(cache.get_policy(&key.tenant, policy_id)).await,
                     None => match inner.store.get_policy_ready(&key.tenant, policy_id) {
                         Some(found) => found,
                         None => inner.store.get_policy(&key.tenant, policy_id).await,
