@@ -52,7 +52,7 @@ async fn fresh_keys(engine: &Engine) -> Vec<String> {
 fn secret_scanning(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let store = runtime.block_on(BenchStore::open(Backend::Sqlite)).expect("SQLite needs no server");
-    let engine = Engine::builder(Arc::clone(&store.raw)).with_cache(CacheConfig::default()).build().unwrap();
+    let engine = Engine::builder(Arc::clone(&store.store)).with_cache(CacheConfig::default()).build().unwrap();
     let github = runtime.block_on(FakeGithub::start());
     let scanning = GithubSecretScanning::new(engine.clone()).with_keys_url(github.keys_url());
     let app: Router = Router::new()

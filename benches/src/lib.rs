@@ -2,7 +2,7 @@
 //! measurement runs on and the keys it presents.
 //!
 //! - `cargo bench -p keysmith-benches --bench validate_stores`: validation
-//!   through [`CachedStore`] over SQLite,
+//!   through an engine's cache ([`CachedStore`]) over SQLite,
 //!   PostgreSQL and MySQL next to the memory store and the SHA-256 + lookup floor.
 //! - `bench-server <mode>`: the HTTP servers `scripts/bench-http` drives with wrk.
 //! - `bench-usage`: usage-recording throughput and memory per key
@@ -22,8 +22,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use keysmith_core::store::CacheConfig;
+#[cfg(doc)]
 use keysmith_core::store::CachedStore;
-use keysmith_core::{Engine, MemoryStore, NewKey, PolicySpec, Store};
+use keysmith_core::{Engine, EngineBuilder, MemoryStore, NewKey, PolicySpec, Store};
 use keysmith_sqlx::{MySqlStore, PgStore, SqliteStore};
 use keysmith_tests::services::{MySqlTestDb, PgTestDb};
 
@@ -32,13 +34,13 @@ use keysmith_tests::services::{MySqlTestDb, PgTestDb};
 pub enum Backend {
     /// [`MemoryStore`], no cache in front.
     Memory,
-    /// [`SqliteStore`] on a file in the temp directory, behind [`CachedStore`].
+    /// [`SqliteStore`] on a file in the temp directory, engines with a [`CachedStore`].
     Sqlite,
     /// [`PgStore`] on a fresh database of `KEYSMITH_TEST_POSTGRES_URL`,
-    /// behind [`CachedStore`].
+    /// engines with a [`CachedStore`].
     Postgres,
     /// [`MySqlStore`] on a fresh database of `KEYSMITH_TEST_MYSQL_URL`,
-    /// behind [`CachedStore`].
+    /// engines with a [`CachedStore`].
     MySql,
 }
 
@@ -59,10 +61,11 @@ impl Backend {
 /// database or file, removed on drop).
 #[derive(Debug)]
 pub struct BenchStore {
-    /// The store as the engine sees it (cached for the SQL backends).
+    /// The store.
     pub store: Arc<dyn Store>,
-    /// The SQL store without the cache, for write-path measurements.
-    pub raw: Arc<dyn Store>,
+    /// Whether [`builder`](Self::builder) gives engines a cache (the SQL
+    /// backends).
+    pub cached: bool,
     _server_db: Option<Box<dyn std::fmt::Debug + Send>>,
     sqlite_file: Option<std::path::PathBuf>,
 }
@@ -78,7 +81,7 @@ impl BenchStore {
         match backend {
             Backend::Memory => {
                 let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-                Some(Self { raw: Arc::clone(&store), store, _server_db: None, sqlite_file: None })
+                Some(Self { store, cached: false, _server_db: None, sqlite_file: None })
             }
             Backend::Sqlite => {
                 let path = std::env::temp_dir().join(format!("keysmith-bench-{}.db", std::process::id()));
@@ -86,9 +89,7 @@ impl BenchStore {
                 let url = format!("sqlite://{}", path.display());
                 let sqlite = SqliteStore::connect(&url).await.expect("open the SQLite file");
                 sqlite.migrate().await.expect("migrate SQLite");
-                let raw: Arc<dyn Store> = Arc::new(sqlite);
-                let store: Arc<dyn Store> = Arc::new(CachedStore::new(Arc::clone(&raw)));
-                Some(Self { store, raw, _server_db: None, sqlite_file: Some(path) })
+                Some(Self { store: Arc::new(sqlite), cached: true, _server_db: None, sqlite_file: Some(path) })
             }
             Backend::Postgres => {
                 let db = PgTestDb::create().await?;
@@ -105,9 +106,15 @@ impl BenchStore {
         }
     }
 
-    fn on_server(raw: Arc<dyn Store>, db: Box<dyn std::fmt::Debug + Send>) -> Self {
-        let store: Arc<dyn Store> = Arc::new(CachedStore::new(Arc::clone(&raw)));
-        Self { store, raw, _server_db: Some(db), sqlite_file: None }
+    fn on_server(store: Arc<dyn Store>, db: Box<dyn std::fmt::Debug + Send>) -> Self {
+        Self { store, cached: true, _server_db: Some(db), sqlite_file: None }
+    }
+
+    /// An engine builder on the store, with a default cache for the SQL
+    /// backends.
+    pub fn builder(&self) -> EngineBuilder {
+        let builder = Engine::builder(Arc::clone(&self.store));
+        if self.cached { builder.with_cache(CacheConfig::default()) } else { builder }
     }
 
     /// An engine on the store with default settings.
@@ -116,7 +123,7 @@ impl BenchStore {
     /// Never with the default configuration.
     #[must_use]
     pub fn engine(&self) -> Engine {
-        Engine::builder(Arc::clone(&self.store)).build().expect("default engine")
+        self.builder().build().expect("default engine")
     }
 }
 

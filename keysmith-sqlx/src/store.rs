@@ -5,7 +5,8 @@
 //! fragments that differ and its usage insert. [`sql_store!`] then
 //! implements the whole [`keysmith_core::Store`] for the backend's store
 //! type, with the database type known, so sqlx's traits need no generic
-//! bounds.
+//! bounds. Rows are read back by the generic functions of
+//! [`rows`](crate::rows).
 //!
 //! The statements are portable SQL: every state change locks the key's row,
 //! checks its state, updates it and reads it back in one transaction (MySQL
@@ -248,20 +249,21 @@ macro_rules! sql_store {
                 TimeRange, Transition, UsageStore, UsageTotal,
             };
             use keysmith_core::{
-                CreditSpend, Credits, Error, Key, KeyHash, KeyId, KeyState, Period, Policy, PolicyId, Result, RotationId, RotationRecord,
-                Refill, Scope, ScopeId, Store, Tenant, UsageAggregate, UsageId, UsageRecord,
+                CreditSpend, Credits, Error, Key, KeyHash, KeyId, KeyState, Period, Policy, PolicyId, Result, RotationRecord,
+                Scope, ScopeId, Store, Tenant, UsageAggregate, UsageRecord,
             };
             use sqlx::migrate::Migrator;
             use sqlx::types::Json;
-            use sqlx::{Database, QueryBuilder, Row as _};
+            use sqlx::{Database, QueryBuilder};
             use uuid::Uuid;
 
             use super::{$store, MIGRATOR};
             use crate::common::{
                 PolicyColumns, corrupt, duration_to_micros, is_foreign_key_violation,
-                key_insert_error, limit_offset, micros_to_duration, check_transition, named_write_error,
-                parse_column, parse_hash, parse_list, rate_limits_from, store_error, to_u64,
+                key_insert_error, limit_offset, check_transition, named_write_error,
+                parse_column, store_error,
             };
+            use crate::rows::{self, Columns as _};
             use crate::store::{Dialect, Stored as _, statement};
 
             type Db = $db;
@@ -303,86 +305,6 @@ macro_rules! sql_store {
                 max_key_age_us, quota, rotation_grace_us, metadata, created_at, updated_at, \
                 max_active_keys_per_owner";
 
-            fn get<T>(row: &Row, column: &str) -> Result<T>
-            where
-                T: for<'r> sqlx::Decode<'r, Db> + sqlx::Type<Db>,
-            {
-                if Db::UNCHECKED_COLUMNS { row.try_get_unchecked(column) } else { row.try_get(column) }
-                    .map_err(store_error)
-            }
-
-            fn time(row: &Row, column: &str) -> Result<DateTime<Utc>> {
-                get::<<Db as Dialect>::Time>(row, column)?.load(column)
-            }
-
-            fn opt_time(row: &Row, column: &str) -> Result<Option<DateTime<Utc>>> {
-                get::<Option<<Db as Dialect>::Time>>(row, column)?.map(|t| t.load(column)).transpose()
-            }
-
-            fn list(row: &Row, column: &str) -> Result<Vec<String>> {
-                get::<<Db as Dialect>::List>(row, column)?.load(column)
-            }
-
-            fn micros(row: &Row, column: &str) -> Result<std::time::Duration> {
-                micros_to_duration(column, get(row, column)?)
-            }
-
-            fn row_tenant(row: &Row) -> Result<Tenant> {
-                Ok(Tenant::new(get::<String>(row, "app_id")?, get::<String>(row, "tenant_id")?))
-            }
-
-            fn stored_key(row: &Row) -> Result<StoredKey> {
-                Ok(StoredKey { hash: parse_hash(&get::<String>(row, "hash")?)?, key: Arc::new(key(row)?) })
-            }
-
-            fn key(row: &Row) -> Result<Key> {
-                let id = get(row, "id")?;
-                Ok(Key {
-                    id: KeyId::from_uuid(id),
-                    // Nullable only in SQLite, which cannot add a `NOT NULL`
-                    // column; the migration fills it in every row.
-                    lineage_id: KeyId::from_uuid(get::<Option<Uuid>>(row, "lineage_id")?.unwrap_or(id)),
-                    name: get(row, "name")?,
-                    hint: get(row, "hint")?,
-                    prefix: get(row, "prefix")?,
-                    environment: parse_column("key environment", &get::<String>(row, "environment")?)?,
-                    state: parse_column("key state", &get::<String>(row, "state")?)?,
-                    scopes: get::<<Db as Dialect>::Scopes>(row, "scopes")?.load("key scopes")?,
-                    tenant: row_tenant(row)?,
-                    owner_id: get(row, "owner_id")?,
-                    credits: credits(row)?,
-                    policy_id: get::<Option<Uuid>>(row, "policy_id")?.map(PolicyId::from_uuid),
-                    expires_at: opt_time(row, "expires_at")?,
-                    grace_expires_at: opt_time(row, "grace_expires_at")?,
-                    revoked_reason: get(row, "revoked_reason")?,
-                    last_used_at: opt_time(row, "last_used_at")?,
-                    created_at: time(row, "created_at")?,
-                    updated_at: time(row, "updated_at")?,
-                    metadata: get::<Json<_>>(row, "metadata")?.0,
-                })
-            }
-
-            /// The `credits_*` columns of `row`: `None` for a lineage without credits.
-            fn credits(row: &Row) -> Result<Option<Credits>> {
-                let Some(remaining) = get::<Option<i64>>(row, "credits_remaining")? else {
-                    return Ok(None);
-                };
-                let amount = get::<Option<i64>>(row, "credits_refill_amount")?;
-                let every = get::<Option<String>>(row, "credits_refill_every")?;
-                let refill = match (amount, every) {
-                    (Some(amount), Some(every)) => Some(Refill {
-                        amount: to_u64("credits refill amount", amount)?,
-                        every: parse_column("credits refill period", &every)?,
-                    }),
-                    _ => None,
-                };
-                Ok(Some(Credits {
-                    remaining: to_u64("credits remaining", remaining)?,
-                    refill,
-                    refilled_at: opt_time(row, "credits_refilled_at")?,
-                }))
-            }
-
             /// The lineage of the tenant's key `id`.
             async fn lineage_on(conn: &mut Connection, tenant: &Tenant, id: KeyId) -> Result<Uuid> {
                 let row = sqlx::query(statement!(
@@ -394,7 +316,7 @@ macro_rules! sql_store {
                 .await
                 .map_err(store_error)?
                 .ok_or_else(|| Error::NotFound { entity: "key", id: id.to_string() })?;
-                Ok(get::<Option<Uuid>>(&row, "lineage_id")?.unwrap_or(id.uuid()))
+                Ok(Db::opt_uuid(&row, "lineage_id")?.unwrap_or(id.uuid()))
             }
 
             /// A row of credits and how it is addressed: a lineage's in
@@ -490,7 +412,7 @@ macro_rules! sql_store {
             async fn credits_on(conn: &mut Connection, holder: Holder<'_>) -> Result<Option<Credits>> {
                 let query = sqlx::query(&holder.sql().read);
                 let row = holder.bind(query).fetch_optional(&mut *conn).await.map_err(store_error)?;
-                row.as_ref().map(credits).transpose().map(Option::flatten)
+                row.as_ref().map(rows::credits::<Db>).transpose().map(Option::flatten)
             }
 
             async fn insert_credits_on(conn: &mut Connection, holder: Holder<'_>, credits: &Credits) -> Result<()> {
@@ -576,65 +498,6 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            fn policy(row: &Row) -> Result<Policy> {
-                let opt_micros = |column: &str| -> Result<_> {
-                    get::<Option<i64>>(row, column)?.map(|us| micros_to_duration(column, us)).transpose()
-                };
-                Ok(Policy {
-                    id: PolicyId::from_uuid(get(row, "id")?),
-                    tenant: row_tenant(row)?,
-                    name: get(row, "name")?,
-                    rate_limits: rate_limits_from(get::<Option<Json<_>>>(row, "rate_limits")?.map(|l| l.0))?,
-                    limit_by: parse_column("policy limit_by", &get::<String>(row, "limit_by")?)?,
-                    allowed_ips: parse_list("policy allowed_ips", &list(row, "allowed_ips")?)?,
-                    allowed_origins: list(row, "allowed_origins")?,
-                    allowed_scopes: list(row, "allowed_scopes")?,
-                    max_key_age: opt_micros("max_key_age_us")?,
-                    quota: get::<Option<Json<_>>>(row, "quota")?.map(|q| q.0),
-                    rotation_grace: opt_micros("rotation_grace_us")?,
-                    max_active_keys_per_owner: get::<Option<i64>>(row, "max_active_keys_per_owner")?
-                        .map(|n| u32::try_from(n).map_err(|e| corrupt("policy max_active_keys_per_owner", e)))
-                        .transpose()?,
-                    metadata: get::<Json<_>>(row, "metadata")?.0,
-                    created_at: time(row, "created_at")?,
-                    updated_at: time(row, "updated_at")?,
-                })
-            }
-
-            fn usage(row: &Row) -> Result<UsageRecord> {
-                Ok(UsageRecord {
-                    id: UsageId::from_uuid(get(row, "id")?),
-                    key_id: KeyId::from_uuid(get(row, "key_id")?),
-                    tenant: row_tenant(row)?.into(),
-                    endpoint: get::<String>(row, "endpoint")?.into(),
-                    method: get::<String>(row, "method")?.into(),
-                    status: u16::try_from(get::<i32>(row, "status")?).map_err(|e| corrupt("usage status", e))?,
-                    ip: get::<Option<String>>(row, "ip")?.map(|ip| parse_column("usage ip", &ip)).transpose()?,
-                    user_agent: get::<Option<String>>(row, "user_agent")?.map(Into::into),
-                    latency: micros(row, "latency_us")?,
-                    timestamp: time(row, "occurred_at")?,
-                })
-            }
-
-            fn rotation(row: &Row) -> Result<RotationRecord> {
-                Ok(RotationRecord {
-                    id: RotationId::from_uuid(get(row, "id")?),
-                    key_id: KeyId::from_uuid(get(row, "key_id")?),
-                    new_key_id: KeyId::from_uuid(get(row, "new_key_id")?),
-                    tenant: row_tenant(row)?,
-                    old_hash: parse_hash(&get::<String>(row, "old_hash")?)?,
-                    new_hash: parse_hash(&get::<String>(row, "new_hash")?)?,
-                    reason: parse_column("rotation reason", &get::<String>(row, "reason")?)?,
-                    grace_ttl: micros(row, "grace_ttl_us")?,
-                    grace_expires_at: time(row, "grace_expires_at")?,
-                    created_at: time(row, "created_at")?,
-                })
-            }
-
-            fn counts(row: &Row) -> Result<(u64, u64)> {
-                Ok((to_u64("usage requests", get(row, "requests")?)?, to_u64("usage errors", get(row, "errors")?)?))
-            }
-
             /// The key `id` of `tenant`, or of any tenant when `tenant` is `None`.
             async fn key_on(conn: &mut Connection, tenant: Option<&Tenant>, id: KeyId) -> Result<Option<Row>> {
                 let mut qb = select_keys();
@@ -649,7 +512,7 @@ macro_rules! sql_store {
             async fn commit_changed(mut tx: sqlx::Transaction<'static, Db>, id: KeyId) -> Result<Key> {
                 let row = key_on(&mut tx, None, id).await?;
                 tx.commit().await.map_err(store_error)?;
-                row.as_ref().map_or_else(|| Err(Error::store("a changed key vanished")), key)
+                row.as_ref().map_or_else(|| Err(Error::store("a changed key vanished")), rows::key::<Db>)
             }
 
             /// Inserts a key and its scopes on `conn` (inside the caller's transaction).
@@ -735,7 +598,7 @@ macro_rules! sql_store {
                 .await
                 .map_err(store_error)?;
                 // No such policy: the insert reports it.
-                let Some(limit) = row.map(|row| get::<Option<i64>>(&row, "max_active_keys_per_owner")).transpose()?.flatten()
+                let Some(limit) = row.map(|row| Db::opt_big(&row, "max_active_keys_per_owner")).transpose()?.flatten()
                 else {
                     return Ok(());
                 };
@@ -752,7 +615,7 @@ macro_rules! sql_store {
                 .fetch_one(&mut *conn)
                 .await
                 .map_err(store_error)
-                .and_then(|row| get(&row, "held"))?;
+                .and_then(|row| Db::big(&row, "held"))?;
                 if held >= limit {
                     return Err(Error::OwnerKeyLimit {
                         owner_id: owner_id.clone(),
@@ -798,7 +661,7 @@ macro_rules! sql_store {
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(store_error)?;
-                let current = row.map(|row| parse_column("key state", &get::<String>(&row, "state")?)).transpose()?;
+                let current = row.map(|row| parse_column("key state", &Db::text(&row, "state")?)).transpose()?;
                 check_transition(id, current, from, to)
             }
 
@@ -869,12 +732,12 @@ macro_rules! sql_store {
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(store_error)?;
-                    row.as_ref().map(stored_key).transpose()
+                    row.as_ref().map(rows::stored_key::<Db>).transpose()
                 }
 
                 async fn get_key(&self, tenant: &Tenant, id: KeyId) -> Result<Option<StoredKey>> {
                     let mut conn = self.pool.acquire().await.map_err(store_error)?;
-                    key_on(&mut conn, Some(tenant), id).await?.as_ref().map(stored_key).transpose()
+                    key_on(&mut conn, Some(tenant), id).await?.as_ref().map(rows::stored_key::<Db>).transpose()
                 }
 
                 async fn list_keys(&self, tenant: &Tenant, filter: &KeyFilter) -> Result<Vec<Key>> {
@@ -898,7 +761,7 @@ macro_rules! sql_store {
                             qb.push(" ORDER BY k.id LIMIT ").push_bind(limit).push(" OFFSET ").push_bind(offset);
                         })
                         .await?;
-                    rows.iter().map(key).collect()
+                    rows.iter().map(rows::key::<Db>).collect()
                 }
 
                 async fn transition_key(&self, tenant: &Tenant, id: KeyId, transition: &Transition) -> Result<Key> {
@@ -1096,7 +959,7 @@ macro_rules! sql_store {
                             qb.push_bind(Db::time(now)).push(") ORDER BY k.id LIMIT ").push_bind(i64::from(limit));
                         })
                         .await?;
-                    rows.iter().map(key).collect()
+                    rows.iter().map(rows::key::<Db>).collect()
                 }
             }
 
@@ -1147,7 +1010,7 @@ macro_rules! sql_store {
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(store_error)?;
-                    Ok(row.as_ref().map(policy).transpose()?.map(Arc::new))
+                    Ok(row.as_ref().map(rows::policy::<Db>).transpose()?.map(Arc::new))
                 }
 
                 async fn list_policies(&self, tenant: &Tenant, page: Page) -> Result<Vec<Policy>> {
@@ -1165,7 +1028,7 @@ macro_rules! sql_store {
                     .fetch_all(&self.pool)
                     .await
                     .map_err(store_error)?;
-                    rows.iter().map(policy).collect()
+                    rows.iter().map(rows::policy::<Db>).collect()
                 }
 
                 async fn update_policy(&self, policy: &Policy) -> Result<()> {
@@ -1261,11 +1124,11 @@ macro_rules! sql_store {
                     rows.iter()
                         .map(|row| {
                             Ok(Scope {
-                                id: ScopeId::from_uuid(get(row, "id")?),
+                                id: ScopeId::from_uuid(Db::uuid(row, "id")?),
                                 tenant: tenant.clone(),
-                                name: get(row, "name")?,
-                                description: get(row, "description")?,
-                                created_at: time(row, "created_at")?,
+                                name: Db::text(row, "name")?,
+                                description: Db::text(row, "description")?,
+                                created_at: Db::at(row, "created_at")?,
                             })
                         })
                         .collect()
@@ -1365,7 +1228,7 @@ macro_rules! sql_store {
                     let (limit, offset) = limit_offset(page);
                     qb.push(" ORDER BY occurred_at, id LIMIT ").push_bind(limit).push(" OFFSET ").push_bind(offset);
                     let rows = qb.build().fetch_all(&self.pool).await.map_err(store_error)?;
-                    rows.iter().map(usage).collect()
+                    rows.iter().map(rows::usage::<Db>).collect()
                 }
 
                 async fn usage_aggregates(
@@ -1386,12 +1249,12 @@ macro_rules! sql_store {
                     let rows = qb.build().fetch_all(&self.pool).await.map_err(store_error)?;
                     rows.iter()
                         .map(|row| {
-                            let (requests, errors) = counts(row)?;
+                            let (requests, errors) = rows::counts::<Db>(row)?;
                             Ok(UsageAggregate {
                                 key_id,
-                                tenant: row_tenant(row)?,
+                                tenant: rows::tenant::<Db>(row)?,
                                 period,
-                                period_start: time(row, "period_start")?,
+                                period_start: Db::at(row, "period_start")?,
                                 requests,
                                 errors,
                             })
@@ -1456,8 +1319,8 @@ macro_rules! sql_store {
                     let rows = qb.build().fetch_all(&self.pool).await.map_err(store_error)?;
                     rows.iter()
                         .map(|row| {
-                            let (requests, errors) = counts(row)?;
-                            Ok(UsageTotal { period, period_start: time(row, "period_start")?, requests, errors })
+                            let (requests, errors) = rows::counts::<Db>(row)?;
+                            Ok(UsageTotal { period, period_start: Db::at(row, "period_start")?, requests, errors })
                         })
                         .collect()
                 }
@@ -1479,7 +1342,7 @@ macro_rules! sql_store {
                     .fetch_all(&self.pool)
                     .await
                     .map_err(store_error)?;
-                    rows.iter().map(rotation).collect()
+                    rows.iter().map(rows::rotation::<Db>).collect()
                 }
             }
 
@@ -1494,7 +1357,7 @@ macro_rules! sql_store {
                         return migrator.run_direct(&mut *conn).await.map_err(Error::store);
                     };
                     let locked = sqlx::query(lock).fetch_one(&mut *conn).await.map_err(store_error)?;
-                    if get::<i64>(&locked, "locked")? != 1 {
+                    if Db::big(&locked, "locked")? != 1 {
                         return Err(Error::store("another migration of this database did not finish in time"));
                     }
                     let migrated = migrator.run_direct(&mut *conn).await.map_err(Error::store);

@@ -1,14 +1,16 @@
-//! The store conformance suite on `CachedStore` in front of `MemoryStore`:
-//! the cache must not change what any store call answers.
+//! The store conformance suite on `MemoryStore` with every engine-level
+//! case run on an engine with a cache: the cache must not change what any
+//! engine call answers.
 
 use std::sync::Arc;
 
-use keysmith_core::{CachedStore, MemoryStore};
+use keysmith_core::MemoryStore;
+use keysmith_core::store::CacheConfig;
 use keysmith_tests::store_conformance::Fixture;
 
 async fn setup() -> Option<Fixture> {
-    let cached = CachedStore::new(Arc::new(MemoryStore::new()));
-    Some(Fixture::new(Arc::new(cached)).await)
+    let fixture = Fixture::new(Arc::new(MemoryStore::new())).await;
+    Some(fixture.with_engine_cache(CacheConfig::default()))
 }
 
 keysmith_tests::store_conformance_tests!(setup);

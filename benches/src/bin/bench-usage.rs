@@ -78,7 +78,7 @@ async fn record(backend: Backend, records: usize, batch: usize) {
     };
     let config = UsageConfig { queue_capacity: records, batch_size: batch, ..UsageConfig::default() };
     // The recorder writes to the store under the cache, as in production.
-    let engine = Engine::builder(Arc::clone(&store.store)).with_usage_config(config).build().expect("engine");
+    let engine = store.builder().with_usage_config(config).build().expect("engine");
     let acme = engine.tenant("bench", "acme");
     let mut keys = Vec::new();
     for i in 0..100 {

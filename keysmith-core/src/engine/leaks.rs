@@ -44,7 +44,7 @@ impl Engine {
     ///   which cannot be suspended, is revoked);
     /// - `notify`: nothing changes.
     ///
-    /// Each change goes through the cache and out on the change feed like
+    /// Each change reaches this engine's cache and goes out on the change feed like
     /// any other, and fires its usual event (`KeyRevoked`, `KeySuspended`)
     /// followed by [`Event::KeyLeaked`], which never carries the token.
     ///
@@ -84,9 +84,9 @@ impl Engine {
                 first.entry(*hash).or_insert(index);
             }
         }
-        // Looked up in the store, past any cache: a cached "unknown" would
+        // Looked up in the store, past the cache: a cached "unknown" would
         // miss a key another instance just created.
-        let lookups = inner.cache.as_ref().map_or(&inner.store, |cache| cache.inner());
+        let lookups = &inner.store;
         let handled: Vec<(KeyHash, Option<Handled>)> = stream::iter(first.clone())
             .map(|(hash, index)| async move {
                 let Some(stored) = lookups.find_key_by_hash(&hash).await? else {
@@ -139,7 +139,7 @@ impl Engine {
             // Another report (or operator) changed the key first.
             return Ok(None);
         };
-        self.publish(|| Change::key(&changed, Some(stored.hash))).await;
+        self.committed(|| Change::key(&changed, Some(stored.hash))).await;
         self.emit_transition(Arc::clone(&changed)).await;
         let action = if target == KeyState::Revoked { LeakAction::Revoked } else { LeakAction::Suspended };
         self.emit_leak(stored, report, action).await;

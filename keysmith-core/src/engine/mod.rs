@@ -67,8 +67,8 @@ pub struct Engine {
 
 struct Inner {
     store: Arc<dyn Store>,
-    /// The cache in front of `store` (which is then this cache), when the
-    /// engine was built with one.
+    /// The cache of validation's reads from `store`, when the engine was
+    /// built with one; kept fresh by [`Engine::committed`] and the feed.
     cache: Option<Arc<CachedStore>>,
     feed: Option<Arc<FeedLink>>,
     hasher: Arc<dyn Hasher>,
@@ -159,10 +159,17 @@ impl Engine {
     }
 
     /// The store, for what the engine does not wrap (migrations, health
-    /// checks): the engine's cache in front of it, when it has one.
+    /// checks). Writes made through it directly bypass the engine's cache
+    /// and change feed: they are seen as changes made elsewhere.
     #[must_use]
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// The engine's cache, if it was built with one.
+    #[cfg(test)]
+    pub(crate) fn cache(&self) -> Option<&Arc<CachedStore>> {
+        self.inner.cache.as_ref()
     }
 
     /// What the engine's cache holds now, if it was built
@@ -211,11 +218,32 @@ impl Engine {
         }
     }
 
-    /// Tells the other engines on the change feed that `change` was
-    /// committed; failures are counted and logged only.
-    async fn publish(&self, change: impl FnOnce() -> Change) {
-        if let Some(feed) = &self.inner.feed {
-            feed.publish(change()).await;
+    /// After a write this engine committed: drops what `change` makes stale
+    /// from this engine's cache (so that once the write returns no
+    /// validation here sees the old state), then tells the other engines on
+    /// the change feed; feed failures are counted and logged only. The one
+    /// path by which a write reaches a cache, this engine's or another's.
+    async fn committed(&self, change: impl FnOnce() -> Change) {
+        let inner = &self.inner;
+        if inner.cache.is_none() && inner.feed.is_none() {
+            return;
+        }
+        let change = change();
+        if let Some(cache) = &inner.cache {
+            cache.apply_change(&change).await;
+        }
+        if let Some(feed) = &inner.feed {
+            feed.publish(change).await;
+        }
+    }
+
+    /// Drops what `change` may have made stale from this engine's cache
+    /// only, publishing nothing: a key created here (a miss cached for its
+    /// hash), or a write that failed but may have committed or that found
+    /// the entity changed elsewhere.
+    async fn forget(&self, change: impl FnOnce() -> Change) {
+        if let Some(cache) = &self.inner.cache {
+            cache.apply_change(&change()).await;
         }
     }
 
@@ -249,7 +277,7 @@ impl Engine {
                 if let Some(key) = self.apply_transition(key, &transition).await? {
                     *counter += 1;
                     changed += 1;
-                    self.publish(|| Change::key(&key, None)).await;
+                    self.committed(|| Change::key(&key, None)).await;
                     self.emit_transition(key).await;
                 }
             }
@@ -266,7 +294,11 @@ impl Engine {
     async fn apply_transition(&self, key: &Key, transition: &Transition) -> Result<Option<Arc<Key>>> {
         match self.inner.store.transition_key(&key.tenant, key.id, transition).await {
             Ok(key) => Ok(Some(Arc::new(key))),
-            Err(Error::InvalidTransition { .. } | Error::NotFound { .. }) => Ok(None),
+            Err(Error::InvalidTransition { .. } | Error::NotFound { .. }) => {
+                // Changed elsewhere: what this engine cached of it is stale.
+                self.forget(|| Change::key(key, None)).await;
+                Ok(None)
+            }
             Err(error) => Err(error),
         }
     }
@@ -335,8 +367,8 @@ impl EngineBuilder {
     /// Puts a cache configured by `config` in front of the store, owned by
     /// the engine: validation's lookups (keys by hash, found or not, and
     /// policies) are served from memory, and every change the engine makes
-    /// goes through the cache, so after a change returns no validation on
-    /// this engine sees the old state. Changes made by other instances are
+    /// is applied to the cache before it returns, so after a change returns
+    /// no validation on this engine sees the old state. Changes made by other instances are
     /// seen within the positive TTL, or within a second with a
     /// [change feed](Self::with_change_feed).
     pub fn with_cache(mut self, config: CacheConfig) -> Self {
@@ -460,13 +492,8 @@ impl EngineBuilder {
         if self.usage_config.batch_size == 0 || self.usage_config.flush_interval.is_zero() {
             return Err(Error::invalid("usage_config", "batch_size and flush_interval must be greater than zero"));
         }
-        let (store, cache) = match self.cache {
-            Some(config) => {
-                let cache = Arc::new(CachedStore::with_config(self.store, config));
-                (Arc::clone(&cache) as Arc<dyn Store>, Some(cache))
-            }
-            None => (self.store, None),
-        };
+        let store = self.store;
+        let cache = self.cache.map(|config| Arc::new(CachedStore::with_config(Arc::clone(&store), config)));
         let feed = self.feed.map(|feed| Arc::new(FeedLink::new(feed, self.heartbeat)));
         if let (Some(_), Some(cache)) = (&feed, &cache) {
             // Not subscribed yet: changes made elsewhere may be missed.

@@ -70,7 +70,7 @@ impl TenantEngine {
             self.check_no_key_credits(id).await?;
         }
         self.engine.inner.store.update_policy(&policy).await?;
-        self.engine.publish(|| Change::policy(tenant, id)).await;
+        self.engine.committed(|| Change::policy(tenant, id)).await;
         let policy = Arc::new(policy);
         self.engine.emit(|| Event::PolicyUpdated { policy: Arc::clone(&policy) }).await;
         Ok(Arc::unwrap_or_clone(policy))
@@ -84,7 +84,7 @@ impl TenantEngine {
     pub async fn delete_policy(&self, id: PolicyId) -> Result<()> {
         let tenant = self.checked()?;
         self.engine.inner.store.delete_policy(tenant, id).await?;
-        self.engine.publish(|| Change::policy(tenant, id)).await;
+        self.engine.committed(|| Change::policy(tenant, id)).await;
         let tenant = tenant.clone();
         self.engine.emit(|| Event::PolicyDeleted { tenant, policy_id: id }).await;
         Ok(())

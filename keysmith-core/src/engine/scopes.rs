@@ -71,7 +71,7 @@ impl TenantEngine {
         let scopes = self.checked_scopes(&requested, key.policy_id).await?;
         let at = self.engine.inner.clock.now();
         let key = self.engine.inner.store.set_key_scopes(tenant, id, &scopes, at).await?;
-        self.engine.publish(|| Change::key(&key, None)).await;
+        self.engine.committed(|| Change::key(&key, None)).await;
         Ok(key)
     }
 }

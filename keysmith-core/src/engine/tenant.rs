@@ -208,6 +208,10 @@ impl TenantEngine {
         };
         let stored = StoredKey { key: Arc::new(key), hash: inner.hasher.hash(raw.expose()) };
         inner.store.insert_key(&stored).await?;
+        // A lookup of this hash may have been cached as unknown here.
+        self.engine
+            .forget(|| Change::Key { tenant: tenant.clone(), key_id: stored.key.id, hash: Some(stored.hash) })
+            .await;
         let key = Key::clone(&stored.key);
         self.engine.emit(|| Event::KeyCreated { key: stored.key }).await;
         Ok(CreatedKey { key, raw })
@@ -255,7 +259,7 @@ impl TenantEngine {
             self.check_lineage_credits(stored.key.owner_id.as_deref(), stored.key.policy_id).await?;
         }
         let key = self.engine.inner.store.set_credits(tenant, id, credits.as_ref()).await?;
-        self.engine.publish(|| Change::lineage(&key)).await;
+        self.engine.committed(|| Change::lineage(&key)).await;
         Ok(self.current(key))
     }
 
@@ -278,7 +282,7 @@ impl TenantEngine {
         self.check_lineage_credits(stored.key.owner_id.as_deref(), stored.key.policy_id).await?;
         let now = self.engine.inner.clock.now();
         let key = self.engine.inner.store.add_credits(tenant, id, amount, now).await?;
-        self.engine.publish(|| Change::lineage(&key)).await;
+        self.engine.committed(|| Change::lineage(&key)).await;
         Ok(self.current(key))
     }
 
@@ -329,9 +333,9 @@ impl TenantEngine {
         validate_id("owner_id", owner_id)?;
         let now = self.engine.inner.clock.now();
         let credits = credits.map(|credits| credits.checked(now)).transpose()?;
-        self.engine.inner.store.set_owner_credits(tenant, owner_id, credits.as_ref()).await?;
-        self.engine.publish(|| Change::owner(tenant, owner_id)).await;
-        Ok(credits)
+        let written = self.engine.inner.store.set_owner_credits(tenant, owner_id, credits.as_ref()).await;
+        self.owner_credits_written(tenant, owner_id, written.is_ok()).await;
+        written.map(|()| credits)
     }
 
     /// Tops the owner's credits up by `amount` (after the refill due now,
@@ -348,9 +352,17 @@ impl TenantEngine {
             return Err(Error::invalid("amount", format!("must be 1 to {}", Credits::MAX)));
         }
         let now = self.engine.inner.clock.now();
-        let credits = self.engine.inner.store.add_owner_credits(tenant, owner_id, amount, now).await?;
-        self.engine.publish(|| Change::owner(tenant, owner_id)).await;
-        Ok(credits)
+        let written = self.engine.inner.store.add_owner_credits(tenant, owner_id, amount, now).await;
+        self.owner_credits_written(tenant, owner_id, written.is_ok()).await;
+        written
+    }
+
+    /// After a write of the owner's credits: committed, it goes out as any
+    /// change; failed, this engine still forgets that the owner had none
+    /// (the write may have committed all the same).
+    async fn owner_credits_written(&self, tenant: &Tenant, owner_id: &str, committed: bool) {
+        let change = || Change::owner(tenant, owner_id);
+        if committed { self.engine.committed(change).await } else { self.engine.forget(change).await }
     }
 
     async fn stored_key(&self, id: KeyId) -> Result<StoredKey> {
@@ -440,10 +452,21 @@ impl TenantEngine {
             created_at: now,
         };
         let write = RotationWrite { new_key: StoredKey { key: Arc::new(new_key), hash: new_hash }, record };
-        let old = inner.store.rotate_key(tenant, &write).await?;
+        let old = match inner.store.rotate_key(tenant, &write).await {
+            Ok(old) => old,
+            Err(error) => {
+                if matches!(error, Error::InvalidTransition { .. }) {
+                    // Changed elsewhere: what this engine cached of it is stale.
+                    self.engine
+                        .forget(|| Change::Key { tenant: tenant.clone(), key_id: id, hash: Some(old_hash) })
+                        .await;
+                }
+                return Err(error);
+            }
+        };
         let RotationWrite { new_key, record } = write;
         let old = Arc::new(old);
-        self.engine.publish(|| Change::rotated(&record)).await;
+        self.engine.committed(|| Change::rotated(&record)).await;
         self.engine.emit(|| Event::KeyRotated { key: Arc::clone(&old), record: record.clone() }).await;
         Ok(RotatedKey { key: Key::clone(&new_key.key), raw, old: Arc::unwrap_or_clone(old), record })
     }
@@ -499,8 +522,18 @@ impl TenantEngine {
     }
 
     async fn transition(&self, id: KeyId, transition: Transition) -> Result<Key> {
-        let key = self.engine.inner.store.transition_key(&self.tenant, id, &transition).await?;
-        self.engine.publish(|| Change::key(&key, None)).await;
+        let key = match self.engine.inner.store.transition_key(&self.tenant, id, &transition).await {
+            Ok(key) => key,
+            Err(error) => {
+                if matches!(error, Error::InvalidTransition { .. }) {
+                    // Changed elsewhere: what this engine cached of it is stale.
+                    let tenant = self.tenant.clone();
+                    self.engine.forget(|| Change::Key { tenant, key_id: id, hash: None }).await;
+                }
+                return Err(error);
+            }
+        };
+        self.engine.committed(|| Change::key(&key, None)).await;
         self.engine.emit_transition(Arc::new(key.clone())).await;
         Ok(key)
     }

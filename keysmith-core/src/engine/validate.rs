@@ -384,16 +384,19 @@ impl Engine {
         let hash = presented.hash.ok_or((Refusal::Malformed.into(), None))?;
         // 2. Lookup by hash, confirmed in constant time. The engine's cache
         // answers the key with its policy in one probe when it holds both.
-        let (ready, mut cached_policy) = match &inner.cache {
-            Some(cache) => match cache.key_and_policy_ready(&hash) {
-                Some((found, policy)) => (Some(Ok(found)), policy),
-                None => (None, None),
+        // On a miss it asks the store without probing again.
+        // On a miss it asks the store without probing again (boxed, as the
+        // store's own future is, so that every validation's future stays
+        // small); on a hit it probed the policy table too (`policy_probed`).
+        let (found, mut cached_policy, policy_probed) = match &inner.cache {
+            Some(cache) => match cache.find_key_and_policy_ready(&hash) {
+                Some((found, policy)) => (Ok(found), policy, true),
+                None => (Box::pin(cache.load_key(&hash)).await, None, false),
             },
-            None => (inner.store.find_key_by_hash_ready(&hash), None),
-        };
-        let found = match ready {
-            Some(found) => found,
-            None => inner.store.find_key_by_hash(&hash).await,
+            None => match inner.store.find_key_by_hash_ready(&hash) {
+                Some(found) => (found, None, false),
+                None => (inner.store.find_key_by_hash(&hash).await, None, false),
+            },
         };
         let stored = match found {
             Ok(Some(stored)) if stored.hash.ct_eq(&hash) => stored,
@@ -425,9 +428,13 @@ impl Engine {
                 cached_policy.take()
             }
             Some(policy_id) => {
-                let found = match inner.store.get_policy_ready(&key.tenant, policy_id) {
-                    Some(found) => found,
-                    None => inner.store.get_policy(&key.tenant, policy_id).await,
+                let found = match &inner.cache {
+                    Some(cache) if policy_probed => Box::pin(cache.load_policy(&key.tenant, policy_id)).await,
+                    Some(cache) => Box::pin(cache.get_policy(&key.tenant, policy_id)).await,
+                    None => match inner.store.get_policy_ready(&key.tenant, policy_id) {
+                        Some(found) => found,
+                        None => inner.store.get_policy(&key.tenant, policy_id).await,
+                    },
                 };
                 Some(found.map_err(fail)?.ok_or_else(|| fail(Error::not_found("policy", policy_id)))?)
             }
@@ -536,12 +543,16 @@ impl Engine {
         let store = &self.inner.store;
         let (key, now) = (&validation.key, validation.checked_at);
         let spent = match credits_subject(key, validation.policy.as_deref()) {
-            Some(Subject::Owner { tenant, owner_id }) => {
-                match store.spend_owner_credits_ready(tenant, owner_id, cost, now) {
+            Some(Subject::Owner { tenant, owner_id }) => match &self.inner.cache {
+                Some(cache) => match cache.spend_owner_credits_ready(tenant, owner_id, cost, now) {
+                    Some(spent) => spent,
+                    None => cache.spend_owner_credits(tenant, owner_id, cost, now).await,
+                },
+                None => match store.spend_owner_credits_ready(tenant, owner_id, cost, now) {
                     Some(spent) => spent,
                     None => store.spend_owner_credits(tenant, owner_id, cost, now).await,
-                }
-            }
+                },
+            },
             Some(Subject::Key(_)) => match store.spend_credits_ready(key, cost, now) {
                 Some(spent) => spent,
                 None => store.spend_credits(key, cost, now).await,
@@ -662,6 +673,9 @@ impl Engine {
             }
         }
         inner.usage.touch(key.id, now);
+        if let Some(cache) = &inner.cache {
+            cache.touched(key.id, now);
+        }
         inner.touch_sweeps.maybe_sweep(inner.touched.len(), || {
             inner.touched.retain(|_, at| recent(*at));
             inner.touched.len()
@@ -671,7 +685,7 @@ impl Engine {
     /// Moves an active key found past its expiry to `expired`, once.
     async fn mark_expired(&self, key: &Key, now: DateTime<Utc>) -> Result<(), Error> {
         if let Some(expired) = self.apply_transition(key, &Transition::to(KeyState::Expired, now)).await? {
-            self.publish(|| Change::key(&expired, None)).await;
+            self.committed(|| Change::key(&expired, None)).await;
             self.emit_transition(expired).await;
         }
         Ok(())

@@ -407,8 +407,8 @@ fn a_heartbeat_travels_as_an_owner_change_that_engines_without_heartbeats_ignore
 
 #[tokio::test]
 async fn a_heartbeat_as_an_engine_without_heartbeats_applies_it_evicts_nothing() {
-    let cached = Arc::new(crate::store::CachedStore::new(Arc::new(MemoryStore::new())));
-    let engine = Engine::builder(Arc::clone(&cached)).build().unwrap();
+    let engine = Engine::builder(MemoryStore::new()).with_cache(CacheConfig::default()).build().unwrap();
+    let cached = Arc::clone(engine.cache().expect("built with a cache"));
     let acme = engine.tenant("app", "acme");
     let policy = acme.create_policy(PolicySpec::new("per-owner").with_limit_by(LimitBy::Owner)).await.unwrap();
     let created = acme.create_key(NewKey::new("ci").with_owner("cust_1").with_policy(policy.id)).await.unwrap();

@@ -5,8 +5,9 @@
 //! visible. State changes are compare-and-set on the current state, so a
 //! racing operation can never undo a revoke or rotate a key twice.
 
-mod cached;
+mod cache;
 mod memory;
+#[cfg(any(test, feature = "testing"))]
 mod probe;
 
 use std::sync::Arc;
@@ -14,8 +15,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-pub use cached::{CacheConfig, CacheStats, CachedStore};
+pub use cache::{CacheConfig, CacheStats, CachedStore};
 pub use memory::MemoryStore;
+#[cfg(any(test, feature = "testing"))]
 pub use probe::{ProbedStore, StoreOp, StoreProbe};
 
 use crate::{

@@ -1,6 +1,7 @@
 //! A store wrapper that reports every call to a probe: for counting calls,
 //! injecting failures ("the database went away") or pausing a call in a
-//! test, without writing yet another delegating store.
+//! test, without writing yet another delegating store. Test instrumentation:
+//! built only with the `testing` feature.
 
 use std::fmt;
 use std::sync::Arc;

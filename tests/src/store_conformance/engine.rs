@@ -1,0 +1,199 @@
+//! Cases through an engine on the store: shared budgets, quota reloads, input it refuses.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+/// An engine on `store` with a manual clock at [`t0`].
+pub(super) fn engine_on(store: Arc<dyn Store>, clock: &ManualClock) -> Engine {
+    let config = UsageConfig { quota_refresh: Duration::from_secs(5), ..UsageConfig::default() };
+    engine_builder(store).with_clock(clock.clone()).with_usage_config(config).build().unwrap()
+}
+
+/// The usage record of a validated request.
+pub(super) fn record_of(validation: &Validation) -> UsageRecord {
+    UsageRecord { timestamp: validation.checked_at(), ..usage(&validation.key, validation.checked_at(), 200) }
+}
+
+#[track_caller]
+pub(super) fn refusal_of(result: Result<Validation, ValidationError>) -> Refusal {
+    match result {
+        Err(ValidationError::Refused(refusal)) => refusal,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Rotation keeps the credential's budget: both secrets share one rate
+/// limit and one quota (also as read back from the store by another
+/// engine), the new key keeps `expires_at`, and a rotation for
+/// `compromised` with no grace stops the old key at once.
+pub async fn rotation_shares_the_lineage_budget_and_keeps_the_expiry(store: Arc<dyn Store>) {
+    let clock = ManualClock::new(t0());
+    let engine = engine_on(Arc::clone(&store), &clock);
+    let acme = engine.tenant("billing", "acme");
+    let spec = PolicySpec::new("metered")
+        .with_rate_limit(3, Duration::from_secs(3600))
+        .with_quota(Some(4), None)
+        .with_rotation_grace(Duration::from_secs(3600));
+    let policy = acme.create_policy(spec).await.unwrap();
+    let expires_at = at(86_400 * 30);
+    let created = acme.create_key(NewKey::new("k").with_policy(policy.id).with_expires_at(expires_at)).await.unwrap();
+    let ctx = RequestContext::new();
+    let mut remaining = Vec::new();
+    let first = engine.validate(created.raw.expose(), &ctx).await.unwrap();
+    remaining.push(first.rate_limits[0].remaining);
+    engine.record_usage(record_of(&first));
+
+    let rotated = acme.rotate_key(created.key.id, RotationReason::Scheduled, None).await.unwrap();
+    assert_eq!(rotated.record.grace_ttl, Duration::from_secs(3600), "the policy's grace");
+    assert_eq!(rotated.key.expires_at, Some(expires_at), "the new key keeps the expiry");
+    assert_eq!(rotated.key.lineage_id, created.key.id);
+    assert_eq!(acme.get_key(rotated.key.id).await.unwrap().expires_at, Some(expires_at));
+
+    // Old and new secret draw on one rate limit.
+    for raw in [rotated.raw.expose(), created.raw.expose()] {
+        let passed = engine.validate(raw, &ctx).await.unwrap();
+        remaining.push(passed.rate_limits[0].remaining);
+        engine.record_usage(record_of(&passed));
+    }
+    assert_eq!(remaining, [2, 1, 0]);
+    assert!(matches!(refusal_of(engine.validate(rotated.raw.expose(), &ctx).await), Refusal::RateLimited { .. }));
+    engine.flush_usage().await;
+
+    // Another engine (a restart) reads the lineage's quota from the store:
+    // three of four spent, whichever secret spent them.
+    let restarted = engine_on(Arc::clone(&store), &clock);
+    let passed = restarted.validate(rotated.raw.expose(), &ctx).await.unwrap();
+    restarted.record_usage(record_of(&passed));
+    assert!(matches!(refusal_of(restarted.validate(rotated.raw.expose(), &ctx).await), Refusal::QuotaExceeded { .. }));
+
+    // Compromised, no grace given: the old secret stops at once, and the
+    // replacement starts from the lineage's spent quota.
+    let acme = restarted.tenant("billing", "acme");
+    let replaced = acme.rotate_key(rotated.key.id, RotationReason::Compromised, None).await.unwrap();
+    assert_eq!(replaced.record.grace_ttl, Duration::ZERO);
+    assert_eq!(refusal_of(restarted.validate(rotated.raw.expose(), &ctx).await), Refusal::Revoked);
+    assert!(matches!(refusal_of(restarted.validate(replaced.raw.expose(), &ctx).await), Refusal::QuotaExceeded { .. }));
+    restarted.flush_usage().await;
+
+    // Without a policy grace: the engine's default of 24 hours.
+    let plain = acme.create_key(NewKey::new("plain")).await.unwrap();
+    let rotated = acme.rotate_key(plain.key.id, RotationReason::Manual, None).await.unwrap();
+    assert_eq!(rotated.record.grace_ttl, Duration::from_secs(24 * 3600));
+}
+
+/// Holds the next usage batch after the store has written it and before
+/// the writer learns so.
+#[derive(Debug, Default)]
+pub(super) struct HoldWrittenBatch {
+    armed: std::sync::atomic::AtomicBool,
+    written: Notify,
+    release: Notify,
+}
+
+#[async_trait::async_trait]
+impl StoreProbe for HoldWrittenBatch {
+    async fn after(&self, op: StoreOp) {
+        if op == StoreOp::RecordBatch && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.written.notify_one();
+            self.release.notified().await;
+        }
+    }
+}
+
+/// A quota re-read that lands after the store wrote a batch but before the
+/// writer marked it written does not count the batch twice: a daily quota
+/// of 10 admits 10.
+pub async fn a_quota_reload_racing_a_batch_write_counts_the_batch_once(store: Arc<dyn Store>) {
+    let probe = Arc::new(HoldWrittenBatch::default());
+    let probed: Arc<dyn Store> = Arc::new(ProbedStore::new(store, Arc::clone(&probe)));
+    let clock = ManualClock::new(t0());
+    let engine = engine_on(probed, &clock);
+    let acme = engine.tenant("billing", "acme");
+    let policy = acme.create_policy(PolicySpec::new("ten a day").with_quota(Some(10), None)).await.unwrap();
+    let created = acme.create_key(NewKey::new("k").with_policy(policy.id)).await.unwrap();
+    let (raw, ctx) = (created.raw.expose(), RequestContext::new());
+    let mut admitted = 0;
+    let first = engine.validate(raw, &ctx).await.unwrap();
+    engine.record_usage(record_of(&first));
+    admitted += 1;
+
+    probe.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let flush = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.flush_usage().await }
+    });
+    probe.written.notified().await;
+    // The re-read sees the batch in the aggregates while it is still
+    // pending here.
+    clock.advance(Duration::from_secs(6));
+    let racing = engine.validate(raw, &ctx).await.unwrap();
+    engine.record_usage(record_of(&racing));
+    admitted += 1;
+    probe.release.notify_one();
+    flush.await.unwrap();
+
+    // Within the same refresh interval, the racing read is not counted on
+    // top of the pending requests.
+    for _ in 0..20 {
+        match engine.validate(raw, &ctx).await {
+            Ok(passed) => {
+                engine.record_usage(record_of(&passed));
+                admitted += 1;
+            }
+            Err(refused) => {
+                assert!(matches!(refusal_of(Err(refused)), Refusal::QuotaExceeded { .. }));
+                break;
+            }
+        }
+    }
+    assert_eq!(admitted, 10, "a daily quota of 10 admits 10");
+    engine.flush_usage().await;
+    clock.advance(Duration::from_secs(6));
+    assert!(matches!(refusal_of(engine.validate(raw, &ctx).await), Refusal::QuotaExceeded { .. }), "re-read");
+    let totals = acme.usage_totals(Period::Day, TimeRange::default()).await.unwrap();
+    assert_eq!(totals.iter().map(|t| t.requests).sum::<u64>(), 10);
+}
+
+// ---------------------------------------------------------------- input the engine refuses
+
+/// NUL and other control characters in names, descriptions, reasons and
+/// metadata are `InvalidInput` from the engine on every store (PostgreSQL
+/// cannot store NUL and would fail with a store error), and leave nothing
+/// behind; other Unicode round-trips.
+pub async fn control_characters_are_refused_before_the_store(store: Arc<dyn Store>) {
+    let engine = engine_builder(Arc::clone(&store)).build().unwrap();
+    let tenant = engine.tenant("billing", "acme");
+    let key = tenant.create_key(keysmith_core::NewKey::new("kept")).await.unwrap().key;
+    let nul_metadata = || {
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("nested".to_owned(), serde_json::json!({"list": ["ok", "a\u{0}b"]}));
+        metadata
+    };
+    let invalid = |result: Result<(), Error>, field: &str| match result {
+        Err(Error::InvalidInput { field: f, .. }) => assert_eq!(f, field),
+        other => panic!("{field}: expected InvalidInput, got {other:?}"),
+    };
+    for text in ["nul\0", "esc\u{1b}[31m", "del\u{7f}"] {
+        invalid(tenant.create_key(keysmith_core::NewKey::new(text)).await.map(drop), "name");
+        invalid(tenant.create_policy(keysmith_core::PolicySpec::new(text)).await.map(drop), "name");
+        invalid(tenant.create_scope("read", text).await.map(drop), "description");
+        invalid(tenant.revoke_key(key.id, text).await.map(drop), "reason");
+    }
+    let with_metadata = keysmith_core::NewKey::new("k").with_metadata(nul_metadata());
+    invalid(tenant.create_key(with_metadata).await.map(drop), "metadata");
+    let mut spec = keysmith_core::PolicySpec::new("p");
+    spec.metadata = nul_metadata();
+    invalid(tenant.create_policy(spec).await.map(drop), "metadata");
+
+    let keys = store.list_keys(&acme(), &KeyFilter::default()).await.unwrap();
+    assert_eq!(keys.iter().map(|k| (k.name.as_str(), k.state)).collect::<Vec<_>>(), [("kept", KeyState::Active)]);
+    assert!(store.list_policies(&acme(), Page::default()).await.unwrap().is_empty());
+    assert!(store.list_scopes(&acme()).await.unwrap().is_empty());
+
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("note".to_owned(), "línea ☕ 🔑 \u{200b}".into());
+    let unicode = keysmith_core::NewKey::new("clé ☕").with_metadata(metadata.clone());
+    let created = tenant.create_key(unicode).await.unwrap().key;
+    let stored = store.get_key(&acme(), created.id).await.unwrap().unwrap();
+    assert_eq!((stored.key.name.as_str(), &stored.key.metadata), ("clé ☕", &metadata));
+}
