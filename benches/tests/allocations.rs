@@ -23,8 +23,9 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 
 const REQUESTS: u64 = 2_000;
 /// Allocations per passed request Keysmith may add to its bare framework,
-/// usage record included.
-const BUDGET: u64 = 15;
+/// usage record included (measured: axum 6, actix 5; the goal is 2: see
+/// BENCHMARKS.md for what the rest are).
+const BUDGET: u64 = 6;
 
 const PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -55,12 +56,16 @@ where
     (blocks() - before) / REQUESTS
 }
 
+/// The app as a server runs it: `with_state` turns the routes into
+/// services once, as `axum::serve` does; a bare `Router` would rebuild
+/// every layer on every request.
 fn axum_app(keysmith: Option<&Engine>) -> Router {
     let hello = Router::new().route("/", get(|| async { "hello" }));
-    match keysmith {
+    let app = match keysmith {
         Some(engine) => hello.layer(keysmith_tower::ApiKeyLayer::new(engine.clone())),
         None => hello,
-    }
+    };
+    app.with_state(())
 }
 
 async fn axum_count(engine: Option<&Engine>, key: &str) -> u64 {
@@ -107,7 +112,13 @@ fn placeholder_engine() -> Engine {
 
 #[test]
 fn allocations_per_passed_request() {
-    let _profiler = dhat::Profiler::builder().testing().build();
+    // `KEYSMITH_DHAT_PROFILE=1` writes dhat-heap.json (every allocation
+    // site with its count, for dh_view.html) instead of only counting.
+    let _profiler = if std::env::var_os("KEYSMITH_DHAT_PROFILE").is_some() {
+        dhat::Profiler::builder().build()
+    } else {
+        dhat::Profiler::builder().testing().build()
+    };
     let (axum_bare, axum_keysmith) =
         tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime").block_on(async {
             let store = BenchStore::open(Backend::Memory).await.expect("memory store");

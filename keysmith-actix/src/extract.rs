@@ -46,7 +46,7 @@ impl ApiKey {
     /// The key [`ApiKeyMiddleware`](crate::ApiKeyMiddleware) left in `extensions`.
     #[must_use]
     pub fn from_extensions(extensions: &Extensions) -> Option<Self> {
-        extensions.get::<CoreApiKey>().cloned().map(Self)
+        extensions.get::<Installed>().and_then(|installed| installed.key.clone()).map(Self)
     }
 
     /// The key, or why there is none: what the extractor does, for

@@ -192,12 +192,11 @@ where
     }
 
     fn admit(&self, request: &mut ServiceRequest, admission: Admission<'_>) {
-        let mut extensions = request.extensions_mut();
-        let preflight = matches!(admission, Admission::Preflight);
-        if let Admission::Key(key) = admission {
-            extensions.insert(CoreApiKey::clone(key));
-        }
-        extensions.insert(Installed { shared: Rc::clone(&self.shared), preflight });
+        let (key, preflight) = match admission {
+            Admission::Key(key) => (Some(CoreApiKey::clone(key)), false),
+            other => (None, matches!(other, Admission::Preflight)),
+        };
+        request.extensions_mut().insert(Installed { key, shared: Rc::clone(&self.shared), preflight });
     }
 
     fn call(self, request: ServiceRequest) -> S::Future {

@@ -5,7 +5,7 @@ use std::rc::Rc;
 use std::sync::LazyLock;
 
 use actix_web::http::header::{HeaderMap, HeaderName};
-use keysmith_core::http::{Gate, HeaderLookup, names};
+use keysmith_core::http::{ApiKey as CoreApiKey, Gate, HeaderLookup, names};
 
 use crate::RefusalResponder;
 
@@ -40,10 +40,14 @@ pub(crate) struct Shared {
     pub(crate) responder: RefusalResponder,
 }
 
-/// Left in every request the middleware lets through: proof that it ran,
-/// and what extractors and `RequireScopes` need to answer like it would.
+/// Left in every request the middleware lets through, the one extension
+/// value it inserts: the validated key (if any), proof that it ran, and
+/// what extractors and `RequireScopes` need to answer like it would.
 #[derive(Debug, Clone)]
 pub(crate) struct Installed {
+    /// The key the request passed with; `None` in optional mode without a
+    /// key and for a CORS preflight let through.
+    pub(crate) key: Option<CoreApiKey>,
     /// Gate and responder behind one `Rc` (the middleware lives on one
     /// worker thread): no atomic reference count to bump per request.
     pub(crate) shared: Rc<Shared>,

@@ -7,7 +7,7 @@ use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::{Error, HttpMessage};
 use futures_util::future::LocalBoxFuture;
-use keysmith_core::http::{ApiKey as CoreApiKey, ScopeRequirement};
+use keysmith_core::http::ScopeRequirement;
 
 use crate::ApiKeyRejection;
 use crate::request::Installed;
@@ -109,7 +109,7 @@ where
                 Some(installed) if installed.preflight => None,
                 Some(installed) => installed
                     .gate()
-                    .scope_refusal(&self.requirement, extensions.get::<CoreApiKey>())
+                    .scope_refusal(&self.requirement, installed.key.as_ref())
                     .map(|refusal| ApiKeyRejection::refused(refusal, installed.responder().clone())),
             }
         };

@@ -64,8 +64,8 @@ pub mod usage;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
     CreatedKey, DEFAULT_ENVIRONMENT, DEFAULT_PREFIX, DEFAULT_ROTATION_GRACE, Engine, EngineBuilder, GRACE_ENDED_REASON,
-    NewKey, PresentedKey, RequestContext, RequiredScopes, RotatedKey, SweepReport, TenantEngine, Validation,
-    ValidationError,
+    NewKey, PresentedKey, RateLimitStates, RequestContext, RequiredScopes, RotatedKey, SweepReport, TenantEngine,
+    Validation, ValidationError,
 };
 pub use error::{BoxError, Error, Result};
 pub use feed::{Change, ChangeFeed};

@@ -45,7 +45,7 @@ impl ApiKey {
     /// The key [`ApiKeyLayer`](crate::ApiKeyLayer) left in `extensions`.
     #[must_use]
     pub fn from_extensions(extensions: &http::Extensions) -> Option<Self> {
-        extensions.get::<CoreApiKey>().cloned().map(Self)
+        extensions.get::<Installed>().and_then(|installed| installed.key.clone()).map(Self)
     }
 
     /// The key, or why there is none: what the axum extractor does, for

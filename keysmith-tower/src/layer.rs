@@ -202,12 +202,11 @@ where
     }
 
     fn admit(&self, request: &mut Request<ReqBody>, admission: Admission<'_>) {
-        let extensions = request.extensions_mut();
-        let preflight = matches!(admission, Admission::Preflight);
-        if let Admission::Key(key) = admission {
-            extensions.insert(CoreApiKey::clone(key));
-        }
-        extensions.insert(Installed { shared: Arc::clone(&self.shared), preflight });
+        let (key, preflight) = match admission {
+            Admission::Key(key) => (Some(CoreApiKey::clone(key)), false),
+            other => (None, matches!(other, Admission::Preflight)),
+        };
+        request.extensions_mut().insert(Installed { key, shared: Arc::clone(&self.shared), preflight });
     }
 
     fn call(mut self, request: Request<ReqBody>) -> S::Future {

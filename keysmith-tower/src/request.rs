@@ -6,7 +6,7 @@ use std::sync::{Arc, LazyLock};
 
 use http::header::HeaderName;
 use http::{HeaderMap, Request};
-use keysmith_core::http::{Gate, HeaderLookup, names};
+use keysmith_core::http::{ApiKey as CoreApiKey, Gate, HeaderLookup, names};
 
 use crate::RefusalResponder;
 
@@ -74,10 +74,14 @@ pub(crate) struct Shared {
     pub(crate) responder: RefusalResponder,
 }
 
-/// Left in every request the layer lets through: proof that the layer ran,
-/// and what extractors and `RequireScopes` need to answer like it would.
+/// Left in every request the layer lets through, the one extension value
+/// it inserts: the validated key (if any), proof that the layer ran, and
+/// what extractors and `RequireScopes` need to answer like it would.
 #[derive(Debug, Clone)]
 pub(crate) struct Installed {
+    /// The key the request passed with; `None` in optional mode without a
+    /// key and for a CORS preflight let through.
+    pub(crate) key: Option<CoreApiKey>,
     /// Gate and responder behind one `Arc`: one reference count to bump
     /// per request rather than two.
     pub(crate) shared: Arc<Shared>,

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use keysmith_core::http::{ApiKey as CoreApiKey, ScopeRequirement};
+use keysmith_core::http::ScopeRequirement;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -95,7 +95,7 @@ where
             Some(installed) if installed.preflight => None,
             Some(installed) => installed
                 .gate()
-                .scope_refusal(&self.requirement, request.extensions().get::<CoreApiKey>())
+                .scope_refusal(&self.requirement, installed.key.as_ref())
                 .map(|refusal| installed.responder().respond(&refusal)),
         };
         match refusal {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use tenant::{CreatedKey, NewKey, RotatedKey, TenantEngine};
-pub use validate::{PresentedKey, RequestContext, RequiredScopes, Validation, ValidationError};
+pub use validate::{PresentedKey, RateLimitStates, RequestContext, RequiredScopes, Validation, ValidationError};
 
 use dashmap::DashMap;
 

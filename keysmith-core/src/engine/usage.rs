@@ -14,6 +14,16 @@ impl Engine {
         self.inner.usage.record(record);
     }
 
+    /// Queues an adapter's usage entry (see [`record_usage`](Self::record_usage)).
+    pub(crate) fn record_entry(&self, entry: crate::usage::UsageEntry) {
+        self.inner.usage.record_entry(entry);
+    }
+
+    /// The tables whose numbers queued usage entries carry.
+    pub(crate) fn usage_texts(&self) -> &crate::usage::texts::UsageTexts {
+        self.inner.usage.texts()
+    }
+
     /// Writes every queued record now and waits for the write.
     pub async fn flush_usage(&self) {
         self.inner.usage.flush().await;

@@ -2,12 +2,14 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use dashmap::mapref::entry::Entry;
+use smallvec::SmallVec;
 
 use super::Engine;
 use crate::Change;
@@ -183,7 +185,7 @@ pub struct Validation {
     pub policy: Option<Arc<Policy>>,
     /// Each rate limit's state after this request, in the order of the
     /// policy's `rate_limits` (empty when nothing limits the rate).
-    pub rate_limits: Vec<RateLimitStatus>,
+    pub rate_limits: RateLimitStates,
     /// The key's credits after this request spent its cost, when the key
     /// has credits.
     pub credits: Option<CreditsStatus>,
@@ -255,11 +257,34 @@ impl Validation {
     fn new(
         key: Arc<Key>,
         policy: Option<Arc<Policy>>,
-        rate_limits: Vec<RateLimitStatus>,
+        rate_limits: RateLimitStates,
         narrowed: Option<Vec<String>>,
         checked_at: DateTime<Utc>,
     ) -> Self {
         Self { key, policy, rate_limits, credits: None, narrowed, checked_at, refunded: AtomicBool::new(false) }
+    }
+}
+
+/// Each of a policy's rate limits with its state after a request, in the
+/// policy's order; reads as a slice. Two are held inline, so a validation
+/// allocates nothing for them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateLimitStates(SmallVec<[RateLimitStatus; 2]>);
+
+impl Deref for RateLimitStates {
+    type Target = [RateLimitStatus];
+
+    fn deref(&self) -> &[RateLimitStatus] {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a RateLimitStates {
+    type Item = &'a RateLimitStatus;
+    type IntoIter = std::slice::Iter<'a, RateLimitStatus>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
     }
 }
 
@@ -455,7 +480,7 @@ impl Engine {
             if !missing.is_empty() {
                 return Err(refuse(Refusal::InsufficientScope { missing }, &key));
             }
-            let mut validation = Validation::new(key, None, Vec::new(), None, now);
+            let mut validation = Validation::new(key, None, RateLimitStates::default(), None, now);
             // 10. Credits.
             if credits_subject(&validation.key, None).is_some() {
                 validation = Box::pin(self.spend_credits(validation, ctx.cost())).await?;
@@ -483,7 +508,7 @@ impl Engine {
         // 8. Rate limits, every one; a limit that refuses gives back what
         // the earlier ones counted.
         let subject = limit_subject(&key, &policy);
-        let mut rate_limits = Vec::with_capacity(policy.rate_limits.len());
+        let mut rate_limits = RateLimitStates::default();
         for limit in &policy.rate_limits {
             let checked = match inner.limiter.check_ready(subject, limit, now) {
                 Some(checked) => checked,
@@ -503,11 +528,16 @@ impl Engine {
                 Box::pin(self.emit(event)).await;
                 return Err(refuse(Refusal::RateLimited { limit: limit.clone(), retry_after, status }, &key));
             }
-            rate_limits.push(status);
+            rate_limits.0.push(status);
         }
         // 9. Quota; only a request that passes everything is counted.
         if let Some(quota) = &policy.quota {
-            let consumed = match inner.quotas.try_consume(&*inner.store, &key, subject, quota, now).await {
+            let ready = inner.quotas.try_consume_ready(&key, subject, quota, now).map(Ok);
+            let consumed = match ready {
+                Some(ready) => ready,
+                None => inner.quotas.try_consume(&*inner.store, &key, subject, quota, now).await,
+            };
+            let consumed = match consumed {
                 Ok(consumed) => consumed,
                 Err(error) => {
                     self.refund_rate_limits(subject, &policy.rate_limits, now);

@@ -11,12 +11,12 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use super::headers::{PolicyHeaders, names};
-use super::routes::RouteNames;
 use super::{
     ApiKey, HeaderLookup, HeaderSink, KeySources, RateLimitHeaders, RefusalResponse, ScopeRequirement, TrustedProxies,
     UNMATCHED_ROUTE, UsageEndpoint,
 };
-use crate::usage::{SharedStr, SharedTenant};
+use crate::usage::texts::{Text, UsageTexts};
+use crate::usage::{SharedStr, SharedTenant, UsageEntry};
 use crate::{Engine, PresentedKey, Refusal, RequestContext, UsageId, UsageRecord, ValidationError};
 
 /// `User-Agent` values are cut to this many bytes in usage records.
@@ -124,8 +124,6 @@ struct Config {
     usage_endpoint: UsageEndpoint,
     /// Each policy's rendered rate-limit headers.
     policy_headers: Arc<PolicyHeaders>,
-    /// The route templates usage records name.
-    routes: Arc<RouteNames>,
 }
 
 impl fmt::Debug for Gate {
@@ -166,7 +164,6 @@ impl Gate {
                 rate_limit_headers: RateLimitHeaders::default(),
                 usage_endpoint: UsageEndpoint::default(),
                 policy_headers: Arc::default(),
-                routes: Arc::default(),
             }),
         }
     }
@@ -347,18 +344,24 @@ impl Gate {
             Err(Refusal::MissingKey) if config.optional => return Authorize::ready(Outcome::Anonymous),
             Err(refusal) => return Authorize::ready(Outcome::Refuse(self.refusal(refusal))),
         };
+        let texts = config.engine.usage_texts();
         let endpoint = match config.usage_endpoint {
-            UsageEndpoint::RawPath => Some(SharedStr::copied(request.path)),
-            UsageEndpoint::Route => request.route.map(|route| config.routes.name(route)),
+            UsageEndpoint::RawPath => Some(Text::Shared(SharedStr::copied(request.path))),
+            UsageEndpoint::Route => request.route.map(|route| texts.routes.intern(route)),
         };
         let draft = UsageDraft {
             method: SharedStr::method(request.method),
             endpoint,
             ip: config.proxies.client_ip(request.peer, &request.headers),
-            user_agent: header_text(&request.headers, names::USER_AGENT, MAX_USER_AGENT_LEN),
+            // Added to the table only once the request has passed.
+            user_agent: header_text(&request.headers, names::USER_AGENT, MAX_USER_AGENT_LEN)
+                .map(|agent| texts.user_agents.lookup(&agent)),
             started,
         };
-        let origin = header_text(&request.headers, names::ORIGIN, MAX_ORIGIN_LEN);
+        let origin = header_text(&request.headers, names::ORIGIN, MAX_ORIGIN_LEN).map(|origin| match origin {
+            Cow::Borrowed(origin) => SharedStr::copied(origin),
+            Cow::Owned(origin) => SharedStr::from(origin),
+        });
         Authorize { state: State::Pending(Box::pin(self.clone().validate(key, origin, draft))) }
     }
 
@@ -394,7 +397,7 @@ impl Gate {
                 Err(ValidationError::Refused(refusal)) => Outcome::Refuse(self.refusal(refusal)),
                 Err(ValidationError::Failed(error)) => {
                     tracing::warn!(target: "keysmith::http", %error, method = %draft.method,
-                        endpoint = draft.endpoint.as_deref(), "API key validation failed; answering 503");
+                        "API key validation failed; answering 503");
                     Outcome::Refuse(RefusalResponse::unavailable())
                 }
             }
@@ -403,13 +406,9 @@ impl Gate {
 }
 
 /// The first value of header `name` as text (lossy), cut to `max` bytes.
-fn header_text<H: HeaderLookup + ?Sized>(headers: &H, name: &str, max: usize) -> Option<SharedStr> {
+fn header_text<'h, H: HeaderLookup + ?Sized>(headers: &'h H, name: &str, max: usize) -> Option<Cow<'h, str>> {
     let value = headers.first_header(name)?;
-    let value = &value[..value.len().min(max)];
-    Some(match String::from_utf8_lossy(value) {
-        std::borrow::Cow::Borrowed(text) => SharedStr::copied(text),
-        std::borrow::Cow::Owned(text) => SharedStr::from(text),
-    })
+    Some(String::from_utf8_lossy(&value[..value.len().min(max)]))
 }
 
 /// What to do with a request.
@@ -444,9 +443,11 @@ struct UsageDraft {
     /// The endpoint when known before the handler runs: the raw path
     /// (opted in) or the route the framework had matched; else the route
     /// read from the response, or `unmatched`.
-    endpoint: Option<SharedStr>,
+    endpoint: Option<Text>,
     ip: Option<IpAddr>,
-    user_agent: Option<SharedStr>,
+    /// Numbered if the table knew it; else a copy, added to the table
+    /// when the record is queued.
+    user_agent: Option<Text>,
     started: Instant,
 }
 
@@ -500,7 +501,8 @@ impl Admitted {
     /// [`finish_routed`](Self::finish_routed)).
     #[must_use]
     pub fn usage_record(&self, status: u16) -> UsageRecord {
-        self.draft.clone().into_record(&self.key, status, None)
+        let texts = self.gate.engine().usage_texts();
+        self.draft.clone().into_entry(&self.key, status, None, texts).into_record(UsageId::new(), &texts.read())
     }
 
     /// Queues the usage record of this request answered with `status`;
@@ -521,27 +523,29 @@ impl Admitted {
         if self.key.validation().is_refunded() {
             return;
         }
+        let engine = self.gate.engine();
+        let texts = engine.usage_texts();
         let routed = match self.draft.endpoint {
             Some(_) => None,
-            None => route().map(|route| self.gate.config.routes.name(&route)),
+            None => route().map(|route| texts.routes.intern(&route)),
         };
-        let record = self.draft.into_record(&self.key, status, routed);
-        self.gate.engine().record_usage(record);
+        engine.record_entry(self.draft.into_entry(&self.key, status, routed, texts));
     }
 }
 
 impl UsageDraft {
-    /// The record, naming `routed` if the endpoint was not known before.
-    fn into_record(self, key: &ApiKey, status: u16, routed: Option<SharedStr>) -> UsageRecord {
-        UsageRecord {
-            id: UsageId::new(),
+    /// The queued entry, naming `routed` if the endpoint was not known
+    /// before; a user agent the table did not know is added now that the
+    /// request has passed.
+    fn into_entry(self, key: &ApiKey, status: u16, routed: Option<Text>, texts: &UsageTexts) -> UsageEntry {
+        UsageEntry {
             key_id: key.id(),
             tenant: SharedTenant::of_key(&key.validation().key),
-            endpoint: self.endpoint.or(routed).unwrap_or_else(|| SharedStr::from(UNMATCHED_ROUTE)),
+            endpoint: self.endpoint.or(routed).unwrap_or(Text::Shared(SharedStr::from(UNMATCHED_ROUTE))),
             method: self.method,
             status,
             ip: self.ip,
-            user_agent: self.user_agent,
+            user_agent: self.user_agent.map(|agent| texts.user_agents.settle(agent)),
             latency: self.started.elapsed(),
             timestamp: key.validation().checked_at(),
         }

@@ -438,6 +438,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn user_agents_are_recorded_and_only_passed_requests_add_them_to_the_table() {
+        let (gate, key) = gate_and_key().await;
+        let agents = &gate.engine().usage_texts().user_agents;
+        let refused = [("x-api-key", "ks_live_nope"), ("user-agent", "scanner/1")];
+        let outcome = gate.authorize(&RequestFacts::new("GET", "/x", None, &refused[..])).await;
+        assert!(matches!(outcome, Outcome::Refuse(_)));
+        assert_eq!(agents.find("scanner/1"), None, "a refused request adds nothing");
+
+        let passed = [("x-api-key", key.as_str()), ("user-agent", "client/2")];
+        let mut key_id = None;
+        for _ in 0..3 {
+            let Outcome::Pass(admitted) = gate.authorize(&RequestFacts::new("GET", "/x", None, &passed[..])).await
+            else {
+                panic!("the key passes")
+            };
+            key_id = Some(admitted.key().id());
+            admitted.finish(200);
+        }
+        assert!(agents.find("client/2").is_some());
+        gate.engine().flush_usage().await;
+        let acme = gate.engine().tenant("app", "acme");
+        let page = crate::store::Page::new(10, 0);
+        let records = acme.list_usage(key_id.unwrap(), crate::store::TimeRange::default(), page).await.unwrap();
+        let agents: Vec<_> = records.iter().map(|r| r.user_agent.as_deref()).collect();
+        assert_eq!(agents, [Some("client/2"); 3]);
+        let mut ids: Vec<_> = records.iter().map(|r| r.id).collect();
+        ids.dedup();
+        assert_eq!(ids.len(), 3, "the writer numbers every record");
+        assert!(records.iter().all(|r| r.endpoint == super::super::UNMATCHED_ROUTE && r.method == "GET"));
+    }
+
+    #[tokio::test]
     async fn a_refusal_never_calls_the_inner_service() {
         let (gate, _) = gate_and_key().await;
         let fake = Fake::default();

@@ -1,10 +1,7 @@
 //! The endpoint a usage record names: the route template the request
-//! matched, shared from a bounded table of the templates seen, `unmatched`
-//! when no route matched, or (opted in) the raw path.
-
-use dashmap::DashSet;
-
-use crate::usage::SharedStr;
+//! matched (numbered in a bounded table of the templates seen, so a record
+//! copies no text), `unmatched` when no route matched, or (opted in) the
+//! raw path.
 
 /// The endpoint of a usage record whose request matched no route (or whose
 /// route the framework could not tell).
@@ -33,54 +30,4 @@ pub enum UsageEndpoint {
     /// distinct endpoints is then as large as the clients make it. Prefer
     /// [`Route`](Self::Route) unless every path is safe to keep.
     RawPath,
-}
-
-/// Route templates, each kept once and shared by every record that names
-/// it. Templates come from the application's routes, so there are few; the
-/// table holds at most [`MAX_ROUTES`](Self::MAX_ROUTES), and a template
-/// beyond that is copied into its record instead.
-#[derive(Debug, Default)]
-pub(crate) struct RouteNames {
-    names: DashSet<SharedStr, foldhash::fast::RandomState>,
-}
-
-impl RouteNames {
-    /// The most templates kept.
-    pub(crate) const MAX_ROUTES: usize = 1024;
-
-    /// `route` as a record's endpoint: the shared copy, made on first use.
-    pub(crate) fn name(&self, route: &str) -> SharedStr {
-        if let Some(name) = self.names.get(route) {
-            return name.key().clone();
-        }
-        let name = SharedStr::copied(route);
-        // `len` visits every shard: only here, on a template's first use.
-        if self.names.len() < Self::MAX_ROUTES {
-            self.names.insert(name.clone());
-        }
-        name
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_route_is_copied_once_and_then_shared() {
-        let names = RouteNames::default();
-        let first = names.name("/users/{id}");
-        let second = names.name("/users/{id}");
-        assert_eq!(second, "/users/{id}");
-        assert!(std::ptr::eq(first.as_str(), second.as_str()), "the second record shares the first's text");
-    }
-
-    #[test]
-    fn the_table_stops_growing_at_its_bound() {
-        let names = RouteNames::default();
-        for n in 0..RouteNames::MAX_ROUTES + 10 {
-            assert_eq!(names.name(&format!("/r{n}")), format!("/r{n}"));
-        }
-        assert_eq!(names.names.len(), RouteNames::MAX_ROUTES);
-    }
 }

@@ -3,6 +3,7 @@
 pub(crate) mod quota;
 mod recorder;
 mod shared;
+pub(crate) mod texts;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -13,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::{KeyId, Tenant, UsageId};
 
 pub use quota::{QuotaCounter, stored_requests};
-pub(crate) use recorder::UsageRecorder;
 pub use recorder::{UsageConfig, UsageStats};
+pub(crate) use recorder::{UsageEntry, UsageRecorder};
 pub use shared::{SharedStr, SharedTenant};
 
 /// One request made with a key. Its text and owner are shared values

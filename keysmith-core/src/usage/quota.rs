@@ -63,6 +63,21 @@ pub trait QuotaCounter: Send + Sync + fmt::Debug + 'static {
         now: DateTime<Utc>,
     ) -> Result<Result<(), DateTime<Utc>>>;
 
+    /// [`try_consume`](Self::try_consume) when it can answer at once
+    /// without I/O (the counter is in memory and fresh); `None` sends the
+    /// engine to `try_consume`. The default is `None`: a counter on a
+    /// server always waits.
+    fn try_consume_ready(
+        &self,
+        key: &Key,
+        subject: Subject<'_>,
+        quota: &Quota,
+        now: DateTime<Utc>,
+    ) -> Option<Result<(), DateTime<Utc>>> {
+        let _ = (key, subject, quota, now);
+        None
+    }
+
     /// Gives back a request of `subject` counted at `at` that was refused
     /// afterwards. Never waits: a counter on a server refunds in the
     /// background.
@@ -80,6 +95,16 @@ impl QuotaCounter for QuotaTracker {
         now: DateTime<Utc>,
     ) -> Result<Result<(), DateTime<Utc>>> {
         Self::try_consume(self, store, key, subject, quota, now).await
+    }
+
+    fn try_consume_ready(
+        &self,
+        key: &Key,
+        subject: Subject<'_>,
+        quota: &Quota,
+        now: DateTime<Utc>,
+    ) -> Option<Result<(), DateTime<Utc>>> {
+        Self::try_consume_ready(self, key, subject, quota, now)
     }
 
     fn refund(&self, subject: Subject<'_>, at: DateTime<Utc>) {
@@ -148,14 +173,8 @@ impl QuotaTracker {
         now: DateTime<Utc>,
     ) -> Result<Result<(), DateTime<Utc>>> {
         let holder = Holder::of(subject);
-        let day = Period::Day.start_of(now);
-        let month = Period::Month.start_of(now);
-        let fresh = self.entries.get(&holder).is_some_and(|e| {
-            e.day.start == day
-                && e.month.start == month
-                && (now - e.loaded_at).to_std().is_ok_and(|age| age < self.refresh)
-        });
-        let loaded = if fresh {
+        let periods = (Period::Day.start_of(now), Period::Month.start_of(now));
+        let loaded = if self.is_fresh(&holder, periods, now) {
             None
         } else {
             let writes_seen = self.writes_done.load(Ordering::SeqCst);
@@ -165,6 +184,44 @@ impl QuotaTracker {
             );
             Some((counts, writes_seen))
         };
+        Ok(self.consume(key, holder, periods, quota, now, loaded))
+    }
+
+    /// [`try_consume`](Self::try_consume) when the subject's counter is
+    /// fresh (no store read needed); else `None`.
+    pub(crate) fn try_consume_ready(
+        &self,
+        key: &Key,
+        subject: Subject<'_>,
+        quota: &Quota,
+        now: DateTime<Utc>,
+    ) -> Option<Result<(), DateTime<Utc>>> {
+        let holder = Holder::of(subject);
+        let periods = (Period::Day.start_of(now), Period::Month.start_of(now));
+        self.is_fresh(&holder, periods, now).then(|| self.consume(key, holder, periods, quota, now, None))
+    }
+
+    /// True if `holder`'s counter is of these periods and was read from the
+    /// store less than the refresh interval ago.
+    fn is_fresh(&self, holder: &Holder, (day, month): (DateTime<Utc>, DateTime<Utc>), now: DateTime<Utc>) -> bool {
+        self.entries.get(holder).is_some_and(|e| {
+            e.day.start == day
+                && e.month.start == month
+                && (now - e.loaded_at).to_std().is_ok_and(|age| age < self.refresh)
+        })
+    }
+
+    /// Counts the request against `holder`'s counter, with the store's
+    /// counts when they were just `loaded` (with the writes seen before).
+    fn consume(
+        &self,
+        key: &Key,
+        holder: Holder,
+        (day, month): (DateTime<Utc>, DateTime<Utc>),
+        quota: &Quota,
+        now: DateTime<Utc>,
+        loaded: Option<((u64, u64), u64)>,
+    ) -> Result<(), DateTime<Utc>> {
         if holder != Holder::Key(key.id) {
             if self.subject_of.get(&key.id).is_none_or(|h| *h != holder) {
                 self.subject_of.insert(key.id, holder.clone());
@@ -206,16 +263,16 @@ impl QuotaTracker {
         let day_full = quota.daily.is_some_and(|limit| entry.day.used() >= limit);
         let month_full = quota.monthly.is_some_and(|limit| entry.month.used() >= limit);
         if month_full {
-            return Ok(Err(Period::Month.next_start(now)));
+            return Err(Period::Month.next_start(now));
         }
         if day_full {
-            return Ok(Err(Period::Day.next_start(now)));
+            return Err(Period::Day.next_start(now));
         }
         entry.day.local += 1;
         entry.month.local += 1;
         drop(entry);
         self.sweeps.maybe_sweep(self.entries.len(), || self.evict_idle(now, &holder));
-        Ok(Ok(()))
+        Ok(())
     }
 
     /// Gives back a request of `subject` counted at `at` that was refused

@@ -1,6 +1,11 @@
 //! The usage recorder: a bounded queue drained by one background task that
 //! writes batches, so the request path never waits for the store.
 //!
+//! The request path queues a [`UsageEntry`]: no record id, no text but
+//! numbers in the engine's [`UsageTexts`]; the writer numbers the record
+//! ([`UsageId`]) and reads its text back once per batch, so a passed
+//! request copies no string and generates no id.
+//!
 //! A record first goes into its thread's buffer (one of a few
 //! [`Shards`], picked once per thread, so threads do not contend), which
 //! moves to the shared channel as one message when it holds
@@ -8,6 +13,7 @@
 //! tick, flush and shutdown, so a record waits at most one flush interval.
 
 use std::cell::Cell;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
@@ -17,9 +23,10 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::UsageRecord;
 use super::quota::QuotaTracker;
-use crate::{KeyId, Store};
+use super::texts::{Text, UsageTexts};
+use super::{SharedStr, SharedTenant, UsageRecord};
+use crate::{KeyId, Store, UsageId};
 
 /// Counter: usage records dropped because the queue was full or closed.
 const DROPPED_TOTAL: &str = "keysmith_usage_dropped_total";
@@ -69,8 +76,72 @@ pub struct UsageStats {
 /// message.
 const SHARD_BATCH: usize = 64;
 
+/// A passed request's usage as the request path queues it: what a
+/// [`UsageRecord`] holds, less its id (assigned by the writer), its text
+/// as numbers of the engine's [`UsageTexts`] where they have them.
+#[derive(Debug, Clone)]
+pub(crate) struct UsageEntry {
+    pub(crate) key_id: KeyId,
+    pub(crate) tenant: SharedTenant,
+    pub(crate) endpoint: Text,
+    pub(crate) method: SharedStr,
+    pub(crate) status: u16,
+    pub(crate) ip: Option<IpAddr>,
+    pub(crate) user_agent: Option<Text>,
+    pub(crate) latency: Duration,
+    pub(crate) timestamp: DateTime<Utc>,
+}
+
+impl UsageEntry {
+    /// The record, numbered `id`, its text read from `texts`.
+    pub(crate) fn into_record(self, id: UsageId, texts: &TextsRead<'_>) -> UsageRecord {
+        UsageRecord {
+            id,
+            key_id: self.key_id,
+            tenant: self.tenant,
+            endpoint: texts.routes.text(self.endpoint),
+            method: self.method,
+            status: self.status,
+            ip: self.ip,
+            user_agent: self.user_agent.map(|agent| texts.user_agents.text(agent)),
+            latency: self.latency,
+            timestamp: self.timestamp,
+        }
+    }
+}
+
+/// Both text tables, read-locked for a batch.
+pub(crate) struct TextsRead<'a> {
+    routes: super::texts::TextReader<'a>,
+    user_agents: super::texts::TextReader<'a>,
+}
+
+impl UsageTexts {
+    pub(crate) fn read(&self) -> TextsRead<'_> {
+        TextsRead { routes: self.routes.reader(), user_agents: self.user_agents.reader() }
+    }
+}
+
+/// A thread's queued usage: entries from the adapters, whole records from
+/// [`Engine::record_usage`](crate::Engine::record_usage).
+#[derive(Default)]
+struct Buffer {
+    entries: Vec<UsageEntry>,
+    records: Vec<UsageRecord>,
+}
+
+impl Buffer {
+    fn len(&self) -> usize {
+        self.entries.len() + self.records.len()
+    }
+
+    fn with_capacity(entries: usize) -> Self {
+        Self { entries: Vec::with_capacity(entries), records: Vec::new() }
+    }
+}
+
 enum Message {
-    Records(Vec<UsageRecord>),
+    Records(Buffer),
     Touch(KeyId, DateTime<Utc>),
     Flush(oneshot::Sender<()>),
     Shutdown,
@@ -107,6 +178,7 @@ pub(crate) struct UsageRecorder {
     store: Arc<dyn Store>,
     quotas: Arc<QuotaTracker>,
     counters: Arc<Counters>,
+    texts: Arc<UsageTexts>,
     running: OnceLock<Option<Running>>,
     /// Set once the "not started" warning was logged.
     warned: AtomicBool,
@@ -125,6 +197,7 @@ impl UsageRecorder {
             store,
             quotas,
             counters: Arc::default(),
+            texts: Arc::default(),
             running: OnceLock::new(),
             warned: AtomicBool::new(false),
         }
@@ -138,8 +211,22 @@ impl UsageRecorder {
         }
     }
 
+    /// The tables whose numbers entries carry.
+    pub(crate) fn texts(&self) -> &UsageTexts {
+        &self.texts
+    }
+
     /// Queues a record without waiting; a full queue drops it and counts.
     pub(crate) fn record(&self, record: UsageRecord) {
+        self.queue(|buffer| buffer.records.push(record));
+    }
+
+    /// Queues an entry without waiting; a full queue drops it and counts.
+    pub(crate) fn record_entry(&self, entry: UsageEntry) {
+        self.queue(|buffer| buffer.entries.push(entry));
+    }
+
+    fn queue(&self, push: impl FnOnce(&mut Buffer)) {
         let Some(running) = self.running() else {
             return self.count_dropped(1);
         };
@@ -161,8 +248,8 @@ impl UsageRecorder {
                 shards.queued.fetch_sub(1, Ordering::Relaxed);
                 return self.count_dropped(1);
             }
-            buffer.push(record);
-            (buffer.len() >= SHARD_BATCH).then(|| std::mem::replace(&mut *buffer, Vec::with_capacity(SHARD_BATCH)))
+            push(&mut buffer);
+            (buffer.len() >= SHARD_BATCH).then(|| std::mem::replace(&mut *buffer, Buffer::with_capacity(SHARD_BATCH)))
         };
         if let Some(batch) = full {
             let len = batch.len();
@@ -259,6 +346,7 @@ impl UsageRecorder {
             store: Arc::clone(&self.store),
             quotas: Arc::clone(&self.quotas),
             counters: Arc::clone(&self.counters),
+            texts: Arc::clone(&self.texts),
             shards: Arc::clone(&shards),
             batch: Vec::with_capacity(self.config.batch_size),
         };
@@ -279,17 +367,17 @@ struct Shards {
 /// One buffer, on its own cache line so that two threads' pushes do not
 /// share one.
 #[repr(align(128))]
-struct Shard(Mutex<Vec<UsageRecord>>);
+struct Shard(Mutex<Buffer>);
 
 impl Shards {
     fn new() -> Self {
         let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        let buffers = (0..(threads * 2).clamp(2, 64)).map(|_| Shard(Mutex::new(Vec::new()))).collect();
+        let buffers = (0..(threads * 2).clamp(2, 64)).map(|_| Shard(Mutex::new(Buffer::default()))).collect();
         Self { buffers, queued: AtomicUsize::new(0), closed: AtomicBool::new(false) }
     }
 
     /// The calling thread's buffer.
-    fn mine(&self) -> &Mutex<Vec<UsageRecord>> {
+    fn mine(&self) -> &Mutex<Buffer> {
         thread_local! {
             static INDEX: Cell<Option<usize>> = const { Cell::new(None) };
         }
@@ -304,11 +392,22 @@ impl Shards {
         &self.buffers[index % self.buffers.len()].0
     }
 
-    /// Moves every buffered record into `batch`.
-    fn take_all(&self, batch: &mut Vec<UsageRecord>) {
+    /// Moves every buffered record into `batch`, numbering entries and
+    /// reading their text from `texts`.
+    fn take_all(&self, batch: &mut Vec<UsageRecord>, texts: &UsageTexts) {
         for shard in &*self.buffers {
-            batch.append(&mut shard.0.lock().unwrap_or_else(PoisonError::into_inner));
+            append(batch, &mut shard.0.lock().unwrap_or_else(PoisonError::into_inner), texts);
         }
+    }
+}
+
+/// Moves `buffer`'s records into `batch`, entries numbered and their text
+/// read back.
+fn append(batch: &mut Vec<UsageRecord>, buffer: &mut Buffer, texts: &UsageTexts) {
+    batch.append(&mut buffer.records);
+    if !buffer.entries.is_empty() {
+        let texts = texts.read();
+        batch.extend(buffer.entries.drain(..).map(|entry| entry.into_record(UsageId::new(), &texts)));
     }
 }
 
@@ -317,6 +416,7 @@ struct Worker {
     store: Arc<dyn Store>,
     quotas: Arc<QuotaTracker>,
     counters: Arc<Counters>,
+    texts: Arc<UsageTexts>,
     shards: Arc<Shards>,
     batch: Vec<UsageRecord>,
 }
@@ -351,7 +451,7 @@ impl Worker {
     /// Takes every thread's buffered records into the batch, writing full
     /// batches on the way.
     async fn take_buffered(&mut self) {
-        self.shards.take_all(&mut self.batch);
+        self.shards.take_all(&mut self.batch, &self.texts);
         if self.batch.len() >= self.config.batch_size.max(1) {
             self.write().await;
         }
@@ -370,8 +470,8 @@ impl Worker {
 
     async fn handle(&mut self, message: Message) {
         match message {
-            Message::Records(mut records) => {
-                self.batch.append(&mut records);
+            Message::Records(mut buffer) => {
+                append(&mut self.batch, &mut buffer, &self.texts);
                 if self.batch.len() >= self.config.batch_size {
                     self.write().await;
                 }
