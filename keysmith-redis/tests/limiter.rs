@@ -81,7 +81,7 @@ async fn sixty_four_concurrent_requests_over_four_engines_admit_exactly_the_limi
     // Each engine has its own connection, as separate instances would.
     let mut configs = Vec::new();
     for _ in 0..4 {
-        configs.push(RedisConfig::connect(&url).await.unwrap().with_prefix(&prefix));
+        configs.push(common::connect(&url).await.with_prefix(&prefix));
     }
     let (engines, raw) = fleet(&configs[0], 1).await;
     let store = Arc::clone(engines[0].store());
@@ -134,8 +134,7 @@ async fn shared_again(a: &RedisRateLimiter, b: &RedisRateLimiter) -> bool {
 #[tokio::test]
 async fn fail_open_decides_in_process_while_redis_is_down_and_shares_again_after() {
     let Some(mut server) = common::PrivateRedis::start().await else { return };
-    let connect =
-        || async { RedisConfig::connect(&server.url()).await.unwrap().with_outage_policy(OutagePolicy::FailOpen) };
+    let connect = || async { common::connect(&server.url()).await.with_outage_policy(OutagePolicy::FailOpen) };
     let (a, b) = (RedisRateLimiter::new(connect().await), RedisRateLimiter::new(connect().await));
     let key = KeyId::new();
     assert!(once(&a, key).await.unwrap());
@@ -154,8 +153,7 @@ async fn fail_open_decides_in_process_while_redis_is_down_and_shares_again_after
 #[tokio::test]
 async fn fail_closed_answers_an_error_while_redis_is_down_and_recovers_after() {
     let Some(mut server) = common::PrivateRedis::start().await else { return };
-    let connect =
-        || async { RedisConfig::connect(&server.url()).await.unwrap().with_outage_policy(OutagePolicy::FailClosed) };
+    let connect = || async { common::connect(&server.url()).await.with_outage_policy(OutagePolicy::FailClosed) };
     let (a, b) = (RedisRateLimiter::new(connect().await), RedisRateLimiter::new(connect().await));
     assert!(once(&a, KeyId::new()).await.unwrap());
 
@@ -170,7 +168,7 @@ async fn fail_closed_answers_an_error_while_redis_is_down_and_recovers_after() {
 #[tokio::test]
 async fn an_engine_failing_closed_answers_unavailable_while_redis_is_down() {
     let Some(mut server) = common::PrivateRedis::start().await else { return };
-    let config = RedisConfig::connect(&server.url()).await.unwrap().with_outage_policy(OutagePolicy::FailClosed);
+    let config = common::connect(&server.url()).await.with_outage_policy(OutagePolicy::FailClosed);
     let (engines, raw) = fleet(&config, 1).await;
     let ctx = RequestContext::new();
     assert!(engines[0].validate(&raw, &ctx).await.is_ok());
