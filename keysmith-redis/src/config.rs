@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use keysmith_core::limit::Subject;
@@ -32,7 +33,7 @@ pub enum OutagePolicy {
 /// component of this crate shares.
 #[derive(Clone)]
 pub struct RedisConfig {
-    pub(crate) conn: RedisConnection,
+    pub(crate) link: Arc<Link>,
     pub(crate) prefix: String,
     pub(crate) outage: OutagePolicy,
 }
@@ -53,13 +54,14 @@ impl RedisConfig {
     /// A call waits at most 250 ms for a connection and 250 ms for an
     /// answer, so an outage costs a request that long before the outage
     /// policy applies. A lost connection is re-established by the first
-    /// call after it (the app needs no restart).
+    /// call after it (the app needs no restart), and so is one that stays
+    /// open but answers nothing (a partition, a hung proxy): after a call
+    /// times out, a new connection replaces it in the background.
     ///
     /// # Errors
     /// The URL is not a Redis URL, or the first connection failed.
     pub async fn connect(url: &str) -> Result<Self> {
-        let conn = Nodes::single(url)?.connect(CALL_TIMEOUT).await.map_err(backend)?;
-        Ok(Self::from_connection(conn))
+        Self::on(Nodes::single(url)?).await
     }
 
     /// Connects to the Redis Cluster that `nodes` (one URL or more, each
@@ -76,24 +78,29 @@ impl RedisConfig {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let conn = Nodes::cluster(nodes)?.connect(CALL_TIMEOUT).await.map_err(backend)?;
-        Ok(Self::from_connection(conn))
+        Self::on(Nodes::cluster(nodes)?).await
     }
 
-    /// Uses an existing connection manager.
+    async fn on(nodes: Nodes) -> Result<Self> {
+        let conn = nodes.connect(CALL_TIMEOUT).await.map_err(backend)?;
+        Ok(Self::from_link(Link::new(conn, Some(nodes))))
+    }
+
+    /// Uses an existing connection manager (which, unlike one made by
+    /// [`connect`](Self::connect), is not replaced after a timeout).
     #[must_use]
     pub fn from_manager(conn: ConnectionManager) -> Self {
-        Self::from_connection(RedisConnection::Single(conn))
+        Self::from_link(Link::new(RedisConnection::Single(conn), None))
     }
 
-    /// Uses an existing cluster connection.
+    /// Uses an existing cluster connection (not replaced after a timeout).
     #[must_use]
     pub fn from_cluster(conn: ClusterConnection) -> Self {
-        Self::from_connection(RedisConnection::Cluster(conn))
+        Self::from_link(Link::new(RedisConnection::Cluster(conn), None))
     }
 
-    fn from_connection(conn: RedisConnection) -> Self {
-        Self { conn, prefix: DEFAULT_PREFIX.to_owned(), outage: OutagePolicy::default() }
+    fn from_link(link: Link) -> Self {
+        Self { link: Arc::new(link), prefix: DEFAULT_PREFIX.to_owned(), outage: OutagePolicy::default() }
     }
 
     /// Names every key `{prefix}:…`, so several apps can share one Redis.
@@ -125,7 +132,7 @@ impl RedisConfig {
     /// The connection, for components built on this configuration.
     #[must_use]
     pub fn connection(&self) -> RedisConnection {
-        self.conn.clone()
+        self.link.current()
     }
 
     /// The name of `credential`'s key `kind`: `{prefix}:{<id>}:<kind>`, the
@@ -290,20 +297,73 @@ pub(crate) fn client(url: &str) -> Result<redis::Client> {
     })
 }
 
-/// Runs `invocation` on `conn`, and once more if the connection had been
-/// dropped (Redis restarted, the connection killed): the manager reconnects
-/// after such a call, so the second attempt meets a fresh connection and a
-/// restart costs no request an error. (Should the dropped call have run
-/// before its answer was lost, it counts twice: over-counting, never
-/// under-counting.)
+/// The connection every component of one [`RedisConfig`] shares, and how
+/// to make a new one when it stops answering.
+pub(crate) struct Link {
+    conn: RwLock<RedisConnection>,
+    /// `None` for a connection handed in, which cannot be remade.
+    nodes: Option<Nodes>,
+    replacing: AtomicBool,
+}
+
+impl fmt::Debug for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Link").field("conn", &self.current()).finish_non_exhaustive()
+    }
+}
+
+impl Link {
+    fn new(conn: RedisConnection, nodes: Option<Nodes>) -> Self {
+        Self { conn: RwLock::new(conn), nodes, replacing: AtomicBool::new(false) }
+    }
+
+    pub(crate) fn current(&self) -> RedisConnection {
+        self.conn.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// A call timed out: the connection may be half-open, which the
+    /// connection itself never notices (it reconnects on errors only), so
+    /// a new one is made in the background and swapped in once it answers.
+    /// One replacement at a time; calls meanwhile use the old connection.
+    fn replace(self: &Arc<Self>) {
+        let Some(nodes) = self.nodes.clone() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        if self.replacing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let link = Arc::clone(self);
+        runtime.spawn(async move {
+            if let Ok(mut conn) = nodes.connect(CALL_TIMEOUT).await
+                && redis::cmd("PING").query_async::<()>(&mut conn).await.is_ok()
+            {
+                *link.conn.write().unwrap_or_else(PoisonError::into_inner) = conn;
+                tracing::info!("redis: replaced a connection that stopped answering");
+            }
+            link.replacing.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// Runs `invocation` on `link`'s connection, and once more if the
+/// connection had been dropped (Redis restarted, the connection killed):
+/// the manager reconnects after such a call, so the second attempt meets a
+/// fresh connection and a restart costs no request an error. (Should the
+/// dropped call have run before its answer was lost, it counts twice:
+/// over-counting, never under-counting.) After a timeout the connection is
+/// replaced in the background.
 pub(crate) async fn invoke<T: redis::FromRedisValue>(
     invocation: &redis::ScriptInvocation<'_>,
-    mut conn: RedisConnection,
+    link: &Arc<Link>,
 ) -> redis::RedisResult<T> {
-    match invocation.invoke_async(&mut conn).await {
+    let mut conn = link.current();
+    let answer = match invocation.invoke_async(&mut conn).await {
         Err(error) if error.is_connection_dropped() => invocation.invoke_async(&mut conn).await,
         answer => answer,
+    };
+    if answer.as_ref().is_err_and(redis::RedisError::is_timeout) {
+        link.replace();
     }
+    answer
 }
 
 /// A Redis failure as the engine's error (adapters answer 503).
