@@ -377,7 +377,7 @@ struct Run {
     started: Instant,
     samples: Mutex<Vec<Sample>>,
     windows: Mutex<Vec<Window>>,
-    /// The lifetime each instance is in (0 while it is down).
+    /// The lifetime each instance is in (from its kill, the next one).
     lives: Mutex<Vec<u32>>,
     stop: AtomicBool,
     revocations: Mutex<Vec<Revocation>>,
@@ -668,7 +668,8 @@ async fn soak(settings: &Settings, database: &str, database_url: &str) -> i32 {
                 proxy.recover();
             }
             Fault::InstanceKilled => {
-                run.lives.lock().unwrap_or_else(PoisonError::into_inner)[1] = 0;
+                // Whatever instance 1 answers from now on, its next lifetime answers.
+                run.lives.lock().unwrap_or_else(PoisonError::into_inner)[1] = instances[1].life + 1;
                 let rss_before = instances[1].process.as_ref().map_or(0, |p| rss(p.id()));
                 if let Some(mut process) = instances[1].process.take() {
                     process.kill();
@@ -676,8 +677,6 @@ async fn soak(settings: &Settings, database: &str, database_url: &str) -> i32 {
                 println!("soak:          instance 1 had {rss_before} KiB resident");
                 sleep_until(&run, start + 3.0).await;
                 instances[1].start(&settings.binary, database_url);
-                let life = instances[1].life;
-                run.lives.lock().unwrap_or_else(PoisonError::into_inner)[1] = life;
             }
         }
         let end = run.now();
@@ -735,14 +734,17 @@ async fn recovery(run: &Run, addrs: &[SocketAddr], admin_key: &str) -> Option<f6
             if !passed[instance] {
                 let life = run.lives.lock().unwrap_or_else(PoisonError::into_inner)[instance];
                 let at = run.now();
+                let sent = Instant::now();
                 let (status, _) = send(&mut conns[instance], *addr, "GET", "/me", &raw, None).await;
+                let micros =
+                    if status == 0 { u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX) } else { 0 };
                 run.samples.lock().unwrap_or_else(PoisonError::into_inner).push(Sample {
                     at,
                     instance,
                     life,
                     kind: Kind::Plain,
                     status,
-                    micros: 0,
+                    micros,
                 });
                 passed[instance] = status == 200;
             }
@@ -923,15 +925,23 @@ fn report(
         format!("{unavailable_outside} (503 in all: {unavailable})"),
         unavailable_outside == 0,
     );
-    let silent_outside = samples
+    let silent: Vec<&Sample> = samples
         .iter()
         .filter(|s| s.status == 0 && !(s.instance == 1 && in_window(s.at, |f| f == Fault::InstanceKilled)))
-        .count();
+        .collect();
+    let first = silent
+        .iter()
+        .take(5)
+        .map(|s| format!("{:.1} s on instance {} ({:?}, waited {} ms)", s.at, s.instance, s.kind, s.micros / 1000));
     bound(
         &mut text,
         "no answer, other than from the killed instance while it was down",
-        silent_outside.to_string(),
-        silent_outside == 0,
+        format!(
+            "{}{}",
+            silent.len(),
+            if silent.is_empty() { String::new() } else { format!(": {}", first.collect::<Vec<_>>().join("; ")) }
+        ),
+        silent.is_empty(),
     );
     let others: BTreeMap<u16, usize> = samples
         .iter()
