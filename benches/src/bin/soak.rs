@@ -967,8 +967,12 @@ fn report(
         let accepted =
             samples.iter().filter(|s| s.instance == index && s.life == life && (200..300).contains(&s.status)).count()
                 as u64;
+        // Unanswered requests the server may have answered too late: not
+        // those sent while the killed instance was down.
+        let killed = |s: &Sample| s.instance == 1 && in_window(s.at, |f| f == Fault::InstanceKilled);
         let no_answer =
-            samples.iter().filter(|s| s.instance == index && s.life == life && s.status == 0).count() as u64;
+            samples.iter().filter(|s| s.instance == index && s.life == life && s.status == 0 && !killed(s)).count()
+                as u64;
         let (admin_ok, admin_other) = if index == 0 {
             let ok = admin_calls.iter().filter(|(l, status)| *l == life && (200..300).contains(status)).count() as u64;
             let other =
