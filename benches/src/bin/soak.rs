@@ -39,6 +39,9 @@ const REVOCATION_BOUND_IN_FAULT: Duration = Duration::from_secs(3);
 /// After a fault ends, how long its effects may last before they count as
 /// a broken bound.
 const GRACE: Duration = Duration::from_secs(5);
+/// How long before a fault a request may have been sent and still be in
+/// flight when it struck (seconds; answers take milliseconds).
+const IN_FLIGHT: f64 = 1.0;
 /// The demo's limited and owner-shared keys: 3 requests per 10 s.
 const LIMIT_BURST: f64 = 3.0;
 const LIMIT_INTERVAL: f64 = 10.0 / 3.0;
@@ -119,8 +122,11 @@ struct Window {
 }
 
 impl Window {
+    /// Whether a request sent at `t` may meet the fault: sent up to
+    /// [`IN_FLIGHT`] before it began (answered during it), or until
+    /// [`GRACE`] after it ended.
     fn covers(&self, t: f64) -> bool {
-        t >= self.start && t <= self.end + GRACE.as_secs_f64()
+        t >= self.start - IN_FLIGHT && t <= self.end + GRACE.as_secs_f64()
     }
 }
 
@@ -144,6 +150,8 @@ struct Settings {
     binary: String,
     report: String,
     postgres: String,
+    /// The commit the run started on.
+    commit: String,
 }
 
 fn settings() -> Settings {
@@ -153,6 +161,7 @@ fn settings() -> Settings {
         binary: "target/debug/example-axum".to_owned(),
         report: "target/soak-report.md".to_owned(),
         postgres: std::env::var("SOAK_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned()),
+        commit: git_commit(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -814,7 +823,7 @@ fn report(
         "## Soak {} s, {} requests/s, commit {}\n",
         settings.duration.as_secs(),
         settings.rate,
-        git_commit()
+        settings.commit
     );
     let _ = writeln!(
         text,
