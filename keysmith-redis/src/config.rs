@@ -1,12 +1,17 @@
-//! Connecting to Redis, naming keys, and what to do when Redis is down.
+//! Connecting to Redis (one server or a cluster), naming keys, and what to
+//! do when Redis is down.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use keysmith_core::limit::Subject;
 use keysmith_core::{Error, KeyId, Result};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 /// The default key prefix.
 pub(crate) const DEFAULT_PREFIX: &str = "keysmith";
@@ -28,7 +33,7 @@ pub enum OutagePolicy {
 /// component of this crate shares.
 #[derive(Clone)]
 pub struct RedisConfig {
-    pub(crate) conn: ConnectionManager,
+    pub(crate) link: Arc<Link>,
     pub(crate) prefix: String,
     pub(crate) outage: OutagePolicy,
 }
@@ -49,25 +54,53 @@ impl RedisConfig {
     /// A call waits at most 250 ms for a connection and 250 ms for an
     /// answer, so an outage costs a request that long before the outage
     /// policy applies. A lost connection is re-established by the first
-    /// call after it (the app needs no restart).
+    /// call after it (the app needs no restart), and so is one that stays
+    /// open but answers nothing (a partition, a hung proxy): after a call
+    /// times out, a new connection replaces it in the background.
     ///
     /// # Errors
     /// The URL is not a Redis URL, or the first connection failed.
     pub async fn connect(url: &str) -> Result<Self> {
-        let client = client(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_millis(250))
-            .set_response_timeout(Duration::from_millis(250))
-            .set_number_of_retries(1)
-            .set_max_delay(100);
-        let conn = ConnectionManager::new_with_config(client, config).await.map_err(backend)?;
-        Ok(Self::from_manager(conn))
+        Self::on(Nodes::single(url)?).await
     }
 
-    /// Uses an existing connection manager.
+    /// Connects to the Redis Cluster that `nodes` (one URL or more, each
+    /// `redis://host:port`) belong to, prefix `keysmith`, failing open.
+    ///
+    /// Each call goes to the master of its keys' slot (every script's keys
+    /// share one, by their hash tag), following the cluster as slots move;
+    /// a node is waited on as [`connect`](Self::connect) waits on a server.
+    ///
+    /// # Errors
+    /// No URL, one that is not a Redis URL, or no node answered.
+    pub async fn connect_cluster<I, S>(nodes: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Self::on(Nodes::cluster(nodes)?).await
+    }
+
+    async fn on(nodes: Nodes) -> Result<Self> {
+        let conn = nodes.connect(CALL_TIMEOUT).await.map_err(backend)?;
+        Ok(Self::from_link(Link::new(conn, Some(nodes))))
+    }
+
+    /// Uses an existing connection manager (which, unlike one made by
+    /// [`connect`](Self::connect), is not replaced after a timeout).
     #[must_use]
     pub fn from_manager(conn: ConnectionManager) -> Self {
-        Self { conn, prefix: DEFAULT_PREFIX.to_owned(), outage: OutagePolicy::default() }
+        Self::from_link(Link::new(RedisConnection::Single(conn), None))
+    }
+
+    /// Uses an existing cluster connection (not replaced after a timeout).
+    #[must_use]
+    pub fn from_cluster(conn: ClusterConnection) -> Self {
+        Self::from_link(Link::new(RedisConnection::Cluster(conn), None))
+    }
+
+    fn from_link(link: Link) -> Self {
+        Self { link: Arc::new(link), prefix: DEFAULT_PREFIX.to_owned(), outage: OutagePolicy::default() }
     }
 
     /// Names every key `{prefix}:…`, so several apps can share one Redis.
@@ -98,15 +131,15 @@ impl RedisConfig {
 
     /// The connection, for components built on this configuration.
     #[must_use]
-    pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+    pub fn connection(&self) -> RedisConnection {
+        self.link.current()
     }
 
     /// The name of `credential`'s key `kind`: `{prefix}:{<id>}:<kind>`, the
     /// id in a hash tag so one credential's keys share a cluster slot.
     #[must_use]
     pub fn key(&self, credential: KeyId, kind: &str) -> String {
-        format!("{}:{{{credential}}}:{kind}", self.prefix)
+        subject_key_in(&self.prefix, Subject::Key(credential), kind)
     }
 
     /// The name of `subject`'s key `kind`: [`key`](Self::key) for a key's
@@ -115,10 +148,138 @@ impl RedisConfig {
     /// keys share a cluster slot).
     #[must_use]
     pub fn subject_key(&self, subject: Subject<'_>, kind: &str) -> String {
-        match subject {
-            Subject::Key(lineage) => self.key(lineage, kind),
-            Subject::Owner { .. } => format!("{}:{{{}}}:{kind}", self.prefix, subject.storage_key()),
+        subject_key_in(&self.prefix, subject, kind)
+    }
+}
+
+fn subject_key_in(prefix: &str, subject: Subject<'_>, kind: &str) -> String {
+    match subject {
+        Subject::Key(lineage) => format!("{prefix}:{{{lineage}}}:{kind}"),
+        Subject::Owner { .. } => format!("{prefix}:{{{}}}:{kind}", subject.storage_key()),
+    }
+}
+
+/// How long a call waits for a connection, and then for its answer.
+const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// A connection to one Redis server or to a Redis Cluster, cloned freely
+/// (clones share it), for `redis`'s commands and scripts
+/// ([`ConnectionLike`]).
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum RedisConnection {
+    /// One server, through a reconnecting [`ConnectionManager`].
+    Single(ConnectionManager),
+    /// A cluster: each command goes to the node serving its keys.
+    Cluster(ClusterConnection),
+}
+
+impl fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Single(_) => "RedisConnection::Single",
+            Self::Cluster(_) => "RedisConnection::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
         }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// Where Redis is: one server, or the seed nodes of a cluster.
+#[derive(Clone)]
+pub(crate) enum Nodes {
+    Single(redis::Client),
+    Cluster(Vec<redis::Client>),
+}
+
+impl Nodes {
+    pub(crate) fn single(url: &str) -> Result<Self> {
+        Ok(Self::Single(client(url)?))
+    }
+
+    pub(crate) fn cluster<I, S>(urls: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let nodes = urls.into_iter().map(|url| client(url.as_ref())).collect::<Result<Vec<_>>>()?;
+        if nodes.is_empty() {
+            return Err(Error::InvalidInput {
+                field: "redis_url",
+                reason: "a cluster needs the URL of at least one of its nodes".to_owned(),
+            });
+        }
+        Ok(Self::Cluster(nodes))
+    }
+
+    /// A connection whose calls wait at most `timeout` to connect and as
+    /// long for each answer, retried once.
+    pub(crate) async fn connect(&self, timeout: Duration) -> redis::RedisResult<RedisConnection> {
+        match self {
+            Self::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(timeout)
+                    .set_response_timeout(timeout)
+                    .set_number_of_retries(1)
+                    .set_max_delay(100);
+                Ok(RedisConnection::Single(ConnectionManager::new_with_config(client.clone(), config).await?))
+            }
+            Self::Cluster(nodes) => {
+                let seeds = nodes.iter().map(|node| node.get_connection_info().clone());
+                let client = ClusterClientBuilder::new(seeds)
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(1)
+                    .min_retry_wait(10)
+                    .max_retry_wait(100)
+                    .build()?;
+                Ok(RedisConnection::Cluster(client.get_async_connection().await?))
+            }
+        }
+    }
+
+    /// A subscriber connection: to the server, or to the first node of the
+    /// cluster that answers (a cluster forwards every `PUBLISH` to all of
+    /// its nodes, so any one of them hears every change).
+    pub(crate) async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        let nodes = match self {
+            Self::Single(client) => std::slice::from_ref(client),
+            Self::Cluster(nodes) => nodes.as_slice(),
+        };
+        let mut failure = None;
+        for node in nodes {
+            match node.get_async_pubsub().await {
+                Ok(pubsub) => return Ok(pubsub),
+                Err(error) => failure = Some(error),
+            }
+        }
+        Err(failure.unwrap_or_else(|| (redis::ErrorKind::ClientError, "no Redis node to subscribe on").into()))
     }
 }
 
@@ -136,20 +297,73 @@ pub(crate) fn client(url: &str) -> Result<redis::Client> {
     })
 }
 
-/// Runs `invocation` on `conn`, and once more if the connection had been
-/// dropped (Redis restarted, the connection killed): the manager reconnects
-/// after such a call, so the second attempt meets a fresh connection and a
-/// restart costs no request an error. (Should the dropped call have run
-/// before its answer was lost, it counts twice: over-counting, never
-/// under-counting.)
+/// The connection every component of one [`RedisConfig`] shares, and how
+/// to make a new one when it stops answering.
+pub(crate) struct Link {
+    conn: RwLock<RedisConnection>,
+    /// `None` for a connection handed in, which cannot be remade.
+    nodes: Option<Nodes>,
+    replacing: AtomicBool,
+}
+
+impl fmt::Debug for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Link").field("conn", &self.current()).finish_non_exhaustive()
+    }
+}
+
+impl Link {
+    fn new(conn: RedisConnection, nodes: Option<Nodes>) -> Self {
+        Self { conn: RwLock::new(conn), nodes, replacing: AtomicBool::new(false) }
+    }
+
+    pub(crate) fn current(&self) -> RedisConnection {
+        self.conn.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// A call timed out: the connection may be half-open, which the
+    /// connection itself never notices (it reconnects on errors only), so
+    /// a new one is made in the background and swapped in once it answers.
+    /// One replacement at a time; calls meanwhile use the old connection.
+    fn replace(self: &Arc<Self>) {
+        let Some(nodes) = self.nodes.clone() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        if self.replacing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let link = Arc::clone(self);
+        runtime.spawn(async move {
+            if let Ok(mut conn) = nodes.connect(CALL_TIMEOUT).await
+                && redis::cmd("PING").query_async::<()>(&mut conn).await.is_ok()
+            {
+                *link.conn.write().unwrap_or_else(PoisonError::into_inner) = conn;
+                tracing::info!("redis: replaced a connection that stopped answering");
+            }
+            link.replacing.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// Runs `invocation` on `link`'s connection, and once more if the
+/// connection had been dropped (Redis restarted, the connection killed):
+/// the manager reconnects after such a call, so the second attempt meets a
+/// fresh connection and a restart costs no request an error. (Should the
+/// dropped call have run before its answer was lost, it counts twice:
+/// over-counting, never under-counting.) After a timeout the connection is
+/// replaced in the background.
 pub(crate) async fn invoke<T: redis::FromRedisValue>(
     invocation: &redis::ScriptInvocation<'_>,
-    mut conn: ConnectionManager,
+    link: &Arc<Link>,
 ) -> redis::RedisResult<T> {
-    match invocation.invoke_async(&mut conn).await {
+    let mut conn = link.current();
+    let answer = match invocation.invoke_async(&mut conn).await {
         Err(error) if error.is_connection_dropped() => invocation.invoke_async(&mut conn).await,
         answer => answer,
+    };
+    if answer.as_ref().is_err_and(redis::RedisError::is_timeout) {
+        link.replace();
     }
+    answer
 }
 
 /// A Redis failure as the engine's error (adapters answer 503).
@@ -202,7 +416,40 @@ impl Health {
 
 #[cfg(test)]
 mod tests {
+    use keysmith_core::Tenant;
+
     use super::*;
+
+    /// The part of `key` Redis Cluster hashes: the text between the first
+    /// `{` and the first `}` after it, if not empty; else the whole key.
+    fn hash_tag(key: &str) -> &str {
+        key.find('{')
+            .and_then(|open| key[open + 1..].find('}').map(|len| &key[open + 1..open + 1 + len]))
+            .filter(|tag| !tag.is_empty())
+            .unwrap_or(key)
+    }
+
+    #[test]
+    fn every_key_of_one_subject_shares_one_cluster_slot_whatever_its_ids_hold() {
+        let id = KeyId::new();
+        let odd = Tenant::new("a}p{p", "}{");
+        let subjects = [
+            Subject::Key(id),
+            Subject::Owner { tenant: &odd, owner_id: "cu}st{" },
+            Subject::Owner { tenant: &odd, owner_id: "}" },
+        ];
+        for prefix in ["keysmith", "app{x", "app}", "a:b"] {
+            for subject in subjects {
+                // The rate limit's bucket and the quota script's two counters.
+                let names = ["rl:default", "q:day:2026-05-05", "q:month:2026-05-01"]
+                    .map(|kind| subject_key_in(prefix, subject, kind));
+                let tags = names.each_ref().map(|name| hash_tag(name));
+                assert!(tags.iter().all(|tag| *tag == tags[0]), "{names:?} hash to different slots");
+                assert_ne!(tags[0], names[0], "{prefix}: no hash tag in {}", names[0]);
+            }
+        }
+        assert_eq!(hash_tag(&subject_key_in("keysmith", Subject::Key(id), "rl:x")), id.to_string());
+    }
 
     #[tokio::test]
     async fn a_bad_url_is_refused_without_repeating_its_password() {

@@ -8,7 +8,8 @@ use futures_util::StreamExt;
 use keysmith_core::feed::{Change, ChangeFeed, ChangeStream};
 use keysmith_core::{Error, Result};
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::{Nodes, RedisConnection};
 
 /// A [`ChangeFeed`] over Redis pub/sub: changes are `PUBLISH`ed on one
 /// channel (`keysmith:changes` by default) through a shared connection, and
@@ -21,6 +22,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 /// proxy) is noticed too: the subscription by the engine's heartbeats, the
 /// publishing connection by its 500 ms answer timeout, after which it is
 /// replaced and the change sent once more on the new one.
+///
+/// On a Redis Cluster ([`connect_cluster`](Self::connect_cluster)) changes
+/// are published through the cluster connection and a subscription listens
+/// on one node (the first of the given nodes that answers): a cluster
+/// forwards every `PUBLISH` to all of its nodes. When that node goes away
+/// the subscription is lost, and the next one is made on a node that answers.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), keysmith_core::Error> {
@@ -35,10 +42,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 /// ```
 #[derive(Clone)]
 pub struct RedisChangeFeed {
-    client: redis::Client,
-    /// Replaced after a timeout: the manager reconnects only when its
-    /// connection reports an error, which a half-open one never does.
-    publisher: Arc<RwLock<ConnectionManager>>,
+    nodes: Nodes,
+    /// Replaced after a timeout: the connection reconnects only when it
+    /// reports an error, which a half-open one never does.
+    publisher: Arc<RwLock<RedisConnection>>,
     channel: String,
 }
 
@@ -58,9 +65,26 @@ impl RedisChangeFeed {
     /// # Errors
     /// The URL is not a Redis URL, or Redis does not answer.
     pub async fn connect(url: &str) -> Result<Self> {
-        let client = crate::config::client(url)?;
-        let publisher = Arc::new(RwLock::new(publisher(&client).await?));
-        Ok(Self { client, publisher, channel: Self::DEFAULT_CHANNEL.to_owned() })
+        Self::on(Nodes::single(url)?).await
+    }
+
+    /// Connects to the Redis Cluster that `nodes` (one URL or more) belong
+    /// to: the publishing connection follows the cluster, and each
+    /// subscription listens on the first of `nodes` that answers.
+    ///
+    /// # Errors
+    /// No URL, one that is not a Redis URL, or no node answered.
+    pub async fn connect_cluster<I, S>(nodes: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Self::on(Nodes::cluster(nodes)?).await
+    }
+
+    async fn on(nodes: Nodes) -> Result<Self> {
+        let publisher = Arc::new(RwLock::new(publisher(&nodes).await?));
+        Ok(Self { nodes, publisher, channel: Self::DEFAULT_CHANNEL.to_owned() })
     }
 
     /// Uses `channel` instead (apps sharing one Redis keep their own).
@@ -100,7 +124,7 @@ impl ChangeFeed for RedisChangeFeed {
             Ok(_) => return Ok(()),
             Err(error) if error.is_connection_dropped() => {}
             Err(error) if error.is_timeout() => {
-                conn = publisher(&self.client).await?;
+                conn = publisher(&self.nodes).await?;
                 *self.publisher.write().unwrap_or_else(PoisonError::into_inner) = conn.clone();
             }
             Err(error) => return Err(Error::feed(error)),
@@ -109,7 +133,7 @@ impl ChangeFeed for RedisChangeFeed {
     }
 
     async fn subscribe(&self) -> Result<ChangeStream> {
-        let mut pubsub = self.client.get_async_pubsub().await.map_err(Error::feed)?;
+        let mut pubsub = self.nodes.pubsub().await.map_err(Error::feed)?;
         pubsub.subscribe(&self.channel).await.map_err(Error::feed)?;
         let messages = pubsub.into_on_message().filter_map(|message| async move {
             let payload: String = message.get_payload().ok()?;
@@ -128,12 +152,8 @@ impl ChangeFeed for RedisChangeFeed {
     }
 }
 
-/// A publishing connection to `client`'s Redis, which waits at most 500 ms
-/// to connect and for each answer.
-async fn publisher(client: &redis::Client) -> Result<ConnectionManager> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Duration::from_millis(500))
-        .set_response_timeout(Duration::from_millis(500))
-        .set_number_of_retries(1);
-    ConnectionManager::new_with_config(client.clone(), config).await.map_err(Error::feed)
+/// A publishing connection to `nodes`, which waits at most 500 ms to
+/// connect and for each answer.
+async fn publisher(nodes: &Nodes) -> Result<RedisConnection> {
+    nodes.connect(Duration::from_millis(500)).await.map_err(Error::feed)
 }

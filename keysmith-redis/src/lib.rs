@@ -27,21 +27,25 @@
 //! server restart (so recovery needs no restart of the app), and a
 //! [`Script`](redis::Script) type that sends `EVALSHA` and reloads the
 //! script after `NOSCRIPT`. It is the most widely used Redis client in Rust
-//! and pulls in little besides tokio; fred offers more (pools, cluster
-//! routing, client-side caching), none of which one script call per request
-//! needs.
+//! and pulls in little besides tokio; fred offers more (pools, client-side
+//! caching), none of which one script call per request needs.
 //!
-//! Every key this crate writes is named `{prefix}:{<credential id>}:…`,
-//! with the credential's id inside a hash tag, so all of one credential's
-//! keys land on one Redis Cluster slot and a script may touch them together.
-//! The prefix (`keysmith` by default) lets several apps share one Redis.
+//! **Redis Cluster**: [`RedisConfig::connect_cluster`] and
+//! [`RedisChangeFeed::connect_cluster`] take the URLs of one or more of its
+//! nodes, and redis-rs's cluster connection sends each script to the master
+//! of its keys' slot. Every key this crate writes is named
+//! `{prefix}:{<credential id>}:…`, with the credential's id (or the owner's)
+//! inside a hash tag, so all of one credential's keys land on one slot and a
+//! script may touch them together. The prefix (`keysmith` by default) lets
+//! several apps share one Redis; on a cluster it must not hold an empty
+//! hash tag (`{}`), which would make each key its own tag.
 
 mod config;
 mod feed;
 mod limiter;
 mod quotas;
 
-pub use config::{OutagePolicy, RedisConfig};
+pub use config::{OutagePolicy, RedisConfig, RedisConnection};
 pub use feed::RedisChangeFeed;
 pub use limiter::RedisRateLimiter;
 pub use quotas::RedisQuotas;

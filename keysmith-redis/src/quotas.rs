@@ -182,7 +182,7 @@ impl QuotaCounter for RedisQuotas {
             if let Some(seeds) = seeds {
                 call.arg(seeds[0]).arg(seeds[1]);
             }
-            let answer: redis::RedisResult<(i64,)> = invoke(&call, self.config.connection()).await;
+            let answer: redis::RedisResult<(i64,)> = invoke(&call, &self.config.link).await;
             match answer {
                 Ok((-1,)) if seeds.is_none() => {
                     seeds = Some([
@@ -215,13 +215,13 @@ impl QuotaCounter for RedisQuotas {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (script, conn, keys) = (Arc::clone(&self.refund), self.config.connection(), self.keys(subject, at));
+        let (script, conn, keys) = (Arc::clone(&self.refund), Arc::clone(&self.config.link), self.keys(subject, at));
         let holder = subject.storage_key();
         let (health, outage, local) = (Arc::clone(&self.health), self.config.outage, Arc::clone(&self.local));
         runtime.spawn(async move {
             let mut call = script.key(&keys[0]);
             call.key(&keys[1]);
-            let done: redis::RedisResult<i64> = invoke(&call, conn).await;
+            let done: redis::RedisResult<i64> = invoke(&call, &conn).await;
             match done {
                 Ok(_) => health.ok(),
                 Err(error) => {

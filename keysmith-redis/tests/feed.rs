@@ -11,13 +11,13 @@ use std::time::Duration;
 use keysmith_core::feed::FeedHeartbeat;
 use keysmith_core::store::CacheConfig;
 use keysmith_core::{Engine, KeyId, MemoryStore, Store};
-use keysmith_redis::RedisChangeFeed;
 use keysmith_tests::feed_cases::{self, ProxiedPair};
 use keysmith_tests::proxy::SilentProxy;
 
-/// Where the Redis at `url` listens.
+/// Where the Redis at `url` listens (on a cluster, its first node).
 async fn redis_addr(url: &str) -> SocketAddr {
-    let info = redis::Client::open(url).unwrap().get_connection_info().addr.clone();
+    let first = url.split(',').next().unwrap_or(url);
+    let info = redis::Client::open(first).unwrap().get_connection_info().addr.clone();
     let redis::ConnectionAddr::Tcp(host, port) = info else { panic!("the test Redis is not on TCP: {url}") };
     tokio::net::lookup_host((host.as_str(), port)).await.unwrap().next().unwrap()
 }
@@ -32,7 +32,7 @@ async fn behind_a_silent_proxy_the_subscription_is_lost_and_staleness_stays_with
     let channel = format!("keysmith-test-feed:{}", KeyId::new());
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let engine = async |url: &str| {
-        let feed = RedisChangeFeed::connect(url).await.unwrap().with_channel(&channel).unwrap();
+        let feed = common::feed(url).await.with_channel(&channel).unwrap();
         let builder = Engine::builder(Arc::clone(&store)).with_cache(cache.clone()).with_change_feed(feed);
         builder.with_feed_heartbeat(heartbeat).build().unwrap()
     };

@@ -81,7 +81,7 @@ async fn sixty_four_concurrent_requests_over_four_engines_admit_exactly_the_limi
     // Each engine has its own connection, as separate instances would.
     let mut configs = Vec::new();
     for _ in 0..4 {
-        configs.push(RedisConfig::connect(&url).await.unwrap().with_prefix(&prefix));
+        configs.push(common::connect(&url).await.with_prefix(&prefix));
     }
     let (engines, raw) = fleet(&configs[0], 1).await;
     let store = Arc::clone(engines[0].store());
@@ -134,8 +134,7 @@ async fn shared_again(a: &RedisRateLimiter, b: &RedisRateLimiter) -> bool {
 #[tokio::test]
 async fn fail_open_decides_in_process_while_redis_is_down_and_shares_again_after() {
     let Some(mut server) = common::PrivateRedis::start().await else { return };
-    let connect =
-        || async { RedisConfig::connect(&server.url()).await.unwrap().with_outage_policy(OutagePolicy::FailOpen) };
+    let connect = || async { common::connect(&server.url()).await.with_outage_policy(OutagePolicy::FailOpen) };
     let (a, b) = (RedisRateLimiter::new(connect().await), RedisRateLimiter::new(connect().await));
     let key = KeyId::new();
     assert!(once(&a, key).await.unwrap());
@@ -154,8 +153,7 @@ async fn fail_open_decides_in_process_while_redis_is_down_and_shares_again_after
 #[tokio::test]
 async fn fail_closed_answers_an_error_while_redis_is_down_and_recovers_after() {
     let Some(mut server) = common::PrivateRedis::start().await else { return };
-    let connect =
-        || async { RedisConfig::connect(&server.url()).await.unwrap().with_outage_policy(OutagePolicy::FailClosed) };
+    let connect = || async { common::connect(&server.url()).await.with_outage_policy(OutagePolicy::FailClosed) };
     let (a, b) = (RedisRateLimiter::new(connect().await), RedisRateLimiter::new(connect().await));
     assert!(once(&a, KeyId::new()).await.unwrap());
 
@@ -168,9 +166,35 @@ async fn fail_closed_answers_an_error_while_redis_is_down_and_recovers_after() {
 }
 
 #[tokio::test]
+async fn after_a_partition_heals_a_connection_that_went_silent_is_replaced_and_redis_decides_again() {
+    let Some(url) = common::redis_url() else { return };
+    // A cluster client learns its nodes' own addresses and bypasses a proxy
+    // in front of one; the single-node run covers the replacement.
+    if common::cluster() {
+        return;
+    }
+    let upstream = redis::Client::open(url.as_str()).unwrap().get_connection_info().addr.clone();
+    let redis::ConnectionAddr::Tcp(host, port) = upstream else { panic!("the test Redis is not on TCP") };
+    let upstream = tokio::net::lookup_host((host.as_str(), port)).await.unwrap().next().unwrap();
+    let proxy = keysmith_tests::proxy::SilentProxy::start(upstream).await;
+    let prefix = common::unique_prefix();
+    let behind = RedisConfig::connect(&format!("redis://{}", proxy.addr())).await.unwrap();
+    let a = RedisRateLimiter::new(behind.with_prefix(&prefix).with_outage_policy(OutagePolicy::FailClosed));
+    let b = RedisRateLimiter::new(common::connect(&url).await.with_prefix(&prefix));
+    assert!(shared_again(&a, &b).await);
+
+    proxy.go_silent();
+    assert!(once(&a, KeyId::new()).await.is_err(), "no answer: fail closed");
+    proxy.recover();
+    // The old connection stays open and silent forever (as a half-open one
+    // does until TCP gives up, minutes later); only a new one can answer.
+    assert!(shared_again(&a, &b).await, "the limiter never went back to Redis after the partition healed");
+}
+
+#[tokio::test]
 async fn an_engine_failing_closed_answers_unavailable_while_redis_is_down() {
     let Some(mut server) = common::PrivateRedis::start().await else { return };
-    let config = RedisConfig::connect(&server.url()).await.unwrap().with_outage_policy(OutagePolicy::FailClosed);
+    let config = common::connect(&server.url()).await.with_outage_policy(OutagePolicy::FailClosed);
     let (engines, raw) = fleet(&config, 1).await;
     let ctx = RequestContext::new();
     assert!(engines[0].validate(&raw, &ctx).await.is_ok());

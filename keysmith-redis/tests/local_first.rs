@@ -96,7 +96,7 @@ async fn hammer(url: &str, count: usize, limit: RateLimit) -> (usize, RedisConfi
     let prefix = common::unique_prefix();
     let mut fleet = Vec::new();
     for _ in 0..count {
-        let config = RedisConfig::connect(url).await.unwrap().with_prefix(&prefix);
+        let config = common::connect(url).await.with_prefix(&prefix);
         fleet.push(Arc::new(RedisRateLimiter::new(config).local_first(BY_HAND).unwrap()));
     }
     let (key, now) = (KeyId::new(), start());
@@ -119,7 +119,7 @@ async fn hammer(url: &str, count: usize, limit: RateLimit) -> (usize, RedisConfi
     for limiter in &fleet {
         limiter.sync().await.unwrap();
     }
-    let config = RedisConfig::connect(url).await.unwrap().with_prefix(&prefix);
+    let config = common::connect(url).await.with_prefix(&prefix);
     (admitted, config, key)
 }
 

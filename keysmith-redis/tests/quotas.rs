@@ -39,7 +39,7 @@ async fn fleet(configs: Vec<RedisConfig>, clock: &ManualClock, quota: Quota) -> 
 async fn connections(url: &str, prefix: &str, n: usize, outage: OutagePolicy) -> Vec<RedisConfig> {
     let mut configs = Vec::new();
     for _ in 0..n {
-        configs.push(RedisConfig::connect(url).await.unwrap().with_prefix(prefix).with_outage_policy(outage));
+        configs.push(common::connect(url).await.with_prefix(prefix).with_outage_policy(outage));
     }
     configs
 }
@@ -149,7 +149,7 @@ async fn under_limit_by_owner_two_engines_share_one_quota_for_all_of_an_owners_k
 
     // The owners' counters carry the prefix and the owner's hash tag; no
     // counter was kept per key.
-    let mut admin = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut admin = common::admin(&url).await;
     let mut names: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut admin).await.unwrap();
     names.sort();
     let owner = |id: &str, counter: &str| format!("{prefix}:{{owner:3:app:4:acme:{id}}}:q:{counter}");
@@ -245,7 +245,7 @@ async fn after_a_flush_or_a_restart_the_counters_start_again_from_what_the_store
 
     // FLUSHALL: the counters start from the three the store holds, so the
     // request in flight is the only one lost (the day admits 5 + 1).
-    let mut admin = redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut admin = common::admin(&server.url()).await;
     let _: () = redis::cmd("FLUSHALL").query_async(&mut admin).await.unwrap();
     for engine in [&engines[1], &engines[0]] {
         let validation = engine.validate(&raw, &ctx).await.unwrap();

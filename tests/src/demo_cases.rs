@@ -73,7 +73,10 @@ pub fn a_slow_client_does_not_hold_the_demo_past_the_shutdown_deadline(binary: &
     // framework's default deadline (actix-web's is 30 s).
     assert!(took < Duration::from_secs(20), "the deadline was not kept: {took:?}");
     let stdout = demo.stdout();
-    assert!(stdout.contains("usage records written: 1, dropped: 0."), "the /me request is not written: {stdout}");
+    assert!(
+        stdout.contains("usage records written: 1, dropped: 0, failed: 0."),
+        "the /me request is not written: {stdout}"
+    );
     for slow in [half_head, half_body] {
         let (answer, _) = wait_closed(slow, Duration::from_secs(5));
         assert!(!answer.contains(" 201 "), "the half-sent request was served: {answer}");

@@ -129,6 +129,19 @@ impl ServerProcess {
         }
     }
 
+    /// The process id.
+    #[must_use]
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGKILL (a crash, an OOM kill) and waits for the process to go.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.join_readers();
+    }
+
     /// Sends SIGTERM, as a supervisor stopping the service does.
     ///
     /// # Panics

@@ -309,11 +309,15 @@ pub async fn shutdown_signal() {
 }
 
 /// After the server stopped: writes the queued usage records and says how
-/// many were written.
+/// many were written, dropped (queue full) and lost (the store kept
+/// failing their batch).
 pub async fn finish(engine: &Engine) {
     engine.shutdown().await;
     let stats = engine.usage_stats();
-    println!("Stopped; usage records written: {}, dropped: {}.", stats.written, stats.dropped);
+    println!(
+        "Stopped; usage records written: {}, dropped: {}, failed: {}.",
+        stats.written, stats.dropped, stats.failed
+    );
 }
 
 /// `GET /health`: 200 `{"status":"ok"}` while the store answers, else 503.

@@ -156,8 +156,7 @@ impl Remote {
         let mut call = self.check.key(key);
         call.arg(secs).arg(subsec).arg(gcra.interval).arg(gcra.tolerance).arg(gcra.burst).arg(&gcra.signature);
         call.arg(replay).arg(if decide { "1" } else { "0" });
-        let (allowed, remaining, reset, retry_after): (i64, i64, i64, i64) =
-            invoke(&call, self.config.connection()).await?;
+        let (allowed, remaining, reset, retry_after): (i64, i64, i64, i64) = invoke(&call, &self.config.link).await?;
         let status = RateLimitStatus {
             allowed: allowed == 1,
             limit: gcra.burst,
@@ -315,7 +314,7 @@ impl RedisRateLimiter {
         let gcra = Gcra::new(limit, split(at).2)?;
         let mut call = self.refund.key(self.remote.bucket(subject, limit));
         call.arg(gcra.signature);
-        let done: i64 = invoke(&call, self.remote.config.connection()).await.map_err(backend)?;
+        let done: i64 = invoke(&call, &self.remote.config.link).await.map_err(backend)?;
         Ok(done == 1)
     }
 
@@ -401,13 +400,13 @@ impl RateLimiter for RedisRateLimiter {
             return;
         };
         let (script, conn, subject) =
-            (Arc::clone(&self.refund), self.remote.config.connection(), OwnedSubject::of(subject));
+            (Arc::clone(&self.refund), Arc::clone(&self.remote.config.link), OwnedSubject::of(subject));
         let (fallback, health, outage, limit) =
             (Arc::clone(&self.fallback), Arc::clone(&self.health), self.remote.config.outage, limit.clone());
         runtime.spawn(async move {
             let mut call = script.key(name);
             call.arg(gcra.signature);
-            let done: redis::RedisResult<i64> = invoke(&call, conn).await;
+            let done: redis::RedisResult<i64> = invoke(&call, &conn).await;
             match done {
                 Ok(_) => health.ok(),
                 Err(error) => {

@@ -1,4 +1,8 @@
 //! Where the test Redis is, a prefix per test, and a private server to stop.
+//!
+//! With `KEYSMITH_TEST_REDIS_CLUSTER_URL` set (node URLs, comma separated, as
+//! `scripts/redis-cluster` prints them) every test runs on that Redis Cluster
+//! instead, and a private server is a one-node cluster holding every slot.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -6,12 +10,23 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use keysmith_redis::RedisConfig;
+use keysmith_redis::{RedisChangeFeed, RedisConfig, RedisConnection};
 
-/// The URL of the shared test Redis, or `None` after one `skipping:` line
-/// (a failure when `KEYSMITH_TEST_REQUIRE_SERVICES=1`).
+const CLUSTER_VAR: &str = "KEYSMITH_TEST_REDIS_CLUSTER_URL";
+
+/// Whether the tests run on a Redis Cluster.
+pub fn cluster() -> bool {
+    std::env::var(CLUSTER_VAR).is_ok_and(|urls| !urls.is_empty())
+}
+
+/// The URL of the shared test Redis (the cluster's node URLs, comma
+/// separated, on a cluster), or `None` after one `skipping:` line (a
+/// failure when `KEYSMITH_TEST_REQUIRE_SERVICES=1`).
 pub fn redis_url() -> Option<String> {
     const VAR: &str = "KEYSMITH_TEST_REDIS_URL";
+    if cluster() {
+        return std::env::var(CLUSTER_VAR).ok();
+    }
     match std::env::var(VAR) {
         Ok(url) if !url.is_empty() => Some(url),
         _ if std::env::var("KEYSMITH_TEST_REQUIRE_SERVICES").is_ok_and(|v| v == "1") => {
@@ -32,15 +47,43 @@ pub fn unique_prefix() -> String {
 /// A connection to the shared test Redis under a fresh prefix.
 pub async fn shared() -> Option<RedisConfig> {
     let url = redis_url()?;
-    Some(RedisConfig::connect(&url).await.expect("cannot connect to the test Redis").with_prefix(unique_prefix()))
+    Some(connect(&url).await.with_prefix(unique_prefix()))
+}
+
+/// A new connection to the Redis (or cluster) at `url`, as an instance of
+/// the app would make it.
+pub async fn connect(url: &str) -> RedisConfig {
+    let config =
+        if cluster() { RedisConfig::connect_cluster(url.split(',')).await } else { RedisConfig::connect(url).await };
+    config.expect("cannot connect to the test Redis")
+}
+
+/// A change feed on the Redis (or cluster) at `url`.
+pub async fn feed(url: &str) -> RedisChangeFeed {
+    let feed = if cluster() {
+        RedisChangeFeed::connect_cluster(url.split(',')).await
+    } else {
+        RedisChangeFeed::connect(url).await
+    };
+    feed.expect("cannot connect the change feed")
+}
+
+/// A connection for the test's own commands (`KEYS`, `FLUSHALL`: on a
+/// cluster, sent to every master).
+pub async fn admin(url: &str) -> RedisConnection {
+    connect(url).await.connection()
 }
 
 /// A `redis-server` of this test's own, on a free port, without persistence:
 /// stopped and started again on the same port without touching the shared one.
+/// On a cluster run it is a cluster of one node that serves every slot
+/// (and keeps its cluster configuration, in a directory of its own, across
+/// restarts).
 #[derive(Debug)]
 pub struct PrivateRedis {
     port: u16,
     child: Option<Child>,
+    dir: std::path::PathBuf,
 }
 
 impl PrivateRedis {
@@ -48,7 +91,9 @@ impl PrivateRedis {
     pub async fn start() -> Option<Self> {
         redis_url()?;
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = Self { port, child: None };
+        let dir = std::env::temp_dir().join(format!("keysmith-test-redis-{port}-{}", keysmith_core::KeyId::new()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = Self { port, child: None, dir };
         server.restart().await;
         Some(server)
     }
@@ -68,17 +113,19 @@ impl PrivateRedis {
     /// Starts the server on its port and waits until it answers.
     pub async fn restart(&mut self) {
         self.stop();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server not found");
+        let mut command = Command::new("redis-server");
+        command.args(["--port", &self.port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"]);
+        if cluster() {
+            command.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
+            command.arg("--dir").arg(&self.dir);
+        }
+        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("redis-server not found");
         self.child = Some(child);
         let client = redis::Client::open(self.url()).unwrap();
         for _ in 0..200 {
             if let Ok(mut conn) = client.get_multiplexed_async_connection().await
                 && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+                && (!cluster() || serves_every_slot(&mut conn).await)
             {
                 return;
             }
@@ -88,9 +135,22 @@ impl PrivateRedis {
     }
 }
 
+/// A one-node cluster: assigns it every slot the first time, then tells
+/// whether it is ready (`cluster_state:ok`).
+async fn serves_every_slot(conn: &mut redis::aio::MultiplexedConnection) -> bool {
+    let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(conn).await.unwrap_or_default();
+    if info.contains("cluster_slots_assigned:0") {
+        let _: redis::RedisResult<()> =
+            redis::cmd("CLUSTER").arg("ADDSLOTSRANGE").arg(0).arg(16383).query_async(conn).await;
+        return false;
+    }
+    info.contains("cluster_state:ok")
+}
+
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
+        std::fs::remove_dir_all(&self.dir).ok();
     }
 }
 
