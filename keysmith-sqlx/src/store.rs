@@ -245,7 +245,7 @@ macro_rules! sql_store {
             use async_trait::async_trait;
             use chrono::{DateTime, Utc};
             use keysmith_core::store::{
-                KeyFilter, KeyStore, Page, PolicyStore, RotationStore, RotationWrite, ScopeStore, StoredKey,
+                ImportOutcome, KeyFilter, KeyStore, Page, PolicyStore, RotationStore, RotationWrite, ScopeStore, StoredKey,
                 TimeRange, Transition, UsageStore, UsageTotal,
             };
             use keysmith_core::{
@@ -515,6 +515,64 @@ macro_rules! sql_store {
                 row.as_ref().map_or_else(|| Err(Error::store("a changed key vanished")), rows::key::<Db>)
             }
 
+            /// Which of `keys`' hashes are held already: by `tenant`'s keys
+            /// (`true`) or another tenant's (`false`).
+            async fn held_hashes_on(conn: &mut Connection, tenant: &Tenant, keys: &[StoredKey]) -> Result<HashMap<String, bool>> {
+                let mut held = HashMap::new();
+                for chunk in keys.chunks(1000) {
+                    for own in [false, true] {
+                        let mut qb = QueryBuilder::<Db>::new("SELECT hash FROM keysmith_keys WHERE hash IN (");
+                        let mut list = qb.separated(", ");
+                        for stored in chunk {
+                            list.push_bind(stored.hash.to_hex());
+                        }
+                        qb.push(")");
+                        if own {
+                            push_tenant(&mut qb, "", tenant);
+                        }
+                        for row in qb.build().fetch_all(&mut *conn).await.map_err(store_error)? {
+                            held.insert(Db::text(&row, "hash")?, own);
+                        }
+                    }
+                }
+                Ok(held)
+            }
+
+            /// The body of `import_keys`, inside the caller's transaction.
+            async fn import_keys_on(
+                conn: &mut Connection,
+                tenant: &Tenant,
+                keys: &[StoredKey],
+            ) -> Result<Vec<ImportOutcome>> {
+                let mut held = held_hashes_on(conn, tenant, keys).await?;
+                let mut outcomes = Vec::with_capacity(keys.len());
+                for stored in keys {
+                    if stored.key.tenant != *tenant {
+                        return Err(Error::InvalidInput {
+                            field: "tenant",
+                            reason: "an imported key belongs to another tenant than the import".to_owned(),
+                        });
+                    }
+                    let hash = stored.hash.to_hex();
+                    let outcome = match held.get(&hash) {
+                        Some(true) => ImportOutcome::AlreadyImported,
+                        Some(false) => ImportOutcome::HashTaken,
+                        None => match check_owner_limit_on(conn, &stored.key).await {
+                            Err(Error::OwnerKeyLimit { limit, .. }) => ImportOutcome::OwnerKeyLimit { limit },
+                            Err(error) => return Err(error),
+                            Ok(()) => {
+                                insert_key_on(conn, stored).await?;
+                                // A second row of the same hash is the same key.
+                                held.insert(hash, true);
+                                ImportOutcome::Imported
+                            }
+                        },
+                    };
+                    outcomes.push(outcome);
+                }
+                Ok(outcomes)
+            }
+
             /// Inserts a key and its scopes on `conn` (inside the caller's transaction).
             async fn insert_key_on(conn: &mut Connection, stored: &StoredKey) -> Result<()> {
                 let key = &*stored.key;
@@ -715,6 +773,23 @@ macro_rules! sql_store {
                         insert_credits_on(&mut tx, holder, credits).await?;
                     }
                     tx.commit().await.map_err(store_error)
+                }
+
+                async fn import_keys(&self, tenant: &Tenant, keys: &[StoredKey], dry_run: bool) -> Result<Vec<ImportOutcome>> {
+                    let mut tx = self.begin().await?;
+                    let outcomes = match import_keys_on(&mut tx, tenant, keys).await {
+                        Ok(outcomes) => outcomes,
+                        Err(error) => {
+                            tx.rollback().await.map_err(store_error)?;
+                            return Err(error);
+                        }
+                    };
+                    if dry_run {
+                        tx.rollback().await.map_err(store_error)?;
+                    } else {
+                        tx.commit().await.map_err(store_error)?;
+                    }
+                    Ok(outcomes)
                 }
 
                 async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>> {
