@@ -32,3 +32,17 @@ fn an_unreachable_server_is_an_infrastructure_failure() {
     // The cause, not only that a pool gave up waiting.
     assert!(error.contains("Connection refused"), "{error}");
 }
+
+#[tokio::test]
+async fn import_of_an_api_keys_table_on_postgres() {
+    let Some(db) = PgTestDb::create().await else { return };
+    let ks = Keysmith::new(db.url());
+    ks.run(&["migrate"]).ok();
+    let source = sqlx::PgPool::connect(db.url()).await.unwrap();
+    for statement in crate::import::source_statements(crate::import::Dialect::Postgres) {
+        sqlx::query(&statement).execute(&source).await.unwrap();
+    }
+    let store = Arc::new(PgStore::connect(db.url()).await.unwrap());
+    crate::import::import_flow(&ks, db.url(), store.clone()).await;
+    store.close().await;
+}
