@@ -44,7 +44,7 @@ impl Engine {
     ///   which cannot be suspended, is revoked);
     /// - `notify`: nothing changes.
     ///
-    /// Each change goes through the cache and out on the change feed like
+    /// Each change reaches this engine's cache and goes out on the change feed like
     /// any other, and fires its usual event (`KeyRevoked`, `KeySuspended`)
     /// followed by [`Event::KeyLeaked`], which never carries the token.
     ///

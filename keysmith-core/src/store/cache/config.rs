@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::{Clock, SystemClock};
 
-/// How much [`CachedStore`] keeps, and for how long.
+/// How much [`CachedStore`](super::CachedStore) keeps, and for how long.
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
     pub(super) max_keys: u64,
@@ -102,7 +102,7 @@ impl CacheConfig {
     }
 }
 
-/// What a [`CachedStore`] holds now; see [`CachedStore::stats`].
+/// What a [`CachedStore`](super::CachedStore) holds now; see [`CachedStore::stats`](super::CachedStore::stats).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CacheStats {
