@@ -46,8 +46,8 @@ impl CliError {
     pub(crate) fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
             Self::Usage(_) => EXIT_USAGE,
-            Self::RowsRefused { .. } => EXIT_REFUSED,
-            Self::Engine(
+            Self::RowsRefused { .. }
+            | Self::Engine(
                 Error::NotFound { .. }
                 | Error::InvalidTransition { .. }
                 | Error::AlreadyExists { .. }

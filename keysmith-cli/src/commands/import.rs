@@ -26,8 +26,11 @@ const COLUMNS: [&str; 10] = [
     "external_id",
 ];
 
-/// One source row as text cells by column, or why it cannot be read.
-type SourceRow = (u64, Result<Vec<(usize, Option<String>)>, String>);
+/// A source row's cells as text, by position in [`COLUMNS`], or why the
+/// row cannot be read.
+type Cells = Result<Vec<(usize, Option<String>)>, String>;
+/// One source row: its line and cells.
+type SourceRow = (u64, Cells);
 
 /// Reads the source in batches and imports each, then prints the report.
 pub(super) async fn run(args: ImportArgs, tenant: &TenantEngine, printer: Printer) -> Result<String, CliError> {
@@ -200,7 +203,7 @@ async fn read_file(path: &Path, importer: &mut Importer<'_>) -> Result<(), CliEr
 }
 
 /// One JSON Lines object as cells; `scopes` may be an array.
-fn json_cells(line: &str) -> Result<Result<Vec<(usize, Option<String>)>, String>, CliError> {
+fn json_cells(line: &str) -> Result<Cells, CliError> {
     let object: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(line) {
         Ok(object) => object,
         Err(error) => return Ok(Err(format!("not a JSON object: {error}"))),
@@ -274,7 +277,7 @@ where
     while let Some(row) = rows.try_next().await.map_err(source_error)? {
         line += 1;
         if indexes.is_none() {
-            indexes = Some(column_indexes(row.columns().iter().map(|column| column.name()))?);
+            indexes = Some(column_indexes(row.columns().iter().map(sqlx::Column::name))?);
         }
         let cells = indexes
             .iter()
