@@ -519,27 +519,26 @@ macro_rules! sql_store {
             /// (`true`) or another tenant's (`false`).
             async fn held_hashes_on(conn: &mut Connection, tenant: &Tenant, keys: &[StoredKey]) -> Result<HashMap<String, bool>> {
                 let mut held = HashMap::new();
+                // By hash alone, so that the unique index on it answers; the
+                // tenant is compared here.
                 for chunk in keys.chunks(1000) {
-                    for own in [false, true] {
-                        let mut qb = QueryBuilder::<Db>::new("SELECT hash FROM keysmith_keys WHERE hash IN (");
-                        let mut list = qb.separated(", ");
-                        for stored in chunk {
-                            list.push_bind(stored.hash.to_hex());
-                        }
-                        qb.push(")");
-                        if own {
-                            push_tenant(&mut qb, "", tenant);
-                        }
-                        for row in qb.build().fetch_all(&mut *conn).await.map_err(store_error)? {
-                            held.insert(Db::text(&row, "hash")?, own);
-                        }
+                    let mut qb = QueryBuilder::<Db>::new("SELECT hash, app_id, tenant_id FROM keysmith_keys WHERE hash IN (");
+                    let mut list = qb.separated(", ");
+                    for stored in chunk {
+                        list.push_bind(stored.hash.to_hex());
+                    }
+                    qb.push(")");
+                    for row in qb.build().persistent(false).fetch_all(&mut *conn).await.map_err(store_error)? {
+                        held.insert(Db::text(&row, "hash")?, rows::tenant::<Db>(&row)? == *tenant);
                     }
                 }
                 Ok(held)
             }
 
             /// The body of `import_keys`, inside the caller's transaction: a
-            /// few statements per batch, not per key. Which hashes are held
+            /// few statements per batch, not per key, each planned for its
+            /// values (not prepared: a generic plan of a long `IN` list reads
+            /// every key of the tenant). Which hashes are held
             /// is asked once; the owners' live keys under each policy with a
             /// limit are counted once (the policy row locked until commit, as
             /// a single creation does); the keys and their scopes then go in
@@ -643,7 +642,7 @@ macro_rules! sql_store {
                             list.push_bind(*owner);
                         }
                         qb.push(") GROUP BY owner_id");
-                        for row in qb.build().fetch_all(&mut *conn).await.map_err(store_error)? {
+                        for row in qb.build().persistent(false).fetch_all(&mut *conn).await.map_err(store_error)? {
                             counts.insert(Db::text(&row, "owner_id")?, Db::big(&row, "held")?);
                         }
                     }
@@ -685,7 +684,7 @@ macro_rules! sql_store {
                             .push_bind(key.owner_id.clone());
                     });
                     let first = chunk.first().map(|stored| (stored.key.id, stored.key.policy_id));
-                    if let Err(error) = qb.build().execute(&mut *conn).await {
+                    if let Err(error) = qb.build().persistent(false).execute(&mut *conn).await {
                         let (id, policy_id) = first.unwrap_or((KeyId::new(), None));
                         return Err(key_insert_error(error, id, policy_id));
                     }
@@ -699,7 +698,7 @@ macro_rules! sql_store {
                     qb.push_values(chunk, |mut row, (id, position, scope)| {
                         row.push_bind(id.uuid()).push_bind(*position).push_bind((*scope).clone());
                     });
-                    qb.build().execute(&mut *conn).await.map_err(store_error)?;
+                    qb.build().persistent(false).execute(&mut *conn).await.map_err(store_error)?;
                 }
                 Ok(())
             }
