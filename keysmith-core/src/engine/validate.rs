@@ -686,6 +686,9 @@ impl Engine {
             }
         }
         inner.usage.touch(key.id, now);
+        if let Some(cache) = &inner.cache {
+            cache.touched(key.id, now);
+        }
         inner.touch_sweeps.maybe_sweep(inner.touched.len(), || {
             inner.touched.retain(|_, at| recent(*at));
             inner.touched.len()

@@ -55,8 +55,8 @@ use crate::{CreditSpend, KeyHash, KeyId, Policy, PolicyId, Result, Tenant};
 /// validate here for up to that long, and an owner given credits elsewhere
 /// spends nothing here for up to that long. A key created elsewhere is
 /// found at once unless its exact hash was looked up and missed within the
-/// negative TTL, which needs its secret. A cached key's `last_used_at` is as
-/// the store had it when the entry was filled.
+/// negative TTL, which needs its secret. A cached key's `last_used_at` is
+/// the last use this engine queued for writing, or the store's.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -383,6 +383,23 @@ impl<S: KeyStore + PolicyStore + ?Sized> CachedStore<S> {
         let spent = self.inner.spend_owner_credits_ready(tenant, owner_id, cost, now)?;
         self.spent_by_store(owner, generation, &spent);
         Some(spent)
+    }
+
+    /// Key `id` was used at `at` (the engine queued its `last_used_at`
+    /// write): the cached key says so too, so that the next validations
+    /// know the write is queued without asking the engine's own map. In
+    /// place, never re-inserted: a change racing this either removed the
+    /// entry already (nothing to update) or removes the updated one.
+    pub(crate) fn touched(&self, id: KeyId, at: chrono::DateTime<chrono::Utc>) {
+        let Some(hash) = self.hashes.get(&id) else { return };
+        self.keys.update(&hash, |lookup| {
+            if let Some(stored) = &mut lookup.found
+                && stored.key.id == id
+                && stored.key.last_used_at.is_none_or(|last| last < at)
+            {
+                Arc::make_mut(&mut stored.key).last_used_at = Some(at);
+            }
+        });
     }
 
     fn found_ttl(&self) -> Duration {

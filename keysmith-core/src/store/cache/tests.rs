@@ -526,3 +526,21 @@ async fn an_owner_credits_write_that_fails_still_drops_what_the_cache_remembered
     assert!(acme.add_owner_credits("cust_1", 1).await.is_err(), "no credits to top up");
     assert_eq!(cached.stats().owners, 0);
 }
+
+#[tokio::test]
+async fn a_queued_touch_shows_in_the_cached_key_and_a_revocation_still_wins() {
+    let Setup { spy, cached, engine, clock, .. } = setup();
+    let acme = engine.tenant("app", "acme");
+    let created = acme.create_key(NewKey::new("ci")).await.unwrap();
+    let hash = Sha256Hasher.hash(created.raw.expose());
+    let first = validate(&engine, created.raw.expose()).await.unwrap();
+    assert_eq!(first.key.last_used_at, None, "as the store had it");
+    let cached_at = cached.find_key_by_hash_ready(&hash).unwrap().unwrap().key.last_used_at;
+    assert_eq!(cached_at, Some(clock.now()), "the queued write, in place");
+    assert_eq!(spy.lookups(), 1, "served from the cache throughout");
+
+    acme.revoke_key(created.key.id, "leaked").await.unwrap();
+    clock.advance(Duration::from_secs(120));
+    cached.touched(created.key.id, clock.now());
+    assert!(matches!(validate(&engine, created.raw.expose()).await, Err(ValidationError::Refused(Refusal::Revoked))));
+}
