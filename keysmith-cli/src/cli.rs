@@ -103,6 +103,57 @@ pub(crate) enum Command {
     /// Help registering with GitHub's secret scanning partner program.
     #[command(subcommand)]
     SecretScanning(SecretScanningCommand),
+    /// Import the keys of your own api_keys table, by the SHA-256 each raw key
+    /// hashes to, so that clients keep their keys.
+    ///
+    /// Source columns are named after Keysmith's fields (rename with `AS` in
+    /// the query, or in the file's header): hash (required: 64 hex, the SHA-256
+    /// of the whole raw key), hint, name, owner_id, created_at, last_used_at,
+    /// revoked_at, expires_at, scopes (comma-separated), external_id. Rows
+    /// whose hash the tenant holds already are skipped, so running it again is
+    /// a no-op. Each batch is all or nothing: a bad row is reported with its
+    /// line and reason and nothing of its batch is written. Exits 1 when a row
+    /// was refused.
+    Import(ImportArgs),
+}
+
+/// `keysmith import`.
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// A database to read keys from: `postgres://…`, `mysql://…` or
+    /// `sqlite:…` (with --query).
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "query",
+        conflicts_with = "from_file",
+        required_unless_present = "from_file"
+    )]
+    pub(crate) from_url: Option<String>,
+    /// The query that reads the keys from --from-url, one row per key.
+    #[arg(long, value_name = "SQL", requires = "from_url")]
+    pub(crate) query: Option<String>,
+    /// A file to read keys from: CSV with a header row, or JSON Lines (one
+    /// object per line; chosen by a `.jsonl`/`.ndjson` name or a first line
+    /// starting with `{`).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) from_file: Option<std::path::PathBuf>,
+    /// Report what would be imported and refused; write nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// The environment of the imported keys (their rotations issue keys of it; default: live).
+    #[arg(long, value_enum)]
+    pub(crate) environment: Option<Environment>,
+    /// Hold every imported key to this policy (`kpol_…`); a policy with
+    /// `--max-active-keys-per-owner 1` keeps "one active key per user".
+    #[arg(long, value_name = "POLICY_ID")]
+    pub(crate) policy: Option<PolicyId>,
+    /// The scopes of rows that name none (comma-separated).
+    #[arg(long, value_name = "SCOPES", value_delimiter = ',')]
+    pub(crate) scopes: Vec<String>,
+    /// Rows per batch (each batch is one transaction).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub(crate) batch_size: u32,
 }
 
 /// `keysmith secret-scanning …`.

@@ -25,6 +25,13 @@ pub(crate) enum CliError {
     Engine(Error),
     /// Stdout could not be written.
     Output(std::io::Error),
+    /// An import refused rows: its report (printed on stdout) and how many.
+    RowsRefused {
+        /// What the import printed.
+        report: String,
+        /// Rows refused.
+        count: usize,
+    },
     /// `serve` could not listen on its address.
     Listen {
         /// The address asked for.
@@ -39,7 +46,8 @@ impl CliError {
     pub(crate) fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
             Self::Usage(_) => EXIT_USAGE,
-            Self::Engine(
+            Self::RowsRefused { .. }
+            | Self::Engine(
                 Error::NotFound { .. }
                 | Error::InvalidTransition { .. }
                 | Error::AlreadyExists { .. }
@@ -79,6 +87,7 @@ impl fmt::Display for CliError {
                 }
             }
             Self::Output(error) => format!("cannot write the output: {error}"),
+            Self::RowsRefused { count, .. } => format!("{count} row(s) refused; see the report above"),
             Self::Listen { addr, source } => format!("cannot serve on {addr}: {source}"),
         };
         // One line, whatever a driver put in its message.

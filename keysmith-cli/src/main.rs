@@ -57,6 +57,11 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli)).and_then(|text| print(&text)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
+            if let CliError::RowsRefused { report, .. } = &error
+                && let Err(error) = print(report)
+            {
+                eprintln!("error: {error}");
+            }
             eprintln!("error: {error}");
             error.exit_code()
         }

@@ -63,8 +63,9 @@ pub mod usage;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
-    CreatedKey, DEFAULT_ENVIRONMENT, DEFAULT_PREFIX, DEFAULT_ROTATION_GRACE, Engine, EngineBuilder, GRACE_ENDED_REASON,
-    NewKey, PresentedKey, RateLimitStates, RequestContext, RequiredScopes, RotatedKey, SweepReport, TenantEngine,
+    CreatedKey, DEFAULT_ENVIRONMENT, DEFAULT_PREFIX, DEFAULT_ROTATION_GRACE, EXTERNAL_ID_FIELD, Engine, EngineBuilder,
+    GRACE_ENDED_REASON, ImportOptions, ImportRefusal, ImportReport, ImportRow, NewKey, PresentedKey,
+    REVOKED_BEFORE_IMPORT, RateLimitStates, RequestContext, RequiredScopes, RotatedKey, SweepReport, TenantEngine,
     Validation, ValidationError,
 };
 pub use error::{BoxError, Error, Result};
@@ -73,8 +74,8 @@ pub use hooks::{Event, Plugin};
 pub use id::{IdParseError, KeyId, PolicyId, RotationId, ScopeId, UsageId};
 pub use input::{MAX_ID_LEN, validate_id};
 pub use key::{
-    CreditSpend, Credits, CreditsStatus, Environment, HashParseError, Hasher, Key, KeyHash, KeyState, MAX_RAW_KEY_LEN,
-    ParsedKey, RawKey, Refill, Sha256Hasher, validate_prefix,
+    CreditSpend, Credits, CreditsStatus, Environment, HashParseError, Hasher, Key, KeyHash, KeyState, LegacyKeys,
+    MAX_RAW_KEY_LEN, MIN_LEGACY_KEY_LEN, ParsedKey, RawKey, Refill, Sha256Hasher, validate_prefix,
 };
 pub use policy::{LimitBy, Policy, PolicySpec, Quota, RateLimit};
 pub use refusal::{Refusal, retry_after_secs};

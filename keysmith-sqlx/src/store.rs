@@ -245,7 +245,7 @@ macro_rules! sql_store {
             use async_trait::async_trait;
             use chrono::{DateTime, Utc};
             use keysmith_core::store::{
-                KeyFilter, KeyStore, Page, PolicyStore, RotationStore, RotationWrite, ScopeStore, StoredKey,
+                ImportOutcome, KeyFilter, KeyStore, Page, PolicyStore, RotationStore, RotationWrite, ScopeStore, StoredKey,
                 TimeRange, Transition, UsageStore, UsageTotal,
             };
             use keysmith_core::{
@@ -515,6 +515,194 @@ macro_rules! sql_store {
                 row.as_ref().map_or_else(|| Err(Error::store("a changed key vanished")), rows::key::<Db>)
             }
 
+            /// Which of `keys`' hashes are held already: by `tenant`'s keys
+            /// (`true`) or another tenant's (`false`).
+            async fn held_hashes_on(conn: &mut Connection, tenant: &Tenant, keys: &[StoredKey]) -> Result<HashMap<String, bool>> {
+                let mut held = HashMap::new();
+                // By hash alone, so that the unique index on it answers; the
+                // tenant is compared here.
+                for chunk in keys.chunks(1000) {
+                    let mut qb = QueryBuilder::<Db>::new("SELECT hash, app_id, tenant_id FROM keysmith_keys WHERE hash IN (");
+                    let mut list = qb.separated(", ");
+                    for stored in chunk {
+                        list.push_bind(stored.hash.to_hex());
+                    }
+                    qb.push(")");
+                    for row in qb.build().persistent(false).fetch_all(&mut *conn).await.map_err(store_error)? {
+                        held.insert(Db::text(&row, "hash")?, rows::tenant::<Db>(&row)? == *tenant);
+                    }
+                }
+                Ok(held)
+            }
+
+            /// The body of `import_keys`, inside the caller's transaction: a
+            /// few statements per batch, not per key, each planned for its
+            /// values (not prepared: a generic plan of a long `IN` list reads
+            /// every key of the tenant). Which hashes are held
+            /// is asked once; the owners' live keys under each policy with a
+            /// limit are counted once (the policy row locked until commit, as
+            /// a single creation does); the keys and their scopes then go in
+            /// by multi-row `INSERT`s.
+            async fn import_keys_on(
+                conn: &mut Connection,
+                tenant: &Tenant,
+                keys: &[StoredKey],
+            ) -> Result<Vec<ImportOutcome>> {
+                if keys.iter().any(|stored| stored.key.tenant != *tenant) {
+                    return Err(Error::InvalidInput {
+                        field: "tenant",
+                        reason: "an imported key belongs to another tenant than the import".to_owned(),
+                    });
+                }
+                let mut held = held_hashes_on(conn, tenant, keys).await?;
+                let mut live = live_owner_keys_on(conn, tenant, keys).await?;
+                let mut outcomes = Vec::with_capacity(keys.len());
+                let mut inserts = Vec::with_capacity(keys.len());
+                for stored in keys {
+                    let key = &stored.key;
+                    let hash = stored.hash.to_hex();
+                    let outcome = match held.get(&hash) {
+                        Some(true) => ImportOutcome::AlreadyImported,
+                        Some(false) => ImportOutcome::HashTaken,
+                        None => {
+                            let counted = match (&key.owner_id, key.policy_id) {
+                                (Some(owner), Some(policy)) if key.state.counts_toward_owner_limit() => {
+                                    live.get_mut(&policy).map(|(limit, owners)| (*limit, owners.entry(owner.clone()).or_default()))
+                                }
+                                _ => None,
+                            };
+                            match counted {
+                                Some((limit, held_by_owner)) if *held_by_owner >= i64::from(limit) => {
+                                    ImportOutcome::OwnerKeyLimit { limit }
+                                }
+                                counted => {
+                                    if let Some((_, held_by_owner)) = counted {
+                                        *held_by_owner += 1;
+                                    }
+                                    // A second row of the same hash is the same key.
+                                    held.insert(hash, true);
+                                    inserts.push(stored);
+                                    ImportOutcome::Imported
+                                }
+                            }
+                        }
+                    };
+                    outcomes.push(outcome);
+                }
+                insert_keys_on(conn, &inserts).await?;
+                Ok(outcomes)
+            }
+
+            /// For each policy of `keys` that limits keys per owner: its
+            /// limit, and how many live keys each of the keys' owners holds
+            /// under it. The policy rows stay locked until commit.
+            async fn live_owner_keys_on(
+                conn: &mut Connection,
+                tenant: &Tenant,
+                keys: &[StoredKey],
+            ) -> Result<HashMap<PolicyId, (u32, HashMap<String, i64>)>> {
+                let mut owners_by_policy: HashMap<PolicyId, HashSet<&str>> = HashMap::new();
+                for stored in keys {
+                    if let (Some(owner), Some(policy)) = (&stored.key.owner_id, stored.key.policy_id) {
+                        owners_by_policy.entry(policy).or_default().insert(owner);
+                    }
+                }
+                // Live at the import's time: its active keys' `updated_at`.
+                let now = keys.iter().map(|stored| stored.key.updated_at).max();
+                let mut live = HashMap::new();
+                for (policy_id, owners) in owners_by_policy {
+                    let row = sqlx::query(statement!(
+                        Db,
+                        "SELECT max_active_keys_per_owner FROM keysmith_policies \
+                         WHERE id = ? AND app_id = ? AND tenant_id = ?",
+                        Db::LOCK_ROWS
+                    ))
+                    .bind_scoped(policy_id.uuid(), tenant)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(store_error)?;
+                    let Some(limit) = row.map(|row| Db::opt_big(&row, "max_active_keys_per_owner")).transpose()?.flatten()
+                    else {
+                        continue;
+                    };
+                    let limit = u32::try_from(limit).map_err(|e| corrupt("policy max_active_keys_per_owner", e))?;
+                    let owners: Vec<&str> = owners.into_iter().collect();
+                    let mut counts = HashMap::new();
+                    for chunk in owners.chunks(1000) {
+                        let mut qb = QueryBuilder::<Db>::new(
+                            "SELECT owner_id, COUNT(*) AS held FROM keysmith_keys WHERE policy_id = ",
+                        );
+                        qb.push_bind(policy_id.uuid());
+                        push_tenant(&mut qb, "", tenant);
+                        qb.push(" AND state IN ('active', 'suspended') AND (expires_at IS NULL OR expires_at > ");
+                        qb.push_bind(now.map(Db::time));
+                        qb.push(") AND owner_id IN (");
+                        let mut list = qb.separated(", ");
+                        for owner in chunk {
+                            list.push_bind(*owner);
+                        }
+                        qb.push(") GROUP BY owner_id");
+                        for row in qb.build().persistent(false).fetch_all(&mut *conn).await.map_err(store_error)? {
+                            counts.insert(Db::text(&row, "owner_id")?, Db::big(&row, "held")?);
+                        }
+                    }
+                    live.insert(policy_id, (limit, counts));
+                }
+                Ok(live)
+            }
+
+            /// Inserts new keys (of new lineages, without credits) and their
+            /// scopes by multi-row statements, inside the caller's transaction.
+            async fn insert_keys_on(conn: &mut Connection, keys: &[&StoredKey]) -> Result<()> {
+                // 19 values a key, within the backend's limit on bound values.
+                for chunk in keys.chunks(Db::ROWS_PER_INSERT * 11 / 19) {
+                    let mut qb = QueryBuilder::<Db>::new(
+                        "INSERT INTO keysmith_keys (id, app_id, tenant_id, hash, name, hint, prefix, environment, \
+                         state, policy_id, expires_at, grace_expires_at, revoked_reason, last_used_at, created_at, \
+                         updated_at, metadata, lineage_id, owner_id) ",
+                    );
+                    qb.push_values(chunk, |mut row, stored| {
+                        let key = &*stored.key;
+                        row.push_bind(key.id.uuid())
+                            .push_bind(key.tenant.app_id.clone())
+                            .push_bind(key.tenant.tenant_id.clone())
+                            .push_bind(stored.hash.to_hex())
+                            .push_bind(key.name.clone())
+                            .push_bind(key.hint.clone())
+                            .push_bind(key.prefix.clone())
+                            .push_bind(key.environment.as_str())
+                            .push_bind(key.state.as_str())
+                            .push_bind(key.policy_id.map(|id| id.uuid()))
+                            .push_bind(key.expires_at.map(Db::time))
+                            .push_bind(key.grace_expires_at.map(Db::time))
+                            .push_bind(key.revoked_reason.clone())
+                            .push_bind(key.last_used_at.map(Db::time))
+                            .push_bind(Db::time(key.created_at))
+                            .push_bind(Db::time(key.updated_at))
+                            .push_bind(Json(key.metadata.clone()))
+                            .push_bind(key.lineage_id.uuid())
+                            .push_bind(key.owner_id.clone());
+                    });
+                    let first = chunk.first().map(|stored| (stored.key.id, stored.key.policy_id));
+                    if let Err(error) = qb.build().persistent(false).execute(&mut *conn).await {
+                        let (id, policy_id) = first.unwrap_or((KeyId::new(), None));
+                        return Err(key_insert_error(error, id, policy_id));
+                    }
+                }
+                let scopes: Vec<(KeyId, i32, &String)> = keys
+                    .iter()
+                    .flat_map(|stored| stored.key.scopes.iter().zip(0..).map(|(scope, position)| (stored.key.id, position, scope)))
+                    .collect();
+                for chunk in scopes.chunks(Db::ROWS_PER_INSERT) {
+                    let mut qb = QueryBuilder::<Db>::new("INSERT INTO keysmith_key_scopes (key_id, position, scope) ");
+                    qb.push_values(chunk, |mut row, (id, position, scope)| {
+                        row.push_bind(id.uuid()).push_bind(*position).push_bind((*scope).clone());
+                    });
+                    qb.build().persistent(false).execute(&mut *conn).await.map_err(store_error)?;
+                }
+                Ok(())
+            }
+
             /// Inserts a key and its scopes on `conn` (inside the caller's transaction).
             async fn insert_key_on(conn: &mut Connection, stored: &StoredKey) -> Result<()> {
                 let key = &*stored.key;
@@ -715,6 +903,23 @@ macro_rules! sql_store {
                         insert_credits_on(&mut tx, holder, credits).await?;
                     }
                     tx.commit().await.map_err(store_error)
+                }
+
+                async fn import_keys(&self, tenant: &Tenant, keys: &[StoredKey], dry_run: bool) -> Result<Vec<ImportOutcome>> {
+                    let mut tx = self.begin().await?;
+                    let outcomes = match import_keys_on(&mut tx, tenant, keys).await {
+                        Ok(outcomes) => outcomes,
+                        Err(error) => {
+                            tx.rollback().await.map_err(store_error)?;
+                            return Err(error);
+                        }
+                    };
+                    if dry_run {
+                        tx.rollback().await.map_err(store_error)?;
+                    } else {
+                        tx.commit().await.map_err(store_error)?;
+                    }
+                    Ok(outcomes)
                 }
 
                 async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>> {

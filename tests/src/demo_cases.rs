@@ -12,6 +12,7 @@ macro_rules! demo_cases_tests {
         $crate::demo_cases_tests!(@cases $binary;
             a_slow_client_does_not_hold_the_demo_past_the_shutdown_deadline,
             a_half_sent_head_is_disconnected_after_the_header_timeout,
+            imported_keys_of_an_accepted_prefix_pass_the_demo_as_they_are,
         );
     };
     (@cases $binary:expr; $($case:ident),* $(,)?) => {
@@ -34,7 +35,23 @@ use crate::server_process::{ServerProcess, half_head, request, slow_body, wait_c
 /// When the demo does not start.
 #[must_use]
 pub fn start_demo(binary: &str, dir: &std::path::Path, header_timeout: u64, shutdown_timeout: u64) -> ServerProcess {
+    start_demo_with(binary, dir, header_timeout, shutdown_timeout, &[])
+}
+
+/// [`start_demo`] with more environment variables.
+///
+/// # Panics
+/// When the demo does not start.
+#[must_use]
+pub fn start_demo_with(
+    binary: &str,
+    dir: &std::path::Path,
+    header_timeout: u64,
+    shutdown_timeout: u64,
+    vars: &[(&str, &str)],
+) -> ServerProcess {
     let mut command = Command::new(binary);
+    command.envs(vars.iter().copied());
     command
         .current_dir(dir)
         .env("DATABASE_URL", format!("sqlite:{}", dir.join("demo.db").display()))
@@ -102,6 +119,54 @@ pub fn a_half_sent_head_is_disconnected_after_the_header_timeout(binary: &str) {
     assert!(since_connect >= Duration::from_millis(900), "closed before the header timeout: {since_connect:?}");
     assert!(waited < Duration::from_secs(4), "not closed at the header timeout: {waited:?}");
     assert_eq!(request(demo.addr(), "GET", "/health", &[], b"").status, 200);
+    demo.terminate();
+    let (status, _) = demo.wait_for_exit(Duration::from_secs(60));
+    assert!(status.success(), "the demo exited with {status}: {}", demo.stderr());
+}
+
+/// Keys imported into the demo's database in the application's own format
+/// validate as they are once `KEYSMITH_LEGACY_PREFIXES` accepts their
+/// prefix; a revoked one is refused as revoked, one of another prefix as
+/// malformed.
+///
+/// # Panics
+/// When the demo does not behave so.
+pub fn imported_keys_of_an_accepted_prefix_pass_the_demo_as_they_are(binary: &str) {
+    use keysmith_core::{Engine, Hasher as _, ImportOptions, ImportRow, Sha256Hasher, Store as _};
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (active, revoked, other) =
+        ("mk_4c71ve0123456789abcdef01234567", "mk_9e70ked0123456789abcdef0123456", "pk_07he90123456789abcdef012345678");
+    let url = format!("sqlite:{}", dir.path().join("demo.db").display());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    runtime.block_on(async {
+        let store = keysmith_sqlx::SqliteStore::connect(&url).await.expect("the demo's database");
+        store.migrate().await.expect("migrated");
+        let engine = Engine::builder(store).build().expect("an engine");
+        let row = |raw: &str, line| ImportRow {
+            line,
+            hash: Sha256Hasher.hash(raw).to_hex(),
+            hint: Some(raw[..9].to_owned()),
+            ..ImportRow::default()
+        };
+        let rows =
+            [row(active, 2), ImportRow { revoked_at: Some(chrono::Utc::now()), ..row(revoked, 3) }, row(other, 4)];
+        let options = ImportOptions::new().with_scopes(["read:users"]);
+        let report = engine.tenant("keysmith-demo", "demo").import_keys(&rows, &options).await.expect("imported");
+        assert_eq!(report.imported, 3, "{report:?}");
+        engine.shutdown().await;
+        engine.store().close().await;
+    });
+
+    let mut demo = start_demo_with(binary, dir.path(), 10, 1, &[("KEYSMITH_LEGACY_PREFIXES", "mk")]);
+    let get = |raw: &str| request(demo.addr(), "GET", "/me", &[("Authorization", &format!("Bearer {raw}"))], b"");
+    let passed = get(active);
+    assert_eq!(passed.status, 200, "{}", passed.body);
+    let refused = get(revoked);
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    assert!(refused.body.contains("key_revoked"), "{}", refused.body);
+    let malformed = get(other);
+    assert_eq!(malformed.status, 401, "{}", malformed.body);
+    assert!(malformed.body.contains("malformed_key"), "{}", malformed.body);
     demo.terminate();
     let (status, _) = demo.wait_for_exit(Duration::from_secs(60));
     assert!(status.success(), "the demo exited with {status}: {}", demo.stderr());

@@ -34,3 +34,6 @@ pub mod hooks_and_metrics {}
 
 #[doc = include_str!("../../docs/guide/security.md")]
 pub mod security {}
+
+#[doc = include_str!("../../docs/guide/import.md")]
+pub mod import {}

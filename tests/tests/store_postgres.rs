@@ -301,4 +301,53 @@ mod postgres_only {
             elapsed.as_secs_f64()
         );
     }
+
+    /// Import speed: 20 000 keys through `TenantEngine::import_keys` in
+    /// batches of 1000, without a policy and under one limiting each owner
+    /// to one live key (every row then checks its owner).
+    /// `cargo test --release -p keysmith-tests --test store_postgres -- --ignored --nocapture import_throughput`
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement, not a check: run it by name"]
+    async fn import_throughput() {
+        use keysmith_core::{Engine, Hasher as _, ImportOptions, ImportRow, PolicySpec, Sha256Hasher};
+        const KEYS: usize = 20_000;
+        const BATCH: usize = 1000;
+        let Some(db) = PgTestDb::create().await else { return };
+        let engine = Engine::builder(store(&db).await).build().unwrap();
+        let one_per_owner = engine
+            .tenant("bench", "acme")
+            .create_policy(PolicySpec::new("one").with_max_active_keys_per_owner(1))
+            .await
+            .unwrap();
+        for (tenant, options) in
+            [("plain", ImportOptions::new()), ("acme", ImportOptions::new().with_policy(one_per_owner.id))]
+        {
+            let rows: Vec<ImportRow> = (0..KEYS)
+                .map(|n| ImportRow {
+                    line: n as u64 + 2,
+                    hash: Sha256Hasher.hash(&format!("mk_{tenant}_{n:032}")).to_hex(),
+                    hint: Some("mk_abc123".into()),
+                    name: Some(format!("key {n}")),
+                    owner_id: Some(format!("user-{n}")),
+                    external_id: Some(uuid::Uuid::new_v4().to_string()),
+                    scopes: Some(vec!["read".into()]),
+                    ..ImportRow::default()
+                })
+                .collect();
+            let handle = engine.tenant("bench", tenant);
+            let began = Instant::now();
+            for batch in rows.chunks(BATCH) {
+                let report = handle.import_keys(batch, &options).await.unwrap();
+                assert_eq!(report.imported, BATCH as u64, "{report:?}");
+            }
+            let elapsed = began.elapsed();
+            #[allow(clippy::cast_precision_loss)]
+            let rate = KEYS as f64 / elapsed.as_secs_f64();
+            let policy = if tenant == "plain" { "no policy" } else { "one live key per owner" };
+            println!(
+                "import_throughput ({policy}): {KEYS} keys in batches of {BATCH} in {:.2}s: {rate:.0} keys/s",
+                elapsed.as_secs_f64()
+            );
+        }
+    }
 }

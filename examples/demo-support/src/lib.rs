@@ -22,7 +22,9 @@ use std::time::Duration;
 use keysmith_admin::{GithubSecretScanning, Server};
 use keysmith_core::http::ApiKey;
 use keysmith_core::store::{CacheConfig, Page};
-use keysmith_core::{Credits, Engine, Environment, LimitBy, NewKey, Policy, PolicySpec, RawKey, Store, TenantEngine};
+use keysmith_core::{
+    Credits, Engine, Environment, LegacyKeys, LimitBy, NewKey, Policy, PolicySpec, RawKey, Store, TenantEngine,
+};
 use keysmith_redis::{RedisChangeFeed, RedisConfig, RedisQuotas, RedisRateLimiter};
 use keysmith_sqlx::{PgChangeFeed, PgStore};
 use serde::{Deserialize, Serialize};
@@ -44,6 +46,10 @@ pub const OWNER_POLICY: &str = "demo-owner-shared";
 /// The variable naming where GitHub's secret scanning public keys are
 /// fetched from (GitHub's own URL when unset).
 pub const GITHUB_KEYS_URL_VAR: &str = "KEYSMITH_GITHUB_KEYS_URL";
+/// The variable listing the legacy key prefixes the demos accept for their
+/// application (comma-separated, e.g. `mk`: keys imported with
+/// `keysmith import` that start `mk_` validate as they are).
+pub const LEGACY_PREFIXES_VAR: &str = "KEYSMITH_LEGACY_PREFIXES";
 const LOCAL_FIRST_SYNC: Duration = Duration::from_millis(100);
 
 /// An error of the demo's setup, for `main` to print.
@@ -124,7 +130,8 @@ fn seconds(name: &str, value: Option<String>, min: Duration) -> Result<Option<Du
 /// over Redis pub/sub; on PostgreSQL without Redis, over `LISTEN`/`NOTIFY`.
 /// `REDIS_RATE_LIMIT=local_first` decides limits in process first and syncs
 /// with Redis every 100 ms (`strict`, one Redis round trip per check, is the
-/// default).
+/// default). `KEYSMITH_LEGACY_PREFIXES=mk` accepts imported keys of the
+/// application's own format (`mk_…`) as they are.
 ///
 /// # Errors
 /// When the store (or Redis) cannot be reached or migrated.
@@ -159,7 +166,12 @@ pub async fn open_engine(database_url: &str) -> Result<Engine, BoxError> {
         }
         None => builder,
     };
-    Ok(builder.with_cache(CacheConfig::default()).with_environment(Environment::Test).build()?)
+    let legacy = std::env::var(LEGACY_PREFIXES_VAR).unwrap_or_default();
+    Ok(builder
+        .with_cache(CacheConfig::default())
+        .with_environment(Environment::Test)
+        .with_legacy_keys(LegacyKeys::from_list(APP_ID, &legacy))
+        .build()?)
 }
 
 /// GitHub's secret scanning alerts for `engine`'s keys, verified with the

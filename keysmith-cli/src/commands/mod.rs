@@ -1,5 +1,6 @@
 //! One module per entity; [`run`] opens the database and dispatches.
 
+mod import;
 mod keys;
 mod maintenance;
 mod owners;
@@ -49,6 +50,7 @@ pub(crate) async fn run(cli: Cli) -> Result<String, CliError> {
         | Command::Policies(_)
         | Command::Scopes(_)
         | Command::Usage(_)
+        | Command::Import(_)
         | Command::BootstrapAdmin(_) => Some(tenant_of(&global)?),
     };
     let app = global.app.clone();
@@ -89,6 +91,7 @@ async fn dispatch(
         Command::BootstrapAdmin(args) => maintenance::bootstrap_admin(args, engine, tenant()?, printer).await,
         Command::Serve(args) => serve::run(args, engine, app, printer).await,
         Command::SecretScanning(command) => secret_scanning::run(&command, printer),
+        Command::Import(args) => import::run(args, tenant()?, printer).await,
     }
 }
 

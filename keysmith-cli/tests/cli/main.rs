@@ -3,6 +3,7 @@
 
 mod flow;
 mod harness;
+mod import;
 mod mysql;
 mod postgres;
 mod serve;

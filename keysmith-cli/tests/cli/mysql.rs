@@ -31,3 +31,17 @@ fn an_unreachable_mysql_server_is_an_infrastructure_failure() {
     assert!(error.starts_with("error: cannot open the database"), "{error}");
     assert!(error.contains("Connection refused"), "{error}");
 }
+
+#[tokio::test]
+async fn import_of_an_api_keys_table_on_mysql() {
+    let Some(db) = MySqlTestDb::create().await else { return };
+    let ks = Keysmith::new(db.url());
+    ks.run(&["migrate"]).ok();
+    let source = sqlx::MySqlPool::connect(db.url()).await.unwrap();
+    for statement in crate::import::source_statements(crate::import::Dialect::MySql) {
+        sqlx::query(&statement).execute(&source).await.unwrap();
+    }
+    let store = Arc::new(MySqlStore::connect(db.url()).await.unwrap());
+    crate::import::import_flow(&ks, db.url(), store.clone()).await;
+    store.close().await;
+}

@@ -71,3 +71,17 @@ fn until(ask: impl Fn() -> Response, wanted: impl Fn(&Response) -> bool) -> Resp
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[tokio::test]
+async fn import_of_an_api_keys_table_on_postgres() {
+    let Some(db) = PgTestDb::create().await else { return };
+    let ks = Keysmith::new(db.url());
+    ks.run(&["migrate"]).ok();
+    let source = sqlx::PgPool::connect(db.url()).await.unwrap();
+    for statement in crate::import::source_statements(crate::import::Dialect::Postgres) {
+        sqlx::query(&statement).execute(&source).await.unwrap();
+    }
+    let store = Arc::new(PgStore::connect(db.url()).await.unwrap());
+    crate::import::import_flow(&ks, db.url(), store.clone()).await;
+    store.close().await;
+}

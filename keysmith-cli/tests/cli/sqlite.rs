@@ -96,3 +96,19 @@ fn ids_that_are_not_identities_are_refused_before_the_database_is_opened() {
     let error = bare(&["--database-url", url, "--app", " myapp", "serve"]).fails(1);
     assert!(error.contains("invalid app_id"), "{error}");
 }
+
+#[tokio::test]
+async fn import_of_an_api_keys_table_on_sqlite() {
+    let (dir, ks) = temp_db();
+    ks.run(&["migrate"]).ok();
+    // The source is a database of its own, as it usually is.
+    let source_url = format!("sqlite:{}?mode=rwc", dir.path().join("legacy.db").display());
+    let source = sqlx::SqlitePool::connect(&source_url).await.unwrap();
+    for statement in crate::import::source_statements(crate::import::Dialect::Sqlite) {
+        sqlx::query(&statement).execute(&source).await.unwrap();
+    }
+    source.close().await;
+    let store = Arc::new(SqliteStore::connect(ks.url()).await.unwrap());
+    crate::import::import_flow(&ks, &source_url, store.clone()).await;
+    store.close().await;
+}

@@ -1,5 +1,6 @@
 //! The engine: configuration, tenant-scoped management and validation.
 
+mod import;
 mod leaks;
 mod policies;
 mod scopes;
@@ -11,6 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use import::{EXTERNAL_ID_FIELD, ImportOptions, ImportRefusal, ImportReport, ImportRow, REVOKED_BEFORE_IMPORT};
 pub use tenant::{CreatedKey, NewKey, RotatedKey, TenantEngine};
 pub use validate::{PresentedKey, RateLimitStates, RequestContext, RequiredScopes, Validation, ValidationError};
 
@@ -27,8 +29,8 @@ use crate::usage::QuotaCounter;
 use crate::usage::quota::QuotaTracker;
 use crate::usage::{UsageConfig, UsageRecorder};
 use crate::{
-    Change, ChangeFeed, Clock, Environment, Error, Hasher, Key, KeyId, KeyState, Result, Sha256Hasher, SystemClock,
-    Tenant,
+    Change, ChangeFeed, Clock, Environment, Error, Hasher, Key, KeyId, KeyState, LegacyKeys, Result, Sha256Hasher,
+    SystemClock, Tenant,
 };
 
 /// The prefix of new keys unless the builder names another.
@@ -76,6 +78,7 @@ struct Inner {
     hooks: Hooks,
     prefix: String,
     environment: Environment,
+    legacy: LegacyKeys,
     rotation_grace: Duration,
     strict_scopes: bool,
     limiter: Arc<dyn RateLimiter>,
@@ -140,6 +143,7 @@ impl Engine {
             quota_counter: None,
             usage_config: UsageConfig::default(),
             leak_policies: LeakPolicies::default(),
+            legacy: LegacyKeys::default(),
         }
     }
 
@@ -349,6 +353,7 @@ pub struct EngineBuilder {
     quota_counter: Option<Arc<dyn QuotaCounter>>,
     usage_config: UsageConfig,
     leak_policies: LeakPolicies,
+    legacy: LegacyKeys,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -474,6 +479,14 @@ impl EngineBuilder {
         self
     }
 
+    /// Accepts keys in an application's own, older format (imported with
+    /// [`TenantEngine::import_keys`]) as they are; see [`LegacyKeys`]. By
+    /// default none: every key not in Keysmith's format is malformed.
+    pub fn with_legacy_keys(mut self, legacy: LegacyKeys) -> Self {
+        self.legacy = legacy;
+        self
+    }
+
     /// Builds the engine. Inside a Tokio runtime its background work (usage
     /// writer, change feed) starts on that runtime; outside one, call
     /// [`Engine::start`] from inside the runtime that should run it.
@@ -484,6 +497,7 @@ impl EngineBuilder {
     /// interval.
     pub fn build(self) -> Result<Engine> {
         crate::key::validate_prefix(&self.prefix)?;
+        self.legacy.check()?;
         self.heartbeat.check()?;
         let max_grace = crate::PolicySpec::MAX_ROTATION_GRACE;
         if self.rotation_grace > max_grace {
@@ -519,6 +533,7 @@ impl EngineBuilder {
                 hooks: Hooks::new(self.plugins),
                 prefix: self.prefix,
                 environment: self.environment,
+                legacy: self.legacy,
                 rotation_grace: self.rotation_grace,
                 strict_scopes: self.strict_scopes,
                 leak_policies: self.leak_policies,

@@ -587,6 +587,6 @@ impl TenantEngine {
 
 /// The name as stored (trimmed), from a name of 1 to 256 characters with no
 /// control character and not only whitespace.
-fn validate_name(name: &str) -> Result<String> {
+pub(super) fn validate_name(name: &str) -> Result<String> {
     input::check_name(name, MAX_NAME_LEN).map(str::to_owned)
 }

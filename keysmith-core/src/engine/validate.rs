@@ -14,7 +14,7 @@ use smallvec::SmallVec;
 use super::Engine;
 use crate::Change;
 use crate::hooks::Event;
-use crate::key::ParsedKey;
+use crate::key::{LegacyMatch, ParsedKey};
 use crate::limit::{RateLimitStatus, Subject};
 use crate::store::Transition;
 use crate::{CreditSpend, CreditsStatus, Error, Key, KeyHash, KeyState, LimitBy, Policy, RateLimit, Refusal, scope};
@@ -324,6 +324,8 @@ impl ValidationError {
 #[derive(Clone, Copy)]
 pub struct PresentedKey {
     hash: Option<KeyHash>,
+    /// Which legacy rules accepted the key; none for a key in Keysmith's format.
+    legacy: LegacyMatch,
 }
 
 impl fmt::Debug for PresentedKey {
@@ -339,7 +341,13 @@ impl Engine {
     /// as such when validated.
     #[must_use]
     pub fn present(&self, raw_key: &str) -> PresentedKey {
-        PresentedKey { hash: ParsedKey::parse(raw_key).map(|parsed| self.inner.hasher.hash(parsed.raw)) }
+        if let Some(parsed) = ParsedKey::parse(raw_key) {
+            return PresentedKey { hash: Some(self.inner.hasher.hash(parsed.raw)), legacy: LegacyMatch::default() };
+        }
+        // A legacy key, if some application accepts its shape: hashed
+        // whole, without a checksum; anything else costs no lookup.
+        let legacy = self.inner.legacy.matches(raw_key);
+        PresentedKey { hash: legacy.any().then(|| self.inner.hasher.hash(raw_key)), legacy }
     }
 
     /// Validates a presented key: shape and checksum, lookup, state, expiry,
@@ -429,6 +437,11 @@ impl Engine {
             Err(error) => return Err((error.into(), None)),
         };
         let key = stored.key;
+        // A legacy key passes step 1 only for an application that accepts
+        // its format: for any other it is malformed, found or not.
+        if presented.legacy.any() && !inner.legacy.accepts(presented.legacy, &key.tenant.app_id) {
+            return Err((Refusal::Malformed.into(), None));
+        }
         // Another application's key is, to this application, unknown.
         if ctx.app_id.is_some_and(|app| app != key.tenant.app_id)
             || ctx.tenant_id.is_some_and(|tenant| tenant != key.tenant.tenant_id)

@@ -3,6 +3,7 @@
 mod credits;
 mod format;
 mod hash;
+mod legacy;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,8 @@ use crate::{KeyId, PolicyId, Tenant};
 pub use credits::{CreditSpend, Credits, CreditsStatus, Refill};
 pub use format::{MAX_RAW_KEY_LEN, ParsedKey, RawKey, validate_prefix};
 pub use hash::{HashParseError, Hasher, KeyHash, Sha256Hasher};
+pub(crate) use legacy::LegacyMatch;
+pub use legacy::{LegacyKeys, MIN_LEGACY_KEY_LEN};
 
 /// An API key as stored: everything but its secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    KeyFilter, KeyStore, Page, PolicyStore, RotationStore, RotationWrite, ScopeStore, Store, StoredKey, TimeRange,
-    Transition, UsageStore, UsageTotal,
+    ImportOutcome, KeyFilter, KeyStore, Page, PolicyStore, RotationStore, RotationWrite, ScopeStore, Store, StoredKey,
+    TimeRange, Transition, UsageStore, UsageTotal,
 };
 use crate::{
     CreditSpend, Credits, Error, Key, KeyHash, KeyId, KeyState, Period, Policy, PolicyId, Result, RotationRecord,
@@ -46,7 +46,7 @@ pub struct MemoryStore {
     closed: AtomicBool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Tables {
     /// Keys by hash: validation's lookup is one probe.
     keys: HashMap<KeyHash, StoredKey, foldhash::fast::RandomState>,
@@ -319,6 +319,36 @@ impl KeyStore for MemoryStore {
         let mut tables = self.write()?;
         tables.check_owner_limit(&key.key)?;
         tables.insert_key(key)
+    }
+
+    async fn import_keys(&self, tenant: &Tenant, keys: &[StoredKey], dry_run: bool) -> Result<Vec<ImportOutcome>> {
+        let mut tables = self.write()?;
+        // All or nothing: the batch goes into a copy, which replaces the
+        // tables only when every key went through (and never in a dry run).
+        let mut batch = tables.clone();
+        let mut outcomes = Vec::with_capacity(keys.len());
+        for stored in keys {
+            if stored.key.tenant != *tenant {
+                return Err(Error::invalid("tenant", "an imported key belongs to another tenant than the import"));
+            }
+            let outcome = match batch.keys.get(&stored.hash) {
+                Some(held) if held.key.tenant == *tenant => ImportOutcome::AlreadyImported,
+                Some(_) => ImportOutcome::HashTaken,
+                None => match batch.check_owner_limit(&stored.key) {
+                    Err(Error::OwnerKeyLimit { limit, .. }) => ImportOutcome::OwnerKeyLimit { limit },
+                    Err(error) => return Err(error),
+                    Ok(()) => {
+                        batch.insert_key(stored)?;
+                        ImportOutcome::Imported
+                    }
+                },
+            };
+            outcomes.push(outcome);
+        }
+        if !dry_run {
+            *tables = batch;
+        }
+        Ok(outcomes)
     }
 
     async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>> {

@@ -138,12 +138,40 @@ pub struct RotationWrite {
     pub record: RotationRecord,
 }
 
+/// What an import did (or, in a dry run, would do) with one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ImportOutcome {
+    /// Written.
+    Imported,
+    /// The tenant already holds a key of this hash: imported by an earlier
+    /// run, so nothing is written.
+    AlreadyImported,
+    /// Another tenant's key has this hash: refused, nothing written.
+    HashTaken,
+    /// The owner already holds as many live keys under the key's policy as
+    /// the policy's `max_active_keys_per_owner` allows: refused.
+    OwnerKeyLimit {
+        /// The policy's limit.
+        limit: u32,
+    },
+}
+
 /// Keys: creation, lookup, listing and state changes.
 #[async_trait]
 pub trait KeyStore: Send + Sync {
     /// Inserts a new key with its scopes. Fails with `AlreadyExists` if the
     /// id or hash is taken and `NotFound` if its policy is not the tenant's.
     async fn insert_key(&self, key: &StoredKey) -> Result<()>;
+
+    /// Imports `keys` (all of `tenant`, in a state of their own: `active`,
+    /// `revoked` or `expired`) in order, in one transaction, and says what
+    /// became of each: a hash the tenant holds already is skipped, a hash of
+    /// another tenant's key and a key past its owner's limit are refused,
+    /// the rest are inserted (keys earlier in `keys` count toward the owner
+    /// limit of later ones). With `dry_run` nothing is written, the outcomes
+    /// are the same. An error writes nothing of the batch.
+    async fn import_keys(&self, tenant: &Tenant, keys: &[StoredKey], dry_run: bool) -> Result<Vec<ImportOutcome>>;
 
     /// The key whose secret hashes to `hash`, of any tenant (validation).
     async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>>;

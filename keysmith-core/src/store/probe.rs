@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    KeyFilter, KeyStore, Page, PolicyStore, RotationStore, RotationWrite, ScopeStore, Store, StoredKey, TimeRange,
-    Transition, UsageStore, UsageTotal,
+    ImportOutcome, KeyFilter, KeyStore, Page, PolicyStore, RotationStore, RotationWrite, ScopeStore, Store, StoredKey,
+    TimeRange, Transition, UsageStore, UsageTotal,
 };
 use crate::{
     CreditSpend, Credits, Key, KeyHash, KeyId, Period, Policy, PolicyId, Result, RotationRecord, Scope, ScopeId,
@@ -24,6 +24,7 @@ use crate::{
 #[allow(missing_docs)] // Each variant is the store method of the same name.
 pub enum StoreOp {
     InsertKey,
+    ImportKeys,
     FindKeyByHash,
     GetKey,
     ListKeys,
@@ -148,6 +149,9 @@ macro_rules! probed {
 impl<P: StoreProbe> KeyStore for ProbedStore<P> {
     async fn insert_key(&self, key: &StoredKey) -> Result<()> {
         probed!(self, InsertKey, self.inner.insert_key(key))
+    }
+    async fn import_keys(&self, tenant: &Tenant, keys: &[StoredKey], dry_run: bool) -> Result<Vec<ImportOutcome>> {
+        probed!(self, ImportKeys, self.inner.import_keys(tenant, keys, dry_run))
     }
     async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>> {
         probed!(self, FindKeyByHash, self.inner.find_key_by_hash(hash))

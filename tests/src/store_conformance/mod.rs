@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 mod credits;
 mod engine;
 mod identities;
+mod import;
 mod keys;
 mod lifecycle;
 mod policies;
@@ -35,6 +36,7 @@ mod usage;
 pub use credits::*;
 pub use engine::*;
 pub use identities::*;
+pub use import::*;
 pub use keys::*;
 pub use lifecycle::*;
 pub use policies::*;
@@ -92,6 +94,9 @@ macro_rules! store_conformance_tests {
             control_characters_are_refused_before_the_store,
             ids_differing_only_by_trailing_space_case_or_unicode_form_are_different_tenants,
             ids_with_a_trailing_space_are_invalid_input_before_the_store,
+            imported_legacy_keys_validate_as_they_are_and_rotate_to_checksummed_keys,
+            import_is_idempotent_all_or_nothing_and_keeps_the_owner_limit,
+            imported_hash_of_another_tenants_key_is_refused,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {

@@ -1,0 +1,346 @@
+//! `keysmith import`: keys from a SQL query or a CSV / JSON Lines file, in batches.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use futures_util::TryStreamExt as _;
+use keysmith_core::{ImportOptions, ImportRefusal, ImportReport, ImportRow, TenantEngine};
+use sqlx::{Column as _, Row as _};
+
+use crate::cli::ImportArgs;
+use crate::error::CliError;
+use crate::output::{Details, Printer};
+
+/// The source columns, named after Keysmith's fields.
+const COLUMNS: [&str; 10] = [
+    "hash",
+    "hint",
+    "name",
+    "owner_id",
+    "created_at",
+    "last_used_at",
+    "revoked_at",
+    "expires_at",
+    "scopes",
+    "external_id",
+];
+
+/// A source row's cells as text, by position in [`COLUMNS`], or why the
+/// row cannot be read.
+type Cells = Result<Vec<(usize, Option<String>)>, String>;
+/// One source row: its line and cells.
+type SourceRow = (u64, Cells);
+
+/// Reads the source in batches and imports each, then prints the report.
+pub(super) async fn run(args: ImportArgs, tenant: &TenantEngine, printer: Printer) -> Result<String, CliError> {
+    let mut options = ImportOptions::new().with_scopes(args.scopes.iter().map(|s| s.trim()).filter(|s| !s.is_empty()));
+    if let Some(environment) = args.environment {
+        options = options.with_environment(environment);
+    }
+    if let Some(policy) = args.policy {
+        options = options.with_policy(policy);
+    }
+    let options = options.dry_run(args.dry_run);
+    let batch_size = args.batch_size as usize;
+    let mut importer = Importer { tenant, options, batch_size, batch: Vec::new(), report: ImportReport::default() };
+    importer.report.dry_run = args.dry_run;
+    match (&args.from_url, &args.query, &args.from_file) {
+        (Some(url), Some(query), None) => read_query(url, query, &mut importer).await?,
+        (None, None, Some(path)) => read_file(path, &mut importer).await?,
+        _ => return Err(CliError::Usage("import reads --from-url with --query, or --from-file".to_owned())),
+    }
+    importer.flush().await?;
+    let report = importer.report;
+    let text = printer.render(&report, || human(&report))?;
+    if report.refused.is_empty() {
+        Ok(text)
+    } else {
+        Err(CliError::RowsRefused { report: text, count: report.refused.len() })
+    }
+}
+
+/// Collects rows into batches and imports each batch.
+struct Importer<'a> {
+    tenant: &'a TenantEngine,
+    options: ImportOptions,
+    batch_size: usize,
+    batch: Vec<SourceRow>,
+    report: ImportReport,
+}
+
+impl Importer<'_> {
+    async fn push(&mut self, row: SourceRow) -> Result<(), CliError> {
+        self.batch.push(row);
+        if self.batch.len() >= self.batch_size {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Imports the batch. A row the source could not give (a time that does
+    /// not parse) refuses its batch like a row the engine refuses: the
+    /// others are checked in a dry run, so every bad row is reported at once.
+    async fn flush(&mut self) -> Result<(), CliError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let total = self.batch.len() as u64;
+        let mut rows = Vec::with_capacity(self.batch.len());
+        let mut unreadable = Vec::new();
+        for (line, cells) in self.batch.drain(..) {
+            match cells.and_then(|cells| import_row(line, cells)) {
+                Ok(row) => rows.push(row),
+                Err(reason) => unreadable.push(ImportRefusal { line, external_id: None, reason }),
+            }
+        }
+        if unreadable.is_empty() {
+            let report = self.tenant.import_keys(&rows, &self.options).await?;
+            self.report.merge(report);
+            return Ok(());
+        }
+        let checked = self.tenant.import_keys(&rows, &self.options.clone().dry_run(true)).await?;
+        let mut refused = unreadable;
+        refused.extend(checked.refused);
+        refused.sort_by_key(|refusal| refusal.line);
+        let not_written = total - refused.len() as u64;
+        self.report.merge(ImportReport { refused, not_written, ..ImportReport::default() });
+        Ok(())
+    }
+}
+
+/// The row the cells describe; `Err` names the column that is not readable.
+fn import_row(line: u64, cells: Vec<(usize, Option<String>)>) -> Result<ImportRow, String> {
+    let mut row = ImportRow { line, ..ImportRow::default() };
+    for (column, value) in cells {
+        let Some(value) = value.filter(|value| !value.is_empty()) else { continue };
+        let time = |value: &str| parse_time(value).ok_or_else(|| format!("{}: not a time: {value:?}", COLUMNS[column]));
+        match COLUMNS[column] {
+            "hash" => row.hash = value,
+            "hint" => row.hint = Some(value),
+            "name" => row.name = Some(value),
+            "owner_id" => row.owner_id = Some(value),
+            "created_at" => row.created_at = Some(time(&value)?),
+            "last_used_at" => row.last_used_at = Some(time(&value)?),
+            "revoked_at" => row.revoked_at = Some(time(&value)?),
+            "expires_at" => row.expires_at = Some(time(&value)?),
+            "scopes" => {
+                row.scopes =
+                    Some(value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect());
+            }
+            _ => row.external_id = Some(value),
+        }
+    }
+    if row.hash.is_empty() {
+        return Err("hash: missing".to_owned());
+    }
+    Ok(row)
+}
+
+/// RFC 3339, or a database's `2024-05-01 10:00:00[.123][+00]` (UTC when it has no offset).
+fn parse_time(value: &str) -> Option<DateTime<Utc>> {
+    let value = value.trim();
+    if let Ok(at) = DateTime::parse_from_rfc3339(value) {
+        return Some(at.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%:z"] {
+        if let Ok(at) = DateTime::parse_from_str(value, format) {
+            return Some(at.with_timezone(&Utc));
+        }
+    }
+    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(value, format).ok())
+        .map(|at| at.and_utc())
+}
+
+/// The position of each named column in [`COLUMNS`]; an unknown name is a
+/// usage error that lists the known ones.
+fn column_indexes<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Vec<usize>, CliError> {
+    let indexes = names
+        .into_iter()
+        .map(|name| {
+            let name = name.trim();
+            COLUMNS.iter().position(|column| column.eq_ignore_ascii_case(name)).ok_or_else(|| {
+                CliError::Usage(format!(
+                    "unknown source column {name:?}: columns are named after Keysmith's fields ({}); rename with AS",
+                    COLUMNS.join(", ")
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if !indexes.contains(&0) {
+        return Err(CliError::Usage("the source has no hash column (the SHA-256 of each raw key, hex)".to_owned()));
+    }
+    Ok(indexes)
+}
+
+async fn read_file(path: &Path, importer: &mut Importer<'_>) -> Result<(), CliError> {
+    let unreadable =
+        |error: &dyn std::fmt::Display| CliError::Usage(format!("cannot read {}: {error}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|error| unreadable(&error))?;
+    let named_jsonl = path.extension().is_some_and(|ext| ext == "jsonl" || ext == "ndjson");
+    if named_jsonl || text.trim_start().starts_with('{') {
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let cells = json_cells(line)?;
+            importer.push((i as u64 + 1, cells)).await?;
+        }
+        return Ok(());
+    }
+    let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(text.as_bytes());
+    let header = reader.headers().map_err(|error| unreadable(&error))?.clone();
+    let indexes = column_indexes(header.iter())?;
+    for record in reader.records() {
+        let record = record.map_err(|error| unreadable(&error))?;
+        let line = record.position().map_or(0, csv::Position::line);
+        let cells = indexes.iter().zip(record.iter()).map(|(&i, cell)| (i, Some(cell.to_owned()))).collect();
+        importer.push((line, Ok(cells))).await?;
+    }
+    Ok(())
+}
+
+/// One JSON Lines object as cells; `scopes` may be an array.
+fn json_cells(line: &str) -> Result<Cells, CliError> {
+    let object: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(line) {
+        Ok(object) => object,
+        Err(error) => return Ok(Err(format!("not a JSON object: {error}"))),
+    };
+    let indexes = column_indexes(object.keys().map(String::as_str))?;
+    let cells = indexes
+        .into_iter()
+        .zip(object.into_values())
+        .map(|(i, value)| {
+            let text = match value {
+                serde_json::Value::Null => None,
+                serde_json::Value::String(text) => Some(text),
+                serde_json::Value::Array(items) => Some(
+                    items
+                        .iter()
+                        .map(|item| item.as_str().map_or_else(|| item.to_string(), str::to_owned))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+                other => Some(other.to_string()),
+            };
+            (i, text)
+        })
+        .collect();
+    Ok(Ok(cells))
+}
+
+/// Runs the query on the source database and imports its rows as they come.
+async fn read_query(url: &str, query: &str, importer: &mut Importer<'_>) -> Result<(), CliError> {
+    let scheme = url.split(':').next().unwrap_or_default();
+    match scheme {
+        "postgres" | "postgresql" => {
+            let pool = sqlx::PgPool::connect(url).await.map_err(source_error)?;
+            read_rows::<sqlx::Postgres>(&pool, query, importer).await
+        }
+        "mysql" | "mariadb" => {
+            let pool = sqlx::MySqlPool::connect(url).await.map_err(source_error)?;
+            read_rows::<sqlx::MySql>(&pool, query, importer).await
+        }
+        "sqlite" => {
+            let pool = sqlx::SqlitePool::connect(url).await.map_err(source_error)?;
+            read_rows::<sqlx::Sqlite>(&pool, query, importer).await
+        }
+        _ => Err(CliError::Usage(format!(
+            "--from-url {scheme:?}: the source must be a postgres://, mysql:// or sqlite: URL"
+        ))),
+    }
+}
+
+/// A source database failure; its message names no URL (it may hold a password).
+fn source_error(error: sqlx::Error) -> CliError {
+    CliError::Connect(keysmith_core::Error::store(format!("the source database: {error}")))
+}
+
+async fn read_rows<DB>(pool: &sqlx::Pool<DB>, query: &str, importer: &mut Importer<'_>) -> Result<(), CliError>
+where
+    DB: sqlx::Database,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    for<'r> Option<String>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> Option<DateTime<Utc>>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> Option<NaiveDateTime>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> Option<uuid::Uuid>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> Option<i64>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> Option<i32>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+{
+    let mut rows = sqlx::query(query).fetch(pool);
+    let mut indexes: Option<Vec<usize>> = None;
+    let mut line = 0u64;
+    while let Some(row) = rows.try_next().await.map_err(source_error)? {
+        line += 1;
+        if indexes.is_none() {
+            indexes = Some(column_indexes(row.columns().iter().map(sqlx::Column::name))?);
+        }
+        let cells = indexes
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(position, &i)| cell::<DB>(&row, position).map(|text| (i, text)))
+            .collect();
+        importer.push((line, cells)).await?;
+    }
+    Ok(())
+}
+
+/// A cell as text, whatever type the source column has (text, UUID, time, integer).
+fn cell<DB>(row: &DB::Row, position: usize) -> Result<Option<String>, String>
+where
+    DB: sqlx::Database,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    for<'r> Option<String>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> Option<DateTime<Utc>>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> Option<NaiveDateTime>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> Option<uuid::Uuid>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> Option<i64>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> Option<i32>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+{
+    if let Ok(text) = row.try_get::<Option<String>, _>(position) {
+        return Ok(text);
+    }
+    if let Ok(at) = row.try_get::<Option<DateTime<Utc>>, _>(position) {
+        return Ok(at.map(|at| at.to_rfc3339()));
+    }
+    if let Ok(at) = row.try_get::<Option<NaiveDateTime>, _>(position) {
+        return Ok(at.map(|at| at.and_utc().to_rfc3339()));
+    }
+    if let Ok(id) = row.try_get::<Option<uuid::Uuid>, _>(position) {
+        return Ok(id.map(|id| id.to_string()));
+    }
+    if let Ok(n) = row.try_get::<Option<i64>, _>(position) {
+        return Ok(n.map(|n| n.to_string()));
+    }
+    if let Ok(n) = row.try_get::<Option<i32>, _>(position) {
+        return Ok(n.map(|n| n.to_string()));
+    }
+    let name = row.columns().get(position).map_or("?", |column| column.name());
+    Err(format!("{name}: a column type the import cannot read; cast it to text in the query"))
+}
+
+fn human(report: &ImportReport) -> String {
+    let mut text = Details::new()
+        .line(if report.dry_run { "would import" } else { "imported" }, report.imported.to_string())
+        .line("of which revoked or expired", report.imported_inactive.to_string())
+        .line("skipped (imported before)", report.skipped.to_string())
+        .line("refused", report.refused.len().to_string())
+        .line("not written (batch of a bad row)", report.not_written.to_string())
+        .render();
+    for refusal in &report.refused {
+        let _ = write!(text, "line {}", refusal.line);
+        if let Some(id) = &refusal.external_id {
+            let _ = write!(text, " ({id})");
+        }
+        let _ = writeln!(text, ": {}", refusal.reason);
+    }
+    if report.dry_run {
+        text.push_str("Dry run: nothing was written.\n");
+    }
+    text
+}

@@ -1,0 +1,142 @@
+//! `keysmith import` of a typical hand-written api_keys table, the same on every database.
+
+use std::sync::Arc;
+
+use keysmith_core::{Engine, Hasher as _, LegacyKeys, ParsedKey, Refusal, RequestContext, Sha256Hasher, Store};
+use serde_json::Value;
+
+use crate::harness::{APP, Keysmith, str_of};
+
+/// A database's spelling of the table most teams wrote themselves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Dialect {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+/// The clients' raw keys, in the application's own format (`mk_…`, no checksum).
+const ALICE: &str = "mk_a11ce0c4f1e24b7d9e8a6b5c4d3e2f10";
+const BOB_OLD: &str = "mk_b0b01d5e6f7a8b9c0d1e2f3a4b5c6d70";
+const BOB: &str = "mk_b0b02a7c8d9e0f1a2b3c4d5e6f7a8b90";
+/// A key of a prefix the engine does not accept.
+const CAROL: &str = "pk_ca7010a2b3c4d5e6f7a8b9c0d1e2f3a4";
+
+const ALICE_ID: &str = "4f0f4f4e-0000-4000-8000-00000000a11c";
+const BOB_ID: &str = "4f0f4f4e-0000-4000-8000-000000000b0b";
+const CAROL_ID: &str = "4f0f4f4e-0000-4000-8000-00000000ca70";
+
+/// The query a team writes: their columns renamed after Keysmith's fields.
+pub(crate) const QUERY: &str = "SELECT id AS external_id, user_id AS owner_id, key_hash AS hash, \
+    key_prefix AS hint, name, last_used_at, created_at, revoked_at FROM api_keys";
+
+/// The statements that create and fill the table on `dialect`.
+pub(crate) fn source_statements(dialect: Dialect) -> Vec<String> {
+    let create = match dialect {
+        Dialect::Postgres => {
+            "CREATE TABLE api_keys (id UUID PRIMARY KEY, user_id UUID NOT NULL, key_hash VARCHAR(64) NOT NULL, \
+             key_prefix VARCHAR(16) NOT NULL, name VARCHAR(255), last_used_at TIMESTAMPTZ, \
+             created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(), revoked_at TIMESTAMPTZ)"
+        }
+        Dialect::MySql => {
+            "CREATE TABLE api_keys (id CHAR(36) PRIMARY KEY, user_id CHAR(36) NOT NULL, key_hash VARCHAR(64) NOT NULL, \
+             key_prefix VARCHAR(16) NOT NULL, name VARCHAR(255), last_used_at DATETIME(6) NULL, \
+             created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), revoked_at DATETIME(6) NULL)"
+        }
+        Dialect::Sqlite => {
+            "CREATE TABLE api_keys (id TEXT PRIMARY KEY, user_id TEXT NOT NULL, key_hash TEXT NOT NULL, \
+             key_prefix TEXT NOT NULL, name TEXT, last_used_at TEXT, \
+             created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP, revoked_at TEXT)"
+        }
+    };
+    let mut statements = vec![create.to_owned()];
+    if !matches!(dialect, Dialect::MySql) {
+        // MySQL has no partial index; the rule is the same.
+        statements
+            .push("CREATE UNIQUE INDEX api_keys_one_active ON api_keys (user_id) WHERE revoked_at IS NULL".into());
+    }
+    let rows = [
+        ("4f0f4f4e-0000-4000-8000-000000000001", ALICE_ID, ALICE, "'ci'", "'2025-06-01 08:30:00'", "NULL"),
+        ("4f0f4f4e-0000-4000-8000-000000000002", BOB_ID, BOB_OLD, "NULL", "NULL", "'2025-03-01 00:00:00'"),
+        ("4f0f4f4e-0000-4000-8000-000000000003", BOB_ID, BOB, "'laptop'", "NULL", "NULL"),
+        ("4f0f4f4e-0000-4000-8000-000000000004", CAROL_ID, CAROL, "'prod'", "NULL", "NULL"),
+    ];
+    for (id, user, raw, name, last_used, revoked) in rows {
+        statements.push(format!(
+            "INSERT INTO api_keys (id, user_id, key_hash, key_prefix, name, last_used_at, created_at, revoked_at) \
+             VALUES ('{id}', '{user}', '{}', '{}', {name}, {last_used}, '2025-01-15 12:00:00', {revoked})",
+            Sha256Hasher.hash(raw).to_hex(),
+            &raw[..9],
+        ));
+    }
+    statements
+}
+
+fn refusal(result: Result<keysmith_core::Validation, keysmith_core::ValidationError>) -> Refusal {
+    result.unwrap_err().refusal().cloned().expect("a refusal")
+}
+
+/// Imports the filled table at `source_url` into the migrated database of
+/// `ks`, then checks what a team relies on.
+pub(crate) async fn import_flow(ks: &Keysmith, source_url: &str, store: Arc<dyn Store>) {
+    let policy = ks.json(&["policies", "create", "--name", "one-per-user", "--max-keys-per-owner", "1"]);
+    let policy_id = str_of(&policy, "id").to_owned();
+    let import = ["import", "--from-url", source_url, "--query", QUERY, "--policy", &policy_id, "--scopes", "read"];
+
+    // A dry run says what would happen and writes nothing.
+    let dry = ks.json(&[&import[..], &["--dry-run"]].concat());
+    assert_eq!((dry["imported"].as_u64(), dry["imported_inactive"].as_u64()), (Some(4), Some(1)), "{dry}");
+    assert_eq!(ks.json(&["keys", "list"]), Value::Array(vec![]));
+
+    let report = ks.json(&import);
+    assert_eq!((report["imported"].as_u64(), report["skipped"].as_u64()), (Some(4), Some(0)), "{report}");
+
+    // The raw keys validate as they are; the revoked one does not.
+    let legacy = LegacyKeys::new().accept_prefixes(APP, ["mk_"]);
+    let engine = Engine::builder(Arc::clone(&store)).with_legacy_keys(legacy).build().unwrap();
+    let ctx = RequestContext::new().with_required_scopes(&["read"]);
+    let alice = engine.validate(ALICE, &ctx).await.expect("alice's key validates as it is");
+    assert_eq!(alice.key.owner_id.as_deref(), Some(ALICE_ID));
+    assert_eq!(alice.key.name, "ci");
+    assert_eq!(alice.key.hint, &ALICE[..9]);
+    assert_eq!(alice.key.metadata["external_id"], "4f0f4f4e-0000-4000-8000-000000000001");
+    assert!(alice.key.last_used_at.is_some());
+    engine.validate(BOB, &ctx).await.expect("bob's current key validates");
+    assert_eq!(refusal(engine.validate(BOB_OLD, &ctx).await), Refusal::Revoked);
+    // Imported, but of a prefix this engine does not accept.
+    assert_eq!(refusal(engine.validate(CAROL, &ctx).await), Refusal::Malformed);
+
+    // One active key per user: the policy refuses a second one.
+    let refused = ks.run(&["keys", "create", "--name", "x", "--owner", ALICE_ID, "--policy", &policy_id]).fails(1);
+    assert!(refused.contains(ALICE_ID), "{refused}");
+
+    // A second run is a no-op.
+    let again = ks.json(&import);
+    assert_eq!((again["imported"].as_u64(), again["skipped"].as_u64()), (Some(0), Some(4)), "{again}");
+    assert_eq!(ks.json(&["keys", "list"]).as_array().unwrap().len(), 4);
+
+    // A bad row is reported with its line; nothing of its batch is written.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("more.csv");
+    let dave = "mk_da7e0a1b2c3d4e5f6a7b8c9d0e1f2a3b";
+    let csv = format!(
+        "hash,owner_id,name,external_id\n{},dave,dave's key,d1\nnot-a-hash,erin,erin's key,e1\n",
+        Sha256Hasher.hash(dave).to_hex()
+    );
+    std::fs::write(&file, csv).unwrap();
+    let run = ks.run(&["import", "--from-file", file.to_str().unwrap(), "--policy", &policy_id]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("line 3 (e1): invalid hash"), "{}", run.stdout);
+    assert!(run.stderr.contains("1 row(s) refused"), "{}", run.stderr);
+    assert_eq!(refusal(engine.validate(dave, &RequestContext::new()).await), Refusal::Unknown, "not written");
+    assert_eq!(ks.json(&["keys", "list"]).as_array().unwrap().len(), 4);
+
+    // A rotation moves a client onto a checksummed key of the same look.
+    let id = alice.key.id.to_string();
+    let rotated = ks.json(&["keys", "rotate", &id, "--grace", "0"]);
+    let raw = str_of(&rotated, "raw_key");
+    assert_eq!(ParsedKey::parse(raw).map(|parsed| parsed.prefix), Some("mk"), "{raw}");
+    engine.validate(raw, &ctx).await.expect("the rotated key validates");
+    assert_eq!(refusal(engine.validate(ALICE, &ctx).await), Refusal::Revoked);
+    engine.shutdown().await;
+}
