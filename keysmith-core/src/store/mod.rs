@@ -277,24 +277,14 @@ store_trait! {
         /// Adds `amount` to the owner's credits (after the refill due at `now`,
         /// if one is), atomically; returns them as updated. `InvalidInput` if
         /// the owner has no credits or the sum would pass [`Credits::MAX`].
-        async fn add_owner_credits(
-            &self,
-            tenant: &Tenant,
-            owner_id: &str,
-            amount: u64,
-            now: DateTime<Utc>,
-        ) -> Result<Credits>;
+        async fn add_owner_credits(&self, tenant: &Tenant, owner_id: &str, amount: u64, now: DateTime<Utc>)
+            -> Result<Credits>;
 
         /// Spends `cost` of the owner's credits at `now`, as
         /// [`spend_credits`](Self::spend_credits) does a lineage's: refilling
         /// first, atomically, never below zero, all or nothing.
-        async fn spend_owner_credits(
-            &self,
-            tenant: &Tenant,
-            owner_id: &str,
-            cost: u64,
-            now: DateTime<Utc>,
-        ) -> Result<CreditSpend>;
+        async fn spend_owner_credits(&self, tenant: &Tenant, owner_id: &str, cost: u64, now: DateTime<Utc>)
+            -> Result<CreditSpend>;
 
         /// Gives back `cost` to the owner's credits (a request refused after it
         /// spent them), up to [`Credits::MAX`].
@@ -335,13 +325,8 @@ store_trait! {
         /// [`spend_owner_credits`](Self::spend_owner_credits) answered at once,
         /// for a store that can answer without I/O; `None` means "await
         /// `spend_owner_credits`" (the default).
-        fn spend_owner_credits_ready(
-            &self,
-            tenant: &Tenant,
-            owner_id: &str,
-            cost: u64,
-            now: DateTime<Utc>,
-        ) -> Option<Result<CreditSpend>> {
+        fn spend_owner_credits_ready(&self, tenant: &Tenant, owner_id: &str, cost: u64, now: DateTime<Utc>)
+            -> Option<Result<CreditSpend>> {
             let _ = (tenant, owner_id, cost, now);
             None
         }
@@ -406,22 +391,12 @@ store_trait! {
         async fn record_batch(&self, records: &[UsageRecord]) -> Result<()>;
 
         /// A key's records in `range`, oldest first.
-        async fn list_usage(
-            &self,
-            tenant: &Tenant,
-            key_id: KeyId,
-            range: TimeRange,
-            page: Page,
-        ) -> Result<Vec<UsageRecord>>;
+        async fn list_usage(&self, tenant: &Tenant, key_id: KeyId, range: TimeRange, page: Page)
+            -> Result<Vec<UsageRecord>>;
 
         /// A key's aggregates whose period starts in `range`, oldest first.
-        async fn usage_aggregates(
-            &self,
-            tenant: &Tenant,
-            key_id: KeyId,
-            period: Period,
-            range: TimeRange,
-        ) -> Result<Vec<UsageAggregate>>;
+        async fn usage_aggregates(&self, tenant: &Tenant, key_id: KeyId, period: Period, range: TimeRange)
+            -> Result<Vec<UsageAggregate>>;
 
         /// The tenant's totals per period (all keys summed), oldest first.
         async fn tenant_usage(&self, tenant: &Tenant, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>>;
@@ -429,25 +404,15 @@ store_trait! {
         /// A lineage's totals per period (every key whose
         /// [`lineage_id`](crate::Key::lineage_id) is `lineage`, summed) whose
         /// period starts in `range`, oldest first: what quotas count.
-        async fn lineage_usage(
-            &self,
-            tenant: &Tenant,
-            lineage: KeyId,
-            period: Period,
-            range: TimeRange,
-        ) -> Result<Vec<UsageTotal>>;
+        async fn lineage_usage(&self, tenant: &Tenant, lineage: KeyId, period: Period, range: TimeRange)
+            -> Result<Vec<UsageTotal>>;
 
         /// An owner's totals per period (every key of `tenant` whose
         /// [`owner_id`](crate::Key::owner_id) is `owner_id`, summed) whose
         /// period starts in `range`, oldest first: what quotas count under a
         /// policy with `limit_by: owner`.
-        async fn owner_usage(
-            &self,
-            tenant: &Tenant,
-            owner_id: &str,
-            period: Period,
-            range: TimeRange,
-        ) -> Result<Vec<UsageTotal>>;
+        async fn owner_usage(&self, tenant: &Tenant, owner_id: &str, period: Period, range: TimeRange)
+            -> Result<Vec<UsageTotal>>;
     }
 }
 
