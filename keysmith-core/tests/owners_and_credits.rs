@@ -489,7 +489,7 @@ struct HeldCreditWrites {
 #[async_trait]
 impl StoreProbe for HeldCreditWrites {
     async fn before(&self, op: StoreOp) -> keysmith_core::Result<()> {
-        if op == StoreOp::SetCredits {
+        if op == StoreOp::set_credits {
             self.reached.notify_one();
             self.release.notified().await;
         }

@@ -70,6 +70,8 @@
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod common;
 mod connect;
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
+mod dialect;
 #[cfg(feature = "postgres")]
 mod feed;
 #[cfg(feature = "mysql")]
@@ -83,6 +85,8 @@ pub mod sqlite;
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod store;
 
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
+pub use dialect::Backend;
 #[cfg(feature = "postgres")]
 pub use feed::PgChangeFeed;
 #[cfg(feature = "mysql")]
@@ -91,6 +95,8 @@ pub use mysql::MySqlStore;
 pub use postgres::PgStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
+pub use store::SqlStore;
 
 pub use connect::connect;
 

@@ -3,6 +3,7 @@
 mod import;
 mod leaks;
 mod policies;
+mod request;
 mod scopes;
 mod tenant;
 mod usage;
@@ -13,8 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use import::{EXTERNAL_ID_FIELD, ImportOptions, ImportRefusal, ImportReport, ImportRow, REVOKED_BEFORE_IMPORT};
+pub use request::{RequestContext, RequiredScopes};
 pub use tenant::{CreatedKey, NewKey, RotatedKey, TenantEngine};
-pub use validate::{PresentedKey, RateLimitStates, RequestContext, RequiredScopes, Validation, ValidationError};
+pub use validate::{PresentedKey, RateLimitStates, Validation, ValidationError};
 
 use dashmap::DashMap;
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use std::fmt::Debug;
 
 pub use cache::{CacheConfig, CacheStats, CachedStore};
 pub use memory::MemoryStore;
@@ -24,6 +25,55 @@ use crate::{
     CreditSpend, Credits, Environment, Key, KeyHash, KeyId, KeyState, Period, Policy, PolicyId, Result, RotationRecord,
     Scope, ScopeId, Tenant, UsageAggregate, UsageRecord,
 };
+
+/// Declares a store trait from its methods: the `async` ones, each a call to
+/// the backend, then the `ready` ones, defaults that a store overrides when
+/// it can answer without I/O. From the same list, with the `testing`
+/// feature, it implements the trait for [`ProbedStore`] (each call reported
+/// to the probe as the [`StoreOp`] of its name), so that a new store
+/// operation is written in three places: here, the memory store and the SQL
+/// body.
+macro_rules! store_trait {
+    (
+        $(#[$attr:meta])*
+        pub trait $trait:ident: $first:ident $(+ $more:ident)* {
+            $(
+                $(#[$doc:meta])*
+                async fn $op:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) $(-> $ret:ty)?;
+            )*
+        }
+        $(ready { $($ready:tt)* })?
+    ) => {
+        $(#[$attr])*
+        #[async_trait]
+        pub trait $trait: $first $(+ $more)* {
+            $(
+                $(#[$doc])*
+                async fn $op(&self $(, $arg: $ty)*) $(-> $ret)?;
+            )*
+            $($($ready)*)?
+        }
+
+        #[cfg(any(test, feature = "testing"))]
+        #[allow(non_upper_case_globals)] // Named as the method is.
+        impl StoreOp {
+            $(
+                #[doc = concat!("[`", stringify!($trait), "::", stringify!($op), "`]")]
+                pub const $op: Self = Self::named(stringify!($op));
+            )*
+        }
+
+        #[cfg(any(test, feature = "testing"))]
+        #[async_trait]
+        impl<P: StoreProbe> $trait for ProbedStore<P> {
+            $(
+                async fn $op(&self $(, $arg: $ty)*) $(-> $ret)? {
+                    self.probed(StoreOp::$op, self.inner().$op($($arg),*)).await
+                }
+            )*
+        }
+    };
+}
 
 /// A key with the hash of its secret, as a store keeps it. Cheap to clone.
 #[derive(Debug, Clone, PartialEq)]
@@ -157,242 +207,213 @@ pub enum ImportOutcome {
     },
 }
 
-/// Keys: creation, lookup, listing and state changes.
-#[async_trait]
-pub trait KeyStore: Send + Sync {
-    /// Inserts a new key with its scopes. Fails with `AlreadyExists` if the
-    /// id or hash is taken and `NotFound` if its policy is not the tenant's.
-    async fn insert_key(&self, key: &StoredKey) -> Result<()>;
+store_trait! {
+    /// Keys: creation, lookup, listing and state changes.
+    pub trait KeyStore: Send + Sync {
+        /// Inserts a new key with its scopes. Fails with `AlreadyExists` if the
+        /// id or hash is taken and `NotFound` if its policy is not the tenant's.
+        async fn insert_key(&self, key: &StoredKey) -> Result<()>;
 
-    /// Imports `keys` (all of `tenant`, in a state of their own: `active`,
-    /// `revoked` or `expired`) in order, in one transaction, and says what
-    /// became of each: a hash the tenant holds already is skipped, a hash of
-    /// another tenant's key and a key past its owner's limit are refused,
-    /// the rest are inserted (keys earlier in `keys` count toward the owner
-    /// limit of later ones). With `dry_run` nothing is written, the outcomes
-    /// are the same. An error writes nothing of the batch.
-    async fn import_keys(&self, tenant: &Tenant, keys: &[StoredKey], dry_run: bool) -> Result<Vec<ImportOutcome>>;
+        /// Imports `keys` (all of `tenant`, in a state of their own: `active`,
+        /// `revoked` or `expired`) in order, in one transaction, and says what
+        /// became of each: a hash the tenant holds already is skipped, a hash of
+        /// another tenant's key and a key past its owner's limit are refused,
+        /// the rest are inserted (keys earlier in `keys` count toward the owner
+        /// limit of later ones). With `dry_run` nothing is written, the outcomes
+        /// are the same. An error writes nothing of the batch.
+        async fn import_keys(&self, tenant: &Tenant, keys: &[StoredKey], dry_run: bool) -> Result<Vec<ImportOutcome>>;
 
-    /// The key whose secret hashes to `hash`, of any tenant (validation).
-    async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>>;
+        /// The key whose secret hashes to `hash`, of any tenant (validation).
+        async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>>;
 
-    /// [`find_key_by_hash`](Self::find_key_by_hash) answered at once, for a
-    /// store that can answer without I/O (the memory store, a cache hit);
-    /// `None` means "no ready answer: await `find_key_by_hash`". Validation
-    /// asks this first, so a ready answer costs no boxed future. The default
-    /// has no ready answers, which is always correct.
-    fn find_key_by_hash_ready(&self, hash: &KeyHash) -> Option<Result<Option<StoredKey>>> {
-        let _ = hash;
-        None
+        /// One key of the tenant, with its hash.
+        async fn get_key(&self, tenant: &Tenant, id: KeyId) -> Result<Option<StoredKey>>;
+
+        /// The tenant's keys matching `filter`, ordered by id.
+        async fn list_keys(&self, tenant: &Tenant, filter: &KeyFilter) -> Result<Vec<Key>>;
+
+        /// Applies `transition` if the key's current state is one of its `from`
+        /// states, atomically; else `InvalidTransition` naming the current state.
+        async fn transition_key(&self, tenant: &Tenant, id: KeyId, transition: &Transition) -> Result<Key>;
+
+        /// Moves the old key from `active` to `rotated` (with the record's grace
+        /// expiry), inserts the new key and the record: all or nothing. Returns
+        /// the old key as updated.
+        async fn rotate_key(&self, tenant: &Tenant, rotation: &RotationWrite) -> Result<Key>;
+
+        /// Replaces the key's scopes.
+        async fn set_key_scopes(&self, tenant: &Tenant, id: KeyId, scopes: &[String], at: DateTime<Utc>) -> Result<Key>;
+
+        /// Records that the key was used at `at` (never moves it backwards).
+        async fn touch_key(&self, id: KeyId, at: DateTime<Utc>) -> Result<()>;
+
+        /// Gives the key's lineage `credits` (replacing any), or removes them
+        /// (`None`); returns the key as updated. `NotFound` if the tenant has no
+        /// such key.
+        async fn set_credits(&self, tenant: &Tenant, id: KeyId, credits: Option<&Credits>) -> Result<Key>;
+
+        /// Adds `amount` to the lineage's credits (after the refill due at
+        /// `now`, if one is), atomically. `InvalidInput` if the key has no
+        /// credits or the sum would pass [`Credits::MAX`].
+        async fn add_credits(&self, tenant: &Tenant, id: KeyId, amount: u64, now: DateTime<Utc>) -> Result<Key>;
+
+        /// Spends `cost` of the credits of `key`'s lineage at `now`, refilling
+        /// first when a refill period began: atomically, never below zero, all
+        /// or nothing.
+        async fn spend_credits(&self, key: &Key, cost: u64, now: DateTime<Utc>) -> Result<CreditSpend>;
+
+        /// Gives back `cost` to the credits of `key`'s lineage (a request
+        /// refused after it spent them), up to [`Credits::MAX`].
+        async fn refund_credits(&self, key: &Key, cost: u64) -> Result<()>;
+
+        /// The credits the tenant's owner `owner_id` shares among its keys
+        /// (spent under a policy with `limit_by: owner`), as stored: a refill
+        /// due since is not applied.
+        async fn owner_credits(&self, tenant: &Tenant, owner_id: &str) -> Result<Option<Credits>>;
+
+        /// Gives the owner `credits` (replacing any), or removes them (`None`).
+        async fn set_owner_credits(&self, tenant: &Tenant, owner_id: &str, credits: Option<&Credits>) -> Result<()>;
+
+        /// Adds `amount` to the owner's credits (after the refill due at `now`,
+        /// if one is), atomically; returns them as updated. `InvalidInput` if
+        /// the owner has no credits or the sum would pass [`Credits::MAX`].
+        async fn add_owner_credits(&self, tenant: &Tenant, owner_id: &str, amount: u64, now: DateTime<Utc>)
+            -> Result<Credits>;
+
+        /// Spends `cost` of the owner's credits at `now`, as
+        /// [`spend_credits`](Self::spend_credits) does a lineage's: refilling
+        /// first, atomically, never below zero, all or nothing.
+        async fn spend_owner_credits(&self, tenant: &Tenant, owner_id: &str, cost: u64, now: DateTime<Utc>)
+            -> Result<CreditSpend>;
+
+        /// Gives back `cost` to the owner's credits (a request refused after it
+        /// spent them), up to [`Credits::MAX`].
+        async fn refund_owner_credits(&self, tenant: &Tenant, owner_id: &str, cost: u64) -> Result<()>;
+
+        /// Keys of every tenant that are due a terminal state at `now`, ordered
+        /// by id, at most `limit`: `active` keys past `expires_at` or older than
+        /// their policy's `max_key_age`, and `rotated` keys past their grace.
+        async fn list_due_keys(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Key>>;
     }
+    ready {
+        /// [`find_key_by_hash`](Self::find_key_by_hash) answered at once, for a
+        /// store that can answer without I/O (the memory store, a cache hit);
+        /// `None` means "no ready answer: await `find_key_by_hash`". Validation
+        /// asks this first, so a ready answer costs no boxed future. The default
+        /// has no ready answers, which is always correct.
+        fn find_key_by_hash_ready(&self, hash: &KeyHash) -> Option<Result<Option<StoredKey>>> {
+            let _ = hash;
+            None
+        }
 
-    /// One key of the tenant, with its hash.
-    async fn get_key(&self, tenant: &Tenant, id: KeyId) -> Result<Option<StoredKey>>;
+        /// [`spend_credits`](Self::spend_credits) answered at once, for a store
+        /// that can answer without I/O; `None` means "await `spend_credits`"
+        /// (the default).
+        fn spend_credits_ready(&self, key: &Key, cost: u64, now: DateTime<Utc>) -> Option<Result<CreditSpend>> {
+            let _ = (key, cost, now);
+            None
+        }
 
-    /// The tenant's keys matching `filter`, ordered by id.
-    async fn list_keys(&self, tenant: &Tenant, filter: &KeyFilter) -> Result<Vec<Key>>;
+        /// [`refund_credits`](Self::refund_credits) done at once, for a store
+        /// that can without I/O; `None` means "await `refund_credits`" (the
+        /// default).
+        fn refund_credits_ready(&self, key: &Key, cost: u64) -> Option<Result<()>> {
+            let _ = (key, cost);
+            None
+        }
 
-    /// Applies `transition` if the key's current state is one of its `from`
-    /// states, atomically; else `InvalidTransition` naming the current state.
-    async fn transition_key(&self, tenant: &Tenant, id: KeyId, transition: &Transition) -> Result<Key>;
+        /// [`spend_owner_credits`](Self::spend_owner_credits) answered at once,
+        /// for a store that can answer without I/O; `None` means "await
+        /// `spend_owner_credits`" (the default).
+        fn spend_owner_credits_ready(&self, tenant: &Tenant, owner_id: &str, cost: u64, now: DateTime<Utc>)
+            -> Option<Result<CreditSpend>> {
+            let _ = (tenant, owner_id, cost, now);
+            None
+        }
 
-    /// Moves the old key from `active` to `rotated` (with the record's grace
-    /// expiry), inserts the new key and the record: all or nothing. Returns
-    /// the old key as updated.
-    async fn rotate_key(&self, tenant: &Tenant, rotation: &RotationWrite) -> Result<Key>;
-
-    /// Replaces the key's scopes.
-    async fn set_key_scopes(&self, tenant: &Tenant, id: KeyId, scopes: &[String], at: DateTime<Utc>) -> Result<Key>;
-
-    /// Records that the key was used at `at` (never moves it backwards).
-    async fn touch_key(&self, id: KeyId, at: DateTime<Utc>) -> Result<()>;
-
-    /// Gives the key's lineage `credits` (replacing any), or removes them
-    /// (`None`); returns the key as updated. `NotFound` if the tenant has no
-    /// such key.
-    async fn set_credits(&self, tenant: &Tenant, id: KeyId, credits: Option<&Credits>) -> Result<Key>;
-
-    /// Adds `amount` to the lineage's credits (after the refill due at
-    /// `now`, if one is), atomically. `InvalidInput` if the key has no
-    /// credits or the sum would pass [`Credits::MAX`].
-    async fn add_credits(&self, tenant: &Tenant, id: KeyId, amount: u64, now: DateTime<Utc>) -> Result<Key>;
-
-    /// Spends `cost` of the credits of `key`'s lineage at `now`, refilling
-    /// first when a refill period began: atomically, never below zero, all
-    /// or nothing.
-    async fn spend_credits(&self, key: &Key, cost: u64, now: DateTime<Utc>) -> Result<CreditSpend>;
-
-    /// [`spend_credits`](Self::spend_credits) answered at once, for a store
-    /// that can answer without I/O; `None` means "await `spend_credits`"
-    /// (the default).
-    fn spend_credits_ready(&self, key: &Key, cost: u64, now: DateTime<Utc>) -> Option<Result<CreditSpend>> {
-        let _ = (key, cost, now);
-        None
+        /// [`refund_owner_credits`](Self::refund_owner_credits) done at once,
+        /// for a store that can without I/O; `None` means "await
+        /// `refund_owner_credits`" (the default).
+        fn refund_owner_credits_ready(&self, tenant: &Tenant, owner_id: &str, cost: u64) -> Option<Result<()>> {
+            let _ = (tenant, owner_id, cost);
+            None
+        }
     }
-
-    /// Gives back `cost` to the credits of `key`'s lineage (a request
-    /// refused after it spent them), up to [`Credits::MAX`].
-    async fn refund_credits(&self, key: &Key, cost: u64) -> Result<()>;
-
-    /// [`refund_credits`](Self::refund_credits) done at once, for a store
-    /// that can without I/O; `None` means "await `refund_credits`" (the
-    /// default).
-    fn refund_credits_ready(&self, key: &Key, cost: u64) -> Option<Result<()>> {
-        let _ = (key, cost);
-        None
-    }
-
-    /// The credits the tenant's owner `owner_id` shares among its keys
-    /// (spent under a policy with `limit_by: owner`), as stored: a refill
-    /// due since is not applied.
-    async fn owner_credits(&self, tenant: &Tenant, owner_id: &str) -> Result<Option<Credits>>;
-
-    /// Gives the owner `credits` (replacing any), or removes them (`None`).
-    async fn set_owner_credits(&self, tenant: &Tenant, owner_id: &str, credits: Option<&Credits>) -> Result<()>;
-
-    /// Adds `amount` to the owner's credits (after the refill due at `now`,
-    /// if one is), atomically; returns them as updated. `InvalidInput` if
-    /// the owner has no credits or the sum would pass [`Credits::MAX`].
-    async fn add_owner_credits(
-        &self,
-        tenant: &Tenant,
-        owner_id: &str,
-        amount: u64,
-        now: DateTime<Utc>,
-    ) -> Result<Credits>;
-
-    /// Spends `cost` of the owner's credits at `now`, as
-    /// [`spend_credits`](Self::spend_credits) does a lineage's: refilling
-    /// first, atomically, never below zero, all or nothing.
-    async fn spend_owner_credits(
-        &self,
-        tenant: &Tenant,
-        owner_id: &str,
-        cost: u64,
-        now: DateTime<Utc>,
-    ) -> Result<CreditSpend>;
-
-    /// [`spend_owner_credits`](Self::spend_owner_credits) answered at once,
-    /// for a store that can answer without I/O; `None` means "await
-    /// `spend_owner_credits`" (the default).
-    fn spend_owner_credits_ready(
-        &self,
-        tenant: &Tenant,
-        owner_id: &str,
-        cost: u64,
-        now: DateTime<Utc>,
-    ) -> Option<Result<CreditSpend>> {
-        let _ = (tenant, owner_id, cost, now);
-        None
-    }
-
-    /// Gives back `cost` to the owner's credits (a request refused after it
-    /// spent them), up to [`Credits::MAX`].
-    async fn refund_owner_credits(&self, tenant: &Tenant, owner_id: &str, cost: u64) -> Result<()>;
-
-    /// [`refund_owner_credits`](Self::refund_owner_credits) done at once,
-    /// for a store that can without I/O; `None` means "await
-    /// `refund_owner_credits`" (the default).
-    fn refund_owner_credits_ready(&self, tenant: &Tenant, owner_id: &str, cost: u64) -> Option<Result<()>> {
-        let _ = (tenant, owner_id, cost);
-        None
-    }
-
-    /// Keys of every tenant that are due a terminal state at `now`, ordered
-    /// by id, at most `limit`: `active` keys past `expires_at` or older than
-    /// their policy's `max_key_age`, and `rotated` keys past their grace.
-    async fn list_due_keys(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Key>>;
 }
 
-/// Policies.
-#[async_trait]
-pub trait PolicyStore: Send + Sync {
-    /// Inserts a policy; `AlreadyExists` if the tenant has one of that name.
-    async fn insert_policy(&self, policy: &Policy) -> Result<()>;
+store_trait! {
+    /// Policies.
+    pub trait PolicyStore: Send + Sync {
+        /// Inserts a policy; `AlreadyExists` if the tenant has one of that name.
+        async fn insert_policy(&self, policy: &Policy) -> Result<()>;
 
-    /// One policy of the tenant.
-    async fn get_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<Option<Arc<Policy>>>;
+        /// One policy of the tenant.
+        async fn get_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<Option<Arc<Policy>>>;
 
-    /// [`get_policy`](Self::get_policy) answered at once, when the store can
-    /// without I/O; `None` means "await `get_policy`" (the default).
-    fn get_policy_ready(&self, tenant: &Tenant, id: PolicyId) -> Option<Result<Option<Arc<Policy>>>> {
-        let _ = (tenant, id);
-        None
+        /// The tenant's policies, ordered by id.
+        async fn list_policies(&self, tenant: &Tenant, page: Page) -> Result<Vec<Policy>>;
+
+        /// Replaces a policy (matched by id and tenant).
+        async fn update_policy(&self, policy: &Policy) -> Result<()>;
+
+        /// Deletes a policy; `PolicyInUse` while a key that is not terminal references it.
+        async fn delete_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<()>;
     }
-
-    /// The tenant's policies, ordered by id.
-    async fn list_policies(&self, tenant: &Tenant, page: Page) -> Result<Vec<Policy>>;
-
-    /// Replaces a policy (matched by id and tenant).
-    async fn update_policy(&self, policy: &Policy) -> Result<()>;
-
-    /// Deletes a policy; `PolicyInUse` while a key that is not terminal references it.
-    async fn delete_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<()>;
+    ready {
+        /// [`get_policy`](Self::get_policy) answered at once, when the store can
+        /// without I/O; `None` means "await `get_policy`" (the default).
+        fn get_policy_ready(&self, tenant: &Tenant, id: PolicyId) -> Option<Result<Option<Arc<Policy>>>> {
+            let _ = (tenant, id);
+            None
+        }
+    }
 }
 
-/// The scope registry.
-#[async_trait]
-pub trait ScopeStore: Send + Sync {
-    /// Registers a scope; `AlreadyExists` if the tenant has one of that name.
-    async fn insert_scope(&self, scope: &Scope) -> Result<()>;
+store_trait! {
+    /// The scope registry.
+    pub trait ScopeStore: Send + Sync {
+        /// Registers a scope; `AlreadyExists` if the tenant has one of that name.
+        async fn insert_scope(&self, scope: &Scope) -> Result<()>;
 
-    /// The tenant's scopes, ordered by name.
-    async fn list_scopes(&self, tenant: &Tenant) -> Result<Vec<Scope>>;
+        /// The tenant's scopes, ordered by name.
+        async fn list_scopes(&self, tenant: &Tenant) -> Result<Vec<Scope>>;
 
-    /// Removes a scope from the registry (keys keep the names they hold).
-    async fn delete_scope(&self, tenant: &Tenant, id: ScopeId) -> Result<()>;
+        /// Removes a scope from the registry (keys keep the names they hold).
+        async fn delete_scope(&self, tenant: &Tenant, id: ScopeId) -> Result<()>;
+    }
 }
 
-/// Usage records and their roll-ups.
-#[async_trait]
-pub trait UsageStore: Send + Sync {
-    /// Writes the records and adds them to their keys' daily and monthly
-    /// aggregates, in one write.
-    async fn record_batch(&self, records: &[UsageRecord]) -> Result<()>;
+store_trait! {
+    /// Usage records and their roll-ups.
+    pub trait UsageStore: Send + Sync {
+        /// Writes the records and adds them to their keys' daily and monthly
+        /// aggregates, in one write.
+        async fn record_batch(&self, records: &[UsageRecord]) -> Result<()>;
 
-    /// A key's records in `range`, oldest first.
-    async fn list_usage(
-        &self,
-        tenant: &Tenant,
-        key_id: KeyId,
-        range: TimeRange,
-        page: Page,
-    ) -> Result<Vec<UsageRecord>>;
+        /// A key's records in `range`, oldest first.
+        async fn list_usage(&self, tenant: &Tenant, key_id: KeyId, range: TimeRange, page: Page)
+            -> Result<Vec<UsageRecord>>;
 
-    /// A key's aggregates whose period starts in `range`, oldest first.
-    async fn usage_aggregates(
-        &self,
-        tenant: &Tenant,
-        key_id: KeyId,
-        period: Period,
-        range: TimeRange,
-    ) -> Result<Vec<UsageAggregate>>;
+        /// A key's aggregates whose period starts in `range`, oldest first.
+        async fn usage_aggregates(&self, tenant: &Tenant, key_id: KeyId, period: Period, range: TimeRange)
+            -> Result<Vec<UsageAggregate>>;
 
-    /// The tenant's totals per period (all keys summed), oldest first.
-    async fn tenant_usage(&self, tenant: &Tenant, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>>;
+        /// The tenant's totals per period (all keys summed), oldest first.
+        async fn tenant_usage(&self, tenant: &Tenant, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>>;
 
-    /// A lineage's totals per period (every key whose
-    /// [`lineage_id`](crate::Key::lineage_id) is `lineage`, summed) whose
-    /// period starts in `range`, oldest first: what quotas count.
-    async fn lineage_usage(
-        &self,
-        tenant: &Tenant,
-        lineage: KeyId,
-        period: Period,
-        range: TimeRange,
-    ) -> Result<Vec<UsageTotal>>;
+        /// A lineage's totals per period (every key whose
+        /// [`lineage_id`](crate::Key::lineage_id) is `lineage`, summed) whose
+        /// period starts in `range`, oldest first: what quotas count.
+        async fn lineage_usage(&self, tenant: &Tenant, lineage: KeyId, period: Period, range: TimeRange)
+            -> Result<Vec<UsageTotal>>;
 
-    /// An owner's totals per period (every key of `tenant` whose
-    /// [`owner_id`](crate::Key::owner_id) is `owner_id`, summed) whose
-    /// period starts in `range`, oldest first: what quotas count under a
-    /// policy with `limit_by: owner`.
-    async fn owner_usage(
-        &self,
-        tenant: &Tenant,
-        owner_id: &str,
-        period: Period,
-        range: TimeRange,
-    ) -> Result<Vec<UsageTotal>>;
+        /// An owner's totals per period (every key of `tenant` whose
+        /// [`owner_id`](crate::Key::owner_id) is `owner_id`, summed) whose
+        /// period starts in `range`, oldest first: what quotas count under a
+        /// policy with `limit_by: owner`.
+        async fn owner_usage(&self, tenant: &Tenant, owner_id: &str, period: Period, range: TimeRange)
+            -> Result<Vec<UsageTotal>>;
+    }
 }
 
 /// Requests and errors of all of a tenant's keys in one period.
@@ -408,24 +429,26 @@ pub struct UsageTotal {
     pub errors: u64,
 }
 
-/// Rotation history.
-#[async_trait]
-pub trait RotationStore: Send + Sync {
-    /// Rotations involving the key (as old or new key), oldest first.
-    async fn list_rotations(&self, tenant: &Tenant, key_id: KeyId) -> Result<Vec<RotationRecord>>;
+store_trait! {
+    /// Rotation history.
+    pub trait RotationStore: Send + Sync {
+        /// Rotations involving the key (as old or new key), oldest first.
+        async fn list_rotations(&self, tenant: &Tenant, key_id: KeyId) -> Result<Vec<RotationRecord>>;
+    }
 }
 
-/// A complete backend. Object-safe: engines hold an `Arc<dyn Store>`.
-#[async_trait]
-pub trait Store: KeyStore + PolicyStore + ScopeStore + UsageStore + RotationStore + std::fmt::Debug {
-    /// Brings the schema up to date; safe to run on every start.
-    async fn migrate(&self) -> Result<()>;
+store_trait! {
+    /// A complete backend. Object-safe: engines hold an `Arc<dyn Store>`.
+    pub trait Store: KeyStore + PolicyStore + ScopeStore + UsageStore + RotationStore + Debug {
+        /// Brings the schema up to date; safe to run on every start.
+        async fn migrate(&self) -> Result<()>;
 
-    /// Checks that the backend answers.
-    async fn ping(&self) -> Result<()>;
+        /// Checks that the backend answers.
+        async fn ping(&self) -> Result<()>;
 
-    /// Releases connections; later calls fail.
-    async fn close(&self);
+        /// Releases connections; later calls fail.
+        async fn close(&self);
+    }
 }
 
 /// What [`Engine::builder`](crate::Engine::builder) accepts as its store: any

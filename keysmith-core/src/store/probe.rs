@@ -7,59 +7,25 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 
-use super::{
-    ImportOutcome, KeyFilter, KeyStore, Page, PolicyStore, RotationStore, RotationWrite, ScopeStore, Store, StoredKey,
-    TimeRange, Transition, UsageStore, UsageTotal,
-};
-use crate::{
-    CreditSpend, Credits, Key, KeyHash, KeyId, Period, Policy, PolicyId, Result, RotationRecord, Scope, ScopeId,
-    Tenant, UsageAggregate, UsageRecord,
-};
+use super::Store;
+use crate::{Error, Result};
 
-/// One store method, as a probe sees it.
+/// One store method, as a probe sees it: `StoreOp::find_key_by_hash` and
+/// so on, one constant a method, named as the method is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-#[allow(missing_docs)] // Each variant is the store method of the same name.
-pub enum StoreOp {
-    InsertKey,
-    ImportKeys,
-    FindKeyByHash,
-    GetKey,
-    ListKeys,
-    TransitionKey,
-    RotateKey,
-    SetKeyScopes,
-    TouchKey,
-    SetCredits,
-    AddCredits,
-    SpendCredits,
-    RefundCredits,
-    OwnerCredits,
-    SetOwnerCredits,
-    AddOwnerCredits,
-    SpendOwnerCredits,
-    RefundOwnerCredits,
-    ListDueKeys,
-    InsertPolicy,
-    GetPolicy,
-    ListPolicies,
-    UpdatePolicy,
-    DeletePolicy,
-    InsertScope,
-    ListScopes,
-    DeleteScope,
-    RecordBatch,
-    ListUsage,
-    UsageAggregates,
-    TenantUsage,
-    LineageUsage,
-    OwnerUsage,
-    ListRotations,
-    Migrate,
-    Ping,
-    Close,
+pub struct StoreOp(&'static str);
+
+impl StoreOp {
+    pub(super) const fn named(name: &'static str) -> Self {
+        Self(name)
+    }
+
+    /// The method's name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        self.0
+    }
 }
 
 /// Sees every call of a [`ProbedStore`].
@@ -135,187 +101,36 @@ impl<P: StoreProbe> ProbedStore<P> {
     }
 }
 
-/// Runs one probed call: `before`, the inner call, `after`.
-macro_rules! probed {
-    ($self:ident, $op:ident, $call:expr) => {{
-        $self.probe.before(StoreOp::$op).await?;
-        let result = $call.await;
-        $self.probe.after(StoreOp::$op).await;
-        result
-    }};
-}
-
-#[async_trait]
-impl<P: StoreProbe> KeyStore for ProbedStore<P> {
-    async fn insert_key(&self, key: &StoredKey) -> Result<()> {
-        probed!(self, InsertKey, self.inner.insert_key(key))
-    }
-    async fn import_keys(&self, tenant: &Tenant, keys: &[StoredKey], dry_run: bool) -> Result<Vec<ImportOutcome>> {
-        probed!(self, ImportKeys, self.inner.import_keys(tenant, keys, dry_run))
-    }
-    async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>> {
-        probed!(self, FindKeyByHash, self.inner.find_key_by_hash(hash))
-    }
-    async fn get_key(&self, tenant: &Tenant, id: KeyId) -> Result<Option<StoredKey>> {
-        probed!(self, GetKey, self.inner.get_key(tenant, id))
-    }
-    async fn list_keys(&self, tenant: &Tenant, filter: &KeyFilter) -> Result<Vec<Key>> {
-        probed!(self, ListKeys, self.inner.list_keys(tenant, filter))
-    }
-    async fn transition_key(&self, tenant: &Tenant, id: KeyId, transition: &Transition) -> Result<Key> {
-        probed!(self, TransitionKey, self.inner.transition_key(tenant, id, transition))
-    }
-    async fn rotate_key(&self, tenant: &Tenant, rotation: &RotationWrite) -> Result<Key> {
-        probed!(self, RotateKey, self.inner.rotate_key(tenant, rotation))
-    }
-    async fn set_key_scopes(&self, tenant: &Tenant, id: KeyId, scopes: &[String], at: DateTime<Utc>) -> Result<Key> {
-        probed!(self, SetKeyScopes, self.inner.set_key_scopes(tenant, id, scopes, at))
-    }
-    async fn touch_key(&self, id: KeyId, at: DateTime<Utc>) -> Result<()> {
-        probed!(self, TouchKey, self.inner.touch_key(id, at))
-    }
-    async fn set_credits(&self, tenant: &Tenant, id: KeyId, credits: Option<&Credits>) -> Result<Key> {
-        probed!(self, SetCredits, self.inner.set_credits(tenant, id, credits))
-    }
-    async fn add_credits(&self, tenant: &Tenant, id: KeyId, amount: u64, now: DateTime<Utc>) -> Result<Key> {
-        probed!(self, AddCredits, self.inner.add_credits(tenant, id, amount, now))
-    }
-    async fn spend_credits(&self, key: &Key, cost: u64, now: DateTime<Utc>) -> Result<CreditSpend> {
-        probed!(self, SpendCredits, self.inner.spend_credits(key, cost, now))
-    }
-    async fn refund_credits(&self, key: &Key, cost: u64) -> Result<()> {
-        probed!(self, RefundCredits, self.inner.refund_credits(key, cost))
-    }
-    async fn owner_credits(&self, tenant: &Tenant, owner_id: &str) -> Result<Option<Credits>> {
-        probed!(self, OwnerCredits, self.inner.owner_credits(tenant, owner_id))
-    }
-    async fn set_owner_credits(&self, tenant: &Tenant, owner_id: &str, credits: Option<&Credits>) -> Result<()> {
-        probed!(self, SetOwnerCredits, self.inner.set_owner_credits(tenant, owner_id, credits))
-    }
-    async fn add_owner_credits(
-        &self,
-        tenant: &Tenant,
-        owner_id: &str,
-        amount: u64,
-        now: DateTime<Utc>,
-    ) -> Result<Credits> {
-        probed!(self, AddOwnerCredits, self.inner.add_owner_credits(tenant, owner_id, amount, now))
-    }
-    async fn spend_owner_credits(
-        &self,
-        tenant: &Tenant,
-        owner_id: &str,
-        cost: u64,
-        now: DateTime<Utc>,
-    ) -> Result<CreditSpend> {
-        probed!(self, SpendOwnerCredits, self.inner.spend_owner_credits(tenant, owner_id, cost, now))
-    }
-    async fn refund_owner_credits(&self, tenant: &Tenant, owner_id: &str, cost: u64) -> Result<()> {
-        probed!(self, RefundOwnerCredits, self.inner.refund_owner_credits(tenant, owner_id, cost))
-    }
-    async fn list_due_keys(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Key>> {
-        probed!(self, ListDueKeys, self.inner.list_due_keys(now, limit))
+impl<P: StoreProbe> ProbedStore<P> {
+    /// Runs one call of `op`: the probe's `before` (whose error is the
+    /// answer, where the call can fail), the call, the probe's `after`.
+    pub(super) async fn probed<T: Answer>(&self, op: StoreOp, call: impl Future<Output = T>) -> T {
+        if let Err(error) = self.probe.before(op).await
+            && let Some(refused) = T::refused(error)
+        {
+            return refused;
+        }
+        let answer = call.await;
+        self.probe.after(op).await;
+        answer
     }
 }
 
-#[async_trait]
-impl<P: StoreProbe> PolicyStore for ProbedStore<P> {
-    async fn insert_policy(&self, policy: &Policy) -> Result<()> {
-        probed!(self, InsertPolicy, self.inner.insert_policy(policy))
-    }
-    async fn get_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<Option<Arc<Policy>>> {
-        probed!(self, GetPolicy, self.inner.get_policy(tenant, id))
-    }
-    async fn list_policies(&self, tenant: &Tenant, page: Page) -> Result<Vec<Policy>> {
-        probed!(self, ListPolicies, self.inner.list_policies(tenant, page))
-    }
-    async fn update_policy(&self, policy: &Policy) -> Result<()> {
-        probed!(self, UpdatePolicy, self.inner.update_policy(policy))
-    }
-    async fn delete_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<()> {
-        probed!(self, DeletePolicy, self.inner.delete_policy(tenant, id))
+/// What a store call answers, and so what a probe's refusal of it is.
+pub(super) trait Answer: Sized {
+    /// The answer to a call refused with `error`; `None` if the call cannot fail.
+    fn refused(error: Error) -> Option<Self>;
+}
+
+impl<T> Answer for Result<T> {
+    fn refused(error: Error) -> Option<Self> {
+        Some(Err(error))
     }
 }
 
-#[async_trait]
-impl<P: StoreProbe> ScopeStore for ProbedStore<P> {
-    async fn insert_scope(&self, scope: &Scope) -> Result<()> {
-        probed!(self, InsertScope, self.inner.insert_scope(scope))
-    }
-    async fn list_scopes(&self, tenant: &Tenant) -> Result<Vec<Scope>> {
-        probed!(self, ListScopes, self.inner.list_scopes(tenant))
-    }
-    async fn delete_scope(&self, tenant: &Tenant, id: ScopeId) -> Result<()> {
-        probed!(self, DeleteScope, self.inner.delete_scope(tenant, id))
-    }
-}
-
-#[async_trait]
-impl<P: StoreProbe> UsageStore for ProbedStore<P> {
-    async fn record_batch(&self, records: &[UsageRecord]) -> Result<()> {
-        probed!(self, RecordBatch, self.inner.record_batch(records))
-    }
-    async fn list_usage(
-        &self,
-        tenant: &Tenant,
-        key_id: KeyId,
-        range: TimeRange,
-        page: Page,
-    ) -> Result<Vec<UsageRecord>> {
-        probed!(self, ListUsage, self.inner.list_usage(tenant, key_id, range, page))
-    }
-    async fn usage_aggregates(
-        &self,
-        tenant: &Tenant,
-        key_id: KeyId,
-        period: Period,
-        range: TimeRange,
-    ) -> Result<Vec<UsageAggregate>> {
-        probed!(self, UsageAggregates, self.inner.usage_aggregates(tenant, key_id, period, range))
-    }
-    async fn tenant_usage(&self, tenant: &Tenant, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>> {
-        probed!(self, TenantUsage, self.inner.tenant_usage(tenant, period, range))
-    }
-    async fn lineage_usage(
-        &self,
-        tenant: &Tenant,
-        lineage: KeyId,
-        period: Period,
-        range: TimeRange,
-    ) -> Result<Vec<UsageTotal>> {
-        probed!(self, LineageUsage, self.inner.lineage_usage(tenant, lineage, period, range))
-    }
-
-    async fn owner_usage(
-        &self,
-        tenant: &Tenant,
-        owner_id: &str,
-        period: Period,
-        range: TimeRange,
-    ) -> Result<Vec<UsageTotal>> {
-        probed!(self, OwnerUsage, self.inner.owner_usage(tenant, owner_id, period, range))
-    }
-}
-
-#[async_trait]
-impl<P: StoreProbe> RotationStore for ProbedStore<P> {
-    async fn list_rotations(&self, tenant: &Tenant, key_id: KeyId) -> Result<Vec<RotationRecord>> {
-        probed!(self, ListRotations, self.inner.list_rotations(tenant, key_id))
-    }
-}
-
-#[async_trait]
-impl<P: StoreProbe> Store for ProbedStore<P> {
-    async fn migrate(&self) -> Result<()> {
-        probed!(self, Migrate, self.inner.migrate())
-    }
-    async fn ping(&self) -> Result<()> {
-        probed!(self, Ping, self.inner.ping())
-    }
-    async fn close(&self) {
-        // `close` cannot fail, so a refusing probe cannot stop it.
-        let _ = self.probe.before(StoreOp::Close).await;
-        self.inner.close().await;
-        self.probe.after(StoreOp::Close).await;
+/// `close` cannot fail, so a refusing probe cannot stop it.
+impl Answer for () {
+    fn refused(_: Error) -> Option<Self> {
+        None
     }
 }

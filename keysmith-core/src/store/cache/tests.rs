@@ -58,9 +58,9 @@ impl Spy {
 impl StoreProbe for Spy {
     async fn before(&self, op: StoreOp) -> Result<()> {
         match op {
-            StoreOp::FindKeyByHash => self.lookups.fetch_add(1, Ordering::SeqCst),
-            StoreOp::GetPolicy => self.policy_reads.fetch_add(1, Ordering::SeqCst),
-            StoreOp::SpendOwnerCredits => self.owner_spends.fetch_add(1, Ordering::SeqCst),
+            StoreOp::find_key_by_hash => self.lookups.fetch_add(1, Ordering::SeqCst),
+            StoreOp::get_policy => self.policy_reads.fetch_add(1, Ordering::SeqCst),
+            StoreOp::spend_owner_credits => self.owner_spends.fetch_add(1, Ordering::SeqCst),
             _ => 0,
         };
         if self.down.load(Ordering::SeqCst) {
@@ -78,7 +78,7 @@ impl StoreProbe for Spy {
             hold.read.notify_one();
             hold.release.notified().await;
         }
-        if op == StoreOp::FindKeyByHash {
+        if op == StoreOp::find_key_by_hash {
             let hold = self.hold_next_lookup.lock().unwrap().take();
             if let Some(hold) = hold {
                 hold.read.notify_one();
@@ -473,7 +473,7 @@ async fn owners_are_remembered_per_tenant() {
 async fn a_spend_racing_a_credit_change_does_not_remember_what_it_read() {
     let Setup { spy, cached, engine, clock, .. } = setup();
     let acme = engine.tenant("app", "acme");
-    let hold = hold_next(&spy, StoreOp::SpendOwnerCredits);
+    let hold = hold_next(&spy, StoreOp::spend_owner_credits);
     let spend = tokio::spawn({
         let (cached, tenant, now) = (Arc::clone(&cached), acme.tenant().clone(), clock.now());
         async move { cached.spend_owner_credits(&tenant, "cust_1", 1, now).await }
