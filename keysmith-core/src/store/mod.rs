@@ -20,6 +20,7 @@ pub use memory::MemoryStore;
 #[cfg(any(test, feature = "testing"))]
 pub use probe::{ProbedStore, StoreOp, StoreProbe};
 
+use crate::usage::{Refused, StatusClasses, UsageBatch, UsageCounts};
 use crate::{
     CreditSpend, Credits, Environment, Key, KeyHash, KeyId, KeyState, Period, Policy, PolicyId, Result, RotationRecord,
     Scope, ScopeId, Tenant, UsageAggregate, UsageRecord,
@@ -346,9 +347,26 @@ pub trait ScopeStore: Send + Sync {
 /// Usage records and their roll-ups.
 #[async_trait]
 pub trait UsageStore: Send + Sync {
-    /// Writes the records and adds them to their keys' daily and monthly
-    /// aggregates, in one write.
-    async fn record_batch(&self, records: &[UsageRecord]) -> Result<()>;
+    /// Writes `batch` in one write: each of its records once (by id; a
+    /// record stored already counts nothing again), and adds the records
+    /// written and the batch's deltas (once per batch id) to their keys'
+    /// hourly, daily and monthly roll-ups, one upsert per roll-up row.
+    async fn write_usage(&self, batch: &UsageBatch<'_>) -> Result<()>;
+
+    /// Writes the records and adds them to their keys' roll-ups, in one
+    /// write ([`write_usage`](Self::write_usage) of a batch without deltas).
+    async fn record_batch(&self, records: &[UsageRecord]) -> Result<()> {
+        self.write_usage(&UsageBatch::of_records(records)).await
+    }
+
+    /// Deletes at most `limit` raw records (of every tenant) made before
+    /// `before`, and the ids of batches written before it; returns how many
+    /// records it deleted. Roll-ups are untouched.
+    async fn delete_usage_before(&self, before: DateTime<Utc>, limit: u32) -> Result<u64>;
+
+    /// Deletes at most `limit` roll-ups of `period` (of every tenant) whose
+    /// period starts before `before`; returns how many.
+    async fn delete_aggregates_before(&self, period: Period, before: DateTime<Utc>, limit: u32) -> Result<u64>;
 
     /// A key's records in `range`, oldest first.
     async fn list_usage(
@@ -395,17 +413,39 @@ pub trait UsageStore: Send + Sync {
     ) -> Result<Vec<UsageTotal>>;
 }
 
-/// Requests and errors of all of a tenant's keys in one period.
+/// The requests of all of a tenant's keys (or a lineage's, or an owner's)
+/// in one period.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UsageTotal {
-    /// Day or month.
+    /// Hour, day or month.
     pub period: Period,
     /// The period's first instant.
     pub period_start: DateTime<Utc>,
-    /// Requests.
+    /// Requests that passed.
     pub requests: u64,
     /// Of which errors.
     pub errors: u64,
+    /// The passed requests by status class.
+    #[serde(default)]
+    pub status: StatusClasses,
+    /// Requests refused, by reason.
+    #[serde(default)]
+    pub refused: Refused,
+}
+
+impl UsageTotal {
+    /// The total of `counts` for the `period` starting at `period_start`.
+    #[must_use]
+    pub fn new(period: Period, period_start: DateTime<Utc>, counts: UsageCounts) -> Self {
+        Self {
+            period,
+            period_start,
+            requests: counts.requests,
+            errors: counts.errors,
+            status: counts.status,
+            refused: counts.refused,
+        }
+    }
 }
 
 /// Rotation history.

@@ -50,7 +50,10 @@ pub enum StoreOp {
     InsertScope,
     ListScopes,
     DeleteScope,
+    /// `write_usage` (and `record_batch`, which calls it).
     RecordBatch,
+    DeleteUsageBefore,
+    DeleteAggregatesBefore,
     ListUsage,
     UsageAggregates,
     TenantUsage,
@@ -252,8 +255,14 @@ impl<P: StoreProbe> ScopeStore for ProbedStore<P> {
 
 #[async_trait]
 impl<P: StoreProbe> UsageStore for ProbedStore<P> {
-    async fn record_batch(&self, records: &[UsageRecord]) -> Result<()> {
-        probed!(self, RecordBatch, self.inner.record_batch(records))
+    async fn write_usage(&self, batch: &crate::usage::UsageBatch<'_>) -> Result<()> {
+        probed!(self, RecordBatch, self.inner.write_usage(batch))
+    }
+    async fn delete_usage_before(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        probed!(self, DeleteUsageBefore, self.inner.delete_usage_before(before, limit))
+    }
+    async fn delete_aggregates_before(&self, period: Period, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        probed!(self, DeleteAggregatesBefore, self.inner.delete_aggregates_before(period, before, limit))
     }
     async fn list_usage(
         &self,
