@@ -269,8 +269,17 @@ impl Engine {
     /// # Errors
     /// A store failure; keys swept before it stay swept.
     pub async fn sweep(&self) -> Result<SweepReport> {
+        self.sweep_with(&self.inner.usage_retention).await
+    }
+
+    /// [`sweep`](Self::sweep) with `retention` instead of the engine's
+    /// (`keysmith sweep --usage-retention` overrides it for one run).
+    ///
+    /// # Errors
+    /// As [`sweep`](Self::sweep).
+    pub async fn sweep_with(&self, retention: &UsageRetention) -> Result<SweepReport> {
         let mut report = self.sweep_keys().await?;
-        let usage = self.sweep_usage(&self.inner.usage_retention).await?;
+        let usage = self.sweep_usage(retention).await?;
         report.usage_records_deleted = usage.usage_records_deleted;
         report.hourly_rollups_deleted = usage.hourly_rollups_deleted;
         Ok(report)
