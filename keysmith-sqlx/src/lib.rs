@@ -82,6 +82,8 @@ mod rows;
 pub mod sqlite;
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod store;
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
+mod usage;
 
 #[cfg(feature = "postgres")]
 pub use feed::PgChangeFeed;
