@@ -29,6 +29,10 @@ sql_store! {
     MySqlStore, sqlx::MySql
 }
 
+impl crate::usage::UsageDialect for MySql {
+    const USAGE_SQL: crate::usage::UsageSql = crate::usage::UsageSql::MySql;
+}
+
 impl Dialect for MySql {
     /// UTC in a `DATETIME(6)`.
     type Time = DateTime<Utc>;
@@ -45,8 +49,6 @@ impl Dialect for MySql {
         FROM keysmith_key_scopes s WHERE s.key_id = k.id)";
     const BIGINT: &'static str = "SIGNED";
     // `VALUES()` rather than a row alias: MariaDB has no alias form.
-    const ADD_TO_AGGREGATE: &'static str =
-        " ON DUPLICATE KEY UPDATE requests = requests + VALUES(requests), errors = errors + VALUES(errors)";
     // 65 535 bound values per statement.
     const ROWS_PER_INSERT: usize = 2000;
     // sqlx takes text in a binary collation (the schema's NO PAD

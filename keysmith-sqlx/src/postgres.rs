@@ -30,6 +30,10 @@ sql_store! {
     PgStore, sqlx::Postgres
 }
 
+impl crate::usage::UsageDialect for Postgres {
+    const USAGE_SQL: crate::usage::UsageSql = crate::usage::UsageSql::Standard;
+}
+
 impl Dialect for Postgres {
     type Time = DateTime<Utc>;
     type List = Vec<String>;

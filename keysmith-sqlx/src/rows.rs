@@ -175,11 +175,6 @@ pub(crate) fn usage_counts<DB: Columns>(row: &DB::Row) -> Result<keysmith_core::
     Ok(crate::usage::counts_of(values))
 }
 
-/// The `requests` and `errors` of a usage row.
-pub(crate) fn counts<DB: Columns>(row: &DB::Row) -> Result<(u64, u64)> {
-    Ok((to_u64("usage requests", DB::big(row, "requests")?)?, to_u64("usage errors", DB::big(row, "errors")?)?))
-}
-
 /// [`Columns`] for the backend `$db`, whose type is known here, so sqlx's
 /// decoding bounds need stating nowhere else.
 macro_rules! columns {

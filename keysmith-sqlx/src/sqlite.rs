@@ -49,6 +49,10 @@ sql_store! {
     SqliteStore, sqlx::Sqlite
 }
 
+impl crate::usage::UsageDialect for Sqlite {
+    const USAGE_SQL: crate::usage::UsageSql = crate::usage::UsageSql::Standard;
+}
+
 impl Dialect for Sqlite {
     /// Microseconds since the Unix epoch, UTC.
     type Time = i64;

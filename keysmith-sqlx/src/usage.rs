@@ -29,9 +29,10 @@ pub(crate) const COUNT_COLUMNS: [&str; 15] = [
 /// `counts` as the values of [`COUNT_COLUMNS`] (saturating at `i64::MAX`).
 pub(crate) fn count_values(counts: &UsageCounts) -> [i64; 15] {
     let status = counts.status;
-    let mut values = [counts.requests, counts.errors, status.success, status.redirection, status.client_error, status.server_error]
-        .into_iter()
-        .chain(RefusalReason::ALL.into_iter().map(|reason| counts.refused.get(reason)));
+    let mut values =
+        [counts.requests, counts.errors, status.success, status.redirection, status.client_error, status.server_error]
+            .into_iter()
+            .chain(RefusalReason::ALL.into_iter().map(|reason| counts.refused.get(reason)));
     std::array::from_fn(|_| values.next().map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX)))
 }
 
@@ -60,31 +61,75 @@ pub(crate) fn sum_counts(bigint: &str) -> String {
     COUNT_COLUMNS.iter().map(|c| format!("CAST(SUM(a.{c}) AS {bigint}) AS {c}")).collect::<Vec<_>>().join(", ")
 }
 
-/// How an insert of roll-up rows adds to the rows that exist.
+/// How a backend spells the usage statements that differ.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum AddCounts {
-    /// `ON CONFLICT … DO UPDATE SET c = t.c + excluded.c` (PostgreSQL, SQLite).
-    OnConflict,
-    /// `ON DUPLICATE KEY UPDATE c = c + VALUES(c)` (MySQL, MariaDB).
-    OnDuplicateKey,
+pub(crate) enum UsageSql {
+    /// PostgreSQL and SQLite: `ON CONFLICT`, `DELETE … WHERE … IN (SELECT … LIMIT ?)`.
+    Standard,
+    /// MySQL and MariaDB: `ON DUPLICATE KEY UPDATE`, `INSERT IGNORE`, `DELETE … LIMIT ?`.
+    MySql,
 }
 
-impl AddCounts {
-    /// The clause appended to a roll-up insert.
-    pub(crate) fn clause(self) -> &'static str {
+/// The [`UsageSql`] of a backend.
+pub(crate) trait UsageDialect {
+    /// How the backend spells the usage statements that differ.
+    const USAGE_SQL: UsageSql;
+}
+
+impl UsageSql {
+    /// The clause appended to a roll-up insert: adds to the rows that exist.
+    pub(crate) fn add_counts(self) -> &'static str {
         static ON_CONFLICT: OnceLock<String> = OnceLock::new();
         static ON_DUPLICATE: OnceLock<String> = OnceLock::new();
         match self {
-            Self::OnConflict => ON_CONFLICT.get_or_init(|| {
+            Self::Standard => ON_CONFLICT.get_or_init(|| {
                 let sets: Vec<String> =
                     COUNT_COLUMNS.iter().map(|c| format!("{c} = keysmith_usage_agg.{c} + excluded.{c}")).collect();
                 format!(" ON CONFLICT (key_id, period, period_start) DO UPDATE SET {}", sets.join(", "))
             }),
-            Self::OnDuplicateKey => ON_DUPLICATE.get_or_init(|| {
+            Self::MySql => ON_DUPLICATE.get_or_init(|| {
                 let sets: Vec<String> = COUNT_COLUMNS.iter().map(|c| format!("{c} = {c} + VALUES({c})")).collect();
                 format!(" ON DUPLICATE KEY UPDATE {}", sets.join(", "))
             }),
         }
+    }
+
+    /// Records a batch id (bound: id, written at), adding no row when it
+    /// is recorded already.
+    pub(crate) fn insert_batch_id(self) -> &'static str {
+        match self {
+            Self::Standard => {
+                "INSERT INTO keysmith_usage_batches (id, written_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING"
+            }
+            Self::MySql => "INSERT IGNORE INTO keysmith_usage_batches (id, written_at) VALUES (?, ?)",
+        }
+    }
+
+    /// Deletes at most `?` rows of `table` whose `column` is before `?`
+    /// (bound: the time, then the limit), where `key` is the table's key.
+    fn delete_before(self, table: &str, key: &str, column: &str, filter: &str) -> String {
+        match self {
+            Self::Standard => format!(
+                "DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE {filter}{column} < ? LIMIT ?)"
+            ),
+            Self::MySql => format!("DELETE FROM {table} WHERE {filter}{column} < ? LIMIT ?"),
+        }
+    }
+
+    /// Deletes at most `?` raw records made before `?`.
+    pub(crate) fn delete_records(self) -> String {
+        self.delete_before("keysmith_usage", "id", "occurred_at", "")
+    }
+
+    /// Deletes at most `?` batch ids written before `?`.
+    pub(crate) fn delete_batch_ids(self) -> String {
+        self.delete_before("keysmith_usage_batches", "id", "written_at", "")
+    }
+
+    /// Deletes at most `?` roll-ups of the period `?` starting before `?`
+    /// (bound: the period, the time, the limit).
+    pub(crate) fn delete_rollups(self) -> String {
+        self.delete_before("keysmith_usage_agg", "key_id, period, period_start", "period_start", "period = ? AND ")
     }
 }
 
@@ -99,10 +144,10 @@ pub(crate) fn insert_rollups() -> &'static str {
     })
 }
 
-/// Roll-up rows per multi-row insert within a backend's limit of
-/// `max_binds` bound values (20 per row).
-pub(crate) const fn rollups_per_insert(max_binds: usize) -> usize {
-    max_binds / (5 + COUNT_COLUMNS.len())
+/// Roll-up rows (20 values each) per multi-row insert, for a backend that
+/// takes `rows_per_insert` rows of 11 values.
+pub(crate) const fn rollups_per_insert(rows_per_insert: usize) -> usize {
+    rows_per_insert * 11 / (5 + COUNT_COLUMNS.len())
 }
 
 #[cfg(test)]

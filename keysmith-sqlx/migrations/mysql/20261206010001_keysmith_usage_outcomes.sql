@@ -29,9 +29,19 @@ ALTER TABLE keysmith_usage ADD KEY keysmith_usage_time (occurred_at);
 
 -- Batches whose roll-up increments were added (refusals, and requests kept
 -- without a raw record): a batch written again adds them once. Swept with
--- the raw records.
-CREATE TABLE IF NOT EXISTS keysmith_usage_batches (
-    id         BINARY(16) PRIMARY KEY,
-    written_at DATETIME(6) NOT NULL,
-    KEY keysmith_usage_batches_time (written_at)
-) ENGINE = InnoDB;
+-- the raw records. Like every Keysmith table, in a NO PAD binary collation
+-- (found as the exact-identities migration finds it; a collation cannot be
+-- a parameter, so the statement is prepared).
+SET @keysmith_collation = COALESCE(
+    (SELECT COLLATION_NAME FROM information_schema.COLLATIONS
+     WHERE COLLATION_NAME IN ('utf8mb4_0900_bin', 'utf8mb4_nopad_bin')
+     ORDER BY COLLATION_NAME LIMIT 1),
+    'utf8mb4_0900_bin_or_utf8mb4_nopad_bin');
+SET @keysmith_create = CONCAT(
+    'CREATE TABLE IF NOT EXISTS keysmith_usage_batches (',
+    ' id BINARY(16) PRIMARY KEY, written_at DATETIME(6) NOT NULL,',
+    ' KEY keysmith_usage_batches_time (written_at)',
+    ') ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = ', @keysmith_collation);
+PREPARE keysmith_create FROM @keysmith_create;
+EXECUTE keysmith_create;
+DEALLOCATE PREPARE keysmith_create;
