@@ -70,6 +70,8 @@
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod common;
 mod connect;
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
+mod dialect;
 #[cfg(feature = "postgres")]
 mod feed;
 #[cfg(feature = "mysql")]
@@ -85,6 +87,8 @@ mod store;
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod usage;
 
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
+pub use dialect::Backend;
 #[cfg(feature = "postgres")]
 pub use feed::PgChangeFeed;
 #[cfg(feature = "mysql")]
@@ -93,6 +97,8 @@ pub use mysql::MySqlStore;
 pub use postgres::PgStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
+pub use store::SqlStore;
 
 pub use connect::connect;
 

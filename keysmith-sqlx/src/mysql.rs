@@ -2,35 +2,39 @@
 
 use chrono::{DateTime, Utc};
 use keysmith_core::{Result, UsageRecord};
+use sqlx::MySql;
 use sqlx::migrate::Migrator;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::types::Json;
-use sqlx::{MySql, QueryBuilder};
 use uuid::Uuid;
 
 use crate::common::{connect_server, store_error};
-use crate::store::{Dialect, Stored, insert_new_usage, sql_store};
+use crate::dialect::{Backend, Dialect, RowsAffected, Sql, Stored, sealed};
+use crate::store::{SqlStore, insert_new_usage};
 
 /// The MySQL and MariaDB schema, embedded from `migrations/mysql`
 /// ([migrations](crate#migrations)).
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/mysql");
 
-sql_store! {
-    /// A store in MySQL (8.0.17 or later) or MariaDB (10.5 or later), on InnoDB,
-    /// at a `mysql://…` or `mariadb://…` URL.
-    ///
-    /// Times are stored as UTC `DATETIME(6)`, which holds the years 1000 to
-    /// 9999. Text compares byte for byte in a NO PAD binary collation
-    /// (`utf8mb4_0900_bin` on MySQL, `utf8mb4_nopad_bin` on MariaDB): `acme`
-    /// and `acme ` are two tenants, as in every store. `connect` opens a
-    /// pool of up to 10 connections; a lost one surfaces as
-    /// [`Error::Store`](keysmith_core::Error::Store) and is replaced when the
-    /// server is back.
-    MySqlStore, sqlx::MySql
-}
+/// A store in MySQL (8.0.17 or later) or MariaDB (10.5 or later), on InnoDB,
+/// at a `mysql://…` or `mariadb://…` URL.
+///
+/// Times are stored as UTC `DATETIME(6)`, which holds the years 1000 to
+/// 9999. Text compares byte for byte in a NO PAD binary collation
+/// (`utf8mb4_0900_bin` on MySQL, `utf8mb4_nopad_bin` on MariaDB): `acme`
+/// and `acme ` are two tenants, as in every store. `connect` opens a
+/// pool of up to 10 connections; a lost one surfaces as
+/// [`Error::Store`](keysmith_core::Error::Store) and is replaced when the
+/// server is back.
+pub type MySqlStore = SqlStore<MySql>;
 
-impl crate::usage::UsageDialect for MySql {
-    const USAGE_SQL: crate::usage::UsageSql = crate::usage::UsageSql::MySql;
+impl sealed::Sealed for MySql {}
+
+impl Backend for MySql {
+    async fn open(url: &str) -> Result<sqlx::Pool<Self>> {
+        let options: MySqlConnectOptions = url.parse().map_err(store_error)?;
+        connect_server(options, "MySQL").await
+    }
 }
 
 impl Dialect for MySql {
@@ -39,6 +43,8 @@ impl Dialect for MySql {
     /// A JSON array.
     type List = Json<Vec<String>>;
     type Scopes = ScopePairs;
+
+    const SLOT: usize = 2;
 
     // Without gap locks: under REPEATABLE READ a state change that scans
     // the tenant index locks the gap a racing rotation inserts its new key
@@ -51,6 +57,7 @@ impl Dialect for MySql {
     // `VALUES()` rather than a row alias: MariaDB has no alias form.
     // 65 535 bound values per statement.
     const ROWS_PER_INSERT: usize = 2000;
+    const USAGE_SQL: crate::usage::UsageSql = crate::usage::UsageSql::MySql;
     // sqlx takes text in a binary collation (the schema's NO PAD
     // `utf8mb4_0900_bin` or `utf8mb4_nopad_bin`) for bytes and refuses it
     // as a `String`.
@@ -60,17 +67,16 @@ impl Dialect for MySql {
     const MIGRATION_LOCK: Option<(&'static str, &'static str)> =
         Some(("SELECT GET_LOCK('keysmith_migrations', 60) AS locked", "SELECT RELEASE_LOCK('keysmith_migrations')"));
 
-    async fn open(url: &str) -> Result<sqlx::Pool<Self>> {
-        let options: MySqlConnectOptions = url.parse().map_err(store_error)?;
-        connect_server(options, "MySQL").await
+    fn migrator() -> &'static Migrator {
+        &MIGRATOR
     }
 
-    fn push_age_micros(qb: &mut QueryBuilder<'_, Self>, now: DateTime<Utc>) {
-        qb.push("TIMESTAMPDIFF(MICROSECOND, k.created_at, ").push_bind(now).push(")");
+    fn push_age_micros(qb: &mut Sql<'_, Self>, now: DateTime<Utc>) {
+        qb.push("TIMESTAMPDIFF(MICROSECOND, k.created_at, ").push_arg(now).push(")");
     }
 
     async fn insert_usage(conn: &mut MySqlConnection, records: &[&UsageRecord]) -> Result<Vec<Uuid>> {
-        insert_new_usage!(Self, conn, records)
+        insert_new_usage::<Self>(conn, records).await
     }
 }
 
@@ -87,5 +93,11 @@ impl Stored<Vec<String>> for ScopePairs {
         let mut scopes = self.map(|json| json.0).unwrap_or_default();
         scopes.sort_unstable_by_key(|(position, _)| *position);
         Ok(scopes.into_iter().map(|(_, scope)| scope).collect())
+    }
+}
+
+impl RowsAffected for sqlx::mysql::MySqlQueryResult {
+    fn rows_affected(&self) -> u64 {
+        self.rows_affected()
     }
 }

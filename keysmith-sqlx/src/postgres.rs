@@ -8,36 +8,42 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 use keysmith_core::{Result, UsageRecord};
+use sqlx::Postgres;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::common::{connect_server, duration_to_micros, is_unique_violation, store_error, usage_write_error};
-use crate::store::{Dialect, sql_store};
+use crate::dialect::{Backend, Dialect, RowsAffected, Sql, sealed};
+use crate::store::SqlStore;
 
 /// The PostgreSQL schema, embedded from `migrations/postgres`
 /// ([migrations](crate#migrations)).
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
-sql_store! {
-    /// A store in PostgreSQL (12 or later), at a `postgres://…` URL.
-    ///
-    /// `connect` opens a pool of up to 10 connections that waits at most 5
-    /// seconds for one. A lost connection surfaces as
-    /// [`Error::Store`](keysmith_core::Error::Store) (validation fails, it never
-    /// passes); the pool opens new connections when the server is back.
-    PgStore, sqlx::Postgres
-}
+/// A store in PostgreSQL (12 or later), at a `postgres://…` URL.
+///
+/// `connect` opens a pool of up to 10 connections that waits at most 5
+/// seconds for one. A lost connection surfaces as
+/// [`Error::Store`](keysmith_core::Error::Store) (validation fails, it never
+/// passes); the pool opens new connections when the server is back.
+pub type PgStore = SqlStore<Postgres>;
 
-impl crate::usage::UsageDialect for Postgres {
-    const USAGE_SQL: crate::usage::UsageSql = crate::usage::UsageSql::Standard;
+impl sealed::Sealed for Postgres {}
+
+impl Backend for Postgres {
+    async fn open(url: &str) -> Result<sqlx::Pool<Self>> {
+        let options: PgConnectOptions = url.parse().map_err(store_error)?;
+        connect_server(options, "PostgreSQL").await
+    }
 }
 
 impl Dialect for Postgres {
     type Time = DateTime<Utc>;
     type List = Vec<String>;
     type Scopes = Vec<String>;
+
+    const SLOT: usize = 0;
 
     const SCOPES: &'static str =
         "ARRAY(SELECT s.scope FROM keysmith_key_scopes s WHERE s.key_id = k.id ORDER BY s.position)";
@@ -58,15 +64,14 @@ impl Dialect for Postgres {
         Cow::Owned(numbered)
     }
 
-    async fn open(url: &str) -> Result<sqlx::Pool<Self>> {
-        let options: PgConnectOptions = url.parse().map_err(store_error)?;
-        connect_server(options, "PostgreSQL").await
+    fn migrator() -> &'static Migrator {
+        &MIGRATOR
     }
 
-    fn push_age_micros(qb: &mut QueryBuilder<'_, Self>, now: DateTime<Utc>) {
+    fn push_age_micros(qb: &mut Sql<'_, Self>, now: DateTime<Utc>) {
         // Exact numeric seconds, so a huge maximum age never overflows a
         // timestamp (it is simply never reached).
-        qb.push("(EXTRACT(EPOCH FROM CAST(").push_bind(now);
+        qb.push("(EXTRACT(EPOCH FROM CAST(").push_arg(now);
         qb.push(" AS timestamptz)) - EXTRACT(EPOCH FROM k.created_at)) * 1000000");
     }
 
@@ -121,6 +126,12 @@ impl Dialect for Postgres {
         .fetch_all(conn)
         .await
         .map_err(usage_write_error)
+    }
+}
+
+impl RowsAffected for sqlx::postgres::PgQueryResult {
+    fn rows_affected(&self) -> u64 {
+        self.rows_affected()
     }
 }
 

@@ -1,13 +1,12 @@
 //! Rows read back into entities, written once for every backend: the
 //! decoders are generic over [`Columns`], which reads each kind of column
-//! and is the only place that states sqlx's decoding bounds (per backend,
-//! by the glue macro at the end).
+//! through the backend's [`Reads`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::de::DeserializeOwned;
+use sqlx::types::Json;
 use uuid::Uuid;
 
 use keysmith_core::store::StoredKey;
@@ -16,26 +15,61 @@ use keysmith_core::{
 };
 
 use crate::common::{corrupt, micros_to_duration, parse_column, parse_hash, parse_list, rate_limits_from, to_u64};
-use crate::store::{Dialect, Stored as _};
+use crate::dialect::{Dialect, Reads, Stored as _};
 
 /// Reads one column of a row, by kind; `column` names it in errors.
 pub(crate) trait Columns: Dialect {
-    fn text(row: &Self::Row, column: &str) -> Result<String>;
-    fn opt_text(row: &Self::Row, column: &str) -> Result<Option<String>>;
-    fn uuid(row: &Self::Row, column: &str) -> Result<Uuid>;
-    fn opt_uuid(row: &Self::Row, column: &str) -> Result<Option<Uuid>>;
-    fn int(row: &Self::Row, column: &str) -> Result<i32>;
-    fn big(row: &Self::Row, column: &str) -> Result<i64>;
-    fn opt_big(row: &Self::Row, column: &str) -> Result<Option<i64>>;
+    fn text(row: &Self::Row, column: &str) -> Result<String> {
+        get::<Self, _>(row, column)
+    }
+    fn opt_text(row: &Self::Row, column: &str) -> Result<Option<String>> {
+        get::<Self, _>(row, column)
+    }
+    fn uuid(row: &Self::Row, column: &str) -> Result<Uuid> {
+        get::<Self, _>(row, column)
+    }
+    fn opt_uuid(row: &Self::Row, column: &str) -> Result<Option<Uuid>> {
+        get::<Self, _>(row, column)
+    }
+    fn int(row: &Self::Row, column: &str) -> Result<i32> {
+        get::<Self, _>(row, column)
+    }
+    fn big(row: &Self::Row, column: &str) -> Result<i64> {
+        get::<Self, _>(row, column)
+    }
+    fn opt_big(row: &Self::Row, column: &str) -> Result<Option<i64>> {
+        get::<Self, _>(row, column)
+    }
     /// A JSON column; `None` for `NULL`.
-    fn json<T: DeserializeOwned + Send + Unpin + 'static>(row: &Self::Row, column: &str) -> Result<Option<T>>;
+    fn json<T>(row: &Self::Row, column: &str) -> Result<Option<T>>
+    where
+        Self: Reads<Option<Json<T>>>,
+    {
+        Ok(get::<Self, Option<Json<T>>>(row, column)?.map(|json| json.0))
+    }
     /// A time, as [`Dialect::Time`] stores it.
-    fn at(row: &Self::Row, column: &str) -> Result<DateTime<Utc>>;
-    fn opt_at(row: &Self::Row, column: &str) -> Result<Option<DateTime<Utc>>>;
+    fn at(row: &Self::Row, column: &str) -> Result<DateTime<Utc>> {
+        get::<Self, Self::Time>(row, column)?.load(column)
+    }
+    fn opt_at(row: &Self::Row, column: &str) -> Result<Option<DateTime<Utc>>> {
+        get::<Self, Option<Self::Time>>(row, column)?.map(|t| t.load(column)).transpose()
+    }
     /// A list of strings, as [`Dialect::List`] stores it.
-    fn list(row: &Self::Row, column: &str) -> Result<Vec<String>>;
+    fn list(row: &Self::Row, column: &str) -> Result<Vec<String>> {
+        get::<Self, Self::List>(row, column)?.load(column)
+    }
     /// A key's scopes, as [`Dialect::SCOPES`] reads them.
-    fn scopes(row: &Self::Row, column: &str) -> Result<Vec<String>>;
+    fn scopes(row: &Self::Row, column: &str) -> Result<Vec<String>> {
+        get::<Self, Self::Scopes>(row, column)?.load(column)
+    }
+}
+
+impl<DB: Dialect> Columns for DB {}
+
+/// One column of `row` as `T`, without sqlx's check of the column type where
+/// the backend asks so (the decoder still checks what it reads).
+fn get<DB: Dialect + Reads<T>, T>(row: &DB::Row, column: &str) -> Result<T> {
+    DB::read(row, column, DB::UNCHECKED_COLUMNS)
 }
 
 /// Integer microseconds as a duration.
@@ -48,7 +82,7 @@ fn opt_micros<DB: Columns>(row: &DB::Row, column: &str) -> Result<Option<Duratio
 }
 
 /// A JSON column that is never `NULL`.
-fn json<DB: Columns, T: DeserializeOwned + Send + Unpin + 'static>(row: &DB::Row, column: &str) -> Result<T> {
+fn json<DB: Columns + Reads<Option<Json<T>>>, T>(row: &DB::Row, column: &str) -> Result<T> {
     DB::json(row, column)?.ok_or_else(|| corrupt(column, "NULL"))
 }
 
@@ -174,68 +208,3 @@ pub(crate) fn usage_counts<DB: Columns>(row: &DB::Row) -> Result<keysmith_core::
     }
     Ok(crate::usage::counts_of(values))
 }
-
-/// [`Columns`] for the backend `$db`, whose type is known here, so sqlx's
-/// decoding bounds need stating nowhere else.
-macro_rules! columns {
-    ($db:ty) => {
-        impl Columns for $db {
-            fn text(row: &Self::Row, column: &str) -> Result<String> {
-                get::<Self, _>(row, column)
-            }
-            fn opt_text(row: &Self::Row, column: &str) -> Result<Option<String>> {
-                get::<Self, _>(row, column)
-            }
-            fn uuid(row: &Self::Row, column: &str) -> Result<Uuid> {
-                get::<Self, _>(row, column)
-            }
-            fn opt_uuid(row: &Self::Row, column: &str) -> Result<Option<Uuid>> {
-                get::<Self, _>(row, column)
-            }
-            fn int(row: &Self::Row, column: &str) -> Result<i32> {
-                get::<Self, _>(row, column)
-            }
-            fn big(row: &Self::Row, column: &str) -> Result<i64> {
-                get::<Self, _>(row, column)
-            }
-            fn opt_big(row: &Self::Row, column: &str) -> Result<Option<i64>> {
-                get::<Self, _>(row, column)
-            }
-            fn json<T: DeserializeOwned + Send + Unpin + 'static>(row: &Self::Row, column: &str) -> Result<Option<T>> {
-                Ok(get::<Self, Option<sqlx::types::Json<T>>>(row, column)?.map(|json| json.0))
-            }
-            fn at(row: &Self::Row, column: &str) -> Result<DateTime<Utc>> {
-                get::<Self, <Self as Dialect>::Time>(row, column)?.load(column)
-            }
-            fn opt_at(row: &Self::Row, column: &str) -> Result<Option<DateTime<Utc>>> {
-                get::<Self, Option<<Self as Dialect>::Time>>(row, column)?.map(|t| t.load(column)).transpose()
-            }
-            fn list(row: &Self::Row, column: &str) -> Result<Vec<String>> {
-                get::<Self, <Self as Dialect>::List>(row, column)?.load(column)
-            }
-            fn scopes(row: &Self::Row, column: &str) -> Result<Vec<String>> {
-                get::<Self, <Self as Dialect>::Scopes>(row, column)?.load(column)
-            }
-        }
-    };
-}
-
-/// One column of `row` as `T`, without sqlx's check of the column type where
-/// the backend asks so (the decoder still checks what it reads).
-fn get<DB, T>(row: &DB::Row, column: &str) -> Result<T>
-where
-    DB: Dialect,
-    T: for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
-    for<'c> &'c str: sqlx::ColumnIndex<DB::Row>,
-{
-    use sqlx::Row as _;
-    if DB::UNCHECKED_COLUMNS { row.try_get_unchecked(column) } else { row.try_get(column) }
-        .map_err(crate::common::store_error)
-}
-
-#[cfg(feature = "mysql")]
-columns!(sqlx::MySql);
-#[cfg(feature = "postgres")]
-columns!(sqlx::Postgres);
-#[cfg(feature = "sqlite")]
-columns!(sqlx::Sqlite);

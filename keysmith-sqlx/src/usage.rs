@@ -70,12 +70,6 @@ pub(crate) enum UsageSql {
     MySql,
 }
 
-/// The [`UsageSql`] of a backend.
-pub(crate) trait UsageDialect {
-    /// How the backend spells the usage statements that differ.
-    const USAGE_SQL: UsageSql;
-}
-
 impl UsageSql {
     /// The clause appended to a roll-up insert: adds to the rows that exist.
     pub(crate) fn add_counts(self) -> &'static str {

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use futures_util::TryStreamExt as _;
+use futures_util::stream::BoxStream;
 use keysmith_core::{ImportOptions, ImportRefusal, ImportReport, ImportRow, TenantEngine};
 use sqlx::{Column as _, Row as _};
 
@@ -258,7 +259,41 @@ fn source_error(error: sqlx::Error) -> CliError {
     CliError::Connect(keysmith_core::Error::store(format!("the source database: {error}")))
 }
 
-async fn read_rows<DB>(pool: &sqlx::Pool<DB>, query: &str, importer: &mut Importer<'_>) -> Result<(), CliError>
+async fn read_rows<DB: Source>(
+    pool: &sqlx::Pool<DB>,
+    query: &str,
+    importer: &mut Importer<'_>,
+) -> Result<(), CliError> {
+    let mut rows = DB::fetch(pool, query);
+    let mut indexes: Option<Vec<usize>> = None;
+    let mut line = 0u64;
+    while let Some(row) = rows.try_next().await.map_err(source_error)? {
+        line += 1;
+        if indexes.is_none() {
+            indexes = Some(column_indexes(row.columns().iter().map(sqlx::Column::name))?);
+        }
+        let cells = indexes
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(position, &i)| DB::cell(&row, position).map(|text| (i, text)))
+            .collect();
+        importer.push((line, cells)).await?;
+    }
+    Ok(())
+}
+
+/// A database the import reads from: any query's rows, each cell as text.
+/// sqlx's bounds for that are stated once, on the one implementation.
+trait Source: sqlx::Database {
+    /// The rows of `query`.
+    fn fetch<'e>(pool: &'e sqlx::Pool<Self>, query: &'e str) -> BoxStream<'e, Result<Self::Row, sqlx::Error>>;
+
+    /// A cell as text, whatever type the source column has (text, UUID, time, integer).
+    fn cell(row: &Self::Row, position: usize) -> Result<Option<String>, String>;
+}
+
+impl<DB> Source for DB
 where
     DB: sqlx::Database,
     for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
@@ -271,57 +306,32 @@ where
     for<'r> Option<i64>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
     for<'r> Option<i32>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
 {
-    let mut rows = sqlx::query(query).fetch(pool);
-    let mut indexes: Option<Vec<usize>> = None;
-    let mut line = 0u64;
-    while let Some(row) = rows.try_next().await.map_err(source_error)? {
-        line += 1;
-        if indexes.is_none() {
-            indexes = Some(column_indexes(row.columns().iter().map(sqlx::Column::name))?);
-        }
-        let cells = indexes
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(position, &i)| cell::<DB>(&row, position).map(|text| (i, text)))
-            .collect();
-        importer.push((line, cells)).await?;
+    fn fetch<'e>(pool: &'e sqlx::Pool<Self>, query: &'e str) -> BoxStream<'e, Result<Self::Row, sqlx::Error>> {
+        sqlx::query(query).fetch(pool)
     }
-    Ok(())
-}
 
-/// A cell as text, whatever type the source column has (text, UUID, time, integer).
-fn cell<DB>(row: &DB::Row, position: usize) -> Result<Option<String>, String>
-where
-    DB: sqlx::Database,
-    usize: sqlx::ColumnIndex<DB::Row>,
-    for<'r> Option<String>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
-    for<'r> Option<DateTime<Utc>>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
-    for<'r> Option<NaiveDateTime>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
-    for<'r> Option<uuid::Uuid>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
-    for<'r> Option<i64>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
-    for<'r> Option<i32>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
-{
-    if let Ok(text) = row.try_get::<Option<String>, _>(position) {
-        return Ok(text);
+    fn cell(row: &Self::Row, position: usize) -> Result<Option<String>, String> {
+        if let Ok(text) = row.try_get::<Option<String>, _>(position) {
+            return Ok(text);
+        }
+        if let Ok(at) = row.try_get::<Option<DateTime<Utc>>, _>(position) {
+            return Ok(at.map(|at| at.to_rfc3339()));
+        }
+        if let Ok(at) = row.try_get::<Option<NaiveDateTime>, _>(position) {
+            return Ok(at.map(|at| at.and_utc().to_rfc3339()));
+        }
+        if let Ok(id) = row.try_get::<Option<uuid::Uuid>, _>(position) {
+            return Ok(id.map(|id| id.to_string()));
+        }
+        if let Ok(n) = row.try_get::<Option<i64>, _>(position) {
+            return Ok(n.map(|n| n.to_string()));
+        }
+        if let Ok(n) = row.try_get::<Option<i32>, _>(position) {
+            return Ok(n.map(|n| n.to_string()));
+        }
+        let name = row.columns().get(position).map_or("?", |column| column.name());
+        Err(format!("{name}: a column type the import cannot read; cast it to text in the query"))
     }
-    if let Ok(at) = row.try_get::<Option<DateTime<Utc>>, _>(position) {
-        return Ok(at.map(|at| at.to_rfc3339()));
-    }
-    if let Ok(at) = row.try_get::<Option<NaiveDateTime>, _>(position) {
-        return Ok(at.map(|at| at.and_utc().to_rfc3339()));
-    }
-    if let Ok(id) = row.try_get::<Option<uuid::Uuid>, _>(position) {
-        return Ok(id.map(|id| id.to_string()));
-    }
-    if let Ok(n) = row.try_get::<Option<i64>, _>(position) {
-        return Ok(n.map(|n| n.to_string()));
-    }
-    if let Ok(n) = row.try_get::<Option<i32>, _>(position) {
-        return Ok(n.map(|n| n.to_string()));
-    }
-    let name = row.columns().get(position).map_or("?", |column| column.name());
-    Err(format!("{name}: a column type the import cannot read; cast it to text in the query"))
 }
 
 fn human(report: &ImportReport) -> String {

@@ -1,0 +1,271 @@
+//! Usage: batches of records and roll-up deltas, added to their hourly,
+//! daily and monthly roll-ups in one transaction; the roll-ups and totals
+//! read back; expired usage deleted in bounded batches.
+
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use keysmith_core::store::{Page, TimeRange, UsageStore, UsageTotal};
+use keysmith_core::usage::{UsageBatch, fold_rollups};
+use keysmith_core::{KeyId, Period, Result, Tenant, UsageAggregate, UsageRecord};
+
+use uuid::Uuid;
+
+use super::{SqlStore, begin, push_range, push_tenant};
+use crate::common::{duration_to_micros, is_unique_violation, limit_offset, store_error, usage_write_error};
+use crate::dialect::{Arg as _, Dialect, Exec as _, RowsAffected as _, Sql, statement};
+use crate::rows::{self, Columns as _};
+use crate::usage::{count_values, insert_rollups, rollups_per_insert, select_counts, sum_counts};
+
+/// The body of [`Dialect::insert_usage`] in multi-row `INSERT`s. A batch
+/// is new unless it is replayed, so it goes in whole; a taken id fails only
+/// that statement (the transaction goes on), and the batch goes in again
+/// without the records already stored. (`INSERT IGNORE` would skip a
+/// record of an unknown key too, and returning the inserted ids costs more
+/// than the rare second try.)
+pub(crate) async fn insert_new_usage<DB: Dialect>(
+    conn: &mut DB::Connection,
+    records: &[&UsageRecord],
+) -> Result<Vec<Uuid>> {
+    let (sql, args) = usage_insert::<DB>(records)?.finish()?;
+    match sqlx::query_with::<DB, _>(&sql, args).execute(conn.exec()).await {
+        Ok(_) => return Ok(records.iter().map(|r| r.id.uuid()).collect()),
+        Err(e) if is_unique_violation(&e) => {}
+        Err(e) => return Err(usage_write_error(e)),
+    }
+    let mut qb = Sql::<DB>::new("SELECT id FROM keysmith_usage WHERE id IN (");
+    let mut ids = qb.separated(", ");
+    for r in records {
+        ids.push_arg(r.id.uuid());
+    }
+    qb.push(")");
+    let (sql, args) = qb.finish()?;
+    let rows = sqlx::query_with::<DB, _>(&sql, args).fetch_all(conn.exec()).await.map_err(store_error)?;
+    let stored = rows.iter().map(|row| DB::uuid(row, "id")).collect::<Result<HashSet<Uuid>>>()?;
+    let fresh: Vec<_> = records.iter().copied().filter(|r| !stored.contains(&r.id.uuid())).collect();
+    if !fresh.is_empty() {
+        let (sql, args) = usage_insert::<DB>(&fresh)?.finish()?;
+        sqlx::query_with::<DB, _>(&sql, args).execute(conn.exec()).await.map_err(usage_write_error)?;
+    }
+    Ok(fresh.iter().map(|r| r.id.uuid()).collect())
+}
+
+/// A multi-row `INSERT` of the usage `records`.
+fn usage_insert<'a, DB: Dialect>(records: &[&'a UsageRecord]) -> Result<Sql<'a, DB>> {
+    let mut rows = Vec::with_capacity(records.len());
+    for r in records {
+        rows.push((*r, duration_to_micros("latency", r.latency)?));
+    }
+    let mut qb = Sql::new(
+        "INSERT INTO keysmith_usage (id, key_id, app_id, tenant_id, endpoint, method, status, ip, user_agent, \
+         latency_us, occurred_at) ",
+    );
+    qb.push_values(rows, |mut b, (r, latency_us)| {
+        b.push_arg(r.id.uuid())
+            .push_arg(r.key_id.uuid())
+            .push_arg(r.tenant.app_id.as_str())
+            .push_arg(r.tenant.tenant_id.as_str())
+            .push_arg(r.endpoint.as_str())
+            .push_arg(r.method.as_str())
+            .push_arg(i32::from(r.status))
+            .push_arg(r.ip.map(|ip| ip.to_string()))
+            .push_arg(r.user_agent.as_deref())
+            .push_arg(latency_us)
+            .push_arg(DB::time(r.timestamp));
+    });
+    Ok(qb)
+}
+
+#[async_trait]
+impl<DB: Dialect> UsageStore for SqlStore<DB> {
+    async fn write_usage(&self, batch: &UsageBatch<'_>) -> Result<()> {
+        if batch.records.is_empty() && batch.deltas.is_empty() {
+            return Ok(());
+        }
+        // A repeated id inside the batch is one record.
+        let mut seen = HashSet::with_capacity(batch.records.len());
+        let unique: Vec<&UsageRecord> = batch.records.iter().filter(|r| seen.insert(r.id.uuid())).collect();
+        let mut tx = begin(self).await?;
+        // Records go in by id: the ones already stored (a replayed batch)
+        // are skipped, so only new records reach the roll-ups.
+        let mut fresh = Vec::with_capacity(unique.len());
+        for chunk in unique.chunks(DB::ROWS_PER_INSERT) {
+            let inserted: HashSet<Uuid> = DB::insert_usage(&mut tx, chunk).await?.into_iter().collect();
+            fresh.extend(chunk.iter().copied().filter(|r| inserted.contains(&r.id.uuid())));
+        }
+        // The deltas count once per batch id.
+        let mut deltas = batch.deltas;
+        if !deltas.is_empty() {
+            let written = deltas.iter().map(|d| d.hour).max().unwrap_or_default();
+            let added = sqlx::query(statement!(DB, DB::USAGE_SQL.insert_batch_id()))
+                .arg(batch.id.uuid())
+                .arg(DB::time(written))
+                .execute(tx.exec())
+                .await
+                .map_err(store_error)?;
+            if added.rows_affected() == 0 {
+                deltas = &[];
+            }
+        }
+        // One upsert per roll-up row: key, period and period start.
+        let rollups = fold_rollups(fresh.iter().copied(), deltas);
+        for chunk in rollups.chunks(rollups_per_insert(DB::ROWS_PER_INSERT)) {
+            let mut qb = Sql::<DB>::new(insert_rollups());
+            qb.push_values(chunk, |mut b, ((key_id, period, start), tenant, counts)| {
+                b.push_arg(key_id.uuid())
+                    .push_arg(period.as_str())
+                    .push_arg(DB::time(*start))
+                    .push_arg(tenant.app_id.as_str())
+                    .push_arg(tenant.tenant_id.as_str());
+                for value in count_values(counts) {
+                    b.push_arg(value);
+                }
+            });
+            qb.push(DB::USAGE_SQL.add_counts());
+            let (sql, args) = qb.finish()?;
+            sqlx::query_with::<DB, _>(&sql, args).execute(tx.exec()).await.map_err(store_error)?;
+        }
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn delete_usage_before(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        let mut conn = self.conn().await?;
+        let deleted = sqlx::query(statement!(DB, DB::USAGE_SQL.delete_records().as_str()))
+            .arg(DB::time(before))
+            .arg(i64::from(limit))
+            .execute(conn.exec())
+            .await
+            .map_err(store_error)?
+            .rows_affected();
+        sqlx::query(statement!(DB, DB::USAGE_SQL.delete_batch_ids().as_str()))
+            .arg(DB::time(before))
+            .arg(i64::from(limit))
+            .execute(conn.exec())
+            .await
+            .map_err(store_error)?;
+        Ok(deleted)
+    }
+
+    async fn delete_aggregates_before(&self, period: Period, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        Ok(sqlx::query(statement!(DB, DB::USAGE_SQL.delete_rollups().as_str()))
+            .arg(period.as_str())
+            .arg(DB::time(before))
+            .arg(i64::from(limit))
+            .execute(self.conn().await?.exec())
+            .await
+            .map_err(store_error)?
+            .rows_affected())
+    }
+
+    async fn list_usage(
+        &self,
+        tenant: &Tenant,
+        key_id: KeyId,
+        range: TimeRange,
+        page: Page,
+    ) -> Result<Vec<UsageRecord>> {
+        let mut qb = Sql::<DB>::new(format!(
+            "SELECT id, key_id, app_id, tenant_id, endpoint, method, status, {} AS ip, user_agent, \
+             latency_us, occurred_at FROM keysmith_usage WHERE key_id = ",
+            DB::IP_READ
+        ));
+        qb.push_arg(key_id.uuid());
+        push_tenant::<DB>(&mut qb, "", tenant);
+        push_range::<DB>(&mut qb, "occurred_at", range);
+        let (limit, offset) = limit_offset(page);
+        qb.push(" ORDER BY occurred_at, id LIMIT ").push_arg(limit).push(" OFFSET ").push_arg(offset);
+        let (sql, args) = qb.finish()?;
+        let rows =
+            sqlx::query_with::<DB, _>(&sql, args).fetch_all(self.conn().await?.exec()).await.map_err(store_error)?;
+        rows.iter().map(rows::usage::<DB>).collect()
+    }
+
+    async fn usage_aggregates(
+        &self,
+        tenant: &Tenant,
+        key_id: KeyId,
+        period: Period,
+        range: TimeRange,
+    ) -> Result<Vec<UsageAggregate>> {
+        let mut qb = Sql::<DB>::new(format!(
+            "SELECT app_id, tenant_id, period_start, {} FROM keysmith_usage_agg WHERE key_id = ",
+            select_counts()
+        ));
+        qb.push_arg(key_id.uuid());
+        push_tenant::<DB>(&mut qb, "", tenant);
+        qb.push(" AND period = ").push_arg(period.as_str());
+        push_range::<DB>(&mut qb, "period_start", range);
+        qb.push(" ORDER BY period_start");
+        let (sql, args) = qb.finish()?;
+        let rows =
+            sqlx::query_with::<DB, _>(&sql, args).fetch_all(self.conn().await?.exec()).await.map_err(store_error)?;
+        rows.iter()
+            .map(|row| {
+                let tenant = rows::tenant::<DB>(row)?;
+                let mut aggregate = UsageAggregate::empty(key_id, tenant, period, DB::at(row, "period_start")?);
+                aggregate.add(&rows::usage_counts::<DB>(row)?);
+                Ok(aggregate)
+            })
+            .collect()
+    }
+
+    async fn tenant_usage(&self, tenant: &Tenant, period: Period, range: TimeRange) -> Result<Vec<UsageTotal>> {
+        totals(self, tenant, period, range, |_| {}).await
+    }
+
+    async fn lineage_usage(
+        &self,
+        tenant: &Tenant,
+        lineage: KeyId,
+        period: Period,
+        range: TimeRange,
+    ) -> Result<Vec<UsageTotal>> {
+        totals(self, tenant, period, range, |qb| {
+            qb.push(" AND a.key_id IN (SELECT k.id FROM keysmith_keys k WHERE k.lineage_id = ");
+            qb.push_arg(lineage.uuid()).push(")");
+        })
+        .await
+    }
+
+    async fn owner_usage(
+        &self,
+        tenant: &Tenant,
+        owner_id: &str,
+        period: Period,
+        range: TimeRange,
+    ) -> Result<Vec<UsageTotal>> {
+        totals(self, tenant, period, range, |qb| {
+            qb.push(" AND a.key_id IN (SELECT k.id FROM keysmith_keys k WHERE k.app_id = ");
+            qb.push_arg(tenant.app_id.clone()).push(" AND k.tenant_id = ");
+            qb.push_arg(tenant.tenant_id.clone()).push(" AND k.owner_id = ");
+            qb.push_arg(owner_id.to_owned()).push(")");
+        })
+        .await
+    }
+}
+
+/// The totals per `period` of `tenant`'s aggregates `a` that `filter` keeps.
+async fn totals<DB: Dialect>(
+    store: &SqlStore<DB>,
+    tenant: &Tenant,
+    period: Period,
+    range: TimeRange,
+    filter: impl FnOnce(&mut Sql<'_, DB>),
+) -> Result<Vec<UsageTotal>> {
+    let mut qb = Sql::<DB>::new(format!(
+        "SELECT a.period_start AS period_start, {} FROM keysmith_usage_agg a WHERE a.period = ",
+        sum_counts(DB::BIGINT)
+    ));
+    qb.push_arg(period.as_str());
+    push_tenant::<DB>(&mut qb, "a.", tenant);
+    filter(&mut qb);
+    push_range::<DB>(&mut qb, "a.period_start", range);
+    qb.push(" GROUP BY a.period_start ORDER BY a.period_start");
+    let (sql, args) = qb.finish()?;
+    let rows =
+        sqlx::query_with::<DB, _>(&sql, args).fetch_all(store.conn().await?.exec()).await.map_err(store_error)?;
+    rows.iter()
+        .map(|row| Ok(UsageTotal::new(period, DB::at(row, "period_start")?, rows::usage_counts::<DB>(row)?)))
+        .collect()
+}
