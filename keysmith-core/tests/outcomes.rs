@@ -98,7 +98,7 @@ async fn passed_requests_roll_up_by_hour_and_status_class() {
 
 fn support_record(key: &keysmith_core::Key, at: DateTime<Utc>, status: u16) -> keysmith_core::UsageRecord {
     keysmith_core::UsageRecord {
-        id: keysmith_core::UsageId::new(),
+        id: keysmith_core::UsageId::at(at),
         key_id: key.id,
         tenant: (&key.tenant).into(),
         endpoint: "/things".into(),

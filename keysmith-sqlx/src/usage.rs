@@ -110,9 +110,11 @@ impl UsageSql {
         }
     }
 
-    /// Deletes at most `?` raw records made before `?`.
+    /// Deletes at most `?` raw records whose id is below `?` (ids are
+    /// UUIDv7, made when the request was: the primary key serves this, no
+    /// index on time is needed).
     pub(crate) fn delete_records(self) -> String {
-        self.delete_before("keysmith_usage", "id", "occurred_at", "")
+        self.delete_before("keysmith_usage", "id", "id", "")
     }
 
     /// Deletes at most `?` batch ids written before `?`.

@@ -124,10 +124,13 @@ async fn record(backend: Backend, records: usize, batch: usize) {
     if matches!(backend, Backend::Postgres)
         && let Some(url) = &store.server_url
     {
-        let copy = copy_baseline(url, &keys, records).await;
+        let (copy, copy_fk) = copy_baseline(url, &keys, records).await;
         println!(
-            "copy postgres: {records} rows from a CSV file: {copy:.0} rows/s; keysmith (roll-ups included) / COPY = {:.2}",
-            ours / copy
+            "copy postgres: {records} rows from a CSV file: {copy:.0} rows/s into a table of the same shape and \
+             indexes, {copy_fk:.0} rows/s with its foreign key to keysmith_keys too; keysmith (roll-ups \
+             included) / COPY = {:.2}, / COPY with the foreign key = {:.2}",
+            ours / copy,
+            ours / copy_fk
         );
     }
     drop(engine);
@@ -135,8 +138,9 @@ async fn record(backend: Backend, records: usize, batch: usize) {
 }
 
 /// Rows/s of PostgreSQL's own `COPY … FROM 'file' (FORMAT csv)` of `rows`
-/// usage rows of `keys` into a table shaped and indexed as `keysmith_usage`.
-async fn copy_baseline(url: &str, keys: &[keysmith_core::Key], rows: usize) -> f64 {
+/// usage rows of `keys` into a table shaped and indexed as `keysmith_usage`,
+/// without and with its foreign key to `keysmith_keys` (checked per row).
+async fn copy_baseline(url: &str, keys: &[keysmith_core::Key], rows: usize) -> (f64, f64) {
     use std::io::Write as _;
 
     let pool = sqlx::PgPool::connect(url).await.expect("connect to PostgreSQL");
@@ -144,6 +148,13 @@ async fn copy_baseline(url: &str, keys: &[keysmith_core::Key], rows: usize) -> f
         .execute(&pool)
         .await
         .expect("create the COPY table");
+    sqlx::query(
+        "CREATE TABLE bench_copy_fk (LIKE keysmith_usage INCLUDING ALL, \
+         FOREIGN KEY (key_id) REFERENCES keysmith_keys (id) ON DELETE CASCADE)",
+    )
+    .execute(&pool)
+    .await
+    .expect("create the COPY table with the foreign key");
     let path = std::env::temp_dir().join(format!("keysmith-bench-copy-{}.csv", std::process::id()));
     let mut file = std::io::BufWriter::new(std::fs::File::create(&path).expect("create the CSV file"));
     let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S%.6f+00");
@@ -161,19 +172,22 @@ async fn copy_baseline(url: &str, keys: &[keysmith_core::Key], rows: usize) -> f
         .expect("write the CSV file");
     }
     drop(file.into_inner().expect("flush the CSV file"));
-    let began = Instant::now();
-    sqlx::query(&format!(
-        "COPY bench_copy (id, key_id, app_id, tenant_id, endpoint, method, status, ip, user_agent, latency_us, \
-         occurred_at) FROM '{}' WITH (FORMAT csv)",
-        path.display()
-    ))
-    .execute(&pool)
-    .await
-    .expect("COPY from the CSV file (the server must read it: same machine)");
-    let elapsed = began.elapsed();
+    let mut rates = [0.0; 2];
+    for (rate, table) in rates.iter_mut().zip(["bench_copy", "bench_copy_fk"]) {
+        let began = Instant::now();
+        sqlx::query(&format!(
+            "COPY {table} (id, key_id, app_id, tenant_id, endpoint, method, status, ip, user_agent, latency_us, \
+             occurred_at) FROM '{}' WITH (FORMAT csv)",
+            path.display()
+        ))
+        .execute(&pool)
+        .await
+        .expect("COPY from the CSV file (the server must read it: same machine)");
+        *rate = per_second(rows, began.elapsed());
+    }
     let _ = std::fs::remove_file(&path);
     pool.close().await;
-    per_second(rows, elapsed)
+    (rates[0], rates[1])
 }
 
 async fn memory_store(keys: usize) {

@@ -430,8 +430,9 @@ async fn sweep(ks: &Keysmith, engine: &Engine) {
     assert_eq!(rotated, 2);
 
     // A usage record three days old: past a retention of two days.
+    let three_days_ago = now - chrono::Days::new(3);
     engine.record_usage(UsageRecord {
-        id: UsageId::new(),
+        id: UsageId::at(three_days_ago),
         key_id: old.key.id,
         tenant: old.key.tenant.clone().into(),
         endpoint: "/v1/old".into(),
@@ -440,7 +441,7 @@ async fn sweep(ks: &Keysmith, engine: &Engine) {
         ip: None,
         user_agent: None,
         latency: Duration::from_millis(1),
-        timestamp: now - chrono::Days::new(3),
+        timestamp: three_days_ago,
     });
     engine.flush_usage().await;
 

@@ -705,8 +705,9 @@ impl UsageStore for MemoryStore {
         let tables = &mut *guard;
         let mut left = limit;
         let ids = &mut tables.ids;
+        let first = crate::UsageId::first_uuid_at(before);
         tables.records.retain(|r| {
-            if left > 0 && r.timestamp < before {
+            if left > 0 && r.id.uuid() < first {
                 left -= 1;
                 ids.remove(&r.id);
                 false

@@ -539,7 +539,8 @@ impl Worker {
             let texts = texts.read();
             for entry in buffer.entries.drain(..) {
                 if self.keeps_next() {
-                    self.batch.records.push(entry.into_record(UsageId::new(), &texts));
+                    let id = UsageId::at(entry.timestamp);
+                    self.batch.records.push(entry.into_record(id, &texts));
                 } else {
                     self.batch.fold(entry.key_id, &entry.tenant, entry.timestamp, &UsageCounts::passed(entry.status));
                 }

@@ -23,9 +23,9 @@ ALTER TABLE keysmith_usage_agg
     ADD COLUMN refused_key_suspended BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN refused_key_expired BIGINT NOT NULL DEFAULT 0,
     ADD CONSTRAINT keysmith_usage_agg_period CHECK (period IN ('hour', 'day', 'month')),
-    -- The sweeper deletes expired rows by time, in bounded batches.
+    -- The sweeper deletes expired roll-ups by time, in bounded batches (raw
+    -- records by id: a UUIDv7 is made at its time, so the primary key serves).
     ADD KEY keysmith_usage_agg_expiry (period, period_start);
-ALTER TABLE keysmith_usage ADD KEY keysmith_usage_time (occurred_at);
 
 -- Batches whose roll-up increments were added (refusals, and requests kept
 -- without a raw record): a batch written again adds them once. Swept with

@@ -23,8 +23,8 @@ ALTER TABLE keysmith_usage_agg
     ADD COLUMN IF NOT EXISTS refused_key_suspended BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS refused_key_expired BIGINT NOT NULL DEFAULT 0;
 
--- The sweeper deletes expired rows by time, in bounded batches.
-CREATE INDEX IF NOT EXISTS keysmith_usage_time ON keysmith_usage (occurred_at);
+-- The sweeper deletes expired roll-ups by time, in bounded batches (raw
+-- records by id: a UUIDv7 is made at its time, so the primary key serves).
 CREATE INDEX IF NOT EXISTS keysmith_usage_agg_expiry ON keysmith_usage_agg (period, period_start);
 
 -- Batches whose roll-up increments were added (refusals, and requests kept

@@ -36,9 +36,9 @@ ALTER TABLE keysmith_usage_agg_v2 RENAME TO keysmith_usage_agg;
 
 -- A tenant's totals per period.
 CREATE INDEX IF NOT EXISTS keysmith_usage_agg_tenant ON keysmith_usage_agg (app_id, tenant_id, period, period_start);
--- The sweeper deletes expired rows by time, in bounded batches.
+-- The sweeper deletes expired roll-ups by time, in bounded batches (raw
+-- records by id: a UUIDv7 is made at its time, so the primary key serves).
 CREATE INDEX IF NOT EXISTS keysmith_usage_agg_expiry ON keysmith_usage_agg (period, period_start);
-CREATE INDEX IF NOT EXISTS keysmith_usage_time ON keysmith_usage (occurred_at);
 
 -- Batches whose roll-up increments were added (refusals, and requests kept
 -- without a raw record): a batch written again adds them once. Swept with

@@ -132,7 +132,7 @@ impl<DB: Dialect> UsageStore for SqlStore<DB> {
     async fn delete_usage_before(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
         let mut conn = self.conn().await?;
         let deleted = sqlx::query(statement!(DB, DB::USAGE_SQL.delete_records().as_str()))
-            .arg(DB::time(before))
+            .arg(keysmith_core::UsageId::first_uuid_at(before))
             .arg(i64::from(limit))
             .execute(conn.exec())
             .await

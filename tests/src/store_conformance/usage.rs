@@ -303,8 +303,8 @@ pub async fn outcomes_roll_up_by_hour_class_and_reason_and_a_replayed_batch_coun
 }
 
 /// The sweeper's deletes take only what expired, at most `limit` rows per
-/// call: raw records made before the cutoff, hourly roll-ups starting before
-/// it; daily and monthly roll-ups are untouched.
+/// call: raw records numbered before the cutoff, hourly roll-ups starting
+/// before it; daily and monthly roll-ups are untouched.
 pub async fn retention_deletes_only_what_expired_in_bounded_batches(store: Arc<dyn Store>) {
     let key = insert(&store, sample_key(&acme())).await;
     let theirs = insert(&store, sample_key(&globex())).await;
@@ -315,6 +315,10 @@ pub async fn retention_deletes_only_what_expired_in_bounded_batches(store: Arc<d
     }
     records.push(usage(&theirs.key, at(10, 1), 200));
     records.push(usage(&key.key, at(20, 1), 200));
+    for record in &mut records {
+        // Numbered when made, as the usage writer numbers them.
+        record.id = UsageId::at(record.timestamp);
+    }
     store.record_batch(&records).await.unwrap();
     let all = TimeRange::default();
     let cutoff = at(15, 0);
