@@ -66,6 +66,8 @@ pub struct BenchStore {
     /// Whether [`builder`](Self::builder) gives engines a cache (the SQL
     /// backends).
     pub cached: bool,
+    /// The database's URL, for PostgreSQL and MySQL.
+    pub server_url: Option<String>,
     _server_db: Option<Box<dyn std::fmt::Debug + Send>>,
     sqlite_file: Option<std::path::PathBuf>,
 }
@@ -81,7 +83,7 @@ impl BenchStore {
         match backend {
             Backend::Memory => {
                 let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-                Some(Self { store, cached: false, _server_db: None, sqlite_file: None })
+                Some(Self { store, cached: false, server_url: None, _server_db: None, sqlite_file: None })
             }
             Backend::Sqlite => {
                 let path = std::env::temp_dir().join(format!("keysmith-bench-{}.db", std::process::id()));
@@ -89,25 +91,33 @@ impl BenchStore {
                 let url = format!("sqlite://{}", path.display());
                 let sqlite = SqliteStore::connect(&url).await.expect("open the SQLite file");
                 sqlite.migrate().await.expect("migrate SQLite");
-                Some(Self { store: Arc::new(sqlite), cached: true, _server_db: None, sqlite_file: Some(path) })
+                Some(Self {
+                    store: Arc::new(sqlite),
+                    cached: true,
+                    server_url: None,
+                    _server_db: None,
+                    sqlite_file: Some(path),
+                })
             }
             Backend::Postgres => {
                 let db = PgTestDb::create().await?;
                 let pg = PgStore::connect(db.url()).await.expect("connect to PostgreSQL");
                 pg.migrate().await.expect("migrate PostgreSQL");
-                Some(Self::on_server(Arc::new(pg), Box::new(db)))
+                let url = db.url().to_owned();
+                Some(Self::on_server(Arc::new(pg), url, Box::new(db)))
             }
             Backend::MySql => {
                 let db = MySqlTestDb::create().await?;
                 let mysql = MySqlStore::connect(db.url()).await.expect("connect to MySQL");
                 mysql.migrate().await.expect("migrate MySQL");
-                Some(Self::on_server(Arc::new(mysql), Box::new(db)))
+                let url = db.url().to_owned();
+                Some(Self::on_server(Arc::new(mysql), url, Box::new(db)))
             }
         }
     }
 
-    fn on_server(store: Arc<dyn Store>, db: Box<dyn std::fmt::Debug + Send>) -> Self {
-        Self { store, cached: true, _server_db: Some(db), sqlite_file: None }
+    fn on_server(store: Arc<dyn Store>, url: String, db: Box<dyn std::fmt::Debug + Send>) -> Self {
+        Self { store, cached: true, server_url: Some(url), _server_db: Some(db), sqlite_file: None }
     }
 
     /// An engine builder on the store, with a default cache for the SQL

@@ -30,7 +30,7 @@ use crate::{ADMIN_SCOPE, AdminState, VERIFY_SCOPE};
     tags(
         (name = "keys", description = "API keys and their lifecycle"),
         (name = "owners", description = "Credits shared by the keys of one owner (under `limit_by: owner`)"),
-        (name = "usage", description = "Request records and daily or monthly roll-ups per key"),
+        (name = "usage", description = "Request records and hourly, daily or monthly roll-ups per key, with refusals by reason"),
         (name = "policies", description = "Rate limits, IP and origin allowlists, scopes, key age and quotas"),
         (name = "scopes", description = "The tenant's scope registry"),
         (name = "verify", description = "Verifying a key for a service that cannot embed Keysmith"),

@@ -1,9 +1,10 @@
-//! `/keys/{id}/usage`: a key's request records and their daily or monthly
-//! roll-ups.
+//! `/keys/{id}/usage`: a key's request records and their hourly, daily or
+//! monthly roll-ups with the outcome of every request.
 
 use axum::Json;
 use chrono::{DateTime, Utc};
 use keysmith_core::store::TimeRange;
+use keysmith_core::usage::{Refused, StatusClasses};
 use keysmith_core::{KeyId, Period};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -57,17 +58,23 @@ impl From<keysmith_core::UsageRecord> for UsageRecord {
     }
 }
 
-/// Requests and errors of one key in one day or month.
+/// What became of one key's requests in one hour, day or month: those that
+/// passed (what quotas count) and those refused, by reason (charged to
+/// nothing).
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct UsageAggregate {
-    /// Day or month.
+    /// Hour, day or month.
     period: Period,
-    /// The period's first instant (UTC midnight).
+    /// The period's first instant (UTC).
     period_start: DateTime<Utc>,
-    /// Requests in the period.
+    /// Requests that passed in the period.
     requests: u64,
     /// Of which answered with a status of 400 or more.
     errors: u64,
+    /// The passed requests by status class (`2xx` counts every status below 300).
+    status: StatusClasses,
+    /// Requests refused, by reason (the refusal's error code).
+    refused: Refused,
 }
 
 impl From<keysmith_core::UsageAggregate> for UsageAggregate {
@@ -77,6 +84,8 @@ impl From<keysmith_core::UsageAggregate> for UsageAggregate {
             period_start: aggregate.period_start,
             requests: aggregate.requests,
             errors: aggregate.errors,
+            status: aggregate.status,
+            refused: aggregate.refused,
         }
     }
 }
@@ -124,7 +133,8 @@ pub(crate) struct UsageQuery {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct AggregateQuery {
-    /// `day` (default) or `month`.
+    /// `hour`, `day` (default) or `month`. Hourly roll-ups are kept for
+    /// the usage retention (30 days by default).
     #[param(inline)]
     period: Option<Period>,
     /// Periods starting at or after this instant (RFC 3339).
@@ -169,7 +179,8 @@ pub(crate) async fn list_usage(
     }))
 }
 
-/// A key's daily or monthly roll-ups whose period starts in a time range.
+/// A key's hourly, daily or monthly roll-ups whose period starts in a time
+/// range: passed requests by status class, refused ones by reason.
 #[utoipa::path(
     get, path = "/keys/{id}/usage/aggregate", tag = "usage", operation_id = "aggregate_key_usage",
     params(

@@ -320,6 +320,25 @@ async fn usage_routes_return_records_and_rollups() {
     assert_eq!(items[0]["period_start"], "2026-03-11T00:00:00Z");
     assert_eq!(ranged.body["key_id"], json!(id));
 
+    assert_eq!(days[0]["status"], json!({"2xx": 1, "3xx": 0, "4xx": 0, "5xx": 1}));
+    assert_eq!(days[0]["refused"]["rate_limited"], 0);
+
+    // Hourly roll-ups, and refusals of the key counted by reason.
+    let hourly = h.get(&format!("/keys/{id}/usage/aggregate?period=hour")).await;
+    let hours = hourly.ok(200)["items"].as_array().unwrap().clone();
+    assert_eq!(hours.len(), 3);
+    assert_eq!(hours[0]["period"], "hour");
+    assert_eq!(hours[0]["period_start"], "2026-03-10T12:00:00Z");
+    let revoked = h.create_key(json!({"name": "revoked"})).await;
+    h.post_empty(&format!("/keys/{}/revoke", revoked.0)).await.ok(200);
+    for _ in 0..2 {
+        assert!(h.engine.validate(&revoked.1, &keysmith_core::RequestContext::new()).await.is_err());
+    }
+    h.engine.flush_usage().await;
+    let hourly = h.get(&format!("/keys/{}/usage/aggregate?period=hour", revoked.0)).await;
+    let refused = &hourly.ok(200)["items"][0];
+    assert_eq!((refused["requests"].as_u64(), refused["refused"]["key_revoked"].as_u64()), (Some(0), Some(2)));
+
     h.get(&format!("/keys/{id}/usage/aggregate?period=week")).await.assert_error(400, "invalid_query");
     h.get(&format!("/keys/{id}/usage?from={to}&to={from}")).await.assert_error(400, "invalid_query");
     h.get(&format!("/keys/{id}/usage?from=yesterday")).await.assert_error(400, "invalid_query");
@@ -1018,6 +1037,11 @@ async fn every_enum_name_is_accepted_exactly_as_spelled() {
     for period in Period::ALL {
         h.get(&format!("/keys/{id}/usage/aggregate?period={period}")).await.ok(200);
         let refill = json!({"remaining": 5, "refill": {"amount": 5, "every": period}});
+        if period == Period::Hour {
+            // Credits refill daily or monthly only.
+            h.put(&format!("/keys/{id}/credits"), refill).await.assert_error(400, "invalid_input");
+            continue;
+        }
         assert_eq!(
             h.put(&format!("/keys/{id}/credits"), refill).await.ok(200)["credits"]["refill"]["every"],
             period.as_str()

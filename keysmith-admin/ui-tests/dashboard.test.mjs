@@ -202,7 +202,7 @@ test('the usage chart draws one point per day from the aggregates', async () => 
   const errors = await points('errors');
   assert.equal(requests.length, 30);
   assert.equal(errors.length, 30);
-  assert.equal(await chart.locator('polyline').count(), 2);
+  assert.equal(await chart.locator('polyline').count(), 3, 'passed, errors and refused');
   const seeded = Object.entries(SEEDED.days);
   const drawn = Object.fromEntries(requests.filter((p) => p.value > 0).map((p) => [p.day, p.value]));
   assert.deepEqual(drawn, Object.fromEntries(seeded.map(([day, v]) => [day, v.requests])));
@@ -213,7 +213,38 @@ test('the usage chart draws one point per day from the aggregates', async () => 
   const monthly = await page.locator('[data-testid="monthly-usage"] tbody tr td:nth-child(2)').allTextContents();
   const total = monthly.reduce((sum, text) => sum + Number(text.replace(/,/g, '')), 0);
   assert.equal(total, seeded.reduce((sum, [, v]) => sum + v.requests, 0));
+  const refused = await points('refused');
+  const drawnRefused = Object.fromEntries(refused.filter((p) => p.value > 0).map((p) => [p.day, p.value]));
+  const sumReasons = (v) => Object.values(v.refused).reduce((sum, n) => sum + n, 0);
+  assert.deepEqual(drawnRefused,
+    Object.fromEntries(seeded.filter(([, v]) => sumReasons(v) > 0).map(([day, v]) => [day, sumReasons(v)])));
   await chart.locator('xpath=..').screenshot({ path: join(SCREENSHOTS, 'usage-chart.png') });
+});
+
+test('the last 24 hours are drawn hour by hour, passed and refused', async () => {
+  const chart = page.locator('[data-testid="usage-chart-hourly"]');
+  await chart.waitFor();
+  const points = (series) => chart.locator(`circle.point.${series}`).evaluateAll(
+    (nodes) => nodes.map((node) => ({ hour: node.dataset.day, value: Number(node.dataset.value) })));
+  const requests = await points('requests');
+  assert.equal(requests.length, 24);
+  const drawn = (list) => Object.fromEntries(list.filter((p) => p.value > 0).map((p) => [p.hour, p.value]));
+  const seeded = Object.entries(SEEDED.hours);
+  assert.deepEqual(drawn(requests), Object.fromEntries(seeded.filter(([, v]) => v.requests > 0).map(([h, v]) => [h, v.requests])));
+  assert.deepEqual(drawn(await points('refused')),
+    Object.fromEntries(seeded.filter(([, v]) => v.refused > 0).map(([h, v]) => [h, v.refused])));
+});
+
+test('refusals of the last 30 days are listed by reason', async () => {
+  const table = page.locator('[data-testid="refusals"]');
+  await table.waitFor();
+  const rows = await table.locator('tbody tr').evaluateAll((trs) => trs.map((tr) =>
+    [tr.cells[0].textContent, Number(tr.cells[1].textContent.replace(/,/g, ''))]));
+  const expected = {};
+  for (const v of Object.values(SEEDED.days)) {
+    for (const [reason, n] of Object.entries(v.refused)) if (n) expected[reason] = (expected[reason] || 0) + n;
+  }
+  assert.deepEqual(Object.fromEntries(rows), expected);
 });
 
 test('rotating shows the replacement key once and records the rotation', async () => {

@@ -81,11 +81,13 @@ pub(crate) enum Command {
     /// Manage the tenant's scope registry.
     #[command(subcommand)]
     Scopes(ScopesCommand),
-    /// Show a key's usage: daily or monthly roll-ups, or raw records with --records.
+    /// Show a key's usage: hourly, daily or monthly roll-ups (passed requests and
+    /// refusals by reason), or raw records with --records.
     Usage(UsageArgs),
     /// Expire keys past their expiry or maximum age and end rotations past their
-    /// grace, for every tenant.
-    Sweep,
+    /// grace, for every tenant; then delete usage past its retention (raw records
+    /// and hourly roll-ups, 30 days each by default), in bounded batches.
+    Sweep(SweepArgs),
     /// Create a first admin key (scope `keysmith:admin`) for --app/--tenant and
     /// print it once. Migrates the database first, so it works on a new one.
     BootstrapAdmin(BootstrapAdminArgs),
@@ -572,6 +574,14 @@ pub(crate) struct ScopeIdArg {
     /// The scope's id (`kscp_…`).
     #[arg(value_name = "SCOPE_ID")]
     pub(crate) id: ScopeId,
+}
+
+/// `keysmith sweep`.
+#[derive(Debug, Args)]
+pub(crate) struct SweepArgs {
+    /// Keep raw usage records for this many days (default 30); older ones are deleted.
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub(crate) usage_retention: Option<u32>,
 }
 
 /// `keysmith usage`.

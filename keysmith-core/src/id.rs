@@ -128,9 +128,46 @@ define_id!(
     RotationId, RotationTag, "krot"
 );
 
+impl UsageId {
+    /// A new id whose UUIDv7 carries the time `at` (a record numbered when
+    /// its request was made, so the sweeper can expire records by id).
+    #[must_use]
+    pub fn at(at: chrono::DateTime<chrono::Utc>) -> Self {
+        let (secs, nanos) = unix_parts(at);
+        Self::from_uuid(Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, nanos)))
+    }
+
+    /// The smallest UUID of an id made at or after `at`: every id made
+    /// before `at` (to the millisecond) is below it.
+    #[must_use]
+    pub fn first_uuid_at(at: chrono::DateTime<chrono::Utc>) -> Uuid {
+        let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+        bytes[6] = 0x70;
+        bytes[8] = 0x80;
+        Uuid::from_bytes(bytes)
+    }
+}
+
+/// Seconds and nanoseconds since the Unix epoch (0 before it).
+fn unix_parts(at: chrono::DateTime<chrono::Utc>) -> (u64, u32) {
+    (u64::try_from(at.timestamp()).unwrap_or(0), at.timestamp_subsec_nanos())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_ids_made_at_a_time_sort_below_the_first_id_of_a_later_time() {
+        let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        let early = UsageId::at(at("2026-03-14T12:00:00.999Z")).uuid();
+        let first = UsageId::first_uuid_at(at("2026-03-14T12:00:01Z"));
+        let late = UsageId::at(at("2026-03-14T12:00:01Z")).uuid();
+        assert!(early < first && first <= late, "{early} {first} {late}");
+        assert_eq!(first.get_version_num(), 7);
+    }
 
     #[test]
     fn ids_round_trip_through_their_string_form() {

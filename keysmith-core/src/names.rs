@@ -1,5 +1,6 @@
 //! The string enums the admin API, the CLI and the stores spell the same
-//! way (`KeyState`, `Environment`, `RotationReason`, `Period`, `LimitBy`):
+//! way (`KeyState`, `Environment`, `RotationReason`, `Period`, `LimitBy`,
+//! `RefusalReason`):
 //! each variant's name is written once, in [`string_enum!`], and every
 //! spelling is derived from it.
 
@@ -114,6 +115,7 @@ mod tests {
             $check(&RotationReason::ALL, RotationReason::as_str);
             $check(&Period::ALL, Period::as_str);
             $check(&LimitBy::ALL, LimitBy::as_str);
+            $check(&crate::usage::RefusalReason::ALL, crate::usage::RefusalReason::as_str);
         };
     }
 
@@ -154,7 +156,7 @@ mod tests {
             names(&RotationReason::ALL.map(RotationReason::as_str)),
             ["scheduled", "compromised", "expiring", "manual"]
         );
-        assert_eq!(names(&Period::ALL.map(Period::as_str)), ["day", "month"]);
+        assert_eq!(names(&Period::ALL.map(Period::as_str)), ["hour", "day", "month"]);
         assert_eq!(names(&LimitBy::ALL.map(LimitBy::as_str)), ["key", "owner"]);
     }
 
@@ -182,7 +184,7 @@ mod tests {
     #[test]
     fn serde_refuses_unknown_names_listing_the_known_ones() {
         let error = serde_json::from_str::<Period>(r#""week""#).unwrap_err().to_string();
-        assert!(error.contains("unknown variant `week`, expected `day` or `month`"), "{error}");
+        assert!(error.contains("unknown variant `week`, expected one of `hour`, `day`, `month`"), "{error}");
     }
 
     #[cfg(feature = "clap")]
@@ -232,7 +234,7 @@ mod tests {
                 let refused_alike = matches!(&error, Error::InvalidInput { field: "state", reason: r } if r == reason);
                 prop_assert!(refused_alike, "{:?}", error);
             }
-            prop_assert_eq!(text.parse::<Period>().is_ok(), text == "day" || text == "month");
+            prop_assert_eq!(text.parse::<Period>().is_ok(), text == "hour" || text == "day" || text == "month");
         }
     }
 }

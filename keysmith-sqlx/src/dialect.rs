@@ -93,10 +93,8 @@ pub(crate) trait Dialect:
     const LEAST: &'static str = "LEAST";
     /// The type a `SUM` of counts is cast to.
     const BIGINT: &'static str;
-    /// Appended to an aggregate insert: adds to the row that exists.
-    const ADD_TO_AGGREGATE: &'static str = " ON CONFLICT (key_id, period, period_start) DO UPDATE \
-        SET requests = keysmith_usage_agg.requests + excluded.requests, \
-            errors = keysmith_usage_agg.errors + excluded.errors";
+    /// How the backend spells the usage statements that differ.
+    const USAGE_SQL: crate::usage::UsageSql = crate::usage::UsageSql::Standard;
     /// Rows per multi-row `INSERT` (11 values each), within the backend's
     /// limit on bound values.
     const ROWS_PER_INSERT: usize;

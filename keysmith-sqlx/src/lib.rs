@@ -84,6 +84,8 @@ mod rows;
 pub mod sqlite;
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod store;
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
+mod usage;
 
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub use dialect::Backend;

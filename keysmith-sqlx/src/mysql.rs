@@ -55,10 +55,9 @@ impl Dialect for MySql {
         FROM keysmith_key_scopes s WHERE s.key_id = k.id)";
     const BIGINT: &'static str = "SIGNED";
     // `VALUES()` rather than a row alias: MariaDB has no alias form.
-    const ADD_TO_AGGREGATE: &'static str =
-        " ON DUPLICATE KEY UPDATE requests = requests + VALUES(requests), errors = errors + VALUES(errors)";
     // 65 535 bound values per statement.
     const ROWS_PER_INSERT: usize = 2000;
+    const USAGE_SQL: crate::usage::UsageSql = crate::usage::UsageSql::MySql;
     // sqlx takes text in a binary collation (the schema's NO PAD
     // `utf8mb4_0900_bin` or `utf8mb4_nopad_bin`) for bytes and refuses it
     // as a `String`.

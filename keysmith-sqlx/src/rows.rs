@@ -200,7 +200,11 @@ pub(crate) fn rotation<DB: Columns>(row: &DB::Row) -> Result<RotationRecord> {
     })
 }
 
-/// The `requests` and `errors` of a usage row.
-pub(crate) fn counts<DB: Columns>(row: &DB::Row) -> Result<(u64, u64)> {
-    Ok((to_u64("usage requests", DB::big(row, "requests")?)?, to_u64("usage errors", DB::big(row, "errors")?)?))
+/// The counts of a roll-up row ([`COUNT_COLUMNS`](crate::usage::COUNT_COLUMNS)).
+pub(crate) fn usage_counts<DB: Columns>(row: &DB::Row) -> Result<keysmith_core::usage::UsageCounts> {
+    let mut values = [0u64; 15];
+    for (value, column) in values.iter_mut().zip(crate::usage::COUNT_COLUMNS) {
+        *value = to_u64(column, DB::big(row, column)?)?;
+    }
+    Ok(crate::usage::counts_of(values))
 }

@@ -836,7 +836,8 @@ pub async fn problem_details_are_opt_in_and_keep_statuses_headers_and_codes<H: H
 }
 
 /// Passed requests are recorded with the status the handler answered;
-/// refused ones (by the adapter or by a `RequireScopes` inside it) are not.
+/// refused ones (by the adapter or by a `RequireScopes` inside it) leave no
+/// record (only a count among their key's outcomes).
 ///
 /// # Panics
 /// On a mismatch.
@@ -862,7 +863,8 @@ pub async fn usage_records_carry_the_handler_status<H: Harness>() {
         assert_eq!(record.user_agent.as_deref(), Some("conformance/1"));
         assert_eq!(record.timestamp, fixture.clock.now());
     }
-    assert_eq!(fixture.engine.usage_stats().written, 2, "the refused requests are not recorded");
+    // The two refusals (scope, revoked) are counted among their keys' outcomes only.
+    assert_eq!(fixture.engine.usage_stats().written, 2 + 2, "two records, two refusals");
 }
 
 /// Sends each path with the reader key, checks its status, and returns
@@ -1152,8 +1154,8 @@ pub async fn preflights_are_authenticated_unless_passthrough_is_turned_on<H: Har
 }
 
 /// A request refused by a route's `RequireScopes` spends nothing: the key's
-/// rate limit and quota are as if it had not been made, and no usage is
-/// recorded for it.
+/// rate limit and quota are as if it had not been made, and no usage record
+/// is written for it; the refusal is counted among the key's outcomes.
 ///
 /// # Panics
 /// On a mismatch.
@@ -1183,10 +1185,14 @@ pub async fn scope_refused_requests_spend_no_rate_limit_quota_or_usage<H: Harnes
     assert_eq!(spent.error_code().as_deref(), Some("quota_exceeded"), "{}", spent.describe());
 
     fixture.engine.flush_usage().await;
-    assert_eq!(fixture.engine.usage_stats().written, 4, "only the four passed requests are recorded");
     let totals = fixture.acme.usage_totals(keysmith_core::Period::Day, TimeRange::default()).await.unwrap();
     let (requests, errors) = totals.iter().fold((0, 0), |(r, e), t| (r + t.requests, e + t.errors));
-    assert_eq!((requests, errors), (4, 0), "no 403 among the records");
+    assert_eq!((requests, errors), (4, 0), "only the four passed requests are recorded: no 403 among them");
+    // The refusals are counted among the keys' outcomes, charged to nothing.
+    let refused = |reason| totals.iter().map(|t| t.refused.get(reason)).sum::<u64>();
+    assert_eq!(refused(keysmith_core::RefusalReason::InsufficientScope), 4);
+    assert_eq!(refused(keysmith_core::RefusalReason::QuotaExceeded), 1);
+    assert_eq!(fixture.engine.usage_stats().written, 4 + 5, "passed requests and refusals");
 }
 
 /// When the service behind the adapter fails (an error, not a response),

@@ -374,3 +374,53 @@ pub async fn owners_take_credits_after_the_migration(
     engine.shutdown().await;
     store.close().await;
 }
+
+/// The migration version that adds hourly roll-ups, outcomes and retention.
+pub const USAGE_OUTCOMES_MIGRATION: i64 = 20_261_206_010_001;
+
+/// The migrations a database had before hourly roll-ups and outcomes.
+#[must_use]
+pub fn migrations_before_usage_outcomes(all: &sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    migrations_before(all, USAGE_OUTCOMES_MIGRATION)
+}
+
+/// A day's roll-up of `key` as a database before outcomes held it: 7
+/// requests, 2 errors, on the day that starts at `day` (a SQL literal).
+#[must_use]
+pub fn rollup_before_usage_outcomes(tenant: &Tenant, key: KeyId, uuid: fn(uuid::Uuid) -> String, day: &str) -> String {
+    format!(
+        "INSERT INTO keysmith_usage_agg (key_id, period, period_start, app_id, tenant_id, requests, errors) \
+         VALUES ({}, 'day', {day}, '{}', '{}', 7, 2)",
+        uuid(key.uuid()),
+        tenant.app_id,
+        tenant.tenant_id
+    )
+}
+
+/// After the migration the old roll-up keeps its counts (no status classes,
+/// no refusals), and new ones count hours and refusals beside it.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn old_rollups_keep_their_counts_after_the_outcomes_migration(
+    store: Arc<dyn Store>,
+    tenant: &Tenant,
+    key: KeyId,
+    day: chrono::DateTime<chrono::Utc>,
+) {
+    use keysmith_core::usage::{RefusalReason, UsageBatch, UsageCounts, UsageDelta};
+    let days = store.usage_aggregates(tenant, key, Period::Day, TimeRange::default()).await.unwrap();
+    assert_eq!(days.len(), 1);
+    assert_eq!((days[0].period_start, days[0].requests, days[0].errors, days[0].refused.total()), (day, 7, 2, 0));
+    let delta = UsageDelta {
+        key_id: key,
+        tenant: tenant.into(),
+        hour: day,
+        counts: UsageCounts::refused(RefusalReason::KeySuspended),
+    };
+    store.write_usage(&UsageBatch { id: UsageId::new(), records: &[], deltas: &[delta] }).await.unwrap();
+    let days = store.usage_aggregates(tenant, key, Period::Day, TimeRange::default()).await.unwrap();
+    assert_eq!((days[0].requests, days[0].refused.key_suspended), (7, 1));
+    let hours = store.usage_aggregates(tenant, key, Period::Hour, TimeRange::default()).await.unwrap();
+    assert_eq!((hours.len(), hours[0].refused.key_suspended), (1, 1));
+}

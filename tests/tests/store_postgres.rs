@@ -154,6 +154,30 @@ mod postgres_only {
     }
 
     #[tokio::test]
+    async fn the_usage_outcomes_migration_upgrades_an_existing_database() {
+        use keysmith_core::store::KeyStore;
+        let Some(db) = PgTestDb::create().await else { return };
+        let pool = db.pool().await;
+        sql_cases::migrations_before_usage_outcomes(&keysmith_sqlx::postgres::MIGRATOR).run(&pool).await.unwrap();
+        let tenant = Tenant::new("app", "acme");
+        let key = keysmith_tests::store_conformance::sample_key(&tenant);
+        let store = PgStore::new(pool);
+        store.insert_key(&key).await.unwrap();
+        let literal = |id: uuid::Uuid| format!("'{id}'");
+        let statement = sql_cases::rollup_before_usage_outcomes(&tenant, key.key.id, literal, "'2026-03-15T00:00:00Z'");
+        sqlx::query(&statement).execute(store.pool()).await.unwrap();
+        store.migrate().await.unwrap();
+        let day = chrono::DateTime::parse_from_rfc3339("2026-03-15T00:00:00Z").unwrap().to_utc();
+        sql_cases::old_rollups_keep_their_counts_after_the_outcomes_migration(
+            Arc::new(store),
+            &tenant,
+            key.key.id,
+            day,
+        )
+        .await;
+    }
+
+    #[tokio::test]
     async fn the_owner_credits_migration_upgrades_an_existing_database() {
         let Some(db) = PgTestDb::create().await else { return };
         let pool = db.pool().await;

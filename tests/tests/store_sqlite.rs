@@ -144,3 +144,25 @@ async fn the_named_limits_migration_upgrades_an_existing_database() {
     store.migrate().await.unwrap();
     sql_cases::single_limits_become_the_default_named_limit(Arc::new(store), &tenant, ids).await;
 }
+
+#[tokio::test]
+async fn the_usage_outcomes_migration_upgrades_an_existing_database() {
+    use keysmith_core::Tenant;
+    use keysmith_core::store::KeyStore;
+    use keysmith_tests::sql_cases;
+    let dir = TempDir::new("sqlite-usage-outcomes");
+    let url = format!("sqlite://{}", dir.path().join("old.db").display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    sql_cases::migrations_before_usage_outcomes(&keysmith_sqlx::sqlite::MIGRATOR).run(store.pool()).await.unwrap();
+    let tenant = Tenant::new("app", "acme");
+    let key = keysmith_tests::store_conformance::sample_key(&tenant);
+    store.insert_key(&key).await.unwrap();
+    let day = chrono::DateTime::parse_from_rfc3339("2026-03-15T00:00:00Z").unwrap().to_utc();
+    let blob = |id: uuid::Uuid| format!("X'{}'", id.simple());
+    let literal = day.timestamp_micros().to_string();
+    let statement = sql_cases::rollup_before_usage_outcomes(&tenant, key.key.id, blob, &literal);
+    sqlx::query(&statement).execute(store.pool()).await.unwrap();
+    store.migrate().await.unwrap();
+    sql_cases::old_rollups_keep_their_counts_after_the_outcomes_migration(Arc::new(store), &tenant, key.key.id, day)
+        .await;
+}

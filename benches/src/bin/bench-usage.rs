@@ -6,7 +6,10 @@
 //!   background recorder as fast as one task can, then waits for the last
 //!   write (`engine.shutdown()`), and prints records/s written and how many
 //!   were dropped. PostgreSQL needs `KEYSMITH_TEST_POSTGRES_URL`, MySQL
-//!   `KEYSMITH_TEST_MYSQL_URL`.
+//!   `KEYSMITH_TEST_MYSQL_URL`. On PostgreSQL it then measures, in the same
+//!   run, the server's own `COPY` of the same number of rows from a CSV
+//!   file into a table of the same shape and indexes (`LIKE keysmith_usage
+//!   INCLUDING ALL`), and prints the ratio.
 //! - `bench-usage memory-store [keys]`: RSS growth of a `MemoryStore`
 //!   holding `keys` keys (default 1 000 000) created through the engine.
 //! - `bench-usage limiter [keys]`: RSS growth of the GCRA rate limiter
@@ -105,6 +108,7 @@ async fn record(backend: Backend, records: usize, batch: usize) {
     engine.shutdown().await;
     let elapsed = began.elapsed();
     let stats = engine.usage_stats();
+    let ours = per_second(records, elapsed);
     println!(
         "record {}: {records} records, batches of {batch}: queued in {:.3}s ({:.0}/s), written in {:.2}s: \
          {:.0} records/s; written {}, dropped {}, failed {}",
@@ -112,13 +116,78 @@ async fn record(backend: Backend, records: usize, batch: usize) {
         queued.as_secs_f64(),
         per_second(records, queued),
         elapsed.as_secs_f64(),
-        per_second(records, elapsed),
+        ours,
         stats.written,
         stats.dropped,
         stats.failed,
     );
+    if matches!(backend, Backend::Postgres)
+        && let Some(url) = &store.server_url
+    {
+        let (copy, copy_fk) = copy_baseline(url, &keys, records).await;
+        println!(
+            "copy postgres: {records} rows from a CSV file: {copy:.0} rows/s into a table of the same shape and \
+             indexes, {copy_fk:.0} rows/s with its foreign key to keysmith_keys too; keysmith (roll-ups \
+             included) / COPY = {:.2}, / COPY with the foreign key = {:.2}",
+            ours / copy,
+            ours / copy_fk
+        );
+    }
     drop(engine);
     drop(store);
+}
+
+/// Rows/s of PostgreSQL's own `COPY … FROM 'file' (FORMAT csv)` of `rows`
+/// usage rows of `keys` into a table shaped and indexed as `keysmith_usage`,
+/// without and with its foreign key to `keysmith_keys` (checked per row).
+async fn copy_baseline(url: &str, keys: &[keysmith_core::Key], rows: usize) -> (f64, f64) {
+    use std::io::Write as _;
+
+    let pool = sqlx::PgPool::connect(url).await.expect("connect to PostgreSQL");
+    sqlx::query("CREATE TABLE bench_copy (LIKE keysmith_usage INCLUDING ALL)")
+        .execute(&pool)
+        .await
+        .expect("create the COPY table");
+    sqlx::query(
+        "CREATE TABLE bench_copy_fk (LIKE keysmith_usage INCLUDING ALL, \
+         FOREIGN KEY (key_id) REFERENCES keysmith_keys (id) ON DELETE CASCADE)",
+    )
+    .execute(&pool)
+    .await
+    .expect("create the COPY table with the foreign key");
+    let path = std::env::temp_dir().join(format!("keysmith-bench-copy-{}.csv", std::process::id()));
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path).expect("create the CSV file"));
+    let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S%.6f+00");
+    for n in 0..rows {
+        let key = &keys[n % keys.len()];
+        let status = if n % 20 == 0 { 500 } else { 200 };
+        writeln!(
+            file,
+            "{},{},{},{},/v1/invoices,GET,{status},203.0.113.9,bench/1.0,5000,{now}",
+            UsageId::new().uuid(),
+            key.id.uuid(),
+            key.tenant.app_id,
+            key.tenant.tenant_id,
+        )
+        .expect("write the CSV file");
+    }
+    drop(file.into_inner().expect("flush the CSV file"));
+    let mut rates = [0.0; 2];
+    for (rate, table) in rates.iter_mut().zip(["bench_copy", "bench_copy_fk"]) {
+        let began = Instant::now();
+        sqlx::query(&format!(
+            "COPY {table} (id, key_id, app_id, tenant_id, endpoint, method, status, ip, user_agent, latency_us, \
+             occurred_at) FROM '{}' WITH (FORMAT csv)",
+            path.display()
+        ))
+        .execute(&pool)
+        .await
+        .expect("COPY from the CSV file (the server must read it: same machine)");
+        *rate = per_second(rows, began.elapsed());
+    }
+    let _ = std::fs::remove_file(&path);
+    pool.close().await;
+    (rates[0], rates[1])
 }
 
 async fn memory_store(keys: usize) {

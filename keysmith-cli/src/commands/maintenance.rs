@@ -1,11 +1,13 @@
 //! `keysmith migrate`, `keysmith sweep` and `keysmith bootstrap-admin`:
 //! database-wide work, and the first key of a tenant.
 
-use keysmith_core::{Engine, Key, NewKey, TenantEngine};
+use std::time::Duration;
+
+use keysmith_core::{Engine, Key, NewKey, TenantEngine, UsageRetention};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cli::BootstrapAdminArgs;
+use crate::cli::{BootstrapAdminArgs, SweepArgs};
 use crate::error::CliError;
 use crate::output::{Details, Printer};
 
@@ -15,14 +17,26 @@ pub(super) async fn migrate(engine: &Engine, printer: Printer) -> Result<String,
     printer.render(&json!({ "migrated": true }), || "Database schema is up to date.\n".to_owned())
 }
 
-/// Expires keys that are due and ends rotations past their grace.
-pub(super) async fn sweep(engine: &Engine, printer: Printer) -> Result<String, CliError> {
-    let report = engine.sweep().await?;
-    let value = json!({ "expired": report.expired, "rotations_ended": report.rotations_ended });
+/// Expires keys that are due, ends rotations past their grace and deletes
+/// expired usage (raw records older than `--usage-retention` days).
+pub(super) async fn sweep(args: SweepArgs, engine: &Engine, printer: Printer) -> Result<String, CliError> {
+    let mut retention = UsageRetention::default();
+    if let Some(days) = args.usage_retention {
+        retention = retention.with_records(Duration::from_secs(u64::from(days) * 86_400));
+    }
+    let report = engine.sweep_with(&retention).await?;
+    let value = json!({
+        "expired": report.expired,
+        "rotations_ended": report.rotations_ended,
+        "usage_records_deleted": report.usage_records_deleted,
+        "hourly_rollups_deleted": report.hourly_rollups_deleted,
+    });
     printer.render(&value, || {
         Details::new()
             .line("keys expired", report.expired.to_string())
             .line("rotations ended", report.rotations_ended.to_string())
+            .line("usage records deleted", report.usage_records_deleted.to_string())
+            .line("hourly roll-ups deleted", report.hourly_rollups_deleted.to_string())
             .render()
     })
 }

@@ -38,7 +38,7 @@ pub(crate) async fn run(cli: Cli) -> Result<String, CliError> {
         _ => LeakPolicies::default(),
     };
     let tenant = match command {
-        Command::Migrate | Command::Sweep | Command::SecretScanning(_) => None,
+        Command::Migrate | Command::Sweep(_) | Command::SecretScanning(_) => None,
         Command::Serve(_) => {
             if let Some(app) = &global.app {
                 validate_id("app_id", app)?;
@@ -82,7 +82,7 @@ async fn dispatch(
     let tenant = || tenant.ok_or_else(|| CliError::Usage("this command needs --app and --tenant".to_owned()));
     match command {
         Command::Migrate => maintenance::migrate(engine, printer).await,
-        Command::Sweep => maintenance::sweep(engine, printer).await,
+        Command::Sweep(args) => maintenance::sweep(args, engine, printer).await,
         Command::Keys(command) => keys::run(command, tenant()?, printer).await,
         Command::Owners(command) => owners::run(command, tenant()?, printer).await,
         Command::Policies(command) => policies::run(command, tenant()?, printer).await,

@@ -1,6 +1,8 @@
-//! `keysmith usage KEY_ID`: a key's roll-ups, or its raw records.
+//! `keysmith usage KEY_ID`: a key's roll-ups (passed requests and refusals
+//! by reason), or its raw records.
 
 use keysmith_core::store::{Page, TimeRange};
+use keysmith_core::usage::{Refused, UsageCounts};
 use keysmith_core::{Period, TenantEngine, UsageAggregate, UsageRecord};
 
 use crate::cli::UsageArgs;
@@ -27,24 +29,39 @@ pub(super) async fn run(args: UsageArgs, tenant: &TenantEngine, printer: Printer
 
 fn aggregates_table(period: Period, aggregates: &[UsageAggregate]) -> String {
     let format = match period {
+        Period::Hour => "%Y-%m-%d %H:00",
         Period::Day => "%Y-%m-%d",
         Period::Month => "%Y-%m",
     };
-    let mut table = Table::new([period.as_str(), "REQUESTS", "ERRORS"]);
-    let (mut requests, mut errors) = (0u64, 0u64);
+    let mut table = Table::new([period.as_str(), "REQUESTS", "ERRORS", "REFUSED", "REFUSED BY REASON"]);
+    let mut total = UsageCounts::default();
     for aggregate in aggregates {
-        requests += aggregate.requests;
-        errors += aggregate.errors;
+        total.add(&aggregate.counts());
         table.row([
             aggregate.period_start.format(format).to_string(),
             aggregate.requests.to_string(),
             aggregate.errors.to_string(),
+            aggregate.refused.total().to_string(),
+            reasons(&aggregate.refused),
         ]);
     }
     if !aggregates.is_empty() {
-        table.row(["total".to_owned(), requests.to_string(), errors.to_string()]);
+        table.row([
+            "total".to_owned(),
+            total.requests.to_string(),
+            total.errors.to_string(),
+            total.refused.total().to_string(),
+            reasons(&total.refused),
+        ]);
     }
     table.render("no usage")
+}
+
+/// The reasons with refusals, `reason n` each, or `-`.
+fn reasons(refused: &Refused) -> String {
+    let named: Vec<String> =
+        refused.iter().filter(|(_, n)| *n > 0).map(|(reason, n)| format!("{reason} {n}")).collect();
+    if named.is_empty() { "-".to_owned() } else { named.join(", ") }
 }
 
 fn records_table(records: &[UsageRecord]) -> String {

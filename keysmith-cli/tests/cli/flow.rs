@@ -392,7 +392,8 @@ async fn usage(ks: &Keysmith, engine: &Engine, key_id: &str) {
     assert_eq!(ks.json(&["usage", key_id, "--from", "2100-01-01"]), json!([]));
     assert_eq!(ks.json(&["usage", key_id, "--to", "2000-01-01T00:00:00Z"]), json!([]));
     let human = ks.run(&["usage", key_id]).ok();
-    assert!(human.lines().any(|l| l.starts_with("total") && l.contains('3') && l.ends_with('1')), "{human}");
+    let total: Vec<&str> = human.lines().find(|l| l.starts_with("total")).unwrap().split_whitespace().collect();
+    assert_eq!(total, ["total", "3", "1", "0", "-"], "requests, errors, refused, by reason: {human}");
 
     let records = ks.json(&["usage", key_id, "--records"]);
     assert_eq!(records.as_array().unwrap().len(), 3);
@@ -428,12 +429,38 @@ async fn sweep(ks: &Keysmith, engine: &Engine) {
     let rotated = rotated.as_array().unwrap().len();
     assert_eq!(rotated, 2);
 
-    assert_eq!(ks.json(&["sweep"]), json!({ "expired": 1, "rotations_ended": rotated }));
+    // A usage record three days old: past a retention of two days.
+    let three_days_ago = now - chrono::Days::new(3);
+    engine.record_usage(UsageRecord {
+        id: UsageId::at(three_days_ago),
+        key_id: old.key.id,
+        tenant: old.key.tenant.clone().into(),
+        endpoint: "/v1/old".into(),
+        method: "GET".into(),
+        status: 200,
+        ip: None,
+        user_agent: None,
+        latency: Duration::from_millis(1),
+        timestamp: three_days_ago,
+    });
+    engine.flush_usage().await;
+
+    let swept = ks.json(&["sweep", "--usage-retention", "2"]);
+    let expected = json!({
+        "expired": 1,
+        "rotations_ended": rotated,
+        "usage_records_deleted": 1,
+        "hourly_rollups_deleted": 0,
+    });
+    assert_eq!(swept, expected, "hourly roll-ups are kept 30 days");
     assert_eq!(ks.json(&["keys", "show", &old.key.id.to_string()])["state"], "expired");
     assert_eq!(ks.json(&["keys", "show", doomed_id])["state"], "revoked");
     assert_eq!(ks.json(&["keys", "list", "--state", "rotated"]), json!([]));
     let again = ks.run(&["sweep"]).ok();
-    assert_eq!(again, "keys expired     0\nrotations ended  0\n");
+    assert_eq!(
+        again,
+        "keys expired             0\nrotations ended          0\nusage records deleted    0\nhourly roll-ups deleted  0\n"
+    );
 }
 
 fn tenants_are_isolated(ks: &Keysmith, key_id: &str, policy_id: &str) {

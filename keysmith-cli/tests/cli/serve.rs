@@ -360,7 +360,10 @@ fn serve_metrics_count_validations_by_outcome_and_carry_no_key_hash_id_or_path()
     }) {
         for pair in labels.split(',') {
             let (name, value) = pair.split_once('=').unwrap();
-            assert!(["outcome", "event", "component", "quantile", "le"].contains(&name), "label {name} in {text}");
+            assert!(
+                ["outcome", "event", "component", "code", "quantile", "le"].contains(&name),
+                "label {name} in {text}"
+            );
             let value = value.trim_matches('"');
             assert!(
                 value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.+-".contains(c)),

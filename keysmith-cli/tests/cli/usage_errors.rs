@@ -57,10 +57,10 @@ fn unknown_enum_values_are_refused_listing_the_allowed_ones() {
         (&["keys", "list", "--environment", "prod"], "[possible values: live, test, dev]"),
         (
             &["keys", "create", "--name", "x", "--credits", "5", "--refill", "5", "--refill-every", "week"],
-            "[possible values: day, month]",
+            "[possible values: hour, day, month]",
         ),
         (&["keys", "rotate", &key, "--reason", "bored"], "[possible values: scheduled, compromised, expiring, manual]"),
-        (&["usage", &key, "--period", "week"], "[possible values: day, month]"),
+        (&["usage", &key, "--period", "week"], "[possible values: hour, day, month]"),
         (&["policies", "create", "--name", "p", "--limit-by", "team"], "[possible values: key, owner]"),
     ];
     for (args, allowed) in cases {

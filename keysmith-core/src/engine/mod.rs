@@ -29,10 +29,10 @@ use crate::limit::{GcraRateLimiter, RateLimiter};
 use crate::store::{CacheConfig, CacheStats, CachedStore, IntoStore, Store, Transition};
 use crate::usage::QuotaCounter;
 use crate::usage::quota::QuotaTracker;
-use crate::usage::{UsageConfig, UsageRecorder};
+use crate::usage::{UsageConfig, UsageMode, UsageRecorder, UsageRetention};
 use crate::{
-    Change, ChangeFeed, Clock, Environment, Error, Hasher, Key, KeyId, KeyState, LegacyKeys, Result, Sha256Hasher,
-    SystemClock, Tenant,
+    Change, ChangeFeed, Clock, Environment, Error, Hasher, Key, KeyId, KeyState, LegacyKeys, Period, Result,
+    Sha256Hasher, SystemClock, Tenant,
 };
 
 /// The prefix of new keys unless the builder names another.
@@ -88,6 +88,7 @@ struct Inner {
     quotas: Arc<dyn QuotaCounter>,
     usage: UsageRecorder,
     usage_config: UsageConfig,
+    usage_retention: UsageRetention,
     /// When this engine last queued a `last_used_at` write, per key, in
     /// microseconds since the epoch.
     touched: DashMap<KeyId, i64, foldhash::fast::RandomState>,
@@ -144,6 +145,8 @@ impl Engine {
             limiter: None,
             quota_counter: None,
             usage_config: UsageConfig::default(),
+            usage_mode: UsageMode::default(),
+            usage_retention: UsageRetention::default(),
             leak_policies: LeakPolicies::default(),
             legacy: LegacyKeys::default(),
         }
@@ -261,11 +264,67 @@ impl Engine {
 
     /// Moves every key that is due to its terminal state: `active` keys past
     /// `expires_at` become `expired`, `rotated` keys past their grace become
-    /// `revoked`. Run it periodically; validation does the same lazily.
+    /// `revoked`; then deletes the usage that has expired under the
+    /// engine's [`UsageRetention`] ([`sweep_usage`](Self::sweep_usage)).
+    /// Run it periodically; validation expires keys lazily too.
     ///
     /// # Errors
     /// A store failure; keys swept before it stay swept.
     pub async fn sweep(&self) -> Result<SweepReport> {
+        self.sweep_with(&self.inner.usage_retention).await
+    }
+
+    /// [`sweep`](Self::sweep) with `retention` instead of the engine's
+    /// (`keysmith sweep --usage-retention` overrides it for one run).
+    ///
+    /// # Errors
+    /// As [`sweep`](Self::sweep).
+    pub async fn sweep_with(&self, retention: &UsageRetention) -> Result<SweepReport> {
+        let mut report = self.sweep_keys().await?;
+        let usage = self.sweep_usage(retention).await?;
+        report.usage_records_deleted = usage.usage_records_deleted;
+        report.hourly_rollups_deleted = usage.hourly_rollups_deleted;
+        Ok(report)
+    }
+
+    /// Deletes raw usage records older than `retention.records` and hourly
+    /// roll-ups older than `retention.hourly` (at the engine's clock), in
+    /// statements of at most `retention.batch` rows, so that no statement
+    /// runs over a whole table or holds its locks for long. Daily and
+    /// monthly roll-ups, which quotas count, are never deleted here.
+    ///
+    /// # Errors
+    /// A store failure; what was deleted before it stays deleted.
+    pub async fn sweep_usage(&self, retention: &UsageRetention) -> Result<SweepReport> {
+        let mut report = SweepReport::default();
+        let now = self.inner.clock.now();
+        let batch = retention.batch.max(1);
+        let before = |age: Duration| {
+            chrono::TimeDelta::from_std(age)
+                .ok()
+                .and_then(|age| now.checked_sub_signed(age))
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+        };
+        let records_before = before(retention.records);
+        loop {
+            let deleted = self.inner.store.delete_usage_before(records_before, batch).await?;
+            report.usage_records_deleted += deleted;
+            if deleted < u64::from(batch) {
+                break;
+            }
+        }
+        let hours_before = Period::Hour.start_of(before(retention.hourly));
+        loop {
+            let deleted = self.inner.store.delete_aggregates_before(Period::Hour, hours_before, batch).await?;
+            report.hourly_rollups_deleted += deleted;
+            if deleted < u64::from(batch) {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn sweep_keys(&self) -> Result<SweepReport> {
         const BATCH: u32 = 500;
         let mut report = SweepReport::default();
         loop {
@@ -335,6 +394,10 @@ pub struct SweepReport {
     pub expired: u64,
     /// Rotated keys whose grace ended, moved to `revoked`.
     pub rotations_ended: u64,
+    /// Raw usage records deleted as expired.
+    pub usage_records_deleted: u64,
+    /// Hourly roll-ups deleted as expired.
+    pub hourly_rollups_deleted: u64,
 }
 
 /// Configures an [`Engine`]; see [`Engine::builder`].
@@ -354,6 +417,8 @@ pub struct EngineBuilder {
     limiter: Option<Arc<dyn RateLimiter>>,
     quota_counter: Option<Arc<dyn QuotaCounter>>,
     usage_config: UsageConfig,
+    usage_mode: UsageMode,
+    usage_retention: UsageRetention,
     leak_policies: LeakPolicies,
     legacy: LegacyKeys,
 }
@@ -473,6 +538,21 @@ impl EngineBuilder {
         self
     }
 
+    /// What the usage writer keeps of passed requests: raw records (the
+    /// default), roll-ups only, or one raw record in `n`
+    /// ([`UsageMode`]); roll-ups and quotas are exact in every mode.
+    pub fn with_usage_mode(mut self, mode: UsageMode) -> Self {
+        self.usage_mode = mode;
+        self
+    }
+
+    /// How long [`Engine::sweep`] keeps raw usage records and hourly
+    /// roll-ups (30 days each by default).
+    pub fn with_usage_retention(mut self, retention: UsageRetention) -> Self {
+        self.usage_retention = retention;
+        self
+    }
+
     /// What [`Engine::report_leaks`] does with a leaked key of each tenant:
     /// a default and per-tenant overrides (by default every tenant's leaked
     /// keys are revoked).
@@ -508,6 +588,9 @@ impl EngineBuilder {
         if self.usage_config.batch_size == 0 || self.usage_config.flush_interval.is_zero() {
             return Err(Error::invalid("usage_config", "batch_size and flush_interval must be greater than zero"));
         }
+        if self.usage_mode == UsageMode::Sampled(0) {
+            return Err(Error::invalid("usage_mode", "a sample of one record in 0 is not a sample; use 1 or more"));
+        }
         let store = self.store;
         let cache = self.cache.map(|config| Arc::new(CachedStore::with_config(Arc::clone(&store), config)));
         let feed = self.feed.map(|feed| Arc::new(FeedLink::new(feed, self.heartbeat)));
@@ -517,7 +600,7 @@ impl EngineBuilder {
         }
         let limiter = self.limiter.unwrap_or_else(|| Arc::new(GcraRateLimiter::with_clock(Arc::clone(&self.clock))));
         let quotas = Arc::new(QuotaTracker::new(self.usage_config.quota_refresh));
-        let usage = UsageRecorder::new(self.usage_config, Arc::clone(&store), Arc::clone(&quotas));
+        let usage = UsageRecorder::new(self.usage_config, self.usage_mode, Arc::clone(&store), Arc::clone(&quotas));
         let quotas = self.quota_counter.unwrap_or(quotas);
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -528,6 +611,7 @@ impl EngineBuilder {
                 quotas,
                 usage,
                 usage_config: self.usage_config,
+                usage_retention: self.usage_retention,
                 touched: DashMap::default(),
                 touch_sweeps: SweepSchedule::default(),
                 hasher: self.hasher,

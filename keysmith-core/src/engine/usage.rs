@@ -54,7 +54,8 @@ impl TenantEngine {
         self.engine.inner.store.list_usage(tenant, key_id, range, page).await
     }
 
-    /// A key's daily or monthly roll-ups whose period starts in `range`.
+    /// A key's hourly, daily or monthly roll-ups whose period starts in
+    /// `range`: passed requests by status class, refused ones by reason.
     ///
     /// # Errors
     /// `InvalidInput` for the tenant's ids; `NotFound` if the tenant has no
@@ -70,7 +71,7 @@ impl TenantEngine {
         self.engine.inner.store.usage_aggregates(tenant, key_id, period, range).await
     }
 
-    /// The tenant's totals (all keys) per day or month in `range`.
+    /// The tenant's totals (all keys) per hour, day or month in `range`.
     ///
     /// # Errors
     /// `InvalidInput` for the tenant's ids; a store failure.

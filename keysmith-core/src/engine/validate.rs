@@ -18,6 +18,10 @@ use crate::limit::{RateLimitStatus, Subject};
 use crate::store::Transition;
 use crate::{CreditSpend, CreditsStatus, Error, Key, KeyHash, KeyState, LimitBy, Policy, RateLimit, Refusal, scope};
 
+/// Counter: refusals of requests whose key was not identified (missing,
+/// malformed, unknown), by code; they have no tenant to count for.
+const UNATTRIBUTED_REFUSALS: &str = "keysmith_refusals_unattributed_total";
+
 /// A key that passed validation.
 #[derive(Debug)]
 pub struct Validation {
@@ -217,11 +221,24 @@ impl Engine {
     ) -> Result<Validation, ValidationError> {
         let started = (!self.inner.hooks.is_empty()).then(Instant::now);
         let result = self.validate_inner(key, ctx).await;
+        if let Err((ValidationError::Refused(refusal), key)) = &result {
+            self.count_refusal(refusal, key.as_ref());
+        }
         if let Some(started) = started {
             // Boxed: only engines with hooks pay for this future.
             Box::pin(self.report_validation(&result, started.elapsed())).await;
         }
         result.map_err(|(e, _)| e)
+    }
+
+    /// Counts a refusal among its key's outcomes (queued like usage: no
+    /// store call here, nothing charged), or, when no key was identified,
+    /// in the metric `keysmith_refusals_unattributed_total` only.
+    pub(crate) fn count_refusal(&self, refusal: &Refusal, key: Option<&Arc<Key>>) {
+        match (refusal.reason(), key) {
+            (Some(reason), Some(key)) => self.inner.usage.record_refusal(key, reason, self.inner.clock.now()),
+            _ => metrics::counter!(UNATTRIBUTED_REFUSALS, "code" => refusal.code()).increment(1),
+        }
     }
 
     /// Tells the hooks how a validation ended.

@@ -311,8 +311,9 @@ impl Gate {
     ///
     /// A refused key gets back what its validation spent
     /// ([`Engine::refund`]): the refused request costs no rate-limit budget
-    /// or quota and records no usage. Adapters call this exactly where the
-    /// route refuses, so none of them can forget the refund.
+    /// or quota and records no usage; the refusal is counted among the
+    /// key's outcomes (`insufficient_scope`). Adapters call this exactly
+    /// where the route refuses, so none of them can forget the refund.
     #[must_use]
     pub fn scope_refusal(&self, requirement: &ScopeRequirement, key: Option<&ApiKey>) -> Option<RefusalResponse> {
         let Some(key) = key else { return Some(self.refusal(Refusal::MissingKey)) };
@@ -320,8 +321,11 @@ impl Gate {
         if missing.is_empty() {
             return None;
         }
-        self.config.engine.refund(key.validation());
-        Some(self.refusal(Refusal::InsufficientScope { missing }))
+        let engine = &self.config.engine;
+        engine.refund(key.validation());
+        let refusal = Refusal::InsufficientScope { missing };
+        engine.count_refusal(&refusal, Some(&key.validation().key));
+        Some(self.refusal(refusal))
     }
 
     /// Decides what happens to a request. Headers are read before this

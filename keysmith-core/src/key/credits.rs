@@ -110,6 +110,9 @@ impl Credits {
         {
             return Err(Error::invalid("credits.refill.amount", format!("must be 1 to {}", Self::MAX)));
         }
+        if self.refill.is_some_and(|refill| refill.every == Period::Hour) {
+            return Err(Error::invalid("credits.refill.every", "must be day or month"));
+        }
         self.refilled_at = self.refill.map(|refill| refill.every.start_of(now));
         Ok(self)
     }
@@ -153,6 +156,7 @@ mod tests {
         assert!(Credits::new(Credits::MAX + 1).checked(now).is_err());
         assert!(Credits::new(0).with_refill(0, Period::Day).checked(now).is_err());
         assert!(Credits::new(0).with_refill(Credits::MAX + 1, Period::Month).checked(now).is_err());
+        assert!(Credits::new(0).with_refill(1, Period::Hour).checked(now).is_err(), "refills are daily or monthly");
         assert!(Credits::new(0).checked(now).is_ok(), "zero remaining is a valid, exhausted state");
     }
 }

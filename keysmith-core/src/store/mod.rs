@@ -21,14 +21,16 @@ pub use memory::MemoryStore;
 #[cfg(any(test, feature = "testing"))]
 pub use probe::{ProbedStore, StoreOp, StoreProbe};
 
+use crate::usage::{Refused, StatusClasses, UsageBatch, UsageCounts};
 use crate::{
     CreditSpend, Credits, Environment, Key, KeyHash, KeyId, KeyState, Period, Policy, PolicyId, Result, RotationRecord,
     Scope, ScopeId, Tenant, UsageAggregate, UsageRecord,
 };
 
 /// Declares a store trait from its methods: the `async` ones, each a call to
-/// the backend, then the `ready` ones, defaults that a store overrides when
-/// it can answer without I/O. From the same list, with the `testing`
+/// the backend, then, in `provided`, the methods with a default body (the
+/// `_ready` answers that a store overrides when it can answer without I/O,
+/// and conveniences written over the required methods). From the same list, with the `testing`
 /// feature, it implements the trait for [`ProbedStore`] (each call reported
 /// to the probe as the [`StoreOp`] of its name), so that a new store
 /// operation is written in three places: here, the memory store and the SQL
@@ -42,7 +44,7 @@ macro_rules! store_trait {
                 async fn $op:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) $(-> $ret:ty)?;
             )*
         }
-        $(ready { $($ready:tt)* })?
+        $(provided { $($provided:tt)* })?
     ) => {
         $(#[$attr])*
         #[async_trait]
@@ -51,7 +53,7 @@ macro_rules! store_trait {
                 $(#[$doc])*
                 async fn $op(&self $(, $arg: $ty)*) $(-> $ret)?;
             )*
-            $($($ready)*)?
+            $($($provided)*)?
         }
 
         #[cfg(any(test, feature = "testing"))]
@@ -295,7 +297,7 @@ store_trait! {
         /// their policy's `max_key_age`, and `rotated` keys past their grace.
         async fn list_due_keys(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Key>>;
     }
-    ready {
+    provided {
         /// [`find_key_by_hash`](Self::find_key_by_hash) answered at once, for a
         /// store that can answer without I/O (the memory store, a cache hit);
         /// `None` means "no ready answer: await `find_key_by_hash`". Validation
@@ -359,7 +361,7 @@ store_trait! {
         /// Deletes a policy; `PolicyInUse` while a key that is not terminal references it.
         async fn delete_policy(&self, tenant: &Tenant, id: PolicyId) -> Result<()>;
     }
-    ready {
+    provided {
         /// [`get_policy`](Self::get_policy) answered at once, when the store can
         /// without I/O; `None` means "await `get_policy`" (the default).
         fn get_policy_ready(&self, tenant: &Tenant, id: PolicyId) -> Option<Result<Option<Arc<Policy>>>> {
@@ -386,9 +388,23 @@ store_trait! {
 store_trait! {
     /// Usage records and their roll-ups.
     pub trait UsageStore: Send + Sync {
-        /// Writes the records and adds them to their keys' daily and monthly
-        /// aggregates, in one write.
-        async fn record_batch(&self, records: &[UsageRecord]) -> Result<()>;
+        /// Writes `batch` in one write: each of its records once (by id; a
+        /// record stored already counts nothing again), and adds the records
+        /// written and the batch's deltas (once per batch id) to their keys'
+        /// hourly, daily and monthly roll-ups, one upsert per roll-up row.
+        async fn write_usage(&self, batch: &UsageBatch<'_>) -> Result<()>;
+
+        /// Deletes at most `limit` raw records (of every tenant) numbered before
+        /// `before` (a record's id is a UUIDv7 made when its request was, so
+        /// this is by its primary key, below
+        /// [`UsageId::first_uuid_at`](crate::UsageId::first_uuid_at)), and the
+        /// ids of batches written before it; returns how many records it
+        /// deleted. Roll-ups are untouched.
+        async fn delete_usage_before(&self, before: DateTime<Utc>, limit: u32) -> Result<u64>;
+
+        /// Deletes at most `limit` roll-ups of `period` (of every tenant) whose
+        /// period starts before `before`; returns how many.
+        async fn delete_aggregates_before(&self, period: Period, before: DateTime<Utc>, limit: u32) -> Result<u64>;
 
         /// A key's records in `range`, oldest first.
         async fn list_usage(&self, tenant: &Tenant, key_id: KeyId, range: TimeRange, page: Page)
@@ -414,19 +430,48 @@ store_trait! {
         async fn owner_usage(&self, tenant: &Tenant, owner_id: &str, period: Period, range: TimeRange)
             -> Result<Vec<UsageTotal>>;
     }
+    provided {
+        /// Writes the records and adds them to their keys' roll-ups, in one
+        /// write ([`write_usage`](Self::write_usage) of a batch without deltas).
+        async fn record_batch(&self, records: &[UsageRecord]) -> Result<()> {
+            self.write_usage(&UsageBatch::of_records(records)).await
+        }
+    }
 }
 
-/// Requests and errors of all of a tenant's keys in one period.
+/// The requests of all of a tenant's keys (or a lineage's, or an owner's)
+/// in one period.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UsageTotal {
-    /// Day or month.
+    /// Hour, day or month.
     pub period: Period,
     /// The period's first instant.
     pub period_start: DateTime<Utc>,
-    /// Requests.
+    /// Requests that passed.
     pub requests: u64,
     /// Of which errors.
     pub errors: u64,
+    /// The passed requests by status class.
+    #[serde(default)]
+    pub status: StatusClasses,
+    /// Requests refused, by reason.
+    #[serde(default)]
+    pub refused: Refused,
+}
+
+impl UsageTotal {
+    /// The total of `counts` for the `period` starting at `period_start`.
+    #[must_use]
+    pub fn new(period: Period, period_start: DateTime<Utc>, counts: UsageCounts) -> Self {
+        Self {
+            period,
+            period_start,
+            requests: counts.requests,
+            errors: counts.errors,
+            status: counts.status,
+            refused: counts.refused,
+        }
+    }
 }
 
 store_trait! {

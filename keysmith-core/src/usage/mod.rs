@@ -1,21 +1,29 @@
-//! Usage: one record per request, rolled up per key into days and months.
+//! Usage: one record per request, rolled up per key into hours, days and
+//! months with the outcome of every request (passed by status class,
+//! refused by reason).
 
+mod batch;
+mod outcomes;
 pub(crate) mod quota;
 mod recorder;
+mod retention;
 mod shared;
 pub(crate) mod texts;
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::{KeyId, Tenant, UsageId};
 
+pub use batch::{RollupKey, UsageBatch, UsageDelta, fold_rollups};
+pub use outcomes::{RefusalReason, Refused, StatusClasses, UsageCounts};
 pub use quota::{QuotaCounter, stored_requests};
-pub use recorder::{UsageConfig, UsageStats};
+pub use recorder::{UsageConfig, UsageMode, UsageStats};
 pub(crate) use recorder::{UsageEntry, UsageRecorder};
+pub use retention::UsageRetention;
 pub use shared::{SharedStr, SharedTenant};
 
 /// One request made with a key. Its text and owner are shared values
@@ -56,9 +64,12 @@ impl UsageRecord {
 }
 
 crate::names::string_enum! {
-    /// A UTC day or calendar month: the period of usage roll-ups and of credit refills.
+    /// A UTC hour, day or calendar month: the period of usage roll-ups (and,
+    /// days and months only, of credit refills).
     #[derive(PartialOrd, Ord)]
     pub enum Period("period") {
+        /// UTC hours (usage roll-ups only, kept for the hourly retention).
+        Hour = "hour",
         /// UTC days.
         Day = "day",
         /// UTC calendar months.
@@ -67,11 +78,16 @@ crate::names::string_enum! {
 }
 
 impl Period {
-    /// The start (UTC midnight) of the period containing `at`.
+    /// The start (the hour's first instant, UTC midnight) of the period
+    /// containing `at`.
     #[must_use]
     pub fn start_of(self, at: DateTime<Utc>) -> DateTime<Utc> {
         let date = at.date_naive();
         let first = match self {
+            Self::Hour => {
+                let hour = NaiveTime::from_hms_opt(at.hour(), 0, 0).unwrap_or(NaiveTime::MIN);
+                return Utc.from_utc_datetime(&date.and_time(hour));
+            }
             Self::Day => date,
             Self::Month => date.with_day(1).unwrap_or(date),
         };
@@ -83,27 +99,66 @@ impl Period {
     pub fn next_start(self, at: DateTime<Utc>) -> DateTime<Utc> {
         let start = self.start_of(at);
         match self {
+            Self::Hour => start + chrono::TimeDelta::hours(1),
             Self::Day => start + chrono::Days::new(1),
             Self::Month => start + chrono::Months::new(1),
         }
     }
 }
 
-/// Requests and errors of one key in one period.
+/// The requests of one key in one period: those that passed (what quotas
+/// count), by status class, and those refused, by reason (counted, never
+/// charged).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageAggregate {
     /// The key.
     pub key_id: KeyId,
     /// The key's owner.
     pub tenant: Tenant,
-    /// Day or month.
+    /// Hour, day or month.
     pub period: Period,
-    /// The period's first instant (UTC midnight).
+    /// The period's first instant (UTC).
     pub period_start: DateTime<Utc>,
-    /// Requests in the period.
+    /// Requests that passed in the period.
     pub requests: u64,
     /// Of which answered with status ≥ 400.
     pub errors: u64,
+    /// The passed requests by status class.
+    #[serde(default)]
+    pub status: StatusClasses,
+    /// Requests refused, by reason.
+    #[serde(default)]
+    pub refused: Refused,
+}
+
+impl UsageAggregate {
+    /// An empty aggregate of `key_id` for the `period` starting at `period_start`.
+    #[must_use]
+    pub fn empty(key_id: KeyId, tenant: Tenant, period: Period, period_start: DateTime<Utc>) -> Self {
+        Self {
+            key_id,
+            tenant,
+            period,
+            period_start,
+            requests: 0,
+            errors: 0,
+            status: StatusClasses::default(),
+            refused: Refused::default(),
+        }
+    }
+
+    /// Its counts.
+    #[must_use]
+    pub fn counts(&self) -> UsageCounts {
+        UsageCounts { requests: self.requests, errors: self.errors, status: self.status, refused: self.refused }
+    }
+
+    /// Adds `counts` to it.
+    pub fn add(&mut self, counts: &UsageCounts) {
+        let mut sum = self.counts();
+        sum.add(counts);
+        (self.requests, self.errors, self.status, self.refused) = (sum.requests, sum.errors, sum.status, sum.refused);
+    }
 }
 
 mod millis {
@@ -135,5 +190,13 @@ mod tests {
         assert_eq!(Period::Day.next_start(t), at("2026-03-01T00:00:00Z"));
         assert_eq!(Period::Month.start_of(t), at("2026-02-01T00:00:00Z"));
         assert_eq!(Period::Month.next_start(at("2026-12-31T10:00:00Z")), at("2027-01-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn hours_start_on_the_utc_hour() {
+        let t = at("2026-02-28T23:59:59.5Z");
+        assert_eq!(Period::Hour.start_of(t), at("2026-02-28T23:00:00Z"));
+        assert_eq!(Period::Hour.next_start(t), at("2026-03-01T00:00:00Z"));
+        assert_eq!(Period::Hour.start_of(at("2026-03-01T00:00:00Z")), at("2026-03-01T00:00:00Z"));
     }
 }

@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 
-use super::{Period, UsageRecord};
+use super::Period;
 use crate::bounded::SweepSchedule;
 use crate::limit::{Holder, Subject};
 use crate::store::TimeRange;
@@ -306,26 +306,27 @@ impl QuotaTracker {
 
     /// The batch announced by [`begin_write`](Self::begin_write) is done:
     /// `written` are the records now in the store (none if it failed).
-    pub(crate) fn end_write(&self, written: &[UsageRecord]) {
+    pub(crate) fn end_write(&self, written: impl Iterator<Item = (KeyId, DateTime<Utc>, u64)>) {
         self.on_written(written);
         self.writes_done.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Moves written records from "accepted here" to "in the store".
-    fn on_written(&self, records: &[UsageRecord]) {
+    fn on_written(&self, requests: impl Iterator<Item = (KeyId, DateTime<Utc>, u64)>) {
         if self.entries.is_empty() {
             return;
         }
-        for record in records {
-            let holder = self.subject_of.get(&record.key_id).map_or(Holder::Key(record.key_id), |h| h.clone());
+        for (key_id, at, count) in requests {
+            let holder = self.subject_of.get(&key_id).map_or(Holder::Key(key_id), |h| h.clone());
             if let Some(mut entry) = self.entries.get_mut(&holder) {
                 let entry = &mut *entry;
                 for (counter, period) in [(&mut entry.day, Period::Day), (&mut entry.month, Period::Month)] {
                     // Only what was counted as pending moves: a record the
                     // last read already saw is not counted again.
-                    if counter.start == period.start_of(record.timestamp) && counter.local > 0 {
-                        counter.local -= 1;
-                        counter.stored += 1;
+                    if counter.start == period.start_of(at) {
+                        let moved = count.min(counter.local);
+                        counter.local -= moved;
+                        counter.stored += moved;
                     }
                 }
             }
@@ -398,8 +399,8 @@ mod tests {
         }
     }
 
-    fn record(key: &Key, at: DateTime<Utc>) -> UsageRecord {
-        UsageRecord {
+    fn record(key: &Key, at: DateTime<Utc>) -> crate::UsageRecord {
+        crate::UsageRecord {
             id: UsageId::new(),
             key_id: key.id,
             tenant: (&key.tenant).into(),
@@ -432,7 +433,7 @@ mod tests {
             assert_eq!(tracker.try_consume(&store, &owned, subject, &quota, now).await.unwrap(), Ok(()));
             assert_eq!(counts(subject), (0, 1));
             tracker.begin_write();
-            tracker.end_write(&[record(&owned, now)]);
+            tracker.end_write([(owned.id, now, 1)].into_iter());
             assert_eq!(counts(subject), (1, 0), "the written request left what was pending");
         }
         assert_eq!(counts(owner), (1, 0), "the owner was not credited the lineage's request");
@@ -454,7 +455,7 @@ mod tests {
             assert_eq!(tracker.try_consume(&store, k, Subject::Key(k.lineage_id), &quota, now).await.unwrap(), Ok(()));
         }
         tracker.begin_write();
-        tracker.end_write(&[record(&written, now)]);
+        tracker.end_write([(written.id, now, 1)].into_iter());
         let later = now + chrono::Duration::seconds(6);
         assert_eq!(tracker.evict_idle(later, &Holder::Key(KeyId::new())), 1);
         assert!(tracker.entries.contains_key(&Holder::Key(pending.id)));

@@ -25,8 +25,8 @@ use tokio::task::JoinHandle;
 
 use super::quota::QuotaTracker;
 use super::texts::{Text, UsageTexts};
-use super::{SharedStr, SharedTenant, UsageRecord};
-use crate::{KeyId, Store, UsageId};
+use super::{Period, RefusalReason, SharedStr, SharedTenant, UsageBatch, UsageCounts, UsageDelta, UsageRecord};
+use crate::{Key, KeyId, Store, UsageId};
 
 /// Counter: usage records dropped because the queue was full or closed.
 const DROPPED_TOTAL: &str = "keysmith_usage_dropped_total";
@@ -61,10 +61,27 @@ impl Default for UsageConfig {
     }
 }
 
-/// What the recorder has done so far.
+/// What the usage writer keeps of passed requests. Roll-ups (hourly, daily,
+/// monthly, with outcomes) and quotas are exact in every mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UsageMode {
+    /// One raw record per passed request (the default).
+    #[default]
+    Records,
+    /// No raw records: each flush adds one increment per active key and
+    /// hour to the roll-ups.
+    Aggregates,
+    /// One raw record in `n` passed requests (per engine, in arrival order);
+    /// the others only in the roll-ups. `Sampled(1)` is `Records`.
+    Sampled(u32),
+}
+
+/// What the recorder has done so far. Every request the recorder accepts
+/// (passed, or refused with a known key) ends in exactly one of these.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UsageStats {
-    /// Records written to the store.
+    /// Requests written to the store: as raw records or in roll-ups.
     pub written: u64,
     /// Records dropped because the queue was full (or the engine shut down).
     pub dropped: u64,
@@ -110,6 +127,16 @@ impl UsageEntry {
     }
 }
 
+/// A refused request of a known key, as queued: counted in its key's
+/// roll-ups, never a raw record.
+#[derive(Debug, Clone)]
+pub(crate) struct RefusalEntry {
+    key_id: KeyId,
+    tenant: SharedTenant,
+    reason: RefusalReason,
+    at: DateTime<Utc>,
+}
+
 /// Both text tables, read-locked for a batch.
 pub(crate) struct TextsRead<'a> {
     routes: super::texts::TextReader<'a>,
@@ -128,15 +155,16 @@ impl UsageTexts {
 struct Buffer {
     entries: Vec<UsageEntry>,
     records: Vec<UsageRecord>,
+    refusals: Vec<RefusalEntry>,
 }
 
 impl Buffer {
     fn len(&self) -> usize {
-        self.entries.len() + self.records.len()
+        self.entries.len() + self.records.len() + self.refusals.len()
     }
 
     fn with_capacity(entries: usize) -> Self {
-        Self { entries: Vec::with_capacity(entries), records: Vec::new() }
+        Self { entries: Vec::with_capacity(entries), records: Vec::new(), refusals: Vec::new() }
     }
 }
 
@@ -175,6 +203,7 @@ struct Running {
 /// [`start_here`]: UsageRecorder::start_here
 pub(crate) struct UsageRecorder {
     config: UsageConfig,
+    mode: UsageMode,
     store: Arc<dyn Store>,
     quotas: Arc<QuotaTracker>,
     counters: Arc<Counters>,
@@ -191,9 +220,10 @@ impl std::fmt::Debug for UsageRecorder {
 }
 
 impl UsageRecorder {
-    pub(crate) fn new(config: UsageConfig, store: Arc<dyn Store>, quotas: Arc<QuotaTracker>) -> Self {
+    pub(crate) fn new(config: UsageConfig, mode: UsageMode, store: Arc<dyn Store>, quotas: Arc<QuotaTracker>) -> Self {
         Self {
             config,
+            mode,
             store,
             quotas,
             counters: Arc::default(),
@@ -224,6 +254,14 @@ impl UsageRecorder {
     /// Queues an entry without waiting; a full queue drops it and counts.
     pub(crate) fn record_entry(&self, entry: UsageEntry) {
         self.queue(|buffer| buffer.entries.push(entry));
+    }
+
+    /// Queues the refusal of `key` for `reason` at `at`: counted in the
+    /// key's roll-ups, charged to nothing. Never waits; a full queue drops
+    /// it and counts.
+    pub(crate) fn record_refusal(&self, key: &Arc<Key>, reason: RefusalReason, at: DateTime<Utc>) {
+        let entry = RefusalEntry { key_id: key.id, tenant: SharedTenant::of_key(key), reason, at };
+        self.queue(|buffer| buffer.refusals.push(entry));
     }
 
     fn queue(&self, push: impl FnOnce(&mut Buffer)) {
@@ -343,12 +381,14 @@ impl UsageRecorder {
         let shards = Arc::new(Shards::new());
         let worker = Worker {
             config: self.config,
+            mode: self.mode,
             store: Arc::clone(&self.store),
             quotas: Arc::clone(&self.quotas),
             counters: Arc::clone(&self.counters),
             texts: Arc::clone(&self.texts),
             shards: Arc::clone(&shards),
-            batch: Vec::with_capacity(self.config.batch_size),
+            batch: Batch::default(),
+            sampled: 0,
         };
         let task = runtime.spawn(worker.run(rx, Arc::clone(&wake)));
         Some(Running { tx, shards, wake, wake_at, task: Mutex::new(Some(task)) })
@@ -392,33 +432,54 @@ impl Shards {
         &self.buffers[index % self.buffers.len()].0
     }
 
-    /// Moves every buffered record into `batch`, numbering entries and
-    /// reading their text from `texts`.
-    fn take_all(&self, batch: &mut Vec<UsageRecord>, texts: &UsageTexts) {
-        for shard in &*self.buffers {
-            append(batch, &mut shard.0.lock().unwrap_or_else(PoisonError::into_inner), texts);
-        }
+    /// Takes every thread's buffer, leaving empty ones.
+    fn take_all(&self) -> Vec<Buffer> {
+        self.buffers
+            .iter()
+            .map(|shard| std::mem::take(&mut *shard.0.lock().unwrap_or_else(PoisonError::into_inner)))
+            .filter(|buffer| buffer.len() > 0)
+            .collect()
     }
 }
 
-/// Moves `buffer`'s records into `batch`, entries numbered and their text
-/// read back.
-fn append(batch: &mut Vec<UsageRecord>, buffer: &mut Buffer, texts: &UsageTexts) {
-    batch.append(&mut buffer.records);
-    if !buffer.entries.is_empty() {
-        let texts = texts.read();
-        batch.extend(buffer.entries.drain(..).map(|entry| entry.into_record(UsageId::new(), &texts)));
+/// What the writer holds for its next write: raw records, and the
+/// increments of requests kept only in roll-ups, folded per key and hour.
+#[derive(Default)]
+struct Batch {
+    records: Vec<UsageRecord>,
+    deltas: std::collections::HashMap<(KeyId, DateTime<Utc>), UsageDelta, foldhash::fast::RandomState>,
+    /// Requests folded into `deltas`.
+    folded: usize,
+}
+
+impl Batch {
+    /// Requests held.
+    fn len(&self) -> usize {
+        self.records.len() + self.folded
+    }
+
+    fn fold(&mut self, key_id: KeyId, tenant: &SharedTenant, at: DateTime<Utc>, counts: &UsageCounts) {
+        let hour = Period::Hour.start_of(at);
+        self.deltas
+            .entry((key_id, hour))
+            .or_insert_with(|| UsageDelta { key_id, tenant: tenant.clone(), hour, counts: UsageCounts::default() })
+            .counts
+            .add(counts);
+        self.folded += 1;
     }
 }
 
 struct Worker {
     config: UsageConfig,
+    mode: UsageMode,
     store: Arc<dyn Store>,
     quotas: Arc<QuotaTracker>,
     counters: Arc<Counters>,
     texts: Arc<UsageTexts>,
     shards: Arc<Shards>,
-    batch: Vec<UsageRecord>,
+    batch: Batch,
+    /// Passed requests seen, for [`UsageMode::Sampled`].
+    sampled: u64,
 }
 
 impl Worker {
@@ -451,9 +512,52 @@ impl Worker {
     /// Takes every thread's buffered records into the batch, writing full
     /// batches on the way.
     async fn take_buffered(&mut self) {
-        self.shards.take_all(&mut self.batch, &self.texts);
+        for buffer in self.shards.take_all() {
+            self.append(buffer);
+        }
         if self.batch.len() >= self.config.batch_size.max(1) {
             self.write().await;
+        }
+    }
+
+    /// Moves `buffer` into the batch: records kept as the mode says (entries
+    /// numbered, their text read back), the rest folded into roll-up
+    /// increments.
+    fn append(&mut self, mut buffer: Buffer) {
+        for refusal in buffer.refusals.drain(..) {
+            self.batch.fold(refusal.key_id, &refusal.tenant, refusal.at, &UsageCounts::refused(refusal.reason));
+        }
+        for record in buffer.records.drain(..) {
+            if self.keeps_next() {
+                self.batch.records.push(record);
+            } else {
+                self.batch.fold(record.key_id, &record.tenant, record.timestamp, &UsageCounts::passed(record.status));
+            }
+        }
+        if !buffer.entries.is_empty() {
+            let texts = Arc::clone(&self.texts);
+            let texts = texts.read();
+            for entry in buffer.entries.drain(..) {
+                if self.keeps_next() {
+                    let id = UsageId::at(entry.timestamp);
+                    self.batch.records.push(entry.into_record(id, &texts));
+                } else {
+                    self.batch.fold(entry.key_id, &entry.tenant, entry.timestamp, &UsageCounts::passed(entry.status));
+                }
+            }
+        }
+    }
+
+    /// Whether the next passed request becomes a raw record.
+    fn keeps_next(&mut self) -> bool {
+        match self.mode {
+            UsageMode::Records => true,
+            UsageMode::Aggregates => false,
+            UsageMode::Sampled(n) => {
+                let keep = self.sampled.is_multiple_of(u64::from(n.max(1)));
+                self.sampled += 1;
+                keep
+            }
         }
     }
 
@@ -470,8 +574,8 @@ impl Worker {
 
     async fn handle(&mut self, message: Message) {
         match message {
-            Message::Records(mut buffer) => {
-                append(&mut self.batch, &mut buffer, &self.texts);
+            Message::Records(buffer) => {
+                self.append(buffer);
                 if self.batch.len() >= self.config.batch_size {
                     self.write().await;
                 }
@@ -490,27 +594,39 @@ impl Worker {
         }
     }
 
-    /// Writes the batch in writes of at most `batch_size` records.
+    /// Writes the batch in writes of at most `batch_size` records, the
+    /// roll-up increments with the first.
     async fn write(&mut self) {
-        let mut batch = std::mem::take(&mut self.batch);
-        for chunk in batch.chunks(self.config.batch_size.max(1)) {
-            self.write_chunk(chunk).await;
+        if self.batch.len() == 0 {
+            return;
+        }
+        let Batch { mut records, deltas, folded } = std::mem::take(&mut self.batch);
+        let deltas: Vec<UsageDelta> = deltas.into_values().collect();
+        let mut chunks = records.chunks(self.config.batch_size.max(1));
+        let first = chunks.next().unwrap_or(&[]);
+        let batch = UsageBatch { id: UsageId::new(), records: first, deltas: &deltas };
+        self.write_chunk(&batch, first.len() + folded).await;
+        self.shards.queued.fetch_sub(first.len() + folded, Ordering::Relaxed);
+        for chunk in chunks {
+            self.write_chunk(&UsageBatch::of_records(chunk), chunk.len()).await;
             self.shards.queued.fetch_sub(chunk.len(), Ordering::Relaxed);
         }
-        batch.clear();
-        self.batch = batch;
+        records.clear();
+        self.batch.records = records;
     }
 
-    /// Writes one batch, retrying twice; a batch that still fails is counted
-    /// as failed, never silently lost.
-    async fn write_chunk(&self, batch: &[UsageRecord]) {
+    /// Writes one batch of `requests` requests, retrying twice under the
+    /// same batch id (so a write that committed but failed to answer counts
+    /// once); a batch that still fails is counted as failed, never silently
+    /// lost.
+    async fn write_chunk(&self, batch: &UsageBatch<'_>, requests: usize) {
         let mut backoff = Duration::from_millis(50);
         self.quotas.begin_write();
         for attempt in 1..=3 {
-            match self.store.record_batch(batch).await {
+            match self.store.write_usage(batch).await {
                 Ok(()) => {
-                    self.counters.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    self.quotas.end_write(batch);
+                    self.counters.written.fetch_add(requests as u64, Ordering::Relaxed);
+                    self.quotas.end_write(passed_requests(batch));
                     return;
                 }
                 Err(error) if attempt < 3 => {
@@ -519,15 +635,22 @@ impl Worker {
                     backoff *= 2;
                 }
                 Err(error) => {
-                    let lost = batch.len() as u64;
+                    let lost = requests as u64;
                     tracing::error!(target: "keysmith::usage", %error, lost, "usage batch failed; records lost");
                     self.counters.failed.fetch_add(lost, Ordering::Relaxed);
                     metrics::counter!(FAILED_TOTAL).increment(lost);
                     // Lost records stay counted as pending: a quota
                     // over-counts rather than gives them away.
-                    self.quotas.end_write(&[]);
+                    self.quotas.end_write(std::iter::empty());
                 }
             }
         }
     }
+}
+
+/// The passed requests of `batch` as (key, time, count), for the quotas.
+fn passed_requests<'a>(batch: &'a UsageBatch<'a>) -> impl Iterator<Item = (KeyId, DateTime<Utc>, u64)> + 'a {
+    let records = batch.records.iter().map(|r| (r.key_id, r.timestamp, 1));
+    let deltas = batch.deltas.iter().filter(|d| d.counts.requests > 0).map(|d| (d.key_id, d.hour, d.counts.requests));
+    records.chain(deltas)
 }

@@ -1,19 +1,22 @@
-//! Usage: batches of records with their day and month aggregates, and
-//! the totals read from the aggregates.
+//! Usage: batches of records and roll-up deltas, added to their hourly,
+//! daily and monthly roll-ups in one transaction; the roll-ups and totals
+//! read back; expired usage deleted in bounded batches.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keysmith_core::store::{Page, TimeRange, UsageStore, UsageTotal};
+use keysmith_core::usage::{UsageBatch, fold_rollups};
 use keysmith_core::{KeyId, Period, Result, Tenant, UsageAggregate, UsageRecord};
 
 use uuid::Uuid;
 
 use super::{SqlStore, begin, push_range, push_tenant};
 use crate::common::{duration_to_micros, is_unique_violation, limit_offset, store_error, usage_write_error};
-use crate::dialect::{Dialect, Exec as _, Sql};
+use crate::dialect::{Arg as _, Dialect, Exec as _, RowsAffected as _, Sql, statement};
 use crate::rows::{self, Columns as _};
+use crate::usage::{count_values, insert_rollups, rollups_per_insert, select_counts, sum_counts};
 
 /// The body of [`Dialect::insert_usage`] in multi-row `INSERT`s. A batch
 /// is new unless it is replayed, so it goes in whole; a taken id fails only
@@ -74,68 +77,85 @@ fn usage_insert<'a, DB: Dialect>(records: &[&'a UsageRecord]) -> Result<Sql<'a, 
     Ok(qb)
 }
 
-/// An aggregate row: its key, period and the period's start.
-type AggregateRow = (Uuid, Period, DateTime<Utc>);
-
-/// One aggregate row's increment.
-struct AggregateDelta<'a> {
-    tenant: &'a Tenant,
-    requests: i64,
-    errors: i64,
-}
-
-/// The day and month increments of `records`, each record counted once.
-fn aggregate_deltas<'a>(records: &[&'a UsageRecord]) -> Vec<(AggregateRow, AggregateDelta<'a>)> {
-    let mut deltas: HashMap<AggregateRow, AggregateDelta<'a>> = HashMap::new();
-    for r in records {
-        for period in [Period::Day, Period::Month] {
-            let delta = deltas
-                .entry((r.key_id.uuid(), period, period.start_of(r.timestamp)))
-                .or_insert(AggregateDelta { tenant: &r.tenant, requests: 0, errors: 0 });
-            delta.requests += 1;
-            delta.errors += i64::from(r.is_error());
-        }
-    }
-    deltas.into_iter().collect()
-}
-
 #[async_trait]
 impl<DB: Dialect> UsageStore for SqlStore<DB> {
-    async fn record_batch(&self, records: &[UsageRecord]) -> Result<()> {
-        if records.is_empty() {
+    async fn write_usage(&self, batch: &UsageBatch<'_>) -> Result<()> {
+        if batch.records.is_empty() && batch.deltas.is_empty() {
             return Ok(());
         }
         // A repeated id inside the batch is one record.
-        let mut seen = HashSet::with_capacity(records.len());
-        let unique: Vec<&UsageRecord> = records.iter().filter(|r| seen.insert(r.id.uuid())).collect();
+        let mut seen = HashSet::with_capacity(batch.records.len());
+        let unique: Vec<&UsageRecord> = batch.records.iter().filter(|r| seen.insert(r.id.uuid())).collect();
         let mut tx = begin(self).await?;
         // Records go in by id: the ones already stored (a replayed batch)
-        // are skipped, so only new records reach the aggregates.
+        // are skipped, so only new records reach the roll-ups.
         let mut fresh = Vec::with_capacity(unique.len());
         for chunk in unique.chunks(DB::ROWS_PER_INSERT) {
             let inserted: HashSet<Uuid> = DB::insert_usage(&mut tx, chunk).await?.into_iter().collect();
             fresh.extend(chunk.iter().copied().filter(|r| inserted.contains(&r.id.uuid())));
         }
-        let deltas = aggregate_deltas(&fresh);
-        for chunk in deltas.chunks(DB::ROWS_PER_INSERT) {
-            let mut qb = Sql::<DB>::new(
-                "INSERT INTO keysmith_usage_agg (key_id, period, period_start, app_id, tenant_id, \
-                 requests, errors) ",
-            );
-            qb.push_values(chunk, |mut b, ((key_id, period, start), delta)| {
-                b.push_arg(*key_id)
+        // The deltas count once per batch id.
+        let mut deltas = batch.deltas;
+        if !deltas.is_empty() {
+            let written = deltas.iter().map(|d| d.hour).max().unwrap_or_default();
+            let added = sqlx::query(statement!(DB, DB::USAGE_SQL.insert_batch_id()))
+                .arg(batch.id.uuid())
+                .arg(DB::time(written))
+                .execute(tx.exec())
+                .await
+                .map_err(store_error)?;
+            if added.rows_affected() == 0 {
+                deltas = &[];
+            }
+        }
+        // One upsert per roll-up row: key, period and period start.
+        let rollups = fold_rollups(fresh.iter().copied(), deltas);
+        for chunk in rollups.chunks(rollups_per_insert(DB::ROWS_PER_INSERT)) {
+            let mut qb = Sql::<DB>::new(insert_rollups());
+            qb.push_values(chunk, |mut b, ((key_id, period, start), tenant, counts)| {
+                b.push_arg(key_id.uuid())
                     .push_arg(period.as_str())
                     .push_arg(DB::time(*start))
-                    .push_arg(&delta.tenant.app_id)
-                    .push_arg(&delta.tenant.tenant_id)
-                    .push_arg(delta.requests)
-                    .push_arg(delta.errors);
+                    .push_arg(tenant.app_id.as_str())
+                    .push_arg(tenant.tenant_id.as_str());
+                for value in count_values(counts) {
+                    b.push_arg(value);
+                }
             });
-            qb.push(DB::ADD_TO_AGGREGATE);
+            qb.push(DB::USAGE_SQL.add_counts());
             let (sql, args) = qb.finish()?;
             sqlx::query_with::<DB, _>(&sql, args).execute(tx.exec()).await.map_err(store_error)?;
         }
         tx.commit().await.map_err(store_error)
+    }
+
+    async fn delete_usage_before(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        let mut conn = self.conn().await?;
+        let deleted = sqlx::query(statement!(DB, DB::USAGE_SQL.delete_records().as_str()))
+            .arg(keysmith_core::UsageId::first_uuid_at(before))
+            .arg(i64::from(limit))
+            .execute(conn.exec())
+            .await
+            .map_err(store_error)?
+            .rows_affected();
+        sqlx::query(statement!(DB, DB::USAGE_SQL.delete_batch_ids().as_str()))
+            .arg(DB::time(before))
+            .arg(i64::from(limit))
+            .execute(conn.exec())
+            .await
+            .map_err(store_error)?;
+        Ok(deleted)
+    }
+
+    async fn delete_aggregates_before(&self, period: Period, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        Ok(sqlx::query(statement!(DB, DB::USAGE_SQL.delete_rollups().as_str()))
+            .arg(period.as_str())
+            .arg(DB::time(before))
+            .arg(i64::from(limit))
+            .execute(self.conn().await?.exec())
+            .await
+            .map_err(store_error)?
+            .rows_affected())
     }
 
     async fn list_usage(
@@ -168,9 +188,10 @@ impl<DB: Dialect> UsageStore for SqlStore<DB> {
         period: Period,
         range: TimeRange,
     ) -> Result<Vec<UsageAggregate>> {
-        let mut qb = Sql::<DB>::new(
-            "SELECT app_id, tenant_id, period_start, requests, errors FROM keysmith_usage_agg WHERE key_id = ",
-        );
+        let mut qb = Sql::<DB>::new(format!(
+            "SELECT app_id, tenant_id, period_start, {} FROM keysmith_usage_agg WHERE key_id = ",
+            select_counts()
+        ));
         qb.push_arg(key_id.uuid());
         push_tenant::<DB>(&mut qb, "", tenant);
         qb.push(" AND period = ").push_arg(period.as_str());
@@ -181,15 +202,10 @@ impl<DB: Dialect> UsageStore for SqlStore<DB> {
             sqlx::query_with::<DB, _>(&sql, args).fetch_all(self.conn().await?.exec()).await.map_err(store_error)?;
         rows.iter()
             .map(|row| {
-                let (requests, errors) = rows::counts::<DB>(row)?;
-                Ok(UsageAggregate {
-                    key_id,
-                    tenant: rows::tenant::<DB>(row)?,
-                    period,
-                    period_start: DB::at(row, "period_start")?,
-                    requests,
-                    errors,
-                })
+                let tenant = rows::tenant::<DB>(row)?;
+                let mut aggregate = UsageAggregate::empty(key_id, tenant, period, DB::at(row, "period_start")?);
+                aggregate.add(&rows::usage_counts::<DB>(row)?);
+                Ok(aggregate)
             })
             .collect()
     }
@@ -238,9 +254,8 @@ async fn totals<DB: Dialect>(
     filter: impl FnOnce(&mut Sql<'_, DB>),
 ) -> Result<Vec<UsageTotal>> {
     let mut qb = Sql::<DB>::new(format!(
-        "SELECT a.period_start AS period_start, CAST(SUM(a.requests) AS {0}) AS requests, \
-         CAST(SUM(a.errors) AS {0}) AS errors FROM keysmith_usage_agg a WHERE a.period = ",
-        DB::BIGINT
+        "SELECT a.period_start AS period_start, {} FROM keysmith_usage_agg a WHERE a.period = ",
+        sum_counts(DB::BIGINT)
     ));
     qb.push_arg(period.as_str());
     push_tenant::<DB>(&mut qb, "a.", tenant);
@@ -251,9 +266,6 @@ async fn totals<DB: Dialect>(
     let rows =
         sqlx::query_with::<DB, _>(&sql, args).fetch_all(store.conn().await?.exec()).await.map_err(store_error)?;
     rows.iter()
-        .map(|row| {
-            let (requests, errors) = rows::counts::<DB>(row)?;
-            Ok(UsageTotal { period, period_start: DB::at(row, "period_start")?, requests, errors })
-        })
+        .map(|row| Ok(UsageTotal::new(period, DB::at(row, "period_start")?, rows::usage_counts::<DB>(row)?)))
         .collect()
 }

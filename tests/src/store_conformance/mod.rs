@@ -12,7 +12,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use keysmith_core::store::{
     CacheConfig, KeyFilter, Page, ProbedStore, RotationWrite, StoreOp, StoreProbe, StoredKey, TimeRange, Transition,
 };
-use keysmith_core::usage::UsageConfig;
+use keysmith_core::usage::{RefusalReason, UsageBatch, UsageConfig, UsageCounts, UsageDelta};
 use keysmith_core::{
     CreditSpend, Credits, Engine, EngineBuilder, Environment, Error, Hasher, Key, KeyId, KeyState, LimitBy,
     ManualClock, NewKey, Period, Policy, PolicyId, PolicySpec, Quota, RateLimit, Refusal, RequestContext, RotationId,
@@ -89,6 +89,8 @@ macro_rules! store_conformance_tests {
             closed_store_fails_with_store_error,
             lineage_usage_sums_every_key_of_the_lineage,
             owner_usage_sums_every_key_of_the_owner_in_the_tenant,
+            outcomes_roll_up_by_hour_class_and_reason_and_a_replayed_batch_counts_once,
+            retention_deletes_only_what_expired_in_bounded_batches,
             rotation_shares_the_lineage_budget_and_keeps_the_expiry,
             a_quota_reload_racing_a_batch_write_counts_the_batch_once,
             control_characters_are_refused_before_the_store,

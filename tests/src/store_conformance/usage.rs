@@ -258,3 +258,84 @@ pub async fn owner_usage_sums_every_key_of_the_owner_in_the_tenant(store: Arc<dy
     let elsewhere = totals(acme_elsewhere(), "cus_a", Period::Month, all).await;
     assert_eq!(elsewhere, [(Period::Month.start_of(t0()), 1, 0)], "another app's tenant of the same id counts its own");
 }
+
+/// Roll-ups are hourly too, and count passed requests by status class and
+/// refusals (a batch's deltas) by reason; refusals are never requests, so no
+/// quota (which reads `requests`) counts them. A batch replayed under its id
+/// adds its deltas once, and its records once.
+pub async fn outcomes_roll_up_by_hour_class_and_reason_and_a_replayed_batch_counts_once(store: Arc<dyn Store>) {
+    let key = insert(&store, sample_key(&acme())).await;
+    let at = |h: u32, m: u32| Utc.with_ymd_and_hms(2026, 3, 15, h, m, 0).unwrap();
+    let records = [usage(&key.key, at(9, 5), 200), usage(&key.key, at(9, 59), 302), usage(&key.key, at(10, 0), 503)];
+    let mut refused = UsageCounts::refused(RefusalReason::RateLimited);
+    refused.add(&UsageCounts::refused(RefusalReason::RateLimited));
+    refused.add(&UsageCounts::refused(RefusalReason::KeyExpired));
+    let delta = UsageDelta { key_id: key.key.id, tenant: acme().into(), hour: at(9, 0), counts: refused };
+    let batch = UsageBatch { id: UsageId::new(), records: &records, deltas: std::slice::from_ref(&delta) };
+    store.write_usage(&batch).await.unwrap();
+    store.write_usage(&batch).await.unwrap();
+
+    let all = TimeRange::default();
+    let hours = store.usage_aggregates(&acme(), key.key.id, Period::Hour, all).await.unwrap();
+    assert_eq!(hours.iter().map(|h| h.period_start).collect::<Vec<_>>(), [at(9, 0), at(10, 0)]);
+    let nine = &hours[0];
+    assert_eq!((nine.requests, nine.errors, nine.status.success, nine.status.redirection), (2, 0, 1, 1));
+    assert_eq!((nine.refused.rate_limited, nine.refused.key_expired, nine.refused.total()), (2, 1, 3));
+    assert_eq!((hours[1].requests, hours[1].errors, hours[1].status.server_error), (1, 1, 1));
+    assert_eq!(hours[1].refused.total(), 0);
+    for period in [Period::Day, Period::Month] {
+        let rows = store.usage_aggregates(&acme(), key.key.id, period, all).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].requests, rows[0].errors, rows[0].refused.total()), (3, 1, 3), "{period}");
+        let totals = store.lineage_usage(&acme(), key.key.lineage_id, period, all).await.unwrap();
+        assert_eq!((totals[0].requests, totals[0].refused.rate_limited), (3, 2), "quotas read requests only");
+    }
+    let tenant = store.tenant_usage(&acme(), Period::Hour, all).await.unwrap();
+    assert_eq!(tenant.iter().map(|t| (t.requests, t.refused.total())).collect::<Vec<_>>(), [(2, 3), (1, 0)]);
+    let listed = store.list_usage(&acme(), key.key.id, all, Page::default()).await.unwrap();
+    assert_eq!(listed.len(), 3, "refusals leave no raw record; a replay adds none");
+
+    // The same deltas under another batch id count again (a new batch).
+    let again = UsageBatch { id: UsageId::new(), records: &[], deltas: std::slice::from_ref(&delta) };
+    store.write_usage(&again).await.unwrap();
+    let days = store.usage_aggregates(&acme(), key.key.id, Period::Day, all).await.unwrap();
+    assert_eq!((days[0].requests, days[0].refused.total()), (3, 6));
+}
+
+/// The sweeper's deletes take only what expired, at most `limit` rows per
+/// call: raw records numbered before the cutoff, hourly roll-ups starting
+/// before it; daily and monthly roll-ups are untouched.
+pub async fn retention_deletes_only_what_expired_in_bounded_batches(store: Arc<dyn Store>) {
+    let key = insert(&store, sample_key(&acme())).await;
+    let theirs = insert(&store, sample_key(&globex())).await;
+    let at = |d: u32, h: u32| Utc.with_ymd_and_hms(2026, 3, d, h, 0, 0).unwrap();
+    let mut records = Vec::new();
+    for h in 0..5 {
+        records.push(usage(&key.key, at(10, h), 200));
+    }
+    records.push(usage(&theirs.key, at(10, 1), 200));
+    records.push(usage(&key.key, at(20, 1), 200));
+    for record in &mut records {
+        // Numbered when made, as the usage writer numbers them.
+        record.id = UsageId::at(record.timestamp);
+    }
+    store.record_batch(&records).await.unwrap();
+    let all = TimeRange::default();
+    let cutoff = at(15, 0);
+
+    assert_eq!(store.delete_usage_before(cutoff, 4).await.unwrap(), 4, "a bounded batch");
+    assert_eq!(store.delete_usage_before(cutoff, 4).await.unwrap(), 2, "of every tenant");
+    assert_eq!(store.delete_usage_before(cutoff, 4).await.unwrap(), 0);
+    let left = store.list_usage(&acme(), key.key.id, all, Page::default()).await.unwrap();
+    assert_eq!(left.iter().map(|r| r.timestamp).collect::<Vec<_>>(), [at(20, 1)]);
+
+    assert_eq!(store.delete_aggregates_before(Period::Hour, cutoff, 3).await.unwrap(), 3);
+    assert_eq!(store.delete_aggregates_before(Period::Hour, cutoff, 100).await.unwrap(), 3);
+    let hours = store.usage_aggregates(&acme(), key.key.id, Period::Hour, all).await.unwrap();
+    assert_eq!(hours.iter().map(|h| h.period_start).collect::<Vec<_>>(), [at(20, 1)]);
+    let days = store.usage_aggregates(&acme(), key.key.id, Period::Day, all).await.unwrap();
+    assert_eq!(days.iter().map(|d| d.requests).collect::<Vec<_>>(), [5, 1], "daily roll-ups untouched");
+    let months = store.usage_aggregates(&acme(), key.key.id, Period::Month, all).await.unwrap();
+    assert_eq!(months[0].requests, 6, "monthly roll-ups untouched");
+    assert_eq!(store.tenant_usage(&globex(), Period::Day, all).await.unwrap()[0].requests, 1);
+}

@@ -15,7 +15,9 @@
   const PAGE_SIZE = 20;
   const EXPIRING_SOON_DAYS = 7;
   const CHART_DAYS = 30;
+  const CHART_HOURS = 24;
   const DAY_MS = 86400000;
+  const HOUR_MS = 3600000;
   const STATES = ['active', 'suspended', 'rotated', 'revoked', 'expired'];
   const ENVIRONMENTS = ['live', 'test', 'dev'];
   const REASONS = ['manual', 'scheduled', 'expiring', 'compromised'];
@@ -506,15 +508,17 @@
   async function renderKey(id, current, secret) {
     const path = `keys/${encodeURIComponent(id)}`;
     const from = new Date(utcMidnight(Date.now()) - (CHART_DAYS - 1) * DAY_MS).toISOString();
+    const fromHour = new Date(utcHour(Date.now()) - (CHART_HOURS - 1) * HOUR_MS).toISOString();
     const loaded = await load(current, el('p', {}, el('a', { href: '#/keys' }, '← All keys')), [
       api('GET', path),
       api('GET', `${path}/rotations`),
       api('GET', `${path}/usage/aggregate${query({ period: 'day', from })}`),
       api('GET', `${path}/usage/aggregate${query({ period: 'month' })}`),
+      api('GET', `${path}/usage/aggregate${query({ period: 'hour', from: fromHour })}`),
       loadPolicies(),
     ]);
     if (!loaded) return;
-    const [key, rotations, daily, monthly, policies] = loaded;
+    const [key, rotations, daily, monthly, hourly, policies] = loaded;
     const policy = policies.find((candidate) => candidate.id === key.policy_id);
     const rerender = (nextSecret) => renderKey(id, current, nextSecret);
 
@@ -545,7 +549,9 @@
       el('div', { class: 'columns' },
         el('section', { class: 'card' }, el('h2', {}, 'Details'), details),
         el('section', { class: 'card' }, el('h2', {}, 'Actions'), keyActions(key, path, rerender))),
+      hourlySection(hourly.items, fromHour),
       usageSection(daily.items, from),
+      refusalsSection(daily.items),
       monthlySection(monthly.items),
       rotationSection(key, rotations.items),
     );
@@ -645,39 +651,98 @@
     return Math.floor(ms / DAY_MS) * DAY_MS;
   }
 
-  function usageSection(items, fromIso) {
-    const start = new Date(fromIso).getTime();
-    const byDay = new Map(items.map((item) => [utcMidnight(new Date(item.period_start).getTime()), item]));
-    const days = Array.from({ length: CHART_DAYS }, (_, index) => {
-      const at = start + index * DAY_MS;
-      const item = byDay.get(at);
-      return { at, requests: item ? item.requests : 0, errors: item ? item.errors : 0 };
-    });
-    const total = days.reduce((sum, day) => sum + day.requests, 0);
-    const errors = days.reduce((sum, day) => sum + day.errors, 0);
-    return el('section', { class: 'card' },
-      el('div', { class: 'section-head' },
-        el('h2', {}, `Requests, last ${CHART_DAYS} days`),
-        el('span', { class: 'legend' },
-          el('span', { class: 'swatch requests' }), 'requests',
-          el('span', { class: 'swatch errors' }), 'errors (status ≥ 400)')),
-      el('p', { class: 'muted' }, `${number(total)} requests, ${number(errors)} errors (UTC days).`),
-      usageChart(days));
+  function utcHour(ms) {
+    return Math.floor(ms / HOUR_MS) * HOUR_MS;
   }
 
-  /** Daily requests and errors as an SVG line chart, one point per day. */
-  function usageChart(days) {
+  /** Refused requests of a roll-up, every reason summed. */
+  function refusedTotal(item) {
+    return item ? Object.values(item.refused || {}).reduce((sum, n) => sum + n, 0) : 0;
+  }
+
+  /** `count` points `step` apart from `start`, each with its roll-up's counts (0 where none). */
+  function series(items, start, count, step, bucket) {
+    const byStart = new Map(items.map((item) => [bucket(new Date(item.period_start).getTime()), item]));
+    return Array.from({ length: count }, (_, index) => {
+      const at = start + index * step;
+      const item = byStart.get(at);
+      return { at, requests: item ? item.requests : 0, errors: item ? item.errors : 0, refused: refusedTotal(item) };
+    });
+  }
+
+  function legend() {
+    return el('span', { class: 'legend' },
+      el('span', { class: 'swatch requests' }), 'passed',
+      el('span', { class: 'swatch errors' }), 'errors (status ≥ 400)',
+      el('span', { class: 'swatch refused' }), 'refused');
+  }
+
+  function summary(points, unit) {
+    const sum = (name) => points.reduce((total, point) => total + point[name], 0);
+    return el('p', { class: 'muted' },
+      `${number(sum('requests'))} passed, ${number(sum('errors'))} errors, ${number(sum('refused'))} refused (${unit}).`);
+  }
+
+  function hourlySection(items, fromIso) {
+    const hours = series(items, new Date(fromIso).getTime(), CHART_HOURS, HOUR_MS, utcHour);
+    return el('section', { class: 'card' },
+      el('div', { class: 'section-head' }, el('h2', {}, `Requests, last ${CHART_HOURS} hours`), legend()),
+      summary(hours, 'UTC hours'),
+      usageChart(hours, {
+        testid: 'usage-chart-hourly',
+        label: 'Hourly passed, failed and refused requests over the last',
+        unit: 'hours',
+        key: (at) => new Date(at).toISOString().slice(0, 13) + ':00',
+        tick: (at) => `${new Date(at).toISOString().slice(11, 13)}:00`,
+        every: 3,
+      }));
+  }
+
+  function usageSection(items, fromIso) {
+    const days = series(items, new Date(fromIso).getTime(), CHART_DAYS, DAY_MS, utcMidnight);
+    return el('section', { class: 'card' },
+      el('div', { class: 'section-head' }, el('h2', {}, `Requests, last ${CHART_DAYS} days`), legend()),
+      summary(days, 'UTC days'),
+      usageChart(days, {
+        testid: 'usage-chart',
+        label: 'Daily passed, failed and refused requests over the last',
+        unit: 'days',
+        key: (at) => new Date(at).toISOString().slice(0, 10),
+        tick: (at) => dayLabel(new Date(at)),
+        every: 5,
+      }));
+  }
+
+  /** Refused requests of the last days, by reason (the refusal's error code). */
+  function refusalsSection(items) {
+    const totals = new Map();
+    for (const item of items) {
+      for (const [reason, count] of Object.entries(item.refused || {})) {
+        if (count) totals.set(reason, (totals.get(reason) || 0) + count);
+      }
+    }
+    const rows = [...totals.entries()].sort((a, b) => b[1] - a[1]).map(([reason, count]) => el('tr', {},
+      el('td', {}, el('code', {}, reason)), el('td', { class: 'num' }, number(count))));
+    if (!rows.length) rows.push(el('tr', {}, el('td', { colspan: 2, class: 'empty' }, 'No refused requests.')));
+    return el('section', { class: 'card' }, el('h2', {}, `Refused, last ${CHART_DAYS} days, by reason`),
+      el('table', { 'data-testid': 'refusals' },
+        el('thead', {}, el('tr', {}, el('th', {}, 'Reason'), el('th', { class: 'num' }, 'Requests'))),
+        el('tbody', {}, rows)));
+  }
+
+  /** Passed requests, errors and refusals as an SVG line chart, one point per period. */
+  function usageChart(points, { testid, label, unit, key, tick, every }) {
     const width = 1100;
     const height = 280;
     const pad = { left: 52, right: 16, top: 14, bottom: 30 };
     const plotW = width - pad.left - pad.right;
     const plotH = height - pad.top - pad.bottom;
-    const top = niceCeiling(Math.max(1, ...days.map((day) => day.requests)));
-    const x = (index) => pad.left + (plotW * index) / (days.length - 1);
+    const top = niceCeiling(Math.max(1, ...points.map((point) => Math.max(point.requests, point.refused))));
+    const x = (index) => pad.left + (plotW * index) / (points.length - 1);
     const y = (value) => pad.top + plotH - (plotH * value) / top;
     const chart = svg('svg', {
-      'data-testid': 'usage-chart', class: 'chart', viewBox: `0 0 ${width} ${height}`, role: 'img',
-      'aria-label': `Daily requests and errors over the last ${days.length} days`,
+      'data-testid': testid, class: 'chart', viewBox: `0 0 ${width} ${height}`, role: 'img',
+      'aria-label': `${label} ${points.length} ${unit}`,
     });
     for (let step = 0; step <= 4; step += 1) {
       const value = (top * step) / 4;
@@ -685,23 +750,25 @@
         svg('line', { class: 'gridline', x1: pad.left, x2: width - pad.right, y1: y(value), y2: y(value) }),
         svg('text', { class: 'axis', x: pad.left - 8, y: y(value) + 4, 'text-anchor': 'end' }, compact(value)));
     }
-    days.forEach((day, index) => {
-      if (index % 5 === 0 || index === days.length - 1) {
-        chart.append(svg('text', { class: 'axis', x: x(index), y: height - 8, 'text-anchor': 'middle' }, dayLabel(new Date(day.at))));
+    points.forEach((point, index) => {
+      if (index % every === 0 || index === points.length - 1) {
+        chart.append(svg('text', { class: 'axis', x: x(index), y: height - 8, 'text-anchor': 'middle' }, tick(point.at)));
       }
     });
-    const line = (series) => svg('polyline', {
-      class: `line ${series}`,
-      points: days.map((day, index) => `${x(index).toFixed(1)},${y(day[series]).toFixed(1)}`).join(' '),
-    });
-    chart.append(line('requests'), line('errors'));
-    for (const series of ['requests', 'errors']) {
-      days.forEach((day, index) => {
-        const date = new Date(day.at).toISOString().slice(0, 10);
+    const names = ['requests', 'errors', 'refused'];
+    for (const name of names) {
+      chart.append(svg('polyline', {
+        class: `line ${name}`,
+        points: points.map((point, index) => `${x(index).toFixed(1)},${y(point[name]).toFixed(1)}`).join(' '),
+      }));
+    }
+    for (const name of names) {
+      points.forEach((point, index) => {
+        const at = key(point.at);
         chart.append(svg('circle', {
-          class: `point ${series}`, cx: x(index).toFixed(1), cy: y(day[series]).toFixed(1), r: day[series] ? 3.5 : 2,
-          'data-day': date, 'data-value': day[series],
-        }, svg('title', {}, `${date}: ${number(day.requests)} requests, ${number(day.errors)} errors`)));
+          class: `point ${name}`, cx: x(index).toFixed(1), cy: y(point[name]).toFixed(1), r: point[name] ? 3.5 : 2,
+          'data-day': at, 'data-value': point[name],
+        }, svg('title', {}, `${at}: ${number(point.requests)} passed, ${number(point.errors)} errors, ${number(point.refused)} refused`)));
       });
     }
     return chart;

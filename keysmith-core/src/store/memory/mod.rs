@@ -29,11 +29,14 @@ use crate::{
 /// Keeps everything in memory; for tests, demos and single-process apps
 /// that can lose their keys on restart.
 ///
-/// Usage roll-ups (daily and monthly) are kept whole; of the individual
-/// usage records only the most recent are kept, 10 000 by default
-/// ([`with_usage_retention`](Self::with_usage_retention)), so a long-running
-/// process does not grow without bound. A replayed batch counts once as long
-/// as its records are still retained.
+/// Usage roll-ups (hourly, daily and monthly) are kept until
+/// [`Engine::sweep`](crate::Engine::sweep) deletes expired ones (hourly
+/// roll-ups, by its [`UsageRetention`](crate::usage::UsageRetention)); of
+/// the individual usage records only the most recent are kept, 10 000 by
+/// default ([`with_usage_retention`](Self::with_usage_retention)), and the
+/// sweeper deletes older ones too, so a long-running process does not grow
+/// without bound. A replayed batch counts once as long as its records are
+/// still retained.
 ///
 /// ```
 /// # tokio_test_block_on(async {
@@ -84,11 +87,20 @@ struct UsageTables {
     /// How many records `records` keeps.
     retention: usize,
     aggregates: HashMap<(KeyId, Period, DateTime<Utc>), UsageAggregate, foldhash::fast::RandomState>,
+    /// The batches whose deltas were added, with their latest hour, so a
+    /// replayed batch adds them once; swept with the raw records.
+    batches: HashMap<crate::UsageId, DateTime<Utc>, foldhash::fast::RandomState>,
 }
 
 impl UsageTables {
     fn new(retention: usize) -> Self {
-        Self { records: VecDeque::new(), ids: HashSet::default(), retention, aggregates: HashMap::default() }
+        Self {
+            records: VecDeque::new(),
+            ids: HashSet::default(),
+            retention,
+            aggregates: HashMap::default(),
+            batches: HashMap::default(),
+        }
     }
 }
 

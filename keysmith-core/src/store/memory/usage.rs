@@ -1,21 +1,24 @@
 //! Usage records, kept up to the retention, and their roll-ups.
 
 use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{Page, TimeRange, UsageStore, UsageTotal};
+use crate::usage::{UsageBatch, UsageCounts, UsageDelta, fold_rollups};
 use crate::{KeyId, Period, Result, Tenant, UsageAggregate, UsageRecord};
 
 use super::{MemoryStore, UsageTables};
 
 #[async_trait]
 impl UsageStore for MemoryStore {
-    async fn record_batch(&self, records: &[UsageRecord]) -> Result<()> {
+    async fn write_usage(&self, batch: &UsageBatch<'_>) -> Result<()> {
         let mut guard = self.write_usage()?;
         let tables = &mut *guard;
-        for record in records {
+        let mut fresh = Vec::with_capacity(batch.records.len());
+        for record in batch.records {
             // Idempotent per record id, like the SQL stores: a replayed batch counts once.
             if !tables.ids.insert(record.id) {
                 continue;
@@ -26,22 +29,62 @@ impl UsageStore for MemoryStore {
                     tables.ids.remove(&oldest.id);
                 }
             }
-            for period in [Period::Day, Period::Month] {
-                let start = period.start_of(record.timestamp);
-                let aggregate =
-                    tables.aggregates.entry((record.key_id, period, start)).or_insert_with(|| UsageAggregate {
-                        key_id: record.key_id,
-                        tenant: record.tenant.tenant().clone(),
-                        period,
-                        period_start: start,
-                        requests: 0,
-                        errors: 0,
-                    });
-                aggregate.requests += 1;
-                aggregate.errors += u64::from(record.is_error());
+            fresh.push(record);
+        }
+        // Deltas count once per batch id.
+        let deltas: &[UsageDelta] = if batch.deltas.is_empty() {
+            &[]
+        } else {
+            let written = batch.deltas.iter().map(|d| d.hour).max().unwrap_or_default();
+            match tables.batches.entry(batch.id) {
+                Entry::Occupied(_) => &[],
+                Entry::Vacant(slot) => {
+                    slot.insert(written);
+                    batch.deltas
+                }
             }
+        };
+        for ((key_id, period, start), tenant, counts) in fold_rollups(fresh, deltas) {
+            tables
+                .aggregates
+                .entry((key_id, period, start))
+                .or_insert_with(|| UsageAggregate::empty(key_id, tenant.tenant().clone(), period, start))
+                .add(&counts);
         }
         Ok(())
+    }
+
+    async fn delete_usage_before(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        let mut guard = self.write_usage()?;
+        let tables = &mut *guard;
+        let mut left = limit;
+        let ids = &mut tables.ids;
+        let first = crate::UsageId::first_uuid_at(before);
+        tables.records.retain(|r| {
+            if left > 0 && r.id.uuid() < first {
+                left -= 1;
+                ids.remove(&r.id);
+                false
+            } else {
+                true
+            }
+        });
+        tables.batches.retain(|_, written| *written >= before);
+        Ok(u64::from(limit - left))
+    }
+
+    async fn delete_aggregates_before(&self, period: Period, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        let mut guard = self.write_usage()?;
+        let mut left = limit;
+        guard.aggregates.retain(|(_, p, start), _| {
+            if left > 0 && *p == period && *start < before {
+                left -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        Ok(u64::from(limit - left))
     }
 
     async fn list_usage(
@@ -119,20 +162,13 @@ impl UsageTables {
         range: TimeRange,
         counted: impl Fn(KeyId) -> bool,
     ) -> Vec<UsageTotal> {
-        let mut totals: BTreeMap<DateTime<Utc>, UsageTotal> = BTreeMap::new();
+        let mut totals: BTreeMap<DateTime<Utc>, UsageCounts> = BTreeMap::new();
         for a in self.aggregates.values() {
             if a.tenant == *tenant && a.period == period && range.contains(a.period_start) && counted(a.key_id) {
-                let total = totals.entry(a.period_start).or_insert_with(|| UsageTotal {
-                    period,
-                    period_start: a.period_start,
-                    requests: 0,
-                    errors: 0,
-                });
-                total.requests += a.requests;
-                total.errors += a.errors;
+                totals.entry(a.period_start).or_default().add(&a.counts());
             }
         }
-        totals.into_values().collect()
+        totals.into_iter().map(|(start, counts)| UsageTotal::new(period, start, counts)).collect()
     }
 }
 
