@@ -449,11 +449,11 @@ impl Engine {
         let (found, mut cached_policy, policy_probed) = match &inner.cache {
             Some(cache) => match cache.find_key_and_policy_ready(&hash) {
                 Some((found, policy)) => (Ok(found), policy, true),
-                None => (Box::pin(waits.then(cache.load_key(&hash))).await, None, false),
+                None => (Box::pin(waits.then(|| cache.load_key(&hash))).await, None, false),
             },
             None => match inner.store.find_key_by_hash_ready(&hash) {
                 Some(found) => (found, None, false),
-                None => (waits.then(inner.store.find_key_by_hash(&hash)).await, None, false),
+                None => (waits.then(|| inner.store.find_key_by_hash(&hash)).await, None, false),
             },
         };
         let stored = match found {
@@ -493,12 +493,12 @@ impl Engine {
             Some(policy_id) => {
                 let found = match &inner.cache {
                     Some(cache) if policy_probed => {
-                        Box::pin(waits.then(cache.load_policy(&key.tenant, policy_id))).await
+                        Box::pin(waits.then(|| cache.load_policy(&key.tenant, policy_id))).await
                     }
-                    Some(cache) => Box::pin(waits.then(cache.get_policy(&key.tenant, policy_id))).await,
+                    Some(cache) => Box::pin(waits.then(|| cache.get_policy(&key.tenant, policy_id))).await,
                     None => match inner.store.get_policy_ready(&key.tenant, policy_id) {
                         Some(found) => found,
-                        None => waits.then(inner.store.get_policy(&key.tenant, policy_id)).await,
+                        None => waits.then(|| inner.store.get_policy(&key.tenant, policy_id)).await,
                     },
                 };
                 Some(found.map_err(fail)?.ok_or_else(|| fail(Error::not_found("policy", policy_id)))?)
@@ -510,7 +510,7 @@ impl Engine {
         if self.is_expired(&key, policy.as_deref(), now) {
             if key.state == KeyState::Active {
                 // Rare: boxed, so that every validation's future stays small.
-                Box::pin(waits.then(self.mark_expired(&key, now))).await.map_err(fail)?;
+                Box::pin(waits.then(|| self.mark_expired(&key, now))).await.map_err(fail)?;
             }
             return Err(refuse(Refusal::Expired, &key));
         }
@@ -556,7 +556,7 @@ impl Engine {
                     if waits == Waits::Never {
                         self.refund_rate_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
                     }
-                    waits.then(inner.limiter.check(subject, limit, now)).await
+                    waits.then(|| inner.limiter.check(subject, limit, now)).await
                 }
             };
             let status = match checked {
@@ -584,7 +584,7 @@ impl Engine {
                     if waits == Waits::Never {
                         self.refund_rate_limits(subject, &policy.rate_limits, now);
                     }
-                    waits.then(inner.quotas.try_consume(&*inner.store, &key, subject, quota, now)).await
+                    waits.then(|| inner.quotas.try_consume(&*inner.store, &key, subject, quota, now)).await
                 }
             };
             let consumed = match consumed {
@@ -637,7 +637,7 @@ impl Engine {
                 if waits == Waits::Never {
                     self.refund_limits(&validation);
                 }
-                let waited = async {
+                let waited = || async {
                     match credits_subject(key, validation.policy.as_deref()) {
                         Some(Subject::Owner { tenant, owner_id }) => match &self.inner.cache {
                             Some(cache) => cache.spend_owner_credits(tenant, owner_id, cost, now).await,
@@ -802,11 +802,12 @@ enum Waits {
 }
 
 impl Waits {
-    /// `step`, or, when waiting is not allowed, a future that never ends
-    /// (`step` is dropped unpolled).
-    async fn then<T>(self, step: impl Future<Output = T>) -> T {
+    /// The future `step` makes, or, when waiting is not allowed, a future
+    /// that never ends (`step` is not called: a store's boxed future is not
+    /// even made).
+    async fn then<T, F: Future<Output = T>>(self, step: impl FnOnce() -> F) -> T {
         match self {
-            Self::Allowed => step.await,
+            Self::Allowed => step().await,
             Self::Never => std::future::pending().await,
         }
     }
