@@ -81,14 +81,15 @@ pub(crate) fn append_headers(map: &mut actix_web::http::header::HeaderMap, heade
     }
 }
 
-/// Appends a value core rendered once and shares: the framework's header
-/// value keeps the shared bytes (checked, not copied).
+/// Appends a value core shares: the framework's header value keeps the
+/// shared bytes (checked, not copied), and for a value rendered once is
+/// made once.
 pub(crate) fn append_shared(
     map: &mut actix_web::http::header::HeaderMap,
     name: &'static str,
     value: &SharedHeaderValue,
 ) {
-    if let Ok(value) = HeaderValue::from_maybe_shared(value.bytes().clone()) {
+    if let Some(value) = value.converted(|bytes| HeaderValue::from_maybe_shared(bytes.clone()).ok()) {
         map.append(header_name(name), value);
     }
 }

@@ -2,8 +2,10 @@
 
 use std::fmt;
 use std::ops::Deref;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -220,15 +222,21 @@ impl Engine {
         ctx: &RequestContext<'_>,
     ) -> Result<Validation, ValidationError> {
         let started = (!self.inner.hooks.is_empty()).then(Instant::now);
-        let result = self.validate_inner(key, ctx).await;
-        if let Err((ValidationError::Refused(refusal), key)) = &result {
-            self.count_refusal(refusal, key.as_ref());
-        }
+        let result = self.validate_inner(key, ctx, Waits::Allowed).await;
+        self.count_if_refused(&result);
         if let Some(started) = started {
             // Boxed: only engines with hooks pay for this future.
             Box::pin(self.report_validation(&result, started.elapsed())).await;
         }
         result.map_err(|(e, _)| e)
+    }
+
+    /// Counts a validation's refusal, if it is one (see
+    /// [`count_refusal`](Self::count_refusal)).
+    fn count_if_refused(&self, result: &Result<Validation, (ValidationError, Option<Arc<Key>>)>) {
+        if let Err((ValidationError::Refused(refusal), key)) = result {
+            self.count_refusal(refusal, key.as_ref());
+        }
     }
 
     /// Counts a refusal among its key's outcomes (queued like usage: no
@@ -238,6 +246,31 @@ impl Engine {
         match (refusal.reason(), key) {
             (Some(reason), Some(key)) => self.inner.usage.record_refusal(key, reason, self.inner.clock.now()),
             _ => metrics::counter!(UNATTRIBUTED_REFUSALS, "code" => refusal.code()).increment(1),
+        }
+    }
+
+    /// [`validate_presented`](Self::validate_presented) when every step
+    /// answers at once (a memory store or a warm cache, the in-process
+    /// limiter, a fresh quota counter), without a future to keep; `None`
+    /// when a step would wait, or hooks are installed, and then nothing was
+    /// spent: the caller validates with the future instead.
+    pub(crate) fn validate_ready(
+        &self,
+        key: PresentedKey,
+        ctx: &RequestContext<'_>,
+    ) -> Option<Result<Validation, ValidationError>> {
+        if !self.inner.hooks.is_empty() {
+            return None;
+        }
+        // Polled once, on the stack: with `Waits::Never` a step that would
+        // wait gives back what was spent and stops for good instead.
+        let validation = pin!(self.validate_inner(key, ctx, Waits::Never));
+        match validation.poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(result) => {
+                self.count_if_refused(&result);
+                Some(result.map_err(|(e, _)| e))
+            }
+            Poll::Pending => None,
         }
     }
 
@@ -266,6 +299,7 @@ impl Engine {
         &self,
         presented: PresentedKey,
         ctx: &RequestContext<'_>,
+        waits: Waits,
     ) -> Result<Validation, (ValidationError, Option<Arc<Key>>)> {
         let inner = &self.inner;
         // The caller's restriction to an app or a tenant: ids that no key
@@ -283,11 +317,11 @@ impl Engine {
         let (found, mut cached_policy, policy_probed) = match &inner.cache {
             Some(cache) => match cache.find_key_and_policy_ready(&hash) {
                 Some((found, policy)) => (Ok(found), policy, true),
-                None => (Box::pin(cache.load_key(&hash)).await, None, false),
+                None => (Box::pin(waits.then(|| cache.load_key(&hash))).await, None, false),
             },
             None => match inner.store.find_key_by_hash_ready(&hash) {
                 Some(found) => (found, None, false),
-                None => (inner.store.find_key_by_hash(&hash).await, None, false),
+                None => (waits.then(|| inner.store.find_key_by_hash(&hash)).await, None, false),
             },
         };
         let stored = match found {
@@ -326,11 +360,13 @@ impl Engine {
             }
             Some(policy_id) => {
                 let found = match &inner.cache {
-                    Some(cache) if policy_probed => Box::pin(cache.load_policy(&key.tenant, policy_id)).await,
-                    Some(cache) => Box::pin(cache.get_policy(&key.tenant, policy_id)).await,
+                    Some(cache) if policy_probed => {
+                        Box::pin(waits.then(|| cache.load_policy(&key.tenant, policy_id))).await
+                    }
+                    Some(cache) => Box::pin(waits.then(|| cache.get_policy(&key.tenant, policy_id))).await,
                     None => match inner.store.get_policy_ready(&key.tenant, policy_id) {
                         Some(found) => found,
-                        None => inner.store.get_policy(&key.tenant, policy_id).await,
+                        None => waits.then(|| inner.store.get_policy(&key.tenant, policy_id)).await,
                     },
                 };
                 Some(found.map_err(fail)?.ok_or_else(|| fail(Error::not_found("policy", policy_id)))?)
@@ -342,7 +378,7 @@ impl Engine {
         if self.is_expired(&key, policy.as_deref(), now) {
             if key.state == KeyState::Active {
                 // Rare: boxed, so that every validation's future stays small.
-                Box::pin(self.mark_expired(&key, now)).await.map_err(fail)?;
+                Box::pin(waits.then(|| self.mark_expired(&key, now))).await.map_err(fail)?;
             }
             return Err(refuse(Refusal::Expired, &key));
         }
@@ -355,7 +391,7 @@ impl Engine {
             let mut validation = Validation::new(key, None, RateLimitStates::default(), None, now);
             // 10. Credits.
             if credits_subject(&validation.key, None).is_some() {
-                validation = Box::pin(self.spend_credits(validation, ctx.cost())).await?;
+                validation = Box::pin(self.spend_credits(validation, ctx.cost(), waits)).await?;
             }
             self.touch(&validation.key, now);
             return Ok(validation);
@@ -384,7 +420,12 @@ impl Engine {
         for limit in &policy.rate_limits {
             let checked = match inner.limiter.check_ready(subject, limit, now) {
                 Some(checked) => checked,
-                None => inner.limiter.check(subject, limit, now).await,
+                None => {
+                    if waits == Waits::Never {
+                        self.refund_rate_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
+                    }
+                    waits.then(|| inner.limiter.check(subject, limit, now)).await
+                }
             };
             let status = match checked {
                 Ok(status) => status,
@@ -407,7 +448,12 @@ impl Engine {
             let ready = inner.quotas.try_consume_ready(&key, subject, quota, now).map(Ok);
             let consumed = match ready {
                 Some(ready) => ready,
-                None => inner.quotas.try_consume(&*inner.store, &key, subject, quota, now).await,
+                None => {
+                    if waits == Waits::Never {
+                        self.refund_rate_limits(subject, &policy.rate_limits, now);
+                    }
+                    waits.then(|| inner.quotas.try_consume(&*inner.store, &key, subject, quota, now)).await
+                }
             };
             let consumed = match consumed {
                 Ok(consumed) => consumed,
@@ -428,7 +474,7 @@ impl Engine {
         // 10. Credits, last: what the request spent above is given back if
         // they refuse it.
         if credits_subject(&validation.key, validation.policy.as_deref()).is_some() {
-            validation = Box::pin(self.spend_credits(validation, ctx.cost())).await?;
+            validation = Box::pin(self.spend_credits(validation, ctx.cost(), waits)).await?;
         }
         self.touch(&validation.key, now);
         Ok(validation)
@@ -441,25 +487,36 @@ impl Engine {
         &self,
         mut validation: Validation,
         cost: u64,
+        waits: Waits,
     ) -> Result<Validation, (ValidationError, Option<Arc<Key>>)> {
         let store = &self.inner.store;
         let (key, now) = (&validation.key, validation.checked_at);
-        let spent = match credits_subject(key, validation.policy.as_deref()) {
+        let ready = match credits_subject(key, validation.policy.as_deref()) {
             Some(Subject::Owner { tenant, owner_id }) => match &self.inner.cache {
-                Some(cache) => match cache.spend_owner_credits_ready(tenant, owner_id, cost, now) {
-                    Some(spent) => spent,
-                    None => cache.spend_owner_credits(tenant, owner_id, cost, now).await,
-                },
-                None => match store.spend_owner_credits_ready(tenant, owner_id, cost, now) {
-                    Some(spent) => spent,
-                    None => store.spend_owner_credits(tenant, owner_id, cost, now).await,
-                },
+                Some(cache) => cache.spend_owner_credits_ready(tenant, owner_id, cost, now),
+                None => store.spend_owner_credits_ready(tenant, owner_id, cost, now),
             },
-            Some(Subject::Key(_)) => match store.spend_credits_ready(key, cost, now) {
-                Some(spent) => spent,
-                None => store.spend_credits(key, cost, now).await,
-            },
-            None => Ok(CreditSpend::Unlimited),
+            Some(Subject::Key(_)) => store.spend_credits_ready(key, cost, now),
+            None => Some(Ok(CreditSpend::Unlimited)),
+        };
+        let spent = match ready {
+            Some(spent) => spent,
+            None => {
+                if waits == Waits::Never {
+                    self.refund_limits(&validation);
+                }
+                let waited = || async {
+                    match credits_subject(key, validation.policy.as_deref()) {
+                        Some(Subject::Owner { tenant, owner_id }) => match &self.inner.cache {
+                            Some(cache) => cache.spend_owner_credits(tenant, owner_id, cost, now).await,
+                            None => store.spend_owner_credits(tenant, owner_id, cost, now).await,
+                        },
+                        Some(Subject::Key(_)) => store.spend_credits(key, cost, now).await,
+                        None => Ok(CreditSpend::Unlimited),
+                    }
+                };
+                waits.then(waited).await
+            }
         };
         match spent {
             Ok(CreditSpend::Spent(credits)) => {
@@ -597,6 +654,30 @@ impl Engine {
         let _ = self;
         key.expires_at.is_some_and(|at| at <= now)
             || crate::key::past_max_age(key, policy.and_then(|p| p.max_key_age), now)
+    }
+}
+
+/// Whether a validation may wait for a step that does not answer at once
+/// (a store without a ready answer, a limiter or quota counter on a server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waits {
+    /// It awaits the step.
+    Allowed,
+    /// It stops there for good, after giving back what it had spent: the
+    /// caller ([`Engine::validate_ready`]) drops it and validates again
+    /// with waiting allowed.
+    Never,
+}
+
+impl Waits {
+    /// The future `step` makes, or, when waiting is not allowed, a future
+    /// that never ends (`step` is not called: a store's boxed future is not
+    /// even made).
+    async fn then<T, F: Future<Output = T>>(self, step: impl FnOnce() -> F) -> T {
+        match self {
+            Self::Allowed => step().await,
+            Self::Never => std::future::pending().await,
+        }
     }
 }
 

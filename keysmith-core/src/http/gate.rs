@@ -17,7 +17,7 @@ use super::{
 };
 use crate::usage::texts::{Text, UsageTexts};
 use crate::usage::{SharedStr, SharedTenant, UsageEntry};
-use crate::{Engine, PresentedKey, Refusal, RequestContext, UsageId, UsageRecord, ValidationError};
+use crate::{Engine, PresentedKey, Refusal, RequestContext, UsageId, UsageRecord, Validation, ValidationError};
 
 /// `User-Agent` values are cut to this many bytes in usage records.
 const MAX_USER_AGENT_LEN: usize = 512;
@@ -366,7 +366,40 @@ impl Gate {
             Cow::Borrowed(origin) => SharedStr::copied(origin),
             Cow::Owned(origin) => SharedStr::from(origin),
         });
-        Authorize { state: State::Pending(Box::pin(self.clone().validate(key, origin, draft))) }
+        // Without a future when every step answers at once (memory store,
+        // warm cache, in-process limiter).
+        let ready = config.engine.validate_ready(key, &self.context(&draft, origin.as_ref()));
+        match ready {
+            Some(result) => Authorize::ready(self.clone().outcome(result, draft)),
+            None => Authorize { state: State::Pending(Box::pin(self.clone().validate(key, origin, draft))) },
+        }
+    }
+
+    /// What validation knows of the request. No path: validation reads
+    /// none, and the record's endpoint may be known only once the handler
+    /// has answered.
+    fn context<'a>(&'a self, draft: &'a UsageDraft, origin: Option<&'a SharedStr>) -> RequestContext<'a> {
+        let mut ctx = RequestContext::new();
+        ctx.method = Some(&draft.method);
+        ctx.ip = draft.ip;
+        ctx.origin = origin.map(|origin| &**origin);
+        ctx.app_id = self.config.app_id.as_deref();
+        ctx
+    }
+
+    /// The outcome of a validation.
+    fn outcome(self, result: Result<Validation, ValidationError>, draft: UsageDraft) -> Outcome {
+        match result {
+            // The admitted request keeps this gate (and through it the
+            // engine) rather than a fresh clone of the engine.
+            Ok(validation) => Outcome::Pass(Admitted { key: ApiKey::new(validation), gate: self, draft }),
+            Err(ValidationError::Refused(refusal)) => Outcome::Refuse(self.refusal(refusal)),
+            Err(ValidationError::Failed(error)) => {
+                tracing::warn!(target: "keysmith::http", %error, method = %draft.method,
+                    "API key validation failed; answering 503");
+                Outcome::Refuse(RefusalResponse::unavailable())
+            }
+        }
     }
 
     #[expect(
@@ -381,30 +414,8 @@ impl Gate {
         draft: UsageDraft,
     ) -> impl Future<Output = Outcome> + Send + 'static {
         async move {
-            // No path: validation reads none, and the record's endpoint may
-            // be known only once the handler has answered.
-            let mut ctx = RequestContext::new();
-            ctx.method = Some(&draft.method);
-            if let Some(ip) = draft.ip {
-                ctx = ctx.with_ip(ip);
-            }
-            if let Some(origin) = &origin {
-                ctx = ctx.with_origin(origin);
-            }
-            if let Some(app_id) = &self.config.app_id {
-                ctx = ctx.with_app_id(app_id);
-            }
-            match self.config.engine.validate_presented(key, &ctx).await {
-                // The admitted request keeps this gate (and through it the
-                // engine) rather than a fresh clone of the engine.
-                Ok(validation) => Outcome::Pass(Admitted { key: ApiKey::new(validation), gate: self, draft }),
-                Err(ValidationError::Refused(refusal)) => Outcome::Refuse(self.refusal(refusal)),
-                Err(ValidationError::Failed(error)) => {
-                    tracing::warn!(target: "keysmith::http", %error, method = %draft.method,
-                        "API key validation failed; answering 503");
-                    Outcome::Refuse(RefusalResponse::unavailable())
-                }
-            }
+            let result = self.config.engine.validate_presented(key, &self.context(&draft, origin.as_ref())).await;
+            self.outcome(result, draft)
         }
     }
 }

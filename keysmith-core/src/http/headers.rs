@@ -1,9 +1,11 @@
 //! Reading request headers without knowing the framework's header type,
 //! and writing the rate-limit headers of a response.
 
-use std::sync::Arc;
+use std::any::Any;
+use std::cell::RefCell;
+use std::sync::{Arc, OnceLock};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Datelike, Utc};
 use dashmap::DashMap;
 use sfv::{Integer, KeyRef, ListSerializer, StringRef, key_ref};
@@ -172,7 +174,9 @@ impl RateLimitHeaders {
                 if let Some((index, status)) = closest_index(validation) {
                     let mut buffer = StateBuffer::new();
                     match buffer.render(&rendered.state_prefixes[index], status.remaining, status.reset) {
-                        Some(value) => out.append_header(names::RATELIMIT, value),
+                        // Shared, so that a sink that keeps shared bytes
+                        // does not copy it into an allocation of its own.
+                        Some(value) => out.append_shared(names::RATELIMIT, &SharedHeaderValue::per_response(value)),
                         None => out.append_header(
                             names::RATELIMIT,
                             &state(&policy.rate_limits[index], status.remaining, status.reset),
@@ -231,30 +235,83 @@ impl RateLimitHeaders {
     }
 }
 
-/// A header value rendered once and shared by every response that carries
-/// it (a policy's `RateLimit-Policy`): visible ASCII, cloned without
-/// copying. Adapters hand its bytes to their framework's header value as
+/// A header value in shared bytes, visible ASCII, cloned without copying:
+/// rendered once for every response that carries it (a policy's
+/// `RateLimit-Policy`), or per response in a per-thread arena (`RateLimit`). Adapters hand its bytes to their framework's header value as
 /// they are ([`HeaderSink::append_shared`]).
-#[derive(Clone, PartialEq, Eq)]
-pub struct SharedHeaderValue(Bytes);
+#[derive(Clone)]
+pub struct SharedHeaderValue {
+    bytes: Bytes,
+    /// For a value rendered once: the adapter's own header value, made from
+    /// `bytes` the first time it is written (`None` for a per-response value).
+    converted: Option<Arc<OnceLock<Box<dyn Any + Send + Sync>>>>,
+}
+
+impl PartialEq for SharedHeaderValue {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for SharedHeaderValue {}
 
 impl SharedHeaderValue {
     /// The value as text.
     #[must_use]
     pub fn as_str(&self) -> &str {
-        // Built only from `String`s of visible ASCII (`from_ascii`).
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        // Built only from visible ASCII (`from_ascii`, `per_response`).
+        std::str::from_utf8(&self.bytes).unwrap_or_default()
     }
 
     /// The value's bytes, shared.
     #[must_use]
     pub fn bytes(&self) -> &Bytes {
-        &self.0
+        &self.bytes
+    }
+
+    /// The framework's header value for these bytes: made by `convert`
+    /// once for a value rendered once (a policy's `RateLimit-Policy`), and
+    /// cloned from then on, so that its bytes are not checked again per
+    /// response; made each time for a per-response value. `None` when
+    /// `convert` refuses the bytes.
+    pub fn converted<T>(&self, convert: impl Fn(&Bytes) -> Option<T>) -> Option<T>
+    where
+        T: Any + Clone + Send + Sync,
+    {
+        let Some(slot) = &self.converted else { return convert(&self.bytes) };
+        let made = slot.get_or_init(|| match convert(&self.bytes) {
+            Some(value) => Box::new(value),
+            None => Box::new(()),
+        });
+        // Another framework's type (two adapters on one gate) is made per
+        // response.
+        match made.downcast_ref::<T>() {
+            Some(value) => Some(value.clone()),
+            None if made.is::<()>() => None,
+            None => convert(&self.bytes),
+        }
+    }
+
+    /// `value` (visible ASCII, a few dozen bytes) copied into its thread's
+    /// arena of header bytes: the values written per response share one
+    /// allocation per [`ARENA_BYTES`], rather than one each.
+    fn per_response(value: &str) -> Self {
+        thread_local! {
+            static ARENA: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+        }
+        debug_assert!(value.bytes().all(|b| b.is_ascii_graphic() || b == b' '));
+        ARENA.with_borrow_mut(|arena| {
+            if arena.capacity() < value.len() {
+                *arena = BytesMut::with_capacity(ARENA_BYTES.max(value.len()));
+            }
+            arena.extend_from_slice(value.as_bytes());
+            Self { bytes: arena.split().freeze(), converted: None }
+        })
     }
 
     fn from_ascii(value: String) -> Self {
         debug_assert!(value.bytes().all(|b| b.is_ascii_graphic() || b == b' '));
-        Self(Bytes::from(value))
+        Self { bytes: Bytes::from(value), converted: Some(Arc::default()) }
     }
 }
 
@@ -263,6 +320,10 @@ impl std::fmt::Debug for SharedHeaderValue {
         std::fmt::Debug::fmt(self.as_str(), f)
     }
 }
+
+/// Bytes of each thread's arena for the header values written per
+/// response; it is freed once every response holding a value of it is.
+const ARENA_BYTES: usize = 4096;
 
 /// The rendered rate-limit headers of each policy a gate has seen: the
 /// `RateLimit-Policy` value and, per limit, the start of its `RateLimit`

@@ -244,6 +244,25 @@ async fn every_limit_and_the_quota_are_announced_and_the_closest_limit_reported(
 }
 
 #[tokio::test]
+async fn a_request_validated_again_with_waiting_spends_each_limit_once() {
+    let s = setup();
+    let spec = PolicySpec::new("counted")
+        .with_limit(RateLimit::new("hourly", 3, Duration::from_secs(3600)))
+        .with_quota(Some(1000), None);
+    let policy = s.acme.create_policy(spec).await.unwrap();
+    let raw = key(&s, NewKey::new("counted").with_policy(policy.id)).await;
+    let gate = Gate::new(s.engine.clone());
+    // The first request finds no fresh quota counter: the validation that
+    // may not wait counts `hourly`, stops at the quota and gives `hourly`
+    // back; the one that waits counts it again, once.
+    for remaining in [2, 1, 0] {
+        let pass = admitted(outcome(&gate, "GET", None, &bearer(&raw)).await);
+        assert_eq!(pass.key().rate_limit().map(|status| status.remaining), Some(remaining));
+    }
+    refused(outcome(&gate, "GET", None, &bearer(&raw)).await);
+}
+
+#[tokio::test]
 async fn a_later_limit_that_refuses_spends_nothing_of_the_earlier_ones() {
     let s = setup();
     let spec = PolicySpec::new("tiers")
