@@ -181,7 +181,7 @@ impl Outage {
 impl StoreProbe for Outage {
     async fn before(&self, op: StoreOp) -> Result<()> {
         let spared =
-            matches!(op, StoreOp::find_key_by_hash | StoreOp::touch_key | StoreOp::record_batch | StoreOp::migrate);
+            matches!(op, StoreOp::find_key_by_hash | StoreOp::touch_key | StoreOp::write_usage | StoreOp::migrate);
         if self.failing.load(Ordering::SeqCst) && !spared {
             return Err(Error::store(std::io::Error::other("connection refused (db password=hunter2)")));
         }

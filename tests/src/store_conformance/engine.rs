@@ -93,7 +93,7 @@ pub(super) struct HoldWrittenBatch {
 #[async_trait::async_trait]
 impl StoreProbe for HoldWrittenBatch {
     async fn after(&self, op: StoreOp) {
-        if op == StoreOp::record_batch && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        if op == StoreOp::write_usage && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
             self.written.notify_one();
             self.release.notified().await;
         }
