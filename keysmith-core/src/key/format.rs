@@ -15,12 +15,12 @@ const RANDOM_LEN: usize = 32;
 const CHECK_LEN: usize = 6;
 const BODY_LEN: usize = RANDOM_LEN + CHECK_LEN;
 const MAX_PREFIX_LEN: usize = 16;
-/// The shortest and longest keys of this format (`a_dev_…`, a 16-character
-/// prefix with `_live_` or `_test_`): the parser's first check is exact, so
-/// that it rejects no key it should parse and lets through no length the
-/// later checks would have to catch.
-const MIN_KEY_LEN: usize = 1 + "_dev_".len() + BODY_LEN;
-const MAX_KEY_LEN: usize = MAX_PREFIX_LEN + "_live_".len() + BODY_LEN;
+/// The shortest and longest keys of this format: `a_dev_` and a 16-character
+/// prefix with `_live_` or `_test_`, each followed by the 38-byte body. The
+/// parser's first check is exact, so that it rejects no key it should parse
+/// and leaves no length to the later checks.
+const MIN_KEY_LEN: usize = 44;
+const MAX_KEY_LEN: usize = 60;
 /// Random bytes at or above this (4 × 62) are drawn again, so that every
 /// base62 character is equally likely.
 const UNBIASED_BYTES: u8 = 248;
@@ -46,6 +46,17 @@ impl RawKey {
         let crc = crc32fast::hash(key.as_bytes());
         push_check(&mut key, crc);
         Ok(Self(SecretString::from(key)))
+    }
+
+    /// A new key that no store holds, for tests and benchmarks that present
+    /// well-formed unknown keys (each costs what a real miss costs: a hash
+    /// and a lookup).
+    ///
+    /// # Errors
+    /// As key creation: an invalid prefix, or the OS random generator failed.
+    #[cfg(feature = "testing")]
+    pub fn unissued(prefix: &str, environment: Environment) -> Result<Self> {
+        Self::generate(prefix, environment)
     }
 
     /// The key itself. Show it to its owner once; never log it.
