@@ -155,7 +155,19 @@ pub struct Quota {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use super::RateLimit;
     use crate::{Engine, MemoryStore, NewKey, PolicySpec, Refusal, RequestContext, ValidationError};
+
+    #[test]
+    fn the_effective_burst_is_the_burst_else_the_request_count() {
+        let limit = RateLimit::new("l", 5, Duration::from_secs(1));
+        assert_eq!(limit.effective_burst(), 5);
+        assert_eq!(limit.clone().with_burst(12).effective_burst(), 12);
+        assert_eq!(limit.clone().with_burst(1).effective_burst(), 1);
+        assert_eq!(RateLimit { burst: Some(0), ..limit }.effective_burst(), 5, "a zero burst is no burst");
+    }
 
     #[tokio::test]
     async fn a_key_under_an_origin_allowlist_passes_from_those_origins_only() {
