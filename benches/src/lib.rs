@@ -7,6 +7,8 @@
 //! - `bench-server <mode>`: the HTTP servers `scripts/bench-http` drives with wrk.
 //! - `bench-usage`: usage-recording throughput and memory per key
 //!   (`scripts/bench-usage`).
+//! - `soak`: the soak-and-chaos run behind `scripts/soak`.
+//! - `flood`: memory of one instance under a flood of made-up keys.
 //!
 //! ```no_run
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -18,6 +20,8 @@
 //! # });
 //! ```
 #![forbid(unsafe_code)]
+
+pub mod load;
 
 use std::sync::Arc;
 use std::time::Duration;

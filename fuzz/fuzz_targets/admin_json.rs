@@ -13,7 +13,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::Request;
 use clean::clean_json;
-use keysmith_core::{Engine, MemoryStore, NewKey, PolicySpec};
+use keysmith_admin::ADMIN_SCOPE;
+use keysmith_core::{Engine, MemoryStore, NewKey, PolicySpec, RequestContext};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -37,6 +38,7 @@ const ROUTES: [(&str, &str); 9] = [
 /// the invariants hold whatever it is.
 struct Fixture {
     runtime: tokio::runtime::Runtime,
+    engine: Engine,
     app: Router,
     admin: String,
     ids: [(&'static str, String); 3],
@@ -47,7 +49,7 @@ static FIXTURE: OnceLock<Fixture> = OnceLock::new();
 fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let (app, admin, ids) = runtime.block_on(async {
+        let (engine, app, admin, ids) = runtime.block_on(async {
             let engine = Engine::builder(Arc::new(MemoryStore::new())).build().unwrap();
             let tenant = engine.tenant("fuzz", "t");
             let admin = tenant.create_key(NewKey::new("ops").with_scopes(["keysmith:admin"])).await.unwrap();
@@ -58,10 +60,10 @@ fn fixture() -> &'static Fixture {
                 ("{policy}", policy.id.to_string()),
                 ("{admin}", admin.key.id.to_string()),
             ];
-            let app: Router = Router::new().nest("/v1", keysmith_admin::router(engine));
-            (app, admin.raw.expose().to_owned(), ids)
+            let app: Router = Router::new().nest("/v1", keysmith_admin::router(engine.clone()));
+            (engine, app, admin.raw.expose().to_owned(), ids)
         });
-        Fixture { runtime, app, admin, ids }
+        Fixture { runtime, engine, app, admin, ids }
     })
 }
 
@@ -90,13 +92,13 @@ fuzz_target!(|data: &[u8]| {
         } else {
             assert!(answer["error"]["code"].is_string() && answer["error"]["message"].is_string(), "{text}");
         }
-        // The calling key can still use the API (one key read: listing the
-        // scopes, which inputs keep adding, made every run slower than the last).
-        let check = Request::get(format!("/v1/keys/{}", fixture.ids[2].1))
-            .header("authorization", format!("Bearer {}", fixture.admin))
-            .body(Body::empty())
-            .unwrap();
-        let status = fixture.app.clone().oneshot(check).await.unwrap().status();
-        assert_eq!(status, 200, "{method} {template} locked the tenant out");
+        // The calling key still opens the admin API: active, and granted
+        // the admin scope by its scopes and its policy. Asked of the engine
+        // (what the API's layer asks) rather than with a second request,
+        // whose routing and JSON cost a sixth of each run.
+        let admin_scope = [ADMIN_SCOPE];
+        let still_admin = RequestContext::new().with_required_scopes(&admin_scope);
+        let refused = fixture.engine.validate(&fixture.admin, &still_admin).await.err();
+        assert!(refused.is_none(), "{method} {template} locked the tenant out: {refused:?}");
     });
 });

@@ -22,6 +22,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use keysmith_benches::load::rss_kib;
 use keysmith_benches::{Backend, BenchStore};
 use keysmith_core::limit::{GcraRateLimiter, RateLimiter};
 use keysmith_core::usage::UsageConfig;
@@ -32,16 +33,6 @@ fn usage() -> ! {
         "usage: bench-usage record <sqlite|postgres|mysql> [records] [batch] | memory-store [keys] | limiter [keys]"
     );
     std::process::exit(2)
-}
-
-/// Resident set size in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status")
 }
 
 fn arg<T: std::str::FromStr>(value: Option<String>, default: T) -> T {
@@ -194,12 +185,12 @@ async fn memory_store(keys: usize) {
     let store = Arc::new(MemoryStore::new());
     let engine = Engine::builder(store).build().expect("engine");
     let acme = engine.tenant("bench", "acme");
-    let before = rss_kib();
+    let before = rss_kib(std::process::id());
     let began = Instant::now();
     for i in 0..keys {
         acme.create_key(NewKey::new(format!("key {i}")).with_scopes(["read"])).await.expect("create key");
     }
-    let after = rss_kib();
+    let after = rss_kib(std::process::id());
     report("memory-store", keys, before, after, began.elapsed());
 }
 
@@ -207,7 +198,7 @@ async fn limiter(keys: usize) {
     let limiter = GcraRateLimiter::new();
     // A long refill time, so no entry is idle enough to be evicted.
     let limit = RateLimit::new("default", 100, Duration::from_secs(3600));
-    let before = rss_kib();
+    let before = rss_kib(std::process::id());
     let began = Instant::now();
     for _ in 0..keys {
         limiter
@@ -215,7 +206,7 @@ async fn limiter(keys: usize) {
             .await
             .expect("check");
     }
-    let after = rss_kib();
+    let after = rss_kib(std::process::id());
     if limiter.tracked_keys() != keys {
         println!("limiter: only {} of {keys} keys tracked: per-key figure below is off", limiter.tracked_keys());
     }

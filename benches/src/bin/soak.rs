@@ -26,9 +26,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use keysmith_benches::load::{git_commit, rss_kib, send};
 use keysmith_tests::proxy::SilentProxy;
 use keysmith_tests::server_process::ServerProcess;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How long after a revocation (or suspension) answered no instance may
@@ -281,7 +281,7 @@ impl Instance {
         let process = ServerProcess::start(command);
         self.life += 1;
         if self.life == 1 {
-            self.rss_start = rss(process.id());
+            self.rss_start = rss_kib(process.id());
         }
         self.process = Some(process);
     }
@@ -289,87 +289,6 @@ impl Instance {
     fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
-}
-
-/// Resident memory of `pid` in KiB.
-fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status.lines().find_map(|line| {
-                line.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-            })
-        })
-        .unwrap_or(0)
-}
-
-/// One keep-alive HTTP/1.1 request: the status, or 0 with no answer.
-async fn send(
-    conn: &mut Option<TcpStream>,
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    key: &str,
-    body: Option<&str>,
-) -> (u16, String) {
-    for attempt in 0..2 {
-        if conn.is_none() {
-            match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => *conn = Some(stream),
-                _ => return (0, String::new()),
-            }
-        }
-        let stream = conn.as_mut().unwrap();
-        let body = body.unwrap_or("");
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nhost: soak\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        let answer = tokio::time::timeout(Duration::from_secs(10), async {
-            stream.write_all(request.as_bytes()).await?;
-            read_response(stream).await
-        })
-        .await;
-        match answer {
-            Ok(Ok(answer)) => return answer,
-            // A kept-alive connection the server closed: once more on a new one.
-            Ok(Err(_)) if attempt == 0 => *conn = None,
-            _ => {
-                *conn = None;
-                return (0, String::new());
-            }
-        }
-    }
-    (0, String::new())
-}
-
-async fn read_response(stream: &mut TcpStream) -> std::io::Result<(u16, String)> {
-    let mut buffer = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end + 4;
-        }
-        let read = stream.read(&mut chunk).await?;
-        if read == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buffer.extend_from_slice(&chunk[..read]);
-    };
-    let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let length: usize = head
-        .lines()
-        .find_map(|line| line.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-        .unwrap_or(0);
-    while buffer.len() < head_end + length {
-        let read = stream.read(&mut chunk).await?;
-        if read == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buffer.extend_from_slice(&chunk[..read]);
-    }
-    Ok((status, String::from_utf8_lossy(&buffer[head_end..head_end + length]).into_owned()))
 }
 
 fn json_field(body: &str, field: &str) -> Option<String> {
@@ -679,7 +598,7 @@ async fn soak(settings: &Settings, database: &str, database_url: &str) -> i32 {
             Fault::InstanceKilled => {
                 // Whatever instance 1 answers from now on, its next lifetime answers.
                 run.lives.lock().unwrap_or_else(PoisonError::into_inner)[1] = instances[1].life + 1;
-                let rss_before = instances[1].process.as_ref().map_or(0, |p| rss(p.id()));
+                let rss_before = instances[1].process.as_ref().map_or(0, |p| rss_kib(p.id()));
                 if let Some(mut process) = instances[1].process.take() {
                     process.kill();
                 }
@@ -698,7 +617,7 @@ async fn soak(settings: &Settings, database: &str, database_url: &str) -> i32 {
     for task in tasks {
         let _ = task.await;
     }
-    let rss_end: Vec<u64> = instances.iter().map(|i| i.process.as_ref().map_or(0, |p| rss(p.id()))).collect();
+    let rss_end: Vec<u64> = instances.iter().map(|i| i.process.as_ref().map_or(0, |p| rss_kib(p.id()))).collect();
 
     // Graceful stop: each prints what its usage recorder did.
     let mut usage = Vec::new();
@@ -1069,13 +988,4 @@ fn report(
         if broken == 0 { "Every bound held.".to_owned() } else { format!("{broken} bound(s) broken.") }
     );
     Report { text, broken }
-}
-
-fn git_commit() -> String {
-    Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        .unwrap_or_default()
 }

@@ -219,6 +219,28 @@ mod tests {
     }
 
     #[test]
+    fn a_value_of_exactly_the_longest_length_is_read() {
+        let longest = vec![b'a'; MAX_KEY_HEADER_LEN];
+        assert_eq!(extract(&[("x-api-key", &longest)]).map(|key| key.len()), Ok(MAX_KEY_HEADER_LEN));
+        let mut bearer = b"Bearer ".to_vec();
+        bearer.extend(vec![b'a'; MAX_KEY_HEADER_LEN - bearer.len()]);
+        assert_eq!(extract(&[("authorization", &bearer)]).map(|key| key.len()), Ok(MAX_KEY_HEADER_LEN - 7));
+    }
+
+    #[test]
+    fn the_default_sources_are_bearer_then_x_api_key() {
+        let expected = [
+            KeySource::Bearer { header: "authorization".to_owned() },
+            KeySource::Header { name: "x-api-key".to_owned() },
+        ];
+        assert_eq!(KeySources::default().sources(), expected);
+        assert_eq!(
+            KeySources::empty().with_bearer_in("Proxy-Authorization").sources()[0].header(),
+            "proxy-authorization"
+        );
+    }
+
+    #[test]
     fn sources_are_configurable() {
         let sources = KeySources::empty().with_header("X-Token").with_bearer_in("Proxy-Authorization");
         let headers: &[(&str, &str)] = &[("authorization", "Bearer k1"), ("x-api-key", "k2")];

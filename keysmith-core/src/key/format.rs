@@ -7,12 +7,23 @@ use secrecy::{ExposeSecret, SecretString};
 use super::Environment;
 use crate::{Error, Result};
 
-/// Keys longer than this are malformed before any other work is done.
+/// No key is longer than this, of Keysmith's format (at most 60 bytes) or a
+/// legacy one; longer input is malformed before any other work is done.
 pub const MAX_RAW_KEY_LEN: usize = 128;
 
 const RANDOM_LEN: usize = 32;
 const CHECK_LEN: usize = 6;
+const BODY_LEN: usize = RANDOM_LEN + CHECK_LEN;
 const MAX_PREFIX_LEN: usize = 16;
+/// The shortest and longest keys of this format: `a_dev_` and a 16-character
+/// prefix with `_live_` or `_test_`, each followed by the 38-byte body. The
+/// parser's first check is exact, so that it rejects no key it should parse
+/// and leaves no length to the later checks.
+const MIN_KEY_LEN: usize = 44;
+const MAX_KEY_LEN: usize = 60;
+/// Random bytes at or above this (4 × 62) are drawn again, so that every
+/// base62 character is equally likely.
+const UNBIASED_BYTES: u8 = 248;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// A raw API key: the secret handed to the client once.
@@ -26,7 +37,7 @@ impl RawKey {
     pub(crate) fn generate(prefix: &str, environment: Environment) -> Result<Self> {
         validate_prefix(prefix)?;
         let env = environment.as_str();
-        let mut key = String::with_capacity(prefix.len() + env.len() + 2 + RANDOM_LEN + CHECK_LEN);
+        let mut key = String::with_capacity(MAX_KEY_LEN);
         key.push_str(prefix);
         key.push('_');
         key.push_str(env);
@@ -35,6 +46,17 @@ impl RawKey {
         let crc = crc32fast::hash(key.as_bytes());
         push_check(&mut key, crc);
         Ok(Self(SecretString::from(key)))
+    }
+
+    /// A new key that no store holds, for tests and benchmarks that present
+    /// well-formed unknown keys (each costs what a real miss costs: a hash
+    /// and a lookup).
+    ///
+    /// # Errors
+    /// As key creation: an invalid prefix, or the OS random generator failed.
+    #[cfg(feature = "testing")]
+    pub fn unissued(prefix: &str, environment: Environment) -> Result<Self> {
+        Self::generate(prefix, environment)
     }
 
     /// The key itself. Show it to its owner once; never log it.
@@ -81,12 +103,11 @@ impl<'a> ParsedKey<'a> {
     /// malformed; why is not said, since nothing about a bad secret is logged.
     #[must_use]
     pub fn parse(raw: &'a str) -> Option<Self> {
-        const BODY_LEN: usize = RANDOM_LEN + CHECK_LEN;
         // Runs on every request, before anything else: byte positions rather
         // than `split_once`, and no error values built for a bad key. The
         // body is the last 38 bytes; the environment sits between the first
         // `_` and the `_` before the body.
-        if raw.len() > MAX_RAW_KEY_LEN || raw.len() < BODY_LEN + 2 {
+        if raw.len() > MAX_KEY_LEN || raw.len() < MIN_KEY_LEN {
             return None;
         }
         let bytes = raw.as_bytes();
@@ -128,22 +149,26 @@ pub fn validate_prefix(prefix: &str) -> Result<()> {
 
 /// Appends `len` uniformly random base62 characters from the OS CSPRNG.
 fn fill_base62(out: &mut String, len: usize) -> Result<()> {
-    // 248 = 4 * 62: bytes at or above it are rejected so every character is
-    // equally likely.
     let mut pool = [0u8; 64];
     let mut produced = 0;
     while produced < len {
         getrandom::fill(&mut pool).map_err(|e| Error::store(format!("OS random generator failed: {e}")))?;
-        for byte in pool.iter().filter(|b| **b < 248) {
+        for character in pool.iter().filter_map(|byte| base62_char(*byte)) {
             if produced == len {
                 break;
             }
-            out.push(char::from(BASE62[usize::from(*byte % 62)]));
+            out.push(character);
             produced += 1;
         }
     }
     pool.fill(0);
     Ok(())
+}
+
+/// The base62 character a random byte stands for, or `None` for the bytes
+/// that would make some characters likelier than others.
+fn base62_char(byte: u8) -> Option<char> {
+    (byte < UNBIASED_BYTES).then(|| char::from(BASE62[usize::from(byte % 62)]))
 }
 
 /// The CRC32 as six zero-padded base62 digits (62^6 > 2^32).
@@ -265,6 +290,10 @@ mod tests {
             let raw = signed(&format!("sk_live_{random}"));
             assert!(ParsedKey::parse(&raw).is_none(), "accepted {bad:?} at {i}");
         }
+        // Two of them (a rule that counted bad characters rather than
+        // refusing any would let an even number through).
+        let random = format!("-{}+", &RANDOM[1..RANDOM_LEN - 1]);
+        assert!(ParsedKey::parse(&signed(&format!("sk_live_{random}"))).is_none());
         // A random part one character short or long shifts the separator.
         assert!(ParsedKey::parse(&signed(&format!("sk_live_{}", &RANDOM[1..]))).is_none());
         assert!(ParsedKey::parse(&signed(&format!("sk_live_{RANDOM}x"))).is_none());
@@ -275,10 +304,79 @@ mod tests {
 
     #[test]
     fn a_key_of_the_longest_valid_shape_parses_and_any_longer_input_does_not() {
-        let raw = signed(&format!("a1b2c3d4e5f6g7h8_test_{RANDOM}"));
-        assert!(ParsedKey::parse(&raw).is_some());
+        for env in ["live", "test"] {
+            let raw = signed(&format!("a1b2c3d4e5f6g7h8_{env}_{RANDOM}"));
+            assert_eq!(raw.len(), MAX_KEY_LEN);
+            assert!(ParsedKey::parse(&raw).is_some(), "{raw}");
+        }
         let padded = signed(&format!("{}_test_{RANDOM}", "a".repeat(MAX_RAW_KEY_LEN)));
         assert!(ParsedKey::parse(&padded).is_none());
+    }
+
+    #[test]
+    fn a_key_of_the_shortest_valid_shape_parses() {
+        let raw = signed(&format!("a_dev_{RANDOM}"));
+        assert_eq!(raw.len(), MIN_KEY_LEN);
+        assert_eq!(ParsedKey::parse(&raw).map(|parsed| parsed.prefix), Some("a"));
+    }
+
+    #[test]
+    fn every_cut_of_a_key_is_refused_without_panicking() {
+        // Every length a truncated or padded key can have, the short ones
+        // included (the parser indexes from the end before anything else).
+        let raw = signed(&format!("a1b2c3d4e5f6g7h8_live_{RANDOM}"));
+        for start in 1..raw.len() {
+            assert!(ParsedKey::parse(&raw[start..]).is_none(), "accepted {:?}", &raw[start..]);
+        }
+        for end in 0..raw.len() {
+            assert!(ParsedKey::parse(&raw[..end]).is_none(), "accepted {:?}", &raw[..end]);
+        }
+        for extra in 1..=MAX_RAW_KEY_LEN {
+            let padded = format!("{}{raw}", "a".repeat(extra));
+            assert!(ParsedKey::parse(&padded).is_none(), "accepted {} bytes", padded.len());
+        }
+    }
+
+    #[test]
+    fn a_key_with_one_separator_only_is_refused() {
+        for unsigned in [format!("sklive_{RANDOM}"), format!("sk_live{RANDOM}"), format!("s_{RANDOM}")] {
+            assert!(ParsedKey::parse(&signed(&unsigned)).is_none(), "accepted {unsigned:?}");
+        }
+    }
+
+    #[test]
+    fn keys_issued_earlier_still_parse() {
+        // Written down once: a change to the checksum or its digits would
+        // make every key already handed out malformed.
+        let issued = "sk_live_0123456789abcdefghijABCDEFGHIJxy195Mcx";
+        assert_eq!(signed("sk_live_0123456789abcdefghijABCDEFGHIJxy"), issued);
+        assert!(ParsedKey::parse(issued).is_some());
+        assert!(ParsedKey::parse("a_dev_0123456789abcdefghijABCDEFGHIJxy0bn6cY").is_some());
+        assert!(ParsedKey::parse("sk_live_0123456789abcdefghijABCDEFGHIJxy195Mcy").is_none());
+    }
+
+    #[test]
+    fn random_bytes_map_to_base62_without_bias() {
+        for (byte, expected) in [(0, '0'), (9, '9'), (10, 'A'), (36, 'a'), (61, 'z'), (62, '0'), (130, '6'), (247, 'z')]
+        {
+            assert_eq!(base62_char(byte), Some(expected), "{byte}");
+        }
+        for byte in [248, 255] {
+            assert_eq!(base62_char(byte), None, "{byte} would favour the first characters");
+        }
+    }
+
+    #[test]
+    fn generated_keys_use_the_whole_alphabet() {
+        let mut seen = std::collections::BTreeSet::new();
+        // 64 keys draw 2 048 characters: every one of the 62 appears unless
+        // the generator is broken (the chance that a fair one misses one
+        // is below 10^-12).
+        for _ in 0..64 {
+            let raw = key("sk", Environment::Test);
+            seen.extend(raw.expose()["sk_test_".len().."sk_test_".len() + RANDOM_LEN].chars());
+        }
+        assert_eq!(seen.len(), 62, "{seen:?}");
     }
 
     #[test]
@@ -311,11 +409,7 @@ mod tests {
 
     #[test]
     fn check_digits_are_zero_padded() {
-        let mut s = String::new();
-        push_check(&mut s, 0);
-        assert_eq!(s, "000000");
-        s.clear();
-        push_check(&mut s, u32::MAX);
-        assert_eq!(s.len(), 6);
+        let digits = [0, 1, 61, 62, u32::MAX].map(|crc| String::from_utf8(check_digits(crc).to_vec()).unwrap());
+        assert_eq!(digits, ["000000", "000001", "00000z", "000010", "4gfFC3"]);
     }
 }

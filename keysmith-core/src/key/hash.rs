@@ -142,6 +142,14 @@ mod tests {
     }
 
     #[test]
+    fn bytes_round_trip_and_debug_shows_a_short_form() {
+        let hash = Sha256Hasher.hash("abc");
+        assert_eq!(hash.as_bytes()[..4], [0xba, 0x78, 0x16, 0xbf]);
+        assert_eq!(KeyHash::from_bytes(*hash.as_bytes()), hash);
+        assert_eq!(format!("{hash:?}"), "KeyHash(ba7816bf…)");
+    }
+
+    #[test]
     fn hex_parsing_rejects_bad_input() {
         assert!("abc".parse::<KeyHash>().is_err());
         assert!("z".repeat(64).parse::<KeyHash>().is_err());

@@ -569,6 +569,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_limiter_is_evicted_once_its_budget_is_full_again_and_not_before() {
+        let (limiter, clock) = limiter();
+        let limit = RateLimit { name: "l".to_owned(), requests: 1, window: Duration::from_secs(1), burst: None };
+        limiter.check(Subject::Key(KeyId::new()), &limit, clock.now()).await.unwrap();
+        clock.advance(Duration::from_secs(1) - Duration::from_nanos(1));
+        limiter.evict_idle();
+        assert_eq!(limiter.tracked_keys(), 1, "a nanosecond short of a full budget");
+        clock.advance(Duration::from_nanos(1));
+        limiter.evict_idle();
+        assert_eq!(limiter.tracked_keys(), 0, "full again: nothing to remember");
+    }
+
+    #[tokio::test]
+    async fn the_in_process_limiter_answers_in_place_and_counts_like_check() {
+        let (limiter, clock) = limiter();
+        let key = Subject::Key(KeyId::new());
+        let limit = five_per_second(Some(1));
+        let first = limiter.check_ready(key, &limit, clock.now()).expect("answered without a future").unwrap();
+        assert!(first.allowed);
+        let second = limiter.check_ready(key, &limit, clock.now()).expect("answered without a future").unwrap();
+        assert!(!second.allowed, "the first request was counted");
+        assert!(!limiter.check(key, &limit, clock.now()).await.unwrap().allowed);
+    }
+
+    #[tokio::test]
     async fn a_key_first_seen_during_a_sweep_is_kept() {
         let (limiter, clock) = limiter();
         let limit = RateLimit { name: "l".to_owned(), requests: 1, window: Duration::from_secs(3600), burst: None };

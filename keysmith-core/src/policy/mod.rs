@@ -152,3 +152,42 @@ pub struct Quota {
     /// Requests per UTC calendar month.
     pub monthly: Option<u64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::RateLimit;
+    use crate::{Engine, MemoryStore, NewKey, PolicySpec, Refusal, RequestContext, ValidationError};
+
+    #[test]
+    fn the_effective_burst_is_the_burst_else_the_request_count() {
+        let limit = RateLimit::new("l", 5, Duration::from_secs(1));
+        assert_eq!(limit.effective_burst(), 5);
+        assert_eq!(limit.clone().with_burst(12).effective_burst(), 12);
+        assert_eq!(limit.clone().with_burst(1).effective_burst(), 1);
+        assert_eq!(RateLimit { burst: Some(0), ..limit }.effective_burst(), 5, "a zero burst is no burst");
+    }
+
+    #[tokio::test]
+    async fn a_key_under_an_origin_allowlist_passes_from_those_origins_only() {
+        let engine = Engine::builder(MemoryStore::new()).build().unwrap();
+        let acme = engine.tenant("app", "acme");
+        let web = acme.create_policy(PolicySpec::new("web").with_allowed_origins(["https://app.example.com"])).await;
+        let key = acme.create_key(NewKey::new("k").with_policy(web.unwrap().id)).await.unwrap();
+        let answer = |origin: &'static str| {
+            let engine = engine.clone();
+            let raw = key.raw.expose().to_owned();
+            async move { engine.validate(&raw, &RequestContext::new().with_origin(origin)).await.map(|_| ()) }
+        };
+        for origin in ["https://app.example.com", "HTTPS://APP.EXAMPLE.COM", "https://app.example.com/"] {
+            assert!(answer(origin).await.is_ok(), "{origin}");
+        }
+        for origin in ["https://evil.example.com", "https://app.example.com.evil", "http://app.example.com", "null"] {
+            let refused = answer(origin).await;
+            assert!(matches!(refused, Err(ValidationError::Refused(Refusal::OriginNotAllowed))), "{origin}");
+        }
+        // A request without an Origin (not from a browser) is not refused for it.
+        assert!(engine.validate(key.raw.expose(), &RequestContext::new()).await.is_ok());
+    }
+}

@@ -166,6 +166,13 @@ mod tests {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn names_are_at_most_128_bytes() {
+        let longest = format!("read:{}", "a".repeat(MAX_NAME_LEN - "read:".len()));
+        assert!(validate_name(&longest).is_ok());
+        assert!(validate_name(&format!("{longest}b")).is_err());
+    }
 }
 
 #[cfg(test)]
