@@ -38,12 +38,7 @@ pub fn git_commit() -> String {
 /// `conn` (opened to `addr` when `None`, once more when the server had
 /// closed it): the status and body, or status 0 with no answer within 10 s.
 pub async fn send(
-    conn: &mut Option<TcpStream>,
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    key: &str,
-    body: Option<&str>,
+    conn: &mut Option<TcpStream>, addr: SocketAddr, method: &str, path: &str, key: &str, body: Option<&str>,
 ) -> (u16, String) {
     for attempt in 0..2 {
         if conn.is_none() {

@@ -40,10 +40,8 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    let reports: Vec<LeakReport<'_>> = alerts
-        .iter()
-        .map(|alert| LeakReport { token: &alert.token, source: &alert.source, url: &alert.url })
-        .collect();
+    let reports: Vec<LeakReport<'_>> =
+        alerts.iter().map(|alert| LeakReport { token: &alert.token, source: &alert.source, url: &alert.url }).collect();
     let fixture = fixture();
     let findings = fixture.runtime.block_on(fixture.engine.report_leaks(&reports)).expect("a memory store never fails");
     assert_eq!(findings.len(), alerts.len());

@@ -101,8 +101,7 @@ impl ApiKeyMiddleware {
     /// [`default_refusal_response`](crate::default_refusal_response) to keep
     /// the standard headers). `RequireScopes` and the extractor use it too.
     pub fn with_responder(
-        mut self,
-        responder: impl Fn(&RefusalResponse) -> HttpResponse + Send + Sync + 'static,
+        mut self, responder: impl Fn(&RefusalResponse) -> HttpResponse + Send + Sync + 'static,
     ) -> Self {
         self.responder = RefusalResponder::new(responder);
         self

@@ -85,9 +85,7 @@ pub(crate) fn append_headers(map: &mut actix_web::http::header::HeaderMap, heade
 /// shared bytes (checked, not copied), and for a value rendered once is
 /// made once.
 pub(crate) fn append_shared(
-    map: &mut actix_web::http::header::HeaderMap,
-    name: &'static str,
-    value: &SharedHeaderValue,
+    map: &mut actix_web::http::header::HeaderMap, name: &'static str, value: &SharedHeaderValue,
 ) {
     if let Some(value) = value.converted(|bytes| HeaderValue::from_maybe_shared(bytes.clone()).ok()) {
         map.append(header_name(name), value);

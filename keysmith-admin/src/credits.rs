@@ -100,9 +100,7 @@ impl AddCredits {
     )
 )]
 pub(crate) async fn set_credits(
-    Caller(tenant): Caller,
-    Id(id): Id<KeyId>,
-    JsonBody(body): JsonBody<CreditsInput>,
+    Caller(tenant): Caller, Id(id): Id<KeyId>, JsonBody(body): JsonBody<CreditsInput>,
 ) -> Result<Json<Key>> {
     Ok(Json(tenant.set_credits(id, Some(body.into())).await?.into()))
 }
@@ -134,9 +132,7 @@ pub(crate) async fn remove_credits(Caller(tenant): Caller, Id(id): Id<KeyId>) ->
     )
 )]
 pub(crate) async fn add_credits(
-    Caller(tenant): Caller,
-    Id(id): Id<KeyId>,
-    JsonBody(body): JsonBody<AddCredits>,
+    Caller(tenant): Caller, Id(id): Id<KeyId>, JsonBody(body): JsonBody<AddCredits>,
 ) -> Result<Json<Key>> {
     Ok(Json(tenant.add_credits(id, body.amount).await?.into()))
 }

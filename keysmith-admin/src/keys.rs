@@ -293,8 +293,7 @@ pub(crate) struct KeyListQuery {
     )
 )]
 pub(crate) async fn create_key(
-    Caller(tenant): Caller,
-    JsonBody(body): JsonBody<CreateKey>,
+    Caller(tenant): Caller, JsonBody(body): JsonBody<CreateKey>,
 ) -> Result<(StatusCode, Json<CreatedKey>)> {
     let mut new = NewKey::new(body.name).with_scopes(body.scopes).with_metadata(body.metadata);
     if let Some(policy_id) = parse_id(body.policy_id.as_deref())? {
@@ -329,8 +328,7 @@ pub(crate) async fn create_key(
     )
 )]
 pub(crate) async fn list_keys(
-    Caller(tenant): Caller,
-    QueryParams(query): QueryParams<KeyListQuery>,
+    Caller(tenant): Caller, QueryParams(query): QueryParams<KeyListQuery>,
 ) -> Result<Json<KeyList>> {
     let page = page(query.limit, query.offset)?;
     let filter = KeyFilter {
@@ -373,10 +371,7 @@ pub(crate) async fn get_key(Caller(tenant): Caller, Id(id): Id<KeyId>) -> Result
     )
 )]
 pub(crate) async fn rotate_key(
-    Caller(tenant): Caller,
-    calling: CallingKey,
-    Id(id): Id<KeyId>,
-    body: Option<JsonBody<Option<RotateKey>>>,
+    Caller(tenant): Caller, calling: CallingKey, Id(id): Id<KeyId>, body: Option<JsonBody<Option<RotateKey>>>,
 ) -> Result<(StatusCode, Json<RotatedKey>)> {
     calling.refuse_on_itself(id, SelfLockout::Rotate)?;
     let body = body.and_then(|JsonBody(body)| body).unwrap_or_default();
@@ -406,10 +401,7 @@ pub(crate) async fn rotate_key(
     )
 )]
 pub(crate) async fn revoke_key(
-    Caller(tenant): Caller,
-    calling: CallingKey,
-    Id(id): Id<KeyId>,
-    body: Option<JsonBody<Option<RevokeKey>>>,
+    Caller(tenant): Caller, calling: CallingKey, Id(id): Id<KeyId>, body: Option<JsonBody<Option<RevokeKey>>>,
 ) -> Result<Json<Key>> {
     calling.refuse_on_itself(id, SelfLockout::Revoke)?;
     let reason = body
@@ -463,10 +455,7 @@ pub(crate) async fn reactivate_key(Caller(tenant): Caller, Id(id): Id<KeyId>) ->
     )
 )]
 pub(crate) async fn set_key_scopes(
-    Caller(tenant): Caller,
-    calling: CallingKey,
-    Id(id): Id<KeyId>,
-    JsonBody(body): JsonBody<SetScopes>,
+    Caller(tenant): Caller, calling: CallingKey, Id(id): Id<KeyId>, JsonBody(body): JsonBody<SetScopes>,
 ) -> Result<Json<Key>> {
     calling.refuse_scopes(id, &body.scopes)?;
     Ok(Json(tenant.set_key_scopes(id, &body.scopes).await?.into()))

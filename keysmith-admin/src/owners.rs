@@ -38,8 +38,7 @@ impl OwnerCredits {
     )
 )]
 pub(crate) async fn get_owner_credits(
-    Caller(tenant): Caller,
-    PathText(owner_id): PathText,
+    Caller(tenant): Caller, PathText(owner_id): PathText,
 ) -> Result<Json<OwnerCredits>> {
     let credits = tenant.owner_credits(&owner_id).await?;
     Ok(OwnerCredits::new(owner_id, credits))
@@ -58,9 +57,7 @@ pub(crate) async fn get_owner_credits(
     )
 )]
 pub(crate) async fn set_owner_credits(
-    Caller(tenant): Caller,
-    PathText(owner_id): PathText,
-    JsonBody(body): JsonBody<CreditsInput>,
+    Caller(tenant): Caller, PathText(owner_id): PathText, JsonBody(body): JsonBody<CreditsInput>,
 ) -> Result<Json<OwnerCredits>> {
     let credits = tenant.set_owner_credits(&owner_id, Some(body.into())).await?;
     Ok(OwnerCredits::new(owner_id, credits))
@@ -76,8 +73,7 @@ pub(crate) async fn set_owner_credits(
     )
 )]
 pub(crate) async fn remove_owner_credits(
-    Caller(tenant): Caller,
-    PathText(owner_id): PathText,
+    Caller(tenant): Caller, PathText(owner_id): PathText,
 ) -> Result<Json<OwnerCredits>> {
     let credits = tenant.set_owner_credits(&owner_id, None).await?;
     Ok(OwnerCredits::new(owner_id, credits))
@@ -94,9 +90,7 @@ pub(crate) async fn remove_owner_credits(
     )
 )]
 pub(crate) async fn add_owner_credits(
-    Caller(tenant): Caller,
-    PathText(owner_id): PathText,
-    JsonBody(body): JsonBody<AddCredits>,
+    Caller(tenant): Caller, PathText(owner_id): PathText, JsonBody(body): JsonBody<AddCredits>,
 ) -> Result<Json<OwnerCredits>> {
     let credits = tenant.add_owner_credits(&owner_id, body.amount()).await?;
     Ok(OwnerCredits::new(owner_id, Some(credits)))

@@ -235,8 +235,7 @@ pub(crate) struct PolicyListQuery {
     )
 )]
 pub(crate) async fn create_policy(
-    Caller(tenant): Caller,
-    JsonBody(input): JsonBody<PolicyInput>,
+    Caller(tenant): Caller, JsonBody(input): JsonBody<PolicyInput>,
 ) -> Result<(StatusCode, Json<Policy>)> {
     let policy = tenant.create_policy(input.into()).await?;
     Ok((StatusCode::CREATED, Json(policy.into())))
@@ -252,8 +251,7 @@ pub(crate) async fn create_policy(
     )
 )]
 pub(crate) async fn list_policies(
-    Caller(tenant): Caller,
-    QueryParams(query): QueryParams<PolicyListQuery>,
+    Caller(tenant): Caller, QueryParams(query): QueryParams<PolicyListQuery>,
 ) -> Result<Json<PolicyList>> {
     let page = page(query.limit, query.offset)?;
     let policies = tenant.list_policies(page).await?;
@@ -292,10 +290,7 @@ pub(crate) async fn get_policy(Caller(tenant): Caller, Id(id): Id<PolicyId>) -> 
     )
 )]
 pub(crate) async fn update_policy(
-    Caller(tenant): Caller,
-    calling: CallingKey,
-    Id(id): Id<PolicyId>,
-    JsonBody(input): JsonBody<PolicyInput>,
+    Caller(tenant): Caller, calling: CallingKey, Id(id): Id<PolicyId>, JsonBody(input): JsonBody<PolicyInput>,
 ) -> Result<Json<Policy>> {
     calling.refuse_policy_scopes(id, &input.allowed_scopes)?;
     Ok(Json(tenant.update_policy(id, input.into()).await?.into()))

@@ -63,8 +63,7 @@ pub(crate) struct ScopeList {
     )
 )]
 pub(crate) async fn create_scope(
-    Caller(tenant): Caller,
-    JsonBody(body): JsonBody<CreateScope>,
+    Caller(tenant): Caller, JsonBody(body): JsonBody<CreateScope>,
 ) -> Result<(StatusCode, Json<Scope>)> {
     let scope = tenant.create_scope(&body.name, &body.description).await?;
     Ok((StatusCode::CREATED, Json(scope.into())))

@@ -166,9 +166,7 @@ fn range(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Result<TimeR
     )
 )]
 pub(crate) async fn list_usage(
-    Caller(tenant): Caller,
-    Id(id): Id<KeyId>,
-    QueryParams(query): QueryParams<UsageQuery>,
+    Caller(tenant): Caller, Id(id): Id<KeyId>, QueryParams(query): QueryParams<UsageQuery>,
 ) -> Result<Json<UsageList>> {
     let page = page(query.limit, query.offset)?;
     let records = tenant.list_usage(id, range(query.from, query.to)?, page).await?;
@@ -194,9 +192,7 @@ pub(crate) async fn list_usage(
     )
 )]
 pub(crate) async fn aggregate_usage(
-    Caller(tenant): Caller,
-    Id(id): Id<KeyId>,
-    QueryParams(query): QueryParams<AggregateQuery>,
+    Caller(tenant): Caller, Id(id): Id<KeyId>, QueryParams(query): QueryParams<AggregateQuery>,
 ) -> Result<Json<UsageAggregateList>> {
     let period = query.period.unwrap_or(Period::Day);
     let aggregates = tenant.usage_aggregates(id, period, range(query.from, query.to)?).await?;

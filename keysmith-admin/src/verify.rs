@@ -160,9 +160,7 @@ impl Verdict {
     )
 )]
 pub(crate) async fn verify_key(
-    State(state): State<AdminState>,
-    Caller(caller): Caller,
-    JsonBody(request): JsonBody<VerifyRequest>,
+    State(state): State<AdminState>, Caller(caller): Caller, JsonBody(request): JsonBody<VerifyRequest>,
 ) -> Result<Json<Verdict>> {
     let started = Instant::now();
     let ip = check(&request)?;

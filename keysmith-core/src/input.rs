@@ -90,10 +90,7 @@ pub(crate) fn check_metadata(field: &'static str, metadata: &serde_json::Map<Str
 
 /// Checks an object's keys and queues its values, first member on top.
 fn push_members<'a>(
-    field: &'static str,
-    path: &str,
-    map: &'a serde_json::Map<String, Value>,
-    pending: &mut Vec<(String, &'a Value)>,
+    field: &'static str, path: &str, map: &'a serde_json::Map<String, Value>, pending: &mut Vec<(String, &'a Value)>,
 ) -> Result<()> {
     let start = pending.len();
     for (key, value) in map {

@@ -192,10 +192,7 @@ impl ConnectionLike for RedisConnection {
     }
 
     fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
+        &'a mut self, pipeline: &'a Pipeline, offset: usize, count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
@@ -352,8 +349,7 @@ impl Link {
 /// over-counting, never under-counting.) After a timeout the connection is
 /// replaced in the background.
 pub(crate) async fn invoke<T: redis::FromRedisValue>(
-    invocation: &redis::ScriptInvocation<'_>,
-    link: &Arc<Link>,
+    invocation: &redis::ScriptInvocation<'_>, link: &Arc<Link>,
 ) -> redis::RedisResult<T> {
     let mut conn = link.current();
     let answer = match invocation.invoke_async(&mut conn).await {

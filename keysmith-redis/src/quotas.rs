@@ -98,12 +98,7 @@ impl RedisQuotas {
 
     /// Counts in process while Redis is unreachable.
     async fn consume_locally(
-        &self,
-        store: &dyn Store,
-        key: &Key,
-        subject: Subject<'_>,
-        quota: &Quota,
-        now: DateTime<Utc>,
+        &self, store: &dyn Store, key: &Key, subject: Subject<'_>, quota: &Quota, now: DateTime<Utc>,
     ) -> Result<Result<(), DateTime<Utc>>> {
         let holder = subject.storage_key();
         let mut counts = [0; 2];
@@ -165,12 +160,7 @@ fn limit_arg(limit: Option<u64>) -> i64 {
 #[async_trait]
 impl QuotaCounter for RedisQuotas {
     async fn try_consume(
-        &self,
-        store: &dyn Store,
-        key: &Key,
-        subject: Subject<'_>,
-        quota: &Quota,
-        now: DateTime<Utc>,
+        &self, store: &dyn Store, key: &Key, subject: Subject<'_>, quota: &Quota, now: DateTime<Utc>,
     ) -> Result<Result<(), DateTime<Utc>>> {
         let keys = self.keys(subject, now);
         let ttl = [Period::Day, Period::Month]

@@ -16,8 +16,7 @@ use keysmith_core::{Error, KeyHash, KeyId, KeyState, Policy, PolicyId, RateLimit
 /// until its timeout and then reports only the timeout, where this says why
 /// (connection refused, authentication failed, no such database…).
 pub(crate) async fn connect_server<DB: Database>(
-    options: <DB::Connection as Connection>::Options,
-    server: &str,
+    options: <DB::Connection as Connection>::Options, server: &str,
 ) -> Result<Pool<DB>> {
     const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     match tokio::time::timeout(CONNECT_TIMEOUT, DB::Connection::connect_with(&options)).await {

@@ -124,8 +124,7 @@ pub(crate) trait Dialect:
     /// # Errors
     /// `NotFound` when a record's key does not exist.
     fn insert_usage(
-        conn: &mut Self::Connection,
-        records: &[&UsageRecord],
+        conn: &mut Self::Connection, records: &[&UsageRecord],
     ) -> impl Future<Output = Result<Vec<Uuid>>> + Send;
 }
 
@@ -273,9 +272,7 @@ impl<'q, DB: Database> Sql<'q, DB> {
 
     /// Appends `VALUES (…), (…)`, one tuple per row, whose items `push_row` pushes.
     pub(crate) fn push_values<I: IntoIterator>(
-        &mut self,
-        rows: I,
-        mut push_row: impl FnMut(List<'_, 'q, DB>, I::Item),
+        &mut self, rows: I, mut push_row: impl FnMut(List<'_, 'q, DB>, I::Item),
     ) -> &mut Self {
         self.push("VALUES ");
         for (n, row) in rows.into_iter().enumerate() {

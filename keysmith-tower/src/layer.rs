@@ -96,8 +96,7 @@ impl ApiKeyLayer {
     /// [`default_refusal_response`](crate::default_refusal_response) to keep
     /// the standard headers). `RequireScopes` and the extractors use it too.
     pub fn with_responder(
-        mut self,
-        responder: impl Fn(&RefusalResponse) -> Response<String> + Send + Sync + 'static,
+        mut self, responder: impl Fn(&RefusalResponse) -> Response<String> + Send + Sync + 'static,
     ) -> Self {
         self.responder = RefusalResponder::new(responder);
         self

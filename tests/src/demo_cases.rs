@@ -44,11 +44,7 @@ pub fn start_demo(binary: &str, dir: &std::path::Path, header_timeout: u64, shut
 /// When the demo does not start.
 #[must_use]
 pub fn start_demo_with(
-    binary: &str,
-    dir: &std::path::Path,
-    header_timeout: u64,
-    shutdown_timeout: u64,
-    vars: &[(&str, &str)],
+    binary: &str, dir: &std::path::Path, header_timeout: u64, shutdown_timeout: u64, vars: &[(&str, &str)],
 ) -> ServerProcess {
     let mut command = Command::new(binary);
     command.envs(vars.iter().copied());

@@ -195,9 +195,7 @@ impl Drop for ServerProcess {
 /// Copies `pipe` into `into` line by line (and each line to `lines`) until
 /// it closes.
 fn collect(
-    pipe: impl Read + Send + 'static,
-    into: Arc<Mutex<String>>,
-    lines: Option<mpsc::Sender<String>>,
+    pipe: impl Read + Send + 'static, into: Arc<Mutex<String>>, lines: Option<mpsc::Sender<String>>,
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {

@@ -68,10 +68,7 @@ pub async fn usage_for_an_unknown_key_fails_the_whole_batch(store: Arc<dyn Store
 /// in the backend's dialect.
 #[must_use]
 pub fn rows_before_lineages(
-    tenant: &Tenant,
-    ids: [KeyId; 4],
-    uuid: fn(uuid::Uuid) -> String,
-    now: &str,
+    tenant: &Tenant, ids: [KeyId; 4], uuid: fn(uuid::Uuid) -> String, now: &str,
 ) -> Vec<String> {
     let [a, b, c, d] = ids.map(|id| uuid(id.uuid()));
     let (app, tenant) = (&tenant.app_id, &tenant.tenant_id);
@@ -106,9 +103,7 @@ pub fn rows_before_lineages(
 /// # Panics
 /// When the store does not behave so.
 pub async fn keys_rotated_before_lineages_get_their_chains_lineage(
-    store: Arc<dyn Store>,
-    tenant: &Tenant,
-    ids: [KeyId; 4],
+    store: Arc<dyn Store>, tenant: &Tenant, ids: [KeyId; 4],
 ) {
     let [a, b, c, d] = ids;
     for (id, lineage) in [(a, a), (b, a), (c, a), (d, d)] {
@@ -133,11 +128,7 @@ pub fn migrations_before_named_limits(migrator: &sqlx::migrate::Migrator) -> sql
 /// `list` (an empty list) and `now` are literals in the backend's dialect.
 #[must_use]
 pub fn policies_before_named_limits(
-    tenant: &Tenant,
-    ids: [PolicyId; 2],
-    uuid: fn(uuid::Uuid) -> String,
-    list: &str,
-    now: &str,
+    tenant: &Tenant, ids: [PolicyId; 2], uuid: fn(uuid::Uuid) -> String, list: &str, now: &str,
 ) -> Vec<String> {
     let (app, tenant) = (&tenant.app_id, &tenant.tenant_id);
     let policy = |id: PolicyId, name: &str, limit: &str| {
@@ -284,11 +275,7 @@ impl KeyBeforeOwnerCredits {
 /// empty list and `now` the current time in the backend's SQL.
 #[must_use]
 pub fn rows_before_owner_credits(
-    tenant: &Tenant,
-    old: &KeyBeforeOwnerCredits,
-    uuid: fn(uuid::Uuid) -> String,
-    list: &str,
-    now: &str,
+    tenant: &Tenant, old: &KeyBeforeOwnerCredits, uuid: fn(uuid::Uuid) -> String, list: &str, now: &str,
 ) -> Vec<String> {
     use keysmith_core::Hasher as _;
 
@@ -321,9 +308,7 @@ pub fn rows_before_owner_credits(
 /// # Panics
 /// When the store or the engine does not behave so.
 pub async fn owners_take_credits_after_the_migration(
-    store: Arc<dyn Store>,
-    tenant: &Tenant,
-    old: &KeyBeforeOwnerCredits,
+    store: Arc<dyn Store>, tenant: &Tenant, old: &KeyBeforeOwnerCredits,
 ) {
     use keysmith_core::{
         CreditSpend, Credits, Engine, LimitBy, NewKey, PolicySpec, Refusal, RequestContext, ValidationError,
@@ -403,10 +388,7 @@ pub fn rollup_before_usage_outcomes(tenant: &Tenant, key: KeyId, uuid: fn(uuid::
 /// # Panics
 /// On a mismatch.
 pub async fn old_rollups_keep_their_counts_after_the_outcomes_migration(
-    store: Arc<dyn Store>,
-    tenant: &Tenant,
-    key: KeyId,
-    day: chrono::DateTime<chrono::Utc>,
+    store: Arc<dyn Store>, tenant: &Tenant, key: KeyId, day: chrono::DateTime<chrono::Utc>,
 ) {
     use keysmith_core::usage::{RefusalReason, UsageBatch, UsageCounts, UsageDelta};
     let days = store.usage_aggregates(tenant, key, Period::Day, TimeRange::default()).await.unwrap();

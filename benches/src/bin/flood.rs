@@ -190,11 +190,7 @@ async fn sender(flood: Arc<Flood>, addr: SocketAddr, total: u64) {
 
 #[allow(clippy::cast_precision_loss)]
 fn report(
-    settings: &Settings,
-    samples: &[Sample],
-    after_ttl: &Sample,
-    largest: u64,
-    answered: &BTreeMap<u16, u64>,
+    settings: &Settings, samples: &[Sample], after_ttl: &Sample, largest: u64, answered: &BTreeMap<u16, u64>,
     seconds: f64,
 ) -> (String, bool) {
     let mut text = String::new();

@@ -341,13 +341,7 @@ async fn admin(run: &Run, addr: SocketAddr, key: &str, method: &str, path: &str,
 
 /// Retries an admin call through a fault until it answers `expected`.
 async fn admin_until(
-    run: &Run,
-    addr: SocketAddr,
-    key: &str,
-    method: &str,
-    path: &str,
-    body: &str,
-    expected: u16,
+    run: &Run, addr: SocketAddr, key: &str, method: &str, path: &str, body: &str, expected: u16,
 ) -> Option<String> {
     for _ in 0..600 {
         if run.stop.load(Ordering::Relaxed) {
@@ -364,11 +358,7 @@ async fn admin_until(
 
 /// Sends traffic at `rate` per second, round-robin over instances and key kinds.
 async fn traffic(
-    run: Arc<Run>,
-    addrs: Vec<SocketAddr>,
-    keys: Arc<HashMap<Kind, Vec<String>>>,
-    rate: u32,
-    worker: usize,
+    run: Arc<Run>, addrs: Vec<SocketAddr>, keys: Arc<HashMap<Kind, Vec<String>>>, rate: u32, worker: usize,
     workers: usize,
 ) {
     let mut conns: Vec<Option<TcpStream>> = addrs.iter().map(|_| None).collect();
@@ -718,11 +708,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 #[allow(clippy::too_many_lines, clippy::cast_precision_loss)]
 fn report(
-    run: &Run,
-    instances: &[Instance],
-    usage: &[Option<(u64, u64, u64)>],
-    rss_end: &[u64],
-    settings: &Settings,
+    run: &Run, instances: &[Instance], usage: &[Option<(u64, u64, u64)>], rss_end: &[u64], settings: &Settings,
 ) -> Report {
     let samples = run.samples.lock().unwrap_or_else(PoisonError::into_inner).clone();
     let windows = run.windows.lock().unwrap_or_else(PoisonError::into_inner).clone();

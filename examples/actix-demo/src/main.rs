@@ -73,10 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// authenticated by GitHub's signature, everything else goes through
 /// `keysmith`.
 fn routes(
-    keysmith: ApiKeyMiddleware,
-    engine: Engine,
-    users: Users,
-    scanning: GithubSecretScanning,
+    keysmith: ApiKeyMiddleware, engine: Engine, users: Users, scanning: GithubSecretScanning,
 ) -> impl FnOnce(&mut web::ServiceConfig) {
     move |config| {
         config.app_data(web::Data::new(engine)).app_data(web::Data::new(users)).route("/health", web::get().to(health));
@@ -111,9 +108,7 @@ const GITHUB_ALERTS: &str = "/keysmith/v1/secret-scanning/github";
 /// Reads the body up to the cap and hands it to keysmith-admin's endpoint,
 /// which verifies GitHub's signature before anything else.
 async fn github_alert(
-    scanning: web::Data<GithubSecretScanning>,
-    request: HttpRequest,
-    payload: web::Payload,
+    scanning: web::Data<GithubSecretScanning>, request: HttpRequest, payload: web::Payload,
 ) -> HttpResponse {
     let answer = match payload.to_bytes_limited(scanning.max_body()).await {
         Ok(Ok(body)) => {

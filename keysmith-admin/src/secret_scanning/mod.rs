@@ -200,10 +200,7 @@ impl GithubSecretScanning {
     }
 
     async fn answer(
-        &self,
-        identifier: Option<&[u8]>,
-        signature: Option<&[u8]>,
-        body: &[u8],
+        &self, identifier: Option<&[u8]>, signature: Option<&[u8]>, body: &[u8],
     ) -> Result<Vec<Feedback>, SecretScanningError> {
         // 1. Size, before anything else looks at the body.
         if body.len() > self.max_body {

@@ -260,9 +260,7 @@ fn source_error(error: sqlx::Error) -> CliError {
 }
 
 async fn read_rows<DB: Source>(
-    pool: &sqlx::Pool<DB>,
-    query: &str,
-    importer: &mut Importer<'_>,
+    pool: &sqlx::Pool<DB>, query: &str, importer: &mut Importer<'_>,
 ) -> Result<(), CliError> {
     let mut rows = DB::fetch(pool, query);
     let mut indexes: Option<Vec<usize>> = None;

@@ -51,10 +51,7 @@ struct Bootstrapped<'a> {
 /// Migrates, then creates a key holding the admin API's scope for the
 /// tenant, and prints its secret once, as a `raw key: …` line.
 pub(super) async fn bootstrap_admin(
-    args: BootstrapAdminArgs,
-    engine: &Engine,
-    tenant: &TenantEngine,
-    printer: Printer,
+    args: BootstrapAdminArgs, engine: &Engine, tenant: &TenantEngine, printer: Printer,
 ) -> Result<String, CliError> {
     engine.store().migrate().await?;
     let created = tenant.create_key(NewKey::new(args.name).with_scopes([keysmith_admin::ADMIN_SCOPE])).await?;

@@ -73,11 +73,7 @@ pub(crate) async fn run(cli: Cli) -> Result<String, CliError> {
 }
 
 async fn dispatch(
-    command: Command,
-    engine: &Engine,
-    tenant: Option<&TenantEngine>,
-    app: Option<&str>,
-    printer: Printer,
+    command: Command, engine: &Engine, tenant: Option<&TenantEngine>, app: Option<&str>, printer: Printer,
 ) -> Result<String, CliError> {
     let tenant = || tenant.ok_or_else(|| CliError::Usage("this command needs --app and --tenant".to_owned()));
     match command {

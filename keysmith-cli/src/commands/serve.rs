@@ -26,10 +26,7 @@ const UI_PATH: &str = "/keysmith/ui";
 /// then at most `--shutdown-timeout` longer. The caller shuts the engine
 /// down afterwards, which writes the queued usage.
 pub(super) async fn run(
-    args: ServeArgs,
-    engine: &Engine,
-    app: Option<&str>,
-    printer: Printer,
+    args: ServeArgs, engine: &Engine, app: Option<&str>, printer: Printer,
 ) -> Result<String, CliError> {
     engine.store().migrate().await?;
     let proxies = TrustedProxies::parse(&args.trusted_proxies).map_err(|error| CliError::Usage(error.to_string()))?;

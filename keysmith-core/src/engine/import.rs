@@ -238,11 +238,7 @@ impl TenantEngine {
 
     /// The key a row describes; `InvalidInput` naming the field at fault.
     fn imported_key(
-        &self,
-        row: &ImportRow,
-        options: &ImportOptions,
-        policy: Option<&Policy>,
-        environment: Environment,
+        &self, row: &ImportRow, options: &ImportOptions, policy: Option<&Policy>, environment: Environment,
         now: DateTime<Utc>,
     ) -> Result<StoredKey> {
         let inner = &self.engine.inner;

@@ -130,10 +130,7 @@ impl TenantEngine {
 }
 
 fn build(
-    spec: PolicySpec,
-    id: PolicyId,
-    owner: &TenantEngine,
-    created_at: chrono::DateTime<chrono::Utc>,
+    spec: PolicySpec, id: PolicyId, owner: &TenantEngine, created_at: chrono::DateTime<chrono::Utc>,
     updated_at: chrono::DateTime<chrono::Utc>,
 ) -> Result<Policy> {
     let checked = spec.validate()?;

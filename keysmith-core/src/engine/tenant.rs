@@ -541,9 +541,7 @@ impl TenantEngine {
     /// Validates, de-duplicates and checks scopes against the registry (when
     /// strict) and the policy's `allowed_scopes`.
     pub(super) async fn checked_scopes(
-        &self,
-        requested: &[String],
-        policy_id: Option<PolicyId>,
+        &self, requested: &[String], policy_id: Option<PolicyId>,
     ) -> Result<Vec<String>> {
         let inner = &self.engine.inner;
         let mut scopes: Vec<String> = Vec::with_capacity(requested.len());

@@ -61,10 +61,7 @@ impl TenantEngine {
     /// `InvalidInput` for the tenant's ids; `NotFound` if the tenant has no
     /// such key.
     pub async fn usage_aggregates(
-        &self,
-        key_id: KeyId,
-        period: Period,
-        range: TimeRange,
+        &self, key_id: KeyId, period: Period, range: TimeRange,
     ) -> Result<Vec<UsageAggregate>> {
         let tenant = self.checked()?;
         self.get_key(key_id).await?;

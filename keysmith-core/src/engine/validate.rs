@@ -103,10 +103,7 @@ impl Validation {
     }
 
     fn new(
-        key: Arc<Key>,
-        policy: Option<Arc<Policy>>,
-        rate_limits: RateLimitStates,
-        narrowed: Option<Vec<String>>,
+        key: Arc<Key>, policy: Option<Arc<Policy>>, rate_limits: RateLimitStates, narrowed: Option<Vec<String>>,
         checked_at: DateTime<Utc>,
     ) -> Self {
         Self { key, policy, rate_limits, credits: None, narrowed, checked_at, refunded: AtomicBool::new(false) }
@@ -217,9 +214,7 @@ impl Engine {
     /// # Errors
     /// As [`validate`](Self::validate).
     pub async fn validate_presented(
-        &self,
-        key: PresentedKey,
-        ctx: &RequestContext<'_>,
+        &self, key: PresentedKey, ctx: &RequestContext<'_>,
     ) -> Result<Validation, ValidationError> {
         let started = (!self.inner.hooks.is_empty()).then(Instant::now);
         let result = self.validate_inner(key, ctx, Waits::Allowed).await;
@@ -255,9 +250,7 @@ impl Engine {
     /// when a step would wait, or hooks are installed, and then nothing was
     /// spent: the caller validates with the future instead.
     pub(crate) fn validate_ready(
-        &self,
-        key: PresentedKey,
-        ctx: &RequestContext<'_>,
+        &self, key: PresentedKey, ctx: &RequestContext<'_>,
     ) -> Option<Result<Validation, ValidationError>> {
         if !self.inner.hooks.is_empty() {
             return None;
@@ -276,9 +269,7 @@ impl Engine {
 
     /// Tells the hooks how a validation ended.
     async fn report_validation(
-        &self,
-        result: &Result<Validation, (ValidationError, Option<Arc<Key>>)>,
-        latency: std::time::Duration,
+        &self, result: &Result<Validation, (ValidationError, Option<Arc<Key>>)>, latency: std::time::Duration,
     ) {
         let event = match result {
             Ok(validation) => Event::KeyValidated { key: Arc::clone(&validation.key), latency },
@@ -296,10 +287,7 @@ impl Engine {
     /// The validation steps; a refusal comes with the key it concerns, when
     /// the secret matched one, for the hooks.
     async fn validate_inner(
-        &self,
-        presented: PresentedKey,
-        ctx: &RequestContext<'_>,
-        waits: Waits,
+        &self, presented: PresentedKey, ctx: &RequestContext<'_>, waits: Waits,
     ) -> Result<Validation, (ValidationError, Option<Arc<Key>>)> {
         let inner = &self.inner;
         // The caller's restriction to an app or a tenant: ids that no key
@@ -484,10 +472,7 @@ impl Engine {
     /// when it has none, of its owner under `limit_by: owner`; a refusal
     /// gives back the rate-limit request and the quota request it had spent.
     async fn spend_credits(
-        &self,
-        mut validation: Validation,
-        cost: u64,
-        waits: Waits,
+        &self, mut validation: Validation, cost: u64, waits: Waits,
     ) -> Result<Validation, (ValidationError, Option<Arc<Key>>)> {
         let store = &self.inner.store;
         let (key, now) = (&validation.key, validation.checked_at);

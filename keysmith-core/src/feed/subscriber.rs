@@ -223,10 +223,7 @@ impl FeedLink {
     /// whenever it has been quiet for the interval, until the subscription
     /// is lost (`Some`) or the engine stops (`None`).
     async fn follow(
-        &self,
-        stream: &mut ChangeStream,
-        cache: &CachedStore,
-        stop: &mut watch::Receiver<bool>,
+        &self, stream: &mut ChangeStream, cache: &CachedStore, stop: &mut watch::Receiver<bool>,
     ) -> Option<Loss> {
         let mut heard = Instant::now();
         // Drawn again only after this engine's own heartbeat: whoever drew

@@ -408,10 +408,7 @@ impl Gate {
                   which is boxed and copied per request"
     )]
     fn validate(
-        self,
-        key: PresentedKey,
-        origin: Option<SharedStr>,
-        draft: UsageDraft,
+        self, key: PresentedKey, origin: Option<SharedStr>, draft: UsageDraft,
     ) -> impl Future<Output = Outcome> + Send + 'static {
         async move {
             let result = self.config.engine.validate_presented(key, &self.context(&draft, origin.as_ref())).await;

@@ -152,10 +152,7 @@ impl RateLimitHeaders {
     /// policy's `RateLimit-Policy` value from `cache` (rendered there once
     /// per policy) when the request spent no credits.
     pub(crate) fn write_for_validation_with(
-        self,
-        validation: &Validation,
-        cache: Option<&PolicyHeaders>,
-        out: &mut impl HeaderSink,
+        self, validation: &Validation, cache: Option<&PolicyHeaders>, out: &mut impl HeaderSink,
     ) {
         let closest = validation.closest_rate_limit();
         match self {
@@ -214,11 +211,7 @@ impl RateLimitHeaders {
     /// Writes the headers of a request `limit` refused into `out`: that
     /// limit's policy and a state with nothing left until `retry_after`.
     pub fn write_for_refusal(
-        self,
-        limit: &RateLimit,
-        status: &RateLimitStatus,
-        retry_after: std::time::Duration,
-        out: &mut impl HeaderSink,
+        self, limit: &RateLimit, status: &RateLimitStatus, retry_after: std::time::Duration, out: &mut impl HeaderSink,
     ) {
         match self {
             Self::None => {}

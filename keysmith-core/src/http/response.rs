@@ -79,10 +79,7 @@ impl RefusalResponse {
     /// the `rate_limit_headers` mode.
     #[must_use]
     pub fn refused_with(
-        refusal: Refusal,
-        realm: &str,
-        now: DateTime<Utc>,
-        rate_limit_headers: RateLimitHeaders,
+        refusal: Refusal, realm: &str, now: DateTime<Utc>, rate_limit_headers: RateLimitHeaders,
     ) -> Self {
         let mut headers = vec![(names::CONTENT_TYPE, JSON_CONTENT_TYPE.to_owned())];
         let status = match &refusal {

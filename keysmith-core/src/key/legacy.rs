@@ -62,9 +62,7 @@ impl LegacyKeys {
     /// `prefixes` (compared exactly: `"mk_"` accepts `mk_3f9a…`). Adds to
     /// what the application already accepts.
     pub fn accept_prefixes<S: Into<String>>(
-        mut self,
-        app_id: impl Into<String>,
-        prefixes: impl IntoIterator<Item = S>,
+        mut self, app_id: impl Into<String>, prefixes: impl IntoIterator<Item = S>,
     ) -> Self {
         let app_id = app_id.into();
         let prefixes: Vec<String> = prefixes.into_iter().map(Into::into).collect();

@@ -292,10 +292,7 @@ impl RateLimiter for GcraRateLimiter {
     }
 
     fn check_ready(
-        &self,
-        subject: Subject<'_>,
-        limit: &RateLimit,
-        now: DateTime<Utc>,
+        &self, subject: Subject<'_>, limit: &RateLimit, now: DateTime<Utc>,
     ) -> Option<Result<RateLimitStatus>> {
         Some(self.decide(subject, limit, now))
     }
@@ -489,11 +486,7 @@ mod tests {
     /// Runs `threads` threads that each make `per_thread` requests of every
     /// key against `limit`, started together; returns how many each key got.
     fn race(
-        limiter: &GcraRateLimiter,
-        keys: &[KeyId],
-        limit: &RateLimit,
-        now: DateTime<Utc>,
-        threads: usize,
+        limiter: &GcraRateLimiter, keys: &[KeyId], limit: &RateLimit, now: DateTime<Utc>, threads: usize,
     ) -> Vec<u32> {
         let admitted: Vec<AtomicU64> = keys.iter().map(|_| AtomicU64::new(0)).collect();
         let barrier = std::sync::Barrier::new(threads + 1);

@@ -110,10 +110,7 @@ pub trait RateLimiter: Send + Sync + fmt::Debug + 'static {
     /// in-process limiter costs no boxed future. A `Some` counts the request
     /// exactly as `check` would.
     fn check_ready(
-        &self,
-        subject: Subject<'_>,
-        limit: &RateLimit,
-        now: DateTime<Utc>,
+        &self, subject: Subject<'_>, limit: &RateLimit, now: DateTime<Utc>,
     ) -> Option<Result<RateLimitStatus>> {
         let _ = (subject, limit, now);
         None

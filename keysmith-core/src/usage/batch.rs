@@ -57,8 +57,7 @@ pub type RollupKey = (KeyId, Period, DateTime<Utc>);
 /// per roll-up row and batch.
 #[must_use]
 pub fn fold_rollups<'a>(
-    records: impl IntoIterator<Item = &'a UsageRecord>,
-    deltas: &'a [UsageDelta],
+    records: impl IntoIterator<Item = &'a UsageRecord>, deltas: &'a [UsageDelta],
 ) -> Vec<(RollupKey, &'a SharedTenant, UsageCounts)> {
     let mut folded: HashMap<RollupKey, (&'a SharedTenant, UsageCounts), foldhash::fast::RandomState> =
         HashMap::default();

@@ -55,12 +55,7 @@ pub trait QuotaCounter: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// The counter's backend failed (adapters answer 503).
     async fn try_consume(
-        &self,
-        store: &dyn Store,
-        key: &Key,
-        subject: Subject<'_>,
-        quota: &Quota,
-        now: DateTime<Utc>,
+        &self, store: &dyn Store, key: &Key, subject: Subject<'_>, quota: &Quota, now: DateTime<Utc>,
     ) -> Result<Result<(), DateTime<Utc>>>;
 
     /// [`try_consume`](Self::try_consume) when it can answer at once
@@ -68,11 +63,7 @@ pub trait QuotaCounter: Send + Sync + fmt::Debug + 'static {
     /// engine to `try_consume`. The default is `None`: a counter on a
     /// server always waits.
     fn try_consume_ready(
-        &self,
-        key: &Key,
-        subject: Subject<'_>,
-        quota: &Quota,
-        now: DateTime<Utc>,
+        &self, key: &Key, subject: Subject<'_>, quota: &Quota, now: DateTime<Utc>,
     ) -> Option<Result<(), DateTime<Utc>>> {
         let _ = (key, subject, quota, now);
         None
@@ -87,22 +78,13 @@ pub trait QuotaCounter: Send + Sync + fmt::Debug + 'static {
 #[async_trait]
 impl QuotaCounter for QuotaTracker {
     async fn try_consume(
-        &self,
-        store: &dyn Store,
-        key: &Key,
-        subject: Subject<'_>,
-        quota: &Quota,
-        now: DateTime<Utc>,
+        &self, store: &dyn Store, key: &Key, subject: Subject<'_>, quota: &Quota, now: DateTime<Utc>,
     ) -> Result<Result<(), DateTime<Utc>>> {
         Self::try_consume(self, store, key, subject, quota, now).await
     }
 
     fn try_consume_ready(
-        &self,
-        key: &Key,
-        subject: Subject<'_>,
-        quota: &Quota,
-        now: DateTime<Utc>,
+        &self, key: &Key, subject: Subject<'_>, quota: &Quota, now: DateTime<Utc>,
     ) -> Option<Result<(), DateTime<Utc>>> {
         Self::try_consume_ready(self, key, subject, quota, now)
     }
@@ -165,12 +147,7 @@ impl QuotaTracker {
     /// otherwise says when the exhausted quota resets. A refused request
     /// consumes nothing.
     pub(crate) async fn try_consume(
-        &self,
-        store: &dyn Store,
-        key: &Key,
-        subject: Subject<'_>,
-        quota: &Quota,
-        now: DateTime<Utc>,
+        &self, store: &dyn Store, key: &Key, subject: Subject<'_>, quota: &Quota, now: DateTime<Utc>,
     ) -> Result<Result<(), DateTime<Utc>>> {
         let holder = Holder::of(subject);
         let periods = (Period::Day.start_of(now), Period::Month.start_of(now));
@@ -190,11 +167,7 @@ impl QuotaTracker {
     /// [`try_consume`](Self::try_consume) when the subject's counter is
     /// fresh (no store read needed); else `None`.
     pub(crate) fn try_consume_ready(
-        &self,
-        key: &Key,
-        subject: Subject<'_>,
-        quota: &Quota,
-        now: DateTime<Utc>,
+        &self, key: &Key, subject: Subject<'_>, quota: &Quota, now: DateTime<Utc>,
     ) -> Option<Result<(), DateTime<Utc>>> {
         let holder = Holder::of(subject);
         let periods = (Period::Day.start_of(now), Period::Month.start_of(now));
@@ -214,13 +187,8 @@ impl QuotaTracker {
     /// Counts the request against `holder`'s counter, with the store's
     /// counts when they were just `loaded` (with the writes seen before).
     fn consume(
-        &self,
-        key: &Key,
-        holder: Holder,
-        (day, month): (DateTime<Utc>, DateTime<Utc>),
-        quota: &Quota,
-        now: DateTime<Utc>,
-        loaded: Option<((u64, u64), u64)>,
+        &self, key: &Key, holder: Holder, (day, month): (DateTime<Utc>, DateTime<Utc>), quota: &Quota,
+        now: DateTime<Utc>, loaded: Option<((u64, u64), u64)>,
     ) -> Result<(), DateTime<Utc>> {
         if holder != Holder::Key(key.id) {
             if self.subject_of.get(&key.id).is_none_or(|h| *h != holder) {
@@ -352,11 +320,7 @@ fn reloaded(current: Counter, start: DateTime<Utc>, stored: u64) -> Counter {
 /// # Errors
 /// The store failed.
 pub async fn stored_requests(
-    store: &dyn Store,
-    tenant: &Tenant,
-    subject: Subject<'_>,
-    period: Period,
-    at: DateTime<Utc>,
+    store: &dyn Store, tenant: &Tenant, subject: Subject<'_>, period: Period, at: DateTime<Utc>,
 ) -> Result<u64> {
     let start = period.start_of(at);
     let range = TimeRange { from: Some(start), to: Some(period.next_start(start)) };

@@ -145,12 +145,7 @@ impl Remote {
     /// Adds `replay` requests admitted elsewhere, then (if `decide`) counts
     /// one more, all at `now`.
     async fn call(
-        &self,
-        key: &str,
-        gcra: &Gcra,
-        now: DateTime<Utc>,
-        replay: u32,
-        decide: bool,
+        &self, key: &str, gcra: &Gcra, now: DateTime<Utc>, replay: u32, decide: bool,
     ) -> redis::RedisResult<Answer> {
         let (secs, subsec, total) = split(now);
         let mut call = self.check.key(key);
@@ -321,11 +316,7 @@ impl RedisRateLimiter {
     /// One round trip: sends this instance's unsent requests of `key`
     /// (`local_first`) and decides on this one.
     async fn check_strictly(
-        &self,
-        subject: Subject<'_>,
-        key: &str,
-        limit: &RateLimit,
-        now: DateTime<Utc>,
+        &self, subject: Subject<'_>, key: &str, limit: &RateLimit, now: DateTime<Utc>,
     ) -> Result<RateLimitStatus> {
         let gcra = Gcra::new(limit, split(now).2)?;
         let replay = self.local.as_ref().map_or(0, |local| local.take_unsent(key));
@@ -375,10 +366,7 @@ impl RateLimiter for RedisRateLimiter {
 
     /// Under `local_first`, a check this instance can decide on its own.
     fn check_ready(
-        &self,
-        subject: Subject<'_>,
-        limit: &RateLimit,
-        now: DateTime<Utc>,
+        &self, subject: Subject<'_>, limit: &RateLimit, now: DateTime<Utc>,
     ) -> Option<Result<RateLimitStatus>> {
         let local = self.local.as_ref()?;
         local.decide(&self.remote.bucket(subject, limit), limit, now).map(Ok)

@@ -157,10 +157,7 @@ impl Drop for PrivateRedis {
 /// Validates `raw` `n` times at once, round-robin over `engines`: how many
 /// passed, after asserting every other answer matched `refused`.
 pub async fn admitted(
-    engines: &[keysmith_core::Engine],
-    raw: &str,
-    n: usize,
-    refused: fn(&keysmith_core::ValidationError) -> bool,
+    engines: &[keysmith_core::Engine], raw: &str, n: usize, refused: fn(&keysmith_core::ValidationError) -> bool,
 ) -> usize {
     let tasks: Vec<_> = (0..n)
         .map(|i| {

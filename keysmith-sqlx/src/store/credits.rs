@@ -133,9 +133,7 @@ pub(super) async fn credits_on<DB: Dialect>(conn: &mut DB::Connection, holder: H
 }
 
 pub(super) async fn insert_credits_on<DB: Dialect>(
-    conn: &mut DB::Connection,
-    holder: Holder<'_>,
-    credits: &Credits,
+    conn: &mut DB::Connection, holder: Holder<'_>, credits: &Credits,
 ) -> Result<()> {
     holder
         .address(sqlx::query(&holder.sql::<DB>().insert))
@@ -151,9 +149,7 @@ pub(super) async fn insert_credits_on<DB: Dialect>(
 
 /// Replaces the holder's credits whole (`None`: removes them).
 pub(super) async fn replace_credits_on<DB: Dialect>(
-    conn: &mut DB::Connection,
-    holder: Holder<'_>,
-    credits: Option<&Credits>,
+    conn: &mut DB::Connection, holder: Holder<'_>, credits: Option<&Credits>,
 ) -> Result<()> {
     holder.address(sqlx::query(&holder.sql::<DB>().delete)).execute(conn.exec()).await.map_err(store_error)?;
     match credits {
@@ -172,10 +168,7 @@ async fn refill_on<DB: Dialect>(conn: &mut DB::Connection, holder: Holder<'_>, n
 /// Refills, then adds `amount`; `InvalidInput` for a holder
 /// without credits or a sum past [`Credits::MAX`].
 pub(super) async fn add_credits_on<DB: Dialect>(
-    conn: &mut DB::Connection,
-    holder: Holder<'_>,
-    amount: u64,
-    now: DateTime<Utc>,
+    conn: &mut DB::Connection, holder: Holder<'_>, amount: u64, now: DateTime<Utc>,
 ) -> Result<()> {
     refill_on::<DB>(conn, holder, now).await?;
     let added = holder
@@ -197,10 +190,7 @@ pub(super) async fn add_credits_on<DB: Dialect>(
 }
 
 pub(super) async fn spend_credits_on<DB: Dialect>(
-    conn: &mut DB::Connection,
-    holder: Holder<'_>,
-    cost: u64,
-    now: DateTime<Utc>,
+    conn: &mut DB::Connection, holder: Holder<'_>, cost: u64, now: DateTime<Utc>,
 ) -> Result<CreditSpend> {
     refill_on::<DB>(conn, holder, now).await?;
     let spent = holder
@@ -217,9 +207,7 @@ pub(super) async fn spend_credits_on<DB: Dialect>(
 }
 
 pub(super) async fn refund_credits_on<DB: Dialect>(
-    conn: &mut DB::Connection,
-    holder: Holder<'_>,
-    cost: u64,
+    conn: &mut DB::Connection, holder: Holder<'_>, cost: u64,
 ) -> Result<()> {
     let query = sqlx::query(&holder.sql::<DB>().refund).arg(credit_count(cost)).arg(credit_count(Credits::MAX));
     holder.address(query).arg(credit_count(Credits::MAX)).execute(conn.exec()).await.map_err(store_error)?;

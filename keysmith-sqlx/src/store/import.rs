@@ -15,9 +15,7 @@ use crate::rows::{self, Columns as _};
 /// Which of `keys`' hashes are held already: by `tenant`'s keys
 /// (`true`) or another tenant's (`false`).
 async fn held_hashes_on<DB: Dialect>(
-    conn: &mut DB::Connection,
-    tenant: &Tenant,
-    keys: &[StoredKey],
+    conn: &mut DB::Connection, tenant: &Tenant, keys: &[StoredKey],
 ) -> Result<HashMap<String, bool>> {
     let mut held = HashMap::new();
     // By hash alone, so that the unique index on it answers; the
@@ -48,9 +46,7 @@ async fn held_hashes_on<DB: Dialect>(
 /// a single creation does); the keys and their scopes then go in
 /// by multi-row `INSERT`s.
 pub(super) async fn import_keys_on<DB: Dialect>(
-    conn: &mut DB::Connection,
-    tenant: &Tenant,
-    keys: &[StoredKey],
+    conn: &mut DB::Connection, tenant: &Tenant, keys: &[StoredKey],
 ) -> Result<Vec<ImportOutcome>> {
     if keys.iter().any(|stored| stored.key.tenant != *tenant) {
         return Err(Error::InvalidInput {
@@ -101,9 +97,7 @@ pub(super) async fn import_keys_on<DB: Dialect>(
 /// limit, and how many live keys each of the keys' owners holds
 /// under it. The policy rows stay locked until commit.
 async fn live_owner_keys_on<DB: Dialect>(
-    conn: &mut DB::Connection,
-    tenant: &Tenant,
-    keys: &[StoredKey],
+    conn: &mut DB::Connection, tenant: &Tenant, keys: &[StoredKey],
 ) -> Result<HashMap<PolicyId, (u32, HashMap<String, i64>)>> {
     let mut owners_by_policy: HashMap<PolicyId, HashSet<&str>> = HashMap::new();
     for stored in keys {

@@ -20,9 +20,7 @@ use crate::rows::{self, Columns as _};
 
 /// The key `id` of `tenant`, or of any tenant when `tenant` is `None`.
 pub(super) async fn key_on<DB: Dialect>(
-    conn: &mut DB::Connection,
-    tenant: Option<&Tenant>,
-    id: KeyId,
+    conn: &mut DB::Connection, tenant: Option<&Tenant>, id: KeyId,
 ) -> Result<Option<DB::Row>> {
     let mut qb = select_keys::<DB>();
     qb.push(" WHERE k.id = ").push_arg(id.uuid());
@@ -148,9 +146,7 @@ async fn check_owner_limit_on<DB: Dialect>(conn: &mut DB::Connection, key: &Key)
 }
 
 pub(super) async fn insert_scopes_on<DB: Dialect>(
-    conn: &mut DB::Connection,
-    id: KeyId,
-    scopes: &[String],
+    conn: &mut DB::Connection, id: KeyId, scopes: &[String],
 ) -> Result<()> {
     for (chunk, first) in scopes.chunks(DB::ROWS_PER_INSERT).zip((0..).step_by(DB::ROWS_PER_INSERT)) {
         let mut qb = Sql::<DB>::new("INSERT INTO keysmith_key_scopes (key_id, position, scope) ");
@@ -172,11 +168,7 @@ pub(super) async fn insert_scopes_on<DB: Dialect>(
 /// the row waits for that entry, and the two deadlock. Waiting
 /// for the row first puts every change of one key in one order.
 async fn lock_for_transition<DB: Dialect>(
-    conn: &mut DB::Connection,
-    tenant: &Tenant,
-    id: KeyId,
-    from: &[KeyState],
-    to: KeyState,
+    conn: &mut DB::Connection, tenant: &Tenant, id: KeyId, from: &[KeyState], to: KeyState,
 ) -> Result<()> {
     let row = sqlx::query(statement!(
         DB,
@@ -431,11 +423,7 @@ impl<DB: Dialect> KeyStore for SqlStore<DB> {
     }
 
     async fn add_owner_credits(
-        &self,
-        tenant: &Tenant,
-        owner_id: &str,
-        amount: u64,
-        now: DateTime<Utc>,
+        &self, tenant: &Tenant, owner_id: &str, amount: u64, now: DateTime<Utc>,
     ) -> Result<Credits> {
         let holder = credits::Holder::Owner(tenant, owner_id);
         let mut tx = begin(self).await?;
@@ -448,11 +436,7 @@ impl<DB: Dialect> KeyStore for SqlStore<DB> {
     }
 
     async fn spend_owner_credits(
-        &self,
-        tenant: &Tenant,
-        owner_id: &str,
-        cost: u64,
-        now: DateTime<Utc>,
+        &self, tenant: &Tenant, owner_id: &str, cost: u64, now: DateTime<Utc>,
     ) -> Result<CreditSpend> {
         let holder = credits::Holder::Owner(tenant, owner_id);
         let mut conn = self.conn().await?;

@@ -20,9 +20,7 @@ const POLICY_COLUMNS: &str = "id, app_id, tenant_id, name, rate_limits, limit_by
 
 /// Binds a policy's columns from `name` to `updated_at`, in table order.
 fn bind_policy<'q, DB: Dialect>(
-    query: Statement<'q, DB>,
-    policy: &'q Policy,
-    c: &'q PolicyColumns,
+    query: Statement<'q, DB>, policy: &'q Policy, c: &'q PolicyColumns,
 ) -> Statement<'q, DB> {
     query
         .arg(&policy.name)

@@ -25,8 +25,7 @@ use crate::usage::{count_values, insert_rollups, rollups_per_insert, select_coun
 /// record of an unknown key too, and returning the inserted ids costs more
 /// than the rare second try.)
 pub(crate) async fn insert_new_usage<DB: Dialect>(
-    conn: &mut DB::Connection,
-    records: &[&UsageRecord],
+    conn: &mut DB::Connection, records: &[&UsageRecord],
 ) -> Result<Vec<Uuid>> {
     let (sql, args) = usage_insert::<DB>(records)?.finish()?;
     match sqlx::query_with::<DB, _>(&sql, args).execute(conn.exec()).await {
@@ -159,11 +158,7 @@ impl<DB: Dialect> UsageStore for SqlStore<DB> {
     }
 
     async fn list_usage(
-        &self,
-        tenant: &Tenant,
-        key_id: KeyId,
-        range: TimeRange,
-        page: Page,
+        &self, tenant: &Tenant, key_id: KeyId, range: TimeRange, page: Page,
     ) -> Result<Vec<UsageRecord>> {
         let mut qb = Sql::<DB>::new(format!(
             "SELECT id, key_id, app_id, tenant_id, endpoint, method, status, {} AS ip, user_agent, \
@@ -182,11 +177,7 @@ impl<DB: Dialect> UsageStore for SqlStore<DB> {
     }
 
     async fn usage_aggregates(
-        &self,
-        tenant: &Tenant,
-        key_id: KeyId,
-        period: Period,
-        range: TimeRange,
+        &self, tenant: &Tenant, key_id: KeyId, period: Period, range: TimeRange,
     ) -> Result<Vec<UsageAggregate>> {
         let mut qb = Sql::<DB>::new(format!(
             "SELECT app_id, tenant_id, period_start, {} FROM keysmith_usage_agg WHERE key_id = ",
@@ -215,11 +206,7 @@ impl<DB: Dialect> UsageStore for SqlStore<DB> {
     }
 
     async fn lineage_usage(
-        &self,
-        tenant: &Tenant,
-        lineage: KeyId,
-        period: Period,
-        range: TimeRange,
+        &self, tenant: &Tenant, lineage: KeyId, period: Period, range: TimeRange,
     ) -> Result<Vec<UsageTotal>> {
         totals(self, tenant, period, range, |qb| {
             qb.push(" AND a.key_id IN (SELECT k.id FROM keysmith_keys k WHERE k.lineage_id = ");
@@ -229,11 +216,7 @@ impl<DB: Dialect> UsageStore for SqlStore<DB> {
     }
 
     async fn owner_usage(
-        &self,
-        tenant: &Tenant,
-        owner_id: &str,
-        period: Period,
-        range: TimeRange,
+        &self, tenant: &Tenant, owner_id: &str, period: Period, range: TimeRange,
     ) -> Result<Vec<UsageTotal>> {
         totals(self, tenant, period, range, |qb| {
             qb.push(" AND a.key_id IN (SELECT k.id FROM keysmith_keys k WHERE k.app_id = ");
@@ -247,11 +230,7 @@ impl<DB: Dialect> UsageStore for SqlStore<DB> {
 
 /// The totals per `period` of `tenant`'s aggregates `a` that `filter` keeps.
 async fn totals<DB: Dialect>(
-    store: &SqlStore<DB>,
-    tenant: &Tenant,
-    period: Period,
-    range: TimeRange,
-    filter: impl FnOnce(&mut Sql<'_, DB>),
+    store: &SqlStore<DB>, tenant: &Tenant, period: Period, range: TimeRange, filter: impl FnOnce(&mut Sql<'_, DB>),
 ) -> Result<Vec<UsageTotal>> {
     let mut qb = Sql::<DB>::new(format!(
         "SELECT a.period_start AS period_start, {} FROM keysmith_usage_agg a WHERE a.period = ",

@@ -211,9 +211,7 @@ pub async fn list_keys_filters_by_owner_within_the_tenant(store: Arc<dyn Store>)
 
 #[track_caller]
 pub(super) fn assert_owner_key_limit<T: std::fmt::Debug>(
-    result: keysmith_core::Result<T>,
-    policy: &Policy,
-    limit: u32,
+    result: keysmith_core::Result<T>, policy: &Policy, limit: u32,
 ) {
     match result {
         Err(Error::OwnerKeyLimit { policy_id, limit: l, .. }) if policy_id == policy.id && l == limit => {}

@@ -344,9 +344,7 @@ pub(crate) fn assert_not_found<T: std::fmt::Debug>(result: keysmith_core::Result
 
 #[track_caller]
 pub(crate) fn assert_invalid_transition<T: std::fmt::Debug>(
-    result: keysmith_core::Result<T>,
-    from: KeyState,
-    to: KeyState,
+    result: keysmith_core::Result<T>, from: KeyState, to: KeyState,
 ) {
     match result {
         Err(Error::InvalidTransition { from: f, to: t }) if f == from && t == to => {}

@@ -352,11 +352,7 @@ impl<S: KeyStore + PolicyStore + ?Sized> CachedStore<S> {
     /// # Errors
     /// The store's.
     pub async fn spend_owner_credits(
-        &self,
-        tenant: &Tenant,
-        owner_id: &str,
-        cost: u64,
-        now: chrono::DateTime<chrono::Utc>,
+        &self, tenant: &Tenant, owner_id: &str, cost: u64, now: chrono::DateTime<chrono::Utc>,
     ) -> Result<CreditSpend> {
         let (owner, generation) = match self.owner_spend(tenant, owner_id) {
             Ok(remembered) => return Ok(remembered),
@@ -370,11 +366,7 @@ impl<S: KeyStore + PolicyStore + ?Sized> CachedStore<S> {
     /// [`spend_owner_credits`](Self::spend_owner_credits) answered at once,
     /// when the owner is remembered or the store answers without I/O.
     pub fn spend_owner_credits_ready(
-        &self,
-        tenant: &Tenant,
-        owner_id: &str,
-        cost: u64,
-        now: chrono::DateTime<chrono::Utc>,
+        &self, tenant: &Tenant, owner_id: &str, cost: u64, now: chrono::DateTime<chrono::Utc>,
     ) -> Option<Result<CreditSpend>> {
         let (owner, generation) = match self.owner_spend(tenant, owner_id) {
             Ok(remembered) => return Some(Ok(remembered)),

@@ -20,10 +20,7 @@ impl Tables {
     }
 
     pub(super) fn update_key(
-        &mut self,
-        tenant: &Tenant,
-        id: KeyId,
-        change: impl FnOnce(&mut Key) -> Result<()>,
+        &mut self, tenant: &Tenant, id: KeyId, change: impl FnOnce(&mut Key) -> Result<()>,
     ) -> Result<Key> {
         let stored = self.tenant_key(tenant, id).ok_or_else(|| Error::not_found("key", id))?;
         let mut key = Key::clone(&stored.key);
@@ -141,11 +138,7 @@ impl Tables {
     }
 
     pub(super) fn spend_owner_credits(
-        &mut self,
-        tenant: &Tenant,
-        owner_id: &str,
-        cost: u64,
-        now: DateTime<Utc>,
+        &mut self, tenant: &Tenant, owner_id: &str, cost: u64, now: DateTime<Utc>,
     ) -> CreditSpend {
         let Some(stored) = self.owner_credits_mut(tenant, owner_id) else {
             return CreditSpend::Unlimited;
@@ -368,11 +361,7 @@ impl KeyStore for MemoryStore {
     }
 
     async fn add_owner_credits(
-        &self,
-        tenant: &Tenant,
-        owner_id: &str,
-        amount: u64,
-        now: DateTime<Utc>,
+        &self, tenant: &Tenant, owner_id: &str, amount: u64, now: DateTime<Utc>,
     ) -> Result<Credits> {
         let mut tables = self.write()?;
         let stored = tables
@@ -383,21 +372,13 @@ impl KeyStore for MemoryStore {
     }
 
     async fn spend_owner_credits(
-        &self,
-        tenant: &Tenant,
-        owner_id: &str,
-        cost: u64,
-        now: DateTime<Utc>,
+        &self, tenant: &Tenant, owner_id: &str, cost: u64, now: DateTime<Utc>,
     ) -> Result<CreditSpend> {
         Ok(self.write()?.spend_owner_credits(tenant, owner_id, cost, now))
     }
 
     fn spend_owner_credits_ready(
-        &self,
-        tenant: &Tenant,
-        owner_id: &str,
-        cost: u64,
-        now: DateTime<Utc>,
+        &self, tenant: &Tenant, owner_id: &str, cost: u64, now: DateTime<Utc>,
     ) -> Option<Result<CreditSpend>> {
         // Every request of an owner's key asks: an owner without credits
         // takes only the read lock.

@@ -88,11 +88,7 @@ impl UsageStore for MemoryStore {
     }
 
     async fn list_usage(
-        &self,
-        tenant: &Tenant,
-        key_id: KeyId,
-        range: TimeRange,
-        page: Page,
+        &self, tenant: &Tenant, key_id: KeyId, range: TimeRange, page: Page,
     ) -> Result<Vec<UsageRecord>> {
         let tables = self.read_usage()?;
         let mut records: Vec<&UsageRecord> = tables
@@ -106,11 +102,7 @@ impl UsageStore for MemoryStore {
     }
 
     async fn usage_aggregates(
-        &self,
-        tenant: &Tenant,
-        key_id: KeyId,
-        period: Period,
-        range: TimeRange,
+        &self, tenant: &Tenant, key_id: KeyId, period: Period, range: TimeRange,
     ) -> Result<Vec<UsageAggregate>> {
         let tables = self.read_usage()?;
         let mut aggregates: Vec<UsageAggregate> = tables
@@ -130,22 +122,14 @@ impl UsageStore for MemoryStore {
     }
 
     async fn lineage_usage(
-        &self,
-        tenant: &Tenant,
-        lineage: KeyId,
-        period: Period,
-        range: TimeRange,
+        &self, tenant: &Tenant, lineage: KeyId, period: Period, range: TimeRange,
     ) -> Result<Vec<UsageTotal>> {
         let members = self.read()?.lineages.get(&lineage).cloned().unwrap_or_default();
         Ok(self.read_usage()?.totals(tenant, period, range, |key_id| members.contains(&key_id)))
     }
 
     async fn owner_usage(
-        &self,
-        tenant: &Tenant,
-        owner_id: &str,
-        period: Period,
-        range: TimeRange,
+        &self, tenant: &Tenant, owner_id: &str, period: Period, range: TimeRange,
     ) -> Result<Vec<UsageTotal>> {
         let owner = (tenant.clone(), owner_id.to_owned());
         let members = self.read()?.owners.get(&owner).cloned().unwrap_or_default();
@@ -156,11 +140,7 @@ impl UsageStore for MemoryStore {
 impl UsageTables {
     /// The tenant's aggregates of keys that `counted`, summed per period start.
     fn totals(
-        &self,
-        tenant: &Tenant,
-        period: Period,
-        range: TimeRange,
-        counted: impl Fn(KeyId) -> bool,
+        &self, tenant: &Tenant, period: Period, range: TimeRange, counted: impl Fn(KeyId) -> bool,
     ) -> Vec<UsageTotal> {
         let mut totals: BTreeMap<DateTime<Utc>, UsageCounts> = BTreeMap::new();
         for a in self.aggregates.values() {
