@@ -298,14 +298,13 @@ impl Engine {
         let hash = presented.hash.ok_or((Refusal::Malformed.into(), None))?;
         // 2. Lookup by hash, confirmed in constant time. The engine's cache
         // answers the key with its policy in one probe when it holds both.
-        // On a miss it asks the store without probing again.
         // On a miss it asks the store without probing again (boxed, as the
         // store's own future is, so that every validation's future stays
         // small); on a hit it probed the policy table too (`policy_probed`).
         let (found, mut cached_policy, policy_probed) = match &inner.cache {
             Some(cache) => match cache.find_key_and_policy_ready(&hash) {
                 Some((found, policy)) => (Ok(found), policy, true),
-                None => (Box::pin(waits.then(|| cache.load_key(&hash))).await, None, false),
+                None => (waits.then_boxed(|| cache.load_key(&hash)).await, None, false),
             },
             None => match inner.store.find_key_by_hash_ready(&hash) {
                 Some(found) => (found, None, false),
@@ -349,9 +348,9 @@ impl Engine {
             Some(policy_id) => {
                 let found = match &inner.cache {
                     Some(cache) if policy_probed => {
-                        Box::pin(waits.then(|| cache.load_policy(&key.tenant, policy_id))).await
+                        waits.then_boxed(|| cache.load_policy(&key.tenant, policy_id)).await
                     }
-                    Some(cache) => Box::pin(waits.then(|| cache.get_policy(&key.tenant, policy_id))).await,
+                    Some(cache) => waits.then_boxed(|| cache.get_policy(&key.tenant, policy_id)).await,
                     None => match inner.store.get_policy_ready(&key.tenant, policy_id) {
                         Some(found) => found,
                         None => waits.then(|| inner.store.get_policy(&key.tenant, policy_id)).await,
@@ -366,7 +365,7 @@ impl Engine {
         if self.is_expired(&key, policy.as_deref(), now) {
             if key.state == KeyState::Active {
                 // Rare: boxed, so that every validation's future stays small.
-                Box::pin(waits.then(|| self.mark_expired(&key, now))).await.map_err(fail)?;
+                waits.then_boxed(|| self.mark_expired(&key, now)).await.map_err(fail)?;
             }
             return Err(refuse(Refusal::Expired, &key));
         }
@@ -661,6 +660,16 @@ impl Waits {
     async fn then<T, F: Future<Output = T>>(self, step: impl FnOnce() -> F) -> T {
         match self {
             Self::Allowed => step().await,
+            Self::Never => std::future::pending().await,
+        }
+    }
+
+    /// [`then`](Self::then) with `step`'s future boxed (a rare or large
+    /// step, kept out of every validation's future); when waiting is not
+    /// allowed nothing is boxed.
+    async fn then_boxed<T, F: Future<Output = T>>(self, step: impl FnOnce() -> F) -> T {
+        match self {
+            Self::Allowed => Box::pin(step()).await,
             Self::Never => std::future::pending().await,
         }
     }
