@@ -424,8 +424,12 @@ impl Engine {
             if !status.allowed {
                 self.refund_rate_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
                 let retry_after = status.retry_after.unwrap_or(status.reset);
-                let event = || Event::KeyRateLimited { key_id: key.id, tenant: key.tenant.clone(), retry_after };
-                Box::pin(self.emit(event)).await;
+                if !inner.hooks.is_empty() {
+                    // Boxed only for an engine with hooks: a refusal on the
+                    // ready path allocates nothing for them.
+                    let event = || Event::KeyRateLimited { key_id: key.id, tenant: key.tenant.clone(), retry_after };
+                    Box::pin(self.emit(event)).await;
+                }
                 return Err(refuse(Refusal::RateLimited { limit: limit.clone(), retry_after, status }, &key));
             }
             rate_limits.0.push(status);
@@ -451,8 +455,10 @@ impl Engine {
             };
             if let Err(resets_at) = consumed {
                 self.refund_rate_limits(subject, &policy.rate_limits, now);
-                let event = || Event::QuotaExceeded { key_id: key.id, tenant: key.tenant.clone(), resets_at };
-                Box::pin(self.emit(event)).await;
+                if !inner.hooks.is_empty() {
+                    let event = || Event::QuotaExceeded { key_id: key.id, tenant: key.tenant.clone(), resets_at };
+                    Box::pin(self.emit(event)).await;
+                }
                 return Err(refuse(Refusal::QuotaExceeded { resets_at }, &key));
             }
         }
