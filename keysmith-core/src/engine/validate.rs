@@ -240,7 +240,13 @@ impl Engine {
     pub(crate) fn count_refusal(&self, refusal: &Refusal, key: Option<&Arc<Key>>) {
         match (refusal.reason(), key) {
             (Some(reason), Some(key)) => self.inner.usage.record_refusal(key, reason, self.inner.clock.now()),
-            _ => metrics::counter!(UNATTRIBUTED_REFUSALS, "code" => refusal.code()).increment(1),
+            // Literal labels for the codes a flood of made-up keys gets:
+            // a static metric key, no label vector allocated per refusal.
+            _ => match refusal {
+                Refusal::Unknown => metrics::counter!(UNATTRIBUTED_REFUSALS, "code" => "invalid_key").increment(1),
+                Refusal::Malformed => metrics::counter!(UNATTRIBUTED_REFUSALS, "code" => "malformed_key").increment(1),
+                other => metrics::counter!(UNATTRIBUTED_REFUSALS, "code" => other.code()).increment(1),
+            },
         }
     }
 
