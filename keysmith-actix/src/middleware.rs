@@ -9,9 +9,7 @@ use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::{Error, HttpMessage, HttpResponse};
 use keysmith_core::Engine;
-use keysmith_core::http::{
-    Adapter, Admission, ApiKey as CoreApiKey, Gate, Guarded, RefusalResponse, RequestFacts, SharedHeaderValue,
-};
+use keysmith_core::http::{Adapter, Admission, Gate, Guarded, RefusalResponse, RequestFacts, SharedHeaderValue};
 
 use crate::request::{Headers, Installed, Shared};
 use crate::response::{append_header, append_shared};
@@ -191,10 +189,7 @@ where
     }
 
     fn admit(&self, request: &mut ServiceRequest, admission: Admission<'_>) {
-        let (key, preflight) = match admission {
-            Admission::Key(key) => (Some(CoreApiKey::clone(key)), false),
-            other => (None, matches!(other, Admission::Preflight)),
-        };
+        let (key, preflight) = (admission.key().cloned(), matches!(admission, Admission::Preflight));
         request.extensions_mut().insert(Installed { key, shared: Rc::clone(&self.shared), preflight });
     }
 

@@ -245,3 +245,39 @@ fn every_accepted_request_is_written_or_dropped_and_counted_under_a_full_queue_a
         }
     });
 }
+
+#[test]
+fn refusals_of_keys_that_were_not_identified_go_to_the_metric_by_code() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let clock = ManualClock::new(t0());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let validating = engine(Arc::new(MemoryStore::new()), &clock, UsageMode::Records);
+            // A well-formed key that this engine's store does not hold.
+            let elsewhere = engine(Arc::new(MemoryStore::new()), &clock, UsageMode::Records);
+            let unknown = elsewhere.tenant("app", "acme").create_key(NewKey::new("k")).await.unwrap();
+            let ctx = RequestContext::new();
+            for _ in 0..2 {
+                assert!(validating.validate(unknown.raw.expose(), &ctx).await.is_err());
+            }
+            assert!(validating.validate("not-a-key", &ctx).await.is_err());
+        });
+    });
+    let mut counted: Vec<(String, u64)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "keysmith_refusals_unattributed_total")
+        .map(|(key, .., value)| {
+            let code = key.key().labels().find(|label| label.key() == "code").map(|label| label.value().to_owned());
+            let DebugValue::Counter(n) = value else { panic!("a counter") };
+            (code.unwrap_or_default(), n)
+        })
+        .collect();
+    counted.sort();
+    assert_eq!(counted, [("invalid_key".to_owned(), 2), ("malformed_key".to_owned(), 1)]);
+}

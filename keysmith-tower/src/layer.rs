@@ -6,9 +6,7 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use keysmith_core::Engine;
-use keysmith_core::http::{
-    Adapter, Admission, ApiKey as CoreApiKey, Gate, Guarded, RefusalResponse, RequestFacts, SharedHeaderValue,
-};
+use keysmith_core::http::{Adapter, Admission, Gate, Guarded, RefusalResponse, RequestFacts, SharedHeaderValue};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -201,10 +199,7 @@ where
     }
 
     fn admit(&self, request: &mut Request<ReqBody>, admission: Admission<'_>) {
-        let (key, preflight) = match admission {
-            Admission::Key(key) => (Some(CoreApiKey::clone(key)), false),
-            other => (None, matches!(other, Admission::Preflight)),
-        };
+        let (key, preflight) = (admission.key().cloned(), matches!(admission, Admission::Preflight));
         request.extensions_mut().insert(Installed { key, shared: Arc::clone(&self.shared), preflight });
     }
 

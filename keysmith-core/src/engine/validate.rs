@@ -240,7 +240,13 @@ impl Engine {
     pub(crate) fn count_refusal(&self, refusal: &Refusal, key: Option<&Arc<Key>>) {
         match (refusal.reason(), key) {
             (Some(reason), Some(key)) => self.inner.usage.record_refusal(key, reason, self.inner.clock.now()),
-            _ => metrics::counter!(UNATTRIBUTED_REFUSALS, "code" => refusal.code()).increment(1),
+            // Literal labels for the codes a flood of made-up keys gets:
+            // a static metric key, no label vector allocated per refusal.
+            _ => match refusal {
+                Refusal::Unknown => metrics::counter!(UNATTRIBUTED_REFUSALS, "code" => "invalid_key").increment(1),
+                Refusal::Malformed => metrics::counter!(UNATTRIBUTED_REFUSALS, "code" => "malformed_key").increment(1),
+                other => metrics::counter!(UNATTRIBUTED_REFUSALS, "code" => other.code()).increment(1),
+            },
         }
     }
 
@@ -298,14 +304,13 @@ impl Engine {
         let hash = presented.hash.ok_or((Refusal::Malformed.into(), None))?;
         // 2. Lookup by hash, confirmed in constant time. The engine's cache
         // answers the key with its policy in one probe when it holds both.
-        // On a miss it asks the store without probing again.
         // On a miss it asks the store without probing again (boxed, as the
         // store's own future is, so that every validation's future stays
         // small); on a hit it probed the policy table too (`policy_probed`).
         let (found, mut cached_policy, policy_probed) = match &inner.cache {
             Some(cache) => match cache.find_key_and_policy_ready(&hash) {
                 Some((found, policy)) => (Ok(found), policy, true),
-                None => (Box::pin(waits.then(|| cache.load_key(&hash))).await, None, false),
+                None => (waits.then_boxed(|| cache.load_key(&hash)).await, None, false),
             },
             None => match inner.store.find_key_by_hash_ready(&hash) {
                 Some(found) => (found, None, false),
@@ -349,9 +354,9 @@ impl Engine {
             Some(policy_id) => {
                 let found = match &inner.cache {
                     Some(cache) if policy_probed => {
-                        Box::pin(waits.then(|| cache.load_policy(&key.tenant, policy_id))).await
+                        waits.then_boxed(|| cache.load_policy(&key.tenant, policy_id)).await
                     }
-                    Some(cache) => Box::pin(waits.then(|| cache.get_policy(&key.tenant, policy_id))).await,
+                    Some(cache) => waits.then_boxed(|| cache.get_policy(&key.tenant, policy_id)).await,
                     None => match inner.store.get_policy_ready(&key.tenant, policy_id) {
                         Some(found) => found,
                         None => waits.then(|| inner.store.get_policy(&key.tenant, policy_id)).await,
@@ -366,7 +371,7 @@ impl Engine {
         if self.is_expired(&key, policy.as_deref(), now) {
             if key.state == KeyState::Active {
                 // Rare: boxed, so that every validation's future stays small.
-                Box::pin(waits.then(|| self.mark_expired(&key, now))).await.map_err(fail)?;
+                waits.then_boxed(|| self.mark_expired(&key, now)).await.map_err(fail)?;
             }
             return Err(refuse(Refusal::Expired, &key));
         }
@@ -425,8 +430,12 @@ impl Engine {
             if !status.allowed {
                 self.refund_rate_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
                 let retry_after = status.retry_after.unwrap_or(status.reset);
-                let event = || Event::KeyRateLimited { key_id: key.id, tenant: key.tenant.clone(), retry_after };
-                Box::pin(self.emit(event)).await;
+                if !inner.hooks.is_empty() {
+                    // Boxed only for an engine with hooks: a refusal on the
+                    // ready path allocates nothing for them.
+                    let event = || Event::KeyRateLimited { key_id: key.id, tenant: key.tenant.clone(), retry_after };
+                    Box::pin(self.emit(event)).await;
+                }
                 return Err(refuse(Refusal::RateLimited { limit: limit.clone(), retry_after, status }, &key));
             }
             rate_limits.0.push(status);
@@ -452,8 +461,10 @@ impl Engine {
             };
             if let Err(resets_at) = consumed {
                 self.refund_rate_limits(subject, &policy.rate_limits, now);
-                let event = || Event::QuotaExceeded { key_id: key.id, tenant: key.tenant.clone(), resets_at };
-                Box::pin(self.emit(event)).await;
+                if !inner.hooks.is_empty() {
+                    let event = || Event::QuotaExceeded { key_id: key.id, tenant: key.tenant.clone(), resets_at };
+                    Box::pin(self.emit(event)).await;
+                }
                 return Err(refuse(Refusal::QuotaExceeded { resets_at }, &key));
             }
         }
@@ -661,6 +672,16 @@ impl Waits {
     async fn then<T, F: Future<Output = T>>(self, step: impl FnOnce() -> F) -> T {
         match self {
             Self::Allowed => step().await,
+            Self::Never => std::future::pending().await,
+        }
+    }
+
+    /// [`then`](Self::then) with `step`'s future boxed (a rare or large
+    /// step, kept out of every validation's future); when waiting is not
+    /// allowed nothing is boxed.
+    async fn then_boxed<T, F: Future<Output = T>>(self, step: impl FnOnce() -> F) -> T {
+        match self {
+            Self::Allowed => Box::pin(step()).await,
             Self::Never => std::future::pending().await,
         }
     }

@@ -362,27 +362,31 @@ impl Gate {
                 .map(|agent| texts.user_agents.lookup(&agent)),
             started,
         };
-        let origin = header_text(&request.headers, names::ORIGIN, MAX_ORIGIN_LEN).map(|origin| match origin {
-            Cow::Borrowed(origin) => SharedStr::copied(origin),
-            Cow::Owned(origin) => SharedStr::from(origin),
-        });
+        // Borrowed while validation needs no future; copied only for one.
+        let origin = header_text(&request.headers, names::ORIGIN, MAX_ORIGIN_LEN);
         // Without a future when every step answers at once (memory store,
         // warm cache, in-process limiter).
-        let ready = config.engine.validate_ready(key, &self.context(&draft, origin.as_ref()));
+        let ready = config.engine.validate_ready(key, &self.context(&draft, origin.as_deref()));
         match ready {
             Some(result) => Authorize::ready(self.clone().outcome(result, draft)),
-            None => Authorize { state: State::Pending(Box::pin(self.clone().validate(key, origin, draft))) },
+            None => {
+                let origin = origin.map(|origin| match origin {
+                    Cow::Borrowed(origin) => SharedStr::copied(origin),
+                    Cow::Owned(origin) => SharedStr::from(origin),
+                });
+                Authorize { state: State::Pending(Box::pin(self.clone().validate(key, origin, draft))) }
+            }
         }
     }
 
     /// What validation knows of the request. No path: validation reads
     /// none, and the record's endpoint may be known only once the handler
     /// has answered.
-    fn context<'a>(&'a self, draft: &'a UsageDraft, origin: Option<&'a SharedStr>) -> RequestContext<'a> {
+    fn context<'a>(&'a self, draft: &'a UsageDraft, origin: Option<&'a str>) -> RequestContext<'a> {
         let mut ctx = RequestContext::new();
         ctx.method = Some(&draft.method);
         ctx.ip = draft.ip;
-        ctx.origin = origin.map(|origin| &**origin);
+        ctx.origin = origin;
         ctx.app_id = self.config.app_id.as_deref();
         ctx
     }
@@ -411,7 +415,7 @@ impl Gate {
         self, key: PresentedKey, origin: Option<SharedStr>, draft: UsageDraft,
     ) -> impl Future<Output = Outcome> + Send + 'static {
         async move {
-            let result = self.config.engine.validate_presented(key, &self.context(&draft, origin.as_ref())).await;
+            let result = self.config.engine.validate_presented(key, &self.context(&draft, origin.as_deref())).await;
             self.outcome(result, draft)
         }
     }

@@ -53,6 +53,18 @@ pub enum Admission<'a> {
     Preflight,
 }
 
+impl<'a> Admission<'a> {
+    /// The key the request passed with, if any: what an adapter leaves in
+    /// the request's extensions beside whether it was a preflight.
+    #[must_use]
+    pub fn key(self) -> Option<&'a ApiKey> {
+        match self {
+            Self::Key(key) => Some(key),
+            Self::Anonymous | Self::Preflight => None,
+        }
+    }
+}
+
 /// One framework's side of the request sequence. Each method is one small
 /// step in that framework's terms; the order, and every decision, is
 /// [`Gate::guard`]'s.
