@@ -1,16 +1,15 @@
 //! MySQL and MariaDB: [`MySqlStore`] and its migrations.
 
 use chrono::{DateTime, Utc};
-use keysmith_core::{Result, UsageRecord};
+use keysmith_core::Result;
 use sqlx::MySql;
 use sqlx::migrate::Migrator;
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
+use sqlx::mysql::MySqlConnectOptions;
 use sqlx::types::Json;
-use uuid::Uuid;
 
 use crate::common::{connect_server, store_error};
 use crate::dialect::{Backend, Dialect, RowsAffected, Sql, Stored, sealed};
-use crate::store::{SqlStore, insert_new_usage};
+use crate::store::SqlStore;
 
 /// The MySQL and MariaDB schema, embedded from `migrations/mysql`
 /// ([migrations](crate#migrations)).
@@ -73,10 +72,6 @@ impl Dialect for MySql {
 
     fn push_age_micros(qb: &mut Sql<'_, Self>, now: DateTime<Utc>) {
         qb.push("TIMESTAMPDIFF(MICROSECOND, k.created_at, ").push_arg(now).push(")");
-    }
-
-    async fn insert_usage(conn: &mut MySqlConnection, records: &[&UsageRecord]) -> Result<Vec<Uuid>> {
-        insert_new_usage::<Self>(conn, records).await
     }
 }
 
