@@ -4,10 +4,9 @@ use chrono::{DateTime, Utc};
 use keysmith_core::Result;
 use sqlx::MySql;
 use sqlx::migrate::Migrator;
-use sqlx::mysql::MySqlConnectOptions;
 use sqlx::types::Json;
 
-use crate::common::{connect_server, store_error};
+use crate::common::connect_server;
 use crate::dialect::{Backend, Dialect, RowsAffected, Sql, Stored, sealed};
 use crate::store::SqlStore;
 
@@ -31,8 +30,7 @@ impl sealed::Sealed for MySql {}
 
 impl Backend for MySql {
     async fn open(url: &str) -> Result<sqlx::Pool<Self>> {
-        let options: MySqlConnectOptions = url.parse().map_err(store_error)?;
-        connect_server(options, "MySQL").await
+        connect_server(url, "MySQL").await
     }
 }
 
