@@ -10,15 +10,14 @@ use keysmith_core::store::Page;
 use keysmith_core::{Error, KeyHash, KeyId, KeyState, Policy, PolicyId, RateLimit, Result};
 
 /// Connects a pool of up to 10 connections, which waits at most 5 seconds
-/// for one, to the database server `server` (its name for messages).
+/// for one, to the database server `server` (its name for messages) at `url`.
 ///
 /// One direct connection is made first: a pool retries a failing connection
 /// until its timeout and then reports only the timeout, where this says why
 /// (connection refused, authentication failed, no such database…).
-pub(crate) async fn connect_server<DB: Database>(
-    options: <DB::Connection as Connection>::Options, server: &str,
-) -> Result<Pool<DB>> {
+pub(crate) async fn connect_server<DB: Database>(url: &str, server: &str) -> Result<Pool<DB>> {
     const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    let options: <DB::Connection as Connection>::Options = url.parse().map_err(store_error)?;
     match tokio::time::timeout(CONNECT_TIMEOUT, DB::Connection::connect_with(&options)).await {
         Ok(Ok(connection)) => connection.close().await.map_err(store_error)?,
         Ok(Err(error)) => return Err(store_error(error)),

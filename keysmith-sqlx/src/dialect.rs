@@ -25,6 +25,7 @@ use uuid::Uuid;
 use keysmith_core::{Error, Quota, Result, UsageRecord};
 
 use crate::common::{StoredRateLimit, store_error};
+use crate::store::insert_new_usage;
 
 /// A backend's statement with its arguments.
 pub(crate) type Statement<'q, DB> = Query<'q, DB, <DB as Database>::Arguments<'q>>;
@@ -119,13 +120,16 @@ pub(crate) trait Dialect:
     fn push_age_micros(qb: &mut Sql<'_, Self>, now: DateTime<Utc>);
     /// Inserts the usage `records` (distinct ids, at most
     /// [`Dialect::ROWS_PER_INSERT`]) that are not stored yet, inside the
-    /// caller's transaction, and returns the ids it inserted.
+    /// caller's transaction, and returns the ids it inserted; by default
+    /// in multi-row `INSERT`s ([`insert_new_usage`]).
     ///
     /// # Errors
     /// `NotFound` when a record's key does not exist.
     fn insert_usage(
         conn: &mut Self::Connection, records: &[&UsageRecord],
-    ) -> impl Future<Output = Result<Vec<Uuid>>> + Send;
+    ) -> impl Future<Output = Result<Vec<Uuid>>> + Send {
+        insert_new_usage::<Self>(conn, records)
+    }
 }
 
 /// A database a [`SqlStore`](crate::SqlStore) runs on: `sqlx::Postgres`,

@@ -1,16 +1,14 @@
 //! MySQL and MariaDB: [`MySqlStore`] and its migrations.
 
 use chrono::{DateTime, Utc};
-use keysmith_core::{Result, UsageRecord};
+use keysmith_core::Result;
 use sqlx::MySql;
 use sqlx::migrate::Migrator;
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::types::Json;
-use uuid::Uuid;
 
-use crate::common::{connect_server, store_error};
+use crate::common::connect_server;
 use crate::dialect::{Backend, Dialect, RowsAffected, Sql, Stored, sealed};
-use crate::store::{SqlStore, insert_new_usage};
+use crate::store::SqlStore;
 
 /// The MySQL and MariaDB schema, embedded from `migrations/mysql`
 /// ([migrations](crate#migrations)).
@@ -32,8 +30,7 @@ impl sealed::Sealed for MySql {}
 
 impl Backend for MySql {
     async fn open(url: &str) -> Result<sqlx::Pool<Self>> {
-        let options: MySqlConnectOptions = url.parse().map_err(store_error)?;
-        connect_server(options, "MySQL").await
+        connect_server(url, "MySQL").await
     }
 }
 
@@ -73,10 +70,6 @@ impl Dialect for MySql {
 
     fn push_age_micros(qb: &mut Sql<'_, Self>, now: DateTime<Utc>) {
         qb.push("TIMESTAMPDIFF(MICROSECOND, k.created_at, ").push_arg(now).push(")");
-    }
-
-    async fn insert_usage(conn: &mut MySqlConnection, records: &[&UsageRecord]) -> Result<Vec<Uuid>> {
-        insert_new_usage::<Self>(conn, records).await
     }
 }
 

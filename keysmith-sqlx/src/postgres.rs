@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use keysmith_core::{Result, UsageRecord};
 use sqlx::Postgres;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
 use crate::common::{connect_server, duration_to_micros, is_unique_violation, store_error, usage_write_error};
@@ -33,8 +33,7 @@ impl sealed::Sealed for Postgres {}
 
 impl Backend for Postgres {
     async fn open(url: &str) -> Result<sqlx::Pool<Self>> {
-        let options: PgConnectOptions = url.parse().map_err(store_error)?;
-        connect_server(options, "PostgreSQL").await
+        connect_server(url, "PostgreSQL").await
     }
 }
 

@@ -6,16 +6,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use keysmith_core::{Result, UsageRecord};
+use keysmith_core::Result;
 use sqlx::Sqlite;
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::types::Json;
-use uuid::Uuid;
 
 use crate::common::{corrupt, store_error};
 use crate::dialect::{Backend, Dialect, RowsAffected, Sql, Stored, sealed};
-use crate::store::{SqlStore, insert_new_usage};
+use crate::store::SqlStore;
 
 /// The SQLite schema, embedded from `migrations/sqlite`
 /// ([migrations](crate#migrations)).
@@ -102,10 +101,6 @@ impl Dialect for Sqlite {
 
     fn push_age_micros(qb: &mut Sql<'_, Self>, now: DateTime<Utc>) {
         qb.push("(").push_arg(Self::time(now)).push(" - k.created_at)");
-    }
-
-    async fn insert_usage(conn: &mut SqliteConnection, records: &[&UsageRecord]) -> Result<Vec<Uuid>> {
-        insert_new_usage::<Self>(conn, records).await
     }
 }
 

@@ -49,7 +49,7 @@ pub(crate) fn counts_of(values: [u64; 15]) -> UsageCounts {
     counts
 }
 
-/// `a.requests AS requests, …`: the count columns of the roll-ups `alias`.
+/// `requests, errors, …`: the count columns, as a `SELECT` lists them.
 pub(crate) fn select_counts() -> &'static str {
     static SQL: OnceLock<String> = OnceLock::new();
     SQL.get_or_init(|| COUNT_COLUMNS.join(", "))

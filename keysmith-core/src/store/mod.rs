@@ -397,9 +397,10 @@ store_trait! {
         /// Deletes at most `limit` raw records (of every tenant) numbered before
         /// `before` (a record's id is a UUIDv7 made when its request was, so
         /// this is by its primary key, below
-        /// [`UsageId::first_uuid_at`](crate::UsageId::first_uuid_at)), and the
-        /// ids of batches written before it; returns how many records it
-        /// deleted. Roll-ups are untouched.
+        /// [`UsageId::first_uuid_at`](crate::UsageId::first_uuid_at)), and every
+        /// id of a batch written before it (however few records expired; at
+        /// most `limit` a statement); returns how many records it deleted.
+        /// Roll-ups are untouched.
         async fn delete_usage_before(&self, before: DateTime<Utc>, limit: u32) -> Result<u64>;
 
         /// Deletes at most `limit` roll-ups of `period` (of every tenant) whose

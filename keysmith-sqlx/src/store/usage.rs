@@ -137,13 +137,20 @@ impl<DB: Dialect> UsageStore for SqlStore<DB> {
             .await
             .map_err(store_error)?
             .rows_affected();
-        sqlx::query(statement!(DB, DB::USAGE_SQL.delete_batch_ids().as_str()))
-            .arg(DB::time(before))
-            .arg(i64::from(limit))
-            .execute(conn.exec())
-            .await
-            .map_err(store_error)?;
-        Ok(deleted)
+        // Every expired batch id, however few records expired (a batch of
+        // refusals alone writes none), each statement still bounded.
+        loop {
+            let forgotten = sqlx::query(statement!(DB, DB::USAGE_SQL.delete_batch_ids().as_str()))
+                .arg(DB::time(before))
+                .arg(i64::from(limit))
+                .execute(conn.exec())
+                .await
+                .map_err(store_error)?
+                .rows_affected();
+            if forgotten < u64::from(limit) {
+                return Ok(deleted);
+            }
+        }
     }
 
     async fn delete_aggregates_before(&self, period: Period, before: DateTime<Utc>, limit: u32) -> Result<u64> {

@@ -91,6 +91,7 @@ macro_rules! store_conformance_tests {
             owner_usage_sums_every_key_of_the_owner_in_the_tenant,
             outcomes_roll_up_by_hour_class_and_reason_and_a_replayed_batch_counts_once,
             retention_deletes_only_what_expired_in_bounded_batches,
+            expired_batch_ids_are_forgotten_however_few_records_expire,
             rotation_shares_the_lineage_budget_and_keeps_the_expiry,
             a_quota_reload_racing_a_batch_write_counts_the_batch_once,
             control_characters_are_refused_before_the_store,

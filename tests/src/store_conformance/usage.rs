@@ -339,3 +339,27 @@ pub async fn retention_deletes_only_what_expired_in_bounded_batches(store: Arc<d
     assert_eq!(months[0].requests, 6, "monthly roll-ups untouched");
     assert_eq!(store.tenant_usage(&globex(), Period::Day, all).await.unwrap()[0].requests, 1);
 }
+
+/// Batch ids (which make a replayed batch count once) are forgotten once
+/// older than the records' cutoff, every one of them, however few records
+/// expire: a batch of refusals alone writes no record.
+pub async fn expired_batch_ids_are_forgotten_however_few_records_expire(store: Arc<dyn Store>) {
+    let key = insert(&store, sample_key(&acme())).await;
+    let hour = Utc.with_ymd_and_hms(2026, 3, 10, 0, 0, 0).unwrap();
+    let refused = UsageCounts::refused(RefusalReason::RateLimited);
+    let delta = UsageDelta { key_id: key.key.id, tenant: acme().into(), hour, counts: refused };
+    let batches: Vec<UsageBatch<'_>> =
+        (0..5).map(|_| UsageBatch { id: UsageId::new(), records: &[], deltas: std::slice::from_ref(&delta) }).collect();
+    for batch in &batches {
+        store.write_usage(batch).await.unwrap();
+    }
+    let cutoff = Utc.with_ymd_and_hms(2026, 3, 15, 0, 0, 0).unwrap();
+    assert_eq!(store.delete_usage_before(cutoff, 2).await.unwrap(), 0, "no record expired");
+
+    // Replayed after their ids were forgotten, all five count again.
+    for batch in &batches {
+        store.write_usage(batch).await.unwrap();
+    }
+    let hours = store.usage_aggregates(&acme(), key.key.id, Period::Hour, TimeRange::default()).await.unwrap();
+    assert_eq!(hours[0].refused.rate_limited, 10);
+}
