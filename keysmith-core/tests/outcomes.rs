@@ -6,21 +6,16 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use keysmith_core::store::{Page, TimeRange};
 use keysmith_core::usage::{RefusalReason, UsageConfig};
 use keysmith_core::{
     Clock, Engine, ManualClock, MemoryStore, NewKey, Period, PolicySpec, RequestContext, Store, UsageMode,
     UsageRetention,
 };
-use support::t0;
+use support::{t0, usage_record};
 
 fn engine(store: Arc<dyn Store>, clock: &ManualClock, mode: UsageMode) -> Engine {
     Engine::builder(store).with_clock(clock.clone()).with_usage_mode(mode).build().unwrap()
-}
-
-fn now(clock: &ManualClock) -> DateTime<Utc> {
-    clock.now()
 }
 
 #[tokio::test]
@@ -82,7 +77,7 @@ async fn passed_requests_roll_up_by_hour_and_status_class() {
     let key = created.key.id;
     for (minutes, status) in [(0, 200), (10, 301), (70, 404), (75, 503), (80, 204)] {
         let at = t0() + chrono::Duration::minutes(minutes);
-        engine.record_usage(support_record(&created.key, at, status));
+        engine.record_usage(usage_record(created.key.id, &created.key.tenant, at, status));
     }
     engine.flush_usage().await;
     let hours = acme.usage_aggregates(key, Period::Hour, TimeRange::default()).await.unwrap();
@@ -96,21 +91,6 @@ async fn passed_requests_roll_up_by_hour_and_status_class() {
     assert_eq!((days[0].requests, days[0].errors), (5, 2));
 }
 
-fn support_record(key: &keysmith_core::Key, at: DateTime<Utc>, status: u16) -> keysmith_core::UsageRecord {
-    keysmith_core::UsageRecord {
-        id: keysmith_core::UsageId::at(at),
-        key_id: key.id,
-        tenant: (&key.tenant).into(),
-        endpoint: "/things".into(),
-        method: "GET".into(),
-        status,
-        ip: None,
-        user_agent: None,
-        latency: Duration::from_millis(1),
-        timestamp: at,
-    }
-}
-
 #[tokio::test]
 async fn every_mode_keeps_roll_ups_and_quotas_exact() {
     for (mode, raw_rows) in [(UsageMode::Records, 10), (UsageMode::Aggregates, 0), (UsageMode::Sampled(3), 4)] {
@@ -121,7 +101,7 @@ async fn every_mode_keeps_roll_ups_and_quotas_exact() {
         let created = acme.create_key(NewKey::new("k")).await.unwrap();
         for i in 0..10 {
             let status = if i == 0 { 500 } else { 200 };
-            engine.record_usage(support_record(&created.key, now(&clock), status));
+            engine.record_usage(usage_record(created.key.id, &created.key.tenant, clock.now(), status));
         }
         engine.flush_usage().await;
         let records = acme.list_usage(created.key.id, TimeRange::default(), Page::default()).await.unwrap();
@@ -139,7 +119,7 @@ async fn every_mode_keeps_roll_ups_and_quotas_exact() {
         let raw = metered.raw.expose();
         for _ in 0..3 {
             let ok = engine.validate(raw, &RequestContext::new()).await.unwrap();
-            engine.record_usage(support_record(&ok.key, now(&clock), 200));
+            engine.record_usage(usage_record(ok.key.id, &ok.key.tenant, clock.now(), 200));
         }
         engine.flush_usage().await;
         let other = Engine::builder(Arc::clone(&store)).with_clock(clock.clone()).build().unwrap();
@@ -171,12 +151,12 @@ async fn the_sweeper_deletes_only_expired_usage_and_quotas_are_unaffected() {
     // Five requests now (March 14th), then three days later one more.
     for _ in 0..5 {
         let ok = engine.validate(raw, &RequestContext::new()).await.unwrap();
-        engine.record_usage(support_record(&ok.key, now(&clock), 200));
+        engine.record_usage(usage_record(ok.key.id, &ok.key.tenant, clock.now(), 200));
     }
     engine.flush_usage().await;
     clock.advance(Duration::from_secs(3 * 86_400));
     let ok = engine.validate(raw, &RequestContext::new()).await.unwrap();
-    engine.record_usage(support_record(&ok.key, now(&clock), 200));
+    engine.record_usage(usage_record(ok.key.id, &ok.key.tenant, clock.now(), 200));
     engine.flush_usage().await;
 
     let report = engine.sweep().await.unwrap();
@@ -223,7 +203,7 @@ fn every_accepted_request_is_written_or_dropped_and_counted_under_a_full_queue_a
             for i in 0..200 {
                 // Passed requests and refusals (rate-limited) share the queue.
                 if let Ok(ok) = engine.validate(raw, &RequestContext::new()).await {
-                    engine.record_usage(support_record(&ok.key, now(&clock), 200));
+                    engine.record_usage(usage_record(ok.key.id, &ok.key.tenant, clock.now(), 200));
                 }
                 accepted += 1;
                 if i % 60 == 0 {

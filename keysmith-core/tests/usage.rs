@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,22 +12,7 @@ use keysmith_core::{
     Engine, Error, KeyId, ManualClock, MemoryStore, NewKey, Period, PolicySpec, Refusal, RequestContext, Store, Tenant,
     UsageId, UsageRecord, ValidationError,
 };
-use support::t0;
-
-fn record(key_id: KeyId, tenant: &Tenant, at: DateTime<Utc>, status: u16) -> UsageRecord {
-    UsageRecord {
-        id: UsageId::new(),
-        key_id,
-        tenant: tenant.into(),
-        endpoint: "/users".into(),
-        method: "GET".into(),
-        status,
-        ip: Some(IpAddr::from([192, 0, 2, 1])),
-        user_agent: Some("test".into()),
-        latency: Duration::from_millis(3),
-        timestamp: at,
-    }
-}
+use support::{t0, usage_record};
 
 fn engine_on(store: Arc<dyn Store>, clock: &ManualClock, config: UsageConfig) -> Engine {
     Engine::builder(store).with_clock(clock.clone()).with_usage_config(config).build().unwrap()
@@ -49,7 +33,7 @@ async fn ten_thousand_records_across_fifty_keys_arrive_exactly_once() {
     for i in 0..10_000u32 {
         let at = if (i / 50) % 2 == 0 { t0() } else { day2 + chrono::Duration::seconds(i64::from(i)) };
         let status = if i % 7 == 0 { 500 } else { 200 };
-        engine.record_usage(record(keys[(i % 50) as usize], acme.tenant(), at, status));
+        engine.record_usage(usage_record(keys[(i % 50) as usize], acme.tenant(), at, status));
         if i % 1000 == 0 {
             tokio::task::yield_now().await;
         }
@@ -107,12 +91,12 @@ fn a_full_queue_drops_and_counts_records() {
             // On a current-thread runtime the writer cannot run until we yield:
             // exactly the queue's capacity gets in.
             for _ in 0..1000 {
-                engine.record_usage(record(key, &tenant, t0(), 200));
+                engine.record_usage(usage_record(key, &tenant, t0(), 200));
             }
             assert_eq!(engine.usage_stats().dropped, 990);
             engine.shutdown().await;
             assert_eq!(engine.usage_stats().written, 10);
-            engine.record_usage(record(key, &tenant, t0(), 200));
+            engine.record_usage(usage_record(key, &tenant, t0(), 200));
             assert_eq!(engine.usage_stats().dropped, 991, "after shutdown records are dropped and counted");
         });
     });
@@ -137,7 +121,7 @@ async fn a_failing_store_counts_lost_records() {
     store.close().await;
     let tenant = Tenant::new("app", "acme");
     for _ in 0..5 {
-        engine.record_usage(record(KeyId::new(), &tenant, t0(), 200));
+        engine.record_usage(usage_record(KeyId::new(), &tenant, t0(), 200));
     }
     engine.shutdown().await;
     let stats = engine.usage_stats();
@@ -195,13 +179,13 @@ async fn recorded_usage_is_not_counted_twice_and_other_instances_usage_counts() 
     // The first instance serves two requests and records them.
     for _ in 0..2 {
         let ok = first.validate(raw, &ctx).await.unwrap();
-        first.record_usage(record(ok.key.id, &ok.key.tenant, clock_now(&clock), 200));
+        first.record_usage(usage_record(ok.key.id, &ok.key.tenant, clock_now(&clock), 200));
     }
     first.flush_usage().await;
     clock.advance(Duration::from_secs(6));
     // After a refresh it still counts two, not four.
     assert_eq!(quota_refusal(first.validate(raw, &ctx).await), None);
-    first.record_usage(record(created.key.id, acme.tenant(), clock_now(&clock), 200));
+    first.record_usage(usage_record(created.key.id, acme.tenant(), clock_now(&clock), 200));
     first.flush_usage().await;
 
     // A second instance on the same store sees the three written requests.
@@ -248,7 +232,7 @@ async fn usage_queries_page_by_time_and_stay_within_the_tenant() {
     let b = engine.tenant("app", "b");
     let key = b.create_key(NewKey::new("k")).await.unwrap().key;
     for minute in 0..10 {
-        engine.record_usage(record(key.id, b.tenant(), t0() + chrono::Duration::minutes(minute), 200));
+        engine.record_usage(usage_record(key.id, b.tenant(), t0() + chrono::Duration::minutes(minute), 200));
     }
     engine.flush_usage().await;
 
@@ -285,7 +269,7 @@ fn usage_recorder_started_in_main_outlives_the_runtimes_that_record() {
             let worker = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             worker.block_on(async {
                 for _ in 0..3 {
-                    engine.record_usage(record(key, &tenant, t0(), 200));
+                    engine.record_usage(usage_record(key, &tenant, t0(), 200));
                 }
             });
         });
@@ -313,7 +297,7 @@ fn buffered_records_of_every_thread_are_written_by_flush_and_shutdown() {
             for _ in 0..threads {
                 scope.spawn(|| {
                     for _ in 0..each {
-                        engine.record_usage(record(key, &tenant, t0(), 200));
+                        engine.record_usage(usage_record(key, &tenant, t0(), 200));
                     }
                 });
             }

@@ -48,8 +48,8 @@ async fn serve_is_not_ready_while_its_database_is_unreachable_and_ready_again_af
     db.set_reachable(false).await;
     let down = until(ready, |answer| answer.status != 200);
     assert_eq!(down.status, 503, "{}", down.body);
+    // The whole body: the store's error (naming the database) is not answered.
     assert_eq!(down.body, r#"{"status":"not_ready","checks":{"store":"down","change_feed":"none"}}"#);
-    assert!(!down.body.contains(db.name()), "the store's error is not answered");
     // Liveness is not readiness: the process still serves.
     assert_eq!(call(&server, "GET", "/health", None, b"").status, 200);
 

@@ -3,11 +3,15 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use keysmith_core::store::{ProbedStore, StoreOp, StoreProbe};
-use keysmith_core::{BoxError, Engine, EngineBuilder, Event, ManualClock, MemoryStore, Plugin, Result, Store};
+use keysmith_core::{
+    BoxError, Engine, EngineBuilder, Event, KeyId, ManualClock, MemoryStore, Plugin, Result, Store, Tenant, UsageId,
+    UsageRecord,
+};
 
 pub fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 14, 12, 0, 0).unwrap()
@@ -18,6 +22,23 @@ pub fn engine() -> (Engine, ManualClock) {
     let clock = ManualClock::new(t0());
     let engine = builder(Arc::new(MemoryStore::new())).with_clock(clock.clone()).build().unwrap();
     (engine, clock)
+}
+
+/// A usage record of a `GET /users` made at `at` (its id too, as the
+/// writer numbers it) that the handler answered with `status`.
+pub fn usage_record(key_id: KeyId, tenant: &Tenant, at: DateTime<Utc>, status: u16) -> UsageRecord {
+    UsageRecord {
+        id: UsageId::at(at),
+        key_id,
+        tenant: tenant.into(),
+        endpoint: "/users".into(),
+        method: "GET".into(),
+        status,
+        ip: Some(std::net::IpAddr::from([192, 0, 2, 1])),
+        user_agent: Some("test".into()),
+        latency: Duration::from_millis(3),
+        timestamp: at,
+    }
 }
 
 pub fn builder(store: Arc<dyn Store>) -> EngineBuilder {
