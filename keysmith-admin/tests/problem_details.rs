@@ -40,3 +40,22 @@ async fn problem_details_render_every_error_and_leave_successes_alone() {
     // Without the option: today's JSON body.
     harness().await.get("/keys/akey_01h455vb4pex5vsknk084sn02q").await.assert_error(404, "not_found");
 }
+
+#[tokio::test]
+async fn problem_details_say_no_more_than_the_json_body_of_a_store_failure_or_a_pasted_key() {
+    let h = harness_with(with_config(AdminConfig::with_problem_details), false).await;
+    // A raw key pasted into the wrong field is not echoed back.
+    let pasted = h.post("/keys", serde_json::json!({"name": "k", "scopes": h.admin})).await;
+    assert_eq!(
+        (pasted.status.as_u16(), &pasted.body["code"]),
+        (422, &serde_json::json!("invalid_body")),
+        "{}",
+        pasted.text
+    );
+    assert!(!pasted.text.contains(&h.admin) && pasted.text.contains("[REDACTED]"), "{}", pasted.text);
+
+    h.store.fail(true);
+    let down = h.get("/keys").await;
+    assert_eq!((down.status.as_u16(), &down.body["code"]), (503, &serde_json::json!("unavailable")), "{}", down.text);
+    assert!(!down.text.contains("hunter2") && !down.text.contains("refused"), "{}", down.text);
+}
