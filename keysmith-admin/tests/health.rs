@@ -1,6 +1,7 @@
 //! `/health` and `/ready`: what they answer for an engine whose change feed
-//! is, or is not, subscribed. The store's outage is tested on a real
-//! database by `keysmith serve`'s tests.
+//! is, or is not, subscribed, and whose store does not answer.
+
+mod support;
 
 use std::sync::Arc;
 
@@ -90,4 +91,20 @@ async fn metrics_is_not_served_unless_configured() {
     let engine = Engine::builder(Arc::new(MemoryStore::new())).build().unwrap();
     let app: Router = HealthConfig::new(engine).into_router();
     assert_eq!(get(&app, "/metrics").await.0, 404);
+}
+
+#[tokio::test]
+async fn ready_is_503_while_the_store_fails_and_says_only_that_it_is_down() {
+    let h = support::harness().await;
+    let app: Router = HealthConfig::new(h.engine.clone()).into_router();
+    h.store.fail(true);
+    let (status, body) = get(&app, "/ready").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (503, r#"{"status":"not_ready","checks":{"store":"down","change_feed":"none"}}"#),
+        "the store's error (its password, its host) stays in the log"
+    );
+    assert_eq!(get(&app, "/health").await.0, 200);
+    h.store.fail(false);
+    assert_eq!(get(&app, "/ready").await.0, 200);
 }
