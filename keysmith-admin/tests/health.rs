@@ -1,6 +1,7 @@
 //! `/health` and `/ready`: what they answer for an engine whose change feed
-//! is, or is not, subscribed. The store's outage is tested on a real
-//! database by `keysmith serve`'s tests.
+//! is, or is not, subscribed, and whose store does not answer.
+
+mod support;
 
 use std::sync::Arc;
 
@@ -59,16 +60,16 @@ async fn ready_is_200_once_the_change_feed_is_subscribed() {
         .build()
         .unwrap();
     let app: Router = HealthConfig::new(engine.clone()).into_router();
-    // The subscription is made by a background task as the engine starts,
-    // on this test's single thread: yielding lets it run.
+    // The subscription is made by a background task as the engine starts:
+    // on this one-thread runtime it runs when the test yields.
+    let mut answer = get(&app, "/ready").await;
     for _ in 0..10_000 {
-        if engine.feed_status().is_some_and(|status| status.subscribed) {
+        if answer.0 == 200 {
             break;
         }
         tokio::task::yield_now().await;
+        answer = get(&app, "/ready").await;
     }
-    assert!(engine.feed_status().is_some_and(|status| status.subscribed), "not subscribed after 10 000 yields");
-    let answer = get(&app, "/ready").await;
     assert_eq!(answer, (200, r#"{"status":"ready","checks":{"store":"up","change_feed":"subscribed"}}"#.to_owned()));
     engine.shutdown().await;
 }
@@ -90,4 +91,20 @@ async fn metrics_is_not_served_unless_configured() {
     let engine = Engine::builder(Arc::new(MemoryStore::new())).build().unwrap();
     let app: Router = HealthConfig::new(engine).into_router();
     assert_eq!(get(&app, "/metrics").await.0, 404);
+}
+
+#[tokio::test]
+async fn ready_is_503_while_the_store_fails_and_says_only_that_it_is_down() {
+    let h = support::harness().await;
+    let app: Router = HealthConfig::new(h.engine.clone()).into_router();
+    h.store.fail(true);
+    let (status, body) = get(&app, "/ready").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (503, r#"{"status":"not_ready","checks":{"store":"down","change_feed":"none"}}"#),
+        "the store's error (its password, its host) stays in the log"
+    );
+    assert_eq!(get(&app, "/health").await.0, 200);
+    h.store.fail(false);
+    assert_eq!(get(&app, "/ready").await.0, 200);
 }

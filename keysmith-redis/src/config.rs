@@ -303,12 +303,6 @@ pub(crate) struct Link {
     replacing: AtomicBool,
 }
 
-impl fmt::Debug for Link {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Link").field("conn", &self.current()).finish_non_exhaustive()
-    }
-}
-
 impl Link {
     fn new(conn: RedisConnection, nodes: Option<Nodes>) -> Self {
         Self { conn: RwLock::new(conn), nodes, replacing: AtomicBool::new(false) }

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,18 +13,10 @@ use keysmith_core::{Engine, KeyId, MemoryStore, Store};
 use keysmith_tests::feed_cases::{self, ProxiedPair};
 use keysmith_tests::proxy::SilentProxy;
 
-/// Where the Redis at `url` listens (on a cluster, its first node).
-async fn redis_addr(url: &str) -> SocketAddr {
-    let first = url.split(',').next().unwrap_or(url);
-    let info = redis::Client::open(first).unwrap().get_connection_info().addr.clone();
-    let redis::ConnectionAddr::Tcp(host, port) = info else { panic!("the test Redis is not on TCP: {url}") };
-    tokio::net::lookup_host((host.as_str(), port)).await.unwrap().next().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_silent_proxy_the_subscription_is_lost_and_staleness_stays_within_the_bound() {
     let Some(url) = common::redis_url() else { return };
-    let proxy = SilentProxy::start(redis_addr(&url).await).await;
+    let proxy = SilentProxy::start(common::redis_addr(&url).await).await;
     // Long enough that only the feed (or its loss) can explain an eviction.
     let cache = CacheConfig::default().with_positive_ttl(Duration::from_secs(300));
     let heartbeat = FeedHeartbeat::default();

@@ -173,10 +173,7 @@ async fn after_a_partition_heals_a_connection_that_went_silent_is_replaced_and_r
     if common::cluster() {
         return;
     }
-    let upstream = redis::Client::open(url.as_str()).unwrap().get_connection_info().addr.clone();
-    let redis::ConnectionAddr::Tcp(host, port) = upstream else { panic!("the test Redis is not on TCP") };
-    let upstream = tokio::net::lookup_host((host.as_str(), port)).await.unwrap().next().unwrap();
-    let proxy = keysmith_tests::proxy::SilentProxy::start(upstream).await;
+    let proxy = keysmith_tests::proxy::SilentProxy::start(common::redis_addr(&url).await).await;
     let prefix = common::unique_prefix();
     let behind = RedisConfig::connect(&format!("redis://{}", proxy.addr())).await.unwrap();
     let a = RedisRateLimiter::new(behind.with_prefix(&prefix).with_outage_policy(OutagePolicy::FailClosed));

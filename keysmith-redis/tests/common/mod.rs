@@ -74,6 +74,14 @@ pub async fn admin(url: &str) -> RedisConnection {
     connect(url).await.connection()
 }
 
+/// Where the Redis at `url` listens (on a cluster, its first node).
+pub async fn redis_addr(url: &str) -> std::net::SocketAddr {
+    let first = url.split(',').next().unwrap_or(url);
+    let info = redis::Client::open(first).unwrap().get_connection_info().addr.clone();
+    let redis::ConnectionAddr::Tcp(host, port) = info else { panic!("the test Redis is not on TCP: {url}") };
+    tokio::net::lookup_host((host.as_str(), port)).await.unwrap().next().unwrap()
+}
+
 /// A `redis-server` of this test's own, on a free port, without persistence:
 /// stopped and started again on the same port without touching the shared one.
 /// On a cluster run it is a cluster of one node that serves every slot
