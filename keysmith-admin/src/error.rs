@@ -247,6 +247,8 @@ pub(crate) async fn as_problem(response: Response) -> Response {
         return response;
     }
     let (mut parts, body) = response.into_parts();
+    // Every branch below may answer another body than the one measured.
+    parts.headers.remove(header::CONTENT_LENGTH);
     // Error bodies are a code and a message: small.
     let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
         return Response::from_parts(parts, axum::body::Body::empty());
@@ -255,7 +257,6 @@ pub(crate) async fn as_problem(response: Response) -> Response {
         return Response::from_parts(parts, axum::body::Body::from(bytes));
     };
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
-    parts.headers.remove(header::CONTENT_LENGTH);
     let body = problem_body(parts.status.as_u16(), &error.code, &error.message);
     Response::from_parts(parts, axum::body::Body::from(body))
 }
