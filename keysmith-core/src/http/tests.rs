@@ -572,3 +572,22 @@ async fn credits_are_reported_only_when_strictly_closer_to_refusing_than_the_lim
     // 9 requests and 9 credits left: the limit is reported.
     assert_eq!(pass.response_headers()[1], ("ratelimit", r#""default";r=9;t=6"#.to_owned()));
 }
+
+/// The cached rendering lists every limit of the policy: a validation
+/// without a state for each (one put together by hand) is written fresh.
+#[tokio::test]
+async fn a_validation_without_every_limits_state_is_not_written_from_the_cache() {
+    let s = setup();
+    let spec = PolicySpec::new("p").with_limit(RateLimit::new("burst", 10, Duration::from_secs(1)));
+    let policy = s.acme.create_policy(spec).await.unwrap();
+    let raw = key(&s, NewKey::new("k").with_policy(policy.id)).await;
+    let pass = admitted(outcome(&Gate::new(s.engine.clone()), "GET", None, &bearer(&raw)).await);
+    let mut partial = pass.key().validation().clone();
+    partial.rate_limits = crate::RateLimitStates::default();
+    let cache = super::headers::PolicyHeaders::default();
+    let mut cached = Vec::new();
+    RateLimitHeaders::Draft.write_for_validation_with(&partial, Some(&cache), &mut cached);
+    let mut fresh = Vec::new();
+    RateLimitHeaders::Draft.write_for_validation(&partial, &mut fresh);
+    assert_eq!((cached, fresh), (Vec::new(), Vec::new()));
+}
