@@ -423,6 +423,12 @@ mod tests {
             (p().with_quota(Some(5), Some(0)), Some("quota.monthly")),
             (p().with_max_key_age(second), None),
             (p().with_max_key_age(PolicySpec::MAX_KEY_AGE), None),
+            // 100 years of 365.25 days, and a second more.
+            (p().with_max_key_age(Duration::from_secs(100 * 31_557_600)), None),
+            (p().with_max_key_age(Duration::from_secs(100 * 31_557_600 + 1)), Some("max_key_age")),
+            // 366 days of grace, and a second more.
+            (p().with_rotation_grace(Duration::from_secs(366 * 86_400)), None),
+            (p().with_rotation_grace(Duration::from_secs(366 * 86_400 + 1)), Some("rotation_grace")),
             (p().with_max_key_age(second - Duration::from_nanos(1)), Some("max_key_age")),
             (p().with_max_key_age(beyond(PolicySpec::MAX_KEY_AGE)), Some("max_key_age")),
             (p().with_rotation_grace(Duration::ZERO), None),
