@@ -445,6 +445,17 @@ async fn revocations(run: Arc<Run>, addrs: Vec<SocketAddr>, admin_key: String) {
                     });
                 } else if status == 401 {
                     refused[instance] = true;
+                    // A refusal of a known key is recorded in its usage
+                    // roll-ups: the usage bound counts it.
+                    let life = run.lives.lock().unwrap_or_else(PoisonError::into_inner)[instance];
+                    run.samples.lock().unwrap_or_else(PoisonError::into_inner).push(Sample {
+                        at: sent,
+                        instance,
+                        life,
+                        kind: Kind::Plain,
+                        status,
+                        micros: 0,
+                    });
                 }
             }
             if revocation.refused_everywhere_after.is_none() && refused.iter().all(|r| *r) {
@@ -878,9 +889,13 @@ fn report(
     // Usage: per instance lifetime that ended gracefully.
     for (index, instance) in instances.iter().enumerate() {
         let life = instance.life;
-        let accepted =
-            samples.iter().filter(|s| s.instance == index && s.life == life && (200..300).contains(&s.status)).count()
-                as u64;
+        // Every key the soak sends is known to the store, so each answer
+        // but a 503 is recorded: a pass as a record, a refusal (revoked,
+        // suspended, limited, out of quota or credits) in the roll-ups.
+        let accepted = samples
+            .iter()
+            .filter(|s| s.instance == index && s.life == life && matches!(s.status, 200..=299 | 401 | 403 | 429))
+            .count() as u64;
         // Unanswered requests the server may have answered too late: not
         // those sent while the killed instance was down.
         let killed = |s: &Sample| s.instance == 1 && in_window(s.at, |f| f == Fault::InstanceKilled);
@@ -904,9 +919,9 @@ fn report(
         let high = low + admin_other + no_answer;
         bound(
             &mut text,
-            &format!("usage, instance {index} (lifetime {life}): written + dropped + failed = 2xx accepted"),
+            &format!("usage, instance {index} (lifetime {life}): written + dropped + failed = answers recorded"),
             format!(
-                "{written} + {dropped} + {failed} = {counted}; accepted {low}{}",
+                "{written} + {dropped} + {failed} = {counted}; recorded {low}{}",
                 if high > low {
                     format!(" (up to {high} with admin refusals and unanswered requests)")
                 } else {
