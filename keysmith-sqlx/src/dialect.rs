@@ -84,6 +84,10 @@ pub(crate) trait Dialect:
     const BEGIN: &'static str = "BEGIN";
     /// Appended to a `SELECT` to lock the rows it reads until commit.
     const LOCK_ROWS: &'static str = " FOR UPDATE";
+    /// Appended to a `SELECT` of keys to keep them from being deleted until
+    /// commit, without blocking other readers (what a foreign key's check
+    /// takes).
+    const SHARE_ROWS: &'static str;
     /// The expression listing the scopes of the key `k`, in order.
     const SCOPES: &'static str;
     /// The usage table's `ip` column as text.
@@ -123,8 +127,7 @@ pub(crate) trait Dialect:
     /// caller's transaction, and returns the ids it inserted; by default
     /// in multi-row `INSERT`s ([`insert_new_usage`]).
     ///
-    /// # Errors
-    /// `NotFound` when a record's key does not exist.
+    /// The caller has checked that the records' keys exist.
     fn insert_usage(
         conn: &mut Self::Connection, records: &[&UsageRecord],
     ) -> impl Future<Output = Result<Vec<Uuid>>> + Send {

@@ -43,6 +43,8 @@ impl Dialect for Postgres {
     type Scopes = Vec<String>;
 
     const SLOT: usize = 0;
+    // Conflicts only with deleting the key or changing its id.
+    const SHARE_ROWS: &'static str = " FOR KEY SHARE";
 
     const SCOPES: &'static str =
         "ARRAY(SELECT s.scope FROM keysmith_key_scopes s WHERE s.key_id = k.id ORDER BY s.position)";

@@ -270,6 +270,17 @@ mod postgres_only {
         sql_cases::usage_for_an_unknown_key_fails_the_whole_batch(store(&db).await).await;
     }
 
+    #[tokio::test]
+    async fn usage_of_a_deleted_key_goes_with_it() {
+        let Some(db) = PgTestDb::create().await else { return };
+        let store = store(&db).await;
+        let pool = store.pool().clone();
+        sql_cases::usage_of_a_deleted_key_goes_with_it(store, |id| async move {
+            sqlx::query("DELETE FROM keysmith_keys WHERE id = $1").bind(id).execute(&pool).await.unwrap();
+        })
+        .await;
+    }
+
     /// Sustained usage recording: 200 000 records in batches of 500.
     /// `cargo test --release -p keysmith-tests --test store_postgres -- --ignored --nocapture usage_recording_throughput`
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

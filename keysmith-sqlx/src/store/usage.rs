@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keysmith_core::store::{Page, TimeRange, UsageStore, UsageTotal};
 use keysmith_core::usage::{UsageBatch, fold_rollups};
-use keysmith_core::{KeyId, Period, Result, Tenant, UsageAggregate, UsageRecord};
+use keysmith_core::{Error, KeyId, Period, Result, Tenant, UsageAggregate, UsageRecord};
 
 use uuid::Uuid;
 
@@ -50,6 +50,31 @@ pub(crate) async fn insert_new_usage<DB: Dialect>(
     Ok(fresh.iter().map(|r| r.id.uuid()).collect())
 }
 
+/// Fails the batch with `NotFound` unless every key of `records` exists,
+/// and keeps those keys from being deleted until the batch commits: one
+/// statement per batch where a foreign key would check every record (raw
+/// records have none; a deleted key's records go by a trigger).
+async fn check_keys<DB: Dialect>(conn: &mut DB::Connection, records: &[&UsageRecord]) -> Result<()> {
+    let mut ids: Vec<Uuid> = records.iter().map(|r| r.key_id.uuid()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    for chunk in ids.chunks(DB::ROWS_PER_INSERT) {
+        let mut qb = Sql::<DB>::new("SELECT id FROM keysmith_keys WHERE id IN (");
+        let mut list = qb.separated(", ");
+        for id in chunk {
+            list.push_arg(*id);
+        }
+        // In id order, as every batch locks them.
+        qb.push(") ORDER BY id").push(DB::SHARE_ROWS);
+        let (sql, args) = qb.finish()?;
+        let found = sqlx::query_with::<DB, _>(&sql, args).fetch_all(conn.exec()).await.map_err(store_error)?;
+        if found.len() < chunk.len() {
+            return Err(Error::NotFound { entity: "key", id: "a key of the usage batch".to_owned() });
+        }
+    }
+    Ok(())
+}
+
 /// A multi-row `INSERT` of the usage `records`.
 fn usage_insert<'a, DB: Dialect>(records: &[&'a UsageRecord]) -> Result<Sql<'a, DB>> {
     let mut rows = Vec::with_capacity(records.len());
@@ -86,6 +111,7 @@ impl<DB: Dialect> UsageStore for SqlStore<DB> {
         let mut seen = HashSet::with_capacity(batch.records.len());
         let unique: Vec<&UsageRecord> = batch.records.iter().filter(|r| seen.insert(r.id.uuid())).collect();
         let mut tx = begin(self).await?;
+        check_keys::<DB>(&mut tx, &unique).await?;
         // Records go in by id: the ones already stored (a replayed batch)
         // are skipped, so only new records reach the roll-ups.
         let mut fresh = Vec::with_capacity(unique.len());
@@ -123,7 +149,7 @@ impl<DB: Dialect> UsageStore for SqlStore<DB> {
             });
             qb.push(DB::USAGE_SQL.add_counts());
             let (sql, args) = qb.finish()?;
-            sqlx::query_with::<DB, _>(&sql, args).execute(tx.exec()).await.map_err(store_error)?;
+            sqlx::query_with::<DB, _>(&sql, args).execute(tx.exec()).await.map_err(usage_write_error)?;
         }
         tx.commit().await.map_err(store_error)
     }
