@@ -1,10 +1,15 @@
 //! The usage recorder: a bounded queue drained by one background task that
-//! writes batches, so the request path never waits for the store.
+//! writes batches (a few at once), so the request path never waits for the
+//! store.
 //!
 //! The request path queues a [`UsageEntry`]: no record id, no text but
 //! numbers in the engine's [`UsageTexts`]; the writer numbers the record
 //! ([`UsageId`]) and reads its text back once per batch, so a passed
 //! request copies no string and generates no id.
+//!
+//! Refusals, and passed requests under [`UsageMode::Aggregates`], are not
+//! queued one by one: they add to their key's counts for the hour in the
+//! thread's buffer.
 //!
 //! A record first goes into its thread's buffer (one of a few
 //! [`Shards`], picked once per thread, so threads do not contend), which
@@ -38,7 +43,10 @@ const FAILED_TOTAL: &str = "keysmith_usage_failed_total";
 /// How usage is queued and written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UsageConfig {
-    /// Records the queue holds; past it new records are dropped and counted.
+    /// Places the queue holds: one per queued request that may become a
+    /// raw record, one per key and hour of requests kept only as counts
+    /// (refusals, and passed requests under [`UsageMode::Aggregates`]).
+    /// Past it new requests are dropped and counted.
     pub queue_capacity: usize,
     /// A batch is written as soon as it has this many records…
     pub batch_size: usize,
