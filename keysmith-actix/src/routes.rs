@@ -157,7 +157,7 @@ mod tests {
             let response = test::call_service(&app, test::TestRequest::get().uri(path).to_request()).await;
             routes.template(response.request());
         }
-        let kept: Vec<_> = routes.paths.borrow().keys().map(|path| path.to_string()).collect();
+        let kept: Vec<String> = routes.paths.borrow().keys().map(|path| String::from(&**path)).collect();
         assert_eq!(kept, ["/a"]);
     }
 }
