@@ -22,10 +22,13 @@ use tower::ServiceExt;
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
 const REQUESTS: u64 = 2_000;
-/// Allocations per passed request Keysmith may add to its bare framework,
-/// usage record included (measured: axum 4, actix 3; the goal is 2: see
-/// BENCHMARKS.md for what the rest are).
-const BUDGET: u64 = 4;
+/// Allocations per passed request Keysmith may add to bare axum, usage
+/// record included (measured: 3, of which 2 are what axum's `Router::layer`
+/// costs any layer, the pass-through row; the goal is 2: see
+/// BENCHMARKS.md for what the rest is).
+const AXUM_BUDGET: u64 = 3;
+/// The same for bare actix (measured: 2).
+const ACTIX_BUDGET: u64 = 2;
 
 const PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -59,17 +62,31 @@ where
 /// The app as a server runs it: `with_state` turns the routes into
 /// services once, as `axum::serve` does; a bare `Router` would rebuild
 /// every layer on every request.
-fn axum_app(keysmith: Option<&Engine>) -> Router {
+fn axum_app(layer: AxumLayer<'_>) -> Router {
     let hello = Router::new().route("/", get(|| async { "hello" }));
-    let app = match keysmith {
-        Some(engine) => hello.layer(keysmith_tower::ApiKeyLayer::new(engine.clone())),
-        None => hello,
+    let app = match layer {
+        AxumLayer::Keysmith(engine) => hello.layer(keysmith_tower::ApiKeyLayer::new(engine.clone())),
+        AxumLayer::PassThrough => hello.layer(tower::layer::util::Identity::new()),
+        AxumLayer::None => hello,
     };
     app.with_state(())
 }
 
-async fn axum_count(engine: Option<&Engine>, key: &str) -> u64 {
-    let app = axum_app(engine);
+/// What wraps the axum app's routes.
+#[derive(Clone, Copy)]
+enum AxumLayer<'a> {
+    None,
+    /// A layer that does nothing: what `Router::layer` itself costs.
+    PassThrough,
+    Keysmith(&'a Engine),
+}
+
+async fn axum_count(layer: AxumLayer<'_>, key: &str) -> u64 {
+    let app = axum_app(layer);
+    let engine = match layer {
+        AxumLayer::Keysmith(engine) => Some(engine),
+        AxumLayer::None | AxumLayer::PassThrough => None,
+    };
     let send = || {
         let app = app.clone();
         let request = Request::get("/")
@@ -119,12 +136,16 @@ fn allocations_per_passed_request() {
     } else {
         dhat::Profiler::builder().testing().build()
     };
-    let (axum_bare, axum_keysmith) =
+    let (axum_bare, axum_pass_through, axum_keysmith) =
         tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime").block_on(async {
             let store = BenchStore::open(Backend::Memory).await.expect("memory store");
             let engine = store.engine();
             let keys = seed(&engine).await;
-            (axum_count(None, &keys.full).await, axum_count(Some(&engine), &keys.full).await)
+            (
+                axum_count(AxumLayer::None, &keys.full).await,
+                axum_count(AxumLayer::PassThrough, &keys.full).await,
+                axum_count(AxumLayer::Keysmith(&engine), &keys.full).await,
+            )
         });
     let (actix_bare, actix_keysmith) = actix_web::rt::System::new().block_on(async {
         let store = BenchStore::open(Backend::Memory).await.expect("memory store");
@@ -135,9 +156,13 @@ fn allocations_per_passed_request() {
     println!("| app | allocations per passed request | Keysmith's share |");
     println!("|---|---:|---:|");
     println!("| axum bare (in process, oneshot) | {axum_bare} | |");
+    println!(
+        "| axum + a pass-through layer | {axum_pass_through} | ({}) |",
+        axum_pass_through.saturating_sub(axum_bare)
+    );
     println!("| axum + ApiKeyLayer | {axum_keysmith} | {} |", axum_keysmith.saturating_sub(axum_bare));
     println!("| actix bare (test::call_service) | {actix_bare} | |");
     println!("| actix + Keysmith | {actix_keysmith} | {} |", actix_keysmith.saturating_sub(actix_bare));
-    assert!(axum_keysmith.saturating_sub(axum_bare) <= BUDGET, "axum: {axum_keysmith} vs bare {axum_bare}");
-    assert!(actix_keysmith.saturating_sub(actix_bare) <= BUDGET, "actix: {actix_keysmith} vs bare {actix_bare}");
+    assert!(axum_keysmith.saturating_sub(axum_bare) <= AXUM_BUDGET, "axum: {axum_keysmith} vs bare {axum_bare}");
+    assert!(actix_keysmith.saturating_sub(actix_bare) <= ACTIX_BUDGET, "actix: {actix_keysmith} vs bare {actix_bare}");
 }

@@ -60,6 +60,7 @@ mod extract;
 mod middleware;
 mod request;
 mod response;
+mod routes;
 mod scopes;
 
 pub use extract::ApiKey;

@@ -13,6 +13,7 @@ use keysmith_core::http::{Adapter, Admission, Gate, Guarded, RefusalResponse, Re
 
 use crate::request::{Headers, Installed, Shared};
 use crate::response::{append_header, append_shared};
+use crate::routes::StaticRoutes;
 use crate::{ApiKeyRejection, RefusalResponder};
 
 /// Middleware that validates the API key of every request;
@@ -120,7 +121,11 @@ where
     fn new_transform(&self, service: S) -> Self::Future {
         ready(Ok(ApiKeyService {
             service: Rc::new(service),
-            shared: Rc::new(Shared { gate: self.gate.clone(), responder: self.responder.clone() }),
+            shared: Rc::new(Shared {
+                gate: self.gate.clone(),
+                responder: self.responder.clone(),
+                routes: StaticRoutes::default(),
+            }),
         }))
     }
 }
@@ -219,8 +224,15 @@ where
     /// (`HttpRequest::match_pattern`): the router runs inside the wrapped
     /// service, so the request the response carries has been matched by
     /// then.
+    /// A route without parameters is read from the middleware's
+    /// [`StaticRoutes`](crate::routes::StaticRoutes) without allocating.
     fn matched_route(response: &ServiceResponse<B>) -> Option<Cow<'_, str>> {
-        response.request().match_pattern().map(Cow::Owned)
+        let request = response.request();
+        let shared = request.extensions().get::<Installed>().map(|installed| Rc::clone(&installed.shared));
+        match shared {
+            Some(shared) => shared.routes.template(request),
+            None => request.match_pattern().map(Cow::Owned),
+        }
     }
 
     fn append_header(response: &mut ServiceResponse<B>, name: &'static str, value: &str) {

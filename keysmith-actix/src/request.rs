@@ -8,6 +8,7 @@ use actix_web::http::header::{HeaderMap, HeaderName};
 use keysmith_core::http::{ApiKey as CoreApiKey, Gate, HeaderLookup, names};
 
 use crate::RefusalResponder;
+use crate::routes::StaticRoutes;
 
 /// actix's `HeaderMap` as core reads headers.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +39,8 @@ pub(crate) fn known_name(name: &str) -> Option<&'static HeaderName> {
 pub(crate) struct Shared {
     pub(crate) gate: Gate,
     pub(crate) responder: RefusalResponder,
+    /// The templates of this application's routes without parameters.
+    pub(crate) routes: StaticRoutes,
 }
 
 /// Left in every request the middleware lets through, the one extension

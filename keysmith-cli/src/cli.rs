@@ -246,9 +246,30 @@ pub(crate) struct ServeArgs {
     /// instead of `{"error": {"code", "message"}}`.
     #[arg(long, env = "KEYSMITH_PROBLEM_DETAILS")]
     pub(crate) problem_details: bool,
+    /// Sweep in the background this often, as `keysmith sweep` does (keys
+    /// expired, rotation grace ended, usage past its retention deleted in
+    /// bounded batches), the first one interval after start; 0 turns it off
+    /// (when another process sweeps).
+    #[arg(
+        long,
+        env = "KEYSMITH_SWEEP_INTERVAL",
+        value_name = "DURATION",
+        value_parser = values::parse_sweep_interval,
+        default_value_t = Timeout(values::DEFAULT_SWEEP_INTERVAL)
+    )]
+    pub(crate) sweep_interval: Timeout,
+    /// Keep raw usage records for this many days (default 30); the
+    /// background sweep deletes older ones.
+    #[arg(long, env = "KEYSMITH_USAGE_RETENTION", value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub(crate) usage_retention: Option<u32>,
 }
 
 impl ServeArgs {
+    /// How often the background sweep runs, if it does.
+    pub(crate) fn sweep_interval(&self) -> Option<std::time::Duration> {
+        Some(self.sweep_interval.0).filter(|interval| !interval.is_zero())
+    }
+
     /// The leak policies the flags ask for.
     pub(crate) fn leak_policies(&self) -> Result<LeakPolicies, String> {
         let mut policies = LeakPolicies::new(self.leak_policy);
@@ -619,6 +640,19 @@ mod tests {
     #[test]
     fn command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_sweeps_hourly_by_default_and_zero_turns_it_off() {
+        let interval = |flags: &[&str]| {
+            let cli = Cli::try_parse_from(["keysmith", "serve"].iter().chain(flags)).unwrap();
+            let super::Command::Serve(args) = cli.command else { panic!("not serve") };
+            args.sweep_interval()
+        };
+        assert_eq!(interval(&[]), Some(std::time::Duration::from_secs(3600)));
+        assert_eq!(interval(&["--sweep-interval", "15m"]), Some(std::time::Duration::from_secs(900)));
+        assert_eq!(interval(&["--sweep-interval", "0"]), None);
+        assert!(Cli::try_parse_from(["keysmith", "serve", "--sweep-interval", "31d"]).is_err());
     }
 
     /// Every flag that takes one of core's string enums, with the admin

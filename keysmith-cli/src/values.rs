@@ -55,14 +55,36 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
-/// A timeout of `serve`, written and printed as a duration (`10s`), so
-/// that `--help` shows the default as it is typed.
+/// A timeout or interval of `serve`, written and printed as a duration
+/// (`10s`), so that `--help` shows the default as it is typed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Timeout(pub(crate) Duration);
 
 impl fmt::Display for Timeout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&format_duration(self.0))
+    }
+}
+
+/// How often `serve` sweeps by default.
+pub(crate) const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// `--sweep-interval`: a duration up to 30 days; 0 turns the sweep off.
+pub(crate) fn parse_sweep_interval(text: &str) -> Result<Timeout, String> {
+    let interval = parse_duration(text)?;
+    let max = Duration::from_secs(30 * 86_400);
+    if interval > max {
+        return Err(format!("{text:?} is more than {}", format_duration(max)));
+    }
+    Ok(Timeout(interval))
+}
+
+/// The usage retention of `--usage-retention <days>` (the default without).
+pub(crate) fn usage_retention(days: Option<u32>) -> keysmith_core::UsageRetention {
+    let retention = keysmith_core::UsageRetention::default();
+    match days {
+        Some(days) => retention.with_records(Duration::from_secs(u64::from(days) * 86_400)),
+        None => retention,
     }
 }
 

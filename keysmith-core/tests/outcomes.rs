@@ -196,12 +196,18 @@ fn every_accepted_request_is_written_or_dropped_and_counted_under_a_full_queue_a
                 .with_usage_mode(mode);
             let engine = engine.build().unwrap();
             let acme = engine.tenant("app", "acme");
-            let policy = acme.create_policy(PolicySpec::new("p").with_rate_limit(1, Duration::from_secs(60))).await;
-            let created = acme.create_key(NewKey::new("k").with_policy(policy.unwrap().id)).await.unwrap();
-            let raw = created.raw.expose();
+            let policy = acme.create_policy(PolicySpec::new("p").with_rate_limit(2, Duration::from_secs(60))).await;
+            let policy = policy.unwrap().id;
+            // More keys than the queue has places: a key's counts take one
+            // place per hour, a raw record one each.
+            let mut keys = Vec::new();
+            for i in 0..80 {
+                keys.push(acme.create_key(NewKey::new(format!("k{i}")).with_policy(policy)).await.unwrap());
+            }
             let mut accepted = 0u64;
-            for i in 0..200 {
+            for i in 0..400 {
                 // Passed requests and refusals (rate-limited) share the queue.
+                let raw = keys[i % keys.len()].raw.expose();
                 if let Ok(ok) = engine.validate(raw, &RequestContext::new()).await {
                     engine.record_usage(usage_record(ok.key.id, &ok.key.tenant, clock.now(), 200));
                 }
@@ -213,17 +219,108 @@ fn every_accepted_request_is_written_or_dropped_and_counted_under_a_full_queue_a
             engine.shutdown().await;
             for _ in 0..5 {
                 // After shutdown: refused, dropped and counted.
-                assert!(engine.validate(raw, &RequestContext::new()).await.is_err());
+                assert!(engine.validate(keys[0].raw.expose(), &RequestContext::new()).await.is_err());
                 accepted += 1;
             }
             let stats = engine.usage_stats();
             assert!(stats.dropped > 0, "{mode:?}: the queue was full");
             assert_eq!(stats.written + stats.dropped + stats.failed, accepted, "{mode:?}: {stats:?}");
-            let rows = acme.usage_aggregates(created.key.id, Period::Day, TimeRange::default()).await.unwrap();
-            let counted: u64 = rows.iter().map(|r| r.requests + r.refused.total()).sum();
+            let mut counted = 0;
+            for key in &keys {
+                let rows = acme.usage_aggregates(key.key.id, Period::Day, TimeRange::default()).await.unwrap();
+                counted += rows.iter().map(|r| r.requests + r.refused.total()).sum::<u64>();
+            }
             assert_eq!(counted, stats.written, "{mode:?}: what was written is in the roll-ups");
         }
     });
+}
+
+#[test]
+fn in_aggregates_mode_a_passed_request_is_a_counter_and_takes_no_place_in_the_queue() {
+    let clock = ManualClock::new(t0());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    runtime.block_on(async {
+        let config =
+            UsageConfig { queue_capacity: 4, flush_interval: Duration::from_secs(3600), ..UsageConfig::default() };
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let engine = Engine::builder(Arc::clone(&store))
+            .with_clock(clock.clone())
+            .with_usage_config(config)
+            .with_usage_mode(UsageMode::Aggregates)
+            .build()
+            .unwrap();
+        let acme = engine.tenant("app", "acme");
+        let (a, b) =
+            (acme.create_key(NewKey::new("a")).await.unwrap(), acme.create_key(NewKey::new("b")).await.unwrap());
+        // On a current-thread runtime the writer cannot run until we yield:
+        // 10 000 requests of two keys in one hour hold two places of four.
+        for i in 0..10_000 {
+            let key = if i % 2 == 0 { &a.key } else { &b.key };
+            engine.record_usage(usage_record(
+                key.id,
+                &key.tenant,
+                clock.now(),
+                if (i / 2) % 10 == 0 { 503 } else { 200 },
+            ));
+        }
+        assert_eq!(engine.usage_stats().dropped, 0);
+        // Three more keys in the same hour: two find a place, one is dropped.
+        for name in ["c", "d", "e"] {
+            let key = acme.create_key(NewKey::new(name)).await.unwrap().key;
+            engine.record_usage(usage_record(key.id, &key.tenant, clock.now(), 200));
+        }
+        assert_eq!(engine.usage_stats().dropped, 1);
+        // Nothing is lost on shutdown: the counters are flushed.
+        engine.shutdown().await;
+        let stats = engine.usage_stats();
+        assert_eq!((stats.written, stats.dropped, stats.failed), (10_002, 1, 0));
+        for key in [&a, &b] {
+            assert!(acme.list_usage(key.key.id, TimeRange::default(), Page::default()).await.unwrap().is_empty());
+            let hours = acme.usage_aggregates(key.key.id, Period::Hour, TimeRange::default()).await.unwrap();
+            assert_eq!((hours.len(), hours[0].requests, hours[0].errors), (1, 5000, 500));
+        }
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_background_sweep_runs_on_its_interval_until_shutdown() {
+    let clock = ManualClock::new(t0());
+    let retention = UsageRetention::default().with_records(Duration::from_secs(86_400));
+    let engine = Engine::builder(MemoryStore::new())
+        .with_clock(clock.clone())
+        .with_usage_retention(retention)
+        .with_background_sweep(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let acme = engine.tenant("app", "acme");
+    let created = acme.create_key(NewKey::new("k")).await.unwrap();
+    let doomed = acme.create_key(NewKey::new("d").with_expires_at(t0() + chrono::Duration::hours(1))).await.unwrap();
+    let record = |at| usage_record(created.key.id, &created.key.tenant, at, 200);
+    let listed = || acme.list_usage(created.key.id, TimeRange::default(), Page::default());
+    engine.record_usage(record(clock.now()));
+    engine.flush_usage().await;
+
+    // Two days later (engine clock), the next tick (Tokio's paused clock,
+    // advanced when every task waits) sweeps: the key expires, the record goes.
+    clock.advance(Duration::from_secs(2 * 86_400));
+    engine.record_usage(record(clock.now()));
+    engine.flush_usage().await;
+    assert_eq!(listed().await.unwrap().len(), 2, "nothing swept between ticks");
+    tokio::time::sleep(Duration::from_secs(601)).await;
+    assert_eq!(listed().await.unwrap().len(), 1, "the expired record is swept, the recent one kept");
+    assert_eq!(acme.get_key(doomed.key.id).await.unwrap().state, keysmith_core::KeyState::Expired);
+
+    // After shutdown no tick sweeps any more.
+    engine.shutdown().await;
+    clock.advance(Duration::from_secs(2 * 86_400));
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(listed().await.unwrap().len(), 1, "stopped by shutdown");
+}
+
+#[test]
+fn a_background_sweep_of_no_interval_is_refused() {
+    let error = Engine::builder(MemoryStore::new()).with_background_sweep(Duration::ZERO).build().unwrap_err();
+    assert!(matches!(error, keysmith_core::Error::InvalidInput { field: "sweep_interval", .. }), "{error:?}");
 }
 
 #[test]

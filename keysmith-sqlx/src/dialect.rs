@@ -25,7 +25,8 @@ use uuid::Uuid;
 use keysmith_core::{Error, Quota, Result, UsageRecord};
 
 use crate::common::{StoredRateLimit, store_error};
-use crate::store::insert_new_usage;
+use crate::store::{insert_new_usage, upsert_rollups_in_rows};
+use crate::usage::Rollup;
 
 /// A backend's statement with its arguments.
 pub(crate) type Statement<'q, DB> = Query<'q, DB, <DB as Database>::Arguments<'q>>;
@@ -82,8 +83,14 @@ pub(crate) trait Dialect:
     const SLOT: usize;
     /// The statement that starts a transaction.
     const BEGIN: &'static str = "BEGIN";
+    /// The statement that starts the transaction of a usage batch.
+    const BEGIN_USAGE: &'static str = Self::BEGIN;
     /// Appended to a `SELECT` to lock the rows it reads until commit.
     const LOCK_ROWS: &'static str = " FOR UPDATE";
+    /// Appended to a `SELECT` of keys to keep them from being deleted until
+    /// commit, without blocking other readers (what a foreign key's check
+    /// takes).
+    const SHARE_ROWS: &'static str;
     /// The expression listing the scopes of the key `k`, in order.
     const SCOPES: &'static str;
     /// The usage table's `ip` column as text.
@@ -123,12 +130,25 @@ pub(crate) trait Dialect:
     /// caller's transaction, and returns the ids it inserted; by default
     /// in multi-row `INSERT`s ([`insert_new_usage`]).
     ///
-    /// # Errors
-    /// `NotFound` when a record's key does not exist.
+    /// The caller has checked that the records' keys exist.
+    ///
+    /// `None` when the backend wrote nothing because some records are
+    /// stored already and it cannot skip them in this attempt, which voids
+    /// the transaction: the caller writes the batch again in a new one with
+    /// `replay` set, and then it skips them.
     fn insert_usage(
-        conn: &mut Self::Connection, records: &[&UsageRecord],
-    ) -> impl Future<Output = Result<Vec<Uuid>>> + Send {
-        insert_new_usage::<Self>(conn, records)
+        conn: &mut Self::Connection, records: &[&UsageRecord], _replay: bool,
+    ) -> impl Future<Output = Result<Option<Vec<Uuid>>>> + Send {
+        async move { insert_new_usage::<Self>(conn, records).await.map(Some) }
+    }
+    /// Adds each of `rollups` (in the order given, which every batch
+    /// shares, so two batches cannot deadlock) to its roll-up row, inside
+    /// the caller's transaction; by default in multi-row `INSERT`s.
+    ///
+    /// # Errors
+    /// `NotFound` when a roll-up's key does not exist.
+    fn upsert_rollups(conn: &mut Self::Connection, rollups: &[Rollup<'_>]) -> impl Future<Output = Result<()>> + Send {
+        upsert_rollups_in_rows::<Self>(conn, rollups)
     }
 }
 

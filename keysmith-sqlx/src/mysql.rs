@@ -42,6 +42,7 @@ impl Dialect for MySql {
     type Scopes = ScopePairs;
 
     const SLOT: usize = 2;
+    const SHARE_ROWS: &'static str = " LOCK IN SHARE MODE";
 
     // Without gap locks: under REPEATABLE READ a state change that scans
     // the tenant index locks the gap a racing rotation inserts its new key

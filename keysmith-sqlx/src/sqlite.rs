@@ -88,6 +88,8 @@ impl Dialect for Sqlite {
     // until it commits (SQLite has no row locks), and nothing fails half-way.
     const BEGIN: &'static str = "BEGIN IMMEDIATE";
     const LOCK_ROWS: &'static str = "";
+    // One writer at a time: `BEGIN IMMEDIATE` holds the database.
+    const SHARE_ROWS: &'static str = "";
     const SCOPES: &'static str = "(SELECT json_group_array(scope) FROM (SELECT s.scope FROM keysmith_key_scopes s \
         WHERE s.key_id = k.id ORDER BY s.position))";
     const LEAST: &'static str = "MIN";

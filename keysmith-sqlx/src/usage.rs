@@ -4,7 +4,10 @@
 
 use std::sync::OnceLock;
 
-use keysmith_core::usage::{RefusalReason, UsageCounts};
+use keysmith_core::usage::{RefusalReason, RollupKey, SharedTenant, UsageCounts};
+
+/// One roll-up row's increment, as `fold_rollups` gives it.
+pub(crate) type Rollup<'a> = (RollupKey, &'a SharedTenant, UsageCounts);
 
 /// The count columns of a roll-up, in the order [`count_values`] gives
 /// them: passed requests, errors, status classes, refusals by reason.

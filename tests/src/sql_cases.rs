@@ -62,6 +62,31 @@ pub async fn usage_for_an_unknown_key_fails_the_whole_batch(store: Arc<dyn Store
     assert!(store.tenant_usage(&tenant, Period::Day, all).await.unwrap().is_empty());
 }
 
+/// Raw records have no foreign key (the store checks a batch's keys once),
+/// yet a key deleted from the database, by hand or by a tenant's removal,
+/// takes its usage with it: `delete` runs the backend's `DELETE` of the
+/// key's row.
+///
+/// # Panics
+/// When the store does not behave so.
+pub async fn usage_of_a_deleted_key_goes_with_it<F: Future<Output = ()>>(
+    store: Arc<dyn Store>, delete: impl FnOnce(uuid::Uuid) -> F,
+) {
+    let tenant = Tenant::new("app", "acme");
+    let (gone, kept) = (sample_key(&tenant), sample_key(&tenant));
+    for key in [&gone, &kept] {
+        store.insert_key(key).await.unwrap();
+        store.record_batch(&[record(key.key.id, &tenant, 0, 200), record(key.key.id, &tenant, 1, 200)]).await.unwrap();
+    }
+    delete(gone.key.id.uuid()).await;
+    let all = TimeRange::default();
+    assert!(store.list_usage(&tenant, gone.key.id, all, Page::default()).await.unwrap().is_empty());
+    assert!(store.usage_aggregates(&tenant, gone.key.id, Period::Hour, all).await.unwrap().is_empty());
+    assert_eq!(store.list_usage(&tenant, kept.key.id, all, Page::default()).await.unwrap().len(), 2);
+    let totals = store.tenant_usage(&tenant, Period::Day, all).await.unwrap();
+    assert_eq!(totals.iter().map(|t| t.requests).sum::<u64>(), 2, "only the kept key's usage is left");
+}
+
 /// Rows as a database written before key lineages holds them: keys `a`,
 /// `b`, `c` (`a` rotated into `b`, `b` into `c`) and `d`, as SQL statements
 /// of the first schema. `uuid` writes an id literal and `now` a time literal

@@ -194,4 +194,15 @@ mod mysql_only {
         let Some(db) = MySqlTestDb::create().await else { return };
         sql_cases::usage_for_an_unknown_key_fails_the_whole_batch(store(&db).await).await;
     }
+
+    #[tokio::test]
+    async fn usage_of_a_deleted_key_goes_with_it() {
+        let Some(db) = MySqlTestDb::create().await else { return };
+        let store = store(&db).await;
+        let pool = store.pool().clone();
+        sql_cases::usage_of_a_deleted_key_goes_with_it(store, |id| async move {
+            sqlx::query("DELETE FROM keysmith_keys WHERE id = ?").bind(id).execute(&pool).await.unwrap();
+        })
+        .await;
+    }
 }

@@ -270,6 +270,53 @@ mod postgres_only {
         sql_cases::usage_for_an_unknown_key_fails_the_whole_batch(store(&db).await).await;
     }
 
+    #[tokio::test]
+    async fn usage_records_round_trip_through_binary_copy() {
+        let Some(db) = PgTestDb::create().await else { return };
+        let store = store(&db).await;
+        let tenant = Tenant::new("app", "acme");
+        let key = sample_key(&tenant);
+        store.insert_key(&key).await.unwrap();
+        let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        let record = |ip: Option<&str>, agent: Option<&'static str>, endpoint: &'static str, timestamp| UsageRecord {
+            id: UsageId::new(),
+            key_id: key.key.id,
+            tenant: (&tenant).into(),
+            endpoint: endpoint.into(),
+            method: "PATCH".into(),
+            status: 418,
+            ip: ip.map(|ip| ip.parse().unwrap()),
+            user_agent: agent.map(Into::into),
+            latency: Duration::from_micros(1_234_567),
+            timestamp,
+        };
+        let records = vec![
+            // Before PostgreSQL's epoch (2000-01-01): a negative time.
+            record(Some("2001:db8::1"), None, "/v1/things", at("1999-12-31T23:59:59.5Z")),
+            record(Some("203.0.113.9"), Some("tab\there\nnew \\ ünï"), "/v1/ü/{id}", at("2026-03-15T12:34:56.789012Z")),
+            record(None, Some("a\0b"), "/", at("2026-03-15T12:34:57Z")),
+            record(Some("::ffff:192.0.2.1"), Some(""), "/v1/x", at("2026-03-15T12:34:58Z")),
+        ];
+        store.record_batch(&records).await.unwrap();
+        let listed =
+            store.list_usage(&tenant, key.key.id, TimeRange::default(), keysmith_core::store::Page::default()).await;
+        let mut expected = records.clone();
+        // A text cannot hold a NUL: it is left out.
+        expected[2].user_agent = Some("ab".into());
+        assert_eq!(listed.unwrap(), expected);
+    }
+
+    #[tokio::test]
+    async fn usage_of_a_deleted_key_goes_with_it() {
+        let Some(db) = PgTestDb::create().await else { return };
+        let store = store(&db).await;
+        let pool = store.pool().clone();
+        sql_cases::usage_of_a_deleted_key_goes_with_it(store, |id| async move {
+            sqlx::query("DELETE FROM keysmith_keys WHERE id = $1").bind(id).execute(&pool).await.unwrap();
+        })
+        .await;
+    }
+
     /// Sustained usage recording: 200 000 records in batches of 500.
     /// `cargo test --release -p keysmith-tests --test store_postgres -- --ignored --nocapture usage_recording_throughput`
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,6 +71,17 @@ async fn usage_for_an_unknown_key_fails_the_whole_batch() {
 }
 
 #[tokio::test]
+async fn usage_of_a_deleted_key_goes_with_it() {
+    let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    let pool = store.pool().clone();
+    keysmith_tests::sql_cases::usage_of_a_deleted_key_goes_with_it(Arc::new(store), |id| async move {
+        sqlx::query("DELETE FROM keysmith_keys WHERE id = ?").bind(id).execute(&pool).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn the_owners_and_credits_migrations_upgrade_an_existing_database() {
     use keysmith_core::{KeyId, Tenant};
     use keysmith_tests::sql_cases;

@@ -1,9 +1,10 @@
 //! Usage-recording throughput and memory per key; `scripts/bench-usage`
 //! runs every mode.
 //!
-//! - `bench-usage record <sqlite|postgres|mysql> [records] [batch]`: queues
-//!   `records` usage records (default 200 000) through the engine's
-//!   background recorder as fast as one task can, then waits for the last
+//! - `bench-usage record <sqlite|postgres|mysql> [records] [batch] [writers]`:
+//!   queues `records` usage records (default 200 000) through the engine's
+//!   background recorder as fast as one task can, `writers` batches written
+//!   at once (default: `UsageConfig`'s), then waits for the last
 //!   write (`engine.shutdown()`), and prints records/s written and how many
 //!   were dropped. PostgreSQL needs `KEYSMITH_TEST_POSTGRES_URL`, MySQL
 //!   `KEYSMITH_TEST_MYSQL_URL`. On PostgreSQL it then measures, in the same
@@ -30,7 +31,8 @@ use keysmith_core::{Engine, KeyId, MemoryStore, NewKey, RateLimit, UsageId, Usag
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench-usage record <sqlite|postgres|mysql> [records] [batch] | memory-store [keys] | limiter [keys]"
+        "usage: bench-usage record <sqlite|postgres|mysql> [records] [batch] [writers] | memory-store [keys] | \
+         limiter [keys]"
     );
     std::process::exit(2)
 }
@@ -57,7 +59,8 @@ async fn main() {
             };
             let records = arg(args.next(), 200_000);
             let batch = arg(args.next(), 500);
-            record(backend, records, batch).await;
+            let writers = arg(args.next(), UsageConfig::default().concurrent_writes);
+            record(backend, records, batch, writers).await;
         }
         Some("memory-store") => memory_store(arg(args.next(), 1_000_000)).await,
         Some("limiter") => limiter(arg(args.next(), 1_000_000)).await,
@@ -65,12 +68,17 @@ async fn main() {
     }
 }
 
-async fn record(backend: Backend, records: usize, batch: usize) {
+async fn record(backend: Backend, records: usize, batch: usize, writers: usize) {
     let Some(store) = BenchStore::open(backend).await else {
         println!("record {}: skipped (its server URL is not set)", backend.name());
         return;
     };
-    let config = UsageConfig { queue_capacity: records, batch_size: batch, ..UsageConfig::default() };
+    let config = UsageConfig {
+        queue_capacity: records,
+        batch_size: batch,
+        concurrent_writes: writers,
+        ..UsageConfig::default()
+    };
     // The recorder writes to the store under the cache, as in production.
     let engine = store.builder().with_usage_config(config).build().expect("engine");
     let acme = engine.tenant("bench", "acme");
@@ -101,7 +109,7 @@ async fn record(backend: Backend, records: usize, batch: usize) {
     let stats = engine.usage_stats();
     let ours = per_second(records, elapsed);
     println!(
-        "record {}: {records} records, batches of {batch}: queued in {:.3}s ({:.0}/s), written in {:.2}s: \
+        "record {}: {records} records, batches of {batch}, {writers} at once: queued in {:.3}s ({:.0}/s), written in {:.2}s: \
          {:.0} records/s; written {}, dropped {}, failed {}",
         backend.name(),
         queued.as_secs_f64(),

@@ -380,11 +380,6 @@ async fn traffic(
         let sent = Instant::now();
         let (status, _) = send(&mut conns[instance], addrs[instance], "GET", "/users", key, None).await;
         let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let life = if status == 0 {
-            life
-        } else {
-            run.lives.lock().unwrap_or_else(PoisonError::into_inner)[instance].max(life)
-        };
         run.samples.lock().unwrap_or_else(PoisonError::into_inner).push(Sample {
             at,
             instance,
@@ -407,8 +402,8 @@ async fn revocations(run: Arc<Run>, addrs: Vec<SocketAddr>, admin_key: String) {
         let Some(created) = admin_until(&run, addrs[0], &admin_key, "POST", "/keys", &body, 201).await else { break };
         let (Some(raw), Some(id)) = (json_field(&created, "raw_key"), json_field(&created, "key.id")) else { break };
         for (instance, addr) in addrs.iter().enumerate() {
-            let (status, _) = send(&mut conns[instance], *addr, "GET", "/me", &raw, None).await;
             let life = run.lives.lock().unwrap_or_else(PoisonError::into_inner)[instance];
+            let (status, _) = send(&mut conns[instance], *addr, "GET", "/me", &raw, None).await;
             run.samples.lock().unwrap_or_else(PoisonError::into_inner).push(Sample {
                 at: run.now(),
                 instance,
@@ -430,11 +425,11 @@ async fn revocations(run: Arc<Run>, addrs: Vec<SocketAddr>, admin_key: String) {
         while Instant::now() < deadline && !run.stop.load(Ordering::Relaxed) {
             for (instance, addr) in addrs.iter().enumerate() {
                 let sent = run.now();
+                let life = run.lives.lock().unwrap_or_else(PoisonError::into_inner)[instance];
                 let (status, _) = send(&mut conns[instance], *addr, "GET", "/me", &raw, None).await;
                 if (200..300).contains(&status) {
                     revocation.last_pass_after = Some(sent - at);
                     refused[instance] = false;
-                    let life = run.lives.lock().unwrap_or_else(PoisonError::into_inner)[instance];
                     run.samples.lock().unwrap_or_else(PoisonError::into_inner).push(Sample {
                         at: sent,
                         instance,
@@ -445,6 +440,16 @@ async fn revocations(run: Arc<Run>, addrs: Vec<SocketAddr>, admin_key: String) {
                     });
                 } else if status == 401 {
                     refused[instance] = true;
+                    // A refusal of a known key is recorded in its usage
+                    // roll-ups: the usage bound counts it.
+                    run.samples.lock().unwrap_or_else(PoisonError::into_inner).push(Sample {
+                        at: sent,
+                        instance,
+                        life,
+                        kind: Kind::Plain,
+                        status,
+                        micros: 0,
+                    });
                 }
             }
             if revocation.refused_everywhere_after.is_none() && refused.iter().all(|r| *r) {
@@ -586,12 +591,15 @@ async fn soak(settings: &Settings, database: &str, database_url: &str) -> i32 {
                 proxy.recover();
             }
             Fault::InstanceKilled => {
-                // Whatever instance 1 answers from now on, its next lifetime answers.
-                run.lives.lock().unwrap_or_else(PoisonError::into_inner)[1] = instances[1].life + 1;
                 let rss_before = instances[1].process.as_ref().map_or(0, |p| rss_kib(p.id()));
                 if let Some(mut process) = instances[1].process.take() {
                     process.kill();
                 }
+                // A request sent from now on is answered by the next lifetime
+                // or not at all (`send` does not wait out the restart), and
+                // one sent before was answered by this one: samples carry the
+                // lifetime of their sending.
+                run.lives.lock().unwrap_or_else(PoisonError::into_inner)[1] = instances[1].life + 1;
                 println!("soak:          instance 1 had {rss_before} KiB resident");
                 sleep_until(&run, start + 3.0).await;
                 instances[1].start(&settings.binary, database_url);
@@ -878,9 +886,13 @@ fn report(
     // Usage: per instance lifetime that ended gracefully.
     for (index, instance) in instances.iter().enumerate() {
         let life = instance.life;
-        let accepted =
-            samples.iter().filter(|s| s.instance == index && s.life == life && (200..300).contains(&s.status)).count()
-                as u64;
+        // Every key the soak sends is known to the store, so each answer
+        // but a 503 is recorded: a pass as a record, a refusal (revoked,
+        // suspended, limited, out of quota or credits) in the roll-ups.
+        let accepted = samples
+            .iter()
+            .filter(|s| s.instance == index && s.life == life && matches!(s.status, 200..=299 | 401 | 403 | 429))
+            .count() as u64;
         // Unanswered requests the server may have answered too late: not
         // those sent while the killed instance was down.
         let killed = |s: &Sample| s.instance == 1 && in_window(s.at, |f| f == Fault::InstanceKilled);
@@ -904,9 +916,9 @@ fn report(
         let high = low + admin_other + no_answer;
         bound(
             &mut text,
-            &format!("usage, instance {index} (lifetime {life}): written + dropped + failed = 2xx accepted"),
+            &format!("usage, instance {index} (lifetime {life}): written + dropped + failed = answers recorded"),
             format!(
-                "{written} + {dropped} + {failed} = {counted}; accepted {low}{}",
+                "{written} + {dropped} + {failed} = {counted}; recorded {low}{}",
                 if high > low {
                     format!(" (up to {high} with admin refusals and unanswered requests)")
                 } else {

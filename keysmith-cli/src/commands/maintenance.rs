@@ -1,9 +1,7 @@
 //! `keysmith migrate`, `keysmith sweep` and `keysmith bootstrap-admin`:
 //! database-wide work, and the first key of a tenant.
 
-use std::time::Duration;
-
-use keysmith_core::{Engine, Key, NewKey, TenantEngine, UsageRetention};
+use keysmith_core::{Engine, Key, NewKey, TenantEngine};
 use serde::Serialize;
 use serde_json::json;
 
@@ -20,10 +18,7 @@ pub(super) async fn migrate(engine: &Engine, printer: Printer) -> Result<String,
 /// Expires keys that are due, ends rotations past their grace and deletes
 /// expired usage (raw records older than `--usage-retention` days).
 pub(super) async fn sweep(args: SweepArgs, engine: &Engine, printer: Printer) -> Result<String, CliError> {
-    let mut retention = UsageRetention::default();
-    if let Some(days) = args.usage_retention {
-        retention = retention.with_records(Duration::from_secs(u64::from(days) * 86_400));
-    }
+    let retention = crate::values::usage_retention(args.usage_retention);
     let report = engine.sweep_with(&retention).await?;
     let value = json!({
         "expired": report.expired,

@@ -56,8 +56,14 @@ pub(crate) async fn run(cli: Cli) -> Result<String, CliError> {
     let app = global.app.clone();
     let store = db::open(global.database_url.as_deref()).await?;
     let mut builder = Engine::builder(Arc::clone(&store)).with_leak_policies(leak_policies);
-    if matches!(&command, Command::Serve(args) if args.metrics) {
-        builder = builder.with_plugin(MetricsPlugin::new());
+    if let Command::Serve(args) = &command {
+        if args.metrics {
+            builder = builder.with_plugin(MetricsPlugin::new());
+        }
+        builder = builder.with_usage_retention(crate::values::usage_retention(args.usage_retention));
+        if let Some(interval) = args.sweep_interval() {
+            builder = builder.with_background_sweep(interval);
+        }
     }
     let outcome = match builder.build() {
         Ok(engine) => {

@@ -5,6 +5,7 @@ mod leaks;
 mod policies;
 mod request;
 mod scopes;
+mod sweeper;
 mod tenant;
 mod usage;
 mod validate;
@@ -89,6 +90,7 @@ struct Inner {
     usage: UsageRecorder,
     usage_config: UsageConfig,
     usage_retention: UsageRetention,
+    sweeper: sweeper::Sweeper,
     /// When this engine last queued a `last_used_at` write, per key, in
     /// microseconds since the epoch.
     touched: DashMap<KeyId, i64, foldhash::fast::RandomState>,
@@ -147,6 +149,7 @@ impl Engine {
             usage_config: UsageConfig::default(),
             usage_mode: UsageMode::default(),
             usage_retention: UsageRetention::default(),
+            sweep_interval: None,
             leak_policies: LeakPolicies::default(),
             legacy: LegacyKeys::default(),
         }
@@ -212,7 +215,8 @@ impl Engine {
     /// nothing.
     pub fn start(&self) -> bool {
         let usage = self.inner.usage.start_here();
-        self.start_change_feed() && usage
+        let sweeper = self.inner.sweeper.start_here(Arc::downgrade(&self.inner));
+        self.start_change_feed() && usage && sweeper
     }
 
     /// Starts the change feed subscription on the current Tokio runtime,
@@ -419,6 +423,7 @@ pub struct EngineBuilder {
     usage_config: UsageConfig,
     usage_mode: UsageMode,
     usage_retention: UsageRetention,
+    sweep_interval: Option<Duration>,
     leak_policies: LeakPolicies,
     legacy: LegacyKeys,
 }
@@ -553,6 +558,16 @@ impl EngineBuilder {
         self
     }
 
+    /// Runs [`Engine::sweep`] in the background every `interval` (the
+    /// first one interval after the engine starts), on a task of its own that validation never waits
+    /// for, until [`Engine::shutdown`]. A failed sweep is logged and counted
+    /// (`keysmith_sweep_failed_total`) and tried again at the next tick.
+    /// Off by default: an application may sweep from one place only.
+    pub fn with_background_sweep(mut self, interval: Duration) -> Self {
+        self.sweep_interval = Some(interval);
+        self
+    }
+
     /// What [`Engine::report_leaks`] does with a leaked key of each tenant:
     /// a default and per-tenant overrides (by default every tenant's leaked
     /// keys are revoked).
@@ -588,6 +603,9 @@ impl EngineBuilder {
         if self.usage_config.batch_size == 0 || self.usage_config.flush_interval.is_zero() {
             return Err(Error::invalid("usage_config", "batch_size and flush_interval must be greater than zero"));
         }
+        if self.sweep_interval.is_some_and(|interval| interval.is_zero()) {
+            return Err(Error::invalid("sweep_interval", "must be greater than zero"));
+        }
         if self.usage_mode == UsageMode::Sampled(0) {
             return Err(Error::invalid("usage_mode", "a sample of one record in 0 is not a sample; use 1 or more"));
         }
@@ -612,6 +630,7 @@ impl EngineBuilder {
                 usage,
                 usage_config: self.usage_config,
                 usage_retention: self.usage_retention,
+                sweeper: sweeper::Sweeper::new(self.sweep_interval),
                 touched: DashMap::default(),
                 touch_sweeps: SweepSchedule::default(),
                 hasher: self.hasher,

@@ -35,9 +35,11 @@ impl Engine {
         self.inner.usage.stats()
     }
 
-    /// Stops background work after writing everything queued. Call it on
-    /// graceful shutdown; records arriving later are dropped and counted.
+    /// Stops background work (the background sweep, if any) after writing
+    /// everything queued. Call it on graceful shutdown; records arriving
+    /// later are dropped and counted.
     pub async fn shutdown(&self) {
+        self.inner.sweeper.stop().await;
         self.inner.usage.shutdown().await;
     }
 }

@@ -1,5 +1,6 @@
 //! The value a validated request carries through the application.
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 
@@ -33,11 +34,38 @@ pub struct ApiKey {
     validation: Arc<Validation>,
 }
 
+thread_local! {
+    /// The allocation of a key whose request has finished and that nothing
+    /// else held, for the next key made on this thread: a passed request
+    /// then allocates nothing for its key.
+    static SPARE: Cell<Option<Arc<Validation>>> = const { Cell::new(None) };
+}
+
 impl ApiKey {
     /// Wraps a successful validation.
     #[must_use]
     pub fn new(validation: Validation) -> Self {
-        Self { validation: Arc::new(validation) }
+        let validation = match SPARE.take() {
+            Some(mut spare) => match Arc::get_mut(&mut spare) {
+                Some(slot) => {
+                    *slot = validation;
+                    spare
+                }
+                None => Arc::new(validation),
+            },
+            None => Arc::new(validation),
+        };
+        Self { validation }
+    }
+
+    /// Leaves this key's allocation to the next [`ApiKey::new`] on this
+    /// thread, if no clone of it is left (the request, and with it the
+    /// extension holding a clone, is usually gone by the time its response
+    /// is finished).
+    pub(crate) fn recycle(mut self) {
+        if Arc::get_mut(&mut self.validation).is_some() {
+            SPARE.set(Some(self.validation));
+        }
     }
 
     /// The key's id.
@@ -136,6 +164,37 @@ mod tests {
 
     use super::*;
     use crate::{Engine, MemoryStore, NewKey, PolicySpec, RequestContext};
+
+    async fn two_validations() -> (Validation, Validation) {
+        let engine = Engine::builder(MemoryStore::new()).build().unwrap();
+        let acme = engine.tenant("app", "acme");
+        let mut validations = Vec::new();
+        for name in ["first", "second"] {
+            let created = acme.create_key(NewKey::new(name)).await.unwrap();
+            validations.push(engine.validate(created.raw.expose(), &RequestContext::new()).await.unwrap());
+        }
+        let second = validations.pop().unwrap();
+        (validations.pop().unwrap(), second)
+    }
+
+    #[tokio::test]
+    async fn a_finished_key_lends_its_allocation_to_the_next_one_and_a_held_one_never_does() {
+        let (first, second) = two_validations().await;
+        let (third, _) = two_validations().await;
+
+        let key = ApiKey::new(first);
+        let address = Arc::as_ptr(&key.validation);
+        key.recycle();
+        let reused = ApiKey::new(second);
+        assert_eq!(Arc::as_ptr(&reused.validation), address);
+        assert_eq!(reused.name(), "second");
+
+        let held = reused.clone();
+        reused.recycle();
+        let fresh = ApiKey::new(third);
+        assert_ne!(Arc::as_ptr(&fresh.validation), address);
+        assert_eq!((held.name(), fresh.name()), ("second", "first"));
+    }
 
     #[tokio::test]
     async fn a_validated_key_answers_for_what_it_was_validated_as() {

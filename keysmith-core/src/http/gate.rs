@@ -536,16 +536,17 @@ impl Admitted {
     /// the handler ran, it is the template `route` returns (called at most
     /// once), or [`UNMATCHED_ROUTE`] if that is `None`.
     pub fn finish_routed<'r>(self, status: u16, route: impl FnOnce() -> Option<Cow<'r, str>>) {
-        if self.key.validation().is_refunded() {
-            return;
+        let Self { key, gate, draft } = self;
+        if !key.validation().is_refunded() {
+            let engine = gate.engine();
+            let texts = engine.usage_texts();
+            let routed = match draft.endpoint {
+                Some(_) => None,
+                None => route().map(|route| texts.routes.intern(&route)),
+            };
+            engine.record_entry(draft.into_entry(&key, status, routed, texts));
         }
-        let engine = self.gate.engine();
-        let texts = engine.usage_texts();
-        let routed = match self.draft.endpoint {
-            Some(_) => None,
-            None => route().map(|route| texts.routes.intern(&route)),
-        };
-        engine.record_entry(self.draft.into_entry(&self.key, status, routed, texts));
+        key.recycle();
     }
 }
 

@@ -164,22 +164,25 @@ impl RateLimitHeaders {
             }
             Self::Draft if cache.is_some() && validation.credits.is_none() && limits_all_checked(validation) => {
                 let (Some(cache), Some(policy)) = (cache, validation.policy.as_ref()) else { return };
-                let rendered = cache.rendered(policy, validation.checked_at());
-                if let Some(value) = &rendered.policy {
-                    out.append_shared(names::RATELIMIT_POLICY, value);
-                }
-                if let Some((index, status)) = closest_index(validation) {
-                    let mut buffer = StateBuffer::new();
-                    match buffer.render(&rendered.state_prefixes[index], status.remaining, status.reset) {
-                        // Shared, so that a sink that keeps shared bytes
-                        // does not copy it into an allocation of its own.
-                        Some(value) => out.append_shared(names::RATELIMIT, &SharedHeaderValue::per_response(value)),
-                        None => out.append_header(
-                            names::RATELIMIT,
-                            &state(&policy.rate_limits[index], status.remaining, status.reset),
-                        ),
+                cache.with_rendered(policy, validation.checked_at(), |rendered| {
+                    if let Some(value) = &rendered.policy {
+                        out.append_shared(names::RATELIMIT_POLICY, value);
                     }
-                }
+                    if let Some((index, status)) = closest_index(validation) {
+                        let mut buffer = StateBuffer::new();
+                        match buffer.render(&rendered.state_prefixes[index], status.remaining, status.reset) {
+                            // Shared, so that a sink that keeps shared bytes
+                            // does not copy it into an allocation of its own.
+                            Some(value) => {
+                                out.append_shared(names::RATELIMIT, &SharedHeaderValue::per_response(value));
+                            }
+                            None => out.append_header(
+                                names::RATELIMIT,
+                                &state(&policy.rate_limits[index], status.remaining, status.reset),
+                            ),
+                        }
+                    }
+                });
             }
             Self::Draft => {
                 let mut policies = ListSerializer::new();
@@ -325,7 +328,7 @@ const ARENA_BYTES: usize = 4096;
 /// when a monthly quota's month changes length.
 #[derive(Default)]
 pub(crate) struct PolicyHeaders {
-    rendered: DashMap<PolicyId, Arc<RenderedPolicy>, foldhash::fast::RandomState>,
+    rendered: DashMap<PolicyId, RenderedPolicy, foldhash::fast::RandomState>,
 }
 
 /// Policies whose headers a gate keeps; past it the cache starts over
@@ -341,10 +344,12 @@ struct RenderedPolicy {
 }
 
 impl RenderedPolicy {
-    fn renders(&self, policy: &Policy, month_secs: u64) -> bool {
+    /// True when this is `policy`'s rendering in the month `month_secs`
+    /// says (asked only of a policy with a monthly quota).
+    fn renders(&self, policy: &Policy, month_secs: impl FnOnce() -> u64) -> bool {
         self.rate_limits == policy.rate_limits
             && self.quota == policy.quota
-            && (self.month_secs == month_secs || policy.quota.is_none_or(|q| q.monthly.is_none()))
+            && (policy.quota.is_none_or(|q| q.monthly.is_none()) || self.month_secs == month_secs())
     }
 
     fn render(policy: &Policy, month_secs: u64) -> Self {
@@ -376,19 +381,23 @@ impl RenderedPolicy {
 }
 
 impl PolicyHeaders {
-    fn rendered(&self, policy: &Policy, now: DateTime<Utc>) -> Arc<RenderedPolicy> {
-        let month = month_secs(now);
+    /// Calls `write` with `policy`'s rendering at `now`, rendered first if
+    /// this policy, as it is now, has none. A rendering kept is lent under
+    /// its shard's read lock rather than cloned out: no reference count
+    /// that every core's requests would change.
+    fn with_rendered<R>(&self, policy: &Policy, now: DateTime<Utc>, write: impl FnOnce(&RenderedPolicy) -> R) -> R {
         if let Some(rendered) = self.rendered.get(&policy.id)
-            && rendered.renders(policy, month)
+            && rendered.renders(policy, || month_secs(now))
         {
-            return Arc::clone(&rendered);
+            return write(&rendered);
         }
-        let rendered = Arc::new(RenderedPolicy::render(policy, month));
+        let rendered = RenderedPolicy::render(policy, month_secs(now));
+        let written = write(&rendered);
         if self.rendered.len() >= MAX_RENDERED_POLICIES {
             self.rendered.clear();
         }
-        self.rendered.insert(policy.id, Arc::clone(&rendered));
-        rendered
+        self.rendered.insert(policy.id, rendered);
+        written
     }
 }
 

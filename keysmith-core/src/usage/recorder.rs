@@ -1,10 +1,15 @@
 //! The usage recorder: a bounded queue drained by one background task that
-//! writes batches, so the request path never waits for the store.
+//! writes batches (a few at once), so the request path never waits for the
+//! store.
 //!
 //! The request path queues a [`UsageEntry`]: no record id, no text but
 //! numbers in the engine's [`UsageTexts`]; the writer numbers the record
 //! ([`UsageId`]) and reads its text back once per batch, so a passed
 //! request copies no string and generates no id.
+//!
+//! Refusals, and passed requests under [`UsageMode::Aggregates`], are not
+//! queued one by one: they add to their key's counts for the hour in the
+//! thread's buffer.
 //!
 //! A record first goes into its thread's buffer (one of a few
 //! [`Shards`], picked once per thread, so threads do not contend), which
@@ -13,6 +18,8 @@
 //! tick, flush and shutdown, so a record waits at most one flush interval.
 
 use std::cell::Cell;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -21,7 +28,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{Notify, mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use super::quota::QuotaTracker;
 use super::texts::{Text, UsageTexts};
@@ -36,7 +43,10 @@ const FAILED_TOTAL: &str = "keysmith_usage_failed_total";
 /// How usage is queued and written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UsageConfig {
-    /// Records the queue holds; past it new records are dropped and counted.
+    /// Places the queue holds: one per queued request that may become a
+    /// raw record, one per key and hour of requests kept only as counts
+    /// (refusals, and passed requests under [`UsageMode::Aggregates`]).
+    /// Past it new requests are dropped and counted.
     pub queue_capacity: usize,
     /// A batch is written as soon as it has this many records…
     pub batch_size: usize,
@@ -47,6 +57,10 @@ pub struct UsageConfig {
     pub quota_refresh: Duration,
     /// `last_used_at` is written at most once per key per this interval.
     pub last_used_interval: Duration,
+    /// Batches written at once, each its own transaction on its own
+    /// connection (at least 1): the writer fills the next batch while the
+    /// store commits the last.
+    pub concurrent_writes: usize,
 }
 
 impl Default for UsageConfig {
@@ -57,6 +71,7 @@ impl Default for UsageConfig {
             flush_interval: Duration::from_secs(1),
             quota_refresh: Duration::from_secs(5),
             last_used_interval: Duration::from_secs(60),
+            concurrent_writes: 2,
         }
     }
 }
@@ -69,8 +84,9 @@ pub enum UsageMode {
     /// One raw record per passed request (the default).
     #[default]
     Records,
-    /// No raw records: each flush adds one increment per active key and
-    /// hour to the roll-ups.
+    /// No raw records: a passed request adds to its key's counters for the
+    /// hour in process (no queue entry), and each flush adds one increment
+    /// per active key and hour to the roll-ups.
     Aggregates,
     /// One raw record in `n` passed requests (per engine, in arrival order);
     /// the others only in the roll-ups. `Sampled(1)` is `Records`.
@@ -127,16 +143,6 @@ impl UsageEntry {
     }
 }
 
-/// A refused request of a known key, as queued: counted in its key's
-/// roll-ups, never a raw record.
-#[derive(Debug, Clone)]
-pub(crate) struct RefusalEntry {
-    key_id: KeyId,
-    tenant: SharedTenant,
-    reason: RefusalReason,
-    at: DateTime<Utc>,
-}
-
 /// Both text tables, read-locked for a batch.
 pub(crate) struct TextsRead<'a> {
     routes: super::texts::TextReader<'a>,
@@ -150,21 +156,72 @@ impl UsageTexts {
 }
 
 /// A thread's queued usage: entries from the adapters, whole records from
-/// [`Engine::record_usage`](crate::Engine::record_usage).
+/// [`Engine::record_usage`](crate::Engine::record_usage), and the requests
+/// counted without a record (refusals; passed requests under
+/// [`UsageMode::Aggregates`]) folded per key and hour.
 #[derive(Default)]
 struct Buffer {
     entries: Vec<UsageEntry>,
     records: Vec<UsageRecord>,
-    refusals: Vec<RefusalEntry>,
+    counted: Counted,
+}
+
+/// Requests kept only as counts, per key and hour.
+#[derive(Default)]
+struct Counted {
+    deltas: HashMap<(KeyId, DateTime<Utc>), UsageDelta, foldhash::fast::RandomState>,
+    /// Requests folded into `deltas`.
+    requests: usize,
+}
+
+impl Counted {
+    /// Adds `counts` of `key_id` at `at` (hour-aligned) to the key's delta;
+    /// false, adding nothing, when the key has none yet and `room` says no.
+    fn add(
+        &mut self, key_id: KeyId, tenant: &SharedTenant, hour: DateTime<Utc>, counts: &UsageCounts,
+        room: impl FnOnce() -> bool,
+    ) -> bool {
+        match self.deltas.entry((key_id, hour)) {
+            Entry::Occupied(mut delta) => delta.get_mut().counts.add(counts),
+            Entry::Vacant(vacant) => {
+                if !room() {
+                    return false;
+                }
+                vacant.insert(UsageDelta { key_id, tenant: tenant.clone(), hour, counts: *counts });
+            }
+        }
+        self.requests += 1;
+        true
+    }
+
+    /// Adds every delta of `other`.
+    fn merge(&mut self, other: Counted) {
+        for ((key_id, hour), delta) in other.deltas {
+            match self.deltas.entry((key_id, hour)) {
+                Entry::Occupied(mut held) => held.get_mut().counts.add(&delta.counts),
+                Entry::Vacant(vacant) => {
+                    vacant.insert(delta);
+                }
+            }
+        }
+        self.requests += other.requests;
+    }
 }
 
 impl Buffer {
+    /// Places it holds in the queue: one per entry or record, one per key
+    /// and hour counted.
     fn len(&self) -> usize {
-        self.entries.len() + self.records.len() + self.refusals.len()
+        self.entries.len() + self.records.len() + self.counted.deltas.len()
+    }
+
+    /// Requests it holds.
+    fn requests(&self) -> usize {
+        self.entries.len() + self.records.len() + self.counted.requests
     }
 
     fn with_capacity(entries: usize) -> Self {
-        Self { entries: Vec::with_capacity(entries), records: Vec::new(), refusals: Vec::new() }
+        Self { entries: Vec::with_capacity(entries), ..Self::default() }
     }
 }
 
@@ -248,11 +305,17 @@ impl UsageRecorder {
 
     /// Queues a record without waiting; a full queue drops it and counts.
     pub(crate) fn record(&self, record: UsageRecord) {
+        if self.mode == UsageMode::Aggregates {
+            return self.count(record.key_id, &record.tenant, record.timestamp, &UsageCounts::passed(record.status));
+        }
         self.queue(|buffer| buffer.records.push(record));
     }
 
     /// Queues an entry without waiting; a full queue drops it and counts.
     pub(crate) fn record_entry(&self, entry: UsageEntry) {
+        if self.mode == UsageMode::Aggregates {
+            return self.count(entry.key_id, &entry.tenant, entry.timestamp, &UsageCounts::passed(entry.status));
+        }
         self.queue(|buffer| buffer.entries.push(entry));
     }
 
@@ -260,8 +323,42 @@ impl UsageRecorder {
     /// key's roll-ups, charged to nothing. Never waits; a full queue drops
     /// it and counts.
     pub(crate) fn record_refusal(&self, key: &Arc<Key>, reason: RefusalReason, at: DateTime<Utc>) {
-        let entry = RefusalEntry { key_id: key.id, tenant: SharedTenant::of_key(key), reason, at };
-        self.queue(|buffer| buffer.refusals.push(entry));
+        self.count(key.id, &SharedTenant::of_key(key), at, &UsageCounts::refused(reason));
+    }
+
+    /// Adds `counts` to the key's counters for the hour of `at` in the
+    /// calling thread's buffer: a place in the queue per key and hour, none
+    /// per request. Never waits; a new key and hour when the queue is full
+    /// is dropped and counted.
+    fn count(&self, key_id: KeyId, tenant: &SharedTenant, at: DateTime<Utc>, counts: &UsageCounts) {
+        let Some(running) = self.running() else {
+            return self.count_dropped(1);
+        };
+        let shards = &running.shards;
+        let hour = Period::Hour.start_of(at);
+        let mut queued = None;
+        let full = {
+            let mut buffer = shards.mine().lock().unwrap_or_else(PoisonError::into_inner);
+            if shards.closed.load(Ordering::Acquire) {
+                drop(buffer);
+                return self.count_dropped(1);
+            }
+            let room = || {
+                let held = shards.queued.fetch_add(1, Ordering::Relaxed);
+                queued = Some(held);
+                if held < self.config.queue_capacity.max(1) {
+                    return true;
+                }
+                shards.queued.fetch_sub(1, Ordering::Relaxed);
+                false
+            };
+            if !buffer.counted.add(key_id, tenant, hour, counts, room) {
+                drop(buffer);
+                return self.count_dropped(1);
+            }
+            (buffer.len() >= SHARD_BATCH).then(|| std::mem::replace(&mut *buffer, Buffer::with_capacity(SHARD_BATCH)))
+        };
+        self.hand_over(running, full, queued);
     }
 
     fn queue(&self, push: impl FnOnce(&mut Buffer)) {
@@ -289,14 +386,21 @@ impl UsageRecorder {
             push(&mut buffer);
             (buffer.len() >= SHARD_BATCH).then(|| std::mem::replace(&mut *buffer, Buffer::with_capacity(SHARD_BATCH)))
         };
-        if let Some(batch) = full {
-            let len = batch.len();
-            if running.tx.try_send(Message::Records(batch)).is_err() {
-                shards.queued.fetch_sub(len, Ordering::Relaxed);
-                self.count_dropped(len as u64);
+        self.hand_over(running, full, Some(queued));
+    }
+
+    /// Sends a thread's `full` buffer to the writer (dropped and counted
+    /// when the channel is closed), and wakes the writer when the queue,
+    /// `queued` before this request took its place, holds a batch.
+    fn hand_over(&self, running: &Running, full: Option<Buffer>, queued: Option<usize>) {
+        if let Some(buffer) = full {
+            let (places, requests) = (buffer.len(), buffer.requests());
+            if running.tx.try_send(Message::Records(buffer)).is_err() {
+                running.shards.queued.fetch_sub(places, Ordering::Relaxed);
+                self.count_dropped(requests as u64);
             }
         }
-        if queued + 1 >= running.wake_at {
+        if queued.is_some_and(|queued| queued + 1 >= running.wake_at) {
             running.wake.notify_one();
         }
     }
@@ -379,15 +483,20 @@ impl UsageRecorder {
         let wake = Arc::new(Notify::new());
         let wake_at = self.config.batch_size.min(capacity / 2).max(1);
         let shards = Arc::new(Shards::new());
-        let worker = Worker {
-            config: self.config,
-            mode: self.mode,
+        let sink = Sink {
             store: Arc::clone(&self.store),
             quotas: Arc::clone(&self.quotas),
             counters: Arc::clone(&self.counters),
+            shards: Arc::clone(&shards),
+        };
+        let worker = Worker {
+            config: self.config,
+            mode: self.mode,
+            sink: Arc::new(sink),
             texts: Arc::clone(&self.texts),
             shards: Arc::clone(&shards),
             batch: Batch::default(),
+            writing: JoinSet::new(),
             sampled: 0,
         };
         let task = runtime.spawn(worker.run(rx, Arc::clone(&wake)));
@@ -447,39 +556,41 @@ impl Shards {
 #[derive(Default)]
 struct Batch {
     records: Vec<UsageRecord>,
-    deltas: std::collections::HashMap<(KeyId, DateTime<Utc>), UsageDelta, foldhash::fast::RandomState>,
-    /// Requests folded into `deltas`.
-    folded: usize,
+    counted: Counted,
+    /// Places in the queue it holds (see [`Buffer::len`]).
+    places: usize,
 }
 
 impl Batch {
     /// Requests held.
-    fn len(&self) -> usize {
-        self.records.len() + self.folded
+    fn requests(&self) -> usize {
+        self.records.len() + self.counted.requests
     }
 
     fn fold(&mut self, key_id: KeyId, tenant: &SharedTenant, at: DateTime<Utc>, counts: &UsageCounts) {
-        let hour = Period::Hour.start_of(at);
-        self.deltas
-            .entry((key_id, hour))
-            .or_insert_with(|| UsageDelta { key_id, tenant: tenant.clone(), hour, counts: UsageCounts::default() })
-            .counts
-            .add(counts);
-        self.folded += 1;
+        self.counted.add(key_id, tenant, Period::Hour.start_of(at), counts, || true);
     }
 }
 
 struct Worker {
     config: UsageConfig,
     mode: UsageMode,
-    store: Arc<dyn Store>,
-    quotas: Arc<QuotaTracker>,
-    counters: Arc<Counters>,
+    sink: Arc<Sink>,
     texts: Arc<UsageTexts>,
     shards: Arc<Shards>,
     batch: Batch,
+    /// Batches being written, at most `config.concurrent_writes`.
+    writing: JoinSet<()>,
     /// Passed requests seen, for [`UsageMode::Sampled`].
     sampled: u64,
+}
+
+/// Where the writer's batches go, shared with the writes in flight.
+struct Sink {
+    store: Arc<dyn Store>,
+    quotas: Arc<QuotaTracker>,
+    counters: Arc<Counters>,
+    shards: Arc<Shards>,
 }
 
 impl Worker {
@@ -494,6 +605,9 @@ impl Worker {
             let stop = self.drain(&mut rx).await;
             self.take_buffered().await;
             self.write().await;
+            while let Some(done) = self.writing.try_join_next() {
+                log_panic(done);
+            }
             if stop {
                 break;
             }
@@ -507,6 +621,14 @@ impl Worker {
         }
         self.take_buffered().await;
         self.write().await;
+        self.settle().await;
+    }
+
+    /// Waits until every write in flight is done.
+    async fn settle(&mut self) {
+        while let Some(done) = self.writing.join_next().await {
+            log_panic(done);
+        }
     }
 
     /// Takes every thread's buffered records into the batch, writing full
@@ -515,7 +637,7 @@ impl Worker {
         for buffer in self.shards.take_all() {
             self.append(buffer);
         }
-        if self.batch.len() >= self.config.batch_size.max(1) {
+        if self.batch.places >= self.config.batch_size.max(1) {
             self.write().await;
         }
     }
@@ -524,9 +646,8 @@ impl Worker {
     /// numbered, their text read back), the rest folded into roll-up
     /// increments.
     fn append(&mut self, mut buffer: Buffer) {
-        for refusal in buffer.refusals.drain(..) {
-            self.batch.fold(refusal.key_id, &refusal.tenant, refusal.at, &UsageCounts::refused(refusal.reason));
-        }
+        self.batch.places += buffer.len();
+        self.batch.counted.merge(std::mem::take(&mut buffer.counted));
         for record in buffer.records.drain(..) {
             if self.keeps_next() {
                 self.batch.records.push(record);
@@ -576,18 +697,19 @@ impl Worker {
         match message {
             Message::Records(buffer) => {
                 self.append(buffer);
-                if self.batch.len() >= self.config.batch_size {
+                if self.batch.places >= self.config.batch_size {
                     self.write().await;
                 }
             }
             Message::Touch(key, at) => {
-                if let Err(error) = self.store.touch_key(key, at).await {
+                if let Err(error) = self.sink.store.touch_key(key, at).await {
                     tracing::warn!(target: "keysmith::usage", %error, "could not update last_used_at");
                 }
             }
             Message::Flush(done) => {
                 self.take_buffered().await;
                 self.write().await;
+                self.settle().await;
                 let _ = done.send(());
             }
             Message::Shutdown => {}
@@ -595,31 +717,44 @@ impl Worker {
     }
 
     /// Writes the batch in writes of at most `batch_size` records, the
-    /// roll-up increments with the first.
+    /// roll-up increments with the first, each started as soon as fewer
+    /// than `concurrent_writes` are in flight.
     async fn write(&mut self) {
-        if self.batch.len() == 0 {
+        if self.batch.requests() == 0 {
             return;
         }
-        let Batch { mut records, deltas, folded } = std::mem::take(&mut self.batch);
-        let deltas: Vec<UsageDelta> = deltas.into_values().collect();
-        let mut chunks = records.chunks(self.config.batch_size.max(1));
-        let first = chunks.next().unwrap_or(&[]);
-        let batch = UsageBatch { id: UsageId::new(), records: first, deltas: &deltas };
-        self.write_chunk(&batch, first.len() + folded).await;
-        self.shards.queued.fetch_sub(first.len() + folded, Ordering::Relaxed);
-        for chunk in chunks {
-            self.write_chunk(&UsageBatch::of_records(chunk), chunk.len()).await;
-            self.shards.queued.fetch_sub(chunk.len(), Ordering::Relaxed);
+        let Batch { mut records, counted, places } = std::mem::take(&mut self.batch);
+        let size = self.config.batch_size.max(1);
+        // Every record holds one place; the rest go with the first write.
+        let mut first = Some((counted, places - records.len()));
+        while !records.is_empty() || first.is_some() {
+            let rest = records.split_off(size.min(records.len()));
+            let chunk = std::mem::replace(&mut records, rest);
+            let (deltas, folded, extra) = match first.take() {
+                Some((counted, extra)) => (counted.deltas.into_values().collect(), counted.requests, extra),
+                None => (Vec::new(), 0, 0),
+            };
+            while self.writing.len() >= self.config.concurrent_writes.max(1) {
+                if let Some(done) = self.writing.join_next().await {
+                    log_panic(done);
+                }
+            }
+            let sink = Arc::clone(&self.sink);
+            self.writing.spawn(async move {
+                let batch = UsageBatch { id: UsageId::new(), records: &chunk, deltas: &deltas };
+                sink.write(&batch, chunk.len() + folded).await;
+                sink.shards.queued.fetch_sub(chunk.len() + extra, Ordering::Relaxed);
+            });
         }
-        records.clear();
-        self.batch.records = records;
     }
+}
 
+impl Sink {
     /// Writes one batch of `requests` requests, retrying twice under the
     /// same batch id (so a write that committed but failed to answer counts
     /// once); a batch that still fails is counted as failed, never silently
     /// lost.
-    async fn write_chunk(&self, batch: &UsageBatch<'_>, requests: usize) {
+    async fn write(&self, batch: &UsageBatch<'_>, requests: usize) {
         let mut backoff = Duration::from_millis(50);
         self.quotas.begin_write();
         for attempt in 1..=3 {
@@ -645,6 +780,13 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// Logs a write task that panicked (its batch is lost and not counted).
+fn log_panic(done: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = done {
+        tracing::error!(target: "keysmith::usage", %error, "usage write task ended abnormally");
     }
 }
 

@@ -8,15 +8,17 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keysmith_core::store::{Page, TimeRange, UsageStore, UsageTotal};
 use keysmith_core::usage::{UsageBatch, fold_rollups};
-use keysmith_core::{KeyId, Period, Result, Tenant, UsageAggregate, UsageRecord};
+use keysmith_core::{Error, KeyId, Period, Result, Tenant, UsageAggregate, UsageRecord};
 
 use uuid::Uuid;
 
-use super::{SqlStore, begin, push_range, push_tenant};
+use sqlx::Transaction;
+
+use super::{SqlStore, push_range, push_tenant};
 use crate::common::{duration_to_micros, is_unique_violation, limit_offset, store_error, usage_write_error};
 use crate::dialect::{Arg as _, Dialect, Exec as _, RowsAffected as _, Sql, statement};
 use crate::rows::{self, Columns as _};
-use crate::usage::{count_values, insert_rollups, rollups_per_insert, select_counts, sum_counts};
+use crate::usage::{Rollup, count_values, insert_rollups, rollups_per_insert, select_counts, sum_counts};
 
 /// The body of [`Dialect::insert_usage`] in multi-row `INSERT`s. A batch
 /// is new unless it is replayed, so it goes in whole; a taken id fails only
@@ -48,6 +50,75 @@ pub(crate) async fn insert_new_usage<DB: Dialect>(
         sqlx::query_with::<DB, _>(&sql, args).execute(conn.exec()).await.map_err(usage_write_error)?;
     }
     Ok(fresh.iter().map(|r| r.id.uuid()).collect())
+}
+
+/// The body of [`Dialect::upsert_rollups`] in multi-row `INSERT`s.
+pub(crate) async fn upsert_rollups_in_rows<DB: Dialect>(
+    conn: &mut DB::Connection, rollups: &[Rollup<'_>],
+) -> Result<()> {
+    for chunk in rollups.chunks(rollups_per_insert(DB::ROWS_PER_INSERT)) {
+        let mut qb = Sql::<DB>::new(insert_rollups());
+        qb.push_values(chunk, |mut b, ((key_id, period, start), tenant, counts)| {
+            b.push_arg(key_id.uuid())
+                .push_arg(period.as_str())
+                .push_arg(DB::time(*start))
+                .push_arg(tenant.app_id.as_str())
+                .push_arg(tenant.tenant_id.as_str());
+            for value in count_values(counts) {
+                b.push_arg(value);
+            }
+        });
+        qb.push(DB::USAGE_SQL.add_counts());
+        let (sql, args) = qb.finish()?;
+        sqlx::query_with::<DB, _>(&sql, args).execute(conn.exec()).await.map_err(usage_write_error)?;
+    }
+    Ok(())
+}
+
+/// Begins the transaction of a usage batch and inserts its `records` that
+/// are not stored yet (see [`Dialect::insert_usage`]); the records it
+/// inserted, or `None` when it must be done again as a `replay`.
+async fn insert_records<'r, DB: Dialect>(
+    store: &SqlStore<DB>, records: &[&'r UsageRecord], replay: bool,
+) -> Result<(Transaction<'static, DB>, Option<Vec<&'r UsageRecord>>)> {
+    let mut tx = store.pool.begin_with(DB::BEGIN_USAGE).await.map_err(store_error)?;
+    check_keys::<DB>(&mut tx, records).await?;
+    // Records go in by id: the ones already stored (a replayed batch) are
+    // skipped, so only new records reach the roll-ups.
+    let mut fresh = Vec::with_capacity(records.len());
+    for chunk in records.chunks(DB::ROWS_PER_INSERT) {
+        let Some(inserted) = DB::insert_usage(&mut tx, chunk, replay).await? else {
+            return Ok((tx, None));
+        };
+        let inserted: HashSet<Uuid> = inserted.into_iter().collect();
+        fresh.extend(chunk.iter().copied().filter(|r| inserted.contains(&r.id.uuid())));
+    }
+    Ok((tx, Some(fresh)))
+}
+
+/// Fails the batch with `NotFound` unless every key of `records` exists,
+/// and keeps those keys from being deleted until the batch commits: one
+/// statement per batch where a foreign key would check every record (raw
+/// records have none; a deleted key's records go by a trigger).
+async fn check_keys<DB: Dialect>(conn: &mut DB::Connection, records: &[&UsageRecord]) -> Result<()> {
+    let mut ids: Vec<Uuid> = records.iter().map(|r| r.key_id.uuid()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    for chunk in ids.chunks(DB::ROWS_PER_INSERT) {
+        let mut qb = Sql::<DB>::new("SELECT id FROM keysmith_keys WHERE id IN (");
+        let mut list = qb.separated(", ");
+        for id in chunk {
+            list.push_arg(*id);
+        }
+        // In id order, as every batch locks them.
+        qb.push(") ORDER BY id").push(DB::SHARE_ROWS);
+        let (sql, args) = qb.finish()?;
+        let found = sqlx::query_with::<DB, _>(&sql, args).fetch_all(conn.exec()).await.map_err(store_error)?;
+        if found.len() < chunk.len() {
+            return Err(Error::NotFound { entity: "key", id: "a key of the usage batch".to_owned() });
+        }
+    }
+    Ok(())
 }
 
 /// A multi-row `INSERT` of the usage `records`.
@@ -85,14 +156,18 @@ impl<DB: Dialect> UsageStore for SqlStore<DB> {
         // A repeated id inside the batch is one record.
         let mut seen = HashSet::with_capacity(batch.records.len());
         let unique: Vec<&UsageRecord> = batch.records.iter().filter(|r| seen.insert(r.id.uuid())).collect();
-        let mut tx = begin(self).await?;
-        // Records go in by id: the ones already stored (a replayed batch)
-        // are skipped, so only new records reach the roll-ups.
-        let mut fresh = Vec::with_capacity(unique.len());
-        for chunk in unique.chunks(DB::ROWS_PER_INSERT) {
-            let inserted: HashSet<Uuid> = DB::insert_usage(&mut tx, chunk).await?.into_iter().collect();
-            fresh.extend(chunk.iter().copied().filter(|r| inserted.contains(&r.id.uuid())));
-        }
+        let (mut tx, fresh) = match insert_records(self, &unique, false).await? {
+            (tx, Some(fresh)) => (tx, fresh),
+            // Written before: the backend voided the transaction; again,
+            // skipping the records stored.
+            (tx, None) => {
+                tx.rollback().await.map_err(store_error)?;
+                match insert_records(self, &unique, true).await? {
+                    (tx, Some(fresh)) => (tx, fresh),
+                    (_, None) => return Err(Error::store("a replayed usage batch could not skip its stored records")),
+                }
+            }
+        };
         // The deltas count once per batch id.
         let mut deltas = batch.deltas;
         if !deltas.is_empty() {
@@ -109,21 +184,8 @@ impl<DB: Dialect> UsageStore for SqlStore<DB> {
         }
         // One upsert per roll-up row: key, period and period start.
         let rollups = fold_rollups(fresh.iter().copied(), deltas);
-        for chunk in rollups.chunks(rollups_per_insert(DB::ROWS_PER_INSERT)) {
-            let mut qb = Sql::<DB>::new(insert_rollups());
-            qb.push_values(chunk, |mut b, ((key_id, period, start), tenant, counts)| {
-                b.push_arg(key_id.uuid())
-                    .push_arg(period.as_str())
-                    .push_arg(DB::time(*start))
-                    .push_arg(tenant.app_id.as_str())
-                    .push_arg(tenant.tenant_id.as_str());
-                for value in count_values(counts) {
-                    b.push_arg(value);
-                }
-            });
-            qb.push(DB::USAGE_SQL.add_counts());
-            let (sql, args) = qb.finish()?;
-            sqlx::query_with::<DB, _>(&sql, args).execute(tx.exec()).await.map_err(store_error)?;
+        if !rollups.is_empty() {
+            DB::upsert_rollups(&mut tx, &rollups).await?;
         }
         tx.commit().await.map_err(store_error)
     }

@@ -197,3 +197,48 @@ pub async fn control_characters_are_refused_before_the_store(store: Arc<dyn Stor
     let stored = store.get_key(&acme(), created.id).await.unwrap().unwrap();
     assert_eq!((stored.key.name.as_str(), &stored.key.metadata), ("clé ☕", &metadata));
 }
+
+/// Under `UsageMode::Aggregates` the store gets roll-ups only, exact to the
+/// request: none is lost (written + dropped + failed = accepted, nothing
+/// dropped below the queue's capacity in keys), shutdown flushes the
+/// counters, and a quota counts them.
+pub async fn aggregates_mode_writes_exact_roll_ups_only_and_loses_nothing(store: Arc<dyn Store>) {
+    let clock = ManualClock::new(t0());
+    // A place per key and hour in each thread's buffer: far fewer than
+    // the requests.
+    let config = UsageConfig { queue_capacity: 16, ..UsageConfig::default() };
+    let engine = engine_builder(Arc::clone(&store))
+        .with_clock(clock.clone())
+        .with_usage_config(config)
+        .with_usage_mode(keysmith_core::UsageMode::Aggregates)
+        .build()
+        .unwrap();
+    let acme = engine.tenant("app", "acme");
+    let policy = acme.create_policy(PolicySpec::new("q").with_quota(Some(30), None)).await.unwrap();
+    let metered = acme.create_key(NewKey::new("m").with_policy(policy.id)).await.unwrap();
+    let plain = acme.create_key(NewKey::new("p")).await.unwrap();
+    let ctx = RequestContext::new();
+    for _ in 0..30 {
+        let validation = engine.validate(metered.raw.expose(), &ctx).await.unwrap();
+        engine.record_usage(record_of(&validation));
+    }
+    for i in 0..3000 {
+        engine.record_usage(usage(&plain.key, t0(), if i % 3 == 0 { 500 } else { 200 }));
+    }
+    engine.shutdown().await;
+    let stats = engine.usage_stats();
+    assert_eq!((stats.written, stats.dropped, stats.failed), (3030, 0, 0));
+    let all = TimeRange::default();
+    for (key, requests, errors) in [(&metered, 30, 0), (&plain, 3000, 1000)] {
+        assert!(acme.list_usage(key.key.id, all, Page::default()).await.unwrap().is_empty(), "no raw records");
+        for period in Period::ALL {
+            let rows = acme.usage_aggregates(key.key.id, period, all).await.unwrap();
+            let sums = rows.iter().fold((0, 0), |(r, e), row| (r + row.requests, e + row.errors));
+            assert_eq!(sums, (requests, errors), "{period}");
+        }
+    }
+    // Another engine reads the quota from the roll-ups: used up.
+    let other = engine_builder(Arc::clone(&store)).with_clock(clock.clone()).build().unwrap();
+    let refusal = refusal_of(other.validate(metered.raw.expose(), &ctx).await);
+    assert!(matches!(refusal, Refusal::QuotaExceeded { .. }), "{refusal:?}");
+}

@@ -93,6 +93,7 @@ macro_rules! store_conformance_tests {
             retention_deletes_only_what_expired_in_bounded_batches,
             expired_batch_ids_are_forgotten_however_few_records_expire,
             rotation_shares_the_lineage_budget_and_keeps_the_expiry,
+            aggregates_mode_writes_exact_roll_ups_only_and_loses_nothing,
             a_quota_reload_racing_a_batch_write_counts_the_batch_once,
             control_characters_are_refused_before_the_store,
             ids_differing_only_by_trailing_space_case_or_unicode_form_are_different_tenants,
