@@ -197,6 +197,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_finished_key_is_kept_for_the_next_one_only_when_nothing_else_holds_it() {
+        let (first, second) = two_validations().await;
+        SPARE.take();
+        let key = ApiKey::new(first);
+        let held = key.clone();
+        key.recycle();
+        assert!(SPARE.take().is_none(), "a key still held is not lent");
+        drop(held);
+        ApiKey::new(second).recycle();
+        let spare = SPARE.take().map(|validation| validation.key.name.clone());
+        assert_eq!(spare.as_deref(), Some("second"), "a finished key is kept for the next one");
+    }
+
+    #[tokio::test]
     async fn a_validated_key_answers_for_what_it_was_validated_as() {
         let engine = Engine::builder(MemoryStore::new()).build().unwrap();
         let acme = engine.tenant("app", "acme");
