@@ -160,8 +160,10 @@ impl fmt::Debug for ApiKey {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
-    use crate::{Engine, MemoryStore, NewKey, RequestContext};
+    use crate::{Engine, MemoryStore, NewKey, PolicySpec, RequestContext};
 
     async fn two_validations() -> (Validation, Validation) {
         let engine = Engine::builder(MemoryStore::new()).build().unwrap();
@@ -192,5 +194,60 @@ mod tests {
         let fresh = ApiKey::new(third);
         assert_ne!(Arc::as_ptr(&fresh.validation), address);
         assert_eq!((held.name(), fresh.name()), ("second", "first"));
+    }
+
+    #[tokio::test]
+    async fn a_finished_key_is_kept_for_the_next_one_only_when_nothing_else_holds_it() {
+        let (first, second) = two_validations().await;
+        SPARE.take();
+        let key = ApiKey::new(first);
+        let held = key.clone();
+        key.recycle();
+        assert!(SPARE.take().is_none(), "a key still held is not lent");
+        drop(held);
+        ApiKey::new(second).recycle();
+        let spare = SPARE.take().map(|validation| validation.key.name.clone());
+        assert_eq!(spare.as_deref(), Some("second"), "a finished key is kept for the next one");
+    }
+
+    #[tokio::test]
+    async fn a_validated_key_answers_for_what_it_was_validated_as() {
+        let engine = Engine::builder(MemoryStore::new()).build().unwrap();
+        let acme = engine.tenant("app", "acme");
+        let spec = PolicySpec::new("p").with_rate_limit(5, Duration::from_secs(60));
+        let policy = acme.create_policy(spec).await.unwrap();
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("plan".to_owned(), "pro".into());
+        let new = NewKey::new("ci")
+            .with_scopes(["read"])
+            .with_policy(policy.id)
+            .with_environment(Environment::Test)
+            .with_metadata(metadata.clone());
+        let created = acme.create_key(new).await.unwrap();
+        let validation = engine.validate(created.raw.expose(), &RequestContext::new()).await.unwrap();
+        let key = ApiKey::from(validation);
+
+        assert_eq!(key.id(), created.key.id);
+        assert_eq!((key.key().id, key.key().hint.as_str()), (created.key.id, created.key.hint.as_str()));
+        assert_eq!((key.name(), key.tenant()), ("ci", &created.key.tenant));
+        assert_eq!(key.tenant().tenant_id, "acme");
+        assert_eq!(key.environment(), Environment::Test);
+        assert_eq!(key.scopes(), ["read"]);
+        assert!(key.has_scope("read:users"));
+        assert!(!key.has_scope("write"));
+        assert_eq!(key.policy().map(|p| p.id), Some(policy.id));
+        assert_eq!(key.rate_limit().map(|status| (status.limit, status.remaining)), Some((5, 4)));
+        assert_eq!(*key.metadata(), metadata);
+        assert_eq!(key.validation().key.id, created.key.id);
+        let debug = format!("{key:?}");
+        assert!(
+            debug.starts_with("ApiKey {") && debug.contains(r#"name: "ci""#) && debug.contains(r#"scopes: ["read"]"#),
+            "{debug}"
+        );
+        assert!(debug.contains(&created.key.hint) && !debug.contains(created.raw.expose()), "{debug}");
+
+        let plain = acme.create_key(NewKey::new("plain")).await.unwrap();
+        let plain = ApiKey::new(engine.validate(plain.raw.expose(), &RequestContext::new()).await.unwrap());
+        assert_eq!((plain.policy(), plain.rate_limit()), (None, None));
     }
 }

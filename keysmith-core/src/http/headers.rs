@@ -572,3 +572,83 @@ mod tests {
         assert_eq!(headers[..].first_header("missing"), None);
     }
 }
+
+#[cfg(test)]
+mod shared_value_tests {
+    use std::cell::Cell;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::{ARENA_BYTES, SharedHeaderValue, StateBuffer};
+
+    #[test]
+    fn a_value_rendered_once_reads_back_compares_by_bytes_and_debugs_as_text() {
+        let value = SharedHeaderValue::from_ascii(r#""burst";q=10;w=1"#.to_owned());
+        assert_eq!(value.as_str(), r#""burst";q=10;w=1"#);
+        assert_eq!(value.bytes().as_ref(), br#""burst";q=10;w=1"#);
+        assert_eq!(format!("{value:?}"), r#""\"burst\";q=10;w=1""#);
+        assert_eq!(value, SharedHeaderValue::per_response(r#""burst";q=10;w=1"#));
+        assert_ne!(value, SharedHeaderValue::from_ascii(r#""burst";q=10;w=2"#.to_owned()));
+    }
+
+    #[test]
+    fn a_value_rendered_once_is_converted_once_and_a_refusal_is_kept() {
+        let calls = Cell::new(0);
+        let length = |bytes: &Bytes| {
+            calls.set(calls.get() + 1);
+            Some(bytes.len())
+        };
+        let value = SharedHeaderValue::from_ascii("abc".to_owned());
+        assert_eq!((value.converted(length), value.clone().converted(length)), (Some(3), Some(3)));
+        assert_eq!(calls.get(), 1, "converted once, for every clone");
+        // Another framework's type is made each time.
+        let text = |bytes: &Bytes| Some(String::from_utf8(bytes.to_vec()).unwrap());
+        assert_eq!(value.converted(text).as_deref(), Some("abc"));
+        assert_eq!(value.converted(text).as_deref(), Some("abc"));
+
+        let refused = SharedHeaderValue::from_ascii("x".to_owned());
+        let refuse = |_: &Bytes| {
+            calls.set(calls.get() + 1);
+            None::<usize>
+        };
+        assert_eq!((refused.converted(refuse), refused.converted(refuse)), (None, None));
+        assert_eq!(calls.get(), 2, "a refused value is not converted again");
+
+        let per_response = SharedHeaderValue::per_response("abc");
+        assert_eq!((per_response.converted(length), per_response.converted(length)), (Some(3), Some(3)));
+        assert_eq!(calls.get(), 4, "a per-response value is converted each time");
+    }
+
+    #[test]
+    fn values_written_per_response_share_their_threads_arena_until_it_is_full() {
+        // A fresh thread: a fresh arena.
+        std::thread::spawn(|| {
+            let follows = |a: &SharedHeaderValue, b: &SharedHeaderValue| {
+                b.bytes().as_ptr() == a.bytes().as_ptr().wrapping_add(a.bytes().len())
+            };
+            let first = SharedHeaderValue::per_response(r#""burst";r=9;t=6"#);
+            let second = SharedHeaderValue::per_response(r#""burst";r=8;t=12"#);
+            assert!(follows(&first, &second));
+            let used = first.bytes().len() + second.bytes().len();
+            let filler = SharedHeaderValue::per_response(&"x".repeat(ARENA_BYTES - used - 3));
+            assert!(follows(&second, &filler));
+            let last = SharedHeaderValue::per_response("abc");
+            assert!(follows(&filler, &last), "a value that fits exactly fills the arena");
+            let next = SharedHeaderValue::per_response("d");
+            assert_eq!((next.as_str(), last.as_str()), ("d", "abc"));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_state_is_written_on_the_stack_when_it_fits() {
+        let second = Duration::from_millis(1_500);
+        assert_eq!(StateBuffer::new().render(r#""burst";r="#, 7, second), Some(r#""burst";r=7;t=2"#));
+        let fits = "x".repeat(160 - 5);
+        assert_eq!(StateBuffer::new().render(&fits, 0, second).map(str::len), Some(160));
+        assert_eq!(StateBuffer::new().render(&"x".repeat(160 - 4), 0, second), None);
+        assert_eq!(StateBuffer::new().render(&"x".repeat(200), 0, second), None);
+    }
+}

@@ -529,4 +529,65 @@ mod tests {
             ]
         );
     }
+
+    #[tokio::test]
+    async fn a_passed_request_is_recorded_as_unmatched_when_no_route_is_known() {
+        let (gate, key) = gate_and_key().await;
+        let (status, _) = gate.guard(Fake::default(), request(Some(&key))).await.unwrap();
+        assert_eq!(status, 200);
+        gate.engine().flush_usage().await;
+        let acme = gate.engine().tenant("app", "acme");
+        let Outcome::Pass(admitted) = gate.authorize(&Fake::facts(&request(Some(&key)))).await else { panic!() };
+        let page = crate::store::Page::new(10, 0);
+        let records = acme.list_usage(admitted.key().id(), crate::store::TimeRange::default(), page).await.unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].endpoint, super::super::UNMATCHED_ROUTE);
+    }
+
+    #[tokio::test]
+    async fn legacy_headers_are_written_into_the_adapters_response() {
+        let (gate, key) = gate_and_key().await;
+        let legacy = gate.with_rate_limit_headers(super::super::RateLimitHeaders::Legacy);
+        let (_, headers) = legacy.guard(Fake::default(), request(Some(&key))).await.unwrap();
+        let names: Vec<_> = headers.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"]);
+        assert_eq!(headers[1].1, "4");
+    }
+
+    #[tokio::test]
+    async fn an_admission_carries_the_key_only_when_one_passed() {
+        let (gate, key) = gate_and_key().await;
+        let Outcome::Pass(admitted) = gate.authorize(&Fake::facts(&request(Some(&key)))).await else { panic!() };
+        assert_eq!(Admission::Key(admitted.key()).key().map(ApiKey::id), Some(admitted.key().id()));
+        assert!(Admission::Anonymous.key().is_none() && Admission::Preflight.key().is_none());
+        let guarded = gate.guard(Fake::default(), request(None));
+        assert_eq!(format!("{guarded:?}"), r#"Guarded { step: "authorizing", .. }"#);
+    }
+
+    #[test]
+    fn a_missing_middleware_is_logged_once() {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+        let logged = || String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            log_missing_middleware("the ApiKey extractor", "ApiKeyLayer");
+            let text = logged();
+            assert_eq!(text.lines().count(), 1, "the first time: {text}");
+            assert!(text.contains("ERROR") && text.contains("add the middleware in front of it"), "{text}");
+            log_missing_middleware("the ApiKey extractor", "ApiKeyLayer");
+        });
+        assert_eq!(logged().lines().count(), 1, "only the first time");
+    }
 }

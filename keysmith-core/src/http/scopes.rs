@@ -120,4 +120,40 @@ mod tests {
         assert!(need.missing(&granted(&["admin"])).is_empty());
         assert!(!ScopeRequirement::any(Vec::<String>::new()).is_met_by(&granted(&["*"])));
     }
+
+    #[test]
+    fn a_requirement_tells_its_mode_and_scopes_in_order() {
+        let need = ScopeRequirement::any(["admin", "write:users"]);
+        assert_eq!(
+            (need.mode(), need.scopes()),
+            (ScopeMatch::Any, ["admin".to_owned(), "write:users".to_owned()].as_slice())
+        );
+        assert!(ScopeRequirement::all(Vec::<String>::new()).scopes().is_empty());
+        assert_eq!(
+            format!("{:?}", ScopeRequirement::all(["read"])),
+            r#"ScopeRequirement { mode: All, scopes: ["read"] }"#
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_meets_a_requirement_with_the_scopes_its_policy_still_allows() {
+        use crate::{Engine, MemoryStore, NewKey, PolicySpec, RequestContext};
+
+        let engine = Engine::builder(MemoryStore::new()).build().unwrap();
+        let acme = engine.tenant("app", "acme");
+        let policy = acme.create_policy(PolicySpec::new("p").with_allowed_scopes(["read", "write"])).await.unwrap();
+        let new = NewKey::new("ci").with_scopes(["read", "write"]).with_policy(policy.id);
+        let raw = acme.create_key(new).await.unwrap().raw;
+        let validated = ApiKey::new(engine.validate(raw.expose(), &RequestContext::new()).await.unwrap());
+        let writers = ScopeRequirement::all(["write:users"]);
+        assert!(writers.is_met_by_key(&validated));
+        assert!(!ScopeRequirement::any(["admin"]).is_met_by_key(&validated));
+
+        // The policy tightened after the key got `write`: the key no longer meets it.
+        acme.update_policy(policy.id, PolicySpec::new("p").with_allowed_scopes(["read"])).await.unwrap();
+        let narrowed = ApiKey::new(engine.validate(raw.expose(), &RequestContext::new()).await.unwrap());
+        assert_eq!(narrowed.key().scopes, ["read", "write"], "the stored key keeps its scopes");
+        assert!(!writers.is_met_by_key(&narrowed));
+        assert!(ScopeRequirement::all(["read:users"]).is_met_by_key(&narrowed));
+    }
 }

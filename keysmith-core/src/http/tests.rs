@@ -412,3 +412,182 @@ async fn rendered_rate_limit_headers_follow_policy_changes_and_the_month() {
     let april = headers().await;
     assert!(april[0].1.ends_with(&format!("w={}", 30 * 86_400)), "{april:?}");
 }
+
+#[tokio::test]
+async fn a_gate_reports_its_configuration_and_shows_it_in_debug() {
+    let s = setup();
+    let sources = KeySources::empty().with_header("x-token");
+    let proxies = TrustedProxies::parse(["10.0.0.0/8"]).unwrap().with_header(ForwardingHeader::Forwarded);
+    let gate = Gate::new(s.engine.clone())
+        .with_key_sources(sources.clone())
+        .with_trusted_proxies(proxies.clone())
+        .with_realm("things")
+        .with_app_id("billing")
+        .with_optional(true)
+        .with_rate_limit_headers(RateLimitHeaders::Legacy)
+        .with_usage_endpoint(UsageEndpoint::RawPath);
+    assert_eq!((gate.key_sources(), gate.trusted_proxies()), (&sources, &proxies));
+    assert_eq!((gate.realm(), gate.app_id(), gate.is_optional()), ("things", Some("billing"), true));
+    assert_eq!((gate.rate_limit_headers(), gate.usage_endpoint()), (RateLimitHeaders::Legacy, UsageEndpoint::RawPath));
+    assert!(std::ptr::eq(gate.engine(), gate.clone().engine()), "clones share one configuration");
+    let debug = format!("{gate:?}");
+    for field in [r#"realm: "things""#, r#"app_id: Some("billing")"#, "optional: true", "rate_limit_headers: Legacy"] {
+        assert!(debug.contains(field), "{field} in {debug}");
+    }
+    let plain = Gate::new(s.engine.clone());
+    assert_eq!((plain.realm(), plain.app_id(), plain.is_optional()), (Gate::DEFAULT_REALM, None, false));
+    assert_eq!((plain.rate_limit_headers(), plain.usage_endpoint()), (RateLimitHeaders::Draft, UsageEndpoint::Route));
+    assert_eq!(plain.key_sources(), &KeySources::default());
+}
+
+#[tokio::test]
+async fn requests_and_their_outcomes_show_what_they_are_in_debug() {
+    let s = setup();
+    let raw = key(&s, NewKey::new("ci")).await;
+    let gate = Gate::new(s.engine.clone());
+    let none: &[(&str, &str)] = &[];
+    let facts =
+        RequestFacts::new("GET", "/things/7", Some([192, 0, 2, 1].into()), none).with_route(Some("/things/{id}"));
+    assert_eq!(
+        format!("{facts:?}"),
+        r#"RequestFacts { method: "GET", path: "/things/7", route: Some("/things/{id}"), peer: Some(192.0.2.1), .. }"#
+    );
+    let missing = gate.authorize(&facts);
+    assert_eq!(format!("{missing:?}"), r#"Authorize { state: "ready" }"#);
+    assert!(matches!(missing.await, Outcome::Refuse(_)));
+    let pass = admitted(outcome(&gate, "GET", Some("192.0.2.1"), &bearer(&raw)).await);
+    let debug = format!("{pass:?}");
+    assert!(debug.starts_with("Admitted { key: ApiKey {") && debug.contains("ip: Some(192.0.2.1)"), "{debug}");
+    assert_eq!(pass.client_ip(), Some("192.0.2.1".parse().unwrap()));
+}
+
+#[tokio::test]
+async fn only_an_options_request_with_the_preflight_header_passes_as_a_preflight() {
+    let s = setup();
+    let on = Gate::new(s.engine.clone()).with_preflight_passthrough(true);
+    let preflight = [("access-control-request-method", "POST")];
+    assert!(on.is_passthrough_preflight("OPTIONS", &preflight[..]));
+    assert!(on.is_passthrough_preflight("options", &preflight[..]));
+    assert!(!on.is_passthrough_preflight("GET", &preflight[..]));
+    assert!(!on.is_passthrough_preflight("OPTIONS", &[] as &[(&str, &str)]));
+    assert!(!on.with_preflight_passthrough(false).is_passthrough_preflight("OPTIONS", &preflight[..]));
+}
+
+#[tokio::test]
+async fn user_agents_are_cut_to_512_bytes_and_the_origin_is_read_for_the_allowlist() {
+    let s = setup();
+    let origins = PolicySpec::new("web").with_allowed_origins(["https://app.example.com"]);
+    let policy = s.acme.create_policy(origins).await.unwrap();
+    let raw = key(&s, NewKey::new("web").with_policy(policy.id)).await;
+    let gate = Gate::new(s.engine.clone());
+    let mut headers = bearer(&raw);
+    headers.push(("origin", "https://app.example.com".to_owned()));
+    headers.push(("user-agent", format!("agent/{}", "x".repeat(600))));
+    let pass = admitted(outcome(&gate, "GET", None, &headers).await);
+    let agent = pass.usage_record(200).user_agent.unwrap();
+    assert_eq!((agent.len(), &agent[..7]), (512, "agent/x"));
+    headers[1].1 = "https://evil.example.com".to_owned();
+    assert_eq!(refused(outcome(&gate, "GET", None, &headers).await).code, "origin_not_allowed");
+}
+
+#[tokio::test]
+async fn a_request_refused_by_its_route_writes_no_headers_and_records_nothing() {
+    let s = setup();
+    let policy = s.acme.create_policy(PolicySpec::new("p").with_rate_limit(5, Duration::from_secs(60))).await.unwrap();
+    let raw = key(&s, NewKey::new("reader").with_scopes(["read"]).with_policy(policy.id)).await;
+    let gate = Gate::new(s.engine.clone());
+    let pass = admitted(outcome(&gate, "GET", None, &bearer(&raw)).await);
+    assert_eq!(pass.response_headers().len(), 2);
+    let id = pass.key().id();
+    assert!(gate.scope_refusal(&ScopeRequirement::all(["write"]), Some(pass.key())).is_some());
+    assert!(pass.response_headers().is_empty(), "the refunded request spent nothing to announce");
+    pass.finish(403);
+    s.engine.flush_usage().await;
+    assert!(s.acme.list_usage(id, TimeRange::default(), Page::default()).await.unwrap().is_empty());
+}
+
+/// A sink that keeps the shared values it is handed.
+#[derive(Default)]
+struct SharingSink(Vec<(&'static str, String, Option<SharedHeaderValue>)>);
+
+impl HeaderSink for SharingSink {
+    fn append_header(&mut self, name: &'static str, value: &str) {
+        self.0.push((name, value.to_owned(), None));
+    }
+
+    fn append_shared(&mut self, name: &'static str, value: &SharedHeaderValue) {
+        self.0.push((name, value.as_str().to_owned(), Some(value.clone())));
+    }
+}
+
+/// Each policy's `RateLimit-Policy` is rendered once and handed to every
+/// response shared; a policy whose limits or quota change is rendered again.
+#[tokio::test]
+async fn a_policys_headers_are_rendered_once_and_handed_over_shared() {
+    let s = setup();
+    let spec = |daily| {
+        PolicySpec::new("p").with_rate_limit(100, Duration::from_secs(60)).with_quota(Some(daily), Some(20_000))
+    };
+    let first = s.acme.create_policy(spec(1000)).await.unwrap();
+    let second = s.acme.create_policy(PolicySpec::new("q").with_rate_limit(7, Duration::from_secs(1))).await.unwrap();
+    let a = key(&s, NewKey::new("a").with_policy(first.id)).await;
+    let b = key(&s, NewKey::new("b").with_policy(second.id)).await;
+    let gate = Gate::new(s.engine.clone());
+    let written = |raw: String| {
+        let gate = gate.clone();
+        async move {
+            let pass = admitted(outcome(&gate, "GET", None, &bearer(&raw)).await);
+            let mut sink = SharingSink::default();
+            pass.write_headers(&mut sink);
+            sink.0
+        }
+    };
+    let policy_value = |headers: &[(&'static str, String, Option<SharedHeaderValue>)]| {
+        assert!(headers.iter().all(|(_, _, shared)| shared.is_some()), "{headers:?}");
+        headers[0].2.clone().unwrap()
+    };
+    let one = policy_value(&written(a.clone()).await);
+    let other = policy_value(&written(b.clone()).await);
+    let again = policy_value(&written(a.clone()).await);
+    assert_eq!(
+        one.as_str(),
+        r#""default";q=100;w=60, "quota-daily";q=1000;w=86400, "quota-monthly";q=20000;w=2678400"#
+    );
+    assert_eq!(other.as_str(), r#""default";q=7;w=1"#);
+    assert_eq!(again.bytes().as_ptr(), one.bytes().as_ptr(), "rendered once, for every request of the policy");
+
+    s.acme.update_policy(first.id, spec(500)).await.unwrap();
+    let changed = policy_value(&written(a.clone()).await);
+    assert!(changed.as_str().contains(r#""quota-daily";q=500;"#), "a changed quota is rendered again: {changed:?}");
+    assert_eq!(policy_value(&written(a).await).bytes().as_ptr(), changed.bytes().as_ptr());
+}
+
+#[tokio::test]
+async fn credits_are_reported_only_when_strictly_closer_to_refusing_than_the_limit() {
+    let s = setup();
+    let policy = s.acme.create_policy(PolicySpec::new("p").with_rate_limit(10, Duration::from_secs(60))).await.unwrap();
+    let raw = key(&s, NewKey::new("k").with_policy(policy.id).with_credits(crate::Credits::new(10))).await;
+    let gate = Gate::new(s.engine.clone());
+    let pass = admitted(outcome(&gate, "GET", None, &bearer(&raw)).await);
+    // 9 requests and 9 credits left: the limit is reported.
+    assert_eq!(pass.response_headers()[1], ("ratelimit", r#""default";r=9;t=6"#.to_owned()));
+}
+
+/// The cached rendering lists every limit of the policy: a validation
+/// without a state for each (one put together by hand) is written fresh.
+#[tokio::test]
+async fn a_validation_without_every_limits_state_is_not_written_from_the_cache() {
+    let s = setup();
+    let spec = PolicySpec::new("p").with_limit(RateLimit::new("burst", 10, Duration::from_secs(1)));
+    let policy = s.acme.create_policy(spec).await.unwrap();
+    let raw = key(&s, NewKey::new("k").with_policy(policy.id)).await;
+    let pass = admitted(outcome(&Gate::new(s.engine.clone()), "GET", None, &bearer(&raw)).await);
+    let mut partial = pass.key().validation().clone();
+    partial.rate_limits = crate::RateLimitStates::default();
+    let cache = super::headers::PolicyHeaders::default();
+    let mut cached = Vec::new();
+    RateLimitHeaders::Draft.write_for_validation_with(&partial, Some(&cache), &mut cached);
+    let mut fresh = Vec::new();
+    RateLimitHeaders::Draft.write_for_validation(&partial, &mut fresh);
+    assert_eq!((cached, fresh), (Vec::new(), Vec::new()));
+}

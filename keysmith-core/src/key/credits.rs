@@ -159,4 +159,20 @@ mod tests {
         assert!(Credits::new(0).with_refill(1, Period::Hour).checked(now).is_err(), "refills are daily or monthly");
         assert!(Credits::new(0).checked(now).is_ok(), "zero remaining is a valid, exhausted state");
     }
+
+    #[test]
+    fn checked_credits_belong_to_the_current_period_and_report_the_next_refill() {
+        let now = Utc.with_ymd_and_hms(2026, 3, 15, 13, 30, 0).unwrap();
+        let march = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+        let april = Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0).unwrap();
+        let monthly = Credits::new(0).with_refill(Credits::MAX, Period::Month).checked(now).unwrap();
+        assert_eq!((monthly.remaining, monthly.refilled_at), (0, Some(march)), "the largest refill is accepted");
+        assert_eq!(monthly.as_of(now).remaining, 0, "no refill before April");
+        let status = monthly.status(2, now);
+        let refill = Some(Refill { amount: Credits::MAX, every: Period::Month });
+        assert_eq!(status, CreditsStatus { remaining: 0, cost: 2, refill, refills_at: Some(april) });
+        let prepaid = Credits::new(7).checked(now).unwrap();
+        assert_eq!(prepaid.refilled_at, None);
+        assert_eq!(prepaid.status(1, now), CreditsStatus { remaining: 7, cost: 1, refill: None, refills_at: None });
+    }
 }

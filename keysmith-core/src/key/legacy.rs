@@ -209,4 +209,55 @@ mod tests {
         let many = (0..=MAX_RULES).fold(LegacyKeys::new(), |legacy, i| legacy.accept_any(format!("app{i}")));
         assert!(many.check().is_err());
     }
+
+    #[test]
+    fn rules_are_bounded_at_their_limits() {
+        let apps = |n: usize| (0..n).fold(LegacyKeys::new(), |legacy, i| legacy.accept_any(format!("app{i}")));
+        assert!(apps(MAX_RULES).check().is_ok(), "64 applications are accepted");
+        let prefix = |p: String| LegacyKeys::new().accept_prefixes("app", [p]).check();
+        assert!(prefix("m".to_owned()).is_ok());
+        assert!(prefix("m".repeat(64)).is_ok());
+        assert!(prefix("m".repeat(65)).is_err());
+        assert!(prefix(String::new()).is_err(), "an empty prefix would accept any key");
+        assert!(prefix("mk\u{7f}".to_owned()).is_err());
+        assert!(!LegacyKeys::new().accept_any("app").is_empty());
+        assert!(LegacyKeys::new().is_empty());
+    }
+
+    #[test]
+    fn a_key_must_be_longer_than_its_prefix_and_long_enough() {
+        let legacy = LegacyKeys::new().accept_prefixes("app", ["mk_0123456789abcd"]);
+        assert!(!legacy.matches("mk_0123456789abcd").any(), "the prefix alone is no key");
+        assert!(legacy.matches("mk_0123456789abcde").any());
+        assert!(!legacy.matches("mk_0123456789abc").any(), "shorter than its prefix");
+        let any = LegacyKeys::new().accept_any("app");
+        assert!(any.matches(&"a".repeat(MIN_LEGACY_KEY_LEN)).any());
+        assert!(!any.matches(&"a".repeat(MIN_LEGACY_KEY_LEN - 1)).any());
+        assert!(!legacy.matches("pk_0123456789abcdef").any(), "another prefix");
+    }
+
+    #[test]
+    fn each_rule_answers_for_its_own_application_only() {
+        // Rule 0 accepts `mk_` and `zk_`, rule 1 `pk_`, rule 2 any key.
+        let legacy = LegacyKeys::new()
+            .accept_prefixes("first", ["mk_"])
+            .accept_prefixes("second", ["pk_"])
+            .accept_any("third")
+            .accept_prefixes("first", ["zk_"]);
+        let apps = |raw: &str| {
+            let matched = legacy.matches(raw);
+            ["first", "second", "third", "fourth"].map(|app| legacy.accepts(matched, app))
+        };
+        assert_eq!(apps("mk_0123456789abcdef"), [true, false, true, false]);
+        assert_eq!(apps("zk_0123456789abcdef"), [true, false, true, false], "prefixes add up per application");
+        assert_eq!(apps("pk_0123456789abcdef"), [false, true, true, false]);
+        assert_eq!(apps("xx_0123456789abcdef"), [false, false, true, false]);
+        assert!(!legacy.accepts(LegacyMatch::default(), "third"), "no match accepts nothing");
+        // Any key stays any key, whatever prefixes are added before or after.
+        let widened = LegacyKeys::new().accept_any("app").accept_prefixes("app", ["mk_"]);
+        assert_eq!(widened, LegacyKeys::new().accept_any("app"));
+        let narrowed = LegacyKeys::new().accept_prefixes("app", ["mk_"]).accept_any("app");
+        assert_eq!(narrowed, LegacyKeys::new().accept_any("app"));
+        assert!(narrowed.accepts(narrowed.matches("xx_0123456789abcdef"), "app"));
+    }
 }

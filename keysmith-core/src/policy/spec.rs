@@ -399,4 +399,142 @@ mod tests {
             }
         }
     }
+
+    /// The field `spec` is refused for, or `None` when it is accepted.
+    fn refused_field(spec: &PolicySpec) -> Option<&'static str> {
+        match spec.validate() {
+            Ok(_) => None,
+            Err(Error::InvalidInput { field, .. }) => Some(field),
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_bound_is_inclusive_and_one_past_it_is_refused() {
+        let p = || PolicySpec::new("p");
+        let second = Duration::from_secs(1);
+        let beyond = |d: Duration| d + Duration::from_nanos(1);
+        let cases = [
+            (p().with_quota(Some(1), Some(PolicySpec::MAX_QUOTA)), None),
+            (p().with_quota(Some(PolicySpec::MAX_QUOTA), Some(1)), None),
+            (p().with_quota(None, None), None),
+            (p().with_quota(Some(PolicySpec::MAX_QUOTA + 1), None), Some("quota.daily")),
+            (p().with_quota(None, Some(PolicySpec::MAX_QUOTA + 1)), Some("quota.monthly")),
+            (p().with_quota(Some(5), Some(0)), Some("quota.monthly")),
+            (p().with_max_key_age(second), None),
+            (p().with_max_key_age(PolicySpec::MAX_KEY_AGE), None),
+            // 100 years of 365.25 days, and a second more.
+            (p().with_max_key_age(Duration::from_secs(100 * 31_557_600)), None),
+            (p().with_max_key_age(Duration::from_secs(100 * 31_557_600 + 1)), Some("max_key_age")),
+            // 366 days of grace, and a second more.
+            (p().with_rotation_grace(Duration::from_secs(366 * 86_400)), None),
+            (p().with_rotation_grace(Duration::from_secs(366 * 86_400 + 1)), Some("rotation_grace")),
+            (p().with_max_key_age(second - Duration::from_nanos(1)), Some("max_key_age")),
+            (p().with_max_key_age(beyond(PolicySpec::MAX_KEY_AGE)), Some("max_key_age")),
+            (p().with_rotation_grace(Duration::ZERO), None),
+            (p().with_rotation_grace(PolicySpec::MAX_ROTATION_GRACE), None),
+            (p().with_rotation_grace(beyond(PolicySpec::MAX_ROTATION_GRACE)), Some("rotation_grace")),
+            (p().with_max_active_keys_per_owner(1), None),
+            (p().with_max_active_keys_per_owner(PolicySpec::MAX_KEYS_PER_OWNER), None),
+            (p().with_max_active_keys_per_owner(0), Some("max_active_keys_per_owner")),
+            (p().with_max_active_keys_per_owner(PolicySpec::MAX_KEYS_PER_OWNER + 1), Some("max_active_keys_per_owner")),
+        ];
+        for (i, (spec, field)) in cases.iter().enumerate() {
+            assert_eq!(refused_field(spec), *field, "case {i}: {spec:?}");
+        }
+    }
+
+    #[test]
+    fn a_rate_limit_is_bounded_so_the_limiter_can_enforce_it() {
+        let max = PolicySpec::MAX_REQUESTS;
+        let limit = |requests, window, burst| {
+            let mut spec = PolicySpec::new("p");
+            spec.rate_limits = vec![RateLimit { name: "l".to_owned(), requests, window, burst }];
+            spec
+        };
+        let day = Duration::from_secs(86_400);
+        let cases = [
+            (limit(1, PolicySpec::MIN_WINDOW, None), None),
+            (limit(max, PolicySpec::MAX_WINDOW, Some(max)), None),
+            // A full burst refills in exactly the longest time.
+            (limit(1, PolicySpec::MAX_WINDOW, None), None),
+            (limit(2, PolicySpec::MAX_WINDOW, Some(2)), None),
+            (limit(366, PolicySpec::MAX_WINDOW, Some(366)), None),
+            (limit(1, day, Some(366)), None),
+            (limit(1, day, Some(367)), Some("rate_limits.burst")),
+            (limit(1000, day, Some(366_000)), None),
+            (limit(3, Duration::from_secs(3 * 86_400), Some(367)), Some("rate_limits.burst")),
+            (limit(0, day, None), Some("rate_limits.requests")),
+            (limit(max + 1, day, None), Some("rate_limits.requests")),
+            (limit(1, Duration::ZERO, None), Some("rate_limits.window")),
+            (limit(1, PolicySpec::MIN_WINDOW - Duration::from_nanos(1), None), Some("rate_limits.window")),
+            (limit(1, PolicySpec::MAX_WINDOW + Duration::from_nanos(1), None), Some("rate_limits.window")),
+            (limit(5, day, Some(0)), Some("rate_limits.burst")),
+            (limit(5, day, Some(max + 1)), Some("rate_limits.burst")),
+        ];
+        for (i, (spec, field)) in cases.iter().enumerate() {
+            assert_eq!(refused_field(spec), *field, "case {i}: {:?}", spec.rate_limits);
+        }
+        let mut eight = PolicySpec::new("p");
+        for i in 0..PolicySpec::MAX_RATE_LIMITS {
+            eight = eight.with_limit(RateLimit::new(format!("l{i}"), 1, Duration::from_secs(1)));
+        }
+        assert_eq!(refused_field(&eight), None, "eight limits are accepted");
+        let apart = PolicySpec::new("p")
+            .with_limit(RateLimit::new("a", 1, Duration::from_secs(1)))
+            .with_limit(RateLimit::new("b", 1, Duration::from_secs(1)))
+            .with_limit(RateLimit::new("a", 1, Duration::from_secs(1)));
+        assert_eq!(refused_field(&apart), Some("rate_limits.name"), "a name used again later");
+    }
+
+    #[test]
+    fn origin_schemes_are_letters_digits_plus_minus_and_dots() {
+        for good in ["chrome-extension://abc", "coap+tcp://h", "a.b://h", "x1://h:8080"] {
+            assert_eq!(normalize_origin(good).unwrap(), good, "{good}");
+        }
+        for bad in ["ht_tp://h", "ht tp://h", "https://a b", "https://a?b", "https://a#b", "https://a\tb"] {
+            assert!(normalize_origin(bad).is_err(), "{bad}");
+        }
+        assert_eq!(normalize_origin("  https://a.example/// ").unwrap(), "https://a.example");
+    }
+
+    #[test]
+    fn a_checked_spec_keeps_the_normalised_lists() {
+        let spec = PolicySpec::new("  partners  ")
+            .with_allowed_ips(["10.1.2.3/8", "192.0.2.7"])
+            .with_allowed_origins(["HTTPS://App.Example.com/"])
+            .with_allowed_scopes(["read", "write:users"]);
+        let checked = spec.validate().unwrap();
+        assert_eq!(
+            checked,
+            CheckedSpec {
+                name: "partners".to_owned(),
+                allowed_ips: vec!["10.0.0.0/8".parse().unwrap(), "192.0.2.7/32".parse().unwrap()],
+                allowed_origins: vec!["https://app.example.com".to_owned()],
+                allowed_scopes: vec!["read".to_owned(), "write:users".to_owned()],
+            }
+        );
+        let bad_ip = PolicySpec::new("p").with_allowed_ips(["10.0.0.0/33"]);
+        let bad_origin = PolicySpec::new("p").with_allowed_origins(["app.example.com"]);
+        assert_eq!(
+            (refused_field(&bad_ip), refused_field(&bad_origin)),
+            (Some("allowed_ips"), Some("allowed_origins"))
+        );
+    }
+
+    #[test]
+    fn builders_set_their_fields() {
+        let minute = Duration::from_secs(60);
+        let spec = PolicySpec::new("p")
+            .with_limit_by(LimitBy::Owner)
+            .with_max_key_age(minute)
+            .with_rotation_grace(minute)
+            .with_max_active_keys_per_owner(3)
+            .with_quota(Some(10), None);
+        assert_eq!(spec.limit_by, LimitBy::Owner);
+        assert_eq!((spec.max_key_age, spec.rotation_grace), (Some(minute), Some(minute)));
+        assert_eq!(spec.max_active_keys_per_owner, Some(3));
+        assert_eq!(spec.quota, Some(Quota { daily: Some(10), monthly: None }));
+        assert_eq!(spec.name, "p");
+    }
 }
