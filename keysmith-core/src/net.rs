@@ -30,10 +30,32 @@ pub(crate) fn parse_net(text: &str) -> Option<IpNet> {
     Some(canonical_net(net))
 }
 
-/// True if the canonical `ip` is inside `net` (canonicalized here too, so
-/// networks stored before they were canonical still match).
+/// True if the canonical `ip` is inside `net`, as if `net` were canonical
+/// too (so networks stored before they were canonical still match), in a
+/// few compares: host bits drop out of the masked comparison, and an IPv4
+/// client is inside an IPv6 network exactly when that network lies inside
+/// `::ffff:0:0/96` (its prefix at least 96 bits) and holds the client's
+/// mapped address. An IPv6 `ip` is never mapped (it is canonical), so it
+/// never falls inside such a network.
 pub(crate) fn contains(net: &IpNet, ip: IpAddr) -> bool {
-    canonical_net(*net).contains(&ip)
+    match (net, ip) {
+        (IpNet::V4(net), IpAddr::V4(ip)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(net.prefix_len())).unwrap_or(0);
+            (u32::from(net.addr()) ^ u32::from(ip)) & mask == 0
+        }
+        (IpNet::V6(net), IpAddr::V6(ip)) => same_prefix_v6(net.addr().into(), ip.into(), net.prefix_len()),
+        (IpNet::V6(net), IpAddr::V4(ip)) => {
+            net.prefix_len() >= MAPPED_PREFIX_LEN
+                && same_prefix_v6(net.addr().into(), ip.to_ipv6_mapped().into(), net.prefix_len())
+        }
+        (IpNet::V4(_), IpAddr::V6(_)) => false,
+    }
+}
+
+/// True if `a` and `b` agree on their first `len` bits.
+fn same_prefix_v6(a: u128, b: u128, len: u8) -> bool {
+    let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+    (a ^ b) & mask == 0
 }
 
 #[cfg(test)]
@@ -66,6 +88,56 @@ mod tests {
         let stored: IpNet = "::ffff:203.0.113.0/120".parse().unwrap();
         assert!(contains(&stored, "203.0.113.5".parse().unwrap()));
         assert!(!contains(&stored, "203.0.114.5".parse().unwrap()));
+    }
+
+    #[test]
+    fn contains_agrees_with_the_canonical_network() {
+        let nets = [
+            "10.0.0.0/8",
+            "10.1.2.3/8",
+            "192.0.2.7/32",
+            "0.0.0.0/0",
+            "203.0.113.0/31",
+            "::ffff:192.0.2.0/120",
+            "::ffff:192.0.2.9/120",
+            "::ffff:0:0/96",
+            "::ffff:0:0/95",
+            "::ffff:0:0/80",
+            "::/0",
+            "2001:db8::/32",
+            "2001:db8::1/128",
+            "::ffff:10.0.0.1/128",
+            "::ffff:10.0.0.0/97",
+            "fe80::/10",
+        ];
+        let ips = [
+            "10.0.0.1",
+            "10.255.255.255",
+            "11.0.0.0",
+            "192.0.2.7",
+            "192.0.2.8",
+            "192.0.3.1",
+            "203.0.113.1",
+            "203.0.113.2",
+            "0.0.0.0",
+            "255.255.255.255",
+            "127.0.0.1",
+            "::ffff:10.0.0.1",
+            "2001:db8::1",
+            "2001:db8::2",
+            "2001:db9::",
+            "::",
+            "::1",
+            "fe80::1",
+        ];
+        for text in nets {
+            let stored: IpNet = text.parse().unwrap();
+            for ip in ips {
+                let ip = ip.parse::<IpAddr>().unwrap().to_canonical();
+                let expected = canonical_net(stored).contains(&ip);
+                assert_eq!(contains(&stored, ip), expected, "{text} contains {ip}");
+            }
+        }
     }
 
     #[test]

@@ -577,13 +577,29 @@ pub struct Authorize {
 }
 
 enum State {
-    Ready(Option<Outcome>),
+    Ready(Option<Known>),
     Pending(Pin<Box<dyn Future<Output = Outcome> + Send>>),
+}
+
+/// An [`Outcome`] known at once, with the rare refusal boxed: the future
+/// of a passed request (moved through the framework's own futures) is only
+/// as large as [`Admitted`].
+enum Known {
+    Pass(Admitted),
+    Anonymous,
+    Preflight,
+    Refuse(Box<RefusalResponse>),
 }
 
 impl Authorize {
     fn ready(outcome: Outcome) -> Self {
-        Self { state: State::Ready(Some(outcome)) }
+        let known = match outcome {
+            Outcome::Pass(admitted) => Known::Pass(admitted),
+            Outcome::Anonymous => Known::Anonymous,
+            Outcome::Preflight => Known::Preflight,
+            Outcome::Refuse(refusal) => Known::Refuse(Box::new(refusal)),
+        };
+        Self { state: State::Ready(Some(known)) }
     }
 }
 
@@ -602,7 +618,12 @@ impl Future for Authorize {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         match &mut self.state {
-            State::Ready(outcome) => Poll::Ready(outcome.take().expect("Authorize polled after completion")),
+            State::Ready(known) => Poll::Ready(match known.take().expect("Authorize polled after completion") {
+                Known::Pass(admitted) => Outcome::Pass(admitted),
+                Known::Anonymous => Outcome::Anonymous,
+                Known::Preflight => Outcome::Preflight,
+                Known::Refuse(refusal) => Outcome::Refuse(*refusal),
+            }),
             State::Pending(future) => future.as_mut().poll(cx),
         }
     }
