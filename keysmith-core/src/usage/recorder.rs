@@ -493,6 +493,7 @@ impl UsageRecorder {
             quotas: Arc::clone(&self.quotas),
             counters: Arc::clone(&self.counters),
             shards: Arc::clone(&shards),
+            wake: Arc::clone(&wake),
         };
         let worker = Worker {
             config: self.config,
@@ -598,6 +599,11 @@ impl Lane {
             self.settle().await;
         }
     }
+
+    /// Whether a write is in flight.
+    fn busy(&self) -> bool {
+        self.writing.as_ref().is_some_and(|writing| !writing.is_finished())
+    }
 }
 
 /// The lane of `key_id` among `lanes`.
@@ -626,6 +632,8 @@ struct Sink {
     quotas: Arc<QuotaTracker>,
     counters: Arc<Counters>,
     shards: Arc<Shards>,
+    /// Wakes the writer when a write is done, so its lane's next batch goes.
+    wake: Arc<Notify>,
 }
 
 impl Worker {
@@ -639,7 +647,7 @@ impl Worker {
             }
             let stop = self.drain(&mut rx).await;
             self.take_buffered().await;
-            self.write().await;
+            self.write_idle(1).await;
             for lane in &mut self.lanes {
                 lane.reap().await;
             }
@@ -655,8 +663,7 @@ impl Worker {
             self.handle(message).await;
         }
         self.take_buffered().await;
-        self.write().await;
-        self.settle().await;
+        self.write_all().await;
     }
 
     /// Waits until every write in flight is done.
@@ -672,7 +679,7 @@ impl Worker {
         for buffer in self.shards.take_all() {
             self.append(buffer);
         }
-        self.write_full().await;
+        self.write_idle(self.config.batch_size.max(1)).await;
     }
 
     /// Moves `buffer` into the batch: records kept as the mode says (entries
@@ -746,7 +753,7 @@ impl Worker {
         match message {
             Message::Records(buffer) => {
                 self.append(buffer);
-                self.write_full().await;
+                self.write_idle(self.config.batch_size.max(1)).await;
             }
             Message::Touch(key, at) => {
                 if let Err(error) = self.sink.store.touch_key(key, at).await {
@@ -755,66 +762,63 @@ impl Worker {
             }
             Message::Flush(done) => {
                 self.take_buffered().await;
-                self.write().await;
-                self.settle().await;
+                self.write_all().await;
                 let _ = done.send(());
             }
             Message::Shutdown => {}
         }
     }
 
-    /// Writes every lane's batch.
-    async fn write(&mut self) {
-        for lane in self.idle_first() {
-            self.write_lane(lane).await;
+    /// Writes everything held, a batch per lane at a time, and waits for
+    /// every write.
+    async fn write_all(&mut self) {
+        while self.lanes.iter().any(|lane| lane.batch.requests() > 0) {
+            for lane in 0..self.lanes.len() {
+                self.lanes[lane].settle().await;
+                self.write_lane(lane);
+            }
         }
+        self.settle().await;
     }
 
-    /// Writes the batches that hold `batch_size` places or more.
-    async fn write_full(&mut self) {
-        let size = self.config.batch_size.max(1);
-        for lane in self.idle_first() {
-            if self.lanes[lane].batch.places >= size {
-                self.write_lane(lane).await;
+    /// Writes the batch of every lane without a write in flight that holds
+    /// at least `places` places. Never waits: a busy lane's batch goes when
+    /// its write is done (which wakes the writer), so one slow write never
+    /// holds up the other lanes.
+    async fn write_idle(&mut self, places: usize) {
+        for lane in 0..self.lanes.len() {
+            if self.lanes[lane].batch.places >= places && !self.lanes[lane].busy() {
+                self.lanes[lane].reap().await;
+                self.write_lane(lane);
             }
         }
     }
 
-    /// The lanes, those without a write in flight first: a lane waits for
-    /// its own last write only, and never keeps an idle one waiting.
-    fn idle_first(&self) -> Vec<usize> {
-        let mut lanes: Vec<usize> = (0..self.lanes.len()).collect();
-        lanes.sort_by_key(|&lane| self.lanes[lane].writing.as_ref().is_some_and(|writing| !writing.is_finished()));
-        lanes
-    }
-
-    /// Writes the batch of `lane` in writes of at most `batch_size` records,
-    /// the roll-up increments with the first, each started when the lane's
-    /// previous write is done.
-    async fn write_lane(&mut self, lane: usize) {
+    /// Starts the write of up to `batch_size` records of `lane`'s batch,
+    /// with all its roll-up increments; the rest stays in the batch. The
+    /// lane must have no write in flight.
+    fn write_lane(&mut self, lane: usize) {
         let lane = &mut self.lanes[lane];
+        debug_assert!(lane.writing.is_none(), "one write in flight per lane");
         if lane.batch.requests() == 0 {
             return;
         }
-        let Batch { mut records, counted, places } = std::mem::take(&mut lane.batch);
         let size = self.config.batch_size.max(1);
-        // Every record holds one place; the rest go with the first write.
-        let mut first = Some((counted, places - records.len()));
-        while !records.is_empty() || first.is_some() {
-            let rest = records.split_off(size.min(records.len()));
-            let chunk = std::mem::replace(&mut records, rest);
-            let (deltas, folded, extra) = match first.take() {
-                Some((counted, extra)) => (counted.deltas.into_values().collect(), counted.requests, extra),
-                None => (Vec::new(), 0, 0),
-            };
-            lane.settle().await;
-            let sink = Arc::clone(&self.sink);
-            lane.writing = Some(tokio::spawn(async move {
-                let batch = UsageBatch { id: UsageId::new(), records: &chunk, deltas: &deltas };
-                sink.write(&batch, chunk.len() + folded).await;
-                sink.shards.queued.fetch_sub(chunk.len() + extra, Ordering::Relaxed);
-            }));
-        }
+        let batch = &mut lane.batch;
+        let rest = batch.records.split_off(size.min(batch.records.len()));
+        let chunk = std::mem::replace(&mut batch.records, rest);
+        // Every record holds one place; the rest go with the increments.
+        let places = batch.places - batch.records.len();
+        batch.places = batch.records.len();
+        let counted = std::mem::take(&mut batch.counted);
+        let (deltas, folded): (Vec<UsageDelta>, usize) = (counted.deltas.into_values().collect(), counted.requests);
+        let sink = Arc::clone(&self.sink);
+        lane.writing = Some(tokio::spawn(async move {
+            let batch = UsageBatch { id: UsageId::new(), records: &chunk, deltas: &deltas };
+            sink.write(&batch, chunk.len() + folded).await;
+            sink.shards.queued.fetch_sub(places, Ordering::Relaxed);
+            sink.wake.notify_one();
+        }));
     }
 }
 
@@ -880,6 +884,7 @@ mod tests {
             quotas: Arc::new(QuotaTracker::new(Duration::from_secs(5))),
             counters: Arc::default(),
             shards: Arc::clone(&shards),
+            wake: Arc::default(),
         };
         let config = UsageConfig { concurrent_writes: lanes, ..UsageConfig::default() };
         Worker {
