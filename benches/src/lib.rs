@@ -105,7 +105,12 @@ impl BenchStore {
             }
             Backend::Postgres => {
                 let db = PgTestDb::create().await?;
-                let pg = PgStore::connect(db.url()).await.expect("connect to PostgreSQL");
+                // Usage commits synchronously unless asked (`bench-usage`).
+                let asynchronous = std::env::var_os("BENCH_ASYNCHRONOUS_USAGE_COMMIT").is_some();
+                let pg = PgStore::connect(db.url())
+                    .await
+                    .expect("connect to PostgreSQL")
+                    .with_asynchronous_usage_commit(asynchronous);
                 pg.migrate().await.expect("migrate PostgreSQL");
                 let url = db.url().to_owned();
                 Some(Self::on_server(Arc::new(pg), url, Box::new(db)))

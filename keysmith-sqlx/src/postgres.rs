@@ -33,6 +33,27 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 /// passes); the pool opens new connections when the server is back.
 pub type PgStore = SqlStore<Postgres>;
 
+impl PgStore {
+    /// Whether usage batches commit asynchronously (default: no, each
+    /// commit waits until its WAL is on disk).
+    ///
+    /// Asynchronous commit (`synchronous_commit = off` for usage
+    /// transactions only) trades durability for throughput: a usage
+    /// transaction no longer waits for its fsync. **A crash of the database
+    /// server (or of its machine) may then lose the usage batches of its last
+    /// 3 × `wal_writer_delay` (600 ms by default) that the recorder already
+    /// counted as written**: their raw records and their roll-ups, so quotas
+    /// and the usage a tenant is shown read less than was served. A batch is
+    /// lost whole or kept whole, never in part, and nothing else (keys,
+    /// policies, credits) is written asynchronously. Turn it on only where
+    /// losing up to that much usage on a server crash is acceptable.
+    #[must_use]
+    pub fn with_asynchronous_usage_commit(mut self, on: bool) -> Self {
+        self.asynchronous_usage_commit = on;
+        self
+    }
+}
+
 impl sealed::Sealed for Postgres {}
 
 impl Backend for Postgres {
@@ -47,12 +68,8 @@ impl Dialect for Postgres {
     type Scopes = Vec<String>;
 
     const SLOT: usize = 0;
-    // A usage batch does not wait for its WAL to reach the disk: the locks
-    // on its roll-up rows, which the next batch waits for, are released at
-    // once instead of after an fsync. A crash of the server may lose the
-    // batches of its last few hundred milliseconds (3 × `wal_writer_delay`),
-    // never part of one; the recorder holds as much in memory anyway.
-    const BEGIN_USAGE: &'static str = "BEGIN; SET LOCAL synchronous_commit = off";
+    // See `SqlStore::with_asynchronous_usage_commit`.
+    const BEGIN_USAGE_ASYNCHRONOUS: &'static str = "BEGIN; SET LOCAL synchronous_commit = off";
     // Conflicts only with deleting the key or changing its id.
     const SHARE_ROWS: &'static str = " FOR KEY SHARE";
 

@@ -265,6 +265,14 @@ mod postgres_only {
     }
 
     #[tokio::test]
+    async fn replayed_usage_batch_is_counted_once_with_asynchronous_usage_commit() {
+        let Some(db) = PgTestDb::create().await else { return };
+        let store = PgStore::connect(db.url()).await.expect("connect to the test database");
+        store.migrate().await.expect("migrate");
+        sql_cases::replayed_usage_batch_is_counted_once(Arc::new(store.with_asynchronous_usage_commit(true))).await;
+    }
+
+    #[tokio::test]
     async fn usage_for_an_unknown_key_fails_the_whole_batch() {
         let Some(db) = PgTestDb::create().await else { return };
         sql_cases::usage_for_an_unknown_key_fails_the_whole_batch(store(&db).await).await;

@@ -7,7 +7,9 @@
 //!   at once (default: `UsageConfig`'s), then waits for the last
 //!   write (`engine.shutdown()`), and prints records/s written and how many
 //!   were dropped. PostgreSQL needs `KEYSMITH_TEST_POSTGRES_URL`, MySQL
-//!   `KEYSMITH_TEST_MYSQL_URL`. On PostgreSQL it then measures, in the same
+//!   `KEYSMITH_TEST_MYSQL_URL`; `BENCH_ASYNCHRONOUS_USAGE_COMMIT=1` makes
+//!   PostgreSQL commit usage asynchronously
+//!   (`PgStore::with_asynchronous_usage_commit`). On PostgreSQL it then measures, in the same
 //!   run, the server's own `COPY` of the same number of rows from a CSV
 //!   file into a table of the same shape and indexes (`LIKE keysmith_usage
 //!   INCLUDING ALL`), and prints the ratio.

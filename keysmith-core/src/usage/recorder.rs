@@ -2,6 +2,11 @@
 //! writes batches (a few at once), so the request path never waits for the
 //! store.
 //!
+//! Each key's usage goes to one of [`UsageConfig::concurrent_writes`] lanes
+//! (by its id), each with its own batch and at most one write in flight:
+//! two writes in flight never touch the same roll-up rows, so neither waits
+//! for the other's row locks until its commit.
+//!
 //! The request path queues a [`UsageEntry`]: no record id, no text but
 //! numbers in the engine's [`UsageTexts`]; the writer numbers the record
 //! ([`UsageId`]) and reads its text back once per batch, so a passed
@@ -28,7 +33,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{Notify, mpsc, oneshot};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 use super::quota::QuotaTracker;
 use super::texts::{Text, UsageTexts};
@@ -58,8 +63,10 @@ pub struct UsageConfig {
     /// `last_used_at` is written at most once per key per this interval.
     pub last_used_interval: Duration,
     /// Batches written at once, each its own transaction on its own
-    /// connection (at least 1): the writer fills the next batch while the
-    /// store commits the last.
+    /// connection (at least 1): the writer fills the next batches while the
+    /// store commits the last. Each is a lane of its own keys (a key's lane
+    /// is fixed by its id), so writes in flight never wait for each other's
+    /// roll-up rows; a lane writes one batch at a time.
     pub concurrent_writes: usize,
 }
 
@@ -194,17 +201,15 @@ impl Counted {
         true
     }
 
-    /// Adds every delta of `other`.
-    fn merge(&mut self, other: Counted) {
-        for ((key_id, hour), delta) in other.deltas {
-            match self.deltas.entry((key_id, hour)) {
-                Entry::Occupied(mut held) => held.get_mut().counts.add(&delta.counts),
-                Entry::Vacant(vacant) => {
-                    vacant.insert(delta);
-                }
+    /// Adds `delta`, which counts `requests` requests.
+    fn merge(&mut self, delta: UsageDelta, requests: usize) {
+        match self.deltas.entry((delta.key_id, delta.hour)) {
+            Entry::Occupied(mut held) => held.get_mut().counts.add(&delta.counts),
+            Entry::Vacant(vacant) => {
+                vacant.insert(delta);
             }
         }
-        self.requests += other.requests;
+        self.requests += requests;
     }
 }
 
@@ -488,6 +493,7 @@ impl UsageRecorder {
             quotas: Arc::clone(&self.quotas),
             counters: Arc::clone(&self.counters),
             shards: Arc::clone(&shards),
+            wake: Arc::clone(&wake),
         };
         let worker = Worker {
             config: self.config,
@@ -495,8 +501,7 @@ impl UsageRecorder {
             sink: Arc::new(sink),
             texts: Arc::clone(&self.texts),
             shards: Arc::clone(&shards),
-            batch: Batch::default(),
-            writing: JoinSet::new(),
+            lanes: (0..self.config.concurrent_writes.max(1)).map(|_| Lane::default()).collect(),
             sampled: 0,
         };
         let task = runtime.spawn(worker.run(rx, Arc::clone(&wake)));
@@ -572,15 +577,51 @@ impl Batch {
     }
 }
 
+/// The batch of one lane's keys, and its write in flight.
+#[derive(Default)]
+struct Lane {
+    batch: Batch,
+    /// Its last write, until it is known to be done.
+    writing: Option<JoinHandle<()>>,
+}
+
+impl Lane {
+    /// Waits until its write in flight, if any, is done.
+    async fn settle(&mut self) {
+        if let Some(writing) = self.writing.take() {
+            log_panic(writing.await);
+        }
+    }
+
+    /// Forgets its write if it is done (logging a panic).
+    async fn reap(&mut self) {
+        if self.writing.as_ref().is_some_and(JoinHandle::is_finished) {
+            self.settle().await;
+        }
+    }
+
+    /// Whether a write is in flight.
+    fn busy(&self) -> bool {
+        self.writing.as_ref().is_some_and(|writing| !writing.is_finished())
+    }
+}
+
+/// The lane of `key_id` among `lanes`.
+fn lane_of(key_id: KeyId, lanes: usize) -> usize {
+    let id = key_id.uuid().as_u128();
+    // Both halves: a time-ordered id's random bits are in its low half.
+    let folded = (id as u64) ^ ((id >> 64) as u64);
+    (folded % lanes as u64) as usize
+}
+
 struct Worker {
     config: UsageConfig,
     mode: UsageMode,
     sink: Arc<Sink>,
     texts: Arc<UsageTexts>,
     shards: Arc<Shards>,
-    batch: Batch,
-    /// Batches being written, at most `config.concurrent_writes`.
-    writing: JoinSet<()>,
+    /// One per write in flight at most (`config.concurrent_writes`).
+    lanes: Box<[Lane]>,
     /// Passed requests seen, for [`UsageMode::Sampled`].
     sampled: u64,
 }
@@ -591,6 +632,8 @@ struct Sink {
     quotas: Arc<QuotaTracker>,
     counters: Arc<Counters>,
     shards: Arc<Shards>,
+    /// Wakes the writer when a write is done, so its lane's next batch goes.
+    wake: Arc<Notify>,
 }
 
 impl Worker {
@@ -604,9 +647,9 @@ impl Worker {
             }
             let stop = self.drain(&mut rx).await;
             self.take_buffered().await;
-            self.write().await;
-            while let Some(done) = self.writing.try_join_next() {
-                log_panic(done);
+            self.write_idle(1).await;
+            for lane in &mut self.lanes {
+                lane.reap().await;
             }
             if stop {
                 break;
@@ -620,14 +663,13 @@ impl Worker {
             self.handle(message).await;
         }
         self.take_buffered().await;
-        self.write().await;
-        self.settle().await;
+        self.write_all().await;
     }
 
     /// Waits until every write in flight is done.
     async fn settle(&mut self) {
-        while let Some(done) = self.writing.join_next().await {
-            log_panic(done);
+        for lane in &mut self.lanes {
+            lane.settle().await;
         }
     }
 
@@ -637,33 +679,47 @@ impl Worker {
         for buffer in self.shards.take_all() {
             self.append(buffer);
         }
-        if self.batch.places >= self.config.batch_size.max(1) {
-            self.write().await;
-        }
+        self.write_idle(self.config.batch_size.max(1)).await;
     }
 
     /// Moves `buffer` into the batch: records kept as the mode says (entries
     /// numbered, their text read back), the rest folded into roll-up
     /// increments.
+    /// Each goes to the batch of its key's lane, with the place it held.
     fn append(&mut self, mut buffer: Buffer) {
-        self.batch.places += buffer.len();
-        self.batch.counted.merge(std::mem::take(&mut buffer.counted));
+        let lanes = self.lanes.len();
+        let mut counted = 0;
+        for (_, delta) in std::mem::take(&mut buffer.counted.deltas) {
+            // Every request counted is one passed or one refused.
+            let requests = usize::try_from(delta.counts.requests + delta.counts.refused.total()).unwrap_or(usize::MAX);
+            counted += requests;
+            let batch = &mut self.lanes[lane_of(delta.key_id, lanes)].batch;
+            batch.places += 1;
+            batch.counted.merge(delta, requests);
+        }
+        debug_assert_eq!(counted, buffer.counted.requests, "a request counted is one passed or one refused");
         for record in buffer.records.drain(..) {
-            if self.keeps_next() {
-                self.batch.records.push(record);
+            let keep = self.keeps_next();
+            let batch = &mut self.lanes[lane_of(record.key_id, lanes)].batch;
+            batch.places += 1;
+            if keep {
+                batch.records.push(record);
             } else {
-                self.batch.fold(record.key_id, &record.tenant, record.timestamp, &UsageCounts::passed(record.status));
+                batch.fold(record.key_id, &record.tenant, record.timestamp, &UsageCounts::passed(record.status));
             }
         }
         if !buffer.entries.is_empty() {
             let texts = Arc::clone(&self.texts);
             let texts = texts.read();
             for entry in buffer.entries.drain(..) {
-                if self.keeps_next() {
+                let keep = self.keeps_next();
+                let batch = &mut self.lanes[lane_of(entry.key_id, lanes)].batch;
+                batch.places += 1;
+                if keep {
                     let id = UsageId::at(entry.timestamp);
-                    self.batch.records.push(entry.into_record(id, &texts));
+                    batch.records.push(entry.into_record(id, &texts));
                 } else {
-                    self.batch.fold(entry.key_id, &entry.tenant, entry.timestamp, &UsageCounts::passed(entry.status));
+                    batch.fold(entry.key_id, &entry.tenant, entry.timestamp, &UsageCounts::passed(entry.status));
                 }
             }
         }
@@ -697,9 +753,7 @@ impl Worker {
         match message {
             Message::Records(buffer) => {
                 self.append(buffer);
-                if self.batch.places >= self.config.batch_size {
-                    self.write().await;
-                }
+                self.write_idle(self.config.batch_size.max(1)).await;
             }
             Message::Touch(key, at) => {
                 if let Err(error) = self.sink.store.touch_key(key, at).await {
@@ -708,44 +762,63 @@ impl Worker {
             }
             Message::Flush(done) => {
                 self.take_buffered().await;
-                self.write().await;
-                self.settle().await;
+                self.write_all().await;
                 let _ = done.send(());
             }
             Message::Shutdown => {}
         }
     }
 
-    /// Writes the batch in writes of at most `batch_size` records, the
-    /// roll-up increments with the first, each started as soon as fewer
-    /// than `concurrent_writes` are in flight.
-    async fn write(&mut self) {
-        if self.batch.requests() == 0 {
+    /// Writes everything held, a batch per lane at a time, and waits for
+    /// every write.
+    async fn write_all(&mut self) {
+        while self.lanes.iter().any(|lane| lane.batch.requests() > 0) {
+            for lane in 0..self.lanes.len() {
+                self.lanes[lane].settle().await;
+                self.write_lane(lane);
+            }
+        }
+        self.settle().await;
+    }
+
+    /// Writes the batch of every lane without a write in flight that holds
+    /// at least `places` places. Never waits: a busy lane's batch goes when
+    /// its write is done (which wakes the writer), so one slow write never
+    /// holds up the other lanes.
+    async fn write_idle(&mut self, places: usize) {
+        for lane in 0..self.lanes.len() {
+            if self.lanes[lane].batch.places >= places && !self.lanes[lane].busy() {
+                self.lanes[lane].reap().await;
+                self.write_lane(lane);
+            }
+        }
+    }
+
+    /// Starts the write of up to `batch_size` records of `lane`'s batch,
+    /// with all its roll-up increments; the rest stays in the batch. The
+    /// lane must have no write in flight.
+    fn write_lane(&mut self, lane: usize) {
+        let lane = &mut self.lanes[lane];
+        debug_assert!(lane.writing.is_none(), "one write in flight per lane");
+        if lane.batch.requests() == 0 {
             return;
         }
-        let Batch { mut records, counted, places } = std::mem::take(&mut self.batch);
         let size = self.config.batch_size.max(1);
-        // Every record holds one place; the rest go with the first write.
-        let mut first = Some((counted, places - records.len()));
-        while !records.is_empty() || first.is_some() {
-            let rest = records.split_off(size.min(records.len()));
-            let chunk = std::mem::replace(&mut records, rest);
-            let (deltas, folded, extra) = match first.take() {
-                Some((counted, extra)) => (counted.deltas.into_values().collect(), counted.requests, extra),
-                None => (Vec::new(), 0, 0),
-            };
-            while self.writing.len() >= self.config.concurrent_writes.max(1) {
-                if let Some(done) = self.writing.join_next().await {
-                    log_panic(done);
-                }
-            }
-            let sink = Arc::clone(&self.sink);
-            self.writing.spawn(async move {
-                let batch = UsageBatch { id: UsageId::new(), records: &chunk, deltas: &deltas };
-                sink.write(&batch, chunk.len() + folded).await;
-                sink.shards.queued.fetch_sub(chunk.len() + extra, Ordering::Relaxed);
-            });
-        }
+        let batch = &mut lane.batch;
+        let rest = batch.records.split_off(size.min(batch.records.len()));
+        let chunk = std::mem::replace(&mut batch.records, rest);
+        // Every record holds one place; the rest go with the increments.
+        let places = batch.places - batch.records.len();
+        batch.places = batch.records.len();
+        let counted = std::mem::take(&mut batch.counted);
+        let (deltas, folded): (Vec<UsageDelta>, usize) = (counted.deltas.into_values().collect(), counted.requests);
+        let sink = Arc::clone(&self.sink);
+        lane.writing = Some(tokio::spawn(async move {
+            let batch = UsageBatch { id: UsageId::new(), records: &chunk, deltas: &deltas };
+            sink.write(&batch, chunk.len() + folded).await;
+            sink.shards.queued.fetch_sub(places, Ordering::Relaxed);
+            sink.wake.notify_one();
+        }));
     }
 }
 
@@ -795,4 +868,80 @@ fn passed_requests<'a>(batch: &'a UsageBatch<'a>) -> impl Iterator<Item = (KeyId
     let records = batch.records.iter().map(|r| (r.key_id, r.timestamp, 1));
     let deltas = batch.deltas.iter().filter(|d| d.counts.requests > 0).map(|d| (d.key_id, d.hour, d.counts.requests));
     records.chain(deltas)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::{MemoryStore, Tenant};
+
+    fn worker(lanes: usize) -> Worker {
+        let shards = Arc::new(Shards::new());
+        let sink = Sink {
+            store: Arc::new(MemoryStore::new()),
+            quotas: Arc::new(QuotaTracker::new(Duration::from_secs(5))),
+            counters: Arc::default(),
+            shards: Arc::clone(&shards),
+            wake: Arc::default(),
+        };
+        let config = UsageConfig { concurrent_writes: lanes, ..UsageConfig::default() };
+        Worker {
+            config,
+            mode: UsageMode::Records,
+            sink: Arc::new(sink),
+            texts: Arc::default(),
+            shards,
+            lanes: (0..lanes).map(|_| Lane::default()).collect(),
+            sampled: 0,
+        }
+    }
+
+    fn record(key_id: KeyId, tenant: &SharedTenant, at: DateTime<Utc>) -> UsageRecord {
+        UsageRecord {
+            id: UsageId::at(at),
+            key_id,
+            tenant: tenant.clone(),
+            endpoint: "/v1/things".into(),
+            method: "GET".into(),
+            status: 200,
+            ip: None,
+            user_agent: None,
+            latency: Duration::from_millis(1),
+            timestamp: at,
+        }
+    }
+
+    #[test]
+    fn each_key_goes_to_one_lane_with_its_places_and_requests() {
+        let tenant = SharedTenant::from(Tenant::new("app", "acme"));
+        let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let keys: Vec<KeyId> = (0..64).map(|_| KeyId::new()).collect();
+        let mut buffer = Buffer::default();
+        for (n, key) in keys.iter().cycle().take(640).enumerate() {
+            buffer.records.push(record(*key, &tenant, at));
+            if n % 3 == 0 {
+                let counts = UsageCounts::refused(RefusalReason::RateLimited);
+                buffer.counted.add(*key, &tenant, Period::Hour.start_of(at), &counts, || true);
+            }
+        }
+        let (places, requests) = (buffer.len(), buffer.requests());
+        let mut worker = worker(2);
+        worker.append(buffer);
+
+        let lanes: Vec<HashSet<KeyId>> = worker
+            .lanes
+            .iter()
+            .map(|lane| {
+                let records = lane.batch.records.iter().map(|r| r.key_id);
+                records.chain(lane.batch.counted.deltas.values().map(|d| d.key_id)).collect()
+            })
+            .collect();
+        assert!(lanes[0].is_disjoint(&lanes[1]), "two writes in flight never share a key's roll-up rows");
+        assert_eq!(lanes[0].len() + lanes[1].len(), keys.len());
+        assert!(!lanes[0].is_empty() && !lanes[1].is_empty(), "64 keys over two lanes");
+        assert_eq!(worker.lanes.iter().map(|lane| lane.batch.places).sum::<usize>(), places);
+        assert_eq!(worker.lanes.iter().map(|lane| lane.batch.requests()).sum::<usize>(), requests);
+    }
 }

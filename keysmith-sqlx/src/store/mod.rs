@@ -36,6 +36,9 @@ pub(crate) use usage::{insert_new_usage, upsert_rollups_in_rows};
 #[derive(Debug, Clone)]
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
+    /// Usage transactions commit without waiting for their WAL (PostgreSQL's
+    /// [`with_asynchronous_usage_commit`](crate::PgStore::with_asynchronous_usage_commit)).
+    pub(crate) asynchronous_usage_commit: bool,
 }
 
 impl<DB: Database> SqlStore<DB> {
@@ -43,7 +46,7 @@ impl<DB: Database> SqlStore<DB> {
     /// enforce foreign keys).
     #[must_use]
     pub fn new(pool: Pool<DB>) -> Self {
-        Self { pool }
+        Self { pool, asynchronous_usage_commit: false }
     }
 
     /// The pool, for health checks or the application's own queries.
