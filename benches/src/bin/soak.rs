@@ -427,21 +427,16 @@ async fn revocations(run: Arc<Run>, addrs: Vec<SocketAddr>, admin_key: String) {
                 let sent = run.now();
                 let life = run.lives.lock().unwrap_or_else(PoisonError::into_inner)[instance];
                 let (status, _) = send(&mut conns[instance], *addr, "GET", "/me", &raw, None).await;
-                if (200..300).contains(&status) {
+                let passed = (200..300).contains(&status);
+                if passed {
                     revocation.last_pass_after = Some(sent - at);
                     refused[instance] = false;
-                    run.samples.lock().unwrap_or_else(PoisonError::into_inner).push(Sample {
-                        at: sent,
-                        instance,
-                        life,
-                        kind: Kind::Plain,
-                        status,
-                        micros: 0,
-                    });
                 } else if status == 401 {
                     refused[instance] = true;
-                    // A refusal of a known key is recorded in its usage
-                    // roll-ups: the usage bound counts it.
+                }
+                // A pass is a usage record and a refusal of a known key is
+                // counted in its roll-ups: the usage bound counts both.
+                if passed || status == 401 {
                     run.samples.lock().unwrap_or_else(PoisonError::into_inner).push(Sample {
                         at: sent,
                         instance,
