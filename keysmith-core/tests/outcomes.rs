@@ -325,36 +325,22 @@ fn a_background_sweep_of_no_interval_is_refused() {
 
 #[test]
 fn refusals_of_keys_that_were_not_identified_go_to_the_metric_by_code() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
     let clock = ManualClock::new(t0());
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            let validating = engine(Arc::new(MemoryStore::new()), &clock, UsageMode::Records);
-            // A well-formed key that this engine's store does not hold.
-            let elsewhere = engine(Arc::new(MemoryStore::new()), &clock, UsageMode::Records);
-            let unknown = elsewhere.tenant("app", "acme").create_key(NewKey::new("k")).await.unwrap();
-            let ctx = RequestContext::new();
-            for _ in 0..2 {
-                assert!(validating.validate(unknown.raw.expose(), &ctx).await.is_err());
-            }
-            assert!(validating.validate("not-a-key", &ctx).await.is_err());
-        });
+    let counters = support::counters_recorded(|| async {
+        let validating = engine(Arc::new(MemoryStore::new()), &clock, UsageMode::Records);
+        // A well-formed key that this engine's store does not hold.
+        let elsewhere = engine(Arc::new(MemoryStore::new()), &clock, UsageMode::Records);
+        let unknown = elsewhere.tenant("app", "acme").create_key(NewKey::new("k")).await.unwrap();
+        let ctx = RequestContext::new();
+        for _ in 0..2 {
+            assert!(validating.validate(unknown.raw.expose(), &ctx).await.is_err());
+        }
+        assert!(validating.validate("not-a-key", &ctx).await.is_err());
     });
-    let mut counted: Vec<(String, u64)> = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(key, ..)| key.key().name() == "keysmith_refusals_unattributed_total")
-        .map(|(key, .., value)| {
-            let code = key.key().labels().find(|label| label.key() == "code").map(|label| label.value().to_owned());
-            let DebugValue::Counter(n) = value else { panic!("a counter") };
-            (code.unwrap_or_default(), n)
-        })
+    let mut counted: Vec<(&str, u64)> = counters
+        .iter()
+        .filter_map(|(name, n)| name.strip_prefix("keysmith_refusals_unattributed_total{").map(|labels| (labels, *n)))
         .collect();
     counted.sort();
-    assert_eq!(counted, [("invalid_key".to_owned(), 2), ("malformed_key".to_owned(), 1)]);
+    assert_eq!(counted, [("code=invalid_key}", 2), ("code=malformed_key}", 1)]);
 }

@@ -71,46 +71,29 @@ async fn ten_thousand_records_across_fifty_keys_arrive_exactly_once() {
 
 #[test]
 fn a_full_queue_drops_and_counts_records() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
     let clock = ManualClock::new(t0());
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            let config = UsageConfig {
-                queue_capacity: 10,
-                batch_size: 1000,
-                flush_interval: Duration::from_secs(3600),
-                ..UsageConfig::default()
-            };
-            let engine = engine_on(Arc::new(MemoryStore::new()), &clock, config);
-            let tenant = Tenant::new("app", "acme");
-            let key = KeyId::new();
-            // On a current-thread runtime the writer cannot run until we yield:
-            // exactly the queue's capacity gets in.
-            for _ in 0..1000 {
-                engine.record_usage(usage_record(key, &tenant, t0(), 200));
-            }
-            assert_eq!(engine.usage_stats().dropped, 990);
-            engine.shutdown().await;
-            assert_eq!(engine.usage_stats().written, 10);
+    let counters = support::counters_recorded(|| async {
+        let config = UsageConfig {
+            queue_capacity: 10,
+            batch_size: 1000,
+            flush_interval: Duration::from_secs(3600),
+            ..UsageConfig::default()
+        };
+        let engine = engine_on(Arc::new(MemoryStore::new()), &clock, config);
+        let tenant = Tenant::new("app", "acme");
+        let key = KeyId::new();
+        // On a current-thread runtime the writer cannot run until we yield:
+        // exactly the queue's capacity gets in.
+        for _ in 0..1000 {
             engine.record_usage(usage_record(key, &tenant, t0(), 200));
-            assert_eq!(engine.usage_stats().dropped, 991, "after shutdown records are dropped and counted");
-        });
+        }
+        assert_eq!(engine.usage_stats().dropped, 990);
+        engine.shutdown().await;
+        assert_eq!(engine.usage_stats().written, 10);
+        engine.record_usage(usage_record(key, &tenant, t0(), 200));
+        assert_eq!(engine.usage_stats().dropped, 991, "after shutdown records are dropped and counted");
     });
-    let dropped: u64 = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(key, ..)| key.key().name() == "keysmith_usage_dropped_total")
-        .map(|(.., value)| match value {
-            DebugValue::Counter(n) => n,
-            other => panic!("{other:?}"),
-        })
-        .sum();
-    assert_eq!(dropped, 991);
+    assert_eq!(counters["keysmith_usage_dropped_total{}"], 991);
 }
 
 #[tokio::test(start_paused = true)]

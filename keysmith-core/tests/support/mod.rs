@@ -1,6 +1,7 @@
 //! Shared fixtures of keysmith-core's integration tests.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -100,4 +101,24 @@ impl Plugin for Recorder {
         self.0.lock().unwrap().push(event.clone());
         Ok(())
     }
+}
+
+/// The counters recorded while `body` runs on a current-thread runtime
+/// under a local metrics recorder, as `name{label=value,…}` → count.
+pub fn counters_recorded<F: std::future::Future<Output = ()>>(body: impl FnOnce() -> F) -> HashMap<String, u64> {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    metrics::with_local_recorder(&recorder, || runtime.block_on(body()));
+    let mut counters = HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        if let DebugValue::Counter(n) = value {
+            let key = key.key();
+            let labels: Vec<String> = key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+            *counters.entry(format!("{}{{{}}}", key.name(), labels.join(","))).or_default() += n;
+        }
+    }
+    counters
 }
