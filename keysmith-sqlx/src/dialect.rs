@@ -83,11 +83,9 @@ pub(crate) trait Dialect:
     const SLOT: usize;
     /// The statement that starts a transaction.
     const BEGIN: &'static str = "BEGIN";
-    /// The statement that starts the transaction of a usage batch.
-    const BEGIN_USAGE: &'static str = Self::BEGIN;
-    /// The statement that starts it when the store commits usage
-    /// asynchronously (only PostgreSQL can be asked to).
-    const BEGIN_USAGE_ASYNCHRONOUS: &'static str = Self::BEGIN_USAGE;
+    /// The statement that starts a usage batch's transaction when the store
+    /// commits usage asynchronously (only PostgreSQL can be asked to).
+    const BEGIN_USAGE_ASYNCHRONOUS: &'static str = Self::BEGIN;
     /// Appended to a `SELECT` to lock the rows it reads until commit.
     const LOCK_ROWS: &'static str = " FOR UPDATE";
     /// Appended to a `SELECT` of keys to keep them from being deleted until

@@ -207,7 +207,8 @@ impl Engine {
     }
 
     /// Starts the engine's background work on the current Tokio runtime:
-    /// the usage writer and the change feed subscription. An engine built
+    /// the usage writer, the change feed subscription and, if the engine
+    /// was built with one, the background sweep. An engine built
     /// inside a runtime starts itself, on that runtime; one built outside
     /// calls this from inside the runtime that should run them (the one
     /// that lives until [`Engine::shutdown`]). Until then usage records are

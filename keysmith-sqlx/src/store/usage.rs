@@ -81,7 +81,7 @@ pub(crate) async fn upsert_rollups_in_rows<DB: Dialect>(
 async fn insert_records<'r, DB: Dialect>(
     store: &SqlStore<DB>, records: &[&'r UsageRecord], replay: bool,
 ) -> Result<(Transaction<'static, DB>, Option<Vec<&'r UsageRecord>>)> {
-    let begin = if store.asynchronous_usage_commit { DB::BEGIN_USAGE_ASYNCHRONOUS } else { DB::BEGIN_USAGE };
+    let begin = if store.asynchronous_usage_commit { DB::BEGIN_USAGE_ASYNCHRONOUS } else { DB::BEGIN };
     let mut tx = store.pool.begin_with(begin).await.map_err(store_error)?;
     check_keys::<DB>(&mut tx, records).await?;
     // Records go in by id: the ones already stored (a replayed batch) are
