@@ -312,9 +312,15 @@ impl Engine {
                 Some((found, policy)) => (Ok(found), policy, true),
                 None => (waits.then_boxed(|| cache.load_key(&hash)).await, None, false),
             },
-            None => match inner.store.find_key_by_hash_ready(&hash) {
-                Some(found) => (found, None, false),
-                None => (waits.then(|| inner.store.find_key_by_hash(&hash)).await, None, false),
+            // A store that holds both in process answers the key with its
+            // policy under one lookup.
+            None => match inner.store.find_key_with_policy_ready(&hash) {
+                Some(Ok((found, policy))) => (Ok(found), policy, false),
+                Some(Err(error)) => (Err(error), None, false),
+                None => match inner.store.find_key_by_hash_ready(&hash) {
+                    Some(found) => (found, None, false),
+                    None => (waits.then(|| inner.store.find_key_by_hash(&hash)).await, None, false),
+                },
             },
         };
         let stored = match found {
@@ -607,12 +613,12 @@ impl Engine {
         let inner = &self.inner;
         // In microseconds: a comparison is one subtraction, with no calendar
         // arithmetic.
-        let now_micros = now.timestamp_micros();
+        let now_micros = crate::clock::unix_micros(now);
         let interval_micros = i64::try_from(inner.usage_config.last_used_interval.as_micros()).unwrap_or(i64::MAX);
         let recent = |at: i64| now_micros.saturating_sub(at) < interval_micros;
         // Stored `last_used_at` first (there once the write-back landed),
         // then the writes queued here.
-        if key.last_used_at.is_some_and(|at| recent(at.timestamp_micros())) {
+        if key.last_used_at.is_some_and(|at| recent(crate::clock::unix_micros_near(at, now, now_micros))) {
             return;
         }
         if inner.touched.get(&key.id).is_some_and(|at| recent(*at)) {
