@@ -301,7 +301,7 @@ impl Engine {
         // a silent refusal of every key.
         check_restriction(ctx).map_err(|error| (ValidationError::Failed(error), None))?;
         // 1. Shape and checksum, no I/O (done by `present`).
-        let hash = presented.hash.ok_or((Refusal::Malformed.into(), None))?;
+        let hash = presented.hash.ok_or_else(|| (Refusal::Malformed.into(), None))?;
         // 2. Lookup by hash, confirmed in constant time. The engine's cache
         // answers the key with its policy in one probe when it holds both.
         // On a miss it asks the store without probing again (boxed, as the

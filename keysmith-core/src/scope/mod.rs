@@ -109,6 +109,7 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 
 /// True if any scope in `granted` allows `required`.
 #[must_use]
+#[inline]
 pub fn any_grants<S: AsRef<str>>(granted: &[S], required: &str) -> bool {
     // Whether `required` is reserved is decided once, not per granted scope.
     if is_reserved(required) {
