@@ -38,8 +38,9 @@ pub struct Validation {
     /// has credits.
     pub credits: Option<CreditsStatus>,
     /// The key's scopes narrowed to the policy's `allowed_scopes`, when the
-    /// policy was tightened after the key got them.
-    narrowed: Option<Vec<String>>,
+    /// policy was tightened after the key got them (shared with the cache
+    /// that keeps them with the key and its policy).
+    narrowed: Option<Arc<[String]>>,
     /// The engine clock's time when the key was checked.
     checked_at: DateTime<Utc>,
     /// Set once [`Engine::refund`] gave back what the request spent.
@@ -103,7 +104,7 @@ impl Validation {
     }
 
     fn new(
-        key: Arc<Key>, policy: Option<Arc<Policy>>, rate_limits: RateLimitStates, narrowed: Option<Vec<String>>,
+        key: Arc<Key>, policy: Option<Arc<Policy>>, rate_limits: RateLimitStates, narrowed: Option<Arc<[String]>>,
         checked_at: DateTime<Utc>,
     ) -> Self {
         Self { key, policy, rate_limits, credits: None, narrowed, checked_at, refunded: AtomicBool::new(false) }
@@ -307,9 +308,15 @@ impl Engine {
         // On a miss it asks the store without probing again (boxed, as the
         // store's own future is, so that every validation's future stays
         // small); on a hit it probed the policy table too (`policy_probed`).
+        // With the policy, the cache keeps the key's scopes narrowed to it.
+        let mut cached_narrowed = None;
         let (found, mut cached_policy, policy_probed) = match &inner.cache {
-            Some(cache) => match cache.find_key_and_policy_ready(&hash) {
-                Some((found, policy)) => (Ok(found), policy, true),
+            Some(cache) => match cache.find_key_and_policy_narrowed_ready(&hash) {
+                Some((found, Some((policy, narrowed)))) => {
+                    cached_narrowed = Some(narrowed);
+                    (Ok(found), Some(policy), true)
+                }
+                Some((found, None)) => (Ok(found), None, true),
                 None => (waits.then_boxed(|| cache.load_key(&hash)).await, None, false),
             },
             // A store that holds both in process answers the key with its
@@ -358,6 +365,8 @@ impl Engine {
                 cached_policy.take()
             }
             Some(policy_id) => {
+                // Not the cached policy: neither are its narrowed scopes.
+                cached_narrowed = None;
                 let found = match &inner.cache {
                     Some(cache) if policy_probed => {
                         waits.then_boxed(|| cache.load_policy(&key.tenant, policy_id)).await
@@ -407,7 +416,7 @@ impl Engine {
             return Err(refuse(Refusal::OriginNotAllowed, &key));
         }
         // 7. Required scopes, within what the policy allows.
-        let narrowed = narrow(&key.scopes, &policy.allowed_scopes);
+        let narrowed = cached_narrowed.unwrap_or_else(|| scope::narrow(&key.scopes, &policy.allowed_scopes));
         let missing = ctx.required_scopes.missing_from(narrowed.as_deref().unwrap_or(&key.scopes));
         if !missing.is_empty() {
             return Err(refuse(Refusal::InsufficientScope { missing }, &key));
@@ -731,44 +740,5 @@ fn credits_subject<'a>(key: &'a Key, policy: Option<&Policy>) -> Option<Subject<
     match policy.map(|policy| limit_subject(key, policy)) {
         Some(owner @ Subject::Owner { .. }) => Some(owner),
         _ => None,
-    }
-}
-
-/// The key's scopes within `allowed`, or `None` when nothing is cut (no
-/// allowlist, or every scope inside it). A scope wider than the allowlist
-/// (`read` under `read:users`) is narrowed to the allowed scopes it covers.
-fn narrow(scopes: &[String], allowed: &[String]) -> Option<Vec<String>> {
-    if allowed.is_empty() || scopes.iter().all(|s| scope::any_grants(allowed, s)) {
-        return None;
-    }
-    let mut narrowed = Vec::new();
-    for granted in scopes {
-        if scope::any_grants(allowed, granted) {
-            narrowed.push(granted.clone());
-        } else {
-            narrowed.extend(allowed.iter().filter(|a| scope::grants(granted, a)).cloned());
-        }
-    }
-    narrowed.dedup();
-    Some(narrowed)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::narrow;
-
-    fn owned(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| (*s).to_owned()).collect()
-    }
-
-    #[test]
-    fn scopes_are_narrowed_to_the_policy() {
-        assert_eq!(narrow(&owned(&["read"]), &[]), None);
-        assert_eq!(narrow(&owned(&["read:users"]), &owned(&["read"])), None);
-        assert_eq!(narrow(&owned(&["read"]), &owned(&["read:users"])), Some(owned(&["read:users"])));
-        assert_eq!(narrow(&owned(&["*"]), &owned(&["read", "write:a"])), Some(owned(&["read", "write:a"])));
-        assert_eq!(narrow(&owned(&["admin", "read:x"]), &owned(&["read"])), Some(owned(&["read:x"])));
-        // `*` is not narrowed into the reserved namespace.
-        assert_eq!(narrow(&owned(&["*"]), &owned(&["read", "keysmith:admin"])), Some(owned(&["read"])));
     }
 }

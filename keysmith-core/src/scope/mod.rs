@@ -118,6 +118,27 @@ pub fn any_grants<S: AsRef<str>>(granted: &[S], required: &str) -> bool {
     granted.iter().any(|g| grants_unreserved(g.as_ref(), required))
 }
 
+/// The key's `scopes` within a policy's `allowed` scopes, or `None` when
+/// nothing is cut (no allowlist, or every scope inside it). A scope wider
+/// than the allowlist (`read` under `read:users`) is narrowed to the
+/// allowed scopes it covers. Shared: a cache keeps it with the key and its
+/// policy, so it is decided once per pair.
+pub(crate) fn narrow(scopes: &[String], allowed: &[String]) -> Option<std::sync::Arc<[String]>> {
+    if allowed.is_empty() || scopes.iter().all(|s| any_grants(allowed, s)) {
+        return None;
+    }
+    let mut narrowed = Vec::new();
+    for granted in scopes {
+        if any_grants(allowed, granted) {
+            narrowed.push(granted.clone());
+        } else {
+            narrowed.extend(allowed.iter().filter(|a| grants(granted, a)).cloned());
+        }
+    }
+    narrowed.dedup();
+    Some(narrowed.into())
+}
+
 /// The required scopes that `granted` does not cover, in order.
 #[must_use]
 pub fn missing<S: AsRef<str>, R: AsRef<str>>(granted: &[S], required: &[R]) -> Vec<String> {
@@ -192,6 +213,19 @@ mod tests {
         for (granted, required, expected) in table {
             assert_eq!(grants(granted, required), expected, "{granted:?} grants {required:?}");
         }
+    }
+
+    #[test]
+    fn scopes_are_narrowed_to_the_policy() {
+        let owned = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let narrowed = |scopes: &[&str], allowed: &[&str]| narrow(&owned(scopes), &owned(allowed)).map(|n| n.to_vec());
+        assert_eq!(narrowed(&["read"], &[]), None);
+        assert_eq!(narrowed(&["read:users"], &["read"]), None);
+        assert_eq!(narrowed(&["read"], &["read:users"]), Some(owned(&["read:users"])));
+        assert_eq!(narrowed(&["*"], &["read", "write:a"]), Some(owned(&["read", "write:a"])));
+        assert_eq!(narrowed(&["admin", "read:x"], &["read"]), Some(owned(&["read:x"])));
+        // `*` is not narrowed into the reserved namespace.
+        assert_eq!(narrowed(&["*"], &["read", "keysmith:admin"]), Some(owned(&["read"])));
     }
 
     #[test]
