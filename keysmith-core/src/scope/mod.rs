@@ -123,10 +123,18 @@ pub fn any_grants<S: AsRef<str>>(granted: &[S], required: &str) -> bool {
 /// than the allowlist (`read` under `read:users`) is narrowed to the
 /// allowed scopes it covers. Shared: a cache keeps it with the key and its
 /// policy, so it is decided once per pair.
+#[inline]
 pub(crate) fn narrow(scopes: &[String], allowed: &[String]) -> Option<std::sync::Arc<[String]>> {
     if allowed.is_empty() || scopes.iter().all(|s| any_grants(allowed, s)) {
         return None;
     }
+    Some(narrow_cut(scopes, allowed))
+}
+
+/// [`narrow`] once some scope is cut: rare, kept out of the common path.
+#[cold]
+#[inline(never)]
+fn narrow_cut(scopes: &[String], allowed: &[String]) -> std::sync::Arc<[String]> {
     let mut narrowed = Vec::new();
     for granted in scopes {
         if any_grants(allowed, granted) {
@@ -136,7 +144,7 @@ pub(crate) fn narrow(scopes: &[String], allowed: &[String]) -> Option<std::sync:
         }
     }
     narrowed.dedup();
-    Some(narrowed.into())
+    narrowed.into()
 }
 
 /// The required scopes that `granted` does not cover, in order.
@@ -146,6 +154,13 @@ pub fn missing<S: AsRef<str>, R: AsRef<str>>(granted: &[S], required: &[R]) -> V
     if required.iter().all(|r| any_grants(granted, r.as_ref())) {
         return Vec::new();
     }
+    not_covered(granted, required)
+}
+
+/// [`missing`] once something is: a refusal, kept out of the common path.
+#[cold]
+#[inline(never)]
+fn not_covered<S: AsRef<str>, R: AsRef<str>>(granted: &[S], required: &[R]) -> Vec<String> {
     required.iter().map(AsRef::as_ref).filter(|r| !any_grants(granted, r)).map(str::to_owned).collect()
 }
 
