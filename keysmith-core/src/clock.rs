@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, SubsecRound, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, SubsecRound, Timelike, Utc};
 
 /// A source of the current time (UTC).
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
@@ -77,6 +77,58 @@ fn utc_micros(since_epoch: Duration) -> Option<DateTime<Utc>> {
     let seconds_of_day = u32::try_from(secs % SECS_PER_DAY).ok()?;
     let time = NaiveTime::from_num_seconds_from_midnight_opt(seconds_of_day, since_epoch.subsec_micros() * 1000)?;
     Some(NaiveDateTime::new(date, time).and_utc())
+}
+
+/// Microseconds since the Unix epoch of `at`, as
+/// [`DateTime::timestamp_micros`] gives them. Validation turns its clock
+/// reading into integers for the rate limiter and the `last_used_at`
+/// bookkeeping, and turning a date into a day count is most of that cost:
+/// each thread keeps the day count of the last date it converted.
+pub(crate) fn unix_micros(at: DateTime<Utc>) -> i64 {
+    thread_local! {
+        static LAST_DATE: Cell<Option<(NaiveDate, i64)>> = const { Cell::new(None) };
+    }
+    // `naive_utc`, not `date_naive` or `Timelike` on the `DateTime`: those
+    // apply the (zero) offset, which costs more than the rest.
+    let date = at.naive_utc().date();
+    let midnight = match LAST_DATE.get() {
+        Some((seen, micros)) if seen == date => micros,
+        _ => {
+            let micros = date.and_time(NaiveTime::MIN).and_utc().timestamp_micros();
+            LAST_DATE.set(Some((date, micros)));
+            micros
+        }
+    };
+    midnight + micros_of_day(at)
+}
+
+/// Microseconds since the Unix epoch of `at`, given those of `near` (its
+/// [`unix_micros`]): without calendar arithmetic when both are on one day
+/// (a key's recent `last_used_at` and the request's time), and without
+/// replacing the thread's day when they are not.
+pub(crate) fn unix_micros_near(at: DateTime<Utc>, near: DateTime<Utc>, near_micros: i64) -> i64 {
+    if at.naive_utc().date() == near.naive_utc().date() {
+        return near_micros - micros_of_day(near) + micros_of_day(at);
+    }
+    at.timestamp_micros()
+}
+
+/// Nanoseconds since the Unix epoch of `at`, as
+/// [`DateTime::timestamp_nanos_opt`] gives them (through
+/// [`unix_micros`]); 0 before the epoch or past what fits.
+pub(crate) fn unix_nanos(at: DateTime<Utc>) -> u64 {
+    unix_micros(at)
+        .checked_mul(1_000)
+        .and_then(|nanos| nanos.checked_add(i64::from(at.naive_utc().nanosecond() % 1_000)))
+        .and_then(|nanos| u64::try_from(nanos).ok())
+        .unwrap_or(0)
+}
+
+/// Microseconds since `at`'s midnight (past a million in a leap second,
+/// as chrono counts it).
+fn micros_of_day(at: DateTime<Utc>) -> i64 {
+    let time = at.naive_utc().time();
+    i64::from(time.num_seconds_from_midnight()) * 1_000_000 + i64::from(time.nanosecond() / 1_000)
 }
 
 /// A clock that only moves when told to; clones share one time.
@@ -159,5 +211,33 @@ mod tests {
             assert_eq!(utc_micros(since_epoch), Some(expected), "{secs}.{nanos:09}");
         }
         assert_eq!(utc_micros(Duration::from_secs(u64::MAX)), None);
+    }
+
+    #[test]
+    fn integer_readings_agree_with_chrono_across_days() {
+        // Back and forth across days, so the per-thread day is reused and
+        // replaced; a leap second; both ends of chrono's range.
+        let leap = NaiveDate::from_ymd_opt(2016, 12, 31).unwrap().and_hms_nano_opt(23, 59, 59, 1_500_000_123).unwrap();
+        let instants = [
+            DateTime::from_timestamp(1_767_225_599, 999_999_999).unwrap(),
+            DateTime::from_timestamp(1_767_225_600, 0).unwrap(),
+            DateTime::from_timestamp(1_767_225_599, 1_500).unwrap(),
+            DateTime::from_timestamp(1_709_164_800 + 86_399, 7).unwrap(),
+            DateTime::from_timestamp(0, 0).unwrap(),
+            DateTime::from_timestamp(-1, 999_999_999).unwrap(),
+            DateTime::from_timestamp(-86_401, 5).unwrap(),
+            leap.and_utc(),
+            DateTime::<Utc>::MAX_UTC,
+            DateTime::<Utc>::MIN_UTC,
+        ];
+        for at in instants {
+            assert_eq!(unix_micros(at), at.timestamp_micros(), "{at:?}");
+            let nanos = at.timestamp_nanos_opt().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+            assert_eq!(unix_nanos(at), nanos, "{at:?}");
+            for near in instants {
+                let near_micros = unix_micros(near);
+                assert_eq!(unix_micros_near(at, near, near_micros), at.timestamp_micros(), "{at:?} near {near:?}");
+            }
+        }
     }
 }

@@ -38,8 +38,9 @@ pub struct Validation {
     /// has credits.
     pub credits: Option<CreditsStatus>,
     /// The key's scopes narrowed to the policy's `allowed_scopes`, when the
-    /// policy was tightened after the key got them.
-    narrowed: Option<Vec<String>>,
+    /// policy was tightened after the key got them (shared with the cache
+    /// that keeps them with the key and its policy).
+    narrowed: Option<Arc<[String]>>,
     /// The engine clock's time when the key was checked.
     checked_at: DateTime<Utc>,
     /// Set once [`Engine::refund`] gave back what the request spent.
@@ -103,7 +104,7 @@ impl Validation {
     }
 
     fn new(
-        key: Arc<Key>, policy: Option<Arc<Policy>>, rate_limits: RateLimitStates, narrowed: Option<Vec<String>>,
+        key: Arc<Key>, policy: Option<Arc<Policy>>, rate_limits: RateLimitStates, narrowed: Option<Arc<[String]>>,
         checked_at: DateTime<Utc>,
     ) -> Self {
         Self { key, policy, rate_limits, credits: None, narrowed, checked_at, refunded: AtomicBool::new(false) }
@@ -301,20 +302,32 @@ impl Engine {
         // a silent refusal of every key.
         check_restriction(ctx).map_err(|error| (ValidationError::Failed(error), None))?;
         // 1. Shape and checksum, no I/O (done by `present`).
-        let hash = presented.hash.ok_or((Refusal::Malformed.into(), None))?;
+        let hash = presented.hash.ok_or_else(|| (Refusal::Malformed.into(), None))?;
         // 2. Lookup by hash, confirmed in constant time. The engine's cache
         // answers the key with its policy in one probe when it holds both.
         // On a miss it asks the store without probing again (boxed, as the
         // store's own future is, so that every validation's future stays
         // small); on a hit it probed the policy table too (`policy_probed`).
+        // With the policy, the cache keeps the key's scopes narrowed to it.
+        let mut cached_narrowed = None;
         let (found, mut cached_policy, policy_probed) = match &inner.cache {
-            Some(cache) => match cache.find_key_and_policy_ready(&hash) {
-                Some((found, policy)) => (Ok(found), policy, true),
+            Some(cache) => match cache.find_key_and_policy_narrowed_ready(&hash) {
+                Some((found, Some((policy, narrowed)))) => {
+                    cached_narrowed = Some(narrowed);
+                    (Ok(found), Some(policy), true)
+                }
+                Some((found, None)) => (Ok(found), None, true),
                 None => (waits.then_boxed(|| cache.load_key(&hash)).await, None, false),
             },
-            None => match inner.store.find_key_by_hash_ready(&hash) {
-                Some(found) => (found, None, false),
-                None => (waits.then(|| inner.store.find_key_by_hash(&hash)).await, None, false),
+            // A store that holds both in process answers the key with its
+            // policy under one lookup.
+            None => match inner.store.find_key_with_policy_ready(&hash) {
+                Some(Ok((found, policy))) => (Ok(found), policy, false),
+                Some(Err(error)) => (Err(error), None, false),
+                None => match inner.store.find_key_by_hash_ready(&hash) {
+                    Some(found) => (found, None, false),
+                    None => (waits.then(|| inner.store.find_key_by_hash(&hash)).await, None, false),
+                },
             },
         };
         let stored = match found {
@@ -352,6 +365,8 @@ impl Engine {
                 cached_policy.take()
             }
             Some(policy_id) => {
+                // Not the cached policy: neither are its narrowed scopes.
+                cached_narrowed = None;
                 let found = match &inner.cache {
                     Some(cache) if policy_probed => {
                         waits.then_boxed(|| cache.load_policy(&key.tenant, policy_id)).await
@@ -401,7 +416,7 @@ impl Engine {
             return Err(refuse(Refusal::OriginNotAllowed, &key));
         }
         // 7. Required scopes, within what the policy allows.
-        let narrowed = narrow(&key.scopes, &policy.allowed_scopes);
+        let narrowed = cached_narrowed.unwrap_or_else(|| scope::narrow(&key.scopes, &policy.allowed_scopes));
         let missing = ctx.required_scopes.missing_from(narrowed.as_deref().unwrap_or(&key.scopes));
         if !missing.is_empty() {
             return Err(refuse(Refusal::InsufficientScope { missing }, &key));
@@ -607,12 +622,12 @@ impl Engine {
         let inner = &self.inner;
         // In microseconds: a comparison is one subtraction, with no calendar
         // arithmetic.
-        let now_micros = now.timestamp_micros();
+        let now_micros = crate::clock::unix_micros(now);
         let interval_micros = i64::try_from(inner.usage_config.last_used_interval.as_micros()).unwrap_or(i64::MAX);
         let recent = |at: i64| now_micros.saturating_sub(at) < interval_micros;
         // Stored `last_used_at` first (there once the write-back landed),
         // then the writes queued here.
-        if key.last_used_at.is_some_and(|at| recent(at.timestamp_micros())) {
+        if key.last_used_at.is_some_and(|at| recent(crate::clock::unix_micros_near(at, now, now_micros))) {
             return;
         }
         if inner.touched.get(&key.id).is_some_and(|at| recent(*at)) {
@@ -725,44 +740,5 @@ fn credits_subject<'a>(key: &'a Key, policy: Option<&Policy>) -> Option<Subject<
     match policy.map(|policy| limit_subject(key, policy)) {
         Some(owner @ Subject::Owner { .. }) => Some(owner),
         _ => None,
-    }
-}
-
-/// The key's scopes within `allowed`, or `None` when nothing is cut (no
-/// allowlist, or every scope inside it). A scope wider than the allowlist
-/// (`read` under `read:users`) is narrowed to the allowed scopes it covers.
-fn narrow(scopes: &[String], allowed: &[String]) -> Option<Vec<String>> {
-    if allowed.is_empty() || scopes.iter().all(|s| scope::any_grants(allowed, s)) {
-        return None;
-    }
-    let mut narrowed = Vec::new();
-    for granted in scopes {
-        if scope::any_grants(allowed, granted) {
-            narrowed.push(granted.clone());
-        } else {
-            narrowed.extend(allowed.iter().filter(|a| scope::grants(granted, a)).cloned());
-        }
-    }
-    narrowed.dedup();
-    Some(narrowed)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::narrow;
-
-    fn owned(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| (*s).to_owned()).collect()
-    }
-
-    #[test]
-    fn scopes_are_narrowed_to_the_policy() {
-        assert_eq!(narrow(&owned(&["read"]), &[]), None);
-        assert_eq!(narrow(&owned(&["read:users"]), &owned(&["read"])), None);
-        assert_eq!(narrow(&owned(&["read"]), &owned(&["read:users"])), Some(owned(&["read:users"])));
-        assert_eq!(narrow(&owned(&["*"]), &owned(&["read", "write:a"])), Some(owned(&["read", "write:a"])));
-        assert_eq!(narrow(&owned(&["admin", "read:x"]), &owned(&["read"])), Some(owned(&["read:x"])));
-        // `*` is not narrowed into the reserved namespace.
-        assert_eq!(narrow(&owned(&["*"]), &owned(&["read", "keysmith:admin"])), Some(owned(&["read"])));
     }
 }

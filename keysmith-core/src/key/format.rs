@@ -131,7 +131,7 @@ impl<'a> ParsedKey<'a> {
             _ => return None,
         };
         let (signed, check) = bytes.split_at(bytes.len() - CHECK_LEN);
-        (check_digits(crc32fast::hash(signed)) == check).then_some(Self { prefix, environment, raw })
+        (check_value(check) == u64::from(crc32fast::hash(signed))).then_some(Self { prefix, environment, raw })
     }
 }
 
@@ -179,6 +179,25 @@ fn check_digits(mut crc: u32) -> [u8; CHECK_LEN] {
         crc /= 62;
     }
     digits
+}
+
+/// Each base62 character's digit value, by byte (0 for the other bytes,
+/// which the body check refuses before this is read).
+const BASE62_VALUES: [u8; 256] = {
+    let mut values = [0u8; 256];
+    let mut digit = 0;
+    while digit < BASE62.len() {
+        values[BASE62[digit] as usize] = digit as u8;
+        digit += 1;
+    }
+    values
+};
+
+/// The number six base62 check digits write (the inverse of
+/// [`check_digits`] for alphanumeric digits): comparing it with the CRC is
+/// the same test as comparing the digits, without dividing.
+fn check_value(check: &[u8]) -> u64 {
+    check.iter().fold(0, |value, digit| value * 62 + u64::from(BASE62_VALUES[usize::from(*digit)]))
 }
 
 /// Appends the check digits of `crc`.
@@ -405,6 +424,15 @@ mod tests {
         for bad in ["", "Sk", "s_k", "a1b2c3d4e5f6g7h8i", "sk-", "ßk"] {
             assert!(validate_prefix(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn check_values_read_back_the_check_digits() {
+        for crc in [0, 1, 61, 62, 3_843, 3_844, 0x8000_0000, u32::MAX] {
+            assert_eq!(check_value(&check_digits(crc)), u64::from(crc), "{crc}");
+        }
+        // Digits past u32::MAX are no CRC: they never match one.
+        assert_eq!(check_value(b"zzzzzz"), 62u64.pow(6) - 1);
     }
 
     #[test]

@@ -65,9 +65,12 @@ impl KeyHash {
     /// from a client.
     #[must_use]
     pub fn ct_eq(&self, other: &Self) -> bool {
-        // Compared as four words rather than 32 bytes: as constant-time, an
-        // eighth of the work.
-        Self::words(&self.0)[..].ct_eq(&Self::words(&other.0)[..]).into()
+        // The four words' differences folded into one without branching,
+        // and that one compared in constant time: as constant-time as
+        // comparing 32 bytes, with one optimisation barrier instead of 32.
+        let (ours, theirs) = (Self::words(&self.0), Self::words(&other.0));
+        let difference = ours.iter().zip(&theirs).fold(0, |difference, (a, b)| difference | (a ^ b));
+        difference.ct_eq(&0).into()
     }
 
     fn words(bytes: &[u8; 32]) -> [u64; 4] {

@@ -282,7 +282,7 @@ impl StateStore for &Tat<'_> {
 
 /// Clock nanoseconds of `at` (0 before the epoch).
 fn nanos(at: DateTime<Utc>) -> u64 {
-    at.timestamp_nanos_opt().and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
+    crate::clock::unix_nanos(at)
 }
 
 #[async_trait]

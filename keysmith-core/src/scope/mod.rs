@@ -43,8 +43,9 @@ pub const RESERVED_WILDCARD: &str = "keysmith:*";
 
 /// True for `keysmith` and every scope under `keysmith:`.
 #[must_use]
+#[inline]
 pub fn is_reserved(name: &str) -> bool {
-    name.strip_prefix(RESERVED_ROOT).is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
+    extends(name, RESERVED_ROOT)
 }
 
 /// True if holding `granted` allows `required`.
@@ -56,22 +57,94 @@ pub fn is_reserved(name: &str) -> bool {
 #[must_use]
 pub fn grants(granted: &str, required: &str) -> bool {
     if is_reserved(required) {
-        return granted == RESERVED_WILDCARD
-            || granted == required
-            || (granted != RESERVED_ROOT && is_reserved(granted) && extends(required, granted));
+        return grants_reserved(granted, required);
     }
+    grants_unreserved(granted, required)
+}
+
+/// [`grants`] for a `required` scope of the reserved namespace.
+fn grants_reserved(granted: &str, required: &str) -> bool {
+    granted == RESERVED_WILDCARD
+        || granted == required
+        || (granted != RESERVED_ROOT && is_reserved(granted) && extends(required, granted))
+}
+
+/// [`grants`] for a `required` scope outside the reserved namespace.
+#[inline]
+fn grants_unreserved(granted: &str, required: &str) -> bool {
     granted == "*" || extends(required, granted)
 }
 
 /// True if `name` is `parent` or a scope below it.
+#[inline]
 fn extends(name: &str, parent: &str) -> bool {
-    name.strip_prefix(parent).is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
+    let (name, parent) = (name.as_bytes(), parent.as_bytes());
+    // The boundary first (the end of `name`, or a `:` right after the
+    // parent's length): it turns down most pairs without comparing text.
+    let boundary = match name.get(parent.len()) {
+        Some(next) => *next == b':',
+        None => name.len() == parent.len(),
+    };
+    boundary && same_bytes(&name[..parent.len()], parent)
+}
+
+/// `a == b` for slices of one length, in a few loads for the short ones
+/// that scope names are (16 bytes or fewer) rather than a call to `memcmp`.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let len = a.len();
+    if len != b.len() {
+        return false;
+    }
+    // Two overlapping words from each end cover any length from one word
+    // to two.
+    let word = |bytes: &[u8], at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or_default());
+    let half = |bytes: &[u8], at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or_default());
+    match len {
+        4..8 => half(a, 0) == half(b, 0) && half(a, len - 4) == half(b, len - 4),
+        8..=16 => word(a, 0) == word(b, 0) && word(a, len - 8) == word(b, len - 8),
+        _ => a == b,
+    }
 }
 
 /// True if any scope in `granted` allows `required`.
 #[must_use]
+#[inline]
 pub fn any_grants<S: AsRef<str>>(granted: &[S], required: &str) -> bool {
-    granted.iter().any(|g| grants(g.as_ref(), required))
+    // Whether `required` is reserved is decided once, not per granted scope.
+    if is_reserved(required) {
+        return granted.iter().any(|g| grants_reserved(g.as_ref(), required));
+    }
+    granted.iter().any(|g| grants_unreserved(g.as_ref(), required))
+}
+
+/// The key's `scopes` within a policy's `allowed` scopes, or `None` when
+/// nothing is cut (no allowlist, or every scope inside it). A scope wider
+/// than the allowlist (`read` under `read:users`) is narrowed to the
+/// allowed scopes it covers. Shared: a cache keeps it with the key and its
+/// policy, so it is decided once per pair.
+#[inline]
+pub(crate) fn narrow(scopes: &[String], allowed: &[String]) -> Option<std::sync::Arc<[String]>> {
+    if allowed.is_empty() || scopes.iter().all(|s| any_grants(allowed, s)) {
+        return None;
+    }
+    Some(narrow_cut(scopes, allowed))
+}
+
+/// [`narrow`] once some scope is cut: rare, kept out of the common path.
+#[cold]
+#[inline(never)]
+fn narrow_cut(scopes: &[String], allowed: &[String]) -> std::sync::Arc<[String]> {
+    let mut narrowed = Vec::new();
+    for granted in scopes {
+        if any_grants(allowed, granted) {
+            narrowed.push(granted.clone());
+        } else {
+            narrowed.extend(allowed.iter().filter(|a| grants(granted, a)).cloned());
+        }
+    }
+    narrowed.dedup();
+    narrowed.into()
 }
 
 /// The required scopes that `granted` does not cover, in order.
@@ -81,6 +154,13 @@ pub fn missing<S: AsRef<str>, R: AsRef<str>>(granted: &[S], required: &[R]) -> V
     if required.iter().all(|r| any_grants(granted, r.as_ref())) {
         return Vec::new();
     }
+    not_covered(granted, required)
+}
+
+/// [`missing`] once something is: a refusal, kept out of the common path.
+#[cold]
+#[inline(never)]
+fn not_covered<S: AsRef<str>, R: AsRef<str>>(granted: &[S], required: &[R]) -> Vec<String> {
     required.iter().map(AsRef::as_ref).filter(|r| !any_grants(granted, r)).map(str::to_owned).collect()
 }
 
@@ -148,6 +228,35 @@ mod tests {
         for (granted, required, expected) in table {
             assert_eq!(grants(granted, required), expected, "{granted:?} grants {required:?}");
         }
+    }
+
+    #[test]
+    fn scopes_are_narrowed_to_the_policy() {
+        let owned = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let narrowed = |scopes: &[&str], allowed: &[&str]| narrow(&owned(scopes), &owned(allowed)).map(|n| n.to_vec());
+        assert_eq!(narrowed(&["read"], &[]), None);
+        assert_eq!(narrowed(&["read:users"], &["read"]), None);
+        assert_eq!(narrowed(&["read"], &["read:users"]), Some(owned(&["read:users"])));
+        assert_eq!(narrowed(&["*"], &["read", "write:a"]), Some(owned(&["read", "write:a"])));
+        assert_eq!(narrowed(&["admin", "read:x"], &["read"]), Some(owned(&["read:x"])));
+        // `*` is not narrowed into the reserved namespace.
+        assert_eq!(narrowed(&["*"], &["read", "keysmith:admin"]), Some(owned(&["read"])));
+    }
+
+    #[test]
+    fn short_names_compare_by_every_byte() {
+        // Each length up to past two words, differing at each position.
+        let text = b"abcdefghijklmnopqrstuvwxyz";
+        for len in 0..=text.len() {
+            let name = &text[..len];
+            assert!(same_bytes(name, name), "{len}");
+            for at in 0..len {
+                let mut other = name.to_vec();
+                other[at] = b'_';
+                assert!(!same_bytes(name, &other), "{len} at {at}");
+            }
+        }
+        assert!(!same_bytes(b"read", b"reads"));
     }
 
     #[test]

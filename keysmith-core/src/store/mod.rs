@@ -77,6 +77,10 @@ macro_rules! store_trait {
     };
 }
 
+/// A key found by its hash, if one was, with its policy when the store
+/// answered that too ([`KeyStore::find_key_with_policy_ready`]).
+pub type KeyWithPolicy = (Option<StoredKey>, Option<Arc<Policy>>);
+
 /// A key with the hash of its secret, as a store keeps it. Cheap to clone.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredKey {
@@ -304,6 +308,16 @@ store_trait! {
         /// asks this first, so a ready answer costs no boxed future. The default
         /// has no ready answers, which is always correct.
         fn find_key_by_hash_ready(&self, hash: &KeyHash) -> Option<Result<Option<StoredKey>>> {
+            let _ = hash;
+            None
+        }
+
+        /// [`find_key_by_hash_ready`](Self::find_key_by_hash_ready) with the
+        /// found key's policy (of the key's tenant; `None` when the key has
+        /// none or the store does not hold it), in one lookup, for a store
+        /// that keeps both in process. `None` means "no ready answer: look
+        /// the key up, then its policy" (the default, always correct).
+        fn find_key_with_policy_ready(&self, hash: &KeyHash) -> Option<Result<KeyWithPolicy>> {
             let _ = hash;
             None
         }

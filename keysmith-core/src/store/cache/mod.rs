@@ -111,11 +111,19 @@ struct KeyLookup {
     policy: Option<PolicyMemo>,
 }
 
+/// Validation's cached lookup: the key found (or not) and, when cached,
+/// its policy with the key's scopes narrowed to it.
+pub(crate) type KeyAndPolicy = (Option<StoredKey>, Option<(Arc<Policy>, Option<Arc<[String]>>)>);
+
 /// A key's policy as the policy table held it: valid while no policy was
 /// invalidated since (`epoch`) and until the policy entry's own expiry.
 #[derive(Clone)]
 struct PolicyMemo {
     policy: Arc<Policy>,
+    /// The key's scopes narrowed to the policy's
+    /// ([`scope::narrow`](crate::scope::narrow)): decided once per key and
+    /// policy, and kept with the policy only on the key it was decided for.
+    narrowed: Option<Arc<[String]>>,
     epoch: u64,
     expires_at: u64,
 }
@@ -260,6 +268,12 @@ impl<S: KeyStore + PolicyStore + ?Sized> CachedStore<S> {
     /// one probe.
     #[must_use]
     pub fn find_key_and_policy_ready(&self, hash: &KeyHash) -> Option<(Option<StoredKey>, Option<Arc<Policy>>)> {
+        self.find_key_and_policy_narrowed_ready(hash).map(|(found, policy)| (found, policy.map(|(policy, _)| policy)))
+    }
+
+    /// [`find_key_and_policy_ready`](Self::find_key_and_policy_ready) with
+    /// the key's scopes narrowed to its policy's, kept with the policy.
+    pub(crate) fn find_key_and_policy_narrowed_ready(&self, hash: &KeyHash) -> Option<KeyAndPolicy> {
         let now = self.config.clock.coarse_nanos();
         let lookup = self.keys.get(hash, now)?;
         let Some(key) = lookup.found.as_ref().map(|stored| &stored.key) else { return Some((None, None)) };
@@ -270,22 +284,30 @@ impl<S: KeyStore + PolicyStore + ?Sized> CachedStore<S> {
             && memo.expires_at > now
             && memo.policy.id == policy_id
         {
-            let policy = Arc::clone(&memo.policy);
+            let policy = (Arc::clone(&memo.policy), memo.narrowed.clone());
             return Some((lookup.found, Some(policy)));
         }
         let Some(entry) = self.policies.get_entry(&policy_id, now) else { return Some((lookup.found, None)) };
         if entry.value.tenant != key.tenant {
             return Some((lookup.found, None));
         }
-        let memo = PolicyMemo { policy: Arc::clone(&entry.value), epoch, expires_at: entry.expires_at };
-        // In place, never re-inserted; a policy changed since `epoch` was
-        // read makes the memo unused.
+        let narrowed = crate::scope::narrow(&key.scopes, &entry.value.allowed_scopes);
+        let memo = PolicyMemo {
+            policy: Arc::clone(&entry.value),
+            narrowed: narrowed.clone(),
+            epoch,
+            expires_at: entry.expires_at,
+        };
+        // In place, never re-inserted, and only on the key whose scopes were
+        // narrowed (an entry replaced meanwhile holds another `Arc`); a
+        // policy changed since `epoch` was read makes the memo unused.
+        let key = Arc::clone(key);
         self.keys.update(hash, |cached| {
-            if cached.found.as_ref().is_some_and(|stored| stored.key.policy_id == Some(policy_id)) {
+            if cached.found.as_ref().is_some_and(|stored| Arc::ptr_eq(&stored.key, &key)) {
                 cached.policy = Some(memo);
             }
         });
-        Some((lookup.found, Some(entry.value)))
+        Some((lookup.found, Some((entry.value, narrowed))))
     }
 
     /// Asks the store for `hash`, without probing the cache first (the

@@ -300,6 +300,36 @@ async fn the_policy_kept_with_a_cached_key_follows_every_policy_change() {
 }
 
 #[tokio::test]
+async fn the_scopes_narrowed_with_a_cached_policy_follow_the_policy_and_the_key() {
+    let Setup { engine, .. } = setup();
+    let acme = engine.tenant("app", "acme");
+    let spec = |allowed: &[&str]| crate::PolicySpec::new("scoped").with_allowed_scopes(allowed.iter().copied());
+    let policy = acme.create_policy(spec(&[])).await.unwrap();
+    let created = acme.create_key(NewKey::new("k").with_policy(policy.id).with_scopes(["read"])).await.unwrap();
+    let scopes = || async { validate(&engine, created.raw.expose()).await.unwrap().scopes().to_vec() };
+    // Each state twice: decided when the policy joins the cached key, then
+    // kept with it.
+    for _ in 0..2 {
+        assert_eq!(scopes().await, ["read"]);
+    }
+    acme.update_policy(policy.id, spec(&["read:users", "write"])).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(scopes().await, ["read:users"], "narrowed to the tightened policy");
+    }
+    let need = vec!["read:billing".to_owned()];
+    let refused = engine.validate(created.raw.expose(), &RequestContext::new().with_required_scopes(&need)).await;
+    assert!(matches!(refused, Err(ValidationError::Refused(Refusal::InsufficientScope { .. }))));
+    acme.set_key_scopes(created.key.id, &["write"]).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(scopes().await, ["write"], "the key's new scopes, not what was narrowed from the old ones");
+    }
+    acme.update_policy(policy.id, spec(&[])).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(scopes().await, ["write"]);
+    }
+}
+
+#[tokio::test]
 async fn a_lookup_racing_a_revocation_does_not_cache_what_it_read() {
     let Setup { spy, cached, engine, .. } = setup();
     let acme = engine.tenant("app", "acme");

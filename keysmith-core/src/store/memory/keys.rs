@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{ImportOutcome, KeyFilter, KeyStore, RotationWrite, StoredKey, Transition};
+use crate::store::KeyWithPolicy;
 use crate::{CreditSpend, Credits, Error, Key, KeyHash, KeyId, KeyState, Policy, PolicyId, Result, Tenant};
 
 use super::{MemoryStore, Tables};
@@ -233,6 +234,15 @@ impl KeyStore for MemoryStore {
 
     fn find_key_by_hash_ready(&self, hash: &KeyHash) -> Option<Result<Option<StoredKey>>> {
         Some(self.read().map(|tables| tables.keys.get(hash).cloned()))
+    }
+
+    /// One read lock for both: validation's lookup of a key under a policy.
+    fn find_key_with_policy_ready(&self, hash: &KeyHash) -> Option<Result<KeyWithPolicy>> {
+        Some(self.read().map(|tables| {
+            let Some(stored) = tables.keys.get(hash) else { return (None, None) };
+            let policy = stored.key.policy_id.and_then(|id| tables.policy(&stored.key.tenant, id));
+            (Some(stored.clone()), policy)
+        }))
     }
 
     async fn get_key(&self, tenant: &Tenant, id: KeyId) -> Result<Option<StoredKey>> {
