@@ -44,9 +44,7 @@ pub fn cpu_ticks(name: Option<&str>) -> u64 {
     entries
         .filter_map(Result::ok)
         .filter(|entry| entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
-        .filter(|entry| {
-            std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|comm| comm.trim_end() == name)
-        })
+        .filter(|entry| std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|comm| comm.trim_end() == name))
         .filter_map(|entry| ticks(&entry.file_name().to_string_lossy()))
         .sum()
 }
