@@ -1,6 +1,6 @@
 //! What the load generators (`soak`, `flood`) share: a keep-alive HTTP/1.1
-//! client small enough to count every answer, the resident memory of a
-//! process, and the commit a run measured.
+//! client small enough to count every answer, the resident memory and CPU
+//! time of processes, and the commit a run measured.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -21,6 +21,32 @@ pub fn rss_kib(pid: u32) -> u64 {
             })
         })
         .unwrap_or(0)
+}
+
+/// CPU time (user + system, in clock ticks of 1/100 s) spent so far by every
+/// process whose name (`/proc/<pid>/comm`) is `name` — all of PostgreSQL's
+/// backends, say — or, for `None`, by this process. Processes that ended
+/// are not counted, so read it while the processes of interest live.
+#[must_use]
+pub fn cpu_ticks(name: Option<&str>) -> u64 {
+    let ticks = |pid: &str| -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the name, which may hold spaces, in parentheses.
+        let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    let Some(name) = name else {
+        return ticks("self").unwrap_or(0);
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|entry| std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|comm| comm.trim_end() == name))
+        .filter_map(|entry| ticks(&entry.file_name().to_string_lossy()))
+        .sum()
 }
 
 /// The short hash of the commit checked out here (empty outside git).

@@ -25,7 +25,7 @@ use uuid::Uuid;
 use keysmith_core::{Error, Quota, Result, UsageRecord};
 
 use crate::common::{StoredRateLimit, store_error};
-use crate::store::{insert_new_usage, upsert_rollups_in_rows};
+use crate::store::{Inserted, insert_new_usage, upsert_rollups_in_rows};
 use crate::usage::Rollup;
 
 /// A backend's statement with its arguments.
@@ -128,8 +128,8 @@ pub(crate) trait Dialect:
     fn push_age_micros(qb: &mut Sql<'_, Self>, now: DateTime<Utc>);
     /// Inserts the usage `records` (distinct ids, at most
     /// [`Dialect::ROWS_PER_INSERT`]) that are not stored yet, inside the
-    /// caller's transaction, and returns the ids it inserted; by default
-    /// in multi-row `INSERT`s ([`insert_new_usage`]).
+    /// caller's transaction, and says which it inserted; by default in
+    /// multi-row `INSERT`s ([`insert_new_usage`]).
     ///
     /// The caller has checked that the records' keys exist.
     ///
@@ -139,7 +139,7 @@ pub(crate) trait Dialect:
     /// `replay` set, and then it skips them.
     fn insert_usage(
         conn: &mut Self::Connection, records: &[&UsageRecord], _replay: bool,
-    ) -> impl Future<Output = Result<Option<Vec<Uuid>>>> + Send {
+    ) -> impl Future<Output = Result<Option<Inserted>>> + Send {
         async move { insert_new_usage::<Self>(conn, records).await.map(Some) }
     }
     /// Adds each of `rollups` (in the order given, which every batch

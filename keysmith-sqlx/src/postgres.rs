@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::common::{connect_server, duration_to_micros, is_unique_violation, usage_write_error};
 use crate::dialect::{Backend, Dialect, RowsAffected, Sql, sealed};
-use crate::store::SqlStore;
+use crate::store::{Inserted, SqlStore};
 use crate::usage::{COUNT_COLUMNS, Rollup, count_values, insert_rollups};
 
 /// The PostgreSQL schema, embedded from `migrations/postgres`
@@ -103,20 +103,19 @@ impl Dialect for Postgres {
         qb.push(" AS timestamptz)) - EXTRACT(EPOCH FROM k.created_at)) * 1000000");
     }
 
-    async fn insert_usage(
-        conn: &mut PgConnection, records: &[&UsageRecord], replay: bool,
-    ) -> Result<Option<Vec<Uuid>>> {
+    async fn insert_usage(conn: &mut PgConnection, records: &[&UsageRecord], replay: bool) -> Result<Option<Inserted>> {
         if !replay {
             // A batch is new unless it is replayed: COPY takes it whole, or
             // fails on a taken id, which voids the transaction.
-            let mut data = Vec::with_capacity(COPY_HEADER.len() + records.len() * 160 + 2);
+            let size = records.iter().map(|r| copy_row_len(r)).sum::<usize>();
+            let mut data = Vec::with_capacity(COPY_HEADER.len() + size + 2);
             data.extend_from_slice(COPY_HEADER);
             for r in records {
                 encode_copy_row(&mut data, r)?;
             }
             data.extend_from_slice(&(-1i16).to_be_bytes());
             return match copy_usage(conn, data).await {
-                Ok(()) => Ok(Some(records.iter().map(|r| r.id.uuid()).collect())),
+                Ok(()) => Ok(Some(Inserted::All)),
                 Err(error) if is_unique_violation(&error) => Ok(None),
                 Err(error) => Err(usage_write_error(error)),
             };
@@ -150,7 +149,7 @@ impl Dialect for Postgres {
         .bind(records.iter().map(|r| r.timestamp).collect::<Vec<_>>())
         .fetch_all(conn)
         .await
-        .map(Some)
+        .map(|ids: Vec<Uuid>| Some(Inserted::Only(ids.into_iter().collect())))
         .map_err(usage_write_error)
     }
 
@@ -230,8 +229,16 @@ fn encode_copy_row(out: &mut Vec<u8>, r: &UsageRecord) -> Result<()> {
     match r.ip {
         // inet: family (PostgreSQL's own numbers), prefix bits, not a
         // cidr, address length, address.
-        Some(IpAddr::V4(ip)) => field(out, &[[2, 32, 0, 4].as_slice(), &ip.octets()].concat()),
-        Some(IpAddr::V6(ip)) => field(out, &[[3, 128, 0, 16].as_slice(), &ip.octets()].concat()),
+        Some(IpAddr::V4(ip)) => {
+            out.extend_from_slice(&8i32.to_be_bytes());
+            out.extend_from_slice(&[2, 32, 0, 4]);
+            out.extend_from_slice(&ip.octets());
+        }
+        Some(IpAddr::V6(ip)) => {
+            out.extend_from_slice(&20i32.to_be_bytes());
+            out.extend_from_slice(&[3, 128, 0, 16]);
+            out.extend_from_slice(&ip.octets());
+        }
         None => null_field(out),
     }
     match &r.user_agent {
@@ -241,6 +248,24 @@ fn encode_copy_row(out: &mut Vec<u8>, r: &UsageRecord) -> Result<()> {
     field(out, &latency.to_be_bytes());
     field(out, &(r.timestamp.timestamp_micros() - PG_EPOCH_MICROS).to_be_bytes());
     Ok(())
+}
+
+/// The length of [`encode_copy_row`]'s row of `r` (give or take the NULs
+/// a text loses), so that a batch's buffer is allocated once.
+fn copy_row_len(r: &UsageRecord) -> usize {
+    // The field count, then each field's length and its bytes: two uuids,
+    // status, latency and time, the address, then the texts.
+    let ip = match r.ip {
+        Some(IpAddr::V4(_)) => 8,
+        Some(IpAddr::V6(_)) => 20,
+        None => 0,
+    };
+    let texts = [r.tenant.app_id.as_str(), r.tenant.tenant_id.as_str(), r.endpoint.as_str(), r.method.as_str()]
+        .iter()
+        .map(|text| text.len())
+        .sum::<usize>()
+        + r.user_agent.as_ref().map_or(0, |agent| agent.len());
+    2 + 11 * 4 + 16 + 16 + 4 + 8 + 8 + ip + texts
 }
 
 /// A field of `bytes`, after its length.

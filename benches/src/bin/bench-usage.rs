@@ -12,7 +12,10 @@
 //!   (`PgStore::with_asynchronous_usage_commit`). On PostgreSQL it then measures, in the same
 //!   run, the server's own `COPY` of the same number of rows from a CSV
 //!   file into a table of the same shape and indexes (`LIKE keysmith_usage
-//!   INCLUDING ALL`), and prints the ratio.
+//!   INCLUDING ALL`), and prints the ratio, and the CPU time each side
+//!   took: this process's (records made, queued, batched, encoded) and
+//!   PostgreSQL's processes' (read from `/proc`, in 1/100 s ticks), for
+//!   Keysmith's writes and for the `COPY`.
 //! - `bench-usage memory-store [keys]`: RSS growth of a `MemoryStore`
 //!   holding `keys` keys (default 1 000 000) created through the engine.
 //! - `bench-usage limiter [keys]`: RSS growth of the GCRA rate limiter
@@ -25,7 +28,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keysmith_benches::load::rss_kib;
+use keysmith_benches::load::{cpu_ticks, rss_kib};
 use keysmith_benches::{Backend, BenchStore};
 use keysmith_core::limit::{GcraRateLimiter, RateLimiter};
 use keysmith_core::usage::UsageConfig;
@@ -88,6 +91,7 @@ async fn record(backend: Backend, records: usize, batch: usize, writers: usize) 
     for i in 0..100 {
         keys.push(acme.create_key(NewKey::new(format!("k{i}"))).await.expect("create key").key);
     }
+    let cpu_before = (cpu_ticks(None), cpu_ticks(Some("postgres")));
     let began = Instant::now();
     let now = chrono::Utc::now();
     for n in 0..records {
@@ -108,6 +112,7 @@ async fn record(backend: Backend, records: usize, batch: usize, writers: usize) 
     let queued = began.elapsed();
     engine.shutdown().await;
     let elapsed = began.elapsed();
+    let cpu = (cpu_ticks(None) - cpu_before.0, cpu_ticks(Some("postgres")).saturating_sub(cpu_before.1));
     let stats = engine.usage_stats();
     let ours = per_second(records, elapsed);
     println!(
@@ -122,10 +127,19 @@ async fn record(backend: Backend, records: usize, batch: usize, writers: usize) 
         stats.dropped,
         stats.failed,
     );
+    if matches!(backend, Backend::Postgres) {
+        println!(
+            "cpu: keysmith {:.2}s in this process (records made, queued, batched, encoded), {:.2}s in PostgreSQL's \
+             processes",
+            seconds(cpu.0),
+            seconds(cpu.1)
+        );
+    }
     if matches!(backend, Backend::Postgres)
         && let Some(url) = &store.server_url
     {
-        let (copy, copy_fk) = copy_baseline(url, &keys, records).await;
+        let (copy, copy_fk, copy_cpu) = copy_baseline(url, &keys, records).await;
+        println!("cpu: COPY from the CSV file {:.2}s in PostgreSQL's processes", seconds(copy_cpu));
         println!(
             "copy postgres: {records} rows from a CSV file: {copy:.0} rows/s into a table of the same shape and \
              indexes, {copy_fk:.0} rows/s with its foreign key to keysmith_keys too; keysmith (roll-ups \
@@ -141,7 +155,9 @@ async fn record(backend: Backend, records: usize, batch: usize, writers: usize) 
 /// Rows/s of PostgreSQL's own `COPY … FROM 'file' (FORMAT csv)` of `rows`
 /// usage rows of `keys` into a table shaped and indexed as `keysmith_usage`,
 /// without and with its foreign key to `keysmith_keys` (checked per row).
-async fn copy_baseline(url: &str, keys: &[keysmith_core::Key], rows: usize) -> (f64, f64) {
+/// The CPU time of the first `COPY` (the one without the foreign key) in
+/// PostgreSQL's processes comes third.
+async fn copy_baseline(url: &str, keys: &[keysmith_core::Key], rows: usize) -> (f64, f64, u64) {
     use std::io::Write as _;
 
     let pool = sqlx::PgPool::connect(url).await.expect("connect to PostgreSQL");
@@ -174,7 +190,9 @@ async fn copy_baseline(url: &str, keys: &[keysmith_core::Key], rows: usize) -> (
     }
     drop(file.into_inner().expect("flush the CSV file"));
     let mut rates = [0.0; 2];
-    for (rate, table) in rates.iter_mut().zip(["bench_copy", "bench_copy_fk"]) {
+    let mut cpu = [0; 2];
+    for ((rate, cpu), table) in rates.iter_mut().zip(&mut cpu).zip(["bench_copy", "bench_copy_fk"]) {
+        let cpu_before = cpu_ticks(Some("postgres"));
         let began = Instant::now();
         sqlx::query(&format!(
             "COPY {table} (id, key_id, app_id, tenant_id, endpoint, method, status, ip, user_agent, latency_us, \
@@ -185,10 +203,17 @@ async fn copy_baseline(url: &str, keys: &[keysmith_core::Key], rows: usize) -> (
         .await
         .expect("COPY from the CSV file (the server must read it: same machine)");
         *rate = per_second(rows, began.elapsed());
+        *cpu = cpu_ticks(Some("postgres")).saturating_sub(cpu_before);
     }
     let _ = std::fs::remove_file(&path);
     pool.close().await;
-    (rates[0], rates[1])
+    (rates[0], rates[1], cpu[0])
+}
+
+/// Clock ticks of `/proc/<pid>/stat` (1/100 s) in seconds.
+#[allow(clippy::cast_precision_loss)]
+fn seconds(ticks: u64) -> f64 {
+    ticks as f64 / 100.0
 }
 
 async fn memory_store(keys: usize) {

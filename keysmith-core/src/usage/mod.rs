@@ -13,7 +13,7 @@ pub(crate) mod texts;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::{KeyId, Tenant, UsageId};
@@ -82,13 +82,14 @@ impl Period {
     /// containing `at`.
     #[must_use]
     pub fn start_of(self, at: DateTime<Utc>) -> DateTime<Utc> {
+        if self == Self::Hour {
+            // Whole hours since the epoch: no calendar to consult.
+            let seconds = at.timestamp();
+            return DateTime::from_timestamp(seconds - seconds.rem_euclid(3600), 0).unwrap_or(at);
+        }
         let date = at.date_naive();
         let first = match self {
-            Self::Hour => {
-                let hour = NaiveTime::from_hms_opt(at.hour(), 0, 0).unwrap_or(NaiveTime::MIN);
-                return Utc.from_utc_datetime(&date.and_time(hour));
-            }
-            Self::Day => date,
+            Self::Hour | Self::Day => date,
             Self::Month => date.with_day(1).unwrap_or(date),
         };
         Utc.from_utc_datetime(&first.and_time(NaiveTime::MIN))
@@ -198,5 +199,7 @@ mod tests {
         assert_eq!(Period::Hour.start_of(t), at("2026-02-28T23:00:00Z"));
         assert_eq!(Period::Hour.next_start(t), at("2026-03-01T00:00:00Z"));
         assert_eq!(Period::Hour.start_of(at("2026-03-01T00:00:00Z")), at("2026-03-01T00:00:00Z"));
+        // Before the epoch too (whole hours counted from it, rounded down).
+        assert_eq!(Period::Hour.start_of(at("1969-12-31T23:30:00Z")), at("1969-12-31T23:00:00Z"));
     }
 }

@@ -23,8 +23,8 @@
 //! tick, flush and shutdown, so a record waits at most one flush interval.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -560,7 +560,7 @@ impl Shards {
 /// increments of requests kept only in roll-ups, folded per key and hour.
 #[derive(Default)]
 struct Batch {
-    records: Vec<UsageRecord>,
+    records: VecDeque<UsageRecord>,
     counted: Counted,
     /// Places in the queue it holds (see [`Buffer::len`]).
     places: usize,
@@ -703,7 +703,7 @@ impl Worker {
             let batch = &mut self.lanes[lane_of(record.key_id, lanes)].batch;
             batch.places += 1;
             if keep {
-                batch.records.push(record);
+                batch.records.push_back(record);
             } else {
                 batch.fold(record.key_id, &record.tenant, record.timestamp, &UsageCounts::passed(record.status));
             }
@@ -717,7 +717,7 @@ impl Worker {
                 batch.places += 1;
                 if keep {
                     let id = UsageId::at(entry.timestamp);
-                    batch.records.push(entry.into_record(id, &texts));
+                    batch.records.push_back(entry.into_record(id, &texts));
                 } else {
                     batch.fold(entry.key_id, &entry.tenant, entry.timestamp, &UsageCounts::passed(entry.status));
                 }
@@ -805,8 +805,13 @@ impl Worker {
         }
         let size = self.config.batch_size.max(1);
         let batch = &mut lane.batch;
-        let rest = batch.records.split_off(size.min(batch.records.len()));
-        let chunk = std::mem::replace(&mut batch.records, rest);
+        // The oldest records, moved once: the rest stay where they are
+        // (a batch may hold many times `batch_size` while its lane writes).
+        let chunk: Vec<UsageRecord> = if batch.records.len() <= size {
+            std::mem::take(&mut batch.records).into()
+        } else {
+            batch.records.drain(..size).collect()
+        };
         // Every record holds one place; the rest go with the increments.
         let places = batch.places - batch.records.len();
         batch.places = batch.records.len();

@@ -28,7 +28,7 @@ use crate::common::store_error;
 use crate::dialect::{Arg as _, Backend, Dialect, Exec as _, Sql, Statement};
 use crate::rows::Columns as _;
 
-pub(crate) use usage::{insert_new_usage, upsert_rollups_in_rows};
+pub(crate) use usage::{Inserted, insert_new_usage, upsert_rollups_in_rows};
 
 /// A store in an SQL database `DB`: [`PgStore`](crate::PgStore),
 /// [`SqliteStore`](crate::SqliteStore) or [`MySqlStore`](crate::MySqlStore),

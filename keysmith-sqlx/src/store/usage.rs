@@ -20,6 +20,18 @@ use crate::dialect::{Arg as _, Dialect, Exec as _, RowsAffected as _, Sql, state
 use crate::rows::{self, Columns as _};
 use crate::usage::{Rollup, count_values, insert_rollups, rollups_per_insert, select_counts, sum_counts};
 
+/// A set of ids, hashed with a fast hasher (they are random or made here,
+/// never chosen by an attacker to collide).
+pub(crate) type IdSet = HashSet<Uuid, foldhash::fast::RandomState>;
+
+/// Which records of a chunk [`Dialect::insert_usage`] inserted.
+pub(crate) enum Inserted {
+    /// Every one: the usual case, a batch written for the first time.
+    All,
+    /// Only these (a replayed batch, some of whose records were stored).
+    Only(IdSet),
+}
+
 /// The body of [`Dialect::insert_usage`] in multi-row `INSERT`s. A batch
 /// is new unless it is replayed, so it goes in whole; a taken id fails only
 /// that statement (the transaction goes on), and the batch goes in again
@@ -28,10 +40,10 @@ use crate::usage::{Rollup, count_values, insert_rollups, rollups_per_insert, sel
 /// than the rare second try.)
 pub(crate) async fn insert_new_usage<DB: Dialect>(
     conn: &mut DB::Connection, records: &[&UsageRecord],
-) -> Result<Vec<Uuid>> {
+) -> Result<Inserted> {
     let (sql, args) = usage_insert::<DB>(records)?.finish()?;
     match sqlx::query_with::<DB, _>(&sql, args).execute(conn.exec()).await {
-        Ok(_) => return Ok(records.iter().map(|r| r.id.uuid()).collect()),
+        Ok(_) => return Ok(Inserted::All),
         Err(e) if is_unique_violation(&e) => {}
         Err(e) => return Err(usage_write_error(e)),
     }
@@ -43,13 +55,13 @@ pub(crate) async fn insert_new_usage<DB: Dialect>(
     qb.push(")");
     let (sql, args) = qb.finish()?;
     let rows = sqlx::query_with::<DB, _>(&sql, args).fetch_all(conn.exec()).await.map_err(store_error)?;
-    let stored = rows.iter().map(|row| DB::uuid(row, "id")).collect::<Result<HashSet<Uuid>>>()?;
+    let stored = rows.iter().map(|row| DB::uuid(row, "id")).collect::<Result<IdSet>>()?;
     let fresh: Vec<_> = records.iter().copied().filter(|r| !stored.contains(&r.id.uuid())).collect();
     if !fresh.is_empty() {
         let (sql, args) = usage_insert::<DB>(&fresh)?.finish()?;
         sqlx::query_with::<DB, _>(&sql, args).execute(conn.exec()).await.map_err(usage_write_error)?;
     }
-    Ok(fresh.iter().map(|r| r.id.uuid()).collect())
+    Ok(Inserted::Only(fresh.iter().map(|r| r.id.uuid()).collect()))
 }
 
 /// The body of [`Dialect::upsert_rollups`] in multi-row `INSERT`s.
@@ -88,11 +100,11 @@ async fn insert_records<'r, DB: Dialect>(
     // skipped, so only new records reach the roll-ups.
     let mut fresh = Vec::with_capacity(records.len());
     for chunk in records.chunks(DB::ROWS_PER_INSERT) {
-        let Some(inserted) = DB::insert_usage(&mut tx, chunk, replay).await? else {
-            return Ok((tx, None));
-        };
-        let inserted: HashSet<Uuid> = inserted.into_iter().collect();
-        fresh.extend(chunk.iter().copied().filter(|r| inserted.contains(&r.id.uuid())));
+        match DB::insert_usage(&mut tx, chunk, replay).await? {
+            Some(Inserted::All) => fresh.extend_from_slice(chunk),
+            Some(Inserted::Only(ids)) => fresh.extend(chunk.iter().copied().filter(|r| ids.contains(&r.id.uuid()))),
+            None => return Ok((tx, None)),
+        }
     }
     Ok((tx, Some(fresh)))
 }
@@ -102,9 +114,10 @@ async fn insert_records<'r, DB: Dialect>(
 /// statement per batch where a foreign key would check every record (raw
 /// records have none; a deleted key's records go by a trigger).
 async fn check_keys<DB: Dialect>(conn: &mut DB::Connection, records: &[&UsageRecord]) -> Result<()> {
-    let mut ids: Vec<Uuid> = records.iter().map(|r| r.key_id.uuid()).collect();
+    // A batch has many records of few keys: the distinct ones, then sorted.
+    let distinct: IdSet = records.iter().map(|r| r.key_id.uuid()).collect();
+    let mut ids: Vec<Uuid> = distinct.into_iter().collect();
     ids.sort_unstable();
-    ids.dedup();
     for chunk in ids.chunks(DB::ROWS_PER_INSERT) {
         let mut qb = Sql::<DB>::new("SELECT id FROM keysmith_keys WHERE id IN (");
         let mut list = qb.separated(", ");
@@ -155,7 +168,7 @@ impl<DB: Dialect> UsageStore for SqlStore<DB> {
             return Ok(());
         }
         // A repeated id inside the batch is one record.
-        let mut seen = HashSet::with_capacity(batch.records.len());
+        let mut seen = IdSet::with_capacity_and_hasher(batch.records.len(), foldhash::fast::RandomState::default());
         let unique: Vec<&UsageRecord> = batch.records.iter().filter(|r| seen.insert(r.id.uuid())).collect();
         let (mut tx, fresh) = match insert_records(self, &unique, false).await? {
             (tx, Some(fresh)) => (tx, fresh),
