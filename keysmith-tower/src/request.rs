@@ -23,6 +23,16 @@ impl HeaderLookup for Headers<'_> {
         };
         values.into_iter().map(http::HeaderValue::as_bytes)
     }
+
+    /// The first value by `get`, which finds it without the iterator
+    /// over every value (the user agent and origin of every request).
+    fn first_header<'a>(&'a self, name: &str) -> Option<&'a [u8]> {
+        let value = match known_name(name) {
+            Some(name) => self.0.get(name),
+            None => self.0.get(name),
+        };
+        value.map(http::HeaderValue::as_bytes)
+    }
 }
 
 /// Core's per-request header names as this framework's names, parsed

@@ -169,18 +169,17 @@ impl RateLimitHeaders {
                         out.append_shared(names::RATELIMIT_POLICY, value);
                     }
                     if let Some((index, status)) = closest_index(validation) {
-                        let mut buffer = StateBuffer::new();
-                        match buffer.render(&rendered.state_prefixes[index], status.remaining, status.reset) {
-                            // Shared, so that a sink that keeps shared bytes
-                            // does not copy it into an allocation of its own.
-                            Some(value) => {
-                                out.append_shared(names::RATELIMIT, &SharedHeaderValue::per_response(value));
-                            }
-                            None => out.append_header(
-                                names::RATELIMIT,
-                                &state(&policy.rate_limits[index], status.remaining, status.reset),
-                            ),
-                        }
+                        // The prefix and two numbers written straight into
+                        // the thread's arena, shared, so that a sink that
+                        // keeps shared bytes does not copy it again.
+                        let (mut remaining, mut reset) = (itoa::Buffer::new(), itoa::Buffer::new());
+                        let value = SharedHeaderValue::per_response(&[
+                            rendered.state_prefixes[index].as_bytes(),
+                            remaining.format(status.remaining).as_bytes(),
+                            b";t=",
+                            reset.format(retry_after_secs(status.reset)).as_bytes(),
+                        ]);
+                        out.append_shared(names::RATELIMIT, &value);
                     }
                 });
             }
@@ -288,19 +287,23 @@ impl SharedHeaderValue {
         }
     }
 
-    /// `value` (visible ASCII, a few dozen bytes) copied into its thread's
-    /// arena of header bytes: the values written per response share one
-    /// allocation per [`ARENA_BYTES`], rather than one each.
-    fn per_response(value: &str) -> Self {
+    /// The value made of `parts` (visible ASCII, a few dozen bytes in
+    /// all) written one after the other into its thread's arena of header
+    /// bytes: the values written per response share one allocation per
+    /// [`ARENA_BYTES`], rather than one each.
+    fn per_response(parts: &[&[u8]]) -> Self {
         thread_local! {
             static ARENA: RefCell<BytesMut> = RefCell::new(BytesMut::new());
         }
-        debug_assert!(value.bytes().all(|b| b.is_ascii_graphic() || b == b' '));
+        let len = parts.iter().map(|part| part.len()).sum();
+        debug_assert!(parts.iter().flat_map(|part| part.iter()).all(|&b| b.is_ascii_graphic() || b == b' '));
         ARENA.with_borrow_mut(|arena| {
-            if arena.capacity() < value.len() {
-                *arena = BytesMut::with_capacity(ARENA_BYTES.max(value.len()));
+            if arena.capacity() < len {
+                *arena = BytesMut::with_capacity(ARENA_BYTES.max(len));
             }
-            arena.extend_from_slice(value.as_bytes());
+            for part in parts {
+                arena.extend_from_slice(part);
+            }
             Self { bytes: arena.split().freeze(), converted: None }
         })
     }
@@ -416,36 +419,6 @@ fn closest_index(validation: &Validation) -> Option<(usize, &RateLimitStatus)> {
         .enumerate()
         .find(|(_, (limit, _))| std::ptr::eq(*limit, closest))
         .map(|(index, (_, status))| (index, status))
-}
-
-/// A `RateLimit` value written on the stack: a prefix and two numbers.
-struct StateBuffer {
-    bytes: [u8; 160],
-    len: usize,
-}
-
-impl StateBuffer {
-    fn new() -> Self {
-        Self { bytes: [0; 160], len: 0 }
-    }
-
-    /// `prefix` (`"name";r=`), `remaining`, `;t=` and the seconds until
-    /// `reset`; `None` when it does not fit.
-    fn render(&mut self, prefix: &str, remaining: u32, reset: std::time::Duration) -> Option<&str> {
-        let mut digits = itoa::Buffer::new();
-        self.push(prefix.as_bytes())?;
-        self.push(digits.format(remaining).as_bytes())?;
-        self.push(b";t=")?;
-        self.push(digits.format(retry_after_secs(reset)).as_bytes())?;
-        std::str::from_utf8(&self.bytes[..self.len]).ok()
-    }
-
-    fn push(&mut self, part: &[u8]) -> Option<()> {
-        let end = self.len + part.len();
-        self.bytes.get_mut(self.len..end)?.copy_from_slice(part);
-        self.len = end;
-        Some(())
-    }
 }
 
 /// `"quota-daily"` and `"quota-monthly"` members of `RateLimit-Policy`.
@@ -576,11 +549,10 @@ mod tests {
 #[cfg(test)]
 mod shared_value_tests {
     use std::cell::Cell;
-    use std::time::Duration;
 
     use bytes::Bytes;
 
-    use super::{ARENA_BYTES, SharedHeaderValue, StateBuffer};
+    use super::{ARENA_BYTES, SharedHeaderValue};
 
     #[test]
     fn a_value_rendered_once_reads_back_compares_by_bytes_and_debugs_as_text() {
@@ -588,7 +560,7 @@ mod shared_value_tests {
         assert_eq!(value.as_str(), r#""burst";q=10;w=1"#);
         assert_eq!(value.bytes().as_ref(), br#""burst";q=10;w=1"#);
         assert_eq!(format!("{value:?}"), r#""\"burst\";q=10;w=1""#);
-        assert_eq!(value, SharedHeaderValue::per_response(r#""burst";q=10;w=1"#));
+        assert_eq!(value, SharedHeaderValue::per_response(&[br#""burst";q=10;"#, b"w=1"]));
         assert_ne!(value, SharedHeaderValue::from_ascii(r#""burst";q=10;w=2"#.to_owned()));
     }
 
@@ -615,7 +587,7 @@ mod shared_value_tests {
         assert_eq!((refused.converted(refuse), refused.converted(refuse)), (None, None));
         assert_eq!(calls.get(), 2, "a refused value is not converted again");
 
-        let per_response = SharedHeaderValue::per_response("abc");
+        let per_response = SharedHeaderValue::per_response(&[b"abc"]);
         assert_eq!((per_response.converted(length), per_response.converted(length)), (Some(3), Some(3)));
         assert_eq!(calls.get(), 4, "a per-response value is converted each time");
     }
@@ -627,28 +599,22 @@ mod shared_value_tests {
             let follows = |a: &SharedHeaderValue, b: &SharedHeaderValue| {
                 b.bytes().as_ptr() == a.bytes().as_ptr().wrapping_add(a.bytes().len())
             };
-            let first = SharedHeaderValue::per_response(r#""burst";r=9;t=6"#);
-            let second = SharedHeaderValue::per_response(r#""burst";r=8;t=12"#);
+            let first = SharedHeaderValue::per_response(&[br#""burst";r="#, b"9", b";t=", b"6"]);
+            let second = SharedHeaderValue::per_response(&[br#""burst";r=8;t=12"#]);
+            assert_eq!(first.as_str(), r#""burst";r=9;t=6"#);
             assert!(follows(&first, &second));
             let used = first.bytes().len() + second.bytes().len();
-            let filler = SharedHeaderValue::per_response(&"x".repeat(ARENA_BYTES - used - 3));
+            let filler = SharedHeaderValue::per_response(&["x".repeat(ARENA_BYTES - used - 3).as_bytes()]);
             assert!(follows(&second, &filler));
-            let last = SharedHeaderValue::per_response("abc");
+            let last = SharedHeaderValue::per_response(&[b"ab", b"", b"c"]);
             assert!(follows(&filler, &last), "a value that fits exactly fills the arena");
-            let next = SharedHeaderValue::per_response("d");
+            let next = SharedHeaderValue::per_response(&[b"d"]);
             assert_eq!((next.as_str(), last.as_str()), ("d", "abc"));
+            let long = "y".repeat(ARENA_BYTES + 1);
+            let longer = SharedHeaderValue::per_response(&[long.as_bytes(), b"z"]);
+            assert_eq!(longer.bytes().len(), ARENA_BYTES + 2, "a value longer than an arena gets one of its own");
         })
         .join()
         .unwrap();
-    }
-
-    #[test]
-    fn a_state_is_written_on_the_stack_when_it_fits() {
-        let second = Duration::from_millis(1_500);
-        assert_eq!(StateBuffer::new().render(r#""burst";r="#, 7, second), Some(r#""burst";r=7;t=2"#));
-        let fits = "x".repeat(160 - 5);
-        assert_eq!(StateBuffer::new().render(&fits, 0, second).map(str::len), Some(160));
-        assert_eq!(StateBuffer::new().render(&"x".repeat(160 - 4), 0, second), None);
-        assert_eq!(StateBuffer::new().render(&"x".repeat(200), 0, second), None);
     }
 }

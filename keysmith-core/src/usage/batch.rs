@@ -55,32 +55,53 @@ pub type RollupKey = (KeyId, Period, DateTime<Utc>);
 /// Folds `records` (those the store has just written) and `deltas` into one
 /// increment per key, period and period start, so a store makes one upsert
 /// per roll-up row and batch.
+///
+/// Records are counted per key and UTC hour first, then each hour is added
+/// to its day and month: a record costs one lookup, and a record that
+/// continues a run of one key's records in one hour (as one busy key sends
+/// them) costs a comparison and an addition.
 #[must_use]
 pub fn fold_rollups<'a>(
     records: impl IntoIterator<Item = &'a UsageRecord>, deltas: &'a [UsageDelta],
 ) -> Vec<(RollupKey, &'a SharedTenant, UsageCounts)> {
-    type Fast = foldhash::fast::RandomState;
-    // Per key and hour first (one lookup per record, where a batch holds
-    // many records of few keys), then each hour into its day and month.
-    let mut hours: HashMap<(KeyId, DateTime<Utc>), (&'a SharedTenant, UsageCounts), Fast> = HashMap::default();
+    let mut hours: HashMap<(KeyId, i64), Hour<'a>, Fast> = HashMap::default();
+    let mut add = |key_id: KeyId, tenant: &'a SharedTenant, at: DateTime<Utc>, counts: &UsageCounts| {
+        let hour = hours.entry((key_id, hour_of(at))).or_insert(Hour { tenant, at, counts: UsageCounts::default() });
+        hour.counts.add(counts);
+    };
+    let mut run: Option<Run<'a>> = None;
     for record in records {
-        let hour = Period::Hour.start_of(record.timestamp);
-        hours
-            .entry((record.key_id, hour))
-            .or_insert((&record.tenant, UsageCounts::default()))
-            .1
-            .add_passed(record.status);
+        let hour = hour_of(record.timestamp);
+        match &mut run {
+            Some(run) if run.key_id == record.key_id && run.hour == hour => run.counts.add_passed(record.status),
+            _ => {
+                let next = Run {
+                    key_id: record.key_id,
+                    tenant: &record.tenant,
+                    at: record.timestamp,
+                    hour,
+                    counts: UsageCounts::passed(record.status),
+                };
+                if let Some(done) = run.replace(next) {
+                    add(done.key_id, done.tenant, done.at, &done.counts);
+                }
+            }
+        }
+    }
+    if let Some(done) = run {
+        add(done.key_id, done.tenant, done.at, &done.counts);
     }
     for delta in deltas {
-        hours.entry((delta.key_id, delta.hour)).or_insert((&delta.tenant, UsageCounts::default())).1.add(&delta.counts);
+        add(delta.key_id, &delta.tenant, delta.hour, &delta.counts);
     }
     let mut folded: HashMap<RollupKey, (&'a SharedTenant, UsageCounts), Fast> = HashMap::default();
     folded.reserve(hours.len() * Period::ALL.len());
-    for ((key_id, hour), (tenant, counts)) in hours {
+    for ((key_id, _), hour) in hours {
         for period in Period::ALL {
-            let entry =
-                folded.entry((key_id, period, period.start_of(hour))).or_insert((tenant, UsageCounts::default()));
-            entry.1.add(&counts);
+            let entry = folded
+                .entry((key_id, period, period.start_of(hour.at)))
+                .or_insert((hour.tenant, UsageCounts::default()));
+            entry.1.add(&hour.counts);
         }
     }
     let mut rows: Vec<_> = folded.into_iter().map(|(key, (tenant, counts))| (key, tenant, counts)).collect();
@@ -89,18 +110,48 @@ pub fn fold_rollups<'a>(
     rows
 }
 
+/// Keys and ids are random or made here, never chosen to collide.
+type Fast = foldhash::fast::RandomState;
+
+/// Seconds in an hour: UTC hours are whole multiples of it since the epoch.
+const HOUR_SECS: i64 = 60 * 60;
+
+/// Hours since the epoch of `at`.
+fn hour_of(at: DateTime<Utc>) -> i64 {
+    at.timestamp().div_euclid(HOUR_SECS)
+}
+
+/// One key's counts in one UTC hour.
+struct Hour<'a> {
+    tenant: &'a SharedTenant,
+    /// An instant of the hour (any one names its periods).
+    at: DateTime<Utc>,
+    counts: UsageCounts,
+}
+
+/// Consecutive records of one key in one UTC hour, counted together.
+struct Run<'a> {
+    key_id: KeyId,
+    tenant: &'a SharedTenant,
+    /// The first record's time (any instant of the hour names its periods).
+    at: DateTime<Utc>,
+    /// Hours since the epoch.
+    hour: i64,
+    counts: UsageCounts,
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::RefusalReason;
+    use crate::{RefusalReason, Tenant};
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().to_utc()
     }
 
-    fn record(key_id: KeyId, tenant: &SharedTenant, timestamp: &str, status: u16) -> UsageRecord {
+    fn record_at(key_id: KeyId, tenant: &SharedTenant, timestamp: DateTime<Utc>, status: u16) -> UsageRecord {
         UsageRecord {
             id: UsageId::new(),
             key_id,
@@ -111,13 +162,17 @@ mod tests {
             ip: None,
             user_agent: None,
             latency: Duration::from_millis(1),
-            timestamp: at(timestamp),
+            timestamp,
         }
+    }
+
+    fn record(key_id: KeyId, tenant: &SharedTenant, timestamp: &str, status: u16) -> UsageRecord {
+        record_at(key_id, tenant, at(timestamp), status)
     }
 
     #[test]
     fn records_and_deltas_fold_into_one_increment_per_key_period_and_start() {
-        let tenant = SharedTenant::from(crate::Tenant::new("app", "acme"));
+        let tenant = SharedTenant::from(Tenant::new("app", "acme"));
         let (a, b) = (KeyId::new(), KeyId::new());
         let records = [
             record(a, &tenant, "2026-03-31T10:05:00Z", 200),
@@ -154,5 +209,47 @@ mod tests {
         // a: 3 hours, 2 days, 2 months; b: one of each.
         assert_eq!(rows.len(), 7 + 3);
         assert!(rows.windows(2).all(|pair| pair[0].0 < pair[1].0), "sorted by key, period and start");
+    }
+
+    /// `fold_rollups` as it was written first: every record added to its
+    /// three periods on its own.
+    fn folded_one_by_one(records: &[UsageRecord]) -> Vec<(RollupKey, UsageCounts)> {
+        let mut folded: HashMap<RollupKey, UsageCounts> = HashMap::new();
+        for record in records {
+            for period in Period::ALL {
+                let key = (record.key_id, period, period.start_of(record.timestamp));
+                folded.entry(key).or_default().add(&UsageCounts::passed(record.status));
+            }
+        }
+        let mut rows: Vec<_> = folded.into_iter().collect();
+        rows.sort_unstable_by_key(|(key, _)| *key);
+        rows
+    }
+
+    #[test]
+    fn runs_of_one_key_and_hour_fold_to_what_each_record_adds_on_its_own() {
+        let acme = SharedTenant::from(Tenant::new("app", "acme"));
+        let (a, b) = (KeyId::new(), KeyId::new());
+        // 2026-01-01T00:00:00Z plus `second`.
+        let second = |s: i64| DateTime::from_timestamp(1_767_225_600 + s, 0).unwrap();
+        let last_second_of_january = 31 * 24 * 3600 - 1;
+        let records = vec![
+            record_at(a, &acme, second(0), 200),
+            record_at(a, &acme, second(1), 404),
+            record_at(a, &acme, second(3599), 503),
+            // The next hour, then another key, then the first key again.
+            record_at(a, &acme, second(3600), 200),
+            record_at(b, &acme, second(3601), 301),
+            record_at(a, &acme, second(3602), 200),
+            // The last second of a day and of a month, then the next ones.
+            record_at(a, &acme, second(last_second_of_january), 200),
+            record_at(a, &acme, second(last_second_of_january + 1), 200),
+            // Back in time: a record of an earlier hour after a later one.
+            record_at(b, &acme, second(5), 200),
+        ];
+        let rows: Vec<_> = fold_rollups(&records, &[]).into_iter().map(|(key, _, counts)| (key, counts)).collect();
+        assert_eq!(rows, folded_one_by_one(&records));
+        let months: u64 = rows.iter().filter(|((_, p, _), _)| *p == Period::Month).map(|(_, c)| c.requests).sum();
+        assert_eq!(months, records.len() as u64, "every record counted once per period");
     }
 }

@@ -34,6 +34,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 
 use super::quota::QuotaTracker;
 use super::texts::{Text, UsageTexts};
@@ -503,6 +504,7 @@ impl UsageRecorder {
             shards: Arc::clone(&shards),
             lanes: (0..self.config.concurrent_writes.max(1)).map(|_| Lane::default()).collect(),
             sampled: 0,
+            numbering: Numbering::new(),
         };
         let task = runtime.spawn(worker.run(rx, Arc::clone(&wake)));
         Some(Running { tx, shards, wake, wake_at, task: Mutex::new(Some(task)) })
@@ -624,6 +626,32 @@ struct Worker {
     lanes: Box<[Lane]>,
     /// Passed requests seen, for [`UsageMode::Sampled`].
     sampled: u64,
+    /// Numbers the entries kept as records.
+    numbering: Numbering,
+}
+
+/// Numbers one writer's records: each a UUIDv7 of its record's
+/// millisecond (so the sweeper can expire records by id) whose other bits
+/// are a random start, drawn once per writer, plus a count. A record costs
+/// an addition rather than a draw from the random generator; two writers
+/// give one id only if their starts fall within their record counts of
+/// each other, as unlikely as two random ids meeting.
+struct Numbering {
+    next: u128,
+}
+
+impl Numbering {
+    fn new() -> Self {
+        Self { next: Uuid::new_v4().as_u128() }
+    }
+
+    fn id_at(&mut self, at: DateTime<Utc>) -> UsageId {
+        self.next = self.next.wrapping_add(1);
+        let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+        let mut rest = [0; 10];
+        rest.copy_from_slice(&self.next.to_be_bytes()[6..]);
+        UsageId::from_uuid(uuid::Builder::from_unix_timestamp_millis(millis, &rest).into_uuid())
+    }
 }
 
 /// Where the writer's batches go, shared with the writes in flight.
@@ -716,7 +744,7 @@ impl Worker {
                 let batch = &mut self.lanes[lane_of(entry.key_id, lanes)].batch;
                 batch.places += 1;
                 if keep {
-                    let id = UsageId::at(entry.timestamp);
+                    let id = self.numbering.id_at(entry.timestamp);
                     batch.records.push_back(entry.into_record(id, &texts));
                 } else {
                     batch.fold(entry.key_id, &entry.tenant, entry.timestamp, &UsageCounts::passed(entry.status));
@@ -808,7 +836,10 @@ impl Worker {
         // The oldest records, moved once: the rest stay where they are
         // (a batch may hold many times `batch_size` while its lane writes).
         let chunk: Vec<UsageRecord> = if batch.records.len() <= size {
-            std::mem::take(&mut batch.records).into()
+            // The next batch is likely as large as this one: room for it
+            // now rather than a copy of every record at each doubling.
+            let taken = batch.records.len();
+            std::mem::replace(&mut batch.records, VecDeque::with_capacity(taken)).into()
         } else {
             batch.records.drain(..size).collect()
         };
@@ -880,6 +911,26 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
+
+    #[test]
+    fn a_writer_numbers_records_uniquely_within_their_millisecond() {
+        let at = |text: &str| text.parse::<DateTime<Utc>>().unwrap();
+        let (early, late) = (at("2026-03-14T12:00:00.999Z"), at("2026-03-14T12:00:01Z"));
+        let mut numbering = Numbering::new();
+        let mut ids: Vec<UsageId> = (0..1000).map(|n| numbering.id_at(if n % 2 == 0 { early } else { late })).collect();
+        for (n, id) in ids.iter().enumerate() {
+            let uuid = id.uuid();
+            assert_eq!(uuid.get_version_num(), 7);
+            assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
+            let (first, next) = if n % 2 == 0 { (early, late) } else { (late, at("2026-03-14T12:00:01.001Z")) };
+            assert!(UsageId::first_uuid_at(first) <= uuid && uuid < UsageId::first_uuid_at(next), "{n}");
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 1000, "no id given twice");
+        let other = Numbering::new().id_at(early);
+        assert!(!ids.contains(&other), "another writer starts elsewhere");
+    }
     use crate::{MemoryStore, Tenant};
 
     fn worker(lanes: usize) -> Worker {
@@ -900,6 +951,7 @@ mod tests {
             shards,
             lanes: (0..lanes).map(|_| Lane::default()).collect(),
             sampled: 0,
+            numbering: Numbering::new(),
         }
     }
 
