@@ -34,7 +34,6 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use uuid::Uuid;
 
 use super::quota::QuotaTracker;
 use super::texts::{Text, UsageTexts};
@@ -504,7 +503,6 @@ impl UsageRecorder {
             shards: Arc::clone(&shards),
             lanes: (0..self.config.concurrent_writes.max(1)).map(|_| Lane::default()).collect(),
             sampled: 0,
-            numbering: Numbering::new(),
         };
         let task = runtime.spawn(worker.run(rx, Arc::clone(&wake)));
         Some(Running { tx, shards, wake, wake_at, task: Mutex::new(Some(task)) })
@@ -626,32 +624,6 @@ struct Worker {
     lanes: Box<[Lane]>,
     /// Passed requests seen, for [`UsageMode::Sampled`].
     sampled: u64,
-    /// Numbers the entries kept as records.
-    numbering: Numbering,
-}
-
-/// Numbers one writer's records: each a UUIDv7 of its record's
-/// millisecond (so the sweeper can expire records by id) whose other bits
-/// are a random start, drawn once per writer, plus a count. A record costs
-/// an addition rather than a draw from the random generator; two writers
-/// give one id only if their starts fall within their record counts of
-/// each other, as unlikely as two random ids meeting.
-struct Numbering {
-    next: u128,
-}
-
-impl Numbering {
-    fn new() -> Self {
-        Self { next: Uuid::new_v4().as_u128() }
-    }
-
-    fn id_at(&mut self, at: DateTime<Utc>) -> UsageId {
-        self.next = self.next.wrapping_add(1);
-        let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
-        let mut rest = [0; 10];
-        rest.copy_from_slice(&self.next.to_be_bytes()[6..]);
-        UsageId::from_uuid(uuid::Builder::from_unix_timestamp_millis(millis, &rest).into_uuid())
-    }
 }
 
 /// Where the writer's batches go, shared with the writes in flight.
@@ -744,7 +716,10 @@ impl Worker {
                 let batch = &mut self.lanes[lane_of(entry.key_id, lanes)].batch;
                 batch.places += 1;
                 if keep {
-                    let id = self.numbering.id_at(entry.timestamp);
+                    // A random id of the record's time: ids that counted
+                    // up would tell a tenant how many records of others
+                    // the writer numbered between two of its own.
+                    let id = UsageId::at(entry.timestamp);
                     batch.records.push_back(entry.into_record(id, &texts));
                 } else {
                     batch.fold(entry.key_id, &entry.tenant, entry.timestamp, &UsageCounts::passed(entry.status));
@@ -912,25 +887,6 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn a_writer_numbers_records_uniquely_within_their_millisecond() {
-        let at = |text: &str| text.parse::<DateTime<Utc>>().unwrap();
-        let (early, late) = (at("2026-03-14T12:00:00.999Z"), at("2026-03-14T12:00:01Z"));
-        let mut numbering = Numbering::new();
-        let mut ids: Vec<UsageId> = (0..1000).map(|n| numbering.id_at(if n % 2 == 0 { early } else { late })).collect();
-        for (n, id) in ids.iter().enumerate() {
-            let uuid = id.uuid();
-            assert_eq!(uuid.get_version_num(), 7);
-            assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
-            let (first, next) = if n % 2 == 0 { (early, late) } else { (late, at("2026-03-14T12:00:01.001Z")) };
-            assert!(UsageId::first_uuid_at(first) <= uuid && uuid < UsageId::first_uuid_at(next), "{n}");
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        assert_eq!(ids.len(), 1000, "no id given twice");
-        let other = Numbering::new().id_at(early);
-        assert!(!ids.contains(&other), "another writer starts elsewhere");
-    }
     use crate::{MemoryStore, Tenant};
 
     fn worker(lanes: usize) -> Worker {
@@ -951,7 +907,6 @@ mod tests {
             shards,
             lanes: (0..lanes).map(|_| Lane::default()).collect(),
             sampled: 0,
-            numbering: Numbering::new(),
         }
     }
 
@@ -968,6 +923,36 @@ mod tests {
             latency: Duration::from_millis(1),
             timestamp: at,
         }
+    }
+
+    #[test]
+    fn record_ids_of_one_millisecond_do_not_count_up() {
+        // Ids that counted up would tell a tenant how many records of other
+        // tenants were numbered between two of its own.
+        let mut worker = worker(1);
+        let tenant = SharedTenant::from(Tenant::new("app", "acme"));
+        let at = DateTime::from_timestamp(1_767_225_600, 0).unwrap();
+        let entry = || UsageEntry {
+            key_id: KeyId::new(),
+            tenant: tenant.clone(),
+            endpoint: worker.texts.routes.intern("/v1/things"),
+            method: "GET".into(),
+            status: 200,
+            ip: None,
+            user_agent: None,
+            latency: Duration::from_millis(1),
+            timestamp: at,
+        };
+        let mut buffer = Buffer::with_capacity(64);
+        buffer.entries.extend((0..64).map(|_| entry()));
+        worker.append(buffer);
+        let ids: Vec<u128> = worker.lanes[0].batch.records.iter().map(|r| r.id.uuid().as_u128()).collect();
+        assert_eq!(ids.len(), 64);
+        // The 74 bits below the millisecond: random, so no two of 64 are
+        // within 2^32 of each other but once in ~2^29 runs.
+        let mut random: Vec<u128> = ids.iter().map(|id| id & ((1 << 80) - 1)).collect();
+        random.sort_unstable();
+        assert!(random.windows(2).all(|pair| pair[1] - pair[0] > 1 << 32), "ids count up: {random:x?}");
     }
 
     #[test]
