@@ -932,16 +932,17 @@ mod tests {
         let mut worker = worker(1);
         let tenant = SharedTenant::from(Tenant::new("app", "acme"));
         let at = DateTime::from_timestamp(1_767_225_600, 0).unwrap();
+        // Every entry at the same instant, of its own key.
         let entry = || UsageEntry {
-            key_id: KeyId::new(),
-            tenant: tenant.clone(),
-            endpoint: worker.texts.routes.intern("/v1/things"),
-            method: "GET".into(),
-            status: 200,
-            ip: None,
-            user_agent: None,
-            latency: Duration::from_millis(1),
             timestamp: at,
+            key_id: KeyId::new(),
+            endpoint: worker.texts.routes.intern("/v1/things"),
+            latency: Duration::from_millis(1),
+            tenant: tenant.clone(),
+            ip: None,
+            method: "GET".into(),
+            user_agent: None,
+            status: 200,
         };
         let mut buffer = Buffer::with_capacity(64);
         buffer.entries.extend((0..64).map(|_| entry()));
