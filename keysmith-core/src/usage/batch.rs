@@ -3,6 +3,7 @@
 //! requests that the [`UsageMode`](super::UsageMode) does not keep).
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use chrono::{DateTime, Utc};
 
@@ -65,34 +66,32 @@ pub fn fold_rollups<'a>(
     records: impl IntoIterator<Item = &'a UsageRecord>, deltas: &'a [UsageDelta],
 ) -> Vec<(RollupKey, &'a SharedTenant, UsageCounts)> {
     let mut hours: HashMap<(KeyId, i64), Hour<'a>, Fast> = HashMap::default();
-    let mut add = |key_id: KeyId, tenant: &'a SharedTenant, at: DateTime<Utc>, counts: &UsageCounts| {
-        let hour = hours.entry((key_id, hour_of(at))).or_insert(Hour { tenant, at, counts: UsageCounts::default() });
-        hour.counts.add(counts);
+    let mut add = |at: (KeyId, i64), hour: Hour<'a>| match hours.entry(at) {
+        Entry::Occupied(mut seen) => seen.get_mut().counts.add(&hour.counts),
+        Entry::Vacant(vacant) => {
+            vacant.insert(hour);
+        }
     };
-    let mut run: Option<Run<'a>> = None;
+    // The run of consecutive records of one key in one hour being counted.
+    let mut run: Option<((KeyId, i64), Hour<'a>)> = None;
     for record in records {
-        let hour = hour_of(record.timestamp);
+        let at = (record.key_id, hour_of(record.timestamp));
         match &mut run {
-            Some(run) if run.key_id == record.key_id && run.hour == hour => run.counts.add_passed(record.status),
+            Some((current, hour)) if *current == at => hour.counts.add_passed(record.status),
             _ => {
-                let next = Run {
-                    key_id: record.key_id,
-                    tenant: &record.tenant,
-                    at: record.timestamp,
-                    hour,
-                    counts: UsageCounts::passed(record.status),
-                };
-                if let Some(done) = run.replace(next) {
-                    add(done.key_id, done.tenant, done.at, &done.counts);
+                let next =
+                    Hour { tenant: &record.tenant, at: record.timestamp, counts: UsageCounts::passed(record.status) };
+                if let Some((done_at, done)) = run.replace((at, next)) {
+                    add(done_at, done);
                 }
             }
         }
     }
-    if let Some(done) = run {
-        add(done.key_id, done.tenant, done.at, &done.counts);
+    if let Some((done_at, done)) = run {
+        add(done_at, done);
     }
     for delta in deltas {
-        add(delta.key_id, &delta.tenant, delta.hour, &delta.counts);
+        add((delta.key_id, hour_of(delta.hour)), Hour { tenant: &delta.tenant, at: delta.hour, counts: delta.counts });
     }
     let mut folded: HashMap<RollupKey, (&'a SharedTenant, UsageCounts), Fast> = HashMap::default();
     folded.reserve(hours.len() * Period::ALL.len());
@@ -121,22 +120,11 @@ fn hour_of(at: DateTime<Utc>) -> i64 {
     at.timestamp().div_euclid(HOUR_SECS)
 }
 
-/// One key's counts in one UTC hour.
+/// One key's counts in one UTC hour (or in a run of its records in one).
 struct Hour<'a> {
     tenant: &'a SharedTenant,
     /// An instant of the hour (any one names its periods).
     at: DateTime<Utc>,
-    counts: UsageCounts,
-}
-
-/// Consecutive records of one key in one UTC hour, counted together.
-struct Run<'a> {
-    key_id: KeyId,
-    tenant: &'a SharedTenant,
-    /// The first record's time (any instant of the hour names its periods).
-    at: DateTime<Utc>,
-    /// Hours since the epoch.
-    hour: i64,
     counts: UsageCounts,
 }
 
