@@ -546,7 +546,6 @@ impl Admitted {
             };
             engine.record_entry(draft.into_entry(&key, status, routed, texts));
         }
-        key.recycle();
     }
 }
 

@@ -331,12 +331,20 @@ const ARENA_BYTES: usize = 4096;
 /// when a monthly quota's month changes length.
 #[derive(Default)]
 pub(crate) struct PolicyHeaders {
-    rendered: DashMap<PolicyId, RenderedPolicy, foldhash::fast::RandomState>,
+    rendered: DashMap<PolicyId, Arc<RenderedPolicy>, foldhash::fast::RandomState>,
 }
 
 /// Policies whose headers a gate keeps; past it the cache starts over
 /// (policies are few; this only bounds deleted ones).
 const MAX_RENDERED_POLICIES: usize = 4096;
+
+thread_local! {
+    /// The policy whose headers this thread wrote last, held (so that its
+    /// address names no other policy while it is here), with its
+    /// rendering: consecutive requests of one policy find it without the
+    /// shared map's lock or hash, and with no reference count changed.
+    static LAST_RENDERED: RefCell<Option<(Arc<Policy>, Arc<RenderedPolicy>)>> = const { RefCell::new(None) };
+}
 
 struct RenderedPolicy {
     rate_limits: Vec<RateLimit>,
@@ -350,9 +358,13 @@ impl RenderedPolicy {
     /// True when this is `policy`'s rendering in the month `month_secs`
     /// says (asked only of a policy with a monthly quota).
     fn renders(&self, policy: &Policy, month_secs: impl FnOnce() -> u64) -> bool {
-        self.rate_limits == policy.rate_limits
-            && self.quota == policy.quota
-            && (policy.quota.is_none_or(|q| q.monthly.is_none()) || self.month_secs == month_secs())
+        self.rate_limits == policy.rate_limits && self.quota == policy.quota && self.in_month(policy, month_secs)
+    }
+
+    /// True unless `policy` has a monthly quota and this rendering is of a
+    /// month of another length than `month_secs`.
+    fn in_month(&self, policy: &Policy, month_secs: impl FnOnce() -> u64) -> bool {
+        policy.quota.is_none_or(|q| q.monthly.is_none()) || self.month_secs == month_secs()
     }
 
     fn render(policy: &Policy, month_secs: u64) -> Self {
@@ -385,22 +397,41 @@ impl RenderedPolicy {
 
 impl PolicyHeaders {
     /// Calls `write` with `policy`'s rendering at `now`, rendered first if
-    /// this policy, as it is now, has none. A rendering kept is lent under
-    /// its shard's read lock rather than cloned out: no reference count
-    /// that every core's requests would change.
-    fn with_rendered<R>(&self, policy: &Policy, now: DateTime<Utc>, write: impl FnOnce(&RenderedPolicy) -> R) -> R {
+    /// this policy, as it is now, has none. The thread's last rendering is
+    /// used when it is of this very policy value (a policy is immutable
+    /// behind its `Arc`); else the gate's, which is kept in the thread
+    /// for the next request.
+    fn with_rendered<R>(
+        &self, policy: &Arc<Policy>, now: DateTime<Utc>, write: impl FnOnce(&RenderedPolicy) -> R,
+    ) -> R {
+        LAST_RENDERED.with_borrow_mut(|last| {
+            if let Some((held, rendered)) = last.as_ref()
+                && Arc::ptr_eq(held, policy)
+                && rendered.in_month(policy, || month_secs(now))
+            {
+                return write(rendered);
+            }
+            let rendered = self.shared_rendering(policy, now);
+            let written = write(&rendered);
+            *last = Some((Arc::clone(policy), rendered));
+            written
+        })
+    }
+
+    /// The gate's rendering of `policy` at `now`, rendered first if this
+    /// policy, as it is now, has none.
+    fn shared_rendering(&self, policy: &Policy, now: DateTime<Utc>) -> Arc<RenderedPolicy> {
         if let Some(rendered) = self.rendered.get(&policy.id)
             && rendered.renders(policy, || month_secs(now))
         {
-            return write(&rendered);
+            return Arc::clone(&rendered);
         }
-        let rendered = RenderedPolicy::render(policy, month_secs(now));
-        let written = write(&rendered);
+        let rendered = Arc::new(RenderedPolicy::render(policy, month_secs(now)));
         if self.rendered.len() >= MAX_RENDERED_POLICIES {
             self.rendered.clear();
         }
-        self.rendered.insert(policy.id, rendered);
-        written
+        self.rendered.insert(policy.id, Arc::clone(&rendered));
+        rendered
     }
 }
 
