@@ -179,6 +179,18 @@ mod tests {
     }
 
     #[test]
+    fn a_text_just_interned_in_one_table_is_numbered_by_the_other_table_in_the_other() {
+        let (first, second) = (TextTable::new(8), TextTable::new(8));
+        second.intern("/health");
+        let Text::Id(in_first) = first.intern("/users/{id}") else { panic!("room left") };
+        let Text::Id(in_second) = second.intern("/users/{id}") else { panic!("room left") };
+        assert_eq!((in_first, in_second), (0, 1));
+        assert_eq!(text_of(&second, Text::Id(in_second)), "/users/{id}");
+        let Text::Id(again) = first.intern("/users/{id}") else { panic!("room left") };
+        assert_eq!(again, in_first);
+    }
+
+    #[test]
     fn a_looked_up_text_is_added_only_when_settled() {
         let table = TextTable::new(8);
         let looked_up = table.lookup("curl/8");
