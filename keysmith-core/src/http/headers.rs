@@ -28,6 +28,20 @@ pub trait HeaderLookup {
     fn first_header<'a>(&'a self, name: &str) -> Option<&'a [u8]> {
         self.header_values(name).next()
     }
+
+    /// Every value of the per-request header `name`, in the order they
+    /// were received. By default looked up by its text; an adapter that
+    /// keeps its framework's names in [`names::PER_REQUEST`]'s order
+    /// overrides it (and [`first_known`](Self::first_known)) to take the
+    /// name by its place, without matching the text per request.
+    fn known_values<'a>(&'a self, name: names::Known) -> impl Iterator<Item = &'a [u8]> {
+        self.header_values(name.name())
+    }
+
+    /// The first value of the per-request header `name`, if any.
+    fn first_known<'a>(&'a self, name: names::Known) -> Option<&'a [u8]> {
+        self.known_values(name).next()
+    }
 }
 
 /// Headers as a list of `(name, value)` pairs: for tests and for adapters
@@ -41,6 +55,18 @@ impl<N: AsRef<str>, V: AsRef<[u8]>> HeaderLookup for [(N, V)] {
 impl<T: HeaderLookup + ?Sized> HeaderLookup for &T {
     fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> {
         (**self).header_values(name)
+    }
+
+    fn first_header<'a>(&'a self, name: &str) -> Option<&'a [u8]> {
+        (**self).first_header(name)
+    }
+
+    fn known_values<'a>(&'a self, name: names::Known) -> impl Iterator<Item = &'a [u8]> {
+        (**self).known_values(name)
+    }
+
+    fn first_known<'a>(&'a self, name: names::Known) -> Option<&'a [u8]> {
+        (**self).first_known(name)
     }
 }
 
@@ -97,6 +123,48 @@ pub mod names {
         RATELIMIT,
         RATELIMIT_POLICY,
     ];
+
+    /// One of the [`PER_REQUEST`] names, by its place there: what core
+    /// asks an adapter's [`HeaderLookup`](super::HeaderLookup) for, so
+    /// that the adapter finds its framework's name by that place rather
+    /// than by matching the text on every request.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Known(u8);
+
+    impl Known {
+        /// `Authorization`.
+        pub const AUTHORIZATION: Self = Self(0);
+        /// `X-API-Key`.
+        pub const X_API_KEY: Self = Self(1);
+        /// `User-Agent`.
+        pub const USER_AGENT: Self = Self(2);
+        /// `Origin`.
+        pub const ORIGIN: Self = Self(3);
+        /// `X-Forwarded-For`.
+        pub const X_FORWARDED_FOR: Self = Self(4);
+        /// `Forwarded`.
+        pub const FORWARDED: Self = Self(5);
+        /// `Access-Control-Request-Method`.
+        pub const ACCESS_CONTROL_REQUEST_METHOD: Self = Self(6);
+
+        /// `name` (lowercase), if it is one of [`PER_REQUEST`].
+        #[must_use]
+        pub fn of(name: &str) -> Option<Self> {
+            per_request_index(name).and_then(|index| u8::try_from(index).ok()).map(Self)
+        }
+
+        /// Its place in [`PER_REQUEST`].
+        #[must_use]
+        pub fn index(self) -> usize {
+            usize::from(self.0)
+        }
+
+        /// Its lowercase text.
+        #[must_use]
+        pub fn name(self) -> &'static str {
+            PER_REQUEST[self.index()]
+        }
+    }
 
     /// Where `name` (lowercase) is in [`PER_REQUEST`], if it is there.
     #[must_use]
@@ -565,6 +633,19 @@ mod tests {
         }
         assert_eq!(names::per_request_index("x-token"), None);
         assert_eq!(names::per_request_index("X-API-Key"), None, "names are looked up in lowercase");
+        let read = [
+            (names::Known::AUTHORIZATION, names::AUTHORIZATION),
+            (names::Known::X_API_KEY, names::X_API_KEY),
+            (names::Known::USER_AGENT, names::USER_AGENT),
+            (names::Known::ORIGIN, names::ORIGIN),
+            (names::Known::X_FORWARDED_FOR, names::X_FORWARDED_FOR),
+            (names::Known::FORWARDED, names::FORWARDED),
+            (names::Known::ACCESS_CONTROL_REQUEST_METHOD, names::ACCESS_CONTROL_REQUEST_METHOD),
+        ];
+        for (known, name) in read {
+            assert_eq!((known.name(), names::Known::of(name)), (name, Some(known)));
+        }
+        assert_eq!(names::Known::of("x-token"), None);
     }
 
     #[test]
