@@ -25,11 +25,11 @@ impl HeaderLookup for Headers<'_> {
         values.map(actix_web::http::header::HeaderValue::as_bytes)
     }
 
-    fn known_values<'a>(&'a self, name: Known) -> impl Iterator<Item = &'a [u8]> {
+    fn known_values(&self, name: Known) -> impl Iterator<Item = &[u8]> {
         self.0.get_all(known(name)).map(actix_web::http::header::HeaderValue::as_bytes)
     }
 
-    fn first_known<'a>(&'a self, name: Known) -> Option<&'a [u8]> {
+    fn first_known(&self, name: Known) -> Option<&[u8]> {
         self.0.get(known(name)).map(actix_web::http::header::HeaderValue::as_bytes)
     }
 }

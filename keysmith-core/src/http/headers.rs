@@ -34,12 +34,12 @@ pub trait HeaderLookup {
     /// keeps its framework's names in [`names::PER_REQUEST`]'s order
     /// overrides it (and [`first_known`](Self::first_known)) to take the
     /// name by its place, without matching the text per request.
-    fn known_values<'a>(&'a self, name: names::Known) -> impl Iterator<Item = &'a [u8]> {
+    fn known_values(&self, name: names::Known) -> impl Iterator<Item = &[u8]> {
         self.header_values(name.name())
     }
 
     /// The first value of the per-request header `name`, if any.
-    fn first_known<'a>(&'a self, name: names::Known) -> Option<&'a [u8]> {
+    fn first_known(&self, name: names::Known) -> Option<&[u8]> {
         self.known_values(name).next()
     }
 }
@@ -61,11 +61,11 @@ impl<T: HeaderLookup + ?Sized> HeaderLookup for &T {
         (**self).first_header(name)
     }
 
-    fn known_values<'a>(&'a self, name: names::Known) -> impl Iterator<Item = &'a [u8]> {
+    fn known_values(&self, name: names::Known) -> impl Iterator<Item = &[u8]> {
         (**self).known_values(name)
     }
 
-    fn first_known<'a>(&'a self, name: names::Known) -> Option<&'a [u8]> {
+    fn first_known(&self, name: names::Known) -> Option<&[u8]> {
         (**self).first_known(name)
     }
 }
