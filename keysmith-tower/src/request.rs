@@ -6,6 +6,7 @@ use std::sync::{Arc, LazyLock};
 
 use http::header::HeaderName;
 use http::{HeaderMap, Request};
+use keysmith_core::http::names::Known;
 use keysmith_core::http::{ApiKey as CoreApiKey, Gate, HeaderLookup, names};
 
 use crate::RefusalResponder;
@@ -33,15 +34,30 @@ impl HeaderLookup for Headers<'_> {
         };
         value.map(http::HeaderValue::as_bytes)
     }
+
+    fn known_values(&self, name: Known) -> impl Iterator<Item = &[u8]> {
+        self.0.get_all(known(name)).into_iter().map(http::HeaderValue::as_bytes)
+    }
+
+    fn first_known(&self, name: Known) -> Option<&[u8]> {
+        self.0.get(known(name)).map(http::HeaderValue::as_bytes)
+    }
 }
 
 /// Core's per-request header names as this framework's names, parsed
-/// once: a lookup or insert by `&str` parses (and validates) the name each
-/// time.
+/// once (in [`names::PER_REQUEST`]'s order): a lookup or insert by `&str`
+/// parses (and validates) the name each time.
+static KNOWN: LazyLock<[HeaderName; names::PER_REQUEST.len()]> =
+    LazyLock::new(|| names::PER_REQUEST.map(HeaderName::from_static));
+
+/// This framework's name of a per-request header.
+fn known(name: Known) -> &'static HeaderName {
+    &KNOWN[name.index()]
+}
+
+/// This framework's name of `name`, if it is a per-request header.
 pub(crate) fn known_name(name: &str) -> Option<&'static HeaderName> {
-    static KNOWN: LazyLock<[HeaderName; names::PER_REQUEST.len()]> =
-        LazyLock::new(|| names::PER_REQUEST.map(HeaderName::from_static));
-    names::per_request_index(name).map(|index| &KNOWN[index])
+    Known::of(name).map(known)
 }
 
 /// The peer address: axum's `ConnectInfo<SocketAddr>`, when the server was
@@ -127,5 +143,9 @@ mod tests {
         assert_eq!(headers.first_header("x-token"), Some(b"t".as_slice()));
         assert_eq!(headers.first_header("X-Token"), Some(b"t".as_slice()));
         assert_eq!(headers.first_header(names::AUTHORIZATION), None);
+        let values: Vec<&[u8]> = headers.known_values(Known::X_API_KEY).collect();
+        assert_eq!(values, [b"k1".as_slice(), b"k\xff".as_slice()]);
+        assert_eq!(headers.first_known(Known::X_API_KEY), Some(b"k1".as_slice()));
+        assert_eq!(headers.first_known(Known::AUTHORIZATION), None);
     }
 }

@@ -31,13 +31,15 @@ use crate::{Environment, Key, KeyId, Policy, Tenant, Validation};
 /// ```
 #[derive(Clone)]
 pub struct ApiKey {
-    validation: Arc<Validation>,
+    /// `None` only once [`Drop`] has taken it.
+    validation: Option<Arc<Validation>>,
 }
 
 thread_local! {
-    /// The allocation of a key whose request has finished and that nothing
-    /// else held, for the next key made on this thread: a passed request
-    /// then allocates nothing for its key.
+    /// The allocation of the last key dropped on this thread that nothing
+    /// else held, for the next key made on it: a passed request then
+    /// allocates nothing for its key, whichever of the request's clones
+    /// (the adapter's, or the one in the request's extensions) goes last.
     static SPARE: Cell<Option<Arc<Validation>>> = const { Cell::new(None) };
 }
 
@@ -55,66 +57,56 @@ impl ApiKey {
             },
             None => Arc::new(validation),
         };
-        Self { validation }
-    }
-
-    /// Leaves this key's allocation to the next [`ApiKey::new`] on this
-    /// thread, if no clone of it is left (the request, and with it the
-    /// extension holding a clone, is usually gone by the time its response
-    /// is finished).
-    pub(crate) fn recycle(mut self) {
-        if Arc::get_mut(&mut self.validation).is_some() {
-            SPARE.set(Some(self.validation));
-        }
+        Self { validation: Some(validation) }
     }
 
     /// The key's id.
     #[must_use]
     pub fn id(&self) -> KeyId {
-        self.validation.key.id
+        self.validation().key.id
     }
 
     /// The key as stored (no secret in it).
     #[must_use]
     pub fn key(&self) -> &Key {
-        &self.validation.key
+        &self.validation().key
     }
 
     /// The key's name.
     #[must_use]
     pub fn name(&self) -> &str {
-        &self.validation.key.name
+        &self.validation().key.name
     }
 
     /// The owner of the key.
     #[must_use]
     pub fn tenant(&self) -> &Tenant {
-        &self.validation.key.tenant
+        &self.validation().key.tenant
     }
 
     /// The environment written into the key.
     #[must_use]
     pub fn environment(&self) -> Environment {
-        self.validation.key.environment
+        self.validation().key.environment
     }
 
     /// The scopes the key holds in effect (its own, within its policy's).
     #[must_use]
     pub fn scopes(&self) -> &[String] {
-        self.validation.scopes()
+        self.validation().scopes()
     }
 
     /// True if the key's scopes cover `scope` (hierarchically: `read`
     /// covers `read:users`).
     #[must_use]
     pub fn has_scope(&self, scope: &str) -> bool {
-        self.validation.has_scope(scope)
+        self.validation().has_scope(scope)
     }
 
     /// The key's policy, if it has one.
     #[must_use]
     pub fn policy(&self) -> Option<&Policy> {
-        self.validation.policy.as_deref()
+        self.validation().policy.as_deref()
     }
 
     /// The state of the policy's limit closest to refusing after this
@@ -123,19 +115,32 @@ impl ApiKey {
     /// has every limit.
     #[must_use]
     pub fn rate_limit(&self) -> Option<&RateLimitStatus> {
-        self.validation.closest_rate_limit().map(|(_, status)| status)
+        self.validation().closest_rate_limit().map(|(_, status)| status)
     }
 
     /// The key's application data.
     #[must_use]
     pub fn metadata(&self) -> &serde_json::Map<String, serde_json::Value> {
-        &self.validation.key.metadata
+        &self.validation().key.metadata
     }
 
     /// The whole validation.
     #[must_use]
     pub fn validation(&self) -> &Validation {
-        &self.validation
+        self.validation.as_deref().expect("a key's validation is taken only when it is dropped")
+    }
+}
+
+impl Drop for ApiKey {
+    /// The last clone leaves its allocation to the next [`ApiKey::new`] on
+    /// this thread.
+    fn drop(&mut self) {
+        if let Some(mut validation) = self.validation.take()
+            && Arc::get_mut(&mut validation).is_some()
+        {
+            // Not at all once the thread's locals are being destroyed.
+            let _ = SPARE.try_with(|spare| spare.set(Some(validation)));
+        }
     }
 }
 
@@ -147,7 +152,7 @@ impl From<Validation> for ApiKey {
 
 impl fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let key = &self.validation.key;
+        let key = &self.validation().key;
         f.debug_struct("ApiKey")
             .field("id", &key.id)
             .field("name", &key.name)
@@ -178,34 +183,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_finished_key_lends_its_allocation_to_the_next_one_and_a_held_one_never_does() {
+    async fn a_dropped_key_lends_its_allocation_to_the_next_one_and_a_held_one_never_does() {
         let (first, second) = two_validations().await;
         let (third, _) = two_validations().await;
 
         let key = ApiKey::new(first);
-        let address = Arc::as_ptr(&key.validation);
-        key.recycle();
+        let address = std::ptr::from_ref(key.validation());
+        drop(key);
         let reused = ApiKey::new(second);
-        assert_eq!(Arc::as_ptr(&reused.validation), address);
+        assert_eq!(std::ptr::from_ref(reused.validation()), address);
         assert_eq!(reused.name(), "second");
 
         let held = reused.clone();
-        reused.recycle();
+        drop(reused);
         let fresh = ApiKey::new(third);
-        assert_ne!(Arc::as_ptr(&fresh.validation), address);
+        assert_ne!(std::ptr::from_ref(fresh.validation()), address);
         assert_eq!((held.name(), fresh.name()), ("second", "first"));
     }
 
     #[tokio::test]
-    async fn a_finished_key_is_kept_for_the_next_one_only_when_nothing_else_holds_it() {
+    async fn the_last_clone_dropped_keeps_the_key_for_the_next_one() {
         let (first, second) = two_validations().await;
         SPARE.take();
         let key = ApiKey::new(first);
         let held = key.clone();
-        key.recycle();
+        drop(key);
         assert!(SPARE.take().is_none(), "a key still held is not lent");
         drop(held);
-        ApiKey::new(second).recycle();
+        assert!(SPARE.take().is_some(), "the extension's clone, dropped after the request finished, lends it");
+        drop(ApiKey::new(second));
         let spare = SPARE.take().map(|validation| validation.key.name.clone());
         assert_eq!(spare.as_deref(), Some("second"), "a finished key is kept for the next one");
     }

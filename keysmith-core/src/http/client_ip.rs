@@ -37,6 +37,13 @@ impl ForwardingHeader {
         }
     }
 
+    fn known(self) -> names::Known {
+        match self {
+            Self::XForwardedFor => names::Known::X_FORWARDED_FOR,
+            Self::Forwarded => names::Known::FORWARDED,
+        }
+    }
+
     /// The address text of one comma-separated element.
     fn node(self, element: &str) -> &str {
         match self {
@@ -174,7 +181,7 @@ impl TrustedProxies {
         if !self.is_trusted(peer) {
             return Some(peer);
         }
-        let mut lines = headers.header_values(self.header.name()).peekable();
+        let mut lines = headers.known_values(self.header.known()).peekable();
         if lines.peek().is_none() {
             return Some(peer);
         }

@@ -94,6 +94,9 @@ impl KeySource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeySources {
     sources: Vec<KeySource>,
+    /// Each source's header, when it is a per-request name (the default
+    /// ones): found by its place, not its text.
+    known: Vec<Option<names::Known>>,
 }
 
 impl Default for KeySources {
@@ -106,7 +109,7 @@ impl KeySources {
     /// No source at all: add some with the `with_*` methods.
     #[must_use]
     pub fn empty() -> Self {
-        Self { sources: Vec::new() }
+        Self { sources: Vec::new(), known: Vec::new() }
     }
 
     /// Also reads `Authorization: Bearer <key>`.
@@ -117,15 +120,19 @@ impl KeySources {
 
     /// Also reads `<header>: Bearer <key>` (`Proxy-Authorization`, say).
     #[must_use]
-    pub fn with_bearer_in(mut self, header: impl AsRef<str>) -> Self {
-        self.sources.push(KeySource::Bearer { header: header.as_ref().to_ascii_lowercase() });
-        self
+    pub fn with_bearer_in(self, header: impl AsRef<str>) -> Self {
+        self.with(KeySource::Bearer { header: header.as_ref().to_ascii_lowercase() })
     }
 
     /// Also reads the whole value of `header` as the key.
     #[must_use]
-    pub fn with_header(mut self, header: impl AsRef<str>) -> Self {
-        self.sources.push(KeySource::Header { name: header.as_ref().to_ascii_lowercase() });
+    pub fn with_header(self, header: impl AsRef<str>) -> Self {
+        self.with(KeySource::Header { name: header.as_ref().to_ascii_lowercase() })
+    }
+
+    fn with(mut self, source: KeySource) -> Self {
+        self.known.push(names::Known::of(source.header()));
+        self.sources.push(source);
         self
     }
 
@@ -142,17 +149,29 @@ impl KeySources {
     /// [`Refusal::Malformed`], as described on the type.
     pub fn extract<'h, H: HeaderLookup + ?Sized>(&self, headers: &'h H) -> Result<&'h str, Refusal> {
         let mut found: Option<&'h str> = None;
-        for source in &self.sources {
-            for value in headers.header_values(source.header()) {
-                let Some(key) = source.read(value)? else { continue };
-                match found {
-                    None => found = Some(key),
-                    Some(previous) if previous == key => {}
-                    Some(_) => return Err(Refusal::AmbiguousKey),
-                }
+        for (source, known) in self.sources.iter().zip(&self.known) {
+            match known {
+                Some(known) => source.read_all(headers.known_values(*known), &mut found)?,
+                None => source.read_all(headers.header_values(source.header()), &mut found)?,
             }
         }
         found.ok_or(Refusal::MissingKey)
+    }
+}
+
+impl KeySource {
+    /// Reads every value of this source's header into `found`, the key
+    /// read so far.
+    fn read_all<'h>(&self, values: impl Iterator<Item = &'h [u8]>, found: &mut Option<&'h str>) -> Result<(), Refusal> {
+        for value in values {
+            let Some(key) = self.read(value)? else { continue };
+            match found {
+                None => *found = Some(key),
+                Some(previous) if *previous == key => {}
+                Some(_) => return Err(Refusal::AmbiguousKey),
+            }
+        }
+        Ok(())
     }
 }
 

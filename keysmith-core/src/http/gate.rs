@@ -295,7 +295,7 @@ impl Gate {
     pub fn is_passthrough_preflight<H: HeaderLookup + ?Sized>(&self, method: &str, headers: &H) -> bool {
         self.config.preflight_passthrough
             && method.eq_ignore_ascii_case("OPTIONS")
-            && headers.first_header(names::ACCESS_CONTROL_REQUEST_METHOD).is_some()
+            && headers.first_known(names::Known::ACCESS_CONTROL_REQUEST_METHOD).is_some()
     }
 
     /// The answer to `refusal`, with this gate's realm.
@@ -358,12 +358,12 @@ impl Gate {
             endpoint,
             ip: config.proxies.client_ip(request.peer, &request.headers),
             // Added to the table only once the request has passed.
-            user_agent: header_text(&request.headers, names::USER_AGENT, MAX_USER_AGENT_LEN)
+            user_agent: header_text(&request.headers, names::Known::USER_AGENT, MAX_USER_AGENT_LEN)
                 .map(|agent| texts.user_agents.lookup(&agent)),
             started,
         };
         // Borrowed while validation needs no future; copied only for one.
-        let origin = header_text(&request.headers, names::ORIGIN, MAX_ORIGIN_LEN);
+        let origin = header_text(&request.headers, names::Known::ORIGIN, MAX_ORIGIN_LEN);
         // Without a future when every step answers at once (memory store,
         // warm cache, in-process limiter).
         let ready = config.engine.validate_ready(key, &self.context(&draft, origin.as_deref()));
@@ -422,8 +422,8 @@ impl Gate {
 }
 
 /// The first value of header `name` as text (lossy), cut to `max` bytes.
-fn header_text<'h, H: HeaderLookup + ?Sized>(headers: &'h H, name: &str, max: usize) -> Option<Cow<'h, str>> {
-    let value = headers.first_header(name)?;
+fn header_text<'h, H: HeaderLookup + ?Sized>(headers: &'h H, name: names::Known, max: usize) -> Option<Cow<'h, str>> {
+    let value = headers.first_known(name)?;
     Some(String::from_utf8_lossy(&value[..value.len().min(max)]))
 }
 
@@ -546,7 +546,6 @@ impl Admitted {
             };
             engine.record_entry(draft.into_entry(&key, status, routed, texts));
         }
-        key.recycle();
     }
 }
 

@@ -28,6 +28,20 @@ pub trait HeaderLookup {
     fn first_header<'a>(&'a self, name: &str) -> Option<&'a [u8]> {
         self.header_values(name).next()
     }
+
+    /// Every value of the per-request header `name`, in the order they
+    /// were received. By default looked up by its text; an adapter that
+    /// keeps its framework's names in [`names::PER_REQUEST`]'s order
+    /// overrides it (and [`first_known`](Self::first_known)) to take the
+    /// name by its place, without matching the text per request.
+    fn known_values(&self, name: names::Known) -> impl Iterator<Item = &[u8]> {
+        self.header_values(name.name())
+    }
+
+    /// The first value of the per-request header `name`, if any.
+    fn first_known(&self, name: names::Known) -> Option<&[u8]> {
+        self.known_values(name).next()
+    }
 }
 
 /// Headers as a list of `(name, value)` pairs: for tests and for adapters
@@ -41,6 +55,18 @@ impl<N: AsRef<str>, V: AsRef<[u8]>> HeaderLookup for [(N, V)] {
 impl<T: HeaderLookup + ?Sized> HeaderLookup for &T {
     fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> {
         (**self).header_values(name)
+    }
+
+    fn first_header<'a>(&'a self, name: &str) -> Option<&'a [u8]> {
+        (**self).first_header(name)
+    }
+
+    fn known_values(&self, name: names::Known) -> impl Iterator<Item = &[u8]> {
+        (**self).known_values(name)
+    }
+
+    fn first_known(&self, name: names::Known) -> Option<&[u8]> {
+        (**self).first_known(name)
     }
 }
 
@@ -97,6 +123,48 @@ pub mod names {
         RATELIMIT,
         RATELIMIT_POLICY,
     ];
+
+    /// One of the [`PER_REQUEST`] names, by its place there: what core
+    /// asks an adapter's [`HeaderLookup`](super::HeaderLookup) for, so
+    /// that the adapter finds its framework's name by that place rather
+    /// than by matching the text on every request.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Known(u8);
+
+    impl Known {
+        /// `Authorization`.
+        pub const AUTHORIZATION: Self = Self(0);
+        /// `X-API-Key`.
+        pub const X_API_KEY: Self = Self(1);
+        /// `User-Agent`.
+        pub const USER_AGENT: Self = Self(2);
+        /// `Origin`.
+        pub const ORIGIN: Self = Self(3);
+        /// `X-Forwarded-For`.
+        pub const X_FORWARDED_FOR: Self = Self(4);
+        /// `Forwarded`.
+        pub const FORWARDED: Self = Self(5);
+        /// `Access-Control-Request-Method`.
+        pub const ACCESS_CONTROL_REQUEST_METHOD: Self = Self(6);
+
+        /// `name` (lowercase), if it is one of [`PER_REQUEST`].
+        #[must_use]
+        pub fn of(name: &str) -> Option<Self> {
+            per_request_index(name).and_then(|index| u8::try_from(index).ok()).map(Self)
+        }
+
+        /// Its place in [`PER_REQUEST`].
+        #[must_use]
+        pub fn index(self) -> usize {
+            usize::from(self.0)
+        }
+
+        /// Its lowercase text.
+        #[must_use]
+        pub fn name(self) -> &'static str {
+            PER_REQUEST[self.index()]
+        }
+    }
 
     /// Where `name` (lowercase) is in [`PER_REQUEST`], if it is there.
     #[must_use]
@@ -331,12 +399,20 @@ const ARENA_BYTES: usize = 4096;
 /// when a monthly quota's month changes length.
 #[derive(Default)]
 pub(crate) struct PolicyHeaders {
-    rendered: DashMap<PolicyId, RenderedPolicy, foldhash::fast::RandomState>,
+    rendered: DashMap<PolicyId, Arc<RenderedPolicy>, foldhash::fast::RandomState>,
 }
 
 /// Policies whose headers a gate keeps; past it the cache starts over
 /// (policies are few; this only bounds deleted ones).
 const MAX_RENDERED_POLICIES: usize = 4096;
+
+thread_local! {
+    /// The policy whose headers this thread wrote last, held (so that its
+    /// address names no other policy while it is here), with its
+    /// rendering: consecutive requests of one policy find it without the
+    /// shared map's lock or hash, and with no reference count changed.
+    static LAST_RENDERED: RefCell<Option<(Arc<Policy>, Arc<RenderedPolicy>)>> = const { RefCell::new(None) };
+}
 
 struct RenderedPolicy {
     rate_limits: Vec<RateLimit>,
@@ -350,9 +426,13 @@ impl RenderedPolicy {
     /// True when this is `policy`'s rendering in the month `month_secs`
     /// says (asked only of a policy with a monthly quota).
     fn renders(&self, policy: &Policy, month_secs: impl FnOnce() -> u64) -> bool {
-        self.rate_limits == policy.rate_limits
-            && self.quota == policy.quota
-            && (policy.quota.is_none_or(|q| q.monthly.is_none()) || self.month_secs == month_secs())
+        self.rate_limits == policy.rate_limits && self.quota == policy.quota && self.in_month(policy, month_secs)
+    }
+
+    /// True unless `policy` has a monthly quota and this rendering is of a
+    /// month of another length than `month_secs`.
+    fn in_month(&self, policy: &Policy, month_secs: impl FnOnce() -> u64) -> bool {
+        policy.quota.is_none_or(|q| q.monthly.is_none()) || self.month_secs == month_secs()
     }
 
     fn render(policy: &Policy, month_secs: u64) -> Self {
@@ -385,22 +465,41 @@ impl RenderedPolicy {
 
 impl PolicyHeaders {
     /// Calls `write` with `policy`'s rendering at `now`, rendered first if
-    /// this policy, as it is now, has none. A rendering kept is lent under
-    /// its shard's read lock rather than cloned out: no reference count
-    /// that every core's requests would change.
-    fn with_rendered<R>(&self, policy: &Policy, now: DateTime<Utc>, write: impl FnOnce(&RenderedPolicy) -> R) -> R {
+    /// this policy, as it is now, has none. The thread's last rendering is
+    /// used when it is of this very policy value (a policy is immutable
+    /// behind its `Arc`); else the gate's, which is kept in the thread
+    /// for the next request.
+    fn with_rendered<R>(
+        &self, policy: &Arc<Policy>, now: DateTime<Utc>, write: impl FnOnce(&RenderedPolicy) -> R,
+    ) -> R {
+        LAST_RENDERED.with_borrow_mut(|last| {
+            if let Some((held, rendered)) = last.as_ref()
+                && Arc::ptr_eq(held, policy)
+                && rendered.in_month(policy, || month_secs(now))
+            {
+                return write(rendered);
+            }
+            let rendered = self.shared_rendering(policy, now);
+            let written = write(&rendered);
+            *last = Some((Arc::clone(policy), rendered));
+            written
+        })
+    }
+
+    /// The gate's rendering of `policy` at `now`, rendered first if this
+    /// policy, as it is now, has none.
+    fn shared_rendering(&self, policy: &Policy, now: DateTime<Utc>) -> Arc<RenderedPolicy> {
         if let Some(rendered) = self.rendered.get(&policy.id)
             && rendered.renders(policy, || month_secs(now))
         {
-            return write(&rendered);
+            return Arc::clone(&rendered);
         }
-        let rendered = RenderedPolicy::render(policy, month_secs(now));
-        let written = write(&rendered);
+        let rendered = Arc::new(RenderedPolicy::render(policy, month_secs(now)));
         if self.rendered.len() >= MAX_RENDERED_POLICIES {
             self.rendered.clear();
         }
-        self.rendered.insert(policy.id, rendered);
-        written
+        self.rendered.insert(policy.id, Arc::clone(&rendered));
+        rendered
     }
 }
 
@@ -534,6 +633,19 @@ mod tests {
         }
         assert_eq!(names::per_request_index("x-token"), None);
         assert_eq!(names::per_request_index("X-API-Key"), None, "names are looked up in lowercase");
+        let read = [
+            (names::Known::AUTHORIZATION, names::AUTHORIZATION),
+            (names::Known::X_API_KEY, names::X_API_KEY),
+            (names::Known::USER_AGENT, names::USER_AGENT),
+            (names::Known::ORIGIN, names::ORIGIN),
+            (names::Known::X_FORWARDED_FOR, names::X_FORWARDED_FOR),
+            (names::Known::FORWARDED, names::FORWARDED),
+            (names::Known::ACCESS_CONTROL_REQUEST_METHOD, names::ACCESS_CONTROL_REQUEST_METHOD),
+        ];
+        for (known, name) in read {
+            assert_eq!((known.name(), names::Known::of(name)), (name, Some(known)));
+        }
+        assert_eq!(names::Known::of("x-token"), None);
     }
 
     #[test]

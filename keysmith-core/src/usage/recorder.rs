@@ -503,6 +503,7 @@ impl UsageRecorder {
             shards: Arc::clone(&shards),
             lanes: (0..self.config.concurrent_writes.max(1)).map(|_| Lane::default()).collect(),
             sampled: 0,
+            id_bits: IdBits::default(),
         };
         let task = runtime.spawn(worker.run(rx, Arc::clone(&wake)));
         Some(Running { tx, shards, wake, wake_at, task: Mutex::new(Some(task)) })
@@ -624,6 +625,43 @@ struct Worker {
     lanes: Box<[Lane]>,
     /// Passed requests seen, for [`UsageMode::Sampled`].
     sampled: u64,
+    /// The random bits of the next records' ids.
+    id_bits: IdBits,
+}
+
+/// Ids numbered per read of the OS random generator.
+const IDS_PER_READ: usize = 64;
+
+/// The random bits below a record id's millisecond (ids that counted up
+/// would tell a tenant how many records of others the writer numbered
+/// between two of its own), read from the OS for [`IDS_PER_READ`] ids at
+/// a time rather than drawn per record.
+struct IdBits {
+    block: [u8; 10 * IDS_PER_READ],
+    used: usize,
+}
+
+impl Default for IdBits {
+    fn default() -> Self {
+        Self { block: [0; 10 * IDS_PER_READ], used: 10 * IDS_PER_READ }
+    }
+}
+
+impl IdBits {
+    /// A new record id of the time `at`.
+    fn id_at(&mut self, at: DateTime<Utc>) -> UsageId {
+        if self.used == self.block.len() {
+            if getrandom::fill(&mut self.block).is_err() {
+                return UsageId::at(at);
+            }
+            self.used = 0;
+        }
+        let mut bits = [0; 10];
+        bits.copy_from_slice(&self.block[self.used..self.used + 10]);
+        self.used += 10;
+        let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+        UsageId::from_uuid(uuid::Builder::from_unix_timestamp_millis(millis, &bits).into_uuid())
+    }
 }
 
 /// Where the writer's batches go, shared with the writes in flight.
@@ -716,10 +754,7 @@ impl Worker {
                 let batch = &mut self.lanes[lane_of(entry.key_id, lanes)].batch;
                 batch.places += 1;
                 if keep {
-                    // A random id of the record's time: ids that counted
-                    // up would tell a tenant how many records of others
-                    // the writer numbered between two of its own.
-                    let id = UsageId::at(entry.timestamp);
+                    let id = self.id_bits.id_at(entry.timestamp);
                     batch.records.push_back(entry.into_record(id, &texts));
                 } else {
                     batch.fold(entry.key_id, &entry.tenant, entry.timestamp, &UsageCounts::passed(entry.status));
@@ -907,6 +942,7 @@ mod tests {
             shards,
             lanes: (0..lanes).map(|_| Lane::default()).collect(),
             sampled: 0,
+            id_bits: IdBits::default(),
         }
     }
 
@@ -944,13 +980,18 @@ mod tests {
             user_agent: None,
             status: 200,
         };
-        let mut buffer = Buffer::with_capacity(64);
-        buffer.entries.extend((0..64).map(|_| entry()));
+        // More than one read of the OS generator's worth.
+        let count = IDS_PER_READ + IDS_PER_READ / 2;
+        let mut buffer = Buffer::with_capacity(count);
+        buffer.entries.extend((0..count).map(|_| entry()));
         worker.append(buffer);
         let ids: Vec<u128> = worker.lanes[0].batch.records.iter().map(|r| r.id.uuid().as_u128()).collect();
-        assert_eq!(ids.len(), 64);
-        // The 74 bits below the millisecond: random, so no two of 64 are
-        // within 2^32 of each other but once in ~2^29 runs.
+        assert_eq!(ids.len(), count);
+        let next_millisecond = UsageId::first_uuid_at(at + chrono::TimeDelta::milliseconds(1)).as_u128();
+        let of_at = |id: &u128| (UsageId::first_uuid_at(at).as_u128()..next_millisecond).contains(id);
+        assert!(ids.iter().all(of_at), "every id carries its record's millisecond");
+        // The 74 bits below the millisecond: random, so no two of 96 are
+        // within 2^32 of each other but once in ~2^28 runs.
         let mut random: Vec<u128> = ids.iter().map(|id| id & ((1 << 80) - 1)).collect();
         random.sort_unstable();
         assert!(random.windows(2).all(|pair| pair[1] - pair[0] > 1 << 32), "ids count up: {random:x?}");

@@ -2,7 +2,8 @@
 //! agents): the request path finds a text's number and queues that; the
 //! writer turns numbers back into text once per batch.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 
 use dashmap::DashMap;
@@ -30,15 +31,27 @@ pub(crate) struct TextTable {
     max: usize,
     /// Set once `texts` holds `max`, read before taking the write lock.
     full: AtomicBool,
+    /// Unique to this table in the process, for [`LAST_INTERNED`].
+    serial: u64,
+}
+
+thread_local! {
+    /// The last text this thread interned, with its table's serial and its
+    /// number: a route repeats from one request to the next, and is then
+    /// found by comparing it with this one, without the map's hash or
+    /// lock.
+    static LAST_INTERNED: RefCell<Option<(u64, SharedStr, u32)>> = const { RefCell::new(None) };
 }
 
 impl TextTable {
     pub(crate) fn new(max: usize) -> Self {
+        static SERIALS: AtomicU64 = AtomicU64::new(0);
         Self {
             ids: DashMap::default(),
             texts: RwLock::new(Vec::new()),
             max: max.min(u32::MAX as usize),
             full: AtomicBool::new(false),
+            serial: SERIALS.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -50,8 +63,21 @@ impl TextTable {
     /// `text` as a [`Text`]: its number, added to the table on first use
     /// while there is room; else a copy.
     pub(crate) fn intern(&self, text: &str) -> Text {
-        match self.find(text) {
-            Some(id) => Text::Id(id),
+        let last = LAST_INTERNED.with_borrow(|last| match last {
+            Some((table, held, id)) if *table == self.serial && held.as_str() == text => Some(*id),
+            _ => None,
+        });
+        if let Some(id) = last {
+            return Text::Id(id);
+        }
+        // The map's own copy of the text is kept, so a miss allocates
+        // nothing.
+        let found = self.ids.get(text).map(|entry| (entry.key().clone(), *entry.value()));
+        match found {
+            Some((held, id)) => {
+                LAST_INTERNED.set(Some((self.serial, held, id)));
+                Text::Id(id)
+            }
             None => self.add(SharedStr::copied(text)),
         }
     }
@@ -150,6 +176,18 @@ mod tests {
         let Text::Id(second) = table.intern("/users/{id}") else { panic!("room left") };
         assert_eq!(first, second);
         assert_eq!(text_of(&table, Text::Id(first)), "/users/{id}");
+    }
+
+    #[test]
+    fn a_text_just_interned_in_one_table_is_numbered_by_the_other_table_in_the_other() {
+        let (first, second) = (TextTable::new(8), TextTable::new(8));
+        second.intern("/health");
+        let Text::Id(in_first) = first.intern("/users/{id}") else { panic!("room left") };
+        let Text::Id(in_second) = second.intern("/users/{id}") else { panic!("room left") };
+        assert_eq!((in_first, in_second), (0, 1));
+        assert_eq!(text_of(&second, Text::Id(in_second)), "/users/{id}");
+        let Text::Id(again) = first.intern("/users/{id}") else { panic!("room left") };
+        assert_eq!(again, in_first);
     }
 
     #[test]
