@@ -17,7 +17,7 @@ use crate::Change;
 use crate::hooks::Event;
 use crate::key::{LegacyMatch, ParsedKey};
 use crate::limit::{RateLimitStatus, Subject};
-use crate::store::Transition;
+use crate::store::{StoredKey, Transition};
 use crate::{CreditSpend, CreditsStatus, Error, Key, KeyHash, KeyState, LimitBy, Policy, RateLimit, Refusal, scope};
 
 /// Counter: refusals of requests whose key was not identified (missing,
@@ -309,33 +309,32 @@ impl Engine {
         // store's own future is, so that every validation's future stays
         // small); on a hit it probed the policy table too (`policy_probed`).
         // With the policy, the cache keeps the key's scopes narrowed to it.
+        // Each answer is confirmed where it is taken: what moves on is the
+        // key alone, not the lookup's result.
         let mut cached_narrowed = None;
-        let (found, mut cached_policy, policy_probed) = match &inner.cache {
+        let (key, mut cached_policy, policy_probed) = match &inner.cache {
             Some(cache) => match cache.find_key_and_policy_narrowed_ready(&hash) {
                 Some((found, Some((policy, narrowed)))) => {
                     cached_narrowed = Some(narrowed);
-                    (Ok(found), Some(policy), true)
+                    (confirmed(Ok(found), &hash)?, Some(policy), true)
                 }
-                Some((found, None)) => (Ok(found), None, true),
-                None => (waits.then_boxed(|| cache.load_key(&hash)).await, None, false),
+                Some((found, None)) => (confirmed(Ok(found), &hash)?, None, true),
+                None => (confirmed(waits.then_boxed(|| cache.load_key(&hash)).await, &hash)?, None, false),
             },
             // A store that holds both in process answers the key with its
             // policy under one lookup.
             None => match inner.store.find_key_with_policy_ready(&hash) {
-                Some(Ok((found, policy))) => (Ok(found), policy, false),
-                Some(Err(error)) => (Err(error), None, false),
+                Some(Ok((found, policy))) => (confirmed(Ok(found), &hash)?, policy, false),
+                Some(Err(error)) => return Err((error.into(), None)),
                 None => match inner.store.find_key_by_hash_ready(&hash) {
-                    Some(found) => (found, None, false),
-                    None => (waits.then(|| inner.store.find_key_by_hash(&hash)).await, None, false),
+                    Some(found) => (confirmed(found, &hash)?, None, false),
+                    None => {
+                        let found = waits.then(|| inner.store.find_key_by_hash(&hash)).await;
+                        (confirmed(found, &hash)?, None, false)
+                    }
                 },
             },
         };
-        let stored = match found {
-            Ok(Some(stored)) if stored.hash.ct_eq(&hash) => stored,
-            Ok(_) => return Err((Refusal::Unknown.into(), None)),
-            Err(error) => return Err((error.into(), None)),
-        };
-        let key = stored.key;
         // A legacy key passes step 1 only for an application that accepts
         // its format: for any other it is malformed, found or not.
         if presented.legacy.any() && !inner.legacy.accepts(presented.legacy, &key.tenant.app_id) {
@@ -699,6 +698,18 @@ impl Waits {
             Self::Allowed => Box::pin(step()).await,
             Self::Never => std::future::pending().await,
         }
+    }
+}
+
+/// The key a lookup by `hash` found, if its hash is `hash` (compared in
+/// constant time); else the refusal of an unknown key, or the store's error.
+fn confirmed(
+    found: Result<Option<StoredKey>, Error>, hash: &KeyHash,
+) -> Result<Arc<Key>, (ValidationError, Option<Arc<Key>>)> {
+    match found {
+        Ok(Some(stored)) if stored.hash.ct_eq(hash) => Ok(stored.key),
+        Ok(_) => Err((Refusal::Unknown.into(), None)),
+        Err(error) => Err((error.into(), None)),
     }
 }
 
