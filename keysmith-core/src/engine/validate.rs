@@ -302,7 +302,8 @@ impl Engine {
         // a silent refusal of every key.
         check_restriction(ctx).map_err(|error| (ValidationError::Failed(error), None))?;
         // 1. Shape and checksum, no I/O (done by `present`).
-        let hash = presented.hash.ok_or_else(|| (Refusal::Malformed.into(), None))?;
+        // Borrowed where the future holds it, not copied out.
+        let Some(hash) = &presented.hash else { return Err((Refusal::Malformed.into(), None)) };
         // 2. Lookup by hash, confirmed in constant time. The engine's cache
         // answers the key with its policy in one probe when it holds both.
         // On a miss it asks the store without probing again (boxed, as the
@@ -313,24 +314,24 @@ impl Engine {
         // key alone, not the lookup's result.
         let mut cached_narrowed = None;
         let (key, mut cached_policy, policy_probed) = match &inner.cache {
-            Some(cache) => match cache.find_key_and_policy_narrowed_ready(&hash) {
+            Some(cache) => match cache.find_key_and_policy_narrowed_ready(hash) {
                 Some((found, Some((policy, narrowed)))) => {
                     cached_narrowed = Some(narrowed);
-                    (confirmed(Ok(found), &hash)?, Some(policy), true)
+                    (confirmed(Ok(found), hash)?, Some(policy), true)
                 }
-                Some((found, None)) => (confirmed(Ok(found), &hash)?, None, true),
-                None => (confirmed(waits.then_boxed(|| cache.load_key(&hash)).await, &hash)?, None, false),
+                Some((found, None)) => (confirmed(Ok(found), hash)?, None, true),
+                None => (confirmed(waits.then_boxed(|| cache.load_key(hash)).await, hash)?, None, false),
             },
             // A store that holds both in process answers the key with its
             // policy under one lookup.
-            None => match inner.store.find_key_with_policy_ready(&hash) {
-                Some(Ok((found, policy))) => (confirmed(Ok(found), &hash)?, policy, false),
+            None => match inner.store.find_key_with_policy_ready(hash) {
+                Some(Ok((found, policy))) => (confirmed(Ok(found), hash)?, policy, false),
                 Some(Err(error)) => return Err((error.into(), None)),
-                None => match inner.store.find_key_by_hash_ready(&hash) {
-                    Some(found) => (confirmed(found, &hash)?, None, false),
+                None => match inner.store.find_key_by_hash_ready(hash) {
+                    Some(found) => (confirmed(found, hash)?, None, false),
                     None => {
-                        let found = waits.then(|| inner.store.find_key_by_hash(&hash)).await;
-                        (confirmed(found, &hash)?, None, false)
+                        let found = waits.then(|| inner.store.find_key_by_hash(hash)).await;
+                        (confirmed(found, hash)?, None, false)
                     }
                 },
             },
@@ -425,20 +426,27 @@ impl Engine {
         let subject = limit_subject(&key, &policy);
         let mut rate_limits = RateLimitStates::default();
         for limit in &policy.rate_limits {
-            let checked = match inner.limiter.check_ready(subject, limit, now) {
-                Some(checked) => checked,
-                None => {
-                    if waits == Waits::Never {
-                        self.refund_rate_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
+            // The common answer is taken where the limiter left it; only
+            // another one moves on.
+            let status = match inner.limiter.check_ready(subject, limit, now) {
+                Some(Ok(status)) => status,
+                ready => {
+                    let checked = match ready {
+                        Some(checked) => checked,
+                        None => {
+                            if waits == Waits::Never {
+                                self.refund_rate_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
+                            }
+                            waits.then(|| inner.limiter.check(subject, limit, now)).await
+                        }
+                    };
+                    match checked {
+                        Ok(status) => status,
+                        Err(error) => {
+                            self.refund_rate_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
+                            return Err(fail(error));
+                        }
                     }
-                    waits.then(|| inner.limiter.check(subject, limit, now)).await
-                }
-            };
-            let status = match checked {
-                Ok(status) => status,
-                Err(error) => {
-                    self.refund_rate_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
-                    return Err(fail(error));
                 }
             };
             if !status.allowed {
