@@ -423,8 +423,11 @@ impl Engine {
         }
         // 8. Rate limits, every one; a limit that refuses gives back what
         // the earlier ones counted.
-        let subject = limit_subject(&key, &policy);
-        let mut rate_limits = RateLimitStates::default();
+        // The validation is made here, so that each limit's state is pushed
+        // where it stays.
+        let mut validation = Validation::new(key, None, RateLimitStates::default(), narrowed, now);
+        let key = &validation.key;
+        let subject = limit_subject(key, &policy);
         for limit in &policy.rate_limits {
             // The common answer is taken where the limiter left it; only
             // another one moves on.
@@ -435,7 +438,11 @@ impl Engine {
                         Some(checked) => checked,
                         None => {
                             if waits == Waits::Never {
-                                self.refund_rate_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
+                                self.refund_rate_limits(
+                                    subject,
+                                    &policy.rate_limits[..validation.rate_limits.len()],
+                                    now,
+                                );
                             }
                             waits.then(|| inner.limiter.check(subject, limit, now)).await
                         }
@@ -443,14 +450,14 @@ impl Engine {
                     match checked {
                         Ok(status) => status,
                         Err(error) => {
-                            self.refund_rate_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
+                            self.refund_rate_limits(subject, &policy.rate_limits[..validation.rate_limits.len()], now);
                             return Err(fail(error));
                         }
                     }
                 }
             };
             if !status.allowed {
-                self.refund_rate_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
+                self.refund_rate_limits(subject, &policy.rate_limits[..validation.rate_limits.len()], now);
                 let retry_after = status.retry_after.unwrap_or(status.reset);
                 if !inner.hooks.is_empty() {
                     // Boxed only for an engine with hooks: a refusal on the
@@ -458,20 +465,20 @@ impl Engine {
                     let event = || Event::KeyRateLimited { key_id: key.id, tenant: key.tenant.clone(), retry_after };
                     Box::pin(self.emit(event)).await;
                 }
-                return Err(refuse(Refusal::RateLimited { limit: limit.clone(), retry_after, status }, &key));
+                return Err(refuse(Refusal::RateLimited { limit: limit.clone(), retry_after, status }, key));
             }
-            rate_limits.0.push(status);
+            validation.rate_limits.0.push(status);
         }
         // 9. Quota; only a request that passes everything is counted.
         if let Some(quota) = &policy.quota {
-            let ready = inner.quotas.try_consume_ready(&key, subject, quota, now).map(Ok);
+            let ready = inner.quotas.try_consume_ready(key, subject, quota, now).map(Ok);
             let consumed = match ready {
                 Some(ready) => ready,
                 None => {
                     if waits == Waits::Never {
                         self.refund_rate_limits(subject, &policy.rate_limits, now);
                     }
-                    waits.then(|| inner.quotas.try_consume(&*inner.store, &key, subject, quota, now)).await
+                    waits.then(|| inner.quotas.try_consume(&*inner.store, key, subject, quota, now)).await
                 }
             };
             let consumed = match consumed {
@@ -487,11 +494,11 @@ impl Engine {
                     let event = || Event::QuotaExceeded { key_id: key.id, tenant: key.tenant.clone(), resets_at };
                     Box::pin(self.emit(event)).await;
                 }
-                return Err(refuse(Refusal::QuotaExceeded { resets_at }, &key));
+                return Err(refuse(Refusal::QuotaExceeded { resets_at }, key));
             }
         }
 
-        let mut validation = Validation::new(key, Some(policy), rate_limits, narrowed, now);
+        validation.policy = Some(policy);
         // 10. Credits, last: what the request spent above is given back if
         // they refuse it.
         if credits_subject(&validation.key, validation.policy.as_deref()).is_some() {
