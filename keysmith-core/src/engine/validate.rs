@@ -430,8 +430,10 @@ impl Engine {
         let subject = limit_subject(key, &policy);
         for limit in &policy.rate_limits {
             // The common answer is taken where the limiter left it; only
-            // another one moves on.
-            let status = match inner.limiter.check_ready(subject, limit, now) {
+            // another one moves on. The subject is made afresh for the call
+            // rather than read back from the future, where it was stored in
+            // pieces.
+            let status = match inner.limiter.check_ready(limit_subject(key, &policy), limit, now) {
                 Some(Ok(status)) => status,
                 ready => {
                     let checked = match ready {
@@ -675,6 +677,7 @@ impl Engine {
         Ok(())
     }
 
+    #[inline]
     fn is_expired(&self, key: &Key, policy: Option<&Policy>, now: DateTime<Utc>) -> bool {
         let _ = self;
         key.expires_at.is_some_and(|at| at <= now)
