@@ -186,6 +186,7 @@ impl Engine {
     /// [`validate`](Self::validate), no I/O); a malformed key is refused
     /// as such when validated.
     #[must_use]
+    #[inline]
     pub fn present(&self, raw_key: &str) -> PresentedKey {
         if let Some(parsed) = ParsedKey::parse(raw_key) {
             return PresentedKey { hash: Some(self.inner.hasher.hash(parsed.raw)), legacy: LegacyMatch::default() };
