@@ -318,21 +318,24 @@ impl Engine {
             Some(cache) => match cache.find_key_and_policy_narrowed_ready(hash) {
                 Some((found, Some((policy, narrowed)))) => {
                     cached_narrowed = Some(narrowed);
-                    (confirmed(Ok(found), hash)?, Some(policy), true)
+                    (confirmed(Ok(found), hash).map_err(unattributed)?, Some(policy), true)
                 }
-                Some((found, None)) => (confirmed(Ok(found), hash)?, None, true),
-                None => (confirmed(waits.then_boxed(|| cache.load_key(hash)).await, hash)?, None, false),
+                Some((found, None)) => (confirmed(Ok(found), hash).map_err(unattributed)?, None, true),
+                None => {
+                    let found = waits.then_boxed(|| cache.load_key(hash)).await;
+                    (confirmed(found, hash).map_err(unattributed)?, None, false)
+                }
             },
             // A store that holds both in process answers the key with its
             // policy under one lookup.
             None => match inner.store.find_key_with_policy_ready(hash) {
-                Some(Ok((found, policy))) => (confirmed(Ok(found), hash)?, policy, false),
+                Some(Ok((found, policy))) => (confirmed(Ok(found), hash).map_err(unattributed)?, policy, false),
                 Some(Err(error)) => return Err((error.into(), None)),
                 None => match inner.store.find_key_by_hash_ready(hash) {
-                    Some(found) => (confirmed(found, hash)?, None, false),
+                    Some(found) => (confirmed(found, hash).map_err(unattributed)?, None, false),
                     None => {
                         let found = waits.then(|| inner.store.find_key_by_hash(hash)).await;
-                        (confirmed(found, hash)?, None, false)
+                        (confirmed(found, hash).map_err(unattributed)?, None, false)
                     }
                 },
             },
@@ -722,14 +725,17 @@ impl Waits {
 
 /// The key a lookup by `hash` found, if its hash is `hash` (compared in
 /// constant time); else the refusal of an unknown key, or the store's error.
-fn confirmed(
-    found: Result<Option<StoredKey>, Error>, hash: &KeyHash,
-) -> Result<Arc<Key>, (ValidationError, Option<Arc<Key>>)> {
+fn confirmed(found: Result<Option<StoredKey>, Error>, hash: &KeyHash) -> Result<Arc<Key>, ValidationError> {
     match found {
         Ok(Some(stored)) if stored.hash.ct_eq(hash) => Ok(stored.key),
-        Ok(_) => Err((Refusal::Unknown.into(), None)),
-        Err(error) => Err((error.into(), None)),
+        Ok(_) => Err(Refusal::Unknown.into()),
+        Err(error) => Err(error.into()),
     }
+}
+
+/// A validation's error that concerns no key the hooks should hear of.
+fn unattributed(error: ValidationError) -> (ValidationError, Option<Arc<Key>>) {
+    (error, None)
 }
 
 /// Refuses a restriction to an app or a tenant whose id is not an identity
