@@ -218,13 +218,25 @@ impl Engine {
     pub async fn validate_presented(
         &self, key: PresentedKey, ctx: &RequestContext<'_>,
     ) -> Result<Validation, ValidationError> {
-        let started = (!self.inner.hooks.is_empty()).then(Instant::now);
+        if !self.inner.hooks.is_empty() {
+            // Boxed: only engines with hooks pay for this future, and no
+            // other validation's future keeps its result across an await.
+            return Box::pin(self.validate_reported(key, ctx)).await;
+        }
         let result = self.validate_inner(key, ctx, Waits::Allowed).await;
         self.count_if_refused(&result);
-        if let Some(started) = started {
-            // Boxed: only engines with hooks pay for this future.
-            Box::pin(self.report_validation(&result, started.elapsed())).await;
-        }
+        result.map_err(|(e, _)| e)
+    }
+
+    /// [`validate_presented`](Self::validate_presented) in an engine with
+    /// hooks: they are told how it ended.
+    async fn validate_reported(
+        &self, key: PresentedKey, ctx: &RequestContext<'_>,
+    ) -> Result<Validation, ValidationError> {
+        let started = Instant::now();
+        let result = self.validate_inner(key, ctx, Waits::Allowed).await;
+        self.count_if_refused(&result);
+        self.report_validation(&result, started.elapsed()).await;
         result.map_err(|(e, _)| e)
     }
 
