@@ -17,7 +17,7 @@ use crate::Change;
 use crate::hooks::Event;
 use crate::key::{LegacyMatch, ParsedKey};
 use crate::limit::{RateLimitStatus, Subject};
-use crate::store::Transition;
+use crate::store::{StoredKey, Transition};
 use crate::{CreditSpend, CreditsStatus, Error, Key, KeyHash, KeyState, LimitBy, Policy, RateLimit, Refusal, scope};
 
 /// Counter: refusals of requests whose key was not identified (missing,
@@ -186,6 +186,7 @@ impl Engine {
     /// [`validate`](Self::validate), no I/O); a malformed key is refused
     /// as such when validated.
     #[must_use]
+    #[inline]
     pub fn present(&self, raw_key: &str) -> PresentedKey {
         if let Some(parsed) = ParsedKey::parse(raw_key) {
             return PresentedKey { hash: Some(self.inner.hasher.hash(parsed.raw)), legacy: LegacyMatch::default() };
@@ -217,13 +218,25 @@ impl Engine {
     pub async fn validate_presented(
         &self, key: PresentedKey, ctx: &RequestContext<'_>,
     ) -> Result<Validation, ValidationError> {
-        let started = (!self.inner.hooks.is_empty()).then(Instant::now);
+        if !self.inner.hooks.is_empty() {
+            // Boxed: only engines with hooks pay for this future, and no
+            // other validation's future keeps its result across an await.
+            return Box::pin(self.validate_reported(key, ctx)).await;
+        }
         let result = self.validate_inner(key, ctx, Waits::Allowed).await;
         self.count_if_refused(&result);
-        if let Some(started) = started {
-            // Boxed: only engines with hooks pay for this future.
-            Box::pin(self.report_validation(&result, started.elapsed())).await;
-        }
+        result.map_err(|(e, _)| e)
+    }
+
+    /// [`validate_presented`](Self::validate_presented) in an engine with
+    /// hooks: they are told how it ended.
+    async fn validate_reported(
+        &self, key: PresentedKey, ctx: &RequestContext<'_>,
+    ) -> Result<Validation, ValidationError> {
+        let started = Instant::now();
+        let result = self.validate_inner(key, ctx, Waits::Allowed).await;
+        self.count_if_refused(&result);
+        self.report_validation(&result, started.elapsed()).await;
         result.map_err(|(e, _)| e)
     }
 
@@ -302,40 +315,43 @@ impl Engine {
         // a silent refusal of every key.
         check_restriction(ctx).map_err(|error| (ValidationError::Failed(error), None))?;
         // 1. Shape and checksum, no I/O (done by `present`).
-        let hash = presented.hash.ok_or_else(|| (Refusal::Malformed.into(), None))?;
+        // Borrowed where the future holds it, not copied out.
+        let Some(hash) = &presented.hash else { return Err((Refusal::Malformed.into(), None)) };
         // 2. Lookup by hash, confirmed in constant time. The engine's cache
         // answers the key with its policy in one probe when it holds both.
         // On a miss it asks the store without probing again (boxed, as the
         // store's own future is, so that every validation's future stays
         // small); on a hit it probed the policy table too (`policy_probed`).
         // With the policy, the cache keeps the key's scopes narrowed to it.
+        // Each answer is confirmed where it is taken: what moves on is the
+        // key alone, not the lookup's result.
         let mut cached_narrowed = None;
-        let (found, mut cached_policy, policy_probed) = match &inner.cache {
-            Some(cache) => match cache.find_key_and_policy_narrowed_ready(&hash) {
+        let (key, mut cached_policy, policy_probed) = match &inner.cache {
+            Some(cache) => match cache.find_key_and_policy_narrowed_ready(hash) {
                 Some((found, Some((policy, narrowed)))) => {
                     cached_narrowed = Some(narrowed);
-                    (Ok(found), Some(policy), true)
+                    (confirmed(Ok(found), hash).map_err(unattributed)?, Some(policy), true)
                 }
-                Some((found, None)) => (Ok(found), None, true),
-                None => (waits.then_boxed(|| cache.load_key(&hash)).await, None, false),
+                Some((found, None)) => (confirmed(Ok(found), hash).map_err(unattributed)?, None, true),
+                None => {
+                    let found = waits.then_boxed(|| cache.load_key(hash)).await;
+                    (confirmed(found, hash).map_err(unattributed)?, None, false)
+                }
             },
             // A store that holds both in process answers the key with its
             // policy under one lookup.
-            None => match inner.store.find_key_with_policy_ready(&hash) {
-                Some(Ok((found, policy))) => (Ok(found), policy, false),
-                Some(Err(error)) => (Err(error), None, false),
-                None => match inner.store.find_key_by_hash_ready(&hash) {
-                    Some(found) => (found, None, false),
-                    None => (waits.then(|| inner.store.find_key_by_hash(&hash)).await, None, false),
+            None => match inner.store.find_key_with_policy_ready(hash) {
+                Some(Ok((found, policy))) => (confirmed(Ok(found), hash).map_err(unattributed)?, policy, false),
+                Some(Err(error)) => return Err((error.into(), None)),
+                None => match inner.store.find_key_by_hash_ready(hash) {
+                    Some(found) => (confirmed(found, hash).map_err(unattributed)?, None, false),
+                    None => {
+                        let found = waits.then(|| inner.store.find_key_by_hash(hash)).await;
+                        (confirmed(found, hash).map_err(unattributed)?, None, false)
+                    }
                 },
             },
         };
-        let stored = match found {
-            Ok(Some(stored)) if stored.hash.ct_eq(&hash) => stored,
-            Ok(_) => return Err((Refusal::Unknown.into(), None)),
-            Err(error) => return Err((error.into(), None)),
-        };
-        let key = stored.key;
         // A legacy key passes step 1 only for an application that accepts
         // its format: for any other it is malformed, found or not.
         if presented.legacy.any() && !inner.legacy.accepts(presented.legacy, &key.tenant.app_id) {
@@ -423,27 +439,43 @@ impl Engine {
         }
         // 8. Rate limits, every one; a limit that refuses gives back what
         // the earlier ones counted.
-        let subject = limit_subject(&key, &policy);
-        let mut rate_limits = RateLimitStates::default();
+        // The validation is made here, so that each limit's state is pushed
+        // where it stays.
+        let mut validation = Validation::new(key, None, RateLimitStates::default(), narrowed, now);
+        let key = &validation.key;
+        let subject = limit_subject(key, &policy);
         for limit in &policy.rate_limits {
-            let checked = match inner.limiter.check_ready(subject, limit, now) {
-                Some(checked) => checked,
-                None => {
-                    if waits == Waits::Never {
-                        self.refund_rate_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
+            // The common answer is taken where the limiter left it; only
+            // another one moves on. The subject is made afresh for the call
+            // rather than read back from the future, where it was stored in
+            // pieces.
+            let status = match inner.limiter.check_ready(limit_subject(key, &policy), limit, now) {
+                Some(Ok(status)) => status,
+                ready => {
+                    let checked = match ready {
+                        Some(checked) => checked,
+                        None => {
+                            if waits == Waits::Never {
+                                self.refund_rate_limits(
+                                    subject,
+                                    &policy.rate_limits[..validation.rate_limits.len()],
+                                    now,
+                                );
+                            }
+                            waits.then(|| inner.limiter.check(subject, limit, now)).await
+                        }
+                    };
+                    match checked {
+                        Ok(status) => status,
+                        Err(error) => {
+                            self.refund_rate_limits(subject, &policy.rate_limits[..validation.rate_limits.len()], now);
+                            return Err(fail(error));
+                        }
                     }
-                    waits.then(|| inner.limiter.check(subject, limit, now)).await
-                }
-            };
-            let status = match checked {
-                Ok(status) => status,
-                Err(error) => {
-                    self.refund_rate_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
-                    return Err(fail(error));
                 }
             };
             if !status.allowed {
-                self.refund_rate_limits(subject, &policy.rate_limits[..rate_limits.len()], now);
+                self.refund_rate_limits(subject, &policy.rate_limits[..validation.rate_limits.len()], now);
                 let retry_after = status.retry_after.unwrap_or(status.reset);
                 if !inner.hooks.is_empty() {
                     // Boxed only for an engine with hooks: a refusal on the
@@ -451,20 +483,20 @@ impl Engine {
                     let event = || Event::KeyRateLimited { key_id: key.id, tenant: key.tenant.clone(), retry_after };
                     Box::pin(self.emit(event)).await;
                 }
-                return Err(refuse(Refusal::RateLimited { limit: limit.clone(), retry_after, status }, &key));
+                return Err(refuse(Refusal::RateLimited { limit: limit.clone(), retry_after, status }, key));
             }
-            rate_limits.0.push(status);
+            validation.rate_limits.0.push(status);
         }
         // 9. Quota; only a request that passes everything is counted.
         if let Some(quota) = &policy.quota {
-            let ready = inner.quotas.try_consume_ready(&key, subject, quota, now).map(Ok);
+            let ready = inner.quotas.try_consume_ready(key, subject, quota, now).map(Ok);
             let consumed = match ready {
                 Some(ready) => ready,
                 None => {
                     if waits == Waits::Never {
                         self.refund_rate_limits(subject, &policy.rate_limits, now);
                     }
-                    waits.then(|| inner.quotas.try_consume(&*inner.store, &key, subject, quota, now)).await
+                    waits.then(|| inner.quotas.try_consume(&*inner.store, key, subject, quota, now)).await
                 }
             };
             let consumed = match consumed {
@@ -480,11 +512,11 @@ impl Engine {
                     let event = || Event::QuotaExceeded { key_id: key.id, tenant: key.tenant.clone(), resets_at };
                     Box::pin(self.emit(event)).await;
                 }
-                return Err(refuse(Refusal::QuotaExceeded { resets_at }, &key));
+                return Err(refuse(Refusal::QuotaExceeded { resets_at }, key));
             }
         }
 
-        let mut validation = Validation::new(key, Some(policy), rate_limits, narrowed, now);
+        validation.policy = Some(policy);
         // 10. Credits, last: what the request spent above is given back if
         // they refuse it.
         if credits_subject(&validation.key, validation.policy.as_deref()).is_some() {
@@ -661,6 +693,7 @@ impl Engine {
         Ok(())
     }
 
+    #[inline]
     fn is_expired(&self, key: &Key, policy: Option<&Policy>, now: DateTime<Utc>) -> bool {
         let _ = self;
         key.expires_at.is_some_and(|at| at <= now)
@@ -700,6 +733,21 @@ impl Waits {
             Self::Never => std::future::pending().await,
         }
     }
+}
+
+/// The key a lookup by `hash` found, if its hash is `hash` (compared in
+/// constant time); else the refusal of an unknown key, or the store's error.
+fn confirmed(found: Result<Option<StoredKey>, Error>, hash: &KeyHash) -> Result<Arc<Key>, ValidationError> {
+    match found {
+        Ok(Some(stored)) if stored.hash.ct_eq(hash) => Ok(stored.key),
+        Ok(_) => Err(Refusal::Unknown.into()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// A validation's error that concerns no key the hooks should hear of.
+fn unattributed(error: ValidationError) -> (ValidationError, Option<Arc<Key>>) {
+    (error, None)
 }
 
 /// Refuses a restriction to an app or a tenant whose id is not an identity
