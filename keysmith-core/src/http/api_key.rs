@@ -57,24 +57,27 @@ impl ApiKey {
     /// Wraps a successful validation.
     #[must_use]
     pub fn new(validation: Validation) -> Self {
-        Self::holding(Held { validation, draft: None })
+        Self::holding(validation, None)
     }
 
     /// The key of a request a gate admitted, with its usage draft.
     pub(super) fn admitted(validation: Validation, draft: UsageDraft) -> Self {
-        Self::holding(Held { validation, draft: Some(draft) })
+        Self::holding(validation, Some(draft))
     }
 
-    fn holding(held: Held) -> Self {
+    /// The key, in the thread's spare allocation if there is one (written
+    /// field by field: no whole `Held` is built and then copied in).
+    fn holding(validation: Validation, draft: Option<UsageDraft>) -> Self {
         let held = match SPARE.take() {
             Some(mut spare) => match Arc::get_mut(&mut spare) {
                 Some(slot) => {
-                    *slot = held;
+                    slot.validation = validation;
+                    slot.draft = draft;
                     spare
                 }
-                None => Arc::new(held),
+                None => Arc::new(Held { validation, draft }),
             },
-            None => Arc::new(held),
+            None => Arc::new(Held { validation, draft }),
         };
         Self { held: Some(held) }
     }
