@@ -198,7 +198,7 @@ where
         request.extensions_mut().insert(Installed { key, shared: Rc::clone(&self.shared), preflight });
     }
 
-    fn call(self, request: ServiceRequest) -> S::Future {
+    fn call(&mut self, request: ServiceRequest) -> S::Future {
         self.service.call(request)
     }
 
@@ -226,13 +226,8 @@ where
     /// then.
     /// A route without parameters is read from the middleware's
     /// [`StaticRoutes`](crate::routes::StaticRoutes) without allocating.
-    fn matched_route(response: &ServiceResponse<B>) -> Option<Cow<'_, str>> {
-        let request = response.request();
-        let shared = request.extensions().get::<Installed>().map(|installed| Rc::clone(&installed.shared));
-        match shared {
-            Some(shared) => shared.routes.template(request),
-            None => request.match_pattern().map(Cow::Owned),
-        }
+    fn matched_route<'r>(&self, response: &'r ServiceResponse<B>) -> Option<Cow<'r, str>> {
+        self.shared.routes.template(response.request())
     }
 
     fn append_header(response: &mut ServiceResponse<B>, name: &'static str, value: &str) {

@@ -203,7 +203,7 @@ where
         request.extensions_mut().insert(Installed { key, shared: Arc::clone(&self.shared), preflight });
     }
 
-    fn call(mut self, request: Request<ReqBody>) -> S::Future {
+    fn call(&mut self, request: Request<ReqBody>) -> S::Future {
         self.inner.call(request)
     }
 

@@ -4,6 +4,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 
+use super::gate::UsageDraft;
 use crate::limit::RateLimitStatus;
 use crate::{Environment, Key, KeyId, Policy, Tenant, Validation};
 
@@ -32,7 +33,16 @@ use crate::{Environment, Key, KeyId, Policy, Tenant, Validation};
 #[derive(Clone)]
 pub struct ApiKey {
     /// `None` only once [`Drop`] has taken it.
-    validation: Option<Arc<Validation>>,
+    held: Option<Arc<Held>>,
+}
+
+/// What a key shares between its clones: the validation and, for a key
+/// a [`Gate`](super::Gate) admitted, the request's usage draft, kept here
+/// so that the admitted request's future carries one pointer across the
+/// inner service rather than the draft itself.
+struct Held {
+    validation: Validation,
+    draft: Option<UsageDraft>,
 }
 
 thread_local! {
@@ -40,24 +50,36 @@ thread_local! {
     /// else held, for the next key made on it: a passed request then
     /// allocates nothing for its key, whichever of the request's clones
     /// (the adapter's, or the one in the request's extensions) goes last.
-    static SPARE: Cell<Option<Arc<Validation>>> = const { Cell::new(None) };
+    static SPARE: Cell<Option<Arc<Held>>> = const { Cell::new(None) };
 }
 
 impl ApiKey {
     /// Wraps a successful validation.
     #[must_use]
     pub fn new(validation: Validation) -> Self {
-        let validation = match SPARE.take() {
+        Self::holding(validation, None)
+    }
+
+    /// The key of a request a gate admitted, with its usage draft.
+    pub(super) fn admitted(validation: Validation, draft: UsageDraft) -> Self {
+        Self::holding(validation, Some(draft))
+    }
+
+    /// The key, in the thread's spare allocation if there is one (written
+    /// field by field: no whole `Held` is built and then copied in).
+    fn holding(validation: Validation, draft: Option<UsageDraft>) -> Self {
+        let held = match SPARE.take() {
             Some(mut spare) => match Arc::get_mut(&mut spare) {
                 Some(slot) => {
-                    *slot = validation;
+                    slot.validation = validation;
+                    slot.draft = draft;
                     spare
                 }
-                None => Arc::new(validation),
+                None => Arc::new(Held { validation, draft }),
             },
-            None => Arc::new(validation),
+            None => Arc::new(Held { validation, draft }),
         };
-        Self { validation: Some(validation) }
+        Self { held: Some(held) }
     }
 
     /// The key's id.
@@ -127,7 +149,17 @@ impl ApiKey {
     /// The whole validation.
     #[must_use]
     pub fn validation(&self) -> &Validation {
-        self.validation.as_deref().expect("a key's validation is taken only when it is dropped")
+        &self.held().validation
+    }
+
+    /// The usage draft of the request a gate admitted with this key
+    /// (`None` for a key made with [`ApiKey::new`]).
+    pub(super) fn draft(&self) -> Option<&UsageDraft> {
+        self.held().draft.as_ref()
+    }
+
+    fn held(&self) -> &Held {
+        self.held.as_deref().expect("a key's validation is taken only when it is dropped")
     }
 }
 
@@ -135,11 +167,11 @@ impl Drop for ApiKey {
     /// The last clone leaves its allocation to the next [`ApiKey::new`] on
     /// this thread.
     fn drop(&mut self) {
-        if let Some(mut validation) = self.validation.take()
-            && Arc::get_mut(&mut validation).is_some()
+        if let Some(mut held) = self.held.take()
+            && Arc::get_mut(&mut held).is_some()
         {
             // Not at all once the thread's locals are being destroyed.
-            let _ = SPARE.try_with(|spare| spare.set(Some(validation)));
+            let _ = SPARE.try_with(|spare| spare.set(Some(held)));
         }
     }
 }
@@ -212,7 +244,7 @@ mod tests {
         drop(held);
         assert!(SPARE.take().is_some(), "the extension's clone, dropped after the request finished, lends it");
         drop(ApiKey::new(second));
-        let spare = SPARE.take().map(|validation| validation.key.name.clone());
+        let spare = SPARE.take().map(|held| held.validation.key.name.clone());
         assert_eq!(spare.as_deref(), Some("second"), "a finished key is kept for the next one");
     }
 

@@ -396,7 +396,7 @@ impl Gate {
         match result {
             // The admitted request keeps this gate (and through it the
             // engine) rather than a fresh clone of the engine.
-            Ok(validation) => Outcome::Pass(Admitted { key: ApiKey::new(validation), gate: self, draft }),
+            Ok(validation) => Outcome::Pass(Admitted { key: ApiKey::admitted(validation, draft), gate: self }),
             Err(ValidationError::Refused(refusal)) => Outcome::Refuse(self.refusal(refusal)),
             Err(ValidationError::Failed(error)) => {
                 tracing::warn!(target: "keysmith::http", %error, method = %draft.method,
@@ -444,17 +444,18 @@ pub enum Outcome {
     Refuse(RefusalResponse),
 }
 
-/// A request whose key passed, on its way through the handler.
+/// A request whose key passed, on its way through the handler: two
+/// pointers, as it is moved with the response future (its usage draft is
+/// in the key's allocation).
 pub struct Admitted {
     key: ApiKey,
     gate: Gate,
-    draft: UsageDraft,
 }
 
 /// The usage record of a passed request, less what is known only once
 /// the handler has answered.
 #[derive(Clone)]
-struct UsageDraft {
+pub(super) struct UsageDraft {
     method: SharedStr,
     /// The endpoint when known before the handler runs: the raw path
     /// (opted in) or the route the framework had matched; else the route
@@ -469,11 +470,12 @@ struct UsageDraft {
 
 impl fmt::Debug for Admitted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let draft = self.draft();
         f.debug_struct("Admitted")
             .field("key", &self.key)
-            .field("method", &self.draft.method)
-            .field("endpoint", &self.draft.endpoint)
-            .field("ip", &self.draft.ip)
+            .field("method", &draft.method)
+            .field("endpoint", &draft.endpoint)
+            .field("ip", &draft.ip)
             .finish_non_exhaustive()
     }
 }
@@ -488,7 +490,11 @@ impl Admitted {
     /// The client address the key was checked against.
     #[must_use]
     pub fn client_ip(&self) -> Option<IpAddr> {
-        self.draft.ip
+        self.draft().ip
+    }
+
+    fn draft(&self) -> &UsageDraft {
+        self.key.draft().expect("a gate admits a key with its request's draft")
     }
 
     /// Writes the response's rate-limit headers into `out`, in the gate's
@@ -518,7 +524,7 @@ impl Admitted {
     #[must_use]
     pub fn usage_record(&self, status: u16) -> UsageRecord {
         let texts = self.gate.engine().usage_texts();
-        self.draft.clone().into_entry(&self.key, status, None, texts).into_record(UsageId::new(), &texts.read())
+        self.draft().entry(&self.key, status, None, texts).into_record(UsageId::new(), &texts.read())
     }
 
     /// Queues the usage record of this request answered with `status`;
@@ -536,15 +542,16 @@ impl Admitted {
     /// the handler ran, it is the template `route` returns (called at most
     /// once), or [`UNMATCHED_ROUTE`] if that is `None`.
     pub fn finish_routed<'r>(self, status: u16, route: impl FnOnce() -> Option<Cow<'r, str>>) {
-        let Self { key, gate, draft } = self;
+        let Self { key, gate } = self;
         if !key.validation().is_refunded() {
+            let draft = key.draft().expect("a gate admits a key with its request's draft");
             let engine = gate.engine();
             let texts = engine.usage_texts();
             let routed = match draft.endpoint {
                 Some(_) => None,
                 None => route().map(|route| texts.routes.intern(&route)),
             };
-            engine.record_entry(draft.into_entry(&key, status, routed, texts));
+            engine.record_entry(draft.entry(&key, status, routed, texts));
         }
     }
 }
@@ -553,15 +560,15 @@ impl UsageDraft {
     /// The queued entry, naming `routed` if the endpoint was not known
     /// before; a user agent the table did not know is added now that the
     /// request has passed.
-    fn into_entry(self, key: &ApiKey, status: u16, routed: Option<Text>, texts: &UsageTexts) -> UsageEntry {
+    fn entry(&self, key: &ApiKey, status: u16, routed: Option<Text>, texts: &UsageTexts) -> UsageEntry {
         UsageEntry {
             key_id: key.id(),
             tenant: SharedTenant::of_key(&key.validation().key),
-            endpoint: self.endpoint.or(routed).unwrap_or(Text::Shared(SharedStr::from(UNMATCHED_ROUTE))),
-            method: self.method,
+            endpoint: self.endpoint.clone().or(routed).unwrap_or(Text::Shared(SharedStr::from(UNMATCHED_ROUTE))),
+            method: self.method.clone(),
             status,
             ip: self.ip,
-            user_agent: self.user_agent.map(|agent| texts.user_agents.settle(agent)),
+            user_agent: self.user_agent.clone().map(|agent| texts.user_agents.settle(agent)),
             latency: self.started.elapsed(),
             timestamp: key.validation().checked_at(),
         }

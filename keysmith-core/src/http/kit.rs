@@ -98,8 +98,9 @@ pub trait Adapter: Sized {
     /// handlers), before the inner service is called.
     fn admit(&self, request: &mut Self::Request, admission: Admission<'_>);
 
-    /// Calls the inner service.
-    fn call(self, request: Self::Request) -> Self::Future;
+    /// Calls the inner service. For a passed key the adapter is kept until
+    /// the response, for [`matched_route`](Self::matched_route).
+    fn call(&mut self, request: Self::Request) -> Self::Future;
 
     /// The answer to a refused request.
     fn refuse(self, request: Self::Request, refusal: RefusalResponse) -> Self::Output;
@@ -120,7 +121,7 @@ pub trait Adapter: Sized {
     /// [facts](Self::facts) carried no route, and only when usage records
     /// name routes; `None` (the default) records
     /// [`UNMATCHED_ROUTE`](super::UNMATCHED_ROUTE).
-    fn matched_route(response: &Self::Response) -> Option<Cow<'_, str>> {
+    fn matched_route<'r>(&self, response: &'r Self::Response) -> Option<Cow<'r, str>> {
         let _ = response;
         None
     }
@@ -178,7 +179,8 @@ pin_project! {
         Calling {
             #[pin]
             future: A::Future,
-            admitted: Option<Admitted>,
+            // The adapter, for the route, and the request that passed.
+            passed: Option<(A, Admitted)>,
         },
     }
 }
@@ -202,7 +204,7 @@ impl<A: Adapter> Future for Guarded<A> {
             match this.step.as_mut().project() {
                 StepProj::Authorizing { authorize, parked } => {
                     let outcome = ready!(Pin::new(authorize).poll(cx));
-                    let (adapter, mut request) = parked.take().expect("Guarded polled after completion");
+                    let (mut adapter, mut request) = parked.take().expect("Guarded polled after completion");
                     let admitted = match outcome {
                         Outcome::Pass(admitted) => {
                             adapter.admit(&mut request, Admission::Key(admitted.key()));
@@ -219,21 +221,22 @@ impl<A: Adapter> Future for Guarded<A> {
                         }
                     };
                     let future = adapter.call(request);
-                    this.step.set(Step::Calling { future, admitted });
+                    let passed = admitted.map(|admitted| (adapter, admitted));
+                    this.step.set(Step::Calling { future, passed });
                 }
-                StepProj::Calling { future, admitted } => {
+                StepProj::Calling { future, passed } => {
                     let result = ready!(future.poll(cx));
-                    let admitted = admitted.take();
+                    let passed = passed.take();
                     return Poll::Ready(match result {
                         Ok(mut response) => {
-                            if let Some(admitted) = admitted {
+                            if let Some((adapter, admitted)) = passed {
                                 admitted.write_headers(&mut ResponseSink::<A>(&mut response));
-                                admitted.finish_routed(A::status(&response), || A::matched_route(&response));
+                                admitted.finish_routed(A::status(&response), || adapter.matched_route(&response));
                             }
                             Ok(A::pass(response))
                         }
                         Err(error) => {
-                            if let Some(admitted) = admitted {
+                            if let Some((_, admitted)) = passed {
                                 admitted.finish(A::error_status(&error));
                             }
                             Err(error)
@@ -395,7 +398,7 @@ mod tests {
             });
         }
 
-        fn call(self, request: FakeRequest) -> Self::Future {
+        fn call(&mut self, request: FakeRequest) -> Self::Future {
             self.log.lock().unwrap().push(format!("called as {}", request.admitted.unwrap_or_default()));
             std::future::ready(if self.fail { Err(502) } else { Ok((200, Vec::new())) })
         }
