@@ -2,11 +2,10 @@
 //! request's extensions for extractors and `RequireScopes`.
 
 use std::rc::Rc;
-use std::sync::LazyLock;
 
 use actix_web::http::header::{HeaderMap, HeaderName};
-use keysmith_core::http::names::Known;
-use keysmith_core::http::{ApiKey as CoreApiKey, Gate, HeaderLookup, names};
+use keysmith_core::http::names::{FrameworkNames, Known};
+use keysmith_core::http::{ApiKey as CoreApiKey, Gate, HeaderLookup};
 
 use crate::RefusalResponder;
 use crate::routes::StaticRoutes;
@@ -26,28 +25,22 @@ impl HeaderLookup for Headers<'_> {
     }
 
     fn known_values(&self, name: Known) -> impl Iterator<Item = &[u8]> {
-        self.0.get_all(known(name)).map(actix_web::http::header::HeaderValue::as_bytes)
+        self.0.get_all(KNOWN.get(name)).map(actix_web::http::header::HeaderValue::as_bytes)
     }
 
     fn first_known(&self, name: Known) -> Option<&[u8]> {
-        self.0.get(known(name)).map(actix_web::http::header::HeaderValue::as_bytes)
+        self.0.get(KNOWN.get(name)).map(actix_web::http::header::HeaderValue::as_bytes)
     }
 }
 
 /// Core's per-request header names as this framework's names, parsed
-/// once (in [`names::PER_REQUEST`]'s order): a lookup or insert by `&str`
-/// parses (and validates) the name each time.
-static KNOWN: LazyLock<[HeaderName; names::PER_REQUEST.len()]> =
-    LazyLock::new(|| names::PER_REQUEST.map(HeaderName::from_static));
-
-/// This framework's name of a per-request header.
-fn known(name: Known) -> &'static HeaderName {
-    &KNOWN[name.index()]
-}
+/// once: a lookup or insert by `&str` parses (and validates) the name each
+/// time.
+static KNOWN: FrameworkNames<HeaderName> = FrameworkNames::new(HeaderName::from_static);
 
 /// This framework's name of `name`, if it is a per-request header.
 pub(crate) fn known_name(name: &str) -> Option<&'static HeaderName> {
-    Known::of(name).map(known)
+    KNOWN.of(name)
 }
 
 /// What the middleware shares with every request it lets through.
@@ -86,7 +79,9 @@ impl Installed {
 
 #[cfg(test)]
 mod tests {
-    use actix_web::http::header::{HeaderName, HeaderValue};
+    use actix_web::http::header::HeaderValue;
+
+    use keysmith_core::http::names;
 
     use super::*;
 

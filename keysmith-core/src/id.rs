@@ -137,13 +137,21 @@ impl UsageId {
         Self::from_uuid(Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, nanos)))
     }
 
+    /// The id of the time `at` (to the millisecond) with `random` as the
+    /// 74 bits below it: for a writer that draws random bytes for many ids
+    /// at once. Ids of one millisecond never count up (they would tell a
+    /// reader how many others were numbered between two of its own).
+    #[must_use]
+    pub(crate) fn with_random(at: chrono::DateTime<chrono::Utc>, random: &[u8; 10]) -> Self {
+        Self::from_uuid(uuid::Builder::from_unix_timestamp_millis(unix_millis(at), random).into_uuid())
+    }
+
     /// The smallest UUID of an id made at or after `at`: every id made
     /// before `at` (to the millisecond) is below it.
     #[must_use]
     pub fn first_uuid_at(at: chrono::DateTime<chrono::Utc>) -> Uuid {
-        let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
         let mut bytes = [0u8; 16];
-        bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+        bytes[..6].copy_from_slice(&unix_millis(at).to_be_bytes()[2..]);
         bytes[6] = 0x70;
         bytes[8] = 0x80;
         Uuid::from_bytes(bytes)
@@ -153,6 +161,11 @@ impl UsageId {
 /// Seconds and nanoseconds since the Unix epoch (0 before it).
 fn unix_parts(at: chrono::DateTime<chrono::Utc>) -> (u64, u32) {
     (u64::try_from(at.timestamp()).unwrap_or(0), at.timestamp_subsec_nanos())
+}
+
+/// Milliseconds since the Unix epoch of `at` (0 before it).
+fn unix_millis(at: chrono::DateTime<chrono::Utc>) -> u64 {
+    u64::try_from(at.timestamp_millis()).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -542,16 +542,15 @@ impl Admitted {
     /// the handler ran, it is the template `route` returns (called at most
     /// once), or [`UNMATCHED_ROUTE`] if that is `None`.
     pub fn finish_routed<'r>(self, status: u16, route: impl FnOnce() -> Option<Cow<'r, str>>) {
-        let Self { key, gate } = self;
-        if !key.validation().is_refunded() {
-            let draft = key.draft().expect("a gate admits a key with its request's draft");
-            let engine = gate.engine();
+        if !self.key.validation().is_refunded() {
+            let draft = self.draft();
+            let engine = self.gate.engine();
             let texts = engine.usage_texts();
             let routed = match draft.endpoint {
                 Some(_) => None,
                 None => route().map(|route| texts.routes.intern(&route)),
             };
-            engine.record_entry(draft.entry(&key, status, routed, texts));
+            engine.record_entry(draft.entry(&self.key, status, routed, texts));
         }
     }
 }

@@ -107,8 +107,9 @@ pub mod names {
     /// The names read or written on every request (the default key
     /// sources, client address, origin, user agent, preflight marker and
     /// the `RateLimit-*` headers of a passed request). An adapter builds its
-    /// framework's header names from this list once and finds them with
-    /// [`per_request_index`], instead of parsing a name per request.
+    /// framework's header names from this list once
+    /// ([`FrameworkNames`]) and finds them by their place, instead of
+    /// parsing a name per request.
     pub const PER_REQUEST: [&str; 12] = [
         AUTHORIZATION,
         X_API_KEY,
@@ -163,6 +164,50 @@ pub mod names {
         #[must_use]
         pub fn name(self) -> &'static str {
             PER_REQUEST[self.index()]
+        }
+    }
+
+    /// A framework's own names of the [`PER_REQUEST`] headers, made once
+    /// on first use: what an adapter finds a header by, by its [`Known`]
+    /// place or by its text, instead of parsing a name per request. Both
+    /// adapters keep one in a `static`.
+    ///
+    /// ```
+    /// use keysmith_core::http::names::{self, FrameworkNames, Known};
+    ///
+    /// static KNOWN: FrameworkNames<String> = FrameworkNames::new(str::to_owned);
+    ///
+    /// assert_eq!(KNOWN.get(Known::X_API_KEY), names::X_API_KEY);
+    /// assert_eq!(KNOWN.of(names::RATELIMIT).map(String::as_str), Some(names::RATELIMIT));
+    /// assert_eq!(KNOWN.of("x-token"), None);
+    /// ```
+    #[derive(Debug)]
+    pub struct FrameworkNames<N: 'static> {
+        names: std::sync::OnceLock<[N; PER_REQUEST.len()]>,
+        make: fn(&'static str) -> N,
+    }
+
+    impl<N> FrameworkNames<N> {
+        /// Names made by `make` (`HeaderName::from_static`) from the
+        /// lowercase texts.
+        #[must_use]
+        pub const fn new(make: fn(&'static str) -> N) -> Self {
+            Self { names: std::sync::OnceLock::new(), make }
+        }
+
+        /// The framework's name of a header core reads on every request.
+        pub fn get(&self, name: Known) -> &N {
+            &self.all()[name.index()]
+        }
+
+        /// The framework's name of `name` (lowercase), if it is one of
+        /// [`PER_REQUEST`].
+        pub fn of(&self, name: &str) -> Option<&N> {
+            per_request_index(name).map(|index| &self.all()[index])
+        }
+
+        fn all(&self) -> &[N; PER_REQUEST.len()] {
+            self.names.get_or_init(|| PER_REQUEST.map(self.make))
         }
     }
 

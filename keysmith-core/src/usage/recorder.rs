@@ -656,11 +656,10 @@ impl IdBits {
             }
             self.used = 0;
         }
-        let mut bits = [0; 10];
-        bits.copy_from_slice(&self.block[self.used..self.used + 10]);
+        let mut random = [0; 10];
+        random.copy_from_slice(&self.block[self.used..self.used + 10]);
         self.used += 10;
-        let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
-        UsageId::from_uuid(uuid::Builder::from_unix_timestamp_millis(millis, &bits).into_uuid())
+        UsageId::with_random(at, &random)
     }
 }
 
@@ -921,7 +920,6 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
-
     use crate::{MemoryStore, Tenant};
 
     fn worker(lanes: usize) -> Worker {
