@@ -1,6 +1,7 @@
-//! The default limiter: GCRA over a state of ours that keeps one atomic theoretical arrival time (TAT) per subject (a key's
-//! lineage or an owner) and limit name in a `dashmap`, with idle subjects
-//! evicted so memory follows the keys in use, not all keys ever seen.
+//! The default limiter: GCRA over one atomic theoretical arrival time (TAT)
+//! per subject (a key's lineage or an owner) and limit name in a `dashmap`,
+//! with idle subjects evicted so memory follows the keys in use, not all
+//! keys ever seen.
 //!
 //! GCRA in one paragraph: every request costs one emission interval `T`
 //! (`window / requests`); the TAT is when the key's budget would be back
@@ -10,12 +11,13 @@
 //! the entry carries no information.
 //!
 //! The decision is `governor`'s arithmetic, written here on the cell's
-//! atomic TAT (every check runs it, and `governor`'s limiter built per check
-//! cost a third of the limiter's time); a property test holds it to
-//! `governor`'s own answers. This file also keeps the state: which TAT
-//! belongs to which (subject, limit), created atomically, carried over a
-//! change of the limit's numbers, given back on a refund and evicted when
-//! idle.
+//! atomic TAT: every validation runs it, and a `governor::RateLimiter` built
+//! per check over a `StateStore` of ours cost ~13 ns of a ~250 ns
+//! validation. A property test holds it to `governor`'s own answers.
+//!
+//! This file also keeps the state: which TAT belongs to which (subject,
+//! limit), created atomically, carried over a change of the limit's
+//! numbers, given back on a refund and evicted when idle.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
