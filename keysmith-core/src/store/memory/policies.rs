@@ -49,8 +49,10 @@ impl PolicyStore for MemoryStore {
         }
         let updated = Arc::new(policy.clone());
         tables.policies.insert(policy.id, Arc::clone(&updated));
-        // The next validation of every key under it sees the new policy.
-        for entry in tables.keys.values_mut().filter(|entry| entry.stored.key.policy_id == Some(policy.id)) {
+        // The next validation of every key under it sees the new policy
+        // (only the policy's tenant's keys can name it; checked anyway).
+        let under = |key: &crate::Key| key.policy_id == Some(policy.id) && key.tenant == policy.tenant;
+        for entry in tables.keys.values_mut().filter(|entry| under(&entry.stored.key)) {
             entry.policy = Some(Arc::clone(&updated));
         }
         Ok(())
