@@ -3,7 +3,7 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, SubsecRound, Timelike, Utc};
@@ -38,7 +38,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
-        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let since_epoch = Duration::from_nanos(system_unix_nanos());
         utc_micros(since_epoch).unwrap_or_else(|| Utc::now().trunc_subsecs(6))
     }
 
@@ -49,10 +49,46 @@ impl Clock for SystemClock {
     }
 
     fn unix_nanos(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        system_unix_nanos()
     }
+}
+
+/// How long a thread counts the system clock forward by the CPU's counter
+/// before reading it again: short enough that an NTP slew (at most 500 ppm)
+/// moves the system clock by no more than 50 µs meanwhile, and a step of the
+/// clock is seen within that time.
+const REANCHOR_NANOS: u64 = 100_000_000;
+
+/// The system clock's nanoseconds since the Unix epoch (0 before it).
+/// Validation reads the clock on every request, and a system clock reading
+/// costs several times a read of the CPU's time-stamp counter: each thread
+/// reads the system clock once per [`REANCHOR_NANOS`] and counts forward
+/// from it by the counter (`quanta`, calibrated against the monotonic clock
+/// once per process; where the CPU has no invariant counter, `quanta` reads
+/// the monotonic clock instead, still cheaper than a wall-clock reading
+/// plus its conversion).
+fn system_unix_nanos() -> u64 {
+    thread_local! {
+        /// The counter's raw reading and the system clock's at the thread's
+        /// last anchoring.
+        static ANCHOR: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
+    }
+    static COUNTER: OnceLock<quanta::Clock> = OnceLock::new();
+    let counter = COUNTER.get_or_init(quanta::Clock::new);
+    let raw = counter.raw();
+    if let Some((anchor_raw, anchor_nanos)) = ANCHOR.get()
+        && raw >= anchor_raw
+    {
+        let elapsed = counter.delta_as_nanos(anchor_raw, raw);
+        if elapsed < REANCHOR_NANOS {
+            return anchor_nanos.saturating_add(elapsed);
+        }
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    ANCHOR.set(Some((raw, nanos)));
+    nanos
 }
 
 /// `since_epoch` as a UTC time cut to microseconds. Validation reads the
@@ -189,6 +225,23 @@ mod tests {
     #[test]
     fn system_clock_keeps_microseconds_like_the_stores() {
         assert_eq!(SystemClock.now().timestamp_subsec_nanos() % 1000, 0);
+    }
+
+    #[test]
+    fn system_clock_counts_forward_with_the_system_time() {
+        // The first reading anchors the thread; the later ones count forward
+        // from it by the CPU's counter and stay with the system clock.
+        let system = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        let slack = Duration::from_millis(1);
+        for _ in 0..1_000 {
+            let before = system();
+            let nanos = Duration::from_nanos(SystemClock.unix_nanos());
+            let now = SystemClock.now();
+            let after = system();
+            assert!(before.saturating_sub(slack) <= nanos && nanos <= after + slack, "{before:?} {nanos:?} {after:?}");
+            let micros = Duration::from_micros(u64::try_from(now.timestamp_micros()).unwrap());
+            assert!(before.saturating_sub(slack) <= micros && micros <= after + slack, "{before:?} {now:?} {after:?}");
+        }
     }
 
     #[test]

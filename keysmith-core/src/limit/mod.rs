@@ -66,6 +66,7 @@ pub(crate) enum Holder {
 /// and an owner's text never compare equal anyway, and a lookup on the
 /// request path hashes one integer.
 impl Hash for Holder {
+    #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
         match self {
             Self::Key(id) => id.hash(state),

@@ -9,7 +9,7 @@ use super::{ImportOutcome, KeyFilter, KeyStore, RotationWrite, StoredKey, Transi
 use crate::store::KeyWithPolicy;
 use crate::{CreditSpend, Credits, Error, Key, KeyHash, KeyId, KeyState, Policy, PolicyId, Result, Tenant};
 
-use super::{MemoryStore, Tables};
+use super::{KeyEntry, MemoryStore, Tables};
 
 impl Tables {
     pub(super) fn policy(&self, tenant: &Tenant, id: PolicyId) -> Option<Arc<Policy>> {
@@ -17,7 +17,11 @@ impl Tables {
     }
 
     pub(super) fn tenant_key(&self, tenant: &Tenant, id: KeyId) -> Option<&StoredKey> {
-        self.by_id.get(&id).and_then(|hash| self.keys.get(hash)).filter(|stored| stored.key.tenant == *tenant)
+        self.by_id
+            .get(&id)
+            .and_then(|hash| self.keys.get(hash))
+            .map(|entry| &entry.stored)
+            .filter(|stored| stored.key.tenant == *tenant)
     }
 
     pub(super) fn update_key(
@@ -27,7 +31,8 @@ impl Tables {
         let mut key = Key::clone(&stored.key);
         change(&mut key)?;
         let hash = stored.hash;
-        self.keys.insert(hash, StoredKey { key: Arc::new(key.clone()), hash });
+        let policy = key.policy_id.and_then(|id| self.policy(tenant, id));
+        self.keys.insert(hash, KeyEntry { stored: StoredKey { key: Arc::new(key.clone()), hash }, policy });
         Ok(key)
     }
 
@@ -53,7 +58,7 @@ impl Tables {
         let held = self
             .keys
             .values()
-            .map(|stored| &*stored.key)
+            .map(|entry| &*entry.stored.key)
             .filter(|k| {
                 k.tenant == key.tenant
                     && k.owner_id.as_ref() == Some(owner_id)
@@ -86,7 +91,8 @@ impl Tables {
         if let Some(owner_id) = &key.owner_id {
             self.owners.entry((key.tenant.clone(), owner_id.clone())).or_default().push(key.id);
         }
-        self.keys.insert(stored.hash, stored.clone());
+        let policy = key.policy_id.and_then(|id| self.policy(&key.tenant, id));
+        self.keys.insert(stored.hash, KeyEntry { stored: stored.clone(), policy });
         self.store_credits(lineage, credits);
         Ok(())
     }
@@ -98,10 +104,10 @@ impl Tables {
             None => self.credits.remove(&lineage),
         };
         for id in self.lineages.get(&lineage).into_iter().flatten() {
-            if let Some(stored) = self.by_id.get(id).and_then(|hash| self.keys.get_mut(hash))
-                && stored.key.credits != credits
+            if let Some(entry) = self.by_id.get(id).and_then(|hash| self.keys.get_mut(hash))
+                && entry.stored.key.credits != credits
             {
-                Arc::make_mut(&mut stored.key).credits = credits;
+                Arc::make_mut(&mut entry.stored.key).credits = credits;
             }
         }
     }
@@ -209,7 +215,7 @@ impl KeyStore for MemoryStore {
                 return Err(Error::invalid("tenant", "an imported key belongs to another tenant than the import"));
             }
             let outcome = match batch.keys.get(&stored.hash) {
-                Some(held) if held.key.tenant == *tenant => ImportOutcome::AlreadyImported,
+                Some(held) if held.stored.key.tenant == *tenant => ImportOutcome::AlreadyImported,
                 Some(_) => ImportOutcome::HashTaken,
                 None => match batch.check_owner_limit(&stored.key) {
                     Err(Error::OwnerKeyLimit { limit, .. }) => ImportOutcome::OwnerKeyLimit { limit },
@@ -229,19 +235,18 @@ impl KeyStore for MemoryStore {
     }
 
     async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>> {
-        self.read().map(|tables| tables.keys.get(hash).cloned())
+        self.read().map(|tables| tables.keys.get(hash).map(|entry| entry.stored.clone()))
     }
 
     fn find_key_by_hash_ready(&self, hash: &KeyHash) -> Option<Result<Option<StoredKey>>> {
-        Some(self.read().map(|tables| tables.keys.get(hash).cloned()))
+        Some(self.read().map(|tables| tables.keys.get(hash).map(|entry| entry.stored.clone())))
     }
 
-    /// One read lock for both: validation's lookup of a key under a policy.
+    /// One probe for both: validation's lookup of a key under a policy.
     fn find_key_with_policy_ready(&self, hash: &KeyHash) -> Option<Result<KeyWithPolicy>> {
-        Some(self.read().map(|tables| {
-            let Some(stored) = tables.keys.get(hash) else { return (None, None) };
-            let policy = stored.key.policy_id.and_then(|id| tables.policy(&stored.key.tenant, id));
-            (Some(stored.clone()), policy)
+        Some(self.read().map(|tables| match tables.keys.get(hash) {
+            Some(entry) => (Some(entry.stored.clone()), entry.policy.clone()),
+            None => (None, None),
         }))
     }
 
@@ -254,7 +259,7 @@ impl KeyStore for MemoryStore {
         let mut keys: Vec<&Key> = tables
             .keys
             .values()
-            .map(|stored| &*stored.key)
+            .map(|entry| &*entry.stored.key)
             .filter(|key| {
                 key.tenant == *tenant
                     && filter.state.is_none_or(|s| key.state == s)
@@ -303,10 +308,10 @@ impl KeyStore for MemoryStore {
     async fn touch_key(&self, id: KeyId, at: DateTime<Utc>) -> Result<()> {
         let mut tables = self.write()?;
         let tables = &mut *tables;
-        if let Some(stored) = tables.by_id.get(&id).and_then(|hash| tables.keys.get_mut(hash))
-            && stored.key.last_used_at.is_none_or(|last| last < at)
+        if let Some(entry) = tables.by_id.get(&id).and_then(|hash| tables.keys.get_mut(hash))
+            && entry.stored.key.last_used_at.is_none_or(|last| last < at)
         {
-            Arc::make_mut(&mut stored.key).last_used_at = Some(at);
+            Arc::make_mut(&mut entry.stored.key).last_used_at = Some(at);
         }
         Ok(())
     }
@@ -416,7 +421,7 @@ impl KeyStore for MemoryStore {
         let mut due: Vec<&Key> = tables
             .keys
             .values()
-            .map(|stored| &*stored.key)
+            .map(|entry| &*entry.stored.key)
             .filter(|key| match key.state {
                 KeyState::Active => {
                     let max_age = key.policy_id.and_then(|id| tables.policies.get(&id)).and_then(|p| p.max_key_age);

@@ -60,8 +60,9 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default, Clone)]
 struct Tables {
-    /// Keys by hash: validation's lookup is one probe.
-    keys: HashMap<KeyHash, StoredKey, foldhash::fast::RandomState>,
+    /// Keys by hash, each with its policy: validation's lookup of a key
+    /// and its policy is one probe.
+    keys: HashMap<KeyHash, KeyEntry, foldhash::fast::RandomState>,
     /// Management finds keys by id through this index.
     by_id: HashMap<KeyId, KeyHash, foldhash::fast::RandomState>,
     /// The keys of each lineage, for quota counts.
@@ -76,6 +77,14 @@ struct Tables {
     policies: HashMap<PolicyId, Arc<Policy>, foldhash::fast::RandomState>,
     scopes: BTreeMap<ScopeId, Scope>,
     rotations: Vec<RotationRecord>,
+}
+
+/// A key as the tables hold it, with its policy (the one its `policy_id`
+/// names), which every write of the key or of the policy keeps current.
+#[derive(Debug, Clone)]
+struct KeyEntry {
+    stored: StoredKey,
+    policy: Option<Arc<Policy>>,
 }
 
 #[derive(Debug)]
