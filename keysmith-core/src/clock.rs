@@ -33,6 +33,12 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
 
 /// The system's wall clock, to the microsecond (what the SQL stores keep, so
 /// a key returned at creation equals the same key read back).
+///
+/// Each thread reads the system clock at most every 100 ms and counts
+/// forward from that reading by the CPU's time-stamp counter (a fraction of
+/// the cost of a system-clock reading): a step of the system clock is seen
+/// within 100 ms, and readings of two threads may differ by the clock's
+/// slew over that time (tens of microseconds).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 

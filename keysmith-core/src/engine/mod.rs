@@ -617,6 +617,9 @@ impl EngineBuilder {
             // Not subscribed yet: changes made elsewhere may be missed.
             cache.feed_lost();
         }
+        // A first reading here, not in the first request: the system clock
+        // calibrates the CPU's counter it counts by once per process.
+        self.clock.unix_nanos();
         let limiter = self.limiter.unwrap_or_else(|| Arc::new(GcraRateLimiter::with_clock(Arc::clone(&self.clock))));
         let quotas = Arc::new(QuotaTracker::new(self.usage_config.quota_refresh));
         let usage = UsageRecorder::new(self.usage_config, self.usage_mode, Arc::clone(&store), Arc::clone(&quotas));
