@@ -508,23 +508,25 @@ impl RenderedPolicy {
     fn state_value<'a>(
         &self, last: &'a mut Option<StateValue>, index: usize, remaining: u32, reset: u64,
     ) -> &'a SharedHeaderValue {
-        let state = match last.take() {
-            Some(mut state) if (state.index, state.remaining, state.reset) == (index, remaining, reset) => {
-                state.value.converted.get_or_insert_with(Arc::default);
-                state
-            }
-            _ => {
-                let (mut remaining_digits, mut reset_digits) = (itoa::Buffer::new(), itoa::Buffer::new());
-                let value = SharedHeaderValue::per_response(&[
-                    self.state_prefixes[index].as_bytes(),
-                    remaining_digits.format(remaining).as_bytes(),
-                    b";t=",
-                    reset_digits.format(reset).as_bytes(),
-                ]);
-                StateValue { index, remaining, reset, value }
-            }
-        };
-        &last.insert(state).value
+        let came_back =
+            last.as_ref().is_some_and(|state| (state.index, state.remaining, state.reset) == (index, remaining, reset));
+        if !came_back {
+            *last = None;
+        }
+        let state = last.get_or_insert_with(|| {
+            let (mut remaining_digits, mut reset_digits) = (itoa::Buffer::new(), itoa::Buffer::new());
+            let value = SharedHeaderValue::per_response(&[
+                self.state_prefixes[index].as_bytes(),
+                remaining_digits.format(remaining).as_bytes(),
+                b";t=",
+                reset_digits.format(reset).as_bytes(),
+            ]);
+            StateValue { index, remaining, reset, value }
+        });
+        if came_back {
+            state.value.converted.get_or_insert_with(Arc::default);
+        }
+        &state.value
     }
 
     fn render(policy: &Policy, month_secs: u64) -> Self {
