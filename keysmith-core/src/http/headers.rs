@@ -267,11 +267,10 @@ impl RateLimitHeaders {
     pub(crate) fn write_for_validation_with(
         self, validation: &Validation, cache: Option<&PolicyHeaders>, out: &mut impl HeaderSink,
     ) {
-        let closest = validation.closest_rate_limit();
         match self {
             Self::None => {}
             Self::Legacy => {
-                if let Some((_, status)) = closest {
+                if let Some((_, status)) = validation.closest_rate_limit() {
                     legacy(status, out);
                 }
             }
@@ -299,6 +298,7 @@ impl RateLimitHeaders {
                     quota_policy(&mut policies, quota, month_secs(validation.checked_at()));
                 }
                 let credits = validation.credits.as_ref();
+                let closest = validation.closest_rate_limit();
                 if let Some(credits) = credits {
                     credits_policy(&mut policies, credits, validation.checked_at());
                 }
