@@ -608,8 +608,12 @@ fn limits_all_checked(validation: &Validation) -> bool {
 }
 
 /// The index, in the policy's `rate_limits`, of the limit closest to
-/// refusing, with its state.
+/// refusing, with its state (asked only when every limit has a state).
 fn closest_index(validation: &Validation) -> Option<(usize, &RateLimitStatus)> {
+    // One limit, as most policies have: there is no choice to make.
+    if let [status] = &validation.rate_limits[..] {
+        return Some((0, status));
+    }
     let (closest, _) = validation.closest_rate_limit()?;
     validation
         .rate_limit_states()
