@@ -52,16 +52,26 @@ impl KeySource {
         if value.len() > MAX_KEY_HEADER_LEN {
             return Err(Refusal::Malformed);
         }
-        let value = std::str::from_utf8(value).map_err(|_| Refusal::Malformed)?.trim();
+        let value = trim(std::str::from_utf8(value).map_err(|_| Refusal::Malformed)?);
         let key = match self {
             Self::Header { .. } => value,
             // The scheme is `bearer`, checked above; the key is what follows.
-            Self::Bearer { .. } => value[BEARER.len()..].trim(),
+            Self::Bearer { .. } => trim(&value[BEARER.len()..]),
         };
         if key.is_empty() {
             return Err(Refusal::Malformed);
         }
         Ok(Some(key))
+    }
+}
+
+/// `text.trim()`, answered without decoding characters from either end
+/// when both ends are visible ASCII, which no whitespace is (a key sent as
+/// it should be).
+fn trim(text: &str) -> &str {
+    match (text.as_bytes().first(), text.as_bytes().last()) {
+        (Some(first), Some(last)) if first.is_ascii_graphic() && last.is_ascii_graphic() => text,
+        _ => text.trim(),
     }
 }
 
@@ -188,6 +198,14 @@ mod tests {
         for value in ["Bearer k1", "bearer k1", "BEARER k1", "  Bearer \t k1  "] {
             assert_eq!(extract(&[("Authorization", value.as_bytes())]), Ok("k1".to_owned()), "{value:?}");
         }
+    }
+
+    #[test]
+    fn keys_are_trimmed_of_unicode_whitespace_as_str_trim_does() {
+        for text in ["k1", " k1", "k1 ", "\u{a0}k1\u{3000}", "\u{b}k1\t", "k\u{e9}", "\u{e9}", "", "  ", "a b"] {
+            assert_eq!(trim(text), text.trim(), "{text:?}");
+        }
+        assert_eq!(extract(&[("X-API-Key", "\u{a0}k1\u{2003}".as_bytes())]), Ok("k1".to_owned()));
     }
 
     #[test]

@@ -267,32 +267,25 @@ impl RateLimitHeaders {
     pub(crate) fn write_for_validation_with(
         self, validation: &Validation, cache: Option<&PolicyHeaders>, out: &mut impl HeaderSink,
     ) {
-        let closest = validation.closest_rate_limit();
         match self {
             Self::None => {}
             Self::Legacy => {
-                if let Some((_, status)) = closest {
+                if let Some((_, status)) = validation.closest_rate_limit() {
                     legacy(status, out);
                 }
             }
             Self::Draft if cache.is_some() && validation.credits.is_none() && limits_all_checked(validation) => {
                 let (Some(cache), Some(policy)) = (cache, validation.policy.as_ref()) else { return };
-                cache.with_rendered(policy, validation.checked_at(), |rendered| {
+                cache.with_rendered(policy, validation.checked_at(), |rendered, last_state| {
                     if let Some(value) = &rendered.policy {
                         out.append_shared(names::RATELIMIT_POLICY, value);
                     }
                     if let Some((index, status)) = closest_index(validation) {
-                        // The prefix and two numbers written straight into
-                        // the thread's arena, shared, so that a sink that
-                        // keeps shared bytes does not copy it again.
-                        let (mut remaining, mut reset) = (itoa::Buffer::new(), itoa::Buffer::new());
-                        let value = SharedHeaderValue::per_response(&[
-                            rendered.state_prefixes[index].as_bytes(),
-                            remaining.format(status.remaining).as_bytes(),
-                            b";t=",
-                            reset.format(retry_after_secs(status.reset)).as_bytes(),
-                        ]);
-                        out.append_shared(names::RATELIMIT, &value);
+                        let reset = retry_after_secs(status.reset);
+                        out.append_shared(
+                            names::RATELIMIT,
+                            rendered.state_value(last_state, index, status.remaining, reset),
+                        );
                     }
                 });
             }
@@ -305,6 +298,7 @@ impl RateLimitHeaders {
                     quota_policy(&mut policies, quota, month_secs(validation.checked_at()));
                 }
                 let credits = validation.credits.as_ref();
+                let closest = validation.closest_rate_limit();
                 if let Some(credits) = credits {
                     credits_policy(&mut policies, credits, validation.checked_at());
                 }
@@ -345,13 +339,16 @@ impl RateLimitHeaders {
 
 /// A header value in shared bytes, visible ASCII, cloned without copying:
 /// rendered once for every response that carries it (a policy's
-/// `RateLimit-Policy`), or per response in a per-thread arena (`RateLimit`). Adapters hand its bytes to their framework's header value as
-/// they are ([`HeaderSink::append_shared`]).
+/// `RateLimit-Policy`), or per response in a per-thread arena (`RateLimit`,
+/// kept by its thread while the next responses carry the same value).
+/// Adapters hand its bytes to their framework's header value as they are
+/// ([`HeaderSink::append_shared`]).
 #[derive(Clone)]
 pub struct SharedHeaderValue {
     bytes: Bytes,
-    /// For a value rendered once: the adapter's own header value, made from
-    /// `bytes` the first time it is written (`None` for a per-response value).
+    /// For a value rendered once, or written per response and come back:
+    /// the adapter's own header value, made from `bytes` the first time it
+    /// is written (`None` for a per-response value until it comes back).
     converted: Option<Arc<OnceLock<Box<dyn Any + Send + Sync>>>>,
 }
 
@@ -378,9 +375,10 @@ impl SharedHeaderValue {
     }
 
     /// The framework's header value for these bytes: made by `convert`
-    /// once for a value rendered once (a policy's `RateLimit-Policy`), and
-    /// cloned from then on, so that its bytes are not checked again per
-    /// response; made each time for a per-response value. `None` when
+    /// once for a value rendered once (a policy's `RateLimit-Policy`) or
+    /// come back (a `RateLimit` with the same numbers), and cloned from
+    /// then on, so that its bytes are not checked again per response; made
+    /// each time for a per-response value until it comes back. `None` when
     /// `convert` refuses the bytes.
     pub fn converted<T>(&self, convert: impl Fn(&Bytes) -> Option<T>) -> Option<T>
     where
@@ -456,7 +454,23 @@ thread_local! {
     /// address names no other policy while it is here), with its
     /// rendering: consecutive requests of one policy find it without the
     /// shared map's lock or hash, and with no reference count changed.
-    static LAST_RENDERED: RefCell<Option<(Arc<Policy>, Arc<RenderedPolicy>)>> = const { RefCell::new(None) };
+    static LAST_RENDERED: RefCell<Option<HeldRendering>> = const { RefCell::new(None) };
+}
+
+/// What [`LAST_RENDERED`] holds.
+struct HeldRendering {
+    policy: Arc<Policy>,
+    rendered: Arc<RenderedPolicy>,
+    /// The `RateLimit` value this thread wrote last with `rendered`.
+    last_state: Option<StateValue>,
+}
+
+/// A `RateLimit` value with the numbers it was written from.
+struct StateValue {
+    index: usize,
+    remaining: u32,
+    reset: u64,
+    value: SharedHeaderValue,
 }
 
 struct RenderedPolicy {
@@ -478,6 +492,41 @@ impl RenderedPolicy {
     /// month of another length than `month_secs`.
     fn in_month(&self, policy: &Policy, month_secs: impl FnOnce() -> u64) -> bool {
         policy.quota.is_none_or(|q| q.monthly.is_none()) || self.month_secs == month_secs()
+    }
+
+    /// The `RateLimit` value of limit `index` with `remaining` requests
+    /// left and `reset` seconds: the thread's last one when it has the
+    /// same numbers, else the prefix and the two numbers written straight
+    /// into the thread's arena, shared (so that a sink that keeps shared
+    /// bytes does not copy it again). The same numbers come back request
+    /// after request for every key under its limit's rate, whichever key:
+    /// GCRA leaves it its burst less one, full again one emission
+    /// interval later.
+    /// A value that comes back gets a slot for the adapter's header value,
+    /// so that from then on its bytes are neither written nor checked per
+    /// response.
+    fn state_value<'a>(
+        &self, last: &'a mut Option<StateValue>, index: usize, remaining: u32, reset: u64,
+    ) -> &'a SharedHeaderValue {
+        let came_back =
+            last.as_ref().is_some_and(|state| (state.index, state.remaining, state.reset) == (index, remaining, reset));
+        if !came_back {
+            *last = None;
+        }
+        let state = last.get_or_insert_with(|| {
+            let (mut remaining_digits, mut reset_digits) = (itoa::Buffer::new(), itoa::Buffer::new());
+            let value = SharedHeaderValue::per_response(&[
+                self.state_prefixes[index].as_bytes(),
+                remaining_digits.format(remaining).as_bytes(),
+                b";t=",
+                reset_digits.format(reset).as_bytes(),
+            ]);
+            StateValue { index, remaining, reset, value }
+        });
+        if came_back {
+            state.value.converted.get_or_insert_with(Arc::default);
+        }
+        &state.value
     }
 
     fn render(policy: &Policy, month_secs: u64) -> Self {
@@ -510,24 +559,28 @@ impl RenderedPolicy {
 
 impl PolicyHeaders {
     /// Calls `write` with `policy`'s rendering at `now`, rendered first if
-    /// this policy, as it is now, has none. The thread's last rendering is
-    /// used when it is of this very policy value (a policy is immutable
-    /// behind its `Arc`); else the gate's, which is kept in the thread
-    /// for the next request.
+    /// this policy, as it is now, has none, and the `RateLimit` value the
+    /// thread wrote last with it. The thread's last rendering is used when
+    /// it is of this very policy value (a policy is immutable behind its
+    /// `Arc`); else the gate's, which is kept in the thread for the next
+    /// request.
     fn with_rendered<R>(
-        &self, policy: &Arc<Policy>, now: DateTime<Utc>, write: impl FnOnce(&RenderedPolicy) -> R,
+        &self, policy: &Arc<Policy>, now: DateTime<Utc>,
+        write: impl FnOnce(&RenderedPolicy, &mut Option<StateValue>) -> R,
     ) -> R {
         LAST_RENDERED.with_borrow_mut(|last| {
-            if let Some((held, rendered)) = last.as_ref()
-                && Arc::ptr_eq(held, policy)
-                && rendered.in_month(policy, || month_secs(now))
-            {
-                return write(rendered);
+            let current = last.as_ref().is_some_and(|held| {
+                Arc::ptr_eq(&held.policy, policy) && held.rendered.in_month(policy, || month_secs(now))
+            });
+            if !current {
+                *last = None;
             }
-            let rendered = self.shared_rendering(policy, now);
-            let written = write(&rendered);
-            *last = Some((Arc::clone(policy), rendered));
-            written
+            let held = last.get_or_insert_with(|| HeldRendering {
+                policy: Arc::clone(policy),
+                rendered: self.shared_rendering(policy, now),
+                last_state: None,
+            });
+            write(&held.rendered, &mut held.last_state)
         })
     }
 
@@ -555,8 +608,12 @@ fn limits_all_checked(validation: &Validation) -> bool {
 }
 
 /// The index, in the policy's `rate_limits`, of the limit closest to
-/// refusing, with its state.
+/// refusing, with its state (asked only when every limit has a state).
 fn closest_index(validation: &Validation) -> Option<(usize, &RateLimitStatus)> {
+    // One limit, as most policies have: there is no choice to make.
+    if let [status] = &validation.rate_limits[..] {
+        return Some((0, status));
+    }
     let (closest, _) = validation.closest_rate_limit()?;
     validation
         .rate_limit_states()
@@ -709,7 +766,7 @@ mod shared_value_tests {
 
     use bytes::Bytes;
 
-    use super::{ARENA_BYTES, SharedHeaderValue};
+    use super::{ARENA_BYTES, RenderedPolicy, SharedHeaderValue};
 
     #[test]
     fn a_value_rendered_once_reads_back_compares_by_bytes_and_debugs_as_text() {
@@ -747,6 +804,43 @@ mod shared_value_tests {
         let per_response = SharedHeaderValue::per_response(&[b"abc"]);
         assert_eq!((per_response.converted(length), per_response.converted(length)), (Some(3), Some(3)));
         assert_eq!(calls.get(), 4, "a per-response value is converted each time");
+    }
+
+    #[test]
+    fn a_ratelimit_value_with_the_same_numbers_is_written_once_and_converted_once() {
+        let rendered = RenderedPolicy {
+            rate_limits: Vec::new(),
+            quota: None,
+            month_secs: 0,
+            policy: None,
+            state_prefixes: vec![r#""burst";r="#.to_owned(), r#""hourly";r="#.to_owned()],
+        };
+        let calls = Cell::new(0);
+        let convert = |bytes: &Bytes| {
+            calls.set(calls.get() + 1);
+            Some(bytes.clone())
+        };
+        let mut last = None;
+        let first = rendered.state_value(&mut last, 0, 9, 1).clone();
+        assert_eq!(first.as_str(), r#""burst";r=9;t=1"#);
+        assert_eq!(first.converted(convert).as_deref(), Some(first.bytes().as_ref()));
+        let again = rendered.state_value(&mut last, 0, 9, 1).clone();
+        assert_eq!(again.bytes().as_ptr(), first.bytes().as_ptr(), "the same numbers: the same value");
+        assert_eq!(again.converted(convert), again.clone().converted(convert));
+        assert_eq!(
+            rendered.state_value(&mut last, 0, 9, 1).converted(convert).as_deref(),
+            Some(first.bytes().as_ref())
+        );
+        assert_eq!(calls.get(), 2, "converted once when written, once when it came back");
+
+        let written = |last: &mut Option<_>, index, remaining, reset| {
+            rendered.state_value(last, index, remaining, reset).as_str().to_owned()
+        };
+        assert_eq!(written(&mut last, 0, 8, 1), r#""burst";r=8;t=1"#);
+        assert_eq!(written(&mut last, 0, 8, 2), r#""burst";r=8;t=2"#);
+        assert_eq!(written(&mut last, 1, 8, 2), r#""hourly";r=8;t=2"#);
+        assert_eq!(written(&mut last, 0, 9, 1), r#""burst";r=9;t=1"#);
+        assert_eq!(written(&mut last, 0, 9, 1), r#""burst";r=9;t=1"#);
     }
 
     #[test]
