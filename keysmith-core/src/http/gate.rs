@@ -423,6 +423,7 @@ impl Gate {
 
 /// Route template `route`: its number in the routes table, or a copy when
 /// the table is full.
+#[inline]
 fn route_text(texts: &UsageTexts, route: &str) -> Text {
     texts.route(route).map_or_else(|| Text::Shared(SharedStr::copied(route)), Text::Id)
 }

@@ -121,6 +121,7 @@ impl<T: Hash + Eq + Clone> Table<T> {
 impl Table<SharedStr> {
     /// The number of `text` if the table holds it: this thread's last
     /// text of its `kind` if it is that one, else from the map.
+    #[inline]
     fn number(&self, text: &str, kind: Kind) -> Option<u32> {
         let last = LAST.with_borrow(|last| match &last.texts[kind as usize] {
             Some((table, held, id)) if *table == self.serial && held.as_str() == text => Some(*id),
@@ -171,6 +172,7 @@ impl UsageTexts {
     pub(crate) const UNMATCHED: u32 = 0;
 
     /// The number of route template `route`, `None` when the table is full.
+    #[inline]
     pub(crate) fn route(&self, route: &str) -> Option<u32> {
         let routes = &self.routes;
         routes.number(route, Kind::Route).or_else(|| routes.add(SharedStr::copied(route)))
