@@ -127,9 +127,8 @@ const SHARD_BATCH: usize = 64;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct UsageEntry {
     key_id: KeyId,
-    /// The client address: IPv6 octets, or IPv4 in the first four, as
-    /// `ip_kind` says.
-    ip: [u8; 16],
+    /// 17 bytes, as packed as it gets.
+    ip: Option<IpAddr>,
     /// The validation's `checked_at`, as is (a conversion to an integer
     /// and back is calendar arithmetic on each side).
     timestamp: DateTime<Utc>,
@@ -141,8 +140,6 @@ pub(crate) struct UsageEntry {
     user_agent: u32,
     method: u8,
     status: u16,
-    /// 0 unknown, 4 or 6.
-    ip_kind: u8,
 }
 
 /// What an entry names, by number: each from its table in
@@ -220,17 +217,8 @@ impl UsageEntry {
                 SPILLED
             }
         };
-        let (ip_kind, ip) = match ip {
-            None => (0, [0; 16]),
-            Some(IpAddr::V4(v4)) => {
-                let mut octets = [0; 16];
-                octets[..4].copy_from_slice(&v4.octets());
-                (4, octets)
-            }
-            Some(IpAddr::V6(v6)) => (6, v6.octets()),
-        };
         let EntryNames { tenant, endpoint, user_agent, method } = names;
-        Self { key_id, ip, timestamp, latency, tenant, endpoint, user_agent, method, status, ip_kind }
+        Self { key_id, ip, timestamp, latency, tenant, endpoint, user_agent, method, status }
     }
 
     /// Whether a [`Spill`] was queued after it.
@@ -260,11 +248,7 @@ impl UsageEntry {
             endpoint: texts.routes.get(names.endpoint).cloned().unwrap_or_default(),
             method: SharedStr::standard_method(names.method).map(SharedStr::from).unwrap_or_default(),
             status: self.status,
-            ip: match self.ip_kind {
-                4 => Some(IpAddr::from([self.ip[0], self.ip[1], self.ip[2], self.ip[3]])),
-                6 => Some(IpAddr::from(self.ip)),
-                _ => None,
-            },
+            ip: self.ip,
             user_agent: (names.user_agent != NO_USER_AGENT)
                 .then(|| texts.user_agents.get(names.user_agent).cloned().unwrap_or_default()),
             latency: Duration::from_nanos(u64::from(self.latency)),

@@ -3,7 +3,7 @@
 //! queues that; the writer turns numbers back into values once per batch.
 
 use std::borrow::Borrow;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard};
@@ -42,15 +42,13 @@ pub(crate) struct Table<T: Hash + Eq> {
 /// marks (see [`UsageEntry`](super::UsageEntry)).
 const MAX_NUMBERS: usize = (u32::MAX - 2) as usize;
 
-/// Each thread's last number found in each kind of table, with the table's
-/// serial: a route, user agent and key repeat from one request to the
-/// next, and are then found by one comparison, without the map's hash or
-/// its lock (whose counter every core would write).
+/// Each thread's last text found in each kind of table, with the table's
+/// serial: a route and a user agent repeat from one request to the next,
+/// and are then found by one comparison, without the map's hash or its
+/// lock (whose counter every core would write).
 struct Last {
     /// By [`Kind`].
     texts: [Option<(u64, SharedStr, u32)>; 2],
-    /// By the key, whose tenant never changes.
-    tenant: Option<(u64, KeyId, u32)>,
 }
 
 /// Which of the thread's last texts a table of texts keeps.
@@ -61,7 +59,11 @@ enum Kind {
 }
 
 thread_local! {
-    static LAST: RefCell<Last> = const { RefCell::new(Last { texts: [None, None], tenant: None }) };
+    static LAST: RefCell<Last> = const { RefCell::new(Last { texts: [None, None] }) };
+    /// The last key whose tenant this thread numbered, by the key (whose
+    /// tenant never changes); apart from [`LAST`], as a value with nothing
+    /// to drop is read without a borrow or a destructor's registration.
+    static LAST_TENANT: Cell<Option<(u64, KeyId, u32)>> = const { Cell::new(None) };
 }
 
 impl<T: Hash + Eq + Clone> Table<T> {
@@ -200,18 +202,17 @@ impl UsageTexts {
     /// there is room; `None` when the table is full.
     pub(crate) fn tenant(&self, key: &Key) -> Option<u32> {
         let table = &self.tenants;
-        let cached = LAST.with_borrow(|cache| match cache.tenant {
-            Some((serial, key_id, id)) if serial == table.serial && key_id == key.id => Some(id),
-            _ => None,
-        });
-        if cached.is_some() {
-            return cached;
+        if let Some((serial, key_id, id)) = LAST_TENANT.get()
+            && serial == table.serial
+            && key_id == key.id
+        {
+            return Some(id);
         }
         let id = match table.find(&key.tenant) {
             Some(id) => id,
             None => table.add(SharedTenant::from(&key.tenant))?,
         };
-        LAST.with_borrow_mut(|cache| cache.tenant = Some((table.serial, key.id, id)));
+        LAST_TENANT.set(Some((table.serial, key.id, id)));
         Some(id)
     }
 
