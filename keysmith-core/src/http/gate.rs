@@ -576,8 +576,8 @@ impl UsageDraft {
 
     /// The queued entry (and what its tables could not number), naming
     /// `routed` if the endpoint was not known before, else
-    /// [`UNMATCHED_ROUTE`](super::UNMATCHED_ROUTE); a user agent the table did not know is added
-    /// now that the request has passed.
+    /// [`UNMATCHED_ROUTE`](super::UNMATCHED_ROUTE); a user agent the table
+    /// did not know is added now that the request has passed.
     fn entry(
         &self, key: &ApiKey, status: u16, routed: Option<Text>, texts: &UsageTexts,
     ) -> (UsageEntry, Option<Box<Spill>>) {
