@@ -14,9 +14,10 @@ impl Engine {
         self.inner.usage.record(record);
     }
 
-    /// Queues an adapter's usage entry (see [`record_usage`](Self::record_usage)).
-    pub(crate) fn record_entry(&self, entry: crate::usage::UsageEntry) {
-        self.inner.usage.record_entry(entry);
+    /// Queues an adapter's usage entry and the values its tables could not
+    /// number (see [`record_usage`](Self::record_usage)).
+    pub(crate) fn record_entry(&self, entry: crate::usage::UsageEntry, spill: Option<Box<crate::usage::Spill>>) {
+        self.inner.usage.record_entry(entry, spill);
     }
 
     /// The tables whose numbers queued usage entries carry.

@@ -13,10 +13,10 @@ use std::time::Instant;
 use super::headers::{PolicyHeaders, names};
 use super::{
     ApiKey, HeaderLookup, HeaderSink, KeySources, RateLimitHeaders, RefusalResponse, ScopeRequirement, TrustedProxies,
-    UNMATCHED_ROUTE, UsageEndpoint,
+    UsageEndpoint,
 };
 use crate::usage::texts::{Text, UsageTexts};
-use crate::usage::{SharedStr, SharedTenant, UsageEntry};
+use crate::usage::{EntryNames, NO_USER_AGENT, SharedStr, SharedTenant, Spill, UsageEntry};
 use crate::{Engine, PresentedKey, Refusal, RequestContext, UsageId, UsageRecord, Validation, ValidationError};
 
 /// `User-Agent` values are cut to this many bytes in usage records.
@@ -351,15 +351,15 @@ impl Gate {
         let texts = config.engine.usage_texts();
         let endpoint = match config.usage_endpoint {
             UsageEndpoint::RawPath => Some(Text::Shared(SharedStr::copied(request.path))),
-            UsageEndpoint::Route => request.route.map(|route| texts.routes.intern(route)),
+            UsageEndpoint::Route => request.route.map(|route| route_text(texts, route)),
         };
         let draft = UsageDraft {
-            method: SharedStr::method(request.method),
+            method: SharedStr::method_code(request.method).ok_or_else(|| SharedStr::copied(request.method)),
             endpoint,
             ip: config.proxies.client_ip(request.peer, &request.headers),
             // Added to the table only once the request has passed.
             user_agent: header_text(&request.headers, names::Known::USER_AGENT, MAX_USER_AGENT_LEN)
-                .map(|agent| texts.user_agents.lookup(&agent)),
+                .map(|agent| texts.look_up_user_agent(&agent)),
             started,
         };
         // Borrowed while validation needs no future; copied only for one.
@@ -384,7 +384,7 @@ impl Gate {
     /// has answered.
     fn context<'a>(&'a self, draft: &'a UsageDraft, origin: Option<&'a str>) -> RequestContext<'a> {
         let mut ctx = RequestContext::new();
-        ctx.method = Some(&draft.method);
+        ctx.method = Some(draft.method());
         ctx.ip = draft.ip;
         ctx.origin = origin;
         ctx.app_id = self.config.app_id.as_deref();
@@ -399,7 +399,7 @@ impl Gate {
             Ok(validation) => Outcome::Pass(Admitted { key: ApiKey::admitted(validation, draft), gate: self }),
             Err(ValidationError::Refused(refusal)) => Outcome::Refuse(self.refusal(refusal)),
             Err(ValidationError::Failed(error)) => {
-                tracing::warn!(target: "keysmith::http", %error, method = %draft.method,
+                tracing::warn!(target: "keysmith::http", %error, method = draft.method(),
                     "API key validation failed; answering 503");
                 Outcome::Refuse(RefusalResponse::unavailable())
             }
@@ -419,6 +419,13 @@ impl Gate {
             self.outcome(result, draft)
         }
     }
+}
+
+/// Route template `route`: its number in the routes table, or a copy when
+/// the table is full.
+#[inline]
+fn route_text(texts: &UsageTexts, route: &str) -> Text {
+    texts.route(route).map_or_else(|| Text::Shared(SharedStr::copied(route)), Text::Id)
 }
 
 /// The first value of header `name` as text (lossy), cut to `max` bytes.
@@ -456,7 +463,8 @@ pub struct Admitted {
 /// the handler has answered.
 #[derive(Clone)]
 pub(super) struct UsageDraft {
-    method: SharedStr,
+    /// A standard method's code, or another method copied.
+    method: Result<u8, SharedStr>,
     /// The endpoint when known before the handler runs: the raw path
     /// (opted in) or the route the framework had matched; else the route
     /// read from the response, or `unmatched`.
@@ -473,7 +481,7 @@ impl fmt::Debug for Admitted {
         let draft = self.draft();
         f.debug_struct("Admitted")
             .field("key", &self.key)
-            .field("method", &draft.method)
+            .field("method", &draft.method())
             .field("endpoint", &draft.endpoint)
             .field("ip", &draft.ip)
             .finish_non_exhaustive()
@@ -524,7 +532,8 @@ impl Admitted {
     #[must_use]
     pub fn usage_record(&self, status: u16) -> UsageRecord {
         let texts = self.gate.engine().usage_texts();
-        self.draft().entry(&self.key, status, None, texts).into_record(UsageId::new(), &texts.read())
+        let (entry, spill) = self.draft().entry(&self.key, status, None, texts);
+        entry.into_record(UsageId::new(), &texts.read(), spill)
     }
 
     /// Queues the usage record of this request answered with `status`;
@@ -548,29 +557,55 @@ impl Admitted {
             let texts = engine.usage_texts();
             let routed = match draft.endpoint {
                 Some(_) => None,
-                None => route().map(|route| texts.routes.intern(&route)),
+                None => route().map(|route| route_text(texts, &route)),
             };
-            engine.record_entry(draft.entry(&self.key, status, routed, texts));
+            let (entry, spill) = draft.entry(&self.key, status, routed, texts);
+            engine.record_entry(entry, spill);
         }
     }
 }
 
 impl UsageDraft {
-    /// The queued entry, naming `routed` if the endpoint was not known
-    /// before; a user agent the table did not know is added now that the
-    /// request has passed.
-    fn entry(&self, key: &ApiKey, status: u16, routed: Option<Text>, texts: &UsageTexts) -> UsageEntry {
-        UsageEntry {
-            key_id: key.id(),
-            tenant: SharedTenant::of_key(&key.validation().key),
-            endpoint: self.endpoint.clone().or(routed).unwrap_or(Text::Shared(SharedStr::from(UNMATCHED_ROUTE))),
-            method: self.method.clone(),
-            status,
-            ip: self.ip,
-            user_agent: self.user_agent.clone().map(|agent| texts.user_agents.settle(agent)),
-            latency: self.started.elapsed(),
-            timestamp: key.validation().checked_at(),
+    /// The request's method.
+    fn method(&self) -> &str {
+        match &self.method {
+            Ok(code) => SharedStr::standard_method(*code).unwrap_or_default(),
+            Err(other) => other,
         }
+    }
+
+    /// The queued entry (and what its tables could not number), naming
+    /// `routed` if the endpoint was not known before, else
+    /// [`UNMATCHED_ROUTE`](super::UNMATCHED_ROUTE); a user agent the table
+    /// did not know is added now that the request has passed.
+    fn entry(
+        &self, key: &ApiKey, status: u16, routed: Option<Text>, texts: &UsageTexts,
+    ) -> (UsageEntry, Option<Box<Spill>>) {
+        let validation = key.validation();
+        let mut spill = None;
+        let names = EntryNames {
+            tenant: texts
+                .tenant(&validation.key)
+                .unwrap_or_else(|| Spill::tenant(&mut spill, SharedTenant::of_key(&validation.key))),
+            endpoint: match self.endpoint.as_ref().or(routed.as_ref()) {
+                Some(Text::Id(id)) => *id,
+                Some(Text::Shared(text)) => Spill::endpoint(&mut spill, text.clone()),
+                None => UsageTexts::UNMATCHED,
+            },
+            user_agent: match &self.user_agent {
+                None => NO_USER_AGENT,
+                Some(agent) => {
+                    texts.settle_user_agent(agent).unwrap_or_else(|agent| Spill::user_agent(&mut spill, agent))
+                }
+            },
+            method: match &self.method {
+                Ok(code) => *code,
+                Err(other) => Spill::method(&mut spill, other.clone()),
+            },
+        };
+        let latency = self.started.elapsed();
+        let at = validation.checked_at();
+        (UsageEntry::new(validation.key.id, names, status, self.ip, latency, at, &mut spill), spill)
     }
 }
 

@@ -332,13 +332,14 @@ pub async fn stored_requests(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::Hasher as _;
     use crate::store::{KeyStore as _, UsageStore as _};
     use crate::{Environment, KeyState, MemoryStore, Tenant, UsageId};
 
-    fn key(tenant: &Tenant, at: DateTime<Utc>) -> Key {
+    /// An active key of `tenant` made at `at`.
+    pub(in crate::usage) fn key(tenant: &Tenant, at: DateTime<Utc>) -> Key {
         let id = KeyId::new();
         Key {
             id,

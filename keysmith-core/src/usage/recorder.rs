@@ -36,9 +36,9 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::quota::QuotaTracker;
-use super::texts::{Text, UsageTexts};
+use super::texts::{Reader, TextsRead, UsageTexts};
 use super::{Period, RefusalReason, SharedStr, SharedTenant, UsageBatch, UsageCounts, UsageDelta, UsageRecord};
-use crate::{Key, KeyId, Store, UsageId};
+use crate::{Key, KeyId, Store, Tenant, UsageId};
 
 /// Counter: usage records dropped because the queue was full or closed.
 const DROPPED_TOTAL: &str = "keysmith_usage_dropped_total";
@@ -116,50 +116,161 @@ pub struct UsageStats {
 /// message.
 const SHARD_BATCH: usize = 64;
 
-/// A passed request's usage as the request path queues it: what a
-/// [`UsageRecord`] holds, less its id (assigned by the writer), its text
-/// as numbers of the engine's [`UsageTexts`] where they have them.
-#[derive(Debug, Clone)]
+/// A passed request's usage as the request path queues it: 64 bytes of
+/// numbers, no `Arc` and no text, pushed into its thread's buffer as is.
+/// The writer turns it into a [`UsageRecord`]: it numbers the record
+/// ([`UsageId`]) and reads route, user agent and tenant back from the
+/// engine's [`UsageTexts`] once per batch. What no table could number (a
+/// full table, the raw path, a method outside the standard ones, a latency
+/// of seconds) goes beside it in a [`Spill`], and the entry carries
+/// [`SPILLED`] there.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct UsageEntry {
-    pub(crate) key_id: KeyId,
-    pub(crate) tenant: SharedTenant,
-    pub(crate) endpoint: Text,
-    pub(crate) method: SharedStr,
-    pub(crate) status: u16,
-    pub(crate) ip: Option<IpAddr>,
-    pub(crate) user_agent: Option<Text>,
-    pub(crate) latency: Duration,
-    pub(crate) timestamp: DateTime<Utc>,
+    key_id: KeyId,
+    /// 17 bytes, as packed as it gets.
+    ip: Option<IpAddr>,
+    /// The validation's `checked_at`, as is (a conversion to an integer
+    /// and back is calendar arithmetic on each side).
+    timestamp: DateTime<Utc>,
+    /// Nanoseconds to answer (up to 4.29 s).
+    latency: u32,
+    /// [`EntryNames`], laid out flat (as a struct it would be padded).
+    tenant: u32,
+    endpoint: u32,
+    user_agent: u32,
+    method: u8,
+    status: u16,
+}
+
+/// What an entry names, by number: each from its table in
+/// [`UsageTexts`], or [`SPILLED`] (for the method [`SPILLED_METHOD`])
+/// where a [`Spill`] holds the value.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EntryNames {
+    pub(crate) tenant: u32,
+    pub(crate) endpoint: u32,
+    /// [`NO_USER_AGENT`] when the request sent none.
+    pub(crate) user_agent: u32,
+    /// A standard method's code ([`SharedStr::method_code`]).
+    pub(crate) method: u8,
+}
+
+/// An entry's number that stands for a value in its [`Spill`].
+const SPILLED: u32 = u32::MAX;
+/// An entry's user agent when the request sent none.
+pub(crate) const NO_USER_AGENT: u32 = u32::MAX - 1;
+/// An entry's method that is in its [`Spill`].
+const SPILLED_METHOD: u8 = u8::MAX;
+
+/// The values of an entry that no table numbered, queued right after it;
+/// boxed, as most entries have none.
+#[derive(Debug, Default)]
+pub(crate) struct Spill {
+    tenant: Option<SharedTenant>,
+    endpoint: Option<SharedStr>,
+    method: Option<SharedStr>,
+    user_agent: Option<SharedStr>,
+    latency: Option<Duration>,
+}
+
+impl Spill {
+    fn of(slot: &mut Option<Box<Spill>>) -> &mut Spill {
+        slot.get_or_insert_with(Box::default)
+    }
+
+    /// Puts `tenant` in the entry's spill; the number that says so.
+    pub(crate) fn tenant(slot: &mut Option<Box<Spill>>, tenant: SharedTenant) -> u32 {
+        Self::of(slot).tenant = Some(tenant);
+        SPILLED
+    }
+
+    /// Puts `endpoint` in the entry's spill; the number that says so.
+    pub(crate) fn endpoint(slot: &mut Option<Box<Spill>>, endpoint: SharedStr) -> u32 {
+        Self::of(slot).endpoint = Some(endpoint);
+        SPILLED
+    }
+
+    /// Puts `method` in the entry's spill; the code that says so.
+    pub(crate) fn method(slot: &mut Option<Box<Spill>>, method: SharedStr) -> u8 {
+        Self::of(slot).method = Some(method);
+        SPILLED_METHOD
+    }
+
+    /// Puts `agent` in the entry's spill; the number that says so.
+    pub(crate) fn user_agent(slot: &mut Option<Box<Spill>>, agent: SharedStr) -> u32 {
+        Self::of(slot).user_agent = Some(agent);
+        SPILLED
+    }
 }
 
 impl UsageEntry {
-    /// The record, numbered `id`, its text read from `texts`.
-    pub(crate) fn into_record(self, id: UsageId, texts: &TextsRead<'_>) -> UsageRecord {
-        UsageRecord {
+    /// The entry of a request of `key_id` answered with `status`; a latency
+    /// past what it holds goes into `spill`.
+    pub(crate) fn new(
+        key_id: KeyId, names: EntryNames, status: u16, ip: Option<IpAddr>, latency: Duration, timestamp: DateTime<Utc>,
+        spill: &mut Option<Box<Spill>>,
+    ) -> Self {
+        let latency = match u32::try_from(latency.as_nanos()) {
+            Ok(nanos) if nanos != SPILLED => nanos,
+            _ => {
+                Spill::of(spill).latency = Some(latency);
+                SPILLED
+            }
+        };
+        let EntryNames { tenant, endpoint, user_agent, method } = names;
+        Self { key_id, ip, timestamp, latency, tenant, endpoint, user_agent, method, status }
+    }
+
+    /// Whether a [`Spill`] was queued after it.
+    fn spilled(&self) -> bool {
+        self.tenant == SPILLED
+            || self.endpoint == SPILLED
+            || self.user_agent == SPILLED
+            || self.method == SPILLED_METHOD
+            || self.latency == SPILLED
+    }
+
+    /// The key's tenant, from the spill or the table.
+    fn tenant(&self, tenants: &Reader<'_, SharedTenant>, spill: Option<&Spill>) -> SharedTenant {
+        let spilled = spill.and_then(|spill| spill.tenant.clone());
+        spilled.or_else(|| tenants.get(self.tenant).cloned()).unwrap_or_else(unknown_tenant)
+    }
+
+    /// The record, numbered `id`, its values read from `texts` and `spill`.
+    /// Inlined: the record is then built where the writer keeps it.
+    #[inline]
+    pub(crate) fn into_record(self, id: UsageId, texts: &TextsRead<'_>, spill: Option<Box<Spill>>) -> UsageRecord {
+        let names = self;
+        let mut record = UsageRecord {
             id,
             key_id: self.key_id,
-            tenant: self.tenant,
-            endpoint: texts.routes.text(self.endpoint),
-            method: self.method,
+            tenant: texts.tenants.get(names.tenant).cloned().unwrap_or_else(unknown_tenant),
+            endpoint: texts.routes.get(names.endpoint).cloned().unwrap_or_default(),
+            method: SharedStr::standard_method(names.method).map(SharedStr::from).unwrap_or_default(),
             status: self.status,
             ip: self.ip,
-            user_agent: self.user_agent.map(|agent| texts.user_agents.text(agent)),
-            latency: self.latency,
+            user_agent: (names.user_agent != NO_USER_AGENT)
+                .then(|| texts.user_agents.get(names.user_agent).cloned().unwrap_or_default()),
+            latency: Duration::from_nanos(u64::from(self.latency)),
             timestamp: self.timestamp,
+        };
+        if let Some(spill) = spill {
+            let Spill { tenant, endpoint, method, user_agent, latency } = *spill;
+            record.tenant = tenant.unwrap_or(record.tenant);
+            record.endpoint = endpoint.unwrap_or(record.endpoint);
+            record.method = method.unwrap_or(record.method);
+            record.user_agent = user_agent.or(record.user_agent);
+            record.latency = latency.unwrap_or(record.latency);
         }
+        record
     }
 }
 
-/// Both text tables, read-locked for a batch.
-pub(crate) struct TextsRead<'a> {
-    routes: super::texts::TextReader<'a>,
-    user_agents: super::texts::TextReader<'a>,
-}
-
-impl UsageTexts {
-    pub(crate) fn read(&self) -> TextsRead<'_> {
-        TextsRead { routes: self.routes.reader(), user_agents: self.user_agents.reader() }
-    }
+/// The tenant of an entry whose number its table does not hold: never, as
+/// numbers come from the engine's own table, which removes none; the record
+/// is then nobody's rather than lost.
+fn unknown_tenant() -> SharedTenant {
+    SharedTenant::from(Tenant { app_id: String::new(), tenant_id: String::new() })
 }
 
 /// A thread's queued usage: entries from the adapters, whole records from
@@ -169,6 +280,9 @@ impl UsageTexts {
 #[derive(Default)]
 struct Buffer {
     entries: Vec<UsageEntry>,
+    /// The spills of the entries that have one, in their order.
+    #[expect(clippy::vec_box, reason = "kept in the box the request path made, and handed on in it to the writer")]
+    spills: Vec<Box<Spill>>,
     records: Vec<UsageRecord>,
     counted: Counted,
 }
@@ -184,8 +298,9 @@ struct Counted {
 impl Counted {
     /// Adds `counts` of `key_id` at `at` (hour-aligned) to the key's delta;
     /// false, adding nothing, when the key has none yet and `room` says no.
+    /// `tenant` gives the key's tenant for a new delta.
     fn add(
-        &mut self, key_id: KeyId, tenant: &SharedTenant, hour: DateTime<Utc>, counts: &UsageCounts,
+        &mut self, key_id: KeyId, tenant: impl FnOnce() -> SharedTenant, hour: DateTime<Utc>, counts: &UsageCounts,
         room: impl FnOnce() -> bool,
     ) -> bool {
         match self.deltas.entry((key_id, hour)) {
@@ -194,7 +309,7 @@ impl Counted {
                 if !room() {
                     return false;
                 }
-                vacant.insert(UsageDelta { key_id, tenant: tenant.clone(), hour, counts: *counts });
+                vacant.insert(UsageDelta { key_id, tenant: tenant(), hour, counts: *counts });
             }
         }
         self.requests += 1;
@@ -311,31 +426,37 @@ impl UsageRecorder {
     /// Queues a record without waiting; a full queue drops it and counts.
     pub(crate) fn record(&self, record: UsageRecord) {
         if self.mode == UsageMode::Aggregates {
-            return self.count(record.key_id, &record.tenant, record.timestamp, &UsageCounts::passed(record.status));
+            let counts = UsageCounts::passed(record.status);
+            return self.count(record.key_id, || record.tenant.clone(), record.timestamp, &counts);
         }
         self.queue(|buffer| buffer.records.push(record));
     }
 
-    /// Queues an entry without waiting; a full queue drops it and counts.
-    pub(crate) fn record_entry(&self, entry: UsageEntry) {
+    /// Queues an entry, and the values its tables could not number, without
+    /// waiting; a full queue drops it and counts.
+    pub(crate) fn record_entry(&self, entry: UsageEntry, spill: Option<Box<Spill>>) {
         if self.mode == UsageMode::Aggregates {
-            return self.count(entry.key_id, &entry.tenant, entry.timestamp, &UsageCounts::passed(entry.status));
+            let tenant = || entry.tenant(&self.texts.tenants.reader(), spill.as_deref());
+            return self.count(entry.key_id, tenant, entry.timestamp, &UsageCounts::passed(entry.status));
         }
-        self.queue(|buffer| buffer.entries.push(entry));
+        self.queue(|buffer| {
+            buffer.entries.push(entry);
+            buffer.spills.extend(spill);
+        });
     }
 
     /// Queues the refusal of `key` for `reason` at `at`: counted in the
     /// key's roll-ups, charged to nothing. Never waits; a full queue drops
     /// it and counts.
     pub(crate) fn record_refusal(&self, key: &Arc<Key>, reason: RefusalReason, at: DateTime<Utc>) {
-        self.count(key.id, &SharedTenant::of_key(key), at, &UsageCounts::refused(reason));
+        self.count(key.id, || SharedTenant::of_key(key), at, &UsageCounts::refused(reason));
     }
 
     /// Adds `counts` to the key's counters for the hour of `at` in the
     /// calling thread's buffer: a place in the queue per key and hour, none
     /// per request. Never waits; a new key and hour when the queue is full
     /// is dropped and counted.
-    fn count(&self, key_id: KeyId, tenant: &SharedTenant, at: DateTime<Utc>, counts: &UsageCounts) {
+    fn count(&self, key_id: KeyId, tenant: impl FnOnce() -> SharedTenant, at: DateTime<Utc>, counts: &UsageCounts) {
         let Some(running) = self.running() else {
             return self.count_dropped(1);
         };
@@ -573,7 +694,7 @@ impl Batch {
         self.records.len() + self.counted.requests
     }
 
-    fn fold(&mut self, key_id: KeyId, tenant: &SharedTenant, at: DateTime<Utc>, counts: &UsageCounts) {
+    fn fold(&mut self, key_id: KeyId, tenant: impl FnOnce() -> SharedTenant, at: DateTime<Utc>, counts: &UsageCounts) {
         self.counted.add(key_id, tenant, Period::Hour.start_of(at), counts, || true);
     }
 }
@@ -742,21 +863,25 @@ impl Worker {
             if keep {
                 batch.records.push_back(record);
             } else {
-                batch.fold(record.key_id, &record.tenant, record.timestamp, &UsageCounts::passed(record.status));
+                let counts = UsageCounts::passed(record.status);
+                batch.fold(record.key_id, || record.tenant.clone(), record.timestamp, &counts);
             }
         }
         if !buffer.entries.is_empty() {
             let texts = Arc::clone(&self.texts);
             let texts = texts.read();
-            for entry in buffer.entries.drain(..) {
+            let mut spills = buffer.spills.drain(..);
+            for &entry in &buffer.entries {
+                let spill = if entry.spilled() { spills.next() } else { None };
                 let keep = self.keeps_next();
                 let batch = &mut self.lanes[lane_of(entry.key_id, lanes)].batch;
                 batch.places += 1;
                 if keep {
                     let id = self.id_bits.id_at(entry.timestamp);
-                    batch.records.push_back(entry.into_record(id, &texts));
+                    batch.records.push_back(entry.into_record(id, &texts, spill));
                 } else {
-                    batch.fold(entry.key_id, &entry.tenant, entry.timestamp, &UsageCounts::passed(entry.status));
+                    let tenant = || entry.tenant(&texts.tenants, spill.as_deref());
+                    batch.fold(entry.key_id, tenant, entry.timestamp, &UsageCounts::passed(entry.status));
                 }
             }
         }
@@ -964,24 +1089,25 @@ mod tests {
         // Ids that counted up would tell a tenant how many records of other
         // tenants were numbered between two of its own.
         let mut worker = worker(1);
-        let tenant = SharedTenant::from(Tenant::new("app", "acme"));
         let at = DateTime::from_timestamp(1_767_225_600, 0).unwrap();
         // Every entry at the same instant, of its own key.
-        let entry = || UsageEntry {
-            timestamp: at,
-            key_id: KeyId::new(),
-            endpoint: worker.texts.routes.intern("/v1/things"),
-            latency: Duration::from_millis(1),
-            tenant: tenant.clone(),
-            ip: None,
-            method: "GET".into(),
-            user_agent: None,
-            status: 200,
+        let entry = || {
+            let mut spill = None;
+            let names = EntryNames {
+                tenant: Spill::tenant(&mut spill, SharedTenant::from(Tenant::new("app", "acme"))),
+                endpoint: UsageTexts::UNMATCHED,
+                method: 0,
+                user_agent: NO_USER_AGENT,
+            };
+            (UsageEntry::new(KeyId::new(), names, 200, None, Duration::from_millis(1), at, &mut spill), spill)
         };
         // More than one read of the OS generator's worth.
         let count = IDS_PER_READ + IDS_PER_READ / 2;
         let mut buffer = Buffer::with_capacity(count);
-        buffer.entries.extend((0..count).map(|_| entry()));
+        for (entry, spill) in (0..count).map(|_| entry()) {
+            buffer.entries.push(entry);
+            buffer.spills.extend(spill);
+        }
         worker.append(buffer);
         let ids: Vec<u128> = worker.lanes[0].batch.records.iter().map(|r| r.id.uuid().as_u128()).collect();
         assert_eq!(ids.len(), count);
@@ -996,6 +1122,81 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_is_64_bytes_and_becomes_the_record_it_was_made_of() {
+        assert!(size_of::<UsageEntry>() <= 64, "{} bytes", size_of::<UsageEntry>());
+        let texts = UsageTexts::default();
+        let at = DateTime::from_timestamp(1_767_225_600, 123_456_789).unwrap();
+        let key = super::super::quota::tests::key(&Tenant::new("app", "acme"), at);
+        let names = EntryNames {
+            tenant: texts.tenant(&key).unwrap(),
+            endpoint: texts.route("/v1/things").unwrap(),
+            method: SharedStr::method_code("PATCH").unwrap(),
+            user_agent: texts.settle_user_agent(&texts.look_up_user_agent("curl/8")).unwrap(),
+        };
+        let latency = Duration::from_nanos(1_234_567);
+        for ip in [None, Some(IpAddr::from([10, 0, 0, 7])), Some("2001:db8::1".parse().unwrap())] {
+            let mut spill = None;
+            let entry = UsageEntry::new(key.id, names, 404, ip, latency, at, &mut spill);
+            assert!(spill.is_none() && !entry.spilled(), "every value numbered");
+            let record = entry.into_record(UsageId::at(at), &texts.read(), spill);
+            assert_eq!(
+                (record.key_id, record.tenant.tenant(), record.status, record.ip),
+                (key.id, &key.tenant, 404, ip)
+            );
+            assert_eq!((record.endpoint.as_str(), record.method.as_str()), ("/v1/things", "PATCH"));
+            assert_eq!((record.user_agent.as_deref(), record.latency, record.timestamp), (Some("curl/8"), latency, at));
+        }
+    }
+
+    #[test]
+    fn what_no_table_numbers_is_queued_beside_its_entry_and_recorded_as_sent() {
+        let mut worker = worker(1);
+        let texts = Arc::clone(&worker.texts);
+        let tenant = SharedTenant::from(Tenant::new("app", "acme"));
+        let route = texts.route("/v1/things").unwrap();
+        let numbered = texts.tenants.add(tenant.clone()).unwrap();
+        let now = DateTime::from_timestamp(1_767_225_600, 5).unwrap();
+        // Past the 4.29 s of nanoseconds an entry holds.
+        let slow = Duration::from_secs(5);
+        let mut buffer = Buffer::default();
+        for n in 0..6_u16 {
+            let spilled = n % 2 == 1;
+            let mut spill = None;
+            let names = if spilled {
+                EntryNames {
+                    tenant: Spill::tenant(&mut spill, tenant.clone()),
+                    endpoint: Spill::endpoint(&mut spill, SharedStr::from(format!("/raw/{n}"))),
+                    method: Spill::method(&mut spill, SharedStr::copied("PROPFIND")),
+                    user_agent: Spill::user_agent(&mut spill, SharedStr::from(format!("agent/{n}"))),
+                }
+            } else {
+                EntryNames { tenant: numbered, endpoint: route, method: 0, user_agent: NO_USER_AGENT }
+            };
+            let latency = if spilled { slow } else { Duration::ZERO };
+            let entry = UsageEntry::new(KeyId::new(), names, 200 + n, None, latency, now, &mut spill);
+            assert_eq!((entry.spilled(), spill.is_some()), (spilled, spilled));
+            buffer.entries.push(entry);
+            buffer.spills.extend(spill);
+        }
+        worker.append(buffer);
+        let records = &worker.lanes[0].batch.records;
+        assert_eq!(records.len(), 6);
+        for (n, record) in (0..6_u16).zip(records) {
+            assert_eq!((record.status, record.tenant.tenant(), record.timestamp), (200 + n, tenant.tenant(), now));
+            if n % 2 == 1 {
+                assert_eq!(
+                    (record.endpoint.as_str(), record.method.as_str()),
+                    (format!("/raw/{n}").as_str(), "PROPFIND")
+                );
+                assert_eq!((record.user_agent.as_deref(), record.latency), (Some(format!("agent/{n}").as_str()), slow));
+            } else {
+                assert_eq!((record.endpoint.as_str(), record.method.as_str()), ("/v1/things", "GET"));
+                assert_eq!((record.user_agent.as_deref(), record.latency), (None, Duration::ZERO));
+            }
+        }
+    }
+
+    #[test]
     fn each_key_goes_to_one_lane_with_its_places_and_requests() {
         let tenant = SharedTenant::from(Tenant::new("app", "acme"));
         let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
@@ -1005,7 +1206,7 @@ mod tests {
             buffer.records.push(record(*key, &tenant, at));
             if n % 3 == 0 {
                 let counts = UsageCounts::refused(RefusalReason::RateLimited);
-                buffer.counted.add(*key, &tenant, Period::Hour.start_of(at), &counts, || true);
+                buffer.counted.add(*key, || tenant.clone(), Period::Hour.start_of(at), &counts, || true);
             }
         }
         let (places, requests) = (buffer.len(), buffer.requests());

@@ -45,10 +45,21 @@ impl SharedStr {
     /// An HTTP method: a standard one without allocating, another copied.
     #[must_use]
     pub fn method(method: &str) -> Self {
-        match METHODS.iter().find(|m| **m == method) {
+        match Self::method_code(method).and_then(Self::standard_method) {
             Some(standard) => Self(Repr::Static(standard)),
             None => Self::copied(method),
         }
+    }
+
+    /// The number of a standard method, which a queued usage entry
+    /// carries instead of the text; `None` for another method.
+    pub(crate) fn method_code(method: &str) -> Option<u8> {
+        METHODS.iter().position(|m| *m == method).and_then(|code| u8::try_from(code).ok())
+    }
+
+    /// The standard method numbered `code`.
+    pub(crate) fn standard_method(code: u8) -> Option<&'static str> {
+        METHODS.get(usize::from(code)).copied()
     }
 
     /// The text.
@@ -227,6 +238,12 @@ impl Deref for SharedTenant {
 
 impl AsRef<Tenant> for SharedTenant {
     fn as_ref(&self) -> &Tenant {
+        self.tenant()
+    }
+}
+
+impl Borrow<Tenant> for SharedTenant {
+    fn borrow(&self) -> &Tenant {
         self.tenant()
     }
 }
