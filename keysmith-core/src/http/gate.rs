@@ -541,7 +541,7 @@ impl Admitted {
     /// route's scope requirement) records nothing.
     ///
     /// Its endpoint is the one known before the handler ran (the raw path
-    /// if opted in, else [`RequestFacts::route`]), or [`UNMATCHED_ROUTE`].
+    /// if opted in, else [`RequestFacts::route`]), or [`UNMATCHED_ROUTE`](super::UNMATCHED_ROUTE).
     pub fn finish(self, status: u16) {
         self.finish_routed(status, || None);
     }
@@ -549,7 +549,7 @@ impl Admitted {
     /// [`finish`](Self::finish) for a framework that matches the route
     /// inside the service it wraps: when the endpoint was not known before
     /// the handler ran, it is the template `route` returns (called at most
-    /// once), or [`UNMATCHED_ROUTE`] if that is `None`.
+    /// once), or [`UNMATCHED_ROUTE`](super::UNMATCHED_ROUTE) if that is `None`.
     pub fn finish_routed<'r>(self, status: u16, route: impl FnOnce() -> Option<Cow<'r, str>>) {
         if !self.key.validation().is_refunded() {
             let draft = self.draft();
