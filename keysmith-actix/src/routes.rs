@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use actix_web::HttpRequest;
 use actix_web::http::Method;
@@ -21,7 +22,10 @@ use actix_web::http::Method;
 #[derive(Debug, Default)]
 pub(crate) struct StaticRoutes {
     /// Path → bit set of [`method_bit`]s.
-    paths: RefCell<HashMap<Box<str>, u16, foldhash::fast::RandomState>>,
+    paths: RefCell<HashMap<Rc<str>, u16, foldhash::fast::RandomState>>,
+    /// The path last answered from `paths`, with its methods: a worker
+    /// serving one route mostly compares the path with it, not hashing it.
+    last: RefCell<Option<(Rc<str>, u16)>>,
 }
 
 impl StaticRoutes {
@@ -39,25 +43,42 @@ impl StaticRoutes {
     pub(crate) fn template<'r>(&self, request: &'r HttpRequest) -> Option<Cow<'r, str>> {
         let path = request.path();
         let method = method_bit(request.method());
-        if method != 0
-            && request.match_info().segment_count() == 0
-            && self.paths.borrow().get(path).is_some_and(|methods| methods & method != 0)
-        {
+        if method != 0 && request.match_info().segment_count() == 0 && self.kept(path, method) {
             return Some(Cow::Borrowed(path));
         }
         let template = request.match_pattern()?;
         if method != 0 && template == path {
             let mut paths = self.paths.borrow_mut();
             let room = paths.len() < Self::MAX_PATHS;
-            match paths.get_mut(path) {
-                Some(methods) => *methods |= method,
+            match paths.get_key_value(path) {
+                Some((kept, &methods)) => {
+                    let (kept, methods) = (Rc::clone(kept), methods | method);
+                    paths.insert(Rc::clone(&kept), methods);
+                    *self.last.borrow_mut() = Some((kept, methods));
+                }
                 None if room => {
-                    paths.insert(path.into(), method);
+                    let kept: Rc<str> = path.into();
+                    paths.insert(Rc::clone(&kept), method);
+                    *self.last.borrow_mut() = Some((kept, method));
                 }
                 None => {}
             }
         }
         Some(Cow::Owned(template))
+    }
+
+    /// Whether `path` is kept with `method`: the last path answered first,
+    /// then the table (whose answer becomes the last).
+    fn kept(&self, path: &str, method: u16) -> bool {
+        if let Some((last, methods)) = &*self.last.borrow()
+            && **last == *path
+        {
+            return methods & method != 0;
+        }
+        let paths = self.paths.borrow();
+        let Some((kept, &methods)) = paths.get_key_value(path) else { return false };
+        *self.last.borrow_mut() = Some((Rc::clone(kept), methods));
+        methods & method != 0
     }
 }
 
@@ -133,6 +154,10 @@ mod tests {
             (Method::GET, "/b#static"),
             (Method::GET, "/b"),
             (Method::GET, "/nowhere/at/all"),
+            // Back to a path kept earlier, then methods its route does not take.
+            (Method::GET, "/a"),
+            (Method::POST, "/a"),
+            (Method::PUT, "/a"),
         ];
         let seen = templates(&requests).await;
         for ((template, pattern), (method, path)) in seen.iter().zip(&requests) {
@@ -142,6 +167,7 @@ mod tests {
         let expected = ["/a", "/a", "/{name}", "/users/{id}", "/users/{id}", "/b", "/b", "/{name}"];
         assert_eq!(templates[..8], expected.map(|t| Some(t.to_owned())));
         assert_eq!(templates[8], None);
+        assert_eq!(templates[9..], ["/a", "/{name}", "/{name}"].map(|t| Some(t.to_owned())));
     }
 
     #[actix_web::test]

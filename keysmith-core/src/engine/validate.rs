@@ -339,9 +339,17 @@ impl Engine {
                 }
             },
             // A store that holds both in process answers the key with its
-            // policy under one lookup.
+            // policy under one lookup, and keeps the key's scopes narrowed
+            // to the policy as the cache does.
             None => match inner.store.find_key_with_policy_ready(hash) {
-                Some(Ok((found, policy))) => (confirmed(Ok(found), hash).map_err(unattributed)?, policy, false),
+                Some(Ok((found, held))) => {
+                    let policy = held.map(|held| {
+                        let (policy, narrowed) = held.into_parts();
+                        cached_narrowed = Some(narrowed);
+                        policy
+                    });
+                    (confirmed(Ok(found), hash).map_err(unattributed)?, policy, false)
+                }
                 Some(Err(error)) => return Err((error.into(), None)),
                 None => match inner.store.find_key_by_hash_ready(hash) {
                     Some(found) => (confirmed(found, hash).map_err(unattributed)?, None, false),

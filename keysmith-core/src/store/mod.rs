@@ -79,7 +79,39 @@ macro_rules! store_trait {
 
 /// A key found by its hash, if one was, with its policy when the store
 /// answered that too ([`KeyStore::find_key_with_policy_ready`]).
-pub type KeyWithPolicy = (Option<StoredKey>, Option<Arc<Policy>>);
+pub type KeyWithPolicy = (Option<StoredKey>, Option<KeyPolicy>);
+
+/// A key's policy with the key's scopes narrowed to the policy's
+/// `allowed_scopes`: a store that keeps a key with its policy keeps this,
+/// so the narrowing is decided once per write of the key or the policy
+/// rather than on every validation. Made only by [`KeyPolicy::new`], so
+/// the narrowed scopes are always the ones the pair gives.
+#[derive(Debug, Clone)]
+pub struct KeyPolicy {
+    policy: Arc<Policy>,
+    /// `None` when the policy cuts none of the key's scopes.
+    narrowed: Option<Arc<[String]>>,
+}
+
+impl KeyPolicy {
+    /// `policy` as the policy of `key`, whose scopes are narrowed to it here.
+    #[must_use]
+    pub fn new(key: &Key, policy: Arc<Policy>) -> Self {
+        let narrowed = crate::scope::narrow(&key.scopes, &policy.allowed_scopes);
+        Self { policy, narrowed }
+    }
+
+    /// The policy.
+    #[must_use]
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    /// The policy and the key's scopes narrowed to it (`None`: none cut).
+    pub(crate) fn into_parts(self) -> (Arc<Policy>, Option<Arc<[String]>>) {
+        (self.policy, self.narrowed)
+    }
+}
 
 /// A key with the hash of its secret, as a store keeps it. Cheap to clone.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{ImportOutcome, KeyFilter, KeyStore, RotationWrite, StoredKey, Transition};
-use crate::store::KeyWithPolicy;
+use crate::store::{KeyPolicy, KeyWithPolicy};
 use crate::{CreditSpend, Credits, Error, Key, KeyHash, KeyId, KeyState, Policy, PolicyId, Result, Tenant};
 
 use super::{KeyEntry, MemoryStore, Tables};
@@ -14,6 +14,13 @@ use super::{KeyEntry, MemoryStore, Tables};
 impl Tables {
     pub(super) fn policy(&self, tenant: &Tenant, id: PolicyId) -> Option<Arc<Policy>> {
         self.policies.get(&id).filter(|p| p.tenant == *tenant).cloned()
+    }
+
+    /// The policy `key` names, with the key's scopes narrowed to it, as
+    /// the key's entry keeps it.
+    fn key_policy(&self, key: &Key) -> Option<KeyPolicy> {
+        let policy = key.policy_id.and_then(|id| self.policy(&key.tenant, id))?;
+        Some(KeyPolicy::new(key, policy))
     }
 
     pub(super) fn tenant_key(&self, tenant: &Tenant, id: KeyId) -> Option<&StoredKey> {
@@ -31,8 +38,9 @@ impl Tables {
         let mut key = Key::clone(&stored.key);
         change(&mut key)?;
         let hash = stored.hash;
-        let policy = key.policy_id.and_then(|id| self.policy(tenant, id));
-        self.keys.insert(hash, KeyEntry { stored: StoredKey { key: Arc::new(key.clone()), hash }, policy });
+        let stored = StoredKey { key: Arc::new(key.clone()), hash };
+        let policy = self.key_policy(&stored.key);
+        self.keys.insert(hash, KeyEntry { stored, policy });
         Ok(key)
     }
 
@@ -91,7 +99,7 @@ impl Tables {
         if let Some(owner_id) = &key.owner_id {
             self.owners.entry((key.tenant.clone(), owner_id.clone())).or_default().push(key.id);
         }
-        let policy = key.policy_id.and_then(|id| self.policy(&key.tenant, id));
+        let policy = self.key_policy(key);
         self.keys.insert(stored.hash, KeyEntry { stored: stored.clone(), policy });
         self.store_credits(lineage, credits);
         Ok(())

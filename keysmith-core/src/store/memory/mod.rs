@@ -18,8 +18,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    ImportOutcome, KeyFilter, KeyStore, Page, PolicyStore, RotationStore, RotationWrite, ScopeStore, Store, StoredKey,
-    TimeRange, Transition, UsageStore, UsageTotal,
+    ImportOutcome, KeyFilter, KeyPolicy, KeyStore, Page, PolicyStore, RotationStore, RotationWrite, ScopeStore, Store,
+    StoredKey, TimeRange, Transition, UsageStore, UsageTotal,
 };
 use crate::{
     Credits, Error, KeyHash, KeyId, Period, Policy, PolicyId, Result, RotationRecord, Scope, ScopeId, Tenant,
@@ -80,11 +80,12 @@ struct Tables {
 }
 
 /// A key as the tables hold it, with its policy (the one its `policy_id`
-/// names), which every write of the key or of the policy keeps current.
+/// names) and its scopes narrowed to it, which every write of the key or
+/// of the policy keeps current.
 #[derive(Debug, Clone)]
 struct KeyEntry {
     stored: StoredKey,
-    policy: Option<Arc<Policy>>,
+    policy: Option<KeyPolicy>,
 }
 
 #[derive(Debug)]

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use super::{Page, PolicyStore};
 use crate::{Error, Policy, PolicyId, Result, Tenant};
 
-use super::MemoryStore;
+use super::{KeyPolicy, MemoryStore};
 
 #[async_trait]
 impl PolicyStore for MemoryStore {
@@ -53,7 +53,7 @@ impl PolicyStore for MemoryStore {
         // (only the policy's tenant's keys can name it; checked anyway).
         let under = |key: &crate::Key| key.policy_id == Some(policy.id) && key.tenant == policy.tenant;
         for entry in tables.keys.values_mut().filter(|entry| under(&entry.stored.key)) {
-            entry.policy = Some(Arc::clone(&updated));
+            entry.policy = Some(KeyPolicy::new(&entry.stored.key, Arc::clone(&updated)));
         }
         Ok(())
     }
@@ -128,6 +128,37 @@ mod tests {
         for raw in [&first.raw, &rotated.raw, &second.raw] {
             assert!(engine.validate(raw.expose(), &from("192.0.2.1")).await.is_ok());
         }
+    }
+
+    /// The store keeps each key's scopes narrowed to its policy: a change of
+    /// the key's scopes or of the policy's allowed scopes narrows anew.
+    #[tokio::test]
+    async fn the_scopes_kept_narrowed_follow_the_key_and_the_policy() {
+        let engine = Engine::builder(Arc::new(MemoryStore::new())).build().unwrap();
+        let acme = engine.tenant("app", "acme");
+        let allowing = |scopes: &[&str]| PolicySpec::new("p").with_allowed_scopes(scopes.iter().copied());
+        let policy = acme.create_policy(allowing(&["read", "write"])).await.unwrap();
+        let new = NewKey::new("k").with_scopes(["read", "write"]).with_policy(policy.id);
+        let created = acme.create_key(new).await.unwrap();
+        let validated = async |scope: &str| {
+            let required = [scope];
+            engine.validate(created.raw.expose(), &RequestContext::new().with_required_scopes(&required)).await
+        };
+        let refused = |result| matches!(refusal(result), Refusal::InsufficientScope { .. });
+        assert!(validated("read:orders").await.is_ok());
+
+        // The policy narrows `read` to what its allowlist covers.
+        acme.update_policy(policy.id, allowing(&["read:users", "write"])).await.unwrap();
+        assert!(validated("read:users").await.is_ok());
+        assert!(refused(validated("read:orders").await));
+        // The key loses `read`: nothing is left of it.
+        acme.set_key_scopes(created.key.id, &["write"]).await.unwrap();
+        assert!(refused(validated("read:users").await));
+        assert!(validated("write").await.is_ok());
+        // No allowlist: the key's own scopes.
+        acme.update_policy(policy.id, PolicySpec::new("p")).await.unwrap();
+        assert!(validated("write:users").await.is_ok());
+        assert!(refused(validated("read").await));
     }
 
     #[tokio::test]
