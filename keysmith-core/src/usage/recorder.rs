@@ -435,6 +435,9 @@ impl UsageRecorder {
     /// Queues an entry, and the values its tables could not number, without
     /// waiting; a full queue drops it and counts.
     pub(crate) fn record_entry(&self, entry: UsageEntry, spill: Option<Box<Spill>>) {
+        // The writer pairs entries with spills by order: an entry says it
+        // has one exactly when it comes with one.
+        debug_assert_eq!(entry.spilled(), spill.is_some(), "an entry and its spill travel together");
         if self.mode == UsageMode::Aggregates {
             let tenant = || entry.tenant(&self.texts.tenants.reader(), spill.as_deref());
             return self.count(entry.key_id, tenant, entry.timestamp, &UsageCounts::passed(entry.status));
