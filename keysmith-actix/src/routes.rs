@@ -50,18 +50,15 @@ impl StaticRoutes {
         if method != 0 && template == path {
             let mut paths = self.paths.borrow_mut();
             let room = paths.len() < Self::MAX_PATHS;
-            match paths.get_key_value(path) {
-                Some((kept, &methods)) => {
-                    let (kept, methods) = (Rc::clone(kept), methods | method);
-                    paths.insert(Rc::clone(&kept), methods);
-                    *self.last.borrow_mut() = Some((kept, methods));
-                }
-                None if room => {
-                    let kept: Rc<str> = path.into();
-                    paths.insert(Rc::clone(&kept), method);
-                    *self.last.borrow_mut() = Some((kept, method));
-                }
-                None => {}
+            let kept = match paths.get_key_value(path) {
+                Some((kept, _)) => Some(Rc::clone(kept)),
+                None if room => Some(Rc::from(path)),
+                None => None,
+            };
+            if let Some(kept) = kept {
+                let methods = paths.entry(Rc::clone(&kept)).or_default();
+                *methods |= method;
+                *self.last.borrow_mut() = Some((kept, *methods));
             }
         }
         Some(Cow::Owned(template))
