@@ -8,13 +8,13 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use super::headers::{PolicyHeaders, names};
 use super::{
     ApiKey, HeaderLookup, HeaderSink, KeySources, RateLimitHeaders, RefusalResponse, ScopeRequirement, TrustedProxies,
     UsageEndpoint,
 };
+use crate::clock::Stopwatch;
 use crate::usage::texts::{Text, UsageTexts};
 use crate::usage::{EntryNames, NO_USER_AGENT, SharedStr, SharedTenant, Spill, UsageEntry};
 use crate::{Engine, PresentedKey, Refusal, RequestContext, UsageId, UsageRecord, Validation, ValidationError};
@@ -336,7 +336,7 @@ impl Gate {
     /// [`Outcome::Refuse`] with [`RefusalResponse::unavailable`] (503),
     /// logged at `warn` with target `keysmith::http`.
     pub fn authorize<H: HeaderLookup>(&self, request: &RequestFacts<'_, H>) -> Authorize {
-        let started = Instant::now();
+        let started = Stopwatch::start();
         let config = &self.config;
         if self.is_passthrough_preflight(request.method, &request.headers) {
             return Authorize::ready(Outcome::Preflight);
@@ -473,7 +473,7 @@ pub(super) struct UsageDraft {
     /// Numbered if the table knew it; else a copy, added to the table
     /// when the record is queued.
     user_agent: Option<Text>,
-    started: Instant,
+    started: Stopwatch,
 }
 
 impl fmt::Debug for Admitted {

@@ -973,10 +973,11 @@ impl Worker {
         // The oldest records, moved once: the rest stay where they are
         // (a batch may hold many times `batch_size` while its lane writes).
         let chunk: Vec<UsageRecord> = if batch.records.len() <= size {
-            // The next batch is likely as large as this one: room for it
-            // now rather than a copy of every record at each doubling.
-            let taken = batch.records.len();
-            std::mem::replace(&mut batch.records, VecDeque::with_capacity(taken)).into()
+            // The next batch is likely as large as the largest so far, up
+            // to a batch's size: room for it now rather than a copy of
+            // every record at each doubling.
+            let room = batch.records.capacity().min(size);
+            std::mem::replace(&mut batch.records, VecDeque::with_capacity(room)).into()
         } else {
             batch.records.drain(..size).collect()
         };

@@ -10,7 +10,7 @@ mod rotations;
 mod scopes;
 mod usage;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -92,8 +92,9 @@ struct KeyEntry {
 struct UsageTables {
     /// The most recent records, in the order they were written.
     records: VecDeque<UsageRecord>,
-    /// The ids in `records`, so a replayed record counts once.
-    ids: HashSet<crate::UsageId, foldhash::fast::RandomState>,
+    /// The ids of at least the `retention` most recent records, so a
+    /// replayed record counts once.
+    ids: usage::RecentIds,
     /// How many records `records` keeps.
     retention: usize,
     aggregates: HashMap<(KeyId, Period, DateTime<Utc>), UsageAggregate, foldhash::fast::RandomState>,
@@ -106,7 +107,7 @@ impl UsageTables {
     fn new(retention: usize) -> Self {
         Self {
             records: VecDeque::new(),
-            ids: HashSet::default(),
+            ids: usage::RecentIds::new(retention),
             retention,
             aggregates: HashMap::default(),
             batches: HashMap::default(),

@@ -1,16 +1,52 @@
 //! Usage records, kept up to the retention, and their roll-ups.
 
-use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{Page, TimeRange, UsageStore, UsageTotal};
 use crate::usage::{UsageBatch, UsageCounts, UsageDelta, fold_rollups};
-use crate::{KeyId, Period, Result, Tenant, UsageAggregate, UsageRecord};
+use crate::{KeyId, Period, Result, Tenant, UsageAggregate, UsageId, UsageRecord};
 
 use super::{MemoryStore, UsageTables};
+
+/// The ids of the most recent usage records written, at least as many as
+/// the store retains, so that a replayed record among them counts once.
+///
+/// Kept in two generations: when the newer one holds a retention's worth,
+/// it becomes the older and the older one is emptied for reuse. So an id is
+/// never removed one by one (a probe into a table the size of the retention
+/// for every record written, mostly missing the CPU's caches), and a swept
+/// or evicted record's id is remembered a while longer, which only keeps a
+/// replay of it from counting twice.
+#[derive(Debug)]
+pub(super) struct RecentIds {
+    newer: HashSet<UsageId, foldhash::fast::RandomState>,
+    older: HashSet<UsageId, foldhash::fast::RandomState>,
+    /// How many ids the newer generation takes before it turns older.
+    generation: usize,
+}
+
+impl RecentIds {
+    /// Room for at least `retention` ids (at least one).
+    pub(super) fn new(retention: usize) -> Self {
+        Self { newer: HashSet::default(), older: HashSet::default(), generation: retention.max(1) }
+    }
+
+    /// Remembers `id`; false if it was already remembered (a replay).
+    fn insert(&mut self, id: UsageId) -> bool {
+        if self.older.contains(&id) || !self.newer.insert(id) {
+            return false;
+        }
+        if self.newer.len() >= self.generation {
+            std::mem::swap(&mut self.newer, &mut self.older);
+            self.newer.clear();
+        }
+        true
+    }
+}
 
 #[async_trait]
 impl UsageStore for MemoryStore {
@@ -25,9 +61,7 @@ impl UsageStore for MemoryStore {
             }
             tables.records.push_back(record.clone());
             while tables.records.len() > tables.retention {
-                if let Some(oldest) = tables.records.pop_front() {
-                    tables.ids.remove(&oldest.id);
-                }
+                tables.records.pop_front();
             }
             fresh.push(record);
         }
@@ -58,12 +92,10 @@ impl UsageStore for MemoryStore {
         let mut guard = self.write_usage()?;
         let tables = &mut *guard;
         let mut left = limit;
-        let ids = &mut tables.ids;
-        let first = crate::UsageId::first_uuid_at(before);
+        let first = UsageId::first_uuid_at(before);
         tables.records.retain(|r| {
             if left > 0 && r.id.uuid() < first {
                 left -= 1;
-                ids.remove(&r.id);
                 false
             } else {
                 true
@@ -157,7 +189,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::UsageId;
 
     fn record(tenant: &Tenant, key_id: KeyId, minute: i64) -> UsageRecord {
         UsageRecord {
@@ -188,8 +219,11 @@ mod tests {
         let days = store.usage_aggregates(&tenant, key_id, Period::Day, TimeRange::default()).await.unwrap();
         assert_eq!(days.iter().map(|d| d.requests).sum::<u64>(), 5, "roll-ups count every record");
 
-        // A replayed record that is still retained counts once.
+        // A replayed record that is still retained counts once, whether it
+        // was written before the ids remembered last turned over (2) or
+        // after (3, 4).
         store.record_batch(&records[4..]).await.unwrap();
+        store.record_batch(&records[2..]).await.unwrap();
         let days = store.usage_aggregates(&tenant, key_id, Period::Day, TimeRange::default()).await.unwrap();
         assert_eq!(days.iter().map(|d| d.requests).sum::<u64>(), 5);
         let listed = store.list_usage(&tenant, key_id, TimeRange::default(), Page::default()).await.unwrap();
