@@ -207,7 +207,16 @@ impl Engine {
     /// [`ValidationError::Refused`] when the key does not pass,
     /// [`ValidationError::Failed`] when the store could not answer.
     pub async fn validate(&self, raw_key: &str, ctx: &RequestContext<'_>) -> Result<Validation, ValidationError> {
-        self.validate_presented(self.present(raw_key), ctx).await
+        // `validate_presented`'s body, with the presented key left where
+        // it was made and lent to the steps rather than moved into them
+        // (a copy of the hash just written, read back at once, stalls).
+        let key = self.present(raw_key);
+        if !self.inner.hooks.is_empty() {
+            return Box::pin(self.validate_reported(key, ctx)).await;
+        }
+        let result = self.validate_inner(&key, ctx, Waits::Allowed).await;
+        self.count_if_refused(&result);
+        result.map_err(|(e, _)| e)
     }
 
     /// [`validate`](Self::validate) for a key taken by
@@ -223,7 +232,7 @@ impl Engine {
             // other validation's future keeps its result across an await.
             return Box::pin(self.validate_reported(key, ctx)).await;
         }
-        let result = self.validate_inner(key, ctx, Waits::Allowed).await;
+        let result = self.validate_inner(&key, ctx, Waits::Allowed).await;
         self.count_if_refused(&result);
         result.map_err(|(e, _)| e)
     }
@@ -234,7 +243,7 @@ impl Engine {
         &self, key: PresentedKey, ctx: &RequestContext<'_>,
     ) -> Result<Validation, ValidationError> {
         let started = Instant::now();
-        let result = self.validate_inner(key, ctx, Waits::Allowed).await;
+        let result = self.validate_inner(&key, ctx, Waits::Allowed).await;
         self.count_if_refused(&result);
         self.report_validation(&result, started.elapsed()).await;
         result.map_err(|(e, _)| e)
@@ -277,7 +286,7 @@ impl Engine {
         }
         // Polled once, on the stack: with `Waits::Never` a step that would
         // wait gives back what was spent and stops for good instead.
-        let validation = pin!(self.validate_inner(key, ctx, Waits::Never));
+        let validation = pin!(self.validate_inner(&key, ctx, Waits::Never));
         match validation.poll(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(result) => {
                 self.count_if_refused(&result);
@@ -307,7 +316,7 @@ impl Engine {
     /// The validation steps; a refusal comes with the key it concerns, when
     /// the secret matched one, for the hooks.
     async fn validate_inner(
-        &self, presented: PresentedKey, ctx: &RequestContext<'_>, waits: Waits,
+        &self, presented: &PresentedKey, ctx: &RequestContext<'_>, waits: Waits,
     ) -> Result<Validation, (ValidationError, Option<Arc<Key>>)> {
         let inner = &self.inner;
         // The caller's restriction to an app or a tenant: ids that no key
@@ -343,12 +352,18 @@ impl Engine {
             // to the policy as the cache does.
             None => match inner.store.find_key_with_policy_ready(hash) {
                 Some(Ok((found, held))) => {
+                    // Confirmed where the store's answer lies: the key's
+                    // pointer moves on, its stored hash is only read.
+                    let key = match found {
+                        Some(StoredKey { key, hash: ref stored }) if stored.ct_eq(hash) => key,
+                        _ => return Err(unattributed(Refusal::Unknown.into())),
+                    };
                     let policy = held.map(|held| {
                         let (policy, narrowed) = held.into_parts();
                         cached_narrowed = Some(narrowed);
                         policy
                     });
-                    (confirmed(Ok(found), hash).map_err(unattributed)?, policy, false)
+                    (key, policy, false)
                 }
                 Some(Err(error)) => return Err((error.into(), None)),
                 None => match inner.store.find_key_by_hash_ready(hash) {
