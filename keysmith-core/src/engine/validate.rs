@@ -207,16 +207,11 @@ impl Engine {
     /// [`ValidationError::Refused`] when the key does not pass,
     /// [`ValidationError::Failed`] when the store could not answer.
     pub async fn validate(&self, raw_key: &str, ctx: &RequestContext<'_>) -> Result<Validation, ValidationError> {
-        // `validate_presented`'s body, with the presented key left where
-        // it was made and lent to the steps rather than moved into them
-        // (a copy of the hash just written, read back at once, stalls).
+        // The presented key stays where it was made and is lent to the
+        // steps: moved into them, its hash, just written, would be copied
+        // and read back at once (a stall of the CPU's store forwarding).
         let key = self.present(raw_key);
-        if !self.inner.hooks.is_empty() {
-            return Box::pin(self.validate_reported(key, ctx)).await;
-        }
-        let result = self.validate_inner(&key, ctx, Waits::Allowed).await;
-        self.count_if_refused(&result);
-        result.map_err(|(e, _)| e)
+        self.validate_lent(&key, ctx).await
     }
 
     /// [`validate`](Self::validate) for a key taken by
@@ -227,12 +222,17 @@ impl Engine {
     pub async fn validate_presented(
         &self, key: PresentedKey, ctx: &RequestContext<'_>,
     ) -> Result<Validation, ValidationError> {
+        self.validate_lent(&key, ctx).await
+    }
+
+    /// [`validate_presented`](Self::validate_presented) of a key lent.
+    async fn validate_lent(&self, key: &PresentedKey, ctx: &RequestContext<'_>) -> Result<Validation, ValidationError> {
         if !self.inner.hooks.is_empty() {
             // Boxed: only engines with hooks pay for this future, and no
             // other validation's future keeps its result across an await.
             return Box::pin(self.validate_reported(key, ctx)).await;
         }
-        let result = self.validate_inner(&key, ctx, Waits::Allowed).await;
+        let result = self.validate_inner(key, ctx, Waits::Allowed).await;
         self.count_if_refused(&result);
         result.map_err(|(e, _)| e)
     }
@@ -240,10 +240,10 @@ impl Engine {
     /// [`validate_presented`](Self::validate_presented) in an engine with
     /// hooks: they are told how it ended.
     async fn validate_reported(
-        &self, key: PresentedKey, ctx: &RequestContext<'_>,
+        &self, key: &PresentedKey, ctx: &RequestContext<'_>,
     ) -> Result<Validation, ValidationError> {
         let started = Instant::now();
-        let result = self.validate_inner(&key, ctx, Waits::Allowed).await;
+        let result = self.validate_inner(key, ctx, Waits::Allowed).await;
         self.count_if_refused(&result);
         self.report_validation(&result, started.elapsed()).await;
         result.map_err(|(e, _)| e)
