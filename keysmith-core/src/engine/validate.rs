@@ -352,18 +352,12 @@ impl Engine {
             // to the policy as the cache does.
             None => match inner.store.find_key_with_policy_ready(hash) {
                 Some(Ok((found, held))) => {
-                    // Confirmed where the store's answer lies: the key's
-                    // pointer moves on, its stored hash is only read.
-                    let key = match found {
-                        Some(StoredKey { key, hash: ref stored }) if stored.ct_eq(hash) => key,
-                        _ => return Err(unattributed(Refusal::Unknown.into())),
-                    };
                     let policy = held.map(|held| {
                         let (policy, narrowed) = held.into_parts();
                         cached_narrowed = Some(narrowed);
                         policy
                     });
-                    (key, policy, false)
+                    (confirmed(Ok(found), hash).map_err(unattributed)?, policy, false)
                 }
                 Some(Err(error)) => return Err((error.into(), None)),
                 None => match inner.store.find_key_by_hash_ready(hash) {

@@ -240,17 +240,16 @@ impl UsageEntry {
     /// Inlined: the record is then built where the writer keeps it.
     #[inline]
     pub(crate) fn into_record(self, id: UsageId, texts: &TextsRead<'_>, spill: Option<Box<Spill>>) -> UsageRecord {
-        let names = self;
         let mut record = UsageRecord {
             id,
             key_id: self.key_id,
-            tenant: texts.tenants.get(names.tenant).cloned().unwrap_or_else(unknown_tenant),
-            endpoint: texts.routes.get(names.endpoint).cloned().unwrap_or_default(),
-            method: SharedStr::standard_method(names.method).map(SharedStr::from).unwrap_or_default(),
+            tenant: texts.tenants.get(self.tenant).cloned().unwrap_or_else(unknown_tenant),
+            endpoint: texts.routes.get(self.endpoint).cloned().unwrap_or_default(),
+            method: SharedStr::standard_method(self.method).map(SharedStr::from).unwrap_or_default(),
             status: self.status,
             ip: self.ip,
-            user_agent: (names.user_agent != NO_USER_AGENT)
-                .then(|| texts.user_agents.get(names.user_agent).cloned().unwrap_or_default()),
+            user_agent: (self.user_agent != NO_USER_AGENT)
+                .then(|| texts.user_agents.get(self.user_agent).cloned().unwrap_or_default()),
             latency: Duration::from_nanos(u64::from(self.latency)),
             timestamp: self.timestamp,
         };

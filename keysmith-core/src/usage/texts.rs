@@ -94,9 +94,14 @@ impl<T: Hash + Eq + Clone> Table<T> {
         self.ids.get(value).map(|entry| (entry.key().clone(), *entry.value()))
     }
 
+    /// True once the table holds `max` values: nothing more is added.
+    fn is_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
+    }
+
     /// Adds `value` while there is room: its number, `None` when full.
     pub(crate) fn add(&self, value: T) -> Option<u32> {
-        if self.full.load(Ordering::Relaxed) {
+        if self.is_full() {
             return None;
         }
         let mut values = self.values.write().unwrap_or_else(PoisonError::into_inner);
@@ -173,11 +178,17 @@ impl UsageTexts {
     /// The number of [`UNMATCHED_ROUTE`](crate::http::UNMATCHED_ROUTE).
     pub(crate) const UNMATCHED: u32 = 0;
 
-    /// The number of route template `route`, `None` when the table is full.
+    /// The number of route template `route`, `None` when the table is full
+    /// (the caller's copy of it is then the only one made).
     #[inline]
     pub(crate) fn route(&self, route: &str) -> Option<u32> {
         let routes = &self.routes;
-        routes.number(route, Kind::Route).or_else(|| routes.add(SharedStr::copied(route)))
+        routes.number(route, Kind::Route).or_else(|| {
+            if routes.is_full() {
+                return None;
+            }
+            routes.add(SharedStr::copied(route))
+        })
     }
 
     /// `agent` as a [`Text`] without adding it: its number if the table
@@ -210,6 +221,7 @@ impl UsageTexts {
         }
         let id = match table.find(&key.tenant) {
             Some(id) => id,
+            None if table.is_full() => return None,
             None => table.add(SharedTenant::from(&key.tenant))?,
         };
         LAST_TENANT.set(Some((table.serial, key.id, id)));
@@ -269,6 +281,18 @@ mod tests {
         assert_eq!((in_first, in_second), (1, 2));
         assert_eq!(text_of(&second.routes, in_second), "/users/{id}");
         assert_eq!(first.route("/users/{id}"), Some(in_first));
+    }
+
+    #[test]
+    fn a_full_routes_table_still_numbers_the_routes_it_holds() {
+        let texts = UsageTexts::default();
+        // `unmatched` holds number 0.
+        let room = UsageTexts::MAX_ROUTES - 1;
+        for n in 0..room + 3 {
+            assert_eq!(texts.route(&format!("/r{n}")).is_some(), n < room, "route {n}");
+        }
+        assert_eq!(texts.route("/r0"), Some(1));
+        assert!(texts.routes.is_full());
     }
 
     #[test]

@@ -86,10 +86,8 @@ mod tests {
     use crate::{Engine, MemoryStore, NewKey, PolicySpec, Refusal, RequestContext, RotationReason, ValidationError};
 
     fn refusal<T: std::fmt::Debug>(result: Result<T, ValidationError>) -> Refusal {
-        match result {
-            Err(ValidationError::Refused(refusal)) => refusal,
-            other => panic!("expected a refusal, got {other:?}"),
-        }
+        let error = result.expect_err("a refusal");
+        error.refusal().cloned().unwrap_or_else(|| panic!("expected a refusal, got {error:?}"))
     }
 
     /// The store keeps each key's policy with the key: every write of the
