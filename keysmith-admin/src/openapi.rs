@@ -24,7 +24,8 @@ use crate::{ADMIN_SCOPE, AdminState, VERIFY_SCOPE};
         title = "Keysmith admin API",
         description = "Manage one tenant's API keys, policies, scopes and usage. \
             Every route needs an API key holding the `keysmith:admin` scope (`POST /verify`: `keysmith:verify`) \
-            and acts on that key's tenant only: ids of other tenants are answered with 404, like unknown ids.",
+            and acts on that key's tenant only: ids of other tenants are answered with 404, like unknown ids. \
+            The exception is `POST /secret-scanning/github`, which GitHub calls: its signature authenticates it.",
         license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0"),
     ),
     tags(
@@ -114,7 +115,8 @@ const WITH_BODY: [&str; 3] = ["PayloadTooLarge", "UnsupportedMediaType", "Unproc
 
 /// Completes the collected document: security schemes for the configured
 /// key sources, required on every operation, and the shared error
-/// responses.
+/// responses; then `POST /secret-scanning/github`, which GitHub's signature
+/// authenticates instead.
 pub(crate) fn finish(doc: &mut OpenApi, sources: &KeySources) {
     let components = doc.components.get_or_insert_with(Default::default);
     crate::schema::apply(components);
@@ -169,6 +171,7 @@ pub(crate) fn finish(doc: &mut OpenApi, sources: &KeySources) {
             }
         }
     }
+    crate::secret_scanning::document::add_to(doc);
 }
 
 fn error_response(description: &str, header: Option<(&str, &str)>) -> Response {

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use support::{MOUNT, harness, harness_with, with_config};
 
 /// The routes of the issue, as (method, path template).
-const ROUTES: [(&str, &str); 28] = [
+const ROUTES: [(&str, &str); 29] = [
     ("POST", "/keys"),
     ("GET", "/keys"),
     ("GET", "/keys/{id}"),
@@ -42,7 +42,11 @@ const ROUTES: [(&str, &str); 28] = [
     ("PUT", "/owners/{owner_id}/credits"),
     ("DELETE", "/owners/{owner_id}/credits"),
     ("POST", "/owners/{owner_id}/credits/add"),
+    ("POST", "/secret-scanning/github"),
 ];
+
+/// The one route GitHub's signature authenticates, not an API key.
+const SECRET_SCANNING: &str = "/secret-scanning/github";
 
 fn expected() -> BTreeSet<(String, String)> {
     ROUTES.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect()
@@ -160,6 +164,10 @@ async fn document_describes_parameters_bodies_errors_and_security() {
             let name = format!("{method} {path}");
             assert!(operation["operationId"].is_string(), "{name}");
             assert!(operation["tags"].as_array().is_some_and(|t| !t.is_empty()), "{name}");
+            if path == SECRET_SCANNING {
+                // Checked on its own below: no key layer answers it.
+                continue;
+            }
             let responses = operation["responses"].as_object().unwrap();
             for status in ["400", "401", "403", "429", "503"] {
                 assert!(responses.contains_key(status), "{name} lacks {status}");
@@ -194,6 +202,29 @@ async fn document_describes_parameters_bodies_errors_and_security() {
             }
         }
     }
+
+    // GitHub's route: its signature, not a key, and only its own answers.
+    let scanning = &doc["paths"][SECRET_SCANNING]["post"];
+    assert_eq!(scanning["security"], json!([{"github_signature": []}]));
+    let signature = &schemes["github_signature"];
+    assert_eq!((signature["type"].as_str(), signature["in"].as_str()), (Some("apiKey"), Some("header")));
+    assert_eq!(signature["name"], "Github-Public-Key-Signature");
+    assert_eq!(scanning["parameters"][0]["name"], "Github-Public-Key-Identifier");
+    assert_eq!(scanning["parameters"][0]["required"], true);
+    let responses = scanning["responses"].as_object().unwrap();
+    assert_eq!(responses.keys().collect::<Vec<_>>(), ["200", "400", "401", "405", "413", "503"]);
+    for (status, response) in responses.iter().filter(|(status, _)| *status != "200") {
+        let schema = &response["content"]["application/json"]["schema"]["$ref"];
+        assert_eq!(schema, "#/components/schemas/ErrorBody", "{status}");
+    }
+    assert!(responses["401"]["description"].as_str().unwrap().starts_with("`invalid_signature`"));
+    let items = |value: &Value| value["content"]["application/json"]["schema"]["items"]["$ref"].clone();
+    assert_eq!(items(&scanning["requestBody"]), "#/components/schemas/GithubAlert");
+    assert_eq!(items(&responses["200"]), "#/components/schemas/SecretScanningFeedback");
+    let component = |name: &str| &doc["components"]["schemas"][name];
+    assert_eq!(component("GithubAlert")["required"], json!(["token", "type"]));
+    let labels = &component("SecretScanningFeedback")["properties"]["label"]["enum"];
+    assert_eq!(*labels, json!(["true_positive", "false_positive"]));
 
     // Query parameters of the listings.
     let names = |path: &str| -> Vec<String> {
@@ -302,7 +333,8 @@ async fn security_schemes_follow_the_key_sources() {
     let reply = h.raw(request).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     let schemes = reply.body["components"]["securitySchemes"].as_object().unwrap();
-    assert_eq!(schemes.keys().collect::<Vec<_>>(), ["x-admin-token"]);
+    // GitHub's signature authenticates its route whatever the key sources.
+    assert_eq!(schemes.keys().collect::<Vec<_>>(), ["github_signature", "x-admin-token"]);
     assert_eq!(schemes["x-admin-token"]["name"], "x-admin-token");
     assert_eq!(reply.body["security"], json!([{"x-admin-token": ["keysmith:admin"]}]));
 }

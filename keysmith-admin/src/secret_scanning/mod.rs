@@ -9,6 +9,7 @@
 //! The body is read with a size cap and verified before anything parses it.
 
 mod alert;
+pub(crate) mod document;
 mod keys;
 
 use std::fmt;
@@ -178,7 +179,12 @@ impl GithubSecretScanning {
     where
         S: Clone + Send + Sync + 'static,
     {
-        Router::new().route(GITHUB_ROUTE, post(github_alert)).with_state(self)
+        // Another method is answered like the admin routes answer it: 405
+        // `method_not_allowed` as JSON, with `Allow`.
+        Router::new()
+            .route(GITHUB_ROUTE, post(github_alert))
+            .method_not_allowed_fallback(crate::error::method_not_allowed)
+            .with_state(self)
     }
 
     /// Answers one alert: the two GitHub headers (as sent, `None` when
