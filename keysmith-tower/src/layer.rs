@@ -194,8 +194,13 @@ where
     type Output = Response<ResBody>;
 
     fn facts(request: &Request<ReqBody>) -> RequestFacts<'_, Headers<'_>> {
-        RequestFacts::new(request.method().as_str(), request.uri().path(), peer(request), Headers(request.headers()))
-            .with_route(matched_route(request))
+        RequestFacts::new(
+            request.method().as_str(),
+            request.uri().path(),
+            peer(request),
+            Headers::new(request.headers()),
+        )
+        .with_route(matched_route(request))
     }
 
     fn admit(&self, request: &mut Request<ReqBody>, admission: Admission<'_>) {
