@@ -11,9 +11,16 @@ use crate::RefusalResponder;
 use crate::routes::StaticRoutes;
 
 /// actix's `HeaderMap` as core reads headers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 #[allow(unreachable_pub, reason = "named only through the glue's `Adapter` impl")]
 pub struct Headers<'a>(pub(crate) &'a HeaderMap);
+
+impl std::fmt::Debug for Headers<'_> {
+    /// The names only: the values hold the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
 
 impl HeaderLookup for Headers<'_> {
     fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> {
@@ -84,6 +91,14 @@ mod tests {
     use keysmith_core::http::names;
 
     use super::*;
+
+    #[test]
+    fn debug_shows_header_names_never_their_values() {
+        let mut map = HeaderMap::new();
+        map.append(HeaderName::from_static("x-api-key"), HeaderValue::from_static("sk_live_secret"));
+        let shown = format!("{:?}", Headers(&map));
+        assert!(shown.contains("x-api-key") && !shown.contains("secret"), "{shown}");
+    }
 
     #[test]
     fn every_value_of_a_header_is_read_in_order_whatever_its_case() {

@@ -32,7 +32,8 @@ pub(crate) struct Refill {
     #[serde(deserialize_with = "whole::credits")]
     #[schema(minimum = 1, maximum = 1_000_000_000_000_u64, example = 1000)]
     amount: u64,
-    /// How often (UTC).
+    /// How often (UTC): `day` or `month`.
+    #[schema(schema_with = crate::schema::refill_period)]
     every: Period,
 }
 

@@ -177,6 +177,20 @@ pub(crate) fn optional_ip() -> Schema {
     serde_json::from_value(address).expect("a valid schema")
 }
 
+/// The periods a credit refill takes: a UTC `day` or `month` (the engine
+/// refuses `hour`, which only usage roll-ups have).
+pub(crate) const REFILL_PERIODS: [&str; 2] = ["day", "month"];
+
+/// `#[schema(schema_with = …)]` for a refill's period.
+pub(crate) fn refill_period() -> Schema {
+    let period = serde_json::json!({
+        "type": "string",
+        "enum": REFILL_PERIODS,
+        "description": "How often (UTC): the start of every day or every calendar month.",
+    });
+    serde_json::from_value(period).expect("a valid schema")
+}
+
 /// `#[schema(schema_with = …)]` for metadata fields.
 pub(crate) fn metadata_ref() -> utoipa::openapi::Ref {
     utoipa::openapi::Ref::from_schema_name("Metadata")

@@ -420,3 +420,22 @@ async fn whole_numbers_with_a_zero_fraction_are_accepted_as_documented() {
     h.get(&format!("/keys?offset={}", 1_u64 << 53)).await.assert_error(400, "invalid_query");
     assert_eq!(h.get(&format!("/keys?offset={}", (1_u64 << 53) - 1)).await.status, 200);
 }
+
+#[tokio::test]
+async fn a_refill_takes_exactly_the_periods_the_document_names() {
+    let h = harness().await;
+    let doc = served_document(&h).await;
+    let every = &doc["components"]["schemas"]["Refill"]["properties"]["every"];
+    assert_eq!(every["enum"], json!(["day", "month"]), "{every}");
+    let (id, _) = h.create_key(json!({"name": "k"})).await;
+    let path = format!("/keys/{id}/credits");
+    for period in ["day", "month"] {
+        let body = json!({"remaining": 10, "refill": {"amount": 10, "every": period}});
+        let set = h.send("PUT", &path, Some(&h.admin), Some(body)).await;
+        assert_eq!(set.status, 200, "{period}: {}", set.text);
+    }
+    // Usage roll-ups have hours; credit refills do not, and the document
+    // says so (it once offered every period of usage).
+    let hourly = json!({"remaining": 10, "refill": {"amount": 10, "every": "hour"}});
+    h.send("PUT", &path, Some(&h.admin), Some(hourly)).await.assert_error(400, "invalid_input");
+}

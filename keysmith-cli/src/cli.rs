@@ -311,9 +311,17 @@ pub(crate) struct CreditsArgs {
     /// Refill the credits to this amount at the start of every UTC day or month.
     #[arg(long, value_name = "AMOUNT", requires = "refill_every")]
     pub(crate) refill: Option<u64>,
-    /// How often --refill applies.
-    #[arg(long, value_enum, value_name = "PERIOD", requires = "refill")]
+    /// How often --refill applies (UTC).
+    #[arg(long, value_name = "PERIOD", requires = "refill", value_parser = refill_period())]
     pub(crate) refill_every: Option<Period>,
+}
+
+/// `--refill-every`: the periods a refill takes, `day` and `month` (usage
+/// roll-ups also have `hour`; refills do not).
+fn refill_period() -> impl clap::builder::TypedValueParser<Value = Period> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["day", "month"])
+        .map(|name| if name == "day" { Period::Day } else { Period::Month })
 }
 
 impl CreditsArgs {
@@ -655,13 +663,14 @@ mod tests {
         assert!(Cli::try_parse_from(["keysmith", "serve", "--sweep-interval", "31d"]).is_err());
     }
 
-    /// Every flag that takes one of core's string enums, with the admin
-    /// API's schema of that enum.
+    /// Every flag that takes one of core's string enums, with where the
+    /// admin API's document lists that enum's names (under
+    /// `components/schemas`).
     const ENUM_FLAGS: [(&[&str], &str, &str); 7] = [
         (&["keys", "list"], "state", "KeyState"),
         (&["keys", "list"], "environment", "Environment"),
         (&["keys", "create"], "environment", "Environment"),
-        (&["keys", "create"], "refill_every", "Period"),
+        (&["keys", "create"], "refill_every", "Refill/properties/every"),
         (&["keys", "rotate"], "reason", "RotationReason"),
         (&["usage"], "period", "Period"),
         (&["policies", "create"], "limit_by", "LimitBy"),
@@ -676,8 +685,8 @@ mod tests {
             let arg = sub.get_arguments().find(|arg| arg.get_id() == id).unwrap();
             let names: Vec<String> =
                 arg.get_possible_values().iter().map(|value| value.get_name().to_owned()).collect();
-            let api: Vec<String> =
-                serde_json::from_value(doc["components"]["schemas"][schema]["enum"].clone()).unwrap();
+            let names_in_api = doc.pointer(&format!("/components/schemas/{schema}/enum")).unwrap();
+            let api: Vec<String> = serde_json::from_value(names_in_api.clone()).unwrap();
             assert_eq!(names, api, "--{id} of `{}` and the API's {schema}", path.join(" "));
         }
     }
