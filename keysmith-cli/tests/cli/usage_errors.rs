@@ -57,7 +57,12 @@ fn unknown_enum_values_are_refused_listing_the_allowed_ones() {
         (&["keys", "list", "--environment", "prod"], "[possible values: live, test, dev]"),
         (
             &["keys", "create", "--name", "x", "--credits", "5", "--refill", "5", "--refill-every", "week"],
-            "[possible values: hour, day, month]",
+            "[possible values: day, month]",
+        ),
+        // Usage has hours; a refill does not.
+        (
+            &["keys", "create", "--name", "x", "--credits", "5", "--refill", "5", "--refill-every", "hour"],
+            "[possible values: day, month]",
         ),
         (&["keys", "rotate", &key, "--reason", "bored"], "[possible values: scheduled, compromised, expiring, manual]"),
         (&["usage", &key, "--period", "week"], "[possible values: hour, day, month]"),
