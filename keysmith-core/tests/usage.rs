@@ -96,19 +96,48 @@ fn a_full_queue_drops_and_counts_records() {
     assert_eq!(counters["keysmith_usage_dropped_total{}"], 991);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_failing_store_counts_lost_records() {
+/// An engine over a memory store that fails every write from the start,
+/// with five records of one key (one lane, one batch) queued.
+async fn five_records_on_a_failing_store(config: UsageConfig) -> Engine {
     let clock = ManualClock::new(t0());
     let store = Arc::new(MemoryStore::new());
-    let engine = engine_on(store.clone(), &clock, UsageConfig::default());
+    let engine = engine_on(store.clone(), &clock, config);
     store.close().await;
-    let tenant = Tenant::new("app", "acme");
+    let (tenant, key) = (Tenant::new("app", "acme"), KeyId::new());
     for _ in 0..5 {
-        engine.record_usage(usage_record(KeyId::new(), &tenant, t0(), 200));
+        engine.record_usage(usage_record(key, &tenant, t0(), 200));
     }
+    engine
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_store_counts_lost_records() {
+    let engine = five_records_on_a_failing_store(UsageConfig::default()).await;
+    // A shutdown does not ride out the outage: three attempts, 50 and 100 ms
+    // apart (tokio's clock, paused, moves only as the writer waits).
+    let started = tokio::time::Instant::now();
     engine.shutdown().await;
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
     let stats = engine.usage_stats();
-    assert_eq!((stats.written, stats.failed), (0, 5));
+    assert_eq!((stats.written, stats.failed, stats.retried_writes), (0, 5, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_the_store_fails_is_tried_again_for_the_retry_window_then_counted() {
+    let config = UsageConfig { write_retry: Duration::from_secs(10), ..UsageConfig::default() };
+    let engine = five_records_on_a_failing_store(config).await;
+    let started = tokio::time::Instant::now();
+    engine.flush_usage().await;
+    // Tried again after 50 ms, then waits doubling (0.1, 0.2 … 3.2 s): the
+    // eighth attempt fails at 6.35 s, and the next wait (5 s, the longest)
+    // would end past the 10 s window, so the batch is given up there.
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(6350) && elapsed < Duration::from_secs(7), "{elapsed:?}");
+    let stats = engine.usage_stats();
+    assert_eq!((stats.written, stats.failed, stats.retried_writes), (0, 5, 7));
+    // Counted once: a shutdown after it has nothing left to fail.
+    engine.shutdown().await;
+    assert_eq!(engine.usage_stats().failed, 5);
 }
 
 fn quota_refusal(result: Result<keysmith_core::Validation, ValidationError>) -> Option<DateTime<Utc>> {

@@ -98,6 +98,55 @@ mod postgres_only {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn usage_recorded_while_the_database_is_unreachable_is_written_once_it_is_back() {
+        let Some(db) = PgTestDb::create().await else { return };
+        let engine = Engine::builder(store(&db).await).build().unwrap();
+        let tenant = Tenant::new("app", "acme");
+        let created = engine.tenant("app", "acme").create_key(NewKey::new("ci")).await.unwrap();
+        let record = |n: i64| UsageRecord {
+            id: UsageId::new(),
+            key_id: created.key.id,
+            tenant: (&tenant).into(),
+            endpoint: "/v1/orders".into(),
+            method: "GET".into(),
+            status: 200,
+            ip: None,
+            user_agent: None,
+            latency: Duration::from_millis(2),
+            timestamp: chrono::Utc::now() + chrono::Duration::milliseconds(n),
+        };
+
+        let mut admin = db.admin().await;
+        allow_connections(&mut admin, &db, false).await;
+        terminate_connections(&mut admin, &db).await;
+        for n in 0..40 {
+            engine.record_usage(record(n));
+        }
+        let flushing = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.flush_usage().await }
+        });
+        // The writer's first attempts fail (a real outage: how long the pool
+        // takes to give up is the driver's), and it keeps the batch.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while engine.usage_stats().retried_writes == 0 {
+            assert!(Instant::now() < deadline, "no write was tried again: {:?}", engine.usage_stats());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!((engine.usage_stats().written, engine.usage_stats().failed), (0, 0));
+
+        // The database comes back within the retry window: nothing is lost.
+        allow_connections(&mut admin, &db, true).await;
+        tokio::time::timeout(Duration::from_secs(60), flushing).await.expect("the flush ends").unwrap();
+        let stats = engine.usage_stats();
+        assert_eq!((stats.written, stats.dropped, stats.failed), (40, 0, 0), "{stats:?}");
+        let page = keysmith_core::store::Page::new(100, 0);
+        let written =
+            engine.tenant("app", "acme").list_usage(created.key.id, TimeRange::default(), page).await.unwrap();
+        assert_eq!(written.len(), 40);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn killed_connections_are_replaced_and_never_produce_a_pass_or_refusal() {
         let Some(db) = PgTestDb::create().await else { return };
         let engine = Engine::builder(store(&db).await).build().unwrap();

@@ -25,7 +25,9 @@ impl Engine {
         self.inner.usage.texts()
     }
 
-    /// Writes every queued record now and waits for the write.
+    /// Writes every queued record now and waits for the write: while the
+    /// store fails, for up to [`UsageConfig::write_retry`](crate::UsageConfig::write_retry)
+    /// (60 s by default), after which what failed is counted as failed.
     pub async fn flush_usage(&self) {
         self.inner.usage.flush().await;
     }
@@ -38,7 +40,9 @@ impl Engine {
 
     /// Stops background work (the background sweep, if any) after writing
     /// everything queued. Call it on graceful shutdown; records arriving
-    /// later are dropped and counted.
+    /// later are dropped and counted. A write the store fails is not
+    /// retried through an outage here: a batch that has failed three times
+    /// is counted as failed at its next failure.
     pub async fn shutdown(&self) {
         self.inner.sweeper.stop().await;
         self.inner.usage.shutdown().await;

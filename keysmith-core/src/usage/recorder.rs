@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::quota::QuotaTracker;
@@ -44,6 +44,8 @@ use crate::{Key, KeyId, Store, Tenant, UsageId};
 const DROPPED_TOTAL: &str = "keysmith_usage_dropped_total";
 /// Counter: usage records lost because the store refused the batch.
 const FAILED_TOTAL: &str = "keysmith_usage_failed_total";
+/// Counter: writes of a usage batch the store failed, tried again.
+const RETRIED_WRITES_TOTAL: &str = "keysmith_usage_retried_writes_total";
 
 /// How usage is queued and written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +70,14 @@ pub struct UsageConfig {
     /// is fixed by its id), so writes in flight never wait for each other's
     /// roll-up rows; a lane writes one batch at a time.
     pub concurrent_writes: usize,
+    /// How long a batch the store fails is tried again (after 50 ms, then
+    /// twice as long each time, at most 5 s apart) before its requests are
+    /// counted as failed: a store outage shorter than this loses no usage.
+    /// Meanwhile the batch's records stay queued, so a longer outage fills
+    /// the queue and later requests are dropped and counted. A shutdown
+    /// cuts the waits short: a batch that has failed three times is given
+    /// up at its next failure. `Duration::ZERO` gives up at the first.
+    pub write_retry: Duration,
 }
 
 impl Default for UsageConfig {
@@ -79,6 +89,7 @@ impl Default for UsageConfig {
             quota_refresh: Duration::from_secs(5),
             last_used_interval: Duration::from_secs(60),
             concurrent_writes: 2,
+            write_retry: Duration::from_secs(60),
         }
     }
 }
@@ -110,6 +121,10 @@ pub struct UsageStats {
     pub dropped: u64,
     /// Records lost because the store kept failing the batch.
     pub failed: u64,
+    /// Writes of a batch the store failed that were tried again: not
+    /// requests, and not an outcome (a batch riding out an outage adds one
+    /// per retry and then is written or fails).
+    pub retried_writes: u64,
 }
 
 /// Records a thread buffers before handing them to the writer as one
@@ -356,6 +371,7 @@ struct Counters {
     written: AtomicU64,
     dropped: AtomicU64,
     failed: AtomicU64,
+    retried_writes: AtomicU64,
 }
 
 struct Running {
@@ -369,6 +385,8 @@ struct Running {
     /// Queue length at which a record wakes the writer.
     wake_at: usize,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// Set when the engine shuts down: failed writes stop being retried.
+    closing: Arc<watch::Sender<bool>>,
 }
 
 /// Owns the queue and the background task, started by [`start_here`]
@@ -414,6 +432,7 @@ impl UsageRecorder {
             written: self.counters.written.load(Ordering::Relaxed),
             dropped: self.counters.dropped.load(Ordering::Relaxed),
             failed: self.counters.failed.load(Ordering::Relaxed),
+            retried_writes: self.counters.retried_writes.load(Ordering::Relaxed),
         }
     }
 
@@ -575,6 +594,9 @@ impl UsageRecorder {
             let _ = self.running.set(None);
             return;
         };
+        // Writes failing now get their last attempts, not the whole
+        // retry window: a shutdown ends within its own deadline.
+        running.closing.send_replace(true);
         if running.tx.send(Message::Shutdown).await.is_ok() {
             running.wake.notify_one();
         }
@@ -611,12 +633,15 @@ impl UsageRecorder {
         let wake = Arc::new(Notify::new());
         let wake_at = self.config.batch_size.min(capacity / 2).max(1);
         let shards = Arc::new(Shards::new());
+        let closing = Arc::new(watch::Sender::new(false));
         let sink = Sink {
             store: Arc::clone(&self.store),
             quotas: Arc::clone(&self.quotas),
             counters: Arc::clone(&self.counters),
             shards: Arc::clone(&shards),
             wake: Arc::clone(&wake),
+            retry: self.config.write_retry,
+            closing: Arc::clone(&closing),
         };
         let worker = Worker {
             config: self.config,
@@ -629,7 +654,7 @@ impl UsageRecorder {
             id_bits: IdBits::default(),
         };
         let task = runtime.spawn(worker.run(rx, Arc::clone(&wake)));
-        Some(Running { tx, shards, wake, wake_at, task: Mutex::new(Some(task)) })
+        Some(Running { tx, shards, wake, wake_at, task: Mutex::new(Some(task)), closing })
     }
 }
 
@@ -794,6 +819,10 @@ struct Sink {
     shards: Arc<Shards>,
     /// Wakes the writer when a write is done, so its lane's next batch goes.
     wake: Arc<Notify>,
+    /// How long a failed batch is tried again ([`UsageConfig::write_retry`]).
+    retry: Duration,
+    /// True once the engine shuts down (or the writer stops).
+    closing: Arc<watch::Sender<bool>>,
 }
 
 impl Worker {
@@ -815,6 +844,9 @@ impl Worker {
                 break;
             }
         }
+        // However the writer stops (a shutdown, or the engine dropped),
+        // what is left is written without waiting out an outage.
+        self.sink.closing.send_replace(true);
         // Refuse new records and messages, then take what is already
         // buffered or queued.
         self.shards.closed.store(true, Ordering::Release);
@@ -995,36 +1027,58 @@ impl Worker {
     }
 }
 
+/// The first wait before a failed batch is tried again; each next wait is
+/// twice as long, up to [`LONGEST_RETRY_WAIT`].
+const FIRST_RETRY_WAIT: Duration = Duration::from_millis(50);
+/// The longest wait between two attempts at one batch.
+const LONGEST_RETRY_WAIT: Duration = Duration::from_secs(5);
+/// Attempts at a batch in all once the engine shuts down.
+const ATTEMPTS_WHEN_CLOSING: u32 = 3;
+
 impl Sink {
-    /// Writes one batch of `requests` requests, retrying twice under the
-    /// same batch id (so a write that committed but failed to answer counts
-    /// once); a batch that still fails is counted as failed, never silently
-    /// lost.
+    /// Writes one batch of `requests` requests, trying again under the same
+    /// batch id (so a write that committed but failed to answer counts
+    /// once) for [`UsageConfig::write_retry`], or up to a third attempt once
+    /// the engine shuts down; a batch that still fails is counted as
+    /// failed, never silently lost.
     async fn write(&self, batch: &UsageBatch<'_>, requests: usize) {
-        let mut backoff = Duration::from_millis(50);
+        let started = tokio::time::Instant::now();
+        let mut wait = FIRST_RETRY_WAIT;
+        let mut closing = self.closing.subscribe();
         self.quotas.begin_write();
-        for attempt in 1..=3 {
-            match self.store.write_usage(batch).await {
+        for attempt in 1.. {
+            let error = match self.store.write_usage(batch).await {
                 Ok(()) => {
                     self.counters.written.fetch_add(requests as u64, Ordering::Relaxed);
                     self.quotas.end_write(passed_requests(batch));
                     return;
                 }
-                Err(error) if attempt < 3 => {
-                    tracing::warn!(target: "keysmith::usage", %error, attempt, "usage batch failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
-                }
-                Err(error) => {
-                    let lost = requests as u64;
-                    tracing::error!(target: "keysmith::usage", %error, lost, "usage batch failed; records lost");
-                    self.counters.failed.fetch_add(lost, Ordering::Relaxed);
-                    metrics::counter!(FAILED_TOTAL).increment(lost);
-                    // Lost records stay counted as pending: a quota
-                    // over-counts rather than gives them away.
-                    self.quotas.end_write(std::iter::empty());
-                }
+                Err(error) => error,
+            };
+            let given_up = if *closing.borrow() {
+                attempt >= ATTEMPTS_WHEN_CLOSING
+            } else {
+                started.elapsed() + wait > self.retry
+            };
+            if given_up {
+                let lost = requests as u64;
+                tracing::error!(target: "keysmith::usage", %error, lost, attempt, "usage batch failed; records lost");
+                self.counters.failed.fetch_add(lost, Ordering::Relaxed);
+                metrics::counter!(FAILED_TOTAL).increment(lost);
+                // Lost records stay counted as pending: a quota
+                // over-counts rather than gives them away.
+                self.quotas.end_write(std::iter::empty());
+                return;
             }
+            tracing::warn!(target: "keysmith::usage", %error, attempt, retry_in = ?wait, "usage batch failed; retrying");
+            self.counters.retried_writes.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(RETRIED_WRITES_TOTAL).increment(1);
+            // A shutdown cuts the wait short: the last attempts go at once.
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = closing.wait_for(|closing| *closing), if !*closing.borrow() => {}
+            }
+            wait = (wait * 2).min(LONGEST_RETRY_WAIT);
         }
     }
 }
@@ -1052,14 +1106,16 @@ mod tests {
 
     fn worker(lanes: usize) -> Worker {
         let shards = Arc::new(Shards::new());
+        let config = UsageConfig { concurrent_writes: lanes, ..UsageConfig::default() };
         let sink = Sink {
             store: Arc::new(MemoryStore::new()),
             quotas: Arc::new(QuotaTracker::new(Duration::from_secs(5))),
             counters: Arc::default(),
             shards: Arc::clone(&shards),
             wake: Arc::default(),
+            retry: config.write_retry,
+            closing: Arc::new(watch::Sender::new(false)),
         };
-        let config = UsageConfig { concurrent_writes: lanes, ..UsageConfig::default() };
         Worker {
             config,
             mode: UsageMode::Records,
