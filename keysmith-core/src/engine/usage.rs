@@ -26,7 +26,7 @@ impl Engine {
     }
 
     /// Writes every queued record now and waits for the write: while the
-    /// store fails, for up to [`UsageConfig::write_retry`](crate::UsageConfig::write_retry)
+    /// store fails, for up to [`UsageConfig::write_retry`](crate::usage::UsageConfig::write_retry)
     /// (60 s by default), after which what failed is counted as failed.
     pub async fn flush_usage(&self) {
         self.inner.usage.flush().await;
