@@ -1032,7 +1032,8 @@ impl Worker {
 const FIRST_RETRY_WAIT: Duration = Duration::from_millis(50);
 /// The longest wait between two attempts at one batch.
 const LONGEST_RETRY_WAIT: Duration = Duration::from_secs(5);
-/// Attempts at a batch in all once the engine shuts down.
+/// Once the engine shuts down, a failing batch is given up at this attempt
+/// (or at its next one, if it has had more already).
 const ATTEMPTS_WHEN_CLOSING: u32 = 3;
 
 impl Sink {
