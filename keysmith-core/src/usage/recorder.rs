@@ -1046,15 +1046,24 @@ impl Sink {
         let started = tokio::time::Instant::now();
         let mut wait = FIRST_RETRY_WAIT;
         let mut closing = self.closing.subscribe();
-        self.quotas.begin_write();
         for attempt in 1.. {
+            // Each attempt is announced to the quotas on its own: a quota
+            // read between two attempts (the batch not in the store) is
+            // exact, so a long outage does not keep every quota re-reading.
+            self.quotas.begin_write();
             let error = match self.store.write_usage(batch).await {
                 Ok(()) => {
                     self.counters.written.fetch_add(requests as u64, Ordering::Relaxed);
                     self.quotas.end_write(passed_requests(batch));
                     return;
                 }
-                Err(error) => error,
+                Err(error) => {
+                    // Nothing of it is in the store (a store that committed
+                    // but did not answer makes quotas over-count for a while,
+                    // never under-count): its requests stay pending.
+                    self.quotas.end_write(std::iter::empty());
+                    error
+                }
             };
             let given_up = if *closing.borrow() {
                 attempt >= ATTEMPTS_WHEN_CLOSING
@@ -1068,7 +1077,6 @@ impl Sink {
                 metrics::counter!(FAILED_TOTAL).increment(lost);
                 // Lost records stay counted as pending: a quota
                 // over-counts rather than gives them away.
-                self.quotas.end_write(std::iter::empty());
                 return;
             }
             tracing::warn!(target: "keysmith::usage", %error, attempt, retry_in = ?wait, "usage batch failed; retrying");
