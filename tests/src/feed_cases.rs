@@ -2,13 +2,14 @@
 //! body runs over `RedisChangeFeed` (keysmith-redis/tests/feed.rs) and
 //! `PgChangeFeed` (tests/tests/fleet.rs).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keysmith_core::feed::FeedHeartbeat;
 use keysmith_core::store::CacheConfig;
 use keysmith_core::{Engine, NewKey, Refusal, RequestContext, ValidationError};
 
 use crate::proxy::SilentProxy;
+use crate::wait;
 
 /// What a busy test machine may add to a bound.
 const SLACK: Duration = Duration::from_millis(1500);
@@ -90,14 +91,9 @@ pub async fn a_silent_subscription_is_lost_and_staleness_stays_within_the_bound(
     until("refused by a", async || refused(a, fourth.raw.expose()).await).await;
 }
 
-/// Polls `done` on the real clock until it holds; how long that took.
-async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done().await {
-        assert!(start.elapsed() < CAP, "not {what} within {CAP:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    start.elapsed()
+/// [`wait::until`] within [`CAP`].
+async fn until(what: &str, done: impl AsyncFnMut() -> bool) -> Duration {
+    wait::until(what, CAP, done).await
 }
 
 /// Whether `engine` refuses `raw` as revoked (false when it accepts it).

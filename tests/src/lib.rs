@@ -49,3 +49,4 @@ pub mod server_process;
 pub mod services;
 pub mod sql_cases;
 pub mod store_conformance;
+pub mod wait;

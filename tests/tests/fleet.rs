@@ -16,6 +16,7 @@ use keysmith_sqlx::{PgChangeFeed, PgStore, Store};
 use keysmith_tests::feed_cases::{self, ProxiedPair};
 use keysmith_tests::proxy::SilentProxy;
 use keysmith_tests::services::{PgTestDb, service_url};
+use keysmith_tests::wait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 /// Long enough that only the feed can explain an eviction within the test.
@@ -56,18 +57,14 @@ async fn fleet<F: ChangeFeed>(db: &PgTestDb, count: usize, feed: impl AsyncFn() 
         engines.push(Engine::builder(store).with_cache(cache()).with_change_feed(feed().await).build().unwrap());
     }
     for engine in &engines {
-        until("subscribed", || engine.feed_status().unwrap().subscribed).await;
+        until("subscribed", async || engine.feed_status().unwrap().subscribed).await;
     }
     engines
 }
 
-/// Polls `done` on the real clock until it holds, failing after [`BOUND`].
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + BOUND;
-    while !done() {
-        assert!(Instant::now() < deadline, "not {what} within {BOUND:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// [`wait::until`] within [`BOUND`].
+async fn until(what: &str, done: impl AsyncFnMut() -> bool) {
+    wait::until(what, BOUND, done).await;
 }
 
 /// Validates on `engine` until it refuses, failing after [`BOUND`]; the
@@ -149,7 +146,7 @@ async fn credits_given_through_the_new_key_of_a_rotation_bind_the_old_key_on_the
     // b caches the old key, in its grace, as having no credits (once the
     // rotation's change has evicted what it cached before).
     let old_credits = async || b.validate(old.raw.expose(), &RequestContext::new()).await.map(|v| v.credits);
-    until_async("the rotation seen", async || b.feed_status().unwrap().received >= 1).await;
+    until("the rotation seen", async || b.feed_status().unwrap().received >= 1).await;
     assert_eq!(old_credits().await.unwrap(), None);
 
     acme.set_credits(new.key.id, Some(Credits::new(3))).await.unwrap();
@@ -163,15 +160,6 @@ async fn credits_given_through_the_new_key_of_a_rotation_bind_the_old_key_on_the
             matches!(old_credits().await, Err(ValidationError::Refused(Refusal::CreditsExhausted { .. }))),
             "the old key passes free on b after the balance was spent on a"
         );
-    }
-}
-
-/// Polls `done` on the real clock until it holds, failing after [`BOUND`].
-async fn until_async(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + BOUND;
-    while !done().await {
-        assert!(Instant::now() < deadline, "not {what} within {BOUND:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -238,13 +226,14 @@ async fn a_killed_listener_drops_the_cache_runs_on_the_outage_ttl_then_resubscri
     .await
     .unwrap();
     assert!(killed.len() >= 2, "one listener per engine");
-    until("lost", || b.feed_status().unwrap().losses == 1).await;
+    until("lost", async || b.feed_status().unwrap().losses == 1).await;
     let stats = b.cache_stats().unwrap();
     assert_eq!((stats.keys, stats.positive_ttl), (0, OUTAGE_TTL), "cache dropped, outage TTL");
     assert!(!b.feed_status().unwrap().subscribed);
 
     sqlx::query(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", db.name())).execute(&mut admin).await.unwrap();
-    until("resubscribed", || b.feed_status().unwrap().subscriptions == 2 && b.feed_status().unwrap().subscribed).await;
+    until("resubscribed", async || b.feed_status().unwrap().subscriptions == 2 && b.feed_status().unwrap().subscribed)
+        .await;
     assert_eq!(b.cache_stats().unwrap().positive_ttl, POSITIVE_TTL);
     // And the feed works again.
     assert!(accepted(b, created.raw.expose()).await);
@@ -327,7 +316,7 @@ async fn over_redis_a_revocation_is_refused_everywhere_and_a_killed_subscriber_r
     let mut conn = redis::Client::open(redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut conn).await.unwrap();
     assert_eq!(killed, 3, "one subscriber per engine");
-    until("lost and resubscribed", || {
+    until("lost and resubscribed", async || {
         let status = b.feed_status().unwrap();
         status.losses == 1 && status.subscriptions == 2 && status.subscribed
     })
@@ -354,7 +343,7 @@ async fn redis_fleet(db: &PgTestDb, redis: &PrivateRedis) -> (Engine, Engine) {
             .with_quotas(RedisQuotas::new(config))
             .build()
             .unwrap();
-        until("subscribed", || engine.feed_status().unwrap().subscribed).await;
+        until("subscribed", async || engine.feed_status().unwrap().subscribed).await;
         engines.push(engine);
     }
     let b = engines.pop().unwrap();
@@ -379,7 +368,7 @@ async fn redis_stopped_mid_test_each_engine_keeps_its_outage_policy_and_the_flee
     redis.stop();
     // The feed is lost: caches dropped, short TTL.
     for engine in [&a, &b] {
-        until("lost", || engine.feed_status().unwrap().losses == 1).await;
+        until("lost", async || engine.feed_status().unwrap().losses == 1).await;
         let stats = engine.cache_stats().unwrap();
         assert_eq!((stats.keys, stats.positive_ttl), (0, OUTAGE_TTL), "cache dropped, outage TTL");
     }
@@ -391,8 +380,8 @@ async fn redis_stopped_mid_test_each_engine_keeps_its_outage_policy_and_the_flee
     redis.restart().await;
     // Both resubscribe and decide in Redis again, without a restart.
     for engine in [&a, &b] {
-        until("resubscribed", || engine.feed_status().unwrap().subscriptions == 2).await;
-        until("subscribed", || engine.feed_status().unwrap().subscribed).await;
+        until("resubscribed", async || engine.feed_status().unwrap().subscriptions == 2).await;
+        until("subscribed", async || engine.feed_status().unwrap().subscribed).await;
         assert_eq!(engine.cache_stats().unwrap().positive_ttl, POSITIVE_TTL);
     }
     let deadline = Instant::now() + BOUND;

@@ -128,11 +128,8 @@ mod postgres_only {
         });
         // The writer's first attempts fail (a real outage: how long the pool
         // takes to give up is the driver's), and it keeps the batch.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while engine.usage_stats().retried_writes == 0 {
-            assert!(Instant::now() < deadline, "no write was tried again: {:?}", engine.usage_stats());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let retried = async || engine.usage_stats().retried_writes > 0;
+        keysmith_tests::wait::until("a write tried again", Duration::from_secs(30), retried).await;
         assert_eq!((engine.usage_stats().written, engine.usage_stats().failed), (0, 0));
 
         // The database comes back within the retry window: nothing is lost.

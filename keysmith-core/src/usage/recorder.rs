@@ -1082,7 +1082,8 @@ impl Sink {
             tracing::warn!(target: "keysmith::usage", %error, attempt, retry_in = ?wait, "usage batch failed; retrying");
             self.counters.retried_writes.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(RETRIED_WRITES_TOTAL).increment(1);
-            // A shutdown cuts the wait short: the last attempts go at once.
+            // A shutdown ends this wait at once; later waits (50 and 100 ms,
+            // up to the third attempt) are slept in full.
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 _ = closing.wait_for(|closing| *closing), if !*closing.borrow() => {}
