@@ -64,44 +64,100 @@ pub(crate) fn check_text(field: &'static str, value: &str) -> Result<()> {
     }
 }
 
+/// Refuses a time outside the years 1000 to 9999 (UTC), which is what every
+/// store keeps (MySQL's `DATETIME` holds no more).
+pub(crate) fn check_time(field: &'static str, at: chrono::DateTime<chrono::Utc>) -> Result<()> {
+    use chrono::Datelike as _;
+    if !(1000..=9999).contains(&at.year()) {
+        return Err(Error::invalid(field, "must be within the years 1000 to 9999 (UTC)"));
+    }
+    Ok(())
+}
+
+/// The largest metadata object of a key or policy, in bytes of compact
+/// JSON: it is kept with the key wherever the key is cached.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+
+/// The deepest nesting of objects and arrays in metadata (the object
+/// itself is level 1).
+pub const MAX_METADATA_DEPTH: usize = 32;
+
 /// Refuses a metadata object with a control character in any key or string,
-/// at any depth; the message says where (as a JSON pointer).
+/// at any depth (the message says where, as a JSON pointer), nested deeper
+/// than [`MAX_METADATA_DEPTH`], or larger than [`MAX_METADATA_BYTES`] as
+/// compact JSON.
 pub(crate) fn check_metadata(field: &'static str, metadata: &serde_json::Map<String, Value>) -> Result<()> {
     // An explicit stack: application data can be nested deeper than the
     // thread's stack allows for recursion.
-    let mut pending: Vec<(String, &Value)> = Vec::new();
-    push_members(field, "", metadata, &mut pending)?;
-    while let Some((path, value)) = pending.pop() {
-        match value {
+    let mut pending: Vec<(String, &Value, usize)> = Vec::new();
+    let mut bytes = push_members(field, "", metadata, 1, &mut pending)?;
+    while let Some((path, value, depth)) = pending.pop() {
+        bytes += match value {
             Value::String(text) => {
                 if let Some(c) = text.chars().find(|c| c.is_control()) {
                     return Err(found(field, "string", &path, c));
                 }
+                json_string_len(text)
             }
             Value::Array(items) => {
-                pending.extend(items.iter().enumerate().rev().map(|(i, item)| (format!("{path}/{i}"), item)));
+                check_depth(field, &path, depth + 1)?;
+                pending
+                    .extend(items.iter().enumerate().rev().map(|(i, item)| (format!("{path}/{i}"), item, depth + 1)));
+                2 + items.len().saturating_sub(1)
             }
-            Value::Object(map) => push_members(field, &path, map, &mut pending)?,
-            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+            Value::Object(map) => {
+                check_depth(field, &path, depth + 1)?;
+                push_members(field, &path, map, depth + 1, &mut pending)?
+            }
+            Value::Number(number) => number.to_string().len(),
+            Value::Bool(true) | Value::Null => 4,
+            Value::Bool(false) => 5,
+        };
+        if bytes > MAX_METADATA_BYTES {
+            return Err(Error::invalid(field, format!("must be at most {MAX_METADATA_BYTES} bytes as JSON")));
         }
     }
     Ok(())
 }
 
-/// Checks an object's keys and queues its values, first member on top.
+fn check_depth(field: &'static str, path: &str, depth: usize) -> Result<()> {
+    if depth > MAX_METADATA_DEPTH {
+        return Err(Error::invalid(field, format!("nests deeper than {MAX_METADATA_DEPTH} levels at {path:?}")));
+    }
+    Ok(())
+}
+
+/// The length of `text` as a JSON string, quotes and escapes included.
+fn json_string_len(text: &str) -> usize {
+    2 + text
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' => 2,
+            c if c.is_control() => 6,
+            c => c.len_utf8(),
+        })
+        .sum::<usize>()
+}
+
+/// Checks an object's keys and queues its values at `depth`, first member
+/// on top; the object's own bytes as compact JSON (its members' values
+/// not counted).
 fn push_members<'a>(
-    field: &'static str, path: &str, map: &'a serde_json::Map<String, Value>, pending: &mut Vec<(String, &'a Value)>,
-) -> Result<()> {
+    field: &'static str, path: &str, map: &'a serde_json::Map<String, Value>, depth: usize,
+    pending: &mut Vec<(String, &'a Value, usize)>,
+) -> Result<usize> {
     let start = pending.len();
+    let mut bytes = 2 + map.len().saturating_sub(1);
     for (key, value) in map {
         let at = format!("{path}/{}", escape_pointer(key));
         if let Some(c) = key.chars().find(|c| c.is_control()) {
             return Err(found(field, "key", &at, c));
         }
-        pending.push((at, value));
+        bytes += json_string_len(key) + 1;
+        pending.push((at, value, depth));
     }
     pending[start..].reverse();
-    Ok(())
+    Ok(bytes)
 }
 
 fn found(field: &'static str, what: &str, path: &str, c: char) -> Error {
@@ -193,6 +249,29 @@ mod tests {
         }
         let fine = json!({"team": "platform", "n": 3, "nested": {"list": ["a", null, {"b": "c"}]}});
         assert!(check_metadata("metadata", &object(fine)).is_ok());
+    }
+
+    #[test]
+    fn metadata_is_bounded_in_depth_and_in_bytes_of_json() {
+        // The object is level 1; under it, 31 arrays: the deepest allowed.
+        let mut nested = json!("leaf");
+        for _ in 0..MAX_METADATA_DEPTH - 1 {
+            nested = json!([nested]);
+        }
+        assert!(check_metadata("metadata", &object(json!({"a": nested.clone()}))).is_ok());
+        let err = check_metadata("metadata", &object(json!({"a": [nested]}))).unwrap_err().to_string();
+        assert!(err.contains("deeper than 32 levels"), "{err}");
+
+        // The exact size of compact JSON: at the bound, then one byte past it.
+        let at_bound = |extra: usize| {
+            let fixed = serde_json::to_string(&json!({"k": "", "n": 12, "t": true, "e": "\"\u{e9}"})).unwrap().len();
+            let filler = "x".repeat(MAX_METADATA_BYTES - fixed + extra);
+            object(json!({"k": filler, "n": 12, "t": true, "e": "\"\u{e9}"}))
+        };
+        assert_eq!(serde_json::to_string(&at_bound(0)).unwrap().len(), MAX_METADATA_BYTES);
+        assert!(check_metadata("metadata", &at_bound(0)).is_ok());
+        let err = check_metadata("metadata", &at_bound(1)).unwrap_err().to_string();
+        assert!(err.contains("at most 65536 bytes"), "{err}");
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub use error::{BoxError, Error, Result};
 pub use feed::{Change, ChangeFeed};
 pub use hooks::{Event, Plugin};
 pub use id::{IdParseError, KeyId, PolicyId, RotationId, ScopeId, UsageId};
-pub use input::{MAX_ID_LEN, validate_id};
+pub use input::{MAX_ID_LEN, MAX_METADATA_BYTES, MAX_METADATA_DEPTH, validate_id};
 pub use key::{
     CreditSpend, Credits, CreditsStatus, Environment, HashParseError, Hasher, Key, KeyHash, KeyState, LegacyKeys,
     MAX_RAW_KEY_LEN, MIN_LEGACY_KEY_LEN, ParsedKey, RawKey, Refill, Sha256Hasher, validate_prefix,

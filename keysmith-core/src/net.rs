@@ -52,6 +52,13 @@ pub(crate) fn contains(net: &IpNet, ip: IpAddr) -> bool {
     }
 }
 
+/// An allowlist's answer for a client: an empty list allows every address;
+/// an unknown address (`None`) passes no list.
+#[inline]
+pub(crate) fn allows(nets: &[IpNet], ip: Option<IpAddr>) -> bool {
+    nets.is_empty() || ip.map(|ip| ip.to_canonical()).is_some_and(|ip| nets.iter().any(|net| contains(net, ip)))
+}
+
 /// True if `a` and `b` agree on their first `len` bits.
 fn same_prefix_v6(a: u128, b: u128, len: u8) -> bool {
     let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);

@@ -151,6 +151,8 @@ async fn a_validation_restricted_to_an_app_or_tenant_that_no_key_can_have_fails_
         (RequestContext::new().with_app_id("billing "), "app_id"),
         (RequestContext::new().with_app_id(""), "app_id"),
         (RequestContext { tenant_id: Some("acme "), ..RequestContext::new().with_app_id("billing") }, "tenant_id"),
+        // A tenant id means nothing without its application.
+        (RequestContext { tenant_id: Some("acme"), ..RequestContext::new() }, "tenant_id"),
     ];
     for (ctx, field) in restrictions {
         match engine.validate(raw, &ctx).await {

@@ -155,6 +155,9 @@ async fn scopes_outside_the_policy_are_refused_at_create_and_assign() {
     assert!(matches!(acme.set_key_scopes(key.id, &["admin"]).await, Err(Error::InvalidInput { .. })));
     let updated = acme.set_key_scopes(key.id, &["read", "read"]).await.unwrap();
     assert_eq!(updated.scopes, ["read"], "duplicates collapse");
+    // In a policy's allowed scopes too, in the order given.
+    let spec = PolicySpec::new("twice").with_allowed_scopes(["write", "read", "write"]);
+    assert_eq!(acme.create_policy(spec).await.unwrap().allowed_scopes, ["write", "read"]);
     assert_eq!(acme.set_key_scopes(key.id, &[] as &[&str]).await.unwrap().scopes, Vec::<String>::new());
 }
 
@@ -313,6 +316,12 @@ async fn policy_values_out_of_bounds_are_refused_when_written() {
             PolicySpec::new("p").with_rotation_grace(PolicySpec::MAX_ROTATION_GRACE + Duration::from_secs(1)),
             "rotation_grace",
         ),
+        (PolicySpec::new("p").with_allowed_ips(vec!["10.0.0.0/8"; PolicySpec::MAX_ALLOWLIST_LEN + 1]), "allowed_ips"),
+        (
+            PolicySpec::new("p").with_allowed_origins(vec!["https://a.example"; PolicySpec::MAX_ALLOWLIST_LEN + 1]),
+            "allowed_origins",
+        ),
+        (PolicySpec::new("p").with_allowed_scopes(vec!["read"; PolicySpec::MAX_ALLOWLIST_LEN + 1]), "allowed_scopes"),
     ];
     for (spec, field) in cases {
         assert_eq!(field_of(acme.create_policy(spec.clone()).await), field, "{spec:?}");

@@ -96,6 +96,10 @@ pub(crate) trait Dialect:
     const SCOPES: &'static str;
     /// The usage table's `ip` column as text.
     const IP_READ: &'static str = "ip";
+    /// A key's source id (the `external_id` its import wrote into its
+    /// metadata: [`EXTERNAL_ID_FIELD`](keysmith_core::EXTERNAL_ID_FIELD))
+    /// as text, `NULL` without one.
+    const EXTERNAL_ID: &'static str;
     /// Sorts scope names by their bytes.
     const ORDER_BY_NAME: &'static str = "name";
     /// The function that picks the smaller of two values.

@@ -1,6 +1,6 @@
 //! MySQL and MariaDB: [`MySqlStore`] and its migrations.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 use keysmith_core::Result;
 use sqlx::MySql;
 use sqlx::migrate::Migrator;
@@ -35,13 +35,16 @@ impl Backend for MySql {
 }
 
 impl Dialect for MySql {
-    /// UTC in a `DATETIME(6)`.
-    type Time = DateTime<Utc>;
+    /// UTC in a `DATETIME(6)`, bound as a `DATETIME`: sqlx sends a
+    /// `DateTime<Utc>` as a `TIMESTAMP`, which holds 1970 to 2038 only, and
+    /// MariaDB stores a time outside that range as `NULL`.
+    type Time = NaiveDateTime;
     /// A JSON array.
     type List = Json<Vec<String>>;
     type Scopes = ScopePairs;
 
     const SLOT: usize = 2;
+    const EXTERNAL_ID: &'static str = "JSON_UNQUOTE(JSON_EXTRACT(metadata, '$.external_id'))";
     const SHARE_ROWS: &'static str = " LOCK IN SHARE MODE";
 
     // Without gap locks: under REPEATABLE READ a state change that scans
@@ -70,7 +73,18 @@ impl Dialect for MySql {
     }
 
     fn push_age_micros(qb: &mut Sql<'_, Self>, now: DateTime<Utc>) {
-        qb.push("TIMESTAMPDIFF(MICROSECOND, k.created_at, ").push_arg(now).push(")");
+        qb.push("TIMESTAMPDIFF(MICROSECOND, k.created_at, ").push_arg(Self::time(now)).push(")");
+    }
+}
+
+/// UTC, without its zone: the column's `DATETIME(6)`.
+impl Stored<DateTime<Utc>> for NaiveDateTime {
+    fn store(at: DateTime<Utc>) -> Self {
+        at.naive_utc()
+    }
+
+    fn load(self, _: &str) -> Result<DateTime<Utc>> {
+        Ok(self.and_utc())
     }
 }
 

@@ -68,6 +68,7 @@ impl Dialect for Postgres {
     type Scopes = Vec<String>;
 
     const SLOT: usize = 0;
+    const EXTERNAL_ID: &'static str = "(metadata ->> 'external_id')";
     // See `SqlStore::with_asynchronous_usage_commit`.
     const BEGIN_USAGE_ASYNCHRONOUS: &'static str = "BEGIN; SET LOCAL synchronous_commit = off";
     // Conflicts only with deleting the key or changing its id.

@@ -83,6 +83,7 @@ impl Dialect for Sqlite {
     type Scopes = Json<Vec<String>>;
 
     const SLOT: usize = 1;
+    const EXTERNAL_ID: &'static str = "json_extract(metadata, '$.external_id')";
 
     // The write lock up front: a state read in a transaction stays true
     // until it commits (SQLite has no row locks), and nothing fails half-way.

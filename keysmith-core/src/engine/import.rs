@@ -155,7 +155,10 @@ impl TenantEngine {
     /// is not 64 hex characters, a bad owner id, name, scope or time) is
     /// refused with its line and reason and nothing of the batch is written.
     /// Otherwise, in one store transaction: rows whose hash the tenant
-    /// already holds are skipped (so running an import again is a no-op),
+    /// already holds, or whose `external_id` one of the tenant's keys was
+    /// imported from (by an earlier run or an earlier row), are skipped (so
+    /// running an import again is a no-op, even after the source changed a
+    /// secret),
     /// rows whose hash another tenant's key has and rows past the policy's
     /// `max_active_keys_per_owner` are refused, the others are written.
     /// Revoked rows arrive `revoked`, rows past their expiry `expired`.
@@ -277,6 +280,16 @@ impl TenantEngine {
         for (field, at) in [("last_used_at", row.last_used_at), ("revoked_at", row.revoked_at)] {
             if at.is_some_and(|at| at > now) {
                 return Err(Error::invalid(field, "is in the future"));
+            }
+        }
+        for (field, at) in [
+            ("created_at", Some(created_at)),
+            ("last_used_at", row.last_used_at),
+            ("revoked_at", row.revoked_at),
+            ("expires_at", row.expires_at),
+        ] {
+            if let Some(at) = at {
+                input::check_time(field, at)?;
             }
         }
         let (state, updated_at, revoked_reason) = match (row.revoked_at, row.expires_at) {

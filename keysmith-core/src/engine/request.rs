@@ -26,8 +26,9 @@ pub struct RequestContext<'a> {
     pub app_id: Option<&'a str>,
     /// Accept only keys of this tenant (of `app_id`'s app, compared
     /// exactly); another tenant's key is refused as unknown before any of
-    /// its limits are touched. An id that is not an identity fails the
-    /// validation with [`Error::InvalidInput`](crate::Error::InvalidInput).
+    /// its limits are touched. An id that is not an identity, or a tenant
+    /// without its `app_id`, fails the validation with
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput).
     pub tenant_id: Option<&'a str>,
     /// The credits the request costs a key that has credits (`None`: 1).
     pub cost: Option<u64>,

@@ -174,8 +174,11 @@ impl TenantEngine {
         }
         let scopes = self.checked_scopes(&new.scopes, new.policy_id).await?;
         let now = inner.clock.now();
-        if new.expires_at.is_some_and(|at| at <= now) {
-            return Err(Error::invalid("expires_at", "must be in the future"));
+        if let Some(at) = new.expires_at {
+            if at <= now {
+                return Err(Error::invalid("expires_at", "must be in the future"));
+            }
+            input::check_time("expires_at", at)?;
         }
         let credits = new.credits.map(|credits| credits.checked(now)).transpose()?;
         if credits.is_some() {
@@ -394,7 +397,9 @@ impl TenantEngine {
     /// never refills them.
     ///
     /// # Errors
-    /// `NotFound`, or `InvalidTransition` if the key is not active (also for
+    /// `NotFound`, or `InvalidTransition` if the key is not active (a key
+    /// past its `expires_at` or its policy's `max_key_age` is moved to
+    /// `expired` first, as a validation would; also for
     /// every loser of concurrent rotations of one key); `InvalidInput` for a
     /// grace longer than [`PolicySpec::MAX_ROTATION_GRACE`](crate::PolicySpec::MAX_ROTATION_GRACE)
     /// or for the tenant's ids.
@@ -405,6 +410,9 @@ impl TenantEngine {
         if old.state != KeyState::Active {
             return Err(Error::InvalidTransition { from: old.state, to: KeyState::Rotated });
         }
+        // A key past its expiry or its policy's maximum age is expired, if
+        // nothing has said so yet: rotating it would renew a dead credential.
+        self.refuse_if_expired(&old, KeyState::Rotated).await?;
         let grace = match (grace, old.policy_id) {
             (Some(grace), _) => grace,
             (None, _) if reason == RotationReason::Compromised => Duration::ZERO,
@@ -492,9 +500,15 @@ impl TenantEngine {
     ///
     /// # Errors
     /// `InvalidInput` for the tenant's ids; `NotFound`, or
-    /// `InvalidTransition` unless the key is active.
+    /// `InvalidTransition` unless the key is active (a key past its
+    /// `expires_at` or its policy's `max_key_age` is moved to `expired`
+    /// first, as a validation would).
     pub async fn suspend_key(&self, id: KeyId) -> Result<Key> {
         self.checked()?;
+        let StoredKey { key, .. } = self.stored_key(id).await?;
+        if key.state == KeyState::Active {
+            self.refuse_if_expired(&key, KeyState::Suspended).await?;
+        }
         let at = self.engine.inner.clock.now();
         self.transition(id, Transition::to(KeyState::Suspended, at)).await
     }
@@ -519,6 +533,24 @@ impl TenantEngine {
         let tenant = self.checked()?;
         self.stored_key(id).await?;
         self.engine.inner.store.list_rotations(tenant, id).await
+    }
+
+    /// For an active `key` past its expiry or its policy's maximum age:
+    /// moves it to `expired`, as a validation would have, and refuses the
+    /// move `to` from there (`InvalidTransition`).
+    async fn refuse_if_expired(&self, key: &Key, to: KeyState) -> Result<()> {
+        let engine = &self.engine;
+        let policy = match (key.policy_id, &engine.inner.cache) {
+            (Some(policy_id), Some(cache)) => cache.get_policy(&self.tenant, policy_id).await?,
+            (Some(policy_id), None) => engine.inner.store.get_policy(&self.tenant, policy_id).await?,
+            (None, _) => None,
+        };
+        let now = engine.inner.clock.now();
+        if !engine.is_expired(key, policy.as_deref(), now) {
+            return Ok(());
+        }
+        engine.mark_expired(key, now).await?;
+        Err(Error::InvalidTransition { from: KeyState::Expired, to })
     }
 
     async fn transition(&self, id: KeyId, transition: Transition) -> Result<Key> {

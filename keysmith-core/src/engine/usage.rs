@@ -10,8 +10,12 @@ impl Engine {
     /// response, for requests that passed validation. A full queue, or an
     /// engine not [started](Engine::start), drops the record and counts it
     /// ([`Engine::usage_stats`], metric `keysmith_usage_dropped_total`).
+    /// Its method, endpoint and user agent are cut to
+    /// [`MAX_METHOD_LEN`](crate::usage::MAX_METHOD_LEN),
+    /// [`MAX_ENDPOINT_LEN`](crate::usage::MAX_ENDPOINT_LEN) and
+    /// [`MAX_USER_AGENT_LEN`](crate::usage::MAX_USER_AGENT_LEN) bytes.
     pub fn record_usage(&self, record: UsageRecord) {
-        self.inner.usage.record(record);
+        self.inner.usage.record(record.bounded());
     }
 
     /// Queues an adapter's usage entry and the values its tables could not

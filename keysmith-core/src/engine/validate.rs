@@ -702,7 +702,7 @@ impl Engine {
     }
 
     /// Moves an active key found past its expiry to `expired`, once.
-    async fn mark_expired(&self, key: &Key, now: DateTime<Utc>) -> Result<(), Error> {
+    pub(super) async fn mark_expired(&self, key: &Key, now: DateTime<Utc>) -> Result<(), Error> {
         if let Some(expired) = self.apply_transition(key, &Transition::to(KeyState::Expired, now)).await? {
             self.committed(|| Change::key(&expired, None)).await;
             self.emit_transition(expired).await;
@@ -711,7 +711,7 @@ impl Engine {
     }
 
     #[inline]
-    fn is_expired(&self, key: &Key, policy: Option<&Policy>, now: DateTime<Utc>) -> bool {
+    pub(super) fn is_expired(&self, key: &Key, policy: Option<&Policy>, now: DateTime<Utc>) -> bool {
         let _ = self;
         key.expires_at.is_some_and(|at| at <= now)
             || crate::key::past_max_age(key, policy.and_then(|p| p.max_key_age), now)
@@ -775,6 +775,11 @@ fn check_restriction(ctx: &RequestContext<'_>) -> Result<(), Error> {
     }
     if let Some(tenant_id) = ctx.tenant_id {
         crate::validate_id("tenant_id", tenant_id)?;
+        // Tenant ids are per application: alone, one would let through
+        // every application's tenant of that name.
+        if ctx.app_id.is_none() {
+            return Err(Error::invalid("tenant_id", "restricts to a tenant of an application: set app_id too"));
+        }
     }
     Ok(())
 }

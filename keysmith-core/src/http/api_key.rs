@@ -2,6 +2,7 @@
 
 use std::cell::Cell;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::gate::UsageDraft;
@@ -144,6 +145,16 @@ impl ApiKey {
     #[must_use]
     pub fn metadata(&self) -> &serde_json::Map<String, serde_json::Value> {
         &self.validation().key.metadata
+    }
+
+    /// The client address the request's key was checked against: the
+    /// connection's peer, or what a trusted proxy forwarded (see
+    /// [`TrustedProxies`](super::TrustedProxies)). `None` when it was
+    /// unknown, and for a key made with [`ApiKey::new`] rather than
+    /// admitted by an adapter.
+    #[must_use]
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.draft().and_then(UsageDraft::client_ip)
     }
 
     /// The whole validation.

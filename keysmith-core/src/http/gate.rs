@@ -16,11 +16,12 @@ use super::{
 };
 use crate::clock::Stopwatch;
 use crate::usage::texts::{Text, UsageTexts};
-use crate::usage::{EntryNames, NO_USER_AGENT, SharedStr, SharedTenant, Spill, UsageEntry};
+use crate::usage::{
+    EntryNames, MAX_ENDPOINT_LEN, MAX_METHOD_LEN, MAX_USER_AGENT_LEN, NO_USER_AGENT, SharedStr, SharedTenant, Spill,
+    UsageEntry, cut,
+};
 use crate::{Engine, PresentedKey, Refusal, RequestContext, UsageId, UsageRecord, Validation, ValidationError};
 
-/// `User-Agent` values are cut to this many bytes in usage records.
-const MAX_USER_AGENT_LEN: usize = 512;
 /// Longer `Origin` values cannot be allowed origins; they are cut (and so
 /// refused by any origin allowlist).
 const MAX_ORIGIN_LEN: usize = 1024;
@@ -350,11 +351,12 @@ impl Gate {
         };
         let texts = config.engine.usage_texts();
         let endpoint = match config.usage_endpoint {
-            UsageEndpoint::RawPath => Some(Text::Shared(SharedStr::copied(request.path))),
+            UsageEndpoint::RawPath => Some(Text::Shared(SharedStr::copied(cut(request.path, MAX_ENDPOINT_LEN)))),
             UsageEndpoint::Route => request.route.map(|route| route_text(texts, route)),
         };
         let draft = UsageDraft {
-            method: SharedStr::method_code(request.method).ok_or_else(|| SharedStr::copied(request.method)),
+            method: SharedStr::method_code(request.method)
+                .ok_or_else(|| SharedStr::copied(cut(request.method, MAX_METHOD_LEN))),
             endpoint,
             ip: config.proxies.client_ip(request.peer, &request.headers),
             // Added to the table only once the request has passed.
@@ -425,6 +427,7 @@ impl Gate {
 /// the table is full.
 #[inline]
 fn route_text(texts: &UsageTexts, route: &str) -> Text {
+    let route = cut(route, MAX_ENDPOINT_LEN);
     texts.route(route).map_or_else(|| Text::Shared(SharedStr::copied(route)), Text::Id)
 }
 
@@ -566,6 +569,11 @@ impl Admitted {
 }
 
 impl UsageDraft {
+    /// The client address the key was checked against.
+    pub(super) fn client_ip(&self) -> Option<IpAddr> {
+        self.ip
+    }
+
     /// The request's method.
     fn method(&self) -> &str {
         match &self.method {

@@ -65,11 +65,7 @@ impl Policy {
     /// address; an unknown address (`None`) passes no list.
     #[must_use]
     pub fn allows_ip(&self, ip: Option<std::net::IpAddr>) -> bool {
-        if self.allowed_ips.is_empty() {
-            return true;
-        }
-        ip.map(|ip| ip.to_canonical())
-            .is_some_and(|ip| self.allowed_ips.iter().any(|net| crate::net::contains(net, ip)))
+        crate::net::allows(&self.allowed_ips, ip)
     }
 
     /// True if `origin` is in the allowlist (compared as normalised origins).

@@ -83,6 +83,9 @@ impl PolicySpec {
     pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(LEAP_YEAR);
     /// The largest `max_active_keys_per_owner`.
     pub const MAX_KEYS_PER_OWNER: u32 = 100_000;
+    /// The most entries of `allowed_ips`, of `allowed_origins` and of
+    /// `allowed_scopes` each: every request under the policy reads them.
+    pub const MAX_ALLOWLIST_LEN: usize = 1_000;
 
     /// A spec with only a name (a policy that limits nothing yet).
     pub fn new(name: impl Into<String>) -> Self {
@@ -162,6 +165,30 @@ impl PolicySpec {
         self
     }
 
+    /// What this policy, once written, would refuse `key` for on a request
+    /// from `client_ip` at `now`, of the checks that depend on the request
+    /// and the key's age alone: the client address
+    /// ([`Refusal::IpNotAllowed`](crate::Refusal::IpNotAllowed), an unknown
+    /// address included) and the maximum key age
+    /// ([`Refusal::Expired`](crate::Refusal::Expired)). `None` when it would
+    /// refuse neither. What an admin API asks before a key changes the
+    /// policy it stands under.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] as writing the policy would answer.
+    pub fn refusal_for(
+        &self, key: &crate::Key, client_ip: Option<std::net::IpAddr>, now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<crate::Refusal>> {
+        let checked = self.validate()?;
+        Ok(if !crate::net::allows(&checked.allowed_ips, client_ip) {
+            Some(crate::Refusal::IpNotAllowed)
+        } else if crate::key::past_max_age(key, self.max_key_age, now) {
+            Some(crate::Refusal::Expired)
+        } else {
+            None
+        })
+    }
+
     /// Checks every field; the error names the first one at fault.
     pub(crate) fn validate(&self) -> Result<CheckedSpec> {
         let name = input::check_name(&self.name, MAX_NAME_LEN)?;
@@ -193,18 +220,29 @@ impl PolicySpec {
                 format!("must be 1 to {} (omit it for no limit)", Self::MAX_KEYS_PER_OWNER),
             ));
         }
+        for (field, len) in [
+            ("allowed_ips", self.allowed_ips.len()),
+            ("allowed_origins", self.allowed_origins.len()),
+            ("allowed_scopes", self.allowed_scopes.len()),
+        ] {
+            if len > Self::MAX_ALLOWLIST_LEN {
+                return Err(Error::invalid(field, format!("at most {} entries", Self::MAX_ALLOWLIST_LEN)));
+            }
+        }
         let allowed_ips = self.allowed_ips.iter().map(|s| parse_network(s)).collect::<Result<Vec<_>>>()?;
         let allowed_origins = self.allowed_origins.iter().map(|s| normalize_origin(s)).collect::<Result<Vec<_>>>()?;
         for name in &self.allowed_scopes {
             scope::validate_name(name)?;
         }
         input::check_metadata("metadata", &self.metadata)?;
-        Ok(CheckedSpec {
-            name: name.to_owned(),
-            allowed_ips,
-            allowed_origins,
-            allowed_scopes: self.allowed_scopes.clone(),
-        })
+        // Each once, in the order given, as a key's scopes are.
+        let mut allowed_scopes: Vec<String> = Vec::with_capacity(self.allowed_scopes.len());
+        for name in &self.allowed_scopes {
+            if !allowed_scopes.contains(name) {
+                allowed_scopes.push(name.clone());
+            }
+        }
+        Ok(CheckedSpec { name: name.to_owned(), allowed_ips, allowed_origins, allowed_scopes })
     }
 }
 

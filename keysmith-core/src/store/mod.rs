@@ -232,8 +232,10 @@ pub struct RotationWrite {
 pub enum ImportOutcome {
     /// Written.
     Imported,
-    /// The tenant already holds a key of this hash: imported by an earlier
-    /// run, so nothing is written.
+    /// The tenant already holds a key of this hash, or one imported from
+    /// the same `external_id` ([`EXTERNAL_ID_FIELD`](crate::EXTERNAL_ID_FIELD)
+    /// in its metadata): imported by an earlier run or an earlier row, so
+    /// nothing is written.
     AlreadyImported,
     /// Another tenant's key has this hash: refused, nothing written.
     HashTaken,

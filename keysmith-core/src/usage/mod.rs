@@ -26,6 +26,27 @@ pub use recorder::{UsageConfig, UsageMode, UsageStats};
 pub use retention::UsageRetention;
 pub use shared::{SharedStr, SharedTenant};
 
+/// The longest method a usage record keeps, in bytes: a longer extension
+/// method is cut to it (every store holds what a record holds).
+pub const MAX_METHOD_LEN: usize = 32;
+/// The longest endpoint a usage record keeps, in bytes: a longer raw path
+/// or template is cut to it.
+pub const MAX_ENDPOINT_LEN: usize = 2048;
+/// The longest user agent a usage record keeps, in bytes.
+pub const MAX_USER_AGENT_LEN: usize = 512;
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+pub(crate) fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// One request made with a key. Its text and owner are shared values
 /// ([`SharedStr`], [`SharedTenant`]): cloning a record copies no string.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +77,24 @@ pub struct UsageRecord {
 }
 
 impl UsageRecord {
+    /// The record with its texts cut to what every store keeps
+    /// ([`MAX_METHOD_LEN`], [`MAX_ENDPOINT_LEN`], [`MAX_USER_AGENT_LEN`]), so
+    /// that no record can fail the batch it is written in.
+    #[must_use]
+    pub(crate) fn bounded(mut self) -> Self {
+        let cut_to = |text: &mut SharedStr, max: usize| {
+            if text.len() > max {
+                *text = SharedStr::copied(cut(text, max));
+            }
+        };
+        cut_to(&mut self.method, MAX_METHOD_LEN);
+        cut_to(&mut self.endpoint, MAX_ENDPOINT_LEN);
+        if let Some(agent) = &mut self.user_agent {
+            cut_to(agent, MAX_USER_AGENT_LEN);
+        }
+        self
+    }
+
     /// True if the response was an error (status ≥ 400).
     #[must_use]
     pub fn is_error(&self) -> bool {

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use keysmith_core::store::{ImportOutcome, StoredKey};
-use keysmith_core::{Error, KeyId, PolicyId, Result, Tenant};
+use keysmith_core::{EXTERNAL_ID_FIELD, Error, Key, KeyId, PolicyId, Result, Tenant};
 
 use sqlx::types::Json;
 
@@ -37,6 +37,39 @@ async fn held_hashes_on<DB: Dialect>(
     Ok(held)
 }
 
+/// The source ids (`external_id` in the metadata) of `keys` that
+/// `tenant`'s keys were imported from already.
+async fn held_external_ids_on<DB: Dialect>(
+    conn: &mut DB::Connection, tenant: &Tenant, keys: &[StoredKey],
+) -> Result<HashSet<String>> {
+    let wanted: Vec<&str> = keys.iter().filter_map(|stored| external_id(&stored.key)).collect();
+    let mut held = HashSet::new();
+    for chunk in wanted.chunks(1000) {
+        let mut qb = Sql::<DB>::new(format!(
+            "SELECT {id} AS external_id FROM keysmith_keys WHERE {id} IN (",
+            id = DB::EXTERNAL_ID
+        ));
+        let mut list = qb.separated(", ");
+        for id in chunk {
+            list.push_arg(*id);
+        }
+        qb.push(")");
+        push_tenant::<DB>(&mut qb, "", tenant);
+        let (sql, args) = qb.finish()?;
+        for row in
+            sqlx::query_with::<DB, _>(&sql, args).persistent(false).fetch_all(conn.exec()).await.map_err(store_error)?
+        {
+            held.insert(DB::text(&row, "external_id")?);
+        }
+    }
+    Ok(held)
+}
+
+/// The source id an imported key was made from.
+fn external_id(key: &Key) -> Option<&str> {
+    key.metadata.get(EXTERNAL_ID_FIELD).and_then(serde_json::Value::as_str)
+}
+
 /// The body of `import_keys`, inside the caller's transaction: a
 /// few statements per batch, not per key, each planned for its
 /// values (not prepared: a generic plan of a long `IN` list reads
@@ -55,6 +88,7 @@ pub(super) async fn import_keys_on<DB: Dialect>(
         });
     }
     let mut held = held_hashes_on::<DB>(conn, tenant, keys).await?;
+    let mut held_ids = held_external_ids_on::<DB>(conn, tenant, keys).await?;
     let mut live = live_owner_keys_on::<DB>(conn, tenant, keys).await?;
     let mut outcomes = Vec::with_capacity(keys.len());
     let mut inserts = Vec::with_capacity(keys.len());
@@ -64,6 +98,7 @@ pub(super) async fn import_keys_on<DB: Dialect>(
         let outcome = match held.get(&hash) {
             Some(true) => ImportOutcome::AlreadyImported,
             Some(false) => ImportOutcome::HashTaken,
+            None if external_id(key).is_some_and(|id| held_ids.contains(id)) => ImportOutcome::AlreadyImported,
             None => {
                 let counted = match (&key.owner_id, key.policy_id) {
                     (Some(owner), Some(policy)) if key.state.counts_toward_owner_limit() => {
@@ -79,8 +114,10 @@ pub(super) async fn import_keys_on<DB: Dialect>(
                         if let Some((_, held_by_owner)) = counted {
                             *held_by_owner += 1;
                         }
-                        // A second row of the same hash is the same key.
+                        // A second row of the same hash, or of the
+                        // same source id, is the same key.
                         held.insert(hash, true);
+                        held_ids.extend(external_id(key).map(str::to_owned));
                         inserts.push(stored);
                         ImportOutcome::Imported
                     }

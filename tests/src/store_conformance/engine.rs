@@ -242,3 +242,135 @@ pub async fn aggregates_mode_writes_exact_roll_ups_only_and_loses_nothing(store:
     let refusal = refusal_of(other.validate(metered.raw.expose(), &ctx).await);
     assert!(matches!(refusal, Refusal::QuotaExceeded { .. }), "{refusal:?}");
 }
+
+/// Times are kept whatever the year (a DATETIME-like column holds 1000 to
+/// 9999): an expiry past 2038 reads back and is enforced, a key made in
+/// 2039 is used and swept in 2039, and the last day a store can hold
+/// round-trips.
+pub async fn times_past_2038_are_kept_and_enforced(store: Arc<dyn Store>) {
+    let clock = ManualClock::new(t0());
+    let engine = engine_on(Arc::clone(&store), &clock);
+    let acme = engine.tenant("app", "acme");
+    let late = Utc.with_ymd_and_hms(2040, 6, 1, 0, 0, 0).unwrap();
+    let last = Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap();
+    let soon = acme.create_key(NewKey::new("2040").with_expires_at(late)).await.unwrap();
+    let never = acme.create_key(NewKey::new("9999").with_expires_at(last)).await.unwrap();
+    assert_eq!(acme.get_key(soon.key.id).await.unwrap().expires_at, Some(late));
+    assert_eq!(acme.get_key(never.key.id).await.unwrap().expires_at, Some(last));
+
+    let ctx = RequestContext::new();
+    clock.set(Utc.with_ymd_and_hms(2039, 1, 1, 0, 0, 0).unwrap());
+    engine.validate(soon.raw.expose(), &ctx).await.unwrap();
+    let made_in_2039 = acme.create_key(NewKey::new("2039").with_expires_at(late)).await.unwrap();
+    engine.validate(made_in_2039.raw.expose(), &ctx).await.unwrap();
+    engine.flush_usage().await;
+    let used = acme.get_key(made_in_2039.key.id).await.unwrap();
+    assert_eq!(used.created_at, Utc.with_ymd_and_hms(2039, 1, 1, 0, 0, 0).unwrap());
+    assert_eq!(used.last_used_at, Some(used.created_at));
+
+    clock.set(late + chrono::Duration::days(1));
+    assert_eq!(refusal_of(engine.validate(soon.raw.expose(), &ctx).await), Refusal::Expired);
+    assert_eq!(acme.get_key(soon.key.id).await.unwrap().state, KeyState::Expired);
+    let swept = engine.sweep().await.unwrap();
+    assert_eq!(swept.expired, 1, "the 2039 key expires in the sweep: {swept:?}");
+    assert_eq!(acme.get_key(made_in_2039.key.id).await.unwrap().state, KeyState::Expired);
+    engine.validate(never.raw.expose(), &ctx).await.unwrap();
+
+    // Past what every store holds: refused before the store, nothing written.
+    let beyond = Utc.with_ymd_and_hms(10_000, 1, 1, 0, 0, 0).unwrap();
+    let refused = acme.create_key(NewKey::new("beyond").with_expires_at(beyond)).await.unwrap_err();
+    assert!(matches!(refused, Error::InvalidInput { field: "expires_at", .. }), "{refused:?}");
+    let row = |created_at| keysmith_core::ImportRow {
+        hash: "ab".repeat(32),
+        created_at: Some(created_at),
+        ..keysmith_core::ImportRow::default()
+    };
+    let ancient = Utc.with_ymd_and_hms(999, 12, 31, 0, 0, 0).unwrap();
+    let options = keysmith_core::ImportOptions::new();
+    let report = acme.import_keys(&[row(ancient)], &options).await.unwrap();
+    assert_eq!((report.imported, report.refused.len()), (0, 1), "{report:?}");
+    assert!(report.refused[0].reason.contains("created_at"), "{report:?}");
+    let oldest = Utc.with_ymd_and_hms(1000, 1, 1, 0, 0, 0).unwrap();
+    assert_eq!(acme.import_keys(&[row(oldest)], &options).await.unwrap().imported, 1);
+    assert_eq!(acme.list_keys(&KeyFilter::default()).await.unwrap().len(), 4);
+}
+
+/// A usage record whose method, endpoint or user agent is longer than any
+/// store keeps (an extension method, a long raw path) is cut to the bounds
+/// every store holds, so it never fails the batch that also carries other
+/// keys' and tenants' records.
+pub async fn oversized_usage_texts_are_cut_and_fail_no_batch(store: Arc<dyn Store>) {
+    use keysmith_core::usage::{MAX_ENDPOINT_LEN, MAX_METHOD_LEN, MAX_USER_AGENT_LEN, SharedStr};
+
+    let clock = ManualClock::new(t0());
+    let engine = engine_on(Arc::clone(&store), &clock);
+    let acme = engine.tenant("app", "acme").create_key(NewKey::new("acme")).await.unwrap();
+    let globex = engine.tenant("app", "globex").create_key(NewKey::new("globex")).await.unwrap();
+    for _ in 0..10 {
+        engine.record_usage(usage(&acme.key, t0(), 200));
+    }
+    let long = UsageRecord {
+        method: SharedStr::copied(&"X".repeat(MAX_METHOD_LEN + 1)),
+        // Multi-byte characters across the bound: cut at a character.
+        endpoint: SharedStr::copied(&format!("/{}", "é".repeat(MAX_ENDPOINT_LEN))),
+        user_agent: Some(SharedStr::copied(&"a".repeat(70_000))),
+        ..usage(&globex.key, t0(), 200)
+    };
+    engine.record_usage(long);
+    for _ in 0..10 {
+        engine.record_usage(usage(&acme.key, t0(), 201));
+    }
+    engine.flush_usage().await;
+    let stats = engine.usage_stats();
+    assert_eq!((stats.written, stats.failed, stats.dropped), (21, 0, 0), "{stats:?}");
+
+    let all = TimeRange::default();
+    let acme_records = store.list_usage(&acme.key.tenant, acme.key.id, all, Page::default()).await.unwrap();
+    assert_eq!(acme_records.len(), 20);
+    let kept = store.list_usage(&globex.key.tenant, globex.key.id, all, Page::default()).await.unwrap();
+    let [kept] = &kept[..] else { panic!("{kept:?}") };
+    assert_eq!(&*kept.method, "X".repeat(MAX_METHOD_LEN));
+    assert!(
+        kept.endpoint.len() <= MAX_ENDPOINT_LEN && kept.endpoint.len() > MAX_ENDPOINT_LEN - 2,
+        "{}",
+        kept.endpoint.len()
+    );
+    assert!(kept.endpoint.starts_with("/é"));
+    assert_eq!(kept.user_agent.as_deref().map(str::len), Some(MAX_USER_AGENT_LEN));
+}
+
+/// A key past its expiry or its policy's maximum age that no validation or
+/// sweep has marked yet is expired for rotation and suspension too: neither
+/// renews nor parks a dead credential, and the key ends `expired`.
+pub async fn a_key_past_its_expiry_is_neither_rotated_nor_suspended(store: Arc<dyn Store>) {
+    let clock = ManualClock::new(t0());
+    let engine = engine_on(Arc::clone(&store), &clock);
+    let acme = engine.tenant("app", "acme");
+    let aged = acme.create_policy(PolicySpec::new("aged").with_max_key_age(Duration::from_secs(3600))).await.unwrap();
+    let dated =
+        acme.create_key(NewKey::new("dated").with_expires_at(t0() + chrono::Duration::minutes(30))).await.unwrap();
+    let old = acme.create_key(NewKey::new("old").with_policy(aged.id)).await.unwrap();
+    let young = acme.create_key(NewKey::new("young")).await.unwrap();
+    clock.advance(Duration::from_secs(2 * 3600));
+
+    for key in [&dated, &old] {
+        let rotated = acme.rotate_key(key.key.id, RotationReason::Scheduled, None).await.unwrap_err();
+        assert!(
+            matches!(rotated, Error::InvalidTransition { from: KeyState::Expired, to: KeyState::Rotated }),
+            "{rotated:?}"
+        );
+        assert_eq!(acme.get_key(key.key.id).await.unwrap().state, KeyState::Expired);
+        assert!(acme.list_rotations(key.key.id).await.unwrap().is_empty());
+        let suspended = acme.suspend_key(key.key.id).await.unwrap_err();
+        assert!(matches!(suspended, Error::InvalidTransition { from: KeyState::Expired, .. }), "{suspended:?}");
+    }
+    let other = acme.create_key(NewKey::new("other").with_policy(aged.id)).await.unwrap();
+    clock.advance(Duration::from_secs(2 * 3600));
+    let suspended = acme.suspend_key(other.key.id).await.unwrap_err();
+    assert!(matches!(suspended, Error::InvalidTransition { from: KeyState::Expired, .. }), "{suspended:?}");
+    assert_eq!(acme.get_key(other.key.id).await.unwrap().state, KeyState::Expired);
+    // A key within its time rotates and suspends as before.
+    acme.rotate_key(young.key.id, RotationReason::Scheduled, None).await.unwrap();
+    let fresh = acme.create_key(NewKey::new("fresh").with_policy(aged.id)).await.unwrap();
+    assert_eq!(acme.suspend_key(fresh.key.id).await.unwrap().state, KeyState::Suspended);
+}

@@ -143,3 +143,43 @@ pub async fn imported_hash_of_another_tenants_key_is_refused(store: Arc<dyn Stor
     let still = engine.validate(theirs.raw.expose(), &RequestContext::new()).await.unwrap();
     assert_eq!(still.key.tenant, Tenant::new("billing", "globex"));
 }
+
+/// A row whose source id (`external_id`) one of the tenant's keys was
+/// imported from is skipped, whatever its hash now (the source changed the
+/// secret since), and so is a later row of one batch with an earlier row's
+/// id; another tenant's imports do not count, and rows without an id are
+/// told apart by their hash alone.
+pub async fn import_skips_rows_whose_source_id_was_imported(store: Arc<dyn Store>) {
+    let clock = ManualClock::new(t0());
+    let engine = engine_on(Arc::clone(&store), &clock);
+    let (acme, globex) = (engine.tenant("billing", "acme"), engine.tenant("billing", "globex"));
+    let options = ImportOptions::new();
+    let first = acme.import_keys(&[row(1, "mk_first0123456789abcdef", "u1")], &options).await.unwrap();
+    assert_eq!(first.imported, 1);
+
+    // The same source row, its secret changed since: skipped.
+    let changed = ImportRow { external_id: Some("row-1".into()), ..row(5, "mk_changed23456789abcdef", "u1") };
+    let again = acme.import_keys(std::slice::from_ref(&changed), &options).await.unwrap();
+    assert_eq!((again.imported, again.skipped), (0, 1));
+    // Two rows of one batch with one id: the first goes in.
+    let twins = [
+        ImportRow { external_id: Some("row-7".into()), ..row(7, "mk_twin10123456789abcdef", "u7") },
+        ImportRow { external_id: Some("row-7".into()), ..row(8, "mk_twin20123456789abcdef", "u7") },
+    ];
+    let twice = acme.import_keys(&twins, &options).await.unwrap();
+    assert_eq!((twice.imported, twice.skipped), (1, 1));
+    // Rows without an id, of different hashes: both.
+    let anonymous = [
+        ImportRow { external_id: None, ..row(9, "mk_anon10123456789abcdef", "u9") },
+        ImportRow { external_id: None, ..row(10, "mk_anon20123456789abcdef", "u9") },
+    ];
+    assert_eq!(acme.import_keys(&anonymous, &options).await.unwrap().imported, 2);
+    // Another tenant's source ids are its own.
+    assert_eq!(globex.import_keys(&[changed], &options).await.unwrap().imported, 1);
+
+    let keys = acme.list_keys(&KeyFilter::default()).await.unwrap();
+    assert_eq!(keys.len(), 4);
+    let ids: HashSet<&str> =
+        keys.iter().filter_map(|key| key.metadata.get(keysmith_core::EXTERNAL_ID_FIELD)?.as_str()).collect();
+    assert_eq!(ids, HashSet::from(["row-1", "row-7"]));
+}

@@ -101,6 +101,10 @@ macro_rules! store_conformance_tests {
             imported_legacy_keys_validate_as_they_are_and_rotate_to_checksummed_keys,
             import_is_idempotent_all_or_nothing_and_keeps_the_owner_limit,
             imported_hash_of_another_tenants_key_is_refused,
+            times_past_2038_are_kept_and_enforced,
+            oversized_usage_texts_are_cut_and_fail_no_batch,
+            a_key_past_its_expiry_is_neither_rotated_nor_suspended,
+            import_skips_rows_whose_source_id_was_imported,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {

@@ -1,5 +1,6 @@
 //! Keys and their credits, and the owners' credits.
 
+use std::collections::HashSet;
 use std::sync::{Arc, RwLockReadGuard};
 
 use async_trait::async_trait;
@@ -218,6 +219,13 @@ impl KeyStore for MemoryStore {
         // tables only when every key went through (and never in a dry run).
         let mut batch = tables.clone();
         let mut outcomes = Vec::with_capacity(keys.len());
+        // The source ids the tenant's keys were imported from.
+        let mut held_ids: HashSet<String> = batch
+            .keys
+            .values()
+            .filter(|entry| entry.stored.key.tenant == *tenant)
+            .filter_map(|entry| external_id(&entry.stored.key).map(str::to_owned))
+            .collect();
         for stored in keys {
             if stored.key.tenant != *tenant {
                 return Err(Error::invalid("tenant", "an imported key belongs to another tenant than the import"));
@@ -225,11 +233,15 @@ impl KeyStore for MemoryStore {
             let outcome = match batch.keys.get(&stored.hash) {
                 Some(held) if held.stored.key.tenant == *tenant => ImportOutcome::AlreadyImported,
                 Some(_) => ImportOutcome::HashTaken,
+                None if external_id(&stored.key).is_some_and(|id| held_ids.contains(id)) => {
+                    ImportOutcome::AlreadyImported
+                }
                 None => match batch.check_owner_limit(&stored.key) {
                     Err(Error::OwnerKeyLimit { limit, .. }) => ImportOutcome::OwnerKeyLimit { limit },
                     Err(error) => return Err(error),
                     Ok(()) => {
                         batch.insert_key(stored)?;
+                        held_ids.extend(external_id(&stored.key).map(str::to_owned));
                         ImportOutcome::Imported
                     }
                 },
@@ -442,4 +454,9 @@ impl KeyStore for MemoryStore {
         due.sort_unstable_by_key(|key| key.id);
         Ok(due.into_iter().take(limit as usize).cloned().collect())
     }
+}
+
+/// The source id an imported key was made from.
+fn external_id(key: &Key) -> Option<&str> {
+    key.metadata.get(crate::EXTERNAL_ID_FIELD).and_then(serde_json::Value::as_str)
 }
