@@ -156,8 +156,10 @@ impl AdminConfig {
     /// Unknown paths answer 404 `route_not_found` and known paths with
     /// another method 405 `method_not_allowed` (with `Allow`), both as JSON
     /// and both only to admin keys: without one the answer is 401 or 403,
-    /// so the router reveals nothing to others. CORS preflights are no
-    /// exception; answer them with a CORS layer outside the router.
+    /// so the router reveals no data to others (for another method on a
+    /// known path axum still adds its `Allow` header to the 401: which routes
+    /// exist is documented, no secret). CORS preflights are
+    /// no exception; answer them with a CORS layer outside the router.
     pub fn into_router<S>(self) -> Router<S>
     where
         S: Clone + Send + Sync + 'static,

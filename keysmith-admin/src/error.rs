@@ -69,7 +69,8 @@ pub enum Error {
     #[error("this method is not allowed on this path")]
     MethodNotAllowed,
     /// The calling key would lock its own tenant out: suspend, revoke or
-    /// rotate itself, or lose `keysmith:admin`. Nothing was changed.
+    /// rotate itself, lose `keysmith:admin`, or change its own policy so
+    /// that it refuses the key. Nothing was changed.
     #[error("{}", .0.message())]
     SelfLockout(SelfLockout),
     /// The request reached a handler without a validated key (the router

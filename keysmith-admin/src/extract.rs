@@ -3,7 +3,10 @@
 
 use std::str::FromStr;
 
+use axum::body::Bytes;
+use axum::extract::rejection::{JsonRejection, MissingJsonContentType};
 use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequest, Path, Query, Request};
+use axum::http::header;
 use axum::http::request::Parts;
 use keysmith_core::{IdParseError, TenantEngine};
 use keysmith_tower::ApiKey;
@@ -79,8 +82,11 @@ where
     }
 }
 
-/// `Option<JsonBody<T>>`: `None` when the request has no `Content-Type`
-/// (as `curl -X POST` sends), else the body must be valid JSON.
+/// `Option<JsonBody<T>>`: `None` when the request has neither a
+/// `Content-Type` nor a body (as `curl -X POST` sends); a body must be
+/// valid JSON labelled `application/json`. A body without a `Content-Type`
+/// is 415, never ignored: it may hold what the caller relies on (a revoke's
+/// reason, a rotation's grace of zero).
 impl<S, T> OptionalFromRequest<S> for JsonBody<T>
 where
     S: Send + Sync,
@@ -89,8 +95,15 @@ where
     type Rejection = Error;
 
     async fn from_request(request: Request, state: &S) -> Result<Option<Self>, Error> {
-        let body = <axum::Json<T> as OptionalFromRequest<S>>::from_request(request, state).await?;
-        Ok(body.map(|axum::Json(value)| Self(value)))
+        if request.headers().contains_key(header::CONTENT_TYPE) {
+            return <Self as FromRequest<S>>::from_request(request, state).await.map(Some);
+        }
+        // Read under the router's body limit (413 past it).
+        let body = Bytes::from_request(request, state).await.map_err(JsonRejection::from)?;
+        if body.is_empty() {
+            return Ok(None);
+        }
+        Err(JsonRejection::from(MissingJsonContentType::default()).into())
     }
 }
 

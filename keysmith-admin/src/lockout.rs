@@ -3,7 +3,7 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use keysmith_core::{KeyId, PolicyId, scope};
+use keysmith_core::{KeyId, PolicyId, PolicySpec, Refusal, scope};
 use keysmith_tower::ApiKey;
 
 use crate::ADMIN_SCOPE;
@@ -27,6 +27,12 @@ pub enum SelfLockout {
     /// Replace the calling key's policy with one whose `allowed_scopes` do
     /// not allow [`ADMIN_SCOPE`].
     PolicyDropsAdminScope,
+    /// Replace the calling key's policy with one whose `allowed_ips` leave
+    /// out the address the request comes from (or any, when it is unknown).
+    PolicyRefusesAddress,
+    /// Replace the calling key's policy with one whose `max_key_age` the
+    /// key is already past: it would expire at its next request, for good.
+    PolicyExpiresKey,
 }
 
 impl SelfLockout {
@@ -47,30 +53,34 @@ impl SelfLockout {
                 "these allowed_scopes would take `keysmith:admin` from the key making the request (it is under \
                  this policy), locking the tenant out of the admin API"
             }
+            Self::PolicyRefusesAddress => {
+                "these allowed_ips leave out the address this request comes from, and the key making it is under \
+                 this policy: it would be refused from here on, locking the tenant out of the admin API"
+            }
+            Self::PolicyExpiresKey => {
+                "the key making the request is under this policy and already older than this max_key_age: it \
+                 would expire at its next request, locking the tenant out of the admin API"
+            }
         }
     }
 }
 
 /// The key making the request, for the checks above.
 #[derive(Debug)]
-pub(crate) struct CallingKey {
-    id: KeyId,
-    policy_id: Option<PolicyId>,
-}
+pub(crate) struct CallingKey(ApiKey);
 
 impl<S: Send + Sync> FromRequestParts<S> for CallingKey {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Error> {
-        let key = ApiKey::extract(&parts.extensions)?;
-        Ok(Self { id: key.id(), policy_id: key.key().policy_id })
+        Ok(Self(ApiKey::extract(&parts.extensions)?))
     }
 }
 
 impl CallingKey {
     /// Refuses `action` when `target` is the calling key.
     pub(crate) fn refuse_on_itself(&self, target: KeyId, action: SelfLockout) -> Result<()> {
-        if target == self.id {
+        if target == self.0.id() {
             return Err(Error::SelfLockout(action));
         }
         Ok(())
@@ -78,21 +88,29 @@ impl CallingKey {
 
     /// Refuses new scopes for the calling key that lose the admin scope.
     pub(crate) fn refuse_scopes<S: AsRef<str>>(&self, target: KeyId, scopes: &[S]) -> Result<()> {
-        if target == self.id && !scope::any_grants(scopes, ADMIN_SCOPE) {
+        if target == self.0.id() && !scope::any_grants(scopes, ADMIN_SCOPE) {
             return Err(Error::SelfLockout(SelfLockout::DropAdminScope));
         }
         Ok(())
     }
 
-    /// Refuses new `allowed_scopes` for the calling key's policy that lose
-    /// the admin scope (an empty list allows every scope).
-    pub(crate) fn refuse_policy_scopes<S: AsRef<str>>(&self, policy: PolicyId, allowed_scopes: &[S]) -> Result<()> {
-        if self.policy_id == Some(policy)
-            && !allowed_scopes.is_empty()
-            && !scope::any_grants(allowed_scopes, ADMIN_SCOPE)
-        {
+    /// Refuses a new version of the calling key's own policy that would
+    /// refuse the calling key: `allowed_scopes` without the admin scope (an
+    /// empty list allows every scope), `allowed_ips` without the address
+    /// this request comes from, or a `max_key_age` the key is past. An
+    /// invalid `spec` is the error writing it would be.
+    pub(crate) fn refuse_policy(&self, policy: PolicyId, spec: &PolicySpec) -> Result<()> {
+        let key = self.0.key();
+        if key.policy_id != Some(policy) {
+            return Ok(());
+        }
+        if !spec.allowed_scopes.is_empty() && !scope::any_grants(&spec.allowed_scopes, ADMIN_SCOPE) {
             return Err(Error::SelfLockout(SelfLockout::PolicyDropsAdminScope));
         }
-        Ok(())
+        match spec.refusal_for(key, self.0.client_ip(), self.0.validation().checked_at())? {
+            None => Ok(()),
+            Some(Refusal::IpNotAllowed) => Err(Error::SelfLockout(SelfLockout::PolicyRefusesAddress)),
+            Some(_) => Err(Error::SelfLockout(SelfLockout::PolicyExpiresKey)),
+        }
     }
 }

@@ -91,16 +91,19 @@ pub(crate) struct PolicyInput {
     /// Whose budget the limits, quota and credits count (default `key`).
     #[serde(default)]
     limit_by: LimitBy,
-    /// Networks (`10.0.0.0/8`, `2001:db8::/32`) or single addresses allowed.
+    /// Networks (`10.0.0.0/8`, `2001:db8::/32`) or single addresses allowed
+    /// (at most 1000).
     #[serde(default)]
-    #[schema(example = json!(["10.0.0.0/8"]))]
+    #[schema(max_items = 1000, example = json!(["10.0.0.0/8"]))]
     allowed_ips: Vec<String>,
-    /// Exact `Origin` values allowed (`https://app.example.com`).
+    /// Exact `Origin` values allowed (`https://app.example.com`; at most 1000).
     #[serde(default)]
+    #[schema(max_items = 1000)]
     allowed_origins: Vec<String>,
-    /// Scopes keys under the policy may hold.
+    /// Scopes keys under the policy may hold (at most 1000; a name given
+    /// twice is kept once).
     #[serde(default)]
-    #[schema(example = json!(["read"]))]
+    #[schema(max_items = 1000, example = json!(["read"]))]
     allowed_scopes: Vec<String>,
     /// Keys older than this many seconds are expired (at most 100 years).
     #[serde(default, deserialize_with = "whole::option_seconds")]
@@ -286,14 +289,15 @@ pub(crate) async fn get_policy(Caller(tenant): Caller, Id(id): Id<PolicyId>) -> 
         (status = 200, description = "The policy as replaced", body = Policy),
         (status = 400, description = "The id is not a policy id, or a field is invalid", body = ErrorBody),
         (status = 404, description = "No such policy in this tenant", body = ErrorBody),
-        (status = 409, description = "Another policy of the tenant has this name (`already_exists`); the new `allowed_scopes` would take `keysmith:admin` from the key making the request (`self_lockout`); or the policy would start limiting by owner while keys of owners under it hold credits of their own, which the message names (`credits_conflict`: remove their credits first)", body = ErrorBody),
+        (status = 409, description = "Another policy of the tenant has this name (`already_exists`); the key making the request is under this policy and would be refused by its new version: `allowed_scopes` without `keysmith:admin`, `allowed_ips` without the request's address, or a `max_key_age` it is past (`self_lockout`); or the policy would start limiting by owner while keys of owners under it hold credits of their own, which the message names (`credits_conflict`: remove their credits first)", body = ErrorBody),
     )
 )]
 pub(crate) async fn update_policy(
     Caller(tenant): Caller, calling: CallingKey, Id(id): Id<PolicyId>, JsonBody(input): JsonBody<PolicyInput>,
 ) -> Result<Json<Policy>> {
-    calling.refuse_policy_scopes(id, &input.allowed_scopes)?;
-    Ok(Json(tenant.update_policy(id, input.into()).await?.into()))
+    let spec = PolicySpec::from(input);
+    calling.refuse_policy(id, &spec)?;
+    Ok(Json(tenant.update_policy(id, spec).await?.into()))
 }
 
 /// Deletes a policy that no live key uses.

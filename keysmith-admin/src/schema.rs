@@ -82,7 +82,7 @@ const fn scopes(component: &'static str, property: &'static str) -> Rule {
 }
 
 /// The engine's rules for the strings of request bodies.
-const RULES: [Rule; 10] = [
+const RULES: [Rule; 11] = [
     name("CreateKey", 256),
     Rule {
         component: "CreateKey",
@@ -100,6 +100,7 @@ const RULES: [Rule; 10] = [
     scopes("PolicyInput", "allowed_scopes"),
     rule("CreateScope", "name", SCOPE_PATTERN, 128),
     rule("CreateScope", "description", TEXT_PATTERN, 1024),
+    scopes("VerifyRequest", "required_scopes"),
 ];
 
 /// Writes [`RULES`] into the collected components, and adds the metadata

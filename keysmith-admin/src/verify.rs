@@ -22,7 +22,7 @@ use crate::schema::{optional_ip, whole};
 const MAX_KEY_LEN: usize = 1024;
 /// The most `required_scopes`.
 const MAX_REQUIRED_SCOPES: usize = 32;
-/// The longest `origin` or scope name.
+/// The longest `origin`.
 const MAX_TEXT_LEN: usize = 1024;
 
 /// What to verify. Its `Debug` never shows the key.
@@ -32,7 +32,8 @@ pub(crate) struct VerifyRequest {
     /// The presented API key.
     #[schema(example = "sk_live_…", max_length = 1024)]
     key: String,
-    /// Scopes the key must all cover (hierarchically).
+    /// Scopes the key must all cover (hierarchically); each a valid scope
+    /// name (400 `invalid_input` otherwise).
     #[serde(default)]
     #[schema(max_items = 32, example = json!(["read:users"]))]
     required_scopes: Vec<String>,
@@ -226,11 +227,16 @@ fn check(request: &VerifyRequest) -> Result<Option<IpAddr>> {
     if request.key.len() > MAX_KEY_LEN {
         return Err(invalid("key", format!("must be at most {MAX_KEY_LEN} bytes")).into());
     }
-    if request.required_scopes.len() > MAX_REQUIRED_SCOPES
-        || request.required_scopes.iter().any(|s| s.len() > MAX_TEXT_LEN)
-    {
-        let reason = format!("at most {MAX_REQUIRED_SCOPES} scopes of at most {MAX_TEXT_LEN} bytes");
-        return Err(invalid("required_scopes", reason).into());
+    if request.required_scopes.len() > MAX_REQUIRED_SCOPES {
+        return Err(invalid("required_scopes", format!("at most {MAX_REQUIRED_SCOPES} scopes")).into());
+    }
+    // A name no key could be granted is the caller's error, never a scope
+    // that `*` or a prefix happens to cover.
+    for scope in &request.required_scopes {
+        keysmith_core::scope::validate_name(scope).map_err(|error| match error {
+            keysmith_core::Error::InvalidInput { reason, .. } => invalid("required_scopes", reason),
+            other => other,
+        })?;
     }
     if request.origin.as_ref().is_some_and(|o| o.len() > MAX_TEXT_LEN) {
         return Err(invalid("origin", format!("must be at most {MAX_TEXT_LEN} bytes")).into());

@@ -601,6 +601,24 @@ async fn bad_json_is_answered_in_json() {
         .unwrap();
     h.raw(request).await.assert_error(400, "invalid_json");
     assert_eq!(h.get(&format!("/keys/{id}")).await.ok(200)["state"], "active");
+    // A body sent without a Content-Type is refused, not ignored: a
+    // compromised key's rotation without grace must not fall back to the
+    // default grace, nor a revoke drop its reason.
+    let unlabelled = |path: String, body: String| {
+        let request = Request::post(format!("{MOUNT}{path}"))
+            .header("authorization", format!("Bearer {}", h.admin))
+            .body(Body::from(body))
+            .unwrap();
+        h.raw(request)
+    };
+    for body in ["{\"reason\": \"compromised\", \"grace_seconds\": 0}", "not json at all", "{}"] {
+        unlabelled(format!("/keys/{id}/rotate"), body.to_owned()).await.assert_error(415, "unsupported_media_type");
+        unlabelled(format!("/keys/{id}/revoke"), body.to_owned()).await.assert_error(415, "unsupported_media_type");
+    }
+    assert_eq!(h.get(&format!("/keys/{id}")).await.ok(200)["state"], "active");
+    assert_eq!(h.get(&format!("/keys/{id}/rotations")).await.ok(200)["items"], json!([]));
+    // Past the body limit it is 413, labelled or not.
+    unlabelled(format!("/keys/{id}/revoke"), "x".repeat(1 << 20)).await.assert_error(413, "payload_too_large");
 }
 
 #[tokio::test]
@@ -770,6 +788,54 @@ async fn an_admin_key_cannot_take_its_scope_away_through_its_policy() {
     // Another admin key (not under the policy) may narrow it.
     h.put(&format!("/policies/{policy}"), json!({"name": "ops", "allowed_scopes": ["read"]})).await.ok(200);
     h.send("GET", "/keys", Some(&raw), None).await.assert_error(403, "insufficient_scope");
+}
+
+#[tokio::test]
+async fn an_admin_key_cannot_shut_itself_out_through_its_policys_addresses_or_age() {
+    let h = harness().await;
+    let policy = h.post("/policies", json!({"name": "ops"})).await.ok(201)["id"].as_str().unwrap().to_owned();
+    let created = h.post("/keys", json!({"name": "ops", "policy_id": policy, "scopes": ["keysmith:admin"]})).await;
+    let raw = created.ok(201)["raw_key"].as_str().unwrap().to_owned();
+    let path = format!("/policies/{policy}");
+    // The calling key, from 10.1.2.3 (or from nowhere known).
+    let as_ops = |body: Value, peer: Option<&str>| {
+        let mut request = Request::put(format!("{MOUNT}{path}"))
+            .header("authorization", format!("Bearer {raw}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        if let Some(peer) = peer {
+            let peer: std::net::SocketAddr = format!("{peer}:40000").parse().unwrap();
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        }
+        h.raw(request)
+    };
+    let from_here = Some("10.1.2.3");
+
+    for (body, peer) in [
+        (json!({"name": "ops", "allowed_ips": ["192.0.2.0/24"]}), from_here),
+        (json!({"name": "ops", "allowed_ips": ["10.0.0.0/8"]}), None),
+        // Already an hour old at the harness's clock: a minute's age expires it.
+        (json!({"name": "ops", "max_key_age": 60}), from_here),
+    ] {
+        h.clock.advance(Duration::from_secs(3600));
+        let reply = as_ops(body.clone(), peer).await;
+        reply.assert_error(409, "self_lockout");
+        assert!(reply.body["error"]["message"].as_str().unwrap().contains("lock"), "{}", reply.text);
+    }
+    let stored = h.get(&path).await;
+    assert_eq!(stored.ok(200)["allowed_ips"], json!([]));
+    assert_eq!(stored.body["max_key_age"], Value::Null);
+    // An invalid policy is still the invalid input it is.
+    as_ops(json!({"name": "ops", "allowed_ips": ["10.0.0.0/33"]}), from_here).await.assert_error(400, "invalid_input");
+
+    // A list holding the request's address, an age the key is within: fine,
+    // and the key still works from there.
+    as_ops(json!({"name": "ops", "allowed_ips": ["10.0.0.0/8"], "max_key_age": 86_400}), from_here).await.ok(200);
+    assert_eq!(as_ops(json!({"name": "ops", "allowed_ips": ["10.0.0.0/8"]}), from_here).await.status, 200);
+    // Another admin key (not under the policy) may shut it out.
+    h.put(&path, json!({"name": "ops", "allowed_ips": ["192.0.2.0/24"]})).await.ok(200);
+    as_ops(json!({"name": "ops"}), from_here).await.assert_error(403, "ip_not_allowed");
 }
 
 #[tokio::test]

@@ -83,9 +83,15 @@ async fn a_body_over_the_limit_is_413_payload_too_large_and_changes_nothing() {
     reply.assert_error(413, "payload_too_large");
     assert_eq!(h.get("/policies").await.ok(200)["items"], serde_json::json!([]));
 
-    // A body of exactly the limit is read.
+    // A body of exactly the limit is read: here the engine refuses its
+    // metadata, larger than a key's metadata may be.
     let reply = h.raw(sized_post(&h, "/keys", r#""name":"at the limit""#, DEFAULT_BODY_LIMIT)).await;
-    assert_eq!(reply.ok(201)["key"]["name"], "at the limit");
+    reply.assert_error(400, "invalid_input");
+    assert!(reply.text.contains("metadata"), "{}", reply.text);
+    let largest = keysmith_core::MAX_METADATA_BYTES + r#"{"name":"largest","metadata":}"#.len();
+    let reply = h.raw(sized_post(&h, "/keys", r#""name":"largest""#, largest)).await;
+    assert_eq!(reply.ok(201)["key"]["name"], "largest");
+    assert_eq!(h.get("/keys").await.ok(200)["items"].as_array().unwrap().len(), keys_before + 1);
 }
 
 #[tokio::test]

@@ -277,6 +277,14 @@ async fn bad_bodies_are_refused_before_any_check() {
     ] {
         verify(&h, &caller, body).await.assert_error(400, "invalid_input");
     }
+    // A required scope no key could hold is refused, not covered by `*` or a
+    // prefix, and the key spends nothing.
+    let (_, raw) = h.create_key(json!({"name": "wide", "scopes": ["*"]})).await;
+    for scope in ["read:", "read::x", "read:a b", "", "bad scope", ":read", "read\u{0}"] {
+        let reply = verify(&h, &caller, json!({"key": raw, "required_scopes": ["read", scope]})).await;
+        reply.assert_error(400, "invalid_input");
+        assert!(reply.body["error"]["message"].as_str().unwrap().contains("scope"), "{}", reply.text);
+    }
     for body in [
         json!({"keys": "x"}),
         json!({}),
@@ -298,7 +306,7 @@ async fn bad_bodies_are_refused_before_any_check() {
     // The largest body the checks let through is far under the body limit;
     // a body over the limit is 413.
     let largest = json!({
-        "key": "k".repeat(1024), "required_scopes": vec!["s".repeat(1024); 32], "origin": "o".repeat(1024),
+        "key": "k".repeat(1024), "required_scopes": vec!["s".repeat(keysmith_core::scope::MAX_NAME_LEN); 32], "origin": "o".repeat(1024),
         "ip": "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff", "cost": 1_000_000_000_000_u64,
     });
     assert!(largest.to_string().len() < keysmith_admin::DEFAULT_BODY_LIMIT / 4, "{}", largest.to_string().len());

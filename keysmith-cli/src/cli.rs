@@ -112,8 +112,8 @@ pub(crate) enum Command {
     /// the query, or in the file's header): hash (required: 64 hex, the SHA-256
     /// of the whole raw key), hint, name, owner_id, created_at, last_used_at,
     /// revoked_at, expires_at, scopes (comma-separated), external_id. Rows
-    /// whose hash the tenant holds already are skipped, so running it again is
-    /// a no-op. Each batch is all or nothing: a bad row is reported with its
+    /// whose hash the tenant holds already, or whose external_id a key was
+    /// imported from, are skipped, so running it again is a no-op. Each batch is all or nothing: a bad row is reported with its
     /// line and reason and nothing of its batch is written. Exits 1 when a row
     /// was refused.
     Import(ImportArgs),
@@ -192,10 +192,22 @@ pub(crate) struct ServeArgs {
     /// The address to listen on (port 0: any free port, printed at start).
     #[arg(long, env = "KEYSMITH_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
     pub(crate) listen: std::net::SocketAddr,
-    /// A proxy whose `X-Forwarded-For`/`Forwarded` is believed for the
-    /// client address (repeatable, or comma-separated): `10.0.0.0/8`, `::1`.
+    /// A proxy whose forwarding header (`--forwarded-header`) is believed
+    /// for the client address (repeatable, or comma-separated): `10.0.0.0/8`,
+    /// `::1`. Without one, the client is the connection's peer.
     #[arg(long = "trusted-proxy", value_name = "CIDR", value_delimiter = ',', value_parser = values::parse_trusted_proxy)]
     pub(crate) trusted_proxies: Vec<String>,
+    /// The one header trusted proxies write the client's address into:
+    /// `x-forwarded-for` or `forwarded` (RFC 7239). Only that one is read,
+    /// never whichever is present.
+    #[arg(long, env = "KEYSMITH_FORWARDED_HEADER", value_enum, default_value_t = ForwardedHeader::XForwardedFor)]
+    pub(crate) forwarded_header: ForwardedHeader,
+    /// How log lines are written on stderr: `text` or `json` (one object a
+    /// line). `RUST_LOG` chooses what is logged (default: warnings, and
+    /// Keysmith's own notices such as a leaked-key alert or a store that went
+    /// down and came back).
+    #[arg(long, env = "KEYSMITH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
     /// The realm of `WWW-Authenticate` challenges.
     #[arg(long, default_value = keysmith_admin::DEFAULT_REALM, value_parser = values::parse_realm)]
     pub(crate) realm: String,
@@ -262,6 +274,33 @@ pub(crate) struct ServeArgs {
     /// background sweep deletes older ones.
     #[arg(long, env = "KEYSMITH_USAGE_RETENTION", value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=36_500))]
     pub(crate) usage_retention: Option<u32>,
+}
+
+/// `--forwarded-header`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ForwardedHeader {
+    /// `X-Forwarded-For: <client>, <proxy>…`.
+    XForwardedFor,
+    /// `Forwarded: for=<client>, for=<proxy>…` (RFC 7239).
+    Forwarded,
+}
+
+impl From<ForwardedHeader> for keysmith_core::http::ForwardingHeader {
+    fn from(header: ForwardedHeader) -> Self {
+        match header {
+            ForwardedHeader::XForwardedFor => Self::XForwardedFor,
+            ForwardedHeader::Forwarded => Self::Forwarded,
+        }
+    }
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event.
+    Json,
 }
 
 impl ServeArgs {

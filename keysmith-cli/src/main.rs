@@ -30,6 +30,7 @@ mod cli;
 mod commands;
 mod db;
 mod error;
+mod logging;
 mod output;
 mod values;
 
@@ -39,7 +40,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use clap::error::ErrorKind;
 
-use crate::cli::Cli;
+use crate::cli::{Cli, Command, LogFormat};
 use crate::error::{CliError, EXIT_UNAVAILABLE, EXIT_USAGE};
 
 fn main() -> ExitCode {
@@ -47,7 +48,22 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return usage_error(&error),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let serve = match &cli.command {
+        Command::Serve(args) => Some(args.log_format),
+        _ => None,
+    };
+    if let Err(error) = logging::init(serve.is_some(), serve.unwrap_or(LogFormat::Text)) {
+        eprintln!("error: {error}");
+        return error.exit_code();
+    }
+    // `serve` answers many clients at once on every core; any other command
+    // is one operation after another.
+    let runtime = if serve.is_some() {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    };
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");

@@ -29,7 +29,9 @@ pub(super) async fn run(
     args: ServeArgs, engine: &Engine, app: Option<&str>, printer: Printer,
 ) -> Result<String, CliError> {
     engine.store().migrate().await?;
-    let proxies = TrustedProxies::parse(&args.trusted_proxies).map_err(|error| CliError::Usage(error.to_string()))?;
+    let proxies = TrustedProxies::parse(&args.trusted_proxies)
+        .map_err(|error| CliError::Usage(error.to_string()))?
+        .with_header(args.forwarded_header.into());
     let scanning = GithubSecretScanning::new(engine.clone()).with_keys_url(args.github_keys_url);
     let mut admin = AdminConfig::new(engine.clone())
         .with_realm(args.realm)

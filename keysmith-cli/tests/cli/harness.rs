@@ -85,6 +85,7 @@ pub(crate) fn bare(args: &[&str]) -> Run {
         .env_remove("DATABASE_URL")
         .env_remove("KEYSMITH_APP")
         .env_remove("KEYSMITH_TENANT")
+        .env_remove("RUST_LOG")
         .output()
         .expect("cannot run keysmith");
     Run {

@@ -93,6 +93,9 @@ pub(crate) fn serve(ks: &Keysmith, extra: &[&str]) -> ServerProcess {
         "KEYSMITH_LISTEN",
         "KEYSMITH_METRICS",
         "KEYSMITH_PROBLEM_DETAILS",
+        "KEYSMITH_FORWARDED_HEADER",
+        "KEYSMITH_LOG_FORMAT",
+        "RUST_LOG",
     ] {
         command.env_remove(var);
     }
@@ -269,6 +272,74 @@ async fn serve_takes_github_alerts_with_its_keys_url_and_leak_policy() {
     let key = ks.json(&["keys", "show", &id]);
     assert_eq!(key["state"], "suspended", "the tenant's override applies: {key}");
     assert_eq!(key["revoked_reason"], "leaked: https://github.com/octo/leaky/blob/main/config-0.env");
+    // Logged by default, as a notice of Keysmith's, without the token.
+    let log = server.stderr();
+    assert!(log.contains("keysmith::secret_scanning") && log.contains("secret scanning alert handled"), "{log}");
+    assert!(log.contains("true_positives=1") && !log.contains(&raw), "{log}");
+}
+
+#[test]
+fn serve_logs_what_rust_log_asks_for_as_text_or_json_lines_on_stderr() {
+    let (_dir, ks) = temp_db();
+    // Quiet by default: no warning, so nothing.
+    let mut server = serve(&ks, &[]);
+    server.terminate();
+    assert!(server.wait_for_exit(Duration::from_secs(60)).0.success(), "{}", server.stderr());
+    assert_eq!(server.stderr(), "");
+
+    // The migration's statements at debug, one JSON object a line.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keysmith"));
+    command
+        .args(["--database-url", ks.url(), "serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("RUST_LOG", "sqlx=debug,warn");
+    let mut server = ServerProcess::start(command);
+    server.terminate();
+    assert!(server.wait_for_exit(Duration::from_secs(60)).0.success(), "{}", server.stderr());
+    let log = server.stderr();
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))).collect();
+    assert!(lines.iter().any(|line| line["target"] == "sqlx::query"), "{log}");
+    assert!(lines.iter().all(|line| line["level"] == "DEBUG" || line["level"] == "WARN" || line["level"] == "ERROR"));
+}
+
+#[test]
+fn a_rust_log_that_does_not_parse_is_a_usage_error() {
+    let (_dir, ks) = temp_db();
+    let output = Command::new(env!("CARGO_BIN_EXE_keysmith"))
+        .args(["--database-url", ks.url(), "migrate"])
+        .env("RUST_LOG", "keysmith=loud")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.starts_with("error: RUST_LOG") && stderr.contains("keysmith=loud"), "{stderr}");
+}
+
+#[test]
+fn serve_reads_the_client_address_from_the_one_forwarding_header_it_is_told() {
+    let (_dir, ks) = temp_db();
+    ks.run(&["migrate"]).ok();
+    let policy = ks.json(&["policies", "create", "--name", "office", "--allow-ip", "10.0.0.0/8"]);
+    let policy_id = str_of(&policy, "id").to_owned();
+    let created = ks.json(&["keys", "create", "--name", "ops", "--scope", "keysmith:admin", "--policy", &policy_id]);
+    let raw = str_of(&created, "raw_key").to_owned();
+    let auth = format!("Bearer {raw}");
+    let list = |server: &ServerProcess, header: (&str, &str)| {
+        request(server.addr(), "GET", "/keysmith/v1/keys", &[("Authorization", auth.as_str()), header], b"").status
+    };
+    let forwarded = ("Forwarded", "for=10.1.1.1");
+    let x_forwarded_for = ("X-Forwarded-For", "10.1.1.1");
+
+    // The default header is X-Forwarded-For; a Forwarded header is not read.
+    let mut server = serve(&ks, &["--trusted-proxy", "127.0.0.1"]);
+    assert_eq!((list(&server, x_forwarded_for), list(&server, forwarded)), (200, 403));
+    server.terminate();
+    assert!(server.wait_for_exit(Duration::from_secs(60)).0.success(), "{}", server.stderr());
+
+    let mut server = serve(&ks, &["--trusted-proxy", "127.0.0.1", "--forwarded-header", "forwarded"]);
+    assert_eq!((list(&server, x_forwarded_for), list(&server, forwarded)), (403, 200));
+    server.terminate();
+    assert!(server.wait_for_exit(Duration::from_secs(60)).0.success(), "{}", server.stderr());
 }
 
 #[test]
