@@ -16,7 +16,7 @@ use crate::error::{ErrorBody, Result};
 use crate::extract::{Caller, Id, JsonBody, QueryParams};
 use crate::lockout::{CallingKey, SelfLockout};
 use crate::model::{page, parse_id};
-use crate::schema::{metadata_ref, whole};
+use crate::schema::{metadata, metadata_ref, whole};
 
 const DEFAULT_REVOKE_REASON: &str = "revoked through the admin API";
 
@@ -127,9 +127,10 @@ pub(crate) struct CreateKey {
     /// The key prefix, 1 to 16 characters of `[a-z0-9]` (default: the engine's).
     #[schema(example = "sk")]
     prefix: Option<String>,
-    /// Application data (a JSON object; no control character in any key or
-    /// string).
-    #[serde(default)]
+    /// Application data (a JSON object of at most 64 KiB, nested at most 32
+    /// levels; no control character in any key or string, no object naming
+    /// a key twice).
+    #[serde(default, deserialize_with = "metadata::unique_keys")]
     #[schema(schema_with = metadata_ref)]
     metadata: serde_json::Map<String, serde_json::Value>,
 }

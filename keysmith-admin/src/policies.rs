@@ -13,7 +13,7 @@ use crate::error::{ErrorBody, Result};
 use crate::extract::{Caller, Id, JsonBody, QueryParams};
 use crate::lockout::CallingKey;
 use crate::model::page;
-use crate::schema::{metadata_ref, whole};
+use crate::schema::{metadata, metadata_ref, whole};
 
 /// A named limit: `requests` per `window` seconds, with an optional burst.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -122,9 +122,10 @@ pub(crate) struct PolicyInput {
     #[schema(minimum = 1, maximum = 100_000, example = 1)]
     #[serde(default, deserialize_with = "whole::option_u32")]
     max_active_keys_per_owner: Option<u32>,
-    /// Application data (a JSON object; no control character in any key or
-    /// string).
-    #[serde(default)]
+    /// Application data (a JSON object of at most 64 KiB, nested at most 32
+    /// levels; no control character in any key or string, no object naming
+    /// a key twice).
+    #[serde(default, deserialize_with = "metadata::unique_keys")]
     #[schema(schema_with = metadata_ref)]
     metadata: serde_json::Map<String, serde_json::Value>,
 }

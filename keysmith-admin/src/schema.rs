@@ -41,7 +41,7 @@ pub(crate) fn metadata_components() -> [(&'static str, RefOr<Schema>); 2] {
     let text = serde_json::json!({"type": "string", "pattern": TEXT_PATTERN});
     let object = serde_json::json!({
         "type": "object",
-        "description": "Application data: a JSON object. No key or string in it, at any depth, may hold a control character.",
+        "description": "Application data: a JSON object of at most 65536 bytes as compact JSON, nested at most 32 levels. No key or string in it, at any depth, may hold a control character, and no object in it may name a key twice.",
         "propertyNames": text,
         "additionalProperties": {"$ref": "#/components/schemas/MetadataValue"},
     });
@@ -319,12 +319,141 @@ impl Visitor<'_> for Whole {
     }
 }
 
+/// Metadata as the admin API reads it: a JSON object in which no object, at
+/// any depth, names a key twice. Parsers disagree on which of two values
+/// counts (serde's maps keep the last), so such a body is refused as
+/// ambiguous rather than read one way (422 `invalid_body`).
+pub(crate) mod metadata {
+    use serde::Deserialize;
+    use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+    use serde_json::{Map, Value};
+
+    /// A `metadata` object.
+    pub(crate) fn unique_keys<'de, D: Deserializer<'de>>(d: D) -> Result<Map<String, Value>, D::Error> {
+        match d.deserialize_any(Strict)? {
+            Value::Object(map) => Ok(map),
+            other => Err(de::Error::invalid_type(unexpected(&other), &"a JSON object")),
+        }
+    }
+
+    fn unexpected(value: &Value) -> de::Unexpected<'_> {
+        match value {
+            Value::Null => de::Unexpected::Unit,
+            Value::Bool(b) => de::Unexpected::Bool(*b),
+            Value::Number(_) => de::Unexpected::Other("a number"),
+            Value::String(s) => de::Unexpected::Str(s),
+            Value::Array(_) => de::Unexpected::Seq,
+            Value::Object(_) => de::Unexpected::Map,
+        }
+    }
+
+    /// A JSON value whose objects have unique keys.
+    struct StrictValue(Value);
+
+    impl<'de> Deserialize<'de> for StrictValue {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(Strict).map(Self)
+        }
+    }
+
+    struct Strict;
+
+    impl<'de> Visitor<'de> for Strict {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON value whose objects name each key once")
+        }
+
+        fn visit_bool<E: de::Error>(self, b: bool) -> Result<Value, E> {
+            Ok(Value::Bool(b))
+        }
+
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<Value, E> {
+            Ok(Value::from(n))
+        }
+
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<Value, E> {
+            Ok(Value::from(n))
+        }
+
+        fn visit_f64<E: de::Error>(self, n: f64) -> Result<Value, E> {
+            Ok(Value::from(n))
+        }
+
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Value, E> {
+            Ok(Value::String(s.to_owned()))
+        }
+
+        fn visit_string<E: de::Error>(self, s: String) -> Result<Value, E> {
+            Ok(Value::String(s))
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(self)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+            while let Some(StrictValue(item)) = seq.next_element()? {
+                items.push(item);
+            }
+            Ok(Value::Array(items))
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut object = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let StrictValue(value) = map.next_value()?;
+                if object.contains_key(&key) {
+                    return Err(de::Error::custom(format_args!("duplicate key {key:?} in metadata")));
+                }
+                object.insert(key, value);
+            }
+            Ok(Value::Object(object))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde::Deserialize;
     use serde_json::json;
 
     use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct WithMetadata {
+        #[serde(default, deserialize_with = "metadata::unique_keys")]
+        metadata: serde_json::Map<String, serde_json::Value>,
+    }
+
+    #[test]
+    fn metadata_naming_a_key_twice_at_any_depth_is_refused_and_the_rest_reads_as_json() {
+        for text in [
+            r#"{"metadata": {"a": 1, "a": 2}}"#,
+            r#"{"metadata": {"a": {"b": true, "b": false}}}"#,
+            r#"{"metadata": {"list": [1, {"c": null, "c": "x"}]}}"#,
+        ] {
+            let err = serde_json::from_str::<WithMetadata>(text).unwrap_err().to_string();
+            assert!(err.contains("duplicate key"), "{text}: {err}");
+        }
+        let value =
+            json!({"a": 1, "b": [1.5, -2, "x", null, true, {"c": {"d": []}}], "e": 18_446_744_073_709_551_615_u64});
+        let read: WithMetadata = serde_json::from_value(json!({ "metadata": value })).unwrap();
+        assert_eq!(serde_json::Value::Object(read.metadata), value);
+        for not_an_object in [json!([1]), json!("x"), json!(3)] {
+            assert!(serde_json::from_value::<WithMetadata>(json!({ "metadata": not_an_object })).is_err());
+        }
+    }
 
     #[derive(Debug, Deserialize, PartialEq)]
     struct Numbers {
