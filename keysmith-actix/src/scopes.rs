@@ -105,12 +105,13 @@ where
         let rejection = {
             let extensions = request.extensions();
             match extensions.get::<Installed>() {
-                None => Some(ApiKeyRejection::MissingMiddleware { needed_by: "RequireScopes" }),
+                None => Some((ApiKeyRejection::MissingMiddleware { needed_by: "RequireScopes" }, None)),
                 Some(installed) if installed.preflight => None,
-                Some(installed) => installed
-                    .gate()
-                    .scope_refusal(&self.requirement, installed.key.as_ref())
-                    .map(|refusal| ApiKeyRejection::refused(refusal, installed.responder().clone())),
+                Some(installed) => {
+                    installed.gate().scope_refusal(&self.requirement, installed.key.as_ref()).map(|refusal| {
+                        (ApiKeyRejection::refused(refusal.response, installed.responder().clone()), refusal.refund)
+                    })
+                }
             }
         };
         match rejection {
@@ -118,10 +119,15 @@ where
                 let future = self.service.call(request);
                 Box::pin(async move { future.await.map(ServiceResponse::map_into_left_body) })
             }
-            Some(rejection) => {
+            Some((rejection, None)) => {
                 let response = request.error_response(rejection).map_into_right_body();
                 Box::pin(ready(Ok(response)))
             }
+            // The key's credits are back before the answer goes out.
+            Some((rejection, Some(refund))) => Box::pin(async move {
+                refund.await;
+                Ok(request.error_response(rejection).map_into_right_body())
+            }),
         }
     }
 }

@@ -65,8 +65,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
     CreatedKey, DEFAULT_ENVIRONMENT, DEFAULT_PREFIX, DEFAULT_ROTATION_GRACE, EXTERNAL_ID_FIELD, Engine, EngineBuilder,
     GRACE_ENDED_REASON, ImportOptions, ImportRefusal, ImportReport, ImportRow, NewKey, PresentedKey,
-    REVOKED_BEFORE_IMPORT, RateLimitStates, RequestContext, RequiredScopes, RotatedKey, SweepReport, TenantEngine,
-    Validation, ValidationError,
+    REVOKED_BEFORE_IMPORT, RateLimitStates, Refund, RequestContext, RequiredScopes, RotatedKey, SweepReport,
+    TenantEngine, Validation, ValidationError,
 };
 pub use error::{BoxError, Error, Result};
 pub use feed::{Change, ChangeFeed};

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
+use keysmith_core::Refund;
 use keysmith_core::http::ScopeRequirement;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
@@ -91,16 +92,18 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let refusal = match request.extensions().get::<Installed>() {
-            None => Some(ApiKeyRejection::MissingMiddleware { needed_by: "RequireScopes" }.into_http_response()),
+            None => {
+                Some((ApiKeyRejection::MissingMiddleware { needed_by: "RequireScopes" }.into_http_response(), None))
+            }
             Some(installed) if installed.preflight => None,
             Some(installed) => installed
                 .gate()
                 .scope_refusal(&self.requirement, installed.key.as_ref())
-                .map(|refusal| installed.responder().respond(&refusal)),
+                .map(|refusal| (installed.responder().respond(&refusal.response), refusal.refund)),
         };
         match refusal {
             None => RequireScopesFuture::inner(self.inner.call(request)),
-            Some(response) => RequireScopesFuture::refused(response.map(ResBody::from)),
+            Some((response, refund)) => RequireScopesFuture::refused(response.map(ResBody::from), refund),
         }
     }
 }
@@ -121,6 +124,8 @@ pin_project! {
             future: F,
         },
         Refused {
+            // Awaited first: the key's credits are back before the answer.
+            refund: Option<Refund>,
             response: Option<Response<ResBody>>,
         },
     }
@@ -131,8 +136,8 @@ impl<F, ResBody> RequireScopesFuture<F, ResBody> {
         Self { kind: Kind::Inner { future } }
     }
 
-    fn refused(response: Response<ResBody>) -> Self {
-        Self { kind: Kind::Refused { response: Some(response) } }
+    fn refused(response: Response<ResBody>, refund: Option<Refund>) -> Self {
+        Self { kind: Kind::Refused { refund, response: Some(response) } }
     }
 }
 
@@ -155,7 +160,11 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Inner { future } => future.poll(cx),
-            KindProj::Refused { response } => {
+            KindProj::Refused { refund, response } => {
+                if let Some(pending) = refund {
+                    std::task::ready!(Pin::new(pending).poll(cx));
+                    *refund = None;
+                }
                 Poll::Ready(Ok(response.take().expect("RequireScopesFuture polled after completion")))
             }
         }

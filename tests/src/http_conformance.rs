@@ -75,6 +75,7 @@ macro_rules! http_conformance_tests {
             mapped_ipv6_allowlist_and_proxy_entries_match_ipv4_clients,
             preflights_are_authenticated_unless_passthrough_is_turned_on,
             scope_refused_requests_spend_no_rate_limit_quota_or_usage,
+            scope_refusals_give_credits_back_before_answering,
             inner_service_errors_keep_the_usage_record,
             extractors_without_the_middleware,
         );
@@ -1240,4 +1241,48 @@ pub async fn extractors_without_the_middleware<H: Harness>() {
     }
     fixture.engine.flush_usage().await;
     assert_eq!(fixture.engine.usage_stats().written, 0);
+}
+
+/// The credits a route's scope refusal gives back are back before the
+/// refusal answers, also where the store gives them back with a write
+/// (SQLite here, where the memory store of the other cases answers at
+/// once): each next request of the key finds them, so a key with one credit
+/// is refused for its scope again and again, never for its credits, and
+/// still has its credit for a route it may use.
+pub async fn scope_refusals_give_credits_back_before_answering<H: Harness>() {
+    /// Makes the credits' write back come late: after a hundred turns of
+    /// the scheduler, long after a refusal answered without waiting for it
+    /// would have let the key's next request in.
+    #[derive(Debug)]
+    struct LateRefunds;
+
+    #[async_trait::async_trait]
+    impl keysmith_core::store::StoreProbe for LateRefunds {
+        async fn before(&self, op: keysmith_core::store::StoreOp) -> keysmith_core::Result<()> {
+            if op == keysmith_core::store::StoreOp::refund_credits {
+                for _ in 0..100 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    let store = keysmith_sqlx::SqliteStore::connect("sqlite::memory:").await.expect("an in-memory database");
+    store.migrate().await.expect("migrated");
+    let probed = keysmith_core::store::ProbedStore::new(Arc::new(store), Arc::new(LateRefunds));
+    let engine =
+        Engine::builder(Arc::new(probed) as Arc<dyn Store>).with_clock(ManualClock::new(t0())).build().unwrap();
+    let metered = NewKey::new("metered").with_scopes(["read:users"]).with_credits(keysmith_core::Credits::new(1));
+    let created = engine.tenant(APP, "acme").create_key(metered).await.unwrap();
+    let raw = created.raw.expose().to_owned();
+    let harness = H::start(engine.clone(), HarnessOptions::default()).await;
+    for _ in 0..5 {
+        let refused = harness.send(TestRequest::get("/scoped/all").bearer(&raw)).await;
+        assert_eq!(refused.error_code().as_deref(), Some("insufficient_scope"), "{}", refused.describe());
+    }
+    let passed = harness.send(TestRequest::get("/whoami").bearer(&raw)).await;
+    assert_eq!(passed.status, 200, "the credit is back: {}", passed.describe());
+    let spent = harness.send(TestRequest::get("/whoami").bearer(&raw)).await;
+    assert_eq!(spent.error_code().as_deref(), Some("credits_exhausted"), "{}", spent.describe());
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 pub use import::{EXTERNAL_ID_FIELD, ImportOptions, ImportRefusal, ImportReport, ImportRow, REVOKED_BEFORE_IMPORT};
 pub use request::{RequestContext, RequiredScopes};
 pub use tenant::{CreatedKey, NewKey, RotatedKey, TenantEngine};
-pub use validate::{PresentedKey, RateLimitStates, Validation, ValidationError};
+pub use validate::{PresentedKey, RateLimitStates, Refund, Validation, ValidationError};
 
 use dashmap::DashMap;
 

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::ops::Deref;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
@@ -605,41 +605,59 @@ impl Engine {
     /// request spends nothing.
     ///
     /// Never waits. True the first time; a second refund of the same
-    /// validation (or of a clone made after the first) gives nothing.
+    /// validation (or of a clone made after the first) gives nothing. To
+    /// answer the request only once its credits are back, so that the key's
+    /// next request finds them, await [`refund_then`](Self::refund_then)
+    /// instead (the adapters' `RequireScopes` do).
     pub fn refund(&self, validation: &Validation) -> bool {
+        self.refund_then(validation).detach()
+    }
+
+    /// [`refund`](Self::refund), awaitable: the rate-limit and quota
+    /// requests, and credits a store gives back at once, are back when this
+    /// returns; the [`Refund`] completes once the rest of the credits are
+    /// back in the store too. Dropping it without awaiting it gives up
+    /// those credits; [`Refund::detach`] gives them back in a task instead.
+    pub fn refund_then(&self, validation: &Validation) -> Refund {
         if validation.refunded.swap(true, Ordering::AcqRel) {
-            return false;
+            return Refund { refunded: false, pending: None };
         }
         self.refund_limits(validation);
-        if let Some(credits) = validation.credits.filter(|c| c.cost > 0) {
-            let store = &self.inner.store;
-            let key = &validation.key;
-            // The owner's credits, or else the lineage's.
-            let owner_id = match credits_subject(key, validation.policy.as_deref()) {
-                Some(Subject::Owner { owner_id, .. }) => Some(owner_id),
-                _ => None,
-            };
-            let ready = match owner_id {
-                Some(owner_id) => store.refund_owner_credits_ready(&key.tenant, owner_id, credits.cost),
-                None => store.refund_credits_ready(key, credits.cost),
-            };
-            if ready.is_none()
-                && let Ok(runtime) = tokio::runtime::Handle::try_current()
-            {
+        let Some(credits) = validation.credits.filter(|c| c.cost > 0) else {
+            return Refund { refunded: true, pending: None };
+        };
+        let store = &self.inner.store;
+        let key = &validation.key;
+        // The owner's credits, or else the lineage's.
+        let owner_id = match credits_subject(key, validation.policy.as_deref()) {
+            Some(Subject::Owner { owner_id, .. }) => Some(owner_id),
+            _ => None,
+        };
+        let ready = match owner_id {
+            Some(owner_id) => store.refund_owner_credits_ready(&key.tenant, owner_id, credits.cost),
+            None => store.refund_credits_ready(key, credits.cost),
+        };
+        let pending: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = match ready {
+            Some(Ok(())) => None,
+            Some(Err(error)) => {
+                credits_refund_failed(key, &error);
+                None
+            }
+            None => {
                 let owner_id = owner_id.map(str::to_owned);
                 let (store, key) = (Arc::clone(store), Arc::clone(key));
-                runtime.spawn(async move {
+                Some(Box::pin(async move {
                     let refunded = match owner_id {
                         Some(owner_id) => store.refund_owner_credits(&key.tenant, &owner_id, credits.cost).await,
                         None => store.refund_credits(&key, credits.cost).await,
                     };
                     if let Err(error) = refunded {
-                        tracing::warn!(key_id = %key.id, %error, "could not give back the credits of a refused request");
+                        credits_refund_failed(&key, &error);
                     }
-                });
+                }))
             }
-        }
-        true
+        };
+        Refund { refunded: true, pending }
     }
 
     /// Gives back the rate-limit request and the quota request `validation`
@@ -715,6 +733,71 @@ impl Engine {
         let _ = self;
         key.expires_at.is_some_and(|at| at <= now)
             || crate::key::past_max_age(key, policy.and_then(|p| p.max_key_age), now)
+    }
+}
+
+/// Counter: credits a refused request had spent that the store would not
+/// take back (logged too, with the key's id).
+const CREDIT_REFUNDS_FAILED: &str = "keysmith_credit_refunds_failed_total";
+
+fn credits_refund_failed(key: &Key, error: &Error) {
+    metrics::counter!(CREDIT_REFUNDS_FAILED).increment(1);
+    tracing::warn!(key_id = %key.id, %error, "could not give back the credits of a refused request");
+}
+
+/// What [`Engine::refund_then`] gave back; a future that completes once
+/// the refused request's credits are back in the store (at once when there
+/// were none to write), with whether this call refunded anything (`false`
+/// for a validation refunded already).
+#[must_use = "dropped, it gives up the credits it has not written yet; await it or detach it"]
+pub struct Refund {
+    refunded: bool,
+    /// The credits' write, when the store could not answer at once.
+    pending: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Refund {
+    /// Whether the credits are back already (nothing left to await).
+    #[must_use]
+    pub fn is_done(&self) -> bool {
+        self.pending.is_none()
+    }
+
+    /// Gives back the rest of the credits in a task on the current Tokio
+    /// runtime, without waiting; whether this call refunded anything.
+    /// Without a runtime they cannot be written: counted
+    /// (`keysmith_credit_refunds_failed_total`) and logged.
+    pub fn detach(self) -> bool {
+        if let Some(pending) = self.pending {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(pending);
+                }
+                Err(_) => {
+                    metrics::counter!(CREDIT_REFUNDS_FAILED).increment(1);
+                    tracing::warn!("could not give back the credits of a refused request: no Tokio runtime");
+                }
+            }
+        }
+        self.refunded
+    }
+}
+
+impl Future for Refund {
+    type Output = bool;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        if let Some(pending) = self.pending.as_mut() {
+            std::task::ready!(pending.as_mut().poll(cx));
+            self.pending = None;
+        }
+        Poll::Ready(self.refunded)
+    }
+}
+
+impl fmt::Debug for Refund {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Refund").field("refunded", &self.refunded).field("done", &self.is_done()).finish()
     }
 }
 

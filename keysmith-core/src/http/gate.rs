@@ -315,18 +315,25 @@ impl Gate {
     /// or quota and records no usage; the refusal is counted among the
     /// key's outcomes (`insufficient_scope`). Adapters call this exactly
     /// where the route refuses, so none of them can forget the refund.
+    ///
+    /// Answer only once the [`ScopeRefusal`]'s refund is done
+    /// ([`ScopeRefusal::refund`]): credits a store gives back with a write
+    /// are then back before the client can send its next request.
     #[must_use]
-    pub fn scope_refusal(&self, requirement: &ScopeRequirement, key: Option<&ApiKey>) -> Option<RefusalResponse> {
-        let Some(key) = key else { return Some(self.refusal(Refusal::MissingKey)) };
+    pub fn scope_refusal(&self, requirement: &ScopeRequirement, key: Option<&ApiKey>) -> Option<ScopeRefusal> {
+        let Some(key) = key else {
+            return Some(ScopeRefusal { response: self.refusal(Refusal::MissingKey), refund: None });
+        };
         let missing = requirement.missing(key.scopes());
         if missing.is_empty() {
             return None;
         }
         let engine = &self.config.engine;
-        engine.refund(key.validation());
+        let refund = engine.refund_then(key.validation());
         let refusal = Refusal::InsufficientScope { missing };
         engine.count_refusal(&refusal, Some(&key.validation().key));
-        Some(self.refusal(refusal))
+        let refund = (!refund.is_done()).then_some(refund);
+        Some(ScopeRefusal { response: self.refusal(refusal), refund })
     }
 
     /// Decides what happens to a request. Headers are read before this
@@ -435,6 +442,18 @@ fn route_text(texts: &UsageTexts, route: &str) -> Text {
 fn header_text<'h, H: HeaderLookup + ?Sized>(headers: &'h H, name: names::Known, max: usize) -> Option<Cow<'h, str>> {
     let value = headers.first_known(name)?;
     Some(String::from_utf8_lossy(&value[..value.len().min(max)]))
+}
+
+/// A route's refusal of a key ([`Gate::scope_refusal`]): the answer, and
+/// what is still to be given back of what the key's validation spent.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ScopeRefusal {
+    /// The answer: 403 `insufficient_scope`, or 401 `missing_key`.
+    pub response: RefusalResponse,
+    /// The credits still being given back (a store write); await it before
+    /// answering. `None` when everything was back at once.
+    pub refund: Option<crate::Refund>,
 }
 
 /// What to do with a request.

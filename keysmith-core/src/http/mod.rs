@@ -49,7 +49,7 @@ mod scopes;
 pub use api_key::ApiKey;
 pub use client_ip::{ForwardingHeader, MAX_FORWARDING_HEADER_LEN, TrustedProxies};
 pub use extract::{KeySource, KeySources, MAX_KEY_HEADER_LEN};
-pub use gate::{Admitted, Authorize, Gate, Outcome, RequestFacts};
+pub use gate::{Admitted, Authorize, Gate, Outcome, RequestFacts, ScopeRefusal};
 pub use headers::{HeaderLookup, RateLimitHeaders, SharedHeaderValue, names};
 pub use kit::{Adapter, Admission, Guarded, HeaderSink, log_missing_middleware};
 pub use response::{

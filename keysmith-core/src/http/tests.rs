@@ -292,14 +292,16 @@ async fn scope_checks_answer_403_or_401_without_a_key() {
     let gate = Gate::new(s.engine.clone());
     let reader = admitted(outcome(&gate, "GET", None, &bearer(&raw)).await);
     let key = reader.key();
-    assert_eq!(gate.scope_refusal(&ScopeRequirement::all(["read:users"]), Some(key)), None);
+    assert!(gate.scope_refusal(&ScopeRequirement::all(["read:users"]), Some(key)).is_none());
     let denied = gate.scope_refusal(&ScopeRequirement::any(["admin", "write:users"]), Some(key)).unwrap();
+    assert!(denied.refund.is_none(), "the memory store gives back at once");
+    let denied = denied.response;
     assert_eq!((denied.status, denied.code), (403, "insufficient_scope"));
     assert_eq!(
         denied.header("www-authenticate"),
         Some(r#"Bearer realm="api", error="insufficient_scope", scope="admin write:users""#)
     );
-    let anonymous = gate.scope_refusal(&ScopeRequirement::all(["read:users"]), None).unwrap();
+    let anonymous = gate.scope_refusal(&ScopeRequirement::all(["read:users"]), None).unwrap().response;
     assert_eq!((anonymous.status, anonymous.code), (401, "missing_key"));
 }
 
