@@ -611,8 +611,12 @@ impl EngineBuilder {
             return Err(Error::invalid("usage_mode", "a sample of one record in 0 is not a sample; use 1 or more"));
         }
         let store = self.store;
+        // A change that failed to publish is tried again while another
+        // engine may hold what it drops: a positive TTL, this engine's own
+        // or the default.
+        let republish_for = self.cache.as_ref().unwrap_or(&CacheConfig::default()).positive_ttl();
         let cache = self.cache.map(|config| Arc::new(CachedStore::with_config(Arc::clone(&store), config)));
-        let feed = self.feed.map(|feed| Arc::new(FeedLink::new(feed, self.heartbeat)));
+        let feed = self.feed.map(|feed| Arc::new(FeedLink::new(feed, self.heartbeat, republish_for)));
         if let (Some(_), Some(cache)) = (&feed, &cache) {
             // Not subscribed yet: changes made elsewhere may be missed.
             cache.feed_lost();

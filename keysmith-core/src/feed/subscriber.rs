@@ -41,9 +41,12 @@ pub struct FeedStatus {
     pub unknown: u64,
     /// Changes this engine published.
     pub published: u64,
-    /// Changes this engine failed to publish (metric
-    /// `keysmith_feed_publish_failures_total`).
+    /// Attempts to publish a change that failed, first ones and retries
+    /// (metric `keysmith_feed_publish_failures_total`).
     pub publish_failures: u64,
+    /// Changes published by a retry after their first attempt failed
+    /// (metric `keysmith_feed_republished_total`; also in `published`).
+    pub republished: u64,
     /// Heartbeats this engine published (after a quiet
     /// [interval](FeedHeartbeat::interval)).
     pub heartbeats_sent: u64,
@@ -72,6 +75,9 @@ enum Loss {
 pub(crate) struct FeedLink {
     feed: Arc<dyn ChangeFeed>,
     heartbeat: FeedHeartbeat,
+    /// How long a change that failed to publish is tried again: as long as
+    /// another engine may still hold what it drops (a positive TTL).
+    republish_for: Duration,
     subscribed: AtomicBool,
     subscriptions: AtomicU64,
     losses: AtomicU64,
@@ -79,6 +85,7 @@ pub(crate) struct FeedLink {
     unknown: AtomicU64,
     published: AtomicU64,
     publish_failures: AtomicU64,
+    republished: AtomicU64,
     heartbeats_sent: AtomicU64,
     heartbeat_failures: AtomicU64,
     heartbeats_received: AtomicU64,
@@ -89,10 +96,11 @@ pub(crate) struct FeedLink {
 }
 
 impl FeedLink {
-    pub(crate) fn new(feed: Arc<dyn ChangeFeed>, heartbeat: FeedHeartbeat) -> Self {
+    pub(crate) fn new(feed: Arc<dyn ChangeFeed>, heartbeat: FeedHeartbeat, republish_for: Duration) -> Self {
         Self {
             feed,
             heartbeat,
+            republish_for,
             subscribed: AtomicBool::new(false),
             subscriptions: AtomicU64::new(0),
             losses: AtomicU64::new(0),
@@ -100,6 +108,7 @@ impl FeedLink {
             unknown: AtomicU64::new(0),
             published: AtomicU64::new(0),
             publish_failures: AtomicU64::new(0),
+            republished: AtomicU64::new(0),
             heartbeats_sent: AtomicU64::new(0),
             heartbeat_failures: AtomicU64::new(0),
             heartbeats_received: AtomicU64::new(0),
@@ -118,6 +127,7 @@ impl FeedLink {
             unknown: self.unknown.load(Ordering::SeqCst),
             published: self.published.load(Ordering::SeqCst),
             publish_failures: self.publish_failures.load(Ordering::SeqCst),
+            republished: self.republished.load(Ordering::SeqCst),
             heartbeats_sent: self.heartbeats_sent.load(Ordering::SeqCst),
             heartbeat_failures: self.heartbeat_failures.load(Ordering::SeqCst),
             heartbeats_received: self.heartbeats_received.load(Ordering::SeqCst),
@@ -128,8 +138,13 @@ impl FeedLink {
     /// Publishes a committed change; a failure is counted and logged, and
     /// never reaches the caller, whose change is committed already. A feed
     /// that does not answer within the heartbeat deadline (half-open) has
-    /// failed: the caller is not held longer.
-    pub(crate) async fn publish(&self, change: Change) {
+    /// failed: the caller is not held longer. A change that failed is
+    /// published again in a task, with waits from 100 ms doubling up to the
+    /// heartbeat deadline, for as long as another engine's cache may hold
+    /// what it drops: a feed back after a blip (a reconnection, a failover)
+    /// still carries it, rather than the other engines learning of it only
+    /// when their entries expire.
+    pub(crate) async fn publish(self: &Arc<Self>, change: Change) {
         match publish_within(&*self.feed, &change, self.heartbeat.deadline()).await {
             Ok(()) => {
                 self.published.fetch_add(1, Ordering::Relaxed);
@@ -137,9 +152,45 @@ impl FeedLink {
             Err(error) => {
                 self.publish_failures.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("keysmith_feed_publish_failures_total").increment(1);
-                tracing::warn!(target: "keysmith::feed", %error, ?change, "could not publish a change; other instances see it when their cache entries expire");
+                tracing::warn!(target: "keysmith::feed", %error, ?change, "could not publish a change; trying again while other instances may hold what it drops");
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(Arc::clone(self).republish(change));
+                }
             }
         }
+    }
+
+    /// Publishes `change` again until the feed takes it, the engine stops,
+    /// or [`republish_for`](Self::republish_for) has passed.
+    async fn republish(self: Arc<Self>, change: Change) {
+        let started = Instant::now();
+        let mut stop = self.stop.subscribe();
+        let mut wait = REPUBLISH_FIRST_WAIT;
+        loop {
+            let left = self.republish_for.saturating_sub(started.elapsed());
+            if left.is_zero() || *stop.borrow() {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait.min(left)) => {}
+                _ = stop.changed() => break,
+            }
+            wait = (wait * 2).min(self.heartbeat.deadline());
+            match publish_within(&*self.feed, &change, self.heartbeat.deadline()).await {
+                Ok(()) => {
+                    self.published.fetch_add(1, Ordering::Relaxed);
+                    self.republished.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("keysmith_feed_republished_total").increment(1);
+                    tracing::info!(target: "keysmith::feed", ?change, "published a change that had failed to publish");
+                    return;
+                }
+                Err(_) => {
+                    self.publish_failures.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("keysmith_feed_publish_failures_total").increment(1);
+                }
+            }
+        }
+        tracing::warn!(target: "keysmith::feed", ?change, "gave up publishing a change; other instances see it when their cache entries expire");
     }
 
     /// Starts the subscription task on the current Tokio runtime, keeping
@@ -287,6 +338,9 @@ impl FeedLink {
 
 /// Publishes `change` on `feed`, failing if the feed has not answered
 /// within `deadline`.
+/// The first wait before a change that failed to publish is tried again.
+const REPUBLISH_FIRST_WAIT: Duration = Duration::from_millis(100);
+
 async fn publish_within(feed: &dyn ChangeFeed, change: &Change, deadline: Duration) -> Result<()> {
     match tokio::time::timeout(deadline, feed.publish(change)).await {
         Ok(published) => published,

@@ -261,6 +261,25 @@ async fn a_failed_publish_is_counted_and_never_fails_the_change() {
     assert!(!accepted(&a, created.raw.expose()).await, "the publishing engine itself never serves the old state");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_failed_to_publish_reaches_the_other_engines_once_the_feed_takes_it_again() {
+    let Fleet { feed, a, b, .. } = fleet().await;
+    let acme = a.tenant("app", "acme");
+    let created = acme.create_key(NewKey::new("ci")).await.unwrap();
+    assert!(accepted(&b, created.raw.expose()).await, "b caches the key");
+    feed.fail_publish.store(true, Ordering::SeqCst);
+
+    acme.revoke_key(created.key.id, "leaked").await.unwrap();
+    assert!(accepted(&b, created.raw.expose()).await, "b has not heard of it: its cache clock never moves");
+    // The feed takes changes again (a reconnection, a failover): the
+    // revocation reaches b then, not when b's entry expires.
+    feed.fail_publish.store(false, Ordering::SeqCst);
+    assert_eq!(refused_eventually(&b, created.raw.expose()).await, Refusal::Revoked);
+    let status = a.feed_status().unwrap();
+    assert_eq!((status.published, status.republished), (1, 1));
+    assert!(status.publish_failures >= 1);
+}
+
 #[tokio::test]
 async fn before_its_first_subscription_the_cache_keeps_found_entries_for_the_outage_ttl() {
     let feed = CuttableFeed::new();
