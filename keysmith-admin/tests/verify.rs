@@ -277,6 +277,11 @@ async fn bad_bodies_are_refused_before_any_check() {
     ] {
         verify(&h, &caller, body).await.assert_error(400, "invalid_input");
     }
+    // What was sent as the address is not echoed back (a key pasted there
+    // in a format of the application's own, say).
+    let pasted = verify(&h, &caller, json!({"key": "sk_live_x", "ip": "mk_3f9a0123456789abcdefXYZ"})).await;
+    pasted.assert_error(400, "invalid_input");
+    assert!(!pasted.text.contains("mk_3f9a"), "{}", pasted.text);
     // A required scope no key could hold is refused, not covered by `*` or a
     // prefix, and the key spends nothing.
     let (_, raw) = h.create_key(json!({"name": "wide", "scopes": ["*"]})).await;

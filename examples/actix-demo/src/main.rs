@@ -39,6 +39,7 @@ const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[actix_web::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    demo_support::init_logging()?;
     let settings = Settings::from_env(3001)?;
     let engine = demo_support::open_engine(&settings.database_url).await?;
     let keys = demo_support::create_demo_keys(&engine).await?;

@@ -33,6 +33,7 @@ use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    demo_support::init_logging()?;
     let settings = Settings::from_env(3000)?;
     let engine = demo_support::open_engine(&settings.database_url).await?;
     let keys = demo_support::create_demo_keys(&engine).await?;

@@ -74,6 +74,29 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
 }
 
+/// Logs on stderr what the engine and the admin API log (a store that went
+/// down, a leaked-key alert, a hook that failed; never a raw key), as
+/// `RUST_LOG` says (`target=level` directives, `keysmith=debug,warn`);
+/// without it warnings and Keysmith's own notices.
+///
+/// # Errors
+/// When `RUST_LOG` does not parse.
+pub fn init_logging() -> Result<(), BoxError> {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => {
+            directives.parse::<Targets>().map_err(|error| format!("RUST_LOG {directives:?} does not parse: {error}"))?
+        }
+        _ => Targets::new().with_default(LevelFilter::WARN).with_target("keysmith", LevelFilter::INFO),
+    };
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    tracing_subscriber::registry().with(filter).with(lines).try_init()?;
+    Ok(())
+}
+
 impl Settings {
     /// Reads `DATABASE_URL`, `PORT` (`default_port` when unset),
     /// `KEYSMITH_HEADER_TIMEOUT` and `KEYSMITH_SHUTDOWN_TIMEOUT`.
