@@ -100,6 +100,9 @@ pub(crate) trait Dialect:
     /// metadata: [`EXTERNAL_ID_FIELD`](keysmith_core::EXTERNAL_ID_FIELD))
     /// as text, `NULL` without one.
     const EXTERNAL_ID: &'static str;
+    /// [`EXTERNAL_ID`](Self::EXTERNAL_ID) as compared with source ids:
+    /// byte for byte, as every identity is.
+    const EXTERNAL_ID_EXACT: &'static str = Self::EXTERNAL_ID;
     /// Sorts scope names by their bytes.
     const ORDER_BY_NAME: &'static str = "name";
     /// The function that picks the smaller of two values.

@@ -45,6 +45,9 @@ impl Dialect for MySql {
 
     const SLOT: usize = 2;
     const EXTERNAL_ID: &'static str = "JSON_UNQUOTE(JSON_EXTRACT(metadata, '$.external_id'))";
+    // The function's text compares in a PAD SPACE collation on MariaDB
+    // (`e1` = `e1 `): compared as bytes instead.
+    const EXTERNAL_ID_EXACT: &'static str = "BINARY JSON_UNQUOTE(JSON_EXTRACT(metadata, '$.external_id'))";
     const SHARE_ROWS: &'static str = " LOCK IN SHARE MODE";
 
     // Without gap locks: under REPEATABLE READ a state change that scans

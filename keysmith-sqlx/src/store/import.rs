@@ -46,8 +46,9 @@ async fn held_external_ids_on<DB: Dialect>(
     let mut held = HashSet::new();
     for chunk in wanted.chunks(1000) {
         let mut qb = Sql::<DB>::new(format!(
-            "SELECT {id} AS external_id FROM keysmith_keys WHERE {id} IN (",
-            id = DB::EXTERNAL_ID
+            "SELECT {id} AS external_id FROM keysmith_keys WHERE {exact} IN (",
+            id = DB::EXTERNAL_ID,
+            exact = DB::EXTERNAL_ID_EXACT
         ));
         let mut list = qb.separated(", ");
         for id in chunk {

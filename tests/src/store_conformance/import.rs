@@ -176,10 +176,16 @@ pub async fn import_skips_rows_whose_source_id_was_imported(store: Arc<dyn Store
     assert_eq!(acme.import_keys(&anonymous, &options).await.unwrap().imported, 2);
     // Another tenant's source ids are its own.
     assert_eq!(globex.import_keys(&[changed], &options).await.unwrap().imported, 1);
+    // Ids are compared byte for byte: case and a trailing space make others.
+    let lookalikes = [
+        ImportRow { external_id: Some("ROW-1".into()), ..row(11, "mk_upper0123456789abcdef", "u11") },
+        ImportRow { external_id: Some("row-1 ".into()), ..row(12, "mk_space0123456789abcdef", "u12") },
+    ];
+    assert_eq!(acme.import_keys(&lookalikes, &options).await.unwrap().imported, 2);
 
     let keys = acme.list_keys(&KeyFilter::default()).await.unwrap();
-    assert_eq!(keys.len(), 4);
+    assert_eq!(keys.len(), 6);
     let ids: HashSet<&str> =
         keys.iter().filter_map(|key| key.metadata.get(keysmith_core::EXTERNAL_ID_FIELD)?.as_str()).collect();
-    assert_eq!(ids, HashSet::from(["row-1", "row-7"]));
+    assert_eq!(ids, HashSet::from(["row-1", "row-7", "ROW-1", "row-1 "]));
 }
