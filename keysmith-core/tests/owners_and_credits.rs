@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{TimeZone as _, Utc};
 use keysmith_core::store::{KeyFilter, ProbedStore, StoreOp, StoreProbe};
 use keysmith_core::usage::UsageConfig;
 use keysmith_core::{
@@ -123,6 +124,33 @@ async fn credits_refill_at_the_utc_boundary_and_survive_rotation() {
         0
     );
     assert!(engine.validate(raw, &RequestContext::new()).await.is_err());
+}
+
+/// A refund made after the credits' refill boundary gives nothing back:
+/// the request spent credits of the period the refill replaced, and the new
+/// period's refill stays what the refill gives.
+#[tokio::test]
+async fn a_refund_after_a_refill_does_not_add_to_the_new_period() {
+    let (engine, clock) = engine();
+    let acme = engine.tenant("app", "acme");
+    clock.set(Utc.with_ymd_and_hms(2026, 3, 14, 23, 59, 59).unwrap());
+    let credits = Credits::new(5).with_refill(5, Period::Day);
+    let created = acme.create_key(NewKey::new("k").with_credits(credits)).await.unwrap();
+    let raw = created.raw.expose();
+    let remaining = || async { acme.get_key(created.key.id).await.unwrap().credits.unwrap().remaining };
+
+    let late = engine.validate(raw, &RequestContext::new()).await.unwrap();
+    assert_eq!(remaining().await, 4);
+    clock.set(Utc.with_ymd_and_hms(2026, 3, 15, 0, 0, 1).unwrap());
+    engine.validate(raw, &RequestContext::new()).await.unwrap();
+    assert_eq!(remaining().await, 4, "refilled to 5, one spent");
+    assert!(engine.refund(&late), "the rest of what it spent is given back");
+    assert_eq!(remaining().await, 4, "the day before's credit is not added to today's");
+    // Within one period a refund gives back, as before.
+    let today = engine.validate(raw, &RequestContext::new()).await.unwrap();
+    assert_eq!(remaining().await, 3);
+    assert!(engine.refund(&today));
+    assert_eq!(remaining().await, 4);
 }
 
 #[tokio::test]

@@ -626,6 +626,12 @@ impl Engine {
         let Some(credits) = validation.credits.filter(|c| c.cost > 0) else {
             return Refund { refunded: true, pending: None };
         };
+        // Past a refill since the spend, what it spent belonged to a period
+        // whose credits the refill replaced: given back now, it would add to
+        // the new period's.
+        if credits.refills_at.is_some_and(|refill| refill <= self.inner.clock.now()) {
+            return Refund { refunded: true, pending: None };
+        }
         let store = &self.inner.store;
         let key = &validation.key;
         // The owner's credits, or else the lineage's.
