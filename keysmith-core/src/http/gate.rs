@@ -311,14 +311,14 @@ impl Gate {
     /// let through without a key (`key` is `None`, optional mode).
     ///
     /// A refused key gets back what its validation spent
-    /// ([`Engine::refund`]): the refused request costs no rate-limit budget
-    /// or quota and records no usage; the refusal is counted among the
-    /// key's outcomes (`insufficient_scope`). Adapters call this exactly
-    /// where the route refuses, so none of them can forget the refund.
-    ///
-    /// Answer only once the [`ScopeRefusal`]'s refund is done
-    /// ([`ScopeRefusal::refund`]): credits a store gives back with a write
-    /// are then back before the client can send its next request.
+    /// ([`Engine::refund_then`]): the refused request costs no rate-limit
+    /// budget, quota or credits and records no usage; the refusal is
+    /// counted among the key's outcomes (`insufficient_scope`). Adapters
+    /// call this exactly where the route refuses, so none of them can
+    /// forget the refund, and answer only once the [`ScopeRefusal`]'s
+    /// [`refund`](ScopeRefusal::refund), if any, is done: credits a store
+    /// gives back with a write are then back before the client can send
+    /// its next request.
     #[must_use]
     pub fn scope_refusal(&self, requirement: &ScopeRequirement, key: Option<&ApiKey>) -> Option<ScopeRefusal> {
         let Some(key) = key else {
