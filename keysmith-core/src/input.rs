@@ -101,6 +101,11 @@ pub(crate) fn check_metadata(field: &'static str, metadata: &serde_json::Map<Str
             }
             Value::Array(items) => {
                 check_depth(field, &path, depth + 1)?;
+                // Each item takes a byte at least: a list too long for the
+                // bound is refused before its items are queued.
+                if bytes.saturating_add(2 * items.len()) > MAX_METADATA_BYTES {
+                    return Err(too_large(field));
+                }
                 pending
                     .extend(items.iter().enumerate().rev().map(|(i, item)| (format!("{path}/{i}"), item, depth + 1)));
                 2 + items.len().saturating_sub(1)
@@ -114,10 +119,14 @@ pub(crate) fn check_metadata(field: &'static str, metadata: &serde_json::Map<Str
             Value::Bool(false) => 5,
         };
         if bytes > MAX_METADATA_BYTES {
-            return Err(Error::invalid(field, format!("must be at most {MAX_METADATA_BYTES} bytes as JSON")));
+            return Err(too_large(field));
         }
     }
     Ok(())
+}
+
+fn too_large(field: &'static str) -> Error {
+    Error::invalid(field, format!("must be at most {MAX_METADATA_BYTES} bytes as JSON"))
 }
 
 fn check_depth(field: &'static str, path: &str, depth: usize) -> Result<()> {
@@ -146,6 +155,10 @@ fn push_members<'a>(
     field: &'static str, path: &str, map: &'a serde_json::Map<String, Value>, depth: usize,
     pending: &mut Vec<(String, &'a Value, usize)>,
 ) -> Result<usize> {
+    // Each member takes four bytes at least (`"":0`).
+    if 4 * map.len() > MAX_METADATA_BYTES {
+        return Err(too_large(field));
+    }
     let start = pending.len();
     let mut bytes = 2 + map.len().saturating_sub(1);
     for (key, value) in map {
@@ -272,6 +285,13 @@ mod tests {
         assert!(check_metadata("metadata", &at_bound(0)).is_ok());
         let err = check_metadata("metadata", &at_bound(1)).unwrap_err().to_string();
         assert!(err.contains("at most 65536 bytes"), "{err}");
+        // Long lists and wide objects, counted exactly near the bound and
+        // refused before their items are queued far past it.
+        assert!(check_metadata("metadata", &object(json!({"a": vec![0; 30_000]}))).is_ok());
+        assert!(check_metadata("metadata", &object(json!({"a": vec![0; 40_000]}))).is_err());
+        assert!(check_metadata("metadata", &object(json!({"a": vec![0; 200_000]}))).is_err());
+        let wide: serde_json::Map<String, Value> = (0..20_000).map(|i| (i.to_string(), json!(0))).collect();
+        assert!(check_metadata("metadata", &wide).is_err());
     }
 
     #[test]
