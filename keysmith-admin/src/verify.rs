@@ -232,11 +232,16 @@ fn check(request: &VerifyRequest) -> Result<Option<IpAddr>> {
     }
     // A name no key could be granted is the caller's error, never a scope
     // that `*` or a prefix happens to cover.
-    for scope in &request.required_scopes {
-        keysmith_core::scope::validate_name(scope).map_err(|error| match error {
-            keysmith_core::Error::InvalidInput { reason, .. } => invalid("required_scopes", reason),
-            other => other,
-        })?;
+    // Not echoed, as the ip is not: whatever was pasted there stays out of
+    // the answer.
+    if let Some(at) =
+        request.required_scopes.iter().position(|scope| keysmith_core::scope::validate_name(scope).is_err())
+    {
+        let reason = format!(
+            "entry {at} is not a scope name (`*`, `keysmith:*`, or segments of letters, digits, `_`, `-`, `.` joined by `:`, at most {} bytes)",
+            keysmith_core::scope::MAX_NAME_LEN
+        );
+        return Err(invalid("required_scopes", reason).into());
     }
     if request.origin.as_ref().is_some_and(|o| o.len() > MAX_TEXT_LEN) {
         return Err(invalid("origin", format!("must be at most {MAX_TEXT_LEN} bytes")).into());

@@ -285,6 +285,9 @@ async fn bad_bodies_are_refused_before_any_check() {
     // A required scope no key could hold is refused, not covered by `*` or a
     // prefix, and the key spends nothing.
     let (_, raw) = h.create_key(json!({"name": "wide", "scopes": ["*"]})).await;
+    let pasted = verify(&h, &caller, json!({"key": raw, "required_scopes": ["mk_3f9a0123456789abcdef XYZ"]})).await;
+    pasted.assert_error(400, "invalid_input");
+    assert!(!pasted.text.contains("mk_3f9a"), "{}", pasted.text);
     for scope in ["read:", "read::x", "read:a b", "", "bad scope", ":read", "read\u{0}"] {
         let reply = verify(&h, &caller, json!({"key": raw, "required_scopes": ["read", scope]})).await;
         reply.assert_error(400, "invalid_input");

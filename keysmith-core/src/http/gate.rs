@@ -520,7 +520,7 @@ impl Admitted {
     /// The client address the key was checked against.
     #[must_use]
     pub fn client_ip(&self) -> Option<IpAddr> {
-        self.draft().ip
+        self.draft().client_ip()
     }
 
     fn draft(&self) -> &UsageDraft {

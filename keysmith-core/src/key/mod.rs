@@ -73,6 +73,14 @@ impl Key {
     pub fn is_terminal(&self) -> bool {
         self.state.is_terminal()
     }
+
+    /// The source id an import made this key from
+    /// ([`ImportRow::external_id`](crate::ImportRow::external_id), kept in
+    /// the metadata under [`EXTERNAL_ID_FIELD`](crate::EXTERNAL_ID_FIELD)).
+    #[must_use]
+    pub fn external_id(&self) -> Option<&str> {
+        self.metadata.get(crate::EXTERNAL_ID_FIELD).and_then(serde_json::Value::as_str)
+    }
 }
 
 /// True if `key` is older than `max_age` at `now`.

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use keysmith_core::store::{ImportOutcome, StoredKey};
-use keysmith_core::{EXTERNAL_ID_FIELD, Error, Key, KeyId, PolicyId, Result, Tenant};
+use keysmith_core::{Error, KeyId, PolicyId, Result, Tenant};
 
 use sqlx::types::Json;
 
@@ -42,7 +42,7 @@ async fn held_hashes_on<DB: Dialect>(
 async fn held_external_ids_on<DB: Dialect>(
     conn: &mut DB::Connection, tenant: &Tenant, keys: &[StoredKey],
 ) -> Result<HashSet<String>> {
-    let wanted: Vec<&str> = keys.iter().filter_map(|stored| external_id(&stored.key)).collect();
+    let wanted: Vec<&str> = keys.iter().filter_map(|stored| stored.key.external_id()).collect();
     let mut held = HashSet::new();
     for chunk in wanted.chunks(1000) {
         let mut qb = Sql::<DB>::new(format!(
@@ -64,11 +64,6 @@ async fn held_external_ids_on<DB: Dialect>(
         }
     }
     Ok(held)
-}
-
-/// The source id an imported key was made from.
-fn external_id(key: &Key) -> Option<&str> {
-    key.metadata.get(EXTERNAL_ID_FIELD).and_then(serde_json::Value::as_str)
 }
 
 /// The body of `import_keys`, inside the caller's transaction: a
@@ -99,7 +94,7 @@ pub(super) async fn import_keys_on<DB: Dialect>(
         let outcome = match held.get(&hash) {
             Some(true) => ImportOutcome::AlreadyImported,
             Some(false) => ImportOutcome::HashTaken,
-            None if external_id(key).is_some_and(|id| held_ids.contains(id)) => ImportOutcome::AlreadyImported,
+            None if key.external_id().is_some_and(|id| held_ids.contains(id)) => ImportOutcome::AlreadyImported,
             None => {
                 let counted = match (&key.owner_id, key.policy_id) {
                     (Some(owner), Some(policy)) if key.state.counts_toward_owner_limit() => {
@@ -118,7 +113,7 @@ pub(super) async fn import_keys_on<DB: Dialect>(
                         // A second row of the same hash, or of the
                         // same source id, is the same key.
                         held.insert(hash, true);
-                        held_ids.extend(external_id(key).map(str::to_owned));
+                        held_ids.extend(key.external_id().map(str::to_owned));
                         inserts.push(stored);
                         ImportOutcome::Imported
                     }

@@ -185,7 +185,6 @@ pub async fn import_skips_rows_whose_source_id_was_imported(store: Arc<dyn Store
 
     let keys = acme.list_keys(&KeyFilter::default()).await.unwrap();
     assert_eq!(keys.len(), 6);
-    let ids: HashSet<&str> =
-        keys.iter().filter_map(|key| key.metadata.get(keysmith_core::EXTERNAL_ID_FIELD)?.as_str()).collect();
+    let ids: HashSet<&str> = keys.iter().filter_map(keysmith_core::Key::external_id).collect();
     assert_eq!(ids, HashSet::from(["row-1", "row-7", "ROW-1", "row-1 "]));
 }

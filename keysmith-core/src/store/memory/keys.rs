@@ -224,7 +224,7 @@ impl KeyStore for MemoryStore {
             .keys
             .values()
             .filter(|entry| entry.stored.key.tenant == *tenant)
-            .filter_map(|entry| external_id(&entry.stored.key).map(str::to_owned))
+            .filter_map(|entry| entry.stored.key.external_id().map(str::to_owned))
             .collect();
         for stored in keys {
             if stored.key.tenant != *tenant {
@@ -233,7 +233,7 @@ impl KeyStore for MemoryStore {
             let outcome = match batch.keys.get(&stored.hash) {
                 Some(held) if held.stored.key.tenant == *tenant => ImportOutcome::AlreadyImported,
                 Some(_) => ImportOutcome::HashTaken,
-                None if external_id(&stored.key).is_some_and(|id| held_ids.contains(id)) => {
+                None if stored.key.external_id().is_some_and(|id| held_ids.contains(id)) => {
                     ImportOutcome::AlreadyImported
                 }
                 None => match batch.check_owner_limit(&stored.key) {
@@ -241,7 +241,7 @@ impl KeyStore for MemoryStore {
                     Err(error) => return Err(error),
                     Ok(()) => {
                         batch.insert_key(stored)?;
-                        held_ids.extend(external_id(&stored.key).map(str::to_owned));
+                        held_ids.extend(stored.key.external_id().map(str::to_owned));
                         ImportOutcome::Imported
                     }
                 },
@@ -454,9 +454,4 @@ impl KeyStore for MemoryStore {
         due.sort_unstable_by_key(|key| key.id);
         Ok(due.into_iter().take(limit as usize).cloned().collect())
     }
-}
-
-/// The source id an imported key was made from.
-fn external_id(key: &Key) -> Option<&str> {
-    key.metadata.get(crate::EXTERNAL_ID_FIELD).and_then(serde_json::Value::as_str)
 }
