@@ -97,6 +97,7 @@ pub use config::{AdminConfig, DEFAULT_BODY_LIMIT, DEFAULT_REALM};
 pub use error::{Error, Result};
 pub use health::{DEFAULT_PING_TIMEOUT, HealthConfig};
 pub use lockout::SelfLockout;
+pub use schema::metadata::parse as parse_metadata;
 pub use secret_scanning::GithubSecretScanning;
 #[cfg(feature = "server")]
 pub use server::{DEFAULT_HEADER_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, Server, Stopped};

@@ -328,6 +328,19 @@ pub(crate) mod metadata {
     use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
     use serde_json::{Map, Value};
 
+    /// Metadata given as JSON text (as `keysmith`'s `--metadata` takes it),
+    /// read as the admin API reads a body's: an object naming each key once
+    /// at every depth.
+    ///
+    /// # Errors
+    /// The text is not JSON, not an object, or names a key twice.
+    pub fn parse(text: &str) -> serde_json::Result<Map<String, Value>> {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let object = unique_keys(&mut deserializer)?;
+        deserializer.end()?;
+        Ok(object)
+    }
+
     /// A `metadata` object.
     pub(crate) fn unique_keys<'de, D: Deserializer<'de>>(d: D) -> Result<Map<String, Value>, D::Error> {
         match d.deserialize_any(Strict)? {
@@ -452,6 +465,10 @@ mod tests {
         assert_eq!(serde_json::Value::Object(read.metadata), value);
         for not_an_object in [json!([1]), json!("x"), json!(3)] {
             assert!(serde_json::from_value::<WithMetadata>(json!({ "metadata": not_an_object })).is_err());
+        }
+        assert_eq!(metadata::parse(r#"{"a": {"b": 1}}"#).unwrap()["a"]["b"], 1);
+        for bad in [r#"{"a": 1, "a": 2}"#, r#"{"a": {"b": 1, "b": 1}}"#, "[1]", r#"{"a": 1} x"#, ""] {
+            assert!(metadata::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -185,9 +185,10 @@ pub(crate) fn format_time(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-/// A JSON object.
+/// A JSON object naming each key once, at every depth (as the admin API
+/// reads metadata).
 pub(crate) fn parse_metadata(text: &str) -> Result<Map<String, Value>, String> {
-    serde_json::from_str(text).map_err(|error| format!("expected a JSON object ({error})"))
+    keysmith_admin::parse_metadata(text).map_err(|error| format!("expected a JSON object ({error})"))
 }
 
 #[cfg(test)]
@@ -274,7 +275,7 @@ mod tests {
     #[test]
     fn metadata_must_be_an_object() {
         assert_eq!(parse_metadata(r#"{"team":"infra"}"#).unwrap()["team"], "infra");
-        for bad in ["[]", "1", "{", "\"x\""] {
+        for bad in ["[]", "1", "{", "\"x\"", r#"{"team":"a","team":"b"}"#, r#"{"t":{"a":1,"a":1}}"#] {
             assert!(parse_metadata(bad).is_err(), "{bad}");
         }
     }

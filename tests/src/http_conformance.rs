@@ -467,6 +467,36 @@ pub fn rows() -> Vec<Row> {
             TestRequest::get("/whoami").bearer(&k.web).header("origin", "https://app.example.com")
         }),
         passed("no origin sent, origin policy", |k| TestRequest::get("/whoami").bearer(&k.web)),
+        // A second `Origin` cannot pass behind an allowed first one, nor an
+        // allowed second behind another first.
+        Row {
+            headers: &[(WWW, Absent)],
+            ..refused(
+                "two origins, the first allowed",
+                |k| {
+                    TestRequest::get("/whoami")
+                        .bearer(&k.web)
+                        .header("origin", "https://app.example.com")
+                        .header("origin", "https://evil.example")
+                },
+                403,
+                "origin_not_allowed",
+            )
+        },
+        Row {
+            headers: &[(WWW, Absent)],
+            ..refused(
+                "two origins, the second allowed",
+                |k| {
+                    TestRequest::get("/whoami")
+                        .bearer(&k.web)
+                        .header("origin", "https://evil.example")
+                        .header("origin", "https://app.example.com")
+                },
+                403,
+                "origin_not_allowed",
+            )
+        },
         Row {
             headers: &[(WWW, Is(r#"Bearer realm="conformance", error="insufficient_scope", scope="write:users""#))],
             ..refused(

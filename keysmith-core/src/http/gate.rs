@@ -372,7 +372,7 @@ impl Gate {
             started,
         };
         // Borrowed while validation needs no future; copied only for one.
-        let origin = header_text(&request.headers, names::Known::ORIGIN, MAX_ORIGIN_LEN);
+        let origin = origin_text(&request.headers);
         // Without a future when every step answers at once (memory store,
         // warm cache, in-process limiter).
         let ready = config.engine.validate_ready(key, &self.context(&draft, origin.as_deref()));
@@ -442,6 +442,29 @@ fn route_text(texts: &UsageTexts, route: &str) -> Text {
 fn header_text<'h, H: HeaderLookup + ?Sized>(headers: &'h H, name: names::Known, max: usize) -> Option<Cow<'h, str>> {
     let value = headers.first_known(name)?;
     Some(String::from_utf8_lossy(&value[..value.len().min(max)]))
+}
+
+/// The request's `Origin` as text (lossy), cut to [`MAX_ORIGIN_LEN`]
+/// bytes. Sent more than once, its values are read joined, as HTTP joins a
+/// repeated field (`a, b`): no allowlist holds such a value (an allowed
+/// origin has no space), so a second `Origin` cannot pass behind an allowed
+/// first one.
+fn origin_text<'h, H: HeaderLookup + ?Sized>(headers: &'h H) -> Option<Cow<'h, str>> {
+    let mut values = headers.known_values(names::Known::ORIGIN);
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return Some(String::from_utf8_lossy(&first[..first.len().min(MAX_ORIGIN_LEN)]));
+    };
+    let mut joined = first.to_vec();
+    for value in std::iter::once(second).chain(values) {
+        if joined.len() >= MAX_ORIGIN_LEN {
+            break;
+        }
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(value);
+    }
+    joined.truncate(MAX_ORIGIN_LEN);
+    Some(Cow::Owned(String::from_utf8_lossy(&joined).into_owned()))
 }
 
 /// A route's refusal of a key ([`Gate::scope_refusal`]): the answer, and
