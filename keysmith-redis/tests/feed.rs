@@ -1,6 +1,7 @@
 //! `RedisChangeFeed` against a real Redis: a subscription whose connection
 //! stays open but carries nothing (behind a proxy that went silent) is
-//! noticed by its missed heartbeats, and bounds how stale a cache can be.
+//! noticed by its missed heartbeats, and bounds how stale a cache can be; a
+//! publisher cut off alone tells the others through the store.
 
 mod common;
 
@@ -13,8 +14,9 @@ use keysmith_core::{Engine, KeyId, MemoryStore, Store};
 use keysmith_tests::feed_cases::{self, ProxiedPair};
 use keysmith_tests::proxy::SilentProxy;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn behind_a_silent_proxy_the_subscription_is_lost_and_staleness_stays_within_the_bound() {
+/// Runs `case` on two engines on one store and a channel of their own:
+/// `a` on the test Redis, `b` on it through a proxy.
+async fn on_a_proxied_pair(case: impl for<'a> AsyncFn(ProxiedPair<'a>)) {
     let Some(url) = common::redis_url() else { return };
     let proxy = SilentProxy::start(common::redis_addr(&url).await).await;
     // Long enough that only the feed (or its loss) can explain an eviction.
@@ -28,6 +30,15 @@ async fn behind_a_silent_proxy_the_subscription_is_lost_and_staleness_stays_with
         builder.with_feed_heartbeat(heartbeat).build().unwrap()
     };
     let (a, b) = (engine(&url).await, engine(&format!("redis://{}", proxy.addr())).await);
-    let pair = ProxiedPair { a: &a, b: &b, proxy: &proxy, cache: &cache, heartbeat, feed: "RedisChangeFeed" };
-    feed_cases::a_silent_subscription_is_lost_and_staleness_stays_within_the_bound(pair).await;
+    case(ProxiedPair { a: &a, b: &b, proxy: &proxy, cache: &cache, heartbeat, feed: "RedisChangeFeed" }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_silent_proxy_the_subscription_is_lost_and_staleness_stays_within_the_bound() {
+    on_a_proxied_pair(feed_cases::a_silent_subscription_is_lost_and_staleness_stays_within_the_bound).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_published_behind_a_silent_proxy_reaches_an_engine_on_redis_within_the_bound() {
+    on_a_proxied_pair(feed_cases::a_change_made_behind_a_silent_proxy_reaches_the_others_through_the_store).await;
 }

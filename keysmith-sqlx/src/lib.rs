@@ -35,10 +35,13 @@
 //!
 //! # Schema
 //!
-//! Nine tables: `keysmith_keys`, `keysmith_policies`, `keysmith_scopes`,
+//! Eleven tables: `keysmith_keys`, `keysmith_policies`, `keysmith_scopes`,
 //! `keysmith_key_scopes`, `keysmith_usage`, `keysmith_usage_agg`,
-//! `keysmith_rotations`, `keysmith_credits` (per key lineage) and
-//! `keysmith_owner_credits` (per application, tenant and owner).
+//! `keysmith_usage_batches`, `keysmith_rotations`, `keysmith_credits` (per
+//! key lineage), `keysmith_owner_credits` (per application, tenant and
+//! owner) and `keysmith_change_log` (changes whose publish on the change
+//! feed failed, as the feed carries them, for the other engines to read;
+//! see [`Store::log_change`]).
 //!
 //! - Ids are stored as their UUID (PostgreSQL `uuid`, SQLite a 16-byte blob,
 //!   MySQL `BINARY(16)`);

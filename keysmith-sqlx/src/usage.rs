@@ -103,8 +103,9 @@ impl UsageSql {
     }
 
     /// Deletes at most `?` rows of `table` whose `column` is before `?`
-    /// (bound: the time, then the limit), where `key` is the table's key.
-    fn delete_before(self, table: &str, key: &str, column: &str, filter: &str) -> String {
+    /// (bound: the time, then the limit), where `key` is the table's key
+    /// (also the change log's, `store/changes.rs`).
+    pub(crate) fn delete_before(self, table: &str, key: &str, column: &str, filter: &str) -> String {
         match self {
             Self::Standard => format!(
                 "DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE {filter}{column} < ? LIMIT ?)"

@@ -91,6 +91,40 @@ pub async fn a_silent_subscription_is_lost_and_staleness_stays_within_the_bound(
     until("refused by a", async || refused(a, fourth.raw.expose()).await).await;
 }
 
+/// `b` alone is cut off from the feed (its connections through `proxy` go
+/// silent) while `a` still hears it: `a` keeps hearing heartbeats, so it
+/// stays subscribed on the positive TTL, and a key revoked through `b` is
+/// still refused by `a` within the heartbeat deadline (after which `b`'s
+/// publish has failed and `b` writes the change to the store's change log)
+/// plus one interval (`a`'s next read of the log).
+///
+/// # Panics
+/// When the fleet does not behave so.
+pub async fn a_change_made_behind_a_silent_proxy_reaches_the_others_through_the_store(pair: ProxiedPair<'_>) {
+    let ProxiedPair { a, b, proxy, heartbeat, feed, .. } = pair;
+    for engine in [a, b] {
+        until("subscribed", async || engine.feed_status().unwrap().subscribed).await;
+    }
+    let acme = b.tenant("app", "acme");
+    let created = acme.create_key(NewKey::new("ci")).await.unwrap();
+    assert!(!refused(a, created.raw.expose()).await, "a caches the key");
+
+    proxy.go_silent();
+    let started = std::time::Instant::now();
+    acme.revoke_key(created.key.id, "leaked").await.unwrap();
+    let status = b.feed_status().unwrap();
+    assert!(status.publish_failures >= 1 && status.logged == 1, "{status:?}");
+    until("refused by a", async || refused(a, created.raw.expose()).await).await;
+    let took = started.elapsed();
+    let bound = heartbeat.deadline() + heartbeat.interval();
+    println!(
+        "{feed}, the publisher behind a silent proxy: revocation refused elsewhere after {took:?} (bound {bound:?})"
+    );
+    assert!(took <= bound + SLACK, "refused after {took:?}, bound {bound:?}");
+    let status = a.feed_status().unwrap();
+    assert!(status.subscribed && status.losses == 0 && status.from_log == 1, "a heard the feed throughout: {status:?}");
+}
+
 /// [`wait::until`] within [`CAP`].
 async fn until(what: &str, done: impl AsyncFnMut() -> bool) -> Duration {
     wait::until(what, CAP, done).await

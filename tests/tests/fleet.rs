@@ -393,15 +393,15 @@ async fn redis_stopped_mid_test_each_engine_keeps_its_outage_policy_and_the_flee
     assert_eq!(refused_within_bound(&b, raw, &RequestContext::new()).await.0, Refusal::Revoked);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_listener_behind_a_silent_proxy_is_lost_and_staleness_stays_within_the_bound() {
+/// Runs `case` on two engines of a fresh database: `a` with its feed
+/// straight to the server, `b` with its feed (listening and publishing)
+/// through a proxy; both stores go straight.
+async fn on_a_proxied_pair(case: impl for<'a> AsyncFn(ProxiedPair<'a>)) {
     let Some(db) = PgTestDb::create().await else { return };
     let direct = PgConnectOptions::from_str(db.url()).unwrap();
     let upstream = tokio::net::lookup_host((direct.get_host(), direct.get_port())).await.unwrap().next().unwrap();
     let proxy = SilentProxy::start(upstream).await;
     let proxied = direct.clone().host("127.0.0.1").port(proxy.addr().port());
-    // a's feed goes straight to the server, b's (listening and publishing)
-    // through the proxy; both stores go straight.
     let mut engines = fleet(&db, 1, async || pg_feed(&db).await).await;
     engines.extend(fleet(&db, 1, async || pg_feed_with(proxied.clone()).await).await);
     let pair = ProxiedPair {
@@ -412,5 +412,15 @@ async fn a_listener_behind_a_silent_proxy_is_lost_and_staleness_stays_within_the
         heartbeat: FeedHeartbeat::default(),
         feed: "PgChangeFeed",
     };
-    feed_cases::a_silent_subscription_is_lost_and_staleness_stays_within_the_bound(pair).await;
+    case(pair).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_behind_a_silent_proxy_is_lost_and_staleness_stays_within_the_bound() {
+    on_a_proxied_pair(feed_cases::a_silent_subscription_is_lost_and_staleness_stays_within_the_bound).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_published_behind_a_silent_proxy_reaches_the_others_through_the_database_within_the_bound() {
+    on_a_proxied_pair(feed_cases::a_change_made_behind_a_silent_proxy_reaches_the_others_through_the_store).await;
 }

@@ -464,7 +464,9 @@ impl EngineBuilder {
     /// The subscription is watched by [heartbeats](FeedHeartbeat): one that
     /// carries nothing for the heartbeat deadline (2 s by default) is lost
     /// too, so during any feed fault a change made elsewhere is seen within
-    /// the deadline plus the outage TTL.
+    /// the deadline plus the outage TTL. A change this engine cannot publish
+    /// goes to the store's change log, which every engine with a cache reads
+    /// once per heartbeat interval (see [`crate::feed`]).
     pub fn with_change_feed(mut self, feed: impl ChangeFeed) -> Self {
         self.feed = Some(Arc::new(feed));
         self
@@ -616,7 +618,9 @@ impl EngineBuilder {
         // or the default.
         let republish_for = self.cache.as_ref().unwrap_or(&CacheConfig::default()).positive_ttl();
         let cache = self.cache.map(|config| Arc::new(CachedStore::with_config(Arc::clone(&store), config)));
-        let feed = self.feed.map(|feed| Arc::new(FeedLink::new(feed, self.heartbeat, republish_for)));
+        let feed = self.feed.map(|feed| {
+            Arc::new(FeedLink::new(feed, self.heartbeat, republish_for, Arc::clone(&store), Arc::clone(&self.clock)))
+        });
         if let (Some(_), Some(cache)) = (&feed, &cache) {
             // Not subscribed yet: changes made elsewhere may be missed.
             cache.feed_lost();

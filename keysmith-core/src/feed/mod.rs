@@ -20,6 +20,16 @@
 //! that long. Publishing failures are counted and logged; they never fail
 //! the operation that was committed.
 //!
+//! A change whose publish failed is written to the store's change log
+//! ([`Store::log_change`](crate::Store::log_change)), which every engine
+//! with a cache reads once per heartbeat interval
+//! ([`Store::changes_after`](crate::Store::changes_after)), applying what it
+//! finds as if the feed had carried it. So an engine cut off from the feed
+//! alone, while the rest of the fleet still hears heartbeats and keeps its
+//! normal TTL, is heard within the heartbeat deadline (when its publish
+//! gives up) plus one interval: 2.5 s by default. A store that keeps no
+//! change log (one written before it) leaves that case to the positive TTL.
+//!
 //! A subscription that stays open but carries nothing (a partition, a hung
 //! proxy) is lost too. An engine whose subscription has been quiet for the
 //! [heartbeat interval](FeedHeartbeat) publishes a [`Change::Heartbeat`],

@@ -1,6 +1,7 @@
 //! The engine's side of the feed: publishing what it commits and keeping
 //! its cache in step with what others commit.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -8,11 +9,11 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{Change, ChangeFeed, ChangeStream, FeedHeartbeat};
-use crate::store::CachedStore;
-use crate::{Error, Result};
+use crate::store::{CachedStore, Store};
+use crate::{Clock, Error, Result};
 
 /// First wait before subscribing again after a failure; doubled up to
 /// [`MAX_BACKOFF`]. Both stay under the default outage TTL, so a short
@@ -58,6 +59,23 @@ pub struct FeedStatus {
     /// heartbeats included, for the [deadline](FeedHeartbeat::deadline)
     /// (metric `keysmith_feed_missed_heartbeats_total`).
     pub missed_heartbeats: u64,
+    /// Changes whose first publish failed that this engine wrote to the
+    /// store's change log ([`Store::log_change`]), where every engine of the
+    /// fleet finds them within a heartbeat interval (metric
+    /// `keysmith_feed_logged_total`).
+    pub logged: u64,
+    /// Changes whose publish failed that could not be written to the
+    /// store's change log either (metric `keysmith_feed_log_failures_total`):
+    /// other engines see them when a republish gets through or their cache
+    /// entries expire.
+    pub log_failures: u64,
+    /// Changes found in the store's change log and applied to the cache
+    /// (also in `received`).
+    pub from_log: u64,
+    /// Reads of the store's change log that failed (metric
+    /// `keysmith_feed_log_read_failures_total`); the next interval reads
+    /// again from where the last one stopped.
+    pub log_read_failures: u64,
 }
 
 /// Why a subscription ended.
@@ -78,6 +96,10 @@ pub(crate) struct FeedLink {
     /// How long a change that failed to publish is tried again: as long as
     /// another engine may still hold what it drops (a positive TTL).
     republish_for: Duration,
+    /// The engine's store, whose change log carries what the feed would not.
+    store: Arc<dyn Store>,
+    /// The engine's clock, which dates logged changes.
+    clock: Arc<dyn Clock>,
     subscribed: AtomicBool,
     subscriptions: AtomicU64,
     losses: AtomicU64,
@@ -90,17 +112,26 @@ pub(crate) struct FeedLink {
     heartbeat_failures: AtomicU64,
     heartbeats_received: AtomicU64,
     missed_heartbeats: AtomicU64,
+    logged: AtomicU64,
+    log_failures: AtomicU64,
+    from_log: AtomicU64,
+    log_read_failures: AtomicU64,
     started: AtomicBool,
     /// Dropping or signalling the sender stops the subscription task.
     stop: watch::Sender<bool>,
 }
 
 impl FeedLink {
-    pub(crate) fn new(feed: Arc<dyn ChangeFeed>, heartbeat: FeedHeartbeat, republish_for: Duration) -> Self {
+    pub(crate) fn new(
+        feed: Arc<dyn ChangeFeed>, heartbeat: FeedHeartbeat, republish_for: Duration, store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Self {
             feed,
             heartbeat,
             republish_for,
+            store,
+            clock,
             subscribed: AtomicBool::new(false),
             subscriptions: AtomicU64::new(0),
             losses: AtomicU64::new(0),
@@ -113,6 +144,10 @@ impl FeedLink {
             heartbeat_failures: AtomicU64::new(0),
             heartbeats_received: AtomicU64::new(0),
             missed_heartbeats: AtomicU64::new(0),
+            logged: AtomicU64::new(0),
+            log_failures: AtomicU64::new(0),
+            from_log: AtomicU64::new(0),
+            log_read_failures: AtomicU64::new(0),
             started: AtomicBool::new(false),
             stop: watch::channel(false).0,
         }
@@ -132,6 +167,10 @@ impl FeedLink {
             heartbeat_failures: self.heartbeat_failures.load(Ordering::SeqCst),
             heartbeats_received: self.heartbeats_received.load(Ordering::SeqCst),
             missed_heartbeats: self.missed_heartbeats.load(Ordering::SeqCst),
+            logged: self.logged.load(Ordering::SeqCst),
+            log_failures: self.log_failures.load(Ordering::SeqCst),
+            from_log: self.from_log.load(Ordering::SeqCst),
+            log_read_failures: self.log_read_failures.load(Ordering::SeqCst),
         }
     }
 
@@ -144,6 +183,12 @@ impl FeedLink {
     /// what it drops: a feed back after a blip (a reconnection, a failover)
     /// still carries it, rather than the other engines learning of it only
     /// when their entries expire.
+    ///
+    /// Before that, a change that failed is written to the store's change
+    /// log ([`log`](Self::log)), which every engine reads each heartbeat
+    /// interval: an engine cut off from the feed alone, whose fleet still
+    /// hears heartbeats from each other, still tells them within the
+    /// deadline plus an interval.
     pub(crate) async fn publish(self: &Arc<Self>, change: Change) {
         match publish_within(&*self.feed, &change, self.heartbeat.deadline()).await {
             Ok(()) => {
@@ -152,12 +197,57 @@ impl FeedLink {
             Err(error) => {
                 self.publish_failures.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("keysmith_feed_publish_failures_total").increment(1);
-                tracing::warn!(target: "keysmith::feed", %error, ?change, "could not publish a change; trying again while other instances may hold what it drops");
+                tracing::warn!(target: "keysmith::feed", %error, ?change, "could not publish a change; logging it in the store and trying again while other instances may hold what it drops");
+                self.log(&change).await;
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     runtime.spawn(Arc::clone(self).republish(change));
                 }
             }
         }
+    }
+
+    /// Writes `change`, whose publish failed, to the store's change log
+    /// (waiting for the store at most the heartbeat deadline), then deletes
+    /// what the log holds past [`log_retention`](Self::log_retention), a
+    /// bounded batch at a time: the log grows only here, so it stays the
+    /// size of the changes logged within the retention. A failure is
+    /// counted and logged, never the caller's.
+    async fn log(&self, change: &Change) {
+        let deadline = self.heartbeat.deadline();
+        let now = self.clock.now();
+        let logged = tokio::time::timeout(deadline, self.store.log_change(change, now))
+            .await
+            .unwrap_or_else(|_| Err(Error::store(format!("the store did not answer within {deadline:?}"))));
+        match logged {
+            Ok(true) => {
+                self.logged.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("keysmith_feed_logged_total").increment(1);
+                let before = chrono::TimeDelta::from_std(self.log_retention())
+                    .ok()
+                    .and_then(|kept| now.checked_sub_signed(kept))
+                    .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+                let pruned = tokio::time::timeout(deadline, self.store.delete_changes_before(before, LOG_PRUNE_BATCH));
+                if let Ok(Err(error)) = pruned.await {
+                    tracing::debug!(target: "keysmith::feed", %error, "could not prune the change log; the next logged change tries again");
+                }
+            }
+            Ok(false) => {
+                tracing::warn!(target: "keysmith::feed", ?change, "the store keeps no change log: other instances see this change when it is published again or when their cache entries expire");
+            }
+            Err(error) => {
+                self.log_failures.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("keysmith_feed_log_failures_total").increment(1);
+                tracing::warn!(target: "keysmith::feed", %error, ?change, "could not log a change that failed to publish; other instances see it when it is published again or when their cache entries expire");
+            }
+        }
+    }
+
+    /// How long the change log keeps a change: well past the positive TTL,
+    /// after which no engine's cache can hold what it drops, and at least
+    /// an hour, so that an engine whose reads failed for a while (a
+    /// database failover) still finds what it missed.
+    fn log_retention(&self) -> Duration {
+        LOG_RETENTION.max(self.republish_for.saturating_mul(2))
     }
 
     /// Publishes `change` again until the feed takes it, the engine stops,
@@ -194,7 +284,8 @@ impl FeedLink {
     }
 
     /// Starts the subscription task on the current Tokio runtime, keeping
-    /// `cache` in step, unless it runs already. False outside a runtime.
+    /// `cache` in step (by the feed, and by the store's change log), unless
+    /// it runs already. False outside a runtime.
     pub(crate) fn start(self: &Arc<Self>, cache: &Arc<CachedStore>) -> bool {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return self.started.load(Ordering::SeqCst);
@@ -210,7 +301,15 @@ impl FeedLink {
         self.stop.send_replace(true);
     }
 
-    async fn run(self: Arc<Self>, cache: Arc<CachedStore>, mut stop: watch::Receiver<bool>) {
+    /// The engine's one feed task: the subscription and, beside it, the
+    /// poll of the store's change log.
+    async fn run(self: Arc<Self>, cache: Arc<CachedStore>, stop: watch::Receiver<bool>) {
+        tokio::join!(self.subscribe_and_follow(&cache, stop.clone()), self.poll_log(&cache, stop));
+    }
+
+    /// Subscribes, follows the subscription until it is lost, and again,
+    /// until the engine stops.
+    async fn subscribe_and_follow(&self, cache: &CachedStore, mut stop: watch::Receiver<bool>) {
         let mut backoff = FIRST_BACKOFF;
         loop {
             if *stop.borrow() {
@@ -244,7 +343,7 @@ impl FeedLink {
             if self.subscriptions.fetch_add(1, Ordering::SeqCst) > 0 {
                 tracing::info!(target: "keysmith::feed", "change feed subscription restored; cache back to its normal TTL");
             }
-            let Some(loss) = self.follow(&mut stream, &cache, &mut stop).await else { return };
+            let Some(loss) = self.follow(&mut stream, cache, &mut stop).await else { return };
             drop(stream);
             cache.feed_lost();
             self.subscribed.store(false, Ordering::SeqCst);
@@ -317,7 +416,48 @@ impl FeedLink {
         }
     }
 
-    /// Applies a change received on the subscription.
+    /// Reads the store's change log every heartbeat interval and applies
+    /// each change found there as if the feed had carried it: what an
+    /// engine that could not publish (cut off from the feed alone) logged
+    /// instead. One indexed read per interval; a read that fails is counted
+    /// and the next one starts where it would have. A store that keeps no
+    /// change log is not read again.
+    async fn poll_log(&self, cache: &CachedStore, mut stop: watch::Receiver<bool>) {
+        let mut cursor = LogCursor::default();
+        let mut ticks = tokio::time::interval(self.heartbeat.interval());
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = ticks.tick() => {}
+            }
+            let deadline = self.heartbeat.deadline();
+            let read = tokio::time::timeout(deadline, cursor.read(&*self.store))
+                .await
+                .unwrap_or_else(|_| Err(Error::store(format!("the store did not answer within {deadline:?}"))));
+            match read {
+                Ok(Some(changes)) => {
+                    for change in changes {
+                        self.from_log.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(target: "keysmith::feed", ?change, "applied a change from the store's change log (its publish had failed)");
+                        self.apply(change, cache).await;
+                    }
+                }
+                Ok(None) => {
+                    tracing::debug!(target: "keysmith::feed", "the store keeps no change log; not read");
+                    return;
+                }
+                Err(error) => {
+                    self.log_read_failures.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("keysmith_feed_log_read_failures_total").increment(1);
+                    tracing::warn!(target: "keysmith::feed", %error, "could not read the store's change log; reading again at the next interval");
+                }
+            }
+        }
+    }
+
+    /// Applies a change received on the subscription or found in the
+    /// store's change log.
     async fn apply(&self, change: Change, cache: &CachedStore) {
         match change {
             Change::Heartbeat => {
@@ -336,11 +476,72 @@ impl FeedLink {
     }
 }
 
-/// Publishes `change` on `feed`, failing if the feed has not answered
-/// within `deadline`.
+/// Where an engine's reads of the store's change log stand.
+///
+/// Sequence numbers are given when a row is inserted, not when it commits:
+/// on a server a row may become visible after one numbered after it. So
+/// each read starts from the latest number of the read before the last one
+/// (one interval of overlap) and skips the numbers it applied already: a
+/// row committed up to an interval late is still found, and applied once.
+#[derive(Debug, Default)]
+struct LogCursor {
+    /// The latest number the last read saw; `None` before the first read,
+    /// which reads only that (history is not replayed).
+    seen: Option<u64>,
+    /// Where the next read starts: the latest number of the read before.
+    from: u64,
+    /// The numbers after `from` applied already.
+    applied: BTreeSet<u64>,
+}
+
+impl LogCursor {
+    /// The changes logged since the last read and not yet applied (`None`
+    /// when the store keeps no change log). Moves on only once the read is
+    /// complete, so a read cut short is done again whole.
+    async fn read(&mut self, store: &dyn Store) -> Result<Option<Vec<Change>>> {
+        let Some(seen) = self.seen else {
+            let Some(first) = store.changes_after(None, 0).await? else { return Ok(None) };
+            *self = Self { seen: Some(first.latest), from: first.latest, applied: BTreeSet::new() };
+            return Ok(Some(Vec::new()));
+        };
+        let (mut after, mut latest, mut found) = (self.from, seen, Vec::new());
+        loop {
+            let Some(page) = store.changes_after(Some(after), LOG_PAGE).await? else { return Ok(None) };
+            latest = latest.max(page.latest);
+            let full = page.changes.len() >= LOG_PAGE as usize;
+            for (seq, change) in page.changes {
+                after = after.max(seq);
+                if !self.applied.contains(&seq) {
+                    found.push((seq, change));
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        self.applied.extend(found.iter().map(|(seq, _)| *seq));
+        self.from = seen;
+        self.applied.retain(|seq| *seq > seen);
+        self.seen = Some(latest);
+        Ok(Some(found.into_iter().map(|(_, change)| change).collect()))
+    }
+}
+
+/// The changes one read of the change log asks for at most (it asks again
+/// while a page comes back full).
+const LOG_PAGE: u32 = 500;
+
+/// The changes deleted from the change log at most per statement.
+const LOG_PRUNE_BATCH: u32 = 500;
+
+/// How long the change log keeps a change at least.
+const LOG_RETENTION: Duration = Duration::from_secs(60 * 60);
+
 /// The first wait before a change that failed to publish is tried again.
 const REPUBLISH_FIRST_WAIT: Duration = Duration::from_millis(100);
 
+/// Publishes `change` on `feed`, failing if the feed has not answered
+/// within `deadline`.
 async fn publish_within(feed: &dyn ChangeFeed, change: &Change, deadline: Duration) -> Result<()> {
     match tokio::time::timeout(deadline, feed.publish(change)).await {
         Ok(published) => published,

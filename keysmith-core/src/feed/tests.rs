@@ -8,10 +8,10 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use super::{Change, ChangeFeed, ChangeStream, FeedHeartbeat, LocalChangeFeed};
-use crate::store::CacheConfig;
+use crate::store::{CacheConfig, ProbedStore, StoreOp, StoreProbe};
 use crate::{
     Credits, Engine, Error, LimitBy, ManualClock, MemoryStore, NewKey, PolicySpec, Refusal, RequestContext, Result,
-    RotationReason, ValidationError,
+    RotationReason, Store, ValidationError,
 };
 
 const POSITIVE: Duration = Duration::from_secs(30);
@@ -76,7 +76,7 @@ fn clock() -> ManualClock {
 }
 
 /// An engine on `store` with a cache of its own on `clock`, on `feed`.
-fn engine_on(store: &Arc<MemoryStore>, clock: &ManualClock, feed: Arc<dyn ChangeFeed>) -> Engine {
+fn engine_on<S: Store + 'static>(store: &Arc<S>, clock: &ManualClock, feed: Arc<dyn ChangeFeed>) -> Engine {
     let cache = CacheConfig::default().with_positive_ttl(POSITIVE).with_outage_ttl(OUTAGE).with_clock(clock.clone());
     Engine::builder(Arc::clone(store))
         .with_clock(clock.clone())
@@ -88,8 +88,11 @@ fn engine_on(store: &Arc<MemoryStore>, clock: &ManualClock, feed: Arc<dyn Change
 }
 
 async fn fleet() -> Fleet {
+    fleet_on(Arc::new(MemoryStore::new())).await
+}
+
+async fn fleet_on<S: Store + 'static>(store: Arc<S>) -> Fleet {
     let clock = clock();
-    let store = Arc::new(MemoryStore::new());
     let feed = Arc::new(CuttableFeed::new());
     let engine = || engine_on(&store, &clock, Arc::clone(&feed) as Arc<dyn ChangeFeed>);
     let (a, b) = (engine(), engine());
@@ -263,9 +266,26 @@ async fn a_failed_publish_is_counted_and_never_fails_the_change() {
     assert!(!accepted(&a, created.raw.expose()).await, "the publishing engine itself never serves the old state");
 }
 
+/// A store whose change log cannot be written: what a change that fails to
+/// publish then has is its republishing alone.
+#[derive(Debug)]
+struct LogUnreachable;
+
+#[async_trait]
+impl StoreProbe for LogUnreachable {
+    async fn before(&self, op: StoreOp) -> Result<()> {
+        if op == StoreOp::log_change { Err(Error::store("the database is unreachable")) } else { Ok(()) }
+    }
+}
+
+fn log_unreachable() -> Arc<ProbedStore<LogUnreachable>> {
+    Arc::new(ProbedStore::new(Arc::new(MemoryStore::new()), Arc::new(LogUnreachable)))
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_change_that_failed_to_publish_reaches_the_other_engines_once_the_feed_takes_it_again() {
-    let Fleet { clock, feed, a, b } = fleet().await;
+    // Nor can it be logged: only a republish can carry it.
+    let Fleet { clock, feed, a, b } = fleet_on(log_unreachable()).await;
     let acme = a.tenant("app", "acme");
     let created = acme.create_key(NewKey::new("ci")).await.unwrap();
     assert!(accepted(&b, created.raw.expose()).await, "b caches the key");
@@ -287,7 +307,7 @@ async fn a_change_that_failed_to_publish_reaches_the_other_engines_once_the_feed
     let took = took.expect("still accepted a heartbeat deadline after the feed came back");
     assert!(took <= Duration::from_millis(510), "at the retry due 500 ms later: {took:?}");
     let (sender, receiver) = (a.feed_status().unwrap(), b.feed_status().unwrap());
-    assert_eq!((sender.published, sender.republished), (1, 1));
+    assert_eq!((sender.published, sender.republished, sender.log_failures), (1, 1, 1));
     assert_eq!(receiver.losses, 0, "b heard it through its subscription, never lost");
 }
 
@@ -630,16 +650,88 @@ async fn a_heartbeat_deadline_under_twice_the_interval_is_refused() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_change_published_into_a_silent_feed_returns_at_the_deadline_and_is_counted() {
+async fn a_change_published_into_a_silent_feed_returns_at_the_deadline_and_reaches_the_others_through_the_store() {
     let clock = clock();
-    let (_, b, link) = partitionable_pair(&clock).await;
+    // `b` alone is cut off from the feed: its publishes hang, while `a`
+    // keeps hearing heartbeats and so stays on the positive TTL.
+    let (a, b, link) = partitionable_pair(&clock).await;
     let acme = b.tenant("app", "acme");
     let created = acme.create_key(NewKey::new("ci")).await.unwrap();
+    assert!(accepted(&a, created.raw.expose()).await, "a caches the key");
     link.partition();
 
     let started = tokio::time::Instant::now();
     acme.revoke_key(created.key.id, "leaked").await.unwrap();
     assert_eq!(started.elapsed(), HEARTBEAT.deadline(), "held no longer than the deadline");
-    assert_eq!(b.feed_status().unwrap().publish_failures, 1);
-    assert!(!accepted(&b, created.raw.expose()).await, "committed, and seen here at once");
+    let status = b.feed_status().unwrap();
+    assert_eq!((status.publish_failures, status.logged, status.log_failures), (1, 1, 0), "{status:?}");
+    assert!(!accepted(&b, created.raw.expose()).await, "committed, and seen by b at once");
+
+    let left = HEARTBEAT.deadline() + HEARTBEAT.interval() - started.elapsed();
+    let refused = pass(&clock, left, async || !accepted(&a, created.raw.expose()).await).await;
+    assert!(refused.is_some(), "a still accepts the key b revoked after the deadline and an interval");
+    let status = a.feed_status().unwrap();
+    assert!(status.subscribed && status.losses == 0, "a heard the feed throughout: {status:?}");
+    assert_eq!((status.from_log, status.log_read_failures), (1, 0), "{status:?}");
+    assert_eq!(a.cache_stats().unwrap().positive_ttl, POSITIVE);
+
+    // Found once: later reads skip what was applied.
+    pass(&clock, HEARTBEAT.interval() * 4, async || false).await;
+    assert_eq!(a.feed_status().unwrap().from_log, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_change_log_carries_lineage_and_policy_changes_and_an_engine_started_later_replays_nothing() {
+    let clock = clock();
+    let (a, b, link) = partitionable_pair(&clock).await;
+    let acme = b.tenant("app", "acme");
+    let policy = acme.create_policy(PolicySpec::new("office")).await.unwrap();
+    let created = acme.create_key(NewKey::new("ci").with_policy(policy.id)).await.unwrap();
+    let ctx = RequestContext::new().with_ip("198.51.100.7".parse().unwrap());
+    assert_eq!(a.validate(created.raw.expose(), &ctx).await.unwrap().credits, None, "a caches key and policy");
+    link.partition();
+
+    acme.update_policy(policy.id, PolicySpec::new("office").with_allowed_ips(["10.0.0.0/8"])).await.unwrap();
+    acme.set_credits(created.key.id, Some(Credits::new(5))).await.unwrap();
+    assert_eq!(b.feed_status().unwrap().logged, 2);
+    let both = pass(&clock, HEARTBEAT.interval(), async || a.feed_status().unwrap().from_log == 2).await;
+    assert!(both.is_some(), "both changes read within an interval of the last one");
+    let answer = a.validate(created.raw.expose(), &ctx).await;
+    assert!(matches!(answer, Err(ValidationError::Refused(Refusal::IpNotAllowed))), "{answer:?}");
+    let inside = RequestContext::new().with_ip("10.1.2.3".parse().unwrap());
+    let spent = a.validate(created.raw.expose(), &inside).await.unwrap().credits.expect("the lineage's new credits");
+    assert_eq!(spent.remaining, 4);
+
+    // A new engine on the store reads where the log stands, not its history.
+    let store = Arc::clone(a.store());
+    let late = Engine::builder(store)
+        .with_cache(CacheConfig::default().with_clock(clock.clone()))
+        .with_change_feed(LocalChangeFeed::new())
+        .build()
+        .unwrap();
+    pass(&clock, HEARTBEAT.interval() * 3, async || false).await;
+    assert_eq!(late.feed_status().unwrap().from_log, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_that_could_neither_be_published_nor_logged_is_counted() {
+    let clock = clock();
+    let store = log_unreachable();
+    let shared = Arc::new(LocalChangeFeed::new());
+    let link = PartitionableFeed::new(&shared);
+    let engine = Engine::builder(store)
+        .with_clock(clock.clone())
+        .with_cache(CacheConfig::default().with_clock(clock.clone()))
+        .with_change_feed(Arc::clone(&link))
+        .build()
+        .unwrap();
+    yield_until(|| engine.feed_status().unwrap().subscribed).await;
+    let acme = engine.tenant("app", "acme");
+    let created = acme.create_key(NewKey::new("ci")).await.unwrap();
+    link.partition();
+
+    acme.revoke_key(created.key.id, "leaked").await.unwrap();
+    let status = engine.feed_status().unwrap();
+    assert_eq!((status.publish_failures, status.logged, status.log_failures), (1, 0, 1), "{status:?}");
+    assert!(!accepted(&engine, created.raw.expose()).await, "the change itself is committed");
 }

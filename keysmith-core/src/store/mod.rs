@@ -23,18 +23,21 @@ pub use probe::{ProbedStore, StoreOp, StoreProbe};
 
 use crate::usage::{Refused, StatusClasses, UsageBatch, UsageCounts};
 use crate::{
-    CreditSpend, Credits, Environment, Key, KeyHash, KeyId, KeyState, Period, Policy, PolicyId, Result, RotationRecord,
-    Scope, ScopeId, Tenant, UsageAggregate, UsageRecord,
+    Change, CreditSpend, Credits, Environment, Key, KeyHash, KeyId, KeyState, Period, Policy, PolicyId, Result,
+    RotationRecord, Scope, ScopeId, Tenant, UsageAggregate, UsageRecord,
 };
 
 /// Declares a store trait from its methods: the `async` ones, each a call to
-/// the backend, then, in `provided`, the methods with a default body (the
-/// `_ready` answers that a store overrides when it can answer without I/O,
-/// and conveniences written over the required methods). From the same list, with the `testing`
-/// feature, it implements the trait for [`ProbedStore`] (each call reported
-/// to the probe as the [`StoreOp`] of its name), so that a new store
-/// operation is written in three places: here, the memory store and the SQL
-/// body.
+/// the backend; then, in `optional`, backend calls with a default body for
+/// stores that do not have them (a store written before them keeps
+/// compiling); then, in `provided`, the methods with a default body that
+/// are not calls of their own (the `_ready` answers that a store overrides
+/// when it can answer without I/O, and conveniences written over the
+/// required methods). From the same lists, with the `testing` feature, it
+/// implements the trait for [`ProbedStore`] (each call, optional ones
+/// included, reported to the probe as the [`StoreOp`] of its name), so that
+/// a new store operation is written in three places: here, the memory store
+/// and the SQL body.
 macro_rules! store_trait {
     (
         $(#[$attr:meta])*
@@ -44,6 +47,12 @@ macro_rules! store_trait {
                 async fn $op:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) $(-> $ret:ty)?;
             )*
         }
+        $(optional {
+            $(
+                $(#[$odoc:meta])*
+                async fn $oop:ident(&self $(, $oarg:ident: $oty:ty)* $(,)?) -> $oret:ty $obody:block
+            )*
+        })?
         $(provided { $($provided:tt)* })?
     ) => {
         $(#[$attr])*
@@ -53,6 +62,10 @@ macro_rules! store_trait {
                 $(#[$doc])*
                 async fn $op(&self $(, $arg: $ty)*) $(-> $ret)?;
             )*
+            $($(
+                $(#[$odoc])*
+                async fn $oop(&self $(, $oarg: $oty)*) -> $oret $obody
+            )*)?
             $($($provided)*)?
         }
 
@@ -63,6 +76,10 @@ macro_rules! store_trait {
                 #[doc = concat!("[`", stringify!($trait), "::", stringify!($op), "`]")]
                 pub const $op: Self = Self::named(stringify!($op));
             )*
+            $($(
+                #[doc = concat!("[`", stringify!($trait), "::", stringify!($oop), "`]")]
+                pub const $oop: Self = Self::named(stringify!($oop));
+            )*)?
         }
 
         #[cfg(any(test, feature = "testing"))]
@@ -73,6 +90,11 @@ macro_rules! store_trait {
                     self.probed(StoreOp::$op, self.inner().$op($($arg),*)).await
                 }
             )*
+            $($(
+                async fn $oop(&self $(, $oarg: $oty)*) -> $oret {
+                    self.probed(StoreOp::$oop, self.inner().$oop($($oarg),*)).await
+                }
+            )*)?
         }
     };
 }
@@ -543,6 +565,51 @@ store_trait! {
         /// Releases connections; later calls fail.
         async fn close(&self);
     }
+    optional {
+        /// Appends `change` to the store's change log, logged at `at`: the
+        /// second path by which the engines of a fleet hear of a change,
+        /// taken by an engine whose [change feed](crate::feed) would not
+        /// publish it, and read by every engine's feed task
+        /// ([`changes_after`](Self::changes_after)). The change is kept as
+        /// the feed carries it ([`Change::to_json`]): ids and key hashes,
+        /// never a secret or an entity's contents. False when the store
+        /// keeps no change log (the default, for stores written before it):
+        /// then a change whose publish failed reaches other engines only
+        /// when their cache entries expire.
+        async fn log_change(&self, change: &Change, at: DateTime<Utc>) -> Result<bool> {
+            let _ = (change, at);
+            Ok(false)
+        }
+
+        /// The changes logged after sequence number `after`, oldest first, at
+        /// most `limit`, with the latest sequence number the log has given
+        /// (at least `after`). With `after` `None` (an engine's first read)
+        /// no change, only the latest number (0 for an empty log), so that a
+        /// new engine does not replay history. `None` when the store keeps
+        /// no change log (the default).
+        async fn changes_after(&self, after: Option<u64>, limit: u32) -> Result<Option<LoggedChanges>> {
+            let _ = (after, limit);
+            Ok(None)
+        }
+
+        /// Deletes at most `limit` changes logged before `before`; returns
+        /// how many (0 for a store that keeps no change log, the default).
+        async fn delete_changes_before(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+            let _ = (before, limit);
+            Ok(0)
+        }
+    }
+}
+
+/// What [`Store::changes_after`] found in a store's change log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoggedChanges {
+    /// The latest sequence number the log has given that the read saw (at
+    /// least the one asked after): where the next read starts.
+    pub latest: u64,
+    /// The changes logged after the sequence number asked after, with their
+    /// sequence numbers, oldest first.
+    pub changes: Vec<(u64, Change)>,
 }
 
 /// What [`Engine::builder`](crate::Engine::builder) accepts as its store: any

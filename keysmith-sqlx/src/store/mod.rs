@@ -8,6 +8,7 @@
 //! transaction, each table written by multi-row statements. Rows are read
 //! back by the generic functions of [`rows`](crate::rows).
 
+mod changes;
 mod credits;
 mod import;
 mod keys;
@@ -17,8 +18,9 @@ mod scopes;
 mod usage;
 
 use async_trait::async_trait;
-use keysmith_core::store::TimeRange;
-use keysmith_core::{Error, Result, Store, Tenant};
+use chrono::{DateTime, Utc};
+use keysmith_core::store::{LoggedChanges, TimeRange};
+use keysmith_core::{Change, Error, Result, Store, Tenant};
 use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Pool, Transaction};
@@ -120,6 +122,18 @@ impl<DB: Dialect> Store for SqlStore<DB> {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+
+    async fn log_change(&self, change: &Change, at: DateTime<Utc>) -> Result<bool> {
+        changes::log(self, change, at).await.map(|()| true)
+    }
+
+    async fn changes_after(&self, after: Option<u64>, limit: u32) -> Result<Option<LoggedChanges>> {
+        changes::after(self, after, limit).await.map(Some)
+    }
+
+    async fn delete_changes_before(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        changes::delete_before(self, before, limit).await
     }
 }
 

@@ -14,7 +14,7 @@ use keysmith_core::store::{
 };
 use keysmith_core::usage::{RefusalReason, UsageBatch, UsageConfig, UsageCounts, UsageDelta};
 use keysmith_core::{
-    CreditSpend, Credits, Engine, EngineBuilder, Environment, Error, Hasher, Key, KeyId, KeyState, LimitBy,
+    Change, CreditSpend, Credits, Engine, EngineBuilder, Environment, Error, Hasher, Key, KeyId, KeyState, LimitBy,
     ManualClock, NewKey, Period, Policy, PolicyId, PolicySpec, Quota, RateLimit, Refusal, RequestContext, RotationId,
     RotationReason, RotationRecord, Scope, ScopeId, Sha256Hasher, Store, Tenant, UsageId, UsageRecord, Validation,
     ValidationError,
@@ -22,6 +22,7 @@ use keysmith_core::{
 use tokio::sync::{Barrier, Notify};
 use tokio::task::JoinSet;
 
+mod changes;
 mod credits;
 mod engine;
 mod identities;
@@ -33,6 +34,7 @@ mod scopes;
 mod store;
 mod usage;
 
+pub use changes::*;
 pub use credits::*;
 pub use engine::*;
 pub use identities::*;
@@ -105,6 +107,8 @@ macro_rules! store_conformance_tests {
             oversized_usage_texts_are_cut_and_fail_no_batch,
             a_key_past_its_expiry_is_neither_rotated_nor_suspended,
             import_skips_rows_whose_source_id_was_imported,
+            logged_changes_are_read_back_in_order_after_a_sequence_number,
+            logged_changes_are_deleted_by_age_in_bounded_batches,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {

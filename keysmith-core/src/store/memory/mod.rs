@@ -4,6 +4,7 @@
 //! One module per subsystem, as the SQL stores have: keys (with credits),
 //! policies, scopes, usage and rotations.
 
+mod changes;
 mod keys;
 mod policies;
 mod rotations;
@@ -12,17 +13,17 @@ mod usage;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    ImportOutcome, KeyFilter, KeyPolicy, KeyStore, Page, PolicyStore, RotationStore, RotationWrite, ScopeStore, Store,
-    StoredKey, TimeRange, Transition, UsageStore, UsageTotal,
+    ImportOutcome, KeyFilter, KeyPolicy, KeyStore, LoggedChanges, Page, PolicyStore, RotationStore, RotationWrite,
+    ScopeStore, Store, StoredKey, TimeRange, Transition, UsageStore, UsageTotal,
 };
 use crate::{
-    Credits, Error, KeyHash, KeyId, Period, Policy, PolicyId, Result, RotationRecord, Scope, ScopeId, Tenant,
+    Change, Credits, Error, KeyHash, KeyId, Period, Policy, PolicyId, Result, RotationRecord, Scope, ScopeId, Tenant,
     UsageAggregate, UsageRecord,
 };
 
@@ -55,6 +56,9 @@ pub struct MemoryStore {
     tables: RwLock<Tables>,
     /// Usage has its own lock, so writing a batch never holds up validation.
     usage: RwLock<UsageTables>,
+    /// The change log has its own lock too: an engine's poll of it never
+    /// waits for a write of keys.
+    changes: Mutex<changes::ChangeLog>,
     closed: AtomicBool,
 }
 
@@ -138,6 +142,7 @@ impl MemoryStore {
         Self {
             tables: RwLock::default(),
             usage: RwLock::new(UsageTables::new(records)),
+            changes: Mutex::default(),
             closed: AtomicBool::new(false),
         }
     }
@@ -162,6 +167,11 @@ impl MemoryStore {
         Ok(self.usage.write().unwrap_or_else(PoisonError::into_inner))
     }
 
+    fn change_log(&self) -> Result<std::sync::MutexGuard<'_, changes::ChangeLog>> {
+        self.check_open()?;
+        Ok(self.changes.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(Error::store("the memory store is closed"));
@@ -182,5 +192,18 @@ impl Store for MemoryStore {
 
     async fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
+    }
+
+    async fn log_change(&self, change: &Change, at: DateTime<Utc>) -> Result<bool> {
+        self.change_log()?.append(change, at);
+        Ok(true)
+    }
+
+    async fn changes_after(&self, after: Option<u64>, limit: u32) -> Result<Option<LoggedChanges>> {
+        Ok(Some(self.change_log()?.after(after, limit)))
+    }
+
+    async fn delete_changes_before(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        Ok(self.change_log()?.delete_before(before, limit))
     }
 }
