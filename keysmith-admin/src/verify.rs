@@ -135,7 +135,7 @@ impl Verdict {
                 remaining: status.remaining,
                 reset: retry_after_secs(*retry_after),
             }),
-            Refusal::CreditsExhausted { refills_at } => {
+            Refusal::CreditsExhausted { refills_at, .. } => {
                 verdict.credits = Some(CreditsState { remaining: 0, cost: 0, refills_at: *refills_at });
             }
             _ => {}

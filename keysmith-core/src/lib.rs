@@ -83,4 +83,4 @@ pub use rotation::{RotationReason, RotationRecord};
 pub use scope::Scope;
 pub use store::{CachedStore, KeyFilter, MemoryStore, Page, Store, TimeRange};
 pub use tenant::Tenant;
-pub use usage::{Period, RefusalReason, UsageAggregate, UsageMode, UsageRecord, UsageRetention};
+pub use usage::{Period, QuotaRemaining, RefusalReason, UsageAggregate, UsageMode, UsageRecord, UsageRetention};

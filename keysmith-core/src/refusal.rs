@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::{CreditsStatus, Period};
+
 /// Why a request's key was not accepted. Never contains the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -47,11 +49,22 @@ pub enum Refusal {
     QuotaExceeded {
         /// When the exhausted quota resets (UTC).
         resets_at: DateTime<Utc>,
+        /// Which quota is used up: [`Period::Day`] or [`Period::Month`]
+        /// (the month's when both are), named `quota-daily` or
+        /// `quota-monthly` in the `RateLimit` headers.
+        period: Period,
+        /// That quota: requests per UTC day or calendar month, for the
+        /// `RateLimit` headers.
+        quota: u64,
     },
     /// The key's credits cannot pay the request's cost.
     CreditsExhausted {
         /// When the credits refill, if they have a refill (UTC).
         refills_at: Option<DateTime<Utc>>,
+        /// The credits as the request found them, for the `RateLimit`
+        /// headers: nothing was spent (`cost` is 0), `remaining` is too few
+        /// for the request's cost.
+        status: CreditsStatus,
     },
 }
 
@@ -95,13 +108,13 @@ impl fmt::Display for Refusal {
             Self::RateLimited { limit, retry_after, .. } => {
                 write!(f, "rate limit {:?} exceeded; retry in {} s", limit.name, retry_after_secs(*retry_after))
             }
-            Self::QuotaExceeded { resets_at } => {
+            Self::QuotaExceeded { resets_at, .. } => {
                 write!(f, "usage quota exceeded; resets at {}", resets_at.to_rfc3339())
             }
-            Self::CreditsExhausted { refills_at: Some(at) } => {
+            Self::CreditsExhausted { refills_at: Some(at), .. } => {
                 write!(f, "the API key has no credits left; they refill at {}", at.to_rfc3339())
             }
-            Self::CreditsExhausted { refills_at: None } => f.write_str("the API key has no credits left"),
+            Self::CreditsExhausted { refills_at: None, .. } => f.write_str("the API key has no credits left"),
         }
     }
 }

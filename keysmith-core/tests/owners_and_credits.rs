@@ -12,8 +12,9 @@ use chrono::{TimeZone as _, Utc};
 use keysmith_core::store::{KeyFilter, ProbedStore, StoreOp, StoreProbe};
 use keysmith_core::usage::UsageConfig;
 use keysmith_core::{
-    Clock, CreatedKey, Credits, Engine, Error, LimitBy, ManualClock, MemoryStore, NewKey, Period, PolicyId, PolicySpec,
-    Refusal, RequestContext, RotationReason, Store, TenantEngine, UsageId, UsageRecord, Validation, ValidationError,
+    Clock, CreatedKey, Credits, CreditsStatus, Engine, Error, LimitBy, ManualClock, MemoryStore, NewKey, Period,
+    PolicyId, PolicySpec, Refill, Refusal, RequestContext, RotationReason, Store, TenantEngine, UsageId, UsageRecord,
+    Validation, ValidationError,
 };
 use support::{engine, t0};
 use tokio::sync::Notify;
@@ -82,9 +83,11 @@ async fn each_passed_request_spends_its_cost_and_an_empty_key_is_refused() {
     assert_eq!(second.credits.unwrap().remaining, 0);
     let free = engine.validate(raw, &RequestContext::new().with_cost(0)).await.unwrap();
     assert_eq!(free.credits.unwrap().remaining, 0, "a zero cost passes and spends nothing");
+    // What was left, for the `RateLimit` headers; nothing was spent.
+    let left = CreditsStatus { remaining: 0, cost: 0, refill: None, refills_at: None };
     assert_eq!(
         refusal(engine.validate(raw, &RequestContext::new()).await),
-        Refusal::CreditsExhausted { refills_at: None }
+        Refusal::CreditsExhausted { refills_at: None, status: left }
     );
 
     let topped = acme.add_credits(created.key.id, 5).await.unwrap();
@@ -107,9 +110,11 @@ async fn credits_refill_at_the_utc_boundary_and_survive_rotation() {
     let midnight = Period::Day.next_start(t0());
 
     assert_eq!(engine.validate(raw, &RequestContext::new()).await.unwrap().credits.unwrap().refills_at, Some(midnight));
+    let refill = Some(Refill { amount: 2, every: Period::Day });
+    let left = CreditsStatus { remaining: 0, cost: 0, refill, refills_at: Some(midnight) };
     assert_eq!(
         refusal(engine.validate(raw, &RequestContext::new()).await),
-        Refusal::CreditsExhausted { refills_at: Some(midnight) }
+        Refusal::CreditsExhausted { refills_at: Some(midnight), status: left }
     );
     // A rotation neither refills nor splits them.
     let rotated = acme.rotate_key(created.key.id, RotationReason::Scheduled, None).await.unwrap();
@@ -344,10 +349,10 @@ async fn under_limit_by_owner_an_owners_keys_spend_one_balance_that_refills_at_t
     let passed = engine.validate(&first, &RequestContext::new().with_cost(1)).await.unwrap();
     let status = passed.credits.unwrap();
     assert_eq!((status.remaining, status.cost, status.refills_at), (0, 1, Some(midnight)));
-    assert_eq!(
+    assert!(matches!(
         refusal(engine.validate(&second, &RequestContext::new()).await),
-        Refusal::CreditsExhausted { refills_at: Some(midnight) }
-    );
+        Refusal::CreditsExhausted { refills_at: Some(at), status } if at == midnight && status.remaining == 0
+    ));
     assert_eq!(acme.owner_credits("cus_1").await.unwrap().map(|c| c.remaining), Some(0));
     // Another owner has no balance, so nothing limits it by credits.
     let unlimited = engine.validate(&other_owner, &RequestContext::new()).await.unwrap();

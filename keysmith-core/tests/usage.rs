@@ -143,7 +143,7 @@ async fn a_batch_the_store_fails_is_tried_again_for_the_retry_window_then_counte
 fn quota_refusal(result: Result<keysmith_core::Validation, ValidationError>) -> Option<DateTime<Utc>> {
     match result {
         Ok(_) => None,
-        Err(ValidationError::Refused(Refusal::QuotaExceeded { resets_at })) => Some(resets_at),
+        Err(ValidationError::Refused(Refusal::QuotaExceeded { resets_at, .. })) => Some(resets_at),
         Err(other) => panic!("{other:?}"),
     }
 }

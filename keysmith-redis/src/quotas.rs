@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keysmith_core::limit::Subject;
-use keysmith_core::usage::{QuotaCounter, stored_requests};
+use keysmith_core::usage::{QuotaCounter, QuotaRemaining, stored_requests};
 use keysmith_core::{Key, Period, Quota, Result, Store};
 use redis::Script;
 
@@ -16,8 +16,10 @@ use crate::config::{Health, OutagePolicy, RedisConfig, backend, invoke};
 /// Checks and counts one request in one step. `KEYS`: the day's and the
 /// month's counters; `ARGV`: daily and monthly limits (`-1`: none), their
 /// lifetimes in seconds, and optionally the counts to start a missing
-/// counter from. Answers `{0}` counted, `{1}` day full, `{2}` month full,
-/// `{-1}` a counter is missing and no start was given.
+/// counter from. Answers `{0, day, month}` counted, with the day's and the
+/// month's counts after it (what is left follows from the limits), `{1}`
+/// day full, `{2}` month full, `{-1}` a counter is missing and no start
+/// was given.
 const CONSUME: &str = r"
 local day, month = redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])
 if not day or not month then
@@ -28,9 +30,7 @@ end
 local daily, monthly = tonumber(ARGV[1]), tonumber(ARGV[2])
 if monthly >= 0 and tonumber(month) >= monthly then return {2} end
 if daily >= 0 and tonumber(day) >= daily then return {1} end
-redis.call('INCRBY', KEYS[1], 1)
-redis.call('INCRBY', KEYS[2], 1)
-return {0}
+return {0, redis.call('INCRBY', KEYS[1], 1), redis.call('INCRBY', KEYS[2], 1)}
 ";
 
 /// Gives back one request from each counter that holds one.
@@ -57,7 +57,9 @@ const KEEP_AFTER_PERIOD_SECS: i64 = 3600;
 /// `…:q:month:<date>`; an owner's hash tag is `{owner:…}`, as
 /// [`RedisConfig::subject_key`] names it) that expires after its period;
 /// check and count are one script, so a quota is exact across instances and
-/// a refused request counts nothing.
+/// a refused request counts nothing. The script answers the counts after
+/// the request, so a passed request knows what is left of its day and
+/// month ([`QuotaRemaining`]).
 ///
 /// A counter missing from Redis (first use, or Redis restarted) starts from
 /// what the store has recorded for the period, so a restart loses only the
@@ -99,7 +101,7 @@ impl RedisQuotas {
     /// Counts in process while Redis is unreachable.
     async fn consume_locally(
         &self, store: &dyn Store, key: &Key, subject: Subject<'_>, quota: &Quota, now: DateTime<Utc>,
-    ) -> Result<Result<(), DateTime<Utc>>> {
+    ) -> Result<Result<QuotaRemaining, Period>> {
         let holder = subject.storage_key();
         let mut counts = [0; 2];
         for (count, period) in counts.iter_mut().zip([Period::Day, Period::Month]) {
@@ -120,15 +122,16 @@ impl RedisQuotas {
             }
             *used = entry.1;
         }
-        if let Some(resets_at) = exhausted(quota, used, now) {
-            return Ok(Err(resets_at));
-        }
+        let left = match QuotaRemaining::check(quota, used[0], used[1]) {
+            Ok(left) => left,
+            Err(period) => return Ok(Err(period)),
+        };
         for period in [Period::Day, Period::Month] {
             if let Some(entry) = local.get_mut(&(holder.clone(), period)) {
                 entry.1 += 1;
             }
         }
-        Ok(Ok(()))
+        Ok(Ok(left))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LocalCounts> {
@@ -145,14 +148,6 @@ impl RedisQuotas {
     }
 }
 
-/// When the exhausted quota resets, if `used` (day, month) leaves no room.
-fn exhausted(quota: &Quota, used: [u64; 2], now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    if quota.monthly.is_some_and(|limit| used[1] >= limit) {
-        return Some(Period::Month.next_start(now));
-    }
-    quota.daily.is_some_and(|limit| used[0] >= limit).then(|| Period::Day.next_start(now))
-}
-
 fn limit_arg(limit: Option<u64>) -> i64 {
     limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX))
 }
@@ -161,7 +156,7 @@ fn limit_arg(limit: Option<u64>) -> i64 {
 impl QuotaCounter for RedisQuotas {
     async fn try_consume(
         &self, store: &dyn Store, key: &Key, subject: Subject<'_>, quota: &Quota, now: DateTime<Utc>,
-    ) -> Result<Result<(), DateTime<Utc>>> {
+    ) -> Result<Result<QuotaRemaining, Period>> {
         let keys = self.keys(subject, now);
         let ttl = [Period::Day, Period::Month]
             .map(|p| (p.next_start(now) - now).num_seconds().max(0) + KEEP_AFTER_PERIOD_SECS);
@@ -172,20 +167,21 @@ impl QuotaCounter for RedisQuotas {
             if let Some(seeds) = seeds {
                 call.arg(seeds[0]).arg(seeds[1]);
             }
-            let answer: redis::RedisResult<(i64,)> = invoke(&call, &self.config.link).await;
+            let answer: redis::RedisResult<Vec<i64>> = invoke(&call, &self.config.link).await;
             match answer {
-                Ok((-1,)) if seeds.is_none() => {
+                Ok(answer) if answer == [-1] && seeds.is_none() => {
                     seeds = Some([
                         stored_requests(store, &key.tenant, subject, Period::Day, now).await?,
                         stored_requests(store, &key.tenant, subject, Period::Month, now).await?,
                     ]);
                 }
-                Ok((code,)) => {
+                Ok(answer) => {
                     self.recovered();
-                    return Ok(match code {
-                        0 => Ok(()),
-                        2 => Err(Period::Month.next_start(now)),
-                        _ => Err(Period::Day.next_start(now)),
+                    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+                    return Ok(match answer[..] {
+                        [0, day, month] => Ok(QuotaRemaining::left(quota, count(day), count(month))),
+                        [2] => Err(Period::Month),
+                        _ => Err(Period::Day),
                     });
                 }
                 Err(error) => {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keysmith_core::{
-    Clock as _, Engine, LimitBy, ManualClock, MemoryStore, NewKey, PolicySpec, Quota, Refusal, RequestContext, Store,
-    UsageId, UsageRecord, Validation, ValidationError,
+    Clock as _, Engine, LimitBy, ManualClock, MemoryStore, NewKey, Period, PolicySpec, Quota, Refusal, RequestContext,
+    Store, UsageId, UsageRecord, Validation, ValidationError,
 };
 use keysmith_redis::{OutagePolicy, RedisConfig, RedisQuotas};
 
@@ -66,20 +66,34 @@ async fn a_monthly_quota_refuses_with_the_month_reset_and_refused_requests_spend
     let configs = connections(&url, &common::unique_prefix(), 2, OutagePolicy::FailClosed).await;
     let (engines, raw) = fleet(configs, &clock, Quota { daily: Some(3), monthly: Some(4) }).await;
     let ctx = RequestContext::new();
+    // Each passed request knows what is left of its day and month, whichever
+    // engine counted the ones before.
+    let mut answers = Vec::new();
     for engine in [&engines[0], &engines[1], &engines[0]] {
-        assert!(engine.validate(&raw, &ctx).await.is_ok());
+        answers.push(left(&engine.validate(&raw, &ctx).await.unwrap()));
     }
-    // Refused by the day's quota, many times: none of these is counted.
+    assert_eq!(answers, [(Some(2), Some(3)), (Some(1), Some(2)), (Some(0), Some(1))]);
+    // Refused by the day's quota (of 3), many times: none of these is counted.
     for _ in 0..5 {
         let refused = engines[1].validate(&raw, &ctx).await.unwrap_err();
-        let ValidationError::Refused(Refusal::QuotaExceeded { resets_at }) = refused else { panic!("{refused:?}") };
-        assert_eq!(resets_at.to_rfc3339(), "2026-05-06T00:00:00+00:00");
+        let ValidationError::Refused(Refusal::QuotaExceeded { resets_at, period, quota }) = refused else {
+            panic!("{refused:?}")
+        };
+        assert_eq!((resets_at.to_rfc3339().as_str(), period, quota), ("2026-05-06T00:00:00+00:00", Period::Day, 3));
     }
     clock.advance(Duration::from_secs(24 * 3600));
-    assert!(engines[1].validate(&raw, &ctx).await.is_ok(), "the month still had one request left");
+    let last = engines[1].validate(&raw, &ctx).await.unwrap();
+    assert_eq!(left(&last), (Some(2), Some(0)), "the month had one request left");
     let refused = engines[0].validate(&raw, &ctx).await.unwrap_err();
-    let ValidationError::Refused(Refusal::QuotaExceeded { resets_at }) = refused else { panic!("{refused:?}") };
-    assert_eq!(resets_at.to_rfc3339(), "2026-06-01T00:00:00+00:00");
+    let ValidationError::Refused(Refusal::QuotaExceeded { resets_at, period, quota }) = refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!((resets_at.to_rfc3339().as_str(), period, quota), ("2026-06-01T00:00:00+00:00", Period::Month, 4));
+}
+
+/// What is left of the day and of the month, for the validation.
+fn left(validation: &Validation) -> (Option<u64>, Option<u64>) {
+    (validation.quota.daily(), validation.quota.monthly())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,9 +189,10 @@ async fn quotas_fail_open_count_in_process_and_fail_closed_answer_unavailable_un
     assert!(open.validate(&raw, &ctx).await.is_ok());
 
     server.stop();
-    // Fail open: counted here alone (the store has recorded nothing yet).
-    assert!(open.validate(&raw, &ctx).await.is_ok());
-    assert!(open.validate(&raw, &ctx).await.is_ok());
+    // Fail open: counted here alone (the store has recorded nothing yet),
+    // and what is left said from that count.
+    assert_eq!(left(&open.validate(&raw, &ctx).await.unwrap()), (Some(1), None));
+    assert_eq!(left(&open.validate(&raw, &ctx).await.unwrap()), (Some(0), None));
     assert!(
         matches!(open.validate(&raw, &ctx).await, Err(ValidationError::Refused(Refusal::QuotaExceeded { .. }))),
         "the in-process count holds the quota per instance"
@@ -247,12 +262,15 @@ async fn after_a_flush_or_a_restart_the_counters_start_again_from_what_the_store
     // request in flight is the only one lost (the day admits 5 + 1).
     let mut admin = common::admin(&server.url()).await;
     let _: () = redis::cmd("FLUSHALL").query_async(&mut admin).await.unwrap();
+    let mut answers = Vec::new();
     for engine in [&engines[1], &engines[0]] {
         let validation = engine.validate(&raw, &ctx).await.unwrap();
+        answers.push(left(&validation));
         record(&engines[0], &validation, &clock);
     }
+    assert_eq!(answers, [(Some(1), Some(4)), (Some(0), Some(3))], "what is left counts what the store holds");
     let refused = engines[1].validate(&raw, &ctx).await.unwrap_err();
-    let ValidationError::Refused(Refusal::QuotaExceeded { resets_at }) = refused else { panic!("{refused:?}") };
+    let ValidationError::Refused(Refusal::QuotaExceeded { resets_at, .. }) = refused else { panic!("{refused:?}") };
     assert_eq!(resets_at.to_rfc3339(), "2026-05-06T00:00:00+00:00");
     engines[0].flush_usage().await;
 
@@ -270,6 +288,6 @@ async fn after_a_flush_or_a_restart_the_counters_start_again_from_what_the_store
         assert!(answer.is_ok(), "{answer:?}");
     }
     let refused = engines[1].validate(&raw, &ctx).await.unwrap_err();
-    let ValidationError::Refused(Refusal::QuotaExceeded { resets_at }) = refused else { panic!("{refused:?}") };
+    let ValidationError::Refused(Refusal::QuotaExceeded { resets_at, .. }) = refused else { panic!("{refused:?}") };
     assert_eq!(resets_at.to_rfc3339(), "2026-06-01T00:00:00+00:00", "the month is full");
 }

@@ -60,6 +60,8 @@ macro_rules! http_conformance_tests {
             rate_limit_headers_count_down_then_429_with_retry_after,
             legacy_rate_limit_headers_are_opt_in_and_none_sends_none,
             quota_exceeded_is_429_with_retry_after_until_midnight,
+            ratelimit_names_the_quota_when_it_has_the_fewest_requests_left,
+            quota_and_credits_refusals_carry_the_rate_limit_headers_in_every_mode,
             problem_details_are_opt_in_and_keep_statuses_headers_and_codes,
             usage_records_carry_the_handler_status,
             usage_records_name_the_route_template_not_the_path,
@@ -296,6 +298,8 @@ pub struct Keys {
     pub limited: String,
     /// Policy: 1 request per day.
     pub quota: String,
+    /// Policy: 100 requests a minute, 5 a day.
+    pub metered: String,
     /// A key of another application (`elsewhere/acme`).
     pub other_app: String,
     /// Well-formed, valid checksum, never stored.
@@ -344,6 +348,8 @@ impl Fixture {
         let web = policy(PolicySpec::new("web").with_allowed_origins(["https://app.example.com"])).await;
         let limited = policy(PolicySpec::new("limited").with_rate_limit(3, Duration::from_secs(10))).await;
         let quota = policy(PolicySpec::new("quota").with_quota(Some(1), None)).await;
+        let metered_spec = PolicySpec::new("metered").with_rate_limit(100, Duration::from_secs(60));
+        let metered = policy(metered_spec.with_quota(Some(5), None)).await;
 
         let other_app = engine.tenant("elsewhere", "acme").create_key(NewKey::new("other")).await.unwrap();
         let throwaway = Engine::builder(Arc::new(MemoryStore::new())).build().unwrap();
@@ -362,6 +368,7 @@ impl Fixture {
             web: with_policy("web", web).await,
             limited: with_policy("limited", limited).await,
             quota: with_policy("quota", quota).await,
+            metered: with_policy("metered", metered).await,
             other_app: other_app.raw.expose().to_owned(),
             unknown: unknown.raw.expose().to_owned(),
         };
@@ -814,6 +821,75 @@ pub async fn quota_exceeded_is_429_with_retry_after_until_midnight<H: Harness>()
     );
     // The clock stands at 12:02:00 UTC: 11 h 58 min to midnight.
     assert_eq!(refused.header("retry-after"), Some("43080"), "{}", refused.describe());
+}
+
+/// A key with a daily quota of 5 and a rate limit of 100 a minute is told
+/// what is left of its quota (`"quota-daily";r=…`, `t` until UTC midnight),
+/// not of its rate limit, which has far more left; its sixth request is
+/// refused by the quota, with `r=0`.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn ratelimit_names_the_quota_when_it_has_the_fewest_requests_left<H: Harness>() {
+    let fixture = Fixture::new().await;
+    let harness: H = fixture.harness(HarnessOptions::default()).await;
+    let request = || TestRequest::get("/whoami").bearer(&fixture.keys.metered);
+    let policy = r#""default";q=100;w=60, "quota-daily";q=5;w=86400"#;
+    // The clock stands at 12:02:00 UTC: 43 080 s to midnight.
+    for left in (0..5).rev() {
+        let response = harness.send(request()).await;
+        let state = format!(r#""quota-daily";r={left};t=43080"#);
+        let expected = (200, Some(policy), Some(state.as_str()));
+        let got = (response.status, response.header("ratelimit-policy"), response.header("ratelimit"));
+        assert_eq!(got, expected, "{}", response.describe());
+    }
+    let refused = harness.send(request()).await;
+    let got = (refused.status, refused.error_code(), refused.header("ratelimit"));
+    let expected = (429, Some("quota_exceeded".to_owned()), Some(r#""quota-daily";r=0;t=43080"#));
+    assert_eq!(got, expected, "{}", refused.describe());
+}
+
+/// A 429 `quota_exceeded` or `credits_exhausted` carries the rate-limit
+/// headers as a `rate_limited` one does: what refused, in
+/// `RateLimit-Policy`, and `RateLimit` with `r=0` (the draft), or the
+/// legacy trio with `RateLimit-Remaining: 0`, or none at all in the `None`
+/// mode; `Retry-After` in every mode.
+///
+/// # Panics
+/// On a mismatch.
+pub async fn quota_and_credits_refusals_carry_the_rate_limit_headers_in_every_mode<H: Harness>() {
+    const NAMES: [&str; 5] =
+        ["ratelimit-policy", "ratelimit", "ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"];
+    let draft = [Some(r#""quota-daily";q=1;w=86400"#), Some(r#""quota-daily";r=0;t=43080"#), None, None, None];
+    let draft_credits = [Some(r#""credits";q=1;w=86400"#), Some(r#""credits";r=0;t=43080"#), None, None, None];
+    let legacy = [None, None, Some("1"), Some("0"), Some("43080")];
+    let cases = [
+        (RateLimitHeaders::Draft, draft, draft_credits),
+        (RateLimitHeaders::Legacy, legacy, legacy),
+        (RateLimitHeaders::None, [None; 5], [None; 5]),
+    ];
+    for (mode, quota_headers, credits_headers) in cases {
+        let fixture = Fixture::new().await;
+        let harness: H =
+            fixture.harness(HarnessOptions { rate_limit_headers: mode, ..HarnessOptions::default() }).await;
+        // One credit a day, refilled at UTC midnight.
+        let credits = keysmith_core::Credits::new(1).with_refill(1, keysmith_core::Period::Day);
+        let metered = fixture.acme.create_key(NewKey::new("credits").with_credits(credits)).await.unwrap();
+        let metered = metered.raw.expose().to_owned();
+        for (raw, code, expected) in
+            [(&fixture.keys.quota, "quota_exceeded", quota_headers), (&metered, "credits_exhausted", credits_headers)]
+        {
+            let request = || TestRequest::get("/whoami").bearer(raw);
+            let passed = harness.send(request()).await;
+            assert_eq!(passed.status, 200, "{mode:?}: {}", passed.describe());
+            let refused = harness.send(request()).await;
+            let got = (refused.status, refused.error_code(), refused.header("retry-after"));
+            assert_eq!(got, (429, Some(code.to_owned()), Some("43080")), "{mode:?}: {}", refused.describe());
+            for (name, value) in NAMES.into_iter().zip(expected) {
+                assert_eq!(refused.header(name), value, "{mode:?}, {name}: {}", refused.describe());
+            }
+        }
+    }
 }
 
 /// Refusals are `application/json` `{"error": …}` by default; with the

@@ -18,7 +18,10 @@ use crate::hooks::Event;
 use crate::key::{LegacyMatch, ParsedKey};
 use crate::limit::{RateLimitStatus, Subject};
 use crate::store::{StoredKey, Transition};
-use crate::{CreditSpend, CreditsStatus, Error, Key, KeyHash, KeyState, LimitBy, Policy, RateLimit, Refusal, scope};
+use crate::{
+    CreditSpend, CreditsStatus, Error, Key, KeyHash, KeyState, LimitBy, Period, Policy, QuotaRemaining, RateLimit,
+    Refusal, scope,
+};
 
 /// Counter: refusals of requests whose key was not identified (missing,
 /// malformed, unknown), by code; they have no tenant to count for.
@@ -37,6 +40,9 @@ pub struct Validation {
     /// The key's credits after this request spent its cost, when the key
     /// has credits.
     pub credits: Option<CreditsStatus>,
+    /// What is left of the policy's daily and monthly quota after this
+    /// request ([`QuotaRemaining::NONE`] when the policy has no quota).
+    pub quota: QuotaRemaining,
     /// The key's scopes narrowed to the policy's `allowed_scopes`, when the
     /// policy was tightened after the key got them (shared with the cache
     /// that keeps them with the key and its policy).
@@ -54,6 +60,7 @@ impl Clone for Validation {
             policy: self.policy.clone(),
             rate_limits: self.rate_limits.clone(),
             credits: self.credits,
+            quota: self.quota,
             narrowed: self.narrowed.clone(),
             checked_at: self.checked_at,
             refunded: AtomicBool::new(self.is_refunded()),
@@ -89,8 +96,9 @@ impl Validation {
         limits.iter().zip(&self.rate_limits)
     }
 
-    /// The limit closest to refusing: fewest requests left, and of those the
-    /// one that takes longest to refill.
+    /// The rate limit closest to refusing: fewest requests left, and of
+    /// those the one that takes longest to refill. (The `RateLimit` header
+    /// weighs the quota, [`quota`](Self::quota), and the credits too.)
     #[must_use]
     pub fn closest_rate_limit(&self) -> Option<(&RateLimit, &RateLimitStatus)> {
         self.rate_limit_states().min_by(|(_, a), (_, b)| a.remaining.cmp(&b.remaining).then(b.reset.cmp(&a.reset)))
@@ -107,7 +115,16 @@ impl Validation {
         key: Arc<Key>, policy: Option<Arc<Policy>>, rate_limits: RateLimitStates, narrowed: Option<Arc<[String]>>,
         checked_at: DateTime<Utc>,
     ) -> Self {
-        Self { key, policy, rate_limits, credits: None, narrowed, checked_at, refunded: AtomicBool::new(false) }
+        Self {
+            key,
+            policy,
+            rate_limits,
+            credits: None,
+            quota: QuotaRemaining::NONE,
+            narrowed,
+            checked_at,
+            refunded: AtomicBool::new(false),
+        }
     }
 }
 
@@ -523,13 +540,19 @@ impl Engine {
                     return Err(fail(error));
                 }
             };
-            if let Err(resets_at) = consumed {
-                self.refund_rate_limits(subject, &policy.rate_limits, now);
-                if !inner.hooks.is_empty() {
-                    let event = || Event::QuotaExceeded { key_id: key.id, tenant: key.tenant.clone(), resets_at };
-                    Box::pin(self.emit(event)).await;
+            match consumed {
+                Ok(left) => validation.quota = left,
+                Err(period) => {
+                    self.refund_rate_limits(subject, &policy.rate_limits, now);
+                    let resets_at = period.next_start(now);
+                    if !inner.hooks.is_empty() {
+                        let event = || Event::QuotaExceeded { key_id: key.id, tenant: key.tenant.clone(), resets_at };
+                        Box::pin(self.emit(event)).await;
+                    }
+                    let used_up = if period == Period::Month { quota.monthly } else { quota.daily };
+                    let refusal = Refusal::QuotaExceeded { resets_at, period, quota: used_up.unwrap_or_default() };
+                    return Err(refuse(refusal, key));
                 }
-                return Err(refuse(Refusal::QuotaExceeded { resets_at }, key));
             }
         }
 
@@ -586,8 +609,10 @@ impl Engine {
             Ok(CreditSpend::Unlimited) => Ok(validation),
             Ok(CreditSpend::Exhausted(credits)) => {
                 self.refund_limits(&validation);
-                let refills_at = credits.next_refill(now);
-                Err((Refusal::CreditsExhausted { refills_at }.into(), Some(Arc::clone(&validation.key))))
+                // Nothing was spent: the status's cost is 0.
+                let status = credits.status(0, now);
+                let refusal = Refusal::CreditsExhausted { refills_at: status.refills_at, status };
+                Err((refusal.into(), Some(Arc::clone(&validation.key))))
             }
             Err(error) => {
                 self.refund_limits(&validation);

@@ -12,7 +12,9 @@ use sfv::{Integer, KeyRef, ListSerializer, StringRef, key_ref};
 
 use super::HeaderSink;
 use crate::limit::RateLimitStatus;
-use crate::{CreditsStatus, Policy, PolicyId, PolicySpec, Quota, RateLimit, Validation, retry_after_secs};
+use crate::{
+    CreditsStatus, Period, Policy, PolicyId, PolicySpec, Quota, RateLimit, Refusal, Validation, retry_after_secs,
+};
 
 /// Read access to a request's headers. Each adapter implements it for its
 /// framework's header map (through a newtype), so the rules in this module
@@ -238,13 +240,17 @@ pub mod names {
 #[non_exhaustive]
 pub enum RateLimitHeaders {
     /// The two Structured Fields of draft-ietf-httpapi-ratelimit-headers
-    /// (-07 and later): `RateLimit-Policy` lists every limit and quota of
-    /// the key's policy (`"burst";q=10;w=1, "quota-daily";q=1000;w=86400`),
-    /// `RateLimit` the limit closest to refusing (`"burst";r=7;t=1`).
+    /// (-07 and later): `RateLimit-Policy` lists every limit, quota and
+    /// credits of the key (`"burst";q=10;w=1, "quota-daily";q=1000;w=86400`),
+    /// `RateLimit` the one closest to refusing (`"burst";r=7;t=1`): of the
+    /// rate limits, the daily and monthly quota (`quota-daily`,
+    /// `quota-monthly`) and the credits, the one with the fewest requests
+    /// left, and of those the one that takes longest to reset.
     #[default]
     Draft,
     /// The older `RateLimit-Limit`, `RateLimit-Remaining` and
-    /// `RateLimit-Reset` trio, for the limit closest to refusing.
+    /// `RateLimit-Reset` trio, for the one closest to refusing (chosen as
+    /// for [`Draft`](Self::Draft)).
     Legacy,
     /// No rate-limit headers.
     None,
@@ -255,8 +261,8 @@ const DAY_SECS: u64 = 24 * 60 * 60;
 
 impl RateLimitHeaders {
     /// Writes the headers of a passed request into `out`: its policy's
-    /// limits and quota, and the state of the limit closest to refusing.
-    /// Nothing when the key's policy limits nothing.
+    /// limits and quota and its credits, and the state of the one closest to
+    /// refusing. Nothing when nothing limits the key.
     pub fn write_for_validation(self, validation: &Validation, out: &mut impl HeaderSink) {
         self.write_for_validation_with(validation, None, out);
     }
@@ -270,8 +276,8 @@ impl RateLimitHeaders {
         match self {
             Self::None => {}
             Self::Legacy => {
-                if let Some((_, status)) = validation.closest_rate_limit() {
-                    legacy(status, out);
+                if let Some(closest) = closest(validation) {
+                    legacy(closest.limit, closest.remaining, closest.reset_secs(), out);
                 }
             }
             Self::Draft if cache.is_some() && validation.credits.is_none() && limits_all_checked(validation) => {
@@ -280,12 +286,17 @@ impl RateLimitHeaders {
                     if let Some(value) = &rendered.policy {
                         out.append_shared(names::RATELIMIT_POLICY, value);
                     }
-                    if let Some((index, status)) = closest_index(validation) {
-                        let reset = retry_after_secs(status.reset);
-                        out.append_shared(
-                            names::RATELIMIT,
-                            rendered.state_value(last_state, index, status.remaining, reset),
-                        );
+                    // Without a quota (most policies) only the limits are
+                    // compared, with nothing computed for the quota.
+                    let closest = if validation.quota.is_none() {
+                        closest_index(validation)
+                            .map(|(index, status)| (index, u64::from(status.remaining), retry_after_secs(status.reset)))
+                    } else {
+                        closest(validation)
+                            .map(|closest| (closest.slot, closest.remaining, closest.reset_secs().unwrap_or(0)))
+                    };
+                    if let Some((slot, remaining, reset)) = closest {
+                        out.append_shared(names::RATELIMIT, rendered.state_value(last_state, slot, remaining, reset));
                     }
                 });
             }
@@ -297,21 +308,19 @@ impl RateLimitHeaders {
                 if let Some(quota) = validation.policy.as_ref().and_then(|p| p.quota) {
                     quota_policy(&mut policies, quota, month_secs(validation.checked_at()));
                 }
-                let credits = validation.credits.as_ref();
-                let closest = validation.closest_rate_limit();
-                if let Some(credits) = credits {
-                    credits_policy(&mut policies, credits, validation.checked_at());
+                if let Some(credits) = &validation.credits {
+                    policy_item(
+                        &mut policies,
+                        CREDITS,
+                        credits_quota(credits),
+                        credits_window(credits, validation.checked_at()),
+                    );
                 }
                 if let Some(value) = policies.finish() {
                     out.append_header(names::RATELIMIT_POLICY, &value);
                 }
-                let credits_closer = credits.filter(|credits| {
-                    closest.is_none_or(|(_, status)| credits.remaining < u64::from(status.remaining))
-                });
-                if let Some(credits) = credits_closer {
-                    out.append_header(names::RATELIMIT, &credits_state(credits, validation.checked_at()));
-                } else if let Some((limit, status)) = closest {
-                    out.append_header(names::RATELIMIT, &state(limit, status.remaining, status.reset));
+                if let Some(closest) = closest(validation) {
+                    out.append_header(names::RATELIMIT, &state(closest.name, closest.remaining, closest.reset_secs()));
                 }
             }
         }
@@ -324,17 +333,119 @@ impl RateLimitHeaders {
     ) {
         match self {
             Self::None => {}
-            Self::Legacy => legacy(status, out),
+            Self::Legacy => {
+                legacy(u64::from(status.limit), u64::from(status.remaining), Some(retry_after_secs(status.reset)), out);
+            }
             Self::Draft => {
                 let mut policies = ListSerializer::new();
                 limit_policy(&mut policies, limit);
                 if let Some(value) = policies.finish() {
                     out.append_header(names::RATELIMIT_POLICY, &value);
                 }
-                out.append_header(names::RATELIMIT, &state(limit, 0, retry_after));
+                out.append_header(names::RATELIMIT, &state(&limit.name, 0, Some(retry_after_secs(retry_after))));
             }
         }
     }
+
+    /// Writes the headers of a request refused at `now` by its quota or its
+    /// credits into `out`, as a rate-limited refusal has them: the used-up
+    /// quota's (`quota-daily`, `quota-monthly`) or the credits' member of
+    /// `RateLimit-Policy` and a `RateLimit` with nothing left (`r=0`) and
+    /// the seconds until it resets (`t`, when it does), or the legacy trio
+    /// with the same numbers. Nothing for another refusal.
+    pub(crate) fn write_for_exhausted(self, refusal: &Refusal, now: DateTime<Utc>, out: &mut impl HeaderSink) {
+        let (name, quota, window, resets_at) = match refusal {
+            Refusal::QuotaExceeded { resets_at, period: Period::Month, quota } => {
+                (QUOTA_MONTHLY, *quota, Some(month_secs(now)), Some(*resets_at))
+            }
+            Refusal::QuotaExceeded { resets_at, quota, .. } => (QUOTA_DAILY, *quota, Some(DAY_SECS), Some(*resets_at)),
+            Refusal::CreditsExhausted { status, .. } => {
+                (CREDITS, credits_quota(status), credits_window(status, now), status.refills_at)
+            }
+            _ => return,
+        };
+        let reset = resets_at.map(|at| retry_after_secs(until(at, now)));
+        match self {
+            Self::None => {}
+            Self::Legacy => legacy(quota, 0, reset, out),
+            Self::Draft => {
+                let mut policies = ListSerializer::new();
+                policy_item(&mut policies, name, quota, window);
+                if let Some(value) = policies.finish() {
+                    out.append_header(names::RATELIMIT_POLICY, &value);
+                }
+                out.append_header(names::RATELIMIT, &state(name, 0, reset));
+            }
+        }
+    }
+}
+
+/// One of a key's limits, quotas or credits as a request left it: what
+/// `RateLimit` (or the legacy trio) reports of the one closest to refusing.
+#[derive(Debug, Clone, Copy)]
+struct Standing<'a> {
+    /// Its name in the fields.
+    name: &'a str,
+    /// Its place among the policy's `RateLimit` prefixes: a limit's place
+    /// in the policy, then `quota-daily`, `quota-monthly` and the credits.
+    slot: usize,
+    /// What `RateLimit-Limit` says: the limit's burst, the quota, the
+    /// credits' `q`.
+    limit: u64,
+    /// Requests left.
+    remaining: u64,
+    /// Time until it resets; `None` for credits that never refill.
+    reset: Option<std::time::Duration>,
+}
+
+impl Standing<'_> {
+    /// `t`: whole seconds until it resets, rounded up.
+    fn reset_secs(&self) -> Option<u64> {
+        self.reset.map(retry_after_secs)
+    }
+}
+
+/// Of `validation`'s rate limits, quotas and credits, the one closest to
+/// refusing: fewest requests left, and of those the one that takes longest
+/// to reset (credits that never refill last longest); the first listed of
+/// equals.
+fn closest(validation: &Validation) -> Option<Standing<'_>> {
+    let now = validation.checked_at();
+    let limits = validation.rate_limit_states().enumerate().map(|(slot, (limit, status))| Standing {
+        name: &limit.name,
+        slot,
+        limit: u64::from(status.limit),
+        remaining: u64::from(status.remaining),
+        reset: Some(status.reset),
+    });
+    let policy = validation.policy.as_deref();
+    let first_quota_slot = policy.map_or(0, |policy| policy.rate_limits.len());
+    let quota = policy.and_then(|policy| policy.quota).filter(|_| !validation.quota.is_none()).unwrap_or_default();
+    let quotas = [
+        (QUOTA_DAILY, Period::Day, quota.daily, validation.quota.daily()),
+        (QUOTA_MONTHLY, Period::Month, quota.monthly, validation.quota.monthly()),
+    ];
+    let quotas = quotas.into_iter().enumerate().filter_map(move |(index, (name, period, quota, left))| {
+        Some(Standing {
+            name,
+            slot: first_quota_slot + index,
+            limit: quota?,
+            remaining: left?,
+            reset: Some(until(period.next_start(now), now)),
+        })
+    });
+    let credits = validation.credits.as_ref().map(|credits| Standing {
+        name: CREDITS,
+        slot: first_quota_slot + 2,
+        limit: credits_quota(credits),
+        remaining: credits.remaining,
+        reset: credits.refills_at.map(|at| until(at, now)),
+    });
+    let lasting = |standing: &Standing<'_>| standing.reset.unwrap_or(std::time::Duration::MAX);
+    limits
+        .chain(quotas)
+        .chain(credits)
+        .min_by(|a, b| a.remaining.cmp(&b.remaining).then_with(|| lasting(b).cmp(&lasting(a))))
 }
 
 /// A header value in shared bytes, visible ASCII, cloned without copying:
@@ -468,7 +579,7 @@ struct HeldRendering {
 /// A `RateLimit` value with the numbers it was written from.
 struct StateValue {
     index: usize,
-    remaining: u32,
+    remaining: u64,
     reset: u64,
     value: SharedHeaderValue,
 }
@@ -494,8 +605,9 @@ impl RenderedPolicy {
         policy.quota.is_none_or(|q| q.monthly.is_none()) || self.month_secs == month_secs()
     }
 
-    /// The `RateLimit` value of limit `index` with `remaining` requests
-    /// left and `reset` seconds: the thread's last one when it has the
+    /// The `RateLimit` value of the limit or quota at `index` (a
+    /// [`Standing`]'s slot) with `remaining` requests left and `reset`
+    /// seconds: the thread's last one when it has the
     /// same numbers, else the prefix and the two numbers written straight
     /// into the thread's arena, shared (so that a sink that keeps shared
     /// bytes does not copy it again). The same numbers come back request
@@ -506,7 +618,7 @@ impl RenderedPolicy {
     /// so that from then on its bytes are neither written nor checked per
     /// response.
     fn state_value<'a>(
-        &self, last: &'a mut Option<StateValue>, index: usize, remaining: u32, reset: u64,
+        &self, last: &'a mut Option<StateValue>, index: usize, remaining: u64, reset: u64,
     ) -> &'a SharedHeaderValue {
         let came_back =
             last.as_ref().is_some_and(|state| (state.index, state.remaining, state.reset) == (index, remaining, reset));
@@ -537,12 +649,13 @@ impl RenderedPolicy {
         if let Some(quota) = policy.quota {
             quota_policy(&mut list, quota, month_secs);
         }
-        let state_prefixes = policy
-            .rate_limits
-            .iter()
-            .map(|limit| {
+        // Each limit's, then the quotas' (whether the policy has them or
+        // not: the slots of `Standing` say where they are).
+        let names = policy.rate_limits.iter().map(|limit| limit.name.as_str()).chain([QUOTA_DAILY, QUOTA_MONTHLY]);
+        let state_prefixes = names
+            .map(|name| {
                 // `"name";r=0`, less its digit.
-                let mut prefix = state(limit, 0, std::time::Duration::ZERO);
+                let mut prefix = state(name, 0, None);
                 prefix.truncate(prefix.find(";r=").map_or(0, |at| at + 3));
                 prefix
             })
@@ -622,30 +735,35 @@ fn closest_index(validation: &Validation) -> Option<(usize, &RateLimitStatus)> {
         .map(|(index, (_, status))| (index, status))
 }
 
+/// The names the daily and monthly quota have in the `RateLimit` fields.
+const QUOTA_DAILY: &str = "quota-daily";
+const QUOTA_MONTHLY: &str = "quota-monthly";
+
 /// `"quota-daily"` and `"quota-monthly"` members of `RateLimit-Policy`.
 fn quota_policy(list: &mut ListSerializer<String>, quota: Quota, month_secs: u64) {
-    for (name, quota, window) in [("quota-daily", quota.daily, DAY_SECS), ("quota-monthly", quota.monthly, month_secs)]
-    {
+    for (name, quota, window) in [(QUOTA_DAILY, quota.daily, DAY_SECS), (QUOTA_MONTHLY, quota.monthly, month_secs)] {
         if let Some(quota) = quota {
-            policy_item(list, name, quota, window);
+            policy_item(list, name, quota, Some(window));
         }
     }
 }
 
-/// `RateLimit-Limit`, `-Remaining` and `-Reset` (whole seconds, rounded
-/// up), each rendered from its number.
-fn legacy(status: &RateLimitStatus, out: &mut impl HeaderSink) {
+/// `RateLimit-Limit`, `-Remaining` and `-Reset` (whole seconds; none for
+/// credits that never refill), each rendered from its number.
+fn legacy(limit: u64, remaining: u64, reset: Option<u64>, out: &mut impl HeaderSink) {
     let mut digits = itoa::Buffer::new();
-    out.append_header(names::RATELIMIT_LIMIT, digits.format(status.limit));
-    out.append_header(names::RATELIMIT_REMAINING, digits.format(status.remaining));
-    out.append_header(names::RATELIMIT_RESET, digits.format(retry_after_secs(status.reset)));
+    out.append_header(names::RATELIMIT_LIMIT, digits.format(limit));
+    out.append_header(names::RATELIMIT_REMAINING, digits.format(remaining));
+    if let Some(reset) = reset {
+        out.append_header(names::RATELIMIT_RESET, digits.format(reset));
+    }
 }
 
 /// `"name";q=requests;w=window` for one rate limit (a window shorter than
 /// a second is announced as one second: `w` is whole seconds).
 fn limit_policy(list: &mut ListSerializer<String>, limit: &RateLimit) {
     let window = retry_after_secs(limit.window).max(1);
-    policy_item(list, &limit.name, u64::from(limit.requests), window);
+    policy_item(list, &limit.name, u64::from(limit.requests), Some(window));
 }
 
 const Q: &KeyRef = key_ref("q");
@@ -653,52 +771,50 @@ const W: &KeyRef = key_ref("w");
 const R: &KeyRef = key_ref("r");
 const T: &KeyRef = key_ref("t");
 
-/// One member of `RateLimit-Policy`. Names that are not a valid Structured
+/// One member of `RateLimit-Policy`, `"name";q=quota;w=window` (no `w`
+/// for credits without a refill). Names that are not a valid Structured
 /// Field string are skipped (policy validation lets none through).
-fn policy_item(list: &mut ListSerializer<String>, name: &str, quota: u64, window: u64) {
+fn policy_item(list: &mut ListSerializer<String>, name: &str, quota: u64, window: Option<u64>) {
     if let Ok(name) = StringRef::from_str(name) {
-        list.bare_item(name).parameter(Q, integer(quota)).parameter(W, integer(window));
+        let item = list.bare_item(name).parameter(Q, integer(quota));
+        if let Some(window) = window {
+            item.parameter(W, integer(window));
+        }
     }
 }
 
 /// The name credits have in the `RateLimit` fields.
 const CREDITS: &str = "credits";
 
-/// `"credits";q=amount;w=period` for credits that refill (`q` is what a
-/// refill restores, `w` the refill period at `now`), `"credits";q=left`
-/// for prepaid credits without one (what was left before this request).
-fn credits_policy(list: &mut ListSerializer<String>, credits: &CreditsStatus, now: DateTime<Utc>) {
-    let name = StringRef::constant(CREDITS);
-    match credits.refill {
-        Some(refill) => {
-            let window = u64::try_from((refill.every.next_start(now) - refill.every.start_of(now)).num_seconds())
-                .unwrap_or(DAY_SECS);
-            list.bare_item(name).parameter(Q, integer(refill.amount)).parameter(W, integer(window));
-        }
-        None => {
-            list.bare_item(name).parameter(Q, integer(credits.remaining.saturating_add(credits.cost)));
-        }
-    }
+/// The credits' `q`: what a refill restores, or, for prepaid credits
+/// without one, what was left before the request (`remaining + cost`).
+fn credits_quota(credits: &CreditsStatus) -> u64 {
+    credits.refill.map_or(credits.remaining.saturating_add(credits.cost), |refill| refill.amount)
 }
 
-/// `"credits";r=left`, with `t` (seconds until the refill) when the
-/// credits refill.
-fn credits_state(credits: &CreditsStatus, now: DateTime<Utc>) -> String {
+/// The credits' `w`: their refill period at `now`, if they refill.
+fn credits_window(credits: &CreditsStatus, now: DateTime<Utc>) -> Option<u64> {
+    credits.refill.map(|refill| {
+        u64::try_from((refill.every.next_start(now) - refill.every.start_of(now)).num_seconds()).unwrap_or(DAY_SECS)
+    })
+}
+
+/// The `RateLimit` field: `"name";r=remaining;t=seconds` (no `t` for what
+/// never resets).
+fn state(name: &str, remaining: u64, reset: Option<u64>) -> String {
     let mut list = ListSerializer::new();
-    let item = list.bare_item(StringRef::constant(CREDITS)).parameter(R, integer(credits.remaining));
-    if let Some(at) = credits.refills_at {
-        item.parameter(T, integer(retry_after_secs((at - now).to_std().unwrap_or_default())));
+    if let Ok(name) = StringRef::from_str(name) {
+        let item = list.bare_item(name).parameter(R, integer(remaining));
+        if let Some(reset) = reset {
+            item.parameter(T, integer(reset));
+        }
     }
     list.finish().unwrap_or_default()
 }
 
-/// The `RateLimit` field: `"name";r=remaining;t=seconds`.
-fn state(limit: &RateLimit, remaining: u32, reset: std::time::Duration) -> String {
-    let mut list = ListSerializer::new();
-    if let Ok(name) = StringRef::from_str(&limit.name) {
-        list.bare_item(name).parameter(R, integer(u64::from(remaining))).parameter(T, integer(retry_after_secs(reset)));
-    }
-    list.finish().unwrap_or_default()
+/// The time from `now` to `at` (none once past).
+fn until(at: DateTime<Utc>, now: DateTime<Utc>) -> std::time::Duration {
+    (at - now).to_std().unwrap_or_default()
 }
 
 /// A Structured Field integer, capped at the largest one (15 digits):

@@ -68,15 +68,19 @@ impl RefusalResponse {
     /// | IP or origin not allowed | 403 | |
     /// | insufficient scope | 403 | … `error="insufficient_scope", scope="…"` |
     /// | rate limited | 429 | `Retry-After`, `RateLimit-Policy` and `RateLimit` |
-    /// | quota exceeded | 429 | `Retry-After` |
-    /// | credits exhausted | 429 | `Retry-After` when the credits refill |
+    /// | quota exceeded | 429 | `Retry-After`, `RateLimit-Policy` and `RateLimit` |
+    /// | credits exhausted | 429 | `Retry-After` when the credits refill, `RateLimit-Policy` and `RateLimit` |
+    ///
+    /// The `RateLimit` fields of a 429 name what refused, with nothing left
+    /// (`"quota-daily";r=0;t=…`); in the legacy mode they are the
+    /// `RateLimit-Limit` trio, and none in the `None` mode.
     #[must_use]
     pub fn refused(refusal: Refusal, realm: &str, now: DateTime<Utc>) -> Self {
         Self::refused_with(refusal, realm, now, RateLimitHeaders::default())
     }
 
-    /// [`refused`](Self::refused), with a rate-limited refusal's headers in
-    /// the `rate_limit_headers` mode.
+    /// [`refused`](Self::refused), with the rate-limit headers of a refusal
+    /// by a rate limit, a quota or credits in the `rate_limit_headers` mode.
     #[must_use]
     pub fn refused_with(
         refusal: Refusal, realm: &str, now: DateTime<Utc>, rate_limit_headers: RateLimitHeaders,
@@ -103,13 +107,20 @@ impl RefusalResponse {
                 rate_limit_headers.write_for_refusal(limit, status, *retry_after, &mut headers);
                 429
             }
-            Refusal::QuotaExceeded { resets_at } | Refusal::CreditsExhausted { refills_at: Some(resets_at) } => {
-                let wait = (*resets_at - now).to_std().unwrap_or_default();
-                headers.push((names::RETRY_AFTER, retry_after_secs(wait).max(1).to_string()));
+            Refusal::QuotaExceeded { .. } | Refusal::CreditsExhausted { .. } => {
+                let resets_at = match &refusal {
+                    Refusal::QuotaExceeded { resets_at, .. } => Some(*resets_at),
+                    // No refill: waiting does not help, so no `Retry-After`.
+                    Refusal::CreditsExhausted { refills_at, .. } => *refills_at,
+                    _ => None,
+                };
+                if let Some(resets_at) = resets_at {
+                    let wait = (resets_at - now).to_std().unwrap_or_default();
+                    headers.push((names::RETRY_AFTER, retry_after_secs(wait).max(1).to_string()));
+                }
+                rate_limit_headers.write_for_exhausted(&refusal, now, &mut headers);
                 429
             }
-            // No refill: waiting does not help, so no `Retry-After`.
-            Refusal::CreditsExhausted { refills_at: None } => 429,
             // Malformed, Unknown, Revoked, Expired, Suspended, and any later
             // refusal of the key itself.
             _ => {
@@ -267,6 +278,21 @@ mod tests {
         }
     }
 
+    /// The daily quota of 5, used up until `resets_at`.
+    fn quota_exceeded(resets_at: DateTime<Utc>) -> Refusal {
+        Refusal::QuotaExceeded { resets_at, period: crate::Period::Day, quota: 5 }
+    }
+
+    /// Credits with 2 left (and a refill of 10 a day that comes at
+    /// `refills_at`, if given).
+    fn credits_exhausted(refills_at: Option<DateTime<Utc>>) -> Refusal {
+        let refill = refills_at.map(|_| crate::Refill { amount: 10, every: crate::Period::Day });
+        Refusal::CreditsExhausted {
+            refills_at,
+            status: crate::CreditsStatus { remaining: 2, cost: 0, refill, refills_at },
+        }
+    }
+
     fn rate_limited(retry_after: Duration) -> Refusal {
         let limit = RateLimit::new("burst", 3, Duration::from_secs(10));
         Refusal::RateLimited { limit, retry_after, status: limit_status() }
@@ -286,8 +312,8 @@ mod tests {
             (Refusal::OriginNotAllowed, 403, "origin_not_allowed"),
             (Refusal::InsufficientScope { missing: vec!["a".into()] }, 403, "insufficient_scope"),
             (rate_limited(Duration::from_secs(1)), 429, "rate_limited"),
-            (Refusal::QuotaExceeded { resets_at: now() }, 429, "quota_exceeded"),
-            (Refusal::CreditsExhausted { refills_at: None }, 429, "credits_exhausted"),
+            (quota_exceeded(now()), 429, "quota_exceeded"),
+            (credits_exhausted(None), 429, "credits_exhausted"),
         ];
         for (refusal, status, code) in cases {
             let response = refused(refusal);
@@ -315,8 +341,8 @@ mod tests {
             (Refusal::MissingKey, "urn:keysmith:problem:missing_key"),
             (Refusal::InsufficientScope { missing: vec!["a".into()] }, "urn:keysmith:problem:insufficient_scope"),
             (rate_limited(Duration::from_secs(1)), QUOTA_EXCEEDED_TYPE),
-            (Refusal::QuotaExceeded { resets_at: now() }, QUOTA_EXCEEDED_TYPE),
-            (Refusal::CreditsExhausted { refills_at: None }, QUOTA_EXCEEDED_TYPE),
+            (quota_exceeded(now()), QUOTA_EXCEEDED_TYPE),
+            (credits_exhausted(None), QUOTA_EXCEEDED_TYPE),
         ];
         for (refusal, kind) in cases {
             let response = refused(refusal);
@@ -384,14 +410,73 @@ mod tests {
         assert_eq!(none.header("retry-after"), Some("3"), "Retry-After stays in every mode");
         assert!(none.headers.iter().all(|(name, _)| !name.starts_with("ratelimit")));
         let midnight = DateTime::parse_from_rfc3339("2026-03-11T00:00:00Z").unwrap().to_utc();
-        let quota = refused(Refusal::QuotaExceeded { resets_at: midnight });
+        let quota = refused(quota_exceeded(midnight));
         assert_eq!(quota.header("retry-after"), Some("30"));
         // A reset already passed still asks for a (short) wait.
-        let past = refused(Refusal::QuotaExceeded { resets_at: now() - chrono::Duration::seconds(5) });
+        let past = refused(quota_exceeded(now() - chrono::Duration::seconds(5)));
         assert_eq!(past.header("retry-after"), Some("1"));
-        let credits = refused(Refusal::CreditsExhausted { refills_at: Some(midnight) });
+        let credits = refused(credits_exhausted(Some(midnight)));
         assert_eq!(credits.header("retry-after"), Some("30"));
-        let spent = refused(Refusal::CreditsExhausted { refills_at: None });
+        let spent = refused(credits_exhausted(None));
         assert_eq!((spent.status, spent.header("retry-after")), (429, None), "no refill: waiting does not help");
+    }
+
+    /// The rate-limit headers of `refusal` in `mode`, in order.
+    fn rate_limit_headers(refusal: Refusal, mode: RateLimitHeaders) -> Vec<(&'static str, String)> {
+        let response = RefusalResponse::refused_with(refusal, "api", now(), mode);
+        response.headers.into_iter().filter(|(name, _)| name.starts_with("ratelimit")).collect()
+    }
+
+    #[test]
+    fn quota_and_credits_refusals_carry_what_refused_with_nothing_left_in_every_mode() {
+        let midnight = DateTime::parse_from_rfc3339("2026-03-11T00:00:00Z").unwrap().to_utc();
+        let first_of_april = DateTime::parse_from_rfc3339("2026-04-01T00:00:00Z").unwrap().to_utc();
+        let monthly = Refusal::QuotaExceeded { resets_at: first_of_april, period: crate::Period::Month, quota: 300 };
+        let draft = |name: &'static str, value: &str| (name, value.to_owned());
+        let cases = [
+            (
+                quota_exceeded(midnight),
+                [
+                    draft("ratelimit-policy", r#""quota-daily";q=5;w=86400"#),
+                    draft("ratelimit", r#""quota-daily";r=0;t=30"#),
+                ]
+                .to_vec(),
+                [draft("ratelimit-limit", "5"), draft("ratelimit-remaining", "0"), draft("ratelimit-reset", "30")]
+                    .to_vec(),
+            ),
+            (
+                // 2026-03-10T23:59:30: 21 days and 30 s to April; March has 31 days.
+                monthly,
+                [
+                    draft("ratelimit-policy", r#""quota-monthly";q=300;w=2678400"#),
+                    draft("ratelimit", r#""quota-monthly";r=0;t=1814430"#),
+                ]
+                .to_vec(),
+                [
+                    draft("ratelimit-limit", "300"),
+                    draft("ratelimit-remaining", "0"),
+                    draft("ratelimit-reset", "1814430"),
+                ]
+                .to_vec(),
+            ),
+            (
+                credits_exhausted(Some(midnight)),
+                [draft("ratelimit-policy", r#""credits";q=10;w=86400"#), draft("ratelimit", r#""credits";r=0;t=30"#)]
+                    .to_vec(),
+                [draft("ratelimit-limit", "10"), draft("ratelimit-remaining", "0"), draft("ratelimit-reset", "30")]
+                    .to_vec(),
+            ),
+            (
+                // Prepaid, never refilled: `q` is what is left, and no `t`.
+                credits_exhausted(None),
+                [draft("ratelimit-policy", r#""credits";q=2"#), draft("ratelimit", r#""credits";r=0"#)].to_vec(),
+                [draft("ratelimit-limit", "2"), draft("ratelimit-remaining", "0")].to_vec(),
+            ),
+        ];
+        for (refusal, draft, legacy) in cases {
+            assert_eq!(rate_limit_headers(refusal.clone(), RateLimitHeaders::Draft), draft, "{refusal:?}");
+            assert_eq!(rate_limit_headers(refusal.clone(), RateLimitHeaders::Legacy), legacy, "{refusal:?}");
+            assert_eq!(rate_limit_headers(refusal.clone(), RateLimitHeaders::None), [], "{refusal:?}");
+        }
     }
 }

@@ -565,13 +565,78 @@ async fn a_policys_headers_are_rendered_once_and_handed_over_shared() {
 }
 
 #[tokio::test]
-async fn credits_are_reported_only_when_strictly_closer_to_refusing_than_the_limit() {
+async fn on_a_tie_the_one_that_takes_longest_to_reset_is_reported() {
     let s = setup();
     let policy = s.acme.create_policy(PolicySpec::new("p").with_rate_limit(10, Duration::from_secs(60))).await.unwrap();
     let raw = key(&s, NewKey::new("k").with_policy(policy.id).with_credits(crate::Credits::new(10))).await;
     let gate = Gate::new(s.engine.clone());
     let pass = admitted(outcome(&gate, "GET", None, &bearer(&raw)).await);
-    // 9 requests and 9 credits left: the limit is reported.
+    // 9 requests and 9 credits left: the limit is full again in 6 s, the
+    // prepaid credits never refill.
+    assert_eq!(pass.response_headers()[1], ("ratelimit", r#""credits";r=9"#.to_owned()));
+}
+
+/// A key with a daily quota of 5 and a rate limit of 100 a minute is told
+/// what is left of its quota, which refuses first; with a monthly quota as
+/// tight, the month's, which takes longer to reset; on every path (the
+/// gate's cached rendering, a fresh one, the legacy trio).
+#[tokio::test]
+async fn ratelimit_names_the_quota_when_it_has_the_fewest_requests_left() {
+    let s = setup();
+    let limited = |quota: PolicySpec| quota.with_rate_limit(100, Duration::from_secs(60));
+    let daily = s.acme.create_policy(limited(PolicySpec::new("daily").with_quota(Some(5), None))).await.unwrap();
+    let both = s.acme.create_policy(limited(PolicySpec::new("both").with_quota(Some(5), Some(5)))).await.unwrap();
+    let gate = Gate::new(s.engine.clone());
+    let legacy = gate.clone().with_rate_limit_headers(RateLimitHeaders::Legacy);
+    let written = |gate: &Gate, raw: &str| {
+        let (gate, raw) = (gate.clone(), raw.to_owned());
+        async move {
+            let pass = admitted(outcome(&gate, "GET", None, &bearer(&raw)).await);
+            let mut fresh = Vec::new();
+            gate.rate_limit_headers().write_for_validation(pass.key().validation(), &mut fresh);
+            let cached = pass.response_headers();
+            assert_eq!(cached, fresh, "the gate's rendering equals a fresh one");
+            (pass.key().validation().quota, cached)
+        }
+    };
+
+    let raw = key(&s, NewKey::new("daily").with_policy(daily.id)).await;
+    // 12:00 UTC: 12 h to midnight.
+    let (left, headers) = written(&gate, &raw).await;
+    assert_eq!((left.daily(), left.monthly()), (Some(4), None));
+    assert_eq!(
+        headers,
+        [
+            ("ratelimit-policy", r#""default";q=100;w=60, "quota-daily";q=5;w=86400"#.to_owned()),
+            ("ratelimit", r#""quota-daily";r=4;t=43200"#.to_owned()),
+        ]
+    );
+    assert_eq!(written(&gate, &raw).await.1[1].1, r#""quota-daily";r=3;t=43200"#);
+    assert_eq!(
+        written(&legacy, &raw).await.1,
+        [
+            ("ratelimit-limit", "5".to_owned()),
+            ("ratelimit-remaining", "2".to_owned()),
+            ("ratelimit-reset", "43200".to_owned())
+        ]
+    );
+
+    let raw = key(&s, NewKey::new("both").with_policy(both.id)).await;
+    let (left, headers) = written(&gate, &raw).await;
+    assert_eq!((left.daily(), left.monthly()), (Some(4), Some(4)));
+    // 2026-03-10T12:00: 21 days and a half to April.
+    assert_eq!(headers[1], ("ratelimit", r#""quota-monthly";r=4;t=1857600"#.to_owned()));
+}
+
+/// A validation without a quota carries none, and its headers name the
+/// rate limit as before.
+#[tokio::test]
+async fn a_policy_without_a_quota_leaves_the_validation_without_one() {
+    let s = setup();
+    let policy = s.acme.create_policy(PolicySpec::new("p").with_rate_limit(10, Duration::from_secs(60))).await.unwrap();
+    let raw = key(&s, NewKey::new("k").with_policy(policy.id)).await;
+    let pass = admitted(outcome(&Gate::new(s.engine.clone()), "GET", None, &bearer(&raw)).await);
+    assert!(pass.key().validation().quota.is_none());
     assert_eq!(pass.response_headers()[1], ("ratelimit", r#""default";r=9;t=6"#.to_owned()));
 }
 

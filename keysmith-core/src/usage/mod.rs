@@ -20,7 +20,7 @@ use crate::{KeyId, Tenant, UsageId};
 
 pub use batch::{RollupKey, UsageBatch, UsageDelta, fold_rollups};
 pub use outcomes::{RefusalReason, Refused, StatusClasses, UsageCounts};
-pub use quota::{QuotaCounter, stored_requests};
+pub use quota::{QuotaCounter, QuotaRemaining, stored_requests};
 pub(crate) use recorder::{EntryNames, NO_USER_AGENT, Spill, UsageEntry, UsageRecorder};
 pub use recorder::{UsageConfig, UsageMode, UsageStats};
 pub use retention::UsageRetention;

@@ -219,8 +219,13 @@ mod tests {
         for reason in RefusalReason::ALL {
             let refusal = match reason {
                 RefusalReason::RateLimited => continue,
-                RefusalReason::QuotaExceeded => Refusal::QuotaExceeded { resets_at: chrono::Utc::now() },
-                RefusalReason::CreditsExhausted => Refusal::CreditsExhausted { refills_at: None },
+                RefusalReason::QuotaExceeded => {
+                    Refusal::QuotaExceeded { resets_at: chrono::Utc::now(), period: crate::Period::Day, quota: 1 }
+                }
+                RefusalReason::CreditsExhausted => {
+                    let status = crate::CreditsStatus { remaining: 0, cost: 0, refill: None, refills_at: None };
+                    Refusal::CreditsExhausted { refills_at: None, status }
+                }
                 RefusalReason::InsufficientScope => Refusal::InsufficientScope { missing: vec![] },
                 RefusalReason::IpNotAllowed => Refusal::IpNotAllowed,
                 RefusalReason::OriginNotAllowed => Refusal::OriginNotAllowed,

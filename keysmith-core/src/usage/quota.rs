@@ -43,12 +43,21 @@ use crate::{Key, KeyId, Quota, Result, Store, Tenant};
 /// accepted and have not written yet). A counter shared by a fleet (Redis)
 /// plugs in through
 /// [`EngineBuilder::with_quotas`](crate::EngineBuilder::with_quotas).
+///
+/// A counter answers, for a request that fits, what is left of the day and
+/// of the month once it is counted ([`QuotaRemaining`], which the
+/// `RateLimit` headers report when a quota is closest to refusing), and for
+/// one that does not, the [`Period`] whose quota is used up.
+/// [`QuotaRemaining::check`] makes that answer from the counts a counter
+/// holds.
 #[async_trait]
 pub trait QuotaCounter: Send + Sync + fmt::Debug + 'static {
     /// Counts one request of `key`, made at `now`, for `subject` (the key's
     /// lineage, or its owner under `limit_by: owner`) if it fits `quota` in
-    /// both its day and its month; `Ok(Err(resets_at))` when it does not,
-    /// with the time the exhausted quota resets (the month's if both are).
+    /// both its day and its month: `Ok(Ok(left))` with what is left of
+    /// each once it is counted; `Ok(Err(period))` when it does not fit,
+    /// with the period whose quota is used up ([`Period::Month`] if both
+    /// are, else [`Period::Day`]; it resets at `period.next_start(now)`).
     /// A refused request is not counted. `store` is the engine's, for
     /// counters that read what it has recorded ([`stored_requests`]).
     ///
@@ -56,15 +65,15 @@ pub trait QuotaCounter: Send + Sync + fmt::Debug + 'static {
     /// The counter's backend failed (adapters answer 503).
     async fn try_consume(
         &self, store: &dyn Store, key: &Key, subject: Subject<'_>, quota: &Quota, now: DateTime<Utc>,
-    ) -> Result<Result<(), DateTime<Utc>>>;
+    ) -> Result<Result<QuotaRemaining, Period>>;
 
     /// [`try_consume`](Self::try_consume) when it can answer at once
-    /// without I/O (the counter is in memory and fresh); `None` sends the
-    /// engine to `try_consume`. The default is `None`: a counter on a
-    /// server always waits.
+    /// without I/O (the counter is in memory and fresh), with the same
+    /// answer; `None` sends the engine to `try_consume`. The default is
+    /// `None`: a counter on a server always waits.
     fn try_consume_ready(
         &self, key: &Key, subject: Subject<'_>, quota: &Quota, now: DateTime<Utc>,
-    ) -> Option<Result<(), DateTime<Utc>>> {
+    ) -> Option<Result<QuotaRemaining, Period>> {
         let _ = (key, subject, quota, now);
         None
     }
@@ -75,17 +84,116 @@ pub trait QuotaCounter: Send + Sync + fmt::Debug + 'static {
     fn refund(&self, subject: Subject<'_>, at: DateTime<Utc>);
 }
 
+/// What is left of a subject's daily and monthly quota once a request is
+/// counted: a [`QuotaCounter`]'s answer for a request that fits, kept in the
+/// [`Validation`](crate::Validation) for the `RateLimit` headers. A period
+/// the policy sets no quota for has nothing to say
+/// ([`daily`](Self::daily) or [`monthly`](Self::monthly) is `None`).
+///
+/// Two numbers, no option flags: it travels with every validation.
+///
+/// ```
+/// use keysmith_core::{Period, Quota, QuotaRemaining};
+///
+/// let quota = Quota { daily: Some(5), monthly: Some(100) };
+/// // 4 requests today, 40 this month, counted already: the fifth fits.
+/// let left = QuotaRemaining::check(&quota, 4, 40).unwrap();
+/// assert_eq!((left.daily(), left.monthly()), (Some(0), Some(59)));
+/// assert_eq!(QuotaRemaining::check(&quota, 5, 41), Err(Period::Day));
+/// assert_eq!(QuotaRemaining::check(&quota, 5, 100), Err(Period::Month), "the month's, when both are used up");
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct QuotaRemaining {
+    /// [`NO_QUOTA`] when the period has none (no quota comes near it:
+    /// [`PolicySpec::MAX_QUOTA`](crate::PolicySpec::MAX_QUOTA)).
+    daily: u64,
+    monthly: u64,
+}
+
+/// What [`QuotaRemaining`] holds for a period without a quota.
+const NO_QUOTA: u64 = u64::MAX;
+
+impl Default for QuotaRemaining {
+    fn default() -> Self {
+        Self::NONE
+    }
+}
+
+impl QuotaRemaining {
+    /// No quota: what a validation under a policy without one carries.
+    pub const NONE: Self = Self { daily: NO_QUOTA, monthly: NO_QUOTA };
+
+    /// `daily` and `monthly` requests left (`None`: the period has no
+    /// quota).
+    #[must_use]
+    pub fn new(daily: Option<u64>, monthly: Option<u64>) -> Self {
+        let held = |left: Option<u64>| left.map_or(NO_QUOTA, |left| left.min(NO_QUOTA - 1));
+        Self { daily: held(daily), monthly: held(monthly) }
+    }
+
+    /// What is left of `quota` once `day` requests of the day and `month`
+    /// of the month are counted (the request being answered included).
+    #[must_use]
+    pub fn left(quota: &Quota, day: u64, month: u64) -> Self {
+        Self::new(
+            quota.daily.map(|limit| limit.saturating_sub(day)),
+            quota.monthly.map(|limit| limit.saturating_sub(month)),
+        )
+    }
+
+    /// A counter's answer for one more request when `day` requests of the
+    /// day and `month` of the month are counted already: what is left once
+    /// it is counted, or the period whose quota is used up (the month's when
+    /// both are, as it resets last).
+    ///
+    /// # Errors
+    /// The period whose quota leaves no room for the request.
+    pub fn check(quota: &Quota, day: u64, month: u64) -> Result<Self, Period> {
+        if quota.monthly.is_some_and(|limit| month >= limit) {
+            return Err(Period::Month);
+        }
+        if quota.daily.is_some_and(|limit| day >= limit) {
+            return Err(Period::Day);
+        }
+        Ok(Self::left(quota, day.saturating_add(1), month.saturating_add(1)))
+    }
+
+    /// Requests left today, if the policy has a daily quota.
+    #[must_use]
+    pub fn daily(self) -> Option<u64> {
+        (self.daily != NO_QUOTA).then_some(self.daily)
+    }
+
+    /// Requests left this month, if the policy has a monthly quota.
+    #[must_use]
+    pub fn monthly(self) -> Option<u64> {
+        (self.monthly != NO_QUOTA).then_some(self.monthly)
+    }
+
+    /// True when neither period has a quota ([`NONE`](Self::NONE)).
+    #[must_use]
+    pub fn is_none(self) -> bool {
+        self == Self::NONE
+    }
+}
+
+impl fmt::Debug for QuotaRemaining {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuotaRemaining").field("daily", &self.daily()).field("monthly", &self.monthly()).finish()
+    }
+}
+
 #[async_trait]
 impl QuotaCounter for QuotaTracker {
     async fn try_consume(
         &self, store: &dyn Store, key: &Key, subject: Subject<'_>, quota: &Quota, now: DateTime<Utc>,
-    ) -> Result<Result<(), DateTime<Utc>>> {
+    ) -> Result<Result<QuotaRemaining, Period>> {
         Self::try_consume(self, store, key, subject, quota, now).await
     }
 
     fn try_consume_ready(
         &self, key: &Key, subject: Subject<'_>, quota: &Quota, now: DateTime<Utc>,
-    ) -> Option<Result<(), DateTime<Utc>>> {
+    ) -> Option<Result<QuotaRemaining, Period>> {
         Self::try_consume_ready(self, key, subject, quota, now)
     }
 
@@ -143,12 +251,12 @@ impl QuotaTracker {
         }
     }
 
-    /// Counts one request of `key` for `subject` if it fits `quota`;
-    /// otherwise says when the exhausted quota resets. A refused request
-    /// consumes nothing.
+    /// Counts one request of `key` for `subject` if it fits `quota`, with
+    /// what is left; otherwise says which period's quota is used up. A
+    /// refused request consumes nothing.
     pub(crate) async fn try_consume(
         &self, store: &dyn Store, key: &Key, subject: Subject<'_>, quota: &Quota, now: DateTime<Utc>,
-    ) -> Result<Result<(), DateTime<Utc>>> {
+    ) -> Result<Result<QuotaRemaining, Period>> {
         let holder = Holder::of(subject);
         let periods = (Period::Day.start_of(now), Period::Month.start_of(now));
         let loaded = if self.is_fresh(&holder, periods, now) {
@@ -168,7 +276,7 @@ impl QuotaTracker {
     /// fresh (no store read needed); else `None`.
     pub(crate) fn try_consume_ready(
         &self, key: &Key, subject: Subject<'_>, quota: &Quota, now: DateTime<Utc>,
-    ) -> Option<Result<(), DateTime<Utc>>> {
+    ) -> Option<Result<QuotaRemaining, Period>> {
         let holder = Holder::of(subject);
         let periods = (Period::Day.start_of(now), Period::Month.start_of(now));
         self.is_fresh(&holder, periods, now).then(|| self.consume(key, holder, periods, quota, now, None))
@@ -189,7 +297,7 @@ impl QuotaTracker {
     fn consume(
         &self, key: &Key, holder: Holder, (day, month): (DateTime<Utc>, DateTime<Utc>), quota: &Quota,
         now: DateTime<Utc>, loaded: Option<((u64, u64), u64)>,
-    ) -> Result<(), DateTime<Utc>> {
+    ) -> Result<QuotaRemaining, Period> {
         if holder != Holder::Key(key.id) {
             if self.subject_of.get(&key.id).is_none_or(|h| *h != holder) {
                 self.subject_of.insert(key.id, holder.clone());
@@ -228,19 +336,12 @@ impl QuotaTracker {
                     loaded_at: now,
                 }
             });
-        let day_full = quota.daily.is_some_and(|limit| entry.day.used() >= limit);
-        let month_full = quota.monthly.is_some_and(|limit| entry.month.used() >= limit);
-        if month_full {
-            return Err(Period::Month.next_start(now));
-        }
-        if day_full {
-            return Err(Period::Day.next_start(now));
-        }
+        let left = QuotaRemaining::check(quota, entry.day.used(), entry.month.used())?;
         entry.day.local += 1;
         entry.month.local += 1;
         drop(entry);
         self.sweeps.maybe_sweep(self.entries.len(), || self.evict_idle(now, &holder));
-        Ok(())
+        Ok(left)
     }
 
     /// Gives back a request of `subject` counted at `at` that was refused
@@ -395,7 +496,8 @@ pub(super) mod tests {
         };
         // Under `limit_by: owner`, then (the policy changed) under `key`.
         for subject in [owner, Subject::Key(owned.lineage_id)] {
-            assert_eq!(tracker.try_consume(&store, &owned, subject, &quota, now).await.unwrap(), Ok(()));
+            let left = tracker.try_consume(&store, &owned, subject, &quota, now).await.unwrap();
+            assert_eq!(left, Ok(QuotaRemaining::new(Some(9), None)));
             assert_eq!(counts(subject), (0, 1));
             tracker.begin_write();
             tracker.end_write([(owned.id, now, 1)].into_iter());
@@ -417,7 +519,7 @@ pub(super) mod tests {
             store.insert_key(&crate::store::StoredKey { key: std::sync::Arc::new(k.clone()), hash }).await.unwrap();
         }
         for k in [&written, &pending] {
-            assert_eq!(tracker.try_consume(&store, k, Subject::Key(k.lineage_id), &quota, now).await.unwrap(), Ok(()));
+            assert!(tracker.try_consume(&store, k, Subject::Key(k.lineage_id), &quota, now).await.unwrap().is_ok());
         }
         tracker.begin_write();
         tracker.end_write([(written.id, now, 1)].into_iter());
@@ -426,10 +528,10 @@ pub(super) mod tests {
         assert!(tracker.entries.contains_key(&Holder::Key(pending.id)));
         // The evicted key is re-read from the store and still counts its request.
         store.record_batch(&[record(&written, now)]).await.unwrap();
-        for _ in 0..9 {
+        for left in (0..9).rev() {
             assert_eq!(
                 tracker.try_consume(&store, &written, Subject::Key(written.lineage_id), &quota, later).await.unwrap(),
-                Ok(())
+                Ok(QuotaRemaining::new(Some(left), None))
             );
         }
         assert!(
@@ -439,5 +541,28 @@ pub(super) mod tests {
                 .unwrap()
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn the_tracker_answers_what_is_left_of_the_day_and_the_month() {
+        let store = MemoryStore::new();
+        let tenant = Tenant::new("app", "acme");
+        let now = DateTime::parse_from_rfc3339("2026-05-30T10:00:00Z").unwrap().to_utc();
+        let quota = Quota { daily: Some(3), monthly: Some(4) };
+        let tracker = QuotaTracker::new(Duration::from_secs(3600));
+        let k = key(&tenant, now);
+        let subject = Subject::Key(k.lineage_id);
+        let mut answers = vec![tracker.try_consume(&store, &k, subject, &quota, now).await.unwrap()];
+        for _ in 0..3 {
+            answers.push(tracker.try_consume_ready(&k, subject, &quota, now).unwrap());
+        }
+        let left = |day, month| Ok(QuotaRemaining::new(Some(day), Some(month)));
+        assert_eq!(answers, [left(2, 3), left(1, 2), left(0, 1), Err(Period::Day)]);
+        tracker.refund(subject, now);
+        assert_eq!(tracker.try_consume_ready(&k, subject, &quota, now).unwrap(), left(0, 1), "a refund is left again");
+        // The next day of the same month: a fresh day, the month's last request.
+        let tomorrow = now + chrono::Duration::days(1);
+        assert_eq!(tracker.try_consume(&store, &k, subject, &quota, tomorrow).await.unwrap(), left(2, 0));
+        assert_eq!(tracker.try_consume_ready(&k, subject, &quota, tomorrow).unwrap(), Err(Period::Month));
     }
 }
