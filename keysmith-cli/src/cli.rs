@@ -113,9 +113,11 @@ pub(crate) enum Command {
     /// of the whole raw key), hint, name, owner_id, created_at, last_used_at,
     /// revoked_at, expires_at, scopes (comma-separated), external_id. Rows
     /// whose hash the tenant holds already, or whose external_id a key was
-    /// imported from, are skipped, so running it again is a no-op. Each batch is all or nothing: a bad row is reported with its
-    /// line and reason and nothing of its batch is written. Exits 1 when a row
-    /// was refused.
+    /// imported from, are skipped, so running it again is a no-op. Each batch is
+    /// all or nothing: a bad row (or a line of the file that is not a row) is
+    /// reported with its line and reason and nothing of its batch is written.
+    /// The query runs in a read-only transaction: a query that writes fails.
+    /// A dry run reports what the import would do. Exits 1 when a row was refused.
     Import(ImportArgs),
 }
 

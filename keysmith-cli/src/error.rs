@@ -32,6 +32,16 @@ pub(crate) enum CliError {
         /// Rows refused.
         count: usize,
     },
+    /// An import failed after writing batches: its report of those (printed
+    /// on stdout), and why it stopped.
+    ImportStopped {
+        /// What the import printed.
+        report: String,
+        /// Rows read from the source after the last batch imported: not imported.
+        not_read: u64,
+        /// Why it stopped; its exit status is this one's.
+        cause: Box<CliError>,
+    },
     /// `serve` could not listen on its address.
     Listen {
         /// The address asked for.
@@ -44,7 +54,20 @@ pub(crate) enum CliError {
 impl CliError {
     /// The process exit status for this failure.
     pub(crate) fn exit_code(&self) -> ExitCode {
-        ExitCode::from(match self {
+        ExitCode::from(self.status())
+    }
+
+    /// What the command printed on stdout before it failed, if anything.
+    pub(crate) fn report(&self) -> Option<&str> {
+        match self {
+            Self::RowsRefused { report, .. } | Self::ImportStopped { report, .. } => Some(report),
+            _ => None,
+        }
+    }
+
+    fn status(&self) -> u8 {
+        match self {
+            Self::ImportStopped { cause, .. } => cause.status(),
             Self::Usage(_) => EXIT_USAGE,
             Self::RowsRefused { .. }
             | Self::Engine(
@@ -60,7 +83,7 @@ impl CliError {
             // Store failures, and any failure added to keysmith later that is
             // not a refusal of the operation itself.
             Self::Connect(_) | Self::Engine(_) | Self::Output(_) | Self::Listen { .. } => EXIT_UNAVAILABLE,
-        })
+        }
     }
 }
 
@@ -88,6 +111,10 @@ impl fmt::Display for CliError {
             }
             Self::Output(error) => format!("cannot write the output: {error}"),
             Self::RowsRefused { count, .. } => format!("{count} row(s) refused; see the report above"),
+            Self::ImportStopped { not_read, cause, .. } => format!(
+                "{cause}; the import stopped there: the report above is of the batches before, \
+                 {not_read} row(s) read since were not imported"
+            ),
             Self::Listen { addr, source } => format!("cannot serve on {addr}: {source}"),
         };
         // One line, whatever a driver put in its message.
@@ -129,6 +156,20 @@ mod tests {
             let error = CliError::Engine(error);
             assert_eq!(code(&error), ExitCode::from(EXIT_REFUSED), "{error}");
             assert!(error.to_string().contains(&policy_id.to_string()), "{error}");
+        }
+    }
+
+    #[test]
+    fn an_import_that_stops_keeps_its_report_and_its_cause_status() {
+        for (cause, status) in [
+            (CliError::Engine(Error::store("connection reset")), EXIT_UNAVAILABLE),
+            (CliError::Usage("the source query failed: x".to_owned()), EXIT_USAGE),
+        ] {
+            let error =
+                CliError::ImportStopped { report: "imported 3\n".to_owned(), not_read: 2, cause: Box::new(cause) };
+            assert_eq!(code(&error), ExitCode::from(status));
+            assert_eq!(error.report(), Some("imported 3\n"));
+            assert!(error.to_string().contains("2 row(s) read since were not imported"), "{error}");
         }
     }
 

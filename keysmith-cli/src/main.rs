@@ -73,7 +73,7 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli)).and_then(|text| print(&text)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            if let CliError::RowsRefused { report, .. } = &error
+            if let Some(report) = error.report()
                 && let Err(error) = print(report)
             {
                 eprintln!("error: {error}");

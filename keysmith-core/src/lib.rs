@@ -64,7 +64,7 @@ pub mod usage;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
     CreatedKey, DEFAULT_ENVIRONMENT, DEFAULT_PREFIX, DEFAULT_ROTATION_GRACE, EXTERNAL_ID_FIELD, Engine, EngineBuilder,
-    GRACE_ENDED_REASON, ImportOptions, ImportRefusal, ImportReport, ImportRow, NewKey, PresentedKey,
+    GRACE_ENDED_REASON, ImportOptions, ImportRefusal, ImportReport, ImportRow, ImportRun, NewKey, PresentedKey,
     REVOKED_BEFORE_IMPORT, RateLimitStates, Refund, RequestContext, RequiredScopes, RotatedKey, SweepReport,
     TenantEngine, Validation, ValidationError,
 };

@@ -6,8 +6,8 @@ use std::path::Path;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use futures_util::TryStreamExt as _;
 use futures_util::stream::BoxStream;
-use keysmith_core::{ImportOptions, ImportRefusal, ImportReport, ImportRow, TenantEngine};
-use sqlx::{Column as _, Row as _};
+use keysmith_core::{ImportOptions, ImportRefusal, ImportReport, ImportRow, ImportRun, TenantEngine};
+use sqlx::{Column as _, ConnectOptions as _, Row as _};
 
 use crate::cli::ImportArgs;
 use crate::error::CliError;
@@ -29,7 +29,19 @@ const COLUMNS: [&str; 10] = [
 
 /// A source row's cells as text, by position in [`COLUMNS`], or why the
 /// row cannot be read.
-type Cells = Result<Vec<(usize, Option<String>)>, String>;
+type Cells = Result<Vec<(usize, Option<String>)>, Unreadable>;
+
+/// Why a source row cannot be read, and its source id when that much was read.
+struct Unreadable {
+    external_id: Option<String>,
+    reason: String,
+}
+
+impl Unreadable {
+    fn new(reason: impl Into<String>) -> Self {
+        Self { external_id: None, reason: reason.into() }
+    }
+}
 /// One source row: its line and cells.
 type SourceRow = (u64, Cells);
 
@@ -42,17 +54,33 @@ pub(super) async fn run(args: ImportArgs, tenant: &TenantEngine, printer: Printe
     if let Some(policy) = args.policy {
         options = options.with_policy(policy);
     }
-    let options = options.dry_run(args.dry_run);
+    let run = ImportRun::new(options.dry_run(args.dry_run));
     let batch_size = args.batch_size as usize;
-    let mut importer = Importer { tenant, options, batch_size, batch: Vec::new(), report: ImportReport::default() };
+    let mut importer =
+        Importer { tenant, run, batch_size, batch: Vec::new(), report: ImportReport::default(), read: 0, done: 0 };
     importer.report.dry_run = args.dry_run;
-    match (&args.from_url, &args.query, &args.from_file) {
-        (Some(url), Some(query), None) => read_query(url, query, &mut importer).await?,
-        (None, None, Some(path)) => read_file(path, &mut importer).await?,
+    let read = match (&args.from_url, &args.query, &args.from_file) {
+        (Some(url), Some(query), None) => read_query(url, query, &mut importer).await,
+        (None, None, Some(path)) => read_file(path, &mut importer).await,
         _ => return Err(CliError::Usage("import reads --from-url with --query, or --from-file".to_owned())),
-    }
-    importer.flush().await?;
+    };
+    let finished = match read {
+        Ok(()) => importer.flush().await,
+        Err(error) => Err(error),
+    };
     let report = importer.report;
+    if let Err(cause) = finished {
+        if importer.done == 0 {
+            return Err(cause);
+        }
+        // Batches were written before the failure: say which.
+        let report = printer.render(&report, || human(&report))?;
+        return Err(CliError::ImportStopped {
+            report,
+            not_read: importer.read - importer.done,
+            cause: Box::new(cause),
+        });
+    }
     let text = printer.render(&report, || human(&report))?;
     if report.refused.is_empty() {
         Ok(text)
@@ -64,14 +92,19 @@ pub(super) async fn run(args: ImportArgs, tenant: &TenantEngine, printer: Printe
 /// Collects rows into batches and imports each batch.
 struct Importer<'a> {
     tenant: &'a TenantEngine,
-    options: ImportOptions,
+    run: ImportRun,
     batch_size: usize,
     batch: Vec<SourceRow>,
     report: ImportReport,
+    /// Rows read from the source.
+    read: u64,
+    /// Rows of the batches imported (or refused) so far.
+    done: u64,
 }
 
 impl Importer<'_> {
     async fn push(&mut self, row: SourceRow) -> Result<(), CliError> {
+        self.read += 1;
         self.batch.push(row);
         if self.batch.len() >= self.batch_size {
             self.flush().await?;
@@ -80,8 +113,10 @@ impl Importer<'_> {
     }
 
     /// Imports the batch. A row the source could not give (a time that does
-    /// not parse) refuses its batch like a row the engine refuses: the
-    /// others are checked in a dry run, so every bad row is reported at once.
+    /// not parse, a CSV record of the wrong length, a line that is not a JSON
+    /// object of Keysmith's fields) refuses its batch like a row the engine
+    /// refuses: the others are checked in a dry run, so every bad row is
+    /// reported at once.
     async fn flush(&mut self) -> Result<(), CliError> {
         if self.batch.is_empty() {
             return Ok(());
@@ -92,30 +127,42 @@ impl Importer<'_> {
         for (line, cells) in self.batch.drain(..) {
             match cells.and_then(|cells| import_row(line, cells)) {
                 Ok(row) => rows.push(row),
-                Err(reason) => unreadable.push(ImportRefusal { line, external_id: None, reason }),
+                Err(Unreadable { external_id, reason }) => unreadable.push(ImportRefusal { line, external_id, reason }),
             }
         }
         if unreadable.is_empty() {
-            let report = self.tenant.import_keys(&rows, &self.options).await?;
+            let report = self.tenant.import_batch(&mut self.run, &rows).await?;
             self.report.merge(report);
+            self.done += total;
             return Ok(());
         }
-        let checked = self.tenant.import_keys(&rows, &self.options.clone().dry_run(true)).await?;
+        let checked = self.tenant.import_batch(&mut self.run.checking(), &rows).await?;
         let mut refused = unreadable;
         refused.extend(checked.refused);
         refused.sort_by_key(|refusal| refusal.line);
         let not_written = total - refused.len() as u64;
         self.report.merge(ImportReport { refused, not_written, ..ImportReport::default() });
+        self.done += total;
         Ok(())
     }
 }
 
 /// The row the cells describe; `Err` names the column that is not readable.
-fn import_row(line: u64, cells: Vec<(usize, Option<String>)>) -> Result<ImportRow, String> {
+fn import_row(line: u64, cells: Vec<(usize, Option<String>)>) -> Result<ImportRow, Unreadable> {
     let mut row = ImportRow { line, ..ImportRow::default() };
+    let external_id = cells
+        .iter()
+        .find(|(column, _)| COLUMNS[*column] == "external_id")
+        .and_then(|(_, value)| value.clone())
+        .filter(|value| !value.is_empty());
     for (column, value) in cells {
         let Some(value) = value.filter(|value| !value.is_empty()) else { continue };
-        let time = |value: &str| parse_time(value).ok_or_else(|| format!("{}: not a time: {value:?}", COLUMNS[column]));
+        let time = |value: &str| {
+            parse_time(value).ok_or_else(|| Unreadable {
+                external_id: external_id.clone(),
+                reason: format!("{}: not a time: {value:?}", COLUMNS[column]),
+            })
+        };
         match COLUMNS[column] {
             "hash" => row.hash = value,
             "hint" => row.hint = Some(value),
@@ -133,7 +180,7 @@ fn import_row(line: u64, cells: Vec<(usize, Option<String>)>) -> Result<ImportRo
         }
     }
     if row.hash.is_empty() {
-        return Err("hash: missing".to_owned());
+        return Err(Unreadable { external_id: row.external_id, reason: "hash: missing".to_owned() });
     }
     Ok(row)
 }
@@ -155,21 +202,22 @@ fn parse_time(value: &str) -> Option<DateTime<Utc>> {
         .map(|at| at.and_utc())
 }
 
-/// The position of each named column in [`COLUMNS`]; an unknown name is a
-/// usage error that lists the known ones.
+/// The position of a column in [`COLUMNS`]; an unknown name is refused
+/// with the known ones.
+fn column_index(name: &str) -> Result<usize, String> {
+    let name = name.trim();
+    COLUMNS.iter().position(|column| column.eq_ignore_ascii_case(name)).ok_or_else(|| {
+        format!(
+            "unknown source column {name:?}: columns are named after Keysmith's fields ({}); rename with AS",
+            COLUMNS.join(", ")
+        )
+    })
+}
+
+/// The position of each column of a header (or a query's first row) in
+/// [`COLUMNS`]: read before anything is written, so a bad one is a usage error.
 fn column_indexes<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Vec<usize>, CliError> {
-    let indexes = names
-        .into_iter()
-        .map(|name| {
-            let name = name.trim();
-            COLUMNS.iter().position(|column| column.eq_ignore_ascii_case(name)).ok_or_else(|| {
-                CliError::Usage(format!(
-                    "unknown source column {name:?}: columns are named after Keysmith's fields ({}); rename with AS",
-                    COLUMNS.join(", ")
-                ))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let indexes = names.into_iter().map(column_index).collect::<Result<Vec<_>, _>>().map_err(CliError::Usage)?;
     if !indexes.contains(&0) {
         return Err(CliError::Usage("the source has no hash column (the SHA-256 of each raw key, hex)".to_owned()));
     }
@@ -186,67 +234,106 @@ async fn read_file(path: &Path, importer: &mut Importer<'_>) -> Result<(), CliEr
             if line.trim().is_empty() {
                 continue;
             }
-            let cells = json_cells(line)?;
-            importer.push((i as u64 + 1, cells)).await?;
+            importer.push((i as u64 + 1, json_cells(line))).await?;
         }
         return Ok(());
     }
-    let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(text.as_bytes());
+    // Flexible, so that a record of the wrong length is one bad row, not the end of the file.
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
     let header = reader.headers().map_err(|error| unreadable(&error))?.clone();
     let indexes = column_indexes(header.iter())?;
     for record in reader.records() {
-        let record = record.map_err(|error| unreadable(&error))?;
-        let line = record.position().map_or(0, csv::Position::line);
-        let cells = indexes.iter().zip(record.iter()).map(|(&i, cell)| (i, Some(cell.to_owned()))).collect();
-        importer.push((line, Ok(cells))).await?;
+        let (line, cells) = match record {
+            Ok(record) if record.len() != indexes.len() => (
+                record.position().map_or(0, csv::Position::line),
+                Err(Unreadable::new(format!("{} field(s), the header names {}", record.len(), indexes.len()))),
+            ),
+            Ok(record) => (
+                record.position().map_or(0, csv::Position::line),
+                Ok(indexes.iter().zip(record.iter()).map(|(&i, cell)| (i, Some(cell.to_owned()))).collect()),
+            ),
+            Err(error) => (
+                error.position().map_or(0, csv::Position::line),
+                Err(Unreadable::new(format!("not a CSV record: {error}"))),
+            ),
+        };
+        importer.push((line, cells)).await?;
     }
     Ok(())
 }
 
 /// One JSON Lines object as cells; `scopes` may be an array.
-fn json_cells(line: &str) -> Result<Cells, CliError> {
-    let object: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(line) {
-        Ok(object) => object,
-        Err(error) => return Ok(Err(format!("not a JSON object: {error}"))),
-    };
-    let indexes = column_indexes(object.keys().map(String::as_str))?;
-    let cells = indexes
-        .into_iter()
-        .zip(object.into_values())
-        .map(|(i, value)| {
-            let text = match value {
-                serde_json::Value::Null => None,
-                serde_json::Value::String(text) => Some(text),
-                serde_json::Value::Array(items) => Some(
-                    items
-                        .iter()
-                        .map(|item| item.as_str().map_or_else(|| item.to_string(), str::to_owned))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                ),
-                other => Some(other.to_string()),
-            };
-            (i, text)
+fn json_cells(line: &str) -> Cells {
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(line).map_err(|error| Unreadable::new(format!("not a JSON object: {error}")))?;
+    let external_id =
+        object.iter().find(|(name, _)| name.trim().eq_ignore_ascii_case("external_id")).and_then(|(_, v)| json_text(v));
+    object
+        .iter()
+        .map(|(name, value)| {
+            column_index(name)
+                .map(|i| (i, json_text(value)))
+                .map_err(|reason| Unreadable { external_id: external_id.clone(), reason })
         })
-        .collect();
-    Ok(Ok(cells))
+        .collect()
 }
 
-/// Runs the query on the source database and imports its rows as they come.
+/// A JSON value as a cell's text: an array's items joined with commas.
+fn json_text(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(text) => Some(text.clone()),
+        serde_json::Value::Array(items) => Some(
+            items
+                .iter()
+                .map(|item| item.as_str().map_or_else(|| item.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        other => Some(other.to_string()),
+    }
+}
+
+/// Runs the query on the source database, in a read-only transaction, and
+/// imports its rows as they come. An import only reads its source (which
+/// may be Keysmith's own database): a query that writes fails.
 async fn read_query(url: &str, query: &str, importer: &mut Importer<'_>) -> Result<(), CliError> {
+    use std::str::FromStr as _;
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
         "postgres" | "postgresql" => {
-            let pool = sqlx::PgPool::connect(url).await.map_err(source_error)?;
-            read_rows::<sqlx::Postgres>(&pool, query, importer).await
+            // Read-only for the session too, should a statement end the transaction.
+            let options = sqlx::postgres::PgConnectOptions::from_str(url)
+                .map_err(source_error)?
+                .options([("default_transaction_read_only", "on")]);
+            let mut connection = options.connect().await.map_err(source_error)?;
+            read_only(&mut connection, &["START TRANSACTION READ ONLY"]).await?;
+            let read = read_rows::<sqlx::Postgres>(&mut connection, query, importer).await;
+            // Closing ends the transaction, which only read.
+            let _ = sqlx::Connection::close(connection).await;
+            read
         }
         "mysql" | "mariadb" => {
-            let pool = sqlx::MySqlPool::connect(url).await.map_err(source_error)?;
-            read_rows::<sqlx::MySql>(&pool, query, importer).await
+            let options = sqlx::mysql::MySqlConnectOptions::from_str(url).map_err(source_error)?;
+            let mut connection = options.connect().await.map_err(source_error)?;
+            read_only(&mut connection, &["SET SESSION TRANSACTION READ ONLY", "START TRANSACTION READ ONLY"]).await?;
+            let read = read_rows::<sqlx::MySql>(&mut connection, query, importer).await;
+            // Closing ends the transaction, which only read.
+            let _ = sqlx::Connection::close(connection).await;
+            read
         }
         "sqlite" => {
-            let pool = sqlx::SqlitePool::connect(url).await.map_err(source_error)?;
-            read_rows::<sqlx::Sqlite>(&pool, query, importer).await
+            // Opened read-only (so are the databases it attaches), and query_only besides.
+            let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                .map_err(source_error)?
+                .read_only(true)
+                .create_if_missing(false);
+            let mut connection = options.connect().await.map_err(source_error)?;
+            read_only(&mut connection, &["PRAGMA query_only = ON", "BEGIN"]).await?;
+            let read = read_rows::<sqlx::Sqlite>(&mut connection, query, importer).await;
+            // Closing ends the transaction, which only read.
+            let _ = sqlx::Connection::close(connection).await;
+            read
         }
         _ => Err(CliError::Usage(format!(
             "--from-url {scheme:?}: the source must be a postgres://, mysql:// or sqlite: URL"
@@ -254,18 +341,44 @@ async fn read_query(url: &str, query: &str, importer: &mut Importer<'_>) -> Resu
     }
 }
 
-/// A source database failure; its message names no URL (it may hold a password).
+/// Makes the connection's next statements read-only.
+async fn read_only<C>(connection: &mut C, statements: &[&str]) -> Result<(), CliError>
+where
+    for<'c> &'c mut C: sqlx::Executor<'c>,
+{
+    for statement in statements {
+        sqlx::raw_sql(statement).execute(&mut *connection).await.map_err(source_error)?;
+    }
+    Ok(())
+}
+
+/// The source database could not be opened; its message names no URL (it may hold a password).
 fn source_error(error: sqlx::Error) -> CliError {
     CliError::Connect(keysmith_core::Error::store(format!("the source database: {error}")))
 }
 
+/// The query failed: an error the database answered is the query's (a
+/// usage error, with the database's message); another is the database's.
+fn query_error(error: sqlx::Error) -> CliError {
+    let sqlx::Error::Database(error) = error else {
+        return CliError::Engine(keysmith_core::Error::store(format!("reading the source database: {error}")));
+    };
+    let message = error.message();
+    let lower = message.to_ascii_lowercase();
+    let writes = error.code().as_deref() == Some("25006")
+        || ["read-only", "readonly", "read only"].iter().any(|needle| lower.contains(needle));
+    let hint =
+        if writes { " (an import only reads its source: the query runs in a read-only transaction)" } else { "" };
+    CliError::Usage(format!("the source query failed: {message}{hint}"))
+}
+
 async fn read_rows<DB: Source>(
-    pool: &sqlx::Pool<DB>, query: &str, importer: &mut Importer<'_>,
+    connection: &mut DB::Connection, query: &str, importer: &mut Importer<'_>,
 ) -> Result<(), CliError> {
-    let mut rows = DB::fetch(pool, query);
+    let mut rows = DB::fetch(connection, query);
     let mut indexes: Option<Vec<usize>> = None;
     let mut line = 0u64;
-    while let Some(row) = rows.try_next().await.map_err(source_error)? {
+    while let Some(row) = rows.try_next().await.map_err(query_error)? {
         line += 1;
         if indexes.is_none() {
             indexes = Some(column_indexes(row.columns().iter().map(sqlx::Column::name))?);
@@ -275,7 +388,8 @@ async fn read_rows<DB: Source>(
             .flatten()
             .enumerate()
             .map(|(position, &i)| DB::cell(&row, position).map(|text| (i, text)))
-            .collect();
+            .collect::<Result<_, _>>()
+            .map_err(Unreadable::new);
         importer.push((line, cells)).await?;
     }
     Ok(())
@@ -285,7 +399,8 @@ async fn read_rows<DB: Source>(
 /// sqlx's bounds for that are stated once, on the one implementation.
 trait Source: sqlx::Database {
     /// The rows of `query`.
-    fn fetch<'e>(pool: &'e sqlx::Pool<Self>, query: &'e str) -> BoxStream<'e, Result<Self::Row, sqlx::Error>>;
+    fn fetch<'e>(connection: &'e mut Self::Connection, query: &'e str)
+    -> BoxStream<'e, Result<Self::Row, sqlx::Error>>;
 
     /// A cell as text, whatever type the source column has (text, UUID, time, integer).
     fn cell(row: &Self::Row, position: usize) -> Result<Option<String>, String>;
@@ -295,7 +410,7 @@ impl<DB> Source for DB
 where
     DB: sqlx::Database,
     for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     usize: sqlx::ColumnIndex<DB::Row>,
     for<'r> Option<String>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
     for<'r> Option<DateTime<Utc>>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
@@ -304,8 +419,10 @@ where
     for<'r> Option<i64>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
     for<'r> Option<i32>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
 {
-    fn fetch<'e>(pool: &'e sqlx::Pool<Self>, query: &'e str) -> BoxStream<'e, Result<Self::Row, sqlx::Error>> {
-        sqlx::query(query).fetch(pool)
+    fn fetch<'e>(
+        connection: &'e mut Self::Connection, query: &'e str,
+    ) -> BoxStream<'e, Result<Self::Row, sqlx::Error>> {
+        sqlx::query(query).fetch(connection)
     }
 
     fn cell(row: &Self::Row, position: usize) -> Result<Option<String>, String> {

@@ -140,3 +140,104 @@ pub(crate) async fn import_flow(ks: &Keysmith, source_url: &str, store: Arc<dyn 
     assert_eq!(refusal(engine.validate(ALICE, &ctx).await), Refusal::Revoked);
     engine.shutdown().await;
 }
+
+/// The hex SHA-256 of `raw`, as a source keeps it.
+pub(crate) fn hash_of(raw: &str) -> String {
+    Sha256Hasher.hash(raw).to_hex()
+}
+
+/// Runs `query` as an import source, dry run and real: both fail as a bad
+/// query, before anything is imported. The caller checks the source is intact.
+#[track_caller]
+pub(crate) fn writing_query_is_refused(ks: &Keysmith, source_url: &str, query: &str) {
+    for dry_run in [true, false] {
+        let mut args = vec!["import", "--from-url", source_url, "--query", query];
+        if dry_run {
+            args.push("--dry-run");
+        }
+        let error = ks.run(&args).fails(2);
+        assert!(error.starts_with("error: the source query failed: "), "{query}: {error}");
+    }
+}
+
+/// Writes `text` to a file named `name` in `dir` and returns its path.
+fn source_file(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// `ks --json ARGS`, whatever its exit status: the status and the report.
+fn report_of(ks: &Keysmith, args: &[&str]) -> (i32, Value) {
+    let run = ks.run(&[&["--json"][..], args].concat());
+    let report = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {run:?}"));
+    (run.code, report)
+}
+
+/// A dry run over several batches says what the real run then does: the
+/// keys, source ids and owners' live keys of earlier batches count.
+pub(crate) fn dry_run_in_batches_reports_what_the_import_does(ks: &Keysmith) {
+    let policy = ks.json(&["policies", "create", "--name", "one-each", "--max-keys-per-owner", "1"]);
+    let policy_id = str_of(&policy, "id").to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = format!(
+        "hash,owner_id,external_id\n{},owner-z,y1\n{},owner-z,y2\n{},owner-q,y1\n{},owner-w,y4\n{},owner-w,y4\n",
+        hash_of("mk_batch_one_0000000000"),
+        hash_of("mk_batch_two_0000000000"),
+        hash_of("mk_batch_three_00000000"),
+        hash_of("mk_batch_four_000000000"),
+        hash_of("mk_batch_four_000000000"),
+    );
+    let file = source_file(&dir, "keys.csv", &csv);
+    let import = ["import", "--from-file", &file, "--policy", &policy_id, "--batch-size", "1"];
+    let (dry_code, mut dry) = report_of(ks, &[&import[..], &["--dry-run"]].concat());
+    assert_eq!(ks.json(&["keys", "list"]), Value::Array(vec![]), "a dry run writes nothing");
+    let (code, real) = report_of(ks, &import);
+    assert_eq!((real["imported"].as_u64(), real["skipped"].as_u64()), (Some(2), Some(2)), "{real}");
+    assert_eq!(real["refused"][0]["line"], 3, "{real}");
+    assert_eq!(dry["dry_run"], true);
+    dry["dry_run"] = Value::Bool(false);
+    assert_eq!(dry, real, "the dry run said otherwise");
+    assert_eq!((dry_code, code), (1, 1));
+}
+
+/// A line of a file that is not a row (wrong field count, not JSON, an
+/// unknown field) is a refused row with its line; the other batches are
+/// imported and the command exits 1.
+pub(crate) fn a_malformed_line_is_a_refused_row(ks: &Keysmith) {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = format!(
+        "hash,owner_id,external_id,created_at\n{},o1,c1,\n{},o2\n{},o3,c3,yesterday\n{},o4,c4,\n",
+        hash_of("mk_csv_one_000000000000"),
+        hash_of("mk_csv_two_000000000000"),
+        hash_of("mk_csv_three_0000000000"),
+        hash_of("mk_csv_four_00000000000"),
+    );
+    let file = source_file(&dir, "keys.csv", &csv);
+    let run = ks.run(&["import", "--from-file", &file, "--batch-size", "1"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("line 3: 2 field(s), the header names 4"), "{}", run.stdout);
+    // A time that does not parse names the row's source id, as other refusals do.
+    assert!(run.stdout.contains("line 4 (c3): created_at: not a time"), "{}", run.stdout);
+    assert!(run.stderr.contains("2 row(s) refused"), "{}", run.stderr);
+    assert_eq!(ks.json(&["keys", "list"]).as_array().unwrap().len(), 2);
+
+    let jsonl = format!(
+        "{{\"hash\":\"{}\",\"external_id\":\"j1\"}}\n{{\"hash\":\"{}\",\"external_id\":\"j2\",\"colour\":\"red\"}}\n\
+         {{not json\n{{\"hash\":\"{}\",\"external_id\":\"j4\"}}\n",
+        hash_of("mk_json_one_00000000000"),
+        hash_of("mk_json_two_00000000000"),
+        hash_of("mk_json_four_0000000000"),
+    );
+    let file = source_file(&dir, "keys.jsonl", &jsonl);
+    let run = ks.run(&["import", "--from-file", &file, "--batch-size", "1"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("line 2 (j2): unknown source column \"colour\""), "{}", run.stdout);
+    assert!(run.stdout.contains("line 3: not a JSON object"), "{}", run.stdout);
+    assert_eq!(ks.json(&["keys", "list"]).as_array().unwrap().len(), 4);
+
+    // A header without a hash column is a usage error before anything is read.
+    let file = source_file(&dir, "nohash.csv", "owner_id\no1\n");
+    let error = ks.run(&["import", "--from-file", &file]).fails(2);
+    assert!(error.contains("no hash column"), "{error}");
+}

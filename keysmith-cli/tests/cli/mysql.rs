@@ -45,3 +45,39 @@ async fn import_of_an_api_keys_table_on_mysql() {
     crate::import::import_flow(&ks, db.url(), store.clone()).await;
     store.close().await;
 }
+
+#[tokio::test]
+async fn an_import_only_reads_its_mysql_source() {
+    let Some(db) = MySqlTestDb::create().await else { return };
+    // Not migrated: the query fails before anything would be written (and
+    // migrations of parallel tests wait on one server-wide lock).
+    let ks = Keysmith::new(db.url());
+    let source = sqlx::MySqlPool::connect(db.url()).await.unwrap();
+    let hash = crate::import::hash_of("mk_mysql_source_0000000");
+    for statement in [
+        "CREATE TABLE k (h VARCHAR(64))".to_owned(),
+        format!("INSERT INTO k VALUES ('{hash}')"),
+        "CREATE TABLE victim (x INT)".to_owned(),
+    ] {
+        sqlx::query(&statement).execute(&source).await.unwrap();
+    }
+    for query in [
+        "DELETE FROM k",
+        "DROP TABLE victim",
+        "DELETE FROM k; SELECT 'x' AS hash",
+        "COMMIT; DELETE FROM k",
+        "DELETE FROM k RETURNING h AS hash",
+    ] {
+        crate::import::writing_query_is_refused(&ks, db.url(), query);
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM k").fetch_one(&source).await.unwrap();
+    assert_eq!(rows, 1, "rows were deleted");
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = 'victim'",
+    )
+    .fetch_one(&source)
+    .await
+    .unwrap();
+    assert_eq!(tables, 1, "the table was dropped");
+    source.close().await;
+}

@@ -85,3 +85,31 @@ async fn import_of_an_api_keys_table_on_postgres() {
     crate::import::import_flow(&ks, db.url(), store.clone()).await;
     store.close().await;
 }
+
+#[tokio::test]
+async fn an_import_only_reads_its_postgres_source() {
+    let Some(db) = PgTestDb::create().await else { return };
+    let ks = Keysmith::new(db.url());
+    ks.run(&["migrate"]).ok();
+    let source = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let hash = crate::import::hash_of("mk_postgres_source_0000");
+    for statement in ["CREATE TABLE k (h TEXT)".to_owned(), format!("INSERT INTO k VALUES ('{hash}')")] {
+        sqlx::query(&statement).execute(&source).await.unwrap();
+    }
+    for query in [
+        "DELETE FROM k RETURNING h AS hash",
+        "WITH gone AS (DELETE FROM k RETURNING h) SELECT h AS hash FROM gone",
+        "DELETE FROM k; SELECT 'x' AS hash",
+        "COMMIT; DELETE FROM k RETURNING h AS hash",
+        // Keysmith's own tables, the source the guide allows.
+        "DELETE FROM keysmith_policies RETURNING id::text AS hash",
+    ] {
+        crate::import::writing_query_is_refused(&ks, db.url(), query);
+    }
+    assert_eq!(ks.json(&["keys", "list"]), serde_json::Value::Array(vec![]));
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM k").fetch_one(&source).await.unwrap();
+    assert_eq!(rows, 1, "rows were deleted");
+    let error = ks.run(&["import", "--from-url", db.url(), "--query", "SELEC 1"]).fails(2);
+    assert!(error.starts_with("error: the source query failed: ") && error.contains("SELEC"), "{error}");
+    source.close().await;
+}

@@ -112,3 +112,76 @@ async fn import_of_an_api_keys_table_on_sqlite() {
     crate::import::import_flow(&ks, &source_url, store.clone()).await;
     store.close().await;
 }
+
+/// A source of its own with a table `k` of one key hash, and a table `victim`.
+async fn sqlite_source(dir: &tempfile::TempDir) -> (String, sqlx::SqlitePool) {
+    let url = format!("sqlite:{}?mode=rwc", dir.path().join("source.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let hash = crate::import::hash_of("mk_sqlite_source_000000");
+    for statement in [
+        "CREATE TABLE k (h TEXT)".to_owned(),
+        format!("INSERT INTO k VALUES ('{hash}')"),
+        "CREATE TABLE victim (x INTEGER)".to_owned(),
+    ] {
+        sqlx::query(&statement).execute(&pool).await.unwrap();
+    }
+    (url, pool)
+}
+
+#[tokio::test]
+async fn an_import_only_reads_its_sqlite_source() {
+    let (dir, ks) = temp_db();
+    ks.run(&["migrate"]).ok();
+    let (url, pool) = sqlite_source(&dir).await;
+    for query in [
+        "DROP TABLE victim; SELECT h AS hash FROM k",
+        "DELETE FROM k RETURNING h AS hash",
+        "PRAGMA query_only = OFF; DELETE FROM k RETURNING h AS hash",
+    ] {
+        crate::import::writing_query_is_refused(&ks, &url, query);
+    }
+    assert_eq!(ks.json(&["keys", "list"]), serde_json::Value::Array(vec![]));
+    let tables: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE name = 'victim'").fetch_one(&pool).await.unwrap();
+    assert_eq!(tables, 1, "the table was dropped");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM k").fetch_one(&pool).await.unwrap();
+    assert_eq!(rows, 1, "rows were deleted");
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_query_that_fails_says_so_and_a_failure_midway_reports_what_was_imported() {
+    let (dir, ks) = temp_db();
+    ks.run(&["migrate"]).ok();
+    let (url, pool) = sqlite_source(&dir).await;
+    let error = ks.run(&["import", "--from-url", &url, "--query", "SELEC 1"]).fails(2);
+    assert!(error.starts_with("error: the source query failed: ") && error.contains("SELEC"), "{error}");
+
+    // Two good rows, then one the database fails on.
+    for raw in ["mk_sqlite_second_000000", "mk_sqlite_third_0000000"] {
+        let hash = crate::import::hash_of(raw);
+        sqlx::query(&format!("INSERT INTO k VALUES ('{hash}')")).execute(&pool).await.unwrap();
+    }
+    sqlx::query("INSERT INTO k VALUES ('bad')").execute(&pool).await.unwrap();
+    let query = "SELECT CASE WHEN h = 'bad' THEN json('{') ELSE h END AS hash FROM k ORDER BY rowid";
+    let run = ks.run(&["import", "--from-url", &url, "--query", query, "--batch-size", "1"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stdout.contains("imported") && run.stdout.contains('3'), "{}", run.stdout);
+    assert!(run.stderr.contains("the source query failed") && run.stderr.contains("stopped"), "{}", run.stderr);
+    assert_eq!(ks.json(&["keys", "list"]).as_array().unwrap().len(), 3);
+    pool.close().await;
+}
+
+#[test]
+fn a_dry_run_in_batches_reports_what_the_import_does() {
+    let (_dir, ks) = temp_db();
+    ks.run(&["migrate"]).ok();
+    crate::import::dry_run_in_batches_reports_what_the_import_does(&ks);
+}
+
+#[test]
+fn a_malformed_line_is_a_refused_row_and_the_rest_is_imported() {
+    let (_dir, ks) = temp_db();
+    ks.run(&["migrate"]).ok();
+    crate::import::a_malformed_line_is_a_refused_row(&ks);
+}

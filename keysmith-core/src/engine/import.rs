@@ -1,5 +1,6 @@
 //! Importing keys an application issued itself, by the hash it kept of each.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -141,6 +142,42 @@ impl ImportReport {
     }
 }
 
+/// An import in several batches, one [`TenantEngine::import_batch`] call
+/// each. A real run writes each batch, so later batches see what earlier ones
+/// wrote; a dry run writes nothing, so the run carries what its earlier
+/// batches would have written (hashes, source ids, owners' live keys) into
+/// the later ones: a dry run reports what the real run would do.
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct ImportRun {
+    options: ImportOptions,
+    carried: Carried,
+}
+
+/// What the earlier batches of a dry run would have written, as far as it
+/// changes what becomes of a later row.
+#[derive(Debug, Clone, Default)]
+struct Carried {
+    hashes: HashSet<KeyHash>,
+    external_ids: HashSet<String>,
+    /// Keys that count toward their owner's limit under a policy.
+    owned: Vec<StoredKey>,
+}
+
+impl ImportRun {
+    /// A run with these options, before its first batch.
+    pub fn new(options: ImportOptions) -> Self {
+        Self { options, carried: Carried::default() }
+    }
+
+    /// A dry run of one batch from where this run stands, which carries
+    /// nothing back: to say what else a batch that will not be written (it
+    /// has a bad row) would have refused.
+    pub fn checking(&self) -> Self {
+        Self { options: self.options.clone().dry_run(true), carried: self.carried.clone() }
+    }
+}
+
 impl TenantEngine {
     /// The most rows one call imports (one batch).
     pub const MAX_IMPORT_BATCH: usize = 10_000;
@@ -168,6 +205,17 @@ impl TenantEngine {
     /// over [`MAX_IMPORT_BATCH`](Self::MAX_IMPORT_BATCH) rows; `NotFound`
     /// for a policy that is not the tenant's; a store error (nothing written).
     pub async fn import_keys(&self, rows: &[ImportRow], options: &ImportOptions) -> Result<ImportReport> {
+        self.import_batch(&mut ImportRun::new(options.clone()), rows).await
+    }
+
+    /// Imports the next batch of `run`, as [`import_keys`](Self::import_keys)
+    /// does; a dry run counts what the run's earlier batches would have
+    /// written (see [`ImportRun`]).
+    ///
+    /// # Errors
+    /// As [`import_keys`](Self::import_keys).
+    pub async fn import_batch(&self, run: &mut ImportRun, rows: &[ImportRow]) -> Result<ImportReport> {
+        let options = &run.options;
         let tenant = self.checked()?;
         if rows.len() > Self::MAX_IMPORT_BATCH {
             return Err(Error::invalid("rows", format!("at most {} rows per batch", Self::MAX_IMPORT_BATCH)));
@@ -207,7 +255,12 @@ impl TenantEngine {
             report.not_written = (rows.len() - report.refused.len()) as u64;
             return Ok(report);
         }
-        let outcomes = inner.store.import_keys(tenant, &keys, options.dry_run).await?;
+        let outcomes = if options.dry_run {
+            self.dry_run_outcomes(&mut run.carried, &keys).await?
+        } else {
+            inner.store.import_keys(tenant, &keys, false).await?
+        };
+        let options = &run.options;
         for ((row, stored), outcome) in rows.iter().zip(&keys).zip(outcomes) {
             match outcome {
                 ImportOutcome::Imported => {
@@ -237,6 +290,67 @@ impl TenantEngine {
             }
         }
         Ok(report)
+    }
+
+    /// What the store would make of `keys` after the batches `carried`
+    /// describes, writing nothing; then carries this batch's keys too.
+    async fn dry_run_outcomes(&self, carried: &mut Carried, keys: &[StoredKey]) -> Result<Vec<ImportOutcome>> {
+        let store = &self.engine.inner.store;
+        let tenant = &self.tenant;
+        let mut outcomes: Vec<Option<ImportOutcome>> = Vec::with_capacity(keys.len());
+        let mut asked: Vec<StoredKey> = Vec::new();
+        // The store's rules, in its order: a hash the tenant holds is
+        // skipped, another tenant's is refused, then a source id held is skipped.
+        for stored in keys {
+            let outcome = if carried.hashes.contains(&stored.hash) {
+                Some(ImportOutcome::AlreadyImported)
+            } else if stored.key.external_id().is_some_and(|id| carried.external_ids.contains(id)) {
+                Some(match store.find_key_by_hash(&stored.hash).await? {
+                    Some(held) if held.key.tenant != *tenant => ImportOutcome::HashTaken,
+                    _ => ImportOutcome::AlreadyImported,
+                })
+            } else {
+                asked.push(stored.clone());
+                None
+            };
+            outcomes.push(outcome);
+        }
+        // Earlier batches' keys of the same owners go first, so that they
+        // count toward the owner limit as they would once written.
+        let mut ahead: Vec<StoredKey> = carried
+            .owned
+            .iter()
+            .filter(|held| asked.iter().any(|key| key.key.owner_id == held.key.owner_id))
+            .cloned()
+            .collect();
+        let skip = ahead.len();
+        ahead.append(&mut asked);
+        let mut answered = store.import_keys(tenant, &ahead, true).await?.into_iter().skip(skip);
+        let mut batch = ahead.into_iter().skip(skip);
+        let mut result = Vec::with_capacity(keys.len());
+        for outcome in outcomes {
+            let outcome = match outcome {
+                Some(outcome) => outcome,
+                None => {
+                    let (Some(stored), Some(outcome)) = (batch.next(), answered.next()) else {
+                        return Err(Error::store("the store answered a dry run for fewer keys than it was given"));
+                    };
+                    if outcome == ImportOutcome::Imported {
+                        carried.hashes.insert(stored.hash);
+                        carried.external_ids.extend(stored.key.external_id().map(str::to_owned));
+                        if stored.key.owner_id.is_some()
+                            && stored.key.policy_id.is_some()
+                            && stored.key.state.counts_toward_owner_limit()
+                        {
+                            carried.owned.push(stored);
+                        }
+                    }
+                    outcome
+                }
+            };
+            result.push(outcome);
+        }
+        Ok(result)
     }
 
     /// The key a row describes; `InvalidInput` naming the field at fault.

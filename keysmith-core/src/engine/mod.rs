@@ -14,7 +14,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use import::{EXTERNAL_ID_FIELD, ImportOptions, ImportRefusal, ImportReport, ImportRow, REVOKED_BEFORE_IMPORT};
+pub use import::{
+    EXTERNAL_ID_FIELD, ImportOptions, ImportRefusal, ImportReport, ImportRow, ImportRun, REVOKED_BEFORE_IMPORT,
+};
 pub use request::{RequestContext, RequiredScopes};
 pub use tenant::{CreatedKey, NewKey, RotatedKey, TenantEngine};
 pub use validate::{PresentedKey, RateLimitStates, Refund, Validation, ValidationError};
