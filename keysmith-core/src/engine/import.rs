@@ -256,7 +256,8 @@ impl TenantEngine {
             return Ok(report);
         }
         let outcomes = if options.dry_run {
-            self.dry_run_outcomes(&mut run.carried, &keys).await?
+            let owner_limited = policy.as_deref().is_some_and(|policy| policy.max_active_keys_per_owner.is_some());
+            self.dry_run_outcomes(&mut run.carried, &keys, owner_limited).await?
         } else {
             inner.store.import_keys(tenant, &keys, false).await?
         };
@@ -293,8 +294,12 @@ impl TenantEngine {
     }
 
     /// What the store would make of `keys` after the batches `carried`
-    /// describes, writing nothing; then carries this batch's keys too.
-    async fn dry_run_outcomes(&self, carried: &mut Carried, keys: &[StoredKey]) -> Result<Vec<ImportOutcome>> {
+    /// describes, writing nothing; then carries this batch's keys too (those
+    /// that count toward their owner's limit only when the policy has one:
+    /// a long dry run without keeps no copy of every key).
+    async fn dry_run_outcomes(
+        &self, carried: &mut Carried, keys: &[StoredKey], owner_limited: bool,
+    ) -> Result<Vec<ImportOutcome>> {
         let store = &self.engine.inner.store;
         let tenant = &self.tenant;
         let mut outcomes: Vec<Option<ImportOutcome>> = Vec::with_capacity(keys.len());
@@ -338,7 +343,8 @@ impl TenantEngine {
                     if outcome == ImportOutcome::Imported {
                         carried.hashes.insert(stored.hash);
                         carried.external_ids.extend(stored.key.external_id().map(str::to_owned));
-                        if stored.key.owner_id.is_some()
+                        if owner_limited
+                            && stored.key.owner_id.is_some()
                             && stored.key.policy_id.is_some()
                             && stored.key.state.counts_toward_owner_limit()
                         {
