@@ -318,7 +318,11 @@ impl ServeArgs {
             let [app, tenant, policy] = triple else {
                 return Err("--tenant-leak-policy takes APP TENANT POLICY".to_owned());
             };
-            let policy: LeakPolicy = policy.parse().map_err(|error: keysmith_core::Error| error.to_string())?;
+            // The ids --app and --tenant take, checked as they are.
+            let flag = |error: keysmith_core::Error| format!("--tenant-leak-policy: {error}");
+            keysmith_core::validate_id("app_id", app).map_err(flag)?;
+            keysmith_core::validate_id("tenant_id", tenant).map_err(flag)?;
+            let policy: LeakPolicy = policy.parse().map_err(flag)?;
             policies = policies.with_tenant(app.clone(), tenant.clone(), policy);
         }
         Ok(policies)

@@ -6,6 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keysmith_core::http::{Gate, Outcome, RequestFacts, ScopeRequirement};
 use keysmith_core::store::{Page, TimeRange};
 use keysmith_core::usage::{RefusalReason, UsageConfig};
 use keysmith_core::{
@@ -343,4 +344,48 @@ fn refusals_of_keys_that_were_not_identified_go_to_the_metric_by_code() {
         .collect();
     counted.sort();
     assert_eq!(counted, [("code=invalid_key}", 2), ("code=malformed_key}", 1)]);
+}
+
+/// A request's answer from `gate`: the refusal code, or `pass`.
+async fn answer(gate: &Gate, headers: &[(&str, String)]) -> &'static str {
+    match gate.authorize(&RequestFacts::new("GET", "/things", None, headers)).await {
+        Outcome::Refuse(response) => response.code,
+        Outcome::Pass(admitted) => {
+            admitted.finish(200);
+            "pass"
+        }
+        Outcome::Anonymous => "anonymous",
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn requests_the_gate_refuses_before_or_without_validation_go_to_the_metric_by_code() {
+    let clock = ManualClock::new(t0());
+    let counters = support::counters_recorded(|| async {
+        let store = Arc::new(MemoryStore::new());
+        let engine = engine(Arc::clone(&store) as Arc<dyn Store>, &clock, UsageMode::Records);
+        let acme = engine.tenant("app", "acme");
+        let raw = acme.create_key(NewKey::new("a")).await.unwrap().raw.expose().to_owned();
+        let other = acme.create_key(NewKey::new("b")).await.unwrap().raw.expose().to_owned();
+        let gate = Gate::new(engine.clone());
+        assert_eq!(answer(&gate, &[]).await, "missing_key");
+        let two = [("authorization", format!("Bearer {raw}")), ("x-api-key", other.clone())];
+        assert_eq!(answer(&gate, &two).await, "ambiguous_key");
+        // A scope-guarded route reached without a key (optional mode).
+        let optional = gate.clone().with_optional(true);
+        assert_eq!(answer(&optional, &[]).await, "anonymous", "not a refusal");
+        assert!(optional.scope_refusal(&ScopeRequirement::all(["read"]), None).is_some());
+        // A pass counts nothing here.
+        assert_eq!(answer(&gate, &[("x-api-key", raw)]).await, "pass");
+        // A key not yet cached, checked while the store is down.
+        store.close().await;
+        assert_eq!(answer(&gate, &[("x-api-key", other)]).await, "unavailable");
+    });
+    let mut counted: Vec<(&str, u64)> = counters
+        .iter()
+        .filter_map(|(name, n)| name.strip_prefix("keysmith_refusals_unattributed_total{").map(|labels| (labels, *n)))
+        .collect();
+    counted.sort_unstable();
+    assert_eq!(counted, [("code=ambiguous_key}", 1), ("code=missing_key}", 2), ("code=unavailable}", 1)]);
 }

@@ -3,8 +3,8 @@
 //! with it.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -68,6 +68,7 @@ pub struct FakeGithub {
     key: SigningKey,
     fetches: Arc<AtomicUsize>,
     failing: Arc<AtomicBool>,
+    document: Arc<RwLock<String>>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -79,22 +80,15 @@ impl FakeGithub {
     pub async fn start() -> Self {
         let key = signing_key();
         let identifier = hex_id(&key);
-        let pem = key.verifying_key().to_public_key_pem(LineEnding::LF).expect("a P-256 key has a PEM form");
-        let document = serde_json::json!({
-            "public_keys": [
-                // A key that is not P-256 PEM is skipped, not fatal.
-                {"key_identifier": "retired", "key": "not a key", "is_current": false},
-                {"key_identifier": identifier, "key": pem, "is_current": true},
-            ]
-        })
-        .to_string();
+        let document = Arc::new(RwLock::new(keys_document(&identifier, &key)));
         let fetches = Arc::new(AtomicUsize::new(0));
         let failing = Arc::new(AtomicBool::new(false));
-        let (count, fail) = (Arc::clone(&fetches), Arc::clone(&failing));
+        let (count, fail, served) = (Arc::clone(&fetches), Arc::clone(&failing), Arc::clone(&document));
         let app = Router::new().route(
             KEYS_PATH,
             get(move || {
-                let (count, fail, document) = (Arc::clone(&count), Arc::clone(&fail), document.clone());
+                let (count, fail) = (Arc::clone(&count), Arc::clone(&fail));
+                let document = served.read().expect("not poisoned").clone();
                 async move {
                     count.fetch_add(1, Ordering::SeqCst);
                     if fail.load(Ordering::SeqCst) {
@@ -110,7 +104,7 @@ impl FakeGithub {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { addr, identifier, key, fetches, failing, server }
+        Self { addr, identifier, key, fetches, failing, document, server }
     }
 
     /// The URL of the key document.
@@ -141,6 +135,30 @@ impl FakeGithub {
     pub fn set_failing(&self, failing: bool) {
         self.failing.store(failing, Ordering::SeqCst);
     }
+
+    /// Withdraws the key [`sign`](Self::sign) signs with: the endpoint
+    /// serves another key instead, as GitHub does when it retires one.
+    ///
+    /// # Panics
+    /// When the document's lock was poisoned.
+    pub fn withdraw_key(&self) {
+        let successor = signing_key();
+        *self.document.write().expect("not poisoned") = keys_document(&hex_id(&successor), &successor);
+    }
+}
+
+/// GitHub's key document serving `key` as `identifier`, and a retired entry
+/// that is not a key.
+fn keys_document(identifier: &str, key: &SigningKey) -> String {
+    let pem = key.verifying_key().to_public_key_pem(LineEnding::LF).expect("a P-256 key has a PEM form");
+    serde_json::json!({
+        "public_keys": [
+            // A key that is not P-256 PEM is skipped, not fatal.
+            {"key_identifier": "retired", "key": "not a key", "is_current": false},
+            {"key_identifier": identifier, "key": pem, "is_current": true},
+        ]
+    })
+    .to_string()
 }
 
 impl Drop for FakeGithub {

@@ -244,6 +244,50 @@ async fn an_unknown_identifier_fetches_the_keys_again_at_most_once_per_interval(
 }
 
 #[tokio::test]
+async fn known_keys_are_fetched_again_after_an_hour_and_a_withdrawn_key_is_refused() {
+    let (engine, github, clock, app, raw) = setup().await;
+    let empty = alert_body(&[]);
+    assert_eq!(signed(&app, &github, &empty).await.0, StatusCode::OK);
+    clock.advance(Duration::from_secs(59 * 60));
+    assert_eq!(signed(&app, &github, &empty).await.0, StatusCode::OK);
+    assert_eq!(github.fetches(), 1, "younger than an hour: cached");
+    clock.advance(Duration::from_secs(2 * 60));
+    assert_eq!(signed(&app, &github, &empty).await.0, StatusCode::OK);
+    assert_eq!(github.fetches(), 2, "an hour old: fetched again though the identifier is known");
+
+    // GitHub withdraws the key: once the list is an hour old, the next
+    // fetch drops it, and what it signs is refused as forged.
+    github.withdraw_key();
+    assert_eq!(signed(&app, &github, &empty).await.0, StatusCode::OK, "still within the hour");
+    clock.advance(Duration::from_secs(61 * 60));
+    let body = alert_body(&[&raw]);
+    let (status, answer) = signed(&app, &github, &body).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    assert_eq!(github.fetches(), 3);
+    assert_eq!(refusal(&engine, &raw).await, None, "the key still validates");
+}
+
+#[tokio::test]
+async fn cached_keys_serve_while_the_endpoint_fails_until_a_day_old() {
+    let (_engine, github, clock, app, _raw) = setup().await;
+    let empty = alert_body(&[]);
+    assert_eq!(signed(&app, &github, &empty).await.0, StatusCode::OK);
+    github.set_failing(true);
+    clock.advance(Duration::from_secs(2 * 3600));
+    assert_eq!(signed(&app, &github, &empty).await.0, StatusCode::OK, "a failed refresh keeps the cached keys");
+    assert_eq!(github.fetches(), 2);
+    assert_eq!(signed(&app, &github, &empty).await.0, StatusCode::OK);
+    assert_eq!(github.fetches(), 2, "tried again only after the refetch interval");
+    clock.advance(Duration::from_secs(22 * 3600));
+    let (status, answer) = signed(&app, &github, &empty).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "a day old: no longer trusted; {answer}");
+    // Once the endpoint answers, the keys are fresh again.
+    github.set_failing(false);
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(signed(&app, &github, &empty).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn an_unreachable_key_endpoint_is_503_and_changes_nothing() {
     let (engine, github, clock, app, raw) = setup().await;
     github.set_failing(true);

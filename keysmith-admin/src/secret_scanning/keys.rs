@@ -1,6 +1,7 @@
 //! GitHub's secret scanning public keys: fetched from a URL, cached, fetched
-//! again for an unknown identifier at most once per interval, and used to
-//! verify a request's signature.
+//! again for an unknown identifier at most once per interval and in any case
+//! once the cached list is older than the refresh age, and used to verify a
+//! request's signature.
 
 use std::fmt;
 use std::sync::{Arc, RwLock};
@@ -34,28 +35,50 @@ pub(super) enum Rejection {
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
+/// When the keys are fetched, and how long fetched keys are trusted.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timing {
+    /// A fetch that takes longer fails.
+    pub(super) fetch_timeout: Duration,
+    /// The shortest time between two fetches.
+    pub(super) refetch_interval: Duration,
+    /// Keys fetched longer ago are fetched again before they are used, so
+    /// a key GitHub withdraws stops being trusted.
+    pub(super) refresh_after: Duration,
+    /// Keys fetched longer ago are not used at all, however the fetches
+    /// fail: until one succeeds, every alert is 503.
+    pub(super) max_age: Duration,
+}
+
+/// The keys last fetched, with their identifiers, and when.
+#[derive(Default)]
+struct Cached {
+    keys: Vec<(String, VerifyingKey)>,
+    fetched_at: Option<DateTime<Utc>>,
+}
+
 /// The key cache and how to refill it.
 pub(super) struct PublicKeys {
     url: String,
-    timeout: Duration,
-    refetch_interval: Duration,
+    timing: Timing,
     clock: Arc<dyn Clock>,
     /// `None` when no TLS configuration could be made: every fetch fails.
     client: Option<HttpsClient>,
-    /// The keys last fetched, with their identifiers.
-    keys: RwLock<Vec<(String, VerifyingKey)>>,
+    keys: RwLock<Cached>,
     /// When the last fetch was tried; one fetch at a time.
     fetch: tokio::sync::Mutex<Option<DateTime<Utc>>>,
 }
 
 impl fmt::Debug for PublicKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PublicKeys")
-            .field("url", &self.url)
-            .field("timeout", &self.timeout)
-            .field("refetch_interval", &self.refetch_interval)
-            .finish_non_exhaustive()
+        f.debug_struct("PublicKeys").field("url", &self.url).field("timing", &self.timing).finish_non_exhaustive()
     }
+}
+
+/// Whether `age` has passed from `since` to `now` (a clock that went back
+/// counts as no time passed).
+fn older_than(since: DateTime<Utc>, now: DateTime<Utc>, age: Duration) -> bool {
+    now.signed_duration_since(since).to_std().is_ok_and(|elapsed| elapsed >= age)
 }
 
 /// A client for `http://` and `https://` URLs: TLS by rustls with Mozilla's
@@ -87,7 +110,7 @@ struct KeyEntry {
 }
 
 impl PublicKeys {
-    pub(super) fn new(url: String, timeout: Duration, refetch_interval: Duration, clock: Arc<dyn Clock>) -> Self {
+    pub(super) fn new(url: String, timing: Timing, clock: Arc<dyn Clock>) -> Self {
         let client = https_client();
         if client.is_none() {
             tracing::error!(
@@ -95,15 +118,7 @@ impl PublicKeys {
                 "no TLS client could be configured; every alert will be answered 503",
             );
         }
-        Self {
-            url,
-            timeout,
-            refetch_interval,
-            clock,
-            client,
-            keys: RwLock::new(Vec::new()),
-            fetch: tokio::sync::Mutex::new(None),
-        }
+        Self { url, timing, clock, client, keys: RwLock::default(), fetch: tokio::sync::Mutex::new(None) }
     }
 
     /// Verifies `signature` (base64 of a DER ECDSA P-256 SHA-256 signature)
@@ -117,57 +132,70 @@ impl PublicKeys {
         key.verify(body, &signature).map_err(|_| Rejection::Invalid("the signature does not match the body"))
     }
 
-    /// The key named `identifier`: from the cache, or fetched when unknown
-    /// (at most once per refetch interval).
+    /// The key named `identifier`: from the cache while it is younger than
+    /// the refresh age, else fetched (at most once per refetch interval).
+    /// When a fetch fails, the cached keys serve until their maximum age; a
+    /// fetch that succeeds replaces them all, so a withdrawn key is unknown.
     async fn key(&self, identifier: &str) -> Result<VerifyingKey, Rejection> {
-        if let Some(key) = self.cached(identifier) {
+        if let Some(key) = self.cached(identifier, self.timing.refresh_after) {
             return Ok(key);
         }
         let mut last_fetch = self.fetch.lock().await;
         // Another request may have fetched while this one waited.
-        if let Some(key) = self.cached(identifier) {
+        if let Some(key) = self.cached(identifier, self.timing.refresh_after) {
             return Ok(key);
         }
         let now = self.clock.now();
-        let due = last_fetch.is_none_or(|at| {
-            chrono::Duration::from_std(self.refetch_interval).is_ok_and(|interval| now >= at + interval)
-        });
+        let due = last_fetch.is_none_or(|at| older_than(at, now, self.timing.refetch_interval));
+        let mut fetched = false;
         if due {
             *last_fetch = Some(now);
             match self.fetch_keys().await {
-                Ok(keys) => *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = keys,
-                Err(reason) => {
-                    tracing::warn!(
-                        target: "keysmith::secret_scanning",
-                        url = %self.url,
-                        reason,
-                        "GitHub's secret scanning keys could not be fetched; answering 503",
-                    );
-                    return Err(Rejection::Unavailable);
+                Ok(keys) => {
+                    *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Cached { keys, fetched_at: Some(now) };
+                    fetched = true;
                 }
+                Err(reason) => tracing::warn!(
+                    target: "keysmith::secret_scanning",
+                    url = %self.url,
+                    reason,
+                    "GitHub's secret scanning keys could not be fetched; the cached ones serve until their maximum \
+                     age, else answering 503",
+                ),
             }
         }
-        if let Some(key) = self.cached(identifier) {
+        // Just fetched; or kept, as the list could not be had (or was tried
+        // less than the refetch interval ago), until the maximum age.
+        if let Some(key) = self.cached(identifier, self.timing.max_age) {
             return Ok(key);
         }
-        if due {
+        if fetched {
             return Err(Rejection::Invalid("unknown public key identifier"));
         }
-        // Not fetched again so soon: the identifier may be a key GitHub
-        // published since, so the answer is "retry", never "forged".
-        tracing::warn!(
-            target: "keysmith::secret_scanning",
-            key_identifier = %identifier,
-            "unknown key identifier and the keys were fetched less than the refetch interval ago; answering 503",
-        );
+        if !due {
+            // Not fetched again so soon: the identifier may be a key GitHub
+            // published since, so the answer is "retry", never "forged".
+            tracing::warn!(
+                target: "keysmith::secret_scanning",
+                key_identifier = %identifier,
+                "unknown key identifier (or keys past their maximum age) and the keys were fetched less than the \
+                 refetch interval ago; answering 503",
+            );
+        }
         Err(Rejection::Unavailable)
     }
 
-    /// The cached key named `identifier`, compared in constant time.
-    fn cached(&self, identifier: &str) -> Option<VerifyingKey> {
-        let keys = self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// The cached key named `identifier`, compared in constant time, if the
+    /// keys were fetched less than `age` ago.
+    fn cached(&self, identifier: &str, age: Duration) -> Option<VerifyingKey> {
+        let cached = self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fetched_at = cached.fetched_at?;
+        if older_than(fetched_at, self.clock.now(), age) {
+            return None;
+        }
         let mut found = None;
-        for (name, key) in keys.iter() {
+        for (name, key) in &cached.keys {
             if bool::from(name.as_bytes().ct_eq(identifier.as_bytes())) {
                 found = Some(*key);
             }
@@ -196,9 +224,9 @@ impl PublicKeys {
                 .to_bytes();
             Ok::<Bytes, String>(body)
         };
-        let body = tokio::time::timeout(self.timeout, fetch)
+        let body = tokio::time::timeout(self.timing.fetch_timeout, fetch)
             .await
-            .map_err(|_| format!("no answer within {:?}", self.timeout))??;
+            .map_err(|_| format!("no answer within {:?}", self.timing.fetch_timeout))??;
         let document: KeysDocument =
             serde_json::from_slice(&body).map_err(|error| format!("not a key document: {error}"))?;
         let keys: Vec<(String, VerifyingKey)> = document

@@ -29,7 +29,7 @@ use serde::Serialize;
 pub use alert::{AlertParseError, GithubAlert, parse_alerts};
 
 use crate::error::{ErrorBody, ErrorDetail};
-use keys::{PublicKeys, Rejection};
+use keys::{PublicKeys, Rejection, Timing};
 
 /// Where GitHub publishes the keys that sign its secret scanning alerts.
 pub const DEFAULT_GITHUB_KEYS_URL: &str = "https://api.github.com/meta/public_keys/secret_scanning";
@@ -58,7 +58,7 @@ pub const SIGNATURE_HEADER: &str = "github-public-key-signature";
 /// |---|---|
 /// | body over [`max_body`](Self::with_max_body) | 413 `payload_too_large` |
 /// | a signature header missing, not base64 DER, or not matching the body; an identifier unknown after fetching the keys | 401 `invalid_signature` |
-/// | the keys URL unreachable (or fetched less than the refetch interval ago when the identifier is unknown) | 503 `unavailable` (GitHub retries) |
+/// | the keys unavailable: the keys URL unreachable and no keys fetched within the [maximum age](Self::with_keys_max_age), or an unknown identifier when the keys were fetched less than the [refetch interval](Self::with_refetch_interval) ago | 503 `unavailable` (GitHub retries) |
 /// | a verified body that is not an array of alerts | 400 `invalid_body` |
 /// | the store unreachable | 503 `unavailable` |
 /// | otherwise | 200 with the feedback array |
@@ -71,6 +71,8 @@ pub struct GithubSecretScanning {
     keys_url: String,
     fetch_timeout: Duration,
     refetch_interval: Duration,
+    refresh_after: Duration,
+    max_age: Duration,
     max_body: usize,
     clock: Option<Arc<dyn Clock>>,
     keys: Arc<std::sync::OnceLock<PublicKeys>>,
@@ -82,6 +84,8 @@ impl fmt::Debug for GithubSecretScanning {
             .field("keys_url", &self.keys_url)
             .field("fetch_timeout", &self.fetch_timeout)
             .field("refetch_interval", &self.refetch_interval)
+            .field("refresh_after", &self.refresh_after)
+            .field("max_age", &self.max_age)
             .field("max_body", &self.max_body)
             .finish_non_exhaustive()
     }
@@ -92,6 +96,12 @@ impl GithubSecretScanning {
     pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
     /// The default shortest time between two fetches of the keys.
     pub const DEFAULT_REFETCH_INTERVAL: Duration = Duration::from_secs(60);
+    /// The default age after which the keys are fetched again even when
+    /// the identifier is known: one hour.
+    pub const DEFAULT_KEYS_REFRESH: Duration = Duration::from_secs(3600);
+    /// The default age past which cached keys are no longer trusted when
+    /// they cannot be fetched again: one day.
+    pub const DEFAULT_KEYS_MAX_AGE: Duration = Duration::from_secs(86_400);
     /// The default body size cap: 1 MiB, several thousand alerts.
     pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 
@@ -103,6 +113,8 @@ impl GithubSecretScanning {
             keys_url: DEFAULT_GITHUB_KEYS_URL.to_owned(),
             fetch_timeout: Self::DEFAULT_FETCH_TIMEOUT,
             refetch_interval: Self::DEFAULT_REFETCH_INTERVAL,
+            refresh_after: Self::DEFAULT_KEYS_REFRESH,
+            max_age: Self::DEFAULT_KEYS_MAX_AGE,
             max_body: Self::DEFAULT_MAX_BODY,
             clock: None,
             keys: Arc::default(),
@@ -133,13 +145,34 @@ impl GithubSecretScanning {
         self
     }
 
+    /// Fetches the keys again once they are `age` old (default 1 hour),
+    /// even when the identifier is known, so a key GitHub withdraws stops
+    /// verifying alerts within `age`: after a fetch that succeeds, its
+    /// identifier is unknown (401). While the fetch fails the cached keys
+    /// keep serving, up to [`with_keys_max_age`](Self::with_keys_max_age).
+    pub fn with_keys_refresh(mut self, age: Duration) -> Self {
+        self.refresh_after = age;
+        self.keys = Arc::default();
+        self
+    }
+
+    /// Trusts cached keys for at most `age` after the fetch that brought
+    /// them (default 1 day), however the later fetches fail: past it,
+    /// every alert is answered 503 (GitHub retries) until a fetch succeeds.
+    pub fn with_keys_max_age(mut self, age: Duration) -> Self {
+        self.max_age = age;
+        self.keys = Arc::default();
+        self
+    }
+
     /// Answers 413 to bodies over `bytes` (default 1 MiB).
     pub fn with_max_body(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self
     }
 
-    /// Times the refetch interval with `clock` instead of the engine's.
+    /// Times the refetch interval and the keys' ages with `clock` instead of
+    /// the engine's.
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
         self.clock = Some(Arc::new(clock));
         self.keys = Arc::default();
@@ -169,7 +202,13 @@ impl GithubSecretScanning {
     fn public_keys(&self) -> &PublicKeys {
         self.keys.get_or_init(|| {
             let clock = self.clock.clone().unwrap_or_else(|| Arc::clone(self.engine.clock()));
-            PublicKeys::new(self.keys_url.clone(), self.fetch_timeout, self.refetch_interval, clock)
+            let timing = Timing {
+                fetch_timeout: self.fetch_timeout,
+                refetch_interval: self.refetch_interval,
+                refresh_after: self.refresh_after,
+                max_age: self.max_age,
+            };
+            PublicKeys::new(self.keys_url.clone(), timing, clock)
         })
     }
 

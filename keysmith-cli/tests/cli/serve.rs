@@ -347,10 +347,20 @@ fn secret_scanning_pattern_prints_the_regex_for_the_prefixes_and_environments_in
     let defaults = bare(&["secret-scanning", "pattern"]).ok();
     assert!(defaults.contains(r"\b(?:sk)_(?:live)_[0-9A-Za-z]{38}\b"), "{defaults}");
     assert!(defaults.contains("CRC-32"), "the checksum rule is printed: {defaults}");
+    assert!(defaults.contains("Test keys (made as real keys are, never stored: they validate nowhere):\n  sk_live_"));
     let chosen =
         bare(&["--json", "secret-scanning", "pattern", "--prefix", "sk,acme", "--environment", "live,test"]).ok();
     let chosen: serde_json::Value = serde_json::from_str(&chosen).unwrap();
+    let test_keys: Vec<&str> = chosen["test_keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
+    let shapes: Vec<&str> = test_keys.iter().map(|key| &key[..key.len() - 38]).collect();
+    assert_eq!(shapes, ["sk_live_", "sk_test_", "acme_live_", "acme_test_"], "one test key per prefix and environment");
+    for key in test_keys {
+        assert!(keysmith_core::ParsedKey::parse(key).is_some(), "{key}: the shape and checksum of a real key");
+    }
     assert_eq!(chosen["pattern"], r"\b(?:sk|acme)_(?:live|test)_[0-9A-Za-z]{38}\b");
+    let repeated = bare(&["--json", "secret-scanning", "pattern", "--environment", "live,test,live"]).ok();
+    let repeated: serde_json::Value = serde_json::from_str(&repeated).unwrap();
+    assert_eq!(repeated["pattern"], r"\b(?:sk)_(?:live|test)_[0-9A-Za-z]{38}\b", "each environment once");
     bare(&["secret-scanning", "pattern", "--prefix", "SK"]).fails(2);
     bare(&["secret-scanning", "pattern", "--environment", "prod"]).fails(2);
 }

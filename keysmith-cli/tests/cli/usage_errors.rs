@@ -87,6 +87,25 @@ fn tenant_commands_need_app_and_tenant() {
 }
 
 #[test]
+fn tenant_leak_policy_ids_are_checked_as_app_and_tenant_are() {
+    let url = "postgres://postgres@127.0.0.1:1/never";
+    let cases: &[(&[&str], &str)] = &[
+        (&["t\u{1}", "acme", "notify"], "invalid app_id"),
+        (&["billing", "t\u{1}", "notify"], "invalid tenant_id"),
+        (&["billing", "acme ", "notify"], "invalid tenant_id"),
+        (&["", "acme", "notify"], "invalid app_id"),
+        (&["billing", "acme", "ignore"], "invalid leak_policy"),
+    ];
+    for (triple, field) in cases {
+        let mut args = vec!["--database-url", url, "serve", "--tenant-leak-policy"];
+        args.extend_from_slice(triple);
+        let error = bare(&args).fails(2);
+        assert!(error.contains("--tenant-leak-policy") && error.contains(field), "{triple:?}: {error}");
+        assert!(!error.contains('\u{1}'), "the message echoes no control character: {error:?}");
+    }
+}
+
+#[test]
 fn database_urls_need_a_supported_scheme() {
     let error = bare(&["--database-url", "redis://root:hunter2@127.0.0.1/x", "migrate"]).fails(2);
     assert!(error.contains("redis:") && !error.contains("hunter2"), "{error}");

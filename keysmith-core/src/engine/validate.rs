@@ -275,8 +275,9 @@ impl Engine {
     }
 
     /// Counts a refusal among its key's outcomes (queued like usage: no
-    /// store call here, nothing charged), or, when no key was identified,
-    /// in the metric `keysmith_refusals_unattributed_total` only.
+    /// store call here, nothing charged), or, when no key was identified
+    /// (missing, ambiguous, malformed or unknown), in the metric
+    /// `keysmith_refusals_unattributed_total` only.
     pub(crate) fn count_refusal(&self, refusal: &Refusal, key: Option<&Arc<Key>>) {
         match (refusal.reason(), key) {
             (Some(reason), Some(key)) => self.inner.usage.record_refusal(key, reason, self.inner.clock.now()),
@@ -285,9 +286,20 @@ impl Engine {
             _ => match refusal {
                 Refusal::Unknown => metrics::counter!(UNATTRIBUTED_REFUSALS, "code" => "invalid_key").increment(1),
                 Refusal::Malformed => metrics::counter!(UNATTRIBUTED_REFUSALS, "code" => "malformed_key").increment(1),
+                Refusal::MissingKey => metrics::counter!(UNATTRIBUTED_REFUSALS, "code" => "missing_key").increment(1),
+                Refusal::AmbiguousKey => {
+                    metrics::counter!(UNATTRIBUTED_REFUSALS, "code" => "ambiguous_key").increment(1);
+                }
                 other => metrics::counter!(UNATTRIBUTED_REFUSALS, "code" => other.code()).increment(1),
             },
         }
+    }
+
+    /// Counts a request answered 503 `unavailable` because its key could
+    /// not be checked (the store or a limiter failed), in the metric
+    /// `keysmith_refusals_unattributed_total`: no roll-up counts it.
+    pub(crate) fn count_unavailable(&self) {
+        metrics::counter!(UNATTRIBUTED_REFUSALS, "code" => "unavailable").increment(1);
     }
 
     /// [`validate_presented`](Self::validate_presented) when every step

@@ -322,6 +322,7 @@ impl Gate {
     #[must_use]
     pub fn scope_refusal(&self, requirement: &ScopeRequirement, key: Option<&ApiKey>) -> Option<ScopeRefusal> {
         let Some(key) = key else {
+            self.config.engine.count_refusal(&Refusal::MissingKey, None);
             return Some(ScopeRefusal { response: self.refusal(Refusal::MissingKey), refund: None });
         };
         let missing = requirement.missing(key.scopes());
@@ -354,7 +355,11 @@ impl Gate {
         let key = match config.sources.extract(&request.headers) {
             Ok(raw) => config.engine.present(raw),
             Err(Refusal::MissingKey) if config.optional => return Authorize::ready(Outcome::Anonymous),
-            Err(refusal) => return Authorize::ready(Outcome::Refuse(self.refusal(refusal))),
+            Err(refusal) => {
+                // Refused before validation, which would have counted it.
+                config.engine.count_refusal(&refusal, None);
+                return Authorize::ready(Outcome::Refuse(self.refusal(refusal)));
+            }
         };
         let texts = config.engine.usage_texts();
         let endpoint = match config.usage_endpoint {
@@ -410,6 +415,7 @@ impl Gate {
             Err(ValidationError::Failed(error)) => {
                 tracing::warn!(target: "keysmith::http", %error, method = draft.method(),
                     "API key validation failed; answering 503");
+                self.config.engine.count_unavailable();
                 Outcome::Refuse(RefusalResponse::unavailable())
             }
         }

@@ -162,10 +162,37 @@ pub fn token_pattern<S: AsRef<str>>(prefixes: &[S], environments: &[crate::Envir
             names.push(prefix.as_ref());
         }
     }
-    let mut envs: Vec<&str> = environments.iter().map(|env| env.as_str()).collect();
-    envs.dedup();
+    let mut envs: Vec<&str> = Vec::new();
+    for env in environments {
+        if !envs.contains(&env.as_str()) {
+            envs.push(env.as_str());
+        }
+    }
     // Prefixes are [a-z0-9] and environments lowercase words: nothing to escape.
     Ok(format!(r"\b(?:{})_(?:{})_[0-9A-Za-z]{{38}}\b", names.join("|"), envs.join("|")))
+}
+
+/// A key of `prefix` and `environment` made exactly as real keys are
+/// (random part, checksum), but never stored: it matches
+/// [`token_pattern`] and passes the checksum, and validates nowhere. For a
+/// secret scanner's registration, which asks for sample tokens to test the
+/// pattern and the post-processing with.
+///
+/// ```
+/// use keysmith_core::Environment;
+/// use keysmith_core::leak::test_key;
+///
+/// let sample = test_key("sk", Environment::Live)?;
+/// assert!(sample.expose().starts_with("sk_live_"));
+/// # Ok::<(), keysmith_core::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidInput`](crate::Error::InvalidInput) for a prefix that is
+/// not 1–16 characters of `[a-z0-9]`; [`Error`](crate::Error) when the OS
+/// random generator failed.
+pub fn test_key(prefix: &str, environment: crate::Environment) -> crate::Result<crate::RawKey> {
+    crate::RawKey::generate(prefix, environment)
 }
 
 /// The revocation or suspension reason recorded for a leak at `url`:
@@ -200,13 +227,32 @@ mod tests {
             let text = format!("API_KEY=\"{}\"\n", raw.expose());
             assert_eq!(regex.find(&text).map(|m| m.as_str()), Some(raw.expose()));
         }
-        let test_key = crate::RawKey::generate("sk", crate::Environment::Test).unwrap();
-        assert!(!regex.is_match(test_key.expose()));
+        let test_env = crate::RawKey::generate("sk", crate::Environment::Test).unwrap();
+        assert!(!regex.is_match(test_env.expose()));
         let other_prefix = crate::RawKey::generate("pk", crate::Environment::Live).unwrap();
         assert!(!regex.is_match(other_prefix.expose()));
         assert!(!regex.is_match(&format!("task{}", &other_prefix.expose()[2..])), "a prefix inside a word");
         assert!(token_pattern(&["SK"], &[crate::Environment::Live]).is_err());
         assert!(token_pattern::<&str>(&[], &[crate::Environment::Live]).is_err());
+    }
+
+    #[test]
+    fn an_environment_named_twice_appears_once_in_the_pattern_in_first_seen_order() {
+        use crate::Environment::{Live, Test};
+        let pattern = token_pattern(&["sk", "sk"], &[Live, Test, Live, Test]).unwrap();
+        assert_eq!(pattern, r"\b(?:sk)_(?:live|test)_[0-9A-Za-z]{38}\b");
+        let pattern = token_pattern(&["sk"], &[Test, Live, Test]).unwrap();
+        assert_eq!(pattern, r"\b(?:sk)_(?:test|live)_[0-9A-Za-z]{38}\b");
+    }
+
+    #[test]
+    fn a_test_key_matches_the_pattern_and_its_checksum_and_no_store_holds_it() {
+        let pattern = token_pattern(&["acme"], &[crate::Environment::Test]).unwrap();
+        let sample = test_key("acme", crate::Environment::Test).unwrap();
+        assert!(regex::Regex::new(&pattern).unwrap().is_match(sample.expose()));
+        assert!(crate::key::ParsedKey::parse(sample.expose()).is_some(), "the checksum holds");
+        assert_ne!(sample.expose(), test_key("acme", crate::Environment::Test).unwrap().expose());
+        assert!(test_key("ACME", crate::Environment::Test).is_err());
     }
 
     #[test]
