@@ -40,5 +40,11 @@ async fn behind_a_silent_proxy_the_subscription_is_lost_and_staleness_stays_with
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_published_behind_a_silent_proxy_reaches_an_engine_on_redis_within_the_bound() {
+    if common::cluster() {
+        // A cluster client publishes to the nodes it discovers, past the
+        // proxy in front of the first: one proxy cannot cut it off.
+        println!("skipping on a Redis Cluster: a proxy in front of one node does not cut a publisher off");
+        return;
+    }
     on_a_proxied_pair(feed_cases::a_change_made_behind_a_silent_proxy_reaches_the_others_through_the_store).await;
 }
