@@ -149,7 +149,7 @@ pub(crate) struct ImportArgs {
     #[arg(long, value_enum)]
     pub(crate) environment: Option<Environment>,
     /// Hold every imported key to this policy (`kpol_…`); a policy with
-    /// `--max-active-keys-per-owner 1` keeps "one active key per user".
+    /// `--max-keys-per-owner 1` keeps "one active key per user".
     #[arg(long, value_name = "POLICY_ID")]
     pub(crate) policy: Option<PolicyId>,
     /// The scopes of rows that name none (comma-separated).

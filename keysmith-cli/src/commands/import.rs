@@ -216,12 +216,22 @@ fn column_index(name: &str) -> Result<usize, String> {
 
 /// The position of each column of a header (or a query's first row) in
 /// [`COLUMNS`]: read before anything is written, so a bad one is a usage error.
+/// A column named twice is refused too: which of its values would count is a guess.
 fn column_indexes<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Vec<usize>, CliError> {
     let indexes = names.into_iter().map(column_index).collect::<Result<Vec<_>, _>>().map_err(CliError::Usage)?;
+    if let Some(twice) = named_twice(&indexes) {
+        return Err(CliError::Usage(format!("the source names the column {:?} twice", COLUMNS[twice])));
+    }
     if !indexes.contains(&0) {
         return Err(CliError::Usage("the source has no hash column (the SHA-256 of each raw key, hex)".to_owned()));
     }
     Ok(indexes)
+}
+
+/// The first column (by its position in [`COLUMNS`]) that `indexes` holds twice.
+fn named_twice(indexes: &[usize]) -> Option<usize> {
+    let mut seen = [false; COLUMNS.len()];
+    indexes.iter().copied().find(|&i| std::mem::replace(&mut seen[i], true))
 }
 
 async fn read_file(path: &Path, importer: &mut Importer<'_>) -> Result<(), CliError> {
@@ -242,16 +252,27 @@ async fn read_file(path: &Path, importer: &mut Importer<'_>) -> Result<(), CliEr
     let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
     let header = reader.headers().map_err(|error| unreadable(&error))?.clone();
     let indexes = column_indexes(header.iter())?;
-    for record in reader.records() {
-        let (line, cells) = match record {
-            Ok(record) if record.len() != indexes.len() => (
-                record.position().map_or(0, csv::Position::line),
-                Err(Unreadable::new(format!("{} field(s), the header names {}", record.len(), indexes.len()))),
-            ),
-            Ok(record) => (
-                record.position().map_or(0, csv::Position::line),
-                Ok(indexes.iter().zip(record.iter()).map(|(&i, cell)| (i, Some(cell.to_owned()))).collect()),
-            ),
+    let mut record = csv::StringRecord::new();
+    loop {
+        let (line, cells) = match reader.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {
+                let start = record.position().cloned().unwrap_or_else(csv::Position::new);
+                let last = last_line(&text, &start, reader.position());
+                let cells = if last > start.line() {
+                    Err(Unreadable::new(format!(
+                        "a quoted field runs across lines {}\u{2013}{last} (an unterminated quote?): \
+                         those {} lines are this one refused row",
+                        start.line(),
+                        last - start.line() + 1,
+                    )))
+                } else if record.len() == indexes.len() {
+                    Ok(indexes.iter().zip(record.iter()).map(|(&i, cell)| (i, Some(cell.to_owned()))).collect())
+                } else {
+                    Err(Unreadable::new(format!("{} field(s), the header names {}", record.len(), indexes.len())))
+                };
+                (start.line(), cells)
+            }
             Err(error) => (
                 error.position().map_or(0, csv::Position::line),
                 Err(Unreadable::new(format!("not a CSV record: {error}"))),
@@ -262,20 +283,36 @@ async fn read_file(path: &Path, importer: &mut Importer<'_>) -> Result<(), CliEr
     Ok(())
 }
 
+/// The last line of the record read from `start` to `end`. No field of a
+/// row may hold a line break, so a record past its first line is a quote
+/// left open, which would otherwise take every line after it as one field.
+fn last_line(text: &str, start: &csv::Position, end: &csv::Position) -> u64 {
+    let span = text.get(start.byte() as usize..end.byte() as usize).unwrap_or_default();
+    let breaks = span.trim_end_matches(['\r', '\n']).matches('\n').count();
+    start.line() + breaks as u64
+}
+
 /// One JSON Lines object as cells; `scopes` may be an array.
+/// A line naming a field twice (at any depth, or as `hash` and `HASH`) is
+/// refused: which value would count is a guess.
 fn json_cells(line: &str) -> Cells {
-    let object: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(line).map_err(|error| Unreadable::new(format!("not a JSON object: {error}")))?;
+    let object = keysmith_admin::parse_metadata(line)
+        .map_err(|error| Unreadable::new(format!("not a JSON object naming each field once: {error}")))?;
     let external_id =
         object.iter().find(|(name, _)| name.trim().eq_ignore_ascii_case("external_id")).and_then(|(_, v)| json_text(v));
-    object
+    let cells: Vec<_> = object
         .iter()
         .map(|(name, value)| {
             column_index(name)
                 .map(|i| (i, json_text(value)))
                 .map_err(|reason| Unreadable { external_id: external_id.clone(), reason })
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    let indexes: Vec<usize> = cells.iter().map(|(i, _)| *i).collect();
+    if let Some(twice) = named_twice(&indexes) {
+        return Err(Unreadable { external_id, reason: format!("names the field {:?} twice", COLUMNS[twice]) });
+    }
+    Ok(cells)
 }
 
 /// A JSON value as a cell's text: an array's items joined with commas.

@@ -241,3 +241,78 @@ pub(crate) fn a_malformed_line_is_a_refused_row(ks: &Keysmith) {
     let error = ks.run(&["import", "--from-file", &file]).fails(2);
     assert!(error.contains("no hash column"), "{error}");
 }
+
+/// A quote left open in a CSV file is one refused row that names the lines
+/// it took (the csv reader would read on to the end of the file as one
+/// field); every line is accounted for and the rows before it are imported.
+pub(crate) fn an_unterminated_quote_is_a_refused_row_naming_its_lines(ks: &Keysmith) {
+    let dir = tempfile::tempdir().unwrap();
+    let row = |n: u32| format!("{},o{n},e{n},x\n", hash_of(&format!("mk_quote_row_{n:010}")));
+    let mut csv = "hash,owner_id,external_id,name\n".to_owned();
+    (2..=10).for_each(|n| csv.push_str(&row(n)));
+    csv.push_str("mk_not_a_hash,\"unterminated,o11,x\n");
+    (12..=14).for_each(|n| csv.push_str(&row(n)));
+    let file = source_file(&dir, "keys.csv", &csv);
+    let (code, report) = report_of(ks, &["import", "--from-file", &file, "--batch-size", "3"]);
+    assert_eq!(code, 1, "{report}");
+    let refused = report["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{report}");
+    assert_eq!(refused[0]["line"], 11, "{report}");
+    let reason = refused[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("a quoted field runs across lines 11\u{2013}14"), "{reason}");
+    assert!(reason.contains("those 4 lines are this one refused row"), "{reason}");
+    // Lines 2–10 in batches of three: the one of line 11 is not written.
+    assert_eq!((report["imported"].as_u64(), report["not_written"].as_u64()), (Some(9), Some(0)), "{report}");
+    assert_eq!(ks.json(&["keys", "list"]).as_array().unwrap().len(), 9);
+
+    // A quoted field that closes on a later line is refused the same way: no field holds a line break.
+    let csv = format!(
+        "hash,name\n{},\"two\nlines\"\n{},one line\n",
+        hash_of("mk_quote_two_lines_0000"),
+        hash_of("mk_quote_one_line_00000")
+    );
+    let file = source_file(&dir, "multiline.csv", &csv);
+    let run = ks.run(&["import", "--from-file", &file]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("line 2: a quoted field runs across lines 2\u{2013}3"), "{}", run.stdout);
+    assert!(run.stdout.contains("those 2 lines"), "{}", run.stdout);
+}
+
+/// A field or column named twice is refused, never read as its last value:
+/// a JSON Lines line naming a field twice (at any depth) is a refused row;
+/// a CSV header naming a column twice is a usage error before anything is written.
+pub(crate) fn a_field_or_column_named_twice_is_refused(ks: &Keysmith) {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (hash_of("mk_twice_first_00000000"), hash_of("mk_twice_second_0000000"));
+    let jsonl = format!(
+        "{{\"hash\":\"{first}\",\"hash\":\"{second}\"}}\n\
+         {{\"hash\":\"{first}\",\"external_id\":\"t1\",\"external_id\":\"t2\"}}\n\
+         {{\"hash\":\"{first}\",\"HASH\":\"{second}\"}}\n\
+         {{\"hash\":\"{first}\",\"name\":{{\"a\":1,\"a\":2}}}}\n\
+         {{\"hash\":\"{}\",\"external_id\":\"t5\"}}\n",
+        hash_of("mk_twice_fifth_00000000"),
+    );
+    let file = source_file(&dir, "keys.jsonl", &jsonl);
+    let (code, report) = report_of(ks, &["import", "--from-file", &file, "--batch-size", "1"]);
+    assert_eq!(code, 1, "{report}");
+    let lines: Vec<_> = report["refused"].as_array().unwrap().iter().map(|r| r["line"].as_u64().unwrap()).collect();
+    assert_eq!(lines, [1, 2, 3, 4], "{report}");
+    for refusal in report["refused"].as_array().unwrap() {
+        let reason = refusal["reason"].as_str().unwrap();
+        assert!(reason.contains("duplicate key") || reason.contains("twice"), "{reason}");
+    }
+    assert_eq!(report["imported"], 1, "{report}");
+    assert_eq!(ks.json(&["keys", "list"]).as_array().unwrap().len(), 1);
+
+    let file = source_file(&dir, "twice.csv", &format!("hash,external_id,hash\n{first},c1,{second}\n"));
+    let error = ks.run(&["import", "--from-file", &file]).fails(2);
+    assert!(error.contains("names the column \"hash\" twice"), "{error}");
+    assert_eq!(ks.json(&["keys", "list"]).as_array().unwrap().len(), 1);
+}
+
+/// A query whose result names a column twice is a usage error before anything is read.
+#[track_caller]
+pub(crate) fn a_query_naming_a_column_twice_is_refused(ks: &Keysmith, source_url: &str, query: &str) {
+    let error = ks.run(&["import", "--from-url", source_url, "--query", query]).fails(2);
+    assert!(error.contains("names the column \"hash\" twice"), "{query}: {error}");
+}

@@ -70,6 +70,7 @@ async fn an_import_only_reads_its_mysql_source() {
     ] {
         crate::import::writing_query_is_refused(&ks, db.url(), query);
     }
+    crate::import::a_query_naming_a_column_twice_is_refused(&ks, db.url(), "SELECT h AS hash, h AS hash FROM k");
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM k").fetch_one(&source).await.unwrap();
     assert_eq!(rows, 1, "rows were deleted");
     let tables: i64 = sqlx::query_scalar(

@@ -109,6 +109,7 @@ async fn an_import_only_reads_its_postgres_source() {
     assert_eq!(ks.json(&["keys", "list"]), serde_json::Value::Array(vec![]));
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM k").fetch_one(&source).await.unwrap();
     assert_eq!(rows, 1, "rows were deleted");
+    crate::import::a_query_naming_a_column_twice_is_refused(&ks, db.url(), "SELECT h AS hash, h AS hash FROM k");
     let error = ks.run(&["import", "--from-url", db.url(), "--query", "SELEC 1"]).fails(2);
     assert!(error.starts_with("error: the source query failed: ") && error.contains("SELEC"), "{error}");
     source.close().await;

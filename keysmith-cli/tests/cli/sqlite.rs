@@ -185,3 +185,21 @@ fn a_malformed_line_is_a_refused_row_and_the_rest_is_imported() {
     ks.run(&["migrate"]).ok();
     crate::import::a_malformed_line_is_a_refused_row(&ks);
 }
+
+#[test]
+fn an_unterminated_quote_is_a_refused_row_naming_its_lines() {
+    let (_dir, ks) = temp_db();
+    ks.run(&["migrate"]).ok();
+    crate::import::an_unterminated_quote_is_a_refused_row_naming_its_lines(&ks);
+}
+
+#[tokio::test]
+async fn a_field_or_column_named_twice_is_refused() {
+    let (dir, ks) = temp_db();
+    ks.run(&["migrate"]).ok();
+    crate::import::a_field_or_column_named_twice_is_refused(&ks);
+    let (url, pool) = sqlite_source(&dir).await;
+    crate::import::a_query_naming_a_column_twice_is_refused(&ks, &url, "SELECT h AS hash, h AS hash FROM k");
+    assert_eq!(ks.json(&["keys", "list"]).as_array().unwrap().len(), 1, "nothing more was written");
+    pool.close().await;
+}

@@ -123,3 +123,23 @@ fn help_and_version_succeed() {
     assert!(update.contains("REPLACES"), "{update}");
     assert!(bare(&["--version"]).ok().starts_with("keysmith "));
 }
+
+#[test]
+fn import_help_names_only_flags_that_exist() {
+    let help = bare(&["import", "--help"]).ok();
+    let policies = bare(&["policies", "create", "--help"]).ok();
+    // The flags a help text declares: its lines `  [-x, ]--flag[ <VALUE>]`.
+    let declared: Vec<&str> = [&help, &policies]
+        .iter()
+        .flat_map(|text| text.lines())
+        .filter_map(|line| {
+            let line = line.trim_start();
+            let line = if line.starts_with('-') && line.get(2..4) == Some(", ") { &line[4..] } else { line };
+            line.starts_with("--").then(|| line.split(' ').next().unwrap_or(line))
+        })
+        .collect();
+    let named = help.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).filter(|word| word.starts_with("--"));
+    for flag in named {
+        assert!(declared.contains(&flag), "import --help names {flag}, which neither import nor policies create takes");
+    }
+}
