@@ -427,7 +427,7 @@ pub(crate) mod metadata {
             while let Some(key) = map.next_key::<String>()? {
                 let StrictValue(value) = map.next_value()?;
                 if object.contains_key(&key) {
-                    return Err(de::Error::custom(format_args!("duplicate key {key:?} in metadata")));
+                    return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
                 }
                 object.insert(key, value);
             }
