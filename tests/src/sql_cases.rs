@@ -431,3 +431,46 @@ pub async fn old_rollups_keep_their_counts_after_the_outcomes_migration(
     let hours = store.usage_aggregates(tenant, key, Period::Hour, TimeRange::default()).await.unwrap();
     assert_eq!((hours.len(), hours[0].refused.key_suspended), (1, 1));
 }
+
+/// The change log as a database administrator may leave it: a row that is
+/// not a change and one too large to be one (both written by hand) come
+/// back as unreadable, with their numbers, the large payload not fetched;
+/// once the log is renumbered (`renumber`: the backend's statements that
+/// empty it and restart its numbering), its highest number is below the
+/// numbers read before, which is how an engine tells. `sql` runs a
+/// statement.
+///
+/// # Panics
+/// When the store does not behave so.
+pub async fn a_change_log_reports_unreadable_rows_and_a_renumbering<F: Future<Output = ()>>(
+    store: Arc<dyn Store>, renumber: &[&str], sql: impl Fn(String) -> F,
+) {
+    use keysmith_core::Change;
+    use keysmith_core::store::MAX_LOGGED_CHANGE_LEN;
+
+    let tenant = Tenant::new("app", "acme");
+    let start = store.changes_after(None, 0).await.unwrap().expect("the store keeps a change log").latest.unwrap_or(0);
+    let owner = |id: &str| Change::owner(&tenant, id);
+    for id in ["cus_1", "cus_2", "cus_3"] {
+        store.log_change(&owner(id), t0()).await.unwrap();
+    }
+    let logged = store.changes_after(Some(start), 100).await.unwrap().unwrap();
+    let seqs: Vec<u64> = logged.changes.iter().map(|(seq, _)| *seq).collect();
+    sql(format!("UPDATE keysmith_change_log SET payload = 'not a change' WHERE seq = {}", seqs[0])).await;
+    // A change, were it fetched: padded past the bound.
+    let padded = format!("{}{}", owner("cus_2").to_json().unwrap(), " ".repeat(MAX_LOGGED_CHANGE_LEN + 1));
+    sql(format!("UPDATE keysmith_change_log SET payload = '{padded}' WHERE seq = {}", seqs[1])).await;
+    let read = store.changes_after(Some(start), 100).await.unwrap().unwrap();
+    assert_eq!(read.changes, [(seqs[0], None), (seqs[1], None), (seqs[2], Some(owner("cus_3")))]);
+    assert_eq!(read.latest, Some(seqs[2]));
+
+    for statement in renumber {
+        sql((*statement).to_owned()).await;
+    }
+    let empty = store.changes_after(Some(seqs[2]), 100).await.unwrap().unwrap();
+    assert_eq!(empty.latest, None, "an empty log tells no number");
+    store.log_change(&owner("cus_4"), t0()).await.unwrap();
+    let renumbered = store.changes_after(Some(seqs[2]), 100).await.unwrap().unwrap();
+    assert!(renumbered.changes.is_empty(), "numbered below what was read: {renumbered:?}");
+    assert!(renumbered.latest.is_some_and(|latest| latest < seqs[2]), "{renumbered:?}");
+}

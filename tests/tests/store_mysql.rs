@@ -196,6 +196,24 @@ mod mysql_only {
     }
 
     #[tokio::test]
+    async fn a_change_log_reports_unreadable_rows_and_a_renumbering() {
+        let Some(db) = MySqlTestDb::create().await else { return };
+        let store = store(&db).await;
+        let pool = store.pool().clone();
+        sql_cases::a_change_log_reports_unreadable_rows_and_a_renumbering(
+            store,
+            &["TRUNCATE TABLE keysmith_change_log"],
+            |statement| {
+                let pool = pool.clone();
+                async move {
+                    sqlx::raw_sql(&statement).execute(&pool).await.unwrap();
+                }
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test]
     async fn usage_of_a_deleted_key_goes_with_it() {
         let Some(db) = MySqlTestDb::create().await else { return };
         let store = store(&db).await;

@@ -361,6 +361,24 @@ mod postgres_only {
     }
 
     #[tokio::test]
+    async fn a_change_log_reports_unreadable_rows_and_a_renumbering() {
+        let Some(db) = PgTestDb::create().await else { return };
+        let store = store(&db).await;
+        let pool = store.pool().clone();
+        sql_cases::a_change_log_reports_unreadable_rows_and_a_renumbering(
+            store,
+            &["TRUNCATE keysmith_change_log RESTART IDENTITY"],
+            |statement| {
+                let pool = pool.clone();
+                async move {
+                    sqlx::raw_sql(&statement).execute(&pool).await.unwrap();
+                }
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test]
     async fn usage_of_a_deleted_key_goes_with_it() {
         let Some(db) = PgTestDb::create().await else { return };
         let store = store(&db).await;

@@ -82,6 +82,26 @@ async fn usage_of_a_deleted_key_goes_with_it() {
 }
 
 #[tokio::test]
+async fn a_change_log_reports_unreadable_rows_and_a_renumbering() {
+    let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    let pool = store.pool().clone();
+    let renumber =
+        ["DELETE FROM keysmith_change_log", "DELETE FROM sqlite_sequence WHERE name = 'keysmith_change_log'"];
+    keysmith_tests::sql_cases::a_change_log_reports_unreadable_rows_and_a_renumbering(
+        Arc::new(store),
+        &renumber,
+        |statement| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query(&statement).execute(&pool).await.unwrap();
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn the_owners_and_credits_migrations_upgrade_an_existing_database() {
     use keysmith_core::{KeyId, Tenant};
     use keysmith_tests::sql_cases;

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{Change, ChangeFeed, ChangeStream, FeedHeartbeat};
-use crate::store::{CachedStore, Store};
+use crate::store::{CachedStore, MAX_LOGGED_CHANGE_LEN, Store};
 use crate::{Clock, Error, Result};
 
 /// First wait before subscribing again after a failure; doubled up to
@@ -76,6 +76,12 @@ pub struct FeedStatus {
     /// `keysmith_feed_log_read_failures_total`); the next interval reads
     /// again from where the last one stopped.
     pub log_read_failures: u64,
+    /// Reads that found the store's change log renumbered: its highest
+    /// sequence number below one this engine had read (truncated with its
+    /// numbering reset, restored from a backup). What was logged meanwhile
+    /// cannot be told, so the cache was dropped and reading went on from
+    /// the new highest number (metric `keysmith_feed_log_resets_total`).
+    pub log_resets: u64,
 }
 
 /// Why a subscription ended.
@@ -116,6 +122,7 @@ pub(crate) struct FeedLink {
     log_failures: AtomicU64,
     from_log: AtomicU64,
     log_read_failures: AtomicU64,
+    log_resets: AtomicU64,
     started: AtomicBool,
     /// Dropping or signalling the sender stops the subscription task.
     stop: watch::Sender<bool>,
@@ -148,6 +155,7 @@ impl FeedLink {
             log_failures: AtomicU64::new(0),
             from_log: AtomicU64::new(0),
             log_read_failures: AtomicU64::new(0),
+            log_resets: AtomicU64::new(0),
             started: AtomicBool::new(false),
             stop: watch::channel(false).0,
         }
@@ -171,6 +179,7 @@ impl FeedLink {
             log_failures: self.log_failures.load(Ordering::SeqCst),
             from_log: self.from_log.load(Ordering::SeqCst),
             log_read_failures: self.log_read_failures.load(Ordering::SeqCst),
+            log_resets: self.log_resets.load(Ordering::SeqCst),
         }
     }
 
@@ -436,12 +445,23 @@ impl FeedLink {
                 .await
                 .unwrap_or_else(|_| Err(Error::store(format!("the store did not answer within {deadline:?}"))));
             match read {
-                Ok(Some(changes)) => {
+                Ok(Some(LogRead::Changes { changes, skipped })) => {
+                    for seq in skipped {
+                        tracing::warn!(target: "keysmith::feed", seq, "skipped a change log row that is not a change, or is over {MAX_LOGGED_CHANGE_LEN} bytes (written by hand?)");
+                    }
                     for change in changes {
                         self.from_log.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(target: "keysmith::feed", ?change, "applied a change from the store's change log (its publish had failed)");
                         self.apply(change, cache).await;
                     }
+                }
+                Ok(Some(LogRead::Renumbered { seen, latest })) => {
+                    // As for a lost subscription: what was missed cannot
+                    // be told, so nothing cached is kept.
+                    cache.invalidate_all();
+                    self.log_resets.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("keysmith_feed_log_resets_total").increment(1);
+                    tracing::warn!(target: "keysmith::feed", seen, latest, "the store's change log was renumbered (its highest number is below one already read); cache dropped, reading on from its new highest number");
                 }
                 Ok(None) => {
                     tracing::debug!(target: "keysmith::feed", "the store keeps no change log; not read");
@@ -476,42 +496,60 @@ impl FeedLink {
     }
 }
 
+/// What one read of the store's change log found.
+#[derive(Debug, PartialEq)]
+enum LogRead {
+    /// The changes logged since the last read and not yet applied, and the
+    /// numbers of the rows since that are not changes (read once too).
+    Changes { changes: Vec<Change>, skipped: Vec<u64> },
+    /// The log's highest number, `latest`, is below `seen`, one read
+    /// already: the log was renumbered, and what it held before is gone.
+    Renumbered { seen: u64, latest: u64 },
+}
+
 /// Where an engine's reads of the store's change log stand.
 ///
 /// Sequence numbers are given when a row is inserted, not when it commits:
 /// on a server a row may become visible after one numbered after it. So
-/// each read starts from the latest number of the read before the last one
-/// (one interval of overlap) and skips the numbers it applied already: a
-/// row committed up to an interval late is still found, and applied once.
+/// each read starts from the highest number of the read before the last one
+/// (one interval of overlap) and skips the numbers it handled already: a
+/// row committed up to an interval late is still found, and applied (or
+/// warned about, when it is not a change) once.
 #[derive(Debug, Default)]
 struct LogCursor {
-    /// The latest number the last read saw; `None` before the first read,
-    /// which reads only that (history is not replayed).
+    /// The highest number read so far; `None` before the first read, which
+    /// reads only the log's highest number (history is not replayed).
     seen: Option<u64>,
-    /// Where the next read starts: the latest number of the read before.
+    /// Where the next read starts: the highest number of the read before.
     from: u64,
-    /// The numbers after `from` applied already.
-    applied: BTreeSet<u64>,
+    /// The numbers after `from` handled already.
+    handled: BTreeSet<u64>,
 }
 
 impl LogCursor {
-    /// The changes logged since the last read and not yet applied (`None`
-    /// when the store keeps no change log). Moves on only once the read is
-    /// complete, so a read cut short is done again whole.
-    async fn read(&mut self, store: &dyn Store) -> Result<Option<Vec<Change>>> {
+    /// What was logged since the last read (`None` when the store keeps no
+    /// change log). Moves on only once the read is complete, so a read cut
+    /// short is done again whole.
+    async fn read(&mut self, store: &dyn Store) -> Result<Option<LogRead>> {
         let Some(seen) = self.seen else {
             let Some(first) = store.changes_after(None, 0).await? else { return Ok(None) };
-            *self = Self { seen: Some(first.latest), from: first.latest, applied: BTreeSet::new() };
-            return Ok(Some(Vec::new()));
+            self.restart(first.latest.unwrap_or(0));
+            return Ok(Some(LogRead::Changes { changes: Vec::new(), skipped: Vec::new() }));
         };
-        let (mut after, mut latest, mut found) = (self.from, seen, Vec::new());
+        let (mut after, mut found) = (self.from, Vec::new());
         loop {
             let Some(page) = store.changes_after(Some(after), LOG_PAGE).await? else { return Ok(None) };
-            latest = latest.max(page.latest);
+            // An empty log (pruned) tells nothing; a lower highest number
+            // than one read means the numbering went back, and rows logged
+            // since are numbered below the cursor, where no read looks.
+            if let Some(latest) = page.latest.filter(|latest| *latest < seen) {
+                self.restart(latest);
+                return Ok(Some(LogRead::Renumbered { seen, latest }));
+            }
             let full = page.changes.len() >= LOG_PAGE as usize;
             for (seq, change) in page.changes {
                 after = after.max(seq);
-                if !self.applied.contains(&seq) {
+                if !self.handled.contains(&seq) {
                     found.push((seq, change));
                 }
             }
@@ -519,11 +557,24 @@ impl LogCursor {
                 break;
             }
         }
-        self.applied.extend(found.iter().map(|(seq, _)| *seq));
+        let highest = found.iter().map(|(seq, _)| *seq).fold(seen, u64::max);
+        self.handled.extend(found.iter().map(|(seq, _)| *seq));
         self.from = seen;
-        self.applied.retain(|seq| *seq > seen);
-        self.seen = Some(latest);
-        Ok(Some(found.into_iter().map(|(_, change)| change).collect()))
+        self.handled.retain(|seq| *seq > seen);
+        self.seen = Some(highest);
+        let (mut changes, mut skipped) = (Vec::new(), Vec::new());
+        for (seq, change) in found {
+            match change {
+                Some(change) => changes.push(change),
+                None => skipped.push(seq),
+            }
+        }
+        Ok(Some(LogRead::Changes { changes, skipped }))
+    }
+
+    /// Reads on from `latest`, as a first read would.
+    fn restart(&mut self, latest: u64) {
+        *self = Self { seen: Some(latest), from: latest, handled: BTreeSet::new() };
     }
 }
 
@@ -546,5 +597,56 @@ async fn publish_within(feed: &dyn ChangeFeed, change: &Change, deadline: Durati
     match tokio::time::timeout(deadline, feed.publish(change)).await {
         Ok(published) => published,
         Err(_) => Err(Error::feed(format!("the feed did not answer within {deadline:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone as _, Utc};
+
+    use super::{LogCursor, LogRead};
+    use crate::{Change, MemoryStore, Store as _, Tenant};
+
+    fn changes(read: Option<LogRead>) -> (Vec<Change>, Vec<u64>) {
+        match read {
+            Some(LogRead::Changes { changes, skipped }) => (changes, skipped),
+            other => panic!("expected changes, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_log_row_that_is_not_a_change_is_skipped_once_despite_the_overlap() {
+        let (store, at) = (MemoryStore::new(), Utc.timestamp_opt(0, 0).unwrap());
+        let mut cursor = LogCursor::default();
+        assert_eq!(changes(cursor.read(&store).await.unwrap()), (vec![], vec![]));
+        let owner = Change::owner(&Tenant::new("app", "acme"), "cus_1");
+        store.log_unreadable(at);
+        store.log_change(&owner, at).await.unwrap();
+        assert_eq!(changes(cursor.read(&store).await.unwrap()), (vec![owner], vec![1]));
+        // The next read starts before both (the overlap) and reports neither.
+        assert_eq!(changes(cursor.read(&store).await.unwrap()), (vec![], vec![]));
+        assert_eq!(changes(cursor.read(&store).await.unwrap()), (vec![], vec![]));
+    }
+
+    #[tokio::test]
+    async fn a_renumbered_change_log_is_reported_once_and_read_on_from_its_new_numbers() {
+        let (store, at) = (MemoryStore::new(), Utc.timestamp_opt(0, 0).unwrap());
+        let owner = |id: &str| Change::owner(&Tenant::new("app", "acme"), id);
+        let mut cursor = LogCursor::default();
+        cursor.read(&store).await.unwrap();
+        for id in ["cus_1", "cus_2", "cus_3"] {
+            store.log_change(&owner(id), at).await.unwrap();
+        }
+        assert_eq!(changes(cursor.read(&store).await.unwrap()).0.len(), 3);
+        // Pruned empty: no information, nothing reported.
+        store.delete_changes_before(at + chrono::TimeDelta::seconds(1), 100).await.unwrap();
+        assert_eq!(changes(cursor.read(&store).await.unwrap()), (vec![], vec![]));
+
+        store.renumber_change_log();
+        store.log_change(&owner("cus_4"), at).await.unwrap();
+        assert_eq!(cursor.read(&store).await.unwrap(), Some(LogRead::Renumbered { seen: 3, latest: 1 }));
+        store.log_change(&owner("cus_5"), at).await.unwrap();
+        assert_eq!(changes(cursor.read(&store).await.unwrap()), (vec![owner("cus_5")], vec![]));
+        assert_eq!(changes(cursor.read(&store).await.unwrap()), (vec![], vec![]));
     }
 }

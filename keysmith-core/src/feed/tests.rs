@@ -735,3 +735,50 @@ async fn a_change_that_could_neither_be_published_nor_logged_is_counted() {
     assert_eq!((status.publish_failures, status.logged, status.log_failures), (1, 0, 1), "{status:?}");
     assert!(!accepted(&engine, created.raw.expose()).await, "the change itself is committed");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_engine_whose_change_log_was_renumbered_drops_its_cache_and_reads_on_within_an_interval() {
+    let clock = clock();
+    // `b` alone is cut off from the feed, so its changes go through the
+    // store's change log, which `a` reads.
+    let store = Arc::new(MemoryStore::new());
+    let shared = Arc::new(LocalChangeFeed::new());
+    let link = PartitionableFeed::new(&shared);
+    let (a, b) =
+        (engine_on(&store, &clock, shared), engine_on(&store, &clock, Arc::clone(&link) as Arc<dyn ChangeFeed>));
+    for engine in [&a, &b] {
+        yield_until(|| engine.feed_status().unwrap().subscribed).await;
+    }
+    let acme = b.tenant("app", "acme");
+    let mut keys = Vec::new();
+    for name in ["one", "two", "three", "four"] {
+        keys.push(acme.create_key(NewKey::new(name)).await.unwrap());
+    }
+    link.partition();
+    for key in &keys[..2] {
+        acme.revoke_key(key.key.id, "leaked").await.unwrap();
+    }
+    let read = pass(&clock, HEARTBEAT.interval(), async || a.feed_status().unwrap().from_log == 2).await;
+    assert!(read.is_some(), "a read both revocations from the log");
+
+    // The log is truncated and numbered from 1 again: the next revocation
+    // is numbered below what `a` has read.
+    store.renumber_change_log();
+    assert!(accepted(&a, keys[2].raw.expose()).await, "a caches the key");
+    acme.revoke_key(keys[2].key.id, "leaked").await.unwrap();
+    let refused = pass(&clock, HEARTBEAT.interval(), async || !accepted(&a, keys[2].raw.expose()).await).await;
+    assert!(refused.is_some(), "a still accepts the key revoked after an interval (positive TTL {POSITIVE:?})");
+    let status = a.feed_status().unwrap();
+    assert_eq!((status.log_resets, status.from_log, status.log_read_failures), (1, 2, 0), "{status:?}");
+    assert!(status.subscribed && status.losses == 0, "the feed itself is fine: {status:?}");
+    assert_eq!(a.cache_stats().unwrap().positive_ttl, POSITIVE);
+
+    // Read on from the new numbers: the next change is applied, alone.
+    assert!(accepted(&a, keys[3].raw.expose()).await, "a caches the key");
+    acme.revoke_key(keys[3].key.id, "leaked").await.unwrap();
+    let refused = pass(&clock, HEARTBEAT.interval(), async || !accepted(&a, keys[3].raw.expose()).await).await;
+    assert!(refused.is_some(), "a still accepts the key revoked after the renumbering");
+    pass(&clock, HEARTBEAT.interval() * 3, async || false).await;
+    let status = a.feed_status().unwrap();
+    assert_eq!((status.log_resets, status.from_log), (1, 3), "{status:?}");
+}

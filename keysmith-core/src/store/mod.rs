@@ -581,12 +581,14 @@ store_trait! {
             Ok(false)
         }
 
-        /// The changes logged after sequence number `after`, oldest first, at
-        /// most `limit`, with the latest sequence number the log has given
-        /// (at least `after`). With `after` `None` (an engine's first read)
-        /// no change, only the latest number (0 for an empty log), so that a
-        /// new engine does not replay history. `None` when the store keeps
-        /// no change log (the default).
+        /// The rows logged after sequence number `after`, oldest first, at
+        /// most `limit`, with the highest sequence number the log holds
+        /// now ([`LoggedChanges::latest`]). With `after` `None` (an engine's
+        /// first read) no row, only that number, so that a new engine does
+        /// not replay history. A row that is not a change, or whose payload
+        /// is over [`MAX_LOGGED_CHANGE_LEN`] (not fetched), comes back as
+        /// `None` ([`LoggedChanges::parse`]) so that the reader records its
+        /// number. `None` when the store keeps no change log (the default).
         async fn changes_after(&self, after: Option<u64>, limit: u32) -> Result<Option<LoggedChanges>> {
             let _ = (after, limit);
             Ok(None)
@@ -604,13 +606,35 @@ store_trait! {
 /// What [`Store::changes_after`] found in a store's change log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoggedChanges {
-    /// The latest sequence number the log has given that the read saw (at
-    /// least the one asked after): where the next read starts.
-    pub latest: u64,
-    /// The changes logged after the sequence number asked after, with their
-    /// sequence numbers, oldest first.
-    pub changes: Vec<(u64, Change)>,
+    /// The highest sequence number the log holds at the read (its
+    /// `MAX(seq)`), `None` when it holds no row. A reader that has seen a
+    /// higher number knows the log was renumbered (truncated with its
+    /// numbering reset, restored from a backup); an empty log tells it
+    /// nothing (pruning empties it too).
+    pub latest: Option<u64>,
+    /// The rows logged after the sequence number asked after, with their
+    /// sequence numbers, oldest first: the change, or `None` for a row that
+    /// is not one or is too large to be ([`parse`](Self::parse)).
+    pub changes: Vec<(u64, Option<Change>)>,
 }
+
+impl LoggedChanges {
+    /// The change a row's payload holds, as every store reads it: `None`
+    /// when the payload was not fetched (over [`MAX_LOGGED_CHANGE_LEN`]) or
+    /// is not a change (a row written by hand).
+    #[must_use]
+    pub fn parse(payload: Option<&str>) -> Option<Change> {
+        payload
+            .filter(|payload| payload.len() <= MAX_LOGGED_CHANGE_LEN)
+            .and_then(|payload| Change::from_json(payload).ok())
+    }
+}
+
+/// The longest change log payload a store fetches, in bytes (or characters,
+/// where the database counts so). A change is ids and hashes: the largest
+/// one, a rotation with the longest tenant ids, every character escaped,
+/// is under 2 KiB; a longer row was not written by an engine.
+pub const MAX_LOGGED_CHANGE_LEN: usize = 16 * 1024;
 
 /// What [`Engine::builder`](crate::Engine::builder) accepts as its store: any
 /// [`Store`] by value, in an `Arc`, or an `Arc<dyn Store>`.

@@ -1,7 +1,7 @@
 //! The change log: changes whose publish failed, for every engine to read.
 
 use chrono::{DateTime, Utc};
-use keysmith_core::store::LoggedChanges;
+use keysmith_core::store::{LoggedChanges, MAX_LOGGED_CHANGE_LEN};
 use keysmith_core::{Change, Result};
 
 use super::SqlStore;
@@ -20,37 +20,40 @@ pub(super) async fn log<DB: Dialect>(store: &SqlStore<DB>, change: &Change, at: 
     Ok(())
 }
 
-/// The changes after `after` (at most `limit`), or only the latest number.
+/// The rows after `after` (at most `limit`) and the highest number the log
+/// holds; only that number with `after` `None`. A payload over
+/// [`MAX_LOGGED_CHANGE_LEN`] is not fetched (a row written by hand could be
+/// of any size, and every engine reads it).
 pub(super) async fn after<DB: Dialect>(store: &SqlStore<DB>, after: Option<u64>, limit: u32) -> Result<LoggedChanges> {
+    // Read first: a row the page below finds is numbered at most this, or
+    // committed since, and the page never finds fewer rows than it saw.
+    let row = sqlx::query("SELECT MAX(seq) AS latest FROM keysmith_change_log")
+        .fetch_one(store.conn().await?.exec())
+        .await
+        .map_err(store_error)?;
+    let latest = DB::opt_big(&row, "latest")?.map(|seq| to_u64("change log seq", seq)).transpose()?;
     let Some(after) = after else {
-        let row = sqlx::query("SELECT MAX(seq) AS latest FROM keysmith_change_log")
-            .fetch_one(store.conn().await?.exec())
-            .await
-            .map_err(store_error)?;
-        let latest = DB::opt_big(&row, "latest")?.map(|seq| to_u64("change log seq", seq)).transpose()?;
-        return Ok(LoggedChanges { latest: latest.unwrap_or(0), changes: Vec::new() });
+        return Ok(LoggedChanges { latest, changes: Vec::new() });
     };
-    let rows =
-        sqlx::query(statement!(DB, "SELECT seq, payload FROM keysmith_change_log WHERE seq > ? ORDER BY seq LIMIT ?"))
-            .arg(i64::try_from(after).unwrap_or(i64::MAX))
-            .arg(i64::from(limit))
-            .fetch_all(store.conn().await?.exec())
-            .await
-            .map_err(store_error)?;
-    let mut logged = LoggedChanges { latest: after, changes: Vec::with_capacity(rows.len()) };
+    // LENGTH counts characters on PostgreSQL and SQLite, bytes on MySQL:
+    // either makes a bound.
+    let rows = sqlx::query(statement!(
+        DB,
+        "SELECT seq, CASE WHEN LENGTH(payload) > ? THEN NULL ELSE payload END AS payload \
+         FROM keysmith_change_log WHERE seq > ? ORDER BY seq LIMIT ?"
+    ))
+    .arg(i64::try_from(MAX_LOGGED_CHANGE_LEN).unwrap_or(i64::MAX))
+    .arg(i64::try_from(after).unwrap_or(i64::MAX))
+    .arg(i64::from(limit))
+    .fetch_all(store.conn().await?.exec())
+    .await
+    .map_err(store_error)?;
+    let mut changes = Vec::with_capacity(rows.len());
     for row in &rows {
         let seq = to_u64("change log seq", DB::big(row, "seq")?)?;
-        logged.latest = logged.latest.max(seq);
-        match Change::from_json(&DB::text(row, "payload")?) {
-            Ok(change) => logged.changes.push((seq, change)),
-            // Not a change (written by hand?): skipped, as a feed skips a
-            // message that is not one.
-            Err(error) => {
-                tracing::warn!(target: "keysmith::feed", %error, seq, "ignored a change log row that is not a change");
-            }
-        }
+        changes.push((seq, LoggedChanges::parse(DB::opt_text(row, "payload")?.as_deref())));
     }
-    Ok(logged)
+    Ok(LoggedChanges { latest, changes })
 }
 
 /// Deletes at most `limit` changes logged before `before`.

@@ -172,6 +172,19 @@ impl MemoryStore {
         Ok(self.changes.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
+    /// Empties the change log and restarts its numbering, as a SQL
+    /// `TRUNCATE … RESTART IDENTITY` would.
+    #[cfg(test)]
+    pub(crate) fn renumber_change_log(&self) {
+        self.changes.lock().unwrap_or_else(PoisonError::into_inner).renumber();
+    }
+
+    /// Logs a row that is not a change, as if written by hand.
+    #[cfg(test)]
+    pub(crate) fn log_unreadable(&self, at: DateTime<Utc>) {
+        self.changes.lock().unwrap_or_else(PoisonError::into_inner).append_unreadable(at);
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(Error::store("the memory store is closed"));
