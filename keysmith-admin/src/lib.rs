@@ -100,7 +100,7 @@ pub use lockout::SelfLockout;
 pub use schema::metadata::parse as parse_metadata;
 pub use secret_scanning::GithubSecretScanning;
 #[cfg(feature = "server")]
-pub use server::{DEFAULT_HEADER_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, Server, Stopped};
+pub use server::{DEFAULT_HEADER_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, Server, Stopped, shutdown_signal};
 #[cfg(feature = "ui")]
 pub use ui::{DEFAULT_API_BASE, UiConfig, ui_router};
 

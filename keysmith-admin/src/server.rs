@@ -170,6 +170,45 @@ impl Server {
     }
 }
 
+/// A future that resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM: the
+/// signal to give [`Server::serve`] (or another server) to stop on.
+///
+/// The handlers are installed when this is called, not when the future is
+/// first polled: call it before the server says where it listens, and a
+/// signal sent from then on (a supervisor stopping it just after start, or
+/// just after its first request) stops it gracefully, where the default
+/// action would end the process at once, its queued usage unwritten.
+///
+/// # Panics
+/// Outside a Tokio runtime with its I/O driver enabled (as
+/// `tokio::signal` does).
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let handlers =
+            signal(SignalKind::interrupt()).and_then(|interrupt| Ok((interrupt, signal(SignalKind::terminate())?)));
+        async move {
+            match handlers {
+                Ok((mut interrupt, mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(target: "keysmith::server", %error, "cannot handle SIGTERM; stopping on Ctrl-C only");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 /// How [`Server::serve`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -40,13 +40,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = app(engine.clone(), demo_support::secret_scanning(&engine));
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, settings.port)).await?;
     let base = format!("http://{}", listener.local_addr()?);
+    // Handled from before the address is printed.
+    let stop = demo_support::shutdown_signal();
     demo_support::print_instructions("axum", &base, &settings.database_url, &keys);
     print_admin_instructions(&base);
 
     let stopped = Server::new()
         .with_header_timeout(settings.header_timeout)
         .with_shutdown_timeout(settings.shutdown_timeout)
-        .serve(listener, app, demo_support::shutdown_signal())
+        .serve(listener, app, stop)
         .await;
     if stopped.dropped_connections > 0 {
         println!("Shutdown deadline passed; open connections dropped: {}.", stopped.dropped_connections);

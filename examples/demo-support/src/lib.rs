@@ -320,27 +320,15 @@ pub fn print_instructions(framework: &str, base: &str, database_url: &str, keys:
     println!("Ctrl-C stops the server and writes the queued usage records.");
 }
 
-/// Resolves on Ctrl-C, or SIGTERM on Unix.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+/// Resolves on Ctrl-C, or SIGTERM on Unix, and says so. The handlers are
+/// installed when this is called (call it before printing the address), so
+/// a signal sent from then on stops the demo gracefully.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    let signal = keysmith_admin::shutdown_signal();
+    async move {
+        signal.await;
+        println!("Shutting down…");
     }
-    println!("Shutting down…");
 }
 
 /// After the server stopped: writes the queued usage records and says how

@@ -58,12 +58,15 @@ pub(super) async fn run(
         .await
         .map_err(|error| CliError::Listen { addr: args.listen, source: error })?;
     let addr = listener.local_addr().map_err(|error| CliError::Listen { addr: args.listen, source: error })?;
+    // Handled from before the address is announced: a signal sent once a
+    // supervisor or a test knows it stops the server gracefully.
+    let stop = keysmith_admin::shutdown_signal();
     announce(addr, printer)?;
 
     let stopped = Server::new()
         .with_header_timeout(args.header_timeout.0)
         .with_shutdown_timeout(args.shutdown_timeout.0)
-        .serve(listener, router, shutdown_signal())
+        .serve(listener, router, stop)
         .await;
     // With --json the announcement was the command's one document.
     Ok(match stopped.dropped_connections {
@@ -100,17 +103,4 @@ fn announce(addr: SocketAddr, printer: Printer) -> Result<(), CliError> {
     )?;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).map_err(CliError::Output)
-}
-
-/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    if let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-        return;
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

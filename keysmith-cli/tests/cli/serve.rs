@@ -224,6 +224,21 @@ fn serve_answers_413_to_an_oversized_body_and_changes_nothing() {
     assert!(server.wait_for_exit(Duration::from_secs(60)).0.success(), "{}", server.stderr());
 }
 
+/// A supervisor may stop `serve` as soon as it has said where it listens:
+/// the signal handlers are installed before that line, so SIGTERM then is a
+/// graceful stop (exit 0, usage written), never the default action that
+/// ends the process at once (seen as "exited with signal 15" when the
+/// handler was installed only once the server first waited).
+#[test]
+fn sigterm_as_soon_as_serve_announces_its_address_stops_it_gracefully() {
+    let (_dir, ks, _, _) = with_admin();
+    let mut server = serve(&ks, &[]);
+    server.terminate();
+    let (status, _) = server.wait_for_exit(Duration::from_secs(60));
+    assert!(status.success(), "serve exited with {status}: {}", server.stderr());
+    assert!(server.stdout().contains("Stopped; queued usage records written."), "{}", server.stdout());
+}
+
 #[test]
 fn an_idle_keep_alive_connection_does_not_delay_serves_shutdown() {
     let (_dir, ks, _, _) = with_admin();
