@@ -50,6 +50,15 @@ pub(crate) struct GlobalArgs {
     /// `postgres://user@host:5432/db` or `mysql://user@host:3306/db`.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true, value_name = "URL")]
     pub(crate) database_url: Option<String>,
+    /// Redis URL of the change feed your application instances listen on
+    /// (`RedisChangeFeed`): every change a command commits (a key revoked,
+    /// suspended, rotated, expired, its scopes changed; a policy updated…)
+    /// is published there, so instances that cache keys forget them at once.
+    /// Without it, on PostgreSQL changes are published with `NOTIFY` on the
+    /// database itself (`PgChangeFeed`); on SQLite and MySQL/MariaDB nothing
+    /// is published (instances see a change when their cache entries expire).
+    #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true, value_name = "URL")]
+    pub(crate) redis_url: Option<String>,
     /// Application id of the tenant to act for (required by keys, policies, scopes and usage); ids are
     /// compared exactly: 1 to 128 bytes, no whitespace at either end.
     #[arg(long, env = "KEYSMITH_APP", global = true, value_name = "APP_ID")]

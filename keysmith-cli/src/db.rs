@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use keysmith_core::{Error, Store};
+use keysmith_core::{EngineBuilder, Error, Store};
+use keysmith_redis::RedisChangeFeed;
+use keysmith_sqlx::PgChangeFeed;
 
 use crate::error::CliError;
 
@@ -15,4 +17,29 @@ pub(crate) async fn open(url: Option<&str>) -> Result<Arc<dyn Store>, CliError> 
         Error::InvalidInput { .. } => CliError::Usage(error.to_string()),
         error => CliError::Connect(error),
     })
+}
+
+/// `builder` with the change feed a command publishes on: Redis at
+/// `redis_url` when given, else, on PostgreSQL, `NOTIFY` on the database at
+/// `database_url` itself (a connection of its own, opened when a change is
+/// first published); none on SQLite and MySQL/MariaDB.
+pub(crate) async fn with_change_feed(
+    builder: EngineBuilder, database_url: &str, redis_url: Option<&str>,
+) -> Result<EngineBuilder, CliError> {
+    if let Some(url) = redis_url {
+        let feed = RedisChangeFeed::connect(url).await.map_err(|error| match error {
+            Error::InvalidInput { .. } => CliError::Usage(format!("--redis-url: {error}")),
+            error => CliError::Connect(error),
+        })?;
+        return Ok(builder.with_change_feed(feed));
+    }
+    let scheme = database_url.split_once(':').map(|(scheme, _)| scheme.to_ascii_lowercase());
+    if matches!(scheme.as_deref(), Some("postgres" | "postgresql")) {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy(database_url)
+            .map_err(|error| CliError::Connect(Error::store(error.to_string())))?;
+        return Ok(builder.with_change_feed(PgChangeFeed::new(pool)));
+    }
+    Ok(builder)
 }

@@ -55,7 +55,10 @@ pub(crate) async fn run(cli: Cli) -> Result<String, CliError> {
     };
     let app = global.app.clone();
     let store = db::open(global.database_url.as_deref()).await?;
-    let mut builder = Engine::builder(Arc::clone(&store)).with_leak_policies(leak_policies);
+    let builder = Engine::builder(Arc::clone(&store)).with_leak_policies(leak_policies);
+    // `open` succeeded, so the URL is there.
+    let database_url = global.database_url.as_deref().unwrap_or_default();
+    let mut builder = db::with_change_feed(builder, database_url, global.redis_url.as_deref()).await?;
     if let Command::Serve(args) = &command {
         if args.metrics {
             builder = builder.with_plugin(MetricsPlugin::new());

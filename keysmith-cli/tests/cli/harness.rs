@@ -86,6 +86,7 @@ pub(crate) fn bare(args: &[&str]) -> Run {
         .env_remove("KEYSMITH_APP")
         .env_remove("KEYSMITH_TENANT")
         .env_remove("RUST_LOG")
+        .env_remove("REDIS_URL")
         .output()
         .expect("cannot run keysmith");
     Run {

@@ -6,13 +6,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keysmith_core::Store;
-use keysmith_sqlx::PgStore;
+use keysmith_core::store::CacheConfig;
+use keysmith_core::{Engine, Refusal, RequestContext, ValidationError};
+use keysmith_sqlx::{PgChangeFeed, PgStore};
 use keysmith_tests::server_process::Response;
 use keysmith_tests::services::PgTestDb;
 use serde_json::json;
 
 use crate::flow::operator_flow;
-use crate::harness::{Keysmith, bare};
+use crate::harness::{Keysmith, bare, str_of};
 use crate::serve::{call, serve};
 
 #[tokio::test]
@@ -49,13 +51,13 @@ async fn serve_is_not_ready_while_its_database_is_unreachable_and_ready_again_af
     let down = until(ready, |answer| answer.status != 200);
     assert_eq!(down.status, 503, "{}", down.body);
     // The whole body: the store's error (naming the database) is not answered.
-    assert_eq!(down.body, r#"{"status":"not_ready","checks":{"store":"down","change_feed":"none"}}"#);
+    assert_eq!(down.body, r#"{"status":"not_ready","checks":{"store":"down","change_feed":"publishing"}}"#);
     // Liveness is not readiness: the process still serves.
     assert_eq!(call(&server, "GET", "/health", None, b"").status, 200);
 
     db.set_reachable(true).await;
     let up = until(ready, |answer| answer.status == 200);
-    assert_eq!(up.body, r#"{"status":"ready","checks":{"store":"up","change_feed":"none"}}"#);
+    assert_eq!(up.body, r#"{"status":"ready","checks":{"store":"up","change_feed":"publishing"}}"#);
 }
 
 /// Asks until the answer is as wanted (a real server changing state on its
@@ -113,4 +115,41 @@ async fn an_import_only_reads_its_postgres_source() {
     let error = ks.run(&["import", "--from-url", db.url(), "--query", "SELEC 1"]).fails(2);
     assert!(error.starts_with("error: the source query failed: ") && error.contains("SELEC"), "{error}");
     source.close().await;
+}
+
+/// A key the CLI revokes on PostgreSQL is refused at once by an application
+/// instance that cached it and listens on the database's change feed
+/// (`NOTIFY`), not once its cache entry expires (five minutes here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_by_the_cli_is_refused_at_once_by_an_instance_caching_it() {
+    let Some(db) = PgTestDb::create().await else { return };
+    let ks = Keysmith::new(db.url());
+    ks.run(&["migrate"]).ok();
+    let created = ks.json(&["keys", "create", "--name", "cached"]);
+    let (id, raw) = (str_of(&created["key"], "id").to_owned(), str_of(&created, "raw_key").to_owned());
+
+    let store = PgStore::connect(db.url()).await.unwrap();
+    let feed = PgChangeFeed::new(store.pool().clone());
+    let cache = CacheConfig::default().with_positive_ttl(Duration::from_secs(300));
+    let app = Engine::builder(store).with_cache(cache).with_change_feed(feed).build().unwrap();
+    let ctx = RequestContext::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !app.feed_status().unwrap().subscribed {
+        assert!(Instant::now() < deadline, "never subscribed");
+        app.validate(&raw, &ctx).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.validate(&raw, &ctx).await.unwrap();
+
+    ks.run(&["keys", "revoke", &id, "--reason", "leaked"]).ok();
+    let revoked = Instant::now();
+    loop {
+        match app.validate(&raw, &ctx).await {
+            Err(ValidationError::Refused(Refusal::Revoked)) => break,
+            other => assert!(revoked.elapsed() < Duration::from_secs(5), "still {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(app.feed_status().unwrap().received >= 1);
+    app.shutdown().await;
 }

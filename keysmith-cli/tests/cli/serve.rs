@@ -96,6 +96,7 @@ pub(crate) fn serve(ks: &Keysmith, extra: &[&str]) -> ServerProcess {
         "KEYSMITH_FORWARDED_HEADER",
         "KEYSMITH_LOG_FORMAT",
         "RUST_LOG",
+        "REDIS_URL",
     ] {
         command.env_remove(var);
     }
