@@ -29,7 +29,8 @@ pub(crate) async fn with_change_feed(
     if let Some(url) = redis_url {
         let feed = RedisChangeFeed::connect(url).await.map_err(|error| match error {
             Error::InvalidInput { .. } => CliError::Usage(format!("--redis-url: {error}")),
-            error => CliError::Connect(error),
+            // Exit 3, naming the feed rather than the database.
+            error => CliError::Engine(error),
         })?;
         return Ok(builder.with_change_feed(feed));
     }

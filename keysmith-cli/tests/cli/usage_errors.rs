@@ -115,6 +115,20 @@ fn database_urls_need_a_supported_scheme() {
     assert!(error.contains("DATABASE_URL"), "{error}");
 }
 
+/// A Redis change feed that cannot be reached is an infrastructure failure
+/// naming the feed, and a malformed URL a usage error; neither shows the
+/// URL's password.
+#[test]
+fn an_unreachable_or_malformed_redis_url_says_so_without_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("keys.db").display());
+    // Port 1 on the loopback: nothing listens there.
+    let error = bare(&["--database-url", &url, "--redis-url", "redis://u:hunter2@127.0.0.1:1/0", "migrate"]).fails(3);
+    assert!(error.starts_with("error: change feed unavailable") && !error.contains("hunter2"), "{error}");
+    let error = bare(&["--database-url", &url, "--redis-url", "rediz://u:hunter2@h/0", "migrate"]).fails(2);
+    assert!(error.contains("--redis-url") && !error.contains("hunter2"), "{error}");
+}
+
 #[test]
 fn help_and_version_succeed() {
     let help = bare(&["--help"]).ok();
