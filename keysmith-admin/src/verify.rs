@@ -135,8 +135,10 @@ impl Verdict {
                 remaining: status.remaining,
                 reset: retry_after_secs(*retry_after),
             }),
-            Refusal::CreditsExhausted { refills_at, .. } => {
-                verdict.credits = Some(CreditsState { remaining: 0, cost: 0, refills_at: *refills_at });
+            // What is left, fewer than the request's cost; nothing spent.
+            Refusal::CreditsExhausted { status, .. } => {
+                verdict.credits =
+                    Some(CreditsState { remaining: status.remaining, cost: 0, refills_at: status.refills_at });
             }
             _ => {}
         }

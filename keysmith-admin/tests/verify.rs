@@ -82,6 +82,7 @@ async fn under_limit_by_owner_a_verdict_reports_and_spends_the_owners_credits() 
     // A whole number may be written with a zero fraction.
     let verdict = verify(&h, &caller, json!({"key": second, "cost": 2.0})).await.ok(200).clone();
     assert_eq!((verdict["valid"].clone(), verdict["code"].clone()), (json!(false), json!("credits_exhausted")));
+    assert_eq!(verdict["credits"]["remaining"], 1, "what is left, short of the cost, and nothing spent");
     let verdict = verify(&h, &caller, json!({"key": second})).await.ok(200).clone();
     assert_eq!(verdict["credits"]["remaining"], 0, "one balance for both keys");
     let left = h.tenant().owner_credits("cust_1").await.unwrap();

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use keysmith_core::{EngineBuilder, Error, Store};
 use keysmith_redis::RedisChangeFeed;
-use keysmith_sqlx::PgChangeFeed;
 
 use crate::error::CliError;
 
@@ -34,13 +33,8 @@ pub(crate) async fn with_change_feed(
         })?;
         return Ok(builder.with_change_feed(feed));
     }
-    let scheme = database_url.split_once(':').map(|(scheme, _)| scheme.to_ascii_lowercase());
-    if matches!(scheme.as_deref(), Some("postgres" | "postgresql")) {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect_lazy(database_url)
-            .map_err(|error| CliError::Connect(Error::store(error.to_string())))?;
-        return Ok(builder.with_change_feed(PgChangeFeed::new(pool)));
+    match keysmith_sqlx::change_feed(database_url).map_err(CliError::Connect)? {
+        Some(feed) => Ok(builder.with_change_feed(feed)),
+        None => Ok(builder),
     }
-    Ok(builder)
 }

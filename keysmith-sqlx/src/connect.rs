@@ -73,6 +73,29 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
     }
 }
 
+/// The change feed of the database `url` names, when it has one:
+/// PostgreSQL's `LISTEN`/`NOTIFY` ([`PgChangeFeed`](crate::PgChangeFeed), on
+/// the default channel, over a connection of its own opened when first
+/// used); `None` for SQLite and MySQL/MariaDB, which have no feed of their
+/// own (use Redis's).
+///
+/// # Errors
+/// As [`connect`]: a URL that names no supported database, or one sqlx
+/// cannot read.
+#[cfg(feature = "postgres")]
+pub fn change_feed(url: &str) -> Result<Option<crate::PgChangeFeed>> {
+    match Backend::of(url)? {
+        Backend::Postgres => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect_lazy(url)
+                .map_err(crate::common::store_error)?;
+            Ok(Some(crate::PgChangeFeed::new(pool)))
+        }
+        _ => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,6 +103,8 @@ pub use sqlite::SqliteStore;
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub use store::SqlStore;
 
+#[cfg(feature = "postgres")]
+pub use connect::change_feed;
 pub use connect::connect;
 
 /// Re-exported so that `Store::migrate` and friends are in scope with one import.

@@ -6,15 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keysmith_core::Store;
-use keysmith_core::store::CacheConfig;
-use keysmith_core::{Engine, Refusal, RequestContext, ValidationError};
 use keysmith_sqlx::{PgChangeFeed, PgStore};
 use keysmith_tests::server_process::Response;
 use keysmith_tests::services::PgTestDb;
 use serde_json::json;
 
 use crate::flow::operator_flow;
-use crate::harness::{Keysmith, bare, str_of};
+use crate::harness::{Keysmith, bare};
 use crate::serve::{call, serve};
 
 #[tokio::test]
@@ -119,37 +117,13 @@ async fn an_import_only_reads_its_postgres_source() {
 
 /// A key the CLI revokes on PostgreSQL is refused at once by an application
 /// instance that cached it and listens on the database's change feed
-/// (`NOTIFY`), not once its cache entry expires (five minutes here).
+/// (`NOTIFY`), with nothing set on the CLI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_revoked_by_the_cli_is_refused_at_once_by_an_instance_caching_it() {
     let Some(db) = PgTestDb::create().await else { return };
     let ks = Keysmith::new(db.url());
     ks.run(&["migrate"]).ok();
-    let created = ks.json(&["keys", "create", "--name", "cached"]);
-    let (id, raw) = (str_of(&created["key"], "id").to_owned(), str_of(&created, "raw_key").to_owned());
-
     let store = PgStore::connect(db.url()).await.unwrap();
     let feed = PgChangeFeed::new(store.pool().clone());
-    let cache = CacheConfig::default().with_positive_ttl(Duration::from_secs(300));
-    let app = Engine::builder(store).with_cache(cache).with_change_feed(feed).build().unwrap();
-    let ctx = RequestContext::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !app.feed_status().unwrap().subscribed {
-        assert!(Instant::now() < deadline, "never subscribed");
-        app.validate(&raw, &ctx).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    app.validate(&raw, &ctx).await.unwrap();
-
-    ks.run(&["keys", "revoke", &id, "--reason", "leaked"]).ok();
-    let revoked = Instant::now();
-    loop {
-        match app.validate(&raw, &ctx).await {
-            Err(ValidationError::Refused(Refusal::Revoked)) => break,
-            other => assert!(revoked.elapsed() < Duration::from_secs(5), "still {other:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(app.feed_status().unwrap().received >= 1);
-    app.shutdown().await;
+    crate::feed::a_revocation_reaches_an_instance_caching_the_key(&ks, &[], store, feed).await;
 }

@@ -7,7 +7,7 @@ use keysmith_sqlx::SqliteStore;
 use serde_json::json;
 
 use crate::flow::operator_flow;
-use crate::harness::{Keysmith, bare, str_of};
+use crate::harness::{Keysmith, bare};
 
 fn temp_db() -> (tempfile::TempDir, Keysmith) {
     let dir = tempfile::tempdir().unwrap();
@@ -209,48 +209,10 @@ async fn a_field_or_column_named_twice_is_refused() {
 /// it and listens on the same Redis change feed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_url_a_key_revoked_by_the_cli_is_refused_at_once_by_an_instance_caching_it() {
-    use std::time::{Duration, Instant};
-
-    use keysmith_core::store::CacheConfig;
-    use keysmith_core::{Engine, Refusal, RequestContext, ValidationError};
-    use keysmith_redis::RedisChangeFeed;
-
-    let redis = match std::env::var("KEYSMITH_TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ if std::env::var("KEYSMITH_TEST_REQUIRE_SERVICES").is_ok_and(|v| v == "1") => {
-            panic!("KEYSMITH_TEST_REDIS_URL is not set and KEYSMITH_TEST_REQUIRE_SERVICES=1")
-        }
-        _ => {
-            println!("skipping: KEYSMITH_TEST_REDIS_URL not set");
-            return;
-        }
-    };
+    let Some(redis) = keysmith_tests::services::service_url("KEYSMITH_TEST_REDIS_URL") else { return };
     let (_dir, ks) = temp_db();
     ks.run(&["migrate"]).ok();
-    let created = ks.json(&["keys", "create", "--name", "cached"]);
-    let (id, raw) = (str_of(&created["key"], "id").to_owned(), str_of(&created, "raw_key").to_owned());
-
     let store = SqliteStore::connect(ks.url()).await.unwrap();
-    let feed = RedisChangeFeed::connect(&redis).await.unwrap();
-    let cache = CacheConfig::default().with_positive_ttl(Duration::from_secs(300));
-    let app = Engine::builder(store).with_cache(cache).with_change_feed(feed).build().unwrap();
-    let ctx = RequestContext::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !app.feed_status().unwrap().subscribed {
-        assert!(Instant::now() < deadline, "never subscribed");
-        app.validate(&raw, &ctx).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    app.validate(&raw, &ctx).await.unwrap();
-
-    ks.run(&["--redis-url", &redis, "keys", "revoke", &id, "--reason", "leaked"]).ok();
-    let revoked = Instant::now();
-    loop {
-        match app.validate(&raw, &ctx).await {
-            Err(ValidationError::Refused(Refusal::Revoked)) => break,
-            other => assert!(revoked.elapsed() < Duration::from_secs(5), "still {other:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    app.shutdown().await;
+    let feed = keysmith_redis::RedisChangeFeed::connect(&redis).await.unwrap();
+    crate::feed::a_revocation_reaches_an_instance_caching_the_key(&ks, &["--redis-url", &redis], store, feed).await;
 }
