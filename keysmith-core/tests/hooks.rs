@@ -8,9 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{TimeZone, Utc};
 use keysmith_core::hooks::{AuditEntry, AuditPlugin, MetricsPlugin};
 use keysmith_core::{
-    BoxError, Engine, Event, ManualClock, MemoryStore, NewKey, Plugin, RequestContext, RotationReason,
+    BoxError, Engine, Event, ManualClock, MemoryStore, NewKey, Period, Plugin, PolicySpec, RequestContext,
+    RotationReason,
 };
 use support::{Recorder, t0};
 
@@ -92,6 +94,49 @@ async fn every_operation_fires_its_event_and_no_event_shows_a_secret() {
         assert!(!dump.contains(random), "an event shows a raw key");
         assert!(!dump.contains(&random[..16]));
     }
+}
+
+#[tokio::test]
+async fn a_refusal_by_limit_or_quota_fires_its_event_with_when_to_retry() {
+    let recorder = Recorder::default();
+    let entries = Arc::new(Mutex::new(Vec::<AuditEntry>::new()));
+    let sink = Arc::clone(&entries);
+    let audit = AuditPlugin::new().with_sink(move |entry| sink.lock().unwrap().push(entry.clone()));
+    let (engine, _clock) = engine_with(|b| b.with_plugin(recorder.clone()).with_plugin(audit));
+    let acme = engine.tenant("app", "acme");
+    let ctx = RequestContext::new();
+    let limited =
+        acme.create_policy(PolicySpec::new("limited").with_rate_limit(1, Duration::from_secs(60))).await.unwrap();
+    let monthly = acme.create_policy(PolicySpec::new("monthly").with_quota(Some(5), Some(1))).await.unwrap();
+    let a = acme.create_key(NewKey::new("a").with_policy(limited.id)).await.unwrap();
+    let b = acme.create_key(NewKey::new("b").with_policy(monthly.id)).await.unwrap();
+    for key in [&a, &b] {
+        engine.validate(key.raw.expose(), &ctx).await.unwrap();
+        engine.validate(key.raw.expose(), &ctx).await.unwrap_err();
+    }
+
+    let events = recorder.0.lock().unwrap().clone();
+    let limited_event = events.iter().find(|e| matches!(e, Event::KeyRateLimited { .. })).unwrap();
+    match limited_event {
+        Event::KeyRateLimited { key_id, tenant, retry_after } => {
+            assert_eq!((*key_id, tenant), (a.key.id, acme.tenant()));
+            assert_eq!(*retry_after, Duration::from_secs(60));
+        }
+        other => panic!("{other:?}"),
+    }
+    let quota_event = events.iter().find(|e| matches!(e, Event::QuotaExceeded { .. })).unwrap();
+    match quota_event {
+        Event::QuotaExceeded { key_id, tenant, period, resets_at } => {
+            assert_eq!((*key_id, tenant), (b.key.id, acme.tenant()));
+            // The monthly quota (1) was used up, not the daily one (5).
+            assert_eq!(*period, Period::Month);
+            assert_eq!(*resets_at, Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0).unwrap());
+        }
+        other => panic!("{other:?}"),
+    }
+    let entries = entries.lock().unwrap().clone();
+    let quota_entry = entries.iter().find(|entry| entry.event == "quota_exceeded").unwrap();
+    assert_eq!(quota_entry.detail.as_deref(), Some("month quota used up until 2026-04-01T00:00:00+00:00"));
 }
 
 #[tokio::test]

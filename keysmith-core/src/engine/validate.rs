@@ -558,7 +558,8 @@ impl Engine {
                     self.refund_rate_limits(subject, &policy.rate_limits, now);
                     let resets_at = period.next_start(now);
                     if !inner.hooks.is_empty() {
-                        let event = || Event::QuotaExceeded { key_id: key.id, tenant: key.tenant.clone(), resets_at };
+                        let event =
+                            || Event::QuotaExceeded { key_id: key.id, tenant: key.tenant.clone(), period, resets_at };
                         Box::pin(self.emit(event)).await;
                     }
                     let used_up = if period == Period::Month { quota.monthly } else { quota.daily };

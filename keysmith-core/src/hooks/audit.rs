@@ -31,6 +31,9 @@ impl AuditEntry {
             Event::KeyRotated { record, .. } => {
                 Some(format!("{} -> {} ({})", record.key_id, record.new_key_id, record.reason))
             }
+            Event::QuotaExceeded { period, resets_at, .. } => {
+                Some(format!("{period} quota used up until {}", resets_at.to_rfc3339()))
+            }
             _ => None,
         };
         Self { event: event.name(), tenant: event.tenant().cloned(), subject: event.subject(), detail }

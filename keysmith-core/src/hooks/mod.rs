@@ -18,7 +18,7 @@ pub use audit::{AuditEntry, AuditPlugin};
 pub use metrics::MetricsPlugin;
 
 use crate::leak::LeakAction;
-use crate::{BoxError, Key, KeyId, Policy, PolicyId, Refusal, RotationRecord, Scope, ScopeId, Tenant};
+use crate::{BoxError, Key, KeyId, Period, Policy, PolicyId, Refusal, RotationRecord, Scope, ScopeId, Tenant};
 
 /// Something that happened, handed to every plugin.
 #[derive(Debug, Clone)]
@@ -103,6 +103,9 @@ pub enum Event {
         key_id: KeyId,
         /// Its owner.
         tenant: Tenant,
+        /// Which quota was used up: the daily (`Period::Day`) or the monthly
+        /// (`Period::Month`) one.
+        period: Period,
         /// When the quota resets.
         resets_at: DateTime<Utc>,
     },
