@@ -114,18 +114,78 @@ impl HealthConfig {
     }
 }
 
-/// The body of `/ready`.
-#[derive(Debug, Serialize)]
-struct Readiness {
-    status: &'static str,
-    checks: Checks,
+/// What `GET /ready` answers, for a service on another framework that
+/// serves its own probe (see [`readiness`]); serialized as the route's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    pub status: &'static str,
+    /// Each part's state.
+    pub checks: Checks,
 }
 
-/// Each part `/ready` looks at.
-#[derive(Debug, Serialize)]
-struct Checks {
-    store: &'static str,
-    change_feed: &'static str,
+impl Readiness {
+    /// True when the service is ready: the store is up and the change feed,
+    /// if any, is not lost. A probe answers 200 then, else 503.
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        self.status == "ready"
+    }
+}
+
+/// Each part [`Readiness`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Checks {
+    /// `up` or `down`.
+    pub store: &'static str,
+    /// `subscribed`, `unsubscribed`, `publishing` (a feed but no cache, so
+    /// no subscription to wait for) or `none`.
+    pub change_feed: &'static str,
+}
+
+/// Whether `engine` can serve, as `GET /ready` answers it: its store's ping
+/// (answered within `ping_timeout`; [`DEFAULT_PING_TIMEOUT`] is the
+/// route's default) and its change feed. The store's error is logged
+/// (target `keysmith::health`), never returned, since it can name hosts and
+/// users.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use keysmith_admin::{DEFAULT_PING_TIMEOUT, readiness};
+/// use keysmith_core::{Engine, MemoryStore};
+///
+/// let engine = Engine::builder(Arc::new(MemoryStore::new())).build()?;
+/// let ready = readiness(&engine, DEFAULT_PING_TIMEOUT).await;
+/// assert!(ready.is_ready());
+/// assert_eq!(serde_json::to_string(&ready)?, r#"{"status":"ready","checks":{"store":"up","change_feed":"none"}}"#);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub async fn readiness(engine: &Engine, ping_timeout: Duration) -> Readiness {
+    let store = match tokio::time::timeout(ping_timeout, engine.store().ping()).await {
+        Ok(Ok(())) => "up",
+        Ok(Err(error)) => {
+            tracing::warn!(target: "keysmith::health", %error, "readiness: the store did not answer its ping");
+            "down"
+        }
+        Err(_) => {
+            tracing::warn!(target: "keysmith::health", timeout = ?ping_timeout, "readiness: the store's ping timed out");
+            "down"
+        }
+    };
+    let change_feed = match engine.feed_status() {
+        None => "none",
+        // Without a cache the engine only publishes: nothing to keep fresh,
+        // no subscription to wait for.
+        Some(_) if engine.cache_stats().is_none() => "publishing",
+        Some(status) if status.subscribed => "subscribed",
+        Some(_) => "unsubscribed",
+    };
+    let ready = store == "up" && change_feed != "unsubscribed";
+    Readiness { status: if ready { "ready" } else { "not_ready" }, checks: Checks { store, change_feed } }
 }
 
 async fn health() -> Response {
@@ -133,29 +193,9 @@ async fn health() -> Response {
 }
 
 async fn ready(State(config): State<HealthConfig>) -> Response {
-    let store = match tokio::time::timeout(config.ping_timeout, config.engine.store().ping()).await {
-        Ok(Ok(())) => "up",
-        Ok(Err(error)) => {
-            tracing::warn!(target: "keysmith::health", %error, "readiness: the store did not answer its ping");
-            "down"
-        }
-        Err(_) => {
-            tracing::warn!(target: "keysmith::health", timeout = ?config.ping_timeout, "readiness: the store's ping timed out");
-            "down"
-        }
-    };
-    let change_feed = match config.engine.feed_status() {
-        None => "none",
-        // Without a cache the engine only publishes: nothing to keep fresh,
-        // no subscription to wait for.
-        Some(_) if config.engine.cache_stats().is_none() => "publishing",
-        Some(status) if status.subscribed => "subscribed",
-        Some(_) => "unsubscribed",
-    };
-    let ready = store == "up" && change_feed != "unsubscribed";
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = Readiness { status: if ready { "ready" } else { "not_ready" }, checks: Checks { store, change_feed } };
-    no_store((status, Json(body)).into_response())
+    let readiness = readiness(&config.engine, config.ping_timeout).await;
+    let status = if readiness.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    no_store((status, Json(readiness)).into_response())
 }
 
 /// The Prometheus text exposition of everything recorded so far.

@@ -95,7 +95,7 @@ use keysmith_core::Engine;
 
 pub use config::{AdminConfig, DEFAULT_BODY_LIMIT, DEFAULT_REALM};
 pub use error::{Error, Result};
-pub use health::{DEFAULT_PING_TIMEOUT, HealthConfig};
+pub use health::{Checks, DEFAULT_PING_TIMEOUT, HealthConfig, Readiness, readiness};
 pub use lockout::SelfLockout;
 pub use schema::metadata::parse as parse_metadata;
 pub use secret_scanning::GithubSecretScanning;

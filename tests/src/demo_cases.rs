@@ -13,6 +13,7 @@ macro_rules! demo_cases_tests {
             a_slow_client_does_not_hold_the_demo_past_the_shutdown_deadline,
             a_half_sent_head_is_disconnected_after_the_header_timeout,
             imported_keys_of_an_accepted_prefix_pass_the_demo_as_they_are,
+            the_demo_serves_its_probes_and_metrics_when_asked,
         );
     };
     (@cases $binary:expr; $($case:ident),* $(,)?) => {
@@ -47,7 +48,7 @@ pub fn start_demo_with(
     binary: &str, dir: &std::path::Path, header_timeout: u64, shutdown_timeout: u64, vars: &[(&str, &str)],
 ) -> ServerProcess {
     let mut command = Command::new(binary);
-    command.envs(vars.iter().copied());
+    command.env_remove("KEYSMITH_METRICS").envs(vars.iter().copied());
     command
         .current_dir(dir)
         .env("DATABASE_URL", format!("sqlite:{}", dir.join("demo.db").display()))
@@ -115,6 +116,46 @@ pub fn a_half_sent_head_is_disconnected_after_the_header_timeout(binary: &str) {
     assert!(since_connect >= Duration::from_millis(900), "closed before the header timeout: {since_connect:?}");
     assert!(waited < Duration::from_secs(4), "not closed at the header timeout: {waited:?}");
     assert_eq!(request(demo.addr(), "GET", "/health", &[], b"").status, 200);
+    demo.terminate();
+    let (status, _) = demo.wait_for_exit(Duration::from_secs(60));
+    assert!(status.success(), "the demo exited with {status}: {}", demo.stderr());
+}
+
+/// The demo's probes need no key: `/health` while it serves, `/ready`
+/// naming the store and the change feed; with `KEYSMITH_METRICS=1`,
+/// `/metrics` counts what it validated, and without it `/metrics` is not a
+/// probe.
+///
+/// # Panics
+/// When the demo does not behave so.
+pub fn the_demo_serves_its_probes_and_metrics_when_asked(binary: &str) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut demo = start_demo_with(binary, dir.path(), 10, 1, &[("KEYSMITH_METRICS", "1")]);
+    let health = request(demo.addr(), "GET", "/health", &[], b"");
+    assert_eq!((health.status, health.body.as_str()), (200, r#"{"status":"ok"}"#));
+    let ready = request(demo.addr(), "GET", "/ready", &[], b"");
+    assert_eq!(
+        (ready.status, ready.body.as_str()),
+        (200, r#"{"status":"ready","checks":{"store":"up","change_feed":"none"}}"#)
+    );
+    let reader = format!("Bearer {}", demo.printed("KEYSMITH_DEMO_READ_KEY"));
+    assert_eq!(request(demo.addr(), "GET", "/me", &[("Authorization", &reader)], b"").status, 200);
+    let metrics = request(demo.addr(), "GET", "/metrics", &[], b"");
+    assert_eq!(metrics.status, 200, "{}", metrics.body);
+    let validated = metrics
+        .body
+        .lines()
+        .find(|line| line.starts_with("keysmith_validations_total{") && line.contains(r#"outcome="valid""#));
+    assert!(validated.is_some_and(|line| line.ends_with(" 1")), "{}", metrics.body);
+    demo.terminate();
+    let (status, _) = demo.wait_for_exit(Duration::from_secs(60));
+    assert!(status.success(), "the demo exited with {status}: {}", demo.stderr());
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut demo = start_demo(binary, dir.path(), 10, 1);
+    assert_eq!(request(demo.addr(), "GET", "/ready", &[], b"").status, 200);
+    let metrics = request(demo.addr(), "GET", "/metrics", &[], b"");
+    assert_ne!(metrics.status, 200, "{}", metrics.body);
     demo.terminate();
     let (status, _) = demo.wait_for_exit(Duration::from_secs(60));
     assert!(status.success(), "the demo exited with {status}: {}", demo.stderr());

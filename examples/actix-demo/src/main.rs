@@ -1,4 +1,5 @@
-//! Keysmith behind actix-web: every route but `/health` needs an API key,
+//! Keysmith behind actix-web: every route but the probes (`/health`,
+//! `/ready`, and `/metrics` with `KEYSMITH_METRICS=1`) needs an API key,
 //! two routes need scopes, and one demo key is rate limited. The same API
 //! as the axum demo, on port 3001.
 //!
@@ -27,7 +28,7 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::http::header::HeaderValue;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use demo_support::{APP_ID, NewUser, REALM, Settings, Users};
+use demo_support::{APP_ID, NewUser, PrometheusHandle, REALM, Settings, Users};
 use keysmith_actix::{ApiKey, ApiKeyMiddleware, RequireScopes};
 use keysmith_admin::GithubSecretScanning;
 use keysmith_admin::secret_scanning::{KEY_IDENTIFIER_HEADER, SIGNATURE_HEADER};
@@ -41,7 +42,8 @@ const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     demo_support::init_logging()?;
     let settings = Settings::from_env(3001)?;
-    let engine = demo_support::open_engine(&settings.database_url).await?;
+    let engine = demo_support::open_engine(&settings).await?;
+    let metrics = demo_support::install_metrics(&settings)?;
     let keys = demo_support::create_demo_keys(&engine).await?;
 
     // Built here, not in the per-worker closure: the engine's usage writer
@@ -51,7 +53,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app_engine = engine.clone();
     let scanning = demo_support::secret_scanning(&engine);
     let server = HttpServer::new(move || {
-        App::new().configure(routes(keysmith.clone(), app_engine.clone(), users.clone(), scanning.clone()))
+        let probes = Probes { engine: app_engine.clone(), metrics: metrics.clone() };
+        App::new().configure(routes(keysmith.clone(), probes, users.clone(), scanning.clone()))
     })
     // The same limits as the axum demo and `keysmith serve`.
     .client_request_timeout(settings.header_timeout)
@@ -70,14 +73,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The routes: `/health` is public, GitHub's secret scanning alerts are
+/// What the probe routes answer from: the engine, and the metrics recorder
+/// when `/metrics` is served.
+#[derive(Clone)]
+struct Probes {
+    engine: Engine,
+    metrics: Option<PrometheusHandle>,
+}
+
+/// The routes: the probes are public, GitHub's secret scanning alerts are
 /// authenticated by GitHub's signature, everything else goes through
 /// `keysmith`.
 fn routes(
-    keysmith: ApiKeyMiddleware, engine: Engine, users: Users, scanning: GithubSecretScanning,
+    keysmith: ApiKeyMiddleware, probes: Probes, users: Users, scanning: GithubSecretScanning,
 ) -> impl FnOnce(&mut web::ServiceConfig) {
     move |config| {
-        config.app_data(web::Data::new(engine)).app_data(web::Data::new(users)).route("/health", web::get().to(health));
+        let metrics = probes.metrics.is_some();
+        config
+            .app_data(web::Data::new(probes))
+            .app_data(web::Data::new(users))
+            .route("/health", web::get().to(health))
+            .route("/ready", web::get().to(ready));
+        if metrics {
+            config.route("/metrics", web::get().to(metrics_text));
+        }
         config.app_data(web::Data::new(scanning)).route(GITHUB_ALERTS, web::post().to(github_alert));
         config.service(
             web::scope("").wrap(keysmith).route("/me", web::get().to(me)).service(
@@ -89,10 +108,32 @@ fn routes(
     }
 }
 
-async fn health(engine: web::Data<Engine>) -> HttpResponse {
-    let (status, body) = demo_support::health(&engine).await;
-    HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)).json(body)
+/// `GET /health`: 200 while the demo serves (liveness), as
+/// `keysmith_admin::HealthConfig` answers it.
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().insert_header(NO_STORE).json(serde_json::json!({ "status": "ok" }))
 }
+
+/// `GET /ready`: the store and the change feed (see `demo_support::ready`).
+async fn ready(probes: web::Data<Probes>) -> HttpResponse {
+    let (status, body) = demo_support::ready(&probes.engine).await;
+    HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE))
+        .insert_header(NO_STORE)
+        .json(body)
+}
+
+/// `GET /metrics` (only routed with `KEYSMITH_METRICS=1`).
+async fn metrics_text(probes: web::Data<Probes>) -> HttpResponse {
+    let Some(handle) = &probes.metrics else { return HttpResponse::NotFound().finish() };
+    HttpResponse::Ok()
+        .insert_header(NO_STORE)
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(demo_support::metrics_text(handle))
+}
+
+/// Probes answer the present: no cache may keep them.
+const NO_STORE: (actix_web::http::header::HeaderName, HeaderValue) =
+    (actix_web::http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 
 async fn me(key: ApiKey) -> HttpResponse {
     HttpResponse::Ok().json(demo_support::me(&key))
@@ -143,7 +184,8 @@ mod tests {
         let engine = Engine::builder(Arc::new(MemoryStore::new())).with_clock(clock).build().unwrap();
         let keys = demo_support::create_demo_keys(&engine).await.unwrap();
         let keysmith = ApiKeyMiddleware::new(engine.clone()).with_realm(REALM).with_app_id(APP_ID);
-        (routes(keysmith, engine.clone(), Users::default(), GithubSecretScanning::new(engine)), keys)
+        let probes = Probes { engine: engine.clone(), metrics: None };
+        (routes(keysmith, probes, Users::default(), GithubSecretScanning::new(engine)), keys)
     }
 
     fn request(method: &str, path: &str, key: Option<&RawKey>) -> test::TestRequest {
@@ -215,7 +257,13 @@ mod tests {
         let github = keysmith_tests::github::FakeGithub::start().await;
         let keysmith = ApiKeyMiddleware::new(engine.clone()).with_realm(REALM).with_app_id(APP_ID);
         let scanning = GithubSecretScanning::new(engine.clone()).with_keys_url(github.keys_url());
-        let app = test::init_service(App::new().configure(routes(keysmith, engine, Users::default(), scanning))).await;
+        let app = test::init_service(App::new().configure(routes(
+            keysmith,
+            Probes { engine, metrics: None },
+            Users::default(),
+            scanning,
+        )))
+        .await;
         let body = keysmith_tests::github::alert_body(&[keys.read.expose()]);
         let alert = |body: String, signature: String| {
             test::TestRequest::post()

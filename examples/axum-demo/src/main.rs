@@ -1,6 +1,7 @@
-//! Keysmith behind axum: every route but `/health` needs an API key, two
-//! routes need scopes, one demo key is rate limited, the REST management
-//! API (`keysmith-admin`) is mounted at `/keysmith/v1` and its dashboard at
+//! Keysmith behind axum: every route but the probes (`/health`, `/ready`,
+//! and `/metrics` with `KEYSMITH_METRICS=1`) needs an API key, two routes
+//! need scopes, one demo key is rate limited, the REST management API
+//! (`keysmith-admin`) is mounted at `/keysmith/v1` and its dashboard at
 //! `/keysmith/ui/`.
 //!
 //! ```sh
@@ -26,7 +27,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use demo_support::{APP_ID, NewUser, REALM, Settings, User, Users};
-use keysmith_admin::{AdminConfig, GithubSecretScanning, Server};
+use keysmith_admin::{AdminConfig, GithubSecretScanning, HealthConfig, Server};
 use keysmith_core::Engine;
 use keysmith_tower::{ApiKey, ApiKeyLayer, RequireScopes};
 use serde_json::Value;
@@ -35,9 +36,14 @@ use serde_json::Value;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     demo_support::init_logging()?;
     let settings = Settings::from_env(3000)?;
-    let engine = demo_support::open_engine(&settings.database_url).await?;
+    let engine = demo_support::open_engine(&settings).await?;
+    let metrics = demo_support::install_metrics(&settings)?;
     let keys = demo_support::create_demo_keys(&engine).await?;
-    let app = app(engine.clone(), demo_support::secret_scanning(&engine));
+    let mut probes = HealthConfig::new(engine.clone());
+    if let Some(handle) = metrics {
+        probes = probes.with_metrics(handle);
+    }
+    let app = app(engine.clone(), demo_support::secret_scanning(&engine), probes);
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, settings.port)).await?;
     let base = format!("http://{}", listener.local_addr()?);
     // Handled from before the address is printed.
@@ -57,12 +63,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The routes: `/health` is public, everything else needs a key, and the
+/// The routes: the probes (`/health`, `/ready`, `/metrics` if configured)
+/// are public, everything else needs a key, and the
 /// management API under `/keysmith/v1` needs a `keysmith:admin` key. The
 /// dashboard at `/keysmith/ui/` is static files: it signs in with an admin
 /// key and calls the management API. GitHub posts secret scanning alerts
 /// to `/keysmith/v1/secret-scanning/github`, signed, with no key.
-fn app(engine: Engine, scanning: GithubSecretScanning) -> Router {
+fn app(engine: Engine, scanning: GithubSecretScanning, probes: HealthConfig) -> Router {
     let users = Users::default();
     let api = Router::new()
         .route("/me", get(me))
@@ -78,9 +85,8 @@ fn app(engine: Engine, scanning: GithubSecretScanning) -> Router {
         .with_app_id(APP_ID)
         .with_secret_scanning(scanning)
         .into_router();
-    Router::new()
-        .route("/health", get(health))
-        .with_state(engine)
+    probes
+        .into_router()
         .merge(api)
         .nest("/keysmith/v1", admin)
         .nest_service("/keysmith/ui", keysmith_admin::ui_router())
@@ -102,11 +108,6 @@ fn print_admin_instructions(base: &str) {
     );
     println!();
     println!("The dashboard is at {base}/keysmith/ui/: sign in with the admin key.");
-}
-
-async fn health(State(engine): State<Engine>) -> (StatusCode, Json<Value>) {
-    let (status, body) = demo_support::health(&engine).await;
-    (StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), Json(body))
 }
 
 async fn me(key: ApiKey) -> Json<Value> {
@@ -137,7 +138,7 @@ mod tests {
         let clock = ManualClock::new(chrono::DateTime::UNIX_EPOCH);
         let engine = Engine::builder(Arc::new(MemoryStore::new())).with_clock(clock).build().unwrap();
         let keys = demo_support::create_demo_keys(&engine).await.unwrap();
-        (app(engine.clone(), GithubSecretScanning::new(engine)), keys)
+        (app(engine.clone(), GithubSecretScanning::new(engine.clone()), HealthConfig::new(engine)), keys)
     }
 
     async fn status(app: &Router, method: &str, path: &str, key: Option<&RawKey>) -> u16 {
@@ -231,7 +232,8 @@ mod tests {
         let engine = Engine::builder(Arc::new(MemoryStore::new())).build().unwrap();
         let keys = demo_support::create_demo_keys(&engine).await.unwrap();
         let github = keysmith_tests::github::FakeGithub::start().await;
-        let app = app(engine.clone(), GithubSecretScanning::new(engine).with_keys_url(github.keys_url()));
+        let scanning = GithubSecretScanning::new(engine.clone()).with_keys_url(github.keys_url());
+        let app = app(engine.clone(), scanning, HealthConfig::new(engine));
         let body = keysmith_tests::github::alert_body(&[keys.read.expose()]);
         let request = Request::post("/keysmith/v1/secret-scanning/github")
             .header("github-public-key-identifier", github.identifier())

@@ -6,7 +6,7 @@
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let settings = demo_support::Settings::from_env(3000)?;
-//! let engine = demo_support::open_engine(&settings.database_url).await?;
+//! let engine = demo_support::open_engine(&settings).await?;
 //! let keys = demo_support::create_demo_keys(&engine).await?;
 //! demo_support::print_instructions("axum", "http://127.0.0.1:3000", &settings.database_url, &keys);
 //! // …serve until demo_support::shutdown_signal() resolves, then:
@@ -19,7 +19,8 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use keysmith_admin::{GithubSecretScanning, Server};
+use keysmith_admin::{GithubSecretScanning, Readiness, Server};
+use keysmith_core::hooks::MetricsPlugin;
 use keysmith_core::http::ApiKey;
 use keysmith_core::store::{CacheConfig, Page};
 use keysmith_core::{
@@ -27,6 +28,8 @@ use keysmith_core::{
 };
 use keysmith_redis::{RedisChangeFeed, RedisConfig, RedisQuotas, RedisRateLimiter};
 use keysmith_sqlx::{PgChangeFeed, PgStore};
+use metrics_exporter_prometheus::PrometheusBuilder;
+pub use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -72,6 +75,10 @@ pub struct Settings {
     /// this long; then open connections are dropped and the queued usage is
     /// written.
     pub shutdown_timeout: Duration,
+    /// `KEYSMITH_METRICS` (`1` or `true`; default off, as `keysmith serve
+    /// --metrics`): the engine counts validations and the demo serves them,
+    /// with every other metric Keysmith records, at `GET /metrics`.
+    pub metrics: bool,
 }
 
 /// Logs on stderr what the engine and the admin API log (a store that went
@@ -99,32 +106,45 @@ pub fn init_logging() -> Result<(), BoxError> {
 
 impl Settings {
     /// Reads `DATABASE_URL`, `PORT` (`default_port` when unset),
-    /// `KEYSMITH_HEADER_TIMEOUT` and `KEYSMITH_SHUTDOWN_TIMEOUT`.
+    /// `KEYSMITH_HEADER_TIMEOUT`, `KEYSMITH_SHUTDOWN_TIMEOUT` and
+    /// `KEYSMITH_METRICS`.
     ///
     /// # Errors
-    /// When `PORT` is not a port number, or a timeout not a number of
-    /// seconds in its range.
+    /// When `PORT` is not a port number, a timeout not a number of seconds
+    /// in its range, or `KEYSMITH_METRICS` neither on nor off.
     pub fn from_env(default_port: u16) -> Result<Self, BoxError> {
         let var = |name: &str| std::env::var(name).ok();
         Self::from_vars(
-            [var("DATABASE_URL"), var("PORT"), var("KEYSMITH_HEADER_TIMEOUT"), var("KEYSMITH_SHUTDOWN_TIMEOUT")],
+            [
+                var("DATABASE_URL"),
+                var("PORT"),
+                var("KEYSMITH_HEADER_TIMEOUT"),
+                var("KEYSMITH_SHUTDOWN_TIMEOUT"),
+                var("KEYSMITH_METRICS"),
+            ],
             default_port,
         )
     }
 
-    fn from_vars(vars: [Option<String>; 4], default_port: u16) -> Result<Self, BoxError> {
-        let [database_url, port, header_timeout, shutdown_timeout] = vars;
+    fn from_vars(vars: [Option<String>; 5], default_port: u16) -> Result<Self, BoxError> {
+        let [database_url, port, header_timeout, shutdown_timeout, metrics] = vars;
         let port = match port {
             Some(port) => port.parse().map_err(|_| format!("PORT must be a port number, not {port:?}"))?,
             None => default_port,
         };
         let header_timeout = seconds("KEYSMITH_HEADER_TIMEOUT", header_timeout, Server::MIN_HEADER_TIMEOUT)?;
         let shutdown_timeout = seconds("KEYSMITH_SHUTDOWN_TIMEOUT", shutdown_timeout, Duration::ZERO)?;
+        let metrics = match metrics.as_deref().map(str::trim) {
+            None | Some("" | "0" | "false") => false,
+            Some("1" | "true") => true,
+            Some(other) => return Err(format!("KEYSMITH_METRICS must be 1, true, 0 or false, not {other:?}").into()),
+        };
         Ok(Self {
             database_url: database_url.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
             port,
             header_timeout: header_timeout.unwrap_or(keysmith_admin::DEFAULT_HEADER_TIMEOUT),
             shutdown_timeout: shutdown_timeout.unwrap_or(keysmith_admin::DEFAULT_SHUTDOWN_TIMEOUT),
+            metrics,
         })
     }
 }
@@ -154,11 +174,13 @@ fn seconds(name: &str, value: Option<String>, min: Duration) -> Result<Option<Du
 /// `REDIS_RATE_LIMIT=local_first` decides limits in process first and syncs
 /// with Redis every 100 ms (`strict`, one Redis round trip per check, is the
 /// default). `KEYSMITH_LEGACY_PREFIXES=mk` accepts imported keys of the
-/// application's own format (`mk_…`) as they are.
+/// application's own format (`mk_…`) as they are. With
+/// [`Settings::metrics`] the engine counts validations for `/metrics`.
 ///
 /// # Errors
 /// When the store (or Redis) cannot be reached or migrated.
-pub async fn open_engine(database_url: &str) -> Result<Engine, BoxError> {
+pub async fn open_engine(settings: &Settings) -> Result<Engine, BoxError> {
+    let database_url = settings.database_url.as_str();
     let redis_url = std::env::var("REDIS_URL").ok().filter(|url| !url.is_empty());
     let postgres = database_url.starts_with("postgres://") || database_url.starts_with("postgresql://");
     let builder = if postgres && redis_url.is_none() {
@@ -189,6 +211,7 @@ pub async fn open_engine(database_url: &str) -> Result<Engine, BoxError> {
         }
         None => builder,
     };
+    let builder = if settings.metrics { builder.with_plugin(MetricsPlugin::new()) } else { builder };
     let legacy = std::env::var(LEGACY_PREFIXES_VAR).unwrap_or_default();
     Ok(builder
         .with_cache(CacheConfig::default())
@@ -287,7 +310,7 @@ pub fn print_instructions(framework: &str, base: &str, database_url: &str, keys:
     println!("KEYSMITH_DEMO_OWNER_KEY_2={}", keys.owned[1].expose());
     println!();
     println!("Then try:");
-    println!("  curl {base}/health");
+    println!("  curl {base}/health    # and /ready; /metrics when started with KEYSMITH_METRICS=1");
     println!("  curl -H \"Authorization: Bearer $KEYSMITH_DEMO_READ_KEY\" {base}/me");
     println!("  curl -H \"X-API-Key: $KEYSMITH_DEMO_READ_KEY\" {base}/users");
     println!(
@@ -343,12 +366,36 @@ pub async fn finish(engine: &Engine) {
     );
 }
 
-/// `GET /health`: 200 `{"status":"ok"}` while the store answers, else 503.
-pub async fn health(engine: &Engine) -> (u16, Value) {
-    match engine.store().ping().await {
-        Ok(()) => (200, json!({ "status": "ok" })),
-        Err(_) => (503, json!({ "status": "store unavailable" })),
+/// The recorder behind `GET /metrics`, installed for the process when
+/// [`Settings::metrics`] is on (`None` when off).
+///
+/// # Errors
+/// When another recorder is installed already.
+pub fn install_metrics(settings: &Settings) -> Result<Option<PrometheusHandle>, BoxError> {
+    if !settings.metrics {
+        return Ok(None);
     }
+    let handle =
+        PrometheusBuilder::new().install_recorder().map_err(|error| format!("cannot serve metrics: {error}"))?;
+    Ok(Some(handle))
+}
+
+/// `GET /ready` for a framework that cannot mount
+/// [`keysmith_admin::HealthConfig`]'s routes: status and body as they
+/// answer it (200 when the store answers a ping and the change feed, if
+/// any, is subscribed; else 503).
+pub async fn ready(engine: &Engine) -> (u16, Readiness) {
+    let readiness = keysmith_admin::readiness(engine, keysmith_admin::DEFAULT_PING_TIMEOUT).await;
+    (if readiness.is_ready() { 200 } else { 503 }, readiness)
+}
+
+/// `GET /metrics` for a framework that cannot mount
+/// [`keysmith_admin::HealthConfig`]'s routes: everything recorded so far,
+/// in the Prometheus text format.
+#[must_use]
+pub fn metrics_text(handle: &PrometheusHandle) -> String {
+    handle.run_upkeep();
+    handle.render()
 }
 
 /// `GET /me`: what the request's key says about itself.
@@ -451,7 +498,21 @@ mod tests {
 
     /// The settings with `PORT` and the two timeouts set to these.
     fn with(port: Option<&str>, header: Option<&str>, shutdown: Option<&str>) -> Result<Settings, BoxError> {
-        Settings::from_vars([None, port, header, shutdown].map(|var| var.map(str::to_owned)), 3001)
+        Settings::from_vars([None, port, header, shutdown, None].map(|var| var.map(str::to_owned)), 3001)
+    }
+
+    fn with_metrics(value: &str) -> Result<Settings, BoxError> {
+        Settings::from_vars([None, None, None, None, Some(value.to_owned())], 3001)
+    }
+
+    #[test]
+    fn metrics_are_off_unless_asked_for() {
+        assert!(!with(None, None, None).unwrap().metrics);
+        for (value, on) in [("1", true), ("true", true), ("0", false), ("false", false), ("", false)] {
+            assert_eq!(with_metrics(value).unwrap().metrics, on, "{value:?}");
+        }
+        let error = with_metrics("yes please").unwrap_err().to_string();
+        assert_eq!(error, r#"KEYSMITH_METRICS must be 1, true, 0 or false, not "yes please""#);
     }
 
     #[test]
@@ -462,6 +523,7 @@ mod tests {
             port: 3001,
             header_timeout: keysmith_admin::DEFAULT_HEADER_TIMEOUT,
             shutdown_timeout: keysmith_admin::DEFAULT_SHUTDOWN_TIMEOUT,
+            metrics: false,
         };
         assert_eq!(defaults, expected);
         assert_eq!(with(Some("8080"), None, None).unwrap().port, 8080);
