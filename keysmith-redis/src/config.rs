@@ -2,6 +2,7 @@
 //! do when Redis is down.
 
 use std::fmt;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -36,6 +37,7 @@ pub struct RedisConfig {
     pub(crate) link: Arc<Link>,
     pub(crate) prefix: String,
     pub(crate) outage: OutagePolicy,
+    pub(crate) retry_interval: Duration,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -43,6 +45,7 @@ impl fmt::Debug for RedisConfig {
         f.debug_struct("RedisConfig")
             .field("prefix", &self.prefix)
             .field("outage", &self.outage)
+            .field("retry_interval", &self.retry_interval)
             .finish_non_exhaustive()
     }
 }
@@ -52,11 +55,16 @@ impl RedisConfig {
     /// `keysmith`, failing open.
     ///
     /// A call waits at most 250 ms for a connection and 250 ms for an
-    /// answer, so an outage costs a request that long before the outage
-    /// policy applies. A lost connection is re-established by the first
-    /// call after it (the app needs no restart), and so is one that stays
-    /// open but answers nothing (a partition, a hung proxy): after a call
-    /// times out, a new connection replaces it in the background.
+    /// answer, so an outage costs the request that finds it that long (a
+    /// refused or reset connection may take a few attempts, a second or
+    /// two) before the outage policy applies. From then on Redis is left
+    /// alone: each component (limiter, quotas) decides every request by
+    /// its outage policy at once, without a call, and a background probe
+    /// pings Redis every [retry interval](Self::with_retry_interval) until
+    /// it answers; then calls go to Redis again (the app needs no restart).
+    /// A connection that stays open but answers nothing (a partition, a
+    /// hung proxy) is replaced by a new one after a call or probe times
+    /// out.
     ///
     /// # Errors
     /// The URL is not a Redis URL, or the first connection failed.
@@ -100,13 +108,28 @@ impl RedisConfig {
     }
 
     fn from_link(link: Link) -> Self {
-        Self { link: Arc::new(link), prefix: DEFAULT_PREFIX.to_owned(), outage: OutagePolicy::default() }
+        Self {
+            link: Arc::new(link),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            outage: OutagePolicy::default(),
+            retry_interval: DEFAULT_RETRY_INTERVAL,
+        }
     }
 
     /// Names every key `{prefix}:…`, so several apps can share one Redis.
     #[must_use]
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
+        self
+    }
+
+    /// How often, once a call found Redis unreachable, a background probe
+    /// pings it (default [`DEFAULT_RETRY_INTERVAL`]); meanwhile no request
+    /// calls Redis, each is decided by the outage policy at once. A zero
+    /// interval is taken as 1 ms.
+    #[must_use]
+    pub fn with_retry_interval(mut self, interval: Duration) -> Self {
+        self.retry_interval = interval.max(Duration::from_millis(1));
         self
     }
 
@@ -161,6 +184,13 @@ fn subject_key_in(prefix: &str, subject: Subject<'_>, kind: &str) -> String {
 
 /// How long a call waits for a connection, and then for its answer.
 const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// How often a background probe pings Redis while it is unreachable, unless
+/// configured otherwise ([`RedisConfig::with_retry_interval`]).
+pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long a probe waits for Redis's answer, reconnecting included.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A connection to one Redis server or to a Redis Cluster, cloned freely
 /// (clones share it), for `redis`'s commands and scripts
@@ -342,6 +372,27 @@ impl Link {
 /// dropped call have run before its answer was lost, it counts twice:
 /// over-counting, never under-counting.) After a timeout the connection is
 /// replaced in the background.
+impl Link {
+    /// True if Redis answers a `PING` within [`PROBE_TIMEOUT`]; a
+    /// connection that times out is replaced.
+    async fn ping(self: &Arc<Self>) -> bool {
+        let mut conn = self.current();
+        match tokio::time::timeout(PROBE_TIMEOUT, redis::cmd("PING").query_async::<()>(&mut conn)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
+                if error.is_timeout() {
+                    self.replace();
+                }
+                false
+            }
+            Err(_) => {
+                self.replace();
+                false
+            }
+        }
+    }
+}
+
 pub(crate) async fn invoke<T: redis::FromRedisValue>(
     invocation: &redis::ScriptInvocation<'_>, link: &Arc<Link>,
 ) -> redis::RedisResult<T> {
@@ -363,29 +414,105 @@ pub(crate) fn backend(error: redis::RedisError) -> Error {
 
 /// Whether Redis answered the last call of one component, so an outage and
 /// a recovery are each logged once, not once per request.
-#[derive(Debug)]
+/// Whether one component (the limiter, the quotas) may call Redis: a
+/// circuit breaker. A failed call marks Redis down; while it is down no
+/// request calls it (each is decided by the outage policy at once) and one
+/// background task pings it every retry interval until it answers.
 pub(crate) struct Health {
     component: &'static str,
+    outage: OutagePolicy,
     up: AtomicBool,
+    /// Set while a background task probes Redis.
+    probing: Arc<AtomicBool>,
+    link: Arc<Link>,
+    retry_interval: Duration,
+    /// Run by the probe once Redis answers, before calls go to it again:
+    /// true when done (false: Redis stays down, the probe tries again).
+    recovery: Option<Recovery>,
+}
+
+/// What a component does once Redis is back, before it calls Redis again.
+pub(crate) type Recovery = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+impl fmt::Debug for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Health")
+            .field("component", &self.component)
+            .field("up", &self.up.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Clears a probe's flag when its task ends, finished or dropped with its
+/// runtime, so that the next request that finds Redis down starts another.
+struct ProbeDone(Arc<AtomicBool>);
+
+impl Drop for ProbeDone {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl Health {
-    pub(crate) fn new(component: &'static str) -> Self {
-        Self { component, up: AtomicBool::new(true) }
+    pub(crate) fn new(component: &'static str, config: &RedisConfig) -> Self {
+        Self {
+            component,
+            outage: config.outage,
+            up: AtomicBool::new(true),
+            probing: Arc::default(),
+            link: Arc::clone(&config.link),
+            retry_interval: config.retry_interval,
+            recovery: None,
+        }
     }
 
-    /// Redis answered.
-    pub(crate) fn ok(&self) {
+    /// Runs `recovery` once Redis answers a probe, before calls go to it
+    /// again.
+    pub(crate) fn with_recovery(mut self, recovery: Recovery) -> Self {
+        self.recovery = Some(recovery);
+        self
+    }
+
+    /// True while calls go to Redis (no outage known).
+    pub(crate) fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// True when calls may go to Redis. False while it is known down: the
+    /// caller applies the outage policy without a call (counted as a
+    /// fallback), and a probe watches for Redis's return.
+    pub(crate) fn available(self: &Arc<Self>) -> bool {
+        if self.up.load(Ordering::Acquire) {
+            return true;
+        }
+        self.probe();
+        if self.outage == OutagePolicy::FailOpen {
+            metrics::counter!("keysmith_redis_fallbacks_total", "component" => self.component).increment(1);
+        }
+        false
+    }
+
+    /// The error a caller failing closed answers while Redis is down.
+    pub(crate) fn unavailable(&self) -> Error {
+        backend(redis::RedisError::from((
+            redis::ErrorKind::IoError,
+            "redis is unreachable",
+            format!("the {} component waits for it to answer a probe", self.component),
+        )))
+    }
+
+    /// Redis answered a probe, and the component caught up: calls go to it
+    /// again.
+    fn ok(&self) {
         if !self.up.swap(true, Ordering::AcqRel) {
             tracing::info!(component = self.component, "redis is reachable again: shared state in use");
         }
     }
 
-    /// Redis failed; under `fail_open` the caller decides in process, and
-    /// each such decision is counted in `keysmith_redis_fallbacks_total`.
-    pub(crate) fn failed(&self, outage: OutagePolicy, error: &redis::RedisError) {
+    /// A call to Redis failed: Redis is down until a probe hears it.
+    pub(crate) fn failed(self: &Arc<Self>, error: &redis::RedisError) {
         if self.up.swap(false, Ordering::AcqRel) {
-            match outage {
+            match self.outage {
                 OutagePolicy::FailOpen => tracing::warn!(
                     component = self.component,
                     %error,
@@ -398,9 +525,41 @@ impl Health {
                 ),
             }
         }
-        if outage == OutagePolicy::FailOpen {
+        if self.outage == OutagePolicy::FailOpen {
             metrics::counter!("keysmith_redis_fallbacks_total", "component" => self.component).increment(1);
         }
+        self.probe();
+    }
+
+    /// Starts the background probe unless one runs (on the current tokio
+    /// runtime; without one, Redis is called again instead).
+    fn probe(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.up.store(true, Ordering::Release);
+            return;
+        };
+        if self.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Weak: a limiter or quota counter dropped meanwhile ends its probe.
+        let (health, done) = (Arc::downgrade(self), ProbeDone(Arc::clone(&self.probing)));
+        let (link, interval, recovery) = (Arc::clone(&self.link), self.retry_interval, self.recovery.clone());
+        runtime.spawn(async move {
+            let _done = done;
+            loop {
+                tokio::time::sleep(interval).await;
+                let answered = link.ping().await;
+                let Some(health) = health.upgrade() else { return };
+                let caught_up = match &recovery {
+                    Some(recover) if answered => recover().await,
+                    _ => answered,
+                };
+                if caught_up {
+                    health.ok();
+                    return;
+                }
+            }
+        });
     }
 }
 

@@ -45,7 +45,7 @@ mod feed;
 mod limiter;
 mod quotas;
 
-pub use config::{OutagePolicy, RedisConfig, RedisConnection};
+pub use config::{DEFAULT_RETRY_INTERVAL, OutagePolicy, RedisConfig, RedisConnection};
 pub use feed::RedisChangeFeed;
 pub use limiter::RedisRateLimiter;
 pub use quotas::RedisQuotas;

@@ -11,7 +11,7 @@ use keysmith_core::usage::{QuotaCounter, QuotaRemaining, stored_requests};
 use keysmith_core::{Key, Period, Quota, Result, Store};
 use redis::Script;
 
-use crate::config::{Health, OutagePolicy, RedisConfig, backend, invoke};
+use crate::config::{Health, Link, OutagePolicy, Recovery, RedisConfig, backend, invoke};
 
 /// Checks and counts one request in one step. `KEYS`: the day's and the
 /// month's counters; `ARGV`: daily and monthly limits (`-1`: none), their
@@ -42,10 +42,34 @@ end
 return 1
 ";
 
+/// Adds what an instance admitted during an outage to a counter Redis kept
+/// through it: `KEYS[1]` the counter, `ARGV[1]` the requests. A counter
+/// Redis lost is left missing: it starts again from the store's records,
+/// which hold those requests. Answers the count, or `-1` when missing.
+const REPLAY: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('INCRBY', KEYS[1], ARGV[1]) end
+return -1
+";
+
 /// During an outage: per subject (its
-/// [`storage_key`](Subject::storage_key)) and period, the period's start
-/// and the requests counted in it.
-type LocalCounts = HashMap<(String, Period), (DateTime<Utc>, u64)>;
+/// [`storage_key`](Subject::storage_key)) and period, what this instance
+/// counts in process.
+type LocalCounts = HashMap<(String, Period), LocalCount>;
+
+/// One subject's period counted in process during an outage.
+#[derive(Debug)]
+struct LocalCount {
+    /// The period's start.
+    start: DateTime<Utc>,
+    /// The requests counted in it: the store's records when the outage
+    /// began, and what this instance admitted since.
+    count: u64,
+    /// What this instance admitted during the outage (refunds taken off),
+    /// added to Redis's counter once Redis answers again.
+    admitted: u64,
+    /// The period's counter in Redis.
+    counter: String,
+}
 
 /// How long a period's counter is kept after the period ends (instances'
 /// clocks differ a little; the counter of an ended period is never read).
@@ -68,7 +92,11 @@ const KEEP_AFTER_PERIOD_SECS: i64 = 3600;
 /// When Redis cannot be reached: under [`OutagePolicy::FailOpen`] requests
 /// are counted in process, from the store's records plus what this
 /// instance accepted during the outage (a quota then holds per instance);
-/// under [`OutagePolicy::FailClosed`] it is an error (503).
+/// under [`OutagePolicy::FailClosed`] it is an error (503). Once Redis
+/// answers again, each instance adds what it admitted during the outage to
+/// the counters Redis kept, before it counts there again, so the requests
+/// admitted during a partition count against the rest of the day and
+/// month (a counter Redis lost starts again from the store's records).
 #[derive(Debug)]
 pub struct RedisQuotas {
     config: RedisConfig,
@@ -82,12 +110,18 @@ impl RedisQuotas {
     /// Quotas on `config`'s connection, prefix and outage policy.
     #[must_use]
     pub fn new(config: RedisConfig) -> Self {
+        let local: Arc<Mutex<LocalCounts>> = Arc::default();
+        let (replay, link, counts) = (Arc::new(Script::new(REPLAY)), Arc::clone(&config.link), Arc::clone(&local));
+        let recovery: Recovery = Arc::new(move || {
+            let (replay, link, counts) = (Arc::clone(&replay), Arc::clone(&link), Arc::clone(&counts));
+            Box::pin(async move { catch_up(&replay, &link, &counts).await })
+        });
         Self {
+            health: Arc::new(Health::new("quota", &config).with_recovery(recovery)),
             config,
             consume: Script::new(CONSUME),
             refund: Arc::new(Script::new(REFUND)),
-            health: Arc::new(Health::new("quota")),
-            local: Arc::default(),
+            local,
         }
     }
 
@@ -103,49 +137,99 @@ impl RedisQuotas {
         &self, store: &dyn Store, key: &Key, subject: Subject<'_>, quota: &Quota, now: DateTime<Utc>,
     ) -> Result<Result<QuotaRemaining, Period>> {
         let holder = subject.storage_key();
-        let mut counts = [0; 2];
-        for (count, period) in counts.iter_mut().zip([Period::Day, Period::Month]) {
+        let periods = [Period::Day, Period::Month];
+        let mut seeds = [0; 2];
+        for (seed, period) in seeds.iter_mut().zip(periods) {
             let start = period.start_of(now);
-            let known = self.lock().get(&(holder.clone(), period)).filter(|(s, _)| *s == start).map(|(_, n)| *n);
-            *count = match known {
+            let known = lock(&self.local).get(&(holder.clone(), period)).filter(|c| c.start == start).map(|c| c.count);
+            *seed = match known {
                 Some(n) => n,
                 None => stored_requests(store, &key.tenant, subject, period, now).await?,
             };
         }
-        let mut local = self.lock();
+        let counters = self.keys(subject, now);
+        let mut local = lock(&self.local);
         let mut used = [0; 2];
-        for ((used, seeded), period) in used.iter_mut().zip(counts).zip([Period::Day, Period::Month]) {
+        for (((used, seed), period), counter) in used.iter_mut().zip(seeds).zip(periods).zip(counters) {
             let start = period.start_of(now);
-            let entry = local.entry((holder.clone(), period)).or_insert((start, seeded));
-            if entry.0 != start {
-                *entry = (start, seeded);
+            let fresh = || LocalCount { start, count: seed, admitted: 0, counter: counter.clone() };
+            let entry = local.entry((holder.clone(), period)).or_insert_with(fresh);
+            if entry.start != start {
+                // A new period: what the last one admitted still goes to its
+                // counter, this one starts from the store.
+                let ended = std::mem::replace(entry, fresh());
+                if ended.admitted > 0 {
+                    local.insert((format!("{holder}@{}", ended.start.timestamp()), period), ended);
+                }
+                *used = seed;
+                continue;
             }
-            *used = entry.1;
+            *used = entry.count;
         }
         let left = match QuotaRemaining::check(quota, used[0], used[1]) {
             Ok(left) => left,
             Err(period) => return Ok(Err(period)),
         };
-        for period in [Period::Day, Period::Month] {
+        for period in periods {
             if let Some(entry) = local.get_mut(&(holder.clone(), period)) {
-                entry.1 += 1;
+                entry.count += 1;
+                entry.admitted += 1;
             }
         }
         Ok(Ok(left))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, LocalCounts> {
-        self.local.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Redis answered: what was counted in process belongs to the outage.
+    /// A call answered while no outage is known: what an instance counted
+    /// in process after the probe caught up (a request decided just as
+    /// Redis came back) is dropped, so that the next outage starts from
+    /// the store.
     fn recovered(&self) {
-        self.health.ok();
-        let mut local = self.lock();
-        if !local.is_empty() {
-            local.clear();
+        if self.health.is_up() {
+            let mut local = lock(&self.local);
+            if !local.is_empty() {
+                local.clear();
+            }
         }
     }
+}
+
+fn lock(local: &Mutex<LocalCounts>) -> std::sync::MutexGuard<'_, LocalCounts> {
+    local.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Adds what this instance admitted during the outage to Redis's counters,
+/// once Redis answers a probe: true when every one is sent (the in-process
+/// counts are then dropped), false when Redis failed meanwhile (what was
+/// not sent is kept for the next probe).
+async fn catch_up(replay: &Script, link: &Arc<Link>, local: &Mutex<LocalCounts>) -> bool {
+    // Requests decided in process while this runs are sent by the next
+    // round; a few rounds at most, then what is left goes.
+    for _ in 0..3 {
+        let pending: Vec<(String, u64)> = lock(local)
+            .values_mut()
+            .filter(|count| count.admitted > 0)
+            .map(|count| (count.counter.clone(), std::mem::take(&mut count.admitted)))
+            .collect();
+        if pending.is_empty() {
+            break;
+        }
+        for (i, (counter, admitted)) in pending.iter().enumerate() {
+            let mut call = replay.key(counter);
+            call.arg(*admitted);
+            if invoke::<i64>(&call, link).await.is_err() {
+                // Kept for the next probe: this one and those not yet sent.
+                let mut local = lock(local);
+                for (counter, admitted) in &pending[i..] {
+                    if let Some(count) = local.values_mut().find(|count| count.counter == *counter) {
+                        count.admitted += admitted;
+                    }
+                }
+                return false;
+            }
+        }
+    }
+    lock(local).clear();
+    true
 }
 
 fn limit_arg(limit: Option<u64>) -> i64 {
@@ -157,6 +241,12 @@ impl QuotaCounter for RedisQuotas {
     async fn try_consume(
         &self, store: &dyn Store, key: &Key, subject: Subject<'_>, quota: &Quota, now: DateTime<Utc>,
     ) -> Result<Result<QuotaRemaining, Period>> {
+        if !self.health.available() {
+            return match self.config.outage {
+                OutagePolicy::FailOpen => self.consume_locally(store, key, subject, quota, now).await,
+                OutagePolicy::FailClosed => Err(self.health.unavailable()),
+            };
+        }
         let keys = self.keys(subject, now);
         let ttl = [Period::Day, Period::Month]
             .map(|p| (p.next_start(now) - now).num_seconds().max(0) + KEEP_AFTER_PERIOD_SECS);
@@ -185,7 +275,7 @@ impl QuotaCounter for RedisQuotas {
                     });
                 }
                 Err(error) => {
-                    self.health.failed(self.config.outage, &error);
+                    self.health.failed(&error);
                     return match self.config.outage {
                         OutagePolicy::FailOpen => self.consume_locally(store, key, subject, quota, now).await,
                         OutagePolicy::FailClosed => Err(backend(error)),
@@ -196,31 +286,38 @@ impl QuotaCounter for RedisQuotas {
     }
 
     /// Starts the give-back in the background (on the current tokio
-    /// runtime; without one, nothing is given back).
+    /// runtime; without one, nothing is given back). While Redis is known
+    /// down the request was counted in process, and is given back there.
     fn refund(&self, subject: Subject<'_>, at: DateTime<Utc>) {
+        let holder = subject.storage_key();
+        let local = Arc::clone(&self.local);
+        let give_back_locally = move || {
+            let mut local = lock(&local);
+            for period in [Period::Day, Period::Month] {
+                if let Some(entry) = local.get_mut(&(holder.clone(), period))
+                    && entry.start == period.start_of(at)
+                {
+                    entry.count = entry.count.saturating_sub(1);
+                    entry.admitted = entry.admitted.saturating_sub(1);
+                }
+            }
+        };
+        if !self.health.available() {
+            give_back_locally();
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let (script, conn, keys) = (Arc::clone(&self.refund), Arc::clone(&self.config.link), self.keys(subject, at));
-        let holder = subject.storage_key();
-        let (health, outage, local) = (Arc::clone(&self.health), self.config.outage, Arc::clone(&self.local));
+        let health = Arc::clone(&self.health);
         runtime.spawn(async move {
             let mut call = script.key(&keys[0]);
             call.key(&keys[1]);
             let done: redis::RedisResult<i64> = invoke(&call, &conn).await;
-            match done {
-                Ok(_) => health.ok(),
-                Err(error) => {
-                    health.failed(outage, &error);
-                    let mut local = local.lock().unwrap_or_else(PoisonError::into_inner);
-                    for period in [Period::Day, Period::Month] {
-                        if let Some(entry) = local.get_mut(&(holder.clone(), period))
-                            && entry.0 == period.start_of(at)
-                        {
-                            entry.1 = entry.1.saturating_sub(1);
-                        }
-                    }
-                }
+            if let Err(error) = done {
+                health.failed(&error);
+                give_back_locally();
             }
         });
     }

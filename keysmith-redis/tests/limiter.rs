@@ -166,6 +166,32 @@ async fn fail_closed_answers_an_error_while_redis_is_down_and_recovers_after() {
 }
 
 #[tokio::test]
+async fn once_redis_is_found_down_checks_do_not_wait_on_it_and_a_probe_brings_it_back() {
+    let Some(mut server) = common::PrivateRedis::start().await else { return };
+    let connect = || async {
+        common::connect(&server.url())
+            .await
+            .with_outage_policy(OutagePolicy::FailClosed)
+            .with_retry_interval(Duration::from_millis(20))
+    };
+    let (a, b) = (RedisRateLimiter::new(connect().await), RedisRateLimiter::new(connect().await));
+    assert!(once(&a, KeyId::new()).await.unwrap());
+
+    server.stop();
+    // The check that finds Redis down waits on its call; Redis's error.
+    let found = once(&a, KeyId::new()).await.unwrap_err().to_string();
+    assert!(!found.contains("redis is unreachable"), "{found}");
+    // The next ones call nothing: refused at once (fail closed), saying why.
+    for _ in 0..20 {
+        let refused = once(&a, KeyId::new()).await.unwrap_err().to_string();
+        assert!(refused.contains("redis is unreachable") && refused.contains("probe"), "{refused}");
+    }
+
+    server.restart().await;
+    assert!(shared_again(&a, &b).await, "the probe never brought the limiter back to Redis");
+}
+
+#[tokio::test]
 async fn after_a_partition_heals_a_connection_that_went_silent_is_replaced_and_redis_decides_again() {
     let Some(url) = common::redis_url() else { return };
     // A cluster client learns its nodes' own addresses and bypasses a proxy

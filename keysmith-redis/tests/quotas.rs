@@ -6,6 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keysmith_core::limit::Subject;
 use keysmith_core::{
     Clock as _, Engine, LimitBy, ManualClock, MemoryStore, NewKey, Period, PolicySpec, Quota, Refusal, RequestContext,
     Store, UsageId, UsageRecord, Validation, ValidationError,
@@ -211,6 +212,55 @@ async fn quotas_fail_open_count_in_process_and_fail_closed_answer_unavailable_un
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(back, "fail_closed never recovered");
+}
+
+#[tokio::test]
+async fn what_an_instance_admitted_during_a_partition_counts_in_redis_once_it_heals() {
+    let Some(url) = common::redis_url() else { return };
+    // A cluster client bypasses a proxy in front of one node; the
+    // single-node run covers the partition.
+    if common::cluster() {
+        return;
+    }
+    let proxy = keysmith_tests::proxy::SilentProxy::start(common::redis_addr(&url).await).await;
+    let prefix = common::unique_prefix();
+    let behind = RedisConfig::connect(&format!("redis://{}", proxy.addr())).await.unwrap();
+    let cut_off = behind.with_prefix(&prefix).with_retry_interval(Duration::from_millis(20));
+    let direct = common::connect(&url).await.with_prefix(&prefix);
+    let clock = clock();
+    let (engines, raw) = fleet(vec![cut_off, direct], &clock, Quota { daily: Some(6), monthly: None }).await;
+    let (partitioned, other) = (&engines[0], &engines[1]);
+    let ctx = RequestContext::new();
+    let lineage = partitioned.validate(&raw, &ctx).await.unwrap().key.lineage_id;
+
+    proxy.go_silent();
+    // Fail open: counted in process (from the store, which has recorded
+    // nothing yet).
+    assert!(partitioned.validate(&raw, &ctx).await.is_ok());
+    assert!(partitioned.validate(&raw, &ctx).await.is_ok());
+    proxy.recover();
+
+    // Redis kept its counter (1) through the partition: once the probe hears
+    // Redis, the two admitted during it are added before anything else is
+    // counted there, so the fleet has 6 - 3 left, not 6 - 1.
+    let counter =
+        common::connect(&url).await.with_prefix(&prefix).subject_key(Subject::Key(lineage), "q:day:2026-05-05");
+    let mut admin = common::admin(&url).await;
+    let mut caught_up = false;
+    for _ in 0..200 {
+        let count: Option<u64> = redis::cmd("GET").arg(&counter).query_async(&mut admin).await.unwrap();
+        if count == Some(3) {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(caught_up, "the requests admitted during the partition never reached Redis");
+    let mut passed = 0;
+    for engine in [other, partitioned, other, partitioned, other] {
+        passed += u32::from(engine.validate(&raw, &ctx).await.is_ok());
+    }
+    assert_eq!(passed, 3, "the day's quota of 6 held across the partition");
 }
 
 /// Records `validation` as the adapters do after the response.

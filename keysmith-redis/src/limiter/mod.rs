@@ -232,11 +232,12 @@ impl RedisRateLimiter {
     /// A strict limiter on `config`'s connection, prefix and outage policy.
     #[must_use]
     pub fn new(config: RedisConfig) -> Self {
+        let health = Arc::new(Health::new("rate_limit", &config));
         Self {
             remote: Arc::new(Remote { config, check: Script::new(CHECK) }),
             refund: Arc::new(Script::new(REFUND)),
             fallback: Arc::new(GcraRateLimiter::new()),
-            health: Arc::new(Health::new("rate_limit")),
+            health,
             local: None,
         }
     }
@@ -319,10 +320,15 @@ impl RedisRateLimiter {
         &self, subject: Subject<'_>, key: &str, limit: &RateLimit, now: DateTime<Utc>,
     ) -> Result<RateLimitStatus> {
         let gcra = Gcra::new(limit, split(now).2)?;
+        if !self.health.available() {
+            return match self.remote.config.outage {
+                OutagePolicy::FailOpen => self.fallback.check(subject, limit, now).await,
+                OutagePolicy::FailClosed => Err(self.health.unavailable()),
+            };
+        }
         let replay = self.local.as_ref().map_or(0, |local| local.take_unsent(key));
         match self.remote.call(key, &gcra, now, replay, true).await {
             Ok(answer) => {
-                self.health.ok();
                 if let Some(local) = &self.local {
                     local.start_sync(&self.remote);
                     local.remember(key, limit, gcra, now, (answer.tat, replay));
@@ -333,7 +339,7 @@ impl RedisRateLimiter {
                 if let Some(local) = &self.local {
                     local.keep_unsent(key, replay);
                 }
-                self.health.failed(self.remote.config.outage, &error);
+                self.health.failed(&error);
                 match self.remote.config.outage {
                     OutagePolicy::FailOpen => self.fallback.check(subject, limit, now).await,
                     OutagePolicy::FailClosed => Err(backend(error)),
@@ -387,20 +393,21 @@ impl RateLimiter for RedisRateLimiter {
         let Ok(gcra) = Gcra::new(limit, split(at).2) else {
             return;
         };
+        if !self.health.available() {
+            // Redis is known down: the check was decided in process.
+            self.fallback.refund(subject, limit, at);
+            return;
+        }
         let (script, conn, subject) =
             (Arc::clone(&self.refund), Arc::clone(&self.remote.config.link), OwnedSubject::of(subject));
-        let (fallback, health, outage, limit) =
-            (Arc::clone(&self.fallback), Arc::clone(&self.health), self.remote.config.outage, limit.clone());
+        let (fallback, health, limit) = (Arc::clone(&self.fallback), Arc::clone(&self.health), limit.clone());
         runtime.spawn(async move {
             let mut call = script.key(name);
             call.arg(gcra.signature);
             let done: redis::RedisResult<i64> = invoke(&call, &conn).await;
-            match done {
-                Ok(_) => health.ok(),
-                Err(error) => {
-                    health.failed(outage, &error);
-                    fallback.refund(subject.borrow(), &limit, at);
-                }
+            if let Err(error) = done {
+                health.failed(&error);
+                fallback.refund(subject.borrow(), &limit, at);
             }
         });
     }
