@@ -19,7 +19,8 @@ pub const MYSQL_URL_VAR: &str = "KEYSMITH_TEST_MYSQL_URL";
 /// When `1`, a missing service fails the test instead of skipping it.
 pub const REQUIRE_SERVICES_VAR: &str = "KEYSMITH_TEST_REQUIRE_SERVICES";
 
-/// The URL in `var`, or `None` after printing one `skipping:` line.
+/// The URL in `var`, or `None` after one `skipping:` line on stderr
+/// (once per test binary and variable).
 ///
 /// # Panics
 /// When the variable is unset and `KEYSMITH_TEST_REQUIRE_SERVICES=1`.
@@ -31,10 +32,39 @@ pub fn service_url(var: &str) -> Option<String> {
             panic!("{var} is not set and {REQUIRE_SERVICES_VAR}=1")
         }
         _ => {
-            println!("skipping: {var} not set");
+            announce_skip(var);
             None
         }
     }
+}
+
+/// Says once per test binary that the tests needing `var` are skipped.
+/// Written to stderr itself, not through `println!`, which the test
+/// harness captures from a passing test: the line shows in a plain
+/// `cargo test`, where those tests still count as passed.
+fn announce_skip(var: &str) {
+    use std::io::Write as _;
+    static ANNOUNCED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut announced = ANNOUNCED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if announced.iter().any(|seen| seen == var) {
+        return;
+    }
+    announced.push(var.to_owned());
+    let binary = std::env::args().next().unwrap_or_default();
+    // `store_mysql-0123456789abcdef` is `store_mysql`.
+    let binary = std::path::Path::new(&binary).file_name().map(|name| {
+        let name = name.to_string_lossy();
+        match name.rsplit_once('-') {
+            Some((test, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => test.to_owned(),
+            _ => name.into_owned(),
+        }
+    });
+    let line = format!(
+        "skipping: {var} not set, so the tests of {} that need it pass without running \
+         ({REQUIRE_SERVICES_VAR}=1 makes this a failure)\n",
+        binary.as_deref().unwrap_or("this binary")
+    );
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 /// A database server that tests make throwaway databases on.

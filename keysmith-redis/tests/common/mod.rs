@@ -27,16 +27,7 @@ pub fn redis_url() -> Option<String> {
     if cluster() {
         return std::env::var(CLUSTER_VAR).ok();
     }
-    match std::env::var(VAR) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("KEYSMITH_TEST_REQUIRE_SERVICES").is_ok_and(|v| v == "1") => {
-            panic!("{VAR} is not set and KEYSMITH_TEST_REQUIRE_SERVICES=1")
-        }
-        _ => {
-            println!("skipping: {VAR} not set");
-            None
-        }
-    }
+    keysmith_tests::services::service_url(VAR)
 }
 
 /// A prefix no other test (or run) uses.
