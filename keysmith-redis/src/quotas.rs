@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use keysmith_core::limit::Subject;
+use keysmith_core::limit::{GiveBack, Subject};
 use keysmith_core::usage::{QuotaCounter, QuotaRemaining, stored_requests};
 use keysmith_core::{Key, Period, Quota, Result, Store};
 use redis::Script;
@@ -289,6 +289,17 @@ impl QuotaCounter for RedisQuotas {
     /// runtime; without one, nothing is given back). While Redis is known
     /// down the request was counted in process, and is given back there.
     fn refund(&self, subject: Subject<'_>, at: DateTime<Utc>) {
+        if let Some(give_back) = self.refund_then(subject, at)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(give_back);
+        }
+    }
+
+    /// [`refund`](QuotaCounter::refund)'s give-back to await: one round
+    /// trip to Redis (`None` when Redis is known down: given back in
+    /// process).
+    fn refund_then(&self, subject: Subject<'_>, at: DateTime<Utc>) -> Option<GiveBack> {
         let holder = subject.storage_key();
         let local = Arc::clone(&self.local);
         let give_back_locally = move || {
@@ -304,14 +315,11 @@ impl QuotaCounter for RedisQuotas {
         };
         if !self.health.available() {
             give_back_locally();
-            return;
+            return None;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let (script, conn, keys) = (Arc::clone(&self.refund), Arc::clone(&self.config.link), self.keys(subject, at));
         let health = Arc::clone(&self.health);
-        runtime.spawn(async move {
+        Some(Box::pin(async move {
             let mut call = script.key(&keys[0]);
             call.key(&keys[1]);
             let done: redis::RedisResult<i64> = invoke(&call, &conn).await;
@@ -319,6 +327,6 @@ impl QuotaCounter for RedisQuotas {
                 health.failed(&error);
                 give_back_locally();
             }
-        });
+        }))
     }
 }

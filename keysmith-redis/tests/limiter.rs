@@ -166,6 +166,23 @@ async fn fail_closed_answers_an_error_while_redis_is_down_and_recovers_after() {
 }
 
 #[tokio::test]
+async fn a_refund_awaited_has_given_the_request_back_in_redis_when_it_completes() {
+    let Some(config) = common::shared().await else { return };
+    let (engines, raw) = fleet(&config, 2).await;
+    let ctx = RequestContext::new();
+    let validation = engines[0].validate(&raw, &ctx).await.unwrap();
+    assert_eq!(validation.rate_limits[0].remaining, 9);
+    // Refused afterwards (a route's scopes): the give-back is a round trip
+    // to await, not a task that lands some time later.
+    let refund = engines[0].refund_then(&validation);
+    assert!(!refund.is_done(), "the give-back was not left to await");
+    assert!(refund.await);
+    // Once it completed, another instance finds the budget whole.
+    let next = engines[1].validate(&raw, &ctx).await.unwrap();
+    assert_eq!(next.rate_limits[0].remaining, 9, "the refused request still held a request of the budget");
+}
+
+#[tokio::test]
 async fn once_redis_is_found_down_checks_do_not_wait_on_it_and_a_probe_brings_it_back() {
     let Some(mut server) = common::PrivateRedis::start().await else { return };
     let connect = || async {

@@ -16,7 +16,7 @@ use super::{Engine, RequestContext};
 use crate::Change;
 use crate::hooks::Event;
 use crate::key::{LegacyMatch, ParsedKey};
-use crate::limit::{RateLimitStatus, Subject};
+use crate::limit::{GiveBack, RateLimitStatus, Subject};
 use crate::store::{StoredKey, Transition};
 use crate::{
     CreditSpend, CreditsStatus, Error, Key, KeyHash, KeyState, LimitBy, Period, Policy, QuotaRemaining, RateLimit,
@@ -651,24 +651,38 @@ impl Engine {
         self.refund_then(validation).detach()
     }
 
-    /// [`refund`](Self::refund), awaitable: the rate-limit and quota
-    /// requests, and credits a store gives back at once, are back when this
-    /// returns; the [`Refund`] completes once the rest of the credits are
-    /// back in the store too. Dropping it without awaiting it gives up
-    /// those credits; [`Refund::detach`] gives them back in a task instead.
+    /// [`refund`](Self::refund), awaitable: what an in-process limiter,
+    /// quota counter or store gives back at once is back when this returns;
+    /// the [`Refund`] completes once the rest is back too (a limiter or
+    /// quota counter on a server, such as Redis, and credits a store writes
+    /// later). Dropping it without awaiting it gives up that rest;
+    /// [`Refund::detach`] gives it back in a task instead.
     pub fn refund_then(&self, validation: &Validation) -> Refund {
         if validation.refunded.swap(true, Ordering::AcqRel) {
             return Refund { refunded: false, pending: None };
         }
-        self.refund_limits(validation);
-        let Some(credits) = validation.credits.filter(|c| c.cost > 0) else {
-            return Refund { refunded: true, pending: None };
+        let limits = self.refund_limits(validation);
+        let credits = self.refund_credits(validation);
+        let pending: Option<GiveBack> = match (limits.is_empty(), credits) {
+            (true, credits) => credits,
+            (false, credits) => Some(Box::pin(async move {
+                for give_back in limits.into_iter().chain(credits) {
+                    give_back.await;
+                }
+            })),
         };
+        Refund { refunded: true, pending }
+    }
+
+    /// The credits part of [`refund_then`](Self::refund_then): the store's
+    /// write still to await, if it did not answer at once.
+    fn refund_credits(&self, validation: &Validation) -> Option<GiveBack> {
+        let credits = validation.credits.filter(|c| c.cost > 0)?;
         // Past a refill since the spend, what it spent belonged to a period
         // whose credits the refill replaced: given back now, it would add to
         // the new period's.
         if credits.refills_at.is_some_and(|refill| refill <= self.inner.clock.now()) {
-            return Refund { refunded: true, pending: None };
+            return None;
         }
         let store = &self.inner.store;
         let key = &validation.key;
@@ -681,7 +695,7 @@ impl Engine {
             Some(owner_id) => store.refund_owner_credits_ready(&key.tenant, owner_id, credits.cost),
             None => store.refund_credits_ready(key, credits.cost),
         };
-        let pending: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = match ready {
+        match ready {
             Some(Ok(())) => None,
             Some(Err(error)) => {
                 credits_refund_failed(key, &error);
@@ -700,24 +714,25 @@ impl Engine {
                     }
                 }))
             }
-        };
-        Refund { refunded: true, pending }
+        }
     }
 
     /// Gives back the rate-limit request and the quota request `validation`
-    /// spent.
-    fn refund_limits(&self, validation: &Validation) {
+    /// spent: what a limiter or counter on a server still has to do, to
+    /// await.
+    fn refund_limits(&self, validation: &Validation) -> SmallVec<[GiveBack; 2]> {
+        let mut pending = SmallVec::new();
         if let Some(policy) = &validation.policy {
             let subject = limit_subject(&validation.key, policy);
-            self.refund_rate_limits(
-                subject,
-                &policy.rate_limits[..validation.rate_limits.len()],
-                validation.checked_at,
-            );
+            let at = validation.checked_at;
+            for limit in &policy.rate_limits[..validation.rate_limits.len()] {
+                pending.extend(self.inner.limiter.refund_then(subject, limit, at));
+            }
             if policy.quota.is_some() {
-                self.inner.quotas.refund(subject, validation.checked_at);
+                pending.extend(self.inner.quotas.refund_then(subject, at));
             }
         }
+        pending
     }
 
     /// Gives back one request counted at `at` against each of `limits`.
@@ -790,27 +805,29 @@ fn credits_refund_failed(key: &Key, error: &Error) {
 }
 
 /// What [`Engine::refund_then`] gave back; a future that completes once
-/// the refused request's credits are back in the store (at once when there
-/// were none to write), with whether this call refunded anything (`false`
-/// for a validation refunded already).
-#[must_use = "dropped, it gives up the credits it has not written yet; await it or detach it"]
+/// everything the refused request spent is back (its rate-limit and quota
+/// requests on a server such as Redis, its credits in the store; at once
+/// when all was given back in process), with whether this call refunded
+/// anything (`false` for a validation refunded already).
+#[must_use = "dropped, it gives up what it has not given back yet; await it or detach it"]
 pub struct Refund {
     refunded: bool,
-    /// The credits' write, when the store could not answer at once.
+    /// The give-backs still to do: a limiter's or quota counter's on a
+    /// server, the credits' write when the store could not answer at once.
     pending: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 impl Refund {
-    /// Whether the credits are back already (nothing left to await).
+    /// Whether everything is back already (nothing left to await).
     #[must_use]
     pub fn is_done(&self) -> bool {
         self.pending.is_none()
     }
 
-    /// Gives back the rest of the credits in a task on the current Tokio
-    /// runtime, without waiting; whether this call refunded anything.
-    /// Without a runtime they cannot be written: counted
-    /// (`keysmith_credit_refunds_failed_total`) and logged.
+    /// Gives back the rest in a task on the current Tokio runtime, without
+    /// waiting; whether this call refunded anything. Without a runtime it
+    /// cannot be done: counted (`keysmith_credit_refunds_failed_total`)
+    /// and logged.
     pub fn detach(self) -> bool {
         if let Some(pending) = self.pending {
             match tokio::runtime::Handle::try_current() {
@@ -819,7 +836,7 @@ impl Refund {
                 }
                 Err(_) => {
                     metrics::counter!(CREDIT_REFUNDS_FAILED).increment(1);
-                    tracing::warn!("could not give back the credits of a refused request: no Tokio runtime");
+                    tracing::warn!("could not give back what a refused request spent: no Tokio runtime");
                 }
             }
         }

@@ -128,7 +128,22 @@ pub trait RateLimiter: Send + Sync + fmt::Debug + 'static {
     fn refund(&self, subject: Subject<'_>, limit: &RateLimit, at: DateTime<Utc>) {
         let _ = (subject, limit, at);
     }
+
+    /// [`refund`](Self::refund), for a caller that must not answer before
+    /// the request is back (a route's scope refusal: the client's next
+    /// request must find the budget whole). A limiter whose state lives on
+    /// a server answers the give-back's future instead of starting it in
+    /// the background; `None` (the default, which calls `refund`) when it
+    /// was given back at once.
+    fn refund_then(&self, subject: Subject<'_>, limit: &RateLimit, at: DateTime<Utc>) -> Option<GiveBack> {
+        self.refund(subject, limit, at);
+        None
+    }
 }
+
+/// A give-back of a limiter or quota counter on a server, still to be
+/// awaited (see [`RateLimiter::refund_then`]).
+pub type GiveBack = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The outcome of one limit's check, with what the `RateLimit` headers say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -82,6 +82,15 @@ pub trait QuotaCounter: Send + Sync + fmt::Debug + 'static {
     /// afterwards. Never waits: a counter on a server refunds in the
     /// background.
     fn refund(&self, subject: Subject<'_>, at: DateTime<Utc>);
+
+    /// [`refund`](Self::refund), awaitable, as
+    /// [`RateLimiter::refund_then`](crate::limit::RateLimiter::refund_then):
+    /// a counter on a server answers the give-back's future; `None` (the
+    /// default, which calls `refund`) when it was given back at once.
+    fn refund_then(&self, subject: Subject<'_>, at: DateTime<Utc>) -> Option<crate::limit::GiveBack> {
+        self.refund(subject, at);
+        None
+    }
 }
 
 /// What is left of a subject's daily and monthly quota once a request is

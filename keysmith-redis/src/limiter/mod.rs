@@ -25,7 +25,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keysmith_core::limit::Subject;
-use keysmith_core::limit::{GcraRateLimiter, RateLimitStatus, RateLimiter};
+use keysmith_core::limit::{GcraRateLimiter, GiveBack, RateLimitStatus, RateLimiter};
 use keysmith_core::{Error, KeyId, RateLimit, Result, Tenant};
 use redis::Script;
 
@@ -383,25 +383,31 @@ impl RateLimiter for RedisRateLimiter {
     /// runtime; without one, nothing is given back). If Redis cannot be
     /// reached the in-process fallback gets the refund.
     fn refund(&self, subject: Subject<'_>, limit: &RateLimit, at: DateTime<Utc>) {
+        if let Some(give_back) = self.refund_then(subject, limit, at)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(give_back);
+        }
+    }
+
+    /// [`refund`](RateLimiter::refund)'s give-back to await: one round trip
+    /// to Redis (`None` when the request was still unsent under
+    /// `local_first`, or decided in process while Redis is down).
+    fn refund_then(&self, subject: Subject<'_>, limit: &RateLimit, at: DateTime<Utc>) -> Option<GiveBack> {
         let name = self.remote.bucket(subject, limit);
         if self.local.as_ref().is_some_and(|local| local.take_back(&name, limit)) {
-            return;
+            return None;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let Ok(gcra) = Gcra::new(limit, split(at).2) else {
-            return;
-        };
+        let gcra = Gcra::new(limit, split(at).2).ok()?;
         if !self.health.available() {
             // Redis is known down: the check was decided in process.
             self.fallback.refund(subject, limit, at);
-            return;
+            return None;
         }
         let (script, conn, subject) =
             (Arc::clone(&self.refund), Arc::clone(&self.remote.config.link), OwnedSubject::of(subject));
         let (fallback, health, limit) = (Arc::clone(&self.fallback), Arc::clone(&self.health), limit.clone());
-        runtime.spawn(async move {
+        Some(Box::pin(async move {
             let mut call = script.key(name);
             call.arg(gcra.signature);
             let done: redis::RedisResult<i64> = invoke(&call, &conn).await;
@@ -409,6 +415,6 @@ impl RateLimiter for RedisRateLimiter {
                 health.failed(&error);
                 fallback.refund(subject.borrow(), &limit, at);
             }
-        });
+        }))
     }
 }
