@@ -3,7 +3,7 @@
 //!
 //! keysmith-core knows no web framework; `keysmith-tower` and
 //! `keysmith-actix` plug it into servers, `keysmith-sqlx` stores it in
-//! PostgreSQL or SQLite.
+//! PostgreSQL, SQLite or MySQL/MariaDB.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {

@@ -4,6 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 use sqlx::{Connection, Database, Pool};
 
 use keysmith_core::store::Page;
@@ -15,6 +16,7 @@ use keysmith_core::{Error, KeyHash, KeyId, KeyState, Policy, PolicyId, RateLimit
 /// One direct connection is made first: a pool retries a failing connection
 /// until its timeout and then reports only the timeout, where this says why
 /// (connection refused, authentication failed, no such database…).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 pub(crate) async fn connect_server<DB: Database>(url: &str, server: &str) -> Result<Pool<DB>> {
     const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     let options: <DB::Connection as Connection>::Options = url.parse().map_err(store_error)?;

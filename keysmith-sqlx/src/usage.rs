@@ -70,6 +70,7 @@ pub(crate) enum UsageSql {
     /// PostgreSQL and SQLite: `ON CONFLICT`, `DELETE … WHERE … IN (SELECT … LIMIT ?)`.
     Standard,
     /// MySQL and MariaDB: `ON DUPLICATE KEY UPDATE`, `INSERT IGNORE`, `DELETE … LIMIT ?`.
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
     MySql,
 }
 
