@@ -34,6 +34,10 @@ pub enum Refusal {
     InsufficientScope {
         /// The required scopes the key does not cover.
         missing: Vec<String>,
+        /// True when any one of `missing` would do (a route's
+        /// `RequireScopes::any` naming several), false when every one is
+        /// required.
+        one_of: bool,
     },
     /// Too many requests for one of the policy's limits; try again after
     /// `retry_after`.
@@ -102,8 +106,11 @@ impl fmt::Display for Refusal {
             Self::Expired => f.write_str("the API key has expired"),
             Self::IpNotAllowed => f.write_str("requests from this address are not allowed for this API key"),
             Self::OriginNotAllowed => f.write_str("requests from this origin are not allowed for this API key"),
-            Self::InsufficientScope { missing } => {
+            Self::InsufficientScope { missing, one_of: false } => {
                 write!(f, "the API key lacks the required scope(s): {}", missing.join(" "))
+            }
+            Self::InsufficientScope { missing, one_of: true } => {
+                write!(f, "the API key lacks every scope that would do; it needs one of: {}", missing.join(" "))
             }
             Self::RateLimited { limit, retry_after, .. } => {
                 write!(f, "rate limit {:?} exceeded; retry in {} s", limit.name, retry_after_secs(*retry_after))

@@ -135,7 +135,7 @@ async fn insufficient_scope_lists_what_is_missing() {
     let created = acme.create_key(NewKey::new("k").with_scopes(["read", "write:users"])).await.unwrap();
     let need = vec!["read:orders".to_owned(), "write:orders".to_owned(), "write:users:emails".to_owned()];
     let result = engine.validate(created.raw.expose(), &RequestContext::new().with_required_scopes(&need)).await;
-    assert_eq!(refusal(result), Refusal::InsufficientScope { missing: vec!["write:orders".into()] });
+    assert_eq!(refusal(result), Refusal::InsufficientScope { missing: vec!["write:orders".into()], one_of: false });
     let ok =
         engine.validate(created.raw.expose(), &RequestContext::new().with_required_scopes(&need[..1])).await.unwrap();
     assert!(ok.has_scope("read:anything"));
@@ -173,7 +173,7 @@ async fn a_tightened_policy_narrows_scopes_on_the_next_request() {
     acme.update_policy(policy.id, PolicySpec::new("p").with_allowed_scopes(["read:users"])).await.unwrap();
     assert_eq!(
         refusal(engine.validate(created.raw.expose(), &ctx).await),
-        Refusal::InsufficientScope { missing: need.clone() }
+        Refusal::InsufficientScope { missing: need.clone(), one_of: false }
     );
     let ok = engine.validate(created.raw.expose(), &RequestContext::new()).await.unwrap();
     assert_eq!(ok.scopes(), ["read:users"]);

@@ -456,7 +456,7 @@ impl Engine {
         let Some(policy) = policy else {
             let missing = ctx.required_scopes.missing_from(&key.scopes);
             if !missing.is_empty() {
-                return Err(refuse(Refusal::InsufficientScope { missing }, &key));
+                return Err(refuse(Refusal::InsufficientScope { missing, one_of: false }, &key));
             }
             let mut validation = Validation::new(key, None, RateLimitStates::default(), None, now);
             // 10. Credits.
@@ -481,7 +481,7 @@ impl Engine {
         let narrowed = cached_narrowed.unwrap_or_else(|| scope::narrow(&key.scopes, &policy.allowed_scopes));
         let missing = ctx.required_scopes.missing_from(narrowed.as_deref().unwrap_or(&key.scopes));
         if !missing.is_empty() {
-            return Err(refuse(Refusal::InsufficientScope { missing }, &key));
+            return Err(refuse(Refusal::InsufficientScope { missing, one_of: false }, &key));
         }
         // 8. Rate limits, every one; a limit that refuses gives back what
         // the earlier ones counted.

@@ -331,7 +331,8 @@ impl Gate {
         }
         let engine = &self.config.engine;
         let refund = engine.refund_then(key.validation());
-        let refusal = Refusal::InsufficientScope { missing };
+        let one_of = requirement.mode() == super::ScopeMatch::Any && missing.len() > 1;
+        let refusal = Refusal::InsufficientScope { missing, one_of };
         engine.count_refusal(&refusal, Some(&key.validation().key));
         let refund = (!refund.is_done()).then_some(refund);
         Some(ScopeRefusal { response: self.refusal(refusal), refund })

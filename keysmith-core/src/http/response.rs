@@ -96,7 +96,7 @@ impl RefusalResponse {
                 401
             }
             Refusal::IpNotAllowed | Refusal::OriginNotAllowed => 403,
-            Refusal::InsufficientScope { missing } => {
+            Refusal::InsufficientScope { missing, .. } => {
                 let mut value = challenge(realm, Some("insufficient_scope"));
                 let _ = write!(value, ", scope={}", quoted(&missing.join(" ")));
                 headers.push((names::WWW_AUTHENTICATE, value));
@@ -310,7 +310,7 @@ mod tests {
             (Refusal::Suspended, 401, "key_suspended"),
             (Refusal::IpNotAllowed, 403, "ip_not_allowed"),
             (Refusal::OriginNotAllowed, 403, "origin_not_allowed"),
-            (Refusal::InsufficientScope { missing: vec!["a".into()] }, 403, "insufficient_scope"),
+            (Refusal::InsufficientScope { missing: vec!["a".into()], one_of: false }, 403, "insufficient_scope"),
             (rate_limited(Duration::from_secs(1)), 429, "rate_limited"),
             (quota_exceeded(now()), 429, "quota_exceeded"),
             (credits_exhausted(None), 429, "credits_exhausted"),
@@ -339,7 +339,10 @@ mod tests {
     fn problem_bodies_carry_the_code_and_quota_refusals_the_drafts_type() {
         let cases = [
             (Refusal::MissingKey, "urn:keysmith:problem:missing_key"),
-            (Refusal::InsufficientScope { missing: vec!["a".into()] }, "urn:keysmith:problem:insufficient_scope"),
+            (
+                Refusal::InsufficientScope { missing: vec!["a".into()], one_of: false },
+                "urn:keysmith:problem:insufficient_scope",
+            ),
             (rate_limited(Duration::from_secs(1)), QUOTA_EXCEEDED_TYPE),
             (quota_exceeded(now()), QUOTA_EXCEEDED_TYPE),
             (credits_exhausted(None), QUOTA_EXCEEDED_TYPE),
@@ -369,7 +372,10 @@ mod tests {
                 Some(r#"Bearer realm="api", error="invalid_token""#)
             );
         }
-        let scope = refused(Refusal::InsufficientScope { missing: vec!["read:users".into(), "write:users".into()] });
+        let scope = refused(Refusal::InsufficientScope {
+            missing: vec!["read:users".into(), "write:users".into()],
+            one_of: false,
+        });
         assert_eq!(
             scope.header("www-authenticate"),
             Some(r#"Bearer realm="api", error="insufficient_scope", scope="read:users write:users""#)

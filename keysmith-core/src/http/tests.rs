@@ -301,6 +301,10 @@ async fn scope_checks_answer_403_or_401_without_a_key() {
         denied.header("www-authenticate"),
         Some(r#"Bearer realm="api", error="insufficient_scope", scope="admin write:users""#)
     );
+    // The scope attribute lists both; the message says one would do.
+    assert_eq!(denied.message, "the API key lacks every scope that would do; it needs one of: admin write:users");
+    let all = gate.scope_refusal(&ScopeRequirement::all(["read:users", "write:users"]), Some(key)).unwrap();
+    assert_eq!(all.response.message, "the API key lacks the required scope(s): write:users");
     let anonymous = gate.scope_refusal(&ScopeRequirement::all(["read:users"]), None).unwrap().response;
     assert_eq!((anonymous.status, anonymous.code), (401, "missing_key"));
 }

@@ -226,7 +226,7 @@ mod tests {
                     let status = crate::CreditsStatus { remaining: 0, cost: 0, refill: None, refills_at: None };
                     Refusal::CreditsExhausted { refills_at: None, status }
                 }
-                RefusalReason::InsufficientScope => Refusal::InsufficientScope { missing: vec![] },
+                RefusalReason::InsufficientScope => Refusal::InsufficientScope { missing: vec![], one_of: false },
                 RefusalReason::IpNotAllowed => Refusal::IpNotAllowed,
                 RefusalReason::OriginNotAllowed => Refusal::OriginNotAllowed,
                 RefusalReason::KeyRevoked => Refusal::Revoked,
