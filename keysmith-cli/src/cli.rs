@@ -355,7 +355,8 @@ pub(crate) enum KeysCommand {
     Suspend(KeyIdArg),
     /// Reactivate a suspended key.
     Reactivate(KeyIdArg),
-    /// Set, top up or remove a key's credits (prepaid uses).
+    /// Show, set, top up or remove a key's credits (prepaid uses; no flag:
+    /// show them).
     Credits(KeyCreditsArgs),
 }
 
@@ -391,12 +392,12 @@ impl CreditsArgs {
 
 /// `keysmith keys credits`.
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("change").required(true).args(["set", "add", "remove"]))]
+#[command(group = clap::ArgGroup::new("change").args(["set", "add", "remove"]))]
 pub(crate) struct KeyCreditsArgs {
     /// The key (`akey_…`); its rotations share the credits.
     #[arg(value_name = "KEY_ID")]
     pub(crate) id: KeyId,
-    /// What to change.
+    /// What to change (nothing: show the credits).
     #[command(flatten)]
     pub(crate) change: CreditsChange,
 }

@@ -16,7 +16,7 @@ use keysmith_core::hooks::MetricsPlugin;
 use keysmith_core::leak::LeakPolicies;
 use keysmith_core::{Engine, Tenant, TenantEngine, validate_id};
 
-use crate::cli::{Cli, Command, GlobalArgs};
+use crate::cli::{Cli, Command, GlobalArgs, KeysCommand, PoliciesCommand, ScopesCommand};
 use crate::db;
 use crate::error::CliError;
 use crate::output::Printer;
@@ -71,7 +71,11 @@ pub(crate) async fn run(cli: Cli) -> Result<String, CliError> {
     let outcome = match builder.build() {
         Ok(engine) => {
             let tenant = tenant.map(|Tenant { app_id, tenant_id }| engine.tenant(app_id, tenant_id));
+            let unannounced = engine.feed_status().is_none() && changes_what_instances_cache(&command);
             let outcome = dispatch(command, &engine, tenant.as_ref(), app.as_deref(), printer).await;
+            if unannounced && outcome.is_ok() {
+                eprintln!("{NO_FEED_NOTE}");
+            }
             engine.shutdown().await;
             outcome
         }
@@ -79,6 +83,26 @@ pub(crate) async fn run(cli: Cli) -> Result<String, CliError> {
     };
     store.close().await;
     outcome
+}
+
+/// Said on stderr after a change that applications cache (a key's state, a
+/// policy, a scope) when nothing publishes it.
+const NO_FEED_NOTE: &str = "note: nothing publishes this change (no change feed: SQLite or MySQL without \
+     --redis-url), so application instances that cache keys keep the old state until their cache entry expires \
+     (30 s by default); see the guide's many-instances page";
+
+/// Whether `command` changes what application instances cache with a key:
+/// its state, its policy, a scope it holds.
+fn changes_what_instances_cache(command: &Command) -> bool {
+    match command {
+        Command::Keys(command) => matches!(
+            command,
+            KeysCommand::Rotate(_) | KeysCommand::Revoke(_) | KeysCommand::Suspend(_) | KeysCommand::Reactivate(_)
+        ),
+        Command::Policies(command) => matches!(command, PoliciesCommand::Update(_) | PoliciesCommand::Delete(_)),
+        Command::Scopes(command) => matches!(command, ScopesCommand::Delete(_)),
+        _ => false,
+    }
 }
 
 async fn dispatch(

@@ -27,7 +27,9 @@ pub(crate) async fn a_revocation_reaches_an_instance_caching_the_key(
 
     let mut revoke = flags.to_vec();
     revoke.extend(["keys", "revoke", id, "--reason", "leaked"]);
-    ks.run(&revoke).ok();
+    let run = ks.run(&revoke);
+    assert!(run.stderr.is_empty(), "a published change noted as unpublished: {}", run.stderr);
+    run.ok();
     let revoked = Instant::now();
     loop {
         match app.validate(raw, &ctx).await {

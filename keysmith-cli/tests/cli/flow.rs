@@ -54,12 +54,17 @@ async fn owners_and_credits(ks: &Keysmith, engine: &Engine) {
     assert_eq!(refusal.refusal().map(keysmith_core::Refusal::code), Some("credits_exhausted"));
     let topped = ks.run(&["keys", "credits", &id, "--add", "2"]).ok();
     assert!(topped.contains("credits: 2 left, refilled to 5 every day"), "{topped}");
+    // No flag: shown, unchanged.
+    let shown = ks.run(&["keys", "credits", &id]).ok();
+    assert_eq!(shown, format!("Key {id} credits: 2 left, refilled to 5 every day.\n"));
+    assert_eq!(ks.json(&["keys", "credits", &id])["credits"]["remaining"], 2);
+    ks.run(&["keys", "credits", &id, "--refill", "5", "--refill-every", "day"]).fails(2);
     validate(engine, &raw).await.expect("topped up");
     let set = ks.json(&["keys", "credits", &id, "--set", "9"]);
     assert_eq!(set["credits"]["remaining"], 9);
     let removed = ks.json(&["keys", "credits", &id, "--remove"]);
     assert_eq!(removed["credits"], Value::Null);
-    ks.run(&["keys", "credits", &id]).fails(2);
+    assert_eq!(ks.json(&["keys", "credits", &id])["credits"], Value::Null);
     ks.run(&["keys", "credits", &id, "--add", "1"]).fails(1);
     ks.run(&["keys", "create", "--name", "x", "--refill", "5", "--refill-every", "day"]).fails(2);
 }

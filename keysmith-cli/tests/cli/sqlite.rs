@@ -7,7 +7,7 @@ use keysmith_sqlx::SqliteStore;
 use serde_json::json;
 
 use crate::flow::operator_flow;
-use crate::harness::{Keysmith, bare};
+use crate::harness::{Keysmith, bare, str_of};
 
 fn temp_db() -> (tempfile::TempDir, Keysmith) {
     let dir = tempfile::tempdir().unwrap();
@@ -202,6 +202,28 @@ async fn a_field_or_column_named_twice_is_refused() {
     crate::import::a_query_naming_a_column_twice_is_refused(&ks, &url, "SELECT h AS hash, h AS hash FROM k");
     assert_eq!(ks.json(&["keys", "list"]).as_array().unwrap().len(), 1, "nothing more was written");
     pool.close().await;
+}
+
+/// On SQLite without `--redis-url` nothing publishes a change: the CLI says
+/// so after each change instances cache, and only then.
+#[tokio::test]
+async fn a_change_nothing_publishes_is_noted_on_stderr() {
+    let (_dir, ks) = temp_db();
+    ks.run(&["migrate"]).ok();
+    let created = ks.json(&["keys", "create", "--name", "a"]);
+    let id = str_of(&created["key"], "id");
+    let listed = ks.run(&["keys", "list"]);
+    assert!(listed.stderr.is_empty(), "{}", listed.stderr);
+    for change in [&["keys", "suspend", id][..], &["keys", "reactivate", id], &["keys", "revoke", id]] {
+        let run = ks.run(change);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert!(run.stderr.starts_with("note: nothing publishes this change"), "{change:?}: {}", run.stderr);
+        assert!(run.stderr.contains("--redis-url"), "{}", run.stderr);
+    }
+    // A refused change changed nothing: no note.
+    let refused = ks.run(&["keys", "suspend", id]);
+    assert_eq!(refused.stderr.lines().count(), 1, "{}", refused.stderr);
+    assert!(refused.stderr.starts_with("error: "), "{}", refused.stderr);
 }
 
 /// With `--redis-url` (here on SQLite, which has no feed of its own), a key
