@@ -26,7 +26,7 @@ use keysmith_core::store::{CacheConfig, Page};
 use keysmith_core::{
     Credits, Engine, Environment, LegacyKeys, LimitBy, NewKey, Policy, PolicySpec, RawKey, Store, TenantEngine,
 };
-use keysmith_redis::{RedisChangeFeed, RedisConfig, RedisQuotas, RedisRateLimiter};
+use keysmith_redis::{OutagePolicy, RedisChangeFeed, RedisConfig, RedisQuotas, RedisRateLimiter};
 use keysmith_sqlx::{PgChangeFeed, PgStore};
 use metrics_exporter_prometheus::PrometheusBuilder;
 pub use metrics_exporter_prometheus::PrometheusHandle;
@@ -173,7 +173,9 @@ fn seconds(name: &str, value: Option<String>, min: Duration) -> Result<Option<Du
 /// over Redis pub/sub; on PostgreSQL without Redis, over `LISTEN`/`NOTIFY`.
 /// `REDIS_RATE_LIMIT=local_first` decides limits in process first and syncs
 /// with Redis every 100 ms (`strict`, one Redis round trip per check, is the
-/// default). `KEYSMITH_LEGACY_PREFIXES=mk` accepts imported keys of the
+/// default). `REDIS_OUTAGE=fail_closed` answers 503 while Redis is down
+/// (`fail_open`, deciding in process, is the default).
+/// `KEYSMITH_LEGACY_PREFIXES=mk` accepts imported keys of the
 /// application's own format (`mk_…`) as they are. With
 /// [`Settings::metrics`] the engine counts validations for `/metrics`.
 ///
@@ -195,7 +197,14 @@ pub async fn open_engine(settings: &Settings) -> Result<Engine, BoxError> {
     };
     let builder = match redis_url {
         Some(url) => {
-            let config = RedisConfig::connect(&url).await?;
+            let outage = match std::env::var("REDIS_OUTAGE").ok().as_deref() {
+                None | Some("" | "fail_open") => OutagePolicy::FailOpen,
+                Some("fail_closed") => OutagePolicy::FailClosed,
+                Some(other) => {
+                    return Err(format!("REDIS_OUTAGE must be fail_open or fail_closed, not {other:?}").into());
+                }
+            };
+            let config = RedisConfig::connect(&url).await?.with_outage_policy(outage);
             let limiter = RedisRateLimiter::new(config.clone());
             let limiter = match std::env::var("REDIS_RATE_LIMIT").ok().as_deref() {
                 None | Some("" | "strict") => limiter,
