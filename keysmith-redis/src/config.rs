@@ -363,16 +363,7 @@ impl Link {
             link.replacing.store(false, Ordering::Release);
         });
     }
-}
 
-/// Runs `invocation` on `link`'s connection, and once more if the
-/// connection had been dropped (Redis restarted, the connection killed):
-/// the manager reconnects after such a call, so the second attempt meets a
-/// fresh connection and a restart costs no request an error. (Should the
-/// dropped call have run before its answer was lost, it counts twice:
-/// over-counting, never under-counting.) After a timeout the connection is
-/// replaced in the background.
-impl Link {
     /// True if Redis answers a `PING` within [`PROBE_TIMEOUT`]; a
     /// connection that times out is replaced.
     async fn ping(self: &Arc<Self>) -> bool {
@@ -393,6 +384,13 @@ impl Link {
     }
 }
 
+/// Runs `invocation` on `link`'s connection, and once more if the
+/// connection had been dropped (Redis restarted, the connection killed):
+/// the manager reconnects after such a call, so the second attempt meets a
+/// fresh connection and a restart costs no request an error. (Should the
+/// dropped call have run before its answer was lost, it counts twice:
+/// over-counting, never under-counting.) After a timeout the connection is
+/// replaced in the background.
 pub(crate) async fn invoke<T: redis::FromRedisValue>(
     invocation: &redis::ScriptInvocation<'_>, link: &Arc<Link>,
 ) -> redis::RedisResult<T> {
@@ -412,8 +410,6 @@ pub(crate) fn backend(error: redis::RedisError) -> Error {
     Error::store(error)
 }
 
-/// Whether Redis answered the last call of one component, so an outage and
-/// a recovery are each logged once, not once per request.
 /// Whether one component (the limiter, the quotas) may call Redis: a
 /// circuit breaker. A failed call marks Redis down; while it is down no
 /// request calls it (each is decided by the outage policy at once) and one

@@ -210,15 +210,8 @@ async fn once_redis_is_found_down_checks_do_not_wait_on_it_and_a_probe_brings_it
 
 #[tokio::test]
 async fn after_a_partition_heals_a_connection_that_went_silent_is_replaced_and_redis_decides_again() {
-    let Some(url) = common::redis_url() else { return };
-    // A cluster client learns its nodes' own addresses and bypasses a proxy
-    // in front of one; the single-node run covers the replacement.
-    if common::cluster() {
-        return;
-    }
-    let proxy = keysmith_tests::proxy::SilentProxy::start(common::redis_addr(&url).await).await;
+    let Some((proxy, behind, url)) = common::behind_silent_proxy().await else { return };
     let prefix = common::unique_prefix();
-    let behind = RedisConfig::connect(&format!("redis://{}", proxy.addr())).await.unwrap();
     let a = RedisRateLimiter::new(behind.with_prefix(&prefix).with_outage_policy(OutagePolicy::FailClosed));
     let b = RedisRateLimiter::new(common::connect(&url).await.with_prefix(&prefix));
     assert!(shared_again(&a, &b).await);

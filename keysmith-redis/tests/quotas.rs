@@ -216,15 +216,8 @@ async fn quotas_fail_open_count_in_process_and_fail_closed_answer_unavailable_un
 
 #[tokio::test]
 async fn what_an_instance_admitted_during_a_partition_counts_in_redis_once_it_heals() {
-    let Some(url) = common::redis_url() else { return };
-    // A cluster client bypasses a proxy in front of one node; the
-    // single-node run covers the partition.
-    if common::cluster() {
-        return;
-    }
-    let proxy = keysmith_tests::proxy::SilentProxy::start(common::redis_addr(&url).await).await;
+    let Some((proxy, behind, url)) = common::behind_silent_proxy().await else { return };
     let prefix = common::unique_prefix();
-    let behind = RedisConfig::connect(&format!("redis://{}", proxy.addr())).await.unwrap();
     let cut_off = behind.with_prefix(&prefix).with_retry_interval(Duration::from_millis(20));
     let direct = common::connect(&url).await.with_prefix(&prefix);
     let clock = clock();

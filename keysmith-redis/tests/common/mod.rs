@@ -65,6 +65,21 @@ pub async fn admin(url: &str) -> RedisConnection {
     connect(url).await.connection()
 }
 
+/// A proxy in front of the test Redis that can go silent, a connection
+/// through it and the shared test Redis's URL; `None` without a test Redis
+/// or on a cluster (a cluster client learns its nodes' own addresses and
+/// bypasses a proxy in front of one; the single-node run covers
+/// partitions).
+pub async fn behind_silent_proxy() -> Option<(keysmith_tests::proxy::SilentProxy, RedisConfig, String)> {
+    let url = redis_url()?;
+    if cluster() {
+        return None;
+    }
+    let proxy = keysmith_tests::proxy::SilentProxy::start(redis_addr(&url).await).await;
+    let behind = RedisConfig::connect(&format!("redis://{}", proxy.addr())).await.expect("the proxy's Redis");
+    Some((proxy, behind, url))
+}
+
 /// Where the Redis at `url` listens (on a cluster, its first node).
 pub async fn redis_addr(url: &str) -> std::net::SocketAddr {
     let first = url.split(',').next().unwrap_or(url);
