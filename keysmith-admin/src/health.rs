@@ -23,7 +23,7 @@ pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// | route | answer |
 /// |---|---|
 /// | `GET /health` | 200 `{"status": "ok"}` while the process serves |
-/// | `GET /ready` | 200 when the store answers a ping within the [timeout](Self::with_ping_timeout) and the change feed, if the engine has one, is subscribed; else 503. Body: `{"status": "ready" \| "not_ready", "checks": {"store": "up" \| "down", "change_feed": "subscribed" \| "unsubscribed" \| "publishing" \| "none"}}` (`publishing`: a feed but no cache, so no subscription to wait for) |
+/// | `GET /ready` | 200 when the store answers a ping within the [timeout](Self::with_ping_timeout) and the change feed, if the engine has one, is subscribed; else 503. Body: `{"status": "ready" \| "not_ready", "checks": {"store": "up" \| "down", "change_feed": "subscribed" \| "unsubscribed" \| "publishing" \| "publish_failing" \| "none"}}` (`publishing`: a feed but no cache, so no subscription to wait for; `publish_failing`: so, and its last publish failed, its changes going through the store's change log meanwhile, still ready) |
 /// | `GET /metrics` | with `with_metrics` (feature `prometheus`): every metric recorded through the `metrics` facade, in the Prometheus text format |
 ///
 /// `/ready` says which part is down and nothing more: the store's error is
@@ -141,7 +141,9 @@ pub struct Checks {
     /// `up` or `down`.
     pub store: &'static str,
     /// `subscribed`, `unsubscribed`, `publishing` (a feed but no cache, so
-    /// no subscription to wait for) or `none`.
+    /// no subscription to wait for), `publish_failing` (so, and its last
+    /// publish failed: the feed is unreachable, changes go through the
+    /// store's change log; still ready) or `none`.
     pub change_feed: &'static str,
 }
 
@@ -179,7 +181,9 @@ pub async fn readiness(engine: &Engine, ping_timeout: Duration) -> Readiness {
     let change_feed = match engine.feed_status() {
         None => "none",
         // Without a cache the engine only publishes: nothing to keep fresh,
-        // no subscription to wait for.
+        // no subscription to wait for. Its changes reach the fleet through
+        // the store's change log while the feed fails, so it stays ready.
+        Some(status) if engine.cache_stats().is_none() && status.publish_failing => "publish_failing",
         Some(_) if engine.cache_stats().is_none() => "publishing",
         Some(status) if status.subscribed => "subscribed",
         Some(_) => "unsubscribed",

@@ -4,6 +4,7 @@
 mod support;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use axum::Router;
@@ -12,7 +13,7 @@ use axum::http::Request;
 use keysmith_admin::HealthConfig;
 use keysmith_core::feed::{ChangeStream, LocalChangeFeed};
 use keysmith_core::store::CacheConfig;
-use keysmith_core::{Change, ChangeFeed, Engine, Error, MemoryStore, Result};
+use keysmith_core::{Change, ChangeFeed, Engine, Error, MemoryStore, NewKey, Result};
 use tower::ServiceExt as _;
 
 /// A feed whose subscriptions always fail, as one whose server is down.
@@ -82,6 +83,48 @@ async fn an_engine_that_only_publishes_changes_is_ready_without_a_subscription()
     assert_eq!(
         (status, body.as_str()),
         (200, r#"{"status":"ready","checks":{"store":"up","change_feed":"publishing"}}"#)
+    );
+    engine.shutdown().await;
+}
+
+/// A feed that refuses to publish while `down` is set.
+#[derive(Debug, Default, Clone)]
+struct Switchable {
+    down: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl ChangeFeed for Switchable {
+    async fn publish(&self, _: &Change) -> Result<()> {
+        if self.down.load(Ordering::SeqCst) { Err(Error::feed("unreachable at 10.1.2.3")) } else { Ok(()) }
+    }
+
+    async fn subscribe(&self) -> Result<ChangeStream> {
+        Err(Error::feed("never subscribed"))
+    }
+}
+
+#[tokio::test]
+async fn a_publisher_whose_feed_fails_says_so_and_stays_ready() {
+    let feed = Switchable::default();
+    let engine = Engine::builder(Arc::new(MemoryStore::new())).with_change_feed(feed.clone()).build().unwrap();
+    let app: Router = HealthConfig::new(engine.clone()).into_router();
+    let acme = engine.tenant("app", "acme");
+    let key = acme.create_key(NewKey::new("k")).await.unwrap().key.id;
+
+    feed.down.store(true, Ordering::SeqCst);
+    acme.suspend_key(key).await.unwrap();
+    // Its changes go through the store's change log meanwhile: still ready.
+    assert_eq!(
+        get(&app, "/ready").await,
+        (200, r#"{"status":"ready","checks":{"store":"up","change_feed":"publish_failing"}}"#.to_owned())
+    );
+
+    feed.down.store(false, Ordering::SeqCst);
+    acme.reactivate_key(key).await.unwrap();
+    assert_eq!(
+        get(&app, "/ready").await,
+        (200, r#"{"status":"ready","checks":{"store":"up","change_feed":"publishing"}}"#.to_owned())
     );
     engine.shutdown().await;
 }

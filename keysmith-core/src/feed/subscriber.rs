@@ -42,6 +42,10 @@ pub struct FeedStatus {
     pub unknown: u64,
     /// Changes this engine published.
     pub published: u64,
+    /// The last attempt to publish a change (or to publish it again)
+    /// failed: the feed is unreachable from this engine, which logs its
+    /// changes in the store meanwhile. False again once one is published.
+    pub publish_failing: bool,
     /// Attempts to publish a change that failed, first ones and retries
     /// (metric `keysmith_feed_publish_failures_total`).
     pub publish_failures: u64,
@@ -112,6 +116,7 @@ pub(crate) struct FeedLink {
     received: AtomicU64,
     unknown: AtomicU64,
     published: AtomicU64,
+    publish_failing: AtomicBool,
     publish_failures: AtomicU64,
     republished: AtomicU64,
     heartbeats_sent: AtomicU64,
@@ -145,6 +150,7 @@ impl FeedLink {
             received: AtomicU64::new(0),
             unknown: AtomicU64::new(0),
             published: AtomicU64::new(0),
+            publish_failing: AtomicBool::new(false),
             publish_failures: AtomicU64::new(0),
             republished: AtomicU64::new(0),
             heartbeats_sent: AtomicU64::new(0),
@@ -169,6 +175,7 @@ impl FeedLink {
             received: self.received.load(Ordering::SeqCst),
             unknown: self.unknown.load(Ordering::SeqCst),
             published: self.published.load(Ordering::SeqCst),
+            publish_failing: self.publish_failing.load(Ordering::SeqCst),
             publish_failures: self.publish_failures.load(Ordering::SeqCst),
             republished: self.republished.load(Ordering::SeqCst),
             heartbeats_sent: self.heartbeats_sent.load(Ordering::SeqCst),
@@ -202,8 +209,10 @@ impl FeedLink {
         match publish_within(&*self.feed, &change, self.heartbeat.deadline()).await {
             Ok(()) => {
                 self.published.fetch_add(1, Ordering::Relaxed);
+                self.publish_failing.store(false, Ordering::Relaxed);
             }
             Err(error) => {
+                self.publish_failing.store(true, Ordering::Relaxed);
                 self.publish_failures.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("keysmith_feed_publish_failures_total").increment(1);
                 tracing::warn!(target: "keysmith::feed", %error, ?change, "could not publish a change; logging it in the store and trying again while other instances may hold what it drops");
@@ -278,12 +287,14 @@ impl FeedLink {
             match publish_within(&*self.feed, &change, self.heartbeat.deadline()).await {
                 Ok(()) => {
                     self.published.fetch_add(1, Ordering::Relaxed);
+                    self.publish_failing.store(false, Ordering::Relaxed);
                     self.republished.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("keysmith_feed_republished_total").increment(1);
                     tracing::info!(target: "keysmith::feed", ?change, "published a change that had failed to publish");
                     return;
                 }
                 Err(_) => {
+                    self.publish_failing.store(true, Ordering::Relaxed);
                     self.publish_failures.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("keysmith_feed_publish_failures_total").increment(1);
                 }
