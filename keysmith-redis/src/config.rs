@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -55,11 +55,11 @@ impl RedisConfig {
     /// `keysmith`, failing open.
     ///
     /// A call waits at most 250 ms for a connection and 250 ms for an
-    /// answer, so an outage costs the request that finds it that long (a
-    /// refused or reset connection may take a few attempts, a second or
-    /// two) before the outage policy applies. From then on Redis is left
-    /// alone: each component (limiter, quotas) decides every request by
-    /// its outage policy at once, without a call, and a background probe
+    /// answer, 500 ms in all, so an outage costs the requests in flight
+    /// when it begins that long before the outage policy applies. From then
+    /// on Redis is left alone: every component on this connection (limiter,
+    /// quotas) decides every request by its outage policy at once, without
+    /// a call, and a background probe
     /// pings Redis every [retry interval](Self::with_retry_interval) until
     /// it answers; then calls go to Redis again (the app needs no restart).
     /// A connection that stays open but answers nothing (a partition, a
@@ -184,6 +184,10 @@ fn subject_key_in(prefix: &str, subject: Subject<'_>, kind: &str) -> String {
 
 /// How long a call waits for a connection, and then for its answer.
 const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// The most one call may take in all: a connection being re-established
+/// (which the connection manager may try more than once) and the answer.
+const CALL_DEADLINE: Duration = Duration::from_millis(500);
 
 /// How often a background probe pings Redis while it is unreachable, unless
 /// configured otherwise ([`RedisConfig::with_retry_interval`]).
@@ -331,11 +335,15 @@ pub(crate) struct Link {
     /// `None` for a connection handed in, which cannot be remade.
     nodes: Option<Nodes>,
     replacing: AtomicBool,
+    /// False once a component's call failed, until a probe hears Redis: the
+    /// other components on this connection then stop calling too, rather
+    /// than each paying its own timeout.
+    up: AtomicBool,
 }
 
 impl Link {
     fn new(conn: RedisConnection, nodes: Option<Nodes>) -> Self {
-        Self { conn: RwLock::new(conn), nodes, replacing: AtomicBool::new(false) }
+        Self { conn: RwLock::new(conn), nodes, replacing: AtomicBool::new(false), up: AtomicBool::new(true) }
     }
 
     pub(crate) fn current(&self) -> RedisConnection {
@@ -395,10 +403,18 @@ pub(crate) async fn invoke<T: redis::FromRedisValue>(
     invocation: &redis::ScriptInvocation<'_>, link: &Arc<Link>,
 ) -> redis::RedisResult<T> {
     let mut conn = link.current();
-    let answer = match invocation.invoke_async(&mut conn).await {
-        Err(error) if error.is_connection_dropped() => invocation.invoke_async(&mut conn).await,
-        answer => answer,
+    let call = async {
+        match invocation.invoke_async(&mut conn).await {
+            Err(error) if error.is_connection_dropped() => invocation.invoke_async(&mut conn).await,
+            answer => answer,
+        }
     };
+    let answer = tokio::time::timeout(CALL_DEADLINE, call).await.unwrap_or_else(|_| {
+        Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer from redis within {CALL_DEADLINE:?}"),
+        )))
+    });
     if answer.as_ref().is_err_and(redis::RedisError::is_timeout) {
         link.replace();
     }
@@ -425,10 +441,15 @@ pub(crate) struct Health {
     /// Run by the probe once Redis answers, before calls go to it again:
     /// true when done (false: Redis stays down, the probe tries again).
     recovery: Option<Recovery>,
+    /// Redis's clock (milliseconds) at the latest answer that said it.
+    seen: AtomicU64,
+    /// `seen` when Redis was last found down (0: unknown).
+    down_at: AtomicU64,
 }
 
-/// What a component does once Redis is back, before it calls Redis again.
-pub(crate) type Recovery = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+/// What a component does once Redis is back, before it calls Redis again,
+/// given [`Health::last_seen_before_outage`].
+pub(crate) type Recovery = Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
 impl fmt::Debug for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -459,6 +480,8 @@ impl Health {
             link: Arc::clone(&config.link),
             retry_interval: config.retry_interval,
             recovery: None,
+            seen: AtomicU64::new(0),
+            down_at: AtomicU64::new(0),
         }
     }
 
@@ -479,7 +502,11 @@ impl Health {
     /// fallback), and a probe watches for Redis's return.
     pub(crate) fn available(self: &Arc<Self>) -> bool {
         if self.up.load(Ordering::Acquire) {
-            return true;
+            if self.link.up.load(Ordering::Acquire) {
+                return true;
+            }
+            // Another component on this connection found Redis down.
+            self.went_down(&"another component's call failed");
         }
         self.probe();
         if self.outage == OutagePolicy::FailOpen {
@@ -507,7 +534,18 @@ impl Health {
 
     /// A call to Redis failed: Redis is down until a probe hears it.
     pub(crate) fn failed(self: &Arc<Self>, error: &redis::RedisError) {
+        self.link.up.store(false, Ordering::Release);
+        self.went_down(error);
+        if self.outage == OutagePolicy::FailOpen {
+            metrics::counter!("keysmith_redis_fallbacks_total", "component" => self.component).increment(1);
+        }
+        self.probe();
+    }
+
+    /// Marks Redis down for this component, logging the transition once.
+    fn went_down(&self, error: &dyn fmt::Display) {
         if self.up.swap(false, Ordering::AcqRel) {
+            self.down_at.store(self.seen.load(Ordering::Acquire), Ordering::Release);
             match self.outage {
                 OutagePolicy::FailOpen => tracing::warn!(
                     component = self.component,
@@ -521,16 +559,27 @@ impl Health {
                 ),
             }
         }
-        if self.outage == OutagePolicy::FailOpen {
-            metrics::counter!("keysmith_redis_fallbacks_total", "component" => self.component).increment(1);
-        }
-        self.probe();
+    }
+
+    /// Notes Redis's clock (milliseconds since the epoch) as a call just
+    /// answered it.
+    pub(crate) fn saw_redis_time(&self, millis: u64) {
+        self.seen.fetch_max(millis, Ordering::AcqRel);
+    }
+
+    /// Redis's clock at the last answer this component had before the
+    /// current (or last) outage (milliseconds since the epoch; 0 when it
+    /// had none): what Redis holds from later than this was written during
+    /// the outage, or after Redis lost its data.
+    pub(crate) fn last_seen_before_outage(&self) -> u64 {
+        self.down_at.load(Ordering::Acquire)
     }
 
     /// Starts the background probe unless one runs (on the current tokio
     /// runtime; without one, Redis is called again instead).
     fn probe(self: &Arc<Self>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.link.up.store(true, Ordering::Release);
             self.up.store(true, Ordering::Release);
             return;
         };
@@ -545,9 +594,12 @@ impl Health {
             loop {
                 tokio::time::sleep(interval).await;
                 let answered = link.ping().await;
+                if answered {
+                    link.up.store(true, Ordering::Release);
+                }
                 let Some(health) = health.upgrade() else { return };
                 let caught_up = match &recovery {
-                    Some(recover) if answered => recover().await,
+                    Some(recover) if answered => recover(health.last_seen_before_outage()).await,
                     _ => answered,
                 };
                 if caught_up {

@@ -14,23 +14,36 @@ use redis::Script;
 use crate::config::{Health, Link, OutagePolicy, Recovery, RedisConfig, backend, invoke};
 
 /// Checks and counts one request in one step. `KEYS`: the day's and the
-/// month's counters; `ARGV`: daily and monthly limits (`-1`: none), their
-/// lifetimes in seconds, and optionally the counts to start a missing
-/// counter from. Answers `{0, day, month}` counted, with the day's and the
-/// month's counts after it (what is left follows from the limits), `{1}`
-/// day full, `{2}` month full, `{-1}` a counter is missing and no start
-/// was given.
+/// month's counters, then when each was started (`…:born`); `ARGV`: daily
+/// and monthly limits (`-1`: none), their lifetimes in seconds, and
+/// optionally the counts to start a missing counter from (its `born` is
+/// then set to Redis's clock, milliseconds). Answers `{0, day, month, now}`
+/// counted, with the day's and the month's counts after it (what is left
+/// follows from the limits), `{1, now}` day full, `{2, now}` month full,
+/// `{-1}` a counter is missing and no start was given; `now` is Redis's
+/// clock in milliseconds.
 const CONSUME: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local day, month = redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])
 if not day or not month then
   if ARGV[5] == nil then return {-1} end
-  if not day then day = ARGV[5]; redis.call('SET', KEYS[1], day, 'EX', ARGV[3]) end
-  if not month then month = ARGV[6]; redis.call('SET', KEYS[2], month, 'EX', ARGV[4]) end
+  if not day then
+    day = ARGV[5]
+    redis.call('SET', KEYS[1], day, 'EX', ARGV[3])
+    redis.call('SET', KEYS[3], now, 'EX', ARGV[3])
+  end
+  if not month then
+    month = ARGV[6]
+    redis.call('SET', KEYS[2], month, 'EX', ARGV[4])
+    redis.call('SET', KEYS[4], now, 'EX', ARGV[4])
+  end
 end
 local daily, monthly = tonumber(ARGV[1]), tonumber(ARGV[2])
-if monthly >= 0 and tonumber(month) >= monthly then return {2} end
-if daily >= 0 and tonumber(day) >= daily then return {1} end
-return {0, redis.call('INCRBY', KEYS[1], 1), redis.call('INCRBY', KEYS[2], 1)}
+if monthly >= 0 and tonumber(month) >= monthly then return {2, now} end
+if daily >= 0 and tonumber(day) >= daily then return {1, now} end
+return {0, redis.call('INCRBY', KEYS[1], 1), redis.call('INCRBY', KEYS[2], 1), now}
 ";
 
 /// Gives back one request from each counter that holds one.
@@ -43,12 +56,18 @@ return 1
 ";
 
 /// Adds what an instance admitted during an outage to a counter Redis kept
-/// through it: `KEYS[1]` the counter, `ARGV[1]` the requests. A counter
-/// Redis lost is left missing: it starts again from the store's records,
-/// which hold those requests. Answers the count, or `-1` when missing.
+/// through it: `KEYS[1]` the counter, `KEYS[2]` when it was started;
+/// `ARGV[1]` the requests, `ARGV[2]` Redis's clock at the instance's last
+/// answer before the outage. A counter Redis lost is left missing, and one
+/// started since that answer (Redis lost its data and another instance
+/// started it again from the store's records, which hold those requests)
+/// is left as it is. Answers the count, `-1` when missing, `-2` when
+/// started since.
 const REPLAY: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('INCRBY', KEYS[1], ARGV[1]) end
-return -1
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local born = tonumber(redis.call('GET', KEYS[2]) or '0')
+if born > tonumber(ARGV[2]) then return -2 end
+return redis.call('INCRBY', KEYS[1], ARGV[1])
 ";
 
 /// During an outage: per subject (its
@@ -78,7 +97,8 @@ const KEEP_AFTER_PERIOD_SECS: i64 = 3600;
 /// A [`QuotaCounter`] shared by every instance pointed at one Redis: each
 /// subject (a key's lineage, or its owner under `limit_by: owner`) has a
 /// counter per UTC day and month (`{prefix}:{<lineage id>}:q:day:<date>`,
-/// `…:q:month:<date>`; an owner's hash tag is `{owner:…}`, as
+/// `…:q:month:<date>`, each with `…:born`, when it was started, by Redis's
+/// clock; an owner's hash tag is `{owner:…}`, as
 /// [`RedisConfig::subject_key`] names it) that expires after its period;
 /// check and count are one script, so a quota is exact across instances and
 /// a refused request counts nothing. The script answers the counts after
@@ -112,9 +132,9 @@ impl RedisQuotas {
     pub fn new(config: RedisConfig) -> Self {
         let local: Arc<Mutex<LocalCounts>> = Arc::default();
         let (replay, link, counts) = (Arc::new(Script::new(REPLAY)), Arc::clone(&config.link), Arc::clone(&local));
-        let recovery: Recovery = Arc::new(move || {
+        let recovery: Recovery = Arc::new(move |last_seen| {
             let (replay, link, counts) = (Arc::clone(&replay), Arc::clone(&link), Arc::clone(&counts));
-            Box::pin(async move { catch_up(&replay, &link, &counts).await })
+            Box::pin(async move { catch_up(&replay, &link, &counts, last_seen).await })
         });
         Self {
             health: Arc::new(Health::new("quota", &config).with_recovery(recovery)),
@@ -201,7 +221,7 @@ fn lock(local: &Mutex<LocalCounts>) -> std::sync::MutexGuard<'_, LocalCounts> {
 /// once Redis answers a probe: true when every one is sent (the in-process
 /// counts are then dropped), false when Redis failed meanwhile (what was
 /// not sent is kept for the next probe).
-async fn catch_up(replay: &Script, link: &Arc<Link>, local: &Mutex<LocalCounts>) -> bool {
+async fn catch_up(replay: &Script, link: &Arc<Link>, local: &Mutex<LocalCounts>, last_seen: u64) -> bool {
     // Requests decided in process while this runs are sent by the next
     // round; a few rounds at most, then what is left goes.
     for _ in 0..3 {
@@ -215,7 +235,7 @@ async fn catch_up(replay: &Script, link: &Arc<Link>, local: &Mutex<LocalCounts>)
         }
         for (i, (counter, admitted)) in pending.iter().enumerate() {
             let mut call = replay.key(counter);
-            call.arg(*admitted);
+            call.key(format!("{counter}:born")).arg(*admitted).arg(last_seen);
             if invoke::<i64>(&call, link).await.is_err() {
                 // Kept for the next probe: this one and those not yet sent.
                 let mut local = lock(local);
@@ -253,7 +273,8 @@ impl QuotaCounter for RedisQuotas {
         let mut seeds: Option<[u64; 2]> = None;
         loop {
             let mut call = self.consume.key(&keys[0]);
-            call.key(&keys[1]).arg(limit_arg(quota.daily)).arg(limit_arg(quota.monthly)).arg(ttl[0]).arg(ttl[1]);
+            call.key(&keys[1]).key(format!("{}:born", keys[0])).key(format!("{}:born", keys[1]));
+            call.arg(limit_arg(quota.daily)).arg(limit_arg(quota.monthly)).arg(ttl[0]).arg(ttl[1]);
             if let Some(seeds) = seeds {
                 call.arg(seeds[0]).arg(seeds[1]);
             }
@@ -268,9 +289,12 @@ impl QuotaCounter for RedisQuotas {
                 Ok(answer) => {
                     self.recovered();
                     let count = |n: i64| u64::try_from(n).unwrap_or(0);
+                    if let Some(&now) = answer.last() {
+                        self.health.saw_redis_time(count(now));
+                    }
                     return Ok(match answer[..] {
-                        [0, day, month] => Ok(QuotaRemaining::left(quota, count(day), count(month))),
-                        [2] => Err(Period::Month),
+                        [0, day, month, _] => Ok(QuotaRemaining::left(quota, count(day), count(month))),
+                        [2, _] => Err(Period::Month),
                         _ => Err(Period::Day),
                     });
                 }

@@ -162,17 +162,21 @@ async fn under_limit_by_owner_two_engines_share_one_quota_for_all_of_an_owners_k
     assert!(common::passes_soon(&engines[1], &raw[3]).await, "the refunded request was never given back");
     assert!(quota_exceeded(&engines[0], &raw[2]).await, "exactly one request was given back");
 
-    // The owners' counters carry the prefix and the owner's hash tag; no
-    // counter was kept per key.
+    // The owners' counters (and when each was started) carry the prefix and
+    // the owner's hash tag; no counter was kept per key.
     let mut admin = common::admin(&url).await;
     let mut names: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut admin).await.unwrap();
     names.sort();
     let owner = |id: &str, counter: &str| format!("{prefix}:{{owner:3:app:4:acme:{id}}}:q:{counter}");
     let expected = [
         owner("cust_1", "day:2026-05-05"),
+        owner("cust_1", "day:2026-05-05:born"),
         owner("cust_1", "month:2026-05-01"),
+        owner("cust_1", "month:2026-05-01:born"),
         owner("cust_2", "day:2026-05-05"),
+        owner("cust_2", "day:2026-05-05:born"),
         owner("cust_2", "month:2026-05-01"),
+        owner("cust_2", "month:2026-05-01:born"),
     ];
     assert_eq!(names, expected);
 }
@@ -254,6 +258,74 @@ async fn what_an_instance_admitted_during_a_partition_counts_in_redis_once_it_he
         passed += u32::from(engine.validate(&raw, &ctx).await.is_ok());
     }
     assert_eq!(passed, 3, "the day's quota of 6 held across the partition");
+}
+
+#[tokio::test]
+async fn after_redis_lost_its_counters_what_instances_admitted_meanwhile_is_not_counted_twice() {
+    let Some(mut server) = common::PrivateRedis::start().await else { return };
+    if common::cluster() {
+        // The one-node cluster takes a while to own its slots again after a
+        // restart; the single-node run covers the restart.
+        return;
+    }
+    let prefix = common::unique_prefix();
+    let connect = |every| {
+        let url = server.url();
+        let prefix = prefix.clone();
+        async move { common::connect(&url).await.with_prefix(prefix).with_retry_interval(every) }
+    };
+    // `late` hears Redis back well after `early` has counted there again.
+    let (early, late) = (connect(Duration::from_millis(20)).await, connect(Duration::from_secs(1)).await);
+    let clock = clock();
+    let (engines, raw) = fleet(vec![early, late], &clock, Quota { daily: Some(100), monthly: None }).await;
+    let (early, late) = (&engines[0], &engines[1]);
+    let ctx = RequestContext::new();
+    let lineage = early.validate(&raw, &ctx).await.unwrap().key.lineage_id;
+    assert!(late.validate(&raw, &ctx).await.is_ok());
+
+    server.stop();
+    // Both count in process (from the store, which holds no records here).
+    for engine in [early, late, late] {
+        assert!(engine.validate(&raw, &ctx).await.is_ok());
+    }
+    // Redis comes back empty: the counter starts again from the store's
+    // records when `early` counts there.
+    server.restart().await;
+    let counter = common::connect(&server.url())
+        .await
+        .with_prefix(&prefix)
+        .subject_key(Subject::Key(lineage), "q:day:2026-05-05");
+    let mut admin = common::admin(&server.url()).await;
+    let count = |admin: &mut keysmith_redis::RedisConnection| {
+        let counter = counter.clone();
+        let mut admin = admin.clone();
+        async move { redis::cmd("GET").arg(&counter).query_async::<Option<u64>>(&mut admin).await.unwrap() }
+    };
+    let mut started = false;
+    for _ in 0..200 {
+        assert!(early.validate(&raw, &ctx).await.is_ok());
+        if count(&mut admin).await.is_some() {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(started, "early never counted in Redis again");
+    // `late` adds nothing of its outage to a counter started after it: the
+    // counter moves only by late's first request counted there again.
+    let started_at = count(&mut admin).await.unwrap();
+    let mut back = false;
+    for _ in 0..300 {
+        assert!(late.validate(&raw, &ctx).await.is_ok());
+        let now = count(&mut admin).await.unwrap();
+        if now != started_at {
+            assert_eq!(now, started_at + 1, "late's outage requests were added to a counter started after them");
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(back, "late never counted in Redis again");
 }
 
 /// Records `validation` as the adapters do after the response.

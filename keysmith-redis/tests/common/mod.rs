@@ -76,7 +76,9 @@ pub async fn behind_silent_proxy() -> Option<(keysmith_tests::proxy::SilentProxy
         return None;
     }
     let proxy = keysmith_tests::proxy::SilentProxy::start(redis_addr(&url).await).await;
-    let behind = RedisConfig::connect(&format!("redis://{}", proxy.addr())).await.expect("the proxy's Redis");
+    // The same database as the URL's, which the tests' own connections use.
+    let db = redis::Client::open(url.as_str()).expect("the test Redis URL").get_connection_info().redis.db;
+    let behind = RedisConfig::connect(&format!("redis://{}/{db}", proxy.addr())).await.expect("the proxy's Redis");
     Some((proxy, behind, url))
 }
 
