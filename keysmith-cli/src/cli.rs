@@ -420,6 +420,13 @@ pub(crate) struct CreditsChange {
     pub(crate) refill: CreditsArgs,
 }
 
+impl CreditsChange {
+    /// Whether this changes the credits (no flag shows them).
+    pub(crate) fn changes(&self) -> bool {
+        self.set.is_some() || self.add.is_some() || self.remove
+    }
+}
+
 /// `keysmith owners …`.
 #[derive(Debug, Subcommand)]
 pub(crate) enum OwnersCommand {

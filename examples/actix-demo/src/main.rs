@@ -92,10 +92,10 @@ fn routes(
         config
             .app_data(web::Data::new(probes))
             .app_data(web::Data::new(users))
-            .route("/health", web::get().to(health))
-            .route("/ready", web::get().to(ready));
+            .service(probe("/health", health))
+            .service(probe("/ready", ready));
         if metrics {
-            config.route("/metrics", web::get().to(metrics_text));
+            config.service(probe("/metrics", metrics_text));
         }
         config.app_data(web::Data::new(scanning)).route(GITHUB_ALERTS, web::post().to(github_alert));
         config.service(
@@ -106,6 +106,19 @@ fn routes(
             ),
         );
     }
+}
+
+/// A probe's route as axum's `get` makes it: GET and HEAD answer (HEAD
+/// without the body), any other method is 405 with `Allow`.
+fn probe<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args> + Clone,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path).route(web::get().to(handler.clone())).route(web::head().to(handler)).default_service(web::to(
+        || async { HttpResponse::MethodNotAllowed().insert_header(("allow", "GET,HEAD")).finish() },
+    ))
 }
 
 /// `GET /health`: 200 while the demo serves (liveness), as
@@ -211,6 +224,10 @@ mod tests {
             async move { test::call_service(app, request).await.status().as_u16() }
         };
         assert_eq!(status("GET", "/health", None).await, 200);
+        // The probes answer as the axum demo's: HEAD too, 405 to the rest.
+        for (method, path, expected) in [("HEAD", "/health", 200), ("HEAD", "/ready", 200), ("POST", "/ready", 405)] {
+            assert_eq!(status(method, path, None).await, expected, "{method} {path}");
+        }
         assert_eq!(status("GET", "/me", None).await, 401);
         assert_eq!(status("GET", "/me", Some(&keys.read)).await, 200);
         assert_eq!(status("GET", "/users", Some(&keys.read)).await, 200);

@@ -154,6 +154,9 @@ mod tests {
     async fn routes_need_the_documented_keys_and_scopes() {
         let (app, keys) = demo().await;
         assert_eq!(status(&app, "GET", "/health", None).await, 200);
+        for (method, path, expected) in [("HEAD", "/health", 200), ("HEAD", "/ready", 200), ("POST", "/ready", 405)] {
+            assert_eq!(status(&app, method, path, None).await, expected, "{method} {path}");
+        }
         assert_eq!(status(&app, "GET", "/me", None).await, 401);
         assert_eq!(status(&app, "GET", "/me", Some(&keys.read)).await, 200);
         assert_eq!(status(&app, "GET", "/users", Some(&keys.read)).await, 200);

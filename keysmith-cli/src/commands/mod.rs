@@ -16,7 +16,7 @@ use keysmith_core::hooks::MetricsPlugin;
 use keysmith_core::leak::LeakPolicies;
 use keysmith_core::{Engine, Tenant, TenantEngine, validate_id};
 
-use crate::cli::{Cli, Command, GlobalArgs, KeysCommand, PoliciesCommand, ScopesCommand};
+use crate::cli::{Cli, Command, GlobalArgs, KeysCommand, OwnersCommand, PoliciesCommand, ScopesCommand};
 use crate::db;
 use crate::error::CliError;
 use crate::output::Printer;
@@ -92,9 +92,11 @@ const NO_FEED_NOTE: &str = "note: nothing publishes this change (no change feed:
      (30 s by default); see the guide's many-instances page";
 
 /// Whether `command` changes what application instances cache with a key:
-/// its state, its policy, a scope it holds.
+/// its state, its credits, its policy, a scope it holds.
 fn changes_what_instances_cache(command: &Command) -> bool {
     match command {
+        Command::Keys(KeysCommand::Credits(args)) => args.change.changes(),
+        Command::Owners(OwnersCommand::Credits(args)) => args.change.changes(),
         Command::Keys(command) => matches!(
             command,
             KeysCommand::Rotate(_) | KeysCommand::Revoke(_) | KeysCommand::Suspend(_) | KeysCommand::Reactivate(_)

@@ -212,9 +212,18 @@ async fn a_change_nothing_publishes_is_noted_on_stderr() {
     ks.run(&["migrate"]).ok();
     let created = ks.json(&["keys", "create", "--name", "a"]);
     let id = str_of(&created["key"], "id");
-    let listed = ks.run(&["keys", "list"]);
-    assert!(listed.stderr.is_empty(), "{}", listed.stderr);
-    for change in [&["keys", "suspend", id][..], &["keys", "reactivate", id], &["keys", "revoke", id]] {
+    for read in [&["keys", "list"][..], &["keys", "credits", id], &["owners", "credits", "cus_1"]] {
+        let run = ks.run(read);
+        assert!(run.stderr.is_empty(), "{read:?}: {}", run.stderr);
+    }
+    let changes = [
+        &["keys", "suspend", id][..],
+        &["keys", "reactivate", id],
+        &["keys", "credits", id, "--set", "5"],
+        &["owners", "credits", "cus_1", "--set", "2"],
+        &["keys", "revoke", id],
+    ];
+    for change in changes {
         let run = ks.run(change);
         assert_eq!(run.code, 0, "{}", run.stderr);
         assert!(run.stderr.starts_with("note: nothing publishes this change"), "{change:?}: {}", run.stderr);
