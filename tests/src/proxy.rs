@@ -109,9 +109,13 @@ async fn forward(mut client: TcpStream, upstream: SocketAddr, mut link: watch::R
     }
     let Ok(mut server) = TcpStream::connect(upstream).await else { return };
     let alive = move |&(silent, current): &(bool, u64)| !silent && current == epoch;
+    // Biased, the silence first: woken by both a change of state and bytes
+    // to forward, the task stops forwarding before it reads them, so
+    // nothing written after `go_silent` returned gets through.
     tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+        biased;
         () = async { drop(link.wait_for(|state| !alive(state)).await) } => hold((client, server)).await,
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
     }
 }
 
