@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -441,15 +441,10 @@ pub(crate) struct Health {
     /// Run by the probe once Redis answers, before calls go to it again:
     /// true when done (false: Redis stays down, the probe tries again).
     recovery: Option<Recovery>,
-    /// Redis's clock (milliseconds) at the latest answer that said it.
-    seen: AtomicU64,
-    /// `seen` when Redis was last found down (0: unknown).
-    down_at: AtomicU64,
 }
 
-/// What a component does once Redis is back, before it calls Redis again,
-/// given [`Health::last_seen_before_outage`].
-pub(crate) type Recovery = Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+/// What a component does once Redis is back, before it calls Redis again.
+pub(crate) type Recovery = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
 impl fmt::Debug for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -480,8 +475,6 @@ impl Health {
             link: Arc::clone(&config.link),
             retry_interval: config.retry_interval,
             recovery: None,
-            seen: AtomicU64::new(0),
-            down_at: AtomicU64::new(0),
         }
     }
 
@@ -545,7 +538,6 @@ impl Health {
     /// Marks Redis down for this component, logging the transition once.
     fn went_down(&self, error: &dyn fmt::Display) {
         if self.up.swap(false, Ordering::AcqRel) {
-            self.down_at.store(self.seen.load(Ordering::Acquire), Ordering::Release);
             match self.outage {
                 OutagePolicy::FailOpen => tracing::warn!(
                     component = self.component,
@@ -559,20 +551,6 @@ impl Health {
                 ),
             }
         }
-    }
-
-    /// Notes Redis's clock (milliseconds since the epoch) as a call just
-    /// answered it.
-    pub(crate) fn saw_redis_time(&self, millis: u64) {
-        self.seen.fetch_max(millis, Ordering::AcqRel);
-    }
-
-    /// Redis's clock at the last answer this component had before the
-    /// current (or last) outage (milliseconds since the epoch; 0 when it
-    /// had none): what Redis holds from later than this was written during
-    /// the outage, or after Redis lost its data.
-    pub(crate) fn last_seen_before_outage(&self) -> u64 {
-        self.down_at.load(Ordering::Acquire)
     }
 
     /// Starts the background probe unless one runs (on the current tokio
@@ -599,7 +577,7 @@ impl Health {
                 }
                 let Some(health) = health.upgrade() else { return };
                 let caught_up = match &recovery {
-                    Some(recover) if answered => recover(health.last_seen_before_outage()).await,
+                    Some(recover) if answered => recover().await,
                     _ => answered,
                 };
                 if caught_up {

@@ -17,11 +17,10 @@ use crate::config::{Health, Link, OutagePolicy, Recovery, RedisConfig, backend, 
 /// month's counters, then when each was started (`…:born`); `ARGV`: daily
 /// and monthly limits (`-1`: none), their lifetimes in seconds, and
 /// optionally the counts to start a missing counter from (its `born` is
-/// then set to Redis's clock, milliseconds). Answers `{0, day, month, now}`
+/// then set to Redis's clock, milliseconds). Answers `{0, day, month}`
 /// counted, with the day's and the month's counts after it (what is left
-/// follows from the limits), `{1, now}` day full, `{2, now}` month full,
-/// `{-1}` a counter is missing and no start was given; `now` is Redis's
-/// clock in milliseconds.
+/// follows from the limits), `{1}` day full, `{2}` month full, `{-1}` a
+/// counter is missing and no start was given.
 const CONSUME: &str = r"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -41,9 +40,9 @@ if not day or not month then
   end
 end
 local daily, monthly = tonumber(ARGV[1]), tonumber(ARGV[2])
-if monthly >= 0 and tonumber(month) >= monthly then return {2, now} end
-if daily >= 0 and tonumber(day) >= daily then return {1, now} end
-return {0, redis.call('INCRBY', KEYS[1], 1), redis.call('INCRBY', KEYS[2], 1), now}
+if monthly >= 0 and tonumber(month) >= monthly then return {2} end
+if daily >= 0 and tonumber(day) >= daily then return {1} end
+return {0, redis.call('INCRBY', KEYS[1], 1), redis.call('INCRBY', KEYS[2], 1)}
 ";
 
 /// Gives back one request from each counter that holds one.
@@ -55,20 +54,80 @@ end
 return 1
 ";
 
-/// Adds what an instance admitted during an outage to a counter Redis kept
-/// through it: `KEYS[1]` the counter, `KEYS[2]` when it was started;
-/// `ARGV[1]` the requests, `ARGV[2]` Redis's clock at the instance's last
-/// answer before the outage. A counter Redis lost is left missing, and one
-/// started since that answer (Redis lost its data and another instance
-/// started it again from the store's records, which hold those requests)
-/// is left as it is. Answers the count, `-1` when missing, `-2` when
-/// started since.
+/// Adds what an instance admitted during an outage to a counter: `KEYS[1]`
+/// the counter, `KEYS[2]` when it was started (Redis's clock, ms);
+/// `ARGV[1]` the length of a slice of time (ms), then pairs of a slice's
+/// start (wall clock, ms) and the requests admitted in it. Only slices
+/// that end after the counter started are added: a counter started during
+/// the outage (a new day, a new key, or Redis lost its data) began from the
+/// store's records, which hold what was admitted before (but the last
+/// moments, not yet written). A missing counter is left missing (it starts
+/// from the store's records). Answers the count, or `-1` when missing.
 const REPLAY: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local born = tonumber(redis.call('GET', KEYS[2]) or '0')
-if born > tonumber(ARGV[2]) then return -2 end
-return redis.call('INCRBY', KEYS[1], ARGV[1])
+local slice = tonumber(ARGV[1])
+local add = 0
+for i = 2, #ARGV, 2 do
+  if tonumber(ARGV[i]) + slice > born then add = add + tonumber(ARGV[i + 1]) end
+end
+if add == 0 then return tonumber(redis.call('GET', KEYS[1])) end
+return redis.call('INCRBY', KEYS[1], add)
 ";
+
+/// Admissions during an outage are kept by time in slices this long
+/// (wall clock, ms), to be told apart from a counter's start.
+const ADMISSION_SLICE_MS: u64 = 100;
+
+/// Past this many slices a subject's are merged two by two (each keeping
+/// the earlier time), so a long outage costs bounded memory and coarser
+/// times.
+const MAX_ADMISSION_SLICES: usize = 1024;
+
+/// What one instance admitted during an outage, by time: (slice start,
+/// wall clock ms; requests), in order.
+#[derive(Debug, Default)]
+struct Admissions(Vec<(u64, u64)>);
+
+impl Admissions {
+    fn add(&mut self, at_ms: u64) {
+        let slice = at_ms - at_ms % ADMISSION_SLICE_MS;
+        match self.0.last_mut() {
+            Some((start, n)) if *start >= slice => *n += 1,
+            _ => self.0.push((slice, 1)),
+        }
+        if self.0.len() > MAX_ADMISSION_SLICES {
+            self.0 = self.0.chunks(2).map(|pair| (pair[0].0, pair.iter().map(|(_, n)| n).sum())).collect();
+        }
+    }
+
+    /// Takes one back (a refund), from the latest.
+    fn take_back(&mut self) {
+        if let Some((_, n)) = self.0.last_mut() {
+            *n -= 1;
+            if *n == 0 {
+                self.0.pop();
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn merge(&mut self, other: Self) {
+        self.0.extend(other.0);
+        self.0.sort_unstable_by_key(|(start, _)| *start);
+    }
+}
+
+/// The wall clock in milliseconds since the epoch, which Redis's clock (the
+/// counters' starts) is compared with.
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// During an outage: per subject (its
 /// [`storage_key`](Subject::storage_key)) and period, what this instance
@@ -84,8 +143,8 @@ struct LocalCount {
     /// began, and what this instance admitted since.
     count: u64,
     /// What this instance admitted during the outage (refunds taken off),
-    /// added to Redis's counter once Redis answers again.
-    admitted: u64,
+    /// by time, added to Redis's counter once Redis answers again.
+    admitted: Admissions,
     /// The period's counter in Redis.
     counter: String,
 }
@@ -132,9 +191,9 @@ impl RedisQuotas {
     pub fn new(config: RedisConfig) -> Self {
         let local: Arc<Mutex<LocalCounts>> = Arc::default();
         let (replay, link, counts) = (Arc::new(Script::new(REPLAY)), Arc::clone(&config.link), Arc::clone(&local));
-        let recovery: Recovery = Arc::new(move |last_seen| {
+        let recovery: Recovery = Arc::new(move || {
             let (replay, link, counts) = (Arc::clone(&replay), Arc::clone(&link), Arc::clone(&counts));
-            Box::pin(async move { catch_up(&replay, &link, &counts, last_seen).await })
+            Box::pin(async move { catch_up(&replay, &link, &counts).await })
         });
         Self {
             health: Arc::new(Health::new("quota", &config).with_recovery(recovery)),
@@ -172,13 +231,13 @@ impl RedisQuotas {
         let mut used = [0; 2];
         for (((used, seed), period), counter) in used.iter_mut().zip(seeds).zip(periods).zip(counters) {
             let start = period.start_of(now);
-            let fresh = || LocalCount { start, count: seed, admitted: 0, counter: counter.clone() };
+            let fresh = || LocalCount { start, count: seed, admitted: Admissions::default(), counter: counter.clone() };
             let entry = local.entry((holder.clone(), period)).or_insert_with(fresh);
             if entry.start != start {
                 // A new period: what the last one admitted still goes to its
                 // counter, this one starts from the store.
                 let ended = std::mem::replace(entry, fresh());
-                if ended.admitted > 0 {
+                if !ended.admitted.is_empty() {
                     local.insert((format!("{holder}@{}", ended.start.timestamp()), period), ended);
                 }
                 *used = seed;
@@ -190,10 +249,11 @@ impl RedisQuotas {
             Ok(left) => left,
             Err(period) => return Ok(Err(period)),
         };
+        let at_ms = wall_clock_ms();
         for period in periods {
             if let Some(entry) = local.get_mut(&(holder.clone(), period)) {
                 entry.count += 1;
-                entry.admitted += 1;
+                entry.admitted.add(at_ms);
             }
         }
         Ok(Ok(left))
@@ -221,27 +281,31 @@ fn lock(local: &Mutex<LocalCounts>) -> std::sync::MutexGuard<'_, LocalCounts> {
 /// once Redis answers a probe: true when every one is sent (the in-process
 /// counts are then dropped), false when Redis failed meanwhile (what was
 /// not sent is kept for the next probe).
-async fn catch_up(replay: &Script, link: &Arc<Link>, local: &Mutex<LocalCounts>, last_seen: u64) -> bool {
+async fn catch_up(replay: &Script, link: &Arc<Link>, local: &Mutex<LocalCounts>) -> bool {
     // Requests decided in process while this runs are sent by the next
     // round; a few rounds at most, then what is left goes.
     for _ in 0..3 {
-        let pending: Vec<(String, u64)> = lock(local)
+        let mut pending: Vec<(String, Admissions)> = lock(local)
             .values_mut()
-            .filter(|count| count.admitted > 0)
+            .filter(|count| !count.admitted.is_empty())
             .map(|count| (count.counter.clone(), std::mem::take(&mut count.admitted)))
             .collect();
         if pending.is_empty() {
             break;
         }
-        for (i, (counter, admitted)) in pending.iter().enumerate() {
+        for i in 0..pending.len() {
+            let (counter, admitted) = &pending[i];
             let mut call = replay.key(counter);
-            call.key(format!("{counter}:born")).arg(*admitted).arg(last_seen);
+            call.key(format!("{counter}:born")).arg(ADMISSION_SLICE_MS);
+            for (start, n) in &admitted.0 {
+                call.arg(*start).arg(*n);
+            }
             if invoke::<i64>(&call, link).await.is_err() {
                 // Kept for the next probe: this one and those not yet sent.
                 let mut local = lock(local);
-                for (counter, admitted) in &pending[i..] {
-                    if let Some(count) = local.values_mut().find(|count| count.counter == *counter) {
-                        count.admitted += admitted;
+                for (counter, admitted) in pending.drain(i..) {
+                    if let Some(count) = local.values_mut().find(|count| count.counter == counter) {
+                        count.admitted.merge(admitted);
                     }
                 }
                 return false;
@@ -289,12 +353,9 @@ impl QuotaCounter for RedisQuotas {
                 Ok(answer) => {
                     self.recovered();
                     let count = |n: i64| u64::try_from(n).unwrap_or(0);
-                    if let Some(&now) = answer.last() {
-                        self.health.saw_redis_time(count(now));
-                    }
                     return Ok(match answer[..] {
-                        [0, day, month, _] => Ok(QuotaRemaining::left(quota, count(day), count(month))),
-                        [2, _] => Err(Period::Month),
+                        [0, day, month] => Ok(QuotaRemaining::left(quota, count(day), count(month))),
+                        [2] => Err(Period::Month),
                         _ => Err(Period::Day),
                     });
                 }
@@ -333,7 +394,7 @@ impl QuotaCounter for RedisQuotas {
                     && entry.start == period.start_of(at)
                 {
                     entry.count = entry.count.saturating_sub(1);
-                    entry.admitted = entry.admitted.saturating_sub(1);
+                    entry.admitted.take_back();
                 }
             }
         };
