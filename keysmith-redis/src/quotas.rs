@@ -55,21 +55,28 @@ return 1
 ";
 
 /// Adds what an instance admitted during an outage to a counter: `KEYS[1]`
-/// the counter, `KEYS[2]` when it was started (Redis's clock, ms);
-/// `ARGV[1]` the length of a slice of time (ms), then pairs of a slice's
-/// start (wall clock, ms) and the requests admitted in it. Only slices
-/// that end after the counter started are added: a counter started during
-/// the outage (a new day, a new key, or Redis lost its data) began from the
-/// store's records, which hold what was admitted before (but the last
-/// moments, not yet written). A missing counter is left missing (it starts
-/// from the store's records). Answers the count, or `-1` when missing.
+/// the counter, `KEYS[2]` when it was started (Redis's clock, ms); `ARGV`
+/// triples of a slice of time's start and end (wall clock, ms) and the
+/// requests admitted in it, then the width of one slice (ms). Only what
+/// was admitted after the counter started is added (a slice of one width
+/// that straddles the start whole, since its last moments were not yet
+/// written to the store; a wider one, merged, its share by time): a
+/// counter started during the outage (a new day, a new key, or
+/// Redis lost its data) began from the store's records, which hold what
+/// was admitted before. A missing counter is left missing (it starts from
+/// the store's records). Answers the count, or `-1` when missing.
 const REPLAY: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local born = tonumber(redis.call('GET', KEYS[2]) or '0')
-local slice = tonumber(ARGV[1])
 local add = 0
-for i = 2, #ARGV, 2 do
-  if tonumber(ARGV[i]) + slice > born then add = add + tonumber(ARGV[i + 1]) end
+local width = tonumber(ARGV[#ARGV])
+for i = 1, #ARGV - 1, 3 do
+  local s, e, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  if s >= born or (e > born and e - s <= width) then
+    add = add + n
+  elseif e > born then
+    add = add + math.floor(n * (e - born) / (e - s) + 0.5)
+  end
 end
 if add == 0 then return tonumber(redis.call('GET', KEYS[1])) end
 return redis.call('INCRBY', KEYS[1], add)
@@ -79,31 +86,34 @@ return redis.call('INCRBY', KEYS[1], add)
 /// (wall clock, ms), to be told apart from a counter's start.
 const ADMISSION_SLICE_MS: u64 = 100;
 
-/// Past this many slices a subject's are merged two by two (each keeping
-/// the earlier time), so a long outage costs bounded memory and coarser
-/// times.
+/// Past this many slices a subject's are merged two by two (each spanning
+/// both), so a long outage costs bounded memory and coarser times.
 const MAX_ADMISSION_SLICES: usize = 1024;
 
-/// What one instance admitted during an outage, by time: (slice start,
-/// wall clock ms; requests), in order.
+/// What one instance admitted during an outage, by time: (slice start and
+/// end, wall clock ms; requests), in order.
 #[derive(Debug, Default)]
-struct Admissions(Vec<(u64, u64)>);
+struct Admissions(Vec<(u64, u64, u64)>);
 
 impl Admissions {
     fn add(&mut self, at_ms: u64) {
         let slice = at_ms - at_ms % ADMISSION_SLICE_MS;
         match self.0.last_mut() {
-            Some((start, n)) if *start >= slice => *n += 1,
-            _ => self.0.push((slice, 1)),
+            Some((start, _, n)) if *start >= slice => *n += 1,
+            _ => self.0.push((slice, slice + ADMISSION_SLICE_MS, 1)),
         }
         if self.0.len() > MAX_ADMISSION_SLICES {
-            self.0 = self.0.chunks(2).map(|pair| (pair[0].0, pair.iter().map(|(_, n)| n).sum())).collect();
+            self.0 = self
+                .0
+                .chunks(2)
+                .map(|pair| (pair[0].0, pair[pair.len() - 1].1, pair.iter().map(|(_, _, n)| n).sum()))
+                .collect();
         }
     }
 
     /// Takes one back (a refund), from the latest.
     fn take_back(&mut self) {
-        if let Some((_, n)) = self.0.last_mut() {
+        if let Some((_, _, n)) = self.0.last_mut() {
             *n -= 1;
             if *n == 0 {
                 self.0.pop();
@@ -117,7 +127,7 @@ impl Admissions {
 
     fn merge(&mut self, other: Self) {
         self.0.extend(other.0);
-        self.0.sort_unstable_by_key(|(start, _)| *start);
+        self.0.sort_unstable_by_key(|(start, _, _)| *start);
     }
 }
 
@@ -296,10 +306,11 @@ async fn catch_up(replay: &Script, link: &Arc<Link>, local: &Mutex<LocalCounts>)
         for i in 0..pending.len() {
             let (counter, admitted) = &pending[i];
             let mut call = replay.key(counter);
-            call.key(format!("{counter}:born")).arg(ADMISSION_SLICE_MS);
-            for (start, n) in &admitted.0 {
-                call.arg(*start).arg(*n);
+            call.key(format!("{counter}:born"));
+            for (start, end, n) in &admitted.0 {
+                call.arg(*start).arg(*end).arg(*n);
             }
+            call.arg(ADMISSION_SLICE_MS);
             if invoke::<i64>(&call, link).await.is_err() {
                 // Kept for the next probe: this one and those not yet sent.
                 let mut local = lock(local);
@@ -413,5 +424,66 @@ impl QuotaCounter for RedisQuotas {
                 give_back_locally();
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admissions_of_a_long_outage_stay_bounded_and_keep_their_span_and_count() {
+        let mut admitted = Admissions::default();
+        let start = 1_800_000_000_000;
+        // One request every 50 ms for 200 s: 4 000 slices' worth.
+        for i in 0..4_000 {
+            admitted.add(start + i * 50);
+        }
+        assert!(admitted.0.len() <= MAX_ADMISSION_SLICES, "{}", admitted.0.len());
+        assert_eq!(admitted.0.iter().map(|(_, _, n)| n).sum::<u64>(), 4_000);
+        // Merged slices span what they hold: contiguous, from the first
+        // slice's start to the last one's end.
+        assert_eq!(admitted.0[0].0, start);
+        assert_eq!(admitted.0[admitted.0.len() - 1].1, start + 200_000);
+        for pair in admitted.0.windows(2) {
+            assert_eq!(pair[0].1, pair[1].0, "{pair:?}");
+        }
+        // A refund takes one back from the latest.
+        admitted.take_back();
+        assert_eq!(admitted.0.iter().map(|(_, _, n)| n).sum::<u64>(), 3_999);
+    }
+    /// Against the test Redis (`KEYSMITH_TEST_REDIS_URL`, one server): what a
+    /// catch-up adds to a counter started at a known time.
+    #[tokio::test]
+    async fn a_catch_up_adds_what_was_admitted_after_the_counter_started() {
+        let url = match std::env::var("KEYSMITH_TEST_REDIS_URL") {
+            Ok(url) if !url.is_empty() && std::env::var("KEYSMITH_TEST_REDIS_CLUSTER_URL").is_err() => url,
+            _ => return,
+        };
+        let config = RedisConfig::connect(&url).await.unwrap();
+        let counter = format!("keysmith-test-{}:{{catch-up}}:q:day:2026-05-05", keysmith_core::KeyId::new());
+        let mut conn = config.connection();
+        let born = 1_000_000_u64;
+        redis::pipe().set(&counter, 10).set(format!("{counter}:born"), born).exec_async(&mut conn).await.unwrap();
+        let admitted = Admissions(vec![
+            // Ended as the counter started: in the store's records.
+            (born - 100, born, 5),
+            // One slice straddling the start: whole.
+            (born - 50, born + 50, 2),
+            // Merged, straddling: its share after the start, half.
+            (born - 10_000, born + 10_000, 10),
+            // After.
+            (born + 100, born + 200, 3),
+        ]);
+        let start = chrono::DateTime::UNIX_EPOCH;
+        let local = Mutex::new(LocalCounts::from([(
+            ("k".to_owned(), Period::Day),
+            LocalCount { start, count: 0, admitted, counter: counter.clone() },
+        )]));
+        assert!(catch_up(&Script::new(REPLAY), &config.link, &local).await);
+        let count: u64 = redis::cmd("GET").arg(&counter).query_async(&mut conn).await.unwrap();
+        assert_eq!(count, 10 + 2 + 5 + 3);
+        assert!(lock(&local).is_empty(), "the in-process counts are dropped once sent");
+        redis::cmd("DEL").arg(&counter).arg(format!("{counter}:born")).exec_async(&mut conn).await.unwrap();
     }
 }
