@@ -437,14 +437,19 @@ pub async fn old_rollups_keep_their_counts_after_the_outcomes_migration(
 /// back as unreadable, with their numbers, the large payload not fetched;
 /// once the log is renumbered (`renumber`: the backend's statements that
 /// empty it and restart its numbering), its highest number is below the
-/// numbers read before, which is how an engine tells. `sql` runs a
-/// statement.
+/// numbers read before, which is how an engine tells. `pool` is the
+/// store's database, written to by hand.
 ///
 /// # Panics
 /// When the store does not behave so.
-pub async fn a_change_log_reports_unreadable_rows_and_a_renumbering<F: Future<Output = ()>>(
-    store: Arc<dyn Store>, renumber: &[&str], sql: impl Fn(String) -> F,
-) {
+pub async fn a_change_log_reports_unreadable_rows_and_a_renumbering<DB: sqlx::Database>(
+    store: Arc<dyn Store>, pool: &sqlx::Pool<DB>, renumber: &[&str],
+) where
+    for<'e> &'e sqlx::Pool<DB>: sqlx::Executor<'e, Database = DB>,
+{
+    let sql = async |statement: String| {
+        sqlx::Executor::execute(pool, statement.as_str()).await.unwrap();
+    };
     use keysmith_core::Change;
     use keysmith_core::store::MAX_LOGGED_CHANGE_LEN;
 

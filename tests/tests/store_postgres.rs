@@ -367,13 +367,8 @@ mod postgres_only {
         let pool = store.pool().clone();
         sql_cases::a_change_log_reports_unreadable_rows_and_a_renumbering(
             store,
+            &pool,
             &["TRUNCATE keysmith_change_log RESTART IDENTITY"],
-            |statement| {
-                let pool = pool.clone();
-                async move {
-                    sqlx::raw_sql(&statement).execute(&pool).await.unwrap();
-                }
-            },
         )
         .await;
     }

@@ -90,13 +90,8 @@ async fn a_change_log_reports_unreadable_rows_and_a_renumbering() {
         ["DELETE FROM keysmith_change_log", "DELETE FROM sqlite_sequence WHERE name = 'keysmith_change_log'"];
     keysmith_tests::sql_cases::a_change_log_reports_unreadable_rows_and_a_renumbering(
         Arc::new(store),
+        &pool,
         &renumber,
-        |statement| {
-            let pool = pool.clone();
-            async move {
-                sqlx::query(&statement).execute(&pool).await.unwrap();
-            }
-        },
     )
     .await;
 }
