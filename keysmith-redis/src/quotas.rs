@@ -140,15 +140,14 @@ fn wall_clock_ms() -> u64 {
 }
 
 /// During an outage: per subject (its
-/// [`storage_key`](Subject::storage_key)) and period, what this instance
-/// counts in process.
-type LocalCounts = HashMap<(String, Period), LocalCount>;
+/// [`storage_key`](Subject::storage_key)), period and the period's start,
+/// what this instance counts in process (a period that ended during the
+/// outage is kept until its admissions are sent).
+type LocalCounts = HashMap<(String, Period, DateTime<Utc>), LocalCount>;
 
 /// One subject's period counted in process during an outage.
 #[derive(Debug)]
 struct LocalCount {
-    /// The period's start.
-    start: DateTime<Utc>,
     /// The requests counted in it: the store's records when the outage
     /// began, and what this instance admitted since.
     count: u64,
@@ -230,7 +229,7 @@ impl RedisQuotas {
         let mut seeds = [0; 2];
         for (seed, period) in seeds.iter_mut().zip(periods) {
             let start = period.start_of(now);
-            let known = lock(&self.local).get(&(holder.clone(), period)).filter(|c| c.start == start).map(|c| c.count);
+            let known = lock(&self.local).get(&(holder.clone(), period, start)).map(|c| c.count);
             *seed = match known {
                 Some(n) => n,
                 None => stored_requests(store, &key.tenant, subject, period, now).await?,
@@ -240,20 +239,8 @@ impl RedisQuotas {
         let mut local = lock(&self.local);
         let mut used = [0; 2];
         for (((used, seed), period), counter) in used.iter_mut().zip(seeds).zip(periods).zip(counters) {
-            let start = period.start_of(now);
-            let fresh = || LocalCount { start, count: seed, admitted: Admissions::default(), counter: counter.clone() };
-            let entry = local.entry((holder.clone(), period)).or_insert_with(fresh);
-            if entry.start != start {
-                // A new period: what the last one admitted still goes to its
-                // counter, this one starts from the store.
-                let ended = std::mem::replace(entry, fresh());
-                if !ended.admitted.is_empty() {
-                    local.insert((format!("{holder}@{}", ended.start.timestamp()), period), ended);
-                }
-                *used = seed;
-                continue;
-            }
-            *used = entry.count;
+            let fresh = || LocalCount { count: seed, admitted: Admissions::default(), counter };
+            *used = local.entry((holder.clone(), period, period.start_of(now))).or_insert_with(fresh).count;
         }
         let left = match QuotaRemaining::check(quota, used[0], used[1]) {
             Ok(left) => left,
@@ -261,7 +248,7 @@ impl RedisQuotas {
         };
         let at_ms = wall_clock_ms();
         for period in periods {
-            if let Some(entry) = local.get_mut(&(holder.clone(), period)) {
+            if let Some(entry) = local.get_mut(&(holder.clone(), period, period.start_of(now))) {
                 entry.count += 1;
                 entry.admitted.add(at_ms);
             }
@@ -401,9 +388,7 @@ impl QuotaCounter for RedisQuotas {
         let give_back_locally = move || {
             let mut local = lock(&local);
             for period in [Period::Day, Period::Month] {
-                if let Some(entry) = local.get_mut(&(holder.clone(), period))
-                    && entry.start == period.start_of(at)
-                {
+                if let Some(entry) = local.get_mut(&(holder.clone(), period, period.start_of(at))) {
                     entry.count = entry.count.saturating_sub(1);
                     entry.admitted.take_back();
                 }
@@ -475,10 +460,9 @@ mod tests {
             // After.
             (born + 100, born + 200, 3),
         ]);
-        let start = chrono::DateTime::UNIX_EPOCH;
         let local = Mutex::new(LocalCounts::from([(
-            ("k".to_owned(), Period::Day),
-            LocalCount { start, count: 0, admitted, counter: counter.clone() },
+            ("k".to_owned(), Period::Day, chrono::DateTime::UNIX_EPOCH),
+            LocalCount { count: 0, admitted, counter: counter.clone() },
         )]));
         assert!(catch_up(&Script::new(REPLAY), &config.link, &local).await);
         let count: u64 = redis::cmd("GET").arg(&counter).query_async(&mut conn).await.unwrap();
