@@ -2,6 +2,7 @@
 //! every instance sharing it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
@@ -192,6 +193,10 @@ pub struct RedisQuotas {
     refund: Arc<Script>,
     health: Arc<Health>,
     local: Arc<Mutex<LocalCounts>>,
+    /// Set (under `local`'s lock) when a request was counted in process, so
+    /// that a request counted in Redis takes the lock only when there is
+    /// something to drop.
+    counted_locally: AtomicBool,
 }
 
 impl RedisQuotas {
@@ -210,6 +215,7 @@ impl RedisQuotas {
             consume: Script::new(CONSUME),
             refund: Arc::new(Script::new(REFUND)),
             local,
+            counted_locally: AtomicBool::new(false),
         }
     }
 
@@ -237,6 +243,7 @@ impl RedisQuotas {
         }
         let counters = self.keys(subject, now);
         let mut local = lock(&self.local);
+        self.counted_locally.store(true, Ordering::Relaxed);
         let mut used = [0; 2];
         for (((used, seed), period), counter) in used.iter_mut().zip(seeds).zip(periods).zip(counters) {
             let fresh = || LocalCount { count: seed, admitted: Admissions::default(), counter };
@@ -261,11 +268,10 @@ impl RedisQuotas {
     /// Redis came back) is dropped, so that the next outage starts from
     /// the store.
     fn recovered(&self) {
-        if self.health.is_up() {
+        if self.health.is_up() && self.counted_locally.load(Ordering::Relaxed) {
             let mut local = lock(&self.local);
-            if !local.is_empty() {
-                local.clear();
-            }
+            local.clear();
+            self.counted_locally.store(false, Ordering::Relaxed);
         }
     }
 }
