@@ -151,7 +151,13 @@ where
 
     fn call(&self, request: ServiceRequest) -> Self::Future {
         let glue = Glue { service: Rc::clone(&self.service), shared: Rc::clone(&self.shared), _body: PhantomData };
-        self.shared.gate.guard(glue, request)
+        let authorize = self.shared.gate.authorize(&Glue::<S, B>::facts(&request));
+        match authorize.passed_now() {
+            // The key passed at once (memory store, warm cache): the wrapped
+            // service is called now rather than from the future's first poll.
+            Ok(admitted) => Guarded::admitted(glue, admitted, request, |request| self.service.call(request)),
+            Err(authorize) => Guarded::authorizing(glue, authorize, request),
+        }
     }
 }
 

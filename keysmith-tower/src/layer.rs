@@ -149,12 +149,25 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        // The clone is not ready; the instance that was polled ready is the
-        // one to call (tower's usual swap).
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let glue = Glue { inner, shared: Arc::clone(&self.shared), _bodies: PhantomData };
-        self.shared.gate.guard(glue, request)
+        let shared = Arc::clone(&self.shared);
+        let authorize = shared.gate.authorize(&Glue::<S, ReqBody, ResBody>::facts(&request));
+        match authorize.passed_now() {
+            // The key passed at once (memory store, warm cache): the
+            // instance polled ready is called now, and nothing is cloned.
+            Ok(admitted) => {
+                let glue = Glue { inner: None, shared, _bodies: PhantomData };
+                Guarded::admitted(glue, admitted, request, |request| self.inner.call(request))
+            }
+            // Called once the outcome is known: the clone is not ready, so
+            // the instance that was polled ready goes into the future
+            // (tower's usual swap).
+            Err(authorize) => {
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                let glue = Glue { inner: Some(inner), shared, _bodies: PhantomData };
+                Guarded::authorizing(glue, authorize, request)
+            }
+        }
     }
 }
 
@@ -167,7 +180,10 @@ pub type ResponseFuture<S, ReqBody, ResBody> = Guarded<Glue<S, ReqBody, ResBody>
 /// [`ResponseFuture`].
 #[allow(unreachable_pub, reason = "named only through ResponseFuture")]
 pub struct Glue<S, ReqBody, ResBody> {
-    inner: S,
+    /// The inner service, for a request whose outcome was not known at
+    /// once; `None` when the service called its own inner service already
+    /// ([`Guarded::admitted`]).
+    inner: Option<S>,
     shared: Arc<Shared>,
     _bodies: PhantomData<fn(ReqBody) -> ResBody>,
 }
@@ -209,7 +225,9 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> S::Future {
-        self.inner.call(request)
+        // Core asks only the glue it was given with an inner service
+        // (`Guarded::authorizing`); `Guarded::admitted` calls it itself.
+        self.inner.as_mut().expect("the glue of a request called at once is not asked to call").call(request)
     }
 
     fn refuse(self, _request: Request<ReqBody>, refusal: RefusalResponse) -> Response<ResBody> {

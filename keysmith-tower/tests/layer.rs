@@ -10,7 +10,7 @@ use axum::http::{Request, Response, StatusCode};
 use axum::routing::get;
 use keysmith_core::{Engine, MemoryStore, NewKey, PolicySpec};
 use keysmith_tower::{ApiKey, ApiKeyLayer, RequireScopes, default_refusal_response};
-use tower::{Layer, ServiceExt, service_fn};
+use tower::{Layer, Service, ServiceExt, service_fn};
 
 async fn engine_and_key(scopes: &[&str]) -> (Engine, String) {
     let engine = Engine::builder(Arc::new(MemoryStore::new())).build().unwrap();
@@ -110,6 +110,57 @@ async fn plain_tower_services_get_the_key_rate_limit_headers_and_keep_their_erro
     let refused = service.oneshot(Request::get("/").body(String::new()).unwrap()).await.unwrap();
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     assert!(refused.body().contains("missing_key"));
+}
+
+/// An inner service that answers only the instance `poll_ready` readied,
+/// once per readiness, as tower's `ConcurrencyLimit` or `Buffer` do; a
+/// clone starts unready.
+struct Strict {
+    ready: bool,
+}
+
+impl Clone for Strict {
+    fn clone(&self) -> Self {
+        Self { ready: false }
+    }
+}
+
+impl tower::Service<Request<String>> for Strict {
+    type Response = Response<String>;
+    type Error = &'static str;
+    type Future = std::future::Ready<Result<Response<String>, &'static str>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), &'static str>> {
+        self.ready = true;
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<String>) -> Self::Future {
+        if !std::mem::take(&mut self.ready) {
+            return std::future::ready(Err("called without poll_ready"));
+        }
+        let who =
+            ApiKey::from_extensions(request.extensions()).map_or("anonymous".to_owned(), |key| key.name().to_owned());
+        std::future::ready(Ok(Response::new(who)))
+    }
+}
+
+#[tokio::test]
+async fn the_inner_service_called_is_the_one_polled_ready_whether_the_key_passed_at_once_or_not() {
+    // A key that passes at once (the memory store) is called through the
+    // instance the layer polled; an anonymous request in optional mode
+    // goes through the future. One service, readied before each call, as
+    // a server drives it.
+    let (engine, raw) = engine_and_key(&[]).await;
+    let mut service = ApiKeyLayer::new(engine).optional().layer(Strict { ready: false });
+    for round in 0..3 {
+        let keyed = Request::get("/").header("x-api-key", &raw).body(String::new()).unwrap();
+        let response = service.ready().await.unwrap().call(keyed).await;
+        assert_eq!(response.map(Response::into_body), Ok("k".to_owned()), "keyed, round {round}");
+        let anonymous = Request::get("/").body(String::new()).unwrap();
+        let response = service.ready().await.unwrap().call(anonymous).await;
+        assert_eq!(response.map(Response::into_body), Ok("anonymous".to_owned()), "anonymous, round {round}");
+    }
 }
 
 #[tokio::test]

@@ -700,6 +700,23 @@ impl Authorize {
     }
 }
 
+impl Authorize {
+    /// The admitted request, when the key passed without waiting for
+    /// anything (the memory store, a warm cache); else this future, to be
+    /// awaited ([`Guarded::authorizing`](super::Guarded::authorizing)).
+    ///
+    /// # Errors
+    /// `self`, when the outcome is not a pass known now: a refusal, a
+    /// preflight or anonymous request, or a validation still waiting on the
+    /// store.
+    pub fn passed_now(self) -> Result<Admitted, Self> {
+        match self.state {
+            State::Ready(Some(Known::Pass(admitted))) => Ok(admitted),
+            state => Err(Self { state }),
+        }
+    }
+}
+
 impl fmt::Debug for Authorize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {

@@ -156,7 +156,34 @@ impl Gate {
     ///    before the call, and the error goes on unchanged.
     pub fn guard<A: Adapter>(&self, adapter: A, request: A::Request) -> Guarded<A> {
         let authorize = self.authorize(&A::facts(&request));
-        Guarded { step: Step::Authorizing { authorize, parked: Some((adapter, request)) } }
+        Guarded::authorizing(adapter, authorize, request)
+    }
+}
+
+impl<A: Adapter> Guarded<A> {
+    /// The rest of [`Gate::guard`] for a request [`Gate::authorize`]d
+    /// already: waits for `authorize`, then answers the refusal or admits
+    /// the request and calls the inner service with [`Adapter::call`].
+    ///
+    /// With [`admitted`](Self::admitted), for a service that calls its
+    /// inner service itself when the key passed at once: a tower service
+    /// calls the instance it polled ready, rather than a clone of it kept in
+    /// the future (a clone of a boxed route allocates).
+    pub fn authorizing(adapter: A, authorize: Authorize, request: A::Request) -> Self {
+        Self { step: Step::Authorizing { authorize, parked: Some((adapter, request)) } }
+    }
+
+    /// The rest of [`Gate::guard`] for a request whose key passed already
+    /// ([`Authorize::passed_now`]): the adapter [admits](Adapter::admit)
+    /// it, `call` calls the inner service now (in place of
+    /// [`Adapter::call`], which is never asked), and the response gets the
+    /// rate-limit headers and queues the usage record as `guard`'s would.
+    #[inline]
+    pub fn admitted(
+        adapter: A, admitted: Admitted, mut request: A::Request, call: impl FnOnce(A::Request) -> A::Future,
+    ) -> Self {
+        adapter.admit(&mut request, Admission::Key(admitted.key()));
+        Self { step: Step::Calling { future: call(request), passed: Some((adapter, admitted)) } }
     }
 }
 
