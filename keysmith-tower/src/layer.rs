@@ -160,11 +160,14 @@ where
             }
             // Called once the outcome is known: the clone is not ready, so
             // the instance that was polled ready goes into the future
-            // (tower's usual swap).
+            // (tower's usual swap); a refusal known now calls nothing, and
+            // a flood of bad keys clones nothing.
             Err(authorize) => {
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
-                let glue = Glue { inner: Some(inner), shared, _bodies: PhantomData };
+                let inner = (!authorize.is_refused()).then(|| {
+                    let clone = self.inner.clone();
+                    std::mem::replace(&mut self.inner, clone)
+                });
+                let glue = Glue { inner, shared, _bodies: PhantomData };
                 Guarded::authorizing(glue, authorize, request)
             }
         }
@@ -182,7 +185,7 @@ pub type ResponseFuture<S, ReqBody, ResBody> = Guarded<Glue<S, ReqBody, ResBody>
 pub struct Glue<S, ReqBody, ResBody> {
     /// The inner service, for a request whose outcome was not known at
     /// once; `None` when the service called its own inner service already
-    /// ([`Guarded::admitted`]).
+    /// ([`Guarded::admitted`]) or the request is refused.
     inner: Option<S>,
     shared: Arc<Shared>,
     _bodies: PhantomData<fn(ReqBody) -> ResBody>,

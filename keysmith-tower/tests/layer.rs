@@ -114,14 +114,17 @@ async fn plain_tower_services_get_the_key_rate_limit_headers_and_keep_their_erro
 
 /// An inner service that answers only the instance `poll_ready` readied,
 /// once per readiness, as tower's `ConcurrencyLimit` or `Buffer` do; a
-/// clone starts unready.
+/// clone starts unready. Clones are counted (a boxed axum route's clone
+/// allocates).
 struct Strict {
     ready: bool,
+    clones: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Clone for Strict {
     fn clone(&self) -> Self {
-        Self { ready: false }
+        self.clones.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self { ready: false, clones: Arc::clone(&self.clones) }
     }
 }
 
@@ -146,20 +149,31 @@ impl tower::Service<Request<String>> for Strict {
 }
 
 #[tokio::test]
-async fn the_inner_service_called_is_the_one_polled_ready_whether_the_key_passed_at_once_or_not() {
+async fn the_inner_service_called_is_the_one_polled_ready_and_is_cloned_only_for_a_deferred_call() {
     // A key that passes at once (the memory store) is called through the
     // instance the layer polled; an anonymous request in optional mode
     // goes through the future. One service, readied before each call, as
     // a server drives it.
     let (engine, raw) = engine_and_key(&[]).await;
-    let mut service = ApiKeyLayer::new(engine).optional().layer(Strict { ready: false });
+    let clones = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let inner = Strict { ready: false, clones: Arc::clone(&clones) };
+    let mut service = ApiKeyLayer::new(engine).optional().layer(inner);
+    let cloned = || clones.load(std::sync::atomic::Ordering::Relaxed);
     for round in 0..3 {
         let keyed = Request::get("/").header("x-api-key", &raw).body(String::new()).unwrap();
         let response = service.ready().await.unwrap().call(keyed).await;
         assert_eq!(response.map(Response::into_body), Ok("k".to_owned()), "keyed, round {round}");
+        let bad = Request::get("/").header("x-api-key", "sk_live_not-a-key").body(String::new()).unwrap();
+        let response = service.ready().await.unwrap().call(bad).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "round {round}");
+        // Neither a key that passed at once nor a refusal clones the inner
+        // service; the anonymous request, answered through the future,
+        // takes the instance polled ready and leaves a clone in its place.
+        assert_eq!(cloned(), round, "keyed and refused, round {round}");
         let anonymous = Request::get("/").body(String::new()).unwrap();
         let response = service.ready().await.unwrap().call(anonymous).await;
         assert_eq!(response.map(Response::into_body), Ok("anonymous".to_owned()), "anonymous, round {round}");
+        assert_eq!(cloned(), round + 1, "anonymous, round {round}");
     }
 }
 

@@ -715,6 +715,13 @@ impl Authorize {
             state => Err(Self { state }),
         }
     }
+
+    /// True when the outcome is known now and is a refusal: the inner
+    /// service will not be called, so an adapter need not keep one for it.
+    #[must_use]
+    pub fn is_refused(&self) -> bool {
+        matches!(self.state, State::Ready(Some(Known::Refuse(_))))
+    }
 }
 
 impl fmt::Debug for Authorize {
