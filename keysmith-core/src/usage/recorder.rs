@@ -724,6 +724,24 @@ impl Batch {
     fn fold(&mut self, key_id: KeyId, tenant: impl FnOnce() -> SharedTenant, at: DateTime<Utc>, counts: &UsageCounts) {
         self.counted.add(key_id, tenant, Period::Hour.start_of(at), counts, || true);
     }
+
+    /// The oldest `size` records (all of them if fewer), in order; the rest
+    /// stay, in order. They leave in the allocation they were gathered in
+    /// when the rest is no larger than they are, and the rest is moved to a
+    /// new one; else they are moved out (a batch may hold many times `size`
+    /// while its lane writes). Either way at most `size` records are
+    /// copied. The next batch is likely as large as the largest so far:
+    /// room for it now (up to two batches) rather than a copy of every
+    /// record at each doubling.
+    fn take_oldest(&mut self, size: usize) -> Vec<UsageRecord> {
+        let records = &mut self.records;
+        if records.len() > 2 * size {
+            return records.drain(..size).collect();
+        }
+        let mut rest = VecDeque::with_capacity(records.capacity().min(2 * size));
+        rest.extend(records.drain(records.len().min(size)..));
+        std::mem::replace(records, rest).into()
+    }
 }
 
 /// The batch of one lane's keys, and its write in flight.
@@ -999,19 +1017,8 @@ impl Worker {
         if lane.batch.requests() == 0 {
             return;
         }
-        let size = self.config.batch_size.max(1);
         let batch = &mut lane.batch;
-        // The oldest records, moved once: the rest stay where they are
-        // (a batch may hold many times `batch_size` while its lane writes).
-        let chunk: Vec<UsageRecord> = if batch.records.len() <= size {
-            // The next batch is likely as large as the largest so far, up
-            // to a batch's size: room for it now rather than a copy of
-            // every record at each doubling.
-            let room = batch.records.capacity().min(size);
-            std::mem::replace(&mut batch.records, VecDeque::with_capacity(room)).into()
-        } else {
-            batch.records.drain(..size).collect()
-        };
+        let chunk = batch.take_oldest(self.config.batch_size.max(1));
         // Every record holds one place; the rest go with the increments.
         let places = batch.places - batch.records.len();
         batch.places = batch.records.len();
@@ -1261,6 +1268,41 @@ mod tests {
             } else {
                 assert_eq!((record.endpoint.as_str(), record.method.as_str()), ("/v1/things", "GET"));
                 assert_eq!((record.user_agent.as_deref(), record.latency), (None, Duration::ZERO));
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_gives_its_oldest_records_in_order_and_keeps_the_rest_in_order() {
+        let tenant = SharedTenant::from(Tenant::new("app", "acme"));
+        let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let size = 4;
+        // Fewer than a batch, a batch, the rest smaller or larger than a
+        // batch, many batches; the deque wrapped around its allocation too.
+        for held in [0, 1, 4, 5, 8, 9, 13, 40] {
+            for wrapped in [false, true] {
+                let mut batch = Batch::default();
+                if wrapped {
+                    for _ in 0..3 {
+                        batch.records.push_back(record(KeyId::new(), &tenant, at));
+                    }
+                    batch.records.drain(..3);
+                }
+                let ids: Vec<UsageId> = (0..held)
+                    .map(|_| {
+                        let record = record(KeyId::new(), &tenant, at);
+                        let id = record.id;
+                        batch.records.push_back(record);
+                        id
+                    })
+                    .collect();
+                let mut taken = Vec::new();
+                while !batch.records.is_empty() {
+                    let chunk = batch.take_oldest(size);
+                    assert!(!chunk.is_empty() && chunk.len() <= size, "{held}: a chunk of {}", chunk.len());
+                    taken.extend(chunk.iter().map(|record| record.id));
+                }
+                assert_eq!(taken, ids, "{held} held, wrapped: {wrapped}");
             }
         }
     }
