@@ -92,33 +92,42 @@ fn routes(
         config
             .app_data(web::Data::new(probes))
             .app_data(web::Data::new(users))
-            .service(probe("/health", health))
-            .service(probe("/ready", ready));
+            .service(get_route("/health", health))
+            .service(get_route("/ready", ready));
         if metrics {
-            config.service(probe("/metrics", metrics_text));
+            config.service(get_route("/metrics", metrics_text));
         }
         config.app_data(web::Data::new(scanning)).route(GITHUB_ALERTS, web::post().to(github_alert));
         config.service(
-            web::scope("").wrap(keysmith).route("/me", web::get().to(me)).service(
+            web::scope("").wrap(keysmith).service(get_route("/me", me)).service(
                 web::resource("/users")
                     .route(web::get().to(list_users).wrap(RequireScopes::all(["read:users"])))
-                    .route(web::post().to(create_user).wrap(RequireScopes::all(["write:users"]))),
+                    .route(web::head().to(list_users).wrap(RequireScopes::all(["read:users"])))
+                    .route(web::post().to(create_user).wrap(RequireScopes::all(["write:users"])))
+                    .default_service(web::to(|| async { method_not_allowed("GET,HEAD,POST") })),
             ),
         );
     }
 }
 
-/// A probe's route as axum's `get` makes it: GET and HEAD answer (HEAD
-/// without the body), any other method is 405 with `Allow`.
-fn probe<F, Args>(path: &str, handler: F) -> actix_web::Resource
+/// A route as axum's `get` makes it, so that both demos answer alike: GET
+/// and HEAD answer (HEAD without the body), any other method is 405 with
+/// `Allow`.
+fn get_route<F, Args>(path: &str, handler: F) -> actix_web::Resource
 where
     F: actix_web::Handler<Args> + Clone,
     Args: actix_web::FromRequest + 'static,
     F::Output: actix_web::Responder + 'static,
 {
-    web::resource(path).route(web::get().to(handler.clone())).route(web::head().to(handler)).default_service(web::to(
-        || async { HttpResponse::MethodNotAllowed().insert_header(("allow", "GET,HEAD")).finish() },
-    ))
+    web::resource(path)
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
+        .default_service(web::to(|| async { method_not_allowed("GET,HEAD") }))
+}
+
+/// 405, naming the methods the route answers.
+fn method_not_allowed(allowed: &'static str) -> HttpResponse {
+    HttpResponse::MethodNotAllowed().insert_header(("allow", allowed)).finish()
 }
 
 /// `GET /health`: 200 while the demo serves (liveness), as
@@ -234,6 +243,15 @@ mod tests {
         assert_eq!(status("POST", "/users", Some(&keys.read)).await, 403);
         assert_eq!(status("POST", "/users", Some(&keys.admin)).await, 201);
         assert_eq!(status("GET", "/users", Some(&keys.admin)).await, 200);
+        // The same routes as the axum demo's: a GET route answers HEAD,
+        // another method is 405 naming the allowed ones.
+        assert_eq!(status("HEAD", "/me", Some(&keys.read)).await, 200);
+        assert_eq!(status("HEAD", "/users", Some(&keys.read)).await, 200);
+        for (path, allowed) in [("/me", "GET,HEAD"), ("/users", "GET,HEAD,POST")] {
+            let response = test::call_service(&app, request("DELETE", path, Some(&keys.admin)).to_request()).await;
+            assert_eq!(response.status().as_u16(), 405, "DELETE {path}");
+            assert_eq!(response.headers().get("allow").and_then(|v| v.to_str().ok()), Some(allowed), "{path}");
+        }
     }
 
     #[actix_web::test]

@@ -163,6 +163,11 @@ mod tests {
         assert_eq!(status(&app, "POST", "/users", Some(&keys.read)).await, 403);
         assert_eq!(status(&app, "POST", "/users", Some(&keys.admin)).await, 201);
         assert_eq!(status(&app, "GET", "/users", Some(&keys.admin)).await, 200);
+        // What the actix demo answers alike: HEAD where GET is routed, 405
+        // for another method.
+        for (method, path, expected) in [("HEAD", "/me", 200), ("HEAD", "/users", 200), ("DELETE", "/me", 405)] {
+            assert_eq!(status(&app, method, path, Some(&keys.admin)).await, expected, "{method} {path}");
+        }
     }
 
     #[tokio::test]
