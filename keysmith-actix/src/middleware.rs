@@ -150,14 +150,14 @@ where
     forward_ready!(service);
 
     fn call(&self, request: ServiceRequest) -> Self::Future {
-        let glue = Glue { service: Rc::clone(&self.service), shared: Rc::clone(&self.shared), _body: PhantomData };
-        let authorize = self.shared.gate.authorize(&Glue::<S, B>::facts(&request));
-        match authorize.passed_now() {
-            // The key passed at once (memory store, warm cache): the wrapped
-            // service is called now rather than from the future's first poll.
-            Ok(admitted) => Guarded::admitted(glue, admitted, request, |request| self.service.call(request)),
-            Err(authorize) => Guarded::authorizing(glue, authorize, request),
-        }
+        // A key that passed at once calls the wrapped service now rather
+        // than from the future's first poll.
+        let glue = |_: Option<&mut &S>| Glue {
+            service: Rc::clone(&self.service),
+            shared: Rc::clone(&self.shared),
+            _body: PhantomData,
+        };
+        self.shared.gate.guard_inner(&mut &*self.service, request, |service, request| service.call(request), glue)
     }
 }
 

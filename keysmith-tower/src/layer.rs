@@ -149,28 +149,20 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let shared = Arc::clone(&self.shared);
-        let authorize = shared.gate.authorize(&Glue::<S, ReqBody, ResBody>::facts(&request));
-        match authorize.passed_now() {
-            // The key passed at once (memory store, warm cache): the
-            // instance polled ready is called now, and nothing is cloned.
-            Ok(admitted) => {
-                let glue = Glue { inner: None, shared, _bodies: PhantomData };
-                Guarded::admitted(glue, admitted, request, |request| self.inner.call(request))
-            }
-            // Called once the outcome is known: the clone is not ready, so
-            // the instance that was polled ready goes into the future
-            // (tower's usual swap); a refusal known now calls nothing, and
-            // a flood of bad keys clones nothing.
-            Err(authorize) => {
-                let inner = (!authorize.is_refused()).then(|| {
-                    let clone = self.inner.clone();
-                    std::mem::replace(&mut self.inner, clone)
-                });
-                let glue = Glue { inner, shared, _bodies: PhantomData };
-                Guarded::authorizing(glue, authorize, request)
-            }
-        }
+        // Core hands over the inner service only when the future may call
+        // it: the clone is not ready, so the instance that was polled ready
+        // goes into the future and the clone takes its place (tower's usual
+        // swap). A key that passed at once is called through the instance
+        // itself, and nothing is cloned for it or for a refusal.
+        let glue = |inner: Option<&mut S>| Glue {
+            inner: inner.map(|inner| {
+                let clone = inner.clone();
+                std::mem::replace(inner, clone)
+            }),
+            shared: Arc::clone(&self.shared),
+            _bodies: PhantomData,
+        };
+        self.shared.gate.guard_inner(&mut self.inner, request, S::call, glue)
     }
 }
 
@@ -185,7 +177,7 @@ pub type ResponseFuture<S, ReqBody, ResBody> = Guarded<Glue<S, ReqBody, ResBody>
 pub struct Glue<S, ReqBody, ResBody> {
     /// The inner service, for a request whose outcome was not known at
     /// once; `None` when the service called its own inner service already
-    /// ([`Guarded::admitted`]) or the request is refused.
+    /// ([`Gate::guard_inner`]) or the request is refused.
     inner: Option<S>,
     shared: Arc<Shared>,
     _bodies: PhantomData<fn(ReqBody) -> ResBody>,
@@ -229,7 +221,7 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> S::Future {
         // Core asks only the glue it was given with an inner service
-        // (`Guarded::authorizing`); `Guarded::admitted` calls it itself.
+        // (`Gate::guard_inner` calls it itself otherwise).
         self.inner.as_mut().expect("the glue of a request called at once is not asked to call").call(request)
     }
 

@@ -698,18 +698,11 @@ impl Authorize {
         };
         Self { state: State::Ready(Some(known)) }
     }
-}
 
-impl Authorize {
     /// The admitted request, when the key passed without waiting for
     /// anything (the memory store, a warm cache); else this future, to be
-    /// awaited ([`Guarded::authorizing`](super::Guarded::authorizing)).
-    ///
-    /// # Errors
-    /// `self`, when the outcome is not a pass known now: a refusal, a
-    /// preflight or anonymous request, or a validation still waiting on the
-    /// store.
-    pub fn passed_now(self) -> Result<Admitted, Self> {
+    /// awaited.
+    pub(super) fn passed_now(self) -> Result<Admitted, Self> {
         match self.state {
             State::Ready(Some(Known::Pass(admitted))) => Ok(admitted),
             state => Err(Self { state }),
@@ -717,9 +710,8 @@ impl Authorize {
     }
 
     /// True when the outcome is known now and is a refusal: the inner
-    /// service will not be called, so an adapter need not keep one for it.
-    #[must_use]
-    pub fn is_refused(&self) -> bool {
+    /// service will not be called.
+    pub(super) fn is_refused(&self) -> bool {
         matches!(self.state, State::Ready(Some(Known::Refuse(_))))
     }
 }

@@ -158,28 +158,48 @@ impl Gate {
         let authorize = self.authorize(&A::facts(&request));
         Guarded::authorizing(adapter, authorize, request)
     }
+
+    /// [`guard`](Self::guard) for an adapter that can call its inner
+    /// service itself, as tower's and actix's do: when the key passed at
+    /// once (the memory store, a warm cache), the request is admitted and
+    /// `call` calls `inner` before this returns, rather than from the
+    /// future's first poll; [`Adapter::call`] is then never asked.
+    /// `adapter` makes the adapter; it is handed `inner` only when the
+    /// future may still call it (the outcome is not known yet, or lets the
+    /// request through without a key), so that a tower service keeps the
+    /// instance it polled ready and leaves a clone in its place, and clones
+    /// nothing for a key that passed or a request refused at once.
+    #[inline]
+    pub fn guard_inner<A: Adapter, I>(
+        &self, inner: &mut I, request: A::Request, call: impl FnOnce(&mut I, A::Request) -> A::Future,
+        adapter: impl FnOnce(Option<&mut I>) -> A,
+    ) -> Guarded<A> {
+        let authorize = self.authorize(&A::facts(&request));
+        match authorize.passed_now() {
+            Ok(admitted) => Guarded::admitted(adapter(None), admitted, request, |request| call(inner, request)),
+            Err(authorize) => {
+                let inner = (!authorize.is_refused()).then_some(inner);
+                Guarded::authorizing(adapter(inner), authorize, request)
+            }
+        }
+    }
 }
 
 impl<A: Adapter> Guarded<A> {
     /// The rest of [`Gate::guard`] for a request [`Gate::authorize`]d
     /// already: waits for `authorize`, then answers the refusal or admits
     /// the request and calls the inner service with [`Adapter::call`].
-    ///
-    /// With [`admitted`](Self::admitted), for a service that calls its
-    /// inner service itself when the key passed at once: a tower service
-    /// calls the instance it polled ready, rather than a clone of it kept in
-    /// the future (a clone of a boxed route allocates).
-    pub fn authorizing(adapter: A, authorize: Authorize, request: A::Request) -> Self {
+    fn authorizing(adapter: A, authorize: Authorize, request: A::Request) -> Self {
         Self { step: Step::Authorizing { authorize, parked: Some((adapter, request)) } }
     }
 
-    /// The rest of [`Gate::guard`] for a request whose key passed already
-    /// ([`Authorize::passed_now`]): the adapter [admits](Adapter::admit)
-    /// it, `call` calls the inner service now (in place of
-    /// [`Adapter::call`], which is never asked), and the response gets the
-    /// rate-limit headers and queues the usage record as `guard`'s would.
+    /// The rest of [`Gate::guard_inner`] for a request whose key passed
+    /// already: the adapter [admits](Adapter::admit) it, `call` calls the
+    /// inner service now, and the response gets the rate-limit headers and
+    /// queues the usage record as `guard`'s would. Inlined, so that the
+    /// inner service's future is built where it stays.
     #[inline]
-    pub fn admitted(
+    fn admitted(
         adapter: A, admitted: Admitted, mut request: A::Request, call: impl FnOnce(A::Request) -> A::Future,
     ) -> Self {
         adapter.admit(&mut request, Admission::Key(admitted.key()));

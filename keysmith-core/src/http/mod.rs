@@ -19,9 +19,8 @@
 //!   refusal) is [`Guarded`], written once; an adapter implements
 //!   [`HeaderLookup`] for its header map and [`Adapter`]'s small steps in
 //!   its framework's terms, and returns `Guarded` as its response future
-//!   (from [`Gate::guard`], or from [`Guarded::admitted`] when
-//!   [`Authorize::passed_now`] says the key passed at once, so that it
-//!   calls its inner service itself).
+//!   (from [`Gate::guard`], or from [`Gate::guard_inner`] for an adapter
+//!   that calls its inner service itself when the key passed at once).
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
