@@ -425,6 +425,15 @@ impl CreditsChange {
     pub(crate) fn changes(&self) -> bool {
         self.set.is_some() || self.add.is_some() || self.remove
     }
+
+    /// Refuses `--refill` without `--set` (clap cannot: `--refill` also
+    /// belongs to `keys create`, which has no `--set`).
+    pub(crate) fn check(&self) -> Result<(), crate::error::CliError> {
+        if self.refill.refill.is_some() && self.set.is_none() {
+            return Err(crate::error::CliError::Usage("--refill needs --set".to_owned()));
+        }
+        Ok(())
+    }
 }
 
 /// `keysmith owners …`.

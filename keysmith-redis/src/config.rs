@@ -422,6 +422,17 @@ pub(crate) async fn invoke<T: redis::FromRedisValue>(
 }
 
 /// A Redis failure as the engine's error (adapters answer 503).
+/// Starts `give_back` (a limiter's or quota counter's refund) in a task on
+/// the current Tokio runtime, for a caller that does not await it; without
+/// a runtime nothing is given back.
+pub(crate) fn detach(give_back: Option<keysmith_core::limit::GiveBack>) {
+    if let Some(give_back) = give_back
+        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+    {
+        runtime.spawn(give_back);
+    }
+}
+
 pub(crate) fn backend(error: redis::RedisError) -> Error {
     Error::store(error)
 }

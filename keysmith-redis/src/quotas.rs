@@ -12,7 +12,7 @@ use keysmith_core::usage::{QuotaCounter, QuotaRemaining, stored_requests};
 use keysmith_core::{Key, Period, Quota, Result, Store};
 use redis::Script;
 
-use crate::config::{Health, Link, OutagePolicy, Recovery, RedisConfig, backend, invoke};
+use crate::config::{Health, Link, OutagePolicy, Recovery, RedisConfig, backend, detach, invoke};
 
 /// Checks and counts one request in one step. `KEYS`: the day's and the
 /// month's counters, then when each was started (`…:born`); `ARGV`: daily
@@ -378,11 +378,7 @@ impl QuotaCounter for RedisQuotas {
     /// runtime; without one, nothing is given back). While Redis is known
     /// down the request was counted in process, and is given back there.
     fn refund(&self, subject: Subject<'_>, at: DateTime<Utc>) {
-        if let Some(give_back) = self.refund_then(subject, at)
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            runtime.spawn(give_back);
-        }
+        detach(self.refund_then(subject, at));
     }
 
     /// [`refund`](QuotaCounter::refund)'s give-back to await: one round

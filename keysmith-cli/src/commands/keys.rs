@@ -38,13 +38,11 @@ pub(super) async fn run(command: KeysCommand, tenant: &TenantEngine, printer: Pr
         }
         KeysCommand::Credits(args) => {
             let change = args.change;
+            change.check()?;
             let key = match (change.set, change.add, change.remove) {
                 (Some(remaining), _, _) => tenant.set_credits(args.id, Some(change.refill.credits(remaining))).await?,
                 (None, Some(amount), _) => tenant.add_credits(args.id, amount).await?,
                 (None, None, true) => tenant.set_credits(args.id, None).await?,
-                (None, None, false) if change.refill.refill.is_some() => {
-                    return Err(CliError::Usage("--refill needs --set".to_owned()));
-                }
                 (None, None, false) => tenant.get_key(args.id).await?,
             };
             printer.render(&key, || format!("Key {} credits: {}.\n", key.id, credits(&key)))

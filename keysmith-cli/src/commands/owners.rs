@@ -25,13 +25,11 @@ pub(super) async fn run(command: OwnersCommand, tenant: &TenantEngine, printer: 
 async fn credits(args: OwnerCreditsArgs, tenant: &TenantEngine, printer: Printer) -> Result<String, CliError> {
     let owner_id = args.owner_id.as_str();
     let change = args.change;
+    change.check()?;
     let credits = match (change.set, change.add, change.remove) {
         (Some(remaining), _, _) => tenant.set_owner_credits(owner_id, Some(change.refill.credits(remaining))).await?,
         (None, Some(amount), _) => Some(tenant.add_owner_credits(owner_id, amount).await?),
         (None, None, true) => tenant.set_owner_credits(owner_id, None).await?,
-        (None, None, false) if change.refill.refill.is_some() => {
-            return Err(CliError::Usage("--refill needs --set".to_owned()));
-        }
         (None, None, false) => tenant.owner_credits(owner_id).await?,
     };
     printer.render(&OwnerCredits { owner_id, credits }, || {

@@ -814,7 +814,7 @@ pub struct Refund {
     refunded: bool,
     /// The give-backs still to do: a limiter's or quota counter's on a
     /// server, the credits' write when the store could not answer at once.
-    pending: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    pending: Option<GiveBack>,
 }
 
 impl Refund {

@@ -30,7 +30,7 @@ use keysmith_core::{Error, KeyId, RateLimit, Result, Tenant};
 use redis::Script;
 
 use self::local::LocalFirst;
-use crate::config::{Health, OutagePolicy, RedisConfig, backend, invoke};
+use crate::config::{Health, OutagePolicy, RedisConfig, backend, detach, invoke};
 
 /// Counts one request. `KEYS[1]`: the credential's hash; `ARGV`: now
 /// (seconds, nanoseconds), `T`, tolerance, burst, the limit's signature,
@@ -383,11 +383,7 @@ impl RateLimiter for RedisRateLimiter {
     /// runtime; without one, nothing is given back). If Redis cannot be
     /// reached the in-process fallback gets the refund.
     fn refund(&self, subject: Subject<'_>, limit: &RateLimit, at: DateTime<Utc>) {
-        if let Some(give_back) = self.refund_then(subject, limit, at)
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            runtime.spawn(give_back);
-        }
+        detach(self.refund_then(subject, limit, at));
     }
 
     /// [`refund`](RateLimiter::refund)'s give-back to await: one round trip
