@@ -7,6 +7,9 @@
 //!   `CachedStore` (needs `KEYSMITH_TEST_POSTGRES_URL`).
 //! - `axum-governor`: axum + tower-governor keyed by the `X-API-Key` header,
 //!   the rate-limit-only baseline.
+//! - `axum-passthrough`: axum + a layer that does nothing (`Identity`), added
+//!   with `Router::layer` as the others are: what layering costs any
+//!   middleware on axum.
 //! - `axum-handrolled`: axum + a hand-written `from_fn` middleware that
 //!   SHA-256es `X-API-Key` and looks the hash up in a `HashMap`: the floor
 //!   of any key check.
@@ -20,20 +23,17 @@
 //! (rate limit, IP allowlist, allowed scopes).
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use axum::middleware::Next;
-use axum::response::IntoResponse;
+use axum::http::Request;
 use axum::routing::get;
-use keysmith_benches::{Backend, BenchStore, seed};
+use keysmith_benches::{Backend, BenchStore, seed, with_handrolled_check};
+use keysmith_core::UsageMode;
+use keysmith_core::http::RateLimitHeaders;
 use keysmith_tower::ApiKeyLayer;
-use sha2::{Digest, Sha256};
 use tower_governor::GovernorError;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor;
@@ -57,7 +57,7 @@ impl KeyExtractor for HeaderKey {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench-server <axum-bare|axum-handrolled|axum-keysmith-memory|axum-keysmith-postgres|axum-governor|actix-bare|\
+        "usage: bench-server <axum-bare|axum-passthrough|axum-handrolled|axum-keysmith-memory|axum-keysmith-postgres|axum-governor|actix-bare|\
          actix-keysmith-memory> <port>"
     );
     std::process::exit(2)
@@ -91,26 +91,10 @@ async fn serve_axum(mode: &str, port: u16) {
             let layer = tower_governor::GovernorLayer::new(Arc::new(config));
             (hello.layer(layer), "sk_live_any".to_owned())
         }
+        "axum-passthrough" => (hello.layer(tower::layer::util::Identity::new()), "sk_live_none".to_owned()),
         "axum-handrolled" => {
-            let key = "sk_live_handrolled_bench_key".to_owned();
-            let mut known = HashMap::new();
-            known.insert(<[u8; 32]>::from(Sha256::digest(key.as_bytes())), Arc::new("acme".to_owned()));
-            let known = Arc::new(known);
-            let check = move |mut request: Request<Body>, next: Next| {
-                let known = Arc::clone(&known);
-                async move {
-                    let hash =
-                        request.headers().get("x-api-key").map(|v| <[u8; 32]>::from(Sha256::digest(v.as_bytes())));
-                    match hash.and_then(|hash| known.get(&hash)) {
-                        Some(tenant) => {
-                            request.extensions_mut().insert(Arc::clone(tenant));
-                            next.run(request).await
-                        }
-                        None => StatusCode::UNAUTHORIZED.into_response(),
-                    }
-                }
-            };
-            (hello.layer(axum::middleware::from_fn(check)), key)
+            let key = "sk_live_handrolled_bench_key";
+            (with_handrolled_check(hello, key), key.to_owned())
         }
         "axum-keysmith-memory" | "axum-keysmith-postgres" => {
             let backend = if mode.ends_with("memory") { Backend::Memory } else { Backend::Postgres };
@@ -118,10 +102,19 @@ async fn serve_axum(mode: &str, port: u16) {
                 eprintln!("skipped: KEYSMITH_TEST_POSTGRES_URL not set");
                 std::process::exit(3)
             };
-            let engine = store.engine();
+            let variant = Variant::from_env();
+            let engine = if variant.aggregates {
+                store.builder().with_usage_mode(UsageMode::Aggregates).build().expect("default engine")
+            } else {
+                store.engine()
+            };
             let keys = seed(&engine).await;
             store_guard = Some(store);
-            (hello.layer(ApiKeyLayer::new(engine)), keys.full)
+            let mut layer = ApiKeyLayer::new(engine);
+            if variant.no_headers {
+                layer = layer.with_rate_limit_headers(RateLimitHeaders::None);
+            }
+            (hello.layer(layer), if variant.plain_key { keys.plain } else { keys.full })
         }
         _ => usage(),
     };
@@ -134,6 +127,35 @@ async fn serve_axum(mode: &str, port: u16) {
         .expect("serve");
     // Dropping the store removes its temporary database.
     drop(store_guard);
+}
+
+/// What `BENCH_VARIANT` (comma-separated) takes out of the Keysmith modes,
+/// to see what each part costs: `aggregates` (usage counted per key and
+/// hour, no raw records), `no-headers` (no `RateLimit` headers),
+/// `plain-key` (the key without a policy: no limit, allowlist or scopes).
+#[derive(Debug, Default)]
+struct Variant {
+    aggregates: bool,
+    no_headers: bool,
+    plain_key: bool,
+}
+
+impl Variant {
+    fn from_env() -> Self {
+        let mut variant = Self::default();
+        for part in std::env::var("BENCH_VARIANT").unwrap_or_default().split(',').filter(|p| !p.is_empty()) {
+            match part {
+                "aggregates" => variant.aggregates = true,
+                "no-headers" => variant.no_headers = true,
+                "plain-key" => variant.plain_key = true,
+                other => {
+                    eprintln!("unknown BENCH_VARIANT part {other:?} (aggregates, no-headers, plain-key)");
+                    std::process::exit(2)
+                }
+            }
+        }
+        variant
+    }
 }
 
 /// SIGTERM (what the script's `kill` sends) or Ctrl-C.
