@@ -30,9 +30,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::Request;
 use axum::routing::get;
-use keysmith_benches::{Backend, BenchStore, seed, with_handrolled_check};
-use keysmith_core::UsageMode;
+use keysmith_benches::{Backend, BenchStore, Keys, seed, with_handrolled_check};
 use keysmith_core::http::RateLimitHeaders;
+use keysmith_core::{Engine, UsageMode};
 use keysmith_tower::ApiKeyLayer;
 use tower_governor::GovernorError;
 use tower_governor::governor::GovernorConfigBuilder;
@@ -103,18 +103,11 @@ async fn serve_axum(mode: &str, port: u16) {
                 std::process::exit(3)
             };
             let variant = Variant::from_env();
-            let engine = if variant.aggregates {
-                store.builder().with_usage_mode(UsageMode::Aggregates).build().expect("default engine")
-            } else {
-                store.engine()
-            };
+            let engine = variant.engine(&store);
             let keys = seed(&engine).await;
             store_guard = Some(store);
-            let mut layer = ApiKeyLayer::new(engine);
-            if variant.no_headers {
-                layer = layer.with_rate_limit_headers(RateLimitHeaders::None);
-            }
-            (hello.layer(layer), if variant.plain_key { keys.plain } else { keys.full })
+            let layer = ApiKeyLayer::new(engine).with_rate_limit_headers(variant.headers());
+            (hello.layer(layer), variant.key(keys))
         }
         _ => usage(),
     };
@@ -156,6 +149,22 @@ impl Variant {
         }
         variant
     }
+
+    /// The engine on `store`, recording usage as the variant says.
+    fn engine(&self, store: &BenchStore) -> Engine {
+        let mode = if self.aggregates { UsageMode::Aggregates } else { UsageMode::Records };
+        store.builder().with_usage_mode(mode).build().expect("default engine")
+    }
+
+    /// The rate-limit headers the adapter sends.
+    fn headers(&self) -> RateLimitHeaders {
+        if self.no_headers { RateLimitHeaders::None } else { RateLimitHeaders::default() }
+    }
+
+    /// The key the requests present.
+    fn key(&self, keys: Keys) -> String {
+        if self.plain_key { keys.plain } else { keys.full }
+    }
 }
 
 /// SIGTERM (what the script's `kill` sends) or Ctrl-C.
@@ -182,11 +191,14 @@ async fn serve_actix(mode: &str, port: u16) {
         }
         "actix-keysmith-memory" => {
             let store = BenchStore::open(Backend::Memory).await.expect("the memory store always opens");
-            let engine = store.engine();
+            let variant = Variant::from_env();
+            let engine = variant.engine(&store);
             let keys = seed(&engine).await;
-            println!("key={}", keys.full);
+            println!("key={}", variant.key(keys));
+            let headers = variant.headers();
             HttpServer::new(move || {
-                App::new().route("/", web::get().to(hello)).wrap(keysmith_actix::ApiKeyMiddleware::new(engine.clone()))
+                let middleware = keysmith_actix::ApiKeyMiddleware::new(engine.clone()).with_rate_limit_headers(headers);
+                App::new().route("/", web::get().to(hello)).wrap(middleware)
             })
             .workers(1)
             .bind(("127.0.0.1", port))
