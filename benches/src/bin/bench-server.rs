@@ -13,12 +13,15 @@
 //! - `axum-handrolled`: axum + a hand-written `from_fn` middleware that
 //!   SHA-256es `X-API-Key` and looks the hash up in a `HashMap`: the floor
 //!   of any key check.
+//! - `axum-handrolled-headers`: the same check answering with Keysmith's two
+//!   rate-limit headers as constants (what sending them costs at least).
 //! - `actix-bare`: actix-web alone (one worker).
 //! - `actix-keysmith-memory`: actix-web + the `ApiKeyMiddleware` middleware on the
 //!   memory store (one worker).
 //!
 //! `bench-server <mode> <port>` prints `key=<raw key>` (the key to send in
 //! `X-API-Key`), then `ready`, and serves on 127.0.0.1 until killed.
+//! `BENCH_VARIANT` takes parts out of the Keysmith modes (see `Variant`).
 //! Keysmith modes use a key under a policy with every per-request check
 //! (rate limit, IP allowlist, allowed scopes).
 #![forbid(unsafe_code)]
@@ -30,7 +33,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::Request;
 use axum::routing::get;
-use keysmith_benches::{Backend, BenchStore, Keys, seed, with_handrolled_check};
+use keysmith_benches::{Backend, BenchStore, Keys, seed, with_handrolled_check, with_handrolled_check_and_headers};
 use keysmith_core::http::RateLimitHeaders;
 use keysmith_core::{Engine, UsageMode};
 use keysmith_tower::ApiKeyLayer;
@@ -57,7 +60,7 @@ impl KeyExtractor for HeaderKey {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench-server <axum-bare|axum-passthrough|axum-handrolled|axum-keysmith-memory|axum-keysmith-postgres|axum-governor|actix-bare|\
+        "usage: bench-server <axum-bare|axum-passthrough|axum-handrolled|axum-handrolled-headers|axum-keysmith-memory|axum-keysmith-postgres|axum-governor|actix-bare|\
          actix-keysmith-memory> <port>"
     );
     std::process::exit(2)
@@ -95,6 +98,10 @@ async fn serve_axum(mode: &str, port: u16) {
         "axum-handrolled" => {
             let key = "sk_live_handrolled_bench_key";
             (with_handrolled_check(hello, key), key.to_owned())
+        }
+        "axum-handrolled-headers" => {
+            let key = "sk_live_handrolled_bench_key";
+            (with_handrolled_check_and_headers(hello, key), key.to_owned())
         }
         "axum-keysmith-memory" | "axum-keysmith-postgres" => {
             let backend = if mode.ends_with("memory") { Backend::Memory } else { Backend::Postgres };
