@@ -421,7 +421,6 @@ pub(crate) async fn invoke<T: redis::FromRedisValue>(
     answer
 }
 
-/// A Redis failure as the engine's error (adapters answer 503).
 /// Starts `give_back` (a limiter's or quota counter's refund) in a task on
 /// the current Tokio runtime, for a caller that does not await it; without
 /// a runtime nothing is given back.
@@ -433,6 +432,7 @@ pub(crate) fn detach(give_back: Option<keysmith_core::limit::GiveBack>) {
     }
 }
 
+/// A Redis failure as the engine's error (adapters answer 503).
 pub(crate) fn backend(error: redis::RedisError) -> Error {
     Error::store(error)
 }

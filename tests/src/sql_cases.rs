@@ -447,12 +447,12 @@ pub async fn a_change_log_reports_unreadable_rows_and_a_renumbering<DB: sqlx::Da
 ) where
     for<'e> &'e sqlx::Pool<DB>: sqlx::Executor<'e, Database = DB>,
 {
-    let sql = async |statement: String| {
-        sqlx::Executor::execute(pool, statement.as_str()).await.unwrap();
-    };
     use keysmith_core::Change;
     use keysmith_core::store::MAX_LOGGED_CHANGE_LEN;
 
+    let sql = async |statement: String| {
+        sqlx::Executor::execute(pool, statement.as_str()).await.unwrap();
+    };
     let tenant = Tenant::new("app", "acme");
     let start = store.changes_after(None, 0).await.unwrap().expect("the store keeps a change log").latest.unwrap_or(0);
     let owner = |id: &str| Change::owner(&tenant, id);

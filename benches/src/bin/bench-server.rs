@@ -95,13 +95,14 @@ async fn serve_axum(mode: &str, port: u16) {
             (hello.layer(layer), "sk_live_any".to_owned())
         }
         "axum-passthrough" => (hello.layer(tower::layer::util::Identity::new()), "sk_live_none".to_owned()),
-        "axum-handrolled" => {
+        "axum-handrolled" | "axum-handrolled-headers" => {
             let key = "sk_live_handrolled_bench_key";
-            (with_handrolled_check(hello, key), key.to_owned())
-        }
-        "axum-handrolled-headers" => {
-            let key = "sk_live_handrolled_bench_key";
-            (with_handrolled_check_and_headers(hello, key), key.to_owned())
+            let app = if mode.ends_with("headers") {
+                with_handrolled_check_and_headers(hello, key)
+            } else {
+                with_handrolled_check(hello, key)
+            };
+            (app, key.to_owned())
         }
         "axum-keysmith-memory" | "axum-keysmith-postgres" => {
             let backend = if mode.ends_with("memory") { Backend::Memory } else { Backend::Postgres };

@@ -95,7 +95,7 @@ impl LocalFirst {
     }
 
     /// Takes the key's unsent requests, for a strict check to add first:
-    /// they are in flight until [`answered`](Self::answered) or
+    /// they are in flight until [`remember`](Self::remember) or
     /// [`keep_unsent`](Self::keep_unsent).
     pub(super) fn take_unsent(&self, key: &str) -> u32 {
         self.views.get_mut(key).map_or(0, |mut view| {
